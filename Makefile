@@ -1,0 +1,47 @@
+# sbx — build, test, lint, bench. `make help` lists the targets.
+SHELL := /usr/bin/env bash
+GO ?= go
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+LDFLAGS := -s -w -X main.version=$(VERSION)
+BIN := bin/sbx
+# Packages with concurrent code run under the race detector.
+RACE_PKGS := ./tunnel/... ./relay/... ./daemon/...
+FUZZTIME ?= 30s
+
+.PHONY: help build test test-race test-unit lint bench fuzz demo image image-push clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
+
+build: ## build bin/sbx with the version stamped in
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/sbx
+
+test: lint test-unit test-race ## everything CI runs: lint, all tests, race tests of concurrent packages
+
+test-unit: ## all packages' tests
+	$(GO) test -count=1 -timeout 10m ./...
+
+test-race: ## tunnel, relay and daemon under the race detector
+	$(GO) test -count=1 -race -timeout 10m $(RACE_PKGS)
+
+lint: ## gofmt and go vet
+	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
+	  if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
+	$(GO) vet ./...
+
+bench: build ## tunnel (and port-forward) benchmarks: ratios measured in one run
+	$(BIN) bench tunnel
+	@if $(BIN) bench --help 2>/dev/null | grep -q portforward; then $(BIN) bench portforward; fi
+
+fuzz: ## run every fuzz target for FUZZTIME each
+	@for pkg in $$($(GO) list ./...); do \
+	  for f in $$($(GO) test -list '^Fuzz' $$pkg 2>/dev/null | grep '^Fuzz'); do \
+	    echo "== $$pkg $$f"; $(GO) test -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME) $$pkg || exit 1; \
+	  done; \
+	done
+
+demo: ## the embedded default: a simulated cluster, a sandbox, requests with and without the key
+	$(GO) run ./cmd/sbx demo
+
+clean: ## remove build outputs
+	rm -rf bin dist

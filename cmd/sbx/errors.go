@@ -1,0 +1,67 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+)
+
+// errorKind categorises a failure so the CLI can decide how to report it:
+// a user error is explained, a bug points the user at the logs.
+type errorKind int
+
+const (
+	kindUser errorKind = iota + 1
+	kindConfig
+	kindBug
+)
+
+// cliError carries an error with its category and an optional hint that
+// says what to do next.
+type cliError struct {
+	kind errorKind
+	err  error
+	hint string
+	code int
+}
+
+func (e *cliError) Error() string { return e.err.Error() }
+func (e *cliError) Unwrap() error { return e.err }
+
+// userError marks err as caused by the user's input.
+func userError(err error, hint string) error {
+	return &cliError{kind: kindUser, err: err, hint: hint, code: 2}
+}
+
+// exitError returns an error that only sets the exit code; its message has
+// already been printed.
+func exitError(code int) error {
+	return &cliError{kind: kindUser, err: errSilent, code: code}
+}
+
+var errSilent = errors.New("")
+
+func formatError(err error) string {
+	var ce *cliError
+	if errors.As(err, &ce) {
+		if ce.err == errSilent {
+			return ""
+		}
+		msg := "sbx: " + ce.err.Error()
+		if ce.hint != "" {
+			msg += "\n  hint: " + ce.hint
+		}
+		if ce.kind == kindBug {
+			msg += "\n  this looks like a bug in sbx; the daemon log (`sbx logs`) has details"
+		}
+		return msg
+	}
+	return fmt.Sprintf("sbx: %v", err)
+}
+
+func exitCode(err error) int {
+	var ce *cliError
+	if errors.As(err, &ce) && ce.code != 0 {
+		return ce.code
+	}
+	return 1
+}

@@ -1,0 +1,51 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"strings"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+)
+
+// runCLI runs the CLI in-process and returns exit code, stdout and stderr.
+func runCLI(t *testing.T, args ...string) (int, string, string) {
+	t.Helper()
+	var out, errb bytes.Buffer
+	code := run(context.Background(), args, strings.NewReader(""), &out, &errb)
+	return code, out.String(), errb.String()
+}
+
+func TestVersion(t *testing.T) {
+	code, out, _ := runCLI(t, "version")
+	require.Equal(t, 0, code)
+	require.True(t, strings.HasPrefix(out, "sbx "), out)
+
+	code, out, _ = runCLI(t, "version", "-o", "json")
+	require.Equal(t, 0, code)
+	var bi buildInfo
+	require.NoError(t, json.Unmarshal([]byte(out), &bi))
+	require.NotEmpty(t, bi.Version)
+	require.NotEmpty(t, bi.Platform)
+
+	code, _, errOut := runCLI(t, "version", "-o", "xml")
+	require.Equal(t, 2, code)
+	require.Contains(t, errOut, `output format "xml" is not supported`)
+	require.Contains(t, errOut, "hint:")
+}
+
+func TestCompletion(t *testing.T) {
+	for _, shell := range []string{"bash", "zsh", "fish", "powershell"} {
+		code, out, errOut := runCLI(t, "completion", shell)
+		require.Equal(t, 0, code, errOut)
+		require.Contains(t, out, "sbx", shell)
+	}
+}
+
+func TestUnknownCommand(t *testing.T) {
+	code, _, errOut := runCLI(t, "frobnicate")
+	require.NotEqual(t, 0, code)
+	require.Contains(t, errOut, "unknown command")
+}

@@ -1,0 +1,69 @@
+package main
+
+import (
+	"fmt"
+	"io"
+
+	"github.com/spf13/cobra"
+)
+
+// globalOptions are the flags every command shares. One value is created per
+// root command and passed to the subcommand constructors; there are no flag
+// globals.
+type globalOptions struct {
+	kubeconfig string
+	context    string
+	namespace  string
+	output     string
+	verbosity  int
+
+	build  buildInfo
+	stdin  io.Reader
+	stdout io.Writer
+	stderr io.Writer
+}
+
+func newRootCmd(build buildInfo, stdin io.Reader, stdout, stderr io.Writer) *cobra.Command {
+	g := &globalOptions{build: build, stdin: stdin, stdout: stdout, stderr: stderr}
+	root := &cobra.Command{
+		Use:   "sbx",
+		Short: "Run one microservice on your laptop as part of a shared Kubernetes cluster",
+		Long: `sbx makes a process on your laptop part of a Kubernetes sandbox.
+
+Requests that carry the sandbox's routing key in the W3C baggage header are
+routed by the service mesh to a small relay pod, which sends them through a
+reverse tunnel to your laptop. Your process's own calls to cluster service
+names travel back through the same tunnel to the baseline services.`,
+		SilenceUsage:  true,
+		SilenceErrors: true,
+	}
+	root.SetIn(stdin)
+	root.SetOut(stdout)
+	root.SetErr(stderr)
+
+	pf := root.PersistentFlags()
+	pf.StringVar(&g.kubeconfig, "kubeconfig", "", "path to the kubeconfig file (default: $KUBECONFIG or ~/.kube/config)")
+	pf.StringVar(&g.context, "context", "", "kubeconfig context to use (default: the current context)")
+	pf.StringVarP(&g.namespace, "namespace", "n", "", "namespace for commands that need one (default: the context's namespace)")
+	pf.StringVarP(&g.output, "output", "o", "", "output format for commands that print state: text, json or yaml")
+	pf.CountVarP(&g.verbosity, "verbose", "v", "more detail in logs and errors (repeatable)")
+
+	root.AddCommand(
+		newVersionCmd(g),
+	)
+	return root
+}
+
+// outputFormat validates the global -o flag against what a command supports.
+func (g *globalOptions) outputFormat(allowed ...string) (string, error) {
+	if g.output == "" {
+		return "text", nil
+	}
+	for _, a := range allowed {
+		if g.output == a {
+			return a, nil
+		}
+	}
+	return "", userError(fmt.Errorf("output format %q is not supported here", g.output),
+		fmt.Sprintf("use -o with one of: %v", allowed))
+}
