@@ -1,0 +1,149 @@
+// Package sim is a simulated Kubernetes cluster with an Istio-like mesh,
+// built from real parts wherever a real part can run without a cluster:
+// client-go's and Istio's fake clientsets as the API, real HTTP servers on
+// loopback as the baseline sample app, a mesh router that applies the
+// VirtualServices found in the API, a simulated cluster network (DNS,
+// ClusterIPs, pod IPs) and, once sbx creates its relay Deployment, the real
+// relay started in-process from the generated pod template.
+//
+// Tests and `sbx demo` use it to run sbx end to end.
+package sim
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"time"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+)
+
+// Options configures Start.
+type Options struct {
+	// Logger receives the simulator's logs; nil discards them.
+	Logger *slog.Logger
+	// Domain is the cluster DNS domain; "" means cluster.local.
+	Domain string
+}
+
+// Cluster is a running simulated cluster.
+type Cluster struct {
+	log     *slog.Logger
+	Network *Network
+	Clients *Clients
+	Mesh    *Mesh
+
+	baseline []*AppServer
+	closers  []func()
+}
+
+// Start starts a simulated cluster with the baseline sample app running in
+// namespace hotrod. Close stops everything.
+func Start(ctx context.Context, opts Options) (_ *Cluster, err error) {
+	logger := opts.Logger
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	c := &Cluster{log: logger.With("component", "sim"), Network: NewNetwork(opts.Domain)}
+	defer func() {
+		if err != nil {
+			c.Close()
+		}
+	}()
+	c.Clients = NewClients(c.Network, nil)
+	if err := c.startBaseline(ctx); err != nil {
+		return nil, err
+	}
+	c.Mesh, err = NewMesh(ctx, MeshOptions{Logger: logger, Network: c.Network, Kube: c.Clients.Kube, Istio: c.Clients.Istio})
+	if err != nil {
+		return nil, err
+	}
+	c.closers = append(c.closers, c.Mesh.Close)
+	return c, nil
+}
+
+// Close stops every server, router and controller of the cluster, in
+// reverse order of starting, and waits for them.
+func (c *Cluster) Close() {
+	for i := len(c.closers) - 1; i >= 0; i-- {
+		c.closers[i]()
+	}
+	c.closers = nil
+}
+
+// startBaseline creates the sample app's Deployments, Services and Pods and
+// starts a real server per pod.
+func (c *Cluster) startBaseline(ctx context.Context) error {
+	now := time.Now()
+	for _, s := range BaselineApp() {
+		dep, svc := appObjects(AppNamespace, s)
+		if _, err := c.Clients.Kube.CoreV1().Services(AppNamespace).Create(ctx, svc, metav1.CreateOptions{}); err != nil {
+			return fmt.Errorf("create baseline service %s: %w", s.Name, err)
+		}
+		dep, err := c.Clients.Kube.AppsV1().Deployments(AppNamespace).Create(ctx, dep, metav1.CreateOptions{})
+		if err != nil {
+			return fmt.Errorf("create baseline deployment %s: %w", s.Name, err)
+		}
+		name := podName(dep)
+		ip, err := c.Network.AddPod(AppNamespace, name)
+		if err != nil {
+			return err
+		}
+		pod := runningPod(dep, name, ip.String(), now)
+		srv, err := StartApp(AppConfig{
+			Service:   s.Name,
+			Version:   BaselineVersion,
+			Namespace: AppNamespace,
+			Pod:       name,
+			Calls:     s.Calls,
+			Client:    PodHTTPClient(c.Network.PodResolver(AppNamespace, pod.Labels)),
+			Logger:    c.log,
+		}, "127.0.0.1:0")
+		if err != nil {
+			return err
+		}
+		c.baseline = append(c.baseline, srv)
+		c.closers = append(c.closers, func() { _ = srv.Close() })
+		if err := c.Network.BindPodPort(AppNamespace, name, s.Port, srv.Addr(), false); err != nil {
+			return err
+		}
+		if _, err := c.Clients.Kube.CoreV1().Pods(AppNamespace).Create(ctx, pod, metav1.CreateOptions{}); err != nil {
+			return fmt.Errorf("create baseline pod %s: %w", name, err)
+		}
+		if err := setDeploymentAvailable(ctx, c.Clients, dep, true, now); err != nil {
+			return fmt.Errorf("baseline deployment %s status: %w", s.Name, err)
+		}
+	}
+	return nil
+}
+
+// PodHTTPClient is an HTTP client that dials through the simulated network
+// as the pod behind r.
+func PodHTTPClient(r *Resolver) *http.Client {
+	return &http.Client{
+		Transport: &http.Transport{
+			DialContext:         r.DialContext,
+			MaxIdleConnsPerHost: 16,
+			IdleConnTimeout:     30 * time.Second,
+		},
+		Timeout: 30 * time.Second,
+	}
+}
+
+// HTTPClient is an HTTP client as seen from a pod without labels in
+// namespace ns: cluster names resolve and requests go through the mesh.
+func (c *Cluster) HTTPClient(ns string) *http.Client {
+	return PodHTTPClient(c.Network.Resolver(ns))
+}
+
+// ServiceURL is a URL of Service ns/name port that works from outside the
+// simulated network (the loopback address of its mesh router), e.g. for
+// curl.
+func (c *Cluster) ServiceURL(ns, name string, port int32) (string, error) {
+	addr, ok := c.Mesh.Addr(ns, name, port)
+	if !ok {
+		return "", fmt.Errorf("service %s/%s has no port %d in the simulated mesh", ns, name, port)
+	}
+	return "http://" + addr, nil
+}
