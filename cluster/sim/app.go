@@ -24,6 +24,8 @@ type Hop struct {
 	Version   string `json:"version"`
 	Namespace string `json:"namespace,omitempty"`
 	Pod       string `json:"pod,omitempty"`
+	// Path is the request path the service received.
+	Path string `json:"path,omitempty"`
 	// Baggage is the baggage header the service received (and propagated).
 	Baggage string `json:"baggage,omitempty"`
 	// Status is the HTTP status of this hop as its caller saw it.
@@ -127,6 +129,7 @@ func NewAppHandler(cfg AppConfig) http.Handler {
 			Version:   cfg.Version,
 			Namespace: cfg.Namespace,
 			Pod:       cfg.Pod,
+			Path:      r.URL.Path,
 			Baggage:   strings.Join(r.Header.Values(BaggageHeader), ","),
 			Status:    http.StatusOK,
 		}
@@ -251,6 +254,9 @@ func (s *AppServer) Close() error {
 	s.mu.Unlock()
 	err := s.srv.Close()
 	<-s.done
+	if s.cfg.Client != nil {
+		s.cfg.Client.CloseIdleConnections()
+	}
 	return err
 }
 

@@ -18,10 +18,10 @@ import (
 	"time"
 
 	networking "istio.io/api/networking/v1alpha3"
-	istioclient "istio.io/client-go/pkg/clientset/versioned"
 	istioapiv1 "istio.io/client-go/pkg/apis/networking/v1"
 	istioapiv1alpha3 "istio.io/client-go/pkg/apis/networking/v1alpha3"
 	istioapiv1beta1 "istio.io/client-go/pkg/apis/networking/v1beta1"
+	istioclient "istio.io/client-go/pkg/clientset/versioned"
 	istiov1 "istio.io/client-go/pkg/listers/networking/v1"
 	istiov1alpha3 "istio.io/client-go/pkg/listers/networking/v1alpha3"
 	istiov1beta1 "istio.io/client-go/pkg/listers/networking/v1beta1"

@@ -30,12 +30,12 @@ type Network struct {
 	domain string
 
 	mu       sync.RWMutex
-	services map[string]netip.Addr         // "name.ns" -> ClusterIP
-	vips     map[netip.AddrPort]string     // ClusterIP:port -> loopback address
-	pods     map[string]*podNet            // "ns/name" -> pod
-	podIPs   map[netip.Addr]*podNet        // pod IP -> pod
-	nextSvc  uint32                        // last allocated ClusterIP offset
-	nextPod  uint32                        // last allocated pod IP offset
+	services map[string]netip.Addr          // "name.ns" -> ClusterIP
+	vips     map[netip.AddrPort]string      // ClusterIP:port -> loopback address
+	pods     map[string]*podNet             // "ns/name" -> pod
+	podIPs   map[netip.Addr]*podNet         // pod IP -> pod
+	nextSvc  uint32                         // last allocated ClusterIP offset
+	nextPod  uint32                         // last allocated pod IP offset
 	onUnbind []func(ip netip.Addr, p int32) // observers of removed pod sockets
 
 	// sources maps the local address of every open connection dialed

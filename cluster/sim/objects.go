@@ -127,8 +127,8 @@ func validateVSReactor(action clienttesting.Action) (bool, runtime.Object, error
 }
 
 // appLabels are the labels of one sample app service's pods.
-func appLabels(name string) map[string]string {
-	return map[string]string{"app": name, "app.kubernetes.io/name": name, "version": BaselineVersion}
+func appLabels(name, version string) map[string]string {
+	return map[string]string{"app": name, "app.kubernetes.io/name": name, "version": version}
 }
 
 // templateHash is a stable short hash of a pod template, as the Deployment
@@ -148,20 +148,19 @@ func templateHash(t *corev1.PodTemplateSpec) string {
 }
 
 // appObjects returns the Deployment and Service of one sample app service.
-func appObjects(ns string, s AppService) (*appsv1.Deployment, *corev1.Service) {
+func appObjects(ns string, s AppService, version string) (*appsv1.Deployment, *corev1.Service) {
 	one := int32(1)
 	http := "http"
-	lbl := appLabels(s.Name)
 	dep := &appsv1.Deployment{
-		ObjectMeta: metav1.ObjectMeta{Name: s.Name, Namespace: ns, Labels: lbl},
+		ObjectMeta: metav1.ObjectMeta{Name: s.Name, Namespace: ns, Labels: appLabels(s.Name, version)},
 		Spec: appsv1.DeploymentSpec{
 			Replicas: &one,
 			Selector: &metav1.LabelSelector{MatchLabels: map[string]string{"app": s.Name}},
 			Template: corev1.PodTemplateSpec{
-				ObjectMeta: metav1.ObjectMeta{Labels: lbl},
+				ObjectMeta: metav1.ObjectMeta{Labels: appLabels(s.Name, version)},
 				Spec: corev1.PodSpec{Containers: []corev1.Container{{
 					Name:  s.Name,
-					Image: "ghcr.io/sbx-dev/hotrod-" + s.Name + ":baseline",
+					Image: "ghcr.io/sbx-dev/hotrod-" + s.Name + ":" + version,
 					Ports: []corev1.ContainerPort{{Name: "http", ContainerPort: s.Port, Protocol: corev1.ProtocolTCP}},
 				}}},
 			},

@@ -33,8 +33,6 @@ type Cluster struct {
 	Network *Network
 	Clients *Clients
 	Mesh    *Mesh
-
-	baseline []*AppServer
 	closers  []func()
 }
 
@@ -75,47 +73,57 @@ func (c *Cluster) Close() {
 // startBaseline creates the sample app's Deployments, Services and Pods and
 // starts a real server per pod.
 func (c *Cluster) startBaseline(ctx context.Context) error {
-	now := time.Now()
 	for _, s := range BaselineApp() {
-		dep, svc := appObjects(AppNamespace, s)
-		if _, err := c.Clients.Kube.CoreV1().Services(AppNamespace).Create(ctx, svc, metav1.CreateOptions{}); err != nil {
-			return fmt.Errorf("create baseline service %s: %w", s.Name, err)
-		}
-		dep, err := c.Clients.Kube.AppsV1().Deployments(AppNamespace).Create(ctx, dep, metav1.CreateOptions{})
-		if err != nil {
-			return fmt.Errorf("create baseline deployment %s: %w", s.Name, err)
-		}
-		name := podName(dep)
-		ip, err := c.Network.AddPod(AppNamespace, name)
-		if err != nil {
+		if _, err := c.RunApp(ctx, AppNamespace, s, BaselineVersion); err != nil {
 			return err
-		}
-		pod := runningPod(dep, name, ip.String(), now)
-		srv, err := StartApp(AppConfig{
-			Service:   s.Name,
-			Version:   BaselineVersion,
-			Namespace: AppNamespace,
-			Pod:       name,
-			Calls:     s.Calls,
-			Client:    PodHTTPClient(c.Network.PodResolver(AppNamespace, pod.Labels)),
-			Logger:    c.log,
-		}, "127.0.0.1:0")
-		if err != nil {
-			return err
-		}
-		c.baseline = append(c.baseline, srv)
-		c.closers = append(c.closers, func() { _ = srv.Close() })
-		if err := c.Network.BindPodPort(AppNamespace, name, s.Port, srv.Addr(), false); err != nil {
-			return err
-		}
-		if _, err := c.Clients.Kube.CoreV1().Pods(AppNamespace).Create(ctx, pod, metav1.CreateOptions{}); err != nil {
-			return fmt.Errorf("create baseline pod %s: %w", name, err)
-		}
-		if err := setDeploymentAvailable(ctx, c.Clients, dep, true, now); err != nil {
-			return fmt.Errorf("baseline deployment %s status: %w", s.Name, err)
 		}
 	}
 	return nil
+}
+
+// RunApp deploys one sample app service into the simulated cluster: a
+// Service and Deployment named s.Name in ns (selector app=<name>) and one
+// running, ready pod served by a real server answering as version. It is
+// how the baseline is deployed; tests use it to add workloads.
+func (c *Cluster) RunApp(ctx context.Context, ns string, s AppService, version string) (*AppServer, error) {
+	now := time.Now()
+	dep, svc := appObjects(ns, s, version)
+	if _, err := c.Clients.Kube.CoreV1().Services(ns).Create(ctx, svc, metav1.CreateOptions{}); err != nil {
+		return nil, fmt.Errorf("create service %s/%s: %w", ns, s.Name, err)
+	}
+	dep, err := c.Clients.Kube.AppsV1().Deployments(ns).Create(ctx, dep, metav1.CreateOptions{})
+	if err != nil {
+		return nil, fmt.Errorf("create deployment %s/%s: %w", ns, s.Name, err)
+	}
+	name := podName(dep)
+	ip, err := c.Network.AddPod(ns, name)
+	if err != nil {
+		return nil, err
+	}
+	pod := runningPod(dep, name, ip.String(), now)
+	srv, err := StartApp(AppConfig{
+		Service:   s.Name,
+		Version:   version,
+		Namespace: ns,
+		Pod:       name,
+		Calls:     s.Calls,
+		Client:    PodHTTPClient(c.Network.PodResolver(ns, pod.Labels)),
+		Logger:    c.log,
+	}, "127.0.0.1:0")
+	if err != nil {
+		return nil, err
+	}
+	c.closers = append(c.closers, func() { _ = srv.Close() })
+	if err := c.Network.BindPodPort(ns, name, s.Port, srv.Addr(), false); err != nil {
+		return nil, err
+	}
+	if _, err := c.Clients.Kube.CoreV1().Pods(ns).Create(ctx, pod, metav1.CreateOptions{}); err != nil {
+		return nil, fmt.Errorf("create pod %s/%s: %w", ns, name, err)
+	}
+	if err := setDeploymentAvailable(ctx, c.Clients, dep, true, now); err != nil {
+		return nil, fmt.Errorf("deployment %s/%s status: %w", ns, s.Name, err)
+	}
+	return srv, nil
 }
 
 // PodHTTPClient is an HTTP client that dials through the simulated network
