@@ -33,7 +33,7 @@ type Cluster struct {
 	Network *Network
 	Clients *Clients
 	Mesh    *Mesh
-	closers  []func()
+	closers []func()
 }
 
 // Start starts a simulated cluster with the baseline sample app running in
