@@ -10,6 +10,7 @@ import (
 	"sync"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -36,13 +37,21 @@ type apiServer struct {
 	rv      int64
 	now     func() time.Time
 	onCreat map[string]func(obj runtime.Object) error // by resource name
+	// onWrite hooks run on create and on main-resource update, by
+	// resource name (defaulting and normalisation such as a Secret's
+	// stringData).
+	onWrite map[string]func(obj runtime.Object)
 }
 
 func newAPIServer(now func() time.Time) *apiServer {
 	if now == nil {
 		now = time.Now
 	}
-	return &apiServer{now: now, onCreat: map[string]func(runtime.Object) error{}}
+	return &apiServer{
+		now:     now,
+		onCreat: map[string]func(runtime.Object) error{},
+		onWrite: map[string]func(runtime.Object){"secrets": mergeStringData},
+	}
 }
 
 func (s *apiServer) nextRV() string {
@@ -88,6 +97,9 @@ func (s *apiServer) create(a clienttesting.CreateActionImpl) (bool, runtime.Obje
 	m.SetCreationTimestamp(metav1.NewTime(s.now().Truncate(time.Second)))
 	m.SetResourceVersion(s.nextRV())
 	m.SetGeneration(1)
+	if hook := s.onWrite[gr.Resource]; hook != nil {
+		hook(obj)
+	}
 	if hook := s.onCreat[gr.Resource]; hook != nil {
 		if err := hook(obj); err != nil {
 			return true, nil, apierrors.NewInternalError(err)
@@ -129,6 +141,9 @@ func (s *apiServer) update(tracker clienttesting.ObjectTracker, a clienttesting.
 			return false, nil, replaceObject(obj, fresh)
 		}
 	} else {
+		if hook := s.onWrite[gvr.Resource]; hook != nil {
+			hook(obj)
+		}
 		if status, ok := fieldValue(old, "Status"); ok {
 			setField(obj, "Status", status)
 		}
@@ -219,4 +234,20 @@ func randSuffix(n int) string {
 		b[i] = alphabet[int(b[i])%len(alphabet)]
 	}
 	return string(b)
+}
+
+// mergeStringData moves a Secret's write-only stringData into data, as the
+// API server does on every write.
+func mergeStringData(obj runtime.Object) {
+	s, ok := obj.(*corev1.Secret)
+	if !ok || len(s.StringData) == 0 {
+		return
+	}
+	if s.Data == nil {
+		s.Data = map[string][]byte{}
+	}
+	for k, v := range s.StringData {
+		s.Data[k] = []byte(v)
+	}
+	s.StringData = nil
 }

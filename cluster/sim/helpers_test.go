@@ -1,6 +1,7 @@
 package sim
 
 import (
+	"k8s.io/apimachinery/pkg/types"
 	"log/slog"
 	"testing"
 )
@@ -17,3 +18,5 @@ func (w tWriter) Write(p []byte) (int, error) {
 	w.t.Log(string(p))
 	return len(p), nil
 }
+
+func typesUID(s string) types.UID { return types.UID(s) }

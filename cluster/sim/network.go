@@ -301,6 +301,9 @@ type Resolver struct {
 	net *Network
 	ns  string
 	src Source
+	// track, if set, sees every connection this resolver dials (the
+	// simulated kubelet closes a crashed relay's connections).
+	track func(net.Conn) net.Conn
 }
 
 // Namespace is the namespace this resolver's pod lives in.
@@ -419,7 +422,11 @@ func (r *Resolver) DialContext(ctx context.Context, network, address string) (ne
 	}
 	key := c.LocalAddr().String()
 	r.net.sources.Store(key, r.src)
-	return &simConn{Conn: c, remote: net.TCPAddrFromAddrPort(ap), forget: func() { r.net.sources.Delete(key) }}, nil
+	sc := &simConn{Conn: c, remote: net.TCPAddrFromAddrPort(ap), forget: func() { r.net.sources.Delete(key) }}
+	if r.track != nil {
+		return r.track(sc), nil
+	}
+	return sc, nil
 }
 
 // Dial is DialContext without a context.

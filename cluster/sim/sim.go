@@ -14,6 +14,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"slices"
 	"time"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -25,6 +26,9 @@ type Options struct {
 	Logger *slog.Logger
 	// Domain is the cluster DNS domain; "" means cluster.local.
 	Domain string
+	// Relay runs the relay containers of Deployments that run `sbx relay`.
+	// nil means the real relay (package relay).
+	Relay RelayFunc
 }
 
 // Cluster is a running simulated cluster.
@@ -33,6 +37,8 @@ type Cluster struct {
 	Network *Network
 	Clients *Clients
 	Mesh    *Mesh
+
+	ctrl    *controller
 	closers []func()
 }
 
@@ -58,7 +64,55 @@ func Start(ctx context.Context, opts Options) (_ *Cluster, err error) {
 		return nil, err
 	}
 	c.closers = append(c.closers, c.Mesh.Close)
+	gc, err := newGarbageCollector(ctx, logger, c.Clients)
+	if err != nil {
+		return nil, err
+	}
+	c.closers = append(c.closers, gc.close)
+	run := opts.Relay
+	if run == nil {
+		run = defaultRelay
+	}
+	c.ctrl, err = newController(ctx, logger, c.Clients, c.Network, run)
+	if err != nil {
+		return nil, err
+	}
+	c.closers = append(c.closers, c.ctrl.close)
 	return c, nil
+}
+
+// RelayPod returns the name of the running relay pod of Deployment ns/name.
+func (c *Cluster) RelayPod(ns, deployment string) (string, bool) {
+	p, ok := c.ctrl.relayPodFor(ns, deployment)
+	if !ok {
+		return "", false
+	}
+	return p.name, true
+}
+
+// RelayDeployments lists the Deployments ("ns/name") whose relay the
+// simulator runs.
+func (c *Cluster) RelayDeployments() []string {
+	var out []string
+	for k := range c.ctrl.relayPods() {
+		out = append(out, k)
+	}
+	slices.Sort(out)
+	return out
+}
+
+// CrashRelay kills the relay container of Deployment ns/name as kill -9
+// would (every socket closes at once); the simulated kubelet restarts it in
+// the same pod, which is not ready until its readiness probe passes again.
+func (c *Cluster) CrashRelay(ns, deployment string) error {
+	p, ok := c.ctrl.relayPodFor(ns, deployment)
+	if !ok {
+		return fmt.Errorf("no relay pod runs for deployment %s/%s", ns, deployment)
+	}
+	if !p.crash() {
+		return fmt.Errorf("the relay container of %s/%s is not running right now", ns, deployment)
+	}
+	return nil
 }
 
 // Close stops every server, router and controller of the cluster, in
