@@ -109,8 +109,8 @@ type Server struct {
 
 	stats struct {
 		connections, websocketTunnel, spdy, websocketV4, activeConns atomic.Int64
-		streams, activeStreams, streamErrors                          atomic.Int64
-		refusedConns, refusedStreams, cuts, cutConns                  atomic.Int64
+		streams, activeStreams, streamErrors                         atomic.Int64
+		refusedConns, refusedStreams, cuts, cutConns                 atomic.Int64
 	}
 }
 
