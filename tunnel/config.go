@@ -85,9 +85,10 @@ type Config struct {
 	// stream when the session is otherwise idle enough to need one.
 	KeepAliveInterval time.Duration
 
-	// DeadPeerTimeout is how long the session may go without receiving a
-	// single byte from the peer before it is declared dead and closed with
-	// ErrPeerDead. Must exceed KeepAliveInterval.
+	// DeadPeerTimeout bounds how long a dead peer goes unnoticed: the
+	// session is closed with ErrPeerDead once nothing at all was received
+	// for 7/8 of it (checked every 1/8). At least twice
+	// KeepAliveInterval, so a live idle peer always answers in time.
 	DeadPeerTimeout time.Duration
 
 	// HandshakeTimeout bounds the Hello/Welcome exchange (in addition to
@@ -147,8 +148,8 @@ func (c Config) Verify() error {
 		return bad("WriteTimeout", c.WriteTimeout, "must be positive")
 	case c.KeepAliveInterval <= 0:
 		return bad("KeepAliveInterval", c.KeepAliveInterval, "must be positive")
-	case c.DeadPeerTimeout <= c.KeepAliveInterval:
-		return bad("DeadPeerTimeout", c.DeadPeerTimeout, "must be longer than KeepAliveInterval ("+c.KeepAliveInterval.String()+")")
+	case c.DeadPeerTimeout < 2*c.KeepAliveInterval:
+		return bad("DeadPeerTimeout", c.DeadPeerTimeout, "must be at least twice KeepAliveInterval ("+c.KeepAliveInterval.String()+")")
 	case c.HandshakeTimeout <= 0:
 		return bad("HandshakeTimeout", c.HandshakeTimeout, "must be positive")
 	case c.HeaderTimeout <= 0:

@@ -22,9 +22,11 @@ type Pool struct {
 	stop     chan struct{}
 }
 
-// NewPool returns an empty pool. onDead (may be nil) is called once for each
-// session that ends while in the pool, from the pool's own goroutine, with
-// the session's Err; it is not called for sessions closed by Pool.Close.
+// NewPool returns an empty pool. onDead (may be nil) is called exactly once
+// for each session that ends while in the pool, with the session's Err,
+// from the pool's watcher goroutine or from the Open that found it dead;
+// it must not block for long. It is not called for sessions closed by
+// Pool.Close.
 func NewPool(logger *slog.Logger, onDead func(s *Session, err error)) *Pool {
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
