@@ -297,5 +297,3 @@ func (e *env) close() {
 	}
 	e.wg.Wait()
 }
-
-
