@@ -17,7 +17,10 @@ import (
 	"slices"
 	"time"
 
+	"github.com/sbx-dev/sbx/cluster/portforward/pftest"
+	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/rest"
 )
 
 // Options configures Start.
@@ -37,6 +40,13 @@ type Cluster struct {
 	Network *Network
 	Clients *Clients
 	Mesh    *Mesh
+	// PortForward is the kubelet-side port-forward server the RESTConfig
+	// points at; its CutAll and RefuseFor are the port-forward fault
+	// switches.
+	PortForward *pftest.Server
+	// RESTConfig addresses the simulated API server for port-forwards
+	// (everything else goes through Clients).
+	RESTConfig *rest.Config
 
 	ctrl    *controller
 	closers []func()
@@ -78,7 +88,30 @@ func Start(ctx context.Context, opts Options) (_ *Cluster, err error) {
 		return nil, err
 	}
 	c.closers = append(c.closers, c.ctrl.close)
+	c.PortForward, err = pftest.New(pftest.Options{
+		Resolve:  c.Network.PodPortAddr,
+		CheckPod: c.checkPortForward,
+		Logger:   logger.With("component", "portforward"),
+	})
+	if err != nil {
+		return nil, fmt.Errorf("start the port-forward server: %w", err)
+	}
+	c.closers = append(c.closers, func() { _ = c.PortForward.Close() })
+	c.RESTConfig = c.PortForward.RESTConfig()
 	return c, nil
+}
+
+// checkPortForward refuses a port-forward to a pod that does not exist or
+// is not running, as the API server and kubelet do.
+func (c *Cluster) checkPortForward(ns, pod string) error {
+	p, err := c.Clients.Kube.CoreV1().Pods(ns).Get(context.Background(), pod, metav1.GetOptions{})
+	if err != nil {
+		return err
+	}
+	if p.Status.Phase != corev1.PodRunning {
+		return fmt.Errorf("pod %s/%s is %s, not Running", ns, pod, p.Status.Phase)
+	}
+	return nil
 }
 
 // RelayPod returns the name of the running relay pod of Deployment ns/name.

@@ -13,7 +13,13 @@ import (
 )
 
 func TestMain(m *testing.M) {
-	goleak.VerifyTestMain(m)
+	goleak.VerifyTestMain(m,
+		// client-go and spdystream leave these behind by design: klog's
+		// flush daemon, and spdystream's shutdown waiter that lingers for
+		// its close timeout after the connection is gone.
+		goleak.IgnoreTopFunction("k8s.io/klog/v2.(*flushDaemon).run.func1"),
+		goleak.IgnoreTopFunction("github.com/moby/spdystream.(*Connection).shutdown"),
+	)
 }
 
 func startCluster(t *testing.T) *Cluster {
