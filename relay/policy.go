@@ -179,7 +179,7 @@ func (d *dialer) dialTarget(ctx context.Context, target string) (net.Conn, error
 		}
 	}
 	if len(errs) == 1 {
-		return nil, errs[0]
+		return nil, fmt.Errorf("relay dialing %s in the cluster: %w", target, errs[0])
 	}
-	return nil, fmt.Errorf("dialing %s: %w", target, errors.Join(errs...))
+	return nil, fmt.Errorf("relay dialing %s in the cluster: %w", target, errors.Join(errs...))
 }
