@@ -65,9 +65,8 @@ func targetIsAddr(target string, a netip.Addr) bool {
 type policy struct {
 	deny          []netip.Prefix
 	allowLoopback bool
-	// ownPorts are the relay's bound ports; localAddrs the pod's addresses.
-	// Dialing one of the relay's own ports on any of its addresses would loop
-	// traffic back into the relay.
+	// ownPorts are the relay's bound ports, refused on loopback when
+	// loopback is allowed; localAddrs lists the pod's addresses, all refused.
 	ownPorts   map[uint16]bool
 	localAddrs func() ([]netip.Addr, error)
 }
@@ -101,17 +100,23 @@ func (p *policy) check(target string, addr netip.Addr, port uint16) error {
 		if p.ownPorts[port] {
 			return refuse(fmt.Sprintf("port %d is the relay's own", port))
 		}
+		return nil
 	}
-	if p.ownPorts[port] && p.localAddrs != nil {
+	// Nothing on the relay pod's own addresses is for the laptop: its ports
+	// are the relay's (dialing them would loop traffic back into it) and the
+	// mesh sidecar's.
+	if p.localAddrs != nil {
 		locals, err := p.localAddrs()
 		if err != nil {
-			// Without the pod's addresses the own-port rule cannot be
-			// decided; refusing is the safe answer and says why.
-			return refuse(fmt.Sprintf("port %d is one of the relay's own and the pod's addresses are unknown (%v)", port, err))
+			// Undecidable: refusing is the safe answer, and says why.
+			return refuse(fmt.Sprintf("the relay pod's own addresses are unknown (%v)", err))
 		}
 		for _, l := range locals {
-			if l.Unmap() == addr {
-				return refuse(fmt.Sprintf("%s:%d is the relay's own port", addr, port))
+			if l.Unmap().WithZone("") == addr {
+				if p.ownPorts[port] {
+					return refuse(fmt.Sprintf("%s:%d is the relay's own port", addr, port))
+				}
+				return refuse(fmt.Sprintf("%s is the relay pod's own address", addr))
 			}
 		}
 	}

@@ -99,8 +99,8 @@ func TestDialPolicy(t *testing.T) {
 		{"nosuchport.example.com:http", `port "http" is not in 1-65535`, nil},
 		{"host-without-port", "not host:port", nil},
 		{"10.0.0.1:0", "not in 1-65535", nil},
+		{"not-own-port-on-pod.example.com:15090", "10.1.2.3 is the relay pod's own address", nil},
 		// Allowed: these reach the dialer, by address, in resolution order.
-		{"not-own-port-on-pod.example.com:8080", "", []string{"10.1.2.3:8080"}},
 		{"own-port-other-host.example.com:7001", "", []string{"10.96.0.15:7001"}},
 		{"driver.hotrod.svc.cluster.local:8082", "", []string{"10.96.0.12:8082"}},
 		{"dual.hotrod.svc.cluster.local:8082", "", []string{"10.96.0.13:8082", "[fd00:10:96::13]:8082"}},
@@ -146,10 +146,10 @@ func TestDialPolicyUnknownLocalAddrs(t *testing.T) {
 		return nil, fmt.Errorf("no interfaces")
 	}}
 	d := &dialer{policy: p, resolver: fakeResolver{}, dial: &recordingDialer{}, timeout: time.Second}
-	_, err := d.dialTarget(context.Background(), "10.0.0.9:7001")
+	_, err := d.dialTarget(context.Background(), "10.0.0.9:80")
 	var pe *PolicyError
 	require.ErrorAs(t, err, &pe)
-	require.Contains(t, err.Error(), "pod's addresses are unknown")
+	require.Contains(t, err.Error(), "the relay pod's own addresses are unknown (no interfaces)")
 }
 
 func TestDialDNSFailure(t *testing.T) {
