@@ -27,12 +27,19 @@ func offlineBody(sandbox string, since, now time.Time, everOnline bool) string {
 		sandbox, state, since.UTC().Format(time.RFC3339), ago, sandbox)
 }
 
-// refusedBody explains a 502: the laptop could not reach the local address
-// (a debugger restarting, a process not started yet).
+// refusedBody explains a 502: the laptop could not reach the local process
+// (a debugger restarting, a process not started yet). msg is the daemon's
+// own explanation, which names the local address.
 func refusedBody(sandbox string, spec InboundSpec, reason, msg string) string {
-	return fmt.Sprintf("sbx: sandbox %q: the laptop could not reach the local process for %s/%d (%s): %s\n"+
-		"Start (or restart) the local process listening there, then retry.\n",
-		sandbox, spec.Workload, spec.Port, reason, msg)
+	body := fmt.Sprintf("sbx: sandbox %q: the laptop could not deliver this request to the local process for %s port %d (%s).\n",
+		sandbox, spec.Workload, spec.Port, reason)
+	if msg != "" {
+		body += "The laptop says: " + msg + "\n"
+	}
+	if reason == "refused" {
+		body += "Start (or restart) the local process on that address, then retry.\n"
+	}
+	return body
 }
 
 // serveAnswer answers every request on conn with code and body, in whichever

@@ -34,12 +34,31 @@ const testToken = "test-token-0123456789abcdef"
 // podIP is the relay pod's address in tests; LocalAddrs reports it.
 var podIP = netip.MustParseAddr("10.1.2.3")
 
-// testLogger logs to the test output (visible with -v or on failure).
-func testLogger(t *testing.T) *slog.Logger {
+// testLogger logs into buf at debug level (and to stderr with -v), so tests
+// can check that the token never appears in any log line.
+func testLogger(t *testing.T, buf *syncBuffer) *slog.Logger {
+	var w io.Writer = buf
 	if testing.Verbose() {
-		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
+		w = io.MultiWriter(buf, os.Stderr)
 	}
-	return slog.New(slog.DiscardHandler)
+	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: slog.LevelDebug}))
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }
 
 // fakeCluster stands in for cluster DNS and pod networking: names resolve
@@ -90,6 +109,7 @@ type harness struct {
 	cancel  context.CancelFunc
 	done    chan error
 	opts    Options
+	logs    syncBuffer
 }
 
 // loopbackListen binds every listener on loopback with a free port: it is
@@ -106,9 +126,8 @@ func startRelay(t *testing.T, args ...string) *harness {
 	require.NoError(t, err)
 	h := &harness{t: t, cluster: newFakeCluster(), done: make(chan error, 1), opts: opts}
 	cfg := tunnel.DefaultConfig()
-	cfg.Logger = testLogger(t)
 	h.relay, err = New(opts, Deps{
-		Logger:     testLogger(t),
+		Logger:     testLogger(t, &h.logs),
 		Dialer:     h.cluster,
 		Resolver:   h.cluster,
 		Listen:     loopbackListen,
@@ -134,7 +153,8 @@ func startRelay(t *testing.T, args ...string) *harness {
 	return h
 }
 
-// stop ends the relay and checks that Run returned nil.
+// stop ends the relay and checks that Run returned nil and that the token
+// never reached the logs (which are at debug level in tests).
 func (h *harness) stop() {
 	h.cancel()
 	select {
@@ -144,6 +164,10 @@ func (h *harness) stop() {
 	case <-time.After(30 * time.Second):
 		h.t.Fatal("relay Run did not return after cancel")
 	}
+	logs := h.logs.String()
+	require.NotEmpty(h.t, logs)
+	require.NotContains(h.t, logs, testToken)
+	require.NotContains(h.t, logs, "wrong-token")
 }
 
 func (h *harness) inbound(port uint16) string {
@@ -232,7 +256,6 @@ func (l *laptop) dial(h *harness, hello tunnel.Hello) (*tunnel.Session, error) {
 	conn, err := net.Dial("tcp", h.addrs.Tunnel.String())
 	require.NoError(l.t, err)
 	cfg := tunnel.DefaultConfig()
-	cfg.Logger = testLogger(l.t)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	s, _, err := tunnel.Client(ctx, conn, cfg, hello)

@@ -180,7 +180,7 @@ func TestGraceHoldsUntilLaptopConnects(t *testing.T) {
 }
 
 func TestGraceExpires(t *testing.T) {
-	h := startRelay(t, "--grace", "50ms", "--inbound", "20001=route/8083/http", "--inbound", "20002=echo/7")
+	h := startRelay(t, "--grace", "50ms", "--inbound", "20001=route/8083/http", "--inbound", "20002=echo/7", "--inbound", "20003=grpcsvc/9090/grpc")
 
 	code, body := get(t, "http://"+h.inbound(20001)+"/late")
 	require.Equal(t, http.StatusServiceUnavailable, code)
@@ -209,8 +209,23 @@ func TestGraceExpires(t *testing.T) {
 	require.NoError(t, err)
 	require.False(t, since.Before(before), "offline since %v, disconnected after %v", since, before)
 
+	// gRPC over h2c (what the mesh sends to a grpc port) gets UNAVAILABLE.
+	var protos http.Protocols
+	protos.SetUnencryptedHTTP2(true)
+	tr := &http.Transport{Protocols: &protos}
+	defer tr.CloseIdleConnections()
+	req, err := http.NewRequest(http.MethodPost, "http://"+h.inbound(20003)+"/hotrod.Route/FindRoute", strings.NewReader("\x00\x00\x00\x00\x00"))
+	require.NoError(t, err)
+	req.Header.Set("Content-Type", "application/grpc")
+	resp, err := tr.RoundTrip(req)
+	require.NoError(t, err)
+	_, _ = io.Copy(io.Discard, resp.Body)
+	require.NoError(t, resp.Body.Close())
+	require.Equal(t, "14", resp.Header.Get("Grpc-Status"))
+	require.Contains(t, resp.Header.Get("Grpc-Message"), `sbx: sandbox "alice" is offline since`)
+
 	fams := h.metrics()
-	require.Equal(t, 2.0, metricValue(fams, "sbx_relay_http_answers_total", "code", "503"))
+	require.Equal(t, 3.0, metricValue(fams, "sbx_relay_http_answers_total", "code", "503"))
 	require.Equal(t, 1.0, metricValue(fams, "sbx_relay_inbound_closed_total", "reason", "offline"))
 	require.Equal(t, 0.0, metricValue(fams, "sbx_relay_held_connections"))
 }
@@ -229,8 +244,9 @@ func TestLaptopRefusesInbound(t *testing.T) {
 
 	code, body := get(t, "http://"+h.inbound(20001)+"/dispatch")
 	require.Equal(t, http.StatusBadGateway, code)
-	require.Contains(t, body, `sbx: sandbox "alice": the laptop could not reach the local process for route/8083 (refused)`)
-	require.Contains(t, body, "127.0.0.1:9", "the local address that refused is named")
+	require.Equal(t, "sbx: sandbox \"alice\": the laptop could not deliver this request to the local process for route port 8083 (refused).\n"+
+		"The laptop says: dial tcp 127.0.0.1:9 for route/8083: connect: connection refused\n"+
+		"Start (or restart) the local process on that address, then retry.\n", body, "the local address that refused is named")
 
 	c, err := net.Dial("tcp", h.inbound(20002))
 	require.NoError(t, err)
