@@ -271,7 +271,7 @@ func (r *Relay) Run(ctx context.Context) error {
 func (r *Relay) shutdown() {
 	start := time.Now()
 	r.stopServe()
-	r.closeListeners()
+	r.stopAccepting()
 	r.draining.Store(true)
 	r.ready.Store(false)
 	r.m.ready.Set(0)
@@ -299,6 +299,27 @@ func (r *Relay) Close() error {
 	return r.closeErr
 }
 
+// stopAccepting closes the tunnel and inbound listeners; the health
+// listener stays up so probes see /readyz fail while the relay drains.
+func (r *Relay) stopAccepting() {
+	for _, l := range r.servingListeners() {
+		_ = l.Close()
+	}
+}
+
+func (r *Relay) servingListeners() []net.Listener {
+	var ls []net.Listener
+	if r.tunnelL != nil {
+		ls = append(ls, r.tunnelL)
+	}
+	for _, in := range r.inbound {
+		ls = append(ls, in.l)
+	}
+	return ls
+}
+
+// closeListeners closes every listener, health included (New's failure
+// path and Close).
 func (r *Relay) closeListeners() {
 	r.closeOnce.Do(func() {
 		var errs []error
