@@ -11,9 +11,9 @@ import (
 	"github.com/sbx-dev/sbx/tunnel"
 )
 
-// maxOpenAttempts bounds how often one inbound connection is retried on
-// another session when the one it was opened on dies underneath it.
-const maxOpenAttempts = 3
+// maxOpenAttempts bounds how often one inbound connection is retried when
+// the session it was opened on dies underneath it.
+const maxOpenAttempts = 5
 
 // acceptInbound accepts connections on one inbound port until the listener
 // is closed. Transient accept errors (out of file descriptors) back off
@@ -52,6 +52,10 @@ func (r *Relay) acceptInbound(in inboundListener) {
 // 503/502 and TCP ports are closed.
 func (r *Relay) serveInbound(spec InboundSpec, conn net.Conn) {
 	defer conn.Close()
+	// The whole connection counts for the drain, so one accepted before
+	// SIGTERM is answered or served, not cut mid-open.
+	r.active.add()
+	defer r.active.done()
 	log := r.log.With("port", spec.ContainerPort, "workload", spec.Workload, "workloadPort", spec.Port, "remote", conn.RemoteAddr())
 	deadline := time.Now().Add(r.opts.Grace)
 
@@ -67,7 +71,7 @@ func (r *Relay) serveInbound(spec InboundSpec, conn net.Conn) {
 
 	var st *tunnel.Stream
 	for attempt := 1; ; attempt++ {
-		pool, _, _, _ := r.sessions.current()
+		pool, _ := r.sessions.current()
 		if pool == nil {
 			if !held {
 				if int(r.heldN.Add(1)) > r.opts.MaxHeld {
@@ -104,9 +108,10 @@ func (r *Relay) serveInbound(spec InboundSpec, conn net.Conn) {
 			return
 		}
 		// The session died or the pool emptied: count it offline now and
-		// try again, held if need be, within the same grace.
+		// try again, held if need be, within the same grace. A laptop that
+		// does not answer in time is not retried.
 		r.sessions.refresh(pool)
-		if attempt >= maxOpenAttempts || r.pipeCtx.Err() != nil {
+		if attempt >= maxOpenAttempts || r.pipeCtx.Err() != nil || errors.Is(err, context.DeadlineExceeded) {
 			log.Warn("could not open an inbound stream to the laptop", "err", err, "attempts", attempt)
 			r.answerError(log, spec, conn, err)
 			return
@@ -115,8 +120,6 @@ func (r *Relay) serveInbound(spec InboundSpec, conn net.Conn) {
 	}
 	defer st.Close()
 
-	r.active.add()
-	defer r.active.done()
 	end := r.m.streamOpened(kindInbound)
 	defer end()
 	if err := tunnel.Pipe(r.pipeCtx, r.m.count(conn), st); err != nil {

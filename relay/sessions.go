@@ -93,55 +93,76 @@ func closePool(p *tunnel.Pool, reason string) {
 // done records the end of one session of generation gen.
 func (ss *sessionSet) done(gen uint64) {
 	ss.mu.Lock()
-	defer ss.mu.Unlock()
 	if gen != ss.gen || ss.live == 0 {
+		ss.mu.Unlock()
 		return // its pool was replaced; the replacement already reset live
 	}
 	ss.live--
 	ss.m.sessions.Set(float64(ss.live))
+	var dead *tunnel.Pool
 	if ss.live == 0 {
-		ss.goOffline()
+		dead = ss.goOffline()
 	}
+	ss.mu.Unlock()
+	closeDead(dead)
 }
 
-// goOffline must be called with mu held and live == 0.
-func (ss *sessionSet) goOffline() {
+// goOffline must be called with mu held and live == 0. It returns the
+// emptied pool for the caller to close after unlocking.
+func (ss *sessionSet) goOffline() *tunnel.Pool {
 	select {
 	case <-ss.online:
 		ss.online = make(chan struct{})
 	default:
 	}
 	ss.offlineSince = ss.now()
-	if ss.pool != nil {
-		_ = ss.pool.Close()
+	ss.log.Info("laptop offline: no tunnel session left", "clientID", ss.clientID)
+	p := ss.pool
+	if p != nil {
 		ss.pool = nil
 		ss.gen++
 	}
-	ss.log.Info("laptop offline: no tunnel session left", "clientID", ss.clientID)
+	return p
 }
 
-// current returns the pool if a session is up, otherwise the channel that is
-// closed when one arrives and the time the relay went offline.
-func (ss *sessionSet) current() (*tunnel.Pool, <-chan struct{}, time.Time, bool) {
+// closeDead closes a pool whose sessions have all ended.
+func closeDead(p *tunnel.Pool) {
+	if p != nil {
+		_ = p.Close()
+	}
+}
+
+// current returns the pool if a session is up, otherwise nil and the
+// channel that is closed when one arrives.
+func (ss *sessionSet) current() (*tunnel.Pool, <-chan struct{}) {
 	ss.mu.Lock()
 	defer ss.mu.Unlock()
 	if ss.live > 0 {
-		return ss.pool, nil, time.Time{}, true
+		return ss.pool, nil
 	}
-	return nil, ss.online, ss.offlineSince, ss.everOnline
+	return nil, ss.online
 }
 
 // refresh is called when the pool reported no live session although sessions
 // were counted: their Done has not been seen yet. It makes the set offline
 // right away so waiters block instead of spinning.
 func (ss *sessionSet) refresh(p *tunnel.Pool) {
+	for _, s := range p.Sessions() {
+		select {
+		case <-s.Done():
+		default:
+			return // one is alive: the open failed for another reason
+		}
+	}
 	ss.mu.Lock()
-	defer ss.mu.Unlock()
-	if ss.pool == p && ss.live > 0 && p.Len() == 0 {
+	var dead *tunnel.Pool
+	if ss.pool == p && ss.live > 0 {
 		ss.live = 0
 		ss.m.sessions.Set(0)
-		ss.goOffline()
+		dead = ss.goOffline()
 	}
+	ss.mu.Unlock()
+	closeDead(dead)
 }
 
 // offlineState reports when the laptop went offline and whether it was ever
@@ -159,7 +180,7 @@ var errOffline = errors.New("laptop offline")
 // grace, or ctx's error.
 func (ss *sessionSet) wait(ctx context.Context, deadline time.Time) (*tunnel.Pool, error) {
 	for {
-		p, online, _, _ := ss.current()
+		p, online := ss.current()
 		if p != nil {
 			return p, nil
 		}
@@ -189,21 +210,6 @@ func (ss *sessionSet) closeAll(reason string) {
 	if p != nil {
 		closePool(p, reason)
 	}
-}
-
-// numStreams sums the open streams of the current sessions.
-func (ss *sessionSet) numStreams() int {
-	ss.mu.Lock()
-	p := ss.pool
-	ss.mu.Unlock()
-	if p == nil {
-		return 0
-	}
-	n := 0
-	for _, s := range p.Sessions() {
-		n += s.NumStreams()
-	}
-	return n
 }
 
 // describe is a one-line state summary for logs.

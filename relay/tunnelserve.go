@@ -40,8 +40,12 @@ func (r *Relay) checkHello(h tunnel.Hello) (tunnel.Welcome, error) {
 			Message: "the token does not match this relay's (the sandbox Secret changed: run `sbx connect` again to fetch it)"}
 	}
 	if h.Sandbox != r.opts.Sandbox {
+		other := "the Hello names none"
+		if h.Sandbox != "" {
+			other = "not " + h.Sandbox
+		}
 		return tunnel.Welcome{}, &tunnel.HandshakeError{Code: tunnel.CodeSandboxMismatch,
-			Message: "this relay serves sandbox " + r.opts.Sandbox + ", not " + h.Sandbox}
+			Message: "this relay serves sandbox " + r.opts.Sandbox + ", " + other}
 	}
 	if r.draining.Load() {
 		return tunnel.Welcome{}, &tunnel.HandshakeError{Code: tunnel.CodeInternal, Message: shutdownReason}
