@@ -33,9 +33,18 @@ func TestRealRelayEndToEnd(t *testing.T) {
 	require.NoError(t, err)
 	secret, dep, svc := relayObjects(ns, "alice", "0123456789abcdef0123456789abcdef", string(lease.UID))
 	for _, err := range []error{
-		func() error { _, err := kube.CoreV1().Secrets(ns).Create(ctx, secret, metav1.CreateOptions{}); return err }(),
-		func() error { _, err := kube.AppsV1().Deployments(ns).Create(ctx, dep, metav1.CreateOptions{}); return err }(),
-		func() error { _, err := kube.CoreV1().Services(ns).Create(ctx, svc, metav1.CreateOptions{}); return err }(),
+		func() error {
+			_, err := kube.CoreV1().Secrets(ns).Create(ctx, secret, metav1.CreateOptions{})
+			return err
+		}(),
+		func() error {
+			_, err := kube.AppsV1().Deployments(ns).Create(ctx, dep, metav1.CreateOptions{})
+			return err
+		}(),
+		func() error {
+			_, err := kube.CoreV1().Services(ns).Create(ctx, svc, metav1.CreateOptions{})
+			return err
+		}(),
 	} {
 		require.NoError(t, err)
 	}
