@@ -245,3 +245,12 @@ func TestNamespaces(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, []string{"shop", "payments"}, s.Namespaces())
 }
+
+func TestEmbedBudget(t *testing.T) {
+	dir := t.TempDir()
+	require.NoError(t, os.WriteFile(filepath.Join(dir, "big.txt"), make([]byte, MaxEmbedSize), 0o644))
+	desc := strings.Repeat("@{embed: big.txt}", 5)
+	data := "name: alice\nspec:\n  description: '" + desc + "'\n"
+	_, err := Parse(filepath.Join(dir, "sb.yaml"), []byte(data), nil)
+	require.ErrorContains(t, err, "sb.yaml:3:16: spec.description: templating produced more than")
+}

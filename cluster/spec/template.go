@@ -19,6 +19,10 @@ import (
 // document and a huge embed is almost certainly the wrong path.
 const MaxEmbedSize = 1 << 20
 
+// maxExpanded bounds the text templating may produce for one spec, so that
+// a spec embedding the same large file many times cannot exhaust memory.
+const maxExpanded = 4 << 20
+
 // varNameRE is what a template variable may be called: the same names work
 // in --set and in @{…}.
 var varNameRE = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_.-]*$`)
@@ -57,9 +61,10 @@ func ParseSetFlags(sets []string) (map[string]string, error) {
 // It works on single values after YAML parsing, so a value can never inject
 // YAML structure and every error keeps its line.
 type templater struct {
-	d    *strictyaml.Decoder
-	vars map[string]string
-	dir  string // embeds are relative to the spec file's directory
+	d     *strictyaml.Decoder
+	vars  map[string]string
+	dir   string // embeds are relative to the spec file's directory
+	total int    // bytes produced so far, bounded by maxExpanded
 }
 
 func (t *templater) expand(path string, n *yaml.Node) (string, bool) {
@@ -88,6 +93,10 @@ func (t *templater) expand(path string, n *yaml.Node) (string, bool) {
 				ok = false
 				continue
 			}
+			if t.total+out.Len()+len(content) > maxExpanded {
+				t.d.Errorf(n, path, "templating produced more than %d bytes; embed smaller files", maxExpanded)
+				return "", false
+			}
 			out.WriteString(content)
 			continue
 		}
@@ -103,6 +112,11 @@ func (t *templater) expand(path string, n *yaml.Node) (string, bool) {
 			continue
 		}
 		out.WriteString(v)
+	}
+	t.total += out.Len()
+	if t.total > maxExpanded {
+		t.d.Errorf(n, path, "templating produced more than %d bytes; embed smaller files", maxExpanded)
+		return "", false
 	}
 	return out.String(), ok
 }
