@@ -199,3 +199,12 @@ func FuzzParse(f *testing.F) {
 		}
 	})
 }
+
+// TestExampleConfig keeps the documented example valid.
+func TestExampleConfig(t *testing.T) {
+	c, err := Load("../../testdata/config/config.yaml")
+	require.NoError(t, err)
+	require.Equal(t, "gke_acme_europe-west1_staging-1", c.KubeContext("staging-1"))
+	require.Equal(t, []string{"shared", "observability"}, c.Outbound.Namespaces)
+	require.Equal(t, "ghcr.io/sbx-dev/sbx:v0.1.0", c.RelayImage)
+}
