@@ -254,3 +254,10 @@ func TestEmbedBudget(t *testing.T) {
 	_, err := Parse(filepath.Join(dir, "sb.yaml"), []byte(data), nil)
 	require.ErrorContains(t, err, "sb.yaml:3:16: spec.description: templating produced more than")
 }
+
+func TestUnusedVars(t *testing.T) {
+	data := []byte("name: '@{name}'\nspec:\n  description: '@{ team }-@{embed: x}'\n")
+	require.Empty(t, UnusedVars(data, map[string]string{"name": "a", "team": "b"}))
+	require.Equal(t, []string{"nmae", "zone"}, UnusedVars(data, map[string]string{"nmae": "a", "zone": "b", "team": "c"}))
+	require.Empty(t, UnusedVars(data, nil))
+}

@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 
 	"go.yaml.in/yaml/v3"
@@ -166,4 +167,25 @@ func truncate(s string, n int) string {
 		return s
 	}
 	return s[:n] + "…"
+}
+
+var placeholderRE = regexp.MustCompile(`@\{\s*([A-Za-z_][A-Za-z0-9_.-]*)\s*\}`)
+
+// UnusedVars returns, sorted, the names in vars that no @{name} placeholder
+// in data mentions: usually a typo in a --set flag that the user should
+// hear about (it is a warning, not an error, since scripts may pass a
+// common set of variables to several specs).
+func UnusedVars(data []byte, vars map[string]string) []string {
+	used := map[string]bool{}
+	for _, m := range placeholderRE.FindAllSubmatch(data, -1) {
+		used[string(m[1])] = true
+	}
+	var out []string
+	for name := range vars {
+		if !used[name] {
+			out = append(out, name)
+		}
+	}
+	slices.Sort(out)
+	return out
 }
