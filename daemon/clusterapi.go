@@ -49,6 +49,9 @@ type Target struct {
 	RoutingKey string `json:"routingKey"`
 	// Namespace is where the relay Deployment runs.
 	Namespace string `json:"namespace"`
+	// Namespaces are all the namespaces the sandbox has objects in (its
+	// workloads' namespaces).
+	Namespaces []string `json:"namespaces,omitempty"`
 }
 
 // Applied is the result of Cluster.Apply.

@@ -13,6 +13,8 @@ import (
 	"os/user"
 	"sync"
 	"time"
+
+	"github.com/sbx-dev/sbx/tunnel"
 )
 
 // Options configure a Daemon. Zero fields take defaults.
@@ -37,6 +39,8 @@ type Options struct {
 	LeaseInterval time.Duration
 	// Now is the clock (tests).
 	Now func() time.Time
+	// Tunnel tunes the tunnel sessions; nil means tunnel.DefaultConfig.
+	Tunnel *tunnel.Config
 
 	// link builds tunnel links; nil uses the tunnel package. Tests swap it.
 	link linker
@@ -77,7 +81,7 @@ func New(opts Options) (*Daemon, error) {
 		opts.LogPath = opts.Paths.Log()
 	}
 	if opts.link == nil {
-		opts.link = tunnelLinker
+		opts.link = newTunnelLinker(opts.Tunnel)
 	}
 	cfg := sessionConfig{
 		PoolSize:      opts.PoolSize,

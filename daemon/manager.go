@@ -193,7 +193,7 @@ func (m *manager) Disconnect(ctx context.Context, name string) error {
 		if err != nil {
 			return err
 		}
-		return cl.Delete(ctx, Target{Sandbox: saved.Name, RoutingKey: saved.RoutingKey, Namespace: saved.Namespace}, &saved.Spec)
+		return cl.Delete(ctx, Target{Sandbox: saved.Name, RoutingKey: saved.RoutingKey, Namespace: saved.Namespace, Namespaces: saved.Spec.Namespaces()}, &saved.Spec)
 	}()
 	if err != nil {
 		err = fmt.Errorf("delete the cluster objects of sandbox %s: %w (retry `sbx disconnect %s`; `sbx gc` also removes them once the lease expired)", name, err, name)

@@ -224,6 +224,9 @@ func (s *session) connectOnce(ctx context.Context) (time.Time, error) {
 	if applied.Sandbox == "" {
 		applied.Sandbox, applied.RoutingKey = saved.Name, saved.RoutingKey
 	}
+	if len(applied.Namespaces) == 0 {
+		applied.Namespaces = saved.Spec.Namespaces()
+	}
 	if applied.Namespace != "" && applied.Namespace != saved.Namespace {
 		s.mu.Lock()
 		s.saved.Namespace = applied.Namespace
