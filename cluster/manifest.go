@@ -1,0 +1,168 @@
+package cluster
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"sort"
+
+	istionet "istio.io/client-go/pkg/apis/networking/v1"
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
+
+	"github.com/sbx-dev/sbx/cluster/spec"
+)
+
+// ManifestBaseline is a baseline read from a YAML (or JSON) stream of
+// manifests, as `kubectl get -o yaml` or a CD repository holds them. It lets
+// `sbx render` show the exact objects without a cluster.
+type ManifestBaseline struct {
+	workloads map[string]map[string]string // kind/ns/name → pod labels
+	rollouts  map[string]map[string]any
+	services  map[string][]*corev1.Service
+	vss       map[string][]*istionet.VirtualService
+}
+
+type manifestHeader struct {
+	APIVersion string `json:"apiVersion"`
+	Kind       string `json:"kind"`
+	Metadata   struct {
+		Name      string `json:"name"`
+		Namespace string `json:"namespace"`
+	} `json:"metadata"`
+	Items []json.RawMessage `json:"items"`
+}
+
+// ParseManifests reads a manifest stream. Objects without a namespace are
+// placed in defaultNamespace. Kinds sbx does not need are skipped.
+func ParseManifests(r io.Reader, defaultNamespace string) (*ManifestBaseline, error) {
+	m := &ManifestBaseline{
+		workloads: map[string]map[string]string{},
+		rollouts:  map[string]map[string]any{},
+		services:  map[string][]*corev1.Service{},
+		vss:       map[string][]*istionet.VirtualService{},
+	}
+	dec := utilyaml.NewYAMLOrJSONDecoder(r, 4096)
+	for doc := 1; ; doc++ {
+		var raw json.RawMessage
+		if err := dec.Decode(&raw); err != nil {
+			if errors.Is(err, io.EOF) {
+				break
+			}
+			return nil, fmt.Errorf("manifest document %d: %w", doc, err)
+		}
+		if len(bytes.TrimSpace(raw)) == 0 || string(raw) == "null" {
+			continue
+		}
+		if err := m.add(raw, defaultNamespace); err != nil {
+			return nil, fmt.Errorf("manifest document %d: %w", doc, err)
+		}
+	}
+	for _, svcs := range m.services {
+		sort.Slice(svcs, func(a, b int) bool { return svcs[a].Name < svcs[b].Name })
+	}
+	for _, vss := range m.vss {
+		sort.Slice(vss, func(a, b int) bool { return vss[a].Name < vss[b].Name })
+	}
+	return m, nil
+}
+
+func (m *ManifestBaseline) add(raw json.RawMessage, defaultNS string) error {
+	var h manifestHeader
+	if err := json.Unmarshal(raw, &h); err != nil {
+		return err
+	}
+	ns := h.Metadata.Namespace
+	if ns == "" {
+		ns = defaultNS
+	}
+	key := func(kind string) string { return kind + "/" + ns + "/" + h.Metadata.Name }
+	switch {
+	case h.Kind == "List" || (len(h.Items) > 0 && h.Kind != ""):
+		for _, it := range h.Items {
+			if err := m.add(it, defaultNS); err != nil {
+				return err
+			}
+		}
+	case h.APIVersion == "apps/v1" && h.Kind == "Deployment":
+		var d appsv1.Deployment
+		if err := json.Unmarshal(raw, &d); err != nil {
+			return fmt.Errorf("Deployment %s: %w", h.Metadata.Name, err)
+		}
+		m.workloads[key(spec.KindDeployment)] = d.Spec.Template.Labels
+	case h.APIVersion == "apps/v1" && h.Kind == "StatefulSet":
+		var s appsv1.StatefulSet
+		if err := json.Unmarshal(raw, &s); err != nil {
+			return fmt.Errorf("StatefulSet %s: %w", h.Metadata.Name, err)
+		}
+		m.workloads[key(spec.KindStatefulSet)] = s.Spec.Template.Labels
+	case h.APIVersion == RolloutGVR.GroupVersion().String() && h.Kind == "Rollout":
+		var obj map[string]any
+		if err := json.Unmarshal(raw, &obj); err != nil {
+			return fmt.Errorf("Rollout %s: %w", h.Metadata.Name, err)
+		}
+		m.rollouts[key(spec.KindRollout)] = obj
+	case h.APIVersion == "v1" && h.Kind == "Service":
+		var s corev1.Service
+		if err := json.Unmarshal(raw, &s); err != nil {
+			return fmt.Errorf("Service %s: %w", h.Metadata.Name, err)
+		}
+		s.Namespace = ns
+		m.services[ns] = append(m.services[ns], &s)
+	case (h.APIVersion == "networking.istio.io/v1" || h.APIVersion == "networking.istio.io/v1beta1" ||
+		h.APIVersion == "networking.istio.io/v1alpha3") && h.Kind == "VirtualService":
+		var vs istionet.VirtualService
+		if err := json.Unmarshal(raw, &vs); err != nil {
+			return fmt.Errorf("VirtualService %s: %w", h.Metadata.Name, err)
+		}
+		vs.Namespace = ns
+		vs.APIVersion = "networking.istio.io/v1"
+		m.vss[ns] = append(m.vss[ns], &vs)
+	}
+	return nil
+}
+
+// PodLabels implements Baseline.
+func (m *ManifestBaseline) PodLabels(ctx context.Context, w spec.Workload) (map[string]string, error) {
+	if w.Kind == spec.KindRollout {
+		obj, ok := m.rollouts[w.Kind+"/"+w.Namespace+"/"+w.Name]
+		if !ok {
+			return nil, m.notFound(w)
+		}
+		return rolloutPodLabels(ctx, obj, w, func(name string) (map[string]string, error) {
+			return m.PodLabels(ctx, spec.Workload{Kind: spec.KindDeployment, Namespace: w.Namespace, Name: name})
+		})
+	}
+	l, ok := m.workloads[w.Kind+"/"+w.Namespace+"/"+w.Name]
+	if !ok {
+		return nil, m.notFound(w)
+	}
+	return l, nil
+}
+
+func (m *ManifestBaseline) notFound(w spec.Workload) error {
+	return fmt.Errorf("%s %s/%s is not in the baseline manifests: add it (kubectl get %s %s -n %s -o yaml) or check spec.local[].from",
+		w.Kind, w.Namespace, w.Name, w.Kind, w.Name, w.Namespace)
+}
+
+// Services implements Baseline.
+func (m *ManifestBaseline) Services(_ context.Context, namespace string) ([]*corev1.Service, error) {
+	out := make([]*corev1.Service, len(m.services[namespace]))
+	for i, s := range m.services[namespace] {
+		out[i] = s.DeepCopy()
+	}
+	return out, nil
+}
+
+// VirtualServices implements Baseline.
+func (m *ManifestBaseline) VirtualServices(_ context.Context, namespace string) ([]*istionet.VirtualService, error) {
+	out := make([]*istionet.VirtualService, len(m.vss[namespace]))
+	for i, v := range m.vss[namespace] {
+		out[i] = v.DeepCopy()
+	}
+	return out, nil
+}
