@@ -4,8 +4,8 @@ import (
 	"context"
 	"fmt"
 
-	istioclient "istio.io/client-go/pkg/clientset/versioned"
 	istionet "istio.io/client-go/pkg/apis/networking/v1"
+	istioclient "istio.io/client-go/pkg/clientset/versioned"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"

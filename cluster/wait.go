@@ -176,4 +176,3 @@ type RelayError struct {
 func (e *RelayError) Error() string {
 	return fmt.Sprintf("relay pod %s/%s not ready: %s", e.Namespace, e.Pod, e.Message)
 }
-
