@@ -12,6 +12,8 @@ import (
 	istionet "istio.io/client-go/pkg/apis/networking/v1"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime"
 	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
 
 	"github.com/sbx-dev/sbx/cluster/spec"
@@ -25,6 +27,7 @@ type ManifestBaseline struct {
 	rollouts  map[string]map[string]any
 	services  map[string][]*corev1.Service
 	vss       map[string][]*istionet.VirtualService
+	objects   []runtime.Object
 }
 
 type manifestHeader struct {
@@ -93,19 +96,26 @@ func (m *ManifestBaseline) add(raw json.RawMessage, defaultNS string) error {
 		if err := json.Unmarshal(raw, &d); err != nil {
 			return fmt.Errorf("Deployment %s: %w", h.Metadata.Name, err)
 		}
+		d.Namespace = ns
 		m.workloads[key(spec.KindDeployment)] = d.Spec.Template.Labels
+		m.objects = append(m.objects, &d)
 	case h.APIVersion == "apps/v1" && h.Kind == "StatefulSet":
 		var s appsv1.StatefulSet
 		if err := json.Unmarshal(raw, &s); err != nil {
 			return fmt.Errorf("StatefulSet %s: %w", h.Metadata.Name, err)
 		}
+		s.Namespace = ns
 		m.workloads[key(spec.KindStatefulSet)] = s.Spec.Template.Labels
+		m.objects = append(m.objects, &s)
 	case h.APIVersion == RolloutGVR.GroupVersion().String() && h.Kind == "Rollout":
 		var obj map[string]any
 		if err := json.Unmarshal(raw, &obj); err != nil {
 			return fmt.Errorf("Rollout %s: %w", h.Metadata.Name, err)
 		}
 		m.rollouts[key(spec.KindRollout)] = obj
+		u := &unstructured.Unstructured{Object: obj}
+		u.SetNamespace(ns)
+		m.objects = append(m.objects, u)
 	case h.APIVersion == "v1" && h.Kind == "Service":
 		var s corev1.Service
 		if err := json.Unmarshal(raw, &s); err != nil {
@@ -113,6 +123,7 @@ func (m *ManifestBaseline) add(raw json.RawMessage, defaultNS string) error {
 		}
 		s.Namespace = ns
 		m.services[ns] = append(m.services[ns], &s)
+		m.objects = append(m.objects, &s)
 	case (h.APIVersion == "networking.istio.io/v1" || h.APIVersion == "networking.istio.io/v1beta1" ||
 		h.APIVersion == "networking.istio.io/v1alpha3") && h.Kind == "VirtualService":
 		var vs istionet.VirtualService
@@ -122,8 +133,19 @@ func (m *ManifestBaseline) add(raw json.RawMessage, defaultNS string) error {
 		vs.Namespace = ns
 		vs.APIVersion = "networking.istio.io/v1"
 		m.vss[ns] = append(m.vss[ns], &vs)
+		m.objects = append(m.objects, &vs)
 	}
 	return nil
+}
+
+// Objects returns copies of the objects sbx read from the manifests, in
+// file order, e.g. to seed a fake or simulated cluster.
+func (m *ManifestBaseline) Objects() []runtime.Object {
+	out := make([]runtime.Object, len(m.objects))
+	for i, o := range m.objects {
+		out[i] = o.DeepCopyObject()
+	}
+	return out
 }
 
 // PodLabels implements Baseline.

@@ -2,7 +2,9 @@ package cluster
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
+	"io"
 	"slices"
 	"strings"
 	"time"
@@ -13,8 +15,11 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/validation"
+
+	"sigs.k8s.io/yaml"
 
 	"github.com/sbx-dev/sbx/cluster/spec"
 )
@@ -215,4 +220,64 @@ func addNamespaces(a []string, b ...string) []string {
 		}
 	}
 	return out
+}
+
+// List returns every object in apply order: Leases, Secret, relay
+// Deployment, Services, VirtualServices (whole, with the sandbox's routes).
+func (o *Objects) List() []runtime.Object {
+	var out []runtime.Object
+	for _, l := range o.Leases {
+		out = append(out, l)
+	}
+	out = append(out, o.Secret, o.Relay)
+	for _, s := range o.Services {
+		out = append(out, s)
+	}
+	for _, r := range o.Routes {
+		out = append(out, r.Object)
+	}
+	return out
+}
+
+// WriteYAML writes the objects as a YAML stream, as `sbx render` prints
+// them. The Secret shows its token under stringData, so a rendering made
+// with TokenPlaceholder is readable and carries no secret.
+func (o *Objects) WriteYAML(w io.Writer) error {
+	for i, obj := range o.List() {
+		if s, ok := obj.(*corev1.Secret); ok {
+			s = s.DeepCopy()
+			s.StringData = map[string]string{}
+			for k, v := range s.Data {
+				s.StringData[k] = string(v)
+			}
+			s.Data = nil
+			obj = s
+		}
+		// Through a map, to drop the empty status and creationTimestamp
+		// the typed objects carry: they are the server's to fill.
+		j, err := json.Marshal(obj)
+		if err != nil {
+			return fmt.Errorf("render %T: %w", obj, err)
+		}
+		var m map[string]any
+		if err := json.Unmarshal(j, &m); err != nil {
+			return fmt.Errorf("render %T: %w", obj, err)
+		}
+		delete(m, "status")
+		if md, ok := m["metadata"].(map[string]any); ok && md["creationTimestamp"] == nil {
+			delete(md, "creationTimestamp")
+		}
+		b, err := yaml.Marshal(m)
+		if err != nil {
+			return fmt.Errorf("render %T: %w", obj, err)
+		}
+		sep := "---\n"
+		if i == 0 {
+			sep = ""
+		}
+		if _, err := fmt.Fprintf(w, "%s%s", sep, b); err != nil {
+			return err
+		}
+	}
+	return nil
 }
