@@ -7,10 +7,12 @@ import (
 	"sync/atomic"
 	"testing"
 
-	istiofake "istio.io/client-go/pkg/clientset/versioned/fake"
 	istionet "istio.io/client-go/pkg/apis/networking/v1"
+	istiofake "istio.io/client-go/pkg/clientset/versioned/fake"
+	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
 	kubefake "k8s.io/client-go/kubernetes/fake"
@@ -157,3 +159,5 @@ func routeSandbox(name string) *spec.Sandbox {
 func testOptions(key string) Options {
 	return Options{RoutingKey: key, Token: "test-token-" + key, RelayImage: testImage, Holder: "alice@laptop"}
 }
+
+var corevSecret = corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "sbx-alice-token", Namespace: "hotrod"}}
