@@ -76,7 +76,7 @@ func TestApplyCreatesAndIsIdempotent(t *testing.T) {
 	require.Equal(t, testKey, res.RoutingKey)
 	require.Equal(t, "hotrod", res.Namespace)
 	require.Equal(t, "sbx-alice-relay", res.RelayName)
-	require.Equal(t, 1, log.actions()[ActionUpdated], log.events) // CD's route VirtualService
+	require.Equal(t, 1, log.actions()[ActionUpdated], log.events)         // CD's route VirtualService
 	require.Equal(t, 1+1+1+3+2, log.actions()[ActionCreated], log.events) // lease, secret, deployment, 3 services, 2 own VSs
 	require.Equal(t, 1, log.actions()[ActionWarning])
 
