@@ -43,26 +43,47 @@ type manifestHeader struct {
 // ParseManifests reads a manifest stream. Objects without a namespace are
 // placed in defaultNamespace. Kinds sbx does not need are skipped.
 func ParseManifests(r io.Reader, defaultNamespace string) (*ManifestBaseline, error) {
+	return ParseManifestFiles([]NamedReader{namedReader{Reader: r, name: "manifests"}}, defaultNamespace)
+}
+
+// NamedReader is a manifest source with a name for error messages (an
+// *os.File is one).
+type NamedReader interface {
+	io.Reader
+	Name() string
+}
+
+type namedReader struct {
+	io.Reader
+	name string
+}
+
+func (n namedReader) Name() string { return n.name }
+
+// ParseManifestFiles reads several manifest streams into one baseline.
+func ParseManifestFiles[R NamedReader](files []R, defaultNamespace string) (*ManifestBaseline, error) {
 	m := &ManifestBaseline{
 		workloads: map[string]map[string]string{},
 		rollouts:  map[string]map[string]any{},
 		services:  map[string][]*corev1.Service{},
 		vss:       map[string][]*istionet.VirtualService{},
 	}
-	dec := utilyaml.NewYAMLOrJSONDecoder(r, 4096)
-	for doc := 1; ; doc++ {
-		var raw json.RawMessage
-		if err := dec.Decode(&raw); err != nil {
-			if errors.Is(err, io.EOF) {
-				break
+	for _, f := range files {
+		dec := utilyaml.NewYAMLOrJSONDecoder(f, 4096)
+		for doc := 1; ; doc++ {
+			var raw json.RawMessage
+			if err := dec.Decode(&raw); err != nil {
+				if errors.Is(err, io.EOF) {
+					break
+				}
+				return nil, fmt.Errorf("%s: document %d: %w", f.Name(), doc, err)
 			}
-			return nil, fmt.Errorf("manifest document %d: %w", doc, err)
-		}
-		if len(bytes.TrimSpace(raw)) == 0 || string(raw) == "null" {
-			continue
-		}
-		if err := m.add(raw, defaultNamespace); err != nil {
-			return nil, fmt.Errorf("manifest document %d: %w", doc, err)
+			if len(bytes.TrimSpace(raw)) == 0 || string(raw) == "null" {
+				continue
+			}
+			if err := m.add(raw, defaultNamespace); err != nil {
+				return nil, fmt.Errorf("%s: document %d: %w", f.Name(), doc, err)
+			}
 		}
 	}
 	for _, svcs := range m.services {
