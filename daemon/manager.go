@@ -149,6 +149,12 @@ func (m *manager) Restore(saved []savedSandbox) {
 		if _, ok := m.sessions[sv.Name]; ok || sv.Name == "" || sv.RoutingKey == "" {
 			continue
 		}
+		if err := sv.Spec.Validate(); err != nil {
+			msg := fmt.Sprintf("state file: sandbox %s not restored, its saved spec is invalid: %v (connect it again with `sbx connect -f FILE`)", sv.Name, err)
+			m.log.Error(msg)
+			m.store.SetStateError(msg)
+			continue
+		}
 		m.log.Info("restoring sandbox", "sandbox", sv.Name, "routingKey", sv.RoutingKey)
 		m.startLocked(sv, false)
 	}

@@ -299,3 +299,80 @@ func TestBinaryAutostartsDaemon(t *testing.T) {
 	code, _, _ = run("status")
 	require.Equal(t, 2, code)
 }
+
+// syncBuffer is a bytes.Buffer safe for a command writing while the test
+// reads.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+func TestCLIConnectWatchReapplies(t *testing.T) {
+	dir := cliEnv(t)
+	startInProcessDaemon(t, &cliCluster{ready: make(chan struct{})})
+	specPath := writeSpec(t, dir)
+
+	ctx, cancel := context.WithCancel(context.Background())
+	var out, errb syncBuffer
+	done := make(chan int, 1)
+	go func() {
+		done <- run(ctx, []string{"connect", "-f", specPath, "--set", "name=alice", "--wait=false", "--watch"}, strings.NewReader(""), &out, &errb)
+	}()
+	require.Eventually(t, func() bool { return strings.Contains(errb.String(), "Watching") }, 10*time.Second, 10*time.Millisecond)
+
+	c := &daemon.Client{}
+	defer c.Close()
+	toLocal := func() string {
+		sb, err := c.Sandbox(context.Background(), "alice")
+		if err != nil || len(sb.Mappings) == 0 {
+			return ""
+		}
+		return sb.Mappings[0].ToLocal
+	}
+	require.Equal(t, "localhost:8083", toLocal())
+	key := func() string { sb, _ := c.Sandbox(context.Background(), "alice"); return sb.RoutingKey }()
+
+	// An invalid edit is reported; the sandbox keeps its spec.
+	require.NoError(t, os.WriteFile(specPath, []byte("name: '@{name}'\nspec:\n  local: 7\n"), 0o600))
+	require.Eventually(t, func() bool { return strings.Contains(errb.String(), "keeps its last good spec") }, 10*time.Second, 10*time.Millisecond)
+	require.Equal(t, "localhost:8083", toLocal())
+
+	// A valid edit (saved the way editors do: new file renamed over it)
+	// is re-applied with the same key.
+	tmp := specPath + ".new"
+	require.NoError(t, os.WriteFile(tmp, []byte(`name: '@{name}'
+spec:
+  local:
+    - name: route
+      from: {kind: Deployment, namespace: hotrod, name: route}
+      mappings:
+        - port: 8083
+          toLocal: localhost:9090
+`), 0o600))
+	require.NoError(t, os.Rename(tmp, specPath))
+	require.Eventually(t, func() bool { return toLocal() == "localhost:9090" }, 10*time.Second, 10*time.Millisecond)
+	sb, err := c.Sandbox(context.Background(), "alice")
+	require.NoError(t, err)
+	require.Equal(t, key, sb.RoutingKey)
+
+	cancel()
+	select {
+	case code := <-done:
+		require.Equal(t, 0, code, errb.String())
+	case <-time.After(10 * time.Second):
+		t.Fatal("connect --watch did not stop")
+	}
+	require.Contains(t, errb.String(), "stays connected")
+}
