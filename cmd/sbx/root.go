@@ -59,6 +59,7 @@ names travel back through the same tunnel to the baseline services.`,
 		newListCmd(g),
 		newGCCmd(g),
 		newLogsCmd(g),
+		newRelayCmd(g),
 	)
 	return root
 }
