@@ -161,3 +161,42 @@ func TestDialDNSFailure(t *testing.T) {
 	var dnsErr *net.DNSError
 	require.ErrorAs(t, err, &dnsErr)
 }
+
+// FuzzDialPolicy checks the policy's promise for any target text: nothing
+// in a forbidden range is ever handed to the dialer, whatever the spelling
+// (zones, v4-mapped, names resolving there).
+func FuzzDialPolicy(f *testing.F) {
+	for _, s := range []string{"169.254.169.254:80", "[::ffff:169.254.169.254]:80", "[fe80::1%eth0]:443", "[fd00:ec2::254]:80",
+		"metadata:80", "0.0.0.0:1", "[::]:1", "127.0.0.1:7001", "10.1.2.3:9", "driver.hotrod.svc.cluster.local:8082", "[::1]:80"} {
+		f.Add(s)
+	}
+	res := fakeResolver{
+		"metadata":                        {"169.254.169.254"},
+		"mixed":                           {"10.0.0.1", "fe80::1"},
+		"driver.hotrod.svc.cluster.local": {"10.96.0.12"},
+	}
+	local := netip.MustParseAddr("10.1.2.3")
+	p := &policy{ownPorts: map[uint16]bool{7001: true}, localAddrs: func() ([]netip.Addr, error) { return []netip.Addr{local}, nil }}
+	forbidden := []netip.Prefix{
+		netip.MustParsePrefix("169.254.0.0/16"), netip.MustParsePrefix("fe80::/10"), netip.MustParsePrefix("fd00:ec2::254/128"),
+		netip.MustParsePrefix("127.0.0.0/8"), netip.MustParsePrefix("::1/128"), netip.MustParsePrefix("0.0.0.0/32"),
+		netip.MustParsePrefix("::/128"), netip.MustParsePrefix("10.1.2.3/32"),
+	}
+	f.Fuzz(func(t *testing.T, target string) {
+		rd := &recordingDialer{}
+		d := &dialer{policy: p, resolver: res, dial: rd, timeout: time.Second}
+		_, _ = d.dialTarget(context.Background(), target)
+		for _, s := range rd.dialed {
+			ap, err := netip.ParseAddrPort(s)
+			if err != nil {
+				t.Fatalf("dialer got %q, not ip:port", s)
+			}
+			a := ap.Addr().Unmap()
+			for _, fp := range forbidden {
+				if fp.Contains(a) {
+					t.Fatalf("target %q dialed forbidden %s", target, s)
+				}
+			}
+		}
+	})
+}

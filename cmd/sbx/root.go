@@ -51,6 +51,15 @@ names travel back through the same tunnel to the baseline services.`,
 	root.AddCommand(
 		newVersionCmd(g),
 		newBenchCmd(g),
+		newValidateCmd(g),
+		newRenderCmd(g),
+		newDaemonCmd(g),
+		newConnectCmd(g),
+		newDisconnectCmd(g),
+		newStatusCmd(g),
+		newListCmd(g),
+		newGCCmd(g),
+		newLogsCmd(g),
 		newRelayCmd(g),
 	)
 	return root
