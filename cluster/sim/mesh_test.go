@@ -34,7 +34,7 @@ func newVS(ns, name string, hosts []string, routes ...*networking.HTTPRoute) *is
 
 // meshCluster is a cluster with an extra "route-v2" workload to route to.
 func meshCluster(t *testing.T) (*Cluster, *http.Client) {
-	c := startCluster(t)
+	c := startCluster(t, Options{WithoutBaselineVirtualService: true})
 	ctx := context.Background()
 	_, err := c.RunApp(ctx, AppNamespace, AppService{Name: "route-v2", Port: 8083}, "v2")
 	require.NoError(t, err)

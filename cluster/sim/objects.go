@@ -6,6 +6,8 @@ import (
 	"hash/fnv"
 	"time"
 
+	"google.golang.org/protobuf/types/known/durationpb"
+	networking "istio.io/api/networking/v1alpha3"
 	istiofake "istio.io/client-go/pkg/clientset/versioned/fake"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
@@ -257,4 +259,26 @@ func setDeploymentAvailable(ctx context.Context, c *Clients, dep *appsv1.Deploym
 	}
 	_, err := c.Kube.AppsV1().Deployments(d.Namespace).UpdateStatus(ctx, d, metav1.UpdateOptions{})
 	return err
+}
+
+// BaselineVirtualService is the VirtualService a CD system owns for route
+// in the baseline: a default route with a timeout and retries. sbx must
+// insert its routes into it and later leave it exactly as it was.
+func BaselineVirtualService() *istiov1.VirtualService {
+	return &istiov1.VirtualService{
+		ObjectMeta: metav1.ObjectMeta{
+			Name: "route", Namespace: AppNamespace,
+			Labels:      map[string]string{"app.kubernetes.io/managed-by": "argocd"},
+			Annotations: map[string]string{"argocd.argoproj.io/tracking-id": "hotrod:networking.istio.io/VirtualService:hotrod/route"},
+		},
+		Spec: networking.VirtualService{
+			Hosts: []string{"route"},
+			Http: []*networking.HTTPRoute{{
+				Name:    "default",
+				Route:   []*networking.HTTPRouteDestination{{Destination: &networking.Destination{Host: "route", Port: &networking.PortSelector{Number: 8083}}}},
+				Timeout: durationpb.New(5 * time.Second),
+				Retries: &networking.HTTPRetry{Attempts: 2, PerTryTimeout: durationpb.New(2 * time.Second)},
+			}},
+		},
+	}
 }

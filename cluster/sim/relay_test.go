@@ -23,7 +23,7 @@ import (
 func TestRealRelayEndToEnd(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	c, err := Start(ctx, Options{Logger: testLogger(t)})
+	c, err := Start(ctx, Options{Logger: testLogger(t), WithoutBaselineVirtualService: true})
 	require.NoError(t, err)
 	defer c.Close()
 	ns := AppNamespace

@@ -29,6 +29,9 @@ type Options struct {
 	Logger *slog.Logger
 	// Domain is the cluster DNS domain; "" means cluster.local.
 	Domain string
+	// WithoutBaselineVirtualService leaves out the VirtualService that CD
+	// owns for route (tests of the mesh write their own).
+	WithoutBaselineVirtualService bool
 	// Relay runs the relay containers of Deployments that run `sbx relay`.
 	// nil means the real relay (package relay).
 	Relay RelayFunc
@@ -68,6 +71,12 @@ func Start(ctx context.Context, opts Options) (_ *Cluster, err error) {
 	c.Clients = NewClients(c.Network, nil)
 	if err := c.startBaseline(ctx); err != nil {
 		return nil, err
+	}
+	if !opts.WithoutBaselineVirtualService {
+		if _, err := c.Clients.Istio.NetworkingV1().VirtualServices(AppNamespace).Create(ctx,
+			BaselineVirtualService(), metav1.CreateOptions{}); err != nil {
+			return nil, fmt.Errorf("create the baseline VirtualService: %w", err)
+		}
 	}
 	c.Mesh, err = NewMesh(ctx, MeshOptions{Logger: logger, Network: c.Network, Kube: c.Clients.Kube, Istio: c.Clients.Istio})
 	if err != nil {

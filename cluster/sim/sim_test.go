@@ -22,11 +22,16 @@ func TestMain(m *testing.M) {
 	)
 }
 
-func startCluster(t *testing.T) *Cluster {
+func startCluster(t *testing.T, opts ...Options) *Cluster {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	c, err := Start(ctx, Options{Logger: testLogger(t)})
+	var o Options
+	if len(opts) > 0 {
+		o = opts[0]
+	}
+	o.Logger = testLogger(t)
+	c, err := Start(ctx, o)
 	require.NoError(t, err)
 	t.Cleanup(c.Close)
 	return c
