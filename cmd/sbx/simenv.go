@@ -1,0 +1,207 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"k8s.io/apimachinery/pkg/labels"
+
+	"github.com/sbx-dev/sbx/cluster"
+	"github.com/sbx-dev/sbx/cluster/portforward"
+	"github.com/sbx-dev/sbx/cluster/sim"
+	"github.com/sbx-dev/sbx/cluster/spec"
+	"github.com/sbx-dev/sbx/daemon"
+)
+
+// simEnv is a simulated cluster with an in-process sbx daemon attached to
+// it through the daemon's normal code: cluster objects through package
+// cluster on the simulator's clients, tunnels through the real client-go
+// port-forward to the simulator's kubelet-side server. `sbx demo` runs it
+// and the end-to-end tests drive it.
+type simEnv struct {
+	Sim    *sim.Cluster
+	Client *daemon.Client
+	Paths  daemon.Paths
+	log    *slog.Logger
+
+	cluster daemon.Cluster
+
+	mu        sync.Mutex
+	dialers   map[string]*portforward.Dialer
+	stopD     context.CancelFunc
+	daemonErr chan error
+}
+
+// startSimEnv starts the simulated cluster and a daemon whose socket and
+// state live under dir (keep it short: unix socket paths are limited).
+func startSimEnv(ctx context.Context, dir string, logger *slog.Logger, opts sim.Options) (*simEnv, error) {
+	opts.Logger = logger.With("side", "cluster")
+	c, err := sim.Start(ctx, opts)
+	if err != nil {
+		return nil, fmt.Errorf("start the simulated cluster: %w", err)
+	}
+	e := &simEnv{
+		Sim:     c,
+		log:     logger,
+		dialers: map[string]*portforward.Dialer{},
+		Paths: daemon.Paths{
+			RuntimeDir: filepath.Join(dir, "run"),
+			StateDir:   filepath.Join(dir, "state"),
+		},
+	}
+	e.cluster = daemon.NewCluster(cluster.Clients{Kube: c.Clients.Kube, Istio: c.Clients.Istio}, sim.AppNamespace,
+		e.dialRelay, daemon.KubeOptions{
+			Logger: logger.With("side", "laptop"), WaitTimeout: 30 * time.Second,
+			// The simulator runs the relay in-process from the generated
+			// args; the image is only written into the Deployment.
+			DefaultRelayImage: "ghcr.io/sbx-dev/sbx:sim",
+		})
+	e.Client = &daemon.Client{Socket: e.Paths.Socket()}
+	if err := e.StartDaemon(ctx); err != nil {
+		e.Close()
+		return nil, err
+	}
+	return e, nil
+}
+
+// dialRelay opens a port-forwarded connection to the tunnel port of the
+// sandbox's ready relay pod, as the daemon does against a real cluster.
+func (e *simEnv) dialRelay(ctx context.Context, t daemon.Target) (net.Conn, error) {
+	key := t.Namespace + "/" + t.Sandbox + "/" + t.RoutingKey
+	e.mu.Lock()
+	d, ok := e.dialers[key]
+	if !ok {
+		var err error
+		d, err = portforward.New(portforward.Config{
+			REST:      e.Sim.RESTConfig,
+			Client:    e.Sim.Clients.Kube,
+			Namespace: t.Namespace,
+			Selector: labels.Set{
+				cluster.LabelSandbox:    t.Sandbox,
+				cluster.LabelRoutingKey: t.RoutingKey,
+				cluster.LabelComponent:  "relay",
+			}.String(),
+			Port:        cluster.TunnelPort,
+			Connections: 2,
+			Logger:      e.log.With("side", "laptop", "sandbox", t.Sandbox),
+		})
+		if err != nil {
+			e.mu.Unlock()
+			return nil, err
+		}
+		e.dialers[key] = d
+	}
+	e.mu.Unlock()
+	return d.Dial(ctx)
+}
+
+// StartDaemon starts the in-process daemon (again, after StopDaemon: it
+// restores its sandboxes from its state file like a restarted daemon).
+func (e *simEnv) StartDaemon(ctx context.Context) error {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.stopD != nil {
+		return errors.New("the daemon is already running")
+	}
+	d, err := daemon.New(daemon.Options{
+		Paths:         e.Paths,
+		Logger:        e.log.With("side", "laptop"),
+		Version:       "demo",
+		Clusters:      func(context.Context, string, string) (daemon.Cluster, error) { return e.cluster, nil },
+		StatsInterval: 200 * time.Millisecond,
+		Backoff:       daemon.Backoff{Min: 100 * time.Millisecond, Max: time.Second},
+	})
+	if err != nil {
+		return err
+	}
+	dctx, cancel := context.WithCancel(context.Background())
+	errc := make(chan error, 1)
+	go func() { errc <- d.Run(dctx) }()
+	e.stopD, e.daemonErr = cancel, errc
+	// Wait until the socket answers.
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		_, err := e.Client.Status(ctx)
+		if err == nil {
+			return nil
+		}
+		if time.Now().After(deadline) || ctx.Err() != nil {
+			return fmt.Errorf("the daemon did not come up: %w", err)
+		}
+		select {
+		case err := <-errc:
+			e.stopD = nil
+			cancel()
+			return fmt.Errorf("the daemon stopped: %w", err)
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+}
+
+// StopDaemon stops the daemon without disconnecting its sandboxes: their
+// cluster objects stay, as after the laptop's daemon died.
+func (e *simEnv) StopDaemon() error {
+	e.mu.Lock()
+	stop, errc := e.stopD, e.daemonErr
+	e.stopD = nil
+	e.mu.Unlock()
+	if stop == nil {
+		return nil
+	}
+	stop()
+	err := <-errc
+	e.Client.Close()
+	e.Client = &daemon.Client{Socket: e.Paths.Socket()}
+	return err
+}
+
+// Close stops the daemon, the port-forwards and the cluster.
+func (e *simEnv) Close() {
+	_ = e.StopDaemon()
+	e.mu.Lock()
+	for k, d := range e.dialers {
+		_ = d.Close()
+		delete(e.dialers, k)
+	}
+	e.mu.Unlock()
+	e.Client.Close()
+	e.Sim.Close()
+}
+
+// Connect connects a sandbox that sends route (hotrod) to local, and
+// waits until it is ready.
+func (e *simEnv) Connect(ctx context.Context, name, local string, progress func(daemon.Progress)) (daemon.SandboxStatus, error) {
+	return e.Client.Connect(ctx, daemon.ConnectRequest{
+		Spec:    routeSandbox(name, local),
+		Wait:    true,
+		Timeout: 30 * time.Second,
+	}, progress)
+}
+
+// routeSandbox is the spec of a sandbox whose route runs on the laptop.
+func routeSandbox(name, local string) spec.Sandbox {
+	return spec.Sandbox{
+		Name: name,
+		Spec: spec.Spec{
+			Description: "route service on my laptop",
+			Local: []spec.Local{{
+				Name:     "route",
+				From:     spec.Workload{Kind: spec.KindDeployment, Namespace: sim.AppNamespace, Name: "route"},
+				Mappings: []spec.Mapping{{Port: 8083, ToLocal: local}},
+			}},
+		},
+	}
+}
+
+// tempDir makes a short private directory (unix socket paths are limited
+// to about 100 bytes).
+func tempDir() (string, error) {
+	return os.MkdirTemp("", "sbxd")
+}
