@@ -187,3 +187,136 @@ func TestE2EConnectRouteDisconnect(t *testing.T) {
 	require.Empty(t, e.Sim.RelayDeployments())
 	eventuallyServed(t, client, keyed, allBaseline)
 }
+
+// Scenario 4: two sandboxes on the same baseline route, each key to its own
+// laptop server.
+func TestE2ETwoSandboxesOneRoute(t *testing.T) {
+	e := startE2E(t)
+	ctx := context.Background()
+	client := e.Sim.HTTPClient("default")
+	defer client.CloseIdleConnections()
+
+	servers := map[string]*sim.AppServer{}
+	keys := map[string]string{}
+	for _, name := range []string{"alice", "bob"} {
+		srv, err := sim.StartApp(sim.AppConfig{Service: "route", Version: "v2-" + name, Pod: name + "-laptop"}, "127.0.0.1:0")
+		require.NoError(t, err)
+		defer srv.Close()
+		servers[name] = srv
+		st, err := e.Connect(ctx, name, srv.Addr(), nil)
+		require.NoError(t, err)
+		keys[name] = st.RoutingKey
+	}
+	require.NotEqual(t, keys["alice"], keys["bob"])
+	for name, key := range keys {
+		eventuallyServed(t, client, "sbx-routing-key="+key, "frontend@baseline(route@v2-"+name+", driver@baseline)")
+	}
+	_, hop, _ := dispatch(t, client, "")
+	require.Equal(t, allBaseline, hop.String())
+
+	// One leaves; the other keeps its route.
+	_, err := e.Client.Disconnect(ctx, "alice")
+	require.NoError(t, err)
+	eventuallyServed(t, client, "sbx-routing-key="+keys["alice"], allBaseline)
+	eventuallyServed(t, client, "sbx-routing-key="+keys["bob"], "frontend@baseline(route@v2-bob, driver@baseline)")
+}
+
+// Scenario 7: the laptop's route stops: keyed requests get the relay's 502
+// explaining that nothing listens locally; it starts again: they succeed.
+func TestE2ELocalProcessStops(t *testing.T) {
+	e := startE2E(t)
+	ctx := context.Background()
+	client := e.Sim.HTTPClient("default")
+	defer client.CloseIdleConnections()
+
+	local, err := sim.StartLocalRoute("127.0.0.1:0", nil, nil, e.log)
+	require.NoError(t, err)
+	addr := local.Addr()
+	st, err := e.Connect(ctx, "alice", addr, nil)
+	require.NoError(t, err)
+	keyed := "sbx-routing-key=" + st.RoutingKey
+	eventuallyServed(t, client, keyed, routeV2)
+
+	require.NoError(t, local.Close())
+	var hop sim.Hop
+	require.Eventually(t, func() bool {
+		_, hop, _ = dispatch(t, client, keyed)
+		r := hop.Find("route")
+		return r != nil && r.Status == http.StatusBadGateway
+	}, 20*time.Second, 20*time.Millisecond)
+	route := hop.Find("route")
+	require.Contains(t, route.Error, addr, "the 502 names the local address that refused: %s", route.Error)
+	require.Equal(t, "driver@baseline", hop.Find("driver").String())
+	// Unkeyed traffic is unaffected.
+	_, base, _ := dispatch(t, client, "")
+	require.Equal(t, allBaseline, base.String())
+
+	again, err := sim.StartLocalRoute(addr, nil, nil, e.log)
+	require.NoError(t, err)
+	defer again.Close()
+	eventuallyServed(t, client, keyed, routeV2)
+}
+
+// Scenario 8: the daemon dies and starts again: the sandbox comes back with
+// the same routing key and keyed traffic reaches the laptop again.
+func TestE2EDaemonRestart(t *testing.T) {
+	e := startE2E(t)
+	ctx := context.Background()
+	client := e.Sim.HTTPClient("default")
+	defer client.CloseIdleConnections()
+
+	local, err := sim.StartLocalRoute("127.0.0.1:0", nil, nil, e.log)
+	require.NoError(t, err)
+	defer local.Close()
+	st, err := e.Connect(ctx, "alice", local.Addr(), nil)
+	require.NoError(t, err)
+	keyed := "sbx-routing-key=" + st.RoutingKey
+	eventuallyServed(t, client, keyed, routeV2)
+
+	require.NoError(t, e.StopDaemon())
+	// The cluster objects stay while the daemon is away.
+	require.NotEmpty(t, sbxObjects(t, e))
+	require.NoError(t, e.StartDaemon(ctx))
+	require.Eventually(t, func() bool {
+		s, err := e.Client.Sandbox(ctx, "alice")
+		return err == nil && s.Phase == daemon.PhaseReady && s.RoutingKey == st.RoutingKey
+	}, 30*time.Second, 20*time.Millisecond)
+	eventuallyServed(t, client, keyed, routeV2)
+}
+
+// Scenario 9: a sandbox whose daemon vanished is removed by gc once its
+// Lease expired, and routing falls back to baseline.
+func TestE2ELeaseExpiryGC(t *testing.T) {
+	e := startE2E(t)
+	ctx := context.Background()
+	client := e.Sim.HTTPClient("default")
+	defer client.CloseIdleConnections()
+	before := vsSnapshot(t, e)
+
+	local, err := sim.StartLocalRoute("127.0.0.1:0", nil, nil, e.log)
+	require.NoError(t, err)
+	defer local.Close()
+	st, err := e.Connect(ctx, "alice", local.Addr(), nil)
+	require.NoError(t, err)
+	keyed := "sbx-routing-key=" + st.RoutingKey
+	eventuallyServed(t, client, keyed, routeV2)
+	require.NoError(t, e.StopDaemon()) // the laptop is gone for good
+
+	// Now: nothing expired yet, gc keeps it.
+	now := daemon.NewCluster(cluster.Clients{Kube: e.Sim.Clients.Kube, Istio: e.Sim.Clients.Istio}, sim.AppNamespace, nil, daemon.KubeOptions{})
+	deleted, err := now.GC(ctx, sim.AppNamespace)
+	require.NoError(t, err)
+	require.Empty(t, deleted)
+	require.NotEmpty(t, sbxObjects(t, e))
+
+	// Two hours later the Lease is long expired.
+	later := daemon.NewCluster(cluster.Clients{Kube: e.Sim.Clients.Kube, Istio: e.Sim.Clients.Istio}, sim.AppNamespace, nil,
+		daemon.KubeOptions{Now: func() time.Time { return time.Now().Add(2 * time.Hour) }})
+	deleted, err = later.GC(ctx, sim.AppNamespace)
+	require.NoError(t, err)
+	require.Equal(t, []string{"alice"}, deleted)
+	require.Eventually(t, func() bool { return len(sbxObjects(t, e)) == 0 }, 20*time.Second, 20*time.Millisecond,
+		"left behind: %v", sbxObjects(t, e))
+	require.Equal(t, before, vsSnapshot(t, e))
+	eventuallyServed(t, client, keyed, allBaseline)
+}
