@@ -18,7 +18,6 @@ import (
 	"time"
 
 	"github.com/stretchr/testify/require"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/sbx-dev/sbx/cluster"
 	"github.com/sbx-dev/sbx/cluster/sim"
@@ -95,54 +94,13 @@ func eventuallyServed(t *testing.T, client *http.Client, baggage, want string) {
 
 func vsSnapshot(t *testing.T, e *simEnv) string {
 	t.Helper()
-	vs, err := e.Sim.Clients.Istio.NetworkingV1().VirtualServices(sim.AppNamespace).Get(context.Background(), "route", metav1.GetOptions{})
+	s, err := e.VirtualServiceContent(context.Background(), sim.AppNamespace, "route")
 	require.NoError(t, err)
-	b, err := json.Marshal(struct {
-		Labels, Annotations map[string]string
-		Spec                any
-	}{vs.Labels, vs.Annotations, &vs.Spec})
-	require.NoError(t, err)
-	return string(b)
+	return s
 }
 
-// sbxObjects lists the names of every object sbx labelled as its own.
 func sbxObjects(t *testing.T, e *simEnv) []string {
-	t.Helper()
-	ctx := context.Background()
-	sel := metav1.ListOptions{LabelSelector: cluster.LabelManagedBy + "=" + cluster.ManagedByValue}
-	k := e.Sim.Clients.Kube
-	var out []string
-	deps, err := k.AppsV1().Deployments(sim.AppNamespace).List(ctx, sel)
-	require.NoError(t, err)
-	for _, o := range deps.Items {
-		out = append(out, "deployment/"+o.Name)
-	}
-	svcs, err := k.CoreV1().Services(sim.AppNamespace).List(ctx, sel)
-	require.NoError(t, err)
-	for _, o := range svcs.Items {
-		out = append(out, "service/"+o.Name)
-	}
-	secs, err := k.CoreV1().Secrets(sim.AppNamespace).List(ctx, sel)
-	require.NoError(t, err)
-	for _, o := range secs.Items {
-		out = append(out, "secret/"+o.Name)
-	}
-	leases, err := k.CoordinationV1().Leases(sim.AppNamespace).List(ctx, sel)
-	require.NoError(t, err)
-	for _, o := range leases.Items {
-		out = append(out, "lease/"+o.Name)
-	}
-	pods, err := k.CoreV1().Pods(sim.AppNamespace).List(ctx, sel)
-	require.NoError(t, err)
-	for _, o := range pods.Items {
-		out = append(out, "pod/"+o.Name)
-	}
-	vss, err := e.Sim.Clients.Istio.NetworkingV1().VirtualServices(sim.AppNamespace).List(ctx, sel)
-	require.NoError(t, err)
-	for _, o := range vss.Items {
-		out = append(out, "virtualservice/"+o.Name)
-	}
-	return out
+	return e.SbxObjects(context.Background())
 }
 
 // Scenarios 1, 2 and 5: baseline before, during and after; keyed requests

@@ -61,6 +61,7 @@ names travel back through the same tunnel to the baseline services.`,
 		newGCCmd(g),
 		newLogsCmd(g),
 		newRelayCmd(g),
+		newDemoCmd(g),
 	)
 	return root
 }

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -11,6 +12,7 @@ import (
 	"sync"
 	"time"
 
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
 
 	"github.com/sbx-dev/sbx/cluster"
@@ -204,4 +206,58 @@ func routeSandbox(name, local string) spec.Sandbox {
 // to about 100 bytes).
 func tempDir() (string, error) {
 	return os.MkdirTemp("", "sbxd")
+}
+
+// VirtualServiceContent renders what sbx must restore exactly in a
+// VirtualService it shares: labels, annotations and spec.
+func (e *simEnv) VirtualServiceContent(ctx context.Context, ns, name string) (string, error) {
+	vs, err := e.Sim.Clients.Istio.NetworkingV1().VirtualServices(ns).Get(ctx, name, metav1.GetOptions{})
+	if err != nil {
+		return "", fmt.Errorf("read VirtualService %s/%s: %w", ns, name, err)
+	}
+	b, err := json.Marshal(struct {
+		Labels, Annotations map[string]string
+		Spec                any
+	}{vs.Labels, vs.Annotations, &vs.Spec})
+	return string(b), err
+}
+
+// SbxObjects lists the objects labelled as sbx's in the app namespace
+// ("kind/name"), pods included.
+func (e *simEnv) SbxObjects(ctx context.Context) []string {
+	sel := metav1.ListOptions{LabelSelector: cluster.LabelManagedBy + "=" + cluster.ManagedByValue}
+	k := e.Sim.Clients.Kube
+	ns := sim.AppNamespace
+	var out []string
+	if l, err := k.AppsV1().Deployments(ns).List(ctx, sel); err == nil {
+		for _, o := range l.Items {
+			out = append(out, "deployment/"+o.Name)
+		}
+	}
+	if l, err := k.CoreV1().Pods(ns).List(ctx, sel); err == nil {
+		for _, o := range l.Items {
+			out = append(out, "pod/"+o.Name)
+		}
+	}
+	if l, err := k.CoreV1().Services(ns).List(ctx, sel); err == nil {
+		for _, o := range l.Items {
+			out = append(out, "service/"+o.Name)
+		}
+	}
+	if l, err := k.CoreV1().Secrets(ns).List(ctx, sel); err == nil {
+		for _, o := range l.Items {
+			out = append(out, "secret/"+o.Name)
+		}
+	}
+	if l, err := k.CoordinationV1().Leases(ns).List(ctx, sel); err == nil {
+		for _, o := range l.Items {
+			out = append(out, "lease/"+o.Name)
+		}
+	}
+	if l, err := e.Sim.Clients.Istio.NetworkingV1().VirtualServices(ns).List(ctx, sel); err == nil {
+		for _, o := range l.Items {
+			out = append(out, "virtualservice/"+o.Name)
+		}
+	}
+	return out
 }

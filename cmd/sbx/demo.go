@@ -1,0 +1,314 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"os"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+	"k8s.io/klog/v2"
+
+	"github.com/sbx-dev/sbx/cluster/sim"
+	"github.com/sbx-dev/sbx/daemon"
+)
+
+func newDemoCmd(g *globalOptions) *cobra.Command {
+	var keep bool
+	cmd := &cobra.Command{
+		Use:   "demo",
+		Short: "See sbx work end to end on a simulated cluster (no cluster or Docker needed)",
+		Long: `See sbx work end to end, on a simulated cluster inside this process.
+
+The simulated cluster runs a small app in namespace hotrod: frontend calls
+route and driver. An Istio-like mesh routes between them, and sbx's relay
+runs from the exact Deployment sbx generates. The demo starts a "v2" of
+route on your laptop, connects a sandbox through the normal sbx daemon, and
+sends requests with and without the sandbox's routing key in the W3C
+baggage header, showing which version served each hop. Then it disconnects
+and shows that everything is back to the baseline.
+
+It exits 0 only if every expectation held, so it doubles as a smoke test.`,
+		Example: `  sbx demo          # tell the story, check it, clean up
+  sbx demo --keep   # leave it running and print curl commands to try it yourself
+  sbx demo -v       # also show the daemon's and the cluster's logs`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return runDemo(cmd.Context(), g, keep)
+		},
+	}
+	cmd.Flags().BoolVar(&keep, "keep", false, "leave the cluster and the sandbox running and print curl commands; Ctrl-C ends it")
+	return cmd
+}
+
+// demo holds one run of `sbx demo`.
+type demo struct {
+	out      io.Writer
+	env      *simEnv
+	client   *http.Client // a client pod's view: requests go through the mesh
+	checks   int
+	failures []string
+}
+
+// check records one expectation.
+func (d *demo) check(ok bool, what string) bool {
+	d.checks++
+	if !ok {
+		d.failures = append(d.failures, what)
+	}
+	return ok
+}
+
+func (d *demo) step(n int, format string, args ...any) {
+	fmt.Fprintf(d.out, "\n%d. %s\n", n, fmt.Sprintf(format, args...))
+}
+
+func (d *demo) say(format string, args ...any) {
+	fmt.Fprintf(d.out, "   "+format+"\n", args...)
+}
+
+func runDemo(ctx context.Context, g *globalOptions, keep bool) (err error) {
+	dir, err := tempDir()
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+	logger, logPath, closeLog, err := demoLogger(g)
+	if err != nil {
+		return err
+	}
+	defer closeLog()
+	// client-go's port-forward reports broken streams through klog.
+	klog.SetSlogLogger(logger.With("side", "client-go"))
+	defer klog.ClearLogger()
+
+	d := &demo{out: g.stdout}
+	fmt.Fprintln(d.out, "sbx demo: run one service of a shared cluster on your laptop, and see the routing happen.")
+
+	d.step(1, "Starting a simulated cluster")
+	startCtx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	d.env, err = startSimEnv(startCtx, dir, logger, sim.Options{})
+	cancel()
+	if err != nil {
+		return err
+	}
+	defer d.env.Close()
+	d.client = d.env.Sim.HTTPClient("default")
+	defer d.client.CloseIdleConnections()
+	d.say("namespace hotrod: frontend (8080) calls route (8083) and driver (8082), all version \"baseline\";")
+	d.say("an Istio-like mesh applies the VirtualServices; sbx's relay will run from the Deployment sbx writes.")
+
+	d.step(2, "Starting route v2 on your laptop")
+	local, err := sim.StartLocalRoute("127.0.0.1:0", nil, nil, logger.With("side", "laptop-app"))
+	if err != nil {
+		return err
+	}
+	defer local.Close()
+	d.say("route v2 listens on %s: this stands in for the service you would run or debug locally.", local.Addr())
+
+	vsBefore, err := d.env.VirtualServiceContent(ctx, sim.AppNamespace, "route")
+	if err != nil {
+		return err
+	}
+
+	d.step(3, "Connecting sandbox \"demo\" (route in hotrod -> %s) through the sbx daemon", local.Addr())
+	st, err := d.env.Connect(ctx, "demo", local.Addr(), func(p daemon.Progress) {
+		if p.Message != "" {
+			d.say("%-14s %s", p.Phase, p.Message)
+		}
+	})
+	if err != nil {
+		return fmt.Errorf("connect the demo sandbox: %w (log: %s)", err, logPath)
+	}
+	key := st.RoutingKey
+	d.say("ready: routing key %s. Requests whose baggage header carries sbx-routing-key=%s now reach your laptop.", key, key)
+
+	d.step(4, "Sending requests to frontend from a pod in the cluster")
+	d.say("Services pass the W3C baggage header on to the services they call (tracing libraries do it).")
+	d.say("The mesh sends route requests whose baggage has sbx-routing-key=%s to the sandbox's relay,", key)
+	d.say("and the relay sends them through the tunnel to your laptop. Everything else stays on baseline.")
+	other := strings.Repeat("x", len(key))
+	d.table(ctx, []demoRequest{
+		{baggage: "", route: sim.BaselineVersion, why: "no key: baseline everywhere"},
+		{baggage: "sbx-routing-key=" + key, route: "v2", why: "the key: route is served by your laptop"},
+		{baggage: "userid=42, sbx-routing-key=" + key + ";ttl=60", route: "v2", why: "the key among other baggage members"},
+		{baggage: "sbx-routing-key=" + other, route: sim.BaselineVersion, why: "someone else's key: baseline"},
+	}, true)
+
+	if keep {
+		d.keep(ctx, key)
+	}
+
+	d.step(5, "Disconnecting")
+	dctx, dcancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+	defer dcancel()
+	if _, err := d.env.Client.Disconnect(dctx, "demo"); err != nil {
+		return fmt.Errorf("disconnect the demo sandbox: %w (log: %s)", err, logPath)
+	}
+	left := d.waitNoObjects(dctx)
+	vsAfter, err := d.env.VirtualServiceContent(dctx, sim.AppNamespace, "route")
+	if err != nil {
+		return err
+	}
+	if d.check(len(left) == 0, "sbx objects left after disconnect: "+strings.Join(left, ", ")) {
+		d.say("the relay Deployment, its Secret, Service and Lease are gone.")
+	}
+	if d.check(vsAfter == vsBefore, "the VirtualService hotrod/route differs from its content before the demo") {
+		d.say("the VirtualService hotrod/route (owned by CD) is back to exactly what it was.")
+	}
+	d.table(dctx, []demoRequest{
+		{baggage: "sbx-routing-key=" + key, route: sim.BaselineVersion, why: "the old key: back to baseline"},
+	}, true)
+
+	fmt.Fprintln(d.out)
+	if len(d.failures) > 0 {
+		fmt.Fprintf(d.out, "%d of %d expectations failed:\n", len(d.failures), d.checks)
+		for _, f := range d.failures {
+			fmt.Fprintf(d.out, "  - %s\n", f)
+		}
+		fmt.Fprintf(d.out, "log: %s\n", logPath)
+		return exitError(1)
+	}
+	if logPath != "stderr" {
+		_ = os.Remove(logPath) // kept only when something failed
+	}
+	fmt.Fprintf(d.out, "All %d expectations held. Next: `sbx connect -f sandbox.yaml` against your own cluster (see the README).\n", d.checks)
+	return nil
+}
+
+// demoRequest is one row of the demo's table.
+type demoRequest struct {
+	baggage string
+	route   string // the route version expected to answer
+	why     string
+}
+
+// table sends each request (polling briefly, since the mesh learns about
+// route changes asynchronously, as a real one does) and prints who served
+// each hop.
+func (d *demo) table(ctx context.Context, reqs []demoRequest, poll bool) {
+	tw := tabwriter.NewWriter(d.out, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "   \tbaggage\tfrontend\troute\tdriver\t\t")
+	for _, r := range reqs {
+		var hop sim.Hop
+		var status int
+		deadline := time.Now().Add(10 * time.Second)
+		for {
+			status, hop = d.dispatch(ctx, r.baggage)
+			if hopVersion(&hop, "route") == r.route || !poll || time.Now().After(deadline) || ctx.Err() != nil {
+				break
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+		ok := status == http.StatusOK && hopVersion(&hop, "frontend") == sim.BaselineVersion &&
+			hopVersion(&hop, "route") == r.route && hopVersion(&hop, "driver") == sim.BaselineVersion
+		d.check(ok, fmt.Sprintf("baggage %q: want route %s, got %s (HTTP %d)", r.baggage, r.route, hop.String(), status))
+		mark := "ok"
+		if !ok {
+			mark = "UNEXPECTED"
+		}
+		b := r.baggage
+		if b == "" {
+			b = "(none)"
+		}
+		fmt.Fprintf(tw, "   \t%s\t%s\t%s\t%s\t%s\t%s\n", b, showHop(&hop, "frontend"), showHop(&hop, "route"), showHop(&hop, "driver"), mark, r.why)
+	}
+	_ = tw.Flush()
+}
+
+// dispatch sends GET frontend/dispatch with the baggage header.
+func (d *demo) dispatch(ctx context.Context, baggage string) (int, sim.Hop) {
+	var hop sim.Hop
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://frontend.hotrod:8080/dispatch", nil)
+	if err != nil {
+		return 0, hop
+	}
+	if baggage != "" {
+		req.Header.Set("baggage", baggage)
+	}
+	resp, err := d.client.Do(req)
+	if err != nil {
+		hop.Error = err.Error()
+		return 0, hop
+	}
+	defer resp.Body.Close()
+	_ = json.NewDecoder(io.LimitReader(resp.Body, 1<<20)).Decode(&hop)
+	return resp.StatusCode, hop
+}
+
+func hopVersion(h *sim.Hop, service string) string {
+	if f := h.Find(service); f != nil && f.Error == "" {
+		return f.Version
+	}
+	return ""
+}
+
+// showHop renders who served one hop: "baseline", "v2 (laptop)", or the
+// error.
+func showHop(h *sim.Hop, service string) string {
+	f := h.Find(service)
+	switch {
+	case f == nil:
+		return "-"
+	case f.Error != "":
+		return fmt.Sprintf("error %d", f.Status)
+	case f.Pod == "laptop":
+		return f.Version + " (laptop)"
+	}
+	return f.Version
+}
+
+// keep prints how to try the running demo from another terminal and waits
+// for Ctrl-C.
+func (d *demo) keep(ctx context.Context, key string) {
+	u, err := d.env.Sim.ServiceURL(sim.AppNamespace, "frontend", 8080)
+	if err != nil {
+		d.say("cannot show the frontend URL: %v", err)
+		return
+	}
+	fmt.Fprintln(d.out)
+	d.say("The cluster and the sandbox keep running. From another terminal:")
+	d.say("  curl -s %s/dispatch                                   # baseline everywhere", u)
+	d.say("  curl -s -H 'baggage: sbx-routing-key=%s' %s/dispatch  # route from your laptop", key, u)
+	d.say("Press Ctrl-C to disconnect and stop.")
+	<-ctx.Done()
+}
+
+// waitNoObjects waits until no object labelled as sbx's remains in the app
+// namespace and returns what is left at the deadline.
+func (d *demo) waitNoObjects(ctx context.Context) []string {
+	for {
+		left := d.env.SbxObjects(ctx)
+		if len(left) == 0 {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return left
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
+
+// demoLogger writes the daemon's and the cluster's logs to a file (shown
+// when something fails), or to stderr with -v.
+func demoLogger(g *globalOptions) (*slog.Logger, string, func(), error) {
+	if g.verbosity > 0 {
+		level := slog.LevelInfo
+		if g.verbosity > 1 {
+			level = slog.LevelDebug
+		}
+		return slog.New(slog.NewTextHandler(g.stderr, &slog.HandlerOptions{Level: level})), "stderr", func() {}, nil
+	}
+	f, err := os.CreateTemp("", "sbx-demo-*.log")
+	if err != nil {
+		return nil, "", nil, fmt.Errorf("create the demo log: %w", err)
+	}
+	return slog.New(slog.NewTextHandler(f, &slog.HandlerOptions{Level: slog.LevelDebug})), f.Name(), func() { _ = f.Close() }, nil
+}
