@@ -416,3 +416,34 @@ func TestE2EPortForwardCutUnderLoad(t *testing.T) {
 	require.NoError(t, err)
 	require.GreaterOrEqual(t, s.Reconnects, 1)
 }
+
+// The relay fault switch: the relay container is killed (kill -9); the
+// kubelet restarts it, the daemon reconnects, and keyed requests reach the
+// laptop again.
+func TestE2ERelayCrash(t *testing.T) {
+	e := startE2E(t)
+	ctx := context.Background()
+	client := e.Sim.HTTPClient("default")
+	defer client.CloseIdleConnections()
+
+	local, err := sim.StartLocalRoute("127.0.0.1:0", nil, nil, e.log)
+	require.NoError(t, err)
+	defer local.Close()
+	st, err := e.Connect(ctx, "alice", local.Addr(), nil)
+	require.NoError(t, err)
+	keyed := "sbx-routing-key=" + st.RoutingKey
+	eventuallyServed(t, client, keyed, routeV2)
+
+	require.Equal(t, []string{"hotrod/" + cluster.RelayName("alice")}, e.Sim.RelayDeployments())
+	pod, ok := e.Sim.RelayPod(sim.AppNamespace, cluster.RelayName("alice"))
+	require.True(t, ok)
+	require.NoError(t, e.Sim.CrashRelay(sim.AppNamespace, cluster.RelayName("alice")))
+	require.Eventually(t, func() bool {
+		s, err := e.Client.Sandbox(ctx, "alice")
+		return err == nil && s.Reconnects >= 1 && s.Phase == daemon.PhaseReady
+	}, 30*time.Second, 20*time.Millisecond)
+	eventuallyServed(t, client, keyed, routeV2)
+	again, ok := e.Sim.RelayPod(sim.AppNamespace, cluster.RelayName("alice"))
+	require.True(t, ok)
+	require.Equal(t, pod, again, "a container restart keeps the pod")
+}
