@@ -174,10 +174,22 @@ func (c *kubeCluster) Apply(ctx context.Context, sb *spec.Sandbox, o ApplyOption
 		}
 		return Applied{}, err
 	}
-	return Applied{
-		Target: Target{Sandbox: sb.Name, RoutingKey: res.RoutingKey, Namespace: res.Namespace, Namespaces: sb.Namespaces()},
-		Token:  res.Token,
-	}, nil
+	out := Applied{
+		Target:   Target{Sandbox: sb.Name, RoutingKey: res.RoutingKey, Namespace: res.Namespace, Namespaces: sb.Namespaces()},
+		Token:    res.Token,
+		Services: map[string][]string{},
+	}
+	if res.Objects != nil {
+		for _, w := range res.Objects.Workloads {
+			for _, p := range w.Ports {
+				key := mappingKey(w.Local.Name, p.Port)
+				for _, svc := range p.Services {
+					out.Services[key] = append(out.Services[key], svc.Name+"."+svc.Namespace)
+				}
+			}
+		}
+	}
+	return out, nil
 }
 
 func (c *kubeCluster) WaitRelay(ctx context.Context, t Target, progress func(string)) error {

@@ -6,6 +6,8 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/netip"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -14,6 +16,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/sbx-dev/sbx/relay"
+	"github.com/sbx-dev/sbx/tunnel"
 )
 
 // realRelay is the real relay (package relay) running in-process on
@@ -44,6 +47,11 @@ func startRealRelay(t *testing.T, token string) *realRelay {
 		Registry: prometheus.NewRegistry(),
 		Tunnel:   &cfg,
 		Version:  "test",
+		// Cluster names resolve to loopback stand-ins, as in the
+		// simulated cluster.
+		Resolver:      loopbackResolver{},
+		AllowLoopback: true,
+		LocalAddrs:    func() ([]netip.Addr, error) { return nil, nil },
 	})
 	require.NoError(t, err)
 	ctx, cancel := context.WithCancel(context.Background())
@@ -96,7 +104,12 @@ func TestRealRelayInboundRefusedAndRestart(t *testing.T) {
 	current := func() *realRelay { mu.Lock(); defer mu.Unlock(); return rr }
 	fc := relayCluster(func() string { return current().addrs.Tunnel.String() })
 	cfg := shortTunnelConfig()
-	td := startDaemon(t, Options{Clusters: fc.provider(), Tunnel: &cfg})
+	logger, logs := capturingLogger(t)
+	cfg.Logger = logger
+	td := startDaemon(t, Options{Clusters: fc.provider(), Tunnel: &cfg, Logger: logger})
+	t.Cleanup(func() {
+		require.NotContains(t, logs.String(), "s3cret-token", "the token never reaches the daemon's logs")
+	})
 	st := connectTo(t, td, svc.Addr().String())
 
 	// Keyed request through the relay's inbound port reaches the laptop.
@@ -185,4 +198,51 @@ func TestRealRelayPausedRequest(t *testing.T) {
 	sb, err := td.client.Sandbox(context.Background(), "alice")
 	require.NoError(t, err)
 	require.Zero(t, sb.Reconnects)
+}
+
+// loopbackResolver resolves every *.svc.cluster.local name to 127.0.0.1.
+type loopbackResolver struct{}
+
+func (loopbackResolver) LookupNetIP(ctx context.Context, network, host string) ([]netip.Addr, error) {
+	if strings.HasSuffix(host, ".svc.cluster.local") {
+		return []netip.Addr{netip.MustParseAddr("127.0.0.1")}, nil
+	}
+	return nil, &net.DNSError{Err: "no such host", Name: host, IsNotFound: true}
+}
+
+func TestOutboundThroughRealRelay(t *testing.T) {
+	echo := echoServer(t)
+	_, port, _ := net.SplitHostPort(echo.Addr().String())
+	rr := startRealRelay(t, "s3cret-token")
+	cfg := shortTunnelConfig()
+	fc := relayCluster(func() string { return rr.addrs.Tunnel.String() })
+	fc.waitBlock = make(chan struct{})
+	td := startDaemon(t, Options{Clusters: fc.provider(), Tunnel: &cfg})
+	ctx := context.Background()
+
+	_, err := td.d.DialOutbound(ctx, "nobody", "driver.hotrod.svc.cluster.local:"+port, "127.0.0.1:1")
+	require.ErrorContains(t, err, "not connected")
+
+	_, err = td.client.Connect(ctx, ConnectRequest{Spec: testSpec("alice", "localhost:1")}, nil)
+	require.NoError(t, err)
+	waitPhase(t, td.client, "alice", PhaseWaitingRelay)
+	_, err = td.d.DialOutbound(ctx, "alice", "driver.hotrod.svc.cluster.local:"+port, "127.0.0.1:1")
+	require.ErrorContains(t, err, "sandbox alice is not connected (phase waiting-relay)")
+	close(fc.waitBlock)
+	waitPhase(t, td.client, "alice", PhaseReady)
+
+	conn, err := td.d.DialOutbound(ctx, "alice", "driver.hotrod.svc.cluster.local:"+port, "127.0.0.1:40000")
+	require.NoError(t, err)
+	_, err = io.WriteString(conn, "hi\n")
+	require.NoError(t, err)
+	require.NoError(t, conn.(interface{ CloseWrite() error }).CloseWrite())
+	b, err := io.ReadAll(conn)
+	require.NoError(t, err)
+	require.Equal(t, "echo: hi\n", string(b))
+	require.NoError(t, conn.Close())
+
+	_, err = td.d.DialOutbound(ctx, "alice", "nowhere.example:80", "127.0.0.1:40001")
+	var de *tunnel.DialError
+	require.ErrorAs(t, err, &de)
+	require.Equal(t, tunnel.ReasonDNS, de.Reason)
 }

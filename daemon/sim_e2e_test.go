@@ -44,6 +44,8 @@ func TestSimulatedCluster(t *testing.T) {
 		func(p Progress) { progress = append(progress, string(p.Phase)+" "+p.Message) })
 	require.NoError(t, err, strings.Join(progress, "\n"))
 	require.Equal(t, PhaseReady, st.Phase)
+	require.Equal(t, []string{"route.hotrod"}, st.Mappings[0].Services)
+	require.True(t, st.Mappings[0].Listening)
 	require.Contains(t, strings.Join(progress, "\n"), "created Deployment hotrod/")
 
 	client := c.HTTPClient(sim.AppNamespace)
