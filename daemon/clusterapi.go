@@ -3,6 +3,7 @@ package daemon
 import (
 	"context"
 	"crypto/rand"
+	"fmt"
 	"net"
 	"time"
 
@@ -74,6 +75,15 @@ type Applied struct {
 	// sandbox's Secret and is never persisted by the daemon, logged or
 	// shown.
 	Token string `json:"-"`
+	// Services names, per mapping (key workload/port, see mappingKey), the
+	// baseline Services ("name.namespace") whose keyed requests now reach
+	// the laptop.
+	Services map[string][]string `json:"services,omitempty"`
+}
+
+// mappingKey identifies one mapping in Applied.Services.
+func mappingKey(workload string, port int32) string {
+	return fmt.Sprintf("%s/%d", workload, port)
 }
 
 // ClusterSandbox is a sandbox found in the cluster by its labels.

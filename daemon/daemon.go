@@ -259,3 +259,20 @@ func (d *Daemon) configError(err error) {
 func configErrorText(path string, err error) string {
 	return fmt.Sprintf("config %s: %v (the previous configuration stays in use until the file is fixed)", path, err)
 }
+
+// DialOutbound opens a connection from this laptop to target (host:port,
+// a cluster name such as driver.hotrod.svc.cluster.local:8082) through the
+// named sandbox's tunnel: the relay dials it inside the cluster. It is the
+// seam for outbound access (hosts-file listeners, SOCKS5/HTTP proxy);
+// source names the local peer for the relay's logs. A dial the relay could
+// not make returns a *tunnel.DialError with its reason.
+func (d *Daemon) DialOutbound(ctx context.Context, sandbox, target, source string) (net.Conn, error) {
+	s, ok := d.mgr.Get(sandbox)
+	if !ok {
+		return nil, &notFoundError{sandbox}
+	}
+	return s.dialOutbound(ctx, target, source)
+}
+
+// Status returns the daemon's current state (as GET /v1/status).
+func (d *Daemon) Status() Status { return d.store.Status() }

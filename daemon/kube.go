@@ -83,6 +83,12 @@ func (k *KubeClusters) Open(_ context.Context, kubeconfig, kubeContext string) (
 		}
 		return nil, err
 	}
+	c := k.fromKube(kc)
+	k.clusters[key] = c
+	return c, nil
+}
+
+func (k *KubeClusters) fromKube(kc *kube.Cluster) *kubeCluster {
 	c := &kubeCluster{
 		o:         k.o,
 		clients:   cluster.Clients{Kube: kc.Kube, Istio: kc.Istio},
@@ -91,8 +97,24 @@ func (k *KubeClusters) Open(_ context.Context, kubeconfig, kubeContext string) (
 		dialers:   map[relayRef]*portforward.Dialer{},
 	}
 	c.dial = func(ctx context.Context, t Target) (net.Conn, error) { return c.portForward(ctx, kc, t) }
-	k.clusters[key] = c
-	return c, nil
+	return c
+}
+
+// NewClusterFromKube returns the Cluster for an already loaded connection
+// (REST config and clientsets), with port-forwards to the relays; the
+// simulated cluster's clients and port-forward server plug in here. Its
+// Close closes the port-forwards.
+func NewClusterFromKube(kc *kube.Cluster, o KubeOptions) interface {
+	Cluster
+	Close() error
+} {
+	return NewKubeClusters(o).fromKube(kc)
+}
+
+// Close closes the cluster's port-forwards.
+func (c *kubeCluster) Close() error {
+	c.closeDialers("")
+	return nil
 }
 
 // Close closes every cached port-forward.
@@ -152,10 +174,22 @@ func (c *kubeCluster) Apply(ctx context.Context, sb *spec.Sandbox, o ApplyOption
 		}
 		return Applied{}, err
 	}
-	return Applied{
-		Target: Target{Sandbox: sb.Name, RoutingKey: res.RoutingKey, Namespace: res.Namespace, Namespaces: sb.Namespaces()},
-		Token:  res.Token,
-	}, nil
+	out := Applied{
+		Target:   Target{Sandbox: sb.Name, RoutingKey: res.RoutingKey, Namespace: res.Namespace, Namespaces: sb.Namespaces()},
+		Token:    res.Token,
+		Services: map[string][]string{},
+	}
+	if res.Objects != nil {
+		for _, w := range res.Objects.Workloads {
+			for _, p := range w.Ports {
+				key := mappingKey(w.Local.Name, p.Port)
+				for _, svc := range p.Services {
+					out.Services[key] = append(out.Services[key], svc.Name+"."+svc.Namespace)
+				}
+			}
+		}
+	}
+	return out, nil
 }
 
 func (c *kubeCluster) WaitRelay(ctx context.Context, t Target, progress func(string)) error {

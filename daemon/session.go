@@ -8,6 +8,7 @@ import (
 	"net"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/sbx-dev/sbx/daemon/config"
@@ -68,6 +69,7 @@ type session struct {
 	subs  map[chan Progress]struct{}
 
 	kick   chan struct{} // cap 1: the spec changed, re-apply now
+	link   atomic.Pointer[linkHolder] // the live link while ready
 	cancel context.CancelFunc
 	done   chan struct{}
 }
@@ -234,6 +236,11 @@ func (s *session) connectOnce(ctx context.Context) (time.Time, error) {
 		s.mu.Unlock()
 		s.m.persist()
 	}
+	s.m.store.UpdateSandbox(s.name, func(st *SandboxStatus) {
+		for i, mp := range st.Mappings {
+			st.Mappings[i].Services = slices.Clone(applied.Services[mappingKey(mp.Workload, mp.Port)])
+		}
+	})
 	t := applied.Target
 	s.setPhase(PhaseWaitingRelay, fmt.Sprintf("waiting for relay pod of %s in namespace %s", t.Sandbox, t.Namespace))
 	if err := cl.WaitRelay(ctx, t, s.progressFn(PhaseWaitingRelay)); err != nil {
@@ -261,7 +268,11 @@ func (s *session) connectOnce(ctx context.Context) (time.Time, error) {
 	if err != nil {
 		return time.Time{}, fmt.Errorf("tunnel to relay of sandbox %s: %w", t.Sandbox, err)
 	}
-	defer func() { _ = lk.Close() }()
+	s.link.Store(&linkHolder{lk})
+	defer func() {
+		s.link.Store(nil)
+		_ = lk.Close()
+	}()
 	connectedAt := cfg.Now()
 	s.refresh(lk, connectedAt)
 	s.setPhase(PhaseReady, fmt.Sprintf("sandbox %s is ready", t.Sandbox))
@@ -352,4 +363,17 @@ func (s *session) closeSubs() {
 		delete(s.subs, ch)
 		close(ch)
 	}
+}
+
+// linkHolder lets an interface value live in an atomic.Pointer.
+type linkHolder struct{ link }
+
+// dialOutbound opens an outbound stream over the session's live link.
+func (s *session) dialOutbound(ctx context.Context, target, source string) (net.Conn, error) {
+	h := s.link.Load()
+	if h == nil {
+		st, _ := s.m.store.Sandbox(s.name)
+		return nil, fmt.Errorf("sandbox %s is not connected (phase %s); `sbx status %s` shows why", s.name, st.Phase, s.name)
+	}
+	return h.DialOutbound(ctx, target, source)
 }

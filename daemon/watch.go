@@ -207,6 +207,9 @@ func (s *store) CloseAll() {
 func cloneSandbox(sb SandboxStatus) SandboxStatus {
 	sb.Namespaces = slices.Clone(sb.Namespaces)
 	sb.Mappings = slices.Clone(sb.Mappings)
+	for i := range sb.Mappings {
+		sb.Mappings[i].Services = slices.Clone(sb.Mappings[i].Services)
+	}
 	return sb
 }
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net"
 	"os"
 	"os/exec"
@@ -16,6 +17,8 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/sbx-dev/sbx/cluster/kube"
+	"github.com/sbx-dev/sbx/cluster/sim"
 	"github.com/sbx-dev/sbx/cluster/spec"
 	"github.com/sbx-dev/sbx/daemon"
 )
@@ -375,4 +378,70 @@ spec:
 		t.Fatal("connect --watch did not stop")
 	}
 	require.Contains(t, errb.String(), "stays connected")
+}
+
+func TestCLIConnectOnSimulatedCluster(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts a simulated cluster")
+	}
+	dir := cliEnv(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	c, err := sim.Start(ctx, sim.Options{})
+	require.NoError(t, err)
+	t.Cleanup(c.Close)
+	kc := daemon.NewClusterFromKube(&kube.Cluster{REST: c.RESTConfig, Kube: c.Clients.Kube, Istio: c.Clients.Istio, Namespace: sim.AppNamespace},
+		daemon.KubeOptions{DefaultRelayImage: "ghcr.io/sbx-dev/sbx:test"})
+	t.Cleanup(func() { _ = kc.Close() })
+	startInProcessDaemon(t, kc)
+
+	code, out, errOut := runCLI(t, "connect", "-f", writeSpec(t, dir), "--set", "name=alice")
+	require.Equal(t, 0, code, errOut)
+	for _, step := range []string{"Connecting sandbox alice", "applying", "created Deployment hotrod/", "waiting-relay", "connecting", "ready"} {
+		require.Contains(t, errOut, step)
+	}
+	require.Contains(t, out, "Sandbox alice is ready.")
+	c2 := &daemon.Client{}
+	defer c2.Close()
+	st, err := c2.Sandbox(ctx, "alice")
+	require.NoError(t, err)
+	require.Contains(t, out, "routing key: "+st.RoutingKey)
+	require.Contains(t, out, "curl -H 'baggage: sbx-routing-key="+st.RoutingKey+"' http://route.hotrod:8083/")
+	require.Contains(t, out, "nothing listening on localhost:8083")
+
+	code, out, _ = runCLI(t, "status")
+	require.Equal(t, 0, code)
+	require.Contains(t, out, "alice  ready")
+	require.Contains(t, out, "NOT listening")
+	require.Contains(t, out, "2 session(s)")
+
+	code, out, errOut = runCLI(t, "list", "-o", "json")
+	require.Equal(t, 0, code, errOut)
+	var res daemon.ListResult
+	require.NoError(t, json.Unmarshal([]byte(out), &res))
+	require.Len(t, res.Sandboxes, 1)
+	require.True(t, res.Sandboxes[0].InCluster)
+
+	code, _, errOut = runCLI(t, "disconnect", "--all")
+	require.Equal(t, 0, code, errOut)
+}
+
+func TestCLILogsTail(t *testing.T) {
+	dir := cliEnv(t)
+	logDir := filepath.Join(dir, "state", "sbx")
+	require.NoError(t, os.MkdirAll(logDir, 0o700))
+	var lines []string
+	for i := range 10 {
+		lines = append(lines, fmt.Sprintf("line %d", i))
+	}
+	require.NoError(t, os.WriteFile(filepath.Join(logDir, "daemon.log"), []byte(strings.Join(lines, "\n")+"\n"), 0o600))
+	code, out, errOut := runCLI(t, "logs", "--tail", "3")
+	require.Equal(t, 0, code, errOut)
+	require.Equal(t, "line 7\nline 8\nline 9\n", out)
+	code, out, _ = runCLI(t, "logs")
+	require.Equal(t, 0, code)
+	require.Equal(t, strings.Join(lines, "\n")+"\n", out)
+	code, out, _ = runCLI(t, "logs", "--tail", "100")
+	require.Equal(t, 0, code)
+	require.Equal(t, strings.Join(lines, "\n")+"\n", out)
 }
