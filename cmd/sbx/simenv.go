@@ -7,16 +7,16 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"sync"
 	"time"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/labels"
 
 	"github.com/sbx-dev/sbx/cluster"
-	"github.com/sbx-dev/sbx/cluster/portforward"
+	"github.com/sbx-dev/sbx/cluster/kube"
 	"github.com/sbx-dev/sbx/cluster/sim"
 	"github.com/sbx-dev/sbx/cluster/spec"
 	"github.com/sbx-dev/sbx/daemon"
@@ -33,10 +33,13 @@ type simEnv struct {
 	Paths  daemon.Paths
 	log    *slog.Logger
 
-	cluster daemon.Cluster
+	cluster interface {
+		daemon.Cluster
+		Close() error
+	}
 
 	mu        sync.Mutex
-	dialers   map[string]*portforward.Dialer
+	daemon    *daemon.Daemon
 	stopD     context.CancelFunc
 	daemonErr chan error
 }
@@ -50,58 +53,30 @@ func startSimEnv(ctx context.Context, dir string, logger *slog.Logger, opts sim.
 		return nil, fmt.Errorf("start the simulated cluster: %w", err)
 	}
 	e := &simEnv{
-		Sim:     c,
-		log:     logger,
-		dialers: map[string]*portforward.Dialer{},
+		Sim: c,
+		log: logger,
 		Paths: daemon.Paths{
 			RuntimeDir: filepath.Join(dir, "run"),
 			StateDir:   filepath.Join(dir, "state"),
 		},
 	}
-	e.cluster = daemon.NewCluster(cluster.Clients{Kube: c.Clients.Kube, Istio: c.Clients.Istio}, sim.AppNamespace,
-		e.dialRelay, daemon.KubeOptions{
-			Logger: logger.With("side", "laptop"), WaitTimeout: 30 * time.Second,
-			// The simulator runs the relay in-process from the generated
-			// args; the image is only written into the Deployment.
-			DefaultRelayImage: "ghcr.io/sbx-dev/sbx:sim",
-		})
+	// The daemon's own adapter for a loaded cluster: package cluster on the
+	// simulator's clients, port-forwards through its RESTConfig.
+	e.cluster = daemon.NewClusterFromKube(&kube.Cluster{
+		REST: c.RESTConfig, Kube: c.Clients.Kube, Istio: c.Clients.Istio,
+		Namespace: sim.AppNamespace, Context: "sim",
+	}, daemon.KubeOptions{
+		Logger: logger.With("side", "laptop"), WaitTimeout: 30 * time.Second,
+		// The simulator runs the relay in-process from the generated
+		// args; the image is only written into the Deployment.
+		DefaultRelayImage: "ghcr.io/sbx-dev/sbx:sim",
+	})
 	e.Client = &daemon.Client{Socket: e.Paths.Socket()}
 	if err := e.StartDaemon(ctx); err != nil {
 		e.Close()
 		return nil, err
 	}
 	return e, nil
-}
-
-// dialRelay opens a port-forwarded connection to the tunnel port of the
-// sandbox's ready relay pod, as the daemon does against a real cluster.
-func (e *simEnv) dialRelay(ctx context.Context, t daemon.Target) (net.Conn, error) {
-	key := t.Namespace + "/" + t.Sandbox + "/" + t.RoutingKey
-	e.mu.Lock()
-	d, ok := e.dialers[key]
-	if !ok {
-		var err error
-		d, err = portforward.New(portforward.Config{
-			REST:      e.Sim.RESTConfig,
-			Client:    e.Sim.Clients.Kube,
-			Namespace: t.Namespace,
-			Selector: labels.Set{
-				cluster.LabelSandbox:    t.Sandbox,
-				cluster.LabelRoutingKey: t.RoutingKey,
-				cluster.LabelComponent:  "relay",
-			}.String(),
-			Port:        cluster.TunnelPort,
-			Connections: 2,
-			Logger:      e.log.With("side", "laptop", "sandbox", t.Sandbox),
-		})
-		if err != nil {
-			e.mu.Unlock()
-			return nil, err
-		}
-		e.dialers[key] = d
-	}
-	e.mu.Unlock()
-	return d.Dial(ctx)
 }
 
 // StartDaemon starts the in-process daemon (again, after StopDaemon: it
@@ -126,7 +101,7 @@ func (e *simEnv) StartDaemon(ctx context.Context) error {
 	dctx, cancel := context.WithCancel(context.Background())
 	errc := make(chan error, 1)
 	go func() { errc <- d.Run(dctx) }()
-	e.stopD, e.daemonErr = cancel, errc
+	e.daemon, e.stopD, e.daemonErr = d, cancel, errc
 	// Wait until the socket answers.
 	deadline := time.Now().Add(10 * time.Second)
 	for {
@@ -167,14 +142,37 @@ func (e *simEnv) StopDaemon() error {
 // Close stops the daemon, the port-forwards and the cluster.
 func (e *simEnv) Close() {
 	_ = e.StopDaemon()
-	e.mu.Lock()
-	for k, d := range e.dialers {
-		_ = d.Close()
-		delete(e.dialers, k)
-	}
-	e.mu.Unlock()
+	_ = e.cluster.Close()
 	e.Client.Close()
 	e.Sim.Close()
+}
+
+// DialOutbound connects from the laptop to a cluster address (host:port)
+// through the named sandbox's tunnel, using the running daemon's outbound
+// path: the relay dials it inside the cluster.
+func (e *simEnv) DialOutbound(ctx context.Context, sandbox, target string) (net.Conn, error) {
+	e.mu.Lock()
+	d := e.daemon
+	running := e.stopD != nil
+	e.mu.Unlock()
+	if !running {
+		return nil, errors.New("the sbx daemon is not running")
+	}
+	return d.DialOutbound(ctx, sandbox, target, "laptop-app")
+}
+
+// OutboundClient is an HTTP client for a laptop process whose connections
+// to cluster names go through the sandbox's tunnel.
+func (e *simEnv) OutboundClient(sandbox string) *http.Client {
+	return &http.Client{
+		Transport: &http.Transport{
+			DialContext: func(ctx context.Context, _, addr string) (net.Conn, error) {
+				return e.DialOutbound(ctx, sandbox, addr)
+			},
+			MaxIdleConnsPerHost: 4,
+		},
+		Timeout: 20 * time.Second,
+	}
 }
 
 // Connect connects a sandbox that sends route (hotrod) to local, and
