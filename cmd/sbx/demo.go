@@ -105,12 +105,15 @@ func runDemo(ctx context.Context, g *globalOptions, keep bool) (err error) {
 	d.say("an Istio-like mesh applies the VirtualServices; sbx's relay will run from the Deployment sbx writes.")
 
 	d.step(2, "Starting route v2 on your laptop")
-	local, err := sim.StartLocalRoute("127.0.0.1:0", nil, nil, logger.With("side", "laptop-app"))
+	laptop := d.env.OutboundClient("demo")
+	defer laptop.CloseIdleConnections()
+	local, err := sim.StartLocalRoute("127.0.0.1:0", []string{driverURL + "/driver"}, laptop, logger.With("side", "laptop-app"))
 	if err != nil {
 		return err
 	}
 	defer local.Close()
-	d.say("route v2 listens on %s: this stands in for the service you would run or debug locally.", local.Addr())
+	d.say("route v2 listens on %s: it stands in for the service you would run or debug locally.", local.Addr())
+	d.say("For every request it calls %s, which only exists inside the cluster.", strings.TrimPrefix(driverURL, "http://"))
 
 	vsBefore, err := d.env.VirtualServiceContent(ctx, sim.AppNamespace, "route")
 	if err != nil {
@@ -141,11 +144,16 @@ func runDemo(ctx context.Context, g *globalOptions, keep bool) (err error) {
 		{baggage: "sbx-routing-key=" + other, route: sim.BaselineVersion, why: "someone else's key: baseline"},
 	}, true)
 
+	d.step(5, "Your laptop reaching the cluster")
+	d.say("route v2's call to driver above went from your laptop through the sandbox's tunnel; the relay")
+	d.say("dialed it inside the cluster. The same works for any process on your laptop:")
+	d.outbound(ctx, laptop)
+
 	if keep {
 		d.keep(ctx, key)
 	}
 
-	d.step(5, "Disconnecting")
+	d.step(6, "Disconnecting")
 	dctx, dcancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
 	defer dcancel()
 	if _, err := d.env.Client.Disconnect(dctx, "demo"); err != nil {
@@ -165,6 +173,10 @@ func runDemo(ctx context.Context, g *globalOptions, keep bool) (err error) {
 	d.table(dctx, []demoRequest{
 		{baggage: "sbx-routing-key=" + key, route: sim.BaselineVersion, why: "the old key: back to baseline"},
 	}, true)
+	_, err = d.env.DialOutbound(dctx, "demo", "driver.hotrod.svc.cluster.local:8082")
+	if d.check(err != nil, "the laptop still reaches the cluster through a disconnected sandbox") {
+		d.say("and the laptop no longer reaches the cluster through it.")
+	}
 
 	fmt.Fprintln(d.out)
 	if len(d.failures) > 0 {
@@ -194,7 +206,7 @@ type demoRequest struct {
 // each hop.
 func (d *demo) table(ctx context.Context, reqs []demoRequest, poll bool) {
 	tw := tabwriter.NewWriter(d.out, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "   \tbaggage\tfrontend\troute\tdriver\t\t")
+	fmt.Fprintln(tw, "   \tbaggage\tfrontend\troute\troute -> driver\tdriver\t\t")
 	for _, r := range reqs {
 		var hop sim.Hop
 		var status int
@@ -207,7 +219,8 @@ func (d *demo) table(ctx context.Context, reqs []demoRequest, poll bool) {
 			time.Sleep(50 * time.Millisecond)
 		}
 		ok := status == http.StatusOK && hopVersion(&hop, "frontend") == sim.BaselineVersion &&
-			hopVersion(&hop, "route") == r.route && hopVersion(&hop, "driver") == sim.BaselineVersion
+			hopVersion(&hop, "route") == r.route && hopVersion(&hop, "driver") == sim.BaselineVersion &&
+			(r.route == sim.BaselineVersion || nestedDriver(&hop) == sim.BaselineVersion+" (via tunnel)")
 		d.check(ok, fmt.Sprintf("baggage %q: want route %s, got %s (HTTP %d)", r.baggage, r.route, hop.String(), status))
 		mark := "ok"
 		if !ok {
@@ -217,7 +230,8 @@ func (d *demo) table(ctx context.Context, reqs []demoRequest, poll bool) {
 		if b == "" {
 			b = "(none)"
 		}
-		fmt.Fprintf(tw, "   \t%s\t%s\t%s\t%s\t%s\t%s\n", b, showHop(&hop, "frontend"), showHop(&hop, "route"), showHop(&hop, "driver"), mark, r.why)
+		fmt.Fprintf(tw, "   \t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", b, showHop(&hop, "frontend"), showHop(&hop, "route"),
+			nestedDriver(&hop), frontendDriver(&hop), mark, r.why)
 	}
 	_ = tw.Flush()
 }
@@ -242,8 +256,47 @@ func (d *demo) dispatch(ctx context.Context, baggage string) (int, sim.Hop) {
 	return resp.StatusCode, hop
 }
 
+// driverURL is the cluster name the laptop's route calls.
+const driverURL = "http://driver.hotrod.svc.cluster.local:8082"
+
+// nestedDriver shows who answered route's own call to driver: only the
+// laptop's route makes one, through the tunnel.
+func nestedDriver(h *sim.Hop) string {
+	r := h.Find("route")
+	if r == nil || len(r.Calls) == 0 {
+		return "-"
+	}
+	c := r.Calls[0]
+	if c.Error != "" {
+		return fmt.Sprintf("error %d", c.Status)
+	}
+	return c.Version + " (via tunnel)"
+}
+
+// frontendDriver shows who answered frontend's own call to driver.
+func frontendDriver(h *sim.Hop) string {
+	for i := range h.Calls {
+		if h.Calls[i].Service == "driver" {
+			return showHop(&h.Calls[i], "driver")
+		}
+	}
+	return "-"
+}
+
+// hopVersion is the version of service as called by frontend (or
+// frontend itself).
 func hopVersion(h *sim.Hop, service string) string {
-	if f := h.Find(service); f != nil && f.Error == "" {
+	f := h
+	if service != h.Service {
+		f = nil
+		for i := range h.Calls {
+			if h.Calls[i].Service == service {
+				f = &h.Calls[i]
+				break
+			}
+		}
+	}
+	if f != nil && f.Error == "" {
 		return f.Version
 	}
 	return ""
@@ -252,7 +305,16 @@ func hopVersion(h *sim.Hop, service string) string {
 // showHop renders who served one hop: "baseline", "v2 (laptop)", or the
 // error.
 func showHop(h *sim.Hop, service string) string {
-	f := h.Find(service)
+	f := h
+	if service != h.Service {
+		f = nil
+		for i := range h.Calls {
+			if h.Calls[i].Service == service {
+				f = &h.Calls[i]
+				break
+			}
+		}
+	}
 	switch {
 	case f == nil:
 		return "-"
@@ -262,6 +324,27 @@ func showHop(h *sim.Hop, service string) string {
 		return f.Version + " (laptop)"
 	}
 	return f.Version
+}
+
+// outbound calls driver directly from the laptop through the tunnel.
+func (d *demo) outbound(ctx context.Context, laptop *http.Client) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, driverURL+"/from-laptop", nil)
+	if err != nil {
+		d.check(false, "build the outbound request: "+err.Error())
+		return
+	}
+	var hop sim.Hop
+	resp, err := laptop.Do(req)
+	if err == nil {
+		_ = json.NewDecoder(io.LimitReader(resp.Body, 1<<20)).Decode(&hop)
+		resp.Body.Close()
+	}
+	ok := err == nil && resp.StatusCode == http.StatusOK && hop.Service == "driver" && hop.Version == sim.BaselineVersion
+	if !d.check(ok, fmt.Sprintf("GET %s/from-laptop through the tunnel: %v %s", driverURL, err, hop.String())) {
+		d.say("  GET %s/from-laptop  ->  UNEXPECTED: %v %s", driverURL, err, hop.Error)
+		return
+	}
+	d.say("  GET %s/from-laptop  ->  answered by driver %s, pod %s", driverURL, hop.Version, hop.Pod)
 }
 
 // keep prints how to try the running demo from another terminal and waits

@@ -20,6 +20,8 @@ func TestDemo(t *testing.T) {
 		"1. Starting a simulated cluster",
 		"ready: routing key ",
 		"v2 (laptop)",
+		"baseline (via tunnel)",
+		"answered by driver baseline",
 		"back to baseline",
 		"is back to exactly what it was",
 		"expectations held",

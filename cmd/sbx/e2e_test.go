@@ -447,3 +447,44 @@ func TestE2ERelayCrash(t *testing.T) {
 	require.True(t, ok)
 	require.Equal(t, pod, again, "a container restart keeps the pod")
 }
+
+// Scenario 3 (through the daemon's outbound path; hosts-file and proxy
+// modes plug into the same DialOutbound): the laptop's route calls
+// driver.hotrod.svc.cluster.local and reaches baseline driver through the
+// tunnel, with the baggage it received.
+func TestE2ELocalProcessReachesCluster(t *testing.T) {
+	e := startE2E(t)
+	ctx := context.Background()
+	client := e.Sim.HTTPClient("default")
+	defer client.CloseIdleConnections()
+	laptop := e.OutboundClient("alice")
+	defer laptop.CloseIdleConnections()
+
+	local, err := sim.StartLocalRoute("127.0.0.1:0", []string{"http://driver.hotrod.svc.cluster.local:8082/driver"}, laptop, e.log)
+	require.NoError(t, err)
+	defer local.Close()
+	st, err := e.Connect(ctx, "alice", local.Addr(), nil)
+	require.NoError(t, err)
+	keyed := "sbx-routing-key=" + st.RoutingKey
+	eventuallyServed(t, client, keyed, "frontend@baseline(route@v2(driver@baseline), driver@baseline)")
+	_, hop, _ := dispatch(t, client, keyed)
+	require.Equal(t, keyed, hop.Find("route").Calls[0].Baggage, "the laptop propagated the baggage")
+	require.Equal(t, sim.AppNamespace, hop.Find("route").Calls[0].Namespace)
+
+	// Directly from the laptop, by every name form a pod in hotrod could use.
+	for _, u := range []string{
+		"http://driver.hotrod.svc.cluster.local:8082/x",
+		"http://driver.hotrod.svc:8082/x",
+		"http://driver.hotrod:8082/x",
+	} {
+		resp, err := laptop.Get(u)
+		require.NoError(t, err, u)
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		require.Equal(t, http.StatusOK, resp.StatusCode, "%s: %s", u, body)
+		require.Contains(t, string(body), `"service":"driver","version":"baseline"`)
+	}
+	_, err = e.DialOutbound(ctx, "alice", "nosuch.hotrod.svc.cluster.local:80")
+	require.Error(t, err)
+	require.Contains(t, err.Error(), "nosuch.hotrod.svc.cluster.local")
+}
