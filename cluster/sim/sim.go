@@ -52,6 +52,7 @@ type Cluster struct {
 	RESTConfig *rest.Config
 
 	ctrl    *controller
+	api     *apiHTTP
 	closers []func()
 }
 
@@ -107,6 +108,11 @@ func Start(ctx context.Context, opts Options) (_ *Cluster, err error) {
 	}
 	c.closers = append(c.closers, func() { _ = c.PortForward.Close() })
 	c.RESTConfig = c.PortForward.RESTConfig()
+	c.api, err = newAPIHTTP(c, logger)
+	if err != nil {
+		return nil, fmt.Errorf("start the simulated API server: %w", err)
+	}
+	c.closers = append(c.closers, c.api.close)
 	return c, nil
 }
 
