@@ -1,0 +1,130 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/sbx-dev/sbx/cluster/sim"
+	"github.com/sbx-dev/sbx/daemon"
+)
+
+// TestE2EBinary drives the built sbx binary and its own daemon process
+// against the simulated cluster through a kubeconfig (the simulator's API
+// over HTTP): connect, keyed routing, kill -9 of the daemon and its
+// restoration with the same routing key, disconnect (scenario 8 with a real
+// kill -9, scenarios 2 and 5 through the CLI).
+func TestE2EBinary(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds the sbx binary")
+	}
+	home, err := tempDir()
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = os.RemoveAll(home) })
+	bin := buildSbx(t) // from daemon_cli_test.go
+
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	c, err := sim.Start(ctx, sim.Options{Logger: e2eLogger(t).With("side", "cluster")})
+	require.NoError(t, err)
+	defer c.Close()
+	kubeconfig := filepath.Join(home, "kubeconfig")
+	require.NoError(t, c.WriteKubeconfig(kubeconfig))
+	require.NoError(t, os.MkdirAll(filepath.Join(home, "config", "sbx"), 0o700))
+	require.NoError(t, os.WriteFile(filepath.Join(home, "config", "sbx", "config.yaml"),
+		[]byte("relayImage: ghcr.io/sbx-dev/sbx:sim\n"), 0o600))
+
+	local, err := sim.StartLocalRoute("127.0.0.1:0", nil, nil, e2eLogger(t))
+	require.NoError(t, err)
+	defer local.Close()
+	specPath := filepath.Join(home, "sandbox.yaml")
+	require.NoError(t, os.WriteFile(specPath, []byte(`name: '@{name}'
+spec:
+  description: route service on my laptop
+  local:
+    - name: route
+      from: {kind: Deployment, namespace: hotrod, name: route}
+      mappings:
+        - port: 8083
+          toLocal: `+local.Addr()+"\n"), 0o600))
+
+	env := []string{
+		"HOME=" + home,
+		"XDG_RUNTIME_DIR=" + filepath.Join(home, "run"),
+		"XDG_STATE_HOME=" + filepath.Join(home, "state"),
+		"XDG_CONFIG_HOME=" + filepath.Join(home, "config"),
+		"KUBECONFIG=" + kubeconfig,
+		"PATH=" + os.Getenv("PATH"),
+	}
+	sbx := func(args ...string) string {
+		t.Helper()
+		cmd := exec.CommandContext(ctx, bin, args...)
+		cmd.Env = env
+		out, err := cmd.CombinedOutput()
+		require.NoError(t, err, "sbx %s:\n%s", strings.Join(args, " "), out)
+		return string(out)
+	}
+	dc := &daemon.Client{Socket: filepath.Join(home, "run", "sbx", "sbx.sock")}
+	defer dc.Close()
+	daemonPID := func() int {
+		st, err := dc.Status(ctx)
+		require.NoError(t, err)
+		return st.PID
+	}
+	t.Cleanup(func() {
+		cmd := exec.Command(bin, "daemon", "stop")
+		cmd.Env = env
+		_ = cmd.Run()
+	})
+
+	out := sbx("connect", "-f", specPath, "--set", "name=alice")
+	st, err := dc.Sandbox(ctx, "alice")
+	require.NoError(t, err)
+	require.Equal(t, daemon.PhaseReady, st.Phase)
+	key := st.RoutingKey
+	require.Contains(t, out, key, "connect prints the routing key")
+
+	client := c.HTTPClient("default")
+	defer client.CloseIdleConnections()
+	keyed := "sbx-routing-key=" + key
+	eventuallyServed(t, client, keyed, routeV2)
+	eventuallyServed(t, client, "", allBaseline)
+
+	// kill -9 the daemon: the sandbox's objects stay; the next command
+	// starts a new daemon, which restores the sandbox with the same key.
+	pid := daemonPID()
+	require.NoError(t, syscall.Kill(pid, syscall.SIGKILL))
+	require.Eventually(t, func() bool {
+		_, err := dc.Status(ctx)
+		return daemon.IsNotRunning(err)
+	}, 10*time.Second, 20*time.Millisecond)
+	out = sbx("list")
+	require.Contains(t, out, "alice")
+	require.Eventually(t, func() bool {
+		s, err := dc.Sandbox(ctx, "alice")
+		return err == nil && s.Phase == daemon.PhaseReady
+	}, 30*time.Second, 50*time.Millisecond)
+	s, err := dc.Sandbox(ctx, "alice")
+	require.NoError(t, err)
+	require.Equal(t, key, s.RoutingKey, "the restarted daemon keeps the routing key")
+	require.NotEqual(t, pid, daemonPID())
+	eventuallyServed(t, client, keyed, routeV2)
+
+	sbx("disconnect", "alice")
+	e := &simEnv{Sim: c}
+	require.Eventually(t, func() bool { return len(e.SbxObjects(ctx)) == 0 }, 20*time.Second, 20*time.Millisecond,
+		"left behind: %v", e.SbxObjects(ctx))
+	eventuallyServed(t, client, keyed, allBaseline)
+	out = sbx("daemon", "stop")
+	require.Contains(t, out, "stopped")
+	_, err = dc.Status(ctx)
+	require.True(t, daemon.IsNotRunning(err) || errors.Is(err, context.Canceled), "%v", err)
+}
