@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net/http"
 	"os"
+	"path/filepath"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -150,7 +151,7 @@ func runDemo(ctx context.Context, g *globalOptions, keep bool) (err error) {
 	d.outbound(ctx, laptop)
 
 	if keep {
-		d.keep(ctx, key)
+		d.keep(ctx, key, dir)
 	}
 
 	d.step(6, "Disconnecting")
@@ -349,16 +350,27 @@ func (d *demo) outbound(ctx context.Context, laptop *http.Client) {
 
 // keep prints how to try the running demo from another terminal and waits
 // for Ctrl-C.
-func (d *demo) keep(ctx context.Context, key string) {
+func (d *demo) keep(ctx context.Context, key string, dir string) {
 	u, err := d.env.Sim.ServiceURL(sim.AppNamespace, "frontend", 8080)
 	if err != nil {
 		d.say("cannot show the frontend URL: %v", err)
 		return
 	}
+	kubeconfig := filepath.Join(dir, "kubeconfig")
+	if err := d.env.Sim.WriteKubeconfig(kubeconfig); err != nil {
+		d.say("cannot write a kubeconfig for the simulated cluster: %v", err)
+	}
 	fmt.Fprintln(d.out)
 	d.say("The cluster and the sandbox keep running. From another terminal:")
-	d.say("  curl -s %s/dispatch                                   # baseline everywhere", u)
-	d.say("  curl -s -H 'baggage: sbx-routing-key=%s' %s/dispatch  # route from your laptop", key, u)
+	d.say("")
+	d.say("  # baseline everywhere:")
+	d.say("  curl -s %s/dispatch", u)
+	d.say("  # route served by your laptop:")
+	d.say("  curl -s -H 'baggage: sbx-routing-key=%s' %s/dispatch", key, u)
+	d.say("")
+	d.say("The simulated cluster's API is at %s; with", d.env.Sim.APIServerURL())
+	d.say("  export KUBECONFIG=%s", kubeconfig)
+	d.say("your own sbx commands (sbx list, sbx connect -f ...) use it like a real cluster.")
 	d.say("Press Ctrl-C to disconnect and stop.")
 	<-ctx.Done()
 }
