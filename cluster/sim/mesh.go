@@ -50,7 +50,9 @@ type MeshOptions struct {
 // http routes: matches on uri, scheme, method, authority, headers,
 // withoutHeaders, queryParams, port, gateways, sourceLabels and
 // sourceNamespace; route destinations with weights, redirect,
-// directResponse, rewrite, header operations and timeout. Retries, fault
+// directResponse, rewrite, header operations, timeout, and retries (with
+// Istio's default policy when a route sets none: 2 retries on connect
+// failures and 503, each on another endpoint when there is one). Fault
 // injection, mirroring, CORS, delegate routes and DestinationRule subsets
 // are not simulated. Other ports are forwarded as plain TCP to an endpoint.
 type Mesh struct {
@@ -109,7 +111,7 @@ func NewMesh(ctx context.Context, opts MeshOptions) (*Mesh, error) {
 	})
 	m.proxy = &httputil.ReverseProxy{
 		Rewrite:       m.rewrite,
-		Transport:     transportSwitch{h1: m.h1, h2: m.h2},
+		Transport:     retryTransport{base: transportSwitch{h1: m.h1, h2: m.h2}},
 		FlushInterval: -1,
 		ErrorHandler:  m.proxyError,
 		ErrorLog:      slog.NewLogLogger(m.log.Handler(), slog.LevelDebug),

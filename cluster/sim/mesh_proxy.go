@@ -24,9 +24,10 @@ import (
 // target is where the proxy sends one request; it travels in the request
 // context from serveHTTP to rewrite.
 type target struct {
-	addr    string // podIP:port
-	http2   bool
-	timeout time.Duration
+	eps    []string // ready endpoints, podIP:port
+	first  int      // the endpoint of the first try
+	http2  bool
+	policy retryPolicy
 }
 
 type targetKey struct{}
@@ -45,7 +46,9 @@ func (t transportSwitch) RoundTrip(r *http.Request) (*http.Response, error) {
 func (m *Mesh) rewrite(pr *httputil.ProxyRequest) {
 	tg, _ := pr.In.Context().Value(targetKey{}).(target)
 	pr.Out.URL.Scheme = "http"
-	pr.Out.URL.Host = tg.addr
+	if len(tg.eps) > 0 {
+		pr.Out.URL.Host = tg.eps[tg.first]
+	}
 }
 
 func (m *Mesh) proxyError(w http.ResponseWriter, r *http.Request, err error) {
@@ -82,7 +85,7 @@ func (m *Mesh) serveHTTP(w http.ResponseWriter, r *http.Request, ns, name string
 			http.Error(w, "no healthy upstream", http.StatusServiceUnavailable)
 			return
 		}
-		m.forward(w, r, svc, sp, 0)
+		m.forward(w, r, svc, sp, 0, nil)
 		return
 	}
 	i, matched := m.re.selectRoute(vs.Spec, ri)
@@ -145,7 +148,7 @@ func (m *Mesh) serveHTTP(w http.ResponseWriter, r *http.Request, ns, name string
 	if route.Timeout != nil {
 		timeout = route.Timeout.AsDuration()
 	}
-	m.forward(w, r, dsvc, dsp, timeout)
+	m.forward(w, r, dsvc, dsp, timeout, route.Retries)
 }
 
 func routeName(r *networking.HTTPRoute, i int) string {
@@ -281,13 +284,16 @@ func targetPort(p *corev1.Pod, sp corev1.ServicePort) (int32, bool) {
 	return 0, false
 }
 
-func (m *Mesh) forward(w http.ResponseWriter, r *http.Request, svc *corev1.Service, sp corev1.ServicePort, timeout time.Duration) {
+// forward proxies to a ready endpoint of the Service port, with the route's
+// timeout (overall) and retry policy.
+func (m *Mesh) forward(w http.ResponseWriter, r *http.Request, svc *corev1.Service, sp corev1.ServicePort,
+	timeout time.Duration, retries *networking.HTTPRetry) {
 	eps := m.Endpoints(svc, sp)
 	if len(eps) == 0 {
 		http.Error(w, "no healthy upstream", http.StatusServiceUnavailable)
 		return
 	}
-	tg := target{addr: eps[rand.IntN(len(eps))], http2: upstreamHTTP2(sp), timeout: timeout}
+	tg := target{eps: eps, first: rand.IntN(len(eps)), http2: upstreamHTTP2(sp), policy: newRetryPolicy(retries)}
 	ctx := context.WithValue(r.Context(), targetKey{}, tg)
 	if timeout > 0 {
 		var cancel context.CancelFunc
