@@ -183,11 +183,9 @@ func (p *relayPod) runOnce(ct corev1.Container) error {
 		p.setTerminated(err, false)
 		return fmt.Errorf("relay exited: %v", err)
 	case <-crashed:
-		grace := 2 * time.Second
 		select {
-		case err := <-exited:
-			_ = err
-		case <-time.After(grace):
+		case <-exited:
+		case <-time.After(2 * time.Second):
 			p.c.log.Warn("crashed relay did not return after its sockets closed", "pod", p.name)
 			<-exited
 		}

@@ -252,22 +252,22 @@ func (n *Network) PodPortAddr(ns, name string, port int32) (string, error) {
 	return b.addr, nil
 }
 
-// nextAddr hands out the next host address of prefix.
+// nextAddr hands out the next host address of prefix, skipping the
+// network and broadcast-looking addresses (.0, .255).
 func nextAddr(prefix netip.Prefix, last *uint32) (netip.Addr, error) {
-	*last++
 	base := prefix.Addr().As4()
-	v := uint32(base[0])<<24 | uint32(base[1])<<16 | uint32(base[2])<<8 | uint32(base[3])
-	v += *last
-	ip := netip.AddrFrom4([4]byte{byte(v >> 24), byte(v >> 16), byte(v >> 8), byte(v)})
-	if !prefix.Contains(ip) || (v&0xff) == 0xff {
+	start := uint32(base[0])<<24 | uint32(base[1])<<16 | uint32(base[2])<<8 | uint32(base[3])
+	for {
 		*last++
-		v++
-		ip = netip.AddrFrom4([4]byte{byte(v >> 24), byte(v >> 16), byte(v >> 8), byte(v)})
+		v := start + *last
+		ip := netip.AddrFrom4([4]byte{byte(v >> 24), byte(v >> 16), byte(v >> 8), byte(v)})
+		if !prefix.Contains(ip) {
+			return netip.Addr{}, errors.New("address range " + prefix.String() + " exhausted")
+		}
+		if b := byte(v); b != 0 && b != 0xff {
+			return ip, nil
+		}
 	}
-	if !prefix.Contains(ip) {
-		return netip.Addr{}, errors.New("address range " + prefix.String() + " exhausted")
-	}
-	return ip, nil
 }
 
 // Resolver returns the view of the network from a pod in namespace ns: its
