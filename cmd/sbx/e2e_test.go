@@ -11,6 +11,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -18,6 +19,7 @@ import (
 	"time"
 
 	"github.com/stretchr/testify/require"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/sbx-dev/sbx/cluster"
 	"github.com/sbx-dev/sbx/cluster/sim"
@@ -248,8 +250,9 @@ func TestE2EDaemonRestart(t *testing.T) {
 	eventuallyServed(t, client, keyed, routeV2)
 }
 
-// Scenario 9: a sandbox whose daemon vanished is removed by gc once its
-// Lease expired, and routing falls back to baseline.
+// Scenario 9: a sandbox whose daemon vanished is removed by gc (asked of
+// another laptop's daemon) once its Lease expired long enough ago, and
+// routing falls back to baseline.
 func TestE2ELeaseExpiryGC(t *testing.T) {
 	e := startE2E(t)
 	ctx := context.Background()
@@ -266,19 +269,31 @@ func TestE2ELeaseExpiryGC(t *testing.T) {
 	eventuallyServed(t, client, keyed, routeV2)
 	require.NoError(t, e.StopDaemon()) // the laptop is gone for good
 
-	// Now: nothing expired yet, gc keeps it.
-	now := daemon.NewCluster(cluster.Clients{Kube: e.Sim.Clients.Kube, Istio: e.Sim.Clients.Istio}, sim.AppNamespace, nil, daemon.KubeOptions{})
-	deleted, err := now.GC(ctx, sim.AppNamespace)
+	// Another laptop's daemon (its own, empty state) runs gc.
+	other, err := tempDir()
 	require.NoError(t, err)
-	require.Empty(t, deleted)
+	defer os.RemoveAll(other)
+	e.Paths = daemon.Paths{RuntimeDir: filepath.Join(other, "run"), StateDir: filepath.Join(other, "state")}
+	e.Client = &daemon.Client{Socket: e.Paths.Socket()}
+	require.NoError(t, e.StartDaemon(ctx))
+	gc := func() []string {
+		res, err := e.Client.GC(ctx, daemon.ClusterRequest{Namespace: sim.AppNamespace})
+		require.NoError(t, err)
+		return res.Deleted
+	}
+	require.Empty(t, gc(), "the Lease has not expired: gc keeps the sandbox")
 	require.NotEmpty(t, sbxObjects(t, e))
 
-	// Two hours later the Lease is long expired.
-	later := daemon.NewCluster(cluster.Clients{Kube: e.Sim.Clients.Kube, Istio: e.Sim.Clients.Istio}, sim.AppNamespace, nil,
-		daemon.KubeOptions{Now: func() time.Time { return time.Now().Add(2 * time.Hour) }})
-	deleted, err = later.GC(ctx, sim.AppNamespace)
+	// Its last renewal was two hours ago.
+	leases := e.Sim.Clients.Kube.CoordinationV1().Leases(sim.AppNamespace)
+	l, err := leases.Get(ctx, cluster.LeaseName("alice"), metav1.GetOptions{})
 	require.NoError(t, err)
-	require.Equal(t, []string{"alice"}, deleted)
+	old := metav1.NewMicroTime(time.Now().Add(-2 * time.Hour))
+	l.Spec.RenewTime, l.Spec.AcquireTime = &old, &old
+	_, err = leases.Update(ctx, l, metav1.UpdateOptions{})
+	require.NoError(t, err)
+
+	require.Equal(t, []string{"alice"}, gc())
 	require.Eventually(t, func() bool { return len(sbxObjects(t, e)) == 0 }, 20*time.Second, 20*time.Millisecond,
 		"left behind: %v", sbxObjects(t, e))
 	require.Equal(t, before, vsSnapshot(t, e))
