@@ -2,8 +2,10 @@ package sim
 
 import (
 	"context"
+	"io"
 	"net"
 	"net/http"
+	"strings"
 	"testing"
 	"time"
 
@@ -122,4 +124,69 @@ func TestRealRelayEndToEnd(t *testing.T) {
 
 	sess.Close()
 	<-served
+}
+
+// TestRelayOfflineThroughMesh: with no laptop connected, the relay holds a
+// keyed request for --grace and answers 503 naming the sandbox; the mesh
+// retries a 503 twice (Istio's default policy), so the relay answers three
+// times and the client waits about three grace periods.
+func TestRelayOfflineThroughMesh(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	c, err := Start(ctx, Options{Logger: testLogger(t), WithoutBaselineVirtualService: true})
+	require.NoError(t, err)
+	defer c.Close()
+	ns := AppNamespace
+	kube := c.Clients.Kube
+	secret, dep, svc := relayObjects(ns, "alice", "0123456789abcdef0123456789abcdef", "")
+	args := dep.Spec.Template.Spec.Containers[0].Args
+	for i := range args {
+		if args[i] == "--grace" {
+			args[i+1] = "200ms"
+		}
+	}
+	_, err = kube.CoreV1().Secrets(ns).Create(ctx, secret, metav1.CreateOptions{})
+	require.NoError(t, err)
+	_, err = kube.AppsV1().Deployments(ns).Create(ctx, dep, metav1.CreateOptions{})
+	require.NoError(t, err)
+	_, err = kube.CoreV1().Services(ns).Create(ctx, svc, metav1.CreateOptions{})
+	require.NoError(t, err)
+	var pod *corev1.Pod
+	require.Eventually(t, func() bool {
+		pod = relayPodObject(t, c, ns, "alice")
+		return pod != nil && podReady(pod)
+	}, 20*time.Second, 10*time.Millisecond)
+
+	client := c.HTTPClient(ns)
+	defer client.CloseIdleConnections()
+	var resp *http.Response
+	var body []byte
+	require.Eventually(t, func() bool {
+		resp, err = client.Get("http://route-sbx-alice:8083/route")
+		require.NoError(t, err)
+		body, _ = io.ReadAll(resp.Body)
+		resp.Body.Close()
+		return resp.StatusCode != http.StatusServiceUnavailable || !strings.Contains(string(body), "no healthy upstream")
+	}, 10*time.Second, 20*time.Millisecond)
+	require.Equal(t, http.StatusServiceUnavailable, resp.StatusCode, string(body))
+	require.Contains(t, string(body), "alice", "the relay's 503 names the offline sandbox")
+
+	// Three relay answers for one request: the mesh retried twice.
+	addr, err := c.Network.PodPortAddr(ns, pod.Name, 7001)
+	require.NoError(t, err)
+	require.Eventually(t, func() bool {
+		m, err := http.Get("http://" + addr + "/metrics")
+		if err != nil {
+			return false
+		}
+		defer m.Body.Close()
+		b, _ := io.ReadAll(m.Body)
+		for _, line := range strings.Split(string(b), "\n") {
+			if strings.HasPrefix(line, "sbx_relay_http_answers_total") && strings.Contains(line, `"503"`) {
+				return strings.HasSuffix(line, " 3")
+			}
+		}
+		return false
+	}, 5*time.Second, 20*time.Millisecond)
+	http.DefaultClient.CloseIdleConnections()
 }
