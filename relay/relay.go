@@ -256,8 +256,12 @@ func (r *Relay) Run(ctx context.Context) error {
 	r.ready.Store(true)
 	r.m.ready.Set(1)
 	addrs := r.Addrs()
-	r.log.Info("relay serving", "tunnel", addrs.Tunnel, "health", addrs.Health, "inbound", len(r.inbound),
-		"grace", r.opts.Grace, "token", r.opts.TokenSource)
+	inbound := make([]string, len(r.inbound))
+	for i, in := range r.inbound {
+		inbound[i] = in.spec.String() + "@" + in.l.Addr().String()
+	}
+	r.log.Info("relay serving", "version", r.ver, "tunnel", addrs.Tunnel, "health", addrs.Health, "inbound", inbound,
+		"grace", r.opts.Grace, "drainTimeout", r.opts.DrainTimeout, "token", r.opts.TokenSource)
 
 	<-ctx.Done()
 	r.shutdown()
