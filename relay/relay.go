@@ -223,11 +223,11 @@ func (r *Relay) Addrs() Addrs {
 // Run serves until ctx ends, then shuts down gracefully: it stops accepting
 // connections and sessions, answers held connections, lets open streams
 // finish for up to Options.DrainTimeout, closes the sessions telling the
-// daemon why, and returns nil. It returns an error only if serving could not
-// start. Run may be called once.
+// daemon why, and returns nil once every goroutine has ended. Run may be
+// called once; a second call returns an error.
 func (r *Relay) Run(ctx context.Context) error {
 	if !r.ran.CompareAndSwap(false, true) {
-		return errors.New("relay: Run called twice")
+		return errors.New("relay: Run called twice or after Close (create a new relay with New)")
 	}
 	health := &http.Server{
 		Handler:           r.healthHandler(),
@@ -296,9 +296,11 @@ func (r *Relay) shutdown() {
 // Close releases the listeners of a relay that was never Run. After Run it
 // is a no-op.
 func (r *Relay) Close() error {
-	if r.ran.Load() {
+	if !r.ran.CompareAndSwap(false, true) {
 		return nil
 	}
+	r.stopServe()
+	r.stopPipes()
 	r.closeListeners()
 	return r.closeErr
 }
