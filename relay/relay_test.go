@@ -116,6 +116,15 @@ func TestOutboundRefused(t *testing.T) {
 			require.Contains(t, de.Message, tt.msg)
 		})
 	}
+	// The laptop may not open inbound streams towards the relay.
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	_, err = s.Open(ctx, tunnel.Header{Kind: tunnel.KindInbound, Workload: "route", Port: 8083})
+	var de *tunnel.DialError
+	require.ErrorAs(t, err, &de)
+	require.Equal(t, tunnel.ReasonProtocol, de.Reason)
+	require.Contains(t, de.Message, "only accepts outbound streams")
+
 	fams := h.metrics()
 	require.Equal(t, 7.0, metricValue(fams, "sbx_relay_dial_errors_total", "reason", "denied"))
 	require.Equal(t, 1.0, metricValue(fams, "sbx_relay_dial_errors_total", "reason", "dns"))
