@@ -51,6 +51,8 @@ names travel back through the same tunnel to the baseline services.`,
 	root.AddCommand(
 		newVersionCmd(g),
 		newValidateCmd(g),
+		newRelayCmd(g),
+		newBenchCmd(g),
 	)
 	return root
 }
