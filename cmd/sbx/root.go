@@ -52,6 +52,8 @@ names travel back through the same tunnel to the baseline services.`,
 		newVersionCmd(g),
 		newValidateCmd(g),
 		newRenderCmd(g),
+		newRelayCmd(g),
+		newBenchCmd(g),
 	)
 	return root
 }
