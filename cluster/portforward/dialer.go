@@ -308,6 +308,7 @@ func (d *Dialer) monitor(pc *pfConn) {
 		<-pc.conn.CloseChan()
 	}
 	pc.markDead()
+	_ = pc.conn.Close() // releases the underlying connection if the peer ended it
 	d.log.Debug("port-forward connection closed", "pod", pc.namespace+"/"+pc.pod)
 }
 
