@@ -3,100 +3,82 @@ package portforward
 import (
 	"net"
 	"sync"
-	"time"
 )
 
-// maxPending bounds the bytes a coalescingConn holds before Write blocks.
-const maxPending = 512 << 10
+// spdyHeaderLen is the size of a SPDY/3 frame header; bytes 5-7 of it hold
+// the payload length for data and control frames alike.
+const spdyHeaderLen = 8
 
-// closeFlushTimeout bounds how long Close waits for pending bytes to go out.
-const closeFlushTimeout = 2 * time.Second
-
-// coalescingConn sits under the SPDY framer on a WebSocket tunnel. The
-// framer writes every SPDY frame in three or more pieces (8 header bytes,
-// then the payload), and client-go's TunnelingConnection turns each Write
-// into its own WebSocket message and system call. coalescingConn queues
-// writes and one goroutine sends whatever has accumulated as one message,
-// so a frame, or a burst of frames, costs one message. It adds no delay:
-// the sender starts as soon as there is data; batching happens only while
-// it is busy.
+// frameConn sits under the SPDY framer on a WebSocket tunnel. The framer
+// writes every SPDY frame in several pieces (two 4-byte header words, then
+// the payload), and client-go's TunnelingConnection turns each Write into
+// its own WebSocket message and system call. frameConn holds the pieces
+// until a frame is complete and writes it as one message.
 //
-// Writes are asynchronous: an error sending is returned by the next Write
-// (the SPDY connection also notices the dead connection on its read side).
-type coalescingConn struct {
+// It is synchronous: the write that completes a frame performs it and
+// returns its error, so the framer (and client-go's CreateStream, which
+// otherwise waits 30s for a reply that cannot come) learns at once that
+// the connection is dead. Writes that only start a frame return at once;
+// the framer always completes a frame under its lock before another one
+// starts, so nothing is held back.
+type frameConn struct {
 	net.Conn
 
-	mu      sync.Mutex
-	cond    *sync.Cond
-	pending []byte
-	spare   []byte
-	err     error
-	closed  bool
-	done    chan struct{}
+	mu  sync.Mutex
+	buf []byte
+	err error
 }
 
-func newCoalescingConn(c net.Conn) *coalescingConn {
-	cc := &coalescingConn{Conn: c, done: make(chan struct{})}
-	cc.cond = sync.NewCond(&cc.mu)
-	go cc.sendLoop()
-	return cc
+func newFrameConn(c net.Conn) *frameConn { return &frameConn{Conn: c} }
+
+// Read marks the connection broken when the peer is gone, so that later
+// writes fail at once rather than go into a dead connection.
+func (c *frameConn) Read(p []byte) (int, error) {
+	n, err := c.Conn.Read(p)
+	if err != nil {
+		c.mu.Lock()
+		if c.err == nil {
+			c.err = err
+		}
+		c.mu.Unlock()
+	}
+	return n, err
 }
 
-func (c *coalescingConn) Write(p []byte) (int, error) {
+func (c *frameConn) Write(p []byte) (int, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	for len(c.pending) >= maxPending && c.err == nil && !c.closed {
-		c.cond.Wait()
-	}
 	if c.err != nil {
 		return 0, c.err
 	}
-	if c.closed {
-		return 0, net.ErrClosed
+	c.buf = append(c.buf, p...)
+	end := completeFrames(c.buf)
+	if end == 0 {
+		return len(p), nil
 	}
-	c.pending = append(c.pending, p...)
-	c.cond.Broadcast()
+	if _, err := c.Conn.Write(c.buf[:end]); err != nil {
+		c.err = err
+		return 0, err
+	}
+	n := copy(c.buf, c.buf[end:])
+	c.buf = c.buf[:n]
+	if cap(c.buf) > 1<<20 && n == 0 {
+		c.buf = nil // don't keep a buffer sized for one huge frame
+	}
 	return len(p), nil
 }
 
-// sendLoop is owned by the conn; Close waits for it.
-func (c *coalescingConn) sendLoop() {
-	defer close(c.done)
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	for {
-		for len(c.pending) == 0 && !c.closed && c.err == nil {
-			c.cond.Wait()
+// completeFrames returns the length of the longest prefix of b made of
+// whole SPDY frames.
+func completeFrames(b []byte) int {
+	end := 0
+	for len(b)-end >= spdyHeaderLen {
+		h := b[end:]
+		total := spdyHeaderLen + (int(h[5])<<16 | int(h[6])<<8 | int(h[7]))
+		if len(b)-end < total {
+			break
 		}
-		if c.err != nil || len(c.pending) == 0 {
-			return // closed and drained, or broken
-		}
-		out := c.pending
-		c.pending, c.spare = c.spare[:0], nil
-		c.cond.Broadcast() // the queue has room again
-		c.mu.Unlock()
-		_, err := c.Conn.Write(out)
-		c.mu.Lock()
-		c.spare = out[:0]
-		if err != nil && c.err == nil {
-			c.err = err
-		}
-		c.cond.Broadcast()
+		end += total
 	}
-}
-
-// Close sends what is pending (bounded by closeFlushTimeout), then closes.
-func (c *coalescingConn) Close() error {
-	c.mu.Lock()
-	if c.closed {
-		c.mu.Unlock()
-		return nil
-	}
-	c.closed = true
-	c.cond.Broadcast()
-	c.mu.Unlock()
-	t := time.AfterFunc(closeFlushTimeout, func() { _ = c.Conn.Close() }) // unblocks a stuck send
-	<-c.done
-	t.Stop()
-	return c.Conn.Close()
+	return end
 }

@@ -33,6 +33,9 @@ func TestMain(m *testing.M) {
 		// spdystream hands a close error to a possible CloseWait caller for
 		// up to 1s after closing an already broken connection.
 		goleak.IgnoreTopFunction("github.com/moby/spdystream.(*Connection).shutdown"),
+		// A stream creation racing a connection's death waits out
+		// client-go's 30s reply timeout; Dialer.Close waits only 2s for it.
+		goleak.IgnoreTopFunction("github.com/moby/spdystream.(*Stream).WaitTimeout"),
 	)
 }
 
@@ -478,14 +481,15 @@ func TestCutAllRedials(t *testing.T) {
 	roundTrip(t, c, []byte("before"))
 
 	require.Equal(t, 1, e.srv.CutAll())
-	_, err = c.Read(make([]byte, 1))
-	require.ErrorIs(t, err, portforward.ErrConnectionLost)
-	require.Contains(t, err.Error(), "hotrod/relay-1")
-
+	// A dial right after the cut, before anything noticed it, redials.
 	c2, err := d.Dial(ctx(t))
 	require.NoError(t, err)
 	defer c2.Close()
 	roundTrip(t, c2, []byte("after"))
+
+	_, err = c.Read(make([]byte, 1))
+	require.ErrorIs(t, err, portforward.ErrConnectionLost)
+	require.Contains(t, err.Error(), "hotrod/relay-1")
 	require.EqualValues(t, 2, e.srv.Stats().Connections)
 	require.EqualValues(t, 1, e.srv.Stats().Cuts)
 	require.Equal(t, 2, d.Stats().Upgrades)
@@ -534,11 +538,23 @@ func TestFallbackToSPDY(t *testing.T) {
 	_, err := e.dialer(portforward.Config{Transport: portforward.TransportWebSocket}).Dial(ctx(t))
 	require.Error(t, err, "a WebSocket-only dial fails against an old API server")
 
-	c, err := e.dialer(portforward.Config{}).Dial(ctx(t))
+	d := e.dialer(portforward.Config{})
+	c, err := d.Dial(ctx(t))
 	require.NoError(t, err)
 	defer c.Close()
 	roundTrip(t, c, []byte("spdy"))
 	require.EqualValues(t, 1, e.srv.Stats().SPDY)
+
+	// After one fallback the Dialer goes straight to SPDY: the server sees
+	// no further WebSocket attempts.
+	before := e.srv.Stats().WebSocketV4
+	require.Equal(t, 1, e.srv.CutAll())
+	c2, err := d.Dial(ctx(t))
+	require.NoError(t, err)
+	defer c2.Close()
+	roundTrip(t, c2, []byte("spdy again"))
+	require.EqualValues(t, 2, e.srv.Stats().SPDY)
+	require.Equal(t, before, e.srv.Stats().WebSocketV4)
 }
 
 func TestContext(t *testing.T) {
