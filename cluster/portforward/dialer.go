@@ -326,6 +326,12 @@ func (d *Dialer) connFor(ctx context.Context, pod *corev1.Pod) (*pfConn, error) 
 // pick reserves a slot on an existing connection to pod when the spreading
 // rule allows it, and closes idle connections to pods that are not current.
 func (d *Dialer) pick(pod *corev1.Pod) (*pfConn, bool, error) {
+	var stale []*pfConn
+	defer func() {
+		for _, pc := range stale {
+			_ = pc.conn.Close() // outside the lock: Close writes to the network
+		}
+	}()
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if d.closed {
@@ -340,7 +346,7 @@ func (d *Dialer) pick(pod *corev1.Pod) (*pfConn, bool, error) {
 		}
 		if pc.uid != pod.UID || pc.pod != pod.Name {
 			if pc.active.Load() == 0 {
-				_ = pc.conn.Close() // the pod moved; nobody uses this one
+				stale = append(stale, pc) // the pod moved; nobody uses this one
 				continue
 			}
 			kept = append(kept, pc)
