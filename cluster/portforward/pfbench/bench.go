@@ -254,10 +254,9 @@ func bulk(ctx context.Context, addr string, n int, size int64) (float64, error) 
 		conns = append(conns, c)
 		stop := context.AfterFunc(ctx, func() { _ = c.Close() })
 		defer stop()
-	}
-	// One round trip with a tiny upload proves each path is connected end
-	// to end before the clock starts.
-	for _, c := range conns {
+		// One round trip with a tiny upload proves the path is connected
+		// end to end before the clock starts, and that its tunnel stream
+		// is open before the next one is, so a pool spreads them.
 		if err := upload(c, 1, nil, true); err != nil {
 			return 0, err
 		}
