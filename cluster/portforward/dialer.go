@@ -294,7 +294,13 @@ func (d *Dialer) connFor(ctx context.Context, pod *corev1.Pod) (*pfConn, error) 
 	}
 	conn, transport, err := upgrade(ctx, d.cfg.REST, u, want)
 	if err != nil {
-		return nil, fmt.Errorf("port-forward to pod %s/%s: %w", pod.Namespace, pod.Name, err)
+		hint := ""
+		if strings.Contains(strings.ToLower(err.Error()), "forbidden") {
+			// WebSocket upgrades are authorized as "get", SPDY ones (and
+			// WebSockets on 1.35+) as "create".
+			hint = fmt.Sprintf(" (your Role in namespace %s needs verbs get and create on pods/portforward)", pod.Namespace)
+		}
+		return nil, fmt.Errorf("port-forward to pod %s/%s: %w%s", pod.Namespace, pod.Name, err, hint)
 	}
 	if d.cfg.Transport == TransportAuto && transport == TransportSPDY {
 		d.spdyOnly.Store(true)

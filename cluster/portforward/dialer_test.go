@@ -507,6 +507,18 @@ func TestFallbackToSPDY(t *testing.T) {
 	require.Equal(t, before, e.srv.Stats().WebSocketV4)
 }
 
+func TestForbidden(t *testing.T) {
+	e := newEnv(t, pftest.Options{CheckPod: func(ns, pod string) error {
+		return fmt.Errorf("User \"alice\" cannot create resource \"pods/portforward\": %w", pftest.ErrForbidden)
+	}})
+	e.addPod("relay-1", 0)
+	_, err := e.dialer(portforward.Config{}).Dial(ctx(t))
+	require.ErrorContains(t, err, "hotrod/relay-1")
+	require.ErrorContains(t, err, "cannot create resource")
+	require.ErrorContains(t, err, "needs verbs get and create on pods/portforward")
+	t.Log(err)
+}
+
 func TestContext(t *testing.T) {
 	e := newEnv(t, pftest.Options{})
 	e.addPod("relay-1", 0)

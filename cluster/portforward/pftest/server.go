@@ -43,8 +43,12 @@ type Resolver func(namespace, pod string, port int32) (string, error)
 
 // PodChecker reports whether a pod may be port-forwarded to. A non-nil error
 // makes the server answer the upgrade request with 404 Not Found carrying the
-// error's text, as the API server does for a missing pod.
+// error's text, as the API server does for a missing pod, or with 403
+// Forbidden if the error wraps ErrForbidden (an RBAC denial).
 type PodChecker func(namespace, pod string) error
+
+// ErrForbidden, wrapped in a PodChecker's error, simulates an RBAC denial.
+var ErrForbidden = errors.New("forbidden")
 
 // Options configure a Server. Resolve is required.
 type Options struct {
@@ -309,6 +313,11 @@ func (s *Server) servePortForward(w http.ResponseWriter, r *http.Request) {
 	ns, pod := r.PathValue("namespace"), r.PathValue("pod")
 	if s.opts.CheckPod != nil {
 		if err := s.opts.CheckPod(ns, pod); err != nil {
+			if errors.Is(err, ErrForbidden) {
+				writeStatus(w, http.StatusForbidden, metav1.StatusReasonForbidden,
+					fmt.Sprintf("pods %q is forbidden: %v", pod, err))
+				return
+			}
 			writeStatus(w, http.StatusNotFound, metav1.StatusReasonNotFound, fmt.Sprintf("pods %q not found: %v", pod, err))
 			return
 		}
