@@ -97,6 +97,9 @@ type Path struct {
 	// bytes per second); ThroughputRepsMBps every repetition's.
 	ThroughputMBps     float64   `json:"throughput_mbps"`
 	ThroughputRepsMBps []float64 `json:"throughput_reps_mbps"`
+	// SingleStreamMBps is the median throughput of one upload alone, which
+	// the tunnel's per-stream window bounds.
+	SingleStreamMBps float64 `json:"single_stream_mbps"`
 	// RTTP50us and RTTP99us are medians over repetitions of each
 	// repetition's percentiles, in microseconds.
 	RTTP50us float64 `json:"rtt_p50_us"`
@@ -123,6 +126,8 @@ type Result struct {
 	TunnelVsBareThroughput float64 `json:"tunnel_vs_bare_throughput"`
 	PoolVsBareThroughput   float64 `json:"pool_vs_bare_throughput"`
 	TunnelVsBareRTT        float64 `json:"tunnel_vs_bare_rtt"`
+	// TunnelVsBareSingleStream compares one upload alone (informational).
+	TunnelVsBareSingleStream float64 `json:"tunnel_vs_bare_single_stream"`
 	// TunnelVsBareCPU and PoolVsBareCPU compare CPU time per byte (lower
 	// is cheaper); 0 where the platform does not report CPU time.
 	TunnelVsBareCPU float64 `json:"tunnel_vs_bare_cpu_per_byte"`
@@ -155,7 +160,7 @@ func Run(ctx context.Context, opts Options) (*Result, error) {
 	if err != nil {
 		return nil, fmt.Errorf("tunnel pool over port-forward: %w", err)
 	}
-	type sample struct{ mbps, p50, p99, cpu float64 }
+	type sample struct{ mbps, single, p50, p99, cpu float64 }
 	paths := []struct {
 		name    string
 		addr    string
@@ -186,15 +191,19 @@ func Run(ctx context.Context, opts Options) (*Result, error) {
 				return nil, fmt.Errorf("%s: bulk transfer: %w", p.name, err)
 			}
 			cpu := float64(cpuTime()-cpu0) / float64(int64(opts.Streams)*opts.BulkBytes)
+			single, err := bulk(ctx, p.addr, 1, opts.BulkBytes)
+			if err != nil {
+				return nil, fmt.Errorf("%s: single-stream transfer: %w", p.name, err)
+			}
 			p50, p99, err := rtt(ctx, p.addr, opts.RTTSamples)
 			if err != nil {
 				return nil, fmt.Errorf("%s: round trips: %w", p.name, err)
 			}
-			p.samples = append(p.samples, sample{mbps: mbps, p50: p50, p99: p99, cpu: cpu})
+			p.samples = append(p.samples, sample{mbps: mbps, single: single, p50: p50, p99: p99, cpu: cpu})
 			p.out.ThroughputRepsMBps = append(p.out.ThroughputRepsMBps, round3(mbps))
 			if opts.Progress != nil {
-				opts.Progress(fmt.Sprintf("rep %d/%d %-6s %8.1f MB/s  %5.2f cpu-ns/B  rtt p50 %6.0f us  p99 %6.0f us",
-					rep+1, opts.Reps, p.name, mbps, cpu, p50, p99))
+				opts.Progress(fmt.Sprintf("rep %d/%d %-6s %8.1f MB/s (one stream %7.1f)  %5.2f cpu-ns/B  rtt p50 %6.0f us  p99 %6.0f us",
+					rep+1, opts.Reps, p.name, mbps, single, cpu, p50, p99))
 			}
 		}
 	}
@@ -208,6 +217,7 @@ func Run(ctx context.Context, opts Options) (*Result, error) {
 	for i := range paths {
 		p := paths[i].out
 		p.ThroughputMBps = round3(median(pick(i, func(s sample) float64 { return s.mbps })))
+		p.SingleStreamMBps = round3(median(pick(i, func(s sample) float64 { return s.single })))
 		p.RTTP50us = round3(median(pick(i, func(s sample) float64 { return s.p50 })))
 		p.RTTP99us = round3(median(pick(i, func(s sample) float64 { return s.p99 })))
 		p.CPUNsPerByte = round3(median(pick(i, func(s sample) float64 { return s.cpu })))
@@ -223,6 +233,7 @@ func Run(ctx context.Context, opts Options) (*Result, error) {
 	res.TunnelVsBareThroughput = ratio(1, func(s sample) float64 { return s.mbps })
 	res.PoolVsBareThroughput = ratio(2, func(s sample) float64 { return s.mbps })
 	res.TunnelVsBareRTT = ratio(1, func(s sample) float64 { return s.p50 })
+	res.TunnelVsBareSingleStream = ratio(1, func(s sample) float64 { return s.single })
 	if res.Bare.CPUNsPerByte > 0 {
 		res.TunnelVsBareCPU = ratio(1, func(s sample) float64 { return s.cpu })
 		res.PoolVsBareCPU = ratio(2, func(s sample) float64 { return s.cpu })
