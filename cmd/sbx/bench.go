@@ -21,6 +21,7 @@ against a baseline measured in the same run.`,
 	}
 	cmd.AddCommand(
 		newBenchTunnelCmd(g),
+		newBenchPortForwardCmd(g),
 	)
 	return cmd
 }
