@@ -50,6 +50,9 @@ names travel back through the same tunnel to the baseline services.`,
 
 	root.AddCommand(
 		newVersionCmd(g),
+		newValidateCmd(g),
+		newRenderCmd(g),
+		newRelayCmd(g),
 		newBenchCmd(g),
 	)
 	return root
