@@ -190,7 +190,8 @@ func controlSeeds() [][]byte {
 		appendControl(nil, frameRefuse, encodeRefuse(&HandshakeError{Code: CodeBadToken, Message: "no"})),
 		appendControl(nil, framePing, encodeNonce(7)),
 		appendControl(nil, framePong, encodeNonce(7)),
-		appendControl(nil, frameGoodbye, encodeGoodbye("replaced by a newer daemon")),
+		appendControl(nil, frameGoodbye, encodeGoodbye(goodbye{code: CodeReplaced, reason: "replaced by a newer daemon"})),
+		appendControl(nil, frameGoodbye, encodeGoodbye(goodbye{reason: "relay shutting down"})),
 		appendControl(nil, 99, []byte("future")),
 		{frameHello, 0xff, 0xff},
 	}

@@ -40,9 +40,9 @@ type Options struct {
 // cores.
 func DefaultOptions() Options {
 	return Options{
-		Reps:        5,
+		Reps:        7,
 		BulkBytes:   128 << 20,
-		RTTSamples:  2000,
+		RTTSamples:  5000,
 		RequestSize: 1024,
 		Streams:     1000,
 		PoolSize:    4,
