@@ -293,6 +293,7 @@ func TestClientReplacement(t *testing.T) {
 		var pc *tunnel.PeerClosedError
 		require.ErrorAs(t, s.Err(), &pc)
 		require.Contains(t, pc.Reason, "replaced by a newer sbx daemon")
+		require.ErrorIs(t, s.Err(), tunnel.ErrReplaced, "a replaced daemon must be able to tell it should stop reconnecting")
 	}
 	code, body = get(t, "http://"+h.inbound(20001)+"/")
 	require.Equal(t, http.StatusOK, code)

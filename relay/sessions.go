@@ -83,23 +83,24 @@ func (ss *sessionSet) add(s *tunnel.Session, hello tunnel.Hello) (func(), error)
 		ss.bg.Add(1)
 		go func() {
 			defer ss.bg.Done()
-			closePool(old, replacedReason)
+			closePool(old, tunnel.CodeReplaced, replacedReason)
 		}()
 	}
 	var once sync.Once
 	return func() { once.Do(func() { ss.done(gen) }) }, nil
 }
 
-// closePool closes every session of p telling the peer why, then the pool.
-// Each CloseWithReason waits (at most a second) for the peer to read the
+// closePool closes every session of p telling the peer why (code lets the
+// peer match the reason with errors.Is, e.g. tunnel.ErrReplaced so a
+// replaced daemon stops reconnecting), then the pool. Each close waits (at most a second) for the peer to read the
 // reason, so the sessions are closed in parallel.
-func closePool(p *tunnel.Pool, reason string) {
+func closePool(p *tunnel.Pool, code tunnel.HandshakeCode, reason string) {
 	var wg sync.WaitGroup
 	for _, s := range p.Sessions() {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			_ = s.CloseWithReason(reason)
+			_ = s.CloseWithCode(code, reason)
 		}()
 	}
 	wg.Wait()
@@ -225,7 +226,7 @@ func (ss *sessionSet) closeAll(reason string) {
 	p := ss.pool
 	ss.mu.Unlock()
 	if p != nil {
-		closePool(p, reason)
+		closePool(p, 0, reason)
 	}
 	ss.bg.Wait()
 }
