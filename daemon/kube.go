@@ -10,6 +10,7 @@ import (
 	"time"
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
 
 	"github.com/sbx-dev/sbx/cluster"
@@ -263,7 +264,23 @@ func (c *kubeCluster) closeDialers(sandbox string) {
 }
 
 func (c *kubeCluster) RenewLease(ctx context.Context, t Target) error {
-	return cluster.RenewLease(ctx, c.clients, cluster.Ref{Name: t.Sandbox, Namespaces: t.Namespaces}, c.o.Now())
+	err := cluster.RenewLease(ctx, c.clients, cluster.Ref{Name: t.Sandbox, Namespaces: t.Namespaces}, c.o.Now())
+	if err == nil {
+		return nil
+	}
+	// Tell "the sandbox is gone" (gc, kubectl delete) from a failed call:
+	// only the first is cured by applying again.
+	nss := t.Namespaces
+	if len(nss) == 0 {
+		nss = []string{t.Namespace}
+	}
+	for _, ns := range nss {
+		_, gerr := c.clients.Kube.CoordinationV1().Leases(ns).Get(ctx, cluster.LeaseName(t.Sandbox), metav1.GetOptions{})
+		if apierrors.IsNotFound(gerr) {
+			return fmt.Errorf("%w: %w", ErrSandboxGone, err)
+		}
+	}
+	return err
 }
 
 func (c *kubeCluster) Delete(ctx context.Context, t Target, sb *spec.Sandbox) error {
