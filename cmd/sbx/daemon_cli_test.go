@@ -445,3 +445,39 @@ func TestCLILogsTail(t *testing.T) {
 	require.Equal(t, 0, code)
 	require.Equal(t, strings.Join(lines, "\n")+"\n", out)
 }
+
+func TestCLIStatusWatch(t *testing.T) {
+	dir := cliEnv(t)
+	startInProcessDaemon(t, &cliCluster{ready: make(chan struct{})})
+	for _, format := range []string{"json", "text"} {
+		t.Run(format, func(t *testing.T) {
+			ctx, cancel := context.WithCancel(context.Background())
+			var out, errb syncBuffer
+			done := make(chan int, 1)
+			go func() {
+				done <- run(ctx, []string{"status", "--watch", "-o", format}, strings.NewReader(""), &out, &errb)
+			}()
+			if format == "json" {
+				require.Eventually(t, func() bool { return strings.Contains(out.String(), `"snapshot"`) }, 10*time.Second, 10*time.Millisecond)
+			} else {
+				require.Eventually(t, func() bool { return strings.Contains(out.String(), "sbx daemon test") }, 10*time.Second, 10*time.Millisecond)
+			}
+			name := "w" + format
+			code, _, errOut := runCLI(t, "connect", "-f", writeSpec(t, dir), "--set", "name="+name, "--wait=false")
+			require.Equal(t, 0, code, errOut)
+			require.Eventually(t, func() bool { return strings.Contains(out.String(), name) }, 10*time.Second, 10*time.Millisecond)
+			cancel()
+			require.Equal(t, 0, <-done, errb.String())
+			if format == "json" {
+				// One JSON event per line, the first a snapshot.
+				lines := strings.Split(strings.TrimSpace(out.String()), "\n")
+				require.Greater(t, len(lines), 1)
+				for i, l := range lines {
+					var ev daemon.Event
+					require.NoError(t, json.Unmarshal([]byte(l), &ev), l)
+					require.Equal(t, i == 0, ev.Snapshot != nil)
+				}
+			}
+		})
+	}
+}

@@ -50,7 +50,7 @@ by one, leaving the rest intact). Keyed requests go to the baseline again.`,
 				if daemon.IsNotFound(err) {
 					return userError(err, "`sbx status` lists the connected sandboxes; `sbx list` also shows leftovers in the cluster")
 				}
-				return err
+				return classify(err, "`sbx status` shows the sandboxes")
 			}
 			return printValue(g.stdout, format, res, func() string {
 				if len(res.Disconnected) == 0 {
