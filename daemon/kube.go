@@ -85,6 +85,13 @@ func (k *KubeClusters) Open(_ context.Context, kubeconfig, kubeContext string) (
 		return nil, err
 	}
 	c := k.fromKube(kc)
+	// Built from the REST config so that the dynamic client (Argo
+	// Rollouts) is there too.
+	if clients, err := cluster.NewClients(kc.REST); err == nil {
+		c.clients = clients
+	} else {
+		c.log.Warn("building clients from the kubeconfig failed; Rollouts are not supported", "err", err)
+	}
 	k.clusters[key] = c
 	return c, nil
 }
