@@ -288,9 +288,8 @@ func (s *session) connectOnce(ctx context.Context) (time.Time, error) {
 	}()
 	connectedAt := cfg.Now()
 	s.refresh(lk, connectedAt)
-	s.setPhase(PhaseReady, fmt.Sprintf("sandbox %s is ready", t.Sandbox))
-	s.m.store.UpdateSandbox(s.name, func(st *SandboxStatus) { st.ReadySince = connectedAt })
-	s.refresh(lk, connectedAt)
+	s.m.store.UpdateSandbox(s.name, func(st *SandboxStatus) { st.Phase, st.ReadySince = PhaseReady, connectedAt })
+	s.log.Info("session phase", "phase", PhaseReady, "routingKey", t.RoutingKey)
 	st, _ := s.m.store.Sandbox(s.name)
 	s.emit(Progress{Phase: PhaseReady, Done: true, Sandbox: &st})
 	if err := cl.RenewLease(ctx, t); err != nil {
