@@ -188,6 +188,14 @@ func TestCLIConnectStatusListDisconnect(t *testing.T) {
 	require.Equal(t, 0, code)
 	require.Contains(t, out, "alice")
 
+	code, _, errOut = runCLI(t, "disconnect", "ghost")
+	require.Equal(t, 2, code)
+	require.Contains(t, errOut, "--orphan")
+	code, out, errOut = runCLI(t, "disconnect", "ghost", "--orphan")
+	require.Equal(t, 0, code, errOut)
+	require.Contains(t, out, "sandbox ghost disconnected")
+	require.Equal(t, []string{"ghost"}, cl.deletes)
+
 	code, out, errOut = runCLI(t, "disconnect", "alice")
 	require.Equal(t, 0, code, errOut)
 	require.Contains(t, out, "sandbox alice disconnected")
