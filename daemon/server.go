@@ -239,8 +239,9 @@ func (d *Daemon) handleConnect(w http.ResponseWriter, r *http.Request) error {
 	defer s.unsubscribe(sub)
 	if !req.Wait {
 		st, _ := d.store.Sandbox(name)
+		w.Header().Set("Content-Type", "application/json")
 		w.WriteHeader(http.StatusAccepted)
-		return writeJSON(w, st)
+		return json.NewEncoder(w).Encode(st)
 	}
 	ctx := r.Context()
 	if req.Timeout > 0 {
