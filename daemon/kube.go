@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/url"
 	"sync"
 	"time"
 
@@ -180,6 +181,9 @@ func (c *kubeCluster) Apply(ctx context.Context, sb *spec.Sandbox, o ApplyOption
 		if apierrors.IsForbidden(err) {
 			return Applied{}, &PermanentError{fmt.Errorf("%w (ask for the sbx Role in deploy/rbac.yaml)", err)}
 		}
+		if !transient(err) {
+			return Applied{}, &PermanentError{err}
+		}
 		return Applied{}, err
 	}
 	out := Applied{
@@ -335,4 +339,29 @@ func (c *kubeCluster) GC(ctx context.Context, ns string) ([]string, error) {
 		deleted, err = cluster.GC(ctx, c.clients, cluster.GCOptions{Namespaces: []string{c.namespace}, Grace: c.o.GCGrace, Now: c.o.Now()}, nil)
 	}
 	return deleted, err
+}
+
+// transient reports whether an Apply error may go away by itself, so the
+// supervisor should retry: the network, the API server being unavailable
+// or slow, expired credentials (the user logs in again), conflicts.
+// Everything else — a workload that does not exist, a port no Service
+// exposes, a VirtualService sbx must not touch — needs the user to change
+// something; retrying it forever would only hide the message.
+func transient(err error) bool {
+	var (
+		ne  net.Error
+		ue  *url.Error
+		api apierrors.APIStatus
+	)
+	switch {
+	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, context.Canceled):
+		return true
+	case errors.As(err, &ne), errors.As(err, &ue):
+		return true
+	case errors.As(err, &api):
+		return apierrors.IsServerTimeout(err) || apierrors.IsTimeout(err) || apierrors.IsTooManyRequests(err) ||
+			apierrors.IsInternalError(err) || apierrors.IsServiceUnavailable(err) || apierrors.IsUnexpectedServerError(err) ||
+			apierrors.IsConflict(err) || apierrors.IsUnauthorized(err) || api.Status().Code >= 500
+	}
+	return false
 }
