@@ -224,6 +224,15 @@ func (c *Client) Disconnect(ctx context.Context, name string) (DisconnectResult,
 	return res, err
 }
 
+// Forget stops the named sandbox and drops it from the daemon without
+// touching the cluster (which may be gone or unreachable); its objects
+// stay until `sbx gc` collects them after the lease expired.
+func (c *Client) Forget(ctx context.Context, name string) (DisconnectResult, error) {
+	var res DisconnectResult
+	err := c.doJSON(ctx, http.MethodDelete, "/v1/sandboxes/"+url.PathEscape(name)+"?forget=true", nil, &res)
+	return res, err
+}
+
 // DeleteOrphan deletes the cluster objects of a sandbox that this daemon
 // does not own (see ListEntry.Orphan), in the cluster creq selects.
 func (c *Client) DeleteOrphan(ctx context.Context, name string, creq ClusterRequest) (DisconnectResult, error) {
@@ -231,6 +240,13 @@ func (c *Client) DeleteOrphan(ctx context.Context, name string, creq ClusterRequ
 	q.Set("orphan", "true")
 	var res DisconnectResult
 	err := c.doJSON(ctx, http.MethodDelete, "/v1/sandboxes/"+url.PathEscape(name)+"?"+q.Encode(), nil, &res)
+	return res, err
+}
+
+// ForgetAll forgets every sandbox (see Forget).
+func (c *Client) ForgetAll(ctx context.Context) (DisconnectResult, error) {
+	var res DisconnectResult
+	err := c.doJSON(ctx, http.MethodDelete, "/v1/sandboxes?forget=true", nil, &res)
 	return res, err
 }
 

@@ -116,7 +116,10 @@ func writeError(w http.ResponseWriter, err error) {
 	var he *httpError
 	var nf *notFoundError
 	var ce *conflictError
+	var cle *clusterError
 	switch {
+	case errors.As(err, &cle):
+		code = http.StatusBadGateway
 	case errors.As(err, &he):
 		code = he.code
 	case errors.As(err, &nf):
@@ -309,7 +312,7 @@ func (d *Daemon) handleDisconnect(w http.ResponseWriter, r *http.Request) error 
 	if r.URL.Query().Get("orphan") == "true" {
 		return d.deleteOrphan(w, r, name)
 	}
-	if err := d.mgr.Disconnect(r.Context(), name); err != nil {
+	if err := d.mgr.Disconnect(r.Context(), name, r.URL.Query().Get("forget") == "true"); err != nil {
 		return err
 	}
 	return writeJSON(w, DisconnectResult{Disconnected: []string{name}})
@@ -363,7 +366,7 @@ func (d *Daemon) handleDisconnectAll(w http.ResponseWriter, r *http.Request) err
 	res := DisconnectResult{Disconnected: []string{}}
 	var errs []string
 	for _, name := range d.mgr.Names() {
-		if err := d.mgr.Disconnect(r.Context(), name); err != nil {
+		if err := d.mgr.Disconnect(r.Context(), name, r.URL.Query().Get("forget") == "true"); err != nil {
 			errs = append(errs, err.Error())
 			continue
 		}

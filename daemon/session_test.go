@@ -274,15 +274,28 @@ func TestDisconnectAllAndDeleteFailure(t *testing.T) {
 	fc.deleteErr = errors.New("forbidden")
 	fc.mu.Unlock()
 	_, err := td.client.Disconnect(ctx, "alice")
-	require.Error(t, err)
+	var ae *APIError
+	require.ErrorAs(t, err, &ae)
+	require.Equal(t, 502, ae.StatusCode, "cluster trouble, not a daemon bug")
 	require.Contains(t, err.Error(), "retry `sbx disconnect alice`")
+	require.Contains(t, err.Error(), "--forget")
 	st := waitPhase(t, td.client, "alice", PhaseFailed)
 	require.Contains(t, st.LastError, "forbidden")
+
+	// --forget drops it here without touching the cluster.
+	res, err := td.client.Forget(ctx, "alice")
+	require.NoError(t, err)
+	require.Equal(t, []string{"alice"}, res.Disconnected)
+	_, err = td.client.Sandbox(ctx, "alice")
+	require.True(t, IsNotFound(err))
+	require.Empty(t, fc.deletes)
+	_, err = td.client.Connect(ctx, ConnectRequest{Spec: testSpec("alice", "localhost:1"), Wait: true}, nil)
+	require.NoError(t, err)
 
 	fc.mu.Lock()
 	fc.deleteErr = nil
 	fc.mu.Unlock()
-	res, err := td.client.DisconnectAll(ctx)
+	res, err = td.client.DisconnectAll(ctx)
 	require.NoError(t, err)
 	require.ElementsMatch(t, []string{"alice", "bob"}, res.Disconnected)
 	full, err := td.client.Status(ctx)
