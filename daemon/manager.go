@@ -100,14 +100,20 @@ func (m *manager) Connect(req ConnectRequest) (s *session, sub chan Progress, re
 		return nil, nil, false, errors.New("the daemon is shutting down; run the command again to start a new one")
 	}
 	if s, ok := m.sessions[name]; ok {
+		cur, _ := m.store.Sandbox(name)
 		s.mu.Lock()
 		old := s.saved
-		if old.Context != kctx || old.Kubeconfig != req.Kubeconfig {
+		moved := old.Context != kctx || old.Kubeconfig != req.Kubeconfig
+		// A failed sandbox may be pointed at another cluster (the usual
+		// fix for a wrong --kubeconfig or --context); a working one must
+		// be disconnected first, or its objects would be left behind.
+		if moved && cur.Phase != PhaseFailed {
 			s.mu.Unlock()
 			return nil, nil, false, &conflictError{fmt.Sprintf("sandbox %q is connected to context %q; disconnect it first (`sbx disconnect %s`) or pick another name", name, old.Context, name)}
 		}
-		changed := !reflect.DeepEqual(old.Spec, req.Spec)
+		changed := moved || !reflect.DeepEqual(old.Spec, req.Spec)
 		s.saved.Spec = req.Spec
+		s.saved.Context, s.saved.Kubeconfig = kctx, req.Kubeconfig
 		saved := s.saved
 		s.mu.Unlock()
 		sub := s.subscribe()
@@ -116,7 +122,7 @@ func (m *manager) Connect(req ConnectRequest) (s *session, sub chan Progress, re
 		if changed {
 			m.store.UpdateSandbox(name, func(st *SandboxStatus) {
 				fresh := initialStatus(saved, m.conf().BaggageKey)
-				st.Namespaces, st.Mappings = fresh.Namespaces, fresh.Mappings
+				st.Namespaces, st.Mappings, st.Context = fresh.Namespaces, fresh.Mappings, fresh.Context
 			})
 			m.persistLocked()
 			select {

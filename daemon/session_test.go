@@ -379,3 +379,35 @@ func TestGoneSandboxIsReapplied(t *testing.T) {
 	require.Equal(t, st.RoutingKey, sb.RoutingKey)
 	require.Contains(t, sb.LastError, "re-applying")
 }
+
+func TestFailedSandboxMayMoveCluster(t *testing.T) {
+	fc := &fakeCluster{}
+	var mu sync.Mutex
+	var opened []string
+	provider := func(ctx context.Context, kubeconfig, kctx string) (Cluster, error) {
+		mu.Lock()
+		defer mu.Unlock()
+		opened = append(opened, kctx)
+		if kctx == "typo" {
+			return nil, &PermanentError{errors.New(`context "typo" not found in kubeconfig`)}
+		}
+		return fc, nil
+	}
+	td := startDaemon(t, Options{Clusters: provider, link: (&fakeLinker{}).link})
+	ctx := context.Background()
+	_, err := td.client.Connect(ctx, ConnectRequest{Spec: testSpec("alice", "localhost:1"), Context: "typo", Wait: true}, nil)
+	var ce *ConnectError
+	require.ErrorAs(t, err, &ce)
+	require.Equal(t, PhaseFailed, ce.Phase)
+
+	st, err := td.client.Connect(ctx, ConnectRequest{Spec: testSpec("alice", "localhost:1"), Context: "staging", Wait: true}, nil)
+	require.NoError(t, err)
+	require.Equal(t, "staging", st.Context)
+
+	// A working sandbox cannot silently move: its objects would stay behind.
+	_, err = td.client.Connect(ctx, ConnectRequest{Spec: testSpec("alice", "localhost:1"), Context: "prod", Wait: true}, nil)
+	var ae *APIError
+	require.ErrorAs(t, err, &ae)
+	require.Equal(t, 409, ae.StatusCode)
+	require.Contains(t, err.Error(), "disconnect it first")
+}
