@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"strings"
@@ -37,13 +38,11 @@ func connectDaemon(ctx context.Context) (*daemon.Client, error) {
 
 // ensureDaemon returns a client of the running daemon, starting one in the
 // background first if none answers. Progress goes to progress.
-func ensureDaemon(ctx context.Context, g *globalOptions) (*daemon.Client, error) {
-	progress := g.stderr
+func ensureDaemon(ctx context.Context, progress io.Writer) (*daemon.Client, error) {
 	paths := daemonPaths()
 	c := &daemon.Client{Socket: paths.Socket()}
 	_, err := c.LogPath(ctx)
 	if err == nil {
-		warnVersionSkew(ctx, c, g)
 		return c, nil
 	}
 	if !daemon.IsNotRunning(err) {
@@ -161,6 +160,17 @@ func lastLines(path string, n int) string {
 		lines = lines[len(lines)-n:]
 	}
 	return strings.Join(lines, "\n  ")
+}
+
+// needDaemon is ensureDaemon for a command: progress on stderr, and a note
+// when the running daemon is another version.
+func needDaemon(ctx context.Context, g *globalOptions) (*daemon.Client, error) {
+	c, err := ensureDaemon(ctx, g.stderr)
+	if err != nil {
+		return nil, err
+	}
+	warnVersionSkew(ctx, c, g)
+	return c, nil
 }
 
 // warnVersionSkew notes when the running daemon is another sbx version
