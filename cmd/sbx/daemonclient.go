@@ -61,6 +61,10 @@ func ensureDaemon(ctx context.Context, progress io.Writer) (*daemon.Client, erro
 		c.Close()
 		return nil, err
 	}
+	// The waiter reports an early exit while we wait below. It stays
+	// blocked for the daemon's life afterwards on purpose: in a
+	// long-running caller (the tray) it reaps the daemon when it exits, so
+	// no zombie is left; a CLI process simply exits before it.
 	exited := make(chan error, 1)
 	go func() { _, err := proc.Wait(); exited <- err }()
 	deadline := time.NewTimer(daemonStartTimeout)
@@ -72,7 +76,6 @@ func ensureDaemon(ctx context.Context, progress io.Writer) (*daemon.Client, erro
 		_, err := c.LogPath(ctx)
 		if err == nil {
 			fmt.Fprintln(progress, "ok")
-			// The child outlives us; nobody needs to reap it.
 			return c, nil
 		}
 		select {
