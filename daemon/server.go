@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"os"
 	"strings"
 	"time"
 )
@@ -19,6 +20,9 @@ const apiHost = "local.sbx"
 
 // maxRequestBody bounds request bodies (a spec is a few KiB).
 const maxRequestBody = 4 << 20
+
+// peerUIDKey keys the client's uid in a request's context.
+type peerUIDKey struct{}
 
 // httpError is an error with the HTTP status it maps to.
 type httpError struct {
@@ -74,8 +78,16 @@ func (d *Daemon) newHandler() http.Handler {
 // guard refuses anything that looks like it came through a browser: the
 // socket is private to the user, but a browser on the same machine can be
 // tricked into speaking to local HTTP servers.
+//
+// The socket's modes keep other users out; where the OS tells the peer's
+// uid, a process of another user (other than root) is refused as well, in
+// case the directory's mode was loosened.
 func guard(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if uid, ok := r.Context().Value(peerUIDKey{}).(int); ok && uid != os.Getuid() && uid != 0 {
+			writeError(w, &httpError{http.StatusForbidden, fmt.Sprintf("uid %d may not use the sbx daemon of uid %d", uid, os.Getuid())})
+			return
+		}
 		if r.Header.Get("Origin") != "" || r.Header.Get("Referer") != "" {
 			writeError(w, &httpError{http.StatusForbidden, "requests with Origin or Referer are refused: the sbx API is for local clients only"})
 			return
