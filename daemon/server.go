@@ -452,6 +452,22 @@ func (d *Daemon) handleGC(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return &httpError{http.StatusBadGateway, fmt.Sprintf("open cluster: %v (check --kubeconfig/--context)", err)}
 	}
+	// Our own sandboxes are never garbage, even when their lease lapsed
+	// while the cluster was unreachable: renew them first.
+	for _, name := range d.mgr.Names() {
+		s, ok := d.mgr.Get(name)
+		if !ok {
+			continue
+		}
+		sv := s.snapshot()
+		if sv.Kubeconfig != creq.Kubeconfig || sv.Context != creq.Context {
+			continue
+		}
+		t := Target{Sandbox: sv.Name, RoutingKey: sv.RoutingKey, Namespace: sv.Namespace, Namespaces: sv.Spec.Namespaces()}
+		if err := cl.RenewLease(r.Context(), t); err != nil {
+			d.log.Debug("renewing before gc failed", "sandbox", name, "err", err)
+		}
+	}
 	deleted, err := cl.GC(r.Context(), creq.Namespace)
 	if err != nil {
 		return &httpError{http.StatusBadGateway, fmt.Sprintf("gc: %v (check that you may delete sbx objects: `kubectl auth can-i delete deployments`)", err)}

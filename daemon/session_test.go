@@ -329,9 +329,15 @@ func TestListMarksOrphansAndGC(t *testing.T) {
 	require.NoError(t, err)
 	require.Len(t, res.Sandboxes, 1)
 
+	fc.mu.Lock()
+	renews := fc.renews
+	fc.mu.Unlock()
 	gc, err := td.client.GC(ctx, ClusterRequest{Namespace: "hotrod"})
 	require.NoError(t, err)
 	require.Equal(t, []string{"old"}, gc.Deleted)
+	fc.mu.Lock()
+	require.Greater(t, fc.renews, renews, "gc renews this daemon's own sandboxes first")
+	fc.mu.Unlock()
 }
 
 func TestRoutingKeyShape(t *testing.T) {
