@@ -93,6 +93,6 @@ by one, leaving the rest intact). Keyed requests go to the baseline again.`,
 	}
 	cmd.Flags().BoolVar(&all, "all", false, "disconnect every sandbox of this daemon")
 	cmd.Flags().BoolVar(&forget, "forget", false, "stop the sandbox and drop it from the daemon without touching the cluster (gone or unreachable); sbx gc collects its objects later")
-	cmd.Flags().BoolVar(&orphan, "orphan", false, "delete the cluster objects of a sandbox this daemon does not own (an orphan in `sbx list`)")
+	cmd.Flags().BoolVar(&orphan, "orphan", false, "delete the cluster objects of a sandbox this daemon does not own (marked orphan by sbx list)")
 	return cmd
 }
