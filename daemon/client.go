@@ -34,6 +34,7 @@ type APIError struct {
 	Message    string
 }
 
+// Error returns the daemon's message.
 func (e *APIError) Error() string { return e.Message }
 
 // NotRunningError means no daemon answers on the socket.
@@ -42,10 +43,12 @@ type NotRunningError struct {
 	Err    error
 }
 
+// Error says that no daemon runs and how to start one.
 func (e *NotRunningError) Error() string {
 	return fmt.Sprintf("the sbx daemon is not running (nothing answers on %s); start it with `sbx daemon`, or run any command that needs it", e.Socket)
 }
 
+// Unwrap returns the dial error.
 func (e *NotRunningError) Unwrap() error { return e.Err }
 
 // ConnectError is a waiting connect that ended without a ready sandbox.
@@ -55,6 +58,7 @@ type ConnectError struct {
 	Message string
 }
 
+// Error returns the daemon's explanation.
 func (e *ConnectError) Error() string { return e.Message }
 
 // ErrWatchDropped ends a watch whose reader fell behind; watch again for a
