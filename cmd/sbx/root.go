@@ -54,6 +54,13 @@ names travel back through the same tunnel to the baseline services.`,
 		newRenderCmd(g),
 		newRelayCmd(g),
 		newBenchCmd(g),
+		newDaemonCmd(g),
+		newConnectCmd(g),
+		newDisconnectCmd(g),
+		newStatusCmd(g),
+		newListCmd(g),
+		newGCCmd(g),
+		newLogsCmd(g),
 	)
 	return root
 }

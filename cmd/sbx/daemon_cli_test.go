@@ -1,0 +1,502 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/sbx-dev/sbx/cluster/kube"
+	"github.com/sbx-dev/sbx/cluster/sim"
+	"github.com/sbx-dev/sbx/cluster/spec"
+	"github.com/sbx-dev/sbx/daemon"
+)
+
+// cliEnv points the CLI and daemon at a private temp home. Unix socket
+// paths are short-limited, so it lives directly under the temp dir.
+func cliEnv(t *testing.T) string {
+	dir, err := os.MkdirTemp("", "sbxc")
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = os.RemoveAll(dir) })
+	t.Setenv("HOME", dir)
+	t.Setenv("XDG_RUNTIME_DIR", filepath.Join(dir, "run"))
+	t.Setenv("XDG_STATE_HOME", filepath.Join(dir, "state"))
+	t.Setenv("XDG_CONFIG_HOME", filepath.Join(dir, "config"))
+	t.Setenv("SBX_DAEMON_AUTOSTART", "0") // in-process tests never exec the test binary
+	t.Setenv("KUBECONFIG", "")
+	return dir
+}
+
+// cliCluster is a daemon.Cluster for CLI tests: it applies instantly and
+// its relay never becomes ready unless told to.
+type cliCluster struct {
+	mu      sync.Mutex
+	deletes []string
+	listed  []daemon.ClusterSandbox
+	ready   chan struct{}
+}
+
+func (c *cliCluster) Apply(ctx context.Context, sb *spec.Sandbox, o daemon.ApplyOptions, progress func(string)) (daemon.Applied, error) {
+	key := o.RoutingKey
+	progress("created Deployment " + sb.Namespaces()[0] + "/sbx-" + sb.Name)
+	return daemon.Applied{Target: daemon.Target{Sandbox: sb.Name, RoutingKey: key, Namespace: sb.Namespaces()[0]}, Token: "tok"}, nil
+}
+
+func (c *cliCluster) WaitRelay(ctx context.Context, t daemon.Target, progress func(string)) error {
+	progress("waiting for pod")
+	select {
+	case <-c.ready:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+func (c *cliCluster) DialRelay(ctx context.Context, t daemon.Target) (net.Conn, error) {
+	return nil, errors.New("no relay")
+}
+func (c *cliCluster) RenewLease(ctx context.Context, t daemon.Target) error { return nil }
+func (c *cliCluster) Delete(ctx context.Context, t daemon.Target, sb *spec.Sandbox) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.deletes = append(c.deletes, t.Sandbox)
+	return nil
+}
+func (c *cliCluster) List(ctx context.Context, ns string) ([]daemon.ClusterSandbox, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.listed, nil
+}
+func (c *cliCluster) GC(ctx context.Context, ns string) ([]string, error) {
+	return []string{"old"}, nil
+}
+
+// startInProcessDaemon runs a daemon on the CLI's default paths.
+func startInProcessDaemon(t *testing.T, cl daemon.Cluster) {
+	d, err := daemon.New(daemon.Options{
+		Paths:    daemon.DefaultPaths(os.Getenv),
+		Version:  "test",
+		Clusters: func(context.Context, string, string) (daemon.Cluster, error) { return cl, nil },
+	})
+	require.NoError(t, err)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- d.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		require.NoError(t, <-done)
+	})
+	c := &daemon.Client{}
+	defer c.Close()
+	require.Eventually(t, func() bool { _, err := c.Status(context.Background()); return err == nil }, 10*time.Second, 5*time.Millisecond)
+}
+
+func writeSpec(t *testing.T, dir string) string {
+	p := filepath.Join(dir, "sandbox.yaml")
+	require.NoError(t, os.WriteFile(p, []byte(`name: '@{name}'
+spec:
+  local:
+    - name: route
+      from: {kind: Deployment, namespace: hotrod, name: route}
+      mappings:
+        - port: 8083
+          toLocal: localhost:8083
+`), 0o600))
+	return p
+}
+
+func TestCLIWithoutDaemon(t *testing.T) {
+	cliEnv(t)
+	code, _, errOut := runCLI(t, "status")
+	require.Equal(t, 2, code)
+	require.Contains(t, errOut, "not running")
+	require.Contains(t, errOut, "hint:")
+
+	code, _, errOut = runCLI(t, "connect", "-f", "nope.yaml", "--set", "name=alice")
+	require.Equal(t, 2, code)
+	require.Contains(t, errOut, "hint:")
+
+	code, _, errOut = runCLI(t, "list")
+	require.Equal(t, 2, code)
+	require.Contains(t, errOut, "SBX_DAEMON_AUTOSTART")
+
+	code, _, errOut = runCLI(t, "logs")
+	require.Equal(t, 2, code)
+	require.Contains(t, errOut, "no daemon log")
+
+	code, out, _ := runCLI(t, "daemon", "stop")
+	require.Equal(t, 0, code)
+	require.Contains(t, out, "not running")
+
+	code, _, errOut = runCLI(t, "disconnect")
+	require.Equal(t, 2, code)
+	require.Contains(t, errOut, "--all")
+}
+
+func TestCLIConnectStatusListDisconnect(t *testing.T) {
+	dir := cliEnv(t)
+	cl := &cliCluster{ready: make(chan struct{})}
+	startInProcessDaemon(t, cl)
+	specPath := writeSpec(t, dir)
+
+	code, out, errOut := runCLI(t, "connect", "-f", specPath, "--set", "name=alice", "--wait=false")
+	require.Equal(t, 0, code, errOut)
+	require.Contains(t, out, "connecting in the background")
+
+	code, out, errOut = runCLI(t, "status", "alice", "-o", "json")
+	require.Equal(t, 0, code, errOut)
+	var sb daemon.SandboxStatus
+	require.NoError(t, json.Unmarshal([]byte(out), &sb))
+	require.Equal(t, "alice", sb.Name)
+	require.Len(t, sb.RoutingKey, 13)
+
+	code, out, _ = runCLI(t, "status")
+	require.Equal(t, 0, code)
+	require.Contains(t, out, "alice")
+	require.Contains(t, out, "route.hotrod:8083 -> localhost:8083")
+
+	code, _, errOut = runCLI(t, "status", "bob")
+	require.Equal(t, 2, code)
+	require.Contains(t, errOut, "not connected")
+
+	cl.mu.Lock()
+	cl.listed = []daemon.ClusterSandbox{{Name: "alice", RoutingKey: sb.RoutingKey, Namespace: "hotrod"}, {Name: "ghost", RoutingKey: "zzzzzzzzzzzzz", Namespace: "hotrod"}}
+	cl.mu.Unlock()
+	code, out, errOut = runCLI(t, "list")
+	require.Equal(t, 0, code, errOut)
+	require.Contains(t, out, "ghost")
+	require.Contains(t, out, "(orphan)")
+	require.Contains(t, out, "daemon+cluster")
+
+	code, out, _ = runCLI(t, "gc", "-o", "json")
+	require.Equal(t, 0, code)
+	require.JSONEq(t, `{"deleted":["old"]}`, out)
+
+	// Completion offers the daemon's sandbox names.
+	code, out, _ = runCLI(t, "__complete", "disconnect", "")
+	require.Equal(t, 0, code)
+	require.Contains(t, out, "alice")
+
+	code, _, errOut = runCLI(t, "connect", "-f", specPath, "--set", "name=bob", "--wait=false")
+	require.Equal(t, 0, code, errOut)
+	code, out, errOut = runCLI(t, "disconnect", "bob", "--forget")
+	require.Equal(t, 0, code, errOut)
+	require.Contains(t, out, "forgot bob")
+	code, _, errOut = runCLI(t, "disconnect", "bob", "--forget", "--orphan")
+	require.Equal(t, 2, code)
+	require.Contains(t, errOut, "contradict")
+
+	code, _, errOut = runCLI(t, "disconnect", "ghost")
+	require.Equal(t, 2, code)
+	require.Contains(t, errOut, "--orphan")
+	code, out, errOut = runCLI(t, "disconnect", "ghost", "--orphan")
+	require.Equal(t, 0, code, errOut)
+	require.Contains(t, out, "sandbox ghost disconnected")
+	cl.mu.Lock()
+	require.Equal(t, []string{"ghost"}, cl.deletes, "forget touched nothing, orphan deleted ghost")
+	cl.mu.Unlock()
+
+	code, out, errOut = runCLI(t, "disconnect", "alice")
+	require.Equal(t, 0, code, errOut)
+	require.Contains(t, out, "sandbox alice disconnected")
+	code, _, errOut = runCLI(t, "disconnect", "alice")
+	require.Equal(t, 2, code)
+	require.Contains(t, errOut, "sbx status")
+}
+
+func TestCLIConnectWaitTimeout(t *testing.T) {
+	dir := cliEnv(t)
+	startInProcessDaemon(t, &cliCluster{ready: make(chan struct{})})
+	code, _, errOut := runCLI(t, "connect", "-f", writeSpec(t, dir), "--set", "name=alice", "--timeout", "200ms")
+	require.Equal(t, 2, code)
+	require.Contains(t, errOut, "applying")
+	require.Contains(t, errOut, "waiting for pod")
+	require.Contains(t, errOut, "not ready after 200ms")
+	require.Contains(t, errOut, "sbx status alice")
+}
+
+func TestCLIConnectInvalidSpec(t *testing.T) {
+	dir := cliEnv(t)
+	p := filepath.Join(dir, "bad.yaml")
+	require.NoError(t, os.WriteFile(p, []byte("name: alice\nspec:\n  local: []\n  bogus: 1\n"), 0o600))
+	code, _, errOut := runCLI(t, "connect", "-f", p)
+	require.Equal(t, 2, code)
+	require.Contains(t, errOut, "bogus")
+	require.Contains(t, errOut, "hint:")
+}
+
+// buildSbx builds the sbx binary once per test run.
+func buildSbx(t *testing.T) string {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("builds the binary")
+	}
+	bin := filepath.Join(t.TempDir(), "sbx")
+	out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput()
+	require.NoError(t, err, string(out))
+	return bin
+}
+
+func TestBinaryAutostartsDaemon(t *testing.T) {
+	bin := buildSbx(t)
+	dir := cliEnv(t)
+	env := append(os.Environ(), "SBX_DAEMON_AUTOSTART=1")
+	run := func(args ...string) (int, string, string) {
+		cmd := exec.Command(bin, args...)
+		cmd.Env = env
+		var out, errb strings.Builder
+		cmd.Stdout, cmd.Stderr = &out, &errb
+		err := cmd.Run()
+		code := 0
+		var ee *exec.ExitError
+		if errors.As(err, &ee) {
+			code = ee.ExitCode()
+		} else {
+			require.NoError(t, err)
+		}
+		return code, out.String(), errb.String()
+	}
+	var pid int
+	t.Cleanup(func() {
+		run("daemon", "stop")
+		if pid > 0 {
+			_ = syscall.Kill(pid, syscall.SIGKILL)
+		}
+	})
+
+	code, _, errOut := run("status")
+	require.Equal(t, 2, code, "status never starts a daemon")
+	require.Contains(t, errOut, "not running")
+
+	code, out, errOut := run("list", "--local")
+	require.Equal(t, 0, code, errOut)
+	require.Contains(t, errOut, "starting the sbx daemon in the background")
+	require.Contains(t, out, "no sandboxes")
+
+	code, out, errOut = run("status", "-o", "json")
+	require.Equal(t, 0, code, errOut)
+	var st daemon.Status
+	require.NoError(t, json.Unmarshal([]byte(out), &st))
+	pid = st.PID
+	require.NotEqual(t, os.Getpid(), pid)
+	require.Equal(t, filepath.Join(dir, "state", "sbx", "daemon.log"), st.LogPath)
+
+	paths := daemon.DefaultPaths(os.Getenv)
+	fi, err := os.Stat(paths.RuntimeDir)
+	require.NoError(t, err)
+	require.Equal(t, os.FileMode(0o700), fi.Mode().Perm())
+	fi, err = os.Stat(paths.Socket())
+	require.NoError(t, err)
+	require.Equal(t, os.FileMode(0o600), fi.Mode().Perm())
+
+	// Already running: a second daemon refuses, a second autostart reuses.
+	code, _, errOut = run("daemon")
+	require.Equal(t, 2, code)
+	require.Contains(t, errOut, "already running")
+	require.Contains(t, errOut, "sbx daemon stop")
+	code, _, errOut = run("list", "--local")
+	require.Equal(t, 0, code)
+	require.NotContains(t, errOut, "starting")
+
+	code, out, _ = run("logs")
+	require.Equal(t, 0, code)
+	require.Contains(t, out, "daemon listening")
+
+	code, out, _ = run("daemon", "stop")
+	require.Equal(t, 0, code)
+	require.Contains(t, out, "stopped")
+	_, err = os.Stat(paths.Socket())
+	require.True(t, errors.Is(err, os.ErrNotExist))
+	code, _, _ = run("status")
+	require.Equal(t, 2, code)
+}
+
+// syncBuffer is a bytes.Buffer safe for a command writing while the test
+// reads.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+func TestCLIConnectWatchReapplies(t *testing.T) {
+	dir := cliEnv(t)
+	startInProcessDaemon(t, &cliCluster{ready: make(chan struct{})})
+	specPath := writeSpec(t, dir)
+
+	ctx, cancel := context.WithCancel(context.Background())
+	var out, errb syncBuffer
+	done := make(chan int, 1)
+	go func() {
+		done <- run(ctx, []string{"connect", "-f", specPath, "--set", "name=alice", "--wait=false", "--watch"}, strings.NewReader(""), &out, &errb)
+	}()
+	require.Eventually(t, func() bool { return strings.Contains(errb.String(), "Watching") }, 10*time.Second, 10*time.Millisecond)
+
+	c := &daemon.Client{}
+	defer c.Close()
+	toLocal := func() string {
+		sb, err := c.Sandbox(context.Background(), "alice")
+		if err != nil || len(sb.Mappings) == 0 {
+			return ""
+		}
+		return sb.Mappings[0].ToLocal
+	}
+	require.Equal(t, "localhost:8083", toLocal())
+	key := func() string { sb, _ := c.Sandbox(context.Background(), "alice"); return sb.RoutingKey }()
+
+	// An invalid edit is reported; the sandbox keeps its spec.
+	require.NoError(t, os.WriteFile(specPath, []byte("name: '@{name}'\nspec:\n  local: 7\n"), 0o600))
+	require.Eventually(t, func() bool { return strings.Contains(errb.String(), "keeps its last good spec") }, 10*time.Second, 10*time.Millisecond)
+	require.Equal(t, "localhost:8083", toLocal())
+
+	// A valid edit (saved the way editors do: new file renamed over it)
+	// is re-applied with the same key.
+	tmp := specPath + ".new"
+	require.NoError(t, os.WriteFile(tmp, []byte(`name: '@{name}'
+spec:
+  local:
+    - name: route
+      from: {kind: Deployment, namespace: hotrod, name: route}
+      mappings:
+        - port: 8083
+          toLocal: localhost:9090
+`), 0o600))
+	require.NoError(t, os.Rename(tmp, specPath))
+	require.Eventually(t, func() bool { return toLocal() == "localhost:9090" }, 10*time.Second, 10*time.Millisecond)
+	sb, err := c.Sandbox(context.Background(), "alice")
+	require.NoError(t, err)
+	require.Equal(t, key, sb.RoutingKey)
+
+	cancel()
+	select {
+	case code := <-done:
+		require.Equal(t, 0, code, errb.String())
+	case <-time.After(10 * time.Second):
+		t.Fatal("connect --watch did not stop")
+	}
+	require.Contains(t, errb.String(), "stays connected")
+}
+
+func TestCLIConnectOnSimulatedCluster(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts a simulated cluster")
+	}
+	dir := cliEnv(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	c, err := sim.Start(ctx, sim.Options{})
+	require.NoError(t, err)
+	t.Cleanup(c.Close)
+	kc := daemon.NewClusterFromKube(&kube.Cluster{REST: c.RESTConfig, Kube: c.Clients.Kube, Istio: c.Clients.Istio, Namespace: sim.AppNamespace},
+		daemon.KubeOptions{DefaultRelayImage: "ghcr.io/sbx-dev/sbx:test"})
+	t.Cleanup(func() { _ = kc.Close() })
+	startInProcessDaemon(t, kc)
+
+	code, out, errOut := runCLI(t, "connect", "-f", writeSpec(t, dir), "--set", "name=alice")
+	require.Equal(t, 0, code, errOut)
+	for _, step := range []string{"Connecting sandbox alice", "applying", "created Deployment hotrod/", "waiting-relay", "connecting", "ready"} {
+		require.Contains(t, errOut, step)
+	}
+	require.Contains(t, out, "Sandbox alice is ready.")
+	c2 := &daemon.Client{}
+	defer c2.Close()
+	st, err := c2.Sandbox(ctx, "alice")
+	require.NoError(t, err)
+	require.Contains(t, out, "routing key: "+st.RoutingKey)
+	require.Contains(t, out, "curl -H 'baggage: sbx-routing-key="+st.RoutingKey+"' http://route.hotrod:8083/")
+	require.Contains(t, out, "nothing listening on localhost:8083")
+
+	code, out, _ = runCLI(t, "status")
+	require.Equal(t, 0, code)
+	require.Contains(t, out, "alice  ready")
+	require.Contains(t, out, "NOT listening")
+	require.Contains(t, out, "2 session(s)")
+
+	code, out, errOut = runCLI(t, "list", "-o", "json")
+	require.Equal(t, 0, code, errOut)
+	var res daemon.ListResult
+	require.NoError(t, json.Unmarshal([]byte(out), &res))
+	require.Len(t, res.Sandboxes, 1)
+	require.True(t, res.Sandboxes[0].InCluster)
+
+	code, _, errOut = runCLI(t, "disconnect", "--all")
+	require.Equal(t, 0, code, errOut)
+}
+
+func TestCLILogsTail(t *testing.T) {
+	dir := cliEnv(t)
+	logDir := filepath.Join(dir, "state", "sbx")
+	require.NoError(t, os.MkdirAll(logDir, 0o700))
+	var lines []string
+	for i := range 10 {
+		lines = append(lines, fmt.Sprintf("line %d", i))
+	}
+	require.NoError(t, os.WriteFile(filepath.Join(logDir, "daemon.log"), []byte(strings.Join(lines, "\n")+"\n"), 0o600))
+	code, out, errOut := runCLI(t, "logs", "--tail", "3")
+	require.Equal(t, 0, code, errOut)
+	require.Equal(t, "line 7\nline 8\nline 9\n", out)
+	code, out, _ = runCLI(t, "logs")
+	require.Equal(t, 0, code)
+	require.Equal(t, strings.Join(lines, "\n")+"\n", out)
+	code, out, _ = runCLI(t, "logs", "--tail", "100")
+	require.Equal(t, 0, code)
+	require.Equal(t, strings.Join(lines, "\n")+"\n", out)
+}
+
+func TestCLIStatusWatch(t *testing.T) {
+	dir := cliEnv(t)
+	startInProcessDaemon(t, &cliCluster{ready: make(chan struct{})})
+	for _, format := range []string{"json", "text"} {
+		t.Run(format, func(t *testing.T) {
+			ctx, cancel := context.WithCancel(context.Background())
+			var out, errb syncBuffer
+			done := make(chan int, 1)
+			go func() {
+				done <- run(ctx, []string{"status", "--watch", "-o", format}, strings.NewReader(""), &out, &errb)
+			}()
+			if format == "json" {
+				require.Eventually(t, func() bool { return strings.Contains(out.String(), `"snapshot"`) }, 10*time.Second, 10*time.Millisecond)
+			} else {
+				require.Eventually(t, func() bool { return strings.Contains(out.String(), "sbx daemon test") }, 10*time.Second, 10*time.Millisecond)
+			}
+			name := "w" + format
+			code, _, errOut := runCLI(t, "connect", "-f", writeSpec(t, dir), "--set", "name="+name, "--wait=false")
+			require.Equal(t, 0, code, errOut)
+			require.Eventually(t, func() bool { return strings.Contains(out.String(), name) }, 10*time.Second, 10*time.Millisecond)
+			cancel()
+			require.Equal(t, 0, <-done, errb.String())
+			if format == "json" {
+				// One JSON event per line, the first a snapshot.
+				lines := strings.Split(strings.TrimSpace(out.String()), "\n")
+				require.Greater(t, len(lines), 1)
+				for i, l := range lines {
+					var ev daemon.Event
+					require.NoError(t, json.Unmarshal([]byte(l), &ev), l)
+					require.Equal(t, i == 0, ev.Snapshot != nil)
+				}
+			}
+		})
+	}
+}
