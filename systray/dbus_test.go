@@ -109,7 +109,11 @@ func TestTrayOverDBus(t *testing.T) {
 	// Error.
 	d.update("alice", func(sb *daemon.SandboxStatus) { sb.Phase = daemon.PhaseFailed; sb.LastError = "relay pod not ready" })
 	expect("failed", running())
-	d.update("alice", func(sb *daemon.SandboxStatus) { sb.Phase = daemon.PhaseReady; sb.Mappings[0].Listening = true; sb.LastError = "" })
+	d.update("alice", func(sb *daemon.SandboxStatus) {
+		sb.Phase = daemon.PhaseReady
+		sb.Mappings[0].Listening = true
+		sb.LastError = ""
+	})
 	root = expect("ready again", running())
 
 	// Clicks arrive as dbusmenu Events.
