@@ -50,6 +50,7 @@ names travel back through the same tunnel to the baseline services.`,
 
 	root.AddCommand(
 		newVersionCmd(g),
+		newValidateCmd(g),
 	)
 	return root
 }

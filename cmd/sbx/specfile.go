@@ -1,0 +1,78 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"io"
+
+	"github.com/spf13/cobra"
+
+	"github.com/sbx-dev/sbx/cluster/spec"
+)
+
+// specFlags are the flags of every command that reads a sandbox spec
+// (validate, render, connect): -f FILE and repeatable --set name=value.
+type specFlags struct {
+	file string
+	sets []string
+}
+
+// register adds -f and --set to cmd.
+func (f *specFlags) register(cmd *cobra.Command) {
+	cmd.Flags().StringVarP(&f.file, "file", "f", "", "sandbox spec file (YAML); - reads standard input")
+	// StringArray, not StringSlice: a value may contain commas.
+	cmd.Flags().StringArrayVar(&f.sets, "set", nil, "fill the spec's @{name} placeholders: --set name=value (repeatable)")
+}
+
+// load reads, templates and validates the spec. A spec that does not
+// validate comes back as a user error that keeps the spec.ErrorList
+// reachable with errors.As.
+func (f *specFlags) load(g *globalOptions) (*spec.Sandbox, error) {
+	if f.file == "" {
+		return nil, userError(errors.New("no sandbox spec given"), "pass -f FILE (or -f - to read it from standard input)")
+	}
+	vars, err := spec.ParseSetFlags(f.sets)
+	if err != nil {
+		return nil, userError(err, "each --set takes name=value, e.g. --set name=alice")
+	}
+	var s *spec.Sandbox
+	if f.file == "-" {
+		data, rerr := io.ReadAll(io.LimitReader(g.stdin, spec.MaxSpecSize+1))
+		if rerr != nil {
+			return nil, fmt.Errorf("reading the sandbox spec from standard input: %w", rerr)
+		}
+		s, err = spec.Parse("<stdin>", data, vars)
+	} else {
+		s, err = spec.Load(f.file, vars)
+	}
+	if err == nil {
+		return s, nil
+	}
+	var list spec.ErrorList
+	if errors.As(err, &list) {
+		return nil, userError(&invalidSpecError{file: f.file, list: list},
+			"fix the fields listed above; `sbx validate -f FILE` checks a spec without a cluster")
+	}
+	return nil, userError(err, "check the path given to -f")
+}
+
+// invalidSpecError presents a spec's problems under one heading, one per
+// line.
+type invalidSpecError struct {
+	file string
+	list spec.ErrorList
+}
+
+func (e *invalidSpecError) Error() string {
+	noun := "problem"
+	if len(e.list) > 1 {
+		noun = "problems"
+	}
+	msg := fmt.Sprintf("sandbox spec %s is invalid (%d %s):", e.file, len(e.list), noun)
+	for _, fe := range e.list {
+		msg += "\n  " + fe.Error()
+	}
+	return msg
+}
+
+func (e *invalidSpecError) Unwrap() error { return e.list }
