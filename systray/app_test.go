@@ -72,9 +72,25 @@ func (u *fakeUI) click(t *testing.T, path ...string) {
 // waitView waits until the shown view satisfies ok.
 func (u *fakeUI) waitView(t *testing.T, what string, ok func(View) bool) View {
 	t.Helper()
-	require.Eventually(t, func() bool { return ok(u.last()) }, 10*time.Second, 5*time.Millisecond,
-		"waiting for %s; last view: %q\n%s", what, u.last().Tooltip, renderMenu(u.last().Items))
+	if !poll(10*time.Second, func() bool { return ok(u.last()) }) {
+		t.Fatalf("waiting for %s; last view: %q\n%s", what, u.last().Tooltip, renderMenu(u.last().Items))
+	}
 	return u.last()
+}
+
+// poll reports whether cond became true within timeout. Unlike
+// require.Eventually it lets the caller report the state at the end.
+func poll(timeout time.Duration, cond func() bool) bool {
+	deadline := time.Now().Add(timeout)
+	for {
+		if cond() {
+			return true
+		}
+		if time.Now().After(deadline) {
+			return false
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
 }
 
 func tooltipIs(s string) func(View) bool { return func(v View) bool { return v.Tooltip == s } }
@@ -96,11 +112,19 @@ type harness struct {
 
 func startLoop(t *testing.T, d *fakeDaemon) *harness {
 	t.Helper()
-	h := &harness{d: d, ui: newFakeUI(), done: make(chan error, 1)}
+	h := startLoopWith(t, d)
+	h.d = d
+	return h
+}
+
+// startLoopWith runs the loop against any Client.
+func startLoopWith(t *testing.T, c Client) *harness {
+	t.Helper()
+	h := &harness{ui: newFakeUI(), done: make(chan error, 1)}
 	ctx, cancel := context.WithCancel(context.Background())
 	h.cancel = cancel
 	o := Options{
-		Client:  d,
+		Client:  c,
 		LogPath: "/default/daemon.log",
 		Clipboard: func(_ context.Context, text string) error {
 			h.mu.Lock()

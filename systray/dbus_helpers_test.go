@@ -330,7 +330,7 @@ func (h *trayHost) waitMenu(want string) menuNode {
 	h.t.Helper()
 	var got string
 	var root menuNode
-	require.Eventually(h.t, func() bool {
+	ok := poll(15*time.Second, func() bool {
 		n, err := h.layout()
 		if err != nil {
 			got = err.Error()
@@ -338,7 +338,8 @@ func (h *trayHost) waitMenu(want string) menuNode {
 		}
 		root, got = n, renderNodes(n.Children)
 		return got == want
-	}, 15*time.Second, 20*time.Millisecond, "menu over D-Bus; want\n%s\ngot\n%s", want, got)
+	})
+	require.True(h.t, ok, "menu over D-Bus; want\n%s\ngot\n%s", want, got)
 	return root
 }
 

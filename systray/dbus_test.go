@@ -16,7 +16,8 @@ import (
 // TestTrayOverDBus runs the real tray (fyne.io/systray) on a private session
 // bus against the daemon double, and checks everything a panel would see and
 // do: the StatusNotifierItem's properties, the dbusmenu layout, clicks, the
-// fallback notification, daemon restarts, a panel restart and quitting.
+// fallback notification, daemon restarts, a panel restart and quitting; then
+// the same tray against the real daemon through its Go client.
 //
 // fyne.io/systray keeps its state in package globals and starts once per
 // process, so this is the one test in the package that runs the real tray.
@@ -24,11 +25,15 @@ import (
 // (refresh writes menuVersion under one lock while GetLayout reads it under
 // another), which the detector reports although our code is not involved.
 func TestTrayOverDBus(t *testing.T) {
+	if started.Load() {
+		t.Skip("fyne.io/systray starts once per process; this test ran already (-count > 1)")
+	}
 	addr := startSessionBus(t)
 	t.Setenv("DBUS_SESSION_BUS_ADDRESS", addr)
 	w := startWatcher(t, addr)
 
 	d := newFakeDaemon(sampleStatus())
+	sw := &switchClient{c: d}
 	var mu sync.Mutex
 	var copied []string
 	var clipErr error
@@ -37,7 +42,7 @@ func TestTrayOverDBus(t *testing.T) {
 	runErr := make(chan error, 1)
 	go func() {
 		runErr <- Run(ctx, Options{
-			Client:  d,
+			Client:  sw,
 			Logger:  slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug})),
 			LogPath: "/default/daemon.log",
 			Clipboard: func(_ context.Context, text string) error {
@@ -72,7 +77,7 @@ func TestTrayOverDBus(t *testing.T) {
 	expect := func(what string, snap Snapshot) menuNode {
 		t.Helper()
 		v := BuildView(snap)
-		require.Eventually(t, func() bool { return h.tooltip() == v.Tooltip }, 15*time.Second, 10*time.Millisecond,
+		require.True(t, poll(15*time.Second, func() bool { return h.tooltip() == v.Tooltip }),
 			"%s: tooltip is %q, want %q", what, h.tooltip(), v.Tooltip)
 		require.Equal(t, "sbx", h.str("Title"))
 		px := h.pixmaps()
@@ -155,6 +160,33 @@ func TestTrayOverDBus(t *testing.T) {
 	require.Eventually(t, func() bool { return len(w2.Items()) == 1 }, 15*time.Second, 10*time.Millisecond)
 	require.Equal(t, w.Items()[0], w2.Items()[0])
 
+	// The real daemon takes over: the double goes away, and the tray, still
+	// the same process, reconnects to a real daemon through its Go client.
+	r := newRealDaemon(t)
+	rc := r.client()
+	t.Cleanup(rc.Close)
+	sw.set(DaemonClient{C: rc, Start: func(context.Context) error { r.start(); return nil }})
+	d.stop()
+	real := func() Snapshot { return Snapshot{Daemon: DaemonRunning, Status: r.status()} }
+	expect("real daemon", real())
+	r.connect("carol")
+	require.Eventually(t, func() bool {
+		st := r.status()
+		return len(st.Sandboxes) == 1 && st.Sandboxes[0].Phase == daemon.PhaseWaitingRelay
+	}, 15*time.Second, 10*time.Millisecond)
+	root = expect("real sandbox", real())
+	h.click(root, "carol — connecting", labelDisconnect)
+	require.Eventually(t, func() bool { return len(r.cluster.Deleted()) == 1 }, 15*time.Second, 10*time.Millisecond)
+	require.Equal(t, []string{"carol"}, r.cluster.Deleted())
+	require.Eventually(t, func() bool { return len(r.status().Sandboxes) == 0 }, 15*time.Second, 10*time.Millisecond)
+	expect("real sandbox gone", real())
+	r.stop()
+	root = expect("real daemon down", Snapshot{Daemon: DaemonDown, LogPath: "/default/daemon.log"})
+	h.click(root, labelStartDaemon)
+	require.Eventually(t, func() bool { _, err := rc.Status(context.Background()); return err == nil },
+		15*time.Second, 10*time.Millisecond, "Start daemon did not start the real daemon")
+	expect("real daemon started", real())
+
 	// "Quit tray" ends Run and takes the item off the bus.
 	root, err := h.layout()
 	require.NoError(t, err)
@@ -173,7 +205,39 @@ func TestTrayOverDBus(t *testing.T) {
 
 	// A second tray in the same process is refused rather than half-working.
 	require.ErrorContains(t, Run(context.Background(), Options{Client: d}), "once per process")
+	require.NoError(t, ctx.Err(), "the tray ended on its own, not by cancellation")
 }
+
+// switchClient lets the test hand the running tray over from the double to
+// the real daemon.
+type switchClient struct {
+	mu sync.Mutex
+	c  Client
+}
+
+func (s *switchClient) set(c Client) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.c = c
+}
+
+func (s *switchClient) get() Client {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.c
+}
+
+func (s *switchClient) Status(ctx context.Context) (daemon.Status, error) { return s.get().Status(ctx) }
+
+func (s *switchClient) Watch(ctx context.Context, fn func(daemon.Event) error) error {
+	return s.get().Watch(ctx, fn)
+}
+
+func (s *switchClient) Disconnect(ctx context.Context, name string) error {
+	return s.get().Disconnect(ctx, name)
+}
+
+func (s *switchClient) StartDaemon(ctx context.Context) error { return s.get().StartDaemon(ctx) }
 
 // testWriter sends log lines to t.Log.
 type testWriter struct{ t *testing.T }
