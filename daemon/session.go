@@ -192,8 +192,8 @@ func (s *session) run(ctx context.Context) {
 		delay := cfg.Backoff.Delay(attempt)
 		attempt++
 		s.m.store.UpdateSandbox(s.name, func(st *SandboxStatus) { st.Reconnects++ })
-		s.setPhase(PhaseReconnecting, fmt.Sprintf("retrying in %s", delay.Round(time.Millisecond)))
 		s.emit(Progress{Phase: PhaseReconnecting, Error: err.Error()})
+		s.setPhase(PhaseReconnecting, fmt.Sprintf("retrying in %s", delay.Round(time.Millisecond)))
 		t := time.NewTimer(delay)
 		select {
 		case <-ctx.Done():

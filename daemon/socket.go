@@ -49,12 +49,12 @@ func listenSocket(p Paths) (*socketListener, error) {
 		pid := readPID(lock)
 		_ = lock.Close()
 		if errors.Is(err, syscall.EWOULDBLOCK) {
-			who := "another sbx daemon"
+			who := ""
 			if pid > 0 {
-				who = fmt.Sprintf("another sbx daemon (pid %d)", pid)
+				who = fmt.Sprintf(" (pid %d)", pid)
 			}
-			return nil, fmt.Errorf("%w: %s owns %s; use it (`sbx status`), or stop it first with `sbx daemon stop`: %w",
-				ErrAlreadyRunning, who, p.Socket(), errLocked)
+			return nil, fmt.Errorf("%w%s on %s; use it (`sbx status`), or stop it first with `sbx daemon stop`",
+				ErrAlreadyRunning, who, p.Socket())
 		}
 		return nil, fmt.Errorf("lock %s: %w", p.Lock(), err)
 	}
@@ -87,8 +87,6 @@ func listenSocket(p Paths) (*socketListener, error) {
 	_, _ = lock.WriteAt([]byte(strconv.Itoa(os.Getpid())+"\n"), 0)
 	return &socketListener{Listener: ln, path: p.Socket(), lock: lock}, nil
 }
-
-var errLocked = errors.New("lock held")
 
 // ensurePrivateDir creates dir with mode 0700, or tightens an existing one
 // that belongs to us. A directory owned by someone else is refused: another
