@@ -17,6 +17,8 @@ import (
 // reset, so a second Run would half-work. It mirrors that library state.
 var started atomic.Bool
 
+var errOncePerProcess = errors.New("the sbx tray runs once per process; start another `sbx tray` process instead")
+
 // Run shows the tray icon until ctx ends or the user picks "Quit tray". On
 // Linux and the BSDs it is a StatusNotifierItem with a com.canonical.dbusmenu
 // menu on the session bus; it may run on any goroutine but only once per
@@ -26,14 +28,17 @@ func Run(ctx context.Context, o Options) error {
 	if err != nil {
 		return err
 	}
-	if !started.CompareAndSwap(false, true) {
-		return errors.New("the sbx tray runs once per process; start another `sbx tray` process instead")
+	if started.Load() {
+		return errOncePerProcess
 	}
 	// fyne.io/systray only logs a missing bus; check first so the user
 	// gets a reason and the exit code says it failed.
 	conn, err := dbus.SessionBus()
 	if err != nil {
 		return fmt.Errorf("the tray needs a D-Bus session bus: %w (run it inside your desktop session, where DBUS_SESSION_BUS_ADDRESS is set)", err)
+	}
+	if !started.CompareAndSwap(false, true) {
+		return errOncePerProcess
 	}
 	var hasWatcher bool
 	if err := conn.BusObject().CallWithContext(ctx, "org.freedesktop.DBus.NameHasOwner", 0,
