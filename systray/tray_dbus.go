@@ -28,9 +28,6 @@ func Run(ctx context.Context, o Options) error {
 	if err != nil {
 		return err
 	}
-	if started.Load() {
-		return errOncePerProcess
-	}
 	// fyne.io/systray only logs a missing bus; check first so the user
 	// gets a reason and the exit code says it failed.
 	conn, err := dbus.SessionBus()
