@@ -2,11 +2,13 @@ package systray
 
 import (
 	"encoding/xml"
+	"fmt"
 	"os"
 	"path/filepath"
 	"runtime"
 	"strings"
 	"testing"
+	"unicode/utf8"
 
 	"github.com/stretchr/testify/require"
 )
@@ -45,7 +47,7 @@ func TestAutostartFilePaths(t *testing.T) {
 
 // parseExec undoes desktop-file escaping and Exec quoting, as a session
 // manager does, to check the entry runs exactly [exe, "tray"].
-func parseExec(t *testing.T, value string) []string {
+func parseExec(value string) ([]string, error) {
 	// String-level escapes first.
 	var s strings.Builder
 	for i := 0; i < len(value); i++ {
@@ -76,8 +78,9 @@ func parseExec(t *testing.T, value string) []string {
 		switch {
 		case inQuote && c == '\\':
 			i++
-			require.Less(t, i, len(v))
-			require.Contains(t, "\"`$\\", string(v[i]), "only these may be escaped in quotes")
+			if i >= len(v) || !strings.ContainsRune("\"`$\\", rune(v[i])) {
+				return nil, fmt.Errorf("bad escape in quotes at %d of %q", i, v)
+			}
 			cur.WriteByte(v[i])
 		case c == '"':
 			inQuote, have = !inQuote, true
@@ -89,22 +92,50 @@ func parseExec(t *testing.T, value string) []string {
 			}
 		case c == '%':
 			i++
-			require.Less(t, i, len(v))
-			require.Equal(t, byte('%'), v[i], "no field codes expected")
+			if i >= len(v) || v[i] != '%' {
+				return nil, fmt.Errorf("field code at %d of %q", i, v)
+			}
 			cur.WriteByte('%')
 			have = true
 		default:
-			require.False(t, !inQuote && strings.ContainsRune("\t\n'\\><~|&;$*?#()`", rune(c)),
-				"reserved %q outside quotes in %q", c, v)
+			if !inQuote && strings.ContainsRune("\t\n'\\><~|&;$*?#()`", rune(c)) {
+				return nil, fmt.Errorf("reserved %q outside quotes in %q", c, v)
+			}
 			cur.WriteByte(c)
 			have = true
 		}
 	}
-	require.False(t, inQuote, "unterminated quote in %q", v)
+	if inQuote {
+		return nil, fmt.Errorf("unterminated quote in %q", v)
+	}
 	if have {
 		args = append(args, cur.String())
 	}
+	return args, nil
+}
+
+func mustParseExec(t *testing.T, value string) []string {
+	t.Helper()
+	args, err := parseExec(value)
+	require.NoError(t, err)
 	return args
+}
+
+// FuzzDesktopExec checks that any binary path survives the Exec line's two
+// escaping layers.
+func FuzzDesktopExec(f *testing.F) {
+	for _, s := range []string{"/usr/bin/sbx", "/opt/my tools/sbx", `/tmp/a\b$c`, "/x/100%/sbx", `/h/"q"/it's`, "/a\nb", "/`x`/(1)", ""} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, exe string) {
+		if !utf8.ValidString(exe) || strings.ContainsRune(exe, 0) {
+			return // desktop files are UTF-8 text without NUL
+		}
+		keys := desktopKeys(string(desktopEntry(exe)))
+		args, err := parseExec(keys["Exec"])
+		require.NoError(t, err)
+		require.Equal(t, []string{exe, "tray"}, args)
+	})
 }
 
 func desktopKeys(content string) map[string]string {
@@ -135,7 +166,7 @@ func TestDesktopEntryExec(t *testing.T) {
 			require.True(t, strings.HasPrefix(content, "[Desktop Entry]\n"))
 			keys := desktopKeys(content)
 			require.Equal(t, tc.wantExec, keys["Exec"])
-			require.Equal(t, []string{tc.exe, "tray"}, parseExec(t, keys["Exec"]))
+			require.Equal(t, []string{tc.exe, "tray"}, mustParseExec(t, keys["Exec"]))
 			require.Equal(t, "Application", keys["Type"])
 			require.Equal(t, "false", keys["Terminal"])
 		})
@@ -175,7 +206,7 @@ func TestInstallUninstallAutostart(t *testing.T) {
 	require.Equal(t, os.FileMode(0o644), fi.Mode().Perm())
 	b, err := os.ReadFile(path)
 	require.NoError(t, err)
-	require.Equal(t, []string{"/opt/sbx tools/sbx", "tray"}, parseExec(t, desktopKeys(string(b))["Exec"]))
+	require.Equal(t, []string{"/opt/sbx tools/sbx", "tray"}, mustParseExec(t, desktopKeys(string(b))["Exec"]))
 
 	// Installing again replaces the entry (a moved binary) and leaves no
 	// temporary files.
