@@ -241,7 +241,8 @@ func parseLayout(v []interface{}) (menuNode, error) {
 		return n, fmt.Errorf("properties are %T", v[1])
 	}
 	if l, ok := props["label"]; ok {
-		n.Label, _ = l.Value().(string)
+		raw, _ := l.Value().(string)
+		n.Label = displayLabel(raw)
 	}
 	if e, ok := props["enabled"]; ok {
 		en, _ := e.Value().(bool)
@@ -266,6 +267,23 @@ func parseLayout(v []interface{}) (menuNode, error) {
 		n.Children = append(n.Children, cn)
 	}
 	return n, nil
+}
+
+// displayLabel is a dbusmenu label as a host shows it: "_" marks the
+// access key and is hidden, "__" is a literal underscore.
+func displayLabel(raw string) string {
+	var b strings.Builder
+	for i := 0; i < len(raw); i++ {
+		if raw[i] == '_' {
+			if i+1 < len(raw) && raw[i+1] == '_' {
+				b.WriteByte('_')
+				i++
+			}
+			continue
+		}
+		b.WriteByte(raw[i])
+	}
+	return b.String()
 }
 
 // layout reads the whole menu with GetLayout.

@@ -112,8 +112,14 @@ func TestTrayOverDBus(t *testing.T) {
 	require.True(t, ok)
 
 	// Error.
-	d.update("alice", func(sb *daemon.SandboxStatus) { sb.Phase = daemon.PhaseFailed; sb.LastError = "relay pod not ready" })
-	expect("failed", running())
+	d.update("alice", func(sb *daemon.SandboxStatus) {
+		sb.Phase = daemon.PhaseFailed
+		sb.LastError = "relay pod not ready: IMAGE_PULL_BACKOFF"
+	})
+	// The underscores reach the panel escaped, so it shows them literally.
+	root = expect("failed", running())
+	_, ok = root.find("alice — failed", "Last error: relay pod not ready: IMAGE_PULL_BACKOFF")
+	require.True(t, ok)
 	d.update("alice", func(sb *daemon.SandboxStatus) {
 		sb.Phase = daemon.PhaseReady
 		sb.Mappings[0].Listening = true

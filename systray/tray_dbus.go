@@ -49,7 +49,7 @@ func Run(ctx context.Context, o Options) error {
 	start, end := fyne.RunWithExternalLoop(nil, nil)
 	start()
 	defer end()
-	u := newFyneUI(func(s IconState) []byte { return IconPNG(s, 32) }, true)
+	u := newFyneUI(func(s IconState) []byte { return IconPNG(s, 32) }, true, escapeMnemonic("_"))
 	defer u.stopForwarders()
 	return runLoop(ctx, o, u)
 }

@@ -15,7 +15,10 @@ import (
 type fyneUI struct {
 	icons    map[IconState][]byte
 	setTitle bool // only the StatusNotifierItem shows the title as a name; macOS would print it in the menu bar
-	clicks   chan Action
+	// escape protects literal mnemonic markers in labels ("_" in dbusmenu,
+	// "&" in Win32 menus), which sandbox errors and paths may contain.
+	escape func(string) string
+	clicks chan Action
 
 	// Forwarders turn the current menu's per-item click channels into
 	// Actions on clicks; they are stopped before the menu is replaced.
@@ -23,8 +26,8 @@ type fyneUI struct {
 	wg     sync.WaitGroup
 }
 
-func newFyneUI(icon func(IconState) []byte, setTitle bool) *fyneUI {
-	u := &fyneUI{icons: map[IconState][]byte{}, setTitle: setTitle, clicks: make(chan Action)}
+func newFyneUI(icon func(IconState) []byte, setTitle bool, escape func(string) string) *fyneUI {
+	u := &fyneUI{icons: map[IconState][]byte{}, setTitle: setTitle, escape: escape, clicks: make(chan Action)}
 	for _, s := range []IconState{IconDisconnected, IconConnected, IconDegraded, IconError} {
 		u.icons[s] = icon(s)
 	}
@@ -61,9 +64,9 @@ func (u *fyneUI) add(ctx context.Context, parent *fyne.MenuItem, it Item) {
 	}
 	var mi *fyne.MenuItem
 	if parent == nil {
-		mi = fyne.AddMenuItem(it.Label, it.Tooltip)
+		mi = fyne.AddMenuItem(u.escape(it.Label), it.Tooltip)
 	} else {
-		mi = parent.AddSubMenuItem(it.Label, it.Tooltip)
+		mi = parent.AddSubMenuItem(u.escape(it.Label), it.Tooltip)
 	}
 	if it.Disabled {
 		mi.Disable()

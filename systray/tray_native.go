@@ -20,10 +20,12 @@ func Run(ctx context.Context, o Options) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	icon := func(s IconState) []byte { return IconPNG(s, 32) }
+	escape := func(s string) string { return s } // macOS menus have no mnemonics
 	if runtime.GOOS == "windows" {
 		icon = IconICO
+		escape = escapeMnemonic("&")
 	}
-	u := newFyneUI(icon, false)
+	u := newFyneUI(icon, false, escape)
 	done := make(chan error, 1)
 	fyne.Run(func() {
 		// fyne runs onReady on its own goroutine; the loop's end is

@@ -395,3 +395,9 @@ func ellipsize(s string, n int) string {
 	}
 	return string(r[:n-1]) + "…"
 }
+
+// escapeMnemonic returns a function that doubles marker in menu labels, so
+// a label shows it literally instead of underlining the next letter.
+func escapeMnemonic(marker string) func(string) string {
+	return func(s string) string { return strings.ReplaceAll(s, marker, marker+marker) }
+}

@@ -252,3 +252,9 @@ func TestCurlExample(t *testing.T) {
 	sb.Mappings = nil
 	require.Empty(t, CurlExample(sb))
 }
+
+func TestEscapeMnemonic(t *testing.T) {
+	require.Equal(t, "/home/a__b/x__y", escapeMnemonic("_")("/home/a_b/x_y"))
+	require.Equal(t, "R&&D", escapeMnemonic("&")("R&D"))
+	require.Equal(t, "plain", escapeMnemonic("_")("plain"))
+}
