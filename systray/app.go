@@ -208,8 +208,14 @@ func (l *loop) refresh() bool {
 		if l.ctx.Err() != nil {
 			return false
 		}
-		l.snap.Daemon = DaemonDown
-		l.snap.DownReason = err.Error()
+		// The first reason is kept while the daemon stays down: retries
+		// fail with varying errors (socket gone, connection refused), and
+		// a changed tooltip would rebuild the menu under the user's
+		// pointer and drop a click on "Start daemon".
+		if l.snap.Daemon != DaemonDown {
+			l.snap.Daemon = DaemonDown
+			l.snap.DownReason = err.Error()
+		}
 		l.show()
 		return false
 	}

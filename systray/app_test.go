@@ -298,6 +298,44 @@ func TestLoopReconnects(t *testing.T) {
 	}
 }
 
+// flakyDown is a stopped daemon whose errors differ on every attempt, as
+// a real socket does while a daemon exits (refused, then gone).
+type flakyDown struct {
+	*fakeDaemon
+	mu sync.Mutex
+	n  int
+}
+
+func (f *flakyDown) Status(ctx context.Context) (daemon.Status, error) {
+	st, err := f.fakeDaemon.Status(ctx)
+	if err != nil {
+		f.mu.Lock()
+		f.n++
+		err = fmt.Errorf("attempt %d: %w", f.n, err)
+		f.mu.Unlock()
+	}
+	return st, err
+}
+
+func (f *flakyDown) attempts() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.n
+}
+
+func TestLoopDownMenuStaysPut(t *testing.T) {
+	verifyNoLeaks(t)
+	d := newFakeDaemon(sampleStatus())
+	c := &flakyDown{fakeDaemon: d}
+	h := startLoopWith(t, c)
+	h.ui.waitView(t, "ready", tooltipIs("sbx: 1 sandbox · ready"))
+	d.stop()
+	h.ui.waitView(t, "down", tooltipIs("sbx: daemon not running"))
+	n := h.ui.count()
+	require.Eventually(t, func() bool { return c.attempts() >= 5 }, 10*time.Second, time.Millisecond)
+	require.Equal(t, n, h.ui.count(), "retries with new errors must not rebuild the menu")
+}
+
 func TestLoopDroppedWatcherReconnectsQuietly(t *testing.T) {
 	verifyNoLeaks(t)
 	d := newFakeDaemon(sampleStatus())

@@ -94,7 +94,7 @@ func installTray(g *globalOptions) error {
 	if resolved, err := filepath.EvalSymlinks(exe); err == nil {
 		exe = resolved
 	}
-	if strings.Contains(exe, string(filepath.Separator)+"go-build") {
+	if isTemporaryBuild(exe) {
 		return userError(fmt.Errorf("%s is a temporary `go run` build", exe),
 			"install sbx first (`make build` or `go install ./cmd/sbx`) and run --install with that binary")
 	}
@@ -104,4 +104,10 @@ func installTray(g *globalOptions) error {
 	}
 	fmt.Fprintf(g.stdout, "installed the tray login entry %s\nthe tray starts at your next login; run `%s tray &` to start it now\n", where, exe)
 	return nil
+}
+
+// isTemporaryBuild reports whether exe is a binary the go tool built in its
+// temporary directory (`go run`, `go test`).
+func isTemporaryBuild(exe string) bool {
+	return strings.Contains(exe, string(filepath.Separator)+"go-build")
 }

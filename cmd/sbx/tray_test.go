@@ -1,6 +1,7 @@
 package main
 
 import (
+	"os"
 	"path/filepath"
 	"runtime"
 	"testing"
@@ -19,6 +20,16 @@ func TestTrayFlags(t *testing.T) {
 	require.Contains(t, errOut, "unknown command")
 }
 
+func TestIsTemporaryBuild(t *testing.T) {
+	for exe, want := range map[string]bool{
+		"/tmp/go-build1234/b001/exe/sbx": true,
+		"/usr/local/bin/sbx":             false,
+		"/home/a/go/bin/sbx":             false,
+	} {
+		require.Equal(t, want, isTemporaryBuild(filepath.FromSlash(exe)), exe)
+	}
+}
+
 func TestTrayInstallUninstall(t *testing.T) {
 	if runtime.GOOS != "linux" {
 		t.Skip("the XDG autostart entry is written on Linux")
@@ -27,14 +38,26 @@ func TestTrayInstallUninstall(t *testing.T) {
 	t.Setenv("XDG_CONFIG_HOME", cfg)
 	entry := filepath.Join(cfg, "autostart", "sbx-tray.desktop")
 
-	// The test binary is a temporary go build, like `go run`: installing
-	// it would leave a login entry pointing at a file that disappears.
-	code, _, errOut := runCLI(t, "tray", "--install")
-	require.Equal(t, 2, code, errOut)
-	require.Contains(t, errOut, "temporary `go run` build")
-	require.NoFileExists(t, entry)
+	exe, err := os.Executable()
+	require.NoError(t, err)
+	if resolved, err := filepath.EvalSymlinks(exe); err == nil {
+		exe = resolved
+	}
+	code, out, errOut := runCLI(t, "tray", "--install")
+	if isTemporaryBuild(exe) {
+		// Under `go test` the binary is a temporary build, like `go run`:
+		// a login entry would point at a file that disappears.
+		require.Equal(t, 2, code, errOut)
+		require.Contains(t, errOut, "temporary `go run` build")
+		require.NoFileExists(t, entry)
+	} else {
+		require.Equal(t, 0, code, errOut)
+		require.Contains(t, out, "installed the tray login entry "+entry)
+		require.FileExists(t, entry)
+		require.NoError(t, os.Remove(entry))
+	}
 
-	code, out, errOut := runCLI(t, "tray", "--uninstall")
+	code, out, errOut = runCLI(t, "tray", "--uninstall")
 	require.Equal(t, 0, code, errOut)
 	require.Equal(t, "no tray login entry at "+entry+"; nothing to remove\n", out)
 
