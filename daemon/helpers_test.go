@@ -63,7 +63,8 @@ type fakeCluster struct {
 	gcDeleted []string
 }
 
-func (f *fakeCluster) Apply(ctx context.Context, sb *spec.Sandbox, key string, progress func(string)) (Applied, error) {
+func (f *fakeCluster) Apply(ctx context.Context, sb *spec.Sandbox, o ApplyOptions, progress func(string)) (Applied, error) {
+	key := o.RoutingKey
 	f.mu.Lock()
 	f.applies = append(f.applies, key)
 	err := f.applyErr

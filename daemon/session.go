@@ -9,25 +9,23 @@ import (
 	"slices"
 	"sync"
 	"time"
+
+	"github.com/sbx-dev/sbx/daemon/config"
 )
 
 // sessionConfig tunes sessions; zero fields take defaults (withDefaults).
 type sessionConfig struct {
-	PoolSize      int
+	PoolSize      int // 0: from the user config
 	Backoff       Backoff
 	StatsInterval time.Duration // how often RTT, bytes and mapping probes refresh
 	LeaseInterval time.Duration // how often the Lease is renewed while connected
 	ProbeTimeout  time.Duration // dial timeout of a mapping probe
-	BaggageKey    string
 	ClientID      string
 	User          string
 	Now           func() time.Time
 }
 
 func (c sessionConfig) withDefaults() sessionConfig {
-	if c.PoolSize <= 0 {
-		c.PoolSize = 2
-	}
 	if c.Backoff.Min <= 0 {
 		c.Backoff = DefaultBackoff()
 	}
@@ -39,9 +37,6 @@ func (c sessionConfig) withDefaults() sessionConfig {
 	}
 	if c.ProbeTimeout <= 0 {
 		c.ProbeTimeout = 300 * time.Millisecond
-	}
-	if c.BaggageKey == "" {
-		c.BaggageKey = "sbx-routing-key"
 	}
 	if c.Now == nil {
 		c.Now = time.Now
@@ -217,12 +212,21 @@ func (s *session) connectOnce(ctx context.Context) (time.Time, error) {
 	if err != nil {
 		return time.Time{}, fmt.Errorf("open cluster (context %q): %w", saved.Context, err)
 	}
-	applied, err := cl.Apply(ctx, &saved.Spec, saved.RoutingKey, s.progressFn(PhaseApplying))
+	conf := s.m.conf()
+	applied, err := cl.Apply(ctx, &saved.Spec, ApplyOptions{
+		RoutingKey: saved.RoutingKey,
+		BaggageKey: conf.BaggageKey,
+		RelayImage: conf.RelayImage,
+		Holder:     cfg.User,
+	}, s.progressFn(PhaseApplying))
 	if err != nil {
 		return time.Time{}, fmt.Errorf("apply sandbox %s: %w", saved.Name, err)
 	}
 	if applied.Sandbox == "" {
 		applied.Sandbox, applied.RoutingKey = saved.Name, saved.RoutingKey
+	}
+	if len(applied.Namespaces) == 0 {
+		applied.Namespaces = saved.Spec.Namespaces()
 	}
 	if applied.Namespace != "" && applied.Namespace != saved.Namespace {
 		s.mu.Lock()
@@ -235,13 +239,21 @@ func (s *session) connectOnce(ctx context.Context) (time.Time, error) {
 	if err := cl.WaitRelay(ctx, t, s.progressFn(PhaseWaitingRelay)); err != nil {
 		return time.Time{}, fmt.Errorf("relay of sandbox %s: %w", t.Sandbox, err)
 	}
-	s.setPhase(PhaseConnecting, fmt.Sprintf("opening %d tunnel session(s) through port-forward", cfg.PoolSize))
+	poolSize := cfg.PoolSize
+	if poolSize <= 0 {
+		poolSize = conf.PoolSize
+	}
+	if poolSize <= 0 {
+		poolSize = config.DefaultPoolSize
+	}
+	s.m.store.UpdateSandbox(s.name, func(st *SandboxStatus) { st.BaggageKey = conf.BaggageKey })
+	s.setPhase(PhaseConnecting, fmt.Sprintf("opening %d tunnel session(s) through port-forward", poolSize))
 	lk, err := s.m.link(ctx, linkParams{
 		Target:   t,
 		Token:    applied.Token,
 		ClientID: cfg.ClientID,
 		User:     cfg.User,
-		PoolSize: cfg.PoolSize,
+		PoolSize: poolSize,
 		Dial:     func(ctx context.Context) (net.Conn, error) { return cl.DialRelay(ctx, t) },
 		Routes:   s.routes,
 		Logger:   s.log,

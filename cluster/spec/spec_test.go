@@ -245,3 +245,19 @@ func TestNamespaces(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, []string{"shop", "payments"}, s.Namespaces())
 }
+
+func TestEmbedBudget(t *testing.T) {
+	dir := t.TempDir()
+	require.NoError(t, os.WriteFile(filepath.Join(dir, "big.txt"), make([]byte, MaxEmbedSize), 0o644))
+	desc := strings.Repeat("@{embed: big.txt}", 5)
+	data := "name: alice\nspec:\n  description: '" + desc + "'\n"
+	_, err := Parse(filepath.Join(dir, "sb.yaml"), []byte(data), nil)
+	require.ErrorContains(t, err, "sb.yaml:3:16: spec.description: templating produced more than")
+}
+
+func TestUnusedVars(t *testing.T) {
+	data := []byte("name: '@{name}'\nspec:\n  description: '@{ team }-@{embed: x}'\n")
+	require.Empty(t, UnusedVars(data, map[string]string{"name": "a", "team": "b"}))
+	require.Equal(t, []string{"nmae", "zone"}, UnusedVars(data, map[string]string{"nmae": "a", "zone": "b", "team": "c"}))
+	require.Empty(t, UnusedVars(data, nil))
+}

@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 
 	"go.yaml.in/yaml/v3"
@@ -18,6 +19,10 @@ import (
 // MaxEmbedSize bounds a file embedded with @{embed: path}; a spec is a small
 // document and a huge embed is almost certainly the wrong path.
 const MaxEmbedSize = 1 << 20
+
+// maxExpanded bounds the text templating may produce for one spec, so that
+// a spec embedding the same large file many times cannot exhaust memory.
+const maxExpanded = 4 << 20
 
 // varNameRE is what a template variable may be called: the same names work
 // in --set and in @{…}.
@@ -57,9 +62,10 @@ func ParseSetFlags(sets []string) (map[string]string, error) {
 // It works on single values after YAML parsing, so a value can never inject
 // YAML structure and every error keeps its line.
 type templater struct {
-	d    *strictyaml.Decoder
-	vars map[string]string
-	dir  string // embeds are relative to the spec file's directory
+	d     *strictyaml.Decoder
+	vars  map[string]string
+	dir   string // embeds are relative to the spec file's directory
+	total int    // bytes produced so far, bounded by maxExpanded
 }
 
 func (t *templater) expand(path string, n *yaml.Node) (string, bool) {
@@ -88,6 +94,10 @@ func (t *templater) expand(path string, n *yaml.Node) (string, bool) {
 				ok = false
 				continue
 			}
+			if t.total+out.Len()+len(content) > maxExpanded {
+				t.d.Errorf(n, path, "templating produced more than %d bytes; embed smaller files", maxExpanded)
+				return "", false
+			}
 			out.WriteString(content)
 			continue
 		}
@@ -103,6 +113,11 @@ func (t *templater) expand(path string, n *yaml.Node) (string, bool) {
 			continue
 		}
 		out.WriteString(v)
+	}
+	t.total += out.Len()
+	if t.total > maxExpanded {
+		t.d.Errorf(n, path, "templating produced more than %d bytes; embed smaller files", maxExpanded)
+		return "", false
 	}
 	return out.String(), ok
 }
@@ -152,4 +167,25 @@ func truncate(s string, n int) string {
 		return s
 	}
 	return s[:n] + "…"
+}
+
+var placeholderRE = regexp.MustCompile(`@\{\s*([A-Za-z_][A-Za-z0-9_.-]*)\s*\}`)
+
+// UnusedVars returns, sorted, the names in vars that no @{name} placeholder
+// in data mentions: usually a typo in a --set flag that the user should
+// hear about (it is a warning, not an error, since scripts may pass a
+// common set of variables to several specs).
+func UnusedVars(data []byte, vars map[string]string) []string {
+	used := map[string]bool{}
+	for _, m := range placeholderRE.FindAllSubmatch(data, -1) {
+		used[string(m[1])] = true
+	}
+	var out []string
+	for name := range vars {
+		if !used[name] {
+			out = append(out, name)
+		}
+	}
+	slices.Sort(out)
+	return out
 }

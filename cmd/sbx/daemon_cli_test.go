@@ -44,7 +44,8 @@ type cliCluster struct {
 	ready   chan struct{}
 }
 
-func (c *cliCluster) Apply(ctx context.Context, sb *spec.Sandbox, key string, progress func(string)) (daemon.Applied, error) {
+func (c *cliCluster) Apply(ctx context.Context, sb *spec.Sandbox, o daemon.ApplyOptions, progress func(string)) (daemon.Applied, error) {
+	key := o.RoutingKey
 	progress("created Deployment " + sb.Namespaces()[0] + "/sbx-" + sb.Name)
 	return daemon.Applied{Target: daemon.Target{Sandbox: sb.Name, RoutingKey: key, Namespace: sb.Namespaces()[0]}, Token: "tok"}, nil
 }

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 
 	"github.com/spf13/cobra"
 
@@ -35,16 +36,24 @@ func (f *specFlags) load(g *globalOptions) (*spec.Sandbox, error) {
 	if err != nil {
 		return nil, userError(err, "each --set takes name=value, e.g. --set name=alice")
 	}
-	var s *spec.Sandbox
+	var data []byte
+	name := f.file
 	if f.file == "-" {
-		data, rerr := io.ReadAll(io.LimitReader(g.stdin, spec.MaxSpecSize+1))
-		if rerr != nil {
-			return nil, fmt.Errorf("reading the sandbox spec from standard input: %w", rerr)
-		}
-		s, err = spec.Parse("<stdin>", data, vars)
+		name = "<stdin>"
+		data, err = io.ReadAll(io.LimitReader(g.stdin, spec.MaxSpecSize+1))
 	} else {
-		s, err = spec.Load(f.file, vars)
+		data, err = readLimited(f.file, spec.MaxSpecSize+1)
 	}
+	if err != nil {
+		return nil, userError(fmt.Errorf("reading sandbox spec: %w", err), "check the path given to -f")
+	}
+	if len(data) > spec.MaxSpecSize {
+		return nil, userError(fmt.Errorf("sandbox spec %s is larger than %d bytes", name, spec.MaxSpecSize), "check the path given to -f")
+	}
+	for _, v := range spec.UnusedVars(data, vars) {
+		fmt.Fprintf(g.stderr, "warning: --set %s is not used: the spec has no @{%s} placeholder\n", v, v)
+	}
+	s, err := spec.Parse(name, data, vars)
 	if err == nil {
 		return s, nil
 	}
@@ -54,6 +63,15 @@ func (f *specFlags) load(g *globalOptions) (*spec.Sandbox, error) {
 			"fix the fields listed above; `sbx validate -f FILE` checks a spec without a cluster")
 	}
 	return nil, userError(err, "check the path given to -f")
+}
+
+func readLimited(path string, limit int64) ([]byte, error) {
+	fh, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer fh.Close()
+	return io.ReadAll(io.LimitReader(fh, limit))
 }
 
 // invalidSpecError presents a spec's problems under one heading, one per

@@ -129,3 +129,10 @@ func TestValidateAllExamples(t *testing.T) {
 		}
 	}
 }
+
+func TestValidateWarnsAboutUnusedSet(t *testing.T) {
+	f := filepath.Join(specs, "valid", "templated.yaml")
+	code, _, errOut := runCLI(t, "validate", "-f", f, "--set", "name=zoe", "--set", "ns=hotrod", "--set", "port=9000", "--set", "nmae=x")
+	require.Equal(t, 0, code, errOut)
+	require.Equal(t, "warning: --set nmae is not used: the spec has no @{nmae} placeholder\n", errOut)
+}

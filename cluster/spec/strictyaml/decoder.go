@@ -370,9 +370,17 @@ func Parent(path string) string {
 }
 
 // Suggest returns the allowed name closest to s when it is close enough to
-// be a likely typo (same letters ignoring case, or edit distance <= 2).
+// be a likely typo: the same ignoring case, or one edit (two for names of
+// six letters or more) away, counting a swap of neighbours as one edit.
 func Suggest(s string, allowed []string) string {
-	best, bestD := "", 3
+	limit := 0
+	switch {
+	case len(s) >= 6:
+		limit = 2
+	case len(s) >= 3:
+		limit = 1
+	}
+	best, bestD := "", limit+1
 	for _, a := range allowed {
 		if strings.EqualFold(a, s) {
 			return a
@@ -384,25 +392,31 @@ func Suggest(s string, allowed []string) string {
 	return best
 }
 
+// editDistance is the optimal string alignment distance (Levenshtein plus
+// transpositions) of two short strings.
 func editDistance(a, b string) int {
 	if len(a) > 64 || len(b) > 64 {
 		return 99
 	}
-	prev := make([]int, len(b)+1)
-	cur := make([]int, len(b)+1)
-	for j := range prev {
-		prev[j] = j
+	d := make([][]int, len(a)+1)
+	for i := range d {
+		d[i] = make([]int, len(b)+1)
+		d[i][0] = i
+	}
+	for j := range d[0] {
+		d[0][j] = j
 	}
 	for i := 1; i <= len(a); i++ {
-		cur[0] = i
 		for j := 1; j <= len(b); j++ {
 			cost := 1
 			if a[i-1] == b[j-1] {
 				cost = 0
 			}
-			cur[j] = min(prev[j]+1, cur[j-1]+1, prev[j-1]+cost)
+			d[i][j] = min(d[i-1][j]+1, d[i][j-1]+1, d[i-1][j-1]+cost)
+			if i > 1 && j > 1 && a[i-1] == b[j-2] && a[i-2] == b[j-1] {
+				d[i][j] = min(d[i][j], d[i-2][j-2]+1)
+			}
 		}
-		prev, cur = cur, prev
 	}
-	return prev[len(b)]
+	return d[len(a)][len(b)]
 }

@@ -1,0 +1,183 @@
+// Package config is the sbx user configuration,
+// $XDG_CONFIG_HOME/sbx/config.yaml (default ~/.config/sbx/config.yaml):
+// its YAML shape, defaults, strict located validation, and a Watcher that
+// applies edits live. A missing file means "all defaults".
+package config
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"maps"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"slices"
+
+	"github.com/sbx-dev/sbx/cluster/spec/strictyaml"
+)
+
+// OutboundMode selects how local processes reach cluster services.
+type OutboundMode string
+
+// Outbound modes.
+const (
+	// ModeAuto uses hosts when the hosts file is writable, else proxy.
+	ModeAuto OutboundMode = "auto"
+	// ModeHosts writes cluster names into a marked block of the hosts file
+	// and listens on a loopback IP per Service.
+	ModeHosts OutboundMode = "hosts"
+	// ModeProxy serves SOCKS5 and HTTP proxies on loopback.
+	ModeProxy OutboundMode = "proxy"
+	// ModeOff disables outbound access.
+	ModeOff OutboundMode = "off"
+)
+
+var modes = []string{string(ModeAuto), string(ModeHosts), string(ModeProxy), string(ModeOff)}
+
+// Defaults.
+const (
+	DefaultBaggageKey  = "sbx-routing-key"
+	DefaultPoolSize    = 2
+	MaxPoolSize        = 16
+	DefaultHostsFile   = "/etc/hosts"
+	DefaultProxyListen = "127.0.0.1:0"
+	// MaxSize bounds the config file; it is a few lines in practice.
+	MaxSize = 1 << 20
+)
+
+// DefaultHostsRange is where hosts mode allocates one loopback IP per
+// cluster Service. It avoids 127.0.0.1, which local services listen on.
+var DefaultHostsRange = netip.MustParsePrefix("127.241.0.0/16")
+
+// Config is the user configuration. The zero value is not useful; start
+// from Default or Load. Treat a *Config you receive as read-only (the
+// Watcher hands out clones).
+type Config struct {
+	// RelayImage overrides the relay container image; empty means the
+	// image built into this sbx version.
+	RelayImage string `json:"relayImage,omitempty"`
+	// BaggageKey is the W3C baggage key that carries the routing key.
+	// It is an RFC 7230 token, which may contain regexp metacharacters
+	// (. * + ^ | $): quote it before building a regexp from it.
+	BaggageKey string `json:"baggageKey"`
+	// PoolSize is the number of tunnel sessions per sandbox (1-16).
+	PoolSize int      `json:"poolSize"`
+	Outbound Outbound `json:"outbound"`
+	// Contexts maps a cluster name (a spec's spec.cluster) to a kube
+	// context name.
+	Contexts map[string]string `json:"contexts,omitempty"`
+}
+
+// Outbound configures how local processes reach cluster services.
+type Outbound struct {
+	Mode OutboundMode `json:"mode"`
+	// Namespaces are extra namespaces whose Services are reachable, beyond
+	// the sandbox's own.
+	Namespaces []string `json:"namespaces,omitempty"`
+	// HostsFile is the hosts file hosts mode edits (absolute path).
+	HostsFile string `json:"hostsFile"`
+	// HostsRange is the loopback range hosts mode allocates IPs from; it
+	// lies inside 127.0.0.0/8 and never contains 127.0.0.1.
+	HostsRange netip.Prefix `json:"hostsRange"`
+	// InjectBaggage makes the HTTP proxy add the routing key to plain
+	// HTTP requests that carry none.
+	InjectBaggage bool `json:"injectBaggage"`
+	// ProxyListen is the loopback host:port of the proxies; port 0 picks
+	// a free port.
+	ProxyListen string `json:"proxyListen"`
+}
+
+// Default returns the configuration used when there is no config file.
+func Default() *Config {
+	return &Config{
+		BaggageKey: DefaultBaggageKey,
+		PoolSize:   DefaultPoolSize,
+		Outbound: Outbound{
+			Mode:        ModeAuto,
+			HostsFile:   DefaultHostsFile,
+			HostsRange:  DefaultHostsRange,
+			ProxyListen: DefaultProxyListen,
+		},
+	}
+}
+
+// Clone returns a deep copy.
+func (c *Config) Clone() *Config {
+	out := *c
+	out.Contexts = maps.Clone(c.Contexts)
+	out.Outbound.Namespaces = slices.Clone(c.Outbound.Namespaces)
+	return &out
+}
+
+// KubeContext returns the kube context for a spec's cluster name: the
+// mapped context when the config maps it, else the name itself (which is
+// then taken as a context name).
+func (c *Config) KubeContext(cluster string) string {
+	if ctx, ok := c.Contexts[cluster]; ok {
+		return ctx
+	}
+	return cluster
+}
+
+// DefaultPath returns where the config lives: $XDG_CONFIG_HOME/sbx/config.yaml,
+// or ~/.config/sbx/config.yaml when XDG_CONFIG_HOME is unset or relative
+// (the XDG spec says to ignore a relative value). getenv is os.Getenv in
+// production.
+func DefaultPath(getenv func(string) string) (string, error) {
+	if x := getenv("XDG_CONFIG_HOME"); x != "" && filepath.IsAbs(x) {
+		return filepath.Join(x, "sbx", "config.yaml"), nil
+	}
+	home := getenv("HOME")
+	if home == "" || !filepath.IsAbs(home) {
+		return "", errors.New("cannot find the sbx config: neither XDG_CONFIG_HOME nor HOME is set to an absolute path; set one of them")
+	}
+	return filepath.Join(home, ".config", "sbx", "config.yaml"), nil
+}
+
+// Load reads the config file at path. A missing file is not an error: it
+// yields Default(), as does an empty file. An invalid file yields a
+// strictyaml.ErrorList naming each problem's line and field.
+func Load(path string) (*Config, error) {
+	f, err := os.Open(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return Default(), nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("reading sbx config: %w", err)
+	}
+	defer f.Close()
+	if fi, err := f.Stat(); err == nil && fi.IsDir() {
+		return nil, fmt.Errorf("sbx config %s is a directory; it must be a YAML file", path)
+	}
+	data, err := io.ReadAll(io.LimitReader(f, MaxSize+1))
+	if err != nil {
+		return nil, fmt.Errorf("reading sbx config %s: %w", path, err)
+	}
+	if len(data) > MaxSize {
+		return nil, fmt.Errorf("sbx config %s is larger than %d bytes; is it the right file?", path, MaxSize)
+	}
+	return Parse(path, data)
+}
+
+// Parse decodes and validates config data; filename names it in errors.
+// Fields left out keep their defaults.
+func Parse(filename string, data []byte) (*Config, error) {
+	root, errs := strictyaml.ParseDocument(filename, data)
+	if errs != nil {
+		return nil, errs
+	}
+	c := Default()
+	d := &strictyaml.Decoder{File: filename}
+	decode(d, root, c)
+	if len(d.Errs) > 0 {
+		d.Errs.Sort()
+		return nil, d.Errs
+	}
+	return c, nil
+}
+
+func sortedKeys(m map[string]string) []string {
+	return slices.Sorted(maps.Keys(m))
+}

@@ -1,0 +1,210 @@
+package config
+
+import (
+	"encoding/json"
+	"errors"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/sbx-dev/sbx/cluster/spec/strictyaml"
+)
+
+func TestDefault(t *testing.T) {
+	c := Default()
+	require.Equal(t, "sbx-routing-key", c.BaggageKey)
+	require.Equal(t, 2, c.PoolSize)
+	require.Equal(t, ModeAuto, c.Outbound.Mode)
+	require.Equal(t, "/etc/hosts", c.Outbound.HostsFile)
+	require.Equal(t, netip.MustParsePrefix("127.241.0.0/16"), c.Outbound.HostsRange)
+	require.Equal(t, "127.0.0.1:0", c.Outbound.ProxyListen)
+	require.False(t, c.Outbound.InjectBaggage)
+	require.Empty(t, c.RelayImage)
+
+	// Defaults are what an absent or empty file gives.
+	got, err := Load(filepath.Join(t.TempDir(), "missing.yaml"))
+	require.NoError(t, err)
+	require.Equal(t, c, got)
+	got, err = Parse("empty.yaml", []byte("# only a comment\n"))
+	require.NoError(t, err)
+	require.Equal(t, c, got)
+}
+
+func TestParseFull(t *testing.T) {
+	data := `
+relayImage: registry.example.com:5000/team/sbx:v1.2.3
+baggageKey: x-route
+poolSize: 4
+outbound:
+  mode: proxy
+  namespaces: [shared, observability]
+  hostsFile: /tmp/hosts
+  hostsRange: 127.50.0.0/24
+  injectBaggage: true
+  proxyListen: 127.0.0.1:1080
+contexts:
+  staging-1: arn:aws:eks:eu-west-1:123:cluster/staging-1
+  local: kind-kind
+`
+	c, err := Parse("config.yaml", []byte(data))
+	require.NoError(t, err)
+	require.Equal(t, &Config{
+		RelayImage: "registry.example.com:5000/team/sbx:v1.2.3",
+		BaggageKey: "x-route",
+		PoolSize:   4,
+		Outbound: Outbound{
+			Mode:          ModeProxy,
+			Namespaces:    []string{"shared", "observability"},
+			HostsFile:     "/tmp/hosts",
+			HostsRange:    netip.MustParsePrefix("127.50.0.0/24"),
+			InjectBaggage: true,
+			ProxyListen:   "127.0.0.1:1080",
+		},
+		Contexts: map[string]string{"staging-1": "arn:aws:eks:eu-west-1:123:cluster/staging-1", "local": "kind-kind"},
+	}, c)
+	require.Equal(t, "kind-kind", c.KubeContext("local"))
+	require.Equal(t, "other", c.KubeContext("other"), "unmapped names are context names")
+
+	// Partial outbound keeps the other defaults; a host-bits range is masked.
+	c, err = Parse("config.yaml", []byte("outbound: {mode: hosts, hostsRange: 127.9.9.9/16}\nrelayImage: sbx@sha256:"+strings.Repeat("a", 64)+"\n"))
+	require.NoError(t, err)
+	require.Equal(t, ModeHosts, c.Outbound.Mode)
+	require.Equal(t, netip.MustParsePrefix("127.9.0.0/16"), c.Outbound.HostsRange)
+	require.Equal(t, DefaultHostsFile, c.Outbound.HostsFile)
+	require.Equal(t, DefaultPoolSize, c.PoolSize)
+
+	// JSON (what sbx status shows) round-trips.
+	b, err := json.Marshal(c)
+	require.NoError(t, err)
+	var back Config
+	require.NoError(t, json.Unmarshal(b, &back))
+	require.Equal(t, c, &back)
+}
+
+func TestParseInvalid(t *testing.T) {
+	tests := []struct {
+		name, data string
+		want       []string // each a whole error line
+	}{
+		{"unknown field", "poolsize: 3\n", []string{`config.yaml:1:1: poolsize: unknown field "poolsize"; did you mean "poolSize"? (allowed: relayImage, baggageKey, poolSize, outbound, contexts)`}},
+		{"unknown outbound field", "outbound:\n  inject_baggage: true\n", []string{`config.yaml:2:3: outbound.inject_baggage: unknown field "inject_baggage"; did you mean "injectBaggage"? (allowed: mode, namespaces, hostsFile, hostsRange, injectBaggage, proxyListen)`}},
+		{"pool zero", "poolSize: 0\n", []string{"config.yaml:1:11: poolSize: 0 is out of range; allowed 1-16 tunnel sessions per sandbox (default 2)"}},
+		{"pool big", "poolSize: 17\n", []string{"config.yaml:1:11: poolSize: 17 is out of range; allowed 1-16 tunnel sessions per sandbox (default 2)"}},
+		{"pool text", "poolSize: many\n", []string{`config.yaml:1:11: poolSize: must be an integer (1-16), not "many"`}},
+		{"baggage key space", "baggageKey: my key\n", []string{`config.yaml:1:13: baggageKey: "my key" is not a W3C baggage key`}},
+		{"baggage key equals", "baggageKey: 'a=b'\n", []string{`baggageKey: "a=b" is not a W3C baggage key`}},
+		{"baggage key empty", "baggageKey: ''\n", []string{`baggageKey: must not be empty; leave it out for the default "sbx-routing-key"`}},
+		{"mode typo", "outbound: {mode: host}\n", []string{`config.yaml:1:18: outbound.mode: unknown mode "host"; did you mean "hosts"? (allowed: auto, hosts, proxy, off; auto = hosts when the hosts file is writable, else proxy)`}},
+		{"range outside loopback", "outbound: {hostsRange: 10.0.0.0/16}\n", []string{`outbound.hostsRange: "10.0.0.0/16" is not inside 127.0.0.0/8`}},
+		{"range too wide", "outbound: {hostsRange: 127.0.0.0/7}\n", []string{`"127.0.0.0/7" is not inside 127.0.0.0/8`}},
+		{"range has 127.0.0.1", "outbound: {hostsRange: 127.0.0.0/16}\n", []string{`"127.0.0.0/16" contains 127.0.0.1`}},
+		{"range ipv6", "outbound: {hostsRange: '::1/128'}\n", []string{`"::1/128" is not inside 127.0.0.0/8`}},
+		{"range tiny", "outbound: {hostsRange: 127.5.5.5/32}\n", []string{`"127.5.5.5/32" holds fewer than 4 addresses`}},
+		{"range garbage", "outbound: {hostsRange: lots}\n", []string{`"lots" is not a CIDR range`}},
+		{"hosts file relative", "outbound: {hostsFile: hosts}\n", []string{`outbound.hostsFile: "hosts" is not an absolute path`}},
+		{"proxy on all interfaces", "outbound: {proxyListen: ':1080'}\n", []string{`outbound.proxyListen: ":1080" is not a loopback address`}},
+		{"proxy public", "outbound: {proxyListen: '0.0.0.0:1080'}\n", []string{`"0.0.0.0:1080" is not a loopback address`}},
+		{"proxy bad port", "outbound: {proxyListen: '127.0.0.1:99999'}\n", []string{`port "99999" is not a number 0-65535`}},
+		{"proxy no port", "outbound: {proxyListen: 127.0.0.1}\n", []string{`"127.0.0.1" is not host:port`}},
+		{"inject not bool", "outbound: {injectBaggage: sometimes}\n", []string{`outbound.injectBaggage: must be true or false, not "sometimes"`}},
+		{"namespaces invalid and dup", "outbound:\n  namespaces: [Shared, a, a]\n", []string{
+			`config.yaml:2:16: outbound.namespaces[0]: "Shared" is not a valid namespace`,
+			`config.yaml:2:27: outbound.namespaces[2]: namespace "a" is already listed at outbound.namespaces[1]`}},
+		{"namespaces not list", "outbound: {namespaces: shared}\n", []string{`outbound.namespaces: must be a list, not the string "shared"`}},
+		{"contexts not map", "contexts: [a]\n", []string{`contexts: must be a mapping of names to values, not a list`}},
+		{"context empty", "contexts: {staging: ''}\n", []string{`contexts.staging: "" is not a kube context name`}},
+		{"relay image bad", "relayImage: 'Not An Image'\n", []string{`relayImage: "Not An Image" is not a container image reference`}},
+		{"relay image uppercase repo", "relayImage: ghcr.io/Sbx/sbx:v1\n", []string{`relayImage: "ghcr.io/Sbx/sbx:v1" is not a container image reference`}},
+		{"not a mapping", "- a\n", []string{"config.yaml:1:1: must be a mapping with the fields relayImage, baggageKey, poolSize, outbound, contexts, not a list"}},
+		{"syntax", "outbound: {mode: [\n", []string{"config.yaml:1: invalid YAML: did not find expected node content"}},
+		{"several collected", "poolSize: 99\nbaggageKey: 'a b'\noutbound: {mode: nope}\n", []string{
+			"config.yaml:1:11: poolSize:", "config.yaml:2:13: baggageKey:", "config.yaml:3:18: outbound.mode:"}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			c, err := Parse("config.yaml", []byte(tc.data))
+			require.Error(t, err)
+			require.Nil(t, c)
+			var list strictyaml.ErrorList
+			require.True(t, errors.As(err, &list))
+			require.Len(t, list, len(tc.want), err.Error())
+			for i, w := range tc.want {
+				require.Contains(t, list[i].Error(), w)
+			}
+		})
+	}
+}
+
+func TestDefaultPath(t *testing.T) {
+	env := func(kv map[string]string) func(string) string { return func(k string) string { return kv[k] } }
+	p, err := DefaultPath(env(map[string]string{"XDG_CONFIG_HOME": "/x/cfg", "HOME": "/home/a"}))
+	require.NoError(t, err)
+	require.Equal(t, "/x/cfg/sbx/config.yaml", p)
+	p, err = DefaultPath(env(map[string]string{"HOME": "/home/a"}))
+	require.NoError(t, err)
+	require.Equal(t, "/home/a/.config/sbx/config.yaml", p)
+	p, err = DefaultPath(env(map[string]string{"XDG_CONFIG_HOME": "relative", "HOME": "/home/a"}))
+	require.NoError(t, err)
+	require.Equal(t, "/home/a/.config/sbx/config.yaml", p, "a relative XDG_CONFIG_HOME is ignored")
+	_, err = DefaultPath(env(nil))
+	require.ErrorContains(t, err, "XDG_CONFIG_HOME nor HOME")
+}
+
+func TestLoadErrors(t *testing.T) {
+	dir := t.TempDir()
+	_, err := Load(dir)
+	require.ErrorContains(t, err, "is a directory")
+
+	p := filepath.Join(dir, "config.yaml")
+	require.NoError(t, os.WriteFile(p, []byte("poolSize: 0\n"), 0o600))
+	_, err = Load(p)
+	require.ErrorContains(t, err, p+":1:11: poolSize: 0 is out of range")
+}
+
+func TestClone(t *testing.T) {
+	c := Default()
+	c.Contexts = map[string]string{"a": "b"}
+	c.Outbound.Namespaces = []string{"x"}
+	d := c.Clone()
+	d.Contexts["a"] = "changed"
+	d.Outbound.Namespaces[0] = "changed"
+	require.Equal(t, "b", c.Contexts["a"])
+	require.Equal(t, "x", c.Outbound.Namespaces[0])
+}
+
+// FuzzParse: the config decoder never panics, fails only with located
+// errors, and every accepted config is within its documented bounds.
+func FuzzParse(f *testing.F) {
+	f.Add([]byte("poolSize: 3\noutbound: {mode: proxy, namespaces: [a], hostsRange: 127.2.0.0/16}\ncontexts: {a: b}\n"))
+	f.Add([]byte("baggageKey: 'k'\nrelayImage: a/b:c\n"))
+	f.Add([]byte("outbound: {proxyListen: '[::1]:0', injectBaggage: 'true'}\n"))
+	f.Add([]byte("- x\n"))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		c, err := Parse("fuzz.yaml", data)
+		if err != nil {
+			var list strictyaml.ErrorList
+			if !errors.As(err, &list) || len(list) == 0 {
+				t.Fatalf("not an ErrorList: %T %v", err, err)
+			}
+			return
+		}
+		if c.PoolSize < 1 || c.PoolSize > MaxPoolSize || c.BaggageKey == "" ||
+			!loopback8.Contains(c.Outbound.HostsRange.Addr()) || !filepath.IsAbs(c.Outbound.HostsFile) ||
+			checkProxyListen(c.Outbound.ProxyListen) != "" {
+			t.Fatalf("accepted config out of bounds: %+v", c)
+		}
+	})
+}
+
+// TestExampleConfig keeps the documented example valid.
+func TestExampleConfig(t *testing.T) {
+	c, err := Load("../../testdata/config/config.yaml")
+	require.NoError(t, err)
+	require.Equal(t, "gke_acme_europe-west1_staging-1", c.KubeContext("staging-1"))
+	require.Equal(t, []string{"shared", "observability"}, c.Outbound.Namespaces)
+	require.Equal(t, "ghcr.io/sbx-dev/sbx:v0.1.0", c.RelayImage)
+}

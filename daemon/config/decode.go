@@ -1,0 +1,199 @@
+package config
+
+import (
+	"fmt"
+	"net"
+	"net/netip"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+
+	"go.yaml.in/yaml/v3"
+
+	"github.com/sbx-dev/sbx/cluster/spec"
+	"github.com/sbx-dev/sbx/cluster/spec/strictyaml"
+)
+
+var (
+	// tokenRE is an RFC 7230 token, what W3C baggage allows as a key.
+	tokenRE = regexp.MustCompile("^[!#$%&'*+\\-.^_`|~0-9A-Za-z]+$")
+	// imageRE is a container image reference: [domain[:port]/]path[:tag][@digest].
+	imageRE = regexp.MustCompile(`^(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?(?:\.[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)*(?::[0-9]+)?/)?` +
+		`[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*` +
+		`(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(?:@[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,})?$`)
+	loopback8 = netip.MustParsePrefix("127.0.0.0/8")
+)
+
+const maxBaggageKey = 256
+
+func decode(d *strictyaml.Decoder, root *yaml.Node, c *Config) {
+	f := d.Fields(root, "", "relayImage", "baggageKey", "poolSize", "outbound", "contexts")
+	if n := f["relayImage"]; n != nil {
+		img := d.String(n, "relayImage")
+		if img != "" && (len(img) > 512 || !imageRE.MatchString(img)) {
+			d.Errorf(n, "relayImage", "%q is not a container image reference; want [registry/]repository[:tag][@sha256:digest], e.g. ghcr.io/sbx-dev/sbx:v1.2.3", img)
+		}
+		c.RelayImage = img
+	}
+	if n := f["baggageKey"]; n != nil {
+		k := d.String(n, "baggageKey")
+		switch {
+		case d.Bad("baggageKey"):
+		case k == "":
+			d.Errorf(n, "baggageKey", "must not be empty; leave it out for the default %q", DefaultBaggageKey)
+		case len(k) > maxBaggageKey || !tokenRE.MatchString(k):
+			d.Errorf(n, "baggageKey", "%q is not a W3C baggage key; a key is at most %d letters, digits and !#$%%&'*+-.^_`|~ (no spaces, '=', ',' or ';'), e.g. %s", k, maxBaggageKey, DefaultBaggageKey)
+		default:
+			c.BaggageKey = k
+		}
+	}
+	if n := f["poolSize"]; n != nil {
+		allowed := fmt.Sprintf("1-%d", MaxPoolSize)
+		if v, ok := d.Int(n, "poolSize", allowed); ok {
+			if v < 1 || v > MaxPoolSize {
+				d.Errorf(n, "poolSize", "%d is out of range; allowed %s tunnel sessions per sandbox (default %d)", v, allowed, DefaultPoolSize)
+			} else {
+				c.PoolSize = int(v)
+			}
+		}
+	}
+	decodeOutbound(d, f["outbound"], &c.Outbound)
+	if n := f["contexts"]; n != nil {
+		m := d.StringMap(n, "contexts")
+		for _, k := range sortedKeys(m) {
+			p := strictyaml.Key("contexts", k)
+			switch v := m[k]; {
+			case d.Bad(p):
+			case strings.TrimSpace(k) == "":
+				d.Errorf(nil, p, "a cluster name must not be empty")
+			case strings.TrimSpace(v) == "" || strings.TrimSpace(v) != v:
+				d.Errorf(nil, p, "%q is not a kube context name; map each cluster name to a context from `kubectl config get-contexts -o name`", v)
+			}
+		}
+		if len(m) > 0 {
+			c.Contexts = m
+		}
+	}
+}
+
+func decodeOutbound(d *strictyaml.Decoder, n *yaml.Node, o *Outbound) {
+	const p = "outbound"
+	f := d.Fields(n, p, "mode", "namespaces", "hostsFile", "hostsRange", "injectBaggage", "proxyListen")
+	if n := f["mode"]; n != nil {
+		m := d.String(n, p+".mode")
+		switch {
+		case d.Bad(p + ".mode"):
+		case m == "":
+			d.Errorf(n, p+".mode", "must not be empty; allowed: %s (default auto)", strings.Join(modes, ", "))
+		case !contains(modes, m):
+			msg := fmt.Sprintf("unknown mode %q", m)
+			if s := strictyaml.Suggest(m, modes); s != "" {
+				msg += fmt.Sprintf("; did you mean %q?", s)
+			}
+			d.Errorf(n, p+".mode", "%s (allowed: %s; auto = hosts when the hosts file is writable, else proxy)", msg, strings.Join(modes, ", "))
+		default:
+			o.Mode = OutboundMode(m)
+		}
+	}
+	seen := map[string]int{}
+	for i, nn := range d.Seq(f["namespaces"], p+".namespaces") {
+		ip := strictyaml.Index(p+".namespaces", i)
+		ns := d.String(nn, ip)
+		switch {
+		case d.Bad(ip):
+		case !spec.IsDNS1123Label(ns):
+			d.Errorf(nn, ip, "%q is not a valid namespace; it must be a DNS-1123 label: at most 63 lowercase letters, digits and '-', starting and ending with a letter or digit", ns)
+		default:
+			if j, dup := seen[ns]; dup {
+				d.Errorf(nn, ip, "namespace %q is already listed at %s.namespaces[%d]", ns, p, j)
+				continue
+			}
+			seen[ns] = i
+			o.Namespaces = append(o.Namespaces, ns)
+		}
+	}
+	if n := f["hostsFile"]; n != nil {
+		h := d.String(n, p+".hostsFile")
+		switch {
+		case d.Bad(p + ".hostsFile"):
+		case h == "" || !filepath.IsAbs(h):
+			d.Errorf(n, p+".hostsFile", "%q is not an absolute path; give the hosts file's full path (default %s)", h, DefaultHostsFile)
+		default:
+			o.HostsFile = filepath.Clean(h)
+		}
+	}
+	if n := f["hostsRange"]; n != nil {
+		r := d.String(n, p+".hostsRange")
+		if !d.Bad(p + ".hostsRange") {
+			if pr, msg := checkHostsRange(r); msg != "" {
+				d.Errorf(n, p+".hostsRange", "%s", msg)
+			} else {
+				o.HostsRange = pr
+			}
+		}
+	}
+	if n := f["injectBaggage"]; n != nil {
+		if b, ok := d.Bool(n, p+".injectBaggage"); ok {
+			o.InjectBaggage = b
+		}
+	}
+	if n := f["proxyListen"]; n != nil {
+		l := d.String(n, p+".proxyListen")
+		if !d.Bad(p + ".proxyListen") {
+			if msg := checkProxyListen(l); msg != "" {
+				d.Errorf(n, p+".proxyListen", "%s", msg)
+			} else {
+				o.ProxyListen = l
+			}
+		}
+	}
+}
+
+// checkHostsRange parses a hosts range; it must be IPv4 loopback, leave
+// 127.0.0.1 alone and hold at least 4 addresses.
+func checkHostsRange(s string) (netip.Prefix, string) {
+	const want = "want an IPv4 CIDR inside 127.0.0.0/8 that does not contain 127.0.0.1, e.g. 127.241.0.0/16"
+	pr, err := netip.ParsePrefix(strings.TrimSpace(s))
+	switch {
+	case err != nil:
+		return pr, fmt.Sprintf("%q is not a CIDR range; %s", s, want)
+	case !pr.Addr().Is4() || pr.Bits() < 8 || !loopback8.Contains(pr.Addr()):
+		return pr, fmt.Sprintf("%q is not inside 127.0.0.0/8; %s", s, want)
+	case pr.Masked().Contains(netip.MustParseAddr("127.0.0.1")):
+		return pr, fmt.Sprintf("%q contains 127.0.0.1, which local services listen on; %s", s, want)
+	case pr.Bits() > 30:
+		return pr, fmt.Sprintf("%q holds fewer than 4 addresses; use a prefix of /30 or shorter, e.g. 127.241.0.0/16", s)
+	}
+	return pr.Masked(), ""
+}
+
+// checkProxyListen requires a loopback address: a proxy into the cluster
+// must never be reachable from the network.
+func checkProxyListen(s string) string {
+	const want = "want a loopback host:port, e.g. 127.0.0.1:0 (any free port) or 127.0.0.1:1080"
+	host, port, err := net.SplitHostPort(s)
+	if err != nil {
+		return fmt.Sprintf("%q is not host:port; %s", s, want)
+	}
+	if n, err := strconv.Atoi(port); err != nil || n < 0 || n > 65535 {
+		return fmt.Sprintf("%q: port %q is not a number 0-65535; %s", s, port, want)
+	}
+	if host == "localhost" {
+		return ""
+	}
+	a, err := netip.ParseAddr(host)
+	if err != nil || !a.IsLoopback() {
+		return fmt.Sprintf("%q is not a loopback address; the proxy reaches into the cluster and must not be exposed to the network; %s", s, want)
+	}
+	return ""
+}
+
+func contains(list []string, s string) bool {
+	for _, x := range list {
+		if x == s {
+			return true
+		}
+	}
+	return false
+}
