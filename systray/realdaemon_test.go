@@ -7,6 +7,8 @@ import (
 	"errors"
 	"net"
 	"os"
+	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -24,8 +26,8 @@ type holdCluster struct {
 	deleted []string
 }
 
-func (c *holdCluster) Apply(ctx context.Context, sb *spec.Sandbox, key string, progress func(string)) (daemon.Applied, error) {
-	return daemon.Applied{Target: daemon.Target{Sandbox: sb.Name, RoutingKey: key, Namespace: "hotrod"}, Token: "test-token"}, nil
+func (c *holdCluster) Apply(ctx context.Context, sb *spec.Sandbox, o daemon.ApplyOptions, progress func(string)) (daemon.Applied, error) {
+	return daemon.Applied{Target: daemon.Target{Sandbox: sb.Name, RoutingKey: o.RoutingKey, Namespace: "hotrod"}, Token: "test-token"}, nil
 }
 
 func (c *holdCluster) WaitRelay(ctx context.Context, t daemon.Target, progress func(string)) error {
@@ -64,16 +66,19 @@ type realDaemon struct {
 	t       *testing.T
 	paths   daemon.Paths
 	cluster *holdCluster
+	config  string // user config file; "" for none
 	cancel  context.CancelFunc
 	done    chan error
 }
 
-func newRealDaemon(t *testing.T) *realDaemon {
+func newRealDaemon(t *testing.T) *realDaemon { return newRealDaemonWithConfig(t, "") }
+
+func newRealDaemonWithConfig(t *testing.T, config string) *realDaemon {
 	// Short paths: unix socket paths are limited to 108 bytes.
 	dir, err := os.MkdirTemp("", "sbx-d-")
 	require.NoError(t, err)
 	t.Cleanup(func() { _ = os.RemoveAll(dir) })
-	r := &realDaemon{t: t, paths: daemon.Paths{RuntimeDir: dir + "/run", StateDir: dir + "/state"}, cluster: &holdCluster{}}
+	r := &realDaemon{t: t, paths: daemon.Paths{RuntimeDir: dir + "/run", StateDir: dir + "/state"}, cluster: &holdCluster{}, config: config}
 	t.Cleanup(r.stop)
 	r.start()
 	return r
@@ -83,7 +88,7 @@ func (r *realDaemon) client() *daemon.Client { return &daemon.Client{Socket: r.p
 
 func (r *realDaemon) start() {
 	d, err := daemon.New(daemon.Options{
-		Paths: r.paths, Version: "test",
+		Paths: r.paths, Version: "test", ConfigPath: r.config,
 		Clusters: func(context.Context, string, string) (daemon.Cluster, error) { return r.cluster, nil },
 	})
 	require.NoError(r.t, err)
@@ -161,4 +166,26 @@ func TestLoopWithRealDaemon(t *testing.T) {
 	h.ui.waitView(t, "daemon down", tooltipIs("sbx: daemon not running"))
 	h.ui.click(t, labelStartDaemon)
 	h.ui.waitView(t, "daemon back", tooltipIs("sbx: no sandboxes"))
+}
+
+// TestLoopRealDaemonConfigError follows the daemon's live config: a broken
+// config file turns the icon to error with the reason in the menu, and
+// fixing the file clears it without restarting anything.
+func TestLoopRealDaemonConfigError(t *testing.T) {
+	verifyNoLeaks(t)
+	cfg := filepath.Join(t.TempDir(), "config.yaml")
+	require.NoError(t, os.WriteFile(cfg, []byte("poolSize: [not a number\n"), 0o600))
+	r := newRealDaemonWithConfig(t, cfg)
+	c := r.client()
+	t.Cleanup(c.Close)
+	h := startLoopWith(t, DaemonClient{C: c})
+
+	v := h.ui.waitView(t, "config error", tooltipIs("sbx: no sandboxes · config error"))
+	require.Equal(t, IconError, v.Icon)
+	require.True(t, strings.HasPrefix(v.Items[1].Label, "Config error: "), renderMenu(v.Items))
+	require.Contains(t, v.Items[1].Tooltip, cfg)
+
+	require.NoError(t, os.WriteFile(cfg, []byte("{}\n"), 0o600))
+	v = h.ui.waitView(t, "config fixed", tooltipIs("sbx: no sandboxes"))
+	require.Equal(t, IconDisconnected, v.Icon)
 }
