@@ -246,7 +246,7 @@ func TestLoopCopyAndFallback(t *testing.T) {
 	h.ui.click(t, "alice — ready", labelCopyBaggage)
 	h.ui.click(t, "alice — ready", labelCopyCurl)
 	want := []string{"k3x9a0b1c2d3e", "baggage: sbx-routing-key=k3x9a0b1c2d3e",
-		"curl -H 'baggage: sbx-routing-key=k3x9a0b1c2d3e' http://route.hotrod.svc.cluster.local:8083/"}
+		"curl -H 'baggage: sbx-routing-key=k3x9a0b1c2d3e' http://route.hotrod:8083/"}
 	require.Eventually(t, func() bool { return len(h.get(func() []string { return h.copied })) == 3 }, 10*time.Second, 5*time.Millisecond)
 	require.ElementsMatch(t, want, h.get(func() []string { return h.copied }))
 

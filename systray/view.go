@@ -378,9 +378,11 @@ func CurlExample(sb daemon.SandboxStatus) string {
 		return ""
 	}
 	m := sb.Mappings[0]
+	// workload.namespace, as `sbx connect` prints it: it resolves in the
+	// cluster and through the daemon's outbound access on the laptop.
 	host := m.Workload
 	if m.Namespace != "" {
-		host += "." + m.Namespace + ".svc.cluster.local"
+		host += "." + m.Namespace
 	}
 	url := "http://" + net.JoinHostPort(host, strconv.Itoa(int(m.Port))) + "/"
 	return fmt.Sprintf("curl -H '%s' %s", BaggageHeader(sb), url)

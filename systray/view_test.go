@@ -155,7 +155,7 @@ func TestBuildViewActions(t *testing.T) {
 		{[]string{"alice — ready", labelCopyBaggage}, Action{Kind: ActionCopy, Sandbox: "alice",
 			Text: "baggage: sbx-routing-key=k3x9a0b1c2d3e", What: "baggage header"}},
 		{[]string{"alice — ready", labelCopyCurl}, Action{Kind: ActionCopy, Sandbox: "alice",
-			Text: "curl -H 'baggage: sbx-routing-key=k3x9a0b1c2d3e' http://route.hotrod.svc.cluster.local:8083/", What: "curl example"}},
+			Text: "curl -H 'baggage: sbx-routing-key=k3x9a0b1c2d3e' http://route.hotrod:8083/", What: "curl example"}},
 		{[]string{"alice — ready", labelDisconnect}, Action{Kind: ActionDisconnect, Sandbox: "alice"}},
 		{[]string{labelOpenLog}, Action{Kind: ActionOpenLog, Text: st.LogPath}},
 		{[]string{labelQuit}, Action{Kind: ActionQuit}},
