@@ -61,6 +61,7 @@ names travel back through the same tunnel to the baseline services.`,
 		newListCmd(g),
 		newGCCmd(g),
 		newLogsCmd(g),
+		newTrayCmd(g),
 	)
 	return root
 }
