@@ -1,10 +1,8 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -49,23 +47,6 @@ func TestRelayFlagErrors(t *testing.T) {
 	require.Contains(t, errOut, "hint: see `sbx relay --help`")
 }
 
-// lockedBuffer is a bytes.Buffer safe for the relay's logger and the test.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
 
 // TestRelayRunsAndDrains runs `sbx relay` in-process; cancelling the context
 // is what SIGTERM does in main. It exits 0 after draining.
