@@ -47,7 +47,6 @@ func TestRelayFlagErrors(t *testing.T) {
 	require.Contains(t, errOut, "hint: see `sbx relay --help`")
 }
 
-
 // TestRelayRunsAndDrains runs `sbx relay` in-process; cancelling the context
 // is what SIGTERM does in main. It exits 0 after draining.
 func TestRelayRunsAndDrains(t *testing.T) {

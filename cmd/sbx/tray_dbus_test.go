@@ -17,7 +17,6 @@ import (
 	"github.com/stretchr/testify/require"
 )
 
-
 // background runs the CLI in-process until its context is cancelled.
 func background(t *testing.T, args ...string) (cancel func() int, out *lockedBuffer) {
 	ctx, stop := context.WithCancel(context.Background())
