@@ -1,6 +1,10 @@
 package daemon
 
-import "time"
+import (
+	"time"
+
+	"github.com/sbx-dev/sbx/cluster/spec"
+)
 
 // Phase is where a sandbox session is in its life.
 type Phase string
@@ -63,4 +67,78 @@ type Event struct {
 	Sandbox  *SandboxStatus `json:"sandbox,omitempty"` // added or changed
 	Removed  string         `json:"removed,omitempty"` // name of a sandbox that is gone
 	Config   *string        `json:"configError,omitempty"`
+}
+
+// ConnectRequest is the body of PUT /v1/sandboxes/{name}: the parsed,
+// validated spec and where to apply it.
+type ConnectRequest struct {
+	Spec spec.Sandbox `json:"spec"`
+	// Kubeconfig and Context select the cluster as kubectl would; empty
+	// means the defaults ($KUBECONFIG, current context). spec.cluster, when
+	// set, wins over Context.
+	Kubeconfig string `json:"kubeconfig,omitempty"`
+	Context    string `json:"context,omitempty"`
+	// Wait streams Progress lines until the sandbox is ready, failed, or
+	// Timeout passed; without it the daemon answers with the accepted
+	// SandboxStatus at once and connects in the background.
+	Wait    bool          `json:"wait,omitempty"`
+	Timeout time.Duration `json:"timeoutNanos,omitempty"`
+}
+
+// Progress is one line of the NDJSON stream a waiting connect returns. The
+// last line has Done set, and either Sandbox (ready) or Error (gave up
+// waiting; the daemon keeps retrying in the background unless Phase is
+// PhaseFailed).
+type Progress struct {
+	Time    time.Time      `json:"time"`
+	Phase   Phase          `json:"phase,omitempty"`
+	Message string         `json:"message,omitempty"`
+	Error   string         `json:"error,omitempty"`
+	Done    bool           `json:"done,omitempty"`
+	Sandbox *SandboxStatus `json:"sandbox,omitempty"`
+}
+
+// DisconnectResult lists the sandboxes a DELETE removed.
+type DisconnectResult struct {
+	Disconnected []string `json:"disconnected"`
+}
+
+// ListEntry is one sandbox known to the daemon, the cluster, or both.
+type ListEntry struct {
+	Name       string `json:"name"`
+	RoutingKey string `json:"routingKey,omitempty"`
+	Namespace  string `json:"namespace,omitempty"`
+	// Phase is the daemon's session phase; empty when this daemon has no
+	// session for the sandbox.
+	Phase     Phase `json:"phase,omitempty"`
+	InDaemon  bool  `json:"inDaemon"`
+	InCluster bool  `json:"inCluster"`
+	// Orphan marks cluster objects no daemon session owns here: left by a
+	// crashed daemon or another laptop. `sbx gc` removes expired ones.
+	Orphan       bool      `json:"orphan,omitempty"`
+	LeaseExpires time.Time `json:"leaseExpires,omitzero"`
+}
+
+// ListResult is the answer to GET /v1/list. ClusterError is set when the
+// cluster could not be listed; the daemon's own sandboxes are still there.
+type ListResult struct {
+	Sandboxes    []ListEntry `json:"sandboxes"`
+	ClusterError string      `json:"clusterError,omitempty"`
+}
+
+// ClusterRequest selects a cluster for list and gc, as kubectl flags would.
+type ClusterRequest struct {
+	Kubeconfig string `json:"kubeconfig,omitempty"`
+	Context    string `json:"context,omitempty"`
+	Namespace  string `json:"namespace,omitempty"`
+}
+
+// GCResult names the sandboxes whose expired objects gc deleted.
+type GCResult struct {
+	Deleted []string `json:"deleted"`
+}
+
+// LogsInfo says where the daemon writes its log.
+type LogsInfo struct {
+	Path string `json:"path"`
 }

@@ -51,6 +51,14 @@ names travel back through the same tunnel to the baseline services.`,
 	root.AddCommand(
 		newVersionCmd(g),
 		newValidateCmd(g),
+		newRenderCmd(g),
+		newDaemonCmd(g),
+		newConnectCmd(g),
+		newDisconnectCmd(g),
+		newStatusCmd(g),
+		newListCmd(g),
+		newGCCmd(g),
+		newLogsCmd(g),
 	)
 	return root
 }

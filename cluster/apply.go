@@ -1,0 +1,357 @@
+package cluster
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"slices"
+	"strings"
+
+	istionet "istio.io/client-go/pkg/apis/networking/v1"
+	appsv1 "k8s.io/api/apps/v1"
+	coordinationv1 "k8s.io/api/coordination/v1"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/util/retry"
+
+	"github.com/sbx-dev/sbx/cluster/spec"
+)
+
+// Action is what happened to an object, as reported to a progress callback.
+type Action string
+
+// Progress actions.
+const (
+	ActionCreated   Action = "created"
+	ActionUpdated   Action = "updated"
+	ActionUnchanged Action = "unchanged"
+	ActionDeleted   Action = "deleted"
+	ActionWaiting   Action = "waiting"
+	ActionReady     Action = "ready"
+	ActionWarning   Action = "warning"
+)
+
+// Event is one progress report of Apply, Delete, GC or WaitRelay.
+type Event struct {
+	Action    Action `json:"action"`
+	Kind      string `json:"kind,omitempty"`
+	Namespace string `json:"namespace,omitempty"`
+	Name      string `json:"name,omitempty"`
+	Message   string `json:"message,omitempty"`
+}
+
+// String renders the event for a terminal: "created Deployment hotrod/x".
+func (e Event) String() string {
+	s := string(e.Action)
+	if e.Kind != "" {
+		s += " " + e.Kind + " " + e.Namespace + "/" + e.Name
+	}
+	if e.Message != "" {
+		if e.Kind != "" {
+			s += ":"
+		}
+		s += " " + e.Message
+	}
+	return s
+}
+
+// Result is what Apply did and what the caller needs next.
+type Result struct {
+	RoutingKey string
+	// Token is the tunnel token in use. Never log it.
+	Token string
+	// Namespace is the relay's namespace; RelayName its Deployment.
+	Namespace string
+	RelayName string
+	Objects   *Objects
+}
+
+// Apply creates or updates every object of the sandbox so the cluster
+// matches sb, and removes what an earlier apply created but sb no longer
+// needs. It is idempotent: applying the same sandbox twice writes nothing
+// the second time. An empty o.RoutingKey or o.Token reuses the existing
+// sandbox's (so a restarted daemon keeps its key) or generates a new one.
+func Apply(ctx context.Context, c Clients, sb *spec.Sandbox, o Options, progress func(Event)) (*Result, error) {
+	if progress == nil {
+		progress = func(Event) {}
+	}
+	o = o.withDefaults()
+	nss := sb.Namespaces()
+	if len(nss) == 0 {
+		return nil, fmt.Errorf("sandbox %s has no local workloads (spec.local is empty)", sb.Name)
+	}
+	home := nss[0]
+	leaseName := LeaseName(sb.Name)
+
+	// What exists already: earlier keys and namespaces.
+	prevNS := []string{}
+	var prevKeys []string
+	for _, ns := range nss {
+		l, err := c.Kube.CoordinationV1().Leases(ns).Get(ctx, leaseName, metav1.GetOptions{})
+		if apierrors.IsNotFound(err) {
+			continue
+		}
+		if err != nil {
+			return nil, fmt.Errorf("read Lease %s/%s: %w", ns, leaseName, err)
+		}
+		if l.Labels[LabelSandbox] != sb.Name || l.Labels[LabelManagedBy] != ManagedByValue {
+			return nil, fmt.Errorf("Lease %s/%s exists but does not belong to sbx sandbox %s; choose another sandbox name", ns, leaseName, sb.Name)
+		}
+		prevNS = addNamespaces(prevNS, ns)
+		if _, ok := l.Annotations[AnnotationNamespaces]; ok {
+			prevNS = addNamespaces(prevNS, leaseNamespaces(l)...)
+		}
+		if k := l.Labels[LabelRoutingKey]; ValidateRoutingKey(k) == nil && !slices.Contains(prevKeys, k) {
+			prevKeys = append(prevKeys, k)
+		}
+	}
+	if o.RoutingKey == "" && len(prevKeys) > 0 {
+		o.RoutingKey = prevKeys[0]
+	}
+	if o.RoutingKey == "" {
+		k, err := NewRoutingKey()
+		if err != nil {
+			return nil, err
+		}
+		o.RoutingKey = k
+	}
+	if o.Token == "" {
+		s, err := c.Kube.CoreV1().Secrets(home).Get(ctx, SecretName(sb.Name), metav1.GetOptions{})
+		switch {
+		case err == nil && s.Labels[LabelSandbox] == sb.Name && len(s.Data[TokenKey]) > 0:
+			o.Token = string(s.Data[TokenKey])
+		case err != nil && !apierrors.IsNotFound(err):
+			return nil, fmt.Errorf("read Secret %s/%s: %w", home, SecretName(sb.Name), err)
+		default:
+			t, err := NewToken()
+			if err != nil {
+				return nil, err
+			}
+			o.Token = t
+		}
+	}
+
+	objs, err := Plan(ctx, LiveBaseline{C: c}, sb, o)
+	if err != nil {
+		return nil, err
+	}
+	for _, w := range objs.Warnings {
+		progress(Event{Action: ActionWarning, Message: w})
+	}
+
+	// Leases first: their UIDs are the owners of everything else. The home
+	// Lease records old and new namespaces until pruning is done, so an
+	// interrupted apply still knows where to clean up.
+	allNS := addNamespaces(nss, prevNS...)
+	owners := map[string]metav1.OwnerReference{}
+	for _, l := range objs.Leases {
+		if l.Namespace == home {
+			l.Annotations[AnnotationNamespaces] = strings.Join(allNS, ",")
+		}
+		live, err := applyLease(ctx, c, l, progress)
+		if err != nil {
+			return nil, err
+		}
+		owners[l.Namespace] = leaseOwner(live.Name, live.UID)
+	}
+	setOwner(objs, owners)
+
+	if err := applySecret(ctx, c, objs.Secret, progress); err != nil {
+		return nil, err
+	}
+	for _, s := range objs.Services {
+		if err := applyService(ctx, c, s, progress); err != nil {
+			return nil, err
+		}
+	}
+	if err := applyDeployment(ctx, c, objs.Relay, progress); err != nil {
+		return nil, err
+	}
+	touched := map[string]bool{}
+	for _, t := range objs.Routes {
+		touched[t.Namespace+"/"+t.Name] = true
+		if err := applyRoutes(ctx, c, t, o.RoutingKey, prevKeys, owners[t.Namespace], progress); err != nil {
+			return nil, err
+		}
+	}
+
+	if err := prune(ctx, c, objs, allNS, prevKeys, touched, progress); err != nil {
+		return nil, err
+	}
+	if len(allNS) != len(nss) {
+		// Pruning is done: the home Lease now lists only current namespaces.
+		for _, l := range objs.Leases {
+			if l.Namespace == home {
+				l.Annotations[AnnotationNamespaces] = strings.Join(nss, ",")
+				if _, err := applyLease(ctx, c, l, progress); err != nil {
+					return nil, err
+				}
+			}
+		}
+	}
+	return &Result{RoutingKey: o.RoutingKey, Token: o.Token, Namespace: home, RelayName: objs.Relay.Name, Objects: objs}, nil
+}
+
+// specHash digests what sbx writes for an object, so a later apply can tell
+// whether anything changed without comparing fields the API server fills.
+func specHash(v any) string {
+	b, err := json.Marshal(v)
+	if err != nil {
+		panic(fmt.Sprintf("sbx: marshal %T: %v", v, err)) // our own typed objects always marshal
+	}
+	sum := sha256.Sum256(b)
+	return hex.EncodeToString(sum[:12])
+}
+
+// objClient is the part of a typed client-go client apply needs.
+type objClient[T metav1.Object] interface {
+	Get(ctx context.Context, name string, opts metav1.GetOptions) (T, error)
+	Create(ctx context.Context, obj T, opts metav1.CreateOptions) (T, error)
+	Update(ctx context.Context, obj T, opts metav1.UpdateOptions) (T, error)
+}
+
+// upsert creates desired or updates the existing object when its spec hash
+// differs. keep copies fields the server owns from the existing object
+// into desired before an update. It refuses to touch an object of the same
+// name that is not this sandbox's.
+func upsert[T metav1.Object](ctx context.Context, cl objClient[T], kind string, desired T, hash string,
+	keep func(existing, desired T), progress func(Event)) (T, error) {
+
+	ns, name := desired.GetNamespace(), desired.GetName()
+	desired.SetAnnotations(withAnnotation(desired.GetAnnotations(), AnnotationSpecHash, hash))
+	var out T
+	action := ActionUnchanged
+	err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
+		existing, err := cl.Get(ctx, name, metav1.GetOptions{})
+		if apierrors.IsNotFound(err) {
+			out, err = cl.Create(ctx, desired, metav1.CreateOptions{})
+			action = ActionCreated
+			return err
+		}
+		if err != nil {
+			return err
+		}
+		if existing.GetLabels()[LabelSandbox] != desired.GetLabels()[LabelSandbox] || existing.GetLabels()[LabelManagedBy] != ManagedByValue {
+			return fmt.Errorf("%s %s/%s exists and does not belong to sbx sandbox %s; delete it or choose another sandbox name",
+				kind, ns, name, desired.GetLabels()[LabelSandbox])
+		}
+		if existing.GetAnnotations()[AnnotationSpecHash] == hash {
+			out, action = existing, ActionUnchanged
+			return nil
+		}
+		desired.SetResourceVersion(existing.GetResourceVersion())
+		if keep != nil {
+			keep(existing, desired)
+		}
+		out, err = cl.Update(ctx, desired, metav1.UpdateOptions{})
+		action = ActionUpdated
+		return err
+	})
+	if err != nil {
+		var zero T
+		return zero, fmt.Errorf("apply %s %s/%s: %w", kind, ns, name, err)
+	}
+	progress(Event{Action: action, Kind: kind, Namespace: ns, Name: name})
+	return out, nil
+}
+
+func applyLease(ctx context.Context, c Clients, l *coordinationv1.Lease, progress func(Event)) (*coordinationv1.Lease, error) {
+	hash := specHash(l)
+	now := metav1.NowMicro()
+	desired := l.DeepCopy()
+	desired.Spec.AcquireTime, desired.Spec.RenewTime = &now, &now
+	live, err := upsert(ctx, c.Kube.CoordinationV1().Leases(l.Namespace), "Lease", desired, hash,
+		func(existing, d *coordinationv1.Lease) { d.Spec.AcquireTime = existing.Spec.AcquireTime }, progress)
+	if err != nil {
+		return nil, err
+	}
+	if leaseExpiry(live).Before(now.Time) {
+		// Unchanged but expired (the daemon was away): renew it now so GC
+		// does not take the sandbox while it is being used again.
+		live.Spec.RenewTime = &now
+		live, err = c.Kube.CoordinationV1().Leases(l.Namespace).Update(ctx, live, metav1.UpdateOptions{})
+		if err != nil {
+			return nil, fmt.Errorf("renew Lease %s/%s: %w", l.Namespace, l.Name, err)
+		}
+	}
+	return live, nil
+}
+
+func applySecret(ctx context.Context, c Clients, s *corev1.Secret, progress func(Event)) error {
+	// Hash the token's digest, not the token: the annotation is readable by
+	// anyone who can get the Secret's metadata.
+	h := s.DeepCopy()
+	h.Data = map[string][]byte{TokenKey: []byte(tokenHash(string(s.Data[TokenKey])))}
+	_, err := upsert(ctx, c.Kube.CoreV1().Secrets(s.Namespace), "Secret", s.DeepCopy(), specHash(h), nil, progress)
+	return err
+}
+
+func applyService(ctx context.Context, c Clients, s *corev1.Service, progress func(Event)) error {
+	_, err := upsert(ctx, c.Kube.CoreV1().Services(s.Namespace), "Service", s.DeepCopy(), specHash(s),
+		func(existing, d *corev1.Service) {
+			// The cluster IP is immutable and assigned by the server.
+			d.Spec.ClusterIP, d.Spec.ClusterIPs = existing.Spec.ClusterIP, existing.Spec.ClusterIPs
+			d.Spec.IPFamilies, d.Spec.IPFamilyPolicy = existing.Spec.IPFamilies, existing.Spec.IPFamilyPolicy
+		}, progress)
+	return err
+}
+
+func applyDeployment(ctx context.Context, c Clients, d *appsv1.Deployment, progress func(Event)) error {
+	_, err := upsert(ctx, c.Kube.AppsV1().Deployments(d.Namespace), "Deployment", d.DeepCopy(), specHash(d), nil, progress)
+	return err
+}
+
+// applyRoutes writes the sandbox's routes into one VirtualService, creating
+// it when sbx owns it and it does not exist yet. Every write is a
+// read-modify-write retried on conflict, because CD and other sandboxes
+// write the same object.
+func applyRoutes(ctx context.Context, c Clients, t RouteTarget, key string, oldKeys []string, owner metav1.OwnerReference, progress func(Event)) error {
+	cl := c.Istio.NetworkingV1().VirtualServices(t.Namespace)
+	owner.Controller = nil
+	stale := slices.DeleteFunc(slices.Clone(oldKeys), func(k string) bool { return k == key })
+	action := ActionUnchanged
+	err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
+		vs, err := cl.Get(ctx, t.Name, metav1.GetOptions{})
+		if apierrors.IsNotFound(err) && t.Create {
+			nv := newOwnedVirtualService(t.Name, t.Namespace, t.Object.Annotations["sbx.dev/baseline-service"])
+			nv.Spec.Http, _ = mergeRoutes(nv.Spec.Http, key, t.Routes)
+			addOwner(&nv.ObjectMeta, owner)
+			_, err = cl.Create(ctx, nv, metav1.CreateOptions{})
+			action = ActionCreated
+			if apierrors.IsAlreadyExists(err) {
+				// Another sandbox created it first: retry as an update.
+				return apierrors.NewConflict(istionet.Resource("virtualservices"), t.Name, err)
+			}
+			return err
+		}
+		if err != nil {
+			return err
+		}
+		if vs.Annotations[AnnotationIgnore] == "true" {
+			return fmt.Errorf("it is marked %s: \"true\"", AnnotationIgnore)
+		}
+		http, changed := removeRoutes(vs.Spec.Http, stale...)
+		http, c2 := mergeRoutes(http, key, t.Routes)
+		changed = changed || c2
+		if vs.Labels[LabelManagedBy] == ManagedByValue && addOwner(&vs.ObjectMeta, owner) {
+			changed = true
+		}
+		if !changed {
+			action = ActionUnchanged
+			return nil
+		}
+		vs.Spec.Http = http
+		_, err = cl.Update(ctx, vs, metav1.UpdateOptions{})
+		action = ActionUpdated
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("add routes of key %s to VirtualService %s/%s: %w", key, t.Namespace, t.Name, err)
+	}
+	progress(Event{Action: action, Kind: "VirtualService", Namespace: t.Namespace, Name: t.Name,
+		Message: fmt.Sprintf("%d sandbox route(s)", len(t.Routes))})
+	return nil
+}

@@ -1,0 +1,396 @@
+package cluster
+
+import (
+	"encoding/json"
+	"fmt"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+
+	istionet "istio.io/client-go/pkg/apis/networking/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	k8stesting "k8s.io/client-go/testing"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/sbx-dev/sbx/cluster/spec"
+)
+
+type eventLog struct {
+	mu     sync.Mutex
+	events []Event
+}
+
+func (l *eventLog) add(e Event) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.events = append(l.events, e)
+}
+
+func (l *eventLog) actions() map[Action]int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	out := map[Action]int{}
+	for _, e := range l.events {
+		out[e.Action]++
+	}
+	return out
+}
+
+func getVS(t *testing.T, f *fakeClients, ns, name string) *istionet.VirtualService {
+	t.Helper()
+	vs, err := f.Istio.NetworkingV1().VirtualServices(ns).Get(t.Context(), name, metav1.GetOptions{})
+	require.NoError(t, err)
+	return vs
+}
+
+func routeNames(vs *istionet.VirtualService) []string {
+	var out []string
+	for _, r := range vs.Spec.Http {
+		out = append(out, r.GetName())
+	}
+	return out
+}
+
+func specJSON(t *testing.T, vs *istionet.VirtualService) string {
+	t.Helper()
+	b, err := json.Marshal(&vs.Spec)
+	require.NoError(t, err)
+	// protojson varies whitespace between runs on purpose; compare the
+	// canonical form.
+	var v any
+	require.NoError(t, json.Unmarshal(b, &v))
+	b, err = json.Marshal(v)
+	require.NoError(t, err)
+	return string(b)
+}
+
+func TestApplyCreatesAndIsIdempotent(t *testing.T) {
+	f := hotrodFake(t)
+	var log eventLog
+	res, err := Apply(t.Context(), f.Clients, threeSandbox(), testOptions(testKey), log.add)
+	require.NoError(t, err)
+	require.Equal(t, testKey, res.RoutingKey)
+	require.Equal(t, "hotrod", res.Namespace)
+	require.Equal(t, "sbx-alice-relay", res.RelayName)
+	require.Equal(t, 1, log.actions()[ActionUpdated], log.events)         // CD's route VirtualService
+	require.Equal(t, 1+1+1+3+2, log.actions()[ActionCreated], log.events) // lease, secret, deployment, 3 services, 2 own VSs
+	require.Equal(t, 1, log.actions()[ActionWarning])
+
+	lease, err := f.Kube.CoordinationV1().Leases("hotrod").Get(t.Context(), "sbx-alice", metav1.GetOptions{})
+	require.NoError(t, err)
+	require.NotNil(t, lease.Spec.RenewTime)
+	d, err := f.Kube.AppsV1().Deployments("hotrod").Get(t.Context(), "sbx-alice-relay", metav1.GetOptions{})
+	require.NoError(t, err)
+	require.Equal(t, lease.UID, d.OwnerReferences[0].UID, "owned by the Lease")
+	require.Equal(t, []string{"sbx-" + testKey + "-route-8083", "default"}, routeNames(getVS(t, f, "hotrod", "route")))
+	own := getVS(t, f, "hotrod", "driver-sbx")
+	require.Equal(t, lease.UID, own.OwnerReferences[0].UID)
+
+	// Second apply: nothing written.
+	f.clearActions()
+	var log2 eventLog
+	_, err = Apply(t.Context(), f.Clients, threeSandbox(), testOptions(testKey), log2.add)
+	require.NoError(t, err)
+	require.Empty(t, f.writes())
+	require.Zero(t, log2.actions()[ActionCreated]+log2.actions()[ActionUpdated]+log2.actions()[ActionDeleted])
+	require.Equal(t, 9, log2.actions()[ActionUnchanged])
+}
+
+func TestApplyReusesKeyAndToken(t *testing.T) {
+	f := hotrodFake(t)
+	o := Options{RelayImage: testImage}
+	r1, err := Apply(t.Context(), f.Clients, routeSandbox("alice"), o, nil)
+	require.NoError(t, err)
+	require.NoError(t, ValidateRoutingKey(r1.RoutingKey))
+	require.Len(t, r1.Token, 43)
+	f.clearActions()
+	r2, err := Apply(t.Context(), f.Clients, routeSandbox("alice"), o, nil)
+	require.NoError(t, err)
+	require.Equal(t, r1.RoutingKey, r2.RoutingKey)
+	require.Equal(t, r1.Token, r2.Token)
+	require.Empty(t, f.writes())
+
+	// A new token rolls the relay pod (it reads the token once).
+	d1, _ := f.Kube.AppsV1().Deployments("hotrod").Get(t.Context(), "sbx-alice-relay", metav1.GetOptions{})
+	o.Token = "another-token"
+	_, err = Apply(t.Context(), f.Clients, routeSandbox("alice"), o, nil)
+	require.NoError(t, err)
+	d2, _ := f.Kube.AppsV1().Deployments("hotrod").Get(t.Context(), "sbx-alice-relay", metav1.GetOptions{})
+	require.NotEqual(t, d1.Spec.Template.Annotations[AnnotationTokenHash], d2.Spec.Template.Annotations[AnnotationTokenHash])
+	require.NotContains(t, d2.Spec.Template.Annotations[AnnotationTokenHash], "another-token")
+	sec, _ := f.Kube.CoreV1().Secrets("hotrod").Get(t.Context(), "sbx-alice-token", metav1.GetOptions{})
+	require.Equal(t, "another-token", string(sec.Data["token"]))
+}
+
+func TestApplyUpdatesInPlaceAndPrunes(t *testing.T) {
+	f := hotrodFake(t)
+	_, err := Apply(t.Context(), f.Clients, threeSandbox(), testOptions(testKey), nil)
+	require.NoError(t, err)
+	cdBefore := specJSON(t, getVS(t, f, "hotrod", "route"))
+
+	// Drop driver, change the frontend's local port (no cluster change).
+	sb := threeSandbox()
+	sb.Spec.Local = sb.Spec.Local[:2]
+	sb.Spec.Local[0].Mappings[0].ToLocal = "localhost:9090"
+	f.clearActions()
+	var log eventLog
+	_, err = Apply(t.Context(), f.Clients, sb, testOptions(testKey), log.add)
+	require.NoError(t, err)
+	w := f.writes()
+	require.Contains(t, w, "update deployments hotrod/sbx-alice-relay")
+	require.Contains(t, w, "delete services hotrod/driver-sbx-"+testKey)
+	require.Contains(t, w, "delete virtualservices hotrod/driver-sbx")
+	require.Len(t, w, 3, w)
+	d, err := f.Kube.AppsV1().Deployments("hotrod").Get(t.Context(), "sbx-alice-relay", metav1.GetOptions{})
+	require.NoError(t, err)
+	require.NotContains(t, strings.Join(d.Spec.Template.Spec.Containers[0].Args, " "), "driver")
+	require.Equal(t, cdBefore, specJSON(t, getVS(t, f, "hotrod", "route")))
+
+	// A new routing key: new Services and routes, the old ones go.
+	f.clearActions()
+	_, err = Apply(t.Context(), f.Clients, sb, testOptions(testKey2), nil)
+	require.NoError(t, err)
+	require.Equal(t, []string{"sbx-" + testKey2 + "-route-8083", "default"}, routeNames(getVS(t, f, "hotrod", "route")))
+	svcs, err := f.Kube.CoreV1().Services("hotrod").List(t.Context(), metav1.ListOptions{LabelSelector: sandboxSelector("alice")})
+	require.NoError(t, err)
+	var names []string
+	for _, s := range svcs.Items {
+		names = append(names, s.Name)
+	}
+	require.ElementsMatch(t, []string{"frontend-sbx-" + testKey2, "route-sbx-" + testKey2}, names)
+	fe := getVS(t, f, "hotrod", "frontend-sbx")
+	require.Equal(t, []string{"sbx-" + testKey2 + "-frontend-8080", BaselineRouteName}, routeNames(fe))
+}
+
+func TestSharedVirtualServiceRestoredByteForByte(t *testing.T) {
+	f := hotrodFake(t)
+	before := specJSON(t, getVS(t, f, "hotrod", "route"))
+	beforeMeta := getVS(t, f, "hotrod", "route").ObjectMeta
+	_, err := Apply(t.Context(), f.Clients, routeSandbox("alice"), testOptions(testKey), nil)
+	require.NoError(t, err)
+	_, err = Apply(t.Context(), f.Clients, routeSandbox("bob"), testOptions(testKey2), nil)
+	require.NoError(t, err)
+	vs := getVS(t, f, "hotrod", "route")
+	require.Equal(t, []string{"sbx-" + testKey2 + "-route-8083", "sbx-" + testKey + "-route-8083", "default"}, routeNames(vs))
+	require.Equal(t, beforeMeta.Labels, vs.Labels)
+	require.Empty(t, vs.OwnerReferences, "CD's object is never owned by a sandbox")
+
+	// Re-applying alice does not reorder (bob's routes stay first).
+	f.clearActions()
+	_, err = Apply(t.Context(), f.Clients, routeSandbox("alice"), testOptions(testKey), nil)
+	require.NoError(t, err)
+	require.Empty(t, f.writes())
+
+	require.NoError(t, Delete(t.Context(), f.Clients, Ref{Name: "alice", Namespaces: []string{"hotrod"}}, nil))
+	require.Equal(t, []string{"sbx-" + testKey2 + "-route-8083", "default"}, routeNames(getVS(t, f, "hotrod", "route")))
+	require.NoError(t, Delete(t.Context(), f.Clients, Ref{Name: "bob"}, nil))
+	require.Equal(t, before, specJSON(t, getVS(t, f, "hotrod", "route")))
+}
+
+func TestTwoSandboxesShareOwnedVirtualService(t *testing.T) {
+	f := hotrodFake(t)
+	sbA, sbB := threeSandbox(), threeSandbox()
+	sbB.Name = "bob"
+	_, err := Apply(t.Context(), f.Clients, sbA, testOptions(testKey), nil)
+	require.NoError(t, err)
+	_, err = Apply(t.Context(), f.Clients, sbB, testOptions(testKey2), nil)
+	require.NoError(t, err)
+	own := getVS(t, f, "hotrod", "driver-sbx")
+	require.Equal(t, []string{"sbx-" + testKey2 + "-driver-8082", "sbx-" + testKey + "-driver-8082", BaselineRouteName}, routeNames(own))
+	require.Len(t, own.OwnerReferences, 2, "the garbage collector keeps it while either Lease exists")
+	// Both sandboxes' relays run side by side.
+	for _, n := range []string{"sbx-alice-relay", "sbx-bob-relay"} {
+		_, err := f.Kube.AppsV1().Deployments("hotrod").Get(t.Context(), n, metav1.GetOptions{})
+		require.NoError(t, err)
+	}
+
+	require.NoError(t, Delete(t.Context(), f.Clients, Ref{Name: "alice", Namespaces: []string{"hotrod"}}, nil))
+	own = getVS(t, f, "hotrod", "driver-sbx")
+	require.Equal(t, []string{"sbx-" + testKey2 + "-driver-8082", BaselineRouteName}, routeNames(own))
+	require.Len(t, own.OwnerReferences, 1)
+	require.Equal(t, "sbx-bob", own.OwnerReferences[0].Name)
+
+	require.NoError(t, Delete(t.Context(), f.Clients, Ref{Name: "bob", Namespaces: []string{"hotrod"}}, nil))
+	_, err = f.Istio.NetworkingV1().VirtualServices("hotrod").Get(t.Context(), "driver-sbx", metav1.GetOptions{})
+	require.True(t, apierrors.IsNotFound(err), "the last sandbox out removes sbx's VirtualService")
+	for _, list := range []func() (int, error){
+		func() (int, error) {
+			l, err := f.Kube.AppsV1().Deployments("hotrod").List(t.Context(), metav1.ListOptions{LabelSelector: LabelManagedBy + "=sbx"})
+			return len(l.Items), err
+		},
+		func() (int, error) {
+			l, err := f.Kube.CoreV1().Services("hotrod").List(t.Context(), metav1.ListOptions{LabelSelector: LabelManagedBy + "=sbx"})
+			return len(l.Items), err
+		},
+		func() (int, error) {
+			l, err := f.Kube.CoreV1().Secrets("hotrod").List(t.Context(), metav1.ListOptions{LabelSelector: LabelManagedBy + "=sbx"})
+			return len(l.Items), err
+		},
+		func() (int, error) {
+			l, err := f.Kube.CoordinationV1().Leases("hotrod").List(t.Context(), metav1.ListOptions{LabelSelector: LabelManagedBy + "=sbx"})
+			return len(l.Items), err
+		},
+	} {
+		n, err := list()
+		require.NoError(t, err)
+		require.Zero(t, n)
+	}
+	err = Delete(t.Context(), f.Clients, Ref{Name: "bob", Namespaces: []string{"hotrod"}}, nil)
+	require.ErrorIs(t, err, ErrSandboxNotFound)
+}
+
+// TestConcurrentAppliesRetryOnConflict applies many sandboxes at once to
+// the same VirtualServices. The fake enforces resourceVersions like the API
+// server, and a reactor injects extra conflicts; every route must land and
+// CD's route must survive.
+func TestConcurrentAppliesRetryOnConflict(t *testing.T) {
+	f := hotrodFake(t)
+	var injected, conflicts atomic.Int64
+	f.istio.PrependReactor("update", "virtualservices", func(a k8stesting.Action) (bool, runtime.Object, error) {
+		if injected.Add(1)%3 == 0 {
+			conflicts.Add(1)
+			return true, nil, apierrors.NewConflict(istionet.Resource("virtualservices"), "x", fmt.Errorf("injected"))
+		}
+		return false, nil, nil
+	})
+	const n = 6
+	keys := make([]string, n)
+	var wg sync.WaitGroup
+	errs := make([]error, n)
+	for i := range n {
+		k, err := NewRoutingKey()
+		require.NoError(t, err)
+		keys[i] = k
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			sb := threeSandbox()
+			sb.Name = fmt.Sprintf("dev%d", i)
+			_, errs[i] = Apply(t.Context(), f.Clients, sb, testOptions(k), nil)
+		}()
+	}
+	wg.Wait()
+	for _, err := range errs {
+		require.NoError(t, err)
+	}
+	require.Positive(t, conflicts.Load())
+	for _, vsName := range []string{"route", "driver-sbx", "frontend-sbx"} {
+		vs := getVS(t, f, "hotrod", vsName)
+		names := strings.Join(routeNames(vs), ",")
+		for _, k := range keys {
+			require.Contains(t, names, "sbx-"+k+"-", vsName)
+		}
+		require.Len(t, vs.Spec.Http, n+1, names)
+	}
+	require.Equal(t, "default", routeNames(getVS(t, f, "hotrod", "route"))[n])
+	require.Len(t, getVS(t, f, "hotrod", "driver-sbx").OwnerReferences, n)
+
+	// And concurrent deletes leave CD's object as it was.
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errs[i] = Delete(t.Context(), f.Clients, Ref{Name: fmt.Sprintf("dev%d", i), Namespaces: []string{"hotrod"}}, nil)
+		}()
+	}
+	wg.Wait()
+	for _, err := range errs {
+		require.NoError(t, err)
+	}
+	require.Equal(t, []string{"default"}, routeNames(getVS(t, f, "hotrod", "route")))
+}
+
+func TestApplyRefusesIgnoredVirtualService(t *testing.T) {
+	m := hotrodManifests(t)
+	objs := m.Objects()
+	for _, o := range objs {
+		if vs, ok := o.(*istionet.VirtualService); ok && vs.Name == "route" {
+			vs.Annotations = map[string]string{AnnotationIgnore: "true"}
+		}
+	}
+	f := newFake(t, objs...)
+	_, err := Apply(t.Context(), f.Clients, routeSandbox("alice"), testOptions(testKey), nil)
+	require.ErrorContains(t, err, `VirtualService hotrod/route routes Service route and is marked sbx.dev/ignore: "true"`)
+	require.Empty(t, f.writes(), "nothing is written when the plan is refused")
+}
+
+func TestApplyMultiNamespace(t *testing.T) {
+	m := hotrodManifests(t)
+	objs := m.Objects()
+	pay, err := ParseManifests(strings.NewReader(`
+apiVersion: apps/v1
+kind: StatefulSet
+metadata: {name: billing, namespace: payments}
+spec:
+  selector: {matchLabels: {app: billing}}
+  template:
+    metadata: {labels: {app: billing}}
+    spec: {containers: [{name: b, image: b}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: billing, namespace: payments}
+spec:
+  selector: {app: billing}
+  ports: [{name: http, port: 9000}]
+`), "default")
+	require.NoError(t, err)
+	f := newFake(t, append(objs, pay.Objects()...)...)
+	sb := routeSandbox("alice")
+	sb.Spec.Local = append(sb.Spec.Local, spec.Local{
+		Name: "billing", From: spec.Workload{Kind: spec.KindStatefulSet, Namespace: "payments", Name: "billing"},
+		Mappings: []spec.Mapping{{Port: 9000, ToLocal: "localhost:9000"}},
+	})
+	res, err := Apply(t.Context(), f.Clients, sb, testOptions(testKey), nil)
+	require.NoError(t, err)
+	require.Equal(t, []string{"hotrod", "payments"}, res.Objects.Namespaces)
+
+	// One relay, in the first namespace; the billing Service lives next to
+	// it and the payments VirtualService routes across namespaces to it.
+	_, err = f.Kube.CoreV1().Services("hotrod").Get(t.Context(), "billing-sbx-"+testKey, metav1.GetOptions{})
+	require.NoError(t, err)
+	vs := getVS(t, f, "payments", "billing-sbx")
+	require.Equal(t, "billing-sbx-"+testKey+".hotrod.svc.cluster.local", vs.Spec.Http[0].Route[0].Destination.Host)
+	payLease, err := f.Kube.CoordinationV1().Leases("payments").Get(t.Context(), "sbx-alice", metav1.GetOptions{})
+	require.NoError(t, err)
+	require.Equal(t, payLease.UID, vs.OwnerReferences[0].UID, "owned by the Lease of its own namespace")
+	home, err := f.Kube.CoordinationV1().Leases("hotrod").Get(t.Context(), "sbx-alice", metav1.GetOptions{})
+	require.NoError(t, err)
+	require.Equal(t, "hotrod,payments", home.Annotations[AnnotationNamespaces])
+
+	// Dropping the payments workload prunes its namespace.
+	f.clearActions()
+	_, err = Apply(t.Context(), f.Clients, routeSandbox("alice"), testOptions(testKey), nil)
+	require.NoError(t, err)
+	_, err = f.Kube.CoordinationV1().Leases("payments").Get(t.Context(), "sbx-alice", metav1.GetOptions{})
+	require.True(t, apierrors.IsNotFound(err))
+	_, err = f.Istio.NetworkingV1().VirtualServices("payments").Get(t.Context(), "billing-sbx", metav1.GetOptions{})
+	require.True(t, apierrors.IsNotFound(err))
+	home, err = f.Kube.CoordinationV1().Leases("hotrod").Get(t.Context(), "sbx-alice", metav1.GetOptions{})
+	require.NoError(t, err)
+	require.Equal(t, "hotrod", home.Annotations[AnnotationNamespaces])
+
+	// Delete without namespaces finds everything through the Leases.
+	_, err = Apply(t.Context(), f.Clients, sb, testOptions(testKey), nil)
+	require.NoError(t, err)
+	require.NoError(t, Delete(t.Context(), f.Clients, Ref{Name: "alice"}, nil))
+	for _, ns := range []string{"hotrod", "payments"} {
+		l, err := f.Kube.CoordinationV1().Leases(ns).List(t.Context(), metav1.ListOptions{})
+		require.NoError(t, err)
+		require.Empty(t, l.Items)
+	}
+	_, err = f.Istio.NetworkingV1().VirtualServices("payments").Get(t.Context(), "billing-sbx", metav1.GetOptions{})
+	require.True(t, apierrors.IsNotFound(err))
+}
+
+func TestApplyRefusesForeignObject(t *testing.T) {
+	f := hotrodFake(t)
+	_, err := f.Kube.CoreV1().Secrets("hotrod").Create(t.Context(), &corevSecret, metav1.CreateOptions{})
+	require.NoError(t, err)
+	_, err = Apply(t.Context(), f.Clients, routeSandbox("alice"), testOptions(testKey), nil)
+	require.ErrorContains(t, err, "Secret hotrod/sbx-alice-token exists and does not belong to sbx sandbox alice")
+}

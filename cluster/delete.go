@@ -1,0 +1,275 @@
+package cluster
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"sort"
+
+	istionet "istio.io/client-go/pkg/apis/networking/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/client-go/util/retry"
+	"k8s.io/utils/ptr"
+)
+
+// ErrSandboxNotFound is returned (wrapped) by Delete when the cluster has no
+// object of the sandbox.
+var ErrSandboxNotFound = errors.New("sandbox not found")
+
+// Ref names a sandbox in the cluster.
+type Ref struct {
+	Name string
+	// Namespaces to look in. Empty means every namespace, which needs
+	// cluster-wide list permission on Leases.
+	Namespaces []string
+}
+
+// namespaces returns where the sandbox has objects: the given namespaces,
+// or those of its Leases found cluster-wide; plus any a home Lease lists.
+func (r Ref) namespaces(ctx context.Context, c Clients) ([]string, error) {
+	if len(r.Namespaces) > 0 {
+		return r.Namespaces, nil
+	}
+	sel := labels.Set{LabelManagedBy: ManagedByValue, LabelSandbox: r.Name}.String()
+	list, err := c.Kube.CoordinationV1().Leases(metav1.NamespaceAll).List(ctx, metav1.ListOptions{LabelSelector: sel})
+	if err != nil {
+		return nil, fmt.Errorf("find the Leases of sandbox %s in all namespaces: %w (pass the namespaces if you may not list cluster-wide)", r.Name, err)
+	}
+	var out []string
+	for i := range list.Items {
+		out = addNamespaces(out, list.Items[i].Namespace)
+		if _, ok := list.Items[i].Annotations[AnnotationNamespaces]; ok {
+			out = addNamespaces(out, leaseNamespaces(&list.Items[i])...)
+		}
+	}
+	return out, nil
+}
+
+// sandboxSelector selects every object of a sandbox.
+func sandboxSelector(name string) string {
+	return labels.Set{LabelManagedBy: ManagedByValue, LabelSandbox: name}.String()
+}
+
+// Delete removes everything the sandbox created: its routes inside shared
+// VirtualServices (which the garbage collector cannot), the relay
+// Deployment, Services, Secret, and last the Leases. Objects already gone
+// are fine; a sandbox with no objects at all gives ErrSandboxNotFound.
+func Delete(ctx context.Context, c Clients, ref Ref, progress func(Event)) error {
+	if progress == nil {
+		progress = func(Event) {}
+	}
+	nss, err := ref.namespaces(ctx, c)
+	if err != nil {
+		return err
+	}
+	sel := sandboxSelector(ref.Name)
+	found := false
+	// Routing keys from the Leases and the relay: every key the sandbox
+	// ever used that still has objects.
+	var keys []string
+	for _, ns := range nss {
+		l, err := c.Kube.CoordinationV1().Leases(ns).Get(ctx, LeaseName(ref.Name), metav1.GetOptions{})
+		if err == nil && l.Labels[LabelSandbox] == ref.Name {
+			found = true
+			nss = addNamespaces(nss, leaseNamespaces(l)...)
+			keys = addKey(keys, l.Labels[LabelRoutingKey])
+		} else if err != nil && !apierrors.IsNotFound(err) {
+			return fmt.Errorf("read Lease %s/%s: %w", ns, LeaseName(ref.Name), err)
+		}
+		deps, err := c.Kube.AppsV1().Deployments(ns).List(ctx, metav1.ListOptions{LabelSelector: sel})
+		if err != nil {
+			return fmt.Errorf("list Deployments of sandbox %s in %s: %w", ref.Name, ns, err)
+		}
+		for _, d := range deps.Items {
+			keys = addKey(keys, d.Labels[LabelRoutingKey])
+		}
+	}
+	if len(keys) > 0 {
+		found = true
+	}
+	for _, ns := range nss {
+		n, err := stripRoutes(ctx, c, ns, ref.Name, keys, nil, progress)
+		if err != nil {
+			return err
+		}
+		if n > 0 {
+			found = true
+		}
+	}
+	keep := func(string, string) bool { return false }
+	n, err := deleteObjects(ctx, c, nss, ref.Name, keep, true, progress)
+	if err != nil {
+		return err
+	}
+	if !found && n == 0 {
+		return fmt.Errorf("sandbox %s in namespaces %v: %w", ref.Name, nss, ErrSandboxNotFound)
+	}
+	return nil
+}
+
+func addKey(keys []string, k string) []string {
+	if ValidateRoutingKey(k) == nil && !slices.Contains(keys, k) {
+		return append(keys, k)
+	}
+	return keys
+}
+
+// prune removes what an earlier apply of the sandbox created and the
+// current objects no longer include: objects of dropped workloads or
+// namespaces, objects named after an old key, and old routes.
+func prune(ctx context.Context, c Clients, objs *Objects, nss, prevKeys []string, touched map[string]bool, progress func(Event)) error {
+	want := map[string]bool{}
+	add := func(kind string, m metav1.Object) { want[kind+"/"+m.GetNamespace()+"/"+m.GetName()] = true }
+	for _, l := range objs.Leases {
+		add("Lease", l)
+	}
+	add("Secret", objs.Secret)
+	add("Deployment", objs.Relay)
+	for _, s := range objs.Services {
+		add("Service", s)
+	}
+	keys := addKey(slices.Clone(prevKeys), objs.RoutingKey)
+	for _, ns := range nss {
+		if _, err := stripRoutes(ctx, c, ns, objs.Sandbox, keys, touched, progress); err != nil {
+			return err
+		}
+	}
+	_, err := deleteObjects(ctx, c, nss, objs.Sandbox, func(kind, id string) bool { return want[kind+"/"+id] }, false, progress)
+	return err
+}
+
+// stripRoutes removes the routes of the given keys from every
+// VirtualService of a namespace except those in skip ("ns/name"), and
+// deletes a VirtualService sbx created once no sandbox has routes in it.
+// It returns how many VirtualServices it changed.
+func stripRoutes(ctx context.Context, c Clients, ns, sandbox string, keys []string, skip map[string]bool, progress func(Event)) (int, error) {
+	if len(keys) == 0 {
+		return 0, nil
+	}
+	cl := c.Istio.NetworkingV1().VirtualServices(ns)
+	list, err := cl.List(ctx, metav1.ListOptions{})
+	if err != nil {
+		if apierrors.IsNotFound(err) {
+			return 0, nil // no Istio: no routes to remove
+		}
+		return 0, fmt.Errorf("list VirtualServices in %s: %w", ns, err)
+	}
+	changed := 0
+	for _, item := range list.Items {
+		if skip[ns+"/"+item.Name] {
+			continue
+		}
+		if _, has := removeRoutes(item.Spec.Http, keys...); !has && !hasOwner(item, LeaseName(sandbox)) {
+			continue
+		}
+		var action Action
+		err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
+			vs, err := cl.Get(ctx, item.Name, metav1.GetOptions{})
+			if err != nil {
+				return err
+			}
+			http, _ := removeRoutes(vs.Spec.Http, keys...)
+			if vs.Labels[LabelManagedBy] == ManagedByValue {
+				removeOwner(&vs.ObjectMeta, "Lease", LeaseName(sandbox))
+				if !hasSandboxRoutes(http) {
+					action = ActionDeleted
+					// Precondition: delete only the version we looked at, so a
+					// sandbox adding its routes meanwhile is not wiped out.
+					return cl.Delete(ctx, vs.Name, metav1.DeleteOptions{Preconditions: &metav1.Preconditions{ResourceVersion: ptr.To(vs.ResourceVersion)}})
+				}
+			}
+			vs.Spec.Http = http
+			action = ActionUpdated
+			_, err = cl.Update(ctx, vs, metav1.UpdateOptions{})
+			return err
+		})
+		if apierrors.IsNotFound(err) {
+			continue
+		}
+		if err != nil {
+			return changed, fmt.Errorf("remove routes of sandbox %s from VirtualService %s/%s: %w", sandbox, ns, item.Name, err)
+		}
+		changed++
+		progress(Event{Action: action, Kind: "VirtualService", Namespace: ns, Name: item.Name, Message: "removed the sandbox's routes"})
+	}
+	return changed, nil
+}
+
+func hasOwner(vs *istionet.VirtualService, leaseName string) bool {
+	for _, o := range vs.OwnerReferences {
+		if o.Kind == "Lease" && o.Name == leaseName {
+			return true
+		}
+	}
+	return false
+}
+
+// deleteObjects deletes the sandbox's objects in the namespaces, except
+// those keep accepts (by kind and "ns/name"). Leases go last (and only when
+// withLeases or not kept) since they own the rest.
+func deleteObjects(ctx context.Context, c Clients, nss []string, sandbox string, keep func(kind, id string) bool, withLeases bool, progress func(Event)) (int, error) {
+	sel := metav1.ListOptions{LabelSelector: sandboxSelector(sandbox)}
+	bg := metav1.DeletePropagationBackground
+	opts := metav1.DeleteOptions{PropagationPolicy: &bg}
+	n := 0
+	del := func(kind, ns, name string, f func() error) error {
+		if keep(kind, ns+"/"+name) {
+			return nil
+		}
+		if err := f(); err != nil && !apierrors.IsNotFound(err) {
+			return fmt.Errorf("delete %s %s/%s: %w", kind, ns, name, err)
+		}
+		n++
+		progress(Event{Action: ActionDeleted, Kind: kind, Namespace: ns, Name: name})
+		return nil
+	}
+	sorted := slices.Clone(nss)
+	sort.Strings(sorted)
+	for _, ns := range sorted {
+		deps, err := c.Kube.AppsV1().Deployments(ns).List(ctx, sel)
+		if err != nil {
+			return n, fmt.Errorf("list Deployments in %s: %w", ns, err)
+		}
+		for _, d := range deps.Items {
+			if err := del("Deployment", ns, d.Name, func() error { return c.Kube.AppsV1().Deployments(ns).Delete(ctx, d.Name, opts) }); err != nil {
+				return n, err
+			}
+		}
+		svcs, err := c.Kube.CoreV1().Services(ns).List(ctx, sel)
+		if err != nil {
+			return n, fmt.Errorf("list Services in %s: %w", ns, err)
+		}
+		for _, s := range svcs.Items {
+			if err := del("Service", ns, s.Name, func() error { return c.Kube.CoreV1().Services(ns).Delete(ctx, s.Name, opts) }); err != nil {
+				return n, err
+			}
+		}
+		secs, err := c.Kube.CoreV1().Secrets(ns).List(ctx, sel)
+		if err != nil {
+			return n, fmt.Errorf("list Secrets in %s: %w", ns, err)
+		}
+		for _, s := range secs.Items {
+			if err := del("Secret", ns, s.Name, func() error { return c.Kube.CoreV1().Secrets(ns).Delete(ctx, s.Name, opts) }); err != nil {
+				return n, err
+			}
+		}
+	}
+	for _, ns := range sorted {
+		leases, err := c.Kube.CoordinationV1().Leases(ns).List(ctx, sel)
+		if err != nil {
+			return n, fmt.Errorf("list Leases in %s: %w", ns, err)
+		}
+		for _, l := range leases.Items {
+			if !withLeases && keep("Lease", ns+"/"+l.Name) {
+				continue
+			}
+			if err := del("Lease", ns, l.Name, func() error { return c.Kube.CoordinationV1().Leases(ns).Delete(ctx, l.Name, opts) }); err != nil {
+				return n, err
+			}
+		}
+	}
+	return n, nil
+}

@@ -1,0 +1,184 @@
+package cluster
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"time"
+
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
+	"k8s.io/utils/ptr"
+)
+
+// Relay ports and timings. They are part of the relay command-line
+// contract (see the relay package).
+const (
+	// TunnelPort is the relay's tunnel listener, bound to 127.0.0.1 so it is
+	// reachable only through a port-forward.
+	TunnelPort = 7000
+	// HealthPort serves /healthz, /readyz and /metrics on all interfaces.
+	HealthPort = 7001
+	// FirstInboundPort is the relay container port of the first mapping;
+	// each further mapping takes the next port.
+	FirstInboundPort = 20001
+	// TokenEnv is the relay's token environment variable.
+	TokenEnv = "SBX_RELAY_TOKEN"
+	// TokenKey is the Secret key holding the token.
+	TokenKey = "token"
+	// RelayUID is the numeric non-root user the relay runs as (the
+	// distroless "nonroot" user).
+	RelayUID = 65532
+
+	relayGrace        = 10 * time.Second
+	relayDrainTimeout = 20 * time.Second
+	relayContainer    = "relay"
+)
+
+// relayPodLabels are the relay pod's labels. Every key is sbx's own
+// (app.kubernetes.io/managed-by=sbx or sbx.dev/…), so no baseline Service
+// selector can match them; Plan also checks that against the real Services.
+func relayPodLabels(sandbox, key string) map[string]string {
+	return map[string]string{
+		LabelManagedBy:  ManagedByValue,
+		LabelSandbox:    sandbox,
+		LabelRoutingKey: key,
+		LabelComponent:  "relay",
+	}
+}
+
+// relaySelector selects the relay pods of a sandbox. It leaves out the
+// routing key because a Deployment's selector is immutable and the key may
+// change on a later apply.
+func relaySelector(sandbox string) map[string]string {
+	return map[string]string{LabelSandbox: sandbox, LabelComponent: "relay"}
+}
+
+// RelayArgs returns the `sbx relay` arguments for a sandbox, exactly as the
+// relay command-line contract specifies.
+func RelayArgs(sandbox string, workloads []ResolvedWorkload) []string {
+	args := []string{"relay",
+		"--sandbox", sandbox,
+		"--listen", fmt.Sprintf("127.0.0.1:%d", TunnelPort),
+		"--health-listen", fmt.Sprintf(":%d", HealthPort),
+	}
+	for _, w := range workloads {
+		for _, p := range w.Ports {
+			args = append(args, "--inbound", fmt.Sprintf("%d=%s/%d/%s", p.RelayPort, w.Local.Name, p.Port, p.Protocol))
+		}
+	}
+	return append(args, "--grace", relayGrace.String(), "--drain-timeout", relayDrainTimeout.String())
+}
+
+func tokenHash(token string) string {
+	if token == TokenPlaceholder {
+		return TokenPlaceholder
+	}
+	sum := sha256.Sum256([]byte("sbx-token:" + token))
+	return hex.EncodeToString(sum[:8])
+}
+
+func relayDeployment(sandbox, namespace, key, token, image string, workloads []ResolvedWorkload) *appsv1.Deployment {
+	ports := []corev1.ContainerPort{
+		{Name: "tunnel", ContainerPort: TunnelPort, Protocol: corev1.ProtocolTCP},
+		{Name: "health", ContainerPort: HealthPort, Protocol: corev1.ProtocolTCP},
+	}
+	for _, w := range workloads {
+		for _, p := range w.Ports {
+			ports = append(ports, corev1.ContainerPort{Name: fmt.Sprintf("in-%d", p.RelayPort), ContainerPort: p.RelayPort, Protocol: corev1.ProtocolTCP})
+		}
+	}
+	probe := func(path string, period int32) *corev1.Probe {
+		return &corev1.Probe{
+			ProbeHandler: corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{
+				Path: path, Port: intstr.FromString("health"), Scheme: corev1.URISchemeHTTP,
+			}},
+			PeriodSeconds: period, TimeoutSeconds: 2, FailureThreshold: 3,
+		}
+	}
+	podLabels := relayPodLabels(sandbox, key)
+	return &appsv1.Deployment{
+		TypeMeta:   metav1.TypeMeta{APIVersion: "apps/v1", Kind: "Deployment"},
+		ObjectMeta: objectMeta(RelayName(sandbox), namespace, sandbox, key),
+		Spec: appsv1.DeploymentSpec{
+			Replicas:             ptr.To[int32](1),
+			RevisionHistoryLimit: ptr.To[int32](2),
+			Selector:             &metav1.LabelSelector{MatchLabels: relaySelector(sandbox)},
+			// Keep the old relay until the new one is ready: the daemon moves
+			// to the new pod instead of losing the tunnel for a restart.
+			Strategy: appsv1.DeploymentStrategy{
+				Type: appsv1.RollingUpdateDeploymentStrategyType,
+				RollingUpdate: &appsv1.RollingUpdateDeployment{
+					MaxUnavailable: ptr.To(intstr.FromInt32(0)),
+					MaxSurge:       ptr.To(intstr.FromInt32(1)),
+				},
+			},
+			Template: corev1.PodTemplateSpec{
+				ObjectMeta: metav1.ObjectMeta{
+					Labels:      podLabels,
+					Annotations: map[string]string{AnnotationTokenHash: tokenHash(token)},
+				},
+				Spec: corev1.PodSpec{
+					AutomountServiceAccountToken:  ptr.To(false),
+					EnableServiceLinks:            ptr.To(false),
+					TerminationGracePeriodSeconds: ptr.To(int64((relayGrace + relayDrainTimeout + 5*time.Second) / time.Second)),
+					SecurityContext: &corev1.PodSecurityContext{
+						RunAsNonRoot:   ptr.To(true),
+						RunAsUser:      ptr.To[int64](RelayUID),
+						RunAsGroup:     ptr.To[int64](RelayUID),
+						SeccompProfile: &corev1.SeccompProfile{Type: corev1.SeccompProfileTypeRuntimeDefault},
+					},
+					Containers: []corev1.Container{{
+						Name:    relayContainer,
+						Image:   image,
+						Command: []string{"sbx"},
+						Args:    RelayArgs(sandbox, workloads),
+						Env: []corev1.EnvVar{{
+							Name: TokenEnv,
+							ValueFrom: &corev1.EnvVarSource{SecretKeyRef: &corev1.SecretKeySelector{
+								LocalObjectReference: corev1.LocalObjectReference{Name: SecretName(sandbox)},
+								Key:                  TokenKey,
+							}},
+						}},
+						Ports:          ports,
+						ReadinessProbe: probe("/readyz", 2),
+						LivenessProbe:  probe("/healthz", 10),
+						Resources: corev1.ResourceRequirements{
+							Requests: corev1.ResourceList{
+								corev1.ResourceCPU:    resource.MustParse("20m"),
+								corev1.ResourceMemory: resource.MustParse("32Mi"),
+							},
+							Limits: corev1.ResourceList{
+								corev1.ResourceCPU:    resource.MustParse("1"),
+								corev1.ResourceMemory: resource.MustParse("256Mi"),
+							},
+						},
+						SecurityContext: &corev1.SecurityContext{
+							AllowPrivilegeEscalation: ptr.To(false),
+							ReadOnlyRootFilesystem:   ptr.To(true),
+							RunAsNonRoot:             ptr.To(true),
+							Capabilities:             &corev1.Capabilities{Drop: []corev1.Capability{"ALL"}},
+						},
+						TerminationMessagePolicy: corev1.TerminationMessageFallbackToLogsOnError,
+					}},
+				},
+			},
+		},
+	}
+}
+
+// objectMeta is the metadata every per-sandbox object carries.
+func objectMeta(name, namespace, sandbox, key string) metav1.ObjectMeta {
+	return metav1.ObjectMeta{
+		Name:      name,
+		Namespace: namespace,
+		Labels: map[string]string{
+			LabelManagedBy:  ManagedByValue,
+			LabelSandbox:    sandbox,
+			LabelRoutingKey: key,
+		},
+	}
+}

@@ -1,0 +1,191 @@
+package cluster
+
+import (
+	"context"
+	"errors"
+	"testing"
+	"time"
+
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/stretchr/testify/require"
+)
+
+// ageLease moves a sandbox's Lease renewal into the past.
+func ageLease(t *testing.T, f *fakeClients, ns, sandbox string, renewed time.Time) {
+	t.Helper()
+	l, err := f.Kube.CoordinationV1().Leases(ns).Get(t.Context(), LeaseName(sandbox), metav1.GetOptions{})
+	require.NoError(t, err)
+	l.Spec.RenewTime = &metav1.MicroTime{Time: renewed}
+	_, err = f.Kube.CoordinationV1().Leases(ns).Update(t.Context(), l, metav1.UpdateOptions{})
+	require.NoError(t, err)
+}
+
+func TestListRenewAndGC(t *testing.T) {
+	f := hotrodFake(t)
+	for _, n := range []string{"alice", "bob", "carol"} {
+		_, err := Apply(t.Context(), f.Clients, routeSandbox(n), testOptions(map[string]string{"alice": testKey, "bob": testKey2, "carol": "c0c0c0c0c0c0c"}[n]), nil)
+		require.NoError(t, err)
+	}
+	now := time.Now()
+	ageLease(t, f, "hotrod", "alice", now.Add(-time.Hour))      // expired long ago
+	ageLease(t, f, "hotrod", "bob", now.Add(-90*time.Second))   // expired 30s ago: within grace
+	ageLease(t, f, "hotrod", "carol", now.Add(-10*time.Second)) // alive
+
+	infos, err := List(t.Context(), f.Clients, []string{"hotrod"}, now)
+	require.NoError(t, err)
+	require.Len(t, infos, 3)
+	require.Equal(t, "alice", infos[0].Name)
+	require.Equal(t, testKey, infos[0].RoutingKey)
+	require.Equal(t, "hotrod", infos[0].Namespace)
+	require.Equal(t, "alice@laptop", infos[0].Holder)
+	require.Equal(t, "route on my laptop", infos[0].Description)
+	require.Equal(t, map[string]string{"team": "backend"}, infos[0].Labels)
+	require.True(t, infos[0].Expired)
+	require.True(t, infos[1].Expired)
+	require.False(t, infos[2].Expired)
+	require.False(t, infos[2].RelayReady)
+
+	// Cluster-wide listing finds the same.
+	all, err := List(t.Context(), f.Clients, nil, now)
+	require.NoError(t, err)
+	require.Len(t, all, 3)
+
+	// Dry run deletes nothing.
+	f.clearActions()
+	gone, err := GC(t.Context(), f.Clients, GCOptions{Namespaces: []string{"hotrod"}, Grace: 45 * time.Second, Now: now, DryRun: true}, nil)
+	require.NoError(t, err)
+	require.Equal(t, []string{"alice"}, gone)
+	require.Empty(t, f.writes())
+
+	var log eventLog
+	gone, err = GC(t.Context(), f.Clients, GCOptions{Namespaces: []string{"hotrod"}, Grace: 45 * time.Second, Now: now}, log.add)
+	require.NoError(t, err)
+	require.Equal(t, []string{"alice"}, gone)
+	require.Positive(t, log.actions()[ActionDeleted])
+	_, err = f.Kube.AppsV1().Deployments("hotrod").Get(t.Context(), "sbx-alice-relay", metav1.GetOptions{})
+	require.True(t, apierrors.IsNotFound(err))
+	require.NotContains(t, routeNames(getVS(t, f, "hotrod", "route")), "sbx-"+testKey+"-route-8083")
+
+	// Renewing bob saves it from the next GC.
+	require.NoError(t, RenewLease(t.Context(), f.Clients, Ref{Name: "bob", Namespaces: []string{"hotrod"}}, now))
+	gone, err = GC(t.Context(), f.Clients, GCOptions{Grace: 0, Now: now.Add(30 * time.Second)}, nil)
+	require.NoError(t, err)
+	require.Empty(t, gone)
+	gone, err = GC(t.Context(), f.Clients, GCOptions{Grace: 0, Now: now.Add(2 * time.Minute)}, nil)
+	require.NoError(t, err)
+	require.ElementsMatch(t, []string{"bob", "carol"}, gone)
+	require.Equal(t, []string{"default"}, routeNames(getVS(t, f, "hotrod", "route")))
+
+	err = RenewLease(t.Context(), f.Clients, Ref{Name: "bob", Namespaces: []string{"hotrod"}}, now)
+	require.ErrorContains(t, err, "it is gone")
+}
+
+func TestApplyRenewsExpiredLease(t *testing.T) {
+	f := hotrodFake(t)
+	_, err := Apply(t.Context(), f.Clients, routeSandbox("alice"), testOptions(testKey), nil)
+	require.NoError(t, err)
+	ageLease(t, f, "hotrod", "alice", time.Now().Add(-time.Hour))
+	_, err = Apply(t.Context(), f.Clients, routeSandbox("alice"), testOptions(testKey), nil)
+	require.NoError(t, err)
+	l, err := f.Kube.CoordinationV1().Leases("hotrod").Get(t.Context(), "sbx-alice", metav1.GetOptions{})
+	require.NoError(t, err)
+	require.True(t, leaseExpiry(l).After(time.Now()))
+}
+
+func relayPod(name string, created time.Time, mutate func(*corev1.Pod)) *corev1.Pod {
+	p := &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: "hotrod", CreationTimestamp: metav1.NewTime(created),
+			Labels: relayPodLabels("alice", testKey)},
+		Status: corev1.PodStatus{Phase: corev1.PodPending},
+	}
+	mutate(p)
+	return p
+}
+
+func ready(p *corev1.Pod) {
+	p.Status.Phase = corev1.PodRunning
+	p.Status.Conditions = []corev1.PodCondition{{Type: corev1.PodReady, Status: corev1.ConditionTrue}}
+	p.Status.ContainerStatuses = []corev1.ContainerStatus{{Name: "relay", Ready: true}}
+}
+
+func TestWaitRelay(t *testing.T) {
+	base := time.Now()
+	o := WaitOptions{Namespace: "hotrod", Sandbox: "alice", RoutingKey: testKey, Interval: time.Millisecond, RelayImage: testImage}
+
+	t.Run("image pull error fails fast with a hint", func(t *testing.T) {
+		f := hotrodFake(t, relayPod("sbx-alice-relay-1", base, func(p *corev1.Pod) {
+			p.Status.ContainerStatuses = []corev1.ContainerStatus{{Name: "relay", State: corev1.ContainerState{
+				Waiting: &corev1.ContainerStateWaiting{Reason: "ImagePullBackOff", Message: "Back-off pulling image"}}}}
+		}))
+		_, err := WaitRelay(t.Context(), f.Clients, o, nil)
+		var re *RelayError
+		require.True(t, errors.As(err, &re))
+		require.Equal(t, "sbx-alice-relay-1", re.Pod)
+		require.ErrorContains(t, err, "relay pod hotrod/sbx-alice-relay-1 not ready: ImagePullBackOff")
+		require.ErrorContains(t, err, "--relay-image")
+		require.ErrorContains(t, err, testImage)
+	})
+
+	t.Run("crash loop names the logs command", func(t *testing.T) {
+		f := hotrodFake(t, relayPod("p1", base, func(p *corev1.Pod) {
+			p.Status.Phase = corev1.PodRunning
+			p.Status.ContainerStatuses = []corev1.ContainerStatus{{Name: "relay", State: corev1.ContainerState{
+				Waiting: &corev1.ContainerStateWaiting{Reason: "CrashLoopBackOff"}}}}
+		}))
+		_, err := WaitRelay(t.Context(), f.Clients, o, nil)
+		require.ErrorContains(t, err, "kubectl logs -n hotrod p1")
+	})
+
+	t.Run("ready pod, newest first, terminating and other keys skipped", func(t *testing.T) {
+		f := hotrodFake(t,
+			relayPod("old", base.Add(-time.Minute), ready),
+			relayPod("new", base, ready),
+			relayPod("dying", base.Add(time.Minute), func(p *corev1.Pod) { ready(p); now := metav1.Now(); p.DeletionTimestamp = &now }),
+			relayPod("otherkey", base.Add(2*time.Minute), func(p *corev1.Pod) { ready(p); p.Labels = relayPodLabels("alice", testKey2) }),
+		)
+		p, err := WaitRelay(t.Context(), f.Clients, o, nil)
+		require.NoError(t, err)
+		require.Equal(t, "new", p.Name)
+	})
+
+	t.Run("waits, reports, then returns the pod once ready", func(t *testing.T) {
+		f := hotrodFake(t, relayPod("p1", base, func(p *corev1.Pod) {
+			p.Status.Conditions = []corev1.PodCondition{{Type: corev1.PodScheduled, Status: corev1.ConditionFalse, Reason: "Unschedulable", Message: "0/3 nodes are available"}}
+		}))
+		var log eventLog
+		progress := func(e Event) {
+			log.add(e)
+			if e.Action == ActionWaiting {
+				// The cluster makes progress while we wait.
+				p, err := f.Kube.CoreV1().Pods("hotrod").Get(t.Context(), "p1", metav1.GetOptions{})
+				require.NoError(t, err)
+				ready(p)
+				_, err = f.Kube.CoreV1().Pods("hotrod").UpdateStatus(t.Context(), p, metav1.UpdateOptions{})
+				require.NoError(t, err)
+			}
+		}
+		p, err := WaitRelay(t.Context(), f.Clients, o, progress)
+		require.NoError(t, err)
+		require.Equal(t, "p1", p.Name)
+		require.Contains(t, log.events[0].Message, "Unschedulable")
+		require.Equal(t, ActionReady, log.events[len(log.events)-1].Action)
+	})
+
+	t.Run("timeout names the last reason", func(t *testing.T) {
+		d := &appsv1.Deployment{ObjectMeta: metav1.ObjectMeta{Name: "sbx-alice-relay", Namespace: "hotrod"},
+			Status: appsv1.DeploymentStatus{Conditions: []appsv1.DeploymentCondition{{
+				Type: appsv1.DeploymentReplicaFailure, Status: corev1.ConditionTrue, Reason: "FailedCreate",
+				Message: `pods "x" is forbidden: violates PodSecurity "restricted:latest"`}}}}
+		f := hotrodFake(t, d)
+		ctx, cancel := context.WithCancel(t.Context())
+		defer cancel()
+		_, err := WaitRelay(ctx, f.Clients, o, func(Event) { cancel() })
+		require.ErrorContains(t, err, "relay of sandbox alice in namespace hotrod not ready")
+		require.ErrorContains(t, err, "FailedCreate")
+		require.ErrorContains(t, err, "PodSecurity")
+	})
+}

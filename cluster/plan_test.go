@@ -1,0 +1,295 @@
+package cluster
+
+import (
+	"fmt"
+	"strings"
+	"testing"
+
+	istionet "istio.io/client-go/pkg/apis/networking/v1"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/util/validation"
+	"sigs.k8s.io/yaml"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/sbx-dev/sbx/cluster/spec"
+)
+
+func threeSandbox() *spec.Sandbox {
+	sb := routeSandbox("alice")
+	sb.Spec.Local = append([]spec.Local{{
+		Name: "frontend", From: spec.Workload{Kind: spec.KindDeployment, Namespace: "hotrod", Name: "frontend"},
+		Mappings: []spec.Mapping{{Port: 8080, ToLocal: "localhost:8080"}},
+	}}, append(sb.Spec.Local, spec.Local{
+		Name: "driver", From: spec.Workload{Kind: spec.KindDeployment, Namespace: "hotrod", Name: "driver"},
+		Mappings: []spec.Mapping{{Port: 8082, ToLocal: "127.0.0.1:18082"}},
+	})...)
+	return sb
+}
+
+func TestPlanRelayDeployment(t *testing.T) {
+	objs, err := Plan(t.Context(), hotrodManifests(t), threeSandbox(), testOptions(testKey))
+	require.NoError(t, err)
+	d := objs.Relay
+	require.Equal(t, "hotrod", d.Namespace)
+	require.Equal(t, "sbx-alice-relay", d.Name)
+	require.EqualValues(t, 1, *d.Spec.Replicas)
+	c := d.Spec.Template.Spec.Containers[0]
+	require.Equal(t, testImage, c.Image)
+	require.Equal(t, []string{"sbx"}, c.Command)
+	require.Equal(t, []string{"relay",
+		"--sandbox", "alice",
+		"--listen", "127.0.0.1:7000",
+		"--health-listen", ":7001",
+		"--inbound", "20001=frontend/8080/http",
+		"--inbound", "20002=route/8083/http",
+		"--inbound", "20003=driver/8082/grpc",
+		"--grace", "10s",
+		"--drain-timeout", "20s",
+	}, c.Args)
+	require.Len(t, c.Env, 1)
+	require.Equal(t, "SBX_RELAY_TOKEN", c.Env[0].Name)
+	require.Empty(t, c.Env[0].Value, "the token comes from the Secret, never inline")
+	require.Equal(t, objs.Secret.Name, c.Env[0].ValueFrom.SecretKeyRef.Name)
+	require.Equal(t, "token", c.Env[0].ValueFrom.SecretKeyRef.Key)
+	require.Equal(t, []byte("test-token-"+testKey), objs.Secret.Data["token"])
+
+	var ports []int32
+	for _, p := range c.Ports {
+		ports = append(ports, p.ContainerPort)
+		require.LessOrEqual(t, len(p.Name), 15, "container port names are IANA service names")
+	}
+	require.Equal(t, []int32{7000, 7001, 20001, 20002, 20003}, ports)
+	require.Equal(t, "/readyz", c.ReadinessProbe.HTTPGet.Path)
+	require.Equal(t, "/healthz", c.LivenessProbe.HTTPGet.Path)
+	require.Equal(t, "health", c.ReadinessProbe.HTTPGet.Port.StrVal)
+
+	// Pod Security "restricted".
+	ps := d.Spec.Template.Spec
+	require.False(t, *ps.AutomountServiceAccountToken)
+	require.True(t, *ps.SecurityContext.RunAsNonRoot)
+	require.NotZero(t, *ps.SecurityContext.RunAsUser)
+	require.Equal(t, corev1.SeccompProfileTypeRuntimeDefault, ps.SecurityContext.SeccompProfile.Type)
+	require.False(t, *c.SecurityContext.AllowPrivilegeEscalation)
+	require.True(t, *c.SecurityContext.ReadOnlyRootFilesystem)
+	require.Equal(t, []corev1.Capability{"ALL"}, c.SecurityContext.Capabilities.Drop)
+	require.Empty(t, c.SecurityContext.Capabilities.Add)
+	require.Nil(t, c.SecurityContext.Privileged)
+	require.False(t, ps.HostNetwork || ps.HostPID || ps.HostIPC)
+	require.Empty(t, ps.Volumes)
+	require.False(t, c.Resources.Requests.Cpu().IsZero())
+	require.False(t, c.Resources.Limits.Memory().IsZero())
+
+	for _, l := range []map[string]string{d.Labels, d.Spec.Template.Labels} {
+		require.Equal(t, "sbx", l["app.kubernetes.io/managed-by"])
+		require.Equal(t, "alice", l["sbx.dev/sandbox"])
+		require.Equal(t, testKey, l["sbx.dev/routing-key"])
+	}
+	sel, err := metav1.LabelSelectorAsSelector(d.Spec.Selector)
+	require.NoError(t, err)
+	require.True(t, sel.Matches(labels.Set(d.Spec.Template.Labels)))
+	require.Equal(t, "Lease", d.OwnerReferences[0].Kind)
+}
+
+// TestRelayLabelsNeverMatchBaselineSelectors proves the relay pod cannot
+// receive baseline traffic: its labels use only keys sbx owns, so a
+// baseline selector (which names the baseline's own labels) cannot match;
+// and Plan refuses the one way it could (a selector naming only sbx keys).
+func TestRelayLabelsNeverMatchBaselineSelectors(t *testing.T) {
+	m := hotrodManifests(t)
+	objs, err := Plan(t.Context(), m, threeSandbox(), testOptions(testKey))
+	require.NoError(t, err)
+	pod := labels.Set(objs.Relay.Spec.Template.Labels)
+	for k := range pod {
+		require.True(t, k == LabelManagedBy || strings.HasPrefix(k, "sbx.dev/"), k)
+	}
+	svcs, err := m.Services(t.Context(), "hotrod")
+	require.NoError(t, err)
+	require.NotEmpty(t, svcs)
+	for _, s := range svcs {
+		require.False(t, labels.SelectorFromSet(s.Spec.Selector).Matches(pod), "baseline Service %s selects the relay", s.Name)
+	}
+	// Every label of every baseline pod template, alone or combined, as a
+	// selector: none matches the relay.
+	for _, w := range threeSandbox().Spec.Local {
+		pl, err := m.PodLabels(t.Context(), w.From)
+		require.NoError(t, err)
+		for k, v := range pl {
+			require.False(t, labels.SelectorFromSet(labels.Set{k: v}).Matches(pod))
+		}
+		require.False(t, labels.SelectorFromSet(pl).Matches(pod))
+	}
+	// The sandbox Services select the relay and nothing of the baseline.
+	for _, s := range objs.Services {
+		require.True(t, labels.SelectorFromSet(s.Spec.Selector).Matches(pod))
+		for _, w := range threeSandbox().Spec.Local {
+			pl, _ := m.PodLabels(t.Context(), w.From)
+			require.False(t, labels.SelectorFromSet(s.Spec.Selector).Matches(labels.Set(pl)))
+		}
+	}
+
+	// A Service whose selector is made of sbx's own labels would catch the
+	// relay: Plan refuses.
+	bad := &ManifestBaseline{}
+	*bad = *m
+	bad.services = map[string][]*corev1.Service{"hotrod": append(svcs, &corev1.Service{
+		ObjectMeta: metav1.ObjectMeta{Name: "catch-all", Namespace: "hotrod"},
+		Spec:       corev1.ServiceSpec{Selector: map[string]string{LabelManagedBy: ManagedByValue}},
+	})}
+	_, err = Plan(t.Context(), bad, threeSandbox(), testOptions(testKey))
+	require.ErrorContains(t, err, "Service hotrod/catch-all")
+	require.ErrorContains(t, err, "would select the relay pod")
+}
+
+func TestPlanServices(t *testing.T) {
+	objs, err := Plan(t.Context(), hotrodManifests(t), threeSandbox(), testOptions(testKey))
+	require.NoError(t, err)
+	require.Len(t, objs.Services, 3)
+	byName := map[string]*corev1.Service{}
+	for _, s := range objs.Services {
+		byName[s.Name] = s
+		require.Empty(t, validation.IsDNS1035Label(s.Name))
+		require.Equal(t, "hotrod", s.Namespace)
+	}
+	r := byName["route-sbx-"+testKey]
+	require.NotNil(t, r)
+	require.Equal(t, "http", r.Spec.Ports[0].Name)
+	require.Equal(t, "http", *r.Spec.Ports[0].AppProtocol)
+	require.EqualValues(t, 8083, r.Spec.Ports[0].Port)
+	require.EqualValues(t, 20002, r.Spec.Ports[0].TargetPort.IntVal)
+	d := byName["driver-sbx-"+testKey]
+	require.Equal(t, "grpc", *d.Spec.Ports[0].AppProtocol)
+	require.EqualValues(t, 20003, d.Spec.Ports[0].TargetPort.IntVal)
+	f := byName["frontend-sbx-"+testKey]
+	require.Equal(t, "http-web", f.Spec.Ports[0].Name)
+	require.Nil(t, f.Spec.Ports[0].AppProtocol)
+}
+
+func TestServiceNameLimits(t *testing.T) {
+	long := strings.Repeat("a", 63)
+	tests := []string{"route", "a", "9lives", long, long[:50], long[:45], strings.Repeat("ab-", 21), "x-" + long[:61]}
+	seen := map[string]string{}
+	for _, w := range tests {
+		n := ServiceName(w, testKey)
+		require.Empty(t, validation.IsDNS1035Label(n), "%q → %q", w, n)
+		require.LessOrEqual(t, len(n), 63)
+		require.True(t, strings.HasSuffix(n, "-sbx-"+testKey), n)
+		if prev, ok := seen[n]; ok {
+			t.Fatalf("workloads %q and %q both get %q", prev, w, n)
+		}
+		seen[n] = w
+	}
+	require.Equal(t, "route-sbx-"+testKey, ServiceName("route", testKey))
+	// Two long names sharing a prefix still differ.
+	require.NotEqual(t, ServiceName(long+"x", testKey), ServiceName(long+"y", testKey))
+	for _, n := range []string{LeaseName(long), SecretName(long), RelayName(long), OwnedVirtualServiceName(long)} {
+		require.Empty(t, validation.IsDNS1123Label(n), n)
+	}
+	require.NotEqual(t, RelayName(long), RelayName(long[:62]+"b"))
+}
+
+func TestResolveErrors(t *testing.T) {
+	m := hotrodManifests(t)
+	sb := routeSandbox("alice")
+	sb.Spec.Local[0].Mappings = append(sb.Spec.Local[0].Mappings, spec.Mapping{Port: 9999, ToLocal: "localhost:9999"})
+	_, err := Plan(t.Context(), m, sb, testOptions(testKey))
+	require.ErrorContains(t, err, "spec.local[0].mappings[1].port: 9999 is not a port")
+	require.ErrorContains(t, err, "available ports: 8083/http (Service route)")
+
+	sb = routeSandbox("alice")
+	sb.Spec.Local[0].From.Name = "nope"
+	_, err = Plan(t.Context(), m, sb, testOptions(testKey))
+	require.ErrorContains(t, err, "Deployment hotrod/nope is not in the baseline manifests")
+
+	// A workload no Service selects: the error lists the candidates.
+	noSvc := &ManifestBaseline{}
+	*noSvc = *m
+	noSvc.services = map[string][]*corev1.Service{"hotrod": {{
+		ObjectMeta: metav1.ObjectMeta{Name: "other", Namespace: "hotrod"},
+		Spec:       corev1.ServiceSpec{Selector: map[string]string{"app": "other"}},
+	}}}
+	_, err = Plan(t.Context(), noSvc, routeSandbox("alice"), testOptions(testKey))
+	require.ErrorContains(t, err, "no Service in namespace hotrod selects Deployment hotrod/route")
+	require.ErrorContains(t, err, "other (selector {app=other})")
+
+	_, err = Plan(t.Context(), m, routeSandbox("alice"), Options{RoutingKey: testKey, Token: "t"})
+	require.ErrorContains(t, err, "--relay-image")
+	_, err = Plan(t.Context(), m, routeSandbox("alice"), Options{RoutingKey: "BAD", Token: "t", RelayImage: testImage})
+	require.ErrorContains(t, err, "routing key")
+}
+
+func TestPlanRoutes(t *testing.T) {
+	objs, err := Plan(t.Context(), hotrodManifests(t), threeSandbox(), testOptions(testKey))
+	require.NoError(t, err)
+	byName := map[string]RouteTarget{}
+	for _, rt := range objs.Routes {
+		byName[rt.Name] = rt
+	}
+	require.Len(t, byName, 3)
+
+	// CD's route VirtualService: our route on top, CD's untouched below.
+	r := byName["route"]
+	require.False(t, r.Create)
+	require.Len(t, r.Object.Spec.Http, 2)
+	require.Equal(t, "sbx-"+testKey+"-route-8083", r.Object.Spec.Http[0].Name)
+	require.Equal(t, "default", r.Object.Spec.Http[1].Name)
+	dst := r.Object.Spec.Http[0].Route[0].Destination
+	require.Equal(t, "route-sbx-"+testKey+".hotrod.svc.cluster.local", dst.Host)
+	require.EqualValues(t, 8083, dst.Port.Number)
+	require.Equal(t, objs.Regex, r.Object.Spec.Http[0].Match[0].Headers["baggage"].GetRegex())
+	require.Empty(t, r.Object.OwnerReferences, "sbx never claims CD's object")
+
+	// frontend: only gateway-bound VirtualServices → reported, own one.
+	f := byName["frontend-sbx"]
+	require.True(t, f.Create)
+	require.Equal(t, []string{"frontend.hotrod.svc.cluster.local"}, f.Object.Spec.Hosts)
+	require.Equal(t, BaselineRouteName, f.Object.Spec.Http[1].Name)
+	require.Len(t, f.Object.OwnerReferences, 1)
+	require.Nil(t, f.Object.OwnerReferences[0].Controller)
+	require.Len(t, objs.Warnings, 1)
+	require.Contains(t, objs.Warnings[0], "frontend-gw is unusable")
+	require.Contains(t, objs.Warnings[0], "no \"mesh\"")
+
+	require.True(t, byName["driver-sbx"].Create)
+}
+
+func TestPlanRefusesIgnoredVirtualService(t *testing.T) {
+	m := hotrodManifests(t)
+	m.vss["hotrod"][len(m.vss["hotrod"])-1].Annotations = map[string]string{AnnotationIgnore: "true"}
+	_, err := Plan(t.Context(), m, routeSandbox("alice"), testOptions(testKey))
+	require.ErrorContains(t, err, "VirtualService hotrod/route")
+	require.ErrorContains(t, err, `sbx.dev/ignore: "true"`)
+}
+
+func TestPlanDeterministic(t *testing.T) {
+	out := func() string {
+		objs, err := Plan(t.Context(), hotrodManifests(t), threeSandbox(), testOptions(testKey))
+		require.NoError(t, err)
+		var b strings.Builder
+		for _, o := range objs.List() {
+			y, err := yaml.Marshal(o)
+			require.NoError(t, err)
+			b.Write(y)
+		}
+		return b.String()
+	}
+	first := out()
+	for range 5 {
+		require.Equal(t, first, out())
+	}
+}
+
+func TestHostMatches(t *testing.T) {
+	for _, h := range []string{"route", "route.hotrod", "route.hotrod.svc", "route.hotrod.svc.cluster.local", "ROUTE.hotrod.svc.cluster.local."} {
+		require.True(t, hostMatches(h, "hotrod", "route", "hotrod"), h)
+	}
+	for _, h := range []string{"route.other", "router", "*.hotrod.svc.cluster.local", "route.hotrod.svc.cluster"} {
+		require.False(t, hostMatches(h, "hotrod", "route", "hotrod"), h)
+	}
+	require.False(t, hostMatches("route", "other", "route", "hotrod"), "short names are relative to the VirtualService's namespace")
+}
+
+var _ = fmt.Sprint
+var _ = istionet.VirtualService{}

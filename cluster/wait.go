@@ -1,0 +1,178 @@
+package cluster
+
+import (
+	"context"
+	"fmt"
+	"sort"
+	"strings"
+	"time"
+
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
+)
+
+// WaitOptions say which relay to wait for.
+type WaitOptions struct {
+	Namespace  string
+	Sandbox    string
+	RoutingKey string
+	// Interval between polls (default 1s).
+	Interval time.Duration
+	// RelayImage is named in image errors.
+	RelayImage string
+}
+
+// imageHint is what to do when the relay image cannot be pulled.
+const imageHint = "set relayImage in ~/.config/sbx/config.yaml or pass --relay-image"
+
+// fatalWaiting are container waiting reasons that do not fix themselves.
+var fatalWaiting = map[string]string{
+	"ImagePullBackOff":           imageHint,
+	"ErrImagePull":               imageHint,
+	"InvalidImageName":           imageHint,
+	"ErrImageNeverPull":          imageHint,
+	"CreateContainerConfigError": "the relay's Secret or its key \"token\" is missing; run sbx connect again to recreate it",
+	"CrashLoopBackOff":           "the relay keeps exiting; see kubectl logs",
+}
+
+// WaitRelay waits until a ready relay pod of the sandbox (with the current
+// routing key, not being deleted) exists and returns it. It reports
+// progress while waiting and fails fast, naming the pod, the reason and
+// what to do, when the pod cannot start (image pull errors, a crash loop,
+// a missing Secret). The caller bounds the wait with ctx; on expiry the
+// error says what the pod was last waiting for.
+func WaitRelay(ctx context.Context, c Clients, o WaitOptions, progress func(Event)) (*corev1.Pod, error) {
+	if progress == nil {
+		progress = func(Event) {}
+	}
+	if o.Interval <= 0 {
+		o.Interval = time.Second
+	}
+	sel := labels.Set(relaySelector(o.Sandbox))
+	if o.RoutingKey != "" {
+		sel[LabelRoutingKey] = o.RoutingKey
+	}
+	start := time.Now()
+	last := ""
+	t := time.NewTicker(o.Interval)
+	defer t.Stop()
+	for {
+		pod, status, err := relayStatus(ctx, c, o, sel.String())
+		if err != nil {
+			return nil, err
+		}
+		if pod != nil {
+			progress(Event{Action: ActionReady, Kind: "Pod", Namespace: pod.Namespace, Name: pod.Name})
+			return pod, nil
+		}
+		if status != last {
+			progress(Event{Action: ActionWaiting, Kind: "Deployment", Namespace: o.Namespace, Name: RelayName(o.Sandbox), Message: status})
+			last = status
+		}
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("relay of sandbox %s in namespace %s not ready after %s: %s: %w",
+				o.Sandbox, o.Namespace, time.Since(start).Round(time.Second), last, ctx.Err())
+		case <-t.C:
+		}
+	}
+}
+
+// relayStatus returns a ready pod, or a description of what the relay is
+// waiting for, or an error when it cannot become ready by itself.
+func relayStatus(ctx context.Context, c Clients, o WaitOptions, sel string) (*corev1.Pod, string, error) {
+	pods, err := c.Kube.CoreV1().Pods(o.Namespace).List(ctx, metav1.ListOptions{LabelSelector: sel})
+	if err != nil {
+		return nil, "", fmt.Errorf("list relay pods in %s: %w", o.Namespace, err)
+	}
+	items := pods.Items
+	// Newest first: after a rollout the new pod is the one to use.
+	sort.Slice(items, func(a, b int) bool {
+		return items[b].CreationTimestamp.Before(&items[a].CreationTimestamp)
+	})
+	var waiting []string
+	for i := range items {
+		p := &items[i]
+		if p.DeletionTimestamp != nil {
+			continue
+		}
+		if podReady(p) {
+			return p, "", nil
+		}
+		msg, fatal := podWaiting(p, o.RelayImage)
+		if fatal != nil {
+			return nil, "", fatal
+		}
+		waiting = append(waiting, fmt.Sprintf("pod %s: %s", p.Name, msg))
+	}
+	if len(waiting) > 0 {
+		return nil, strings.Join(waiting, "; "), nil
+	}
+	d, err := c.Kube.AppsV1().Deployments(o.Namespace).Get(ctx, RelayName(o.Sandbox), metav1.GetOptions{})
+	if err != nil {
+		return nil, "", fmt.Errorf("relay Deployment %s/%s: %w (run sbx connect again to recreate it)", o.Namespace, RelayName(o.Sandbox), err)
+	}
+	for _, cond := range d.Status.Conditions {
+		if cond.Type == appsv1.DeploymentReplicaFailure && cond.Status == corev1.ConditionTrue {
+			// Typically Pod Security admission or a quota refusing the pod.
+			return nil, fmt.Sprintf("no relay pod: %s: %s", cond.Reason, cond.Message), nil
+		}
+	}
+	return nil, "no relay pod yet", nil
+}
+
+func podReady(p *corev1.Pod) bool {
+	if p.Status.Phase != corev1.PodRunning {
+		return false
+	}
+	for _, c := range p.Status.Conditions {
+		if c.Type == corev1.PodReady {
+			return c.Status == corev1.ConditionTrue
+		}
+	}
+	return false
+}
+
+// podWaiting describes why a pod is not ready, and returns an error when
+// the reason will not go away by waiting.
+func podWaiting(p *corev1.Pod, image string) (string, error) {
+	for _, c := range p.Status.Conditions {
+		if c.Type == corev1.PodScheduled && c.Status == corev1.ConditionFalse {
+			return fmt.Sprintf("not scheduled: %s %s", c.Reason, c.Message), nil
+		}
+	}
+	for _, cs := range p.Status.ContainerStatuses {
+		if w := cs.State.Waiting; w != nil {
+			if hint, ok := fatalWaiting[w.Reason]; ok {
+				if hint == imageHint && image != "" {
+					hint = fmt.Sprintf("cannot pull %s: %s", image, hint)
+				}
+				if w.Reason == "CrashLoopBackOff" {
+					hint += fmt.Sprintf(" -n %s %s", p.Namespace, p.Name)
+				}
+				msg := w.Message
+				if msg != "" {
+					msg = " (" + msg + ")"
+				}
+				return "", &RelayError{Namespace: p.Namespace, Pod: p.Name, Reason: w.Reason, Message: w.Reason + msg + " — " + hint}
+			}
+			return "container " + cs.Name + " waiting: " + w.Reason, nil
+		}
+		if !cs.Ready {
+			return "container " + cs.Name + " not ready (probe /readyz on port " + fmt.Sprint(HealthPort) + ")", nil
+		}
+	}
+	return "pod " + string(p.Status.Phase), nil
+}
+
+// RelayError says why a relay pod cannot become ready.
+type RelayError struct {
+	Namespace, Pod, Reason string
+	Message                string
+}
+
+func (e *RelayError) Error() string {
+	return fmt.Sprintf("relay pod %s/%s not ready: %s", e.Namespace, e.Pod, e.Message)
+}

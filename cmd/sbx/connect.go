@@ -1,0 +1,219 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/fsnotify/fsnotify"
+	"github.com/spf13/cobra"
+
+	"github.com/sbx-dev/sbx/cluster/spec"
+	"github.com/sbx-dev/sbx/daemon"
+)
+
+func newConnectCmd(g *globalOptions) *cobra.Command {
+	var (
+		sf      specFlags
+		wait    bool
+		timeout time.Duration
+		watch   bool
+	)
+	cmd := &cobra.Command{
+		Use:   "connect -f FILE [--set name=value]...",
+		Short: "Connect a sandbox: route its keyed traffic to processes on this laptop",
+		Long: `Connect validates the sandbox spec, hands it to the sbx daemon (starting the
+daemon if needed), and shows each step: cluster objects applied, relay pod
+ready, tunnel up. It ends with the sandbox's routing key and curl lines that
+send keyed requests to your laptop.
+
+Connecting a sandbox that is already connected updates it in place and keeps
+its routing key. With --watch, connect stays running and re-applies the spec
+each time the file changes; an invalid edit is reported and the sandbox keeps
+its last good spec.`,
+		Example: `  sbx connect -f sandbox.yaml --set name=alice
+  sbx connect -f sandbox.yaml --set name=alice --watch
+  sbx connect -f sandbox.yaml --set name=alice --wait=false   # return at once; see sbx status`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			format, err := g.outputFormat("text", "json", "yaml")
+			if err != nil {
+				return err
+			}
+			if watch && sf.file == "-" {
+				return userError(errors.New("--watch needs a spec file, not standard input"), "pass -f FILE")
+			}
+			if timeout < 0 {
+				return userError(fmt.Errorf("--timeout %s is negative", timeout), "pass a duration such as --timeout 3m")
+			}
+			sb, err := sf.load(g)
+			if err != nil {
+				return err
+			}
+			ctx := cmd.Context()
+			c, err := ensureDaemon(ctx, g.stderr)
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			req := daemon.ConnectRequest{Kubeconfig: kubeconfigForDaemon(g), Context: g.context, Wait: wait, Timeout: timeout}
+			if err := connectOnce(ctx, g, c, req, sb, format); err != nil {
+				return err
+			}
+			if !watch {
+				return nil
+			}
+			return watchSpec(ctx, g, c, req, &sf, format)
+		},
+	}
+	sf.register(cmd)
+	cmd.Flags().BoolVar(&wait, "wait", true, "wait until the sandbox is ready, showing progress (--wait=false returns at once)")
+	cmd.Flags().DurationVar(&timeout, "timeout", 3*time.Minute, "how long --wait waits; the daemon keeps trying afterwards")
+	cmd.Flags().BoolVar(&watch, "watch", false, "keep running and re-apply the spec whenever the file changes")
+	return cmd
+}
+
+// kubeconfigForDaemon is the kubeconfig the daemon should use: --kubeconfig,
+// else this shell's $KUBECONFIG (the daemon may have been started from
+// another shell), as absolute paths since the daemon's directory differs.
+func kubeconfigForDaemon(g *globalOptions) string {
+	kc := g.kubeconfig
+	if kc == "" {
+		kc = os.Getenv("KUBECONFIG")
+	}
+	if kc == "" {
+		return ""
+	}
+	parts := filepath.SplitList(kc)
+	for i, p := range parts {
+		if abs, err := filepath.Abs(p); err == nil {
+			parts[i] = abs
+		}
+	}
+	return strings.Join(parts, string(filepath.ListSeparator))
+}
+
+// connectOnce sends one connect and prints its progress and result.
+func connectOnce(ctx context.Context, g *globalOptions, c *daemon.Client, req daemon.ConnectRequest, sb *spec.Sandbox, format string) error {
+	req.Spec = *sb
+	if format == "text" {
+		fmt.Fprintf(g.stderr, "Connecting sandbox %s\n", sb.Name)
+	}
+	var lastPhase daemon.Phase
+	st, err := c.Connect(ctx, req, func(p daemon.Progress) {
+		printProgress(g.stderr, p, &lastPhase)
+	})
+	if err != nil {
+		var ce *daemon.ConnectError
+		var ae *daemon.APIError
+		switch {
+		case errors.As(err, &ce):
+			return userError(err, fmt.Sprintf("`sbx status %s` shows its state, `sbx logs` the daemon's log", sb.Name))
+		case errors.As(err, &ae):
+			return userError(err, "fix the request and run connect again")
+		}
+		return err
+	}
+	if format != "text" {
+		return printValue(g.stdout, format, st, nil)
+	}
+	if !req.Wait {
+		fmt.Fprintf(g.stdout, "Sandbox %s is connecting in the background (routing key %s).\nFollow it with `sbx status %s --watch`.\n", st.Name, st.RoutingKey, st.Name)
+		return nil
+	}
+	printReady(g.stdout, st)
+	return nil
+}
+
+func printProgress(w io.Writer, p daemon.Progress, last *daemon.Phase) {
+	if p.Error != "" {
+		fmt.Fprintf(w, "  ! %s\n", p.Error)
+		return
+	}
+	label := ""
+	if p.Phase != *last {
+		label = string(p.Phase)
+		*last = p.Phase
+	}
+	if p.Message == "" {
+		if label != "" {
+			fmt.Fprintf(w, "  %-14s\n", label)
+		}
+		return
+	}
+	fmt.Fprintf(w, "  %-14s %s\n", label, p.Message)
+}
+
+// printReady ends a connect: the key and lines to paste.
+func printReady(w io.Writer, st daemon.SandboxStatus) {
+	fmt.Fprintf(w, "Sandbox %s is ready.\n", st.Name)
+	fmt.Fprintf(w, "  routing key: %s\n", st.RoutingKey)
+	fmt.Fprintf(w, "  requests carrying 'baggage: %s=%s' now reach this laptop:\n", st.BaggageKey, st.RoutingKey)
+	for _, m := range st.Mappings {
+		note := ""
+		if !m.Listening {
+			note = fmt.Sprintf("   # nothing listening on %s yet: start your service there", m.ToLocal)
+		}
+		fmt.Fprintf(w, "    curl -H 'baggage: %s=%s' http://%s.%s:%d/%s\n", st.BaggageKey, st.RoutingKey, m.Workload, m.Namespace, m.Port, note)
+	}
+}
+
+// watchSpec re-applies the spec whenever its file changes, until ctx ends.
+// It watches the directory, not the file: editors save by renaming a new
+// file over the old one, which would end a watch on the file itself.
+func watchSpec(ctx context.Context, g *globalOptions, c *daemon.Client, req daemon.ConnectRequest, sf *specFlags, format string) error {
+	w, err := fsnotify.NewWatcher()
+	if err != nil {
+		return fmt.Errorf("watch %s: %w", sf.file, err)
+	}
+	defer w.Close()
+	abs, err := filepath.Abs(sf.file)
+	if err != nil {
+		return err
+	}
+	if err := w.Add(filepath.Dir(abs)); err != nil {
+		return fmt.Errorf("watch %s: %w", filepath.Dir(abs), err)
+	}
+	fmt.Fprintf(g.stderr, "Watching %s for changes (Ctrl-C stops watching; the sandbox stays connected).\n", sf.file)
+	// Bursts of events from one save are folded into one re-apply.
+	const settle = 150 * time.Millisecond
+	var timer <-chan time.Time
+	for {
+		select {
+		case <-ctx.Done():
+			fmt.Fprintf(g.stderr, "Stopped watching. The sandbox stays connected; `sbx disconnect` removes it.\n")
+			return nil
+		case ev, ok := <-w.Events:
+			if !ok {
+				return nil
+			}
+			if filepath.Clean(ev.Name) == abs && ev.Op&(fsnotify.Write|fsnotify.Create|fsnotify.Rename) != 0 {
+				timer = time.After(settle)
+			}
+		case err, ok := <-w.Errors:
+			if !ok {
+				return nil
+			}
+			fmt.Fprintf(g.stderr, "  ! watching %s: %v\n", sf.file, err)
+		case <-timer:
+			timer = nil
+			sb, err := sf.load(g)
+			if err != nil {
+				fmt.Fprintf(g.stderr, "%s\n  the sandbox keeps its last good spec; save the file again to retry\n", formatError(err))
+				continue
+			}
+			fmt.Fprintf(g.stderr, "%s changed: re-applying\n", sf.file)
+			if err := connectOnce(ctx, g, c, req, sb, format); err != nil {
+				if ctx.Err() != nil {
+					return nil
+				}
+				fmt.Fprintln(g.stderr, formatError(err))
+			}
+		}
+	}
+}

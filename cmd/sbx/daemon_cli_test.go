@@ -1,0 +1,300 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/sbx-dev/sbx/cluster/spec"
+	"github.com/sbx-dev/sbx/daemon"
+)
+
+// cliEnv points the CLI and daemon at a private temp home. Unix socket
+// paths are short-limited, so it lives directly under the temp dir.
+func cliEnv(t *testing.T) string {
+	dir, err := os.MkdirTemp("", "sbxc")
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = os.RemoveAll(dir) })
+	t.Setenv("HOME", dir)
+	t.Setenv("XDG_RUNTIME_DIR", filepath.Join(dir, "run"))
+	t.Setenv("XDG_STATE_HOME", filepath.Join(dir, "state"))
+	t.Setenv("XDG_CONFIG_HOME", filepath.Join(dir, "config"))
+	t.Setenv("SBX_DAEMON_AUTOSTART", "0") // in-process tests never exec the test binary
+	t.Setenv("KUBECONFIG", "")
+	return dir
+}
+
+// cliCluster is a daemon.Cluster for CLI tests: it applies instantly and
+// its relay never becomes ready unless told to.
+type cliCluster struct {
+	mu      sync.Mutex
+	deletes []string
+	listed  []daemon.ClusterSandbox
+	ready   chan struct{}
+}
+
+func (c *cliCluster) Apply(ctx context.Context, sb *spec.Sandbox, key string, progress func(string)) (daemon.Applied, error) {
+	progress("created Deployment " + sb.Namespaces()[0] + "/sbx-" + sb.Name)
+	return daemon.Applied{Target: daemon.Target{Sandbox: sb.Name, RoutingKey: key, Namespace: sb.Namespaces()[0]}, Token: "tok"}, nil
+}
+
+func (c *cliCluster) WaitRelay(ctx context.Context, t daemon.Target, progress func(string)) error {
+	progress("waiting for pod")
+	select {
+	case <-c.ready:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+func (c *cliCluster) DialRelay(ctx context.Context, t daemon.Target) (net.Conn, error) {
+	return nil, errors.New("no relay")
+}
+func (c *cliCluster) RenewLease(ctx context.Context, t daemon.Target) error { return nil }
+func (c *cliCluster) Delete(ctx context.Context, t daemon.Target, sb *spec.Sandbox) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.deletes = append(c.deletes, t.Sandbox)
+	return nil
+}
+func (c *cliCluster) List(ctx context.Context, ns string) ([]daemon.ClusterSandbox, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.listed, nil
+}
+func (c *cliCluster) GC(ctx context.Context, ns string) ([]string, error) {
+	return []string{"old"}, nil
+}
+
+// startInProcessDaemon runs a daemon on the CLI's default paths.
+func startInProcessDaemon(t *testing.T, cl daemon.Cluster) {
+	d, err := daemon.New(daemon.Options{
+		Paths:    daemon.DefaultPaths(os.Getenv),
+		Version:  "test",
+		Clusters: func(context.Context, string, string) (daemon.Cluster, error) { return cl, nil },
+	})
+	require.NoError(t, err)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- d.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		require.NoError(t, <-done)
+	})
+	c := &daemon.Client{}
+	defer c.Close()
+	require.Eventually(t, func() bool { _, err := c.Status(context.Background()); return err == nil }, 10*time.Second, 5*time.Millisecond)
+}
+
+func writeSpec(t *testing.T, dir string) string {
+	p := filepath.Join(dir, "sandbox.yaml")
+	require.NoError(t, os.WriteFile(p, []byte(`name: '@{name}'
+spec:
+  local:
+    - name: route
+      from: {kind: Deployment, namespace: hotrod, name: route}
+      mappings:
+        - port: 8083
+          toLocal: localhost:8083
+`), 0o600))
+	return p
+}
+
+func TestCLIWithoutDaemon(t *testing.T) {
+	cliEnv(t)
+	code, _, errOut := runCLI(t, "status")
+	require.Equal(t, 2, code)
+	require.Contains(t, errOut, "not running")
+	require.Contains(t, errOut, "hint:")
+
+	code, _, errOut = runCLI(t, "connect", "-f", "nope.yaml", "--set", "name=alice")
+	require.Equal(t, 2, code)
+	require.Contains(t, errOut, "hint:")
+
+	code, _, errOut = runCLI(t, "list")
+	require.Equal(t, 2, code)
+	require.Contains(t, errOut, "SBX_DAEMON_AUTOSTART")
+
+	code, _, errOut = runCLI(t, "logs")
+	require.Equal(t, 2, code)
+	require.Contains(t, errOut, "no daemon log")
+
+	code, out, _ := runCLI(t, "daemon", "stop")
+	require.Equal(t, 0, code)
+	require.Contains(t, out, "not running")
+
+	code, _, errOut = runCLI(t, "disconnect")
+	require.Equal(t, 2, code)
+	require.Contains(t, errOut, "--all")
+}
+
+func TestCLIConnectStatusListDisconnect(t *testing.T) {
+	dir := cliEnv(t)
+	cl := &cliCluster{ready: make(chan struct{})}
+	startInProcessDaemon(t, cl)
+	specPath := writeSpec(t, dir)
+
+	code, out, errOut := runCLI(t, "connect", "-f", specPath, "--set", "name=alice", "--wait=false")
+	require.Equal(t, 0, code, errOut)
+	require.Contains(t, out, "connecting in the background")
+
+	code, out, errOut = runCLI(t, "status", "alice", "-o", "json")
+	require.Equal(t, 0, code, errOut)
+	var sb daemon.SandboxStatus
+	require.NoError(t, json.Unmarshal([]byte(out), &sb))
+	require.Equal(t, "alice", sb.Name)
+	require.Len(t, sb.RoutingKey, 13)
+
+	code, out, _ = runCLI(t, "status")
+	require.Equal(t, 0, code)
+	require.Contains(t, out, "alice")
+	require.Contains(t, out, "route.hotrod:8083 -> localhost:8083")
+
+	code, _, errOut = runCLI(t, "status", "bob")
+	require.Equal(t, 2, code)
+	require.Contains(t, errOut, "not connected")
+
+	cl.mu.Lock()
+	cl.listed = []daemon.ClusterSandbox{{Name: "alice", RoutingKey: sb.RoutingKey, Namespace: "hotrod"}, {Name: "ghost", RoutingKey: "zzzzzzzzzzzzz", Namespace: "hotrod"}}
+	cl.mu.Unlock()
+	code, out, errOut = runCLI(t, "list")
+	require.Equal(t, 0, code, errOut)
+	require.Contains(t, out, "ghost")
+	require.Contains(t, out, "(orphan)")
+	require.Contains(t, out, "daemon+cluster")
+
+	code, out, _ = runCLI(t, "gc", "-o", "json")
+	require.Equal(t, 0, code)
+	require.JSONEq(t, `{"deleted":["old"]}`, out)
+
+	// Completion offers the daemon's sandbox names.
+	code, out, _ = runCLI(t, "__complete", "disconnect", "")
+	require.Equal(t, 0, code)
+	require.Contains(t, out, "alice")
+
+	code, out, errOut = runCLI(t, "disconnect", "alice")
+	require.Equal(t, 0, code, errOut)
+	require.Contains(t, out, "sandbox alice disconnected")
+	code, _, errOut = runCLI(t, "disconnect", "alice")
+	require.Equal(t, 2, code)
+	require.Contains(t, errOut, "sbx status")
+}
+
+func TestCLIConnectWaitTimeout(t *testing.T) {
+	dir := cliEnv(t)
+	startInProcessDaemon(t, &cliCluster{ready: make(chan struct{})})
+	code, _, errOut := runCLI(t, "connect", "-f", writeSpec(t, dir), "--set", "name=alice", "--timeout", "200ms")
+	require.Equal(t, 2, code)
+	require.Contains(t, errOut, "applying")
+	require.Contains(t, errOut, "waiting for pod")
+	require.Contains(t, errOut, "not ready after 200ms")
+	require.Contains(t, errOut, "sbx status alice")
+}
+
+func TestCLIConnectInvalidSpec(t *testing.T) {
+	dir := cliEnv(t)
+	p := filepath.Join(dir, "bad.yaml")
+	require.NoError(t, os.WriteFile(p, []byte("name: alice\nspec:\n  local: []\n  bogus: 1\n"), 0o600))
+	code, _, errOut := runCLI(t, "connect", "-f", p)
+	require.Equal(t, 2, code)
+	require.Contains(t, errOut, "bogus")
+	require.Contains(t, errOut, "hint:")
+}
+
+// buildSbx builds the sbx binary once per test run.
+func buildSbx(t *testing.T) string {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("builds the binary")
+	}
+	bin := filepath.Join(t.TempDir(), "sbx")
+	out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput()
+	require.NoError(t, err, string(out))
+	return bin
+}
+
+func TestBinaryAutostartsDaemon(t *testing.T) {
+	bin := buildSbx(t)
+	dir := cliEnv(t)
+	env := append(os.Environ(), "SBX_DAEMON_AUTOSTART=1")
+	run := func(args ...string) (int, string, string) {
+		cmd := exec.Command(bin, args...)
+		cmd.Env = env
+		var out, errb strings.Builder
+		cmd.Stdout, cmd.Stderr = &out, &errb
+		err := cmd.Run()
+		code := 0
+		var ee *exec.ExitError
+		if errors.As(err, &ee) {
+			code = ee.ExitCode()
+		} else {
+			require.NoError(t, err)
+		}
+		return code, out.String(), errb.String()
+	}
+	var pid int
+	t.Cleanup(func() {
+		run("daemon", "stop")
+		if pid > 0 {
+			_ = syscall.Kill(pid, syscall.SIGKILL)
+		}
+	})
+
+	code, _, errOut := run("status")
+	require.Equal(t, 2, code, "status never starts a daemon")
+	require.Contains(t, errOut, "not running")
+
+	code, out, errOut := run("list", "--local")
+	require.Equal(t, 0, code, errOut)
+	require.Contains(t, errOut, "starting the sbx daemon in the background")
+	require.Contains(t, out, "no sandboxes")
+
+	code, out, errOut = run("status", "-o", "json")
+	require.Equal(t, 0, code, errOut)
+	var st daemon.Status
+	require.NoError(t, json.Unmarshal([]byte(out), &st))
+	pid = st.PID
+	require.NotEqual(t, os.Getpid(), pid)
+	require.Equal(t, filepath.Join(dir, "state", "sbx", "daemon.log"), st.LogPath)
+
+	paths := daemon.DefaultPaths(os.Getenv)
+	fi, err := os.Stat(paths.RuntimeDir)
+	require.NoError(t, err)
+	require.Equal(t, os.FileMode(0o700), fi.Mode().Perm())
+	fi, err = os.Stat(paths.Socket())
+	require.NoError(t, err)
+	require.Equal(t, os.FileMode(0o600), fi.Mode().Perm())
+
+	// Already running: a second daemon refuses, a second autostart reuses.
+	code, _, errOut = run("daemon")
+	require.Equal(t, 2, code)
+	require.Contains(t, errOut, "already running")
+	require.Contains(t, errOut, "sbx daemon stop")
+	code, _, errOut = run("list", "--local")
+	require.Equal(t, 0, code)
+	require.NotContains(t, errOut, "starting")
+
+	code, out, _ = run("logs")
+	require.Equal(t, 0, code)
+	require.Contains(t, out, "daemon listening")
+
+	code, out, _ = run("daemon", "stop")
+	require.Equal(t, 0, code)
+	require.Contains(t, out, "stopped")
+	_, err = os.Stat(paths.Socket())
+	require.True(t, errors.Is(err, os.ErrNotExist))
+	code, _, _ = run("status")
+	require.Equal(t, 2, code)
+}

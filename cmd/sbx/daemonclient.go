@@ -1,0 +1,163 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/sbx-dev/sbx/daemon"
+)
+
+// daemonStartTimeout bounds how long a command waits for a daemon it
+// started to answer.
+const daemonStartTimeout = 20 * time.Second
+
+// daemonPaths are the daemon's paths for this user, from the environment.
+func daemonPaths() daemon.Paths { return daemon.DefaultPaths(os.Getenv) }
+
+// connectDaemon returns a client of the running daemon, or an error that
+// says how to start one.
+func connectDaemon(ctx context.Context) (*daemon.Client, error) {
+	c := &daemon.Client{Socket: daemonPaths().Socket()}
+	if _, err := c.LogPath(ctx); err != nil {
+		c.Close()
+		if daemon.IsNotRunning(err) {
+			return nil, userError(errors.New("the sbx daemon is not running"),
+				"start it with `sbx daemon` (or `sbx connect -f FILE`, which starts it for you)")
+		}
+		return nil, err
+	}
+	return c, nil
+}
+
+// ensureDaemon returns a client of the running daemon, starting one in the
+// background first if none answers. Progress goes to progress.
+func ensureDaemon(ctx context.Context, progress io.Writer) (*daemon.Client, error) {
+	paths := daemonPaths()
+	c := &daemon.Client{Socket: paths.Socket()}
+	_, err := c.LogPath(ctx)
+	if err == nil {
+		return c, nil
+	}
+	if !daemon.IsNotRunning(err) {
+		c.Close()
+		return nil, err
+	}
+	if os.Getenv("SBX_DAEMON_AUTOSTART") == "0" {
+		c.Close()
+		return nil, userError(errors.New("the sbx daemon is not running and SBX_DAEMON_AUTOSTART=0 forbids starting it"),
+			"start it with `sbx daemon` (or your service manager), or unset SBX_DAEMON_AUTOSTART")
+	}
+	fmt.Fprintf(progress, "starting the sbx daemon in the background (log: %s) ", paths.Log())
+	proc, err := spawnDaemon(paths)
+	if err != nil {
+		fmt.Fprintln(progress)
+		c.Close()
+		return nil, err
+	}
+	exited := make(chan error, 1)
+	go func() { _, err := proc.Wait(); exited <- err }()
+	deadline := time.NewTimer(daemonStartTimeout)
+	defer deadline.Stop()
+	tick := time.NewTicker(100 * time.Millisecond)
+	defer tick.Stop()
+	dots := 0
+	for {
+		_, err := c.LogPath(ctx)
+		if err == nil {
+			fmt.Fprintln(progress, "ok")
+			// The child outlives us; nobody needs to reap it.
+			return c, nil
+		}
+		select {
+		case <-ctx.Done():
+			fmt.Fprintln(progress)
+			c.Close()
+			return nil, ctx.Err()
+		case werr := <-exited:
+			fmt.Fprintln(progress)
+			// Another CLI may have started one first; ours then refused.
+			if _, err := c.LogPath(ctx); err == nil {
+				return c, nil
+			}
+			c.Close()
+			return nil, fmt.Errorf("the sbx daemon exited while starting (%v): %s\n  see %s, or run `sbx daemon` in a terminal to see why",
+				werr, lastLines(paths.Log(), 5), paths.Log())
+		case <-deadline.C:
+			fmt.Fprintln(progress)
+			c.Close()
+			return nil, fmt.Errorf("the sbx daemon did not answer on %s within %s; see %s (`sbx logs`)", paths.Socket(), daemonStartTimeout, paths.Log())
+		case <-tick.C:
+			if dots++; dots%5 == 0 {
+				fmt.Fprint(progress, ".")
+			}
+		}
+	}
+}
+
+// spawnDaemon starts `sbx daemon --background` detached from this process
+// (its own session, so closing the terminal does not stop it), with output
+// appended to the daemon log.
+func spawnDaemon(paths daemon.Paths) (*os.Process, error) {
+	exe, err := os.Executable()
+	if err != nil {
+		return nil, fmt.Errorf("find the sbx binary to start the daemon: %w (start it by hand with `sbx daemon`)", err)
+	}
+	if err := os.MkdirAll(paths.StateDir, 0o700); err != nil {
+		return nil, fmt.Errorf("create %s: %w", paths.StateDir, err)
+	}
+	logf, err := openDaemonLog(paths.Log())
+	if err != nil {
+		return nil, err
+	}
+	defer logf.Close()
+	devnull, err := os.Open(os.DevNull)
+	if err != nil {
+		return nil, err
+	}
+	defer devnull.Close()
+	cmd := exec.Command(exe, "daemon", "--background")
+	cmd.Stdin = devnull
+	cmd.Stdout = logf
+	cmd.Stderr = logf
+	cmd.Env = os.Environ()
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("start the sbx daemon (%s daemon): %w (start it by hand with `sbx daemon`)", exe, err)
+	}
+	return cmd.Process, nil
+}
+
+// maxLogSize is where the daemon log is started afresh (the old one is kept
+// as daemon.log.1).
+const maxLogSize = 10 << 20
+
+func openDaemonLog(path string) (*os.File, error) {
+	if fi, err := os.Stat(path); err == nil && fi.Size() > maxLogSize {
+		_ = os.Rename(path, path+".1")
+	}
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("open the daemon log %s: %w", path, err)
+	}
+	return f, nil
+}
+
+// lastLines returns the last n lines of a file, for error messages.
+func lastLines(path string, n int) string {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return ""
+	}
+	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n  ")
+}

@@ -1,0 +1,46 @@
+package main
+
+import (
+	"fmt"
+	"strings"
+
+	"github.com/spf13/cobra"
+
+	"github.com/sbx-dev/sbx/daemon"
+)
+
+func newGCCmd(g *globalOptions) *cobra.Command {
+	return &cobra.Command{
+		Use:   "gc",
+		Short: "Delete sandboxes whose lease expired (left by crashed daemons or other laptops)",
+		Long: `GC deletes the cluster objects of every sandbox whose Lease expired more than
+a grace period ago, in the namespace given by -n (default: every namespace
+you may list). A connected daemon renews its sandboxes' leases, so live
+sandboxes are never collected.`,
+		Example: `  sbx gc
+  sbx gc -n hotrod`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			format, err := g.outputFormat("text", "json", "yaml")
+			if err != nil {
+				return err
+			}
+			ctx := cmd.Context()
+			c, err := ensureDaemon(ctx, g.stderr)
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			res, err := c.GC(ctx, daemon.ClusterRequest{Kubeconfig: kubeconfigForDaemon(g), Context: g.context, Namespace: g.namespace})
+			if err != nil {
+				return err
+			}
+			return printValue(g.stdout, format, res, func() string {
+				if len(res.Deleted) == 0 {
+					return "nothing to collect: no sandbox has an expired lease"
+				}
+				return fmt.Sprintf("deleted %d expired sandbox(es): %s", len(res.Deleted), strings.Join(res.Deleted, ", "))
+			})
+		},
+	}
+}

@@ -1,0 +1,92 @@
+package main
+
+import (
+	"fmt"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/sbx-dev/sbx/daemon"
+)
+
+func newListCmd(g *globalOptions) *cobra.Command {
+	var localOnly bool
+	cmd := &cobra.Command{
+		Use:   "list",
+		Short: "List sandboxes: this daemon's, and sbx objects found in the cluster (orphans marked)",
+		Long: `List shows the daemon's sandboxes together with the sandboxes sbx created in
+the cluster (selected by --kubeconfig, --context and -n). A sandbox in the
+cluster that this daemon does not own is marked as an orphan: left by a
+crashed daemon, another laptop, or a colleague. ` + "`sbx gc`" + ` removes those whose
+lease expired.`,
+		Example: `  sbx list
+  sbx list -n hotrod -o json
+  sbx list --local      # only this daemon's sandboxes, no cluster access`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			format, err := g.outputFormat("text", "json", "yaml")
+			if err != nil {
+				return err
+			}
+			ctx := cmd.Context()
+			c, err := ensureDaemon(ctx, g.stderr)
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			res, err := c.List(ctx, daemon.ClusterRequest{Kubeconfig: kubeconfigForDaemon(g), Context: g.context, Namespace: g.namespace}, !localOnly)
+			if err != nil {
+				return err
+			}
+			if res.ClusterError != "" {
+				fmt.Fprintf(g.stderr, "! %s\n", res.ClusterError)
+			}
+			return printValue(g.stdout, format, res, func() string { return renderList(res, time.Now()) })
+		},
+	}
+	cmd.Flags().BoolVar(&localOnly, "local", false, "list only this daemon's sandboxes, without asking the cluster")
+	return cmd
+}
+
+func renderList(res daemon.ListResult, now time.Time) string {
+	if len(res.Sandboxes) == 0 {
+		return "no sandboxes"
+	}
+	var b strings.Builder
+	tw := tabwriter.NewWriter(&b, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "NAME\tROUTING KEY\tNAMESPACE\tPHASE\tWHERE\tLEASE")
+	for _, e := range res.Sandboxes {
+		where := []string{}
+		if e.InDaemon {
+			where = append(where, "daemon")
+		}
+		if e.InCluster {
+			where = append(where, "cluster")
+		}
+		w := strings.Join(where, "+")
+		if e.Orphan {
+			w += " (orphan)"
+		}
+		phase := string(e.Phase)
+		if phase == "" {
+			phase = "-"
+		}
+		lease := "-"
+		if !e.LeaseExpires.IsZero() {
+			if d := e.LeaseExpires.Sub(now); d > 0 {
+				lease = "expires in " + d.Round(time.Second).String()
+			} else {
+				lease = "expired " + (-d).Round(time.Second).String() + " ago"
+			}
+		}
+		ns := e.Namespace
+		if ns == "" {
+			ns = "-"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", e.Name, e.RoutingKey, ns, phase, w, lease)
+	}
+	_ = tw.Flush()
+	return strings.TrimRight(b.String(), "\n")
+}

@@ -1,0 +1,128 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/sbx-dev/sbx/daemon"
+)
+
+func newLogsCmd(g *globalOptions) *cobra.Command {
+	var follow bool
+	var tail int
+	cmd := &cobra.Command{
+		Use:   "logs [-f]",
+		Short: "Print the daemon's log",
+		Example: `  sbx logs
+  sbx logs -f          # keep printing new lines
+  sbx logs --tail 50`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ctx := cmd.Context()
+			path := daemonPaths().Log()
+			// A running daemon knows best where it writes.
+			c := &daemon.Client{Socket: daemonPaths().Socket()}
+			pctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+			if p, err := c.LogPath(pctx); err == nil && p != "" {
+				path = p
+			}
+			cancel()
+			c.Close()
+			f, err := os.Open(path)
+			if errors.Is(err, fs.ErrNotExist) {
+				return userError(fmt.Errorf("no daemon log at %s yet", path), "the daemon writes it once started: `sbx daemon` or any connect")
+			}
+			if err != nil {
+				return err
+			}
+			defer f.Close()
+			if tail > 0 {
+				if err := seekTail(f, tail); err != nil {
+					return err
+				}
+			}
+			if _, err := io.Copy(g.stdout, f); err != nil {
+				return err
+			}
+			if !follow {
+				return nil
+			}
+			return followFile(ctx, f, path, g.stdout)
+		},
+	}
+	cmd.Flags().BoolVarP(&follow, "follow", "f", false, "keep printing lines as the daemon writes them")
+	cmd.Flags().IntVar(&tail, "tail", 0, "print only the last N lines first (0: all)")
+	return cmd
+}
+
+// followFile prints what is appended to f until ctx ends. When the log is
+// rotated (a new file at path), it continues with the new file.
+func followFile(ctx context.Context, f *os.File, path string, w io.Writer) error {
+	tick := time.NewTicker(200 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-tick.C:
+		}
+		if _, err := io.Copy(w, f); err != nil {
+			return err
+		}
+		cur, err1 := f.Stat()
+		now, err2 := os.Stat(path)
+		if err1 == nil && err2 == nil && !os.SameFile(cur, now) {
+			nf, err := os.Open(path)
+			if err != nil {
+				continue
+			}
+			_ = f.Close()
+			f = nf
+			defer nf.Close()
+		}
+	}
+}
+
+// seekTail positions f at the start of its last n lines.
+func seekTail(f *os.File, n int) error {
+	fi, err := f.Stat()
+	if err != nil {
+		return err
+	}
+	size := fi.Size()
+	const chunk = 64 << 10
+	buf := make([]byte, chunk)
+	lines := 0
+	pos := size
+	for pos > 0 {
+		step := int64(chunk)
+		if pos < step {
+			step = pos
+		}
+		pos -= step
+		if _, err := f.ReadAt(buf[:step], pos); err != nil && !errors.Is(err, io.EOF) {
+			return err
+		}
+		for i := int(step) - 1; i >= 0; i-- {
+			if buf[i] == '\n' {
+				if int64(i)+pos == size-1 {
+					continue // the file's final newline
+				}
+				lines++
+				if lines == n {
+					_, err := f.Seek(pos+int64(i)+1, io.SeekStart)
+					return err
+				}
+			}
+		}
+	}
+	_, err = f.Seek(0, io.SeekStart)
+	return err
+}

@@ -1,0 +1,135 @@
+package main
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+
+	"github.com/spf13/cobra"
+
+	"github.com/sbx-dev/sbx/cluster"
+)
+
+// relayImageFor is the relay image a build of sbx uses unless told
+// otherwise: the release pipeline publishes ghcr.io/sbx-dev/sbx:<version>,
+// the same binary as the CLI.
+func relayImageFor(version string) string {
+	return cluster.DefaultRelayImageRepo + ":" + version
+}
+
+func newRenderCmd(g *globalOptions) *cobra.Command {
+	var (
+		sf          specFlags
+		baselines   []string
+		routingKey  string
+		relayImage  string
+		baggageKey  string
+		leaseHolder string
+	)
+	cmd := &cobra.Command{
+		Use:   "render -f FILE [--set name=value]... --baseline MANIFESTS.yaml [--routing-key KEY]",
+		Short: "Print the exact objects sbx would apply, without a cluster",
+		Long: `Render reads the sandbox spec and the baseline's manifests (Deployments,
+StatefulSets, Argo Rollouts, Services and Istio VirtualServices, as
+` + "`kubectl get -o yaml`" + ` or a CD repository has them) and prints, as a YAML
+stream, every object sbx would write: the Lease, the token Secret, the relay
+Deployment, the sandbox Services and the VirtualServices (sbx's own, or CD's
+with the sandbox's routes on top). The token is shown as a placeholder and
+owner UIDs, which the API server assigns, likewise. The output is the same
+for the same spec, baseline and routing key.`,
+		Example: `  sbx render -f sandbox.yaml --set name=alice --baseline hotrod.yaml --routing-key k3x9a0b1c2d3e
+  kubectl get deploy,sts,svc,virtualservices -n hotrod -o yaml > baseline.yaml && sbx render -f sandbox.yaml --baseline baseline.yaml`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			format, err := g.outputFormat("text", "yaml", "json")
+			if err != nil {
+				return err
+			}
+			sb, err := sf.load(g)
+			if err != nil {
+				return err
+			}
+			if len(baselines) == 0 {
+				return userError(errors.New("no baseline manifests given"),
+					"pass --baseline FILE with the baseline's Deployments and Services (kubectl get deploy,svc,virtualservices -n NS -o yaml)")
+			}
+			ns := g.namespace
+			if ns == "" {
+				ns = "default"
+			}
+			base, err := loadBaselines(baselines, ns)
+			if err != nil {
+				return err
+			}
+			if routingKey == "" {
+				routingKey, err = cluster.NewRoutingKey()
+				if err != nil {
+					return err
+				}
+				fmt.Fprintf(g.stderr, "note: random routing key %s; pass --routing-key for a reproducible rendering\n", routingKey)
+			} else if err := cluster.ValidateRoutingKey(routingKey); err != nil {
+				return userError(err, "a routing key is 13 characters of [0-9a-z], as sbx connect prints it")
+			}
+			if err := cluster.ValidateBaggageKey(baggageKey); err != nil {
+				return userError(err, "use a W3C baggage key such as sbx-routing-key")
+			}
+			if relayImage == "" {
+				relayImage = relayImageFor(g.build.Version)
+			}
+			objs, err := cluster.Plan(cmd.Context(), base, sb, cluster.Options{
+				RoutingKey: routingKey,
+				Token:      cluster.TokenPlaceholder,
+				RelayImage: relayImage,
+				BaggageKey: baggageKey,
+				Holder:     leaseHolder,
+			})
+			if err != nil {
+				return userError(err, "the spec must name workloads, Services and ports that exist in the baseline")
+			}
+			for _, w := range objs.Warnings {
+				fmt.Fprintf(g.stderr, "warning: %s\n", w)
+			}
+			if format == "json" {
+				list := map[string]any{"apiVersion": "v1", "kind": "List", "items": objs.List()}
+				b, err := json.MarshalIndent(list, "", "  ")
+				if err != nil {
+					return err
+				}
+				_, err = fmt.Fprintf(g.stdout, "%s\n", b)
+				return err
+			}
+			return objs.WriteYAML(g.stdout)
+		},
+	}
+	sf.register(cmd)
+	f := cmd.Flags()
+	f.StringArrayVar(&baselines, "baseline", nil, "baseline manifests (YAML or JSON stream; repeatable); objects without a namespace are in -n or default")
+	f.StringVar(&routingKey, "routing-key", "", "routing key to render with (default: a random one)")
+	f.StringVar(&relayImage, "relay-image", "", "relay image (default "+cluster.DefaultRelayImageRepo+":<sbx version>)")
+	f.StringVar(&baggageKey, "baggage-key", cluster.DefaultBaggageKey, "W3C baggage key that carries the routing key")
+	f.StringVar(&leaseHolder, "holder", "sbx", "Lease holder identity to render (sbx connect uses user@host)")
+	return cmd
+}
+
+// loadBaselines reads and merges the baseline manifest files.
+func loadBaselines(paths []string, defaultNS string) (*cluster.ManifestBaseline, error) {
+	var files []*os.File
+	defer func() {
+		for _, f := range files {
+			f.Close()
+		}
+	}()
+	for _, p := range paths {
+		fh, err := os.Open(p)
+		if err != nil {
+			return nil, userError(fmt.Errorf("reading baseline manifests: %w", err), "check the path given to --baseline")
+		}
+		files = append(files, fh)
+	}
+	m, err := cluster.ParseManifestFiles(files, defaultNS)
+	if err != nil {
+		return nil, userError(err, "--baseline takes Kubernetes manifests (YAML documents separated by ---, or a kubectl List)")
+	}
+	return m, nil
+}

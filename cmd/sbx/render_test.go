@@ -1,0 +1,89 @@
+package main
+
+import (
+	"flag"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+)
+
+var update = flag.Bool("update", false, "rewrite the golden files in testdata/golden")
+
+const goldenKey = "k3x9a0b1c2d3e"
+
+// TestRenderGolden renders the examples against the hotrod baseline and
+// compares them with the reviewed golden files (go test ./cmd/sbx -run
+// TestRenderGolden -update rewrites them).
+func TestRenderGolden(t *testing.T) {
+	tests := []struct {
+		golden string
+		args   []string
+	}{
+		{"render-route.yaml", []string{"-f", "../../testdata/render/route.yaml", "--set", "name=alice",
+			"--baseline", "../../testdata/baseline/hotrod.yaml"}},
+		{"render-three.yaml", []string{"-f", "../../testdata/render/three.yaml",
+			"--baseline", "../../testdata/baseline/hotrod.yaml", "--baggage-key", "x-sbx"}},
+		{"render-two-namespaces.yaml", []string{"-f", "../../testdata/render/two-namespaces.yaml", "--set", "name=bob",
+			"--baseline", "../../testdata/baseline/hotrod.yaml", "--baseline", "../../testdata/baseline/payments.yaml"}},
+		{"render-spec-single.yaml", []string{"-f", "../../testdata/specs/valid/single.yaml",
+			"--baseline", "../../testdata/baseline/hotrod.yaml"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.golden, func(t *testing.T) {
+			args := append([]string{"render", "--routing-key", goldenKey, "--relay-image", "ghcr.io/sbx-dev/sbx:v0.1.0"}, tt.args...)
+			code, out, errOut := runCLI(t, args...)
+			require.Equal(t, 0, code, errOut)
+			path := filepath.Join("../../testdata/golden", tt.golden)
+			if *update {
+				require.NoError(t, os.WriteFile(path, []byte(out), 0o644))
+			}
+			want, err := os.ReadFile(path)
+			require.NoError(t, err, "run with -update to create it")
+			require.Equal(t, string(want), out)
+			require.Contains(t, out, "<token: 32 random bytes")
+
+			// Deterministic: the same inputs render the same bytes.
+			_, again, _ := runCLI(t, args...)
+			require.Equal(t, out, again)
+		})
+	}
+}
+
+func TestRenderWarningsAndErrors(t *testing.T) {
+	base := []string{"render", "-f", "../../testdata/render/three.yaml", "--routing-key", goldenKey}
+
+	code, out, errOut := runCLI(t, append(base, "--baseline", "../../testdata/baseline/hotrod.yaml")...)
+	require.Equal(t, 0, code, errOut)
+	require.Contains(t, errOut, "warning: VirtualService hotrod/frontend-gw is unusable")
+	require.Contains(t, out, "image: ghcr.io/sbx-dev/sbx:", "default relay image from the build version")
+
+	code, _, errOut = runCLI(t, base...)
+	require.Equal(t, 2, code)
+	require.Contains(t, errOut, "no baseline manifests given")
+
+	code, _, errOut = runCLI(t, "render", "-f", "../../testdata/render/three.yaml", "--routing-key", "NOT-A-KEY",
+		"--baseline", "../../testdata/baseline/hotrod.yaml")
+	require.Equal(t, 2, code)
+	require.Contains(t, errOut, "routing key")
+
+	code, _, errOut = runCLI(t, append(base, "--baseline", "../../testdata/baseline/payments.yaml")...)
+	require.Equal(t, 2, code)
+	require.Contains(t, errOut, "Deployment hotrod/frontend is not in the baseline manifests")
+
+	code, _, errOut = runCLI(t, append(base, "--baseline", "nope.yaml")...)
+	require.Equal(t, 2, code)
+	require.Contains(t, errOut, "check the path given to --baseline")
+
+	// Without --routing-key: a random key, said on stderr.
+	code, out, errOut = runCLI(t, "render", "-f", "../../testdata/render/three.yaml", "--baseline", "../../testdata/baseline/hotrod.yaml")
+	require.Equal(t, 0, code, errOut)
+	require.Contains(t, errOut, "note: random routing key")
+	require.False(t, strings.Contains(out, goldenKey))
+
+	code, out, errOut = runCLI(t, append(base, "--baseline", "../../testdata/baseline/hotrod.yaml", "-o", "json")...)
+	require.Equal(t, 0, code, errOut)
+	require.Contains(t, out, `"kind": "List"`)
+}

@@ -1,0 +1,208 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/sbx-dev/sbx/daemon"
+)
+
+func newStatusCmd(g *globalOptions) *cobra.Command {
+	var watch bool
+	cmd := &cobra.Command{
+		Use:   "status [NAME]",
+		Short: "Show the daemon's sandboxes: phase, routing key, mappings, tunnel",
+		Long: `Status shows each connected sandbox: its phase, routing key, each mapping
+with whether something listens on its local address, and the tunnel (sessions,
+round-trip time, bytes, streams, reconnects, last error).
+
+With --watch it keeps printing: in text, the status again after each change;
+with -o json, one JSON event per line (the first a full snapshot).`,
+		Example: `  sbx status
+  sbx status alice -o json
+  sbx status --watch`,
+		Args:              cobra.MaximumNArgs(1),
+		ValidArgsFunction: completeSandboxNames,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			format, err := g.outputFormat("text", "json", "yaml")
+			if err != nil {
+				return err
+			}
+			ctx := cmd.Context()
+			c, err := connectDaemon(ctx)
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			name := ""
+			if len(args) == 1 {
+				name = args[0]
+			}
+			if !watch {
+				if name != "" {
+					sb, err := c.Sandbox(ctx, name)
+					if err != nil {
+						if daemon.IsNotFound(err) {
+							return userError(err, "connect it with `sbx connect -f FILE`")
+						}
+						return err
+					}
+					return printValue(g.stdout, format, sb, func() string { return renderSandbox(sb, time.Now()) })
+				}
+				st, err := c.Status(ctx)
+				if err != nil {
+					return err
+				}
+				return printValue(g.stdout, format, st, func() string { return renderStatus(st, time.Now()) })
+			}
+			return watchStatus(cmd, g, c, name, format)
+		},
+	}
+	cmd.Flags().BoolVarP(&watch, "watch", "w", false, "keep printing changes until interrupted")
+	return cmd
+}
+
+// watchStatus follows the daemon's watch stream. Text re-renders the whole
+// (or the named sandbox's) status after each change; json/yaml print each
+// event.
+func watchStatus(cmd *cobra.Command, g *globalOptions, c *daemon.Client, name, format string) error {
+	ctx := cmd.Context()
+	for {
+		w, err := c.Watch(ctx)
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			return err
+		}
+		var st daemon.Status
+		err = func() error {
+			defer w.Close()
+			for {
+				ev, err := w.Next()
+				if err != nil {
+					return err
+				}
+				applyEvent(&st, ev)
+				if format != "text" {
+					if name != "" && ev.Snapshot == nil && (ev.Sandbox == nil || ev.Sandbox.Name != name) && ev.Removed != name {
+						continue
+					}
+					if err := printValue(g.stdout, format, ev, nil); err != nil {
+						return err
+					}
+					continue
+				}
+				now := time.Now()
+				text := renderStatus(st, now)
+				if name != "" {
+					text = fmt.Sprintf("sandbox %s is not connected", name)
+					for _, sb := range st.Sandboxes {
+						if sb.Name == name {
+							text = renderSandbox(sb, now)
+						}
+					}
+				}
+				fmt.Fprintf(g.stdout, "── %s ──\n%s\n", now.Format("15:04:05"), text)
+			}
+		}()
+		switch {
+		case ctx.Err() != nil:
+			return nil
+		case errors.Is(err, daemon.ErrWatchDropped):
+			continue // fell behind: start over with a fresh snapshot
+		case errors.Is(err, io.EOF):
+			return userError(errors.New("the sbx daemon ended the watch (it stopped)"), "start it again with `sbx daemon` or any connect")
+		default:
+			return err
+		}
+	}
+}
+
+// applyEvent folds a watch event into st.
+func applyEvent(st *daemon.Status, ev daemon.Event) {
+	switch {
+	case ev.Snapshot != nil:
+		*st = *ev.Snapshot
+	case ev.Sandbox != nil:
+		for i := range st.Sandboxes {
+			if st.Sandboxes[i].Name == ev.Sandbox.Name {
+				st.Sandboxes[i] = *ev.Sandbox
+				return
+			}
+		}
+		st.Sandboxes = append(st.Sandboxes, *ev.Sandbox)
+	case ev.Removed != "":
+		for i := range st.Sandboxes {
+			if st.Sandboxes[i].Name == ev.Removed {
+				st.Sandboxes = append(st.Sandboxes[:i], st.Sandboxes[i+1:]...)
+				return
+			}
+		}
+	case ev.Config != nil:
+		st.ConfigError = *ev.Config
+	}
+}
+
+func renderStatus(st daemon.Status, now time.Time) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "sbx daemon %s (pid %d), log %s\n", st.Version, st.PID, st.LogPath)
+	if st.ConfigError != "" {
+		fmt.Fprintf(&b, "! %s\n", st.ConfigError)
+	}
+	if len(st.Sandboxes) == 0 {
+		b.WriteString("no sandboxes connected; connect one with `sbx connect -f FILE`")
+		return b.String()
+	}
+	for i, sb := range st.Sandboxes {
+		if i > 0 {
+			b.WriteString("\n")
+		}
+		b.WriteString(renderSandbox(sb, now))
+	}
+	return strings.TrimRight(b.String(), "\n")
+}
+
+func renderSandbox(sb daemon.SandboxStatus, now time.Time) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "%s  %s", sb.Name, sb.Phase)
+	if !sb.ReadySince.IsZero() {
+		fmt.Fprintf(&b, " for %s", now.Sub(sb.ReadySince).Round(time.Second))
+	}
+	fmt.Fprintf(&b, "  key %s", sb.RoutingKey)
+	if sb.Context != "" {
+		fmt.Fprintf(&b, "  context %s", sb.Context)
+	}
+	b.WriteString("\n")
+	for _, m := range sb.Mappings {
+		state := "listening"
+		if !m.Listening {
+			state = "NOT listening (start your service there)"
+		}
+		fmt.Fprintf(&b, "  %s.%s:%d -> %s  %s\n", m.Workload, m.Namespace, m.Port, m.ToLocal, state)
+	}
+	fmt.Fprintf(&b, "  tunnel: %d session(s), rtt %s, %d stream(s), in %s, out %s, %d reconnect(s)\n",
+		sb.Sessions, sb.RTT.Round(10*time.Microsecond), sb.Streams, humanBytes(sb.BytesIn), humanBytes(sb.BytesOut), sb.Reconnects)
+	if sb.LastError != "" {
+		fmt.Fprintf(&b, "  last error (%s ago): %s\n", now.Sub(sb.LastErrorAt).Round(time.Second), sb.LastError)
+	}
+	return strings.TrimRight(b.String(), "\n")
+}
+
+func humanBytes(n int64) string {
+	const unit = 1024
+	if n < unit {
+		return fmt.Sprintf("%d B", n)
+	}
+	div, exp := int64(unit), 0
+	for m := n / unit; m >= unit; m /= unit {
+		div *= unit
+		exp++
+	}
+	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
+}

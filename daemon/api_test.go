@@ -1,0 +1,350 @@
+package daemon
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+)
+
+func TestSocketAndDirModes(t *testing.T) {
+	td := startDaemon(t, Options{Clusters: (&fakeCluster{}).provider(), link: (&fakeLinker{}).link})
+	fi, err := os.Stat(td.paths.RuntimeDir)
+	require.NoError(t, err)
+	require.Equal(t, os.FileMode(0o700), fi.Mode().Perm())
+	fi, err = os.Stat(td.paths.Socket())
+	require.NoError(t, err)
+	require.Equal(t, os.ModeSocket, fi.Mode().Type())
+	require.Equal(t, os.FileMode(0o600), fi.Mode().Perm())
+}
+
+func TestLooseRuntimeDirIsTightened(t *testing.T) {
+	p := testPaths(t)
+	require.NoError(t, os.MkdirAll(p.RuntimeDir, 0o755))
+	require.NoError(t, os.Chmod(p.RuntimeDir, 0o755))
+	startDaemon(t, Options{Paths: p, Clusters: (&fakeCluster{}).provider(), link: (&fakeLinker{}).link})
+	fi, err := os.Stat(p.RuntimeDir)
+	require.NoError(t, err)
+	require.Equal(t, os.FileMode(0o700), fi.Mode().Perm())
+}
+
+func TestSecondDaemonRefused(t *testing.T) {
+	td := startDaemon(t, Options{Clusters: (&fakeCluster{}).provider(), link: (&fakeLinker{}).link})
+	d2, err := New(Options{Paths: td.paths, Clusters: (&fakeCluster{}).provider(), link: (&fakeLinker{}).link})
+	require.NoError(t, err)
+	err = d2.Run(context.Background())
+	require.ErrorIs(t, err, ErrAlreadyRunning)
+	require.Contains(t, err.Error(), fmt.Sprintf("pid %d", os.Getpid()))
+	require.Contains(t, err.Error(), "sbx daemon stop")
+	// The first daemon is unharmed.
+	_, err = td.client.Status(context.Background())
+	require.NoError(t, err)
+}
+
+func TestStaleSocketTakenOver(t *testing.T) {
+	p := testPaths(t)
+	require.NoError(t, os.MkdirAll(p.RuntimeDir, 0o700))
+	// A crashed daemon leaves its socket file behind.
+	ln, err := net.Listen("unix", p.Socket())
+	require.NoError(t, err)
+	ln.(*net.UnixListener).SetUnlinkOnClose(false)
+	require.NoError(t, ln.Close())
+	_, err = os.Stat(p.Socket())
+	require.NoError(t, err)
+
+	td := startDaemon(t, Options{Paths: p, Clusters: (&fakeCluster{}).provider(), link: (&fakeLinker{}).link})
+	st, err := td.client.Status(context.Background())
+	require.NoError(t, err)
+	require.Equal(t, os.Getpid(), st.PID)
+}
+
+// rawRequest sends a hand-made request over the socket.
+func rawRequest(t *testing.T, sock string, req *http.Request) (int, string) {
+	t.Helper()
+	tr := &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		var d net.Dialer
+		return d.DialContext(ctx, "unix", sock)
+	}}
+	defer tr.CloseIdleConnections()
+	resp, err := (&http.Client{Transport: tr}).Do(req)
+	require.NoError(t, err)
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	require.NoError(t, err)
+	return resp.StatusCode, string(b)
+}
+
+func TestBrowserRequestsRefused(t *testing.T) {
+	td := startDaemon(t, Options{Clusters: (&fakeCluster{}).provider(), link: (&fakeLinker{}).link})
+	cases := []struct {
+		name   string
+		host   string
+		header string
+		value  string
+		want   int
+	}{
+		{"plain", "local.sbx", "", "", http.StatusOK},
+		{"curl host", "localhost", "", "", http.StatusOK},
+		{"origin", "local.sbx", "Origin", "https://evil.example", http.StatusForbidden},
+		{"referer", "local.sbx", "Referer", "https://evil.example/page", http.StatusForbidden},
+		{"foreign host", "evil.example", "", "", http.StatusForbidden},
+		{"rebinding host with port", "evil.example:80", "", "", http.StatusForbidden},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			req, err := http.NewRequest(http.MethodGet, "http://"+tc.host+"/v1/status", nil)
+			require.NoError(t, err)
+			if tc.header != "" {
+				req.Header.Set(tc.header, tc.value)
+			}
+			code, body := rawRequest(t, td.paths.Socket(), req)
+			require.Equal(t, tc.want, code, body)
+			if tc.want != http.StatusOK {
+				var e map[string]string
+				require.NoError(t, json.Unmarshal([]byte(body), &e))
+				require.Contains(t, e["error"], "local clients only")
+			}
+		})
+	}
+}
+
+func TestTypedErrors(t *testing.T) {
+	td := startDaemon(t, Options{Clusters: (&fakeCluster{}).provider(), link: (&fakeLinker{}).link})
+	ctx := context.Background()
+
+	_, err := td.client.Sandbox(ctx, "nope")
+	var ae *APIError
+	require.ErrorAs(t, err, &ae)
+	require.Equal(t, http.StatusNotFound, ae.StatusCode)
+	require.True(t, IsNotFound(err))
+	require.Contains(t, err.Error(), "sbx status")
+
+	_, err = td.client.Disconnect(ctx, "nope")
+	require.True(t, IsNotFound(err))
+
+	bad := testSpec("Not_A_Label", "localhost:1")
+	_, err = td.client.Connect(ctx, ConnectRequest{Spec: bad}, nil)
+	require.ErrorAs(t, err, &ae)
+	require.Equal(t, http.StatusBadRequest, ae.StatusCode)
+	require.Contains(t, err.Error(), "DNS-1123")
+
+	// No daemon at all.
+	c := &Client{Socket: td.paths.Socket() + ".none"}
+	defer c.Close()
+	_, err = c.Status(ctx)
+	var nr *NotRunningError
+	require.ErrorAs(t, err, &nr)
+	require.True(t, IsNotRunning(err))
+	require.Contains(t, err.Error(), "sbx daemon")
+}
+
+func TestZeroClientUsesDefaultSocket(t *testing.T) {
+	dir := shortTempDir(t)
+	t.Setenv("XDG_RUNTIME_DIR", dir)
+	t.Setenv("XDG_STATE_HOME", dir+"/state")
+	startDaemon(t, Options{Paths: DefaultPaths(nil), Clusters: (&fakeCluster{}).provider(), link: (&fakeLinker{}).link})
+	var c Client
+	defer c.Close()
+	st, err := c.Status(context.Background())
+	require.NoError(t, err)
+	require.Equal(t, "test", st.Version)
+	require.Equal(t, dir+"/state/sbx/daemon.log", st.LogPath)
+}
+
+func TestRequestsWaitForReadiness(t *testing.T) {
+	release := make(chan struct{})
+	td := startDaemon(t, Options{
+		Clusters:    (&fakeCluster{}).provider(),
+		link:        (&fakeLinker{}).link,
+		beforeReady: func() { <-release },
+	})
+	got := make(chan error, 1)
+	go func() {
+		_, err := td.client.Status(context.Background())
+		got <- err
+	}()
+	// The socket answers early endpoints while Status waits.
+	_, err := td.client.LogPath(context.Background())
+	require.NoError(t, err)
+	select {
+	case err := <-got:
+		t.Fatalf("status answered before the daemon was ready: %v", err)
+	default:
+	}
+	close(release)
+	require.NoError(t, <-got)
+}
+
+func TestWatchSnapshotFirstThenChanges(t *testing.T) {
+	fc := &fakeCluster{}
+	td := startDaemon(t, Options{Clusters: fc.provider(), link: (&fakeLinker{}).link})
+	ctx := context.Background()
+	_, err := td.client.Connect(ctx, ConnectRequest{Spec: testSpec("alice", "localhost:1"), Wait: true}, nil)
+	require.NoError(t, err)
+
+	w, err := td.client.Watch(ctx)
+	require.NoError(t, err)
+	defer w.Close()
+	ev, err := w.Next()
+	require.NoError(t, err)
+	require.NotNil(t, ev.Snapshot, "first event must be the snapshot")
+	require.Len(t, ev.Snapshot.Sandboxes, 1)
+	require.Equal(t, "alice", ev.Snapshot.Sandboxes[0].Name)
+	require.Equal(t, PhaseReady, ev.Snapshot.Sandboxes[0].Phase)
+
+	_, err = td.client.Connect(ctx, ConnectRequest{Spec: testSpec("bob", "localhost:1")}, nil)
+	require.NoError(t, err)
+	sawBob := false
+	for !sawBob {
+		ev, err := w.Next()
+		require.NoError(t, err)
+		require.Nil(t, ev.Snapshot, "only the first event is a snapshot")
+		if ev.Sandbox != nil && ev.Sandbox.Name == "bob" {
+			sawBob = true
+		}
+	}
+	_, err = td.client.Disconnect(ctx, "alice")
+	require.NoError(t, err)
+	for {
+		ev, err := w.Next()
+		require.NoError(t, err)
+		if ev.Removed == "alice" {
+			break
+		}
+	}
+}
+
+func TestSlowWatcherDroppedOverSocket(t *testing.T) {
+	td := startDaemon(t, Options{Clusters: (&fakeCluster{}).provider(), link: (&fakeLinker{}).link, watchQueue: 4})
+	ctx := context.Background()
+	w, err := td.client.Watch(ctx)
+	require.NoError(t, err)
+	defer w.Close()
+	ev, err := w.Next()
+	require.NoError(t, err)
+	require.NotNil(t, ev.Snapshot)
+
+	// Publish far more than the socket buffers and the queue hold while
+	// the watcher does not read; publishing must never block.
+	d := td.d
+	d.store.SetSandbox(SandboxStatus{Name: "x", Phase: PhaseReady})
+	big := strings.Repeat("e", 4096)
+	publishDone := make(chan struct{})
+	go func() {
+		defer close(publishDone)
+		for i := 0; i < 5000 && !d.store.dropAny(); i++ {
+			d.store.UpdateSandbox("x", func(st *SandboxStatus) { st.LastError = fmt.Sprint(big, i) })
+		}
+	}()
+	select {
+	case <-publishDone:
+	case <-time.After(30 * time.Second):
+		t.Fatal("publishing blocked on a slow watcher")
+	}
+	// Now read: some events, then the drop notice.
+	for {
+		_, err := w.Next()
+		if err != nil {
+			require.ErrorIs(t, err, ErrWatchDropped)
+			break
+		}
+	}
+	// The daemon is fine and a new watcher gets a fresh snapshot.
+	w2, err := td.client.Watch(ctx)
+	require.NoError(t, err)
+	defer w2.Close()
+	ev, err = w2.Next()
+	require.NoError(t, err)
+	require.NotNil(t, ev.Snapshot)
+}
+
+func TestStoreDropsSlowWatcherWithoutBlocking(t *testing.T) {
+	s := newStore(Status{Version: "v"}, 2)
+	slow := s.Subscribe()
+	fast := s.Subscribe()
+	s.SetSandbox(SandboxStatus{Name: "a"})
+	// fast reads everything it is sent.
+	<-fast.C
+	<-fast.C
+	for i := range 10 {
+		s.UpdateSandbox("a", func(st *SandboxStatus) { st.Streams = i + 1 })
+		<-fast.C
+	}
+	require.True(t, s.Dropped(slow))
+	require.False(t, s.Dropped(fast))
+	n := 0
+	for range slow.C { // closed after what it had queued
+		n++
+	}
+	require.Equal(t, 3, n, "snapshot + queue of 2")
+	s.Unsubscribe(slow) // twice is fine
+	s.Unsubscribe(fast)
+	_, ok := <-fast.C
+	require.False(t, ok)
+}
+
+func TestStoreSkipsUnchanged(t *testing.T) {
+	s := newStore(Status{}, 8)
+	w := s.Subscribe()
+	<-w.C
+	s.SetSandbox(SandboxStatus{Name: "a", Phase: PhaseReady})
+	s.SetSandbox(SandboxStatus{Name: "a", Phase: PhaseReady})
+	s.UpdateSandbox("a", func(st *SandboxStatus) {})
+	s.RemoveSandbox("nope")
+	s.RemoveSandbox("a")
+	ev := <-w.C
+	require.Equal(t, "a", ev.Sandbox.Name)
+	ev = <-w.C
+	require.Equal(t, "a", ev.Removed)
+	require.Empty(t, w.C)
+	s.SetConfigError("bad yaml")
+	ev = <-w.C
+	require.Equal(t, "bad yaml", *ev.Config)
+	s.CloseAll()
+	_, ok := <-w.C
+	require.False(t, ok)
+}
+
+func TestShutdownEndpoint(t *testing.T) {
+	td := startDaemon(t, Options{Clusters: (&fakeCluster{}).provider(), link: (&fakeLinker{}).link})
+	require.NoError(t, td.client.Shutdown(context.Background()))
+	select {
+	case err := <-td.done:
+		require.NoError(t, err)
+		td.done <- nil
+	case <-time.After(10 * time.Second):
+		t.Fatal("daemon did not stop")
+	}
+	_, err := os.Stat(td.paths.Socket())
+	require.True(t, errors.Is(err, os.ErrNotExist), "socket removed on exit")
+	// A new daemon can start on the same paths.
+	startDaemon(t, Options{Paths: td.paths, Clusters: (&fakeCluster{}).provider(), link: (&fakeLinker{}).link})
+}
+
+func TestUnknownEndpoint(t *testing.T) {
+	td := startDaemon(t, Options{Clusters: (&fakeCluster{}).provider(), link: (&fakeLinker{}).link})
+	req, _ := http.NewRequest(http.MethodGet, "http://local.sbx/v9/nothing", nil)
+	code, body := rawRequest(t, td.paths.Socket(), req)
+	require.Equal(t, http.StatusNotFound, code)
+	require.Contains(t, body, "no such endpoint")
+}
+
+// readLines is used by tests that read NDJSON by hand.
+func readLines(r io.Reader) []string {
+	var out []string
+	sc := bufio.NewScanner(r)
+	for sc.Scan() {
+		out = append(out, sc.Text())
+	}
+	return out
+}

@@ -1,0 +1,325 @@
+package daemon
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"sync"
+)
+
+// Client talks to the daemon's local API. The zero value works: it dials
+// the default socket (DefaultPaths). It is safe for concurrent use; do not
+// copy it after first use.
+type Client struct {
+	// Socket is the socket path; empty means DefaultPaths(nil).Socket().
+	Socket string
+	// Dial opens a connection to the daemon; nil dials Socket. Tests swap
+	// it.
+	Dial func(ctx context.Context) (net.Conn, error)
+
+	once sync.Once
+	hc   *http.Client
+}
+
+// APIError is an error answer of the daemon ({"error": "..."}).
+type APIError struct {
+	StatusCode int
+	Message    string
+}
+
+func (e *APIError) Error() string { return e.Message }
+
+// NotRunningError means no daemon answers on the socket.
+type NotRunningError struct {
+	Socket string
+	Err    error
+}
+
+func (e *NotRunningError) Error() string {
+	return fmt.Sprintf("the sbx daemon is not running (nothing answers on %s); start it with `sbx daemon`, or run any command that needs it", e.Socket)
+}
+
+func (e *NotRunningError) Unwrap() error { return e.Err }
+
+// ConnectError is a waiting connect that ended without a ready sandbox.
+type ConnectError struct {
+	Sandbox string
+	Phase   Phase
+	Message string
+}
+
+func (e *ConnectError) Error() string { return e.Message }
+
+// ErrWatchDropped ends a watch whose reader fell behind; watch again for a
+// fresh snapshot.
+var ErrWatchDropped = errors.New(errWatchDroppedMsg)
+
+// IsNotFound reports whether err is the daemon saying the sandbox is
+// unknown.
+func IsNotFound(err error) bool {
+	var ae *APIError
+	return errors.As(err, &ae) && ae.StatusCode == http.StatusNotFound
+}
+
+// IsNotRunning reports whether err means no daemon is running.
+func IsNotRunning(err error) bool {
+	var nr *NotRunningError
+	return errors.As(err, &nr)
+}
+
+func (c *Client) socket() string {
+	if c.Socket != "" {
+		return c.Socket
+	}
+	return DefaultPaths(nil).Socket()
+}
+
+func (c *Client) http() *http.Client {
+	c.once.Do(func() {
+		dial := c.Dial
+		if dial == nil {
+			sock := c.socket()
+			dial = func(ctx context.Context) (net.Conn, error) {
+				var d net.Dialer
+				return d.DialContext(ctx, "unix", sock)
+			}
+		}
+		c.hc = &http.Client{Transport: &http.Transport{
+			DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+				conn, err := dial(ctx)
+				if err != nil {
+					return nil, &NotRunningError{Socket: c.socket(), Err: err}
+				}
+				return conn, nil
+			},
+			DisableCompression: true,
+			MaxIdleConns:       4,
+		}}
+	})
+	return c.hc
+}
+
+// do sends a request and returns the response if its status is 2xx; any
+// other status becomes an *APIError.
+func (c *Client) do(ctx context.Context, method, path string, body any) (*http.Response, error) {
+	var rd io.Reader
+	if body != nil {
+		b, err := json.Marshal(body)
+		if err != nil {
+			return nil, err
+		}
+		rd = bytes.NewReader(b)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, "http://"+apiHost+path, rd)
+	if err != nil {
+		return nil, err
+	}
+	if body != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	resp, err := c.http().Do(req)
+	if err != nil {
+		var nr *NotRunningError
+		if errors.As(err, &nr) {
+			return nil, nr
+		}
+		return nil, fmt.Errorf("sbx daemon at %s: %w", c.socket(), err)
+	}
+	if resp.StatusCode/100 != 2 {
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+		var e struct {
+			Error string `json:"error"`
+		}
+		if json.Unmarshal(b, &e) != nil || e.Error == "" {
+			e.Error = fmt.Sprintf("daemon answered %s: %s", resp.Status, bytes.TrimSpace(b))
+		}
+		return nil, &APIError{StatusCode: resp.StatusCode, Message: e.Error}
+	}
+	return resp, nil
+}
+
+func (c *Client) doJSON(ctx context.Context, method, path string, body, out any) error {
+	resp, err := c.do(ctx, method, path, body)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if out == nil {
+		_, _ = io.Copy(io.Discard, resp.Body)
+		return nil
+	}
+	if err := json.NewDecoder(resp.Body).Decode(out); err != nil {
+		return fmt.Errorf("decode the daemon's answer to %s %s: %w", method, path, err)
+	}
+	return nil
+}
+
+// Status returns the daemon's whole state.
+func (c *Client) Status(ctx context.Context) (Status, error) {
+	var st Status
+	err := c.doJSON(ctx, http.MethodGet, "/v1/status", nil, &st)
+	return st, err
+}
+
+// Sandbox returns one sandbox's status; IsNotFound(err) when unknown.
+func (c *Client) Sandbox(ctx context.Context, name string) (SandboxStatus, error) {
+	var st SandboxStatus
+	err := c.doJSON(ctx, http.MethodGet, "/v1/sandboxes/"+url.PathEscape(name), nil, &st)
+	return st, err
+}
+
+// Connect asks the daemon to connect req.Spec. Without req.Wait it returns
+// the accepted status at once. With it, progress is called for every step
+// and Connect returns the ready status, or a *ConnectError.
+func (c *Client) Connect(ctx context.Context, req ConnectRequest, progress func(Progress)) (SandboxStatus, error) {
+	resp, err := c.do(ctx, http.MethodPut, "/v1/sandboxes/"+url.PathEscape(req.Spec.Name), req)
+	if err != nil {
+		return SandboxStatus{}, err
+	}
+	defer resp.Body.Close()
+	if !req.Wait {
+		var st SandboxStatus
+		if err := json.NewDecoder(resp.Body).Decode(&st); err != nil {
+			return st, fmt.Errorf("decode the daemon's answer to connect: %w", err)
+		}
+		return st, nil
+	}
+	dec := json.NewDecoder(bufio.NewReader(resp.Body))
+	for {
+		var p Progress
+		if err := dec.Decode(&p); err != nil {
+			if ctx.Err() != nil {
+				return SandboxStatus{}, ctx.Err()
+			}
+			return SandboxStatus{}, fmt.Errorf("the daemon ended the connect stream of sandbox %s early: %w (see `sbx logs`)", req.Spec.Name, err)
+		}
+		if !p.Done {
+			if progress != nil {
+				progress(p)
+			}
+			continue
+		}
+		if p.Sandbox != nil && p.Error == "" {
+			if progress != nil {
+				progress(p)
+			}
+			return *p.Sandbox, nil
+		}
+		return SandboxStatus{}, &ConnectError{Sandbox: req.Spec.Name, Phase: p.Phase, Message: p.Error}
+	}
+}
+
+// Disconnect stops the named sandbox and deletes its cluster objects.
+func (c *Client) Disconnect(ctx context.Context, name string) (DisconnectResult, error) {
+	var res DisconnectResult
+	err := c.doJSON(ctx, http.MethodDelete, "/v1/sandboxes/"+url.PathEscape(name), nil, &res)
+	return res, err
+}
+
+// DisconnectAll disconnects every sandbox.
+func (c *Client) DisconnectAll(ctx context.Context) (DisconnectResult, error) {
+	var res DisconnectResult
+	err := c.doJSON(ctx, http.MethodDelete, "/v1/sandboxes", nil, &res)
+	return res, err
+}
+
+// List returns the daemon's sandboxes and, with includeCluster, the sbx
+// objects found in the cluster selected by creq, orphans marked.
+func (c *Client) List(ctx context.Context, creq ClusterRequest, includeCluster bool) (ListResult, error) {
+	q := url.Values{}
+	if creq.Kubeconfig != "" {
+		q.Set("kubeconfig", creq.Kubeconfig)
+	}
+	if creq.Context != "" {
+		q.Set("context", creq.Context)
+	}
+	if creq.Namespace != "" {
+		q.Set("namespace", creq.Namespace)
+	}
+	if !includeCluster {
+		q.Set("cluster", "false")
+	}
+	path := "/v1/list"
+	if len(q) > 0 {
+		path += "?" + q.Encode()
+	}
+	var res ListResult
+	err := c.doJSON(ctx, http.MethodGet, path, nil, &res)
+	return res, err
+}
+
+// GC deletes expired sandboxes in the cluster selected by creq.
+func (c *Client) GC(ctx context.Context, creq ClusterRequest) (GCResult, error) {
+	var res GCResult
+	err := c.doJSON(ctx, http.MethodPost, "/v1/gc", creq, &res)
+	return res, err
+}
+
+// LogPath returns the path of the daemon's log file. It answers before the
+// daemon is ready.
+func (c *Client) LogPath(ctx context.Context) (string, error) {
+	var li LogsInfo
+	err := c.doJSON(ctx, http.MethodGet, "/v1/logs", nil, &li)
+	return li.Path, err
+}
+
+// Shutdown asks the daemon to stop. Its sandboxes' cluster objects stay and
+// the next daemon reconnects them.
+func (c *Client) Shutdown(ctx context.Context) error {
+	return c.doJSON(ctx, http.MethodPost, "/v1/shutdown", nil, nil)
+}
+
+// Watcher reads a watch stream.
+type Watcher struct {
+	body io.ReadCloser
+	dec  *json.Decoder
+}
+
+// Watch opens a watch stream: the first event is a full snapshot, later
+// ones carry changes. Close it when done.
+func (c *Client) Watch(ctx context.Context) (*Watcher, error) {
+	resp, err := c.do(ctx, http.MethodGet, "/v1/watch", nil)
+	if err != nil {
+		return nil, err
+	}
+	return &Watcher{body: resp.Body, dec: json.NewDecoder(bufio.NewReader(resp.Body))}, nil
+}
+
+// Next returns the next event. It returns ErrWatchDropped when the daemon
+// dropped this watcher for falling behind, io.EOF when the daemon ended the
+// stream.
+func (w *Watcher) Next() (Event, error) {
+	var raw struct {
+		Event
+		Error string `json:"error"`
+	}
+	if err := w.dec.Decode(&raw); err != nil {
+		if errors.Is(err, io.ErrUnexpectedEOF) {
+			err = io.EOF
+		}
+		return Event{}, err
+	}
+	if raw.Error != "" {
+		if raw.Error == errWatchDroppedMsg {
+			return Event{}, ErrWatchDropped
+		}
+		return Event{}, fmt.Errorf("watch ended: %s: %w", raw.Error, io.EOF)
+	}
+	return raw.Event, nil
+}
+
+// Close ends the stream.
+func (w *Watcher) Close() error { return w.body.Close() }
+
+// Close releases the client's idle connections to the daemon.
+func (c *Client) Close() {
+	c.http().CloseIdleConnections()
+}

@@ -1,0 +1,95 @@
+package daemon
+
+import (
+	"context"
+	"crypto/rand"
+	"net"
+	"time"
+
+	"github.com/sbx-dev/sbx/cluster/spec"
+)
+
+// Cluster is everything a session needs from the Kubernetes side. The real
+// implementation adapts package cluster (objects, port-forward); tests use
+// fakes that hand out loopback connections to an in-process relay.
+type Cluster interface {
+	// Apply creates or updates the sandbox's objects for routingKey
+	// (idempotent) and returns where its relay runs and the tunnel token,
+	// read back from the sandbox's Secret. progress receives one line per
+	// step ("created Deployment hotrod/…").
+	Apply(ctx context.Context, sb *spec.Sandbox, routingKey string, progress func(string)) (Applied, error)
+	// WaitRelay returns once a relay pod of t is ready, reporting what it
+	// waits for through progress. Its error says why the pod is not ready.
+	WaitRelay(ctx context.Context, t Target, progress func(string)) error
+	// DialRelay opens one connection to the tunnel port of t's current
+	// ready relay pod (a port-forward stream). It finds the pod itself, so
+	// a pod that moved is found again.
+	DialRelay(ctx context.Context, t Target) (net.Conn, error)
+	// RenewLease extends t's Lease; sbx gc removes sandboxes whose Lease
+	// expired.
+	RenewLease(ctx context.Context, t Target) error
+	// Delete removes every object the sandbox created, including its
+	// routes inside shared VirtualServices.
+	Delete(ctx context.Context, t Target, sb *spec.Sandbox) error
+	// List returns the sandboxes sbx created in namespace ("" = all the
+	// caller may list).
+	List(ctx context.Context, namespace string) ([]ClusterSandbox, error)
+	// GC deletes sandboxes in namespace whose Lease expired more than the
+	// grace period ago and returns their names.
+	GC(ctx context.Context, namespace string) ([]string, error)
+}
+
+// ClusterProvider returns the Cluster for a kubeconfig path and context
+// name (both may be empty: kubectl's defaults). Implementations cache.
+type ClusterProvider func(ctx context.Context, kubeconfig, kubeContext string) (Cluster, error)
+
+// Target identifies one sandbox's relay in the cluster.
+type Target struct {
+	Sandbox    string `json:"sandbox"`
+	RoutingKey string `json:"routingKey"`
+	// Namespace is where the relay Deployment runs.
+	Namespace string `json:"namespace"`
+	// Namespaces are all the namespaces the sandbox has objects in (its
+	// workloads' namespaces).
+	Namespaces []string `json:"namespaces,omitempty"`
+}
+
+// Applied is the result of Cluster.Apply.
+type Applied struct {
+	Target
+	// Token authenticates the daemon to the relay. It lives in the
+	// sandbox's Secret and is never persisted by the daemon, logged or
+	// shown.
+	Token string `json:"-"`
+}
+
+// ClusterSandbox is a sandbox found in the cluster by its labels.
+type ClusterSandbox struct {
+	Name         string
+	RoutingKey   string
+	Namespace    string
+	LeaseExpires time.Time
+}
+
+// routingKeyLen and the alphabet follow DESIGN.md: lowercase base36, fixed
+// length, from crypto/rand.
+const routingKeyLen = 13
+
+const base36 = "0123456789abcdefghijklmnopqrstuvwxyz"
+
+// NewRoutingKey returns a fresh random routing key.
+func NewRoutingKey() string {
+	b := make([]byte, routingKeyLen)
+	// rand.Read never fails (Go 1.24+); rejection sampling keeps the
+	// distribution uniform over base36.
+	out := make([]byte, 0, routingKeyLen)
+	for len(out) < routingKeyLen {
+		_, _ = rand.Read(b)
+		for _, c := range b {
+			if c < 252 && len(out) < routingKeyLen { // 252 = 7*36
+				out = append(out, base36[int(c)%36])
+			}
+		}
+	}
+	return string(out)
+}

@@ -1,0 +1,198 @@
+package daemon
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/user"
+	"sync"
+	"time"
+
+	"github.com/sbx-dev/sbx/tunnel"
+)
+
+// Options configure a Daemon. Zero fields take defaults.
+type Options struct {
+	Paths   Paths
+	Logger  *slog.Logger
+	Version string
+	// LogPath is reported to clients (`sbx logs`); the caller decides where
+	// the logger writes.
+	LogPath string
+	// Clusters opens the Cluster for a kube context. Required.
+	Clusters ClusterProvider
+	// PoolSize is the number of tunnel sessions per sandbox (default 2).
+	PoolSize int
+	// BaggageKey is the baggage member that carries the routing key.
+	BaggageKey string
+	// Backoff of the reconnect supervisor (default 0.5 s → 30 s).
+	Backoff Backoff
+	// StatsInterval, LeaseInterval tune how often sessions refresh their
+	// status and renew their Lease.
+	StatsInterval time.Duration
+	LeaseInterval time.Duration
+	// Now is the clock (tests).
+	Now func() time.Time
+	// Tunnel tunes the tunnel sessions; nil means tunnel.DefaultConfig.
+	Tunnel *tunnel.Config
+
+	// link builds tunnel links; nil uses the tunnel package. Tests swap it.
+	link linker
+	// beforeReady runs after the socket is open and before the daemon is
+	// ready (tests hold readiness back with it).
+	beforeReady func()
+	// watchQueue bounds each watcher's queue (tests make it small).
+	watchQueue int
+}
+
+// Daemon is the laptop daemon: the local API on its unix socket and the
+// sandbox sessions behind it.
+type Daemon struct {
+	opts    Options
+	log     *slog.Logger
+	store   *store
+	mgr     *manager
+	logPath string
+	now     func() time.Time
+
+	ready    chan struct{} // closed once state is loaded and sessions restored
+	stopping chan struct{} // closed when shutdown was requested
+	stopOnce sync.Once
+}
+
+// New returns a daemon; Run starts it.
+func New(opts Options) (*Daemon, error) {
+	if opts.Clusters == nil {
+		return nil, errors.New("daemon: Options.Clusters is required")
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.DiscardHandler)
+	}
+	if opts.Paths.RuntimeDir == "" {
+		opts.Paths = DefaultPaths(nil)
+	}
+	if opts.LogPath == "" {
+		opts.LogPath = opts.Paths.Log()
+	}
+	if opts.link == nil {
+		opts.link = newTunnelLinker(opts.Tunnel)
+	}
+	cfg := sessionConfig{
+		PoolSize:      opts.PoolSize,
+		Backoff:       opts.Backoff,
+		StatsInterval: opts.StatsInterval,
+		LeaseInterval: opts.LeaseInterval,
+		BaggageKey:    opts.BaggageKey,
+		ClientID:      newClientID(),
+		User:          userAtHost(),
+		Now:           opts.Now,
+	}.withDefaults()
+	d := &Daemon{
+		opts:     opts,
+		log:      opts.Logger,
+		logPath:  opts.LogPath,
+		now:      cfg.Now,
+		ready:    make(chan struct{}),
+		stopping: make(chan struct{}),
+	}
+	d.store = newStore(Status{Version: opts.Version, PID: os.Getpid(), LogPath: opts.LogPath}, opts.watchQueue)
+	d.mgr = &manager{
+		log:      opts.Logger,
+		store:    d.store,
+		state:    &stateFile{path: opts.Paths.State()},
+		clusters: opts.Clusters,
+		link:     opts.link,
+		cfg:      cfg,
+		sessions: map[string]*session{},
+	}
+	return d, nil
+}
+
+// Run opens the socket first (so clients can connect at once and wait for
+// readiness), loads the saved state, restores its sandboxes, and serves
+// until ctx is cancelled or a client asks for shutdown. Sessions are
+// stopped on the way out but their cluster objects stay: the next daemon
+// reconnects them with the same routing keys.
+func (d *Daemon) Run(ctx context.Context) error {
+	ln, err := listenSocket(d.opts.Paths)
+	if err != nil {
+		return err
+	}
+	d.log.Info("daemon listening", "socket", d.opts.Paths.Socket(), "pid", os.Getpid(), "version", d.opts.Version)
+
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	d.mgr.ctx = ctx
+
+	srv := &http.Server{
+		Handler:           d.newHandler(),
+		ReadHeaderTimeout: 10 * time.Second,
+		BaseContext:       func(_ net.Listener) context.Context { return ctx },
+		ErrorLog:          slog.NewLogLogger(d.log.Handler(), slog.LevelDebug),
+	}
+	serveErr := make(chan error, 1)
+	go func() { serveErr <- srv.Serve(ln) }()
+
+	if d.opts.beforeReady != nil {
+		d.opts.beforeReady()
+	}
+	saved, loadErr := d.mgr.state.Load()
+	if loadErr != nil {
+		// Keep serving: the user needs the daemon to see the error and
+		// to fix things; the state file is left untouched.
+		d.log.Error("state not loaded", "err", loadErr)
+		d.store.SetConfigError(loadErr.Error())
+	} else {
+		d.mgr.Restore(saved)
+	}
+	close(d.ready)
+
+	var runErr error
+	select {
+	case <-ctx.Done():
+	case <-d.stopping:
+		d.log.Info("shutdown requested by a client")
+	case err := <-serveErr:
+		runErr = fmt.Errorf("serve the local API: %w", err)
+	}
+	d.requestStop()
+	cancel()
+	d.mgr.Wait()
+	d.store.CloseAll()
+	shCtx, shCancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer shCancel()
+	_ = srv.Shutdown(shCtx)
+	_ = ln.Close()
+	if runErr == nil {
+		if err := <-serveErr; err != nil && !errors.Is(err, http.ErrServerClosed) {
+			runErr = err
+		}
+	}
+	d.log.Info("daemon stopped")
+	return runErr
+}
+
+func (d *Daemon) requestStop() {
+	d.stopOnce.Do(func() { close(d.stopping) })
+}
+
+func newClientID() string {
+	b := make([]byte, 8)
+	_, _ = rand.Read(b)
+	return hex.EncodeToString(b)
+}
+
+func userAtHost() string {
+	name := "unknown"
+	if u, err := user.Current(); err == nil {
+		name = u.Username
+	}
+	host, _ := os.Hostname()
+	return name + "@" + host
+}

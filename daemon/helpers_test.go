@@ -1,0 +1,262 @@
+package daemon
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+	"go.uber.org/goleak"
+
+	"github.com/sbx-dev/sbx/cluster/spec"
+)
+
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m)
+}
+
+// testLogger writes the daemon's log into the test's output.
+func testLogger(t *testing.T) *slog.Logger {
+	return slog.New(slog.NewTextHandler(tWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug}))
+}
+
+type tWriter struct{ t *testing.T }
+
+func (w tWriter) Write(p []byte) (int, error) {
+	w.t.Helper()
+	w.t.Log(string(p))
+	return len(p), nil
+}
+
+// shortTempDir returns a temp dir with a short path: unix socket paths are
+// limited to ~104 bytes and t.TempDir() paths can be long.
+func shortTempDir(t *testing.T) string {
+	dir, err := os.MkdirTemp("", "sbxd")
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = os.RemoveAll(dir) })
+	return dir
+}
+
+func testPaths(t *testing.T) Paths {
+	dir := shortTempDir(t)
+	return Paths{RuntimeDir: filepath.Join(dir, "run", "sbx"), StateDir: filepath.Join(dir, "state", "sbx")}
+}
+
+// fakeCluster is a Cluster whose steps tests control.
+type fakeCluster struct {
+	mu        sync.Mutex
+	applies   []string // routing keys, one per Apply
+	deletes   []string
+	renews    int
+	applyErr  error
+	waitErr   error
+	waitBlock chan struct{} // WaitRelay blocks until closed, when set
+	deleteErr error
+	dial      func(ctx context.Context, t Target) (net.Conn, error)
+	listed    []ClusterSandbox
+	gcDeleted []string
+}
+
+func (f *fakeCluster) Apply(ctx context.Context, sb *spec.Sandbox, key string, progress func(string)) (Applied, error) {
+	f.mu.Lock()
+	f.applies = append(f.applies, key)
+	err := f.applyErr
+	f.mu.Unlock()
+	progress("created Deployment " + sb.Namespaces()[0] + "/sbx-" + key)
+	if err != nil {
+		return Applied{}, err
+	}
+	return Applied{Target: Target{Sandbox: sb.Name, RoutingKey: key, Namespace: sb.Namespaces()[0]}, Token: "s3cret-token"}, nil
+}
+
+func (f *fakeCluster) WaitRelay(ctx context.Context, t Target, progress func(string)) error {
+	f.mu.Lock()
+	block, err := f.waitBlock, f.waitErr
+	f.mu.Unlock()
+	progress("relay pod sbx-" + t.RoutingKey + "-abc is Running")
+	if block != nil {
+		select {
+		case <-block:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	return err
+}
+
+func (f *fakeCluster) DialRelay(ctx context.Context, t Target) (net.Conn, error) {
+	f.mu.Lock()
+	dial := f.dial
+	f.mu.Unlock()
+	if dial == nil {
+		return nil, errors.New("no relay in this test")
+	}
+	return dial(ctx, t)
+}
+
+func (f *fakeCluster) RenewLease(ctx context.Context, t Target) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.renews++
+	return nil
+}
+
+func (f *fakeCluster) Delete(ctx context.Context, t Target, sb *spec.Sandbox) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.deleteErr != nil {
+		return f.deleteErr
+	}
+	f.deletes = append(f.deletes, t.Sandbox+"/"+t.RoutingKey)
+	return nil
+}
+
+func (f *fakeCluster) List(ctx context.Context, ns string) ([]ClusterSandbox, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return append([]ClusterSandbox(nil), f.listed...), nil
+}
+
+func (f *fakeCluster) GC(ctx context.Context, ns string) ([]string, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.gcDeleted, nil
+}
+
+func (f *fakeCluster) appliedKeys() []string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return append([]string(nil), f.applies...)
+}
+
+func (f *fakeCluster) provider() ClusterProvider {
+	return func(ctx context.Context, kubeconfig, kctx string) (Cluster, error) { return f, nil }
+}
+
+// fakeLink is a link the test can break.
+type fakeLink struct {
+	done chan struct{}
+	once sync.Once
+	err  error
+}
+
+func newFakeLink() *fakeLink { return &fakeLink{done: make(chan struct{})} }
+
+func (l *fakeLink) Done() <-chan struct{} { return l.done }
+func (l *fakeLink) Err() error            { return l.err }
+func (l *fakeLink) Stats() linkStats {
+	return linkStats{Sessions: 2, RTT: time.Millisecond, BytesIn: 10, BytesOut: 20}
+}
+func (l *fakeLink) Close() error { l.kill(errors.New("closed")); return nil }
+func (l *fakeLink) kill(err error) {
+	l.once.Do(func() { l.err = err; close(l.done) })
+}
+
+// fakeLinker hands out fakeLinks and remembers them.
+type fakeLinker struct {
+	mu    sync.Mutex
+	links []*fakeLink
+	err   error
+}
+
+func (f *fakeLinker) link(ctx context.Context, p linkParams) (link, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.err != nil {
+		return nil, f.err
+	}
+	l := newFakeLink()
+	f.links = append(f.links, l)
+	return l, nil
+}
+
+func (f *fakeLinker) last() *fakeLink {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if len(f.links) == 0 {
+		return nil
+	}
+	return f.links[len(f.links)-1]
+}
+
+func (f *fakeLinker) count() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return len(f.links)
+}
+
+// testDaemon is a daemon running in-process.
+type testDaemon struct {
+	d      *Daemon
+	client *Client
+	paths  Paths
+	cancel context.CancelFunc
+	done   chan error
+}
+
+func fastBackoff() Backoff {
+	return Backoff{Min: 5 * time.Millisecond, Max: 50 * time.Millisecond, StableAfter: time.Minute}
+}
+
+// startDaemon runs a daemon with opts (Paths, Clusters and link filled
+// in when empty) and waits until it answers.
+func startDaemon(t *testing.T, opts Options) *testDaemon {
+	t.Helper()
+	if opts.Paths.RuntimeDir == "" {
+		opts.Paths = testPaths(t)
+	}
+	if opts.Logger == nil {
+		opts.Logger = testLogger(t)
+	}
+	if opts.Backoff.Min == 0 {
+		opts.Backoff = fastBackoff()
+	}
+	if opts.StatsInterval == 0 {
+		opts.StatsInterval = 20 * time.Millisecond
+	}
+	opts.Version = "test"
+	d, err := New(opts)
+	require.NoError(t, err)
+	ctx, cancel := context.WithCancel(context.Background())
+	td := &testDaemon{d: d, client: &Client{Socket: opts.Paths.Socket()}, paths: opts.Paths, cancel: cancel, done: make(chan error, 1)}
+	go func() { td.done <- d.Run(ctx) }()
+	t.Cleanup(td.stop)
+	require.Eventually(t, func() bool {
+		_, err := td.client.LogPath(context.Background())
+		return err == nil
+	}, 10*time.Second, 5*time.Millisecond, "daemon did not answer on its socket")
+	return td
+}
+
+// stop stops the daemon and waits for it; safe to call twice.
+func (td *testDaemon) stop() {
+	td.cancel()
+	<-td.done
+	td.done <- nil // let a second stop return at once
+	td.client.Close()
+}
+
+func testSpec(name string, toLocal string) spec.Sandbox {
+	return spec.Sandbox{Name: name, Spec: spec.Spec{Local: []spec.Local{{
+		Name:     "route",
+		From:     spec.Workload{Kind: spec.KindDeployment, Namespace: "hotrod", Name: "route"},
+		Mappings: []spec.Mapping{{Port: 8083, ToLocal: toLocal}},
+	}}}}
+}
+
+func waitPhase(t *testing.T, c *Client, name string, ph Phase) SandboxStatus {
+	t.Helper()
+	var st SandboxStatus
+	require.Eventually(t, func() bool {
+		var err error
+		st, err = c.Sandbox(context.Background(), name)
+		return err == nil && st.Phase == ph
+	}, 10*time.Second, 5*time.Millisecond, "sandbox %s never reached %s (last %+v)", name, ph, st)
+	return st
+}

@@ -1,0 +1,56 @@
+package daemon
+
+import (
+	"context"
+	"log/slog"
+	"net"
+	"time"
+)
+
+// link is a live tunnel to one sandbox's relay: a pool of tunnel sessions
+// and the loops serving inbound streams on them. The supervisor builds one
+// per connection attempt and drops it when Done closes.
+type link interface {
+	// Done closes when the link can carry no more traffic; Err says why.
+	Done() <-chan struct{}
+	Err() error
+	// Stats is sampled for status: RTT measured now, counters since the
+	// link was made.
+	Stats() linkStats
+	// Close tears the link down and waits for its goroutines.
+	Close() error
+}
+
+type linkStats struct {
+	Sessions int
+	RTT      time.Duration
+	BytesIn  int64
+	BytesOut int64
+	Streams  int
+}
+
+// route sends inbound streams for one workload port to a local address.
+type route struct {
+	Workload string
+	Port     int32
+	ToLocal  string
+}
+
+// linkParams is everything needed to build a link.
+type linkParams struct {
+	Target   Target
+	Token    string
+	ClientID string
+	User     string
+	PoolSize int
+	// Dial opens one connection to the relay's tunnel port.
+	Dial func(ctx context.Context) (net.Conn, error)
+	// Routes returns the current inbound routes.
+	Routes func() []route
+	Logger *slog.Logger
+}
+
+// linker builds a link: dials PoolSize connections, handshakes on each, and
+// starts serving inbound streams. It returns an error if not even one
+// session could be established.
+type linker func(ctx context.Context, p linkParams) (link, error)

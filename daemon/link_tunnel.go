@@ -1,0 +1,278 @@
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"sync"
+	"time"
+
+	"github.com/sbx-dev/sbx/tunnel"
+)
+
+// inboundDialTimeout bounds the local dial of an inbound stream. It is a
+// dial timeout only: once connected, streams have no idle timeout, so a
+// request paused in a debugger completes whenever it resumes.
+const inboundDialTimeout = 10 * time.Second
+
+// replaceDelay is the pause before re-dialing a pool session that died
+// while others stayed up.
+const replaceDelay = time.Second
+
+// newTunnelLinker returns a linker that speaks the tunnel protocol with
+// cfg (nil: tunnel.DefaultConfig).
+func newTunnelLinker(cfg *tunnel.Config) linker {
+	return func(ctx context.Context, p linkParams) (link, error) {
+		c := tunnel.DefaultConfig()
+		if cfg != nil {
+			c = *cfg
+		}
+		if c.Logger == nil {
+			c.Logger = p.Logger
+		}
+		return dialTunnelLink(ctx, c, p)
+	}
+}
+
+// tunnelLink is a pool of tunnel sessions to one relay plus the loops that
+// serve their inbound streams. It is done when its last session is gone;
+// a session that dies while others live is replaced in the background.
+type tunnelLink struct {
+	p    linkParams
+	cfg  tunnel.Config
+	log  *slog.Logger
+	pool *tunnel.Pool
+
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+
+	mu       sync.Mutex
+	live     int
+	base     tunnel.Stats // counters of sessions that are gone
+	err      error
+	done     chan struct{}
+	doneOnce sync.Once
+}
+
+func dialTunnelLink(ctx context.Context, cfg tunnel.Config, p linkParams) (*tunnelLink, error) {
+	lctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	l := &tunnelLink{p: p, cfg: cfg, log: p.Logger, ctx: lctx, cancel: cancel, done: make(chan struct{})}
+	if l.log == nil {
+		l.log = slog.New(slog.DiscardHandler)
+	}
+	l.pool = tunnel.NewPool(l.log, nil)
+	// The link outlives ctx (the caller's connect step); it is bounded by
+	// Close. ctx only bounds the dials here.
+	var firstErr error
+	for i := 0; i < p.PoolSize; i++ {
+		if err := l.addSession(ctx); err != nil {
+			if firstErr == nil {
+				firstErr = err
+			}
+			l.log.Warn("tunnel session not established", "n", i+1, "err", err)
+		}
+	}
+	l.mu.Lock()
+	live := l.live
+	l.mu.Unlock()
+	if live == 0 {
+		_ = l.Close()
+		return nil, firstErr
+	}
+	return l, nil
+}
+
+// addSession dials one connection, handshakes and starts serving it.
+func (l *tunnelLink) addSession(ctx context.Context) error {
+	conn, err := l.p.Dial(ctx)
+	if err != nil {
+		return fmt.Errorf("dial relay: %w", err)
+	}
+	sess, _, err := tunnel.Client(ctx, conn, l.cfg, tunnel.Hello{
+		Version:  tunnel.ProtocolVersion,
+		Token:    l.p.Token,
+		ClientID: l.p.ClientID,
+		Sandbox:  l.p.Target.Sandbox,
+		User:     l.p.User,
+	})
+	if err != nil {
+		_ = conn.Close()
+		if errors.Is(err, tunnel.ErrVersionMismatch) || errors.Is(err, tunnel.ErrSandboxMismatch) {
+			return &PermanentError{fmt.Errorf("tunnel handshake: %w (use the same sbx version for the relay image and the CLI)", err)}
+		}
+		return fmt.Errorf("tunnel handshake: %w", err)
+	}
+	l.mu.Lock()
+	if l.ctx.Err() != nil {
+		l.mu.Unlock()
+		_ = sess.Close()
+		return l.ctx.Err()
+	}
+	l.live++
+	l.mu.Unlock()
+	l.pool.Add(sess)
+	l.wg.Add(2)
+	go func() {
+		defer l.wg.Done()
+		l.acceptLoop(sess)
+	}()
+	go func() {
+		defer l.wg.Done()
+		l.watch(sess)
+	}()
+	return nil
+}
+
+// watch waits for sess to end, keeps its counters, and replaces it while
+// other sessions live; the link ends with its last session.
+func (l *tunnelLink) watch(sess *tunnel.Session) {
+	select {
+	case <-sess.Done():
+	case <-l.ctx.Done():
+		return
+	}
+	st := sess.Stats()
+	l.mu.Lock()
+	l.live--
+	l.base.BytesIn += st.BytesIn
+	l.base.BytesOut += st.BytesOut
+	l.base.StreamsTotal += st.StreamsTotal
+	live := l.live
+	l.mu.Unlock()
+	err := sess.Err()
+	if live == 0 {
+		l.finish(err)
+		return
+	}
+	l.log.Info("tunnel session ended; replacing it", "err", err, "remaining", live)
+	t := time.NewTimer(replaceDelay)
+	defer t.Stop()
+	select {
+	case <-l.ctx.Done():
+		return
+	case <-l.done:
+		return
+	case <-t.C:
+	}
+	dctx, cancel := context.WithTimeout(l.ctx, 30*time.Second)
+	defer cancel()
+	if err := l.addSession(dctx); err != nil {
+		l.log.Warn("replacing tunnel session failed; continuing with fewer", "err", err)
+	}
+}
+
+func (l *tunnelLink) finish(err error) {
+	l.doneOnce.Do(func() {
+		if err == nil {
+			err = errors.New("tunnel closed")
+		}
+		l.mu.Lock()
+		l.err = err
+		l.mu.Unlock()
+		close(l.done)
+	})
+}
+
+func (l *tunnelLink) acceptLoop(sess *tunnel.Session) {
+	for {
+		st, err := sess.Accept(l.ctx)
+		if err != nil {
+			return
+		}
+		l.wg.Add(1)
+		go func() {
+			defer l.wg.Done()
+			l.serveInbound(st)
+		}()
+	}
+}
+
+// serveInbound connects one stream from the relay to its mapping's local
+// address. A local address that refuses is answered with ReasonRefused and
+// a message the relay shows in its 502.
+func (l *tunnelLink) serveInbound(st *tunnel.Stream) {
+	h := st.Header()
+	if h.Kind != tunnel.KindInbound {
+		_ = st.Reject(tunnel.ReasonDenied, fmt.Sprintf("the sbx daemon accepts only inbound streams, not %s", h.Kind))
+		return
+	}
+	var rt *route
+	for _, r := range l.p.Routes() {
+		if r.Workload == h.Workload && r.Port == int32(h.Port) {
+			rt = &r
+			break
+		}
+	}
+	if rt == nil {
+		_ = st.Reject(tunnel.ReasonDenied, fmt.Sprintf("sandbox %s has no mapping for workload %s port %d (run sbx connect again with the current spec)",
+			l.p.Target.Sandbox, h.Workload, h.Port))
+		return
+	}
+	d := net.Dialer{Timeout: inboundDialTimeout}
+	local, err := d.DialContext(l.ctx, "tcp", rt.ToLocal)
+	if err != nil {
+		reason := tunnel.ReasonOf(err)
+		msg := fmt.Sprintf("sbx sandbox %s: dial %s for %s port %d: %v", l.p.Target.Sandbox, rt.ToLocal, rt.Workload, rt.Port, err)
+		if reason == tunnel.ReasonRefused {
+			msg = fmt.Sprintf("sbx sandbox %s: nothing listening on %s (mapping of %s port %d); start your service there, or fix toLocal in the sandbox spec",
+				l.p.Target.Sandbox, rt.ToLocal, rt.Workload, rt.Port)
+		}
+		l.log.Info("inbound stream refused locally", "workload", rt.Workload, "port", rt.Port, "toLocal", rt.ToLocal, "reason", reason)
+		_ = st.Reject(reason, msg)
+		return
+	}
+	if err := st.Accept(); err != nil {
+		_ = local.Close()
+		_ = st.Close()
+		return
+	}
+	if err := tunnel.Pipe(l.ctx, st, local); err != nil && l.ctx.Err() == nil {
+		l.log.Debug("inbound stream ended with an error", "workload", rt.Workload, "port", rt.Port, "err", err)
+	}
+}
+
+func (l *tunnelLink) Done() <-chan struct{} { return l.done }
+
+func (l *tunnelLink) Err() error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.err
+}
+
+// Stats sums the pool's sessions (plus those already gone) and measures
+// the round trip on one of them.
+func (l *tunnelLink) Stats() linkStats {
+	l.mu.Lock()
+	out := linkStats{BytesIn: int64(l.base.BytesIn), BytesOut: int64(l.base.BytesOut)}
+	l.mu.Unlock()
+	sessions := l.pool.Sessions()
+	out.Sessions = len(sessions)
+	for _, s := range sessions {
+		st := s.Stats()
+		out.BytesIn += int64(st.BytesIn)
+		out.BytesOut += int64(st.BytesOut)
+		out.Streams += st.StreamsOpen
+	}
+	for _, s := range sessions {
+		if rtt, err := s.Ping(); err == nil {
+			out.RTT = rtt
+			break
+		}
+	}
+	return out
+}
+
+// Close ends every session and waits for the link's goroutines, including
+// open inbound streams (Pipe ends them when the context is cancelled).
+func (l *tunnelLink) Close() error {
+	l.mu.Lock()
+	l.cancel()
+	l.mu.Unlock()
+	err := l.pool.Close()
+	l.wg.Wait()
+	l.finish(errors.New("tunnel closed by the daemon"))
+	return err
+}

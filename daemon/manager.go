@@ -1,0 +1,236 @@
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"reflect"
+	"slices"
+	"strings"
+	"sync"
+)
+
+// manager owns the sessions: it creates, updates, restores and removes
+// them, and persists their identities.
+type manager struct {
+	log      *slog.Logger
+	store    *store
+	state    *stateFile
+	clusters ClusterProvider
+	link     linker
+	cfg      sessionConfig
+
+	ctx context.Context // daemon lifetime: sessions run under it
+
+	mu       sync.Mutex
+	sessions map[string]*session
+	wg       sync.WaitGroup
+}
+
+// errNotFound is returned for a sandbox the daemon does not know.
+type notFoundError struct{ name string }
+
+func (e *notFoundError) Error() string {
+	return fmt.Sprintf("sandbox %q is not connected (see `sbx status` for the connected ones)", e.name)
+}
+
+// conflictError is a request that contradicts the current state.
+type conflictError struct{ msg string }
+
+func (e *conflictError) Error() string { return e.msg }
+
+// startLocked creates and launches a session for saved. With subscribe,
+// a progress subscription is taken before the supervisor starts, so the
+// caller sees every step. m.mu must be held.
+func (m *manager) startLocked(saved savedSandbox, subscribe bool) (*session, chan Progress) {
+	ctx, cancel := context.WithCancel(m.ctx)
+	s := &session{
+		m:      m,
+		name:   saved.Name,
+		log:    m.log.With("sandbox", saved.Name),
+		saved:  saved,
+		subs:   map[chan Progress]struct{}{},
+		kick:   make(chan struct{}, 1),
+		cancel: cancel,
+		done:   make(chan struct{}),
+	}
+	var sub chan Progress
+	if subscribe {
+		sub = s.subscribe()
+	}
+	m.sessions[saved.Name] = s
+	m.store.SetSandbox(initialStatus(saved, m.cfg.BaggageKey))
+	m.wg.Add(1)
+	go func() {
+		defer m.wg.Done()
+		s.run(ctx)
+	}()
+	return s, sub
+}
+
+// Connect starts a session for req, or updates the spec of an existing one
+// (keeping its routing key) and re-applies. The returned channel carries the
+// session's progress from before its first step; the caller must
+// unsubscribe it.
+//
+// restarted reports whether a connection attempt starts because of this
+// call (new sandbox, changed spec, retry of a failed one).
+func (m *manager) Connect(req ConnectRequest) (s *session, sub chan Progress, restarted bool, err error) {
+	name := req.Spec.Name
+	kctx := req.Context
+	if req.Spec.Spec.Cluster != "" {
+		kctx = req.Spec.Spec.Cluster
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.ctx.Err() != nil {
+		return nil, nil, false, errors.New("the daemon is shutting down; run the command again to start a new one")
+	}
+	if s, ok := m.sessions[name]; ok {
+		s.mu.Lock()
+		old := s.saved
+		if old.Context != kctx || old.Kubeconfig != req.Kubeconfig {
+			s.mu.Unlock()
+			return nil, nil, false, &conflictError{fmt.Sprintf("sandbox %q is connected to context %q; disconnect it first (`sbx disconnect %s`) or pick another name", name, old.Context, name)}
+		}
+		changed := !reflect.DeepEqual(old.Spec, req.Spec)
+		s.saved.Spec = req.Spec
+		saved := s.saved
+		s.mu.Unlock()
+		sub := s.subscribe()
+		st, _ := m.store.Sandbox(name)
+		restarted = changed || st.Phase == PhaseFailed
+		if changed {
+			m.store.UpdateSandbox(name, func(st *SandboxStatus) {
+				fresh := initialStatus(saved, m.cfg.BaggageKey)
+				st.Namespaces, st.Mappings = fresh.Namespaces, fresh.Mappings
+			})
+			m.persistLocked()
+			select {
+			case s.kick <- struct{}{}:
+			default:
+			}
+		} else if st.Phase == PhaseFailed {
+			select { // connecting again is how a user retries a failed sandbox
+			case s.kick <- struct{}{}:
+			default:
+			}
+		}
+		return s, sub, restarted, nil
+	}
+	saved := savedSandbox{
+		Name:       name,
+		RoutingKey: NewRoutingKey(),
+		Kubeconfig: req.Kubeconfig,
+		Context:    kctx,
+		Spec:       req.Spec,
+		CreatedAt:  m.cfg.Now(),
+	}
+	if ns := req.Spec.Namespaces(); len(ns) > 0 {
+		saved.Namespace = ns[0]
+	}
+	s, sub = m.startLocked(saved, true)
+	m.persistLocked()
+	return s, sub, true, nil
+}
+
+// Restore starts sessions for the sandboxes saved by a previous daemon, with
+// their routing keys.
+func (m *manager) Restore(saved []savedSandbox) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for _, sv := range saved {
+		if _, ok := m.sessions[sv.Name]; ok || sv.Name == "" || sv.RoutingKey == "" {
+			continue
+		}
+		m.log.Info("restoring sandbox", "sandbox", sv.Name, "routingKey", sv.RoutingKey)
+		m.startLocked(sv, false)
+	}
+}
+
+// Get returns the named session.
+func (m *manager) Get(name string) (*session, bool) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	s, ok := m.sessions[name]
+	return s, ok
+}
+
+// Names lists the sessions' names, sorted.
+func (m *manager) Names() []string {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	var names []string
+	for n := range m.sessions {
+		names = append(names, n)
+	}
+	slices.Sort(names)
+	return names
+}
+
+// Disconnect stops the named session and deletes its cluster objects. If
+// the delete fails the session stays, stopped, in PhaseFailed so that the
+// user can retry; its objects are also collected by gc once the lease
+// expires.
+func (m *manager) Disconnect(ctx context.Context, name string) error {
+	m.mu.Lock()
+	s, ok := m.sessions[name]
+	m.mu.Unlock()
+	if !ok {
+		return &notFoundError{name}
+	}
+	s.cancel()
+	select {
+	case <-s.done:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	saved := s.snapshot()
+	s.setPhase(PhaseDisconnecting, fmt.Sprintf("deleting the objects of sandbox %s", name))
+	err := func() error {
+		cl, err := m.clusters(ctx, saved.Kubeconfig, saved.Context)
+		if err != nil {
+			return err
+		}
+		return cl.Delete(ctx, Target{Sandbox: saved.Name, RoutingKey: saved.RoutingKey, Namespace: saved.Namespace, Namespaces: saved.Spec.Namespaces()}, &saved.Spec)
+	}()
+	if err != nil {
+		err = fmt.Errorf("delete the cluster objects of sandbox %s: %w (retry `sbx disconnect %s`; `sbx gc` also removes them once the lease expired)", name, err, name)
+		s.recordError(err)
+		m.store.UpdateSandbox(name, func(st *SandboxStatus) { st.Phase = PhaseFailed })
+		return err
+	}
+	m.mu.Lock()
+	if m.sessions[name] == s {
+		delete(m.sessions, name)
+	}
+	m.persistLocked()
+	m.mu.Unlock()
+	s.closeSubs()
+	m.store.RemoveSandbox(name)
+	m.log.Info("sandbox disconnected", "sandbox", name)
+	return nil
+}
+
+// persistLocked writes the sessions to the state file. m.mu must be held.
+func (m *manager) persistLocked() {
+	var sbs []savedSandbox
+	for _, s := range m.sessions {
+		sbs = append(sbs, s.snapshot())
+	}
+	slices.SortFunc(sbs, func(a, b savedSandbox) int { return strings.Compare(a.Name, b.Name) })
+	if err := m.state.Save(sbs); err != nil {
+		m.log.Error("saving state failed; a restarted daemon may not reconnect these sandboxes", "err", err)
+	}
+}
+
+func (m *manager) persist() {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.persistLocked()
+}
+
+// Wait waits for every session's supervisor to end (after the daemon's
+// context is cancelled).
+func (m *manager) Wait() { m.wg.Wait() }

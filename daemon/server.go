@@ -1,0 +1,412 @@
+package daemon
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"time"
+)
+
+// apiHost is the Host the Go client sends. curl --unix-socket sends
+// "localhost"; anything else means the request did not come from a local
+// client speaking to the socket (DNS rebinding, a proxied browser).
+const apiHost = "local.sbx"
+
+// maxRequestBody bounds request bodies (a spec is a few KiB).
+const maxRequestBody = 4 << 20
+
+// httpError is an error with the HTTP status it maps to.
+type httpError struct {
+	code int
+	msg  string
+}
+
+func (e *httpError) Error() string { return e.msg }
+
+func badRequest(format string, args ...any) error {
+	return &httpError{http.StatusBadRequest, fmt.Sprintf(format, args...)}
+}
+
+// handlerFunc is an API handler; an error it returns becomes the
+// {"error": "..."} body with the status its type maps to.
+type handlerFunc func(w http.ResponseWriter, r *http.Request) error
+
+// route is one entry of the handler table.
+type apiRoute struct {
+	pattern string // Go ServeMux pattern, method included
+	handler handlerFunc
+	// early handlers answer before the daemon is ready (liveness, logs,
+	// shutdown); every other request waits for readiness.
+	early bool
+}
+
+func (d *Daemon) routes() []apiRoute {
+	return []apiRoute{
+		{"GET /v1/status", d.handleStatus, false},
+		{"GET /v1/watch", d.handleWatch, false},
+		{"GET /v1/sandboxes/{name}", d.handleGetSandbox, false},
+		{"PUT /v1/sandboxes/{name}", d.handleConnect, false},
+		{"DELETE /v1/sandboxes/{name}", d.handleDisconnect, false},
+		{"DELETE /v1/sandboxes", d.handleDisconnectAll, false},
+		{"GET /v1/list", d.handleList, false},
+		{"POST /v1/gc", d.handleGC, false},
+		{"GET /v1/logs", d.handleLogs, true},
+		{"POST /v1/shutdown", d.handleShutdown, true},
+	}
+}
+
+func (d *Daemon) newHandler() http.Handler {
+	mux := http.NewServeMux()
+	for _, rt := range d.routes() {
+		mux.Handle(rt.pattern, d.wrap(rt))
+	}
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		writeError(w, &httpError{http.StatusNotFound, fmt.Sprintf("no such endpoint %s %s (is the CLI newer than the daemon? restart it with `sbx daemon stop`)", r.Method, r.URL.Path)})
+	})
+	return guard(mux)
+}
+
+// guard refuses anything that looks like it came through a browser: the
+// socket is private to the user, but a browser on the same machine can be
+// tricked into speaking to local HTTP servers.
+func guard(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Header.Get("Origin") != "" || r.Header.Get("Referer") != "" {
+			writeError(w, &httpError{http.StatusForbidden, "requests with Origin or Referer are refused: the sbx API is for local clients only"})
+			return
+		}
+		host := r.Host
+		if h, _, err := net.SplitHostPort(host); err == nil {
+			host = h
+		}
+		if host != apiHost && host != "localhost" && host != "" {
+			writeError(w, &httpError{http.StatusForbidden, fmt.Sprintf("Host %q refused: the sbx API is for local clients only", r.Host)})
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+func (d *Daemon) wrap(rt apiRoute) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if !rt.early {
+			select {
+			case <-d.ready:
+			case <-r.Context().Done():
+				return
+			case <-d.stopping:
+				writeError(w, &httpError{http.StatusServiceUnavailable, "the daemon is shutting down; run the command again to start a new one"})
+				return
+			}
+		}
+		if err := rt.handler(w, r); err != nil {
+			writeError(w, err)
+		}
+	})
+}
+
+// writeError sends {"error": "..."} with a status derived from err's type.
+func writeError(w http.ResponseWriter, err error) {
+	code := http.StatusInternalServerError
+	var he *httpError
+	var nf *notFoundError
+	var ce *conflictError
+	switch {
+	case errors.As(err, &he):
+		code = he.code
+	case errors.As(err, &nf):
+		code = http.StatusNotFound
+	case errors.As(err, &ce):
+		code = http.StatusConflict
+	case errors.Is(err, context.DeadlineExceeded):
+		code = http.StatusGatewayTimeout
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	_ = json.NewEncoder(w).Encode(map[string]string{"error": err.Error()})
+}
+
+func writeJSON(w http.ResponseWriter, v any) error {
+	w.Header().Set("Content-Type", "application/json")
+	return json.NewEncoder(w).Encode(v)
+}
+
+func readJSON(r *http.Request, v any) error {
+	dec := json.NewDecoder(io.LimitReader(r.Body, maxRequestBody))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		return badRequest("invalid request body: %v", err)
+	}
+	return nil
+}
+
+// ndjson writes one JSON value per line and flushes it at once.
+type ndjson struct {
+	w   http.ResponseWriter
+	enc *json.Encoder
+	f   http.Flusher
+}
+
+func newNDJSON(w http.ResponseWriter) *ndjson {
+	w.Header().Set("Content-Type", "application/x-ndjson")
+	w.Header().Set("Cache-Control", "no-store")
+	w.WriteHeader(http.StatusOK)
+	f, _ := w.(http.Flusher)
+	n := &ndjson{w: w, enc: json.NewEncoder(w), f: f}
+	n.flush()
+	return n
+}
+
+func (n *ndjson) send(v any) error {
+	if err := n.enc.Encode(v); err != nil {
+		return err
+	}
+	n.flush()
+	return nil
+}
+
+func (n *ndjson) flush() {
+	if n.f != nil {
+		n.f.Flush()
+	}
+}
+
+func (d *Daemon) handleStatus(w http.ResponseWriter, r *http.Request) error {
+	return writeJSON(w, d.store.Status())
+}
+
+func (d *Daemon) handleGetSandbox(w http.ResponseWriter, r *http.Request) error {
+	name := r.PathValue("name")
+	st, ok := d.store.Sandbox(name)
+	if !ok {
+		return &notFoundError{name}
+	}
+	return writeJSON(w, st)
+}
+
+// watchError is the last line of a watch stream the daemon ended itself.
+type watchError struct {
+	Error string `json:"error"`
+}
+
+func (d *Daemon) handleWatch(w http.ResponseWriter, r *http.Request) error {
+	wt := d.store.Subscribe()
+	defer d.store.Unsubscribe(wt)
+	out := newNDJSON(w)
+	for {
+		select {
+		case <-r.Context().Done():
+			return nil
+		case ev, ok := <-wt.C:
+			if !ok {
+				msg := "the daemon is shutting down"
+				if d.store.Dropped(wt) {
+					msg = errWatchDroppedMsg
+				}
+				_ = out.send(watchError{Error: msg})
+				return nil
+			}
+			if err := out.send(ev); err != nil {
+				return nil
+			}
+		}
+	}
+}
+
+const errWatchDroppedMsg = "watcher fell behind and was dropped; watch again to get a fresh snapshot"
+
+func (d *Daemon) handleConnect(w http.ResponseWriter, r *http.Request) error {
+	var req ConnectRequest
+	if err := readJSON(r, &req); err != nil {
+		return err
+	}
+	name := r.PathValue("name")
+	if req.Spec.Name != name {
+		return badRequest("the spec's name %q does not match the sandbox %q in the URL", req.Spec.Name, name)
+	}
+	if err := validateRequestSpec(&req); err != nil {
+		return err
+	}
+	s, sub, restarted, err := d.mgr.Connect(req)
+	if err != nil {
+		return err
+	}
+	defer s.unsubscribe(sub)
+	if !req.Wait {
+		st, _ := d.store.Sandbox(name)
+		w.WriteHeader(http.StatusAccepted)
+		return writeJSON(w, st)
+	}
+	ctx := r.Context()
+	if req.Timeout > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, req.Timeout)
+		defer cancel()
+	}
+	out := newNDJSON(w)
+	if st, _ := d.store.Sandbox(name); !restarted && st.Phase == PhaseReady {
+		// Nothing changed and it is up: answer at once.
+		return out.send(Progress{Time: d.now(), Phase: PhaseReady, Done: true, Sandbox: &st})
+	}
+	var lastErr string
+	for {
+		select {
+		case <-ctx.Done():
+			if r.Context().Err() != nil {
+				return nil // the client went away
+			}
+			st, _ := d.store.Sandbox(name)
+			if lastErr == "" {
+				lastErr = st.LastError
+			}
+			msg := fmt.Sprintf("sandbox %s not ready after %s (phase %s)", name, req.Timeout, st.Phase)
+			if lastErr != "" {
+				msg += ": " + lastErr
+			}
+			msg += fmt.Sprintf("; it keeps retrying in the background: watch it with `sbx status %s --watch`, or stop with `sbx disconnect %s`", name, name)
+			return out.send(Progress{Time: d.now(), Phase: st.Phase, Done: true, Error: msg})
+		case p, ok := <-sub:
+			if !ok {
+				st, found := d.store.Sandbox(name)
+				if !found {
+					return out.send(Progress{Time: d.now(), Done: true, Error: fmt.Sprintf("sandbox %s was disconnected while connecting", name)})
+				}
+				if st.Phase == PhaseReady {
+					return out.send(Progress{Time: d.now(), Phase: PhaseReady, Done: true, Sandbox: &st})
+				}
+				return out.send(Progress{Time: d.now(), Phase: st.Phase, Done: true, Error: "progress stream fell behind; the sandbox keeps connecting: see `sbx status " + name + "`"})
+			}
+			if p.Error != "" {
+				lastErr = p.Error
+			}
+			if p.Phase == PhaseFailed {
+				cause := p.Error
+				if cause == "" {
+					cause = p.Message
+				}
+				p.Done = true
+				p.Error = fmt.Sprintf("sandbox %s failed: %s (fix the cause and run connect again, or `sbx disconnect %s`)", name, cause, name)
+				return out.send(p)
+			}
+			if err := out.send(p); err != nil {
+				return nil
+			}
+			if p.Done {
+				return nil
+			}
+		}
+	}
+}
+
+func (d *Daemon) handleDisconnect(w http.ResponseWriter, r *http.Request) error {
+	name := r.PathValue("name")
+	if err := d.mgr.Disconnect(r.Context(), name); err != nil {
+		return err
+	}
+	return writeJSON(w, DisconnectResult{Disconnected: []string{name}})
+}
+
+func (d *Daemon) handleDisconnectAll(w http.ResponseWriter, r *http.Request) error {
+	res := DisconnectResult{Disconnected: []string{}}
+	var errs []string
+	for _, name := range d.mgr.Names() {
+		if err := d.mgr.Disconnect(r.Context(), name); err != nil {
+			errs = append(errs, err.Error())
+			continue
+		}
+		res.Disconnected = append(res.Disconnected, name)
+	}
+	if len(errs) > 0 {
+		return &httpError{http.StatusBadGateway, strings.Join(errs, "; ")}
+	}
+	return writeJSON(w, res)
+}
+
+func clusterRequestFromQuery(r *http.Request) ClusterRequest {
+	q := r.URL.Query()
+	return ClusterRequest{Kubeconfig: q.Get("kubeconfig"), Context: q.Get("context"), Namespace: q.Get("namespace")}
+}
+
+func (d *Daemon) handleList(w http.ResponseWriter, r *http.Request) error {
+	creq := clusterRequestFromQuery(r)
+	st := d.store.Status()
+	byName := map[string]*ListEntry{}
+	res := ListResult{Sandboxes: []ListEntry{}}
+	for _, sb := range st.Sandboxes {
+		e := ListEntry{Name: sb.Name, RoutingKey: sb.RoutingKey, Phase: sb.Phase, InDaemon: true}
+		if s, ok := d.mgr.Get(sb.Name); ok {
+			e.Namespace = s.snapshot().Namespace
+		}
+		res.Sandboxes = append(res.Sandboxes, e)
+	}
+	for i := range res.Sandboxes {
+		byName[res.Sandboxes[i].Name+"/"+res.Sandboxes[i].RoutingKey] = &res.Sandboxes[i]
+	}
+	if r.URL.Query().Get("cluster") != "false" {
+		ctx, cancel := context.WithTimeout(r.Context(), 30*time.Second)
+		defer cancel()
+		found, err := func() ([]ClusterSandbox, error) {
+			cl, err := d.mgr.clusters(ctx, creq.Kubeconfig, creq.Context)
+			if err != nil {
+				return nil, err
+			}
+			return cl.List(ctx, creq.Namespace)
+		}()
+		if err != nil {
+			res.ClusterError = fmt.Sprintf("list sbx objects in the cluster: %v (check --kubeconfig/--context and `kubectl auth can-i list deployments`)", err)
+		}
+		for _, cs := range found {
+			if e, ok := byName[cs.Name+"/"+cs.RoutingKey]; ok {
+				e.InCluster = true
+				e.LeaseExpires = cs.LeaseExpires
+				if cs.Namespace != "" {
+					e.Namespace = cs.Namespace
+				}
+				continue
+			}
+			res.Sandboxes = append(res.Sandboxes, ListEntry{
+				Name: cs.Name, RoutingKey: cs.RoutingKey, Namespace: cs.Namespace,
+				InCluster: true, Orphan: true, LeaseExpires: cs.LeaseExpires,
+			})
+		}
+	}
+	return writeJSON(w, res)
+}
+
+func (d *Daemon) handleGC(w http.ResponseWriter, r *http.Request) error {
+	var creq ClusterRequest
+	if r.ContentLength != 0 {
+		if err := readJSON(r, &creq); err != nil {
+			return err
+		}
+	}
+	cl, err := d.mgr.clusters(r.Context(), creq.Kubeconfig, creq.Context)
+	if err != nil {
+		return &httpError{http.StatusBadGateway, fmt.Sprintf("open cluster: %v (check --kubeconfig/--context)", err)}
+	}
+	deleted, err := cl.GC(r.Context(), creq.Namespace)
+	if err != nil {
+		return &httpError{http.StatusBadGateway, fmt.Sprintf("gc: %v (check that you may delete sbx objects: `kubectl auth can-i delete deployments`)", err)}
+	}
+	if deleted == nil {
+		deleted = []string{}
+	}
+	return writeJSON(w, GCResult{Deleted: deleted})
+}
+
+func (d *Daemon) handleLogs(w http.ResponseWriter, r *http.Request) error {
+	return writeJSON(w, LogsInfo{Path: d.logPath})
+}
+
+func (d *Daemon) handleShutdown(w http.ResponseWriter, r *http.Request) error {
+	if err := writeJSON(w, struct{}{}); err != nil {
+		return err
+	}
+	d.requestStop()
+	return nil
+}

@@ -1,0 +1,346 @@
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"slices"
+	"sync"
+	"time"
+)
+
+// sessionConfig tunes sessions; zero fields take defaults (withDefaults).
+type sessionConfig struct {
+	PoolSize      int
+	Backoff       Backoff
+	StatsInterval time.Duration // how often RTT, bytes and mapping probes refresh
+	LeaseInterval time.Duration // how often the Lease is renewed while connected
+	ProbeTimeout  time.Duration // dial timeout of a mapping probe
+	BaggageKey    string
+	ClientID      string
+	User          string
+	Now           func() time.Time
+}
+
+func (c sessionConfig) withDefaults() sessionConfig {
+	if c.PoolSize <= 0 {
+		c.PoolSize = 2
+	}
+	if c.Backoff.Min <= 0 {
+		c.Backoff = DefaultBackoff()
+	}
+	if c.StatsInterval <= 0 {
+		c.StatsInterval = 2 * time.Second
+	}
+	if c.LeaseInterval <= 0 {
+		c.LeaseInterval = 20 * time.Second
+	}
+	if c.ProbeTimeout <= 0 {
+		c.ProbeTimeout = 300 * time.Millisecond
+	}
+	if c.BaggageKey == "" {
+		c.BaggageKey = "sbx-routing-key"
+	}
+	if c.Now == nil {
+		c.Now = time.Now
+	}
+	return c
+}
+
+// errRestart ends a connection attempt because the spec changed.
+var errRestart = errors.New("spec changed; re-applying")
+
+// PermanentError marks a failure that retrying cannot fix (an invalid spec,
+// a workload that does not exist, a protocol version mismatch). The
+// supervisor stops in PhaseFailed until the user connects again. Cluster
+// implementations wrap such errors in it.
+type PermanentError struct{ Err error }
+
+func (e *PermanentError) Error() string { return e.Err.Error() }
+func (e *PermanentError) Unwrap() error { return e.Err }
+
+// session is one sandbox: its saved identity and the supervisor goroutine
+// that keeps it connected.
+type session struct {
+	m    *manager
+	name string
+	log  *slog.Logger
+
+	mu    sync.Mutex
+	saved savedSandbox
+	subs  map[chan Progress]struct{}
+
+	kick   chan struct{} // cap 1: the spec changed, re-apply now
+	cancel context.CancelFunc
+	done   chan struct{}
+}
+
+func (s *session) snapshot() savedSandbox {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.saved
+}
+
+func (s *session) routes() []route {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var rs []route
+	for _, l := range s.saved.Spec.Spec.Local {
+		for _, mp := range l.Mappings {
+			rs = append(rs, route{Workload: l.Name, Port: mp.Port, ToLocal: mp.ToLocal})
+		}
+	}
+	return rs
+}
+
+// subscribe returns a channel of this session's progress. It is closed
+// when unsubscribed or when the reader fell behind.
+func (s *session) subscribe() chan Progress {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	ch := make(chan Progress, 256)
+	s.subs[ch] = struct{}{}
+	return ch
+}
+
+func (s *session) unsubscribe(ch chan Progress) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if _, ok := s.subs[ch]; ok {
+		delete(s.subs, ch)
+		close(ch)
+	}
+}
+
+func (s *session) emit(p Progress) {
+	if p.Time.IsZero() {
+		p.Time = s.m.cfg.Now()
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for ch := range s.subs {
+		select {
+		case ch <- p:
+		default: // a stuck reader loses its stream, never stalls the session
+			delete(s.subs, ch)
+			close(ch)
+		}
+	}
+}
+
+func (s *session) setPhase(ph Phase, msg string) {
+	s.m.store.UpdateSandbox(s.name, func(st *SandboxStatus) {
+		st.Phase = ph
+		if ph != PhaseReady {
+			st.ReadySince = time.Time{}
+			st.Sessions, st.Streams, st.RTT = 0, 0, 0
+		}
+	})
+	s.log.Info("session phase", "phase", ph, "msg", msg)
+	s.emit(Progress{Phase: ph, Message: msg})
+}
+
+func (s *session) progressFn(ph Phase) func(string) {
+	return func(msg string) {
+		s.log.Debug("progress", "phase", ph, "msg", msg)
+		s.emit(Progress{Phase: ph, Message: msg})
+	}
+}
+
+func (s *session) recordError(err error) {
+	now := s.m.cfg.Now()
+	s.m.store.UpdateSandbox(s.name, func(st *SandboxStatus) {
+		st.LastError = err.Error()
+		st.LastErrorAt = now
+	})
+}
+
+// run is the supervisor: connect, stay connected, and on any failure
+// reconnect after a jittered exponential backoff, re-applying and
+// re-finding the relay pod each time.
+func (s *session) run(ctx context.Context) {
+	defer close(s.done)
+	cfg := s.m.cfg
+	attempt := 0
+	for {
+		connectedAt, err := s.connectOnce(ctx)
+		if ctx.Err() != nil {
+			return
+		}
+		if errors.Is(err, errRestart) {
+			attempt = 0
+			continue
+		}
+		if !connectedAt.IsZero() && cfg.Now().Sub(connectedAt) >= cfg.Backoff.StableAfter {
+			attempt = 0
+		}
+		s.recordError(err)
+		s.log.Warn("session attempt failed", "err", err)
+		var perm *PermanentError
+		if errors.As(err, &perm) {
+			s.setPhase(PhaseFailed, err.Error())
+			select {
+			case <-ctx.Done():
+				return
+			case <-s.kick:
+				attempt = 0
+				continue
+			}
+		}
+		delay := cfg.Backoff.Delay(attempt)
+		attempt++
+		s.m.store.UpdateSandbox(s.name, func(st *SandboxStatus) { st.Reconnects++ })
+		s.emit(Progress{Phase: PhaseReconnecting, Error: err.Error()})
+		s.setPhase(PhaseReconnecting, fmt.Sprintf("retrying in %s", delay.Round(time.Millisecond)))
+		t := time.NewTimer(delay)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return
+		case <-s.kick:
+			t.Stop()
+			attempt = 0
+		case <-t.C:
+		}
+	}
+}
+
+// connectOnce makes one connection and holds it until it breaks. It returns
+// when it became ready (zero if never) and why it ended.
+func (s *session) connectOnce(ctx context.Context) (time.Time, error) {
+	cfg := s.m.cfg
+	saved := s.snapshot()
+	s.setPhase(PhaseApplying, fmt.Sprintf("applying sandbox %s (routing key %s)", saved.Name, saved.RoutingKey))
+	cl, err := s.m.clusters(ctx, saved.Kubeconfig, saved.Context)
+	if err != nil {
+		return time.Time{}, fmt.Errorf("open cluster (context %q): %w", saved.Context, err)
+	}
+	applied, err := cl.Apply(ctx, &saved.Spec, saved.RoutingKey, s.progressFn(PhaseApplying))
+	if err != nil {
+		return time.Time{}, fmt.Errorf("apply sandbox %s: %w", saved.Name, err)
+	}
+	if applied.Sandbox == "" {
+		applied.Sandbox, applied.RoutingKey = saved.Name, saved.RoutingKey
+	}
+	if len(applied.Namespaces) == 0 {
+		applied.Namespaces = saved.Spec.Namespaces()
+	}
+	if applied.Namespace != "" && applied.Namespace != saved.Namespace {
+		s.mu.Lock()
+		s.saved.Namespace = applied.Namespace
+		s.mu.Unlock()
+		s.m.persist()
+	}
+	t := applied.Target
+	s.setPhase(PhaseWaitingRelay, fmt.Sprintf("waiting for relay pod of %s in namespace %s", t.Sandbox, t.Namespace))
+	if err := cl.WaitRelay(ctx, t, s.progressFn(PhaseWaitingRelay)); err != nil {
+		return time.Time{}, fmt.Errorf("relay of sandbox %s: %w", t.Sandbox, err)
+	}
+	s.setPhase(PhaseConnecting, fmt.Sprintf("opening %d tunnel session(s) through port-forward", cfg.PoolSize))
+	lk, err := s.m.link(ctx, linkParams{
+		Target:   t,
+		Token:    applied.Token,
+		ClientID: cfg.ClientID,
+		User:     cfg.User,
+		PoolSize: cfg.PoolSize,
+		Dial:     func(ctx context.Context) (net.Conn, error) { return cl.DialRelay(ctx, t) },
+		Routes:   s.routes,
+		Logger:   s.log,
+	})
+	if err != nil {
+		return time.Time{}, fmt.Errorf("tunnel to relay of sandbox %s: %w", t.Sandbox, err)
+	}
+	defer func() { _ = lk.Close() }()
+	connectedAt := cfg.Now()
+	s.refresh(lk, connectedAt)
+	s.setPhase(PhaseReady, fmt.Sprintf("sandbox %s is ready", t.Sandbox))
+	s.m.store.UpdateSandbox(s.name, func(st *SandboxStatus) { st.ReadySince = connectedAt })
+	s.refresh(lk, connectedAt)
+	st, _ := s.m.store.Sandbox(s.name)
+	s.emit(Progress{Phase: PhaseReady, Done: true, Sandbox: &st})
+	if err := cl.RenewLease(ctx, t); err != nil {
+		s.log.Warn("lease renewal failed", "err", err)
+	}
+
+	statsT := time.NewTicker(cfg.StatsInterval)
+	defer statsT.Stop()
+	leaseT := time.NewTicker(cfg.LeaseInterval)
+	defer leaseT.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return connectedAt, ctx.Err()
+		case <-s.kick:
+			return connectedAt, errRestart
+		case <-lk.Done():
+			return connectedAt, fmt.Errorf("tunnel to relay of sandbox %s lost: %w", t.Sandbox, lk.Err())
+		case <-statsT.C:
+			s.refresh(lk, connectedAt)
+		case <-leaseT.C:
+			if err := cl.RenewLease(ctx, t); err != nil && ctx.Err() == nil {
+				s.log.Warn("lease renewal failed", "err", err)
+				s.recordError(fmt.Errorf("renew lease of sandbox %s: %w (gc may remove it if this persists)", t.Sandbox, err))
+			}
+		}
+	}
+}
+
+// refresh samples the link and probes each mapping's local address.
+func (s *session) refresh(lk link, since time.Time) {
+	ls := lk.Stats()
+	listening := map[string]bool{}
+	for _, r := range s.routes() {
+		if _, ok := listening[r.ToLocal]; !ok {
+			listening[r.ToLocal] = probeLocal(r.ToLocal, s.m.cfg.ProbeTimeout)
+		}
+	}
+	s.m.store.UpdateSandbox(s.name, func(st *SandboxStatus) {
+		st.Sessions, st.RTT, st.BytesIn, st.BytesOut, st.Streams = ls.Sessions, ls.RTT, ls.BytesIn, ls.BytesOut, ls.Streams
+		for i := range st.Mappings {
+			st.Mappings[i].Listening = listening[st.Mappings[i].ToLocal]
+		}
+	})
+}
+
+// probeLocal reports whether something accepts TCP connections at addr.
+func probeLocal(addr string, timeout time.Duration) bool {
+	c, err := net.DialTimeout("tcp", addr, timeout)
+	if err != nil {
+		return false
+	}
+	_ = c.Close()
+	return true
+}
+
+// initialStatus is a sandbox's status before its first connection.
+func initialStatus(saved savedSandbox, baggageKey string) SandboxStatus {
+	st := SandboxStatus{
+		Name:       saved.Name,
+		RoutingKey: saved.RoutingKey,
+		BaggageKey: baggageKey,
+		Context:    saved.Context,
+		Namespaces: slices.Clone(saved.Spec.Namespaces()),
+		Phase:      PhaseApplying,
+		Mappings:   []MappingStatus{},
+	}
+	for _, l := range saved.Spec.Spec.Local {
+		for _, mp := range l.Mappings {
+			st.Mappings = append(st.Mappings, MappingStatus{
+				Workload: l.Name, Namespace: l.From.Namespace, Port: mp.Port, ToLocal: mp.ToLocal,
+			})
+		}
+	}
+	return st
+}
+
+// closeSubs ends every progress stream (the session is gone).
+func (s *session) closeSubs() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for ch := range s.subs {
+		delete(s.subs, ch)
+		close(ch)
+	}
+}

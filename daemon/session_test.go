@@ -1,0 +1,324 @@
+package daemon
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"os"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+)
+
+func TestConnectWaitStreamsEveryStep(t *testing.T) {
+	fc := &fakeCluster{}
+	td := startDaemon(t, Options{Clusters: fc.provider(), link: (&fakeLinker{}).link})
+	var steps []Progress
+	st, err := td.client.Connect(context.Background(), ConnectRequest{Spec: testSpec("alice", "localhost:1"), Wait: true, Timeout: time.Minute},
+		func(p Progress) { steps = append(steps, p) })
+	require.NoError(t, err)
+	require.Equal(t, PhaseReady, st.Phase)
+	require.Len(t, st.RoutingKey, routingKeyLen)
+	require.Equal(t, "sbx-routing-key", st.BaggageKey)
+	require.Equal(t, []string{"hotrod"}, st.Namespaces)
+	require.Equal(t, []MappingStatus{{Workload: "route", Namespace: "hotrod", Port: 8083, ToLocal: "localhost:1"}}, st.Mappings)
+	var phases []Phase
+	var msgs []string
+	for _, p := range steps {
+		if len(phases) == 0 || phases[len(phases)-1] != p.Phase {
+			phases = append(phases, p.Phase)
+		}
+		msgs = append(msgs, p.Message)
+	}
+	require.Equal(t, []Phase{PhaseApplying, PhaseWaitingRelay, PhaseConnecting, PhaseReady}, phases)
+	joined := strings.Join(msgs, "\n")
+	require.Contains(t, joined, "created Deployment hotrod/sbx-"+st.RoutingKey)
+	require.Contains(t, joined, "relay pod")
+	require.NotContains(t, joined, "s3cret")
+
+	// Connecting again with the same spec answers at once, same key, no
+	// re-apply.
+	st2, err := td.client.Connect(context.Background(), ConnectRequest{Spec: testSpec("alice", "localhost:1"), Wait: true}, nil)
+	require.NoError(t, err)
+	require.Equal(t, st.RoutingKey, st2.RoutingKey)
+	require.Len(t, fc.appliedKeys(), 1)
+
+	// A changed spec re-applies in place with the same key.
+	st3, err := td.client.Connect(context.Background(), ConnectRequest{Spec: testSpec("alice", "localhost:2"), Wait: true}, nil)
+	require.NoError(t, err)
+	require.Equal(t, st.RoutingKey, st3.RoutingKey)
+	require.Equal(t, "localhost:2", st3.Mappings[0].ToLocal)
+	require.Equal(t, []string{st.RoutingKey, st.RoutingKey}, fc.appliedKeys())
+}
+
+func TestConnectWithoutWaitReturnsAtOnce(t *testing.T) {
+	fc := &fakeCluster{waitBlock: make(chan struct{})}
+	td := startDaemon(t, Options{Clusters: fc.provider(), link: (&fakeLinker{}).link})
+	st, err := td.client.Connect(context.Background(), ConnectRequest{Spec: testSpec("alice", "localhost:1")}, nil)
+	require.NoError(t, err)
+	require.Equal(t, "alice", st.Name)
+	require.NotEmpty(t, st.RoutingKey)
+	waitPhase(t, td.client, "alice", PhaseWaitingRelay)
+	close(fc.waitBlock)
+	waitPhase(t, td.client, "alice", PhaseReady)
+}
+
+func TestConnectTimeoutKeepsRetrying(t *testing.T) {
+	fc := &fakeCluster{waitErr: errors.New("pod sbx-x is ImagePullBackOff")}
+	td := startDaemon(t, Options{Clusters: fc.provider(), link: (&fakeLinker{}).link})
+	_, err := td.client.Connect(context.Background(), ConnectRequest{Spec: testSpec("alice", "localhost:1"), Wait: true, Timeout: 300 * time.Millisecond}, nil)
+	var ce *ConnectError
+	require.ErrorAs(t, err, &ce)
+	require.Contains(t, ce.Message, "not ready after")
+	require.Contains(t, ce.Message, "ImagePullBackOff")
+	require.Contains(t, ce.Message, "sbx disconnect alice")
+	// It keeps retrying with the same key.
+	require.Eventually(t, func() bool { return len(fc.appliedKeys()) >= 3 }, 10*time.Second, 5*time.Millisecond)
+	keys := fc.appliedKeys()
+	for _, k := range keys {
+		require.Equal(t, keys[0], k)
+	}
+	st, err := td.client.Sandbox(context.Background(), "alice")
+	require.NoError(t, err)
+	require.Positive(t, st.Reconnects)
+	require.Contains(t, st.LastError, "ImagePullBackOff")
+	require.False(t, st.LastErrorAt.IsZero())
+}
+
+func TestPermanentFailureStopsUntilConnectAgain(t *testing.T) {
+	fc := &fakeCluster{applyErr: &PermanentError{errors.New("Deployment hotrod/route not found")}}
+	td := startDaemon(t, Options{Clusters: fc.provider(), link: (&fakeLinker{}).link})
+	_, err := td.client.Connect(context.Background(), ConnectRequest{Spec: testSpec("alice", "localhost:1"), Wait: true, Timeout: time.Minute}, nil)
+	var ce *ConnectError
+	require.ErrorAs(t, err, &ce)
+	require.Equal(t, PhaseFailed, ce.Phase)
+	require.Contains(t, ce.Message, "hotrod/route not found")
+	require.Len(t, fc.appliedKeys(), 1, "no retries of a permanent failure")
+
+	fc.mu.Lock()
+	fc.applyErr = nil
+	fc.mu.Unlock()
+	st, err := td.client.Connect(context.Background(), ConnectRequest{Spec: testSpec("alice", "localhost:1"), Wait: true, Timeout: time.Minute}, nil)
+	require.NoError(t, err)
+	require.Equal(t, PhaseReady, st.Phase)
+}
+
+func TestSupervisorReconnectsWithSameKey(t *testing.T) {
+	fc := &fakeCluster{}
+	fl := &fakeLinker{}
+	td := startDaemon(t, Options{Clusters: fc.provider(), link: fl.link})
+	st, err := td.client.Connect(context.Background(), ConnectRequest{Spec: testSpec("alice", "localhost:1"), Wait: true}, nil)
+	require.NoError(t, err)
+	for i := 1; i <= 3; i++ {
+		fl.last().kill(errors.New("port-forward closed"))
+		require.Eventually(t, func() bool {
+			s, err := td.client.Sandbox(context.Background(), "alice")
+			return err == nil && s.Phase == PhaseReady && s.Reconnects == i
+		}, 10*time.Second, 5*time.Millisecond)
+	}
+	s, err := td.client.Sandbox(context.Background(), "alice")
+	require.NoError(t, err)
+	require.Equal(t, st.RoutingKey, s.RoutingKey)
+	require.Contains(t, s.LastError, "port-forward closed")
+	require.Equal(t, 4, fl.count())
+	for _, k := range fc.appliedKeys() {
+		require.Equal(t, st.RoutingKey, k)
+	}
+	require.Equal(t, 2, s.Sessions)
+	require.Equal(t, time.Millisecond, s.RTT)
+}
+
+func TestBackoffDelays(t *testing.T) {
+	b := DefaultBackoff()
+	cases := []struct {
+		attempt  int
+		rand     float64
+		min, max time.Duration
+	}{
+		{0, 0, 250 * time.Millisecond, 250 * time.Millisecond},
+		{0, 0.999, 250 * time.Millisecond, 500 * time.Millisecond},
+		{1, 0, 500 * time.Millisecond, 500 * time.Millisecond},
+		{3, 0.5, 2 * time.Second, 4 * time.Second},
+		{6, 0.999, 15 * time.Second, 30 * time.Second},
+		{20, 0, 15 * time.Second, 15 * time.Second},
+		{1000, 0.999, 15 * time.Second, 30 * time.Second},
+	}
+	for _, tc := range cases {
+		r := tc.rand
+		b.Rand = func() float64 { return r }
+		d := b.Delay(tc.attempt)
+		require.GreaterOrEqual(t, d, tc.min, "attempt %d", tc.attempt)
+		require.LessOrEqual(t, d, tc.max, "attempt %d", tc.attempt)
+	}
+}
+
+func TestStableConnectionResetsBackoff(t *testing.T) {
+	// A clock the test moves: the connection "stays up" for two minutes.
+	var clock = &testClock{t: time.Unix(1_000_000, 0)}
+	fc := &fakeCluster{}
+	fl := &fakeLinker{}
+	td := startDaemon(t, Options{Clusters: fc.provider(), link: fl.link, Now: clock.Now,
+		Backoff: Backoff{Min: 5 * time.Millisecond, Max: time.Hour, StableAfter: time.Minute}})
+	_, err := td.client.Connect(context.Background(), ConnectRequest{Spec: testSpec("alice", "localhost:1"), Wait: true}, nil)
+	require.NoError(t, err)
+	// Quick failures grow the delay...
+	fl.mu.Lock()
+	fl.err = errors.New("handshake refused")
+	fl.mu.Unlock()
+	fl.last().kill(errors.New("gone"))
+	require.Eventually(t, func() bool {
+		s, _ := td.client.Sandbox(context.Background(), "alice")
+		return s.Reconnects >= 4
+	}, 10*time.Second, 2*time.Millisecond)
+	fl.mu.Lock()
+	fl.err = nil
+	fl.mu.Unlock()
+	waitPhase(t, td.client, "alice", PhaseReady)
+	// ...and a connection up for longer than StableAfter resets it: the
+	// next retry uses the minimum delay again, so it is back quickly.
+	clock.Advance(2 * time.Minute)
+	before := fl.count()
+	fl.last().kill(errors.New("gone again"))
+	require.Eventually(t, func() bool { return fl.count() > before }, 10*time.Second, 2*time.Millisecond)
+	waitPhase(t, td.client, "alice", PhaseReady)
+}
+
+func TestStateSurvivesRestart(t *testing.T) {
+	fc := &fakeCluster{}
+	paths := testPaths(t)
+	td := startDaemon(t, Options{Paths: paths, Clusters: fc.provider(), link: (&fakeLinker{}).link})
+	st, err := td.client.Connect(context.Background(), ConnectRequest{Spec: testSpec("alice", "localhost:1"), Context: "staging", Wait: true}, nil)
+	require.NoError(t, err)
+	td.stop()
+
+	fi, err := os.Stat(paths.State())
+	require.NoError(t, err)
+	require.Equal(t, os.FileMode(0o600), fi.Mode().Perm())
+	b, err := os.ReadFile(paths.State())
+	require.NoError(t, err)
+	require.NotContains(t, string(b), "s3cret", "the token is never written to disk")
+	var doc stateDoc
+	require.NoError(t, json.Unmarshal(b, &doc))
+	require.Len(t, doc.Sandboxes, 1)
+	require.Equal(t, st.RoutingKey, doc.Sandboxes[0].RoutingKey)
+	require.Equal(t, "staging", doc.Sandboxes[0].Context)
+	require.Equal(t, "hotrod", doc.Sandboxes[0].Namespace)
+	require.Empty(t, fc.deletes, "stopping the daemon keeps cluster objects")
+
+	td2 := startDaemon(t, Options{Paths: paths, Clusters: fc.provider(), link: (&fakeLinker{}).link})
+	st2 := waitPhase(t, td2.client, "alice", PhaseReady)
+	require.Equal(t, st.RoutingKey, st2.RoutingKey)
+	require.Equal(t, "staging", st2.Context)
+	keys := fc.appliedKeys()
+	require.Equal(t, st.RoutingKey, keys[len(keys)-1])
+
+	// Disconnect removes it from the state file too.
+	_, err = td2.client.Disconnect(context.Background(), "alice")
+	require.NoError(t, err)
+	td2.stop()
+	b, err = os.ReadFile(paths.State())
+	require.NoError(t, err)
+	require.NoError(t, json.Unmarshal(b, &doc))
+	require.Empty(t, doc.Sandboxes)
+}
+
+func TestCorruptStateIsReportedNotFatal(t *testing.T) {
+	paths := testPaths(t)
+	require.NoError(t, os.MkdirAll(paths.StateDir, 0o700))
+	require.NoError(t, os.WriteFile(paths.State(), []byte("{not json"), 0o600))
+	td := startDaemon(t, Options{Paths: paths, Clusters: (&fakeCluster{}).provider(), link: (&fakeLinker{}).link})
+	st, err := td.client.Status(context.Background())
+	require.NoError(t, err)
+	require.Contains(t, st.ConfigError, "corrupt")
+	require.Contains(t, st.ConfigError, "move it away")
+}
+
+func TestDisconnectAllAndDeleteFailure(t *testing.T) {
+	fc := &fakeCluster{}
+	td := startDaemon(t, Options{Clusters: fc.provider(), link: (&fakeLinker{}).link})
+	ctx := context.Background()
+	for _, n := range []string{"alice", "bob"} {
+		_, err := td.client.Connect(ctx, ConnectRequest{Spec: testSpec(n, "localhost:1"), Wait: true}, nil)
+		require.NoError(t, err)
+	}
+	fc.mu.Lock()
+	fc.deleteErr = errors.New("forbidden")
+	fc.mu.Unlock()
+	_, err := td.client.Disconnect(ctx, "alice")
+	require.Error(t, err)
+	require.Contains(t, err.Error(), "retry `sbx disconnect alice`")
+	st := waitPhase(t, td.client, "alice", PhaseFailed)
+	require.Contains(t, st.LastError, "forbidden")
+
+	fc.mu.Lock()
+	fc.deleteErr = nil
+	fc.mu.Unlock()
+	res, err := td.client.DisconnectAll(ctx)
+	require.NoError(t, err)
+	require.ElementsMatch(t, []string{"alice", "bob"}, res.Disconnected)
+	full, err := td.client.Status(ctx)
+	require.NoError(t, err)
+	require.Empty(t, full.Sandboxes)
+	require.Len(t, fc.deletes, 2)
+}
+
+func TestListMarksOrphansAndGC(t *testing.T) {
+	fc := &fakeCluster{gcDeleted: []string{"old"}}
+	td := startDaemon(t, Options{Clusters: fc.provider(), link: (&fakeLinker{}).link})
+	ctx := context.Background()
+	st, err := td.client.Connect(ctx, ConnectRequest{Spec: testSpec("alice", "localhost:1"), Wait: true}, nil)
+	require.NoError(t, err)
+	exp := time.Now().Add(time.Minute).UTC().Truncate(time.Second)
+	fc.mu.Lock()
+	fc.listed = []ClusterSandbox{
+		{Name: "alice", RoutingKey: st.RoutingKey, Namespace: "hotrod", LeaseExpires: exp},
+		{Name: "old", RoutingKey: "0000000000000", Namespace: "hotrod"},
+	}
+	fc.mu.Unlock()
+	res, err := td.client.List(ctx, ClusterRequest{}, true)
+	require.NoError(t, err)
+	require.Empty(t, res.ClusterError)
+	require.Equal(t, []ListEntry{
+		{Name: "alice", RoutingKey: st.RoutingKey, Namespace: "hotrod", Phase: PhaseReady, InDaemon: true, InCluster: true, LeaseExpires: exp},
+		{Name: "old", RoutingKey: "0000000000000", Namespace: "hotrod", InCluster: true, Orphan: true},
+	}, res.Sandboxes)
+
+	res, err = td.client.List(ctx, ClusterRequest{}, false)
+	require.NoError(t, err)
+	require.Len(t, res.Sandboxes, 1)
+
+	gc, err := td.client.GC(ctx, ClusterRequest{Namespace: "hotrod"})
+	require.NoError(t, err)
+	require.Equal(t, []string{"old"}, gc.Deleted)
+}
+
+func TestRoutingKeyShape(t *testing.T) {
+	seen := map[string]bool{}
+	for range 1000 {
+		k := NewRoutingKey()
+		require.Len(t, k, routingKeyLen)
+		require.Regexp(t, `^[0-9a-z]{13}$`, k)
+		require.False(t, seen[k])
+		seen[k] = true
+	}
+}
+
+type testClock struct {
+	mu sync.Mutex
+	t  time.Time
+}
+
+func (c *testClock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.t
+}
+
+func (c *testClock) Advance(d time.Duration) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.t = c.t.Add(d)
+}

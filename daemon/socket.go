@@ -1,0 +1,134 @@
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"net"
+	"os"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// ErrAlreadyRunning is returned (wrapped) by Listen when another daemon owns
+// the socket.
+var ErrAlreadyRunning = errors.New("another sbx daemon is already running")
+
+// socketListener is the daemon's socket together with the lock that makes it
+// ours. Closing it removes the socket and releases the lock.
+type socketListener struct {
+	net.Listener
+	path string
+	lock *os.File
+}
+
+func (l *socketListener) Close() error {
+	err := l.Listener.Close()
+	// The unix listener unlinks the socket itself; the lock goes last so a
+	// new daemon never sees our socket while it holds the lock.
+	_ = l.lock.Close()
+	return err
+}
+
+// listenSocket opens the daemon's socket in p.RuntimeDir: the directory is
+// created (or tightened to) 0700, an exclusive flock on the lock file proves
+// no other daemon of this user is running, a leftover socket from a crashed
+// daemon is removed, and the new socket is 0600.
+func listenSocket(p Paths) (*socketListener, error) {
+	if err := ensurePrivateDir(p.RuntimeDir); err != nil {
+		return nil, err
+	}
+	lock, err := os.OpenFile(p.Lock(), os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("open the daemon lock file %s: %w (check the permissions of %s)", p.Lock(), err, p.RuntimeDir)
+	}
+	if err := syscall.Flock(int(lock.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		pid := readPID(lock)
+		_ = lock.Close()
+		if errors.Is(err, syscall.EWOULDBLOCK) {
+			who := ""
+			if pid > 0 {
+				who = fmt.Sprintf(" (pid %d)", pid)
+			}
+			return nil, fmt.Errorf("%w%s on %s; use it (`sbx status`), or stop it first with `sbx daemon stop`",
+				ErrAlreadyRunning, who, p.Socket())
+		}
+		return nil, fmt.Errorf("lock %s: %w", p.Lock(), err)
+	}
+	// We hold the lock, so any daemon still answering on the socket is one
+	// that uses a different lock file (an older build); refuse rather than
+	// steal its socket. Anything else there is a leftover from a crash.
+	if _, err := os.Lstat(p.Socket()); err == nil {
+		if probeSocket(p.Socket()) {
+			_ = lock.Close()
+			return nil, fmt.Errorf("%w: a daemon answers on %s; stop it with `sbx daemon stop`", ErrAlreadyRunning, p.Socket())
+		}
+		if err := os.Remove(p.Socket()); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			_ = lock.Close()
+			return nil, fmt.Errorf("remove the stale socket %s: %w (remove it by hand)", p.Socket(), err)
+		}
+	}
+	ln, err := net.Listen("unix", p.Socket())
+	if err != nil {
+		_ = lock.Close()
+		return nil, fmt.Errorf("listen on %s: %w", p.Socket(), err)
+	}
+	// The directory is already 0700; the chmod closes the window in which
+	// the umask decided the socket's mode.
+	if err := os.Chmod(p.Socket(), 0o600); err != nil {
+		_ = ln.Close()
+		_ = lock.Close()
+		return nil, fmt.Errorf("chmod %s: %w", p.Socket(), err)
+	}
+	_ = lock.Truncate(0)
+	_, _ = lock.WriteAt([]byte(strconv.Itoa(os.Getpid())+"\n"), 0)
+	return &socketListener{Listener: ln, path: p.Socket(), lock: lock}, nil
+}
+
+// ensurePrivateDir creates dir with mode 0700, or tightens an existing one
+// that belongs to us. A directory owned by someone else is refused: another
+// user could otherwise read our socket.
+func ensurePrivateDir(dir string) error {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return fmt.Errorf("create %s: %w", dir, err)
+	}
+	fi, err := os.Stat(dir)
+	if err != nil {
+		return fmt.Errorf("stat %s: %w", dir, err)
+	}
+	if st, ok := fi.Sys().(*syscall.Stat_t); ok && int(st.Uid) != os.Getuid() {
+		return fmt.Errorf("%s belongs to uid %d, not to you (uid %d); remove it or set XDG_RUNTIME_DIR", dir, st.Uid, os.Getuid())
+	}
+	if fi.Mode().Perm() != 0o700 {
+		if err := os.Chmod(dir, 0o700); err != nil {
+			return fmt.Errorf("chmod 0700 %s: %w", dir, err)
+		}
+	}
+	return nil
+}
+
+// probeSocket reports whether something accepts connections on the socket.
+func probeSocket(path string) bool {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	var d net.Dialer
+	c, err := d.DialContext(ctx, "unix", path)
+	if err != nil {
+		return false
+	}
+	_ = c.Close()
+	return true
+}
+
+func readPID(f *os.File) int {
+	b := make([]byte, 32)
+	n, _ := f.ReadAt(b, 0)
+	pid, err := strconv.Atoi(strings.TrimSpace(string(b[:n])))
+	if err != nil {
+		return 0
+	}
+	return pid
+}

@@ -1,0 +1,114 @@
+package daemon
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/sbx-dev/sbx/cluster/spec"
+)
+
+// stateVersion is bumped when the file's shape changes incompatibly.
+const stateVersion = 1
+
+// savedSandbox is what the daemon remembers about a sandbox across
+// restarts: enough to reconnect it with the same routing key. The tunnel
+// token is deliberately absent: it lives in the sandbox's Secret and Apply
+// reads it back, so a token never sits in a file on the laptop.
+type savedSandbox struct {
+	Name       string       `json:"name"`
+	RoutingKey string       `json:"routingKey"`
+	Namespace  string       `json:"namespace,omitempty"`
+	Kubeconfig string       `json:"kubeconfig,omitempty"`
+	Context    string       `json:"context,omitempty"`
+	Spec       spec.Sandbox `json:"spec"`
+	CreatedAt  time.Time    `json:"createdAt"`
+}
+
+type stateDoc struct {
+	Version   int            `json:"version"`
+	Sandboxes []savedSandbox `json:"sandboxes"`
+}
+
+// stateFile persists the daemon's sandboxes in one JSON file, written
+// atomically (temp file in the same directory, fsync, rename) with mode
+// 0600, so a crash leaves either the old or the new state, never half.
+type stateFile struct {
+	path string
+	mu   sync.Mutex
+}
+
+func (f *stateFile) Load() ([]savedSandbox, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	b, err := os.ReadFile(f.path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read state %s: %w", f.path, err)
+	}
+	var doc stateDoc
+	if err := json.Unmarshal(b, &doc); err != nil {
+		return nil, fmt.Errorf("state file %s is corrupt: %w (move it away; the daemon then starts with no sandboxes and `sbx list` shows their cluster objects as orphans)", f.path, err)
+	}
+	if doc.Version != stateVersion {
+		return nil, fmt.Errorf("state file %s has version %d, this sbx understands %d (upgrade sbx or move the file away)", f.path, doc.Version, stateVersion)
+	}
+	return doc.Sandboxes, nil
+}
+
+func (f *stateFile) Save(sbs []savedSandbox) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	sbs = slices.Clone(sbs)
+	slices.SortFunc(sbs, func(a, b savedSandbox) int { return strings.Compare(a.Name, b.Name) })
+	if sbs == nil {
+		sbs = []savedSandbox{}
+	}
+	b, err := json.MarshalIndent(stateDoc{Version: stateVersion, Sandboxes: sbs}, "", "  ")
+	if err != nil {
+		return err
+	}
+	return writeFileAtomic(f.path, append(b, '\n'), 0o600)
+}
+
+// writeFileAtomic replaces path with data: readers see the old or the new
+// content, never a mix.
+func writeFileAtomic(path string, data []byte, perm os.FileMode) error {
+	dir := filepath.Dir(path)
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return fmt.Errorf("create %s: %w", dir, err)
+	}
+	tmp, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-*")
+	if err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	defer func() { _ = os.Remove(tmp.Name()) }()
+	if err := tmp.Chmod(perm); err != nil {
+		_ = tmp.Close()
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	if _, err := tmp.Write(data); err != nil {
+		_ = tmp.Close()
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	if err := tmp.Sync(); err != nil {
+		_ = tmp.Close()
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	if err := tmp.Close(); err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	if err := os.Rename(tmp.Name(), path); err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	return nil
+}

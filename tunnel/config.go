@@ -1,0 +1,190 @@
+package tunnel
+
+import (
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/hashicorp/yamux"
+)
+
+// ProtocolVersion is the version of the sbx tunnel protocol this package
+// speaks. It is sent in Hello; a peer that speaks another version is refused
+// with a version-mismatch error. See PROTOCOL.md.
+const ProtocolVersion = 1
+
+// Hard bounds that no configuration may exceed. They keep a hostile or broken
+// peer from making us allocate more than a few KiB per frame we decode.
+const (
+	// maxControlPayload bounds every control-stream frame payload.
+	maxControlPayload = 4096
+	// maxHeaderLimit bounds Config.MaxHeaderSize.
+	maxHeaderLimit = 4096
+	// minHeaderLimit is the smallest MaxHeaderSize that still fits a
+	// maximal outbound target (253-byte host name, port) and a source.
+	minHeaderLimit = 512
+	// yamuxInitialWindow is yamux's fixed initial stream window; the
+	// configured window may only be larger.
+	yamuxInitialWindow = 256 * 1024
+)
+
+// MuxRole selects which yamux role (client: odd stream ids, server: even)
+// this end of a session takes. It is independent of who sends Hello, so a
+// deployment where the relay dials the daemon works without a second
+// implementation. Both ends must end up with different roles.
+type MuxRole uint8
+
+const (
+	// MuxRoleAuto makes the Hello sender the yamux client and the Hello
+	// receiver the yamux server.
+	MuxRoleAuto MuxRole = iota
+	// MuxRoleClient forces the yamux client role.
+	MuxRoleClient
+	// MuxRoleServer forces the yamux server role.
+	MuxRoleServer
+)
+
+func (r MuxRole) String() string {
+	switch r {
+	case MuxRoleAuto:
+		return "auto"
+	case MuxRoleClient:
+		return "client"
+	case MuxRoleServer:
+		return "server"
+	}
+	return fmt.Sprintf("MuxRole(%d)", uint8(r))
+}
+
+// Config tunes a session. Start from DefaultConfig and change fields; the
+// zero value is not valid. Both ends may use different values except for
+// MuxRole, which must resolve to different roles.
+type Config struct {
+	// MuxRole selects the yamux role; see MuxRole.
+	MuxRole MuxRole
+
+	// StreamWindow is the per-stream receive window in bytes (yamux's
+	// MaxStreamWindowSize). It bounds how much unread data a stream may
+	// hold and so how far one stream can run ahead; size it for
+	// bandwidth × delay of the slowest link you care about. At least
+	// 256 KiB (yamux's initial window).
+	StreamWindow uint32
+
+	// MaxFrameSize bounds the payload of one yamux data frame: a larger
+	// Write is split into frames of at most this size so that small
+	// frames of other streams (and keepalives) interleave with a bulk
+	// transfer instead of queueing behind a multi-megabyte frame.
+	MaxFrameSize int
+
+	// WriteTimeout is yamux's connection write timeout: how long one frame
+	// may wait to be written to the connection before the write fails.
+	// Long enough for slow links.
+	WriteTimeout time.Duration
+
+	// KeepAliveInterval is how often a heartbeat is sent on the control
+	// stream when the session is otherwise idle enough to need one.
+	KeepAliveInterval time.Duration
+
+	// DeadPeerTimeout bounds how long a dead peer goes unnoticed: the
+	// session is closed with ErrPeerDead once nothing at all was received
+	// for 7/8 of it (checked every 1/8). At least twice
+	// KeepAliveInterval, so a live idle peer always answers in time.
+	DeadPeerTimeout time.Duration
+
+	// HandshakeTimeout bounds the Hello/Welcome exchange (in addition to
+	// the context passed to Client or Server).
+	HandshakeTimeout time.Duration
+
+	// HeaderTimeout bounds how long an accepted data stream may take to
+	// deliver its header.
+	HeaderTimeout time.Duration
+
+	// StreamCloseTimeout is how long a stream we closed (or half-closed)
+	// waits for the peer to close its side before it is reset.
+	StreamCloseTimeout time.Duration
+
+	// MaxHeaderSize bounds a data-stream header (512 to 4096 bytes).
+	MaxHeaderSize int
+
+	// AcceptBacklog is how many incoming streams may wait for Accept
+	// (and for their header) before new ones are refused.
+	AcceptBacklog int
+
+	// Logger receives session events. Nil discards them.
+	Logger *slog.Logger
+}
+
+// DefaultConfig returns the tuned defaults described in PROTOCOL.md
+// ("Tuning").
+func DefaultConfig() Config {
+	return Config{
+		MuxRole:            MuxRoleAuto,
+		StreamWindow:       4 << 20,
+		MaxFrameSize:       64 << 10,
+		WriteTimeout:       30 * time.Second,
+		KeepAliveInterval:  5 * time.Second,
+		DeadPeerTimeout:    15 * time.Second,
+		HandshakeTimeout:   15 * time.Second,
+		HeaderTimeout:      10 * time.Second,
+		StreamCloseTimeout: 5 * time.Minute,
+		MaxHeaderSize:      1024,
+		AcceptBacklog:      1024,
+	}
+}
+
+// Verify reports the first invalid field, naming it and the allowed range.
+func (c Config) Verify() error {
+	bad := func(field string, v any, want string) error {
+		return fmt.Errorf("tunnel config: %s = %v is invalid: %s", field, v, want)
+	}
+	switch {
+	case c.MuxRole > MuxRoleServer:
+		return bad("MuxRole", c.MuxRole, "use MuxRoleAuto, MuxRoleClient or MuxRoleServer")
+	case c.StreamWindow < yamuxInitialWindow:
+		return bad("StreamWindow", c.StreamWindow, "must be at least 262144 (256 KiB)")
+	case c.MaxFrameSize < 1024 || c.MaxFrameSize > 16<<20:
+		return bad("MaxFrameSize", c.MaxFrameSize, "must be between 1 KiB and 16 MiB")
+	case c.WriteTimeout <= 0:
+		return bad("WriteTimeout", c.WriteTimeout, "must be positive")
+	case c.KeepAliveInterval <= 0:
+		return bad("KeepAliveInterval", c.KeepAliveInterval, "must be positive")
+	case c.DeadPeerTimeout < 2*c.KeepAliveInterval:
+		return bad("DeadPeerTimeout", c.DeadPeerTimeout, "must be at least twice KeepAliveInterval ("+c.KeepAliveInterval.String()+")")
+	case c.HandshakeTimeout <= 0:
+		return bad("HandshakeTimeout", c.HandshakeTimeout, "must be positive")
+	case c.HeaderTimeout <= 0:
+		return bad("HeaderTimeout", c.HeaderTimeout, "must be positive")
+	case c.StreamCloseTimeout < 0:
+		return bad("StreamCloseTimeout", c.StreamCloseTimeout, "must not be negative (0 disables the reset)")
+	case c.MaxHeaderSize < minHeaderLimit || c.MaxHeaderSize > maxHeaderLimit:
+		return bad("MaxHeaderSize", c.MaxHeaderSize, "must be between 512 and 4096")
+	case c.AcceptBacklog <= 0:
+		return bad("AcceptBacklog", c.AcceptBacklog, "must be positive")
+	}
+	return nil
+}
+
+func (c Config) logger() *slog.Logger {
+	if c.Logger != nil {
+		return c.Logger
+	}
+	return slog.New(slog.DiscardHandler)
+}
+
+// yamuxConfig maps Config onto yamux. yamux's own keepalive is off: its ping
+// waits only WriteTimeout, which must be long for slow links, so it could not
+// also meet the dead-peer bound. The session's heartbeat does that instead.
+func (c Config) yamuxConfig() *yamux.Config {
+	return &yamux.Config{
+		AcceptBacklog:          c.AcceptBacklog,
+		EnableKeepAlive:        false,
+		KeepAliveInterval:      c.KeepAliveInterval, // yamux verifies it is non-zero
+		ConnectionWriteTimeout: c.WriteTimeout,
+		MaxStreamWindowSize:    c.StreamWindow,
+		// Opens are bounded by the caller's context and the reply
+		// timeout; yamux's open timeout would close the whole session.
+		StreamOpenTimeout:  0,
+		StreamCloseTimeout: c.StreamCloseTimeout,
+		Logger:             yamuxLogger{c.logger()},
+	}
+}

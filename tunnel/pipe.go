@@ -1,0 +1,76 @@
+package tunnel
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net"
+	"sync"
+)
+
+// pipeBuffer is the copy buffer per direction: several frames' worth, so a
+// bulk copy makes few calls.
+const pipeBuffer = 256 << 10
+
+type closeWriter interface{ CloseWrite() error }
+
+// Pipe copies a→b and b→a until both directions have ended, then closes
+// both. When one side reaches end-of-stream, Pipe half-closes the other
+// (CloseWrite; a conn without it is closed fully) and keeps copying the
+// other way. The first real error, or ctx's cancellation, closes both
+// conns, ends the other direction and is returned; errors caused by that
+// closing are not reported. Pipe returns only after both of its goroutines
+// have.
+func Pipe(ctx context.Context, a, b net.Conn) error {
+	var (
+		mu       sync.Mutex
+		firstErr error
+		once     sync.Once
+	)
+	closeBoth := func(cause error) {
+		mu.Lock()
+		if firstErr == nil {
+			firstErr = cause
+		}
+		mu.Unlock()
+		once.Do(func() {
+			_ = a.Close()
+			_ = b.Close()
+		})
+	}
+	stop := context.AfterFunc(ctx, func() { closeBoth(ctx.Err()) })
+	defer stop()
+
+	var wg sync.WaitGroup
+	copyDir := func(dst, src net.Conn) {
+		defer wg.Done()
+		buf := make([]byte, pipeBuffer)
+		_, err := io.CopyBuffer(onlyWriter{dst}, onlyReader{src}, buf)
+		if err != nil {
+			closeBoth(err)
+			return
+		}
+		// Clean end-of-stream from src: pass it on.
+		if cw, ok := dst.(closeWriter); ok {
+			if err := cw.CloseWrite(); err != nil && !errors.Is(err, net.ErrClosed) {
+				closeBoth(err)
+			}
+			return
+		}
+		_ = dst.Close()
+	}
+	wg.Add(2)
+	go copyDir(b, a)
+	go copyDir(a, b)
+	wg.Wait()
+	closeBoth(nil)
+	mu.Lock()
+	defer mu.Unlock()
+	return firstErr
+}
+
+// onlyReader and onlyWriter hide ReadFrom/WriteTo so io.CopyBuffer uses our
+// buffer (TCPConn.ReadFrom from a non-socket would fall back to a 32 KiB
+// copy anyway).
+type onlyReader struct{ io.Reader }
+type onlyWriter struct{ io.Writer }

@@ -1,0 +1,131 @@
+package tunnel
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+)
+
+// pipeRig connects: client ⇄ (a) Pipe (b) ⇄ backend, all over loopback TCP
+// so half-close is real.
+type pipeRig struct {
+	client, backend net.Conn
+	done            chan error
+}
+
+func newPipeRig(t *testing.T, ctx context.Context) pipeRig {
+	client, a := tcpPair(t, nil)
+	b, backend := tcpPair(t, nil)
+	done := make(chan error, 1)
+	go func() { done <- Pipe(ctx, a, b) }()
+	t.Cleanup(func() {
+		client.Close()
+		backend.Close()
+	})
+	return pipeRig{client: client, backend: backend, done: done}
+}
+
+func TestPipeHalfClose(t *testing.T) {
+	r := newPipeRig(t, context.Background())
+	_, err := r.client.Write([]byte("request"))
+	require.NoError(t, err)
+	require.NoError(t, r.client.(*net.TCPConn).CloseWrite())
+	req, err := io.ReadAll(r.backend) // sees EOF through the pipe
+	require.NoError(t, err)
+	require.Equal(t, "request", string(req))
+	// The other direction still flows after the half-close.
+	_, err = r.backend.Write([]byte("response"))
+	require.NoError(t, err)
+	require.NoError(t, r.backend.Close())
+	resp, err := io.ReadAll(r.client)
+	require.NoError(t, err)
+	require.Equal(t, "response", string(resp))
+	select {
+	case err := <-r.done:
+		require.NoError(t, err)
+	case <-time.After(10 * time.Second):
+		t.Fatal("Pipe did not return after both directions ended")
+	}
+}
+
+func TestPipeContextCancel(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	r := newPipeRig(t, ctx)
+	cancel()
+	select {
+	case err := <-r.done:
+		require.ErrorIs(t, err, context.Canceled)
+	case <-time.After(10 * time.Second):
+		t.Fatal("Pipe ignored the cancellation")
+	}
+	// Both sides were closed.
+	_, err := r.client.Read(make([]byte, 1))
+	require.Error(t, err)
+	_, err = r.backend.Read(make([]byte, 1))
+	require.Error(t, err)
+}
+
+// errConn fails its reads with a given error.
+type errConn struct {
+	net.Conn
+	err error
+}
+
+func (c errConn) Read([]byte) (int, error) { return 0, c.err }
+
+func TestPipeFirstError(t *testing.T) {
+	boom := errors.New("disk on fire")
+	a, aPeer := net.Pipe()
+	b, bPeer := net.Pipe()
+	defer aPeer.Close()
+	defer bPeer.Close()
+	go func() { _, _ = io.Copy(io.Discard, bPeer) }()
+	err := Pipe(context.Background(), errConn{a, boom}, b)
+	require.ErrorIs(t, err, boom, "the first real error, not the closing errors after it")
+}
+
+// TestPipeStreams pipes two tunnel streams end to end (a relay would pipe
+// a stream to a dialed conn): half-close crosses the tunnel.
+func TestPipeStreams(t *testing.T) {
+	forEachMatrix(t, func(t *testing.T, tr transport, rl roles) {
+		p := newSessionPair(t, tr, rl, nil)
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		backendConn, backendPeer := tcpPair(t, nil)
+		defer backendPeer.Close()
+		pipeDone := make(chan error, 1)
+		go func() {
+			st, err := p.server.Accept(ctx)
+			if err != nil {
+				pipeDone <- err
+				return
+			}
+			if err := st.Accept(); err != nil {
+				pipeDone <- err
+				return
+			}
+			pipeDone <- Pipe(ctx, st, backendConn)
+		}()
+		st, err := p.client.Open(ctx, outboundHeader)
+		require.NoError(t, err)
+		defer st.Close()
+		_, err = st.Write([]byte("ping"))
+		require.NoError(t, err)
+		require.NoError(t, st.CloseWrite())
+		got, err := io.ReadAll(backendPeer)
+		require.NoError(t, err)
+		require.Equal(t, "ping", string(got))
+		_, err = backendPeer.Write([]byte("pong"))
+		require.NoError(t, err)
+		require.NoError(t, backendPeer.(*net.TCPConn).CloseWrite())
+		got, err = io.ReadAll(st)
+		require.NoError(t, err)
+		require.Equal(t, "pong", string(got))
+		require.NoError(t, <-pipeDone)
+	})
+}

@@ -1,0 +1,514 @@
+package tunnel
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/hashicorp/yamux"
+)
+
+// goodbyeLinger bounds how long Close waits for the peer to read the goodbye
+// and hang up before the connection is closed under it.
+const goodbyeLinger = time.Second
+
+// controlQueue is how many control frames may wait for the control writer.
+const controlQueue = 16
+
+// Session is one established tunnel over one connection. It is symmetric:
+// either end may Open and Accept data streams. Create it with Client or
+// Server; it lives until Close, a peer goodbye, a dead peer or a broken
+// connection, whichever comes first (Done, Err).
+type Session struct {
+	cfg       Config
+	log       *slog.Logger
+	conn      *wireConn
+	mux       *yamux.Session
+	ctrl      *yamux.Stream
+	initiator bool
+	hello     Hello // token cleared
+	welcome   Welcome
+
+	acceptCh  chan *Stream
+	headerSem chan struct{}
+	ctrlOut   chan controlMsg
+	ctrlDone  chan struct{}
+
+	done      chan struct{}
+	closeOnce sync.Once
+	errMu     sync.Mutex
+	err       error
+	wg        sync.WaitGroup
+
+	pingMu  sync.Mutex
+	pingSeq uint64
+	pings   map[uint64]chan struct{}
+
+	bytesIn       atomic.Uint64
+	bytesOut      atomic.Uint64
+	streamsOpen   atomic.Int64
+	streamsTotal  atomic.Uint64
+	streamsFailed atomic.Uint64
+}
+
+// controlMsg is one frame for the control writer; written, if set, is
+// closed once the frame is on the connection (or failed).
+type controlMsg struct {
+	frame   []byte
+	written chan struct{}
+}
+
+// Stats are a session's counters, for status display.
+type Stats struct {
+	// BytesIn and BytesOut count data-stream payload bytes.
+	BytesIn  uint64 `json:"bytesIn"`
+	BytesOut uint64 `json:"bytesOut"`
+	// StreamsOpen counts data streams not yet closed locally.
+	StreamsOpen int `json:"streamsOpen"`
+	// StreamsTotal counts data streams established since the start.
+	StreamsTotal uint64 `json:"streamsTotal"`
+	// StreamsFailed counts streams that ended before payload: refused by
+	// the peer, bad headers, open errors.
+	StreamsFailed uint64 `json:"streamsFailed"`
+}
+
+func newSession(conn net.Conn, cfg Config, initiator bool) (*Session, error) {
+	wc := newWireConn(conn)
+	yamuxClient := initiator
+	switch cfg.MuxRole {
+	case MuxRoleClient:
+		yamuxClient = true
+	case MuxRoleServer:
+		yamuxClient = false
+	}
+	var mux *yamux.Session
+	var err error
+	if yamuxClient {
+		mux, err = yamux.Client(wc, cfg.yamuxConfig())
+	} else {
+		mux, err = yamux.Server(wc, cfg.yamuxConfig())
+	}
+	if err != nil {
+		return nil, fmt.Errorf("tunnel: start yamux session: %w", err)
+	}
+	return &Session{
+		cfg:       cfg,
+		log:       cfg.logger(),
+		conn:      wc,
+		mux:       mux,
+		initiator: initiator,
+		acceptCh:  make(chan *Stream),
+		headerSem: make(chan struct{}, cfg.AcceptBacklog),
+		ctrlOut:   make(chan controlMsg, controlQueue),
+		ctrlDone:  make(chan struct{}),
+		done:      make(chan struct{}),
+		pings:     make(map[uint64]chan struct{}),
+	}, nil
+}
+
+// start launches the session's goroutines once the handshake is done.
+func (s *Session) start() {
+	s.log = s.log.With("peer", s.conn.RemoteAddr().String())
+	s.wg.Add(4)
+	go s.acceptLoop()
+	go s.controlLoop()
+	go s.controlWriter()
+	go s.heartbeat()
+}
+
+// setErr records why the session ends; the first cause wins.
+func (s *Session) setErr(err error) {
+	s.errMu.Lock()
+	if s.err == nil {
+		s.err = err
+	}
+	s.errMu.Unlock()
+}
+
+// shutdown records err (if first) and tears the session down without
+// waiting for its goroutines.
+func (s *Session) shutdown(err error) {
+	s.setErr(err)
+	s.closeOnce.Do(func() {
+		close(s.done)
+		_ = s.mux.Close()
+	})
+}
+
+// Done is closed when the session has ended.
+func (s *Session) Done() <-chan struct{} { return s.done }
+
+// Err says why the session ended (nil while it lives): ErrSessionClosed,
+// ErrPeerDead, a *PeerClosedError with the peer's reason, or the connection
+// error.
+func (s *Session) Err() error {
+	select {
+	case <-s.done:
+	default:
+		return nil
+	}
+	s.errMu.Lock()
+	defer s.errMu.Unlock()
+	return s.err
+}
+
+// Close closes the session and every stream on it, telling the peer.
+func (s *Session) Close() error { return s.CloseWithReason("") }
+
+// CloseWithReason tells the peer why the session ends (for example
+// "replaced by a newer daemon"; the peer's Err is a *PeerClosedError with
+// it), then closes the session and every stream on it and waits for the
+// session's goroutines. It waits at most about a second for the peer.
+func (s *Session) CloseWithReason(reason string) error {
+	select {
+	case <-s.done:
+		s.wg.Wait()
+		return nil
+	default:
+	}
+	s.setErr(ErrSessionClosed)
+	written := make(chan struct{})
+	msg := controlMsg{frame: appendControl(nil, frameGoodbye, encodeGoodbye(reason)), written: written}
+	timer := time.NewTimer(goodbyeLinger)
+	defer timer.Stop()
+	select {
+	case s.ctrlOut <- msg:
+		// Wait for the goodbye to be written, then for the peer to hang
+		// up, so it reads the reason before the connection closes.
+		select {
+		case <-written:
+			select {
+			case <-s.mux.CloseChan():
+			case <-timer.C:
+			}
+		case <-timer.C:
+		}
+	case <-s.done:
+	case <-timer.C:
+	}
+	s.shutdown(ErrSessionClosed)
+	s.wg.Wait()
+	return nil
+}
+
+// Hello is the Hello this session was established with, token removed.
+func (s *Session) Hello() Hello { return s.hello }
+
+// Welcome is the relay's Welcome this session was established with.
+func (s *Session) Welcome() Welcome { return s.welcome }
+
+// LocalAddr and RemoteAddr are the underlying connection's addresses.
+func (s *Session) LocalAddr() net.Addr { return s.conn.LocalAddr() }
+
+// RemoteAddr is the underlying connection's remote address.
+func (s *Session) RemoteAddr() net.Addr { return s.conn.RemoteAddr() }
+
+// NumStreams is the number of data streams open on this session.
+func (s *Session) NumStreams() int { return int(s.streamsOpen.Load()) }
+
+// Stats returns the session's counters.
+func (s *Session) Stats() Stats {
+	return Stats{
+		BytesIn:       s.bytesIn.Load(),
+		BytesOut:      s.bytesOut.Load(),
+		StreamsOpen:   int(s.streamsOpen.Load()),
+		StreamsTotal:  s.streamsTotal.Load(),
+		StreamsFailed: s.streamsFailed.Load(),
+	}
+}
+
+// Ping measures a round trip over the control stream (through the same
+// queues as data, so it shows what a request would see). It fails after
+// Config.DeadPeerTimeout without an answer.
+func (s *Session) Ping() (time.Duration, error) {
+	ch := make(chan struct{})
+	s.pingMu.Lock()
+	s.pingSeq++
+	nonce := s.pingSeq
+	s.pings[nonce] = ch
+	s.pingMu.Unlock()
+	defer func() {
+		s.pingMu.Lock()
+		delete(s.pings, nonce)
+		s.pingMu.Unlock()
+	}()
+	timer := time.NewTimer(s.cfg.DeadPeerTimeout)
+	defer timer.Stop()
+	start := time.Now()
+	select {
+	case s.ctrlOut <- controlMsg{frame: appendControl(nil, framePing, encodeNonce(nonce))}:
+	case <-s.done:
+		return 0, s.closedErr()
+	case <-timer.C:
+		return 0, fmt.Errorf("tunnel ping to %s: control queue full for %s", s.conn.RemoteAddr(), s.cfg.DeadPeerTimeout)
+	}
+	select {
+	case <-ch:
+		return time.Since(start), nil
+	case <-s.done:
+		return 0, s.closedErr()
+	case <-timer.C:
+		return 0, fmt.Errorf("tunnel ping to %s: no answer within %s", s.conn.RemoteAddr(), s.cfg.DeadPeerTimeout)
+	}
+}
+
+// closedErr is the error operations return once the session is over.
+func (s *Session) closedErr() error {
+	<-s.done
+	s.errMu.Lock()
+	defer s.errMu.Unlock()
+	if s.err == ErrSessionClosed {
+		return ErrSessionClosed
+	}
+	return fmt.Errorf("tunnel session to %s ended: %w", s.conn.RemoteAddr(), s.err)
+}
+
+// controlWriter is the only writer of the control stream, so a stalled
+// connection blocks it and not the goroutines that queue frames.
+func (s *Session) controlWriter() {
+	defer s.wg.Done()
+	for {
+		select {
+		case m := <-s.ctrlOut:
+			_, err := s.ctrl.Write(m.frame)
+			if m.written != nil {
+				close(m.written)
+			}
+			if err != nil {
+				s.shutdown(fmt.Errorf("tunnel: write to control stream: %w", err))
+				return
+			}
+		case <-s.done:
+			return
+		}
+	}
+}
+
+// sendControlAsync queues a frame without waiting; it is dropped if the
+// queue is full (heartbeats and pongs are repeated anyway).
+func (s *Session) sendControlAsync(frame []byte) {
+	select {
+	case s.ctrlOut <- controlMsg{frame: frame}:
+	default:
+	}
+}
+
+// controlLoop reads the peer's control frames.
+func (s *Session) controlLoop() {
+	defer s.wg.Done()
+	defer close(s.ctrlDone)
+	for {
+		typ, payload, err := readControl(s.ctrl)
+		if err != nil {
+			if s.mux.IsClosed() {
+				return // the accept loop reports why
+			}
+			if errors.Is(err, io.EOF) {
+				err = fmt.Errorf("%w: peer closed the control stream", ErrProtocol)
+			}
+			s.log.Warn("tunnel control stream failed; closing the session", "err", err)
+			s.shutdown(err)
+			return
+		}
+		switch typ {
+		case framePing:
+			n, err := decodeNonce(payload)
+			if err != nil {
+				s.shutdown(err)
+				return
+			}
+			s.sendControlAsync(appendControl(nil, framePong, encodeNonce(n)))
+		case framePong:
+			n, err := decodeNonce(payload)
+			if err != nil {
+				s.shutdown(err)
+				return
+			}
+			s.pingMu.Lock()
+			if ch, ok := s.pings[n]; ok {
+				close(ch)
+				delete(s.pings, n)
+			}
+			s.pingMu.Unlock()
+		case frameGoodbye:
+			reason, err := decodeGoodbye(payload)
+			if err != nil {
+				s.shutdown(err)
+				return
+			}
+			s.log.Info("tunnel peer closed the session", "reason", reason)
+			s.shutdown(&PeerClosedError{Reason: reason})
+			return
+		default:
+			// Unknown control frames are skipped so a peer of the same
+			// protocol version may add informational messages.
+			s.log.Debug("tunnel ignoring unknown control frame", "type", typ, "bytes", len(payload))
+		}
+	}
+}
+
+// heartbeat pings the peer every KeepAliveInterval and declares it dead
+// when nothing at all arrived for 7/8 of DeadPeerTimeout (checked every
+// 1/8), so a dead peer is detected within DeadPeerTimeout.
+func (s *Session) heartbeat() {
+	defer s.wg.Done()
+	tick := s.cfg.DeadPeerTimeout / 8
+	ticker := time.NewTicker(tick)
+	defer ticker.Stop()
+	lastPing := time.Now()
+	var nonce uint64
+	for {
+		select {
+		case <-ticker.C:
+		case <-s.done:
+			return
+		}
+		if silent := s.conn.sinceRecv(); silent > s.cfg.DeadPeerTimeout-tick {
+			s.log.Warn("tunnel peer stopped responding; closing the session", "silentFor", silent.Round(time.Millisecond))
+			s.shutdown(fmt.Errorf("%w: nothing received for %s", ErrPeerDead, silent.Round(time.Millisecond)))
+			return
+		}
+		if time.Since(lastPing) >= s.cfg.KeepAliveInterval {
+			lastPing = time.Now()
+			nonce++
+			// Heartbeat nonces have the top bit set so they never match
+			// a Ping() waiter.
+			s.sendControlAsync(appendControl(nil, framePing, encodeNonce(nonce|1<<63)))
+		}
+	}
+}
+
+// acceptLoop accepts the peer's data streams and hands each to a goroutine
+// that reads its header. It is also the one that learns why yamux stopped.
+func (s *Session) acceptLoop() {
+	defer s.wg.Done()
+	for {
+		ys, err := s.mux.AcceptStream()
+		if err != nil {
+			// Let the control loop read a goodbye that arrived just
+			// before the connection closed: it explains the end better.
+			<-s.ctrlDone
+			s.shutdown(muxError(err))
+			return
+		}
+		select {
+		case s.headerSem <- struct{}{}:
+		case <-s.done:
+			_ = ys.Close()
+			continue
+		}
+		s.wg.Add(1)
+		go s.serveIncoming(ys)
+	}
+}
+
+func muxError(err error) error {
+	switch {
+	case errors.Is(err, yamux.ErrSessionShutdown):
+		return ErrSessionClosed
+	case errors.Is(err, io.EOF):
+		return fmt.Errorf("tunnel: connection closed by the peer without a goodbye: %w", err)
+	}
+	return fmt.Errorf("tunnel: connection failed: %w", err)
+}
+
+// serveIncoming reads one stream's header and queues the stream for Accept.
+// A bad header is answered with a ReasonProtocol reply and only that stream
+// is closed: the bytes after a bad header are meaningless but the session's
+// framing (yamux) is intact.
+func (s *Session) serveIncoming(ys *yamux.Stream) {
+	defer s.wg.Done()
+	defer func() { <-s.headerSem }()
+	_ = ys.SetReadDeadline(time.Now().Add(s.cfg.HeaderTimeout))
+	h, err := readHeader(ys, s.cfg.MaxHeaderSize)
+	_ = ys.SetReadDeadline(time.Time{})
+	if err != nil {
+		s.streamsFailed.Add(1)
+		var he *headerError
+		if errors.As(err, &he) {
+			s.log.Warn("tunnel refusing stream with a bad header", "stream", ys.StreamID(), "err", err)
+			_, _ = ys.Write(appendReply(nil, reply{code: uint8(ReasonProtocol), message: he.Error()}))
+		} else {
+			s.log.Debug("tunnel stream ended before its header", "stream", ys.StreamID(), "err", err)
+		}
+		_ = ys.Close()
+		return
+	}
+	st := newStream(s, ys, h, false)
+	st.track() // before the hand-over, so the user never sees a negative count
+	select {
+	case s.acceptCh <- st:
+	case <-s.done:
+		st.closeQuiet()
+	}
+}
+
+// Accept waits for the peer's next data stream and returns it with its
+// header read. The caller must answer with st.Accept() (then use it) or
+// st.Reject(reason, msg).
+func (s *Session) Accept(ctx context.Context) (*Stream, error) {
+	select {
+	case st := <-s.acceptCh:
+		return st, nil
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	case <-s.done:
+		return nil, s.closedErr()
+	}
+}
+
+// Open opens a data stream to the peer, sends h and waits for the peer's
+// reply. If the peer could not connect the stream, the error wraps a
+// *DialError with its reason. ctx bounds the whole exchange.
+func (s *Session) Open(ctx context.Context, h Header) (*Stream, error) {
+	if err := h.Validate(); err != nil {
+		return nil, err
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, fmt.Errorf("tunnel: open %s: %w", h, err)
+	}
+	select {
+	case <-s.done:
+		return nil, s.closedErr()
+	default:
+	}
+	ys, err := s.mux.OpenStream()
+	if err != nil {
+		s.streamsFailed.Add(1)
+		if s.mux.IsClosed() {
+			return nil, fmt.Errorf("tunnel: open %s: %w", h, s.closedErr())
+		}
+		return nil, fmt.Errorf("tunnel: open %s: %w", h, err)
+	}
+	stop := context.AfterFunc(ctx, func() { _ = ys.SetDeadline(time.Now()) })
+	_, err = ys.Write(appendHeader(nil, h))
+	var rep reply
+	if err == nil {
+		rep, err = readReply(ys)
+	}
+	if !stop() {
+		err = ctx.Err()
+	}
+	if err == nil {
+		err = rep.err()
+	}
+	if err != nil {
+		s.streamsFailed.Add(1)
+		_ = ys.Close()
+		select {
+		case <-s.done:
+			return nil, fmt.Errorf("tunnel: open %s: %w", h, s.closedErr())
+		default:
+		}
+		return nil, fmt.Errorf("tunnel: open %s: %w", h, err)
+	}
+	st := newStream(s, ys, h, true)
+	st.track()
+	return st, nil
+}
