@@ -82,9 +82,10 @@ type Owner struct {
 	entries []Entry
 }
 
-// Acquire takes ownership of the block in opts.Path. It fails with an
-// *OwnedError when another live daemon owns it. A block left by a daemon
-// that died without cleaning up (crash, kill -9, power loss) is removed.
+// Acquire takes ownership of the block in opts.Path and writes an empty
+// block. It fails with an *OwnedError when another live daemon owns it. A
+// block left by a daemon that died without cleaning up (crash, kill -9,
+// power loss) is removed.
 func Acquire(opts Options) (*Owner, error) {
 	if opts.Path == "" || opts.LockPath == "" {
 		return nil, errors.New("hostsfile: Path and LockPath are required")
@@ -117,6 +118,12 @@ func Acquire(opts Options) (*Owner, error) {
 		_, _ = lock.WriteAt(fmt.Appendf(nil, "%d\n", o.pid), 0)
 	}
 	if err := o.removeStale(); err != nil {
+		_ = lock.Close()
+		return nil, err
+	}
+	// Write an empty block at once: it is how a daemon with another lock
+	// file (another state directory) learns this one owns the file.
+	if err := o.Set(nil); err != nil {
 		_ = lock.Close()
 		return nil, err
 	}
@@ -241,7 +248,8 @@ func (o *Owner) Entries() []Entry {
 // Set makes the block hold exactly entries, in the given order. Lines
 // outside the block are re-read each time, so edits others make to the
 // rest of the file are kept. The file is not written when nothing changes.
-// An empty entries list leaves an empty block in place.
+// An empty entries list leaves an empty block in place. It fails with an
+// *OwnedError when a live foreign owner's block appeared meanwhile.
 func (o *Owner) Set(entries []Entry) error {
 	for _, e := range entries {
 		if err := validEntry(e); err != nil {
@@ -256,6 +264,15 @@ func (o *Owner) Set(entries []Entry) error {
 	content, blocks, err := o.read()
 	if err != nil {
 		return err
+	}
+	// Two daemons that started at the same instant could both have found
+	// no block; the loser finds out here instead of overwriting.
+	for _, b := range blocks {
+		if b.info.PID != o.pid || b.info.LockPath != o.lockPath {
+			if err := o.checkForeign(b.info); err != nil {
+				return err
+			}
+		}
 	}
 	clean, pos := removeBlocks(content, blocks)
 	eol := lineEnding(clean)

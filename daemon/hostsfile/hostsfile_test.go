@@ -76,7 +76,8 @@ func TestSetAndCloseKeepOutsideBytes(t *testing.T) {
 			p := newHosts(t, tc.content, 0o640)
 			o, err := Acquire(Options{Path: p, LockPath: lockIn(t)})
 			require.NoError(t, err)
-			require.Equal(t, tc.content, read(t, p), "acquiring must not touch a file without a block")
+			require.Equal(t, tc.content, outside(t, read(t, p)), "acquiring writes only an empty block")
+			require.Contains(t, read(t, p), "# BEGIN sbx")
 
 			require.NoError(t, o.Set(entriesAB()))
 			got := read(t, p)
@@ -136,14 +137,12 @@ func TestSetUnchangedDoesNotWrite(t *testing.T) {
 	require.NoError(t, err)
 	defer o.Close()
 	require.NoError(t, o.Set(entriesAB()))
-	var ino1 uint64
-	fi, err := os.Stat(p)
+	fi1, err := os.Stat(p)
 	require.NoError(t, err)
-	ino1 = fi.Sys().(*syscall.Stat_t).Ino
 	require.NoError(t, o.Set(entriesAB()))
-	fi, err = os.Stat(p)
+	fi2, err := os.Stat(p)
 	require.NoError(t, err)
-	require.Equal(t, ino1, fi.Sys().(*syscall.Stat_t).Ino, "no rename when nothing changed")
+	require.True(t, os.SameFile(fi1, fi2), "no rename when nothing changed")
 	require.Equal(t, entriesAB(), o.Entries())
 }
 
@@ -154,6 +153,12 @@ func TestAtomicReplaceNewInodeAndOwnership(t *testing.T) {
 	}
 	before, err := os.Stat(p)
 	require.NoError(t, err)
+	// Holding the original open keeps its inode number from being reused.
+	f, err := os.Open(p)
+	require.NoError(t, err)
+	defer f.Close()
+	held, err := f.Stat()
+	require.NoError(t, err)
 	o, err := Acquire(Options{Path: p, LockPath: lockIn(t)})
 	require.NoError(t, err)
 	defer o.Close()
@@ -161,7 +166,7 @@ func TestAtomicReplaceNewInodeAndOwnership(t *testing.T) {
 	after, err := os.Stat(p)
 	require.NoError(t, err)
 	bs, as := before.Sys().(*syscall.Stat_t), after.Sys().(*syscall.Stat_t)
-	require.NotEqual(t, bs.Ino, as.Ino, "written through a temp file and rename")
+	require.False(t, os.SameFile(held, after), "written through a temp file and rename")
 	require.Equal(t, bs.Uid, as.Uid)
 	require.Equal(t, bs.Gid, as.Gid)
 	require.Equal(t, before.Mode(), after.Mode())
@@ -222,7 +227,8 @@ func TestInvalidNamesRejected(t *testing.T) {
 		require.Error(t, o.Set([]Entry{{IP: ipA, Names: []string{n}}}), "%q", n)
 	}
 	require.Error(t, o.Set([]Entry{{Names: []string{"x"}}}))
-	require.Empty(t, read(t, p))
+	require.Empty(t, outside(t, read(t, p)))
+	require.NotContains(t, read(t, p), "\t", "no entry written")
 }
 
 func TestMissingFileAndBrokenBlock(t *testing.T) {
@@ -251,7 +257,9 @@ func TestStaleBlockFromDeadOwnerRemoved(t *testing.T) {
 	p := newHosts(t, content, 0o644)
 	o, err := Acquire(Options{Path: p, LockPath: lockIn(t)})
 	require.NoError(t, err)
-	require.Equal(t, "127.0.0.1 localhost\n10.0.0.1 after\n", read(t, p))
+	require.NotContains(t, read(t, p), "old.ns")
+	require.Contains(t, read(t, p), fmt.Sprintf("(pid %d,", os.Getpid()), "the new owner's empty block took its place")
+	require.Equal(t, "127.0.0.1 localhost\n10.0.0.1 after\n", outside(t, read(t, p)))
 	require.NoError(t, o.Set(entriesAB()[:1]))
 	require.NoError(t, o.Close())
 	require.Equal(t, "127.0.0.1 localhost\n10.0.0.1 after\n", read(t, p))
@@ -373,7 +381,8 @@ func TestOtherProcessOwnsThenIsKilled(t *testing.T) {
 	// The next daemon (another state dir even) cleans up and takes over.
 	o, err := Acquire(Options{Path: p, LockPath: lockIn(t)})
 	require.NoError(t, err)
-	require.Equal(t, orig, read(t, p), "stale block removed, file restored byte for byte")
+	require.Equal(t, orig, outside(t, read(t, p)), "stale block removed, file kept byte for byte")
+	require.NotContains(t, read(t, p), "driver")
 	require.NoError(t, o.Set(entriesAB()))
 	require.NoError(t, o.Close())
 	require.Equal(t, orig, read(t, p))
