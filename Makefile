@@ -43,5 +43,24 @@ fuzz: ## run every fuzz target for FUZZTIME each
 demo: ## the embedded default: a simulated cluster, a sandbox, requests with and without the key
 	$(GO) run ./cmd/sbx demo
 
+# The image: static sbx binaries for each platform on an empty base, written
+# as an OCI layout (no Docker engine needed), tagged $(VERSION).
+IMAGE_DIR := dist/image
+IMAGE_PLATFORMS := linux/amd64 linux/arm64
+IMAGE_NAME := sbx
+
+image: ## OCI image (linux/amd64+arm64, non-root, no shell) of sbx in dist/image, tagged $(VERSION)
+	@for p in $(IMAGE_PLATFORMS); do \
+	  os=$${p%/*}; arch=$${p#*/}; out=dist/bin/$$os-$$arch/sbx; \
+	  echo "go build $$out ($$p, $(VERSION))"; \
+	  CGO_ENABLED=0 GOOS=$$os GOARCH=$$arch $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $$out ./cmd/sbx || exit 1; \
+	done
+	$(GO) run ./tools/image build --version '$(VERSION)' --out $(IMAGE_DIR) \
+	  $(foreach p,$(IMAGE_PLATFORMS),--binary $(p)=dist/bin/$(subst /,-,$(p))/sbx)
+
+image-push: image ## push the image to $(REGISTRY)/sbx:$(VERSION), e.g. make image-push REGISTRY=ghcr.io/sbx-dev
+	@if [ -z "$(REGISTRY)" ]; then echo "usage: make image-push REGISTRY=ghcr.io/you (pushes \$$REGISTRY/$(IMAGE_NAME):$(VERSION))"; exit 2; fi
+	$(GO) run ./tools/image push --layout $(IMAGE_DIR) --ref '$(REGISTRY)/$(IMAGE_NAME):$(VERSION)'
+
 clean: ## remove build outputs
 	rm -rf bin dist

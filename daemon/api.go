@@ -28,6 +28,9 @@ type MappingStatus struct {
 	Port      int32  `json:"port"`
 	ToLocal   string `json:"toLocal"`
 	Listening bool   `json:"listening"`
+	// Services are the baseline Services ("name.namespace") whose keyed
+	// requests on Port come to ToLocal; known once applied.
+	Services []string `json:"services,omitempty"`
 }
 
 // SandboxStatus is the state of one sandbox session. It never carries the

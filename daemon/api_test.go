@@ -1,7 +1,6 @@
 package daemon
 
 import (
-	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
@@ -337,14 +336,4 @@ func TestUnknownEndpoint(t *testing.T) {
 	code, body := rawRequest(t, td.paths.Socket(), req)
 	require.Equal(t, http.StatusNotFound, code)
 	require.Contains(t, body, "no such endpoint")
-}
-
-// readLines is used by tests that read NDJSON by hand.
-func readLines(r io.Reader) []string {
-	var out []string
-	sc := bufio.NewScanner(r)
-	for sc.Scan() {
-		out = append(out, sc.Text())
-	}
-	return out
 }

@@ -3,6 +3,7 @@ package daemon
 import (
 	"context"
 	"crypto/rand"
+	"fmt"
 	"net"
 	"time"
 
@@ -13,11 +14,11 @@ import (
 // implementation adapts package cluster (objects, port-forward); tests use
 // fakes that hand out loopback connections to an in-process relay.
 type Cluster interface {
-	// Apply creates or updates the sandbox's objects for routingKey
+	// Apply creates or updates the sandbox's objects for o.RoutingKey
 	// (idempotent) and returns where its relay runs and the tunnel token,
 	// read back from the sandbox's Secret. progress receives one line per
 	// step ("created Deployment hotrod/…").
-	Apply(ctx context.Context, sb *spec.Sandbox, routingKey string, progress func(string)) (Applied, error)
+	Apply(ctx context.Context, sb *spec.Sandbox, o ApplyOptions, progress func(string)) (Applied, error)
 	// WaitRelay returns once a relay pod of t is ready, reporting what it
 	// waits for through progress. Its error says why the pod is not ready.
 	WaitRelay(ctx context.Context, t Target, progress func(string)) error
@@ -43,6 +44,19 @@ type Cluster interface {
 // name (both may be empty: kubectl's defaults). Implementations cache.
 type ClusterProvider func(ctx context.Context, kubeconfig, kubeContext string) (Cluster, error)
 
+// ApplyOptions are the settings of one Apply besides the spec.
+type ApplyOptions struct {
+	// RoutingKey is the sandbox's key; the daemon keeps it across
+	// reconnects and restarts.
+	RoutingKey string
+	// BaggageKey and RelayImage come from the user config; empty means
+	// the cluster package's defaults.
+	BaggageKey string
+	RelayImage string
+	// Holder is user@host, written to the Lease.
+	Holder string
+}
+
 // Target identifies one sandbox's relay in the cluster.
 type Target struct {
 	Sandbox    string `json:"sandbox"`
@@ -61,6 +75,15 @@ type Applied struct {
 	// sandbox's Secret and is never persisted by the daemon, logged or
 	// shown.
 	Token string `json:"-"`
+	// Services names, per mapping (key workload/port, see mappingKey), the
+	// baseline Services ("name.namespace") whose keyed requests now reach
+	// the laptop.
+	Services map[string][]string `json:"services,omitempty"`
+}
+
+// mappingKey identifies one mapping in Applied.Services.
+func mappingKey(workload string, port int32) string {
+	return fmt.Sprintf("%s/%d", workload, port)
 }
 
 // ClusterSandbox is a sandbox found in the cluster by its labels.

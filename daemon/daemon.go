@@ -14,6 +14,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/sbx-dev/sbx/daemon/config"
 	"github.com/sbx-dev/sbx/tunnel"
 )
 
@@ -27,10 +28,12 @@ type Options struct {
 	LogPath string
 	// Clusters opens the Cluster for a kube context. Required.
 	Clusters ClusterProvider
-	// PoolSize is the number of tunnel sessions per sandbox (default 2).
+	// ConfigPath is the user config file (config.DefaultPath); it is
+	// watched and applied live. Empty means the defaults, unwatched.
+	ConfigPath string
+	// PoolSize overrides the config's number of tunnel sessions per
+	// sandbox when positive.
 	PoolSize int
-	// BaggageKey is the baggage member that carries the routing key.
-	BaggageKey string
 	// Backoff of the reconnect supervisor (default 0.5 s → 30 s).
 	Backoff Backoff
 	// StatsInterval, LeaseInterval tune how often sessions refresh their
@@ -61,6 +64,10 @@ type Daemon struct {
 	logPath string
 	now     func() time.Time
 
+	confW   *config.Watcher // nil without Options.ConfigPath
+	cfgMu   sync.Mutex
+	applied *config.Config // last config seen by configChanged
+
 	ready    chan struct{} // closed once state is loaded and sessions restored
 	stopping chan struct{} // closed when shutdown was requested
 	stopOnce sync.Once
@@ -88,7 +95,6 @@ func New(opts Options) (*Daemon, error) {
 		Backoff:       opts.Backoff,
 		StatsInterval: opts.StatsInterval,
 		LeaseInterval: opts.LeaseInterval,
-		BaggageKey:    opts.BaggageKey,
 		ClientID:      newClientID(),
 		User:          userAtHost(),
 		Now:           opts.Now,
@@ -102,7 +108,18 @@ func New(opts Options) (*Daemon, error) {
 		stopping: make(chan struct{}),
 	}
 	d.store = newStore(Status{Version: opts.Version, PID: os.Getpid(), LogPath: opts.LogPath}, opts.watchQueue)
+	if opts.ConfigPath != "" {
+		d.confW = config.NewWatcher(opts.ConfigPath, config.WatcherOptions{
+			Logger:   opts.Logger,
+			OnChange: d.configChanged,
+			OnError:  d.configError,
+		})
+		if err := d.confW.Err(); err != nil {
+			d.store.SetConfigError(configErrorText(opts.ConfigPath, err))
+		}
+	}
 	d.mgr = &manager{
+		conf:     d.config,
 		log:      opts.Logger,
 		store:    d.store,
 		state:    &stateFile{path: opts.Paths.State()},
@@ -138,6 +155,17 @@ func (d *Daemon) Run(ctx context.Context) error {
 	}
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- srv.Serve(ln) }()
+	var bg sync.WaitGroup
+	if d.confW != nil {
+		bg.Add(1)
+		go func() {
+			defer bg.Done()
+			if err := d.confW.Run(ctx); err != nil {
+				d.log.Warn("config watch stopped", "err", err)
+				d.store.SetConfigError(err.Error())
+			}
+		}()
+	}
 
 	if d.opts.beforeReady != nil {
 		d.opts.beforeReady()
@@ -147,7 +175,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 		// Keep serving: the user needs the daemon to see the error and
 		// to fix things; the state file is left untouched.
 		d.log.Error("state not loaded", "err", loadErr)
-		d.store.SetConfigError(loadErr.Error())
+		d.store.SetStateError(loadErr.Error())
 	} else {
 		d.mgr.Restore(saved)
 	}
@@ -164,6 +192,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 	d.requestStop()
 	cancel()
 	d.mgr.Wait()
+	bg.Wait()
 	d.store.CloseAll()
 	shCtx, shCancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer shCancel()
@@ -196,3 +225,54 @@ func userAtHost() string {
 	host, _ := os.Hostname()
 	return name + "@" + host
 }
+
+// config returns the user config in use.
+func (d *Daemon) config() *config.Config {
+	if d.confW == nil {
+		return config.Default()
+	}
+	return d.confW.Config()
+}
+
+// configChanged applies a new valid config: sessions re-apply when their
+// cluster objects depend on what changed (relay image, baggage key); the
+// pool size applies from the next connection.
+func (d *Daemon) configChanged(c *config.Config) {
+	d.log.Info("config changed", "relayImage", c.RelayImage, "baggageKey", c.BaggageKey, "poolSize", c.PoolSize)
+	d.cfgMu.Lock()
+	prev := d.applied
+	d.applied = c
+	d.cfgMu.Unlock()
+	if prev == nil || prev.RelayImage != c.RelayImage || prev.BaggageKey != c.BaggageKey {
+		d.mgr.Reapply()
+	}
+}
+
+func (d *Daemon) configError(err error) {
+	if err == nil {
+		d.store.SetConfigError("")
+		return
+	}
+	d.store.SetConfigError(configErrorText(d.opts.ConfigPath, err))
+}
+
+func configErrorText(path string, err error) string {
+	return fmt.Sprintf("config %s: %v (the previous configuration stays in use until the file is fixed)", path, err)
+}
+
+// DialOutbound opens a connection from this laptop to target (host:port,
+// a cluster name such as driver.hotrod.svc.cluster.local:8082) through the
+// named sandbox's tunnel: the relay dials it inside the cluster. It is the
+// seam for outbound access (hosts-file listeners, SOCKS5/HTTP proxy);
+// source names the local peer for the relay's logs. A dial the relay could
+// not make returns a *tunnel.DialError with its reason.
+func (d *Daemon) DialOutbound(ctx context.Context, sandbox, target, source string) (net.Conn, error) {
+	s, ok := d.mgr.Get(sandbox)
+	if !ok {
+		return nil, &notFoundError{sandbox}
+	}
+	return s.dialOutbound(ctx, target, source)
+}
+
+// Status returns the daemon's current state (as GET /v1/status).
+func (d *Daemon) Status() Status { return d.store.Status() }

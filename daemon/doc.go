@@ -1,4 +1,54 @@
 // Package daemon is the laptop daemon: one session per sandbox with a
-// reconnecting supervisor, inbound mapping to local addresses, outbound
-// access, the local API on a unix socket and its Go client.
+// reconnecting supervisor, inbound mapping to local addresses, the local
+// API on a unix socket and its Go client.
+//
+// # Local API
+//
+// HTTP+JSON on $XDG_RUNTIME_DIR/sbx/sbx.sock (or ~/.sbx/sbx.sock), in a 0700
+// directory, socket 0600. An flock on sbx.lock next to it makes the daemon
+// one per user; a socket left by a crashed daemon is taken over. The socket
+// opens first and requests wait until the state is loaded, so a client
+// never races start-up. Requests with Origin or Referer, or a Host other
+// than local.sbx/localhost, are refused (browsers). Errors are
+// {"error": "..."} and come back from Client as *APIError.
+//
+//	GET    /v1/status               Status
+//	GET    /v1/watch                NDJSON Events: a snapshot, then changes
+//	GET    /v1/sandboxes/{name}     SandboxStatus
+//	PUT    /v1/sandboxes/{name}     connect (ConnectRequest); with wait, NDJSON Progress
+//	DELETE /v1/sandboxes/{name}     disconnect: stop and delete cluster objects
+//	DELETE /v1/sandboxes            disconnect all
+//	GET    /v1/list                 ListResult (daemon + cluster, orphans marked)
+//	POST   /v1/gc                   GCResult
+//	GET    /v1/logs                 LogsInfo (answers before readiness)
+//	POST   /v1/shutdown             stop the daemon, keep the sandboxes
+//
+// A watcher's queue is bounded; one that falls behind is dropped (its
+// stream ends with an error line, Client returns ErrWatchDropped) so it
+// can never stall the daemon.
+//
+// # Sessions
+//
+// Each sandbox has a supervisor: apply the objects (Cluster.Apply), wait
+// for the relay pod, dial the tunnel pool through the port-forward, hand-
+// shake, ready. Any failure leads to a retry after a jittered exponential
+// backoff (0.5 s to 30 s, reset after a minute of stable connection), with
+// the objects re-applied and the relay pod looked up again. A
+// PermanentError stops the supervisor in PhaseFailed until the user
+// connects again. The Lease is renewed while connected.
+//
+// Inbound streams are dialed to the mapping's toLocal. Once connected they
+// have no idle timeout: a request paused in a debugger completes whenever it
+// resumes. A refused dial is answered with tunnel.ReasonRefused and a
+// message the relay shows in its 502.
+//
+// # State and tokens
+//
+// $XDG_STATE_HOME/sbx/state.json (0600, written atomically) keeps each
+// sandbox's name, routing key, kube context and spec, so a restarted daemon
+// reconnects them with the same keys. The tunnel token is not stored: it
+// lives in the sandbox's Secret in the cluster, and every Apply reads it
+// back (Applied.Token). A laptop file therefore never holds a credential
+// to the relay, and a token rotated in the cluster is picked up on the next
+// reconnect.
 package daemon

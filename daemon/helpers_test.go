@@ -3,6 +3,7 @@ package daemon
 import (
 	"context"
 	"errors"
+	"io"
 	"log/slog"
 	"net"
 	"os"
@@ -18,7 +19,13 @@ import (
 )
 
 func TestMain(m *testing.M) {
-	goleak.VerifyTestMain(m)
+	goleak.VerifyTestMain(m,
+		// client-go and spdystream leave these behind by design (see
+		// cluster/sim's tests): klog's flush daemon, and spdystream's
+		// shutdown waiter lingering for its close timeout.
+		goleak.IgnoreTopFunction("k8s.io/klog/v2.(*flushDaemon).run.func1"),
+		goleak.IgnoreTopFunction("github.com/moby/spdystream.(*Connection).shutdown"),
+	)
 }
 
 // testLogger writes the daemon's log into the test's output.
@@ -27,6 +34,31 @@ func testLogger(t *testing.T) *slog.Logger {
 }
 
 type tWriter struct{ t *testing.T }
+
+// logBuffer keeps everything a logger wrote, for assertions on logs.
+type logBuffer struct {
+	mu sync.Mutex
+	b  []byte
+}
+
+func (l *logBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.b = append(l.b, p...)
+	return len(p), nil
+}
+
+func (l *logBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return string(l.b)
+}
+
+// capturingLogger logs to the test output and to the returned buffer.
+func capturingLogger(t *testing.T) (*slog.Logger, *logBuffer) {
+	buf := &logBuffer{}
+	return slog.New(slog.NewTextHandler(io.MultiWriter(tWriter{t}, buf), &slog.HandlerOptions{Level: slog.LevelDebug})), buf
+}
 
 func (w tWriter) Write(p []byte) (int, error) {
 	w.t.Helper()
@@ -63,7 +95,8 @@ type fakeCluster struct {
 	gcDeleted []string
 }
 
-func (f *fakeCluster) Apply(ctx context.Context, sb *spec.Sandbox, key string, progress func(string)) (Applied, error) {
+func (f *fakeCluster) Apply(ctx context.Context, sb *spec.Sandbox, o ApplyOptions, progress func(string)) (Applied, error) {
+	key := o.RoutingKey
 	f.mu.Lock()
 	f.applies = append(f.applies, key)
 	err := f.applyErr
@@ -72,7 +105,11 @@ func (f *fakeCluster) Apply(ctx context.Context, sb *spec.Sandbox, key string, p
 	if err != nil {
 		return Applied{}, err
 	}
-	return Applied{Target: Target{Sandbox: sb.Name, RoutingKey: key, Namespace: sb.Namespaces()[0]}, Token: "s3cret-token"}, nil
+	return Applied{
+		Target:   Target{Sandbox: sb.Name, RoutingKey: key, Namespace: sb.Namespaces()[0]},
+		Token:    "s3cret-token",
+		Services: map[string][]string{"route/8083": {"route.hotrod"}},
+	}, nil
 }
 
 func (f *fakeCluster) WaitRelay(ctx context.Context, t Target, progress func(string)) error {
@@ -154,6 +191,9 @@ func (l *fakeLink) Stats() linkStats {
 	return linkStats{Sessions: 2, RTT: time.Millisecond, BytesIn: 10, BytesOut: 20}
 }
 func (l *fakeLink) Close() error { l.kill(errors.New("closed")); return nil }
+func (l *fakeLink) DialOutbound(ctx context.Context, target, source string) (net.Conn, error) {
+	return nil, errors.New("fake link: no outbound")
+}
 func (l *fakeLink) kill(err error) {
 	l.once.Do(func() { l.err = err; close(l.done) })
 }

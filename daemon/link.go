@@ -19,6 +19,10 @@ type link interface {
 	Stats() linkStats
 	// Close tears the link down and waits for its goroutines.
 	Close() error
+	// DialOutbound opens an outbound stream: the relay dials target
+	// (host:port) inside the cluster. A refused dial returns a
+	// *tunnel.DialError.
+	DialOutbound(ctx context.Context, target, source string) (net.Conn, error)
 }
 
 type linkStats struct {

@@ -234,6 +234,10 @@ func (l *tunnelLink) serveInbound(st *tunnel.Stream) {
 	}
 }
 
+func (l *tunnelLink) DialOutbound(ctx context.Context, target, source string) (net.Conn, error) {
+	return l.pool.Open(ctx, tunnel.Header{Kind: tunnel.KindOutbound, Target: target, Source: source})
+}
+
 func (l *tunnelLink) Done() <-chan struct{} { return l.done }
 
 func (l *tunnelLink) Err() error {

@@ -9,6 +9,8 @@ import (
 	"slices"
 	"strings"
 	"sync"
+
+	"github.com/sbx-dev/sbx/daemon/config"
 )
 
 // manager owns the sessions: it creates, updates, restores and removes
@@ -20,6 +22,7 @@ type manager struct {
 	clusters ClusterProvider
 	link     linker
 	cfg      sessionConfig
+	conf     func() *config.Config // the live user config
 
 	ctx context.Context // daemon lifetime: sessions run under it
 
@@ -60,7 +63,7 @@ func (m *manager) startLocked(saved savedSandbox, subscribe bool) (*session, cha
 		sub = s.subscribe()
 	}
 	m.sessions[saved.Name] = s
-	m.store.SetSandbox(initialStatus(saved, m.cfg.BaggageKey))
+	m.store.SetSandbox(initialStatus(saved, m.conf().BaggageKey))
 	m.wg.Add(1)
 	go func() {
 		defer m.wg.Done()
@@ -78,9 +81,11 @@ func (m *manager) startLocked(saved savedSandbox, subscribe bool) (*session, cha
 // call (new sandbox, changed spec, retry of a failed one).
 func (m *manager) Connect(req ConnectRequest) (s *session, sub chan Progress, restarted bool, err error) {
 	name := req.Spec.Name
+	// --context wins over spec.cluster, which the user config may map to
+	// a context name (as kubectl-style tools do).
 	kctx := req.Context
-	if req.Spec.Spec.Cluster != "" {
-		kctx = req.Spec.Spec.Cluster
+	if kctx == "" && req.Spec.Spec.Cluster != "" {
+		kctx = m.conf().KubeContext(req.Spec.Spec.Cluster)
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -103,7 +108,7 @@ func (m *manager) Connect(req ConnectRequest) (s *session, sub chan Progress, re
 		restarted = changed || st.Phase == PhaseFailed
 		if changed {
 			m.store.UpdateSandbox(name, func(st *SandboxStatus) {
-				fresh := initialStatus(saved, m.cfg.BaggageKey)
+				fresh := initialStatus(saved, m.conf().BaggageKey)
 				st.Namespaces, st.Mappings = fresh.Namespaces, fresh.Mappings
 			})
 			m.persistLocked()
@@ -142,6 +147,12 @@ func (m *manager) Restore(saved []savedSandbox) {
 	defer m.mu.Unlock()
 	for _, sv := range saved {
 		if _, ok := m.sessions[sv.Name]; ok || sv.Name == "" || sv.RoutingKey == "" {
+			continue
+		}
+		if err := sv.Spec.Validate(); err != nil {
+			msg := fmt.Sprintf("state file: sandbox %s not restored, its saved spec is invalid: %v (connect it again with `sbx connect -f FILE`)", sv.Name, err)
+			m.log.Error(msg)
+			m.store.SetStateError(msg)
 			continue
 		}
 		m.log.Info("restoring sandbox", "sandbox", sv.Name, "routingKey", sv.RoutingKey)
@@ -234,3 +245,16 @@ func (m *manager) persist() {
 // Wait waits for every session's supervisor to end (after the daemon's
 // context is cancelled).
 func (m *manager) Wait() { m.wg.Wait() }
+
+// Reapply makes every session re-apply its objects now (the user config
+// changed something the objects depend on). Keys stay.
+func (m *manager) Reapply() {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for _, s := range m.sessions {
+		select {
+		case s.kick <- struct{}{}:
+		default:
+		}
+	}
+}

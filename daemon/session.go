@@ -8,26 +8,25 @@ import (
 	"net"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
+
+	"github.com/sbx-dev/sbx/daemon/config"
 )
 
 // sessionConfig tunes sessions; zero fields take defaults (withDefaults).
 type sessionConfig struct {
-	PoolSize      int
+	PoolSize      int // 0: from the user config
 	Backoff       Backoff
 	StatsInterval time.Duration // how often RTT, bytes and mapping probes refresh
 	LeaseInterval time.Duration // how often the Lease is renewed while connected
 	ProbeTimeout  time.Duration // dial timeout of a mapping probe
-	BaggageKey    string
 	ClientID      string
 	User          string
 	Now           func() time.Time
 }
 
 func (c sessionConfig) withDefaults() sessionConfig {
-	if c.PoolSize <= 0 {
-		c.PoolSize = 2
-	}
 	if c.Backoff.Min <= 0 {
 		c.Backoff = DefaultBackoff()
 	}
@@ -39,9 +38,6 @@ func (c sessionConfig) withDefaults() sessionConfig {
 	}
 	if c.ProbeTimeout <= 0 {
 		c.ProbeTimeout = 300 * time.Millisecond
-	}
-	if c.BaggageKey == "" {
-		c.BaggageKey = "sbx-routing-key"
 	}
 	if c.Now == nil {
 		c.Now = time.Now
@@ -73,6 +69,7 @@ type session struct {
 	subs  map[chan Progress]struct{}
 
 	kick   chan struct{} // cap 1: the spec changed, re-apply now
+	link   atomic.Pointer[linkHolder] // the live link while ready
 	cancel context.CancelFunc
 	done   chan struct{}
 }
@@ -217,7 +214,13 @@ func (s *session) connectOnce(ctx context.Context) (time.Time, error) {
 	if err != nil {
 		return time.Time{}, fmt.Errorf("open cluster (context %q): %w", saved.Context, err)
 	}
-	applied, err := cl.Apply(ctx, &saved.Spec, saved.RoutingKey, s.progressFn(PhaseApplying))
+	conf := s.m.conf()
+	applied, err := cl.Apply(ctx, &saved.Spec, ApplyOptions{
+		RoutingKey: saved.RoutingKey,
+		BaggageKey: conf.BaggageKey,
+		RelayImage: conf.RelayImage,
+		Holder:     cfg.User,
+	}, s.progressFn(PhaseApplying))
 	if err != nil {
 		return time.Time{}, fmt.Errorf("apply sandbox %s: %w", saved.Name, err)
 	}
@@ -233,18 +236,31 @@ func (s *session) connectOnce(ctx context.Context) (time.Time, error) {
 		s.mu.Unlock()
 		s.m.persist()
 	}
+	s.m.store.UpdateSandbox(s.name, func(st *SandboxStatus) {
+		for i, mp := range st.Mappings {
+			st.Mappings[i].Services = slices.Clone(applied.Services[mappingKey(mp.Workload, mp.Port)])
+		}
+	})
 	t := applied.Target
 	s.setPhase(PhaseWaitingRelay, fmt.Sprintf("waiting for relay pod of %s in namespace %s", t.Sandbox, t.Namespace))
 	if err := cl.WaitRelay(ctx, t, s.progressFn(PhaseWaitingRelay)); err != nil {
 		return time.Time{}, fmt.Errorf("relay of sandbox %s: %w", t.Sandbox, err)
 	}
-	s.setPhase(PhaseConnecting, fmt.Sprintf("opening %d tunnel session(s) through port-forward", cfg.PoolSize))
+	poolSize := cfg.PoolSize
+	if poolSize <= 0 {
+		poolSize = conf.PoolSize
+	}
+	if poolSize <= 0 {
+		poolSize = config.DefaultPoolSize
+	}
+	s.m.store.UpdateSandbox(s.name, func(st *SandboxStatus) { st.BaggageKey = conf.BaggageKey })
+	s.setPhase(PhaseConnecting, fmt.Sprintf("opening %d tunnel session(s) through port-forward", poolSize))
 	lk, err := s.m.link(ctx, linkParams{
 		Target:   t,
 		Token:    applied.Token,
 		ClientID: cfg.ClientID,
 		User:     cfg.User,
-		PoolSize: cfg.PoolSize,
+		PoolSize: poolSize,
 		Dial:     func(ctx context.Context) (net.Conn, error) { return cl.DialRelay(ctx, t) },
 		Routes:   s.routes,
 		Logger:   s.log,
@@ -252,7 +268,11 @@ func (s *session) connectOnce(ctx context.Context) (time.Time, error) {
 	if err != nil {
 		return time.Time{}, fmt.Errorf("tunnel to relay of sandbox %s: %w", t.Sandbox, err)
 	}
-	defer func() { _ = lk.Close() }()
+	s.link.Store(&linkHolder{lk})
+	defer func() {
+		s.link.Store(nil)
+		_ = lk.Close()
+	}()
 	connectedAt := cfg.Now()
 	s.refresh(lk, connectedAt)
 	s.setPhase(PhaseReady, fmt.Sprintf("sandbox %s is ready", t.Sandbox))
@@ -343,4 +363,17 @@ func (s *session) closeSubs() {
 		delete(s.subs, ch)
 		close(ch)
 	}
+}
+
+// linkHolder lets an interface value live in an atomic.Pointer.
+type linkHolder struct{ link }
+
+// dialOutbound opens an outbound stream over the session's live link.
+func (s *session) dialOutbound(ctx context.Context, target, source string) (net.Conn, error) {
+	h := s.link.Load()
+	if h == nil {
+		st, _ := s.m.store.Sandbox(s.name)
+		return nil, fmt.Errorf("sandbox %s is not connected (phase %s); `sbx status %s` shows why", s.name, st.Phase, s.name)
+	}
+	return h.DialOutbound(ctx, target, source)
 }

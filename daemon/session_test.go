@@ -24,7 +24,7 @@ func TestConnectWaitStreamsEveryStep(t *testing.T) {
 	require.Len(t, st.RoutingKey, routingKeyLen)
 	require.Equal(t, "sbx-routing-key", st.BaggageKey)
 	require.Equal(t, []string{"hotrod"}, st.Namespaces)
-	require.Equal(t, []MappingStatus{{Workload: "route", Namespace: "hotrod", Port: 8083, ToLocal: "localhost:1"}}, st.Mappings)
+	require.Equal(t, []MappingStatus{{Workload: "route", Namespace: "hotrod", Port: 8083, ToLocal: "localhost:1", Services: []string{"route.hotrod"}}}, st.Mappings)
 	var phases []Phase
 	var msgs []string
 	for _, p := range steps {

@@ -112,3 +112,17 @@ func writeFileAtomic(path string, data []byte, perm os.FileMode) error {
 	}
 	return nil
 }
+
+// SavedSandboxes lists the names of the sandboxes in the state file at
+// p: those a daemon starting now would reconnect.
+func SavedSandboxes(p Paths) ([]string, error) {
+	sbs, err := (&stateFile{path: p.State()}).Load()
+	if err != nil {
+		return nil, err
+	}
+	names := make([]string, 0, len(sbs))
+	for _, sb := range sbs {
+		names = append(names, sb.Name)
+	}
+	return names, nil
+}

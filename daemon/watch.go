@@ -21,6 +21,7 @@ type store struct {
 	mu           sync.Mutex
 	base         Status // Version, PID, LogPath
 	configError  string
+	stateError   string
 	sandboxes    map[string]SandboxStatus
 	watchers     map[*watcher]struct{}
 	queue        int
@@ -44,7 +45,7 @@ type watcher struct {
 
 func (s *store) snapshotLocked() Status {
 	st := s.base
-	st.ConfigError = s.configError
+	st.ConfigError = s.problemsLocked()
 	st.Sandboxes = make([]SandboxStatus, 0, len(s.sandboxes))
 	for _, sb := range s.sandboxes {
 		st.Sandboxes = append(st.Sandboxes, cloneSandbox(sb))
@@ -162,12 +163,36 @@ func (s *store) RemoveSandbox(name string) {
 func (s *store) SetConfigError(msg string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.configError == msg {
+	s.setProblemLocked(&s.configError, msg)
+}
+
+// SetStateError records why the state file could not be loaded.
+func (s *store) SetStateError(msg string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.setProblemLocked(&s.stateError, msg)
+}
+
+func (s *store) setProblemLocked(field *string, msg string) {
+	before := s.problemsLocked()
+	*field = msg
+	after := s.problemsLocked()
+	if before == after {
 		return
 	}
-	s.configError = msg
-	m := msg
-	s.publishLocked(Event{Config: &m})
+	s.publishLocked(Event{Config: &after})
+}
+
+// problemsLocked is what Status.ConfigError shows: the config's error and
+// the state file's, whichever exist.
+func (s *store) problemsLocked() string {
+	switch {
+	case s.configError != "" && s.stateError != "":
+		return s.configError + "; " + s.stateError
+	case s.configError != "":
+		return s.configError
+	}
+	return s.stateError
 }
 
 // CloseAll ends every watch stream (daemon shutdown).
@@ -182,6 +207,9 @@ func (s *store) CloseAll() {
 func cloneSandbox(sb SandboxStatus) SandboxStatus {
 	sb.Namespaces = slices.Clone(sb.Namespaces)
 	sb.Mappings = slices.Clone(sb.Mappings)
+	for i := range sb.Mappings {
+		sb.Mappings[i].Services = slices.Clone(sb.Mappings[i].Services)
+	}
 	return sb
 }
 

@@ -1,4 +1,48 @@
 // Package relay is the in-cluster end of an sbx sandbox: it accepts tunnel
 // sessions from the laptop daemon, listens on the sandbox's inbound ports and
 // dials cluster destinations for outbound streams under a dial policy.
+//
+// The command line (`sbx relay`, parsed by ParseArgs so the simulator starts
+// relays from the same arguments as the Deployment):
+//
+//	sbx relay --sandbox alice --listen 127.0.0.1:7000 --health-listen :7001 \
+//	  --inbound 20001=route/8083/http --grace 10s --drain-timeout 20s
+//
+// with the token in $SBX_RELAY_TOKEN or the file named by --token-file.
+//
+// Behaviour in brief:
+//
+//   - Sessions: one laptop per sandbox. Sessions with the same Hello
+//     client id are pooled (streams go to the least busy); a session with
+//     another client id and the right token replaces them, and the old
+//     daemon is told why (tunnel.PeerClosedError).
+//   - Inbound: each connection on an --inbound port becomes an inbound
+//     stream {workload, port}. With no session it is held up to --grace
+//     (at most --max-held at once); then HTTP ports (appProtocol http,
+//     http2, grpc) answer 503 naming the sandbox and since when it is
+//     offline, TCP ports close. A laptop that cannot reach its local
+//     process makes HTTP ports answer 502 with the laptop's message.
+//   - Outbound: the target is resolved, every address is checked against
+//     the policy (link-local 169.254.0.0/16 and fe80::/10, fd00:ec2::254,
+//     loopback, unspecified, multicast, --deny ranges, the pod's own
+//     addresses) and the checked address is dialed, so DNS cannot swap it.
+//     Failures reach the daemon as a tunnel.DialError with a reason.
+//   - Shutdown: when Run's context ends (SIGTERM), listeners close, /readyz
+//     turns 503, open streams get up to --drain-timeout, then sessions are
+//     closed with a reason and Run returns nil.
+//
+// Metrics (on the registry in Deps, served at /metrics):
+//
+//	sbx_relay_sessions                      gauge    sessions of the current laptop
+//	sbx_relay_handshakes_total{result}      counter  ok, bad_token, sandbox_mismatch, version_mismatch, timeout, error
+//	sbx_relay_sessions_replaced_total       counter  sessions closed for a newer daemon
+//	sbx_relay_streams_open{kind}            gauge    inbound, outbound
+//	sbx_relay_streams_total{kind}           counter  streams established
+//	sbx_relay_bytes_total{direction}        counter  to_laptop, from_laptop
+//	sbx_relay_dial_errors_total{reason}     counter  denied, dns, refused, timeout, unreachable, other
+//	sbx_relay_held_connections              gauge    inbound connections waiting for the laptop
+//	sbx_relay_held_connections_total        counter
+//	sbx_relay_http_answers_total{code}      counter  502, 503 written by the relay
+//	sbx_relay_inbound_closed_total{reason}  counter  TCP connections closed undelivered
+//	sbx_relay_ready                         gauge    1 while serving and not draining
 package relay

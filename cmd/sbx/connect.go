@@ -56,7 +56,7 @@ its last good spec.`,
 				return err
 			}
 			ctx := cmd.Context()
-			c, err := ensureDaemon(ctx, g.stderr)
+			c, err := ensureDaemon(ctx, g)
 			if err != nil {
 				return err
 			}
@@ -159,8 +159,15 @@ func printReady(w io.Writer, st daemon.SandboxStatus) {
 		if !m.Listening {
 			note = fmt.Sprintf("   # nothing listening on %s yet: start your service there", m.ToLocal)
 		}
-		fmt.Fprintf(w, "    curl -H 'baggage: %s=%s' http://%s.%s:%d/%s\n", st.BaggageKey, st.RoutingKey, m.Workload, m.Namespace, m.Port, note)
+		hosts := m.Services
+		if len(hosts) == 0 { // not resolved yet: the workload's usual Service name
+			hosts = []string{m.Workload + "." + m.Namespace}
+		}
+		for _, h := range hosts {
+			fmt.Fprintf(w, "    curl -H 'baggage: %s=%s' http://%s:%d/%s\n", st.BaggageKey, st.RoutingKey, h, m.Port, note)
+		}
 	}
+	fmt.Fprintf(w, "  (run curl from a pod in the cluster; a service that propagates baggage carries the key further)\n")
 }
 
 // watchSpec re-applies the spec whenever its file changes, until ctx ends.

@@ -11,7 +11,9 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/sbx-dev/sbx/cluster"
 	"github.com/sbx-dev/sbx/daemon"
+	"github.com/sbx-dev/sbx/daemon/config"
 )
 
 func newDaemonCmd(g *globalOptions) *cobra.Command {
@@ -102,12 +104,22 @@ func runDaemon(ctx context.Context, g *globalOptions, background bool) error {
 		level = slog.LevelDebug
 	}
 	logger := slog.New(slog.NewTextHandler(out, &slog.HandlerOptions{Level: level}))
+	cfgPath, err := config.DefaultPath(os.Getenv)
+	if err != nil {
+		return userError(err, "set HOME or XDG_CONFIG_HOME")
+	}
+	clusters := daemon.NewKubeClusters(daemon.KubeOptions{
+		Logger:            logger,
+		DefaultRelayImage: cluster.DefaultRelayImageRepo + ":" + g.build.Version,
+	})
+	defer clusters.Close()
 	d, err := daemon.New(daemon.Options{
-		Paths:    paths,
-		Logger:   logger,
-		Version:  g.build.Version,
-		LogPath:  paths.Log(),
-		Clusters: kubeClusters(logger),
+		Paths:      paths,
+		Logger:     logger,
+		Version:    g.build.Version,
+		LogPath:    paths.Log(),
+		ConfigPath: cfgPath,
+		Clusters:   clusters.Open,
 	})
 	if err != nil {
 		return err

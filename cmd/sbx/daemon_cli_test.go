@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net"
 	"os"
 	"os/exec"
@@ -16,6 +17,8 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/sbx-dev/sbx/cluster/kube"
+	"github.com/sbx-dev/sbx/cluster/sim"
 	"github.com/sbx-dev/sbx/cluster/spec"
 	"github.com/sbx-dev/sbx/daemon"
 )
@@ -44,7 +47,8 @@ type cliCluster struct {
 	ready   chan struct{}
 }
 
-func (c *cliCluster) Apply(ctx context.Context, sb *spec.Sandbox, key string, progress func(string)) (daemon.Applied, error) {
+func (c *cliCluster) Apply(ctx context.Context, sb *spec.Sandbox, o daemon.ApplyOptions, progress func(string)) (daemon.Applied, error) {
+	key := o.RoutingKey
 	progress("created Deployment " + sb.Namespaces()[0] + "/sbx-" + sb.Name)
 	return daemon.Applied{Target: daemon.Target{Sandbox: sb.Name, RoutingKey: key, Namespace: sb.Namespaces()[0]}, Token: "tok"}, nil
 }
@@ -297,4 +301,147 @@ func TestBinaryAutostartsDaemon(t *testing.T) {
 	require.True(t, errors.Is(err, os.ErrNotExist))
 	code, _, _ = run("status")
 	require.Equal(t, 2, code)
+}
+
+// syncBuffer is a bytes.Buffer safe for a command writing while the test
+// reads.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+func TestCLIConnectWatchReapplies(t *testing.T) {
+	dir := cliEnv(t)
+	startInProcessDaemon(t, &cliCluster{ready: make(chan struct{})})
+	specPath := writeSpec(t, dir)
+
+	ctx, cancel := context.WithCancel(context.Background())
+	var out, errb syncBuffer
+	done := make(chan int, 1)
+	go func() {
+		done <- run(ctx, []string{"connect", "-f", specPath, "--set", "name=alice", "--wait=false", "--watch"}, strings.NewReader(""), &out, &errb)
+	}()
+	require.Eventually(t, func() bool { return strings.Contains(errb.String(), "Watching") }, 10*time.Second, 10*time.Millisecond)
+
+	c := &daemon.Client{}
+	defer c.Close()
+	toLocal := func() string {
+		sb, err := c.Sandbox(context.Background(), "alice")
+		if err != nil || len(sb.Mappings) == 0 {
+			return ""
+		}
+		return sb.Mappings[0].ToLocal
+	}
+	require.Equal(t, "localhost:8083", toLocal())
+	key := func() string { sb, _ := c.Sandbox(context.Background(), "alice"); return sb.RoutingKey }()
+
+	// An invalid edit is reported; the sandbox keeps its spec.
+	require.NoError(t, os.WriteFile(specPath, []byte("name: '@{name}'\nspec:\n  local: 7\n"), 0o600))
+	require.Eventually(t, func() bool { return strings.Contains(errb.String(), "keeps its last good spec") }, 10*time.Second, 10*time.Millisecond)
+	require.Equal(t, "localhost:8083", toLocal())
+
+	// A valid edit (saved the way editors do: new file renamed over it)
+	// is re-applied with the same key.
+	tmp := specPath + ".new"
+	require.NoError(t, os.WriteFile(tmp, []byte(`name: '@{name}'
+spec:
+  local:
+    - name: route
+      from: {kind: Deployment, namespace: hotrod, name: route}
+      mappings:
+        - port: 8083
+          toLocal: localhost:9090
+`), 0o600))
+	require.NoError(t, os.Rename(tmp, specPath))
+	require.Eventually(t, func() bool { return toLocal() == "localhost:9090" }, 10*time.Second, 10*time.Millisecond)
+	sb, err := c.Sandbox(context.Background(), "alice")
+	require.NoError(t, err)
+	require.Equal(t, key, sb.RoutingKey)
+
+	cancel()
+	select {
+	case code := <-done:
+		require.Equal(t, 0, code, errb.String())
+	case <-time.After(10 * time.Second):
+		t.Fatal("connect --watch did not stop")
+	}
+	require.Contains(t, errb.String(), "stays connected")
+}
+
+func TestCLIConnectOnSimulatedCluster(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts a simulated cluster")
+	}
+	dir := cliEnv(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	c, err := sim.Start(ctx, sim.Options{})
+	require.NoError(t, err)
+	t.Cleanup(c.Close)
+	kc := daemon.NewClusterFromKube(&kube.Cluster{REST: c.RESTConfig, Kube: c.Clients.Kube, Istio: c.Clients.Istio, Namespace: sim.AppNamespace},
+		daemon.KubeOptions{DefaultRelayImage: "ghcr.io/sbx-dev/sbx:test"})
+	t.Cleanup(func() { _ = kc.Close() })
+	startInProcessDaemon(t, kc)
+
+	code, out, errOut := runCLI(t, "connect", "-f", writeSpec(t, dir), "--set", "name=alice")
+	require.Equal(t, 0, code, errOut)
+	for _, step := range []string{"Connecting sandbox alice", "applying", "created Deployment hotrod/", "waiting-relay", "connecting", "ready"} {
+		require.Contains(t, errOut, step)
+	}
+	require.Contains(t, out, "Sandbox alice is ready.")
+	c2 := &daemon.Client{}
+	defer c2.Close()
+	st, err := c2.Sandbox(ctx, "alice")
+	require.NoError(t, err)
+	require.Contains(t, out, "routing key: "+st.RoutingKey)
+	require.Contains(t, out, "curl -H 'baggage: sbx-routing-key="+st.RoutingKey+"' http://route.hotrod:8083/")
+	require.Contains(t, out, "nothing listening on localhost:8083")
+
+	code, out, _ = runCLI(t, "status")
+	require.Equal(t, 0, code)
+	require.Contains(t, out, "alice  ready")
+	require.Contains(t, out, "NOT listening")
+	require.Contains(t, out, "2 session(s)")
+
+	code, out, errOut = runCLI(t, "list", "-o", "json")
+	require.Equal(t, 0, code, errOut)
+	var res daemon.ListResult
+	require.NoError(t, json.Unmarshal([]byte(out), &res))
+	require.Len(t, res.Sandboxes, 1)
+	require.True(t, res.Sandboxes[0].InCluster)
+
+	code, _, errOut = runCLI(t, "disconnect", "--all")
+	require.Equal(t, 0, code, errOut)
+}
+
+func TestCLILogsTail(t *testing.T) {
+	dir := cliEnv(t)
+	logDir := filepath.Join(dir, "state", "sbx")
+	require.NoError(t, os.MkdirAll(logDir, 0o700))
+	var lines []string
+	for i := range 10 {
+		lines = append(lines, fmt.Sprintf("line %d", i))
+	}
+	require.NoError(t, os.WriteFile(filepath.Join(logDir, "daemon.log"), []byte(strings.Join(lines, "\n")+"\n"), 0o600))
+	code, out, errOut := runCLI(t, "logs", "--tail", "3")
+	require.Equal(t, 0, code, errOut)
+	require.Equal(t, "line 7\nline 8\nline 9\n", out)
+	code, out, _ = runCLI(t, "logs")
+	require.Equal(t, 0, code)
+	require.Equal(t, strings.Join(lines, "\n")+"\n", out)
+	code, out, _ = runCLI(t, "logs", "--tail", "100")
+	require.Equal(t, 0, code)
+	require.Equal(t, strings.Join(lines, "\n")+"\n", out)
 }

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"os/exec"
 	"strings"
@@ -38,11 +37,13 @@ func connectDaemon(ctx context.Context) (*daemon.Client, error) {
 
 // ensureDaemon returns a client of the running daemon, starting one in the
 // background first if none answers. Progress goes to progress.
-func ensureDaemon(ctx context.Context, progress io.Writer) (*daemon.Client, error) {
+func ensureDaemon(ctx context.Context, g *globalOptions) (*daemon.Client, error) {
+	progress := g.stderr
 	paths := daemonPaths()
 	c := &daemon.Client{Socket: paths.Socket()}
 	_, err := c.LogPath(ctx)
 	if err == nil {
+		warnVersionSkew(ctx, c, g)
 		return c, nil
 	}
 	if !daemon.IsNotRunning(err) {
@@ -160,4 +161,17 @@ func lastLines(path string, n int) string {
 		lines = lines[len(lines)-n:]
 	}
 	return strings.Join(lines, "\n  ")
+}
+
+// warnVersionSkew notes when the running daemon is another sbx version
+// than this CLI (typically after an upgrade): the daemon keeps running the
+// old code until restarted.
+func warnVersionSkew(ctx context.Context, c *daemon.Client, g *globalOptions) {
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	st, err := c.Status(ctx)
+	if err != nil || st.Version == "" || st.Version == g.build.Version {
+		return
+	}
+	fmt.Fprintf(g.stderr, "note: the running daemon is sbx %s, this command is sbx %s; restart it with `sbx daemon stop` (sandboxes reconnect with their keys)\n", st.Version, g.build.Version)
 }

@@ -35,7 +35,7 @@ by one, leaving the rest intact). Keyed requests go to the baseline again.`,
 			ctx := cmd.Context()
 			// A stopped daemon still owns the sandboxes in its state
 			// file; starting it is how they get disconnected.
-			c, err := ensureDaemon(ctx, g.stderr)
+			c, err := ensureDaemon(ctx, g)
 			if err != nil {
 				return err
 			}

@@ -50,6 +50,7 @@ names travel back through the same tunnel to the baseline services.`,
 
 	root.AddCommand(
 		newVersionCmd(g),
+		newBenchCmd(g),
 		newValidateCmd(g),
 		newRenderCmd(g),
 		newDaemonCmd(g),
@@ -59,6 +60,7 @@ names travel back through the same tunnel to the baseline services.`,
 		newListCmd(g),
 		newGCCmd(g),
 		newLogsCmd(g),
+		newRelayCmd(g),
 	)
 	return root
 }

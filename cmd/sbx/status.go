@@ -36,6 +36,10 @@ with -o json, one JSON event per line (the first a full snapshot).`,
 			ctx := cmd.Context()
 			c, err := connectDaemon(ctx)
 			if err != nil {
+				if names, serr := daemon.SavedSandboxes(daemonPaths()); serr == nil && len(names) > 0 {
+					return userError(errors.New("the sbx daemon is not running"),
+						fmt.Sprintf("sandboxes %s are saved and reconnect (same routing keys) when it starts: run `sbx daemon`, or any command such as `sbx list`", strings.Join(names, ", ")))
+				}
 				return err
 			}
 			defer c.Close()

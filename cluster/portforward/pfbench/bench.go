@@ -1,0 +1,349 @@
+// Package pfbench measures what the sbx tunnel costs, and gains, over a
+// Kubernetes port-forward, all in one process on loopback through the real
+// client-go port-forward and the kubelet's own handler (pftest).
+//
+// Three paths carry the same traffic between the same local client and the
+// same application server "in the pod":
+//
+//   - bare: kubectl's port-forwarder (local listener; one forwarded stream
+//     per connection over one port-forward connection);
+//   - tunnel: a local listener whose connections go through one sbx tunnel
+//     session over one listener-less port-forward connection to a relay
+//     (which answers like the application, so that all paths have the same
+//     TCP hops);
+//   - pool: the same over a pool of tunnel sessions, each over its own
+//     port-forward connection.
+//
+// Bulk throughput is the aggregate of Streams parallel uploads; round-trip
+// time is that of 1 KiB echoes on one connection. Each repetition runs
+// every path in turn (in rotating order, so background load spreads
+// evenly) and the reported figures are medians over repetitions.
+package pfbench
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/sbx-dev/sbx/cluster/portforward"
+	"github.com/sbx-dev/sbx/tunnel"
+)
+
+// Targets the ratios are held to (see issue "Port-forward benchmark").
+const (
+	TargetTunnelVsBareThroughput = 0.95
+	TargetPoolVsBareThroughput   = 1.15
+	TargetTunnelVsBareRTT        = 1.25
+)
+
+// Options configure a run. Zero values take the defaults.
+type Options struct {
+	// Reps is the number of repetitions (default 5).
+	Reps int
+	// Streams is the number of parallel uploads per bulk measurement
+	// (default 4) and BulkBytes the bytes each sends (default 32 MiB).
+	Streams   int
+	BulkBytes int64
+	// RTTSamples is the number of 1 KiB round trips per measurement
+	// (default 400).
+	RTTSamples int
+	// PoolSize is the number of sessions in the pool (default 4).
+	PoolSize int
+	// Transport is the port-forward upgrade for every path (default: SPDY
+	// over WebSocket with SPDY fallback, as kubectl).
+	Transport portforward.Transport
+	// Tunnel configures the daemon's sessions; zero means
+	// tunnel.DefaultConfig().
+	Tunnel *tunnel.Config
+	// Progress, if set, receives one line per finished measurement.
+	Progress func(string)
+	Logger   *slog.Logger
+}
+
+func (o *Options) defaults() {
+	if o.Reps <= 0 {
+		o.Reps = 5
+	}
+	if o.Streams <= 0 {
+		o.Streams = 4
+	}
+	if o.BulkBytes <= 0 {
+		o.BulkBytes = 32 << 20
+	}
+	if o.RTTSamples <= 0 {
+		o.RTTSamples = 400
+	}
+	if o.PoolSize <= 0 {
+		o.PoolSize = 4
+	}
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+}
+
+// Path is the measurement of one path.
+type Path struct {
+	// ThroughputMBps is the median aggregate bulk throughput (MB = 10^6
+	// bytes per second); ThroughputRepsMBps every repetition's.
+	ThroughputMBps     float64   `json:"throughput_mbps"`
+	ThroughputRepsMBps []float64 `json:"throughput_reps_mbps"`
+	// RTTP50us and RTTP99us are medians over repetitions of each
+	// repetition's percentiles, in microseconds.
+	RTTP50us float64 `json:"rtt_p50_us"`
+	RTTP99us float64 `json:"rtt_p99_us"`
+}
+
+// Result is a whole run.
+type Result struct {
+	Transport  string  `json:"transport"`
+	Reps       int     `json:"reps"`
+	Streams    int     `json:"streams"`
+	BulkBytes  int64   `json:"bulk_bytes_per_stream"`
+	RTTSamples int     `json:"rtt_samples"`
+	PoolSize   int     `json:"pool_size"`
+	Bare       Path    `json:"bare"`
+	Tunnel     Path    `json:"tunnel"`
+	Pool       Path    `json:"pool"`
+	Seconds    float64 `json:"seconds"`
+
+	TunnelVsBareThroughput float64 `json:"tunnel_vs_bare_throughput"`
+	PoolVsBareThroughput   float64 `json:"pool_vs_bare_throughput"`
+	TunnelVsBareRTT        float64 `json:"tunnel_vs_bare_rtt"`
+	// Pass says whether each ratio meets its target.
+	Pass map[string]bool `json:"pass"`
+}
+
+// Run sets up the paths, measures them and tears everything down.
+func Run(ctx context.Context, opts Options) (*Result, error) {
+	opts.defaults()
+	start := time.Now()
+	cfg := tunnel.DefaultConfig()
+	if opts.Tunnel != nil {
+		cfg = *opts.Tunnel
+	}
+	e, err := newEnv(ctx, opts.Logger)
+	if err != nil {
+		return nil, err
+	}
+	defer e.close()
+	if err := e.startBare(opts.Transport); err != nil {
+		return nil, fmt.Errorf("bare port-forward: %w", err)
+	}
+	tunnelAddr, err := e.startTunnel(ctx, opts.Transport, 1, cfg)
+	if err != nil {
+		return nil, fmt.Errorf("tunnel over port-forward: %w", err)
+	}
+	poolAddr, err := e.startTunnel(ctx, opts.Transport, opts.PoolSize, cfg)
+	if err != nil {
+		return nil, fmt.Errorf("tunnel pool over port-forward: %w", err)
+	}
+	paths := []struct {
+		name string
+		addr string
+		out  *Path
+		rtt  [][2]float64
+	}{{name: "bare", addr: e.bareAddr}, {name: "tunnel", addr: tunnelAddr}, {name: "pool", addr: poolAddr}}
+	res := &Result{
+		Transport: string(opts.Transport), Reps: opts.Reps, Streams: opts.Streams, BulkBytes: opts.BulkBytes,
+		RTTSamples: opts.RTTSamples, PoolSize: opts.PoolSize,
+	}
+	if res.Transport == "" {
+		res.Transport = "auto (websocket, spdy fallback)"
+	}
+	paths[0].out, paths[1].out, paths[2].out = &res.Bare, &res.Tunnel, &res.Pool
+
+	// Warm up every path (connections, windows, buffers) before measuring.
+	for _, p := range paths {
+		if _, err := bulk(ctx, p.addr, opts.Streams, 4<<20); err != nil {
+			return nil, fmt.Errorf("%s: warm-up: %w", p.name, err)
+		}
+	}
+	for rep := range opts.Reps {
+		for i := range paths {
+			p := &paths[(rep+i)%len(paths)]
+			mbps, err := bulk(ctx, p.addr, opts.Streams, opts.BulkBytes)
+			if err != nil {
+				return nil, fmt.Errorf("%s: bulk transfer: %w", p.name, err)
+			}
+			p50, p99, err := rtt(ctx, p.addr, opts.RTTSamples)
+			if err != nil {
+				return nil, fmt.Errorf("%s: round trips: %w", p.name, err)
+			}
+			p.out.ThroughputRepsMBps = append(p.out.ThroughputRepsMBps, mbps)
+			p.rtt = append(p.rtt, [2]float64{p50, p99})
+			if opts.Progress != nil {
+				opts.Progress(fmt.Sprintf("rep %d/%d %-6s %8.1f MB/s  rtt p50 %6.0f us  p99 %6.0f us",
+					rep+1, opts.Reps, p.name, mbps, p50, p99))
+			}
+		}
+	}
+	for i := range paths {
+		p := &paths[i]
+		p.out.ThroughputMBps = median(p.out.ThroughputRepsMBps)
+		p.out.RTTP50us = median(column(p.rtt, 0))
+		p.out.RTTP99us = median(column(p.rtt, 1))
+	}
+	res.TunnelVsBareThroughput = round3(res.Tunnel.ThroughputMBps / res.Bare.ThroughputMBps)
+	res.PoolVsBareThroughput = round3(res.Pool.ThroughputMBps / res.Bare.ThroughputMBps)
+	res.TunnelVsBareRTT = round3(res.Tunnel.RTTP50us / res.Bare.RTTP50us)
+	res.Pass = map[string]bool{
+		"tunnel_vs_bare_throughput": res.TunnelVsBareThroughput >= TargetTunnelVsBareThroughput,
+		"pool_vs_bare_throughput":   res.PoolVsBareThroughput >= TargetPoolVsBareThroughput,
+		"tunnel_vs_bare_rtt":        res.TunnelVsBareRTT <= TargetTunnelVsBareRTT,
+	}
+	res.Seconds = round3(time.Since(start).Seconds())
+	return res, nil
+}
+
+// bulk uploads size bytes on each of n parallel connections and returns the
+// aggregate throughput in MB/s, timed from when all connections are open
+// until the last acknowledgement.
+func bulk(ctx context.Context, addr string, n int, size int64) (float64, error) {
+	conns := make([]net.Conn, 0, n)
+	defer func() {
+		for _, c := range conns {
+			_ = c.Close()
+		}
+	}()
+	for range n {
+		c, err := (&net.Dialer{}).DialContext(ctx, "tcp", addr)
+		if err != nil {
+			return 0, err
+		}
+		conns = append(conns, c)
+		stop := context.AfterFunc(ctx, func() { _ = c.Close() })
+		defer stop()
+	}
+	// One round trip with a tiny upload proves each path is connected end
+	// to end before the clock starts.
+	for _, c := range conns {
+		if err := upload(c, 1, nil, true); err != nil {
+			return 0, err
+		}
+	}
+	buf := make([]byte, 256<<10)
+	for i := range buf {
+		buf[i] = byte(i * 7)
+	}
+	var wg sync.WaitGroup
+	errs := make([]error, n)
+	start := time.Now()
+	for i, c := range conns {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errs[i] = upload(c, size, buf, false)
+		}()
+	}
+	wg.Wait()
+	elapsed := time.Since(start)
+	if err := errors.Join(errs...); err != nil {
+		return 0, err
+	}
+	return float64(n) * float64(size) / elapsed.Seconds() / 1e6, nil
+}
+
+// upload sends one sink request of size bytes and waits for its ack. The
+// first request on a connection carries the operation byte.
+func upload(c net.Conn, size int64, buf []byte, first bool) error {
+	var hdr [9]byte
+	hdr[0] = opSink
+	binary.BigEndian.PutUint64(hdr[1:], uint64(size))
+	h := hdr[1:]
+	if first {
+		h = hdr[:]
+	}
+	if _, err := c.Write(h); err != nil {
+		return err
+	}
+	if buf == nil {
+		buf = make([]byte, size)
+	}
+	for left := size; left > 0; {
+		chunk := buf[:min(int64(len(buf)), left)]
+		if _, err := c.Write(chunk); err != nil {
+			return err
+		}
+		left -= int64(len(chunk))
+	}
+	var ack [1]byte
+	if _, err := io.ReadFull(c, ack[:]); err != nil {
+		return fmt.Errorf("waiting for the acknowledgement: %w", err)
+	}
+	return nil
+}
+
+// rtt measures samples 1 KiB echoes on one connection and returns p50 and
+// p99 in microseconds.
+func rtt(ctx context.Context, addr string, samples int) (p50, p99 float64, err error) {
+	c, err := (&net.Dialer{}).DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return 0, 0, err
+	}
+	defer c.Close()
+	stop := context.AfterFunc(ctx, func() { _ = c.Close() })
+	defer stop()
+	if _, err := c.Write([]byte{opEcho}); err != nil {
+		return 0, 0, err
+	}
+	msg := make([]byte, 1024)
+	got := make([]byte, 1024)
+	durations := make([]float64, 0, samples)
+	const warmup = 20
+	for i := range samples + warmup {
+		msg[0] = byte(i)
+		t := time.Now()
+		if _, err := c.Write(msg); err != nil {
+			return 0, 0, err
+		}
+		if _, err := io.ReadFull(c, got); err != nil {
+			return 0, 0, err
+		}
+		d := time.Since(t)
+		if got[0] != msg[0] {
+			return 0, 0, fmt.Errorf("echo returned another message")
+		}
+		if i >= warmup {
+			durations = append(durations, float64(d.Nanoseconds())/1e3)
+		}
+	}
+	slices.Sort(durations)
+	return percentile(durations, 0.50), percentile(durations, 0.99), nil
+}
+
+func percentile(sorted []float64, q float64) float64 {
+	if len(sorted) == 0 {
+		return 0
+	}
+	i := int(q*float64(len(sorted)-1) + 0.5)
+	return sorted[i]
+}
+
+func median(v []float64) float64 {
+	s := slices.Clone(v)
+	slices.Sort(s)
+	if len(s) == 0 {
+		return 0
+	}
+	if len(s)%2 == 1 {
+		return s[len(s)/2]
+	}
+	return (s[len(s)/2-1] + s[len(s)/2]) / 2
+}
+
+func column(rows [][2]float64, i int) []float64 {
+	out := make([]float64, len(rows))
+	for j, r := range rows {
+		out[j] = r[i]
+	}
+	return out
+}
+
+func round3(f float64) float64 { return float64(int64(f*1000+0.5)) / 1000 }

@@ -1,0 +1,56 @@
+package pfbench_test
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+	"go.uber.org/goleak"
+
+	"github.com/sbx-dev/sbx/cluster/portforward"
+	"github.com/sbx-dev/sbx/cluster/portforward/pfbench"
+)
+
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m,
+		goleak.IgnoreTopFunction("k8s.io/klog/v2.(*flushDaemon).run.func1"),
+		goleak.IgnoreTopFunction("github.com/moby/spdystream.(*Connection).shutdown"),
+	)
+}
+
+// TestRunSmall runs the whole benchmark with small sizes: it checks that
+// every path carries traffic and that the result is complete, never the
+// timings themselves.
+func TestRunSmall(t *testing.T) {
+	for _, tr := range []portforward.Transport{portforward.TransportAuto, portforward.TransportSPDY} {
+		t.Run(string(tr)+"/", func(t *testing.T) {
+			ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+			defer cancel()
+			var lines []string
+			res, err := pfbench.Run(ctx, pfbench.Options{
+				Reps: 2, Streams: 2, BulkBytes: 1 << 20, RTTSamples: 20, PoolSize: 3, Transport: tr,
+				Progress: func(s string) { lines = append(lines, s) },
+			})
+			require.NoError(t, err)
+			require.Len(t, lines, 6)
+			for _, p := range []pfbench.Path{res.Bare, res.Tunnel, res.Pool} {
+				require.Positive(t, p.ThroughputMBps)
+				require.Len(t, p.ThroughputRepsMBps, 2)
+				require.Positive(t, p.RTTP50us)
+				require.GreaterOrEqual(t, p.RTTP99us, p.RTTP50us)
+			}
+			require.Positive(t, res.TunnelVsBareThroughput)
+			require.Positive(t, res.PoolVsBareThroughput)
+			require.Positive(t, res.TunnelVsBareRTT)
+			require.Len(t, res.Pass, 3)
+		})
+	}
+}
+
+func TestRunCanceled(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	_, err := pfbench.Run(ctx, pfbench.Options{Reps: 1})
+	require.Error(t, err)
+}

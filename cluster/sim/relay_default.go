@@ -1,0 +1,37 @@
+package sim
+
+import (
+	"context"
+	"net/netip"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/sbx-dev/sbx/relay"
+)
+
+// RealRelay runs the real relay from the container's command line, the way
+// `sbx relay` does in a pod: relay.ParseArgs on the template's args and
+// env, then relay.New with the pod's sockets, DNS and dialer.
+func RealRelay(ctx context.Context, p RelayProcess) error {
+	opts, err := relay.ParseArgs(p.Args, p.Getenv)
+	if err != nil {
+		return err
+	}
+	r, err := relay.New(opts, relay.Deps{
+		Logger:   p.Logger,
+		Dialer:   p.Resolver,
+		Resolver: p.Resolver,
+		Listen:   p.Listen,
+		Registry: prometheus.NewRegistry(),
+		LocalAddrs: func() ([]netip.Addr, error) {
+			return []netip.Addr{p.PodIP, netip.MustParseAddr("127.0.0.1"), netip.IPv6Loopback()}, nil
+		},
+		Version: "sim",
+	})
+	if err != nil {
+		return err
+	}
+	return r.Run(ctx)
+}
+
+// defaultRelay is the relay Start runs unless Options.Relay says otherwise.
+func defaultRelay(ctx context.Context, p RelayProcess) error { return RealRelay(ctx, p) }

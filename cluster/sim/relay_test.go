@@ -1,0 +1,125 @@
+package sim
+
+import (
+	"context"
+	"net"
+	"net/http"
+	"testing"
+	"time"
+
+	"github.com/sbx-dev/sbx/cluster/portforward"
+	"github.com/sbx-dev/sbx/tunnel"
+	"github.com/stretchr/testify/require"
+	networking "istio.io/api/networking/v1alpha3"
+	coordv1 "k8s.io/api/coordination/v1"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+)
+
+// TestRealRelayEndToEnd runs the real relay from a relay Deployment, reaches
+// it through the real port-forward path, and plays the daemon's part with
+// the tunnel package directly: keyed requests reach a local v2 route, whose
+// own call to driver goes back through the tunnel to baseline.
+func TestRealRelayEndToEnd(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	c, err := Start(ctx, Options{Logger: testLogger(t)})
+	require.NoError(t, err)
+	defer c.Close()
+	ns := AppNamespace
+	kube := c.Clients.Kube
+
+	lease, err := kube.CoordinationV1().Leases(ns).Create(ctx, &coordv1.Lease{ObjectMeta: metav1.ObjectMeta{Name: "sbx-alice", Namespace: ns}}, metav1.CreateOptions{})
+	require.NoError(t, err)
+	secret, dep, svc := relayObjects(ns, "alice", "0123456789abcdef0123456789abcdef", string(lease.UID))
+	for _, err := range []error{
+		func() error {
+			_, err := kube.CoreV1().Secrets(ns).Create(ctx, secret, metav1.CreateOptions{})
+			return err
+		}(),
+		func() error {
+			_, err := kube.AppsV1().Deployments(ns).Create(ctx, dep, metav1.CreateOptions{})
+			return err
+		}(),
+		func() error {
+			_, err := kube.CoreV1().Services(ns).Create(ctx, svc, metav1.CreateOptions{})
+			return err
+		}(),
+	} {
+		require.NoError(t, err)
+	}
+	_, err = c.Clients.Istio.NetworkingV1().VirtualServices(ns).Create(ctx, newVS(ns, "route", []string{"route"},
+		&networking.HTTPRoute{
+			Match: []*networking.HTTPMatchRequest{{Headers: map[string]*networking.StringMatch{
+				"baggage": regex(`(.*,)?\s*sbx-routing-key\s*=\s*alicekey\s*(;[^,]*)?(,.*)?`)}}},
+			Route: routeTo("route-sbx-alice"),
+		},
+		&networking.HTTPRoute{Route: routeTo("route")},
+	), metav1.CreateOptions{})
+	require.NoError(t, err)
+	require.Eventually(t, func() bool {
+		p := relayPodObject(t, c, ns, "alice")
+		return p != nil && p.Status.Phase == corev1.PodRunning && podReady(p)
+	}, 20*time.Second, 10*time.Millisecond, "the real relay passes the template's readiness probe")
+
+	d, err := portforward.New(portforward.Config{REST: c.RESTConfig, Client: kube, Namespace: ns,
+		Selector: "sbx.dev/sandbox=alice", Port: 7000, Logger: testLogger(t)})
+	require.NoError(t, err)
+	defer d.Close()
+	conn, err := d.Dial(ctx)
+	require.NoError(t, err)
+	sess, welcome, err := tunnel.Client(ctx, conn, tunnel.DefaultConfig(), tunnel.Hello{
+		Token: string(secret.StringData["token"]), ClientID: "test", Sandbox: "alice", User: "dev@laptop"})
+	require.NoError(t, err)
+	defer sess.Close()
+	require.Equal(t, "sim", welcome.RelayVersion)
+
+	// The laptop: v2 route calling driver through the tunnel.
+	viaTunnel := &http.Client{Transport: &http.Transport{
+		DialContext: func(ctx context.Context, _, addr string) (net.Conn, error) {
+			return sess.Open(ctx, tunnel.Header{Kind: tunnel.KindOutbound, Target: addr})
+		},
+	}}
+	defer viaTunnel.CloseIdleConnections()
+	local, err := StartLocalRoute("127.0.0.1:0", []string{"http://driver.hotrod.svc.cluster.local:8082/driver"}, viaTunnel, testLogger(t))
+	require.NoError(t, err)
+	defer local.Close()
+	served := make(chan struct{})
+	go func() {
+		defer close(served)
+		for {
+			st, err := sess.Accept(ctx)
+			if err != nil {
+				return
+			}
+			go func() {
+				defer st.Close()
+				lc, err := net.Dial("tcp", local.Addr())
+				if err != nil {
+					_ = st.Reject(tunnel.ReasonRefused, err.Error())
+					return
+				}
+				if st.Accept() != nil {
+					lc.Close()
+					return
+				}
+				_ = tunnel.Pipe(ctx, st, lc)
+			}()
+		}
+	}()
+
+	client := c.HTTPClient(ns)
+	defer client.CloseIdleConnections()
+	eventuallyPath(t, client, "sbx-routing-key=alicekey", "frontend@baseline(route@v2(driver@baseline), driver@baseline)")
+	_, hop, _ := get(t, client, "http://frontend:8080/dispatch", "")
+	require.Equal(t, "frontend@baseline(route@baseline, driver@baseline)", hop.String())
+
+	// The relay's dial policy refuses the cloud metadata address.
+	_, err = sess.Open(ctx, tunnel.Header{Kind: tunnel.KindOutbound, Target: "169.254.169.254:80"})
+	var de *tunnel.DialError
+	require.ErrorAs(t, err, &de)
+	require.Equal(t, tunnel.ReasonDenied, de.Reason)
+
+	sess.Close()
+	<-served
+}

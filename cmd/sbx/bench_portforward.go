@@ -1,0 +1,118 @@
+package main
+
+import (
+	"fmt"
+	"strings"
+	"text/tabwriter"
+
+	"github.com/spf13/cobra"
+
+	"github.com/sbx-dev/sbx/cluster/portforward"
+	"github.com/sbx-dev/sbx/cluster/portforward/pfbench"
+)
+
+func newBenchPortForwardCmd(g *globalOptions) *cobra.Command {
+	var (
+		asJSON    bool
+		check     bool
+		transport string
+		opts      pfbench.Options
+		bulkMiB   int
+	)
+	cmd := &cobra.Command{
+		Use:   "portforward",
+		Short: "Compare kubectl's port-forward with the sbx tunnel over it",
+		Long: `Compare kubectl's port-forward with the sbx tunnel over it.
+
+Everything runs in this process on loopback: client-go's port-forward
+against the kubelet's own port-forward handler, an application server "in
+the pod", and a relay. Three paths carry the same traffic:
+
+  bare    kubectl's port-forwarder: one forwarded stream per connection
+  tunnel  one sbx tunnel session over one port-forward connection
+  pool    a pool of tunnel sessions, each over its own port-forward connection
+
+Bulk throughput is the aggregate of parallel uploads; round-trip time is
+that of 1 KiB echoes. Figures are medians over repetitions; the ratios
+compare the paths against bare.`,
+		Example: `  sbx bench portforward
+  sbx bench portforward --json
+  sbx bench portforward --reps 9 --check`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			format, err := g.outputFormat("text", "json", "yaml")
+			if err != nil {
+				return err
+			}
+			if asJSON {
+				format = "json"
+			}
+			switch portforward.Transport(transport) {
+			case portforward.TransportAuto, portforward.TransportWebSocket, portforward.TransportSPDY:
+				opts.Transport = portforward.Transport(transport)
+			default:
+				return userError(fmt.Errorf("unknown transport %q", transport), "use --transport websocket, spdy, or leave it out for kubectl's choice")
+			}
+			if bulkMiB <= 0 || opts.Reps <= 0 || opts.Streams <= 0 || opts.RTTSamples <= 0 || opts.PoolSize <= 0 {
+				return userError(fmt.Errorf("--bulk-mib, --reps, --streams, --rtt-samples and --pool must be positive"), "")
+			}
+			opts.BulkBytes = int64(bulkMiB) << 20
+			if format == "text" || g.verbosity > 0 {
+				opts.Progress = func(line string) { fmt.Fprintln(g.stderr, line) }
+			}
+			res, err := pfbench.Run(cmd.Context(), opts)
+			if err != nil {
+				return fmt.Errorf("port-forward benchmark: %w", err)
+			}
+			if err := printValue(g.stdout, format, res, func() string { return benchText(res) }); err != nil {
+				return err
+			}
+			if check {
+				for name, ok := range res.Pass {
+					if !ok {
+						fmt.Fprintf(g.stderr, "target missed: %s\n", name)
+						return exitError(1)
+					}
+				}
+			}
+			return nil
+		},
+	}
+	f := cmd.Flags()
+	f.BoolVar(&asJSON, "json", false, "print the result as JSON (same as -o json)")
+	f.BoolVar(&check, "check", false, "exit with status 1 if a ratio misses its target")
+	f.StringVar(&transport, "transport", "", "port-forward upgrade: websocket or spdy (default: websocket with spdy fallback, as kubectl)")
+	f.IntVar(&opts.Reps, "reps", 5, "repetitions; figures are medians")
+	f.IntVar(&opts.Streams, "streams", 4, "parallel uploads per bulk measurement")
+	f.IntVar(&bulkMiB, "bulk-mib", 32, "MiB each upload sends")
+	f.IntVar(&opts.RTTSamples, "rtt-samples", 400, "1 KiB round trips per measurement")
+	f.IntVar(&opts.PoolSize, "pool", 4, "tunnel sessions (and port-forward connections) in the pool")
+	return cmd
+}
+
+func benchText(r *pfbench.Result) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "port-forward benchmark: transport %s; %d parallel uploads x %d MiB; %d x 1 KiB round trips; medians of %d reps\n\n",
+		r.Transport, r.Streams, r.BulkBytes>>20, r.RTTSamples, r.Reps)
+	tw := tabwriter.NewWriter(&b, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "path\tthroughput\trtt p50\trtt p99\t")
+	for _, p := range []struct {
+		name string
+		p    pfbench.Path
+	}{{"bare (kubectl)", r.Bare}, {"tunnel", r.Tunnel}, {fmt.Sprintf("pool of %d", r.PoolSize), r.Pool}} {
+		fmt.Fprintf(tw, "%s\t%.1f MB/s\t%.0f us\t%.0f us\t\n", p.name, p.p.ThroughputMBps, p.p.RTTP50us, p.p.RTTP99us)
+	}
+	_ = tw.Flush()
+	b.WriteString("\n")
+	verdict := func(ok bool) string {
+		if ok {
+			return "ok"
+		}
+		return "MISSED"
+	}
+	fmt.Fprintf(&b, "tunnel_vs_bare_throughput  %.3f  (target >= %.2f)  %s\n", r.TunnelVsBareThroughput, pfbench.TargetTunnelVsBareThroughput, verdict(r.Pass["tunnel_vs_bare_throughput"]))
+	fmt.Fprintf(&b, "pool_vs_bare_throughput    %.3f  (target >= %.2f)  %s\n", r.PoolVsBareThroughput, pfbench.TargetPoolVsBareThroughput, verdict(r.Pass["pool_vs_bare_throughput"]))
+	fmt.Fprintf(&b, "tunnel_vs_bare_rtt         %.3f  (target <= %.2f)  %s\n", r.TunnelVsBareRTT, pfbench.TargetTunnelVsBareRTT, verdict(r.Pass["tunnel_vs_bare_rtt"]))
+	fmt.Fprintf(&b, "took %.1f s", r.Seconds)
+	return b.String()
+}

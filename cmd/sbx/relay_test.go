@@ -1,0 +1,46 @@
+package main
+
+import (
+	"strings"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+)
+
+func TestRelayHelpDocumentsEveryFlag(t *testing.T) {
+	code, out, errOut := runCLI(t, "relay", "--help")
+	require.Equal(t, 0, code, errOut)
+	flags := out[strings.Index(out, "\nFlags:\n"):]
+	for _, flag := range []string{"--sandbox", "--listen", "--health-listen", "--inbound", "--grace", "--drain-timeout",
+		"--dial-timeout", "--max-held", "--deny", "--token-file"} {
+		i := strings.Index(flags, "  "+flag+" ")
+		require.GreaterOrEqual(t, i, 0, "flag %s missing from help:\n%s", flag, out)
+		line := flags[i:]
+		line = line[:strings.IndexByte(line, '\n')]
+		require.Contains(t, line, "e.g. "+flag, "flag %s has no example: %q", flag, line)
+	}
+	require.Contains(t, out, "SBX_RELAY_TOKEN")
+	require.Contains(t, out, "sbx relay --sandbox alice")
+	require.Contains(t, out, "containerPort=workload/port[/appProtocol]")
+}
+
+func TestRelayFlagErrors(t *testing.T) {
+	t.Setenv("SBX_RELAY_TOKEN", "cli-secret-token")
+	for _, tt := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"relay"}, "--sandbox is required"},
+		{[]string{"relay", "--sandbox", "alice", "--listen", "0.0.0.0:7000"}, "is not a loopback address"},
+		{[]string{"relay", "--sandbox", "alice", "--inbound", "20001=route"}, "want containerPort=workload/port[/appProtocol]"},
+		{[]string{"relay", "--sandbox", "alice", "extra"}, "unknown command"},
+	} {
+		code, _, errOut := runCLI(t, tt.args...)
+		require.NotEqual(t, 0, code)
+		require.Contains(t, errOut, tt.want)
+		require.NotContains(t, errOut, "cli-secret-token")
+	}
+	code, _, errOut := runCLI(t, "relay", "--sandbox", "alice", "--listen", "0.0.0.0:7000")
+	require.Equal(t, 2, code, "a bad flag value is a user error")
+	require.Contains(t, errOut, "hint: see `sbx relay --help`")
+}

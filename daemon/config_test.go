@@ -1,0 +1,48 @@
+package daemon
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+)
+
+func TestConfigAppliedLiveAndErrorsShown(t *testing.T) {
+	dir := shortTempDir(t)
+	cfgPath := filepath.Join(dir, "config.yaml")
+	require.NoError(t, os.WriteFile(cfgPath, []byte("baggageKey: team-key\npoolSize: 1\n"), 0o600))
+	fc := &fakeCluster{}
+	fl := &fakeLinker{}
+	td := startDaemon(t, Options{Clusters: fc.provider(), link: fl.link, ConfigPath: cfgPath})
+	ctx := context.Background()
+	st, err := td.client.Connect(ctx, ConnectRequest{Spec: testSpec("alice", "localhost:1"), Wait: true}, nil)
+	require.NoError(t, err)
+	require.Equal(t, "team-key", st.BaggageKey)
+
+	// An invalid edit keeps the old config and shows the error.
+	require.NoError(t, os.WriteFile(cfgPath, []byte("poolSize: many\n"), 0o600))
+	require.Eventually(t, func() bool {
+		s, err := td.client.Status(ctx)
+		return err == nil && s.ConfigError != ""
+	}, 10*time.Second, 10*time.Millisecond)
+	s, _ := td.client.Status(ctx)
+	require.Contains(t, s.ConfigError, cfgPath)
+	require.Contains(t, s.ConfigError, "previous configuration stays in use")
+
+	// A valid edit clears it and re-applies with the new baggage key,
+	// keeping the routing key.
+	applies := len(fc.appliedKeys())
+	require.NoError(t, os.WriteFile(cfgPath, []byte("baggageKey: other-key\n"), 0o600))
+	require.Eventually(t, func() bool {
+		s, err := td.client.Status(ctx)
+		return err == nil && s.ConfigError == "" && len(s.Sandboxes) == 1 &&
+			s.Sandboxes[0].BaggageKey == "other-key" && s.Sandboxes[0].Phase == PhaseReady
+	}, 10*time.Second, 10*time.Millisecond)
+	require.Greater(t, len(fc.appliedKeys()), applies)
+	for _, k := range fc.appliedKeys() {
+		require.Equal(t, st.RoutingKey, k)
+	}
+}

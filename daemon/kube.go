@@ -1,0 +1,314 @@
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"sync"
+	"time"
+
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/labels"
+
+	"github.com/sbx-dev/sbx/cluster"
+	"github.com/sbx-dev/sbx/cluster/kube"
+	"github.com/sbx-dev/sbx/cluster/portforward"
+	"github.com/sbx-dev/sbx/cluster/spec"
+)
+
+// KubeOptions configure KubeClusters.
+type KubeOptions struct {
+	Logger *slog.Logger
+	// DefaultRelayImage is used when the user config names none
+	// (cluster.DefaultRelayImageRepo + ":" + version).
+	DefaultRelayImage string
+	// WaitTimeout bounds one wait for the relay pod; the supervisor then
+	// retries (default 3 minutes).
+	WaitTimeout time.Duration
+	// GCGrace is how long after its lease expired gc keeps a sandbox
+	// (default 10 minutes: a laptop that slept gets it back).
+	GCGrace time.Duration
+	// PortForwardConnections is how many API server connections each
+	// relay's port-forwards are spread over (default 2, the pool size).
+	PortForwardConnections int
+	// Now is the clock (default time.Now).
+	Now func() time.Time
+}
+
+// KubeClusters opens real clusters from kubeconfig: objects through
+// package cluster, tunnel connections through cluster/portforward. It
+// caches one connection per kubeconfig and context. Close it when the
+// daemon stops.
+type KubeClusters struct {
+	o KubeOptions
+
+	mu       sync.Mutex
+	clusters map[string]*kubeCluster
+}
+
+// NewKubeClusters returns a KubeClusters.
+func NewKubeClusters(o KubeOptions) *KubeClusters {
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	if o.WaitTimeout <= 0 {
+		o.WaitTimeout = 3 * time.Minute
+	}
+	if o.GCGrace <= 0 {
+		o.GCGrace = 10 * time.Minute
+	}
+	if o.PortForwardConnections <= 0 {
+		o.PortForwardConnections = 2
+	}
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	return &KubeClusters{o: o, clusters: map[string]*kubeCluster{}}
+}
+
+// Open is a ClusterProvider.
+func (k *KubeClusters) Open(_ context.Context, kubeconfig, kubeContext string) (Cluster, error) {
+	key := kubeconfig + "\x00" + kubeContext
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if c, ok := k.clusters[key]; ok {
+		return c, nil
+	}
+	kc, err := kube.Load(kube.Options{Kubeconfig: kubeconfig, Context: kubeContext, UserAgent: "sbx-daemon"})
+	if err != nil {
+		if errors.Is(err, kube.ErrNoKubeconfig) || errors.Is(err, kube.ErrUnknownContext) {
+			return nil, &PermanentError{err}
+		}
+		return nil, err
+	}
+	c := k.fromKube(kc)
+	k.clusters[key] = c
+	return c, nil
+}
+
+func (k *KubeClusters) fromKube(kc *kube.Cluster) *kubeCluster {
+	c := &kubeCluster{
+		o:         k.o,
+		clients:   cluster.Clients{Kube: kc.Kube, Istio: kc.Istio},
+		namespace: kc.Namespace,
+		log:       k.o.Logger.With("context", kc.Context),
+		dialers:   map[relayRef]*portforward.Dialer{},
+	}
+	c.dial = func(ctx context.Context, t Target) (net.Conn, error) { return c.portForward(ctx, kc, t) }
+	return c
+}
+
+// NewClusterFromKube returns the Cluster for an already loaded connection
+// (REST config and clientsets), with port-forwards to the relays; the
+// simulated cluster's clients and port-forward server plug in here. Its
+// Close closes the port-forwards.
+func NewClusterFromKube(kc *kube.Cluster, o KubeOptions) interface {
+	Cluster
+	Close() error
+} {
+	return NewKubeClusters(o).fromKube(kc)
+}
+
+// Close closes the cluster's port-forwards.
+func (c *kubeCluster) Close() error {
+	c.closeDialers("")
+	return nil
+}
+
+// Close closes every cached port-forward.
+func (k *KubeClusters) Close() error {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	for key, c := range k.clusters {
+		c.closeDialers("")
+		delete(k.clusters, key)
+	}
+	return nil
+}
+
+// NewCluster adapts package cluster's functions on clients to a Cluster.
+// dial opens a connection to a relay's tunnel port; the simulated cluster
+// and tests pass their own, real clusters use KubeClusters (port-forward).
+// namespace is the fallback for list and gc without cluster-wide rights.
+func NewCluster(clients cluster.Clients, namespace string, dial func(ctx context.Context, t Target) (net.Conn, error), o KubeOptions) Cluster {
+	k := NewKubeClusters(o) // for the defaults
+	return &kubeCluster{o: k.o, clients: clients, namespace: namespace, dial: dial, log: k.o.Logger, dialers: map[relayRef]*portforward.Dialer{}}
+}
+
+// kubeCluster adapts package cluster to the daemon's Cluster.
+type kubeCluster struct {
+	o         KubeOptions
+	clients   cluster.Clients
+	namespace string // the context's namespace
+	dial      func(ctx context.Context, t Target) (net.Conn, error)
+	log       *slog.Logger
+
+	mu      sync.Mutex
+	dialers map[relayRef]*portforward.Dialer
+}
+
+func eventsTo(progress func(string)) func(cluster.Event) {
+	return func(e cluster.Event) {
+		if progress != nil {
+			progress(e.String())
+		}
+	}
+}
+
+func (c *kubeCluster) Apply(ctx context.Context, sb *spec.Sandbox, o ApplyOptions, progress func(string)) (Applied, error) {
+	image := o.RelayImage
+	if image == "" {
+		image = c.o.DefaultRelayImage
+	}
+	res, err := cluster.Apply(ctx, c.clients, sb, cluster.Options{
+		RoutingKey: o.RoutingKey,
+		RelayImage: image,
+		BaggageKey: o.BaggageKey,
+		Holder:     o.Holder,
+	}, eventsTo(progress))
+	if err != nil {
+		if apierrors.IsForbidden(err) {
+			return Applied{}, &PermanentError{fmt.Errorf("%w (ask for the sbx Role in deploy/rbac.yaml)", err)}
+		}
+		return Applied{}, err
+	}
+	out := Applied{
+		Target:   Target{Sandbox: sb.Name, RoutingKey: res.RoutingKey, Namespace: res.Namespace, Namespaces: sb.Namespaces()},
+		Token:    res.Token,
+		Services: map[string][]string{},
+	}
+	if res.Objects != nil {
+		for _, w := range res.Objects.Workloads {
+			for _, p := range w.Ports {
+				key := mappingKey(w.Local.Name, p.Port)
+				for _, svc := range p.Services {
+					out.Services[key] = append(out.Services[key], svc.Name+"."+svc.Namespace)
+				}
+			}
+		}
+	}
+	return out, nil
+}
+
+func (c *kubeCluster) WaitRelay(ctx context.Context, t Target, progress func(string)) error {
+	ctx, cancel := context.WithTimeout(ctx, c.o.WaitTimeout)
+	defer cancel()
+	_, err := cluster.WaitRelay(ctx, c.clients, cluster.WaitOptions{
+		Namespace: t.Namespace, Sandbox: t.Sandbox, RoutingKey: t.RoutingKey, RelayImage: c.o.DefaultRelayImage,
+	}, eventsTo(progress))
+	return err
+}
+
+// relayRef keys the port-forward dialers: one per relay.
+type relayRef struct{ namespace, sandbox, key string }
+
+func dialerKey(t Target) relayRef { return relayRef{t.Namespace, t.Sandbox, t.RoutingKey} }
+
+func (c *kubeCluster) DialRelay(ctx context.Context, t Target) (net.Conn, error) {
+	return c.dial(ctx, t)
+}
+
+// portForward opens a port-forwarded connection to the relay's tunnel
+// port. The dialer looks the ready pod up on every dial, so a moved pod is
+// found.
+func (c *kubeCluster) portForward(ctx context.Context, kc *kube.Cluster, t Target) (net.Conn, error) {
+	c.mu.Lock()
+	d, ok := c.dialers[dialerKey(t)]
+	if !ok {
+		sel := labels.Set{
+			cluster.LabelSandbox:    t.Sandbox,
+			cluster.LabelRoutingKey: t.RoutingKey,
+			cluster.LabelComponent:  "relay",
+		}.String()
+		var err error
+		d, err = portforward.New(portforward.Config{
+			REST:        kc.REST,
+			Client:      kc.Kube,
+			Namespace:   t.Namespace,
+			Selector:    sel,
+			Port:        cluster.TunnelPort,
+			Connections: c.o.PortForwardConnections,
+			Logger:      c.log.With("sandbox", t.Sandbox),
+		})
+		if err != nil {
+			c.mu.Unlock()
+			return nil, err
+		}
+		c.dialers[dialerKey(t)] = d
+	}
+	c.mu.Unlock()
+	conn, err := d.Dial(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return conn, nil
+}
+
+// closeDialers closes the dialers of one sandbox ("" = all).
+func (c *kubeCluster) closeDialers(sandbox string) {
+	c.mu.Lock()
+	var ds []*portforward.Dialer
+	for k, d := range c.dialers {
+		if sandbox == "" || k.sandbox == sandbox {
+			ds = append(ds, d)
+			delete(c.dialers, k)
+		}
+	}
+	c.mu.Unlock()
+	for _, d := range ds {
+		_ = d.Close()
+	}
+}
+
+func (c *kubeCluster) RenewLease(ctx context.Context, t Target) error {
+	return cluster.RenewLease(ctx, c.clients, cluster.Ref{Name: t.Sandbox, Namespaces: t.Namespaces}, c.o.Now())
+}
+
+func (c *kubeCluster) Delete(ctx context.Context, t Target, sb *spec.Sandbox) error {
+	c.closeDialers(t.Sandbox)
+	nss := t.Namespaces
+	if len(nss) == 0 && sb != nil {
+		nss = sb.Namespaces()
+	}
+	err := cluster.Delete(ctx, c.clients, cluster.Ref{Name: t.Sandbox, Namespaces: nss}, nil)
+	if errors.Is(err, cluster.ErrSandboxNotFound) {
+		return nil // already gone (gc, or deleted by hand)
+	}
+	return err
+}
+
+// namespaces turns a -n value into the namespaces to look in: all when
+// empty.
+func namespaces(ns string) []string {
+	if ns == "" {
+		return nil
+	}
+	return []string{ns}
+}
+
+func (c *kubeCluster) List(ctx context.Context, ns string) ([]ClusterSandbox, error) {
+	infos, err := cluster.List(ctx, c.clients, namespaces(ns), c.o.Now())
+	if err != nil && ns == "" && apierrors.IsForbidden(err) && c.namespace != "" {
+		// No cluster-wide list: fall back to the context's namespace.
+		infos, err = cluster.List(ctx, c.clients, []string{c.namespace}, c.o.Now())
+	}
+	if err != nil {
+		return nil, err
+	}
+	out := make([]ClusterSandbox, 0, len(infos))
+	for _, in := range infos {
+		out = append(out, ClusterSandbox{Name: in.Name, RoutingKey: in.RoutingKey, Namespace: in.Namespace, LeaseExpires: in.Expires})
+	}
+	return out, nil
+}
+
+func (c *kubeCluster) GC(ctx context.Context, ns string) ([]string, error) {
+	nss := namespaces(ns)
+	deleted, err := cluster.GC(ctx, c.clients, cluster.GCOptions{Namespaces: nss, Grace: c.o.GCGrace, Now: c.o.Now()}, nil)
+	if err != nil && ns == "" && apierrors.IsForbidden(err) && c.namespace != "" {
+		deleted, err = cluster.GC(ctx, c.clients, cluster.GCOptions{Namespaces: []string{c.namespace}, Grace: c.o.GCGrace, Now: c.o.Now()}, nil)
+	}
+	return deleted, err
+}

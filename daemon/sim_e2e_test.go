@@ -1,0 +1,112 @@
+package daemon
+
+import (
+	"context"
+	"io"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/sbx-dev/sbx/cluster/kube"
+	"github.com/sbx-dev/sbx/cluster/sim"
+)
+
+// TestSimulatedCluster runs the whole path on the simulated cluster: the
+// real cluster objects, the real port-forward (client-go against the
+// kubelet's handler), the real relay in its simulated pod, the mesh
+// routing on the baggage header, and this daemon.
+func TestSimulatedCluster(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts a simulated cluster")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	c, err := sim.Start(ctx, sim.Options{Logger: testLogger(t).With("component", "sim")})
+	require.NoError(t, err)
+	t.Cleanup(c.Close)
+	kc := NewClusterFromKube(&kube.Cluster{
+		REST: c.RESTConfig, Kube: c.Clients.Kube, Istio: c.Clients.Istio,
+		Namespace: sim.AppNamespace, Context: "sim",
+	}, KubeOptions{Logger: testLogger(t), DefaultRelayImage: "ghcr.io/sbx-dev/sbx:test", WaitTimeout: 30 * time.Second})
+	t.Cleanup(func() { _ = kc.Close() })
+
+	svc := localService(t)
+	cfg := shortTunnelConfig()
+	td := startDaemon(t, Options{
+		Clusters: func(context.Context, string, string) (Cluster, error) { return kc, nil },
+		Tunnel:   &cfg,
+	})
+	var progress []string
+	st, err := td.client.Connect(ctx, ConnectRequest{Spec: testSpec("alice", svc.Addr().String()), Wait: true, Timeout: time.Minute},
+		func(p Progress) { progress = append(progress, string(p.Phase)+" "+p.Message) })
+	require.NoError(t, err, strings.Join(progress, "\n"))
+	require.Equal(t, PhaseReady, st.Phase)
+	require.Equal(t, []string{"route.hotrod"}, st.Mappings[0].Services)
+	require.True(t, st.Mappings[0].Listening)
+	require.Contains(t, strings.Join(progress, "\n"), "created Deployment hotrod/")
+
+	client := c.HTTPClient(sim.AppNamespace)
+	defer client.CloseIdleConnections()
+	call := func(baggage string) (int, string) {
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://route:8083/route", nil)
+		require.NoError(t, err)
+		if baggage != "" {
+			req.Header.Set("baggage", baggage)
+		}
+		resp, err := client.Do(req)
+		require.NoError(t, err)
+		defer resp.Body.Close()
+		b, err := io.ReadAll(resp.Body)
+		require.NoError(t, err)
+		return resp.StatusCode, string(b)
+	}
+	keyed := "other=1, " + st.BaggageKey + "=" + st.RoutingKey
+	code, body := call(keyed)
+	require.Equal(t, http.StatusOK, code, body)
+	require.Contains(t, body, "from the laptop: GET /route")
+	code, body = call("")
+	require.Equal(t, http.StatusOK, code, body)
+	require.NotContains(t, body, "from the laptop", "unkeyed requests stay on the baseline")
+
+	// The relay container is killed (kill -9); the kubelet restarts it and
+	// the daemon reconnects with the same key.
+	require.NoError(t, c.CrashRelay(sim.AppNamespace, relayDeploymentOf(t, c)))
+	require.Eventually(t, func() bool {
+		sb, err := td.client.Sandbox(ctx, "alice")
+		return err == nil && sb.Reconnects >= 1 && sb.Phase == PhaseReady
+	}, time.Minute, 20*time.Millisecond)
+	require.Eventually(t, func() bool {
+		code, body := call(keyed)
+		return code == http.StatusOK && strings.Contains(body, "from the laptop")
+	}, 30*time.Second, 50*time.Millisecond)
+	sb, err := td.client.Sandbox(ctx, "alice")
+	require.NoError(t, err)
+	require.Equal(t, st.RoutingKey, sb.RoutingKey)
+
+	// list sees it in the cluster and the daemon; disconnect removes it.
+	res, err := td.client.List(ctx, ClusterRequest{}, true)
+	require.NoError(t, err)
+	require.Empty(t, res.ClusterError)
+	require.Len(t, res.Sandboxes, 1)
+	require.True(t, res.Sandboxes[0].InCluster && res.Sandboxes[0].InDaemon && !res.Sandboxes[0].Orphan)
+
+	_, err = td.client.Disconnect(ctx, "alice")
+	require.NoError(t, err)
+	code, body = call(keyed)
+	require.Equal(t, http.StatusOK, code, body)
+	require.NotContains(t, body, "from the laptop", "after disconnect the key goes to the baseline")
+	res, err = td.client.List(ctx, ClusterRequest{}, true)
+	require.NoError(t, err)
+	require.Empty(t, res.Sandboxes)
+}
+
+// relayDeploymentOf returns the name of the one relay Deployment.
+func relayDeploymentOf(t *testing.T, c *sim.Cluster) string {
+	deps := c.RelayDeployments()
+	require.Len(t, deps, 1)
+	_, name, _ := strings.Cut(deps[0], "/")
+	return name
+}

@@ -1,0 +1,167 @@
+package relay
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"net"
+	"net/http"
+	"time"
+
+	"github.com/sbx-dev/sbx/tunnel"
+)
+
+// maxOpenAttempts bounds how often one inbound connection is retried when
+// the session it was opened on dies underneath it.
+const maxOpenAttempts = 5
+
+// acceptInbound accepts connections on one inbound port until the listener
+// is closed. Transient accept errors (out of file descriptors) back off
+// instead of ending the port.
+func (r *Relay) acceptInbound(in inboundListener) {
+	backoff := 5 * time.Millisecond
+	for {
+		conn, err := in.l.Accept()
+		if err != nil {
+			if r.serveCtx.Err() != nil || errors.Is(err, net.ErrClosed) {
+				return
+			}
+			r.log.Warn("inbound accept failed; retrying", "port", in.spec.ContainerPort, "err", err, "backoff", backoff)
+			t := time.NewTimer(backoff)
+			select {
+			case <-t.C:
+			case <-r.serveCtx.Done():
+				t.Stop()
+				return
+			}
+			backoff = min(backoff*2, time.Second)
+			continue
+		}
+		backoff = 5 * time.Millisecond
+		r.wg.Add(1)
+		go func() {
+			defer r.wg.Done()
+			r.serveInbound(in.spec, conn)
+		}()
+	}
+}
+
+// serveInbound sends one connection from the cluster to the laptop. While no
+// session is up it is held for up to the grace period; after that, or when
+// the laptop cannot reach its local process, HTTP ports get an explanatory
+// 503/502 and TCP ports are closed.
+func (r *Relay) serveInbound(spec InboundSpec, conn net.Conn) {
+	defer conn.Close()
+	// The whole connection counts for the drain, so one accepted before
+	// SIGTERM is answered or served, not cut mid-open.
+	r.active.add()
+	defer r.active.done()
+	log := r.log.With("port", spec.ContainerPort, "workload", spec.Workload, "workloadPort", spec.Port, "remote", conn.RemoteAddr())
+	deadline := time.Now().Add(r.opts.Grace)
+
+	held := false
+	release := func() {
+		if held {
+			held = false
+			r.m.held.Dec()
+			r.heldN.Add(-1)
+		}
+	}
+	defer release()
+
+	var st *tunnel.Stream
+	for attempt := 1; ; attempt++ {
+		pool, _ := r.sessions.current()
+		if pool == nil {
+			if !held {
+				if int(r.heldN.Add(1)) > r.opts.MaxHeld {
+					r.heldN.Add(-1)
+					log.Info("laptop offline and too many connections held already; answering now", "maxHeld", r.opts.MaxHeld)
+					r.answerOffline(log, spec, conn)
+					return
+				}
+				held = true
+				r.m.held.Inc()
+				r.m.heldTotal.Inc()
+				log.Debug("laptop offline; holding the connection", "until", deadline)
+			}
+			var err error
+			if pool, err = r.sessions.wait(r.serveCtx, deadline); err != nil {
+				release()
+				r.answerOffline(log, spec, conn)
+				return
+			}
+		}
+		release()
+		ctx, cancel := context.WithTimeout(r.pipeCtx, r.opts.DialTimeout+5*time.Second)
+		var err error
+		st, err = pool.Open(ctx, tunnel.Header{
+			Kind: tunnel.KindInbound, Workload: spec.Workload, Port: spec.Port, Source: conn.RemoteAddr().String(),
+		})
+		cancel()
+		if err == nil {
+			break
+		}
+		var de *tunnel.DialError
+		if errors.As(err, &de) {
+			r.answerRefused(log, spec, conn, de)
+			return
+		}
+		// The session died or the pool emptied: count it offline now and
+		// try again, held if need be, within the same grace. A laptop that
+		// does not answer in time is not retried.
+		r.sessions.refresh(pool)
+		if attempt >= maxOpenAttempts || r.pipeCtx.Err() != nil || errors.Is(err, context.DeadlineExceeded) {
+			log.Warn("could not open an inbound stream to the laptop", "err", err, "attempts", attempt)
+			r.answerError(log, spec, conn, err)
+			return
+		}
+		log.Debug("inbound stream open failed; retrying", "err", err, "attempt", attempt)
+	}
+	defer st.Close()
+
+	end := r.m.streamOpened(kindInbound)
+	defer end()
+	if err := tunnel.Pipe(r.pipeCtx, r.m.count(conn), st); err != nil {
+		log.Debug("inbound stream ended", "err", err)
+	}
+}
+
+// answerOffline answers a connection that found no laptop within grace.
+func (r *Relay) answerOffline(log *slog.Logger, spec InboundSpec, conn net.Conn) {
+	since, ever := r.sessions.offlineState()
+	if !spec.AppProtocol.IsHTTP() {
+		r.m.inboundClosed.WithLabelValues("offline").Inc()
+		log.Info("laptop offline; closing TCP connection", "offlineSince", since)
+		_ = conn.Close()
+		return
+	}
+	r.m.httpAnswers.WithLabelValues("503").Inc()
+	log.Info("laptop offline; answering 503", "offlineSince", since)
+	serveAnswer(r.pipeCtx, r.log, conn, http.StatusServiceUnavailable, offlineBody(r.opts.Sandbox, since, r.now(), ever))
+}
+
+// answerRefused answers a connection the laptop could not deliver locally.
+func (r *Relay) answerRefused(log *slog.Logger, spec InboundSpec, conn net.Conn, de *tunnel.DialError) {
+	if !spec.AppProtocol.IsHTTP() {
+		r.m.inboundClosed.WithLabelValues(de.Reason.String()).Inc()
+		log.Info("laptop could not reach its local process; closing TCP connection", "reason", de.Reason, "msg", de.Message)
+		_ = conn.Close()
+		return
+	}
+	r.m.httpAnswers.WithLabelValues("502").Inc()
+	log.Info("laptop could not reach its local process; answering 502", "reason", de.Reason, "msg", de.Message)
+	serveAnswer(r.pipeCtx, r.log, conn, http.StatusBadGateway, refusedBody(r.opts.Sandbox, spec, de.Reason.String(), de.Message))
+}
+
+// answerError answers a connection whose stream could not be opened for a
+// tunnel failure (sessions dying under it).
+func (r *Relay) answerError(log *slog.Logger, spec InboundSpec, conn net.Conn, err error) {
+	if !spec.AppProtocol.IsHTTP() {
+		r.m.inboundClosed.WithLabelValues("error").Inc()
+		_ = conn.Close()
+		return
+	}
+	r.m.httpAnswers.WithLabelValues("502").Inc()
+	serveAnswer(r.pipeCtx, r.log, conn, http.StatusBadGateway, refusedBody(r.opts.Sandbox, spec, "tunnel error", err.Error()))
+}

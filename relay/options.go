@@ -1,0 +1,328 @@
+package relay
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/spf13/pflag"
+)
+
+// TokenEnv is the environment variable the relay reads its tunnel token from
+// when --token-file is not given. The relay Deployment fills it from the
+// sandbox Secret's key "token".
+const TokenEnv = "SBX_RELAY_TOKEN"
+
+// Defaults for the relay flags.
+const (
+	DefaultListen       = "127.0.0.1:7000"
+	DefaultHealthListen = ":7001"
+	DefaultGrace        = 10 * time.Second
+	DefaultDrainTimeout = 20 * time.Second
+	DefaultDialTimeout  = 10 * time.Second
+	DefaultMaxHeld      = 1024
+)
+
+// Secret is a string that never prints: fmt, slog and encoders see
+// "[redacted]", so a token in Options cannot leak through a log line.
+type Secret string
+
+// String redacts the secret.
+func (s Secret) String() string {
+	if s == "" {
+		return ""
+	}
+	return "[redacted]"
+}
+
+// GoString redacts the secret for %#v.
+func (s Secret) GoString() string { return strconv.Quote(s.String()) }
+
+// LogValue redacts the secret for slog.
+func (s Secret) LogValue() slog.Value { return slog.StringValue(s.String()) }
+
+// MarshalText redacts the secret for JSON, YAML and other encoders.
+func (s Secret) MarshalText() ([]byte, error) { return []byte(s.String()), nil }
+
+// Reveal returns the secret itself, for the one place that compares it.
+func (s Secret) Reveal() string { return string(s) }
+
+// Options configure a relay. ParseArgs builds them from the command line the
+// cluster code writes into the relay Deployment.
+type Options struct {
+	// Sandbox is the sandbox's name; a daemon whose Hello names another
+	// sandbox is refused, and 503 answers name it.
+	Sandbox string
+	// Listen is the tunnel listener address; always a loopback address, since
+	// in the pod it must be reachable only through a port-forward.
+	Listen string
+	// HealthListen serves /healthz, /readyz and /metrics (all interfaces by
+	// default, for kubelet probes on the pod IP).
+	HealthListen string
+	// Inbound lists the ports the relay listens on for the sandbox Services.
+	Inbound []InboundSpec
+	// Grace is how long an inbound connection is held while no laptop is
+	// connected before it is answered 503 (HTTP) or closed (TCP).
+	Grace time.Duration
+	// DrainTimeout bounds how long open streams may finish after SIGTERM.
+	DrainTimeout time.Duration
+	// DialTimeout bounds each outbound dial, DNS included.
+	DialTimeout time.Duration
+	// MaxHeld bounds the connections held while offline; beyond it new ones
+	// are answered at once.
+	MaxHeld int
+	// Deny adds address ranges to the outbound dial policy's built-in ones.
+	Deny []netip.Prefix
+	// Token authenticates the daemon. It never appears in logs or errors.
+	Token Secret
+	// TokenSource says where the token came from (the env var or the file),
+	// for messages.
+	TokenSource string
+}
+
+// Flags holds the raw command-line values of `sbx relay`. ParseArgs uses it,
+// and the cobra wrapper binds the same flags so `sbx relay --help` documents
+// exactly what ParseArgs accepts.
+type Flags struct {
+	sandbox      string
+	listen       string
+	healthListen string
+	inbound      inboundFlag
+	grace        time.Duration
+	drainTimeout time.Duration
+	dialTimeout  time.Duration
+	maxHeld      int
+	deny         denyFlag
+	tokenFile    string
+}
+
+// NewFlags returns flags holding the defaults.
+func NewFlags() *Flags {
+	return &Flags{
+		listen:       DefaultListen,
+		healthListen: DefaultHealthListen,
+		grace:        DefaultGrace,
+		drainTimeout: DefaultDrainTimeout,
+		dialTimeout:  DefaultDialTimeout,
+		maxHeld:      DefaultMaxHeld,
+	}
+}
+
+// AddFlags registers the relay flags on fs.
+func (f *Flags) AddFlags(fs *pflag.FlagSet) {
+	fs.StringVar(&f.sandbox, "sandbox", f.sandbox, "name of the sandbox this relay serves (required), e.g. --sandbox alice")
+	fs.StringVar(&f.listen, "listen", f.listen, "tunnel listener; must be a loopback address, reached only through a port-forward, e.g. --listen 127.0.0.1:7000")
+	fs.StringVar(&f.healthListen, "health-listen", f.healthListen, "address for /healthz, /readyz and /metrics, e.g. --health-listen :7001")
+	fs.Var(&f.inbound, "inbound", "inbound port, repeatable: containerPort=workload/port[/appProtocol] with appProtocol tcp (default), http, http2 or grpc, e.g. --inbound 20001=route/8083/http")
+	fs.DurationVar(&f.grace, "grace", f.grace, "how long an inbound connection waits for the laptop before HTTP ports answer 503 and TCP ports close, e.g. --grace 10s")
+	fs.DurationVar(&f.drainTimeout, "drain-timeout", f.drainTimeout, "on SIGTERM, how long open streams may finish before they are cut, e.g. --drain-timeout 20s")
+	fs.DurationVar(&f.dialTimeout, "dial-timeout", f.dialTimeout, "bound on each outbound dial including DNS, e.g. --dial-timeout 5s")
+	fs.IntVar(&f.maxHeld, "max-held", f.maxHeld, "most inbound connections held while the laptop is offline; more are answered at once, e.g. --max-held 256")
+	fs.Var(&f.deny, "deny", "extra CIDR the relay must never dial, repeatable, on top of link-local, cloud metadata and loopback, e.g. --deny 100.100.100.200/32")
+	fs.StringVar(&f.tokenFile, "token-file", f.tokenFile, "file holding the tunnel token (default: the "+TokenEnv+" environment variable), e.g. --token-file /var/run/sbx/token")
+}
+
+// Options validates the flag values and loads the token from --token-file or,
+// without it, from getenv(TokenEnv).
+func (f *Flags) Options(getenv func(string) string) (Options, error) {
+	o := Options{
+		Sandbox:      f.sandbox,
+		Listen:       f.listen,
+		HealthListen: f.healthListen,
+		Inbound:      append([]InboundSpec(nil), f.inbound...),
+		Grace:        f.grace,
+		DrainTimeout: f.drainTimeout,
+		DialTimeout:  f.dialTimeout,
+		MaxHeld:      f.maxHeld,
+		Deny:         append([]netip.Prefix(nil), f.deny...),
+	}
+	if f.tokenFile != "" {
+		b, err := os.ReadFile(f.tokenFile)
+		if err != nil {
+			return Options{}, fmt.Errorf("reading the tunnel token: %w (check --token-file and the Secret volume mount)", err)
+		}
+		o.Token = Secret(strings.TrimSpace(string(b)))
+		o.TokenSource = "--token-file " + f.tokenFile
+	} else if getenv != nil {
+		o.Token = Secret(strings.TrimSpace(getenv(TokenEnv)))
+		o.TokenSource = "$" + TokenEnv
+	}
+	if err := o.Validate(); err != nil {
+		return Options{}, err
+	}
+	return o, nil
+}
+
+// ParseArgs parses the `sbx relay` command line (without the command words):
+// flags only, no positional arguments. getenv supplies SBX_RELAY_TOKEN; the
+// simulator passes the pod template's env.
+func ParseArgs(args []string, getenv func(string) string) (Options, error) {
+	f := NewFlags()
+	fs := pflag.NewFlagSet("relay", pflag.ContinueOnError)
+	fs.SetOutput(discard{})
+	f.AddFlags(fs)
+	if err := fs.Parse(args); err != nil {
+		return Options{}, fmt.Errorf("relay flags: %w", err)
+	}
+	if fs.NArg() > 0 {
+		return Options{}, fmt.Errorf("relay takes no arguments, got %q (every setting is a --flag; see sbx relay --help)", fs.Args())
+	}
+	return f.Options(getenv)
+}
+
+// Validate checks options built by hand (ParseArgs already calls it).
+func (o Options) Validate() error {
+	var errs []error
+	if o.Sandbox == "" {
+		errs = append(errs, errors.New("--sandbox is required"))
+	} else if err := checkDNSLabel(o.Sandbox); err != nil {
+		errs = append(errs, fmt.Errorf("--sandbox: %w", err))
+	}
+	if o.Token == "" {
+		errs = append(errs, fmt.Errorf("no tunnel token: set %s or pass --token-file (the sandbox Secret's key \"token\")", TokenEnv))
+	}
+	listenPort, err := checkLoopback(o.Listen)
+	if err != nil {
+		errs = append(errs, fmt.Errorf("--listen: %w", err))
+	}
+	healthPort, err := checkHostPort(o.HealthListen)
+	if err != nil {
+		errs = append(errs, fmt.Errorf("--health-listen: %w", err))
+	}
+	if healthPort != 0 && healthPort == listenPort {
+		errs = append(errs, fmt.Errorf("--health-listen and --listen both use port %d", healthPort))
+	}
+	seen := map[uint16]bool{}
+	for _, in := range o.Inbound {
+		switch p := in.ContainerPort; {
+		case seen[p]:
+			errs = append(errs, fmt.Errorf("--inbound: container port %d is given twice", p))
+		case p == listenPort:
+			errs = append(errs, fmt.Errorf("--inbound %s: container port %d is the tunnel --listen port", in, p))
+		case p == healthPort:
+			errs = append(errs, fmt.Errorf("--inbound %s: container port %d is the --health-listen port", in, p))
+		}
+		seen[in.ContainerPort] = true
+	}
+	if o.Grace < 0 {
+		errs = append(errs, fmt.Errorf("--grace %v is negative (0 answers at once)", o.Grace))
+	}
+	if o.DrainTimeout < 0 {
+		errs = append(errs, fmt.Errorf("--drain-timeout %v is negative", o.DrainTimeout))
+	}
+	if o.DialTimeout <= 0 {
+		errs = append(errs, fmt.Errorf("--dial-timeout %v must be positive", o.DialTimeout))
+	}
+	if o.MaxHeld < 0 {
+		errs = append(errs, fmt.Errorf("--max-held %d is negative (0 holds nothing)", o.MaxHeld))
+	}
+	return errors.Join(errs...)
+}
+
+// checkLoopback accepts host:port with a loopback IP literal and returns the
+// port. Names are refused: "localhost" may resolve to anything.
+func checkLoopback(addr string) (uint16, error) {
+	host, port, err := splitListen(addr)
+	if err != nil {
+		return 0, err
+	}
+	ip, err := netip.ParseAddr(host)
+	if err != nil || !ip.Unmap().IsLoopback() {
+		return 0, fmt.Errorf("%q is not a loopback address: the tunnel listener must only be reachable through a port-forward (use 127.0.0.1:%d)", addr, port)
+	}
+	return port, nil
+}
+
+// checkHostPort accepts [host]:port with a numeric port (0 picks a free one).
+func checkHostPort(addr string) (uint16, error) {
+	_, port, err := splitListen(addr)
+	return port, err
+}
+
+func splitListen(addr string) (string, uint16, error) {
+	host, p, err := net.SplitHostPort(addr)
+	if err != nil {
+		return "", 0, fmt.Errorf("%q is not host:port: %w", addr, err)
+	}
+	n, err := strconv.ParseUint(p, 10, 16)
+	if err != nil {
+		return "", 0, fmt.Errorf("%q: port %q is not a number in 0-65535", addr, p)
+	}
+	return host, uint16(n), nil
+}
+
+// inboundFlag is the repeatable --inbound value; one flag may also carry a
+// comma-separated list.
+type inboundFlag []InboundSpec
+
+func (f *inboundFlag) String() string {
+	parts := make([]string, len(*f))
+	for i, s := range *f {
+		parts[i] = s.String()
+	}
+	return strings.Join(parts, ",")
+}
+
+func (f *inboundFlag) Set(v string) error {
+	for _, item := range strings.Split(v, ",") {
+		spec, err := ParseInbound(strings.TrimSpace(item))
+		if err != nil {
+			return err
+		}
+		*f = append(*f, spec)
+	}
+	return nil
+}
+
+func (f *inboundFlag) Type() string { return "spec" }
+
+// denyFlag is the repeatable --deny value: CIDRs or single addresses.
+type denyFlag []netip.Prefix
+
+func (f *denyFlag) String() string {
+	parts := make([]string, len(*f))
+	for i, p := range *f {
+		parts[i] = p.String()
+	}
+	return strings.Join(parts, ",")
+}
+
+func (f *denyFlag) Set(v string) error {
+	for _, item := range strings.Split(v, ",") {
+		item = strings.TrimSpace(item)
+		p, err := parsePrefix(item)
+		if err != nil {
+			return err
+		}
+		*f = append(*f, p)
+	}
+	return nil
+}
+
+func (f *denyFlag) Type() string { return "cidr" }
+
+func parsePrefix(s string) (netip.Prefix, error) {
+	if !strings.Contains(s, "/") {
+		a, err := netip.ParseAddr(s)
+		if err != nil {
+			return netip.Prefix{}, fmt.Errorf("%q is neither an address nor a CIDR such as 100.100.100.200/32", s)
+		}
+		a = a.Unmap()
+		return netip.PrefixFrom(a, a.BitLen()), nil
+	}
+	p, err := netip.ParsePrefix(s)
+	if err != nil {
+		return netip.Prefix{}, fmt.Errorf("%q is not a CIDR such as 100.100.100.200/32: %w", s, err)
+	}
+	return p.Masked(), nil
+}
+
+type discard struct{}
+
+func (discard) Write(p []byte) (int, error) { return len(p), nil }

@@ -1,0 +1,427 @@
+package relay
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/netip"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/sbx-dev/sbx/tunnel"
+)
+
+// shutdownReason is what connected daemons hear when the relay pod stops.
+const shutdownReason = "relay shutting down (pod terminating); the daemon reconnects when the new relay is up"
+
+// Deps are the relay's collaborators. Every field is optional.
+type Deps struct {
+	// Logger receives the relay's logs (never the token). Default: discard.
+	Logger *slog.Logger
+	// Dialer dials outbound destinations after the dial policy approved the
+	// resolved address. Default: a net.Dialer.
+	Dialer Dialer
+	// Resolver resolves outbound host names (cluster DNS in the pod).
+	// Default: net.DefaultResolver.
+	Resolver Resolver
+	// Listen binds the tunnel, health and inbound listeners. The simulator
+	// remaps ports here and reads the results from Addrs. Default: net.Listen.
+	Listen func(network, addr string) (net.Listener, error)
+	// Registry receives the relay's metrics and is served on /metrics.
+	// Default: a new registry with Go and process collectors.
+	Registry *prometheus.Registry
+	// Now is the clock for "offline since" times. Default: time.Now.
+	Now func() time.Time
+	// LocalAddrs lists the pod's own addresses, which outbound streams may
+	// not dial. Default: the network interfaces' addresses, listed once.
+	LocalAddrs func() ([]netip.Addr, error)
+	// AllowLoopback lets outbound streams dial loopback addresses (never the
+	// relay's own ports). Only for simulated clusters whose stand-in
+	// services listen on loopback; a real pod must not allow it.
+	AllowLoopback bool
+	// Tunnel configures the sessions. Default: tunnel.DefaultConfig().
+	Tunnel *tunnel.Config
+	// Version is reported to daemons in the Welcome.
+	Version string
+}
+
+// Addrs are the addresses a relay is bound to (after any remapping).
+type Addrs struct {
+	Tunnel net.Addr
+	Health net.Addr
+	// Inbound maps each --inbound container port to its bound address.
+	Inbound map[uint16]net.Addr
+}
+
+// Relay is the in-cluster end of one sandbox. New binds its listeners, Run
+// serves them until the context ends, then drains.
+type Relay struct {
+	opts   Options
+	log    *slog.Logger
+	now    func() time.Time
+	reg    *prometheus.Registry
+	m      *metrics
+	tcfg   tunnel.Config
+	ver    string
+	dialer *dialer
+
+	tunnelL net.Listener
+	healthL net.Listener
+	inbound []inboundListener
+
+	sessions *sessionSet
+	active   tracker      // inbound and outbound streams being served (for draining)
+	heldN    atomic.Int64 // inbound connections currently held while offline
+	ready    atomic.Bool
+	draining atomic.Bool
+	ran      atomic.Bool
+
+	// serveCtx ends when Run's context ends: stop accepting, answer held
+	// connections. pipeCtx ends when draining is over: cut what is left.
+	serveCtx  context.Context
+	stopServe context.CancelFunc
+	pipeCtx   context.Context
+	stopPipes context.CancelFunc
+	wg        sync.WaitGroup
+	closeOnce sync.Once
+	closeErr  error
+}
+
+type inboundListener struct {
+	spec InboundSpec
+	l    net.Listener
+}
+
+// New validates opts, binds every listener (so a port conflict fails here,
+// naming the port) and returns a relay ready to Run. Call Close instead of
+// Run to release the listeners.
+func New(opts Options, deps Deps) (*Relay, error) {
+	if err := opts.Validate(); err != nil {
+		return nil, err
+	}
+	if deps.Logger == nil {
+		deps.Logger = slog.New(slog.DiscardHandler)
+	}
+	if deps.Dialer == nil {
+		deps.Dialer = &net.Dialer{KeepAlive: 30 * time.Second}
+	}
+	if deps.Resolver == nil {
+		deps.Resolver = net.DefaultResolver
+	}
+	if deps.Listen == nil {
+		deps.Listen = net.Listen
+	}
+	if deps.Now == nil {
+		deps.Now = time.Now
+	}
+	if deps.LocalAddrs == nil {
+		// A pod's addresses do not change while it runs: list them once.
+		addrs, err := interfaceAddrs()
+		deps.LocalAddrs = func() ([]netip.Addr, error) { return addrs, err }
+	}
+	if deps.Registry == nil {
+		deps.Registry = prometheus.NewRegistry()
+		deps.Registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	}
+	tcfg := tunnel.DefaultConfig()
+	if deps.Tunnel != nil {
+		tcfg = *deps.Tunnel
+	}
+	log := deps.Logger.With("sandbox", opts.Sandbox)
+	if tcfg.Logger == nil {
+		tcfg.Logger = log.With("component", "tunnel")
+	}
+	if err := tcfg.Verify(); err != nil {
+		return nil, fmt.Errorf("relay: %w", err)
+	}
+	m, err := newMetrics(deps.Registry)
+	if err != nil {
+		return nil, err
+	}
+	r := &Relay{
+		opts: opts, log: log, now: deps.Now, reg: deps.Registry, m: m, tcfg: tcfg, ver: deps.Version,
+		sessions: newSessionSet(log, m, deps.Now),
+	}
+	r.serveCtx, r.stopServe = context.WithCancel(context.Background())
+	r.pipeCtx, r.stopPipes = context.WithCancel(context.Background())
+
+	listen := func(what, addr string) (net.Listener, error) {
+		l, err := deps.Listen("tcp", addr)
+		if err != nil {
+			r.closeListeners()
+			return nil, fmt.Errorf("relay: binding the %s listener on %s: %w (is another process using the port?)", what, addr, err)
+		}
+		return l, nil
+	}
+	if r.tunnelL, err = listen("tunnel", opts.Listen); err != nil {
+		return nil, err
+	}
+	if r.healthL, err = listen("health", opts.HealthListen); err != nil {
+		return nil, err
+	}
+	for _, spec := range opts.Inbound {
+		l, err := listen("inbound "+spec.String(), ":"+strconv.Itoa(int(spec.ContainerPort)))
+		if err != nil {
+			return nil, err
+		}
+		r.inbound = append(r.inbound, inboundListener{spec: spec, l: l})
+	}
+
+	own := map[uint16]bool{}
+	for _, a := range r.boundPorts() {
+		own[a] = true
+	}
+	r.dialer = &dialer{
+		policy: &policy{
+			deny: opts.Deny, allowLoopback: deps.AllowLoopback, ownPorts: own, localAddrs: deps.LocalAddrs,
+		},
+		resolver: deps.Resolver,
+		dial:     deps.Dialer,
+		timeout:  opts.DialTimeout,
+	}
+	return r, nil
+}
+
+// boundPorts lists the configured and the actually bound ports of every
+// listener: both are "the relay's own" for the dial policy.
+func (r *Relay) boundPorts() []uint16 {
+	var ports []uint16
+	add := func(l net.Listener, configured string) {
+		if ap, err := netip.ParseAddrPort(l.Addr().String()); err == nil {
+			ports = append(ports, ap.Port())
+		}
+		if _, p, err := splitListen(configured); err == nil && p != 0 {
+			ports = append(ports, p)
+		}
+	}
+	add(r.tunnelL, r.opts.Listen)
+	add(r.healthL, r.opts.HealthListen)
+	for _, in := range r.inbound {
+		add(in.l, ":"+strconv.Itoa(int(in.spec.ContainerPort)))
+	}
+	return ports
+}
+
+// Addrs returns the bound listener addresses.
+func (r *Relay) Addrs() Addrs {
+	a := Addrs{Tunnel: r.tunnelL.Addr(), Health: r.healthL.Addr(), Inbound: map[uint16]net.Addr{}}
+	for _, in := range r.inbound {
+		a.Inbound[in.spec.ContainerPort] = in.l.Addr()
+	}
+	return a
+}
+
+// Run serves until ctx ends, then shuts down gracefully: it stops accepting
+// connections and sessions, answers held connections, lets open streams
+// finish for up to Options.DrainTimeout, closes the sessions telling the
+// daemon why, and returns nil. It returns an error only if serving could not
+// start. Run may be called once.
+func (r *Relay) Run(ctx context.Context) error {
+	if !r.ran.CompareAndSwap(false, true) {
+		return errors.New("relay: Run called twice")
+	}
+	health := &http.Server{
+		Handler:           r.healthHandler(),
+		ReadHeaderTimeout: 10 * time.Second,
+		ErrorLog:          slog.NewLogLogger(r.log.Handler(), slog.LevelDebug),
+	}
+	r.wg.Add(1)
+	go func() {
+		defer r.wg.Done()
+		if err := health.Serve(r.healthL); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			r.log.Error("health listener stopped", "addr", r.healthL.Addr(), "err", err)
+		}
+	}()
+	r.wg.Add(1)
+	go func() {
+		defer r.wg.Done()
+		r.acceptTunnel()
+	}()
+	for _, in := range r.inbound {
+		r.wg.Add(1)
+		go func() {
+			defer r.wg.Done()
+			r.acceptInbound(in)
+		}()
+	}
+	r.ready.Store(true)
+	r.m.ready.Set(1)
+	addrs := r.Addrs()
+	r.log.Info("relay serving", "tunnel", addrs.Tunnel, "health", addrs.Health, "inbound", len(r.inbound),
+		"grace", r.opts.Grace, "token", r.opts.TokenSource)
+
+	<-ctx.Done()
+	r.shutdown()
+	_ = health.Close()
+	r.wg.Wait()
+	return nil
+}
+
+// shutdown drains: stop accepting, wait for open streams up to the drain
+// timeout, then close sessions and cut what is left.
+func (r *Relay) shutdown() {
+	start := time.Now()
+	r.stopServe()
+	r.stopAccepting()
+	r.draining.Store(true)
+	r.ready.Store(false)
+	r.m.ready.Set(0)
+	open := r.active.count()
+	r.log.Info("draining", "openStreams", open, "drainTimeout", r.opts.DrainTimeout)
+	t := time.NewTimer(r.opts.DrainTimeout)
+	select {
+	case <-r.active.idle():
+		r.log.Info("drained", "took", time.Since(start).Round(time.Millisecond))
+	case <-t.C:
+		r.log.Warn("drain timeout: cutting open streams", "left", r.active.count(), "drainTimeout", r.opts.DrainTimeout)
+	}
+	t.Stop()
+	r.sessions.closeAll(shutdownReason)
+	r.stopPipes()
+}
+
+// Close releases the listeners of a relay that was never Run. After Run it
+// is a no-op.
+func (r *Relay) Close() error {
+	if r.ran.Load() {
+		return nil
+	}
+	r.closeListeners()
+	return r.closeErr
+}
+
+// stopAccepting closes the tunnel and inbound listeners; the health
+// listener stays up so probes see /readyz fail while the relay drains.
+func (r *Relay) stopAccepting() {
+	for _, l := range r.servingListeners() {
+		_ = l.Close()
+	}
+}
+
+func (r *Relay) servingListeners() []net.Listener {
+	var ls []net.Listener
+	if r.tunnelL != nil {
+		ls = append(ls, r.tunnelL)
+	}
+	for _, in := range r.inbound {
+		ls = append(ls, in.l)
+	}
+	return ls
+}
+
+// closeListeners closes every listener, health included (New's failure
+// path and Close).
+func (r *Relay) closeListeners() {
+	r.closeOnce.Do(func() {
+		var errs []error
+		for _, l := range []net.Listener{r.tunnelL, r.healthL} {
+			if l != nil {
+				errs = append(errs, ignoreClosed(l.Close()))
+			}
+		}
+		for _, in := range r.inbound {
+			errs = append(errs, ignoreClosed(in.l.Close()))
+		}
+		r.closeErr = errors.Join(errs...)
+	})
+}
+
+func ignoreClosed(err error) error {
+	if errors.Is(err, net.ErrClosed) {
+		return nil
+	}
+	return err
+}
+
+func (r *Relay) healthHandler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		fmt.Fprintln(w, "ok")
+	})
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		switch {
+		case r.draining.Load():
+			w.WriteHeader(http.StatusServiceUnavailable)
+			fmt.Fprintln(w, "draining: the relay is shutting down")
+		case !r.ready.Load():
+			w.WriteHeader(http.StatusServiceUnavailable)
+			fmt.Fprintln(w, "starting: listeners not serving yet")
+		default:
+			// Ready means "listeners up"; an offline laptop is not a reason
+			// to take the relay out of the Service, it answers 503 itself.
+			fmt.Fprintf(w, "ready; laptop %s\n", r.sessions.describe())
+		}
+	})
+	mux.Handle("GET /metrics", promhttp.HandlerFor(r.reg, promhttp.HandlerOpts{ErrorLog: slog.NewLogLogger(r.log.Handler(), slog.LevelWarn)}))
+	return mux
+}
+
+// interfaceAddrs returns the addresses of the pod's network interfaces.
+func interfaceAddrs() ([]netip.Addr, error) {
+	as, err := net.InterfaceAddrs()
+	if err != nil {
+		return nil, err
+	}
+	var out []netip.Addr
+	for _, a := range as {
+		if p, err := netip.ParsePrefix(a.String()); err == nil {
+			out = append(out, p.Addr().Unmap())
+		}
+	}
+	return out, nil
+}
+
+// tracker counts the streams being served and tells the drain when none is.
+type tracker struct {
+	mu      sync.Mutex
+	n       int
+	waiters []chan struct{}
+}
+
+func (t *tracker) add() {
+	t.mu.Lock()
+	t.n++
+	t.mu.Unlock()
+}
+
+func (t *tracker) done() {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.n--
+	if t.n == 0 {
+		for _, w := range t.waiters {
+			close(w)
+		}
+		t.waiters = nil
+	}
+}
+
+func (t *tracker) count() int {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.n
+}
+
+// idle returns a channel closed when no stream is being served.
+func (t *tracker) idle() <-chan struct{} {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	ch := make(chan struct{})
+	if t.n == 0 {
+		close(ch)
+	} else {
+		t.waiters = append(t.waiters, ch)
+	}
+	return ch
+}

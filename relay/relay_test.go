@@ -1,0 +1,403 @@
+package relay
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/sbx-dev/sbx/tunnel"
+)
+
+func TestInboundRoundTrip(t *testing.T) {
+	h := startRelay(t, "--inbound", "20001=route/8083/http", "--inbound", "20002=echo/7")
+	lap := newLaptop(t, "laptop-1")
+	lap.mapLocal("route", 8083, httpServer(t, "route"))
+	lap.mapLocal("echo", 7, echoServer(t))
+	lap.connect(h, 1)
+
+	code, body := get(t, "http://"+h.inbound(20001)+"/dispatch")
+	require.Equal(t, http.StatusOK, code)
+	require.Equal(t, "hello from route /dispatch ", body)
+
+	// TCP with half-close: the echo server only answers after our EOF.
+	msg := strings.Repeat("0123456789", 100_000)
+	require.Equal(t, msg, echoRoundTrip(t, h.inbound(20002), msg))
+
+	fams := h.metrics()
+	require.Equal(t, 2.0, metricValue(fams, "sbx_relay_streams_total", "kind", "inbound"))
+	require.GreaterOrEqual(t, metricValue(fams, "sbx_relay_bytes_total", "direction", "to_laptop"), float64(len(msg)))
+	require.GreaterOrEqual(t, metricValue(fams, "sbx_relay_bytes_total", "direction", "from_laptop"), float64(len(msg)))
+	require.Eventually(t, func() bool { return h.metric("sbx_relay_streams_open", "kind", "inbound") == 0 }, 10*time.Second, 5*time.Millisecond)
+	require.Equal(t, 1.0, metricValue(fams, "sbx_relay_handshakes_total", "result", "ok"))
+}
+
+func TestOutbound(t *testing.T) {
+	h := startRelay(t)
+	h.cluster.add("driver.hotrod.svc.cluster.local", "10.96.0.12", 8082, echoServer(t))
+	lap := newLaptop(t, "laptop-1")
+	s := lap.connect(h, 1)
+
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	st, err := s.Open(ctx, tunnel.Header{Kind: tunnel.KindOutbound, Target: "driver.hotrod.svc.cluster.local:8082", Source: "127.0.0.1:5555"})
+	require.NoError(t, err)
+	msg := strings.Repeat("outbound ", 50_000)
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		_, _ = io.WriteString(st, msg)
+		_ = st.CloseWrite()
+	}()
+	got, err := io.ReadAll(st)
+	wg.Wait()
+	require.NoError(t, err)
+	require.Equal(t, msg, string(got))
+	require.NoError(t, st.Close())
+
+	require.Eventually(t, func() bool {
+		fams := h.metrics()
+		return metricValue(fams, "sbx_relay_streams_total", "kind", "outbound") == 1 &&
+			metricValue(fams, "sbx_relay_streams_open", "kind", "outbound") == 0 &&
+			metricValue(fams, "sbx_relay_bytes_total", "direction", "to_laptop") >= float64(len(msg))
+	}, 10*time.Second, 5*time.Millisecond)
+}
+
+func TestOutboundRefused(t *testing.T) {
+	h := startRelay(t, "--inbound", "20001=route/8083/http")
+	// A closed port in the "cluster": nothing listens there.
+	closed, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	closedAddr := closed.Addr().String()
+	require.NoError(t, closed.Close())
+	h.cluster.add("down.hotrod.svc.cluster.local", "10.96.0.20", 80, closedAddr)
+	h.cluster.add("metadata.google.internal", "169.254.169.254", 80, echoServer(t))
+	h.cluster.add("relay-self.example.com", podIP.String(), 0, "")
+	healthPort := h.addrs.Health.(*net.TCPAddr).Port
+
+	lap := newLaptop(t, "laptop-1")
+	s := lap.connect(h, 1)
+	tests := []struct {
+		target string
+		reason tunnel.Reason
+		msg    string
+	}{
+		{"169.254.169.254:80", tunnel.ReasonDenied, "relay refuses to dial 169.254.169.254:80: link-local (cloud metadata service)"},
+		{"metadata.google.internal:80", tunnel.ReasonDenied, "it resolves to 169.254.169.254"},
+		{"[fd00:ec2::254]:80", tunnel.ReasonDenied, "AWS IPv6 metadata"},
+		{"127.0.0.1:" + strconv.Itoa(healthPort), tunnel.ReasonDenied, "loopback addresses are the relay pod itself"},
+		{podIP.String() + ":" + strconv.Itoa(healthPort), tunnel.ReasonDenied, "is the relay's own port"},
+		{podIP.String() + ":20001", tunnel.ReasonDenied, "10.1.2.3:20001 is the relay's own port"},
+		{"relay-self.example.com:" + strconv.Itoa(healthPort), tunnel.ReasonDenied, "it resolves to 10.1.2.3"},
+		{"nope.hotrod.svc.cluster.local:80", tunnel.ReasonDNS, "resolving nope.hotrod.svc.cluster.local in the cluster"},
+		{"down.hotrod.svc.cluster.local:80", tunnel.ReasonRefused, "relay dialing down.hotrod.svc.cluster.local:80 in the cluster"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.target, func(t *testing.T) {
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			st, err := s.Open(ctx, tunnel.Header{Kind: tunnel.KindOutbound, Target: tt.target})
+			if st != nil {
+				_ = st.Close()
+			}
+			var de *tunnel.DialError
+			require.ErrorAs(t, err, &de)
+			require.Equal(t, tt.reason, de.Reason, de.Message)
+			require.Contains(t, de.Message, tt.msg)
+		})
+	}
+	fams := h.metrics()
+	require.Equal(t, 7.0, metricValue(fams, "sbx_relay_dial_errors_total", "reason", "denied"))
+	require.Equal(t, 1.0, metricValue(fams, "sbx_relay_dial_errors_total", "reason", "dns"))
+	require.Equal(t, 1.0, metricValue(fams, "sbx_relay_dial_errors_total", "reason", "refused"))
+	require.Equal(t, 0.0, metricValue(fams, "sbx_relay_streams_open", "kind", "outbound"))
+}
+
+func TestHandshakeRefused(t *testing.T) {
+	h := startRelay(t)
+	lap := newLaptop(t, "laptop-1")
+
+	bad := lap.hello()
+	bad.Token = "wrong-token"
+	_, err := lap.dial(h, bad)
+	require.ErrorIs(t, err, tunnel.ErrBadToken)
+	require.NotContains(t, err.Error(), testToken)
+
+	other := lap.hello()
+	other.Sandbox = "bob"
+	_, err = lap.dial(h, other)
+	require.ErrorIs(t, err, tunnel.ErrSandboxMismatch)
+	require.Contains(t, err.Error(), "this relay serves sandbox alice, not bob")
+
+	// The relay counts a refusal after sending it; poll.
+	require.Eventually(t, func() bool {
+		fams := h.metrics()
+		return metricValue(fams, "sbx_relay_handshakes_total", "result", "bad_token") == 1 &&
+			metricValue(fams, "sbx_relay_handshakes_total", "result", "sandbox_mismatch") == 1
+	}, 10*time.Second, 5*time.Millisecond)
+	require.Equal(t, 0.0, h.metric("sbx_relay_sessions"))
+}
+
+func TestGraceHoldsUntilLaptopConnects(t *testing.T) {
+	h := startRelay(t, "--grace", "60s", "--inbound", "20001=route/8083/http", "--inbound", "20002=echo/7")
+	lap := newLaptop(t, "laptop-1")
+	lap.mapLocal("route", 8083, httpServer(t, "route"))
+	lap.mapLocal("echo", 7, echoServer(t))
+
+	type result struct {
+		code int
+		body string
+	}
+	httpRes := make(chan result, 1)
+	echoRes := make(chan string, 1)
+	go func() {
+		code, body := get(t, "http://"+h.inbound(20001)+"/while-offline")
+		httpRes <- result{code, body}
+	}()
+	go func() { echoRes <- echoRoundTrip(t, h.inbound(20002), "held bytes") }()
+
+	require.Eventually(t, func() bool { return h.metric("sbx_relay_held_connections") == 2 }, 10*time.Second, 5*time.Millisecond)
+	lap.connect(h, 1)
+
+	r := <-httpRes
+	require.Equal(t, http.StatusOK, r.code)
+	require.Equal(t, "hello from route /while-offline ", r.body)
+	require.Equal(t, "held bytes", <-echoRes)
+	fams := h.metrics()
+	require.Equal(t, 0.0, metricValue(fams, "sbx_relay_held_connections"))
+	require.Equal(t, 2.0, metricValue(fams, "sbx_relay_held_connections_total"))
+	require.Equal(t, 0.0, metricValue(fams, "sbx_relay_http_answers_total", "code", "503"))
+}
+
+func TestGraceExpires(t *testing.T) {
+	h := startRelay(t, "--grace", "50ms", "--inbound", "20001=route/8083/http", "--inbound", "20002=echo/7", "--inbound", "20003=grpcsvc/9090/grpc")
+
+	code, body := get(t, "http://"+h.inbound(20001)+"/late")
+	require.Equal(t, http.StatusServiceUnavailable, code)
+	require.Contains(t, body, `sbx: sandbox "alice" is waiting for its laptop since the relay started at`)
+	require.Contains(t, body, "no laptop is connected to its relay")
+
+	// TCP ports are closed: no bytes, just the end.
+	c, err := net.Dial("tcp", h.inbound(20002))
+	require.NoError(t, err)
+	require.NoError(t, c.SetReadDeadline(time.Now().Add(30*time.Second)))
+	_, _ = c.Write([]byte("anyone?"))
+	got, _ := io.ReadAll(c)
+	require.Empty(t, got)
+	require.NoError(t, c.Close())
+
+	// Once a laptop was there and left, the body says since when.
+	lap := newLaptop(t, "laptop-1")
+	s := lap.connect(h, 1)
+	before := time.Now().UTC().Add(-time.Second).Truncate(time.Second)
+	require.NoError(t, s.Close())
+	require.Eventually(t, func() bool { return h.metric("sbx_relay_sessions") == 0 }, 10*time.Second, 5*time.Millisecond)
+	code, body = get(t, "http://"+h.inbound(20001)+"/later")
+	require.Equal(t, http.StatusServiceUnavailable, code)
+	require.Contains(t, body, `sbx: sandbox "alice" is offline since `)
+	since, err := time.Parse(time.RFC3339, strings.Fields(strings.SplitN(body, "offline since ", 2)[1])[0])
+	require.NoError(t, err)
+	require.False(t, since.Before(before), "offline since %v, disconnected after %v", since, before)
+
+	// gRPC over h2c (what the mesh sends to a grpc port) gets UNAVAILABLE.
+	var protos http.Protocols
+	protos.SetUnencryptedHTTP2(true)
+	tr := &http.Transport{Protocols: &protos}
+	defer tr.CloseIdleConnections()
+	req, err := http.NewRequest(http.MethodPost, "http://"+h.inbound(20003)+"/hotrod.Route/FindRoute", strings.NewReader("\x00\x00\x00\x00\x00"))
+	require.NoError(t, err)
+	req.Header.Set("Content-Type", "application/grpc")
+	resp, err := tr.RoundTrip(req)
+	require.NoError(t, err)
+	_, _ = io.Copy(io.Discard, resp.Body)
+	require.NoError(t, resp.Body.Close())
+	require.Equal(t, "14", resp.Header.Get("Grpc-Status"))
+	require.Contains(t, resp.Header.Get("Grpc-Message"), `sbx: sandbox "alice" is offline since`)
+
+	fams := h.metrics()
+	require.Equal(t, 3.0, metricValue(fams, "sbx_relay_http_answers_total", "code", "503"))
+	require.Equal(t, 1.0, metricValue(fams, "sbx_relay_inbound_closed_total", "reason", "offline"))
+	require.Equal(t, 0.0, metricValue(fams, "sbx_relay_held_connections"))
+}
+
+func TestMaxHeld(t *testing.T) {
+	h := startRelay(t, "--grace", "60s", "--max-held", "0", "--inbound", "20001=route/8083/http")
+	code, body := get(t, "http://"+h.inbound(20001)+"/")
+	require.Equal(t, http.StatusServiceUnavailable, code, "nothing may be held: answered at once")
+	require.Contains(t, body, "alice")
+}
+
+func TestLaptopRefusesInbound(t *testing.T) {
+	h := startRelay(t, "--inbound", "20001=route/8083/http", "--inbound", "20002=echo/7")
+	lap := newLaptop(t, "laptop-1") // nothing mapped: every inbound stream is refused
+	lap.connect(h, 1)
+
+	code, body := get(t, "http://"+h.inbound(20001)+"/dispatch")
+	require.Equal(t, http.StatusBadGateway, code)
+	require.Equal(t, "sbx: sandbox \"alice\": the laptop could not deliver this request to the local process for route port 8083 (refused).\n"+
+		"The laptop says: dial tcp 127.0.0.1:9 for route/8083: connect: connection refused\n"+
+		"Start (or restart) the local process on that address, then retry.\n", body, "the local address that refused is named")
+
+	c, err := net.Dial("tcp", h.inbound(20002))
+	require.NoError(t, err)
+	require.NoError(t, c.SetReadDeadline(time.Now().Add(30*time.Second)))
+	got, _ := io.ReadAll(c)
+	require.Empty(t, got)
+	require.NoError(t, c.Close())
+
+	fams := h.metrics()
+	require.Equal(t, 1.0, metricValue(fams, "sbx_relay_http_answers_total", "code", "502"))
+	require.Equal(t, 1.0, metricValue(fams, "sbx_relay_inbound_closed_total", "reason", "refused"))
+}
+
+func TestClientReplacement(t *testing.T) {
+	h := startRelay(t, "--inbound", "20001=route/8083/http")
+	old := newLaptop(t, "old-daemon")
+	old.mapLocal("route", 8083, httpServer(t, "old"))
+	s1 := old.connect(h, 1)
+	s2 := old.connect(h, 2) // same client id: pooled
+
+	code, body := get(t, "http://"+h.inbound(20001)+"/")
+	require.Equal(t, http.StatusOK, code)
+	require.Equal(t, "hello from old / ", body)
+
+	fresh := newLaptop(t, "new-daemon")
+	fresh.mapLocal("route", 8083, httpServer(t, "new"))
+	fresh.connect(h, 1)
+
+	for _, s := range []*tunnel.Session{s1, s2} {
+		select {
+		case <-s.Done():
+		case <-time.After(30 * time.Second):
+			t.Fatal("old session not closed after replacement")
+		}
+		var pc *tunnel.PeerClosedError
+		require.ErrorAs(t, s.Err(), &pc)
+		require.Contains(t, pc.Reason, "replaced by a newer sbx daemon")
+	}
+	code, body = get(t, "http://"+h.inbound(20001)+"/")
+	require.Equal(t, http.StatusOK, code)
+	require.Equal(t, "hello from new / ", body)
+	fams := h.metrics()
+	require.Equal(t, 2.0, metricValue(fams, "sbx_relay_sessions_replaced_total"))
+	require.Equal(t, 1.0, metricValue(fams, "sbx_relay_sessions"))
+}
+
+func TestPoolSpreadsAndSurvivesSessionLoss(t *testing.T) {
+	h := startRelay(t, "--grace", "60s", "--inbound", "20002=echo/7")
+	lap := newLaptop(t, "laptop-1")
+	lap.mapLocal("echo", 7, echoServer(t))
+	s1 := lap.connect(h, 1)
+	lap.connect(h, 2)
+	require.NoError(t, s1.Close())
+	require.Eventually(t, func() bool { return h.metric("sbx_relay_sessions") == 1 }, 10*time.Second, 5*time.Millisecond)
+	for i := range 5 {
+		msg := fmt.Sprintf("message %d", i)
+		require.Equal(t, msg, echoRoundTrip(t, h.inbound(20002), msg))
+	}
+}
+
+func TestDrainOnShutdown(t *testing.T) {
+	h := startRelay(t, "--inbound", "20002=echo/7", "--drain-timeout", "60s")
+	lap := newLaptop(t, "laptop-1")
+	lap.mapLocal("echo", 7, echoServer(t))
+	s := lap.connect(h, 1)
+
+	c, err := net.Dial("tcp", h.inbound(20002))
+	require.NoError(t, err)
+	defer c.Close()
+	_, err = io.WriteString(c, "before ")
+	require.NoError(t, err)
+	require.Eventually(t, func() bool { return h.metric("sbx_relay_streams_open", "kind", "inbound") == 1 }, 10*time.Second, 5*time.Millisecond)
+
+	h.cancel() // SIGTERM
+	require.Eventually(t, func() bool {
+		resp, err := http.Get("http://" + h.addrs.Health.String() + "/readyz")
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		return resp.StatusCode == http.StatusServiceUnavailable
+	}, 10*time.Second, 5*time.Millisecond, "not ready while draining")
+
+	// New connections are refused, the open stream still works.
+	_, err = net.Dial("tcp", h.inbound(20002))
+	require.Error(t, err)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	_, err = s.Open(ctx, tunnel.Header{Kind: tunnel.KindOutbound, Target: "10.96.0.1:443"})
+	var de *tunnel.DialError
+	require.ErrorAs(t, err, &de)
+	require.Contains(t, de.Message, "relay shutting down")
+	select {
+	case err := <-h.done:
+		t.Fatalf("Run returned %v while a stream was open", err)
+	default:
+	}
+
+	_, err = io.WriteString(c, "after")
+	require.NoError(t, err)
+	require.NoError(t, c.(*net.TCPConn).CloseWrite())
+	require.NoError(t, c.SetReadDeadline(time.Now().Add(30*time.Second)))
+	got, err := io.ReadAll(c)
+	require.NoError(t, err)
+	require.Equal(t, "before after", string(got))
+
+	select {
+	case err := <-h.done:
+		require.NoError(t, err)
+		h.done <- nil
+	case <-time.After(30 * time.Second):
+		t.Fatal("Run did not return after the last stream ended")
+	}
+	<-s.Done()
+	var pc *tunnel.PeerClosedError
+	require.ErrorAs(t, s.Err(), &pc)
+	require.Contains(t, pc.Reason, "relay shutting down")
+}
+
+func TestDrainTimeoutCutsStreams(t *testing.T) {
+	h := startRelay(t, "--inbound", "20002=echo/7", "--drain-timeout", "50ms")
+	lap := newLaptop(t, "laptop-1")
+	lap.mapLocal("echo", 7, echoServer(t))
+	lap.connect(h, 1)
+	c, err := net.Dial("tcp", h.inbound(20002))
+	require.NoError(t, err)
+	defer c.Close()
+	require.Eventually(t, func() bool { return h.metric("sbx_relay_streams_open", "kind", "inbound") == 1 }, 10*time.Second, 5*time.Millisecond)
+
+	h.cancel()
+	select {
+	case err := <-h.done:
+		require.NoError(t, err)
+		h.done <- nil
+	case <-time.After(30 * time.Second):
+		t.Fatal("Run did not return after the drain timeout")
+	}
+	require.NoError(t, c.SetReadDeadline(time.Now().Add(30*time.Second)))
+	_, err = io.ReadAll(c)
+	if err != nil {
+		require.False(t, errors.Is(err, context.DeadlineExceeded))
+	}
+}
+
+func TestNewFailsOnBusyPort(t *testing.T) {
+	busy, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	defer busy.Close()
+	opts, err := ParseArgs([]string{"--sandbox", "alice", "--listen", busy.Addr().String(), "--health-listen", "127.0.0.1:0"}, env(TokenEnv, testToken))
+	require.NoError(t, err)
+	_, err = New(opts, Deps{})
+	require.Error(t, err)
+	require.Contains(t, err.Error(), "binding the tunnel listener on "+busy.Addr().String())
+}

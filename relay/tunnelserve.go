@@ -1,0 +1,165 @@
+package relay
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"net"
+	"time"
+
+	"github.com/sbx-dev/sbx/tunnel"
+)
+
+// capabilities are announced in the Welcome.
+var capabilities = []string{"inbound", "outbound", "pool", "grace"}
+
+// acceptTunnel accepts port-forwarded connections from the daemon and runs
+// the handshake on each.
+func (r *Relay) acceptTunnel() {
+	for {
+		conn, err := r.tunnelL.Accept()
+		if err != nil {
+			if r.serveCtx.Err() == nil && !errors.Is(err, net.ErrClosed) {
+				r.log.Error("tunnel listener failed; no new sessions can connect", "addr", r.tunnelL.Addr(), "err", err)
+			}
+			return
+		}
+		r.wg.Add(1)
+		go func() {
+			defer r.wg.Done()
+			r.serveSession(conn)
+		}()
+	}
+}
+
+// checkHello validates a daemon's Hello: the token (constant time) first,
+// then the sandbox. Messages never contain the token.
+func (r *Relay) checkHello(h tunnel.Hello) (tunnel.Welcome, error) {
+	if !tunnel.TokenEqual(h.Token, r.opts.Token.Reveal()) {
+		return tunnel.Welcome{}, &tunnel.HandshakeError{Code: tunnel.CodeBadToken,
+			Message: "the token does not match this relay's (the sandbox Secret changed: run `sbx connect` again to fetch it)"}
+	}
+	if h.Sandbox != r.opts.Sandbox {
+		other := "the Hello names none"
+		if h.Sandbox != "" {
+			other = "not " + h.Sandbox
+		}
+		return tunnel.Welcome{}, &tunnel.HandshakeError{Code: tunnel.CodeSandboxMismatch,
+			Message: "this relay serves sandbox " + r.opts.Sandbox + ", " + other}
+	}
+	if r.draining.Load() {
+		return tunnel.Welcome{}, &tunnel.HandshakeError{Code: tunnel.CodeInternal, Message: shutdownReason}
+	}
+	return tunnel.Welcome{RelayVersion: r.ver, Capabilities: capabilities}, nil
+}
+
+// serveSession handshakes on conn and, if the daemon is accepted, serves the
+// session's outbound streams until it ends.
+func (r *Relay) serveSession(conn net.Conn) {
+	ctx, cancel := context.WithTimeout(r.serveCtx, r.tcfg.HandshakeTimeout)
+	s, hello, err := tunnel.Server(ctx, conn, r.tcfg, r.checkHello)
+	cancel()
+	if err != nil {
+		r.m.handshakes.WithLabelValues(handshakeResult(err)).Inc()
+		r.log.Warn("tunnel handshake failed", "remote", conn.RemoteAddr(), "err", err)
+		_ = conn.Close()
+		return
+	}
+	r.m.handshakes.WithLabelValues("ok").Inc()
+	done, err := r.sessions.add(s, hello)
+	if err != nil {
+		_ = s.CloseWithReason(shutdownReason)
+		return
+	}
+	defer done()
+	log := r.log.With("clientID", hello.ClientID, "user", hello.User)
+	log.Info("laptop connected", "remote", conn.RemoteAddr())
+
+	// Streams are accepted until the session ends; Accept returns then.
+	for {
+		st, err := s.Accept(r.pipeCtx)
+		if err != nil {
+			select {
+			case <-s.Done():
+				log.Info("tunnel session ended", "why", s.Err())
+			default:
+				log.Info("tunnel session closing", "err", err)
+				_ = s.Close()
+			}
+			return
+		}
+		r.wg.Add(1)
+		go func() {
+			defer r.wg.Done()
+			r.serveStream(log, st)
+		}()
+	}
+}
+
+func handshakeResult(err error) string {
+	switch {
+	case errors.Is(err, tunnel.ErrBadToken):
+		return "bad_token"
+	case errors.Is(err, tunnel.ErrVersionMismatch):
+		return "version_mismatch"
+	case errors.Is(err, tunnel.ErrSandboxMismatch):
+		return "sandbox_mismatch"
+	case errors.Is(err, context.DeadlineExceeded):
+		return "timeout"
+	}
+	return "error"
+}
+
+// serveStream handles one stream the daemon opened: an outbound connection
+// to dial in the cluster. Inbound streams only go the other way.
+func (r *Relay) serveStream(log *slog.Logger, st *tunnel.Stream) {
+	h := st.Header()
+	if h.Kind != tunnel.KindOutbound {
+		_ = st.Reject(tunnel.ReasonProtocol, "the relay only accepts outbound streams from the laptop")
+		return
+	}
+	if r.draining.Load() {
+		_ = st.Reject(tunnel.ReasonOther, shutdownReason)
+		return
+	}
+	r.active.add()
+	defer r.active.done()
+
+	start := time.Now()
+	// pipeCtx: a dial under way when SIGTERM arrives is part of the drain.
+	conn, err := r.dialer.dialTarget(r.pipeCtx, h.Target)
+	if err != nil {
+		reason := dialReason(err)
+		r.m.dialErrors.WithLabelValues(reason.String()).Inc()
+		log.Info("outbound dial failed", "target", h.Target, "source", h.Source, "reason", reason, "err", err)
+		_ = st.Reject(reason, err.Error())
+		return
+	}
+	defer conn.Close()
+	if err := st.Accept(); err != nil {
+		log.Debug("outbound stream gone before accept", "target", h.Target, "err", err)
+		return
+	}
+	end := r.m.streamOpened(kindOutbound) // counted once connected: dial errors have their own metric
+	defer end()
+	log.Debug("outbound connected", "target", h.Target, "remote", conn.RemoteAddr(), "dial", time.Since(start).Round(time.Millisecond))
+	if err := tunnel.Pipe(r.pipeCtx, st, r.m.count(conn)); err != nil {
+		log.Debug("outbound stream ended", "target", h.Target, "err", err)
+	}
+}
+
+// dialReason maps a relay dial failure to the reason the daemon is told.
+func dialReason(err error) tunnel.Reason {
+	var pe *PolicyError
+	var de *dnsError
+	switch {
+	case errors.As(err, &pe):
+		return tunnel.ReasonDenied
+	case errors.As(err, &de):
+		if r := tunnel.ReasonOf(de.err); r == tunnel.ReasonTimeout {
+			return r
+		}
+		return tunnel.ReasonDNS
+	}
+	return tunnel.ReasonOf(err)
+}
