@@ -20,8 +20,6 @@ import (
 	"go.uber.org/goleak"
 	xproxy "golang.org/x/net/proxy"
 
-	"github.com/sbx-dev/sbx/cluster/discovery"
-	"github.com/sbx-dev/sbx/daemon/outbound"
 	"github.com/sbx-dev/sbx/tunnel"
 )
 
@@ -126,12 +124,25 @@ func (w *world) directDial(ctx context.Context, target string) (net.Conn, error)
 	return w.dialTo(ctx, w.direct, target)
 }
 
+// lookup stands in for outbound.Catalog.Lookup (which the outbound
+// package tests together with this proxy): one discovered Service
+// hotrod/driver in the sandbox's namespace, and any *.svc name.
+func lookup(host string) (string, bool) {
+	h := strings.TrimSuffix(strings.ToLower(host), ".")
+	switch {
+	case h == "driver" || h == "driver.hotrod":
+		return "driver.hotrod.svc.cluster.local", true
+	case strings.HasSuffix(h, ".svc"):
+		return h + ".cluster.local", true
+	case strings.HasSuffix(h, ".svc.cluster.local"):
+		return h, true
+	}
+	return "", false
+}
+
 func startProxy(t *testing.T, w *world, baggage func() (string, string)) *Server {
 	t.Helper()
-	cat := outbound.NewCatalog("", []string{"hotrod"})
-	cat.Apply(discovery.Event{Type: discovery.Added, Service: discovery.Service{Namespace: "hotrod", Name: "driver",
-		Ports: []discovery.Port{{Port: 8082, Protocol: "TCP"}}}})
-	s, err := New(Options{Listen: "127.0.0.1:0", Lookup: cat.Lookup, Cluster: w.clusterDial, Direct: w.directDial,
+	s, err := New(Options{Listen: "127.0.0.1:0", Lookup: lookup, Cluster: w.clusterDial, Direct: w.directDial,
 		Baggage: baggage, DialTimeout: 10 * time.Second})
 	require.NoError(t, err)
 	ctx, cancel := context.WithCancel(context.Background())
