@@ -61,6 +61,8 @@ names travel back through the same tunnel to the baseline services.`,
 		newGCCmd(g),
 		newLogsCmd(g),
 		newRelayCmd(g),
+		newRunCmd(g),
+		newEnvCmd(g),
 	)
 	return root
 }
