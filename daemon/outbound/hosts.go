@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/sbx-dev/sbx/daemon/hostsfile"
+	"github.com/sbx-dev/sbx/daemon/proxy"
 	"github.com/sbx-dev/sbx/tunnel"
 )
 
@@ -322,16 +323,12 @@ func (h *Hosts) Close() error {
 	return err
 }
 
-type sourceKey struct{}
-
 // WithSource records the local client's address for the Dialer (the
 // daemon puts it in the tunnel header's Source, which the relay logs).
 func WithSource(ctx context.Context, addr string) context.Context {
-	return context.WithValue(ctx, sourceKey{}, addr)
+	return proxy.WithSource(ctx, addr)
 }
 
-// SourceFromContext returns the address WithSource recorded, or "".
-func SourceFromContext(ctx context.Context) string {
-	s, _ := ctx.Value(sourceKey{}).(string)
-	return s
-}
+// SourceFromContext returns the address WithSource (here or in the proxy)
+// recorded, or "".
+func SourceFromContext(ctx context.Context) string { return proxy.SourceFromContext(ctx) }

@@ -47,6 +47,8 @@ type Status struct {
 	Services []HostsEntry `json:"services,omitempty"`
 	// Note explains a fallback (auto chose proxy because ...).
 	Note string `json:"note,omitempty"`
+	// Error says why outbound access is off (Manager only).
+	Error string `json:"error,omitempty"`
 }
 
 // Runner is outbound access in the mode the config asks for.

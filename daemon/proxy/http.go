@@ -38,7 +38,7 @@ func (s *Server) serveConnect(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "sbx proxy: CONNECT not supported on this connection", http.StatusHTTPVersionNotSupported)
 		return
 	}
-	remote, target, err := s.dial(r.Context(), host, port)
+	remote, target, err := s.dial(r.Context(), r.RemoteAddr, host, port)
 	if err != nil {
 		s.log.Info("outbound proxy dial failed", "proto", "http-connect", "target", target, "err", err)
 		http.Error(w, "sbx proxy: "+err.Error(), dialStatus(err))
@@ -100,7 +100,8 @@ func (s *Server) dialForHTTP(ctx context.Context, network, addr string) (net.Con
 	if err != nil {
 		return nil, err
 	}
-	c, _, err := s.dial(ctx, host, port)
+	// A pooled upstream connection serves many clients: no single Source.
+	c, _, err := s.dial(ctx, "", host, port)
 	return c, err
 }
 

@@ -268,7 +268,7 @@ func (s *Server) serveSOCKS(c *bufferedConn, br *bufio.Reader) {
 		return
 	}
 	_ = c.SetReadDeadline(time.Time{})
-	remote, target, err := s.dial(s.connCtx, req.host, strconv.Itoa(int(req.port)))
+	remote, target, err := s.dial(s.connCtx, c.RemoteAddr().String(), req.host, strconv.Itoa(int(req.port)))
 	if err != nil {
 		_ = writeSocksReply(c, socksCode(err))
 		_ = c.Close()
@@ -286,7 +286,10 @@ func (s *Server) serveSOCKS(c *bufferedConn, br *bufio.Reader) {
 // dial routes host:port: cluster names through the Cluster dialer with
 // the name the relay should dial, others directly. target is what was
 // dialed, for messages.
-func (s *Server) dial(ctx context.Context, host, port string) (conn net.Conn, target string, err error) {
+func (s *Server) dial(ctx context.Context, source, host, port string) (conn net.Conn, target string, err error) {
+	if source != "" {
+		ctx = WithSource(ctx, source)
+	}
 	ctx, cancel := context.WithTimeout(ctx, s.opts.DialTimeout)
 	defer cancel()
 	if name, ok := s.opts.Lookup(host); ok {
@@ -306,6 +309,20 @@ func (s *Server) pipe(client, remote net.Conn, target string) {
 	if err := tunnel.Pipe(s.connCtx, client, remote); err != nil && s.connCtx.Err() == nil {
 		s.log.Debug("proxied connection ended with an error", "target", target, "err", err)
 	}
+}
+
+type sourceKey struct{}
+
+// WithSource records the local client's address for a Dialer (the daemon
+// puts it in the tunnel header's Source, which the relay logs).
+func WithSource(ctx context.Context, addr string) context.Context {
+	return context.WithValue(ctx, sourceKey{}, addr)
+}
+
+// SourceFromContext returns the address WithSource recorded, or "".
+func SourceFromContext(ctx context.Context) string {
+	s, _ := ctx.Value(sourceKey{}).(string)
+	return s
 }
 
 // bufferedConn is a conn whose first bytes were read into r; it keeps
