@@ -337,3 +337,33 @@ func TestUnknownEndpoint(t *testing.T) {
 	require.Equal(t, http.StatusNotFound, code)
 	require.Contains(t, body, "no such endpoint")
 }
+
+func TestDeleteOrphan(t *testing.T) {
+	fc := &fakeCluster{listed: []ClusterSandbox{
+		{Name: "ghost", RoutingKey: "aaaaaaaaaaaaa", Namespace: "hotrod"},
+		{Name: "twin", RoutingKey: "bbbbbbbbbbbbb", Namespace: "a"},
+		{Name: "twin", RoutingKey: "ccccccccccccc", Namespace: "b"},
+	}}
+	td := startDaemon(t, Options{Clusters: fc.provider(), link: (&fakeLinker{}).link})
+	ctx := context.Background()
+	_, err := td.client.Connect(ctx, ConnectRequest{Spec: testSpec("alice", "localhost:1"), Wait: true}, nil)
+	require.NoError(t, err)
+
+	res, err := td.client.DeleteOrphan(ctx, "ghost", ClusterRequest{})
+	require.NoError(t, err)
+	require.Equal(t, []string{"ghost"}, res.Disconnected)
+	require.Equal(t, []string{"ghost/aaaaaaaaaaaaa"}, fc.deletes)
+
+	_, err = td.client.DeleteOrphan(ctx, "twin", ClusterRequest{})
+	var ae *APIError
+	require.ErrorAs(t, err, &ae)
+	require.Equal(t, http.StatusConflict, ae.StatusCode)
+	require.Contains(t, err.Error(), "pass -n NAMESPACE")
+
+	_, err = td.client.DeleteOrphan(ctx, "alice", ClusterRequest{})
+	require.ErrorAs(t, err, &ae)
+	require.Equal(t, http.StatusConflict, ae.StatusCode, "a sandbox this daemon owns is disconnected normally")
+
+	_, err = td.client.DeleteOrphan(ctx, "nobody", ClusterRequest{})
+	require.True(t, IsNotFound(err))
+}

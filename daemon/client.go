@@ -224,6 +224,16 @@ func (c *Client) Disconnect(ctx context.Context, name string) (DisconnectResult,
 	return res, err
 }
 
+// DeleteOrphan deletes the cluster objects of a sandbox that this daemon
+// does not own (see ListEntry.Orphan), in the cluster creq selects.
+func (c *Client) DeleteOrphan(ctx context.Context, name string, creq ClusterRequest) (DisconnectResult, error) {
+	q := creq.query()
+	q.Set("orphan", "true")
+	var res DisconnectResult
+	err := c.doJSON(ctx, http.MethodDelete, "/v1/sandboxes/"+url.PathEscape(name)+"?"+q.Encode(), nil, &res)
+	return res, err
+}
+
 // DisconnectAll disconnects every sandbox.
 func (c *Client) DisconnectAll(ctx context.Context) (DisconnectResult, error) {
 	var res DisconnectResult
@@ -234,16 +244,7 @@ func (c *Client) DisconnectAll(ctx context.Context) (DisconnectResult, error) {
 // List returns the daemon's sandboxes and, with includeCluster, the sbx
 // objects found in the cluster selected by creq, orphans marked.
 func (c *Client) List(ctx context.Context, creq ClusterRequest, includeCluster bool) (ListResult, error) {
-	q := url.Values{}
-	if creq.Kubeconfig != "" {
-		q.Set("kubeconfig", creq.Kubeconfig)
-	}
-	if creq.Context != "" {
-		q.Set("context", creq.Context)
-	}
-	if creq.Namespace != "" {
-		q.Set("namespace", creq.Namespace)
-	}
+	q := creq.query()
 	if !includeCluster {
 		q.Set("cluster", "false")
 	}
@@ -322,4 +323,19 @@ func (w *Watcher) Close() error { return w.body.Close() }
 // Close releases the client's idle connections to the daemon.
 func (c *Client) Close() {
 	c.http().CloseIdleConnections()
+}
+
+// query encodes creq as the API's query parameters.
+func (creq ClusterRequest) query() url.Values {
+	q := url.Values{}
+	if creq.Kubeconfig != "" {
+		q.Set("kubeconfig", creq.Kubeconfig)
+	}
+	if creq.Context != "" {
+		q.Set("context", creq.Context)
+	}
+	if creq.Namespace != "" {
+		q.Set("namespace", creq.Namespace)
+	}
+	return q
 }

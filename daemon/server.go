@@ -239,8 +239,9 @@ func (d *Daemon) handleConnect(w http.ResponseWriter, r *http.Request) error {
 	defer s.unsubscribe(sub)
 	if !req.Wait {
 		st, _ := d.store.Sandbox(name)
+		w.Header().Set("Content-Type", "application/json")
 		w.WriteHeader(http.StatusAccepted)
-		return writeJSON(w, st)
+		return json.NewEncoder(w).Encode(st)
 	}
 	ctx := r.Context()
 	if req.Timeout > 0 {
@@ -305,10 +306,57 @@ func (d *Daemon) handleConnect(w http.ResponseWriter, r *http.Request) error {
 
 func (d *Daemon) handleDisconnect(w http.ResponseWriter, r *http.Request) error {
 	name := r.PathValue("name")
+	if r.URL.Query().Get("orphan") == "true" {
+		return d.deleteOrphan(w, r, name)
+	}
 	if err := d.mgr.Disconnect(r.Context(), name); err != nil {
 		return err
 	}
 	return writeJSON(w, DisconnectResult{Disconnected: []string{name}})
+}
+
+// deleteOrphan deletes the cluster objects of a sandbox this daemon does
+// not own (left by a crashed daemon, or one whose state file was lost). It
+// is explicit (?orphan=true) because a sandbox of the same name may belong
+// to someone else's laptop.
+func (d *Daemon) deleteOrphan(w http.ResponseWriter, r *http.Request, name string) error {
+	if _, ok := d.mgr.Get(name); ok {
+		return &conflictError{fmt.Sprintf("sandbox %s is connected by this daemon; disconnect it without --orphan", name)}
+	}
+	creq := clusterRequestFromQuery(r)
+	cl, err := d.mgr.clusters(r.Context(), creq.Kubeconfig, creq.Context)
+	if err != nil {
+		return &httpError{http.StatusBadGateway, fmt.Sprintf("open cluster: %v (check --kubeconfig/--context)", err)}
+	}
+	found, err := cl.List(r.Context(), creq.Namespace)
+	if err != nil {
+		return &httpError{http.StatusBadGateway, fmt.Sprintf("list sbx objects in the cluster: %v", err)}
+	}
+	var matches []ClusterSandbox
+	for _, cs := range found {
+		if cs.Name == name {
+			matches = append(matches, cs)
+		}
+	}
+	if len(matches) > 1 {
+		var nss []string
+		for _, m := range matches {
+			nss = append(nss, m.Namespace)
+		}
+		return &conflictError{fmt.Sprintf("sandbox %s exists in several namespaces (%s); pass -n NAMESPACE to pick one", name, strings.Join(nss, ", "))}
+	}
+	for _, cs := range matches {
+		t := Target{Sandbox: cs.Name, RoutingKey: cs.RoutingKey, Namespace: cs.Namespace}
+		if creq.Namespace != "" {
+			t.Namespaces = []string{creq.Namespace}
+		}
+		if err := cl.Delete(r.Context(), t, nil); err != nil {
+			return &httpError{http.StatusBadGateway, fmt.Sprintf("delete the objects of sandbox %s: %v (check that you may delete them: `kubectl auth can-i delete deployments -n %s`)", name, err, cs.Namespace)}
+		}
+		d.log.Info("orphan sandbox deleted", "sandbox", name, "namespace", cs.Namespace, "routingKey", cs.RoutingKey)
+		return writeJSON(w, DisconnectResult{Disconnected: []string{name}})
+	}
+	return &notFoundError{name}
 }
 
 func (d *Daemon) handleDisconnectAll(w http.ResponseWriter, r *http.Request) error {

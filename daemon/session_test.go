@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"os"
 	"strings"
 	"sync"
@@ -156,33 +157,58 @@ func TestBackoffDelays(t *testing.T) {
 }
 
 func TestStableConnectionResetsBackoff(t *testing.T) {
-	// A clock the test moves: the connection "stays up" for two minutes.
-	var clock = &testClock{t: time.Unix(1_000_000, 0)}
+	// A clock the test moves, and jitter pinned to the low end, so each
+	// retry's delay is exactly Min/2 * 2^attempt and shows in the log.
+	clock := &testClock{t: time.Unix(1_000_000, 0)}
+	logger, logs := capturingLogger(t)
 	fc := &fakeCluster{}
 	fl := &fakeLinker{}
-	td := startDaemon(t, Options{Clusters: fc.provider(), link: fl.link, Now: clock.Now,
-		Backoff: Backoff{Min: 5 * time.Millisecond, Max: time.Hour, StableAfter: time.Minute}})
+	td := startDaemon(t, Options{Clusters: fc.provider(), link: fl.link, Now: clock.Now, Logger: logger,
+		Backoff: Backoff{Min: 4 * time.Millisecond, Max: time.Hour, StableAfter: time.Minute, Rand: func() float64 { return 0 }}})
 	_, err := td.client.Connect(context.Background(), ConnectRequest{Spec: testSpec("alice", "localhost:1"), Wait: true}, nil)
 	require.NoError(t, err)
-	// Quick failures grow the delay...
-	fl.mu.Lock()
-	fl.err = errors.New("handshake refused")
-	fl.mu.Unlock()
+	lastDelay := func() string {
+		l := logs.String()
+		i := strings.LastIndex(l, `msg="retrying in `)
+		if i < 0 {
+			return ""
+		}
+		rest := l[i+len(`msg="retrying in `):]
+		return rest[:strings.IndexByte(rest, '"')]
+	}
+	fail := func(on bool) {
+		fl.mu.Lock()
+		defer fl.mu.Unlock()
+		fl.err = nil
+		if on {
+			fl.err = errors.New("handshake refused")
+		}
+	}
+	// reconnects counts the retries the log announced (the log line comes
+	// right after the status update, so count what the test reads).
+	reconnects := func() int { return strings.Count(logs.String(), `msg="retrying in `) }
+	// Failures in a row double the delay: 2, 4, 8, 16, 32 ms.
+	fail(true)
 	fl.last().kill(errors.New("gone"))
-	require.Eventually(t, func() bool {
-		s, _ := td.client.Sandbox(context.Background(), "alice")
-		return s.Reconnects >= 4
-	}, 10*time.Second, 2*time.Millisecond)
-	fl.mu.Lock()
-	fl.err = nil
-	fl.mu.Unlock()
+	require.Eventually(t, func() bool { return reconnects() >= 5 }, 10*time.Second, 2*time.Millisecond)
+	fail(false)
 	waitPhase(t, td.client, "alice", PhaseReady)
-	// ...and a connection up for longer than StableAfter resets it: the
-	// next retry uses the minimum delay again, so it is back quickly.
+	n := reconnects()
+
+	// A connection that drops at once keeps growing the delay...
+	fl.last().kill(errors.New("dropped at once"))
+	require.Eventually(t, func() bool { return reconnects() > n }, 10*time.Second, 2*time.Millisecond)
+	grown, err := time.ParseDuration(lastDelay())
+	require.NoError(t, err)
+	require.GreaterOrEqual(t, grown, 64*time.Millisecond, "attempt %d keeps the exponential delay", n)
+	waitPhase(t, td.client, "alice", PhaseReady)
+
+	// ...one that stayed up longer than StableAfter starts over at Min/2.
 	clock.Advance(2 * time.Minute)
-	before := fl.count()
-	fl.last().kill(errors.New("gone again"))
-	require.Eventually(t, func() bool { return fl.count() > before }, 10*time.Second, 2*time.Millisecond)
+	n = reconnects()
+	fl.last().kill(errors.New("dropped after a stable while"))
+	require.Eventually(t, func() bool { return reconnects() > n }, 10*time.Second, 2*time.Millisecond)
+	require.Equal(t, "2ms", lastDelay())
 	waitPhase(t, td.client, "alice", PhaseReady)
 }
 
@@ -321,4 +347,22 @@ func (c *testClock) Advance(d time.Duration) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.t = c.t.Add(d)
+}
+
+func TestGoneSandboxIsReapplied(t *testing.T) {
+	fc := &fakeCluster{}
+	fl := &fakeLinker{}
+	td := startDaemon(t, Options{Clusters: fc.provider(), link: fl.link, LeaseInterval: 10 * time.Millisecond})
+	st, err := td.client.Connect(context.Background(), ConnectRequest{Spec: testSpec("alice", "localhost:1"), Wait: true}, nil)
+	require.NoError(t, err)
+	fc.mu.Lock()
+	fc.renewErr = fmt.Errorf("%w: lease hotrod/sbx-alice not found", ErrSandboxGone)
+	fc.mu.Unlock()
+	require.Eventually(t, func() bool { return len(fc.appliedKeys()) >= 2 }, 10*time.Second, 5*time.Millisecond)
+	fc.mu.Lock()
+	fc.renewErr = nil
+	fc.mu.Unlock()
+	sb := waitPhase(t, td.client, "alice", PhaseReady)
+	require.Equal(t, st.RoutingKey, sb.RoutingKey)
+	require.Contains(t, sb.LastError, "re-applying")
 }

@@ -175,3 +175,28 @@ func warnVersionSkew(ctx context.Context, c *daemon.Client, g *globalOptions) {
 	}
 	fmt.Fprintf(g.stderr, "note: the running daemon is sbx %s, this command is sbx %s; restart it with `sbx daemon stop` (sandboxes reconnect with their keys)\n", st.Version, g.build.Version)
 }
+
+// classify turns an error from the daemon's API into a categorised CLI
+// error: the daemon's 4xx answers are the user's to fix (hint says how),
+// cluster trouble reported by the daemon is a configuration matter, and
+// anything else (5xx, a broken stream) is daemon trouble that points at
+// `sbx logs`.
+func classify(err error, hint string) error {
+	var (
+		ae *daemon.APIError
+		ce *cliError
+	)
+	switch {
+	case err == nil:
+		return nil
+	case errors.As(err, &ce), errors.Is(err, context.Canceled):
+		return err
+	case daemon.IsNotRunning(err):
+		return userError(err, "start it with `sbx daemon`")
+	case errors.As(err, &ae) && ae.StatusCode < 500:
+		return userError(err, hint)
+	case errors.As(err, &ae) && (ae.StatusCode == 502 || ae.StatusCode == 504):
+		return &cliError{kind: kindConfig, err: err, code: 1, hint: "check --kubeconfig/--context and that the cluster is reachable (`kubectl get pods`)"}
+	}
+	return &cliError{kind: kindBug, err: err, code: 1}
+}

@@ -38,7 +38,7 @@ lease expired.`,
 			defer c.Close()
 			res, err := c.List(ctx, daemon.ClusterRequest{Kubeconfig: kubeconfigForDaemon(g), Context: g.context, Namespace: g.namespace}, !localOnly)
 			if err != nil {
-				return err
+				return classify(err, "run `sbx list --local` to skip the cluster")
 			}
 			if res.ClusterError != "" {
 				fmt.Fprintf(g.stderr, "! %s\n", res.ClusterError)
