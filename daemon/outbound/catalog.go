@@ -169,8 +169,8 @@ func (c *Catalog) shortOwnerLocked(name string) string {
 // does not watch may still exist). ok is false for anything else.
 func (c *Catalog) Lookup(host string) (target string, ok bool) {
 	h := strings.TrimSuffix(strings.ToLower(host), ".")
-	if h == "" || net.ParseIP(h) != nil {
-		return "", false
+	if h == "" || strings.HasPrefix(h, ".") || strings.Contains(h, "..") || net.ParseIP(h) != nil {
+		return "", false // an IP, or a name with an empty label
 	}
 	name, rest, _ := strings.Cut(h, ".")
 	c.mu.Lock()

@@ -12,6 +12,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/sbx-dev/sbx/cluster/discovery"
 	"github.com/sbx-dev/sbx/daemon/hostsfile"
 	"github.com/sbx-dev/sbx/daemon/proxy"
 	"github.com/sbx-dev/sbx/tunnel"
@@ -41,7 +42,12 @@ type HostsOptions struct {
 	StatePath string
 	// DialTimeout bounds the Dial of one connection (not its lifetime).
 	DialTimeout time.Duration
-	Logger      *slog.Logger
+	// Baggage, when set, turns on baggage injection for HTTP/1.x ports
+	// (appProtocol http, or a port named http/http-…): requests that
+	// carry no member with the key get key=value (config
+	// outbound.injectBaggage). Called per request.
+	Baggage func() (key, value string)
+	Logger  *slog.Logger
 }
 
 // Hosts runs hosts mode: it keeps the hosts block, the IP assignments and
@@ -67,8 +73,14 @@ type Hosts struct {
 }
 
 type portListener struct {
-	ln     net.Listener
+	ln net.Listener
+	listenSpec
+}
+
+// listenSpec is what a listener forwards to.
+type listenSpec struct {
 	target string
+	http   bool // inject baggage into HTTP/1.x requests
 }
 
 // HostsEntry is the state of one Service in hosts mode.
@@ -84,7 +96,10 @@ type PortStatus struct {
 	Port      int32  `json:"port"`
 	Target    string `json:"target"`
 	Listening bool   `json:"listening"`
-	Error     string `json:"error,omitempty"`
+	// InjectBaggage is set on HTTP/1.x ports whose requests get the
+	// routing key added.
+	InjectBaggage bool   `json:"injectBaggage,omitempty"`
+	Error         string `json:"error,omitempty"`
 }
 
 // NewHosts takes ownership of the hosts file (failing with an error
@@ -165,14 +180,17 @@ func (h *Hosts) reconcile() (failed bool) {
 		h.log.Warn("cannot save hosts-mode IP assignments; they may change after a restart", "path", h.opts.StatePath, "err", err)
 	}
 
-	want := map[netip.AddrPort]string{}
+	want := map[netip.AddrPort]listenSpec{}
 	for _, s := range reachable {
 		ip, ok := h.alloc.byKey[s.Key()]
 		if !ok {
 			continue
 		}
 		for _, p := range tcpPorts(s) {
-			want[netip.AddrPortFrom(ip, uint16(p))] = net.JoinHostPort(s.FQDN(), strconv.Itoa(int(p)))
+			want[netip.AddrPortFrom(ip, uint16(p.Port))] = listenSpec{
+				target: net.JoinHostPort(s.FQDN(), strconv.Itoa(int(p.Port))),
+				http:   h.opts.Baggage != nil && isHTTPPort(p),
+			}
 		}
 	}
 
@@ -182,7 +200,7 @@ func (h *Hosts) reconcile() (failed bool) {
 		return false
 	}
 	for ap, pl := range h.listeners {
-		if want[ap] != pl.target {
+		if want[ap] != pl.listenSpec {
 			// Connections already accepted keep running; only new ones
 			// stop arriving.
 			_ = pl.ln.Close()
@@ -190,7 +208,7 @@ func (h *Hosts) reconcile() (failed bool) {
 		}
 	}
 	listenErr := map[netip.AddrPort]error{}
-	for ap, target := range want {
+	for ap, spec := range want {
 		if _, ok := h.listeners[ap]; ok {
 			continue
 		}
@@ -198,10 +216,10 @@ func (h *Hosts) reconcile() (failed bool) {
 		if err != nil {
 			listenErr[ap] = err
 			failed = true
-			h.log.Warn("cannot listen for a cluster Service port; retrying", "addr", ap, "target", target, "err", err)
+			h.log.Warn("cannot listen for a cluster Service port; retrying", "addr", ap, "target", spec.target, "err", err)
 			continue
 		}
-		pl := &portListener{ln: ln, target: target}
+		pl := &portListener{ln: ln, listenSpec: spec}
 		h.listeners[ap] = pl
 		h.wg.Add(1)
 		go h.acceptLoop(pl)
@@ -217,8 +235,8 @@ func (h *Hosts) reconcile() (failed bool) {
 		entries = append(entries, hostsfile.Entry{IP: ip, Names: s.Names})
 		e := HostsEntry{Service: s.Key(), IP: ip, Names: s.Names}
 		for _, p := range tcpPorts(s) {
-			ap := netip.AddrPortFrom(ip, uint16(p))
-			ps := PortStatus{Port: p, Target: want[ap]}
+			ap := netip.AddrPortFrom(ip, uint16(p.Port))
+			ps := PortStatus{Port: p.Port, Target: want[ap].target, InjectBaggage: want[ap].http}
 			if _, ok := h.listeners[ap]; ok {
 				ps.Listening = true
 			} else if err := listenErr[ap]; err != nil {
@@ -237,11 +255,12 @@ func (h *Hosts) reconcile() (failed bool) {
 	return failed
 }
 
-func tcpPorts(s Named) []int32 {
-	var out []int32
+func tcpPorts(s Named) []discovery.Port {
+	var out []discovery.Port
 	for _, p := range s.Ports {
-		if (p.Protocol == "" || p.Protocol == "TCP") && p.Port > 0 && p.Port <= 65535 && !slices.Contains(out, p.Port) {
-			out = append(out, p.Port)
+		dup := slices.ContainsFunc(out, func(o discovery.Port) bool { return o.Port == p.Port })
+		if (p.Protocol == "" || p.Protocol == "TCP") && p.Port > 0 && p.Port <= 65535 && !dup {
+			out = append(out, p)
 		}
 	}
 	return out
@@ -258,13 +277,17 @@ func (h *Hosts) acceptLoop(pl *portListener) {
 			return
 		}
 		h.wg.Add(1)
-		go h.forward(c, pl.target)
+		go h.forward(c, pl.listenSpec)
 	}
 }
 
-func (h *Hosts) forward(local net.Conn, target string) {
+func (h *Hosts) forward(local net.Conn, spec listenSpec) {
 	defer h.wg.Done()
-	Forward(h.connCtx, h.log, h.opts.Dial, h.opts.DialTimeout, local, target)
+	var baggage func() (string, string)
+	if spec.http {
+		baggage = h.opts.Baggage
+	}
+	forward(h.connCtx, h.log, h.opts.Dial, h.opts.DialTimeout, local, spec.target, baggage)
 }
 
 // Forward dials target and pipes local to it until both directions end
@@ -272,6 +295,10 @@ func (h *Hosts) forward(local net.Conn, target string) {
 // dial is logged with its reason and closes local, so the client sees the
 // connection end at once.
 func Forward(ctx context.Context, log *slog.Logger, dial Dialer, timeout time.Duration, local net.Conn, target string) {
+	forward(ctx, log, dial, timeout, local, target, nil)
+}
+
+func forward(ctx context.Context, log *slog.Logger, dial Dialer, timeout time.Duration, local net.Conn, target string, baggage func() (string, string)) {
 	ctx = WithSource(ctx, local.RemoteAddr().String())
 	dctx, cancel := context.WithTimeout(ctx, timeout)
 	remote, err := dial(dctx, target)
@@ -281,7 +308,11 @@ func Forward(ctx context.Context, log *slog.Logger, dial Dialer, timeout time.Du
 		log.Warn("outbound connection failed", "target", target, "from", local.RemoteAddr(), "err", err)
 		return
 	}
-	if err := tunnel.Pipe(ctx, local, remote); err != nil && ctx.Err() == nil {
+	pipe := tunnel.Pipe
+	if baggage != nil {
+		pipe = func(ctx context.Context, a, b net.Conn) error { return pipeInjecting(ctx, a, b, baggage) }
+	}
+	if err := pipe(ctx, local, remote); err != nil && ctx.Err() == nil {
 		log.Debug("outbound connection ended with an error", "target", target, "err", err)
 	}
 }

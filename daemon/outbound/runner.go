@@ -28,8 +28,9 @@ type Options struct {
 	// keeping hosts-mode IPs stable; both belong in the daemon's state
 	// directory.
 	LockPath, StatePath string
-	// Baggage returns the baggage key and routing key the proxy adds to
-	// plain HTTP requests (used only with Config.InjectBaggage).
+	// Baggage returns the baggage key and routing key added to plain HTTP
+	// requests (proxy mode: absolute-URI requests; hosts mode: HTTP/1.x
+	// Service ports), used only with Config.InjectBaggage.
 	Baggage func() (key, value string)
 	Logger  *slog.Logger
 }
@@ -90,8 +91,12 @@ func Start(opts Options) (*Runner, error) {
 			r.note = fmt.Sprintf("hosts file %s is not writable by the daemon; using proxy mode", opts.Config.HostsFile)
 		}
 	}
+	var baggage func() (string, string)
+	if opts.Config.InjectBaggage {
+		baggage = opts.Baggage
+	}
 	if r.mode == config.ModeHosts {
-		h, err := NewHosts(HostsOptions{
+		h, err := NewHosts(HostsOptions{Baggage: baggage,
 			Catalog: opts.Catalog, Dial: opts.Dial, HostsFile: opts.Config.HostsFile, LockPath: opts.LockPath,
 			Range: opts.Config.HostsRange, StatePath: opts.StatePath, Logger: log,
 		})
@@ -105,10 +110,6 @@ func Start(opts Options) (*Runner, error) {
 		default:
 			return nil, fmt.Errorf("outbound hosts mode: %w", err)
 		}
-	}
-	var baggage func() (string, string)
-	if opts.Config.InjectBaggage {
-		baggage = opts.Baggage
 	}
 	p, err := proxy.New(proxy.Options{
 		Listen: opts.Config.ProxyListen, Lookup: opts.Catalog.Lookup, Cluster: proxy.Dialer(opts.Dial),
