@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/netip"
 	"reflect"
 	"sync"
 
@@ -96,6 +97,15 @@ func Start(opts Options) (*Runner, error) {
 		baggage = opts.Baggage
 	}
 	if r.mode == config.ModeHosts {
+		if err := probeRange(opts.Config.HostsRange); err != nil {
+			if opts.Config.Mode != config.ModeAuto {
+				return nil, fmt.Errorf("outbound hosts mode: %w", err)
+			}
+			r.mode = config.ModeProxy
+			r.note = err.Error() + "; using proxy mode"
+		}
+	}
+	if r.mode == config.ModeHosts {
 		h, err := NewHosts(HostsOptions{Baggage: baggage,
 			Catalog: opts.Catalog, Dial: opts.Dial, HostsFile: opts.Config.HostsFile, LockPath: opts.LockPath,
 			Range: opts.Config.HostsRange, StatePath: opts.StatePath, Logger: log,
@@ -182,4 +192,21 @@ func (r *Runner) ProxyAddr() net.Addr {
 // key are read per request through Options.Baggage).
 func NeedsRestart(old, new config.Outbound) bool {
 	return !reflect.DeepEqual(old, new)
+}
+
+// probeRange checks that this machine accepts listeners on the hosts
+// range. Linux routes all of 127.0.0.0/8 to the loopback interface; macOS
+// configures only 127.0.0.1, so each address needs an alias first.
+func probeRange(p netip.Prefix) error {
+	a, err := newAllocator(p, "")
+	if err != nil {
+		return err
+	}
+	ip := a.addr(0)
+	ln, err := net.Listen("tcp", netip.AddrPortFrom(ip, 0).String())
+	if err != nil {
+		return fmt.Errorf("cannot listen on %s from outbound.hostsRange %s (%w); on macOS add loopback aliases (sudo ifconfig lo0 alias %s up) or use outbound.mode: proxy",
+			ip, p, err, ip)
+	}
+	return ln.Close()
 }

@@ -91,6 +91,11 @@ func TestRunnerAutoFallsBackToProxy(t *testing.T) {
 			t.Cleanup(func() { require.NoError(t, other.Close()) })
 			return outboundCfg(e, config.ModeAuto)
 		}, "managed by another sbx daemon"},
+		{"hosts range not on this machine's loopback", func(t *testing.T, e *hostsEnv) config.Outbound {
+			c := outboundCfg(e, config.ModeAuto)
+			c.HostsRange = netip.MustParsePrefix("192.0.2.0/24") // TEST-NET-1: never a local address
+			return c
+		}, "cannot listen on 192.0.2.1"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			e := newHostsEnv(t)
@@ -119,6 +124,12 @@ func TestRunnerExplicitModes(t *testing.T) {
 	_, err = Start(Options{Config: outboundCfg(e, config.ModeHosts), Catalog: e.cat, Dial: e.si.dial, LockPath: filepath.Join(t.TempDir(), "l")})
 	require.ErrorContains(t, err, "outbound hosts mode", "hosts mode asked for explicitly does not fall back")
 	require.NoError(t, other.Close())
+
+	badRange := outboundCfg(e, config.ModeHosts)
+	badRange.HostsRange = netip.MustParsePrefix("192.0.2.0/24")
+	_, err = Start(Options{Config: badRange, Catalog: e.cat, Dial: e.si.dial, LockPath: filepath.Join(t.TempDir(), "l")})
+	require.ErrorContains(t, err, "ifconfig lo0 alias")
+	require.Equal(t, original, e.read(t))
 
 	r, err := Start(Options{Config: outboundCfg(e, config.ModeProxy), Catalog: e.cat, Dial: e.si.dial})
 	require.NoError(t, err)
