@@ -50,6 +50,7 @@ func TestCLIEnvFormats(t *testing.T) {
 
 	code, out, errOut := runCLI(t, "env", "alice")
 	require.Equal(t, 0, code, errOut)
+	require.Contains(t, errOut, "work once it is ready", "a sandbox that is not ready yet is pointed out")
 	got, err := godotenv.Unmarshal(out)
 	require.NoError(t, err, out)
 	require.Equal(t, want, got, "dotenv is the default; no proxy variables outside proxy mode")

@@ -79,7 +79,11 @@ func sandboxEnv(ctx context.Context, g *globalOptions, name string, f envFlags) 
 			return runenv.Env{}, err
 		}
 	}
-	return runenv.Build(sb, base), nil
+	env := runenv.Build(sb, base)
+	if st.Phase != daemon.PhaseReady {
+		env.Note(fmt.Sprintf("sandbox %s is %s: keyed requests and calls to cluster names work once it is ready (`sbx status %s`)", st.Name, st.Phase, st.Name))
+	}
+	return env, nil
 }
 
 // proxyAddrOf reads the outbound proxy address from the daemon's status,
