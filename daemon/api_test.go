@@ -367,3 +367,32 @@ func TestDeleteOrphan(t *testing.T) {
 	_, err = td.client.DeleteOrphan(ctx, "nobody", ClusterRequest{})
 	require.True(t, IsNotFound(err))
 }
+
+func TestOtherUsersRefused(t *testing.T) {
+	// The real SO_PEERCRED sees this process's own uid.
+	ln, err := net.Listen("unix", shortTempDir(t)+"/p.sock")
+	require.NoError(t, err)
+	defer ln.Close()
+	go func() {
+		c, err := ln.Accept()
+		if err == nil {
+			defer c.Close()
+			_, _ = io.Copy(io.Discard, c)
+		}
+	}()
+	c, err := net.Dial("unix", ln.Addr().String())
+	require.NoError(t, err)
+	defer c.Close()
+	if uid, ok := peerUID(c); ok {
+		require.Equal(t, os.Getuid(), uid)
+	}
+
+	// A client of another user is refused.
+	td := startDaemon(t, Options{Clusters: (&fakeCluster{}).provider(), link: (&fakeLinker{}).link,
+		peerUID: func(net.Conn) (int, bool) { return os.Getuid() + 1000, true }})
+	_, err = td.client.Status(context.Background())
+	var ae *APIError
+	require.ErrorAs(t, err, &ae)
+	require.Equal(t, http.StatusForbidden, ae.StatusCode)
+	require.Contains(t, err.Error(), "may not use the sbx daemon")
+}

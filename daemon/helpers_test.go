@@ -270,7 +270,8 @@ func startDaemon(t *testing.T, opts Options) *testDaemon {
 	t.Cleanup(td.stop)
 	require.Eventually(t, func() bool {
 		_, err := td.client.LogPath(context.Background())
-		return err == nil
+		var ae *APIError
+		return err == nil || errors.As(err, &ae) // it answered
 	}, 10*time.Second, 5*time.Millisecond, "daemon did not answer on its socket")
 	return td
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"net"
 	"net/url"
@@ -80,8 +81,8 @@ func (k *KubeClusters) Open(_ context.Context, kubeconfig, kubeContext string) (
 	}
 	kc, err := kube.Load(kube.Options{Kubeconfig: kubeconfig, Context: kubeContext, UserAgent: "sbx-daemon"})
 	if err != nil {
-		if errors.Is(err, kube.ErrNoKubeconfig) || errors.Is(err, kube.ErrUnknownContext) {
-			return nil, &PermanentError{err}
+		if errors.Is(err, kube.ErrNoKubeconfig) || errors.Is(err, kube.ErrUnknownContext) || errors.Is(err, fs.ErrNotExist) {
+			return nil, &PermanentError{fmt.Errorf("%w (pass --kubeconfig/--context, or set KUBECONFIG, and connect again)", err)}
 		}
 		return nil, err
 	}

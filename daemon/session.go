@@ -54,7 +54,10 @@ var errRestart = errors.New("spec changed; re-applying")
 // implementations wrap such errors in it.
 type PermanentError struct{ Err error }
 
+// Error returns the wrapped error's message.
 func (e *PermanentError) Error() string { return e.Err.Error() }
+
+// Unwrap returns the wrapped error.
 func (e *PermanentError) Unwrap() error { return e.Err }
 
 // session is one sandbox: its saved identity and the supervisor goroutine

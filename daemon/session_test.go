@@ -274,15 +274,28 @@ func TestDisconnectAllAndDeleteFailure(t *testing.T) {
 	fc.deleteErr = errors.New("forbidden")
 	fc.mu.Unlock()
 	_, err := td.client.Disconnect(ctx, "alice")
-	require.Error(t, err)
+	var ae *APIError
+	require.ErrorAs(t, err, &ae)
+	require.Equal(t, 502, ae.StatusCode, "cluster trouble, not a daemon bug")
 	require.Contains(t, err.Error(), "retry `sbx disconnect alice`")
+	require.Contains(t, err.Error(), "--forget")
 	st := waitPhase(t, td.client, "alice", PhaseFailed)
 	require.Contains(t, st.LastError, "forbidden")
+
+	// --forget drops it here without touching the cluster.
+	res, err := td.client.Forget(ctx, "alice")
+	require.NoError(t, err)
+	require.Equal(t, []string{"alice"}, res.Disconnected)
+	_, err = td.client.Sandbox(ctx, "alice")
+	require.True(t, IsNotFound(err))
+	require.Empty(t, fc.deletes)
+	_, err = td.client.Connect(ctx, ConnectRequest{Spec: testSpec("alice", "localhost:1"), Wait: true}, nil)
+	require.NoError(t, err)
 
 	fc.mu.Lock()
 	fc.deleteErr = nil
 	fc.mu.Unlock()
-	res, err := td.client.DisconnectAll(ctx)
+	res, err = td.client.DisconnectAll(ctx)
 	require.NoError(t, err)
 	require.ElementsMatch(t, []string{"alice", "bob"}, res.Disconnected)
 	full, err := td.client.Status(ctx)
@@ -316,9 +329,15 @@ func TestListMarksOrphansAndGC(t *testing.T) {
 	require.NoError(t, err)
 	require.Len(t, res.Sandboxes, 1)
 
+	fc.mu.Lock()
+	renews := fc.renews
+	fc.mu.Unlock()
 	gc, err := td.client.GC(ctx, ClusterRequest{Namespace: "hotrod"})
 	require.NoError(t, err)
 	require.Equal(t, []string{"old"}, gc.Deleted)
+	fc.mu.Lock()
+	require.Greater(t, fc.renews, renews, "gc renews this daemon's own sandboxes first")
+	fc.mu.Unlock()
 }
 
 func TestRoutingKeyShape(t *testing.T) {
@@ -365,4 +384,36 @@ func TestGoneSandboxIsReapplied(t *testing.T) {
 	sb := waitPhase(t, td.client, "alice", PhaseReady)
 	require.Equal(t, st.RoutingKey, sb.RoutingKey)
 	require.Contains(t, sb.LastError, "re-applying")
+}
+
+func TestFailedSandboxMayMoveCluster(t *testing.T) {
+	fc := &fakeCluster{}
+	var mu sync.Mutex
+	var opened []string
+	provider := func(ctx context.Context, kubeconfig, kctx string) (Cluster, error) {
+		mu.Lock()
+		defer mu.Unlock()
+		opened = append(opened, kctx)
+		if kctx == "typo" {
+			return nil, &PermanentError{errors.New(`context "typo" not found in kubeconfig`)}
+		}
+		return fc, nil
+	}
+	td := startDaemon(t, Options{Clusters: provider, link: (&fakeLinker{}).link})
+	ctx := context.Background()
+	_, err := td.client.Connect(ctx, ConnectRequest{Spec: testSpec("alice", "localhost:1"), Context: "typo", Wait: true}, nil)
+	var ce *ConnectError
+	require.ErrorAs(t, err, &ce)
+	require.Equal(t, PhaseFailed, ce.Phase)
+
+	st, err := td.client.Connect(ctx, ConnectRequest{Spec: testSpec("alice", "localhost:1"), Context: "staging", Wait: true}, nil)
+	require.NoError(t, err)
+	require.Equal(t, "staging", st.Context)
+
+	// A working sandbox cannot silently move: its objects would stay behind.
+	_, err = td.client.Connect(ctx, ConnectRequest{Spec: testSpec("alice", "localhost:1"), Context: "prod", Wait: true}, nil)
+	var ae *APIError
+	require.ErrorAs(t, err, &ae)
+	require.Equal(t, 409, ae.StatusCode)
+	require.Contains(t, err.Error(), "disconnect it first")
 }

@@ -56,7 +56,7 @@ its last good spec.`,
 				return err
 			}
 			ctx := cmd.Context()
-			c, err := ensureDaemon(ctx, g)
+			c, err := needDaemon(ctx, g)
 			if err != nil {
 				return err
 			}
