@@ -47,7 +47,9 @@ func sandboxEnv(ctx context.Context, g *globalOptions, name string, f envFlags) 
 		return runenv.Env{}, userError(errors.New("--include-secrets, --workload, --from and --container only apply with --env-from-baseline"),
 			"add --env-from-baseline")
 	}
-	c, err := connectDaemon(ctx)
+	// A stopped daemon restores its sandboxes (same routing keys) when it
+	// starts, so start it rather than report "not connected".
+	c, err := needDaemon(ctx, g)
 	if err != nil {
 		return runenv.Env{}, err
 	}
