@@ -201,3 +201,13 @@ func TestBaselineEnvPicksTheWorkload(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, "route-v2", w.Name)
 }
+
+func TestCLIRunEnvWithoutDaemon(t *testing.T) {
+	cliEnv(t)
+	for _, args := range [][]string{{"env", "alice"}, {"run", "alice", "--", "true"}} {
+		code, _, errOut := runCLI(t, args...)
+		require.Equal(t, 2, code, args)
+		require.Contains(t, errOut, "not running", args)
+		require.Contains(t, errOut, "hint:", args)
+	}
+}
