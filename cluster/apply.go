@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"log/slog"
 	"slices"
 	"strings"
 
@@ -192,7 +193,16 @@ func Apply(ctx context.Context, c Clients, sb *spec.Sandbox, o Options, progress
 			}
 		}
 	}
+	// The caller gets the token once, in Result.Token; the objects it may
+	// log or print carry the placeholder.
+	objs.Secret.Data = map[string][]byte{TokenKey: []byte(TokenPlaceholder)}
 	return &Result{RoutingKey: o.RoutingKey, Token: o.Token, Namespace: home, RelayName: objs.Relay.Name, Objects: objs}, nil
+}
+
+// LogValue keeps the token out of logs.
+func (r Result) LogValue() slog.Value {
+	return slog.GroupValue(slog.String("routingKey", r.RoutingKey), slog.String("namespace", r.Namespace),
+		slog.String("relay", r.RelayName), slog.String("token", redacted(r.Token)))
 }
 
 // specHash digests what sbx writes for an object, so a later apply can tell

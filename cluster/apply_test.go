@@ -3,6 +3,7 @@ package cluster
 import (
 	"encoding/json"
 	"fmt"
+	"log/slog"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -393,4 +394,36 @@ func TestApplyRefusesForeignObject(t *testing.T) {
 	require.NoError(t, err)
 	_, err = Apply(t.Context(), f.Clients, routeSandbox("alice"), testOptions(testKey), nil)
 	require.ErrorContains(t, err, "Secret hotrod/sbx-alice-token exists and does not belong to sbx sandbox alice")
+}
+
+func TestApplyErrorsFromTheLiveBaseline(t *testing.T) {
+	f := hotrodFake(t)
+	sb := routeSandbox("alice")
+	sb.Spec.Local[0].From.Name = "routr"
+	_, err := Apply(t.Context(), f.Clients, sb, testOptions(testKey), nil)
+	require.ErrorContains(t, err, "spec.local[0]: Deployment hotrod/routr not found: check spec.local[].from")
+
+	// No Istio in the cluster.
+	f = hotrodFake(t)
+	f.istio.PrependReactor("list", "virtualservices", func(k8stesting.Action) (bool, runtime.Object, error) {
+		return true, nil, apierrors.NewNotFound(istionet.Resource("virtualservices"), "")
+	})
+	_, err = Apply(t.Context(), f.Clients, routeSandbox("alice"), testOptions(testKey), nil)
+	require.ErrorContains(t, err, "networking.istio.io/v1 API is not served; sbx needs Istio")
+}
+
+func TestTokenNeverLogged(t *testing.T) {
+	f := hotrodFake(t)
+	o := testOptions(testKey)
+	res, err := Apply(t.Context(), f.Clients, routeSandbox("alice"), o, nil)
+	require.NoError(t, err)
+	var b strings.Builder
+	logger := slog.New(slog.NewTextHandler(&b, nil))
+	logger.Info("applied", "result", res, "options", o)
+	require.NotContains(t, b.String(), o.Token)
+	require.Contains(t, b.String(), testKey)
+	var y strings.Builder
+	require.NoError(t, res.Objects.WriteYAML(&y))
+	require.NotContains(t, y.String(), o.Token)
+	require.Equal(t, o.Token, res.Token)
 }

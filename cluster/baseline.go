@@ -61,9 +61,8 @@ type ResolvedWorkload struct {
 }
 
 // Resolve resolves every local workload of sb: pod template labels → the
-// Services whose selectors match → the Service port of each mapping.
-// relayPortBase is the first relay container port (ports are handed out in
-// spec order).
+// Services whose selectors match → the Service port of each mapping. Relay
+// container ports are handed out from FirstInboundPort in spec order.
 func Resolve(ctx context.Context, b Baseline, sb *spec.Sandbox) ([]ResolvedWorkload, error) {
 	svcCache := map[string][]*corev1.Service{}
 	next := int32(FirstInboundPort)

@@ -12,6 +12,7 @@ import (
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
 
 	"github.com/sbx-dev/sbx/cluster/spec"
 )
@@ -22,6 +23,25 @@ type Clients struct {
 	Istio istioclient.Interface
 	// Dynamic reads Argo Rollouts; nil means Rollouts are not supported.
 	Dynamic dynamic.Interface
+}
+
+// NewClients builds every client sbx needs from one REST config (from the
+// kubeconfig), so callers do not forget the dynamic client that reads Argo
+// Rollouts.
+func NewClients(cfg *rest.Config) (Clients, error) {
+	kube, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		return Clients{}, fmt.Errorf("kubernetes client: %w", err)
+	}
+	is, err := istioclient.NewForConfig(cfg)
+	if err != nil {
+		return Clients{}, fmt.Errorf("istio client: %w", err)
+	}
+	dyn, err := dynamic.NewForConfig(cfg)
+	if err != nil {
+		return Clients{}, fmt.Errorf("dynamic client: %w", err)
+	}
+	return Clients{Kube: kube, Istio: is, Dynamic: dyn}, nil
 }
 
 // RolloutGVR is the Argo Rollouts resource.
@@ -47,7 +67,7 @@ func (l LiveBaseline) PodLabels(ctx context.Context, w spec.Workload) (map[strin
 		return s.Spec.Template.Labels, nil
 	case spec.KindRollout:
 		if l.C.Dynamic == nil {
-			return nil, fmt.Errorf("Rollout %s/%s: reading Argo Rollouts needs a dynamic client (a bug in the caller)", w.Namespace, w.Name)
+			return nil, fmt.Errorf("Rollout %s/%s: reading Argo Rollouts needs Clients.Dynamic (build the clients with cluster.NewClients)", w.Namespace, w.Name)
 		}
 		u, err := l.C.Dynamic.Resource(RolloutGVR).Namespace(w.Namespace).Get(ctx, w.Name, metav1.GetOptions{})
 		if err != nil {

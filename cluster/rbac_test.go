@@ -10,6 +10,7 @@ import (
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime"
 	dynamicfake "k8s.io/client-go/dynamic/fake"
+	"k8s.io/client-go/rest"
 	k8stesting "k8s.io/client-go/testing"
 	"sigs.k8s.io/yaml"
 
@@ -107,4 +108,12 @@ func TestRBACRoleCoversEveryCall(t *testing.T) {
 		"delete networking.istio.io/virtualservices", "get argoproj.io/rollouts", "list /pods", "delete apps/deployments"} {
 		require.True(t, seen[want], want)
 	}
+}
+
+func TestNewClients(t *testing.T) {
+	c, err := NewClients(&rest.Config{Host: "https://127.0.0.1:1"})
+	require.NoError(t, err)
+	require.NotNil(t, c.Kube)
+	require.NotNil(t, c.Istio)
+	require.NotNil(t, c.Dynamic)
 }

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"log/slog"
 	"slices"
 	"strings"
 	"time"
@@ -55,6 +56,19 @@ type Options struct {
 	Holder string
 	// LeaseDuration is the Lease's duration (default DefaultLeaseDuration).
 	LeaseDuration time.Duration
+}
+
+// LogValue keeps the token out of logs.
+func (o Options) LogValue() slog.Value {
+	return slog.GroupValue(slog.String("routingKey", o.RoutingKey), slog.String("token", redacted(o.Token)),
+		slog.String("relayImage", o.RelayImage), slog.String("baggageKey", o.BaggageKey), slog.String("holder", o.Holder))
+}
+
+func redacted(token string) string {
+	if token == "" {
+		return ""
+	}
+	return "<redacted>"
 }
 
 func (o Options) withDefaults() Options {

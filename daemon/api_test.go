@@ -337,3 +337,62 @@ func TestUnknownEndpoint(t *testing.T) {
 	require.Equal(t, http.StatusNotFound, code)
 	require.Contains(t, body, "no such endpoint")
 }
+
+func TestDeleteOrphan(t *testing.T) {
+	fc := &fakeCluster{listed: []ClusterSandbox{
+		{Name: "ghost", RoutingKey: "aaaaaaaaaaaaa", Namespace: "hotrod"},
+		{Name: "twin", RoutingKey: "bbbbbbbbbbbbb", Namespace: "a"},
+		{Name: "twin", RoutingKey: "ccccccccccccc", Namespace: "b"},
+	}}
+	td := startDaemon(t, Options{Clusters: fc.provider(), link: (&fakeLinker{}).link})
+	ctx := context.Background()
+	_, err := td.client.Connect(ctx, ConnectRequest{Spec: testSpec("alice", "localhost:1"), Wait: true}, nil)
+	require.NoError(t, err)
+
+	res, err := td.client.DeleteOrphan(ctx, "ghost", ClusterRequest{})
+	require.NoError(t, err)
+	require.Equal(t, []string{"ghost"}, res.Disconnected)
+	require.Equal(t, []string{"ghost/aaaaaaaaaaaaa"}, fc.deletes)
+
+	_, err = td.client.DeleteOrphan(ctx, "twin", ClusterRequest{})
+	var ae *APIError
+	require.ErrorAs(t, err, &ae)
+	require.Equal(t, http.StatusConflict, ae.StatusCode)
+	require.Contains(t, err.Error(), "pass -n NAMESPACE")
+
+	_, err = td.client.DeleteOrphan(ctx, "alice", ClusterRequest{})
+	require.ErrorAs(t, err, &ae)
+	require.Equal(t, http.StatusConflict, ae.StatusCode, "a sandbox this daemon owns is disconnected normally")
+
+	_, err = td.client.DeleteOrphan(ctx, "nobody", ClusterRequest{})
+	require.True(t, IsNotFound(err))
+}
+
+func TestOtherUsersRefused(t *testing.T) {
+	// The real SO_PEERCRED sees this process's own uid.
+	ln, err := net.Listen("unix", shortTempDir(t)+"/p.sock")
+	require.NoError(t, err)
+	defer ln.Close()
+	go func() {
+		c, err := ln.Accept()
+		if err == nil {
+			defer c.Close()
+			_, _ = io.Copy(io.Discard, c)
+		}
+	}()
+	c, err := net.Dial("unix", ln.Addr().String())
+	require.NoError(t, err)
+	defer c.Close()
+	if uid, ok := peerUID(c); ok {
+		require.Equal(t, os.Getuid(), uid)
+	}
+
+	// A client of another user is refused.
+	td := startDaemon(t, Options{Clusters: (&fakeCluster{}).provider(), link: (&fakeLinker{}).link,
+		peerUID: func(net.Conn) (int, bool) { return os.Getuid() + 1000, true }})
+	_, err = td.client.Status(context.Background())
+	var ae *APIError
+	require.ErrorAs(t, err, &ae)
+	require.Equal(t, http.StatusForbidden, ae.StatusCode)
+	require.Contains(t, err.Error(), "may not use the sbx daemon")
+}

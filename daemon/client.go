@@ -34,6 +34,7 @@ type APIError struct {
 	Message    string
 }
 
+// Error returns the daemon's message.
 func (e *APIError) Error() string { return e.Message }
 
 // NotRunningError means no daemon answers on the socket.
@@ -42,10 +43,12 @@ type NotRunningError struct {
 	Err    error
 }
 
+// Error says that no daemon runs and how to start one.
 func (e *NotRunningError) Error() string {
 	return fmt.Sprintf("the sbx daemon is not running (nothing answers on %s); start it with `sbx daemon`, or run any command that needs it", e.Socket)
 }
 
+// Unwrap returns the dial error.
 func (e *NotRunningError) Unwrap() error { return e.Err }
 
 // ConnectError is a waiting connect that ended without a ready sandbox.
@@ -55,6 +58,7 @@ type ConnectError struct {
 	Message string
 }
 
+// Error returns the daemon's explanation.
 func (e *ConnectError) Error() string { return e.Message }
 
 // ErrWatchDropped ends a watch whose reader fell behind; watch again for a
@@ -224,6 +228,32 @@ func (c *Client) Disconnect(ctx context.Context, name string) (DisconnectResult,
 	return res, err
 }
 
+// Forget stops the named sandbox and drops it from the daemon without
+// touching the cluster (which may be gone or unreachable); its objects
+// stay until `sbx gc` collects them after the lease expired.
+func (c *Client) Forget(ctx context.Context, name string) (DisconnectResult, error) {
+	var res DisconnectResult
+	err := c.doJSON(ctx, http.MethodDelete, "/v1/sandboxes/"+url.PathEscape(name)+"?forget=true", nil, &res)
+	return res, err
+}
+
+// DeleteOrphan deletes the cluster objects of a sandbox that this daemon
+// does not own (see ListEntry.Orphan), in the cluster creq selects.
+func (c *Client) DeleteOrphan(ctx context.Context, name string, creq ClusterRequest) (DisconnectResult, error) {
+	q := creq.query()
+	q.Set("orphan", "true")
+	var res DisconnectResult
+	err := c.doJSON(ctx, http.MethodDelete, "/v1/sandboxes/"+url.PathEscape(name)+"?"+q.Encode(), nil, &res)
+	return res, err
+}
+
+// ForgetAll forgets every sandbox (see Forget).
+func (c *Client) ForgetAll(ctx context.Context) (DisconnectResult, error) {
+	var res DisconnectResult
+	err := c.doJSON(ctx, http.MethodDelete, "/v1/sandboxes?forget=true", nil, &res)
+	return res, err
+}
+
 // DisconnectAll disconnects every sandbox.
 func (c *Client) DisconnectAll(ctx context.Context) (DisconnectResult, error) {
 	var res DisconnectResult
@@ -234,16 +264,7 @@ func (c *Client) DisconnectAll(ctx context.Context) (DisconnectResult, error) {
 // List returns the daemon's sandboxes and, with includeCluster, the sbx
 // objects found in the cluster selected by creq, orphans marked.
 func (c *Client) List(ctx context.Context, creq ClusterRequest, includeCluster bool) (ListResult, error) {
-	q := url.Values{}
-	if creq.Kubeconfig != "" {
-		q.Set("kubeconfig", creq.Kubeconfig)
-	}
-	if creq.Context != "" {
-		q.Set("context", creq.Context)
-	}
-	if creq.Namespace != "" {
-		q.Set("namespace", creq.Namespace)
-	}
+	q := creq.query()
 	if !includeCluster {
 		q.Set("cluster", "false")
 	}
@@ -322,4 +343,19 @@ func (w *Watcher) Close() error { return w.body.Close() }
 // Close releases the client's idle connections to the daemon.
 func (c *Client) Close() {
 	c.http().CloseIdleConnections()
+}
+
+// query encodes creq as the API's query parameters.
+func (creq ClusterRequest) query() url.Values {
+	q := url.Values{}
+	if creq.Kubeconfig != "" {
+		q.Set("kubeconfig", creq.Kubeconfig)
+	}
+	if creq.Context != "" {
+		q.Set("context", creq.Context)
+	}
+	if creq.Namespace != "" {
+		q.Set("namespace", creq.Namespace)
+	}
+	return q
 }

@@ -3,6 +3,7 @@ package daemon
 import (
 	"context"
 	"crypto/rand"
+	"errors"
 	"fmt"
 	"net"
 	"time"
@@ -39,6 +40,11 @@ type Cluster interface {
 	// grace period ago and returns their names.
 	GC(ctx context.Context, namespace string) ([]string, error)
 }
+
+// ErrSandboxGone is returned (wrapped) by RenewLease when the sandbox's
+// objects were deleted behind the daemon's back (gc after a long sleep,
+// kubectl delete): the session re-applies them.
+var ErrSandboxGone = errors.New("the sandbox's objects are gone from the cluster")
 
 // ClusterProvider returns the Cluster for a kubeconfig path and context
 // name (both may be empty: kubectl's defaults). Implementations cache.

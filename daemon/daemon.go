@@ -52,6 +52,8 @@ type Options struct {
 	beforeReady func()
 	// watchQueue bounds each watcher's queue (tests make it small).
 	watchQueue int
+	// peerUID reads a client's uid (tests fake it); nil means SO_PEERCRED.
+	peerUID func(net.Conn) (int, bool)
 }
 
 // Daemon is the laptop daemon: the local API on its unix socket and the
@@ -63,6 +65,7 @@ type Daemon struct {
 	mgr     *manager
 	logPath string
 	now     func() time.Time
+	peerUID func(net.Conn) (int, bool)
 
 	confW   *config.Watcher // nil without Options.ConfigPath
 	cfgMu   sync.Mutex
@@ -99,7 +102,11 @@ func New(opts Options) (*Daemon, error) {
 		User:          userAtHost(),
 		Now:           opts.Now,
 	}.withDefaults()
+	if opts.peerUID == nil {
+		opts.peerUID = peerUID
+	}
 	d := &Daemon{
+		peerUID:  opts.peerUID,
 		opts:     opts,
 		log:      opts.Logger,
 		logPath:  opts.LogPath,
@@ -151,7 +158,13 @@ func (d *Daemon) Run(ctx context.Context) error {
 		Handler:           d.newHandler(),
 		ReadHeaderTimeout: 10 * time.Second,
 		BaseContext:       func(_ net.Listener) context.Context { return ctx },
-		ErrorLog:          slog.NewLogLogger(d.log.Handler(), slog.LevelDebug),
+		ConnContext: func(ctx context.Context, c net.Conn) context.Context {
+			if uid, ok := d.peerUID(c); ok {
+				ctx = context.WithValue(ctx, peerUIDKey{}, uid)
+			}
+			return ctx
+		},
+		ErrorLog: slog.NewLogLogger(d.log.Handler(), slog.LevelDebug),
 	}
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- srv.Serve(ln) }()

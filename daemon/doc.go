@@ -17,6 +17,8 @@
 //	GET    /v1/sandboxes/{name}     SandboxStatus
 //	PUT    /v1/sandboxes/{name}     connect (ConnectRequest); with wait, NDJSON Progress
 //	DELETE /v1/sandboxes/{name}     disconnect: stop and delete cluster objects
+//	                                (?orphan=true: delete a sandbox this daemon does not own;
+//	                                ?forget=true: drop it here, leave the cluster alone)
 //	DELETE /v1/sandboxes            disconnect all
 //	GET    /v1/list                 ListResult (daemon + cluster, orphans marked)
 //	POST   /v1/gc                   GCResult

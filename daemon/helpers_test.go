@@ -86,6 +86,7 @@ type fakeCluster struct {
 	applies   []string // routing keys, one per Apply
 	deletes   []string
 	renews    int
+	renewErr  error
 	applyErr  error
 	waitErr   error
 	waitBlock chan struct{} // WaitRelay blocks until closed, when set
@@ -141,7 +142,7 @@ func (f *fakeCluster) RenewLease(ctx context.Context, t Target) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.renews++
-	return nil
+	return f.renewErr
 }
 
 func (f *fakeCluster) Delete(ctx context.Context, t Target, sb *spec.Sandbox) error {
@@ -269,7 +270,8 @@ func startDaemon(t *testing.T, opts Options) *testDaemon {
 	t.Cleanup(td.stop)
 	require.Eventually(t, func() bool {
 		_, err := td.client.LogPath(context.Background())
-		return err == nil
+		var ae *APIError
+		return err == nil || errors.As(err, &ae) // it answered
 	}, 10*time.Second, 5*time.Millisecond, "daemon did not answer on its socket")
 	return td
 }

@@ -4,12 +4,15 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"net"
+	"net/url"
 	"sync"
 	"time"
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
 
 	"github.com/sbx-dev/sbx/cluster"
@@ -78,12 +81,19 @@ func (k *KubeClusters) Open(_ context.Context, kubeconfig, kubeContext string) (
 	}
 	kc, err := kube.Load(kube.Options{Kubeconfig: kubeconfig, Context: kubeContext, UserAgent: "sbx-daemon"})
 	if err != nil {
-		if errors.Is(err, kube.ErrNoKubeconfig) || errors.Is(err, kube.ErrUnknownContext) {
-			return nil, &PermanentError{err}
+		if errors.Is(err, kube.ErrNoKubeconfig) || errors.Is(err, kube.ErrUnknownContext) || errors.Is(err, fs.ErrNotExist) {
+			return nil, &PermanentError{fmt.Errorf("%w (pass --kubeconfig/--context, or set KUBECONFIG, and connect again)", err)}
 		}
 		return nil, err
 	}
 	c := k.fromKube(kc)
+	// Built from the REST config so that the dynamic client (Argo
+	// Rollouts) is there too.
+	if clients, err := cluster.NewClients(kc.REST); err == nil {
+		c.clients = clients
+	} else {
+		c.log.Warn("building clients from the kubeconfig failed; Rollouts are not supported", "err", err)
+	}
 	k.clusters[key] = c
 	return c, nil
 }
@@ -171,6 +181,9 @@ func (c *kubeCluster) Apply(ctx context.Context, sb *spec.Sandbox, o ApplyOption
 	if err != nil {
 		if apierrors.IsForbidden(err) {
 			return Applied{}, &PermanentError{fmt.Errorf("%w (ask for the sbx Role in deploy/rbac.yaml)", err)}
+		}
+		if !transient(err) {
+			return Applied{}, &PermanentError{err}
 		}
 		return Applied{}, err
 	}
@@ -263,7 +276,23 @@ func (c *kubeCluster) closeDialers(sandbox string) {
 }
 
 func (c *kubeCluster) RenewLease(ctx context.Context, t Target) error {
-	return cluster.RenewLease(ctx, c.clients, cluster.Ref{Name: t.Sandbox, Namespaces: t.Namespaces}, c.o.Now())
+	err := cluster.RenewLease(ctx, c.clients, cluster.Ref{Name: t.Sandbox, Namespaces: t.Namespaces}, c.o.Now())
+	if err == nil {
+		return nil
+	}
+	// Tell "the sandbox is gone" (gc, kubectl delete) from a failed call:
+	// only the first is cured by applying again.
+	nss := t.Namespaces
+	if len(nss) == 0 {
+		nss = []string{t.Namespace}
+	}
+	for _, ns := range nss {
+		_, gerr := c.clients.Kube.CoordinationV1().Leases(ns).Get(ctx, cluster.LeaseName(t.Sandbox), metav1.GetOptions{})
+		if apierrors.IsNotFound(gerr) {
+			return fmt.Errorf("%w: %w", ErrSandboxGone, err)
+		}
+	}
+	return err
 }
 
 func (c *kubeCluster) Delete(ctx context.Context, t Target, sb *spec.Sandbox) error {
@@ -311,4 +340,29 @@ func (c *kubeCluster) GC(ctx context.Context, ns string) ([]string, error) {
 		deleted, err = cluster.GC(ctx, c.clients, cluster.GCOptions{Namespaces: []string{c.namespace}, Grace: c.o.GCGrace, Now: c.o.Now()}, nil)
 	}
 	return deleted, err
+}
+
+// transient reports whether an Apply error may go away by itself, so the
+// supervisor should retry: the network, the API server being unavailable
+// or slow, expired credentials (the user logs in again), conflicts.
+// Everything else — a workload that does not exist, a port no Service
+// exposes, a VirtualService sbx must not touch — needs the user to change
+// something; retrying it forever would only hide the message.
+func transient(err error) bool {
+	var (
+		ne  net.Error
+		ue  *url.Error
+		api apierrors.APIStatus
+	)
+	switch {
+	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, context.Canceled):
+		return true
+	case errors.As(err, &ne), errors.As(err, &ue):
+		return true
+	case errors.As(err, &api):
+		return apierrors.IsServerTimeout(err) || apierrors.IsTimeout(err) || apierrors.IsTooManyRequests(err) ||
+			apierrors.IsInternalError(err) || apierrors.IsServiceUnavailable(err) || apierrors.IsUnexpectedServerError(err) ||
+			apierrors.IsConflict(err) || apierrors.IsUnauthorized(err) || api.Status().Code >= 500
+	}
+	return false
 }

@@ -260,13 +260,43 @@ func (l *tunnelLink) Stats() linkStats {
 		out.BytesOut += int64(st.BytesOut)
 		out.Streams += st.StreamsOpen
 	}
-	for _, s := range sessions {
-		if rtt, err := s.Ping(); err == nil {
-			out.RTT = rtt
-			break
-		}
-	}
+	out.RTT = l.ping(sessions)
 	return out
+}
+
+// pingWait bounds how long Stats waits for a round trip: a ping on a
+// stalled link can take up to the dead-peer timeout, and the supervisor
+// must stay responsive (to a disconnect) meanwhile.
+const pingWait = 2 * time.Second
+
+// ping measures the RTT on the first session that answers within
+// pingWait; 0 if none does.
+func (l *tunnelLink) ping(sessions []*tunnel.Session) time.Duration {
+	if len(sessions) == 0 {
+		return 0
+	}
+	res := make(chan time.Duration, 1)
+	l.wg.Add(1)
+	go func() { // ends when Ping does: an answer, the session's end, or its dead-peer bound
+		defer l.wg.Done()
+		for _, s := range sessions {
+			if rtt, err := s.Ping(); err == nil {
+				res <- rtt
+				return
+			}
+		}
+		res <- 0
+	}()
+	t := time.NewTimer(pingWait)
+	defer t.Stop()
+	select {
+	case rtt := <-res:
+		return rtt
+	case <-t.C:
+		return 0
+	case <-l.ctx.Done():
+		return 0
+	}
 }
 
 // Close ends every session and waits for the link's goroutines, including

@@ -38,6 +38,13 @@ func (e *notFoundError) Error() string {
 	return fmt.Sprintf("sandbox %q is not connected (see `sbx status` for the connected ones)", e.name)
 }
 
+// clusterError is a failure of the cluster behind the daemon (unreachable,
+// refused); the API answers it with 502.
+type clusterError struct{ err error }
+
+func (e *clusterError) Error() string { return e.err.Error() }
+func (e *clusterError) Unwrap() error { return e.err }
+
 // conflictError is a request that contradicts the current state.
 type conflictError struct{ msg string }
 
@@ -93,14 +100,20 @@ func (m *manager) Connect(req ConnectRequest) (s *session, sub chan Progress, re
 		return nil, nil, false, errors.New("the daemon is shutting down; run the command again to start a new one")
 	}
 	if s, ok := m.sessions[name]; ok {
+		cur, _ := m.store.Sandbox(name)
 		s.mu.Lock()
 		old := s.saved
-		if old.Context != kctx || old.Kubeconfig != req.Kubeconfig {
+		moved := old.Context != kctx || old.Kubeconfig != req.Kubeconfig
+		// A failed sandbox may be pointed at another cluster (the usual
+		// fix for a wrong --kubeconfig or --context); a working one must
+		// be disconnected first, or its objects would be left behind.
+		if moved && cur.Phase != PhaseFailed {
 			s.mu.Unlock()
 			return nil, nil, false, &conflictError{fmt.Sprintf("sandbox %q is connected to context %q; disconnect it first (`sbx disconnect %s`) or pick another name", name, old.Context, name)}
 		}
-		changed := !reflect.DeepEqual(old.Spec, req.Spec)
+		changed := moved || !reflect.DeepEqual(old.Spec, req.Spec)
 		s.saved.Spec = req.Spec
+		s.saved.Context, s.saved.Kubeconfig = kctx, req.Kubeconfig
 		saved := s.saved
 		s.mu.Unlock()
 		sub := s.subscribe()
@@ -109,7 +122,7 @@ func (m *manager) Connect(req ConnectRequest) (s *session, sub chan Progress, re
 		if changed {
 			m.store.UpdateSandbox(name, func(st *SandboxStatus) {
 				fresh := initialStatus(saved, m.conf().BaggageKey)
-				st.Namespaces, st.Mappings = fresh.Namespaces, fresh.Mappings
+				st.Namespaces, st.Mappings, st.Context = fresh.Namespaces, fresh.Mappings, fresh.Context
 			})
 			m.persistLocked()
 			select {
@@ -184,7 +197,11 @@ func (m *manager) Names() []string {
 // the delete fails the session stays, stopped, in PhaseFailed so that the
 // user can retry; its objects are also collected by gc once the lease
 // expires.
-func (m *manager) Disconnect(ctx context.Context, name string) error {
+//
+// With forget, the cluster is not touched: the session stops and the
+// sandbox is dropped from the daemon, its objects left for gc (for a
+// cluster that is gone or unreachable).
+func (m *manager) Disconnect(ctx context.Context, name string, forget bool) error {
 	m.mu.Lock()
 	s, ok := m.sessions[name]
 	m.mu.Unlock()
@@ -200,6 +217,9 @@ func (m *manager) Disconnect(ctx context.Context, name string) error {
 	saved := s.snapshot()
 	s.setPhase(PhaseDisconnecting, fmt.Sprintf("deleting the objects of sandbox %s", name))
 	err := func() error {
+		if forget {
+			return nil
+		}
 		cl, err := m.clusters(ctx, saved.Kubeconfig, saved.Context)
 		if err != nil {
 			return err
@@ -207,7 +227,7 @@ func (m *manager) Disconnect(ctx context.Context, name string) error {
 		return cl.Delete(ctx, Target{Sandbox: saved.Name, RoutingKey: saved.RoutingKey, Namespace: saved.Namespace, Namespaces: saved.Spec.Namespaces()}, &saved.Spec)
 	}()
 	if err != nil {
-		err = fmt.Errorf("delete the cluster objects of sandbox %s: %w (retry `sbx disconnect %s`; `sbx gc` also removes them once the lease expired)", name, err, name)
+		err = &clusterError{fmt.Errorf("delete the cluster objects of sandbox %s: %w (retry `sbx disconnect %s`; if the cluster is gone, `sbx disconnect %s --forget` drops the sandbox here and `sbx gc` removes its objects once the lease expired)", name, err, name, name)}
 		s.recordError(err)
 		m.store.UpdateSandbox(name, func(st *SandboxStatus) { st.Phase = PhaseFailed })
 		return err
@@ -220,7 +240,7 @@ func (m *manager) Disconnect(ctx context.Context, name string) error {
 	m.mu.Unlock()
 	s.closeSubs()
 	m.store.RemoveSandbox(name)
-	m.log.Info("sandbox disconnected", "sandbox", name)
+	m.log.Info("sandbox disconnected", "sandbox", name, "forget", forget)
 	return nil
 }
 

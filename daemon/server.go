@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"os"
 	"strings"
 	"time"
 )
@@ -19,6 +20,9 @@ const apiHost = "local.sbx"
 
 // maxRequestBody bounds request bodies (a spec is a few KiB).
 const maxRequestBody = 4 << 20
+
+// peerUIDKey keys the client's uid in a request's context.
+type peerUIDKey struct{}
 
 // httpError is an error with the HTTP status it maps to.
 type httpError struct {
@@ -74,8 +78,16 @@ func (d *Daemon) newHandler() http.Handler {
 // guard refuses anything that looks like it came through a browser: the
 // socket is private to the user, but a browser on the same machine can be
 // tricked into speaking to local HTTP servers.
+//
+// The socket's modes keep other users out; where the OS tells the peer's
+// uid, a process of another user (other than root) is refused as well, in
+// case the directory's mode was loosened.
 func guard(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if uid, ok := r.Context().Value(peerUIDKey{}).(int); ok && uid != os.Getuid() && uid != 0 {
+			writeError(w, &httpError{http.StatusForbidden, fmt.Sprintf("uid %d may not use the sbx daemon of uid %d", uid, os.Getuid())})
+			return
+		}
 		if r.Header.Get("Origin") != "" || r.Header.Get("Referer") != "" {
 			writeError(w, &httpError{http.StatusForbidden, "requests with Origin or Referer are refused: the sbx API is for local clients only"})
 			return
@@ -116,7 +128,10 @@ func writeError(w http.ResponseWriter, err error) {
 	var he *httpError
 	var nf *notFoundError
 	var ce *conflictError
+	var cle *clusterError
 	switch {
+	case errors.As(err, &cle):
+		code = http.StatusBadGateway
 	case errors.As(err, &he):
 		code = he.code
 	case errors.As(err, &nf):
@@ -239,8 +254,9 @@ func (d *Daemon) handleConnect(w http.ResponseWriter, r *http.Request) error {
 	defer s.unsubscribe(sub)
 	if !req.Wait {
 		st, _ := d.store.Sandbox(name)
+		w.Header().Set("Content-Type", "application/json")
 		w.WriteHeader(http.StatusAccepted)
-		return writeJSON(w, st)
+		return json.NewEncoder(w).Encode(st)
 	}
 	ctx := r.Context()
 	if req.Timeout > 0 {
@@ -305,17 +321,64 @@ func (d *Daemon) handleConnect(w http.ResponseWriter, r *http.Request) error {
 
 func (d *Daemon) handleDisconnect(w http.ResponseWriter, r *http.Request) error {
 	name := r.PathValue("name")
-	if err := d.mgr.Disconnect(r.Context(), name); err != nil {
+	if r.URL.Query().Get("orphan") == "true" {
+		return d.deleteOrphan(w, r, name)
+	}
+	if err := d.mgr.Disconnect(r.Context(), name, r.URL.Query().Get("forget") == "true"); err != nil {
 		return err
 	}
 	return writeJSON(w, DisconnectResult{Disconnected: []string{name}})
+}
+
+// deleteOrphan deletes the cluster objects of a sandbox this daemon does
+// not own (left by a crashed daemon, or one whose state file was lost). It
+// is explicit (?orphan=true) because a sandbox of the same name may belong
+// to someone else's laptop.
+func (d *Daemon) deleteOrphan(w http.ResponseWriter, r *http.Request, name string) error {
+	if _, ok := d.mgr.Get(name); ok {
+		return &conflictError{fmt.Sprintf("sandbox %s is connected by this daemon; disconnect it without --orphan", name)}
+	}
+	creq := clusterRequestFromQuery(r)
+	cl, err := d.mgr.clusters(r.Context(), creq.Kubeconfig, creq.Context)
+	if err != nil {
+		return &httpError{http.StatusBadGateway, fmt.Sprintf("open cluster: %v (check --kubeconfig/--context)", err)}
+	}
+	found, err := cl.List(r.Context(), creq.Namespace)
+	if err != nil {
+		return &httpError{http.StatusBadGateway, fmt.Sprintf("list sbx objects in the cluster: %v", err)}
+	}
+	var matches []ClusterSandbox
+	for _, cs := range found {
+		if cs.Name == name {
+			matches = append(matches, cs)
+		}
+	}
+	if len(matches) > 1 {
+		var nss []string
+		for _, m := range matches {
+			nss = append(nss, m.Namespace)
+		}
+		return &conflictError{fmt.Sprintf("sandbox %s exists in several namespaces (%s); pass -n NAMESPACE to pick one", name, strings.Join(nss, ", "))}
+	}
+	for _, cs := range matches {
+		t := Target{Sandbox: cs.Name, RoutingKey: cs.RoutingKey, Namespace: cs.Namespace}
+		if creq.Namespace != "" {
+			t.Namespaces = []string{creq.Namespace}
+		}
+		if err := cl.Delete(r.Context(), t, nil); err != nil {
+			return &httpError{http.StatusBadGateway, fmt.Sprintf("delete the objects of sandbox %s: %v (check that you may delete them: `kubectl auth can-i delete deployments -n %s`)", name, err, cs.Namespace)}
+		}
+		d.log.Info("orphan sandbox deleted", "sandbox", name, "namespace", cs.Namespace, "routingKey", cs.RoutingKey)
+		return writeJSON(w, DisconnectResult{Disconnected: []string{name}})
+	}
+	return &notFoundError{name}
 }
 
 func (d *Daemon) handleDisconnectAll(w http.ResponseWriter, r *http.Request) error {
 	res := DisconnectResult{Disconnected: []string{}}
 	var errs []string
 	for _, name := range d.mgr.Names() {
-		if err := d.mgr.Disconnect(r.Context(), name); err != nil {
+		if err := d.mgr.Disconnect(r.Context(), name, r.URL.Query().Get("forget") == "true"); err != nil {
 			errs = append(errs, err.Error())
 			continue
 		}
@@ -388,6 +451,22 @@ func (d *Daemon) handleGC(w http.ResponseWriter, r *http.Request) error {
 	cl, err := d.mgr.clusters(r.Context(), creq.Kubeconfig, creq.Context)
 	if err != nil {
 		return &httpError{http.StatusBadGateway, fmt.Sprintf("open cluster: %v (check --kubeconfig/--context)", err)}
+	}
+	// Our own sandboxes are never garbage, even when their lease lapsed
+	// while the cluster was unreachable: renew them first.
+	for _, name := range d.mgr.Names() {
+		s, ok := d.mgr.Get(name)
+		if !ok {
+			continue
+		}
+		sv := s.snapshot()
+		if sv.Kubeconfig != creq.Kubeconfig || sv.Context != creq.Context {
+			continue
+		}
+		t := Target{Sandbox: sv.Name, RoutingKey: sv.RoutingKey, Namespace: sv.Namespace, Namespaces: sv.Spec.Namespaces()}
+		if err := cl.RenewLease(r.Context(), t); err != nil {
+			d.log.Debug("renewing before gc failed", "sandbox", name, "err", err)
+		}
 	}
 	deleted, err := cl.GC(r.Context(), creq.Namespace)
 	if err != nil {

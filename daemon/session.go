@@ -54,7 +54,10 @@ var errRestart = errors.New("spec changed; re-applying")
 // implementations wrap such errors in it.
 type PermanentError struct{ Err error }
 
+// Error returns the wrapped error's message.
 func (e *PermanentError) Error() string { return e.Err.Error() }
+
+// Unwrap returns the wrapped error.
 func (e *PermanentError) Unwrap() error { return e.Err }
 
 // session is one sandbox: its saved identity and the supervisor goroutine
@@ -68,7 +71,7 @@ type session struct {
 	saved savedSandbox
 	subs  map[chan Progress]struct{}
 
-	kick   chan struct{} // cap 1: the spec changed, re-apply now
+	kick   chan struct{}              // cap 1: the spec changed, re-apply now
 	link   atomic.Pointer[linkHolder] // the live link while ready
 	cancel context.CancelFunc
 	done   chan struct{}
@@ -173,10 +176,24 @@ func (s *session) run(ctx context.Context) {
 		if !connectedAt.IsZero() && cfg.Now().Sub(connectedAt) >= cfg.Backoff.StableAfter {
 			attempt = 0
 		}
-		s.recordError(err)
 		s.log.Warn("session attempt failed", "err", err)
 		var perm *PermanentError
-		if errors.As(err, &perm) {
+		permanent := errors.As(err, &perm)
+		// One update: watchers never see "ready" next to the new error or
+		// count.
+		now := cfg.Now()
+		s.m.store.UpdateSandbox(s.name, func(st *SandboxStatus) {
+			st.LastError, st.LastErrorAt = err.Error(), now
+			st.Phase = PhaseReconnecting
+			if permanent {
+				st.Phase = PhaseFailed
+			} else {
+				st.Reconnects++
+			}
+			st.ReadySince = time.Time{}
+			st.Sessions, st.Streams, st.RTT = 0, 0, 0
+		})
+		if permanent {
 			s.setPhase(PhaseFailed, err.Error())
 			select {
 			case <-ctx.Done():
@@ -188,7 +205,6 @@ func (s *session) run(ctx context.Context) {
 		}
 		delay := cfg.Backoff.Delay(attempt)
 		attempt++
-		s.m.store.UpdateSandbox(s.name, func(st *SandboxStatus) { st.Reconnects++ })
 		s.emit(Progress{Phase: PhaseReconnecting, Error: err.Error()})
 		s.setPhase(PhaseReconnecting, fmt.Sprintf("retrying in %s", delay.Round(time.Millisecond)))
 		t := time.NewTimer(delay)
@@ -275,12 +291,14 @@ func (s *session) connectOnce(ctx context.Context) (time.Time, error) {
 	}()
 	connectedAt := cfg.Now()
 	s.refresh(lk, connectedAt)
-	s.setPhase(PhaseReady, fmt.Sprintf("sandbox %s is ready", t.Sandbox))
-	s.m.store.UpdateSandbox(s.name, func(st *SandboxStatus) { st.ReadySince = connectedAt })
-	s.refresh(lk, connectedAt)
+	s.m.store.UpdateSandbox(s.name, func(st *SandboxStatus) { st.Phase, st.ReadySince = PhaseReady, connectedAt })
+	s.log.Info("session phase", "phase", PhaseReady, "routingKey", t.RoutingKey)
 	st, _ := s.m.store.Sandbox(s.name)
 	s.emit(Progress{Phase: PhaseReady, Done: true, Sandbox: &st})
 	if err := cl.RenewLease(ctx, t); err != nil {
+		if errors.Is(err, ErrSandboxGone) {
+			return connectedAt, fmt.Errorf("renew lease of sandbox %s: %w; re-applying", t.Sandbox, err)
+		}
 		s.log.Warn("lease renewal failed", "err", err)
 	}
 
@@ -300,6 +318,9 @@ func (s *session) connectOnce(ctx context.Context) (time.Time, error) {
 			s.refresh(lk, connectedAt)
 		case <-leaseT.C:
 			if err := cl.RenewLease(ctx, t); err != nil && ctx.Err() == nil {
+				if errors.Is(err, ErrSandboxGone) {
+					return connectedAt, fmt.Errorf("renew lease of sandbox %s: %w; re-applying", t.Sandbox, err)
+				}
 				s.log.Warn("lease renewal failed", "err", err)
 				s.recordError(fmt.Errorf("renew lease of sandbox %s: %w (gc may remove it if this persists)", t.Sandbox, err))
 			}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"os"
 	"strings"
 	"sync"
@@ -156,33 +157,58 @@ func TestBackoffDelays(t *testing.T) {
 }
 
 func TestStableConnectionResetsBackoff(t *testing.T) {
-	// A clock the test moves: the connection "stays up" for two minutes.
-	var clock = &testClock{t: time.Unix(1_000_000, 0)}
+	// A clock the test moves, and jitter pinned to the low end, so each
+	// retry's delay is exactly Min/2 * 2^attempt and shows in the log.
+	clock := &testClock{t: time.Unix(1_000_000, 0)}
+	logger, logs := capturingLogger(t)
 	fc := &fakeCluster{}
 	fl := &fakeLinker{}
-	td := startDaemon(t, Options{Clusters: fc.provider(), link: fl.link, Now: clock.Now,
-		Backoff: Backoff{Min: 5 * time.Millisecond, Max: time.Hour, StableAfter: time.Minute}})
+	td := startDaemon(t, Options{Clusters: fc.provider(), link: fl.link, Now: clock.Now, Logger: logger,
+		Backoff: Backoff{Min: 4 * time.Millisecond, Max: time.Hour, StableAfter: time.Minute, Rand: func() float64 { return 0 }}})
 	_, err := td.client.Connect(context.Background(), ConnectRequest{Spec: testSpec("alice", "localhost:1"), Wait: true}, nil)
 	require.NoError(t, err)
-	// Quick failures grow the delay...
-	fl.mu.Lock()
-	fl.err = errors.New("handshake refused")
-	fl.mu.Unlock()
+	lastDelay := func() string {
+		l := logs.String()
+		i := strings.LastIndex(l, `msg="retrying in `)
+		if i < 0 {
+			return ""
+		}
+		rest := l[i+len(`msg="retrying in `):]
+		return rest[:strings.IndexByte(rest, '"')]
+	}
+	fail := func(on bool) {
+		fl.mu.Lock()
+		defer fl.mu.Unlock()
+		fl.err = nil
+		if on {
+			fl.err = errors.New("handshake refused")
+		}
+	}
+	// reconnects counts the retries the log announced (the log line comes
+	// right after the status update, so count what the test reads).
+	reconnects := func() int { return strings.Count(logs.String(), `msg="retrying in `) }
+	// Failures in a row double the delay: 2, 4, 8, 16, 32 ms.
+	fail(true)
 	fl.last().kill(errors.New("gone"))
-	require.Eventually(t, func() bool {
-		s, _ := td.client.Sandbox(context.Background(), "alice")
-		return s.Reconnects >= 4
-	}, 10*time.Second, 2*time.Millisecond)
-	fl.mu.Lock()
-	fl.err = nil
-	fl.mu.Unlock()
+	require.Eventually(t, func() bool { return reconnects() >= 5 }, 10*time.Second, 2*time.Millisecond)
+	fail(false)
 	waitPhase(t, td.client, "alice", PhaseReady)
-	// ...and a connection up for longer than StableAfter resets it: the
-	// next retry uses the minimum delay again, so it is back quickly.
+	n := reconnects()
+
+	// A connection that drops at once keeps growing the delay...
+	fl.last().kill(errors.New("dropped at once"))
+	require.Eventually(t, func() bool { return reconnects() > n }, 10*time.Second, 2*time.Millisecond)
+	grown, err := time.ParseDuration(lastDelay())
+	require.NoError(t, err)
+	require.GreaterOrEqual(t, grown, 64*time.Millisecond, "attempt %d keeps the exponential delay", n)
+	waitPhase(t, td.client, "alice", PhaseReady)
+
+	// ...one that stayed up longer than StableAfter starts over at Min/2.
 	clock.Advance(2 * time.Minute)
-	before := fl.count()
-	fl.last().kill(errors.New("gone again"))
-	require.Eventually(t, func() bool { return fl.count() > before }, 10*time.Second, 2*time.Millisecond)
+	n = reconnects()
+	fl.last().kill(errors.New("dropped after a stable while"))
+	require.Eventually(t, func() bool { return reconnects() > n }, 10*time.Second, 2*time.Millisecond)
+	require.Equal(t, "2ms", lastDelay())
 	waitPhase(t, td.client, "alice", PhaseReady)
 }
 
@@ -248,15 +274,28 @@ func TestDisconnectAllAndDeleteFailure(t *testing.T) {
 	fc.deleteErr = errors.New("forbidden")
 	fc.mu.Unlock()
 	_, err := td.client.Disconnect(ctx, "alice")
-	require.Error(t, err)
+	var ae *APIError
+	require.ErrorAs(t, err, &ae)
+	require.Equal(t, 502, ae.StatusCode, "cluster trouble, not a daemon bug")
 	require.Contains(t, err.Error(), "retry `sbx disconnect alice`")
+	require.Contains(t, err.Error(), "--forget")
 	st := waitPhase(t, td.client, "alice", PhaseFailed)
 	require.Contains(t, st.LastError, "forbidden")
+
+	// --forget drops it here without touching the cluster.
+	res, err := td.client.Forget(ctx, "alice")
+	require.NoError(t, err)
+	require.Equal(t, []string{"alice"}, res.Disconnected)
+	_, err = td.client.Sandbox(ctx, "alice")
+	require.True(t, IsNotFound(err))
+	require.Empty(t, fc.deletes)
+	_, err = td.client.Connect(ctx, ConnectRequest{Spec: testSpec("alice", "localhost:1"), Wait: true}, nil)
+	require.NoError(t, err)
 
 	fc.mu.Lock()
 	fc.deleteErr = nil
 	fc.mu.Unlock()
-	res, err := td.client.DisconnectAll(ctx)
+	res, err = td.client.DisconnectAll(ctx)
 	require.NoError(t, err)
 	require.ElementsMatch(t, []string{"alice", "bob"}, res.Disconnected)
 	full, err := td.client.Status(ctx)
@@ -290,9 +329,15 @@ func TestListMarksOrphansAndGC(t *testing.T) {
 	require.NoError(t, err)
 	require.Len(t, res.Sandboxes, 1)
 
+	fc.mu.Lock()
+	renews := fc.renews
+	fc.mu.Unlock()
 	gc, err := td.client.GC(ctx, ClusterRequest{Namespace: "hotrod"})
 	require.NoError(t, err)
 	require.Equal(t, []string{"old"}, gc.Deleted)
+	fc.mu.Lock()
+	require.Greater(t, fc.renews, renews, "gc renews this daemon's own sandboxes first")
+	fc.mu.Unlock()
 }
 
 func TestRoutingKeyShape(t *testing.T) {
@@ -321,4 +366,54 @@ func (c *testClock) Advance(d time.Duration) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.t = c.t.Add(d)
+}
+
+func TestGoneSandboxIsReapplied(t *testing.T) {
+	fc := &fakeCluster{}
+	fl := &fakeLinker{}
+	td := startDaemon(t, Options{Clusters: fc.provider(), link: fl.link, LeaseInterval: 10 * time.Millisecond})
+	st, err := td.client.Connect(context.Background(), ConnectRequest{Spec: testSpec("alice", "localhost:1"), Wait: true}, nil)
+	require.NoError(t, err)
+	fc.mu.Lock()
+	fc.renewErr = fmt.Errorf("%w: lease hotrod/sbx-alice not found", ErrSandboxGone)
+	fc.mu.Unlock()
+	require.Eventually(t, func() bool { return len(fc.appliedKeys()) >= 2 }, 10*time.Second, 5*time.Millisecond)
+	fc.mu.Lock()
+	fc.renewErr = nil
+	fc.mu.Unlock()
+	sb := waitPhase(t, td.client, "alice", PhaseReady)
+	require.Equal(t, st.RoutingKey, sb.RoutingKey)
+	require.Contains(t, sb.LastError, "re-applying")
+}
+
+func TestFailedSandboxMayMoveCluster(t *testing.T) {
+	fc := &fakeCluster{}
+	var mu sync.Mutex
+	var opened []string
+	provider := func(ctx context.Context, kubeconfig, kctx string) (Cluster, error) {
+		mu.Lock()
+		defer mu.Unlock()
+		opened = append(opened, kctx)
+		if kctx == "typo" {
+			return nil, &PermanentError{errors.New(`context "typo" not found in kubeconfig`)}
+		}
+		return fc, nil
+	}
+	td := startDaemon(t, Options{Clusters: provider, link: (&fakeLinker{}).link})
+	ctx := context.Background()
+	_, err := td.client.Connect(ctx, ConnectRequest{Spec: testSpec("alice", "localhost:1"), Context: "typo", Wait: true}, nil)
+	var ce *ConnectError
+	require.ErrorAs(t, err, &ce)
+	require.Equal(t, PhaseFailed, ce.Phase)
+
+	st, err := td.client.Connect(ctx, ConnectRequest{Spec: testSpec("alice", "localhost:1"), Context: "staging", Wait: true}, nil)
+	require.NoError(t, err)
+	require.Equal(t, "staging", st.Context)
+
+	// A working sandbox cannot silently move: its objects would stay behind.
+	_, err = td.client.Connect(ctx, ConnectRequest{Spec: testSpec("alice", "localhost:1"), Context: "prod", Wait: true}, nil)
+	var ae *APIError
+	require.ErrorAs(t, err, &ae)
+	require.Equal(t, 409, ae.StatusCode)
+	require.Contains(t, err.Error(), "disconnect it first")
 }

@@ -10,6 +10,9 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/sbx-dev/sbx/cluster"
 	"github.com/sbx-dev/sbx/cluster/kube"
 	"github.com/sbx-dev/sbx/cluster/sim"
 )
@@ -36,8 +39,9 @@ func TestSimulatedCluster(t *testing.T) {
 	svc := localService(t)
 	cfg := shortTunnelConfig()
 	td := startDaemon(t, Options{
-		Clusters: func(context.Context, string, string) (Cluster, error) { return kc, nil },
-		Tunnel:   &cfg,
+		Clusters:      func(context.Context, string, string) (Cluster, error) { return kc, nil },
+		Tunnel:        &cfg,
+		LeaseInterval: 50 * time.Millisecond,
 	})
 	var progress []string
 	st, err := td.client.Connect(ctx, ConnectRequest{Spec: testSpec("alice", svc.Addr().String()), Wait: true, Timeout: time.Minute},
@@ -85,6 +89,25 @@ func TestSimulatedCluster(t *testing.T) {
 	sb, err := td.client.Sandbox(ctx, "alice")
 	require.NoError(t, err)
 	require.Equal(t, st.RoutingKey, sb.RoutingKey)
+
+	// Someone deletes the sandbox's Lease (gc from another laptop after a
+	// long sleep, kubectl delete): the daemon notices and re-applies with
+	// the same key.
+	applied := func() int {
+		sb, _ := td.client.Sandbox(ctx, "alice")
+		return sb.Reconnects
+	}
+	before := applied()
+	require.NoError(t, c.Clients.Kube.CoordinationV1().Leases(sim.AppNamespace).Delete(ctx, cluster.LeaseName("alice"), metav1.DeleteOptions{}))
+	require.Eventually(t, func() bool { return applied() > before }, time.Minute, 20*time.Millisecond)
+	require.Eventually(t, func() bool {
+		_, err := c.Clients.Kube.CoordinationV1().Leases(sim.AppNamespace).Get(ctx, cluster.LeaseName("alice"), metav1.GetOptions{})
+		return err == nil
+	}, time.Minute, 20*time.Millisecond)
+	require.Eventually(t, func() bool {
+		code, body := call(keyed)
+		return code == http.StatusOK && strings.Contains(body, "from the laptop")
+	}, time.Minute, 50*time.Millisecond)
 
 	// list sees it in the cluster and the daemon; disconnect removes it.
 	res, err := td.client.List(ctx, ClusterRequest{}, true)

@@ -36,7 +36,7 @@ var podIP = netip.MustParseAddr("10.1.2.3")
 
 // testLogger logs into buf at debug level (and to stderr with -v), so tests
 // can check that the token never appears in any log line.
-func testLogger(t *testing.T, buf *syncBuffer) *slog.Logger {
+func testLogger(t testing.TB, buf *syncBuffer) *slog.Logger {
 	var w io.Writer = buf
 	if testing.Verbose() {
 		w = io.MultiWriter(buf, os.Stderr)
@@ -102,7 +102,7 @@ func (c *fakeCluster) add(name, ip string, port int, to string) {
 
 // harness is one relay under test.
 type harness struct {
-	t       *testing.T
+	t       testing.TB
 	relay   *Relay
 	addrs   Addrs
 	cluster *fakeCluster
@@ -119,7 +119,7 @@ func loopbackListen(network, addr string) (net.Listener, error) {
 }
 
 // startRelay starts a relay for sandbox "alice" with the given extra flags.
-func startRelay(t *testing.T, args ...string) *harness {
+func startRelay(t testing.TB, args ...string) *harness {
 	t.Helper()
 	base := []string{"--sandbox", "alice", "--listen", "127.0.0.1:0", "--health-listen", "127.0.0.1:0", "--drain-timeout", "5s"}
 	opts, err := ParseArgs(append(base, args...), env(TokenEnv, testToken))
@@ -226,7 +226,7 @@ next:
 // laptop is a stand-in for the daemon: it holds tunnel sessions to the
 // relay and serves inbound streams from a table of local addresses.
 type laptop struct {
-	t        *testing.T
+	t        testing.TB
 	clientID string
 	mu       sync.Mutex
 	local    map[string]string // "workload/port" -> local address; missing = refused
@@ -234,7 +234,7 @@ type laptop struct {
 	wg       sync.WaitGroup
 }
 
-func newLaptop(t *testing.T, clientID string) *laptop {
+func newLaptop(t testing.TB, clientID string) *laptop {
 	l := &laptop{t: t, clientID: clientID, local: map[string]string{}}
 	t.Cleanup(l.close)
 	return l
@@ -329,7 +329,7 @@ func (l *laptop) close() {
 }
 
 // echoServer echoes each connection until EOF, then half-closes.
-func echoServer(t *testing.T) string {
+func echoServer(t testing.TB) string {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	require.NoError(t, err)
@@ -356,7 +356,7 @@ func echoServer(t *testing.T) string {
 }
 
 // httpServer answers every request with "hello from <name> <path>".
-func httpServer(t *testing.T, name string) string {
+func httpServer(t testing.TB, name string) string {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	require.NoError(t, err)
@@ -371,7 +371,7 @@ func httpServer(t *testing.T, name string) string {
 
 // echoRoundTrip writes msg on a new connection to addr, half-closes and
 // returns everything read back.
-func echoRoundTrip(t *testing.T, addr, msg string) string {
+func echoRoundTrip(t testing.TB, addr, msg string) string {
 	t.Helper()
 	c, err := net.Dial("tcp", addr)
 	require.NoError(t, err)
@@ -386,7 +386,7 @@ func echoRoundTrip(t *testing.T, addr, msg string) string {
 }
 
 // get fetches url with a fresh connection and returns status and body.
-func get(t *testing.T, url string) (int, string) {
+func get(t testing.TB, url string) (int, string) {
 	t.Helper()
 	tr := &http.Transport{DisableKeepAlives: true}
 	defer tr.CloseIdleConnections()

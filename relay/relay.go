@@ -223,11 +223,11 @@ func (r *Relay) Addrs() Addrs {
 // Run serves until ctx ends, then shuts down gracefully: it stops accepting
 // connections and sessions, answers held connections, lets open streams
 // finish for up to Options.DrainTimeout, closes the sessions telling the
-// daemon why, and returns nil. It returns an error only if serving could not
-// start. Run may be called once.
+// daemon why, and returns nil once every goroutine has ended. Run may be
+// called once; a second call returns an error.
 func (r *Relay) Run(ctx context.Context) error {
 	if !r.ran.CompareAndSwap(false, true) {
-		return errors.New("relay: Run called twice")
+		return errors.New("relay: Run called twice or after Close (create a new relay with New)")
 	}
 	health := &http.Server{
 		Handler:           r.healthHandler(),
@@ -256,8 +256,12 @@ func (r *Relay) Run(ctx context.Context) error {
 	r.ready.Store(true)
 	r.m.ready.Set(1)
 	addrs := r.Addrs()
-	r.log.Info("relay serving", "tunnel", addrs.Tunnel, "health", addrs.Health, "inbound", len(r.inbound),
-		"grace", r.opts.Grace, "token", r.opts.TokenSource)
+	inbound := make([]string, len(r.inbound))
+	for i, in := range r.inbound {
+		inbound[i] = in.spec.String() + "@" + in.l.Addr().String()
+	}
+	r.log.Info("relay serving", "version", r.ver, "tunnel", addrs.Tunnel, "health", addrs.Health, "inbound", inbound,
+		"grace", r.opts.Grace, "drainTimeout", r.opts.DrainTimeout, "token", r.opts.TokenSource)
 
 	<-ctx.Done()
 	r.shutdown()
@@ -292,9 +296,11 @@ func (r *Relay) shutdown() {
 // Close releases the listeners of a relay that was never Run. After Run it
 // is a no-op.
 func (r *Relay) Close() error {
-	if r.ran.Load() {
+	if !r.ran.CompareAndSwap(false, true) {
 		return nil
 	}
+	r.stopServe()
+	r.stopPipes()
 	r.closeListeners()
 	return r.closeErr
 }

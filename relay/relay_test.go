@@ -116,6 +116,15 @@ func TestOutboundRefused(t *testing.T) {
 			require.Contains(t, de.Message, tt.msg)
 		})
 	}
+	// The laptop may not open inbound streams towards the relay.
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	_, err = s.Open(ctx, tunnel.Header{Kind: tunnel.KindInbound, Workload: "route", Port: 8083})
+	var de *tunnel.DialError
+	require.ErrorAs(t, err, &de)
+	require.Equal(t, tunnel.ReasonProtocol, de.Reason)
+	require.Contains(t, de.Message, "only accepts outbound streams")
+
 	fams := h.metrics()
 	require.Equal(t, 7.0, metricValue(fams, "sbx_relay_dial_errors_total", "reason", "denied"))
 	require.Equal(t, 1.0, metricValue(fams, "sbx_relay_dial_errors_total", "reason", "dns"))
@@ -284,6 +293,7 @@ func TestClientReplacement(t *testing.T) {
 		var pc *tunnel.PeerClosedError
 		require.ErrorAs(t, s.Err(), &pc)
 		require.Contains(t, pc.Reason, "replaced by a newer sbx daemon")
+		require.ErrorIs(t, s.Err(), tunnel.ErrReplaced, "a replaced daemon must be able to tell it should stop reconnecting")
 	}
 	code, body = get(t, "http://"+h.inbound(20001)+"/")
 	require.Equal(t, http.StatusOK, code)
@@ -400,4 +410,37 @@ func TestNewFailsOnBusyPort(t *testing.T) {
 	_, err = New(opts, Deps{})
 	require.Error(t, err)
 	require.Contains(t, err.Error(), "binding the tunnel listener on "+busy.Addr().String())
+}
+
+func TestHealthEndpoints(t *testing.T) {
+	h := startRelay(t)
+	code, body := get(t, "http://"+h.addrs.Health.String()+"/healthz")
+	require.Equal(t, http.StatusOK, code)
+	require.Equal(t, "ok\n", body)
+	code, body = get(t, "http://"+h.addrs.Health.String()+"/readyz")
+	require.Equal(t, http.StatusOK, code, "an offline laptop does not make the relay unready")
+	require.Contains(t, body, "ready; laptop offline since ")
+
+	lap := newLaptop(t, "laptop-1")
+	lap.connect(h, 1)
+	_, body = get(t, "http://"+h.addrs.Health.String()+"/readyz")
+	require.Equal(t, "ready; laptop online: 1 session(s) from client laptop-1\n", body)
+	require.Equal(t, 1.0, h.metric("sbx_relay_ready"))
+
+	code, _ = get(t, "http://"+h.addrs.Health.String()+"/nope")
+	require.Equal(t, http.StatusNotFound, code)
+}
+
+func TestCloseWithoutRun(t *testing.T) {
+	opts, err := ParseArgs([]string{"--sandbox", "alice", "--listen", "127.0.0.1:0", "--health-listen", "127.0.0.1:0", "--inbound", "20001=route/8083"}, env(TokenEnv, testToken))
+	require.NoError(t, err)
+	r, err := New(opts, Deps{Listen: loopbackListen})
+	require.NoError(t, err)
+	addrs := r.Addrs()
+	require.NoError(t, r.Close())
+	for _, a := range []net.Addr{addrs.Tunnel, addrs.Health, addrs.Inbound[20001]} {
+		l, err := net.Listen("tcp", a.String())
+		require.NoError(t, err, "%s is free again after Close", a)
+		require.NoError(t, l.Close())
+	}
 }

@@ -32,6 +32,8 @@ type sessionSet struct {
 	online       chan struct{}
 	offlineSince time.Time
 	everOnline   bool
+
+	bg sync.WaitGroup // replaced pools being closed
 }
 
 func newSessionSet(log *slog.Logger, m *metrics, now func() time.Time) *sessionSet {
@@ -76,17 +78,32 @@ func (ss *sessionSet) add(s *tunnel.Session, hello tunnel.Hello) (func(), error)
 	ss.mu.Unlock()
 
 	if old != nil {
-		closePool(old, replacedReason)
+		// In the background: the new session serves at once while the
+		// old daemon is told why it lost.
+		ss.bg.Add(1)
+		go func() {
+			defer ss.bg.Done()
+			closePool(old, tunnel.CodeReplaced, replacedReason)
+		}()
 	}
 	var once sync.Once
 	return func() { once.Do(func() { ss.done(gen) }) }, nil
 }
 
-// closePool closes every session of p telling the peer why, then the pool.
-func closePool(p *tunnel.Pool, reason string) {
+// closePool closes every session of p telling the peer why (code lets the
+// peer match the reason with errors.Is, e.g. tunnel.ErrReplaced so a
+// replaced daemon stops reconnecting), then the pool. Each close waits (at most a second) for the peer to read the
+// reason, so the sessions are closed in parallel.
+func closePool(p *tunnel.Pool, code tunnel.HandshakeCode, reason string) {
+	var wg sync.WaitGroup
 	for _, s := range p.Sessions() {
-		_ = s.CloseWithReason(reason)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_ = s.CloseWithCode(code, reason)
+		}()
 	}
+	wg.Wait()
 	_ = p.Close()
 }
 
@@ -202,14 +219,16 @@ func (ss *sessionSet) wait(ctx context.Context, deadline time.Time) (*tunnel.Poo
 }
 
 // closeAll closes every session with reason and refuses new ones.
+// It waits for replaced pools still being closed.
 func (ss *sessionSet) closeAll(reason string) {
 	ss.mu.Lock()
 	ss.closed = true
 	p := ss.pool
 	ss.mu.Unlock()
 	if p != nil {
-		closePool(p, reason)
+		closePool(p, 0, reason)
 	}
+	ss.bg.Wait()
 }
 
 // describe is a one-line state summary for logs.

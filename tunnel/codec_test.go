@@ -97,9 +97,10 @@ func TestHandshakeMessagesRoundTrip(t *testing.T) {
 	gotHE, err := decodeRefuse(encodeRefuse(he))
 	require.NoError(t, err)
 	require.Equal(t, he, gotHE)
-	reason, err := decodeGoodbye(encodeGoodbye("replaced by a newer daemon"))
+	g := goodbye{code: CodeReplaced, reason: "replaced by a newer daemon"}
+	got2, err := decodeGoodbye(encodeGoodbye(g))
 	require.NoError(t, err)
-	require.Equal(t, "replaced by a newer daemon", reason)
+	require.Equal(t, g, got2)
 	n, err := decodeNonce(encodeNonce(42))
 	require.NoError(t, err)
 	require.EqualValues(t, 42, n)

@@ -64,10 +64,14 @@ type Config struct {
 	MuxRole MuxRole
 
 	// StreamWindow is the per-stream receive window in bytes (yamux's
-	// MaxStreamWindowSize). It bounds how much unread data a stream may
-	// hold and so how far one stream can run ahead; size it for
-	// bandwidth × delay of the slowest link you care about. At least
-	// 256 KiB (yamux's initial window).
+	// MaxStreamWindowSize), at least 256 KiB (yamux's initial window).
+	// It caps one stream's throughput at StreamWindow / round trip and,
+	// because a session is one FIFO connection, it is also roughly how
+	// many bytes of a bulk stream can sit ahead of another stream's small
+	// request: every extra window byte is tail latency for everyone else
+	// (see PROTOCOL.md, "Tuning"). Raise it for a single bulk stream over
+	// a long-delay link; use a Pool to keep bulk and interactive traffic
+	// from sharing one connection.
 	StreamWindow uint32
 
 	// MaxFrameSize bounds the payload of one yamux data frame: a larger
@@ -119,8 +123,8 @@ type Config struct {
 func DefaultConfig() Config {
 	return Config{
 		MuxRole:            MuxRoleAuto,
-		StreamWindow:       4 << 20,
-		MaxFrameSize:       64 << 10,
+		StreamWindow:       256 << 10,
+		MaxFrameSize:       32 << 10,
 		WriteTimeout:       30 * time.Second,
 		KeepAliveInterval:  5 * time.Second,
 		DeadPeerTimeout:    15 * time.Second,

@@ -258,20 +258,29 @@ func decodeNonce(b []byte) (uint64, error) {
 	return d.u64(), nil
 }
 
-func encodeGoodbye(reason string) []byte {
+func encodeGoodbye(g goodbye) []byte {
 	e := encoder{}
-	e.str(truncateText(reason, maxMessageLen))
+	e.u8(uint8(g.code))
+	e.str(truncateText(g.reason, maxMessageLen))
 	return e.b
 }
 
-func decodeGoodbye(b []byte) (string, error) {
+// goodbye is the payload of a Goodbye frame: an optional code (0 = none)
+// and the reason text.
+type goodbye struct {
+	code   HandshakeCode
+	reason string
+}
+
+func decodeGoodbye(b []byte) (goodbye, error) {
 	d := decoder{b: b}
+	code := HandshakeCode(d.u8())
 	r := d.str("reason", maxMessageLen)
 	if d.err == nil && len(d.b) != 0 {
 		d.err = fmt.Errorf("%d unexpected trailing bytes", len(d.b))
 	}
 	if d.err != nil {
-		return "", fmt.Errorf("%w: goodbye: %v", ErrProtocol, d.err)
+		return goodbye{}, fmt.Errorf("%w: goodbye: %v", ErrProtocol, d.err)
 	}
-	return r, nil
+	return goodbye{code: code, reason: r}, nil
 }

@@ -173,14 +173,26 @@ func ReasonOf(err error) Reason {
 }
 
 // PeerClosedError is a session's end when the peer closed it and said why
-// (Session.CloseWithReason on the other side).
+// (Session.CloseWithReason or CloseWithCode on the other side). With
+// CodeReplaced, errors.Is(err, ErrReplaced) holds, and so on for the other
+// codes; Code is 0 when the peer gave none.
 type PeerClosedError struct {
+	Code   HandshakeCode
 	Reason string
 }
 
 func (e *PeerClosedError) Error() string {
-	if e.Reason == "" {
-		return "tunnel: peer closed the session"
+	msg := "tunnel: peer closed the session"
+	if e.Code != 0 {
+		msg += " (" + e.Code.String() + ")"
 	}
-	return "tunnel: peer closed the session: " + e.Reason
+	if e.Reason != "" {
+		msg += ": " + e.Reason
+	}
+	return msg
+}
+
+// Is matches the sentinel of the peer's code, like HandshakeError.
+func (e *PeerClosedError) Is(target error) bool {
+	return (&HandshakeError{Code: e.Code}).Is(target)
 }

@@ -179,12 +179,14 @@ func TestCloseWithReason(t *testing.T) {
 			_, err := p.client.Accept(context.Background())
 			acceptErr <- err
 		}()
-		require.NoError(t, p.server.CloseWithReason("replaced by a newer daemon"))
+		require.NoError(t, p.server.CloseWithCode(CodeReplaced, "replaced by a newer daemon"))
 		require.ErrorIs(t, p.server.Err(), ErrSessionClosed)
 		<-p.client.Done()
 		var pe *PeerClosedError
 		require.ErrorAs(t, p.client.Err(), &pe)
 		require.Equal(t, "replaced by a newer daemon", pe.Reason)
+		require.ErrorIs(t, p.client.Err(), ErrReplaced)
+		require.Contains(t, p.client.Err().Error(), "replaced")
 		err = <-acceptErr
 		require.ErrorAs(t, err, &pe)
 		require.NoError(t, p.client.Close(), "closing an ended session is fine")
@@ -270,4 +272,6 @@ func TestOpenOnClosedSession(t *testing.T) {
 	<-p.server.Done()
 	var pe *PeerClosedError
 	require.True(t, errors.As(p.server.Err(), &pe), "server sees the goodbye: %v", p.server.Err())
+	require.Zero(t, pe.Code)
+	require.NotErrorIs(t, p.server.Err(), ErrReplaced)
 }

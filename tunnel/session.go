@@ -162,10 +162,18 @@ func (s *Session) Err() error {
 func (s *Session) Close() error { return s.CloseWithReason("") }
 
 // CloseWithReason tells the peer why the session ends (for example
-// "replaced by a newer daemon"; the peer's Err is a *PeerClosedError with
-// it), then closes the session and every stream on it and waits for the
+// "relay shutting down"; the peer's Err is a *PeerClosedError with it),
+// then closes the session and every stream on it and waits for the
 // session's goroutines. It waits at most about a second for the peer.
 func (s *Session) CloseWithReason(reason string) error {
+	return s.CloseWithCode(0, reason)
+}
+
+// CloseWithCode is CloseWithReason with a code the peer can match with
+// errors.Is: CodeReplaced ("replaced by a newer daemon") makes the peer's
+// Err match ErrReplaced, so a reconnecting daemon can tell "stop, another
+// instance took over" from "the relay went away".
+func (s *Session) CloseWithCode(code HandshakeCode, reason string) error {
 	select {
 	case <-s.done:
 		s.wg.Wait()
@@ -174,7 +182,7 @@ func (s *Session) CloseWithReason(reason string) error {
 	}
 	s.setErr(ErrSessionClosed)
 	written := make(chan struct{})
-	msg := controlMsg{frame: appendControl(nil, frameGoodbye, encodeGoodbye(reason)), written: written}
+	msg := controlMsg{frame: appendControl(nil, frameGoodbye, encodeGoodbye(goodbye{code: code, reason: reason})), written: written}
 	timer := time.NewTimer(goodbyeLinger)
 	defer timer.Stop()
 	select {
@@ -337,13 +345,13 @@ func (s *Session) controlLoop() {
 			}
 			s.pingMu.Unlock()
 		case frameGoodbye:
-			reason, err := decodeGoodbye(payload)
+			g, err := decodeGoodbye(payload)
 			if err != nil {
 				s.shutdown(err)
 				return
 			}
-			s.log.Info("tunnel peer closed the session", "reason", reason)
-			s.shutdown(&PeerClosedError{Reason: reason})
+			s.log.Info("tunnel peer closed the session", "code", g.code.String(), "reason", g.reason)
+			s.shutdown(&PeerClosedError{Code: g.code, Reason: g.reason})
 			return
 		default:
 			// Unknown control frames are skipped so a peer of the same

@@ -85,8 +85,10 @@ type Dialer struct {
 	log *slog.Logger
 
 	upgradeSem chan struct{} // one port-forward upgrade at a time
+	spdyOnly   atomic.Bool   // an automatic upgrade fell back to SPDY once
 	closing    chan struct{}
-	wg         sync.WaitGroup // monitors and abandoned stream creations
+	wg         sync.WaitGroup // connection monitors
+	creating   creators       // stream creations in flight
 
 	mu       sync.Mutex
 	closed   bool
@@ -169,10 +171,14 @@ func (d *Dialer) DialPort(ctx context.Context, port uint16) (*Conn, error) {
 		if errors.As(err, &ferr) {
 			return nil, ferr
 		}
-		if ctx.Err() != nil || attempt > 0 || !pc.dead() {
+		if ctx.Err() != nil || attempt > 0 {
 			return nil, fmt.Errorf("port-forward to pod %s/%s port %d: %w", pc.namespace, pc.pod, port, err)
 		}
-		d.log.Debug("port-forward connection died before use; redialling", "pod", pc.pod, "err", err)
+		// The connection failed to create streams: it died (perhaps before
+		// its monitor noticed) or is broken. Drop it and try a fresh one.
+		pc.markDead()
+		_ = pc.conn.Close()
+		d.log.Debug("port-forward connection failed; redialling", "pod", pc.pod, "err", err)
 	}
 }
 
@@ -207,7 +213,56 @@ func (d *Dialer) Close() error {
 		_ = pc.conn.Close()
 	}
 	d.wg.Wait()
+	// A stream creation that raced a connection's death is stuck in
+	// client-go until its 30s reply timeout, and nothing can cut that
+	// short; it touches only the closed connection. Wait a little, not 30s.
+	d.creating.wait(creatorsCloseWait)
 	return nil
+}
+
+// creatorsCloseWait bounds how long Close waits for stream creations.
+const creatorsCloseWait = 2 * time.Second
+
+// creators counts goroutines creating streams and lets Close wait for them
+// with a bound.
+type creators struct {
+	mu   sync.Mutex
+	n    int
+	idle chan struct{} // closed while n == 0; nil means "idle"
+}
+
+func (c *creators) add() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.n == 0 {
+		c.idle = make(chan struct{})
+	}
+	c.n++
+}
+
+func (c *creators) done() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.n--
+	if c.n == 0 {
+		close(c.idle)
+	}
+}
+
+func (c *creators) wait(bound time.Duration) {
+	c.mu.Lock()
+	idle := c.idle
+	busy := c.n > 0
+	c.mu.Unlock()
+	if !busy {
+		return
+	}
+	t := time.NewTimer(bound)
+	defer t.Stop()
+	select {
+	case <-idle:
+	case <-t.C:
+	}
 }
 
 // connFor returns a live port-forward connection to pod with a stream slot
@@ -233,9 +288,22 @@ func (d *Dialer) connFor(ctx context.Context, pod *corev1.Pod) (*pfConn, error) 
 		return nil, err
 	}
 	start := time.Now()
-	conn, transport, err := upgrade(ctx, d.cfg.REST, u, d.cfg.Transport)
+	want := d.cfg.Transport
+	if want == TransportAuto && d.spdyOnly.Load() {
+		want = TransportSPDY // this API server cannot do WebSockets; don't ask again
+	}
+	conn, transport, err := upgrade(ctx, d.cfg.REST, u, want)
 	if err != nil {
-		return nil, fmt.Errorf("port-forward to pod %s/%s: %w", pod.Namespace, pod.Name, err)
+		hint := ""
+		if strings.Contains(strings.ToLower(err.Error()), "forbidden") {
+			// WebSocket upgrades are authorized as "get", SPDY ones (and
+			// WebSockets on 1.35+) as "create".
+			hint = fmt.Sprintf(" (your Role in namespace %s needs verbs get and create on pods/portforward)", pod.Namespace)
+		}
+		return nil, fmt.Errorf("port-forward to pod %s/%s: %w%s", pod.Namespace, pod.Name, err, hint)
+	}
+	if d.cfg.Transport == TransportAuto && transport == TransportSPDY {
+		d.spdyOnly.Store(true)
 	}
 	pc := &pfConn{
 		conn:      conn,
@@ -264,6 +332,12 @@ func (d *Dialer) connFor(ctx context.Context, pod *corev1.Pod) (*pfConn, error) 
 // pick reserves a slot on an existing connection to pod when the spreading
 // rule allows it, and closes idle connections to pods that are not current.
 func (d *Dialer) pick(pod *corev1.Pod) (*pfConn, bool, error) {
+	var stale []*pfConn
+	defer func() {
+		for _, pc := range stale {
+			_ = pc.conn.Close() // outside the lock: Close writes to the network
+		}
+	}()
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if d.closed {
@@ -278,7 +352,7 @@ func (d *Dialer) pick(pod *corev1.Pod) (*pfConn, bool, error) {
 		}
 		if pc.uid != pod.UID || pc.pod != pod.Name {
 			if pc.active.Load() == 0 {
-				_ = pc.conn.Close() // the pod moved; nobody uses this one
+				stale = append(stale, pc) // the pod moved; nobody uses this one
 				continue
 			}
 			kept = append(kept, pc)
@@ -308,6 +382,7 @@ func (d *Dialer) monitor(pc *pfConn) {
 		<-pc.conn.CloseChan()
 	}
 	pc.markDead()
+	_ = pc.conn.Close() // releases the underlying connection if the peer ended it
 	d.log.Debug("port-forward connection closed", "pod", pc.namespace+"/"+pc.pod)
 }
 
@@ -330,6 +405,8 @@ func (pc *pfConn) dead() bool {
 	select {
 	case <-pc.gone:
 		return true
+	case <-pc.conn.CloseChan(): // before the monitor has caught up
+		return true
 	default:
 		return false
 	}
@@ -340,8 +417,9 @@ func (pc *pfConn) release() { pc.active.Add(-1) }
 // open creates the error and data streams of one forwarded connection, as
 // kubectl does per accepted local connection. client-go's CreateStream
 // waits for the server's reply without a context, so it runs in a
-// goroutine the Dialer owns; if ctx ends first the streams are reset once
-// created.
+// goroutine the Dialer owns; if ctx ends or the connection dies first the
+// streams are reset once created (a creation that raced the connection's
+// death ends after client-go's 30s reply timeout; Close waits for it).
 func (pc *pfConn) open(ctx context.Context, d *Dialer, port uint16) (*Conn, error) {
 	requestID := strconv.FormatInt(pc.requestID.Add(1)-1, 10)
 	type created struct {
@@ -350,9 +428,9 @@ func (pc *pfConn) open(ctx context.Context, d *Dialer, port uint16) (*Conn, erro
 	}
 	result := make(chan created)
 	abandon := make(chan struct{})
-	d.wg.Add(1)
+	d.creating.add()
 	go func() {
-		defer d.wg.Done()
+		defer d.creating.done()
 		var r created
 		h := http.Header{}
 		h.Set(corev1.StreamType, corev1.StreamTypeError)
@@ -396,6 +474,11 @@ func (pc *pfConn) open(ctx context.Context, d *Dialer, port uint16) (*Conn, erro
 	case <-ctx.Done():
 		close(abandon)
 		return nil, ctx.Err()
+	case <-pc.conn.CloseChan():
+		// client-go waits up to 30s for the reply to a stream created just
+		// as the connection died; don't make the caller wait with it.
+		close(abandon)
+		return nil, fmt.Errorf("%w %s/%s (port %d): the connection to the API server closed", ErrConnectionLost, pc.namespace, pc.pod, port)
 	}
 }
 

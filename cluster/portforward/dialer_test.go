@@ -33,6 +33,13 @@ func TestMain(m *testing.M) {
 		// spdystream hands a close error to a possible CloseWait caller for
 		// up to 1s after closing an already broken connection.
 		goleak.IgnoreTopFunction("github.com/moby/spdystream.(*Connection).shutdown"),
+		// The kubelet handler (cri-streaming) blocks forever closing a stream
+		// whose reply could not be sent because the connection died during
+		// setup: a known leak of the real kubelet code, not of sbx.
+		goleak.IgnoreAnyFunction("github.com/moby/spdystream.(*Stream).waitWriteReply"),
+		// A stream creation racing a connection's death waits out
+		// client-go's 30s reply timeout; Dialer.Close waits only 2s for it.
+		goleak.IgnoreTopFunction("github.com/moby/spdystream.(*Stream).WaitTimeout"),
 	)
 }
 
@@ -384,63 +391,6 @@ func dialAndRead(t *testing.T, d *portforward.Dialer) error {
 	return err
 }
 
-func TestPodSelection(t *testing.T) {
-	notReady := func(p *corev1.Pod) {
-		p.Status.Conditions[0].Status = corev1.ConditionFalse
-		p.Status.ContainerStatuses = []corev1.ContainerStatus{{
-			Name:  "relay",
-			State: corev1.ContainerState{Waiting: &corev1.ContainerStateWaiting{Reason: "ImagePullBackOff", Message: "pull access denied"}},
-		}}
-	}
-	pending := func(p *corev1.Pod) { p.Status.Phase = corev1.PodPending; p.Status.Conditions = nil }
-	terminating := func(p *corev1.Pod) { now := metav1.Now(); p.DeletionTimestamp = &now }
-	otherSandbox := func(p *corev1.Pod) { p.Labels["sbx.dev/sandbox"] = "bob" }
-	type pod struct {
-		name   string
-		age    time.Duration
-		mutate []func(*corev1.Pod)
-	}
-	tests := []struct {
-		name    string
-		pods    []pod
-		want    string // chosen pod
-		wantErr error
-		errText []string
-	}{
-		{name: "none", wantErr: portforward.ErrNoPod, errText: []string{`"sbx.dev/sandbox=alice"`, "namespace hotrod", "kubectl get pods"}},
-		{name: "other sandbox only", pods: []pod{{"relay-bob", 0, []func(*corev1.Pod){otherSandbox}}}, wantErr: portforward.ErrNoPod},
-		{name: "image pull", pods: []pod{{"relay-1", 0, []func(*corev1.Pod){notReady}}}, wantErr: portforward.ErrPodNotReady,
-			errText: []string{"hotrod/relay-1 not ready", "ImagePullBackOff", "pull access denied"}},
-		{name: "pending", pods: []pod{{"relay-1", 0, []func(*corev1.Pod){pending}}}, wantErr: portforward.ErrPodNotReady, errText: []string{"phase Pending"}},
-		{name: "only terminating", pods: []pod{{"relay-1", 0, []func(*corev1.Pod){terminating}}}, wantErr: portforward.ErrPodNotReady, errText: []string{"terminating"}},
-		{name: "single", pods: []pod{{"relay-1", 0, nil}}, want: "relay-1"},
-		{name: "newest ready wins", pods: []pod{{"relay-old", time.Hour, nil}, {"relay-new", time.Minute, nil}}, want: "relay-new"},
-		{name: "newest not ready is skipped", pods: []pod{{"relay-old", time.Hour, nil}, {"relay-new", 0, []func(*corev1.Pod){notReady}}}, want: "relay-old"},
-		{name: "terminating skipped", pods: []pod{{"relay-old", time.Hour, nil}, {"relay-new", 0, []func(*corev1.Pod){terminating}}}, want: "relay-old"},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			e := newEnv(t, pftest.Options{})
-			for _, p := range tt.pods {
-				e.addPod(p.name, p.age, p.mutate...)
-			}
-			d := e.dialer(portforward.Config{})
-			p, err := d.ReadyPod(ctx(t))
-			if tt.wantErr != nil {
-				require.ErrorIs(t, err, tt.wantErr)
-				for _, s := range tt.errText {
-					require.Contains(t, err.Error(), s)
-				}
-				_, err = d.Dial(ctx(t))
-				require.ErrorIs(t, err, tt.wantErr)
-				return
-			}
-			require.NoError(t, err)
-			require.Equal(t, tt.want, p.Name)
-		})
-	}
-}
-
 func TestPodMovedRedialsNewPod(t *testing.T) {
 	e := newEnv(t, pftest.Options{})
 	e.addPod("relay-1", time.Hour)
@@ -478,14 +428,15 @@ func TestCutAllRedials(t *testing.T) {
 	roundTrip(t, c, []byte("before"))
 
 	require.Equal(t, 1, e.srv.CutAll())
-	_, err = c.Read(make([]byte, 1))
-	require.ErrorIs(t, err, portforward.ErrConnectionLost)
-	require.Contains(t, err.Error(), "hotrod/relay-1")
-
+	// A dial right after the cut, before anything noticed it, redials.
 	c2, err := d.Dial(ctx(t))
 	require.NoError(t, err)
 	defer c2.Close()
 	roundTrip(t, c2, []byte("after"))
+
+	_, err = c.Read(make([]byte, 1))
+	require.ErrorIs(t, err, portforward.ErrConnectionLost)
+	require.Contains(t, err.Error(), "hotrod/relay-1")
 	require.EqualValues(t, 2, e.srv.Stats().Connections)
 	require.EqualValues(t, 1, e.srv.Stats().Cuts)
 	require.Equal(t, 2, d.Stats().Upgrades)
@@ -499,6 +450,9 @@ func TestRefuseFor(t *testing.T) {
 	c, err := d.Dial(ctx(t))
 	require.NoError(t, err)
 	defer c.Close()
+	// Dials are lazy: the kubelet connects the stream asynchronously, so
+	// use it once before the refusal starts.
+	roundTrip(t, c, []byte("established"))
 
 	e.srv.RefuseFor(time.Hour)
 	// The open connection is unaffected.
@@ -534,11 +488,35 @@ func TestFallbackToSPDY(t *testing.T) {
 	_, err := e.dialer(portforward.Config{Transport: portforward.TransportWebSocket}).Dial(ctx(t))
 	require.Error(t, err, "a WebSocket-only dial fails against an old API server")
 
-	c, err := e.dialer(portforward.Config{}).Dial(ctx(t))
+	d := e.dialer(portforward.Config{})
+	c, err := d.Dial(ctx(t))
 	require.NoError(t, err)
 	defer c.Close()
 	roundTrip(t, c, []byte("spdy"))
 	require.EqualValues(t, 1, e.srv.Stats().SPDY)
+
+	// After one fallback the Dialer goes straight to SPDY: the server sees
+	// no further WebSocket attempts.
+	before := e.srv.Stats().WebSocketV4
+	require.Equal(t, 1, e.srv.CutAll())
+	c2, err := d.Dial(ctx(t))
+	require.NoError(t, err)
+	defer c2.Close()
+	roundTrip(t, c2, []byte("spdy again"))
+	require.EqualValues(t, 2, e.srv.Stats().SPDY)
+	require.Equal(t, before, e.srv.Stats().WebSocketV4)
+}
+
+func TestForbidden(t *testing.T) {
+	e := newEnv(t, pftest.Options{CheckPod: func(ns, pod string) error {
+		return fmt.Errorf("User \"alice\" cannot create resource \"pods/portforward\": %w", pftest.ErrForbidden)
+	}})
+	e.addPod("relay-1", 0)
+	_, err := e.dialer(portforward.Config{}).Dial(ctx(t))
+	require.ErrorContains(t, err, "hotrod/relay-1")
+	require.ErrorContains(t, err, "cannot create resource")
+	require.ErrorContains(t, err, "needs verbs get and create on pods/portforward")
+	t.Log(err)
 }
 
 func TestContext(t *testing.T) {

@@ -32,8 +32,8 @@ the pod", and a relay. Three paths carry the same traffic:
   tunnel  one sbx tunnel session over one port-forward connection
   pool    a pool of tunnel sessions, each over its own port-forward connection
 
-Bulk throughput is the aggregate of parallel uploads; round-trip time is
-that of 1 KiB echoes. Figures are medians over repetitions; the ratios
+Bulk throughput is the aggregate of parallel uploads (and, for reference,
+one upload alone); round-trip time is that of 1 KiB echoes. Figures are medians over repetitions; the ratios
 compare the paths against bare.`,
 		Example: `  sbx bench portforward
   sbx bench portforward --json
@@ -82,9 +82,9 @@ compare the paths against bare.`,
 	f.BoolVar(&asJSON, "json", false, "print the result as JSON (same as -o json)")
 	f.BoolVar(&check, "check", false, "exit with status 1 if a ratio misses its target")
 	f.StringVar(&transport, "transport", "", "port-forward upgrade: websocket or spdy (default: websocket with spdy fallback, as kubectl)")
-	f.IntVar(&opts.Reps, "reps", 5, "repetitions; figures are medians")
+	f.IntVar(&opts.Reps, "reps", 9, "repetitions; figures are medians")
 	f.IntVar(&opts.Streams, "streams", 4, "parallel uploads per bulk measurement")
-	f.IntVar(&bulkMiB, "bulk-mib", 32, "MiB each upload sends")
+	f.IntVar(&bulkMiB, "bulk-mib", 16, "MiB each upload sends")
 	f.IntVar(&opts.RTTSamples, "rtt-samples", 400, "1 KiB round trips per measurement")
 	f.IntVar(&opts.PoolSize, "pool", 4, "tunnel sessions (and port-forward connections) in the pool")
 	return cmd
@@ -95,12 +95,12 @@ func benchText(r *pfbench.Result) string {
 	fmt.Fprintf(&b, "port-forward benchmark: transport %s; %d parallel uploads x %d MiB; %d x 1 KiB round trips; medians of %d reps\n\n",
 		r.Transport, r.Streams, r.BulkBytes>>20, r.RTTSamples, r.Reps)
 	tw := tabwriter.NewWriter(&b, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "path\tthroughput\trtt p50\trtt p99\t")
+	fmt.Fprintln(tw, "path\tthroughput\tone stream\trtt p50\trtt p99\tcpu/byte\t")
 	for _, p := range []struct {
 		name string
 		p    pfbench.Path
 	}{{"bare (kubectl)", r.Bare}, {"tunnel", r.Tunnel}, {fmt.Sprintf("pool of %d", r.PoolSize), r.Pool}} {
-		fmt.Fprintf(tw, "%s\t%.1f MB/s\t%.0f us\t%.0f us\t\n", p.name, p.p.ThroughputMBps, p.p.RTTP50us, p.p.RTTP99us)
+		fmt.Fprintf(tw, "%s\t%.1f MB/s\t%.1f MB/s\t%.0f us\t%.0f us\t%.2f ns\t\n", p.name, p.p.ThroughputMBps, p.p.SingleStreamMBps, p.p.RTTP50us, p.p.RTTP99us, p.p.CPUNsPerByte)
 	}
 	_ = tw.Flush()
 	b.WriteString("\n")
@@ -113,6 +113,10 @@ func benchText(r *pfbench.Result) string {
 	fmt.Fprintf(&b, "tunnel_vs_bare_throughput  %.3f  (target >= %.2f)  %s\n", r.TunnelVsBareThroughput, pfbench.TargetTunnelVsBareThroughput, verdict(r.Pass["tunnel_vs_bare_throughput"]))
 	fmt.Fprintf(&b, "pool_vs_bare_throughput    %.3f  (target >= %.2f)  %s\n", r.PoolVsBareThroughput, pfbench.TargetPoolVsBareThroughput, verdict(r.Pass["pool_vs_bare_throughput"]))
 	fmt.Fprintf(&b, "tunnel_vs_bare_rtt         %.3f  (target <= %.2f)  %s\n", r.TunnelVsBareRTT, pfbench.TargetTunnelVsBareRTT, verdict(r.Pass["tunnel_vs_bare_rtt"]))
+	fmt.Fprintf(&b, "one stream alone, tunnel vs bare: %.3f\n", r.TunnelVsBareSingleStream)
+	if r.TunnelVsBareCPU > 0 {
+		fmt.Fprintf(&b, "cpu per byte vs bare: tunnel %.3f, pool %.3f (lower is cheaper)\n", r.TunnelVsBareCPU, r.PoolVsBareCPU)
+	}
 	fmt.Fprintf(&b, "took %.1f s", r.Seconds)
 	return b.String()
 }

@@ -56,7 +56,7 @@ its last good spec.`,
 				return err
 			}
 			ctx := cmd.Context()
-			c, err := ensureDaemon(ctx, g)
+			c, err := needDaemon(ctx, g)
 			if err != nil {
 				return err
 			}
@@ -114,10 +114,10 @@ func connectOnce(ctx context.Context, g *globalOptions, c *daemon.Client, req da
 		switch {
 		case errors.As(err, &ce):
 			return userError(err, fmt.Sprintf("`sbx status %s` shows its state, `sbx logs` the daemon's log", sb.Name))
-		case errors.As(err, &ae):
-			return userError(err, "fix the request and run connect again")
+		case errors.As(err, &ae) && ae.StatusCode == 409:
+			return userError(err, "")
 		}
-		return err
+		return classify(err, "fix the spec (`sbx validate -f FILE`) and run connect again")
 	}
 	if format != "text" {
 		return printValue(g.stdout, format, st, nil)

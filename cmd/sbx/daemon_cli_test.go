@@ -188,6 +188,25 @@ func TestCLIConnectStatusListDisconnect(t *testing.T) {
 	require.Equal(t, 0, code)
 	require.Contains(t, out, "alice")
 
+	code, _, errOut = runCLI(t, "connect", "-f", specPath, "--set", "name=bob", "--wait=false")
+	require.Equal(t, 0, code, errOut)
+	code, out, errOut = runCLI(t, "disconnect", "bob", "--forget")
+	require.Equal(t, 0, code, errOut)
+	require.Contains(t, out, "forgot bob")
+	code, _, errOut = runCLI(t, "disconnect", "bob", "--forget", "--orphan")
+	require.Equal(t, 2, code)
+	require.Contains(t, errOut, "contradict")
+
+	code, _, errOut = runCLI(t, "disconnect", "ghost")
+	require.Equal(t, 2, code)
+	require.Contains(t, errOut, "--orphan")
+	code, out, errOut = runCLI(t, "disconnect", "ghost", "--orphan")
+	require.Equal(t, 0, code, errOut)
+	require.Contains(t, out, "sandbox ghost disconnected")
+	cl.mu.Lock()
+	require.Equal(t, []string{"ghost"}, cl.deletes, "forget touched nothing, orphan deleted ghost")
+	cl.mu.Unlock()
+
 	code, out, errOut = runCLI(t, "disconnect", "alice")
 	require.Equal(t, 0, code, errOut)
 	require.Contains(t, out, "sandbox alice disconnected")
@@ -444,4 +463,40 @@ func TestCLILogsTail(t *testing.T) {
 	code, out, _ = runCLI(t, "logs", "--tail", "100")
 	require.Equal(t, 0, code)
 	require.Equal(t, strings.Join(lines, "\n")+"\n", out)
+}
+
+func TestCLIStatusWatch(t *testing.T) {
+	dir := cliEnv(t)
+	startInProcessDaemon(t, &cliCluster{ready: make(chan struct{})})
+	for _, format := range []string{"json", "text"} {
+		t.Run(format, func(t *testing.T) {
+			ctx, cancel := context.WithCancel(context.Background())
+			var out, errb syncBuffer
+			done := make(chan int, 1)
+			go func() {
+				done <- run(ctx, []string{"status", "--watch", "-o", format}, strings.NewReader(""), &out, &errb)
+			}()
+			if format == "json" {
+				require.Eventually(t, func() bool { return strings.Contains(out.String(), `"snapshot"`) }, 10*time.Second, 10*time.Millisecond)
+			} else {
+				require.Eventually(t, func() bool { return strings.Contains(out.String(), "sbx daemon test") }, 10*time.Second, 10*time.Millisecond)
+			}
+			name := "w" + format
+			code, _, errOut := runCLI(t, "connect", "-f", writeSpec(t, dir), "--set", "name="+name, "--wait=false")
+			require.Equal(t, 0, code, errOut)
+			require.Eventually(t, func() bool { return strings.Contains(out.String(), name) }, 10*time.Second, 10*time.Millisecond)
+			cancel()
+			require.Equal(t, 0, <-done, errb.String())
+			if format == "json" {
+				// One JSON event per line, the first a snapshot.
+				lines := strings.Split(strings.TrimSpace(out.String()), "\n")
+				require.Greater(t, len(lines), 1)
+				for i, l := range lines {
+					var ev daemon.Event
+					require.NoError(t, json.Unmarshal([]byte(l), &ev), l)
+					require.Equal(t, i == 0, ev.Snapshot != nil)
+				}
+			}
+		})
+	}
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"strings"
@@ -37,13 +38,11 @@ func connectDaemon(ctx context.Context) (*daemon.Client, error) {
 
 // ensureDaemon returns a client of the running daemon, starting one in the
 // background first if none answers. Progress goes to progress.
-func ensureDaemon(ctx context.Context, g *globalOptions) (*daemon.Client, error) {
-	progress := g.stderr
+func ensureDaemon(ctx context.Context, progress io.Writer) (*daemon.Client, error) {
 	paths := daemonPaths()
 	c := &daemon.Client{Socket: paths.Socket()}
 	_, err := c.LogPath(ctx)
 	if err == nil {
-		warnVersionSkew(ctx, c, g)
 		return c, nil
 	}
 	if !daemon.IsNotRunning(err) {
@@ -62,6 +61,10 @@ func ensureDaemon(ctx context.Context, g *globalOptions) (*daemon.Client, error)
 		c.Close()
 		return nil, err
 	}
+	// The waiter reports an early exit while we wait below. It stays
+	// blocked for the daemon's life afterwards on purpose: in a
+	// long-running caller (the tray) it reaps the daemon when it exits, so
+	// no zombie is left; a CLI process simply exits before it.
 	exited := make(chan error, 1)
 	go func() { _, err := proc.Wait(); exited <- err }()
 	deadline := time.NewTimer(daemonStartTimeout)
@@ -73,7 +76,6 @@ func ensureDaemon(ctx context.Context, g *globalOptions) (*daemon.Client, error)
 		_, err := c.LogPath(ctx)
 		if err == nil {
 			fmt.Fprintln(progress, "ok")
-			// The child outlives us; nobody needs to reap it.
 			return c, nil
 		}
 		select {
@@ -163,6 +165,17 @@ func lastLines(path string, n int) string {
 	return strings.Join(lines, "\n  ")
 }
 
+// needDaemon is ensureDaemon for a command: progress on stderr, and a note
+// when the running daemon is another version.
+func needDaemon(ctx context.Context, g *globalOptions) (*daemon.Client, error) {
+	c, err := ensureDaemon(ctx, g.stderr)
+	if err != nil {
+		return nil, err
+	}
+	warnVersionSkew(ctx, c, g)
+	return c, nil
+}
+
 // warnVersionSkew notes when the running daemon is another sbx version
 // than this CLI (typically after an upgrade): the daemon keeps running the
 // old code until restarted.
@@ -174,4 +187,29 @@ func warnVersionSkew(ctx context.Context, c *daemon.Client, g *globalOptions) {
 		return
 	}
 	fmt.Fprintf(g.stderr, "note: the running daemon is sbx %s, this command is sbx %s; restart it with `sbx daemon stop` (sandboxes reconnect with their keys)\n", st.Version, g.build.Version)
+}
+
+// classify turns an error from the daemon's API into a categorised CLI
+// error: the daemon's 4xx answers are the user's to fix (hint says how),
+// cluster trouble reported by the daemon is a configuration matter, and
+// anything else (5xx, a broken stream) is daemon trouble that points at
+// `sbx logs`.
+func classify(err error, hint string) error {
+	var (
+		ae *daemon.APIError
+		ce *cliError
+	)
+	switch {
+	case err == nil:
+		return nil
+	case errors.As(err, &ce), errors.Is(err, context.Canceled):
+		return err
+	case daemon.IsNotRunning(err):
+		return userError(err, "start it with `sbx daemon`")
+	case errors.As(err, &ae) && ae.StatusCode < 500:
+		return userError(err, hint)
+	case errors.As(err, &ae) && (ae.StatusCode == 502 || ae.StatusCode == 504):
+		return &cliError{kind: kindConfig, err: err, code: 1, hint: "check --kubeconfig/--context and that the cluster is reachable (`kubectl get pods`)"}
+	}
+	return &cliError{kind: kindBug, err: err, code: 1}
 }

@@ -3,6 +3,7 @@ package main
 import (
 	"errors"
 	"fmt"
+	"strings"
 
 	"github.com/spf13/cobra"
 
@@ -10,7 +11,7 @@ import (
 )
 
 func newDisconnectCmd(g *globalOptions) *cobra.Command {
-	var all bool
+	var all, orphan, forget bool
 	cmd := &cobra.Command{
 		Use:   "disconnect NAME | --all",
 		Short: "Disconnect a sandbox and delete its cluster objects",
@@ -19,7 +20,8 @@ it in the cluster: the relay Deployment, its Secret and Services, its Lease
 and its routes (routes inside VirtualServices owned by others are removed one
 by one, leaving the rest intact). Keyed requests go to the baseline again.`,
 		Example: `  sbx disconnect alice
-  sbx disconnect --all`,
+  sbx disconnect --all
+  sbx disconnect ghost --orphan -n hotrod   # leftovers of a crashed daemon`,
 		ValidArgsFunction: completeSandboxNames,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			format, err := g.outputFormat("text", "json", "yaml")
@@ -31,26 +33,48 @@ by one, leaving the rest intact). Keyed requests go to the baseline again.`,
 				return userError(errors.New("give a sandbox name or --all, not both"), "`sbx disconnect alice` or `sbx disconnect --all`")
 			case !all && len(args) != 1:
 				return userError(errors.New("which sandbox? give one name or --all"), "`sbx status` lists the connected sandboxes")
+			case forget && orphan:
+				return userError(errors.New("--forget and --orphan contradict each other"), "--forget leaves the cluster alone, --orphan deletes a leftover there")
+			case orphan && all:
+				return userError(errors.New("--orphan takes one sandbox name, not --all"), "`sbx list` marks the orphans; `sbx gc` removes the expired ones")
 			}
 			ctx := cmd.Context()
 			// A stopped daemon still owns the sandboxes in its state
 			// file; starting it is how they get disconnected.
-			c, err := ensureDaemon(ctx, g)
+			c, err := needDaemon(ctx, g)
 			if err != nil {
 				return err
 			}
 			defer c.Close()
 			var res daemon.DisconnectResult
-			if all {
+			switch {
+			case forget && all:
+				res, err = c.ForgetAll(ctx)
+			case all:
 				res, err = c.DisconnectAll(ctx)
-			} else {
+			case forget:
+				res, err = c.Forget(ctx, args[0])
+			case orphan:
+				res, err = c.DeleteOrphan(ctx, args[0], daemon.ClusterRequest{Kubeconfig: kubeconfigForDaemon(g), Context: g.context, Namespace: g.namespace})
+			default:
 				res, err = c.Disconnect(ctx, args[0])
 			}
 			if err != nil {
 				if daemon.IsNotFound(err) {
-					return userError(err, "`sbx status` lists the connected sandboxes; `sbx list` also shows leftovers in the cluster")
+					if orphan {
+						return userError(fmt.Errorf("no sandbox %q found in the cluster", args[0]), "`sbx list` shows the sandboxes in the cluster; pass -n NAMESPACE or --context if it lives elsewhere")
+					}
+					return userError(err, "`sbx status` lists the connected sandboxes; for a leftover shown as orphan by `sbx list`, use `sbx disconnect NAME --orphan`")
 				}
-				return err
+				return classify(err, "`sbx status` shows the sandboxes")
+			}
+			if forget {
+				return printValue(g.stdout, format, res, func() string {
+					if len(res.Disconnected) == 0 {
+						return "no sandboxes were connected"
+					}
+					return fmt.Sprintf("forgot %s; their cluster objects stay until `sbx gc` collects them after the lease expired", strings.Join(res.Disconnected, ", "))
+				})
 			}
 			return printValue(g.stdout, format, res, func() string {
 				if len(res.Disconnected) == 0 {
@@ -68,5 +92,7 @@ by one, leaving the rest intact). Keyed requests go to the baseline again.`,
 		},
 	}
 	cmd.Flags().BoolVar(&all, "all", false, "disconnect every sandbox of this daemon")
+	cmd.Flags().BoolVar(&forget, "forget", false, "stop the sandbox and drop it from the daemon without touching the cluster (gone or unreachable); sbx gc collects its objects later")
+	cmd.Flags().BoolVar(&orphan, "orphan", false, "delete the cluster objects of a sandbox this daemon does not own (marked orphan by sbx list)")
 	return cmd
 }

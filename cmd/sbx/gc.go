@@ -26,14 +26,14 @@ sandboxes are never collected.`,
 				return err
 			}
 			ctx := cmd.Context()
-			c, err := ensureDaemon(ctx, g)
+			c, err := needDaemon(ctx, g)
 			if err != nil {
 				return err
 			}
 			defer c.Close()
 			res, err := c.GC(ctx, daemon.ClusterRequest{Kubeconfig: kubeconfigForDaemon(g), Context: g.context, Namespace: g.namespace})
 			if err != nil {
-				return err
+				return classify(err, "pass -n NAMESPACE to collect in one namespace")
 			}
 			return printValue(g.stdout, format, res, func() string {
 				if len(res.Deleted) == 0 {

@@ -31,14 +31,14 @@ lease expired.`,
 				return err
 			}
 			ctx := cmd.Context()
-			c, err := ensureDaemon(ctx, g)
+			c, err := needDaemon(ctx, g)
 			if err != nil {
 				return err
 			}
 			defer c.Close()
 			res, err := c.List(ctx, daemon.ClusterRequest{Kubeconfig: kubeconfigForDaemon(g), Context: g.context, Namespace: g.namespace}, !localOnly)
 			if err != nil {
-				return err
+				return classify(err, "run `sbx list --local` to skip the cluster")
 			}
 			if res.ClusterError != "" {
 				fmt.Fprintf(g.stderr, "! %s\n", res.ClusterError)

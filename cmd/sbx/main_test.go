@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/stretchr/testify/require"
@@ -48,4 +49,23 @@ func TestUnknownCommand(t *testing.T) {
 	code, _, errOut := runCLI(t, "frobnicate")
 	require.NotEqual(t, 0, code)
 	require.Contains(t, errOut, "unknown command")
+}
+
+// lockedBuffer collects a command's output while it runs; safe for the
+// command's goroutines and the test reading it concurrently.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
 }

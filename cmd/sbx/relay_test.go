@@ -1,8 +1,10 @@
 package main
 
 import (
+	"context"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/require"
 )
@@ -43,4 +45,28 @@ func TestRelayFlagErrors(t *testing.T) {
 	code, _, errOut := runCLI(t, "relay", "--sandbox", "alice", "--listen", "0.0.0.0:7000")
 	require.Equal(t, 2, code, "a bad flag value is a user error")
 	require.Contains(t, errOut, "hint: see `sbx relay --help`")
+}
+
+// TestRelayRunsAndDrains runs `sbx relay` in-process; cancelling the context
+// is what SIGTERM does in main. It exits 0 after draining.
+func TestRelayRunsAndDrains(t *testing.T) {
+	t.Setenv("SBX_RELAY_TOKEN", "cli-secret-token")
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var out, errb lockedBuffer
+	code := make(chan int, 1)
+	go func() {
+		code <- run(ctx, []string{"relay", "--sandbox", "alice", "--listen", "127.0.0.1:0", "--health-listen", "127.0.0.1:0"},
+			strings.NewReader(""), &out, &errb)
+	}()
+	require.Eventually(t, func() bool { return strings.Contains(errb.String(), "relay serving") }, 30*time.Second, 5*time.Millisecond)
+	cancel()
+	select {
+	case c := <-code:
+		require.Equal(t, 0, c, errb.String())
+	case <-time.After(30 * time.Second):
+		t.Fatal("sbx relay did not exit after cancel")
+	}
+	require.Contains(t, errb.String(), "drained")
+	require.NotContains(t, errb.String(), "cli-secret-token")
 }

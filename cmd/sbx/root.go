@@ -50,9 +50,10 @@ names travel back through the same tunnel to the baseline services.`,
 
 	root.AddCommand(
 		newVersionCmd(g),
-		newBenchCmd(g),
 		newValidateCmd(g),
 		newRenderCmd(g),
+		newRelayCmd(g),
+		newBenchCmd(g),
 		newDaemonCmd(g),
 		newConnectCmd(g),
 		newDisconnectCmd(g),
@@ -60,7 +61,9 @@ names travel back through the same tunnel to the baseline services.`,
 		newListCmd(g),
 		newGCCmd(g),
 		newLogsCmd(g),
-		newRelayCmd(g),
+		newTrayCmd(g),
+		newRunCmd(g),
+		newEnvCmd(g),
 		newDemoCmd(g),
 	)
 	return root

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -54,13 +55,13 @@ with -o json, one JSON event per line (the first a full snapshot).`,
 						if daemon.IsNotFound(err) {
 							return userError(err, "connect it with `sbx connect -f FILE`")
 						}
-						return err
+						return classify(err, "")
 					}
 					return printValue(g.stdout, format, sb, func() string { return renderSandbox(sb, time.Now()) })
 				}
 				st, err := c.Status(ctx)
 				if err != nil {
-					return err
+					return classify(err, "")
 				}
 				return printValue(g.stdout, format, st, func() string { return renderStatus(st, time.Now()) })
 			}
@@ -97,7 +98,7 @@ func watchStatus(cmd *cobra.Command, g *globalOptions, c *daemon.Client, name, f
 					if name != "" && ev.Snapshot == nil && (ev.Sandbox == nil || ev.Sandbox.Name != name) && ev.Removed != name {
 						continue
 					}
-					if err := printValue(g.stdout, format, ev, nil); err != nil {
+					if err := printEvent(g.stdout, format, ev); err != nil {
 						return err
 					}
 					continue
@@ -209,4 +210,16 @@ func humanBytes(n int64) string {
 		exp++
 	}
 	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
+}
+
+// printEvent writes one watch event: a single line of JSON (NDJSON, for
+// jq and scripts) or a YAML document.
+func printEvent(w io.Writer, format string, ev daemon.Event) error {
+	if format == "json" {
+		return json.NewEncoder(w).Encode(ev)
+	}
+	if _, err := io.WriteString(w, "---\n"); err != nil {
+		return err
+	}
+	return printValue(w, format, ev, nil)
 }

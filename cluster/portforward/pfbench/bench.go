@@ -16,8 +16,11 @@
 //
 // Bulk throughput is the aggregate of Streams parallel uploads; round-trip
 // time is that of 1 KiB echoes on one connection. Each repetition runs
-// every path in turn (in rotating order, so background load spreads
-// evenly) and the reported figures are medians over repetitions.
+// every path back to back (in rotating order). A ratio is the median over
+// repetitions of the ratio within each repetition: pairing the paths this
+// way cancels most of the drift in background load on a shared machine.
+// The process CPU time per byte moved is reported too; unlike wall-clock
+// figures it hardly depends on that load.
 package pfbench
 
 import (
@@ -45,10 +48,10 @@ const (
 
 // Options configure a run. Zero values take the defaults.
 type Options struct {
-	// Reps is the number of repetitions (default 5).
+	// Reps is the number of repetitions (default 9).
 	Reps int
 	// Streams is the number of parallel uploads per bulk measurement
-	// (default 4) and BulkBytes the bytes each sends (default 32 MiB).
+	// (default 4) and BulkBytes the bytes each sends (default 16 MiB).
 	Streams   int
 	BulkBytes int64
 	// RTTSamples is the number of 1 KiB round trips per measurement
@@ -69,13 +72,13 @@ type Options struct {
 
 func (o *Options) defaults() {
 	if o.Reps <= 0 {
-		o.Reps = 5
+		o.Reps = 9
 	}
 	if o.Streams <= 0 {
 		o.Streams = 4
 	}
 	if o.BulkBytes <= 0 {
-		o.BulkBytes = 32 << 20
+		o.BulkBytes = 16 << 20
 	}
 	if o.RTTSamples <= 0 {
 		o.RTTSamples = 400
@@ -94,10 +97,17 @@ type Path struct {
 	// bytes per second); ThroughputRepsMBps every repetition's.
 	ThroughputMBps     float64   `json:"throughput_mbps"`
 	ThroughputRepsMBps []float64 `json:"throughput_reps_mbps"`
+	// SingleStreamMBps is the median throughput of one upload alone, which
+	// the tunnel's per-stream window bounds.
+	SingleStreamMBps float64 `json:"single_stream_mbps"`
 	// RTTP50us and RTTP99us are medians over repetitions of each
 	// repetition's percentiles, in microseconds.
 	RTTP50us float64 `json:"rtt_p50_us"`
 	RTTP99us float64 `json:"rtt_p99_us"`
+	// CPUNsPerByte is the median process CPU time (user+system, all
+	// goroutines: both ends of the path run in this process) per byte of
+	// bulk transfer; 0 where the platform does not report it.
+	CPUNsPerByte float64 `json:"cpu_ns_per_byte"`
 }
 
 // Result is a whole run.
@@ -116,6 +126,12 @@ type Result struct {
 	TunnelVsBareThroughput float64 `json:"tunnel_vs_bare_throughput"`
 	PoolVsBareThroughput   float64 `json:"pool_vs_bare_throughput"`
 	TunnelVsBareRTT        float64 `json:"tunnel_vs_bare_rtt"`
+	// TunnelVsBareSingleStream compares one upload alone (informational).
+	TunnelVsBareSingleStream float64 `json:"tunnel_vs_bare_single_stream"`
+	// TunnelVsBareCPU and PoolVsBareCPU compare CPU time per byte (lower
+	// is cheaper); 0 where the platform does not report CPU time.
+	TunnelVsBareCPU float64 `json:"tunnel_vs_bare_cpu_per_byte"`
+	PoolVsBareCPU   float64 `json:"pool_vs_bare_cpu_per_byte"`
 	// Pass says whether each ratio meets its target.
 	Pass map[string]bool `json:"pass"`
 }
@@ -144,11 +160,12 @@ func Run(ctx context.Context, opts Options) (*Result, error) {
 	if err != nil {
 		return nil, fmt.Errorf("tunnel pool over port-forward: %w", err)
 	}
+	type sample struct{ mbps, single, p50, p99, cpu float64 }
 	paths := []struct {
-		name string
-		addr string
-		out  *Path
-		rtt  [][2]float64
+		name    string
+		addr    string
+		out     *Path
+		samples []sample
 	}{{name: "bare", addr: e.bareAddr}, {name: "tunnel", addr: tunnelAddr}, {name: "pool", addr: poolAddr}}
 	res := &Result{
 		Transport: string(opts.Transport), Reps: opts.Reps, Streams: opts.Streams, BulkBytes: opts.BulkBytes,
@@ -168,31 +185,59 @@ func Run(ctx context.Context, opts Options) (*Result, error) {
 	for rep := range opts.Reps {
 		for i := range paths {
 			p := &paths[(rep+i)%len(paths)]
+			cpu0 := cpuTime()
 			mbps, err := bulk(ctx, p.addr, opts.Streams, opts.BulkBytes)
 			if err != nil {
 				return nil, fmt.Errorf("%s: bulk transfer: %w", p.name, err)
+			}
+			cpu := float64(cpuTime()-cpu0) / float64(int64(opts.Streams)*opts.BulkBytes)
+			single, err := bulk(ctx, p.addr, 1, opts.BulkBytes)
+			if err != nil {
+				return nil, fmt.Errorf("%s: single-stream transfer: %w", p.name, err)
 			}
 			p50, p99, err := rtt(ctx, p.addr, opts.RTTSamples)
 			if err != nil {
 				return nil, fmt.Errorf("%s: round trips: %w", p.name, err)
 			}
-			p.out.ThroughputRepsMBps = append(p.out.ThroughputRepsMBps, mbps)
-			p.rtt = append(p.rtt, [2]float64{p50, p99})
+			p.samples = append(p.samples, sample{mbps: mbps, single: single, p50: p50, p99: p99, cpu: cpu})
+			p.out.ThroughputRepsMBps = append(p.out.ThroughputRepsMBps, round3(mbps))
 			if opts.Progress != nil {
-				opts.Progress(fmt.Sprintf("rep %d/%d %-6s %8.1f MB/s  rtt p50 %6.0f us  p99 %6.0f us",
-					rep+1, opts.Reps, p.name, mbps, p50, p99))
+				opts.Progress(fmt.Sprintf("rep %d/%d %-6s %8.1f MB/s (one stream %7.1f)  %5.2f cpu-ns/B  rtt p50 %6.0f us  p99 %6.0f us",
+					rep+1, opts.Reps, p.name, mbps, single, cpu, p50, p99))
 			}
 		}
 	}
-	for i := range paths {
-		p := &paths[i]
-		p.out.ThroughputMBps = median(p.out.ThroughputRepsMBps)
-		p.out.RTTP50us = median(column(p.rtt, 0))
-		p.out.RTTP99us = median(column(p.rtt, 1))
+	pick := func(i int, f func(sample) float64) []float64 {
+		out := make([]float64, len(paths[i].samples))
+		for j, s := range paths[i].samples {
+			out[j] = f(s)
+		}
+		return out
 	}
-	res.TunnelVsBareThroughput = round3(res.Tunnel.ThroughputMBps / res.Bare.ThroughputMBps)
-	res.PoolVsBareThroughput = round3(res.Pool.ThroughputMBps / res.Bare.ThroughputMBps)
-	res.TunnelVsBareRTT = round3(res.Tunnel.RTTP50us / res.Bare.RTTP50us)
+	for i := range paths {
+		p := paths[i].out
+		p.ThroughputMBps = round3(median(pick(i, func(s sample) float64 { return s.mbps })))
+		p.SingleStreamMBps = round3(median(pick(i, func(s sample) float64 { return s.single })))
+		p.RTTP50us = round3(median(pick(i, func(s sample) float64 { return s.p50 })))
+		p.RTTP99us = round3(median(pick(i, func(s sample) float64 { return s.p99 })))
+		p.CPUNsPerByte = round3(median(pick(i, func(s sample) float64 { return s.cpu })))
+	}
+	// Paired ratios: path i against bare within each repetition.
+	ratio := func(i int, f func(sample) float64) float64 {
+		r := make([]float64, opts.Reps)
+		for j := range r {
+			r[j] = f(paths[i].samples[j]) / f(paths[0].samples[j])
+		}
+		return round3(median(r))
+	}
+	res.TunnelVsBareThroughput = ratio(1, func(s sample) float64 { return s.mbps })
+	res.PoolVsBareThroughput = ratio(2, func(s sample) float64 { return s.mbps })
+	res.TunnelVsBareRTT = ratio(1, func(s sample) float64 { return s.p50 })
+	res.TunnelVsBareSingleStream = ratio(1, func(s sample) float64 { return s.single })
+	if res.Bare.CPUNsPerByte > 0 {
+		res.TunnelVsBareCPU = ratio(1, func(s sample) float64 { return s.cpu })
+		res.PoolVsBareCPU = ratio(2, func(s sample) float64 { return s.cpu })
+	}
 	res.Pass = map[string]bool{
 		"tunnel_vs_bare_throughput": res.TunnelVsBareThroughput >= TargetTunnelVsBareThroughput,
 		"pool_vs_bare_throughput":   res.PoolVsBareThroughput >= TargetPoolVsBareThroughput,
@@ -220,10 +265,9 @@ func bulk(ctx context.Context, addr string, n int, size int64) (float64, error) 
 		conns = append(conns, c)
 		stop := context.AfterFunc(ctx, func() { _ = c.Close() })
 		defer stop()
-	}
-	// One round trip with a tiny upload proves each path is connected end
-	// to end before the clock starts.
-	for _, c := range conns {
+		// One round trip with a tiny upload proves the path is connected
+		// end to end before the clock starts, and that its tunnel stream
+		// is open before the next one is, so a pool spreads them.
 		if err := upload(c, 1, nil, true); err != nil {
 			return 0, err
 		}
@@ -336,14 +380,6 @@ func median(v []float64) float64 {
 		return s[len(s)/2]
 	}
 	return (s[len(s)/2-1] + s[len(s)/2]) / 2
-}
-
-func column(rows [][2]float64, i int) []float64 {
-	out := make([]float64, len(rows))
-	for j, r := range rows {
-		out[j] = r[i]
-	}
-	return out
 }
 
 func round3(f float64) float64 { return float64(int64(f*1000+0.5)) / 1000 }

@@ -43,8 +43,12 @@ type Resolver func(namespace, pod string, port int32) (string, error)
 
 // PodChecker reports whether a pod may be port-forwarded to. A non-nil error
 // makes the server answer the upgrade request with 404 Not Found carrying the
-// error's text, as the API server does for a missing pod.
+// error's text, as the API server does for a missing pod, or with 403
+// Forbidden if the error wraps ErrForbidden (an RBAC denial).
 type PodChecker func(namespace, pod string) error
+
+// ErrForbidden, wrapped in a PodChecker's error, simulates an RBAC denial.
+var ErrForbidden = errors.New("forbidden")
 
 // Options configure a Server. Resolve is required.
 type Options struct {
@@ -105,7 +109,8 @@ type Server struct {
 	refuseUntil time.Time
 	upgraded    map[*trackedConn]struct{} // API-side connections (hijacked)
 	targets     map[net.Conn]struct{}     // forwarded TCP connections
-	work        sync.WaitGroup            // handlers and copy goroutines
+	work        sync.WaitGroup            // handlers and PortForward calls
+	copies      copyGroup                 // copy goroutines of forwarded streams
 
 	stats struct {
 		connections, websocketTunnel, spdy, websocketV4, activeConns atomic.Int64
@@ -238,7 +243,54 @@ func (s *Server) Close() error {
 	s.serveW.Wait()
 	s.CutAll()
 	s.work.Wait()
+	s.copies.wait(closeCopiesWait)
 	return err
+}
+
+// closeCopiesWait bounds how long Close waits for copy goroutines. One
+// writing to a stream whose reply never went out (the connection died while
+// the kubelet handler set the stream up) blocks forever inside spdystream
+// (a known kubelet-side leak); Close must not hang with it.
+const closeCopiesWait = 2 * time.Second
+
+// copyGroup counts copy goroutines; wait has a bound.
+type copyGroup struct {
+	mu   sync.Mutex
+	n    int
+	idle chan struct{} // closed when n drops to 0
+}
+
+func (g *copyGroup) add(n int) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.n == 0 {
+		g.idle = make(chan struct{})
+	}
+	g.n += n
+}
+
+func (g *copyGroup) done() {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.n--
+	if g.n == 0 {
+		close(g.idle)
+	}
+}
+
+func (g *copyGroup) wait(bound time.Duration) {
+	g.mu.Lock()
+	idle, busy := g.idle, g.n > 0
+	g.mu.Unlock()
+	if !busy {
+		return
+	}
+	t := time.NewTimer(bound)
+	defer t.Stop()
+	select {
+	case <-idle:
+	case <-t.C:
+	}
 }
 
 // begin registers a unit of work unless the server is closing.
@@ -261,6 +313,11 @@ func (s *Server) servePortForward(w http.ResponseWriter, r *http.Request) {
 	ns, pod := r.PathValue("namespace"), r.PathValue("pod")
 	if s.opts.CheckPod != nil {
 		if err := s.opts.CheckPod(ns, pod); err != nil {
+			if errors.Is(err, ErrForbidden) {
+				writeStatus(w, http.StatusForbidden, metav1.StatusReasonForbidden,
+					fmt.Sprintf("pods %q is forbidden: %v", pod, err))
+				return
+			}
 			writeStatus(w, http.StatusNotFound, metav1.StatusReasonNotFound, fmt.Sprintf("pods %q not found: %v", pod, err))
 			return
 		}
@@ -355,9 +412,9 @@ func (f *forwarder) PortForward(ctx context.Context, pod, _ string, port int32, 
 		err      error
 	}
 	done := make(chan result, 2)
-	s.work.Add(2) // safe: this call holds a unit of work, so Wait has not returned
+	s.copies.add(2)
 	go func() {
-		defer s.work.Done()
+		defer s.copies.done()
 		_, err := io.Copy(target, stream)
 		if tc, ok := target.(*net.TCPConn); ok && err == nil {
 			_ = tc.CloseWrite() // pass the client's half-close on
@@ -365,7 +422,7 @@ func (f *forwarder) PortForward(ctx context.Context, pod, _ string, port int32, 
 		done <- result{toTarget: true, err: err}
 	}()
 	go func() {
-		defer s.work.Done()
+		defer s.copies.done()
 		_, err := io.Copy(stream, target)
 		done <- result{err: err}
 	}()
@@ -382,7 +439,7 @@ func (f *forwarder) PortForward(ctx context.Context, pod, _ string, port int32, 
 	_ = target.Close()
 	// The stream→target copy may still be blocked reading the stream; it ends
 	// when cri-streaming closes the stream after we return. Server.Close
-	// waits for it.
+	// waits for it (with a bound, see closeCopiesWait).
 	return first.err
 }
 

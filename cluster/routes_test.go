@@ -1,0 +1,109 @@
+package cluster
+
+import (
+	"regexp"
+	"strings"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/sbx-dev/sbx/cluster/spec"
+)
+
+const extraManifests = `
+apiVersion: v1
+kind: List
+items:
+  - apiVersion: v1
+    kind: Service
+    metadata: {name: route-canary, namespace: hotrod}
+    spec:
+      selector: {app: route}
+      ports: [{name: http, port: 8083}, {name: tcp-debug, port: 4000}]
+  - apiVersion: networking.istio.io/v1beta1
+    kind: VirtualService
+    metadata: {name: combined, namespace: hotrod}
+    spec:
+      hosts: [route-canary, driver.hotrod.svc.cluster.local]
+      http:
+        - route: [{destination: {host: route-canary}}]
+  - apiVersion: argoproj.io/v1alpha1
+    kind: Rollout
+    metadata: {name: route-ro, namespace: hotrod}
+    spec:
+      workloadRef: {apiVersion: apps/v1, kind: Deployment, name: route}
+`
+
+func hotrodPlus(t *testing.T) *ManifestBaseline {
+	t.Helper()
+	m := hotrodManifests(t)
+	extra, err := ParseManifests(strings.NewReader(extraManifests), "default")
+	require.NoError(t, err)
+	for ns, svcs := range extra.services {
+		m.services[ns] = append(m.services[ns], svcs...)
+	}
+	for ns, vss := range extra.vss {
+		m.vss[ns] = append(m.vss[ns], vss...)
+	}
+	for k, v := range extra.rollouts {
+		m.rollouts[k] = v
+	}
+	return m
+}
+
+// A workload selected by two Services gets routes in both hosts'
+// VirtualServices; a VirtualService serving several hosts gets routes that
+// also match the authority, so they cannot catch the other host.
+func TestPlanSeveralServicesAndHosts(t *testing.T) {
+	objs, err := Plan(t.Context(), hotrodPlus(t), routeSandbox("alice"), testOptions(testKey))
+	require.NoError(t, err)
+	byName := map[string]RouteTarget{}
+	for _, r := range objs.Routes {
+		byName[r.Name] = r
+	}
+	require.Contains(t, byName, "route")
+	comb, ok := byName["combined"]
+	require.True(t, ok, "route-canary's VirtualService")
+	require.Len(t, comb.Routes, 1)
+	auth := comb.Routes[0].Match[0].Authority.GetRegex()
+	require.NotEmpty(t, auth)
+	full := regexp.MustCompile(`^(?:` + auth + `)$`)
+	for _, h := range []string{"route-canary", "route-canary:8083", "route-canary.hotrod", "route-canary.hotrod.svc.cluster.local:8083"} {
+		require.True(t, full.MatchString(h), h)
+	}
+	for _, h := range []string{"driver", "driver.hotrod.svc.cluster.local", "route-canaryx", "route-canary:9999"} {
+		require.False(t, full.MatchString(h), h)
+	}
+	require.Empty(t, byName["route"].Routes[0].Match[0].Authority, "single-host VirtualService: no authority match")
+	require.Equal(t, []string{"sbx-" + testKey + "-route-8083", ""}, routeNames(comb.Object))
+}
+
+func TestPlanOpaqueTCPPortWarns(t *testing.T) {
+	sb := routeSandbox("alice")
+	sb.Spec.Local[0].Mappings = append(sb.Spec.Local[0].Mappings, spec.Mapping{Port: 4000, ToLocal: "localhost:4000"})
+	objs, err := Plan(t.Context(), hotrodPlus(t), sb, testOptions(testKey))
+	require.NoError(t, err)
+	require.Contains(t, strings.Join(objs.Warnings, "\n"), "port 4000 of Deployment hotrod/route is opaque TCP")
+	require.Contains(t, RelayArgs("alice", objs.Workloads), "20002=route/4000/tcp")
+	for _, r := range objs.Routes {
+		for _, hr := range r.Routes {
+			require.NotContains(t, hr.Name, "4000")
+		}
+	}
+}
+
+func TestPlanRefusesTwoWorkloadsBehindOneServicePort(t *testing.T) {
+	sb := routeSandbox("alice")
+	sb.Spec.Local = append(sb.Spec.Local, spec.Local{
+		Name: "route2", From: spec.Workload{Kind: spec.KindRollout, Namespace: "hotrod", Name: "route-ro"},
+		Mappings: []spec.Mapping{{Port: 8083, ToLocal: "localhost:18083"}},
+	})
+	_, err := Plan(t.Context(), hotrodPlus(t), sb, testOptions(testKey))
+	require.ErrorContains(t, err, `selects the pods of both local workloads "route" and "route2"`)
+}
+
+func TestRolloutWorkloadRef(t *testing.T) {
+	l, err := hotrodPlus(t).PodLabels(t.Context(), spec.Workload{Kind: spec.KindRollout, Namespace: "hotrod", Name: "route-ro"})
+	require.NoError(t, err)
+	require.Equal(t, "route", l["app"])
+}

@@ -1,0 +1,79 @@
+package main
+
+import (
+	"os"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+	corev1 "k8s.io/api/core/v1"
+
+	"github.com/sbx-dev/sbx/cluster"
+	"github.com/sbx-dev/sbx/cluster/spec"
+	"github.com/sbx-dev/sbx/relay"
+)
+
+// TestRelayDeploymentMatchesRelayFlags feeds the relay container of the
+// rendered Deployment (command, args, and the token env from the Secret)
+// to the relay's own parser: the two halves of the command-line contract
+// must agree.
+func TestRelayDeploymentMatchesRelayFlags(t *testing.T) {
+	fh, err := os.Open("../../testdata/baseline/hotrod.yaml")
+	require.NoError(t, err)
+	defer fh.Close()
+	base, err := cluster.ParseManifests(fh, "default")
+	require.NoError(t, err)
+	sb, err := spec.Load("../../testdata/render/three.yaml", nil)
+	require.NoError(t, err)
+	objs, err := cluster.Plan(t.Context(), base, sb, cluster.Options{
+		RoutingKey: "k3x9a0b1c2d3e", Token: "tok-123", RelayImage: "ghcr.io/sbx-dev/sbx:test",
+	})
+	require.NoError(t, err)
+
+	c := objs.Relay.Spec.Template.Spec.Containers[0]
+	require.Equal(t, []string{"sbx"}, c.Command)
+	require.Equal(t, "relay", c.Args[0])
+	env := func(name string) string {
+		for _, e := range c.Env {
+			if e.Name == name && e.ValueFrom != nil && e.ValueFrom.SecretKeyRef != nil {
+				ref := e.ValueFrom.SecretKeyRef
+				require.Equal(t, objs.Secret.Name, ref.Name)
+				return string(objs.Secret.Data[ref.Key])
+			}
+		}
+		return ""
+	}
+	require.Equal(t, relay.TokenEnv, cluster.TokenEnv)
+	opts, err := relay.ParseArgs(c.Args[1:], env)
+	require.NoError(t, err)
+	require.Equal(t, "alice", opts.Sandbox)
+	require.Equal(t, "127.0.0.1:7000", opts.Listen)
+	require.Equal(t, ":7001", opts.HealthListen)
+	require.Equal(t, "tok-123", string(opts.Token))
+	require.Equal(t, 10*time.Second, opts.Grace)
+	require.Equal(t, 20*time.Second, opts.DrainTimeout)
+	require.Len(t, opts.Inbound, 3)
+
+	ports := map[int32]corev1.ContainerPort{}
+	for _, p := range c.Ports {
+		ports[p.ContainerPort] = p
+	}
+	for i, in := range opts.Inbound {
+		w := objs.Workloads[i]
+		require.Equal(t, w.Local.Name, in.Workload)
+		require.EqualValues(t, w.Ports[0].Port, in.Port)
+		require.EqualValues(t, w.Ports[0].RelayPort, in.ContainerPort)
+		require.Contains(t, ports, int32(in.ContainerPort), "declared as a container port")
+		require.Equal(t, w.Ports[0].Protocol, string(in.AppProtocol))
+	}
+	// Every sandbox Service targets a port the relay listens on.
+	for _, s := range objs.Services {
+		for _, p := range s.Spec.Ports {
+			found := false
+			for _, in := range opts.Inbound {
+				found = found || int32(in.ContainerPort) == p.TargetPort.IntVal
+			}
+			require.True(t, found, "Service %s port %d targets %d", s.Name, p.Port, p.TargetPort.IntVal)
+		}
+	}
+}

@@ -1,0 +1,285 @@
+// Package tunnelbench measures the tunnel against raw loopback TCP: bulk
+// throughput with 1, 8 and 64 streams, small request/response round trips
+// idle and behind a bulk transfer, and 1,000 concurrent verified streams.
+// `sbx bench tunnel` and the package's go test benchmarks both use it.
+package tunnelbench
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"slices"
+	"text/tabwriter"
+	"time"
+
+	"github.com/sbx-dev/sbx/tunnel"
+)
+
+// Options size a run. Zero fields take the defaults of DefaultOptions.
+type Options struct {
+	// Reps is how many times each measurement runs; medians are reported.
+	Reps int
+	// BulkBytes is the total sent per bulk measurement (split across
+	// the streams of the 8- and 64-stream runs).
+	BulkBytes int64
+	// RTTSamples is the number of round trips per RTT measurement.
+	RTTSamples int
+	// RequestSize is the size of a small request and of its response.
+	RequestSize int
+	// Streams is the number of concurrent verified streams.
+	Streams int
+	// PoolSize is the number of sessions in the pool variant.
+	PoolSize int
+	// Config is the tunnel configuration under test.
+	Config tunnel.Config
+	// Progress, if set, receives one line per finished step.
+	Progress io.Writer
+}
+
+// DefaultOptions is what `sbx bench tunnel` runs: under a minute on two
+// cores.
+func DefaultOptions() Options {
+	return Options{
+		Reps:        7,
+		BulkBytes:   128 << 20,
+		RTTSamples:  5000,
+		RequestSize: 1024,
+		Streams:     1000,
+		PoolSize:    4,
+		Config:      tunnel.DefaultConfig(),
+	}
+}
+
+func (o Options) withDefaults() Options {
+	d := DefaultOptions()
+	if o.Reps <= 0 {
+		o.Reps = d.Reps
+	}
+	if o.BulkBytes <= 0 {
+		o.BulkBytes = d.BulkBytes
+	}
+	if o.RTTSamples <= 0 {
+		o.RTTSamples = d.RTTSamples
+	}
+	if o.RequestSize <= 0 {
+		o.RequestSize = d.RequestSize
+	}
+	if o.Streams <= 0 {
+		o.Streams = d.Streams
+	}
+	if o.PoolSize <= 0 {
+		o.PoolSize = d.PoolSize
+	}
+	if o.Config == (tunnel.Config{}) {
+		o.Config = d.Config
+	}
+	return o
+}
+
+// Result holds medians over the repetitions and the ratios against raw
+// TCP. Throughput is in MB/s (10^6 bytes/s), times in microseconds.
+type Result struct {
+	RawMBps    float64 `json:"raw_tcp_mbps"`
+	TunnelMBps float64 `json:"tunnel_mbps"`
+	PoolMBps   float64 `json:"pool_mbps"`
+
+	Raw8MBps     float64 `json:"raw_tcp_8_streams_mbps"`
+	Tunnel8MBps  float64 `json:"tunnel_8_streams_mbps"`
+	Pool8MBps    float64 `json:"pool_8_streams_mbps"`
+	Raw64MBps    float64 `json:"raw_tcp_64_streams_mbps"`
+	Tunnel64MBps float64 `json:"tunnel_64_streams_mbps"`
+	Pool64MBps   float64 `json:"pool_64_streams_mbps"`
+
+	RawRTTP50    float64 `json:"raw_rtt_p50_us"`
+	RawRTTP99    float64 `json:"raw_rtt_p99_us"`
+	TunnelRTTP50 float64 `json:"tunnel_rtt_p50_us"`
+	TunnelRTTP99 float64 `json:"tunnel_rtt_p99_us"`
+	PoolRTTP50   float64 `json:"pool_rtt_p50_us"`
+	PoolRTTP99   float64 `json:"pool_rtt_p99_us"`
+
+	RawRTTUnderBulkP50    float64 `json:"raw_rtt_under_bulk_p50_us"`
+	RawRTTUnderBulkP99    float64 `json:"raw_rtt_under_bulk_p99_us"`
+	TunnelRTTUnderBulkP50 float64 `json:"tunnel_rtt_under_bulk_p50_us"`
+	TunnelRTTUnderBulkP99 float64 `json:"tunnel_rtt_under_bulk_p99_us"`
+	PoolRTTUnderBulkP50   float64 `json:"pool_rtt_under_bulk_p50_us"`
+	PoolRTTUnderBulkP99   float64 `json:"pool_rtt_under_bulk_p99_us"`
+
+	ThroughputRatio       float64 `json:"throughput_ratio"`
+	Throughput8Ratio      float64 `json:"throughput_8_streams_ratio"`
+	Throughput64Ratio     float64 `json:"throughput_64_streams_ratio"`
+	PoolThroughputRatio   float64 `json:"pool_throughput_ratio"`
+	Pool64ThroughputRatio float64 `json:"pool_64_streams_throughput_ratio"`
+	RTTRatio              float64 `json:"rtt_ratio"`
+	RTTUnderBulkRatio     float64 `json:"rtt_under_bulk_ratio"`
+	PoolRTTUnderBulkRatio float64 `json:"pool_rtt_under_bulk_ratio"`
+
+	Streams1000OK bool    `json:"streams_1000_ok"`
+	Streams       int     `json:"streams"`
+	Reps          int     `json:"reps"`
+	Seconds       float64 `json:"duration_seconds"`
+}
+
+// Targets are the ratios the tunnel must meet on a 2-core machine.
+const (
+	TargetThroughputRatio   = 0.55
+	TargetRTTRatio          = 2.0
+	TargetRTTUnderBulkRatio = 2.0
+)
+
+// Run measures everything once per repetition, interleaving raw TCP, the
+// tunnel and the pool so background noise hits them alike.
+func Run(ctx context.Context, opts Options) (Result, error) {
+	o := opts.withDefaults()
+	start := time.Now()
+	progress := func(format string, a ...any) {
+		if o.Progress != nil {
+			fmt.Fprintf(o.Progress, format+"\n", a...)
+		}
+	}
+	raw, err := newRawEndpoint(o.RequestSize)
+	if err != nil {
+		return Result{}, err
+	}
+	defer raw.close()
+	tun, err := newTunnelEndpoint(ctx, "tunnel", 1, o.Config, o.RequestSize)
+	if err != nil {
+		return Result{}, err
+	}
+	defer tun.close()
+	pool, err := newTunnelEndpoint(ctx, "pool", o.PoolSize, o.Config, o.RequestSize)
+	if err != nil {
+		return Result{}, err
+	}
+	defer pool.close()
+	eps := []endpoint{raw, tun, pool}
+
+	// samples[metric][endpoint] over the repetitions.
+	type key struct{ metric, ep string }
+	samples := map[key][]float64{}
+	add := func(metric, ep string, v float64) { samples[key{metric, ep}] = append(samples[key{metric, ep}], v) }
+	us := func(d time.Duration) float64 { return float64(d.Nanoseconds()) / 1e3 }
+
+	// Each measurement runs on raw TCP, the tunnel and the pool back to
+	// back, so a burst of background load hits all three alike.
+	for rep := range o.Reps {
+		for _, streams := range []int{1, 8, 64} {
+			for _, ep := range eps {
+				mbps, err := bulk(ctx, ep, streams, o.BulkBytes/int64(streams))
+				if err != nil {
+					return Result{}, err
+				}
+				add(fmt.Sprintf("bulk%d", streams), ep.name(), mbps)
+			}
+		}
+		for _, ep := range eps {
+			p50, p99, err := rttIdle(ctx, ep, o.RTTSamples, o.RequestSize)
+			if err != nil {
+				return Result{}, err
+			}
+			add("rtt50", ep.name(), us(p50))
+			add("rtt99", ep.name(), us(p99))
+		}
+		for _, ep := range eps {
+			p50, p99, err := rttUnderBulk(ctx, ep, o.RTTSamples, o.RequestSize)
+			if err != nil {
+				return Result{}, err
+			}
+			add("bulkrtt50", ep.name(), us(p50))
+			add("bulkrtt99", ep.name(), us(p99))
+		}
+		progress("repetition %d/%d done (%s)", rep+1, o.Reps, time.Since(start).Round(100*time.Millisecond))
+	}
+	med := func(metric, ep string) float64 { return median(samples[key{metric, ep}]) }
+
+	r := Result{
+		RawMBps: med("bulk1", "raw"), TunnelMBps: med("bulk1", "tunnel"), PoolMBps: med("bulk1", "pool"),
+		Raw8MBps: med("bulk8", "raw"), Tunnel8MBps: med("bulk8", "tunnel"), Pool8MBps: med("bulk8", "pool"),
+		Raw64MBps: med("bulk64", "raw"), Tunnel64MBps: med("bulk64", "tunnel"), Pool64MBps: med("bulk64", "pool"),
+		RawRTTP50: med("rtt50", "raw"), RawRTTP99: med("rtt99", "raw"),
+		TunnelRTTP50: med("rtt50", "tunnel"), TunnelRTTP99: med("rtt99", "tunnel"),
+		PoolRTTP50: med("rtt50", "pool"), PoolRTTP99: med("rtt99", "pool"),
+		RawRTTUnderBulkP50: med("bulkrtt50", "raw"), RawRTTUnderBulkP99: med("bulkrtt99", "raw"),
+		TunnelRTTUnderBulkP50: med("bulkrtt50", "tunnel"), TunnelRTTUnderBulkP99: med("bulkrtt99", "tunnel"),
+		PoolRTTUnderBulkP50: med("bulkrtt50", "pool"), PoolRTTUnderBulkP99: med("bulkrtt99", "pool"),
+		Streams: o.Streams, Reps: o.Reps,
+	}
+	r.ThroughputRatio = ratio(r.TunnelMBps, r.RawMBps)
+	r.Throughput8Ratio = ratio(r.Tunnel8MBps, r.Raw8MBps)
+	r.Throughput64Ratio = ratio(r.Tunnel64MBps, r.Raw64MBps)
+	r.PoolThroughputRatio = ratio(r.PoolMBps, r.RawMBps)
+	r.Pool64ThroughputRatio = ratio(r.Pool64MBps, r.Raw64MBps)
+	r.RTTRatio = ratio(r.TunnelRTTP50, r.RawRTTP50)
+	r.RTTUnderBulkRatio = ratio(r.TunnelRTTUnderBulkP99, r.RawRTTUnderBulkP99)
+	r.PoolRTTUnderBulkRatio = ratio(r.PoolRTTUnderBulkP99, r.RawRTTUnderBulkP99)
+
+	if err := manyStreams(ctx, tun, o.Streams, o.RequestSize, 8); err != nil {
+		progress("%d concurrent streams FAILED: %v", o.Streams, err)
+	} else {
+		r.Streams1000OK = true
+		progress("%d concurrent streams verified", o.Streams)
+	}
+	r.Seconds = round(time.Since(start).Seconds(), 1)
+	return r, nil
+}
+
+func median(v []float64) float64 {
+	if len(v) == 0 {
+		return 0
+	}
+	s := slices.Clone(v)
+	slices.Sort(s)
+	m := s[len(s)/2]
+	if len(s)%2 == 0 {
+		m = (s[len(s)/2-1] + s[len(s)/2]) / 2
+	}
+	return round(m, 1)
+}
+
+func ratio(a, b float64) float64 {
+	if b == 0 {
+		return 0
+	}
+	return round(a/b, 3)
+}
+
+func round(v float64, digits int) float64 {
+	p := 1.0
+	for range digits {
+		p *= 10
+	}
+	return float64(int64(v*p+0.5)) / p
+}
+
+// Pass reports whether the result meets the targets.
+func (r Result) Pass() bool {
+	return r.ThroughputRatio >= TargetThroughputRatio && r.RTTRatio <= TargetRTTRatio &&
+		r.RTTUnderBulkRatio <= TargetRTTUnderBulkRatio && r.Streams1000OK
+}
+
+// WriteText prints the result as a table with the targets.
+func (r Result) WriteText(w io.Writer) error {
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintf(tw, "loopback, medians of %d\traw TCP\ttunnel\tpool(4)\t\n", r.Reps)
+	fmt.Fprintf(tw, "bulk 1 stream MB/s\t%.0f\t%.0f\t%.0f\t\n", r.RawMBps, r.TunnelMBps, r.PoolMBps)
+	fmt.Fprintf(tw, "bulk 8 streams MB/s\t%.0f\t%.0f\t%.0f\t\n", r.Raw8MBps, r.Tunnel8MBps, r.Pool8MBps)
+	fmt.Fprintf(tw, "bulk 64 streams MB/s\t%.0f\t%.0f\t%.0f\t\n", r.Raw64MBps, r.Tunnel64MBps, r.Pool64MBps)
+	fmt.Fprintf(tw, "RTT 1 KiB p50 µs\t%.1f\t%.1f\t%.1f\t\n", r.RawRTTP50, r.TunnelRTTP50, r.PoolRTTP50)
+	fmt.Fprintf(tw, "RTT 1 KiB p99 µs\t%.1f\t%.1f\t%.1f\t\n", r.RawRTTP99, r.TunnelRTTP99, r.PoolRTTP99)
+	fmt.Fprintf(tw, "RTT under bulk p50 µs\t%.1f\t%.1f\t%.1f\t\n", r.RawRTTUnderBulkP50, r.TunnelRTTUnderBulkP50, r.PoolRTTUnderBulkP50)
+	fmt.Fprintf(tw, "RTT under bulk p99 µs\t%.1f\t%.1f\t%.1f\t\n", r.RawRTTUnderBulkP99, r.TunnelRTTUnderBulkP99, r.PoolRTTUnderBulkP99)
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	mark := func(ok bool) string {
+		if ok {
+			return "ok"
+		}
+		return "MISSED"
+	}
+	fmt.Fprintf(w, "\nthroughput_ratio      %.3f  (target >= %.2f) %s\n", r.ThroughputRatio, TargetThroughputRatio, mark(r.ThroughputRatio >= TargetThroughputRatio))
+	fmt.Fprintf(w, "rtt_ratio             %.3f  (target <= %.1f) %s\n", r.RTTRatio, TargetRTTRatio, mark(r.RTTRatio <= TargetRTTRatio))
+	fmt.Fprintf(w, "rtt_under_bulk_ratio  %.3f  (target <= %.1f) %s\n", r.RTTUnderBulkRatio, TargetRTTUnderBulkRatio, mark(r.RTTUnderBulkRatio <= TargetRTTUnderBulkRatio))
+	fmt.Fprintf(w, "%d concurrent streams verified: %v\n", r.Streams, r.Streams1000OK)
+	_, err := fmt.Fprintf(w, "took %.1fs\n", r.Seconds)
+	return err
+}

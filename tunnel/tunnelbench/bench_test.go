@@ -1,0 +1,106 @@
+package tunnelbench
+
+import (
+	"context"
+	"encoding/json"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+	"go.uber.org/goleak"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+// TestRunSmall runs the whole benchmark at a tiny size: every figure is
+// measured and the JSON has the documented keys. It asserts no timings.
+func TestRunSmall(t *testing.T) {
+	o := Options{Reps: 1, BulkBytes: 4 << 20, RTTSamples: 50, Streams: 100}
+	var progress strings.Builder
+	o.Progress = &progress
+	r, err := Run(context.Background(), o)
+	require.NoError(t, err)
+	require.True(t, r.Streams1000OK)
+	for name, v := range map[string]float64{
+		"raw": r.RawMBps, "tunnel": r.TunnelMBps, "pool": r.PoolMBps, "raw64": r.Raw64MBps, "pool64": r.Pool64MBps,
+		"rawrtt": r.RawRTTP50, "tunnelrtt": r.TunnelRTTP50, "bulkrtt": r.TunnelRTTUnderBulkP99,
+		"ratio": r.ThroughputRatio, "rttratio": r.RTTRatio, "bulkratio": r.RTTUnderBulkRatio,
+	} {
+		require.Positive(t, v, name)
+	}
+	b, err := json.Marshal(r)
+	require.NoError(t, err)
+	var m map[string]any
+	require.NoError(t, json.Unmarshal(b, &m))
+	for _, k := range []string{"raw_tcp_mbps", "tunnel_mbps", "throughput_ratio", "raw_rtt_p50_us", "tunnel_rtt_p50_us",
+		"rtt_ratio", "raw_rtt_under_bulk_p99_us", "tunnel_rtt_under_bulk_p99_us", "rtt_under_bulk_ratio", "streams_1000_ok"} {
+		require.Contains(t, m, k)
+	}
+	var text strings.Builder
+	require.NoError(t, r.WriteText(&text))
+	require.Contains(t, text.String(), "throughput_ratio")
+	require.Contains(t, progress.String(), "100 concurrent streams verified")
+}
+
+func TestMedianRatio(t *testing.T) {
+	require.Equal(t, 2.0, median([]float64{3, 1, 2}))
+	require.Equal(t, 2.5, median([]float64{4, 1, 2, 3}))
+	require.Equal(t, 0.0, median(nil))
+	require.Equal(t, 0.5, ratio(1, 2))
+	require.Equal(t, 0.0, ratio(1, 0))
+}
+
+func endpoints(b *testing.B) []endpoint {
+	ctx := context.Background()
+	raw, err := newRawEndpoint(1024)
+	require.NoError(b, err)
+	b.Cleanup(raw.close)
+	tun, err := newTunnelEndpoint(ctx, "tunnel", 1, DefaultOptions().Config, 1024)
+	require.NoError(b, err)
+	b.Cleanup(tun.close)
+	pool, err := newTunnelEndpoint(ctx, "pool", 4, DefaultOptions().Config, 1024)
+	require.NoError(b, err)
+	b.Cleanup(pool.close)
+	return []endpoint{raw, tun, pool}
+}
+
+// BenchmarkBulk: single-stream and 8-stream throughput; ns/op is per
+// 128 KiB write, MB/s as reported by SetBytes.
+func BenchmarkBulk(b *testing.B) {
+	for _, ep := range endpoints(b) {
+		for _, streams := range []int{1, 8} {
+			b.Run(ep.name()+"/streams="+strconv.Itoa(streams), func(b *testing.B) {
+				b.ReportAllocs()
+				b.SetBytes(ioBuffer)
+				per := int64(b.N) * ioBuffer / int64(streams)
+				if per < ioBuffer {
+					per = ioBuffer
+				}
+				_, err := bulk(context.Background(), ep, streams, per)
+				require.NoError(b, err)
+			})
+		}
+	}
+}
+
+// BenchmarkRTT: one 1 KiB request/response per op, idle and behind bulk.
+func BenchmarkRTT(b *testing.B) {
+	for _, ep := range endpoints(b) {
+		b.Run(ep.name()+"/idle", func(b *testing.B) {
+			b.ReportAllocs()
+			p50, p99, err := rttIdle(context.Background(), ep, max(b.N, 10), 1024)
+			require.NoError(b, err)
+			b.ReportMetric(float64(p50)/float64(time.Microsecond), "p50-µs")
+			b.ReportMetric(float64(p99)/float64(time.Microsecond), "p99-µs")
+		})
+		b.Run(ep.name()+"/under-bulk", func(b *testing.B) {
+			b.ReportAllocs()
+			p50, p99, err := rttUnderBulk(context.Background(), ep, max(b.N, 10), 1024)
+			require.NoError(b, err)
+			b.ReportMetric(float64(p50)/float64(time.Microsecond), "p50-µs")
+			b.ReportMetric(float64(p99)/float64(time.Microsecond), "p99-µs")
+		})
+	}
+}

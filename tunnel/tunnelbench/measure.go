@@ -1,0 +1,199 @@
+package tunnelbench
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/binary"
+	"fmt"
+	"io"
+	"net"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/sync/errgroup"
+)
+
+// ioBuffer is the application's read/write size for bulk transfers, the
+// same for raw TCP and the tunnel.
+const ioBuffer = 128 << 10
+
+// bulk sends perStream bytes on each of streams connections at once and
+// returns the aggregate throughput in MB/s (10^6 bytes per second),
+// measured until every sink confirmed its byte count.
+func bulk(ctx context.Context, ep endpoint, streams int, perStream int64) (float64, error) {
+	conns := make([]net.Conn, 0, streams)
+	defer func() {
+		for _, c := range conns {
+			_ = c.Close()
+		}
+	}()
+	for range streams {
+		c, err := ep.open(ctx, serviceSink)
+		if err != nil {
+			return 0, fmt.Errorf("%s: open sink: %w", ep.name(), err)
+		}
+		conns = append(conns, c)
+	}
+	payload := make([]byte, ioBuffer)
+	_, _ = rand.Read(payload)
+	var g errgroup.Group
+	start := time.Now()
+	for _, c := range conns {
+		g.Go(func() error {
+			for left := perStream; left > 0; {
+				n := min(left, int64(len(payload)))
+				if _, err := c.Write(payload[:n]); err != nil {
+					return err
+				}
+				left -= n
+			}
+			closeWrite(c)
+			var b [8]byte
+			if _, err := io.ReadFull(c, b[:]); err != nil {
+				return fmt.Errorf("read sink count: %w", err)
+			}
+			if int64(binary.BigEndian.Uint64(b[:])) != perStream {
+				return errShortCount
+			}
+			return nil
+		})
+	}
+	if err := g.Wait(); err != nil {
+		return 0, fmt.Errorf("%s: bulk: %w", ep.name(), err)
+	}
+	elapsed := time.Since(start)
+	return float64(perStream*int64(streams)) / elapsed.Seconds() / 1e6, nil
+}
+
+// rtt measures n request/response round trips of reqSize bytes each way on
+// one connection, after a warm-up, and returns the sorted samples.
+func rtt(ctx context.Context, c net.Conn, n, reqSize int) ([]time.Duration, error) {
+	req := make([]byte, reqSize)
+	resp := make([]byte, reqSize)
+	_, _ = rand.Read(req)
+	samples := make([]time.Duration, 0, n)
+	warm := n / 10
+	for i := range n + warm {
+		if err := ctx.Err(); err != nil {
+			return nil, err
+		}
+		t0 := time.Now()
+		if _, err := c.Write(req); err != nil {
+			return nil, err
+		}
+		if _, err := io.ReadFull(c, resp); err != nil {
+			return nil, err
+		}
+		if i >= warm {
+			samples = append(samples, time.Since(t0))
+		}
+	}
+	slices.Sort(samples)
+	return samples, nil
+}
+
+func percentile(sorted []time.Duration, p float64) time.Duration {
+	if len(sorted) == 0 {
+		return 0
+	}
+	i := int(p * float64(len(sorted)-1))
+	return sorted[i]
+}
+
+// rttIdle measures round trips on an otherwise idle endpoint.
+func rttIdle(ctx context.Context, ep endpoint, n, reqSize int) (p50, p99 time.Duration, err error) {
+	c, err := ep.open(ctx, serviceEcho)
+	if err != nil {
+		return 0, 0, fmt.Errorf("%s: open echo: %w", ep.name(), err)
+	}
+	defer c.Close()
+	s, err := rtt(ctx, c, n, reqSize)
+	if err != nil {
+		return 0, 0, fmt.Errorf("%s: rtt: %w", ep.name(), err)
+	}
+	return percentile(s, 0.5), percentile(s, 0.99), nil
+}
+
+// rttUnderBulk measures round trips while another connection of the same
+// endpoint (for the tunnel: a stream of the same session) transfers bulk
+// data as fast as it can.
+func rttUnderBulk(ctx context.Context, ep endpoint, n, reqSize int) (p50, p99 time.Duration, err error) {
+	bc, err := ep.open(ctx, serviceSink)
+	if err != nil {
+		return 0, 0, fmt.Errorf("%s: open sink: %w", ep.name(), err)
+	}
+	defer bc.Close()
+	var stop atomic.Bool
+	var sent atomic.Int64
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		payload := make([]byte, ioBuffer)
+		for !stop.Load() {
+			n, err := bc.Write(payload)
+			sent.Add(int64(n))
+			if err != nil {
+				return
+			}
+		}
+		closeWrite(bc)
+		_, _ = io.Copy(io.Discard, bc)
+	}()
+	defer func() {
+		stop.Store(true)
+		wg.Wait()
+	}()
+	// Make sure the bulk transfer is flowing before measuring.
+	for deadline := time.Now().Add(5 * time.Second); sent.Load() < 4*ioBuffer; {
+		if time.Now().After(deadline) {
+			return 0, 0, fmt.Errorf("%s: bulk transfer did not start", ep.name())
+		}
+		time.Sleep(time.Millisecond)
+	}
+	c, err := ep.open(ctx, serviceEcho)
+	if err != nil {
+		return 0, 0, fmt.Errorf("%s: open echo: %w", ep.name(), err)
+	}
+	defer c.Close()
+	s, err := rtt(ctx, c, n, reqSize)
+	if err != nil {
+		return 0, 0, fmt.Errorf("%s: rtt under bulk: %w", ep.name(), err)
+	}
+	return percentile(s, 0.5), percentile(s, 0.99), nil
+}
+
+// manyStreams opens n streams at once, sends each its own random payload
+// (requests requests of reqSize bytes) through the echo service and checks
+// every echo by checksum.
+func manyStreams(ctx context.Context, ep endpoint, n, reqSize, requests int) error {
+	size := reqSize * requests
+	var g errgroup.Group
+	for i := range n {
+		g.Go(func() error {
+			c, err := ep.open(ctx, serviceEcho)
+			if err != nil {
+				return fmt.Errorf("stream %d: open: %w", i, err)
+			}
+			defer c.Close()
+			req := make([]byte, size)
+			_, _ = rand.Read(req)
+			want := sha256.Sum256(req)
+			if _, err := c.Write(req); err != nil {
+				return fmt.Errorf("stream %d: write: %w", i, err)
+			}
+			resp := make([]byte, size)
+			if _, err := io.ReadFull(c, resp); err != nil {
+				return fmt.Errorf("stream %d: read: %w", i, err)
+			}
+			if sha256.Sum256(resp) != want {
+				return fmt.Errorf("stream %d: checksum mismatch", i)
+			}
+			return nil
+		})
+	}
+	return g.Wait()
+}
