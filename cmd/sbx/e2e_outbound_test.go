@@ -76,8 +76,10 @@ func TestE2EOutboundModes(t *testing.T) {
 	cfg := config.Outbound{Mode: config.ModeHosts, HostsFile: hosts, HostsRange: netip.MustParsePrefix("127.243.0.0/16"),
 		ProxyListen: "127.0.0.1:0"}
 	m := outbound.NewManager(outbound.ManagerOptions{
-		Catalog:   cat,
-		Dial:      func(ctx context.Context, target string) (net.Conn, error) { return e.DialOutbound(ctx, "alice", target) },
+		Catalog: cat,
+		Dial: func(ctx context.Context, target string) (net.Conn, error) {
+			return e.DialOutbound(ctx, "alice", target)
+		},
 		LockPath:  filepath.Join(dir, "hosts.lock"),
 		StatePath: filepath.Join(dir, "ips.json"),
 		Logger:    e.log,
