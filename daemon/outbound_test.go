@@ -219,6 +219,21 @@ func TestOutboundOffStartsNothing(t *testing.T) {
 	require.NoError(t, err)
 	require.NoError(t, c.Close())
 
+	// outbound.namespaces applies live too, without restarting the proxy.
+	_, err = kube.CoreV1().Services("shared").Create(ctx, kubeService("shared", "redis", 6379, nil), metav1.CreateOptions{})
+	require.NoError(t, err)
+	writeConfig(t, cfgPath, "outbound:\n  mode: proxy\n  namespaces: [shared]\n")
+	require.Eventually(t, func() bool {
+		ob = outboundOf(t, td)
+		return len(ob.Namespaces) == 2 && ob.Discovered == 2
+	}, 10*time.Second, 5*time.Millisecond)
+	require.Equal(t, []string{"hotrod", "shared"}, ob.Namespaces)
+	writeConfig(t, cfgPath, "outbound:\n  mode: proxy\n")
+	require.Eventually(t, func() bool {
+		ob = outboundOf(t, td)
+		return len(ob.Namespaces) == 1 && ob.Discovered == 1
+	}, 10*time.Second, 5*time.Millisecond, "a namespace no longer watched takes its Services away")
+
 	_, err = td.client.Disconnect(ctx, "alice")
 	require.NoError(t, err)
 	require.Eventually(t, func() bool {
@@ -232,6 +247,25 @@ func TestOutboundOffStartsNothing(t *testing.T) {
 		}
 		return err != nil
 	}, 10*time.Second, 5*time.Millisecond, "the proxy closes with the last sandbox")
+}
+
+// TestOutboundUpBeforeReady: a daemon restoring its sandboxes answers
+// its first request with outbound access already up, so `sbx run`
+// starting the daemon sees the proxy address.
+func TestOutboundUpBeforeReady(t *testing.T) {
+	fc := &fakeCluster{}
+	paths := testPaths(t)
+	cfgPath := filepath.Join(shortTempDir(t), "config.yaml")
+	writeConfig(t, cfgPath, "outbound:\n  mode: proxy\n")
+	td := startDaemon(t, Options{Paths: paths, Clusters: fc.provider(), link: (&fakeLinker{}).link, ConfigPath: cfgPath})
+	_, err := td.client.Connect(context.Background(), ConnectRequest{Spec: testSpec("alice", "localhost:1")}, nil)
+	require.NoError(t, err)
+	td.stop()
+
+	td2 := startDaemon(t, Options{Paths: paths, Clusters: fc.provider(), link: (&fakeLinker{}).link, ConfigPath: cfgPath})
+	ob := outboundOf(t, td2)
+	require.Equal(t, config.ModeProxy, ob.Mode)
+	require.NotEmpty(t, ob.ProxyAddr, "first status after start")
 }
 
 // namedLinker hands out links that record the outbound dials they carry
