@@ -247,6 +247,14 @@ func TestOutboundOffStartsNothing(t *testing.T) {
 		}
 		return err != nil
 	}, 10*time.Second, 5*time.Millisecond, "the proxy closes with the last sandbox")
+
+	// The next sandbox brings it back.
+	_, err = td.client.Connect(ctx, ConnectRequest{Spec: testSpec("bob", "localhost:1")}, nil)
+	require.NoError(t, err)
+	require.Eventually(t, func() bool {
+		ob = outboundOf(t, td)
+		return ob.ProxyAddr != "" && ob.Discovered == 1
+	}, 10*time.Second, 5*time.Millisecond)
 }
 
 // TestOutboundUpBeforeReady: a daemon restoring its sandboxes answers
