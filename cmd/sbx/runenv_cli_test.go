@@ -21,6 +21,8 @@ import (
 
 	"github.com/sbx-dev/sbx/cluster/spec"
 	"github.com/sbx-dev/sbx/daemon"
+	"github.com/sbx-dev/sbx/daemon/config"
+	"github.com/sbx-dev/sbx/daemon/outbound"
 )
 
 // connectAlice starts an in-process daemon and connects sandbox alice
@@ -140,8 +142,12 @@ func TestCLIRunForwardsSignals(t *testing.T) {
 
 func TestProxyAddrOf(t *testing.T) {
 	require.Equal(t, "", proxyAddrOf(daemon.Status{Version: "x"}))
-	require.Equal(t, "127.0.0.1:4242", proxyAddrOf(map[string]any{"outbound": map[string]any{"mode": "proxy", "proxyAddr": "127.0.0.1:4242"}}))
-	require.Equal(t, "", proxyAddrOf(map[string]any{"outbound": map[string]any{"mode": "hosts"}}))
+	require.Equal(t, "127.0.0.1:4242", proxyAddrOf(daemon.Status{Outbound: &daemon.OutboundStatus{Status: outbound.Status{Mode: config.ModeProxy, ProxyAddr: "127.0.0.1:4242"}}}))
+	require.Equal(t, "", proxyAddrOf(daemon.Status{Outbound: &daemon.OutboundStatus{Status: outbound.Status{Mode: config.ModeHosts, HostsFile: "/etc/hosts"}}}))
+	// The JSON shape sbx run and older clients read.
+	b, err := json.Marshal(daemon.Status{Outbound: &daemon.OutboundStatus{Status: outbound.Status{Mode: config.ModeProxy, ProxyAddr: "127.0.0.1:4242"}}})
+	require.NoError(t, err)
+	require.Contains(t, string(b), `"outbound":{"mode":"proxy","proxyAddr":"127.0.0.1:4242"`)
 }
 
 func TestBaselineEnvPicksTheWorkload(t *testing.T) {
@@ -193,13 +199,17 @@ func TestBaselineEnvPicksTheWorkload(t *testing.T) {
 			require.Equal(t, tc.want, got)
 		})
 	}
-	// When the daemon reports the baseline workload, it wins over names.
-	lw := localWorkloads(one)
+	// When the daemon reports the baseline workload (the spec's
+	// local[].from), it wins over names.
+	from := &spec.Workload{Kind: spec.KindDeployment, Namespace: "hotrod", Name: "route-v2"}
+	withFrom := daemon.SandboxStatus{Name: "alice", Mappings: []daemon.MappingStatus{
+		{Workload: "route", Namespace: "hotrod", Port: 8083, From: from}, {Workload: "route", Namespace: "hotrod", Port: 9090, From: from}}}
+	lw := localWorkloads(withFrom)
 	require.Len(t, lw, 1)
-	lw[0].from = &spec.Workload{Kind: spec.KindDeployment, Namespace: "hotrod", Name: "route-v2"}
-	w, err := baselineWorkload(context.Background(), kc, nil, lw[0], "")
+	require.Equal(t, from, lw[0].from)
+	got, err := who(withFrom, envFlags{})
 	require.NoError(t, err)
-	require.Equal(t, "route-v2", w.Name)
+	require.Equal(t, "route-v2", got)
 }
 
 func TestCLIRunEnvWithoutDaemon(t *testing.T) {

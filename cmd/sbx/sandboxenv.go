@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"slices"
@@ -88,25 +87,13 @@ func sandboxEnv(ctx context.Context, g *globalOptions, name string, f envFlags) 
 	return env, nil
 }
 
-// proxyAddrOf reads the outbound proxy address from the daemon's status,
-// where the daemon reports its outbound.Runner's Status under "outbound"
-// (proxyAddr is set only in proxy mode). Going through the JSON form keeps
-// this working whether or not this build's daemon.Status has that field;
-// a daemon without outbound access yields "".
-func proxyAddrOf(status any) string {
-	b, err := json.Marshal(status)
-	if err != nil {
+// proxyAddrOf is the outbound proxy's address when outbound access runs
+// in proxy mode, else "" (hosts mode needs no variables).
+func proxyAddrOf(st daemon.Status) string {
+	if st.Outbound == nil {
 		return ""
 	}
-	var v struct {
-		Outbound *struct {
-			ProxyAddr string `json:"proxyAddr"`
-		} `json:"outbound"`
-	}
-	if json.Unmarshal(b, &v) != nil || v.Outbound == nil {
-		return ""
-	}
-	return v.Outbound.ProxyAddr
+	return st.Outbound.ProxyAddr
 }
 
 func firstNonEmpty(s ...string) string {
@@ -124,21 +111,11 @@ type localWorkload struct {
 	from            *spec.Workload // the baseline workload, when status says
 }
 
-// localWorkloads lists the sandbox's local workloads from its mappings.
-// A mapping's "from" (the baseline workload) is read through JSON for the
-// same reason as proxyAddrOf.
+// localWorkloads lists the sandbox's local workloads from its mappings,
+// each with the baseline workload it stands in for.
 func localWorkloads(st daemon.SandboxStatus) []localWorkload {
-	var raw struct {
-		Mappings []struct {
-			Workload  string         `json:"workload"`
-			Namespace string         `json:"namespace"`
-			From      *spec.Workload `json:"from"`
-		} `json:"mappings"`
-	}
-	b, _ := json.Marshal(st)
-	_ = json.Unmarshal(b, &raw)
 	var out []localWorkload
-	for _, m := range raw.Mappings {
+	for _, m := range st.Mappings {
 		if slices.ContainsFunc(out, func(w localWorkload) bool { return w.name == m.Workload }) {
 			continue
 		}
