@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -20,8 +21,9 @@ import (
 // TestE2EBinary drives the built sbx binary and its own daemon process
 // against the simulated cluster through a kubeconfig (the simulator's API
 // over HTTP): connect, keyed routing, kill -9 of the daemon and its
-// restoration with the same routing key, disconnect (scenario 8 with a real
-// kill -9, scenarios 2 and 5 through the CLI).
+// restoration with the same routing key and a consistent hosts block,
+// disconnect (scenario 8 with a real kill -9, scenarios 2 and 5 through the
+// CLI).
 func TestE2EBinary(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds the sbx binary")
@@ -39,8 +41,27 @@ func TestE2EBinary(t *testing.T) {
 	kubeconfig := filepath.Join(home, "kubeconfig")
 	require.NoError(t, c.WriteKubeconfig(kubeconfig))
 	require.NoError(t, os.MkdirAll(filepath.Join(home, "config", "sbx"), 0o700))
-	require.NoError(t, os.WriteFile(filepath.Join(home, "config", "sbx", "config.yaml"),
-		[]byte("relayImage: ghcr.io/sbx-dev/sbx:sim\n"), 0o600))
+	// Hosts mode on a private hosts file: never the system's.
+	hosts := filepath.Join(home, "hosts")
+	const original = "127.0.0.1 localhost\n"
+	require.NoError(t, os.WriteFile(hosts, []byte(original), 0o644))
+	require.NoError(t, os.WriteFile(filepath.Join(home, "config", "sbx", "config.yaml"), []byte(
+		"relayImage: ghcr.io/sbx-dev/sbx:sim\noutbound:\n  mode: hosts\n  hostsFile: "+hosts+
+			"\n  hostsRange: 127.245.0.0/16\n"), 0o600))
+	hostsBlock := func() string {
+		b, err := os.ReadFile(hosts)
+		require.NoError(t, err)
+		s := string(b)
+		require.LessOrEqual(t, strings.Count(s, "# BEGIN sbx"), 1, "one sbx block at most:\n%s", s)
+		require.Equal(t, strings.Count(s, "# BEGIN sbx"), strings.Count(s, "# END sbx"), s)
+		var entries []string
+		for _, line := range strings.Split(s, "\n") {
+			if strings.Contains(line, ".svc.cluster.local") {
+				entries = append(entries, line)
+			}
+		}
+		return strings.Join(entries, "\n")
+	}
 
 	local, err := sim.StartLocalRoute("127.0.0.1:0", nil, nil, e2eLogger(t))
 	require.NoError(t, err)
@@ -98,8 +119,13 @@ spec:
 	eventuallyServed(t, client, keyed, routeV2)
 	eventuallyServed(t, client, "", allBaseline)
 
+	require.Eventually(t, func() bool { return strings.Contains(hostsBlock(), "driver.hotrod.svc.cluster.local") },
+		10*time.Second, 20*time.Millisecond)
+	blockBefore := hostsBlock()
+
 	// kill -9 the daemon: the sandbox's objects stay; the next command
-	// starts a new daemon, which restores the sandbox with the same key.
+	// starts a new daemon, which restores the sandbox with the same key
+	// and takes over the hosts block with the same addresses.
 	pid := daemonPID()
 	require.NoError(t, syscall.Kill(pid, syscall.SIGKILL))
 	require.Eventually(t, func() bool {
@@ -117,12 +143,19 @@ spec:
 	require.Equal(t, key, s.RoutingKey, "the restarted daemon keeps the routing key")
 	require.NotEqual(t, pid, daemonPID())
 	eventuallyServed(t, client, keyed, routeV2)
+	require.Eventually(t, func() bool { return hostsBlock() == blockBefore }, 10*time.Second, 20*time.Millisecond,
+		"hosts entries after the restart:\n%s\nbefore:\n%s", hostsBlock(), blockBefore)
+	b, err := os.ReadFile(hosts)
+	require.NoError(t, err)
+	require.Contains(t, string(b), fmt.Sprintf("pid %d", daemonPID()), "the new daemon owns the block")
 
 	sbx("disconnect", "alice")
 	e := &simEnv{Sim: c}
 	require.Eventually(t, func() bool { return len(e.SbxObjects(ctx)) == 0 }, 20*time.Second, 20*time.Millisecond,
 		"left behind: %v", e.SbxObjects(ctx))
 	eventuallyServed(t, client, keyed, allBaseline)
+	require.Eventually(t, func() bool { b, _ := os.ReadFile(hosts); return string(b) == original }, 10*time.Second, 20*time.Millisecond,
+		"the hosts file is back to its original content")
 	out = sbx("daemon", "stop")
 	require.Contains(t, out, "stopped")
 	_, err = dc.Status(ctx)

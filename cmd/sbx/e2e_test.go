@@ -463,8 +463,8 @@ func TestE2ERelayCrash(t *testing.T) {
 	require.Equal(t, pod, again, "a container restart keeps the pod")
 }
 
-// Scenario 3 (through the daemon's outbound path; hosts-file and proxy
-// modes plug into the same DialOutbound): the laptop's route calls
+// Scenario 3 (proxy mode, as `sbx run` sets it up; both modes in
+// TestE2EOutboundModes): the laptop's route calls
 // driver.hotrod.svc.cluster.local and reaches baseline driver through the
 // tunnel, with the baggage it received.
 func TestE2ELocalProcessReachesCluster(t *testing.T) {
@@ -472,7 +472,7 @@ func TestE2ELocalProcessReachesCluster(t *testing.T) {
 	ctx := context.Background()
 	client := e.Sim.HTTPClient("default")
 	defer client.CloseIdleConnections()
-	laptop := e.OutboundClient("alice")
+	laptop := e.LaptopClient()
 	defer laptop.CloseIdleConnections()
 
 	local, err := sim.StartLocalRoute("127.0.0.1:0", []string{"http://driver.hotrod.svc.cluster.local:8082/driver"}, laptop, e.log)

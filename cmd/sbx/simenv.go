@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"path/filepath"
 	"sync"
@@ -20,6 +21,7 @@ import (
 	"github.com/sbx-dev/sbx/cluster/sim"
 	"github.com/sbx-dev/sbx/cluster/spec"
 	"github.com/sbx-dev/sbx/daemon"
+	"github.com/sbx-dev/sbx/daemon/config"
 )
 
 // simEnv is a simulated cluster with an in-process sbx daemon attached to
@@ -31,7 +33,11 @@ type simEnv struct {
 	Sim    *sim.Cluster
 	Client *daemon.Client
 	Paths  daemon.Paths
-	log    *slog.Logger
+	// ConfigPath is the daemon's user config; HostsFile the private hosts
+	// file its hosts mode edits (never the system's).
+	ConfigPath string
+	HostsFile  string
+	log        *slog.Logger
 
 	cluster interface {
 		daemon.Cluster
@@ -44,8 +50,10 @@ type simEnv struct {
 	daemonErr chan error
 }
 
-// startSimEnv starts the simulated cluster and a daemon whose socket and
-// state live under dir (keep it short: unix socket paths are limited).
+// startSimEnv starts the simulated cluster and a daemon whose socket, state
+// and config live under dir (keep it short: unix socket paths are
+// limited). Outbound access starts in proxy mode; SetOutboundMode switches
+// it (hosts mode edits a private hosts file under dir).
 func startSimEnv(ctx context.Context, dir string, logger *slog.Logger, opts sim.Options) (*simEnv, error) {
 	opts.Logger = logger.With("side", "cluster")
 	c, err := sim.Start(ctx, opts)
@@ -72,6 +80,16 @@ func startSimEnv(ctx context.Context, dir string, logger *slog.Logger, opts sim.
 		DefaultRelayImage: "ghcr.io/sbx-dev/sbx:sim",
 	})
 	e.Client = &daemon.Client{Socket: e.Paths.Socket()}
+	e.ConfigPath = filepath.Join(dir, "config.yaml")
+	e.HostsFile = filepath.Join(dir, "hosts")
+	if err := os.WriteFile(e.HostsFile, []byte("127.0.0.1 localhost\n"), 0o644); err != nil {
+		c.Close()
+		return nil, err
+	}
+	if err := e.SetOutboundMode(config.ModeProxy); err != nil {
+		c.Close()
+		return nil, err
+	}
 	if err := e.StartDaemon(ctx); err != nil {
 		e.Close()
 		return nil, err
@@ -89,6 +107,7 @@ func (e *simEnv) StartDaemon(ctx context.Context) error {
 	}
 	d, err := daemon.New(daemon.Options{
 		Paths:         e.Paths,
+		ConfigPath:    e.ConfigPath,
 		Logger:        e.log.With("side", "laptop"),
 		Version:       "demo",
 		Clusters:      func(context.Context, string, string) (daemon.Cluster, error) { return e.cluster, nil },
@@ -147,6 +166,36 @@ func (e *simEnv) Close() {
 	e.Sim.Close()
 }
 
+// SetOutboundMode writes the daemon's config with outbound access in mode
+// (the daemon applies config edits live).
+func (e *simEnv) SetOutboundMode(mode config.OutboundMode) error {
+	cfg := fmt.Sprintf(`# written by the sbx simulated cluster environment
+relayImage: ghcr.io/sbx-dev/sbx:sim
+outbound:
+  mode: %s
+  hostsFile: %s
+  hostsRange: 127.244.0.0/16
+  proxyListen: 127.0.0.1:0
+`, mode, e.HostsFile)
+	tmp := e.ConfigPath + ".tmp"
+	if err := os.WriteFile(tmp, []byte(cfg), 0o600); err != nil {
+		return err
+	}
+	return os.Rename(tmp, e.ConfigPath)
+}
+
+// ProxyURL is the daemon's outbound HTTP proxy, once it runs in proxy mode.
+func (e *simEnv) ProxyURL(ctx context.Context) (string, error) {
+	st, err := e.Client.Status(ctx)
+	if err != nil {
+		return "", err
+	}
+	if st.Outbound == nil || st.Outbound.ProxyAddr == "" {
+		return "", errors.New("the daemon's outbound proxy is not running")
+	}
+	return "http://" + st.Outbound.ProxyAddr, nil
+}
+
 // DialOutbound connects from the laptop to a cluster address (host:port)
 // through the named sandbox's tunnel, using the running daemon's outbound
 // path: the relay dials it inside the cluster.
@@ -161,13 +210,18 @@ func (e *simEnv) DialOutbound(ctx context.Context, sandbox, target string) (net.
 	return d.DialOutbound(ctx, sandbox, target, "laptop-app")
 }
 
-// OutboundClient is an HTTP client for a laptop process whose connections
-// to cluster names go through the sandbox's tunnel.
-func (e *simEnv) OutboundClient(sandbox string) *http.Client {
+// LaptopClient is an HTTP client for a process on the laptop started the
+// way `sbx run` starts one: its requests go through the daemon's outbound
+// proxy (looked up per request, so it follows the daemon's restarts).
+func (e *simEnv) LaptopClient() *http.Client {
 	return &http.Client{
 		Transport: &http.Transport{
-			DialContext: func(ctx context.Context, _, addr string) (net.Conn, error) {
-				return e.DialOutbound(ctx, sandbox, addr)
+			Proxy: func(r *http.Request) (*url.URL, error) {
+				p, err := e.ProxyURL(r.Context())
+				if err != nil {
+					return nil, err
+				}
+				return url.Parse(p)
 			},
 			MaxIdleConnsPerHost: 4,
 		},
