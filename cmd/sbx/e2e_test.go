@@ -24,6 +24,7 @@ import (
 	"github.com/sbx-dev/sbx/cluster"
 	"github.com/sbx-dev/sbx/cluster/sim"
 	"github.com/sbx-dev/sbx/daemon"
+	"github.com/sbx-dev/sbx/daemon/config"
 )
 
 // End-to-end tests: the simulated cluster (real relay started from the
@@ -223,13 +224,28 @@ func TestE2ELocalProcessStops(t *testing.T) {
 	eventuallyServed(t, client, keyed, routeV2)
 }
 
-// Scenario 8: the daemon dies and starts again: the sandbox comes back with
-// the same routing key and keyed traffic reaches the laptop again.
+// Scenario 8 (in-process; TestE2EBinary does it with kill -9 of a real
+// daemon process): the daemon stops and starts again: the sandbox comes
+// back with the same routing key, keyed traffic reaches the laptop again,
+// and the hosts block is back with the same addresses.
 func TestE2EDaemonRestart(t *testing.T) {
 	e := startE2E(t)
 	ctx := context.Background()
 	client := e.Sim.HTTPClient("default")
 	defer client.CloseIdleConnections()
+	require.NoError(t, e.SetOutboundMode(config.ModeHosts))
+	entries := func() string {
+		b, err := os.ReadFile(e.HostsFile)
+		require.NoError(t, err)
+		require.LessOrEqual(t, strings.Count(string(b), "# BEGIN sbx"), 1, string(b))
+		var out []string
+		for _, l := range strings.Split(string(b), "\n") {
+			if strings.Contains(l, ".svc.cluster.local") {
+				out = append(out, l)
+			}
+		}
+		return strings.Join(out, "\n")
+	}
 
 	local, err := sim.StartLocalRoute("127.0.0.1:0", nil, nil, e.log)
 	require.NoError(t, err)
@@ -238,6 +254,8 @@ func TestE2EDaemonRestart(t *testing.T) {
 	require.NoError(t, err)
 	keyed := "sbx-routing-key=" + st.RoutingKey
 	eventuallyServed(t, client, keyed, routeV2)
+	require.Eventually(t, func() bool { return strings.Contains(entries(), "driver.hotrod") }, 10*time.Second, 20*time.Millisecond)
+	before := entries()
 
 	require.NoError(t, e.StopDaemon())
 	// The cluster objects stay while the daemon is away.
@@ -248,6 +266,8 @@ func TestE2EDaemonRestart(t *testing.T) {
 		return err == nil && s.Phase == daemon.PhaseReady && s.RoutingKey == st.RoutingKey
 	}, 30*time.Second, 20*time.Millisecond)
 	eventuallyServed(t, client, keyed, routeV2)
+	require.Eventually(t, func() bool { return entries() == before }, 10*time.Second, 20*time.Millisecond,
+		"hosts entries now:\n%s\nbefore:\n%s", entries(), before)
 }
 
 // Scenario 9: a sandbox whose daemon vanished is removed by gc (asked of
