@@ -254,6 +254,14 @@ func TestRelayPodLifecycle(t *testing.T) {
 	}, 10*time.Second, 10*time.Millisecond)
 	require.Equal(t, "token=s3cr3t", readToken(t, c, ns, pod.Name))
 
+	// Graceful restart: the same pod again, one more restart.
+	require.NoError(t, c.RestartRelay(ns, dep.Name))
+	require.Eventually(t, func() bool {
+		p := relayPodObject(t, c, ns, "alice")
+		return p != nil && p.Name == pod.Name && p.Status.ContainerStatuses[0].RestartCount == 2 && podReady(p)
+	}, 10*time.Second, 10*time.Millisecond)
+	require.Error(t, c.RestartRelay(ns, "no-such-relay"))
+
 	// A new template replaces the pod.
 	d, err := kube.AppsV1().Deployments(ns).Get(ctx, dep.Name, metav1.GetOptions{})
 	require.NoError(t, err)

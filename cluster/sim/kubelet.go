@@ -38,6 +38,7 @@ type relayPod struct {
 	ready    bool
 	restarts int32
 	crashRun func() // crashes the current container run
+	termRun  func() // stops the current container run gracefully
 	sockets  map[*podListener]bool
 	deleted  bool
 }
@@ -66,6 +67,19 @@ func (p *relayPod) stop(deleteObject bool) {
 func (p *relayPod) crash() bool {
 	p.mu.Lock()
 	f := p.crashRun
+	p.mu.Unlock()
+	if f == nil {
+		return false
+	}
+	f()
+	return true
+}
+
+// restart stops the relay container gracefully (SIGTERM: it drains and
+// tells connected daemons why); the kubelet then starts it again.
+func (p *relayPod) restart() bool {
+	p.mu.Lock()
+	f := p.termRun
 	p.mu.Unlock()
 	if f == nil {
 		return false
@@ -141,10 +155,11 @@ func (p *relayPod) runOnce(ct corev1.Container) error {
 			stopRun()
 		})
 	}
+	p.termRun = stopRun
 	p.mu.Unlock()
 	defer func() {
 		p.mu.Lock()
-		p.crashRun = nil
+		p.crashRun, p.termRun = nil, nil
 		p.mu.Unlock()
 		p.closeSockets()
 	}()

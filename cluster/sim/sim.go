@@ -149,6 +149,20 @@ func (c *Cluster) RelayDeployments() []string {
 	return out
 }
 
+// RestartRelay stops the relay container of Deployment ns/name gracefully
+// (SIGTERM: it drains and closes the daemon's sessions with a reason); the
+// simulated kubelet starts it again in the same pod.
+func (c *Cluster) RestartRelay(ns, deployment string) error {
+	p, ok := c.ctrl.relayPodFor(ns, deployment)
+	if !ok {
+		return fmt.Errorf("no relay pod runs for deployment %s/%s", ns, deployment)
+	}
+	if !p.restart() {
+		return fmt.Errorf("the relay container of %s/%s is not running right now", ns, deployment)
+	}
+	return nil
+}
+
 // CrashRelay kills the relay container of Deployment ns/name as kill -9
 // would (every socket closes at once); the simulated kubelet restarts it in
 // the same pod, which is not ready until its readiness probe passes again.

@@ -452,9 +452,9 @@ func TestE2EPortForwardCutUnderLoad(t *testing.T) {
 	require.GreaterOrEqual(t, s.Reconnects, 1)
 }
 
-// The relay fault switch: the relay container is killed (kill -9); the
-// kubelet restarts it, the daemon reconnects, and keyed requests reach the
-// laptop again.
+// The relay fault switches: the relay container is killed (kill -9), then
+// restarted gracefully; each time the kubelet restarts it, the daemon
+// reconnects, and keyed requests reach the laptop again.
 func TestE2ERelayCrash(t *testing.T) {
 	e := startE2E(t)
 	ctx := context.Background()
@@ -481,6 +481,14 @@ func TestE2ERelayCrash(t *testing.T) {
 	again, ok := e.Sim.RelayPod(sim.AppNamespace, cluster.RelayName("alice"))
 	require.True(t, ok)
 	require.Equal(t, pod, again, "a container restart keeps the pod")
+
+	// A graceful restart (SIGTERM: the relay drains and says why).
+	require.NoError(t, e.Sim.RestartRelay(sim.AppNamespace, cluster.RelayName("alice")))
+	require.Eventually(t, func() bool {
+		s, err := e.Client.Sandbox(ctx, "alice")
+		return err == nil && s.Reconnects >= 2 && s.Phase == daemon.PhaseReady
+	}, 30*time.Second, 20*time.Millisecond)
+	eventuallyServed(t, client, keyed, routeV2)
 }
 
 // Scenario 3 (proxy mode, as `sbx run` sets it up; both modes in
