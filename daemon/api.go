@@ -31,6 +31,10 @@ type MappingStatus struct {
 	// Services are the baseline Services ("name.namespace") whose keyed
 	// requests on Port come to ToLocal; known once applied.
 	Services []string `json:"services,omitempty"`
+	// From is the baseline workload the local workload stands in for
+	// (the spec's local[].from); `sbx run --env-from-baseline` reads its
+	// environment.
+	From *spec.Workload `json:"from,omitempty"`
 }
 
 // SandboxStatus is the state of one sandbox session. It never carries the
@@ -61,15 +65,19 @@ type Status struct {
 	LogPath     string          `json:"logPath"`
 	ConfigError string          `json:"configError,omitempty"`
 	Sandboxes   []SandboxStatus `json:"sandboxes"`
+	// Outbound is how local processes reach cluster names (hosts file or
+	// proxy); `sbx run` and `sbx env` read outbound.proxyAddr.
+	Outbound *OutboundStatus `json:"outbound,omitempty"`
 }
 
 // Event is one message of the watch stream. The first event of a stream
 // carries Snapshot; later ones carry exactly one of the other fields.
 type Event struct {
-	Snapshot *Status        `json:"snapshot,omitempty"`
-	Sandbox  *SandboxStatus `json:"sandbox,omitempty"` // added or changed
-	Removed  string         `json:"removed,omitempty"` // name of a sandbox that is gone
-	Config   *string        `json:"configError,omitempty"`
+	Snapshot *Status         `json:"snapshot,omitempty"`
+	Sandbox  *SandboxStatus  `json:"sandbox,omitempty"` // added or changed
+	Removed  string          `json:"removed,omitempty"` // name of a sandbox that is gone
+	Config   *string         `json:"configError,omitempty"`
+	Outbound *OutboundStatus `json:"outbound,omitempty"` // outbound access changed
 }
 
 // ConnectRequest is the body of PUT /v1/sandboxes/{name}: the parsed,

@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"os/user"
 	"sync"
@@ -44,6 +45,11 @@ type Options struct {
 	Now func() time.Time
 	// Tunnel tunes the tunnel sessions; nil means tunnel.DefaultConfig.
 	Tunnel *tunnel.Config
+	// HostsFile and HostsRange, when set, override the user config's
+	// outbound.hostsFile and outbound.hostsRange (tests, and embedders
+	// that must never edit /etc/hosts).
+	HostsFile  string
+	HostsRange netip.Prefix
 
 	// link builds tunnel links; nil uses the tunnel package. Tests swap it.
 	link linker
@@ -67,6 +73,7 @@ type Daemon struct {
 	now     func() time.Time
 	peerUID func(net.Conn) (int, bool)
 
+	out     *outboundCtl
 	confW   *config.Watcher // nil without Options.ConfigPath
 	cfgMu   sync.Mutex
 	applied *config.Config // last config seen by configChanged
@@ -135,6 +142,8 @@ func New(opts Options) (*Daemon, error) {
 		cfg:      cfg,
 		sessions: map[string]*session{},
 	}
+	d.out = newOutboundCtl(d, d.outboundConfig(d.config()))
+	d.mgr.changed = d.out.changed
 	return d, nil
 }
 
@@ -192,6 +201,9 @@ func (d *Daemon) Run(ctx context.Context) error {
 	} else {
 		d.mgr.Restore(saved)
 	}
+	// Outbound access comes up before readiness, so that the first
+	// client (`sbx run` starting the daemon) sees the proxy address.
+	d.out.start(ctx, &bg)
 	close(d.ready)
 
 	var runErr error
@@ -249,7 +261,8 @@ func (d *Daemon) config() *config.Config {
 
 // configChanged applies a new valid config: sessions re-apply when their
 // cluster objects depend on what changed (relay image, baggage key); the
-// pool size applies from the next connection.
+// pool size applies from the next connection; outbound access follows its
+// section live (a mode change swaps hosts file and proxy).
 func (d *Daemon) configChanged(c *config.Config) {
 	d.log.Info("config changed", "relayImage", c.RelayImage, "baggageKey", c.BaggageKey, "poolSize", c.PoolSize)
 	d.cfgMu.Lock()
@@ -259,6 +272,7 @@ func (d *Daemon) configChanged(c *config.Config) {
 	if prev == nil || prev.RelayImage != c.RelayImage || prev.BaggageKey != c.BaggageKey {
 		d.mgr.Reapply()
 	}
+	d.out.setConfig(c)
 }
 
 func (d *Daemon) configError(err error) {

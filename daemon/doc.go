@@ -44,6 +44,28 @@
 // resumes. A refused dial is answered with tunnel.ReasonRefused and a
 // message the relay shows in its 502.
 //
+// # Outbound access
+//
+// While the daemon has a sandbox and outbound.mode is not off, local
+// processes reach cluster Services by their cluster names (package
+// daemon/outbound): discovery watches the Services of the sandboxes'
+// namespaces plus outbound.namespaces (one watcher per namespace; sbx's
+// own Services left out), and the Manager offers them in hosts mode (a
+// marked block in the hosts file, one loopback IP per Service) or proxy
+// mode (SOCKS5 and HTTP on 127.0.0.1). The config's outbound section
+// applies live; disconnecting the last sandbox or stopping the daemon
+// removes the block and closes the listeners.
+//
+// A connection goes through the tunnel of the sandbox whose namespaces
+// include the target's namespace when it is ready, else of any ready
+// sandbox (by name). With sandboxes in several clusters, a namespace is
+// watched in the cluster of the first sandbox (by name) that has it, and
+// outbound.namespaces in the first sandbox's cluster. outbound.injectBaggage
+// adds a routing key only while the daemon has exactly one sandbox: with
+// several, a request cannot be attributed to one. Status.Outbound reports
+// the mode, the proxy address or hosts file, the Services and the
+// namespaces not listed yet (RBAC); `sbx run` reads outbound.proxyAddr.
+//
 // # State and tokens
 //
 // $XDG_STATE_HOME/sbx/state.json (0600, written atomically) keeps each

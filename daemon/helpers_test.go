@@ -14,6 +14,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 	"go.uber.org/goleak"
+	"k8s.io/client-go/kubernetes"
 
 	"github.com/sbx-dev/sbx/cluster/spec"
 )
@@ -75,6 +76,13 @@ func shortTempDir(t *testing.T) string {
 	return dir
 }
 
+// tempHostsFile writes a hosts file with content and returns its path.
+func tempHostsFile(t *testing.T, content string) string {
+	p := filepath.Join(shortTempDir(t), "hosts")
+	require.NoError(t, os.WriteFile(p, []byte(content), 0o644))
+	return p
+}
+
 func testPaths(t *testing.T) Paths {
 	dir := shortTempDir(t)
 	return Paths{RuntimeDir: filepath.Join(dir, "run", "sbx"), StateDir: filepath.Join(dir, "state", "sbx")}
@@ -94,7 +102,11 @@ type fakeCluster struct {
 	dial      func(ctx context.Context, t Target) (net.Conn, error)
 	listed    []ClusterSandbox
 	gcDeleted []string
+	kube      kubernetes.Interface // Services for outbound discovery; nil: none
 }
+
+// ServiceClient makes fakeCluster a ServiceDiscoverer.
+func (f *fakeCluster) ServiceClient() kubernetes.Interface { return f.kube }
 
 func (f *fakeCluster) Apply(ctx context.Context, sb *spec.Sandbox, o ApplyOptions, progress func(string)) (Applied, error) {
 	key := o.RoutingKey
@@ -260,6 +272,11 @@ func startDaemon(t *testing.T, opts Options) *testDaemon {
 	}
 	if opts.StatsInterval == 0 {
 		opts.StatsInterval = 20 * time.Millisecond
+	}
+	if opts.HostsFile == "" && opts.ConfigPath == "" {
+		// Tests run as root here: outbound's auto mode would pick the
+		// machine's /etc/hosts.
+		opts.HostsFile = tempHostsFile(t, "127.0.0.1 localhost\n")
 	}
 	opts.Version = "test"
 	d, err := New(opts)

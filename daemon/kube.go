@@ -14,6 +14,7 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/client-go/kubernetes"
 
 	"github.com/sbx-dev/sbx/cluster"
 	"github.com/sbx-dev/sbx/cluster/kube"
@@ -158,6 +159,10 @@ type kubeCluster struct {
 	mu      sync.Mutex
 	dialers map[relayRef]*portforward.Dialer
 }
+
+// ServiceClient returns the clientset outbound access watches Services
+// with (ServiceDiscoverer).
+func (c *kubeCluster) ServiceClient() kubernetes.Interface { return c.clients.Kube }
 
 func eventsTo(progress func(string)) func(cluster.Event) {
 	return func(e cluster.Event) {

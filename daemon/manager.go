@@ -23,6 +23,9 @@ type manager struct {
 	link     linker
 	cfg      sessionConfig
 	conf     func() *config.Config // the live user config
+	// changed is told whenever sandboxes come, go or change spec
+	// (outbound access follows their namespaces); it must not block.
+	changed func()
 
 	ctx context.Context // daemon lifetime: sessions run under it
 
@@ -76,7 +79,15 @@ func (m *manager) startLocked(saved savedSandbox, subscribe bool) (*session, cha
 		defer m.wg.Done()
 		s.run(ctx)
 	}()
+	m.notify()
 	return s, sub
+}
+
+// notify tells the changed hook, if any.
+func (m *manager) notify() {
+	if m.changed != nil {
+		m.changed()
+	}
 }
 
 // Connect starts a session for req, or updates the spec of an existing one
@@ -125,6 +136,7 @@ func (m *manager) Connect(req ConnectRequest) (s *session, sub chan Progress, re
 				st.Namespaces, st.Mappings, st.Context = fresh.Namespaces, fresh.Mappings, fresh.Context
 			})
 			m.persistLocked()
+			m.notify()
 			select {
 			case s.kick <- struct{}{}:
 			default:
@@ -193,6 +205,28 @@ func (m *manager) Names() []string {
 	return names
 }
 
+// sessionsByName returns the sessions sorted by name.
+func (m *manager) sessionsByName() []*session {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	out := make([]*session, 0, len(m.sessions))
+	for _, s := range m.sessions {
+		out = append(out, s)
+	}
+	slices.SortFunc(out, func(a, b *session) int { return strings.Compare(a.name, b.name) })
+	return out
+}
+
+// snapshots returns the saved identity of every session, sorted by name.
+func (m *manager) snapshots() []savedSandbox {
+	ss := m.sessionsByName()
+	out := make([]savedSandbox, len(ss))
+	for i, s := range ss {
+		out[i] = s.snapshot()
+	}
+	return out
+}
+
 // Disconnect stops the named session and deletes its cluster objects. If
 // the delete fails the session stays, stopped, in PhaseFailed so that the
 // user can retry; its objects are also collected by gc once the lease
@@ -240,6 +274,7 @@ func (m *manager) Disconnect(ctx context.Context, name string, forget bool) erro
 	m.mu.Unlock()
 	s.closeSubs()
 	m.store.RemoveSandbox(name)
+	m.notify()
 	m.log.Info("sandbox disconnected", "sandbox", name, "forget", forget)
 	return nil
 }

@@ -368,8 +368,9 @@ func initialStatus(saved savedSandbox, baggageKey string) SandboxStatus {
 	}
 	for _, l := range saved.Spec.Spec.Local {
 		for _, mp := range l.Mappings {
+			from := l.From
 			st.Mappings = append(st.Mappings, MappingStatus{
-				Workload: l.Name, Namespace: l.From.Namespace, Port: mp.Port, ToLocal: mp.ToLocal,
+				Workload: l.Name, Namespace: l.From.Namespace, Port: mp.Port, ToLocal: mp.ToLocal, From: &from,
 			})
 		}
 	}

@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"github.com/stretchr/testify/require"
+
+	"github.com/sbx-dev/sbx/cluster/spec"
 )
 
 func TestConnectWaitStreamsEveryStep(t *testing.T) {
@@ -25,7 +27,8 @@ func TestConnectWaitStreamsEveryStep(t *testing.T) {
 	require.Len(t, st.RoutingKey, routingKeyLen)
 	require.Equal(t, "sbx-routing-key", st.BaggageKey)
 	require.Equal(t, []string{"hotrod"}, st.Namespaces)
-	require.Equal(t, []MappingStatus{{Workload: "route", Namespace: "hotrod", Port: 8083, ToLocal: "localhost:1", Services: []string{"route.hotrod"}}}, st.Mappings)
+	require.Equal(t, []MappingStatus{{Workload: "route", Namespace: "hotrod", Port: 8083, ToLocal: "localhost:1", Services: []string{"route.hotrod"},
+		From: &spec.Workload{Kind: spec.KindDeployment, Namespace: "hotrod", Name: "route"}}}, st.Mappings)
 	var phases []Phase
 	var msgs []string
 	for _, p := range steps {

@@ -22,6 +22,7 @@ type store struct {
 	base         Status // Version, PID, LogPath
 	configError  string
 	stateError   string
+	outbound     *OutboundStatus
 	sandboxes    map[string]SandboxStatus
 	watchers     map[*watcher]struct{}
 	queue        int
@@ -46,6 +47,7 @@ type watcher struct {
 func (s *store) snapshotLocked() Status {
 	st := s.base
 	st.ConfigError = s.problemsLocked()
+	st.Outbound = cloneOutbound(s.outbound)
 	st.Sandboxes = make([]SandboxStatus, 0, len(s.sandboxes))
 	for _, sb := range s.sandboxes {
 		st.Sandboxes = append(st.Sandboxes, cloneSandbox(sb))
@@ -195,6 +197,18 @@ func (s *store) problemsLocked() string {
 	return s.stateError
 }
 
+// SetOutbound records outbound access's status and tells watchers,
+// unless nothing changed.
+func (s *store) SetOutbound(o *OutboundStatus) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if reflect.DeepEqual(s.outbound, o) {
+		return
+	}
+	s.outbound = cloneOutbound(o)
+	s.publishLocked(Event{Outbound: cloneOutbound(o)})
+}
+
 // CloseAll ends every watch stream (daemon shutdown).
 func (s *store) CloseAll() {
 	s.mu.Lock()
@@ -209,6 +223,10 @@ func cloneSandbox(sb SandboxStatus) SandboxStatus {
 	sb.Mappings = slices.Clone(sb.Mappings)
 	for i := range sb.Mappings {
 		sb.Mappings[i].Services = slices.Clone(sb.Mappings[i].Services)
+		if f := sb.Mappings[i].From; f != nil {
+			c := *f
+			sb.Mappings[i].From = &c
+		}
 	}
 	return sb
 }

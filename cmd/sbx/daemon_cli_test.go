@@ -81,13 +81,22 @@ func (c *cliCluster) GC(ctx context.Context, ns string) ([]string, error) {
 	return []string{"old"}, nil
 }
 
-// startInProcessDaemon runs a daemon on the CLI's default paths.
-func startInProcessDaemon(t *testing.T, cl daemon.Cluster) {
-	d, err := daemon.New(daemon.Options{
-		Paths:    daemon.DefaultPaths(os.Getenv),
-		Version:  "test",
-		Clusters: func(context.Context, string, string) (daemon.Cluster, error) { return cl, nil },
-	})
+// startInProcessDaemon runs a daemon on the CLI's default paths. Its
+// outbound access edits a temporary hosts file, never the machine's; tweak
+// changes other options.
+func startInProcessDaemon(t *testing.T, cl daemon.Cluster, tweak ...func(*daemon.Options)) {
+	hosts := filepath.Join(t.TempDir(), "hosts")
+	require.NoError(t, os.WriteFile(hosts, []byte("127.0.0.1 localhost\n"), 0o644))
+	opts := daemon.Options{
+		Paths:     daemon.DefaultPaths(os.Getenv),
+		Version:   "test",
+		Clusters:  func(context.Context, string, string) (daemon.Cluster, error) { return cl, nil },
+		HostsFile: hosts,
+	}
+	for _, f := range tweak {
+		f(&opts)
+	}
+	d, err := daemon.New(opts)
 	require.NoError(t, err)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)

@@ -62,6 +62,8 @@ names travel back through the same tunnel to the baseline services.`,
 		newGCCmd(g),
 		newLogsCmd(g),
 		newTrayCmd(g),
+		newRunCmd(g),
+		newEnvCmd(g),
 	)
 	return root
 }

@@ -11,6 +11,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/sbx-dev/sbx/daemon"
+	"github.com/sbx-dev/sbx/daemon/config"
 )
 
 func newStatusCmd(g *globalOptions) *cobra.Command {
@@ -151,7 +152,47 @@ func applyEvent(st *daemon.Status, ev daemon.Event) {
 		}
 	case ev.Config != nil:
 		st.ConfigError = *ev.Config
+	case ev.Outbound != nil:
+		st.Outbound = ev.Outbound
 	}
+}
+
+// renderOutbound says how local processes reach cluster names: the mode,
+// where (hosts file or proxy address), how many Services, and what is
+// wrong.
+func renderOutbound(o daemon.OutboundStatus) string {
+	var b strings.Builder
+	b.WriteString("outbound: ")
+	switch {
+	case o.Error != "":
+		fmt.Fprintf(&b, "%s, NOT running: %s", o.Mode, o.Error)
+	case o.HostsFile != "":
+		fmt.Fprintf(&b, "hosts file %s, %d Service(s)", o.HostsFile, len(o.Services))
+	case o.ProxyAddr != "":
+		fmt.Fprintf(&b, "proxy %s (HTTP and SOCKS5; `sbx run` sets HTTP_PROXY), %d Service(s)", o.ProxyAddr, o.Discovered)
+	case o.Mode == config.ModeOff:
+		b.WriteString("off (outbound.mode in the sbx config)")
+	default:
+		b.WriteString(string(o.Mode))
+	}
+	if len(o.Namespaces) > 0 && o.Error == "" {
+		fmt.Fprintf(&b, " in %s", strings.Join(o.Namespaces, ", "))
+	}
+	if o.Note != "" {
+		fmt.Fprintf(&b, " (%s)", o.Note)
+	}
+	b.WriteString("\n")
+	if len(o.Pending) > 0 {
+		fmt.Fprintf(&b, "  Services of %s not listed yet (can your kube user list and watch Services there?)\n", strings.Join(o.Pending, ", "))
+	}
+	for _, s := range o.Services {
+		for _, p := range s.Ports {
+			if p.Error != "" {
+				fmt.Fprintf(&b, "  %s port %d not reachable: %s\n", s.Service, p.Port, p.Error)
+			}
+		}
+	}
+	return b.String()
 }
 
 func renderStatus(st daemon.Status, now time.Time) string {
@@ -159,6 +200,9 @@ func renderStatus(st daemon.Status, now time.Time) string {
 	fmt.Fprintf(&b, "sbx daemon %s (pid %d), log %s\n", st.Version, st.PID, st.LogPath)
 	if st.ConfigError != "" {
 		fmt.Fprintf(&b, "! %s\n", st.ConfigError)
+	}
+	if st.Outbound != nil {
+		b.WriteString(renderOutbound(*st.Outbound))
 	}
 	if len(st.Sandboxes) == 0 {
 		b.WriteString("no sandboxes connected; connect one with `sbx connect -f FILE`")

@@ -1,0 +1,223 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/joho/godotenv"
+	"github.com/stretchr/testify/require"
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes/fake"
+
+	"github.com/sbx-dev/sbx/cluster/spec"
+	"github.com/sbx-dev/sbx/daemon"
+	"github.com/sbx-dev/sbx/daemon/config"
+	"github.com/sbx-dev/sbx/daemon/outbound"
+)
+
+// connectAlice starts an in-process daemon and connects sandbox alice
+// (its relay never gets ready, which run/env do not need: the routing key
+// is known from the start).
+func connectAlice(t *testing.T) daemon.SandboxStatus {
+	t.Helper()
+	dir := cliEnv(t)
+	startInProcessDaemon(t, &cliCluster{ready: make(chan struct{})})
+	code, _, errOut := runCLI(t, "connect", "-f", writeSpec(t, dir), "--set", "name=alice", "--wait=false")
+	require.Equal(t, 0, code, errOut)
+	c := &daemon.Client{}
+	defer c.Close()
+	st, err := c.Sandbox(context.Background(), "alice")
+	require.NoError(t, err)
+	require.Len(t, st.RoutingKey, 13)
+	return st
+}
+
+func TestCLIEnvFormats(t *testing.T) {
+	st := connectAlice(t)
+	want := map[string]string{
+		"SBX_SANDBOX":     "alice",
+		"SBX_ROUTING_KEY": st.RoutingKey,
+		"SBX_BAGGAGE":     "sbx-routing-key=" + st.RoutingKey,
+	}
+
+	code, out, errOut := runCLI(t, "env", "alice")
+	require.Equal(t, 0, code, errOut)
+	require.Contains(t, errOut, "work once it is ready", "a sandbox that is not ready yet is pointed out")
+	got, err := godotenv.Unmarshal(out)
+	require.NoError(t, err, out)
+	require.Equal(t, want, got, "dotenv is the default; no proxy variables outside proxy mode")
+
+	code, out, errOut = runCLI(t, "env", "alice", "--format", "json")
+	require.Equal(t, 0, code, errOut)
+	got = nil
+	require.NoError(t, json.Unmarshal([]byte(out), &got))
+	require.Equal(t, want, got)
+
+	code, out, errOut = runCLI(t, "env", "alice", "--format", "shell")
+	require.Equal(t, 0, code, errOut)
+	file := filepath.Join(t.TempDir(), "env.sh")
+	require.NoError(t, os.WriteFile(file, []byte(out), 0o600))
+	res, err := exec.Command("sh", "-c", `. "$1"; printf '%s|%s|%s' "$SBX_SANDBOX" "$SBX_ROUTING_KEY" "$SBX_BAGGAGE"`, "sh", file).Output()
+	require.NoError(t, err)
+	require.Equal(t, "alice|"+st.RoutingKey+"|sbx-routing-key="+st.RoutingKey, string(res))
+
+	code, _, errOut = runCLI(t, "env", "alice", "--format", "xml")
+	require.Equal(t, 2, code)
+	require.Contains(t, errOut, "dotenv, json, shell")
+
+	code, _, errOut = runCLI(t, "env", "bob")
+	require.Equal(t, 2, code)
+	require.Contains(t, errOut, `sandbox "bob" is not connected`)
+
+	code, _, errOut = runCLI(t, "env", "alice", "--include-secrets")
+	require.Equal(t, 2, code)
+	require.Contains(t, errOut, "--env-from-baseline")
+}
+
+func TestCLIRun(t *testing.T) {
+	st := connectAlice(t)
+
+	code, out, errOut := runCLI(t, "run", "alice", "--", "sh", "-c", `printf '%s|%s|%s' "$SBX_SANDBOX" "$SBX_ROUTING_KEY" "$SBX_BAGGAGE"`)
+	require.Equal(t, 0, code, errOut)
+	require.Equal(t, "alice|"+st.RoutingKey+"|sbx-routing-key="+st.RoutingKey, out)
+
+	code, _, _ = runCLI(t, "run", "alice", "--", "sh", "-c", "exit 42")
+	require.Equal(t, 42, code, "the child's exit code")
+	code, _, _ = runCLI(t, "run", "alice", "--", "sh", "-c", "kill -KILL $$")
+	require.Equal(t, 137, code, "128+SIGKILL")
+
+	code, _, errOut = runCLI(t, "run", "alice")
+	require.Equal(t, 2, code)
+	require.Contains(t, errOut, "after --")
+	code, _, errOut = runCLI(t, "run", "alice", "extra", "--", "true")
+	require.Equal(t, 2, code)
+	require.Contains(t, errOut, "exactly one sandbox name")
+	code, _, errOut = runCLI(t, "run", "bob", "--", "true")
+	require.Equal(t, 2, code)
+	require.Contains(t, errOut, "not connected")
+	code, _, errOut = runCLI(t, "run", "alice", "--", "/nonexistent/program")
+	require.Equal(t, 2, code)
+	require.Contains(t, errOut, "cannot run")
+}
+
+// A signal sent to sbx reaches the child: the test process is sbx here.
+func TestCLIRunForwardsSignals(t *testing.T) {
+	connectAlice(t)
+	dir := t.TempDir()
+	ready := filepath.Join(dir, "ready")
+	script := `trap 'echo got-USR1; exit 9' USR1; : > "$1"; while :; do sleep 0.05; done`
+	type result struct {
+		code int
+		out  string
+	}
+	done := make(chan result, 1)
+	go func() {
+		var out, errb bytes.Buffer
+		code := run(context.Background(), []string{"run", "alice", "--", "sh", "-c", script, "sh", ready}, strings.NewReader(""), &out, &errb)
+		done <- result{code, out.String()}
+	}()
+	// The child creates the file after sbx subscribed to signals (it
+	// subscribes before starting the child), so SIGUSR1 cannot kill the
+	// test binary.
+	require.Eventually(t, func() bool { _, err := os.Stat(ready); return err == nil }, 30*time.Second, 5*time.Millisecond)
+	require.NoError(t, syscall.Kill(os.Getpid(), syscall.SIGUSR1))
+	select {
+	case r := <-done:
+		require.Equal(t, 9, r.code)
+		require.Equal(t, "got-USR1\n", r.out)
+	case <-time.After(time.Minute):
+		t.Fatal("sbx run did not return after the child handled the signal")
+	}
+}
+
+func TestProxyAddrOf(t *testing.T) {
+	require.Equal(t, "", proxyAddrOf(daemon.Status{Version: "x"}))
+	require.Equal(t, "127.0.0.1:4242", proxyAddrOf(daemon.Status{Outbound: &daemon.OutboundStatus{Status: outbound.Status{Mode: config.ModeProxy, ProxyAddr: "127.0.0.1:4242"}}}))
+	require.Equal(t, "", proxyAddrOf(daemon.Status{Outbound: &daemon.OutboundStatus{Status: outbound.Status{Mode: config.ModeHosts, HostsFile: "/etc/hosts"}}}))
+	// The JSON shape sbx run and older clients read.
+	b, err := json.Marshal(daemon.Status{Outbound: &daemon.OutboundStatus{Status: outbound.Status{Mode: config.ModeProxy, ProxyAddr: "127.0.0.1:4242"}}})
+	require.NoError(t, err)
+	require.Contains(t, string(b), `"outbound":{"mode":"proxy","proxyAddr":"127.0.0.1:4242"`)
+}
+
+func TestBaselineEnvPicksTheWorkload(t *testing.T) {
+	dep := func(name string, env ...corev1.EnvVar) *appsv1.Deployment {
+		return &appsv1.Deployment{ObjectMeta: metav1.ObjectMeta{Namespace: "hotrod", Name: name},
+			Spec: appsv1.DeploymentSpec{Template: corev1.PodTemplateSpec{Spec: corev1.PodSpec{Containers: []corev1.Container{{Name: "app", Env: env}}}}}}
+	}
+	kc := fake.NewClientset(
+		dep("route", corev1.EnvVar{Name: "WHO", Value: "route"}),
+		dep("route-v2", corev1.EnvVar{Name: "WHO", Value: "route-v2"}),
+		&appsv1.StatefulSet{ObjectMeta: metav1.ObjectMeta{Namespace: "hotrod", Name: "db"},
+			Spec: appsv1.StatefulSetSpec{Template: corev1.PodTemplateSpec{Spec: corev1.PodSpec{Containers: []corev1.Container{{Name: "db", Env: []corev1.EnvVar{{Name: "WHO", Value: "db"}}}}}}}},
+	)
+	one := daemon.SandboxStatus{Name: "alice", Mappings: []daemon.MappingStatus{
+		{Workload: "route", Namespace: "hotrod", Port: 8083}, {Workload: "route", Namespace: "hotrod", Port: 9090}}}
+	two := daemon.SandboxStatus{Name: "alice", Mappings: []daemon.MappingStatus{
+		{Workload: "route", Namespace: "hotrod", Port: 8083}, {Workload: "db", Namespace: "hotrod", Port: 5432}}}
+	who := func(st daemon.SandboxStatus, f envFlags) (string, error) {
+		e, err := baselineEnv(context.Background(), kc, nil, st, f)
+		if err != nil {
+			return "", err
+		}
+		v, _ := e.Get("WHO")
+		return v, nil
+	}
+	for _, tc := range []struct {
+		name string
+		st   daemon.SandboxStatus
+		f    envFlags
+		want string
+		err  string
+	}{
+		{"the only workload, found by name", one, envFlags{}, "route", ""},
+		{"--from overrides", one, envFlags{from: "deploy/route-v2"}, "route-v2", ""},
+		{"--from bad", one, envFlags{from: "pod/x"}, "", "KIND/NAME"},
+		{"several need --workload", two, envFlags{}, "", "route, db"},
+		{"--workload picks a StatefulSet by name", two, envFlags{workload: "db"}, "db", ""},
+		{"--workload unknown", two, envFlags{workload: "nope"}, "", "no local workload"},
+		{"nothing by that name", daemon.SandboxStatus{Name: "alice", Mappings: []daemon.MappingStatus{{Workload: "ghost", Namespace: "hotrod"}}}, envFlags{}, "", "--from KIND/NAME"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got, err := who(tc.st, tc.f)
+			if tc.err != "" {
+				require.Error(t, err)
+				require.Contains(t, formatError(err), tc.err)
+				return
+			}
+			require.NoError(t, err)
+			require.Equal(t, tc.want, got)
+		})
+	}
+	// When the daemon reports the baseline workload (the spec's
+	// local[].from), it wins over names.
+	from := &spec.Workload{Kind: spec.KindDeployment, Namespace: "hotrod", Name: "route-v2"}
+	withFrom := daemon.SandboxStatus{Name: "alice", Mappings: []daemon.MappingStatus{
+		{Workload: "route", Namespace: "hotrod", Port: 8083, From: from}, {Workload: "route", Namespace: "hotrod", Port: 9090, From: from}}}
+	lw := localWorkloads(withFrom)
+	require.Len(t, lw, 1)
+	require.Equal(t, from, lw[0].from)
+	got, err := who(withFrom, envFlags{})
+	require.NoError(t, err)
+	require.Equal(t, "route-v2", got)
+}
+
+func TestCLIRunEnvWithoutDaemon(t *testing.T) {
+	cliEnv(t)
+	for _, args := range [][]string{{"env", "alice"}, {"run", "alice", "--", "true"}} {
+		code, _, errOut := runCLI(t, args...)
+		require.Equal(t, 2, code, args)
+		require.Contains(t, errOut, "not running", args)
+		require.Contains(t, errOut, "hint:", args)
+	}
+}

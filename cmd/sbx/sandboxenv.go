@@ -1,0 +1,219 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/dynamic"
+	"k8s.io/client-go/kubernetes"
+
+	"github.com/sbx-dev/sbx/cluster"
+	"github.com/sbx-dev/sbx/cluster/kube"
+	"github.com/sbx-dev/sbx/cluster/spec"
+	"github.com/sbx-dev/sbx/daemon"
+	"github.com/sbx-dev/sbx/daemon/runenv"
+)
+
+// envFlags are the flags `sbx run` and `sbx env` share.
+type envFlags struct {
+	fromBaseline   bool
+	includeSecrets bool
+	workload       string // local workload name inside the sandbox
+	from           string // KIND/NAME of the baseline workload, overriding the lookup
+	container      string
+}
+
+func (f *envFlags) bind(cmd interface {
+	BoolVar(*bool, string, bool, string)
+	StringVar(*string, string, string, string)
+}) {
+	cmd.BoolVar(&f.fromBaseline, "env-from-baseline", false, "also copy the baseline container's environment from the cluster (ConfigMap values resolved)")
+	cmd.BoolVar(&f.includeSecrets, "include-secrets", false, "with --env-from-baseline, copy Secret values too (otherwise they are left out with a note)")
+	cmd.StringVar(&f.workload, "workload", "", "with --env-from-baseline, which of the sandbox's local workloads (default: the only one)")
+	cmd.StringVar(&f.from, "from", "", "with --env-from-baseline, the baseline workload as KIND/NAME (e.g. deployment/driver); default: the one the sandbox replaces")
+	cmd.StringVar(&f.container, "container", "", "with --env-from-baseline, the container (default: the pod's default container, else the first)")
+}
+
+// sandboxEnv asks the daemon about the sandbox and builds its environment;
+// notes (values left out) come back for the caller to print.
+func sandboxEnv(ctx context.Context, g *globalOptions, name string, f envFlags) (runenv.Env, error) {
+	if (f.includeSecrets || f.workload != "" || f.from != "" || f.container != "") && !f.fromBaseline {
+		return runenv.Env{}, userError(errors.New("--include-secrets, --workload, --from and --container only apply with --env-from-baseline"),
+			"add --env-from-baseline")
+	}
+	// A stopped daemon restores its sandboxes (same routing keys) when it
+	// starts, so start it rather than report "not connected".
+	c, err := needDaemon(ctx, g)
+	if err != nil {
+		return runenv.Env{}, err
+	}
+	defer c.Close()
+	st, err := c.Sandbox(ctx, name)
+	if err != nil {
+		if daemon.IsNotFound(err) {
+			return runenv.Env{}, userError(fmt.Errorf("sandbox %q is not connected", name), "`sbx status` lists the connected sandboxes; connect it with `sbx connect -f FILE`")
+		}
+		return runenv.Env{}, err
+	}
+	all, err := c.Status(ctx)
+	if err != nil {
+		return runenv.Env{}, err
+	}
+	sb := runenv.Sandbox{Name: st.Name, RoutingKey: st.RoutingKey, BaggageKey: st.BaggageKey, ProxyAddr: proxyAddrOf(all)}
+	var base *runenv.Env
+	if f.fromBaseline {
+		kc, err := kube.Load(kube.Options{Kubeconfig: g.kubeconfig, Context: firstNonEmpty(g.context, st.Context), UserAgent: "sbx-env"})
+		if err != nil {
+			return runenv.Env{}, userError(fmt.Errorf("--env-from-baseline needs the cluster: %w", err), "check --kubeconfig/--context, or drop --env-from-baseline")
+		}
+		dyn, err := dynamic.NewForConfig(kc.REST)
+		if err != nil {
+			return runenv.Env{}, fmt.Errorf("dynamic client for context %q: %w", kc.Context, err)
+		}
+		base, err = baselineEnv(ctx, kc.Kube, dyn, st, f)
+		if err != nil {
+			return runenv.Env{}, err
+		}
+	}
+	env := runenv.Build(sb, base)
+	if st.Phase != daemon.PhaseReady {
+		env.Note(fmt.Sprintf("sandbox %s is %s: keyed requests and calls to cluster names work once it is ready (`sbx status %s`)", st.Name, st.Phase, st.Name))
+	}
+	return env, nil
+}
+
+// proxyAddrOf is the outbound proxy's address when outbound access runs
+// in proxy mode, else "" (hosts mode needs no variables).
+func proxyAddrOf(st daemon.Status) string {
+	if st.Outbound == nil {
+		return ""
+	}
+	return st.Outbound.ProxyAddr
+}
+
+func firstNonEmpty(s ...string) string {
+	for _, v := range s {
+		if v != "" {
+			return v
+		}
+	}
+	return ""
+}
+
+// localWorkload is one local workload of the sandbox as status shows it.
+type localWorkload struct {
+	name, namespace string
+	from            *spec.Workload // the baseline workload, when status says
+}
+
+// localWorkloads lists the sandbox's local workloads from its mappings,
+// each with the baseline workload it stands in for.
+func localWorkloads(st daemon.SandboxStatus) []localWorkload {
+	var out []localWorkload
+	for _, m := range st.Mappings {
+		if slices.ContainsFunc(out, func(w localWorkload) bool { return w.name == m.Workload }) {
+			continue
+		}
+		out = append(out, localWorkload{name: m.Workload, namespace: m.Namespace, from: m.From})
+	}
+	return out
+}
+
+// baselineEnv finds the baseline workload the flags and the sandbox
+// designate and reads its container's environment.
+func baselineEnv(ctx context.Context, kc kubernetes.Interface, dyn dynamic.Interface, st daemon.SandboxStatus, f envFlags) (*runenv.Env, error) {
+	locals := localWorkloads(st)
+	var lw localWorkload
+	switch {
+	case f.workload != "":
+		i := slices.IndexFunc(locals, func(w localWorkload) bool { return w.name == f.workload })
+		if i < 0 {
+			return nil, userError(fmt.Errorf("sandbox %s has no local workload %q", st.Name, f.workload), "its workloads: "+workloadNames(locals))
+		}
+		lw = locals[i]
+	case len(locals) == 1:
+		lw = locals[0]
+	case len(locals) == 0:
+		return nil, userError(fmt.Errorf("sandbox %s has no local workloads", st.Name), "")
+	default:
+		return nil, userError(fmt.Errorf("sandbox %s has several local workloads", st.Name), "pick one with --workload: "+workloadNames(locals))
+	}
+	w, err := baselineWorkload(ctx, kc, dyn, lw, f.from)
+	if err != nil {
+		return nil, err
+	}
+	return runenv.FromBaseline(ctx, runenv.BaselineOptions{Kube: kc, Dynamic: dyn, Workload: w, Container: f.container, IncludeSecrets: f.includeSecrets})
+}
+
+func workloadNames(ws []localWorkload) string {
+	names := make([]string, len(ws))
+	for i, w := range ws {
+		names[i] = w.name
+	}
+	return strings.Join(names, ", ")
+}
+
+// kindNames maps what users type in --from to spec kinds.
+var kindNames = map[string]string{
+	"deployment": spec.KindDeployment, "deploy": spec.KindDeployment, "deployments": spec.KindDeployment,
+	"statefulset": spec.KindStatefulSet, "sts": spec.KindStatefulSet, "statefulsets": spec.KindStatefulSet,
+	"rollout": spec.KindRollout, "ro": spec.KindRollout, "rollouts": spec.KindRollout,
+}
+
+// baselineWorkload decides which baseline workload to read: --from, else
+// what the daemon says the sandbox replaces, else the Deployment,
+// StatefulSet or Rollout named like the local workload (the usual case:
+// a spec's local name is the baseline's name).
+func baselineWorkload(ctx context.Context, kc kubernetes.Interface, dyn dynamic.Interface, lw localWorkload, from string) (spec.Workload, error) {
+	if from != "" {
+		kind, name, ok := strings.Cut(from, "/")
+		k, known := kindNames[strings.ToLower(kind)]
+		if !ok || !known || name == "" {
+			return spec.Workload{}, userError(fmt.Errorf("--from %q: want KIND/NAME", from), "e.g. --from deployment/driver (kinds: deployment, statefulset, rollout)")
+		}
+		return spec.Workload{Kind: k, Namespace: lw.namespace, Name: name}, nil
+	}
+	if lw.from != nil && lw.from.Name != "" {
+		return *lw.from, nil
+	}
+	found := func(err error) (bool, error) {
+		switch {
+		case err == nil:
+			return true, nil
+		case apierrors.IsNotFound(err):
+			return false, nil
+		}
+		return false, err
+	}
+	_, err := kc.AppsV1().Deployments(lw.namespace).Get(ctx, lw.name, metav1.GetOptions{})
+	if ok, err := found(err); ok || err != nil {
+		return spec.Workload{Kind: spec.KindDeployment, Namespace: lw.namespace, Name: lw.name}, err
+	}
+	_, err = kc.AppsV1().StatefulSets(lw.namespace).Get(ctx, lw.name, metav1.GetOptions{})
+	if ok, err := found(err); ok || err != nil {
+		return spec.Workload{Kind: spec.KindStatefulSet, Namespace: lw.namespace, Name: lw.name}, err
+	}
+	if dyn != nil {
+		_, err = dyn.Resource(cluster.RolloutGVR).Namespace(lw.namespace).Get(ctx, lw.name, metav1.GetOptions{})
+		if ok, _ := found(err); ok {
+			return spec.Workload{Kind: spec.KindRollout, Namespace: lw.namespace, Name: lw.name}, nil
+		}
+	}
+	return spec.Workload{}, userError(fmt.Errorf("no Deployment, StatefulSet or Rollout named %s in namespace %s", lw.name, lw.namespace),
+		"name the baseline workload with --from KIND/NAME")
+}
+
+// printNotes tells the user what was left out of the environment.
+func printNotes(g *globalOptions, e runenv.Env, skipped []string) {
+	for _, n := range e.Notes {
+		fmt.Fprintf(g.stderr, "sbx: note: %s\n", n)
+	}
+	for _, s := range skipped {
+		fmt.Fprintf(g.stderr, "sbx: note: %s\n", s)
+	}
+}

@@ -1,0 +1,365 @@
+package outbound
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"slices"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/sbx-dev/sbx/cluster/discovery"
+	"github.com/sbx-dev/sbx/daemon/hostsfile"
+	"github.com/sbx-dev/sbx/daemon/proxy"
+	"github.com/sbx-dev/sbx/tunnel"
+)
+
+// Defaults for HostsOptions.
+const (
+	DefaultDialTimeout = 30 * time.Second
+	// listenRetry is how soon a port that could not be bound is tried
+	// again (it may be taken by a process that goes away).
+	listenRetry = 10 * time.Second
+)
+
+// HostsOptions configure hosts mode.
+type HostsOptions struct {
+	// Catalog supplies the Services and their names. Required.
+	Catalog *Catalog
+	// Dial forwards each accepted connection. Required.
+	Dial Dialer
+	// HostsFile is the hosts file to edit and LockPath the ownership lock
+	// (see hostsfile.Options). Required.
+	HostsFile, LockPath string
+	// Range is where Service IPs come from (config outbound.hostsRange).
+	Range netip.Prefix
+	// StatePath persists IP assignments so they survive restarts even
+	// after collisions; "" keeps them in memory only.
+	StatePath string
+	// DialTimeout bounds the Dial of one connection (not its lifetime).
+	DialTimeout time.Duration
+	// Baggage, when set, turns on baggage injection for HTTP/1.x ports
+	// (appProtocol http, or a port named http/http-…): requests that
+	// carry no member with the key get key=value (config
+	// outbound.injectBaggage). Called per request.
+	Baggage func() (key, value string)
+	Logger  *slog.Logger
+}
+
+// Hosts runs hosts mode: it keeps the hosts block, the IP assignments and
+// one listener per Service port in step with the Catalog, and forwards
+// each accepted connection through the Dialer.
+type Hosts struct {
+	opts  HostsOptions
+	log   *slog.Logger
+	file  *hostsfile.Owner
+	alloc *allocator
+
+	// connCtx ends every forwarded connection on shutdown.
+	connCtx    context.Context
+	cancelConn context.CancelFunc
+	wg         sync.WaitGroup // accept loops and connections
+
+	mu        sync.Mutex
+	listeners map[netip.AddrPort]*portListener
+	status    []HostsEntry
+	running   bool
+	closed    bool
+	closeErr  error
+}
+
+type portListener struct {
+	ln net.Listener
+	listenSpec
+}
+
+// listenSpec is what a listener forwards to.
+type listenSpec struct {
+	target string
+	http   bool // inject baggage into HTTP/1.x requests
+}
+
+// HostsEntry is the state of one Service in hosts mode.
+type HostsEntry struct {
+	Service string       `json:"service"` // namespace/name
+	IP      netip.Addr   `json:"ip"`
+	Names   []string     `json:"names"`
+	Ports   []PortStatus `json:"ports"`
+}
+
+// PortStatus says whether a Service port is being listened on.
+type PortStatus struct {
+	Port      int32  `json:"port"`
+	Target    string `json:"target"`
+	Listening bool   `json:"listening"`
+	// InjectBaggage is set on HTTP/1.x ports whose requests get the
+	// routing key added.
+	InjectBaggage bool   `json:"injectBaggage,omitempty"`
+	Error         string `json:"error,omitempty"`
+}
+
+// NewHosts takes ownership of the hosts file (failing with an error
+// matching hostsfile.ErrOwned when another daemon has it, and removing a
+// block a crashed daemon left). Call Run to serve, or Close to give up.
+func NewHosts(opts HostsOptions) (*Hosts, error) {
+	if opts.Catalog == nil || opts.Dial == nil {
+		return nil, errors.New("outbound: HostsOptions.Catalog and Dial are required")
+	}
+	if opts.DialTimeout <= 0 {
+		opts.DialTimeout = DefaultDialTimeout
+	}
+	log := opts.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	alloc, err := newAllocator(opts.Range, opts.StatePath)
+	if err != nil {
+		return nil, err
+	}
+	file, err := hostsfile.Acquire(hostsfile.Options{Path: opts.HostsFile, LockPath: opts.LockPath, Logger: log})
+	if err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	return &Hosts{opts: opts, log: log, file: file, alloc: alloc, connCtx: ctx, cancelConn: cancel,
+		listeners: map[netip.AddrPort]*portListener{}}, nil
+}
+
+// Run follows the Catalog until ctx ends, then undoes everything: closes
+// the listeners and the forwarded connections, waits for their goroutines
+// and removes the hosts block. Call it once.
+func (h *Hosts) Run(ctx context.Context) error {
+	h.mu.Lock()
+	if h.running || h.closed {
+		h.mu.Unlock()
+		return errors.New("outbound: Hosts.Run called twice or after Close")
+	}
+	h.running = true
+	h.mu.Unlock()
+
+	changed, unsubscribe := h.opts.Catalog.Subscribe()
+	defer unsubscribe()
+	retry := time.NewTimer(time.Hour)
+	retry.Stop()
+	defer retry.Stop()
+	for {
+		if h.reconcile() {
+			retry.Reset(listenRetry)
+		}
+		select {
+		case <-ctx.Done():
+			return h.Close()
+		case <-changed:
+		case <-retry.C:
+		}
+	}
+}
+
+// reconcile makes listeners and the hosts block match the Catalog. It
+// reports whether some port could not be bound (worth a retry).
+func (h *Hosts) reconcile() (failed bool) {
+	services := h.opts.Catalog.Services()
+	var reachable []Named
+	for _, s := range services {
+		if len(tcpPorts(s)) > 0 {
+			reachable = append(reachable, s)
+		}
+	}
+	keys := make([]string, len(reachable))
+	for i, s := range reachable {
+		keys[i] = s.Key()
+	}
+	if err := h.alloc.assign(keys); err != nil {
+		h.log.Error("cannot give every cluster Service a loopback IP", "err", err)
+	}
+	if err := h.alloc.save(); err != nil {
+		h.log.Warn("cannot save hosts-mode IP assignments; they may change after a restart", "path", h.opts.StatePath, "err", err)
+	}
+
+	want := map[netip.AddrPort]listenSpec{}
+	for _, s := range reachable {
+		ip, ok := h.alloc.byKey[s.Key()]
+		if !ok {
+			continue
+		}
+		for _, p := range tcpPorts(s) {
+			want[netip.AddrPortFrom(ip, uint16(p.Port))] = listenSpec{
+				target: net.JoinHostPort(s.FQDN(), strconv.Itoa(int(p.Port))),
+				http:   h.opts.Baggage != nil && isHTTPPort(p),
+			}
+		}
+	}
+
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.closed {
+		return false
+	}
+	for ap, pl := range h.listeners {
+		if want[ap] != pl.listenSpec {
+			// Connections already accepted keep running; only new ones
+			// stop arriving.
+			_ = pl.ln.Close()
+			delete(h.listeners, ap)
+		}
+	}
+	listenErr := map[netip.AddrPort]error{}
+	for ap, spec := range want {
+		if _, ok := h.listeners[ap]; ok {
+			continue
+		}
+		ln, err := net.Listen("tcp", ap.String())
+		if err != nil {
+			listenErr[ap] = err
+			failed = true
+			h.log.Warn("cannot listen for a cluster Service port; retrying", "addr", ap, "target", spec.target, "err", err)
+			continue
+		}
+		pl := &portListener{ln: ln, listenSpec: spec}
+		h.listeners[ap] = pl
+		h.wg.Add(1)
+		go h.acceptLoop(pl)
+	}
+
+	var entries []hostsfile.Entry
+	status := make([]HostsEntry, 0, len(reachable))
+	for _, s := range reachable {
+		ip, ok := h.alloc.byKey[s.Key()]
+		if !ok {
+			continue
+		}
+		entries = append(entries, hostsfile.Entry{IP: ip, Names: s.Names})
+		e := HostsEntry{Service: s.Key(), IP: ip, Names: s.Names}
+		for _, p := range tcpPorts(s) {
+			ap := netip.AddrPortFrom(ip, uint16(p.Port))
+			ps := PortStatus{Port: p.Port, Target: want[ap].target, InjectBaggage: want[ap].http}
+			if _, ok := h.listeners[ap]; ok {
+				ps.Listening = true
+			} else if err := listenErr[ap]; err != nil {
+				ps.Error = err.Error()
+			}
+			e.Ports = append(e.Ports, ps)
+		}
+		status = append(status, e)
+	}
+	slices.SortFunc(entries, func(a, b hostsfile.Entry) int { return a.IP.Compare(b.IP) })
+	h.status = status
+	if err := h.file.Set(entries); err != nil {
+		h.log.Error("cannot update the hosts file", "path", h.file.Path(), "err", err)
+		failed = true
+	}
+	return failed
+}
+
+func tcpPorts(s Named) []discovery.Port {
+	var out []discovery.Port
+	for _, p := range s.Ports {
+		dup := slices.ContainsFunc(out, func(o discovery.Port) bool { return o.Port == p.Port })
+		if (p.Protocol == "" || p.Protocol == "TCP") && p.Port > 0 && p.Port <= 65535 && !dup {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+func (h *Hosts) acceptLoop(pl *portListener) {
+	defer h.wg.Done()
+	for {
+		c, err := pl.ln.Accept()
+		if err != nil {
+			if !errors.Is(err, net.ErrClosed) {
+				h.log.Warn("hosts-mode listener failed", "addr", pl.ln.Addr(), "err", err)
+			}
+			return
+		}
+		h.wg.Add(1)
+		go h.forward(c, pl.listenSpec)
+	}
+}
+
+func (h *Hosts) forward(local net.Conn, spec listenSpec) {
+	defer h.wg.Done()
+	var baggage func() (string, string)
+	if spec.http {
+		baggage = h.opts.Baggage
+	}
+	forward(h.connCtx, h.log, h.opts.Dial, h.opts.DialTimeout, local, spec.target, baggage)
+}
+
+// Forward dials target and pipes local to it until both directions end
+// (half-close passed on) or ctx ends; local is always closed. A failed
+// dial is logged with its reason and closes local, so the client sees the
+// connection end at once.
+func Forward(ctx context.Context, log *slog.Logger, dial Dialer, timeout time.Duration, local net.Conn, target string) {
+	forward(ctx, log, dial, timeout, local, target, nil)
+}
+
+func forward(ctx context.Context, log *slog.Logger, dial Dialer, timeout time.Duration, local net.Conn, target string, baggage func() (string, string)) {
+	ctx = WithSource(ctx, local.RemoteAddr().String())
+	dctx, cancel := context.WithTimeout(ctx, timeout)
+	remote, err := dial(dctx, target)
+	cancel()
+	if err != nil {
+		_ = local.Close()
+		log.Warn("outbound connection failed", "target", target, "from", local.RemoteAddr(), "err", err)
+		return
+	}
+	pipe := tunnel.Pipe
+	if baggage != nil {
+		pipe = func(ctx context.Context, a, b net.Conn) error { return pipeInjecting(ctx, a, b, baggage) }
+	}
+	if err := pipe(ctx, local, remote); err != nil && ctx.Err() == nil {
+		log.Debug("outbound connection ended with an error", "target", target, "err", err)
+	}
+}
+
+// Status returns each Service's IP, names and ports.
+func (h *Hosts) Status() []HostsEntry {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return slices.Clone(h.status)
+}
+
+// HostsFile is the hosts file being edited.
+func (h *Hosts) HostsFile() string { return h.file.Path() }
+
+// Close stops listening, ends forwarded connections, waits for them, and
+// removes the hosts block. It is idempotent; Run calls it on exit.
+func (h *Hosts) Close() error {
+	h.mu.Lock()
+	if h.closed {
+		h.mu.Unlock()
+		return h.closeErr
+	}
+	h.closed = true
+	for ap, pl := range h.listeners {
+		_ = pl.ln.Close()
+		delete(h.listeners, ap)
+	}
+	h.status = nil
+	h.mu.Unlock()
+	h.cancelConn()
+	h.wg.Wait()
+	err := h.file.Close()
+	if err != nil {
+		err = fmt.Errorf("removing the sbx block from the hosts file: %w", err)
+	}
+	h.mu.Lock()
+	h.closeErr = err
+	h.mu.Unlock()
+	return err
+}
+
+// WithSource records the local client's address for the Dialer (the
+// daemon puts it in the tunnel header's Source, which the relay logs).
+func WithSource(ctx context.Context, addr string) context.Context {
+	return proxy.WithSource(ctx, addr)
+}
+
+// SourceFromContext returns the address WithSource (here or in the proxy)
+// recorded, or "".
+func SourceFromContext(ctx context.Context) string { return proxy.SourceFromContext(ctx) }

@@ -1,0 +1,139 @@
+package outbound
+
+import (
+	"context"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/sbx-dev/sbx/daemon/config"
+)
+
+// DefaultRetry is how soon a Runner that failed to start is tried again
+// (the hosts file's owner may exit, a proxy port may free up).
+const DefaultRetry = 30 * time.Second
+
+// ManagerOptions are Options without the config, which the Manager
+// follows live.
+type ManagerOptions struct {
+	Catalog             *Catalog
+	Dial                Dialer
+	LockPath, StatePath string
+	Baggage             func() (key, value string)
+	Logger              *slog.Logger
+	// Retry overrides DefaultRetry.
+	Retry time.Duration
+}
+
+// Manager keeps one Runner in step with the user config: the daemon calls
+// SetConfig from its config Watcher's OnChange, and a change to the
+// outbound section replaces the Runner (the old one is fully undone
+// first: hosts block removed, proxy closed). A Runner that cannot start is
+// reported in Status().Error and retried.
+type Manager struct {
+	opts ManagerOptions
+	log  *slog.Logger
+
+	mu      sync.Mutex
+	cfg     config.Outbound
+	kick    chan struct{}
+	current *Runner
+	err     string
+}
+
+// NewManager returns a Manager for the initial config; Run starts it.
+func NewManager(opts ManagerOptions, cfg config.Outbound) *Manager {
+	if opts.Retry <= 0 {
+		opts.Retry = DefaultRetry
+	}
+	log := opts.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return &Manager{opts: opts, log: log, cfg: cfg, kick: make(chan struct{}, 1)}
+}
+
+// SetConfig applies a new outbound config; it never blocks.
+func (m *Manager) SetConfig(cfg config.Outbound) {
+	m.mu.Lock()
+	m.cfg = cfg
+	m.mu.Unlock()
+	select {
+	case m.kick <- struct{}{}:
+	default:
+	}
+}
+
+// Status is the current Runner's Status, or the reason there is none.
+func (m *Manager) Status() Status {
+	m.mu.Lock()
+	r, errMsg, cfg := m.current, m.err, m.cfg
+	m.mu.Unlock()
+	if r == nil {
+		return Status{Mode: cfg.Mode, Error: errMsg}
+	}
+	return r.Status()
+}
+
+// Run serves until ctx ends, then undoes the current Runner and returns.
+func (m *Manager) Run(ctx context.Context) error {
+	var (
+		running config.Outbound
+		stop    context.CancelFunc
+		done    chan struct{}
+	)
+	halt := func() {
+		if stop == nil {
+			return
+		}
+		stop()
+		<-done
+		stop, done = nil, nil
+		m.mu.Lock()
+		m.current = nil
+		m.mu.Unlock()
+	}
+	defer halt()
+	retry := time.NewTimer(time.Hour)
+	retry.Stop()
+	defer retry.Stop()
+	for {
+		m.mu.Lock()
+		cfg := m.cfg
+		m.mu.Unlock()
+		if stop == nil || NeedsRestart(running, cfg) {
+			halt()
+			r, err := Start(Options{Config: cfg, Catalog: m.opts.Catalog, Dial: m.opts.Dial,
+				LockPath: m.opts.LockPath, StatePath: m.opts.StatePath, Baggage: m.opts.Baggage, Logger: m.log})
+			m.mu.Lock()
+			if err != nil {
+				m.err = err.Error()
+				m.mu.Unlock()
+				m.log.Warn("outbound access is off until this is fixed", "err", err)
+				retry.Reset(m.opts.Retry)
+			} else {
+				retry.Stop()
+				m.err = ""
+				m.current = r
+				m.mu.Unlock()
+				running = cfg
+				rctx, cancel := context.WithCancel(ctx)
+				stop, done = cancel, make(chan struct{})
+				go func(d chan struct{}) {
+					defer close(d)
+					if err := r.Run(rctx); err != nil {
+						m.log.Warn("outbound access stopped with an error", "err", err)
+					}
+				}(done)
+				st := r.Status()
+				m.log.Info("outbound access ready", "mode", st.Mode, "proxy", st.ProxyAddr, "hostsFile", st.HostsFile)
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-m.kick:
+		case <-retry.C: // no Runner: try the same config again
+		}
+	}
+}

@@ -1,0 +1,212 @@
+package outbound
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"reflect"
+	"sync"
+
+	"github.com/sbx-dev/sbx/daemon/config"
+	"github.com/sbx-dev/sbx/daemon/hostsfile"
+	"github.com/sbx-dev/sbx/daemon/proxy"
+)
+
+// Options configure outbound access as a whole (what the daemon starts
+// from the user config).
+type Options struct {
+	// Config is the user config's outbound section.
+	Config config.Outbound
+	// Catalog is fed by service discovery. Required unless Mode is off.
+	Catalog *Catalog
+	// Dial opens a tunnel stream (daemon.DialOutbound for the sandbox).
+	// Required unless Mode is off.
+	Dial Dialer
+	// LockPath is the hosts file ownership lock and StatePath the file
+	// keeping hosts-mode IPs stable; both belong in the daemon's state
+	// directory.
+	LockPath, StatePath string
+	// Baggage returns the baggage key and routing key added to plain HTTP
+	// requests (proxy mode: absolute-URI requests; hosts mode: HTTP/1.x
+	// Service ports), used only with Config.InjectBaggage.
+	Baggage func() (key, value string)
+	Logger  *slog.Logger
+}
+
+// Status is what `sbx status` shows about outbound access.
+type Status struct {
+	// Mode is the mode in effect (auto resolved to hosts or proxy).
+	Mode config.OutboundMode `json:"mode"`
+	// ProxyAddr is the SOCKS5/HTTP proxy's host:port in proxy mode; `sbx
+	// run` and `sbx env` turn it into HTTP_PROXY and friends.
+	ProxyAddr string `json:"proxyAddr,omitempty"`
+	// HostsFile is the edited hosts file in hosts mode.
+	HostsFile string `json:"hostsFile,omitempty"`
+	// Services are the hosts-mode Services with their IPs and ports.
+	Services []HostsEntry `json:"services,omitempty"`
+	// Note explains a fallback (auto chose proxy because ...).
+	Note string `json:"note,omitempty"`
+	// Error says why outbound access is off (Manager only).
+	Error string `json:"error,omitempty"`
+}
+
+// Runner is outbound access in the mode the config asks for.
+type Runner struct {
+	opts  Options
+	log   *slog.Logger
+	mode  config.OutboundMode
+	note  string
+	hosts *Hosts
+	proxy *proxy.Server
+
+	mu      sync.Mutex
+	started bool
+}
+
+// Start resolves the mode and takes what it needs: in hosts mode the
+// hosts file (a block a crashed daemon left is removed), in proxy mode
+// the listening port. In auto mode a hosts file that is not writable or
+// that another sbx daemon owns means proxy mode, with Status().Note saying
+// why; in hosts mode those are errors. Call Run to serve.
+func Start(opts Options) (*Runner, error) {
+	log := opts.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	r := &Runner{opts: opts, log: log, mode: opts.Config.Mode}
+	if r.mode == "" {
+		r.mode = config.ModeAuto
+	}
+	if r.mode == config.ModeOff {
+		return r, nil
+	}
+	if opts.Catalog == nil || opts.Dial == nil {
+		return nil, errors.New("outbound: Options.Catalog and Options.Dial are required")
+	}
+	if r.mode == config.ModeAuto {
+		r.mode = ResolveMode(opts.Config)
+		if r.mode == config.ModeProxy {
+			r.note = fmt.Sprintf("hosts file %s is not writable by the daemon; using proxy mode", opts.Config.HostsFile)
+		}
+	}
+	var baggage func() (string, string)
+	if opts.Config.InjectBaggage {
+		baggage = opts.Baggage
+	}
+	if r.mode == config.ModeHosts {
+		if err := probeRange(opts.Config.HostsRange); err != nil {
+			if opts.Config.Mode != config.ModeAuto {
+				return nil, fmt.Errorf("outbound hosts mode: %w", err)
+			}
+			r.mode = config.ModeProxy
+			r.note = err.Error() + "; using proxy mode"
+		}
+	}
+	if r.mode == config.ModeHosts {
+		h, err := NewHosts(HostsOptions{Baggage: baggage,
+			Catalog: opts.Catalog, Dial: opts.Dial, HostsFile: opts.Config.HostsFile, LockPath: opts.LockPath,
+			Range: opts.Config.HostsRange, StatePath: opts.StatePath, Logger: log,
+		})
+		switch {
+		case err == nil:
+			r.hosts = h
+			return r, nil
+		case opts.Config.Mode == config.ModeAuto && errors.Is(err, hostsfile.ErrOwned):
+			r.mode = config.ModeProxy
+			r.note = err.Error() + "; using proxy mode"
+		default:
+			return nil, fmt.Errorf("outbound hosts mode: %w", err)
+		}
+	}
+	p, err := proxy.New(proxy.Options{
+		Listen: opts.Config.ProxyListen, Lookup: opts.Catalog.Lookup, Cluster: proxy.Dialer(opts.Dial),
+		Baggage: baggage, Logger: log,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("outbound proxy mode: %w", err)
+	}
+	r.proxy = p
+	if r.note != "" {
+		log.Info("outbound access falls back to proxy mode", "reason", r.note, "proxy", p.Addr())
+	}
+	return r, nil
+}
+
+// Run serves until ctx ends, then undoes everything (hosts block removed,
+// listeners closed, connections ended) before returning. Call it once.
+func (r *Runner) Run(ctx context.Context) error {
+	r.mu.Lock()
+	if r.started {
+		r.mu.Unlock()
+		return errors.New("outbound: Runner.Run called twice")
+	}
+	r.started = true
+	r.mu.Unlock()
+	switch {
+	case r.hosts != nil:
+		return r.hosts.Run(ctx)
+	case r.proxy != nil:
+		return r.proxy.Run(ctx)
+	}
+	<-ctx.Done()
+	return nil
+}
+
+// Close releases what Start took when Run is never called.
+func (r *Runner) Close() error {
+	switch {
+	case r.hosts != nil:
+		return r.hosts.Close()
+	case r.proxy != nil:
+		return r.proxy.Close()
+	}
+	return nil
+}
+
+// Status reports the mode in effect and its details.
+func (r *Runner) Status() Status {
+	st := Status{Mode: r.mode, Note: r.note}
+	if r.hosts != nil {
+		st.HostsFile = r.hosts.HostsFile()
+		st.Services = r.hosts.Status()
+	}
+	if r.proxy != nil {
+		st.ProxyAddr = r.proxy.Addr().String()
+	}
+	return st
+}
+
+// ProxyAddr is the proxy's address in proxy mode, else nil.
+func (r *Runner) ProxyAddr() net.Addr {
+	if r.proxy == nil {
+		return nil
+	}
+	return r.proxy.Addr()
+}
+
+// NeedsRestart reports whether a config change requires a new Runner
+// (any change of the outbound section does; the baggage key and routing
+// key are read per request through Options.Baggage).
+func NeedsRestart(old, new config.Outbound) bool {
+	return !reflect.DeepEqual(old, new)
+}
+
+// probeRange checks that this machine accepts listeners on the hosts
+// range. Linux routes all of 127.0.0.0/8 to the loopback interface; macOS
+// configures only 127.0.0.1, so each address needs an alias first.
+func probeRange(p netip.Prefix) error {
+	a, err := newAllocator(p, "")
+	if err != nil {
+		return err
+	}
+	ip := a.addr(0)
+	ln, err := net.Listen("tcp", netip.AddrPortFrom(ip, 0).String())
+	if err != nil {
+		return fmt.Errorf("cannot listen on %s from outbound.hostsRange %s (%w); on macOS add loopback aliases (sudo ifconfig lo0 alias %s up) or use outbound.mode: proxy",
+			ip, p, err, ip)
+	}
+	return ln.Close()
+}

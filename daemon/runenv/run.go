@@ -1,0 +1,99 @@
+package runenv
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"syscall"
+)
+
+// ForwardedSignals are the signals `sbx run` relays to its child. SIGTSTP,
+// SIGTTIN and SIGTTOU are left to their default (stop sbx with the job),
+// SIGKILL and SIGSTOP cannot be caught.
+var ForwardedSignals = []os.Signal{
+	syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP, syscall.SIGQUIT,
+	syscall.SIGUSR1, syscall.SIGUSR2, syscall.SIGWINCH, syscall.SIGCONT,
+}
+
+// RunOptions describe a child process.
+type RunOptions struct {
+	Args   []string // the command and its arguments; Args[0] is looked up in PATH
+	Env    []string // the whole environment (Env.Environ(os.Environ()))
+	Dir    string
+	Stdin  io.Reader
+	Stdout io.Writer
+	Stderr io.Writer
+	// Signals delivers the signals to forward (the CLI subscribes with
+	// signal.Notify(ch, ForwardedSignals...)). nil forwards nothing.
+	Signals <-chan os.Signal
+	// SkipTerminalSignals drops SIGINT and SIGQUIT instead of forwarding
+	// them: set it when sbx and the child share the terminal's foreground
+	// process group, where a Ctrl-C already reaches the child and
+	// forwarding it would deliver it twice (some programs, like debuggers,
+	// treat a second interrupt as "quit now").
+	SkipTerminalSignals bool
+}
+
+// Run starts the command and waits for it, forwarding signals meanwhile.
+// It returns the child's exit code, or 128+N when signal N killed it (as
+// shells report it). err is set only when the command could not start.
+// ctx cancellation sends SIGTERM to the child (and still waits for it).
+func Run(ctx context.Context, o RunOptions) (int, error) {
+	if len(o.Args) == 0 {
+		return 0, errors.New("no command to run: give it after --, e.g. sbx run NAME -- go run ./cmd/driver")
+	}
+	path, err := exec.LookPath(o.Args[0])
+	if err != nil {
+		return 0, fmt.Errorf("cannot run %q: %w", o.Args[0], err)
+	}
+	cmd := &exec.Cmd{Path: path, Args: o.Args, Env: o.Env, Dir: o.Dir, Stdin: o.Stdin, Stdout: o.Stdout, Stderr: o.Stderr}
+	if err := cmd.Start(); err != nil {
+		return 0, fmt.Errorf("cannot run %q: %w", o.Args[0], err)
+	}
+	waited := make(chan error, 1)
+	go func() { waited <- cmd.Wait() }()
+	ctxDone := ctx.Done()
+	for {
+		select {
+		case sig := <-o.Signals:
+			if o.SkipTerminalSignals && (sig == syscall.SIGINT || sig == syscall.SIGQUIT) {
+				continue
+			}
+			_ = cmd.Process.Signal(sig)
+		case <-ctxDone:
+			ctxDone = nil
+			_ = cmd.Process.Signal(syscall.SIGTERM)
+		case err := <-waited:
+			return exitCode(cmd.ProcessState, err)
+		}
+	}
+}
+
+func exitCode(ps *os.ProcessState, err error) (int, error) {
+	if ps == nil {
+		return 0, err
+	}
+	if ws, ok := ps.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
+		return 128 + int(ws.Signal()), nil
+	}
+	return ps.ExitCode(), nil
+}
+
+// InForeground reports whether this process's group is the foreground
+// group of its controlling terminal (so terminal-generated signals reach
+// the child directly). False when there is no terminal.
+func InForeground() bool {
+	tty, err := os.Open("/dev/tty")
+	if err != nil {
+		return false
+	}
+	defer tty.Close()
+	pgrp, err := foregroundPgrp(int(tty.Fd()))
+	if err != nil {
+		return false
+	}
+	return pgrp == syscall.Getpgrp()
+}
