@@ -8,7 +8,7 @@ BIN := bin/sbx
 RACE_PKGS := ./tunnel/... ./relay/... ./daemon/...
 FUZZTIME ?= 30s
 
-.PHONY: help build test test-race test-unit lint bench fuzz demo image image-push clean
+.PHONY: help build test test-race test-unit lint cross bench fuzz demo image image-push clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -24,10 +24,29 @@ test-unit: ## all packages' tests
 test-race: ## tunnel, relay and daemon under the race detector
 	$(GO) test -count=1 -race -timeout 10m $(RACE_PKGS)
 
-lint: ## gofmt and go vet
+# Other GOOS values lint vets for: platform code sits behind build tags, so
+# only a vet (which type-checks tests too) under each GOOS sees it. Measured
+# with a warm build cache: ~2 s each, ~6 s each after an API change in
+# tunnel; a cold cache pays ~3.5 min per GOOS once, like the first build.
+LINT_GOOS := darwin windows
+
+lint: ## gofmt, and go vet for linux, darwin and windows
 	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
 	  if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
+	@for os in $(LINT_GOOS); do \
+	  echo "GOOS=$$os go vet ./..."; CGO_ENABLED=0 GOOS=$$os $(GO) vet ./... || exit 1; \
+	done
+
+# The platforms sbx must build for (issue 8), without cgo as released.
+CROSS_PLATFORMS := linux/amd64 linux/arm64 darwin/amd64 darwin/arm64 windows/amd64 windows/arm64
+
+cross: ## compile every package for linux, darwin and windows on amd64 and arm64 (CGO_ENABLED=0)
+	@for p in $(CROSS_PLATFORMS); do \
+	  os=$${p%/*}; arch=$${p#*/}; \
+	  echo "GOOS=$$os GOARCH=$$arch go build ./..."; \
+	  CGO_ENABLED=0 GOOS=$$os GOARCH=$$arch $(GO) build ./... || exit 1; \
+	done
 
 bench: build ## tunnel (and port-forward) benchmarks: ratios measured in one run
 	$(BIN) bench tunnel

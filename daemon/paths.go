@@ -20,6 +20,11 @@ type Paths struct {
 //	socket: $XDG_RUNTIME_DIR/sbx/sbx.sock, or ~/.sbx/sbx.sock without it
 //	state:  $XDG_STATE_HOME/sbx/state.json, or ~/.local/state/sbx/state.json
 //	log:    next to the state file, daemon.log
+//
+// On Windows the fallbacks (without the XDG variables) are
+// %LOCALAPPDATA%\sbx\sbx.sock and %LOCALAPPDATA%\sbx\state\state.json:
+// the per-user profile directory is what keeps other users off the socket
+// there (see socket_windows.go).
 func DefaultPaths(getenv func(string) string) Paths {
 	if getenv == nil {
 		getenv = os.Getenv
@@ -30,16 +35,12 @@ func DefaultPaths(getenv func(string) string) Paths {
 			home = h
 		}
 	}
-	p := Paths{}
+	p := defaultDirs(getenv, home)
 	if rt := getenv("XDG_RUNTIME_DIR"); rt != "" {
 		p.RuntimeDir = filepath.Join(rt, "sbx")
-	} else {
-		p.RuntimeDir = filepath.Join(home, ".sbx")
 	}
 	if st := getenv("XDG_STATE_HOME"); st != "" {
 		p.StateDir = filepath.Join(st, "sbx")
-	} else {
-		p.StateDir = filepath.Join(home, ".local", "state", "sbx")
 	}
 	return p
 }
@@ -47,7 +48,8 @@ func DefaultPaths(getenv func(string) string) Paths {
 // Socket is the path of the local API's unix socket.
 func (p Paths) Socket() string { return filepath.Join(p.RuntimeDir, "sbx.sock") }
 
-// Lock is the path of the file a running daemon holds an flock on.
+// Lock is the path of the file a running daemon holds a lock on (flock on
+// Unix, LockFileEx on Windows).
 func (p Paths) Lock() string { return filepath.Join(p.RuntimeDir, "sbx.lock") }
 
 // State is the path of the daemon's state file.

@@ -9,7 +9,6 @@ import (
 	"os"
 	"strconv"
 	"strings"
-	"syscall"
 	"time"
 )
 
@@ -29,14 +28,17 @@ func (l *socketListener) Close() error {
 	err := l.Listener.Close()
 	// The unix listener unlinks the socket itself; the lock goes last so a
 	// new daemon never sees our socket while it holds the lock.
+	unlockFile(l.lock)
 	_ = l.lock.Close()
 	return err
 }
 
 // listenSocket opens the daemon's socket in p.RuntimeDir: the directory is
-// created (or tightened to) 0700, an exclusive flock on the lock file proves
-// no other daemon of this user is running, a leftover socket from a crashed
-// daemon is removed, and the new socket is 0600.
+// created private to this user (ensurePrivateDir), an exclusive lock on the
+// lock file (lockFile) proves no other daemon of this user is running, a
+// leftover socket from a crashed daemon is removed, and the new socket is
+// made private (restrictSocket). The platform parts live in socket_unix.go
+// and socket_windows.go.
 func listenSocket(p Paths) (*socketListener, error) {
 	if err := ensurePrivateDir(p.RuntimeDir); err != nil {
 		return nil, err
@@ -45,10 +47,10 @@ func listenSocket(p Paths) (*socketListener, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open the daemon lock file %s: %w (check the permissions of %s)", p.Lock(), err, p.RuntimeDir)
 	}
-	if err := syscall.Flock(int(lock.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+	if err := lockFile(lock); err != nil {
 		pid := readPID(lock)
 		_ = lock.Close()
-		if errors.Is(err, syscall.EWOULDBLOCK) {
+		if lockHeld(err) {
 			who := ""
 			if pid > 0 {
 				who = fmt.Sprintf(" (pid %d)", pid)
@@ -76,38 +78,14 @@ func listenSocket(p Paths) (*socketListener, error) {
 		_ = lock.Close()
 		return nil, fmt.Errorf("listen on %s: %w", p.Socket(), err)
 	}
-	// The directory is already 0700; the chmod closes the window in which
-	// the umask decided the socket's mode.
-	if err := os.Chmod(p.Socket(), 0o600); err != nil {
+	if err := restrictSocket(p.Socket()); err != nil {
 		_ = ln.Close()
 		_ = lock.Close()
-		return nil, fmt.Errorf("chmod %s: %w", p.Socket(), err)
+		return nil, err
 	}
 	_ = lock.Truncate(0)
 	_, _ = lock.WriteAt([]byte(strconv.Itoa(os.Getpid())+"\n"), 0)
 	return &socketListener{Listener: ln, path: p.Socket(), lock: lock}, nil
-}
-
-// ensurePrivateDir creates dir with mode 0700, or tightens an existing one
-// that belongs to us. A directory owned by someone else is refused: another
-// user could otherwise read our socket.
-func ensurePrivateDir(dir string) error {
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return fmt.Errorf("create %s: %w", dir, err)
-	}
-	fi, err := os.Stat(dir)
-	if err != nil {
-		return fmt.Errorf("stat %s: %w", dir, err)
-	}
-	if st, ok := fi.Sys().(*syscall.Stat_t); ok && int(st.Uid) != os.Getuid() {
-		return fmt.Errorf("%s belongs to uid %d, not to you (uid %d); remove it or set XDG_RUNTIME_DIR", dir, st.Uid, os.Getuid())
-	}
-	if fi.Mode().Perm() != 0o700 {
-		if err := os.Chmod(dir, 0o700); err != nil {
-			return fmt.Errorf("chmod 0700 %s: %w", dir, err)
-		}
-	}
-	return nil
 }
 
 // probeSocket reports whether something accepts connections on the socket.

@@ -169,7 +169,7 @@ func ReasonOf(err error) Reason {
 	case errors.As(err, &netErr) && netErr.Timeout():
 		return ReasonTimeout
 	}
-	return ReasonOther
+	return platformReason(err)
 }
 
 // PeerClosedError is a session's end when the peer closed it and said why

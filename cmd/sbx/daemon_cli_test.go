@@ -11,7 +11,6 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -280,7 +279,10 @@ func TestBinaryAutostartsDaemon(t *testing.T) {
 	t.Cleanup(func() {
 		run("daemon", "stop")
 		if pid > 0 {
-			_ = syscall.Kill(pid, syscall.SIGKILL)
+			// os.Process.Kill is SIGKILL on Unix, TerminateProcess on Windows.
+			if p, err := os.FindProcess(pid); err == nil {
+				_ = p.Kill()
+			}
 		}
 	})
 

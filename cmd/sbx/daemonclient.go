@@ -8,7 +8,6 @@ import (
 	"os"
 	"os/exec"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/sbx-dev/sbx/daemon"
@@ -105,8 +104,8 @@ func ensureDaemon(ctx context.Context, progress io.Writer) (*daemon.Client, erro
 }
 
 // spawnDaemon starts `sbx daemon --background` detached from this process
-// (its own session, so closing the terminal does not stop it), with output
-// appended to the daemon log.
+// (detachedProcAttr: its own session or process group, so closing the
+// terminal does not stop it), with output appended to the daemon log.
 func spawnDaemon(paths daemon.Paths) (*os.Process, error) {
 	exe, err := os.Executable()
 	if err != nil {
@@ -130,7 +129,7 @@ func spawnDaemon(paths daemon.Paths) (*os.Process, error) {
 	cmd.Stdout = logf
 	cmd.Stderr = logf
 	cmd.Env = os.Environ()
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	cmd.SysProcAttr = detachedProcAttr()
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("start the sbx daemon (%s daemon): %w (start it by hand with `sbx daemon`)", exe, err)
 	}

@@ -123,17 +123,18 @@ func (c *Config) KubeContext(cluster string) string {
 
 // DefaultPath returns where the config lives: $XDG_CONFIG_HOME/sbx/config.yaml,
 // or ~/.config/sbx/config.yaml when XDG_CONFIG_HOME is unset or relative
-// (the XDG spec says to ignore a relative value). getenv is os.Getenv in
+// (the XDG spec says to ignore a relative value); on Windows the fallback is
+// %APPDATA%\sbx\config.yaml (see defaultDir). getenv is os.Getenv in
 // production.
 func DefaultPath(getenv func(string) string) (string, error) {
 	if x := getenv("XDG_CONFIG_HOME"); x != "" && filepath.IsAbs(x) {
 		return filepath.Join(x, "sbx", "config.yaml"), nil
 	}
-	home := getenv("HOME")
-	if home == "" || !filepath.IsAbs(home) {
-		return "", errors.New("cannot find the sbx config: neither XDG_CONFIG_HOME nor HOME is set to an absolute path; set one of them")
+	dir, err := defaultDir(getenv)
+	if err != nil {
+		return "", err
 	}
-	return filepath.Join(home, ".config", "sbx", "config.yaml"), nil
+	return filepath.Join(dir, "config.yaml"), nil
 }
 
 // Load reads the config file at path. A missing file is not an error: it

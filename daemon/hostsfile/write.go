@@ -2,7 +2,6 @@ package hostsfile
 
 import (
 	"errors"
-	"fmt"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -93,26 +92,6 @@ func writeAtomic(path string, data []byte, fi fs.FileInfo, rename func(oldpath, 
 	if d, derr := os.Open(dir); derr == nil {
 		_ = d.Sync()
 		_ = d.Close()
-	}
-	return nil
-}
-
-// keepOwner gives f the uid and gid of the original when they differ.
-func keepOwner(f *os.File, orig fs.FileInfo) error {
-	want, ok := orig.Sys().(*syscall.Stat_t)
-	if !ok {
-		return nil
-	}
-	got, err := f.Stat()
-	if err != nil {
-		return err
-	}
-	have, ok := got.Sys().(*syscall.Stat_t)
-	if !ok || (have.Uid == want.Uid && have.Gid == want.Gid) {
-		return nil
-	}
-	if err := f.Chown(int(want.Uid), int(want.Gid)); err != nil {
-		return fmt.Errorf("%w: %w", errKeepOwner, err)
 	}
 	return nil
 }

@@ -10,14 +10,6 @@ import (
 	"syscall"
 )
 
-// ForwardedSignals are the signals `sbx run` relays to its child. SIGTSTP,
-// SIGTTIN and SIGTTOU are left to their default (stop sbx with the job),
-// SIGKILL and SIGSTOP cannot be caught.
-var ForwardedSignals = []os.Signal{
-	syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP, syscall.SIGQUIT,
-	syscall.SIGUSR1, syscall.SIGUSR2, syscall.SIGWINCH, syscall.SIGCONT,
-}
-
 // RunOptions describe a child process.
 type RunOptions struct {
 	Args   []string // the command and its arguments; Args[0] is looked up in PATH
@@ -80,20 +72,4 @@ func exitCode(ps *os.ProcessState, err error) (int, error) {
 		return 128 + int(ws.Signal()), nil
 	}
 	return ps.ExitCode(), nil
-}
-
-// InForeground reports whether this process's group is the foreground
-// group of its controlling terminal (so terminal-generated signals reach
-// the child directly). False when there is no terminal.
-func InForeground() bool {
-	tty, err := os.Open("/dev/tty")
-	if err != nil {
-		return false
-	}
-	defer tty.Close()
-	pgrp, err := foregroundPgrp(int(tty.Fd()))
-	if err != nil {
-		return false
-	}
-	return pgrp == syscall.Getpgrp()
 }
