@@ -58,7 +58,18 @@ func buildRoute(name, regex string, port int32, authority, destHost string) *ist
 		Route: []*istioapi.HTTPRouteDestination{{
 			Destination: &istioapi.Destination{Host: destHost, Port: &istioapi.PortSelector{Number: uint32(port)}},
 		}},
+		Retries: SandboxRouteRetries(),
 	}
+}
+
+// SandboxRouteRetries is the retry policy of a keyed route. Istio's default
+// retries 503 and gRPC "unavailable" twice, but those are exactly what the
+// relay answers after holding a request for --grace while the laptop is
+// offline: the default would make the caller wait three grace periods for
+// the same answer. Connection failures (the relay pod restarting) are still
+// retried.
+func SandboxRouteRetries() *istioapi.HTTPRetry {
+	return &istioapi.HTTPRetry{Attempts: 2, RetryOn: "connect-failure,refused-stream"}
 }
 
 // authorityRegex matches the Host/:authority values a client may use for a

@@ -10,6 +10,7 @@ import (
 	"sync/atomic"
 	"testing"
 
+	sbxcluster "github.com/sbx-dev/sbx/cluster"
 	"github.com/stretchr/testify/require"
 	networking "istio.io/api/networking/v1alpha3"
 )
@@ -36,6 +37,11 @@ func TestRetryTransport(t *testing.T) {
 		{"gateway-error retries 502", &networking.HTTPRetry{Attempts: 1, RetryOn: "gateway-error"}, []int{502, 200}, false, 200, 2},
 		{"explicit code", &networking.HTTPRetry{Attempts: 3, RetryOn: "429"}, []int{429, 429, 200}, false, 200, 3},
 		{"connect failure moves to the next endpoint", nil, []int{200}, true, 200, 1},
+		// sbx's keyed routes: the relay's offline 503 (after --grace) is
+		// answered once, not three times; a relay that is restarting
+		// (connection refused) is still retried.
+		{"sbx route does not retry the relay's 503", sbxcluster.SandboxRouteRetries(), []int{503, 200}, false, 503, 1},
+		{"sbx route retries a connect failure", sbxcluster.SandboxRouteRetries(), []int{200}, true, 200, 1},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var n atomic.Int32
