@@ -22,6 +22,11 @@ func TestPool(t *testing.T) {
 				mu.Unlock()
 			})
 			defer pool.Close()
+			deadCount := func() int {
+				mu.Lock()
+				defer mu.Unlock()
+				return len(dead)
+			}
 			for range n {
 				p := newSessionPair(t, transportProxy, r, nil)
 				echoServer(t, p.server)
@@ -46,10 +51,14 @@ func TestPool(t *testing.T) {
 			// Lose one member: it is dropped and reported; the pool goes on.
 			pairs[1].proxy.Cut()
 			require.Eventually(t, func() bool { return pool.Len() == n-1 }, 10*time.Second, 5*time.Millisecond)
+			// onDead runs just after the session leaves the pool: wait for
+			// it, and never assert while holding mu (a failing require
+			// would leave mu locked and the watcher blocked in onDead).
+			require.Eventually(t, func() bool { return deadCount() == 1 }, 10*time.Second, 5*time.Millisecond)
 			mu.Lock()
-			require.Len(t, dead, 1)
-			require.Error(t, dead[pairs[1].client])
+			errDead := dead[pairs[1].client]
 			mu.Unlock()
+			require.Error(t, errDead)
 			for range 6 {
 				st, err := pool.Open(ctx, outboundHeader)
 				require.NoError(t, err)
@@ -71,9 +80,7 @@ func TestPool(t *testing.T) {
 			require.Eventually(t, func() bool { return pool.Len() == 0 }, 10*time.Second, 5*time.Millisecond)
 			_, err := pool.Open(ctx, outboundHeader)
 			require.ErrorIs(t, err, ErrNoSession)
-			mu.Lock()
-			require.Len(t, dead, n)
-			mu.Unlock()
+			require.Eventually(t, func() bool { return deadCount() == n }, 10*time.Second, 5*time.Millisecond)
 		})
 	}
 }
