@@ -126,8 +126,22 @@ func TestWaitRelay(t *testing.T) {
 		require.True(t, errors.As(err, &re))
 		require.Equal(t, "sbx-alice-relay-1", re.Pod)
 		require.ErrorContains(t, err, "relay pod hotrod/sbx-alice-relay-1 not ready: ImagePullBackOff")
-		require.ErrorContains(t, err, "--relay-image")
+		require.ErrorContains(t, err, "set relayImage in the sbx config")
+		require.NotContains(t, err.Error(), "--relay-image", "sbx connect has no such flag")
 		require.ErrorContains(t, err, testImage)
+	})
+
+	t.Run("image pull error names the image the pod runs", func(t *testing.T) {
+		// The user config's relayImage overrides the default the waiter
+		// was given; the message must name the one that failed.
+		f := hotrodFake(t, relayPod("p1", base, func(p *corev1.Pod) {
+			p.Spec.Containers = []corev1.Container{{Name: "relay", Image: "registry.example/sbx:custom"}}
+			p.Status.ContainerStatuses = []corev1.ContainerStatus{{Name: "relay", State: corev1.ContainerState{
+				Waiting: &corev1.ContainerStateWaiting{Reason: "ErrImagePull"}}}}
+		}))
+		_, err := WaitRelay(t.Context(), f.Clients, o, nil)
+		require.ErrorContains(t, err, "cannot pull registry.example/sbx:custom")
+		require.NotContains(t, err.Error(), testImage)
 	})
 
 	t.Run("crash loop names the logs command", func(t *testing.T) {

@@ -20,12 +20,14 @@ type WaitOptions struct {
 	RoutingKey string
 	// Interval between polls (default 1s).
 	Interval time.Duration
-	// RelayImage is named in image errors.
+	// RelayImage is named in image errors when the pod does not say which
+	// image its container runs.
 	RelayImage string
 }
 
-// imageHint is what to do when the relay image cannot be pulled.
-const imageHint = "set relayImage in ~/.config/sbx/config.yaml or pass --relay-image"
+// imageHint is what to do when the relay image cannot be pulled. sbx
+// connect has no image flag: the user config is the one place to set it.
+const imageHint = "set relayImage in the sbx config (~/.config/sbx/config.yaml) to an image the cluster can pull"
 
 // fatalWaiting are container waiting reasons that do not fix themselves.
 var fatalWaiting = map[string]string{
@@ -146,8 +148,18 @@ func podWaiting(p *corev1.Pod, image string) (string, error) {
 	for _, cs := range p.Status.ContainerStatuses {
 		if w := cs.State.Waiting; w != nil {
 			if hint, ok := fatalWaiting[w.Reason]; ok {
-				if hint == imageHint && image != "" {
-					hint = fmt.Sprintf("cannot pull %s: %s", image, hint)
+				if hint == imageHint {
+					// Name the image the pod really runs: the user config's
+					// relayImage may differ from the caller's default.
+					img := image
+					for _, c := range p.Spec.Containers {
+						if c.Name == cs.Name && c.Image != "" {
+							img = c.Image
+						}
+					}
+					if img != "" {
+						hint = fmt.Sprintf("cannot pull %s: %s", img, hint)
+					}
 				}
 				if w.Reason == "CrashLoopBackOff" {
 					hint += fmt.Sprintf(" -n %s %s", p.Namespace, p.Name)

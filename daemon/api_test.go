@@ -96,6 +96,9 @@ func TestBrowserRequestsRefused(t *testing.T) {
 		{"curl host", "localhost", "", "", http.StatusOK},
 		{"origin", "local.sbx", "Origin", "https://evil.example", http.StatusForbidden},
 		{"referer", "local.sbx", "Referer", "https://evil.example/page", http.StatusForbidden},
+		{"opaque origin", "local.sbx", "Origin", "null", http.StatusForbidden},
+		{"empty origin", "local.sbx", "Origin", "", http.StatusForbidden},
+		{"empty referer", "local.sbx", "Referer", "", http.StatusForbidden},
 		{"foreign host", "evil.example", "", "", http.StatusForbidden},
 		{"rebinding host with port", "evil.example:80", "", "", http.StatusForbidden},
 	}
@@ -104,7 +107,7 @@ func TestBrowserRequestsRefused(t *testing.T) {
 			req, err := http.NewRequest(http.MethodGet, "http://"+tc.host+"/v1/status", nil)
 			require.NoError(t, err)
 			if tc.header != "" {
-				req.Header.Set(tc.header, tc.value)
+				req.Header[tc.header] = []string{tc.value}
 			}
 			code, body := rawRequest(t, td.paths.Socket(), req)
 			require.Equal(t, tc.want, code, body)

@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"github.com/stretchr/testify/require"
+
+	"github.com/sbx-dev/sbx/daemon/config"
 )
 
 func TestConfigAppliedLiveAndErrorsShown(t *testing.T) {
@@ -21,6 +23,15 @@ func TestConfigAppliedLiveAndErrorsShown(t *testing.T) {
 	st, err := td.client.Connect(ctx, ConnectRequest{Spec: testSpec("alice", "localhost:1"), Wait: true}, nil)
 	require.NoError(t, err)
 	require.Equal(t, "team-key", st.BaggageKey)
+	// The config leaves outbound at its defaults (auto mode): the sandbox
+	// brings outbound access up on the test's hosts file, never /etc/hosts.
+	require.Eventually(t, func() bool {
+		s, err := td.client.Status(ctx)
+		return err == nil && s.Outbound != nil && s.Outbound.HostsFile != ""
+	}, 10*time.Second, 10*time.Millisecond, "outbound access did not start in hosts mode")
+	s0, err := td.client.Status(ctx)
+	require.NoError(t, err)
+	require.NotEqual(t, config.DefaultHostsFile, s0.Outbound.HostsFile)
 
 	// An invalid edit keeps the old config and shows the error.
 	require.NoError(t, os.WriteFile(cfgPath, []byte("poolSize: many\n"), 0o600))

@@ -17,6 +17,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/sbx-dev/sbx/cluster/spec"
+	"github.com/sbx-dev/sbx/daemon/config"
 )
 
 func TestMain(m *testing.M) {
@@ -257,6 +258,16 @@ func fastBackoff() Backoff {
 	return Backoff{Min: 5 * time.Millisecond, Max: 50 * time.Millisecond, StableAfter: time.Minute}
 }
 
+// configNamesHostsFile reports whether the config file at path sets
+// outbound.hostsFile to something other than the machine's hosts file.
+func configNamesHostsFile(path string) bool {
+	if path == "" {
+		return false
+	}
+	c, err := config.Load(path)
+	return err == nil && c.Outbound.HostsFile != config.DefaultHostsFile
+}
+
 // startDaemon runs a daemon with opts (Paths, Clusters and link filled
 // in when empty) and waits until it answers.
 func startDaemon(t *testing.T, opts Options) *testDaemon {
@@ -273,9 +284,10 @@ func startDaemon(t *testing.T, opts Options) *testDaemon {
 	if opts.StatsInterval == 0 {
 		opts.StatsInterval = 20 * time.Millisecond
 	}
-	if opts.HostsFile == "" && opts.ConfigPath == "" {
+	if opts.HostsFile == "" && !configNamesHostsFile(opts.ConfigPath) {
 		// Tests run as root here: outbound's auto mode would pick the
-		// machine's /etc/hosts.
+		// machine's /etc/hosts, also with a config file that leaves
+		// outbound.hostsFile at its default.
 		opts.HostsFile = tempHostsFile(t, "127.0.0.1 localhost\n")
 	}
 	opts.Version = "test"

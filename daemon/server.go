@@ -88,7 +88,9 @@ func guard(next http.Handler) http.Handler {
 			writeError(w, &httpError{http.StatusForbidden, fmt.Sprintf("uid %d may not use the sbx daemon of uid %d", uid, os.Getuid())})
 			return
 		}
-		if r.Header.Get("Origin") != "" || r.Header.Get("Referer") != "" {
+		// Presence, not value: an empty Origin or Referer still means a
+		// browser-like client, and Get cannot tell empty from absent.
+		if len(r.Header.Values("Origin")) > 0 || len(r.Header.Values("Referer")) > 0 {
 			writeError(w, &httpError{http.StatusForbidden, "requests with Origin or Referer are refused: the sbx API is for local clients only"})
 			return
 		}

@@ -67,6 +67,7 @@ type realDaemon struct {
 	paths   daemon.Paths
 	cluster *holdCluster
 	config  string // user config file; "" for none
+	hosts   string // the hosts file outbound access edits (a temp file)
 	cancel  context.CancelFunc
 	done    chan error
 }
@@ -78,7 +79,12 @@ func newRealDaemonWithConfig(t *testing.T, config string) *realDaemon {
 	dir, err := os.MkdirTemp("", "sbx-d-")
 	require.NoError(t, err)
 	t.Cleanup(func() { _ = os.RemoveAll(dir) })
-	r := &realDaemon{t: t, paths: daemon.Paths{RuntimeDir: dir + "/run", StateDir: dir + "/state"}, cluster: &holdCluster{}, config: config}
+	// Tests run as root in CI: without a hosts file of its own, a daemon
+	// with a sandbox would put its outbound block in the machine's
+	// /etc/hosts (outbound mode auto picks a writable hosts file).
+	hosts := filepath.Join(dir, "hosts")
+	require.NoError(t, os.WriteFile(hosts, []byte("127.0.0.1 localhost\n"), 0o644))
+	r := &realDaemon{t: t, paths: daemon.Paths{RuntimeDir: dir + "/run", StateDir: dir + "/state"}, cluster: &holdCluster{}, config: config, hosts: hosts}
 	t.Cleanup(r.stop)
 	r.start()
 	return r
@@ -88,7 +94,7 @@ func (r *realDaemon) client() *daemon.Client { return &daemon.Client{Socket: r.p
 
 func (r *realDaemon) start() {
 	d, err := daemon.New(daemon.Options{
-		Paths: r.paths, Version: "test", ConfigPath: r.config,
+		Paths: r.paths, Version: "test", ConfigPath: r.config, HostsFile: r.hosts,
 		Clusters: func(context.Context, string, string) (daemon.Cluster, error) { return r.cluster, nil },
 	})
 	require.NoError(r.t, err)
@@ -152,6 +158,13 @@ func TestLoopWithRealDaemon(t *testing.T) {
 	require.Equal(t, IconDegraded, v.Icon)
 	key := r.status().Sandboxes[0].RoutingKey
 	require.Len(t, key, 13)
+	// Outbound access starts with the sandbox; it must edit the test's
+	// hosts file, never the machine's.
+	require.Eventually(t, func() bool {
+		ob := r.status().Outbound
+		return ob != nil && ob.HostsFile != ""
+	}, 10*time.Second, 10*time.Millisecond, "outbound access did not start in hosts mode")
+	require.Equal(t, r.hosts, r.status().Outbound.HostsFile)
 	it, ok := findItem(v.Items, "alice — connecting", labelCopyBaggage)
 	require.True(t, ok)
 	require.Equal(t, "baggage: sbx-routing-key="+key, it.Action.Text)

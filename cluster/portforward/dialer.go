@@ -30,6 +30,8 @@ import (
 	"k8s.io/apimachinery/pkg/util/httpstream"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
+
+	"github.com/sbx-dev/sbx/cluster/portforward/internal/boundedwait"
 )
 
 // ErrClosed is returned by dials on a closed Dialer.
@@ -87,8 +89,8 @@ type Dialer struct {
 	upgradeSem chan struct{} // one port-forward upgrade at a time
 	spdyOnly   atomic.Bool   // an automatic upgrade fell back to SPDY once
 	closing    chan struct{}
-	wg         sync.WaitGroup // connection monitors
-	creating   creators       // stream creations in flight
+	wg         sync.WaitGroup    // connection monitors
+	creating   boundedwait.Group // stream creations in flight
 
 	mu       sync.Mutex
 	closed   bool
@@ -216,54 +218,12 @@ func (d *Dialer) Close() error {
 	// A stream creation that raced a connection's death is stuck in
 	// client-go until its 30s reply timeout, and nothing can cut that
 	// short; it touches only the closed connection. Wait a little, not 30s.
-	d.creating.wait(creatorsCloseWait)
+	d.creating.Wait(creatorsCloseWait)
 	return nil
 }
 
 // creatorsCloseWait bounds how long Close waits for stream creations.
 const creatorsCloseWait = 2 * time.Second
-
-// creators counts goroutines creating streams and lets Close wait for them
-// with a bound.
-type creators struct {
-	mu   sync.Mutex
-	n    int
-	idle chan struct{} // closed while n == 0; nil means "idle"
-}
-
-func (c *creators) add() {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.n == 0 {
-		c.idle = make(chan struct{})
-	}
-	c.n++
-}
-
-func (c *creators) done() {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.n--
-	if c.n == 0 {
-		close(c.idle)
-	}
-}
-
-func (c *creators) wait(bound time.Duration) {
-	c.mu.Lock()
-	idle := c.idle
-	busy := c.n > 0
-	c.mu.Unlock()
-	if !busy {
-		return
-	}
-	t := time.NewTimer(bound)
-	defer t.Stop()
-	select {
-	case <-idle:
-	case <-t.C:
-	}
-}
 
 // connFor returns a live port-forward connection to pod with a stream slot
 // reserved (release it with pc.release), opening one if needed.
@@ -428,9 +388,9 @@ func (pc *pfConn) open(ctx context.Context, d *Dialer, port uint16) (*Conn, erro
 	}
 	result := make(chan created)
 	abandon := make(chan struct{})
-	d.creating.add()
+	d.creating.Add(1)
 	go func() {
-		defer d.creating.done()
+		defer d.creating.Done()
 		var r created
 		h := http.Header{}
 		h.Set(corev1.StreamType, corev1.StreamTypeError)

@@ -128,7 +128,7 @@ func (v *validator) from(p string, w Workload) {
 	switch k := w.Kind; {
 	case k == "":
 		v.add(p+".kind", "the workload kind is required; allowed: %s", strings.Join(kinds, ", "))
-	case !contains(kinds, k):
+	case !slices.Contains(kinds, k):
 		msg := fmt.Sprintf("unknown kind %q; allowed: %s", k, strings.Join(kinds, ", "))
 		if s := strictyaml.Suggest(k, kinds); s != "" {
 			msg = fmt.Sprintf("unknown kind %q; did you mean %q? (allowed: %s)", k, s, strings.Join(kinds, ", "))
@@ -241,15 +241,6 @@ func checkHostPort(s string) string {
 		return fmt.Sprintf("%q: port %d is out of range; allowed %s", s, n, portAllowed)
 	}
 	return ""
-}
-
-func contains(list []string, s string) bool {
-	for _, x := range list {
-		if x == s {
-			return true
-		}
-	}
-	return false
 }
 
 func sortedKeys(m map[string]string) []string {

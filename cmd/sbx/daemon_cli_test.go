@@ -474,6 +474,11 @@ func TestCLILogsTail(t *testing.T) {
 	code, out, _ = runCLI(t, "logs", "--tail", "100")
 	require.Equal(t, 0, code)
 	require.Equal(t, strings.Join(lines, "\n")+"\n", out)
+
+	// The log is text: -o json is refused, not silently ignored.
+	code, _, errOut = runCLI(t, "logs", "-o", "json")
+	require.Equal(t, 2, code)
+	require.Contains(t, errOut, "not supported")
 }
 
 func TestCLIStatusWatch(t *testing.T) {

@@ -2,6 +2,7 @@ package main
 
 import (
 	"errors"
+	"fmt"
 	"strings"
 
 	"github.com/spf13/cobra"
@@ -24,7 +25,8 @@ with --env-from-baseline the baseline container's own environment (ConfigMap
 values resolved; Secret values only with --include-secrets).
 
 Formats: dotenv (VS Code "envFile", docker --env-file style), json (an object
-for launch.json "env"), shell (export lines for eval). What cannot be carried
+for launch.json "env"), shell (export lines for eval); the global -o json
+is the same as --format json. What cannot be carried
 is reported on stderr, never written wrong.`,
 		Example: `  sbx env alice > .env                         # VS Code: "envFile": "${workspaceFolder}/.env"
   sbx env alice --env-from-baseline --format json
@@ -32,6 +34,18 @@ is reported on stderr, never written wrong.`,
 		Args:              cobra.ExactArgs(1),
 		ValidArgsFunction: completeSandboxNames,
 		RunE: func(cmd *cobra.Command, args []string) error {
+			// The global -o picks the format too (scripts pass -o json to
+			// every command); it must never be silently ignored.
+			if g.output != "" {
+				if !validFormat(g.output) {
+					return userError(fmt.Errorf("output format %q is not supported by sbx env", g.output),
+						"use --format (or -o) with one of "+strings.Join(runenv.Formats, ", "))
+				}
+				if cmd.Flags().Changed("format") && format != g.output {
+					return userError(fmt.Errorf("-o %s and --format %s disagree", g.output, format), "give only one of them")
+				}
+				format = g.output
+			}
 			if !validFormat(format) {
 				return userError(errors.New("unknown --format "+format), "use one of "+strings.Join(runenv.Formats, ", "))
 			}

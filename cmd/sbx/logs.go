@@ -25,6 +25,10 @@ func newLogsCmd(g *globalOptions) *cobra.Command {
   sbx logs --tail 50`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			// The log is text; refuse -o json rather than ignore it.
+			if _, err := g.outputFormat("text"); err != nil {
+				return err
+			}
 			ctx := cmd.Context()
 			path := daemonPaths().Log()
 			// A running daemon knows best where it writes.

@@ -44,9 +44,9 @@ names travel back through the same tunnel to the baseline services.`,
 	pf := root.PersistentFlags()
 	pf.StringVar(&g.kubeconfig, "kubeconfig", "", "path to the kubeconfig file (default: $KUBECONFIG or ~/.kube/config)")
 	pf.StringVar(&g.context, "context", "", "kubeconfig context to use (default: the current context)")
-	pf.StringVarP(&g.namespace, "namespace", "n", "", "namespace for commands that need one (default: the context's namespace)")
+	pf.StringVarP(&g.namespace, "namespace", "n", "", "namespace for list, gc and disconnect --orphan (default: every namespace you may list, else the context's) and for render's baseline objects")
 	pf.StringVarP(&g.output, "output", "o", "", "output format for commands that print state: text, json or yaml")
-	pf.CountVarP(&g.verbosity, "verbose", "v", "more detail in logs and errors (repeatable)")
+	pf.CountVarP(&g.verbosity, "verbose", "v", "debug-level logs from sbx daemon, relay and tray; progress from sbx bench portforward")
 
 	root.AddCommand(
 		newVersionCmd(g),

@@ -36,6 +36,10 @@ N killed it).`,
 		},
 		ValidArgsFunction: completeSandboxNames,
 		RunE: func(cmd *cobra.Command, args []string) error {
+			// The output is the child's; refuse -o json rather than ignore it.
+			if _, err := g.outputFormat("text"); err != nil {
+				return err
+			}
 			env, err := sandboxEnv(cmd.Context(), g, args[0], flags)
 			if err != nil {
 				return err

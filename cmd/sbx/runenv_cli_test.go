@@ -59,6 +59,19 @@ func TestCLIEnvFormats(t *testing.T) {
 	require.NoError(t, json.Unmarshal([]byte(out), &got))
 	require.Equal(t, want, got)
 
+	// The global -o json is honoured, not ignored in favour of dotenv.
+	code, out, errOut = runCLI(t, "env", "alice", "-o", "json")
+	require.Equal(t, 0, code, errOut)
+	got = nil
+	require.NoError(t, json.Unmarshal([]byte(out), &got), out)
+	require.Equal(t, want, got)
+	code, _, errOut = runCLI(t, "env", "alice", "-o", "yaml")
+	require.Equal(t, 2, code)
+	require.Contains(t, errOut, "dotenv, json, shell")
+	code, _, errOut = runCLI(t, "env", "alice", "-o", "json", "--format", "shell")
+	require.Equal(t, 2, code)
+	require.Contains(t, errOut, "disagree")
+
 	code, out, errOut = runCLI(t, "env", "alice", "--format", "shell")
 	require.Equal(t, 0, code, errOut)
 	file := filepath.Join(t.TempDir(), "env.sh")
@@ -104,6 +117,9 @@ func TestCLIRun(t *testing.T) {
 	code, _, errOut = runCLI(t, "run", "alice", "--", "/nonexistent/program")
 	require.Equal(t, 2, code)
 	require.Contains(t, errOut, "cannot run")
+	code, _, errOut = runCLI(t, "run", "-o", "json", "alice", "--", "true")
+	require.Equal(t, 2, code, "the child's output cannot be JSON; -o json is refused")
+	require.Contains(t, errOut, "not supported")
 }
 
 func TestProxyAddrOf(t *testing.T) {

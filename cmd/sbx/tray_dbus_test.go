@@ -73,6 +73,10 @@ func TestTrayCommandOverDBus(t *testing.T) {
 	dir, err := os.MkdirTemp("", "sbx-tray-")
 	require.NoError(t, err)
 	t.Cleanup(func() { _ = os.RemoveAll(dir) })
+	// The daemon reads its config from HOME/XDG_CONFIG_HOME: keep the
+	// real user's config (and whatever hosts file it names) out of it.
+	t.Setenv("HOME", dir)
+	t.Setenv("XDG_CONFIG_HOME", filepath.Join(dir, "config"))
 	t.Setenv("XDG_RUNTIME_DIR", filepath.Join(dir, "run"))
 	t.Setenv("XDG_STATE_HOME", filepath.Join(dir, "state"))
 	t.Setenv("SBX_DAEMON_AUTOSTART", "0")

@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -86,7 +87,7 @@ func decodeOutbound(d *strictyaml.Decoder, n *yaml.Node, o *Outbound) {
 		case d.Bad(p + ".mode"):
 		case m == "":
 			d.Errorf(n, p+".mode", "must not be empty; allowed: %s (default auto)", strings.Join(modes, ", "))
-		case !contains(modes, m):
+		case !slices.Contains(modes, m):
 			msg := fmt.Sprintf("unknown mode %q", m)
 			if s := strictyaml.Suggest(m, modes); s != "" {
 				msg += fmt.Sprintf("; did you mean %q?", s)
@@ -187,13 +188,4 @@ func checkProxyListen(s string) string {
 		return fmt.Sprintf("%q is not a loopback address; the proxy reaches into the cluster and must not be exposed to the network; %s", s, want)
 	}
 	return ""
-}
-
-func contains(list []string, s string) bool {
-	for _, x := range list {
-		if x == s {
-			return true
-		}
-	}
-	return false
 }

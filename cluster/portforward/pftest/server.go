@@ -34,6 +34,8 @@ import (
 	"k8s.io/client-go/rest"
 	criportforward "k8s.io/cri-streaming/pkg/streaming/portforward"
 	"k8s.io/streaming/pkg/httpstream/wsstream"
+
+	"github.com/sbx-dev/sbx/cluster/portforward/internal/boundedwait"
 )
 
 // Resolver maps a forwarded (namespace, pod, port) to the TCP address
@@ -110,7 +112,7 @@ type Server struct {
 	upgraded    map[*trackedConn]struct{} // API-side connections (hijacked)
 	targets     map[net.Conn]struct{}     // forwarded TCP connections
 	work        sync.WaitGroup            // handlers and PortForward calls
-	copies      copyGroup                 // copy goroutines of forwarded streams
+	copies      boundedwait.Group         // copy goroutines of forwarded streams
 
 	stats struct {
 		connections, websocketTunnel, spdy, websocketV4, activeConns atomic.Int64
@@ -243,7 +245,7 @@ func (s *Server) Close() error {
 	s.serveW.Wait()
 	s.CutAll()
 	s.work.Wait()
-	s.copies.wait(closeCopiesWait)
+	s.copies.Wait(closeCopiesWait)
 	return err
 }
 
@@ -252,46 +254,6 @@ func (s *Server) Close() error {
 // the kubelet handler set the stream up) blocks forever inside spdystream
 // (a known kubelet-side leak); Close must not hang with it.
 const closeCopiesWait = 2 * time.Second
-
-// copyGroup counts copy goroutines; wait has a bound.
-type copyGroup struct {
-	mu   sync.Mutex
-	n    int
-	idle chan struct{} // closed when n drops to 0
-}
-
-func (g *copyGroup) add(n int) {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	if g.n == 0 {
-		g.idle = make(chan struct{})
-	}
-	g.n += n
-}
-
-func (g *copyGroup) done() {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	g.n--
-	if g.n == 0 {
-		close(g.idle)
-	}
-}
-
-func (g *copyGroup) wait(bound time.Duration) {
-	g.mu.Lock()
-	idle, busy := g.idle, g.n > 0
-	g.mu.Unlock()
-	if !busy {
-		return
-	}
-	t := time.NewTimer(bound)
-	defer t.Stop()
-	select {
-	case <-idle:
-	case <-t.C:
-	}
-}
 
 // begin registers a unit of work unless the server is closing.
 func (s *Server) begin() bool {
@@ -412,9 +374,9 @@ func (f *forwarder) PortForward(ctx context.Context, pod, _ string, port int32, 
 		err      error
 	}
 	done := make(chan result, 2)
-	s.copies.add(2)
+	s.copies.Add(2)
 	go func() {
-		defer s.copies.done()
+		defer s.copies.Done()
 		_, err := io.Copy(target, stream)
 		if tc, ok := target.(*net.TCPConn); ok && err == nil {
 			_ = tc.CloseWrite() // pass the client's half-close on
@@ -422,7 +384,7 @@ func (f *forwarder) PortForward(ctx context.Context, pod, _ string, port int32, 
 		done <- result{toTarget: true, err: err}
 	}()
 	go func() {
-		defer s.copies.done()
+		defer s.copies.Done()
 		_, err := io.Copy(stream, target)
 		done <- result{err: err}
 	}()
