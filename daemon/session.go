@@ -290,7 +290,7 @@ func (s *session) connectOnce(ctx context.Context) (time.Time, error) {
 		_ = lk.Close()
 	}()
 	connectedAt := cfg.Now()
-	s.refresh(lk, connectedAt)
+	s.refresh(ctx, lk, connectedAt)
 	s.m.store.UpdateSandbox(s.name, func(st *SandboxStatus) { st.Phase, st.ReadySince = PhaseReady, connectedAt })
 	s.log.Info("session phase", "phase", PhaseReady, "routingKey", t.RoutingKey)
 	st, _ := s.m.store.Sandbox(s.name)
@@ -315,7 +315,7 @@ func (s *session) connectOnce(ctx context.Context) (time.Time, error) {
 		case <-lk.Done():
 			return connectedAt, fmt.Errorf("tunnel to relay of sandbox %s lost: %w", t.Sandbox, lk.Err())
 		case <-statsT.C:
-			s.refresh(lk, connectedAt)
+			s.refresh(ctx, lk, connectedAt)
 		case <-leaseT.C:
 			if err := cl.RenewLease(ctx, t); err != nil && ctx.Err() == nil {
 				if errors.Is(err, ErrSandboxGone) {
@@ -329,12 +329,12 @@ func (s *session) connectOnce(ctx context.Context) (time.Time, error) {
 }
 
 // refresh samples the link and probes each mapping's local address.
-func (s *session) refresh(lk link, since time.Time) {
+func (s *session) refresh(ctx context.Context, lk link, since time.Time) {
 	ls := lk.Stats()
 	listening := map[string]bool{}
 	for _, r := range s.routes() {
 		if _, ok := listening[r.ToLocal]; !ok {
-			listening[r.ToLocal] = probeLocal(r.ToLocal, s.m.cfg.ProbeTimeout)
+			listening[r.ToLocal] = probeLocal(ctx, r.ToLocal, s.m.cfg.ProbeTimeout)
 		}
 	}
 	s.m.store.UpdateSandbox(s.name, func(st *SandboxStatus) {
@@ -346,8 +346,12 @@ func (s *session) refresh(lk link, since time.Time) {
 }
 
 // probeLocal reports whether something accepts TCP connections at addr.
-func probeLocal(addr string, timeout time.Duration) bool {
-	c, err := net.DialTimeout("tcp", addr, timeout)
+// It gives up when ctx ends so a disconnect never waits for probes.
+func probeLocal(ctx context.Context, addr string, timeout time.Duration) bool {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	var d net.Dialer
+	c, err := d.DialContext(ctx, "tcp", addr)
 	if err != nil {
 		return false
 	}
