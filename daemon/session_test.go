@@ -339,8 +339,9 @@ func TestListMarksOrphansAndGC(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, []string{"old"}, gc.Deleted)
 	fc.mu.Lock()
-	require.Greater(t, fc.renews, renews, "gc renews this daemon's own sandboxes first")
+	renewsAfter := fc.renews
 	fc.mu.Unlock()
+	require.Greater(t, renewsAfter, renews, "gc renews this daemon's own sandboxes first")
 }
 
 func TestRoutingKeyShape(t *testing.T) {

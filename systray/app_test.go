@@ -406,8 +406,9 @@ func TestLoopStartDaemonFails(t *testing.T) {
 	ui.waitView(t, "start offered again", func(v View) bool { _, ok := findItem(v.Items, labelStartDaemon); return ok })
 	require.Eventually(t, func() bool { mu.Lock(); defer mu.Unlock(); return len(notes) == 1 }, 10*time.Second, 5*time.Millisecond)
 	mu.Lock()
-	require.True(t, strings.HasPrefix(notes[0], "sbx: could not start the daemon: sbx daemon exited at once"), notes[0])
+	note := notes[0]
 	mu.Unlock()
+	require.True(t, strings.HasPrefix(note, "sbx: could not start the daemon: sbx daemon exited at once"), note)
 	cancel()
 	require.NoError(t, <-done)
 }

@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -212,8 +213,9 @@ func TestCLIConnectStatusListDisconnect(t *testing.T) {
 	require.Equal(t, 0, code, errOut)
 	require.Contains(t, out, "sandbox ghost disconnected")
 	cl.mu.Lock()
-	require.Equal(t, []string{"ghost"}, cl.deletes, "forget touched nothing, orphan deleted ghost")
+	deletes := slices.Clone(cl.deletes)
 	cl.mu.Unlock()
+	require.Equal(t, []string{"ghost"}, deletes, "forget touched nothing, orphan deleted ghost")
 
 	code, out, errOut = runCLI(t, "disconnect", "alice")
 	require.Equal(t, 0, code, errOut)
