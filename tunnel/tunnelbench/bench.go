@@ -19,6 +19,10 @@ import (
 type Options struct {
 	// Reps is how many times each measurement runs; medians are reported.
 	Reps int
+	// Budget bounds the repetitions' wall time: after at least MinReps,
+	// no repetition starts that would likely end past it. A slow or busy
+	// machine gets fewer repetitions instead of a run over a minute.
+	Budget time.Duration
 	// BulkBytes is the total sent per bulk measurement (split across
 	// the streams of the 8- and 64-stream runs).
 	BulkBytes int64
@@ -36,11 +40,15 @@ type Options struct {
 	Progress io.Writer
 }
 
+// MinReps is the fewest repetitions a run reports medians of.
+const MinReps = 3
+
 // DefaultOptions is what `sbx bench tunnel` runs: under a minute on two
 // cores.
 func DefaultOptions() Options {
 	return Options{
 		Reps:        7,
+		Budget:      35 * time.Second,
 		BulkBytes:   128 << 20,
 		RTTSamples:  5000,
 		RequestSize: 1024,
@@ -54,6 +62,9 @@ func (o Options) withDefaults() Options {
 	d := DefaultOptions()
 	if o.Reps <= 0 {
 		o.Reps = d.Reps
+	}
+	if o.Budget <= 0 {
+		o.Budget = d.Budget
 	}
 	if o.BulkBytes <= 0 {
 		o.BulkBytes = d.BulkBytes
@@ -161,7 +172,9 @@ func Run(ctx context.Context, opts Options) (Result, error) {
 
 	// Each measurement runs on raw TCP, the tunnel and the pool back to
 	// back, so a burst of background load hits all three alike.
+	reps := 0
 	for rep := range o.Reps {
+		repStart := time.Now()
 		for _, streams := range []int{1, 8, 64} {
 			for _, ep := range eps {
 				mbps, err := bulk(ctx, ep, streams, o.BulkBytes/int64(streams))
@@ -187,7 +200,12 @@ func Run(ctx context.Context, opts Options) (Result, error) {
 			add("bulkrtt50", ep.name(), us(p50))
 			add("bulkrtt99", ep.name(), us(p99))
 		}
+		reps++
 		progress("repetition %d/%d done (%s)", rep+1, o.Reps, time.Since(start).Round(100*time.Millisecond))
+		if reps >= MinReps && reps < o.Reps && time.Since(start)+time.Since(repStart) > o.Budget {
+			progress("stopping after %d repetitions: the next would end past the %s budget", reps, o.Budget)
+			break
+		}
 	}
 	med := func(metric, ep string) float64 { return median(samples[key{metric, ep}]) }
 
@@ -201,7 +219,7 @@ func Run(ctx context.Context, opts Options) (Result, error) {
 		RawRTTUnderBulkP50: med("bulkrtt50", "raw"), RawRTTUnderBulkP99: med("bulkrtt99", "raw"),
 		TunnelRTTUnderBulkP50: med("bulkrtt50", "tunnel"), TunnelRTTUnderBulkP99: med("bulkrtt99", "tunnel"),
 		PoolRTTUnderBulkP50: med("bulkrtt50", "pool"), PoolRTTUnderBulkP99: med("bulkrtt99", "pool"),
-		Streams: o.Streams, Reps: o.Reps,
+		Streams: o.Streams, Reps: reps,
 	}
 	r.ThroughputRatio = ratio(r.TunnelMBps, r.RawMBps)
 	r.Throughput8Ratio = ratio(r.Tunnel8MBps, r.Raw8MBps)

@@ -44,6 +44,18 @@ func TestRunSmall(t *testing.T) {
 	require.Contains(t, progress.String(), "100 concurrent streams verified")
 }
 
+// TestRunBudget: once the budget is spent, a run stops after MinReps
+// repetitions instead of running all of them, and reports how many ran.
+func TestRunBudget(t *testing.T) {
+	o := Options{Reps: MinReps + 2, Budget: time.Nanosecond, BulkBytes: 1 << 20, RTTSamples: 20, Streams: 10}
+	var progress strings.Builder
+	o.Progress = &progress
+	r, err := Run(context.Background(), o)
+	require.NoError(t, err)
+	require.Equal(t, MinReps, r.Reps)
+	require.Contains(t, progress.String(), "stopping after 3 repetitions")
+}
+
 func TestMedianRatio(t *testing.T) {
 	require.Equal(t, 2.0, median([]float64{3, 1, 2}))
 	require.Equal(t, 2.5, median([]float64{4, 1, 2, 3}))
