@@ -45,6 +45,20 @@ func TestCompletion(t *testing.T) {
 	}
 }
 
+func TestOutputRefusedWhereNothingIsPrinted(t *testing.T) {
+	for _, args := range [][]string{
+		{"tray", "-o", "json"},
+		{"daemon", "stop", "-o", "json"},
+		{"relay", "-o", "yaml"},
+		{"completion", "bash", "-o", "json"},
+	} {
+		code, _, errOut := runCLI(t, args...)
+		require.Equal(t, 2, code, args)
+		require.Contains(t, errOut, "prints no state", args)
+		require.Contains(t, errOut, "hint: drop -o", args)
+	}
+}
+
 func TestUnknownCommand(t *testing.T) {
 	code, _, errOut := runCLI(t, "frobnicate")
 	require.NotEqual(t, 0, code)

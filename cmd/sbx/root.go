@@ -66,7 +66,39 @@ names travel back through the same tunnel to the baseline services.`,
 		newEnvCmd(g),
 		newDemoCmd(g),
 	)
+
+	// Commands that print no state refuse -o rather than ignore it; the
+	// others validate it themselves through g.outputFormat.
+	root.InitDefaultCompletionCmd()
+	for _, c := range root.Commands() {
+		switch c.Name() {
+		case "tray", "daemon", "relay", "demo", "completion":
+			markNoOutput(c)
+		}
+	}
+	root.PersistentPreRunE = func(cmd *cobra.Command, _ []string) error {
+		if g.output == "" {
+			return nil
+		}
+		for c := cmd; c != nil; c = c.Parent() {
+			if c.Annotations[noOutputAnnotation] == "true" {
+				return userError(fmt.Errorf("sbx %s prints no state, so -o %s has no effect", cmd.Name(), g.output),
+					"drop -o; commands such as status, list, version and env take it")
+			}
+		}
+		return nil
+	}
 	return root
+}
+
+// noOutputAnnotation marks a command (and its subcommands) that takes no -o.
+const noOutputAnnotation = "sbx.dev/no-output"
+
+func markNoOutput(c *cobra.Command) {
+	if c.Annotations == nil {
+		c.Annotations = map[string]string{}
+	}
+	c.Annotations[noOutputAnnotation] = "true"
 }
 
 // outputFormat validates the global -o flag against what a command supports.
