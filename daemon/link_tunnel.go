@@ -143,6 +143,13 @@ func (l *tunnelLink) watch(sess *tunnel.Session) {
 	live := l.live
 	l.mu.Unlock()
 	err := sess.Err()
+	if errors.Is(err, tunnel.ErrReplaced) {
+		// Another daemon (another laptop, or a second state directory)
+		// took the sandbox over with its token. Reconnecting would take
+		// it back and the two would take turns forever: stop here.
+		l.finish(&PermanentError{fmt.Errorf("%w; this daemon stopped reconnecting so the two do not take turns (run sbx connect here again to take the sandbox back)", err)})
+		return
+	}
 	if live == 0 {
 		l.finish(err)
 		return

@@ -246,3 +246,45 @@ func TestOutboundThroughRealRelay(t *testing.T) {
 	require.ErrorAs(t, err, &de)
 	require.Equal(t, tunnel.ReasonDNS, de.Reason)
 }
+
+// TestReplacedDaemonStopsReconnecting: another daemon connecting to the
+// sandbox with its token takes it over; this daemon must not take it back
+// on its own (the two would take turns forever) and says why.
+func TestReplacedDaemonStopsReconnecting(t *testing.T) {
+	svc := localService(t)
+	rr := startRealRelay(t, "s3cret-token")
+	fc := relayCluster(func() string { return rr.addrs.Tunnel.String() })
+	cfg := shortTunnelConfig()
+	td := startDaemon(t, Options{Clusters: fc.provider(), Tunnel: &cfg, Logger: testLogger(t)})
+	connectTo(t, td, svc.Addr().String())
+	before, err := td.client.Sandbox(context.Background(), "alice")
+	require.NoError(t, err)
+
+	// The other daemon: same sandbox and token, another client id.
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	conn, err := net.Dial("tcp", rr.addrs.Tunnel.String())
+	require.NoError(t, err)
+	other, _, err := tunnel.Client(ctx, conn, cfg, tunnel.Hello{
+		Version: tunnel.ProtocolVersion, Token: "s3cret-token", ClientID: "other-laptop",
+		Sandbox: "alice", User: "bob@elsewhere",
+	})
+	require.NoError(t, err)
+	defer other.Close()
+
+	var sb SandboxStatus
+	require.Eventually(t, func() bool {
+		sb, err = td.client.Sandbox(context.Background(), "alice")
+		return err == nil && sb.Phase == PhaseFailed
+	}, 20*time.Second, 10*time.Millisecond)
+	require.Contains(t, sb.LastError, "replaced")
+	require.Contains(t, sb.LastError, "run sbx connect here again")
+	require.Equal(t, before.Reconnects, sb.Reconnects, "a replaced daemon does not count it as a reconnect")
+
+	// The newer daemon keeps the sandbox: its session stays up.
+	select {
+	case <-other.Done():
+		t.Fatalf("the newer daemon's session ended: %v", other.Err())
+	default:
+	}
+}
