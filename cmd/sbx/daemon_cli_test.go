@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strings"
 	"sync"
@@ -292,7 +293,7 @@ func TestBinaryAutostartsDaemon(t *testing.T) {
 	require.Equal(t, 2, code, "status never starts a daemon")
 	require.Contains(t, errOut, "not running")
 
-	code, out, errOut := run("list", "--local")
+	code, out, errOut := run("-v", "list", "--local")
 	require.Equal(t, 0, code, errOut)
 	require.Contains(t, errOut, "starting the sbx daemon in the background")
 	require.Contains(t, out, "no sandboxes")
@@ -304,6 +305,11 @@ func TestBinaryAutostartsDaemon(t *testing.T) {
 	pid = st.PID
 	require.NotEqual(t, os.Getpid(), pid)
 	require.Equal(t, filepath.Join(dir, "state", "sbx", "daemon.log"), st.LogPath)
+	if runtime.GOOS == "linux" {
+		cmdline, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+		require.NoError(t, err)
+		require.Contains(t, strings.Split(string(cmdline), "\x00"), "-v", "the auto-started daemon inherits -v")
+	}
 
 	paths := daemon.DefaultPaths(os.Getenv)
 	fi, err := os.Stat(paths.RuntimeDir)

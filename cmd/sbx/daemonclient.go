@@ -36,8 +36,9 @@ func connectDaemon(ctx context.Context) (*daemon.Client, error) {
 }
 
 // ensureDaemon returns a client of the running daemon, starting one in the
-// background first if none answers. Progress goes to progress.
-func ensureDaemon(ctx context.Context, progress io.Writer) (*daemon.Client, error) {
+// background first if none answers. Progress goes to progress; verbosity
+// (the CLI's -v count) is passed on to a daemon it starts.
+func ensureDaemon(ctx context.Context, progress io.Writer, verbosity int) (*daemon.Client, error) {
 	paths := daemonPaths()
 	c := &daemon.Client{Socket: paths.Socket()}
 	_, err := c.LogPath(ctx)
@@ -54,7 +55,7 @@ func ensureDaemon(ctx context.Context, progress io.Writer) (*daemon.Client, erro
 			"start it with `sbx daemon` (or your service manager), or unset SBX_DAEMON_AUTOSTART")
 	}
 	fmt.Fprintf(progress, "starting the sbx daemon in the background (log: %s) ", paths.Log())
-	proc, err := spawnDaemon(paths)
+	proc, err := spawnDaemon(paths, verbosity)
 	if err != nil {
 		fmt.Fprintln(progress)
 		c.Close()
@@ -106,7 +107,7 @@ func ensureDaemon(ctx context.Context, progress io.Writer) (*daemon.Client, erro
 // spawnDaemon starts `sbx daemon --background` detached from this process
 // (detachedProcAttr: its own session or process group, so closing the
 // terminal does not stop it), with output appended to the daemon log.
-func spawnDaemon(paths daemon.Paths) (*os.Process, error) {
+func spawnDaemon(paths daemon.Paths, verbosity int) (*os.Process, error) {
 	exe, err := os.Executable()
 	if err != nil {
 		return nil, fmt.Errorf("find the sbx binary to start the daemon: %w (start it by hand with `sbx daemon`)", err)
@@ -124,7 +125,11 @@ func spawnDaemon(paths daemon.Paths) (*os.Process, error) {
 		return nil, err
 	}
 	defer devnull.Close()
-	cmd := exec.Command(exe, "daemon", "--background")
+	args := []string{"daemon", "--background"}
+	for range verbosity {
+		args = append(args, "-v")
+	}
+	cmd := exec.Command(exe, args...)
 	cmd.Stdin = devnull
 	cmd.Stdout = logf
 	cmd.Stderr = logf
@@ -167,7 +172,7 @@ func lastLines(path string, n int) string {
 // needDaemon is ensureDaemon for a command: progress on stderr, and a note
 // when the running daemon is another version.
 func needDaemon(ctx context.Context, g *globalOptions) (*daemon.Client, error) {
-	c, err := ensureDaemon(ctx, g.stderr)
+	c, err := ensureDaemon(ctx, g.stderr, g.verbosity)
 	if err != nil {
 		return nil, err
 	}

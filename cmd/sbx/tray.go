@@ -66,7 +66,7 @@ Windows); --uninstall removes it.`,
 			defer c.Close()
 			return systray.Run(cmd.Context(), systray.Options{
 				Client: systray.DaemonClient{C: c, Start: func(ctx context.Context) error {
-					started, err := ensureDaemon(ctx, io.Discard)
+					started, err := ensureDaemon(ctx, io.Discard, g.verbosity)
 					if err != nil {
 						return err
 					}
