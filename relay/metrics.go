@@ -3,7 +3,6 @@ package relay
 import (
 	"fmt"
 	"net"
-	"sync"
 
 	"github.com/prometheus/client_golang/prometheus"
 )
@@ -27,6 +26,8 @@ type metrics struct {
 	streamsOpen   *prometheus.GaugeVec   // kind
 	streamsTotal  *prometheus.CounterVec // kind
 	bytes         *prometheus.CounterVec // direction
+	toLaptop      prometheus.Counter     // bytes{direction=to_laptop}, looked up once, not per stream
+	fromLaptop    prometheus.Counter     // bytes{direction=from_laptop}
 	dialErrors    *prometheus.CounterVec // reason
 	held          prometheus.Gauge
 	heldTotal     prometheus.Counter
@@ -86,9 +87,8 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		m.streamsOpen.WithLabelValues(k)
 		m.streamsTotal.WithLabelValues(k)
 	}
-	for _, d := range []string{dirToLaptop, dirFromLaptop} {
-		m.bytes.WithLabelValues(d)
-	}
+	m.toLaptop = m.bytes.WithLabelValues(dirToLaptop)
+	m.fromLaptop = m.bytes.WithLabelValues(dirFromLaptop)
 	for _, c := range []string{"502", "503"} {
 		m.httpAnswers.WithLabelValues(c)
 	}
@@ -128,14 +128,14 @@ func (c *countingConn) CloseWrite() error {
 }
 
 func (m *metrics) count(c net.Conn) net.Conn {
-	return &countingConn{Conn: c, read: m.bytes.WithLabelValues(dirToLaptop), written: m.bytes.WithLabelValues(dirFromLaptop)}
+	return &countingConn{Conn: c, read: m.toLaptop, written: m.fromLaptop}
 }
 
-// streamOpened records a data stream and returns the func that records its end.
+// streamOpened records a data stream and returns the func that records its
+// end; callers defer it, so it runs exactly once.
 func (m *metrics) streamOpened(kind string) func() {
 	m.streamsTotal.WithLabelValues(kind).Inc()
 	g := m.streamsOpen.WithLabelValues(kind)
 	g.Inc()
-	var once sync.Once
-	return func() { once.Do(g.Dec) }
+	return g.Dec
 }

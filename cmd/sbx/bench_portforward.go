@@ -54,7 +54,7 @@ compare the paths against bare.`,
 				return userError(fmt.Errorf("unknown transport %q", transport), "use --transport websocket, spdy, or leave it out for kubectl's choice")
 			}
 			if bulkMiB <= 0 || opts.Reps <= 0 || opts.Streams <= 0 || opts.RTTSamples <= 0 || opts.PoolSize <= 0 {
-				return userError(fmt.Errorf("--bulk-mib, --reps, --streams, --rtt-samples and --pool must be positive"), "")
+				return userError(fmt.Errorf("--bulk-mib, --reps, --streams, --rtt-samples and --pool must be positive"), "give each a value of 1 or more, or leave it out for the default")
 			}
 			opts.BulkBytes = int64(bulkMiB) << 20
 			if format == "text" || g.verbosity > 0 {

@@ -46,7 +46,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		fs := flag.NewFlagSet("image build", flag.ContinueOnError)
 		fs.SetOutput(stderr)
 		var o buildOptions
-		fs.StringVar(&o.Version, "version", "", "version stamped into the binaries; becomes the image tag")
+		fs.StringVar(&o.Version, "version", "", "version of the --binary files (not stamped by this tool); becomes the image tag and version label")
 		fs.StringVar(&o.Out, "out", "dist/image", "OCI layout directory to (re)create")
 		fs.StringVar(&o.SourceDateEpoch, "source-date-epoch", os.Getenv("SOURCE_DATE_EPOCH"), "seconds since 1970 for timestamps in the image (default 0: reproducible)")
 		fs.Func("binary", "OS/ARCH=PATH of a static sbx binary, repeatable", func(v string) error {
