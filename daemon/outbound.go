@@ -415,7 +415,7 @@ func (o *outboundCtl) publish() {
 			st.Pending = append(st.Pending, ns)
 		}
 	}
-	st.Discovered = len(o.cat.Services())
+	st.Discovered = o.cat.Len()
 	o.d.store.SetOutbound(&st)
 }
 
