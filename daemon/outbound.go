@@ -223,19 +223,19 @@ func (o *outboundCtl) run(ctx context.Context, failed bool) {
 		retry.Reset(DefaultBackoff().Max)
 	}
 	for {
+		again := false
 		select {
 		case <-ctx.Done():
 			return
 		case <-o.kick:
-			if o.reconcile(ctx) {
-				retry.Reset(DefaultBackoff().Max)
-			}
+			again = true
 		case <-retry.C:
-			if o.reconcile(ctx) {
-				retry.Reset(DefaultBackoff().Max)
-			}
+			again = true
 		case <-catChanged:
 		case <-stats.C:
+		}
+		if again && o.reconcile(ctx) {
+			retry.Reset(DefaultBackoff().Max)
 		}
 		o.publish()
 	}
@@ -415,7 +415,7 @@ func (o *outboundCtl) publish() {
 			st.Pending = append(st.Pending, ns)
 		}
 	}
-	st.Discovered = len(o.cat.Services())
+	st.Discovered = o.cat.Len()
 	o.d.store.SetOutbound(&st)
 }
 

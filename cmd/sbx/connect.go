@@ -5,9 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os"
 	"path/filepath"
-	"strings"
 	"time"
 
 	"github.com/fsnotify/fsnotify"
@@ -76,26 +74,6 @@ its last good spec.`,
 	cmd.Flags().DurationVar(&timeout, "timeout", 3*time.Minute, "how long --wait waits; the daemon keeps trying afterwards")
 	cmd.Flags().BoolVar(&watch, "watch", false, "keep running and re-apply the spec whenever the file changes")
 	return cmd
-}
-
-// kubeconfigForDaemon is the kubeconfig the daemon should use: --kubeconfig,
-// else this shell's $KUBECONFIG (the daemon may have been started from
-// another shell), as absolute paths since the daemon's directory differs.
-func kubeconfigForDaemon(g *globalOptions) string {
-	kc := g.kubeconfig
-	if kc == "" {
-		kc = os.Getenv("KUBECONFIG")
-	}
-	if kc == "" {
-		return ""
-	}
-	parts := filepath.SplitList(kc)
-	for i, p := range parts {
-		if abs, err := filepath.Abs(p); err == nil {
-			parts[i] = abs
-		}
-	}
-	return strings.Join(parts, string(filepath.ListSeparator))
 }
 
 // connectOnce sends one connect and prints its progress and result.

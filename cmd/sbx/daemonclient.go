@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"time"
 
@@ -178,6 +179,32 @@ func needDaemon(ctx context.Context, g *globalOptions) (*daemon.Client, error) {
 	}
 	warnVersionSkew(ctx, c, g)
 	return c, nil
+}
+
+// kubeconfigForDaemon is the kubeconfig the daemon should use: --kubeconfig,
+// else this shell's $KUBECONFIG (the daemon may have been started from
+// another shell), as absolute paths since the daemon's directory differs.
+func kubeconfigForDaemon(g *globalOptions) string {
+	kc := g.kubeconfig
+	if kc == "" {
+		kc = os.Getenv("KUBECONFIG")
+	}
+	if kc == "" {
+		return ""
+	}
+	parts := filepath.SplitList(kc)
+	for i, p := range parts {
+		if abs, err := filepath.Abs(p); err == nil {
+			parts[i] = abs
+		}
+	}
+	return strings.Join(parts, string(filepath.ListSeparator))
+}
+
+// clusterRequest is the cluster the global flags select, as the daemon
+// needs it (list, gc and disconnect --orphan ask the daemon about one).
+func clusterRequest(g *globalOptions) daemon.ClusterRequest {
+	return daemon.ClusterRequest{Kubeconfig: kubeconfigForDaemon(g), Context: g.context, Namespace: g.namespace}
 }
 
 // warnVersionSkew notes when the running daemon is another sbx version

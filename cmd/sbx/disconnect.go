@@ -55,7 +55,7 @@ by one, leaving the rest intact). Keyed requests go to the baseline again.`,
 			case forget:
 				res, err = c.Forget(ctx, args[0])
 			case orphan:
-				res, err = c.DeleteOrphan(ctx, args[0], daemon.ClusterRequest{Kubeconfig: kubeconfigForDaemon(g), Context: g.context, Namespace: g.namespace})
+				res, err = c.DeleteOrphan(ctx, args[0], clusterRequest(g))
 			default:
 				res, err = c.Disconnect(ctx, args[0])
 			}

@@ -3,6 +3,7 @@ package main
 import (
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 
 	"github.com/spf13/cobra"
@@ -37,7 +38,7 @@ is reported on stderr, never written wrong.`,
 			// The global -o picks the format too (scripts pass -o json to
 			// every command); it must never be silently ignored.
 			if g.output != "" {
-				if !validFormat(g.output) {
+				if !slices.Contains(runenv.Formats, g.output) {
 					return userError(fmt.Errorf("output format %q is not supported by sbx env", g.output),
 						"use --format (or -o) with one of "+strings.Join(runenv.Formats, ", "))
 				}
@@ -46,7 +47,7 @@ is reported on stderr, never written wrong.`,
 				}
 				format = g.output
 			}
-			if !validFormat(format) {
+			if !slices.Contains(runenv.Formats, format) {
 				return userError(errors.New("unknown --format "+format), "use one of "+strings.Join(runenv.Formats, ", "))
 			}
 			env, err := sandboxEnv(cmd.Context(), g, args[0], flags)
@@ -66,13 +67,4 @@ is reported on stderr, never written wrong.`,
 	_ = cmd.RegisterFlagCompletionFunc("format", cobra.FixedCompletions(runenv.Formats, cobra.ShellCompDirectiveNoFileComp))
 	flags.bind(cmd.Flags())
 	return cmd
-}
-
-func validFormat(f string) bool {
-	for _, v := range runenv.Formats {
-		if v == f {
-			return true
-		}
-	}
-	return false
 }

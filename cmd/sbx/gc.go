@@ -5,8 +5,6 @@ import (
 	"strings"
 
 	"github.com/spf13/cobra"
-
-	"github.com/sbx-dev/sbx/daemon"
 )
 
 func newGCCmd(g *globalOptions) *cobra.Command {
@@ -31,7 +29,7 @@ sandboxes are never collected.`,
 				return err
 			}
 			defer c.Close()
-			res, err := c.GC(ctx, daemon.ClusterRequest{Kubeconfig: kubeconfigForDaemon(g), Context: g.context, Namespace: g.namespace})
+			res, err := c.GC(ctx, clusterRequest(g))
 			if err != nil {
 				return classify(err, "pass -n NAMESPACE to collect in one namespace")
 			}

@@ -36,7 +36,7 @@ lease expired.`,
 				return err
 			}
 			defer c.Close()
-			res, err := c.List(ctx, daemon.ClusterRequest{Kubeconfig: kubeconfigForDaemon(g), Context: g.context, Namespace: g.namespace}, !localOnly)
+			res, err := c.List(ctx, clusterRequest(g), !localOnly)
 			if err != nil {
 				return classify(err, "run `sbx list --local` to skip the cluster")
 			}

@@ -130,6 +130,14 @@ type Named struct {
 // FQDN is the name the relay dials: svc.ns.svc.<domain>.
 func (n Named) FQDN() string { return n.Names[len(n.Names)-1] }
 
+// Len is the number of Services, without building their names (the
+// daemon's status counts them every few seconds).
+func (c *Catalog) Len() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return len(c.services)
+}
+
 // Services returns every Service with its names, sorted by namespace and
 // name.
 func (c *Catalog) Services() []Named {

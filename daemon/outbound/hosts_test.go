@@ -395,6 +395,7 @@ func TestCatalogLookup(t *testing.T) {
 		require.Equal(t, tc.ok, ok, tc.host)
 		require.Equal(t, tc.want, got, tc.host)
 	}
+	require.Equal(t, 4, c.Len())
 	names := map[string][]string{}
 	for _, s := range c.Services() {
 		names[s.Key()] = s.Names
