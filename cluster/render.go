@@ -88,12 +88,11 @@ func (o Options) withDefaults() Options {
 type Objects struct {
 	Sandbox    string
 	RoutingKey string
-	// Home is the namespace of the relay, the Secret and the sandbox
-	// Services: the namespace of the first local workload.
-	Home string
-	// Namespaces are all namespaces of the sandbox, Home first.
+	// Namespaces are all namespaces of the sandbox. The first, the
+	// namespace of the first local workload, is home: it holds the relay,
+	// the Secret and the sandbox Services.
 	Namespaces []string
-	// Leases anchor the sandbox, one per namespace, Home's first.
+	// Leases anchor the sandbox, one per namespace, home's first.
 	Leases     []*coordinationv1.Lease
 	Secret     *corev1.Secret
 	Relay      *appsv1.Deployment
@@ -147,7 +146,7 @@ func Plan(ctx context.Context, b Baseline, sb *spec.Sandbox, o Options) (*Object
 	key := o.RoutingKey
 
 	objs := &Objects{
-		Sandbox: sb.Name, RoutingKey: key, Home: home, Namespaces: nss,
+		Sandbox: sb.Name, RoutingKey: key, Namespaces: nss,
 		Workloads: workloads, BaggageKey: o.BaggageKey, Regex: regex,
 	}
 	owners := map[string]metav1.OwnerReference{}

@@ -12,7 +12,6 @@ import (
 	"slices"
 	"strings"
 	"sync"
-	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -79,9 +78,6 @@ type Options struct {
 	Selector string
 	// ClusterDomain defaults to DefaultClusterDomain.
 	ClusterDomain string
-	// Resync re-delivers the informers' state periodically; changes are
-	// still reported once. Default 0 (never).
-	Resync time.Duration
 	// OnEvent receives every change, one call at a time, starting with an
 	// Added event per existing Service. It must not block for long.
 	OnEvent func(Event)
@@ -146,7 +142,8 @@ func (w *Watcher) Run(ctx context.Context) error {
 	// only after the handler has seen every initially listed object.
 	regs := make([]cache.ResourceEventHandlerRegistration, 0, len(w.opts.Namespaces))
 	for _, ns := range w.opts.Namespaces {
-		f := informers.NewSharedInformerFactoryWithOptions(w.opts.Client, w.opts.Resync,
+		// No resync: upsert reports only changes, so it would be idle work.
+		f := informers.NewSharedInformerFactoryWithOptions(w.opts.Client, 0,
 			informers.WithNamespace(ns),
 			informers.WithTweakListOptions(func(o *metav1.ListOptions) { o.LabelSelector = w.opts.Selector }))
 		inf := f.Core().V1().Services().Informer()

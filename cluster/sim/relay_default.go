@@ -8,10 +8,11 @@ import (
 	"github.com/sbx-dev/sbx/relay"
 )
 
-// RealRelay runs the real relay from the container's command line, the way
-// `sbx relay` does in a pod: relay.ParseArgs on the template's args and
-// env, then relay.New with the pod's sockets, DNS and dialer.
-func RealRelay(ctx context.Context, p RelayProcess) error {
+// defaultRelay is the relay Start runs unless Options.Relay says otherwise:
+// the real relay from the container's command line, the way `sbx relay`
+// does in a pod: relay.ParseArgs on the template's args and env, then
+// relay.New with the pod's sockets, DNS and dialer.
+func defaultRelay(ctx context.Context, p RelayProcess) error {
 	opts, err := relay.ParseArgs(p.Args, p.Getenv)
 	if err != nil {
 		return err
@@ -32,6 +33,3 @@ func RealRelay(ctx context.Context, p RelayProcess) error {
 	}
 	return r.Run(ctx)
 }
-
-// defaultRelay is the relay Start runs unless Options.Relay says otherwise.
-func defaultRelay(ctx context.Context, p RelayProcess) error { return RealRelay(ctx, p) }

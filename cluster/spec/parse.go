@@ -32,14 +32,25 @@ func Load(path string, vars map[string]string) (*Sandbox, error) {
 		return nil, fmt.Errorf("reading sandbox spec: %w", err)
 	}
 	defer f.Close()
-	data, err := io.ReadAll(io.LimitReader(f, MaxSpecSize+1))
+	data, err := Read(path, f)
 	if err != nil {
-		return nil, fmt.Errorf("reading sandbox spec %s: %w", path, err)
-	}
-	if len(data) > MaxSpecSize {
-		return nil, fmt.Errorf("sandbox spec %s is larger than %d bytes; is it the right file?", path, MaxSpecSize)
+		return nil, err
 	}
 	return Parse(path, data, vars)
+}
+
+// Read reads one spec from r, refusing more than MaxSpecSize bytes so a
+// wrong -f (a log, a device) fails fast instead of filling memory. name
+// identifies the spec in errors.
+func Read(name string, r io.Reader) ([]byte, error) {
+	data, err := io.ReadAll(io.LimitReader(r, MaxSpecSize+1))
+	if err != nil {
+		return nil, fmt.Errorf("reading sandbox spec %s: %w", name, err)
+	}
+	if len(data) > MaxSpecSize {
+		return nil, fmt.Errorf("sandbox spec %s is larger than %d bytes; is it the right file?", name, MaxSpecSize)
+	}
+	return data, nil
 }
 
 // Parse templates, decodes and validates one spec. filename names the spec

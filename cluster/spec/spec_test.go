@@ -261,3 +261,11 @@ func TestUnusedVars(t *testing.T) {
 	require.Equal(t, []string{"nmae", "zone"}, UnusedVars(data, map[string]string{"nmae": "a", "zone": "b", "team": "c"}))
 	require.Empty(t, UnusedVars(data, nil))
 }
+
+func TestReadRefusesOversizedSpec(t *testing.T) {
+	_, err := Read("big.yaml", strings.NewReader(strings.Repeat("#", MaxSpecSize+1)))
+	require.ErrorContains(t, err, "sandbox spec big.yaml is larger than")
+	data, err := Read("ok.yaml", strings.NewReader("name: a\n"))
+	require.NoError(t, err)
+	require.Equal(t, "name: a\n", string(data))
+}

@@ -231,7 +231,7 @@ func (d *demo) table(ctx context.Context, reqs []demoRequest, poll bool) {
 			b = "(none)"
 		}
 		fmt.Fprintf(tw, "   \t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", b, showHop(&hop, "frontend"), showHop(&hop, "route"),
-			nestedDriver(&hop), frontendDriver(&hop), mark, r.why)
+			nestedDriver(&hop), showHop(&hop, "driver"), mark, r.why)
 	}
 	_ = tw.Flush()
 }
@@ -273,30 +273,25 @@ func nestedDriver(h *sim.Hop) string {
 	return c.Version + " (via tunnel)"
 }
 
-// frontendDriver shows who answered frontend's own call to driver.
-func frontendDriver(h *sim.Hop) string {
+// directHop is h itself when it is service, else frontend's own call to
+// service. Not h.Find: that searches depth-first and would return route's
+// nested call to driver (through the tunnel) for "driver".
+func directHop(h *sim.Hop, service string) *sim.Hop {
+	if service == h.Service {
+		return h
+	}
 	for i := range h.Calls {
-		if h.Calls[i].Service == "driver" {
-			return showHop(&h.Calls[i], "driver")
+		if h.Calls[i].Service == service {
+			return &h.Calls[i]
 		}
 	}
-	return "-"
+	return nil
 }
 
 // hopVersion is the version of service as called by frontend (or
 // frontend itself).
 func hopVersion(h *sim.Hop, service string) string {
-	f := h
-	if service != h.Service {
-		f = nil
-		for i := range h.Calls {
-			if h.Calls[i].Service == service {
-				f = &h.Calls[i]
-				break
-			}
-		}
-	}
-	if f != nil && f.Error == "" {
+	if f := directHop(h, service); f != nil && f.Error == "" {
 		return f.Version
 	}
 	return ""
@@ -305,16 +300,7 @@ func hopVersion(h *sim.Hop, service string) string {
 // showHop renders who served one hop: "baseline", "v2 (laptop)", or the
 // error.
 func showHop(h *sim.Hop, service string) string {
-	f := h
-	if service != h.Service {
-		f = nil
-		for i := range h.Calls {
-			if h.Calls[i].Service == service {
-				f = &h.Calls[i]
-				break
-			}
-		}
-	}
+	f := directHop(h, service)
 	switch {
 	case f == nil:
 		return "-"

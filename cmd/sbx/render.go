@@ -1,7 +1,6 @@
 package main
 
 import (
-	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -91,13 +90,7 @@ for the same spec, baseline and routing key.`,
 				fmt.Fprintf(g.stderr, "warning: %s\n", w)
 			}
 			if format == "json" {
-				list := map[string]any{"apiVersion": "v1", "kind": "List", "items": objs.List()}
-				b, err := json.MarshalIndent(list, "", "  ")
-				if err != nil {
-					return err
-				}
-				_, err = fmt.Fprintf(g.stdout, "%s\n", b)
-				return err
+				return printValue(g.stdout, format, map[string]any{"apiVersion": "v1", "kind": "List", "items": objs.List()}, nil)
 			}
 			return objs.WriteYAML(g.stdout)
 		},

@@ -275,7 +275,8 @@ func (e *simEnv) VirtualServiceContent(ctx context.Context, ns, name string) (st
 }
 
 // SbxObjects lists the objects labelled as sbx's in the app namespace
-// ("kind/name"), pods included.
+// ("kind/name"), pods included. A kind that cannot be listed shows up as
+// an entry too, so "nothing left" is never concluded from a failed List.
 func (e *simEnv) SbxObjects(ctx context.Context) []string {
 	sel := metav1.ListOptions{LabelSelector: cluster.LabelManagedBy + "=" + cluster.ManagedByValue}
 	k := e.Sim.Clients.Kube
@@ -285,31 +286,47 @@ func (e *simEnv) SbxObjects(ctx context.Context) []string {
 		for _, o := range l.Items {
 			out = append(out, "deployment/"+o.Name)
 		}
+	} else {
+		out = append(out, listFailed("deployment", err))
 	}
 	if l, err := k.CoreV1().Pods(ns).List(ctx, sel); err == nil {
 		for _, o := range l.Items {
 			out = append(out, "pod/"+o.Name)
 		}
+	} else {
+		out = append(out, listFailed("pod", err))
 	}
 	if l, err := k.CoreV1().Services(ns).List(ctx, sel); err == nil {
 		for _, o := range l.Items {
 			out = append(out, "service/"+o.Name)
 		}
+	} else {
+		out = append(out, listFailed("service", err))
 	}
 	if l, err := k.CoreV1().Secrets(ns).List(ctx, sel); err == nil {
 		for _, o := range l.Items {
 			out = append(out, "secret/"+o.Name)
 		}
+	} else {
+		out = append(out, listFailed("secret", err))
 	}
 	if l, err := k.CoordinationV1().Leases(ns).List(ctx, sel); err == nil {
 		for _, o := range l.Items {
 			out = append(out, "lease/"+o.Name)
 		}
+	} else {
+		out = append(out, listFailed("lease", err))
 	}
 	if l, err := e.Sim.Clients.Istio.NetworkingV1().VirtualServices(ns).List(ctx, sel); err == nil {
 		for _, o := range l.Items {
 			out = append(out, "virtualservice/"+o.Name)
 		}
+	} else {
+		out = append(out, listFailed("virtualservice", err))
 	}
 	return out
+}
+
+func listFailed(kind string, err error) string {
+	return fmt.Sprintf("%s/? (list failed: %v)", kind, err)
 }

@@ -3,7 +3,6 @@ package main
 import (
 	"errors"
 	"fmt"
-	"io"
 	"os"
 
 	"github.com/spf13/cobra"
@@ -40,15 +39,12 @@ func (f *specFlags) load(g *globalOptions) (*spec.Sandbox, error) {
 	name := f.file
 	if f.file == "-" {
 		name = "<stdin>"
-		data, err = io.ReadAll(io.LimitReader(g.stdin, spec.MaxSpecSize+1))
+		data, err = spec.Read(name, g.stdin)
 	} else {
-		data, err = readLimited(f.file, spec.MaxSpecSize+1)
+		data, err = readSpecFile(f.file)
 	}
 	if err != nil {
-		return nil, userError(fmt.Errorf("reading sandbox spec: %w", err), "check the path given to -f")
-	}
-	if len(data) > spec.MaxSpecSize {
-		return nil, userError(fmt.Errorf("sandbox spec %s is larger than %d bytes", name, spec.MaxSpecSize), "check the path given to -f")
+		return nil, userError(err, "check the path given to -f")
 	}
 	for _, v := range spec.UnusedVars(data, vars) {
 		fmt.Fprintf(g.stderr, "warning: --set %s is not used: the spec has no @{%s} placeholder\n", v, v)
@@ -65,13 +61,13 @@ func (f *specFlags) load(g *globalOptions) (*spec.Sandbox, error) {
 	return nil, userError(err, "check the path given to -f")
 }
 
-func readLimited(path string, limit int64) ([]byte, error) {
+func readSpecFile(path string) ([]byte, error) {
 	fh, err := os.Open(path)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("reading sandbox spec: %w", err)
 	}
 	defer fh.Close()
-	return io.ReadAll(io.LimitReader(fh, limit))
+	return spec.Read(path, fh)
 }
 
 // invalidSpecError presents a spec's problems under one heading, one per
