@@ -14,6 +14,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/sbx-dev/sbx/tunnel"
+	"github.com/sbx-dev/sbx/tunnel/tunneltest"
 )
 
 // shortTunnelConfig makes every tunnel timer short, so that a test pausing
@@ -127,32 +128,14 @@ func relayCluster(current func() string) *fakeCluster {
 
 // echoServer answers each line with "echo: line" and closes after EOF.
 func echoServer(t *testing.T) net.Listener {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			c, err := ln.Accept()
-			if err != nil {
+	return tunneltest.Serve(t, func(c net.Conn) {
+		sc := bufio.NewScanner(c)
+		for sc.Scan() {
+			if _, err := io.WriteString(c, "echo: "+sc.Text()+"\n"); err != nil {
 				return
 			}
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				defer c.Close()
-				sc := bufio.NewScanner(c)
-				for sc.Scan() {
-					if _, err := io.WriteString(c, "echo: "+sc.Text()+"\n"); err != nil {
-						return
-					}
-				}
-			}()
 		}
-	}()
-	t.Cleanup(func() { _ = ln.Close(); wg.Wait() })
-	return ln
+	})
 }
 
 func connectTo(t *testing.T, td *testDaemon, toLocal string) SandboxStatus {

@@ -23,6 +23,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/sbx-dev/sbx/tunnel"
+	"github.com/sbx-dev/sbx/tunnel/tunneltest"
 )
 
 func TestMain(m *testing.M) {
@@ -331,28 +332,7 @@ func (l *laptop) close() {
 // echoServer echoes each connection until EOF, then half-closes.
 func echoServer(t testing.TB) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	var wg sync.WaitGroup
-	t.Cleanup(func() { _ = ln.Close(); wg.Wait() })
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				defer c.Close()
-				_, _ = io.Copy(c, c)
-				_ = c.(*net.TCPConn).CloseWrite()
-			}()
-		}
-	}()
-	return ln.Addr().String()
+	return tunneltest.Serve(t, tunneltest.Echo).Addr().String()
 }
 
 // httpServer answers every request with "hello from <name> <path>".

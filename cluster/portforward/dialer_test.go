@@ -24,6 +24,7 @@ import (
 
 	"github.com/sbx-dev/sbx/cluster/portforward"
 	"github.com/sbx-dev/sbx/cluster/portforward/pftest"
+	"github.com/sbx-dev/sbx/tunnel/tunneltest"
 )
 
 func TestMain(m *testing.M) {
@@ -127,40 +128,7 @@ func (e *env) dialer(cfg portforward.Config) *portforward.Dialer {
 // serve runs handler for each connection accepted on a loopback listener.
 func serve(t *testing.T, handler func(net.Conn)) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	var wg sync.WaitGroup
-	conns := map[net.Conn]struct{}{}
-	var mu sync.Mutex
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			mu.Lock()
-			conns[c] = struct{}{}
-			mu.Unlock()
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				defer c.Close()
-				handler(c)
-			}()
-		}
-	}()
-	t.Cleanup(func() {
-		_ = ln.Close()
-		mu.Lock()
-		for c := range conns {
-			_ = c.Close()
-		}
-		mu.Unlock()
-		wg.Wait()
-	})
-	return ln.Addr().String()
+	return tunneltest.Serve(t, handler).Addr().String()
 }
 
 func echo(c net.Conn) { _, _ = io.Copy(c, c) }

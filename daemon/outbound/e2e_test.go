@@ -20,6 +20,7 @@ import (
 	"github.com/sbx-dev/sbx/cluster/discovery"
 	"github.com/sbx-dev/sbx/daemon/config"
 	"github.com/sbx-dev/sbx/tunnel"
+	"github.com/sbx-dev/sbx/tunnel/tunneltest"
 )
 
 // relayStandIn is the relay's outbound side over a real tunnel session:
@@ -68,28 +69,10 @@ func (r *relayStandIn) serve(ctx context.Context, s *tunnel.Session, wg *sync.Wa
 // echoAfterEOF answers "echo:<everything read>" once the client
 // half-closed.
 func echoAfterEOF(t *testing.T) net.Listener {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				defer c.Close()
-				b, _ := io.ReadAll(c)
-				_, _ = c.Write(append([]byte("echo:"), b...))
-			}()
-		}
-	}()
-	t.Cleanup(func() { ln.Close(); wg.Wait() })
-	return ln
+	return tunneltest.Serve(t, func(c net.Conn) {
+		b, _ := io.ReadAll(c)
+		_, _ = c.Write(append([]byte("echo:"), b...))
+	})
 }
 
 // tunnelDialer sets up a tunnel session pair over loopback TCP and

@@ -20,6 +20,7 @@ import (
 	streamhttp "k8s.io/streaming/pkg/httpstream"
 
 	"github.com/sbx-dev/sbx/cluster/portforward/pftest"
+	"github.com/sbx-dev/sbx/tunnel/tunneltest"
 )
 
 func TestMain(m *testing.M) {
@@ -35,27 +36,7 @@ func TestMain(m *testing.M) {
 
 func echoServer(t *testing.T) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				defer c.Close()
-				_, _ = io.Copy(c, c)
-			}()
-		}
-	}()
-	t.Cleanup(func() { _ = ln.Close(); wg.Wait() })
-	return ln.Addr().String()
+	return tunneltest.Serve(t, tunneltest.Echo).Addr().String()
 }
 
 // kubectlDialer builds the dialer exactly as kubectl port-forward does.
