@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"log/slog"
 	"os"
 	"time"
 
@@ -99,11 +98,7 @@ func runDaemon(ctx context.Context, g *globalOptions, background bool) error {
 		defer f.Close()
 		out = io.MultiWriter(g.stderr, f)
 	}
-	level := slog.LevelInfo
-	if g.verbosity > 0 {
-		level = slog.LevelDebug
-	}
-	logger := slog.New(slog.NewTextHandler(out, &slog.HandlerOptions{Level: level}))
+	logger := g.logger(out)
 	cfgPath, err := config.DefaultPath(os.Getenv)
 	if err != nil {
 		return userError(err, "set HOME or XDG_CONFIG_HOME")

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"log/slog"
 	"os"
 
 	"github.com/spf13/cobra"
@@ -45,11 +44,7 @@ up to --drain-timeout and exits 0.`,
 			if err != nil {
 				return userError(err, "see `sbx relay --help` for the flags")
 			}
-			level := slog.LevelInfo
-			if g.verbosity > 0 {
-				level = slog.LevelDebug
-			}
-			logger := slog.New(slog.NewTextHandler(g.stderr, &slog.HandlerOptions{Level: level}))
+			logger := g.logger(g.stderr)
 			r, err := relay.New(opts, relay.Deps{Logger: logger, Version: g.build.Version})
 			if err != nil {
 				return err

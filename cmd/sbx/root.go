@@ -3,6 +3,7 @@ package main
 import (
 	"fmt"
 	"io"
+	"log/slog"
 
 	"github.com/spf13/cobra"
 )
@@ -99,6 +100,16 @@ func markNoOutput(c *cobra.Command) {
 		c.Annotations = map[string]string{}
 	}
 	c.Annotations[noOutputAnnotation] = "true"
+}
+
+// logger returns the slog text logger long-running commands (daemon, relay,
+// tray) write to w: info by default, debug with -v.
+func (g *globalOptions) logger(w io.Writer) *slog.Logger {
+	level := slog.LevelInfo
+	if g.verbosity > 0 {
+		level = slog.LevelDebug
+	}
+	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: level}))
 }
 
 // outputFormat validates the global -o flag against what a command supports.
