@@ -6,6 +6,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"sync"
@@ -289,6 +290,12 @@ func startDaemon(t *testing.T, opts Options) *testDaemon {
 		// machine's /etc/hosts, also with a config file that leaves
 		// outbound.hostsFile at its default.
 		opts.HostsFile = tempHostsFile(t, "127.0.0.1 localhost\n")
+		// A range of this package's own: test binaries of other packages
+		// run in parallel and would get the same Service addresses from
+		// the default range.
+		if !opts.HostsRange.IsValid() {
+			opts.HostsRange = netip.MustParsePrefix("127.247.0.0/16")
+		}
 	}
 	opts.Version = "test"
 	d, err := New(opts)

@@ -6,6 +6,7 @@ import (
 	"context"
 	"errors"
 	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
@@ -95,7 +96,9 @@ func (r *realDaemon) client() *daemon.Client { return &daemon.Client{Socket: r.p
 func (r *realDaemon) start() {
 	d, err := daemon.New(daemon.Options{
 		Paths: r.paths, Version: "test", ConfigPath: r.config, HostsFile: r.hosts,
-		Clusters: func(context.Context, string, string) (daemon.Cluster, error) { return r.cluster, nil },
+		// Its own range: other packages' tests run in parallel.
+		HostsRange: netip.MustParsePrefix("127.248.0.0/16"),
+		Clusters:   func(context.Context, string, string) (daemon.Cluster, error) { return r.cluster, nil },
 	})
 	require.NoError(r.t, err)
 	ctx, cancel := context.WithCancel(context.Background())

@@ -28,7 +28,7 @@ func TestHelperHostsDaemon(t *testing.T) {
 	cat := NewCatalog("", []string{"hotrod"})
 	cat.Apply(added(svc("hotrod", "driver", 8082)))
 	h, err := NewHosts(HostsOptions{Catalog: cat, HostsFile: os.Getenv("HOSTS"), LockPath: os.Getenv("LOCK"), StatePath: os.Getenv("STATE"),
-		Range: netip.MustParsePrefix("127.241.0.0/16"),
+		Range: netip.MustParsePrefix("127.246.0.0/16"),
 		Dial:  func(ctx context.Context, target string) (net.Conn, error) { return nil, fmt.Errorf("no tunnel") }})
 	if err != nil {
 		fmt.Println("error:", err)
@@ -64,7 +64,7 @@ func TestHostsRecoverAfterSIGKILL(t *testing.T) {
 	require.Contains(t, e.read(t), fmt.Sprintf("(pid %d,", cmd.Process.Pid))
 
 	// While it lives, nobody else may take the file.
-	_, err = NewHosts(HostsOptions{Catalog: e.cat, Dial: e.si.dial, HostsFile: e.hosts, LockPath: filepath.Join(t.TempDir(), "x.lock"), Range: netip.MustParsePrefix("127.241.0.0/16")})
+	_, err = NewHosts(HostsOptions{Catalog: e.cat, Dial: e.si.dial, HostsFile: e.hosts, LockPath: filepath.Join(t.TempDir(), "x.lock"), Range: netip.MustParsePrefix("127.246.0.0/16")})
 	require.ErrorContains(t, err, "managed by another sbx daemon")
 
 	require.NoError(t, cmd.Process.Signal(syscall.SIGKILL))
@@ -72,7 +72,7 @@ func TestHostsRecoverAfterSIGKILL(t *testing.T) {
 	require.Contains(t, e.read(t), "driver.hotrod.svc.cluster.local", "the killed daemon left its block")
 
 	e.cat.Apply(added(svc("hotrod", "driver", 8082)))
-	_, cancel, done := e.start(t, "127.241.0.0/16")
+	_, cancel, done := e.start(t, "127.246.0.0/16")
 	require.Eventually(t, func() bool {
 		return strings.Count(e.read(t), "# BEGIN sbx") == 1 && !strings.Contains(e.read(t), fmt.Sprintf("(pid %d,", cmd.Process.Pid))
 	}, 10*time.Second, 5*time.Millisecond)

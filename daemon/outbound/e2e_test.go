@@ -166,7 +166,7 @@ func TestEndToEnd(t *testing.T) {
 	dir := t.TempDir()
 	hosts := filepath.Join(dir, "hosts")
 	require.NoError(t, os.WriteFile(hosts, []byte(original), 0o644))
-	cfg := config.Outbound{Mode: config.ModeHosts, HostsFile: hosts, HostsRange: netip.MustParsePrefix("127.241.0.0/16"),
+	cfg := config.Outbound{Mode: config.ModeHosts, HostsFile: hosts, HostsRange: netip.MustParsePrefix("127.246.0.0/16"),
 		ProxyListen: "127.0.0.1:0"}
 	m := NewManager(ManagerOptions{Catalog: cat, Dial: dial, LockPath: filepath.Join(dir, "hosts.lock"), StatePath: filepath.Join(dir, "ips.json")}, cfg)
 	mctx, mcancel := context.WithCancel(ctx)

@@ -198,7 +198,7 @@ func TestHostsMode(t *testing.T) {
 	dns.Ports = []discovery.Port{{Port: 53, Protocol: "UDP"}}
 	e.cat.Apply(added(dns))
 
-	h, cancel, done := e.start(t, "127.241.0.0/16")
+	h, cancel, done := e.start(t, "127.246.0.0/16")
 	require.Eventually(t, func() bool { return strings.Contains(e.read(t), "redis.shared.svc.cluster.local") }, 10*time.Second, 10*time.Millisecond)
 
 	content := e.read(t)
@@ -216,7 +216,7 @@ func TestHostsMode(t *testing.T) {
 	ipDriver, _ := resolve(t, e.hosts, "driver")
 	ipRedis, _ := resolve(t, e.hosts, "redis.shared")
 	require.NotEqual(t, ipDriver, ipRedis)
-	require.True(t, netip.MustParsePrefix("127.241.0.0/16").Contains(ipDriver))
+	require.True(t, netip.MustParsePrefix("127.246.0.0/16").Contains(ipDriver))
 
 	// Connections go through the dialer with the FQDN target.
 	reply, err := roundTrip(t, e.hosts, "driver.hotrod", 8082, "hello")
@@ -294,7 +294,7 @@ func TestHostsIPsStableAcrossRestarts(t *testing.T) {
 		return out
 	}
 	run := func() map[string]netip.Addr {
-		_, cancel, done := e.start(t, "127.241.7.0/29")
+		_, cancel, done := e.start(t, "127.246.7.0/29")
 		require.Eventually(t, func() bool { return strings.Contains(e.read(t), "e.shared.svc.cluster.local") }, 10*time.Second, 10*time.Millisecond)
 		got := ips()
 		cancel()
@@ -315,10 +315,10 @@ func TestHostsIPsStableAcrossRestarts(t *testing.T) {
 	// file, the hash gives the same IPs to a Service that does not collide.
 	require.NoError(t, os.Remove(e.state))
 	e.cat.Replace([]discovery.Service{services[4], services[0]})
-	_, cancel, done := e.start(t, "127.241.7.0/29")
+	_, cancel, done := e.start(t, "127.246.7.0/29")
 	require.Eventually(t, func() bool { return strings.Contains(e.read(t), "e.shared.svc.cluster.local") }, 10*time.Second, 10*time.Millisecond)
 	a, _ := resolve(t, e.hosts, "a.hotrod")
-	require.True(t, netip.MustParsePrefix("127.241.7.0/29").Contains(a))
+	require.True(t, netip.MustParsePrefix("127.246.7.0/29").Contains(a))
 	cancel()
 	require.NoError(t, <-done)
 	done <- nil
@@ -327,7 +327,7 @@ func TestHostsIPsStableAcrossRestarts(t *testing.T) {
 func TestHostsSecondOwnerRefused(t *testing.T) {
 	e := newHostsEnv(t)
 	e.cat.Apply(added(svc("hotrod", "driver", 8082)))
-	_, cancel, done := e.start(t, "127.241.0.0/16")
+	_, cancel, done := e.start(t, "127.246.0.0/16")
 	_, err := NewHosts(HostsOptions{Catalog: e.cat, Dial: e.si.dial, HostsFile: e.hosts,
 		LockPath: filepath.Join(t.TempDir(), "other.lock"), Range: config.DefaultHostsRange})
 	require.ErrorContains(t, err, "managed by another sbx daemon")

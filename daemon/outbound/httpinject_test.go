@@ -85,7 +85,7 @@ func TestHostsModeInjectsBaggageOnHTTPPorts(t *testing.T) {
 	}
 	cat.Apply(added(s))
 	h, err := NewHosts(HostsOptions{Catalog: cat, Dial: dial, HostsFile: hosts, LockPath: filepath.Join(dir, "l"),
-		Range: netip.MustParsePrefix("127.241.0.0/16"), Baggage: func() (string, string) { return "sbx-routing-key", "k1" }})
+		Range: netip.MustParsePrefix("127.246.0.0/16"), Baggage: func() (string, string) { return "sbx-routing-key", "k1" }})
 	require.NoError(t, err)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)

@@ -15,7 +15,7 @@ import (
 )
 
 func outboundCfg(e *hostsEnv, mode config.OutboundMode) config.Outbound {
-	return config.Outbound{Mode: mode, HostsFile: e.hosts, HostsRange: netip.MustParsePrefix("127.241.0.0/16"),
+	return config.Outbound{Mode: mode, HostsFile: e.hosts, HostsRange: netip.MustParsePrefix("127.246.0.0/16"),
 		ProxyListen: "127.0.0.1:0", InjectBaggage: true}
 }
 
