@@ -8,6 +8,7 @@ import (
 	"sync"
 	"testing"
 
+	"github.com/spf13/cobra"
 	"github.com/stretchr/testify/require"
 )
 
@@ -82,4 +83,23 @@ func (l *lockedBuffer) String() string {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.b.String()
+}
+
+// TestOnlyTheTrayKeepsTheMainThread: fyne.io/systray locks the main
+// goroutine to the main OS thread at init; every command but the tray must
+// give it back (see releaseMainThread).
+func TestOnlyTheTrayKeepsTheMainThread(t *testing.T) {
+	root := newRootCmd(newBuildInfo("test"), strings.NewReader(""), &bytes.Buffer{}, &bytes.Buffer{})
+	var walk func(c *cobra.Command)
+	seen := 0
+	walk = func(c *cobra.Command) {
+		seen++
+		want := c.Name() == "tray"
+		require.Equal(t, want, needsMainThread(c), c.CommandPath())
+		for _, sub := range c.Commands() {
+			walk(sub)
+		}
+	}
+	walk(root)
+	require.Greater(t, seen, 20)
 }

@@ -76,8 +76,12 @@ names travel back through the same tunnel to the baseline services.`,
 		case "tray", "daemon", "relay", "demo", "completion":
 			markNoOutput(c)
 		}
+		if c.Name() == "tray" {
+			c.Annotations[mainThreadAnnotation] = "true"
+		}
 	}
 	root.PersistentPreRunE = func(cmd *cobra.Command, _ []string) error {
+		releaseMainThread(cmd)
 		if g.output == "" {
 			return nil
 		}
