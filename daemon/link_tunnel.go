@@ -22,10 +22,11 @@ const inboundDialTimeout = 10 * time.Second
 const replaceDelay = time.Second
 
 // newTunnelLinker returns a linker that speaks the tunnel protocol with
-// cfg (nil: tunnel.DefaultConfig).
+// cfg (nil: tunnel.PortForwardConfig, since the daemon reaches the relay
+// through a port-forward).
 func newTunnelLinker(cfg *tunnel.Config) linker {
 	return func(ctx context.Context, p linkParams) (link, error) {
-		c := tunnel.DefaultConfig()
+		c := tunnel.PortForwardConfig()
 		if cfg != nil {
 			c = *cfg
 		}

@@ -48,7 +48,8 @@ type Deps struct {
 	// relay's own ports). Only for simulated clusters whose stand-in
 	// services listen on loopback; a real pod must not allow it.
 	AllowLoopback bool
-	// Tunnel configures the sessions. Default: tunnel.DefaultConfig().
+	// Tunnel configures the sessions. Default: tunnel.PortForwardConfig(),
+	// since the daemon's sessions arrive through a port-forward.
 	Tunnel *tunnel.Config
 	// Version is reported to daemons in the Welcome.
 	Version string
@@ -132,7 +133,7 @@ func New(opts Options, deps Deps) (*Relay, error) {
 		deps.Registry = prometheus.NewRegistry()
 		deps.Registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	}
-	tcfg := tunnel.DefaultConfig()
+	tcfg := tunnel.PortForwardConfig()
 	if deps.Tunnel != nil {
 		tcfg = *deps.Tunnel
 	}

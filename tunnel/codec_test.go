@@ -176,6 +176,10 @@ func TestReasonOf(t *testing.T) {
 
 func TestConfigVerify(t *testing.T) {
 	require.NoError(t, DefaultConfig().Verify())
+	pf := PortForwardConfig()
+	require.NoError(t, pf.Verify())
+	require.Greater(t, pf.StreamWindow, DefaultConfig().StreamWindow)
+	require.Greater(t, pf.MaxFrameSize, DefaultConfig().MaxFrameSize)
 	cases := []struct {
 		field string
 		mod   func(*Config)

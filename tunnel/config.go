@@ -118,6 +118,21 @@ type Config struct {
 	Logger *slog.Logger
 }
 
+// PortForwardConfig returns DefaultConfig tuned for a session carried by a
+// Kubernetes port-forward, which is how the daemon reaches the relay. There
+// every yamux frame becomes a SPDY frame, a WebSocket message and a write
+// on each hop through the API server and the kubelet, so a frame costs
+// several times what it costs on raw TCP, and the path's bandwidth × delay
+// is larger: it uses 128 KiB frames and a 1 MiB window (PROTOCOL.md,
+// "Tuning", has the measurements). Both ends of such a session should use
+// it: a receiver's window bounds what its peer may send.
+func PortForwardConfig() Config {
+	c := DefaultConfig()
+	c.StreamWindow = 1 << 20
+	c.MaxFrameSize = 128 << 10
+	return c
+}
+
 // DefaultConfig returns the tuned defaults described in PROTOCOL.md
 // ("Tuning").
 func DefaultConfig() Config {

@@ -16,9 +16,11 @@ import (
 //     detects a dead peer without depending on yamux's ping (whose timeout
 //     is the long write timeout).
 //   - It writes a yamux data frame's 12-byte header and its body with one
-//     system call. yamux's send loop writes them separately; joining them
-//     halves the writes per frame, which is most of the per-request cost of
-//     a small round trip.
+//     Write. yamux's send loop writes them separately; joining them halves
+//     the writes per frame, which is most of the per-request cost of a
+//     small round trip. Over a port-forward it matters even more: each
+//     Write becomes its own SPDY frame, WebSocket message and system call
+//     on every hop to the relay.
 //
 // Only yamux's single send goroutine calls Write, so the pending-header
 // state needs no lock.
@@ -29,18 +31,27 @@ type wireConn struct {
 	pending    [yamuxHeaderSize]byte
 	pendingLen int // body length announced by the pending header; 0 = none
 	scratch    []byte
+	// vectored: the connection turns net.Buffers into one writev. Other
+	// connections (a port-forward, TLS, net.Pipe) would get one Write per
+	// buffer, so there header and body are copied into one buffer.
+	vectored bool
 }
 
 const (
 	yamuxHeaderSize = 12
 	yamuxTypeData   = 0
-	// coalesceCopyMax: bodies up to this size are copied behind the
-	// header into one buffer; larger ones go out with writev.
+	// coalesceCopyMax: on a vectored connection, bodies up to this size
+	// are copied behind the header into one buffer; larger ones go out
+	// with writev.
 	coalesceCopyMax = 16 << 10
 )
 
 func newWireConn(c net.Conn) *wireConn {
 	w := &wireConn{Conn: c}
+	switch c.(type) {
+	case *net.TCPConn, *net.UnixConn:
+		w.vectored = true
+	}
 	w.lastRecv.Store(time.Now().UnixNano())
 	return w
 }
@@ -83,7 +94,7 @@ func (c *wireConn) Write(p []byte) (int, error) {
 // writeFrame writes the pending header and body p together and reports
 // len(p) written on success.
 func (c *wireConn) writeFrame(p []byte) (int, error) {
-	if len(p) <= coalesceCopyMax {
+	if len(p) <= coalesceCopyMax || !c.vectored {
 		c.scratch = append(append(c.scratch[:0], c.pending[:]...), p...)
 		if _, err := c.Conn.Write(c.scratch); err != nil {
 			return 0, err

@@ -62,8 +62,8 @@ type Options struct {
 	// Transport is the port-forward upgrade for every path (default: SPDY
 	// over WebSocket with SPDY fallback, as kubectl).
 	Transport portforward.Transport
-	// Tunnel configures the daemon's sessions; zero means
-	// tunnel.DefaultConfig().
+	// Tunnel configures the sessions at both ends (daemon and relay); nil
+	// means tunnel.PortForwardConfig(), what sbx uses.
 	Tunnel *tunnel.Config
 	// Progress, if set, receives one line per finished measurement.
 	Progress func(string)
@@ -140,11 +140,11 @@ type Result struct {
 func Run(ctx context.Context, opts Options) (*Result, error) {
 	opts.defaults()
 	start := time.Now()
-	cfg := tunnel.DefaultConfig()
+	cfg := tunnel.PortForwardConfig()
 	if opts.Tunnel != nil {
 		cfg = *opts.Tunnel
 	}
-	e, err := newEnv(ctx, opts.Logger)
+	e, err := newEnv(ctx, opts.Logger, cfg)
 	if err != nil {
 		return nil, err
 	}

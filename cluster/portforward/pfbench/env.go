@@ -41,10 +41,11 @@ const (
 // "pod"), a relay-like tunnel server, the kubelet-side port-forward server,
 // and local listeners for the three client paths.
 type env struct {
-	log *slog.Logger
-	wg  sync.WaitGroup
-	mu  sync.Mutex
-	lns []net.Listener
+	log      *slog.Logger
+	relayCfg tunnel.Config // the relay's sessions
+	wg       sync.WaitGroup
+	mu       sync.Mutex
+	lns      []net.Listener
 
 	appAddr   string // the application server
 	relayAddr string // the relay's tunnel listener
@@ -59,8 +60,8 @@ type env struct {
 }
 
 // newEnv starts everything except the client paths.
-func newEnv(ctx context.Context, log *slog.Logger) (*env, error) {
-	e := &env{log: log}
+func newEnv(ctx context.Context, log *slog.Logger, relayCfg tunnel.Config) (*env, error) {
+	e := &env{log: log, relayCfg: relayCfg}
 	var err error
 	if e.appAddr, err = e.listen(serveApp); err != nil {
 		return nil, err
@@ -148,7 +149,7 @@ func serveApp(c net.Conn) {
 // from the kubelet into the pod) and differs only in what runs over the
 // port-forward.
 func (e *env) serveRelay(ctx context.Context, c net.Conn) {
-	cfg := tunnel.DefaultConfig()
+	cfg := e.relayCfg
 	cfg.Logger = e.log
 	s, _, err := tunnel.Server(ctx, c, cfg, func(h tunnel.Hello) (tunnel.Welcome, error) {
 		if !tunnel.TokenEqual(h.Token, benchToken) {

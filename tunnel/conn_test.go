@@ -1,0 +1,77 @@
+package tunnel
+
+import (
+	"bytes"
+	"encoding/binary"
+	"net"
+	"sync"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+)
+
+// recordConn records every Write it gets; it is not a *net.TCPConn, so
+// wireConn cannot hand it net.Buffers (as with a port-forward connection,
+// where each Write becomes its own SPDY frame and WebSocket message).
+type recordConn struct {
+	net.Conn
+	mu     sync.Mutex
+	writes [][]byte
+}
+
+func (r *recordConn) Write(p []byte) (int, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.writes = append(r.writes, bytes.Clone(p))
+	return len(p), nil
+}
+
+func dataHeader(length int) []byte {
+	h := make([]byte, yamuxHeaderSize)
+	h[0], h[1] = 0, yamuxTypeData
+	binary.BigEndian.PutUint32(h[4:8], 3) // stream id
+	binary.BigEndian.PutUint32(h[8:12], uint32(length))
+	return h
+}
+
+// TestWireConnOneWritePerFrame: a data frame's header and body reach the
+// connection in one Write whatever the body's size when the connection
+// cannot do vectored writes; other frames pass through unchanged.
+func TestWireConnOneWritePerFrame(t *testing.T) {
+	for _, size := range []int{1, 1024, coalesceCopyMax, coalesceCopyMax + 1, 128 << 10, 1 << 20} {
+		rc := &recordConn{}
+		w := newWireConn(rc)
+		require.False(t, w.vectored)
+		body := bytes.Repeat([]byte{0xab}, size)
+		hdr := dataHeader(size)
+		n, err := w.Write(hdr)
+		require.NoError(t, err)
+		require.Equal(t, len(hdr), n)
+		require.Empty(t, rc.writes, "the header waits for its body")
+		n, err = w.Write(body)
+		require.NoError(t, err)
+		require.Equal(t, size, n)
+		require.Len(t, rc.writes, 1, "size %d", size)
+		require.Equal(t, append(hdr, body...), rc.writes[0])
+
+		// A window update (no body) goes out as it is.
+		upd := make([]byte, yamuxHeaderSize)
+		upd[1] = 1
+		_, err = w.Write(upd)
+		require.NoError(t, err)
+		require.Len(t, rc.writes, 2)
+		require.Equal(t, upd, rc.writes[1])
+	}
+}
+
+// TestWireConnVectoredOnTCP: on TCP, large bodies go out with writev
+// instead of being copied.
+func TestWireConnVectoredOnTCP(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	defer ln.Close()
+	c, err := net.Dial("tcp", ln.Addr().String())
+	require.NoError(t, err)
+	defer c.Close()
+	require.True(t, newWireConn(c).vectored)
+}
