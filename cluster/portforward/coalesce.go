@@ -1,35 +1,50 @@
 package portforward
 
 import (
+	"encoding/binary"
+	"io"
 	"net"
 	"sync"
+
+	gwebsocket "github.com/gorilla/websocket"
 )
 
 // spdyHeaderLen is the size of a SPDY/3 frame header; bytes 5-7 of it hold
 // the payload length for data and control frames alike.
 const spdyHeaderLen = 8
 
+// messageWriter opens WebSocket messages (*gwebsocket.Conn does).
+type messageWriter interface {
+	NextWriter(messageType int) (io.WriteCloser, error)
+}
+
 // frameConn sits under the SPDY framer on a WebSocket tunnel. The framer
 // writes every SPDY frame in several pieces (two 4-byte header words, then
 // the payload), and client-go's TunnelingConnection turns each Write into
-// its own WebSocket message and system call. frameConn holds the pieces
-// until a frame is complete and writes it as one message.
+// its own WebSocket message and system call. frameConn instead streams
+// each frame into one WebSocket message: the header opens it, the payload
+// goes straight into the WebSocket's write buffer (no copy of its own),
+// and the write that completes the frame closes the message, which sends
+// it. Reads, Close and addresses are the TunnelingConnection's.
 //
-// It is synchronous: the write that completes a frame performs it and
+// It is synchronous: the write that completes a frame sends it and
 // returns its error, so the framer (and client-go's CreateStream, which
 // otherwise waits 30s for a reply that cannot come) learns at once that
-// the connection is dead. Writes that only start a frame return at once;
-// the framer always completes a frame under its lock before another one
-// starts, so nothing is held back.
+// the connection is dead. The framer writes each frame whole under its
+// lock before the next one starts, so one message is open at a time.
 type frameConn struct {
 	net.Conn
+	ws messageWriter
 
-	mu  sync.Mutex
-	buf []byte
-	err error
+	mu   sync.Mutex
+	hdr  [spdyHeaderLen]byte
+	nhdr int            // header bytes of the next frame received so far
+	msg  io.WriteCloser // the message of the frame in progress
+	left int            // payload bytes the frame in progress still needs
+	err  error          // sticky: the connection is broken
 }
 
-func newFrameConn(c net.Conn) *frameConn { return &frameConn{Conn: c} }
+func newFrameConn(c net.Conn, ws messageWriter) *frameConn { return &frameConn{Conn: c, ws: ws} }
 
 // Read marks the connection broken when the peer is gone, so that later
 // writes fail at once rather than go into a dead connection.
@@ -51,34 +66,48 @@ func (c *frameConn) Write(p []byte) (int, error) {
 	if c.err != nil {
 		return 0, c.err
 	}
-	c.buf = append(c.buf, p...)
-	end := completeFrames(c.buf)
-	if end == 0 {
-		return len(p), nil
+	n := len(p)
+	for len(p) > 0 {
+		if c.msg == nil {
+			k := copy(c.hdr[c.nhdr:], p)
+			c.nhdr += k
+			p = p[k:]
+			if c.nhdr < spdyHeaderLen {
+				break
+			}
+			c.nhdr = 0
+			msg, err := c.ws.NextWriter(gwebsocket.BinaryMessage)
+			if err != nil {
+				return 0, c.fail(err)
+			}
+			c.msg = msg
+			c.left = int(binary.BigEndian.Uint32(c.hdr[4:8]) & 0xffffff)
+			if _, err := msg.Write(c.hdr[:]); err != nil {
+				return 0, c.fail(err)
+			}
+		}
+		if k := min(c.left, len(p)); k > 0 {
+			if _, err := c.msg.Write(p[:k]); err != nil {
+				return 0, c.fail(err)
+			}
+			p = p[k:]
+			c.left -= k
+		}
+		if c.left == 0 {
+			err := c.msg.Close()
+			c.msg = nil
+			if err != nil {
+				return 0, c.fail(err)
+			}
+		}
 	}
-	if _, err := c.Conn.Write(c.buf[:end]); err != nil {
-		c.err = err
-		return 0, err
-	}
-	n := copy(c.buf, c.buf[end:])
-	c.buf = c.buf[:n]
-	if cap(c.buf) > 1<<20 && n == 0 {
-		c.buf = nil // don't keep a buffer sized for one huge frame
-	}
-	return len(p), nil
+	return n, nil
 }
 
-// completeFrames returns the length of the longest prefix of b made of
-// whole SPDY frames.
-func completeFrames(b []byte) int {
-	end := 0
-	for len(b)-end >= spdyHeaderLen {
-		h := b[end:]
-		total := spdyHeaderLen + (int(h[5])<<16 | int(h[6])<<8 | int(h[7]))
-		if len(b)-end < total {
-			break
-		}
-		end += total
+// fail records the first error; the connection is unusable after it.
+func (c *frameConn) fail(err error) error {
+	if c.err == nil {
+		c.err = err
 	}
-	return end
+	return c.err
 }

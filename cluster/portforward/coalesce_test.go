@@ -3,26 +3,47 @@ package portforward
 import (
 	"bytes"
 	"encoding/binary"
+	"errors"
+	"fmt"
 	"io"
 	"net"
 	"testing"
 
+	gwebsocket "github.com/gorilla/websocket"
 	"github.com/stretchr/testify/require"
 )
 
-// recorder records each Write as one message, like a WebSocket.
+// recorder records WebSocket messages: each is sent when its writer is
+// closed, and fails then if err is set (as a WebSocket flush would).
 type recorder struct {
 	net.Conn
 	msgs [][]byte
 	err  error
+	open *bytes.Buffer
 }
 
-func (r *recorder) Write(p []byte) (int, error) {
-	if r.err != nil {
-		return 0, r.err
+func (r *recorder) NextWriter(messageType int) (io.WriteCloser, error) {
+	if messageType != gwebsocket.BinaryMessage {
+		return nil, fmt.Errorf("message type %d, want binary", messageType)
 	}
-	r.msgs = append(r.msgs, bytes.Clone(p))
-	return len(p), nil
+	if r.open != nil {
+		return nil, errors.New("two messages open at once")
+	}
+	r.open = &bytes.Buffer{}
+	return recorderMsg{r}, nil
+}
+
+type recorderMsg struct{ r *recorder }
+
+func (m recorderMsg) Write(p []byte) (int, error) { return m.r.open.Write(p) }
+
+func (m recorderMsg) Close() error {
+	defer func() { m.r.open = nil }()
+	if m.r.err != nil {
+		return m.r.err
+	}
+	m.r.msgs = append(m.r.msgs, bytes.Clone(m.r.open.Bytes()))
+	return nil
 }
 
 // frame builds a SPDY data frame the way the framer writes it: two header
@@ -47,7 +68,7 @@ func TestFrameConnWritesWholeFrames(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			r := &recorder{}
-			c := newFrameConn(r)
+			c := newFrameConn(r, r)
 			var want [][]byte
 			for i, n := range tt.payloads {
 				payload := bytes.Repeat([]byte{byte(i + 1)}, n)
@@ -70,28 +91,30 @@ func TestFrameConnWritesWholeFrames(t *testing.T) {
 
 func TestFrameConnSplitAndJoinedWrites(t *testing.T) {
 	r := &recorder{}
-	c := newFrameConn(r)
+	c := newFrameConn(r, r)
 	var all []byte
 	for i := range 3 {
 		for _, p := range frame(uint32(i+1), []byte("payload")) {
 			all = append(all, p...)
 		}
 	}
-	// Two frames and a half in one write, the rest byte by byte.
-	cut := 2*(8+7) + 5
+	// Two frames and a half in one write, the rest byte by byte: one
+	// message per frame, each sent as soon as the frame is complete.
+	const f = 8 + 7
+	cut := 2*f + 5
 	_, err := c.Write(all[:cut])
 	require.NoError(t, err)
-	require.Equal(t, [][]byte{all[:2*(8+7)]}, r.msgs)
+	require.Equal(t, [][]byte{all[:f], all[f : 2*f]}, r.msgs)
 	for _, b := range all[cut:] {
 		_, err := c.Write([]byte{b})
 		require.NoError(t, err)
 	}
-	require.Equal(t, [][]byte{all[:2*(8+7)], all[2*(8+7):]}, r.msgs)
+	require.Equal(t, [][]byte{all[:f], all[f : 2*f], all[2*f:]}, r.msgs)
 }
 
 func TestFrameConnReportsErrorsSynchronously(t *testing.T) {
 	r := &recorder{err: io.ErrClosedPipe}
-	c := newFrameConn(r)
+	c := newFrameConn(r, r)
 	pieces := frame(1, []byte("x"))
 	_, err := c.Write(pieces[0])
 	require.NoError(t, err, "a partial frame is only buffered")

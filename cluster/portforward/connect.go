@@ -113,7 +113,7 @@ func (d *wsDialer) Dial(protocols ...string) (httpstream.Connection, string, err
 	if err != nil {
 		return nil, "", err
 	}
-	tc := newFrameConn(clientpf.NewTunnelingConnection("sbx", ws))
+	tc := newFrameConn(clientpf.NewTunnelingConnection("sbx", ws), ws)
 	conn, err := httpstreamspdy.NewClientConnectionWithPings(tc, clientpf.PingPeriod)
 	if err != nil {
 		_ = tc.Close()
