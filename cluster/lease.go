@@ -14,15 +14,19 @@ import (
 	"k8s.io/utils/ptr"
 )
 
-// DefaultLeaseDuration is how long a sandbox stays alive without renewal.
-// The daemon renews well within it (a third is a good period).
-const DefaultLeaseDuration = 60 * time.Second
+// LeaseDuration is how long a sandbox stays alive without renewal; every
+// Lease sbx writes carries it. It is fixed rather than an option because the
+// daemon's renewal period (daemon.Options.LeaseInterval, default 20s) is
+// chosen as a third of it: a longer or shorter Lease needs both changed
+// together. sbx gc reads each Lease's own leaseDurationSeconds, so changing
+// it later needs no migration.
+const LeaseDuration = 60 * time.Second
 
 // sandboxLease is the Lease that anchors a sandbox in one namespace. It is
 // the owner of every other object of the sandbox there, so deleting it (by
 // sbx or by GC) lets the cluster's garbage collector remove the rest; and
 // its renewTime says whether the sandbox is still alive.
-func sandboxLease(sandbox, namespace, key, holder string, duration time.Duration, sbLabels map[string]string, description string) *coordinationv1.Lease {
+func sandboxLease(sandbox, namespace, key, holder string, sbLabels map[string]string, description string) *coordinationv1.Lease {
 	meta := objectMeta(LeaseName(sandbox), namespace, sandbox, key)
 	for k, v := range sbLabels {
 		if _, ours := meta.Labels[k]; !ours {
@@ -38,7 +42,7 @@ func sandboxLease(sandbox, namespace, key, holder string, duration time.Duration
 		ObjectMeta: meta,
 		Spec: coordinationv1.LeaseSpec{
 			HolderIdentity:       ptr.To(holder),
-			LeaseDurationSeconds: ptr.To(int32(duration / time.Second)),
+			LeaseDurationSeconds: ptr.To(int32(LeaseDuration / time.Second)),
 		},
 	}
 }
@@ -66,7 +70,7 @@ func leaseExpiry(l *coordinationv1.Lease) time.Time {
 	default:
 		t = l.CreationTimestamp.Time
 	}
-	d := DefaultLeaseDuration
+	d := LeaseDuration // a Lease edited by hand may lack its duration
 	if l.Spec.LeaseDurationSeconds != nil {
 		d = time.Duration(*l.Spec.LeaseDurationSeconds) * time.Second
 	}

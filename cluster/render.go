@@ -8,7 +8,6 @@ import (
 	"log/slog"
 	"slices"
 	"strings"
-	"time"
 
 	istionet "istio.io/client-go/pkg/apis/networking/v1"
 	appsv1 "k8s.io/api/apps/v1"
@@ -54,8 +53,6 @@ type Options struct {
 	BaggageKey string
 	// Holder is written to the Lease's holderIdentity (e.g. user@host).
 	Holder string
-	// LeaseDuration is the Lease's duration (default DefaultLeaseDuration).
-	LeaseDuration time.Duration
 }
 
 // LogValue keeps the token out of logs.
@@ -74,9 +71,6 @@ func redacted(token string) string {
 func (o Options) withDefaults() Options {
 	if o.BaggageKey == "" {
 		o.BaggageKey = DefaultBaggageKey
-	}
-	if o.LeaseDuration <= 0 {
-		o.LeaseDuration = DefaultLeaseDuration
 	}
 	if o.Holder == "" {
 		o.Holder = "sbx"
@@ -151,7 +145,7 @@ func Plan(ctx context.Context, b Baseline, sb *spec.Sandbox, o Options) (*Object
 	}
 	owners := map[string]metav1.OwnerReference{}
 	for _, ns := range nss {
-		l := sandboxLease(sb.Name, ns, key, o.Holder, o.LeaseDuration, sb.Spec.Labels, sb.Spec.Description)
+		l := sandboxLease(sb.Name, ns, key, o.Holder, sb.Spec.Labels, sb.Spec.Description)
 		if ns == home {
 			l.Annotations = withAnnotation(l.Annotations, AnnotationNamespaces, strings.Join(nss, ","))
 		}

@@ -11,6 +11,8 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
+
+	"github.com/sbx-dev/sbx/cluster/podstate"
 )
 
 // WaitOptions say which relay to wait for.
@@ -98,9 +100,10 @@ func relayStatus(ctx context.Context, c Clients, o WaitOptions, sel string) (*co
 	for i := range items {
 		p := &items[i]
 		if p.DeletionTimestamp != nil {
+			// Never ready, and not worth a waiting message: it is going away.
 			continue
 		}
-		if podReady(p) {
+		if podstate.Ready(p) {
 			return p, "", nil
 		}
 		msg, fatal := podWaiting(p, o.RelayImage)
@@ -123,18 +126,6 @@ func relayStatus(ctx context.Context, c Clients, o WaitOptions, sel string) (*co
 		}
 	}
 	return nil, "no relay pod yet", nil
-}
-
-func podReady(p *corev1.Pod) bool {
-	if p.Status.Phase != corev1.PodRunning {
-		return false
-	}
-	for _, c := range p.Status.Conditions {
-		if c.Type == corev1.PodReady {
-			return c.Status == corev1.ConditionTrue
-		}
-	}
-	return false
 }
 
 // podWaiting describes why a pod is not ready, and returns an error when

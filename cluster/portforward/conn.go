@@ -47,6 +47,12 @@ func (a Addr) String() string {
 // maxErrorMessage bounds what is read from a kubelet error stream.
 const maxErrorMessage = 64 << 10
 
+// errorWait bounds how long a read that hit the end of a forwarded stream
+// (or a stream creation that failed) waits for the kubelet's error message.
+// The kubelet writes it just before resetting the streams, so it normally
+// arrives at once; the bound only matters when it never comes.
+const errorWait = 2 * time.Second
+
 var bufPool = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
 
 type chunk struct {
@@ -66,7 +72,6 @@ type Conn struct {
 	pc        *pfConn
 	port      uint16
 	requestID string
-	errorWait time.Duration
 	errStream httpstream.Stream
 	data      httpstream.Stream
 
@@ -85,12 +90,11 @@ type Conn struct {
 	rdl, wdl  deadline
 }
 
-func newConn(pc *pfConn, errorWait time.Duration, port uint16, requestID string, errStream, data httpstream.Stream) *Conn {
+func newConn(pc *pfConn, port uint16, requestID string, errStream, data httpstream.Stream) *Conn {
 	c := &Conn{
 		pc:        pc,
 		port:      port,
 		requestID: requestID,
-		errorWait: errorWait,
 		errStream: errStream,
 		data:      data,
 		chunks:    make(chan chunk, 1),
@@ -181,7 +185,7 @@ func (c *Conn) Read(p []byte) (int, error) {
 // the two may arrive in either order, so wait (bounded) for the error
 // stream to end.
 func (c *Conn) endOfStream(err error) error {
-	t := time.NewTimer(c.errorWait)
+	t := time.NewTimer(errorWait)
 	defer t.Stop()
 	select {
 	case <-c.errDone:

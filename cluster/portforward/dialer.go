@@ -63,9 +63,6 @@ type Config struct {
 	// connection, so a tunnel pool gets real parallelism). A new one is
 	// opened while fewer exist and all existing ones are busy. Default 1.
 	Connections int
-	// ErrorWait bounds how long a read that hit the end of a forwarded
-	// stream waits for the kubelet's error message. Default 2s.
-	ErrorWait time.Duration
 	// Logger receives connection events; nil discards them.
 	Logger *slog.Logger
 }
@@ -121,9 +118,6 @@ func New(cfg Config) (*Dialer, error) {
 	}
 	if cfg.Connections <= 0 {
 		cfg.Connections = 1
-	}
-	if cfg.ErrorWait <= 0 {
-		cfg.ErrorWait = 2 * time.Second
 	}
 	logger := cfg.Logger
 	if logger == nil {
@@ -405,7 +399,7 @@ func (pc *pfConn) open(ctx context.Context, d *Dialer, port uint16) (*Conn, erro
 				// A kubelet whose dial fails at once may reset the data
 				// stream before replying to it; its message is then on
 				// the error stream.
-				if msg := readBounded(r.errStream, d.cfg.ErrorWait); msg != "" {
+				if msg := readBounded(r.errStream); msg != "" {
 					r.err = &ForwardError{Namespace: pc.namespace, Pod: pc.pod, Port: port, Message: msg}
 				}
 				_ = r.errStream.Reset()
@@ -430,7 +424,7 @@ func (pc *pfConn) open(ctx context.Context, d *Dialer, port uint16) (*Conn, erro
 		d.mu.Lock()
 		d.dials++
 		d.mu.Unlock()
-		return newConn(pc, d.cfg.ErrorWait, port, requestID, r.errStream, r.dataStream), nil
+		return newConn(pc, port, requestID, r.errStream, r.dataStream), nil
 	case <-ctx.Done():
 		close(abandon)
 		return nil, ctx.Err()
@@ -442,9 +436,9 @@ func (pc *pfConn) open(ctx context.Context, d *Dialer, port uint16) (*Conn, erro
 	}
 }
 
-// readBounded reads an error stream's message, giving up after wait.
-func readBounded(s httpstream.Stream, wait time.Duration) string {
-	t := time.AfterFunc(wait, func() { _ = s.Reset() }) // unblocks the read
+// readBounded reads an error stream's message, giving up after errorWait.
+func readBounded(s httpstream.Stream) string {
+	t := time.AfterFunc(errorWait, func() { _ = s.Reset() }) // unblocks the read
 	defer t.Stop()
 	msg, _ := io.ReadAll(io.LimitReader(s, maxErrorMessage))
 	return strings.TrimSpace(string(msg))

@@ -9,6 +9,8 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/sbx-dev/sbx/cluster/podstate"
 )
 
 // ErrNoPod means no pod matches the Dialer's selector.
@@ -68,25 +70,13 @@ func pickPod(namespace, selector string, pods []corev1.Pod) (*corev1.Pod, error)
 		return sorted[i].Name > sorted[j].Name
 	})
 	for _, p := range sorted {
-		if podReady(p) {
+		if podstate.Ready(p) {
 			return p, nil
 		}
 	}
 	newest := sorted[0]
 	return nil, &PodError{Namespace: namespace, Selector: selector, Pod: newest.Name,
 		Detail: notReadyDetail(newest), kind: ErrPodNotReady}
-}
-
-func podReady(p *corev1.Pod) bool {
-	if p.DeletionTimestamp != nil || p.Status.Phase != corev1.PodRunning {
-		return false
-	}
-	for _, c := range p.Status.Conditions {
-		if c.Type == corev1.PodReady {
-			return c.Status == corev1.ConditionTrue
-		}
-	}
-	return false
 }
 
 // notReadyDetail says what a user would look for in kubectl describe.

@@ -21,6 +21,8 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
+
+	"github.com/sbx-dev/sbx/cluster/podstate"
 )
 
 // fakeRelay stands in for the relay: it parses the flags the relay takes,
@@ -213,7 +215,7 @@ func TestRelayPodLifecycle(t *testing.T) {
 	var pod *corev1.Pod
 	require.Eventually(t, func() bool {
 		pod = relayPodObject(t, c, ns, "alice")
-		return pod != nil && pod.Status.Phase == corev1.PodRunning && podReady(pod)
+		return pod != nil && podstate.Ready(pod)
 	}, 10*time.Second, 10*time.Millisecond)
 	require.Equal(t, "alice", pod.Labels["sbx.dev/sandbox"])
 	require.Equal(t, "Deployment", pod.OwnerReferences[0].Kind)
@@ -250,7 +252,7 @@ func TestRelayPodLifecycle(t *testing.T) {
 	require.NoError(t, c.CrashRelay(ns, dep.Name))
 	require.Eventually(t, func() bool {
 		p := relayPodObject(t, c, ns, "alice")
-		return p != nil && p.Name == pod.Name && p.Status.ContainerStatuses[0].RestartCount == 1 && podReady(p)
+		return p != nil && p.Name == pod.Name && p.Status.ContainerStatuses[0].RestartCount == 1 && podstate.Ready(p)
 	}, 10*time.Second, 10*time.Millisecond)
 	require.Equal(t, "token=s3cr3t", readToken(t, c, ns, pod.Name))
 
@@ -258,7 +260,7 @@ func TestRelayPodLifecycle(t *testing.T) {
 	require.NoError(t, c.RestartRelay(ns, dep.Name))
 	require.Eventually(t, func() bool {
 		p := relayPodObject(t, c, ns, "alice")
-		return p != nil && p.Name == pod.Name && p.Status.ContainerStatuses[0].RestartCount == 2 && podReady(p)
+		return p != nil && p.Name == pod.Name && p.Status.ContainerStatuses[0].RestartCount == 2 && podstate.Ready(p)
 	}, 10*time.Second, 10*time.Millisecond)
 	require.Error(t, c.RestartRelay(ns, "no-such-relay"))
 
@@ -271,7 +273,7 @@ func TestRelayPodLifecycle(t *testing.T) {
 	require.Equal(t, int64(2), d.Generation)
 	require.Eventually(t, func() bool {
 		p := relayPodObject(t, c, ns, "alice")
-		return p != nil && p.Name != pod.Name && podReady(p)
+		return p != nil && p.Name != pod.Name && podstate.Ready(p)
 	}, 10*time.Second, 10*time.Millisecond)
 
 	// Deleting the anchor Lease garbage-collects everything it owns; the
@@ -309,7 +311,7 @@ func TestRelayPodBadCommandLine(t *testing.T) {
 		}
 		cs := p.Status.ContainerStatuses[0]
 		return cs.RestartCount >= 1 && cs.LastTerminationState.Terminated != nil &&
-			strings.Contains(cs.LastTerminationState.Terminated.Message, "no-such-flag") && !podReady(p)
+			strings.Contains(cs.LastTerminationState.Terminated.Message, "no-such-flag") && !podstate.Ready(p)
 	}, 10*time.Second, 10*time.Millisecond)
 	require.NoError(t, c.Clients.Kube.AppsV1().Deployments(ns).Delete(ctx, dep.Name, metav1.DeleteOptions{}))
 	require.Eventually(t, func() bool { return relayPodObject(t, c, ns, "bob") == nil }, 10*time.Second, 10*time.Millisecond)

@@ -19,6 +19,8 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/labels"
+
+	"github.com/sbx-dev/sbx/cluster/podstate"
 )
 
 // target is where the proxy sends one request; it travels in the request
@@ -242,7 +244,9 @@ func (m *Mesh) Endpoints(svc *corev1.Service, sp corev1.ServicePort) []string {
 	}
 	var out []string
 	for _, p := range pods {
-		if p.DeletionTimestamp != nil || p.Status.Phase != corev1.PodRunning || p.Status.PodIP == "" || !podReady(p) {
+		// The mesh dials the pod IP, so beyond the shared readiness rule
+		// an endpoint needs an address (the kubelet may not have set it yet).
+		if !podstate.Ready(p) || p.Status.PodIP == "" {
 			continue
 		}
 		port, ok := targetPort(p, sp)
@@ -253,15 +257,6 @@ func (m *Mesh) Endpoints(svc *corev1.Service, sp corev1.ServicePort) []string {
 	}
 	slices.Sort(out)
 	return out
-}
-
-func podReady(p *corev1.Pod) bool {
-	for _, c := range p.Status.Conditions {
-		if c.Type == corev1.PodReady {
-			return c.Status == corev1.ConditionTrue
-		}
-	}
-	return false
 }
 
 // targetPort resolves a Service port's targetPort on one pod: a number, or

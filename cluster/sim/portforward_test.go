@@ -7,10 +7,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sbx-dev/sbx/cluster/podstate"
 	"github.com/sbx-dev/sbx/cluster/portforward"
 	"github.com/stretchr/testify/require"
 	coordv1 "k8s.io/api/coordination/v1"
-	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 )
 
@@ -29,7 +29,7 @@ func TestPortForwardToRelay(t *testing.T) {
 	require.NoError(t, err)
 	require.Eventually(t, func() bool {
 		p := relayPodObject(t, c, ns, "carol")
-		return p != nil && p.Status.Phase == corev1.PodRunning && podReady(p)
+		return p != nil && podstate.Ready(p)
 	}, 10*time.Second, 10*time.Millisecond)
 
 	d, err := portforward.New(portforward.Config{

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sbx-dev/sbx/cluster/podstate"
 	"github.com/sbx-dev/sbx/cluster/portforward"
 	"github.com/sbx-dev/sbx/tunnel"
 	"github.com/stretchr/testify/require"
@@ -61,7 +62,7 @@ func TestRealRelayEndToEnd(t *testing.T) {
 	require.NoError(t, err)
 	require.Eventually(t, func() bool {
 		p := relayPodObject(t, c, ns, "alice")
-		return p != nil && p.Status.Phase == corev1.PodRunning && podReady(p)
+		return p != nil && podstate.Ready(p)
 	}, 20*time.Second, 10*time.Millisecond, "the real relay passes the template's readiness probe")
 
 	d, err := portforward.New(portforward.Config{REST: c.RESTConfig, Client: kube, Namespace: ns,
@@ -154,7 +155,7 @@ func TestRelayOfflineThroughMesh(t *testing.T) {
 	var pod *corev1.Pod
 	require.Eventually(t, func() bool {
 		pod = relayPodObject(t, c, ns, "alice")
-		return pod != nil && podReady(pod)
+		return pod != nil && podstate.Ready(pod)
 	}, 20*time.Second, 10*time.Millisecond)
 
 	client := c.HTTPClient(ns)

@@ -24,14 +24,15 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
 	"github.com/google/go-containerregistry/pkg/v1/types"
+
+	"github.com/sbx-dev/sbx/cluster"
 )
 
 // Image facts other sbx code relies on. The relay Deployment runs the
-// container as user 65532 (cluster.RelayUID) with command "sbx" (found on
-// PATH), so the binary lives on PATH and the image's user matches.
+// container as cluster.RelayUID with command "sbx" (found on PATH), so the
+// binary lives on PATH and the image's user is that same constant.
 const (
 	binaryPath = "/usr/local/bin/sbx"
-	imageUID   = 65532
 	imagePath  = "PATH=/usr/local/bin"
 	sourceURL  = "https://github.com/sbx-dev/sbx"
 )
@@ -173,7 +174,7 @@ func platformImage(b binary, version string, created time.Time) (v1.Image, error
 	cf.OS, cf.Architecture = b.OS, b.Arch
 	cf.Created = v1.Time{Time: created}
 	cf.Author = sourceURL
-	uid := strconv.Itoa(imageUID)
+	uid := strconv.Itoa(cluster.RelayUID)
 	cf.Config = v1.Config{
 		User:       uid + ":" + uid,
 		Entrypoint: []string{binaryPath},

@@ -29,6 +29,8 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/types"
 	"github.com/stretchr/testify/require"
+
+	"github.com/sbx-dev/sbx/cluster"
 )
 
 const testVersion = "v0.0.0-imagetest"
@@ -151,7 +153,7 @@ func TestImage(t *testing.T) {
 			uid, err := strconv.Atoi(user)
 			require.NoError(t, err, "the user is numeric, so runAsNonRoot can verify it")
 			require.NotZero(t, uid, "non-root")
-			require.Equal(t, 65532, uid, "matches the relay Deployment's runAsUser")
+			require.Equal(t, cluster.RelayUID, uid, "matches the relay Deployment's runAsUser")
 			require.Equal(t, user, group)
 			require.Equal(t, []string{"/usr/local/bin/sbx"}, cf.Config.Entrypoint)
 			require.Contains(t, cf.Config.Env, "PATH=/usr/local/bin", `the Deployment's command "sbx" is found on PATH`)

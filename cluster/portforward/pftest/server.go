@@ -52,6 +52,15 @@ type PodChecker func(namespace, pod string) error
 // ErrForbidden, wrapped in a PodChecker's error, simulates an RBAC denial.
 var ErrForbidden = errors.New("forbidden")
 
+// streamCreationTimeout bounds the wait for the second stream of a pair,
+// as the kubelet's default does.
+const streamCreationTimeout = 30 * time.Second
+
+// halfCloseGrace is how long a forwarded stream stays open after one
+// direction finished, waiting for the other one: containerd waits 1s and then
+// tears the stream down, and pftest imitates it.
+const halfCloseGrace = time.Second
+
 // Options configure a Server. Resolve is required.
 type Options struct {
 	// Resolve maps each forwarded stream to a TCP address.
@@ -65,13 +74,6 @@ type Options struct {
 	// IdleTimeout closes a port-forward connection without streams for this
 	// long. Default 4h (the kubelet's streaming idle timeout).
 	IdleTimeout time.Duration
-	// StreamCreationTimeout bounds the wait for the second stream of a pair.
-	// Default 30s (the kubelet's).
-	StreamCreationTimeout time.Duration
-	// HalfCloseGrace is how long a forwarded stream stays open after one
-	// direction finished, waiting for the other one. containerd waits 1s and
-	// then tears the stream down; so does pftest by default.
-	HalfCloseGrace time.Duration
 	// DialTimeout bounds the dial to the resolved address. Default 10s.
 	DialTimeout time.Duration
 	// Logger receives debug events; nil discards them.
@@ -128,12 +130,6 @@ func New(opts Options) (*Server, error) {
 	}
 	if opts.IdleTimeout <= 0 {
 		opts.IdleTimeout = 4 * time.Hour
-	}
-	if opts.StreamCreationTimeout <= 0 {
-		opts.StreamCreationTimeout = 30 * time.Second
-	}
-	if opts.HalfCloseGrace <= 0 {
-		opts.HalfCloseGrace = time.Second
 	}
 	if opts.DialTimeout <= 0 {
 		opts.DialTimeout = 10 * time.Second
@@ -313,7 +309,7 @@ func (s *Server) servePortForward(w http.ResponseWriter, r *http.Request) {
 // serve runs the kubelet's handler; it returns when the connection closes.
 func (s *Server) serve(w http.ResponseWriter, r *http.Request, fwd *forwarder, pod string, v4 *criportforward.V4Options) {
 	criportforward.ServePortForward(w, r, fwd, pod, "", v4, s.opts.IdleTimeout,
-		s.opts.StreamCreationTimeout, criportforward.SupportedProtocols)
+		streamCreationTimeout, criportforward.SupportedProtocols)
 }
 
 func writeStatus(w http.ResponseWriter, code int, reason metav1.StatusReason, msg string) {
@@ -335,7 +331,7 @@ type forwarder struct {
 
 // PortForward connects stream to the resolved address and copies both ways.
 // Like containerd, it returns once one direction has finished and the other
-// has had HalfCloseGrace to finish too; cri-streaming then closes the
+// has had halfCloseGrace to finish too; cri-streaming then closes the
 // streams.
 func (f *forwarder) PortForward(ctx context.Context, pod, _ string, port int32, stream io.ReadWriteCloser) error {
 	s := f.srv
@@ -389,7 +385,7 @@ func (f *forwarder) PortForward(ctx context.Context, pod, _ string, port int32, 
 		done <- result{err: err}
 	}()
 	first := <-done
-	grace := time.NewTimer(s.opts.HalfCloseGrace)
+	grace := time.NewTimer(halfCloseGrace)
 	defer grace.Stop()
 	select {
 	case second := <-done:
