@@ -85,8 +85,9 @@ type Event struct {
 type ConnectRequest struct {
 	Spec spec.Sandbox `json:"spec"`
 	// Kubeconfig and Context select the cluster as kubectl would; empty
-	// means the defaults ($KUBECONFIG, current context). spec.cluster, when
-	// set, wins over Context.
+	// means the defaults ($KUBECONFIG, current context). Context wins over
+	// the spec's spec.cluster, which is a context name or a name the user
+	// config maps to one (package cluster/kube resolves it at connect).
 	Kubeconfig string `json:"kubeconfig,omitempty"`
 	Context    string `json:"context,omitempty"`
 	// Wait streams Progress lines until the sandbox is ready, failed, or

@@ -133,14 +133,15 @@ func New(opts Options) (*Daemon, error) {
 		}
 	}
 	d.mgr = &manager{
-		conf:     d.config,
-		log:      opts.Logger,
-		store:    d.store,
-		state:    &stateFile{path: opts.Paths.State()},
-		clusters: opts.Clusters,
-		link:     opts.link,
-		cfg:      cfg,
-		sessions: map[string]*session{},
+		conf:       d.config,
+		configPath: opts.ConfigPath,
+		log:        opts.Logger,
+		store:      d.store,
+		state:      &stateFile{path: opts.Paths.State()},
+		clusters:   opts.Clusters,
+		link:       opts.link,
+		cfg:        cfg,
+		sessions:   map[string]*session{},
 	}
 	d.out = newOutboundCtl(d, d.outboundConfig(d.config()))
 	d.mgr.changed = d.out.changed

@@ -99,6 +99,24 @@ func (k *KubeClusters) Open(_ context.Context, kubeconfig, kubeContext string) (
 	return c, nil
 }
 
+// specContext resolves the spec.cluster of a connect without --context to
+// the kube context it names, through the user config's contexts mapping
+// (read from configPath), as package cluster/kube does. An unknown name is
+// the user's to fix, so it is refused at once (400) rather than becoming a
+// sandbox that fails in the background.
+func specContext(req ConnectRequest, contexts map[string]string, configPath string) (string, error) {
+	name, _, err := kube.ChooseContext(kube.Options{
+		Kubeconfig:      req.Kubeconfig,
+		Cluster:         req.Spec.Spec.Cluster,
+		ClusterContexts: contexts,
+		ConfigFile:      configPath,
+	})
+	if err != nil {
+		return "", badRequest("sandbox %s: %v", req.Spec.Name, err)
+	}
+	return name, nil
+}
+
 func (k *KubeClusters) fromKube(kc *kube.Cluster) *kubeCluster {
 	c := &kubeCluster{
 		o:         k.o,

@@ -6,11 +6,16 @@ import (
 	"fmt"
 	"net"
 	"net/url"
+	"os"
+	"path/filepath"
+	"sync"
 	"testing"
 
 	"github.com/stretchr/testify/require"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/runtime/schema"
+
+	"github.com/sbx-dev/sbx/cluster/kube"
 )
 
 func TestTransientApplyErrors(t *testing.T) {
@@ -36,6 +41,81 @@ func TestTransientApplyErrors(t *testing.T) {
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			require.Equal(t, tc.want, transient(tc.err))
+		})
+	}
+}
+
+// TestSpecClusterContext connects specs whose spec.cluster names a
+// context through the config's mapping, directly, not at all, or not
+// known: the daemon resolves them as package cluster/kube does, and
+// refuses an unknown name at once with what to do.
+func TestSpecClusterContext(t *testing.T) {
+	dir := shortTempDir(t)
+	kubeconfig := filepath.Join(dir, "kubeconfig")
+	require.NoError(t, os.WriteFile(kubeconfig, []byte(`apiVersion: v1
+kind: Config
+current-context: dev
+clusters:
+- {name: c, cluster: {server: "https://127.0.0.1:1"}}
+users:
+- {name: u, user: {token: t}}
+contexts:
+- {name: dev, context: {cluster: c, user: u}}
+- {name: gke_acme_staging-1, context: {cluster: c, user: u}}
+`), 0o600))
+	cfgPath := filepath.Join(dir, "config.yaml")
+	require.NoError(t, os.WriteFile(cfgPath, []byte("contexts:\n  staging-1: gke_acme_staging-1\n"), 0o600))
+
+	fc := &fakeCluster{}
+	var mu sync.Mutex
+	opened := map[string]string{} // kube context asked for → context the kubeconfig yields
+	provider := func(_ context.Context, kc, kctx string) (Cluster, error) {
+		c, _, err := kube.ChooseContext(kube.Options{Kubeconfig: kc, Context: kctx})
+		if err != nil {
+			return nil, err
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		opened[kctx] = c
+		return fc, nil
+	}
+	td := startDaemon(t, Options{Clusters: provider, link: (&fakeLinker{}).link, ConfigPath: cfgPath})
+
+	tests := []struct {
+		name, cluster, context string
+		status, opened         string // the sandbox's context; what the cluster was opened with
+		errText                []string
+	}{
+		{name: "mapped", cluster: "staging-1", status: "gke_acme_staging-1", opened: "gke_acme_staging-1"},
+		{name: "context", cluster: "dev", status: "dev", opened: "dev"},
+		{name: "current", cluster: "", status: "", opened: "dev"},
+		{name: "flag", cluster: "staging-1", context: "dev", status: "dev", opened: "dev"},
+		{name: "unknown", cluster: "staging-9", errText: []string{
+			"sandbox unknown:", `spec cluster "staging-9"`, kubeconfig, "available: dev, gke_acme_staging-1",
+			"known: staging-1", cfgPath, "pass --context",
+		}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			sb := testSpec(tt.name, "localhost:1")
+			sb.Spec.Cluster = tt.cluster
+			st, err := td.client.Connect(context.Background(), ConnectRequest{Spec: sb, Kubeconfig: kubeconfig, Context: tt.context, Wait: true}, nil)
+			if tt.errText != nil {
+				var ae *APIError
+				require.ErrorAs(t, err, &ae)
+				require.Equal(t, 400, ae.StatusCode)
+				for _, s := range tt.errText {
+					require.Contains(t, err.Error(), s)
+				}
+				_, err := td.client.Sandbox(context.Background(), tt.name)
+				require.Error(t, err, "a refused connect leaves no sandbox behind")
+				return
+			}
+			require.NoError(t, err)
+			require.Equal(t, tt.status, st.Context)
+			mu.Lock()
+			defer mu.Unlock()
+			require.Equal(t, tt.opened, opened[tt.status])
 		})
 	}
 }

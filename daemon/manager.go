@@ -23,6 +23,9 @@ type manager struct {
 	link     linker
 	cfg      sessionConfig
 	conf     func() *config.Config // the live user config
+	// configPath is the user config file (for errors that say where to
+	// map a cluster name); empty without one.
+	configPath string
 	// changed is told whenever sandboxes come, go or change spec
 	// (outbound access follows their namespaces); it must not block.
 	changed func()
@@ -103,7 +106,10 @@ func (m *manager) Connect(req ConnectRequest) (s *session, sub chan Progress, re
 	// a context name (as kubectl-style tools do).
 	kctx := req.Context
 	if kctx == "" && req.Spec.Spec.Cluster != "" {
-		kctx = m.conf().KubeContext(req.Spec.Spec.Cluster)
+		var err error
+		if kctx, err = specContext(req, m.conf().Contexts, m.configPath); err != nil {
+			return nil, nil, false, err
+		}
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()

@@ -186,26 +186,11 @@ func (o *outboundCtl) start(ctx context.Context, wg *sync.WaitGroup) {
 // waitStarted returns once the Manager made its first attempt (a Runner
 // is up or its error is known), or after outboundStartWait.
 func (o *outboundCtl) waitStarted(ctx context.Context) {
-	deadline := time.NewTimer(outboundStartWait)
-	defer deadline.Stop()
-	tick := time.NewTicker(2 * time.Millisecond)
-	defer tick.Stop()
-	for !managerStarted(o.m.Status()) {
-		select {
-		case <-ctx.Done():
-			return
-		case <-deadline.C:
-			o.log.Warn("outbound access is slow to start; carrying on")
-			return
-		case <-tick.C:
-		}
+	wctx, cancel := context.WithTimeout(ctx, outboundStartWait)
+	defer cancel()
+	if o.m.WaitStarted(wctx) != nil && ctx.Err() == nil {
+		o.log.Warn("outbound access is slow to start; carrying on")
 	}
-}
-
-// managerStarted tells a Manager that has not tried yet (it reports only
-// the configured mode) from one with a Runner or an error.
-func managerStarted(st outbound.Status) bool {
-	return st.Error != "" || st.ProxyAddr != "" || st.HostsFile != "" || st.Mode == config.ModeOff
 }
 
 // run follows sandbox and config changes until ctx ends, then stops the

@@ -398,3 +398,28 @@ func TestMappingStatusNamesBaseline(t *testing.T) {
 	require.Len(t, st.Mappings, 1)
 	require.Equal(t, &spec.Workload{Kind: spec.KindStatefulSet, Namespace: "hotrod", Name: "route-v2"}, st.Mappings[0].From)
 }
+
+// TestOutboundRefusesSystemHostsFileInTests: a daemon in a test binary
+// that would run hosts mode (auto, the default) on the machine's hosts
+// file refuses, and its status tells the test author what to set.
+func TestOutboundRefusesSystemHostsFileInTests(t *testing.T) {
+	before, readErr := os.ReadFile(config.DefaultHostsFile)
+	fc := &fakeCluster{}
+	td := startDaemon(t, Options{Clusters: fc.provider(), link: (&fakeLinker{}).link, HostsFile: config.DefaultHostsFile})
+	ctx := context.Background()
+	_, err := td.client.Connect(ctx, ConnectRequest{Spec: testSpec("alice", "localhost:1"), Wait: true}, nil)
+	require.NoError(t, err, "the sandbox itself works")
+
+	var ob OutboundStatus
+	require.Eventually(t, func() bool { ob = outboundOf(t, td); return ob.Error != "" }, 10*time.Second, 5*time.Millisecond,
+		"outbound access never reported why it is off")
+	require.Empty(t, ob.HostsFile)
+	require.Empty(t, ob.ProxyAddr)
+	require.Contains(t, ob.Error, "refusing to edit the machine's hosts file "+config.DefaultHostsFile)
+	require.Contains(t, ob.Error, "daemon.Options.HostsFile")
+	if readErr == nil {
+		after, err := os.ReadFile(config.DefaultHostsFile)
+		require.NoError(t, err)
+		require.Equal(t, string(before), string(after))
+	}
+}

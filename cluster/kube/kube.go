@@ -37,6 +37,9 @@ type Options struct {
 	// ClusterContexts maps cluster names used in specs to kubeconfig
 	// contexts (from sbx's config file).
 	ClusterContexts map[string]string
+	// ConfigFile is the sbx config file ClusterContexts came from; errors
+	// name it so that the user knows where to add a mapping.
+	ConfigFile string
 	// Getenv reads KUBECONFIG; nil means os.Getenv.
 	Getenv func(string) string
 	// UserAgent is sent to the API server; empty keeps client-go's default.
@@ -87,37 +90,18 @@ func Load(opts Options) (*Cluster, error) {
 
 // Resolve is Load without building clientsets.
 func Resolve(opts Options) (*Cluster, error) {
-	getenv := opts.Getenv
-	if getenv == nil {
-		getenv = os.Getenv
-	}
-	rules := &clientcmd.ClientConfigLoadingRules{ExplicitPath: opts.Kubeconfig}
-	files := []string{opts.Kubeconfig}
-	if opts.Kubeconfig == "" {
-		if env := getenv(clientcmd.RecommendedConfigPathEnvVar); env != "" {
-			rules.Precedence = dedupe(filepath.SplitList(env))
-		} else {
-			rules.Precedence = []string{clientcmd.RecommendedHomeFile}
-		}
-		files = existing(rules.Precedence)
-		if len(files) == 0 {
-			return nil, fmt.Errorf("%w: looked in %s (set KUBECONFIG or pass --kubeconfig)",
-				ErrNoKubeconfig, strings.Join(rules.Precedence, string(filepath.ListSeparator)))
-		}
-	}
-	where := "kubeconfig " + strings.Join(files, string(filepath.ListSeparator))
-
-	raw, err := rules.Load()
+	k, err := load(opts)
 	if err != nil {
-		return nil, fmt.Errorf("load %s: %w", where, err)
+		return nil, err
 	}
+	raw, where := k.raw, k.where
 	name, source, err := chooseContext(opts, raw, where)
 	if err != nil {
 		return nil, err
 	}
 	overrides := &clientcmd.ConfigOverrides{CurrentContext: name}
 	overrides.Context.Namespace = opts.Namespace
-	cc := clientcmd.NewNonInteractiveClientConfig(*raw, name, overrides, rules)
+	cc := clientcmd.NewNonInteractiveClientConfig(*raw, name, overrides, k.rules)
 	restCfg, err := cc.ClientConfig()
 	if err != nil {
 		return nil, fmt.Errorf("context %q in %s: %w", name, where, err)
@@ -140,8 +124,57 @@ func Resolve(opts Options) (*Cluster, error) {
 		NamespaceExplicit: explicit,
 		Context:           name,
 		ContextSource:     source,
-		Files:             files,
+		Files:             k.files,
 	}, nil
+}
+
+// ChooseContext returns the context Resolve would pick for opts, and why
+// ("--context", `spec cluster "staging-1" → context gke_…`,
+// "current-context"). It reads the kubeconfig but builds no client
+// configuration, so a caller can settle which cluster a spec means (and
+// report an unknown one) before anything else.
+func ChooseContext(opts Options) (name, source string, err error) {
+	k, err := load(opts)
+	if err != nil {
+		return "", "", err
+	}
+	return chooseContext(opts, k.raw, k.where)
+}
+
+// loaded is a merged kubeconfig and where it came from.
+type loaded struct {
+	rules *clientcmd.ClientConfigLoadingRules
+	raw   *clientcmdapi.Config
+	files []string // the files that exist and were read
+	where string   // the files, for errors
+}
+
+// load reads the kubeconfig files opts select, as kubectl does.
+func load(opts Options) (*loaded, error) {
+	getenv := opts.Getenv
+	if getenv == nil {
+		getenv = os.Getenv
+	}
+	rules := &clientcmd.ClientConfigLoadingRules{ExplicitPath: opts.Kubeconfig}
+	files := []string{opts.Kubeconfig}
+	if opts.Kubeconfig == "" {
+		if env := getenv(clientcmd.RecommendedConfigPathEnvVar); env != "" {
+			rules.Precedence = dedupe(filepath.SplitList(env))
+		} else {
+			rules.Precedence = []string{clientcmd.RecommendedHomeFile}
+		}
+		files = existing(rules.Precedence)
+		if len(files) == 0 {
+			return nil, fmt.Errorf("%w: looked in %s (set KUBECONFIG or pass --kubeconfig)",
+				ErrNoKubeconfig, strings.Join(rules.Precedence, string(filepath.ListSeparator)))
+		}
+	}
+	where := "kubeconfig " + strings.Join(files, string(filepath.ListSeparator))
+	raw, err := rules.Load()
+	if err != nil {
+		return nil, fmt.Errorf("load %s: %w", where, err)
+	}
+	return &loaded{rules: rules, raw: raw, files: files, where: where}, nil
 }
 
 // chooseContext applies --context > spec cluster > current-context.
@@ -158,14 +191,14 @@ func chooseContext(opts Options, raw *clientcmdapi.Config, where string) (name, 
 		source = fmt.Sprintf("spec cluster %q", opts.Cluster)
 		if mapped, ok := opts.ClusterContexts[opts.Cluster]; ok {
 			if _, ok := raw.Contexts[mapped]; !ok {
-				return "", "", fmt.Errorf("%w: spec cluster %q maps to context %q (sbx config), which is not in %s (available: %s)",
-					ErrUnknownContext, opts.Cluster, mapped, where, available)
+				return "", "", fmt.Errorf("%w: spec cluster %q maps to context %q (contexts: in %s), which is not in %s (available: %s); fix the mapping or pass --context",
+					ErrUnknownContext, opts.Cluster, mapped, sbxConfig(opts), where, available)
 			}
 			return mapped, source + " → context " + mapped, nil
 		}
 		if _, ok := raw.Contexts[opts.Cluster]; !ok {
-			return "", "", fmt.Errorf("%w: spec cluster %q is neither a context in %s (available: %s) nor a cluster name in sbx's config (known: %s); fix the spec or pass --context",
-				ErrUnknownContext, opts.Cluster, where, available, mapNames(opts.ClusterContexts))
+			return "", "", fmt.Errorf("%w: spec cluster %q is neither a context in %s (available: %s) nor a cluster name under contexts: in %s (known: %s); set spec.cluster to one of those, map %q to a context under contexts: in %s, or pass --context",
+				ErrUnknownContext, opts.Cluster, where, available, sbxConfig(opts), mapNames(opts.ClusterContexts), opts.Cluster, sbxConfig(opts))
 		}
 		return opts.Cluster, source, nil
 	case raw.CurrentContext != "":
@@ -178,6 +211,14 @@ func chooseContext(opts Options, raw *clientcmdapi.Config, where string) (name, 
 		return "", "", fmt.Errorf("%w: %s sets no current-context; pass --context (available: %s)",
 			ErrUnknownContext, where, available)
 	}
+}
+
+// sbxConfig names the sbx config file in errors.
+func sbxConfig(opts Options) string {
+	if opts.ConfigFile == "" {
+		return "sbx's config"
+	}
+	return "sbx config " + opts.ConfigFile
 }
 
 func contextNames(raw *clientcmdapi.Config) string {

@@ -87,7 +87,10 @@ func TestResolve(t *testing.T) {
 		{name: "unknown --context", opts: kube.Options{Kubeconfig: main, Context: "nope"}, errIs: kube.ErrUnknownContext,
 			errText: []string{`--context "nope"`, main, "available: prod, staging-1"}},
 		{name: "unknown spec cluster", opts: kube.Options{Kubeconfig: main, Cluster: "staging-9", ClusterContexts: map[string]string{"production": "prod"}},
-			errIs: kube.ErrUnknownContext, errText: []string{`spec cluster "staging-9"`, "available: prod, staging-1", "known: production", "--context"}},
+			errIs: kube.ErrUnknownContext, errText: []string{`spec cluster "staging-9"`, "available: prod, staging-1", "known: production", "sbx's config", "--context"}},
+		{name: "unknown spec cluster names the sbx config file", opts: kube.Options{Kubeconfig: main, Cluster: "staging-9", ConfigFile: "/home/u/.config/sbx/config.yaml"},
+			errIs: kube.ErrUnknownContext, errText: []string{`spec cluster "staging-9"`, main, "available: prod, staging-1", "known: none",
+				`map "staging-9" to a context under contexts: in sbx config /home/u/.config/sbx/config.yaml`, "--context"}},
 		{name: "spec cluster mapped to a missing context", opts: kube.Options{Kubeconfig: main, Cluster: "production", ClusterContexts: map[string]string{"production": "prod-eu"}},
 			errIs: kube.ErrUnknownContext, errText: []string{`maps to context "prod-eu"`, "available: prod, staging-1"}},
 		{name: "no current-context", opts: kube.Options{Kubeconfig: noCurrent}, errIs: kube.ErrUnknownContext,
@@ -102,8 +105,12 @@ func TestResolve(t *testing.T) {
 				tt.opts.Getenv = env(nil)
 			}
 			c, err := kube.Resolve(tt.opts)
+			// ChooseContext is the first half of Resolve: the same
+			// context, reason and error.
+			name, source, cerr := kube.ChooseContext(tt.opts)
 			if tt.errIs != nil || tt.errText != nil {
 				require.Error(t, err)
+				require.EqualError(t, cerr, err.Error())
 				if tt.errIs != nil {
 					require.ErrorIs(t, err, tt.errIs)
 				}
@@ -114,6 +121,9 @@ func TestResolve(t *testing.T) {
 				return
 			}
 			require.NoError(t, err)
+			require.NoError(t, cerr)
+			require.Equal(t, c.Context, name)
+			require.Equal(t, c.ContextSource, source)
 			require.Equal(t, tt.host, c.REST.Host)
 			require.Equal(t, tt.namespace, c.Namespace)
 			require.Equal(t, tt.explicit, c.NamespaceExplicit)

@@ -36,7 +36,21 @@ func cliEnv(t *testing.T) string {
 	t.Setenv("XDG_CONFIG_HOME", filepath.Join(dir, "config"))
 	t.Setenv("SBX_DAEMON_AUTOSTART", "0") // in-process tests never exec the test binary
 	t.Setenv("KUBECONFIG", "")
+	writeTestConfig(t, dir)
 	return dir
+}
+
+// writeTestConfig gives a daemon that `sbx daemon` starts with HOME and
+// XDG_CONFIG_HOME under dir a config naming a hosts file under dir: tests
+// never let a daemon edit the machine's /etc/hosts (outbound refuses it
+// in a test binary).
+func writeTestConfig(t *testing.T, dir string) {
+	t.Helper()
+	hosts := filepath.Join(dir, "hosts")
+	require.NoError(t, os.WriteFile(hosts, []byte("127.0.0.1 localhost\n"), 0o644))
+	cfgDir := filepath.Join(dir, "config", "sbx")
+	require.NoError(t, os.MkdirAll(cfgDir, 0o700))
+	require.NoError(t, os.WriteFile(filepath.Join(cfgDir, "config.yaml"), []byte("outbound:\n  hostsFile: "+hosts+"\n"), 0o600))
 }
 
 // cliCluster is a daemon.Cluster for CLI tests: it applies instantly and

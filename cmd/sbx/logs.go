@@ -46,19 +46,11 @@ func newLogsCmd(g *globalOptions) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			defer f.Close()
-			if tail > 0 {
-				if err := seekTail(f, tail); err != nil {
-					return err
-				}
-			}
-			if _, err := io.Copy(g.stdout, f); err != nil {
+			if err := printLog(f, tail, g.stdout); err != nil || !follow {
+				_ = f.Close()
 				return err
 			}
-			if !follow {
-				return nil
-			}
-			return followFile(ctx, f, path, g.stdout)
+			return followFile(ctx, f, path, g.stdout, followPoll)
 		},
 	}
 	cmd.Flags().BoolVarP(&follow, "follow", "f", false, "keep printing lines as the daemon writes them")
@@ -66,10 +58,28 @@ func newLogsCmd(g *globalOptions) *cobra.Command {
 	return cmd
 }
 
-// followFile prints what is appended to f until ctx ends. When the log is
-// rotated (a new file at path), it continues with the new file.
-func followFile(ctx context.Context, f *os.File, path string, w io.Writer) error {
-	tick := time.NewTicker(200 * time.Millisecond)
+// followPoll is how often `sbx logs -f` looks for new lines.
+const followPoll = 200 * time.Millisecond
+
+// printLog prints f from the start of its last tail lines (all with 0).
+func printLog(f *os.File, tail int, w io.Writer) error {
+	if tail > 0 {
+		if err := seekTail(f, tail); err != nil {
+			return err
+		}
+	}
+	_, err := io.Copy(w, f)
+	return err
+}
+
+// followFile prints what is appended to f until ctx ends, looking every
+// poll. When the log is rotated (a new file at path), it prints what is
+// left of the old file, closes it and continues with the new one, so that
+// a long follow holds one file open and loses no line. It closes the file
+// it holds when it returns.
+func followFile(ctx context.Context, f *os.File, path string, w io.Writer, poll time.Duration) error {
+	defer func() { _ = f.Close() }()
+	tick := time.NewTicker(poll)
 	defer tick.Stop()
 	for {
 		select {
@@ -77,19 +87,25 @@ func followFile(ctx context.Context, f *os.File, path string, w io.Writer) error
 			return nil
 		case <-tick.C:
 		}
+		cur, err1 := f.Stat()
+		now, err2 := os.Stat(path)
+		rotated := err1 == nil && err2 == nil && !os.SameFile(cur, now)
+		// Read after the check: a line written to the old file before
+		// the rotation is read here, before the old file is left.
 		if _, err := io.Copy(w, f); err != nil {
 			return err
 		}
-		cur, err1 := f.Stat()
-		now, err2 := os.Stat(path)
-		if err1 == nil && err2 == nil && !os.SameFile(cur, now) {
-			nf, err := os.Open(path)
-			if err != nil {
-				continue
-			}
-			_ = f.Close()
-			f = nf
-			defer nf.Close()
+		if !rotated {
+			continue
+		}
+		nf, err := os.Open(path)
+		if err != nil {
+			continue // between rename and create; next time
+		}
+		_ = f.Close()
+		f = nf
+		if _, err := io.Copy(w, f); err != nil {
+			return err
 		}
 	}
 }

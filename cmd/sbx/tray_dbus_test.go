@@ -80,6 +80,7 @@ func TestTrayCommandOverDBus(t *testing.T) {
 	t.Setenv("XDG_RUNTIME_DIR", filepath.Join(dir, "run"))
 	t.Setenv("XDG_STATE_HOME", filepath.Join(dir, "state"))
 	t.Setenv("SBX_DAEMON_AUTOSTART", "0")
+	writeTestConfig(t, dir)
 	require.NoError(t, os.MkdirAll(filepath.Join(dir, "run"), 0o700))
 
 	cfg := filepath.Join(dir, "bus.conf")

@@ -66,7 +66,8 @@ type Config struct {
 	PoolSize int      `json:"poolSize"`
 	Outbound Outbound `json:"outbound"`
 	// Contexts maps a cluster name (a spec's spec.cluster) to a kube
-	// context name.
+	// context name; package cluster/kube resolves a spec's cluster with it
+	// (kube.Options.ClusterContexts).
 	Contexts map[string]string `json:"contexts,omitempty"`
 }
 
@@ -109,16 +110,6 @@ func (c *Config) Clone() *Config {
 	out.Contexts = maps.Clone(c.Contexts)
 	out.Outbound.Namespaces = slices.Clone(c.Outbound.Namespaces)
 	return &out
-}
-
-// KubeContext returns the kube context for a spec's cluster name: the
-// mapped context when the config maps it, else the name itself (which is
-// then taken as a context name).
-func (c *Config) KubeContext(cluster string) string {
-	if ctx, ok := c.Contexts[cluster]; ok {
-		return ctx
-	}
-	return cluster
 }
 
 // DefaultPath returns where the config lives: $XDG_CONFIG_HOME/sbx/config.yaml,

@@ -66,8 +66,6 @@ contexts:
 		},
 		Contexts: map[string]string{"staging-1": "arn:aws:eks:eu-west-1:123:cluster/staging-1", "local": "kind-kind"},
 	}, c)
-	require.Equal(t, "kind-kind", c.KubeContext("local"))
-	require.Equal(t, "other", c.KubeContext("other"), "unmapped names are context names")
 
 	// Partial outbound keeps the other defaults; a host-bits range is masked.
 	c, err = Parse("config.yaml", []byte("outbound: {mode: hosts, hostsRange: 127.9.9.9/16}\nrelayImage: sbx@sha256:"+strings.Repeat("a", 64)+"\n"))
@@ -189,7 +187,7 @@ func FuzzParse(f *testing.F) {
 func TestExampleConfig(t *testing.T) {
 	c, err := Load("../../testdata/config/config.yaml")
 	require.NoError(t, err)
-	require.Equal(t, "gke_acme_europe-west1_staging-1", c.KubeContext("staging-1"))
+	require.Equal(t, map[string]string{"staging-1": "gke_acme_europe-west1_staging-1"}, c.Contexts)
 	require.Equal(t, []string{"shared", "observability"}, c.Outbound.Namespaces)
 	require.Equal(t, "ghcr.io/sbx-dev/sbx:v0.1.0", c.RelayImage)
 }

@@ -33,6 +33,10 @@ type ManagerOptions struct {
 type Manager struct {
 	opts ManagerOptions
 	log  *slog.Logger
+	// started is closed once Run's first attempt to start a Runner has
+	// finished, either way (WaitStarted).
+	started     chan struct{}
+	startedOnce sync.Once
 
 	mu      sync.Mutex
 	cfg     config.Outbound
@@ -50,7 +54,22 @@ func NewManager(opts ManagerOptions, cfg config.Outbound) *Manager {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Manager{opts: opts, log: log, cfg: cfg, kick: make(chan struct{}, 1)}
+	return &Manager{opts: opts, log: log, cfg: cfg, kick: make(chan struct{}, 1), started: make(chan struct{})}
+}
+
+// WaitStarted blocks until Run's first attempt to start a Runner has
+// finished, so that Status reports a Runner or the reason there is none
+// (Error), or until ctx ends (it then returns ctx.Err()). The daemon holds
+// its readiness back on it, so that a client's first status already shows
+// the proxy address. Only the first attempt counts: after that it returns
+// at once, also across later Runs.
+func (m *Manager) WaitStarted(ctx context.Context) error {
+	select {
+	case <-m.started:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
 }
 
 // SetConfig applies a new outbound config; it never blocks.
@@ -128,6 +147,7 @@ func (m *Manager) Run(ctx context.Context) error {
 				st := r.Status()
 				m.log.Info("outbound access ready", "mode", st.Mode, "proxy", st.ProxyAddr, "hostsFile", st.HostsFile)
 			}
+			m.startedOnce.Do(func() { close(m.started) })
 		}
 		select {
 		case <-ctx.Done():

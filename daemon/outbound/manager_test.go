@@ -70,3 +70,65 @@ func TestManagerReportsAndRetries(t *testing.T) {
 	require.NoError(t, <-done)
 	require.Equal(t, original, e.read(t))
 }
+
+// TestManagerWaitStarted: WaitStarted returns once the first attempt to
+// start a Runner finished, whether it worked or not, and gives up with
+// its context when there is no attempt.
+func TestManagerWaitStarted(t *testing.T) {
+	busy, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	defer busy.Close()
+
+	tests := []struct {
+		name    string
+		cfg     func(e *hostsEnv) config.Outbound
+		run     bool // start the Manager
+		want    error
+		started func(t *testing.T, st Status)
+	}{
+		{name: "runner up", run: true,
+			cfg: func(e *hostsEnv) config.Outbound { return outboundCfg(e, config.ModeProxy) },
+			started: func(t *testing.T, st Status) {
+				require.NotEmpty(t, st.ProxyAddr)
+				require.Empty(t, st.Error)
+			}},
+		{name: "runner failed", run: true,
+			cfg: func(e *hostsEnv) config.Outbound {
+				c := outboundCfg(e, config.ModeProxy)
+				c.ProxyListen = busy.Addr().String()
+				return c
+			},
+			started: func(t *testing.T, st Status) {
+				require.Empty(t, st.ProxyAddr)
+				require.Contains(t, st.Error, busy.Addr().String())
+			}},
+		{name: "never run", want: context.Canceled,
+			cfg: func(e *hostsEnv) config.Outbound { return outboundCfg(e, config.ModeProxy) }},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			e := newHostsEnv(t)
+			// No retry within the test: the status seen is the first attempt's.
+			m := NewManager(ManagerOptions{Catalog: e.cat, Dial: e.si.dial, LockPath: e.lock, StatePath: e.state, Retry: time.Hour}, tt.cfg(e))
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			waited := make(chan error, 1)
+			go func() { waited <- m.WaitStarted(ctx) }()
+			done := make(chan error, 1)
+			if tt.run {
+				go func() { done <- m.Run(ctx) }()
+			} else {
+				cancel()
+			}
+			require.ErrorIs(t, <-waited, tt.want)
+			if !tt.run {
+				return
+			}
+			tt.started(t, m.Status())
+			require.NoError(t, m.WaitStarted(ctx), "after the first attempt it returns at once")
+			cancel()
+			require.NoError(t, <-done)
+			require.Equal(t, original, e.read(t))
+		})
+	}
+}

@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"reflect"
 	"sync"
+	"testing"
 
 	"github.com/sbx-dev/sbx/daemon/config"
 	"github.com/sbx-dev/sbx/daemon/hostsfile"
@@ -71,6 +72,9 @@ type Runner struct {
 // the listening port. In auto mode a hosts file that is not writable or
 // that another sbx daemon owns means proxy mode, with Status().Note saying
 // why; in hosts mode those are errors. Call Run to serve.
+//
+// In a test binary, hosts and auto mode on the machine's hosts file
+// (config.DefaultHostsFile) are refused: tests must bring a temp one.
 func Start(opts Options) (*Runner, error) {
 	log := opts.Logger
 	if log == nil {
@@ -82,6 +86,9 @@ func Start(opts Options) (*Runner, error) {
 	}
 	if r.mode == config.ModeOff {
 		return r, nil
+	}
+	if err := refuseSystemHostsFile(opts.Config, testing.Testing()); err != nil {
+		return nil, err
 	}
 	if opts.Catalog == nil || opts.Dial == nil {
 		return nil, errors.New("outbound: Options.Catalog and Options.Dial are required")
