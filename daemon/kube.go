@@ -8,6 +8,9 @@ import (
 	"log/slog"
 	"net"
 	"net/url"
+	"os"
+	"path/filepath"
+	"strings"
 	"sync"
 	"time"
 
@@ -15,6 +18,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/sbx-dev/sbx/cluster"
 	"github.com/sbx-dev/sbx/cluster/kube"
@@ -80,7 +84,9 @@ func (k *KubeClusters) Open(_ context.Context, kubeconfig, kubeContext string) (
 	if c, ok := k.clusters[key]; ok {
 		return c, nil
 	}
-	kc, err := kube.Load(kube.Options{Kubeconfig: kubeconfig, Context: kubeContext, UserAgent: "sbx-daemon"})
+	opts := kubeOptions(kubeconfig)
+	opts.Context, opts.UserAgent = kubeContext, "sbx-daemon"
+	kc, err := kube.Load(opts)
 	if err != nil {
 		if errors.Is(err, kube.ErrNoKubeconfig) || errors.Is(err, kube.ErrUnknownContext) || errors.Is(err, fs.ErrNotExist) {
 			return nil, &PermanentError{fmt.Errorf("%w (pass --kubeconfig/--context, or set KUBECONFIG, and connect again)", err)}
@@ -99,18 +105,30 @@ func (k *KubeClusters) Open(_ context.Context, kubeconfig, kubeContext string) (
 	return c, nil
 }
 
+// kubeOptions reads a request's kubeconfig as the CLI sends it: the
+// --kubeconfig file, or the CLI's $KUBECONFIG, which may be a list of files
+// (merged as kubectl merges them), or empty for the daemon's own defaults.
+func kubeOptions(kubeconfig string) kube.Options {
+	if !strings.ContainsRune(kubeconfig, filepath.ListSeparator) {
+		return kube.Options{Kubeconfig: kubeconfig}
+	}
+	return kube.Options{Getenv: func(k string) string {
+		if k == clientcmd.RecommendedConfigPathEnvVar {
+			return kubeconfig
+		}
+		return os.Getenv(k)
+	}}
+}
+
 // specContext resolves the spec.cluster of a connect without --context to
 // the kube context it names, through the user config's contexts mapping
 // (read from configPath), as package cluster/kube does. An unknown name is
 // the user's to fix, so it is refused at once (400) rather than becoming a
 // sandbox that fails in the background.
 func specContext(req ConnectRequest, contexts map[string]string, configPath string) (string, error) {
-	name, _, err := kube.ChooseContext(kube.Options{
-		Kubeconfig:      req.Kubeconfig,
-		Cluster:         req.Spec.Spec.Cluster,
-		ClusterContexts: contexts,
-		ConfigFile:      configPath,
-	})
+	opts := kubeOptions(req.Kubeconfig)
+	opts.Cluster, opts.ClusterContexts, opts.ConfigFile = req.Spec.Spec.Cluster, contexts, configPath
+	name, _, err := kube.ChooseContext(opts)
 	if err != nil {
 		return "", badRequest("sandbox %s: %v", req.Spec.Name, err)
 	}

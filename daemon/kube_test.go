@@ -70,7 +70,9 @@ contexts:
 	var mu sync.Mutex
 	opened := map[string]string{} // kube context asked for → context the kubeconfig yields
 	provider := func(_ context.Context, kc, kctx string) (Cluster, error) {
-		c, _, err := kube.ChooseContext(kube.Options{Kubeconfig: kc, Context: kctx})
+		opts := kubeOptions(kc)
+		opts.Context = kctx
+		c, _, err := kube.ChooseContext(opts)
 		if err != nil {
 			return nil, err
 		}
@@ -118,4 +120,54 @@ contexts:
 			require.Equal(t, tt.opened, opened[tt.status])
 		})
 	}
+}
+
+// TestKubeconfigPathList: the CLI passes its $KUBECONFIG on, which may be a
+// list of files; the daemon merges them as kubectl does, both to open a
+// cluster and to resolve a spec's cluster name.
+func TestKubeconfigPathList(t *testing.T) {
+	dir := shortTempDir(t)
+	a, b := filepath.Join(dir, "a"), filepath.Join(dir, "b")
+	require.NoError(t, os.WriteFile(a, []byte(`apiVersion: v1
+kind: Config
+current-context: dev
+clusters:
+- {name: c, cluster: {server: "https://127.0.0.1:1"}}
+users:
+- {name: u, user: {token: t}}
+contexts:
+- {name: dev, context: {cluster: c, user: u, namespace: team-a}}
+`), 0o600))
+	require.NoError(t, os.WriteFile(b, []byte(`apiVersion: v1
+kind: Config
+clusters:
+- {name: s, cluster: {server: "https://127.0.0.2:1"}}
+users:
+- {name: v, user: {token: t2}}
+contexts:
+- {name: gke_acme_staging-1, context: {cluster: s, user: v, namespace: team-b}}
+`), 0o600))
+	list := a + string(filepath.ListSeparator) + b
+
+	sb := testSpec("listed", "localhost:1")
+	sb.Spec.Cluster = "staging-1"
+	got, err := specContext(ConnectRequest{Spec: sb, Kubeconfig: list}, map[string]string{"staging-1": "gke_acme_staging-1"}, "config.yaml")
+	require.NoError(t, err)
+	require.Equal(t, "gke_acme_staging-1", got, "a context from the second file")
+
+	for _, tc := range []struct{ kctx, namespace, server string }{
+		{"", "team-a", "https://127.0.0.1:1"}, // current-context from the first file
+		{"gke_acme_staging-1", "team-b", "https://127.0.0.2:1"},
+	} {
+		opts := kubeOptions(list)
+		opts.Context = tc.kctx
+		kc, err := kube.Load(opts)
+		require.NoError(t, err, tc.kctx)
+		require.Equal(t, tc.namespace, kc.Namespace)
+		require.Equal(t, tc.server, kc.REST.Host)
+	}
+
+	// One file (--kubeconfig) stays an explicit path: a missing one is an error.
+	_, err = kube.Load(kubeOptions(filepath.Join(dir, "missing")))
+	require.Error(t, err)
 }

@@ -11,6 +11,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/sbx-dev/sbx/cluster"
 	"github.com/sbx-dev/sbx/daemon/config"
 )
 
@@ -34,7 +35,8 @@ func (c sessionConfig) withDefaults() sessionConfig {
 		c.StatsInterval = 2 * time.Second
 	}
 	if c.LeaseInterval <= 0 {
-		c.LeaseInterval = 20 * time.Second
+		// Three renewals per lease: one lost renewal never lets it expire.
+		c.LeaseInterval = cluster.LeaseDuration / 3
 	}
 	if c.ProbeTimeout <= 0 {
 		c.ProbeTimeout = 300 * time.Millisecond
