@@ -82,7 +82,7 @@ compare the paths against bare.`,
 	f.BoolVar(&asJSON, "json", false, "print the result as JSON (same as -o json)")
 	f.BoolVar(&check, "check", false, "exit with status 1 if a ratio misses its target")
 	f.StringVar(&transport, "transport", "", "port-forward upgrade: websocket or spdy (default: websocket with spdy fallback, as kubectl)")
-	f.IntVar(&opts.Reps, "reps", 9, "repetitions; figures are medians")
+	f.IntVar(&opts.Reps, "reps", pfbench.DefaultReps, "repetitions; figures are medians")
 	f.IntVar(&opts.Streams, "streams", 4, "parallel uploads per bulk measurement")
 	f.IntVar(&bulkMiB, "bulk-mib", 16, "MiB each upload sends")
 	f.IntVar(&opts.RTTSamples, "rtt-samples", 400, "1 KiB round trips per measurement")

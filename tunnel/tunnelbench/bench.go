@@ -47,7 +47,7 @@ const MinReps = 3
 // cores.
 func DefaultOptions() Options {
 	return Options{
-		Reps:        7,
+		Reps:        11,
 		Budget:      35 * time.Second,
 		BulkBytes:   128 << 20,
 		RTTSamples:  5000,
