@@ -8,6 +8,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 
@@ -52,17 +53,7 @@ func TestTransientApplyErrors(t *testing.T) {
 func TestSpecClusterContext(t *testing.T) {
 	dir := shortTempDir(t)
 	kubeconfig := filepath.Join(dir, "kubeconfig")
-	require.NoError(t, os.WriteFile(kubeconfig, []byte(`apiVersion: v1
-kind: Config
-current-context: dev
-clusters:
-- {name: c, cluster: {server: "https://127.0.0.1:1"}}
-users:
-- {name: u, user: {token: t}}
-contexts:
-- {name: dev, context: {cluster: c, user: u}}
-- {name: gke_acme_staging-1, context: {cluster: c, user: u}}
-`), 0o600))
+	writeKubeconfig(t, kubeconfig, "dev", "https://127.0.0.1:1", "dev", "gke_acme_staging-1")
 	cfgPath := filepath.Join(dir, "config.yaml")
 	require.NoError(t, os.WriteFile(cfgPath, []byte("contexts:\n  staging-1: gke_acme_staging-1\n"), 0o600))
 
@@ -128,25 +119,8 @@ contexts:
 func TestKubeconfigPathList(t *testing.T) {
 	dir := shortTempDir(t)
 	a, b := filepath.Join(dir, "a"), filepath.Join(dir, "b")
-	require.NoError(t, os.WriteFile(a, []byte(`apiVersion: v1
-kind: Config
-current-context: dev
-clusters:
-- {name: c, cluster: {server: "https://127.0.0.1:1"}}
-users:
-- {name: u, user: {token: t}}
-contexts:
-- {name: dev, context: {cluster: c, user: u, namespace: team-a}}
-`), 0o600))
-	require.NoError(t, os.WriteFile(b, []byte(`apiVersion: v1
-kind: Config
-clusters:
-- {name: s, cluster: {server: "https://127.0.0.2:1"}}
-users:
-- {name: v, user: {token: t2}}
-contexts:
-- {name: gke_acme_staging-1, context: {cluster: s, user: v, namespace: team-b}}
-`), 0o600))
+	writeKubeconfig(t, a, "dev", "https://127.0.0.1:1", "dev/team-a")
+	writeKubeconfig(t, b, "", "https://127.0.0.2:1", "gke_acme_staging-1/team-b")
 	list := a + string(filepath.ListSeparator) + b
 
 	sb := testSpec("listed", "localhost:1")
@@ -170,4 +144,20 @@ contexts:
 	// One file (--kubeconfig) stays an explicit path: a missing one is an error.
 	_, err = kube.Load(kubeOptions(filepath.Join(dir, "missing")))
 	require.Error(t, err)
+}
+
+// writeKubeconfig writes a kubeconfig with one cluster at server (named
+// after the file, so that merged files keep their own) and the given
+// contexts, each "name" or "name/namespace".
+func writeKubeconfig(t *testing.T, path, current, server string, contexts ...string) {
+	t.Helper()
+	c := filepath.Base(path)
+	var b strings.Builder
+	fmt.Fprintf(&b, "apiVersion: v1\nkind: Config\ncurrent-context: %q\n", current)
+	fmt.Fprintf(&b, "clusters:\n- {name: %s, cluster: {server: %q}}\nusers:\n- {name: %s, user: {token: t}}\ncontexts:\n", c, server, c)
+	for _, ctx := range contexts {
+		name, ns, _ := strings.Cut(ctx, "/")
+		fmt.Fprintf(&b, "- {name: %s, context: {cluster: %s, user: %s, namespace: %q}}\n", name, c, c, ns)
+	}
+	require.NoError(t, os.WriteFile(path, []byte(b.String()), 0o600))
 }
