@@ -184,19 +184,24 @@ func needDaemon(ctx context.Context, g *globalOptions) (*daemon.Client, error) {
 // kubeconfigForDaemon is the kubeconfig the daemon should use: --kubeconfig,
 // else this shell's $KUBECONFIG (the daemon may have been started from
 // another shell), as absolute paths since the daemon's directory differs.
+// Empty list elements are dropped, as kubectl ignores them: made absolute
+// they would name the working directory, which the daemon would then fail
+// to read as a kubeconfig (`export KUBECONFIG=$KUBECONFIG:~/.kube/b` with
+// KUBECONFIG unset leaves a leading one).
 func kubeconfigForDaemon(g *globalOptions) string {
 	kc := g.kubeconfig
 	if kc == "" {
 		kc = os.Getenv("KUBECONFIG")
 	}
-	if kc == "" {
-		return ""
-	}
-	parts := filepath.SplitList(kc)
-	for i, p := range parts {
-		if abs, err := filepath.Abs(p); err == nil {
-			parts[i] = abs
+	var parts []string
+	for _, p := range filepath.SplitList(kc) {
+		if p == "" {
+			continue
 		}
+		if abs, err := filepath.Abs(p); err == nil {
+			p = abs
+		}
+		parts = append(parts, p)
 	}
 	return strings.Join(parts, string(filepath.ListSeparator))
 }
