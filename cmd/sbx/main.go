@@ -9,6 +9,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"runtime"
 	"syscall"
 )
 
@@ -17,15 +18,27 @@ var version = ""
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	code := run(ctx, os.Args[1:], os.Stdin, os.Stdout, os.Stderr)
+	// Only here, on main's goroutine, is the OS-thread lock the one
+	// fyne.io/systray took at init (see releaseMainThread).
+	code := execute(ctx, os.Args[1:], os.Stdin, os.Stdout, os.Stderr, runtime.UnlockOSThread)
 	stop()
 	os.Exit(code)
 }
 
 // run executes the CLI with the given arguments and streams and returns the
-// process exit code. Tests call it in-process.
+// process exit code. Tests call it in-process: it leaves the calling
+// goroutine's OS-thread lock alone.
 func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) int {
+	return execute(ctx, args, stdin, stdout, stderr, nil)
+}
+
+// execute is run; unlock, when set, gives back the main OS thread before
+// every command but the tray (releaseMainThread).
+func execute(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer, unlock func()) int {
 	root := newRootCmd(newBuildInfo(version), stdin, stdout, stderr)
+	if unlock != nil {
+		releaseMainThread(root, unlock)
+	}
 	root.SetArgs(args)
 	if err := root.ExecuteContext(ctx); err != nil {
 		fmt.Fprintln(stderr, formatError(err))

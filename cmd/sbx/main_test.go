@@ -103,3 +103,25 @@ func TestOnlyTheTrayKeepsTheMainThread(t *testing.T) {
 	walk(root)
 	require.Greater(t, seen, 20)
 }
+
+// TestReleaseMainThreadOnlyFromMain: main's execute gives the thread back
+// once before every command but the tray; run, which tests call from
+// goroutines of their own, never touches the caller's thread lock.
+func TestReleaseMainThreadOnlyFromMain(t *testing.T) {
+	tests := []struct {
+		args    []string
+		unlocks int
+	}{
+		{[]string{"version"}, 1},
+		{[]string{"completion", "bash"}, 1},
+		{[]string{"tray", "--install", "--uninstall"}, 0}, // fails in RunE, after the hooks
+		{[]string{"--help"}, 0},                           // exits before the hooks
+	}
+	for _, tt := range tests {
+		t.Run(strings.Join(tt.args, " "), func(t *testing.T) {
+			unlocks := 0
+			execute(context.Background(), tt.args, strings.NewReader(""), &bytes.Buffer{}, &bytes.Buffer{}, func() { unlocks++ })
+			require.Equal(t, tt.unlocks, unlocks)
+		})
+	}
+}

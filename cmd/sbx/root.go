@@ -81,7 +81,6 @@ names travel back through the same tunnel to the baseline services.`,
 		}
 	}
 	root.PersistentPreRunE = func(cmd *cobra.Command, _ []string) error {
-		releaseMainThread(cmd)
 		if g.output == "" {
 			return nil
 		}
