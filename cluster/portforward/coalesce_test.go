@@ -125,3 +125,36 @@ func TestFrameConnReportsErrorsSynchronously(t *testing.T) {
 	_, err = c.Write([]byte{0})
 	require.ErrorIs(t, err, io.ErrClosedPipe, "and so do later ones")
 }
+
+// TestFrameConnFlagsAreNotLength: byte 4 of a SPDY header is the flags
+// (FIN on the data frame that closes a stream, on control frames too);
+// only bytes 5-7 are the length, so a flagged frame is still one message
+// of header + payload, and the next frame starts its own.
+func TestFrameConnFlagsAreNotLength(t *testing.T) {
+	header := func(word0 uint32, flags byte, length int) []byte {
+		h := make([]byte, spdyHeaderLen)
+		binary.BigEndian.PutUint32(h[0:4], word0)
+		binary.BigEndian.PutUint32(h[4:8], uint32(flags)<<24|uint32(length))
+		return h
+	}
+	frames := [][]byte{
+		append(header(5, 0x01, 3), "fin"...),                      // data frame with FIN
+		header(7, 0x01, 0),                                        // empty data frame with FIN
+		append(header(0x80030001, 0x01, 10), make([]byte, 10)...), // SYN_STREAM control frame with FIN
+		append(header(0x80030006, 0xff, 4), 1, 2, 3, 4),           // PING, all flag bits set
+	}
+	r := &recorder{}
+	c := newFrameConn(r, r)
+	for _, f := range frames {
+		// As the framer writes them: two header words, then the payload.
+		for _, piece := range [][]byte{f[:4], f[4:8], f[8:]} {
+			if len(piece) == 0 {
+				continue
+			}
+			_, err := c.Write(piece)
+			require.NoError(t, err)
+		}
+	}
+	require.Equal(t, frames, r.msgs)
+	require.Nil(t, r.open, "no message left open")
+}
