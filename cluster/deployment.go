@@ -41,6 +41,16 @@ const (
 // relayPodLabels are the relay pod's labels. Every key is sbx's own
 // (app.kubernetes.io/managed-by=sbx or sbx.dev/…), so no baseline Service
 // selector can match them; Plan also checks that against the real Services.
+// The relay's memory: a few MiB when idle, but every stream it serves may
+// buffer about 2.5 MiB when its reader stalls (relay.DefaultMaxStreams
+// explains the budget), so the limit leaves room for the relay's default
+// stream cap. The request keeps the limit/request ratio of 8 some
+// LimitRanges enforce.
+const (
+	relayMemoryLimit   = "512Mi"
+	relayMemoryLimitGo = "460MiB" // GOMEMLIMIT: 90% of relayMemoryLimit
+)
+
 func relayPodLabels(sandbox, key string) map[string]string {
 	return map[string]string{
 		LabelManagedBy:  ManagedByValue,
@@ -142,6 +152,10 @@ func relayDeployment(sandbox, namespace, key, token, image string, workloads []R
 								LocalObjectReference: corev1.LocalObjectReference{Name: SecretName(sandbox)},
 								Key:                  TokenKey,
 							}},
+						}, {
+							// The Go runtime collects harder as the heap nears
+							// this soft limit, short of the container's hard one.
+							Name: "GOMEMLIMIT", Value: relayMemoryLimitGo,
 						}},
 						Ports:          ports,
 						ReadinessProbe: probe("/readyz", 2),
@@ -149,11 +163,11 @@ func relayDeployment(sandbox, namespace, key, token, image string, workloads []R
 						Resources: corev1.ResourceRequirements{
 							Requests: corev1.ResourceList{
 								corev1.ResourceCPU:    resource.MustParse("20m"),
-								corev1.ResourceMemory: resource.MustParse("32Mi"),
+								corev1.ResourceMemory: resource.MustParse("64Mi"),
 							},
 							Limits: corev1.ResourceList{
 								corev1.ResourceCPU:    resource.MustParse("1"),
-								corev1.ResourceMemory: resource.MustParse("256Mi"),
+								corev1.ResourceMemory: resource.MustParse(relayMemoryLimit),
 							},
 						},
 						SecurityContext: &corev1.SecurityContext{

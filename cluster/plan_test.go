@@ -7,6 +7,7 @@ import (
 
 	istionet "istio.io/client-go/pkg/apis/networking/v1"
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/util/validation"
@@ -49,8 +50,13 @@ func TestPlanRelayDeployment(t *testing.T) {
 		"--grace", "10s",
 		"--drain-timeout", "20s",
 	}, c.Args)
-	require.Len(t, c.Env, 1)
+	require.Len(t, c.Env, 2)
 	require.Equal(t, "SBX_RELAY_TOKEN", c.Env[0].Name)
+	require.Equal(t, "GOMEMLIMIT", c.Env[1].Name)
+	limit := c.Resources.Limits.Memory().Value()
+	goLimit, err := resource.ParseQuantity(strings.TrimSuffix(c.Env[1].Value, "B")) // Go writes MiB, Kubernetes Mi
+	require.NoError(t, err)
+	require.InDelta(t, 0.9, float64(goLimit.Value())/float64(limit), 0.02, "GOMEMLIMIT is ~90%% of the container limit")
 	require.Empty(t, c.Env[0].Value, "the token comes from the Secret, never inline")
 	require.Equal(t, objs.Secret.Name, c.Env[0].ValueFrom.SecretKeyRef.Name)
 	require.Equal(t, "token", c.Env[0].ValueFrom.SecretKeyRef.Key)

@@ -68,6 +68,12 @@ func (r *Relay) serveInbound(spec InboundSpec, conn net.Conn) {
 		}
 	}
 	defer release()
+	slot := false // one of MaxStreams, taken before the stream is opened
+	defer func() {
+		if slot {
+			r.releaseStream()
+		}
+	}()
 
 	var st *tunnel.Stream
 	for attempt := 1; ; attempt++ {
@@ -93,6 +99,13 @@ func (r *Relay) serveInbound(spec InboundSpec, conn net.Conn) {
 			}
 		}
 		release()
+		if !slot {
+			if !r.takeStream(kindInbound) {
+				r.answerBusy(log, spec, conn)
+				return
+			}
+			slot = true
+		}
 		ctx, cancel := context.WithTimeout(r.pipeCtx, r.opts.DialTimeout+5*time.Second)
 		var err error
 		st, err = pool.Open(ctx, tunnel.Header{
@@ -139,6 +152,31 @@ func (r *Relay) answerOffline(log *slog.Logger, spec InboundSpec, conn net.Conn)
 	r.m.httpAnswers.WithLabelValues("503").Inc()
 	log.Info("laptop offline; answering 503", "offlineSince", since)
 	serveAnswer(r.pipeCtx, r.log, conn, http.StatusServiceUnavailable, offlineBody(r.opts.Sandbox, since, r.now(), ever))
+}
+
+// takeStream reserves one of MaxStreams for a stream of kind; false (and
+// counted) when the relay serves that many already.
+func (r *Relay) takeStream(kind string) bool {
+	if int(r.streamsN.Add(1)) > r.opts.MaxStreams {
+		r.streamsN.Add(-1)
+		r.m.atLimit.WithLabelValues(kind).Inc()
+		return false
+	}
+	return true
+}
+
+func (r *Relay) releaseStream() { r.streamsN.Add(-1) }
+
+// answerBusy answers an inbound connection refused at MaxStreams.
+func (r *Relay) answerBusy(log *slog.Logger, spec InboundSpec, conn net.Conn) {
+	log.Warn("relay at its stream limit; refusing an inbound connection", "maxStreams", r.opts.MaxStreams)
+	if !spec.AppProtocol.IsHTTP() {
+		r.m.inboundClosed.WithLabelValues("busy").Inc()
+		_ = conn.Close()
+		return
+	}
+	r.m.httpAnswers.WithLabelValues("503").Inc()
+	serveAnswer(r.pipeCtx, r.log, conn, http.StatusServiceUnavailable, busyBody(r.opts.Sandbox, r.opts.MaxStreams))
 }
 
 // answerRefused answers a connection the laptop could not deliver locally.

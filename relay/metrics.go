@@ -32,7 +32,8 @@ type metrics struct {
 	held          prometheus.Gauge
 	heldTotal     prometheus.Counter
 	httpAnswers   *prometheus.CounterVec // code
-	inboundClosed *prometheus.CounterVec // reason: offline, refused, error
+	inboundClosed *prometheus.CounterVec // reason: offline, refused, error, busy
+	atLimit       *prometheus.CounterVec // kind: streams refused at MaxStreams
 	ready         prometheus.Gauge
 }
 
@@ -71,12 +72,15 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		inboundClosed: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "sbx_relay_inbound_closed_total", Help: "TCP inbound connections closed without reaching the laptop, by reason.",
 		}, []string{"reason"}),
+		atLimit: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "sbx_relay_streams_refused_total", Help: "Streams refused because the relay was serving --max-streams already, by kind (inbound, outbound).",
+		}, []string{"kind"}),
 		ready: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "sbx_relay_ready", Help: "1 while all listeners are up and the relay is not draining.",
 		}),
 	}
 	for _, c := range []prometheus.Collector{m.sessions, m.handshakes, m.replaced, m.streamsOpen, m.streamsTotal,
-		m.bytes, m.dialErrors, m.held, m.heldTotal, m.httpAnswers, m.inboundClosed, m.ready} {
+		m.bytes, m.dialErrors, m.held, m.heldTotal, m.httpAnswers, m.inboundClosed, m.atLimit, m.ready} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("registering relay metrics: %w (pass each relay its own prometheus.Registry)", err)
 		}
@@ -86,6 +90,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	for _, k := range []string{kindInbound, kindOutbound} {
 		m.streamsOpen.WithLabelValues(k)
 		m.streamsTotal.WithLabelValues(k)
+		m.atLimit.WithLabelValues(k)
 	}
 	m.toLaptop = m.bytes.WithLabelValues(dirToLaptop)
 	m.fromLaptop = m.bytes.WithLabelValues(dirFromLaptop)

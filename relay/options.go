@@ -27,6 +27,12 @@ const (
 	DefaultDrainTimeout = 20 * time.Second
 	DefaultDialTimeout  = 10 * time.Second
 	DefaultMaxHeld      = 1024
+	// DefaultMaxStreams bounds the streams the relay serves at once. Each
+	// may buffer up to about twice the tunnel's 1 MiB stream window
+	// (yamux's receive buffer grows by doubling) when its reader stalls,
+	// plus 512 KiB of copy buffers: 128 streams stay under ~400 MiB in the
+	// worst case, inside the relay container's 512 Mi limit.
+	DefaultMaxStreams = 128
 )
 
 // Secret is a string that never prints: fmt, slog and encoders see
@@ -77,6 +83,10 @@ type Options struct {
 	// MaxHeld bounds the connections held while offline; beyond it new ones
 	// are answered at once.
 	MaxHeld int
+	// MaxStreams bounds the inbound and outbound streams served at once
+	// (0: DefaultMaxStreams); beyond it inbound HTTP is answered 503,
+	// inbound TCP closed and outbound streams refused, all saying why.
+	MaxStreams int
 	// Deny adds address ranges to the outbound dial policy's built-in ones.
 	Deny []netip.Prefix
 	// Token authenticates the daemon. It never appears in logs or errors.
@@ -98,6 +108,7 @@ type Flags struct {
 	drainTimeout time.Duration
 	dialTimeout  time.Duration
 	maxHeld      int
+	maxStreams   int
 	deny         denyFlag
 	tokenFile    string
 }
@@ -111,6 +122,7 @@ func NewFlags() *Flags {
 		drainTimeout: DefaultDrainTimeout,
 		dialTimeout:  DefaultDialTimeout,
 		maxHeld:      DefaultMaxHeld,
+		maxStreams:   DefaultMaxStreams,
 	}
 }
 
@@ -124,6 +136,7 @@ func (f *Flags) AddFlags(fs *pflag.FlagSet) {
 	fs.DurationVar(&f.drainTimeout, "drain-timeout", f.drainTimeout, "on SIGTERM, how long open streams may finish before they are cut, e.g. --drain-timeout 20s")
 	fs.DurationVar(&f.dialTimeout, "dial-timeout", f.dialTimeout, "bound on each outbound dial including DNS, e.g. --dial-timeout 5s")
 	fs.IntVar(&f.maxHeld, "max-held", f.maxHeld, "most inbound connections held while the laptop is offline; more are answered at once, e.g. --max-held 256")
+	fs.IntVar(&f.maxStreams, "max-streams", f.maxStreams, "most inbound and outbound streams served at once, bounding the relay's memory (each may buffer ~2.5 MiB when its reader stalls); more are refused with a 503 or a reason, e.g. --max-streams 256")
 	fs.Var(&f.deny, "deny", "extra CIDR the relay must never dial, repeatable, on top of link-local, cloud metadata and loopback, e.g. --deny 100.100.100.200/32")
 	fs.StringVar(&f.tokenFile, "token-file", f.tokenFile, "file holding the tunnel token (default: the "+TokenEnv+" environment variable), e.g. --token-file /var/run/sbx/token")
 }
@@ -140,6 +153,7 @@ func (f *Flags) Options(getenv func(string) string) (Options, error) {
 		DrainTimeout: f.drainTimeout,
 		DialTimeout:  f.dialTimeout,
 		MaxHeld:      f.maxHeld,
+		MaxStreams:   f.maxStreams,
 		Deny:         append([]netip.Prefix(nil), f.deny...),
 	}
 	if f.tokenFile != "" {
@@ -221,6 +235,9 @@ func (o Options) Validate() error {
 	}
 	if o.MaxHeld < 0 {
 		errs = append(errs, fmt.Errorf("--max-held %d is negative (0 holds nothing)", o.MaxHeld))
+	}
+	if o.MaxStreams < 0 {
+		errs = append(errs, fmt.Errorf("--max-streams %d is negative (give at least 1, or leave it out for %d)", o.MaxStreams, DefaultMaxStreams))
 	}
 	return errors.Join(errs...)
 }

@@ -82,6 +82,7 @@ type Relay struct {
 	sessions *sessionSet
 	active   tracker      // inbound and outbound streams being served (for draining)
 	heldN    atomic.Int64 // inbound connections currently held while offline
+	streamsN atomic.Int64 // streams being served, bounded by MaxStreams
 	ready    atomic.Bool
 	draining atomic.Bool
 	ran      atomic.Bool
@@ -108,6 +109,9 @@ type inboundListener struct {
 func New(opts Options, deps Deps) (*Relay, error) {
 	if err := opts.Validate(); err != nil {
 		return nil, err
+	}
+	if opts.MaxStreams == 0 {
+		opts.MaxStreams = DefaultMaxStreams
 	}
 	if deps.Logger == nil {
 		deps.Logger = slog.New(slog.DiscardHandler)

@@ -444,3 +444,72 @@ func TestCloseWithoutRun(t *testing.T) {
 		require.NoError(t, l.Close())
 	}
 }
+
+// TestMaxStreams: at --max-streams, inbound HTTP is answered 503, inbound
+// TCP closed and outbound streams refused, each saying why; a finished
+// stream frees its slot.
+func TestMaxStreams(t *testing.T) {
+	h := startRelay(t, "--max-streams", "2", "--inbound", "20001=route/8083/http", "--inbound", "20002=echo/7")
+	h.cluster.add("driver.hotrod.svc.cluster.local", "10.96.0.12", 8082, echoServer(t))
+	lap := newLaptop(t, "laptop-1")
+	lap.mapLocal("route", 8083, httpServer(t, "route"))
+	lap.mapLocal("echo", 7, echoServer(t))
+	s := lap.connect(h, 1)
+
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	open := func() (*tunnel.Stream, error) {
+		return s.Open(ctx, tunnel.Header{Kind: tunnel.KindOutbound, Target: "driver.hotrod.svc.cluster.local:8082", Source: "127.0.0.1:5555"})
+	}
+	var held []*tunnel.Stream
+	for range 2 {
+		st, err := open()
+		require.NoError(t, err)
+		held = append(held, st)
+	}
+
+	_, err := open()
+	var de *tunnel.DialError
+	require.ErrorAs(t, err, &de)
+	require.Contains(t, de.Message, "limit of 2 streams")
+	require.Contains(t, de.Message, "--max-streams")
+
+	code, body := get(t, "http://"+h.inbound(20001)+"/")
+	require.Equal(t, http.StatusServiceUnavailable, code)
+	require.Contains(t, body, "limit of 2 connections")
+
+	c, err := net.Dial("tcp", h.inbound(20002))
+	require.NoError(t, err)
+	require.NoError(t, c.SetReadDeadline(time.Now().Add(10*time.Second)))
+	n, err := c.Read(make([]byte, 1))
+	require.Zero(t, n)
+	require.ErrorIs(t, err, io.EOF, "TCP inbound is closed at the limit")
+	require.NoError(t, c.Close())
+
+	fams := h.metrics()
+	require.Equal(t, 1.0, metricValue(fams, "sbx_relay_streams_refused_total", "kind", "outbound"))
+	require.Equal(t, 2.0, metricValue(fams, "sbx_relay_streams_refused_total", "kind", "inbound"))
+
+	// A finished stream frees its slot.
+	require.NoError(t, held[0].Close())
+	require.Eventually(t, func() bool {
+		st, err := open()
+		if err != nil {
+			return false
+		}
+		held[0] = st
+		return true
+	}, 10*time.Second, 10*time.Millisecond)
+	require.Equal(t, "hello from route / ", func() string {
+		require.NoError(t, held[1].Close())
+		var b string
+		require.Eventually(t, func() bool {
+			code, b = get(t, "http://"+h.inbound(20001)+"/")
+			return code == http.StatusOK
+		}, 10*time.Second, 10*time.Millisecond)
+		return b
+	}())
+	for _, st := range held {
+		_ = st.Close()
+	}
+}

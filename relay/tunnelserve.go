@@ -3,6 +3,7 @@ package relay
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net"
 	"time"
@@ -122,6 +123,14 @@ func (r *Relay) serveStream(log *slog.Logger, st *tunnel.Stream) {
 		_ = st.Reject(tunnel.ReasonOther, shutdownReason)
 		return
 	}
+	if !r.takeStream(kindOutbound) {
+		log.Warn("relay at its stream limit; refusing an outbound stream", "target", h.Target, "maxStreams", r.opts.MaxStreams)
+		_ = st.Reject(tunnel.ReasonOther, fmt.Sprintf("the relay of sandbox %s is serving its limit of %d streams at once "+
+			"(relay flag --max-streams, which bounds its memory); close idle connections (e.g. smaller connection pools) or retry",
+			r.opts.Sandbox, r.opts.MaxStreams))
+		return
+	}
+	defer r.releaseStream()
 	r.active.add()
 	defer r.active.done()
 
