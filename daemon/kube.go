@@ -120,6 +120,26 @@ func kubeOptions(kubeconfig string) kube.Options {
 	}}
 }
 
+// sameCluster reports whether a sandbox saved with kubeconfig and
+// kubeContext lives in the cluster creq selects. Contexts are compared once
+// resolved: a sandbox connected through its spec's cluster: is saved with
+// the context that named, and a request without --context means the
+// current one.
+func sameCluster(kubeconfig, kubeContext string, creq ClusterRequest) bool {
+	if kubeconfig != creq.Kubeconfig {
+		return false
+	}
+	resolve := func(kctx string) string {
+		opts := kubeOptions(kubeconfig)
+		opts.Context = kctx
+		if name, _, err := kube.ChooseContext(opts); err == nil {
+			return name
+		}
+		return kctx
+	}
+	return kubeContext == creq.Context || resolve(kubeContext) == resolve(creq.Context)
+}
+
 // specContext resolves the spec.cluster of a connect without --context to
 // the kube context it names, through the user config's contexts mapping
 // (read from configPath), as package cluster/kube does. An unknown name is

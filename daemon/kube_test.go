@@ -161,3 +161,31 @@ func writeKubeconfig(t *testing.T, path, current, server string, contexts ...str
 	}
 	require.NoError(t, os.WriteFile(path, []byte(b.String()), 0o600))
 }
+
+// TestSameCluster: gc renews the daemon's own sandboxes in the cluster it
+// is asked about, matching contexts once resolved, so a sandbox connected
+// through spec.cluster (saved with the context it named) is renewed by a
+// gc without --context when that context is the current one.
+func TestSameCluster(t *testing.T) {
+	dir := shortTempDir(t)
+	kc := filepath.Join(dir, "kubeconfig")
+	writeKubeconfig(t, kc, "staging", "https://127.0.0.1:1", "staging", "dev")
+	for _, tc := range []struct {
+		name              string
+		savedKC, savedCtx string
+		reqKC, reqCtx     string
+		want              bool
+	}{
+		{"same words", kc, "dev", kc, "dev", true},
+		{"saved resolved, request current", kc, "staging", kc, "", true},
+		{"saved current, request names it", kc, "", kc, "staging", true},
+		{"other context", kc, "dev", kc, "", false},
+		{"other kubeconfig", kc, "staging", filepath.Join(dir, "other"), "staging", false},
+		{"unreadable kubeconfig, same words", filepath.Join(dir, "missing"), "x", filepath.Join(dir, "missing"), "x", true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got := sameCluster(tc.savedKC, tc.savedCtx, ClusterRequest{Kubeconfig: tc.reqKC, Context: tc.reqCtx})
+			require.Equal(t, tc.want, got)
+		})
+	}
+}

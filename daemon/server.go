@@ -462,7 +462,7 @@ func (d *Daemon) handleGC(w http.ResponseWriter, r *http.Request) error {
 			continue
 		}
 		sv := s.snapshot()
-		if sv.Kubeconfig != creq.Kubeconfig || sv.Context != creq.Context {
+		if !sameCluster(sv.Kubeconfig, sv.Context, creq) {
 			continue
 		}
 		t := Target{Sandbox: sv.Name, RoutingKey: sv.RoutingKey, Namespace: sv.Namespace, Namespaces: sv.Spec.Namespaces()}
