@@ -30,7 +30,7 @@ const (
 	// DefaultMaxStreams bounds the streams the relay serves at once. Each
 	// may buffer up to about twice the tunnel's 1 MiB stream window
 	// (yamux's receive buffer grows by doubling) when its reader stalls,
-	// plus 512 KiB of copy buffers: 128 streams stay under ~400 MiB in the
+	// plus 256 KiB of copy buffers: 128 streams stay under ~350 MiB in the
 	// worst case, inside the relay container's 512 Mi limit.
 	DefaultMaxStreams = 128
 )
