@@ -68,12 +68,6 @@ func (r *Relay) serveInbound(spec InboundSpec, conn net.Conn) {
 		}
 	}
 	defer release()
-	slot := false // one of MaxStreams, taken before the stream is opened
-	defer func() {
-		if slot {
-			r.releaseStream()
-		}
-	}()
 
 	var st *tunnel.Stream
 	for attempt := 1; ; attempt++ {
@@ -99,12 +93,11 @@ func (r *Relay) serveInbound(spec InboundSpec, conn net.Conn) {
 			}
 		}
 		release()
-		if !slot {
-			if !r.takeStream(kindInbound) {
-				r.answerBusy(log, spec, conn)
-				return
-			}
-			slot = true
+		// One of MaxStreams per attempt: only an open stream buffers, so a
+		// connection that is answered or held again gives its slot back.
+		if !r.takeStream(kindInbound) {
+			r.answerBusy(log, spec, conn)
+			return
 		}
 		ctx, cancel := context.WithTimeout(r.pipeCtx, r.opts.DialTimeout+5*time.Second)
 		var err error
@@ -115,6 +108,7 @@ func (r *Relay) serveInbound(spec InboundSpec, conn net.Conn) {
 		if err == nil {
 			break
 		}
+		r.releaseStream()
 		var de *tunnel.DialError
 		if errors.As(err, &de) {
 			r.answerRefused(log, spec, conn, de)
@@ -131,6 +125,7 @@ func (r *Relay) serveInbound(spec InboundSpec, conn net.Conn) {
 		}
 		log.Debug("inbound stream open failed; retrying", "err", err, "attempt", attempt)
 	}
+	defer r.releaseStream() // after st.Close: the stream's buffers go first
 	defer st.Close()
 
 	end := r.m.streamOpened(kindInbound)

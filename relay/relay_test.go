@@ -513,3 +513,28 @@ func TestMaxStreams(t *testing.T) {
 		_ = st.Close()
 	}
 }
+
+// TestMaxStreamsAnswerHoldsNoSlot: a connection the laptop refused is
+// answered (here: a client that sends no request keeps the 502 answer
+// waiting) without keeping one of --max-streams, which bound only the
+// streams that can buffer.
+func TestMaxStreamsAnswerHoldsNoSlot(t *testing.T) {
+	h := startRelay(t, "--max-streams", "1", "--inbound", "20001=route/8083/http")
+	h.cluster.add("driver.hotrod.svc.cluster.local", "10.96.0.12", 8082, echoServer(t))
+	lap := newLaptop(t, "laptop-1") // nothing mapped: every inbound stream is refused
+	s := lap.connect(h, 1)
+
+	c, err := net.Dial("tcp", h.inbound(20001))
+	require.NoError(t, err)
+	defer c.Close()
+	require.Eventually(t, func() bool {
+		return metricValue(h.metrics(), "sbx_relay_http_answers_total", "code", "502") == 1
+	}, 10*time.Second, 5*time.Millisecond, "the relay answers the refused connection")
+
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	st, err := s.Open(ctx, tunnel.Header{Kind: tunnel.KindOutbound, Target: "driver.hotrod.svc.cluster.local:8082", Source: "127.0.0.1:5555"})
+	require.NoError(t, err, "the 502 still being answered holds no stream slot")
+	require.NoError(t, st.Close())
+	require.Equal(t, 0.0, metricValue(h.metrics(), "sbx_relay_streams_refused_total", "kind", "outbound"))
+}
