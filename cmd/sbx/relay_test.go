@@ -14,7 +14,7 @@ func TestRelayHelpDocumentsEveryFlag(t *testing.T) {
 	require.Equal(t, 0, code, errOut)
 	flags := out[strings.Index(out, "\nFlags:\n"):]
 	for _, flag := range []string{"--sandbox", "--listen", "--health-listen", "--inbound", "--grace", "--drain-timeout",
-		"--dial-timeout", "--max-held", "--deny", "--token-file"} {
+		"--dial-timeout", "--max-held", "--max-streams", "--deny", "--token-file"} {
 		i := strings.Index(flags, "  "+flag+" ")
 		require.GreaterOrEqual(t, i, 0, "flag %s missing from help:\n%s", flag, out)
 		line := flags[i:]
