@@ -164,7 +164,7 @@ func (r *Relay) releaseStream() { r.streamsN.Add(-1) }
 
 // answerBusy answers an inbound connection refused at MaxStreams.
 func (r *Relay) answerBusy(log *slog.Logger, spec InboundSpec, conn net.Conn) {
-	log.Warn("relay at its stream limit; refusing an inbound connection", "maxStreams", r.opts.MaxStreams)
+	log.Info("relay at its stream limit; refusing an inbound connection", "maxStreams", r.opts.MaxStreams)
 	if !spec.AppProtocol.IsHTTP() {
 		r.m.inboundClosed.WithLabelValues("busy").Inc()
 		_ = conn.Close()

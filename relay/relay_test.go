@@ -472,7 +472,7 @@ func TestMaxStreams(t *testing.T) {
 	var de *tunnel.DialError
 	require.ErrorAs(t, err, &de)
 	require.Contains(t, de.Message, "limit of 2 streams")
-	require.Contains(t, de.Message, "--max-streams")
+	require.Contains(t, de.Message, "bounds its memory")
 
 	code, body := get(t, "http://"+h.inbound(20001)+"/")
 	require.Equal(t, http.StatusServiceUnavailable, code)

@@ -124,9 +124,9 @@ func (r *Relay) serveStream(log *slog.Logger, st *tunnel.Stream) {
 		return
 	}
 	if !r.takeStream(kindOutbound) {
-		log.Warn("relay at its stream limit; refusing an outbound stream", "target", h.Target, "maxStreams", r.opts.MaxStreams)
+		log.Info("relay at its stream limit; refusing an outbound stream", "target", h.Target, "maxStreams", r.opts.MaxStreams)
 		_ = st.Reject(tunnel.ReasonOther, fmt.Sprintf("the relay of sandbox %s is serving its limit of %d streams at once "+
-			"(relay flag --max-streams, which bounds its memory); close idle connections (e.g. smaller connection pools) or retry",
+			"(the limit bounds its memory); close idle connections (e.g. use smaller connection pools) or retry",
 			r.opts.Sandbox, r.opts.MaxStreams))
 		return
 	}
