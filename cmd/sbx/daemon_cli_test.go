@@ -355,32 +355,13 @@ func TestBinaryAutostartsDaemon(t *testing.T) {
 	require.Equal(t, 2, code)
 }
 
-// syncBuffer is a bytes.Buffer safe for a command writing while the test
-// reads.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 func TestCLIConnectWatchReapplies(t *testing.T) {
 	dir := cliEnv(t)
 	startInProcessDaemon(t, &cliCluster{ready: make(chan struct{})})
 	specPath := writeSpec(t, dir)
 
 	ctx, cancel := context.WithCancel(context.Background())
-	var out, errb syncBuffer
+	var out, errb lockedBuffer
 	done := make(chan int, 1)
 	go func() {
 		done <- run(ctx, []string{"connect", "-f", specPath, "--set", "name=alice", "--wait=false", "--watch"}, strings.NewReader(""), &out, &errb)
@@ -509,7 +490,7 @@ func TestCLIStatusWatch(t *testing.T) {
 	for _, format := range []string{"json", "text"} {
 		t.Run(format, func(t *testing.T) {
 			ctx, cancel := context.WithCancel(context.Background())
-			var out, errb syncBuffer
+			var out, errb lockedBuffer
 			done := make(chan int, 1)
 			go func() {
 				done <- run(ctx, []string{"status", "--watch", "-o", format}, strings.NewReader(""), &out, &errb)

@@ -54,7 +54,7 @@ func TestFollowFileAcrossRotations(t *testing.T) {
 
 	f, err := os.Open(path)
 	require.NoError(t, err)
-	var out syncBuffer
+	var out lockedBuffer
 	require.NoError(t, printLog(f, 0, &out))
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
