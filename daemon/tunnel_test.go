@@ -223,32 +223,18 @@ func TestPausedRequestOutlivesEveryTimeout(t *testing.T) {
 	relay := startMiniRelay(t, "s3cret-token")
 	cfg := shortTunnelConfig()
 	// A "debugger" server: reads the request, then stops until resumed.
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
 	got := make(chan struct{})
+	var gotOnce sync.Once
 	resume := make(chan struct{})
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			line, err := bufio.NewReader(c).ReadString('\n')
-			if err != nil { // the daemon's "is it listening" probe
-				_ = c.Close()
-				continue
-			}
-			close(got)
-			<-resume
-			_, _ = io.WriteString(c, "late answer to "+line)
-			_ = c.Close()
+	ln := tunneltest.Serve(t, func(c net.Conn) {
+		line, err := bufio.NewReader(c).ReadString('\n')
+		if err != nil { // the daemon's "is it listening" probe
 			return
 		}
-	}()
-	t.Cleanup(func() { _ = ln.Close(); wg.Wait() })
+		gotOnce.Do(func() { close(got) })
+		<-resume
+		_, _ = io.WriteString(c, "late answer to "+line)
+	})
 
 	td := startDaemon(t, Options{Clusters: relayCluster(relay.addr).provider(), Tunnel: &cfg, StatsInterval: 10 * time.Millisecond})
 	connectTo(t, td, ln.Addr().String())
