@@ -126,18 +126,25 @@ func startInProcessDaemon(t *testing.T, cl daemon.Cluster, tweak ...func(*daemon
 	require.Eventually(t, func() bool { _, err := c.Status(context.Background()); return err == nil }, 10*time.Second, 5*time.Millisecond)
 }
 
+// writeSpec writes dir/sandbox.yaml, a spec mapping route's port 8083 to
+// localhost:8083.
 func writeSpec(t *testing.T, dir string) string {
 	p := filepath.Join(dir, "sandbox.yaml")
-	require.NoError(t, os.WriteFile(p, []byte(`name: '@{name}'
+	require.NoError(t, os.WriteFile(p, []byte(routeSpec("localhost:8083")), 0o600))
+	return p
+}
+
+// routeSpec is a sandbox spec (name from --set name=…) mapping route's
+// port 8083 to toLocal.
+func routeSpec(toLocal string) string {
+	return `name: '@{name}'
 spec:
   local:
     - name: route
       from: {kind: Deployment, namespace: hotrod, name: route}
       mappings:
         - port: 8083
-          toLocal: localhost:8083
-`), 0o600))
-	return p
+          toLocal: ` + toLocal + "\n"
 }
 
 func TestCLIWithoutDaemon(t *testing.T) {
@@ -388,15 +395,7 @@ func TestCLIConnectWatchReapplies(t *testing.T) {
 	// A valid edit (saved the way editors do: new file renamed over it)
 	// is re-applied with the same key.
 	tmp := specPath + ".new"
-	require.NoError(t, os.WriteFile(tmp, []byte(`name: '@{name}'
-spec:
-  local:
-    - name: route
-      from: {kind: Deployment, namespace: hotrod, name: route}
-      mappings:
-        - port: 8083
-          toLocal: localhost:9090
-`), 0o600))
+	require.NoError(t, os.WriteFile(tmp, []byte(routeSpec("localhost:9090")), 0o600))
 	require.NoError(t, os.Rename(tmp, specPath))
 	require.Eventually(t, func() bool { return toLocal() == "localhost:9090" }, 10*time.Second, 10*time.Millisecond)
 	sb, err := c.Sandbox(context.Background(), "alice")
