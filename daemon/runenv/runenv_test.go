@@ -50,6 +50,17 @@ func trickyEnv() Env {
 	return e
 }
 
+// trickyBuilt is alice's environment with the tricky values added and a
+// name that is not a valid shell or dotenv variable ("my-dashed.name").
+func trickyBuilt() Env {
+	e := Build(alice, nil)
+	for _, v := range trickyEnv().Vars {
+		e.Set(v.Name, v.Value, v.Source)
+	}
+	e.Set("my-dashed.name", "x", SourceBaseline)
+	return e
+}
+
 func TestBuild(t *testing.T) {
 	base := &Env{}
 	base.Set("DB_URL", "postgres://db", SourceBaseline)
@@ -89,11 +100,7 @@ func TestBuild(t *testing.T) {
 }
 
 func TestFormatDotenvParsesWithGodotenv(t *testing.T) {
-	e := Build(alice, nil)
-	for _, v := range trickyEnv().Vars {
-		e.Set(v.Name, v.Value, v.Source)
-	}
-	e.Set("my-dashed.name", "x", SourceBaseline)
+	e := trickyBuilt()
 	out, skipped, err := Format(e, FormatDotenv)
 	require.NoError(t, err)
 	got, err := godotenv.Unmarshal(string(out))
@@ -156,11 +163,7 @@ func TestFormatShellRoundTripsThroughSh(t *testing.T) {
 }
 
 func TestFormatJSON(t *testing.T) {
-	e := Build(alice, nil)
-	for _, v := range trickyEnv().Vars {
-		e.Set(v.Name, v.Value, v.Source)
-	}
-	e.Set("my-dashed.name", "x", SourceBaseline)
+	e := trickyBuilt()
 	out, skipped, err := Format(e, FormatJSON)
 	require.NoError(t, err)
 	require.Empty(t, skipped)
