@@ -336,7 +336,7 @@ func (s *session) refresh(ctx context.Context, lk link, since time.Time) {
 	listening := map[string]bool{}
 	for _, r := range s.routes() {
 		if _, ok := listening[r.ToLocal]; !ok {
-			listening[r.ToLocal] = probeLocal(ctx, r.ToLocal, s.m.cfg.ProbeTimeout)
+			listening[r.ToLocal] = canDial(ctx, "tcp", r.ToLocal, s.m.cfg.ProbeTimeout)
 		}
 	}
 	s.m.store.UpdateSandbox(s.name, func(st *SandboxStatus) {
@@ -347,13 +347,14 @@ func (s *session) refresh(ctx context.Context, lk link, since time.Time) {
 	})
 }
 
-// probeLocal reports whether something accepts TCP connections at addr.
-// It gives up when ctx ends so a disconnect never waits for probes.
-func probeLocal(ctx context.Context, addr string, timeout time.Duration) bool {
+// canDial reports whether something accepts connections at addr (a local
+// app's TCP address, the daemon's unix socket) within timeout. It gives up
+// when ctx ends so a disconnect never waits for probes.
+func canDial(ctx context.Context, network, addr string, timeout time.Duration) bool {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	var d net.Dialer
-	c, err := d.DialContext(ctx, "tcp", addr)
+	c, err := d.DialContext(ctx, network, addr)
 	if err != nil {
 		return false
 	}

@@ -64,7 +64,7 @@ func listenSocket(p Paths) (*socketListener, error) {
 	// that uses a different lock file (an older build); refuse rather than
 	// steal its socket. Anything else there is a leftover from a crash.
 	if _, err := os.Lstat(p.Socket()); err == nil {
-		if probeSocket(p.Socket()) {
+		if canDial(context.Background(), "unix", p.Socket(), time.Second) {
 			_ = lock.Close()
 			return nil, fmt.Errorf("%w: a daemon answers on %s; stop it with `sbx daemon stop`", ErrAlreadyRunning, p.Socket())
 		}
@@ -86,19 +86,6 @@ func listenSocket(p Paths) (*socketListener, error) {
 	_ = lock.Truncate(0)
 	_, _ = lock.WriteAt([]byte(strconv.Itoa(os.Getpid())+"\n"), 0)
 	return &socketListener{Listener: ln, path: p.Socket(), lock: lock}, nil
-}
-
-// probeSocket reports whether something accepts connections on the socket.
-func probeSocket(path string) bool {
-	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-	defer cancel()
-	var d net.Dialer
-	c, err := d.DialContext(ctx, "unix", path)
-	if err != nil {
-		return false
-	}
-	_ = c.Close()
-	return true
 }
 
 func readPID(f *os.File) int {
