@@ -93,7 +93,10 @@ func Start(opts Options) (*Runner, error) {
 	if opts.Catalog == nil || opts.Dial == nil {
 		return nil, errors.New("outbound: Options.Catalog and Options.Dial are required")
 	}
-	if r.mode == config.ModeAuto {
+	// auto, not the config's spelling of it: an unset mode is auto too, and
+	// may fall back to proxy mode below.
+	auto := r.mode == config.ModeAuto
+	if auto {
 		r.mode = ResolveMode(opts.Config)
 		if r.mode == config.ModeProxy {
 			r.note = fmt.Sprintf("hosts file %s is not writable by the daemon; using proxy mode", opts.Config.HostsFile)
@@ -105,7 +108,7 @@ func Start(opts Options) (*Runner, error) {
 	}
 	if r.mode == config.ModeHosts {
 		if err := probeRange(opts.Config.HostsRange); err != nil {
-			if opts.Config.Mode != config.ModeAuto {
+			if !auto {
 				return nil, fmt.Errorf("outbound hosts mode: %w", err)
 			}
 			r.mode = config.ModeProxy
@@ -121,7 +124,7 @@ func Start(opts Options) (*Runner, error) {
 		case err == nil:
 			r.hosts = h
 			return r, nil
-		case opts.Config.Mode == config.ModeAuto && errors.Is(err, hostsfile.ErrOwned):
+		case auto && errors.Is(err, hostsfile.ErrOwned):
 			r.mode = config.ModeProxy
 			r.note = err.Error() + "; using proxy mode"
 		default:

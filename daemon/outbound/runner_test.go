@@ -97,23 +97,28 @@ func TestRunnerAutoFallsBackToProxy(t *testing.T) {
 			return c
 		}, "cannot listen on 192.0.2.1"},
 	} {
-		t.Run(tc.name, func(t *testing.T) {
-			e := newHostsEnv(t)
-			e.cat.Apply(added(svc("hotrod", "driver", 8082)))
-			r, err := Start(Options{Config: tc.setup(t, e), Catalog: e.cat, Dial: e.si.dial, LockPath: e.lock})
-			require.NoError(t, err)
-			stop := runRunner(t, r)
-			defer stop()
-			st := r.Status()
-			require.Equal(t, config.ModeProxy, st.Mode)
-			require.Contains(t, st.Note, tc.note)
-			require.NotEmpty(t, st.ProxyAddr)
-			// The Catalog decides: a short name of the sandbox's namespace
-			// goes through the tunnel as its FQDN.
-			require.Equal(t, "driver.hotrod.svc.cluster.local:8082|via socks",
-				socksThrough(t, st.ProxyAddr, "driver", 8082, "via socks"))
-			require.Contains(t, e.si.dialed(), "driver.hotrod.svc.cluster.local:8082")
-		})
+		// An unset mode is auto (Start's zero value), and falls back alike.
+		for _, mode := range []config.OutboundMode{config.ModeAuto, ""} {
+			t.Run(tc.name+"/mode="+string(mode), func(t *testing.T) {
+				e := newHostsEnv(t)
+				e.cat.Apply(added(svc("hotrod", "driver", 8082)))
+				cfg := tc.setup(t, e)
+				cfg.Mode = mode
+				r, err := Start(Options{Config: cfg, Catalog: e.cat, Dial: e.si.dial, LockPath: e.lock})
+				require.NoError(t, err)
+				stop := runRunner(t, r)
+				defer stop()
+				st := r.Status()
+				require.Equal(t, config.ModeProxy, st.Mode)
+				require.Contains(t, st.Note, tc.note)
+				require.NotEmpty(t, st.ProxyAddr)
+				// The Catalog decides: a short name of the sandbox's namespace
+				// goes through the tunnel as its FQDN.
+				require.Equal(t, "driver.hotrod.svc.cluster.local:8082|via socks",
+					socksThrough(t, st.ProxyAddr, "driver", 8082, "via socks"))
+				require.Contains(t, e.si.dialed(), "driver.hotrod.svc.cluster.local:8082")
+			})
+		}
 	}
 }
 
