@@ -18,9 +18,10 @@ import (
 	"github.com/sbx-dev/sbx/tunnel"
 )
 
-// Defaults for HostsOptions.
 const (
-	DefaultDialTimeout = 30 * time.Second
+	// dialTimeout bounds the Dial of one forwarded connection (not its
+	// lifetime).
+	dialTimeout = 30 * time.Second
 	// listenRetry is how soon a port that could not be bound is tried
 	// again (it may be taken by a process that goes away).
 	listenRetry = 10 * time.Second
@@ -40,8 +41,6 @@ type HostsOptions struct {
 	// StatePath persists IP assignments so they survive restarts even
 	// after collisions; "" keeps them in memory only.
 	StatePath string
-	// DialTimeout bounds the Dial of one connection (not its lifetime).
-	DialTimeout time.Duration
 	// Baggage, when set, turns on baggage injection for HTTP/1.x ports
 	// (appProtocol http, or a port named http/http-…): requests that
 	// carry no member with the key get key=value (config
@@ -108,9 +107,6 @@ type PortStatus struct {
 func NewHosts(opts HostsOptions) (*Hosts, error) {
 	if opts.Catalog == nil || opts.Dial == nil {
 		return nil, errors.New("outbound: HostsOptions.Catalog and Dial are required")
-	}
-	if opts.DialTimeout <= 0 {
-		opts.DialTimeout = DefaultDialTimeout
 	}
 	log := opts.Logger
 	if log == nil {
@@ -281,39 +277,27 @@ func (h *Hosts) acceptLoop(pl *portListener) {
 	}
 }
 
+// forward dials spec's target and pipes local to it until both directions
+// end (half-close passed on) or the Hosts closes; local is always closed.
+// A failed dial is logged with its reason and closes local, so the client
+// sees the connection end at once.
 func (h *Hosts) forward(local net.Conn, spec listenSpec) {
 	defer h.wg.Done()
-	var baggage func() (string, string)
-	if spec.http {
-		baggage = h.opts.Baggage
-	}
-	forward(h.connCtx, h.log, h.opts.Dial, h.opts.DialTimeout, local, spec.target, baggage)
-}
-
-// Forward dials target and pipes local to it until both directions end
-// (half-close passed on) or ctx ends; local is always closed. A failed
-// dial is logged with its reason and closes local, so the client sees the
-// connection end at once.
-func Forward(ctx context.Context, log *slog.Logger, dial Dialer, timeout time.Duration, local net.Conn, target string) {
-	forward(ctx, log, dial, timeout, local, target, nil)
-}
-
-func forward(ctx context.Context, log *slog.Logger, dial Dialer, timeout time.Duration, local net.Conn, target string, baggage func() (string, string)) {
-	ctx = WithSource(ctx, local.RemoteAddr().String())
-	dctx, cancel := context.WithTimeout(ctx, timeout)
-	remote, err := dial(dctx, target)
+	ctx := WithSource(h.connCtx, local.RemoteAddr().String())
+	dctx, cancel := context.WithTimeout(ctx, dialTimeout)
+	remote, err := h.opts.Dial(dctx, spec.target)
 	cancel()
 	if err != nil {
 		_ = local.Close()
-		log.Warn("outbound connection failed", "target", target, "from", local.RemoteAddr(), "err", err)
+		h.log.Warn("outbound connection failed", "target", spec.target, "from", local.RemoteAddr(), "err", err)
 		return
 	}
 	pipe := tunnel.Pipe
-	if baggage != nil {
+	if baggage := h.opts.Baggage; spec.http && baggage != nil {
 		pipe = func(ctx context.Context, a, b net.Conn) error { return pipeInjecting(ctx, a, b, baggage) }
 	}
 	if err := pipe(ctx, local, remote); err != nil && ctx.Err() == nil {
-		log.Debug("outbound connection ended with an error", "target", target, "err", err)
+		h.log.Debug("outbound connection ended with an error", "target", spec.target, "err", err)
 	}
 }
 
