@@ -195,15 +195,6 @@ func (k *KubeClusters) Close() error {
 	return nil
 }
 
-// NewCluster adapts package cluster's functions on clients to a Cluster.
-// dial opens a connection to a relay's tunnel port; the simulated cluster
-// and tests pass their own, real clusters use KubeClusters (port-forward).
-// namespace is the fallback for list and gc without cluster-wide rights.
-func NewCluster(clients cluster.Clients, namespace string, dial func(ctx context.Context, t Target) (net.Conn, error), o KubeOptions) Cluster {
-	k := NewKubeClusters(o) // for the defaults
-	return &kubeCluster{o: k.o, clients: clients, namespace: namespace, dial: dial, log: k.o.Logger, dialers: map[relayRef]*portforward.Dialer{}}
-}
-
 // kubeCluster adapts package cluster to the daemon's Cluster.
 type kubeCluster struct {
 	o         KubeOptions

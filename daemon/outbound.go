@@ -19,8 +19,8 @@ import (
 )
 
 // ServiceDiscoverer is implemented by Clusters whose Services the daemon
-// can watch for outbound access (the real clusters from NewKubeClusters,
-// NewCluster and NewClusterFromKube). It is separate from Cluster so that
+// can watch for outbound access (the real clusters from NewKubeClusters
+// and NewClusterFromKube). It is separate from Cluster so that
 // a Cluster without an API server behind it (a test double) still works:
 // its sandboxes then get no discovered names, and the proxy still sends
 // names ending in .svc through the tunnel.
