@@ -28,7 +28,14 @@ type closeWriter interface{ CloseWrite() error }
 // conns, ends the other direction and is returned; errors caused by that
 // closing are not reported. Pipe returns only after both of its goroutines
 // have.
-func Pipe(ctx context.Context, a, b net.Conn) error {
+func Pipe(ctx context.Context, a, b net.Conn) error { return PipeWith(ctx, a, b, nil) }
+
+// PipeWith is Pipe with forward doing the a→b direction instead of a plain
+// copy (nil: the plain copy). forward reads src until its end-of-stream and
+// writes dst, returning nil on a clean end; PipeWith keeps Pipe's
+// half-close, first-error and cancellation rules around it. The daemon
+// uses it to rewrite HTTP requests on their way to the cluster.
+func PipeWith(ctx context.Context, a, b net.Conn, forward func(dst, src net.Conn) error) error {
 	var (
 		mu       sync.Mutex
 		firstErr error
@@ -49,12 +56,9 @@ func Pipe(ctx context.Context, a, b net.Conn) error {
 	defer stop()
 
 	var wg sync.WaitGroup
-	copyDir := func(dst, src net.Conn) {
+	copyDir := func(dst, src net.Conn, copyFn func(dst, src net.Conn) error) {
 		defer wg.Done()
-		buf := pipeBufs.Get().(*[]byte)
-		_, err := io.CopyBuffer(onlyWriter{dst}, onlyReader{src}, *buf)
-		pipeBufs.Put(buf)
-		if err != nil {
+		if err := copyFn(dst, src); err != nil {
 			closeBoth(err)
 			return
 		}
@@ -67,14 +71,25 @@ func Pipe(ctx context.Context, a, b net.Conn) error {
 		}
 		_ = dst.Close()
 	}
+	if forward == nil {
+		forward = copyPooled
+	}
 	wg.Add(2)
-	go copyDir(b, a)
-	go copyDir(a, b)
+	go copyDir(b, a, forward)
+	go copyDir(a, b, copyPooled)
 	wg.Wait()
 	closeBoth(nil)
 	mu.Lock()
 	defer mu.Unlock()
 	return firstErr
+}
+
+// copyPooled copies src to dst through a pooled buffer.
+func copyPooled(dst, src net.Conn) error {
+	buf := pipeBufs.Get().(*[]byte)
+	defer pipeBufs.Put(buf)
+	_, err := io.CopyBuffer(onlyWriter{dst}, onlyReader{src}, *buf)
+	return err
 }
 
 // onlyReader and onlyWriter hide ReadFrom/WriteTo so io.CopyBuffer uses our

@@ -1,6 +1,7 @@
 package tunnel
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"io"
@@ -128,4 +129,46 @@ func TestPipeStreams(t *testing.T) {
 		require.Equal(t, "pong", string(got))
 		require.NoError(t, <-pipeDone)
 	})
+}
+
+// TestPipeWith: the forward function does the a→b direction (here: upper
+// case), b→a is the plain copy, and half-close and the first error work as
+// in Pipe.
+func TestPipeWith(t *testing.T) {
+	upper := func(dst, src net.Conn) error {
+		b, err := io.ReadAll(src)
+		if err != nil {
+			return err
+		}
+		_, err = dst.Write(bytes.ToUpper(b))
+		return err
+	}
+	client, a := tcpPair(t, nil)
+	b, backend := tcpPair(t, nil)
+	done := make(chan error, 1)
+	go func() { done <- PipeWith(context.Background(), a, b, upper) }()
+	_, err := client.Write([]byte("request"))
+	require.NoError(t, err)
+	require.NoError(t, client.(*net.TCPConn).CloseWrite())
+	got, err := io.ReadAll(backend)
+	require.NoError(t, err)
+	require.Equal(t, "REQUEST", string(got), "forward did a→b and its clean end half-closed b")
+	_, err = backend.Write([]byte("response"))
+	require.NoError(t, err)
+	require.NoError(t, backend.Close())
+	got, err = io.ReadAll(client)
+	require.NoError(t, err)
+	require.Equal(t, "response", string(got), "b→a is a plain copy")
+	require.NoError(t, <-done)
+
+	// A forward error closes both conns and is returned.
+	client, a = tcpPair(t, nil)
+	b, backend = tcpPair(t, nil)
+	boom := errors.New("boom")
+	go func() { done <- PipeWith(context.Background(), a, b, func(net.Conn, net.Conn) error { return boom }) }()
+	require.ErrorIs(t, <-done, boom)
+	_, err = io.ReadAll(backend)
+	require.NoError(t, err, "b was closed")
+	_, err = io.ReadAll(client)
+	require.NoError(t, err, "a was closed")
 }

@@ -9,10 +9,10 @@ import (
 	"net"
 	"net/http"
 	"strings"
-	"sync"
 
 	"github.com/sbx-dev/sbx/cluster/discovery"
 	"github.com/sbx-dev/sbx/daemon/proxy"
+	"github.com/sbx-dev/sbx/tunnel"
 )
 
 // isHTTPPort reports whether a Service port carries plain HTTP/1.x, the
@@ -31,57 +31,12 @@ func isHTTPPort(p discovery.Port) bool {
 // pipelining work), get the routing key added to baggage when they carry
 // none, and are re-sent; responses flow back unparsed. A connection that
 // does not start with an HTTP/1.x request line, a protocol upgrade
-// (WebSocket) and CONNECT switch to plain byte copying. Half-close is
-// passed on both ways; the first real error closes both conns.
+// (WebSocket) and CONNECT switch to plain byte copying. Half-close, the
+// first error and cancellation are tunnel.Pipe's.
 func pipeInjecting(ctx context.Context, local, remote net.Conn, baggage func() (string, string)) error {
-	var (
-		mu       sync.Mutex
-		firstErr error
-		once     sync.Once
-	)
-	closeBoth := func(err error) {
-		mu.Lock()
-		if firstErr == nil {
-			firstErr = err
-		}
-		mu.Unlock()
-		once.Do(func() { _ = local.Close(); _ = remote.Close() })
-	}
-	stop := context.AfterFunc(ctx, func() { closeBoth(ctx.Err()) })
-	defer stop()
-	var wg sync.WaitGroup
-	wg.Add(2)
-	go func() {
-		defer wg.Done()
-		if _, err := io.Copy(local, remote); err != nil {
-			closeBoth(err)
-			return
-		}
-		halfClose(local, closeBoth)
-	}()
-	go func() {
-		defer wg.Done()
-		if err := forwardRequests(local, remote, baggage); err != nil {
-			closeBoth(err)
-			return
-		}
-		halfClose(remote, closeBoth)
-	}()
-	wg.Wait()
-	closeBoth(nil)
-	mu.Lock()
-	defer mu.Unlock()
-	return firstErr
-}
-
-func halfClose(c net.Conn, fail func(error)) {
-	if cw, ok := c.(interface{ CloseWrite() error }); ok {
-		if err := cw.CloseWrite(); err != nil && !errors.Is(err, net.ErrClosed) {
-			fail(err)
-		}
-		return
-	}
-	_ = c.Close()
+	return tunnel.PipeWith(ctx, local, remote, func(dst, src net.Conn) error {
+		return forwardRequests(src, dst, baggage)
+	})
 }
 
 // forwardRequests copies local's requests to remote until local's EOF.
