@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/http"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -72,12 +73,16 @@ func TestRealRelayEndToEnd(t *testing.T) {
 	served := make(chan struct{})
 	go func() {
 		defer close(served)
+		var streams sync.WaitGroup
+		defer streams.Wait()
 		for {
 			st, err := sess.Accept(ctx)
 			if err != nil {
 				return
 			}
+			streams.Add(1)
 			go func() {
+				defer streams.Done()
 				defer st.Close()
 				lc, err := net.Dial("tcp", local.Addr())
 				if err != nil {
