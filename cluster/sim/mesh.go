@@ -171,17 +171,9 @@ func NewMesh(ctx context.Context, opts MeshOptions) (*Mesh, error) {
 			inf.Run(m.stop)
 		}()
 	}
-	for typ, ok := range m.kubeF.WaitForCacheSync(ctx.Done()) {
-		if !ok {
-			m.Close()
-			return nil, fmt.Errorf("mesh: %v informer did not sync: %w", typ, context.Cause(ctx))
-		}
-	}
-	for _, inf := range m.vsInf {
-		if !cache.WaitForCacheSync(ctx.Done(), inf.HasSynced) {
-			m.Close()
-			return nil, fmt.Errorf("mesh: VirtualService informer did not sync: %w", context.Cause(ctx))
-		}
+	if err := waitSynced(ctx, m.kubeF, m.vsInf); err != nil {
+		m.Close()
+		return nil, fmt.Errorf("mesh: %w", err)
 	}
 	// The informer delivers existing Services asynchronously; make sure
 	// their routers exist before returning.
