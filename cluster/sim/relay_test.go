@@ -5,6 +5,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -127,11 +128,9 @@ func TestRelayOfflineThroughMesh(t *testing.T) {
 	ns := AppNamespace
 	secret, dep, svc := relayObjects(ns, "alice", "0123456789abcdef0123456789abcdef", "")
 	args := dep.Spec.Template.Spec.Containers[0].Args
-	for i := range args {
-		if args[i] == "--grace" {
-			args[i+1] = "200ms"
-		}
-	}
+	i := slices.Index(args, "--grace")
+	require.True(t, i >= 0 && i+1 < len(args), "relayObjects passes --grace VALUE for the test to shorten: %q", args)
+	args[i+1] = "200ms"
 	pod := createRelay(ctx, t, c, secret, dep, svc)
 
 	client := c.HTTPClient(ns)
