@@ -38,9 +38,6 @@ const (
 	relayContainer    = "relay"
 )
 
-// relayPodLabels are the relay pod's labels. Every key is sbx's own
-// (app.kubernetes.io/managed-by=sbx or sbx.dev/…), so no baseline Service
-// selector can match them; Plan also checks that against the real Services.
 // The relay's memory: a few MiB when idle, but every stream it serves may
 // buffer about 2.5 MiB when its reader stalls (relay.DefaultMaxStreams
 // explains the budget), so the limit leaves room for the relay's default
@@ -51,6 +48,9 @@ const (
 	relayMemoryLimitGo = "460MiB" // GOMEMLIMIT: 90% of relayMemoryLimit
 )
 
+// relayPodLabels are the relay pod's labels. Every key is sbx's own
+// (app.kubernetes.io/managed-by=sbx or sbx.dev/…), so no baseline Service
+// selector can match them; Plan also checks that against the real Services.
 func relayPodLabels(sandbox, key string) map[string]string {
 	return map[string]string{
 		LabelManagedBy:  ManagedByValue,

@@ -70,6 +70,16 @@ func newEnv(t *testing.T, opts pftest.Options) *env {
 	return e
 }
 
+// newEchoEnv is the common starting point: one ready pod, relay-1, whose
+// relay port echoes.
+func newEchoEnv(t *testing.T) *env {
+	t.Helper()
+	e := newEnv(t, pftest.Options{})
+	e.addPod("relay-1", 0)
+	e.target("relay-1", relay, serve(t, echo))
+	return e
+}
+
 func (e *env) resolve(namespace, pod string, port int32) (string, error) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
@@ -154,9 +164,7 @@ var transports = []portforward.Transport{portforward.TransportAuto, portforward.
 func TestBytesBothWays(t *testing.T) {
 	for _, tr := range transports {
 		t.Run(string(tr)+"/", func(t *testing.T) {
-			e := newEnv(t, pftest.Options{})
-			e.addPod("relay-1", 0)
-			e.target("relay-1", relay, serve(t, echo))
+			e := newEchoEnv(t)
 			d := e.dialer(portforward.Config{Transport: tr})
 			c, err := d.Dial(ctx(t))
 			require.NoError(t, err)
@@ -179,9 +187,7 @@ func TestLargeTransferChecksum(t *testing.T) {
 	const size = 64 << 20
 	for _, tr := range []portforward.Transport{portforward.TransportWebSocket, portforward.TransportSPDY} {
 		t.Run(string(tr), func(t *testing.T) {
-			e := newEnv(t, pftest.Options{})
-			e.addPod("relay-1", 0)
-			e.target("relay-1", relay, serve(t, echo))
+			e := newEchoEnv(t)
 			d := e.dialer(portforward.Config{Transport: tr})
 			c, err := d.Dial(ctx(t))
 			require.NoError(t, err)
@@ -205,9 +211,7 @@ func TestLargeTransferChecksum(t *testing.T) {
 }
 
 func TestParallelConnectionsShareOneUpgrade(t *testing.T) {
-	e := newEnv(t, pftest.Options{})
-	e.addPod("relay-1", 0)
-	e.target("relay-1", relay, serve(t, echo))
+	e := newEchoEnv(t)
 	d := e.dialer(portforward.Config{})
 	var wg sync.WaitGroup
 	errs := make(chan error, 8)
@@ -244,9 +248,7 @@ func TestParallelConnectionsShareOneUpgrade(t *testing.T) {
 }
 
 func TestConnectionsSpreadOverSeveralUpgrades(t *testing.T) {
-	e := newEnv(t, pftest.Options{})
-	e.addPod("relay-1", 0)
-	e.target("relay-1", relay, serve(t, echo))
+	e := newEchoEnv(t)
 	d := e.dialer(portforward.Config{Connections: 4})
 	var conns []net.Conn
 	for range 6 {
@@ -386,9 +388,7 @@ func TestPodMovedRedialsNewPod(t *testing.T) {
 }
 
 func TestCutAllRedials(t *testing.T) {
-	e := newEnv(t, pftest.Options{})
-	e.addPod("relay-1", 0)
-	e.target("relay-1", relay, serve(t, echo))
+	e := newEchoEnv(t)
 	d := e.dialer(portforward.Config{})
 	c, err := d.Dial(ctx(t))
 	require.NoError(t, err)
@@ -411,9 +411,7 @@ func TestCutAllRedials(t *testing.T) {
 }
 
 func TestRefuseFor(t *testing.T) {
-	e := newEnv(t, pftest.Options{})
-	e.addPod("relay-1", 0)
-	e.target("relay-1", relay, serve(t, echo))
+	e := newEchoEnv(t)
 	d := e.dialer(portforward.Config{})
 	c, err := d.Dial(ctx(t))
 	require.NoError(t, err)
@@ -488,9 +486,7 @@ func TestForbidden(t *testing.T) {
 }
 
 func TestContext(t *testing.T) {
-	e := newEnv(t, pftest.Options{})
-	e.addPod("relay-1", 0)
-	e.target("relay-1", relay, serve(t, echo))
+	e := newEchoEnv(t)
 	d := e.dialer(portforward.Config{})
 
 	canceled, cancel := context.WithCancel(context.Background())
@@ -513,9 +509,7 @@ func TestContext(t *testing.T) {
 }
 
 func TestDeadlines(t *testing.T) {
-	e := newEnv(t, pftest.Options{})
-	e.addPod("relay-1", 0)
-	e.target("relay-1", relay, serve(t, echo))
+	e := newEchoEnv(t)
 	d := e.dialer(portforward.Config{})
 	c, err := d.Dial(ctx(t))
 	require.NoError(t, err)

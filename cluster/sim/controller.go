@@ -127,11 +127,9 @@ func newController(ctx context.Context, logger *slog.Logger, clients *Clients, n
 		return nil, err
 	}
 	c.factory.Start(c.stop)
-	for typ, ok := range c.factory.WaitForCacheSync(ctx.Done()) {
-		if !ok {
-			c.close()
-			return nil, fmt.Errorf("deployment controller: %v informer did not sync: %w", typ, context.Cause(ctx))
-		}
+	if err := waitSynced(ctx, c.factory, nil); err != nil {
+		c.close()
+		return nil, fmt.Errorf("deployment controller: %w", err)
 	}
 	c.wg.Add(1)
 	go func() {

@@ -113,17 +113,9 @@ func newGarbageCollector(ctx context.Context, logger *slog.Logger, clients *Clie
 			inf.Run(g.stop)
 		}()
 	}
-	for typ, ok := range f.WaitForCacheSync(ctx.Done()) {
-		if !ok {
-			g.close()
-			return nil, fmt.Errorf("garbage collector: %v informer did not sync: %w", typ, context.Cause(ctx))
-		}
-	}
-	for _, inf := range g.extra {
-		if !cache.WaitForCacheSync(ctx.Done(), inf.HasSynced) {
-			g.close()
-			return nil, fmt.Errorf("garbage collector: VirtualService informer did not sync: %w", context.Cause(ctx))
-		}
+	if err := waitSynced(ctx, f, g.extra); err != nil {
+		g.close()
+		return nil, fmt.Errorf("garbage collector: %w", err)
 	}
 	g.wg.Add(1)
 	go func() {
@@ -300,4 +292,20 @@ func (g *garbageCollector) kinds() []dependentKind {
 			return ist.NetworkingV1alpha3().VirtualServices(ns).Delete(ctx, name, do)
 		}},
 	}
+}
+
+// waitSynced waits until the informers of f, and the VirtualService
+// informers vs (which run outside any factory), have listed what exists.
+func waitSynced(ctx context.Context, f informers.SharedInformerFactory, vs []cache.SharedIndexInformer) error {
+	for typ, ok := range f.WaitForCacheSync(ctx.Done()) {
+		if !ok {
+			return fmt.Errorf("%v informer did not sync: %w", typ, context.Cause(ctx))
+		}
+	}
+	for _, inf := range vs {
+		if !cache.WaitForCacheSync(ctx.Done(), inf.HasSynced) {
+			return fmt.Errorf("VirtualService informer did not sync: %w", context.Cause(ctx))
+		}
+	}
+	return nil
 }

@@ -74,7 +74,10 @@ func (p *relayPod) resolveEnv(ct corev1.Container) (map[string]string, error) {
 				return nil, fmt.Errorf("configmap %q not found", ref.Name)
 			}
 			v, ok := cm.Data[ref.Key]
-			if !ok && !optional(ref.Optional) {
+			if !ok {
+				if optional(ref.Optional) {
+					continue
+				}
 				return nil, fmt.Errorf("couldn't find key %s in ConfigMap %s/%s", ref.Key, p.ns, ref.Name)
 			}
 			env[e.Name] = v

@@ -171,17 +171,9 @@ func NewMesh(ctx context.Context, opts MeshOptions) (*Mesh, error) {
 			inf.Run(m.stop)
 		}()
 	}
-	for typ, ok := range m.kubeF.WaitForCacheSync(ctx.Done()) {
-		if !ok {
-			m.Close()
-			return nil, fmt.Errorf("mesh: %v informer did not sync: %w", typ, context.Cause(ctx))
-		}
-	}
-	for _, inf := range m.vsInf {
-		if !cache.WaitForCacheSync(ctx.Done(), inf.HasSynced) {
-			m.Close()
-			return nil, fmt.Errorf("mesh: VirtualService informer did not sync: %w", context.Cause(ctx))
-		}
+	if err := waitSynced(ctx, m.kubeF, m.vsInf); err != nil {
+		m.Close()
+		return nil, fmt.Errorf("mesh: %w", err)
 	}
 	// The informer delivers existing Services asynchronously; make sure
 	// their routers exist before returning.
@@ -298,19 +290,22 @@ func (m *Mesh) removeService(ns, name string) {
 	}
 }
 
-// portProtocol is the protocol Istio would pick for a Service port: its
-// appProtocol, else the prefix of its name; undeclared ports are treated as
-// HTTP (Istio would sniff them; everything the simulation runs is HTTP).
-func portProtocol(sp corev1.ServicePort) string {
-	p := ""
+// declaredProtocol is the protocol a Service port declares, as Istio reads
+// it: its appProtocol, else the prefix of its name ("" when neither says).
+func declaredProtocol(sp corev1.ServicePort) string {
 	if sp.AppProtocol != nil {
-		p = strings.TrimPrefix(strings.ToLower(*sp.AppProtocol), "kubernetes.io/")
-	} else {
-		p, _, _ = strings.Cut(strings.ToLower(sp.Name), "-")
+		return strings.TrimPrefix(strings.ToLower(*sp.AppProtocol), "kubernetes.io/")
 	}
-	switch p {
-	case "http", "http2", "grpc", "grpc-web", "h2c", "":
-		return "http"
+	p, _, _ := strings.Cut(strings.ToLower(sp.Name), "-")
+	return p
+}
+
+// portProtocol is the protocol Istio would pick for a Service port: TCP for
+// the TCP-like protocols it declares, else HTTP (http, http2, grpc, grpc-web
+// and h2c, and undeclared ports, which Istio would sniff; everything the
+// simulation runs is HTTP).
+func portProtocol(sp corev1.ServicePort) string {
+	switch declaredProtocol(sp) {
 	case "tcp", "tls", "https", "mongo", "mysql", "redis":
 		return "tcp"
 	}
@@ -320,13 +315,11 @@ func portProtocol(sp corev1.ServicePort) string {
 // upstreamHTTP2 reports whether the destination port speaks HTTP/2
 // without TLS.
 func upstreamHTTP2(sp corev1.ServicePort) bool {
-	p := ""
-	if sp.AppProtocol != nil {
-		p = strings.TrimPrefix(strings.ToLower(*sp.AppProtocol), "kubernetes.io/")
-	} else {
-		p, _, _ = strings.Cut(strings.ToLower(sp.Name), "-")
+	switch declaredProtocol(sp) {
+	case "http2", "grpc", "h2c":
+		return true
 	}
-	return p == "http2" || p == "grpc" || p == "h2c"
+	return false
 }
 
 func (m *Mesh) startRouter(ns, name string, port int32, proto string) (*portRouter, error) {

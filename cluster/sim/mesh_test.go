@@ -40,6 +40,17 @@ func meshCluster(t *testing.T) (*Cluster, *http.Client) {
 	require.NoError(t, err)
 	client := c.HTTPClient(AppNamespace)
 	t.Cleanup(client.CloseIdleConnections)
+	// The mesh learns about route-v2 through its Service informer; a test
+	// whose first check needs no route-v2 would otherwise race it.
+	require.Eventually(t, func() bool {
+		resp, err := client.Get("http://route-v2:8083/")
+		if err != nil {
+			return false
+		}
+		defer resp.Body.Close()
+		_, _ = io.Copy(io.Discard, resp.Body)
+		return resp.StatusCode == http.StatusOK
+	}, 10*time.Second, 10*time.Millisecond, "the mesh routes to route-v2")
 	return c, client
 }
 

@@ -5,7 +5,9 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -14,6 +16,7 @@ import (
 	"github.com/sbx-dev/sbx/tunnel"
 	"github.com/stretchr/testify/require"
 	networking "istio.io/api/networking/v1alpha3"
+	appsv1 "k8s.io/api/apps/v1"
 	coordv1 "k8s.io/api/coordination/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -35,22 +38,7 @@ func TestRealRelayEndToEnd(t *testing.T) {
 	lease, err := kube.CoordinationV1().Leases(ns).Create(ctx, &coordv1.Lease{ObjectMeta: metav1.ObjectMeta{Name: "sbx-alice", Namespace: ns}}, metav1.CreateOptions{})
 	require.NoError(t, err)
 	secret, dep, svc := relayObjects(ns, "alice", "0123456789abcdef0123456789abcdef", string(lease.UID))
-	for _, err := range []error{
-		func() error {
-			_, err := kube.CoreV1().Secrets(ns).Create(ctx, secret, metav1.CreateOptions{})
-			return err
-		}(),
-		func() error {
-			_, err := kube.AppsV1().Deployments(ns).Create(ctx, dep, metav1.CreateOptions{})
-			return err
-		}(),
-		func() error {
-			_, err := kube.CoreV1().Services(ns).Create(ctx, svc, metav1.CreateOptions{})
-			return err
-		}(),
-	} {
-		require.NoError(t, err)
-	}
+	createRelay(ctx, t, c, secret, dep, svc)
 	_, err = c.Clients.Istio.NetworkingV1().VirtualServices(ns).Create(ctx, newVS(ns, "route", []string{"route"},
 		&networking.HTTPRoute{
 			Match: []*networking.HTTPMatchRequest{{Headers: map[string]*networking.StringMatch{
@@ -60,10 +48,6 @@ func TestRealRelayEndToEnd(t *testing.T) {
 		&networking.HTTPRoute{Route: routeTo("route")},
 	), metav1.CreateOptions{})
 	require.NoError(t, err)
-	require.Eventually(t, func() bool {
-		p := relayPodObject(t, c, ns, "alice")
-		return p != nil && podstate.Ready(p)
-	}, 20*time.Second, 10*time.Millisecond, "the real relay passes the template's readiness probe")
 
 	d, err := portforward.New(portforward.Config{REST: c.RESTConfig, Client: kube, Namespace: ns,
 		Selector: "sbx.dev/sandbox=alice", Port: 7000, Logger: testLogger(t)})
@@ -90,12 +74,16 @@ func TestRealRelayEndToEnd(t *testing.T) {
 	served := make(chan struct{})
 	go func() {
 		defer close(served)
+		var streams sync.WaitGroup
+		defer streams.Wait()
 		for {
 			st, err := sess.Accept(ctx)
 			if err != nil {
 				return
 			}
+			streams.Add(1)
 			go func() {
+				defer streams.Done()
 				defer st.Close()
 				lc, err := net.Dial("tcp", local.Addr())
 				if err != nil {
@@ -138,25 +126,12 @@ func TestRelayOfflineThroughMesh(t *testing.T) {
 	require.NoError(t, err)
 	defer c.Close()
 	ns := AppNamespace
-	kube := c.Clients.Kube
 	secret, dep, svc := relayObjects(ns, "alice", "0123456789abcdef0123456789abcdef", "")
 	args := dep.Spec.Template.Spec.Containers[0].Args
-	for i := range args {
-		if args[i] == "--grace" {
-			args[i+1] = "200ms"
-		}
-	}
-	_, err = kube.CoreV1().Secrets(ns).Create(ctx, secret, metav1.CreateOptions{})
-	require.NoError(t, err)
-	_, err = kube.AppsV1().Deployments(ns).Create(ctx, dep, metav1.CreateOptions{})
-	require.NoError(t, err)
-	_, err = kube.CoreV1().Services(ns).Create(ctx, svc, metav1.CreateOptions{})
-	require.NoError(t, err)
-	var pod *corev1.Pod
-	require.Eventually(t, func() bool {
-		pod = relayPodObject(t, c, ns, "alice")
-		return pod != nil && podstate.Ready(pod)
-	}, 20*time.Second, 10*time.Millisecond)
+	i := slices.Index(args, "--grace")
+	require.True(t, i >= 0 && i+1 < len(args), "relayObjects passes --grace VALUE for the test to shorten: %q", args)
+	args[i+1] = "200ms"
+	pod := createRelay(ctx, t, c, secret, dep, svc)
 
 	client := c.HTTPClient(ns)
 	defer client.CloseIdleConnections()
@@ -190,4 +165,24 @@ func TestRelayOfflineThroughMesh(t *testing.T) {
 		return false
 	}, 5*time.Second, 20*time.Millisecond)
 	http.DefaultClient.CloseIdleConnections()
+}
+
+// createRelay creates a relay's Secret, Deployment and Service, in the order
+// sbx applies them, and returns the relay pod once it passes the template's
+// readiness probe.
+func createRelay(ctx context.Context, t *testing.T, c *Cluster, secret *corev1.Secret, dep *appsv1.Deployment, svc *corev1.Service) *corev1.Pod {
+	t.Helper()
+	kube := c.Clients.Kube
+	_, err := kube.CoreV1().Secrets(dep.Namespace).Create(ctx, secret, metav1.CreateOptions{})
+	require.NoError(t, err)
+	_, err = kube.AppsV1().Deployments(dep.Namespace).Create(ctx, dep, metav1.CreateOptions{})
+	require.NoError(t, err)
+	_, err = kube.CoreV1().Services(dep.Namespace).Create(ctx, svc, metav1.CreateOptions{})
+	require.NoError(t, err)
+	var pod *corev1.Pod
+	require.Eventually(t, func() bool {
+		pod = relayPodObject(t, c, dep.Namespace, dep.Labels["sbx.dev/sandbox"])
+		return pod != nil && podstate.Ready(pod)
+	}, 20*time.Second, 10*time.Millisecond, "the real relay passes the template's readiness probe")
+	return pod
 }
