@@ -94,13 +94,6 @@ func (k *KubeClusters) Open(_ context.Context, kubeconfig, kubeContext string) (
 		return nil, err
 	}
 	c := k.fromKube(kc)
-	// Built from the REST config so that the dynamic client (Argo
-	// Rollouts) is there too.
-	if clients, err := cluster.NewClients(kc.REST); err == nil {
-		c.clients = clients
-	} else {
-		c.log.Warn("building clients from the kubeconfig failed; Rollouts are not supported", "err", err)
-	}
 	k.clusters[key] = c
 	return c, nil
 }
@@ -158,7 +151,7 @@ func specContext(req ConnectRequest, contexts map[string]string, configPath stri
 func (k *KubeClusters) fromKube(kc *kube.Cluster) *kubeCluster {
 	c := &kubeCluster{
 		o:         k.o,
-		clients:   cluster.Clients{Kube: kc.Kube, Istio: kc.Istio},
+		clients:   cluster.Clients{Kube: kc.Kube, Istio: kc.Istio, Dynamic: kc.Dynamic},
 		namespace: kc.Namespace,
 		log:       k.o.Logger.With("context", kc.Context),
 		dialers:   map[relayRef]*portforward.Dialer{},

@@ -17,6 +17,7 @@ import (
 	"strings"
 
 	istio "istio.io/client-go/pkg/clientset/versioned"
+	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
@@ -50,9 +51,10 @@ type Options struct {
 type Cluster struct {
 	// REST is the client configuration for the chosen context.
 	REST *rest.Config
-	// Kube and Istio are clientsets built from REST.
-	Kube  kubernetes.Interface
-	Istio istio.Interface
+	// Kube, Istio and Dynamic (Argo Rollouts) are clients built from REST.
+	Kube    kubernetes.Interface
+	Istio   istio.Interface
+	Dynamic dynamic.Interface
 	// Namespace is the effective namespace; NamespaceExplicit is true when
 	// it came from -n or the context rather than the "default" fallback.
 	Namespace         string
@@ -84,6 +86,10 @@ func Load(opts Options) (*Cluster, error) {
 	cfg.Istio, err = istio.NewForConfig(cfg.REST)
 	if err != nil {
 		return nil, fmt.Errorf("istio client for context %q: %w", cfg.Context, err)
+	}
+	cfg.Dynamic, err = dynamic.NewForConfig(cfg.REST)
+	if err != nil {
+		return nil, fmt.Errorf("dynamic client for context %q: %w", cfg.Context, err)
 	}
 	return cfg, nil
 }

@@ -146,6 +146,7 @@ func TestLoadBuildsClientsets(t *testing.T) {
 	require.NoError(t, err)
 	require.NotNil(t, c.Kube)
 	require.NotNil(t, c.Istio)
+	require.NotNil(t, c.Dynamic, "Argo Rollouts need the dynamic client")
 	require.Equal(t, "sbx/test", c.REST.UserAgent)
 	require.Equal(t, "sbx", c.Namespace)
 	require.Positive(t, c.REST.QPS)

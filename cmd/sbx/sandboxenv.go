@@ -71,11 +71,7 @@ func sandboxEnv(ctx context.Context, g *globalOptions, name string, f envFlags) 
 		if err != nil {
 			return runenv.Env{}, userError(fmt.Errorf("--env-from-baseline needs the cluster: %w", err), "check --kubeconfig/--context, or drop --env-from-baseline")
 		}
-		dyn, err := dynamic.NewForConfig(kc.REST)
-		if err != nil {
-			return runenv.Env{}, fmt.Errorf("dynamic client for context %q: %w", kc.Context, err)
-		}
-		base, err = baselineEnv(ctx, kc.Kube, dyn, st, f)
+		base, err = baselineEnv(ctx, kc.Kube, kc.Dynamic, st, f)
 		if err != nil {
 			return runenv.Env{}, err
 		}
