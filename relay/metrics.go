@@ -21,7 +21,7 @@ const (
 // process, as in tests and the simulator).
 type metrics struct {
 	sessions      prometheus.Gauge
-	handshakes    *prometheus.CounterVec // result: ok, bad_token, version_mismatch, sandbox_mismatch, error
+	handshakes    *prometheus.CounterVec // result: ok, bad_token, version_mismatch, sandbox_mismatch, timeout, error
 	replaced      prometheus.Counter
 	streamsOpen   *prometheus.GaugeVec   // kind
 	streamsTotal  *prometheus.CounterVec // kind
@@ -32,7 +32,7 @@ type metrics struct {
 	held          prometheus.Gauge
 	heldTotal     prometheus.Counter
 	httpAnswers   *prometheus.CounterVec // code
-	inboundClosed *prometheus.CounterVec // reason: offline, refused, error, busy
+	inboundClosed *prometheus.CounterVec // reason: offline, busy, error, or the laptop's dial reason (refused, timeout, ...)
 	atLimit       *prometheus.CounterVec // kind: streams refused at MaxStreams
 	ready         prometheus.Gauge
 }

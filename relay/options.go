@@ -3,6 +3,7 @@ package relay
 import (
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/netip"
@@ -179,7 +180,7 @@ func (f *Flags) Options(getenv func(string) string) (Options, error) {
 func ParseArgs(args []string, getenv func(string) string) (Options, error) {
 	f := NewFlags()
 	fs := pflag.NewFlagSet("relay", pflag.ContinueOnError)
-	fs.SetOutput(discard{})
+	fs.SetOutput(io.Discard)
 	f.AddFlags(fs)
 	if err := fs.Parse(args); err != nil {
 		return Options{}, fmt.Errorf("relay flags: %w", err)
@@ -339,7 +340,3 @@ func parsePrefix(s string) (netip.Prefix, error) {
 	}
 	return p.Masked(), nil
 }
-
-type discard struct{}
-
-func (discard) Write(p []byte) (int, error) { return len(p), nil }

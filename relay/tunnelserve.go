@@ -57,13 +57,12 @@ func (r *Relay) checkHello(h tunnel.Hello) (tunnel.Welcome, error) {
 // serveSession handshakes on conn and, if the daemon is accepted, serves the
 // session's outbound streams until it ends.
 func (r *Relay) serveSession(conn net.Conn) {
-	ctx, cancel := context.WithTimeout(r.serveCtx, r.tcfg.HandshakeTimeout)
-	s, hello, err := tunnel.Server(ctx, conn, r.tcfg, r.checkHello)
-	cancel()
+	// tunnel.Server bounds the handshake by r.tcfg.HandshakeTimeout and
+	// closes conn when it fails.
+	s, hello, err := tunnel.Server(r.serveCtx, conn, r.tcfg, r.checkHello)
 	if err != nil {
 		r.m.handshakes.WithLabelValues(handshakeResult(err)).Inc()
 		r.log.Warn("tunnel handshake failed", "remote", conn.RemoteAddr(), "err", err)
-		_ = conn.Close()
 		return
 	}
 	r.m.handshakes.WithLabelValues("ok").Inc()

@@ -41,22 +41,12 @@ func Client(ctx context.Context, conn net.Conn, cfg Config, hello Hello) (*Sessi
 		_ = conn.Close()
 		return fail(fmt.Errorf("invalid hello: %w", err))
 	}
-	s, err := newSession(conn, cfg, true)
+	var w Welcome
+	s, err := handshake(ctx, conn, cfg, true, func(_ context.Context, s *Session) (err error) {
+		w, err = s.clientHandshake(hello)
+		return err
+	})
 	if err != nil {
-		_ = conn.Close()
-		return fail(err)
-	}
-	ctx, cancel := context.WithTimeout(ctx, cfg.HandshakeTimeout)
-	defer cancel()
-	// Cancelling tears the half-built session down, which unblocks every
-	// step below at once.
-	stop := context.AfterFunc(ctx, func() { _ = s.mux.Close() })
-	w, err := s.clientHandshake(hello)
-	if !stop() {
-		err = handshakeCtxErr(ctx, err)
-	}
-	if err != nil {
-		_ = s.mux.Close()
 		return fail(err)
 	}
 	hello.Token = ""
@@ -112,20 +102,13 @@ func Server(ctx context.Context, conn net.Conn, cfg Config, check func(Hello) (W
 		_ = conn.Close()
 		return fail(errors.New("no hello check function given"))
 	}
-	s, err := newSession(conn, cfg, false)
+	var h Hello
+	var w Welcome
+	s, err := handshake(ctx, conn, cfg, false, func(ctx context.Context, s *Session) (err error) {
+		h, w, err = s.serverHandshake(ctx, check)
+		return err
+	})
 	if err != nil {
-		_ = conn.Close()
-		return fail(err)
-	}
-	ctx, cancel := context.WithTimeout(ctx, cfg.HandshakeTimeout)
-	defer cancel()
-	stop := context.AfterFunc(ctx, func() { _ = s.mux.Close() })
-	h, w, err := s.serverHandshake(ctx, check)
-	if !stop() {
-		err = handshakeCtxErr(ctx, err)
-	}
-	if err != nil {
-		_ = s.mux.Close()
 		return fail(err)
 	}
 	h.Token = ""
@@ -176,6 +159,31 @@ func (s *Session) serverHandshake(ctx context.Context, check func(Hello) (Welcom
 		return Hello{}, Welcome{}, fmt.Errorf("send welcome: %w", err)
 	}
 	return h, w, nil
+}
+
+// handshake starts a session over conn and runs step on it, bounded by ctx
+// and cfg.HandshakeTimeout. On error both are closed; on success the
+// session owns conn and still has to be started.
+func handshake(ctx context.Context, conn net.Conn, cfg Config, initiator bool, step func(context.Context, *Session) error) (*Session, error) {
+	s, err := newSession(conn, cfg, initiator)
+	if err != nil {
+		_ = conn.Close()
+		return nil, err
+	}
+	ctx, cancel := context.WithTimeout(ctx, cfg.HandshakeTimeout)
+	defer cancel()
+	// Cancelling tears the half-built session down, which unblocks every
+	// step of the handshake at once.
+	stop := context.AfterFunc(ctx, func() { _ = s.mux.Close() })
+	err = step(ctx, s)
+	if !stop() {
+		err = handshakeCtxErr(ctx, err)
+	}
+	if err != nil {
+		_ = s.mux.Close()
+		return nil, err
+	}
+	return s, nil
 }
 
 // refuse sends a refusal and gives the peer a moment to read it and hang

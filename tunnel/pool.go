@@ -55,11 +55,18 @@ func (p *Pool) watch(s *Session) {
 	case <-p.stop:
 		return
 	}
-	if p.remove(s) {
-		p.log.Warn("tunnel session left the pool", "peer", s.RemoteAddr().String(), "err", s.Err(), "remaining", p.Len())
-		if p.onDead != nil {
-			p.onDead(s, s.Err())
-		}
+	p.drop(s)
+}
+
+// drop removes the dead session s and reports it to onDead, once: whichever
+// of its watcher and an Open sees it dead first does so.
+func (p *Pool) drop(s *Session) {
+	if !p.remove(s) {
+		return
+	}
+	p.log.Warn("tunnel session left the pool", "peer", s.RemoteAddr().String(), "err", s.Err(), "remaining", p.Len())
+	if p.onDead != nil {
+		p.onDead(s, s.Err())
 	}
 }
 
@@ -116,12 +123,7 @@ func (p *Pool) Open(ctx context.Context, h Header) (*Stream, error) {
 		select {
 		case <-s.Done():
 			lastErr = err
-			if p.remove(s) {
-				p.log.Warn("tunnel session left the pool", "peer", s.RemoteAddr().String(), "err", s.Err())
-				if p.onDead != nil {
-					p.onDead(s, s.Err())
-				}
-			}
+			p.drop(s)
 			continue
 		default:
 		}

@@ -26,14 +26,13 @@ const controlQueue = 16
 // Server; it lives until Close, a peer goodbye, a dead peer or a broken
 // connection, whichever comes first (Done, Err).
 type Session struct {
-	cfg       Config
-	log       *slog.Logger
-	conn      *wireConn
-	mux       *yamux.Session
-	ctrl      *yamux.Stream
-	initiator bool
-	hello     Hello // token cleared
-	welcome   Welcome
+	cfg     Config
+	log     *slog.Logger
+	conn    *wireConn
+	mux     *yamux.Session
+	ctrl    *yamux.Stream
+	hello   Hello // token cleared
+	welcome Welcome
 
 	acceptCh  chan *Stream
 	headerSem chan struct{}
@@ -102,7 +101,6 @@ func newSession(conn net.Conn, cfg Config, initiator bool) (*Session, error) {
 		log:       cfg.logger(),
 		conn:      wc,
 		mux:       mux,
-		initiator: initiator,
 		acceptCh:  make(chan *Stream),
 		headerSem: make(chan struct{}, cfg.AcceptBacklog),
 		ctrlOut:   make(chan controlMsg, controlQueue),

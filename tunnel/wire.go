@@ -74,27 +74,19 @@ func (d *decoder) u64() uint64 {
 // str reads a 16-bit-length-prefixed string of at most max bytes that is
 // valid UTF-8 without control characters (these strings end up in logs).
 func (d *decoder) str(field string, max int) string {
-	n := int(d.u16())
+	v := d.secret(field, max)
 	if d.err != nil {
 		return ""
 	}
-	if n > max {
-		d.err = fmt.Errorf("%s is %d bytes, limit %d", field, n, max)
-		return ""
-	}
-	v := d.take(n)
-	if d.err != nil {
-		return ""
-	}
-	if err := checkText(field, string(v)); err != nil {
+	if err := checkText(field, v); err != nil {
 		d.err = err
 		return ""
 	}
-	return string(v)
+	return v
 }
 
-// secret reads a length-prefixed string like str but never puts its
-// content into an error.
+// secret reads a 16-bit-length-prefixed string of at most max bytes without
+// checking its content, so that it never ends up in an error.
 func (d *decoder) secret(field string, max int) string {
 	n := int(d.u16())
 	if d.err != nil {

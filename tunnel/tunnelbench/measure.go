@@ -103,8 +103,9 @@ func percentile(sorted []time.Duration, p float64) time.Duration {
 	return sorted[i]
 }
 
-// rttIdle measures round trips on an otherwise idle endpoint.
-func rttIdle(ctx context.Context, ep endpoint, n, reqSize int) (p50, p99 time.Duration, err error) {
+// echoRTT opens an echo connection on ep and returns the p50 and p99 of n
+// round trips on it; what names the measurement in errors.
+func echoRTT(ctx context.Context, ep endpoint, what string, n, reqSize int) (p50, p99 time.Duration, err error) {
 	c, err := ep.open(ctx, serviceEcho)
 	if err != nil {
 		return 0, 0, fmt.Errorf("%s: open echo: %w", ep.name(), err)
@@ -112,9 +113,14 @@ func rttIdle(ctx context.Context, ep endpoint, n, reqSize int) (p50, p99 time.Du
 	defer c.Close()
 	s, err := rtt(ctx, c, n, reqSize)
 	if err != nil {
-		return 0, 0, fmt.Errorf("%s: rtt: %w", ep.name(), err)
+		return 0, 0, fmt.Errorf("%s: %s: %w", ep.name(), what, err)
 	}
 	return percentile(s, 0.5), percentile(s, 0.99), nil
+}
+
+// rttIdle measures round trips on an otherwise idle endpoint.
+func rttIdle(ctx context.Context, ep endpoint, n, reqSize int) (p50, p99 time.Duration, err error) {
+	return echoRTT(ctx, ep, "rtt", n, reqSize)
 }
 
 // rttUnderBulk measures round trips while another connection of the same
@@ -154,16 +160,7 @@ func rttUnderBulk(ctx context.Context, ep endpoint, n, reqSize int) (p50, p99 ti
 		}
 		time.Sleep(time.Millisecond)
 	}
-	c, err := ep.open(ctx, serviceEcho)
-	if err != nil {
-		return 0, 0, fmt.Errorf("%s: open echo: %w", ep.name(), err)
-	}
-	defer c.Close()
-	s, err := rtt(ctx, c, n, reqSize)
-	if err != nil {
-		return 0, 0, fmt.Errorf("%s: rtt under bulk: %w", ep.name(), err)
-	}
-	return percentile(s, 0.5), percentile(s, 0.99), nil
+	return echoRTT(ctx, ep, "rtt under bulk", n, reqSize)
 }
 
 // manyStreams opens n streams at once, sends each its own random payload

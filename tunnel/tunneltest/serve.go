@@ -21,9 +21,10 @@ func Serve(t testing.TB, handle func(net.Conn)) net.Listener {
 		t.Fatalf("listen on loopback: %v", err)
 	}
 	var (
-		wg    sync.WaitGroup
-		mu    sync.Mutex
-		conns = map[net.Conn]struct{}{}
+		wg     sync.WaitGroup
+		mu     sync.Mutex
+		conns  = map[net.Conn]struct{}{}
+		closed bool // set by the cleanup; later accepts are closed at once
 	)
 	wg.Add(1)
 	go func() {
@@ -33,7 +34,15 @@ func Serve(t testing.TB, handle func(net.Conn)) net.Listener {
 			if err != nil {
 				return
 			}
+			// A connection the cleanup did not see (accepted while it
+			// ran) would block its handler, and the cleanup's Wait,
+			// forever.
 			mu.Lock()
+			if closed {
+				mu.Unlock()
+				_ = c.Close()
+				return
+			}
 			conns[c] = struct{}{}
 			mu.Unlock()
 			wg.Add(1)
@@ -52,6 +61,7 @@ func Serve(t testing.TB, handle func(net.Conn)) net.Listener {
 	t.Cleanup(func() {
 		_ = ln.Close()
 		mu.Lock()
+		closed = true
 		for c := range conns {
 			_ = c.Close()
 		}
