@@ -57,3 +57,34 @@ func TestConfigAppliedLiveAndErrorsShown(t *testing.T) {
 		require.Equal(t, st.RoutingKey, k)
 	}
 }
+
+// TestConfigEditOutsideTheObjectsKeepsTheTunnel: an edit that does not
+// touch what the sandbox's objects depend on (here: the outbound section)
+// does not re-apply the sandbox or reconnect its tunnel, even as the
+// daemon's first config change.
+func TestConfigEditOutsideTheObjectsKeepsTheTunnel(t *testing.T) {
+	dir := shortTempDir(t)
+	cfgPath := filepath.Join(dir, "config.yaml")
+	hosts := filepath.Join(dir, "hosts")
+	require.NoError(t, os.WriteFile(hosts, []byte("127.0.0.1 localhost\n"), 0o644))
+	base := "baggageKey: team-key\noutbound:\n  hostsFile: " + hosts + "\n  hostsRange: 127.247.0.0/16\n"
+	require.NoError(t, os.WriteFile(cfgPath, []byte(base+"  mode: off\n"), 0o600))
+	fc := &fakeCluster{}
+	fl := &fakeLinker{}
+	td := startDaemon(t, Options{Clusters: fc.provider(), link: fl.link, ConfigPath: cfgPath})
+	ctx := context.Background()
+	_, err := td.client.Connect(ctx, ConnectRequest{Spec: testSpec("alice", "localhost:1"), Wait: true}, nil)
+	require.NoError(t, err)
+	applies := len(fc.appliedKeys())
+
+	require.NoError(t, os.WriteFile(cfgPath, []byte(base+"  mode: proxy\n"), 0o600))
+	require.Eventually(t, func() bool {
+		s, err := td.client.Status(ctx)
+		return err == nil && s.Outbound != nil && s.Outbound.Mode == config.ModeProxy && s.Outbound.ProxyAddr != ""
+	}, 10*time.Second, 10*time.Millisecond, "the outbound edit was applied")
+	s, err := td.client.Status(ctx)
+	require.NoError(t, err)
+	require.Len(t, s.Sandboxes, 1)
+	require.Equal(t, PhaseReady, s.Sandboxes[0].Phase)
+	require.Equal(t, applies, len(fc.appliedKeys()), "the sandbox was not re-applied")
+}

@@ -76,7 +76,7 @@ type Daemon struct {
 	out     *outboundCtl
 	confW   *config.Watcher // nil without Options.ConfigPath
 	cfgMu   sync.Mutex
-	applied *config.Config // last config seen by configChanged
+	applied *config.Config // the config sessions were last applied with
 
 	ready    chan struct{} // closed once state is loaded and sessions restored
 	stopping chan struct{} // closed when shutdown was requested
@@ -131,6 +131,9 @@ func New(opts Options) (*Daemon, error) {
 		if err := d.confW.Err(); err != nil {
 			d.store.SetConfigError(configErrorText(opts.ConfigPath, err))
 		}
+		// What sessions start with: the first edit is compared with it,
+		// not taken as a change of everything.
+		d.applied = d.confW.Config()
 	}
 	d.mgr = &manager{
 		conf:       d.config,
@@ -270,7 +273,7 @@ func (d *Daemon) configChanged(c *config.Config) {
 	prev := d.applied
 	d.applied = c
 	d.cfgMu.Unlock()
-	if prev == nil || prev.RelayImage != c.RelayImage || prev.BaggageKey != c.BaggageKey {
+	if prev.RelayImage != c.RelayImage || prev.BaggageKey != c.BaggageKey {
 		d.mgr.Reapply()
 	}
 	d.out.setConfig(c)
