@@ -8,11 +8,11 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"slices"
 	"text/tabwriter"
 	"time"
 
 	"github.com/sbx-dev/sbx/tunnel"
+	"github.com/sbx-dev/sbx/tunnel/benchstat"
 )
 
 // Options size a run. Zero fields take the defaults of DefaultOptions.
@@ -207,7 +207,7 @@ func Run(ctx context.Context, opts Options) (Result, error) {
 			break
 		}
 	}
-	med := func(metric, ep string) float64 { return median(samples[key{metric, ep}]) }
+	med := func(metric, ep string) float64 { return round(benchstat.Median(samples[key{metric, ep}]), 1) }
 
 	r := Result{
 		RawMBps: med("bulk1", "raw"), TunnelMBps: med("bulk1", "tunnel"), PoolMBps: med("bulk1", "pool"),
@@ -238,19 +238,6 @@ func Run(ctx context.Context, opts Options) (Result, error) {
 	}
 	r.Seconds = round(time.Since(start).Seconds(), 1)
 	return r, nil
-}
-
-func median(v []float64) float64 {
-	if len(v) == 0 {
-		return 0
-	}
-	s := slices.Clone(v)
-	slices.Sort(s)
-	m := s[len(s)/2]
-	if len(s)%2 == 0 {
-		m = (s[len(s)/2-1] + s[len(s)/2]) / 2
-	}
-	return round(m, 1)
 }
 
 func ratio(a, b float64) float64 {

@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"golang.org/x/sync/errgroup"
+
+	"github.com/sbx-dev/sbx/tunnel/benchstat"
 )
 
 // ioBuffer is the application's read/write size for bulk transfers, the
@@ -95,14 +97,6 @@ func rtt(ctx context.Context, c net.Conn, n, reqSize int) ([]time.Duration, erro
 	return samples, nil
 }
 
-func percentile(sorted []time.Duration, p float64) time.Duration {
-	if len(sorted) == 0 {
-		return 0
-	}
-	i := int(p * float64(len(sorted)-1))
-	return sorted[i]
-}
-
 // echoRTT opens an echo connection on ep and returns the p50 and p99 of n
 // round trips on it; what names the measurement in errors.
 func echoRTT(ctx context.Context, ep endpoint, what string, n, reqSize int) (p50, p99 time.Duration, err error) {
@@ -115,7 +109,7 @@ func echoRTT(ctx context.Context, ep endpoint, what string, n, reqSize int) (p50
 	if err != nil {
 		return 0, 0, fmt.Errorf("%s: %s: %w", ep.name(), what, err)
 	}
-	return percentile(s, 0.5), percentile(s, 0.99), nil
+	return benchstat.Percentile(s, 0.5), benchstat.Percentile(s, 0.99), nil
 }
 
 // rttIdle measures round trips on an otherwise idle endpoint.
