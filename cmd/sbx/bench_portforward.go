@@ -110,9 +110,18 @@ func benchText(r *pfbench.Result) string {
 		}
 		return "MISSED"
 	}
-	fmt.Fprintf(&b, "tunnel_vs_bare_throughput  %.3f  (target >= %.2f)  %s\n", r.TunnelVsBareThroughput, pfbench.TargetTunnelVsBareThroughput, verdict(r.Pass["tunnel_vs_bare_throughput"]))
-	fmt.Fprintf(&b, "pool_vs_bare_throughput    %.3f  (target >= %.2f)  %s\n", r.PoolVsBareThroughput, pfbench.TargetPoolVsBareThroughput, verdict(r.Pass["pool_vs_bare_throughput"]))
-	fmt.Fprintf(&b, "tunnel_vs_bare_rtt         %.3f  (target <= %.2f)  %s\n", r.TunnelVsBareRTT, pfbench.TargetTunnelVsBareRTT, verdict(r.Pass["tunnel_vs_bare_rtt"]))
+	for _, t := range []struct {
+		name, cmp string
+		value     float64
+		target    float64
+	}{
+		{"tunnel_vs_bare_throughput", ">=", r.TunnelVsBareThroughput, pfbench.TargetTunnelVsBareThroughput},
+		{"pool_vs_bare_throughput", ">=", r.PoolVsBareThroughput, pfbench.TargetPoolVsBareThroughput},
+		{"tunnel_vs_bare_rtt", "<=", r.TunnelVsBareRTT, pfbench.TargetTunnelVsBareRTT},
+	} {
+		ci := r.CI95[t.name]
+		fmt.Fprintf(&b, "%-26s %.3f  95%% CI %.3f-%.3f  (target %s %.2f)  %s\n", t.name, t.value, ci[0], ci[1], t.cmp, t.target, verdict(r.Pass[t.name]))
+	}
 	fmt.Fprintf(&b, "one stream alone, tunnel vs bare: %.3f\n", r.TunnelVsBareSingleStream)
 	if r.TunnelVsBareCPU > 0 {
 		fmt.Fprintf(&b, "cpu per byte vs bare: tunnel %.3f, pool %.3f (lower is cheaper)\n", r.TunnelVsBareCPU, r.PoolVsBareCPU)

@@ -17,12 +17,13 @@ func TestBenchPortForward(t *testing.T) {
 	require.NoError(t, json.Unmarshal([]byte(out), &res), out)
 	for _, k := range []string{"tunnel_vs_bare_throughput", "pool_vs_bare_throughput", "tunnel_vs_bare_rtt"} {
 		require.Positive(t, res[k], k)
+		require.Len(t, res["ci95"].(map[string]any)[k], 2, k)
 	}
 	require.Empty(t, errOut, "--json prints no progress")
 
 	code, out, errOut = runCLI(t, small...)
 	require.Equal(t, 0, code, errOut)
-	for _, s := range []string{"bare (kubectl)", "tunnel", "pool of 2", "tunnel_vs_bare_throughput", "target >= 0.95"} {
+	for _, s := range []string{"bare (kubectl)", "tunnel", "pool of 2", "tunnel_vs_bare_throughput", "target >= 0.95", "95% CI"} {
 		require.Contains(t, out, s)
 	}
 	require.Contains(t, errOut, "rep 1/1")

@@ -37,6 +37,7 @@ import (
 
 	"github.com/sbx-dev/sbx/cluster/portforward"
 	"github.com/sbx-dev/sbx/tunnel"
+	"github.com/sbx-dev/sbx/tunnel/benchstat"
 )
 
 // Targets the ratios are held to (see issue "Port-forward benchmark").
@@ -131,6 +132,9 @@ type Result struct {
 	TunnelVsBareThroughput float64 `json:"tunnel_vs_bare_throughput"`
 	PoolVsBareThroughput   float64 `json:"pool_vs_bare_throughput"`
 	TunnelVsBareRTT        float64 `json:"tunnel_vs_bare_rtt"`
+	// CI95 holds, per target ratio (keys as in Pass), the distribution-free
+	// 95% confidence interval [low, high] of its median over repetitions.
+	CI95 map[string][2]float64 `json:"ci95"`
 	// TunnelVsBareSingleStream compares one upload alone (informational).
 	TunnelVsBareSingleStream float64 `json:"tunnel_vs_bare_single_stream"`
 	// TunnelVsBareCPU and PoolVsBareCPU compare CPU time per byte (lower
@@ -221,23 +225,30 @@ func Run(ctx context.Context, opts Options) (*Result, error) {
 	}
 	for i := range paths {
 		p := paths[i].out
-		p.ThroughputMBps = round3(median(pick(i, func(s sample) float64 { return s.mbps })))
-		p.SingleStreamMBps = round3(median(pick(i, func(s sample) float64 { return s.single })))
-		p.RTTP50us = round3(median(pick(i, func(s sample) float64 { return s.p50 })))
-		p.RTTP99us = round3(median(pick(i, func(s sample) float64 { return s.p99 })))
-		p.CPUNsPerByte = round3(median(pick(i, func(s sample) float64 { return s.cpu })))
+		p.ThroughputMBps = round3(benchstat.Median(pick(i, func(s sample) float64 { return s.mbps })))
+		p.SingleStreamMBps = round3(benchstat.Median(pick(i, func(s sample) float64 { return s.single })))
+		p.RTTP50us = round3(benchstat.Median(pick(i, func(s sample) float64 { return s.p50 })))
+		p.RTTP99us = round3(benchstat.Median(pick(i, func(s sample) float64 { return s.p99 })))
+		p.CPUNsPerByte = round3(benchstat.Median(pick(i, func(s sample) float64 { return s.cpu })))
 	}
 	// Paired ratios: path i against bare within each repetition.
-	ratio := func(i int, f func(sample) float64) float64 {
+	ratios := func(i int, f func(sample) float64) []float64 {
 		r := make([]float64, opts.Reps)
 		for j := range r {
 			r[j] = f(paths[i].samples[j]) / f(paths[0].samples[j])
 		}
-		return round3(median(r))
+		return r
 	}
-	res.TunnelVsBareThroughput = ratio(1, func(s sample) float64 { return s.mbps })
-	res.PoolVsBareThroughput = ratio(2, func(s sample) float64 { return s.mbps })
-	res.TunnelVsBareRTT = ratio(1, func(s sample) float64 { return s.p50 })
+	ratio := func(i int, f func(sample) float64) float64 { return round3(benchstat.Median(ratios(i, f))) }
+	res.CI95 = map[string][2]float64{}
+	target := func(name string, i int, f func(sample) float64) float64 {
+		lo, hi := benchstat.MedianCI(ratios(i, f), 0.95)
+		res.CI95[name] = [2]float64{round3(lo), round3(hi)}
+		return ratio(i, f)
+	}
+	res.TunnelVsBareThroughput = target("tunnel_vs_bare_throughput", 1, func(s sample) float64 { return s.mbps })
+	res.PoolVsBareThroughput = target("pool_vs_bare_throughput", 2, func(s sample) float64 { return s.mbps })
+	res.TunnelVsBareRTT = target("tunnel_vs_bare_rtt", 1, func(s sample) float64 { return s.p50 })
 	res.TunnelVsBareSingleStream = ratio(1, func(s sample) float64 { return s.single })
 	if res.Bare.CPUNsPerByte > 0 {
 		res.TunnelVsBareCPU = ratio(1, func(s sample) float64 { return s.cpu })
@@ -364,27 +375,7 @@ func rtt(ctx context.Context, addr string, samples int) (p50, p99 float64, err e
 		}
 	}
 	slices.Sort(durations)
-	return percentile(durations, 0.50), percentile(durations, 0.99), nil
-}
-
-func percentile(sorted []float64, q float64) float64 {
-	if len(sorted) == 0 {
-		return 0
-	}
-	i := int(q*float64(len(sorted)-1) + 0.5)
-	return sorted[i]
-}
-
-func median(v []float64) float64 {
-	s := slices.Clone(v)
-	slices.Sort(s)
-	if len(s) == 0 {
-		return 0
-	}
-	if len(s)%2 == 1 {
-		return s[len(s)/2]
-	}
-	return (s[len(s)/2-1] + s[len(s)/2]) / 2
+	return benchstat.Percentile(durations, 0.50), benchstat.Percentile(durations, 0.99), nil
 }
 
 func round3(f float64) float64 { return float64(int64(f*1000+0.5)) / 1000 }

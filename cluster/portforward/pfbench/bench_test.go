@@ -48,6 +48,13 @@ func TestRunSmall(t *testing.T) {
 			require.Positive(t, res.PoolVsBareThroughput)
 			require.Positive(t, res.TunnelVsBareRTT)
 			require.Len(t, res.Pass, 3)
+			require.Len(t, res.CI95, 3)
+			for name, ci := range res.CI95 {
+				require.LessOrEqual(t, ci[0], ci[1], name)
+				require.Positive(t, ci[0], name)
+			}
+			require.GreaterOrEqual(t, res.PoolVsBareThroughput, res.CI95["pool_vs_bare_throughput"][0])
+			require.LessOrEqual(t, res.PoolVsBareThroughput, res.CI95["pool_vs_bare_throughput"][1])
 		})
 	}
 }
