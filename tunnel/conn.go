@@ -15,12 +15,15 @@ import (
 //   - It records when bytes last arrived, which is how the heartbeat
 //     detects a dead peer without depending on yamux's ping (whose timeout
 //     is the long write timeout).
-//   - It writes a yamux data frame's 12-byte header and its body with one
-//     Write. yamux's send loop writes them separately; joining them halves
+//   - It sends a yamux data frame's 12-byte header and its body as one
+//     unit. yamux's send loop writes them separately; joining them halves
 //     the writes per frame, which is most of the per-request cost of a
 //     small round trip. Over a port-forward it matters even more: each
 //     Write becomes its own SPDY frame, WebSocket message and system call
-//     on every hop to the relay.
+//     on every hop to the relay. On TCP the two go out with writev; over a
+//     port-forward WebSocket the connection takes the header as a prefix
+//     of the body's SPDY frame (prefixWriter); elsewhere they are copied
+//     into one buffer.
 //
 // Only yamux's single send goroutine calls Write, so the pending-header
 // state needs no lock.
@@ -32,9 +35,21 @@ type wireConn struct {
 	pendingLen int // body length announced by the pending header; 0 = none
 	scratch    []byte
 	// vectored: the connection turns net.Buffers into one writev. Other
-	// connections (a port-forward, TLS, net.Pipe) would get one Write per
-	// buffer, so there header and body are copied into one buffer.
+	// connections (TLS, net.Pipe) would get one Write per buffer, so there
+	// header and body are copied into one buffer, unless the connection
+	// can send them as one unit itself (prefixed).
 	vectored bool
+	prefixed prefixWriter
+}
+
+// prefixWriter is a connection that sends a prefix and a body as one unit
+// without the caller joining them: cluster/portforward's Conn over a
+// WebSocket puts both in one SPDY frame, so the body is not copied.
+type prefixWriter interface {
+	// PrefixedWrites reports whether WritePrefixed avoids the join.
+	PrefixedWrites() bool
+	// WritePrefixed writes prefix then p and reports len(p) written.
+	WritePrefixed(prefix, p []byte) (int, error)
 }
 
 const (
@@ -48,9 +63,13 @@ const (
 
 func newWireConn(c net.Conn) *wireConn {
 	w := &wireConn{Conn: c}
-	switch c.(type) {
+	switch c := c.(type) {
 	case *net.TCPConn, *net.UnixConn:
 		w.vectored = true
+	case prefixWriter:
+		if c.PrefixedWrites() {
+			w.prefixed = c
+		}
 	}
 	w.lastRecv.Store(time.Now().UnixNano())
 	return w
@@ -94,6 +113,9 @@ func (c *wireConn) Write(p []byte) (int, error) {
 // writeFrame writes the pending header and body p together and reports
 // len(p) written on success.
 func (c *wireConn) writeFrame(p []byte) (int, error) {
+	if c.prefixed != nil {
+		return c.prefixed.WritePrefixed(c.pending[:], p)
+	}
 	if len(p) <= coalesceCopyMax || !c.vectored {
 		c.scratch = append(append(c.scratch[:0], c.pending[:]...), p...)
 		if _, err := c.Conn.Write(c.scratch); err != nil {

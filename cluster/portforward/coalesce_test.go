@@ -4,46 +4,84 @@ import (
 	"bytes"
 	"encoding/binary"
 	"errors"
-	"fmt"
 	"io"
-	"net"
+	"math/rand/v2"
+	"net/http"
+	"net/http/httptest"
+	"slices"
+	"strings"
+	"sync"
 	"testing"
+	"time"
 
 	gwebsocket "github.com/gorilla/websocket"
 	"github.com/stretchr/testify/require"
 )
 
-// recorder records WebSocket messages: each is sent when its writer is
-// closed, and fails then if err is set (as a WebSocket flush would).
-type recorder struct {
-	net.Conn
-	msgs [][]byte
-	err  error
-	open *bytes.Buffer
+// wsPeer is the server end of a real WebSocket connection: gorilla checks
+// every frame frameConn writes (masking, lengths, opcodes) and hands over
+// the binary messages it reads.
+type wsPeer struct {
+	msgs  chan []byte
+	pongs chan string // buffered for every pong a test expects: the server's reader must not block
+	conn  chan *gwebsocket.Conn
 }
 
-func (r *recorder) NextWriter(messageType int) (io.WriteCloser, error) {
-	if messageType != gwebsocket.BinaryMessage {
-		return nil, fmt.Errorf("message type %d, want binary", messageType)
-	}
-	if r.open != nil {
-		return nil, errors.New("two messages open at once")
-	}
-	r.open = &bytes.Buffer{}
-	return recorderMsg{r}, nil
+// newWSPair connects a gorilla client to a gorilla server on loopback and
+// returns the client's frameConn and the server's end.
+func newWSPair(t *testing.T) (*frameConn, *gwebsocket.Conn, *wsPeer) {
+	t.Helper()
+	p := &wsPeer{msgs: make(chan []byte, 64), pongs: make(chan string, 16), conn: make(chan *gwebsocket.Conn, 1)}
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		ws, err := (&gwebsocket.Upgrader{}).Upgrade(w, r, nil)
+		if err != nil {
+			return
+		}
+		defer ws.Close()
+		ws.SetReadLimit(64 << 20)
+		ws.SetPongHandler(func(s string) error { p.pongs <- s; return nil })
+		p.conn <- ws
+		defer close(p.msgs)
+		for {
+			typ, msg, err := ws.ReadMessage()
+			if err != nil {
+				return
+			}
+			if typ != gwebsocket.BinaryMessage {
+				t.Errorf("message type %d, want binary", typ)
+				return
+			}
+			p.msgs <- msg
+		}
+	}))
+	t.Cleanup(srv.Close)
+	ws, _, err := gwebsocket.DefaultDialer.Dial("ws"+strings.TrimPrefix(srv.URL, "http"), nil)
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = ws.Close() })
+	return newFrameConn(ws.NetConn(), ws), ws, p
 }
 
-type recorderMsg struct{ r *recorder }
-
-func (m recorderMsg) Write(p []byte) (int, error) { return m.r.open.Write(p) }
-
-func (m recorderMsg) Close() error {
-	defer func() { m.r.open = nil }()
-	if m.r.err != nil {
-		return m.r.err
+// next returns the next message the server read.
+func (p *wsPeer) next(t *testing.T) []byte {
+	t.Helper()
+	select {
+	case m, ok := <-p.msgs:
+		require.True(t, ok, "the server's connection ended")
+		return m
+	case <-time.After(10 * time.Second):
+		t.Fatal("no message within 10s")
+		return nil
 	}
-	m.r.msgs = append(m.r.msgs, bytes.Clone(m.r.open.Bytes()))
-	return nil
+}
+
+// none checks that no message is waiting.
+func (p *wsPeer) none(t *testing.T) {
+	t.Helper()
+	select {
+	case m := <-p.msgs:
+		t.Fatalf("unexpected message of %d bytes", len(m))
+	case <-time.After(20 * time.Millisecond):
+	}
 }
 
 // frame builds a SPDY data frame the way the framer writes it: two header
@@ -62,36 +100,62 @@ func TestFrameConnWritesWholeFrames(t *testing.T) {
 	}{
 		{"one frame", []int{100}},
 		{"empty payload (FIN)", []int{0}},
+		// 125 and 126 straddle the 7-bit length, 65535 and 65536 the
+		// 16-bit one.
+		{"length encodings", []int{117, 118, 65527, 65528, 128 << 10}},
 		{"several frames", []int{1, 0, 5000, 64 << 10}},
-		{"large frame", []int{2 << 20}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			r := &recorder{}
-			c := newFrameConn(r, r)
-			var want [][]byte
+			c, _, peer := newWSPair(t)
 			for i, n := range tt.payloads {
-				payload := bytes.Repeat([]byte{byte(i + 1)}, n)
+				payload := make([]byte, n)
+				for j := range payload {
+					payload[j] = byte(j*7 + i)
+				}
 				var whole []byte
 				for _, piece := range frame(uint32(i*2+1), payload) {
 					whole = append(whole, piece...)
 					if len(piece) == 0 {
-						continue // the framer skips nothing, but an empty Write is legal
+						continue
 					}
 					k, err := c.Write(piece)
 					require.NoError(t, err)
 					require.Equal(t, len(piece), k)
 				}
-				want = append(want, whole)
-				require.Equal(t, want, r.msgs, "frame %d goes out whole as soon as it is complete", i)
+				require.Equal(t, whole, peer.next(t), "frame %d goes out whole, in one message, once complete", i)
 			}
+			peer.none(t)
 		})
 	}
 }
 
+// TestFrameConnSplitsHugeFrames: a SPDY frame longer than one WebSocket
+// frame may be goes out as several messages that join up to it.
+func TestFrameConnSplitsHugeFrames(t *testing.T) {
+	c, _, peer := newWSPair(t)
+	payload := make([]byte, 2*wsMaxPayload+100)
+	for i := range payload {
+		payload[i] = byte(i % 251)
+	}
+	var whole []byte
+	for _, piece := range frame(3, payload) {
+		whole = append(whole, piece...)
+		_, err := c.Write(piece)
+		require.NoError(t, err)
+	}
+	var got []byte
+	for len(got) < len(whole) {
+		m := peer.next(t)
+		require.LessOrEqual(t, len(m), wsMaxPayload)
+		got = append(got, m...)
+	}
+	require.Equal(t, whole, got)
+	require.LessOrEqual(t, cap(c.buf), wsMaxHeader+wsMaxPayload, "the buffer stays bounded")
+}
+
 func TestFrameConnSplitAndJoinedWrites(t *testing.T) {
-	r := &recorder{}
-	c := newFrameConn(r, r)
+	c, _, peer := newWSPair(t)
 	var all []byte
 	for i := range 3 {
 		for _, p := range frame(uint32(i+1), []byte("payload")) {
@@ -104,17 +168,22 @@ func TestFrameConnSplitAndJoinedWrites(t *testing.T) {
 	cut := 2*f + 5
 	_, err := c.Write(all[:cut])
 	require.NoError(t, err)
-	require.Equal(t, [][]byte{all[:f], all[f : 2*f]}, r.msgs)
+	require.Equal(t, all[:f], peer.next(t))
+	require.Equal(t, all[f:2*f], peer.next(t))
+	peer.none(t)
 	for _, b := range all[cut:] {
 		_, err := c.Write([]byte{b})
 		require.NoError(t, err)
 	}
-	require.Equal(t, [][]byte{all[:f], all[f : 2*f], all[2*f:]}, r.msgs)
+	require.Equal(t, all[2*f:], peer.next(t))
 }
 
+type failingWriter struct{ err error }
+
+func (w failingWriter) Write([]byte) (int, error) { return 0, w.err }
+
 func TestFrameConnReportsErrorsSynchronously(t *testing.T) {
-	r := &recorder{err: io.ErrClosedPipe}
-	c := newFrameConn(r, r)
+	c := &frameConn{raw: failingWriter{io.ErrClosedPipe}}
 	pieces := frame(1, []byte("x"))
 	_, err := c.Write(pieces[0])
 	require.NoError(t, err, "a partial frame is only buffered")
@@ -143,8 +212,7 @@ func TestFrameConnFlagsAreNotLength(t *testing.T) {
 		append(header(0x80030001, 0x01, 10), make([]byte, 10)...), // SYN_STREAM control frame with FIN
 		append(header(0x80030006, 0xff, 4), 1, 2, 3, 4),           // PING, all flag bits set
 	}
-	r := &recorder{}
-	c := newFrameConn(r, r)
+	c, _, peer := newWSPair(t)
 	for _, f := range frames {
 		// As the framer writes them: two header words, then the payload.
 		for _, piece := range [][]byte{f[:4], f[4:8], f[8:]} {
@@ -154,7 +222,146 @@ func TestFrameConnFlagsAreNotLength(t *testing.T) {
 			_, err := c.Write(piece)
 			require.NoError(t, err)
 		}
+		require.Equal(t, f, peer.next(t))
 	}
-	require.Equal(t, frames, r.msgs)
-	require.Nil(t, r.open, "no message left open")
+	require.False(t, c.open, "no frame left open")
+}
+
+// TestFrameConnAnswersPingsDuringWrites: the peer's pings are answered
+// (the client's reader runs the handler) while large frames are being
+// written from another goroutine, and neither corrupts the other.
+func TestFrameConnAnswersPingsDuringWrites(t *testing.T) {
+	c, client, peer := newWSPair(t)
+	srv := <-peer.conn
+	// The client's reader: it runs the ping handler.
+	readerDone := make(chan struct{})
+	go func() {
+		defer close(readerDone)
+		for {
+			if _, _, err := client.NextReader(); err != nil {
+				return
+			}
+		}
+	}()
+	defer func() { _ = client.Close(); <-readerDone }()
+	const frames = 40
+	payload := bytes.Repeat([]byte("0123456789abcdef"), 8<<10) // 128 KiB
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for i := range frames {
+			for _, piece := range frame(uint32(2*i+1), payload) {
+				if _, err := c.Write(piece); err != nil {
+					t.Errorf("write: %v", err)
+					return
+				}
+			}
+		}
+	}()
+	for i := range 10 {
+		require.NoError(t, srv.WriteControl(gwebsocket.PingMessage, []byte{byte('a' + i)}, time.Now().Add(5*time.Second)))
+	}
+	for i := range frames {
+		m := peer.next(t)
+		require.Len(t, m, spdyHeaderLen+len(payload), "frame %d", i)
+		require.Equal(t, payload, m[spdyHeaderLen:], "frame %d", i)
+	}
+	wg.Wait()
+	for i := range 10 {
+		select {
+		case s := <-peer.pongs:
+			require.Equal(t, string(rune('a'+i)), s)
+		case <-time.After(10 * time.Second):
+			t.Fatalf("pong %d never came", i)
+		}
+	}
+}
+
+// TestMaskCopy checks the word-at-a-time masking against the definition
+// (RFC 6455 §5.3), at every key phase and many lengths.
+func TestMaskCopy(t *testing.T) {
+	r := rand.New(rand.NewPCG(1, 2))
+	key := [4]byte{0x12, 0x34, 0x56, 0x78}
+	for _, n := range []int{0, 1, 3, 31, 32, 33, 63, 64, 100, 4096, 4099} {
+		for pos := range 8 {
+			src := make([]byte, n)
+			for i := range src {
+				src[i] = byte(r.Uint32())
+			}
+			want := make([]byte, n)
+			for i := range src {
+				want[i] = src[i] ^ key[(pos+i)%4]
+			}
+			dst := make([]byte, n+8)
+			maskCopy(dst, src, key, pos)
+			require.Equal(t, want, dst[:n], "n=%d pos=%d", n, pos)
+			require.Equal(t, make([]byte, 8), dst[n:], "nothing written past the end")
+		}
+	}
+}
+
+// spdyData writes a data frame of body on stream through c as the framer
+// does: two header words, then the payload.
+func spdyData(c *frameConn, stream uint32, body []byte) (int, error) {
+	for _, piece := range frame(stream, body)[:2] {
+		if _, err := c.Write(piece); err != nil {
+			return 0, err
+		}
+	}
+	if len(body) == 0 {
+		return 0, nil
+	}
+	return c.Write(body)
+}
+
+func TestFrameConnPrefix(t *testing.T) {
+	c, _, peer := newWSPair(t)
+	body := bytes.Repeat([]byte("b"), 70_000)
+	joined := func(stream uint32, pre, body []byte) []byte {
+		var out []byte
+		for _, p := range frame(stream, append(slices.Clone(pre), body...)) {
+			out = append(out, p...)
+		}
+		return out
+	}
+
+	// The prefix goes into the stream's data frame, counted in its length.
+	n, err := c.writePrefixed(5, []byte("HEADER"), body, func(p []byte) (int, error) { return spdyData(c, 5, p) })
+	require.NoError(t, err)
+	require.Equal(t, len(body), n)
+	require.Equal(t, joined(5, []byte("HEADER"), body), peer.next(t))
+
+	// Frames of other streams, of another length, or control frames
+	// written meanwhile do not take it.
+	n, err = c.writePrefixed(5, []byte("H2"), body, func(p []byte) (int, error) {
+		if _, err := spdyData(c, 7, p); err != nil { // another stream, same length
+			return 0, err
+		}
+		if _, err := spdyData(c, 5, p[:10]); err != nil { // same stream, other length
+			return 0, err
+		}
+		if _, err := c.Write(append(binary.BigEndian.AppendUint32(nil, 0x80030006), 0, 0, 0, 4, 1, 2, 3, 4)); err != nil {
+			return 0, err // a PING control frame
+		}
+		return spdyData(c, 5, p)
+	})
+	require.NoError(t, err)
+	require.Equal(t, len(body), n)
+	require.Equal(t, joined(7, nil, body), peer.next(t))
+	require.Equal(t, joined(5, nil, body[:10]), peer.next(t))
+	require.Len(t, peer.next(t), 12)
+	require.Equal(t, joined(5, []byte("H2"), body), peer.next(t))
+
+	// A write that fails returns its error and leaves nothing pending.
+	boom := errors.New("boom")
+	_, err = c.writePrefixed(9, []byte("X"), body, func([]byte) (int, error) { return 0, boom })
+	require.ErrorIs(t, err, boom)
+	require.Empty(t, c.prefixes)
+
+	// A write that "succeeds" without the frame is a broken stream.
+	_, err = c.writePrefixed(9, []byte("X"), body, func(p []byte) (int, error) { return len(p), nil })
+	require.ErrorContains(t, err, "without its 1-byte prefix")
+	require.Empty(t, c.prefixes)
+	peer.none(t)
 }

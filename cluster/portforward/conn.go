@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -84,6 +85,7 @@ type Conn struct {
 	errDone chan struct{} // closed when the error stream ended
 	errMsg  string
 
+	writeMu   sync.Mutex
 	closed    chan struct{}
 	closeOnce sync.Once
 	wg        sync.WaitGroup
@@ -226,6 +228,26 @@ func (c *Conn) forwardError() error {
 
 // Write sends bytes to the pod.
 func (c *Conn) Write(p []byte) (int, error) {
+	return c.write(p, nil)
+}
+
+// PrefixedWrites reports whether WritePrefixed sends a prefix without
+// joining it to the body: true over a WebSocket tunnel.
+func (c *Conn) PrefixedWrites() bool { return c.pc.frames != nil }
+
+// WritePrefixed sends prefix followed by p, as Write of the two joined
+// would, and reports len(p) written. Over a WebSocket tunnel both go into
+// one SPDY frame without being copied together first (the tunnel sends
+// each yamux header this way, ahead of its body).
+func (c *Conn) WritePrefixed(prefix, p []byte) (int, error) {
+	if c.pc.frames == nil || len(p) == 0 || len(prefix)+len(p) > maxSPDYLength {
+		n, err := c.write(append(slices.Clip(prefix), p...), nil)
+		return max(n-len(prefix), 0), err
+	}
+	return c.write(p, prefix)
+}
+
+func (c *Conn) write(p, prefix []byte) (int, error) {
 	select {
 	case <-c.closed:
 		return 0, net.ErrClosed
@@ -236,7 +258,18 @@ func (c *Conn) Write(p []byte) (int, error) {
 	if err := c.forwardError(); err != nil {
 		return 0, err
 	}
-	n, err := c.data.Write(p)
+	// One write at a time: a prefix is matched to the next data frame
+	// of the stream with its body's length, which another write of the
+	// stream must not take.
+	c.writeMu.Lock()
+	var n int
+	var err error
+	if prefix != nil {
+		n, err = c.pc.frames.writePrefixed(c.data.Identifier(), prefix, p, c.data.Write)
+	} else {
+		n, err = c.data.Write(p)
+	}
+	c.writeMu.Unlock()
 	if err != nil {
 		if ferr := c.forwardError(); ferr != nil {
 			return n, ferr

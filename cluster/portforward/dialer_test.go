@@ -210,6 +210,64 @@ func TestLargeTransferChecksum(t *testing.T) {
 	}
 }
 
+// TestWritePrefixed: a prefix and body written as one unit arrive in the
+// pod as the two joined, mixed with plain writes and concurrent writers,
+// over every transport (over SPDY the Conn joins them itself).
+func TestWritePrefixed(t *testing.T) {
+	for _, tr := range []portforward.Transport{portforward.TransportWebSocket, portforward.TransportSPDY} {
+		t.Run(string(tr), func(t *testing.T) {
+			e := newEchoEnv(t)
+			d := e.dialer(portforward.Config{Transport: tr})
+			c, err := d.Dial(ctx(t))
+			require.NoError(t, err)
+			defer c.Close()
+			require.Equal(t, tr == portforward.TransportWebSocket, c.PrefixedWrites())
+
+			body := bytes.Repeat([]byte("0123456789"), 13_000)
+			var want []byte
+			for i, size := range []int{1, 100, 65_536, len(body)} {
+				pre := []byte(fmt.Sprintf("<%02d hdr>", i))
+				n, err := c.WritePrefixed(pre, body[:size])
+				require.NoError(t, err)
+				require.Equal(t, size, n, "len(p) is reported, not the prefix")
+				want = append(append(want, pre...), body[:size]...)
+				_, err = c.Write([]byte("|plain|"))
+				require.NoError(t, err)
+				want = append(want, "|plain|"...)
+			}
+			got := make([]byte, len(want))
+			_, err = io.ReadFull(c, got)
+			require.NoError(t, err)
+			require.Equal(t, want, got)
+
+			// Concurrent writers: each write arrives whole.
+			const writers, each = 4, 50
+			var wg sync.WaitGroup
+			for w := range writers {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					msg := bytes.Repeat([]byte{byte('a' + w)}, 1000)
+					for range each {
+						if _, err := c.WritePrefixed([]byte{'['}, msg); err != nil {
+							t.Error(err)
+							return
+						}
+					}
+				}()
+			}
+			got = make([]byte, writers*each*1001)
+			_, err = io.ReadFull(c, got)
+			require.NoError(t, err)
+			wg.Wait()
+			for i := 0; i < len(got); i += 1001 {
+				require.Equal(t, byte('['), got[i], "write %d starts with its prefix", i/1001)
+				require.Equal(t, bytes.Repeat(got[i+1:i+2], 1000), got[i+1:i+1001], "write %d is whole", i/1001)
+			}
+		})
+	}
+}
+
 func TestParallelConnectionsShareOneUpgrade(t *testing.T) {
 	e := newEchoEnv(t)
 	d := e.dialer(portforward.Config{})
