@@ -227,11 +227,18 @@ func (s KubeconfigSource) Options() kube.Options {
 }
 
 // key identifies the source in cache keys and comparisons: equal for
-// sources kubectl reads alike, whichever version wrote them.
+// sources kubectl reads alike, whichever version wrote them. A
+// $KUBECONFIG of one file is that file: both read just it (and both fail
+// when it is missing), and an older CLI's "kubeconfig" cannot tell the
+// two apart, so a sandbox an older daemon saved with it must not count as
+// moved when a newer CLI sends the same $KUBECONFIG as a list.
 func (s KubeconfigSource) key() string {
 	s = s.canonical()
-	if s.KubeconfigFile != "" {
+	switch {
+	case s.KubeconfigFile != "":
 		return "file\x00" + s.KubeconfigFile
+	case len(s.KubeconfigEnv) == 1:
+		return "file\x00" + s.KubeconfigEnv[0]
 	}
 	return "env\x00" + strings.Join(s.KubeconfigEnv, "\x00")
 }

@@ -395,4 +395,7 @@ func TestSameCluster(t *testing.T) {
 	legacy := KubeconfigSource{LegacyKubeconfig: strings.Join(list, string(filepath.ListSeparator))}
 	require.True(t, sameCluster(legacy, "staging", ClusterRequest{KubeconfigSource: NewKubeconfigSource("", list)}))
 	require.False(t, sameCluster(legacy, "staging", ClusterRequest{KubeconfigSource: NewKubeconfigSource(kc, nil)}), "a list is not the one file")
+	// An older CLI sent a $KUBECONFIG of one file as it sent
+	// --kubeconfig; a newer CLI sends it as a list of one.
+	require.True(t, sameCluster(KubeconfigSource{LegacyKubeconfig: kc}, "staging", ClusterRequest{KubeconfigSource: NewKubeconfigSource("", []string{kc})}))
 }
