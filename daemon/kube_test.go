@@ -335,7 +335,9 @@ func TestConnectPinsCurrentContext(t *testing.T) {
 	var ae *APIError
 	require.ErrorAs(t, err, &ae)
 	require.Equal(t, http.StatusConflict, ae.StatusCode)
-	require.Contains(t, err.Error(), `context "staging"`)
+	for _, want := range []string{`connected to context "staging"`, `asks for context "prod"`, "--context staging", "sbx disconnect pinned"} {
+		require.Contains(t, err.Error(), want)
+	}
 
 	_, err = td.client.Disconnect(context.Background(), "pinned")
 	require.NoError(t, err)

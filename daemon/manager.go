@@ -131,7 +131,10 @@ func (m *manager) Connect(req ConnectRequest) (s *session, sub chan Progress, re
 		// be disconnected first, or its objects would be left behind.
 		if moved && cur.Phase != PhaseFailed {
 			s.mu.Unlock()
-			return nil, nil, false, &conflictError{fmt.Sprintf("sandbox %q is connected to context %q; disconnect it first (`sbx disconnect %s`) or pick another name", name, old.Context, name)}
+			// Since a connect without --context pins the current one,
+			// the usual cause is a `kubectl config use-context` since.
+			return nil, nil, false, &conflictError{fmt.Sprintf("sandbox %q is connected to context %q of %s, and this connect asks for context %q of %s; pass --context %s (and that kubeconfig) to update it where it is, disconnect it first (`sbx disconnect %s`), or pick another name",
+				name, old.Context, old.KubeconfigSource.describe(), kctx, req.KubeconfigSource.describe(), old.Context, name)}
 		}
 		changed := moved || !reflect.DeepEqual(old.Spec, req.Spec)
 		s.saved.Spec = req.Spec
