@@ -458,7 +458,6 @@ func (d *Daemon) handleGC(w http.ResponseWriter, r *http.Request) error {
 			return err
 		}
 	}
-	creq.KubeconfigSource = creq.KubeconfigSource.canonical()
 	cl, err := d.mgr.clusters(r.Context(), creq.KubeconfigSource, creq.Context)
 	if err != nil {
 		return &httpError{http.StatusBadGateway, fmt.Sprintf("open cluster: %v (check --kubeconfig/--context)", err)}
