@@ -10,6 +10,7 @@ import (
 	"io/fs"
 	"log/slog"
 	"net"
+	"net/http"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -130,39 +131,41 @@ func (k *KubeClusters) Open(_ context.Context, src KubeconfigSource, kubeContext
 }
 
 // connectionKey identifies what a resolved context connects to and as
-// whom: its name, its namespace (List and GC fall back to it), the server
-// and the credentials. A context that `kubectl config set-context` points
-// elsewhere, or a replaced token or certificate, thus gets a new
-// connection rather than the old one. Secrets go into a hash, never into
-// a map key as they are. An auth-provider's settings are left out except
-// its name: the provider writes refreshed tokens into the kubeconfig, and
-// each refresh would otherwise open another connection.
+// whom: its name, its namespace (List and GC fall back to it), the server,
+// how it is reached (TLS, proxy-url, compression) and the credentials. A
+// context that `kubectl config set-context` points elsewhere, or a
+// replaced token or certificate, thus gets a new connection rather than
+// the old one. Secrets go into a hash, never into a map key as they are.
+// An auth-provider's settings are left out except its name: the provider
+// writes refreshed tokens into the kubeconfig, and each refresh would
+// otherwise open another connection.
 func connectionKey(kc *kube.Cluster) string {
 	r := kc.REST
 	id := struct {
-		Namespace, Host, APIPath                      string
+		Namespace, Host, APIPath, Proxy               string
+		DisableCompression                            bool
 		Username, Password, BearerToken, BearerTokenF string
 		Impersonate                                   rest.ImpersonationConfig
-		Insecure                                      bool
-		ServerName, CertFile, KeyFile, CAFile         string
-		CertData, KeyData, CAData                     []byte
-		Exec                                          *clientcmdapi.ExecConfig
+		TLS                                           rest.TLSClientConfig
+		Exec                                          *clientcmdapi.ExecConfig // its cluster extension is json:"-"
 		AuthProvider                                  string
 	}{
-		Namespace: kc.Namespace, Host: r.Host, APIPath: r.APIPath,
+		Namespace: kc.Namespace, Host: r.Host, APIPath: r.APIPath, DisableCompression: r.DisableCompression,
 		Username: r.Username, Password: r.Password, BearerToken: r.BearerToken, BearerTokenF: r.BearerTokenFile,
-		Impersonate: r.Impersonate,
-		Insecure:    r.Insecure, ServerName: r.ServerName, CertFile: r.CertFile, KeyFile: r.KeyFile, CAFile: r.CAFile,
-		CertData: r.CertData, KeyData: r.KeyData, CAData: r.CAData,
+		Impersonate: r.Impersonate, TLS: r.TLSClientConfig, Exec: r.ExecProvider,
 	}
-	if r.ExecProvider != nil {
-		id.Exec = &clientcmdapi.ExecConfig{Command: r.ExecProvider.Command, Args: r.ExecProvider.Args, Env: r.ExecProvider.Env, APIVersion: r.ExecProvider.APIVersion}
+	if r.Proxy != nil {
+		// clientcmd sets proxy-url as http.ProxyURL, which ignores the
+		// request; a func is not comparable, its answer is.
+		if u, err := r.Proxy(&http.Request{URL: &url.URL{Scheme: "https", Host: r.Host}}); err == nil && u != nil {
+			id.Proxy = u.String()
+		}
 	}
 	if r.AuthProvider != nil {
 		id.AuthProvider = r.AuthProvider.Name
 	}
 	b, err := json.Marshal(id)
-	if err != nil { // plain strings and bytes: cannot happen; never share a connection then
+	if err != nil { // plain strings, bytes and bools: cannot happen; never share a connection then
 		b = fmt.Appendf(nil, "%p", kc)
 	}
 	sum := sha256.Sum256(b)

@@ -18,6 +18,8 @@ import (
 	"github.com/stretchr/testify/require"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/client-go/rest"
+	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 
 	"github.com/sbx-dev/sbx/cluster/kube"
 )
@@ -400,4 +402,63 @@ func TestSameCluster(t *testing.T) {
 	// An older CLI sent a $KUBECONFIG of one file as it sent
 	// --kubeconfig; a newer CLI sends it as a list of one.
 	require.True(t, sameCluster(KubeconfigSource{LegacyKubeconfig: kc}, "staging", ClusterRequest{KubeconfigSource: NewKubeconfigSource("", []string{kc})}))
+}
+
+// TestConnectionKey: a cached connection is reused only for the same
+// context, namespace, server, way there and credentials; an
+// auth-provider's refreshed token is not a new connection; and the key
+// holds no credential as it is.
+func TestConnectionKey(t *testing.T) {
+	base := func() *kube.Cluster {
+		return &kube.Cluster{Context: "dev", Namespace: "team", REST: &rest.Config{
+			Host: "https://127.0.0.1:1", BearerToken: "s3cret-token", Password: "s3cret-password",
+			TLSClientConfig: rest.TLSClientConfig{KeyData: []byte("s3cret-key")},
+		}}
+	}
+	ref := connectionKey(base())
+	require.Equal(t, ref, connectionKey(base()), "the same resolution, the same key")
+	for _, secret := range []string{"s3cret-token", "s3cret-password", "s3cret-key"} {
+		require.NotContains(t, ref, secret)
+	}
+	proxy, err := url.Parse("http://proxy.example:3128")
+	require.NoError(t, err)
+	for _, tc := range []struct {
+		name   string
+		change func(*kube.Cluster)
+		same   bool
+	}{
+		{"context", func(c *kube.Cluster) { c.Context = "prod" }, false},
+		{"namespace", func(c *kube.Cluster) { c.Namespace = "other" }, false},
+		{"server", func(c *kube.Cluster) { c.REST.Host = "https://127.0.0.2:1" }, false},
+		{"token", func(c *kube.Cluster) { c.REST.BearerToken = "rotated" }, false},
+		{"client key", func(c *kube.Cluster) { c.REST.KeyData = []byte("rotated") }, false},
+		{"CA", func(c *kube.Cluster) { c.REST.CAData = []byte("other") }, false},
+		{"impersonation", func(c *kube.Cluster) { c.REST.Impersonate.UserName = "admin" }, false},
+		{"proxy-url", func(c *kube.Cluster) { c.REST.Proxy = http.ProxyURL(proxy) }, false},
+		{"disable-compression", func(c *kube.Cluster) { c.REST.DisableCompression = true }, false},
+		{"user agent", func(c *kube.Cluster) { c.REST.UserAgent = "other" }, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := base()
+			tc.change(c)
+			require.Equal(t, tc.same, connectionKey(c) == ref)
+		})
+	}
+
+	// Every setting of an exec plugin counts, not only its command line.
+	withExec := func(clusterInfo bool) *kube.Cluster {
+		c := base()
+		c.REST.ExecProvider = &clientcmdapi.ExecConfig{Command: "get-token", ProvideClusterInfo: clusterInfo}
+		return c
+	}
+	require.NotEqual(t, connectionKey(withExec(false)), connectionKey(withExec(true)))
+
+	// An auth-provider writes its refreshed token into the kubeconfig.
+	withProvider := func(token string) *kube.Cluster {
+		c := base()
+		c.REST.AuthProvider = &clientcmdapi.AuthProviderConfig{Name: "oidc", Config: map[string]string{"id-token": token}}
+		return c
+	}
+	require.Equal(t, connectionKey(withProvider("a")), connectionKey(withProvider("b")))
+	require.NotEqual(t, ref, connectionKey(withProvider("a")))
 }
