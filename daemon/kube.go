@@ -334,7 +334,7 @@ func NewClusterFromKube(kc *kube.Cluster, o KubeOptions) interface {
 
 // Close closes the cluster's port-forwards.
 func (c *kubeCluster) Close() error {
-	c.closeDialers("")
+	c.closeDialers("", nil)
 	return nil
 }
 
@@ -343,15 +343,16 @@ func (k *KubeClusters) Close() error {
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	for key, c := range k.clusters {
-		c.closeDialers("")
+		c.closeDialers("", nil)
 		delete(k.clusters, key)
 	}
 	return nil
 }
 
-// closeDialers closes the sandbox's port-forwards in every cached
-// connection: one superseded by a changed kubeconfig may still hold some.
-func (k *KubeClusters) closeDialers(sandbox string) {
+// closeDialers closes the sandbox's port-forwards but keep in every
+// cached connection: one superseded by a changed kubeconfig may still
+// hold some.
+func (k *KubeClusters) closeDialers(sandbox string, keep *portforward.Dialer) {
 	k.mu.Lock()
 	cs := make([]*kubeCluster, 0, len(k.clusters))
 	for _, c := range k.clusters {
@@ -359,7 +360,17 @@ func (k *KubeClusters) closeDialers(sandbox string) {
 	}
 	k.mu.Unlock()
 	for _, c := range cs {
-		c.closeDialers(sandbox)
+		c.closeDialers(sandbox, keep)
+	}
+}
+
+// closeSandboxDialers closes the sandbox's port-forwards but keep, in
+// every connection of c's KubeClusters (only c's for NewClusterFromKube).
+func (c *kubeCluster) closeSandboxDialers(sandbox string, keep *portforward.Dialer) {
+	if c.owner != nil {
+		c.owner.closeDialers(sandbox, keep)
+	} else {
+		c.closeDialers(sandbox, keep)
 	}
 }
 
@@ -471,8 +482,16 @@ func (c *kubeCluster) portForward(ctx context.Context, kc *kube.Cluster, t Targe
 			return nil, err
 		}
 		c.dialers[dialerKey(t)] = d
+		c.mu.Unlock()
+		// A session dials one relay through one connection at a time,
+		// and its previous attempt's tunnel is closed before this one
+		// dials. A dialer it left in a connection superseded by a
+		// changed kubeconfig, or for a relay it no longer uses, would
+		// keep its API server connections open until disconnect.
+		c.closeSandboxDialers(t.Sandbox, d)
+	} else {
+		c.mu.Unlock()
 	}
-	c.mu.Unlock()
 	conn, err := d.Dial(ctx)
 	if err != nil {
 		return nil, err
@@ -480,12 +499,13 @@ func (c *kubeCluster) portForward(ctx context.Context, kc *kube.Cluster, t Targe
 	return conn, nil
 }
 
-// closeDialers closes the dialers of one sandbox ("" = all).
-func (c *kubeCluster) closeDialers(sandbox string) {
+// closeDialers closes the dialers of one sandbox ("" = all) except keep
+// (nil: none).
+func (c *kubeCluster) closeDialers(sandbox string, keep *portforward.Dialer) {
 	c.mu.Lock()
 	var ds []*portforward.Dialer
 	for k, d := range c.dialers {
-		if sandbox == "" || k.sandbox == sandbox {
+		if d != keep && (sandbox == "" || k.sandbox == sandbox) {
 			ds = append(ds, d)
 			delete(c.dialers, k)
 		}
@@ -517,11 +537,7 @@ func (c *kubeCluster) RenewLease(ctx context.Context, t Target) error {
 }
 
 func (c *kubeCluster) Delete(ctx context.Context, t Target, sb *spec.Sandbox) error {
-	if c.owner != nil {
-		c.owner.closeDialers(t.Sandbox)
-	} else {
-		c.closeDialers(t.Sandbox)
-	}
+	c.closeSandboxDialers(t.Sandbox, nil)
 	nss := t.Namespaces
 	if len(nss) == 0 && sb != nil {
 		nss = sb.Namespaces()

@@ -462,3 +462,47 @@ func TestConnectionKey(t *testing.T) {
 	require.Equal(t, connectionKey(withProvider("a")), connectionKey(withProvider("b")))
 	require.NotEqual(t, ref, connectionKey(withProvider("a")))
 }
+
+// TestDialClosesSupersededDialers: a sandbox reconnecting through a new
+// connection (its context's kubeconfig entry changed) closes the
+// port-forward dialer it left in the old one, rather than keep that
+// dialer's API server connections open until disconnect.
+func TestDialClosesSupersededDialers(t *testing.T) {
+	dir := shortTempDir(t)
+	kc := filepath.Join(dir, "config")
+	k := NewKubeClusters(KubeOptions{})
+	t.Cleanup(func() { _ = k.Close() })
+	open := func(ns string) *kubeCluster {
+		t.Helper()
+		writeKubeconfig(t, kc, "dev", "https://127.0.0.1:1", "dev/"+ns)
+		c, err := k.Open(context.Background(), NewKubeconfigSource(kc, nil), "dev")
+		require.NoError(t, err)
+		return c.(*kubeCluster)
+	}
+	dialers := func(c *kubeCluster) int {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		return len(c.dialers)
+	}
+	// The dialer is made before it dials; a cancelled dial keeps the
+	// test off the network.
+	cancelled, cancel := context.WithCancel(context.Background())
+	cancel()
+	dial := func(c *kubeCluster, sandbox string) {
+		_, err := c.DialRelay(cancelled, Target{Sandbox: sandbox, RoutingKey: "k-" + sandbox, Namespace: "ns"})
+		require.Error(t, err)
+	}
+
+	old := open("a")
+	dial(old, "sb")
+	dial(old, "other")
+	require.Equal(t, 2, dialers(old))
+	dial(old, "sb")
+	require.Equal(t, 2, dialers(old), "the same relay reuses its dialer")
+
+	moved := open("b")
+	require.NotSame(t, old, moved)
+	dial(moved, "sb")
+	require.Equal(t, 1, dialers(moved))
+	require.Equal(t, 1, dialers(old), "sb's old dialer is closed, the other sandbox's kept")
+}
