@@ -124,10 +124,20 @@ func (k *KubeClusters) Open(_ context.Context, src KubeconfigSource, kubeContext
 		c = k.fromKube(kc)
 		c.owner = k
 		k.clusters[key] = c
-		k.o.Logger.Debug("cluster connection opened", "kubeconfig", src.describe(), "context", kc.Context, "namespace", kc.Namespace, "server", kc.REST.Host)
+		k.o.Logger.Debug("cluster connection opened", "kubeconfig", src.describe(), "context", kc.Context, "namespace", kc.Namespace, "server", redactedURL(kc.REST.Host))
 	}
 	k.opened[slot] = true
 	return c, nil
+}
+
+// redactedURL is a server or proxy URL for logs: a password in it (legal
+// in a kubeconfig's server:, if rare) becomes "xxxxx".
+func redactedURL(s string) string {
+	u, err := url.Parse(s)
+	if err != nil {
+		return "(unparsable URL)"
+	}
+	return u.Redacted()
 }
 
 // connectionKey identifies what a resolved context connects to and as

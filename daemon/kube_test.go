@@ -506,3 +506,15 @@ func TestDialClosesSupersededDialers(t *testing.T) {
 	require.Equal(t, 1, dialers(moved))
 	require.Equal(t, 1, dialers(old), "sb's old dialer is closed, the other sandbox's kept")
 }
+
+// TestRedactedURL: the server URL logged when a connection opens never
+// carries a password.
+func TestRedactedURL(t *testing.T) {
+	for in, want := range map[string]string{
+		"https://127.0.0.1:6443":           "https://127.0.0.1:6443",
+		"https://admin:s3cret@api.example": "https://admin:xxxxx@api.example",
+		"https://%zz":                      "(unparsable URL)",
+	} {
+		require.Equal(t, want, redactedURL(in), in)
+	}
+}
