@@ -66,23 +66,20 @@ func TestKubeconfigFlagReachesDaemon(t *testing.T) {
 	second := writeKubeconfigFile(t, filepath.Join(t.TempDir(), "second"), "second", "https://127.0.0.3:1", "second")
 
 	for _, tc := range []struct {
-		name, flag, env string
-		kctx, host      string
-		files           []string
+		name, flag, env, context string // context: the --context flag
+		kctx, host               string // kctx: the context it resolves to
+		files                    []string
 	}{
-		{name: "--kubeconfig", flag: colon, kctx: "dev", host: "https://127.0.0.1:1", files: []string{colon}},
-		{name: "KUBECONFIG merged", env: strings.Join([]string{first, second, ""}, sep), kctx: "second", host: "https://127.0.0.3:1", files: []string{first, second}},
-		{name: "KUBECONFIG context of the first file", env: strings.Join([]string{first, second, ""}, sep), kctx: "first", host: "https://127.0.0.2:1", files: []string{first, second}},
+		{name: "--kubeconfig", flag: colon, context: "dev", kctx: "dev", host: "https://127.0.0.1:1", files: []string{colon}},
+		{name: "KUBECONFIG merged, current context of the second file", env: strings.Join([]string{first, second, ""}, sep), kctx: "second", host: "https://127.0.0.3:1", files: []string{first, second}},
+		{name: "KUBECONFIG context of the first file", env: strings.Join([]string{first, second, ""}, sep), context: "first", kctx: "first", host: "https://127.0.0.2:1", files: []string{first, second}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Setenv("KUBECONFIG", tc.env)
-			g := &globalOptions{kubeconfig: tc.flag}
-			if tc.kctx != "second" {
-				g.context = tc.kctx
-			}
+			g := &globalOptions{kubeconfig: tc.flag, context: tc.context}
 			for name, v := range map[string]any{
 				"connect": &daemon.ConnectRequest{KubeconfigSource: kubeconfigSource(g), Context: g.context},
-				"gc":      ptr(clusterRequest(g)),
+				"gc":      new(clusterRequest(g)),
 			} {
 				b, err := json.Marshal(v)
 				require.NoError(t, err)
@@ -99,8 +96,6 @@ func TestKubeconfigFlagReachesDaemon(t *testing.T) {
 		})
 	}
 }
-
-func ptr[T any](v T) *T { return &v }
 
 // writeKubeconfigFile writes a kubeconfig with one cluster at server and
 // the given contexts, and returns path.
