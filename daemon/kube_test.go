@@ -14,6 +14,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/require"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -517,4 +518,48 @@ func TestRedactedURL(t *testing.T) {
 	} {
 		require.Equal(t, want, redactedURL(in), in)
 	}
+}
+
+// TestRestorePinsCurrentContext: a sandbox an older daemon saved without
+// a context (it followed the current one) is pinned to the context
+// current at restore, opened there, and saved so, so that a later
+// `kubectl config use-context` and restart do not move it.
+func TestRestorePinsCurrentContext(t *testing.T) {
+	dir := shortTempDir(t)
+	kc := filepath.Join(dir, "config")
+	writeKubeconfig(t, kc, "staging", "https://127.0.0.1:1", "staging", "prod")
+	paths := testPaths(t)
+	require.NoError(t, os.MkdirAll(paths.StateDir, 0o700))
+	old, err := json.Marshal(map[string]any{"version": stateVersion, "sandboxes": []map[string]any{
+		// As an older daemon wrote it once applied: nothing left to
+		// save after the restored sandbox is applied again.
+		{"name": "old", "routingKey": "k1", "namespace": "hotrod", "kubeconfig": kc, "spec": testSpec("old", "localhost:1")},
+	}})
+	require.NoError(t, err)
+	require.NoError(t, os.WriteFile(paths.State(), old, 0o600))
+
+	fc := &fakeCluster{}
+	var mu sync.Mutex
+	var opened []string
+	provider := func(_ context.Context, _ KubeconfigSource, kctx string) (Cluster, error) {
+		mu.Lock()
+		defer mu.Unlock()
+		opened = append(opened, kctx)
+		return fc, nil
+	}
+	td := startDaemon(t, Options{Paths: paths, Clusters: provider, link: (&fakeLinker{}).link})
+	st := waitPhase(t, td.client, "old", PhaseReady)
+	require.Equal(t, "staging", st.Context)
+	mu.Lock()
+	require.NotEmpty(t, opened)
+	for _, o := range opened {
+		require.Equal(t, "staging", o, "every open is the pinned context")
+	}
+	mu.Unlock()
+
+	// Restore saves after starting the session, which may be ready first.
+	require.Eventually(t, func() bool {
+		sbs, err := (&stateFile{path: paths.State()}).Load()
+		return err == nil && len(sbs) == 1 && sbs[0].Context == "staging"
+	}, 10*time.Second, 5*time.Millisecond, "the state file never recorded the pinned context")
 }

@@ -184,6 +184,7 @@ func (m *manager) Connect(req ConnectRequest) (s *session, sub chan Progress, re
 func (m *manager) Restore(saved []savedSandbox) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	pinned := false
 	for _, sv := range saved {
 		if _, ok := m.sessions[sv.Name]; ok || sv.Name == "" || sv.RoutingKey == "" {
 			continue
@@ -198,9 +199,15 @@ func (m *manager) Restore(saved []savedSandbox) {
 			// Saved by an older daemon, which followed the current
 			// context; pin it as a connect does now.
 			sv.Context = currentContext(sv.KubeconfigSource)
+			pinned = pinned || sv.Context != ""
 		}
 		m.log.Info("restoring sandbox", "sandbox", sv.Name, "routingKey", sv.RoutingKey)
 		m.startLocked(sv, false)
+	}
+	if pinned {
+		// Saved now, or the next restart would pin whatever context is
+		// current then, and the sandbox would move.
+		m.persistLocked()
 	}
 }
 
