@@ -84,12 +84,15 @@ type Event struct {
 // validated spec and where to apply it.
 type ConnectRequest struct {
 	Spec spec.Sandbox `json:"spec"`
-	// Kubeconfig and Context select the cluster as kubectl would; empty
-	// means the defaults ($KUBECONFIG, current context). Context wins over
-	// the spec's spec.cluster, which is a context name or a name the user
-	// config maps to one (package cluster/kube resolves it at connect).
-	Kubeconfig string `json:"kubeconfig,omitempty"`
-	Context    string `json:"context,omitempty"`
+	// KubeconfigSource and Context select the cluster as kubectl would;
+	// empty means kubectl's defaults (~/.kube/config, current context).
+	// Context wins over the spec's spec.cluster, which is a context name
+	// or a name the user config maps to one (package cluster/kube
+	// resolves it at connect). The daemon saves the context resolved at
+	// connect, so a later `kubectl config use-context` does not move a
+	// connected sandbox.
+	KubeconfigSource
+	Context string `json:"context,omitempty"`
 	// Wait streams Progress lines until the sandbox is ready, failed, or
 	// Timeout passed; without it the daemon answers with the accepted
 	// SandboxStatus at once and connects in the background.
@@ -140,9 +143,40 @@ type ListResult struct {
 
 // ClusterRequest selects a cluster for list and gc, as kubectl flags would.
 type ClusterRequest struct {
-	Kubeconfig string `json:"kubeconfig,omitempty"`
-	Context    string `json:"context,omitempty"`
-	Namespace  string `json:"namespace,omitempty"`
+	KubeconfigSource
+	Context   string `json:"context,omitempty"`
+	Namespace string `json:"namespace,omitempty"`
+}
+
+// KubeconfigSource says which kubeconfig files select the cluster, as
+// kubectl reads them: --kubeconfig is one file, never split; otherwise
+// $KUBECONFIG is a list of files, merged (the first to set a value wins);
+// otherwise ~/.kube/config. The CLI sends its own flag and environment
+// because the daemon may have been started from another shell; the
+// daemon never consults its own $KUBECONFIG. Build one with
+// NewKubeconfigSource.
+//
+// The two are separate fields because one string cannot carry both: a
+// --kubeconfig path may contain the list separator (a directory named
+// "a:b"), which a joined $KUBECONFIG cannot be told from. "kubeconfig",
+// the one field sbx had before, keeps its old meaning (the flag, or the
+// joined $KUBECONFIG, split on the separator) for compatibility: the
+// daemon reads it only when neither new field is set (a request from an
+// older CLI, a state file of an older daemon), and writers fill it too so
+// that an older daemon reading a newer request or state file still finds
+// the cluster.
+type KubeconfigSource struct {
+	// KubeconfigFile is the --kubeconfig flag: one absolute path, the only
+	// file read when set.
+	KubeconfigFile string `json:"kubeconfigFile,omitempty"`
+	// KubeconfigEnv is the CLI's $KUBECONFIG split into absolute paths,
+	// empty elements dropped (kubectl ignores them; made absolute they
+	// would name the working directory). A JSON array rather than a
+	// joined string, so that nobody has to split it again.
+	KubeconfigEnv []string `json:"kubeconfigEnv,omitempty"`
+	// LegacyKubeconfig is the "kubeconfig" field of older sbx versions:
+	// --kubeconfig, or $KUBECONFIG joined with the list separator.
+	LegacyKubeconfig string `json:"kubeconfig,omitempty"`
 }
 
 // GCResult names the sandboxes whose expired objects gc deleted.

@@ -348,8 +348,15 @@ func (c *Client) Close() {
 // query encodes creq as the API's query parameters.
 func (creq ClusterRequest) query() url.Values {
 	q := url.Values{}
-	if creq.Kubeconfig != "" {
-		q.Set("kubeconfig", creq.Kubeconfig)
+	src := creq.KubeconfigSource.canonical()
+	if src.KubeconfigFile != "" {
+		q.Set("kubeconfigFile", src.KubeconfigFile)
+	}
+	for _, p := range src.KubeconfigEnv {
+		q.Add("kubeconfigEnv", p)
+	}
+	if src.LegacyKubeconfig != "" {
+		q.Set("kubeconfig", src.LegacyKubeconfig)
 	}
 	if creq.Context != "" {
 		q.Set("context", creq.Context)

@@ -46,9 +46,9 @@ type Cluster interface {
 // kubectl delete): the session re-applies them.
 var ErrSandboxGone = errors.New("the sandbox's objects are gone from the cluster")
 
-// ClusterProvider returns the Cluster for a kubeconfig path and context
+// ClusterProvider returns the Cluster for a kubeconfig source and context
 // name (both may be empty: kubectl's defaults). Implementations cache.
-type ClusterProvider func(ctx context.Context, kubeconfig, kubeContext string) (Cluster, error)
+type ClusterProvider func(ctx context.Context, kubeconfig KubeconfigSource, kubeContext string) (Cluster, error)
 
 // ApplyOptions are the settings of one Apply besides the spec.
 type ApplyOptions struct {

@@ -188,7 +188,7 @@ func (f *fakeCluster) appliedKeys() []string {
 }
 
 func (f *fakeCluster) provider() ClusterProvider {
-	return func(ctx context.Context, kubeconfig, kctx string) (Cluster, error) { return f, nil }
+	return func(context.Context, KubeconfigSource, string) (Cluster, error) { return f, nil }
 }
 
 // fakeLink is a link the test can break.

@@ -2,11 +2,15 @@ package daemon
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io/fs"
 	"log/slog"
 	"net"
+	"net/http"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -18,7 +22,9 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
+	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 
 	"github.com/sbx-dev/sbx/cluster"
 	"github.com/sbx-dev/sbx/cluster/kube"
@@ -47,13 +53,19 @@ type KubeOptions struct {
 
 // KubeClusters opens real clusters from kubeconfig: objects through
 // package cluster, tunnel connections through cluster/portforward. It
-// caches one connection per kubeconfig and context. Close it when the
-// daemon stops.
+// caches one connection per kubeconfig source and what the context
+// resolves to (see Open). Close it when the daemon stops.
 type KubeClusters struct {
 	o KubeOptions
 
-	mu       sync.Mutex
+	mu sync.Mutex
+	// clusters are the connections by source and connectionKey. One
+	// superseded by a changed kubeconfig stays until Close: sandboxes
+	// connected through it may still be using it.
 	clusters map[string]*kubeCluster
+	// opened are the (source, requested context) pairs that opened a
+	// cluster before; see Open.
+	opened map[string]bool
 }
 
 // NewKubeClusters returns a KubeClusters.
@@ -73,57 +85,202 @@ func NewKubeClusters(o KubeOptions) *KubeClusters {
 	if o.Now == nil {
 		o.Now = time.Now
 	}
-	return &KubeClusters{o: o, clusters: map[string]*kubeCluster{}}
+	return &KubeClusters{o: o, clusters: map[string]*kubeCluster{}, opened: map[string]bool{}}
 }
 
-// Open is a ClusterProvider.
-func (k *KubeClusters) Open(_ context.Context, kubeconfig, kubeContext string) (Cluster, error) {
-	key := kubeconfig + "\x00" + kubeContext
+// Open is a ClusterProvider. It reads the kubeconfig on every call, as
+// kubectl does on every run, and reuses a cached connection only when the
+// context resolves to the same name, namespace, server and credentials:
+// after `kubectl config use-context other` an Open without a context is
+// the other cluster, not the one the daemon happened to open first.
+//
+// A kubeconfig that cannot be read or lacks the context is the user's to
+// fix (a PermanentError), unless the same source and context opened
+// before: then it is likely a file being rewritten (kubectl does not
+// replace it atomically), and the caller retries.
+func (k *KubeClusters) Open(_ context.Context, src KubeconfigSource, kubeContext string) (Cluster, error) {
+	src = src.canonical()
+	opts := src.Options()
+	opts.Context, opts.UserAgent = kubeContext, "sbx-daemon"
+	kc, err := kube.Resolve(opts)
+	slot := src.key() + "\x00" + kubeContext
 	k.mu.Lock()
 	defer k.mu.Unlock()
-	if c, ok := k.clusters[key]; ok {
-		return c, nil
-	}
-	opts := kubeOptions(kubeconfig)
-	opts.Context, opts.UserAgent = kubeContext, "sbx-daemon"
-	kc, err := kube.Load(opts)
 	if err != nil {
+		if k.opened[slot] {
+			return nil, fmt.Errorf("%w (it was readable before, so it may be in the middle of a rewrite; try again)", err)
+		}
 		if errors.Is(err, kube.ErrNoKubeconfig) || errors.Is(err, kube.ErrUnknownContext) || errors.Is(err, fs.ErrNotExist) {
 			return nil, &PermanentError{fmt.Errorf("%w (pass --kubeconfig/--context, or set KUBECONFIG, and connect again)", err)}
 		}
 		return nil, err
 	}
-	c := k.fromKube(kc)
-	k.clusters[key] = c
+	key := src.key() + "\x00" + connectionKey(kc)
+	c, ok := k.clusters[key]
+	if !ok {
+		if err := kc.BuildClients(); err != nil {
+			return nil, err
+		}
+		c = k.fromKube(kc)
+		c.owner = k
+		k.clusters[key] = c
+		k.o.Logger.Debug("cluster connection opened", "kubeconfig", src.describe(), "context", kc.Context, "namespace", kc.Namespace, "server", redactedURL(kc.REST.Host))
+	}
+	k.opened[slot] = true
 	return c, nil
 }
 
-// kubeOptions reads a request's kubeconfig as the CLI sends it: the
-// --kubeconfig file, or the CLI's $KUBECONFIG, which may be a list of files
-// (merged as kubectl merges them), or empty for the daemon's own defaults.
-func kubeOptions(kubeconfig string) kube.Options {
-	if !strings.ContainsRune(kubeconfig, filepath.ListSeparator) {
-		return kube.Options{Kubeconfig: kubeconfig}
+// redactedURL is a server or proxy URL for logs: a password in it (legal
+// in a kubeconfig's server:, if rare) becomes "xxxxx".
+func redactedURL(s string) string {
+	u, err := url.Parse(s)
+	if err != nil {
+		return "(unparsable URL)"
 	}
-	return kube.Options{Getenv: func(k string) string {
-		if k == clientcmd.RecommendedConfigPathEnvVar {
-			return kubeconfig
-		}
-		return os.Getenv(k)
-	}}
+	return u.Redacted()
 }
 
-// sameCluster reports whether a sandbox saved with kubeconfig and
-// kubeContext lives in the cluster creq selects. Contexts are compared once
-// resolved: a sandbox connected through its spec's cluster: is saved with
-// the context that named, and a request without --context means the
+// connectionKey identifies what a resolved context connects to and as
+// whom: its name, its namespace (List and GC fall back to it), the server,
+// how it is reached (TLS, proxy-url, compression) and the credentials. A
+// context that `kubectl config set-context` points elsewhere, or a
+// replaced token or certificate, thus gets a new connection rather than
+// the old one. Secrets go into a hash, never into a map key as they are.
+// An auth-provider's settings are left out except its name: the provider
+// writes refreshed tokens into the kubeconfig, and each refresh would
+// otherwise open another connection.
+func connectionKey(kc *kube.Cluster) string {
+	r := kc.REST
+	id := struct {
+		Namespace, Host, APIPath, Proxy               string
+		DisableCompression                            bool
+		Username, Password, BearerToken, BearerTokenF string
+		Impersonate                                   rest.ImpersonationConfig
+		TLS                                           rest.TLSClientConfig
+		Exec                                          *clientcmdapi.ExecConfig // its cluster extension is json:"-"
+		AuthProvider                                  string
+	}{
+		Namespace: kc.Namespace, Host: r.Host, APIPath: r.APIPath, DisableCompression: r.DisableCompression,
+		Username: r.Username, Password: r.Password, BearerToken: r.BearerToken, BearerTokenF: r.BearerTokenFile,
+		Impersonate: r.Impersonate, TLS: r.TLSClientConfig, Exec: r.ExecProvider,
+	}
+	if r.Proxy != nil {
+		// clientcmd sets proxy-url as http.ProxyURL, which ignores the
+		// request; a func is not comparable, its answer is.
+		if u, err := r.Proxy(&http.Request{URL: &url.URL{Scheme: "https", Host: r.Host}}); err == nil && u != nil {
+			id.Proxy = u.String()
+		}
+	}
+	if r.AuthProvider != nil {
+		id.AuthProvider = r.AuthProvider.Name
+	}
+	b, err := json.Marshal(id)
+	if err != nil { // plain strings, bytes and bools: cannot happen; never share a connection then
+		b = fmt.Appendf(nil, "%p", kc)
+	}
+	sum := sha256.Sum256(b)
+	return kc.Context + "\x00" + hex.EncodeToString(sum[:])
+}
+
+// NewKubeconfigSource is the source for --kubeconfig file (empty when not
+// given) and the $KUBECONFIG list env, as absolute paths. A file wins
+// over env, as in kubectl.
+func NewKubeconfigSource(file string, env []string) KubeconfigSource {
+	return KubeconfigSource{KubeconfigFile: file, KubeconfigEnv: env}.canonical()
+}
+
+// canonical resolves the legacy field, drops what kubectl would ignore
+// (empty list elements; the list when a file is given) and fills the
+// legacy field from the result for older readers. Requests and state from
+// older versions become the same source a newer CLI sends for them.
+func (s KubeconfigSource) canonical() KubeconfigSource {
+	if s.KubeconfigFile == "" && len(s.KubeconfigEnv) == 0 && s.LegacyKubeconfig != "" {
+		// An older writer joined $KUBECONFIG into this field, so a
+		// separator means a list; without one it is either a single
+		// $KUBECONFIG element or --kubeconfig, which kubectl reads alike
+		// except when the file is missing (a list skips it).
+		if strings.ContainsRune(s.LegacyKubeconfig, filepath.ListSeparator) {
+			s.KubeconfigEnv = filepath.SplitList(s.LegacyKubeconfig)
+		} else {
+			s.KubeconfigFile = s.LegacyKubeconfig
+		}
+	}
+	var env []string
+	if s.KubeconfigFile == "" {
+		for _, p := range s.KubeconfigEnv {
+			if p != "" {
+				env = append(env, p)
+			}
+		}
+	}
+	s.KubeconfigEnv = env
+	s.LegacyKubeconfig = s.KubeconfigFile
+	if s.KubeconfigFile == "" {
+		s.LegacyKubeconfig = strings.Join(env, string(filepath.ListSeparator))
+	}
+	return s
+}
+
+// Options are the kube.Options that load this source's kubeconfig, as
+// kubectl with the CLI's flag and environment would.
+func (s KubeconfigSource) Options() kube.Options {
+	s = s.canonical()
+	env := strings.Join(s.KubeconfigEnv, string(filepath.ListSeparator))
+	return kube.Options{
+		Kubeconfig: s.KubeconfigFile,
+		// Only KUBECONFIG is read through Getenv; the daemon's own is not
+		// the user's shell's.
+		Getenv: func(k string) string {
+			if k == clientcmd.RecommendedConfigPathEnvVar {
+				return env
+			}
+			return os.Getenv(k)
+		},
+	}
+}
+
+// key identifies the source in cache keys and comparisons: equal for
+// sources kubectl reads alike, whichever version wrote them. A
+// $KUBECONFIG of one file is that file: both read just it (and both fail
+// when it is missing), and an older CLI's "kubeconfig" cannot tell the
+// two apart, so a sandbox an older daemon saved with it must not count as
+// moved when a newer CLI sends the same $KUBECONFIG as a list.
+func (s KubeconfigSource) key() string {
+	s = s.canonical()
+	switch {
+	case s.KubeconfigFile != "":
+		return "file\x00" + s.KubeconfigFile
+	case len(s.KubeconfigEnv) == 1:
+		return "file\x00" + s.KubeconfigEnv[0]
+	}
+	return "env\x00" + strings.Join(s.KubeconfigEnv, "\x00")
+}
+
+// describe names the source for logs (not String: the method would be
+// promoted to the requests and state that embed the source).
+func (s KubeconfigSource) describe() string {
+	s = s.canonical()
+	switch {
+	case s.KubeconfigFile != "":
+		return "--kubeconfig " + s.KubeconfigFile
+	case len(s.KubeconfigEnv) > 0:
+		return "KUBECONFIG=" + s.LegacyKubeconfig
+	}
+	return clientcmd.RecommendedHomeFile
+}
+
+// sameCluster reports whether a sandbox saved with src and kubeContext
+// lives in the cluster creq selects. Sources are compared as Open's cache
+// keys compare them (an older CLI's joined $KUBECONFIG equals a newer
+// one's list) and contexts once resolved: a sandbox is saved with the
+// context it was connected to, and a request without --context means the
 // current one.
-func sameCluster(kubeconfig, kubeContext string, creq ClusterRequest) bool {
-	if kubeconfig != creq.Kubeconfig {
+func sameCluster(src KubeconfigSource, kubeContext string, creq ClusterRequest) bool {
+	if src.key() != creq.KubeconfigSource.key() {
 		return false
 	}
 	resolve := func(kctx string) string {
-		opts := kubeOptions(kubeconfig)
+		opts := src.Options()
 		opts.Context = kctx
 		if name, _, err := kube.ChooseContext(opts); err == nil {
 			return name
@@ -139,13 +296,27 @@ func sameCluster(kubeconfig, kubeContext string, creq ClusterRequest) bool {
 // the user's to fix, so it is refused at once (400) rather than becoming a
 // sandbox that fails in the background.
 func specContext(req ConnectRequest, contexts map[string]string, configPath string) (string, error) {
-	opts := kubeOptions(req.Kubeconfig)
+	opts := req.KubeconfigSource.Options()
 	opts.Cluster, opts.ClusterContexts, opts.ConfigFile = req.Spec.Spec.Cluster, contexts, configPath
 	name, _, err := kube.ChooseContext(opts)
 	if err != nil {
 		return "", badRequest("sandbox %s: %v", req.Spec.Name, err)
 	}
 	return name, nil
+}
+
+// currentContext is the kubeconfig's current context, which a sandbox
+// connected without --context or spec.cluster is pinned to, so that a
+// later `kubectl config use-context` does not move it (its objects stay
+// where they were applied, and disconnect must find them there). It is ""
+// when the kubeconfig cannot be read: opening the cluster then reports
+// why, in the background, as before.
+func currentContext(src KubeconfigSource) string {
+	name, _, err := kube.ChooseContext(src.Options())
+	if err != nil {
+		return ""
+	}
+	return name
 }
 
 func (k *KubeClusters) fromKube(kc *kube.Cluster) *kubeCluster {
@@ -173,7 +344,7 @@ func NewClusterFromKube(kc *kube.Cluster, o KubeOptions) interface {
 
 // Close closes the cluster's port-forwards.
 func (c *kubeCluster) Close() error {
-	c.closeDialers("")
+	c.closeDialers("", nil)
 	return nil
 }
 
@@ -182,15 +353,41 @@ func (k *KubeClusters) Close() error {
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	for key, c := range k.clusters {
-		c.closeDialers("")
+		c.closeDialers("", nil)
 		delete(k.clusters, key)
 	}
 	return nil
 }
 
+// closeDialers closes the sandbox's port-forwards but keep in every
+// cached connection: one superseded by a changed kubeconfig may still
+// hold some.
+func (k *KubeClusters) closeDialers(sandbox string, keep *portforward.Dialer) {
+	k.mu.Lock()
+	cs := make([]*kubeCluster, 0, len(k.clusters))
+	for _, c := range k.clusters {
+		cs = append(cs, c)
+	}
+	k.mu.Unlock()
+	for _, c := range cs {
+		c.closeDialers(sandbox, keep)
+	}
+}
+
+// closeSandboxDialers closes the sandbox's port-forwards but keep, in
+// every connection of c's KubeClusters (only c's for NewClusterFromKube).
+func (c *kubeCluster) closeSandboxDialers(sandbox string, keep *portforward.Dialer) {
+	if c.owner != nil {
+		c.owner.closeDialers(sandbox, keep)
+	} else {
+		c.closeDialers(sandbox, keep)
+	}
+}
+
 // kubeCluster adapts package cluster to the daemon's Cluster.
 type kubeCluster struct {
 	o         KubeOptions
+	owner     *KubeClusters // nil for NewClusterFromKube
 	clients   cluster.Clients
 	namespace string // the context's namespace
 	dial      func(ctx context.Context, t Target) (net.Conn, error)
@@ -295,8 +492,16 @@ func (c *kubeCluster) portForward(ctx context.Context, kc *kube.Cluster, t Targe
 			return nil, err
 		}
 		c.dialers[dialerKey(t)] = d
+		c.mu.Unlock()
+		// A session dials one relay through one connection at a time,
+		// and its previous attempt's tunnel is closed before this one
+		// dials. A dialer it left in a connection superseded by a
+		// changed kubeconfig, or for a relay it no longer uses, would
+		// keep its API server connections open until disconnect.
+		c.closeSandboxDialers(t.Sandbox, d)
+	} else {
+		c.mu.Unlock()
 	}
-	c.mu.Unlock()
 	conn, err := d.Dial(ctx)
 	if err != nil {
 		return nil, err
@@ -304,12 +509,13 @@ func (c *kubeCluster) portForward(ctx context.Context, kc *kube.Cluster, t Targe
 	return conn, nil
 }
 
-// closeDialers closes the dialers of one sandbox ("" = all).
-func (c *kubeCluster) closeDialers(sandbox string) {
+// closeDialers closes the dialers of one sandbox ("" = all) except keep
+// (nil: none).
+func (c *kubeCluster) closeDialers(sandbox string, keep *portforward.Dialer) {
 	c.mu.Lock()
 	var ds []*portforward.Dialer
 	for k, d := range c.dialers {
-		if sandbox == "" || k.sandbox == sandbox {
+		if d != keep && (sandbox == "" || k.sandbox == sandbox) {
 			ds = append(ds, d)
 			delete(c.dialers, k)
 		}
@@ -341,7 +547,7 @@ func (c *kubeCluster) RenewLease(ctx context.Context, t Target) error {
 }
 
 func (c *kubeCluster) Delete(ctx context.Context, t Target, sb *spec.Sandbox) error {
-	c.closeDialers(t.Sandbox)
+	c.closeSandboxDialers(t.Sandbox, nil)
 	nss := t.Namespaces
 	if len(nss) == 0 && sb != nil {
 		nss = sb.Namespaces()

@@ -2,19 +2,25 @@ package daemon
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
+	"net/http"
+	"net/http/httptest"
 	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/require"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/client-go/rest"
+	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 
 	"github.com/sbx-dev/sbx/cluster/kube"
 )
@@ -60,8 +66,8 @@ func TestSpecClusterContext(t *testing.T) {
 	fc := &fakeCluster{}
 	var mu sync.Mutex
 	opened := map[string]string{} // kube context asked for → context the kubeconfig yields
-	provider := func(_ context.Context, kc, kctx string) (Cluster, error) {
-		opts := kubeOptions(kc)
+	provider := func(_ context.Context, src KubeconfigSource, kctx string) (Cluster, error) {
+		opts := src.Options()
 		opts.Context = kctx
 		c, _, err := kube.ChooseContext(opts)
 		if err != nil {
@@ -81,7 +87,7 @@ func TestSpecClusterContext(t *testing.T) {
 	}{
 		{name: "mapped", cluster: "staging-1", status: "gke_acme_staging-1", opened: "gke_acme_staging-1"},
 		{name: "context", cluster: "dev", status: "dev", opened: "dev"},
-		{name: "current", cluster: "", status: "", opened: "dev"},
+		{name: "current", cluster: "", status: "dev", opened: "dev"}, // pinned at connect
 		{name: "flag", cluster: "staging-1", context: "dev", status: "dev", opened: "dev"},
 		{name: "unknown", cluster: "staging-9", errText: []string{
 			"sandbox unknown:", `spec cluster "staging-9"`, kubeconfig, "available: dev, gke_acme_staging-1",
@@ -92,7 +98,7 @@ func TestSpecClusterContext(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			sb := testSpec(tt.name, "localhost:1")
 			sb.Spec.Cluster = tt.cluster
-			st, err := td.client.Connect(context.Background(), ConnectRequest{Spec: sb, Kubeconfig: kubeconfig, Context: tt.context, Wait: true}, nil)
+			st, err := td.client.Connect(context.Background(), ConnectRequest{Spec: sb, KubeconfigSource: NewKubeconfigSource(kubeconfig, nil), Context: tt.context, Wait: true}, nil)
 			if tt.errText != nil {
 				var ae *APIError
 				require.ErrorAs(t, err, &ae)
@@ -115,35 +121,235 @@ func TestSpecClusterContext(t *testing.T) {
 
 // TestKubeconfigPathList: the CLI passes its $KUBECONFIG on, which may be a
 // list of files; the daemon merges them as kubectl does, both to open a
-// cluster and to resolve a spec's cluster name.
+// cluster and to resolve a spec's cluster name. An older CLI's list,
+// joined into "kubeconfig", is read the same way.
 func TestKubeconfigPathList(t *testing.T) {
 	dir := shortTempDir(t)
 	a, b := filepath.Join(dir, "a"), filepath.Join(dir, "b")
 	writeKubeconfig(t, a, "dev", "https://127.0.0.1:1", "dev/team-a")
 	writeKubeconfig(t, b, "", "https://127.0.0.2:1", "gke_acme_staging-1/team-b")
-	list := a + string(filepath.ListSeparator) + b
+	legacy := KubeconfigSource{LegacyKubeconfig: a + string(filepath.ListSeparator) + b}
 
-	sb := testSpec("listed", "localhost:1")
-	sb.Spec.Cluster = "staging-1"
-	got, err := specContext(ConnectRequest{Spec: sb, Kubeconfig: list}, map[string]string{"staging-1": "gke_acme_staging-1"}, "config.yaml")
-	require.NoError(t, err)
-	require.Equal(t, "gke_acme_staging-1", got, "a context from the second file")
-
-	for _, tc := range []struct{ kctx, namespace, server string }{
-		{"", "team-a", "https://127.0.0.1:1"}, // current-context from the first file
-		{"gke_acme_staging-1", "team-b", "https://127.0.0.2:1"},
+	for name, src := range map[string]KubeconfigSource{
+		"list":                  NewKubeconfigSource("", []string{a, b}),
+		"empty element dropped": NewKubeconfigSource("", []string{a, b, ""}),
+		"older CLI":             legacy,
 	} {
-		opts := kubeOptions(list)
-		opts.Context = tc.kctx
-		kc, err := kube.Load(opts)
-		require.NoError(t, err, tc.kctx)
-		require.Equal(t, tc.namespace, kc.Namespace)
-		require.Equal(t, tc.server, kc.REST.Host)
+		t.Run(name, func(t *testing.T) {
+			require.Equal(t, NewKubeconfigSource("", []string{a, b}).key(), src.key(), "one source, one cache key")
+			sb := testSpec("listed", "localhost:1")
+			sb.Spec.Cluster = "staging-1"
+			got, err := specContext(ConnectRequest{Spec: sb, KubeconfigSource: src}, map[string]string{"staging-1": "gke_acme_staging-1"}, "config.yaml")
+			require.NoError(t, err)
+			require.Equal(t, "gke_acme_staging-1", got, "a context from the second file")
+
+			for _, tc := range []struct{ kctx, namespace, server string }{
+				{"", "team-a", "https://127.0.0.1:1"}, // current-context from the first file
+				{"gke_acme_staging-1", "team-b", "https://127.0.0.2:1"},
+			} {
+				opts := src.Options()
+				opts.Context = tc.kctx
+				kc, err := kube.Load(opts)
+				require.NoError(t, err, tc.kctx)
+				require.Equal(t, tc.namespace, kc.Namespace)
+				require.Equal(t, tc.server, kc.REST.Host)
+				require.Equal(t, []string{a, b}, kc.Files)
+			}
+		})
 	}
 
 	// One file (--kubeconfig) stays an explicit path: a missing one is an error.
-	_, err = kube.Load(kubeOptions(filepath.Join(dir, "missing")))
+	_, err := kube.Load(NewKubeconfigSource(filepath.Join(dir, "missing"), nil).Options())
 	require.Error(t, err)
+}
+
+// TestKubeconfigFileWithListSeparator: --kubeconfig is one path even when
+// a directory name contains the list separator, through the request's
+// JSON, its query-string form and the daemon's options; an older
+// request's joined "kubeconfig" is still a list, and a newer one carries
+// that field for an older daemon.
+func TestKubeconfigFileWithListSeparator(t *testing.T) {
+	dir := filepath.Join(shortTempDir(t), "a"+string(filepath.ListSeparator)+"b")
+	require.NoError(t, os.Mkdir(dir, 0o700))
+	file := filepath.Join(dir, "config")
+	writeKubeconfig(t, file, "dev", "https://127.0.0.3:1", "dev/colon")
+	src := NewKubeconfigSource(file, []string{"/ignored/when/a/file/is/given"})
+	require.Equal(t, KubeconfigSource{KubeconfigFile: file, LegacyKubeconfig: file}, src, "--kubeconfig wins over $KUBECONFIG, as in kubectl")
+
+	b, err := json.Marshal(ConnectRequest{KubeconfigSource: src})
+	require.NoError(t, err)
+	require.Contains(t, string(b), `"kubeconfig":`, "an older daemon still finds the cluster")
+	var req ConnectRequest
+	require.NoError(t, json.Unmarshal(b, &req))
+	r := httptest.NewRequest(http.MethodGet, "/v1/list?"+ClusterRequest{KubeconfigSource: src}.query().Encode(), nil)
+	for name, got := range map[string]KubeconfigSource{"json": req.KubeconfigSource, "query": clusterRequestFromQuery(r).KubeconfigSource} {
+		t.Run(name, func(t *testing.T) {
+			require.Equal(t, src.key(), got.key())
+			kc, err := kube.Resolve(got.Options())
+			require.NoError(t, err)
+			require.Equal(t, "https://127.0.0.3:1", kc.REST.Host)
+			require.Equal(t, "colon", kc.Namespace)
+			require.Equal(t, []string{file}, kc.Files)
+		})
+	}
+
+	for _, tc := range []struct {
+		name, body string
+		want       KubeconfigSource
+	}{
+		{"older CLI, joined $KUBECONFIG", `{"kubeconfig":"/x/a:/x/b"}`, KubeconfigSource{KubeconfigEnv: []string{"/x/a", "/x/b"}}},
+		{"older CLI, empty element", `{"kubeconfig":":/x/a"}`, KubeconfigSource{KubeconfigEnv: []string{"/x/a"}}},
+		{"older CLI, one file", `{"kubeconfig":"/x/a"}`, KubeconfigSource{KubeconfigFile: "/x/a"}},
+		{"newer CLI, file with a separator", `{"kubeconfig":"/x/a:b/c","kubeconfigFile":"/x/a:b/c"}`, KubeconfigSource{KubeconfigFile: "/x/a:b/c"}},
+		{"newer CLI, list", `{"kubeconfig":"/x/a:/x/b","kubeconfigEnv":["/x/a","/x/b"]}`, KubeconfigSource{KubeconfigEnv: []string{"/x/a", "/x/b"}}},
+		{"nothing", `{}`, KubeconfigSource{}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if filepath.ListSeparator != ':' {
+				t.Skip("the bodies use ':' as the list separator")
+			}
+			var req ConnectRequest
+			require.NoError(t, json.Unmarshal([]byte(tc.body), &req))
+			got := req.KubeconfigSource.canonical()
+			require.Equal(t, tc.want.KubeconfigFile, got.KubeconfigFile)
+			require.Equal(t, tc.want.KubeconfigEnv, got.KubeconfigEnv)
+			require.Equal(t, got, got.canonical(), "canonical is stable")
+		})
+	}
+}
+
+// TestStateFileLegacyKubeconfig: a state file of an older daemon, whose
+// "kubeconfig" joined $KUBECONFIG, is read as that list; the file written
+// back keeps "kubeconfig" for a downgrade and adds the new fields.
+func TestStateFileLegacyKubeconfig(t *testing.T) {
+	dir := shortTempDir(t)
+	a, b := filepath.Join(dir, "a"), filepath.Join(dir, "b")
+	joined := a + string(filepath.ListSeparator) + b
+	sf := &stateFile{path: filepath.Join(dir, "state.json")}
+	old, err := json.Marshal(map[string]any{"version": stateVersion, "sandboxes": []map[string]any{
+		{"name": "old", "routingKey": "k1", "kubeconfig": joined, "spec": testSpec("old", "localhost:1")},
+	}})
+	require.NoError(t, err)
+	require.NoError(t, os.WriteFile(sf.path, old, 0o600))
+
+	sbs, err := sf.Load()
+	require.NoError(t, err)
+	require.Len(t, sbs, 1)
+	require.Equal(t, []string{a, b}, sbs[0].KubeconfigEnv)
+	require.Empty(t, sbs[0].KubeconfigFile)
+
+	require.NoError(t, sf.Save(sbs))
+	raw, err := os.ReadFile(sf.path)
+	require.NoError(t, err)
+	var doc struct {
+		Sandboxes []map[string]any `json:"sandboxes"`
+	}
+	require.NoError(t, json.Unmarshal(raw, &doc))
+	require.Equal(t, joined, doc.Sandboxes[0]["kubeconfig"])
+	require.Equal(t, []any{a, b}, doc.Sandboxes[0]["kubeconfigEnv"])
+}
+
+// TestOpenFollowsCurrentContext: KubeClusters reads the kubeconfig on
+// every Open, as kubectl does on every run. After the current context
+// changes, an Open without a context is the new cluster; the same
+// context is served from the cache; a context re-pointed at another
+// namespace is a new connection; the superseded ones stay open for the
+// sandboxes still using them.
+func TestOpenFollowsCurrentContext(t *testing.T) {
+	dir := shortTempDir(t)
+	kc := filepath.Join(dir, "config")
+	write := func(current, prodNamespace string) {
+		writeKubeconfig(t, kc, current, "https://127.0.0.1:1", "staging/team-s", "prod/"+prodNamespace)
+	}
+	write("staging", "team-p")
+	k := NewKubeClusters(KubeOptions{})
+	t.Cleanup(func() { _ = k.Close() })
+	src := NewKubeconfigSource(kc, nil)
+	open := func(kctx string) *kubeCluster {
+		t.Helper()
+		c, err := k.Open(context.Background(), src, kctx)
+		require.NoError(t, err)
+		return c.(*kubeCluster)
+	}
+
+	staging := open("")
+	require.Equal(t, "team-s", staging.namespace)
+	require.Same(t, staging, open(""), "same context: cached")
+	require.Same(t, staging, open("staging"), "named or current: one connection")
+
+	write("prod", "team-p") // kubectl config use-context prod
+	prod := open("")
+	require.NotSame(t, staging, prod, "a changed current-context is never served from the cache")
+	require.Equal(t, "team-p", prod.namespace)
+	require.Same(t, staging, open("staging"), "the old context's connection is still there")
+
+	write("prod", "team-q") // kubectl config set-context prod --namespace team-q
+	moved := open("")
+	require.NotSame(t, prod, moved)
+	require.Equal(t, "team-q", moved.namespace)
+	k.mu.Lock()
+	require.Len(t, k.clusters, 3, "nothing is closed while sandboxes may use it")
+	k.mu.Unlock()
+
+	// Another source with the same contexts is another connection.
+	other := filepath.Join(dir, "other")
+	writeKubeconfig(t, other, "prod", "https://127.0.0.1:1", "prod/team-q")
+	c, err := k.Open(context.Background(), NewKubeconfigSource(other, nil), "")
+	require.NoError(t, err)
+	require.NotSame(t, moved, c)
+
+	// A kubeconfig that opened before and is now unreadable (being
+	// rewritten) is worth a retry; one that never opened is the user's
+	// to fix.
+	require.NoError(t, os.WriteFile(kc, nil, 0o600))
+	_, err = k.Open(context.Background(), src, "")
+	require.Error(t, err)
+	var pe *PermanentError
+	require.NotErrorAs(t, err, &pe)
+	_, err = k.Open(context.Background(), NewKubeconfigSource(filepath.Join(dir, "missing"), nil), "")
+	require.ErrorAs(t, err, &pe)
+}
+
+// TestConnectPinsCurrentContext: a sandbox connected without --context is
+// saved with the context current then, so `kubectl config use-context`
+// afterwards moves neither it nor its disconnect; connecting it again
+// there is refused, as moving any connected sandbox is.
+func TestConnectPinsCurrentContext(t *testing.T) {
+	dir := shortTempDir(t)
+	kc := filepath.Join(dir, "config")
+	writeKubeconfig(t, kc, "staging", "https://127.0.0.1:1", "staging", "prod")
+	fc := &fakeCluster{}
+	var mu sync.Mutex
+	var opened []string
+	provider := func(_ context.Context, src KubeconfigSource, kctx string) (Cluster, error) {
+		mu.Lock()
+		defer mu.Unlock()
+		opened = append(opened, kctx)
+		return fc, nil
+	}
+	td := startDaemon(t, Options{Clusters: provider, link: (&fakeLinker{}).link})
+	req := ConnectRequest{Spec: testSpec("pinned", "localhost:1"), KubeconfigSource: NewKubeconfigSource(kc, nil), Wait: true}
+	st, err := td.client.Connect(context.Background(), req, nil)
+	require.NoError(t, err)
+	require.Equal(t, "staging", st.Context)
+
+	writeKubeconfig(t, kc, "prod", "https://127.0.0.1:1", "staging", "prod")
+	_, err = td.client.Connect(context.Background(), req, nil)
+	var ae *APIError
+	require.ErrorAs(t, err, &ae)
+	require.Equal(t, http.StatusConflict, ae.StatusCode)
+	for _, want := range []string{`connected to context "staging"`, `asks for context "prod"`, "--context staging", "sbx disconnect pinned"} {
+		require.Contains(t, err.Error(), want)
+	}
+
+	_, err = td.client.Disconnect(context.Background(), "pinned")
+	require.NoError(t, err)
+	mu.Lock()
+	defer mu.Unlock()
+	require.NotEmpty(t, opened)
+	for _, o := range opened {
+		require.Equal(t, "staging", o, "every open, disconnect included, is the pinned context")
+	}
 }
 
 // writeKubeconfig writes a kubeconfig with one cluster at server (named
@@ -184,8 +390,176 @@ func TestSameCluster(t *testing.T) {
 		{"unreadable kubeconfig, same words", filepath.Join(dir, "missing"), "x", filepath.Join(dir, "missing"), "x", true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			got := sameCluster(tc.savedKC, tc.savedCtx, ClusterRequest{Kubeconfig: tc.reqKC, Context: tc.reqCtx})
+			got := sameCluster(NewKubeconfigSource(tc.savedKC, nil), tc.savedCtx, ClusterRequest{KubeconfigSource: NewKubeconfigSource(tc.reqKC, nil), Context: tc.reqCtx})
 			require.Equal(t, tc.want, got)
 		})
 	}
+	// A sandbox an older daemon saved with its joined $KUBECONFIG is in
+	// the cluster a newer CLI's list selects.
+	list := []string{kc, filepath.Join(dir, "missing")}
+	legacy := KubeconfigSource{LegacyKubeconfig: strings.Join(list, string(filepath.ListSeparator))}
+	require.True(t, sameCluster(legacy, "staging", ClusterRequest{KubeconfigSource: NewKubeconfigSource("", list)}))
+	require.False(t, sameCluster(legacy, "staging", ClusterRequest{KubeconfigSource: NewKubeconfigSource(kc, nil)}), "a list is not the one file")
+	// An older CLI sent a $KUBECONFIG of one file as it sent
+	// --kubeconfig; a newer CLI sends it as a list of one.
+	require.True(t, sameCluster(KubeconfigSource{LegacyKubeconfig: kc}, "staging", ClusterRequest{KubeconfigSource: NewKubeconfigSource("", []string{kc})}))
+}
+
+// TestConnectionKey: a cached connection is reused only for the same
+// context, namespace, server, way there and credentials; an
+// auth-provider's refreshed token is not a new connection; and the key
+// holds no credential as it is.
+func TestConnectionKey(t *testing.T) {
+	base := func() *kube.Cluster {
+		return &kube.Cluster{Context: "dev", Namespace: "team", REST: &rest.Config{
+			Host: "https://127.0.0.1:1", BearerToken: "s3cret-token", Password: "s3cret-password",
+			TLSClientConfig: rest.TLSClientConfig{KeyData: []byte("s3cret-key")},
+		}}
+	}
+	ref := connectionKey(base())
+	require.Equal(t, ref, connectionKey(base()), "the same resolution, the same key")
+	for _, secret := range []string{"s3cret-token", "s3cret-password", "s3cret-key"} {
+		require.NotContains(t, ref, secret)
+	}
+	proxy, err := url.Parse("http://proxy.example:3128")
+	require.NoError(t, err)
+	for _, tc := range []struct {
+		name   string
+		change func(*kube.Cluster)
+		same   bool
+	}{
+		{"context", func(c *kube.Cluster) { c.Context = "prod" }, false},
+		{"namespace", func(c *kube.Cluster) { c.Namespace = "other" }, false},
+		{"server", func(c *kube.Cluster) { c.REST.Host = "https://127.0.0.2:1" }, false},
+		{"token", func(c *kube.Cluster) { c.REST.BearerToken = "rotated" }, false},
+		{"client key", func(c *kube.Cluster) { c.REST.KeyData = []byte("rotated") }, false},
+		{"CA", func(c *kube.Cluster) { c.REST.CAData = []byte("other") }, false},
+		{"impersonation", func(c *kube.Cluster) { c.REST.Impersonate.UserName = "admin" }, false},
+		{"proxy-url", func(c *kube.Cluster) { c.REST.Proxy = http.ProxyURL(proxy) }, false},
+		{"disable-compression", func(c *kube.Cluster) { c.REST.DisableCompression = true }, false},
+		{"user agent", func(c *kube.Cluster) { c.REST.UserAgent = "other" }, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := base()
+			tc.change(c)
+			require.Equal(t, tc.same, connectionKey(c) == ref)
+		})
+	}
+
+	// Every setting of an exec plugin counts, not only its command line.
+	withExec := func(clusterInfo bool) *kube.Cluster {
+		c := base()
+		c.REST.ExecProvider = &clientcmdapi.ExecConfig{Command: "get-token", ProvideClusterInfo: clusterInfo}
+		return c
+	}
+	require.NotEqual(t, connectionKey(withExec(false)), connectionKey(withExec(true)))
+
+	// An auth-provider writes its refreshed token into the kubeconfig.
+	withProvider := func(token string) *kube.Cluster {
+		c := base()
+		c.REST.AuthProvider = &clientcmdapi.AuthProviderConfig{Name: "oidc", Config: map[string]string{"id-token": token}}
+		return c
+	}
+	require.Equal(t, connectionKey(withProvider("a")), connectionKey(withProvider("b")))
+	require.NotEqual(t, ref, connectionKey(withProvider("a")))
+}
+
+// TestDialClosesSupersededDialers: a sandbox reconnecting through a new
+// connection (its context's kubeconfig entry changed) closes the
+// port-forward dialer it left in the old one, rather than keep that
+// dialer's API server connections open until disconnect.
+func TestDialClosesSupersededDialers(t *testing.T) {
+	dir := shortTempDir(t)
+	kc := filepath.Join(dir, "config")
+	k := NewKubeClusters(KubeOptions{})
+	t.Cleanup(func() { _ = k.Close() })
+	open := func(ns string) *kubeCluster {
+		t.Helper()
+		writeKubeconfig(t, kc, "dev", "https://127.0.0.1:1", "dev/"+ns)
+		c, err := k.Open(context.Background(), NewKubeconfigSource(kc, nil), "dev")
+		require.NoError(t, err)
+		return c.(*kubeCluster)
+	}
+	dialers := func(c *kubeCluster) int {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		return len(c.dialers)
+	}
+	// The dialer is made before it dials; a cancelled dial keeps the
+	// test off the network.
+	cancelled, cancel := context.WithCancel(context.Background())
+	cancel()
+	dial := func(c *kubeCluster, sandbox string) {
+		_, err := c.DialRelay(cancelled, Target{Sandbox: sandbox, RoutingKey: "k-" + sandbox, Namespace: "ns"})
+		require.Error(t, err)
+	}
+
+	old := open("a")
+	dial(old, "sb")
+	dial(old, "other")
+	require.Equal(t, 2, dialers(old))
+	dial(old, "sb")
+	require.Equal(t, 2, dialers(old), "the same relay reuses its dialer")
+
+	moved := open("b")
+	require.NotSame(t, old, moved)
+	dial(moved, "sb")
+	require.Equal(t, 1, dialers(moved))
+	require.Equal(t, 1, dialers(old), "sb's old dialer is closed, the other sandbox's kept")
+}
+
+// TestRedactedURL: the server URL logged when a connection opens never
+// carries a password.
+func TestRedactedURL(t *testing.T) {
+	for in, want := range map[string]string{
+		"https://127.0.0.1:6443":           "https://127.0.0.1:6443",
+		"https://admin:s3cret@api.example": "https://admin:xxxxx@api.example",
+		"https://%zz":                      "(unparsable URL)",
+	} {
+		require.Equal(t, want, redactedURL(in), in)
+	}
+}
+
+// TestRestorePinsCurrentContext: a sandbox an older daemon saved without
+// a context (it followed the current one) is pinned to the context
+// current at restore, opened there, and saved so, so that a later
+// `kubectl config use-context` and restart do not move it.
+func TestRestorePinsCurrentContext(t *testing.T) {
+	dir := shortTempDir(t)
+	kc := filepath.Join(dir, "config")
+	writeKubeconfig(t, kc, "staging", "https://127.0.0.1:1", "staging", "prod")
+	paths := testPaths(t)
+	require.NoError(t, os.MkdirAll(paths.StateDir, 0o700))
+	old, err := json.Marshal(map[string]any{"version": stateVersion, "sandboxes": []map[string]any{
+		// As an older daemon wrote it once applied: nothing left to
+		// save after the restored sandbox is applied again.
+		{"name": "old", "routingKey": "k1", "namespace": "hotrod", "kubeconfig": kc, "spec": testSpec("old", "localhost:1")},
+	}})
+	require.NoError(t, err)
+	require.NoError(t, os.WriteFile(paths.State(), old, 0o600))
+
+	fc := &fakeCluster{}
+	var mu sync.Mutex
+	var opened []string
+	provider := func(_ context.Context, _ KubeconfigSource, kctx string) (Cluster, error) {
+		mu.Lock()
+		defer mu.Unlock()
+		opened = append(opened, kctx)
+		return fc, nil
+	}
+	td := startDaemon(t, Options{Paths: paths, Clusters: provider, link: (&fakeLinker{}).link})
+	st := waitPhase(t, td.client, "old", PhaseReady)
+	require.Equal(t, "staging", st.Context)
+	mu.Lock()
+	require.NotEmpty(t, opened)
+	for _, o := range opened {
+		require.Equal(t, "staging", o, "every open is the pinned context")
+	}
+	mu.Unlock()
+
+	// Restore saves after starting the session, which may be ready first.
+	require.Eventually(t, func() bool {
+		sbs, err := (&stateFile{path: paths.State()}).Load()
+		return err == nil && len(sbs) == 1 && sbs[0].Context == "staging"
+	}, 10*time.Second, 5*time.Millisecond, "the state file never recorded the pinned context")
 }

@@ -102,14 +102,19 @@ func (m *manager) notify() {
 // call (new sandbox, changed spec, retry of a failed one).
 func (m *manager) Connect(req ConnectRequest) (s *session, sub chan Progress, restarted bool, err error) {
 	name := req.Spec.Name
+	req.KubeconfigSource = req.KubeconfigSource.canonical()
 	// --context wins over spec.cluster, which the user config may map to
-	// a context name (as kubectl-style tools do).
+	// a context name (as kubectl-style tools do); without either, the
+	// current context is pinned now (see currentContext).
 	kctx := req.Context
-	if kctx == "" && req.Spec.Spec.Cluster != "" {
+	switch {
+	case kctx == "" && req.Spec.Spec.Cluster != "":
 		var err error
 		if kctx, err = specContext(req, m.conf().Contexts, m.configPath); err != nil {
 			return nil, nil, false, err
 		}
+	case kctx == "":
+		kctx = currentContext(req.KubeconfigSource)
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -120,17 +125,20 @@ func (m *manager) Connect(req ConnectRequest) (s *session, sub chan Progress, re
 		cur, _ := m.store.Sandbox(name)
 		s.mu.Lock()
 		old := s.saved
-		moved := old.Context != kctx || old.Kubeconfig != req.Kubeconfig
+		moved := old.Context != kctx || old.KubeconfigSource.key() != req.KubeconfigSource.key()
 		// A failed sandbox may be pointed at another cluster (the usual
 		// fix for a wrong --kubeconfig or --context); a working one must
 		// be disconnected first, or its objects would be left behind.
 		if moved && cur.Phase != PhaseFailed {
 			s.mu.Unlock()
-			return nil, nil, false, &conflictError{fmt.Sprintf("sandbox %q is connected to context %q; disconnect it first (`sbx disconnect %s`) or pick another name", name, old.Context, name)}
+			// Since a connect without --context pins the current one,
+			// the usual cause is a `kubectl config use-context` since.
+			return nil, nil, false, &conflictError{fmt.Sprintf("sandbox %q is connected to context %q of %s, and this connect asks for context %q of %s; pass --context %s (and that kubeconfig) to update it where it is, disconnect it first (`sbx disconnect %s`), or pick another name",
+				name, old.Context, old.KubeconfigSource.describe(), kctx, req.KubeconfigSource.describe(), old.Context, name)}
 		}
 		changed := moved || !reflect.DeepEqual(old.Spec, req.Spec)
 		s.saved.Spec = req.Spec
-		s.saved.Context, s.saved.Kubeconfig = kctx, req.Kubeconfig
+		s.saved.Context, s.saved.KubeconfigSource = kctx, req.KubeconfigSource
 		saved := s.saved
 		s.mu.Unlock()
 		sub := s.subscribe()
@@ -156,12 +164,12 @@ func (m *manager) Connect(req ConnectRequest) (s *session, sub chan Progress, re
 		return s, sub, restarted, nil
 	}
 	saved := savedSandbox{
-		Name:       name,
-		RoutingKey: NewRoutingKey(),
-		Kubeconfig: req.Kubeconfig,
-		Context:    kctx,
-		Spec:       req.Spec,
-		CreatedAt:  m.cfg.Now(),
+		Name:             name,
+		RoutingKey:       NewRoutingKey(),
+		KubeconfigSource: req.KubeconfigSource,
+		Context:          kctx,
+		Spec:             req.Spec,
+		CreatedAt:        m.cfg.Now(),
 	}
 	if ns := req.Spec.Namespaces(); len(ns) > 0 {
 		saved.Namespace = ns[0]
@@ -176,6 +184,7 @@ func (m *manager) Connect(req ConnectRequest) (s *session, sub chan Progress, re
 func (m *manager) Restore(saved []savedSandbox) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	pinned := false
 	for _, sv := range saved {
 		if _, ok := m.sessions[sv.Name]; ok || sv.Name == "" || sv.RoutingKey == "" {
 			continue
@@ -186,8 +195,19 @@ func (m *manager) Restore(saved []savedSandbox) {
 			m.store.SetStateError(msg)
 			continue
 		}
+		if sv.Context == "" {
+			// Saved by an older daemon, which followed the current
+			// context; pin it as a connect does now.
+			sv.Context = currentContext(sv.KubeconfigSource)
+			pinned = pinned || sv.Context != ""
+		}
 		m.log.Info("restoring sandbox", "sandbox", sv.Name, "routingKey", sv.RoutingKey)
 		m.startLocked(sv, false)
+	}
+	if pinned {
+		// Saved now, or the next restart would pin whatever context is
+		// current then, and the sandbox would move.
+		m.persistLocked()
 	}
 }
 
@@ -260,7 +280,7 @@ func (m *manager) Disconnect(ctx context.Context, name string, forget bool) erro
 		if forget {
 			return nil
 		}
-		cl, err := m.clusters(ctx, saved.Kubeconfig, saved.Context)
+		cl, err := m.clusters(ctx, saved.KubeconfigSource, saved.Context)
 		if err != nil {
 			return err
 		}

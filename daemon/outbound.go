@@ -227,7 +227,7 @@ func (o *outboundCtl) run(ctx context.Context, failed bool) {
 }
 
 // clusterKey identifies the cluster a sandbox lives in.
-func clusterKey(sv savedSandbox) string { return sv.Kubeconfig + "\x00" + sv.Context }
+func clusterKey(sv savedSandbox) string { return sv.KubeconfigSource.key() + "\x00" + sv.Context }
 
 // reconcile makes the Manager and the watchers match the sandboxes and
 // the config. It reports whether something failed and is worth a retry.
@@ -320,7 +320,7 @@ func (o *outboundCtl) reconcile(ctx context.Context) (failed bool) {
 // watch starts the discovery watcher of ns in sb's cluster. started is
 // false (with a nil error) for a cluster that offers no discovery.
 func (o *outboundCtl) watch(ctx context.Context, ns string, sb savedSandbox) (started bool, err error) {
-	cl, err := o.d.mgr.clusters(ctx, sb.Kubeconfig, sb.Context)
+	cl, err := o.d.mgr.clusters(ctx, sb.KubeconfigSource, sb.Context)
 	if err != nil {
 		return false, err
 	}

@@ -341,7 +341,7 @@ func (d *Daemon) deleteOrphan(w http.ResponseWriter, r *http.Request, name strin
 		return &conflictError{fmt.Sprintf("sandbox %s is connected by this daemon; disconnect it without --orphan", name)}
 	}
 	creq := clusterRequestFromQuery(r)
-	cl, err := d.mgr.clusters(r.Context(), creq.Kubeconfig, creq.Context)
+	cl, err := d.mgr.clusters(r.Context(), creq.KubeconfigSource, creq.Context)
 	if err != nil {
 		return &httpError{http.StatusBadGateway, fmt.Sprintf("open cluster: %v (check --kubeconfig/--context)", err)}
 	}
@@ -394,7 +394,15 @@ func (d *Daemon) handleDisconnectAll(w http.ResponseWriter, r *http.Request) err
 
 func clusterRequestFromQuery(r *http.Request) ClusterRequest {
 	q := r.URL.Query()
-	return ClusterRequest{Kubeconfig: q.Get("kubeconfig"), Context: q.Get("context"), Namespace: q.Get("namespace")}
+	return ClusterRequest{
+		KubeconfigSource: KubeconfigSource{
+			KubeconfigFile:   q.Get("kubeconfigFile"),
+			KubeconfigEnv:    q["kubeconfigEnv"],
+			LegacyKubeconfig: q.Get("kubeconfig"),
+		}.canonical(),
+		Context:   q.Get("context"),
+		Namespace: q.Get("namespace"),
+	}
 }
 
 func (d *Daemon) handleList(w http.ResponseWriter, r *http.Request) error {
@@ -416,7 +424,7 @@ func (d *Daemon) handleList(w http.ResponseWriter, r *http.Request) error {
 		ctx, cancel := context.WithTimeout(r.Context(), 30*time.Second)
 		defer cancel()
 		found, err := func() ([]ClusterSandbox, error) {
-			cl, err := d.mgr.clusters(ctx, creq.Kubeconfig, creq.Context)
+			cl, err := d.mgr.clusters(ctx, creq.KubeconfigSource, creq.Context)
 			if err != nil {
 				return nil, err
 			}
@@ -450,7 +458,7 @@ func (d *Daemon) handleGC(w http.ResponseWriter, r *http.Request) error {
 			return err
 		}
 	}
-	cl, err := d.mgr.clusters(r.Context(), creq.Kubeconfig, creq.Context)
+	cl, err := d.mgr.clusters(r.Context(), creq.KubeconfigSource, creq.Context)
 	if err != nil {
 		return &httpError{http.StatusBadGateway, fmt.Sprintf("open cluster: %v (check --kubeconfig/--context)", err)}
 	}
@@ -462,7 +470,7 @@ func (d *Daemon) handleGC(w http.ResponseWriter, r *http.Request) error {
 			continue
 		}
 		sv := s.snapshot()
-		if !sameCluster(sv.Kubeconfig, sv.Context, creq) {
+		if !sameCluster(sv.KubeconfigSource, sv.Context, creq) {
 			continue
 		}
 		t := Target{Sandbox: sv.Name, RoutingKey: sv.RoutingKey, Namespace: sv.Namespace, Namespaces: sv.Spec.Namespaces()}

@@ -228,7 +228,7 @@ func (s *session) connectOnce(ctx context.Context) (time.Time, error) {
 	cfg := s.m.cfg
 	saved := s.snapshot()
 	s.setPhase(PhaseApplying, fmt.Sprintf("applying sandbox %s (routing key %s)", saved.Name, saved.RoutingKey))
-	cl, err := s.m.clusters(ctx, saved.Kubeconfig, saved.Context)
+	cl, err := s.m.clusters(ctx, saved.KubeconfigSource, saved.Context)
 	if err != nil {
 		return time.Time{}, fmt.Errorf("open cluster (context %q): %w", saved.Context, err)
 	}

@@ -394,7 +394,7 @@ func TestFailedSandboxMayMoveCluster(t *testing.T) {
 	fc := &fakeCluster{}
 	var mu sync.Mutex
 	var opened []string
-	provider := func(ctx context.Context, kubeconfig, kctx string) (Cluster, error) {
+	provider := func(ctx context.Context, _ KubeconfigSource, kctx string) (Cluster, error) {
 		mu.Lock()
 		defer mu.Unlock()
 		opened = append(opened, kctx)

@@ -39,7 +39,7 @@ func TestSimulatedCluster(t *testing.T) {
 	svc := localService(t)
 	cfg := shortTunnelConfig()
 	td := startDaemon(t, Options{
-		Clusters:      func(context.Context, string, string) (Cluster, error) { return kc, nil },
+		Clusters:      func(context.Context, KubeconfigSource, string) (Cluster, error) { return kc, nil },
 		Tunnel:        &cfg,
 		LeaseInterval: 50 * time.Millisecond,
 	})

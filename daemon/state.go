@@ -23,13 +23,18 @@ const stateVersion = 1
 // token is deliberately absent: it lives in the sandbox's Secret and Apply
 // reads it back, so a token never sits in a file on the laptop.
 type savedSandbox struct {
-	Name       string       `json:"name"`
-	RoutingKey string       `json:"routingKey"`
-	Namespace  string       `json:"namespace,omitempty"`
-	Kubeconfig string       `json:"kubeconfig,omitempty"`
-	Context    string       `json:"context,omitempty"`
-	Spec       spec.Sandbox `json:"spec"`
-	CreatedAt  time.Time    `json:"createdAt"`
+	Name       string `json:"name"`
+	RoutingKey string `json:"routingKey"`
+	Namespace  string `json:"namespace,omitempty"`
+	// KubeconfigSource is where the sandbox's kubeconfig came from, as
+	// the connect request said; an older daemon's "kubeconfig" is read
+	// as it meant it (see KubeconfigSource), and written along for one.
+	KubeconfigSource
+	// Context is the context the sandbox was connected to, resolved at
+	// connect ("" when the kubeconfig could not be read then).
+	Context   string       `json:"context,omitempty"`
+	Spec      spec.Sandbox `json:"spec"`
+	CreatedAt time.Time    `json:"createdAt"`
 }
 
 type stateDoc struct {
@@ -61,6 +66,9 @@ func (f *stateFile) Load() ([]savedSandbox, error) {
 	}
 	if doc.Version != stateVersion {
 		return nil, fmt.Errorf("state file %s has version %d, this sbx understands %d (upgrade sbx or move the file away)", f.path, doc.Version, stateVersion)
+	}
+	for i := range doc.Sandboxes {
+		doc.Sandboxes[i].KubeconfigSource = doc.Sandboxes[i].KubeconfigSource.canonical()
 	}
 	return doc.Sandboxes, nil
 }

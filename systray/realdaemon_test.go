@@ -98,7 +98,7 @@ func (r *realDaemon) start() {
 		Paths: r.paths, Version: "test", ConfigPath: r.config, HostsFile: r.hosts,
 		// Its own range: other packages' tests run in parallel.
 		HostsRange: netip.MustParsePrefix("127.248.0.0/16"),
-		Clusters:   func(context.Context, string, string) (daemon.Cluster, error) { return r.cluster, nil },
+		Clusters:   func(context.Context, daemon.KubeconfigSource, string) (daemon.Cluster, error) { return r.cluster, nil },
 	})
 	require.NoError(r.t, err)
 	ctx, cancel := context.WithCancel(context.Background())

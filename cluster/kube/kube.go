@@ -79,19 +79,32 @@ func Load(opts Options) (*Cluster, error) {
 	if err != nil {
 		return nil, err
 	}
-	cfg.Kube, err = kubernetes.NewForConfig(cfg.REST)
-	if err != nil {
-		return nil, fmt.Errorf("kubernetes client for context %q: %w", cfg.Context, err)
-	}
-	cfg.Istio, err = istio.NewForConfig(cfg.REST)
-	if err != nil {
-		return nil, fmt.Errorf("istio client for context %q: %w", cfg.Context, err)
-	}
-	cfg.Dynamic, err = dynamic.NewForConfig(cfg.REST)
-	if err != nil {
-		return nil, fmt.Errorf("dynamic client for context %q: %w", cfg.Context, err)
+	if err := cfg.BuildClients(); err != nil {
+		return nil, err
 	}
 	return cfg, nil
+}
+
+// BuildClients sets Kube, Istio and Dynamic from REST: what Load adds to
+// Resolve. A caller that resolved first (to decide whether it already has
+// a connection for this context) builds from the very configuration it
+// looked at, rather than reading the kubeconfig again, which may have
+// changed in between. It does not contact the cluster.
+func (c *Cluster) BuildClients() error {
+	var err error
+	c.Kube, err = kubernetes.NewForConfig(c.REST)
+	if err != nil {
+		return fmt.Errorf("kubernetes client for context %q: %w", c.Context, err)
+	}
+	c.Istio, err = istio.NewForConfig(c.REST)
+	if err != nil {
+		return fmt.Errorf("istio client for context %q: %w", c.Context, err)
+	}
+	c.Dynamic, err = dynamic.NewForConfig(c.REST)
+	if err != nil {
+		return fmt.Errorf("dynamic client for context %q: %w", c.Context, err)
+	}
+	return nil
 }
 
 // Resolve is Load without building clientsets.

@@ -52,6 +52,13 @@ func TestResolve(t *testing.T) {
 	noCurrent := kubeconfig(t, dir, "nocurrent", "", [3]string{"a", "a.example", ""}, [3]string{"b", "b.example", ""})
 	missing := filepath.Join(dir, "missing")
 	list := strings.Join([]string{missing, main, extra}, string(filepath.ListSeparator))
+	// kubectl drops empty elements of KUBECONFIG (a trailing separator).
+	listWithEmpty := strings.Join([]string{extra, main, ""}, string(filepath.ListSeparator))
+	// --kubeconfig is one path, never a list: a directory may have the
+	// list separator in its name.
+	colonDir := filepath.Join(dir, "a"+string(filepath.ListSeparator)+"b")
+	require.NoError(t, os.Mkdir(colonDir, 0o700))
+	colon := kubeconfig(t, colonDir, "config", "dev", [3]string{"dev", "colon.example", "c"})
 
 	tests := []struct {
 		name          string
@@ -76,6 +83,10 @@ func TestResolve(t *testing.T) {
 			host: "https://staging1.example:6443", namespace: "hotrod", explicit: true, context: "staging-1", files: []string{main, extra}},
 		{name: "KUBECONFIG context from the second file", opts: kube.Options{Getenv: env(map[string]string{"KUBECONFIG": list}), Context: "dev"},
 			host: "https://dev.example:6443", namespace: "devns", explicit: true, context: "dev"},
+		{name: "KUBECONFIG empty element dropped", opts: kube.Options{Getenv: env(map[string]string{"KUBECONFIG": listWithEmpty})},
+			host: "https://dev.example:6443", namespace: "devns", explicit: true, context: "dev", files: []string{extra, main}},
+		{name: "--kubeconfig with the list separator in a directory name", opts: kube.Options{Kubeconfig: colon},
+			host: "https://colon.example:6443", namespace: "c", explicit: true, context: "dev", files: []string{colon}},
 		{name: "--kubeconfig beats KUBECONFIG", opts: kube.Options{Kubeconfig: extra, Getenv: env(map[string]string{"KUBECONFIG": main})},
 			host: "https://dev.example:6443", context: "dev", namespace: "devns", explicit: true},
 		{name: "spec cluster is a context", opts: kube.Options{Kubeconfig: main, Cluster: "prod"},

@@ -59,7 +59,7 @@ its last good spec.`,
 				return err
 			}
 			defer c.Close()
-			req := daemon.ConnectRequest{Kubeconfig: kubeconfigForDaemon(g), Context: g.context, Wait: wait, Timeout: timeout}
+			req := daemon.ConnectRequest{KubeconfigSource: kubeconfigSource(g), Context: g.context, Wait: wait, Timeout: timeout}
 			if err := connectOnce(ctx, g, c, req, sb, format); err != nil {
 				return err
 			}

@@ -106,7 +106,7 @@ func startInProcessDaemon(t *testing.T, cl daemon.Cluster, tweak ...func(*daemon
 	opts := daemon.Options{
 		Paths:     daemon.DefaultPaths(os.Getenv),
 		Version:   "test",
-		Clusters:  func(context.Context, string, string) (daemon.Cluster, error) { return cl, nil },
+		Clusters:  func(context.Context, daemon.KubeconfigSource, string) (daemon.Cluster, error) { return cl, nil },
 		HostsFile: hosts,
 	}
 	for _, f := range tweak {

@@ -181,35 +181,40 @@ func needDaemon(ctx context.Context, g *globalOptions) (*daemon.Client, error) {
 	return c, nil
 }
 
-// kubeconfigForDaemon is the kubeconfig the daemon should use: --kubeconfig,
-// else this shell's $KUBECONFIG (the daemon may have been started from
-// another shell), as absolute paths since the daemon's directory differs.
-// Empty list elements are dropped, as kubectl ignores them: made absolute
-// they would name the working directory, which the daemon would then fail
-// to read as a kubeconfig (`export KUBECONFIG=$KUBECONFIG:~/.kube/b` with
-// KUBECONFIG unset leaves a leading one).
-func kubeconfigForDaemon(g *globalOptions) string {
-	kc := g.kubeconfig
-	if kc == "" {
-		kc = os.Getenv("KUBECONFIG")
-	}
-	var parts []string
-	for _, p := range filepath.SplitList(kc) {
-		if p == "" {
-			continue
+// kubeconfigSource is the kubeconfig the global flags and this shell
+// select, as kubectl reads them: --kubeconfig is one file (never split,
+// a directory name may contain the list separator), else $KUBECONFIG is
+// a list of files, else ~/.kube/config. Every path that needs the cluster
+// goes through it: the daemon's requests carry it (the daemon may have
+// been started from another shell, and its working directory differs, so
+// paths are absolute) and the CLI's own kube.Options come from its
+// Options. Empty list elements are dropped, as kubectl ignores them: made
+// absolute they would name the working directory (`export
+// KUBECONFIG=$KUBECONFIG:~/.kube/b` with KUBECONFIG unset leaves a
+// leading one).
+func kubeconfigSource(g *globalOptions) daemon.KubeconfigSource {
+	abs := func(p string) string {
+		if a, err := filepath.Abs(p); err == nil {
+			return a
 		}
-		if abs, err := filepath.Abs(p); err == nil {
-			p = abs
-		}
-		parts = append(parts, p)
+		return p
 	}
-	return strings.Join(parts, string(filepath.ListSeparator))
+	if g.kubeconfig != "" {
+		return daemon.NewKubeconfigSource(abs(g.kubeconfig), nil)
+	}
+	var env []string
+	for _, p := range filepath.SplitList(os.Getenv("KUBECONFIG")) {
+		if p != "" {
+			env = append(env, abs(p))
+		}
+	}
+	return daemon.NewKubeconfigSource("", env)
 }
 
 // clusterRequest is the cluster the global flags select, as the daemon
 // needs it (list, gc and disconnect --orphan ask the daemon about one).
 func clusterRequest(g *globalOptions) daemon.ClusterRequest {
-	return daemon.ClusterRequest{Kubeconfig: kubeconfigForDaemon(g), Context: g.context, Namespace: g.namespace}
+	return daemon.ClusterRequest{KubeconfigSource: kubeconfigSource(g), Context: g.context, Namespace: g.namespace}
 }
 
 // warnVersionSkew notes when the running daemon is another sbx version

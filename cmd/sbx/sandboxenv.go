@@ -67,7 +67,9 @@ func sandboxEnv(ctx context.Context, g *globalOptions, name string, f envFlags) 
 	sb := runenv.Sandbox{Name: st.Name, RoutingKey: st.RoutingKey, BaggageKey: st.BaggageKey, ProxyAddr: proxyAddrOf(all)}
 	var base *runenv.Env
 	if f.fromBaseline {
-		kc, err := kube.Load(kube.Options{Kubeconfig: g.kubeconfig, Context: firstNonEmpty(g.context, st.Context), UserAgent: "sbx-env"})
+		opts := kubeconfigSource(g).Options()
+		opts.Context, opts.UserAgent = firstNonEmpty(g.context, st.Context), "sbx-env"
+		kc, err := kube.Load(opts)
 		if err != nil {
 			return runenv.Env{}, userError(fmt.Errorf("--env-from-baseline needs the cluster: %w", err), "check --kubeconfig/--context, or drop --env-from-baseline")
 		}

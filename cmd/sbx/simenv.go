@@ -110,7 +110,7 @@ func (e *simEnv) StartDaemon(ctx context.Context) error {
 		ConfigPath:    e.ConfigPath,
 		Logger:        e.log.With("side", "laptop"),
 		Version:       "demo",
-		Clusters:      func(context.Context, string, string) (daemon.Cluster, error) { return e.cluster, nil },
+		Clusters:      func(context.Context, daemon.KubeconfigSource, string) (daemon.Cluster, error) { return e.cluster, nil },
 		StatsInterval: 200 * time.Millisecond,
 		Backoff:       daemon.Backoff{Min: 100 * time.Millisecond, Max: time.Second},
 	})
