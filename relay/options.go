@@ -31,7 +31,8 @@ const (
 	// DefaultMaxStreams bounds the streams the relay serves at once. Each
 	// may buffer up to about twice the tunnel's 1 MiB stream window
 	// (yamux's receive buffer grows by doubling) when its reader stalls,
-	// plus 256 KiB of copy buffers: 128 streams stay under ~350 MiB in the
+	// plus up to 512 KiB of copy buffers (2 × 256 KiB while bulk data
+	// flows, 64 KiB when idle): 128 streams stay under ~370 MiB in the
 	// worst case, inside the relay container's 512 Mi limit.
 	DefaultMaxStreams = 128
 )

@@ -296,7 +296,7 @@ func echoServer(t *testing.T, s *Session) func() {
 					return
 				}
 				buf := make([]byte, 64<<10)
-				if _, err := io.CopyBuffer(st, onlyReader{st}, buf); err != nil {
+				if _, err := io.CopyBuffer(st, struct{ io.Reader }{st}, buf); err != nil {
 					return
 				}
 				_ = st.CloseWrite()

@@ -172,3 +172,46 @@ func TestPipeWith(t *testing.T) {
 	_, err = io.ReadAll(client)
 	require.NoError(t, err, "a was closed")
 }
+
+// scriptedConn serves reads from a script (1: fill the buffer, -1: fill half
+// of it, 0 or the script's end: EOF) and records each read's buffer size.
+type scriptedConn struct {
+	net.Conn
+	script  []int // per read: -1 fills half of p, 1 fills p, 0 ends (EOF)
+	bufs    []int
+	written int
+}
+
+func (c *scriptedConn) Read(p []byte) (int, error) {
+	c.bufs = append(c.bufs, len(p))
+	if len(c.script) == 0 || c.script[0] == 0 {
+		return 0, io.EOF
+	}
+	step := c.script[0]
+	c.script = c.script[1:]
+	n := len(p)
+	if step < 0 {
+		n /= 2
+	}
+	clear(p[:n])
+	return n, nil
+}
+
+func (c *scriptedConn) Write(p []byte) (int, error) {
+	c.written += len(p)
+	return len(p), nil
+}
+
+// TestPipeBufferSizes: a direction reads with the smallest buffer until a
+// read fills it, grows one size per full read up to the largest, and drops
+// back to the smallest after a read that does not fill its buffer (the
+// source drained: an idle stream should not hold a large buffer).
+func TestPipeBufferSizes(t *testing.T) {
+	const s, m, l = 32 << 10, 128 << 10, 256 << 10
+	require.Equal(t, [3]int{s, m, l}, pipeSizes)
+	src := &scriptedConn{script: []int{-1, 1, 1, 1, 1, -1, 1, -1, 0}}
+	dst := &scriptedConn{}
+	require.NoError(t, copyPooled(dst, src))
+	require.Equal(t, []int{s, s, m, l, l, l, s, m, s}, src.bufs)
+	require.Equal(t, s/2+s+m+l+l+l/2+s+m/2, dst.written, "every byte read is written")
+}

@@ -70,7 +70,7 @@ func sendAndHash(w io.Writer, n int64) ([32]byte, error) {
 func readAndHash(r io.Reader) ([32]byte, int64, error) {
 	h := sha256.New()
 	buf := make([]byte, 256<<10)
-	n, err := io.CopyBuffer(h, onlyReader{r}, buf)
+	n, err := io.CopyBuffer(h, struct{ io.Reader }{r}, buf)
 	var sum [32]byte
 	copy(sum[:], h.Sum(nil))
 	return sum, n, err
