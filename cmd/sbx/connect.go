@@ -5,14 +5,13 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"path/filepath"
 	"time"
 
-	"github.com/fsnotify/fsnotify"
 	"github.com/spf13/cobra"
 
 	"github.com/sbx-dev/sbx/cluster/spec"
 	"github.com/sbx-dev/sbx/daemon"
+	"github.com/sbx-dev/sbx/daemon/config"
 )
 
 func newConnectCmd(g *globalOptions) *cobra.Command {
@@ -149,56 +148,27 @@ func printReady(w io.Writer, st daemon.SandboxStatus) {
 }
 
 // watchSpec re-applies the spec whenever its file changes, until ctx ends.
-// It watches the directory, not the file: editors save by renaming a new
-// file over the old one, which would end a watch on the file itself.
+// config.WatchFile follows the file as editors save it (a new file renamed
+// over the old one) and through a symlink to its target.
 func watchSpec(ctx context.Context, g *globalOptions, c *daemon.Client, req daemon.ConnectRequest, sf *specFlags, format string) error {
-	w, err := fsnotify.NewWatcher()
-	if err != nil {
-		return fmt.Errorf("watch %s: %w", sf.file, err)
-	}
-	defer w.Close()
-	abs, err := filepath.Abs(sf.file)
-	if err != nil {
-		return err
-	}
-	if err := w.Add(filepath.Dir(abs)); err != nil {
-		return fmt.Errorf("watch %s: %w", filepath.Dir(abs), err)
-	}
 	fmt.Fprintf(g.stderr, "Watching %s for changes (Ctrl-C stops watching; the sandbox stays connected).\n", sf.file)
-	// Bursts of events from one save are folded into one re-apply.
-	const settle = 150 * time.Millisecond
-	var timer <-chan time.Time
-	for {
-		select {
-		case <-ctx.Done():
-			fmt.Fprintf(g.stderr, "Stopped watching. The sandbox stays connected; `sbx disconnect` removes it.\n")
-			return nil
-		case ev, ok := <-w.Events:
-			if !ok {
-				return nil
-			}
-			if filepath.Clean(ev.Name) == abs && ev.Op&(fsnotify.Write|fsnotify.Create|fsnotify.Rename) != 0 {
-				timer = time.After(settle)
-			}
-		case err, ok := <-w.Errors:
-			if !ok {
-				return nil
-			}
-			fmt.Fprintf(g.stderr, "  ! watching %s: %v\n", sf.file, err)
-		case <-timer:
-			timer = nil
+	err := config.WatchFile(ctx, sf.file, config.FileWatchOptions{
+		OnChange: func() {
 			sb, err := sf.load(g)
 			if err != nil {
 				fmt.Fprintf(g.stderr, "%s\n  the sandbox keeps its last good spec; save the file again to retry\n", formatError(err))
-				continue
+				return
 			}
 			fmt.Fprintf(g.stderr, "%s changed: re-applying\n", sf.file)
-			if err := connectOnce(ctx, g, c, req, sb, format); err != nil {
-				if ctx.Err() != nil {
-					return nil
-				}
+			if err := connectOnce(ctx, g, c, req, sb, format); err != nil && ctx.Err() == nil {
 				fmt.Fprintln(g.stderr, formatError(err))
 			}
-		}
+		},
+		OnWatchError: func(err error) { fmt.Fprintf(g.stderr, "  ! watching %s: %v\n", sf.file, err) },
+	})
+	if err != nil {
+		return fmt.Errorf("watch %s: %w (the sandbox stays connected; connect again to re-apply an edit)", sf.file, err)
 	}
+	fmt.Fprintf(g.stderr, "Stopped watching. The sandbox stays connected; `sbx disconnect` removes it.\n")
+	return nil
 }

@@ -412,6 +412,50 @@ func TestCLIConnectWatchReapplies(t *testing.T) {
 	require.Contains(t, errb.String(), "stays connected")
 }
 
+// TestCLIConnectWatchFollowsSymlink: a spec reached through a symlink
+// (dotfiles managers, mounted ConfigMaps) is re-applied when its target is
+// edited, although the link's own directory sees no event.
+func TestCLIConnectWatchFollowsSymlink(t *testing.T) {
+	dir := cliEnv(t)
+	startInProcessDaemon(t, &cliCluster{ready: make(chan struct{})})
+	realDir := filepath.Join(dir, "dotfiles")
+	require.NoError(t, os.Mkdir(realDir, 0o700))
+	target := filepath.Join(realDir, "sandbox.yaml")
+	require.NoError(t, os.WriteFile(target, []byte(routeSpec("localhost:8083")), 0o600))
+	link := filepath.Join(dir, "sandbox.yaml")
+	require.NoError(t, os.Symlink(target, link))
+
+	ctx, cancel := context.WithCancel(context.Background())
+	var out, errb lockedBuffer
+	done := make(chan int, 1)
+	go func() {
+		done <- run(ctx, []string{"connect", "-f", link, "--set", "name=alice", "--wait=false", "--watch"}, strings.NewReader(""), &out, &errb)
+	}()
+	require.Eventually(t, func() bool { return strings.Contains(errb.String(), "Watching") }, 10*time.Second, 10*time.Millisecond)
+	c := &daemon.Client{}
+	defer c.Close()
+	toLocal := func() string {
+		sb, err := c.Sandbox(context.Background(), "alice")
+		if err != nil || len(sb.Mappings) == 0 {
+			return ""
+		}
+		return sb.Mappings[0].ToLocal
+	}
+	require.Eventually(t, func() bool { return toLocal() == "localhost:8083" }, 10*time.Second, 10*time.Millisecond)
+
+	require.NoError(t, os.WriteFile(target, []byte(routeSpec("localhost:9191")), 0o600))
+	require.Eventually(t, func() bool { return toLocal() == "localhost:9191" }, 10*time.Second, 10*time.Millisecond,
+		"an edit of the symlink's target is re-applied")
+
+	cancel()
+	select {
+	case code := <-done:
+		require.Equal(t, 0, code, errb.String())
+	case <-time.After(10 * time.Second):
+		t.Fatal("connect --watch did not stop")
+	}
+}
+
 func TestCLIConnectOnSimulatedCluster(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts a simulated cluster")

@@ -2,7 +2,6 @@ package config
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"os"
@@ -10,8 +9,6 @@ import (
 	"reflect"
 	"sync"
 	"time"
-
-	"github.com/fsnotify/fsnotify"
 )
 
 // DefaultDebounce is how long the Watcher waits after the last change
@@ -108,84 +105,22 @@ func (w *Watcher) Run(ctx context.Context) error {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return fmt.Errorf("watching sbx config: cannot create %s: %w", dir, err)
 	}
-	fw, err := fsnotify.NewWatcher()
+	err := WatchFile(ctx, w.path, FileWatchOptions{
+		Debounce: w.opts.Debounce,
+		// The file may have changed between NewWatcher and the watch.
+		Initial:  true,
+		OnChange: w.reload,
+		OnWatchError: func(err error) {
+			w.log.Warn("sbx config watch", "path", w.path, "err", err)
+		},
+	})
 	if err != nil {
 		return fmt.Errorf("watching sbx config %s: %w (live reload is off; restart the daemon after editing)", w.path, err)
 	}
-	defer fw.Close()
-	t := &targets{fw: fw, watched: map[string]bool{}, names: map[string]bool{}}
-	if err := t.add(w.path); err != nil {
-		return fmt.Errorf("watching sbx config directory %s: %w", dir, err)
-	}
-	// The file may have changed between NewWatcher and the watch.
-	w.reload(t)
-
-	timer := time.NewTimer(w.opts.Debounce)
-	timer.Stop()
-	var fire <-chan time.Time
-	for {
-		select {
-		case <-ctx.Done():
-			timer.Stop()
-			return nil
-		case ev, ok := <-fw.Events:
-			if !ok {
-				return errors.New("watching sbx config: the file watch closed unexpectedly; restart the daemon to resume live reload")
-			}
-			if t.names[filepath.Clean(ev.Name)] {
-				timer.Reset(w.opts.Debounce)
-				fire = timer.C
-			}
-		case err, ok := <-fw.Errors:
-			if !ok {
-				return errors.New("watching sbx config: the file watch closed unexpectedly; restart the daemon to resume live reload")
-			}
-			// Overflow and similar: reload to be sure nothing was missed.
-			w.log.Warn("sbx config watch reported an error; reloading", "path", w.path, "err", err)
-			timer.Reset(w.opts.Debounce)
-			fire = timer.C
-		case <-fire:
-			fire = nil
-			w.reload(t)
-		}
-	}
-}
-
-// targets are the paths whose events matter: the config path and, when it
-// is a symlink, what it points to, with their directories watched.
-type targets struct {
-	fw      *fsnotify.Watcher
-	watched map[string]bool // directories
-	names   map[string]bool // files
-}
-
-func (t *targets) add(path string) error {
-	t.names[path] = true
-	dir := filepath.Dir(path)
-	if t.watched[dir] {
-		return nil
-	}
-	if err := t.fw.Add(dir); err != nil {
-		return err
-	}
-	t.watched[dir] = true
 	return nil
 }
 
-// follow adds the symlink target of path, if any, so that edits to a
-// dotfiles-managed config are seen too.
-func (t *targets) follow(path string) error {
-	real, err := filepath.EvalSymlinks(path)
-	if err != nil || real == path || t.names[real] {
-		return nil
-	}
-	return t.add(real)
-}
-
-func (w *Watcher) reload(t *targets) {
-	if err := t.follow(w.path); err != nil {
-		w.log.Warn("cannot watch the target of the sbx config symlink; edits to it are seen only when the link changes", "path", w.path, "err", err)
-	}
+func (w *Watcher) reload() {
 	cfg, err := Load(w.path)
 
 	w.mu.Lock()
