@@ -323,4 +323,13 @@ func TestBuildRefusesBadInput(t *testing.T) {
 	}
 	_, err := parseBinary("linux-amd64:sbx")
 	require.ErrorContains(t, err, "want OS/ARCH=PATH")
+
+	// A stray argument is refused, not ignored.
+	for _, args := range [][]string{
+		{"build", "--version", "v1", "--out", dir, "dist/sbx-linux-amd64"},
+		{"push", "--layout", dir, "--ref", "127.0.0.1:1/sbx:v1", "extra"},
+	} {
+		err := run(context.Background(), args, io.Discard, io.Discard)
+		require.ErrorContains(t, err, "unexpected argument", args)
+	}
 }

@@ -37,6 +37,19 @@ const usage = `usage:
   image build --version VERSION --out DIR --binary OS/ARCH=PATH [--binary ...]
   image push --layout DIR --ref REGISTRY/REPO:TAG`
 
+// parseAll parses flags and refuses anything left over: a stray argument
+// (a misspelled flag after a value, a path without --binary) would
+// otherwise be ignored silently.
+func parseAll(fs *flag.FlagSet, args []string) error {
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("%s: unexpected argument %q (every input is a flag)\n%s", fs.Name(), fs.Arg(0), usage)
+	}
+	return nil
+}
+
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if len(args) == 0 {
 		return fmt.Errorf("%w\n%s", flag.ErrHelp, usage)
@@ -56,7 +69,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			}
 			return err
 		})
-		if err := fs.Parse(args[1:]); err != nil {
+		if err := parseAll(fs, args[1:]); err != nil {
 			return err
 		}
 		desc, err := build(o)
@@ -71,7 +84,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		var dir, ref string
 		fs.StringVar(&dir, "layout", "dist/image", "OCI layout directory written by `image build`")
 		fs.StringVar(&ref, "ref", "", "where to push, REGISTRY/REPO:TAG (credentials from the Docker config, e.g. ~/.docker/config.json)")
-		if err := fs.Parse(args[1:]); err != nil {
+		if err := parseAll(fs, args[1:]); err != nil {
 			return err
 		}
 		digest, err := push(ctx, dir, ref)
