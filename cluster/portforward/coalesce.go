@@ -45,11 +45,15 @@ const (
 // takes; the peer sees ordinary masked binary messages.
 //
 // Writing beside gorilla is safe because every frame, ours and the
-// control frames gorilla still writes (the close handshake), goes out in a
-// single Write of the network connection, and a net.Conn never interleaves
-// two Writes. Pings are answered here (SetPingHandler) instead of by
-// gorilla's default handler, which would also leave a one-second write
-// deadline behind on the connection. Reads, Close and addresses are the
+// control frames gorilla still writes, goes out in a single Write of the
+// network connection, and the connections gorilla dials (*net.TCPConn,
+// *tls.Conn) hold a write lock for a whole Write, so two Writes never
+// interleave (net.Conn itself does not promise that). Gorilla writes only
+// close frames now (on Close, on the peer's close, on a protocol error),
+// each with a one-second write deadline that stays on the connection; by
+// then the connection is ending. Pings are answered here (SetPingHandler)
+// instead of by gorilla's default handler, which would leave that deadline
+// behind on a live connection. Reads, Close and addresses are the
 // TunnelingConnection's.
 //
 // It is synchronous: the write that completes a frame sends it and returns

@@ -365,3 +365,40 @@ func TestFrameConnPrefix(t *testing.T) {
 	require.Empty(t, c.prefixes)
 	peer.none(t)
 }
+
+// TestFrameConnPrefixOnHugeFrame: a prefix on a data frame longer than one
+// WebSocket frame goes into the first of its messages, the mask phase
+// carries on past the prefix's odd length, and the header keeps its flags
+// while its length grows by the prefix.
+func TestFrameConnPrefixOnHugeFrame(t *testing.T) {
+	c, _, peer := newWSPair(t)
+	body := make([]byte, 2*wsMaxPayload+7)
+	for i := range body {
+		body[i] = byte(i % 253)
+	}
+	pre := []byte("PRE")
+	hdr := func(length int) []byte {
+		h := binary.BigEndian.AppendUint32(nil, 9)
+		return binary.BigEndian.AppendUint32(h, 0x01<<24|uint32(length)) // FIN
+	}
+	n, err := c.writePrefixed(9, pre, body, func(p []byte) (int, error) {
+		h := hdr(len(p))
+		for _, piece := range [][]byte{h[:4], h[4:], p} {
+			if _, err := c.Write(piece); err != nil {
+				return 0, err
+			}
+		}
+		return len(p), nil
+	})
+	require.NoError(t, err)
+	require.Equal(t, len(body), n)
+	want := append(append(hdr(len(pre)+len(body)), pre...), body...)
+	var got []byte
+	for len(got) < len(want) {
+		m := peer.next(t)
+		require.LessOrEqual(t, len(m), wsMaxPayload)
+		got = append(got, m...)
+	}
+	require.Equal(t, want, got)
+	require.Empty(t, c.prefixes)
+}
