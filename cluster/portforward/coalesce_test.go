@@ -183,7 +183,7 @@ type failingWriter struct{ err error }
 func (w failingWriter) Write([]byte) (int, error) { return 0, w.err }
 
 func TestFrameConnReportsErrorsSynchronously(t *testing.T) {
-	c := &frameConn{raw: failingWriter{io.ErrClosedPipe}}
+	c := &frameConn{raw: failingWriter{io.ErrClosedPipe}, sending: make(chan struct{}, 1)}
 	pieces := frame(1, []byte("x"))
 	_, err := c.Write(pieces[0])
 	require.NoError(t, err, "a partial frame is only buffered")
@@ -401,4 +401,63 @@ func TestFrameConnPrefixOnHugeFrame(t *testing.T) {
 	}
 	require.Equal(t, want, got)
 	require.Empty(t, c.prefixes)
+}
+
+// stuckWriter blocks its first Write until release is closed, as a write
+// to a peer that does not read does, and records every Write.
+type stuckWriter struct {
+	started chan struct{}
+	release chan struct{}
+	mu      sync.Mutex
+	writes  [][]byte
+}
+
+func (w *stuckWriter) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	first := len(w.writes) == 0
+	w.writes = append(w.writes, slices.Clone(p))
+	w.mu.Unlock()
+	if first {
+		close(w.started)
+		<-w.release
+	}
+	return len(p), nil
+}
+
+// TestFrameConnPongDoesNotWaitForAStuckWrite: pong runs on the reader; a
+// frame write stuck on the network must not stall it for longer than
+// pongWait (the pong is skipped, as gorilla's handler skips it), and once
+// the network moves a pong goes out again.
+func TestFrameConnPongDoesNotWaitForAStuckWrite(t *testing.T) {
+	w := &stuckWriter{started: make(chan struct{}), release: make(chan struct{})}
+	c := &frameConn{raw: w, sending: make(chan struct{}, 1), pongWait: 10 * time.Millisecond}
+	writeErr := make(chan error, 1)
+	go func() {
+		_, err := spdyData(c, 1, []byte("payload"))
+		writeErr <- err
+	}()
+	<-w.started
+	pongErr := make(chan error, 1)
+	go func() { pongErr <- c.pong("a") }()
+	select {
+	case err := <-pongErr:
+		require.NoError(t, err, "a skipped pong is not an error")
+	case <-time.After(10 * time.Second):
+		close(w.release)
+		t.Fatal("pong waited for the stuck write")
+	}
+	w.mu.Lock()
+	require.Len(t, w.writes, 1, "no pong while the frame is stuck")
+	w.mu.Unlock()
+
+	close(w.release)
+	require.NoError(t, <-writeErr)
+	require.NoError(t, c.pong("b"))
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	require.Len(t, w.writes, 2)
+	pong := w.writes[1]
+	require.Equal(t, []byte{wsFinPong, wsMaskBit | 1}, pong[:2])
+	require.Len(t, pong, 2+4+1)
+	require.Equal(t, byte('b'), pong[6]^pong[2], "the payload is masked with the frame's key")
 }
