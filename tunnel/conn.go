@@ -20,10 +20,10 @@ import (
 //     the writes per frame, which is most of the per-request cost of a
 //     small round trip. Over a port-forward it matters even more: each
 //     Write becomes its own SPDY frame, WebSocket message and system call
-//     on every hop to the relay. On TCP the two go out with writev; over a
-//     port-forward WebSocket the connection takes the header as a prefix
-//     of the body's SPDY frame (prefixWriter); elsewhere they are copied
-//     into one buffer.
+//     on every hop to the relay. On TCP a body over 16 KiB goes out with
+//     the header in one writev; over a port-forward WebSocket the
+//     connection takes the header as a prefix of the body's SPDY frame
+//     (prefixWriter); otherwise the two are copied into one buffer.
 //
 // Only yamux's single send goroutine calls Write, so the pending-header
 // state needs no lock.

@@ -15,9 +15,10 @@ import (
 // port-forward needs: each frame costs a SPDY frame, a WebSocket frame, an
 // allocation in the kubelet and system calls on every hop, and 256 KiB
 // frames took ~6% less CPU per byte than 128 KiB ones in sbx bench
-// portforward (512 KiB no less than 256 KiB). A read that does not fill its buffer means the source has
-// drained and the next read will probably wait, so the direction drops
-// back to the smallest size: an idle piped stream holds 2 × 32 KiB.
+// portforward (512 KiB no less than 256 KiB). A read that does not fill
+// its buffer means the source has drained and the next read will probably
+// wait, so the direction drops back to the smallest size: an idle piped
+// stream holds 2 × 32 KiB.
 var pipeSizes = [...]int{32 << 10, 128 << 10, 256 << 10}
 
 // pipeBufs recycle copy buffers, one pool per size: every stream is piped,

@@ -215,3 +215,72 @@ func TestPipeBufferSizes(t *testing.T) {
 	require.Equal(t, []int{s, s, m, l, l, l, s, m, s}, src.bufs)
 	require.Equal(t, s/2+s+m+l+l+l/2+s+m/2, dst.written, "every byte read is written")
 }
+
+// stepConn answers each Read with the next scripted step (its bytes and
+// error), then io.EOF; its Write keeps what it is given, up to short bytes
+// less than asked when short > 0, or fails with werr.
+type stepConn struct {
+	net.Conn
+	steps []readStep
+	got   []byte
+	short int
+	werr  error
+}
+
+type readStep struct {
+	data string
+	err  error
+}
+
+func (c *stepConn) Read(p []byte) (int, error) {
+	if len(c.steps) == 0 {
+		return 0, io.EOF
+	}
+	s := c.steps[0]
+	c.steps = c.steps[1:]
+	return copy(p, s.data), s.err
+}
+
+func (c *stepConn) Write(p []byte) (int, error) {
+	if c.werr != nil {
+		return 0, c.werr
+	}
+	n := max(len(p)-c.short, 0)
+	c.got = append(c.got, p[:n]...)
+	return n, nil
+}
+
+// TestCopyPooledContract: the copy keeps io.Copy's rules: every byte read
+// is written, including one-byte reads and bytes that come with an error;
+// an empty read is no end; io.EOF is a clean end (nil), another read error
+// or a write error is returned, and a short write is io.ErrShortWrite.
+func TestCopyPooledContract(t *testing.T) {
+	boom := errors.New("boom")
+	tests := []struct {
+		name    string
+		steps   []readStep
+		short   int
+		werr    error
+		want    string
+		wantErr error
+	}{
+		{name: "small and empty reads", steps: []readStep{{data: "a"}, {}, {data: "bc"}, {data: "d"}}, want: "abcd"},
+		{name: "data with EOF", steps: []readStep{{data: "x"}, {data: "yz", err: io.EOF}}, want: "xyz"},
+		{name: "data with an error", steps: []readStep{{data: "ab", err: boom}}, want: "ab", wantErr: boom},
+		{name: "unexpected EOF is an error", steps: []readStep{{err: io.ErrUnexpectedEOF}}, wantErr: io.ErrUnexpectedEOF},
+		{name: "short write", steps: []readStep{{data: "abc"}}, short: 1, want: "ab", wantErr: io.ErrShortWrite},
+		{name: "write error", steps: []readStep{{data: "abc"}}, werr: boom, wantErr: boom},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			dst := &stepConn{short: tt.short, werr: tt.werr}
+			err := copyPooled(dst, &stepConn{steps: tt.steps})
+			if tt.wantErr == nil {
+				require.NoError(t, err)
+			} else {
+				require.ErrorIs(t, err, tt.wantErr)
+			}
+			require.Equal(t, tt.want, string(dst.got))
+		})
+	}
+}

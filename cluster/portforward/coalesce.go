@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"sync"
+	"time"
 
 	gwebsocket "github.com/gorilla/websocket"
 )
@@ -45,11 +46,15 @@ const (
 // takes; the peer sees ordinary masked binary messages.
 //
 // Writing beside gorilla is safe because every frame, ours and the
-// control frames gorilla still writes (the close handshake), goes out in a
-// single Write of the network connection, and a net.Conn never interleaves
-// two Writes. Pings are answered here (SetPingHandler) instead of by
-// gorilla's default handler, which would also leave a one-second write
-// deadline behind on the connection. Reads, Close and addresses are the
+// control frames gorilla still writes, goes out in a single Write of the
+// network connection, and the connections gorilla dials (*net.TCPConn,
+// *tls.Conn) hold a write lock for a whole Write, so two Writes never
+// interleave (net.Conn itself does not promise that). Gorilla writes only
+// close frames now (on Close, on the peer's close, on a protocol error),
+// each with a one-second write deadline that stays on the connection; by
+// then the connection is ending. Pings are answered here (SetPingHandler)
+// instead of by gorilla's default handler, which would leave that deadline
+// behind on a live connection. Reads, Close and addresses are the
 // TunnelingConnection's.
 //
 // It is synchronous: the write that completes a frame sends it and returns
@@ -60,6 +65,11 @@ const (
 type frameConn struct {
 	net.Conn           // the TunnelingConnection
 	raw      io.Writer // the WebSocket's network connection
+	// sending holds a token while a frame or a pong is written to raw, so
+	// that pong can give up waiting for a write stuck on a full network
+	// (c.mu cannot be waited on with a timeout).
+	sending  chan struct{}
+	pongWait time.Duration // how long pong waits for sending (pongWait; shorter in tests)
 
 	mu   sync.Mutex
 	hdr  [spdyHeaderLen]byte
@@ -91,7 +101,7 @@ const maxSPDYLength = 1<<24 - 1
 // newFrameConn returns a frameConn writing to ws's network connection
 // and reading through tc, and takes over ws's ping handler.
 func newFrameConn(tc net.Conn, ws *gwebsocket.Conn) *frameConn {
-	c := &frameConn{Conn: tc, raw: ws.NetConn()}
+	c := &frameConn{Conn: tc, raw: ws.NetConn(), sending: make(chan struct{}, 1), pongWait: pongWait}
 	ws.SetPingHandler(c.pong)
 	return c
 }
@@ -224,21 +234,44 @@ func (c *frameConn) put(p []byte) {
 // flush sends the frame built so far.
 func (c *frameConn) flush() error {
 	h := wsHeader(c.buf[:wsMaxHeader], wsFinBinary, c.n, c.key)
-	if _, err := c.raw.Write(c.buf[wsMaxHeader-h : wsMaxHeader+c.n]); err != nil {
+	c.sending <- struct{}{}
+	_, err := c.raw.Write(c.buf[wsMaxHeader-h : wsMaxHeader+c.n])
+	<-c.sending
+	if err != nil {
 		return c.fail(err)
 	}
 	return nil
 }
 
+// pongWait bounds how long pong waits for a frame being written: it runs
+// on the connection's reader, which must not stall behind a write that
+// waits for the peer to read (gorilla's default handler, through
+// WriteControl, also gives up after a second).
+const pongWait = time.Second
+
 // pong answers a ping, as gorilla's default handler would, but without
-// touching the connection's write deadline.
+// touching the connection's write deadline. When a frame write holds the
+// connection for longer than pongWait it skips the pong, as gorilla's
+// handler does, rather than hold up reading.
 func (c *frameConn) pong(data string) error {
 	var f [wsMaxHeader + 125]byte // a control payload is at most 125 bytes
 	var key [4]byte
 	_, _ = rand.Read(key[:])
 	maskCopy(f[wsMaxHeader:], []byte(data), key, 0)
 	h := wsHeader(f[:wsMaxHeader], wsFinPong, len(data), key)
+	select {
+	case c.sending <- struct{}{}:
+	default:
+		t := time.NewTimer(c.pongWait)
+		defer t.Stop()
+		select {
+		case c.sending <- struct{}{}:
+		case <-t.C:
+			return nil
+		}
+	}
 	_, err := c.raw.Write(f[wsMaxHeader-h : wsMaxHeader+len(data)])
+	<-c.sending
 	var ne net.Error
 	if err != nil && !(errors.As(err, &ne) && ne.Timeout()) {
 		return err

@@ -183,7 +183,7 @@ type failingWriter struct{ err error }
 func (w failingWriter) Write([]byte) (int, error) { return 0, w.err }
 
 func TestFrameConnReportsErrorsSynchronously(t *testing.T) {
-	c := &frameConn{raw: failingWriter{io.ErrClosedPipe}}
+	c := &frameConn{raw: failingWriter{io.ErrClosedPipe}, sending: make(chan struct{}, 1)}
 	pieces := frame(1, []byte("x"))
 	_, err := c.Write(pieces[0])
 	require.NoError(t, err, "a partial frame is only buffered")
@@ -364,4 +364,100 @@ func TestFrameConnPrefix(t *testing.T) {
 	require.ErrorContains(t, err, "without its 1-byte prefix")
 	require.Empty(t, c.prefixes)
 	peer.none(t)
+}
+
+// TestFrameConnPrefixOnHugeFrame: a prefix on a data frame longer than one
+// WebSocket frame goes into the first of its messages, the mask phase
+// carries on past the prefix's odd length, and the header keeps its flags
+// while its length grows by the prefix.
+func TestFrameConnPrefixOnHugeFrame(t *testing.T) {
+	c, _, peer := newWSPair(t)
+	body := make([]byte, 2*wsMaxPayload+7)
+	for i := range body {
+		body[i] = byte(i % 253)
+	}
+	pre := []byte("PRE")
+	hdr := func(length int) []byte {
+		h := binary.BigEndian.AppendUint32(nil, 9)
+		return binary.BigEndian.AppendUint32(h, 0x01<<24|uint32(length)) // FIN
+	}
+	n, err := c.writePrefixed(9, pre, body, func(p []byte) (int, error) {
+		h := hdr(len(p))
+		for _, piece := range [][]byte{h[:4], h[4:], p} {
+			if _, err := c.Write(piece); err != nil {
+				return 0, err
+			}
+		}
+		return len(p), nil
+	})
+	require.NoError(t, err)
+	require.Equal(t, len(body), n)
+	want := append(append(hdr(len(pre)+len(body)), pre...), body...)
+	var got []byte
+	for len(got) < len(want) {
+		m := peer.next(t)
+		require.LessOrEqual(t, len(m), wsMaxPayload)
+		got = append(got, m...)
+	}
+	require.Equal(t, want, got)
+	require.Empty(t, c.prefixes)
+}
+
+// stuckWriter blocks its first Write until release is closed, as a write
+// to a peer that does not read does, and records every Write.
+type stuckWriter struct {
+	started chan struct{}
+	release chan struct{}
+	mu      sync.Mutex
+	writes  [][]byte
+}
+
+func (w *stuckWriter) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	first := len(w.writes) == 0
+	w.writes = append(w.writes, slices.Clone(p))
+	w.mu.Unlock()
+	if first {
+		close(w.started)
+		<-w.release
+	}
+	return len(p), nil
+}
+
+// TestFrameConnPongDoesNotWaitForAStuckWrite: pong runs on the reader; a
+// frame write stuck on the network must not stall it for longer than
+// pongWait (the pong is skipped, as gorilla's handler skips it), and once
+// the network moves a pong goes out again.
+func TestFrameConnPongDoesNotWaitForAStuckWrite(t *testing.T) {
+	w := &stuckWriter{started: make(chan struct{}), release: make(chan struct{})}
+	c := &frameConn{raw: w, sending: make(chan struct{}, 1), pongWait: 10 * time.Millisecond}
+	writeErr := make(chan error, 1)
+	go func() {
+		_, err := spdyData(c, 1, []byte("payload"))
+		writeErr <- err
+	}()
+	<-w.started
+	pongErr := make(chan error, 1)
+	go func() { pongErr <- c.pong("a") }()
+	select {
+	case err := <-pongErr:
+		require.NoError(t, err, "a skipped pong is not an error")
+	case <-time.After(10 * time.Second):
+		close(w.release)
+		t.Fatal("pong waited for the stuck write")
+	}
+	w.mu.Lock()
+	require.Len(t, w.writes, 1, "no pong while the frame is stuck")
+	w.mu.Unlock()
+
+	close(w.release)
+	require.NoError(t, <-writeErr)
+	require.NoError(t, c.pong("b"))
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	require.Len(t, w.writes, 2)
+	pong := w.writes[1]
+	require.Equal(t, []byte{wsFinPong, wsMaskBit | 1}, pong[:2])
+	require.Len(t, pong, 2+4+1)
+	require.Equal(t, byte('b'), pong[6]^pong[2], "the payload is masked with the frame's key")
 }

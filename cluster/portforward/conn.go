@@ -240,12 +240,19 @@ func (c *Conn) PrefixedWrites() bool { return c.pc.frames != nil }
 // one SPDY frame without being copied together first (the tunnel sends
 // each yamux header this way, ahead of its body).
 func (c *Conn) WritePrefixed(prefix, p []byte) (int, error) {
-	if c.pc.frames == nil || len(p) == 0 || len(prefix)+len(p) > maxSPDYLength {
+	// frameConn puts the SPDY header and the prefix into the first
+	// WebSocket frame of a data frame, which holds at most wsMaxPayload
+	// bytes: a longer prefix (no caller has one) is joined instead.
+	if c.pc.frames == nil || len(p) == 0 || len(prefix) > maxPrefixLen || len(prefix)+len(p) > maxSPDYLength {
 		n, err := c.write(append(slices.Clip(prefix), p...), nil)
 		return max(n-len(prefix), 0), err
 	}
 	return c.write(p, prefix)
 }
+
+// maxPrefixLen bounds a prefix WritePrefixed sends without joining it to
+// the body; a yamux header is 12 bytes.
+const maxPrefixLen = 4 << 10
 
 func (c *Conn) write(p, prefix []byte) (int, error) {
 	select {

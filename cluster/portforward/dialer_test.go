@@ -10,6 +10,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"os"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -239,6 +240,23 @@ func TestWritePrefixed(t *testing.T) {
 			_, err = io.ReadFull(c, got)
 			require.NoError(t, err)
 			require.Equal(t, want, got)
+
+			// A prefix longer than one WebSocket frame holds is joined to
+			// the body instead (written while reading: the echo is 1 MiB).
+			big := bytes.Repeat([]byte{'P'}, 1<<20)
+			bigErr := make(chan error, 1)
+			go func() {
+				n, err := c.WritePrefixed(big, body[:100])
+				if err == nil && n != 100 {
+					err = fmt.Errorf("WritePrefixed reported %d, want 100", n)
+				}
+				bigErr <- err
+			}()
+			got = make([]byte, len(big)+100)
+			_, err = io.ReadFull(c, got)
+			require.NoError(t, err)
+			require.NoError(t, <-bigErr)
+			require.Equal(t, append(slices.Clone(big), body[:100]...), got)
 
 			// Concurrent writers: each write arrives whole.
 			const writers, each = 4, 50
