@@ -15,10 +15,11 @@ import (
 // port-forward needs: each frame costs a SPDY frame, a WebSocket frame, an
 // allocation in the kubelet and system calls on every hop, and 256 KiB
 // frames took ~6% less CPU per byte than 128 KiB ones in sbx bench
-// portforward (512 KiB no less than 256 KiB). A read that does not fill
-// its buffer means the source has drained and the next read will probably
-// wait, so the direction drops back to the smallest size: an idle piped
-// stream holds 2 × 32 KiB.
+// portforward (512 KiB no less than 256 KiB). A read smaller than the
+// smallest size means the traffic is not bulk (a request, the tail of a
+// transfer), so the direction drops back to the smallest size and an idle
+// piped stream holds 2 × 32 KiB; a partial read above that keeps the size,
+// since a yamux stream source returns only what has arrived so far.
 var pipeSizes = [...]int{32 << 10, 128 << 10, 256 << 10}
 
 // pipeBufs recycle copy buffers, one pool per size: every stream is piped,
@@ -122,9 +123,12 @@ func copyPooled(dst, src net.Conn) error {
 			}
 			return rerr
 		}
-		next := 0
-		if n == len(*buf) {
+		next := size
+		switch {
+		case n == len(*buf):
 			next = min(size+1, len(pipeSizes)-1)
+		case n < pipeSizes[0]:
+			next = 0
 		}
 		if next != size {
 			pipeBufs[size].Put(buf)

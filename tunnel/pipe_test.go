@@ -173,11 +173,12 @@ func TestPipeWith(t *testing.T) {
 	require.NoError(t, err, "a was closed")
 }
 
-// scriptedConn serves reads from a script (1: fill the buffer, -1: fill half
-// of it, 0 or the script's end: EOF) and records each read's buffer size.
+// scriptedConn serves reads from a script (1: fill the buffer, -1: fill
+// half of it, -2: one byte, 0 or the script's end: EOF) and records each
+// read's buffer size.
 type scriptedConn struct {
 	net.Conn
-	script  []int // per read: -1 fills half of p, 1 fills p, 0 ends (EOF)
+	script  []int
 	bufs    []int
 	written int
 }
@@ -190,8 +191,11 @@ func (c *scriptedConn) Read(p []byte) (int, error) {
 	step := c.script[0]
 	c.script = c.script[1:]
 	n := len(p)
-	if step < 0 {
+	switch step {
+	case -1:
 		n /= 2
+	case -2:
+		n = 1
 	}
 	clear(p[:n])
 	return n, nil
@@ -203,17 +207,19 @@ func (c *scriptedConn) Write(p []byte) (int, error) {
 }
 
 // TestPipeBufferSizes: a direction reads with the smallest buffer until a
-// read fills it, grows one size per full read up to the largest, and drops
-// back to the smallest after a read that does not fill its buffer (the
-// source drained: an idle stream should not hold a large buffer).
+// read fills it and grows one size per full read up to the largest; a
+// partial read of at least the smallest size keeps the size (a yamux
+// stream returns what has arrived so far), and a smaller read drops back
+// to the smallest (the traffic is not bulk: an idle stream should not hold
+// a large buffer).
 func TestPipeBufferSizes(t *testing.T) {
 	const s, m, l = 32 << 10, 128 << 10, 256 << 10
 	require.Equal(t, [3]int{s, m, l}, pipeSizes)
-	src := &scriptedConn{script: []int{-1, 1, 1, 1, 1, -1, 1, -1, 0}}
+	src := &scriptedConn{script: []int{-1, 1, 1, 1, 1, -1, 1, -2, 1, -1, -2, 0}}
 	dst := &scriptedConn{}
 	require.NoError(t, copyPooled(dst, src))
-	require.Equal(t, []int{s, s, m, l, l, l, s, m, s}, src.bufs)
-	require.Equal(t, s/2+s+m+l+l+l/2+s+m/2, dst.written, "every byte read is written")
+	require.Equal(t, []int{s, s, m, l, l, l, l, l, s, m, m, s}, src.bufs)
+	require.Equal(t, s/2+s+m+l+l+l/2+l+1+s+m/2+1, dst.written, "every byte read is written")
 }
 
 // stepConn answers each Read with the next scripted step (its bytes and
