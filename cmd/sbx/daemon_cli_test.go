@@ -362,54 +362,74 @@ func TestBinaryAutostartsDaemon(t *testing.T) {
 	require.Equal(t, 2, code)
 }
 
+// watchRun is an `sbx connect --watch` of sandbox alice running against
+// the test daemon.
+type watchRun struct {
+	errb   *lockedBuffer
+	c      *daemon.Client
+	cancel context.CancelFunc
+	done   chan int
+}
+
+func startConnectWatch(t *testing.T, specPath string) *watchRun {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	w := &watchRun{errb: &lockedBuffer{}, c: &daemon.Client{}, cancel: cancel, done: make(chan int, 1)}
+	t.Cleanup(func() { cancel(); w.c.Close() })
+	go func() {
+		var out lockedBuffer
+		w.done <- run(ctx, []string{"connect", "-f", specPath, "--set", "name=alice", "--wait=false", "--watch"}, strings.NewReader(""), &out, w.errb)
+	}()
+	require.Eventually(t, func() bool { return strings.Contains(w.errb.String(), "Watching") }, 10*time.Second, 10*time.Millisecond)
+	return w
+}
+
+// toLocal is where alice's first mapping points, "" before it is known.
+func (w *watchRun) toLocal() string {
+	sb, err := w.c.Sandbox(context.Background(), "alice")
+	if err != nil || len(sb.Mappings) == 0 {
+		return ""
+	}
+	return sb.Mappings[0].ToLocal
+}
+
+// stop ends the watch and checks that it ended cleanly.
+func (w *watchRun) stop(t *testing.T) {
+	t.Helper()
+	w.cancel()
+	select {
+	case code := <-w.done:
+		require.Equal(t, 0, code, w.errb.String())
+	case <-time.After(10 * time.Second):
+		t.Fatal("connect --watch did not stop")
+	}
+}
+
 func TestCLIConnectWatchReapplies(t *testing.T) {
 	dir := cliEnv(t)
 	startInProcessDaemon(t, &cliCluster{ready: make(chan struct{})})
 	specPath := writeSpec(t, dir)
-
-	ctx, cancel := context.WithCancel(context.Background())
-	var out, errb lockedBuffer
-	done := make(chan int, 1)
-	go func() {
-		done <- run(ctx, []string{"connect", "-f", specPath, "--set", "name=alice", "--wait=false", "--watch"}, strings.NewReader(""), &out, &errb)
-	}()
-	require.Eventually(t, func() bool { return strings.Contains(errb.String(), "Watching") }, 10*time.Second, 10*time.Millisecond)
-
-	c := &daemon.Client{}
-	defer c.Close()
-	toLocal := func() string {
-		sb, err := c.Sandbox(context.Background(), "alice")
-		if err != nil || len(sb.Mappings) == 0 {
-			return ""
-		}
-		return sb.Mappings[0].ToLocal
-	}
-	require.Equal(t, "localhost:8083", toLocal())
-	key := func() string { sb, _ := c.Sandbox(context.Background(), "alice"); return sb.RoutingKey }()
+	w := startConnectWatch(t, specPath)
+	require.Equal(t, "localhost:8083", w.toLocal())
+	key := func() string { sb, _ := w.c.Sandbox(context.Background(), "alice"); return sb.RoutingKey }()
 
 	// An invalid edit is reported; the sandbox keeps its spec.
 	require.NoError(t, os.WriteFile(specPath, []byte("name: '@{name}'\nspec:\n  local: 7\n"), 0o600))
-	require.Eventually(t, func() bool { return strings.Contains(errb.String(), "keeps its last good spec") }, 10*time.Second, 10*time.Millisecond)
-	require.Equal(t, "localhost:8083", toLocal())
+	require.Eventually(t, func() bool { return strings.Contains(w.errb.String(), "keeps its last good spec") }, 10*time.Second, 10*time.Millisecond)
+	require.Equal(t, "localhost:8083", w.toLocal())
 
 	// A valid edit (saved the way editors do: new file renamed over it)
 	// is re-applied with the same key.
 	tmp := specPath + ".new"
 	require.NoError(t, os.WriteFile(tmp, []byte(routeSpec("localhost:9090")), 0o600))
 	require.NoError(t, os.Rename(tmp, specPath))
-	require.Eventually(t, func() bool { return toLocal() == "localhost:9090" }, 10*time.Second, 10*time.Millisecond)
-	sb, err := c.Sandbox(context.Background(), "alice")
+	require.Eventually(t, func() bool { return w.toLocal() == "localhost:9090" }, 10*time.Second, 10*time.Millisecond)
+	sb, err := w.c.Sandbox(context.Background(), "alice")
 	require.NoError(t, err)
 	require.Equal(t, key, sb.RoutingKey)
 
-	cancel()
-	select {
-	case code := <-done:
-		require.Equal(t, 0, code, errb.String())
-	case <-time.After(10 * time.Second):
-		t.Fatal("connect --watch did not stop")
-	}
-	require.Contains(t, errb.String(), "stays connected")
+	w.stop(t)
+	require.Contains(t, w.errb.String(), "stays connected")
 }
 
 // TestCLIConnectWatchFollowsSymlink: a spec reached through a symlink
@@ -425,35 +445,12 @@ func TestCLIConnectWatchFollowsSymlink(t *testing.T) {
 	link := filepath.Join(dir, "sandbox.yaml")
 	require.NoError(t, os.Symlink(target, link))
 
-	ctx, cancel := context.WithCancel(context.Background())
-	var out, errb lockedBuffer
-	done := make(chan int, 1)
-	go func() {
-		done <- run(ctx, []string{"connect", "-f", link, "--set", "name=alice", "--wait=false", "--watch"}, strings.NewReader(""), &out, &errb)
-	}()
-	require.Eventually(t, func() bool { return strings.Contains(errb.String(), "Watching") }, 10*time.Second, 10*time.Millisecond)
-	c := &daemon.Client{}
-	defer c.Close()
-	toLocal := func() string {
-		sb, err := c.Sandbox(context.Background(), "alice")
-		if err != nil || len(sb.Mappings) == 0 {
-			return ""
-		}
-		return sb.Mappings[0].ToLocal
-	}
-	require.Eventually(t, func() bool { return toLocal() == "localhost:8083" }, 10*time.Second, 10*time.Millisecond)
-
+	w := startConnectWatch(t, link)
+	require.Eventually(t, func() bool { return w.toLocal() == "localhost:8083" }, 10*time.Second, 10*time.Millisecond)
 	require.NoError(t, os.WriteFile(target, []byte(routeSpec("localhost:9191")), 0o600))
-	require.Eventually(t, func() bool { return toLocal() == "localhost:9191" }, 10*time.Second, 10*time.Millisecond,
+	require.Eventually(t, func() bool { return w.toLocal() == "localhost:9191" }, 10*time.Second, 10*time.Millisecond,
 		"an edit of the symlink's target is re-applied")
-
-	cancel()
-	select {
-	case code := <-done:
-		require.Equal(t, 0, code, errb.String())
-	case <-time.After(10 * time.Second):
-		t.Fatal("connect --watch did not stop")
-	}
+	w.stop(t)
 }
 
 func TestCLIConnectOnSimulatedCluster(t *testing.T) {
