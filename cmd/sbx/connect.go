@@ -151,8 +151,12 @@ func printReady(w io.Writer, st daemon.SandboxStatus) {
 // config.WatchFile follows the file as editors save it (a new file renamed
 // over the old one) and through a symlink to its target.
 func watchSpec(ctx context.Context, g *globalOptions, c *daemon.Client, req daemon.ConnectRequest, sf *specFlags, format string) error {
-	fmt.Fprintf(g.stderr, "Watching %s for changes (Ctrl-C stops watching; the sandbox stays connected).\n", sf.file)
 	err := config.WatchFile(ctx, sf.file, config.FileWatchOptions{
+		// Said only once the watch is in place, so an edit made after
+		// the message is re-applied.
+		OnReady: func() {
+			fmt.Fprintf(g.stderr, "Watching %s for changes (Ctrl-C stops watching; the sandbox stays connected).\n", sf.file)
+		},
 		OnChange: func() {
 			sb, err := sf.load(g)
 			if err != nil {

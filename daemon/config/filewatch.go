@@ -21,6 +21,10 @@ type FileWatchOptions struct {
 	// OnChange is called, from WatchFile's goroutine, after the file
 	// changed (or was created, replaced or removed).
 	OnChange func()
+	// OnReady is called, from WatchFile's goroutine, once the watch is in
+	// place (and after the Initial OnChange): an edit made after it
+	// returns is seen. Nil ignores it.
+	OnReady func()
 	// OnWatchError is told about problems WatchFile works around: an OS
 	// watch error (after which it calls OnChange, in case an event was
 	// lost) or a symlink target it cannot watch. Nil ignores them.
@@ -65,6 +69,9 @@ func WatchFile(ctx context.Context, path string, opts FileWatchOptions) error {
 		changed()
 	} else {
 		follow()
+	}
+	if opts.OnReady != nil {
+		opts.OnReady()
 	}
 
 	timer := time.NewTimer(opts.Debounce)
