@@ -32,8 +32,10 @@ const (
 	// may buffer up to about twice the tunnel's 1 MiB stream window
 	// (yamux's receive buffer grows by doubling) when its reader stalls,
 	// plus up to 512 KiB of copy buffers (2 × 256 KiB while bulk data
-	// flows, 64 KiB when idle): 128 streams stay under ~370 MiB in the
-	// worst case, inside the relay container's 512 Mi limit.
+	// flows, 32 KiB for a direction that carries only requests): ~2.5 MiB
+	// a stream, so 128 streams buffer up to ~320 MiB in the worst case,
+	// which leaves the rest of the process room under GOMEMLIMIT (460 MiB)
+	// and the relay container's 512 Mi limit.
 	DefaultMaxStreams = 128
 )
 
