@@ -244,9 +244,10 @@ func Run(ctx context.Context, opts Options) (*Result, error) {
 	ratio := func(i int, f func(sample) float64) float64 { return round3(benchstat.Median(ratios(i, f))) }
 	res.CI95 = map[string][2]float64{}
 	target := func(name string, i int, f func(sample) float64) float64 {
-		lo, hi := benchstat.MedianCI(ratios(i, f), 0.95)
+		r := ratios(i, f)
+		lo, hi := benchstat.MedianCI(r, 0.95)
 		res.CI95[name] = [2]float64{round3(lo), round3(hi)}
-		return ratio(i, f)
+		return round3(benchstat.Median(r))
 	}
 	res.TunnelVsBareThroughput = target("tunnel_vs_bare_throughput", 1, func(s sample) float64 { return s.mbps })
 	res.PoolVsBareThroughput = target("pool_vs_bare_throughput", 2, func(s sample) float64 { return s.mbps })
