@@ -34,7 +34,8 @@ the pod", and a relay. Three paths carry the same traffic:
 
 Bulk throughput is the aggregate of parallel uploads (and, for reference,
 one upload alone); round-trip time is that of 1 KiB echoes. Figures are medians over repetitions; the ratios
-compare the paths against bare.`,
+compare the paths against bare, each target ratio with the 95% confidence
+interval of its median (ci95 in --json).`,
 		Example: `  sbx bench portforward
   sbx bench portforward --json
   sbx bench portforward --reps 9 --check`,
