@@ -37,9 +37,10 @@ const usage = `usage:
   image build --version VERSION --out DIR --binary OS/ARCH=PATH [--binary ...]
   image push --layout DIR --ref REGISTRY/REPO:TAG`
 
-// parseAll parses flags and refuses anything left over: a stray argument
-// (a misspelled flag after a value, a path without --binary) would
-// otherwise be ignored silently.
+// parseAll parses flags and refuses anything left over: flag stops at the
+// first word that is not a flag (a path without --binary, a value with a
+// space in it), and that word and every flag after it would otherwise be
+// ignored silently.
 func parseAll(fs *flag.FlagSet, args []string) error {
 	if err := fs.Parse(args); err != nil {
 		return err
