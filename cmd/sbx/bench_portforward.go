@@ -33,9 +33,10 @@ the pod", and a relay. Three paths carry the same traffic:
   pool    a pool of tunnel sessions, each over its own port-forward connection
 
 Bulk throughput is the aggregate of parallel uploads (and, for reference,
-one upload alone); round-trip time is that of 1 KiB echoes. Figures are medians over repetitions; the ratios
-compare the paths against bare, each target ratio with the 95% confidence
-interval of its median (ci95 in --json).`,
+one upload alone); round-trip time is that of 1 KiB echoes. Figures are
+medians over repetitions; the ratios compare the paths against bare, each
+target ratio with the 95% confidence interval of its median (ci95 in
+--json).`,
 		Example: `  sbx bench portforward
   sbx bench portforward --json
   sbx bench portforward --reps 9 --check`,
