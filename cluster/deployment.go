@@ -4,6 +4,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
+	"strconv"
 	"time"
 
 	appsv1 "k8s.io/api/apps/v1"
@@ -38,15 +39,63 @@ const (
 	relayContainer    = "relay"
 )
 
+// Stream cap of the relay (its --max-streams) as sbx configures it.
+const (
+	// DefaultRelayMaxStreams is the relay's own default cap
+	// (relay.DefaultMaxStreams, checked by a test): sbx passes no
+	// --max-streams for it, and the memory below is sized for it.
+	DefaultRelayMaxStreams = 128
+	// MaxRelayMaxStreams bounds what a user may configure. The relay's
+	// memory grows by ~2.5 MiB a stream (relayMemory), so 4096 streams
+	// already take a 10304Mi limit and a 1288Mi request: more would not
+	// be scheduled on the nodes of a typical staging cluster, and a
+	// developer's app that needs more than 4096 concurrent connections
+	// through one laptop is better served by smaller connection pools.
+	MaxRelayMaxStreams = 4096
+)
+
+// ValidateRelayMaxStreams checks a configured stream cap: 0 means the
+// default, otherwise 1-MaxRelayMaxStreams.
+func ValidateRelayMaxStreams(n int) error {
+	if n < 0 || n > MaxRelayMaxStreams {
+		return fmt.Errorf("relay stream cap %d is out of range; allowed 1-%d (0 or unset: the relay's default %d; each stream adds ~2.5 MiB to the relay pod's memory)",
+			n, MaxRelayMaxStreams, DefaultRelayMaxStreams)
+	}
+	return nil
+}
+
 // The relay's memory: a few MiB when idle, but every stream it serves may
 // buffer about 2.5 MiB when its reader stalls (relay.DefaultMaxStreams
-// explains the budget), so the limit leaves room for the relay's default
-// stream cap. The request keeps the limit/request ratio of 8 some
-// LimitRanges enforce.
+// explains the budget). The limit never goes below what the default cap
+// has always had.
 const (
-	relayMemoryLimit   = "512Mi"
-	relayMemoryLimitGo = "460MiB" // GOMEMLIMIT: 90% of relayMemoryLimit
+	relayMemoryFloorMiB = 512
+	// relayMemoryBaseMiB is the process without streams: runtime, code,
+	// metrics, tunnel sessions.
+	relayMemoryBaseMiB = 64
+	// relayMemoryStepMiB rounds the limit up, so nearby caps share a size.
+	relayMemoryStepMiB = 64
+	// relayMemoryRatio is limit/request: the most some LimitRanges allow
+	// (maxLimitRequestRatio), with the smallest request that keeps it.
+	relayMemoryRatio = 8
 )
+
+// relayMemory sizes the relay container for a stream cap (0: the
+// default): limit = max(512Mi, streams × 2.5 MiB + 64 MiB) rounded up to
+// 64 MiB, request = limit/8, and GOMEMLIMIT at 90% of the limit, in the
+// Go runtime's unit syntax (a Kubernetes "460Mi" would make the runtime
+// throw at startup), so the runtime collects harder before the kernel
+// kills the pod. The default cap gives 512Mi, 64Mi and 460MiB.
+func relayMemory(maxStreams int) (limit, request, goMemLimit string) {
+	if maxStreams <= 0 {
+		maxStreams = DefaultRelayMaxStreams
+	}
+	// In half-MiB units: 2.5 MiB a stream is 5.
+	half := 5*maxStreams + 2*relayMemoryBaseMiB
+	limitMiB := (half + 2*relayMemoryStepMiB - 1) / (2 * relayMemoryStepMiB) * relayMemoryStepMiB
+	limitMiB = max(limitMiB, relayMemoryFloorMiB)
+	return fmt.Sprintf("%dMi", limitMiB), fmt.Sprintf("%dMi", limitMiB/relayMemoryRatio), fmt.Sprintf("%dMiB", limitMiB*9/10)
+}
 
 // relayPodLabels are the relay pod's labels. Every key is sbx's own
 // (app.kubernetes.io/managed-by=sbx or sbx.dev/…), so no baseline Service
@@ -68,8 +117,9 @@ func relaySelector(sandbox string) map[string]string {
 }
 
 // RelayArgs returns the `sbx relay` arguments for a sandbox, exactly as the
-// relay command-line contract specifies.
-func RelayArgs(sandbox string, workloads []ResolvedWorkload) []string {
+// relay command-line contract specifies. maxStreams is the stream cap; 0 or
+// the default adds no flag, so existing relays keep their exact args.
+func RelayArgs(sandbox string, workloads []ResolvedWorkload, maxStreams int) []string {
 	args := []string{"relay",
 		"--sandbox", sandbox,
 		"--listen", fmt.Sprintf("127.0.0.1:%d", TunnelPort),
@@ -80,7 +130,11 @@ func RelayArgs(sandbox string, workloads []ResolvedWorkload) []string {
 			args = append(args, "--inbound", fmt.Sprintf("%d=%s/%d/%s", p.RelayPort, w.Local.Name, p.Port, p.Protocol))
 		}
 	}
-	return append(args, "--grace", relayGrace.String(), "--drain-timeout", relayDrainTimeout.String())
+	args = append(args, "--grace", relayGrace.String(), "--drain-timeout", relayDrainTimeout.String())
+	if maxStreams > 0 && maxStreams != DefaultRelayMaxStreams {
+		args = append(args, "--max-streams", strconv.Itoa(maxStreams))
+	}
+	return args
 }
 
 func tokenHash(token string) string {
@@ -91,7 +145,8 @@ func tokenHash(token string) string {
 	return hex.EncodeToString(sum[:8])
 }
 
-func relayDeployment(sandbox, namespace, key, token, image string, workloads []ResolvedWorkload) *appsv1.Deployment {
+func relayDeployment(sandbox, namespace, key, token, image string, maxStreams int, workloads []ResolvedWorkload) *appsv1.Deployment {
+	memLimit, memRequest, goMemLimit := relayMemory(maxStreams)
 	ports := []corev1.ContainerPort{
 		{Name: "tunnel", ContainerPort: TunnelPort, Protocol: corev1.ProtocolTCP},
 		{Name: "health", ContainerPort: HealthPort, Protocol: corev1.ProtocolTCP},
@@ -145,7 +200,7 @@ func relayDeployment(sandbox, namespace, key, token, image string, workloads []R
 						Name:    relayContainer,
 						Image:   image,
 						Command: []string{"sbx"},
-						Args:    RelayArgs(sandbox, workloads),
+						Args:    RelayArgs(sandbox, workloads, maxStreams),
 						Env: []corev1.EnvVar{{
 							Name: TokenEnv,
 							ValueFrom: &corev1.EnvVarSource{SecretKeyRef: &corev1.SecretKeySelector{
@@ -155,7 +210,7 @@ func relayDeployment(sandbox, namespace, key, token, image string, workloads []R
 						}, {
 							// The Go runtime collects harder as the heap nears
 							// this soft limit, short of the container's hard one.
-							Name: "GOMEMLIMIT", Value: relayMemoryLimitGo,
+							Name: "GOMEMLIMIT", Value: goMemLimit,
 						}},
 						Ports:          ports,
 						ReadinessProbe: probe("/readyz", 2),
@@ -163,11 +218,11 @@ func relayDeployment(sandbox, namespace, key, token, image string, workloads []R
 						Resources: corev1.ResourceRequirements{
 							Requests: corev1.ResourceList{
 								corev1.ResourceCPU:    resource.MustParse("20m"),
-								corev1.ResourceMemory: resource.MustParse("64Mi"),
+								corev1.ResourceMemory: resource.MustParse(memRequest),
 							},
 							Limits: corev1.ResourceList{
 								corev1.ResourceCPU:    resource.MustParse("1"),
-								corev1.ResourceMemory: resource.MustParse(relayMemoryLimit),
+								corev1.ResourceMemory: resource.MustParse(memLimit),
 							},
 						},
 						SecurityContext: &corev1.SecurityContext{

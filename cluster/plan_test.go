@@ -16,6 +16,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/sbx-dev/sbx/cluster/spec"
+	"github.com/sbx-dev/sbx/relay"
 )
 
 func threeSandbox() *spec.Sandbox {
@@ -100,6 +101,80 @@ func TestPlanRelayDeployment(t *testing.T) {
 	require.NoError(t, err)
 	require.True(t, sel.Matches(labels.Set(d.Spec.Template.Labels)))
 	require.Equal(t, "Lease", d.OwnerReferences[0].Kind)
+}
+
+// TestRelayMemory pins the memory formula: the default cap keeps exactly
+// the sizes the relay has always had, larger caps grow by ~2.5 MiB a
+// stream rounded up to 64 MiB, the request stays limit/8 and GOMEMLIMIT
+// 90% of the limit.
+func TestRelayMemory(t *testing.T) {
+	tests := []struct {
+		streams                 int
+		limit, request, goLimit string
+	}{
+		{0, "512Mi", "64Mi", "460MiB"},
+		{1, "512Mi", "64Mi", "460MiB"},
+		{DefaultRelayMaxStreams, "512Mi", "64Mi", "460MiB"},
+		{179, "512Mi", "64Mi", "460MiB"}, // 511.5 MiB of budget: still the floor
+		{180, "576Mi", "72Mi", "518MiB"}, // 514 MiB: the next 64 MiB step
+		{256, "704Mi", "88Mi", "633MiB"},
+		{257, "768Mi", "96Mi", "691MiB"}, // 706.5 MiB rounds up
+		{1000, "2624Mi", "328Mi", "2361MiB"},
+		{MaxRelayMaxStreams, "10304Mi", "1288Mi", "9273MiB"},
+	}
+	for _, tt := range tests {
+		t.Run(fmt.Sprint(tt.streams), func(t *testing.T) {
+			limit, request, goLimit := relayMemory(tt.streams)
+			require.Equal(t, tt.limit, limit)
+			require.Equal(t, tt.request, request)
+			require.Equal(t, tt.goLimit, goLimit)
+
+			l := resource.MustParse(limit)
+			require.Zero(t, l.Value()%(64<<20), "a multiple of 64 MiB")
+			require.GreaterOrEqual(t, float64(l.Value()), float64(max(tt.streams, DefaultRelayMaxStreams))*2.5*(1<<20)+64<<20,
+				"room for every stream's buffers plus the process")
+			r := resource.MustParse(request)
+			require.Equal(t, l.Value(), 8*r.Value(), "limit/request ratio 8")
+		})
+	}
+}
+
+func TestPlanRelayMaxStreams(t *testing.T) {
+	o := testOptions(testKey)
+	o.RelayMaxStreams = 256
+	objs, err := Plan(t.Context(), hotrodManifests(t), threeSandbox(), o)
+	require.NoError(t, err)
+	c := objs.Relay.Spec.Template.Spec.Containers[0]
+	require.Equal(t, []string{"--drain-timeout", "20s", "--max-streams", "256"}, c.Args[len(c.Args)-4:])
+	require.Equal(t, "704Mi", c.Resources.Limits.Memory().String())
+	require.Equal(t, "88Mi", c.Resources.Requests.Memory().String())
+	require.Equal(t, "GOMEMLIMIT", c.Env[1].Name)
+	require.Equal(t, "633MiB", c.Env[1].Value)
+
+	// The default, given explicitly, renders as if left out.
+	o.RelayMaxStreams = DefaultRelayMaxStreams
+	explicit, err := Plan(t.Context(), hotrodManifests(t), threeSandbox(), o)
+	require.NoError(t, err)
+	o.RelayMaxStreams = 0
+	unset, err := Plan(t.Context(), hotrodManifests(t), threeSandbox(), o)
+	require.NoError(t, err)
+	require.Equal(t, unset.Relay, explicit.Relay)
+	require.NotContains(t, unset.Relay.Spec.Template.Spec.Containers[0].Args, "--max-streams")
+
+	for _, n := range []int{-1, MaxRelayMaxStreams + 1} {
+		o.RelayMaxStreams = n
+		_, err := Plan(t.Context(), hotrodManifests(t), threeSandbox(), o)
+		require.ErrorContains(t, err, fmt.Sprintf("relay stream cap %d is out of range; allowed 1-4096", n))
+	}
+}
+
+// TestRelayMaxStreamsMatchesRelay: sbx leaves --max-streams out for
+// DefaultRelayMaxStreams, so it must be the relay's own default.
+func TestRelayMaxStreamsMatchesRelay(t *testing.T) {
+	require.Equal(t, relay.DefaultMaxStreams, DefaultRelayMaxStreams)
+	o, err := relay.ParseArgs(RelayArgs("alice", nil, 256)[1:], func(string) string { return "tok" })
+	require.NoError(t, err)
+	require.Equal(t, 256, o.MaxStreams)
 }
 
 // TestRelayLabelsNeverMatchBaselineSelectors proves the relay pod cannot

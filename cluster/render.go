@@ -51,6 +51,9 @@ type Options struct {
 	// BaggageKey is the W3C baggage key carrying the routing key (default
 	// DefaultBaggageKey).
 	BaggageKey string
+	// RelayMaxStreams is the relay's stream cap (--max-streams), 0 for its
+	// default (DefaultRelayMaxStreams); the relay's memory scales with it.
+	RelayMaxStreams int
 	// Holder is written to the Lease's holderIdentity (e.g. user@host).
 	Holder string
 }
@@ -58,7 +61,8 @@ type Options struct {
 // LogValue keeps the token out of logs.
 func (o Options) LogValue() slog.Value {
 	return slog.GroupValue(slog.String("routingKey", o.RoutingKey), slog.String("token", redacted(o.Token)),
-		slog.String("relayImage", o.RelayImage), slog.String("baggageKey", o.BaggageKey), slog.String("holder", o.Holder))
+		slog.String("relayImage", o.RelayImage), slog.String("baggageKey", o.BaggageKey),
+		slog.Int("relayMaxStreams", o.RelayMaxStreams), slog.String("holder", o.Holder))
 }
 
 func redacted(token string) string {
@@ -112,6 +116,9 @@ func Plan(ctx context.Context, b Baseline, sb *spec.Sandbox, o Options) (*Object
 	}
 	if o.RelayImage == "" {
 		return nil, fmt.Errorf("sandbox %s: no relay image; set relayImage in the sbx config or pass --relay-image (default %s:<version>)", sb.Name, DefaultRelayImageRepo)
+	}
+	if err := ValidateRelayMaxStreams(o.RelayMaxStreams); err != nil {
+		return nil, fmt.Errorf("sandbox %s: %w", sb.Name, err)
 	}
 	if errs := validation.IsDNS1123Label(sb.Name); len(errs) > 0 {
 		return nil, fmt.Errorf("sandbox name %q: %s", sb.Name, strings.Join(errs, "; "))
@@ -175,7 +182,7 @@ func Plan(ctx context.Context, b Baseline, sb *spec.Sandbox, o Options) (*Object
 		Data:       map[string][]byte{TokenKey: []byte(o.Token)},
 	}
 	objs.Secret = sec
-	objs.Relay = relayDeployment(sb.Name, home, key, o.Token, o.RelayImage, workloads)
+	objs.Relay = relayDeployment(sb.Name, home, key, o.Token, o.RelayImage, o.RelayMaxStreams, workloads)
 	for _, w := range workloads {
 		objs.Services = append(objs.Services, sandboxService(sb.Name, home, key, w))
 	}

@@ -55,10 +55,11 @@ type ApplyOptions struct {
 	// RoutingKey is the sandbox's key; the daemon keeps it across
 	// reconnects and restarts.
 	RoutingKey string
-	// BaggageKey and RelayImage come from the user config; empty means
-	// the cluster package's defaults.
-	BaggageKey string
-	RelayImage string
+	// BaggageKey, RelayImage and RelayMaxStreams come from the user
+	// config; empty or 0 means the cluster package's defaults.
+	BaggageKey      string
+	RelayImage      string
+	RelayMaxStreams int
 	// Holder is user@host, written to the Lease.
 	Holder string
 }

@@ -9,13 +9,14 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/sbx-dev/sbx/cluster"
 	"github.com/sbx-dev/sbx/daemon/config"
 )
 
 func TestConfigAppliedLiveAndErrorsShown(t *testing.T) {
 	dir := shortTempDir(t)
 	cfgPath := filepath.Join(dir, "config.yaml")
-	require.NoError(t, os.WriteFile(cfgPath, []byte("baggageKey: team-key\npoolSize: 1\n"), 0o600))
+	require.NoError(t, os.WriteFile(cfgPath, []byte("baggageKey: team-key\npoolSize: 1\nrelayMaxStreams: 256\n"), 0o600))
 	fc := &fakeCluster{}
 	fl := &fakeLinker{}
 	td := startDaemon(t, Options{Clusters: fc.provider(), link: fl.link, ConfigPath: cfgPath})
@@ -23,6 +24,7 @@ func TestConfigAppliedLiveAndErrorsShown(t *testing.T) {
 	st, err := td.client.Connect(ctx, ConnectRequest{Spec: testSpec("alice", "localhost:1"), Wait: true}, nil)
 	require.NoError(t, err)
 	require.Equal(t, "team-key", st.BaggageKey)
+	require.Equal(t, 256, fc.appliedOptions()[0].RelayMaxStreams, "the config's stream cap reaches Apply")
 	// The config leaves outbound at its defaults (auto mode): the sandbox
 	// brings outbound access up on the test's hosts file, never /etc/hosts.
 	require.Eventually(t, func() bool {
@@ -53,9 +55,31 @@ func TestConfigAppliedLiveAndErrorsShown(t *testing.T) {
 			s.Sandboxes[0].BaggageKey == "other-key" && s.Sandboxes[0].Phase == PhaseReady
 	}, 10*time.Second, 10*time.Millisecond)
 	require.Greater(t, len(fc.appliedKeys()), applies)
+	opts := fc.appliedOptions()
+	require.Zero(t, opts[len(opts)-1].RelayMaxStreams, "left out: the relay's default")
+
+	// A change of the stream cap alone re-applies too: the relay's args
+	// and memory depend on it.
+	applies = len(fc.appliedKeys())
+	require.NoError(t, os.WriteFile(cfgPath, []byte("baggageKey: other-key\nrelayMaxStreams: 512\n"), 0o600))
+	require.Eventually(t, func() bool {
+		opts := fc.appliedOptions()
+		s, err := td.client.Status(ctx)
+		return err == nil && len(opts) > applies && opts[len(opts)-1].RelayMaxStreams == 512 &&
+			len(s.Sandboxes) == 1 && s.Sandboxes[0].Phase == PhaseReady
+	}, 10*time.Second, 10*time.Millisecond, "the new stream cap was not applied")
 	for _, k := range fc.appliedKeys() {
 		require.Equal(t, st.RoutingKey, k)
 	}
+}
+
+// TestConfigBoundsMatchCluster: package config mirrors the cluster
+// package's stream-cap bounds (to stay free of the Kubernetes libraries),
+// so a value the config accepts is one Plan accepts, and unset is the
+// default Plan renders without --max-streams.
+func TestConfigBoundsMatchCluster(t *testing.T) {
+	require.Equal(t, cluster.DefaultRelayMaxStreams, config.DefaultRelayMaxStreams)
+	require.Equal(t, cluster.MaxRelayMaxStreams, config.MaxRelayMaxStreams)
 }
 
 // TestConfigEditOutsideTheObjectsKeepsTheTunnel: an edit that does not

@@ -93,7 +93,8 @@ func testPaths(t *testing.T) Paths {
 // fakeCluster is a Cluster whose steps tests control.
 type fakeCluster struct {
 	mu        sync.Mutex
-	applies   []string // routing keys, one per Apply
+	applies   []string       // routing keys, one per Apply
+	opts      []ApplyOptions // one per Apply
 	deletes   []string
 	renews    int
 	renewErr  error
@@ -114,6 +115,7 @@ func (f *fakeCluster) Apply(ctx context.Context, sb *spec.Sandbox, o ApplyOption
 	key := o.RoutingKey
 	f.mu.Lock()
 	f.applies = append(f.applies, key)
+	f.opts = append(f.opts, o)
 	err := f.applyErr
 	f.mu.Unlock()
 	progress("created Deployment " + sb.Namespaces()[0] + "/sbx-" + key)
@@ -185,6 +187,13 @@ func (f *fakeCluster) appliedKeys() []string {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	return append([]string(nil), f.applies...)
+}
+
+// appliedOptions returns the options of every Apply so far, in order.
+func (f *fakeCluster) appliedOptions() []ApplyOptions {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return append([]ApplyOptions(nil), f.opts...)
 }
 
 func (f *fakeCluster) provider() ClusterProvider {

@@ -415,10 +415,11 @@ func (c *kubeCluster) Apply(ctx context.Context, sb *spec.Sandbox, o ApplyOption
 		image = c.o.DefaultRelayImage
 	}
 	res, err := cluster.Apply(ctx, c.clients, sb, cluster.Options{
-		RoutingKey: o.RoutingKey,
-		RelayImage: image,
-		BaggageKey: o.BaggageKey,
-		Holder:     o.Holder,
+		RoutingKey:      o.RoutingKey,
+		RelayImage:      image,
+		RelayMaxStreams: o.RelayMaxStreams,
+		BaggageKey:      o.BaggageKey,
+		Holder:          o.Holder,
 	}, eventsTo(progress))
 	if err != nil {
 		if apierrors.IsForbidden(err) {

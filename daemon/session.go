@@ -234,10 +234,11 @@ func (s *session) connectOnce(ctx context.Context) (time.Time, error) {
 	}
 	conf := s.m.conf()
 	applied, err := cl.Apply(ctx, &saved.Spec, ApplyOptions{
-		RoutingKey: saved.RoutingKey,
-		BaggageKey: conf.BaggageKey,
-		RelayImage: conf.RelayImage,
-		Holder:     cfg.User,
+		RoutingKey:      saved.RoutingKey,
+		BaggageKey:      conf.BaggageKey,
+		RelayImage:      conf.RelayImage,
+		RelayMaxStreams: conf.RelayMaxStreams,
+		Holder:          cfg.User,
 	}, s.progressFn(PhaseApplying))
 	if err != nil {
 		return time.Time{}, fmt.Errorf("apply sandbox %s: %w", saved.Name, err)

@@ -4,6 +4,8 @@ import (
 	"context"
 	"io"
 	"net/http"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -38,10 +40,15 @@ func TestSimulatedCluster(t *testing.T) {
 
 	svc := localService(t)
 	cfg := shortTunnelConfig()
+	// A raised relay stream cap, carried from the user config to the relay
+	// Deployment (and accepted by the relay the simulated pod runs).
+	cfgPath := filepath.Join(shortTempDir(t), "config.yaml")
+	require.NoError(t, os.WriteFile(cfgPath, []byte("relayMaxStreams: 256\n"), 0o600))
 	td := startDaemon(t, Options{
 		Clusters:      func(context.Context, KubeconfigSource, string) (Cluster, error) { return kc, nil },
 		Tunnel:        &cfg,
 		LeaseInterval: 50 * time.Millisecond,
+		ConfigPath:    cfgPath,
 	})
 	var progress []string
 	st, err := td.client.Connect(ctx, ConnectRequest{Spec: testSpec("alice", svc.Addr().String()), Wait: true, Timeout: time.Minute},
@@ -51,6 +58,11 @@ func TestSimulatedCluster(t *testing.T) {
 	require.Equal(t, []string{"route.hotrod"}, st.Mappings[0].Services)
 	require.True(t, st.Mappings[0].Listening)
 	require.Contains(t, strings.Join(progress, "\n"), "created Deployment hotrod/")
+	dep, err := c.Clients.Kube.AppsV1().Deployments(sim.AppNamespace).Get(ctx, cluster.RelayName("alice"), metav1.GetOptions{})
+	require.NoError(t, err)
+	relayC := dep.Spec.Template.Spec.Containers[0]
+	require.Equal(t, []string{"--max-streams", "256"}, relayC.Args[len(relayC.Args)-2:])
+	require.Equal(t, "704Mi", relayC.Resources.Limits.Memory().String())
 
 	client := c.HTTPClient(sim.AppNamespace)
 	defer client.CloseIdleConnections()

@@ -30,7 +30,8 @@ func offlineBody(sandbox string, since, now time.Time, everOnline bool) string {
 // busyBody explains a 503 at the relay's stream limit.
 func busyBody(sandbox string, limit int) string {
 	return fmt.Sprintf("sbx: sandbox %q: its relay is serving its limit of %d connections at once, so this one was refused.\n"+
-		"Retry when some have finished: the limit bounds the relay's memory.\n", sandbox, limit)
+		"Retry when some have finished: the limit bounds the relay's memory. "+
+		"The sandbox's owner can raise it with relayMaxStreams in the sbx config.\n", sandbox, limit)
 }
 
 // refusedBody explains a 502: the laptop could not reach the local process

@@ -35,7 +35,10 @@ const (
 	// flows, 32 KiB for a direction that carries only requests): ~2.5 MiB
 	// a stream, so 128 streams buffer up to ~320 MiB in the worst case,
 	// which leaves the rest of the process room under GOMEMLIMIT (460 MiB)
-	// and the relay container's 512 Mi limit.
+	// and the relay container's 512 Mi limit. A developer raises (or
+	// lowers) the cap with relayMaxStreams in the sbx config (1-4096); sbx
+	// then passes --max-streams and sizes the pod's memory for it
+	// (cluster.relayMemory: max(512Mi, N × 2.5 MiB + 64 MiB)).
 	DefaultMaxStreams = 128
 )
 
@@ -140,7 +143,9 @@ func (f *Flags) AddFlags(fs *pflag.FlagSet) {
 	fs.DurationVar(&f.drainTimeout, "drain-timeout", f.drainTimeout, "on SIGTERM, how long open streams may finish before they are cut, e.g. --drain-timeout 20s")
 	fs.DurationVar(&f.dialTimeout, "dial-timeout", f.dialTimeout, "bound on each outbound dial including DNS, e.g. --dial-timeout 5s")
 	fs.IntVar(&f.maxHeld, "max-held", f.maxHeld, "most inbound connections held while the laptop is offline; more are answered at once, e.g. --max-held 256")
-	fs.IntVar(&f.maxStreams, "max-streams", f.maxStreams, "most inbound and outbound streams served at once, bounding the relay's memory (each may buffer ~2.5 MiB when its reader stalls); more are refused with a 503 or a reason; 0 means the default, e.g. --max-streams 256")
+	fs.IntVar(&f.maxStreams, "max-streams", f.maxStreams, "most inbound and outbound streams served at once, bounding the relay's memory (each may buffer ~2.5 MiB when its reader stalls); more are refused with a 503 or a reason; 0 means the default. "+
+		"sbx sets it from relayMaxStreams in the sbx config (1-4096; sbx render --relay-max-streams shows the result) and sizes the pod's memory limit to match, "+
+		"max(512Mi, streams × 2.5 MiB + 64 MiB), e.g. --max-streams 256")
 	fs.Var(&f.deny, "deny", "extra CIDR the relay must never dial, repeatable, on top of link-local, cloud metadata and loopback, e.g. --deny 100.100.100.200/32")
 	fs.StringVar(&f.tokenFile, "token-file", f.tokenFile, "file holding the tunnel token (default: the "+TokenEnv+" environment variable), e.g. --token-file /var/run/sbx/token")
 }

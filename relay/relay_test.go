@@ -472,11 +472,13 @@ func TestMaxStreams(t *testing.T) {
 	var de *tunnel.DialError
 	require.ErrorAs(t, err, &de)
 	require.Contains(t, de.Message, "limit of 2 streams")
+	require.Contains(t, de.Message, "raise relayMaxStreams in the sbx config", "says how to raise the cap")
 	require.Contains(t, de.Message, "bounds its memory")
 
 	code, body := get(t, "http://"+h.inbound(20001)+"/")
 	require.Equal(t, http.StatusServiceUnavailable, code)
 	require.Contains(t, body, "limit of 2 connections")
+	require.Contains(t, body, "raise it with relayMaxStreams in the sbx config")
 
 	c, err := net.Dial("tcp", h.inbound(20002))
 	require.NoError(t, err)

@@ -125,7 +125,8 @@ func (r *Relay) serveStream(log *slog.Logger, st *tunnel.Stream) {
 	if !r.takeStream(kindOutbound) {
 		log.Info("relay at its stream limit; refusing an outbound stream", "target", h.Target, "maxStreams", r.opts.MaxStreams)
 		_ = st.Reject(tunnel.ReasonOther, fmt.Sprintf("the relay of sandbox %s is serving its limit of %d streams at once "+
-			"(the limit bounds its memory); close idle connections (e.g. use smaller connection pools) or retry",
+			"(the limit bounds its memory); close idle connections (e.g. use smaller connection pools), retry, "+
+			"or raise relayMaxStreams in the sbx config",
 			r.opts.Sandbox, r.opts.MaxStreams))
 		return
 	}

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"strconv"
 
 	"github.com/spf13/cobra"
 
@@ -23,6 +24,7 @@ func newRenderCmd(g *globalOptions) *cobra.Command {
 		baselines   []string
 		routingKey  string
 		relayImage  string
+		maxStreams  int
 		baggageKey  string
 		leaseHolder string
 	)
@@ -73,15 +75,20 @@ for the same spec, baseline and routing key.`,
 			if err := cluster.ValidateBaggageKey(baggageKey); err != nil {
 				return userError(err, "use a W3C baggage key such as sbx-routing-key")
 			}
+			if err := cluster.ValidateRelayMaxStreams(maxStreams); err != nil {
+				return userError(fmt.Errorf("--relay-max-streams: %w", err),
+					"pass 1-"+strconv.Itoa(cluster.MaxRelayMaxStreams)+", or leave it out for the relay's default")
+			}
 			if relayImage == "" {
 				relayImage = relayImageFor(g.build.Version)
 			}
 			objs, err := cluster.Plan(cmd.Context(), base, sb, cluster.Options{
-				RoutingKey: routingKey,
-				Token:      cluster.TokenPlaceholder,
-				RelayImage: relayImage,
-				BaggageKey: baggageKey,
-				Holder:     leaseHolder,
+				RoutingKey:      routingKey,
+				Token:           cluster.TokenPlaceholder,
+				RelayImage:      relayImage,
+				RelayMaxStreams: maxStreams,
+				BaggageKey:      baggageKey,
+				Holder:          leaseHolder,
 			})
 			if err != nil {
 				return userError(err, "the spec must name workloads, Services and ports that exist in the baseline")
@@ -100,6 +107,8 @@ for the same spec, baseline and routing key.`,
 	f.StringArrayVar(&baselines, "baseline", nil, "baseline manifests (YAML or JSON stream; repeatable); objects without a namespace are in -n or default")
 	f.StringVar(&routingKey, "routing-key", "", "routing key to render with (default: a random one)")
 	f.StringVar(&relayImage, "relay-image", "", "relay image (default "+cluster.DefaultRelayImageRepo+":<sbx version>)")
+	f.IntVar(&maxStreams, "relay-max-streams", 0, fmt.Sprintf("most streams the relay serves at once, 1-%d (0: the relay's default %d, as relayMaxStreams in the sbx config); the relay's memory limit grows ~2.5 MiB a stream above 512Mi",
+		cluster.MaxRelayMaxStreams, cluster.DefaultRelayMaxStreams))
 	f.StringVar(&baggageKey, "baggage-key", cluster.DefaultBaggageKey, "W3C baggage key that carries the routing key")
 	f.StringVar(&leaseHolder, "holder", "sbx", "Lease holder identity to render (sbx connect uses user@host)")
 	return cmd

@@ -30,6 +30,10 @@ func TestRenderGolden(t *testing.T) {
 			"--baseline", "../../testdata/baseline/hotrod.yaml", "--baseline", "../../testdata/baseline/payments.yaml"}},
 		{"render-spec-single.yaml", []string{"-f", "../../testdata/specs/valid/single.yaml",
 			"--baseline", "../../testdata/baseline/hotrod.yaml"}},
+		// A raised stream cap: --max-streams in the relay args, memory
+		// scaled to 704Mi (limit), 88Mi (request), GOMEMLIMIT 633MiB.
+		{"render-max-streams.yaml", []string{"-f", "../../testdata/render/route.yaml", "--set", "name=alice",
+			"--baseline", "../../testdata/baseline/hotrod.yaml", "--relay-max-streams", "256"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.golden, func(t *testing.T) {
@@ -82,6 +86,15 @@ func TestRenderWarningsAndErrors(t *testing.T) {
 	require.Equal(t, 0, code, errOut)
 	require.Contains(t, errOut, "note: random routing key")
 	require.False(t, strings.Contains(out, goldenKey))
+
+	for _, n := range []string{"-1", "4097"} {
+		code, _, errOut = runCLI(t, append(base, "--baseline", "../../testdata/baseline/hotrod.yaml", "--relay-max-streams", n)...)
+		require.Equal(t, 2, code, n)
+		require.Contains(t, errOut, "--relay-max-streams: relay stream cap "+n+" is out of range; allowed 1-4096")
+	}
+	code, _, errOut = runCLI(t, append(base, "--baseline", "../../testdata/baseline/hotrod.yaml", "--relay-max-streams", "many")...)
+	require.NotZero(t, code)
+	require.Contains(t, errOut, `invalid argument "many" for "--relay-max-streams"`)
 
 	code, out, errOut = runCLI(t, append(base, "--baseline", "../../testdata/baseline/hotrod.yaml", "-o", "json")...)
 	require.Equal(t, 0, code, errOut)

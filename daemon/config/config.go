@@ -43,6 +43,16 @@ const (
 	MaxPoolSize        = 16
 	DefaultHostsFile   = "/etc/hosts"
 	DefaultProxyListen = "127.0.0.1:0"
+	// DefaultRelayMaxStreams is the relay's own stream cap, what an unset
+	// relayMaxStreams means (cluster.DefaultRelayMaxStreams; package
+	// config stays free of the Kubernetes libraries, so a daemon test
+	// keeps the two equal).
+	DefaultRelayMaxStreams = 128
+	// MaxRelayMaxStreams bounds relayMaxStreams (cluster.MaxRelayMaxStreams,
+	// which says why): each stream adds ~2.5 MiB to the relay pod's memory
+	// limit, so 4096 already ask the cluster for a 10304Mi limit and a
+	// 1288Mi request, more than staging nodes can usually schedule.
+	MaxRelayMaxStreams = 4096
 	// MaxSize bounds the config file; it is a few lines in practice.
 	MaxSize = 1 << 20
 )
@@ -58,6 +68,10 @@ type Config struct {
 	// RelayImage overrides the relay container image; empty means the
 	// image built into this sbx version.
 	RelayImage string `json:"relayImage,omitempty"`
+	// RelayMaxStreams raises (or lowers) the relay's cap on streams served
+	// at once (1-MaxRelayMaxStreams); 0 means the relay's default,
+	// DefaultRelayMaxStreams. The relay pod's memory grows with it.
+	RelayMaxStreams int `json:"relayMaxStreams,omitempty"`
 	// BaggageKey is the W3C baggage key that carries the routing key.
 	// It is an RFC 7230 token, which may contain regexp metacharacters
 	// (. * + ^ | $): quote it before building a regexp from it.

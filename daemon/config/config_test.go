@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -24,6 +25,7 @@ func TestDefault(t *testing.T) {
 	require.Equal(t, "127.0.0.1:0", c.Outbound.ProxyListen)
 	require.False(t, c.Outbound.InjectBaggage)
 	require.Empty(t, c.RelayImage)
+	require.Zero(t, c.RelayMaxStreams, "unset: the relay's default")
 
 	// Defaults are what an absent or empty file gives.
 	got, err := Load(filepath.Join(t.TempDir(), "missing.yaml"))
@@ -37,6 +39,7 @@ func TestDefault(t *testing.T) {
 func TestParseFull(t *testing.T) {
 	data := `
 relayImage: registry.example.com:5000/team/sbx:v1.2.3
+relayMaxStreams: 512
 baggageKey: x-route
 poolSize: 4
 outbound:
@@ -53,9 +56,10 @@ contexts:
 	c, err := Parse("config.yaml", []byte(data))
 	require.NoError(t, err)
 	require.Equal(t, &Config{
-		RelayImage: "registry.example.com:5000/team/sbx:v1.2.3",
-		BaggageKey: "x-route",
-		PoolSize:   4,
+		RelayImage:      "registry.example.com:5000/team/sbx:v1.2.3",
+		RelayMaxStreams: 512,
+		BaggageKey:      "x-route",
+		PoolSize:        4,
 		Outbound: Outbound{
 			Mode:          ModeProxy,
 			Namespaces:    []string{"shared", "observability"},
@@ -75,6 +79,13 @@ contexts:
 	require.Equal(t, DefaultHostsFile, c.Outbound.HostsFile)
 	require.Equal(t, DefaultPoolSize, c.PoolSize)
 
+	// relayMaxStreams at both ends of its range.
+	for _, n := range []string{"1", "4096", "'300'"} {
+		c, err := Parse("config.yaml", []byte("relayMaxStreams: "+n+"\n"))
+		require.NoError(t, err, n)
+		require.Equal(t, strings.Trim(n, "'"), strconv.Itoa(c.RelayMaxStreams))
+	}
+
 	// JSON (what sbx status shows) round-trips.
 	b, err := json.Marshal(c)
 	require.NoError(t, err)
@@ -88,11 +99,17 @@ func TestParseInvalid(t *testing.T) {
 		name, data string
 		want       []string // each a whole error line
 	}{
-		{"unknown field", "poolsize: 3\n", []string{`config.yaml:1:1: poolsize: unknown field "poolsize"; did you mean "poolSize"? (allowed: relayImage, baggageKey, poolSize, outbound, contexts)`}},
+		{"unknown field", "poolsize: 3\n", []string{`config.yaml:1:1: poolsize: unknown field "poolsize"; did you mean "poolSize"? (allowed: relayImage, relayMaxStreams, baggageKey, poolSize, outbound, contexts)`}},
 		{"unknown outbound field", "outbound:\n  inject_baggage: true\n", []string{`config.yaml:2:3: outbound.inject_baggage: unknown field "inject_baggage"; did you mean "injectBaggage"? (allowed: mode, namespaces, hostsFile, hostsRange, injectBaggage, proxyListen)`}},
 		{"pool zero", "poolSize: 0\n", []string{"config.yaml:1:11: poolSize: 0 is out of range; allowed 1-16 tunnel sessions per sandbox (default 2)"}},
 		{"pool big", "poolSize: 17\n", []string{"config.yaml:1:11: poolSize: 17 is out of range; allowed 1-16 tunnel sessions per sandbox (default 2)"}},
 		{"pool text", "poolSize: many\n", []string{`config.yaml:1:11: poolSize: must be an integer (1-16), not "many"`}},
+		{"max streams zero", "relayMaxStreams: 0\n", []string{"config.yaml:1:18: relayMaxStreams: 0 is out of range; allowed 1-4096 streams the relay serves at once, each adding ~2.5 MiB to the relay pod's memory (leave it out for the default 128)"}},
+		{"max streams negative", "relayMaxStreams: -5\n", []string{"config.yaml:1:18: relayMaxStreams: -5 is out of range; allowed 1-4096"}},
+		{"max streams big", "relayMaxStreams: 4097\n", []string{"config.yaml:1:18: relayMaxStreams: 4097 is out of range; allowed 1-4096"}},
+		{"max streams text", "relayMaxStreams: lots\n", []string{`config.yaml:1:18: relayMaxStreams: must be an integer (1-4096), not "lots"`}},
+		{"max streams float", "relayMaxStreams: 256.5\n", []string{`config.yaml:1:18: relayMaxStreams: must be an integer (1-4096), not "256.5"`}},
+		{"max streams list", "relayMaxStreams: [256]\n", []string{`config.yaml:1:18: relayMaxStreams: must be an integer (1-4096)`}},
 		{"baggage key space", "baggageKey: my key\n", []string{`config.yaml:1:13: baggageKey: "my key" is not a W3C baggage key`}},
 		{"baggage key equals", "baggageKey: 'a=b'\n", []string{`baggageKey: "a=b" is not a W3C baggage key`}},
 		{"baggage key empty", "baggageKey: ''\n", []string{`baggageKey: must not be empty; leave it out for the default "sbx-routing-key"`}},
@@ -117,7 +134,7 @@ func TestParseInvalid(t *testing.T) {
 		{"context empty", "contexts: {staging: ''}\n", []string{`contexts.staging: "" is not a kube context name`}},
 		{"relay image bad", "relayImage: 'Not An Image'\n", []string{`relayImage: "Not An Image" is not a container image reference`}},
 		{"relay image uppercase repo", "relayImage: ghcr.io/Sbx/sbx:v1\n", []string{`relayImage: "ghcr.io/Sbx/sbx:v1" is not a container image reference`}},
-		{"not a mapping", "- a\n", []string{"config.yaml:1:1: must be a mapping with the fields relayImage, baggageKey, poolSize, outbound, contexts, not a list"}},
+		{"not a mapping", "- a\n", []string{"config.yaml:1:1: must be a mapping with the fields relayImage, relayMaxStreams, baggageKey, poolSize, outbound, contexts, not a list"}},
 		{"syntax", "outbound: {mode: [\n", []string{"config.yaml:1: invalid YAML: did not find expected node content"}},
 		{"several collected", "poolSize: 99\nbaggageKey: 'a b'\noutbound: {mode: nope}\n", []string{
 			"config.yaml:1:11: poolSize:", "config.yaml:2:13: baggageKey:", "config.yaml:3:18: outbound.mode:"}},
@@ -163,7 +180,7 @@ func TestClone(t *testing.T) {
 // errors, and every accepted config is within its documented bounds.
 func FuzzParse(f *testing.F) {
 	f.Add([]byte("poolSize: 3\noutbound: {mode: proxy, namespaces: [a], hostsRange: 127.2.0.0/16}\ncontexts: {a: b}\n"))
-	f.Add([]byte("baggageKey: 'k'\nrelayImage: a/b:c\n"))
+	f.Add([]byte("baggageKey: 'k'\nrelayImage: a/b:c\nrelayMaxStreams: 300\n"))
 	f.Add([]byte("outbound: {proxyListen: '[::1]:0', injectBaggage: 'true'}\n"))
 	f.Add([]byte("- x\n"))
 	f.Fuzz(func(t *testing.T, data []byte) {
@@ -176,6 +193,7 @@ func FuzzParse(f *testing.F) {
 			return
 		}
 		if c.PoolSize < 1 || c.PoolSize > MaxPoolSize || c.BaggageKey == "" ||
+			c.RelayMaxStreams < 0 || c.RelayMaxStreams > MaxRelayMaxStreams ||
 			!loopback8.Contains(c.Outbound.HostsRange.Addr()) || !filepath.IsAbs(c.Outbound.HostsFile) ||
 			checkProxyListen(c.Outbound.ProxyListen) != "" {
 			t.Fatalf("accepted config out of bounds: %+v", c)
@@ -190,4 +208,5 @@ func TestExampleConfig(t *testing.T) {
 	require.Equal(t, map[string]string{"staging-1": "gke_acme_europe-west1_staging-1"}, c.Contexts)
 	require.Equal(t, []string{"shared", "observability"}, c.Outbound.Namespaces)
 	require.Equal(t, "ghcr.io/sbx-dev/sbx:v0.1.0", c.RelayImage)
+	require.Equal(t, DefaultRelayMaxStreams, c.RelayMaxStreams)
 }

@@ -29,13 +29,24 @@ var (
 const maxBaggageKey = 256
 
 func decode(d *strictyaml.Decoder, root *yaml.Node, c *Config) {
-	f := d.Fields(root, "", "relayImage", "baggageKey", "poolSize", "outbound", "contexts")
+	f := d.Fields(root, "", "relayImage", "relayMaxStreams", "baggageKey", "poolSize", "outbound", "contexts")
 	if n := f["relayImage"]; n != nil {
 		img := d.String(n, "relayImage")
 		if img != "" && (len(img) > 512 || !imageRE.MatchString(img)) {
 			d.Errorf(n, "relayImage", "%q is not a container image reference; want [registry/]repository[:tag][@sha256:digest], e.g. ghcr.io/sbx-dev/sbx:v1.2.3", img)
 		}
 		c.RelayImage = img
+	}
+	if n := f["relayMaxStreams"]; n != nil {
+		allowed := fmt.Sprintf("1-%d", MaxRelayMaxStreams)
+		if v, ok := d.Int(n, "relayMaxStreams", allowed); ok {
+			if v < 1 || v > MaxRelayMaxStreams {
+				d.Errorf(n, "relayMaxStreams", "%d is out of range; allowed %s streams the relay serves at once, each adding ~2.5 MiB to the relay pod's memory (leave it out for the default %d)",
+					v, allowed, DefaultRelayMaxStreams)
+			} else {
+				c.RelayMaxStreams = int(v)
+			}
+		}
 	}
 	if n := f["baggageKey"]; n != nil {
 		k := d.String(n, "baggageKey")
