@@ -87,8 +87,9 @@ func (s *Session) clientHandshake(hello Hello) (Welcome, error) {
 // the Welcome or an error. A *HandshakeError from check is sent to the peer
 // as is; any other error is sent as CodeInternal without its text (it may
 // hold internals) and returned. Compare tokens with TokenEqual. A Hello of
-// another protocol version is refused before check runs. On error conn is
-// closed; on success the session owns it. The returned Hello has its token
+// another protocol version is refused before check runs. ctx and
+// cfg.HandshakeTimeout bound the handshake only. On error conn is closed;
+// on success the session owns it. The returned Hello has its token
 // removed.
 func Server(ctx context.Context, conn net.Conn, cfg Config, check func(Hello) (Welcome, error)) (*Session, Hello, error) {
 	fail := func(err error) (*Session, Hello, error) {
