@@ -22,6 +22,10 @@
 //     http2, grpc) answer 503 naming the sandbox and since when it is
 //     offline, TCP ports close. A laptop that cannot reach its local
 //     process makes HTTP ports answer 502 with the laptop's message.
+//   - Stream cap: at most --max-streams inbound and outbound streams are
+//     served at once (each may buffer ~2.5 MiB); beyond it HTTP ports
+//     answer 503 saying so, TCP ports close and outbound streams are
+//     refused with a reason that says how to raise the cap.
 //   - Outbound: the target is resolved, every address is checked against
 //     the policy (link-local 169.254.0.0/16 and fe80::/10, fd00:ec2::254,
 //     loopback, unspecified, multicast, --deny ranges, the pod's own
@@ -44,5 +48,6 @@
 //	sbx_relay_held_connections_total        counter
 //	sbx_relay_http_answers_total{code}      counter  502, 503 written by the relay
 //	sbx_relay_inbound_closed_total{reason}  counter  TCP connections closed undelivered
+//	sbx_relay_streams_refused_total{kind}   counter  inbound, outbound streams refused at --max-streams
 //	sbx_relay_ready                         gauge    1 while serving and not draining
 package relay

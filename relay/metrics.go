@@ -67,7 +67,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "sbx_relay_held_connections_total", Help: "Inbound connections that had to wait for the laptop.",
 		}),
 		httpAnswers: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "sbx_relay_http_answers_total", Help: "HTTP answers the relay wrote itself, by status code (502 laptop refused, 503 laptop offline).",
+			Name: "sbx_relay_http_answers_total", Help: "HTTP answers the relay wrote itself, by status code (502 laptop refused, 503 laptop offline or relay at --max-streams).",
 		}, []string{"code"}),
 		inboundClosed: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "sbx_relay_inbound_closed_total", Help: "TCP inbound connections closed without reaching the laptop, by reason.",

@@ -3,6 +3,7 @@ package tunnel
 import (
 	"bytes"
 	"encoding/binary"
+	"io"
 	"net"
 	"sync"
 	"testing"
@@ -67,13 +68,24 @@ func TestWireConnOneWritePerFrame(t *testing.T) {
 // TestWireConnVectoredOnTCP: on TCP, large bodies go out with writev
 // instead of being copied.
 func TestWireConnVectoredOnTCP(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	defer ln.Close()
-	c, err := net.Dial("tcp", ln.Addr().String())
-	require.NoError(t, err)
+	c, peer := tcpPair(t, nil)
 	defer c.Close()
-	require.True(t, newWireConn(c).vectored)
+	defer peer.Close()
+	w := newWireConn(c)
+	require.True(t, w.vectored)
+
+	body := bytes.Repeat([]byte{0xef}, coalesceCopyMax+1)
+	hdr := dataHeader(len(body))
+	_, err := w.Write(hdr)
+	require.NoError(t, err)
+	n, err := w.Write(body)
+	require.NoError(t, err)
+	require.Equal(t, len(body), n)
+	require.Zero(t, cap(w.scratch), "the body was not copied behind the header")
+	got := make([]byte, len(hdr)+len(body))
+	_, err = io.ReadFull(peer, got)
+	require.NoError(t, err)
+	require.Equal(t, append(hdr, body...), got)
 }
 
 // prefixConn sends a prefix and a body as one unit, as

@@ -50,7 +50,7 @@ func Client(ctx context.Context, conn net.Conn, cfg Config, hello Hello) (*Sessi
 		return fail(err)
 	}
 	hello.Token = ""
-	s.hello, s.welcome = hello, w
+	s.hello = hello
 	s.start()
 	s.log.Debug("tunnel session established", "role", "client", "relayVersion", w.RelayVersion)
 	return s, w, nil
@@ -87,8 +87,9 @@ func (s *Session) clientHandshake(hello Hello) (Welcome, error) {
 // the Welcome or an error. A *HandshakeError from check is sent to the peer
 // as is; any other error is sent as CodeInternal without its text (it may
 // hold internals) and returned. Compare tokens with TokenEqual. A Hello of
-// another protocol version is refused before check runs. On error conn is
-// closed; on success the session owns it. The returned Hello has its token
+// another protocol version is refused before check runs. ctx and
+// cfg.HandshakeTimeout bound the handshake only. On error conn is closed;
+// on success the session owns it. The returned Hello has its token
 // removed.
 func Server(ctx context.Context, conn net.Conn, cfg Config, check func(Hello) (Welcome, error)) (*Session, Hello, error) {
 	fail := func(err error) (*Session, Hello, error) {
@@ -103,33 +104,32 @@ func Server(ctx context.Context, conn net.Conn, cfg Config, check func(Hello) (W
 		return fail(errors.New("no hello check function given"))
 	}
 	var h Hello
-	var w Welcome
 	s, err := handshake(ctx, conn, cfg, false, func(ctx context.Context, s *Session) (err error) {
-		h, w, err = s.serverHandshake(ctx, check)
+		h, err = s.serverHandshake(ctx, check)
 		return err
 	})
 	if err != nil {
 		return fail(err)
 	}
 	h.Token = ""
-	s.hello, s.welcome = h, w
+	s.hello = h
 	s.start()
 	s.log.Debug("tunnel session established", "role", "server", "hello", h)
 	return s, h, nil
 }
 
-func (s *Session) serverHandshake(ctx context.Context, check func(Hello) (Welcome, error)) (Hello, Welcome, error) {
+func (s *Session) serverHandshake(ctx context.Context, check func(Hello) (Welcome, error)) (Hello, error) {
 	ys, err := s.mux.AcceptStreamWithContext(ctx)
 	if err != nil {
-		return Hello{}, Welcome{}, fmt.Errorf("accept control stream: %w", err)
+		return Hello{}, fmt.Errorf("accept control stream: %w", err)
 	}
 	s.ctrl = ys
 	typ, payload, err := readControl(ys)
 	if err != nil {
-		return Hello{}, Welcome{}, fmt.Errorf("read hello: %w (is the other end an sbx daemon?)", err)
+		return Hello{}, fmt.Errorf("read hello: %w (is the other end an sbx daemon?)", err)
 	}
 	if typ != frameHello {
-		return Hello{}, Welcome{}, fmt.Errorf("%w: expected hello, got control frame type %d", ErrProtocol, typ)
+		return Hello{}, fmt.Errorf("%w: expected hello, got control frame type %d", ErrProtocol, typ)
 	}
 	h, err := decodeHello(payload)
 	var verr errHelloVersion
@@ -137,10 +137,10 @@ func (s *Session) serverHandshake(ctx context.Context, check func(Hello) (Welcom
 		he := &HandshakeError{Code: CodeVersionMismatch, Message: fmt.Sprintf(
 			"the relay speaks tunnel protocol %d, the daemon %d; use the same sbx release on both ends", ProtocolVersion, verr.version)}
 		s.refuse(he)
-		return Hello{}, Welcome{}, he
+		return Hello{}, he
 	}
 	if err != nil {
-		return Hello{}, Welcome{}, err
+		return Hello{}, err
 	}
 	w, err := check(h)
 	if err != nil {
@@ -149,16 +149,16 @@ func (s *Session) serverHandshake(ctx context.Context, check func(Hello) (Welcom
 			he = &HandshakeError{Code: CodeInternal, Message: "the relay could not check the hello; see the relay's log"}
 		}
 		s.refuse(he)
-		return Hello{}, Welcome{}, err
+		return Hello{}, err
 	}
 	if err := w.validate(); err != nil {
 		s.refuse(&HandshakeError{Code: CodeInternal, Message: "the relay built an invalid welcome; see the relay's log"})
-		return Hello{}, Welcome{}, fmt.Errorf("invalid welcome from check: %w", err)
+		return Hello{}, fmt.Errorf("invalid welcome from check: %w", err)
 	}
 	if _, err := ys.Write(appendControl(nil, frameWelcome, encodeWelcome(w))); err != nil {
-		return Hello{}, Welcome{}, fmt.Errorf("send welcome: %w", err)
+		return Hello{}, fmt.Errorf("send welcome: %w", err)
 	}
-	return h, w, nil
+	return h, nil
 }
 
 // handshake starts a session over conn and runs step on it, bounded by ctx

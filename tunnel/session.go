@@ -26,13 +26,12 @@ const controlQueue = 16
 // Server; it lives until Close, a peer goodbye, a dead peer or a broken
 // connection, whichever comes first (Done, Err).
 type Session struct {
-	cfg     Config
-	log     *slog.Logger
-	conn    *wireConn
-	mux     *yamux.Session
-	ctrl    *yamux.Stream
-	hello   Hello // token cleared
-	welcome Welcome
+	cfg   Config
+	log   *slog.Logger
+	conn  *wireConn
+	mux   *yamux.Session
+	ctrl  *yamux.Stream
+	hello Hello // token cleared
 
 	acceptCh  chan *Stream
 	headerSem chan struct{}
@@ -205,9 +204,6 @@ func (s *Session) CloseWithCode(code HandshakeCode, reason string) error {
 
 // Hello is the Hello this session was established with, token removed.
 func (s *Session) Hello() Hello { return s.hello }
-
-// Welcome is the relay's Welcome this session was established with.
-func (s *Session) Welcome() Welcome { return s.welcome }
 
 // LocalAddr and RemoteAddr are the underlying connection's addresses.
 func (s *Session) LocalAddr() net.Addr { return s.conn.LocalAddr() }

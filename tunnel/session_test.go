@@ -335,6 +335,13 @@ func TestHandshakeTimeoutAndCancel(t *testing.T) {
 			go cancel()
 			_, _, err = Client(ctx, a2, testConfig(), testHello())
 			require.ErrorIs(t, err, context.Canceled)
+
+			// The relay leaves the bound on a silent daemon to Server.
+			a3, b3, _ := connPair(t, tr)
+			defer b3.Close()
+			go func() { _, _ = io.Copy(io.Discard, b3) }()
+			_, _, err = Server(context.Background(), a3, cfg, acceptAll)
+			require.ErrorIs(t, err, context.DeadlineExceeded)
 		})
 	}
 }
