@@ -376,6 +376,10 @@ func TestSameCluster(t *testing.T) {
 	dir := shortTempDir(t)
 	kc := filepath.Join(dir, "kubeconfig")
 	writeKubeconfig(t, kc, "staging", "https://127.0.0.1:1", "staging", "dev")
+	// As handleGC calls it: with the request's current context.
+	same := func(src KubeconfigSource, kubeContext string, creq ClusterRequest) bool {
+		return sameCluster(src, kubeContext, creq, currentContext(creq.KubeconfigSource))
+	}
 	for _, tc := range []struct {
 		name              string
 		savedKC, savedCtx string
@@ -390,7 +394,7 @@ func TestSameCluster(t *testing.T) {
 		{"unreadable kubeconfig, same words", filepath.Join(dir, "missing"), "x", filepath.Join(dir, "missing"), "x", true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			got := sameCluster(NewKubeconfigSource(tc.savedKC, nil), tc.savedCtx, ClusterRequest{KubeconfigSource: NewKubeconfigSource(tc.reqKC, nil), Context: tc.reqCtx})
+			got := same(NewKubeconfigSource(tc.savedKC, nil), tc.savedCtx, ClusterRequest{KubeconfigSource: NewKubeconfigSource(tc.reqKC, nil), Context: tc.reqCtx})
 			require.Equal(t, tc.want, got)
 		})
 	}
@@ -398,11 +402,11 @@ func TestSameCluster(t *testing.T) {
 	// the cluster a newer CLI's list selects.
 	list := []string{kc, filepath.Join(dir, "missing")}
 	legacy := KubeconfigSource{LegacyKubeconfig: strings.Join(list, string(filepath.ListSeparator))}
-	require.True(t, sameCluster(legacy, "staging", ClusterRequest{KubeconfigSource: NewKubeconfigSource("", list)}))
-	require.False(t, sameCluster(legacy, "staging", ClusterRequest{KubeconfigSource: NewKubeconfigSource(kc, nil)}), "a list is not the one file")
+	require.True(t, same(legacy, "staging", ClusterRequest{KubeconfigSource: NewKubeconfigSource("", list)}))
+	require.False(t, same(legacy, "staging", ClusterRequest{KubeconfigSource: NewKubeconfigSource(kc, nil)}), "a list is not the one file")
 	// An older CLI sent a $KUBECONFIG of one file as it sent
 	// --kubeconfig; a newer CLI sends it as a list of one.
-	require.True(t, sameCluster(KubeconfigSource{LegacyKubeconfig: kc}, "staging", ClusterRequest{KubeconfigSource: NewKubeconfigSource("", []string{kc})}))
+	require.True(t, same(KubeconfigSource{LegacyKubeconfig: kc}, "staging", ClusterRequest{KubeconfigSource: NewKubeconfigSource("", []string{kc})}))
 }
 
 // TestConnectionKey: a cached connection is reused only for the same
