@@ -274,16 +274,16 @@ func (s KubeconfigSource) describe() string {
 // keys compare them (an older CLI's joined $KUBECONFIG equals a newer
 // one's list) and contexts once resolved: a sandbox is saved with the
 // context it was connected to, and a request without --context means the
-// current one.
-func sameCluster(src KubeconfigSource, kubeContext string, creq ClusterRequest) bool {
+// current one. current is currentContext(creq.KubeconfigSource), which an
+// empty context on either side resolves to; a named context resolves to
+// itself, so gc reads the kubeconfig once for all its sandboxes.
+func sameCluster(src KubeconfigSource, kubeContext string, creq ClusterRequest, current string) bool {
 	if src.key() != creq.KubeconfigSource.key() {
 		return false
 	}
 	resolve := func(kctx string) string {
-		opts := src.Options()
-		opts.Context = kctx
-		if name, _, err := kube.ChooseContext(opts); err == nil {
-			return name
+		if kctx == "" {
+			return current
 		}
 		return kctx
 	}

@@ -23,6 +23,7 @@ import (
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 
 	"github.com/sbx-dev/sbx/cluster/kube"
+	"github.com/sbx-dev/sbx/cluster/kube/kubetest"
 )
 
 func TestTransientApplyErrors(t *testing.T) {
@@ -59,7 +60,7 @@ func TestTransientApplyErrors(t *testing.T) {
 func TestSpecClusterContext(t *testing.T) {
 	dir := shortTempDir(t)
 	kubeconfig := filepath.Join(dir, "kubeconfig")
-	writeKubeconfig(t, kubeconfig, "dev", "https://127.0.0.1:1", "dev", "gke_acme_staging-1")
+	kubetest.WriteKubeconfig(t, kubeconfig, "dev", "https://127.0.0.1:1", "dev", "gke_acme_staging-1")
 	cfgPath := filepath.Join(dir, "config.yaml")
 	require.NoError(t, os.WriteFile(cfgPath, []byte("contexts:\n  staging-1: gke_acme_staging-1\n"), 0o600))
 
@@ -126,8 +127,8 @@ func TestSpecClusterContext(t *testing.T) {
 func TestKubeconfigPathList(t *testing.T) {
 	dir := shortTempDir(t)
 	a, b := filepath.Join(dir, "a"), filepath.Join(dir, "b")
-	writeKubeconfig(t, a, "dev", "https://127.0.0.1:1", "dev/team-a")
-	writeKubeconfig(t, b, "", "https://127.0.0.2:1", "gke_acme_staging-1/team-b")
+	kubetest.WriteKubeconfig(t, a, "dev", "https://127.0.0.1:1", "dev/team-a")
+	kubetest.WriteKubeconfig(t, b, "", "https://127.0.0.2:1", "gke_acme_staging-1/team-b")
 	legacy := KubeconfigSource{LegacyKubeconfig: a + string(filepath.ListSeparator) + b}
 
 	for name, src := range map[string]KubeconfigSource{
@@ -172,7 +173,7 @@ func TestKubeconfigFileWithListSeparator(t *testing.T) {
 	dir := filepath.Join(shortTempDir(t), "a"+string(filepath.ListSeparator)+"b")
 	require.NoError(t, os.Mkdir(dir, 0o700))
 	file := filepath.Join(dir, "config")
-	writeKubeconfig(t, file, "dev", "https://127.0.0.3:1", "dev/colon")
+	kubetest.WriteKubeconfig(t, file, "dev", "https://127.0.0.3:1", "dev/colon")
 	src := NewKubeconfigSource(file, []string{"/ignored/when/a/file/is/given"})
 	require.Equal(t, KubeconfigSource{KubeconfigFile: file, LegacyKubeconfig: file}, src, "--kubeconfig wins over $KUBECONFIG, as in kubectl")
 
@@ -259,7 +260,7 @@ func TestOpenFollowsCurrentContext(t *testing.T) {
 	dir := shortTempDir(t)
 	kc := filepath.Join(dir, "config")
 	write := func(current, prodNamespace string) {
-		writeKubeconfig(t, kc, current, "https://127.0.0.1:1", "staging/team-s", "prod/"+prodNamespace)
+		kubetest.WriteKubeconfig(t, kc, current, "https://127.0.0.1:1", "staging/team-s", "prod/"+prodNamespace)
 	}
 	write("staging", "team-p")
 	k := NewKubeClusters(KubeOptions{})
@@ -293,7 +294,7 @@ func TestOpenFollowsCurrentContext(t *testing.T) {
 
 	// Another source with the same contexts is another connection.
 	other := filepath.Join(dir, "other")
-	writeKubeconfig(t, other, "prod", "https://127.0.0.1:1", "prod/team-q")
+	kubetest.WriteKubeconfig(t, other, "prod", "https://127.0.0.1:1", "prod/team-q")
 	c, err := k.Open(context.Background(), NewKubeconfigSource(other, nil), "")
 	require.NoError(t, err)
 	require.NotSame(t, moved, c)
@@ -317,7 +318,7 @@ func TestOpenFollowsCurrentContext(t *testing.T) {
 func TestConnectPinsCurrentContext(t *testing.T) {
 	dir := shortTempDir(t)
 	kc := filepath.Join(dir, "config")
-	writeKubeconfig(t, kc, "staging", "https://127.0.0.1:1", "staging", "prod")
+	kubetest.WriteKubeconfig(t, kc, "staging", "https://127.0.0.1:1", "staging", "prod")
 	fc := &fakeCluster{}
 	var mu sync.Mutex
 	var opened []string
@@ -333,7 +334,7 @@ func TestConnectPinsCurrentContext(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, "staging", st.Context)
 
-	writeKubeconfig(t, kc, "prod", "https://127.0.0.1:1", "staging", "prod")
+	kubetest.WriteKubeconfig(t, kc, "prod", "https://127.0.0.1:1", "staging", "prod")
 	_, err = td.client.Connect(context.Background(), req, nil)
 	var ae *APIError
 	require.ErrorAs(t, err, &ae)
@@ -352,22 +353,6 @@ func TestConnectPinsCurrentContext(t *testing.T) {
 	}
 }
 
-// writeKubeconfig writes a kubeconfig with one cluster at server (named
-// after the file, so that merged files keep their own) and the given
-// contexts, each "name" or "name/namespace".
-func writeKubeconfig(t *testing.T, path, current, server string, contexts ...string) {
-	t.Helper()
-	c := filepath.Base(path)
-	var b strings.Builder
-	fmt.Fprintf(&b, "apiVersion: v1\nkind: Config\ncurrent-context: %q\n", current)
-	fmt.Fprintf(&b, "clusters:\n- {name: %s, cluster: {server: %q}}\nusers:\n- {name: %s, user: {token: t}}\ncontexts:\n", c, server, c)
-	for _, ctx := range contexts {
-		name, ns, _ := strings.Cut(ctx, "/")
-		fmt.Fprintf(&b, "- {name: %s, context: {cluster: %s, user: %s, namespace: %q}}\n", name, c, c, ns)
-	}
-	require.NoError(t, os.WriteFile(path, []byte(b.String()), 0o600))
-}
-
 // TestSameCluster: gc renews the daemon's own sandboxes in the cluster it
 // is asked about, matching contexts once resolved, so a sandbox connected
 // through spec.cluster (saved with the context it named) is renewed by a
@@ -375,7 +360,11 @@ func writeKubeconfig(t *testing.T, path, current, server string, contexts ...str
 func TestSameCluster(t *testing.T) {
 	dir := shortTempDir(t)
 	kc := filepath.Join(dir, "kubeconfig")
-	writeKubeconfig(t, kc, "staging", "https://127.0.0.1:1", "staging", "dev")
+	kubetest.WriteKubeconfig(t, kc, "staging", "https://127.0.0.1:1", "staging", "dev")
+	// As handleGC calls it: with the request's current context.
+	same := func(src KubeconfigSource, kubeContext string, creq ClusterRequest) bool {
+		return sameCluster(src, kubeContext, creq, currentContext(creq.KubeconfigSource))
+	}
 	for _, tc := range []struct {
 		name              string
 		savedKC, savedCtx string
@@ -390,7 +379,7 @@ func TestSameCluster(t *testing.T) {
 		{"unreadable kubeconfig, same words", filepath.Join(dir, "missing"), "x", filepath.Join(dir, "missing"), "x", true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			got := sameCluster(NewKubeconfigSource(tc.savedKC, nil), tc.savedCtx, ClusterRequest{KubeconfigSource: NewKubeconfigSource(tc.reqKC, nil), Context: tc.reqCtx})
+			got := same(NewKubeconfigSource(tc.savedKC, nil), tc.savedCtx, ClusterRequest{KubeconfigSource: NewKubeconfigSource(tc.reqKC, nil), Context: tc.reqCtx})
 			require.Equal(t, tc.want, got)
 		})
 	}
@@ -398,11 +387,11 @@ func TestSameCluster(t *testing.T) {
 	// the cluster a newer CLI's list selects.
 	list := []string{kc, filepath.Join(dir, "missing")}
 	legacy := KubeconfigSource{LegacyKubeconfig: strings.Join(list, string(filepath.ListSeparator))}
-	require.True(t, sameCluster(legacy, "staging", ClusterRequest{KubeconfigSource: NewKubeconfigSource("", list)}))
-	require.False(t, sameCluster(legacy, "staging", ClusterRequest{KubeconfigSource: NewKubeconfigSource(kc, nil)}), "a list is not the one file")
+	require.True(t, same(legacy, "staging", ClusterRequest{KubeconfigSource: NewKubeconfigSource("", list)}))
+	require.False(t, same(legacy, "staging", ClusterRequest{KubeconfigSource: NewKubeconfigSource(kc, nil)}), "a list is not the one file")
 	// An older CLI sent a $KUBECONFIG of one file as it sent
 	// --kubeconfig; a newer CLI sends it as a list of one.
-	require.True(t, sameCluster(KubeconfigSource{LegacyKubeconfig: kc}, "staging", ClusterRequest{KubeconfigSource: NewKubeconfigSource("", []string{kc})}))
+	require.True(t, same(KubeconfigSource{LegacyKubeconfig: kc}, "staging", ClusterRequest{KubeconfigSource: NewKubeconfigSource("", []string{kc})}))
 }
 
 // TestConnectionKey: a cached connection is reused only for the same
@@ -475,7 +464,7 @@ func TestDialClosesSupersededDialers(t *testing.T) {
 	t.Cleanup(func() { _ = k.Close() })
 	open := func(ns string) *kubeCluster {
 		t.Helper()
-		writeKubeconfig(t, kc, "dev", "https://127.0.0.1:1", "dev/"+ns)
+		kubetest.WriteKubeconfig(t, kc, "dev", "https://127.0.0.1:1", "dev/"+ns)
 		c, err := k.Open(context.Background(), NewKubeconfigSource(kc, nil), "dev")
 		require.NoError(t, err)
 		return c.(*kubeCluster)
@@ -527,7 +516,7 @@ func TestRedactedURL(t *testing.T) {
 func TestRestorePinsCurrentContext(t *testing.T) {
 	dir := shortTempDir(t)
 	kc := filepath.Join(dir, "config")
-	writeKubeconfig(t, kc, "staging", "https://127.0.0.1:1", "staging", "prod")
+	kubetest.WriteKubeconfig(t, kc, "staging", "https://127.0.0.1:1", "staging", "prod")
 	paths := testPaths(t)
 	require.NoError(t, os.MkdirAll(paths.StateDir, 0o700))
 	old, err := json.Marshal(map[string]any{"version": stateVersion, "sandboxes": []map[string]any{

@@ -464,13 +464,14 @@ func (d *Daemon) handleGC(w http.ResponseWriter, r *http.Request) error {
 	}
 	// Our own sandboxes are never garbage, even when their lease lapsed
 	// while the cluster was unreachable: renew them first.
+	current := currentContext(creq.KubeconfigSource)
 	for _, name := range d.mgr.Names() {
 		s, ok := d.mgr.Get(name)
 		if !ok {
 			continue
 		}
 		sv := s.snapshot()
-		if !sameCluster(sv.KubeconfigSource, sv.Context, creq) {
+		if !sameCluster(sv.KubeconfigSource, sv.Context, creq, current) {
 			continue
 		}
 		t := Target{Sandbox: sv.Name, RoutingKey: sv.RoutingKey, Namespace: sv.Namespace, Namespaces: sv.Spec.Namespaces()}

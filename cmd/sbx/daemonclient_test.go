@@ -2,7 +2,6 @@ package main
 
 import (
 	"encoding/json"
-	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -11,6 +10,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/sbx-dev/sbx/cluster/kube"
+	"github.com/sbx-dev/sbx/cluster/kube/kubetest"
 	"github.com/sbx-dev/sbx/daemon"
 )
 
@@ -61,9 +61,9 @@ func TestKubeconfigFlagReachesDaemon(t *testing.T) {
 	sep := string(filepath.ListSeparator)
 	dir := filepath.Join(t.TempDir(), "team"+sep+"a")
 	require.NoError(t, os.Mkdir(dir, 0o700))
-	colon := writeKubeconfigFile(t, filepath.Join(dir, "config"), "dev", "https://127.0.0.1:1", "dev")
-	first := writeKubeconfigFile(t, filepath.Join(t.TempDir(), "first"), "", "https://127.0.0.2:1", "first")
-	second := writeKubeconfigFile(t, filepath.Join(t.TempDir(), "second"), "second", "https://127.0.0.3:1", "second")
+	colon := kubetest.WriteKubeconfig(t, filepath.Join(dir, "config"), "dev", "https://127.0.0.1:1", "dev")
+	first := kubetest.WriteKubeconfig(t, filepath.Join(t.TempDir(), "first"), "", "https://127.0.0.2:1", "first")
+	second := kubetest.WriteKubeconfig(t, filepath.Join(t.TempDir(), "second"), "second", "https://127.0.0.3:1", "second")
 
 	for _, tc := range []struct {
 		name, flag, env, context string // context: the --context flag
@@ -95,19 +95,4 @@ func TestKubeconfigFlagReachesDaemon(t *testing.T) {
 			}
 		})
 	}
-}
-
-// writeKubeconfigFile writes a kubeconfig with one cluster at server and
-// the given contexts, and returns path.
-func writeKubeconfigFile(t *testing.T, path, current, server string, contexts ...string) string {
-	t.Helper()
-	c := filepath.Base(path)
-	var b strings.Builder
-	fmt.Fprintf(&b, "apiVersion: v1\nkind: Config\ncurrent-context: %q\n", current)
-	fmt.Fprintf(&b, "clusters:\n- {name: %s, cluster: {server: %q}}\nusers:\n- {name: %s, user: {token: t}}\ncontexts:\n", c, server, c)
-	for _, name := range contexts {
-		fmt.Fprintf(&b, "- {name: %s, context: {cluster: %s, user: %s}}\n", name, c, c)
-	}
-	require.NoError(t, os.WriteFile(path, []byte(b.String()), 0o600))
-	return path
 }
