@@ -224,7 +224,8 @@ func TestFrameConnFlagsAreNotLength(t *testing.T) {
 		}
 		require.Equal(t, f, peer.next(t))
 	}
-	require.False(t, c.open, "no frame left open")
+	require.Zero(t, c.nhdr, "no header left open")
+	require.Zero(t, c.left, "no frame left open")
 }
 
 // TestFrameConnAnswersPingsDuringWrites: the peer's pings are answered
