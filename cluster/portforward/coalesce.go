@@ -111,9 +111,7 @@ func (c *frameConn) Read(p []byte) (int, error) {
 	n, err := c.Conn.Read(p)
 	if err != nil {
 		c.mu.Lock()
-		if c.err == nil {
-			c.err = err
-		}
+		c.fail(err)
 		c.mu.Unlock()
 	}
 	return n, err
@@ -215,7 +213,6 @@ func (c *frameConn) start(size int) {
 	if need := wsMaxHeader + min(size, wsMaxPayload); cap(c.buf) < need {
 		c.buf = make([]byte, need)
 	}
-	c.buf = c.buf[:cap(c.buf)]
 	c.n = 0
 	_, _ = rand.Read(c.key[:]) // crypto/rand.Read never fails (Go 1.24+)
 }
@@ -274,7 +271,8 @@ func (c *frameConn) pong(data string) error {
 	return nil
 }
 
-// fail records the first error; the connection is unusable after it.
+// fail records the first error (c.mu held); the connection is unusable
+// after it.
 func (c *frameConn) fail(err error) error {
 	if c.err == nil {
 		c.err = err
