@@ -74,8 +74,7 @@ type frameConn struct {
 	mu   sync.Mutex
 	hdr  [spdyHeaderLen]byte
 	nhdr int    // header bytes of the next frame received so far
-	open bool   // a SPDY frame is in progress
-	left int    // its payload bytes still to come
+	left int    // payload bytes of the current frame still to come; 0 between frames
 	buf  []byte // the WebSocket frame being built: header room, then payload
 	n    int    // payload bytes in buf
 	key  [4]byte
@@ -112,9 +111,7 @@ func (c *frameConn) Read(p []byte) (int, error) {
 	n, err := c.Conn.Read(p)
 	if err != nil {
 		c.mu.Lock()
-		if c.err == nil {
-			c.err = err
-		}
+		c.fail(err)
 		c.mu.Unlock()
 	}
 	return n, err
@@ -128,7 +125,7 @@ func (c *frameConn) Write(p []byte) (int, error) {
 	}
 	n := len(p)
 	for len(p) > 0 {
-		if !c.open {
+		if c.left == 0 { // between frames: p starts or continues a header
 			k := copy(c.hdr[c.nhdr:], p)
 			c.nhdr += k
 			p = p[k:]
@@ -136,19 +133,16 @@ func (c *frameConn) Write(p []byte) (int, error) {
 				break
 			}
 			c.nhdr = 0
-			c.open = true
 			c.left = int(binary.BigEndian.Uint32(c.hdr[4:8]) & maxSPDYLength)
-			if pre := c.prefixFor(); pre != nil {
+			pre := c.prefixFor()
+			if pre != nil {
 				// Announce the prefix in the frame's length; it goes
 				// before the payload the framer is about to write.
 				binary.BigEndian.PutUint32(c.hdr[4:8], uint32(c.hdr[4])<<24|uint32(len(pre)+c.left))
-				c.start(spdyHeaderLen + len(pre) + c.left)
-				c.put(c.hdr[:])
-				c.put(pre)
-			} else {
-				c.start(spdyHeaderLen + c.left)
-				c.put(c.hdr[:])
 			}
+			c.start(spdyHeaderLen + len(pre) + c.left)
+			c.put(c.hdr[:])
+			c.put(pre)
 		}
 		for k := min(c.left, len(p)); k > 0; {
 			if c.n == wsMaxPayload {
@@ -162,7 +156,6 @@ func (c *frameConn) Write(p []byte) (int, error) {
 			p, k, c.left = p[m:], k-m, c.left-m
 		}
 		if c.left == 0 {
-			c.open = false
 			if err := c.flush(); err != nil {
 				return 0, err
 			}
@@ -220,7 +213,6 @@ func (c *frameConn) start(size int) {
 	if need := wsMaxHeader + min(size, wsMaxPayload); cap(c.buf) < need {
 		c.buf = make([]byte, need)
 	}
-	c.buf = c.buf[:cap(c.buf)]
 	c.n = 0
 	_, _ = rand.Read(c.key[:]) // crypto/rand.Read never fails (Go 1.24+)
 }
@@ -279,7 +271,8 @@ func (c *frameConn) pong(data string) error {
 	return nil
 }
 
-// fail records the first error; the connection is unusable after it.
+// fail records the first error (c.mu held); the connection is unusable
+// after it.
 func (c *frameConn) fail(err error) error {
 	if c.err == nil {
 		c.err = err

@@ -74,6 +74,19 @@ func (p *wsPeer) next(t *testing.T) []byte {
 	}
 }
 
+// joined reads messages until they hold n bytes, checks that none is
+// longer than one WebSocket frame may be, and returns them joined.
+func (p *wsPeer) joined(t *testing.T, n int) []byte {
+	t.Helper()
+	var got []byte
+	for len(got) < n {
+		m := p.next(t)
+		require.LessOrEqual(t, len(m), wsMaxPayload)
+		got = append(got, m...)
+	}
+	return got
+}
+
 // none checks that no message is waiting.
 func (p *wsPeer) none(t *testing.T) {
 	t.Helper()
@@ -144,13 +157,7 @@ func TestFrameConnSplitsHugeFrames(t *testing.T) {
 		_, err := c.Write(piece)
 		require.NoError(t, err)
 	}
-	var got []byte
-	for len(got) < len(whole) {
-		m := peer.next(t)
-		require.LessOrEqual(t, len(m), wsMaxPayload)
-		got = append(got, m...)
-	}
-	require.Equal(t, whole, got)
+	require.Equal(t, whole, peer.joined(t, len(whole)))
 	require.LessOrEqual(t, cap(c.buf), wsMaxHeader+wsMaxPayload, "the buffer stays bounded")
 }
 
@@ -224,7 +231,8 @@ func TestFrameConnFlagsAreNotLength(t *testing.T) {
 		}
 		require.Equal(t, f, peer.next(t))
 	}
-	require.False(t, c.open, "no frame left open")
+	require.Zero(t, c.nhdr, "no header left open")
+	require.Zero(t, c.left, "no frame left open")
 }
 
 // TestFrameConnAnswersPingsDuringWrites: the peer's pings are answered
@@ -393,13 +401,7 @@ func TestFrameConnPrefixOnHugeFrame(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, len(body), n)
 	want := append(append(hdr(len(pre)+len(body)), pre...), body...)
-	var got []byte
-	for len(got) < len(want) {
-		m := peer.next(t)
-		require.LessOrEqual(t, len(m), wsMaxPayload)
-		got = append(got, m...)
-	}
-	require.Equal(t, want, got)
+	require.Equal(t, want, peer.joined(t, len(want)))
 	require.Empty(t, c.prefixes)
 }
 
