@@ -34,8 +34,10 @@ func serve(service string, c net.Conn, reqSize int) {
 	defer c.Close()
 	switch service {
 	case serviceSink:
-		buf := make([]byte, ioBuffer)
-		n, err := io.CopyBuffer(io.Discard, onlyReader{c}, buf)
+		// io.Discard would read in its own 8 KiB pieces (it is an
+		// io.ReaderFrom); hiding that makes the copy use buf.
+		buf := make([]byte, sinkReadSize)
+		n, err := io.CopyBuffer(struct{ io.Writer }{io.Discard}, onlyReader{c}, buf)
 		if err != nil {
 			return
 		}
