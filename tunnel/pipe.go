@@ -29,11 +29,12 @@ var pipeSizes = [...]int{32 << 10, 128 << 10, 256 << 10}
 // request streams.
 var pipeBufs [len(pipeSizes)]sync.Pool
 
-func getPipeBuf(size int) *[]byte {
-	if b, ok := pipeBufs[size].Get().(*[]byte); ok {
+// getPipeBuf returns a buffer of pipeSizes[class].
+func getPipeBuf(class int) *[]byte {
+	if b, ok := pipeBufs[class].Get().(*[]byte); ok {
 		return b
 	}
-	b := make([]byte, pipeSizes[size])
+	b := make([]byte, pipeSizes[class])
 	return &b
 }
 
@@ -105,9 +106,9 @@ func PipeWith(ctx context.Context, a, b net.Conn, forward func(dst, src net.Conn
 // copyPooled copies src to dst through pooled buffers sized to the traffic
 // (see pipeSizes) until src's end-of-stream (nil) or an error.
 func copyPooled(dst, src net.Conn) error {
-	size := 0
-	buf := getPipeBuf(size)
-	defer func() { pipeBufs[size].Put(buf) }()
+	class := 0
+	buf := getPipeBuf(class)
+	defer func() { pipeBufs[class].Put(buf) }()
 	for {
 		n, rerr := src.Read(*buf)
 		if n > 0 {
@@ -125,16 +126,16 @@ func copyPooled(dst, src net.Conn) error {
 			}
 			return rerr
 		}
-		next := size
+		next := class
 		switch {
 		case n == len(*buf):
-			next = min(size+1, len(pipeSizes)-1)
+			next = min(class+1, len(pipeSizes)-1)
 		case n < pipeSizes[0]:
 			next = 0
 		}
-		if next != size {
-			pipeBufs[size].Put(buf)
-			size, buf = next, getPipeBuf(next)
+		if next != class {
+			pipeBufs[class].Put(buf)
+			class, buf = next, getPipeBuf(next)
 		}
 	}
 }

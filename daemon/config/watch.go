@@ -94,9 +94,8 @@ func (w *Watcher) Err() error {
 }
 
 // Run follows the file until ctx is cancelled and then returns nil (call
-// it once per Watcher); it
-// returns an error only when watching cannot start or the OS watch fails
-// for good. It creates the config directory (0700) when it is missing so
+// it once per Watcher); it returns an error only when watching cannot
+// start or the OS watch fails for good. It creates the config directory (0700) when it is missing so
 // that a config written later is seen. The caller owns the goroutine that
 // runs it; Run starts no goroutines of its own beyond fsnotify's, which it
 // closes before returning.
