@@ -27,6 +27,20 @@ func (r *recordConn) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
+// writeDataFrame writes a yamux data frame carrying body through w as
+// yamux's send loop does (header, then body) and returns the header.
+func writeDataFrame(t *testing.T, w *wireConn, body []byte) []byte {
+	t.Helper()
+	hdr := dataHeader(len(body))
+	n, err := w.Write(hdr)
+	require.NoError(t, err)
+	require.Equal(t, len(hdr), n)
+	n, err = w.Write(body)
+	require.NoError(t, err)
+	require.Equal(t, len(body), n)
+	return hdr
+}
+
 func dataHeader(length int) []byte {
 	h := make([]byte, yamuxHeaderSize)
 	h[0], h[1] = 0, yamuxTypeData
@@ -75,15 +89,10 @@ func TestWireConnVectoredOnTCP(t *testing.T) {
 	require.True(t, w.vectored)
 
 	body := bytes.Repeat([]byte{0xef}, coalesceCopyMax+1)
-	hdr := dataHeader(len(body))
-	_, err := w.Write(hdr)
-	require.NoError(t, err)
-	n, err := w.Write(body)
-	require.NoError(t, err)
-	require.Equal(t, len(body), n)
+	hdr := writeDataFrame(t, w, body)
 	require.Zero(t, cap(w.scratch), "the body was not copied behind the header")
 	got := make([]byte, len(hdr)+len(body))
-	_, err = io.ReadFull(peer, got)
+	_, err := io.ReadFull(peer, got)
 	require.NoError(t, err)
 	require.Equal(t, append(hdr, body...), got)
 }
@@ -115,29 +124,21 @@ func TestWireConnPrefixedWrites(t *testing.T) {
 	pc := &prefixConn{prefixed: true, body: body}
 	w := newWireConn(pc)
 	require.NotNil(t, w.prefixed)
-	hdr := dataHeader(len(body))
-	_, err := w.Write(hdr)
-	require.NoError(t, err)
-	n, err := w.Write(body)
-	require.NoError(t, err)
-	require.Equal(t, len(body), n)
+	hdr := writeDataFrame(t, w, body)
 	require.Equal(t, [][2][]byte{{hdr, body}}, pc.calls)
 	require.Equal(t, []bool{true}, pc.sameBody, "the body is not copied")
 	require.Empty(t, pc.writes)
 
 	upd := make([]byte, yamuxHeaderSize)
 	upd[1] = 1
-	_, err = w.Write(upd)
+	_, err := w.Write(upd)
 	require.NoError(t, err)
 	require.Equal(t, [][]byte{upd}, pc.writes, "a window update goes out as it is")
 
 	off := &prefixConn{}
 	w = newWireConn(off)
 	require.Nil(t, w.prefixed)
-	_, err = w.Write(hdr)
-	require.NoError(t, err)
-	_, err = w.Write(body)
-	require.NoError(t, err)
+	writeDataFrame(t, w, body)
 	require.Empty(t, off.calls)
 	require.Equal(t, [][]byte{append(hdr, body...)}, off.writes)
 }

@@ -143,8 +143,8 @@ func TestFrameConnWritesWholeFrames(t *testing.T) {
 	}
 }
 
-// TestFrameConnSplitsHugeFrames: a SPDY frame longer than one WebSocket
-// frame may be goes out as several messages that join up to it.
+// TestFrameConnSplitsHugeFrames: a SPDY frame longer than the largest
+// WebSocket frame goes out as several messages that join up to it.
 func TestFrameConnSplitsHugeFrames(t *testing.T) {
 	c, _, peer := newWSPair(t)
 	payload := make([]byte, 2*wsMaxPayload+100)
