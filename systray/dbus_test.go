@@ -197,7 +197,7 @@ func TestTrayOverDBus(t *testing.T) {
 	// "Quit tray" ends Run and takes the item off the bus.
 	root, err := h.layout()
 	require.NoError(t, err)
-	h.click(root, labelQuit)
+	h.clickQuit(root, labelQuit)
 	select {
 	case err := <-runErr:
 		require.NoError(t, err)
