@@ -64,9 +64,16 @@ type KubeClusters struct {
 	// connected through it may still be using it.
 	clusters map[string]*kubeCluster
 	// opened are the (source, requested context) pairs that opened a
-	// cluster before; see Open.
-	opened map[string]bool
+	// cluster before, and since when each has failed to (zero while it
+	// opens); see Open.
+	opened map[string]time.Time
 }
+
+// rewriteGrace is how long a kubeconfig that opened a context before may
+// fail to yield it before that is taken as the user's doing (the context
+// deleted, the file removed) rather than a rewrite in progress: then the
+// sandbox fails with the reason instead of reconnecting forever.
+const rewriteGrace = time.Minute
 
 // NewKubeClusters returns a KubeClusters.
 func NewKubeClusters(o KubeOptions) *KubeClusters {
@@ -85,7 +92,7 @@ func NewKubeClusters(o KubeOptions) *KubeClusters {
 	if o.Now == nil {
 		o.Now = time.Now
 	}
-	return &KubeClusters{o: o, clusters: map[string]*kubeCluster{}, opened: map[string]bool{}}
+	return &KubeClusters{o: o, clusters: map[string]*kubeCluster{}, opened: map[string]time.Time{}}
 }
 
 // Open is a ClusterProvider. It reads the kubeconfig on every call, as
@@ -97,7 +104,7 @@ func NewKubeClusters(o KubeOptions) *KubeClusters {
 // A kubeconfig that cannot be read or lacks the context is the user's to
 // fix (a PermanentError), unless the same source and context opened
 // before: then it is likely a file being rewritten (kubectl does not
-// replace it atomically), and the caller retries.
+// replace it atomically), and the caller retries, for up to rewriteGrace.
 func (k *KubeClusters) Open(_ context.Context, src KubeconfigSource, kubeContext string) (Cluster, error) {
 	src = src.canonical()
 	opts := src.Options()
@@ -107,10 +114,20 @@ func (k *KubeClusters) Open(_ context.Context, src KubeconfigSource, kubeContext
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	if err != nil {
-		if k.opened[slot] {
-			return nil, fmt.Errorf("%w (it was readable before, so it may be in the middle of a rewrite; try again)", err)
+		userError := errors.Is(err, kube.ErrNoKubeconfig) || errors.Is(err, kube.ErrUnknownContext) || errors.Is(err, fs.ErrNotExist)
+		if since, ok := k.opened[slot]; ok {
+			now := k.o.Now()
+			if since.IsZero() {
+				since = now
+				k.opened[slot] = since
+			}
+			if !userError || now.Sub(since) < rewriteGrace {
+				return nil, fmt.Errorf("%w (it was readable before, so it may be in the middle of a rewrite; try again)", err)
+			}
+			return nil, &PermanentError{fmt.Errorf("%w (for %s now, although it worked before: fix the kubeconfig, or pass --kubeconfig/--context, and connect again)",
+				err, now.Sub(since).Round(time.Second))}
 		}
-		if errors.Is(err, kube.ErrNoKubeconfig) || errors.Is(err, kube.ErrUnknownContext) || errors.Is(err, fs.ErrNotExist) {
+		if userError {
 			return nil, &PermanentError{fmt.Errorf("%w (pass --kubeconfig/--context, or set KUBECONFIG, and connect again)", err)}
 		}
 		return nil, err
@@ -126,7 +143,7 @@ func (k *KubeClusters) Open(_ context.Context, src KubeconfigSource, kubeContext
 		k.clusters[key] = c
 		k.o.Logger.Debug("cluster connection opened", "kubeconfig", src.describe(), "context", kc.Context, "namespace", kc.Namespace, "server", redactedURL(kc.REST.Host))
 	}
-	k.opened[slot] = true
+	k.opened[slot] = time.Time{}
 	return c, nil
 }
 

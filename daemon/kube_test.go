@@ -263,7 +263,8 @@ func TestOpenFollowsCurrentContext(t *testing.T) {
 		kubetest.WriteKubeconfig(t, kc, current, "https://127.0.0.1:1", "staging/team-s", "prod/"+prodNamespace)
 	}
 	write("staging", "team-p")
-	k := NewKubeClusters(KubeOptions{})
+	now := time.Unix(1_000_000_000, 0)
+	k := NewKubeClusters(KubeOptions{Now: func() time.Time { return now }})
 	t.Cleanup(func() { _ = k.Close() })
 	src := NewKubeconfigSource(kc, nil)
 	open := func(kctx string) *kubeCluster {
@@ -309,6 +310,25 @@ func TestOpenFollowsCurrentContext(t *testing.T) {
 	require.NotErrorAs(t, err, &pe)
 	_, err = k.Open(context.Background(), NewKubeconfigSource(filepath.Join(dir, "missing"), nil), "")
 	require.ErrorAs(t, err, &pe)
+
+	// Still failing after rewriteGrace, it is no rewrite but the user's
+	// doing: the sandbox fails with the reason instead of retrying forever.
+	now = now.Add(rewriteGrace - time.Second)
+	_, err = k.Open(context.Background(), src, "")
+	require.NotErrorAs(t, err, &pe)
+	now = now.Add(time.Second)
+	_, err = k.Open(context.Background(), src, "")
+	require.ErrorAs(t, err, &pe)
+	require.ErrorContains(t, err, "for 1m0s now, although it worked before")
+
+	// Readable again, it opens, and the grace starts afresh next time.
+	kubetest.WriteKubeconfig(t, kc, "prod", "https://127.0.0.1:1", "prod/team-q")
+	_, err = k.Open(context.Background(), src, "")
+	require.NoError(t, err)
+	now = now.Add(time.Hour)
+	require.NoError(t, os.WriteFile(kc, nil, 0o600))
+	_, err = k.Open(context.Background(), src, "")
+	require.NotErrorAs(t, err, &pe)
 }
 
 // TestConnectPinsCurrentContext: a sandbox connected without --context is
