@@ -39,8 +39,11 @@ func newBenchTunnelCmd(g *globalOptions) *cobra.Command {
 		Long: `Compare the tunnel with raw loopback TCP in one run: single-stream and
 8/64-stream bulk throughput, 1 KiB request/response round trips (idle and
 behind a bulk transfer on the same session), for one session and a pool of
-4, and 1,000 concurrent streams verified by checksum. Medians over the
-repetitions; ratios are tunnel/raw. Takes under a minute.`,
+4, and 1,000 concurrent streams verified by checksum. The receiving
+application copies into io.Discard (8 KiB reads), as when the targets were
+set; single-stream bulk and round trips behind bulk are measured again with
+32 KiB reads and reported beside them (large_read_* in the JSON). Medians
+over the repetitions; ratios are tunnel/raw. Takes under a minute.`,
 		Example: `  sbx bench tunnel
   sbx bench tunnel --json`,
 		Args: cobra.NoArgs,
@@ -53,7 +56,7 @@ repetitions; ratios are tunnel/raw. Takes under a minute.`,
 				format = "json"
 			}
 			if reps < 1 {
-				return userError(fmt.Errorf("--reps %d is not positive", reps), "use --reps 1 or more (default 5)")
+				return userError(fmt.Errorf("--reps %d is not positive", reps), fmt.Sprintf("use --reps 1 or more (default %d)", tunnelbench.DefaultOptions().Reps))
 			}
 			opts := tunnelbench.DefaultOptions()
 			opts.Reps = reps

@@ -3,6 +3,7 @@ package tunnelbench
 import (
 	"context"
 	"encoding/json"
+	"net"
 	"strconv"
 	"strings"
 	"testing"
@@ -27,6 +28,9 @@ func TestRunSmall(t *testing.T) {
 		"raw": r.RawMBps, "tunnel": r.TunnelMBps, "pool": r.PoolMBps, "raw64": r.Raw64MBps, "pool64": r.Pool64MBps,
 		"rawrtt": r.RawRTTP50, "tunnelrtt": r.TunnelRTTP50, "bulkrtt": r.TunnelRTTUnderBulkP99,
 		"ratio": r.ThroughputRatio, "rttratio": r.RTTRatio, "bulkratio": r.RTTUnderBulkRatio,
+		"largeraw": r.LargeReadRawMBps, "largetunnel": r.LargeReadTunnelMBps, "largepool": r.LargeReadPoolMBps,
+		"largebulkrtt": r.LargeReadTunnelRTTUnderBulkP99, "largeratio": r.LargeReadThroughputRatio,
+		"largebulkratio": r.LargeReadRTTUnderBulkRatio, "largepoolbulkratio": r.LargeReadPoolRTTUnderBulkRatio,
 	} {
 		require.Positive(t, v, name)
 	}
@@ -35,12 +39,17 @@ func TestRunSmall(t *testing.T) {
 	var m map[string]any
 	require.NoError(t, json.Unmarshal(b, &m))
 	for _, k := range []string{"raw_tcp_mbps", "tunnel_mbps", "throughput_ratio", "raw_rtt_p50_us", "tunnel_rtt_p50_us",
-		"rtt_ratio", "raw_rtt_under_bulk_p99_us", "tunnel_rtt_under_bulk_p99_us", "rtt_under_bulk_ratio", "streams_1000_ok"} {
+		"rtt_ratio", "raw_rtt_under_bulk_p99_us", "tunnel_rtt_under_bulk_p99_us", "rtt_under_bulk_ratio", "streams_1000_ok",
+		"large_read_throughput_ratio", "large_read_rtt_under_bulk_ratio"} {
 		require.Contains(t, m, k)
 	}
+	require.Equal(t, 8192.0, m["sink_read_bytes"])
+	require.Equal(t, 32768.0, m["large_read_sink_bytes"])
 	var text strings.Builder
 	require.NoError(t, r.WriteText(&text))
 	require.Contains(t, text.String(), "throughput_ratio")
+	require.Contains(t, text.String(), "Reading 32 KiB at a time")
+	require.Contains(t, text.String(), "large_read_rtt_under_bulk_ratio")
 	require.Contains(t, progress.String(), "100 concurrent streams verified")
 }
 
@@ -54,6 +63,39 @@ func TestRunBudget(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, MinReps, r.Reps)
 	require.Contains(t, progress.String(), "stopping after 3 repetitions")
+}
+
+// TestSinkReadSizes: the two sinks read what the report says they read.
+// The targets' sink is io.Copy(io.Discard, conn), whose read size is
+// io.Discard's choice; this catches a Go release that changes it.
+func TestSinkReadSizes(t *testing.T) {
+	for svc, want := range map[string]int{serviceSink: discardReadSize, serviceSinkLarge: largeSinkReadSize} {
+		a, b := net.Pipe()
+		r := &readSizes{Conn: a}
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			serve(svc, r, 1024)
+		}()
+		payload := make([]byte, 1<<20)
+		go func() {
+			_, _ = b.Write(payload)
+			_ = b.Close()
+		}()
+		<-done
+		require.Equal(t, want, r.max, svc)
+	}
+}
+
+// readSizes records the largest buffer a reader was given.
+type readSizes struct {
+	net.Conn
+	max int
+}
+
+func (r *readSizes) Read(p []byte) (int, error) {
+	r.max = max(r.max, len(p))
+	return r.Conn.Read(p)
 }
 
 func TestRatio(t *testing.T) {
@@ -87,7 +129,7 @@ func BenchmarkBulk(b *testing.B) {
 				if per < ioBuffer {
 					per = ioBuffer
 				}
-				_, err := bulk(context.Background(), ep, streams, per)
+				_, err := bulk(context.Background(), ep, serviceSink, streams, per)
 				require.NoError(b, err)
 			})
 		}
@@ -106,7 +148,7 @@ func BenchmarkRTT(b *testing.B) {
 		})
 		b.Run(ep.name()+"/under-bulk", func(b *testing.B) {
 			b.ReportAllocs()
-			p50, p99, err := rttUnderBulk(context.Background(), ep, max(b.N, 10), 1024)
+			p50, p99, err := rttUnderBulk(context.Background(), ep, serviceSink, max(b.N, 10), 1024)
 			require.NoError(b, err)
 			b.ReportMetric(float64(p50)/float64(time.Microsecond), "p50-µs")
 			b.ReportMetric(float64(p99)/float64(time.Microsecond), "p99-µs")

@@ -8,6 +8,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"slices"
 	"sync"
 
 	"github.com/sbx-dev/sbx/tunnel"
@@ -16,9 +17,15 @@ import (
 // Services the benchmark talks to. Over raw TCP each has its own listener;
 // over the tunnel the stream header's target names it.
 const (
-	serviceSink = "sink" // reads to EOF, answers with the byte count
-	serviceEcho = "echo" // echoes fixed-size requests
+	// serviceSink reads to EOF with io.Copy(io.Discard, conn), 8 KiB at a
+	// time, and answers with the byte count: the targets' sink.
+	serviceSink = "sink"
+	// serviceSinkLarge is serviceSink reading largeSinkReadSize at a time.
+	serviceSinkLarge = "sink-large"
+	serviceEcho      = "echo" // echoes fixed-size requests
 )
+
+var services = []string{serviceSink, serviceSinkLarge, serviceEcho}
 
 const benchToken = "bench-token"
 
@@ -33,11 +40,17 @@ type endpoint interface {
 func serve(service string, c net.Conn, reqSize int) {
 	defer c.Close()
 	switch service {
-	case serviceSink:
-		// io.Discard would read in its own 8 KiB pieces (it is an
-		// io.ReaderFrom); hiding that makes the copy use buf.
-		buf := make([]byte, sinkReadSize)
-		n, err := io.CopyBuffer(struct{ io.Writer }{io.Discard}, onlyReader{c}, buf)
+	case serviceSink, serviceSinkLarge:
+		var n int64
+		var err error
+		if service == serviceSink {
+			n, err = io.Copy(io.Discard, c)
+		} else {
+			// io.Discard would read in its own 8 KiB pieces (it is an
+			// io.ReaderFrom); hiding that makes the copy use buf.
+			buf := make([]byte, largeSinkReadSize)
+			n, err = io.CopyBuffer(struct{ io.Writer }{io.Discard}, onlyReader{c}, buf)
+		}
 		if err != nil {
 			return
 		}
@@ -77,7 +90,7 @@ type rawEndpoint struct {
 
 func newRawEndpoint(reqSize int) (*rawEndpoint, error) {
 	e := &rawEndpoint{lns: map[string]net.Listener{}}
-	for _, svc := range []string{serviceSink, serviceEcho} {
+	for _, svc := range services {
 		ln, err := net.Listen("tcp", "127.0.0.1:0")
 		if err != nil {
 			e.close()
@@ -191,7 +204,7 @@ func (e *tunnelEndpoint) acceptLoop(s *tunnel.Session, reqSize int) {
 			return
 		}
 		svc, _, _ := net.SplitHostPort(st.Header().Target)
-		if svc != serviceSink && svc != serviceEcho {
+		if !slices.Contains(services, svc) {
 			_ = st.Reject(tunnel.ReasonRefused, "no such bench service")
 			continue
 		}
