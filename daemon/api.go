@@ -40,22 +40,27 @@ type MappingStatus struct {
 // SandboxStatus is the state of one sandbox session. It never carries the
 // tunnel token.
 type SandboxStatus struct {
-	Name        string          `json:"name"`
-	RoutingKey  string          `json:"routingKey"`
-	BaggageKey  string          `json:"baggageKey"`
-	Context     string          `json:"context,omitempty"`
-	Namespaces  []string        `json:"namespaces"`
-	Phase       Phase           `json:"phase"`
-	Mappings    []MappingStatus `json:"mappings"`
-	Sessions    int             `json:"sessions"`
-	RTT         time.Duration   `json:"rttNanos"`
-	BytesIn     int64           `json:"bytesIn"`
-	BytesOut    int64           `json:"bytesOut"`
-	Streams     int             `json:"streams"`
-	Reconnects  int             `json:"reconnects"`
-	ReadySince  time.Time       `json:"readySince,omitzero"`
-	LastError   string          `json:"lastError,omitempty"`
-	LastErrorAt time.Time       `json:"lastErrorAt,omitzero"`
+	Name       string `json:"name"`
+	RoutingKey string `json:"routingKey"`
+	BaggageKey string `json:"baggageKey"`
+	Context    string `json:"context,omitempty"`
+	// Kubeconfig is the kubeconfig the sandbox was connected through
+	// (paths only), so that a command run from another shell, such as
+	// `sbx env --env-from-baseline`, reads the same cluster. Nil from
+	// daemons older than the field.
+	Kubeconfig  *KubeconfigSource `json:"kubeconfigSource,omitempty"`
+	Namespaces  []string          `json:"namespaces"`
+	Phase       Phase             `json:"phase"`
+	Mappings    []MappingStatus   `json:"mappings"`
+	Sessions    int               `json:"sessions"`
+	RTT         time.Duration     `json:"rttNanos"`
+	BytesIn     int64             `json:"bytesIn"`
+	BytesOut    int64             `json:"bytesOut"`
+	Streams     int               `json:"streams"`
+	Reconnects  int               `json:"reconnects"`
+	ReadySince  time.Time         `json:"readySince,omitzero"`
+	LastError   string            `json:"lastError,omitempty"`
+	LastErrorAt time.Time         `json:"lastErrorAt,omitzero"`
 }
 
 // Status is the daemon's whole state as the CLI and tray see it.

@@ -353,6 +353,8 @@ func TestConnectPinsCurrentContext(t *testing.T) {
 	st, err := td.client.Connect(context.Background(), req, nil)
 	require.NoError(t, err)
 	require.Equal(t, "staging", st.Context)
+	require.NotNil(t, st.Kubeconfig, "status says where the context is read from")
+	require.Equal(t, NewKubeconfigSource(kc, nil), *st.Kubeconfig)
 
 	kubetest.WriteKubeconfig(t, kc, "prod", "https://127.0.0.1:1", "staging", "prod")
 	_, err = td.client.Connect(context.Background(), req, nil)

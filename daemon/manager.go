@@ -147,7 +147,7 @@ func (m *manager) Connect(req ConnectRequest) (s *session, sub chan Progress, re
 		if changed {
 			m.store.UpdateSandbox(name, func(st *SandboxStatus) {
 				fresh := initialStatus(saved, m.conf().BaggageKey)
-				st.Namespaces, st.Mappings, st.Context = fresh.Namespaces, fresh.Mappings, fresh.Context
+				st.Namespaces, st.Mappings, st.Context, st.Kubeconfig = fresh.Namespaces, fresh.Mappings, fresh.Context, fresh.Kubeconfig
 			})
 			m.persistLocked()
 			m.notify()

@@ -365,11 +365,13 @@ func canDial(ctx context.Context, network, addr string, timeout time.Duration) b
 
 // initialStatus is a sandbox's status before its first connection.
 func initialStatus(saved savedSandbox, baggageKey string) SandboxStatus {
+	src := saved.KubeconfigSource.canonical()
 	st := SandboxStatus{
 		Name:       saved.Name,
 		RoutingKey: saved.RoutingKey,
 		BaggageKey: baggageKey,
 		Context:    saved.Context,
+		Kubeconfig: &src,
 		Namespaces: slices.Clone(saved.Spec.Namespaces()),
 		Phase:      PhaseApplying,
 		Mappings:   []MappingStatus{},

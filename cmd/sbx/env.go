@@ -23,7 +23,9 @@ func newEnvCmd(g *globalOptions) *cobra.Command {
 SBX_SANDBOX, SBX_ROUTING_KEY, SBX_BAGGAGE (the baggage member that routes to
 this sandbox), proxy variables when outbound access runs in proxy mode, and
 with --env-from-baseline the baseline container's own environment (ConfigMap
-values resolved; Secret values only with --include-secrets).
+values resolved; Secret values only with --include-secrets), read from the
+cluster the sandbox was connected through (its kubeconfig and context, not
+this shell's; --kubeconfig and --context override them).
 
 Formats: dotenv (VS Code "envFile", docker --env-file style), json (an object
 for launch.json "env"), shell (export lines for eval); the global -o json

@@ -93,6 +93,37 @@ func TestCLIEnvFormats(t *testing.T) {
 	require.Contains(t, errOut, "--env-from-baseline")
 }
 
+// TestBaselineKubeOptions: --env-from-baseline reads the cluster the
+// sandbox was connected through, whatever this shell's $KUBECONFIG says;
+// --kubeconfig and --context override it; a daemon that does not report
+// the sandbox's kubeconfig leaves this shell's.
+func TestBaselineKubeOptions(t *testing.T) {
+	dir := t.TempDir()
+	connected, shell, flag := filepath.Join(dir, "connected"), filepath.Join(dir, "shell"), filepath.Join(dir, "flag")
+	t.Setenv("KUBECONFIG", shell)
+	src := daemon.NewKubeconfigSource(connected, nil)
+	st := daemon.SandboxStatus{Name: "alice", Context: "staging", Kubeconfig: &src}
+
+	opts := baselineKubeOptions(&globalOptions{}, st)
+	require.Equal(t, connected, opts.Kubeconfig)
+	require.Equal(t, "staging", opts.Context)
+
+	opts = baselineKubeOptions(&globalOptions{kubeconfig: flag, context: "other"}, st)
+	require.Equal(t, flag, opts.Kubeconfig)
+	require.Equal(t, "other", opts.Context)
+
+	envSrc := daemon.NewKubeconfigSource("", []string{connected})
+	st.Kubeconfig = &envSrc
+	opts = baselineKubeOptions(&globalOptions{}, st)
+	require.Empty(t, opts.Kubeconfig)
+	require.Equal(t, connected, opts.Getenv("KUBECONFIG"), "the sandbox's $KUBECONFIG, not this shell's")
+
+	st.Kubeconfig = nil
+	opts = baselineKubeOptions(&globalOptions{}, st)
+	require.Empty(t, opts.Kubeconfig)
+	require.Equal(t, shell, opts.Getenv("KUBECONFIG"))
+}
+
 func TestCLIRun(t *testing.T) {
 	st := connectAlice(t)
 

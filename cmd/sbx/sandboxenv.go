@@ -67,9 +67,7 @@ func sandboxEnv(ctx context.Context, g *globalOptions, name string, f envFlags) 
 	sb := runenv.Sandbox{Name: st.Name, RoutingKey: st.RoutingKey, BaggageKey: st.BaggageKey, ProxyAddr: proxyAddrOf(all)}
 	var base *runenv.Env
 	if f.fromBaseline {
-		opts := kubeconfigSource(g).Options()
-		opts.Context, opts.UserAgent = firstNonEmpty(g.context, st.Context), "sbx-env"
-		kc, err := kube.Load(opts)
+		kc, err := kube.Load(baselineKubeOptions(g, st))
 		if err != nil {
 			return runenv.Env{}, userError(fmt.Errorf("--env-from-baseline needs the cluster: %w", err), "check --kubeconfig/--context, or drop --env-from-baseline")
 		}
@@ -83,6 +81,21 @@ func sandboxEnv(ctx context.Context, g *globalOptions, name string, f envFlags) 
 		env.Note(fmt.Sprintf("sandbox %s is %s: keyed requests and calls to cluster names work once it is ready (`sbx status %s`)", st.Name, st.Phase, st.Name))
 	}
 	return env, nil
+}
+
+// baselineKubeOptions selects the cluster to read the baseline from: the
+// sandbox's own kubeconfig and context, so that a shell with another
+// $KUBECONFIG (or none) still reads the cluster the sandbox is in;
+// --kubeconfig and --context override them. Only with a daemon too old to
+// report the sandbox's kubeconfig does this shell's take its place.
+func baselineKubeOptions(g *globalOptions, st daemon.SandboxStatus) kube.Options {
+	src := kubeconfigSource(g)
+	if g.kubeconfig == "" && st.Kubeconfig != nil {
+		src = *st.Kubeconfig
+	}
+	opts := src.Options()
+	opts.Context, opts.UserAgent = firstNonEmpty(g.context, st.Context), "sbx-env"
+	return opts
 }
 
 // proxyAddrOf is the outbound proxy's address when outbound access runs
