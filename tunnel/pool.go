@@ -5,7 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"sync"
+	"time"
 )
 
 // Pool holds several sessions to the same peer (each over its own
@@ -14,12 +16,52 @@ import (
 type Pool struct {
 	log    *slog.Logger
 	onDead func(*Session, error)
+	now    func() time.Time // the clock; tests replace it
 
 	mu       sync.Mutex
 	sessions []*Session
+	load     map[*Session]*sessionLoad
 	closed   bool
 	wg       sync.WaitGroup
 	stop     chan struct{}
+}
+
+// Picking a session for a new stream weighs its open streams and its
+// recent traffic: a small request put on the connection that carries a
+// download queues behind up to a window of it (see PROTOCOL.md, "Pool"),
+// and one stream moving 100 MB/s is not as idle as one waiting for a
+// request.
+const (
+	// loadTau is the time constant over which a session's traffic is
+	// forgotten: load is about the bytes moved in the last loadTau.
+	loadTau = time.Second
+	// loadPerStream is the recent traffic that weighs as much as one open
+	// stream: a session moving 40 MB/s counts ten streams more.
+	loadPerStream = 4 << 20
+)
+
+// sessionLoad is the pool's view of one session's recent traffic, updated
+// when the pool picks.
+type sessionLoad struct {
+	bytes uint64    // payload bytes in + out when last seen
+	at    time.Time // when last seen
+	load  float64   // bytes moved recently, decaying with loadTau
+}
+
+// observe folds in the bytes moved since the last observation. When they
+// were moved is not known, only that it was within the interval, so they
+// are weighted as if spread evenly over it: a transfer that ended long
+// before the pool looked weighs little.
+func (l *sessionLoad) observe(now time.Time, bytes uint64) float64 {
+	dt := now.Sub(l.at).Seconds() / loadTau.Seconds()
+	delta := float64(bytes - l.bytes)
+	decay := math.Exp(-dt)
+	if dt > 1e-6 {
+		delta *= (1 - decay) / dt
+	}
+	l.load = l.load*decay + delta
+	l.bytes, l.at = bytes, now
+	return l.load
 }
 
 // NewPool returns an empty pool. onDead (may be nil) is called exactly once
@@ -31,7 +73,7 @@ func NewPool(logger *slog.Logger, onDead func(s *Session, err error)) *Pool {
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
-	return &Pool{log: logger, onDead: onDead, stop: make(chan struct{})}
+	return &Pool{log: logger, onDead: onDead, now: time.Now, load: map[*Session]*sessionLoad{}, stop: make(chan struct{})}
 }
 
 // Add puts a live session into the pool. Adding to a closed pool closes s.
@@ -43,6 +85,7 @@ func (p *Pool) Add(s *Session) {
 		return
 	}
 	p.sessions = append(p.sessions, s)
+	p.load[s] = &sessionLoad{bytes: s.payloadBytes(), at: p.now()}
 	p.wg.Add(1)
 	p.mu.Unlock()
 	go p.watch(s)
@@ -77,6 +120,7 @@ func (p *Pool) remove(s *Session) bool {
 	for i, x := range p.sessions {
 		if x == s {
 			p.sessions = append(p.sessions[:i:i], p.sessions[i+1:]...)
+			delete(p.load, s)
 			return true
 		}
 	}
@@ -97,9 +141,11 @@ func (p *Pool) Sessions() []*Session {
 	return append([]*Session(nil), p.sessions...)
 }
 
-// Open opens a stream on the live session with the fewest open streams. If
-// that session turns out to be dead, it is dropped and the next one is
-// tried; a peer's answer (a *DialError) is returned as is.
+// Open opens a stream on the least busy live session: the fewest open
+// streams, counting every loadPerStream bytes it moved in about the last
+// loadTau as one more. If that session turns out to be dead, it is dropped
+// and the next one is tried; a peer's answer (a *DialError) is returned as
+// is.
 func (p *Pool) Open(ctx context.Context, h Header) (*Stream, error) {
 	tried := map[*Session]bool{}
 	var lastErr error
@@ -135,7 +181,10 @@ func (p *Pool) pick(skip map[*Session]bool) *Session {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	var best *Session
+	var bestScore float64
+	now := p.now()
 	for _, s := range p.sessions {
+		load := p.load[s].observe(now, s.payloadBytes())
 		if skip[s] {
 			continue
 		}
@@ -144,8 +193,9 @@ func (p *Pool) pick(skip map[*Session]bool) *Session {
 			continue
 		default:
 		}
-		if best == nil || s.NumStreams() < best.NumStreams() {
-			best = s
+		score := float64(s.NumStreams()) + load/loadPerStream
+		if best == nil || score < bestScore {
+			best, bestScore = s, score
 		}
 	}
 	return best

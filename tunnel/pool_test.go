@@ -2,6 +2,8 @@ package tunnel
 
 import (
 	"context"
+	"io"
+	"math"
 	"sync"
 	"testing"
 	"time"
@@ -113,4 +115,89 @@ func TestPoolSkipsDeadSession(t *testing.T) {
 	c := newSessionPair(t, transportPipe, roleSets[0], nil)
 	pool.Add(c.client)
 	<-c.client.Done()
+}
+
+// TestPoolAvoidsBusySession: a new stream goes to the session that is not
+// carrying a transfer, even when that session has more (idle) streams
+// open; once the transfer is a few time constants old it no longer
+// counts, and a transfer the pool only learns of long after it ended
+// counts little.
+func TestPoolAvoidsBusySession(t *testing.T) {
+	busy := newSessionPair(t, transportTCP, roleSets[0], nil)
+	idle := newSessionPair(t, transportTCP, roleSets[0], nil)
+	echoServer(t, busy.server)
+	echoServer(t, idle.server)
+	now := time.Unix(1_000_000, 0)
+	pool := NewPool(nil, nil)
+	pool.now = func() time.Time { return now }
+	defer pool.Close()
+	pool.Add(busy.client)
+	pool.Add(idle.client)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+
+	// idle holds two streams that move nothing; busy one that echoes
+	// 8 MiB (16 MiB of payload both ways).
+	for range 2 {
+		st, err := idle.client.Open(ctx, outboundHeader)
+		require.NoError(t, err)
+		defer st.Close()
+	}
+	transfer := func() {
+		t.Helper()
+		st, err := busy.client.Open(ctx, outboundHeader)
+		require.NoError(t, err)
+		t.Cleanup(func() { _ = st.Close() })
+		echoBytes(t, st, 8<<20)
+	}
+	transfer()
+	now = now.Add(100 * time.Millisecond)
+
+	st, err := pool.Open(ctx, outboundHeader)
+	require.NoError(t, err)
+	defer st.Close()
+	require.Same(t, idle.client, st.s, "fewest streams (1 against 2) would pick the busy session")
+
+	// Thirty seconds later the transfer is forgotten: streams decide.
+	now = now.Add(30 * time.Second)
+	st, err = pool.Open(ctx, outboundHeader)
+	require.NoError(t, err)
+	defer st.Close()
+	require.Same(t, busy.client, st.s, "1 stream against 3")
+
+	// A transfer the pool first sees 100 s after it last looked is
+	// spread over those 100 s: about 1% of it counts (0.04 streams'
+	// worth; counted whole it would be 4).
+	transfer()
+	extra, err := idle.client.Open(ctx, outboundHeader)
+	require.NoError(t, err)
+	defer extra.Close()
+	now = now.Add(100 * time.Second)
+	st, err = pool.Open(ctx, outboundHeader)
+	require.NoError(t, err)
+	defer st.Close()
+	require.Same(t, busy.client, st.s, "3 streams and an old transfer against 4 idle ones")
+}
+
+// echoBytes sends n bytes through an echo stream and reads them back.
+func echoBytes(t *testing.T, st *Stream, n int) {
+	t.Helper()
+	errc := make(chan error, 1)
+	go func() {
+		_, err := st.Write(make([]byte, n))
+		errc <- err
+	}()
+	_, err := io.CopyN(io.Discard, st, int64(n))
+	require.NoError(t, err)
+	require.NoError(t, <-errc)
+}
+
+func TestSessionLoadObserve(t *testing.T) {
+	t0 := time.Unix(1_000_000, 0)
+	l := &sessionLoad{at: t0}
+	require.InDelta(t, 1000, l.observe(t0, 1000), 1e-9, "bytes seen at once count whole")
+	require.InDelta(t, 1000*math.Exp(-1), l.observe(t0.Add(loadTau), 1000), 1e-6, "nothing new: decays by e per loadTau")
+	// 1000 more bytes over 2 loadTau: spread evenly, (1-e^-2)/2 of them.
+	got := l.observe(t0.Add(3*loadTau), 2000)
+	require.InDelta(t, 1000*math.Exp(-3)+1000*(1-math.Exp(-2))/2, got, 1e-6)
 }

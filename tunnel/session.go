@@ -214,6 +214,9 @@ func (s *Session) RemoteAddr() net.Addr { return s.conn.RemoteAddr() }
 // NumStreams is the number of data streams open on this session.
 func (s *Session) NumStreams() int { return int(s.streamsOpen.Load()) }
 
+// payloadBytes is the data-stream payload moved both ways so far.
+func (s *Session) payloadBytes() uint64 { return s.bytesIn.Load() + s.bytesOut.Load() }
+
 // Stats returns the session's counters.
 func (s *Session) Stats() Stats {
 	return Stats{
