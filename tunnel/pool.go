@@ -212,6 +212,7 @@ func (p *Pool) Close() error {
 	p.closed = true
 	ss := p.sessions
 	p.sessions = nil
+	clear(p.load)
 	close(p.stop)
 	p.mu.Unlock()
 	p.wg.Wait()
