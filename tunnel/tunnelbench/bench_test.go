@@ -3,6 +3,7 @@ package tunnelbench
 import (
 	"context"
 	"encoding/json"
+	"io"
 	"net"
 	"strconv"
 	"strings"
@@ -11,6 +12,8 @@ import (
 
 	"github.com/stretchr/testify/require"
 	"go.uber.org/goleak"
+
+	"github.com/sbx-dev/sbx/tunnel"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -65,37 +68,129 @@ func TestRunBudget(t *testing.T) {
 	require.Contains(t, progress.String(), "stopping after 3 repetitions")
 }
 
-// TestSinkReadSizes: the two sinks read what the report says they read.
-// The targets' sink is io.Copy(io.Discard, conn), whose read size is
-// io.Discard's choice; this catches a Go release that changes it.
+// TestSinkReadSizes: the two sinks read what the report says they read,
+// on the connections the benchmark really serves. The targets' sink is
+// io.Copy(io.Discard, conn), whose read size depends on the connection's
+// type: a *net.TCPConn is an io.WriterTo, so only its WriteTo handing the
+// copy back to io.Discard's ReadFrom makes raw TCP read 8 KiB at a time.
+// Wrapping the connection to watch its reads would hide that WriteTo, so
+// for that sink the test watches the writer instead. This catches a Go
+// release that changes either.
 func TestSinkReadSizes(t *testing.T) {
-	for svc, want := range map[string]int{serviceSink: discardReadSize, serviceSinkLarge: largeSinkReadSize} {
-		a, b := net.Pipe()
-		r := &readSizes{Conn: a}
-		done := make(chan struct{})
-		go func() {
-			defer close(done)
-			serve(svc, r, 1024)
-		}()
-		payload := make([]byte, 1<<20)
-		go func() {
-			_, _ = b.Write(payload)
-			_ = b.Close()
-		}()
-		<-done
-		require.Equal(t, want, r.max, svc)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	tun, err := newTunnelEndpoint(ctx, "tunnel", 1, DefaultOptions().Config, 1024)
+	require.NoError(t, err)
+	defer tun.close()
+	for name, pair := range map[string]func(t *testing.T) (send io.WriteCloser, recv net.Conn){
+		"raw TCP": tcpPair,
+		"tunnel":  func(t *testing.T) (io.WriteCloser, net.Conn) { return streamPair(ctx, t, tun) },
+	} {
+		t.Run(name, func(t *testing.T) {
+			const size = 1 << 20
+			send, recv := pair(t)
+			go sendAndClose(send, size)
+			d := &discardRecorder{}
+			n, err := drain(serviceSink, d, recv)
+			require.NoError(t, err)
+			require.EqualValues(t, size, n)
+			require.False(t, d.wrote, "io.Copy bypassed io.Discard's ReadFrom")
+			require.Equal(t, discardReadSize, d.max, serviceSink)
+
+			send, recv = pair(t)
+			go sendAndClose(send, size)
+			r := &readSizes{Reader: recv}
+			n, err = drain(serviceSinkLarge, io.Discard, r)
+			require.NoError(t, err)
+			require.EqualValues(t, size, n)
+			require.Equal(t, largeSinkReadSize, r.max, serviceSinkLarge)
+		})
 	}
 }
 
+func sendAndClose(w io.WriteCloser, n int) {
+	_, _ = w.Write(make([]byte, n))
+	_ = w.Close()
+}
+
+// tcpPair is a loopback TCP connection: what a raw endpoint's sink reads
+// (a *net.TCPConn) and its other end.
+func tcpPair(t *testing.T) (io.WriteCloser, net.Conn) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	defer ln.Close()
+	send, err := net.Dial("tcp", ln.Addr().String())
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = send.Close() })
+	recv, err := ln.Accept()
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = recv.Close() })
+	require.IsType(t, &net.TCPConn{}, recv)
+	return send, recv
+}
+
+// streamPair is a tunnel stream of e's session, opened by the server side
+// so that the test holds the receiving end (a *tunnel.Stream, as a tunnel
+// endpoint's sink reads).
+func streamPair(ctx context.Context, t *testing.T, e *tunnelEndpoint) (io.WriteCloser, net.Conn) {
+	client := e.pool.Sessions()[0]
+	accepted := make(chan *tunnel.Stream, 1)
+	go func() {
+		defer close(accepted)
+		st, err := client.Accept(ctx)
+		if err != nil {
+			return
+		}
+		if err := st.Accept(); err != nil {
+			_ = st.Close()
+			return
+		}
+		accepted <- st
+	}()
+	send, err := e.servers[0].Open(ctx, tunnel.Header{Kind: tunnel.KindInbound, Workload: "sink", Port: 1})
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = send.Close() })
+	recv, ok := <-accepted
+	require.True(t, ok, "the client side did not accept the stream")
+	t.Cleanup(func() { _ = recv.Close() })
+	return writeCloser{send}, recv
+}
+
+// writeCloser ends a stream's sending side only, as a sender that is done
+// does; Close would also stop the receiver's answers.
+type writeCloser struct{ *tunnel.Stream }
+
+func (w writeCloser) Close() error { return w.CloseWrite() }
+
 // readSizes records the largest buffer a reader was given.
 type readSizes struct {
-	net.Conn
+	io.Reader
 	max int
 }
 
 func (r *readSizes) Read(p []byte) (int, error) {
 	r.max = max(r.max, len(p))
-	return r.Conn.Read(p)
+	return r.Reader.Read(p)
+}
+
+// discardRecorder is io.Discard that records the largest buffer its
+// ReadFrom reads into (io.Discard's own ReadFrom, over a recording
+// reader), and whether anything bypassed ReadFrom and wrote to it.
+type discardRecorder struct {
+	max   int
+	wrote bool
+}
+
+func (d *discardRecorder) Write(p []byte) (int, error) {
+	d.wrote = true
+	return len(p), nil
+}
+
+func (d *discardRecorder) ReadFrom(r io.Reader) (int64, error) {
+	rs := &readSizes{Reader: r}
+	n, err := io.Discard.(io.ReaderFrom).ReadFrom(rs)
+	d.max = max(d.max, rs.max)
+	return n, err
 }
 
 func TestRatio(t *testing.T) {

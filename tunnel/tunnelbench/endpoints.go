@@ -41,16 +41,7 @@ func serve(service string, c net.Conn, reqSize int) {
 	defer c.Close()
 	switch service {
 	case serviceSink, serviceSinkLarge:
-		var n int64
-		var err error
-		if service == serviceSink {
-			n, err = io.Copy(io.Discard, c)
-		} else {
-			// io.Discard would read in its own 8 KiB pieces (it is an
-			// io.ReaderFrom); hiding that makes the copy use buf.
-			buf := make([]byte, largeSinkReadSize)
-			n, err = io.CopyBuffer(struct{ io.Writer }{io.Discard}, onlyReader{c}, buf)
-		}
+		n, err := drain(service, io.Discard, c)
 		if err != nil {
 			return
 		}
@@ -70,6 +61,24 @@ func serve(service string, c net.Conn, reqSize int) {
 			}
 		}
 	}
+}
+
+// drain reads c to EOF into dst (io.Discard but in tests) as service's
+// sink does and returns the byte count. serviceSink is io.Copy(dst, c) on
+// the connection as it is, so the read size is whatever io.Copy picks for
+// that connection's type: a *net.TCPConn is an io.WriterTo whose WriteTo
+// hands the copy back to io.Discard's ReadFrom (8 KiB reads), a tunnel
+// stream is not and gets the same directly. serviceSinkLarge reads
+// largeSinkReadSize at a time whatever c is.
+func drain(service string, dst io.Writer, c io.Reader) (int64, error) {
+	if service == serviceSinkLarge {
+		// io.Discard would read in its own 8 KiB pieces (it is an
+		// io.ReaderFrom), and a *net.TCPConn's WriteTo would hand the
+		// copy to it; hiding both makes the copy use buf.
+		buf := make([]byte, largeSinkReadSize)
+		return io.CopyBuffer(struct{ io.Writer }{dst}, onlyReader{c}, buf)
+	}
+	return io.Copy(dst, c)
 }
 
 type onlyReader struct{ io.Reader }
