@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"github.com/stretchr/testify/require"
+
+	"github.com/sbx-dev/sbx/cluster/spec"
 )
 
 func TestSocketAndDirModes(t *testing.T) {
@@ -315,6 +317,36 @@ func TestStoreSkipsUnchanged(t *testing.T) {
 	s.CloseAll()
 	_, ok := <-w.C
 	require.False(t, ok)
+}
+
+// TestStoreCopiesSandbox: what the store hands out (Sandbox, events) and
+// what UpdateSandbox's fn edits share no memory with the stored status, so
+// a reader cannot change it and an in-place edit is seen as a change.
+func TestStoreCopiesSandbox(t *testing.T) {
+	s := newStore(Status{}, 8)
+	w := s.Subscribe()
+	<-w.C
+	src := NewKubeconfigSource("", []string{"/home/a/.kube/config", "/home/a/.kube/extra"})
+	s.SetSandbox(SandboxStatus{Name: "a", Kubeconfig: &src,
+		Mappings: []MappingStatus{{Workload: "route", From: &spec.Workload{Name: "route"}}}})
+	ev := <-w.C
+
+	got, ok := s.Sandbox("a")
+	require.True(t, ok)
+	got.Kubeconfig.KubeconfigEnv[0] = "/elsewhere"
+	got.Kubeconfig.KubeconfigFile = "/elsewhere"
+	got.Mappings[0].From.Name = "elsewhere"
+	ev.Sandbox.Kubeconfig.KubeconfigEnv[1] = "/elsewhere"
+	again, _ := s.Sandbox("a")
+	require.Equal(t, NewKubeconfigSource("", []string{"/home/a/.kube/config", "/home/a/.kube/extra"}), *again.Kubeconfig)
+	require.Equal(t, "route", again.Mappings[0].From.Name)
+
+	s.UpdateSandbox("a", func(st *SandboxStatus) { st.Kubeconfig.KubeconfigEnv[0] = "/moved" })
+	require.Len(t, w.C, 1, "an in-place edit is a change")
+	ev = <-w.C
+	require.Equal(t, "/moved", ev.Sandbox.Kubeconfig.KubeconfigEnv[0])
+	again, _ = s.Sandbox("a")
+	require.Equal(t, "/moved", again.Kubeconfig.KubeconfigEnv[0])
 }
 
 func TestShutdownEndpoint(t *testing.T) {

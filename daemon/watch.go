@@ -228,6 +228,11 @@ func cloneSandbox(sb SandboxStatus) SandboxStatus {
 			sb.Mappings[i].From = &c
 		}
 	}
+	if k := sb.Kubeconfig; k != nil {
+		c := *k
+		c.KubeconfigEnv = slices.Clone(k.KubeconfigEnv)
+		sb.Kubeconfig = &c
+	}
 	return sb
 }
 
