@@ -561,6 +561,11 @@ func TestRestorePinsCurrentContext(t *testing.T) {
 	td := startDaemon(t, Options{Paths: paths, Clusters: provider, link: (&fakeLinker{}).link})
 	st := waitPhase(t, td.client, "old", PhaseReady)
 	require.Equal(t, "staging", st.Context)
+	// The status of a restored sandbox (from an older state file's
+	// "kubeconfig") names its kubeconfig, as `sbx env --env-from-baseline`
+	// reads it from there.
+	require.NotNil(t, st.Kubeconfig)
+	require.Equal(t, NewKubeconfigSource(kc, nil), *st.Kubeconfig)
 	mu.Lock()
 	require.NotEmpty(t, opened)
 	for _, o := range opened {
