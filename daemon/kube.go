@@ -63,16 +63,21 @@ type KubeClusters struct {
 	// superseded by a changed kubeconfig stays until Close: sandboxes
 	// connected through it may still be using it.
 	clusters map[string]*kubeCluster
-	// opened are the (source, requested context) pairs that opened a
-	// cluster before, and since when each has failed to (zero while it
-	// opens); see Open.
-	opened map[string]time.Time
+	// slots are what Open knows of each (source, requested context) pair
+	// it was asked for; see Open.
+	slots map[string]*kubeSlot
 }
 
-// rewriteGrace is how long a kubeconfig that opened a context before may
-// fail to yield it before that is taken as the user's doing (the context
-// deleted, the file removed) rather than a rewrite in progress: then the
-// sandbox fails with the reason instead of reconnecting forever.
+// kubeSlot is what Open remembers of one (source, requested context).
+type kubeSlot struct {
+	opened       bool      // it opened a cluster before
+	failingSince time.Time // zero unless its last Open failed
+}
+
+// rewriteGrace is how long a kubeconfig may fail to yield a context before
+// that is taken as the user's doing (the context deleted, the file removed
+// or broken) rather than a rewrite in progress: then the sandbox fails
+// with the reason instead of reconnecting forever.
 const rewriteGrace = time.Minute
 
 // NewKubeClusters returns a KubeClusters.
@@ -92,7 +97,7 @@ func NewKubeClusters(o KubeOptions) *KubeClusters {
 	if o.Now == nil {
 		o.Now = time.Now
 	}
-	return &KubeClusters{o: o, clusters: map[string]*kubeCluster{}, opened: map[string]time.Time{}}
+	return &KubeClusters{o: o, clusters: map[string]*kubeCluster{}, slots: map[string]*kubeSlot{}}
 }
 
 // Open is a ClusterProvider. It reads the kubeconfig on every call, as
@@ -101,10 +106,13 @@ func NewKubeClusters(o KubeOptions) *KubeClusters {
 // after `kubectl config use-context other` an Open without a context is
 // the other cluster, not the one the daemon happened to open first.
 //
-// A kubeconfig that cannot be read or lacks the context is the user's to
+// A kubeconfig that does not exist or lacks the context is the user's to
 // fix (a PermanentError), unless the same source and context opened
 // before: then it is likely a file being rewritten (kubectl does not
-// replace it atomically), and the caller retries, for up to rewriteGrace.
+// replace it atomically). That, and any other kubeconfig error (one that
+// does not parse, a certificate file it names missing), the caller
+// retries, until the same source and context have failed for
+// rewriteGrace: then it is a PermanentError too.
 func (k *KubeClusters) Open(_ context.Context, src KubeconfigSource, kubeContext string) (Cluster, error) {
 	src = src.canonical()
 	opts := src.Options()
@@ -113,24 +121,28 @@ func (k *KubeClusters) Open(_ context.Context, src KubeconfigSource, kubeContext
 	slot := src.key() + "\x00" + kubeContext
 	k.mu.Lock()
 	defer k.mu.Unlock()
+	st := k.slots[slot]
+	if st == nil {
+		st = &kubeSlot{}
+		k.slots[slot] = st
+	}
 	if err != nil {
-		userError := errors.Is(err, kube.ErrNoKubeconfig) || errors.Is(err, kube.ErrUnknownContext) || errors.Is(err, fs.ErrNotExist)
-		if since, ok := k.opened[slot]; ok {
-			now := k.o.Now()
-			if since.IsZero() {
-				since = now
-				k.opened[slot] = since
-			}
-			if !userError || now.Sub(since) < rewriteGrace {
-				return nil, fmt.Errorf("%w (it was readable before, so it may be in the middle of a rewrite; try again)", err)
-			}
-			return nil, &PermanentError{fmt.Errorf("%w (for %s now, although it worked before: fix the kubeconfig, or pass --kubeconfig/--context, and connect again)",
-				err, now.Sub(since).Round(time.Second))}
+		now := k.o.Now()
+		if st.failingSince.IsZero() {
+			st.failingSince = now
 		}
-		if userError {
+		failing := now.Sub(st.failingSince)
+		missing := errors.Is(err, kube.ErrNoKubeconfig) || errors.Is(err, kube.ErrUnknownContext) || errors.Is(err, fs.ErrNotExist)
+		switch {
+		case missing && !st.opened:
 			return nil, &PermanentError{fmt.Errorf("%w (pass --kubeconfig/--context, or set KUBECONFIG, and connect again)", err)}
+		case failing >= rewriteGrace:
+			return nil, &PermanentError{fmt.Errorf("%w (still failing after %s: fix the kubeconfig, or pass --kubeconfig/--context, and connect again)",
+				err, failing.Round(time.Second))}
+		case st.opened:
+			return nil, fmt.Errorf("%w (it was readable before, so it may be in the middle of a rewrite; retrying for up to %s)", err, rewriteGrace)
 		}
-		return nil, err
+		return nil, fmt.Errorf("%w (fix the kubeconfig; retrying for up to %s)", err, rewriteGrace)
 	}
 	key := src.key() + "\x00" + connectionKey(kc)
 	c, ok := k.clusters[key]
@@ -143,7 +155,7 @@ func (k *KubeClusters) Open(_ context.Context, src KubeconfigSource, kubeContext
 		k.clusters[key] = c
 		k.o.Logger.Debug("cluster connection opened", "kubeconfig", src.describe(), "context", kc.Context, "namespace", kc.Namespace, "server", redactedURL(kc.REST.Host))
 	}
-	k.opened[slot] = time.Time{}
+	st.opened, st.failingSince = true, time.Time{}
 	return c, nil
 }
 

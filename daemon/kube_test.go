@@ -319,7 +319,7 @@ func TestOpenFollowsCurrentContext(t *testing.T) {
 	now = now.Add(time.Second)
 	_, err = k.Open(context.Background(), src, "")
 	require.ErrorAs(t, err, &pe)
-	require.ErrorContains(t, err, "for 1m0s now, although it worked before")
+	require.ErrorContains(t, err, "still failing after 1m0s: fix the kubeconfig")
 
 	// Readable again, it opens, and the grace starts afresh next time.
 	kubetest.WriteKubeconfig(t, kc, "prod", "https://127.0.0.1:1", "prod/team-q")
@@ -329,6 +329,20 @@ func TestOpenFollowsCurrentContext(t *testing.T) {
 	require.NoError(t, os.WriteFile(kc, nil, 0o600))
 	_, err = k.Open(context.Background(), src, "")
 	require.NotErrorAs(t, err, &pe)
+
+	// A kubeconfig that never opened and does not parse is retried for
+	// the grace too (a restore may catch it mid-rewrite), then fails.
+	broken := filepath.Join(dir, "broken")
+	require.NoError(t, os.WriteFile(broken, []byte("apiVersion: v1\nclusters: {{{\n"), 0o600))
+	bsrc := NewKubeconfigSource(broken, nil)
+	_, err = k.Open(context.Background(), bsrc, "")
+	require.Error(t, err)
+	require.NotErrorAs(t, err, &pe)
+	require.ErrorContains(t, err, "fix the kubeconfig; retrying for up to 1m0s")
+	now = now.Add(rewriteGrace)
+	_, err = k.Open(context.Background(), bsrc, "")
+	require.ErrorAs(t, err, &pe)
+	require.ErrorContains(t, err, "still failing after 1m0s")
 }
 
 // TestConnectPinsCurrentContext: a sandbox connected without --context is
