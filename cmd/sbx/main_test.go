@@ -125,3 +125,43 @@ func TestReleaseMainThreadOnlyFromMain(t *testing.T) {
 		})
 	}
 }
+
+// TestUsageErrors: what cobra and pflag reject before a command runs is a
+// usage error (exit 2) with a hint, in words rather than strconv's, and a
+// mistyped subcommand of a group is refused rather than answered with the
+// group's help and exit 0.
+func TestUsageErrors(t *testing.T) {
+	tests := []struct {
+		args []string
+		want []string // in stderr
+	}{
+		{[]string{"frobnicate"}, []string{`unknown command "frobnicate" for "sbx"`, "hint: `sbx --help` lists the commands"}},
+		{[]string{"stauts"}, []string{"did you mean `sbx status`?"}},
+		{[]string{"status", "a", "b"}, []string{"accepts at most 1 arg(s)", "hint: usage: sbx status [NAME]"}},
+		{[]string{"list", "extra"}, []string{`sbx list takes no arguments, got "extra"`}},
+		{[]string{"env"}, []string{"accepts 1 arg(s), received 0", "usage: sbx env NAME"}},
+		{[]string{"status", "--bogus"}, []string{"unknown flag: --bogus", "sbx status --help"}},
+		{[]string{"connect", "-f"}, []string{"flag needs an argument", "usage: sbx connect -f FILE"}},
+		{[]string{"bench", "tunnel", "--reps", "x"}, []string{`invalid argument "x" for "--reps" flag: not a whole number`}},
+		{[]string{"bench", "tunnel", "--stream-window", "-1"}, []string{"not a whole number of 0 or more"}},
+		{[]string{"bench", "nosuch"}, []string{`unknown command "nosuch" for "sbx bench"`, "its commands: portforward, tunnel"}},
+		{[]string{"bench", "tunel"}, []string{"did you mean `sbx bench tunnel`?"}},
+		{[]string{"completion", "tcsh"}, []string{`unknown command "tcsh" for "sbx completion"`}},
+		{[]string{"daemon", "x"}, []string{"its commands: stop"}},
+	}
+	for _, tt := range tests {
+		t.Run(strings.Join(tt.args, " "), func(t *testing.T) {
+			code, out, errOut := runCLI(t, tt.args...)
+			require.Equal(t, 2, code, errOut)
+			require.Empty(t, out)
+			for _, w := range tt.want {
+				require.Contains(t, errOut, w)
+			}
+			require.NotContains(t, errOut, "strconv")
+		})
+	}
+	// A group without a subcommand still shows its help.
+	code, out, _ := runCLI(t, "bench")
+	require.Equal(t, 0, code)
+	require.Contains(t, out, "Available Commands")
+}
