@@ -89,6 +89,8 @@ func connectOnce(ctx context.Context, g *globalOptions, c *daemon.Client, req da
 		var ce *daemon.ConnectError
 		var ae *daemon.APIError
 		switch {
+		case ctx.Err() != nil && errors.Is(err, context.Canceled):
+			return interruptedConnect(sb.Name, lastPhase)
 		case errors.As(err, &ce):
 			return userError(err, fmt.Sprintf("`sbx status %s` shows its state, `sbx logs` the daemon's log", sb.Name))
 		case errors.As(err, &ae) && ae.StatusCode == 409:
@@ -105,6 +107,18 @@ func connectOnce(ctx context.Context, g *globalOptions, c *daemon.Client, req da
 	}
 	printReady(g.stdout, st)
 	return nil
+}
+
+// interruptedConnect is connect's answer to Ctrl-C: the daemon goes on
+// with a sandbox it has been given, so say so and how to follow or stop it.
+func interruptedConnect(name string, phase daemon.Phase) error {
+	msg := fmt.Sprintf("interrupted while connecting sandbox %s", name)
+	hint := fmt.Sprintf("`sbx status %s` shows whether the daemon got it", name)
+	if phase != "" {
+		msg += fmt.Sprintf(" (phase %s); the daemon keeps connecting it in the background", phase)
+		hint = fmt.Sprintf("`sbx status %s --watch` follows it, `sbx disconnect %s` removes it", name, name)
+	}
+	return &cliError{kind: kindUser, err: errors.New(msg), hint: hint, code: exitInterrupted}
 }
 
 func printProgress(w io.Writer, p daemon.Progress, last *daemon.Phase) {

@@ -5,6 +5,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -41,6 +42,11 @@ func execute(ctx context.Context, args []string, stdin io.Reader, stdout, stderr
 	}
 	root.SetArgs(args)
 	if err := root.ExecuteContext(ctx); err != nil {
+		var ce *cliError
+		if ctx.Err() != nil && errors.Is(err, context.Canceled) && !errors.As(err, &ce) {
+			// Ctrl-C: not a failure to explain with "context canceled".
+			err = &cliError{kind: kindUser, err: errors.New("interrupted"), code: exitInterrupted}
+		}
 		fmt.Fprintln(stderr, formatError(err))
 		return exitCode(err)
 	}

@@ -1,0 +1,67 @@
+package main
+
+import (
+	"context"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+)
+
+// runCLIUntil runs the CLI in-process and calls then(stderr) once stderr
+// contains marker, while the command still runs; it returns the exit code
+// and the final stderr.
+func runCLIUntil(t *testing.T, marker string, then func(), args ...string) (int, string) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var out, errb lockedBuffer
+	done := make(chan int, 1)
+	go func() { done <- run(ctx, args, strings.NewReader(""), &out, &errb) }()
+	require.Eventually(t, func() bool { return strings.Contains(errb.String(), marker) }, 10*time.Second, 5*time.Millisecond, "stderr: %s", errb.String())
+	if then == nil {
+		cancel() // as main does on SIGINT
+	} else {
+		then()
+	}
+	select {
+	case code := <-done:
+		return code, errb.String()
+	case <-time.After(20 * time.Second):
+		t.Fatalf("sbx %s did not return; stderr:\n%s", strings.Join(args, " "), errb.String())
+		return 0, ""
+	}
+}
+
+// TestCLIConnectInterrupted: Ctrl-C while connect waits for a relay that
+// never gets ready says what happens to the sandbox (the daemon goes on)
+// and how to follow or remove it, exits 130, and leaks no "context
+// canceled".
+func TestCLIConnectInterrupted(t *testing.T) {
+	dir := cliEnv(t)
+	startInProcessDaemon(t, &cliCluster{ready: make(chan struct{})})
+	code, errOut := runCLIUntil(t, "waiting for pod", nil, "connect", "-f", writeSpec(t, dir), "--set", "name=alice")
+	require.Equal(t, exitInterrupted, code, errOut)
+	require.NotContains(t, errOut, "context canceled")
+	require.Contains(t, errOut, "sbx: interrupted while connecting sandbox alice (phase waiting-relay); the daemon keeps connecting it in the background")
+	require.Contains(t, errOut, "hint: `sbx status alice --watch` follows it, `sbx disconnect alice` removes it")
+
+	code, _, errOut = runCLI(t, "status", "alice")
+	require.Equal(t, 0, code, errOut)
+}
+
+// TestCLIInterruptedWithoutContextCanceled: any command ended by Ctrl-C
+// says "interrupted" and exits 130, not Go's "context canceled" and 1.
+func TestCLIInterruptedWithoutContextCanceled(t *testing.T) {
+	cliEnv(t)
+	startInProcessDaemon(t, &cliCluster{ready: make(chan struct{})})
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel() // as main does on SIGINT
+	for _, args := range [][]string{{"list"}, {"gc"}, {"disconnect", "--all"}} {
+		var out, errb lockedBuffer
+		code := run(ctx, args, strings.NewReader(""), &out, &errb)
+		require.Equal(t, exitInterrupted, code, "%v: %s", args, errb.String())
+		require.Equal(t, "sbx: interrupted\n", errb.String(), args)
+	}
+}
