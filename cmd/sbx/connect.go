@@ -92,7 +92,9 @@ func connectOnce(ctx context.Context, g *globalOptions, c *daemon.Client, req da
 		case ctx.Err() != nil && errors.Is(err, context.Canceled):
 			return interruptedConnect(sb.Name, lastPhase)
 		case errors.As(err, &ce):
-			return userError(err, fmt.Sprintf("`sbx status %s` shows its state, `sbx logs` the daemon's log", sb.Name))
+			// Not ready in time, or failed: not a usage error.
+			return &cliError{kind: kindUser, err: err, code: 1,
+				hint: fmt.Sprintf("`sbx status %s` shows its state, `sbx logs` the daemon's log", sb.Name)}
 		case errors.As(err, &ae) && ae.StatusCode == 409:
 			return userError(err, "")
 		}

@@ -251,7 +251,7 @@ func TestCLIConnectWaitTimeout(t *testing.T) {
 	dir := cliEnv(t)
 	startInProcessDaemon(t, &cliCluster{ready: make(chan struct{})})
 	code, _, errOut := runCLI(t, "connect", "-f", writeSpec(t, dir), "--set", "name=alice", "--timeout", "200ms")
-	require.Equal(t, 2, code)
+	require.Equal(t, 1, code, "a sandbox not ready in time is a failure, not a usage error")
 	require.Contains(t, errOut, "applying")
 	require.Contains(t, errOut, "waiting for pod")
 	require.Contains(t, errOut, "not ready after 200ms")
