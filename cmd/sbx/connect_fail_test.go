@@ -2,11 +2,14 @@ package main
 
 import (
 	"context"
+	"os"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/require"
+
+	"github.com/sbx-dev/sbx/daemon"
 )
 
 // runCLIUntil runs the CLI in-process and calls then(stderr) once stderr
@@ -64,4 +67,35 @@ func TestCLIInterruptedWithoutContextCanceled(t *testing.T) {
 		require.Equal(t, exitInterrupted, code, "%v: %s", args, errb.String())
 		require.Equal(t, "sbx: interrupted\n", errb.String(), args)
 	}
+}
+
+// TestCLIConnectDaemonDies: a daemon that stops while connect waits is
+// reported as such, with the next step, not as "unexpected EOF" and a bug.
+func TestCLIConnectDaemonDies(t *testing.T) {
+	dir := cliEnv(t)
+	hosts := dir + "/hosts"
+	cl := &cliCluster{ready: make(chan struct{})}
+	d, err := daemon.New(daemon.Options{
+		Paths:     daemon.DefaultPaths(os.Getenv),
+		Version:   "test",
+		Clusters:  func(context.Context, daemon.KubeconfigSource, string) (daemon.Cluster, error) { return cl, nil },
+		HostsFile: hosts,
+	})
+	require.NoError(t, err)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- d.Run(ctx) }()
+	c := &daemon.Client{}
+	defer c.Close()
+	require.Eventually(t, func() bool { _, err := c.Status(context.Background()); return err == nil }, 10*time.Second, 5*time.Millisecond)
+
+	code, errOut := runCLIUntil(t, "waiting for pod", func() {
+		cancel()
+		require.NoError(t, <-done)
+	}, "connect", "-f", writeSpec(t, dir), "--set", "name=alice")
+	require.Equal(t, 1, code, errOut)
+	require.Contains(t, errOut, "sbx: the sbx daemon stopped while connecting sandbox alice")
+	require.Contains(t, errOut, "hint: connect again: a new daemon resumes alice with its routing key")
+	require.NotContains(t, errOut, "looks like a bug")
 }
