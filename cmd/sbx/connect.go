@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"sync"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -82,9 +83,16 @@ func connectOnce(ctx context.Context, g *globalOptions, c *daemon.Client, req da
 		fmt.Fprintf(g.stderr, "Connecting sandbox %s\n", sb.Name)
 	}
 	var lastPhase daemon.Phase
+	q := &quietWait{w: g.stderr, start: time.Now(), timeout: req.Timeout}
+	q.last = q.start
+	stop := func() {}
+	if req.Wait {
+		stop = q.heartbeat(ctx, quietEvery(req.Timeout))
+	}
 	st, err := c.Connect(ctx, req, func(p daemon.Progress) {
-		printProgress(g.stderr, p, &lastPhase)
+		q.do(func(w io.Writer) { printProgress(w, p, &lastPhase) })
 	})
+	stop()
 	if err != nil {
 		var ce *daemon.ConnectError
 		var ae *daemon.APIError
@@ -113,6 +121,67 @@ func connectOnce(ctx context.Context, g *globalOptions, c *daemon.Client, req da
 	}
 	printReady(g.stdout, st)
 	return nil
+}
+
+// quietEvery is how long a connect --wait may go without news before it
+// says it still waits: a quarter of the timeout, at most 15s, so that a
+// wait the daemon has nothing to report about (an image pull, a pending
+// pod) still shows that it goes on.
+func quietEvery(timeout time.Duration) time.Duration {
+	const most = 15 * time.Second
+	if timeout <= 0 || timeout/4 > most {
+		return most
+	}
+	return timeout / 4
+}
+
+// quietWait serialises progress output and notes, from the heartbeat
+// goroutine, that a wait goes on when nothing was printed for a while.
+type quietWait struct {
+	mu      sync.Mutex
+	w       io.Writer
+	start   time.Time
+	last    time.Time // of the last line printed
+	timeout time.Duration
+}
+
+// do runs print with the output to itself and notes the time.
+func (q *quietWait) do(print func(io.Writer)) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	print(q.w)
+	q.last = time.Now()
+}
+
+// heartbeat prints a "still waiting" line after every quiet spell of
+// every until the returned stop is called; stop waits for its goroutine.
+func (q *quietWait) heartbeat(ctx context.Context, every time.Duration) (stop func()) {
+	ctx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		tick := time.NewTicker(every / 4)
+		defer tick.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-tick.C:
+			}
+			q.mu.Lock()
+			if now := time.Now(); now.Sub(q.last) >= every {
+				left := ""
+				if q.timeout > 0 {
+					left = fmt.Sprintf(" of --timeout %s", q.timeout)
+				}
+				fmt.Fprintf(q.w, "  %-14s still waiting: %s%s so far, no news from the daemon (Ctrl-C stops waiting; the daemon keeps trying)\n",
+					"", now.Sub(q.start).Round(time.Second), left)
+				q.last = now
+			}
+			q.mu.Unlock()
+		}
+	}()
+	return func() { cancel(); <-done }
 }
 
 // interruptedConnect is connect's answer to Ctrl-C: the daemon goes on

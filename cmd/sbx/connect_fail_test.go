@@ -99,3 +99,28 @@ func TestCLIConnectDaemonDies(t *testing.T) {
 	require.Contains(t, errOut, "hint: connect again: a new daemon resumes alice with its routing key")
 	require.NotContains(t, errOut, "looks like a bug")
 }
+
+// TestCLIConnectWaitShowsItGoesOn: while the daemon has no news (a relay
+// pod that never gets ready), connect --wait still says that it waits,
+// how long so far and that Ctrl-C stops only the waiting.
+func TestCLIConnectWaitShowsItGoesOn(t *testing.T) {
+	dir := cliEnv(t)
+	startInProcessDaemon(t, &cliCluster{ready: make(chan struct{})})
+	// A quarter of the timeout without news prints a note.
+	code, _, errOut := runCLI(t, "connect", "-f", writeSpec(t, dir), "--set", "name=alice", "--timeout", "2s")
+	require.Equal(t, 1, code, errOut)
+	require.Contains(t, errOut, "still waiting: ")
+	require.Contains(t, errOut, "so far, no news from the daemon (Ctrl-C stops waiting; the daemon keeps trying)")
+	require.Less(t, strings.Index(errOut, "waiting for pod"), strings.Index(errOut, "still waiting"))
+}
+
+func TestQuietEvery(t *testing.T) {
+	for _, tt := range []struct{ timeout, want time.Duration }{
+		{0, 15 * time.Second},
+		{3 * time.Minute, 15 * time.Second},
+		{40 * time.Second, 10 * time.Second},
+		{2 * time.Second, 500 * time.Millisecond},
+	} {
+		require.Equal(t, tt.want, quietEvery(tt.timeout), tt.timeout)
+	}
+}
