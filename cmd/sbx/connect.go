@@ -10,6 +10,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/sbx-dev/sbx/cluster/kube"
 	"github.com/sbx-dev/sbx/cluster/spec"
 	"github.com/sbx-dev/sbx/daemon"
 	"github.com/sbx-dev/sbx/daemon/config"
@@ -53,6 +54,9 @@ its last good spec.`,
 			if err != nil {
 				return err
 			}
+			if err := checkKubeContext(g, sb); err != nil {
+				return err
+			}
 			ctx := cmd.Context()
 			c, err := needDaemon(ctx, g)
 			if err != nil {
@@ -74,6 +78,26 @@ its last good spec.`,
 	cmd.Flags().DurationVar(&timeout, "timeout", 3*time.Minute, "how long --wait waits; the daemon keeps trying afterwards")
 	cmd.Flags().BoolVar(&watch, "watch", false, "keep running and re-apply the spec whenever the file changes")
 	return cmd
+}
+
+// checkKubeContext reads the kubeconfig and picks the context as the
+// daemon will, so that a missing or broken kubeconfig or an unknown
+// --context is refused at once, as the daemon refuses an unknown
+// spec.cluster, rather than becoming a sandbox that fails in the
+// background and stays in the daemon until disconnected. A spec.cluster
+// without --context is the daemon's to resolve (through the user
+// config's contexts).
+func checkKubeContext(g *globalOptions, sb *spec.Sandbox) error {
+	if sb.Spec.Cluster != "" && g.context == "" {
+		return nil
+	}
+	opts := kubeconfigSource(g).Options()
+	opts.Context = g.context
+	if _, _, err := kube.ChooseContext(opts); err != nil {
+		return userError(fmt.Errorf("cannot connect sandbox %s: %w", sb.Name, err),
+			"fix --kubeconfig, $KUBECONFIG or --context (`kubectl config get-contexts` lists the contexts) and connect again; nothing was sent to the daemon")
+	}
+	return nil
 }
 
 // connectOnce sends one connect and prints its progress and result.

@@ -2,7 +2,9 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -123,4 +125,41 @@ func TestQuietEvery(t *testing.T) {
 	} {
 		require.Equal(t, tt.want, quietEvery(tt.timeout), tt.timeout)
 	}
+}
+
+// TestCLIConnectChecksKubeconfigFirst: a missing or broken kubeconfig or
+// an unknown --context is refused before the daemon is asked, so no
+// failed sandbox is left in the daemon to disconnect.
+func TestCLIConnectChecksKubeconfigFirst(t *testing.T) {
+	dir := cliEnv(t)
+	startInProcessDaemon(t, &cliCluster{ready: make(chan struct{})})
+	specPath := writeSpec(t, dir)
+	broken := filepath.Join(dir, "broken")
+	require.NoError(t, os.WriteFile(broken, []byte("garbage: [\n"), 0o600))
+	tests := []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--context", "nope"}, `--context "nope" is not in kubeconfig`},
+		{[]string{"--kubeconfig", filepath.Join(dir, "missing")}, "no such file or directory"},
+		{[]string{"--kubeconfig", broken}, "load kubeconfig " + broken},
+	}
+	for _, tt := range tests {
+		t.Run(strings.Join(tt.args, " "), func(t *testing.T) {
+			code, _, errOut := runCLI(t, append([]string{"connect", "-f", specPath, "--set", "name=alice", "--wait=false"}, tt.args...)...)
+			require.Equal(t, 2, code, errOut)
+			require.Contains(t, errOut, "sbx: cannot connect sandbox alice: ")
+			require.Contains(t, errOut, tt.want)
+			require.Contains(t, errOut, "nothing was sent to the daemon")
+		})
+	}
+	code, out, errOut := runCLI(t, "status", "-o", "json")
+	require.Equal(t, 0, code, errOut)
+	var st daemon.Status
+	require.NoError(t, json.Unmarshal([]byte(out), &st))
+	require.Empty(t, st.Sandboxes, "no failed sandbox was left in the daemon")
+
+	// The context the kubeconfig has is accepted.
+	code, _, errOut = runCLI(t, "connect", "-f", specPath, "--set", "name=alice", "--context", "test", "--wait=false")
+	require.Equal(t, 0, code, errOut)
 }

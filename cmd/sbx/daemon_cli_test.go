@@ -35,10 +35,31 @@ func cliEnv(t *testing.T) string {
 	t.Setenv("XDG_STATE_HOME", filepath.Join(dir, "state"))
 	t.Setenv("XDG_CONFIG_HOME", filepath.Join(dir, "config"))
 	t.Setenv("SBX_DAEMON_AUTOSTART", "0") // in-process tests never exec the test binary
-	t.Setenv("KUBECONFIG", "")
 	writeTestConfig(t, dir)
+	// connect reads the kubeconfig before it asks the daemon; the tests'
+	// daemons use fake clusters that never contact this one. Through
+	// KUBECONFIG: client-go fixes ~/.kube/config at init, before HOME is
+	// set here.
+	kubeconfig := filepath.Join(dir, "kubeconfig")
+	require.NoError(t, os.WriteFile(kubeconfig, []byte(testKubeconfig), 0o600))
+	t.Setenv("KUBECONFIG", kubeconfig)
 	return dir
 }
+
+// testKubeconfig has one context, "test", for a cluster nothing listens at.
+const testKubeconfig = `apiVersion: v1
+kind: Config
+clusters:
+- name: test
+  cluster: {server: "https://127.0.0.1:1"}
+users:
+- name: test
+  user: {token: test}
+contexts:
+- name: test
+  context: {cluster: test, user: test}
+current-context: test
+`
 
 // writeTestConfig gives a daemon that `sbx daemon` starts with HOME and
 // XDG_CONFIG_HOME under dir a config naming a hosts file under dir: tests
