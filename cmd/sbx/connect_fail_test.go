@@ -3,6 +3,8 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -162,4 +164,32 @@ func TestCLIConnectChecksKubeconfigFirst(t *testing.T) {
 	// The context the kubeconfig has is accepted.
 	code, _, errOut = runCLI(t, "connect", "-f", specPath, "--set", "name=alice", "--context", "test", "--wait=false")
 	require.Equal(t, 0, code, errOut)
+}
+
+// TestInterruptedHidesTeardownErrors: after Ctrl-C, whatever broke as the
+// command was torn down (context canceled, a closed connection) is
+// reported as the interruption; an error sbx explained stays as it is, and
+// nothing changes without an interruption.
+func TestInterruptedHidesTeardownErrors(t *testing.T) {
+	live := context.Background()
+	gone, cancel := context.WithCancel(live)
+	cancel()
+	closed := errors.New("read tcp 127.0.0.1:1->127.0.0.1:2: use of closed network connection")
+	explained := userError(errors.New("interrupted while connecting sandbox alice"), "hint")
+	tests := []struct {
+		ctx  context.Context
+		err  error
+		want string
+		code int
+	}{
+		{gone, context.Canceled, "sbx: interrupted", exitInterrupted},
+		{gone, fmt.Errorf("bench: %w", closed), "sbx: interrupted", exitInterrupted},
+		{gone, explained, formatError(explained), 2},
+		{live, closed, "sbx: " + closed.Error(), 1},
+	}
+	for _, tt := range tests {
+		err := interrupted(tt.ctx, tt.err)
+		require.Equal(t, tt.want, formatError(err))
+		require.Equal(t, tt.code, exitCode(err))
+	}
 }
