@@ -91,13 +91,25 @@ func checkKubeContext(g *globalOptions, sb *spec.Sandbox) error {
 	if sb.Spec.Cluster != "" && g.context == "" {
 		return nil
 	}
-	opts := kubeconfigSource(g).Options()
-	opts.Context = g.context
-	if _, _, err := kube.ChooseContext(opts); err != nil {
+	if err := readKubeconfig(g); err != nil {
 		return userError(fmt.Errorf("cannot connect sandbox %s: %w", sb.Name, err),
-			"fix --kubeconfig, $KUBECONFIG or --context (`kubectl config get-contexts` lists the contexts) and connect again; nothing was sent to the daemon")
+			"fix "+kubeconfigFlags+" and connect again; nothing was sent to the daemon")
 	}
 	return nil
+}
+
+// kubeconfigFlags names what selects the cluster, for hints.
+const kubeconfigFlags = "--kubeconfig, $KUBECONFIG or --context (`kubectl config get-contexts` lists the contexts)"
+
+// readKubeconfig reads the kubeconfig the global flags select and picks
+// the context as the daemon will (without contacting the cluster), so
+// that a missing or broken kubeconfig or an unknown --context is reported
+// plainly before the daemon is asked.
+func readKubeconfig(g *globalOptions) error {
+	opts := kubeconfigSource(g).Options()
+	opts.Context = g.context
+	_, _, err := kube.ChooseContext(opts)
+	return err
 }
 
 // connectOnce sends one connect and prints its progress and result.

@@ -193,3 +193,37 @@ func TestInterruptedHidesTeardownErrors(t *testing.T) {
 		require.Equal(t, tt.code, exitCode(err))
 	}
 }
+
+// TestCLIClusterCommandsCheckKubeconfigFirst: list, gc and disconnect
+// --orphan report an unknown --context (or a missing or broken
+// kubeconfig) plainly, before the daemon tries the cluster; list still
+// lists the daemon's own sandboxes, and says so in its JSON too.
+func TestCLIClusterCommandsCheckKubeconfigFirst(t *testing.T) {
+	dir := cliEnv(t)
+	cl := &cliCluster{ready: make(chan struct{})}
+	startInProcessDaemon(t, cl)
+	code, _, errOut := runCLI(t, "connect", "-f", writeSpec(t, dir), "--set", "name=alice", "--wait=false")
+	require.Equal(t, 0, code, errOut)
+
+	code, out, errOut := runCLI(t, "list", "--context", "nope", "-o", "json")
+	require.Equal(t, 0, code, errOut)
+	var res daemon.ListResult
+	require.NoError(t, json.Unmarshal([]byte(out), &res), out)
+	require.Len(t, res.Sandboxes, 1)
+	require.Equal(t, "alice", res.Sandboxes[0].Name)
+	require.Contains(t, res.ClusterError, `cannot list sbx objects in the cluster: context not found in kubeconfig: --context "nope" is not in kubeconfig`)
+	require.Contains(t, res.ClusterError, "or pass --local to skip the cluster")
+	require.Contains(t, errOut, "! "+res.ClusterError)
+
+	code, _, errOut = runCLI(t, "gc", "--context", "nope")
+	require.Equal(t, 2, code, errOut)
+	require.Contains(t, errOut, `sbx: cannot collect expired sandboxes: context not found in kubeconfig: --context "nope"`)
+	require.Contains(t, errOut, "hint: fix --kubeconfig, $KUBECONFIG or --context")
+
+	code, _, errOut = runCLI(t, "disconnect", "ghost", "--orphan", "--kubeconfig", filepath.Join(dir, "missing"))
+	require.Equal(t, 2, code, errOut)
+	require.Contains(t, errOut, "sbx: cannot delete the objects of sandbox ghost: load kubeconfig ")
+	cl.mu.Lock()
+	defer cl.mu.Unlock()
+	require.Empty(t, cl.deletes)
+}

@@ -38,6 +38,11 @@ by one, leaving the rest intact). Keyed requests go to the baseline again.`,
 			case orphan && all:
 				return userError(errors.New("--orphan takes one sandbox name, not --all"), "`sbx list` marks the orphans; `sbx gc` removes the expired ones")
 			}
+			if orphan {
+				if err := readKubeconfig(g); err != nil {
+					return userError(fmt.Errorf("cannot delete the objects of sandbox %s: %w", args[0], err), "fix "+kubeconfigFlags+" and run it again")
+				}
+			}
 			ctx := cmd.Context()
 			// A stopped daemon still owns the sandboxes in its state
 			// file; starting it is how they get disconnected.

@@ -23,6 +23,9 @@ sandboxes are never collected.`,
 			if err != nil {
 				return err
 			}
+			if err := readKubeconfig(g); err != nil {
+				return userError(fmt.Errorf("cannot collect expired sandboxes: %w", err), "fix "+kubeconfigFlags+" and run gc again")
+			}
 			ctx := cmd.Context()
 			c, err := needDaemon(ctx, g)
 			if err != nil {
