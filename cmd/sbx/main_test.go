@@ -165,3 +165,20 @@ func TestUsageErrors(t *testing.T) {
 	require.Equal(t, 0, code)
 	require.Contains(t, out, "Available Commands")
 }
+
+// TestOutputFormatHints: a refused -o names the formats in words, and a
+// command that only prints text says to drop -o rather than suggest
+// `-o text`.
+func TestOutputFormatHints(t *testing.T) {
+	cliEnv(t)
+	code, _, errOut := runCLI(t, "status", "-o", "xml")
+	require.Equal(t, 2, code)
+	require.Contains(t, errOut, "hint: use -o with one of: text, json, yaml\n")
+
+	for _, args := range [][]string{{"logs", "-o", "json"}, {"run", "-o", "json", "alice", "--", "true"}} {
+		code, _, errOut = runCLI(t, args...)
+		require.Equal(t, 2, code, args)
+		require.Contains(t, errOut, `output format "json" is not supported here: this command prints text`, args)
+		require.Contains(t, errOut, "hint: drop -o\n", args)
+	}
+}

@@ -129,8 +129,13 @@ func (g *globalOptions) outputFormat(allowed ...string) (string, error) {
 			return a, nil
 		}
 	}
+	if len(allowed) == 1 && allowed[0] == "text" {
+		// -o text would be the only "fix": say what the command prints.
+		return "", userError(fmt.Errorf("output format %q is not supported here: this command prints text (a log, or a process's own output)", g.output),
+			"drop -o")
+	}
 	return "", userError(fmt.Errorf("output format %q is not supported here", g.output),
-		fmt.Sprintf("use -o with one of: %v", allowed))
+		"use -o with one of: "+strings.Join(allowed, ", "))
 }
 
 // markUsageErrors makes what cobra and pflag reject before a command runs
