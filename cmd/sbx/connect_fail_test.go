@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -16,9 +17,10 @@ import (
 	"github.com/sbx-dev/sbx/daemon"
 )
 
-// runCLIUntil runs the CLI in-process and calls then(stderr) once stderr
-// contains marker, while the command still runs; it returns the exit code
-// and the final stderr.
+// runCLIUntil runs the CLI in-process and calls then once its stdout or
+// stderr contains marker, while the command still runs (nil then cancels
+// the command's context, as main does on Ctrl-C); it returns the exit
+// code and the final stderr.
 func runCLIUntil(t *testing.T, marker string, then func(), args ...string) (int, string) {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
@@ -26,7 +28,7 @@ func runCLIUntil(t *testing.T, marker string, then func(), args ...string) (int,
 	var out, errb lockedBuffer
 	done := make(chan int, 1)
 	go func() { done <- run(ctx, args, strings.NewReader(""), &out, &errb) }()
-	require.Eventually(t, func() bool { return strings.Contains(errb.String(), marker) }, 10*time.Second, 5*time.Millisecond, "stderr: %s", errb.String())
+	require.Eventually(t, func() bool { return strings.Contains(out.String()+errb.String(), marker) }, 10*time.Second, 5*time.Millisecond, "stderr: %s", errb.String())
 	if then == nil {
 		cancel() // as main does on SIGINT
 	} else {
@@ -77,27 +79,8 @@ func TestCLIInterruptedWithoutContextCanceled(t *testing.T) {
 // reported as such, with the next step, not as "unexpected EOF" and a bug.
 func TestCLIConnectDaemonDies(t *testing.T) {
 	dir := cliEnv(t)
-	hosts := dir + "/hosts"
-	cl := &cliCluster{ready: make(chan struct{})}
-	d, err := daemon.New(daemon.Options{
-		Paths:     daemon.DefaultPaths(os.Getenv),
-		Version:   "test",
-		Clusters:  func(context.Context, daemon.KubeconfigSource, string) (daemon.Cluster, error) { return cl, nil },
-		HostsFile: hosts,
-	})
-	require.NoError(t, err)
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	done := make(chan error, 1)
-	go func() { done <- d.Run(ctx) }()
-	c := &daemon.Client{}
-	defer c.Close()
-	require.Eventually(t, func() bool { _, err := c.Status(context.Background()); return err == nil }, 10*time.Second, 5*time.Millisecond)
-
-	code, errOut := runCLIUntil(t, "waiting for pod", func() {
-		cancel()
-		require.NoError(t, <-done)
-	}, "connect", "-f", writeSpec(t, dir), "--set", "name=alice")
+	stop := startStoppableDaemon(t, &cliCluster{ready: make(chan struct{})})
+	code, errOut := runCLIUntil(t, "waiting for pod", stop, "connect", "-f", writeSpec(t, dir), "--set", "name=alice")
 	require.Equal(t, 1, code, errOut)
 	require.Contains(t, errOut, "sbx: the sbx daemon stopped while connecting sandbox alice")
 	require.Contains(t, errOut, "hint: connect again: a new daemon resumes alice with its routing key")
@@ -226,4 +209,46 @@ func TestCLIClusterCommandsCheckKubeconfigFirst(t *testing.T) {
 	cl.mu.Lock()
 	defer cl.mu.Unlock()
 	require.Empty(t, cl.deletes)
+}
+
+// startStoppableDaemon runs a daemon on the CLI's default paths, as
+// startInProcessDaemon does, and returns a func that stops it (and waits
+// until it has stopped) mid-test.
+func startStoppableDaemon(t *testing.T, cl daemon.Cluster) (stop func()) {
+	hosts := filepath.Join(t.TempDir(), "hosts")
+	require.NoError(t, os.WriteFile(hosts, []byte("127.0.0.1 localhost\n"), 0o644))
+	d, err := daemon.New(daemon.Options{
+		Paths:     daemon.DefaultPaths(os.Getenv),
+		Version:   "test",
+		Clusters:  func(context.Context, daemon.KubeconfigSource, string) (daemon.Cluster, error) { return cl, nil },
+		HostsFile: hosts,
+	})
+	require.NoError(t, err)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- d.Run(ctx) }()
+	var once sync.Once
+	stop = func() {
+		once.Do(func() {
+			cancel()
+			require.NoError(t, <-done)
+		})
+	}
+	t.Cleanup(stop)
+	c := &daemon.Client{}
+	defer c.Close()
+	require.Eventually(t, func() bool { _, err := c.Status(context.Background()); return err == nil }, 10*time.Second, 5*time.Millisecond)
+	return stop
+}
+
+// TestCLIStatusWatchDaemonStops: a daemon that stops under `status
+// --watch` ends it with exit 1 (a failure, not a usage error) and says
+// how to start it again.
+func TestCLIStatusWatchDaemonStops(t *testing.T) {
+	cliEnv(t)
+	stop := startStoppableDaemon(t, &cliCluster{ready: make(chan struct{})})
+	code, errOut := runCLIUntil(t, "sbx daemon test", stop, "status", "--watch")
+	require.Equal(t, 1, code, errOut)
+	require.Contains(t, errOut, "sbx: the sbx daemon ended the watch (it stopped)")
+	require.Contains(t, errOut, "hint: start it again with `sbx daemon` or any connect")
 }

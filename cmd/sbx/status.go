@@ -122,8 +122,10 @@ func watchStatus(cmd *cobra.Command, g *globalOptions, c *daemon.Client, name, f
 			return nil
 		case errors.Is(err, daemon.ErrWatchDropped):
 			continue // fell behind: start over with a fresh snapshot
-		case errors.Is(err, io.EOF):
-			return userError(errors.New("the sbx daemon ended the watch (it stopped)"), "start it again with `sbx daemon` or any connect")
+		case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF):
+			// A failure, not a usage error: exit 1.
+			return &cliError{kind: kindUser, code: 1, err: errors.New("the sbx daemon ended the watch (it stopped)"),
+				hint: "start it again with `sbx daemon` or any connect; its sandboxes reconnect with their routing keys"}
 		default:
 			return err
 		}
