@@ -139,7 +139,7 @@ func connectOnce(ctx context.Context, g *globalOptions, c *daemon.Client, req da
 			// Not ready in time, or failed: not a usage error.
 			return &cliError{kind: kindUser, err: err, code: 1,
 				hint: fmt.Sprintf("`sbx status %s` shows its state, `sbx logs` the daemon's log", sb.Name)}
-		case !errors.As(err, &ae) && daemonGone(ctx, c):
+		case !errors.As(err, &ae) && daemonStopped(c.Socket):
 			return &cliError{kind: kindUser, code: 1,
 				err:  fmt.Errorf("the sbx daemon stopped while connecting sandbox %s (killed, crashed or stopped)", sb.Name),
 				hint: fmt.Sprintf("connect again: a new daemon resumes %s with its routing key; `sbx logs` shows why the old one stopped", sb.Name)}
@@ -230,25 +230,6 @@ func interruptedConnect(name string, phase daemon.Phase) error {
 		hint = fmt.Sprintf("`sbx status %s --watch` follows it, `sbx disconnect %s` removes it", name, name)
 	}
 	return &cliError{kind: kindUser, err: errors.New(msg), hint: hint, code: exitInterrupted}
-}
-
-// daemonGone reports whether the daemon stopped answering within a
-// moment, to tell a daemon that died mid-request (killed, or shutting
-// down: its socket may answer briefly after the stream ended) from one
-// that misbehaved.
-func daemonGone(ctx context.Context, c *daemon.Client) bool {
-	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-	defer cancel()
-	for {
-		if _, err := c.LogPath(ctx); daemon.IsNotRunning(err) {
-			return true
-		}
-		select {
-		case <-ctx.Done():
-			return false
-		case <-time.After(50 * time.Millisecond):
-		}
-	}
 }
 
 func printProgress(w io.Writer, p daemon.Progress, last *daemon.Phase) {

@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -251,4 +253,39 @@ func TestCLIStatusWatchDaemonStops(t *testing.T) {
 	require.Equal(t, 1, code, errOut)
 	require.Contains(t, errOut, "sbx: the sbx daemon ended the watch (it stopped)")
 	require.Contains(t, errOut, "hint: start it again with `sbx daemon` or any connect")
+}
+
+// TestCLIDaemonStopsMidRequest: a daemon that goes away while a command
+// waits for its answer (kill -9 during a disconnect: the connection ends
+// without an answer and the socket stops answering) is reported as
+// stopped, with the next step, not as `Delete "http://local.sbx/...": EOF`
+// and a bug in sbx.
+func TestCLIDaemonStopsMidRequest(t *testing.T) {
+	cliEnv(t)
+	paths := daemon.DefaultPaths(os.Getenv)
+	require.NoError(t, os.MkdirAll(paths.RuntimeDir, 0o700))
+	ln, err := net.Listen("unix", paths.Socket())
+	require.NoError(t, err)
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method != http.MethodDelete {
+			w.Header().Set("Content-Type", "application/json")
+			_, _ = w.Write([]byte(`{"version":"dev","path":"/nonexistent/daemon.log"}`))
+			return
+		}
+		// What kill -9 leaves: no answer, and no daemon on the socket.
+		_ = ln.Close()
+		conn, _, err := http.NewResponseController(w).Hijack()
+		if err == nil {
+			_ = conn.Close()
+		}
+	})}
+	done := make(chan struct{})
+	go func() { defer close(done); _ = srv.Serve(ln) }()
+	t.Cleanup(func() { _ = srv.Close(); <-done })
+
+	code, _, errOut := runCLI(t, "disconnect", "alice")
+	require.Equal(t, 1, code, errOut)
+	require.Contains(t, errOut, "sbx: the sbx daemon stopped before it answered (killed, crashed or stopped)\n"+
+		"  hint: run the command again: a new daemon starts and restores the saved sandboxes with their routing keys; `sbx logs` shows why the old one stopped\n")
+	require.NotContains(t, errOut, "bug")
 }

@@ -251,6 +251,32 @@ func classify(err error, hint string) error {
 		return userError(err, hint)
 	case errors.As(err, &ae) && (ae.StatusCode == 502 || ae.StatusCode == 504):
 		return &cliError{kind: kindConfig, err: err, code: 1, hint: "check --kubeconfig/--context and that the cluster is reachable (`kubectl get pods`)"}
+	case ae == nil && daemonStopped(daemonPaths().Socket()):
+		// The answer broke off because the daemon went away (kill -9,
+		// a crash, `sbx daemon stop`): not a bug to report as one.
+		return &cliError{kind: kindUser, code: 1,
+			err:  errors.New("the sbx daemon stopped before it answered (killed, crashed or stopped)"),
+			hint: "run the command again: a new daemon starts and restores the saved sandboxes with their routing keys; `sbx logs` shows why the old one stopped"}
 	}
 	return &cliError{kind: kindBug, err: err, code: 1}
+}
+
+// daemonStopped reports whether the daemon on socket stops answering
+// within a moment (a daemon shutting down may answer briefly after it
+// broke off a request).
+func daemonStopped(socket string) bool {
+	c := &daemon.Client{Socket: socket}
+	defer c.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	for {
+		if _, err := c.LogPath(ctx); daemon.IsNotRunning(err) {
+			return true
+		}
+		select {
+		case <-ctx.Done():
+			return false
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
 }
