@@ -100,6 +100,7 @@ func TestValidateStdin(t *testing.T) {
 	code = run(context.Background(), []string{"validate", "-f", "-"}, strings.NewReader("name: Bad\n"), &out, &errb)
 	require.Equal(t, 2, code)
 	require.Contains(t, errb.String(), `<stdin>:1:7: name: "Bad" is not a valid sandbox name`)
+	require.Contains(t, errb.String(), "sbx: sandbox spec <stdin> is invalid (", "the heading names standard input, not \"-\"")
 }
 
 // TestValidateAllExamples runs the command over every example spec so that
