@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"strings"
 	"sync"
 	"testing"
@@ -180,5 +181,17 @@ func TestOutputFormatHints(t *testing.T) {
 		require.Equal(t, 2, code, args)
 		require.Contains(t, errOut, `output format "json" is not supported here: this command prints text`, args)
 		require.Contains(t, errOut, "hint: drop -o\n", args)
+	}
+}
+
+// TestBadNamespaceRefused: -n with a name no namespace can have is a
+// usage error, not an empty answer from the cluster ("nothing to collect").
+func TestBadNamespaceRefused(t *testing.T) {
+	cliEnv(t)
+	for _, args := range [][]string{{"gc", "-n", "bad ns"}, {"list", "-n", "Hotrod"}, {"disconnect", "x", "--orphan", "-n", "a_b"}} {
+		code, out, errOut := runCLI(t, args...)
+		require.Equal(t, 2, code, args)
+		require.Empty(t, out, args)
+		require.Contains(t, errOut, fmt.Sprintf("sbx: -n %q is not a namespace name\n  hint: a namespace name is at most 63 lowercase letters", args[len(args)-1]), args)
 	}
 }

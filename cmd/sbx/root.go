@@ -9,6 +9,8 @@ import (
 	"strings"
 
 	"github.com/spf13/cobra"
+
+	"github.com/sbx-dev/sbx/cluster/spec"
 )
 
 // globalOptions are the flags every command shares. One value is created per
@@ -85,6 +87,12 @@ names travel back through the same tunnel to the baseline services.`,
 	}
 	markUsageErrors(root)
 	root.PersistentPreRunE = func(cmd *cobra.Command, _ []string) error {
+		// A namespace name that cannot exist would only come back as
+		// "nothing found" from the cluster.
+		if g.namespace != "" && !spec.IsDNS1123Label(g.namespace) {
+			return userError(fmt.Errorf("-n %q is not a namespace name", g.namespace),
+				"a namespace name is at most 63 lowercase letters, digits and '-', starting and ending with a letter or digit (`kubectl get namespaces` lists them)")
+		}
 		if g.output == "" {
 			return nil
 		}
