@@ -119,11 +119,16 @@ func connectOnce(ctx context.Context, g *globalOptions, c *daemon.Client, req da
 		fmt.Fprintf(g.stderr, "Connecting sandbox %s\n", sb.Name)
 	}
 	var lastPhase daemon.Phase
-	q := &quietWait{w: g.stderr, start: time.Now(), timeout: req.Timeout}
-	q.last = q.start
+	q := newQuietWait(g.stderr)
 	stop := func() {}
 	if req.Wait {
-		stop = q.heartbeat(ctx, quietEvery(req.Timeout))
+		left := ""
+		if req.Timeout > 0 {
+			left = fmt.Sprintf(" of --timeout %s", req.Timeout)
+		}
+		stop = q.heartbeat(ctx, quietEvery(req.Timeout), func(waited time.Duration) string {
+			return fmt.Sprintf("  %-14s still waiting: %s%s so far, no news from the daemon (Ctrl-C stops waiting; the daemon keeps trying)", "", waited, left)
+		})
 	}
 	st, err := c.Connect(ctx, req, func(p daemon.Progress) {
 		q.do(func(w io.Writer) { printProgress(w, p, &lastPhase) })
@@ -174,11 +179,15 @@ func quietEvery(timeout time.Duration) time.Duration {
 // quietWait serialises progress output and notes, from the heartbeat
 // goroutine, that a wait goes on when nothing was printed for a while.
 type quietWait struct {
-	mu      sync.Mutex
-	w       io.Writer
-	start   time.Time
-	last    time.Time // of the last line printed
-	timeout time.Duration
+	mu    sync.Mutex
+	w     io.Writer
+	start time.Time
+	last  time.Time // of the last line printed
+}
+
+func newQuietWait(w io.Writer) *quietWait {
+	now := time.Now()
+	return &quietWait{w: w, start: now, last: now}
 }
 
 // do runs print with the output to itself and notes the time.
@@ -189,9 +198,9 @@ func (q *quietWait) do(print func(io.Writer)) {
 	q.last = time.Now()
 }
 
-// heartbeat prints a "still waiting" line after every quiet spell of
+// heartbeat prints note(time waited so far) after every quiet spell of
 // every until the returned stop is called; stop waits for its goroutine.
-func (q *quietWait) heartbeat(ctx context.Context, every time.Duration) (stop func()) {
+func (q *quietWait) heartbeat(ctx context.Context, every time.Duration, note func(waited time.Duration) string) (stop func()) {
 	ctx, cancel := context.WithCancel(ctx)
 	done := make(chan struct{})
 	go func() {
@@ -206,12 +215,7 @@ func (q *quietWait) heartbeat(ctx context.Context, every time.Duration) (stop fu
 			}
 			q.mu.Lock()
 			if now := time.Now(); now.Sub(q.last) >= every {
-				left := ""
-				if q.timeout > 0 {
-					left = fmt.Sprintf(" of --timeout %s", q.timeout)
-				}
-				fmt.Fprintf(q.w, "  %-14s still waiting: %s%s so far, no news from the daemon (Ctrl-C stops waiting; the daemon keeps trying)\n",
-					"", now.Sub(q.start).Round(time.Second), left)
+				fmt.Fprintln(q.w, note(now.Sub(q.start).Round(time.Second)))
 				q.last = now
 			}
 			q.mu.Unlock()
@@ -230,6 +234,20 @@ func interruptedConnect(name string, phase daemon.Phase) error {
 		hint = fmt.Sprintf("`sbx status %s --watch` follows it, `sbx disconnect %s` removes it", name, name)
 	}
 	return &cliError{kind: kindUser, err: errors.New(msg), hint: hint, code: exitInterrupted}
+}
+
+// clusterWaitEvery is how long a command that waits for the daemon to
+// work on the cluster (disconnect, gc, list) stays silent before it says
+// it still waits.
+const clusterWaitEvery = 5 * time.Second
+
+// whileClusterWork prints to stderr, after every quiet clusterWaitEvery,
+// that the command is still doing what (and the note in parentheses);
+// stop ends it and waits for its goroutine.
+func whileClusterWork(ctx context.Context, g *globalOptions, what, note string) (stop func()) {
+	return newQuietWait(g.stderr).heartbeat(ctx, clusterWaitEvery, func(waited time.Duration) string {
+		return fmt.Sprintf("still %s: %s so far (%s)", what, waited, note)
+	})
 }
 
 func printProgress(w io.Writer, p daemon.Progress, last *daemon.Phase) {

@@ -16,6 +16,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/sbx-dev/sbx/cluster/spec"
 	"github.com/sbx-dev/sbx/daemon"
 )
 
@@ -288,4 +289,32 @@ func TestCLIDaemonStopsMidRequest(t *testing.T) {
 	require.Contains(t, errOut, "sbx: the sbx daemon stopped before it answered (killed, crashed or stopped)\n"+
 		"  hint: run the command again: a new daemon starts and restores the saved sandboxes with their routing keys; `sbx logs` shows why the old one stopped\n")
 	require.NotContains(t, errOut, "bug")
+}
+
+// slowDeleteCluster is a cliCluster whose Delete waits for release.
+type slowDeleteCluster struct {
+	*cliCluster
+	release chan struct{}
+}
+
+func (c *slowDeleteCluster) Delete(ctx context.Context, t daemon.Target, sb *spec.Sandbox) error {
+	select {
+	case <-c.release:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	return c.cliCluster.Delete(ctx, t, sb)
+}
+
+// TestCLIDisconnectSaysItStillWaits: a disconnect the cluster makes slow
+// says, every few quiet seconds, that it is still at work and on what.
+func TestCLIDisconnectSaysItStillWaits(t *testing.T) {
+	dir := cliEnv(t)
+	cl := &slowDeleteCluster{cliCluster: &cliCluster{ready: make(chan struct{})}, release: make(chan struct{})}
+	startInProcessDaemon(t, cl)
+	code, _, errOut := runCLI(t, "connect", "-f", writeSpec(t, dir), "--set", "name=alice", "--wait=false")
+	require.Equal(t, 0, code, errOut)
+	code, errOut = runCLIUntil(t, "still disconnecting alice: ", func() { close(cl.release) }, "disconnect", "alice")
+	require.Equal(t, 0, code, errOut)
+	require.Contains(t, errOut, "so far (the daemon is deleting cluster objects)\n")
 }

@@ -52,6 +52,11 @@ by one, leaving the rest intact). Keyed requests go to the baseline again.`,
 			}
 			defer c.Close()
 			var res daemon.DisconnectResult
+			what := "disconnecting " + strings.Join(args, "")
+			if all {
+				what = "disconnecting every sandbox"
+			}
+			stop := whileClusterWork(ctx, g, what, "the daemon is deleting cluster objects")
 			switch {
 			case forget && all:
 				res, err = c.ForgetAll(ctx)
@@ -64,6 +69,7 @@ by one, leaving the rest intact). Keyed requests go to the baseline again.`,
 			default:
 				res, err = c.Disconnect(ctx, args[0])
 			}
+			stop()
 			if err != nil {
 				if daemon.IsNotFound(err) {
 					if orphan {

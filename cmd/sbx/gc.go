@@ -32,7 +32,9 @@ sandboxes are never collected.`,
 				return err
 			}
 			defer c.Close()
+			stop := whileClusterWork(ctx, g, "collecting expired sandboxes", "the daemon is listing and deleting cluster objects")
 			res, err := c.GC(ctx, clusterRequest(g))
+			stop()
 			if err != nil {
 				return classify(err, "pass -n NAMESPACE to collect in one namespace")
 			}

@@ -44,7 +44,12 @@ lease expired.`,
 					kubeErr = fmt.Sprintf("cannot list sbx objects in the cluster: %v; fix %s, or pass --local to skip the cluster", err, kubeconfigFlags)
 				}
 			}
+			stop := func() {}
+			if withCluster {
+				stop = whileClusterWork(ctx, g, "listing sbx objects in the cluster", "--local skips the cluster")
+			}
 			res, err := c.List(ctx, clusterRequest(g), withCluster)
+			stop()
 			if err != nil {
 				return classify(err, "run `sbx list --local` to skip the cluster")
 			}
