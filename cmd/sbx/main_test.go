@@ -56,7 +56,8 @@ func TestOutputRefusedWhereNothingIsPrinted(t *testing.T) {
 	} {
 		code, _, errOut := runCLI(t, args...)
 		require.Equal(t, 2, code, args)
-		require.Contains(t, errOut, "prints no state", args)
+		// The whole command: "sbx daemon stop", not "sbx stop".
+		require.Contains(t, errOut, "sbx: sbx "+strings.Join(args[:len(args)-2], " ")+" prints no state", args)
 		require.Contains(t, errOut, "hint: drop -o", args)
 	}
 }

@@ -98,7 +98,7 @@ names travel back through the same tunnel to the baseline services.`,
 		}
 		for c := cmd; c != nil; c = c.Parent() {
 			if c.Annotations[noOutputAnnotation] == "true" {
-				return userError(fmt.Errorf("sbx %s prints no state, so -o %s has no effect", cmd.Name(), g.output),
+				return userError(fmt.Errorf("%s prints no state, so -o %s has no effect", cmd.CommandPath(), g.output),
 					"drop -o; commands such as status, list, version and env take it")
 			}
 		}
