@@ -318,3 +318,33 @@ func TestCLIDisconnectSaysItStillWaits(t *testing.T) {
 	require.Equal(t, 0, code, errOut)
 	require.Contains(t, errOut, "so far (the daemon is deleting cluster objects)\n")
 }
+
+// TestCLIStuckDaemon: a daemon that accepts connections but never answers
+// (SIGSTOP, a deadlock) is reported as stuck, with its pid and what to do,
+// after a bounded wait, not waited for in silence forever; and Ctrl-C
+// meanwhile is not reported as "the sbx daemon is not running".
+func TestCLIStuckDaemon(t *testing.T) {
+	cliEnv(t)
+	paths := daemon.DefaultPaths(os.Getenv)
+	require.NoError(t, os.MkdirAll(paths.RuntimeDir, 0o700))
+	require.NoError(t, os.WriteFile(paths.Lock(), []byte("4242\n"), 0o600))
+	ln, err := net.Listen("unix", paths.Socket())
+	require.NoError(t, err)
+	unstick := make(chan struct{})
+	srv := &http.Server{Handler: http.HandlerFunc(func(http.ResponseWriter, *http.Request) { <-unstick })}
+	done := make(chan struct{})
+	go func() { defer close(done); _ = srv.Serve(ln) }()
+	t.Cleanup(func() { close(unstick); _ = srv.Close(); <-done })
+
+	code, _, errOut := runCLI(t, "status")
+	require.Equal(t, 1, code, errOut)
+	require.Contains(t, errOut, "sbx: the sbx daemon (pid 4242) does not answer on "+paths.Socket()+" within 5s: it is stuck, stopped (SIGSTOP) or overloaded\n")
+	require.Contains(t, errOut, "hint: `sbx logs` shows what it did last; kill it (`kill 4242`) and run the command again")
+
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	var out, errb lockedBuffer
+	code = run(ctx, []string{"status"}, strings.NewReader(""), &out, &errb)
+	require.Equal(t, exitInterrupted, code, errb.String())
+	require.Equal(t, "sbx: interrupted\n", errb.String())
+}

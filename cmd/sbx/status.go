@@ -38,8 +38,11 @@ with -o json, one JSON event per line (the first a full snapshot).`,
 			ctx := cmd.Context()
 			c, err := connectDaemon(ctx)
 			if err != nil {
+				if !errors.Is(err, errDaemonNotRunning) {
+					return err // stuck, or interrupted: not "not running"
+				}
 				if names, serr := daemon.SavedSandboxes(daemonPaths()); serr == nil && len(names) > 0 {
-					return userError(errors.New("the sbx daemon is not running"),
+					return userError(errDaemonNotRunning,
 						fmt.Sprintf("sandboxes %s are saved and reconnect (same routing keys) when it starts: run `sbx daemon`, or any command such as `sbx list`", strings.Join(names, ", ")))
 				}
 				return err
