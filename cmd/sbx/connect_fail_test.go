@@ -341,6 +341,11 @@ func TestCLIStuckDaemon(t *testing.T) {
 	require.Contains(t, errOut, "sbx: the sbx daemon (pid 4242) does not answer on "+paths.Socket()+" within 5s: it is stuck, stopped (SIGSTOP) or overloaded\n")
 	require.Contains(t, errOut, "hint: `sbx logs` shows what it did last; kill it (`kill 4242`) and run the command again")
 
+	// Nor would it answer a shutdown.
+	code, _, errOut = runCLI(t, "daemon", "stop")
+	require.Equal(t, 1, code, errOut)
+	require.Contains(t, errOut, "sbx: the sbx daemon (pid 4242) does not answer on ")
+
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
 	var out, errb lockedBuffer
