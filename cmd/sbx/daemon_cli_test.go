@@ -251,7 +251,9 @@ func TestCLIConnectStatusListDisconnect(t *testing.T) {
 
 	code, _, errOut = runCLI(t, "disconnect", "ghost")
 	require.Equal(t, 2, code)
-	require.Contains(t, errOut, "--orphan")
+	require.Contains(t, errOut, "sbx: sandbox \"ghost\" is not connected to this daemon\n"+
+		"  hint: `sbx status` lists the connected sandboxes; for a leftover shown as orphan by `sbx list`, use `sbx disconnect NAME --orphan`\n")
+	require.Equal(t, 1, strings.Count(errOut, "sbx status"), "says where to look once: %s", errOut)
 	code, out, errOut = runCLI(t, "disconnect", "ghost", "--orphan")
 	require.Equal(t, 0, code, errOut)
 	require.Contains(t, out, "sandbox ghost disconnected")

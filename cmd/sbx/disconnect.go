@@ -75,7 +75,10 @@ by one, leaving the rest intact). Keyed requests go to the baseline again.`,
 					if orphan {
 						return userError(fmt.Errorf("no sandbox %q found in the cluster", args[0]), "`sbx list` shows the sandboxes in the cluster; pass -n NAMESPACE or --context if it lives elsewhere")
 					}
-					return userError(err, "`sbx status` lists the connected sandboxes; for a leftover shown as orphan by `sbx list`, use `sbx disconnect NAME --orphan`")
+					// The daemon's message already points at sbx status;
+					// the hint says it once, with the orphan case.
+					return userError(fmt.Errorf("sandbox %q is not connected to this daemon", args[0]),
+						"`sbx status` lists the connected sandboxes; for a leftover shown as orphan by `sbx list`, use `sbx disconnect NAME --orphan`")
 				}
 				return classify(err, "`sbx status` shows the sandboxes")
 			}
