@@ -5,10 +5,12 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"sync"
 	"time"
 
 	"github.com/spf13/cobra"
 
+	"github.com/sbx-dev/sbx/cluster/kube"
 	"github.com/sbx-dev/sbx/cluster/spec"
 	"github.com/sbx-dev/sbx/daemon"
 	"github.com/sbx-dev/sbx/daemon/config"
@@ -52,6 +54,9 @@ its last good spec.`,
 			if err != nil {
 				return err
 			}
+			if err := checkKubeContext(g, sb); err != nil {
+				return err
+			}
 			ctx := cmd.Context()
 			c, err := needDaemon(ctx, g)
 			if err != nil {
@@ -75,6 +80,38 @@ its last good spec.`,
 	return cmd
 }
 
+// checkKubeContext reads the kubeconfig and picks the context as the
+// daemon will, so that a missing or broken kubeconfig or an unknown
+// --context is refused at once, as the daemon refuses an unknown
+// spec.cluster, rather than becoming a sandbox that fails in the
+// background and stays in the daemon until disconnected. A spec.cluster
+// without --context is the daemon's to resolve (through the user
+// config's contexts).
+func checkKubeContext(g *globalOptions, sb *spec.Sandbox) error {
+	if sb.Spec.Cluster != "" && g.context == "" {
+		return nil
+	}
+	if err := readKubeconfig(g); err != nil {
+		return userError(fmt.Errorf("cannot connect sandbox %s: %w", sb.Name, err),
+			"fix "+kubeconfigFlags+" and connect again; nothing was sent to the daemon")
+	}
+	return nil
+}
+
+// kubeconfigFlags names what selects the cluster, for hints.
+const kubeconfigFlags = "--kubeconfig, $KUBECONFIG or --context (`kubectl config get-contexts` lists the contexts)"
+
+// readKubeconfig reads the kubeconfig the global flags select and picks
+// the context as the daemon will (without contacting the cluster), so
+// that a missing or broken kubeconfig or an unknown --context is reported
+// plainly before the daemon is asked.
+func readKubeconfig(g *globalOptions) error {
+	opts := kubeconfigSource(g).Options()
+	opts.Context = g.context
+	_, _, err := kube.ChooseContext(opts)
+	return err
+}
+
 // connectOnce sends one connect and prints its progress and result.
 func connectOnce(ctx context.Context, g *globalOptions, c *daemon.Client, req daemon.ConnectRequest, sb *spec.Sandbox, format string) error {
 	req.Spec = *sb
@@ -82,15 +119,35 @@ func connectOnce(ctx context.Context, g *globalOptions, c *daemon.Client, req da
 		fmt.Fprintf(g.stderr, "Connecting sandbox %s\n", sb.Name)
 	}
 	var lastPhase daemon.Phase
+	q := newQuietWait(g.stderr)
+	stop := func() {}
+	if req.Wait {
+		left := ""
+		if req.Timeout > 0 {
+			left = fmt.Sprintf(" of --timeout %s", req.Timeout)
+		}
+		stop = q.heartbeat(ctx, quietEvery(req.Timeout), func(waited time.Duration) string {
+			return fmt.Sprintf("  %-14s still waiting: %s%s so far, no news from the daemon (Ctrl-C stops waiting; the daemon keeps trying)", "", waited, left)
+		})
+	}
 	st, err := c.Connect(ctx, req, func(p daemon.Progress) {
-		printProgress(g.stderr, p, &lastPhase)
+		q.do(func(w io.Writer) { printProgress(w, p, &lastPhase) })
 	})
+	stop()
 	if err != nil {
 		var ce *daemon.ConnectError
 		var ae *daemon.APIError
 		switch {
+		case ctx.Err() != nil && errors.Is(err, context.Canceled):
+			return interruptedConnect(sb.Name, lastPhase)
 		case errors.As(err, &ce):
-			return userError(err, fmt.Sprintf("`sbx status %s` shows its state, `sbx logs` the daemon's log", sb.Name))
+			// Not ready in time, or failed: not a usage error.
+			return &cliError{kind: kindUser, err: err, code: 1,
+				hint: fmt.Sprintf("`sbx status %s` shows its state, `sbx logs` the daemon's log", sb.Name)}
+		case !errors.As(err, &ae) && daemonStopped(c.Socket):
+			return &cliError{kind: kindUser, code: 1,
+				err:  fmt.Errorf("the sbx daemon stopped while connecting sandbox %s (killed, crashed or stopped)", sb.Name),
+				hint: fmt.Sprintf("connect again: a new daemon resumes %s with its routing key; `sbx logs` shows why the old one stopped", sb.Name)}
 		case errors.As(err, &ae) && ae.StatusCode == 409:
 			return userError(err, "")
 		}
@@ -105,6 +162,92 @@ func connectOnce(ctx context.Context, g *globalOptions, c *daemon.Client, req da
 	}
 	printReady(g.stdout, st)
 	return nil
+}
+
+// quietEvery is how long a connect --wait may go without news before it
+// says it still waits: a quarter of the timeout, at most 15s, so that a
+// wait the daemon has nothing to report about (an image pull, a pending
+// pod) still shows that it goes on.
+func quietEvery(timeout time.Duration) time.Duration {
+	const most = 15 * time.Second
+	if timeout <= 0 || timeout/4 > most {
+		return most
+	}
+	return timeout / 4
+}
+
+// quietWait serialises progress output and notes, from the heartbeat
+// goroutine, that a wait goes on when nothing was printed for a while.
+type quietWait struct {
+	mu    sync.Mutex
+	w     io.Writer
+	start time.Time
+	last  time.Time // of the last line printed
+}
+
+func newQuietWait(w io.Writer) *quietWait {
+	now := time.Now()
+	return &quietWait{w: w, start: now, last: now}
+}
+
+// do runs print with the output to itself and notes the time.
+func (q *quietWait) do(print func(io.Writer)) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	print(q.w)
+	q.last = time.Now()
+}
+
+// heartbeat prints note(time waited so far) after every quiet spell of
+// every until the returned stop is called; stop waits for its goroutine.
+func (q *quietWait) heartbeat(ctx context.Context, every time.Duration, note func(waited time.Duration) string) (stop func()) {
+	ctx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		tick := time.NewTicker(every / 4)
+		defer tick.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-tick.C:
+			}
+			q.mu.Lock()
+			if now := time.Now(); now.Sub(q.last) >= every {
+				fmt.Fprintln(q.w, note(now.Sub(q.start).Round(time.Second)))
+				q.last = now
+			}
+			q.mu.Unlock()
+		}
+	}()
+	return func() { cancel(); <-done }
+}
+
+// interruptedConnect is connect's answer to Ctrl-C: the daemon goes on
+// with a sandbox it has been given, so say so and how to follow or stop it.
+func interruptedConnect(name string, phase daemon.Phase) error {
+	msg := fmt.Sprintf("interrupted while connecting sandbox %s", name)
+	hint := fmt.Sprintf("`sbx status %s` shows whether the daemon got it", name)
+	if phase != "" {
+		msg += fmt.Sprintf(" (phase %s); the daemon keeps connecting it in the background", phase)
+		hint = fmt.Sprintf("`sbx status %s --watch` follows it, `sbx disconnect %s` removes it", name, name)
+	}
+	return &cliError{kind: kindUser, err: errors.New(msg), hint: hint, code: exitInterrupted}
+}
+
+// clusterWaitEvery is how long a command that waits for the daemon to
+// work on the cluster (disconnect, gc, list) stays silent before it says
+// it still waits.
+const clusterWaitEvery = 5 * time.Second
+
+// whileClusterWork prints to stderr, after every quiet clusterWaitEvery,
+// that the command is still doing what (and the note in parentheses);
+// stop ends it and waits for its goroutine.
+func whileClusterWork(ctx context.Context, g *globalOptions, what, note string) (stop func()) {
+	return newQuietWait(g.stderr).heartbeat(ctx, clusterWaitEvery, func(waited time.Duration) string {
+		return fmt.Sprintf("still %s: %s so far (%s)", what, waited, note)
+	})
 }
 
 func printProgress(w io.Writer, p daemon.Progress, last *daemon.Phase) {

@@ -52,6 +52,10 @@ func newDaemonStopCmd(g *globalOptions) *cobra.Command {
 			ctx := cmd.Context()
 			c := &daemon.Client{Socket: daemonPaths().Socket()}
 			defer c.Close()
+			// A stuck daemon would never answer the shutdown either.
+			if err := probeDaemon(ctx, c); err != nil && !daemon.IsNotRunning(err) {
+				return err
+			}
 			if err := c.Shutdown(ctx); err != nil {
 				if daemon.IsNotRunning(err) {
 					fmt.Fprintln(g.stdout, "the sbx daemon is not running")

@@ -35,10 +35,31 @@ func cliEnv(t *testing.T) string {
 	t.Setenv("XDG_STATE_HOME", filepath.Join(dir, "state"))
 	t.Setenv("XDG_CONFIG_HOME", filepath.Join(dir, "config"))
 	t.Setenv("SBX_DAEMON_AUTOSTART", "0") // in-process tests never exec the test binary
-	t.Setenv("KUBECONFIG", "")
 	writeTestConfig(t, dir)
+	// connect reads the kubeconfig before it asks the daemon; the tests'
+	// daemons use fake clusters that never contact this one. Through
+	// KUBECONFIG: client-go fixes ~/.kube/config at init, before HOME is
+	// set here.
+	kubeconfig := filepath.Join(dir, "kubeconfig")
+	require.NoError(t, os.WriteFile(kubeconfig, []byte(testKubeconfig), 0o600))
+	t.Setenv("KUBECONFIG", kubeconfig)
 	return dir
 }
+
+// testKubeconfig has one context, "test", for a cluster nothing listens at.
+const testKubeconfig = `apiVersion: v1
+kind: Config
+clusters:
+- name: test
+  cluster: {server: "https://127.0.0.1:1"}
+users:
+- name: test
+  user: {token: test}
+contexts:
+- name: test
+  context: {cluster: test, user: test}
+current-context: test
+`
 
 // writeTestConfig gives a daemon that `sbx daemon` starts with HOME and
 // XDG_CONFIG_HOME under dir a config naming a hosts file under dir: tests
@@ -230,7 +251,9 @@ func TestCLIConnectStatusListDisconnect(t *testing.T) {
 
 	code, _, errOut = runCLI(t, "disconnect", "ghost")
 	require.Equal(t, 2, code)
-	require.Contains(t, errOut, "--orphan")
+	require.Contains(t, errOut, "sbx: sandbox \"ghost\" is not connected to this daemon\n"+
+		"  hint: `sbx status` lists the connected sandboxes; for a leftover shown as orphan by `sbx list`, use `sbx disconnect NAME --orphan`\n")
+	require.Equal(t, 1, strings.Count(errOut, "sbx status"), "says where to look once: %s", errOut)
 	code, out, errOut = runCLI(t, "disconnect", "ghost", "--orphan")
 	require.Equal(t, 0, code, errOut)
 	require.Contains(t, out, "sandbox ghost disconnected")
@@ -251,7 +274,7 @@ func TestCLIConnectWaitTimeout(t *testing.T) {
 	dir := cliEnv(t)
 	startInProcessDaemon(t, &cliCluster{ready: make(chan struct{})})
 	code, _, errOut := runCLI(t, "connect", "-f", writeSpec(t, dir), "--set", "name=alice", "--timeout", "200ms")
-	require.Equal(t, 2, code)
+	require.Equal(t, 1, code, "a sandbox not ready in time is a failure, not a usage error")
 	require.Contains(t, errOut, "applying")
 	require.Contains(t, errOut, "waiting for pod")
 	require.Contains(t, errOut, "not ready after 200ms")

@@ -25,10 +25,10 @@ func daemonPaths() daemon.Paths { return daemon.DefaultPaths(os.Getenv) }
 // says how to start one.
 func connectDaemon(ctx context.Context) (*daemon.Client, error) {
 	c := &daemon.Client{Socket: daemonPaths().Socket()}
-	if _, err := c.LogPath(ctx); err != nil {
+	if err := probeDaemon(ctx, c); err != nil {
 		c.Close()
 		if daemon.IsNotRunning(err) {
-			return nil, userError(errors.New("the sbx daemon is not running"),
+			return nil, userError(errDaemonNotRunning,
 				"start it with `sbx daemon` (or `sbx connect -f FILE`, which starts it for you)")
 		}
 		return nil, err
@@ -36,13 +36,17 @@ func connectDaemon(ctx context.Context) (*daemon.Client, error) {
 	return c, nil
 }
 
+// errDaemonNotRunning is connectDaemon's answer when nothing listens on
+// the socket (not when the daemon is stuck, or the command interrupted).
+var errDaemonNotRunning = errors.New("the sbx daemon is not running")
+
 // ensureDaemon returns a client of the running daemon, starting one in the
 // background first if none answers. Progress goes to progress; verbosity
 // (the CLI's -v count) is passed on to a daemon it starts.
 func ensureDaemon(ctx context.Context, progress io.Writer, verbosity int) (*daemon.Client, error) {
 	paths := daemonPaths()
 	c := &daemon.Client{Socket: paths.Socket()}
-	_, err := c.LogPath(ctx)
+	err := probeDaemon(ctx, c)
 	if err == nil {
 		return c, nil
 	}
@@ -103,6 +107,39 @@ func ensureDaemon(ctx context.Context, progress io.Writer, verbosity int) (*daem
 			}
 		}
 	}
+}
+
+// daemonAnswerTimeout bounds the first request a command sends the
+// daemon: one that accepts connections but does not answer (stopped with
+// SIGSTOP, deadlocked, swapping) is reported rather than waited for
+// silently forever.
+const daemonAnswerTimeout = 5 * time.Second
+
+// probeDaemon asks the daemon a cheap question. Its errors: ctx's own when
+// the command was interrupted, a stuck daemon explained, or the client's
+// (NotRunningError when nothing listens).
+func probeDaemon(ctx context.Context, c *daemon.Client) error {
+	pctx, cancel := context.WithTimeout(ctx, daemonAnswerTimeout)
+	defer cancel()
+	_, err := c.LogPath(pctx)
+	switch {
+	case err == nil:
+		return nil
+	case ctx.Err() != nil:
+		return ctx.Err()
+	case pctx.Err() != nil:
+		// The daemon writes its pid into the lock file it holds.
+		who, kill := "", "kill it"
+		if b, rerr := os.ReadFile(daemonPaths().Lock()); rerr == nil {
+			if pid := strings.TrimSpace(string(b)); pid != "" {
+				who, kill = " (pid "+pid+")", "kill it (`kill "+pid+"`)"
+			}
+		}
+		return &cliError{kind: kindUser, code: 1,
+			err:  fmt.Errorf("the sbx daemon%s does not answer on %s within %s: it is stuck, stopped (SIGSTOP) or overloaded", who, c.Socket, daemonAnswerTimeout),
+			hint: "`sbx logs` shows what it did last; " + kill + " and run the command again: a new daemon restores the sandboxes with their routing keys"}
+	}
+	return err
 }
 
 // spawnDaemon starts `sbx daemon --background` detached from this process
@@ -251,6 +288,32 @@ func classify(err error, hint string) error {
 		return userError(err, hint)
 	case errors.As(err, &ae) && (ae.StatusCode == 502 || ae.StatusCode == 504):
 		return &cliError{kind: kindConfig, err: err, code: 1, hint: "check --kubeconfig/--context and that the cluster is reachable (`kubectl get pods`)"}
+	case ae == nil && daemonStopped(daemonPaths().Socket()):
+		// The answer broke off because the daemon went away (kill -9,
+		// a crash, `sbx daemon stop`): not a bug to report as one.
+		return &cliError{kind: kindUser, code: 1,
+			err:  errors.New("the sbx daemon stopped before it answered (killed, crashed or stopped)"),
+			hint: "run the command again: a new daemon starts and restores the saved sandboxes with their routing keys; `sbx logs` shows why the old one stopped"}
 	}
 	return &cliError{kind: kindBug, err: err, code: 1}
+}
+
+// daemonStopped reports whether the daemon on socket stops answering
+// within a moment (a daemon shutting down may answer briefly after it
+// broke off a request).
+func daemonStopped(socket string) bool {
+	c := &daemon.Client{Socket: socket}
+	defer c.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	for {
+		if _, err := c.LogPath(ctx); daemon.IsNotRunning(err) {
+			return true
+		}
+		select {
+		case <-ctx.Done():
+			return false
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
 }

@@ -34,6 +34,6 @@ func TestDemo(t *testing.T) {
 
 func TestDemoRejectsArguments(t *testing.T) {
 	code, _, errOut := runCLI(t, "demo", "extra")
-	require.NotEqual(t, 0, code)
-	require.Contains(t, errOut, "unknown command")
+	require.Equal(t, 2, code)
+	require.Contains(t, errOut, `sbx demo takes no arguments, got "extra"`)
 }

@@ -38,6 +38,11 @@ by one, leaving the rest intact). Keyed requests go to the baseline again.`,
 			case orphan && all:
 				return userError(errors.New("--orphan takes one sandbox name, not --all"), "`sbx list` marks the orphans; `sbx gc` removes the expired ones")
 			}
+			if orphan {
+				if err := readKubeconfig(g); err != nil {
+					return userError(fmt.Errorf("cannot delete the objects of sandbox %s: %w", args[0], err), "fix "+kubeconfigFlags+" and run it again")
+				}
+			}
 			ctx := cmd.Context()
 			// A stopped daemon still owns the sandboxes in its state
 			// file; starting it is how they get disconnected.
@@ -47,6 +52,11 @@ by one, leaving the rest intact). Keyed requests go to the baseline again.`,
 			}
 			defer c.Close()
 			var res daemon.DisconnectResult
+			what := "disconnecting " + strings.Join(args, "")
+			if all {
+				what = "disconnecting every sandbox"
+			}
+			stop := whileClusterWork(ctx, g, what, "the daemon is deleting cluster objects")
 			switch {
 			case forget && all:
 				res, err = c.ForgetAll(ctx)
@@ -59,12 +69,16 @@ by one, leaving the rest intact). Keyed requests go to the baseline again.`,
 			default:
 				res, err = c.Disconnect(ctx, args[0])
 			}
+			stop()
 			if err != nil {
 				if daemon.IsNotFound(err) {
 					if orphan {
 						return userError(fmt.Errorf("no sandbox %q found in the cluster", args[0]), "`sbx list` shows the sandboxes in the cluster; pass -n NAMESPACE or --context if it lives elsewhere")
 					}
-					return userError(err, "`sbx status` lists the connected sandboxes; for a leftover shown as orphan by `sbx list`, use `sbx disconnect NAME --orphan`")
+					// The daemon's message already points at sbx status;
+					// the hint says it once, with the orphan case.
+					return userError(fmt.Errorf("sandbox %q is not connected to this daemon", args[0]),
+						"`sbx status` lists the connected sandboxes; for a leftover shown as orphan by `sbx list`, use `sbx disconnect NAME --orphan`")
 				}
 				return classify(err, "`sbx status` shows the sandboxes")
 			}

@@ -40,6 +40,10 @@ func exitError(code int) error {
 
 var errSilent = errors.New("")
 
+// exitInterrupted is the exit code after Ctrl-C (SIGINT), as a shell
+// reports a process that SIGINT ended: 128+2.
+const exitInterrupted = 130
+
 func formatError(err error) string {
 	var ce *cliError
 	if errors.As(err, &ce) {

@@ -23,13 +23,18 @@ sandboxes are never collected.`,
 			if err != nil {
 				return err
 			}
+			if err := readKubeconfig(g); err != nil {
+				return userError(fmt.Errorf("cannot collect expired sandboxes: %w", err), "fix "+kubeconfigFlags+" and run gc again")
+			}
 			ctx := cmd.Context()
 			c, err := needDaemon(ctx, g)
 			if err != nil {
 				return err
 			}
 			defer c.Close()
+			stop := whileClusterWork(ctx, g, "collecting expired sandboxes", "the daemon is listing and deleting cluster objects")
 			res, err := c.GC(ctx, clusterRequest(g))
+			stop()
 			if err != nil {
 				return classify(err, "pass -n NAMESPACE to collect in one namespace")
 			}

@@ -36,9 +36,25 @@ lease expired.`,
 				return err
 			}
 			defer c.Close()
-			res, err := c.List(ctx, clusterRequest(g), !localOnly)
+			withCluster, kubeErr := !localOnly, ""
+			if withCluster {
+				if err := readKubeconfig(g); err != nil {
+					// The daemon's sandboxes are still worth listing.
+					withCluster = false
+					kubeErr = fmt.Sprintf("cannot list sbx objects in the cluster: %v; fix %s, or pass --local to skip the cluster", err, kubeconfigFlags)
+				}
+			}
+			stop := func() {}
+			if withCluster {
+				stop = whileClusterWork(ctx, g, "listing sbx objects in the cluster", "--local skips the cluster")
+			}
+			res, err := c.List(ctx, clusterRequest(g), withCluster)
+			stop()
 			if err != nil {
 				return classify(err, "run `sbx list --local` to skip the cluster")
+			}
+			if kubeErr != "" {
+				res.ClusterError = kubeErr
 			}
 			if res.ClusterError != "" {
 				fmt.Fprintf(g.stderr, "! %s\n", res.ClusterError)

@@ -29,6 +29,9 @@ func newLogsCmd(g *globalOptions) *cobra.Command {
 			if _, err := g.outputFormat("text"); err != nil {
 				return err
 			}
+			if tail < 0 {
+				return userError(fmt.Errorf("--tail %d is negative", tail), "pass the number of last lines to print, or 0 (the default) for all")
+			}
 			ctx := cmd.Context()
 			path := daemonPaths().Log()
 			// A running daemon knows best where it writes.

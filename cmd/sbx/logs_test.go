@@ -82,3 +82,11 @@ func TestFollowFileAcrossRotations(t *testing.T) {
 		require.Equal(t, 1, openUnder(t, dir), "followFile closes its file when it returns")
 	}
 }
+
+func TestCLILogsNegativeTail(t *testing.T) {
+	cliEnv(t)
+	code, out, errOut := runCLI(t, "logs", "--tail", "-5")
+	require.Equal(t, 2, code, errOut)
+	require.Empty(t, out)
+	require.Contains(t, errOut, "sbx: --tail -5 is negative\n  hint: pass the number of last lines to print, or 0 (the default) for all")
+}

@@ -5,6 +5,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -41,8 +42,21 @@ func execute(ctx context.Context, args []string, stdin io.Reader, stdout, stderr
 	}
 	root.SetArgs(args)
 	if err := root.ExecuteContext(ctx); err != nil {
+		err = interrupted(ctx, err)
 		fmt.Fprintln(stderr, formatError(err))
 		return exitCode(err)
 	}
 	return 0
+}
+
+// interrupted is err as the user should see it: after Ctrl-C (ctx ended),
+// an error sbx did not explain is what broke as the command was torn down
+// ("context canceled", a closed connection), so it is reported as the
+// interruption rather than as a failure.
+func interrupted(ctx context.Context, err error) error {
+	var ce *cliError
+	if ctx.Err() == nil || errors.As(err, &ce) {
+		return err
+	}
+	return &cliError{kind: kindUser, err: errors.New("interrupted"), code: exitInterrupted}
 }

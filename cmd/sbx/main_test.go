@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"strings"
 	"sync"
 	"testing"
@@ -55,7 +56,8 @@ func TestOutputRefusedWhereNothingIsPrinted(t *testing.T) {
 	} {
 		code, _, errOut := runCLI(t, args...)
 		require.Equal(t, 2, code, args)
-		require.Contains(t, errOut, "prints no state", args)
+		// The whole command: "sbx daemon stop", not "sbx stop".
+		require.Contains(t, errOut, "sbx: sbx "+strings.Join(args[:len(args)-2], " ")+" prints no state", args)
 		require.Contains(t, errOut, "hint: drop -o", args)
 	}
 }
@@ -123,5 +125,74 @@ func TestReleaseMainThreadOnlyFromMain(t *testing.T) {
 			execute(context.Background(), tt.args, strings.NewReader(""), &bytes.Buffer{}, &bytes.Buffer{}, func() { unlocks++ })
 			require.Equal(t, tt.unlocks, unlocks)
 		})
+	}
+}
+
+// TestUsageErrors: what cobra and pflag reject before a command runs is a
+// usage error (exit 2) with a hint, in words rather than strconv's, and a
+// mistyped subcommand of a group is refused rather than answered with the
+// group's help and exit 0.
+func TestUsageErrors(t *testing.T) {
+	tests := []struct {
+		args []string
+		want []string // in stderr
+	}{
+		{[]string{"frobnicate"}, []string{`unknown command "frobnicate" for "sbx"`, "hint: `sbx --help` lists the commands"}},
+		{[]string{"stauts"}, []string{"did you mean `sbx status`?"}},
+		{[]string{"status", "a", "b"}, []string{"accepts at most 1 arg(s)", "hint: usage: sbx status [NAME]"}},
+		{[]string{"list", "extra"}, []string{`sbx list takes no arguments, got "extra"`}},
+		{[]string{"env"}, []string{"accepts 1 arg(s), received 0", "usage: sbx env NAME"}},
+		{[]string{"status", "--bogus"}, []string{"unknown flag: --bogus", "sbx status --help"}},
+		{[]string{"connect", "-f"}, []string{"flag needs an argument", "usage: sbx connect -f FILE"}},
+		{[]string{"bench", "tunnel", "--reps", "x"}, []string{`invalid argument "x" for "--reps" flag: not a whole number`}},
+		{[]string{"bench", "tunnel", "--stream-window", "-1"}, []string{"not a whole number of 0 or more"}},
+		{[]string{"bench", "nosuch"}, []string{`unknown command "nosuch" for "sbx bench"`, "its commands: portforward, tunnel"}},
+		{[]string{"bench", "tunel"}, []string{"did you mean `sbx bench tunnel`?"}},
+		{[]string{"completion", "tcsh"}, []string{`unknown command "tcsh" for "sbx completion"`}},
+		{[]string{"daemon", "x"}, []string{"its commands: stop"}},
+	}
+	for _, tt := range tests {
+		t.Run(strings.Join(tt.args, " "), func(t *testing.T) {
+			code, out, errOut := runCLI(t, tt.args...)
+			require.Equal(t, 2, code, errOut)
+			require.Empty(t, out)
+			for _, w := range tt.want {
+				require.Contains(t, errOut, w)
+			}
+			require.NotContains(t, errOut, "strconv")
+		})
+	}
+	// A group without a subcommand still shows its help.
+	code, out, _ := runCLI(t, "bench")
+	require.Equal(t, 0, code)
+	require.Contains(t, out, "Available Commands")
+}
+
+// TestOutputFormatHints: a refused -o names the formats in words, and a
+// command that only prints text says to drop -o rather than suggest
+// `-o text`.
+func TestOutputFormatHints(t *testing.T) {
+	cliEnv(t)
+	code, _, errOut := runCLI(t, "status", "-o", "xml")
+	require.Equal(t, 2, code)
+	require.Contains(t, errOut, "hint: use -o with one of: text, json, yaml\n")
+
+	for _, args := range [][]string{{"logs", "-o", "json"}, {"run", "-o", "json", "alice", "--", "true"}} {
+		code, _, errOut = runCLI(t, args...)
+		require.Equal(t, 2, code, args)
+		require.Contains(t, errOut, `output format "json" is not supported here: this command prints text`, args)
+		require.Contains(t, errOut, "hint: drop -o\n", args)
+	}
+}
+
+// TestBadNamespaceRefused: -n with a name no namespace can have is a
+// usage error, not an empty answer from the cluster ("nothing to collect").
+func TestBadNamespaceRefused(t *testing.T) {
+	cliEnv(t)
+	for _, args := range [][]string{{"gc", "-n", "bad ns"}, {"list", "-n", "Hotrod"}, {"disconnect", "x", "--orphan", "-n", "a_b"}} {
+		code, out, errOut := runCLI(t, args...)
+		require.Equal(t, 2, code, args)
+		require.Empty(t, out, args)
+		require.Contains(t, errOut, fmt.Sprintf("sbx: -n %q is not a namespace name\n  hint: a namespace name is at most 63 lowercase letters", args[len(args)-1]), args)
 	}
 }

@@ -35,7 +35,7 @@ func TestRelayFlagErrors(t *testing.T) {
 		{[]string{"relay"}, "--sandbox is required"},
 		{[]string{"relay", "--sandbox", "alice", "--listen", "0.0.0.0:7000"}, "is not a loopback address"},
 		{[]string{"relay", "--sandbox", "alice", "--inbound", "20001=route"}, "want containerPort=workload/port[/appProtocol]"},
-		{[]string{"relay", "--sandbox", "alice", "extra"}, "unknown command"},
+		{[]string{"relay", "--sandbox", "alice", "extra"}, `sbx relay takes no arguments, got "extra"`},
 	} {
 		code, _, errOut := runCLI(t, tt.args...)
 		require.NotEqual(t, 0, code)

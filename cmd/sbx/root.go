@@ -1,11 +1,16 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
+	"strconv"
+	"strings"
 
 	"github.com/spf13/cobra"
+
+	"github.com/sbx-dev/sbx/cluster/spec"
 )
 
 // globalOptions are the flags every command shares. One value is created per
@@ -80,13 +85,20 @@ names travel back through the same tunnel to the baseline services.`,
 			c.Annotations[mainThreadAnnotation] = "true"
 		}
 	}
+	markUsageErrors(root)
 	root.PersistentPreRunE = func(cmd *cobra.Command, _ []string) error {
+		// A namespace name that cannot exist would only come back as
+		// "nothing found" from the cluster.
+		if g.namespace != "" && !spec.IsDNS1123Label(g.namespace) {
+			return userError(fmt.Errorf("-n %q is not a namespace name", g.namespace),
+				"a namespace name is at most 63 lowercase letters, digits and '-', starting and ending with a letter or digit (`kubectl get namespaces` lists them)")
+		}
 		if g.output == "" {
 			return nil
 		}
 		for c := cmd; c != nil; c = c.Parent() {
 			if c.Annotations[noOutputAnnotation] == "true" {
-				return userError(fmt.Errorf("sbx %s prints no state, so -o %s has no effect", cmd.Name(), g.output),
+				return userError(fmt.Errorf("%s prints no state, so -o %s has no effect", cmd.CommandPath(), g.output),
 					"drop -o; commands such as status, list, version and env take it")
 			}
 		}
@@ -125,6 +137,109 @@ func (g *globalOptions) outputFormat(allowed ...string) (string, error) {
 			return a, nil
 		}
 	}
+	if len(allowed) == 1 && allowed[0] == "text" {
+		// -o text would be the only "fix": say what the command prints.
+		return "", userError(fmt.Errorf("output format %q is not supported here: this command prints text (a log, or a process's own output)", g.output),
+			"drop -o")
+	}
 	return "", userError(fmt.Errorf("output format %q is not supported here", g.output),
-		fmt.Sprintf("use -o with one of: %v", allowed))
+		"use -o with one of: "+strings.Join(allowed, ", "))
+}
+
+// markUsageErrors makes what cobra and pflag reject before a command runs
+// (an unknown command, flag or flag value, a wrong number of arguments) a
+// usage error: exit code 2 and a hint with the command's usage, not exit
+// code 1 and a bare message. The root and the parents without a command
+// of their own (bench, completion) get a RunE that prints their help, so
+// that a mistyped subcommand is checked as an argument instead of cobra
+// printing the help and exiting 0.
+func markUsageErrors(root *cobra.Command) {
+	root.SetFlagErrorFunc(func(cmd *cobra.Command, err error) error {
+		return userError(plainFlagError(err), usageHint(cmd))
+	})
+	var walk func(c *cobra.Command)
+	walk = func(c *cobra.Command) {
+		c.SuggestionsMinimumDistance = 2 // cobra's default, which SuggestionsFor does not apply
+		if !c.Runnable() && c.HasSubCommands() {
+			c.RunE = func(cmd *cobra.Command, _ []string) error { return cmd.Help() }
+			if c.Args == nil {
+				c.Args = unknownSubcommand
+			}
+		}
+		if args := c.Args; args != nil {
+			c.Args = func(cmd *cobra.Command, a []string) error {
+				err := args(cmd, a)
+				var ce *cliError
+				if err == nil || errors.As(err, &ce) {
+					return err
+				}
+				if len(a) > 0 && strings.HasPrefix(err.Error(), "unknown command") {
+					if cmd.HasSubCommands() {
+						return unknownSubcommand(cmd, a)
+					}
+					err = fmt.Errorf("%s takes no arguments, got %q", cmd.CommandPath(), a[0])
+				}
+				return userError(err, usageHint(cmd))
+			}
+		}
+		for _, sub := range c.Commands() {
+			walk(sub)
+		}
+	}
+	walk(root)
+}
+
+// unknownSubcommand is the argument check of a command that only groups
+// subcommands: any argument is a subcommand that does not exist.
+func unknownSubcommand(cmd *cobra.Command, args []string) error {
+	if len(args) == 0 {
+		return nil
+	}
+	err := fmt.Errorf("unknown command %q for %q", args[0], cmd.CommandPath())
+	if s := cmd.SuggestionsFor(args[0]); len(s) > 0 {
+		for i := range s {
+			s[i] = "`" + cmd.CommandPath() + " " + s[i] + "`"
+		}
+		return userError(err, "did you mean "+strings.Join(s, " or ")+"?")
+	}
+	return userError(err, usageHint(cmd))
+}
+
+// usageHint points at the command's usage: its subcommands for a group
+// (bench, daemon), else its usage line.
+func usageHint(cmd *cobra.Command) string {
+	var subs []string
+	for _, c := range cmd.Commands() {
+		if c.IsAvailableCommand() {
+			subs = append(subs, c.Name())
+		}
+	}
+	if len(subs) > 0 && !cmd.HasParent() {
+		return fmt.Sprintf("`%s --help` lists the commands", cmd.CommandPath())
+	}
+	if len(subs) > 0 {
+		return fmt.Sprintf("its commands: %s (`%s --help` says more)", strings.Join(subs, ", "), cmd.CommandPath())
+	}
+	return fmt.Sprintf("usage: %s (`%s --help` has the flags and examples)", cmd.UseLine(), cmd.CommandPath())
+}
+
+// plainFlagError says what is wrong with a flag's value in words rather
+// than with strconv's (`strconv.ParseInt: parsing "x": invalid syntax`).
+func plainFlagError(err error) error {
+	var ne *strconv.NumError
+	if !errors.As(err, &ne) {
+		return err
+	}
+	why := "not a number"
+	switch {
+	case errors.Is(ne.Err, strconv.ErrRange):
+		why = "out of range"
+	case strings.Contains(ne.Func, "Uint"):
+		why = "not a whole number of 0 or more"
+	case strings.Contains(ne.Func, "Int"):
+		why = "not a whole number"
+	case strings.Contains(ne.Func, "Bool"):
+		why = "not true or false"
+	}
+	return errors.New(strings.Replace(err.Error(), ne.Error(), why, 1))
 }

@@ -55,7 +55,7 @@ func (f *specFlags) load(g *globalOptions) (*spec.Sandbox, error) {
 	}
 	var list spec.ErrorList
 	if errors.As(err, &list) {
-		return nil, userError(&invalidSpecError{file: f.file, list: list},
+		return nil, userError(&invalidSpecError{file: name, list: list},
 			"fix the fields listed above; `sbx validate -f FILE` checks a spec without a cluster")
 	}
 	return nil, userError(err, "check the path given to -f")

@@ -38,8 +38,11 @@ with -o json, one JSON event per line (the first a full snapshot).`,
 			ctx := cmd.Context()
 			c, err := connectDaemon(ctx)
 			if err != nil {
+				if !errors.Is(err, errDaemonNotRunning) {
+					return err // stuck, or interrupted: not "not running"
+				}
 				if names, serr := daemon.SavedSandboxes(daemonPaths()); serr == nil && len(names) > 0 {
-					return userError(errors.New("the sbx daemon is not running"),
+					return userError(errDaemonNotRunning,
 						fmt.Sprintf("sandboxes %s are saved and reconnect (same routing keys) when it starts: run `sbx daemon`, or any command such as `sbx list`", strings.Join(names, ", ")))
 				}
 				return err
@@ -122,8 +125,10 @@ func watchStatus(cmd *cobra.Command, g *globalOptions, c *daemon.Client, name, f
 			return nil
 		case errors.Is(err, daemon.ErrWatchDropped):
 			continue // fell behind: start over with a fresh snapshot
-		case errors.Is(err, io.EOF):
-			return userError(errors.New("the sbx daemon ended the watch (it stopped)"), "start it again with `sbx daemon` or any connect")
+		case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF):
+			// A failure, not a usage error: exit 1.
+			return &cliError{kind: kindUser, code: 1, err: errors.New("the sbx daemon ended the watch (it stopped)"),
+				hint: "start it again with `sbx daemon` or any connect; its sandboxes reconnect with their routing keys"}
 		default:
 			return err
 		}

@@ -16,8 +16,8 @@ func TestTrayFlags(t *testing.T) {
 	require.Contains(t, errOut, "exclude each other")
 
 	code, _, errOut = runCLI(t, "tray", "extra")
-	require.NotEqual(t, 0, code)
-	require.Contains(t, errOut, "unknown command")
+	require.Equal(t, 2, code)
+	require.Contains(t, errOut, `sbx tray takes no arguments, got "extra"`)
 }
 
 func TestIsTemporaryBuild(t *testing.T) {

@@ -78,7 +78,7 @@ func TestValidateUsageErrors(t *testing.T) {
 		{"missing file", []string{"validate", "-f", "nope/sandbox.yaml"}, "nope/sandbox.yaml: no such file or directory"},
 		{"bad set", []string{"validate", "-f", filepath.Join(specs, "valid", "single.yaml"), "--set", "oops"}, `--set "oops": want name=value`},
 		{"bad output", []string{"validate", "-f", filepath.Join(specs, "valid", "single.yaml"), "-o", "xml"}, `output format "xml" is not supported`},
-		{"extra args", []string{"validate", "x.yaml"}, "unknown command"},
+		{"extra args", []string{"validate", "x.yaml"}, `sbx validate takes no arguments, got "x.yaml"`},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -100,6 +100,7 @@ func TestValidateStdin(t *testing.T) {
 	code = run(context.Background(), []string{"validate", "-f", "-"}, strings.NewReader("name: Bad\n"), &out, &errb)
 	require.Equal(t, 2, code)
 	require.Contains(t, errb.String(), `<stdin>:1:7: name: "Bad" is not a valid sandbox name`)
+	require.Contains(t, errb.String(), "sbx: sandbox spec <stdin> is invalid (", "the heading names standard input, not \"-\"")
 }
 
 // TestValidateAllExamples runs the command over every example spec so that

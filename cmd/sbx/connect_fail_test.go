@@ -1,0 +1,355 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/sbx-dev/sbx/cluster/spec"
+	"github.com/sbx-dev/sbx/daemon"
+)
+
+// runCLIUntil runs the CLI in-process and calls then once its stdout or
+// stderr contains marker, while the command still runs (nil then cancels
+// the command's context, as main does on Ctrl-C); it returns the exit
+// code and the final stderr.
+func runCLIUntil(t *testing.T, marker string, then func(), args ...string) (int, string) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var out, errb lockedBuffer
+	done := make(chan int, 1)
+	go func() { done <- run(ctx, args, strings.NewReader(""), &out, &errb) }()
+	require.Eventually(t, func() bool { return strings.Contains(out.String()+errb.String(), marker) }, 10*time.Second, 5*time.Millisecond, "stderr: %s", errb.String())
+	if then == nil {
+		cancel() // as main does on SIGINT
+	} else {
+		then()
+	}
+	select {
+	case code := <-done:
+		return code, errb.String()
+	case <-time.After(20 * time.Second):
+		t.Fatalf("sbx %s did not return; stderr:\n%s", strings.Join(args, " "), errb.String())
+		return 0, ""
+	}
+}
+
+// TestCLIConnectInterrupted: Ctrl-C while connect waits for a relay that
+// never gets ready says what happens to the sandbox (the daemon goes on)
+// and how to follow or remove it, exits 130, and leaks no "context
+// canceled".
+func TestCLIConnectInterrupted(t *testing.T) {
+	dir := cliEnv(t)
+	startInProcessDaemon(t, &cliCluster{ready: make(chan struct{})})
+	code, errOut := runCLIUntil(t, "waiting for pod", nil, "connect", "-f", writeSpec(t, dir), "--set", "name=alice")
+	require.Equal(t, exitInterrupted, code, errOut)
+	require.NotContains(t, errOut, "context canceled")
+	require.Contains(t, errOut, "sbx: interrupted while connecting sandbox alice (phase waiting-relay); the daemon keeps connecting it in the background")
+	require.Contains(t, errOut, "hint: `sbx status alice --watch` follows it, `sbx disconnect alice` removes it")
+
+	code, _, errOut = runCLI(t, "status", "alice")
+	require.Equal(t, 0, code, errOut)
+}
+
+// TestCLIInterruptedWithoutContextCanceled: any command ended by Ctrl-C
+// says "interrupted" and exits 130, not Go's "context canceled" and 1.
+func TestCLIInterruptedWithoutContextCanceled(t *testing.T) {
+	cliEnv(t)
+	startInProcessDaemon(t, &cliCluster{ready: make(chan struct{})})
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel() // as main does on SIGINT
+	for _, args := range [][]string{{"list"}, {"gc"}, {"disconnect", "--all"}} {
+		var out, errb lockedBuffer
+		code := run(ctx, args, strings.NewReader(""), &out, &errb)
+		require.Equal(t, exitInterrupted, code, "%v: %s", args, errb.String())
+		require.Equal(t, "sbx: interrupted\n", errb.String(), args)
+	}
+}
+
+// TestCLIConnectDaemonDies: a daemon that stops while connect waits is
+// reported as such, with the next step, not as "unexpected EOF" and a bug.
+func TestCLIConnectDaemonDies(t *testing.T) {
+	dir := cliEnv(t)
+	stop := startStoppableDaemon(t, &cliCluster{ready: make(chan struct{})})
+	code, errOut := runCLIUntil(t, "waiting for pod", stop, "connect", "-f", writeSpec(t, dir), "--set", "name=alice")
+	require.Equal(t, 1, code, errOut)
+	require.Contains(t, errOut, "sbx: the sbx daemon stopped while connecting sandbox alice")
+	require.Contains(t, errOut, "hint: connect again: a new daemon resumes alice with its routing key")
+	require.NotContains(t, errOut, "looks like a bug")
+}
+
+// TestCLIConnectWaitShowsItGoesOn: while the daemon has no news (a relay
+// pod that never gets ready), connect --wait still says that it waits,
+// how long so far and that Ctrl-C stops only the waiting.
+func TestCLIConnectWaitShowsItGoesOn(t *testing.T) {
+	dir := cliEnv(t)
+	startInProcessDaemon(t, &cliCluster{ready: make(chan struct{})})
+	// A quarter of the timeout without news prints a note.
+	code, _, errOut := runCLI(t, "connect", "-f", writeSpec(t, dir), "--set", "name=alice", "--timeout", "2s")
+	require.Equal(t, 1, code, errOut)
+	require.Contains(t, errOut, "still waiting: ")
+	require.Contains(t, errOut, "so far, no news from the daemon (Ctrl-C stops waiting; the daemon keeps trying)")
+	require.Less(t, strings.Index(errOut, "waiting for pod"), strings.Index(errOut, "still waiting"))
+}
+
+func TestQuietEvery(t *testing.T) {
+	for _, tt := range []struct{ timeout, want time.Duration }{
+		{0, 15 * time.Second},
+		{3 * time.Minute, 15 * time.Second},
+		{40 * time.Second, 10 * time.Second},
+		{2 * time.Second, 500 * time.Millisecond},
+	} {
+		require.Equal(t, tt.want, quietEvery(tt.timeout), tt.timeout)
+	}
+}
+
+// TestCLIConnectChecksKubeconfigFirst: a missing or broken kubeconfig or
+// an unknown --context is refused before the daemon is asked, so no
+// failed sandbox is left in the daemon to disconnect.
+func TestCLIConnectChecksKubeconfigFirst(t *testing.T) {
+	dir := cliEnv(t)
+	startInProcessDaemon(t, &cliCluster{ready: make(chan struct{})})
+	specPath := writeSpec(t, dir)
+	broken := filepath.Join(dir, "broken")
+	require.NoError(t, os.WriteFile(broken, []byte("garbage: [\n"), 0o600))
+	tests := []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--context", "nope"}, `--context "nope" is not in kubeconfig`},
+		{[]string{"--kubeconfig", filepath.Join(dir, "missing")}, "no such file or directory"},
+		{[]string{"--kubeconfig", broken}, "load kubeconfig " + broken},
+	}
+	for _, tt := range tests {
+		t.Run(strings.Join(tt.args, " "), func(t *testing.T) {
+			code, _, errOut := runCLI(t, append([]string{"connect", "-f", specPath, "--set", "name=alice", "--wait=false"}, tt.args...)...)
+			require.Equal(t, 2, code, errOut)
+			require.Contains(t, errOut, "sbx: cannot connect sandbox alice: ")
+			require.Contains(t, errOut, tt.want)
+			require.Contains(t, errOut, "nothing was sent to the daemon")
+		})
+	}
+	code, out, errOut := runCLI(t, "status", "-o", "json")
+	require.Equal(t, 0, code, errOut)
+	var st daemon.Status
+	require.NoError(t, json.Unmarshal([]byte(out), &st))
+	require.Empty(t, st.Sandboxes, "no failed sandbox was left in the daemon")
+
+	// The context the kubeconfig has is accepted.
+	code, _, errOut = runCLI(t, "connect", "-f", specPath, "--set", "name=alice", "--context", "test", "--wait=false")
+	require.Equal(t, 0, code, errOut)
+}
+
+// TestInterruptedHidesTeardownErrors: after Ctrl-C, whatever broke as the
+// command was torn down (context canceled, a closed connection) is
+// reported as the interruption; an error sbx explained stays as it is, and
+// nothing changes without an interruption.
+func TestInterruptedHidesTeardownErrors(t *testing.T) {
+	live := context.Background()
+	gone, cancel := context.WithCancel(live)
+	cancel()
+	closed := errors.New("read tcp 127.0.0.1:1->127.0.0.1:2: use of closed network connection")
+	explained := userError(errors.New("interrupted while connecting sandbox alice"), "hint")
+	tests := []struct {
+		ctx  context.Context
+		err  error
+		want string
+		code int
+	}{
+		{gone, context.Canceled, "sbx: interrupted", exitInterrupted},
+		{gone, fmt.Errorf("bench: %w", closed), "sbx: interrupted", exitInterrupted},
+		{gone, explained, formatError(explained), 2},
+		{live, closed, "sbx: " + closed.Error(), 1},
+	}
+	for _, tt := range tests {
+		err := interrupted(tt.ctx, tt.err)
+		require.Equal(t, tt.want, formatError(err))
+		require.Equal(t, tt.code, exitCode(err))
+	}
+}
+
+// TestCLIClusterCommandsCheckKubeconfigFirst: list, gc and disconnect
+// --orphan report an unknown --context (or a missing or broken
+// kubeconfig) plainly, before the daemon tries the cluster; list still
+// lists the daemon's own sandboxes, and says so in its JSON too.
+func TestCLIClusterCommandsCheckKubeconfigFirst(t *testing.T) {
+	dir := cliEnv(t)
+	cl := &cliCluster{ready: make(chan struct{})}
+	startInProcessDaemon(t, cl)
+	code, _, errOut := runCLI(t, "connect", "-f", writeSpec(t, dir), "--set", "name=alice", "--wait=false")
+	require.Equal(t, 0, code, errOut)
+
+	code, out, errOut := runCLI(t, "list", "--context", "nope", "-o", "json")
+	require.Equal(t, 0, code, errOut)
+	var res daemon.ListResult
+	require.NoError(t, json.Unmarshal([]byte(out), &res), out)
+	require.Len(t, res.Sandboxes, 1)
+	require.Equal(t, "alice", res.Sandboxes[0].Name)
+	require.Contains(t, res.ClusterError, `cannot list sbx objects in the cluster: context not found in kubeconfig: --context "nope" is not in kubeconfig`)
+	require.Contains(t, res.ClusterError, "or pass --local to skip the cluster")
+	require.Contains(t, errOut, "! "+res.ClusterError)
+
+	code, _, errOut = runCLI(t, "gc", "--context", "nope")
+	require.Equal(t, 2, code, errOut)
+	require.Contains(t, errOut, `sbx: cannot collect expired sandboxes: context not found in kubeconfig: --context "nope"`)
+	require.Contains(t, errOut, "hint: fix --kubeconfig, $KUBECONFIG or --context")
+
+	code, _, errOut = runCLI(t, "disconnect", "ghost", "--orphan", "--kubeconfig", filepath.Join(dir, "missing"))
+	require.Equal(t, 2, code, errOut)
+	require.Contains(t, errOut, "sbx: cannot delete the objects of sandbox ghost: load kubeconfig ")
+	cl.mu.Lock()
+	defer cl.mu.Unlock()
+	require.Empty(t, cl.deletes)
+}
+
+// startStoppableDaemon runs a daemon on the CLI's default paths, as
+// startInProcessDaemon does, and returns a func that stops it (and waits
+// until it has stopped) mid-test.
+func startStoppableDaemon(t *testing.T, cl daemon.Cluster) (stop func()) {
+	hosts := filepath.Join(t.TempDir(), "hosts")
+	require.NoError(t, os.WriteFile(hosts, []byte("127.0.0.1 localhost\n"), 0o644))
+	d, err := daemon.New(daemon.Options{
+		Paths:     daemon.DefaultPaths(os.Getenv),
+		Version:   "test",
+		Clusters:  func(context.Context, daemon.KubeconfigSource, string) (daemon.Cluster, error) { return cl, nil },
+		HostsFile: hosts,
+	})
+	require.NoError(t, err)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- d.Run(ctx) }()
+	var once sync.Once
+	stop = func() {
+		once.Do(func() {
+			cancel()
+			require.NoError(t, <-done)
+		})
+	}
+	t.Cleanup(stop)
+	c := &daemon.Client{}
+	defer c.Close()
+	require.Eventually(t, func() bool { _, err := c.Status(context.Background()); return err == nil }, 10*time.Second, 5*time.Millisecond)
+	return stop
+}
+
+// TestCLIStatusWatchDaemonStops: a daemon that stops under `status
+// --watch` ends it with exit 1 (a failure, not a usage error) and says
+// how to start it again.
+func TestCLIStatusWatchDaemonStops(t *testing.T) {
+	cliEnv(t)
+	stop := startStoppableDaemon(t, &cliCluster{ready: make(chan struct{})})
+	code, errOut := runCLIUntil(t, "sbx daemon test", stop, "status", "--watch")
+	require.Equal(t, 1, code, errOut)
+	require.Contains(t, errOut, "sbx: the sbx daemon ended the watch (it stopped)")
+	require.Contains(t, errOut, "hint: start it again with `sbx daemon` or any connect")
+}
+
+// TestCLIDaemonStopsMidRequest: a daemon that goes away while a command
+// waits for its answer (kill -9 during a disconnect: the connection ends
+// without an answer and the socket stops answering) is reported as
+// stopped, with the next step, not as `Delete "http://local.sbx/...": EOF`
+// and a bug in sbx.
+func TestCLIDaemonStopsMidRequest(t *testing.T) {
+	cliEnv(t)
+	paths := daemon.DefaultPaths(os.Getenv)
+	require.NoError(t, os.MkdirAll(paths.RuntimeDir, 0o700))
+	ln, err := net.Listen("unix", paths.Socket())
+	require.NoError(t, err)
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method != http.MethodDelete {
+			w.Header().Set("Content-Type", "application/json")
+			_, _ = w.Write([]byte(`{"version":"dev","path":"/nonexistent/daemon.log"}`))
+			return
+		}
+		// What kill -9 leaves: no answer, and no daemon on the socket.
+		_ = ln.Close()
+		conn, _, err := http.NewResponseController(w).Hijack()
+		if err == nil {
+			_ = conn.Close()
+		}
+	})}
+	done := make(chan struct{})
+	go func() { defer close(done); _ = srv.Serve(ln) }()
+	t.Cleanup(func() { _ = srv.Close(); <-done })
+
+	code, _, errOut := runCLI(t, "disconnect", "alice")
+	require.Equal(t, 1, code, errOut)
+	require.Contains(t, errOut, "sbx: the sbx daemon stopped before it answered (killed, crashed or stopped)\n"+
+		"  hint: run the command again: a new daemon starts and restores the saved sandboxes with their routing keys; `sbx logs` shows why the old one stopped\n")
+	require.NotContains(t, errOut, "bug")
+}
+
+// slowDeleteCluster is a cliCluster whose Delete waits for release.
+type slowDeleteCluster struct {
+	*cliCluster
+	release chan struct{}
+}
+
+func (c *slowDeleteCluster) Delete(ctx context.Context, t daemon.Target, sb *spec.Sandbox) error {
+	select {
+	case <-c.release:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	return c.cliCluster.Delete(ctx, t, sb)
+}
+
+// TestCLIDisconnectSaysItStillWaits: a disconnect the cluster makes slow
+// says, every few quiet seconds, that it is still at work and on what.
+func TestCLIDisconnectSaysItStillWaits(t *testing.T) {
+	dir := cliEnv(t)
+	cl := &slowDeleteCluster{cliCluster: &cliCluster{ready: make(chan struct{})}, release: make(chan struct{})}
+	startInProcessDaemon(t, cl)
+	code, _, errOut := runCLI(t, "connect", "-f", writeSpec(t, dir), "--set", "name=alice", "--wait=false")
+	require.Equal(t, 0, code, errOut)
+	code, errOut = runCLIUntil(t, "still disconnecting alice: ", func() { close(cl.release) }, "disconnect", "alice")
+	require.Equal(t, 0, code, errOut)
+	require.Contains(t, errOut, "so far (the daemon is deleting cluster objects)\n")
+}
+
+// TestCLIStuckDaemon: a daemon that accepts connections but never answers
+// (SIGSTOP, a deadlock) is reported as stuck, with its pid and what to do,
+// after a bounded wait, not waited for in silence forever; and Ctrl-C
+// meanwhile is not reported as "the sbx daemon is not running".
+func TestCLIStuckDaemon(t *testing.T) {
+	cliEnv(t)
+	paths := daemon.DefaultPaths(os.Getenv)
+	require.NoError(t, os.MkdirAll(paths.RuntimeDir, 0o700))
+	require.NoError(t, os.WriteFile(paths.Lock(), []byte("4242\n"), 0o600))
+	ln, err := net.Listen("unix", paths.Socket())
+	require.NoError(t, err)
+	unstick := make(chan struct{})
+	srv := &http.Server{Handler: http.HandlerFunc(func(http.ResponseWriter, *http.Request) { <-unstick })}
+	done := make(chan struct{})
+	go func() { defer close(done); _ = srv.Serve(ln) }()
+	t.Cleanup(func() { close(unstick); _ = srv.Close(); <-done })
+
+	code, _, errOut := runCLI(t, "status")
+	require.Equal(t, 1, code, errOut)
+	require.Contains(t, errOut, "sbx: the sbx daemon (pid 4242) does not answer on "+paths.Socket()+" within 5s: it is stuck, stopped (SIGSTOP) or overloaded\n")
+	require.Contains(t, errOut, "hint: `sbx logs` shows what it did last; kill it (`kill 4242`) and run the command again")
+
+	// Nor would it answer a shutdown.
+	code, _, errOut = runCLI(t, "daemon", "stop")
+	require.Equal(t, 1, code, errOut)
+	require.Contains(t, errOut, "sbx: the sbx daemon (pid 4242) does not answer on ")
+
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	var out, errb lockedBuffer
+	code = run(ctx, []string{"status"}, strings.NewReader(""), &out, &errb)
+	require.Equal(t, exitInterrupted, code, errb.String())
+	require.Equal(t, "sbx: interrupted\n", errb.String())
+}
