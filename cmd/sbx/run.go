@@ -55,6 +55,12 @@ N killed it).`,
 				Stdin: g.stdin, Stdout: g.stdout, Stderr: g.stderr,
 				Signals: sigs, SkipTerminalSignals: runenv.InForeground(),
 			})
+			if se := (*runenv.StartError)(nil); errors.As(err, &se) {
+				// A shell's codes (127 not found, 126 not executable), so
+				// scripts and IDEs tell a missing command from its failure.
+				return &cliError{kind: kindUser, err: err, code: se.Code,
+					hint: "check the command after -- (its name, $PATH, and that it is executable)"}
+			}
 			if err != nil {
 				return userError(err, "check the command after --")
 			}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"os/exec"
 	"syscall"
@@ -39,11 +40,11 @@ func Run(ctx context.Context, o RunOptions) (int, error) {
 	}
 	path, err := exec.LookPath(o.Args[0])
 	if err != nil {
-		return 0, fmt.Errorf("cannot run %q: %w", o.Args[0], err)
+		return 0, startError(o.Args[0], err)
 	}
 	cmd := &exec.Cmd{Path: path, Args: o.Args, Env: o.Env, Dir: o.Dir, Stdin: o.Stdin, Stdout: o.Stdout, Stderr: o.Stderr}
 	if err := cmd.Start(); err != nil {
-		return 0, fmt.Errorf("cannot run %q: %w", o.Args[0], err)
+		return 0, startError(o.Args[0], err)
 	}
 	waited := make(chan error, 1)
 	go func() { waited <- cmd.Wait() }()
@@ -62,6 +63,30 @@ func Run(ctx context.Context, o RunOptions) (int, error) {
 			return exitCode(cmd.ProcessState, err)
 		}
 	}
+}
+
+// StartError is Run's error when the command could not start. Code is
+// what a POSIX shell exits with then: 127 when the command was not found,
+// 126 when it was found but could not be executed (no permission, not an
+// executable).
+type StartError struct {
+	Command string
+	Code    int
+	Err     error
+}
+
+func (e *StartError) Error() string {
+	return fmt.Sprintf("cannot run %q: %v", e.Command, e.Err)
+}
+
+func (e *StartError) Unwrap() error { return e.Err }
+
+func startError(command string, err error) *StartError {
+	code := 126
+	if errors.Is(err, exec.ErrNotFound) || errors.Is(err, fs.ErrNotExist) {
+		code = 127
+	}
+	return &StartError{Command: command, Code: code, Err: err}
 }
 
 func exitCode(ps *os.ProcessState, err error) (int, error) {

@@ -226,6 +226,14 @@ func TestRunEnvAndExitCodes(t *testing.T) {
 	}
 	_, err := Run(context.Background(), RunOptions{Args: []string{"/nonexistent/cmd"}})
 	require.ErrorContains(t, err, "cannot run")
+	var se *StartError
+	require.ErrorAs(t, err, &se)
+	require.Equal(t, 127, se.Code)
+	notExec := filepath.Join(t.TempDir(), "script")
+	require.NoError(t, os.WriteFile(notExec, []byte("#!/bin/sh\n"), 0o644))
+	_, err = Run(context.Background(), RunOptions{Args: []string{notExec}})
+	require.ErrorAs(t, err, &se)
+	require.Equal(t, 126, se.Code)
 	_, err = Run(context.Background(), RunOptions{})
 	require.ErrorContains(t, err, "sbx run NAME --")
 }
