@@ -66,7 +66,7 @@ func Parse(filename string, data []byte, vars map[string]string) (*Sandbox, erro
 		return nil, errs
 	}
 	if root == nil {
-		return nil, ErrorList{{File: filename, Message: "the file is empty; a sandbox spec has the fields name and spec (see testdata/specs/valid)"}}
+		return nil, ErrorList{{File: filename, Message: "the file is empty; a sandbox spec has the fields name and spec (`sbx connect --help` shows one)"}}
 	}
 	s := decodeSandbox(d, root)
 	v := &validator{file: filename, pos: d.Pos, skip: d.Bad}

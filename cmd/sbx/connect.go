@@ -34,7 +34,23 @@ send keyed requests to your laptop.
 Connecting a sandbox that is already connected updates it in place and keeps
 its routing key. With --watch, connect stays running and re-applies the spec
 each time the file changes; an invalid edit is reported and the sandbox keeps
-its last good spec.`,
+its last good spec.
+
+A sandbox spec (YAML; @{name} is filled from --set name=...):
+
+  name: '@{name}'
+  spec:
+    description: route service on my laptop
+    cluster: staging-1        # optional: a kube context, or a name mapped to one in the config
+    local:
+      - name: route
+        from: {kind: Deployment, namespace: hotrod, name: route}
+        mappings:
+          - port: 8083        # the baseline Service's port
+            toLocal: localhost:8083
+
+Keyed requests to the route Service's port 8083 then reach localhost:8083.
+` + "`sbx validate -f FILE`" + ` checks a spec without connecting.`,
 		Example: `  sbx connect -f sandbox.yaml --set name=alice
   sbx connect -f sandbox.yaml --set name=alice --watch
   sbx connect -f sandbox.yaml --set name=alice --wait=false   # return at once; see sbx status`,

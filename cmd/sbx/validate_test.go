@@ -137,3 +137,23 @@ func TestValidateWarnsAboutUnusedSet(t *testing.T) {
 	require.Equal(t, 0, code, errOut)
 	require.Equal(t, "warning: --set nmae is not used: the spec has no @{nmae} placeholder\n", errOut)
 }
+
+// TestConnectHelpSpecIsValid: the spec `sbx connect --help` shows (which
+// the empty-file error points to) is a valid spec.
+func TestConnectHelpSpecIsValid(t *testing.T) {
+	long := newConnectCmd(&globalOptions{}).Long
+	_, rest, ok := strings.Cut(long, "A sandbox spec (YAML")
+	require.True(t, ok, "connect --help shows a spec")
+	_, rest, _ = strings.Cut(rest, "\n\n")
+	example, _, ok := strings.Cut(rest, "\n\n")
+	require.True(t, ok)
+	var lines []string
+	for _, l := range strings.Split(example, "\n") {
+		lines = append(lines, strings.TrimPrefix(l, "  "))
+	}
+	f := filepath.Join(t.TempDir(), "sandbox.yaml")
+	require.NoError(t, os.WriteFile(f, []byte(strings.Join(lines, "\n")+"\n"), 0o600))
+	code, out, errOut := runCLI(t, "validate", "-f", f, "--set", "name=alice")
+	require.Equal(t, 0, code, errOut)
+	require.Contains(t, out, "spec OK: sandbox alice")
+}
