@@ -67,11 +67,14 @@ func (h *Hop) Versions() map[string]string {
 	return out
 }
 
-// String renders the path, e.g. "frontend@baseline(route@v2(driver@baseline), driver@baseline)".
+// String renders the path, e.g. "frontend@baseline(route@v2(driver@baseline), driver@baseline)";
+// a failed call is "name!STATUS", or "name!(error)" when nothing answered.
 func (h *Hop) String() string {
 	var b strings.Builder
 	b.WriteString(h.Service)
 	switch {
+	case h.Error != "" && h.Status == 0:
+		fmt.Fprintf(&b, "!(%s)", h.Error) // no answer at all: say why
 	case h.Error != "":
 		fmt.Fprintf(&b, "!%d", h.Status)
 	case h.Version != "":

@@ -221,7 +221,11 @@ func (d *demo) table(ctx context.Context, reqs []demoRequest, poll bool) {
 		ok := status == http.StatusOK && hopVersion(&hop, "frontend") == sim.BaselineVersion &&
 			hopVersion(&hop, "route") == r.route && hopVersion(&hop, "driver") == sim.BaselineVersion &&
 			(r.route == sim.BaselineVersion || nestedDriver(&hop) == sim.BaselineVersion+" (via tunnel)")
-		d.check(ok, fmt.Sprintf("baggage %q: want route %s, got %s (HTTP %d)", r.baggage, r.route, hop.String(), status))
+		got := fmt.Sprintf("got %s (HTTP %d)", hop.String(), status)
+		if status == 0 {
+			got = "no answer from frontend: " + hop.Error
+		}
+		d.check(ok, fmt.Sprintf("baggage %q: want route %s, %s", r.baggage, r.route, got))
 		mark := "ok"
 		if !ok {
 			mark = "UNEXPECTED"
