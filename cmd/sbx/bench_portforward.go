@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"log/slog"
 	"strings"
 	"text/tabwriter"
 
@@ -59,6 +60,14 @@ target ratio with the 95% confidence interval of its median (ci95 in
 				return userError(fmt.Errorf("--bulk-mib, --reps, --streams, --rtt-samples and --pool must be positive"), "give each a value of 1 or more, or leave it out for the default")
 			}
 			opts.BulkBytes = int64(bulkMiB) << 20
+			// The kubelet-side handler runs in this process and reports
+			// every stream the benchmark closes (and all of them on
+			// Ctrl-C) through klog: noise, unless asked for with -v.
+			klogTo := slog.New(slog.DiscardHandler)
+			if g.verbosity > 0 {
+				klogTo = g.logger(g.stderr)
+			}
+			defer routeKlog(klogTo.With("component", "client-go"))()
 			if format == "text" || g.verbosity > 0 {
 				opts.Progress = func(line string) { fmt.Fprintln(g.stderr, line) }
 			}

@@ -103,6 +103,7 @@ func runDaemon(ctx context.Context, g *globalOptions, background bool) error {
 		out = io.MultiWriter(g.stderr, f)
 	}
 	logger := g.logger(out)
+	defer routeKlog(logger.With("component", "client-go"))()
 	cfgPath, err := config.DefaultPath(os.Getenv)
 	if err != nil {
 		return userError(err, "set HOME or XDG_CONFIG_HOME")

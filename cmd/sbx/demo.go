@@ -14,7 +14,6 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
-	"k8s.io/klog/v2"
 
 	"github.com/sbx-dev/sbx/cluster/sim"
 	"github.com/sbx-dev/sbx/daemon"
@@ -85,9 +84,7 @@ func runDemo(ctx context.Context, g *globalOptions, keep bool) (err error) {
 		return err
 	}
 	defer closeLog()
-	// client-go's port-forward reports broken streams through klog.
-	klog.SetSlogLogger(logger.With("side", "client-go"))
-	defer klog.ClearLogger()
+	defer routeKlog(logger.With("side", "client-go"))()
 
 	d := &demo{out: g.stdout}
 	fmt.Fprintln(d.out, "sbx demo: run one service of a shared cluster on your laptop, and see the routing happen.")
