@@ -208,6 +208,8 @@ func TestBaselineEnvPicksTheWorkload(t *testing.T) {
 		{"--workload picks a StatefulSet by name", two, envFlags{workload: "db"}, "db", ""},
 		{"--workload unknown", two, envFlags{workload: "nope"}, "", "no local workload"},
 		{"nothing by that name", daemon.SandboxStatus{Name: "alice", Mappings: []daemon.MappingStatus{{Workload: "ghost", Namespace: "hotrod"}}}, envFlags{}, "", "--from KIND/NAME"},
+		{"--from names nothing", one, envFlags{from: "deployment/nosuch"}, "", "baseline Deployment hotrod/nosuch not found\n  hint: check --from deployment/nosuch (`kubectl get deployments -n hotrod` lists them)"},
+		{"--container names nothing", one, envFlags{container: "nope"}, "", `has no container "nope"; its containers are app` + "\n  hint: pick one with --container"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			got, err := who(tc.st, tc.f)

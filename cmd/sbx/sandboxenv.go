@@ -158,7 +158,18 @@ func baselineEnv(ctx context.Context, kc kubernetes.Interface, dyn dynamic.Inter
 	if err != nil {
 		return nil, err
 	}
-	return runenv.FromBaseline(ctx, runenv.BaselineOptions{Kube: kc, Dynamic: dyn, Workload: w, Container: f.container, IncludeSecrets: f.includeSecrets})
+	env, err := runenv.FromBaseline(ctx, runenv.BaselineOptions{Kube: kc, Dynamic: dyn, Workload: w, Container: f.container, IncludeSecrets: f.includeSecrets})
+	var nf *runenv.NotFoundError
+	var ce *runenv.ContainerError
+	switch {
+	case errors.As(err, &nf) && f.from != "":
+		return nil, userError(err, fmt.Sprintf("check --from %s (`kubectl get %ss -n %s` lists them)", f.from, strings.ToLower(w.Kind), w.Namespace))
+	case errors.As(err, &nf):
+		return nil, userError(err, "check the sandbox spec's local[].from, or name the baseline with --from KIND/NAME")
+	case errors.As(err, &ce) && f.container != "":
+		return nil, userError(err, "pick one with --container")
+	}
+	return env, err
 }
 
 func workloadNames(ws []localWorkload) string {

@@ -116,10 +116,32 @@ func podTemplate(ctx context.Context, kube kubernetes.Interface, dyn dynamic.Int
 	return nil, fmt.Errorf("%s %s/%s: unsupported kind; use Deployment, StatefulSet or Rollout", w.Kind, w.Namespace, w.Name)
 }
 
+// NotFoundError is FromBaseline's error when the baseline workload does
+// not exist. Which fix to suggest depends on how the caller chose it (a
+// spec's local[].from, a flag), so the message names only the workload.
+type NotFoundError struct{ Workload spec.Workload }
+
+func (e *NotFoundError) Error() string {
+	return fmt.Sprintf("baseline %s %s/%s not found", e.Workload.Kind, e.Workload.Namespace, e.Workload.Name)
+}
+
+// ContainerError is FromBaseline's error when the pod template has no
+// container of the name asked for.
+type ContainerError struct {
+	Workload   spec.Workload
+	Name       string
+	Containers []string
+}
+
+func (e *ContainerError) Error() string {
+	return fmt.Sprintf("%s %s/%s has no container %q; its containers are %s",
+		e.Workload.Kind, e.Workload.Namespace, e.Workload.Name, e.Name, strings.Join(e.Containers, ", "))
+}
+
 func readError(w spec.Workload, err error) error {
 	switch {
 	case apierrors.IsNotFound(err):
-		return fmt.Errorf("baseline %s %s/%s not found: check the sandbox spec's local[].from", w.Kind, w.Namespace, w.Name)
+		return &NotFoundError{Workload: w}
 	case apierrors.IsForbidden(err):
 		return fmt.Errorf("reading baseline %s %s/%s: %w (your kube credentials may not read workloads there)", w.Kind, w.Namespace, w.Name, err)
 	}
@@ -142,8 +164,7 @@ func pickContainer(t *corev1.PodTemplateSpec, name string, w spec.Workload) (*co
 	}
 	i := slices.Index(names, name)
 	if i < 0 {
-		return nil, fmt.Errorf("%s %s/%s has no container %q; its containers are %s (pick one with --container)",
-			w.Kind, w.Namespace, w.Name, name, strings.Join(names, ", "))
+		return nil, &ContainerError{Workload: w, Name: name, Containers: names}
 	}
 	return &t.Spec.Containers[i], nil
 }

@@ -132,10 +132,14 @@ func TestFromBaselineDeployment(t *testing.T) {
 	require.Equal(t, []Var{{Name: "SIDE", Value: "car", Source: SourceBaseline}}, e.Vars)
 
 	_, err = FromBaseline(context.Background(), BaselineOptions{Kube: kube, Workload: w, Container: "nope"})
-	require.ErrorContains(t, err, "driver, sidecar")
+	require.ErrorContains(t, err, `has no container "nope"; its containers are driver, sidecar`)
+	var ce *ContainerError
+	require.ErrorAs(t, err, &ce)
 
 	_, err = FromBaseline(context.Background(), BaselineOptions{Kube: kube, Workload: spec.Workload{Kind: spec.KindDeployment, Namespace: "hotrod", Name: "ghost"}})
-	require.ErrorContains(t, err, "not found")
+	require.EqualError(t, err, "baseline Deployment hotrod/ghost not found")
+	var nf *NotFoundError
+	require.ErrorAs(t, err, &nf)
 }
 
 func TestFromBaselineStatefulSetDefaultContainer(t *testing.T) {
