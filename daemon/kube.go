@@ -355,6 +355,10 @@ func (k *KubeClusters) fromKube(kc *kube.Cluster) *kubeCluster {
 		namespace: kc.Namespace,
 		log:       k.o.Logger.With("context", kc.Context),
 		dialers:   map[relayRef]*portforward.Dialer{},
+		server:    apiServer{context: kc.Context},
+	}
+	if kc.REST != nil {
+		c.server.url = redactedURL(kc.REST.Host)
 	}
 	c.dial = func(ctx context.Context, t Target) (net.Conn, error) { return c.portForward(ctx, kc, t) }
 	return c
@@ -421,6 +425,7 @@ type kubeCluster struct {
 	namespace string // the context's namespace
 	dial      func(ctx context.Context, t Target) (net.Conn, error)
 	log       *slog.Logger
+	server    apiServer // for the hints of failed calls
 
 	mu      sync.Mutex
 	dialers map[relayRef]*portforward.Dialer
@@ -451,8 +456,15 @@ func (c *kubeCluster) Apply(ctx context.Context, sb *spec.Sandbox, o ApplyOption
 		Holder:          o.Holder,
 	}, eventsTo(progress))
 	if err != nil {
+		// Apply reads, creates and patches many kinds: a refusal names
+		// the resource, and the hint asks what the user may do.
+		var home string
+		if nss := sb.Namespaces(); len(nss) > 0 {
+			home = nss[0]
+		}
+		err = explainAPIError(err, c.server, apiOp{namespace: home})
 		if apierrors.IsForbidden(err) {
-			return Applied{}, &PermanentError{fmt.Errorf("%w (ask for the sbx Role in deploy/rbac.yaml)", err)}
+			return Applied{}, &PermanentError{err}
 		}
 		if !transient(err) {
 			return Applied{}, &PermanentError{err}
@@ -483,7 +495,7 @@ func (c *kubeCluster) WaitRelay(ctx context.Context, t Target, progress func(str
 	_, err := cluster.WaitRelay(ctx, c.clients, cluster.WaitOptions{
 		Namespace: t.Namespace, Sandbox: t.Sandbox, RoutingKey: t.RoutingKey, RelayImage: c.o.DefaultRelayImage,
 	}, eventsTo(progress))
-	return err
+	return explainAPIError(err, c.server, apiOp{namespace: t.Namespace})
 }
 
 // relayRef keys the port-forward dialers: one per relay.
@@ -573,7 +585,7 @@ func (c *kubeCluster) RenewLease(ctx context.Context, t Target) error {
 			return fmt.Errorf("%w: %w", ErrSandboxGone, err)
 		}
 	}
-	return err
+	return explainAPIError(err, c.server, apiOp{verb: "update", resource: "leases.coordination.k8s.io", namespace: nss[0]})
 }
 
 func (c *kubeCluster) Delete(ctx context.Context, t Target, sb *spec.Sandbox) error {
@@ -586,7 +598,13 @@ func (c *kubeCluster) Delete(ctx context.Context, t Target, sb *spec.Sandbox) er
 	if errors.Is(err, cluster.ErrSandboxNotFound) {
 		return nil // already gone (gc, or deleted by hand)
 	}
-	return err
+	// Without namespaces, Delete finds them by listing Leases
+	// cluster-wide; with them, it reads, lists and deletes many kinds.
+	op := apiOp{verb: "list", resource: "leases.coordination.k8s.io"}
+	if len(nss) > 0 {
+		op = apiOp{namespace: nss[0]}
+	}
+	return explainAPIError(err, c.server, op)
 }
 
 // namespaces turns a -n value into the namespaces to look in: all when
@@ -602,10 +620,11 @@ func (c *kubeCluster) List(ctx context.Context, ns string) ([]ClusterSandbox, er
 	infos, err := cluster.List(ctx, c.clients, namespaces(ns), c.o.Now())
 	if err != nil && ns == "" && apierrors.IsForbidden(err) && c.namespace != "" {
 		// No cluster-wide list: fall back to the context's namespace.
+		ns = c.namespace
 		infos, err = cluster.List(ctx, c.clients, []string{c.namespace}, c.o.Now())
 	}
 	if err != nil {
-		return nil, err
+		return nil, explainAPIError(err, c.server, apiOp{verb: "list", resource: "leases.coordination.k8s.io", namespace: ns})
 	}
 	out := make([]ClusterSandbox, 0, len(infos))
 	for _, in := range infos {
@@ -618,9 +637,16 @@ func (c *kubeCluster) GC(ctx context.Context, ns string) ([]string, error) {
 	nss := namespaces(ns)
 	deleted, err := cluster.GC(ctx, c.clients, cluster.GCOptions{Namespaces: nss, Grace: c.o.GCGrace, Now: c.o.Now()}, nil)
 	if err != nil && ns == "" && apierrors.IsForbidden(err) && c.namespace != "" {
+		ns = c.namespace
 		deleted, err = cluster.GC(ctx, c.clients, cluster.GCOptions{Namespaces: []string{c.namespace}, Grace: c.o.GCGrace, Now: c.o.Now()}, nil)
 	}
-	return deleted, err
+	// Across all namespaces the part that needs more than a namespaced
+	// Role is listing the Leases; in one, gc reads and deletes many kinds.
+	op := apiOp{namespace: ns}
+	if ns == "" {
+		op = apiOp{verb: "list", resource: "leases.coordination.k8s.io"}
+	}
+	return deleted, explainAPIError(err, c.server, op)
 }
 
 // transient reports whether an Apply error may go away by itself, so the

@@ -368,7 +368,8 @@ func (d *Daemon) deleteOrphan(w http.ResponseWriter, r *http.Request, name strin
 			t.Namespaces = []string{creq.Namespace}
 		}
 		if err := cl.Delete(r.Context(), t, nil); err != nil {
-			return &httpError{http.StatusBadGateway, fmt.Sprintf("delete the objects of sandbox %s: %v (check that you may delete them: `kubectl auth can-i delete deployments -n %s`)", name, err, cs.Namespace)}
+			// The cluster's error carries the hint its cause calls for.
+			return &httpError{http.StatusBadGateway, fmt.Sprintf("delete the objects of sandbox %s in namespace %s: %v", name, cs.Namespace, err)}
 		}
 		d.log.Info("orphan sandbox deleted", "sandbox", name, "namespace", cs.Namespace, "routingKey", cs.RoutingKey)
 		return writeJSON(w, DisconnectResult{Disconnected: []string{name}})
@@ -431,7 +432,7 @@ func (d *Daemon) handleList(w http.ResponseWriter, r *http.Request) error {
 			return cl.List(ctx, creq.Namespace)
 		}()
 		if err != nil {
-			res.ClusterError = fmt.Sprintf("list sbx objects in the cluster: %v (check --kubeconfig/--context and `kubectl auth can-i list deployments`)", err)
+			res.ClusterError = fmt.Sprintf("list sbx objects in the cluster: %v", err)
 		}
 		for _, cs := range found {
 			if e, ok := byName[cs.Name+"/"+cs.RoutingKey]; ok {
@@ -481,7 +482,7 @@ func (d *Daemon) handleGC(w http.ResponseWriter, r *http.Request) error {
 	}
 	deleted, err := cl.GC(r.Context(), creq.Namespace)
 	if err != nil {
-		return &httpError{http.StatusBadGateway, fmt.Sprintf("gc: %v (check that you may delete sbx objects: `kubectl auth can-i delete deployments`)", err)}
+		return &httpError{http.StatusBadGateway, fmt.Sprintf("collect expired sandboxes: %v", err)}
 	}
 	if deleted == nil {
 		deleted = []string{}
