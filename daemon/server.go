@@ -112,13 +112,21 @@ func (d *Daemon) wrap(rt apiRoute) http.Handler {
 			select {
 			case <-d.ready:
 			case <-r.Context().Done():
+				// Without an answer the client would read an empty 200.
+				if d.mgr.stopping(r.Context().Err()) {
+					writeError(w, errStopping)
+				}
 				return
 			case <-d.stopping:
-				writeError(w, &httpError{http.StatusServiceUnavailable, "the daemon is shutting down; run the command again to start a new one"})
+				writeError(w, errStopping)
 				return
 			}
 		}
 		if err := rt.handler(w, r); err != nil {
+			var se *stoppingError
+			if !errors.As(err, &se) && d.mgr.stopping(err) {
+				err = errStopping
+			}
 			writeError(w, err)
 		}
 	})
@@ -131,7 +139,10 @@ func writeError(w http.ResponseWriter, err error) {
 	var nf *notFoundError
 	var ce *conflictError
 	var cle *clusterError
+	var se *stoppingError
 	switch {
+	case errors.As(err, &se):
+		code = http.StatusServiceUnavailable
 	case errors.As(err, &cle):
 		code = http.StatusBadGateway
 	case errors.As(err, &he):
@@ -346,6 +357,9 @@ func (d *Daemon) deleteOrphan(w http.ResponseWriter, r *http.Request, name strin
 		return &httpError{http.StatusBadGateway, fmt.Sprintf("open cluster: %v (check --kubeconfig/--context)", err)}
 	}
 	found, err := cl.List(r.Context(), creq.Namespace)
+	if d.mgr.stopping(err) {
+		return errStopping
+	}
 	if err != nil {
 		return &httpError{http.StatusBadGateway, fmt.Sprintf("list sbx objects in the cluster: %v", err)}
 	}
@@ -367,7 +381,9 @@ func (d *Daemon) deleteOrphan(w http.ResponseWriter, r *http.Request, name strin
 		if creq.Namespace != "" {
 			t.Namespaces = []string{creq.Namespace}
 		}
-		if err := cl.Delete(r.Context(), t, nil); err != nil {
+		if err := cl.Delete(r.Context(), t, nil); d.mgr.stopping(err) {
+			return &stoppingError{fmt.Sprintf("the sbx daemon is stopping, so some objects of sandbox %s may remain in namespace %s: run `sbx disconnect %s --orphan` again (it starts a new daemon)", name, cs.Namespace, name)}
+		} else if err != nil {
 			// The cluster's error carries the hint its cause calls for.
 			return &httpError{http.StatusBadGateway, fmt.Sprintf("delete the objects of sandbox %s in namespace %s: %v", name, cs.Namespace, err)}
 		}
@@ -380,15 +396,20 @@ func (d *Daemon) deleteOrphan(w http.ResponseWriter, r *http.Request, name strin
 func (d *Daemon) handleDisconnectAll(w http.ResponseWriter, r *http.Request) error {
 	res := DisconnectResult{Disconnected: []string{}}
 	var errs []string
+	code := http.StatusBadGateway
 	for _, name := range d.mgr.Names() {
 		if err := d.mgr.Disconnect(r.Context(), name, r.URL.Query().Get("forget") == "true"); err != nil {
+			var se *stoppingError
+			if errors.As(err, &se) {
+				code = http.StatusServiceUnavailable
+			}
 			errs = append(errs, err.Error())
 			continue
 		}
 		res.Disconnected = append(res.Disconnected, name)
 	}
 	if len(errs) > 0 {
-		return &httpError{http.StatusBadGateway, strings.Join(errs, "; ")}
+		return &httpError{code, strings.Join(errs, "; ")}
 	}
 	return writeJSON(w, res)
 }
@@ -431,6 +452,9 @@ func (d *Daemon) handleList(w http.ResponseWriter, r *http.Request) error {
 			}
 			return cl.List(ctx, creq.Namespace)
 		}()
+		if d.mgr.stopping(err) {
+			return errStopping
+		}
 		if err != nil {
 			res.ClusterError = fmt.Sprintf("list sbx objects in the cluster: %v", err)
 		}
@@ -481,6 +505,9 @@ func (d *Daemon) handleGC(w http.ResponseWriter, r *http.Request) error {
 		}
 	}
 	deleted, err := cl.GC(r.Context(), creq.Namespace)
+	if d.mgr.stopping(err) {
+		return &stoppingError{"the sbx daemon is stopping and broke off gc; some expired sandboxes may remain: run `sbx gc` again (it starts a new daemon)"}
+	}
 	if err != nil {
 		return &httpError{http.StatusBadGateway, fmt.Sprintf("collect expired sandboxes: %v", err)}
 	}

@@ -286,6 +286,10 @@ func classify(err error, hint string) error {
 		return userError(err, "start it with `sbx daemon`")
 	case errors.As(err, &ae) && ae.StatusCode < 500:
 		return userError(err, hint)
+	case errors.As(err, &ae) && ae.StatusCode == 503:
+		// The daemon is stopping (`sbx daemon stop` during the request):
+		// not a bug, and its message says what is left to do.
+		return &cliError{kind: kindUser, err: err, code: 1}
 	case errors.As(err, &ae) && ae.StatusCode == 502:
 		// The daemon's message carries the next step its cause calls
 		// for (RBAC, credentials, network); a guess here could
