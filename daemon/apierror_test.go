@@ -192,3 +192,20 @@ func TestOtherErrorsGetNoHint(t *testing.T) {
 	canceled := fmt.Errorf("list: %w", context.Canceled)
 	require.Equal(t, canceled, explainAPIError(canceled, apiServer{}, apiOp{}))
 }
+
+// TestApplyErrorNamesTheSandboxOnce: a connect whose workload is missing
+// fails with "apply sandbox jo: spec.local[0]: …", not "apply sandbox jo:
+// sandbox jo: …" (package cluster and the session both named it).
+func TestApplyErrorNamesTheSandboxOnce(t *testing.T) {
+	c := NewClusterFromKube(&kube.Cluster{
+		REST: &rest.Config{Host: "https://api.staging:6443"}, Kube: kubefake.NewClientset(), Istio: istiofake.NewSimpleClientset(),
+		Namespace: "hotrod", Context: "staging",
+	}, KubeOptions{DefaultRelayImage: "relay:1"})
+	defer c.Close()
+	td := startDaemon(t, Options{Clusters: func(context.Context, KubeconfigSource, string) (Cluster, error) { return c, nil }, link: (&fakeLinker{}).link})
+	_, err := td.client.Connect(context.Background(), ConnectRequest{Spec: testSpec("jo", "localhost:1"), Wait: true, Timeout: time.Minute}, nil)
+	var ce *ConnectError
+	require.ErrorAs(t, err, &ce)
+	require.Contains(t, ce.Message, "apply sandbox jo: spec.local[0]: Deployment hotrod/route not found")
+	require.NotContains(t, ce.Message, "sandbox jo: sandbox jo")
+}
