@@ -135,20 +135,20 @@ func (k *KubeClusters) Open(_ context.Context, src KubeconfigSource, kubeContext
 		missing := errors.Is(err, kube.ErrNoKubeconfig) || errors.Is(err, kube.ErrUnknownContext) || errors.Is(err, fs.ErrNotExist)
 		switch {
 		case missing && !st.opened:
-			return nil, &PermanentError{fmt.Errorf("%w (pass --kubeconfig/--context, or set KUBECONFIG, and connect again)", err)}
+			return nil, &PermanentError{&kubeconfigError{err, "pass --kubeconfig/--context, or set KUBECONFIG, and connect again"}}
 		case failing >= rewriteGrace:
-			return nil, &PermanentError{fmt.Errorf("%w (still failing after %s: fix the kubeconfig, or pass --kubeconfig/--context, and connect again)",
-				err, failing.Round(time.Second))}
+			return nil, &PermanentError{&kubeconfigError{err, fmt.Sprintf("still failing after %s: fix the kubeconfig, or pass --kubeconfig/--context, and connect again",
+				failing.Round(time.Second))}}
 		case st.opened:
-			return nil, fmt.Errorf("%w (it was readable before, so it may be in the middle of a rewrite; retrying for up to %s)", err, rewriteGrace)
+			return nil, &kubeconfigError{err, fmt.Sprintf("it was readable before, so it may be in the middle of a rewrite; retrying for up to %s", rewriteGrace)}
 		}
-		return nil, fmt.Errorf("%w (fix the kubeconfig; retrying for up to %s)", err, rewriteGrace)
+		return nil, &kubeconfigError{err, fmt.Sprintf("fix the kubeconfig; retrying for up to %s", rewriteGrace)}
 	}
 	key := src.key() + "\x00" + connectionKey(kc)
 	c, ok := k.clusters[key]
 	if !ok {
 		if err := kc.BuildClients(); err != nil {
-			return nil, err
+			return nil, &kubeconfigError{err, "fix the kubeconfig's server and credentials, or pass --kubeconfig/--context"}
 		}
 		c = k.fromKube(kc)
 		c.owner = k
@@ -157,6 +157,41 @@ func (k *KubeClusters) Open(_ context.Context, src KubeconfigSource, kubeContext
 	}
 	st.opened, st.failingSince = true, time.Time{}
 	return c, nil
+}
+
+// kubeconfigError is a kubeconfig Open could not use, with the next step
+// for a sandbox's supervisor (connect again, or wait for its retries). A
+// request that is not retried (list, gc, disconnect) says its own next
+// step instead: see kubeconfigCause.
+type kubeconfigError struct {
+	err  error
+	hint string
+}
+
+func (e *kubeconfigError) Error() string { return e.err.Error() + " (" + e.hint + ")" }
+func (e *kubeconfigError) Unwrap() error { return e.err }
+
+// kubeconfigCause is err without the next step Open added for a sandbox's
+// supervisor; other errors are returned as they are.
+func kubeconfigCause(err error) error {
+	var ke *kubeconfigError
+	if errors.As(err, &ke) {
+		return ke.err
+	}
+	return err
+}
+
+// openError is the answer to a one-shot request (list, gc, disconnect
+// --orphan) whose cluster could not be opened. The errors of package
+// cluster/kube for a missing kubeconfig or context say what to pass;
+// others get the flags to check.
+func openError(err error) error {
+	err = kubeconfigCause(err)
+	msg := fmt.Sprintf("open the cluster: %v", err)
+	if !errors.Is(err, kube.ErrNoKubeconfig) && !errors.Is(err, kube.ErrUnknownContext) {
+		msg += " (fix the kubeconfig, or pass --kubeconfig/--context, and run the command again)"
+	}
+	return &httpError{http.StatusBadGateway, msg}
 }
 
 // redactedURL is a server or proxy URL for logs: a password in it (legal

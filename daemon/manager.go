@@ -307,7 +307,9 @@ func (m *manager) Disconnect(ctx context.Context, name string, forget bool) erro
 		}
 		cl, err := m.clusters(ctx, saved.KubeconfigSource, saved.Context)
 		if err != nil {
-			return err
+			// Not Open's "connect again" or "retrying": the hint
+			// below says what a failed disconnect needs.
+			return fmt.Errorf("open the cluster: %w", kubeconfigCause(err))
 		}
 		return cl.Delete(ctx, Target{Sandbox: saved.Name, RoutingKey: saved.RoutingKey, Namespace: saved.Namespace, Namespaces: saved.Spec.Namespaces()}, &saved.Spec)
 	}()

@@ -354,7 +354,7 @@ func (d *Daemon) deleteOrphan(w http.ResponseWriter, r *http.Request, name strin
 	creq := clusterRequestFromQuery(r)
 	cl, err := d.mgr.clusters(r.Context(), creq.KubeconfigSource, creq.Context)
 	if err != nil {
-		return &httpError{http.StatusBadGateway, fmt.Sprintf("open cluster: %v (check --kubeconfig/--context)", err)}
+		return openError(err)
 	}
 	found, err := cl.List(r.Context(), creq.Namespace)
 	if d.mgr.stopping(err) {
@@ -448,7 +448,7 @@ func (d *Daemon) handleList(w http.ResponseWriter, r *http.Request) error {
 		found, err := func() ([]ClusterSandbox, error) {
 			cl, err := d.mgr.clusters(ctx, creq.KubeconfigSource, creq.Context)
 			if err != nil {
-				return nil, err
+				return nil, openError(err)
 			}
 			return cl.List(ctx, creq.Namespace)
 		}()
@@ -485,7 +485,7 @@ func (d *Daemon) handleGC(w http.ResponseWriter, r *http.Request) error {
 	}
 	cl, err := d.mgr.clusters(r.Context(), creq.KubeconfigSource, creq.Context)
 	if err != nil {
-		return &httpError{http.StatusBadGateway, fmt.Sprintf("open cluster: %v (check --kubeconfig/--context)", err)}
+		return openError(err)
 	}
 	// Our own sandboxes are never garbage, even when their lease lapsed
 	// while the cluster was unreachable: renew them first.
