@@ -209,3 +209,15 @@ func TestApplyErrorNamesTheSandboxOnce(t *testing.T) {
 	require.Contains(t, ce.Message, "apply sandbox jo: spec.local[0]: Deployment hotrod/route not found")
 	require.NotContains(t, ce.Message, "sandbox jo: sandbox jo")
 }
+
+// TestUnauthorizedHint: rejected credentials are a login matter, named
+// with the server and context, not RBAC and not the network.
+func TestUnauthorizedHint(t *testing.T) {
+	err := explainAPIError(fmt.Errorf("list sbx Leases in all namespaces: %w", apierrors.NewUnauthorized("token expired")),
+		apiServer{url: "https://api.staging:6443", context: "staging"}, apiOp{verb: "list", resource: "leases"})
+	require.True(t, apierrors.IsUnauthorized(err))
+	require.Contains(t, err.Error(), "the API server at https://api.staging:6443 did not accept your credentials: log in again")
+	require.Contains(t, err.Error(), "`kubectl --context staging get ns`")
+	require.NotContains(t, err.Error(), "can-i")
+	require.NotContains(t, err.Error(), "did not answer")
+}
