@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"log/slog"
 	"slices"
@@ -82,7 +83,7 @@ func Apply(ctx context.Context, c Clients, sb *spec.Sandbox, o Options, progress
 	o = o.withDefaults()
 	nss := sb.Namespaces()
 	if len(nss) == 0 {
-		return nil, fmt.Errorf("sandbox %s has no local workloads (spec.local is empty)", sb.Name)
+		return nil, errors.New("no local workloads (spec.local is empty)") // the caller names the sandbox
 	}
 	home := nss[0]
 	leaseName := LeaseName(sb.Name)

@@ -316,6 +316,7 @@ func TestApplyRefusesIgnoredVirtualService(t *testing.T) {
 	f := newFake(t, objs...)
 	_, err := Apply(t.Context(), f.Clients, routeSandbox("alice"), testOptions(testKey), nil)
 	require.ErrorContains(t, err, `VirtualService hotrod/route routes Service route and is marked sbx.dev/ignore: "true"`)
+	require.False(t, strings.HasPrefix(err.Error(), "sandbox alice:"), "the caller names the sandbox: %v", err)
 	require.Empty(t, f.writes(), "nothing is written when the plan is refused")
 }
 
@@ -402,6 +403,7 @@ func TestApplyErrorsFromTheLiveBaseline(t *testing.T) {
 	sb.Spec.Local[0].From.Name = "routr"
 	_, err := Apply(t.Context(), f.Clients, sb, testOptions(testKey), nil)
 	require.ErrorContains(t, err, "spec.local[0]: Deployment hotrod/routr not found: check spec.local[].from")
+	require.NotContains(t, err.Error(), "sandbox alice", "the caller names the sandbox; both doing it stutters")
 
 	// No Istio in the cluster.
 	f = hotrodFake(t)

@@ -36,7 +36,9 @@ func (r Ref) namespaces(ctx context.Context, c Clients) ([]string, error) {
 	sel := labels.Set{LabelManagedBy: ManagedByValue, LabelSandbox: r.Name}.String()
 	list, err := c.Kube.CoordinationV1().Leases(metav1.NamespaceAll).List(ctx, metav1.ListOptions{LabelSelector: sel})
 	if err != nil {
-		return nil, fmt.Errorf("find the Leases of sandbox %s in all namespaces: %w (pass the namespaces if you may not list cluster-wide)", r.Name, err)
+		// No hint here: the next step depends on the cause (RBAC,
+		// network), which the caller tells apart.
+		return nil, fmt.Errorf("find the Leases of sandbox %s in all namespaces: %w", r.Name, err)
 	}
 	var out []string
 	for i := range list.Items {

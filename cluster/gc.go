@@ -41,7 +41,9 @@ func listLeases(ctx context.Context, c Clients, namespaces []string) ([]coordina
 		if err != nil {
 			where := "namespace " + ns
 			if ns == "" {
-				where = "all namespaces (pass namespaces if you may not list cluster-wide)"
+				// The caller knows the next step, which depends on the
+				// cause (RBAC, network) and on how namespaces are passed.
+				where = "all namespaces"
 			}
 			return nil, fmt.Errorf("list sbx Leases in %s: %w", where, err)
 		}

@@ -3,6 +3,7 @@ package cluster
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -106,25 +107,27 @@ type Objects struct {
 // Plan computes every object of the sandbox from the spec and the
 // baseline. It is deterministic: the same inputs give the same objects.
 // Owner references carry a placeholder UID until Apply knows the Leases.
+// Its errors do not name the sandbox: the caller does ("apply sandbox
+// jo: …"), and both doing it made the message stutter.
 func Plan(ctx context.Context, b Baseline, sb *spec.Sandbox, o Options) (*Objects, error) {
 	o = o.withDefaults()
 	if err := ValidateRoutingKey(o.RoutingKey); err != nil {
 		return nil, err
 	}
 	if o.Token == "" {
-		return nil, fmt.Errorf("sandbox %s: no tunnel token (a bug in the caller)", sb.Name)
+		return nil, errors.New("no tunnel token (a bug in the caller)")
 	}
 	if o.RelayImage == "" {
-		return nil, fmt.Errorf("sandbox %s: no relay image; set relayImage in the sbx config or pass --relay-image (default %s:<version>)", sb.Name, DefaultRelayImageRepo)
+		return nil, fmt.Errorf("no relay image; set relayImage in the sbx config or pass --relay-image (default %s:<version>)", DefaultRelayImageRepo)
 	}
 	if err := ValidateRelayMaxStreams(o.RelayMaxStreams); err != nil {
-		return nil, fmt.Errorf("sandbox %s: %w", sb.Name, err)
+		return nil, err
 	}
 	if errs := validation.IsDNS1123Label(sb.Name); len(errs) > 0 {
-		return nil, fmt.Errorf("sandbox name %q: %s", sb.Name, strings.Join(errs, "; "))
+		return nil, fmt.Errorf("the name is not a DNS label: %s", strings.Join(errs, "; "))
 	}
 	if len(sb.Spec.Local) == 0 {
-		return nil, fmt.Errorf("sandbox %s has no local workloads (spec.local is empty)", sb.Name)
+		return nil, errors.New("no local workloads (spec.local is empty)")
 	}
 	for k, v := range sb.Spec.Labels {
 		if errs := validation.IsQualifiedName(k); len(errs) > 0 {
@@ -140,7 +143,7 @@ func Plan(ctx context.Context, b Baseline, sb *spec.Sandbox, o Options) (*Object
 	}
 	workloads, err := Resolve(ctx, b, sb)
 	if err != nil {
-		return nil, fmt.Errorf("sandbox %s: %w", sb.Name, err)
+		return nil, err
 	}
 	nss := sb.Namespaces()
 	home := nss[0]
@@ -197,7 +200,7 @@ func Plan(ctx context.Context, b Baseline, sb *spec.Sandbox, o Options) (*Object
 	}
 	routes, warns, err := planRoutes(key, home, regex, workloads, vssByNS, owners)
 	if err != nil {
-		return nil, fmt.Errorf("sandbox %s: %w", sb.Name, err)
+		return nil, err
 	}
 	objs.Routes = routes
 	objs.Warnings = warns

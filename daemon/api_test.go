@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"strings"
 	"testing"
@@ -430,4 +431,90 @@ func TestOtherUsersRefused(t *testing.T) {
 	require.ErrorAs(t, err, &ae)
 	require.Equal(t, http.StatusForbidden, ae.StatusCode)
 	require.Contains(t, err.Error(), "may not use the sbx daemon")
+}
+
+// TestStopDuringClusterCalls: requests the daemon's shutdown breaks off
+// (`sbx daemon stop` during a disconnect, list or gc) are answered 503
+// with what is left to do, not a 502 "context canceled".
+func TestStopDuringClusterCalls(t *testing.T) {
+	cases := []struct {
+		name string
+		call func(ctx context.Context, c *Client) error
+		want []string
+	}{
+		{"disconnect", func(ctx context.Context, c *Client) error { _, err := c.Disconnect(ctx, "alice"); return err },
+			[]string{"the sbx daemon is stopping, so sandbox alice was not disconnected", "run `sbx disconnect alice` again", "sbx gc"}},
+		{"disconnect all", func(ctx context.Context, c *Client) error { _, err := c.DisconnectAll(ctx); return err },
+			[]string{"the sbx daemon is stopping, so sandbox alice was not disconnected"}},
+		{"orphan", func(ctx context.Context, c *Client) error {
+			_, err := c.DeleteOrphan(ctx, "ghost", ClusterRequest{})
+			return err
+		},
+			[]string{"the sbx daemon is stopping", "run the command again"}},
+		{"list", func(ctx context.Context, c *Client) error { _, err := c.List(ctx, ClusterRequest{}, true); return err },
+			[]string{"the sbx daemon is stopping", "run the command again"}},
+		{"gc", func(ctx context.Context, c *Client) error { _, err := c.GC(ctx, ClusterRequest{}); return err },
+			[]string{"the sbx daemon is stopping and broke off gc", "run `sbx gc` again"}},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			fc := &fakeCluster{}
+			td := startDaemon(t, Options{Clusters: fc.provider(), link: (&fakeLinker{}).link})
+			ctx := context.Background()
+			_, err := td.client.Connect(ctx, ConnectRequest{Spec: testSpec("alice", "localhost:1"), Wait: true}, nil)
+			require.NoError(t, err)
+			fc.mu.Lock()
+			fc.hang = true
+			fc.mu.Unlock()
+
+			res := make(chan error, 1)
+			go func() { res <- tc.call(ctx, td.client) }()
+			// Stop once the request waits for the cluster.
+			require.Eventually(t, func() bool {
+				fc.mu.Lock()
+				defer fc.mu.Unlock()
+				return fc.hangs > 0
+			}, 10*time.Second, time.Millisecond, "the request never reached the cluster")
+			stopper := &Client{Socket: td.paths.Socket()}
+			defer stopper.Close()
+			require.NoError(t, stopper.Shutdown(ctx))
+
+			var err2 error
+			select {
+			case err2 = <-res:
+			case <-time.After(10 * time.Second):
+				t.Fatal("the request was not answered after the stop")
+			}
+			var ae *APIError
+			require.ErrorAs(t, err2, &ae)
+			require.Equal(t, http.StatusServiceUnavailable, ae.StatusCode, "%v", err2)
+			for _, w := range tc.want {
+				require.Contains(t, ae.Message, w)
+			}
+			require.NotContains(t, ae.Message, "context canceled")
+		})
+	}
+}
+
+// TestRequestDuringStopIsAnswered: a request the stop catches before its
+// handler runs gets the 503, never an empty 200 (which the CLI could not
+// decode). The wrapper picks among ready cases at random, so it is asked
+// many times.
+func TestRequestDuringStopIsAnswered(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	ready, stopping := make(chan struct{}), make(chan struct{})
+	close(ready)
+	close(stopping)
+	d := &Daemon{ready: ready, stopping: stopping, mgr: &manager{ctx: ctx}}
+	h := d.wrap(apiRoute{pattern: "GET /v1/list", handler: func(w http.ResponseWriter, r *http.Request) error {
+		return fmt.Errorf("list: %w", r.Context().Err())
+	}})
+	for range 100 {
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/v1/list", nil).WithContext(ctx))
+		require.Equal(t, http.StatusServiceUnavailable, rec.Code)
+		require.Contains(t, rec.Body.String(), "the sbx daemon is stopping")
+		require.NotContains(t, rec.Body.String(), "context canceled")
+	}
 }

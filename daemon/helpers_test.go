@@ -3,6 +3,7 @@ package daemon
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -102,6 +103,10 @@ type fakeCluster struct {
 	waitErr   error
 	waitBlock chan struct{} // WaitRelay blocks until closed, when set
 	deleteErr error
+	// hang makes Delete, List and GC wait for their context and fail
+	// with its error, as a call to an API server that does not answer.
+	hang      bool
+	hangs     int // calls hanging so far
 	dial      func(ctx context.Context, t Target) (net.Conn, error)
 	listed    []ClusterSandbox
 	gcDeleted []string
@@ -161,7 +166,25 @@ func (f *fakeCluster) RenewLease(ctx context.Context, t Target) error {
 	return f.renewErr
 }
 
+// hung waits for ctx when f.hang is set and returns why it ended.
+func (f *fakeCluster) hung(ctx context.Context) error {
+	f.mu.Lock()
+	hang := f.hang
+	if hang {
+		f.hangs++
+	}
+	f.mu.Unlock()
+	if !hang {
+		return nil
+	}
+	<-ctx.Done()
+	return fmt.Errorf("fake cluster: %w", ctx.Err())
+}
+
 func (f *fakeCluster) Delete(ctx context.Context, t Target, sb *spec.Sandbox) error {
+	if err := f.hung(ctx); err != nil {
+		return err
+	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if f.deleteErr != nil {
@@ -172,12 +195,18 @@ func (f *fakeCluster) Delete(ctx context.Context, t Target, sb *spec.Sandbox) er
 }
 
 func (f *fakeCluster) List(ctx context.Context, ns string) ([]ClusterSandbox, error) {
+	if err := f.hung(ctx); err != nil {
+		return nil, err
+	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	return append([]ClusterSandbox(nil), f.listed...), nil
 }
 
 func (f *fakeCluster) GC(ctx context.Context, ns string) ([]string, error) {
+	if err := f.hung(ctx); err != nil {
+		return nil, err
+	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	return f.gcDeleted, nil

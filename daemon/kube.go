@@ -135,20 +135,20 @@ func (k *KubeClusters) Open(_ context.Context, src KubeconfigSource, kubeContext
 		missing := errors.Is(err, kube.ErrNoKubeconfig) || errors.Is(err, kube.ErrUnknownContext) || errors.Is(err, fs.ErrNotExist)
 		switch {
 		case missing && !st.opened:
-			return nil, &PermanentError{fmt.Errorf("%w (pass --kubeconfig/--context, or set KUBECONFIG, and connect again)", err)}
+			return nil, &PermanentError{&kubeconfigError{err, "pass --kubeconfig/--context, or set KUBECONFIG, and connect again"}}
 		case failing >= rewriteGrace:
-			return nil, &PermanentError{fmt.Errorf("%w (still failing after %s: fix the kubeconfig, or pass --kubeconfig/--context, and connect again)",
-				err, failing.Round(time.Second))}
+			return nil, &PermanentError{&kubeconfigError{err, fmt.Sprintf("still failing after %s: fix the kubeconfig, or pass --kubeconfig/--context, and connect again",
+				failing.Round(time.Second))}}
 		case st.opened:
-			return nil, fmt.Errorf("%w (it was readable before, so it may be in the middle of a rewrite; retrying for up to %s)", err, rewriteGrace)
+			return nil, &kubeconfigError{err, fmt.Sprintf("it was readable before, so it may be in the middle of a rewrite; retrying for up to %s", rewriteGrace)}
 		}
-		return nil, fmt.Errorf("%w (fix the kubeconfig; retrying for up to %s)", err, rewriteGrace)
+		return nil, &kubeconfigError{err, fmt.Sprintf("fix the kubeconfig; retrying for up to %s", rewriteGrace)}
 	}
 	key := src.key() + "\x00" + connectionKey(kc)
 	c, ok := k.clusters[key]
 	if !ok {
 		if err := kc.BuildClients(); err != nil {
-			return nil, err
+			return nil, &kubeconfigError{err, "fix the kubeconfig's server and credentials, or pass --kubeconfig/--context"}
 		}
 		c = k.fromKube(kc)
 		c.owner = k
@@ -157,6 +157,41 @@ func (k *KubeClusters) Open(_ context.Context, src KubeconfigSource, kubeContext
 	}
 	st.opened, st.failingSince = true, time.Time{}
 	return c, nil
+}
+
+// kubeconfigError is a kubeconfig Open could not use, with the next step
+// for a sandbox's supervisor (connect again, or wait for its retries). A
+// request that is not retried (list, gc, disconnect) says its own next
+// step instead: see kubeconfigCause.
+type kubeconfigError struct {
+	err  error
+	hint string
+}
+
+func (e *kubeconfigError) Error() string { return e.err.Error() + " (" + e.hint + ")" }
+func (e *kubeconfigError) Unwrap() error { return e.err }
+
+// kubeconfigCause is err without the next step Open added for a sandbox's
+// supervisor; other errors are returned as they are.
+func kubeconfigCause(err error) error {
+	var ke *kubeconfigError
+	if errors.As(err, &ke) {
+		return ke.err
+	}
+	return err
+}
+
+// openError is the answer to a one-shot request (list, gc, disconnect
+// --orphan) whose cluster could not be opened. The errors of package
+// cluster/kube for a missing kubeconfig or context say what to pass;
+// others get the flags to check.
+func openError(err error) error {
+	err = kubeconfigCause(err)
+	msg := fmt.Sprintf("open the cluster: %v", err)
+	if !errors.Is(err, kube.ErrNoKubeconfig) && !errors.Is(err, kube.ErrUnknownContext) {
+		msg += " (fix the kubeconfig, or pass --kubeconfig/--context, and run the command again)"
+	}
+	return &httpError{http.StatusBadGateway, msg}
 }
 
 // redactedURL is a server or proxy URL for logs: a password in it (legal
@@ -355,6 +390,10 @@ func (k *KubeClusters) fromKube(kc *kube.Cluster) *kubeCluster {
 		namespace: kc.Namespace,
 		log:       k.o.Logger.With("context", kc.Context),
 		dialers:   map[relayRef]*portforward.Dialer{},
+		server:    apiServer{context: kc.Context},
+	}
+	if kc.REST != nil {
+		c.server.url = redactedURL(kc.REST.Host)
 	}
 	c.dial = func(ctx context.Context, t Target) (net.Conn, error) { return c.portForward(ctx, kc, t) }
 	return c
@@ -421,6 +460,7 @@ type kubeCluster struct {
 	namespace string // the context's namespace
 	dial      func(ctx context.Context, t Target) (net.Conn, error)
 	log       *slog.Logger
+	server    apiServer // for the hints of failed calls
 
 	mu      sync.Mutex
 	dialers map[relayRef]*portforward.Dialer
@@ -451,8 +491,15 @@ func (c *kubeCluster) Apply(ctx context.Context, sb *spec.Sandbox, o ApplyOption
 		Holder:          o.Holder,
 	}, eventsTo(progress))
 	if err != nil {
+		// Apply reads, creates and patches many kinds: a refusal names
+		// the resource, and the hint asks what the user may do.
+		var home string
+		if nss := sb.Namespaces(); len(nss) > 0 {
+			home = nss[0]
+		}
+		err = explainAPIError(err, c.server, apiOp{namespace: home})
 		if apierrors.IsForbidden(err) {
-			return Applied{}, &PermanentError{fmt.Errorf("%w (ask for the sbx Role in deploy/rbac.yaml)", err)}
+			return Applied{}, &PermanentError{err}
 		}
 		if !transient(err) {
 			return Applied{}, &PermanentError{err}
@@ -483,7 +530,7 @@ func (c *kubeCluster) WaitRelay(ctx context.Context, t Target, progress func(str
 	_, err := cluster.WaitRelay(ctx, c.clients, cluster.WaitOptions{
 		Namespace: t.Namespace, Sandbox: t.Sandbox, RoutingKey: t.RoutingKey, RelayImage: c.o.DefaultRelayImage,
 	}, eventsTo(progress))
-	return err
+	return explainAPIError(err, c.server, apiOp{namespace: t.Namespace})
 }
 
 // relayRef keys the port-forward dialers: one per relay.
@@ -573,7 +620,7 @@ func (c *kubeCluster) RenewLease(ctx context.Context, t Target) error {
 			return fmt.Errorf("%w: %w", ErrSandboxGone, err)
 		}
 	}
-	return err
+	return explainAPIError(err, c.server, apiOp{verb: "update", resource: "leases.coordination.k8s.io", namespace: nss[0]})
 }
 
 func (c *kubeCluster) Delete(ctx context.Context, t Target, sb *spec.Sandbox) error {
@@ -586,7 +633,13 @@ func (c *kubeCluster) Delete(ctx context.Context, t Target, sb *spec.Sandbox) er
 	if errors.Is(err, cluster.ErrSandboxNotFound) {
 		return nil // already gone (gc, or deleted by hand)
 	}
-	return err
+	// Without namespaces, Delete finds them by listing Leases
+	// cluster-wide; with them, it reads, lists and deletes many kinds.
+	op := apiOp{verb: "list", resource: "leases.coordination.k8s.io"}
+	if len(nss) > 0 {
+		op = apiOp{namespace: nss[0]}
+	}
+	return explainAPIError(err, c.server, op)
 }
 
 // namespaces turns a -n value into the namespaces to look in: all when
@@ -602,10 +655,11 @@ func (c *kubeCluster) List(ctx context.Context, ns string) ([]ClusterSandbox, er
 	infos, err := cluster.List(ctx, c.clients, namespaces(ns), c.o.Now())
 	if err != nil && ns == "" && apierrors.IsForbidden(err) && c.namespace != "" {
 		// No cluster-wide list: fall back to the context's namespace.
+		ns = c.namespace
 		infos, err = cluster.List(ctx, c.clients, []string{c.namespace}, c.o.Now())
 	}
 	if err != nil {
-		return nil, err
+		return nil, explainAPIError(err, c.server, apiOp{verb: "list", resource: "leases.coordination.k8s.io", namespace: ns})
 	}
 	out := make([]ClusterSandbox, 0, len(infos))
 	for _, in := range infos {
@@ -618,9 +672,16 @@ func (c *kubeCluster) GC(ctx context.Context, ns string) ([]string, error) {
 	nss := namespaces(ns)
 	deleted, err := cluster.GC(ctx, c.clients, cluster.GCOptions{Namespaces: nss, Grace: c.o.GCGrace, Now: c.o.Now()}, nil)
 	if err != nil && ns == "" && apierrors.IsForbidden(err) && c.namespace != "" {
+		ns = c.namespace
 		deleted, err = cluster.GC(ctx, c.clients, cluster.GCOptions{Namespaces: []string{c.namespace}, Grace: c.o.GCGrace, Now: c.o.Now()}, nil)
 	}
-	return deleted, err
+	// Across all namespaces the part that needs more than a namespaced
+	// Role is listing the Leases; in one, gc reads and deletes many kinds.
+	op := apiOp{namespace: ns}
+	if ns == "" {
+		op = apiOp{verb: "list", resource: "leases.coordination.k8s.io"}
+	}
+	return deleted, explainAPIError(err, c.server, op)
 }
 
 // transient reports whether an Apply error may go away by itself, so the

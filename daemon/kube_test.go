@@ -593,3 +593,66 @@ func TestRestorePinsCurrentContext(t *testing.T) {
 		return err == nil && len(sbs) == 1 && sbs[0].Context == "staging"
 	}, 10*time.Second, 5*time.Millisecond, "the state file never recorded the pinned context")
 }
+
+// TestOneShotRequestsSayTheirOwnNextStep: Open's next steps are a
+// sandbox supervisor's ("connect again", "retrying for up to 1m"); list,
+// gc, disconnect --orphan and disconnect are not retried and say theirs,
+// once.
+func TestOneShotRequestsSayTheirOwnNextStep(t *testing.T) {
+	dir := shortTempDir(t)
+	kc := filepath.Join(dir, "config")
+	kubetest.WriteKubeconfig(t, kc, "staging", "https://127.0.0.1:1", "staging/team-s")
+	k := NewKubeClusters(KubeOptions{})
+	t.Cleanup(func() { _ = k.Close() })
+	fc := &fakeCluster{}
+	var mu sync.Mutex
+	real := false
+	provider := func(ctx context.Context, src KubeconfigSource, kctx string) (Cluster, error) {
+		mu.Lock()
+		defer mu.Unlock()
+		if real {
+			return k.Open(ctx, src, kctx)
+		}
+		return fc, nil
+	}
+	td := startDaemon(t, Options{Clusters: provider, link: (&fakeLinker{}).link})
+	ctx := context.Background()
+	_, err := td.client.Connect(ctx, ConnectRequest{Spec: testSpec("alice", "localhost:1"), Wait: true,
+		KubeconfigSource: NewKubeconfigSource(kc, nil), Context: "staging"}, nil)
+	require.NoError(t, err)
+	mu.Lock()
+	real = true
+	mu.Unlock()
+	require.NoError(t, os.Remove(kc)) // the kubeconfig is gone since
+
+	creq := ClusterRequest{KubeconfigSource: NewKubeconfigSource(kc, nil), Context: "staging"}
+	cases := []struct {
+		name string
+		call func() string
+		want string
+	}{
+		{"list", func() string {
+			res, err := td.client.List(ctx, creq, true)
+			require.NoError(t, err)
+			return res.ClusterError
+		}, "list sbx objects in the cluster: open the cluster: "},
+		{"gc", func() string { _, err := td.client.GC(ctx, creq); require.Error(t, err); return err.Error() }, "open the cluster: "},
+		{"orphan", func() string {
+			_, err := td.client.DeleteOrphan(ctx, "ghost", creq)
+			require.Error(t, err)
+			return err.Error()
+		}, "open the cluster: "},
+		{"disconnect", func() string { _, err := td.client.Disconnect(ctx, "alice"); require.Error(t, err); return err.Error() },
+			"delete the cluster objects of sandbox alice: open the cluster: "},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			msg := tc.call()
+			t.Log(msg)
+			require.Contains(t, msg, tc.want)
+			require.Contains(t, msg, kc, "names the kubeconfig")
+			require.NotContains(t, msg, "connect again")
+			require.NotContains(t, msg, "retrying for up to")
+		})
+	}
+}

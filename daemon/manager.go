@@ -51,6 +51,23 @@ type clusterError struct{ err error }
 func (e *clusterError) Error() string { return e.err.Error() }
 func (e *clusterError) Unwrap() error { return e.err }
 
+// stoppingError is a request the daemon's shutdown broke off; the API
+// answers it with 503 and says what is left to do, rather than the bare
+// "context canceled" the cut-off call returned.
+type stoppingError struct{ msg string }
+
+func (e *stoppingError) Error() string { return e.msg }
+
+// errStopping is the answer to a request the shutdown broke off when
+// nothing more specific is known.
+var errStopping = &stoppingError{"the sbx daemon is stopping and broke off this request; run the command again to start a new daemon"}
+
+// stopping reports whether err is the daemon's shutdown cutting a call
+// short (rather than the client going away or the cluster failing).
+func (m *manager) stopping(err error) bool {
+	return m.ctx != nil && m.ctx.Err() != nil && errors.Is(err, context.Canceled)
+}
+
 // conflictError is a request that contradicts the current state.
 type conflictError struct{ msg string }
 
@@ -119,7 +136,7 @@ func (m *manager) Connect(req ConnectRequest) (s *session, sub chan Progress, re
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if m.ctx.Err() != nil {
-		return nil, nil, false, errors.New("the daemon is shutting down; run the command again to start a new one")
+		return nil, nil, false, errStopping // a 503, not a 500 the CLI takes for a bug
 	}
 	if s, ok := m.sessions[name]; ok {
 		cur, _ := m.store.Sandbox(name)
@@ -269,9 +286,17 @@ func (m *manager) Disconnect(ctx context.Context, name string, forget bool) erro
 		return &notFoundError{name}
 	}
 	s.cancel()
+	interrupted := func() error {
+		// The state file keeps the sandbox: a new daemon reconnects it,
+		// and a disconnect then deletes its objects.
+		return &stoppingError{fmt.Sprintf("the sbx daemon is stopping, so sandbox %s was not disconnected and its cluster objects may remain: run `sbx disconnect %s` again (it starts a new daemon), or let `sbx gc` collect them once the lease expired", name, name)}
+	}
 	select {
 	case <-s.done:
 	case <-ctx.Done():
+		if m.stopping(ctx.Err()) {
+			return interrupted()
+		}
 		return ctx.Err()
 	}
 	saved := s.snapshot()
@@ -282,10 +307,15 @@ func (m *manager) Disconnect(ctx context.Context, name string, forget bool) erro
 		}
 		cl, err := m.clusters(ctx, saved.KubeconfigSource, saved.Context)
 		if err != nil {
-			return err
+			// Not Open's "connect again" or "retrying": the hint
+			// below says what a failed disconnect needs.
+			return fmt.Errorf("open the cluster: %w", kubeconfigCause(err))
 		}
 		return cl.Delete(ctx, Target{Sandbox: saved.Name, RoutingKey: saved.RoutingKey, Namespace: saved.Namespace, Namespaces: saved.Spec.Namespaces()}, &saved.Spec)
 	}()
+	if err != nil && m.stopping(err) {
+		return interrupted()
+	}
 	if err != nil {
 		err = &clusterError{fmt.Errorf("delete the cluster objects of sandbox %s: %w (retry `sbx disconnect %s`; if the cluster is gone, `sbx disconnect %s --forget` drops the sandbox here and `sbx gc` removes its objects once the lease expired)", name, err, name, name)}
 		s.recordError(err)

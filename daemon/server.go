@@ -112,13 +112,21 @@ func (d *Daemon) wrap(rt apiRoute) http.Handler {
 			select {
 			case <-d.ready:
 			case <-r.Context().Done():
+				// Without an answer the client would read an empty 200.
+				if d.mgr.stopping(r.Context().Err()) {
+					writeError(w, errStopping)
+				}
 				return
 			case <-d.stopping:
-				writeError(w, &httpError{http.StatusServiceUnavailable, "the daemon is shutting down; run the command again to start a new one"})
+				writeError(w, errStopping)
 				return
 			}
 		}
 		if err := rt.handler(w, r); err != nil {
+			var se *stoppingError
+			if !errors.As(err, &se) && d.mgr.stopping(err) {
+				err = errStopping
+			}
 			writeError(w, err)
 		}
 	})
@@ -131,7 +139,10 @@ func writeError(w http.ResponseWriter, err error) {
 	var nf *notFoundError
 	var ce *conflictError
 	var cle *clusterError
+	var se *stoppingError
 	switch {
+	case errors.As(err, &se):
+		code = http.StatusServiceUnavailable
 	case errors.As(err, &cle):
 		code = http.StatusBadGateway
 	case errors.As(err, &he):
@@ -343,9 +354,12 @@ func (d *Daemon) deleteOrphan(w http.ResponseWriter, r *http.Request, name strin
 	creq := clusterRequestFromQuery(r)
 	cl, err := d.mgr.clusters(r.Context(), creq.KubeconfigSource, creq.Context)
 	if err != nil {
-		return &httpError{http.StatusBadGateway, fmt.Sprintf("open cluster: %v (check --kubeconfig/--context)", err)}
+		return openError(err)
 	}
 	found, err := cl.List(r.Context(), creq.Namespace)
+	if d.mgr.stopping(err) {
+		return errStopping
+	}
 	if err != nil {
 		return &httpError{http.StatusBadGateway, fmt.Sprintf("list sbx objects in the cluster: %v", err)}
 	}
@@ -367,8 +381,11 @@ func (d *Daemon) deleteOrphan(w http.ResponseWriter, r *http.Request, name strin
 		if creq.Namespace != "" {
 			t.Namespaces = []string{creq.Namespace}
 		}
-		if err := cl.Delete(r.Context(), t, nil); err != nil {
-			return &httpError{http.StatusBadGateway, fmt.Sprintf("delete the objects of sandbox %s: %v (check that you may delete them: `kubectl auth can-i delete deployments -n %s`)", name, err, cs.Namespace)}
+		if err := cl.Delete(r.Context(), t, nil); d.mgr.stopping(err) {
+			return &stoppingError{fmt.Sprintf("the sbx daemon is stopping, so some objects of sandbox %s may remain in namespace %s: run `sbx disconnect %s --orphan` again (it starts a new daemon)", name, cs.Namespace, name)}
+		} else if err != nil {
+			// The cluster's error carries the hint its cause calls for.
+			return &httpError{http.StatusBadGateway, fmt.Sprintf("delete the objects of sandbox %s in namespace %s: %v", name, cs.Namespace, err)}
 		}
 		d.log.Info("orphan sandbox deleted", "sandbox", name, "namespace", cs.Namespace, "routingKey", cs.RoutingKey)
 		return writeJSON(w, DisconnectResult{Disconnected: []string{name}})
@@ -379,15 +396,20 @@ func (d *Daemon) deleteOrphan(w http.ResponseWriter, r *http.Request, name strin
 func (d *Daemon) handleDisconnectAll(w http.ResponseWriter, r *http.Request) error {
 	res := DisconnectResult{Disconnected: []string{}}
 	var errs []string
+	code := http.StatusBadGateway
 	for _, name := range d.mgr.Names() {
 		if err := d.mgr.Disconnect(r.Context(), name, r.URL.Query().Get("forget") == "true"); err != nil {
+			var se *stoppingError
+			if errors.As(err, &se) {
+				code = http.StatusServiceUnavailable
+			}
 			errs = append(errs, err.Error())
 			continue
 		}
 		res.Disconnected = append(res.Disconnected, name)
 	}
 	if len(errs) > 0 {
-		return &httpError{http.StatusBadGateway, strings.Join(errs, "; ")}
+		return &httpError{code, strings.Join(errs, "; ")}
 	}
 	return writeJSON(w, res)
 }
@@ -426,12 +448,15 @@ func (d *Daemon) handleList(w http.ResponseWriter, r *http.Request) error {
 		found, err := func() ([]ClusterSandbox, error) {
 			cl, err := d.mgr.clusters(ctx, creq.KubeconfigSource, creq.Context)
 			if err != nil {
-				return nil, err
+				return nil, openError(err)
 			}
 			return cl.List(ctx, creq.Namespace)
 		}()
+		if d.mgr.stopping(err) {
+			return errStopping
+		}
 		if err != nil {
-			res.ClusterError = fmt.Sprintf("list sbx objects in the cluster: %v (check --kubeconfig/--context and `kubectl auth can-i list deployments`)", err)
+			res.ClusterError = fmt.Sprintf("list sbx objects in the cluster: %v", err)
 		}
 		for _, cs := range found {
 			if e, ok := byName[cs.Name+"/"+cs.RoutingKey]; ok {
@@ -460,7 +485,7 @@ func (d *Daemon) handleGC(w http.ResponseWriter, r *http.Request) error {
 	}
 	cl, err := d.mgr.clusters(r.Context(), creq.KubeconfigSource, creq.Context)
 	if err != nil {
-		return &httpError{http.StatusBadGateway, fmt.Sprintf("open cluster: %v (check --kubeconfig/--context)", err)}
+		return openError(err)
 	}
 	// Our own sandboxes are never garbage, even when their lease lapsed
 	// while the cluster was unreachable: renew them first.
@@ -480,8 +505,11 @@ func (d *Daemon) handleGC(w http.ResponseWriter, r *http.Request) error {
 		}
 	}
 	deleted, err := cl.GC(r.Context(), creq.Namespace)
+	if d.mgr.stopping(err) {
+		return &stoppingError{"the sbx daemon is stopping and broke off gc; some expired sandboxes may remain: run `sbx gc` again (it starts a new daemon)"}
+	}
 	if err != nil {
-		return &httpError{http.StatusBadGateway, fmt.Sprintf("gc: %v (check that you may delete sbx objects: `kubectl auth can-i delete deployments`)", err)}
+		return &httpError{http.StatusBadGateway, fmt.Sprintf("collect expired sandboxes: %v", err)}
 	}
 	if deleted == nil {
 		deleted = []string{}

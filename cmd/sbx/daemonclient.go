@@ -286,7 +286,16 @@ func classify(err error, hint string) error {
 		return userError(err, "start it with `sbx daemon`")
 	case errors.As(err, &ae) && ae.StatusCode < 500:
 		return userError(err, hint)
-	case errors.As(err, &ae) && (ae.StatusCode == 502 || ae.StatusCode == 504):
+	case errors.As(err, &ae) && ae.StatusCode == 503:
+		// The daemon is stopping (`sbx daemon stop` during the request):
+		// not a bug, and its message says what is left to do.
+		return &cliError{kind: kindUser, err: err, code: 1}
+	case errors.As(err, &ae) && ae.StatusCode == 502:
+		// The daemon's message carries the next step its cause calls
+		// for (RBAC, credentials, network); a guess here could
+		// contradict it.
+		return &cliError{kind: kindConfig, err: err, code: 1}
+	case errors.As(err, &ae) && ae.StatusCode == 504:
 		return &cliError{kind: kindConfig, err: err, code: 1, hint: "check --kubeconfig/--context and that the cluster is reachable (`kubectl get pods`)"}
 	case ae == nil && daemonStopped(daemonPaths().Socket()):
 		// The answer broke off because the daemon went away (kill -9,

@@ -91,7 +91,8 @@ for the same spec, baseline and routing key.`,
 				Holder:          leaseHolder,
 			})
 			if err != nil {
-				return userError(err, "the spec must name workloads, Services and ports that exist in the baseline")
+				// cluster.Plan leaves naming the sandbox to its caller.
+				return userError(fmt.Errorf("sandbox %s: %w", sb.Name, err), "the spec must name workloads, Services and ports that exist in the baseline")
 			}
 			for _, w := range objs.Warnings {
 				fmt.Fprintf(g.stderr, "warning: %s\n", w)
