@@ -107,8 +107,9 @@ type Objects struct {
 // Plan computes every object of the sandbox from the spec and the
 // baseline. It is deterministic: the same inputs give the same objects.
 // Owner references carry a placeholder UID until Apply knows the Leases.
-// Its errors do not name the sandbox: the caller does ("apply sandbox
-// jo: …"), and both doing it made the message stutter.
+// Its errors do not name the sandbox: the caller does ("sandbox jo
+// failed: apply the cluster objects: …"), and both doing it made the
+// message stutter.
 func Plan(ctx context.Context, b Baseline, sb *spec.Sandbox, o Options) (*Objects, error) {
 	o = o.withDefaults()
 	if err := ValidateRoutingKey(o.RoutingKey); err != nil {

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net"
 	"net/url"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -194,8 +195,9 @@ func TestOtherErrorsGetNoHint(t *testing.T) {
 }
 
 // TestApplyErrorNamesTheSandboxOnce: a connect whose workload is missing
-// fails with "apply sandbox jo: spec.local[0]: …", not "apply sandbox jo:
-// sandbox jo: …" (package cluster and the session both named it).
+// fails with "sandbox jo failed: apply the cluster objects: spec.local[0]:
+// …", naming the sandbox once (package cluster, the session and the
+// connect answer each named it).
 func TestApplyErrorNamesTheSandboxOnce(t *testing.T) {
 	c := NewClusterFromKube(&kube.Cluster{
 		REST: &rest.Config{Host: "https://api.staging:6443"}, Kube: kubefake.NewClientset(), Istio: istiofake.NewSimpleClientset(),
@@ -206,8 +208,9 @@ func TestApplyErrorNamesTheSandboxOnce(t *testing.T) {
 	_, err := td.client.Connect(context.Background(), ConnectRequest{Spec: testSpec("jo", "localhost:1"), Wait: true, Timeout: time.Minute}, nil)
 	var ce *ConnectError
 	require.ErrorAs(t, err, &ce)
-	require.Contains(t, ce.Message, "apply sandbox jo: spec.local[0]: Deployment hotrod/route not found")
-	require.NotContains(t, ce.Message, "sandbox jo: sandbox jo")
+	require.Contains(t, ce.Message, "sandbox jo failed: apply the cluster objects: spec.local[0]: Deployment hotrod/route not found")
+	require.Equal(t, 1, strings.Count(ce.Message, "sandbox jo "), ce.Message)
+	require.Contains(t, ce.Message, "(fix the cause and run connect again, or `sbx disconnect jo`)")
 }
 
 // TestUnauthorizedHint: rejected credentials are a login matter, named
@@ -220,4 +223,18 @@ func TestUnauthorizedHint(t *testing.T) {
 	require.Contains(t, err.Error(), "`kubectl --context staging get ns`")
 	require.NotContains(t, err.Error(), "can-i")
 	require.NotContains(t, err.Error(), "did not answer")
+}
+
+// TestConnectFailureHintNotRepeated: a cause that already says to connect
+// again is not followed by a second "run connect again".
+func TestConnectFailureHintNotRepeated(t *testing.T) {
+	open := func(context.Context, KubeconfigSource, string) (Cluster, error) {
+		return nil, &PermanentError{errors.New(`context "gone" not found (pass --kubeconfig/--context, and connect again)`)}
+	}
+	td := startDaemon(t, Options{Clusters: open, link: (&fakeLinker{}).link})
+	_, err := td.client.Connect(context.Background(), ConnectRequest{Spec: testSpec("jo", "localhost:1"), Wait: true, Timeout: time.Minute}, nil)
+	var ce *ConnectError
+	require.ErrorAs(t, err, &ce)
+	require.Equal(t, 1, strings.Count(ce.Message, "connect again"), ce.Message)
+	require.Contains(t, ce.Message, "(or remove it with `sbx disconnect jo`)")
 }

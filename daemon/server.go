@@ -319,7 +319,11 @@ func (d *Daemon) handleConnect(w http.ResponseWriter, r *http.Request) error {
 					cause = p.Message
 				}
 				p.Done = true
-				p.Error = fmt.Sprintf("sandbox %s failed: %s (fix the cause and run connect again, or `sbx disconnect %s`)", name, cause, name)
+				next := fmt.Sprintf("fix the cause and run connect again, or `sbx disconnect %s`", name)
+				if strings.Contains(cause, "connect again") { // the cause says how already
+					next = fmt.Sprintf("or remove it with `sbx disconnect %s`", name)
+				}
+				p.Error = fmt.Sprintf("sandbox %s failed: %s (%s)", name, cause, next)
 				return out.send(p)
 			}
 			if err := out.send(p); err != nil {

@@ -241,7 +241,9 @@ func (s *session) connectOnce(ctx context.Context) (time.Time, error) {
 		Holder:          cfg.User,
 	}, s.progressFn(PhaseApplying))
 	if err != nil {
-		return time.Time{}, fmt.Errorf("apply sandbox %s: %w", saved.Name, err)
+		// Every place this shows (status, connect's answer, the log)
+		// already names the sandbox.
+		return time.Time{}, fmt.Errorf("apply the cluster objects: %w", err)
 	}
 	if applied.Sandbox == "" {
 		applied.Sandbox, applied.RoutingKey = saved.Name, saved.RoutingKey
