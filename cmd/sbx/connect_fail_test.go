@@ -353,3 +353,33 @@ func TestCLIStuckDaemon(t *testing.T) {
 	require.Equal(t, exitInterrupted, code, errb.String())
 	require.Equal(t, "sbx: interrupted\n", errb.String())
 }
+
+// TestCLIConnectTinyTimeout: a --timeout so short that a quarter of it is
+// under a nanosecond is a sandbox not ready in time, not a panic of the
+// "still waiting" heartbeat's ticker.
+func TestCLIConnectTinyTimeout(t *testing.T) {
+	dir := cliEnv(t)
+	startInProcessDaemon(t, &cliCluster{ready: make(chan struct{})})
+	code, _, errOut := runCLI(t, "connect", "-f", writeSpec(t, dir), "--set", "name=alice", "--timeout", "3ns")
+	require.Equal(t, 1, code, errOut)
+	require.Contains(t, errOut, "not ready after 3ns")
+}
+
+// TestQuietWaitHeartbeat: the heartbeat notes a quiet wait, even with a
+// spell too short for a ticker of a quarter of it, and writes nothing
+// once stop has returned (under -race, a late write is a data race with
+// the read below).
+func TestQuietWaitHeartbeat(t *testing.T) {
+	for _, every := range []time.Duration{time.Nanosecond, 20 * time.Millisecond} {
+		var out strings.Builder
+		q := newQuietWait(&out)
+		stop := q.heartbeat(context.Background(), every, func(waited time.Duration) string { return "still waiting" })
+		require.Eventually(t, func() bool {
+			q.mu.Lock() // not q.do, which would end the quiet spell
+			defer q.mu.Unlock()
+			return strings.Contains(out.String(), "still waiting\n")
+		}, 30*time.Second, time.Millisecond, every)
+		stop()
+		require.Contains(t, out.String(), "still waiting\n", every)
+	}
+}
