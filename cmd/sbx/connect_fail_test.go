@@ -10,7 +10,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -82,7 +81,7 @@ func TestCLIInterruptedWithoutContextCanceled(t *testing.T) {
 // reported as such, with the next step, not as "unexpected EOF" and a bug.
 func TestCLIConnectDaemonDies(t *testing.T) {
 	dir := cliEnv(t)
-	stop := startStoppableDaemon(t, &cliCluster{ready: make(chan struct{})})
+	stop := startInProcessDaemon(t, &cliCluster{ready: make(chan struct{})})
 	code, errOut := runCLIUntil(t, "waiting for pod", stop, "connect", "-f", writeSpec(t, dir), "--set", "name=alice")
 	require.Equal(t, 1, code, errOut)
 	require.Contains(t, errOut, "sbx: the sbx daemon stopped while connecting sandbox alice")
@@ -214,42 +213,12 @@ func TestCLIClusterCommandsCheckKubeconfigFirst(t *testing.T) {
 	require.Empty(t, cl.deletes)
 }
 
-// startStoppableDaemon runs a daemon on the CLI's default paths, as
-// startInProcessDaemon does, and returns a func that stops it (and waits
-// until it has stopped) mid-test.
-func startStoppableDaemon(t *testing.T, cl daemon.Cluster) (stop func()) {
-	hosts := filepath.Join(t.TempDir(), "hosts")
-	require.NoError(t, os.WriteFile(hosts, []byte("127.0.0.1 localhost\n"), 0o644))
-	d, err := daemon.New(daemon.Options{
-		Paths:     daemon.DefaultPaths(os.Getenv),
-		Version:   "test",
-		Clusters:  func(context.Context, daemon.KubeconfigSource, string) (daemon.Cluster, error) { return cl, nil },
-		HostsFile: hosts,
-	})
-	require.NoError(t, err)
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- d.Run(ctx) }()
-	var once sync.Once
-	stop = func() {
-		once.Do(func() {
-			cancel()
-			require.NoError(t, <-done)
-		})
-	}
-	t.Cleanup(stop)
-	c := &daemon.Client{}
-	defer c.Close()
-	require.Eventually(t, func() bool { _, err := c.Status(context.Background()); return err == nil }, 10*time.Second, 5*time.Millisecond)
-	return stop
-}
-
 // TestCLIStatusWatchDaemonStops: a daemon that stops under `status
 // --watch` ends it with exit 1 (a failure, not a usage error) and says
 // how to start it again.
 func TestCLIStatusWatchDaemonStops(t *testing.T) {
 	cliEnv(t)
-	stop := startStoppableDaemon(t, &cliCluster{ready: make(chan struct{})})
+	stop := startInProcessDaemon(t, &cliCluster{ready: make(chan struct{})})
 	code, errOut := runCLIUntil(t, "sbx daemon test", stop, "status", "--watch")
 	require.Equal(t, 1, code, errOut)
 	require.Contains(t, errOut, "sbx: the sbx daemon ended the watch (it stopped)")

@@ -120,8 +120,9 @@ func (c *cliCluster) GC(ctx context.Context, ns string) ([]string, error) {
 
 // startInProcessDaemon runs a daemon on the CLI's default paths. Its
 // outbound access edits a temporary hosts file, never the machine's; tweak
-// changes other options.
-func startInProcessDaemon(t *testing.T, cl daemon.Cluster, tweak ...func(*daemon.Options)) {
+// changes other options. It stops when the test ends, or earlier when the
+// returned stop is called (which waits until it has stopped).
+func startInProcessDaemon(t *testing.T, cl daemon.Cluster, tweak ...func(*daemon.Options)) (stop func()) {
 	hosts := filepath.Join(t.TempDir(), "hosts")
 	require.NoError(t, os.WriteFile(hosts, []byte("127.0.0.1 localhost\n"), 0o644))
 	opts := daemon.Options{
@@ -138,13 +139,18 @@ func startInProcessDaemon(t *testing.T, cl daemon.Cluster, tweak ...func(*daemon
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- d.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		require.NoError(t, <-done)
-	})
+	var once sync.Once
+	stop = func() {
+		once.Do(func() {
+			cancel()
+			require.NoError(t, <-done)
+		})
+	}
+	t.Cleanup(stop)
 	c := &daemon.Client{}
 	defer c.Close()
 	require.Eventually(t, func() bool { _, err := c.Status(context.Background()); return err == nil }, 10*time.Second, 5*time.Millisecond)
+	return stop
 }
 
 // writeSpec writes dir/sandbox.yaml, a spec mapping route's port 8083 to
