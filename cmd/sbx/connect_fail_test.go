@@ -30,7 +30,9 @@ func runCLIUntil(t *testing.T, marker string, then func(), args ...string) (int,
 	var out, errb lockedBuffer
 	done := make(chan int, 1)
 	go func() { done <- run(ctx, args, strings.NewReader(""), &out, &errb) }()
-	require.Eventually(t, func() bool { return strings.Contains(out.String()+errb.String(), marker) }, 10*time.Second, 5*time.Millisecond, "stderr: %s", errb.String())
+	// Generous: a marker may be a heartbeat that takes seconds to come
+	// (clusterWaitEvery), on a CI machine that may be slow.
+	require.Eventually(t, func() bool { return strings.Contains(out.String()+errb.String(), marker) }, 30*time.Second, 5*time.Millisecond, "stderr: %s", errb.String())
 	if then == nil {
 		cancel() // as main does on SIGINT
 	} else {
@@ -87,20 +89,6 @@ func TestCLIConnectDaemonDies(t *testing.T) {
 	require.Contains(t, errOut, "sbx: the sbx daemon stopped while connecting sandbox alice")
 	require.Contains(t, errOut, "hint: connect again: a new daemon resumes alice with its routing key")
 	require.NotContains(t, errOut, "looks like a bug")
-}
-
-// TestCLIConnectWaitShowsItGoesOn: while the daemon has no news (a relay
-// pod that never gets ready), connect --wait still says that it waits,
-// how long so far and that Ctrl-C stops only the waiting.
-func TestCLIConnectWaitShowsItGoesOn(t *testing.T) {
-	dir := cliEnv(t)
-	startInProcessDaemon(t, &cliCluster{ready: make(chan struct{})})
-	// A quarter of the timeout without news prints a note.
-	code, _, errOut := runCLI(t, "connect", "-f", writeSpec(t, dir), "--set", "name=alice", "--timeout", "2s")
-	require.Equal(t, 1, code, errOut)
-	require.Contains(t, errOut, "still waiting: ")
-	require.Contains(t, errOut, "so far, no news from the daemon (Ctrl-C stops waiting; the daemon keeps trying)")
-	require.Less(t, strings.Index(errOut, "waiting for pod"), strings.Index(errOut, "still waiting"))
 }
 
 func TestQuietEvery(t *testing.T) {
