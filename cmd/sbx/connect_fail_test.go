@@ -340,3 +340,40 @@ func TestQuietWaitHeartbeat(t *testing.T) {
 		require.Contains(t, out.String(), "still waiting\n", every)
 	}
 }
+
+// TestCLIConnectCheckAcceptsWhatTheDaemonAccepts: connect's kubeconfig
+// check before asking the daemon refuses nothing the daemon would take: a
+// $KUBECONFIG list with a file missing (kubectl skips it), a spec.cluster
+// the user config maps to a context (the daemon resolves it), and
+// --context with a spec.cluster (--context wins). A spec.cluster that is
+// no context is still refused, by the daemon, naming it.
+func TestCLIConnectCheckAcceptsWhatTheDaemonAccepts(t *testing.T) {
+	dir := cliEnv(t)
+	cfg := filepath.Join(dir, "config", "sbx", "config.yaml")
+	b, err := os.ReadFile(cfg)
+	require.NoError(t, err)
+	require.NoError(t, os.WriteFile(cfg, append(b, "contexts:\n  staging-1: test\n"...), 0o600))
+	startInProcessDaemon(t, &cliCluster{ready: make(chan struct{})}, func(o *daemon.Options) { o.ConfigPath = cfg })
+	plain := writeSpec(t, dir)
+	withCluster := func(cluster string) string {
+		p := filepath.Join(dir, cluster+".yaml")
+		require.NoError(t, os.WriteFile(p, []byte(strings.Replace(routeSpec("localhost:8083"), "spec:\n", "spec:\n  cluster: "+cluster+"\n", 1)), 0o600))
+		return p
+	}
+	t.Setenv("KUBECONFIG", filepath.Join(dir, "missing")+string(filepath.ListSeparator)+os.Getenv("KUBECONFIG"))
+	for _, tt := range []struct {
+		name string
+		args []string
+	}{
+		{"a", []string{"-f", plain}},
+		{"b", []string{"-f", withCluster("staging-1")}},
+		{"c", []string{"-f", withCluster("nowhere"), "--context", "test"}},
+	} {
+		code, _, errOut := runCLI(t, append([]string{"connect", "--wait=false", "--set", "name=" + tt.name}, tt.args...)...)
+		require.Equal(t, 0, code, "%v: %s", tt.args, errOut)
+	}
+	code, _, errOut := runCLI(t, "connect", "--wait=false", "--set", "name=d", "-f", withCluster("nowhere"))
+	require.Equal(t, 2, code, errOut)
+	require.Contains(t, errOut, `spec cluster "nowhere" is neither a context`)
+	require.NotContains(t, errOut, "nothing was sent to the daemon", "refused by the daemon, not the CLI's check")
+}
