@@ -248,13 +248,21 @@ func TestCLIDaemonStopsMidRequest(t *testing.T) {
 	require.NotContains(t, errOut, "bug")
 }
 
-// slowDeleteCluster is a cliCluster whose Delete waits for release.
+// slowDeleteCluster is a cliCluster whose Delete waits for release;
+// entered, when set, hears of each Delete that starts waiting.
 type slowDeleteCluster struct {
 	*cliCluster
 	release chan struct{}
+	entered chan struct{}
 }
 
 func (c *slowDeleteCluster) Delete(ctx context.Context, t daemon.Target, sb *spec.Sandbox) error {
+	if c.entered != nil {
+		select {
+		case c.entered <- struct{}{}:
+		default:
+		}
+	}
 	select {
 	case <-c.release:
 	case <-ctx.Done():
@@ -376,4 +384,49 @@ func TestCLIConnectCheckAcceptsWhatTheDaemonAccepts(t *testing.T) {
 	require.Equal(t, 2, code, errOut)
 	require.Contains(t, errOut, `spec cluster "nowhere" is neither a context`)
 	require.NotContains(t, errOut, "nothing was sent to the daemon", "refused by the daemon, not the CLI's check")
+}
+
+// TestCLIDisconnectInterrupted: Ctrl-C while the daemon deletes a
+// sandbox's objects stops the daemon there too; disconnect says that
+// objects may remain and which command finishes the work, not just
+// "interrupted".
+func TestCLIDisconnectInterrupted(t *testing.T) {
+	dir := cliEnv(t)
+	cl := &slowDeleteCluster{cliCluster: &cliCluster{ready: make(chan struct{})}, release: make(chan struct{}), entered: make(chan struct{}, 1)}
+	startInProcessDaemon(t, cl)
+	code, _, errOut := runCLI(t, "connect", "-f", writeSpec(t, dir), "--set", "name=alice", "--wait=false")
+	require.Equal(t, 0, code, errOut)
+	tests := []struct {
+		args []string
+		want string
+	}{
+		{[]string{"disconnect", "alice"}, "sbx: interrupted while disconnecting alice; the daemon stopped there, so cluster objects may remain\n" +
+			"  hint: `sbx status` shows what is left; `sbx disconnect alice` finishes it\n"},
+		{[]string{"disconnect", "--all"}, "sbx: interrupted while disconnecting every sandbox; the daemon stopped there, so cluster objects may remain\n" +
+			"  hint: `sbx status` shows what is left; `sbx disconnect --all` finishes it\n"},
+		{[]string{"disconnect", "ghost", "--orphan", "--context", "test", "-n", "hotrod"}, "sbx: interrupted while disconnecting ghost; the daemon stopped there, so cluster objects may remain\n" +
+			"  hint: `sbx list` shows what is left; `sbx disconnect ghost --orphan --context test -n hotrod` finishes it\n"},
+	}
+	cl.mu.Lock()
+	cl.listed = []daemon.ClusterSandbox{{Name: "ghost", Namespace: "hotrod"}}
+	cl.mu.Unlock()
+	for _, tt := range tests {
+		ctx, cancel := context.WithCancel(context.Background())
+		var out, errb lockedBuffer
+		done := make(chan int, 1)
+		go func() { done <- run(ctx, tt.args, strings.NewReader(""), &out, &errb) }()
+		select {
+		case <-cl.entered: // the daemon waits for the cluster
+		case <-time.After(30 * time.Second):
+			t.Fatalf("%v: the daemon never started deleting; stderr: %s", tt.args, errb.String())
+		}
+		cancel() // as main does on SIGINT
+		select {
+		case code = <-done:
+		case <-time.After(30 * time.Second):
+			t.Fatalf("%v did not return; stderr: %s", tt.args, errb.String())
+		}
+		require.Equal(t, exitInterrupted, code, errb.String())
+		require.Contains(t, errb.String(), tt.want, tt.args)
+	}
 }
