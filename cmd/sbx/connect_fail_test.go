@@ -25,14 +25,31 @@ import (
 // code and the final stderr.
 func runCLIUntil(t *testing.T, marker string, then func(), args ...string) (int, string) {
 	t.Helper()
+	return runCLIWhen(t, func(output string) bool { return strings.Contains(output, marker) }, then, args...)
+}
+
+// runCLIWhen is runCLIUntil with a condition: then is called once ready
+// (given stdout and stderr so far) holds.
+func runCLIWhen(t *testing.T, ready func(output string) bool, then func(), args ...string) (int, string) {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	var out, errb lockedBuffer
 	done := make(chan int, 1)
 	go func() { done <- run(ctx, args, strings.NewReader(""), &out, &errb) }()
-	// Generous: a marker may be a heartbeat that takes seconds to come
-	// (clusterWaitEvery), on a CI machine that may be slow.
-	require.Eventually(t, func() bool { return strings.Contains(out.String()+errb.String(), marker) }, 30*time.Second, 5*time.Millisecond, "stderr: %s", errb.String())
+	// Generous: what the test waits for may be a heartbeat that takes
+	// seconds to come (clusterWaitEvery), on a CI machine that may be slow.
+	deadline := time.Now().Add(30 * time.Second)
+	for !ready(out.String() + errb.String()) {
+		select {
+		case code := <-done:
+			t.Fatalf("sbx %s ended (exit %d) before the test was ready; stderr:\n%s", strings.Join(args, " "), code, errb.String())
+		case <-time.After(5 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("sbx %s: still not ready after 30s; stderr:\n%s", strings.Join(args, " "), errb.String())
+		}
+	}
 	if then == nil {
 		cancel() // as main does on SIGINT
 	} else {
@@ -41,7 +58,7 @@ func runCLIUntil(t *testing.T, marker string, then func(), args ...string) (int,
 	select {
 	case code := <-done:
 		return code, errb.String()
-	case <-time.After(20 * time.Second):
+	case <-time.After(30 * time.Second):
 		t.Fatalf("sbx %s did not return; stderr:\n%s", strings.Join(args, " "), errb.String())
 		return 0, ""
 	}
@@ -411,22 +428,16 @@ func TestCLIDisconnectInterrupted(t *testing.T) {
 	cl.listed = []daemon.ClusterSandbox{{Name: "ghost", Namespace: "hotrod"}}
 	cl.mu.Unlock()
 	for _, tt := range tests {
-		ctx, cancel := context.WithCancel(context.Background())
-		var out, errb lockedBuffer
-		done := make(chan int, 1)
-		go func() { done <- run(ctx, tt.args, strings.NewReader(""), &out, &errb) }()
-		select {
-		case <-cl.entered: // the daemon waits for the cluster
-		case <-time.After(30 * time.Second):
-			t.Fatalf("%v: the daemon never started deleting; stderr: %s", tt.args, errb.String())
-		}
-		cancel() // as main does on SIGINT
-		select {
-		case code = <-done:
-		case <-time.After(30 * time.Second):
-			t.Fatalf("%v did not return; stderr: %s", tt.args, errb.String())
-		}
-		require.Equal(t, exitInterrupted, code, errb.String())
-		require.Contains(t, errb.String(), tt.want, tt.args)
+		entered := false // the daemon waits for the cluster
+		code, errOut := runCLIWhen(t, func(string) bool {
+			select {
+			case <-cl.entered:
+				entered = true
+			default:
+			}
+			return entered
+		}, nil, tt.args...)
+		require.Equal(t, exitInterrupted, code, errOut)
+		require.Contains(t, errOut, tt.want, tt.args)
 	}
 }
