@@ -37,12 +37,21 @@ const (
 // classifyAPIError tells why a call to the API server failed. A
 // certificate the client does not trust is not "unreachable" (the server
 // answered), and a cancelled call has no cause of the cluster's.
+//
+// Unreachable is a network error (dial, DNS, a read or write on the
+// connection) or a timeout, not any net.Error: every error of an HTTP
+// round trip comes wrapped in a *url.Error, which is one, including a
+// credential plugin that failed before anything was sent ("getting
+// credentials: exec: executable gke-gcloud-auth-plugin not found"), for
+// which "check your network or VPN" would mislead.
 func classifyAPIError(err error) apiCause {
 	var (
 		unknownCA x509.UnknownAuthorityError
 		hostname  x509.HostnameError
 		invalid   x509.CertificateInvalidError
 		verify    *tls.CertificateVerificationError
+		op        *net.OpError
+		dns       *net.DNSError
 		ne        net.Error
 	)
 	switch {
@@ -54,7 +63,8 @@ func classifyAPIError(err error) apiCause {
 		return causeUnauthorized
 	case errors.As(err, &unknownCA), errors.As(err, &hostname), errors.As(err, &invalid), errors.As(err, &verify):
 		return causeOther
-	case errors.Is(err, context.DeadlineExceeded), errors.As(err, &ne):
+	case errors.Is(err, context.DeadlineExceeded), errors.As(err, &op), errors.As(err, &dns),
+		errors.As(err, &ne) && ne.Timeout():
 		return causeUnreachable
 	}
 	return causeOther

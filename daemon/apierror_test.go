@@ -36,6 +36,12 @@ func TestClassifyAPIError(t *testing.T) {
 		{"unauthorized", apierrors.NewUnauthorized("token expired"), causeUnauthorized},
 		{"refused", fmt.Errorf("list: %w", refused), causeUnreachable},
 		{"deadline", fmt.Errorf("list: %w", context.DeadlineExceeded), causeUnreachable},
+		{"dns", &url.Error{Op: "Get", URL: "https://api:6443/x", Err: &net.DNSError{Err: "no such host", Name: "api", IsNotFound: true}}, causeUnreachable},
+		{"client timeout", &url.Error{Op: "Get", URL: "https://api:6443/x", Err: timeoutError{}}, causeUnreachable},
+		// A url.Error is a net.Error whatever it wraps: a credential
+		// plugin that failed is not the network.
+		{"credential plugin", &url.Error{Op: "Get", URL: "https://api:6443/x", Err: errors.New("getting credentials: exec: executable gke-gcloud-auth-plugin not found")}, causeOther},
+		{"plain HTTP server", &url.Error{Op: "Get", URL: "https://api:6443/x", Err: errors.New("http: server gave HTTP response to HTTPS client")}, causeOther},
 		{"canceled", &url.Error{Op: "Get", URL: "https://api", Err: context.Canceled}, causeOther},
 		{"untrusted certificate", &url.Error{Op: "Get", URL: "https://api", Err: x509.UnknownAuthorityError{}}, causeOther},
 		{"not found", apierrors.NewNotFound(leases, "x"), causeOther},
@@ -49,6 +55,14 @@ func TestClassifyAPIError(t *testing.T) {
 		})
 	}
 }
+
+// timeoutError is a net.Error that timed out, as net/http's
+// "TLS handshake timeout" is.
+type timeoutError struct{}
+
+func (timeoutError) Error() string   { return "net/http: TLS handshake timeout" }
+func (timeoutError) Timeout() bool   { return true }
+func (timeoutError) Temporary() bool { return true }
 
 // forbiddenCluster is a kubeCluster over fake clientsets whose API server
 // refuses verb on resource (RBAC), with the context's namespace ns.

@@ -216,12 +216,14 @@ func (q *quietWait) do(print func(io.Writer)) {
 
 // heartbeat prints note(time waited so far) after every quiet spell of
 // every until the returned stop is called; stop waits for its goroutine.
+// It looks four times per spell, at least every minHeartbeatTick: a tiny
+// spell (connect --timeout 10ns) must not make a ticker of 0, which panics.
 func (q *quietWait) heartbeat(ctx context.Context, every time.Duration, note func(waited time.Duration) string) (stop func()) {
 	ctx, cancel := context.WithCancel(ctx)
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		tick := time.NewTicker(every / 4)
+		tick := time.NewTicker(max(every/4, minHeartbeatTick))
 		defer tick.Stop()
 		for {
 			select {
@@ -239,6 +241,9 @@ func (q *quietWait) heartbeat(ctx context.Context, every time.Duration, note fun
 	}()
 	return func() { cancel(); <-done }
 }
+
+// minHeartbeatTick is the shortest interval heartbeat looks at the clock.
+const minHeartbeatTick = 10 * time.Millisecond
 
 // interruptedConnect is connect's answer to Ctrl-C: the daemon goes on
 // with a sandbox it has been given, so say so and how to follow or stop it.

@@ -120,8 +120,9 @@ func (c *cliCluster) GC(ctx context.Context, ns string) ([]string, error) {
 
 // startInProcessDaemon runs a daemon on the CLI's default paths. Its
 // outbound access edits a temporary hosts file, never the machine's; tweak
-// changes other options.
-func startInProcessDaemon(t *testing.T, cl daemon.Cluster, tweak ...func(*daemon.Options)) {
+// changes other options. It stops when the test ends, or earlier when the
+// returned stop is called (which waits until it has stopped).
+func startInProcessDaemon(t *testing.T, cl daemon.Cluster, tweak ...func(*daemon.Options)) (stop func()) {
 	hosts := filepath.Join(t.TempDir(), "hosts")
 	require.NoError(t, os.WriteFile(hosts, []byte("127.0.0.1 localhost\n"), 0o644))
 	opts := daemon.Options{
@@ -138,13 +139,18 @@ func startInProcessDaemon(t *testing.T, cl daemon.Cluster, tweak ...func(*daemon
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- d.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		require.NoError(t, <-done)
-	})
+	var once sync.Once
+	stop = func() {
+		once.Do(func() {
+			cancel()
+			require.NoError(t, <-done)
+		})
+	}
+	t.Cleanup(stop)
 	c := &daemon.Client{}
 	defer c.Close()
 	require.Eventually(t, func() bool { _, err := c.Status(context.Background()); return err == nil }, 10*time.Second, 5*time.Millisecond)
+	return stop
 }
 
 // writeSpec writes dir/sandbox.yaml, a spec mapping route's port 8083 to
@@ -270,15 +276,27 @@ func TestCLIConnectStatusListDisconnect(t *testing.T) {
 	require.Contains(t, errOut, "sbx status")
 }
 
+// TestCLIConnectWaitTimeout: a sandbox not ready within --timeout exits 1
+// and says how to follow it; meanwhile, as the daemon has no news (a relay
+// pod that never gets ready), connect --wait says that it still waits, how
+// long so far and that Ctrl-C stops only the waiting.
+//
+// The daemon's progress must arrive before the timeout and before a
+// quarter of it passes in silence (the heartbeat's spell, see quietEvery):
+// 4s leaves a loaded CI machine a second for what takes milliseconds.
 func TestCLIConnectWaitTimeout(t *testing.T) {
 	dir := cliEnv(t)
 	startInProcessDaemon(t, &cliCluster{ready: make(chan struct{})})
-	code, _, errOut := runCLI(t, "connect", "-f", writeSpec(t, dir), "--set", "name=alice", "--timeout", "200ms")
-	require.Equal(t, 1, code, "a sandbox not ready in time is a failure, not a usage error")
+	code, _, errOut := runCLI(t, "connect", "-f", writeSpec(t, dir), "--set", "name=alice", "--timeout", "4s")
+	require.Equal(t, 1, code, "a sandbox not ready in time is a failure, not a usage error: %s", errOut)
 	require.Contains(t, errOut, "applying")
 	require.Contains(t, errOut, "waiting for pod")
-	require.Contains(t, errOut, "not ready after 200ms")
+	require.Contains(t, errOut, "not ready after 4s")
 	require.Contains(t, errOut, "sbx status alice")
+
+	require.Contains(t, errOut, "still waiting: ")
+	require.Contains(t, errOut, "so far, no news from the daemon (Ctrl-C stops waiting; the daemon keeps trying)")
+	require.Less(t, strings.Index(errOut, "waiting for pod"), strings.Index(errOut, "still waiting"))
 }
 
 func TestCLIConnectInvalidSpec(t *testing.T) {

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"strings"
@@ -71,6 +72,13 @@ by one, leaving the rest intact). Keyed requests go to the baseline again.`,
 			}
 			stop()
 			if err != nil {
+				if ctx.Err() != nil && errors.Is(err, context.Canceled) {
+					look := "sbx status"
+					if orphan {
+						look = "sbx list"
+					}
+					return interruptedDisconnect(what, look, disconnectAgain(cmd, g, args, all, orphan, forget), forget)
+				}
 				if daemon.IsNotFound(err) {
 					if orphan {
 						return userError(fmt.Errorf("no sandbox %q found in the cluster", args[0]), "`sbx list` shows the sandboxes in the cluster; pass -n NAMESPACE or --context if it lives elsewhere")
@@ -109,4 +117,39 @@ by one, leaving the rest intact). Keyed requests go to the baseline again.`,
 	cmd.Flags().BoolVar(&forget, "forget", false, "stop the sandbox and drop it from the daemon without touching the cluster (gone or unreachable); sbx gc collects its objects later")
 	cmd.Flags().BoolVar(&orphan, "orphan", false, "delete the cluster objects of a sandbox this daemon does not own (marked orphan by sbx list)")
 	return cmd
+}
+
+// interruptedDisconnect is disconnect's answer to Ctrl-C once the daemon
+// got the request: the daemon stops where the interruption caught it, so
+// a sandbox may be left stopped (failed) with some of its cluster objects
+// still there, and a plain "interrupted" would say neither that nor what
+// to do. look is the command that shows what is left, again the one that
+// finishes the work.
+func interruptedDisconnect(what, look, again string, forget bool) error {
+	msg := "interrupted while " + what
+	if !forget {
+		msg += "; the daemon stopped there, so cluster objects may remain"
+	}
+	return &cliError{kind: kindUser, code: exitInterrupted, err: errors.New(msg),
+		hint: "`" + look + "` shows what is left; `" + again + "` finishes it"}
+}
+
+// disconnectAgain is the disconnect command line that repeats this one.
+func disconnectAgain(cmd *cobra.Command, g *globalOptions, args []string, all, orphan, forget bool) string {
+	line := append([]string{cmd.CommandPath()}, args...)
+	if all {
+		line = append(line, "--all")
+	}
+	if orphan {
+		line = append(line, "--orphan")
+		for _, f := range [][2]string{{"--kubeconfig", g.kubeconfig}, {"--context", g.context}, {"-n", g.namespace}} {
+			if f[1] != "" {
+				line = append(line, f[0], f[1])
+			}
+		}
+	}
+	if forget {
+		line = append(line, "--forget")
+	}
+	return strings.Join(line, " ")
 }
