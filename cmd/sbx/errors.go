@@ -41,7 +41,8 @@ func exitError(code int) error {
 var errSilent = errors.New("")
 
 // exitInterrupted is the exit code after Ctrl-C (SIGINT), as a shell
-// reports a process that SIGINT ended: 128+2.
+// reports a process that SIGINT ended: 128+2. execute turns it into
+// 128+N for the signal that really ended the command (signalExitCode).
 const exitInterrupted = 130
 
 func formatError(err error) string {

@@ -18,12 +18,56 @@ import (
 var version = ""
 
 func main() {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	ctx, stop := signalContext(os.Interrupt, syscall.SIGTERM)
 	// Only here, on main's goroutine, is the OS-thread lock the one
 	// fyne.io/systray took at init (see releaseMainThread).
 	code := execute(ctx, os.Args[1:], os.Stdin, os.Stdout, os.Stderr, runtime.UnlockOSThread)
 	stop()
 	os.Exit(code)
+}
+
+// signalCause is the cause of a context that signalContext ended.
+type signalCause struct{ sig os.Signal }
+
+func (c signalCause) Error() string { return c.sig.String() + " signal received" }
+
+// signalContext is signal.NotifyContext that also records which signal
+// ended it (context.Cause), so the exit code can be the shell's 128+N:
+// 130 after Ctrl-C, 143 after SIGTERM. stop releases the signals and
+// waits for the watching goroutine.
+func signalContext(sigs ...os.Signal) (ctx context.Context, stop func()) {
+	ctx, cancel := context.WithCancelCause(context.Background())
+	ch := make(chan os.Signal, 1)
+	signal.Notify(ch, sigs...)
+	done := make(chan struct{})
+	exited := make(chan struct{})
+	go func() {
+		defer close(exited)
+		select {
+		case s := <-ch:
+			cancel(signalCause{s})
+		case <-done:
+		}
+	}()
+	return ctx, func() {
+		signal.Stop(ch)
+		close(done)
+		<-exited
+		cancel(nil)
+	}
+}
+
+// signalExitCode is the exit code of a command that a signal ended: 128+N
+// for signal N as shells report it, exitInterrupted (Ctrl-C's) when the
+// signal is not known (tests cancel without one).
+func signalExitCode(ctx context.Context) int {
+	var sc signalCause
+	if errors.As(context.Cause(ctx), &sc) {
+		if n, ok := sc.sig.(syscall.Signal); ok {
+			return 128 + int(n)
+		}
+	}
+	return exitInterrupted
 }
 
 // run executes the CLI with the given arguments and streams and returns the
@@ -44,7 +88,11 @@ func execute(ctx context.Context, args []string, stdin io.Reader, stdout, stderr
 	if err := root.ExecuteContext(ctx); err != nil {
 		err = interrupted(ctx, err)
 		fmt.Fprintln(stderr, formatError(err))
-		return exitCode(err)
+		code := exitCode(err)
+		if code == exitInterrupted {
+			code = signalExitCode(ctx)
+		}
+		return code
 	}
 	return 0
 }
