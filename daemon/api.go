@@ -116,6 +116,9 @@ type Progress struct {
 	Error   string         `json:"error,omitempty"`
 	Done    bool           `json:"done,omitempty"`
 	Sandbox *SandboxStatus `json:"sandbox,omitempty"`
+	// DaemonStopping ends a stream the daemon's shutdown broke off: the
+	// request was not finished, and a new daemon resumes it.
+	DaemonStopping bool `json:"daemonStopping,omitempty"`
 }
 
 // DisconnectResult lists the sandboxes a DELETE removed.

@@ -11,6 +11,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -517,4 +518,42 @@ func TestRequestDuringStopIsAnswered(t *testing.T) {
 		require.Contains(t, rec.Body.String(), "the sbx daemon is stopping")
 		require.NotContains(t, rec.Body.String(), "context canceled")
 	}
+}
+
+// TestStopDuringConnect: a connect waiting for its sandbox when the daemon
+// stops gets an answer saying so, rather than a stream that just ends
+// (which the CLI can only guess about).
+func TestStopDuringConnect(t *testing.T) {
+	fc := &fakeCluster{waitBlock: make(chan struct{})} // the relay never gets ready
+	td := startDaemon(t, Options{Clusters: fc.provider(), link: (&fakeLinker{}).link})
+	ctx := context.Background()
+	res := make(chan error, 1)
+	waiting := make(chan struct{})
+	var once sync.Once
+	go func() {
+		_, err := td.client.Connect(ctx, ConnectRequest{Spec: testSpec("alice", "localhost:1"), Wait: true}, func(p Progress) {
+			if p.Phase == PhaseWaitingRelay {
+				once.Do(func() { close(waiting) })
+			}
+		})
+		res <- err
+	}()
+	select {
+	case <-waiting:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the connect never waited for the relay")
+	}
+	stopper := &Client{Socket: td.paths.Socket()}
+	defer stopper.Close()
+	require.NoError(t, stopper.Shutdown(ctx))
+	var err error
+	select {
+	case err = <-res:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the connect was not answered after the stop")
+	}
+	var ce *ConnectError
+	require.ErrorAs(t, err, &ce)
+	require.True(t, ce.DaemonStopping, "%v", err)
+	require.Contains(t, ce.Message, "the sbx daemon is stopping, so it stopped connecting sandbox alice")
 }

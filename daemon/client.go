@@ -56,6 +56,8 @@ type ConnectError struct {
 	Sandbox string
 	Phase   Phase
 	Message string
+	// DaemonStopping: the daemon's shutdown broke the connect off.
+	DaemonStopping bool
 }
 
 // Error returns the daemon's explanation.
@@ -217,7 +219,7 @@ func (c *Client) Connect(ctx context.Context, req ConnectRequest, progress func(
 			}
 			return *p.Sandbox, nil
 		}
-		return SandboxStatus{}, &ConnectError{Sandbox: req.Spec.Name, Phase: p.Phase, Message: p.Error}
+		return SandboxStatus{}, &ConnectError{Sandbox: req.Spec.Name, Phase: p.Phase, Message: p.Error, DaemonStopping: p.DaemonStopping}
 	}
 }
 

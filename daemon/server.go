@@ -286,7 +286,12 @@ func (d *Daemon) handleConnect(w http.ResponseWriter, r *http.Request) error {
 	for {
 		select {
 		case <-ctx.Done():
-			if r.Context().Err() != nil {
+			if err := r.Context().Err(); err != nil {
+				if d.mgr.stopping(err) {
+					// Say so: the client could not tell a silent end
+					// from a crash.
+					return out.send(stoppedConnecting(d.now(), name))
+				}
 				return nil // the client went away
 			}
 			st, _ := d.store.Sandbox(name)
@@ -301,6 +306,9 @@ func (d *Daemon) handleConnect(w http.ResponseWriter, r *http.Request) error {
 			return out.send(Progress{Time: d.now(), Phase: st.Phase, Done: true, Error: msg})
 		case p, ok := <-sub:
 			if !ok {
+				if err := r.Context().Err(); err != nil && d.mgr.stopping(err) {
+					return out.send(stoppedConnecting(d.now(), name))
+				}
 				st, found := d.store.Sandbox(name)
 				if !found {
 					return out.send(Progress{Time: d.now(), Done: true, Error: fmt.Sprintf("sandbox %s was disconnected while connecting", name)})
@@ -334,6 +342,12 @@ func (d *Daemon) handleConnect(w http.ResponseWriter, r *http.Request) error {
 			}
 		}
 	}
+}
+
+// stoppedConnecting ends a connect stream the daemon's shutdown broke off.
+func stoppedConnecting(now time.Time, name string) Progress {
+	return Progress{Time: now, Done: true, DaemonStopping: true,
+		Error: fmt.Sprintf("the sbx daemon is stopping, so it stopped connecting sandbox %s", name)}
 }
 
 func (d *Daemon) handleDisconnect(w http.ResponseWriter, r *http.Request) error {

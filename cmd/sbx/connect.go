@@ -128,6 +128,15 @@ func readKubeconfig(g *globalOptions) error {
 	return err
 }
 
+// daemonStoppedConnecting is connect's error when the daemon stopped
+// (was stopped, killed or crashed) before the sandbox was ready: the
+// daemon says so when it stops gracefully, otherwise its socket goes away.
+func daemonStoppedConnecting(name string) error {
+	return &cliError{kind: kindUser, code: 1,
+		err:  fmt.Errorf("the sbx daemon stopped while connecting sandbox %s (killed, crashed or stopped)", name),
+		hint: fmt.Sprintf("connect again: a new daemon resumes %s with its routing key; `sbx logs` shows why the old one stopped", name)}
+}
+
 // connectOnce sends one connect and prints its progress and result.
 func connectOnce(ctx context.Context, g *globalOptions, c *daemon.Client, req daemon.ConnectRequest, sb *spec.Sandbox, format string) error {
 	req.Spec = *sb
@@ -156,14 +165,14 @@ func connectOnce(ctx context.Context, g *globalOptions, c *daemon.Client, req da
 		switch {
 		case ctx.Err() != nil && errors.Is(err, context.Canceled):
 			return interruptedConnect(sb.Name, lastPhase)
+		case errors.As(err, &ce) && ce.DaemonStopping:
+			return daemonStoppedConnecting(sb.Name)
 		case errors.As(err, &ce):
 			// Not ready in time, or failed: not a usage error.
 			return &cliError{kind: kindUser, err: err, code: 1,
 				hint: fmt.Sprintf("`sbx status %s` shows its state, `sbx logs` the daemon's log", sb.Name)}
 		case !errors.As(err, &ae) && daemonStopped(c.Socket):
-			return &cliError{kind: kindUser, code: 1,
-				err:  fmt.Errorf("the sbx daemon stopped while connecting sandbox %s (killed, crashed or stopped)", sb.Name),
-				hint: fmt.Sprintf("connect again: a new daemon resumes %s with its routing key; `sbx logs` shows why the old one stopped", sb.Name)}
+			return daemonStoppedConnecting(sb.Name)
 		case errors.As(err, &ae) && ae.StatusCode == 409:
 			return userError(err, "")
 		}
