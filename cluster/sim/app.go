@@ -203,6 +203,9 @@ type AppServer struct {
 	ln   net.Listener
 	srv  *http.Server
 	done chan struct{}
+	// stopHandlers cancels the requests in flight, so that Close can wait
+	// for their handlers (and their own downstream calls) to end.
+	stopHandlers context.CancelFunc
 
 	mu     sync.Mutex
 	closed bool
@@ -220,13 +223,16 @@ func StartApp(cfg AppConfig, addr string) (*AppServer, error) {
 
 // ServeApp serves a sample app service on an existing listener.
 func ServeApp(cfg AppConfig, ln net.Listener) *AppServer {
+	hctx, stop := context.WithCancel(context.Background())
 	s := &AppServer{
-		cfg:  cfg,
-		ln:   ln,
-		done: make(chan struct{}),
+		cfg:          cfg,
+		ln:           ln,
+		done:         make(chan struct{}),
+		stopHandlers: stop,
 		srv: &http.Server{
 			Handler:           NewAppHandler(cfg),
 			ReadHeaderTimeout: 10 * time.Second,
+			BaseContext:       func(net.Listener) context.Context { return hctx },
 		},
 	}
 	go func() {
@@ -255,12 +261,28 @@ func (s *AppServer) Close() error {
 	}
 	s.closed = true
 	s.mu.Unlock()
-	err := s.srv.Close()
+	err := closeServer(s.srv, s.stopHandlers)
 	<-s.done
 	if s.cfg.Client != nil {
+		// Only now: a handler still calling downstream would put its
+		// connection back into the idle pool after this.
 		s.cfg.Client.CloseIdleConnections()
 	}
 	return err
+}
+
+// closeServer stops srv at once and waits for its handlers: it cancels
+// their requests (stopHandlers cancels srv's BaseContext), lets Shutdown
+// wait for them to return, and closes whatever is left after a moment.
+// http.Server.Close alone returns while handlers still run.
+func closeServer(srv *http.Server, stopHandlers context.CancelFunc) error {
+	stopHandlers()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := srv.Shutdown(ctx); err != nil {
+		return srv.Close()
+	}
+	return nil
 }
 
 // StartLocalRoute starts the "v2" route service as a developer would run it

@@ -84,6 +84,8 @@ type portRouter struct {
 	ln    net.Listener
 	srv   *http.Server // nil for tcp
 	conns sync.Map     // tcp: net.Conn -> struct{}
+	// stopHandlers cancels srv's requests in flight (its BaseContext).
+	stopHandlers context.CancelFunc
 }
 
 // NewMesh starts the mesh: informers on Services, Pods and
@@ -336,10 +338,13 @@ func (m *Mesh) startRouter(ns, name string, port int32, proto string) (*portRout
 		}()
 		return pr, nil
 	}
+	hctx, stop := context.WithCancel(context.Background())
+	pr.stopHandlers = stop
 	pr.srv = &http.Server{
 		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			m.serveHTTP(w, r, ns, name, port)
 		}),
+		BaseContext:       func(net.Listener) context.Context { return hctx },
 		ReadHeaderTimeout: 30 * time.Second,
 		Protocols:         new(http.Protocols),
 		ErrorLog:          slog.NewLogLogger(m.log.Handler(), slog.LevelDebug),
@@ -355,7 +360,9 @@ func (m *Mesh) startRouter(ns, name string, port int32, proto string) (*portRout
 
 func (pr *portRouter) close() {
 	if pr.srv != nil {
-		_ = pr.srv.Close()
+		// Waits for proxied requests, so that Mesh.Close's
+		// CloseIdleConnections comes after their connections are idle.
+		_ = closeServer(pr.srv, pr.stopHandlers)
 		return
 	}
 	_ = pr.ln.Close()
