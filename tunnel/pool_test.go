@@ -117,11 +117,11 @@ func TestPoolSkipsDeadSession(t *testing.T) {
 	<-c.client.Done()
 }
 
-// TestPoolAvoidsBusySession: a new stream goes to the session that is not
-// carrying a transfer, even when that session has more (idle) streams
-// open; once the transfer is a few time constants old it no longer
-// counts, and a transfer the pool only learns of long after it ended
-// counts little.
+// TestPoolAvoidsBusySession: among sessions with as many open streams, a
+// new stream goes to the one not carrying a transfer; streams still come
+// first (a transfer that has just begun registers too slowly to outweigh
+// them); and a transfer the pool only learns of long after it ended
+// counts for little.
 func TestPoolAvoidsBusySession(t *testing.T) {
 	busy := newSessionPair(t, transportTCP, roleSets[0], nil)
 	idle := newSessionPair(t, transportTCP, roleSets[0], nil)
@@ -131,18 +131,25 @@ func TestPoolAvoidsBusySession(t *testing.T) {
 	pool := NewPool(nil, nil)
 	pool.now = func() time.Time { return now }
 	defer pool.Close()
-	pool.Add(busy.client)
+	pool.Add(busy.client) // first: the pick without traffic
 	pool.Add(idle.client)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-
-	// idle holds two streams that move nothing; busy one that echoes
-	// 8 MiB (16 MiB of payload both ways).
-	for range 2 {
-		st, err := idle.client.Open(ctx, outboundHeader)
+	open := func(s *Session) {
+		t.Helper()
+		st, err := s.Open(ctx, outboundHeader)
 		require.NoError(t, err)
-		defer st.Close()
+		t.Cleanup(func() { _ = st.Close() })
 	}
+	pick := func() *Session {
+		t.Helper()
+		st, err := pool.Open(ctx, outboundHeader)
+		require.NoError(t, err)
+		t.Cleanup(func() { _ = st.Close() })
+		return st.s
+	}
+	// busy echoes 8 MiB (16 MiB of payload both ways) on one stream;
+	// idle holds one stream that moves nothing.
 	transfer := func() {
 		t.Helper()
 		st, err := busy.client.Open(ctx, outboundHeader)
@@ -151,32 +158,24 @@ func TestPoolAvoidsBusySession(t *testing.T) {
 		echoBytes(t, st, 8<<20)
 	}
 	transfer()
+	open(idle.client)
 	now = now.Add(100 * time.Millisecond)
+	require.Same(t, idle.client, pick(), "1 stream each: the one not moving data")
 
-	st, err := pool.Open(ctx, outboundHeader)
-	require.NoError(t, err)
-	defer st.Close()
-	require.Same(t, idle.client, st.s, "fewest streams (1 against 2) would pick the busy session")
-
-	// Thirty seconds later the transfer is forgotten: streams decide.
-	now = now.Add(30 * time.Second)
-	st, err = pool.Open(ctx, outboundHeader)
-	require.NoError(t, err)
-	defer st.Close()
-	require.Same(t, busy.client, st.s, "1 stream against 3")
+	// Streams first: 1 against 2, whatever busy moved.
+	require.Same(t, busy.client, pick(), "fewer streams wins over traffic")
 
 	// A transfer the pool first sees 100 s after it last looked is
-	// spread over those 100 s: about 1% of it counts (0.04 streams'
-	// worth; counted whole it would be 4).
+	// spread over those 100 s: about 1% of it counts.
+	pool.mu.Lock()
+	before := pool.load[busy.client].load
+	pool.mu.Unlock()
 	transfer()
-	extra, err := idle.client.Open(ctx, outboundHeader)
-	require.NoError(t, err)
-	defer extra.Close()
 	now = now.Add(100 * time.Second)
-	st, err = pool.Open(ctx, outboundHeader)
-	require.NoError(t, err)
-	defer st.Close()
-	require.Same(t, busy.client, st.s, "3 streams and an old transfer against 4 idle ones")
+	pool.mu.Lock()
+	l := pool.load[busy.client].observe(now, busy.client.payloadBytes())
+	pool.mu.Unlock()
+	require.InDelta(t, before*math.Exp(-100)+float64(16<<20)/100, l, float64(16<<20)/1000, "spread over the 100 s since the last look")
 }
 
 // echoBytes sends n bytes through an echo stream and reads them back.
