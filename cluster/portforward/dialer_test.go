@@ -184,15 +184,21 @@ func TestBytesBothWays(t *testing.T) {
 	}
 }
 
+// dialEcho dials a new echo pod over transport tr; the connection is
+// closed when the test ends.
+func dialEcho(t *testing.T, tr portforward.Transport) *portforward.Conn {
+	t.Helper()
+	c, err := newEchoEnv(t).dialer(portforward.Config{Transport: tr}).Dial(ctx(t))
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = c.Close() })
+	return c
+}
+
 func TestLargeTransferChecksum(t *testing.T) {
 	const size = 64 << 20
 	for _, tr := range []portforward.Transport{portforward.TransportWebSocket, portforward.TransportSPDY} {
 		t.Run(string(tr), func(t *testing.T) {
-			e := newEchoEnv(t)
-			d := e.dialer(portforward.Config{Transport: tr})
-			c, err := d.Dial(ctx(t))
-			require.NoError(t, err)
-			defer c.Close()
+			c := dialEcho(t, tr)
 
 			src := rand.NewChaCha8([32]byte{1, 2, 3})
 			sent := sha256.New()
@@ -217,11 +223,7 @@ func TestLargeTransferChecksum(t *testing.T) {
 func TestWritePrefixed(t *testing.T) {
 	for _, tr := range []portforward.Transport{portforward.TransportWebSocket, portforward.TransportSPDY} {
 		t.Run(string(tr), func(t *testing.T) {
-			e := newEchoEnv(t)
-			d := e.dialer(portforward.Config{Transport: tr})
-			c, err := d.Dial(ctx(t))
-			require.NoError(t, err)
-			defer c.Close()
+			c := dialEcho(t, tr)
 			require.Equal(t, tr == portforward.TransportWebSocket, c.PrefixedWrites())
 
 			body := bytes.Repeat([]byte("0123456789"), 13_000)
@@ -237,7 +239,7 @@ func TestWritePrefixed(t *testing.T) {
 				want = append(want, "|plain|"...)
 			}
 			got := make([]byte, len(want))
-			_, err = io.ReadFull(c, got)
+			_, err := io.ReadFull(c, got)
 			require.NoError(t, err)
 			require.Equal(t, want, got)
 
