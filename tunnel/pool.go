@@ -32,8 +32,10 @@ type Pool struct {
 // it (see PROTOCOL.md, "Pool"). Traffic only breaks ties: the estimate
 // below registers a transfer that just started slowly (over loadTau) and
 // one that just ended as still busy, so weighing it against stream counts
-// sent requests onto a download that had just begun (measured: the
-// pool's p99 behind bulk rose from 1.8-2.0x to 3.2x raw TCP).
+// can send a request onto a download that has just begun, where counting
+// streams never does (a version that did measured 2.1x and 3.2x raw TCP
+// for the pool's p99 behind bulk, against 1.8-2.4x without it; too few
+// runs to prove the cause, see PROTOCOL.md).
 //
 // loadTau is the time constant over which a session's traffic is
 // forgotten: load is about the bytes moved in the last loadTau.
