@@ -106,6 +106,16 @@ func frame(stream uint32, payload []byte) [][]byte {
 	return [][]byte{w1[:], w2[:], payload}
 }
 
+// patterned is n bytes that do not repeat at any power-of-two period, so
+// that a piece in the wrong place or masked with the wrong key phase shows.
+func patterned(n int) []byte {
+	b := make([]byte, n)
+	for i := range b {
+		b[i] = byte(i % 251)
+	}
+	return b
+}
+
 func TestFrameConnWritesWholeFrames(t *testing.T) {
 	tests := []struct {
 		name     string
@@ -147,10 +157,7 @@ func TestFrameConnWritesWholeFrames(t *testing.T) {
 // WebSocket frame goes out as several messages that join up to it.
 func TestFrameConnSplitsHugeFrames(t *testing.T) {
 	c, _, peer := newWSPair(t)
-	payload := make([]byte, 2*wsMaxPayload+100)
-	for i := range payload {
-		payload[i] = byte(i % 251)
-	}
+	payload := patterned(2*wsMaxPayload + 100)
 	var whole []byte
 	for _, piece := range frame(3, payload) {
 		whole = append(whole, piece...)
@@ -380,10 +387,7 @@ func TestFrameConnPrefix(t *testing.T) {
 // while its length grows by the prefix.
 func TestFrameConnPrefixOnHugeFrame(t *testing.T) {
 	c, _, peer := newWSPair(t)
-	body := make([]byte, 2*wsMaxPayload+7)
-	for i := range body {
-		body[i] = byte(i % 253)
-	}
+	body := patterned(2*wsMaxPayload + 7)
 	pre := []byte("PRE")
 	hdr := func(length int) []byte {
 		h := binary.BigEndian.AppendUint32(nil, 9)
