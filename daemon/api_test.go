@@ -555,5 +555,5 @@ func TestStopDuringConnect(t *testing.T) {
 	var ce *ConnectError
 	require.ErrorAs(t, err, &ce)
 	require.True(t, ce.DaemonStopping, "%v", err)
-	require.Contains(t, ce.Message, "the sbx daemon is stopping, so it stopped connecting sandbox alice")
+	require.Contains(t, ce.Message, "the sbx daemon is stopping, so it stopped connecting sandbox alice: connect again")
 }

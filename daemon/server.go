@@ -347,7 +347,7 @@ func (d *Daemon) handleConnect(w http.ResponseWriter, r *http.Request) error {
 // stoppedConnecting ends a connect stream the daemon's shutdown broke off.
 func stoppedConnecting(now time.Time, name string) Progress {
 	return Progress{Time: now, Done: true, DaemonStopping: true,
-		Error: fmt.Sprintf("the sbx daemon is stopping, so it stopped connecting sandbox %s", name)}
+		Error: fmt.Sprintf("the sbx daemon is stopping, so it stopped connecting sandbox %s: connect again (a new daemon resumes it)", name)}
 }
 
 func (d *Daemon) handleDisconnect(w http.ResponseWriter, r *http.Request) error {
