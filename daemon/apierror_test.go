@@ -224,7 +224,7 @@ func TestApplyErrorNamesTheSandboxOnce(t *testing.T) {
 	require.ErrorAs(t, err, &ce)
 	require.Contains(t, ce.Message, "sandbox jo failed: apply the cluster objects: spec.local[0]: Deployment hotrod/route not found")
 	require.Equal(t, 1, strings.Count(ce.Message, "sandbox jo "), ce.Message)
-	require.Contains(t, ce.Message, "(fix the cause and run connect again, or `sbx disconnect jo`)")
+	require.Contains(t, ce.Message, "(fix the cause and run connect again); or remove it with `sbx disconnect jo`")
 }
 
 // TestUnauthorizedHint: rejected credentials are a login matter, named
@@ -239,16 +239,32 @@ func TestUnauthorizedHint(t *testing.T) {
 	require.NotContains(t, err.Error(), "did not answer")
 }
 
-// TestConnectFailureHintNotRepeated: a cause that already says to connect
-// again is not followed by a second "run connect again".
+// TestConnectFailureHintNotRepeated: a cause that carries its own next
+// step (a kubeconfig error, a sandbox taken over by another daemon) is not
+// followed by a second, generic "run connect again"; one without gets it.
 func TestConnectFailureHintNotRepeated(t *testing.T) {
-	open := func(context.Context, KubeconfigSource, string) (Cluster, error) {
-		return nil, &PermanentError{errors.New(`context "gone" not found (pass --kubeconfig/--context, and connect again)`)}
+	for _, tc := range []struct {
+		name string
+		err  error
+		want string
+	}{
+		{"kubeconfig", &kubeconfigError{errors.New(`context "gone" not found`), "pass --kubeconfig/--context, and connect again"},
+			`context "gone" not found (pass --kubeconfig/--context, and connect again); or remove it with ` + "`sbx disconnect jo`"},
+		{"taken over", &nextStepError{errors.New("replaced by another client"), "run sbx connect here again to take the sandbox back"},
+			"replaced by another client (run sbx connect here again to take the sandbox back); or remove it with `sbx disconnect jo`"},
+		{"no step of its own", errors.New("relay image refused"),
+			"relay image refused (fix the cause and run connect again); or remove it with `sbx disconnect jo`"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			open := func(context.Context, KubeconfigSource, string) (Cluster, error) {
+				return nil, &PermanentError{tc.err}
+			}
+			td := startDaemon(t, Options{Clusters: open, link: (&fakeLinker{}).link})
+			_, err := td.client.Connect(context.Background(), ConnectRequest{Spec: testSpec("jo", "localhost:1"), Wait: true, Timeout: time.Minute}, nil)
+			var ce *ConnectError
+			require.ErrorAs(t, err, &ce)
+			require.Equal(t, 1, strings.Count(ce.Message, " again"), ce.Message)
+			require.Contains(t, ce.Message, tc.want)
+		})
 	}
-	td := startDaemon(t, Options{Clusters: open, link: (&fakeLinker{}).link})
-	_, err := td.client.Connect(context.Background(), ConnectRequest{Spec: testSpec("jo", "localhost:1"), Wait: true, Timeout: time.Minute}, nil)
-	var ce *ConnectError
-	require.ErrorAs(t, err, &ce)
-	require.Equal(t, 1, strings.Count(ce.Message, "connect again"), ce.Message)
-	require.Contains(t, ce.Message, "(or remove it with `sbx disconnect jo`)")
 }

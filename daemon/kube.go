@@ -171,6 +171,8 @@ type kubeconfigError struct {
 func (e *kubeconfigError) Error() string { return e.err.Error() + " (" + e.hint + ")" }
 func (e *kubeconfigError) Unwrap() error { return e.err }
 
+func (e *kubeconfigError) nextStep() string { return e.hint }
+
 // kubeconfigCause is err without the next step Open added for a sandbox's
 // supervisor; other errors are returned as they are.
 func kubeconfigCause(err error) error {

@@ -148,7 +148,8 @@ func (l *tunnelLink) watch(sess *tunnel.Session) {
 		// Another daemon (another laptop, or a second state directory)
 		// took the sandbox over with its token. Reconnecting would take
 		// it back and the two would take turns forever: stop here.
-		l.finish(&PermanentError{fmt.Errorf("%w; this daemon stopped reconnecting so the two do not take turns (run sbx connect here again to take the sandbox back)", err)})
+		l.finish(&PermanentError{&nextStepError{fmt.Errorf("%w; this daemon stopped reconnecting so the two do not take turns", err),
+			"run sbx connect here again to take the sandbox back"}})
 		return
 	}
 	if live == 0 {

@@ -327,11 +327,8 @@ func (d *Daemon) handleConnect(w http.ResponseWriter, r *http.Request) error {
 					cause = p.Message
 				}
 				p.Done = true
-				next := fmt.Sprintf("fix the cause and run connect again, or `sbx disconnect %s`", name)
-				if strings.Contains(cause, "connect again") { // the cause says how already
-					next = fmt.Sprintf("or remove it with `sbx disconnect %s`", name)
-				}
-				p.Error = fmt.Sprintf("sandbox %s failed: %s (%s)", name, cause, next)
+				// The cause ends with how to recover (failedMessage).
+				p.Error = fmt.Sprintf("sandbox %s failed: %s; or remove it with `sbx disconnect %s`", name, cause, name)
 				return out.send(p)
 			}
 			if err := out.send(p); err != nil {

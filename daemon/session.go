@@ -62,6 +62,30 @@ func (e *PermanentError) Error() string { return e.Err.Error() }
 // Unwrap returns the wrapped error.
 func (e *PermanentError) Unwrap() error { return e.Err }
 
+// nextStepper is an error that says itself how to recover from it.
+type nextStepper interface{ nextStep() string }
+
+// nextStepError is err with the step that recovers from it, for errors
+// whose remedy is not the generic one of a failed sandbox.
+type nextStepError struct {
+	err  error
+	next string
+}
+
+func (e *nextStepError) Error() string    { return e.err.Error() + " (" + e.next + ")" }
+func (e *nextStepError) Unwrap() error    { return e.err }
+func (e *nextStepError) nextStep() string { return e.next }
+
+// failedMessage is what a sandbox that stopped retrying says: the error,
+// with the generic remedy unless the error carries its own.
+func failedMessage(err error) string {
+	var ns nextStepper
+	if errors.As(err, &ns) {
+		return err.Error()
+	}
+	return err.Error() + " (fix the cause and run connect again)"
+}
+
 // session is one sandbox: its saved identity and the supervisor goroutine
 // that keeps it connected.
 type session struct {
@@ -196,7 +220,7 @@ func (s *session) run(ctx context.Context) {
 			st.Sessions, st.Streams, st.RTT = 0, 0, 0
 		})
 		if permanent {
-			s.setPhase(PhaseFailed, err.Error())
+			s.setPhase(PhaseFailed, failedMessage(err))
 			select {
 			case <-ctx.Done():
 				return
