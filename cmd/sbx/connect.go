@@ -171,12 +171,13 @@ func connectOnce(ctx context.Context, g *globalOptions, c *daemon.Client, req da
 			// Not ready in time, or failed: not a usage error.
 			return &cliError{kind: kindUser, err: err, code: 1,
 				hint: fmt.Sprintf("`sbx status %s` shows its state, `sbx logs` the daemon's log", sb.Name)}
-		case !errors.As(err, &ae) && daemonStopped(c.Socket):
+		case daemon.IsNotRunning(err):
+			// needDaemon found it, so it went away since.
 			return daemonStoppedConnecting(sb.Name)
 		case errors.As(err, &ae) && ae.StatusCode == 409:
 			return userError(err, "")
 		}
-		return classify(err, "fix the spec (`sbx validate -f FILE`) and run connect again")
+		return classifyStopped(err, "fix the spec (`sbx validate -f FILE`) and run connect again", daemonStoppedConnecting(sb.Name))
 	}
 	if format != "text" {
 		return printValue(g.stdout, format, st, nil)

@@ -86,13 +86,10 @@ func TestCLIConnectInterrupted(t *testing.T) {
 func TestCLIInterruptedWithoutContextCanceled(t *testing.T) {
 	cliEnv(t)
 	startInProcessDaemon(t, &cliCluster{ready: make(chan struct{})})
-	ctx, cancel := context.WithCancel(context.Background())
-	cancel() // as main does on SIGINT
 	for _, args := range [][]string{{"list"}, {"gc"}, {"disconnect", "--all"}} {
-		var out, errb lockedBuffer
-		code := run(ctx, args, strings.NewReader(""), &out, &errb)
-		require.Equal(t, exitInterrupted, code, "%v: %s", args, errb.String())
-		require.Equal(t, "sbx: interrupted\n", errb.String(), args)
+		code, errOut := runCLICanceled(t, args...)
+		require.Equal(t, exitInterrupted, code, "%v: %s", args, errOut)
+		require.Equal(t, "sbx: interrupted\n", errOut, args)
 	}
 }
 
@@ -328,12 +325,9 @@ func TestCLIStuckDaemon(t *testing.T) {
 	require.Equal(t, 1, code, errOut)
 	require.Contains(t, errOut, "sbx: the sbx daemon (pid 4242) does not answer on ")
 
-	ctx, cancel := context.WithCancel(context.Background())
-	cancel()
-	var out, errb lockedBuffer
-	code = run(ctx, []string{"status"}, strings.NewReader(""), &out, &errb)
-	require.Equal(t, exitInterrupted, code, errb.String())
-	require.Equal(t, "sbx: interrupted\n", errb.String())
+	code, errOut = runCLICanceled(t, "status")
+	require.Equal(t, exitInterrupted, code, errOut)
+	require.Equal(t, "sbx: interrupted\n", errOut)
 }
 
 // TestCLIConnectTinyTimeout: a --timeout so short that a quarter of it is

@@ -273,6 +273,15 @@ func warnVersionSkew(ctx context.Context, c *daemon.Client, g *globalOptions) {
 // anything else (5xx, a broken stream) is daemon trouble that points at
 // `sbx logs`.
 func classify(err error, hint string) error {
+	return classifyStopped(err, hint, &cliError{kind: kindUser, code: 1,
+		err:  errors.New("the sbx daemon stopped before it answered (killed, crashed or stopped)"),
+		hint: "run the command again: a new daemon starts and restores the saved sandboxes with their routing keys; `sbx logs` shows why the old one stopped"})
+}
+
+// classifyStopped is classify with the command's own words (stopped) for
+// a request that broke off because the daemon went away, so that the
+// daemon is asked once whether it is gone (daemonStopped waits up to 2s).
+func classifyStopped(err error, hint string, stopped error) error {
 	var (
 		ae *daemon.APIError
 		ce *cliError
@@ -297,12 +306,10 @@ func classify(err error, hint string) error {
 		return &cliError{kind: kindConfig, err: err, code: 1}
 	case errors.As(err, &ae) && ae.StatusCode == 504:
 		return &cliError{kind: kindConfig, err: err, code: 1, hint: "check --kubeconfig/--context and that the cluster is reachable (`kubectl get pods`)"}
-	case ae == nil && daemonStopped(daemonPaths().Socket()):
+	case !errors.As(err, &ae) && daemonStopped(daemonPaths().Socket()):
 		// The answer broke off because the daemon went away (kill -9,
 		// a crash, `sbx daemon stop`): not a bug to report as one.
-		return &cliError{kind: kindUser, code: 1,
-			err:  errors.New("the sbx daemon stopped before it answered (killed, crashed or stopped)"),
-			hint: "run the command again: a new daemon starts and restores the saved sandboxes with their routing keys; `sbx logs` shows why the old one stopped"}
+		return stopped
 	}
 	return &cliError{kind: kindBug, err: err, code: 1}
 }

@@ -24,6 +24,17 @@ func runCLI(t *testing.T, args ...string) (int, string, string) {
 	return code, out.String(), errb.String()
 }
 
+// runCLICanceled runs the CLI in-process with its context already
+// cancelled, as after Ctrl-C, and returns exit code and stderr.
+func runCLICanceled(t *testing.T, args ...string) (int, string) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel() // as main does on SIGINT
+	var out, errb bytes.Buffer
+	code := run(ctx, args, strings.NewReader(""), &out, &errb)
+	return code, errb.String()
+}
+
 func TestVersion(t *testing.T) {
 	code, out, _ := runCLI(t, "version")
 	require.Equal(t, 0, code)
