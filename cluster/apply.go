@@ -11,7 +11,6 @@ import (
 	"slices"
 	"strings"
 
-	istionet "istio.io/client-go/pkg/apis/networking/v1"
 	appsv1 "k8s.io/api/apps/v1"
 	coordinationv1 "k8s.io/api/coordination/v1"
 	corev1 "k8s.io/api/core/v1"
@@ -69,6 +68,8 @@ type Result struct {
 	Namespace string
 	RelayName string
 	Objects   *Objects
+	// Routes says where keyed requests go, per mapped Service port.
+	Routes *RouteStatus
 }
 
 // Apply creates or updates every object of the sandbox so the cluster
@@ -172,15 +173,16 @@ func Apply(ctx context.Context, c Clients, sb *spec.Sandbox, o Options, progress
 	if err := applyDeployment(ctx, c, objs.Relay, progress); err != nil {
 		return nil, err
 	}
-	touched := map[string]bool{}
-	for _, t := range objs.Routes {
-		touched[t.Namespace+"/"+t.Name] = true
-		if err := applyRoutes(ctx, c, t, o.RoutingKey, prevKeys, owners[t.Namespace], progress); err != nil {
-			return nil, err
-		}
+	// Routes last: they send keyed requests to the Services just written.
+	// Routes of earlier keys and of namespaces the spec dropped go too.
+	rsb := objs.routes
+	rsb.StaleKeys = slices.DeleteFunc(slices.Clone(prevKeys), func(k string) bool { return k == o.RoutingKey })
+	routes, err := reconcile(ctx, c, rsb, allNS, sb.Name, o.ClusterDomain, progress)
+	if err != nil {
+		return nil, fmt.Errorf("mesh routes: %w", err)
 	}
 
-	if err := prune(ctx, c, objs, allNS, prevKeys, touched, progress); err != nil {
+	if err := prune(ctx, c, objs, allNS, progress); err != nil {
 		return nil, err
 	}
 	if len(allNS) != len(nss) {
@@ -197,7 +199,7 @@ func Apply(ctx context.Context, c Clients, sb *spec.Sandbox, o Options, progress
 	// The caller gets the token once, in Result.Token; the objects it may
 	// log or print carry the placeholder.
 	objs.Secret.Data = map[string][]byte{TokenKey: []byte(TokenPlaceholder)}
-	return &Result{RoutingKey: o.RoutingKey, Token: o.Token, Namespace: home, RelayName: objs.Relay.Name, Objects: objs}, nil
+	return &Result{RoutingKey: o.RoutingKey, Token: o.Token, Namespace: home, RelayName: objs.Relay.Name, Objects: objs, Routes: routes}, nil
 }
 
 // LogValue keeps the token out of logs.
@@ -313,56 +315,4 @@ func applyService(ctx context.Context, c Clients, s *corev1.Service, progress fu
 func applyDeployment(ctx context.Context, c Clients, d *appsv1.Deployment, progress func(Event)) error {
 	_, err := upsert(ctx, c.Kube.AppsV1().Deployments(d.Namespace), "Deployment", d.DeepCopy(), specHash(d), nil, progress)
 	return err
-}
-
-// applyRoutes writes the sandbox's routes into one VirtualService, creating
-// it when sbx owns it and it does not exist yet. Every write is a
-// read-modify-write retried on conflict, because CD and other sandboxes
-// write the same object.
-func applyRoutes(ctx context.Context, c Clients, t RouteTarget, key string, oldKeys []string, owner metav1.OwnerReference, progress func(Event)) error {
-	cl := c.Istio.NetworkingV1().VirtualServices(t.Namespace)
-	owner.Controller = nil
-	stale := slices.DeleteFunc(slices.Clone(oldKeys), func(k string) bool { return k == key })
-	action := ActionUnchanged
-	err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
-		vs, err := cl.Get(ctx, t.Name, metav1.GetOptions{})
-		if apierrors.IsNotFound(err) && t.Create {
-			nv := newOwnedVirtualService(t.Name, t.Namespace, t.Object.Annotations["sbx.dev/baseline-service"])
-			nv.Spec.Http, _ = mergeRoutes(nv.Spec.Http, key, t.Routes)
-			addOwner(&nv.ObjectMeta, owner)
-			_, err = cl.Create(ctx, nv, metav1.CreateOptions{})
-			action = ActionCreated
-			if apierrors.IsAlreadyExists(err) {
-				// Another sandbox created it first: retry as an update.
-				return apierrors.NewConflict(istionet.Resource("virtualservices"), t.Name, err)
-			}
-			return err
-		}
-		if err != nil {
-			return err
-		}
-		if vs.Annotations[AnnotationIgnore] == "true" {
-			return fmt.Errorf("it is marked %s: \"true\"", AnnotationIgnore)
-		}
-		http, changed := removeRoutes(vs.Spec.Http, stale...)
-		http, c2 := mergeRoutes(http, key, t.Routes)
-		changed = changed || c2
-		if vs.Labels[LabelManagedBy] == ManagedByValue && addOwner(&vs.ObjectMeta, owner) {
-			changed = true
-		}
-		if !changed {
-			action = ActionUnchanged
-			return nil
-		}
-		vs.Spec.Http = http
-		_, err = cl.Update(ctx, vs, metav1.UpdateOptions{})
-		action = ActionUpdated
-		return err
-	})
-	if err != nil {
-		return fmt.Errorf("add routes of key %s to VirtualService %s/%s: %w", key, t.Namespace, t.Name, err)
-	}
-	progress(Event{Action: action, Kind: "VirtualService", Namespace: t.Namespace, Name: t.Name,
-		Message: fmt.Sprintf("%d sandbox route(s)", len(t.Routes))})
-	return nil
 }

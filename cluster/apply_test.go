@@ -77,9 +77,11 @@ func TestApplyCreatesAndIsIdempotent(t *testing.T) {
 	require.Equal(t, testKey, res.RoutingKey)
 	require.Equal(t, "hotrod", res.Namespace)
 	require.Equal(t, "sbx-alice-relay", res.RelayName)
-	require.Equal(t, 1, log.actions()[ActionUpdated], log.events)         // CD's route VirtualService
+	// CD's route VirtualService, and the two gateway VirtualServices that
+	// send to frontend (keyed twins for requests entering there).
+	require.Equal(t, 3, log.actions()[ActionUpdated], log.events)
 	require.Equal(t, 1+1+1+3+2, log.actions()[ActionCreated], log.events) // lease, secret, deployment, 3 services, 2 own VSs
-	require.Equal(t, 1, log.actions()[ActionWarning])
+	require.Equal(t, 1, log.actions()[ActionWarning], "CD's route VirtualService is synced by Argo CD")
 
 	lease, err := f.Kube.CoordinationV1().Leases("hotrod").Get(t.Context(), "sbx-alice", metav1.GetOptions{})
 	require.NoError(t, err)
@@ -98,7 +100,7 @@ func TestApplyCreatesAndIsIdempotent(t *testing.T) {
 	require.NoError(t, err)
 	require.Empty(t, f.writes())
 	require.Zero(t, log2.actions()[ActionCreated]+log2.actions()[ActionUpdated]+log2.actions()[ActionDeleted])
-	require.Equal(t, 9, log2.actions()[ActionUnchanged])
+	require.Equal(t, 6+5, log2.actions()[ActionUnchanged], "6 objects and 5 VirtualServices with routes in place")
 }
 
 func TestApplyReusesKeyAndToken(t *testing.T) {
@@ -164,7 +166,7 @@ func TestApplyUpdatesInPlaceAndPrunes(t *testing.T) {
 	}
 	require.ElementsMatch(t, []string{"frontend-sbx-" + testKey2, "route-sbx-" + testKey2}, names)
 	fe := getVS(t, f, "hotrod", "frontend-sbx")
-	require.Equal(t, []string{"sbx-" + testKey2 + "-frontend-8080", BaselineRouteName}, routeNames(fe))
+	require.Equal(t, []string{"sbx-" + testKey2 + "-frontend-8080", "sbx-baseline-8080"}, routeNames(fe))
 }
 
 func TestSharedVirtualServiceRestoredByteForByte(t *testing.T) {
@@ -176,11 +178,12 @@ func TestSharedVirtualServiceRestoredByteForByte(t *testing.T) {
 	_, err = Apply(t.Context(), f.Clients, routeSandbox("bob"), testOptions(testKey2), nil)
 	require.NoError(t, err)
 	vs := getVS(t, f, "hotrod", "route")
-	require.Equal(t, []string{"sbx-" + testKey2 + "-route-8083", "sbx-" + testKey + "-route-8083", "default"}, routeNames(vs))
+	require.Equal(t, []string{"sbx-" + testKey + "-route-8083", "sbx-" + testKey2 + "-route-8083", "default"}, routeNames(vs))
 	require.Equal(t, beforeMeta.Labels, vs.Labels)
 	require.Empty(t, vs.OwnerReferences, "CD's object is never owned by a sandbox")
 
-	// Re-applying alice does not reorder (bob's routes stay first).
+	// Re-applying alice does not reorder: the twins of one route may come
+	// in any order (none matches another's key), so both stay put.
 	f.clearActions()
 	_, err = Apply(t.Context(), f.Clients, routeSandbox("alice"), testOptions(testKey), nil)
 	require.NoError(t, err)
@@ -201,7 +204,7 @@ func TestTwoSandboxesShareOwnedVirtualService(t *testing.T) {
 	_, err = Apply(t.Context(), f.Clients, sbB, testOptions(testKey2), nil)
 	require.NoError(t, err)
 	own := getVS(t, f, "hotrod", "driver-sbx")
-	require.Equal(t, []string{"sbx-" + testKey2 + "-driver-8082", "sbx-" + testKey + "-driver-8082", BaselineRouteName}, routeNames(own))
+	require.Equal(t, []string{"sbx-" + testKey + "-driver-8082", "sbx-" + testKey2 + "-driver-8082", "sbx-baseline-8082"}, routeNames(own))
 	require.Len(t, own.OwnerReferences, 2, "the garbage collector keeps it while either Lease exists")
 	// Both sandboxes' relays run side by side.
 	for _, n := range []string{"sbx-alice-relay", "sbx-bob-relay"} {
@@ -211,7 +214,7 @@ func TestTwoSandboxesShareOwnedVirtualService(t *testing.T) {
 
 	require.NoError(t, Delete(t.Context(), f.Clients, Ref{Name: "alice", Namespaces: []string{"hotrod"}}, nil))
 	own = getVS(t, f, "hotrod", "driver-sbx")
-	require.Equal(t, []string{"sbx-" + testKey2 + "-driver-8082", BaselineRouteName}, routeNames(own))
+	require.Equal(t, []string{"sbx-" + testKey2 + "-driver-8082", "sbx-baseline-8082"}, routeNames(own))
 	require.Len(t, own.OwnerReferences, 1)
 	require.Equal(t, "sbx-bob", own.OwnerReferences[0].Name)
 
@@ -315,7 +318,7 @@ func TestApplyRefusesIgnoredVirtualService(t *testing.T) {
 	}
 	f := newFake(t, objs...)
 	_, err := Apply(t.Context(), f.Clients, routeSandbox("alice"), testOptions(testKey), nil)
-	require.ErrorContains(t, err, `VirtualService hotrod/route routes Service route and is marked sbx.dev/ignore: "true"`)
+	require.ErrorContains(t, err, `VirtualService hotrod/route routes Service hotrod/route and is marked sbx.dev/ignore: "true"`)
 	require.False(t, strings.HasPrefix(err.Error(), "sandbox alice:"), "the caller names the sandbox: %v", err)
 	require.Empty(t, f.writes(), "nothing is written when the plan is refused")
 }

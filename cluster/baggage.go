@@ -29,8 +29,10 @@ func isSeparator(c byte) bool {
 }
 
 // BaggageRegex returns the RE2 expression that matches a whole `baggage`
-// header value (Envoy's safe_regex is a full match, so no anchors are
-// needed) carrying the list member baggageKey=routingKey.
+// header value carrying the list member baggageKey=routingKey. It is
+// anchored (^(?:…)$): Envoy's safe_regex matches the whole value anyway,
+// but Linkerd's proxy searches for the leftmost match, where an
+// unanchored expression would match keys that merely contain ours.
 //
 // W3C baggage: list-member = key OWS "=" OWS value *( OWS ";" OWS property ),
 // members separated by OWS "," OWS; Envoy joins repeated headers with ",".
@@ -47,6 +49,6 @@ func BaggageRegex(baggageKey, routingKey string) (string, error) {
 		return "", err
 	}
 	const ows = `[ \t]*`
-	return `(?:.*,)?` + ows + regexp.QuoteMeta(baggageKey) + ows + `=` + ows +
-		routingKey + ows + `(?:[;,].*)?`, nil
+	return `^(?:(?:.*,)?` + ows + regexp.QuoteMeta(baggageKey) + ows + `=` + ows +
+		routingKey + ows + `(?:[;,].*)?)$`, nil
 }

@@ -2,6 +2,7 @@ package cluster
 
 import (
 	"regexp"
+	"strings"
 	"testing"
 
 	"github.com/stretchr/testify/require"
@@ -11,8 +12,12 @@ func TestBaggageRegex(t *testing.T) {
 	const k = "k3x9a0b1c2d3e"
 	re, err := BaggageRegex(DefaultBaggageKey, k)
 	require.NoError(t, err)
-	// Envoy's safe_regex matches the whole value.
+	// Envoy's safe_regex matches the whole value; Linkerd's proxy searches
+	// for the leftmost match. The anchored expression answers the same
+	// under both.
 	full := regexp.MustCompile(`^(?:` + re + `)$`)
+	search := regexp.MustCompile(re)
+	require.True(t, strings.HasPrefix(re, "^") && strings.HasSuffix(re, "$"), re)
 
 	tests := []struct {
 		header string
@@ -57,6 +62,7 @@ func TestBaggageRegex(t *testing.T) {
 	require.GreaterOrEqual(t, len(tests), 25)
 	for _, tt := range tests {
 		require.Equal(t, tt.match, full.MatchString(tt.header), "header %q against %s", tt.header, re)
+		require.Equal(t, tt.match, search.MatchString(tt.header), "header %q searched with %s", tt.header, re)
 	}
 }
 

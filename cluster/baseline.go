@@ -3,11 +3,9 @@ package cluster
 import (
 	"context"
 	"fmt"
-	"slices"
 	"sort"
 	"strings"
 
-	istionet "istio.io/client-go/pkg/apis/networking/v1"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/labels"
@@ -16,15 +14,17 @@ import (
 )
 
 // Baseline is where sbx reads the baseline: the live cluster for apply, a
-// manifest file for render. Both answer the same three questions, so the
-// objects sbx renders are the objects it applies.
+// manifest file for render. Both answer the same questions, so the objects
+// sbx renders are the objects it applies.
 type Baseline interface {
 	// PodLabels returns the labels of the workload's pod template.
 	PodLabels(ctx context.Context, w spec.Workload) (map[string]string, error)
 	// Services lists the Services of a namespace.
 	Services(ctx context.Context, namespace string) ([]*corev1.Service, error)
-	// VirtualServices lists the Istio VirtualServices of a namespace.
-	VirtualServices(ctx context.Context, namespace string) ([]*istionet.VirtualService, error)
+	// Routing returns what routes requests in the mesh: VirtualServices of
+	// every namespace (only those of namespaces when the caller may not
+	// list them all), the mesh's default exportTo, Gateway API routes.
+	Routing(ctx context.Context, namespaces []string) (*Routing, error)
 }
 
 // ResolvedPort is one mapping resolved against the baseline Services.
@@ -189,32 +189,6 @@ func availablePorts(svcs []*corev1.Service) string {
 		return "none"
 	}
 	return strings.Join(parts, ", ")
-}
-
-// ServiceFQDN is the cluster-local host name of a Service.
-func ServiceFQDN(name, namespace string) string {
-	return name + "." + namespace + ".svc.cluster.local"
-}
-
-// hostMatches reports whether a VirtualService host (in namespace vsNS)
-// names the Service: short names are relative to the VirtualService's
-// namespace, as Istio reads them.
-func hostMatches(host, vsNS, svc, svcNS string) bool {
-	host = strings.TrimSuffix(strings.ToLower(host), ".")
-	switch host {
-	case ServiceFQDN(svc, svcNS), svc + "." + svcNS + ".svc", svc + "." + svcNS:
-		return true
-	case svc:
-		return vsNS == svcNS
-	}
-	return false
-}
-
-// boundToMesh reports whether a VirtualService applies to sidecars: no
-// gateways (the default is "mesh") or "mesh" among them.
-func boundToMesh(vs *istionet.VirtualService) bool {
-	gws := vs.Spec.GetGateways()
-	return len(gws) == 0 || slices.Contains(gws, "mesh")
 }
 
 // objectNotFound turns a NotFound from the API into an error that says what

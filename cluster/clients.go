@@ -4,10 +4,8 @@ import (
 	"context"
 	"fmt"
 
-	istionet "istio.io/client-go/pkg/apis/networking/v1"
 	istioclient "istio.io/client-go/pkg/clientset/versioned"
 	corev1 "k8s.io/api/core/v1"
-	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/client-go/dynamic"
@@ -120,22 +118,6 @@ func (l LiveBaseline) Services(ctx context.Context, namespace string) ([]*corev1
 	out := make([]*corev1.Service, len(list.Items))
 	for i := range list.Items {
 		out[i] = &list.Items[i]
-	}
-	return out, nil
-}
-
-// VirtualServices implements Baseline.
-func (l LiveBaseline) VirtualServices(ctx context.Context, namespace string) ([]*istionet.VirtualService, error) {
-	list, err := l.C.Istio.NetworkingV1().VirtualServices(namespace).List(ctx, metav1.ListOptions{})
-	if err != nil {
-		if apierrors.IsNotFound(err) {
-			return nil, fmt.Errorf("list VirtualServices in namespace %s: the networking.istio.io/v1 API is not served; sbx needs Istio (1.22 or later) in the cluster: %w", namespace, err)
-		}
-		return nil, fmt.Errorf("list VirtualServices in namespace %s: %w", namespace, err)
-	}
-	out := make([]*istionet.VirtualService, len(list.Items))
-	for i := range list.Items {
-		out[i] = list.Items[i]
 	}
 	return out, nil
 }

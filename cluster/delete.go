@@ -7,12 +7,9 @@ import (
 	"slices"
 	"sort"
 
-	istionet "istio.io/client-go/pkg/apis/networking/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
-	"k8s.io/client-go/util/retry"
-	"k8s.io/utils/ptr"
 )
 
 // ErrSandboxNotFound is returned (wrapped) by Delete when the cluster has no
@@ -92,10 +89,10 @@ func Delete(ctx context.Context, c Clients, ref Ref, progress func(Event)) error
 	if len(keys) > 0 {
 		found = true
 	}
-	for _, ns := range nss {
-		n, err := stripRoutes(ctx, c, ns, ref.Name, keys, nil, progress)
+	if len(keys) > 0 {
+		n, err := removeRoutes(ctx, c, ref.Name, keys, nss, "", progress)
 		if err != nil {
-			return err
+			return fmt.Errorf("remove the routes of sandbox %s: %w", ref.Name, err)
 		}
 		if n > 0 {
 			found = true
@@ -121,8 +118,9 @@ func addKey(keys []string, k string) []string {
 
 // prune removes what an earlier apply of the sandbox created and the
 // current objects no longer include: objects of dropped workloads or
-// namespaces, objects named after an old key, and old routes.
-func prune(ctx context.Context, c Clients, objs *Objects, nss, prevKeys []string, touched map[string]bool, progress func(Event)) error {
+// namespaces and objects named after an old key (their routes went in
+// Apply's route reconcile).
+func prune(ctx context.Context, c Clients, objs *Objects, nss []string, progress func(Event)) error {
 	want := map[string]bool{}
 	add := func(kind string, m metav1.Object) { want[kind+"/"+m.GetNamespace()+"/"+m.GetName()] = true }
 	for _, l := range objs.Leases {
@@ -133,80 +131,8 @@ func prune(ctx context.Context, c Clients, objs *Objects, nss, prevKeys []string
 	for _, s := range objs.Services {
 		add("Service", s)
 	}
-	keys := addKey(slices.Clone(prevKeys), objs.RoutingKey)
-	for _, ns := range nss {
-		if _, err := stripRoutes(ctx, c, ns, objs.Sandbox, keys, touched, progress); err != nil {
-			return err
-		}
-	}
 	_, err := deleteObjects(ctx, c, nss, objs.Sandbox, func(kind, id string) bool { return want[kind+"/"+id] }, false, progress)
 	return err
-}
-
-// stripRoutes removes the routes of the given keys from every
-// VirtualService of a namespace except those in skip ("ns/name"), and
-// deletes a VirtualService sbx created once no sandbox has routes in it.
-// It returns how many VirtualServices it changed.
-func stripRoutes(ctx context.Context, c Clients, ns, sandbox string, keys []string, skip map[string]bool, progress func(Event)) (int, error) {
-	if len(keys) == 0 {
-		return 0, nil
-	}
-	cl := c.Istio.NetworkingV1().VirtualServices(ns)
-	list, err := cl.List(ctx, metav1.ListOptions{})
-	if err != nil {
-		if apierrors.IsNotFound(err) {
-			return 0, nil // no Istio: no routes to remove
-		}
-		return 0, fmt.Errorf("list VirtualServices in %s: %w", ns, err)
-	}
-	changed := 0
-	for _, item := range list.Items {
-		if skip[ns+"/"+item.Name] {
-			continue
-		}
-		if _, has := removeRoutes(item.Spec.Http, keys...); !has && !hasOwner(item, LeaseName(sandbox)) {
-			continue
-		}
-		var action Action
-		err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
-			vs, err := cl.Get(ctx, item.Name, metav1.GetOptions{})
-			if err != nil {
-				return err
-			}
-			http, _ := removeRoutes(vs.Spec.Http, keys...)
-			if vs.Labels[LabelManagedBy] == ManagedByValue {
-				removeOwner(&vs.ObjectMeta, "Lease", LeaseName(sandbox))
-				if !hasSandboxRoutes(http) {
-					action = ActionDeleted
-					// Precondition: delete only the version we looked at, so a
-					// sandbox adding its routes meanwhile is not wiped out.
-					return cl.Delete(ctx, vs.Name, metav1.DeleteOptions{Preconditions: &metav1.Preconditions{ResourceVersion: ptr.To(vs.ResourceVersion)}})
-				}
-			}
-			vs.Spec.Http = http
-			action = ActionUpdated
-			_, err = cl.Update(ctx, vs, metav1.UpdateOptions{})
-			return err
-		})
-		if apierrors.IsNotFound(err) {
-			continue
-		}
-		if err != nil {
-			return changed, fmt.Errorf("remove routes of sandbox %s from VirtualService %s/%s: %w", sandbox, ns, item.Name, err)
-		}
-		changed++
-		progress(Event{Action: action, Kind: "VirtualService", Namespace: ns, Name: item.Name, Message: "removed the sandbox's routes"})
-	}
-	return changed, nil
-}
-
-func hasOwner(vs *istionet.VirtualService, leaseName string) bool {
-	for _, o := range vs.OwnerReferences {
-		if o.Kind == "Lease" && o.Name == leaseName {
-			return true
-		}
-	}
-	return false
 }
 
 // deleteObjects deletes the sandbox's objects in the namespaces, except

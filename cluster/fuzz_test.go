@@ -38,6 +38,7 @@ func FuzzBaggageRegex(f *testing.F) {
 		f.Fatal(err)
 	}
 	full := regexp.MustCompile(`^(?:` + re + `)$`)
+	search := regexp.MustCompile(re) // Linkerd's leftmost-match search
 	f.Fuzz(func(t *testing.T, header string) {
 		if strings.ContainsAny(header, "\r\n") {
 			return // not a valid header value
@@ -45,6 +46,9 @@ func FuzzBaggageRegex(f *testing.F) {
 		got, want := full.MatchString(header), refBaggageMatch(header, DefaultBaggageKey, testKey)
 		if got != want {
 			t.Fatalf("header %q: regex says %v, baggage reading says %v", header, got, want)
+		}
+		if s := search.MatchString(header); s != want {
+			t.Fatalf("header %q: searching with the regex says %v, baggage reading says %v", header, s, want)
 		}
 	})
 }
@@ -87,6 +91,6 @@ func FuzzParseManifests(f *testing.F) {
 			_, _ = m.PodLabels(t.Context(), spec.Workload{Kind: kind, Namespace: "default", Name: "r"})
 		}
 		_, _ = m.Services(t.Context(), "default")
-		_, _ = m.VirtualServices(t.Context(), "default")
+		_, _ = m.Routing(t.Context(), nil)
 	})
 }

@@ -203,3 +203,73 @@ func TestWaitRelay(t *testing.T) {
 		require.ErrorContains(t, err, "PodSecurity")
 	})
 }
+
+// TestDeadRoutesRemoved is case 7 of issue 13: the garbage collector
+// removes a sandbox's objects when its Lease goes, but not its routes
+// inside VirtualServices others own. The next sweep (sbx gc), apply or
+// delete of anyone removes them, and the last sandbox's delete leaves no
+// ownerless VirtualService behind.
+func TestDeadRoutesRemoved(t *testing.T) {
+	f := hotrodFake(t)
+	ctx := t.Context()
+	cdBefore := map[string]string{}
+	for _, n := range []string{"route", "frontend-gw", "frontend-ingress"} {
+		cdBefore[n] = specJSON(t, getVS(t, f, "hotrod", n))
+	}
+	alice, bob := threeSandbox(), threeSandbox()
+	bob.Name = "bob"
+	_, err := Apply(ctx, f.Clients, alice, testOptions(testKey), nil)
+	require.NoError(t, err)
+	_, err = Apply(ctx, f.Clients, bob, testOptions(testKey2), nil)
+	require.NoError(t, err)
+
+	// The garbage collector takes alice: her Lease and what it owns.
+	collect := func(name string) {
+		lease, err := f.Kube.CoordinationV1().Leases("hotrod").Get(ctx, LeaseName(name), metav1.GetOptions{})
+		require.NoError(t, err)
+		_, err = deleteObjects(ctx, f.Clients, []string{"hotrod"}, name, func(string, string) bool { return false }, true, func(Event) {})
+		require.NoError(t, err)
+		vss, err := f.Istio.NetworkingV1().VirtualServices("hotrod").List(ctx, metav1.ListOptions{})
+		require.NoError(t, err)
+		for _, v := range vss.Items {
+			if removeOwner(&v.ObjectMeta, "Lease", lease.Name) {
+				_, err := f.Istio.NetworkingV1().VirtualServices("hotrod").Update(ctx, v, metav1.UpdateOptions{})
+				require.NoError(t, err)
+			}
+		}
+	}
+	collect("alice")
+
+	left, err := Leftovers(ctx, f.Clients, []string{"hotrod"}, "")
+	require.NoError(t, err)
+	var names []string
+	for _, l := range left {
+		names = append(names, l.Name+": "+l.What)
+	}
+	require.ElementsMatch(t, []string{"route: dead routes", "frontend-gw: dead routes", "frontend-ingress: dead routes",
+		"frontend-sbx: dead routes", "driver-sbx: dead routes"}, names)
+
+	// A sweep removes alice's routes and keeps bob's.
+	swept, err := SweepRoutes(ctx, f.Clients, []string{"hotrod"}, "", nil)
+	require.NoError(t, err)
+	require.Len(t, swept, 5)
+	require.Equal(t, []string{"sbx-" + testKey2 + "-route-8083", "default"}, routeNames(getVS(t, f, "hotrod", "route")))
+	require.Equal(t, []string{"sbx-" + testKey2 + "-driver-8082", "sbx-baseline-8082"}, routeNames(getVS(t, f, "hotrod", "driver-sbx")))
+	left, err = Leftovers(ctx, f.Clients, []string{"hotrod"}, "")
+	require.NoError(t, err)
+	require.Empty(t, left)
+
+	// Without the sweep, the last sandbox's delete does the same, and
+	// deletes sbx's own VirtualServices rather than leaving them ownerless.
+	_, err = Apply(ctx, f.Clients, alice, testOptions(testKey), nil)
+	require.NoError(t, err)
+	collect("alice")
+	require.NoError(t, Delete(ctx, f.Clients, Ref{Name: "bob", Namespaces: []string{"hotrod"}}, nil))
+	for n, before := range cdBefore {
+		require.Equal(t, before, specJSON(t, getVS(t, f, "hotrod", n)), n)
+	}
+	for _, own := range []string{"driver-sbx", "frontend-sbx"} {
+		_, err := f.Istio.NetworkingV1().VirtualServices("hotrod").Get(ctx, own, metav1.GetOptions{})
+		require.True(t, apierrors.IsNotFound(err), own)
+	}
+}

@@ -28,6 +28,11 @@ type ManifestBaseline struct {
 	services  map[string][]*corev1.Service
 	vss       map[string][]*istionet.VirtualService
 	objects   []runtime.Object
+	// meshExportTo is defaultVirtualServiceExportTo of an Istio mesh
+	// ConfigMap in the manifests (meshKnown when there is one).
+	meshExportTo  []string
+	meshKnown     bool
+	gatewayRoutes []GatewayRoute
 }
 
 type manifestHeader struct {
@@ -155,6 +160,26 @@ func (m *ManifestBaseline) add(raw json.RawMessage, defaultNS string) error {
 		vs.APIVersion = "networking.istio.io/v1"
 		m.vss[ns] = append(m.vss[ns], &vs)
 		m.objects = append(m.objects, &vs)
+	case h.APIVersion == "v1" && h.Kind == "ConfigMap" && ns == "istio-system" && h.Metadata.Name == "istio":
+		var cm corev1.ConfigMap
+		if err := json.Unmarshal(raw, &cm); err != nil {
+			return fmt.Errorf("ConfigMap %s: %w", h.Metadata.Name, err)
+		}
+		e, err := parseMeshExportTo(cm.Data["mesh"])
+		if err != nil {
+			return fmt.Errorf("ConfigMap istio-system/istio: key mesh is not a YAML mesh config: %w", err)
+		}
+		m.meshExportTo, m.meshKnown = e, true
+		cm.Namespace = ns
+		m.objects = append(m.objects, &cm)
+	case h.APIVersion == HTTPRouteGVR.GroupVersion().String() && (h.Kind == "HTTPRoute" || h.Kind == "GRPCRoute"):
+		var obj map[string]any
+		if err := json.Unmarshal(raw, &obj); err != nil {
+			return fmt.Errorf("%s %s: %w", h.Kind, h.Metadata.Name, err)
+		}
+		u := &unstructured.Unstructured{Object: obj}
+		u.SetNamespace(ns)
+		m.gatewayRoutes = append(m.gatewayRoutes, serviceParents(h.Kind, u)...)
 	}
 	return nil
 }
@@ -201,11 +226,24 @@ func (m *ManifestBaseline) Services(_ context.Context, namespace string) ([]*cor
 	return out, nil
 }
 
-// VirtualServices implements Baseline.
-func (m *ManifestBaseline) VirtualServices(_ context.Context, namespace string) ([]*istionet.VirtualService, error) {
-	out := make([]*istionet.VirtualService, len(m.vss[namespace]))
-	for i, v := range m.vss[namespace] {
-		out[i] = v.DeepCopy()
+// Routing implements Baseline: every VirtualService of the manifests,
+// the default exportTo of an Istio mesh ConfigMap (istio-system/istio)
+// among them, and Gateway API routes attached to Services.
+func (m *ManifestBaseline) Routing(_ context.Context, _ []string) (*Routing, error) {
+	r := &Routing{DefaultExportTo: m.meshExportTo}
+	if !m.meshKnown {
+		r.ExportToUnknown = "the baseline manifests hold no Istio mesh config (ConfigMap istio-system/istio)"
 	}
-	return out, nil
+	var nss []string
+	for ns := range m.vss {
+		nss = append(nss, ns)
+	}
+	sort.Strings(nss)
+	for _, ns := range nss {
+		for _, v := range m.vss[ns] {
+			r.VirtualServices = append(r.VirtualServices, v.DeepCopy())
+		}
+	}
+	r.GatewayRoutes = append(r.GatewayRoutes, m.gatewayRoutes...)
+	return r, nil
 }

@@ -2,9 +2,12 @@ package cluster
 
 import (
 	"fmt"
+	"maps"
+	"slices"
 	"strings"
 	"testing"
 
+	"google.golang.org/protobuf/proto"
 	istionet "istio.io/client-go/pkg/apis/networking/v1"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
@@ -311,32 +314,46 @@ func TestPlanRoutes(t *testing.T) {
 	for _, rt := range objs.Routes {
 		byName[rt.Name] = rt
 	}
-	require.Len(t, byName, 3)
+	require.ElementsMatch(t, []string{"route", "frontend-gw", "frontend-ingress", "frontend-sbx", "driver-sbx"}, slices.Collect(maps.Keys(byName)))
 
-	// CD's route VirtualService: our route on top, CD's untouched below.
+	// CD's route VirtualService: a keyed twin right before the route it
+	// mirrors, with its settings; CD's route untouched.
 	r := byName["route"]
 	require.False(t, r.Create)
 	require.Len(t, r.Object.Spec.Http, 2)
-	require.Equal(t, "sbx-"+testKey+"-route-8083", r.Object.Spec.Http[0].Name)
-	require.Equal(t, "default", r.Object.Spec.Http[1].Name)
-	dst := r.Object.Spec.Http[0].Route[0].Destination
-	require.Equal(t, "route-sbx-"+testKey+".hotrod.svc.cluster.local", dst.Host)
+	twin, cd := r.Object.Spec.Http[0], r.Object.Spec.Http[1]
+	require.Equal(t, "sbx-"+testKey+"-route-8083", twin.Name)
+	require.Equal(t, "default", cd.Name)
+	dst := twin.Route[0].Destination
+	require.Equal(t, "route-sbx-"+testKey, dst.Host, "the short name: right on any cluster domain")
 	require.EqualValues(t, 8083, dst.Port.Number)
-	require.Equal(t, objs.Regex, r.Object.Spec.Http[0].Match[0].Headers["baggage"].GetRegex())
+	require.Equal(t, objs.Regex, twin.Match[0].Headers["baggage"].GetRegex())
+	require.Equal(t, cd.Timeout.AsDuration(), twin.Timeout.AsDuration(), "the twin keeps CD's timeout")
+	require.True(t, proto.Equal(cd.Retries, twin.Retries), "and CD's retries")
 	require.Empty(t, r.Object.OwnerReferences, "sbx never claims CD's object")
 
-	// frontend: only gateway-bound VirtualServices → reported, own one.
+	// frontend: only gateway-bound VirtualServices, which get twins; mesh
+	// traffic goes through sbx's own VirtualService: public, short host,
+	// the keyed route and the fallback for its port.
+	for _, gw := range []string{"frontend-gw", "frontend-ingress"} {
+		require.Equal(t, []string{"sbx-" + testKey + "-frontend-8080", ""}, routeNames(byName[gw].Object), gw)
+	}
 	f := byName["frontend-sbx"]
 	require.True(t, f.Create)
-	require.Equal(t, []string{"frontend.hotrod.svc.cluster.local"}, f.Object.Spec.Hosts)
-	require.Equal(t, BaselineRouteName, f.Object.Spec.Http[1].Name)
+	require.Equal(t, []string{"frontend"}, f.Object.Spec.Hosts)
+	require.Equal(t, []string{"*"}, f.Object.Spec.ExportTo)
+	require.Equal(t, []string{"sbx-" + testKey + "-frontend-8080", "sbx-baseline-8080"}, routeNames(f.Object))
+	fb := f.Object.Spec.Http[1]
+	require.EqualValues(t, 8080, fb.Match[0].Port)
+	require.Equal(t, "frontend", fb.Route[0].Destination.Host)
+	require.Nil(t, fb.Retries, "the fallback is Istio's default route: no settings of its own")
 	require.Len(t, f.Object.OwnerReferences, 1)
 	require.Nil(t, f.Object.OwnerReferences[0].Controller)
 	require.Len(t, objs.Warnings, 1)
-	require.Contains(t, objs.Warnings[0], "frontend-gw is unusable")
-	require.Contains(t, objs.Warnings[0], "no \"mesh\"")
+	require.Contains(t, objs.Warnings[0], "synced by Argo CD")
 
 	require.True(t, byName["driver-sbx"].Create)
+	require.NotEmpty(t, objs.RouteReport)
 }
 
 func TestPlanRefusesIgnoredVirtualService(t *testing.T) {
@@ -363,16 +380,6 @@ func TestPlanDeterministic(t *testing.T) {
 	for range 5 {
 		require.Equal(t, first, out())
 	}
-}
-
-func TestHostMatches(t *testing.T) {
-	for _, h := range []string{"route", "route.hotrod", "route.hotrod.svc", "route.hotrod.svc.cluster.local", "ROUTE.hotrod.svc.cluster.local."} {
-		require.True(t, hostMatches(h, "hotrod", "route", "hotrod"), h)
-	}
-	for _, h := range []string{"route.other", "router", "*.hotrod.svc.cluster.local", "route.hotrod.svc.cluster"} {
-		require.False(t, hostMatches(h, "hotrod", "route", "hotrod"), h)
-	}
-	require.False(t, hostMatches("route", "other", "route", "hotrod"), "short names are relative to the VirtualService's namespace")
 }
 
 var _ = fmt.Sprint

@@ -9,6 +9,7 @@ import (
 	rbacv1 "k8s.io/api/rbac/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/runtime/schema"
 	dynamicfake "k8s.io/client-go/dynamic/fake"
 	"k8s.io/client-go/rest"
 	k8stesting "k8s.io/client-go/testing"
@@ -19,19 +20,43 @@ import (
 	"github.com/sbx-dev/sbx/cluster/spec"
 )
 
-func loadRole(t *testing.T) *rbacv1.Role {
+// loadRBAC reads deploy/rbac.yaml: the namespaced Role and the
+// cluster-wide read-only ClusterRole.
+func loadRBAC(t *testing.T) (*rbacv1.Role, *rbacv1.ClusterRole) {
 	t.Helper()
 	b, err := os.ReadFile("../deploy/rbac.yaml")
 	require.NoError(t, err)
+	docs := strings.Split(string(b), "\n---\n")
+	require.Len(t, docs, 2)
 	var role rbacv1.Role
-	require.NoError(t, yaml.UnmarshalStrict(b, &role))
+	require.NoError(t, yaml.UnmarshalStrict([]byte(docs[0]), &role))
 	require.Equal(t, "Role", role.Kind)
-	return &role
+	var cr rbacv1.ClusterRole
+	require.NoError(t, yaml.UnmarshalStrict([]byte(docs[1]), &cr))
+	require.Equal(t, "ClusterRole", cr.Kind)
+	for _, r := range cr.Rules {
+		for _, v := range r.Verbs {
+			require.Contains(t, []string{"get", "list", "watch"}, v, "sbx-route-reader must stay read-only")
+		}
+	}
+	return &role, &cr
+}
+
+func loadRole(t *testing.T) *rbacv1.Role {
+	r, _ := loadRBAC(t)
+	return r
 }
 
 func allowed(role *rbacv1.Role, verb, group, resource string) bool {
-	for _, r := range role.Rules {
-		if has(r.Verbs, verb) && has(r.APIGroups, group) && has(r.Resources, resource) {
+	return allowedBy(role.Rules, verb, group, resource, "")
+}
+
+// allowedBy reports whether rules allow a request; name is the object's
+// name where a rule lists resourceNames.
+func allowedBy(rules []rbacv1.PolicyRule, verb, group, resource, name string) bool {
+	for _, r := range rules {
+		if has(r.Verbs, verb) && has(r.APIGroups, group) && has(r.Resources, resource) &&
+			(len(r.ResourceNames) == 0 || has(r.ResourceNames, name)) {
 			return true
 		}
 	}
@@ -49,9 +74,10 @@ func has(list []string, v string) bool {
 
 // TestRBACRoleCoversEveryCall runs every operation of the package against
 // fake clientsets, with namespaces given as a namespaced user must, and
-// checks each recorded API call against deploy/rbac.yaml.
+// checks each recorded API call against deploy/rbac.yaml: namespaced calls
+// against the Role, cluster-wide reads against the ClusterRole.
 func TestRBACRoleCoversEveryCall(t *testing.T) {
-	role := loadRole(t)
+	role, clusterRole := loadRBAC(t)
 	rollout := &unstructured.Unstructured{Object: map[string]any{
 		"apiVersion": "argoproj.io/v1alpha1", "kind": "Rollout",
 		"metadata": map[string]any{"name": "route-rollout", "namespace": "hotrod"},
@@ -59,7 +85,7 @@ func TestRBACRoleCoversEveryCall(t *testing.T) {
 			"labels": map[string]any{"app": "route"}}}},
 	}}
 	f := hotrodFake(t, relayPod("p1", time.Now(), ready))
-	dyn := dynamicfake.NewSimpleDynamicClient(runtime.NewScheme(), rollout)
+	dyn := newDynamicFake(rollout)
 	f.Dynamic = dyn
 	ctx := t.Context()
 	ns := []string{"hotrod"}
@@ -81,6 +107,11 @@ func TestRBACRoleCoversEveryCall(t *testing.T) {
 	require.NoError(t, err)
 	_, err = GC(ctx, f.Clients, GCOptions{Namespaces: ns, Now: time.Now().Add(time.Hour)}, nil)
 	require.NoError(t, err)
+	_, err = Leftovers(ctx, f.Clients, ns, "")
+	require.NoError(t, err)
+	_, err = SweepRoutes(ctx, f.Clients, ns, "", nil)
+	require.NoError(t, err)
+
 	_, err = Apply(ctx, f.Clients, sb, testOptions(testKey), nil)
 	require.NoError(t, err)
 	require.NoError(t, Delete(ctx, f.Clients, Ref{Name: "alice", Namespaces: ns}, nil))
@@ -99,15 +130,35 @@ func TestRBACRoleCoversEveryCall(t *testing.T) {
 		if strings.HasSuffix(res, "/status") {
 			continue // the tests' own status updates
 		}
-		require.NotEmpty(t, a.GetNamespace(), "%s is cluster-wide; a namespaced Role cannot allow it", id)
-		require.True(t, allowed(role, a.GetVerb(), a.GetResource().Group, res), "deploy/rbac.yaml does not allow %s", id)
+		name := ""
+		if g, ok := a.(k8stesting.GetAction); ok {
+			name = g.GetName()
+		}
+		if a.GetNamespace() == "" {
+			require.True(t, allowedBy(clusterRole.Rules, a.GetVerb(), a.GetResource().Group, res, name),
+				"%s is cluster-wide and the ClusterRole sbx-route-reader does not allow it", id)
+		} else {
+			require.True(t, allowed(role, a.GetVerb(), a.GetResource().Group, res) ||
+				allowedBy(clusterRole.Rules, a.GetVerb(), a.GetResource().Group, res, name), "deploy/rbac.yaml does not allow %s in a namespace", id)
+		}
 		seen[id] = true
 	}
 	// The scenario exercised the interesting calls.
 	for _, want := range []string{"create coordination.k8s.io/leases", "update networking.istio.io/virtualservices",
-		"delete networking.istio.io/virtualservices", "get argoproj.io/rollouts", "list /pods", "delete apps/deployments"} {
+		"delete networking.istio.io/virtualservices", "get argoproj.io/rollouts", "list /pods", "delete apps/deployments",
+		"list networking.istio.io/virtualservices", "list gateway.networking.k8s.io/httproutes", "get /configmaps"} {
 		require.True(t, seen[want], want)
 	}
+}
+
+// newDynamicFake is a dynamic fake client that can list Argo Rollouts and
+// Gateway API routes.
+func newDynamicFake(objs ...runtime.Object) *dynamicfake.FakeDynamicClient {
+	return dynamicfake.NewSimpleDynamicClientWithCustomListKinds(runtime.NewScheme(), map[schema.GroupVersionResource]string{
+		RolloutGVR:   "RolloutList",
+		HTTPRouteGVR: "HTTPRouteList",
+		GRPCRouteGVR: "GRPCRouteList",
+	}, objs...)
 }
 
 func TestNewClients(t *testing.T) {

@@ -10,7 +10,6 @@ import (
 	"slices"
 	"strings"
 
-	istionet "istio.io/client-go/pkg/apis/networking/v1"
 	appsv1 "k8s.io/api/apps/v1"
 	coordinationv1 "k8s.io/api/coordination/v1"
 	corev1 "k8s.io/api/core/v1"
@@ -22,6 +21,7 @@ import (
 
 	"sigs.k8s.io/yaml"
 
+	"github.com/sbx-dev/sbx/cluster/istiovs"
 	"github.com/sbx-dev/sbx/cluster/spec"
 )
 
@@ -57,6 +57,10 @@ type Options struct {
 	RelayMaxStreams int
 	// Holder is written to the Lease's holderIdentity (e.g. user@host).
 	Holder string
+	// ClusterDomain is the cluster's DNS domain (default cluster.local),
+	// for the few hosts sbx must write fully qualified: a sandbox Service
+	// named from a VirtualService of another namespace.
+	ClusterDomain string
 }
 
 // LogValue keeps the token out of logs.
@@ -102,6 +106,11 @@ type Objects struct {
 	BaggageKey string
 	// Regex is the baggage header regex of the routes.
 	Regex string
+	// RouteReport says, per mapped Service port and client namespace,
+	// where keyed requests go.
+	RouteReport []istiovs.PortReport
+
+	routes istiovs.Sandbox
 }
 
 // Plan computes every object of the sandbox from the spec and the
@@ -191,20 +200,23 @@ func Plan(ctx context.Context, b Baseline, sb *spec.Sandbox, o Options) (*Object
 		objs.Services = append(objs.Services, sandboxService(sb.Name, home, key, w))
 	}
 
-	vssByNS := map[string][]*istionet.VirtualService{}
-	for _, ns := range nss {
-		vss, err := b.VirtualServices(ctx, ns)
-		if err != nil {
-			return nil, err
-		}
-		vssByNS[ns] = vss
+	rsb, warns, err := sandboxRoutes(key, home, regex, workloads)
+	if err != nil {
+		return nil, err
 	}
-	routes, warns, err := planRoutes(key, home, regex, workloads, vssByNS, owners)
+	objs.routes = rsb
+	routing, err := b.Routing(ctx, routingNamespaces(nss, rsb))
+	if err != nil {
+		return nil, err
+	}
+	// Offline every key is alive; Apply asks the cluster.
+	routes, plan, err := planRoutes(rsb, routing, o.ClusterDomain, nil, owners, LeaseName(sb.Name))
 	if err != nil {
 		return nil, err
 	}
 	objs.Routes = routes
-	objs.Warnings = warns
+	objs.RouteReport = plan.Report
+	objs.Warnings = append(warns, plan.Warnings...)
 
 	setOwner(objs, owners)
 	return objs, nil
@@ -252,7 +264,9 @@ func (o *Objects) List() []runtime.Object {
 		out = append(out, s)
 	}
 	for _, r := range o.Routes {
-		out = append(out, r.Object)
+		if r.Object != nil {
+			out = append(out, r.Object)
+		}
 	}
 	return out
 }

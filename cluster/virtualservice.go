@@ -2,330 +2,253 @@ package cluster
 
 import (
 	"fmt"
-	"regexp"
+	"slices"
 	"sort"
 	"strings"
 
-	"google.golang.org/protobuf/proto"
 	istioapi "istio.io/api/networking/v1alpha3"
 	istionet "istio.io/client-go/pkg/apis/networking/v1"
-	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/sbx-dev/sbx/cluster/istiovs"
 )
 
-// BaselineRouteName names the default route of a VirtualService sbx
-// created: it sends everything without a sandbox key to the baseline.
-const BaselineRouteName = "sbx-baseline"
-
-// sandboxRouteRE matches the names of routes any sandbox owns.
-var sandboxRouteRE = regexp.MustCompile(`^sbx-[0-9a-z]{13}-`)
+// AnnotationBaselineService on sbx's own VirtualService names the
+// baseline Service it routes.
+const AnnotationBaselineService = "sbx.dev/baseline-service"
 
 // IsSandboxRoute reports whether a VirtualService route belongs to some
 // sandbox (named "sbx-<key>-…").
-func IsSandboxRoute(name string) bool { return sandboxRouteRE.MatchString(name) }
+func IsSandboxRoute(name string) bool { return istiovs.IsSandboxRoute(name) }
 
-// RouteTarget is one VirtualService sbx writes routes into: a new one it
-// creates, or an existing one (from CD or another sandbox) it adds its
-// routes to.
+// RouteTarget is one VirtualService change sbx makes for a sandbox: its
+// routes into a VirtualService CD (or anyone) owns, or sbx's own
+// VirtualService of a Service, created, updated, recreated or deleted.
 type RouteTarget struct {
 	Namespace string
 	Name      string
-	// Create is true when no usable VirtualService exists for the host(s)
-	// and sbx creates one.
-	Create bool
-	// Routes are this sandbox's routes, in order; they go on top of http.
+	// Own is true for sbx's own VirtualService of Service.
+	Own     bool
+	Service string
+	// Create, Recreate (delete, then create again, so that Istio orders it
+	// after every other VirtualService of the host) and Delete apply to
+	// sbx's own VirtualService.
+	Create, Recreate, Delete bool
+	// Routes are this sandbox's routes in Object.
 	Routes []*istioapi.HTTPRoute
-	// Object is the whole VirtualService as sbx would write it: the new one,
-	// or the existing one with the routes merged in.
+	// Object is the whole VirtualService as sbx writes it (nil when it is
+	// deleted).
 	Object *istionet.VirtualService
+	// ResourceVersion is the version the change was planned against.
+	ResourceVersion string
 }
 
-// buildRoute builds the route that sends keyed requests for port of a
-// baseline host to the sandbox Service.
-func buildRoute(name, regex string, port int32, authority, destHost string) *istioapi.HTTPRoute {
-	m := &istioapi.HTTPMatchRequest{
-		Headers: map[string]*istioapi.StringMatch{
-			"baggage": {MatchType: &istioapi.StringMatch_Regex{Regex: regex}},
-		},
-		Port: uint32(port),
-	}
-	if authority != "" {
-		m.Authority = &istioapi.StringMatch{MatchType: &istioapi.StringMatch_Regex{Regex: authority}}
-	}
-	return &istioapi.HTTPRoute{
-		Name:  name,
-		Match: []*istioapi.HTTPMatchRequest{m},
-		Route: []*istioapi.HTTPRouteDestination{{
-			Destination: &istioapi.Destination{Host: destHost, Port: &istioapi.PortSelector{Number: uint32(port)}},
-		}},
-		Retries: SandboxRouteRetries(),
-	}
-}
-
-// SandboxRouteRetries is the retry policy of a keyed route. Istio's default
-// retries 503 and gRPC "unavailable" twice, but those are exactly what the
-// relay answers after holding a request for --grace while the laptop is
-// offline: the default would make the caller wait three grace periods for
-// the same answer. Connection failures (the relay pod restarting) are still
+// SandboxRouteRetries is the retry policy of a keyed route whose mirrored
+// route sets none. Istio's default retries what the relay answers while
+// the laptop is offline, after holding the request for --grace: up to
+// 1.23 every 503, since 1.24 gRPC "unavailable" (and "cancelled"). The
+// default would make a caller wait three grace periods for the same
+// answer; connection failures (the relay pod restarting) are still
 // retried.
 func SandboxRouteRetries() *istioapi.HTTPRetry {
 	return &istioapi.HTTPRetry{Attempts: 2, RetryOn: "connect-failure,refused-stream"}
 }
 
-// authorityRegex matches the Host/:authority values a client may use for a
-// Service: short, namespaced or fully qualified name, with or without the
-// port. It is only needed when one VirtualService serves several hosts.
-func authorityRegex(svc, ns string, port int32) string {
-	names := []string{svc, svc + "." + ns, svc + "." + ns + ".svc", ServiceFQDN(svc, ns)}
-	for i, n := range names {
-		names[i] = regexp.QuoteMeta(n)
-	}
-	return fmt.Sprintf(`(?:%s)(?::%d)?`, strings.Join(names, "|"), port)
-}
-
-// mergeRoutes puts desired (the routes of key) on top of http. It reports
-// changed=false when they are already there, unchanged and ahead of every
-// route that is not a sandbox's, so a second apply writes nothing and two
-// sandboxes do not keep swapping places.
-func mergeRoutes(http []*istioapi.HTTPRoute, key string, desired []*istioapi.HTTPRoute) ([]*istioapi.HTTPRoute, bool) {
-	prefix := RouteNamePrefix(key)
-	var ours, others []*istioapi.HTTPRoute
-	inPlace := true
-	seenForeign := false
-	for _, r := range http {
-		if strings.HasPrefix(r.GetName(), prefix) {
-			ours = append(ours, r)
-			if seenForeign {
-				inPlace = false
-			}
-			continue
-		}
-		if !IsSandboxRoute(r.GetName()) {
-			seenForeign = true
-		}
-		others = append(others, r)
-	}
-	if inPlace && len(ours) == len(desired) {
-		same := true
-		for i := range ours {
-			if !proto.Equal(ours[i], desired[i]) {
-				same = false
-				break
-			}
-		}
-		if same {
-			return http, false
-		}
-	}
-	out := make([]*istioapi.HTTPRoute, 0, len(desired)+len(others))
-	for _, r := range desired {
-		out = append(out, proto.Clone(r).(*istioapi.HTTPRoute))
-	}
-	return append(out, others...), true
-}
-
-// removeRoutes drops every route of the given keys and keeps the rest, in
-// order and untouched.
-func removeRoutes(http []*istioapi.HTTPRoute, keys ...string) ([]*istioapi.HTTPRoute, bool) {
-	var out []*istioapi.HTTPRoute
-	changed := false
-	for _, r := range http {
-		drop := false
-		for _, k := range keys {
-			if strings.HasPrefix(r.GetName(), RouteNamePrefix(k)) {
-				drop = true
-			}
-		}
-		if drop {
-			changed = true
-			continue
-		}
-		out = append(out, r)
-	}
-	return out, changed
-}
-
-// hasSandboxRoutes reports whether any sandbox still has routes in http.
-func hasSandboxRoutes(http []*istioapi.HTTPRoute) bool {
-	for _, r := range http {
-		if IsSandboxRoute(r.GetName()) {
-			return true
-		}
-	}
-	return false
-}
-
-// planRoutes works out, for every baseline Service the sandbox's mappings go
-// through, which VirtualService gets which routes.
-func planRoutes(key, home, regex string, workloads []ResolvedWorkload,
-	vssByNS map[string][]*istionet.VirtualService, ownerNS map[string]metav1.OwnerReference) ([]RouteTarget, []string, error) {
-
-	type svcKey struct{ ns, name string }
-	type svcRoutes struct {
-		svc    *corev1.Service
-		routes []struct {
-			name string
-			port int32
-			dest string
-		}
-	}
-	bySvc := map[svcKey]*svcRoutes{}
-	var order []svcKey
-	claimed := map[string]string{} // ns/svc/port → workload
+// sandboxRoutes builds what the planner needs of a sandbox from its
+// resolved workloads; it refuses two workloads behind one Service port and
+// warns about ports the mesh cannot route by header.
+func sandboxRoutes(key, home, regex string, workloads []ResolvedWorkload) (istiovs.Sandbox, []string, error) {
+	sb := istiovs.Sandbox{Key: key, Regex: regex, Home: home, Retries: SandboxRouteRetries()}
+	bySvc := map[string]*istiovs.Service{}
+	var order []string
+	claimed := map[string]string{}
 	var warnings []string
 	for _, w := range workloads {
-		dest := ServiceFQDN(ServiceName(w.Local.Name, key), home)
 		for _, p := range w.Ports {
 			if !p.Routable {
 				warnings = append(warnings, fmt.Sprintf("port %d of %s %s/%s is opaque TCP (Service port %q): the mesh cannot route it by the baggage header; only direct calls to %s reach the sandbox",
-					p.Port, w.Local.From.Kind, w.Local.From.Namespace, w.Local.From.Name, p.Name, dest))
+					p.Port, w.Local.From.Kind, w.Local.From.Namespace, w.Local.From.Name, p.Name, ServiceName(w.Local.Name, key)+"."+home))
 				continue
 			}
 			for _, s := range p.Services {
 				c := fmt.Sprintf("%s/%s/%d", s.Namespace, s.Name, p.Port)
 				if other, ok := claimed[c]; ok && other != w.Local.Name {
-					return nil, nil, fmt.Errorf("Service %s/%s port %d selects the pods of both local workloads %q and %q; sbx cannot send its keyed requests to two places: keep one of them in the sandbox",
+					return sb, nil, fmt.Errorf("Service %s/%s port %d selects the pods of both local workloads %q and %q; sbx cannot send its keyed requests to two places: keep one of them in the sandbox",
 						s.Namespace, s.Name, p.Port, other, w.Local.Name)
 				}
 				claimed[c] = w.Local.Name
-				k := svcKey{s.Namespace, s.Name}
-				sr, ok := bySvc[k]
+				id := s.Namespace + "/" + s.Name
+				svc, ok := bySvc[id]
 				if !ok {
-					sr = &svcRoutes{svc: s}
-					bySvc[k] = sr
-					order = append(order, k)
+					svc = &istiovs.Service{Namespace: s.Namespace, Name: s.Name, Mapped: map[int32]istiovs.Mapping{}}
+					for _, sp := range s.Spec.Ports {
+						svc.Ports = append(svc.Ports, sp.Port)
+					}
+					bySvc[id] = svc
+					order = append(order, id)
 				}
-				sr.routes = append(sr.routes, struct {
-					name string
-					port int32
-					dest string
-				}{routeName(key, w.Local.Name, p.Port), p.Port, dest})
+				svc.Mapped[p.Port] = istiovs.Mapping{Workload: w.Local.Name, SandboxService: ServiceName(w.Local.Name, key)}
 			}
 		}
 	}
-	sort.Slice(order, func(a, b int) bool {
-		if order[a].ns != order[b].ns {
-			return order[a].ns < order[b].ns
-		}
-		return order[a].name < order[b].name
-	})
-
-	targets := map[string]*RouteTarget{}
-	var targetOrder []string
-	for _, k := range order {
-		sr := bySvc[k]
-		vs, warn, err := findVirtualService(vssByNS[k.ns], k.name, k.ns)
-		if err != nil {
-			return nil, nil, err
-		}
-		warnings = append(warnings, warn...)
-		id := ""
-		multiHost := vs != nil && len(vs.Spec.GetHosts()) > 1
-		var t *RouteTarget
-		if vs == nil {
-			name := OwnedVirtualServiceName(k.name)
-			id = k.ns + "/" + name
-			t = &RouteTarget{Namespace: k.ns, Name: name, Create: true, Object: newOwnedVirtualService(name, k.ns, k.name)}
-		} else {
-			id = k.ns + "/" + vs.Name
-			t = &RouteTarget{Namespace: k.ns, Name: vs.Name, Object: vs.DeepCopy()}
-		}
-		if existing, ok := targets[id]; ok {
-			t = existing
-		} else {
-			targets[id] = t
-			targetOrder = append(targetOrder, id)
-		}
-		for _, r := range sr.routes {
-			auth := ""
-			if multiHost {
-				auth = authorityRegex(k.name, k.ns, r.port)
-			}
-			t.Routes = append(t.Routes, buildRoute(r.name, regex, r.port, auth, r.dest))
-		}
+	sort.Strings(order)
+	for _, id := range order {
+		sb.Services = append(sb.Services, *bySvc[id])
 	}
-	out := make([]RouteTarget, 0, len(targetOrder))
-	for _, id := range targetOrder {
-		t := targets[id]
-		t.Object.Spec.Http, _ = mergeRoutes(t.Object.Spec.Http, key, t.Routes)
-		if t.Object.Labels[LabelManagedBy] == ManagedByValue {
-			// Shared among sandboxes: an owner, never the controller.
-			o := ownerNS[t.Namespace]
-			o.Controller = nil
-			addOwner(&t.Object.ObjectMeta, o)
-		}
-		out = append(out, *t)
-	}
-	return out, warnings, nil
+	return sb, warnings, nil
 }
 
-// findVirtualService picks the VirtualService that routes mesh traffic for
-// a Service. It refuses one marked sbx.dev/ignore, reports ones bound only
-// to gateways as unusable, and, like Istio, takes the oldest when several
-// claim the host.
-func findVirtualService(vss []*istionet.VirtualService, svc, ns string) (*istionet.VirtualService, []string, error) {
-	var mesh []*istionet.VirtualService
-	var warnings []string
-	for _, vs := range vss {
-		match := false
-		for _, h := range vs.Spec.GetHosts() {
-			if hostMatches(h, vs.Namespace, svc, ns) {
-				match = true
-			}
-		}
-		if !match {
-			continue
-		}
-		if vs.Annotations[AnnotationIgnore] == "true" || vs.Labels[AnnotationIgnore] == "true" {
-			return nil, nil, fmt.Errorf("VirtualService %s/%s routes Service %s and is marked %s: \"true\", so sbx must not add routes to it; remove the mark (kubectl annotate virtualservice -n %s %s %s-) or leave %s out of the sandbox",
-				vs.Namespace, vs.Name, svc, AnnotationIgnore, vs.Namespace, vs.Name, AnnotationIgnore, svc)
-		}
-		if !boundToMesh(vs) {
-			warnings = append(warnings, fmt.Sprintf("VirtualService %s/%s is unusable for sandbox routing: it is bound only to gateways %v (no \"mesh\"), so it does not route calls between services; sbx routes mesh traffic with its own VirtualService, and requests entering through those gateways reach the baseline of %s",
-				vs.Namespace, vs.Name, vs.Spec.GetGateways(), svc))
-			continue
-		}
-		if len(vs.Spec.GetHttp()) == 0 && (len(vs.Spec.GetTcp()) > 0 || len(vs.Spec.GetTls()) > 0) {
-			return nil, nil, fmt.Errorf("VirtualService %s/%s routes Service %s with tcp/tls routes only; header-based sandbox routes cannot be added to it", vs.Namespace, vs.Name, svc)
-		}
-		mesh = append(mesh, vs)
+// toMesh converts what the baseline holds into the planner's model.
+func toMesh(r *Routing, domain string) *istiovs.Mesh {
+	m := &istiovs.Mesh{Domain: domain, DefaultExportTo: r.DefaultExportTo}
+	for _, v := range r.VirtualServices {
+		m.VirtualServices = append(m.VirtualServices, &istiovs.VirtualService{
+			Namespace: v.Namespace, Name: v.Name, Created: v.CreationTimestamp.Time,
+			ResourceVersion: v.ResourceVersion, Labels: v.Labels, Annotations: v.Annotations,
+			Spec: &v.Spec,
+		})
 	}
-	if len(mesh) == 0 {
-		return nil, warnings, nil
-	}
-	sort.SliceStable(mesh, func(a, b int) bool {
-		ta, tb := mesh[a].CreationTimestamp, mesh[b].CreationTimestamp
-		if !ta.Equal(&tb) {
-			return ta.Before(&tb)
-		}
-		return mesh[a].Name < mesh[b].Name
-	})
-	if len(mesh) > 1 {
-		warnings = append(warnings, fmt.Sprintf("several VirtualServices route Service %s/%s; Istio uses the oldest, %s, so sbx adds its routes there", ns, svc, mesh[0].Name))
-	}
-	return mesh[0], warnings, nil
+	return m
 }
 
-// newOwnedVirtualService is the VirtualService sbx creates for a baseline
-// Service that has none: only the default route to the baseline, sandbox
-// routes go on top. Sandboxes share it; each adds itself as an owner, so the
-// garbage collector removes it when the last one is gone.
-func newOwnedVirtualService(name, ns, svc string) *istionet.VirtualService {
-	host := ServiceFQDN(svc, ns)
+// planOptions are the planner's hooks: sbx's names and marks.
+func planOptions(r *Routing, live func(key, home string) bool) istiovs.Options {
+	return istiovs.Options{
+		Live:    live,
+		OwnName: OwnedVirtualServiceName,
+		IsOwn: func(v *istiovs.VirtualService) bool {
+			return v.Labels[LabelManagedBy] == ManagedByValue && v.Labels[LabelComponent] == "routes"
+		},
+		Ignored: func(v *istiovs.VirtualService) bool {
+			return v.Annotations[AnnotationIgnore] == "true" || v.Labels[AnnotationIgnore] == "true"
+		},
+		ExportToUnknown: r.ExportToUnknown,
+	}
+}
+
+// refuseGatewayAPI refuses Services that Gateway API routes (HTTPRoute or
+// GRPCRoute with the Service as parent): Istio applies those routes to the
+// Service's traffic and sbx's VirtualService routes would not reliably
+// take effect.
+func refuseGatewayAPI(sb istiovs.Sandbox, r *Routing) error {
+	for _, s := range sb.Services {
+		for _, g := range r.GatewayRoutes {
+			if g.ServiceNamespace == s.Namespace && g.Service == s.Name {
+				return fmt.Errorf("Service %s/%s is routed by %s %s/%s (Gateway API); sbx routes keyed requests with Istio VirtualServices only, and Istio lets Gateway API routes of a Service take its traffic, so sbx's routes would not reliably apply: leave %s out of the sandbox until sbx supports Gateway API routing",
+					s.Namespace, s.Name, g.Kind, g.Namespace, g.Name, s.Name)
+			}
+		}
+	}
+	return nil
+}
+
+// planRoutes works out the VirtualService changes of a sandbox against the
+// routing state: the planner's plan, as objects sbx writes.
+//
+// owners are the sandbox's Leases by namespace, which own sbx's own
+// VirtualServices while the sandbox has routes in them; leaseName finds
+// the owner reference to drop when it no longer does.
+func planRoutes(sb istiovs.Sandbox, r *Routing, domain string, live func(key, home string) bool,
+	owners map[string]metav1.OwnerReference, leaseName string) ([]RouteTarget, *istiovs.Plan, error) {
+
+	if err := refuseGatewayAPI(sb, r); err != nil {
+		return nil, nil, err
+	}
+	plan, err := istiovs.MakePlan(toMesh(r, domain), sb, planOptions(r, live))
+	if err != nil {
+		return nil, nil, err
+	}
+	byKey := map[string]*istionet.VirtualService{}
+	for _, v := range r.VirtualServices {
+		byKey[v.Namespace+"/"+v.Name] = v
+	}
+	if r.Partial != "" {
+		plan.Warnings = append([]string{r.Partial}, plan.Warnings...)
+	}
+	var out []RouteTarget
+	for _, e := range plan.Edits {
+		t := RouteTarget{Namespace: e.Namespace, Name: e.Name, Own: e.Own, Service: e.Service,
+			Create: e.Create, Recreate: e.Recreate, Delete: e.Delete}
+		for _, h := range e.HTTP {
+			if istiovs.RouteKey(h.GetName()) == sb.Key {
+				t.Routes = append(t.Routes, h)
+			}
+		}
+		live := byKey[e.Namespace+"/"+e.Name]
+		if live != nil {
+			t.ResourceVersion = live.ResourceVersion
+		}
+		switch {
+		case e.Delete:
+		case e.Own:
+			t.Object = ownedVirtualService(e.Name, e.Namespace, e.Service, e.HTTP, live)
+			if o, ok := owners[e.Namespace]; ok && len(t.Routes) > 0 {
+				o.Controller = nil
+				addOwner(&t.Object.ObjectMeta, o)
+			} else if len(t.Routes) == 0 {
+				removeOwner(&t.Object.ObjectMeta, "Lease", leaseName)
+			}
+		default:
+			t.Object = live.DeepCopy()
+			t.Object.Spec.Http = e.HTTP
+			if w := gitOpsWarning(live); w != "" && len(t.Routes) > 0 {
+				plan.Warnings = append(plan.Warnings, w)
+			}
+		}
+		out = append(out, t)
+	}
+	return out, plan, nil
+}
+
+// ownedVirtualService is sbx's own VirtualService of a Service: public, for
+// the Service's short host (right on any cluster domain), owned by every
+// sandbox with routes in it (none is its controller), so the garbage
+// collector removes it with the last one's Lease.
+func ownedVirtualService(name, ns, svc string, http []*istioapi.HTTPRoute, live *istionet.VirtualService) *istionet.VirtualService {
+
 	vs := &istionet.VirtualService{
 		TypeMeta: metav1.TypeMeta{APIVersion: "networking.istio.io/v1", Kind: "VirtualService"},
 		ObjectMeta: metav1.ObjectMeta{
 			Name: name, Namespace: ns,
 			Labels:      map[string]string{LabelManagedBy: ManagedByValue, LabelComponent: "routes"},
-			Annotations: map[string]string{"sbx.dev/baseline-service": svc},
+			Annotations: map[string]string{AnnotationBaselineService: svc},
 		},
 	}
-	vs.Spec.Hosts = []string{host}
-	vs.Spec.Http = []*istioapi.HTTPRoute{{
-		Name:  BaselineRouteName,
-		Route: []*istioapi.HTTPRouteDestination{{Destination: &istioapi.Destination{Host: host}}},
-	}}
+	if live != nil {
+		vs.OwnerReferences = slices.Clone(live.OwnerReferences)
+	}
+	vs.Spec.Hosts = []string{svc}
+	vs.Spec.ExportTo = []string{"*"}
+	vs.Spec.Http = http
 	return vs
+}
+
+// gitOpsWarning says when a VirtualService sbx adds routes to is synced by
+// Argo CD or Flux: a sync replaces spec.http and removes them.
+func gitOpsWarning(v *istionet.VirtualService) string {
+	tool := ""
+	for k, val := range v.Labels {
+		switch {
+		case k == "app.kubernetes.io/managed-by" && strings.EqualFold(val, "argocd"),
+			k == "argocd.argoproj.io/instance":
+			tool = "Argo CD"
+		case strings.HasPrefix(k, "kustomize.toolkit.fluxcd.io/"), strings.HasPrefix(k, "helm.toolkit.fluxcd.io/"):
+			tool = "Flux"
+		}
+	}
+	for k := range v.Annotations {
+		switch {
+		case strings.HasPrefix(k, "argocd.argoproj.io/"):
+			tool = "Argo CD"
+		case strings.HasPrefix(k, "kustomize.toolkit.fluxcd.io/"), strings.HasPrefix(k, "helm.toolkit.fluxcd.io/"):
+			tool = "Flux"
+		}
+	}
+	if tool == "" {
+		return ""
+	}
+	return fmt.Sprintf("VirtualService %s/%s is synced by %s: a sync replaces spec.http and removes sbx's routes; sbx puts them back within seconds while the sandbox is connected (an ignoreDifferences on /spec/http, or syncing without self-heal, avoids the churn)",
+		v.Namespace, v.Name, tool)
 }
 
 // addOwner adds ref to meta's owners unless an owner of that kind and name

@@ -1,9 +1,10 @@
 package sim
 
 import (
-	"k8s.io/apimachinery/pkg/types"
 	"log/slog"
 	"testing"
+
+	"k8s.io/apimachinery/pkg/types"
 )
 
 // testLogger logs through t.Log so output appears only for failing tests.

@@ -37,6 +37,9 @@ type MeshOptions struct {
 	Network *Network
 	Kube    kubernetes.Interface
 	Istio   istioclient.Interface
+	// DefaultExportTo is the mesh config's defaultVirtualServiceExportTo
+	// (nil: "*", Istio's default).
+	DefaultExportTo []string
 }
 
 // Mesh is the simulated service mesh: for every port of every Service it
@@ -45,22 +48,31 @@ type MeshOptions struct {
 // Istio sidecar applies them to outbound traffic, then forwards to a ready
 // endpoint pod of the chosen Service.
 //
+// Which VirtualService applies is decided by package istiovs, Istio's
+// selection as its control plane does it (proven against Istio's own code
+// in testdata/istio): per client namespace and labels, exportTo buckets,
+// age, exact hosts over wildcards, only dot-less short hosts expanded, a
+// VirtualService without a route for the port or client skipped for the
+// next one or the default route, delegates merged into their root.
+//
 // HTTP ports (appProtocol or port-name prefix http, http2, grpc, h2c; and
-// ports without a declared protocol) are routed by the VirtualService's
-// http routes: matches on uri, scheme, method, authority, headers,
-// withoutHeaders, queryParams, port, gateways, sourceLabels and
-// sourceNamespace; route destinations with weights, redirect,
-// directResponse, rewrite, header operations, timeout, and retries (with
-// Istio's default policy when a route sets none: 2 retries on connect
-// failures and 503, each on another endpoint when there is one). Fault
-// injection, mirroring, CORS, delegate routes and DestinationRule subsets
-// are not simulated. Other ports are forwarded as plain TCP to an endpoint.
+// ports without a declared protocol) are routed by the chosen routes:
+// matches on uri, scheme, method, authority, headers, withoutHeaders,
+// queryParams; route destinations with weights, redirect, directResponse,
+// rewrite, header operations, timeout, and retries (with Istio's default
+// policy since 1.24 when a route sets none: 2 retries on connect failures
+// and refused streams, not on a 503, each on another endpoint when there
+// is one). Fault injection, mirroring, CORS and DestinationRule subsets
+// are not simulated. Other ports are forwarded as plain TCP to an
+// endpoint.
 type Mesh struct {
-	log   *slog.Logger
-	net   *Network
-	stop  chan struct{}
-	kubeF informers.SharedInformerFactory
-	vsInf []cache.SharedIndexInformer
+	log  *slog.Logger
+	net  *Network
+	stop chan struct{}
+	// defaultExportTo is the mesh's defaultVirtualServiceExportTo.
+	defaultExportTo []string
+	kubeF           informers.SharedInformerFactory
+	vsInf           []cache.SharedIndexInformer
 
 	svcs  corelisters.ServiceLister
 	pods  corelisters.PodLister
@@ -98,10 +110,11 @@ func NewMesh(ctx context.Context, opts MeshOptions) (*Mesh, error) {
 		logger = slog.New(slog.DiscardHandler)
 	}
 	m := &Mesh{
-		log:     logger.With("component", "mesh"),
-		net:     opts.Network,
-		stop:    make(chan struct{}),
-		routers: map[string]map[int32]*portRouter{},
+		log:             logger.With("component", "mesh"),
+		net:             opts.Network,
+		defaultExportTo: opts.DefaultExportTo,
+		stop:            make(chan struct{}),
+		routers:         map[string]map[int32]*portRouter{},
 	}
 	dial := opts.Network.Resolver("").DialContext
 	m.h1 = &http.Transport{DialContext: dial, MaxIdleConnsPerHost: 64, IdleConnTimeout: 30 * time.Second}

@@ -3,7 +3,6 @@ package sim
 import (
 	"fmt"
 	"net/http"
-	"net/netip"
 	"regexp"
 	"slices"
 	"strings"
@@ -11,6 +10,8 @@ import (
 	"time"
 
 	networking "istio.io/api/networking/v1alpha3"
+
+	"github.com/sbx-dev/sbx/cluster/istiovs"
 )
 
 // virtualService is a VirtualService of any served API version (v1,
@@ -24,84 +25,74 @@ type virtualService struct {
 
 func (vs *virtualService) key() string { return vs.Namespace + "/" + vs.Name }
 
-// resolveHost expands a host written in an Istio resource of namespace ns to
-// the name Istio compares: a short name (no dot) becomes
-// name.ns.svc.<domain>; anything with a dot, "*" and IP literals stay as
-// they are (istio's ResolveShortnameToFQDN).
-func resolveHost(h, ns, domain string) string {
-	h = strings.ToLower(strings.TrimSuffix(h, "."))
-	if h == "" || h == "*" || strings.Contains(h, ".") {
-		return h
+// istioMesh is the sidecars' view of the VirtualServices, as Istio's
+// control plane builds it (package istiovs, proven against Istio's own
+// code in testdata/istio).
+func (m *Mesh) istioMesh() *istiovs.Mesh {
+	out := &istiovs.Mesh{Domain: m.net.Domain(), DefaultExportTo: m.defaultExportTo}
+	for _, v := range m.virtualServices() {
+		out.VirtualServices = append(out.VirtualServices, &istiovs.VirtualService{
+			Namespace: v.Namespace, Name: v.Name, Created: v.Created, Spec: v.Spec})
 	}
-	if _, err := netip.ParseAddr(h); err == nil {
-		return h
-	}
-	return h + "." + ns + ".svc." + domain
+	return out
 }
 
-// hostMatch scores how specifically pattern (a resolved VirtualService host)
-// matches the service name fqdn: 0 no match, larger is more specific; an
-// exact match beats every wildcard, a longer wildcard beats a shorter one.
-func hostMatch(pattern, fqdn string) int {
-	switch {
-	case pattern == fqdn:
-		return 1 << 20
-	case pattern == "*":
-		return 1
-	case strings.HasPrefix(pattern, "*."):
-		if strings.HasSuffix(fqdn, pattern[1:]) {
-			return 1 + len(pattern)
+// routeFor picks what a sidecar of client does with a request for fqdn on
+// port: the first VirtualService of the client's chain that yields a route
+// there (none: Istio's default route, link nil), then the first of its
+// routes whose match holds. found is false when the VirtualService
+// applies but no route matches (Envoy answers 404).
+func (c *regexCache) routeFor(mesh *istiovs.Mesh, fqdn string, port int32, client istiovs.Client, ri requestInfo) (link *istiovs.Link, route *networking.HTTPRoute, match *networking.HTTPMatchRequest, found bool) {
+	link, refs := istiovs.Effective(mesh.Chain(fqdn, client.Namespace), uint32(port), client)
+	if link == nil {
+		return nil, nil, nil, false
+	}
+	for _, ref := range refs {
+		r := link.HTTP[ref.Index]
+		var m *networking.HTTPMatchRequest
+		if ref.Match >= 0 {
+			m = r.Match[ref.Match]
+		}
+		if c.matches(m, ri) {
+			return link, r, m, true
 		}
 	}
-	return 0
+	return link, nil, nil, false
 }
 
-// appliesToMesh reports whether a VirtualService binds to sidecars: no
-// gateways (the default "mesh") or an explicit "mesh".
-func appliesToMesh(gateways []string) bool {
-	return len(gateways) == 0 || slices.Contains(gateways, "mesh")
+// Decision is what the simulated mesh does with one request: which
+// VirtualService and route apply (as the conformance tests in
+// testdata/istio compare with Envoy's routes that Istio generates).
+type Decision struct {
+	// VirtualService is "namespace/name", "" for Istio's default route.
+	VirtualService string
+	// Route is the chosen route's name ("" also for the default route).
+	Route string
+	// Matched is false when the VirtualService applies and no route of it
+	// matches: the sidecar answers 404.
+	Matched bool
+	// Destination is the chosen route's first destination, host resolved
+	// (nil for the default route, a redirect or a direct response).
+	Destination *networking.Destination
 }
 
-// visibleTo reports whether a VirtualService of namespace vsNS with the
-// given exportTo is visible to clients in namespace clientNS.
-func visibleTo(exportTo []string, vsNS, clientNS string) bool {
-	if len(exportTo) == 0 {
-		return true
+// Decide is the mesh's decision for a request from client to fqdn on port,
+// with the same code serveHTTP uses.
+func Decide(mesh *istiovs.Mesh, fqdn string, port int32, client istiovs.Client, r *http.Request) Decision {
+	var c regexCache
+	ri := requestInfo{req: r, port: port, source: &Source{Namespace: client.Namespace, Labels: client.Labels}}
+	link, route, _, found := c.routeFor(mesh, fqdn, port, client, ri)
+	if link == nil {
+		return Decision{Matched: true}
 	}
-	for _, e := range exportTo {
-		switch {
-		case e == "*", e == clientNS, e == "." && vsNS == clientNS:
-			return true
-		}
-	}
-	return false
-}
-
-// selectVirtualService picks the VirtualService a sidecar in clientNS
-// applies to requests for fqdn: bound to the mesh, visible, with the most
-// specific host; among equals the oldest, then by namespace/name. Sidecars
-// do not merge VirtualServices for one host; only the chosen one applies.
-func selectVirtualService(all []*virtualService, fqdn, clientNS, domain string) *virtualService {
-	var best *virtualService
-	bestScore := 0
-	for _, vs := range all {
-		if vs.Spec == nil || !appliesToMesh(vs.Spec.Gateways) || !visibleTo(vs.Spec.ExportTo, vs.Namespace, clientNS) {
-			continue
-		}
-		score := 0
-		for _, h := range vs.Spec.Hosts {
-			score = max(score, hostMatch(resolveHost(h, vs.Namespace, domain), fqdn))
-		}
-		if score == 0 {
-			continue
-		}
-		if best == nil || score > bestScore ||
-			score == bestScore && (vs.Created.Before(best.Created) ||
-				vs.Created.Equal(best.Created) && vs.key() < best.key()) {
-			best, bestScore = vs, score
+	d := Decision{VirtualService: link.VS.Key(), Matched: found}
+	if found {
+		d.Route = route.GetName()
+		if len(route.Route) > 0 {
+			d.Destination = route.Route[0].GetDestination()
 		}
 	}
-	return best
+	return d
 }
 
 // requestInfo is what route matching looks at.
@@ -244,25 +235,6 @@ func (c *regexCache) matches(m *networking.HTTPMatchRequest, ri requestInfo) boo
 		return false
 	}
 	return true
-}
-
-// selectRoute returns the first HTTP route of vs whose match list matches
-// (an empty list matches everything), with the match that did, or -1.
-func (c *regexCache) selectRoute(vs *networking.VirtualService, ri requestInfo) (int, *networking.HTTPMatchRequest) {
-	for i, route := range vs.Http {
-		if route == nil {
-			continue
-		}
-		if len(route.Match) == 0 {
-			return i, nil
-		}
-		for _, m := range route.Match {
-			if c.matches(m, ri) {
-				return i, m
-			}
-		}
-	}
-	return -1, nil
 }
 
 // validateVirtualService rejects what Istio's validating webhook rejects

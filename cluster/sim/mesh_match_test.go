@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sbx-dev/sbx/cluster/istiovs"
 	"github.com/stretchr/testify/require"
 	networking "istio.io/api/networking/v1alpha3"
 )
@@ -26,88 +27,46 @@ func routeTo(host string) []*networking.HTTPRouteDestination {
 	return []*networking.HTTPRouteDestination{{Destination: &networking.Destination{Host: host}}}
 }
 
-func TestResolveHost(t *testing.T) {
-	for _, tc := range []struct{ in, ns, want string }{
-		{"route", "hotrod", "route.hotrod.svc.cluster.local"},
-		{"Route", "other", "route.other.svc.cluster.local"},
-		{"route.hotrod", "hotrod", "route.hotrod"}, // has a dot: taken as written
-		{"route.hotrod.svc.cluster.local", "x", "route.hotrod.svc.cluster.local"},
-		{"route.hotrod.svc.cluster.local.", "x", "route.hotrod.svc.cluster.local"},
-		{"*", "hotrod", "*"},
-		{"*.hotrod.svc.cluster.local", "x", "*.hotrod.svc.cluster.local"},
-		{"10.96.0.3", "hotrod", "10.96.0.3"},
-	} {
-		require.Equal(t, tc.want, resolveHost(tc.in, tc.ns, "cluster.local"), tc.in)
-	}
-}
-
-func TestSelectVirtualService(t *testing.T) {
+// TestRouteFor checks the sim's use of Istio's selection: the chain's
+// first VirtualService with a route for the port and client applies; one
+// without falls through to the next, then to the default route; a
+// VirtualService that applies but has no matching route is a 404, never a
+// fall-through.
+func TestRouteFor(t *testing.T) {
 	const fqdn = "route.hotrod.svc.cluster.local"
 	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
-	mk := func(ns, name string, age int, hosts []string, mut func(*networking.VirtualService)) *virtualService {
-		spec := &networking.VirtualService{Hosts: hosts}
-		if mut != nil {
-			mut(spec)
+	mk := func(name string, age int, http ...*networking.HTTPRoute) *istiovs.VirtualService {
+		return &istiovs.VirtualService{Namespace: "hotrod", Name: name, Created: t0.Add(time.Duration(age) * time.Minute),
+			Spec: &networking.VirtualService{Hosts: []string{"route"}, Http: http}}
+	}
+	adminOnly := mk("admin", 0, &networking.HTTPRoute{Name: "admin", Match: []*networking.HTTPMatchRequest{{Port: 9001}}, Route: routeTo("route")})
+	apiOnly := mk("api", 1, &networking.HTTPRoute{Name: "api", Match: []*networking.HTTPMatchRequest{{Uri: prefix("/api")}}, Route: routeTo("route")})
+	feOnly := mk("fe", 2, &networking.HTTPRoute{Name: "fe", Match: []*networking.HTTPMatchRequest{{SourceLabels: map[string]string{"app": "frontend"}}}, Route: routeTo("route")})
+	var c regexCache
+	call := func(m *istiovs.Mesh, port int32, path string, labels map[string]string) (string, string, bool) {
+		ri := requestInfo{req: httptest.NewRequest("GET", path, nil), port: port}
+		if labels != nil {
+			ri.source = &Source{Namespace: "hotrod", Labels: labels}
 		}
-		return &virtualService{Namespace: ns, Name: name, Created: t0.Add(time.Duration(age) * time.Minute), Spec: spec}
+		link, r, _, found := c.routeFor(m, fqdn, port, istiovs.Client{Namespace: "hotrod", Labels: labels}, ri)
+		if link == nil {
+			return "", "", false
+		}
+		return link.VS.Name, r.GetName(), found
 	}
-	gw := func(g ...string) func(*networking.VirtualService) {
-		return func(s *networking.VirtualService) { s.Gateways = g }
-	}
-	export := func(e ...string) func(*networking.VirtualService) {
-		return func(s *networking.VirtualService) { s.ExportTo = e }
-	}
-	for _, tc := range []struct {
-		name     string
-		all      []*virtualService
-		clientNS string
-		want     string
-	}{
-		{"none", nil, "hotrod", ""},
-		{"short name in own namespace", []*virtualService{mk("hotrod", "a", 0, []string{"route"}, nil)}, "hotrod", "hotrod/a"},
-		{"short name resolves in the VS namespace, not the service's",
-			[]*virtualService{mk("other", "a", 0, []string{"route"}, nil)}, "hotrod", ""},
-		{"svc.ns form is not expanded",
-			[]*virtualService{mk("hotrod", "a", 0, []string{"route.hotrod"}, nil)}, "hotrod", ""},
-		{"FQDN from another namespace", []*virtualService{mk("istio-config", "a", 0, []string{fqdn}, nil)}, "hotrod", "istio-config/a"},
-		{"other host", []*virtualService{mk("hotrod", "a", 0, []string{"driver"}, nil)}, "hotrod", ""},
-		{"gateway only is not for sidecars",
-			[]*virtualService{mk("hotrod", "a", 0, []string{"route"}, gw("hotrod/public"))}, "hotrod", ""},
-		{"gateway plus mesh",
-			[]*virtualService{mk("hotrod", "a", 0, []string{"route"}, gw("hotrod/public", "mesh"))}, "hotrod", "hotrod/a"},
-		{"exact beats wildcard even if younger", []*virtualService{
-			mk("hotrod", "wild", 0, []string{"*.hotrod.svc.cluster.local"}, nil),
-			mk("hotrod", "exact", 5, []string{"route"}, nil),
-		}, "hotrod", "hotrod/exact"},
-		{"longer wildcard beats *", []*virtualService{
-			mk("hotrod", "all", 0, []string{"*"}, nil),
-			mk("hotrod", "ns", 5, []string{"*.svc.cluster.local"}, nil),
-		}, "hotrod", "hotrod/ns"},
-		{"oldest wins among equals", []*virtualService{
-			mk("hotrod", "young", 5, []string{"route"}, nil),
-			mk("hotrod", "old", 1, []string{"route"}, nil),
-		}, "hotrod", "hotrod/old"},
-		{"name breaks ties", []*virtualService{
-			mk("hotrod", "b", 1, []string{"route"}, nil),
-			mk("hotrod", "a", 1, []string{"route"}, nil),
-		}, "hotrod", "hotrod/a"},
-		{"exportTo . hides from other namespaces",
-			[]*virtualService{mk("hotrod", "a", 0, []string{fqdn}, export("."))}, "default", ""},
-		{"exportTo . visible in own namespace",
-			[]*virtualService{mk("hotrod", "a", 0, []string{fqdn}, export("."))}, "hotrod", "hotrod/a"},
-		{"exportTo names the client namespace",
-			[]*virtualService{mk("hotrod", "a", 0, []string{fqdn}, export("default"))}, "default", "hotrod/a"},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			got := selectVirtualService(tc.all, fqdn, tc.clientNS, "cluster.local")
-			if tc.want == "" {
-				require.Nil(t, got)
-				return
-			}
-			require.NotNil(t, got)
-			require.Equal(t, tc.want, got.key())
-		})
-	}
+	m := &istiovs.Mesh{VirtualServices: []*istiovs.VirtualService{adminOnly, apiOnly, feOnly}}
+	vs, r, found := call(m, 9001, "/", nil)
+	require.Equal(t, []any{"admin", "admin", true}, []any{vs, r, found})
+	vs, r, found = call(m, 8083, "/api/x", nil)
+	require.Equal(t, []any{"api", "api", true}, []any{vs, r, found}, "admin has no route on 8083: the next one")
+	vs, _, found = call(m, 8083, "/other", nil)
+	require.Equal(t, []any{"api", false}, []any{vs, found}, "api applies and nothing matches: 404")
+
+	m = &istiovs.Mesh{VirtualServices: []*istiovs.VirtualService{adminOnly, feOnly}}
+	vs, r, found = call(m, 8083, "/", map[string]string{"app": "frontend"})
+	require.Equal(t, []any{"fe", "fe", true}, []any{vs, r, found})
+	vs, _, _ = call(m, 8083, "/", map[string]string{"app": "other"})
+	require.Empty(t, vs, "no VirtualService yields a route: Istio's default route")
 }
 
 func TestMatchRequest(t *testing.T) {
@@ -194,49 +153,6 @@ func TestMatchRequest(t *testing.T) {
 			require.Equal(t, tc.match, c.matches(tc.m, requestInfo{req: tc.r, port: tc.port, source: tc.src}))
 		})
 	}
-}
-
-func TestSelectRoute(t *testing.T) {
-	keyed := func(k string) *networking.HTTPMatchRequest {
-		return &networking.HTTPMatchRequest{Headers: map[string]*networking.StringMatch{
-			"baggage": regex(`(.*,)?\s*sbx-routing-key=` + k + `\s*(;[^,]*)?(,.*)?`)}}
-	}
-	vs := &networking.VirtualService{
-		Hosts: []string{"route"},
-		Http: []*networking.HTTPRoute{
-			{Name: "alice", Match: []*networking.HTTPMatchRequest{keyed("aaa")}, Route: routeTo("route-alice")},
-			{Name: "bob", Match: []*networking.HTTPMatchRequest{keyed("bbb"), {Headers: map[string]*networking.StringMatch{"x-bob": {}}}}, Route: routeTo("route-bob")},
-			{Name: "bob-too", Match: []*networking.HTTPMatchRequest{keyed("bbb")}, Route: routeTo("never")},
-			{Name: "default", Route: routeTo("route")},
-			{Name: "after-default", Route: routeTo("never")},
-		},
-	}
-	for _, tc := range []struct {
-		hdr  []string
-		want string
-	}{
-		{nil, "default"},
-		{[]string{"Baggage", "sbx-routing-key=aaa"}, "alice"},
-		{[]string{"Baggage", "sbx-routing-key=bbb"}, "bob"},
-		{[]string{"X-Bob", "1"}, "bob"},
-		{[]string{"Baggage", "x=1,sbx-routing-key=aaa;ttl=3"}, "alice"},
-		{[]string{"Baggage", "sbx-routing-key=aaab"}, "default"},
-	} {
-		r := httptest.NewRequest("GET", "/", nil)
-		for i := 0; i+1 < len(tc.hdr); i += 2 {
-			r.Header.Add(tc.hdr[i], tc.hdr[i+1])
-		}
-		var c regexCache
-		i, _ := c.selectRoute(vs, requestInfo{req: r, port: 8083})
-		require.GreaterOrEqual(t, i, 0)
-		require.Equal(t, tc.want, vs.Http[i].Name, "%v", tc.hdr)
-	}
-
-	// Without a default route, an unmatched request matches nothing.
-	noDefault := &networking.VirtualService{Hosts: []string{"route"}, Http: vs.Http[:2]}
-	var c regexCache
-	i, _ := c.selectRoute(noDefault, requestInfo{req: httptest.NewRequest("GET", "/", nil), port: 8083})
-	require.Equal(t, -1, i)
 }
 
 func TestValidateVirtualService(t *testing.T) {

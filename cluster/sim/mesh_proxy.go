@@ -20,6 +20,7 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/labels"
 
+	"github.com/sbx-dev/sbx/cluster/istiovs"
 	"github.com/sbx-dev/sbx/cluster/podstate"
 )
 
@@ -74,14 +75,17 @@ func (m *Mesh) serveHTTP(w http.ResponseWriter, r *http.Request, ns, name string
 		return
 	}
 	ri := requestInfo{req: r, port: port}
-	clientNS := ns
+	// A client outside the simulated pods (a developer's curl) counts as a
+	// sidecar without labels in the Service's namespace.
+	client := istiovs.Client{Namespace: ns}
 	if src, ok := m.net.SourceOf(r.RemoteAddr); ok {
 		ri.source = &src
-		clientNS = src.Namespace
+		client = istiovs.Client{Namespace: src.Namespace, Labels: src.Labels}
 	}
 	fqdn := m.net.ServiceFQDN(ns, name)
-	vs := selectVirtualService(m.virtualServices(), fqdn, clientNS, m.net.Domain())
-	if vs == nil {
+	mesh := m.istioMesh()
+	link, route, matched, found := m.re.routeFor(mesh, fqdn, port, client, ri)
+	if link == nil {
 		sp, ok := servicePort(svc, 0, port)
 		if !ok {
 			http.Error(w, "no healthy upstream", http.StatusServiceUnavailable)
@@ -90,14 +94,13 @@ func (m *Mesh) serveHTTP(w http.ResponseWriter, r *http.Request, ns, name string
 		m.forward(w, r, svc, sp, 0, nil)
 		return
 	}
-	i, matched := m.re.selectRoute(vs.Spec, ri)
-	if i < 0 {
-		m.log.Debug("no route matched", "virtualService", vs.key(), "host", fqdn)
+	vs := link.VS
+	if !found {
+		m.log.Debug("no route matched", "virtualService", vs.Key(), "host", fqdn)
 		http.Error(w, "route not found", http.StatusNotFound)
 		return
 	}
-	route := vs.Spec.Http[i]
-	m.log.Debug("route selected", "virtualService", vs.key(), "route", routeName(route, i), "host", fqdn)
+	m.log.Debug("route selected", "virtualService", vs.Key(), "route", route.GetName(), "host", fqdn)
 	switch {
 	case route.DirectResponse != nil:
 		applyHeaderOps(w.Header(), route.GetHeaders().GetResponse())
@@ -121,9 +124,9 @@ func (m *Mesh) serveHTTP(w http.ResponseWriter, r *http.Request, ns, name string
 		return
 	}
 	dest := pickDestination(route.Route)
-	dsvc, dsp, err := m.destination(dest.Destination, vs.Namespace, port)
+	dsvc, dsp, err := m.destination(mesh, dest.Destination, vs.Namespace, port)
 	if err != nil {
-		m.log.Debug("destination unavailable", "virtualService", vs.key(), "error", err)
+		m.log.Debug("destination unavailable", "virtualService", vs.Key(), "error", err)
 		http.Error(w, "no healthy upstream", http.StatusServiceUnavailable)
 		return
 	}
@@ -153,13 +156,6 @@ func (m *Mesh) serveHTTP(w http.ResponseWriter, r *http.Request, ns, name string
 	m.forward(w, r, dsvc, dsp, timeout, route.Retries)
 }
 
-func routeName(r *networking.HTTPRoute, i int) string {
-	if r.Name != "" {
-		return r.Name
-	}
-	return "#" + strconv.Itoa(i)
-}
-
 // pickDestination chooses among weighted destinations (a single
 // destination gets everything whatever its weight).
 func pickDestination(ds []*networking.HTTPRouteDestination) *networking.HTTPRouteDestination {
@@ -185,8 +181,8 @@ func pickDestination(ds []*networking.HTTPRouteDestination) *networking.HTTPRout
 
 // destination resolves a route destination (host written in a
 // VirtualService of namespace vsNS) to a Service and port.
-func (m *Mesh) destination(d *networking.Destination, vsNS string, inPort int32) (*corev1.Service, corev1.ServicePort, error) {
-	host := resolveHost(d.GetHost(), vsNS, m.net.Domain())
+func (m *Mesh) destination(mesh *istiovs.Mesh, d *networking.Destination, vsNS string, inPort int32) (*corev1.Service, corev1.ServicePort, error) {
+	host := mesh.ResolveHost(d.GetHost(), vsNS)
 	rest, ok := strings.CutSuffix(host, ".svc."+m.net.Domain())
 	name, ns, ok2 := strings.Cut(rest, ".")
 	if !ok || !ok2 || strings.Contains(ns, ".") {

@@ -30,11 +30,12 @@ type retryPolicy struct {
 const maxRetryBody = 64 << 10
 
 // newRetryPolicy builds the policy of a route: without a retries field,
-// Istio's default (2 retries on connect-failure, refused-stream,
-// unavailable, cancelled and retriable-status-codes = 503, each try on
-// another endpoint when there is one); attempts 0 disables retries.
+// Istio's default since 1.24 (2 retries on connect-failure,
+// refused-stream, unavailable, cancelled and retriable-status-codes with
+// no codes: a 503 is not retried; up to 1.23 it was), each try on another
+// endpoint when there is one; attempts 0 disables retries.
 func newRetryPolicy(r *networking.HTTPRetry) retryPolicy {
-	p := retryPolicy{retries: 2, onConnect: true, codes: map[int]bool{http.StatusServiceUnavailable: true}}
+	p := retryPolicy{retries: 2, onConnect: true, codes: map[int]bool{}}
 	if r == nil {
 		return p
 	}
@@ -57,7 +58,7 @@ func newRetryPolicy(r *networking.HTTPRetry) retryPolicy {
 		case "reset":
 			p.onReset = true
 		case "retriable-status-codes":
-			p.codes[http.StatusServiceUnavailable] = true
+			// The codes come as numbers in the same list.
 		default:
 			if n, err := strconv.Atoi(tok); err == nil {
 				p.codes[n] = true

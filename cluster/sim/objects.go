@@ -3,6 +3,7 @@ package sim
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"hash/fnv"
 	"time"
 
@@ -281,4 +282,25 @@ func BaselineVirtualService() *istiov1.VirtualService {
 			}},
 		},
 	}
+}
+
+// createMeshConfig writes Istio's mesh config, ConfigMap istio-system/istio,
+// where sbx reads defaultVirtualServiceExportTo.
+func createMeshConfig(ctx context.Context, c *Clients, exportTo []string) error {
+	mesh := "accessLogFile: /dev/stdout\n"
+	if exportTo != nil {
+		b, err := json.Marshal(exportTo)
+		if err != nil {
+			return err
+		}
+		mesh += "defaultVirtualServiceExportTo: " + string(b) + "\n"
+	}
+	cm := &corev1.ConfigMap{
+		ObjectMeta: metav1.ObjectMeta{Name: "istio", Namespace: "istio-system"},
+		Data:       map[string]string{"mesh": mesh},
+	}
+	if _, err := c.Kube.CoreV1().ConfigMaps(cm.Namespace).Create(ctx, cm, metav1.CreateOptions{}); err != nil {
+		return fmt.Errorf("create Istio's mesh config: %w", err)
+	}
+	return nil
 }

@@ -32,6 +32,10 @@ type Options struct {
 	// WithoutBaselineVirtualService leaves out the VirtualService that CD
 	// owns for route (tests of the mesh write their own).
 	WithoutBaselineVirtualService bool
+	// DefaultExportTo is the mesh config's defaultVirtualServiceExportTo
+	// (nil: Istio's default, "*"), written to ConfigMap istio-system/istio
+	// as an Istio install has it.
+	DefaultExportTo []string
 	// Relay runs the relay containers of Deployments that run `sbx relay`.
 	// nil means the real relay (package relay).
 	Relay RelayFunc
@@ -79,7 +83,11 @@ func Start(ctx context.Context, opts Options) (_ *Cluster, err error) {
 			return nil, fmt.Errorf("create the baseline VirtualService: %w", err)
 		}
 	}
-	c.Mesh, err = NewMesh(ctx, MeshOptions{Logger: logger, Network: c.Network, Kube: c.Clients.Kube, Istio: c.Clients.Istio})
+	if err := createMeshConfig(ctx, c.Clients, opts.DefaultExportTo); err != nil {
+		return nil, err
+	}
+	c.Mesh, err = NewMesh(ctx, MeshOptions{Logger: logger, Network: c.Network, Kube: c.Clients.Kube, Istio: c.Clients.Istio,
+		DefaultExportTo: opts.DefaultExportTo})
 	if err != nil {
 		return nil, err
 	}

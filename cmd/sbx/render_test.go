@@ -61,7 +61,7 @@ func TestRenderWarningsAndErrors(t *testing.T) {
 
 	code, out, errOut := runCLI(t, append(base, "--baseline", "../../testdata/baseline/hotrod.yaml")...)
 	require.Equal(t, 0, code, errOut)
-	require.Contains(t, errOut, "warning: VirtualService hotrod/frontend-gw is unusable")
+	require.Contains(t, errOut, "warning: VirtualService hotrod/route is synced by Argo CD")
 	require.Contains(t, out, "image: ghcr.io/sbx-dev/sbx:", "default relay image from the build version")
 
 	code, _, errOut = runCLI(t, base...)

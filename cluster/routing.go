@@ -1,0 +1,430 @@
+package cluster
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+
+	istionet "istio.io/client-go/pkg/apis/networking/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/utils/ptr"
+	"sigs.k8s.io/yaml"
+
+	"github.com/sbx-dev/sbx/cluster/istiovs"
+	"github.com/sbx-dev/sbx/cluster/spec"
+)
+
+// Routing is everything the mesh's routing of a Service depends on
+// besides the Services themselves.
+type Routing struct {
+	// VirtualServices in every namespace sbx could read.
+	VirtualServices []*istionet.VirtualService
+	// Partial is non-empty when only some namespaces could be read: it
+	// says which permission is missing.
+	Partial string
+	// DefaultExportTo is the mesh's defaultVirtualServiceExportTo (nil:
+	// Istio's default, "*"); ExportToUnknown says why it is not known ("":
+	// it is).
+	DefaultExportTo []string
+	ExportToUnknown string
+	// GatewayRoutes are the Gateway API routes with a Service as parent.
+	GatewayRoutes []GatewayRoute
+}
+
+// GatewayRoute is an HTTPRoute or GRPCRoute attached to a Service (GAMMA).
+type GatewayRoute struct {
+	Kind             string
+	Namespace, Name  string
+	ServiceNamespace string
+	Service          string
+}
+
+// Gateway API route resources sbx reads.
+var (
+	HTTPRouteGVR = schema.GroupVersionResource{Group: "gateway.networking.k8s.io", Version: "v1", Resource: "httproutes"}
+	GRPCRouteGVR = schema.GroupVersionResource{Group: "gateway.networking.k8s.io", Version: "v1", Resource: "grpcroutes"}
+)
+
+// Routing implements Baseline: VirtualServices of every namespace (of the
+// given ones when the caller may not list cluster-wide, with a warning
+// naming the permission), the mesh config's default exportTo when
+// readable, and Gateway API routes attached to Services.
+func (l LiveBaseline) Routing(ctx context.Context, namespaces []string) (*Routing, error) {
+	r := &Routing{}
+	vsl := l.C.Istio.NetworkingV1().VirtualServices(metav1.NamespaceAll)
+	list, err := vsl.List(ctx, metav1.ListOptions{})
+	switch {
+	case err == nil:
+		r.VirtualServices = list.Items
+	case apierrors.IsNotFound(err):
+		return nil, fmt.Errorf("list VirtualServices: the networking.istio.io/v1 API is not served; sbx needs Istio (1.22 or later) in the cluster: %w", err)
+	case apierrors.IsForbidden(err):
+		r.Partial = fmt.Sprintf("sbx may not list VirtualServices in all namespaces (list virtualservices.networking.istio.io at cluster scope), so it only sees those in %s: a VirtualService elsewhere that routes these Services would be missed; bind the ClusterRole sbx-route-reader from deploy/rbac.yaml",
+			strings.Join(namespaces, ", "))
+		for _, ns := range namespaces {
+			nl, err := l.C.Istio.NetworkingV1().VirtualServices(ns).List(ctx, metav1.ListOptions{})
+			if err != nil {
+				return nil, fmt.Errorf("list VirtualServices in namespace %s: %w", ns, err)
+			}
+			r.VirtualServices = append(r.VirtualServices, nl.Items...)
+		}
+	default:
+		return nil, fmt.Errorf("list VirtualServices in all namespaces: %w", err)
+	}
+	r.DefaultExportTo, r.ExportToUnknown = l.meshExportTo(ctx)
+	if l.C.Dynamic != nil {
+		for _, g := range []struct {
+			gvr  schema.GroupVersionResource
+			kind string
+		}{{HTTPRouteGVR, "HTTPRoute"}, {GRPCRouteGVR, "GRPCRoute"}} {
+			ul, err := l.C.Dynamic.Resource(g.gvr).Namespace(metav1.NamespaceAll).List(ctx, metav1.ListOptions{})
+			if err != nil {
+				if apierrors.IsNotFound(err) || apierrors.IsForbidden(err) || apierrors.IsMethodNotSupported(err) {
+					continue // not installed, or not readable: VirtualServices are all sbx sees
+				}
+				return nil, fmt.Errorf("list %ss in all namespaces: %w", g.kind, err)
+			}
+			for i := range ul.Items {
+				r.GatewayRoutes = append(r.GatewayRoutes, serviceParents(g.kind, &ul.Items[i])...)
+			}
+		}
+	}
+	return r, nil
+}
+
+// meshExportTo reads defaultVirtualServiceExportTo from Istio's mesh
+// config (ConfigMap istio-system/istio, key mesh), or says why it cannot.
+func (l LiveBaseline) meshExportTo(ctx context.Context) ([]string, string) {
+	cm, err := l.C.Kube.CoreV1().ConfigMaps("istio-system").Get(ctx, "istio", metav1.GetOptions{})
+	switch {
+	case apierrors.IsForbidden(err):
+		return nil, "sbx may not read Istio's mesh config (get configmap istio-system/istio; the ClusterRole sbx-route-reader in deploy/rbac.yaml allows it)"
+	case apierrors.IsNotFound(err):
+		return nil, "Istio's mesh config is not in ConfigMap istio-system/istio (a revisioned install keeps it elsewhere)"
+	case err != nil:
+		return nil, fmt.Sprintf("sbx could not read Istio's mesh config (ConfigMap istio-system/istio): %v", err)
+	}
+	e, err := parseMeshExportTo(cm.Data["mesh"])
+	if err != nil {
+		return nil, fmt.Sprintf("Istio's mesh config (ConfigMap istio-system/istio, key mesh) does not parse: %v", err)
+	}
+	return e, ""
+}
+
+func parseMeshExportTo(mesh string) ([]string, error) {
+	var mc struct {
+		DefaultVirtualServiceExportTo []string `json:"defaultVirtualServiceExportTo"`
+	}
+	if err := yaml.Unmarshal([]byte(mesh), &mc); err != nil {
+		return nil, err
+	}
+	return mc.DefaultVirtualServiceExportTo, nil
+}
+
+// serviceParents returns the Services an HTTPRoute or GRPCRoute names as
+// parents (group "" or "core", kind Service).
+func serviceParents(kind string, u *unstructured.Unstructured) []GatewayRoute {
+	refs, _, _ := unstructured.NestedSlice(u.Object, "spec", "parentRefs")
+	var out []GatewayRoute
+	for _, ref := range refs {
+		m, ok := ref.(map[string]any)
+		if !ok {
+			continue
+		}
+		group, _ := m["group"].(string)
+		k, _ := m["kind"].(string)
+		name, _ := m["name"].(string)
+		ns, _ := m["namespace"].(string)
+		if (group != "" && group != "core") || k != "Service" || name == "" {
+			continue
+		}
+		if ns == "" {
+			ns = u.GetNamespace()
+		}
+		out = append(out, GatewayRoute{Kind: kind, Namespace: u.GetNamespace(), Name: u.GetName(), ServiceNamespace: ns, Service: name})
+	}
+	return out
+}
+
+// RouteOptions identify the routes of one sandbox for Reconcile, Delete
+// and the daemon's drift repair.
+type RouteOptions struct {
+	// BaggageKey and ClusterDomain as in Options.
+	BaggageKey    string
+	ClusterDomain string
+}
+
+// RouteStatus is the outcome of a route reconcile.
+type RouteStatus struct {
+	// Report says, per mapped Service port and client namespace, what
+	// keyed requests reach.
+	Report []istiovs.PortReport `json:"report,omitempty"`
+	// Warnings are what the user should know (routes that cannot work,
+	// GitOps-synced VirtualServices).
+	Warnings []string `json:"warnings,omitempty"`
+	// Changed lists the VirtualServices written ("namespace/name").
+	Changed []string `json:"changed,omitempty"`
+}
+
+// errRouteConflict asks reconcile to plan again against fresh objects.
+var errRouteConflict = errors.New("a VirtualService changed while sbx wrote it")
+
+// maxRouteRounds bounds the plan-write rounds when others write the same
+// VirtualServices at the same time (each round keeps what it wrote).
+const maxRouteRounds = 40
+
+// ReconcileRoutes makes the sandbox's mesh routes match the cluster as it
+// is now: it resolves the workloads again, reads every VirtualService,
+// plans, and writes what differs (each write conditional on the version it
+// planned against; a conflict plans again). It is what Apply does for
+// routes, and what the daemon runs when a VirtualService its routes
+// depend on changes.
+func ReconcileRoutes(ctx context.Context, c Clients, sb *spec.Sandbox, key string, o RouteOptions, progress func(Event)) (*RouteStatus, error) {
+	if progress == nil {
+		progress = func(Event) {}
+	}
+	base := LiveBaseline{C: c}
+	workloads, err := Resolve(ctx, base, sb)
+	if err != nil {
+		return nil, err
+	}
+	nss := sb.Namespaces()
+	if len(nss) == 0 {
+		return nil, errors.New("no local workloads (spec.local is empty)")
+	}
+	regex, err := BaggageRegex(cmpOr(o.BaggageKey, DefaultBaggageKey), key)
+	if err != nil {
+		return nil, err
+	}
+	rsb, warns, err := sandboxRoutes(key, nss[0], regex, workloads)
+	if err != nil {
+		return nil, err
+	}
+	st, err := reconcile(ctx, c, rsb, nss, sb.Name, o.ClusterDomain, progress)
+	if st != nil {
+		st.Warnings = append(warns, st.Warnings...)
+	}
+	return st, err
+}
+
+// reconcile plans and writes until the plan is in place.
+func reconcile(ctx context.Context, c Clients, rsb istiovs.Sandbox, nss []string, sandbox, domain string, progress func(Event)) (*RouteStatus, error) {
+	live := newLiveness(c)
+	st := &RouteStatus{}
+	for round := 0; ; round++ {
+		routing, err := LiveBaseline{C: c}.Routing(ctx, routingNamespaces(nss, rsb))
+		if err != nil {
+			return nil, err
+		}
+		owners := map[string]metav1.OwnerReference{}
+		for _, s := range rsb.Services {
+			if _, ok := owners[s.Namespace]; ok || rsb.Key == "" {
+				continue
+			}
+			l, err := c.Kube.CoordinationV1().Leases(s.Namespace).Get(ctx, LeaseName(sandbox), metav1.GetOptions{})
+			if err != nil {
+				return nil, fmt.Errorf("read Lease %s/%s: %w", s.Namespace, LeaseName(sandbox), err)
+			}
+			owners[s.Namespace] = leaseOwner(l.Name, l.UID)
+		}
+		targets, plan, err := planRoutes(rsb, routing, domain, live.alive, owners, LeaseName(sandbox))
+		if err != nil {
+			return nil, err
+		}
+		st.Report, st.Warnings = plan.Report, plan.Warnings
+		err = writeRoutes(ctx, c, targets, st, progress)
+		if errors.Is(err, errRouteConflict) && round < maxRouteRounds {
+			continue
+		}
+		if err != nil {
+			return st, err
+		}
+		for _, k := range plan.Unchanged {
+			ns, name, _ := strings.Cut(k, "/")
+			progress(Event{Action: ActionUnchanged, Kind: "VirtualService", Namespace: ns, Name: name, Message: "sandbox routes in place"})
+		}
+		return st, nil
+	}
+}
+
+// routingNamespaces are the namespaces to read when sbx may not list
+// VirtualServices cluster-wide: the sandbox's and its Services'.
+func routingNamespaces(nss []string, rsb istiovs.Sandbox) []string {
+	out := slices.Clone(nss)
+	for _, s := range rsb.Services {
+		out = addNamespaces(out, s.Namespace)
+	}
+	return out
+}
+
+// writeRoutes writes each target, conditional on the version planned
+// against. A target that changed meanwhile is skipped and reported as
+// errRouteConflict after the others are written, so the next round plans
+// only what is left.
+func writeRoutes(ctx context.Context, c Clients, targets []RouteTarget, st *RouteStatus, progress func(Event)) error {
+	conflict := false
+	for _, t := range targets {
+		cl := c.Istio.NetworkingV1().VirtualServices(t.Namespace)
+		var action Action
+		var err error
+		msg := fmt.Sprintf("%d sandbox route(s)", len(t.Routes))
+		switch {
+		case t.Delete:
+			action, msg = ActionDeleted, "no sandbox routes left"
+			err = cl.Delete(ctx, t.Name, metav1.DeleteOptions{Preconditions: &metav1.Preconditions{ResourceVersion: ptr.To(t.ResourceVersion)}})
+			if apierrors.IsNotFound(err) {
+				err = nil
+			}
+		case t.Create:
+			action = ActionCreated
+			_, err = cl.Create(ctx, t.Object, metav1.CreateOptions{})
+		case t.Recreate:
+			action, msg = ActionCreated, "recreated so that it is the newest VirtualService of its host"
+			err = recreate(ctx, c, t)
+		default:
+			action = ActionUpdated
+			obj := t.Object.DeepCopy()
+			obj.ResourceVersion = t.ResourceVersion
+			_, err = cl.Update(ctx, obj, metav1.UpdateOptions{})
+		}
+		if apierrors.IsConflict(err) || apierrors.IsAlreadyExists(err) || (apierrors.IsNotFound(err) && !t.Create) {
+			conflict = true
+			continue
+		}
+		if apierrors.IsForbidden(err) {
+			// Not fatal: requests without the key are untouched either way;
+			// keyed ones through this VirtualService reach the baseline.
+			st.Warnings = append(st.Warnings, fmt.Sprintf("sbx may not %s VirtualService %s/%s, so keyed requests it routes reach the baseline: bind the Role sbx-developer (deploy/rbac.yaml) in namespace %s (%v)",
+				strings.TrimSuffix(string(action), "d"), t.Namespace, t.Name, t.Namespace, err))
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("%s VirtualService %s/%s: %w", strings.TrimSuffix(string(action), "d"), t.Namespace, t.Name, err)
+		}
+		if !slices.Contains(st.Changed, t.Namespace+"/"+t.Name) {
+			st.Changed = append(st.Changed, t.Namespace+"/"+t.Name)
+		}
+		progress(Event{Action: action, Kind: "VirtualService", Namespace: t.Namespace, Name: t.Name, Message: msg})
+	}
+	if conflict {
+		return errRouteConflict
+	}
+	return nil
+}
+
+// recreate deletes sbx's own VirtualService and creates it again, so that
+// Istio, which orders VirtualServices by creation time (seconds), puts it
+// after a newer one. Deleting it first only loses keyed routing for a
+// moment: everything it holds besides keyed routes is what Istio does
+// without it.
+func recreate(ctx context.Context, c Clients, t RouteTarget) error {
+	cl := c.Istio.NetworkingV1().VirtualServices(t.Namespace)
+	err := cl.Delete(ctx, t.Name, metav1.DeleteOptions{Preconditions: &metav1.Preconditions{ResourceVersion: ptr.To(t.ResourceVersion)}})
+	if err != nil && !apierrors.IsNotFound(err) {
+		return err
+	}
+	// Creation times have a resolution of one second: the new one must
+	// not share the second of the VirtualService it must follow.
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-time.After(time.Until(time.Now().Truncate(time.Second).Add(time.Second))):
+	}
+	obj := t.Object.DeepCopy()
+	obj.ResourceVersion = ""
+	_, err = cl.Create(ctx, obj, metav1.CreateOptions{})
+	return err
+}
+
+// liveness tells whether a routing key still has a sandbox: an sbx Lease
+// with that key in the namespace of its sandbox Services. Answers are
+// cached for one reconcile; an error reading says "alive", so sbx never
+// removes routes it cannot prove dead.
+type liveness struct {
+	c     Clients
+	cache map[string]bool
+}
+
+func newLiveness(c Clients) *liveness { return &liveness{c: c, cache: map[string]bool{}} }
+
+func (l *liveness) alive(key, home string) bool {
+	id := home + "/" + key
+	if v, ok := l.cache[id]; ok {
+		return v
+	}
+	sel := labels.Set{LabelManagedBy: ManagedByValue, LabelRoutingKey: key}.String()
+	list, err := l.c.Kube.CoordinationV1().Leases(home).List(context.Background(), metav1.ListOptions{LabelSelector: sel})
+	v := err != nil || len(list.Items) > 0
+	l.cache[id] = v
+	return v
+}
+
+// removeRoutes removes the routes of keys from every VirtualService the
+// caller can read, deletes sbx's own VirtualServices left without keyed
+// routes, and also removes routes whose sandbox is gone (dead routes).
+// keys empty only sweeps dead routes.
+func removeRoutes(ctx context.Context, c Clients, sandbox string, keys, nss []string, domain string, progress func(Event)) (int, error) {
+	sb := istiovs.Sandbox{}
+	if len(keys) > 0 {
+		sb.Key, sb.StaleKeys = keys[0], keys[1:]
+	}
+	st, err := reconcile(ctx, c, sb, nss, sandbox, domain, progress)
+	if st == nil {
+		return 0, err
+	}
+	return len(st.Changed), err
+}
+
+// Leftovers lists VirtualServices with dead routes and sbx's own
+// VirtualServices without a live sandbox, changing nothing (what
+// SweepRoutes, and `sbx gc`, removes).
+func Leftovers(ctx context.Context, c Clients, namespaces []string, domain string) ([]istiovs.Leftover, error) {
+	routing, err := LiveBaseline{C: c}.Routing(ctx, namespaces)
+	if err != nil {
+		return nil, err
+	}
+	live := newLiveness(c)
+	plan, err := istiovs.MakePlan(toMesh(routing, domain), istiovs.Sandbox{}, planOptions(routing, live.alive))
+	if err != nil {
+		return nil, err
+	}
+	return plan.Leftovers(), nil
+}
+
+// SweepRoutes removes dead routes (of sandboxes whose Lease is gone) from
+// every VirtualService the caller can read, and deletes sbx's own
+// VirtualServices left without a live sandbox's route. namespaces are
+// where to look when the caller may not list VirtualServices cluster-wide.
+func SweepRoutes(ctx context.Context, c Clients, namespaces []string, domain string, progress func(Event)) ([]istiovs.Leftover, error) {
+	if progress == nil {
+		progress = func(Event) {}
+	}
+	before, err := Leftovers(ctx, c, namespaces, domain)
+	if err != nil || len(before) == 0 {
+		return nil, err
+	}
+	st, err := reconcile(ctx, c, istiovs.Sandbox{}, namespaces, "", domain, progress)
+	var out []istiovs.Leftover
+	if st != nil {
+		for _, l := range before {
+			if slices.Contains(st.Changed, l.Namespace+"/"+l.Name) {
+				out = append(out, l)
+			}
+		}
+	}
+	return out, err
+}
+
+func cmpOr(a, b string) string {
+	if a != "" {
+		return a
+	}
+	return b
+}
