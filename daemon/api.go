@@ -3,6 +3,7 @@ package daemon
 import (
 	"time"
 
+	"github.com/sbx-dev/sbx/cluster/istiovs"
 	"github.com/sbx-dev/sbx/cluster/spec"
 )
 
@@ -61,6 +62,40 @@ type SandboxStatus struct {
 	ReadySince  time.Time         `json:"readySince,omitzero"`
 	LastError   string            `json:"lastError,omitempty"`
 	LastErrorAt time.Time         `json:"lastErrorAt,omitzero"`
+	// Routes says where keyed requests go, kept current while connected;
+	// nil until the first apply.
+	Routes *RouteState `json:"routes,omitempty"`
+}
+
+// Keyed states of RouteState, worst last.
+const (
+	KeyedSandbox  = istiovs.KeyedSandbox  // every client's keyed requests reach the sandbox
+	KeyedPartial  = istiovs.KeyedPartial  // some clients' do
+	KeyedBaseline = istiovs.KeyedBaseline // none do
+)
+
+// RouteState is what the sandbox's mesh routes do. While the sandbox is
+// connected the daemon watches the VirtualServices they depend on and puts
+// them back when something removes, reorders or shadows them (a CD sync).
+type RouteState struct {
+	// Keyed is the worst state of any mapped port and client namespace.
+	Keyed string `json:"keyed"`
+	// Message says why, where Keyed is not "sandbox".
+	Message string `json:"message,omitempty"`
+	// Restored counts how often the daemon put routes back; RestoredAt is
+	// the last time and RestoredIn what it rewrote then.
+	Restored   int       `json:"restored"`
+	RestoredAt time.Time `json:"restoredAt,omitzero"`
+	RestoredIn []string  `json:"restoredIn,omitempty"`
+	// Warnings are what the last check found (routes that cannot work,
+	// GitOps-synced VirtualServices, missing permissions).
+	Warnings []string `json:"warnings,omitempty"`
+	// Ports say, per mapped Service port and client namespace, which
+	// VirtualService applies and whether keyed requests reach the sandbox.
+	Ports []istiovs.PortReport `json:"ports,omitempty"`
+	// Error is why the last check failed (the state above is older).
+	Error     string    `json:"error,omitempty"`
+	CheckedAt time.Time `json:"checkedAt,omitzero"`
 }
 
 // Status is the daemon's whole state as the CLI and tray see it.
@@ -147,6 +182,9 @@ type ListEntry struct {
 type ListResult struct {
 	Sandboxes    []ListEntry `json:"sandboxes"`
 	ClusterError string      `json:"clusterError,omitempty"`
+	// Leftovers are VirtualServices holding routes of sandboxes that are
+	// gone (their Lease was deleted or collected): `sbx gc` removes them.
+	Leftovers []istiovs.Leftover `json:"leftovers,omitempty"`
 }
 
 // ClusterRequest selects a cluster for list and gc, as kubectl flags would.
@@ -187,9 +225,11 @@ type KubeconfigSource struct {
 	LegacyKubeconfig string `json:"kubeconfig,omitempty"`
 }
 
-// GCResult names the sandboxes whose expired objects gc deleted.
+// GCResult names the sandboxes whose expired objects gc deleted, and the
+// VirtualServices it removed dead routes from (or deleted).
 type GCResult struct {
-	Deleted []string `json:"deleted"`
+	Deleted []string           `json:"deleted"`
+	Routes  []istiovs.Leftover `json:"routes,omitempty"`
 }
 
 // LogsInfo says where the daemon writes its log.

@@ -8,6 +8,7 @@ import (
 	"net"
 	"time"
 
+	"github.com/sbx-dev/sbx/cluster/istiovs"
 	"github.com/sbx-dev/sbx/cluster/spec"
 )
 
@@ -41,6 +42,34 @@ type Cluster interface {
 	GC(ctx context.Context, namespace string) ([]string, error)
 }
 
+// RouteSweeper is implemented by Clusters that find and remove routes of
+// sandboxes that are gone (the real one; test fakes may leave it out).
+type RouteSweeper interface {
+	// Leftovers lists them in namespace ("" = all the caller may list).
+	Leftovers(ctx context.Context, namespace string) ([]istiovs.Leftover, error)
+	// SweepRoutes removes them and returns what it changed.
+	SweepRoutes(ctx context.Context, namespace string) ([]istiovs.Leftover, error)
+}
+
+// RouteWatcher is implemented by Clusters that keep a connected sandbox's
+// mesh routes in place (the real one; test fakes may leave it out).
+type RouteWatcher interface {
+	// WatchRoutes checks the sandbox's routes whenever a VirtualService
+	// changes, and now and then regardless, puts back what is missing,
+	// and reports each check, until ctx ends.
+	WatchRoutes(ctx context.Context, sb *spec.Sandbox, t Target, o ApplyOptions, report func(RouteCheck))
+}
+
+// RouteCheck is the outcome of one look at a sandbox's routes.
+type RouteCheck struct {
+	// Changed names the VirtualServices rewritten ("namespace/name").
+	Changed  []string
+	Ports    []istiovs.PortReport
+	Warnings []string
+	// Err is why the check failed; the other fields are then empty.
+	Err error
+}
+
 // ErrSandboxGone is returned (wrapped) by RenewLease when the sandbox's
 // objects were deleted behind the daemon's back (gc after a long sleep,
 // kubectl delete): the session re-applies them.
@@ -62,6 +91,8 @@ type ApplyOptions struct {
 	RelayMaxStreams int
 	// Holder is user@host, written to the Lease.
 	Holder string
+	// ClusterDomain is the cluster's DNS domain ("" = cluster.local).
+	ClusterDomain string
 }
 
 // Target identifies one sandbox's relay in the cluster.
@@ -86,6 +117,8 @@ type Applied struct {
 	// baseline Services ("name.namespace") whose keyed requests now reach
 	// the laptop.
 	Services map[string][]string `json:"services,omitempty"`
+	// Routes is where keyed requests go after the apply (nil from fakes).
+	Routes *RouteCheck `json:"-"`
 }
 
 // mappingKey identifies one mapping in Applied.Services.

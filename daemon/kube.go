@@ -491,6 +491,7 @@ func (c *kubeCluster) Apply(ctx context.Context, sb *spec.Sandbox, o ApplyOption
 		RelayMaxStreams: o.RelayMaxStreams,
 		BaggageKey:      o.BaggageKey,
 		Holder:          o.Holder,
+		ClusterDomain:   o.ClusterDomain,
 	}, eventsTo(progress))
 	if err != nil {
 		// Apply reads, creates and patches many kinds: a refusal names
@@ -512,6 +513,10 @@ func (c *kubeCluster) Apply(ctx context.Context, sb *spec.Sandbox, o ApplyOption
 		Target:   Target{Sandbox: sb.Name, RoutingKey: res.RoutingKey, Namespace: res.Namespace, Namespaces: sb.Namespaces()},
 		Token:    res.Token,
 		Services: map[string][]string{},
+	}
+	if res.Routes != nil {
+		rc := routeCheck(res.Routes, nil, c.server)
+		out.Routes = &rc
 	}
 	if res.Objects != nil {
 		for _, w := range res.Objects.Workloads {

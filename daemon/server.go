@@ -465,7 +465,18 @@ func (d *Daemon) handleList(w http.ResponseWriter, r *http.Request) error {
 			if err != nil {
 				return nil, openError(err)
 			}
-			return cl.List(ctx, creq.Namespace)
+			found, err := cl.List(ctx, creq.Namespace)
+			if err != nil {
+				return nil, err
+			}
+			if rs, ok := cl.(RouteSweeper); ok {
+				left, lerr := rs.Leftovers(ctx, creq.Namespace)
+				if lerr != nil {
+					d.log.Warn("looking for dead routes failed", "err", lerr)
+				}
+				res.Leftovers = left
+			}
+			return found, nil
 		}()
 		if d.mgr.stopping(err) {
 			return errStopping
@@ -529,7 +540,19 @@ func (d *Daemon) handleGC(w http.ResponseWriter, r *http.Request) error {
 	if deleted == nil {
 		deleted = []string{}
 	}
-	return writeJSON(w, GCResult{Deleted: deleted})
+	res := GCResult{Deleted: deleted}
+	if rs, ok := cl.(RouteSweeper); ok {
+		// Routes the collector cannot reach: those of sandboxes whose
+		// Lease is gone, inside VirtualServices CD owns.
+		res.Routes, err = rs.SweepRoutes(r.Context(), creq.Namespace)
+		if d.mgr.stopping(err) {
+			return &stoppingError{"the sbx daemon is stopping and broke off gc; some dead routes may remain: run `sbx gc` again (it starts a new daemon)"}
+		}
+		if err != nil {
+			return &httpError{http.StatusBadGateway, fmt.Sprintf("remove the routes of sandboxes that are gone: %v", err)}
+		}
+	}
+	return writeJSON(w, res)
 }
 
 func (d *Daemon) handleLogs(w http.ResponseWriter, r *http.Request) error {

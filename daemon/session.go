@@ -257,13 +257,15 @@ func (s *session) connectOnce(ctx context.Context) (time.Time, error) {
 		return time.Time{}, fmt.Errorf("open cluster (context %q): %w", saved.Context, err)
 	}
 	conf := s.m.conf()
-	applied, err := cl.Apply(ctx, &saved.Spec, ApplyOptions{
+	ao := ApplyOptions{
 		RoutingKey:      saved.RoutingKey,
 		BaggageKey:      conf.BaggageKey,
 		RelayImage:      conf.RelayImage,
 		RelayMaxStreams: conf.RelayMaxStreams,
 		Holder:          cfg.User,
-	}, s.progressFn(PhaseApplying))
+		ClusterDomain:   conf.ClusterDomain,
+	}
+	applied, err := cl.Apply(ctx, &saved.Spec, ao, s.progressFn(PhaseApplying))
 	if err != nil {
 		// Every place this shows (status, connect's answer, the log)
 		// already names the sandbox.
@@ -285,8 +287,25 @@ func (s *session) connectOnce(ctx context.Context) (time.Time, error) {
 		for i, mp := range st.Mappings {
 			st.Mappings[i].Services = slices.Clone(applied.Services[mappingKey(mp.Workload, mp.Port)])
 		}
+		if applied.Routes != nil {
+			st.Routes = routeState(st.Routes, *applied.Routes, cfg.Now(), true)
+		}
 	})
 	t := applied.Target
+	// While this connection lasts, the daemon keeps the routes in place
+	// (a CD sync replaces VirtualServices' routes).
+	if rw, ok := cl.(RouteWatcher); ok {
+		wctx, stopWatch := context.WithCancel(ctx)
+		watched := make(chan struct{})
+		go func() {
+			defer close(watched)
+			rw.WatchRoutes(wctx, &saved.Spec, t, ao, s.routeChecked)
+		}()
+		defer func() {
+			stopWatch()
+			<-watched
+		}()
+	}
 	s.setPhase(PhaseWaitingRelay, fmt.Sprintf("waiting for relay pod of %s in namespace %s", t.Sandbox, t.Namespace))
 	if err := cl.WaitRelay(ctx, t, s.progressFn(PhaseWaitingRelay)); err != nil {
 		return time.Time{}, fmt.Errorf("relay of sandbox %s: %w", t.Sandbox, err)
@@ -355,6 +374,19 @@ func (s *session) connectOnce(ctx context.Context) (time.Time, error) {
 			}
 		}
 	}
+}
+
+// routeChecked records a check of the sandbox's routes, and says so when
+// the daemon had to put them back.
+func (s *session) routeChecked(rc RouteCheck) {
+	if rc.Err != nil {
+		s.log.Warn("checking the sandbox's routes failed", "err", rc.Err)
+	} else if len(rc.Changed) > 0 {
+		s.log.Info("sandbox routes restored", "virtualServices", rc.Changed)
+	}
+	s.m.store.UpdateSandbox(s.name, func(st *SandboxStatus) {
+		st.Routes = routeState(st.Routes, rc, s.m.cfg.Now(), false)
+	})
 }
 
 // refresh samples the link and probes each mapping's local address.

@@ -86,6 +86,31 @@ func TestSimulatedCluster(t *testing.T) {
 	code, body = call("")
 	require.Equal(t, http.StatusOK, code, body)
 	require.NotContains(t, body, "from the laptop", "unkeyed requests stay on the baseline")
+	require.NotNil(t, st.Routes)
+	require.Equal(t, KeyedSandbox, st.Routes.Keyed, st.Routes.Message)
+	require.Zero(t, st.Routes.Restored)
+
+	// A CD sync puts CD's VirtualService back as it is in git, without the
+	// sandbox's routes: the daemon restores them within seconds and says
+	// so in its status.
+	vsc := c.Clients.Istio.NetworkingV1().VirtualServices(sim.AppNamespace)
+	live, err := vsc.Get(ctx, "route", metav1.GetOptions{})
+	require.NoError(t, err)
+	require.Len(t, live.Spec.Http, 2, "the twin before CD's route")
+	live.Spec.Http = sim.BaselineVirtualService().Spec.Http
+	_, err = vsc.Update(ctx, live, metav1.UpdateOptions{})
+	require.NoError(t, err)
+	require.Eventually(t, func() bool {
+		sb, err := td.client.Sandbox(ctx, "alice")
+		return err == nil && sb.Routes != nil && sb.Routes.Restored == 1 && sb.Routes.Keyed == KeyedSandbox
+	}, 30*time.Second, 20*time.Millisecond)
+	require.Eventually(t, func() bool {
+		code, body := call(keyed)
+		return code == http.StatusOK && strings.Contains(body, "from the laptop")
+	}, 30*time.Second, 50*time.Millisecond)
+	sb0, err := td.client.Sandbox(ctx, "alice")
+	require.NoError(t, err)
+	require.Equal(t, []string{sim.AppNamespace + "/route"}, sb0.Routes.RestoredIn)
 
 	// The relay container is killed (kill -9); the kubelet restarts it and
 	// the daemon reconnects with the same key.

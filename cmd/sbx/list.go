@@ -67,8 +67,12 @@ lease expired.`,
 }
 
 func renderList(res daemon.ListResult, now time.Time) string {
+	var left strings.Builder
+	for _, l := range res.Leftovers {
+		fmt.Fprintf(&left, "\nleftover: %s in VirtualService %s/%s (`sbx gc` removes it)", l.What, l.Namespace, l.Name)
+	}
 	if len(res.Sandboxes) == 0 {
-		return "no sandboxes"
+		return "no sandboxes" + left.String()
 	}
 	var b strings.Builder
 	tw := tabwriter.NewWriter(&b, 0, 4, 2, ' ', 0)
@@ -104,5 +108,5 @@ func renderList(res daemon.ListResult, now time.Time) string {
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", e.Name, e.RoutingKey, ns, phase, w, lease)
 	}
 	_ = tw.Flush()
-	return strings.TrimRight(b.String(), "\n")
+	return strings.TrimRight(b.String(), "\n") + left.String()
 }

@@ -242,10 +242,37 @@ func renderSandbox(sb daemon.SandboxStatus, now time.Time) string {
 	}
 	fmt.Fprintf(&b, "  tunnel: %d session(s), rtt %s, %d stream(s), in %s, out %s, %d reconnect(s)\n",
 		sb.Sessions, sb.RTT.Round(10*time.Microsecond), sb.Streams, humanBytes(sb.BytesIn), humanBytes(sb.BytesOut), sb.Reconnects)
+	if r := sb.Routes; r != nil {
+		b.WriteString("  routes: " + renderRouteState(sb.Name, *r, now) + "\n")
+	}
 	if sb.LastError != "" {
 		fmt.Fprintf(&b, "  last error (%s ago): %s\n", now.Sub(sb.LastErrorAt).Round(time.Second), sb.LastError)
 	}
 	return strings.TrimRight(b.String(), "\n")
+}
+
+// renderRouteState says in one line whether keyed requests reach the
+// sandbox and how often the daemon had to put its routes back.
+func renderRouteState(name string, r daemon.RouteState, now time.Time) string {
+	var b strings.Builder
+	switch r.Keyed {
+	case daemon.KeyedSandbox:
+		b.WriteString("effective (keyed requests reach the sandbox from every namespace)")
+	case daemon.KeyedPartial:
+		b.WriteString("PARTIAL: " + r.Message)
+	default:
+		b.WriteString("NOT effective: " + r.Message)
+	}
+	if r.Restored > 0 {
+		fmt.Fprintf(&b, "; restored %d time(s), last %s ago in %s", r.Restored, now.Sub(r.RestoredAt).Round(time.Second), strings.Join(r.RestoredIn, ", "))
+	}
+	if r.Error != "" {
+		fmt.Fprintf(&b, "; last check failed: %s", r.Error)
+	}
+	if r.Keyed != daemon.KeyedSandbox || len(r.Warnings) > 0 {
+		b.WriteString(" (`sbx routes " + name + "` shows each client namespace)")
+	}
+	return b.String()
 }
 
 func humanBytes(n int64) string {

@@ -38,11 +38,13 @@ var modes = []string{string(ModeAuto), string(ModeHosts), string(ModeProxy), str
 
 // Defaults.
 const (
-	DefaultBaggageKey  = "sbx-routing-key"
-	DefaultPoolSize    = 2
-	MaxPoolSize        = 16
-	DefaultHostsFile   = "/etc/hosts"
-	DefaultProxyListen = "127.0.0.1:0"
+	DefaultBaggageKey = "sbx-routing-key"
+	// DefaultClusterDomain is the DNS domain of most clusters.
+	DefaultClusterDomain = "cluster.local"
+	DefaultPoolSize      = 2
+	MaxPoolSize          = 16
+	DefaultHostsFile     = "/etc/hosts"
+	DefaultProxyListen   = "127.0.0.1:0"
 	// DefaultRelayMaxStreams is the relay's own stream cap, what an unset
 	// relayMaxStreams means (cluster.DefaultRelayMaxStreams; package
 	// config stays free of the Kubernetes libraries, so a daemon test
@@ -83,6 +85,11 @@ type Config struct {
 	// context name; package cluster/kube resolves a spec's cluster with it
 	// (kube.Options.ClusterContexts).
 	Contexts map[string]string `json:"contexts,omitempty"`
+	// ClusterDomain is the clusters' DNS domain (kubelet's
+	// --cluster-domain); sbx writes it only where a host must be fully
+	// qualified: a VirtualService in one namespace naming the sandbox's
+	// Service in another.
+	ClusterDomain string `json:"clusterDomain"`
 }
 
 // Outbound configures how local processes reach cluster services.
@@ -107,8 +114,9 @@ type Outbound struct {
 // Default returns the configuration used when there is no config file.
 func Default() *Config {
 	return &Config{
-		BaggageKey: DefaultBaggageKey,
-		PoolSize:   DefaultPoolSize,
+		BaggageKey:    DefaultBaggageKey,
+		PoolSize:      DefaultPoolSize,
+		ClusterDomain: DefaultClusterDomain,
 		Outbound: Outbound{
 			Mode:        ModeAuto,
 			HostsFile:   DefaultHostsFile,

@@ -52,6 +52,7 @@ outbound:
 contexts:
   staging-1: arn:aws:eks:eu-west-1:123:cluster/staging-1
   local: kind-kind
+clusterDomain: corp.example
 `
 	c, err := Parse("config.yaml", []byte(data))
 	require.NoError(t, err)
@@ -68,7 +69,8 @@ contexts:
 			InjectBaggage: true,
 			ProxyListen:   "127.0.0.1:1080",
 		},
-		Contexts: map[string]string{"staging-1": "arn:aws:eks:eu-west-1:123:cluster/staging-1", "local": "kind-kind"},
+		Contexts:      map[string]string{"staging-1": "arn:aws:eks:eu-west-1:123:cluster/staging-1", "local": "kind-kind"},
+		ClusterDomain: "corp.example",
 	}, c)
 
 	// Partial outbound keeps the other defaults; a host-bits range is masked.
@@ -99,8 +101,9 @@ func TestParseInvalid(t *testing.T) {
 		name, data string
 		want       []string // each a whole error line
 	}{
-		{"unknown field", "poolsize: 3\n", []string{`config.yaml:1:1: poolsize: unknown field "poolsize"; did you mean "poolSize"? (allowed: relayImage, relayMaxStreams, baggageKey, poolSize, outbound, contexts)`}},
+		{"unknown field", "poolsize: 3\n", []string{`config.yaml:1:1: poolsize: unknown field "poolsize"; did you mean "poolSize"? (allowed: relayImage, relayMaxStreams, baggageKey, poolSize, outbound, contexts, clusterDomain)`}},
 		{"unknown outbound field", "outbound:\n  inject_baggage: true\n", []string{`config.yaml:2:3: outbound.inject_baggage: unknown field "inject_baggage"; did you mean "injectBaggage"? (allowed: mode, namespaces, hostsFile, hostsRange, injectBaggage, proxyListen)`}},
+		{"cluster domain", "clusterDomain: Cluster.Local.\n", []string{`config.yaml:1:16: clusterDomain: "Cluster.Local." is not a DNS domain; want the cluster's DNS domain as kubelet's --cluster-domain has it, e.g. cluster.local (leave it out for that default)`}},
 		{"pool zero", "poolSize: 0\n", []string{"config.yaml:1:11: poolSize: 0 is out of range; allowed 1-16 tunnel sessions per sandbox (default 2)"}},
 		{"pool big", "poolSize: 17\n", []string{"config.yaml:1:11: poolSize: 17 is out of range; allowed 1-16 tunnel sessions per sandbox (default 2)"}},
 		{"pool text", "poolSize: many\n", []string{`config.yaml:1:11: poolSize: must be an integer (1-16), not "many"`}},
@@ -134,7 +137,7 @@ func TestParseInvalid(t *testing.T) {
 		{"context empty", "contexts: {staging: ''}\n", []string{`contexts.staging: "" is not a kube context name`}},
 		{"relay image bad", "relayImage: 'Not An Image'\n", []string{`relayImage: "Not An Image" is not a container image reference`}},
 		{"relay image uppercase repo", "relayImage: ghcr.io/Sbx/sbx:v1\n", []string{`relayImage: "ghcr.io/Sbx/sbx:v1" is not a container image reference`}},
-		{"not a mapping", "- a\n", []string{"config.yaml:1:1: must be a mapping with the fields relayImage, relayMaxStreams, baggageKey, poolSize, outbound, contexts, not a list"}},
+		{"not a mapping", "- a\n", []string{"config.yaml:1:1: must be a mapping with the fields relayImage, relayMaxStreams, baggageKey, poolSize, outbound, contexts, clusterDomain, not a list"}},
 		{"syntax", "outbound: {mode: [\n", []string{"config.yaml:1: invalid YAML: did not find expected node content"}},
 		{"several collected", "poolSize: 99\nbaggageKey: 'a b'\noutbound: {mode: nope}\n", []string{
 			"config.yaml:1:11: poolSize:", "config.yaml:2:13: baggageKey:", "config.yaml:3:18: outbound.mode:"}},

@@ -24,12 +24,24 @@ var (
 		`[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*` +
 		`(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(?:@[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,})?$`)
 	loopback8 = netip.MustParsePrefix("127.0.0.0/8")
+	// domainRE is a lower-case DNS domain of one or more labels.
+	domainRE = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?(\.[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)*$`)
 )
 
 const maxBaggageKey = 256
 
 func decode(d *strictyaml.Decoder, root *yaml.Node, c *Config) {
-	f := d.Fields(root, "", "relayImage", "relayMaxStreams", "baggageKey", "poolSize", "outbound", "contexts")
+	f := d.Fields(root, "", "relayImage", "relayMaxStreams", "baggageKey", "poolSize", "outbound", "contexts", "clusterDomain")
+	if n := f["clusterDomain"]; n != nil {
+		v := d.String(n, "clusterDomain")
+		switch {
+		case d.Bad("clusterDomain"):
+		case !domainRE.MatchString(v) || len(v) > 253:
+			d.Errorf(n, "clusterDomain", "%q is not a DNS domain; want the cluster's DNS domain as kubelet's --cluster-domain has it, e.g. %s (leave it out for that default)", v, DefaultClusterDomain)
+		default:
+			c.ClusterDomain = v
+		}
+	}
 	if n := f["relayImage"]; n != nil {
 		img := d.String(n, "relayImage")
 		if img != "" && (len(img) > 512 || !imageRE.MatchString(img)) {

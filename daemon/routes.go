@@ -1,0 +1,201 @@
+package daemon
+
+import (
+	"context"
+	"errors"
+	"slices"
+	"strconv"
+	"sync"
+	"time"
+
+	istionet "istio.io/client-go/pkg/apis/networking/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/watch"
+	"k8s.io/client-go/tools/cache"
+
+	"github.com/sbx-dev/sbx/cluster"
+	"github.com/sbx-dev/sbx/cluster/istiovs"
+	"github.com/sbx-dev/sbx/cluster/spec"
+)
+
+// Route watching: how quickly a change is answered and how often routes
+// are checked with no change seen (a watch can miss events while the API
+// server restarts).
+const (
+	routeDebounce = 250 * time.Millisecond
+	routeResync   = 30 * time.Second
+)
+
+var (
+	_ RouteWatcher = (*kubeCluster)(nil)
+	_ RouteSweeper = (*kubeCluster)(nil)
+)
+
+// Leftovers implements RouteSweeper.
+func (c *kubeCluster) Leftovers(ctx context.Context, ns string) ([]istiovs.Leftover, error) {
+	out, err := cluster.Leftovers(ctx, c.clients, c.sweepNamespaces(ns), "")
+	return out, explainAPIError(err, c.server, apiOp{verb: "list", resource: "virtualservices.networking.istio.io", namespace: ns})
+}
+
+// SweepRoutes implements RouteSweeper.
+func (c *kubeCluster) SweepRoutes(ctx context.Context, ns string) ([]istiovs.Leftover, error) {
+	out, err := cluster.SweepRoutes(ctx, c.clients, c.sweepNamespaces(ns), "", nil)
+	return out, explainAPIError(err, c.server, apiOp{namespace: ns})
+}
+
+// sweepNamespaces are where to look for dead routes when VirtualServices
+// cannot be listed cluster-wide: the -n namespace, else the context's.
+func (c *kubeCluster) sweepNamespaces(ns string) []string {
+	if ns != "" {
+		return []string{ns}
+	}
+	if c.namespace != "" {
+		return []string{c.namespace}
+	}
+	return nil
+}
+
+// WatchRoutes implements RouteWatcher: an informer on VirtualServices (of
+// every namespace, or of the sandbox's when the user may not watch them
+// all) wakes a reconcile of the sandbox's routes, which rewrites only what
+// differs from the plan; a VirtualService sbx itself wrote wakes it too
+// and finds nothing to do.
+func (c *kubeCluster) WatchRoutes(ctx context.Context, sb *spec.Sandbox, t Target, o ApplyOptions, report func(RouteCheck)) {
+	kick := make(chan struct{}, 1)
+	poke := func() {
+		select {
+		case kick <- struct{}{}:
+		default:
+		}
+	}
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	for _, ns := range c.watchNamespaces(ctx, sb) {
+		inf := cache.NewSharedIndexInformer(&cache.ListWatch{
+			ListWithContextFunc: func(ctx context.Context, lo metav1.ListOptions) (runtime.Object, error) {
+				return c.clients.Istio.NetworkingV1().VirtualServices(ns).List(ctx, lo)
+			},
+			WatchFuncWithContext: func(ctx context.Context, lo metav1.ListOptions) (watch.Interface, error) {
+				return c.clients.Istio.NetworkingV1().VirtualServices(ns).Watch(ctx, lo)
+			},
+		}, &istionet.VirtualService{}, 0, cache.Indexers{})
+		if _, err := inf.AddEventHandler(cache.ResourceEventHandlerFuncs{
+			AddFunc:    func(any) { poke() },
+			UpdateFunc: func(any, any) { poke() },
+			DeleteFunc: func(any) { poke() },
+		}); err != nil {
+			report(RouteCheck{Err: err})
+			return
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			inf.RunWithContext(ctx)
+		}()
+	}
+	resync := time.NewTicker(routeResync)
+	defer resync.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-kick:
+		case <-resync.C:
+		}
+		// Let a burst of events (a sync rewriting several objects, our
+		// own writes) settle into one check.
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(routeDebounce):
+		}
+		select {
+		case <-kick:
+		default:
+		}
+		st, err := cluster.ReconcileRoutes(ctx, c.clients, sb, t.RoutingKey,
+			cluster.RouteOptions{BaggageKey: o.BaggageKey, ClusterDomain: o.ClusterDomain}, nil)
+		if ctx.Err() != nil {
+			return
+		}
+		report(routeCheck(st, err, c.server))
+	}
+}
+
+// watchNamespaces are where to watch VirtualServices: every namespace
+// ("") when the user may list them all, else the sandbox's.
+func (c *kubeCluster) watchNamespaces(ctx context.Context, sb *spec.Sandbox) []string {
+	_, err := c.clients.Istio.NetworkingV1().VirtualServices(metav1.NamespaceAll).List(ctx, metav1.ListOptions{Limit: 1})
+	if apierrors.IsForbidden(err) {
+		return sb.Namespaces()
+	}
+	return []string{metav1.NamespaceAll}
+}
+
+// routeCheck turns a reconcile's outcome into a report.
+func routeCheck(st *cluster.RouteStatus, err error, server apiServer) RouteCheck {
+	if err != nil {
+		return RouteCheck{Err: explainAPIError(err, server, apiOp{})}
+	}
+	if st == nil {
+		return RouteCheck{Err: errors.New("no route status")}
+	}
+	return RouteCheck{Changed: st.Changed, Ports: st.Report, Warnings: st.Warnings}
+}
+
+// routeState folds a check into what status shows. initial is the check
+// of an apply (its writes are the connect's, not repairs).
+func routeState(prev *RouteState, rc RouteCheck, now time.Time, initial bool) *RouteState {
+	st := &RouteState{}
+	if prev != nil {
+		*st = *prev
+	}
+	st.CheckedAt = now
+	if rc.Err != nil {
+		st.Error = rc.Err.Error()
+		if st.Keyed == "" {
+			st.Keyed = KeyedBaseline
+			st.Message = "the routes could not be checked"
+		}
+		return st
+	}
+	st.Error = ""
+	st.Ports, st.Warnings = rc.Ports, rc.Warnings
+	if len(rc.Changed) > 0 && !initial {
+		st.Restored++
+		st.RestoredAt = now
+		st.RestoredIn = slices.Clone(rc.Changed)
+	}
+	st.Keyed, st.Message = KeyedSandbox, ""
+	rank := map[string]int{KeyedSandbox: 0, KeyedPartial: 1, KeyedBaseline: 2}
+	for _, p := range rc.Ports {
+		for _, v := range p.Views {
+			if rank[v.Keyed] > rank[st.Keyed] {
+				st.Keyed = v.Keyed
+				st.Message = viewMessage(p, v)
+			}
+		}
+	}
+	return st
+}
+
+// viewMessage says where keyed requests do not reach the sandbox.
+func viewMessage(p istiovs.PortReport, v istiovs.ViewReport) string {
+	who := "from namespace " + v.Clients
+	if v.Clients == "" {
+		who = "from other namespaces"
+	}
+	what := "reach the baseline"
+	if v.Keyed == KeyedPartial {
+		what = "partly reach the baseline"
+	}
+	msg := "keyed requests to " + p.Service + "." + p.Namespace + ":" + strconv.Itoa(int(p.Port)) + " " + who + " " + what
+	if v.Reason != "" {
+		msg += ": " + v.Reason
+	}
+	return msg
+}
