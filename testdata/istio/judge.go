@@ -1,0 +1,334 @@
+package istio
+
+import (
+	"fmt"
+	"maps"
+	"net/http"
+	"os"
+	"slices"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+
+	route "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	"github.com/hashicorp/go-multierror"
+	istionet "istio.io/client-go/pkg/apis/networking/v1"
+	"istio.io/istio/pilot/pkg/config/kube/crdclient"
+	"istio.io/istio/pilot/pkg/model"
+	"istio.io/istio/pilot/pkg/networking/core"
+	"istio.io/istio/pilot/test/xds"
+	"istio.io/istio/pkg/config"
+	"istio.io/istio/pkg/config/host"
+	"istio.io/istio/pkg/config/mesh"
+	"istio.io/istio/pkg/config/schema/collections"
+	"istio.io/istio/pkg/config/schema/gvk"
+	istiolog "istio.io/istio/pkg/log"
+	"k8s.io/apimachinery/pkg/runtime"
+)
+
+const (
+	domainSuffix = "cluster.local"
+	// istioVersion is the version the client sidecars claim to run: the
+	// version of the vendored istio.io/istio source (its VERSION file).
+	istioVersion = "1.31.0"
+	// clientIP belongs to no Service or pod, so the client has no inbound
+	// service targets; it only matters that it is set.
+	clientIP = "10.244.0.10"
+)
+
+// Judge answers routing questions for one World. Build one per World with
+// NewJudge; it is cheap (well under a second) once the package is compiled.
+type Judge struct {
+	t      *testing.T
+	srv    *xds.FakeDiscoveryServer
+	push   *model.PushContext
+	mu     *sync.Mutex
+	routes map[string]map[string]*route.RouteConfiguration // client key -> route config name -> config
+}
+
+// Client is the sidecar the request leaves from.
+type Client struct {
+	Namespace string
+	Labels    map[string]string
+}
+
+// Request is a plain-text HTTP request sent through the client sidecar.
+type Request struct {
+	// Host is the :authority / Host header; it may carry ":port".
+	Host string
+	// Port is the destination service port. Istio's outbound HTTP listener
+	// for a port uses the route configuration named after it ("8083").
+	Port int
+	// Path is the :path as Envoy's router sees it (after Envoy's path
+	// normalisation, which the judge does not model), query included.
+	// Defaults to "/".
+	Path string
+	// Method defaults to GET.
+	Method string
+	// Headers are ordinary request headers; Host and pseudo headers are
+	// derived from the fields above and must not be repeated here.
+	Headers http.Header
+}
+
+// Outcome is what the sidecar does with the request.
+type Outcome struct {
+	// Matched is false when Envoy would answer 404 NR: no virtual host, or
+	// no route of the selected virtual host matches.
+	Matched bool
+	// VirtualHost is the selected virtual host (set even if no route matched).
+	VirtualHost string
+	// Route is the Envoy route name: "default" for Istio's default route,
+	// otherwise the VirtualService http route name (may be empty; for
+	// delegated routes Istio names them "<root route>-<delegate route>").
+	Route string
+	// VirtualService is "namespace/name" of the VirtualService the route was
+	// generated from (the root for delegated routes), "" for default routes.
+	VirtualService string
+	// Kind is "route", "redirect" or "direct_response".
+	Kind string
+	// Cluster is the destination cluster, or for weighted clusters
+	// "name:weight,name:weight" sorted by name; "" for redirects and direct
+	// responses.
+	Cluster string
+	// Behaviour is canonical JSON (sorted keys) of everything about the
+	// chosen route that shapes what the request experiences other than the
+	// destination: the route action minus the cluster specifier, header
+	// mutations, typed_per_filter_config, redirect/direct response, plus the
+	// non-routing settings of the virtual host and route configuration. It
+	// leaves out cosmetic fields (route name, match, decorator, metadata,
+	// stat_prefix). Equal Cluster and Behaviour mean "treated the same".
+	Behaviour string
+}
+
+func (o Outcome) String() string {
+	if !o.Matched {
+		return fmt.Sprintf("404 (virtual host %q)", o.VirtualHost)
+	}
+	return fmt.Sprintf("%s via vhost %q route %q (vs %q) -> %q; behaviour %s",
+		o.Kind, o.VirtualHost, o.Route, o.VirtualService, o.Cluster, o.Behaviour)
+}
+
+var quietOnce sync.Once
+
+// quietIstio turns Istio's logging off (it logs every informer sync at info
+// level). Set SBX_ISTIO_LOG=debug|info|warn|error to see it again.
+func quietIstio() {
+	quietOnce.Do(func() {
+		level := istiolog.NoneLevel
+		switch os.Getenv("SBX_ISTIO_LOG") {
+		case "debug":
+			level = istiolog.DebugLevel
+		case "info":
+			level = istiolog.InfoLevel
+		case "warn":
+			level = istiolog.WarnLevel
+		case "error":
+			level = istiolog.ErrorLevel
+		}
+		for _, s := range istiolog.Scopes() {
+			s.SetOutputLevel(level)
+		}
+	})
+}
+
+// NewJudge starts Istio's fake discovery server on w. Services go in as
+// Kubernetes objects so that Istio's Kubernetes registry converts them;
+// VirtualServices go in as config.Config converted by Istio's own CRD client
+// translation (which carries CreationTimestamp and sets the cluster domain
+// that short-host resolution depends on).
+func NewJudge(t *testing.T, w World) *Judge {
+	t.Helper()
+	quietIstio()
+
+	var objs []runtime.Object
+	for _, ns := range w.Namespaces {
+		objs = append(objs, ns.DeepCopy())
+	}
+	for _, svc := range w.Services {
+		objs = append(objs, svc.DeepCopy())
+	}
+	var cfgs []config.Config
+	roots := 0
+	for _, vs := range w.VirtualServices {
+		cfgs = append(cfgs, crdclient.TranslateObject(vs.DeepCopy(), gvk.VirtualService, domainSuffix))
+		if len(vs.Spec.Hosts) > 0 {
+			roots++
+		}
+	}
+	m := mesh.DefaultMeshConfig()
+	if w.DefaultVirtualServiceExportTo != nil {
+		m.DefaultVirtualServiceExportTo = slices.Clone(w.DefaultVirtualServiceExportTo)
+	}
+
+	srv := xds.NewFakeDiscoveryServer(t, xds.FakeOptions{
+		KubernetesObjects: objs,
+		Configs:           cfgs,
+		MeshConfig:        m,
+	})
+
+	// Sanity: everything we put in must have arrived, or every answer is moot.
+	for _, svc := range w.Services {
+		h := host.Name(svc.Name + "." + svc.Namespace + ".svc." + domainSuffix)
+		if srv.Env().ServiceDiscovery.GetService(h) == nil {
+			t.Fatalf("istio judge: Service %s not in Istio's registry", h)
+		}
+	}
+	if got := len(srv.Env().VirtualServiceController.MergedVirtualServices()); got != roots {
+		t.Fatalf("istio judge: Istio holds %d root VirtualServices, world has %d", got, roots)
+	}
+
+	// Build our own PushContext synchronously (as Istio's ConfigGenTest does)
+	// instead of relying on the server's asynchronous debounced pushes.
+	push := model.NewPushContext()
+	push.InitContext(srv.Env(), nil, nil)
+
+	return &Judge{t: t, srv: srv, push: push, mu: &sync.Mutex{}, routes: map[string]map[string]*route.RouteConfiguration{}}
+}
+
+// WithT returns the judge reporting failures to t (use inside t.Run).
+func (j *Judge) WithT(t *testing.T) *Judge {
+	c := *j
+	c.t = t
+	return &c
+}
+
+// proxy builds the client sidecar the way pilot tests do
+// (ConfigGenTest.SetupProxy), against the judge's PushContext.
+func (j *Judge) proxy(c Client) *model.Proxy {
+	p := &model.Proxy{
+		Type:            model.SidecarProxy,
+		ID:              "client." + c.Namespace,
+		ConfigNamespace: c.Namespace,
+		DNSDomain:       c.Namespace + ".svc." + domainSuffix,
+		IPAddresses:     []string{clientIP},
+		Labels:          maps.Clone(c.Labels),
+		Metadata: &model.NodeMetadata{
+			Namespace:    c.Namespace,
+			Labels:       maps.Clone(c.Labels),
+			IstioVersion: istioVersion,
+		},
+		IstioVersion: model.ParseIstioVersion(istioVersion),
+	}
+	p.SetSidecarScope(j.push)
+	p.SetServiceTargets(j.srv.Env().ServiceDiscovery)
+	p.SetGatewaysForProxy(j.push)
+	p.DiscoverIPMode()
+	return p
+}
+
+// RouteConfigs returns the outbound HTTP route configurations Istio
+// generates for the client, keyed by name (the names its listeners use).
+func (j *Judge) RouteConfigs(c Client) map[string]*route.RouteConfiguration {
+	t := j.t
+	t.Helper()
+	if c.Namespace == "" {
+		t.Fatalf("istio judge: client namespace is required")
+	}
+	keys := slices.Sorted(maps.Keys(c.Labels))
+	key := c.Namespace
+	for _, k := range keys {
+		key += "," + k + "=" + c.Labels[k]
+	}
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	if rcs, ok := j.routes[key]; ok {
+		return rcs
+	}
+	p := j.proxy(c)
+	gen := j.srv.ConfigGen
+	names := core.ExtractRoutesFromListeners(gen.BuildListeners(p, j.push))
+	res, _ := gen.BuildHTTPRoutes(p, &model.PushRequest{Push: j.push}, names)
+	rcs := map[string]*route.RouteConfiguration{}
+	for _, r := range res {
+		rc := &route.RouteConfiguration{}
+		if err := r.Resource.UnmarshalTo(rc); err != nil {
+			t.Fatalf("istio judge: route config %s: %v", r.Name, err)
+		}
+		rcs[rc.Name] = rc
+	}
+	j.routes[key] = rcs
+	return rcs
+}
+
+// Call answers: which route does the request take, to which cluster, with
+// which behaviour? Unsupported Envoy features fail the test.
+func (j *Judge) Call(c Client, r Request) Outcome {
+	t := j.t
+	t.Helper()
+	if r.Host == "" || r.Port == 0 {
+		t.Fatalf("istio judge: request needs Host and Port: %+v", r)
+	}
+	if r.Path == "" {
+		r.Path = "/"
+	}
+	if r.Method == "" {
+		r.Method = "GET"
+	}
+	rcs := j.RouteConfigs(c)
+	rc, ok := rcs[strconv.Itoa(r.Port)]
+	if !ok {
+		t.Fatalf("istio judge: client %+v has no HTTP route configuration %q (has %v): no HTTP listener on that port",
+			c, strconv.Itoa(r.Port), slices.Sorted(maps.Keys(rcs)))
+	}
+	m := &matcher{t: t}
+	req := m.request(r)
+	vh := m.virtualHost(rc, r.Host)
+	if vh == nil {
+		return Outcome{}
+	}
+	for _, rt := range vh.Routes {
+		if m.route(rt.Match, req) {
+			return describe(t, rc, vh, rt)
+		}
+	}
+	return Outcome{VirtualHost: vh.Name}
+}
+
+// ValidateVirtualService runs the validation Istio's admission webhook runs
+// for a VirtualService (the schema's registered validator) and returns its
+// warnings the way the webhook reports them.
+func ValidateVirtualService(vs *istionet.VirtualService) (warnings []string, err error) {
+	cfg := crdclient.TranslateObject(vs.DeepCopy(), gvk.VirtualService, domainSuffix)
+	warn, err := collections.VirtualService.ValidateConfig(cfg)
+	if warn != nil {
+		if me, ok := warn.(*multierror.Error); ok {
+			for _, e := range me.Errors {
+				warnings = append(warnings, e.Error())
+			}
+		} else if warn.Error() != "" {
+			warnings = []string{warn.Error()}
+		}
+	}
+	return warnings, err
+}
+
+// vsName turns Istio's route metadata config path
+// (/apis/networking.istio.io/v1/namespaces/NS/virtual-service/NAME) into NS/NAME.
+func vsName(rt *route.Route) string {
+	s := rt.GetMetadata().GetFilterMetadata()["istio"].GetFields()["config"].GetStringValue()
+	parts := strings.Split(s, "/")
+	if len(parts) < 3 || !strings.Contains(s, "/virtual-service/") {
+		return ""
+	}
+	return parts[len(parts)-3] + "/" + parts[len(parts)-1]
+}
+
+// clusterOf renders the cluster specifier; weighted clusters sorted by name.
+func clusterOf(t *testing.T, a *route.RouteAction) string {
+	switch cs := a.GetClusterSpecifier().(type) {
+	case *route.RouteAction_Cluster:
+		return cs.Cluster
+	case *route.RouteAction_WeightedClusters:
+		var parts []string
+		for _, c := range cs.WeightedClusters.GetClusters() {
+			parts = append(parts, fmt.Sprintf("%s:%d", c.GetName(), c.GetWeight().GetValue()))
+		}
+		sort.Strings(parts)
+		return strings.Join(parts, ",")
+	default:
+		t.Fatalf("istio judge: unsupported cluster specifier %T", cs)
+		return ""
+	}
+}
