@@ -432,3 +432,28 @@ func TestTokenNeverLogged(t *testing.T) {
 	require.NotContains(t, y.String(), o.Token)
 	require.Equal(t, o.Token, res.Token)
 }
+
+// Without cluster-wide read of VirtualServices, sbx plans from the
+// sandbox's namespaces and says which permission would show the rest.
+func TestApplyWithoutClusterWideRead(t *testing.T) {
+	f := hotrodFake(t)
+	f.istio.PrependReactor("list", "virtualservices", func(a k8stesting.Action) (bool, runtime.Object, error) {
+		if a.GetNamespace() == "" {
+			return true, nil, apierrors.NewForbidden(istionet.Resource("virtualservices"), "", fmt.Errorf("RBAC: denied"))
+		}
+		return false, nil, nil
+	})
+	var log eventLog
+	res, err := Apply(t.Context(), f.Clients, routeSandbox("alice"), testOptions(testKey), log.add)
+	require.NoError(t, err)
+	var warns []string
+	for _, e := range log.events {
+		if e.Action == ActionWarning {
+			warns = append(warns, e.Message)
+		}
+	}
+	require.Contains(t, strings.Join(warns, "\n"), "may not list VirtualServices in all namespaces")
+	require.Contains(t, strings.Join(warns, "\n"), "ClusterRole sbx-route-reader")
+	require.Equal(t, []string{"sbx-" + testKey + "-route-8083", "default"}, routeNames(getVS(t, f, "hotrod", "route")))
+	require.NotEmpty(t, res.Routes.Report)
+}

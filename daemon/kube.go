@@ -49,6 +49,9 @@ type KubeOptions struct {
 	PortForwardConnections int
 	// Now is the clock (default time.Now).
 	Now func() time.Time
+	// RouteResync is how often a connected sandbox's routes are checked
+	// when no VirtualService change was seen (default 30 s).
+	RouteResync time.Duration
 }
 
 // KubeClusters opens real clusters from kubeconfig: objects through

@@ -20,9 +20,9 @@ import (
 	"github.com/sbx-dev/sbx/cluster/spec"
 )
 
-// Route watching: how quickly a change is answered and how often routes
+// Route watching: how quickly a change is answered, and how often routes
 // are checked with no change seen (a watch can miss events while the API
-// server restarts).
+// server restarts) unless KubeOptions.RouteResync says otherwise.
 const (
 	routeDebounce = 250 * time.Millisecond
 	routeResync   = 30 * time.Second
@@ -75,14 +75,14 @@ func (c *kubeCluster) WatchRoutes(ctx context.Context, sb *spec.Sandbox, t Targe
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	for _, ns := range c.watchNamespaces(ctx, sb) {
-		inf := cache.NewSharedIndexInformer(&cache.ListWatch{
+		inf := cache.NewSharedIndexInformer(listWatch{&cache.ListWatch{
 			ListWithContextFunc: func(ctx context.Context, lo metav1.ListOptions) (runtime.Object, error) {
 				return c.clients.Istio.NetworkingV1().VirtualServices(ns).List(ctx, lo)
 			},
 			WatchFuncWithContext: func(ctx context.Context, lo metav1.ListOptions) (watch.Interface, error) {
 				return c.clients.Istio.NetworkingV1().VirtualServices(ns).Watch(ctx, lo)
 			},
-		}, &istionet.VirtualService{}, 0, cache.Indexers{})
+		}}, &istionet.VirtualService{}, 0, cache.Indexers{})
 		if _, err := inf.AddEventHandler(cache.ResourceEventHandlerFuncs{
 			AddFunc:    func(any) { poke() },
 			UpdateFunc: func(any, any) { poke() },
@@ -97,7 +97,11 @@ func (c *kubeCluster) WatchRoutes(ctx context.Context, sb *spec.Sandbox, t Targe
 			inf.RunWithContext(ctx)
 		}()
 	}
-	resync := time.NewTicker(routeResync)
+	every := c.o.RouteResync
+	if every <= 0 {
+		every = routeResync
+	}
+	resync := time.NewTicker(every)
 	defer resync.Stop()
 	for {
 		select {
@@ -125,6 +129,15 @@ func (c *kubeCluster) WatchRoutes(ctx context.Context, sb *spec.Sandbox, t Targe
 		report(routeCheck(st, err, c.server))
 	}
 }
+
+// listWatch makes the informer list, then watch, instead of a streaming
+// list: the Istio clientset's fake (which the simulated cluster serves)
+// never sends the bookmark that ends one, and a plain list costs a real
+// API server nothing for a few VirtualServices.
+type listWatch struct{ *cache.ListWatch }
+
+// IsWatchListSemanticsUnSupported implements the reflector's opt-out.
+func (listWatch) IsWatchListSemanticsUnSupported() bool { return true }
 
 // watchNamespaces are where to watch VirtualServices: every namespace
 // ("") when the user may list them all, else the sandbox's.

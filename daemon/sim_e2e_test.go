@@ -35,7 +35,9 @@ func TestSimulatedCluster(t *testing.T) {
 	kc := NewClusterFromKube(&kube.Cluster{
 		REST: c.RESTConfig, Kube: c.Clients.Kube, Istio: c.Clients.Istio,
 		Namespace: sim.AppNamespace, Context: "sim",
-	}, KubeOptions{Logger: testLogger(t), DefaultRelayImage: "ghcr.io/sbx-dev/sbx:test", WaitTimeout: 30 * time.Second})
+	}, KubeOptions{Logger: testLogger(t), DefaultRelayImage: "ghcr.io/sbx-dev/sbx:test", WaitTimeout: 30 * time.Second,
+		// Only the watch on VirtualServices can repair the routes in time.
+		RouteResync: time.Hour})
 	t.Cleanup(func() { _ = kc.Close() })
 
 	svc := localService(t)

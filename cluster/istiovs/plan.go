@@ -699,6 +699,15 @@ func (p *planner) twinsOf(v *VirtualService, src, r *networking.HTTPRoute, d *ne
 		var keyed []*networking.HTTPMatchRequest
 		for _, m := range ms {
 			km, why := p.keyedMatch(m, port, setPort)
+			if why == "" && CatchAll(m) && p.sharesGatewayHost(v) {
+				var gwWhy string
+				km, gwWhy = meshOnly(km, v)
+				if km != nil {
+					p.warnf("keyed requests that %s takes at a gateway reach the baseline (from sidecars they reach the sandbox): %s", where, gwWhy)
+				} else {
+					why = gwWhy
+				}
+			}
 			if why != "" {
 				p.warnf("keyed requests that %s sends to %s/%s reach the baseline: %s", where, s.Namespace, s.Name, why)
 				continue
@@ -743,6 +752,85 @@ func (p *planner) twinsOf(v *VirtualService, src, r *networking.HTTPRoute, d *ne
 		}
 	}
 	return out
+}
+
+// sharesGatewayHost reports whether another VirtualService binds one of
+// v's hosts on one of v's gateways. A gateway merges such VirtualServices
+// into one route list and moves every catch-all route behind the others
+// (route.SortVHostRoutes): the twin of a catch-all, no catch-all itself,
+// would stay ahead of the other VirtualServices' routes and take keyed
+// requests they should get.
+func (p *planner) sharesGatewayHost(v *VirtualService) bool {
+	var gws []string
+	for _, g := range v.Spec.GetGateways() {
+		if g != MeshGateway {
+			gws = append(gws, gatewayKey(g, v.Namespace))
+		}
+	}
+	if len(gws) == 0 {
+		return false
+	}
+	for _, o := range p.m.VirtualServices {
+		if o == v || o.Spec == nil {
+			continue
+		}
+		shared := false
+		for _, g := range o.Spec.GetGateways() {
+			if slices.Contains(gws, gatewayKey(g, o.Namespace)) {
+				shared = true
+			}
+		}
+		if !shared {
+			continue
+		}
+		for _, a := range v.Spec.GetHosts() {
+			for _, b := range o.Spec.GetHosts() {
+				if hostsIntersect(strings.ToLower(a), strings.ToLower(b)) {
+					return true
+				}
+			}
+		}
+	}
+	return false
+}
+
+// gatewayKey is a gateway reference as "namespace/name" (a bare name is
+// in the VirtualService's namespace).
+func gatewayKey(g, ns string) string {
+	if strings.Contains(g, "/") {
+		return g
+	}
+	return ns + "/" + g
+}
+
+// hostsIntersect reports whether two gateway hosts can name the same
+// request host.
+func hostsIntersect(a, b string) bool {
+	switch {
+	case a == b || a == "*" || b == "*":
+		return true
+	case strings.HasPrefix(a, "*"):
+		return strings.HasSuffix(b, a[1:])
+	case strings.HasPrefix(b, "*"):
+		return strings.HasSuffix(a, b[1:])
+	}
+	return false
+}
+
+// meshOnly keeps a catch-all's twin off gateways that share the host with
+// other VirtualServices (see sharesGatewayHost): it applies to sidecars
+// only, or not at all when v is bound to no mesh.
+func meshOnly(km *networking.HTTPMatchRequest, v *VirtualService) (*networking.HTTPMatchRequest, string) {
+	why := "a gateway it is bound to merges it with other VirtualServices of the host and moves catch-all routes last, so a keyed twin would take requests the other VirtualServices' routes should get"
+	applies := km.Gateways
+	if len(applies) == 0 {
+		applies = v.Spec.GetGateways()
+	}
+	if !slices.Contains(applies, MeshGateway) {
+		return nil, why
+	}
+	km.Gateways = []string{MeshGateway}
+	return km, why
 }
 
 // keyedMatch is m with the baggage condition (and the port, when the
