@@ -333,6 +333,9 @@ func sandboxItem(sb daemon.SandboxStatus) Item {
 			sub = append(sub, mappingItem(m, multiNS))
 		}
 	}
+	if it := routesItem(sb.Routes); it != nil {
+		sub = append(sub, Item{Separator: true}, *it)
+	}
 	if sb.LastError != "" {
 		sub = append(sub, Item{Separator: true},
 			Item{Label: "Last error: " + ellipsize(sb.LastError, 60), Tooltip: sb.LastError, Disabled: true})
@@ -346,6 +349,32 @@ func sandboxItem(sb daemon.SandboxStatus) Item {
 	}
 	it.Children = sub
 	return it
+}
+
+// routesItem says whether keyed requests reach the sandbox, and how often
+// the daemon had to put its routes back: "Routes: effective (restored 2×)"
+// or "Routes: partial: keyed requests to … reach the baseline".
+func routesItem(r *daemon.RouteState) *Item {
+	if r == nil {
+		return nil
+	}
+	label := "Routes: effective"
+	tip := "keyed requests reach the sandbox from every namespace"
+	switch r.Keyed {
+	case daemon.KeyedSandbox:
+	case daemon.KeyedPartial:
+		label, tip = "Routes: partial: "+ellipsize(r.Message, 50), r.Message
+	default:
+		label, tip = "Routes: NOT effective: "+ellipsize(r.Message, 50), r.Message
+	}
+	if r.Restored > 0 {
+		label += fmt.Sprintf(" (restored %d×)", r.Restored)
+		tip += "; the daemon put the routes back after something removed them (" + strings.Join(r.RestoredIn, ", ") + ")"
+	}
+	if r.Error != "" {
+		tip += "; last check failed: " + r.Error
+	}
+	return &Item{Label: label, Tooltip: tip, Disabled: true}
 }
 
 // mappingItem reads like `route :8083 → localhost:8083 ●`; the dot is

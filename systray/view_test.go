@@ -231,6 +231,27 @@ func TestBuildViewSandboxDetails(t *testing.T) {
 		require.LessOrEqual(t, len([]rune(lastErr.Label)), len("Last error: ")+60)
 		require.True(t, strings.HasSuffix(lastErr.Label, "…"))
 	})
+	t.Run("routes", func(t *testing.T) {
+		sb := sandbox("alice", daemon.PhaseReady, true)
+		sb.Routes = &daemon.RouteState{Keyed: daemon.KeyedSandbox, Restored: 2, RestoredIn: []string{"hotrod/route"}}
+		v := BuildView(Snapshot{Daemon: DaemonRunning, Status: withSandboxes(sb)})
+		it, ok := findItem(v.Items, "alice — ready", "Routes: effective (restored 2×)")
+		require.True(t, ok, renderMenu(v.Items))
+		require.True(t, it.Disabled)
+		require.Contains(t, it.Tooltip, "hotrod/route")
+
+		sb.Routes = &daemon.RouteState{Keyed: daemon.KeyedPartial,
+			Message: "keyed requests to route.hotrod:8083 from other namespaces reach the baseline: VirtualService platform/wild routes route"}
+		v = BuildView(Snapshot{Daemon: DaemonRunning, Status: withSandboxes(sb)})
+		var got Item
+		for _, c := range v.Items[0].Children {
+			if strings.HasPrefix(c.Label, "Routes: ") {
+				got = c
+			}
+		}
+		require.True(t, strings.HasPrefix(got.Label, "Routes: partial: keyed requests"), got.Label)
+		require.Equal(t, sb.Routes.Message, got.Tooltip)
+	})
 	t.Run("config error", func(t *testing.T) {
 		st := withSandboxes()
 		st.ConfigError = "config.yaml:3: unknown field"

@@ -319,6 +319,10 @@ func printReady(w io.Writer, st daemon.SandboxStatus) {
 		}
 	}
 	fmt.Fprintf(w, "  (run curl from a pod in the cluster; a service that propagates baggage carries the key further)\n")
+	if r := st.Routes; r != nil && r.Keyed != daemon.KeyedSandbox {
+		// Never a silent "ready": say where the key does not work.
+		fmt.Fprintf(w, "  BUT %s\n  (`sbx routes %s` shows every Service port and client namespace)\n", r.Message, st.Name)
+	}
 }
 
 // watchSpec re-applies the spec whenever its file changes, until ctx ends.

@@ -17,11 +17,16 @@ import (
 	"time"
 
 	"github.com/stretchr/testify/require"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 
+	"github.com/sbx-dev/sbx/cluster/istiovs"
 	"github.com/sbx-dev/sbx/cluster/kube"
 	"github.com/sbx-dev/sbx/cluster/sim"
 	"github.com/sbx-dev/sbx/cluster/spec"
 	"github.com/sbx-dev/sbx/daemon"
+	istioapi "istio.io/api/networking/v1alpha3"
+	istionet "istio.io/client-go/pkg/apis/networking/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 )
 
 // cliEnv points the CLI and daemon at a private temp home. Unix socket
@@ -86,7 +91,22 @@ type cliCluster struct {
 func (c *cliCluster) Apply(ctx context.Context, sb *spec.Sandbox, o daemon.ApplyOptions, progress func(string)) (daemon.Applied, error) {
 	key := o.RoutingKey
 	progress("created Deployment " + sb.Namespaces()[0] + "/sbx-" + sb.Name)
-	return daemon.Applied{Target: daemon.Target{Sandbox: sb.Name, RoutingKey: key, Namespace: sb.Namespaces()[0]}, Token: "tok"}, nil
+	return daemon.Applied{Target: daemon.Target{Sandbox: sb.Name, RoutingKey: key, Namespace: sb.Namespaces()[0]}, Token: "tok",
+		Routes: &daemon.RouteCheck{Ports: []istiovs.PortReport{{Namespace: "hotrod", Service: "route", Port: 8083, Workload: "route",
+			Views: []istiovs.ViewReport{
+				{Clients: "", Chain: []string{"platform/wild (public, wildcard *.hotrod.svc.cluster.local)"}, Applies: "platform/wild",
+					Keyed: istiovs.KeyedPartial, Reason: "clients platform/wild gives no route on port 8083 reach the baseline"},
+				{Clients: "hotrod", Chain: []string{"hotrod/route (private)"}, Applies: "hotrod/route", Keyed: istiovs.KeyedSandbox},
+			}}}}}, nil
+}
+
+// Leftovers and SweepRoutes make cliCluster a daemon.RouteSweeper.
+func (c *cliCluster) Leftovers(ctx context.Context, ns string) ([]istiovs.Leftover, error) {
+	return []istiovs.Leftover{{Namespace: "hotrod", Name: "route", What: "dead routes"}}, nil
+}
+
+func (c *cliCluster) SweepRoutes(ctx context.Context, ns string) ([]istiovs.Leftover, error) {
+	return c.Leftovers(ctx, ns)
 }
 
 func (c *cliCluster) WaitRelay(ctx context.Context, t daemon.Target, progress func(string)) error {
@@ -219,10 +239,35 @@ func TestCLIConnectStatusListDisconnect(t *testing.T) {
 	require.Equal(t, "alice", sb.Name)
 	require.Len(t, sb.RoutingKey, 13)
 
+	require.Eventually(t, func() bool {
+		_, out, _ := runCLI(t, "status", "alice", "-o", "json")
+		var sb daemon.SandboxStatus
+		return json.Unmarshal([]byte(out), &sb) == nil && sb.Routes != nil
+	}, 10*time.Second, 20*time.Millisecond, "the apply's route report reaches the status")
 	code, out, _ = runCLI(t, "status")
 	require.Equal(t, 0, code)
 	require.Contains(t, out, "alice")
 	require.Contains(t, out, "route.hotrod:8083 -> localhost:8083")
+	require.Contains(t, out, "routes: PARTIAL: keyed requests to route.hotrod:8083 from other namespaces partly reach the baseline")
+	require.Contains(t, out, "`sbx routes alice`")
+
+	code, out, errOut = runCLI(t, "routes", "alice")
+	require.Equal(t, 0, code, errOut)
+	require.Contains(t, out, "route.hotrod:8083 (local workload route)")
+	require.Contains(t, out, "clients in other namespaces\n    VirtualServices: platform/wild (public, wildcard *.hotrod.svc.cluster.local)")
+	require.Contains(t, out, "keyed requests: PARTLY reach the sandbox: clients platform/wild gives no route")
+	require.Contains(t, out, "clients in hotrod\n    VirtualServices: hotrod/route (private)\n    applies: hotrod/route\n    keyed requests: reach the sandbox")
+	code, out, errOut = runCLI(t, "routes", "alice", "-o", "json")
+	require.Equal(t, 0, code, errOut)
+	var rs daemon.RouteState
+	require.NoError(t, json.Unmarshal([]byte(out), &rs))
+	require.Equal(t, daemon.KeyedPartial, rs.Keyed)
+	require.Len(t, rs.Ports[0].Views, 2)
+	code, _, errOut = runCLI(t, "routes", "bob")
+	require.Equal(t, 2, code)
+	require.Contains(t, errOut, "not connected")
+	code, _, _ = runCLI(t, "routes")
+	require.Equal(t, 2, code, "NAME is required")
 
 	code, _, errOut = runCLI(t, "status", "bob")
 	require.Equal(t, 2, code)
@@ -236,10 +281,14 @@ func TestCLIConnectStatusListDisconnect(t *testing.T) {
 	require.Contains(t, out, "ghost")
 	require.Contains(t, out, "(orphan)")
 	require.Contains(t, out, "daemon+cluster")
+	require.Contains(t, out, "leftover: dead routes in VirtualService hotrod/route (`sbx gc` removes it)")
 
 	code, out, _ = runCLI(t, "gc", "-o", "json")
 	require.Equal(t, 0, code)
-	require.JSONEq(t, `{"deleted":["old"]}`, out)
+	require.JSONEq(t, `{"deleted":["old"],"routes":[{"namespace":"hotrod","name":"route","what":"dead routes"}]}`, out)
+	code, out, _ = runCLI(t, "gc")
+	require.Equal(t, 0, code)
+	require.Equal(t, "deleted 1 expired sandbox(es): old\nremoved dead routes: VirtualService hotrod/route\n", out)
 
 	// Completion offers the daemon's sandbox names.
 	code, out, _ = runCLI(t, "__complete", "disconnect", "")
@@ -523,11 +572,14 @@ func TestCLIConnectOnSimulatedCluster(t *testing.T) {
 	require.Contains(t, out, "curl -H 'baggage: sbx-routing-key="+st.RoutingKey+"' http://route.hotrod:8083/")
 	require.Contains(t, out, "nothing listening on localhost:8083")
 
+	require.NotContains(t, out, "BUT ", "the simulated cluster's routes work from every namespace")
+
 	code, out, _ = runCLI(t, "status")
 	require.Equal(t, 0, code)
 	require.Contains(t, out, "alice  ready")
 	require.Contains(t, out, "NOT listening")
 	require.Contains(t, out, "2 session(s)")
+	require.Contains(t, out, "routes: effective (keyed requests reach the sandbox from every namespace)")
 
 	code, out, errOut = runCLI(t, "list", "-o", "json")
 	require.Equal(t, 0, code, errOut)
@@ -538,6 +590,53 @@ func TestCLIConnectOnSimulatedCluster(t *testing.T) {
 
 	code, _, errOut = runCLI(t, "disconnect", "--all")
 	require.Equal(t, 0, code, errOut)
+}
+
+// A connect whose keyed requests cannot reach the sandbox from everywhere
+// says so at the end instead of a plain "ready": here a wildcard
+// VirtualService routes route only for frontend, and an exact-host
+// VirtualService of sbx's would take route away from it.
+func TestCLIConnectSaysWhereKeyedRequestsDoNotReach(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts a simulated cluster")
+	}
+	dir := cliEnv(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	c, err := sim.Start(ctx, sim.Options{WithoutBaselineVirtualService: true})
+	require.NoError(t, err)
+	t.Cleanup(c.Close)
+	wild := &istionet.VirtualService{ObjectMeta: metav1.ObjectMeta{Name: "wild", Namespace: sim.AppNamespace}}
+	wild.Spec.Hosts = []string{"*.hotrod.svc.cluster.local"}
+	wild.Spec.Http = []*istioapi.HTTPRoute{{
+		Name:  "frontend-only",
+		Match: []*istioapi.HTTPMatchRequest{{SourceLabels: map[string]string{"app": "frontend"}}},
+		Route: []*istioapi.HTTPRouteDestination{{Destination: &istioapi.Destination{Host: "route.hotrod.svc.cluster.local"}}},
+	}}
+	_, err = c.Clients.Istio.NetworkingV1().VirtualServices(sim.AppNamespace).Create(ctx, wild, metav1.CreateOptions{})
+	require.NoError(t, err)
+	kc := daemon.NewClusterFromKube(&kube.Cluster{REST: c.RESTConfig, Kube: c.Clients.Kube, Istio: c.Clients.Istio, Namespace: sim.AppNamespace},
+		daemon.KubeOptions{DefaultRelayImage: "ghcr.io/sbx-dev/sbx:test"})
+	t.Cleanup(func() { _ = kc.Close() })
+	startInProcessDaemon(t, kc)
+
+	code, out, errOut := runCLI(t, "connect", "-f", writeSpec(t, dir), "--set", "name=alice")
+	require.Equal(t, 0, code, errOut)
+	require.Contains(t, errOut, "would take route away from it", "the plan's warning")
+	require.Contains(t, out, "Sandbox alice is ready.")
+	require.Contains(t, out, "BUT keyed requests to route.hotrod:8083 from ")
+	require.Contains(t, out, "`sbx routes alice`")
+	_, err = c.Clients.Istio.NetworkingV1().VirtualServices(sim.AppNamespace).Get(ctx, "route-sbx", metav1.GetOptions{})
+	require.True(t, apierrors.IsNotFound(err), "no exact-host VirtualService next to the wildcard")
+
+	code, out, errOut = runCLI(t, "routes", "alice")
+	require.Equal(t, 0, code, errOut)
+	require.Contains(t, out, "hotrod/wild (public, wildcard *.hotrod.svc.cluster.local)")
+	code, _, errOut = runCLI(t, "disconnect", "--all")
+	require.Equal(t, 0, code, errOut)
+	got, err := c.Clients.Istio.NetworkingV1().VirtualServices(sim.AppNamespace).Get(ctx, "wild", metav1.GetOptions{})
+	require.NoError(t, err)
+	require.Len(t, got.Spec.Http, 1, "the twin is gone")
 }
 
 func TestCLILogsTail(t *testing.T) {

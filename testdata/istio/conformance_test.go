@@ -69,6 +69,11 @@ type scenario struct {
 	// routes): part of the world sbx plans against, not of the baseline
 	// requests without the key are compared with.
 	earlier string
+	// then is a CD sync after sbx planned: these VirtualServices replace
+	// (or join) the world's, sbx's routes in them gone; sbx plans again,
+	// as the connected daemon does, and requests are judged against the
+	// baseline as CD left it.
+	then string
 	// exportTo is the mesh's defaultVirtualServiceExportTo (nil: "*").
 	exportTo []string
 	// ports of route the sandbox maps (default 8083).
@@ -90,7 +95,24 @@ type scenario struct {
 	keyedStays func(c Client, port int, path string) bool
 	// check looks at the objects sbx wrote.
 	check func(t *testing.T, written []*istionet.VirtualService)
+	// gatewayHost, when set, also sends every request through the ingress
+	// gateway (a Gateway selecting istio: ingressgateway, port 80) for
+	// this Host.
+	gatewayHost string
 }
+
+// ingress is the gateway pod of the gateway scenarios.
+var gatewayPod = GatewayClient{Namespace: "istio-system", Labels: map[string]string{"istio": "ingressgateway"}}
+
+const ingressGatewayDoc = `
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: ingress, namespace: istio-system}
+spec:
+  selector: {istio: ingressgateway}
+  servers: [{port: {number: 80, name: http, protocol: HTTP}, hosts: ['*']}]
+`
 
 func TestConformance(t *testing.T) {
 	for _, sc := range scenarios {
@@ -238,6 +260,41 @@ var scenarios = []scenario{
 		world: vs("route", "hotrod", t0, `{hosts: [route], http: [{name: admin, match: [{port: 9001}], route: [{destination: {host: route}}]}]}`),
 	},
 	{
+		name:  "a CD sync replaces the routes while connected",
+		keys:  []string{key1, key2},
+		world: vs("route", "hotrod", t0, `{hosts: [route], http: [{name: default, route: [{destination: {host: route}}]}]}`),
+		then:  vs("route", "hotrod", t0, `{hosts: [route], http: [{name: api, match: [{uri: {prefix: /api}}], timeout: 2s, route: [{destination: {host: route}}]}, {name: default, timeout: 5s, route: [{destination: {host: route}}]}]}`),
+	},
+	{
+		name:  "a CD sync makes the VirtualService private",
+		world: vs("route", "hotrod", t0, catchAll("[route]", "cd")),
+		then:  vs("route", "hotrod", t0, `{hosts: [route], exportTo: [.], http: [{name: cd, route: [{destination: {host: route.hotrod.svc.cluster.local}}]}]}`),
+	},
+	{
+		name:  "CD adds a newer public VirtualService for the host",
+		world: vs("route", "hotrod", t0, `{hosts: [route], http: [{name: admin, match: [{port: 9001}], route: [{destination: {host: route}}]}]}`),
+		then:  vs("route-v2", "hotrod", "2026-06-01T00:00:00Z", `{hosts: [route], http: [{name: v2, timeout: 6s, route: [{destination: {host: route}}]}]}`),
+	},
+	{
+		name:        "a gateway VirtualService sends to the Service",
+		gatewayHost: "hotrod.example.com",
+		world: ingressGatewayDoc + vs("ingress-route", "hotrod", t0, `{hosts: [hotrod.example.com], gateways: [istio-system/ingress], http: [
+			{name: api, match: [{uri: {prefix: /api}}], timeout: 3s, route: [{destination: {host: route, port: {number: 8083}}}]},
+			{name: rest, route: [{destination: {host: driver, port: {number: 8082}}}]}]}`),
+	},
+	{
+		name:        "two gateway VirtualServices share a host: catch-alls move last",
+		gatewayHost: "hotrod.example.com",
+		paths:       []string{"/", "/admin/x"},
+		world: ingressGatewayDoc +
+			vs("older", "hotrod", t0, `{hosts: [hotrod.example.com], gateways: [istio-system/ingress, mesh], http: [{name: all, route: [{destination: {host: route, port: {number: 8083}}}]}]}`) +
+			vs("newer", "hotrod", t1, `{hosts: [hotrod.example.com], gateways: [istio-system/ingress], http: [{name: admin, match: [{uri: {prefix: /admin}}], route: [{destination: {host: route, port: {number: 9001}}}]}, {name: all, route: [{destination: {host: driver, port: {number: 8082}}}]}]}`),
+		wantWarn: []string{"moves catch-all routes last"},
+		keyedStays: func(c Client, port int, path string) bool {
+			return c.Namespace == "istio-system" // the gateway: no twin of the catch-all there
+		},
+	},
+	{
 		name:   "a VirtualService marked sbx.dev/ignore",
 		world:  "\n---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: route, namespace: hotrod, annotations: {sbx.dev/ignore: 'true'}}\nspec: {hosts: [route], http: [{route: [{destination: {host: route}}]}]}\n",
 		refuse: "marked sbx.dev/ignore",
@@ -312,6 +369,33 @@ func runScenario(t *testing.T, sc scenario) {
 			after.Services = append(after.Services, s)
 		}
 	}
+	if sc.then != "" {
+		th, err := ParseWorld(sc.then)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, v := range th.VirtualServices {
+			replaceVS(&before, v)
+			replaceVS(&after, v)
+		}
+		for i, key := range keys {
+			base, err := cluster.ParseManifests(strings.NewReader(manifests(t, after)), "default")
+			if err != nil {
+				t.Fatal(err)
+			}
+			objs, err := cluster.Plan(context.Background(), base, sandboxSpec(fmt.Sprintf("dev%d", i), sc.ports),
+				cluster.Options{RoutingKey: key, Token: "t", RelayImage: "ghcr.io/sbx-dev/sbx:test"})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(objs.Routes) == 0 {
+				t.Errorf("after the CD sync, sbx's plan for %s changes nothing", key)
+			}
+			for _, rt := range objs.Routes {
+				applyTarget(&after, rt)
+			}
+		}
+	}
 	for _, w := range sc.wantWarn {
 		if !slices.ContainsFunc(warnings, func(s string) bool { return strings.Contains(s, w) }) {
 			errorf("no warning contains %q; warnings: %q", w, warnings)
@@ -337,53 +421,73 @@ func runScenario(t *testing.T, sc scenario) {
 	if len(mapped) == 0 {
 		mapped = []int32{8083}
 	}
+	if sc.gatewayHost != "" {
+		for _, path := range paths {
+			req := Request{Host: sc.gatewayHost, Port: 80, Path: path, Headers: sc.headers.Clone()}
+			checkCalls(t, errorf, keys, mapped, sc, Client{Namespace: "istio-system"}, 80, path, "gateway, path "+path,
+				func(r Request) Outcome { return jb.CallGateway(gatewayPod, r) },
+				func(r Request) Outcome { return ja.CallGateway(gatewayPod, r) }, req, nil)
+		}
+	}
 	for _, c := range clients {
 		for _, port := range []int{8083, 9001} {
 			for _, path := range paths {
 				req := Request{Host: fmt.Sprintf("%s:%d", routeFQDN, port), Port: port, Path: path, Headers: sc.headers.Clone()}
 				where := fmt.Sprintf("client %s%v, port %d, path %s", c.Namespace, c.Labels, port, path)
+				checkCalls(t, errorf, keys, mapped, sc, c, port, path, where,
+					func(r Request) Outcome { return jb.Call(c, r) }, func(r Request) Outcome { return ja.Call(c, r) }, req,
+					func(r Request, o Outcome, where string) { agree(errorf, mesh, c, r, o, where) })
+			}
+		}
+	}
+}
 
-				// Without the key: exactly as before.
-				ob, oa := jb.Call(c, req), ja.Call(c, req)
-				if ob.Matched != oa.Matched || ob.Cluster != oa.Cluster || ob.Behaviour != oa.Behaviour {
-					errorf("%s, no key: changed by sbx\n  before: %s\n  after:  %s", where, ob, oa)
-				}
-				agree(errorf, mesh, c, req, oa, where+", no key")
-
-				for _, key := range keys {
-					kreq := req
-					kreq.Headers = req.Headers.Clone()
-					if kreq.Headers == nil {
-						kreq.Headers = http.Header{}
-					}
-					kreq.Headers.Set("baggage", "other=1, sbx-routing-key="+key)
-					kb, ka := jb.Call(c, kreq), ja.Call(c, kreq)
-					kwhere := where + ", key " + key
-					agree(errorf, mesh, c, kreq, ka, kwhere)
-					target := toService(kb.Cluster)
-					stays := sc.keyedStays != nil && sc.keyedStays(c, port, path)
-					switch {
-					case target == 0 || !slices.Contains(mapped, int32(target)) || stays:
-						// Not to a mapped port of the Service (another
-						// Service, a redirect, a 404), or where sbx said it
-						// cannot: as before.
-						if kb.Matched != ka.Matched || kb.Cluster != ka.Cluster || kb.Behaviour != ka.Behaviour {
-							errorf("%s: changed by sbx\n  before: %s\n  after:  %s", kwhere, kb, ka)
-						}
-					default:
-						want := fmt.Sprintf("outbound|%d||route-sbx-%s.hotrod.svc.cluster.local", target, key)
-						if ka.Cluster != want {
-							errorf("%s: want the sandbox (%s)\n  before: %s\n  after:  %s", kwhere, want, kb, ka)
-							continue
-						}
-						if strings.Contains(kb.Cluster, ",") {
-							continue // a weighted split: the sandbox takes all of it
-						}
-						if d := behaviourDiff(kb.Behaviour, ka.Behaviour); d != "" {
-							errorf("%s: the sandbox gets other settings than the baseline did: %s\n  before: %s\n  after:  %s", kwhere, d, kb, ka)
-						}
-					}
-				}
+// checkCalls sends one request without and with each key before and
+// after sbx's changes and checks what the issue requires (see the top of
+// this file); agreeWith, when set, also checks the simulated mesh.
+func checkCalls(t *testing.T, errorf func(string, ...any), keys []string, mapped []int32, sc scenario, c Client, port int, path, where string,
+	before, after func(Request) Outcome, req Request, agreeWith func(Request, Outcome, string)) {
+	t.Helper()
+	// Without the key: exactly as before.
+	ob, oa := before(req), after(req)
+	if ob.Matched != oa.Matched || ob.Cluster != oa.Cluster || ob.Behaviour != oa.Behaviour {
+		errorf("%s, no key: changed by sbx\n  before: %s\n  after:  %s", where, ob, oa)
+	}
+	if agreeWith != nil {
+		agreeWith(req, oa, where+", no key")
+	}
+	for _, key := range keys {
+		kreq := req
+		kreq.Headers = req.Headers.Clone()
+		if kreq.Headers == nil {
+			kreq.Headers = http.Header{}
+		}
+		kreq.Headers.Set("baggage", "other=1, sbx-routing-key="+key)
+		kb, ka := before(kreq), after(kreq)
+		kwhere := where + ", key " + key
+		if agreeWith != nil {
+			agreeWith(kreq, ka, kwhere)
+		}
+		target := toService(kb.Cluster)
+		stays := sc.keyedStays != nil && sc.keyedStays(c, port, path)
+		switch {
+		case target == 0 || !slices.Contains(mapped, int32(target)) || stays:
+			// Not to a mapped port of the Service (another Service, a
+			// redirect, a 404), or where sbx said it cannot: as before.
+			if kb.Matched != ka.Matched || kb.Cluster != ka.Cluster || kb.Behaviour != ka.Behaviour {
+				errorf("%s: changed by sbx\n  before: %s\n  after:  %s", kwhere, kb, ka)
+			}
+		default:
+			want := fmt.Sprintf("outbound|%d||route-sbx-%s.hotrod.svc.cluster.local", target, key)
+			if ka.Cluster != want {
+				errorf("%s: want the sandbox (%s)\n  before: %s\n  after:  %s", kwhere, want, kb, ka)
+				continue
+			}
+			if strings.Contains(kb.Cluster, ",") {
+				continue // a weighted split: the sandbox takes all of it
+			}
+			if d := behaviourDiff(kb.Behaviour, ka.Behaviour); d != "" {
+				errorf("%s: the sandbox gets other settings than the baseline did: %s\n  before: %s\n  after:  %s", kwhere, d, kb, ka)
 			}
 		}
 	}
@@ -533,6 +637,18 @@ func writeDoc(t *testing.T, b *strings.Builder, obj any) {
 	}
 	b.WriteString("\n---\n")
 	b.Write(y)
+}
+
+// replaceVS puts v into the world, replacing the object of its name.
+func replaceVS(w *World, v *istionet.VirtualService) {
+	v = v.DeepCopy()
+	for i, x := range w.VirtualServices {
+		if x.Namespace == v.Namespace && x.Name == v.Name {
+			w.VirtualServices[i] = v
+			return
+		}
+	}
+	w.VirtualServices = append(w.VirtualServices, v)
 }
 
 func copyWorld(w World) World {

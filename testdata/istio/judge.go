@@ -25,6 +25,7 @@ import (
 	"istio.io/istio/pkg/config/schema/collections"
 	"istio.io/istio/pkg/config/schema/gvk"
 	istiolog "istio.io/istio/pkg/log"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 )
 
@@ -46,6 +47,7 @@ type Judge struct {
 	push   *model.PushContext
 	mu     *sync.Mutex
 	routes map[string]map[string]*route.RouteConfiguration // client key -> route config name -> config
+	merged map[string]*model.MergedGateway                 // gateway client key -> its merged gateway
 }
 
 // Client is the sidecar the request leaves from.
@@ -135,9 +137,9 @@ func quietIstio() {
 
 // NewJudge starts Istio's fake discovery server on w. Services go in as
 // Kubernetes objects so that Istio's Kubernetes registry converts them;
-// VirtualServices go in as config.Config converted by Istio's own CRD client
-// translation (which carries CreationTimestamp and sets the cluster domain
-// that short-host resolution depends on).
+// VirtualServices and Gateways go in as config.Config converted by Istio's
+// own CRD client translation (which carries CreationTimestamp and sets the
+// cluster domain that short-host resolution depends on).
 func NewJudge(t *testing.T, w World) *Judge {
 	t.Helper()
 	quietIstio()
@@ -156,6 +158,9 @@ func NewJudge(t *testing.T, w World) *Judge {
 		if len(vs.Spec.Hosts) > 0 {
 			roots++
 		}
+	}
+	for _, gw := range w.Gateways {
+		cfgs = append(cfgs, crdclient.TranslateObject(gw.DeepCopy(), gvk.Gateway, domainSuffix))
 	}
 	m := mesh.DefaultMeshConfig()
 	if w.DefaultVirtualServiceExportTo != nil {
@@ -178,13 +183,17 @@ func NewJudge(t *testing.T, w World) *Judge {
 	if got := len(srv.Env().VirtualServiceController.MergedVirtualServices()); got != roots {
 		t.Fatalf("istio judge: Istio holds %d root VirtualServices, world has %d", got, roots)
 	}
+	if got := len(srv.Env().List(gvk.Gateway, metav1.NamespaceAll)); got != len(w.Gateways) {
+		t.Fatalf("istio judge: Istio holds %d Gateways, world has %d", got, len(w.Gateways))
+	}
 
 	// Build our own PushContext synchronously (as Istio's ConfigGenTest does)
 	// instead of relying on the server's asynchronous debounced pushes.
 	push := model.NewPushContext()
 	push.InitContext(srv.Env(), nil, nil)
 
-	return &Judge{t: t, srv: srv, push: push, mu: &sync.Mutex{}, routes: map[string]map[string]*route.RouteConfiguration{}}
+	return &Judge{t: t, srv: srv, push: push, mu: &sync.Mutex{}, routes: map[string]map[string]*route.RouteConfiguration{},
+		merged: map[string]*model.MergedGateway{}}
 }
 
 // WithT returns the judge reporting failures to t (use inside t.Run).
@@ -226,17 +235,29 @@ func (j *Judge) RouteConfigs(c Client) map[string]*route.RouteConfiguration {
 	if c.Namespace == "" {
 		t.Fatalf("istio judge: client namespace is required")
 	}
-	keys := slices.Sorted(maps.Keys(c.Labels))
-	key := c.Namespace
-	for _, k := range keys {
-		key += "," + k + "=" + c.Labels[k]
+	return j.routeConfigs(clientKey(c.Namespace, c.Labels), func() *model.Proxy { return j.proxy(c) })
+}
+
+// clientKey identifies a client proxy (namespace and labels) in the cache.
+func clientKey(namespace string, labels map[string]string) string {
+	key := namespace
+	for _, k := range slices.Sorted(maps.Keys(labels)) {
+		key += "," + k + "=" + labels[k]
 	}
+	return key
+}
+
+// routeConfigs generates (once per key) the HTTP route configurations the
+// proxy's listeners refer to, keyed by name.
+func (j *Judge) routeConfigs(key string, proxy func() *model.Proxy) map[string]*route.RouteConfiguration {
+	t := j.t
+	t.Helper()
 	j.mu.Lock()
 	defer j.mu.Unlock()
 	if rcs, ok := j.routes[key]; ok {
 		return rcs
 	}
-	p := j.proxy(c)
+	p := proxy()
 	gen := j.srv.ConfigGen
 	names := core.ExtractRoutesFromListeners(gen.BuildListeners(p, j.push))
 	res, _ := gen.BuildHTTPRoutes(p, &model.PushRequest{Push: j.push}, names)
@@ -272,6 +293,13 @@ func (j *Judge) Call(c Client, r Request) Outcome {
 		t.Fatalf("istio judge: client %+v has no HTTP route configuration %q (has %v): no HTTP listener on that port",
 			c, strconv.Itoa(r.Port), slices.Sorted(maps.Keys(rcs)))
 	}
+	return routeIn(t, rc, r)
+}
+
+// routeIn selects the virtual host and the first matching route of rc for r
+// (Path and Method already defaulted) and describes the outcome.
+func routeIn(t *testing.T, rc *route.RouteConfiguration, r Request) Outcome {
+	t.Helper()
 	m := &matcher{t: t}
 	req := m.request(r)
 	vh := m.virtualHost(rc, r.Host)

@@ -32,7 +32,7 @@ import (
 )
 
 // World is the cluster state the judge evaluates: Kubernetes objects and
-// Istio VirtualServices, plus the one mesh-config knob the scenarios need.
+// Istio VirtualServices and Gateways, plus the one mesh-config knob the scenarios need.
 type World struct {
 	// Namespaces are optional; Istio's service registry does not need them.
 	Namespaces []*corev1.Namespace
@@ -45,14 +45,18 @@ type World struct {
 	// timestamp becomes "now" when Istio's in-memory store takes the object,
 	// so unset timestamps make the list order decide.)
 	VirtualServices []*istionet.VirtualService
+	// Gateways are Istio Gateway objects (networking.istio.io), selecting
+	// router proxies by label; see (*Judge).CallGateway.
+	Gateways []*istionet.Gateway
 	// DefaultVirtualServiceExportTo is MeshConfig.defaultVirtualServiceExportTo.
 	// nil keeps Istio's default (every VirtualService is public, "*").
 	DefaultVirtualServiceExportTo []string
 }
 
 // ParseWorld builds a World from a multi-document YAML string holding
-// v1 Services and Namespaces and networking.istio.io VirtualServices
-// (v1, v1beta1 and v1alpha3 are the same schema and are all read as v1).
+// v1 Services and Namespaces and networking.istio.io VirtualServices and
+// Gateways (v1, v1beta1 and v1alpha3 are the same schema and are all read as
+// v1).
 //
 // Parsing is strict (unknown fields are errors) because scenario tables are
 // hand-written YAML and a misspelt field would silently change the scenario.
@@ -108,6 +112,12 @@ func (w *World) add(tm metav1.TypeMeta, js []byte) error {
 			return err
 		}
 		w.VirtualServices = append(w.VirtualServices, vs)
+	case tm.Kind == "Gateway" && isNetworkingVersion(tm.APIVersion):
+		gw, err := parseGateway(js)
+		if err != nil {
+			return err
+		}
+		w.Gateways = append(w.Gateways, gw)
 	default:
 		return errors.New("unsupported kind")
 	}
@@ -150,4 +160,41 @@ func parseVirtualService(js []byte) (*istionet.VirtualService, error) {
 		}
 	}
 	return vs, nil
+}
+
+// isNetworkingVersion reports whether apiVersion is one of the
+// networking.istio.io versions that share the v1 schema.
+func isNetworkingVersion(apiVersion string) bool {
+	switch apiVersion {
+	case "networking.istio.io/v1", "networking.istio.io/v1beta1", "networking.istio.io/v1alpha3":
+		return true
+	}
+	return false
+}
+
+// parseGateway reads a Gateway as strictly as parseVirtualService reads a
+// VirtualService.
+func parseGateway(js []byte) (*istionet.Gateway, error) {
+	var raw struct {
+		APIVersion string            `json:"apiVersion"`
+		Kind       string            `json:"kind"`
+		Metadata   metav1.ObjectMeta `json:"metadata"`
+		Spec       json.RawMessage   `json:"spec"`
+	}
+	if err := strictJSON(js, &raw); err != nil {
+		return nil, err
+	}
+	if raw.Metadata.Namespace == "" {
+		return nil, errors.New("metadata.namespace is required")
+	}
+	gw := &istionet.Gateway{
+		TypeMeta:   metav1.TypeMeta{APIVersion: "networking.istio.io/v1", Kind: "Gateway"},
+		ObjectMeta: raw.Metadata,
+	}
+	if len(raw.Spec) > 0 {
+		if err := protojson.Unmarshal(raw.Spec, &gw.Spec); err != nil {
+			return nil, fmt.Errorf("spec: %w", err)
+		}
+	}
+	return gw, nil
 }
