@@ -550,13 +550,7 @@ func TestCLIConnectOnSimulatedCluster(t *testing.T) {
 	dir := cliEnv(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	c, err := sim.Start(ctx, sim.Options{})
-	require.NoError(t, err)
-	t.Cleanup(c.Close)
-	kc := daemon.NewClusterFromKube(&kube.Cluster{REST: c.RESTConfig, Kube: c.Clients.Kube, Istio: c.Clients.Istio, Namespace: sim.AppNamespace},
-		daemon.KubeOptions{DefaultRelayImage: "ghcr.io/sbx-dev/sbx:test"})
-	t.Cleanup(func() { _ = kc.Close() })
-	startInProcessDaemon(t, kc)
+	startSimDaemon(ctx, t, sim.Options{}, nil)
 
 	code, out, errOut := runCLI(t, "connect", "-f", writeSpec(t, dir), "--set", "name=alice")
 	require.Equal(t, 0, code, errOut)
@@ -603,9 +597,6 @@ func TestCLIConnectSaysWhereKeyedRequestsDoNotReach(t *testing.T) {
 	dir := cliEnv(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	c, err := sim.Start(ctx, sim.Options{WithoutBaselineVirtualService: true})
-	require.NoError(t, err)
-	t.Cleanup(c.Close)
 	wild := &istionet.VirtualService{ObjectMeta: metav1.ObjectMeta{Name: "wild", Namespace: sim.AppNamespace}}
 	wild.Spec.Hosts = []string{"*.hotrod.svc.cluster.local"}
 	wild.Spec.Http = []*istioapi.HTTPRoute{{
@@ -613,12 +604,10 @@ func TestCLIConnectSaysWhereKeyedRequestsDoNotReach(t *testing.T) {
 		Match: []*istioapi.HTTPMatchRequest{{SourceLabels: map[string]string{"app": "frontend"}}},
 		Route: []*istioapi.HTTPRouteDestination{{Destination: &istioapi.Destination{Host: "route.hotrod.svc.cluster.local"}}},
 	}}
-	_, err = c.Clients.Istio.NetworkingV1().VirtualServices(sim.AppNamespace).Create(ctx, wild, metav1.CreateOptions{})
-	require.NoError(t, err)
-	kc := daemon.NewClusterFromKube(&kube.Cluster{REST: c.RESTConfig, Kube: c.Clients.Kube, Istio: c.Clients.Istio, Namespace: sim.AppNamespace},
-		daemon.KubeOptions{DefaultRelayImage: "ghcr.io/sbx-dev/sbx:test"})
-	t.Cleanup(func() { _ = kc.Close() })
-	startInProcessDaemon(t, kc)
+	c := startSimDaemon(ctx, t, sim.Options{WithoutBaselineVirtualService: true}, func(c *sim.Cluster) {
+		_, err := c.Clients.Istio.NetworkingV1().VirtualServices(sim.AppNamespace).Create(ctx, wild, metav1.CreateOptions{})
+		require.NoError(t, err)
+	})
 
 	code, out, errOut := runCLI(t, "connect", "-f", writeSpec(t, dir), "--set", "name=alice")
 	require.Equal(t, 0, code, errOut)
@@ -626,7 +615,7 @@ func TestCLIConnectSaysWhereKeyedRequestsDoNotReach(t *testing.T) {
 	require.Contains(t, out, "Sandbox alice is ready.")
 	require.Contains(t, out, "BUT keyed requests to route.hotrod:8083 from ")
 	require.Contains(t, out, "`sbx routes alice`")
-	_, err = c.Clients.Istio.NetworkingV1().VirtualServices(sim.AppNamespace).Get(ctx, "route-sbx", metav1.GetOptions{})
+	_, err := c.Clients.Istio.NetworkingV1().VirtualServices(sim.AppNamespace).Get(ctx, "route-sbx", metav1.GetOptions{})
 	require.True(t, apierrors.IsNotFound(err), "no exact-host VirtualService next to the wildcard")
 
 	code, out, errOut = runCLI(t, "routes", "alice")
@@ -637,6 +626,23 @@ func TestCLIConnectSaysWhereKeyedRequestsDoNotReach(t *testing.T) {
 	got, err := c.Clients.Istio.NetworkingV1().VirtualServices(sim.AppNamespace).Get(ctx, "wild", metav1.GetOptions{})
 	require.NoError(t, err)
 	require.Len(t, got.Spec.Http, 1, "the twin is gone")
+}
+
+// startSimDaemon starts a simulated cluster (seed changes it first) and an
+// in-process daemon on the CLI's default paths that uses it.
+func startSimDaemon(ctx context.Context, t *testing.T, opts sim.Options, seed func(*sim.Cluster)) *sim.Cluster {
+	t.Helper()
+	c, err := sim.Start(ctx, opts)
+	require.NoError(t, err)
+	t.Cleanup(c.Close)
+	if seed != nil {
+		seed(c)
+	}
+	kc := daemon.NewClusterFromKube(&kube.Cluster{REST: c.RESTConfig, Kube: c.Clients.Kube, Istio: c.Clients.Istio, Namespace: sim.AppNamespace},
+		daemon.KubeOptions{DefaultRelayImage: "ghcr.io/sbx-dev/sbx:test"})
+	t.Cleanup(func() { _ = kc.Close() })
+	startInProcessDaemon(t, kc)
+	return c
 }
 
 func TestCLILogsTail(t *testing.T) {

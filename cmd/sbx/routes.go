@@ -38,12 +38,9 @@ or shadows them ("restored" counts that).`,
 				return err
 			}
 			defer c.Close()
-			sb, err := c.Sandbox(ctx, args[0])
+			sb, err := connectedSandbox(ctx, c, args[0])
 			if err != nil {
-				if daemon.IsNotFound(err) {
-					return userError(err, "connect it with `sbx connect -f FILE`")
-				}
-				return classify(err, "")
+				return err
 			}
 			if sb.Routes == nil {
 				return &cliError{kind: kindUser, code: 1,

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -54,12 +55,9 @@ with -o json, one JSON event per line (the first a full snapshot).`,
 			}
 			if !watch {
 				if name != "" {
-					sb, err := c.Sandbox(ctx, name)
+					sb, err := connectedSandbox(ctx, c, name)
 					if err != nil {
-						if daemon.IsNotFound(err) {
-							return userError(err, "connect it with `sbx connect -f FILE`")
-						}
-						return classify(err, "")
+						return err
 					}
 					return printValue(g.stdout, format, sb, func() string { return renderSandbox(sb, time.Now()) })
 				}
@@ -74,6 +72,19 @@ with -o json, one JSON event per line (the first a full snapshot).`,
 	}
 	cmd.Flags().BoolVarP(&watch, "watch", "w", false, "keep printing changes until interrupted")
 	return cmd
+}
+
+// connectedSandbox asks the daemon for one sandbox; one it does not know
+// is a usage error that says how to connect it.
+func connectedSandbox(ctx context.Context, c *daemon.Client, name string) (daemon.SandboxStatus, error) {
+	sb, err := c.Sandbox(ctx, name)
+	if err != nil {
+		if daemon.IsNotFound(err) {
+			return sb, userError(err, "connect it with `sbx connect -f FILE`")
+		}
+		return sb, classify(err, "")
+	}
+	return sb, nil
 }
 
 // watchStatus follows the daemon's watch stream. Text re-renders the whole

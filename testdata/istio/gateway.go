@@ -27,25 +27,7 @@ type GatewayClient struct {
 // gatewayProxy builds the router proxy the way Istio's gateway simulation
 // tests do (a model.Router passed through ConfigGenTest.SetupProxy).
 func (j *Judge) gatewayProxy(g GatewayClient) *model.Proxy {
-	p := &model.Proxy{
-		Type:            model.Router,
-		ID:              "gateway." + g.Namespace,
-		ConfigNamespace: g.Namespace,
-		DNSDomain:       g.Namespace + ".svc." + domainSuffix,
-		IPAddresses:     []string{gatewayIP},
-		Labels:          maps.Clone(g.Labels),
-		Metadata: &model.NodeMetadata{
-			Namespace:    g.Namespace,
-			Labels:       maps.Clone(g.Labels),
-			IstioVersion: istioVersion,
-		},
-		IstioVersion: model.ParseIstioVersion(istioVersion),
-	}
-	p.SetSidecarScope(j.push)
-	p.SetServiceTargets(j.srv.Env().ServiceDiscovery)
-	p.SetGatewaysForProxy(j.push)
-	p.DiscoverIPMode()
-	return p
+	return j.newProxy(model.Router, "gateway.", g.Namespace, g.Labels, gatewayIP)
 }
 
 // GatewayRouteConfigs returns the HTTP route configurations Istio generates

@@ -206,16 +206,22 @@ func (j *Judge) WithT(t *testing.T) *Judge {
 // proxy builds the client sidecar the way pilot tests do
 // (ConfigGenTest.SetupProxy), against the judge's PushContext.
 func (j *Judge) proxy(c Client) *model.Proxy {
+	return j.newProxy(model.SidecarProxy, "client.", c.Namespace, c.Labels, clientIP)
+}
+
+// newProxy builds a proxy of type typ (a sidecar or a gateway's router)
+// for a pod of namespace ns with labels and ip.
+func (j *Judge) newProxy(typ model.NodeType, idPrefix, ns string, labels map[string]string, ip string) *model.Proxy {
 	p := &model.Proxy{
-		Type:            model.SidecarProxy,
-		ID:              "client." + c.Namespace,
-		ConfigNamespace: c.Namespace,
-		DNSDomain:       c.Namespace + ".svc." + domainSuffix,
-		IPAddresses:     []string{clientIP},
-		Labels:          maps.Clone(c.Labels),
+		Type:            typ,
+		ID:              idPrefix + ns,
+		ConfigNamespace: ns,
+		DNSDomain:       ns + ".svc." + domainSuffix,
+		IPAddresses:     []string{ip},
+		Labels:          maps.Clone(labels),
 		Metadata: &model.NodeMetadata{
-			Namespace:    c.Namespace,
-			Labels:       maps.Clone(c.Labels),
+			Namespace:    ns,
+			Labels:       maps.Clone(labels),
 			IstioVersion: istioVersion,
 		},
 		IstioVersion: model.ParseIstioVersion(istioVersion),

@@ -23,6 +23,7 @@ import (
 	"strings"
 
 	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
 	istionet "istio.io/client-go/pkg/apis/networking/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -134,10 +135,11 @@ func strictJSON(js []byte, v any) error {
 	return errors.Join(strict...)
 }
 
-// parseVirtualService reads metadata with Kubernetes' strict JSON and the spec with
-// protojson, both rejecting unknown fields (Istio's generated UnmarshalJSON
-// for the spec would silently drop them).
-func parseVirtualService(js []byte) (*istionet.VirtualService, error) {
+// parseNetworking reads an Istio networking object: metadata with
+// Kubernetes' strict JSON and the spec with protojson into spec, both
+// rejecting unknown fields (Istio's generated UnmarshalJSON for the spec
+// would silently drop them).
+func parseNetworking(js []byte, spec proto.Message) (metav1.ObjectMeta, error) {
 	var raw struct {
 		APIVersion string            `json:"apiVersion"`
 		Kind       string            `json:"kind"`
@@ -145,21 +147,24 @@ func parseVirtualService(js []byte) (*istionet.VirtualService, error) {
 		Spec       json.RawMessage   `json:"spec"`
 	}
 	if err := strictJSON(js, &raw); err != nil {
-		return nil, err
+		return metav1.ObjectMeta{}, err
 	}
 	if raw.Metadata.Namespace == "" {
-		return nil, errors.New("metadata.namespace is required")
-	}
-	vs := &istionet.VirtualService{
-		TypeMeta:   metav1.TypeMeta{APIVersion: "networking.istio.io/v1", Kind: "VirtualService"},
-		ObjectMeta: raw.Metadata,
+		return metav1.ObjectMeta{}, errors.New("metadata.namespace is required")
 	}
 	if len(raw.Spec) > 0 {
-		if err := protojson.Unmarshal(raw.Spec, &vs.Spec); err != nil {
-			return nil, fmt.Errorf("spec: %w", err)
+		if err := protojson.Unmarshal(raw.Spec, spec); err != nil {
+			return metav1.ObjectMeta{}, fmt.Errorf("spec: %w", err)
 		}
 	}
-	return vs, nil
+	return raw.Metadata, nil
+}
+
+func parseVirtualService(js []byte) (*istionet.VirtualService, error) {
+	vs := &istionet.VirtualService{TypeMeta: metav1.TypeMeta{APIVersion: "networking.istio.io/v1", Kind: "VirtualService"}}
+	meta, err := parseNetworking(js, &vs.Spec)
+	vs.ObjectMeta = meta
+	return vs, err
 }
 
 // isNetworkingVersion reports whether apiVersion is one of the
@@ -172,29 +177,9 @@ func isNetworkingVersion(apiVersion string) bool {
 	return false
 }
 
-// parseGateway reads a Gateway as strictly as parseVirtualService reads a
-// VirtualService.
 func parseGateway(js []byte) (*istionet.Gateway, error) {
-	var raw struct {
-		APIVersion string            `json:"apiVersion"`
-		Kind       string            `json:"kind"`
-		Metadata   metav1.ObjectMeta `json:"metadata"`
-		Spec       json.RawMessage   `json:"spec"`
-	}
-	if err := strictJSON(js, &raw); err != nil {
-		return nil, err
-	}
-	if raw.Metadata.Namespace == "" {
-		return nil, errors.New("metadata.namespace is required")
-	}
-	gw := &istionet.Gateway{
-		TypeMeta:   metav1.TypeMeta{APIVersion: "networking.istio.io/v1", Kind: "Gateway"},
-		ObjectMeta: raw.Metadata,
-	}
-	if len(raw.Spec) > 0 {
-		if err := protojson.Unmarshal(raw.Spec, &gw.Spec); err != nil {
-			return nil, fmt.Errorf("spec: %w", err)
-		}
-	}
-	return gw, nil
+	gw := &istionet.Gateway{TypeMeta: metav1.TypeMeta{APIVersion: "networking.istio.io/v1", Kind: "Gateway"}}
+	meta, err := parseNetworking(js, &gw.Spec)
+	gw.ObjectMeta = meta
+	return gw, err
 }
