@@ -173,8 +173,13 @@ type RouteStatus struct {
 	Changed []string `json:"changed,omitempty"`
 }
 
+// ErrRouteConflict is returned (wrapped) when VirtualServices kept
+// changing under sbx's writes through every planning round: others (CD,
+// other sandboxes) write them at the same time; trying again later works.
+var ErrRouteConflict = errors.New("VirtualServices kept changing while sbx wrote its routes (others write them at the same time); sbx tries again")
+
 // errRouteConflict asks reconcile to plan again against fresh objects.
-var errRouteConflict = errors.New("a VirtualService changed while sbx wrote it")
+var errRouteConflict = ErrRouteConflict
 
 // maxRouteRounds bounds the plan-write rounds when others write the same
 // VirtualServices at the same time (each round keeps what it wrote).

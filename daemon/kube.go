@@ -707,7 +707,7 @@ func transient(err error) bool {
 		api apierrors.APIStatus
 	)
 	switch {
-	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, context.Canceled):
+	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, context.Canceled), errors.Is(err, cluster.ErrRouteConflict):
 		return true
 	case errors.As(err, &ne), errors.As(err, &ue):
 		return true

@@ -22,6 +22,7 @@ import (
 	"k8s.io/client-go/rest"
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 
+	"github.com/sbx-dev/sbx/cluster"
 	"github.com/sbx-dev/sbx/cluster/kube"
 	"github.com/sbx-dev/sbx/cluster/kube/kubetest"
 )
@@ -42,6 +43,7 @@ func TestTransientApplyErrors(t *testing.T) {
 		{"conflict", apierrors.NewConflict(gr, "x", errors.New("rv")), true},
 		{"unauthorized", apierrors.NewUnauthorized("token expired"), true},
 		{"too many", apierrors.NewTooManyRequests("slow down", 1), true},
+		{"routes kept changing", fmt.Errorf("mesh routes: %w", cluster.ErrRouteConflict), true},
 		{"not found wrapped", fmt.Errorf("read Deployment hotrod/x: %w", apierrors.NewNotFound(gr, "x")), false},
 		{"resolution", errors.New("Deployment hotrod/rout not found: check spec.local[].from"), false},
 		{"invalid", apierrors.NewBadRequest("bad"), false},
