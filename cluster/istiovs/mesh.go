@@ -71,10 +71,11 @@ func (m *Mesh) FQDN(service, namespace string) string {
 // Istio does (model.ResolveShortnameToFQDN): only a name without any dot
 // is relative (name.ns.svc.domain); "*", IP addresses and every dotted
 // name stay literal, so "route.hotrod" is not the Service route of
-// namespace hotrod. Comparison is case-insensitive, as Istio lowercases
-// hosts before looking them up.
+// namespace hotrod. The case is kept: Istio lowercases a VirtualService's
+// hosts to find Services by them, but not when it looks for an exact host
+// that takes a Service from a wildcard, nor in destinations (a cluster
+// named with upper case exists for no Service).
 func (m *Mesh) ResolveHost(h, ns string) string {
-	h = strings.ToLower(h)
 	if h == "" || h == "*" || strings.Contains(h, ".") {
 		return h
 	}
@@ -290,10 +291,10 @@ func (m *Mesh) resolveRoute(r *networking.HTTPRoute, ns string) *networking.HTTP
 
 // HostMatch says how a resolved VirtualService host matches a Service's
 // FQDN: 0 not at all, otherwise larger is more specific, an exact host
-// above every wildcard (host.MoreSpecific).
+// (in any case) above every wildcard (host.MoreSpecific).
 func HostMatch(pattern, fqdn string) int {
 	switch {
-	case pattern == fqdn:
+	case strings.EqualFold(pattern, fqdn):
 		return 1 << 20
 	case strings.HasPrefix(pattern, "*") && strings.HasSuffix(fqdn, pattern[1:]):
 		return len(pattern)
@@ -316,12 +317,12 @@ var bucketNames = [...]string{"private", "exported", "public"}
 // Chain returns the VirtualServices Istio considers, in order, for
 // requests to fqdn from sidecars in clientNS (SelectVirtualServices, then
 // BuildSidecarVirtualHostWrapper): those bound to the mesh and visible to
-// the namespace, ordered private, exported-to-it, public, each by age; if
-// any names the host exactly, only those (an exact host always beats a
-// wildcard, even on ports it has no route for); otherwise the one most
-// specific wildcard. The first of them that yields a route for a port
-// and client applies (see Routes); none, and the sidecar uses its default
-// route to the Service.
+// the namespace, ordered private, exported-to-it, public, each by age:
+// those naming the host, and the one most specific wildcard unless one
+// names the host exactly (an exact host takes the Service from every
+// wildcard, even on ports it has no route for). The first of them that
+// yields a route for a port and client applies (see Routes); none, and
+// the sidecar uses its default route to the Service.
 func (m *Mesh) Chain(fqdn, clientNS string) []Link {
 	type cand struct {
 		v *VirtualService
@@ -342,33 +343,40 @@ func (m *Mesh) Chain(fqdn, clientNS string) []Link {
 		}
 		return Older(a.v, b.v)
 	})
-	var exact []Link
-	var wild *Link
-	wildScore := 0
+	// Every VirtualService naming the host (in any case: Istio lowercases
+	// them to find the Service) takes part; the most specific wildcard
+	// does too, unless one names the host exactly as the registry does:
+	// Istio's index of exact hosts, which takes a Service from every
+	// wildcard, compares case-sensitively (computeWildcardHostVirtualServiceIndex).
+	// The first VirtualService of a wildcard host keeps it; a more
+	// specific wildcard beats a shorter one.
+	var wild *VirtualService
+	wildHost, wildScore := "", 0
+	exactCS := false
 	for _, c := range vis {
-		mv := m.Merge(c.v)
-		best, bestHost := 0, ""
-		for _, h := range mv.Hosts {
-			if s := HostMatch(h, fqdn); s > best {
-				best, bestHost = s, h
+		for _, h := range m.Merge(c.v).Hosts {
+			switch s := HostMatch(h, fqdn); {
+			case s == 1<<20:
+				exactCS = exactCS || h == fqdn
+			case s > wildScore:
+				wild, wildHost, wildScore = c.v, h, s
 			}
 		}
+	}
+	if exactCS {
+		wild = nil
+	}
+	var links []Link
+	for _, c := range vis {
+		mv := m.Merge(c.v)
 		switch {
-		case best == 1<<20:
-			exact = append(exact, Link{Merged: mv, Bucket: bucketNames[c.b]})
-		case best > wildScore:
-			// The first VirtualService of a wildcard host keeps it; a more
-			// specific wildcard beats a shorter one.
-			wild, wildScore = &Link{Merged: mv, Wildcard: bestHost, Bucket: bucketNames[c.b]}, best
+		case slices.ContainsFunc(mv.Hosts, func(h string) bool { return HostMatch(h, fqdn) == 1<<20 }):
+			links = append(links, Link{Merged: mv, Bucket: bucketNames[c.b]})
+		case c.v == wild:
+			links = append(links, Link{Merged: mv, Wildcard: wildHost, Bucket: bucketNames[c.b]})
 		}
 	}
-	if len(exact) > 0 {
-		return exact
-	}
-	if wild != nil {
-		return []Link{*wild}
-	}
-	return nil
+	return links
 }
 
 // Views returns the client namespaces that may see different chains for

@@ -33,8 +33,8 @@ func TestResolveHost(t *testing.T) {
 	m := &Mesh{}
 	for in, want := range map[string]string{
 		"route":                           fqdn,
-		"Route":                           fqdn,
-		"route.hotrod":                    "route.hotrod", // dotted: literal, not the Service
+		"Route":                           "Route.hotrod.svc.cluster.local", // case kept: Istio finds Services case-insensitively, but not destinations
+		"route.hotrod":                    "route.hotrod",                   // dotted: literal, not the Service
 		"route.hotrod.svc":                "route.hotrod.svc",
 		"route.hotrod.svc.cluster.local.": "route.hotrod.svc.cluster.local.",
 		"*":                               "*",
@@ -91,6 +91,22 @@ func TestChainExactBeatsWildcard(t *testing.T) {
 	l, refs := Effective(c, 8083, Client{Namespace: "x"})
 	require.Nil(t, l, "no route on 8083: the default route, not the wildcard")
 	require.Nil(t, refs)
+}
+
+// Istio finds a Service by a VirtualService host in any case, but only a
+// host written exactly as the registry has it takes the Service from
+// wildcards: an upper-case exact host and the wildcard both stay in the
+// chain, in Istio's order.
+func TestChainUpperCaseExactHost(t *testing.T) {
+	upper := vs(t, "hotrod", "upper", 0, "{hosts: [ROUTE.hotrod.svc.cluster.local], http: [{match: [{port: 9001}], route: [{destination: {host: route.hotrod.svc.cluster.local}}]}]}")
+	wild := vs(t, "platform", "wild", time.Hour, "{hosts: ['*.hotrod.svc.cluster.local'], http: [{route: [{destination: {host: route.hotrod.svc.cluster.local}}]}]}")
+	m := &Mesh{VirtualServices: []*VirtualService{wild, upper}}
+	c := m.Chain(fqdn, "")
+	require.Equal(t, []string{"hotrod/upper", "platform/wild"}, keys(c))
+	l, _ := Effective(c, 8083, Client{Namespace: "x"})
+	require.Equal(t, "platform/wild", l.VS.Key(), "upper yields nothing on 8083: the wildcard")
+	l, _ = Effective(c, 9001, Client{Namespace: "x"})
+	require.Equal(t, "hotrod/upper", l.VS.Key())
 }
 
 func TestRoutesPortsSourcesCatchAll(t *testing.T) {

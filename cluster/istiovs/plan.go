@@ -269,6 +269,7 @@ func MakePlan(m *Mesh, sb Sandbox, o Options) (*Plan, error) {
 		states = append(states, st)
 	}
 	p.addOtherRoutes(patch)
+	p.addDelegates(patch)
 
 	plan := &Plan{}
 	// Edits of CD's (and others') VirtualServices, in a stable order.
@@ -360,10 +361,12 @@ func (p *planner) analyse(s Service, patch map[string]*VirtualService) (*svcStat
 	for mi, m := range p.meshes() {
 		for _, ns := range m.Views(st.fqdn, s.Namespace, p.sb.Home) {
 			chain := m.Chain(st.fqdn, ns)
-			if len(chain) == 1 && chain[0].Wildcard != "" && st.ownOK {
-				st.ownOK = false
-				st.ownWhy = fmt.Sprintf("VirtualService %s (host %s) routes %s for clients in %s, and a VirtualService for the exact host would take %s away from it for all traffic",
-					chain[0].VS.Key(), chain[0].Wildcard, s.Name, clientsName(ns), s.Name)
+			for _, l := range chain {
+				if l.Wildcard != "" && st.ownOK {
+					st.ownOK = false
+					st.ownWhy = fmt.Sprintf("VirtualService %s (host %s) routes %s for clients in %s, and a VirtualService for the exact host would take %s away from it for all traffic",
+						l.VS.Key(), l.Wildcard, s.Name, clientsName(ns), s.Name)
+				}
 			}
 			for _, port := range ports {
 				live, all := liveLinks(chain, port, ns)
@@ -483,11 +486,16 @@ func (p *planner) viewReport(st *svcState, chain []Link, ns string, port int32) 
 }
 
 // destinationOf returns the destination of a resolved route that sends to
-// fqdn: the heaviest one (the first among equals), or nil.
+// fqdn: the heaviest one (the first among equals), or nil. Hosts compare
+// exactly, as Envoy's cluster names do; of several destinations, one of
+// weight 0 takes nothing (applyHTTPRouteDestination skips it).
 func (p *planner) destinationOf(r *networking.HTTPRoute, fqdn string) *networking.HTTPRouteDestination {
 	var best *networking.HTTPRouteDestination
 	for _, d := range r.Route {
-		if strings.EqualFold(d.GetDestination().GetHost(), fqdn) && (best == nil || d.Weight > best.Weight) {
+		if len(r.Route) > 1 && d.Weight == 0 {
+			continue
+		}
+		if d.GetDestination().GetHost() == fqdn && (best == nil || d.Weight > best.Weight) {
 			best = d
 		}
 	}
@@ -500,7 +508,7 @@ func (p *planner) destinationOf(r *networking.HTTPRoute, fqdn string) *networkin
 // VirtualServices of other hosts.
 func (p *planner) addOtherRoutes(patch map[string]*VirtualService) {
 	for _, v := range p.m.VirtualServices {
-		if patch[v.Key()] != nil || v.Spec == nil || len(v.Spec.GetHosts()) == 0 || p.o.Ignored(v) {
+		if patch[v.Key()] != nil || v.Spec == nil || len(v.Spec.GetHosts()) == 0 {
 			continue
 		}
 		if slices.Contains(p.m.exportTo(v), "~") {
@@ -517,6 +525,41 @@ func (p *planner) addOtherRoutes(patch map[string]*VirtualService) {
 			}
 		}
 	}
+}
+
+// addDelegates adds the delegates of every VirtualService to change: a
+// delegate's routes get their twins in the delegate itself, right before
+// each, so that they keep their place among its routes when Istio merges
+// them under the root (MergeHTTPRoutes merges the twin's baggage match
+// with the root's match like any other).
+func (p *planner) addDelegates(patch map[string]*VirtualService) {
+	for _, v := range slices.Collect(maps.Values(patch)) {
+		for _, o := range p.m.Merge(v).Origin {
+			if d := o.Delegate; d != nil && patch[d.Key()] == nil && p.delegatesToMapped(d) {
+				patch[d.Key()] = d
+			}
+		}
+	}
+}
+
+func (p *planner) delegatesToMapped(d *VirtualService) bool {
+	return slices.ContainsFunc(p.m.Merge(d).HTTP, p.routesToMapped)
+}
+
+// roots returns the VirtualServices whose routes delegate to d.
+func (p *planner) roots(d *VirtualService) []*VirtualService {
+	var out []*VirtualService
+	for _, v := range p.m.VirtualServices {
+		if len(v.Spec.GetHosts()) == 0 {
+			continue
+		}
+		for _, o := range p.m.Merge(v).Origin {
+			if o.Delegate == d && !slices.Contains(out, v) {
+				out = append(out, v)
+			}
+		}
+	}
+	return out
 }
 
 // registryHosts reports whether a mesh VirtualService names hosts that can
@@ -648,13 +691,13 @@ func (p *planner) twins(v *VirtualService) map[int][]*networking.HTTPRoute {
 	used := map[string]int{}
 	for i, r := range mv.HTTP {
 		o := mv.Origin[i]
+		if o.Delegate != nil {
+			continue // its twins go into the delegate (addDelegates)
+		}
 		if IsSandboxRoute(raw[o.Root].GetName()) || IsFallbackRoute(raw[o.Root].GetName()) {
 			continue
 		}
-		src := r // resolved: a delegate's hosts are relative to its own namespace
-		if o.Delegate == nil {
-			src = raw[o.Root] // the same VirtualService: relative hosts stay right
-		}
+		src := raw[o.Root] // the same VirtualService: relative hosts stay right
 		for _, s := range p.sb.Services {
 			fqdn := p.m.FQDN(s.Name, s.Namespace)
 			d := p.destinationOf(r, fqdn)
@@ -686,8 +729,11 @@ func (p *planner) twinsOf(v *VirtualService, src, r *networking.HTTPRoute, d *ne
 	if r.GetName() == "" {
 		where = "a route of VirtualService " + v.Key()
 	}
+	// Without a port, a sidecar sends to the port the request came in on
+	// (its per-port view of a Service holds only that port); a gateway
+	// sends to a one-port Service's only port (GetDestinationCluster).
 	fixed := int32(d.GetDestination().GetPort().GetNumber())
-	if fixed == 0 && len(s.Ports) == 1 {
+	if fixed == 0 && len(s.Ports) == 1 && !p.reachesSidecars(v) {
 		fixed = s.Ports[0]
 	}
 	var out []*networking.HTTPRoute
@@ -701,7 +747,7 @@ func (p *planner) twinsOf(v *VirtualService, src, r *networking.HTTPRoute, d *ne
 			km, why := p.keyedMatch(m, port, setPort)
 			if why == "" && CatchAll(m) && p.sharesGatewayHost(v) {
 				var gwWhy string
-				km, gwWhy = meshOnly(km, v)
+				km, gwWhy = p.meshOnly(km, v)
 				if km != nil {
 					p.warnf("keyed requests that %s takes at a gateway reach the baseline (from sidecars they reach the sandbox): %s", where, gwWhy)
 				} else {
@@ -725,7 +771,7 @@ func (p *planner) twinsOf(v *VirtualService, src, r *networking.HTTPRoute, d *ne
 			Headers:     proto.Clone(d).(*networking.HTTPRouteDestination).GetHeaders(),
 		}}
 		t.Delegate, t.Redirect, t.DirectResponse = nil, nil, nil
-		if t.Retries == nil {
+		if t.Retries == nil && !p.rootsSetRetries(v) {
 			t.Retries = proto.Clone(p.sb.Retries).(*networking.HTTPRetry)
 		}
 		out = append(out, t)
@@ -754,39 +800,33 @@ func (p *planner) twinsOf(v *VirtualService, src, r *networking.HTTPRoute, d *ne
 	return out
 }
 
-// sharesGatewayHost reports whether another VirtualService binds one of
-// v's hosts on one of v's gateways. A gateway merges such VirtualServices
-// into one route list and moves every catch-all route behind the others
+// sharesGatewayHost reports whether another VirtualService may be merged
+// with v's routes at a gateway: bound to a gateway (any: one gateway pod
+// serves every Gateway that selects it, merged per port) with a host that
+// can be one of v's. A gateway merges such VirtualServices into one route
+// list and moves every catch-all route behind the others
 // (route.SortVHostRoutes): the twin of a catch-all, no catch-all itself,
 // would stay ahead of the other VirtualServices' routes and take keyed
-// requests they should get.
+// requests they should get. For a delegate, its roots' gateways and
+// hosts count.
 func (p *planner) sharesGatewayHost(v *VirtualService) bool {
-	var gws []string
-	for _, g := range v.Spec.GetGateways() {
-		if g != MeshGateway {
-			gws = append(gws, gatewayKey(g, v.Namespace))
-		}
+	owners := []*VirtualService{v}
+	if len(v.Spec.GetHosts()) == 0 {
+		owners = p.roots(v)
 	}
-	if len(gws) == 0 {
-		return false
-	}
-	for _, o := range p.m.VirtualServices {
-		if o == v || o.Spec == nil {
+	for _, own := range owners {
+		if !BoundToGateway(own.Spec) {
 			continue
 		}
-		shared := false
-		for _, g := range o.Spec.GetGateways() {
-			if slices.Contains(gws, gatewayKey(g, o.Namespace)) {
-				shared = true
+		for _, o := range p.m.VirtualServices {
+			if o == own || o.Spec == nil || !BoundToGateway(o.Spec) {
+				continue
 			}
-		}
-		if !shared {
-			continue
-		}
-		for _, a := range v.Spec.GetHosts() {
-			for _, b := range o.Spec.GetHosts() {
-				if hostsIntersect(strings.ToLower(a), strings.ToLower(b)) {
-					return true
+			for _, a := range p.m.Merge(own).Hosts {
+				for _, b := range p.m.Merge(o).Hosts {
+					if hostsIntersect(strings.ToLower(a), strings.ToLower(b)) {
+						return true
+					}
 				}
 			}
 		}
@@ -794,13 +834,38 @@ func (p *planner) sharesGatewayHost(v *VirtualService) bool {
 	return false
 }
 
-// gatewayKey is a gateway reference as "namespace/name" (a bare name is
-// in the VirtualService's namespace).
-func gatewayKey(g, ns string) string {
-	if strings.Contains(g, "/") {
-		return g
+// reachesSidecars reports whether v's routes apply to sidecars: it is
+// bound to the mesh, or it is a delegate of a root that is.
+func (p *planner) reachesSidecars(v *VirtualService) bool {
+	if len(v.Spec.GetHosts()) > 0 {
+		return BoundToMesh(v.Spec)
 	}
-	return ns + "/" + g
+	return slices.ContainsFunc(p.roots(v), func(r *VirtualService) bool { return BoundToMesh(r.Spec) })
+}
+
+// rootsSetRetries reports whether a delegate's routes inherit retries
+// from a root route that delegates to it (Istio fills a delegate route's
+// unset settings from the root's).
+func (p *planner) rootsSetRetries(v *VirtualService) bool {
+	if len(v.Spec.GetHosts()) > 0 {
+		return false
+	}
+	for _, r := range p.roots(v) {
+		for _, h := range r.Spec.GetHttp() {
+			d := h.GetDelegate()
+			if d != nil && d.Name == v.Name && cmpOr(d.Namespace, r.Namespace) == v.Namespace && h.Retries != nil {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+func cmpOr(a, b string) string {
+	if a != "" {
+		return a
+	}
+	return b
 }
 
 // hostsIntersect reports whether two gateway hosts can name the same
@@ -819,14 +884,16 @@ func hostsIntersect(a, b string) bool {
 
 // meshOnly keeps a catch-all's twin off gateways that share the host with
 // other VirtualServices (see sharesGatewayHost): it applies to sidecars
-// only, or not at all when v is bound to no mesh.
-func meshOnly(km *networking.HTTPMatchRequest, v *VirtualService) (*networking.HTTPMatchRequest, string) {
+// only, or not at all when v reaches no sidecar. Match-level gateways make
+// Istio ignore sourceLabels and sourceNamespace, so a twin of a
+// source-bound route cannot be limited this way.
+func (p *planner) meshOnly(km *networking.HTTPMatchRequest, v *VirtualService) (*networking.HTTPMatchRequest, string) {
 	why := "a gateway it is bound to merges it with other VirtualServices of the host and moves catch-all routes last, so a keyed twin would take requests the other VirtualServices' routes should get"
 	applies := km.Gateways
-	if len(applies) == 0 {
-		applies = v.Spec.GetGateways()
+	if len(applies) == 0 && p.reachesSidecars(v) {
+		applies = []string{MeshGateway}
 	}
-	if !slices.Contains(applies, MeshGateway) {
+	if !slices.Contains(applies, MeshGateway) || len(km.SourceLabels) > 0 || km.SourceNamespace != "" {
 		return nil, why
 	}
 	km.Gateways = []string{MeshGateway}
@@ -847,11 +914,8 @@ func (p *planner) keyedMatch(m *networking.HTTPMatchRequest, port int32, setPort
 			return nil, "it already matches the baggage header, and a route can match a header only once"
 		}
 	}
-	for h := range km.WithoutHeaders {
-		if strings.EqualFold(h, BaggageHeader) {
-			return nil, "it only takes requests without a baggage header"
-		}
-	}
+	// A withoutHeaders condition on baggage stays: the twin then takes
+	// keyed requests that lack the other member, as the original does.
 	if km.Headers == nil {
 		km.Headers = map[string]*networking.StringMatch{}
 	}
@@ -883,6 +947,9 @@ func (p *planner) ownEdit(st *svcState) (Edit, bool) {
 	var want []*networking.HTTPRoute
 	if st.ownOK {
 		for _, port := range slices.Sorted(maps.Keys(st.ownPorts)) {
+			if foreignCovers(existing, uint32(port)) {
+				continue // its twin carries the keyed requests
+			}
 			mp := s.Mapped[port]
 			want = append(want, &networking.HTTPRoute{
 				Name: fmt.Sprintf("sbx-%s-%s-%d", p.sb.Key, mp.Workload, port),
@@ -898,13 +965,16 @@ func (p *planner) ownEdit(st *svcState) (Edit, bool) {
 	http := p.ownRoutes(st.own, existing, want, s.Name)
 	e := Edit{Namespace: s.Namespace, Name: name, VS: st.own, Own: true, Service: s.Name, HTTP: http, Ours: len(want)}
 	keyed := slices.ContainsFunc(http, func(r *networking.HTTPRoute) bool { return IsSandboxRoute(r.GetName()) })
+	foreign := slices.ContainsFunc(http, isForeign)
 	switch {
 	case st.own == nil && !keyed:
 		return Edit{}, false
 	case st.own == nil:
 		e.Create = true
 		return e, true
-	case !keyed || !st.ownOK:
+	case !st.ownOK || !keyed && !foreign:
+		// Next to a wildcard it must go, whatever it holds: its existence
+		// takes the Service from the wildcard.
 		e.Delete = true
 		e.HTTP = nil
 		return e, true
@@ -925,46 +995,88 @@ func (p *planner) ownEdit(st *svcState) (Edit, bool) {
 func (p *planner) ownCleanup(v *VirtualService) (Edit, bool) {
 	existing := v.Spec.GetHttp()
 	svc := v.Annotations["sbx.dev/baseline-service"]
+	if hosts := v.Spec.GetHosts(); svc == "" && len(hosts) == 1 && !strings.ContainsAny(hosts[0], ".*") {
+		svc = hosts[0] // its own host names the Service
+	}
+	if svc == "" {
+		p.warnf("VirtualService %s is labelled as sbx's own but names no Service (annotation sbx.dev/baseline-service, or one short host): sbx leaves it alone; delete it if no sandbox uses it", v.Key())
+		return Edit{}, false
+	}
 	http := p.ownRoutes(v, existing, nil, svc)
 	if routesEqual(existing, http) {
 		return Edit{}, false
 	}
 	e := Edit{Namespace: v.Namespace, Name: v.Name, VS: v, Own: true, Service: svc, HTTP: http}
-	if !slices.ContainsFunc(http, func(r *networking.HTTPRoute) bool { return IsSandboxRoute(r.GetName()) }) {
+	if !slices.ContainsFunc(http, func(r *networking.HTTPRoute) bool { return IsSandboxRoute(r.GetName()) || isForeign(r) }) {
 		e.Delete, e.HTTP = true, nil
 	}
 	return e, true
 }
 
-// ownRoutes is the http list of an own VirtualService: other live
-// sandboxes' keyed routes where they are, ours where ours were (else
-// after theirs), then one fallback per port any keyed route uses, which
+// isForeign reports whether a route in sbx's own VirtualService is
+// someone else's (neither a sandbox's nor a fallback).
+func isForeign(r *networking.HTTPRoute) bool {
+	return !IsSandboxRoute(r.GetName()) && !IsFallbackRoute(r.GetName())
+}
+
+// ownRoutes is the http list of an own VirtualService: routes someone
+// else added first, where they were, each with its keyed twins before it
+// as in any VirtualService (kept, with a warning); then the sandboxes'
+// keyed routes, other live sandboxes' where they are, ours where ours
+// were (else after theirs); then one fallback per port those use, which
 // sends requests without a key where Istio's default route would.
 func (p *planner) ownRoutes(own *VirtualService, existing, want []*networking.HTTPRoute, svc string) []*networking.HTTPRoute {
 	ns := ""
 	if own != nil {
 		ns = own.Namespace
 	}
-	var out []*networking.HTTPRoute
-	at := -1
+	var body []*networking.HTTPRoute
+	lastForeign := -1
 	for _, r := range existing {
+		if IsFallbackRoute(r.GetName()) {
+			continue
+		}
+		if isForeign(r) {
+			lastForeign = len(body)
+		}
+		body = append(body, r)
+	}
+	var out []*networking.HTTPRoute
+	tail := body
+	if own != nil && lastForeign >= 0 {
+		head := *own
+		head.Spec = proto.Clone(own.Spec).(*networking.VirtualService)
+		head.Spec.Http = body[:lastForeign+1]
+		out, _, _ = p.rewrite(&head)
+		tail = body[lastForeign+1:]
+		p.warnf("sbx's own VirtualService %s holds route(s) sbx did not write; it keeps them, with keyed twins, ahead of the sandboxes' keyed routes", own.Key())
+	}
+	var keyed []*networking.HTTPRoute
+	at := -1
+	for _, r := range tail {
 		switch {
 		case RouteKey(r.GetName()) == p.sb.Key:
 			if at < 0 {
-				at = len(out)
+				at = len(keyed)
 			}
 		case IsSandboxRoute(r.GetName()) && !p.dead(r, ns):
-			out = append(out, r)
+			keyed = append(keyed, r)
 		}
 	}
 	if at < 0 {
-		at = len(out)
+		at = len(keyed)
 	}
-	out = slices.Insert(out, at, want...)
+	keyed = slices.Insert(keyed, at, want...)
+	out = append(out, keyed...)
 	ports := map[uint32]bool{}
-	for _, r := range out {
+	for _, r := range keyed {
 		for _, m := range r.Match {
 			ports[m.GetPort()] = true
+		}
+	}
+	for port := range ports {
+		if foreignCovers(existing, port) {
+			delete(ports, port)
 		}
 	}
 	for _, port := range slices.Sorted(maps.Keys(ports)) {
@@ -975,6 +1087,26 @@ func (p *planner) ownRoutes(own *VirtualService, existing, want []*networking.HT
 		})
 	}
 	return out
+}
+
+// foreignCovers reports whether a route someone else added to an own
+// VirtualService answers every request on port, so that nothing after it
+// is ever used there.
+func foreignCovers(http []*networking.HTTPRoute, port uint32) bool {
+	for _, r := range http {
+		if !isForeign(r) {
+			continue
+		}
+		if len(r.Match) == 0 {
+			return true
+		}
+		for _, m := range r.Match {
+			if CatchAll(m) && Unconditional(m, port, "") {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // ownShapeOK reports whether an own VirtualService still has the hosts

@@ -293,19 +293,24 @@ http:
 	require.Contains(t, strings.Join(p.Warnings, "\n"), "already matches the baggage header")
 }
 
-// A delegate's routes are flattened into twins before the root's route.
+// A delegate's routes get their twins in the delegate, right before each,
+// so they keep their place among its routes when Istio merges them under
+// the root; the root's own routes get theirs in the root.
 func TestPlanDelegateTwins(t *testing.T) {
-	root := vs(t, "hotrod", "root", 0, "{hosts: [route], http: [{match: [{uri: {prefix: /api}}], delegate: {name: d, namespace: team}}, {route: [{destination: {host: route}}]}]}")
-	d := vs(t, "team", "d", 0, "{http: [{match: [{uri: {prefix: /api/v1}}], timeout: 9s, mirror: {host: shadow}, route: [{destination: {host: route.hotrod.svc.cluster.local}}]}]}")
+	root := vs(t, "hotrod", "root", 0, "{hosts: [route], http: [{match: [{uri: {prefix: /api}}], retries: {attempts: 5}, delegate: {name: d, namespace: team}}, {route: [{destination: {host: route}}]}]}")
+	d := vs(t, "team", "d", 0, "{http: [{match: [{uri: {prefix: /api/v0}}], route: [{destination: {host: driver.hotrod.svc.cluster.local}}]}, {match: [{uri: {prefix: /api/v1}}], timeout: 9s, mirror: {host: shadow}, route: [{destination: {host: route.hotrod.svc.cluster.local}}]}]}")
 	p := plan(t, &Mesh{VirtualServices: []*VirtualService{root, d}}, routeSB(key1))
-	e := edit(p, "hotrod/root")
-	require.Equal(t, []string{"sbx-" + key1 + "-route-8083", "", "sbx-" + key1 + "-route-8083-2", ""}, names(e.HTTP))
-	twin := e.HTTP[0]
+	require.Equal(t, []string{"", "sbx-" + key1 + "-route-8083", ""}, names(edit(p, "hotrod/root").HTTP))
+	de := edit(p, "team/d")
+	require.NotNil(t, de)
+	require.Equal(t, []string{"", "sbx-" + key1 + "-route-8083", ""}, names(de.HTTP), "after the route to driver, before the one it mirrors")
+	twin := de.HTTP[1]
 	require.Equal(t, "/api/v1", twin.Match[0].Uri.GetPrefix())
 	require.Equal(t, 9*time.Second, twin.Timeout.AsDuration())
-	require.Equal(t, "shadow.team.svc.cluster.local", twin.Mirror.Host, "resolved in the delegate's namespace")
+	require.Equal(t, "shadow", twin.Mirror.Host, "as written: it stays in the delegate's namespace")
+	require.Equal(t, "route-sbx-"+key1+".hotrod.svc.cluster.local", twin.Route[0].Destination.Host)
+	require.Nil(t, twin.Retries, "the root's retries fill it in, as they do the original's")
 	require.Nil(t, twin.Delegate)
-	require.Nil(t, edit(p, "team/d"), "the delegate itself is not touched")
 }
 
 func TestPlanIgnoredRefused(t *testing.T) {

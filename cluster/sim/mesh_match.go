@@ -221,6 +221,11 @@ func (c *regexCache) matches(m *networking.HTTPMatchRequest, ri requestInfo) boo
 			}
 		}
 	}
+	if len(m.Gateways) > 0 {
+		// Listing gateways (with "mesh") makes Istio ignore the sources
+		// (sourceMatchHTTP).
+		return true
+	}
 	if len(m.SourceLabels) > 0 {
 		if ri.source == nil {
 			return false

@@ -685,6 +685,9 @@ func applyTarget(w *World, rt cluster.RouteTarget) {
 			w.VirtualServices = append(w.VirtualServices, obj)
 		}
 	default:
-		w.VirtualServices[idx] = rt.Object.DeepCopy()
+		// An update keeps what the server set: the creation time.
+		obj := rt.Object.DeepCopy()
+		obj.CreationTimestamp = w.VirtualServices[idx].CreationTimestamp
+		w.VirtualServices[idx] = obj
 	}
 }
