@@ -5,6 +5,7 @@ import (
 	"errors"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -70,6 +71,22 @@ func (c *kubeCluster) WatchRoutes(ctx context.Context, sb *spec.Sandbox, t Targe
 		default:
 		}
 	}
+	// Only changes that can concern the sandbox's routes wake a check, so
+	// that CD churn elsewhere in the cluster costs nothing: the names of
+	// its Services are known after the first check.
+	var relMu sync.Mutex
+	var names map[string]bool
+	pokeIf := func(objs ...any) {
+		relMu.Lock()
+		n := names
+		relMu.Unlock()
+		for _, obj := range objs {
+			if relevantVS(obj, n, t.RoutingKey) {
+				poke()
+				return
+			}
+		}
+	}
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	ctx, cancel := context.WithCancel(ctx)
@@ -84,9 +101,9 @@ func (c *kubeCluster) WatchRoutes(ctx context.Context, sb *spec.Sandbox, t Targe
 			},
 		}}, &istionet.VirtualService{}, 0, cache.Indexers{})
 		if _, err := inf.AddEventHandler(cache.ResourceEventHandlerFuncs{
-			AddFunc:    func(any) { poke() },
-			UpdateFunc: func(any, any) { poke() },
-			DeleteFunc: func(any) { poke() },
+			AddFunc:    func(obj any) { pokeIf(obj) },
+			UpdateFunc: func(old, obj any) { pokeIf(old, obj) },
+			DeleteFunc: func(obj any) { pokeIf(obj) },
 		}); err != nil {
 			report(RouteCheck{Err: err})
 			return
@@ -126,6 +143,15 @@ func (c *kubeCluster) WatchRoutes(ctx context.Context, sb *spec.Sandbox, t Targe
 		if ctx.Err() != nil {
 			return
 		}
+		if st != nil {
+			n := map[string]bool{}
+			for _, p := range st.Report {
+				n[strings.ToLower(p.Service)] = true
+			}
+			relMu.Lock()
+			names = n
+			relMu.Unlock()
+		}
 		report(routeCheck(st, err, c.server))
 	}
 }
@@ -138,6 +164,44 @@ type listWatch struct{ *cache.ListWatch }
 
 // IsWatchListSemanticsUnSupported implements the reflector's opt-out.
 func (listWatch) IsWatchListSemanticsUnSupported() bool { return true }
+
+// relevantVS reports whether a VirtualService event can concern the
+// sandbox's routes: while the Services' names are unknown, every one;
+// then those naming one of them (as a host or a destination, by its first
+// label), wildcards, delegates (no hosts), sbx's own, and those holding
+// the sandbox's routes.
+func relevantVS(obj any, names map[string]bool, key string) bool {
+	if d, ok := obj.(cache.DeletedFinalStateUnknown); ok {
+		obj = d.Obj
+	}
+	v, ok := obj.(*istionet.VirtualService)
+	if !ok || names == nil {
+		return true
+	}
+	if v.Labels[cluster.LabelManagedBy] == cluster.ManagedByValue || len(v.Spec.Hosts) == 0 {
+		return true
+	}
+	named := func(h string) bool {
+		first, _, _ := strings.Cut(strings.ToLower(h), ".")
+		return strings.HasPrefix(h, "*") || names[first]
+	}
+	for _, h := range v.Spec.Hosts {
+		if named(h) {
+			return true
+		}
+	}
+	for _, r := range v.Spec.Http {
+		if istiovs.RouteKey(r.GetName()) == key {
+			return true
+		}
+		for _, d := range r.Route {
+			if named(d.GetDestination().GetHost()) {
+				return true
+			}
+		}
+	}
+	return false
+}
 
 // watchNamespaces are where to watch VirtualServices: every namespace
 // ("") when the user may list them all, else the sandbox's.
