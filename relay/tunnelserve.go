@@ -14,9 +14,22 @@ import (
 // capabilities are announced in the Welcome.
 var capabilities = []string{"inbound", "outbound", "pool", "grace"}
 
+// Before its token is checked, a connection to the tunnel port costs the
+// relay a goroutine and one bounded read (tunnel.Server starts no
+// multiplexer before that): at most maxPendingHandshakes of them at once,
+// each with helloTimeout to send its Hello (the daemon sends it at once).
+// Anyone who may port-forward to the pod reaches the port, so without
+// these bounds a few connections that never authenticate could hold the
+// relay's memory or its goroutines.
+const (
+	maxPendingHandshakes = 64
+	helloTimeout         = 5 * time.Second
+)
+
 // acceptTunnel accepts port-forwarded connections from the daemon and runs
 // the handshake on each.
 func (r *Relay) acceptTunnel() {
+	pending := make(chan struct{}, maxPendingHandshakes)
 	for {
 		conn, err := r.tunnelL.Accept()
 		if err != nil {
@@ -25,10 +38,18 @@ func (r *Relay) acceptTunnel() {
 			}
 			return
 		}
+		select {
+		case pending <- struct{}{}:
+		default:
+			r.m.handshakes.WithLabelValues("too_many_pending").Inc()
+			r.log.Warn("too many tunnel connections waiting for their handshake; closing a new one", "remote", conn.RemoteAddr(), "limit", maxPendingHandshakes)
+			_ = conn.Close()
+			continue
+		}
 		r.wg.Add(1)
 		go func() {
 			defer r.wg.Done()
-			r.serveSession(conn)
+			r.serveSession(conn, func() { <-pending })
 		}()
 	}
 }
@@ -55,11 +76,14 @@ func (r *Relay) checkHello(h tunnel.Hello) (tunnel.Welcome, error) {
 }
 
 // serveSession handshakes on conn and, if the daemon is accepted, serves the
-// session's outbound streams until it ends.
-func (r *Relay) serveSession(conn net.Conn) {
-	// tunnel.Server bounds the handshake by r.tcfg.HandshakeTimeout and
-	// closes conn when it fails.
+// session's outbound streams until it ends; handshaken is called once the
+// handshake is over, either way.
+func (r *Relay) serveSession(conn net.Conn, handshaken func()) {
+	// tunnel.Server bounds the handshake by r.tcfg.HandshakeTimeout, clears
+	// this deadline once the Hello is in, and closes conn when it fails.
+	_ = conn.SetReadDeadline(time.Now().Add(helloTimeout))
 	s, hello, err := tunnel.Server(r.serveCtx, conn, r.tcfg, r.checkHello)
+	handshaken()
 	if err != nil {
 		r.m.handshakes.WithLabelValues(handshakeResult(err)).Inc()
 		r.log.Warn("tunnel handshake failed", "remote", conn.RemoteAddr(), "err", err)

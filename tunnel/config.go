@@ -11,7 +11,7 @@ import (
 // ProtocolVersion is the version of the sbx tunnel protocol this package
 // speaks. It is sent in Hello; a peer that speaks another version is refused
 // with a version-mismatch error. See PROTOCOL.md.
-const ProtocolVersion = 1
+const ProtocolVersion = 2
 
 // Hard bounds that no configuration may exceed. They keep a hostile or broken
 // peer from making us allocate more than a few KiB per frame we decode.

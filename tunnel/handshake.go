@@ -21,11 +21,12 @@ func TokenEqual(a, b string) bool {
 }
 
 // Client establishes a session over conn as the Hello sender (the daemon):
-// it opens the control stream, sends hello and waits for the Welcome. A
-// refusal is a *HandshakeError (errors.Is with ErrBadToken and friends).
-// hello.Version 0 means ProtocolVersion. ctx and cfg.HandshakeTimeout bound
-// the handshake only. On error conn is closed; on success the session owns
-// it.
+// it sends hello on the bare connection, waits for the Welcome, and only
+// then starts the multiplexer and opens the control stream. A refusal is
+// a *HandshakeError (errors.Is with ErrBadToken and friends).
+// hello.Version 0 means ProtocolVersion. ctx and cfg.HandshakeTimeout
+// bound the handshake only. On error conn is closed; on success the
+// session owns it.
 func Client(ctx context.Context, conn net.Conn, cfg Config, hello Hello) (*Session, Welcome, error) {
 	fail := func(err error) (*Session, Welcome, error) {
 		return nil, Welcome{}, fmt.Errorf("tunnel handshake with %s: %w", conn.RemoteAddr(), err)
@@ -41,13 +42,25 @@ func Client(ctx context.Context, conn net.Conn, cfg Config, hello Hello) (*Sessi
 		_ = conn.Close()
 		return fail(fmt.Errorf("invalid hello: %w", err))
 	}
+	wc := newWireConn(conn)
 	var w Welcome
-	s, err := handshake(ctx, conn, cfg, true, func(_ context.Context, s *Session) (err error) {
-		w, err = s.clientHandshake(hello)
+	err := bounded(ctx, wc, cfg, func() (err error) {
+		w, err = clientHandshake(wc, hello)
 		return err
 	})
 	if err != nil {
+		_ = conn.Close()
 		return fail(err)
+	}
+	s, err := newSession(wc, cfg, true)
+	if err != nil {
+		_ = conn.Close()
+		return fail(err)
+	}
+	// The Hello sender opens the control stream, the receiver's first.
+	if s.ctrl, err = s.mux.OpenStream(); err != nil {
+		_ = s.mux.Close()
+		return fail(fmt.Errorf("open control stream: %w", err))
 	}
 	hello.Token = ""
 	s.hello = hello
@@ -56,16 +69,13 @@ func Client(ctx context.Context, conn net.Conn, cfg Config, hello Hello) (*Sessi
 	return s, w, nil
 }
 
-func (s *Session) clientHandshake(hello Hello) (Welcome, error) {
-	ys, err := s.mux.OpenStream()
-	if err != nil {
-		return Welcome{}, fmt.Errorf("open control stream: %w", err)
-	}
-	s.ctrl = ys
-	if _, err := ys.Write(appendControl(nil, frameHello, encodeHello(hello))); err != nil {
+// clientHandshake sends the Hello and reads the answer on the bare
+// connection.
+func clientHandshake(conn net.Conn, hello Hello) (Welcome, error) {
+	if _, err := conn.Write(appendControl(nil, frameHello, encodeHello(hello))); err != nil {
 		return Welcome{}, fmt.Errorf("send hello: %w", err)
 	}
-	typ, payload, err := readControl(ys)
+	typ, payload, err := readControl(conn)
 	if err != nil {
 		return Welcome{}, fmt.Errorf("read welcome: %w (is the other end an sbx relay of a compatible version?)", err)
 	}
@@ -83,14 +93,16 @@ func (s *Session) clientHandshake(hello Hello) (Welcome, error) {
 }
 
 // Server accepts a session over conn as the Hello receiver (the relay): it
-// accepts the control stream, reads the Hello and asks check, which returns
-// the Welcome or an error. A *HandshakeError from check is sent to the peer
-// as is; any other error is sent as CodeInternal without its text (it may
-// hold internals) and returned. Compare tokens with TokenEqual. A Hello of
-// another protocol version is refused before check runs. ctx and
-// cfg.HandshakeTimeout bound the handshake only. On error conn is closed;
-// on success the session owns it. The returned Hello has its token
-// removed.
+// reads the Hello from the bare connection and asks check, which returns
+// the Welcome or an error; only an accepted peer gets a multiplexer, so
+// before the token is checked a connection costs one bounded read buffer
+// (maxControlPayload), not a yamux session with its stream windows. A
+// *HandshakeError from check is sent to the peer as is; any other error is
+// sent as CodeInternal without its text (it may hold internals) and
+// returned. Compare tokens with TokenEqual. A Hello of another protocol
+// version is refused before check runs. ctx and cfg.HandshakeTimeout bound
+// the handshake only. On error conn is closed; on success the session
+// owns it. The returned Hello has its token removed.
 func Server(ctx context.Context, conn net.Conn, cfg Config, check func(Hello) (Welcome, error)) (*Session, Hello, error) {
 	fail := func(err error) (*Session, Hello, error) {
 		return nil, Hello{}, fmt.Errorf("tunnel handshake from %s: %w", conn.RemoteAddr(), err)
@@ -103,13 +115,26 @@ func Server(ctx context.Context, conn net.Conn, cfg Config, check func(Hello) (W
 		_ = conn.Close()
 		return fail(errors.New("no hello check function given"))
 	}
+	wc := newWireConn(conn)
 	var h Hello
-	s, err := handshake(ctx, conn, cfg, false, func(ctx context.Context, s *Session) (err error) {
-		h, err = s.serverHandshake(ctx, check)
+	err := bounded(ctx, wc, cfg, func() (err error) {
+		h, err = serverHandshake(wc, check)
 		return err
 	})
 	if err != nil {
+		_ = conn.Close()
 		return fail(err)
+	}
+	s, err := newSession(wc, cfg, false)
+	if err != nil {
+		_ = conn.Close()
+		return fail(err)
+	}
+	actx, cancel := context.WithTimeout(ctx, cfg.HandshakeTimeout)
+	defer cancel()
+	if s.ctrl, err = s.mux.AcceptStreamWithContext(actx); err != nil {
+		_ = s.mux.Close()
+		return fail(fmt.Errorf("accept control stream: %w", handshakeCtxErr(actx, err)))
 	}
 	h.Token = ""
 	s.hello = h
@@ -118,13 +143,9 @@ func Server(ctx context.Context, conn net.Conn, cfg Config, check func(Hello) (W
 	return s, h, nil
 }
 
-func (s *Session) serverHandshake(ctx context.Context, check func(Hello) (Welcome, error)) (Hello, error) {
-	ys, err := s.mux.AcceptStreamWithContext(ctx)
-	if err != nil {
-		return Hello{}, fmt.Errorf("accept control stream: %w", err)
-	}
-	s.ctrl = ys
-	typ, payload, err := readControl(ys)
+// serverHandshake reads the Hello and answers it on the bare connection.
+func serverHandshake(conn net.Conn, check func(Hello) (Welcome, error)) (Hello, error) {
+	typ, payload, err := readControl(conn)
 	if err != nil {
 		return Hello{}, fmt.Errorf("read hello: %w (is the other end an sbx daemon?)", err)
 	}
@@ -136,7 +157,7 @@ func (s *Session) serverHandshake(ctx context.Context, check func(Hello) (Welcom
 	if errors.As(err, &verr) {
 		he := &HandshakeError{Code: CodeVersionMismatch, Message: fmt.Sprintf(
 			"the relay speaks tunnel protocol %d, the daemon %d; use the same sbx release on both ends", ProtocolVersion, verr.version)}
-		s.refuse(he)
+		refuse(conn, he)
 		return Hello{}, he
 	}
 	if err != nil {
@@ -148,56 +169,47 @@ func (s *Session) serverHandshake(ctx context.Context, check func(Hello) (Welcom
 		if !errors.As(err, &he) {
 			he = &HandshakeError{Code: CodeInternal, Message: "the relay could not check the hello; see the relay's log"}
 		}
-		s.refuse(he)
+		refuse(conn, he)
 		return Hello{}, err
 	}
 	if err := w.validate(); err != nil {
-		s.refuse(&HandshakeError{Code: CodeInternal, Message: "the relay built an invalid welcome; see the relay's log"})
+		refuse(conn, &HandshakeError{Code: CodeInternal, Message: "the relay built an invalid welcome; see the relay's log"})
 		return Hello{}, fmt.Errorf("invalid welcome from check: %w", err)
 	}
-	if _, err := ys.Write(appendControl(nil, frameWelcome, encodeWelcome(w))); err != nil {
+	if _, err := conn.Write(appendControl(nil, frameWelcome, encodeWelcome(w))); err != nil {
 		return Hello{}, fmt.Errorf("send welcome: %w", err)
 	}
 	return h, nil
 }
 
-// handshake starts a session over conn and runs step on it, bounded by ctx
-// and cfg.HandshakeTimeout. On error both are closed; on success the
-// session owns conn and still has to be started.
-func handshake(ctx context.Context, conn net.Conn, cfg Config, initiator bool, step func(context.Context, *Session) error) (*Session, error) {
-	s, err := newSession(conn, cfg, initiator)
-	if err != nil {
-		_ = conn.Close()
-		return nil, err
-	}
+// bounded runs a handshake step on the bare connection, bounded by ctx and
+// cfg.HandshakeTimeout: when either ends, the connection's deadline passes,
+// which unblocks its reads and writes.
+func bounded(ctx context.Context, conn net.Conn, cfg Config, step func() error) error {
 	ctx, cancel := context.WithTimeout(ctx, cfg.HandshakeTimeout)
 	defer cancel()
-	// Cancelling tears the half-built session down, which unblocks every
-	// step of the handshake at once.
-	stop := context.AfterFunc(ctx, func() { _ = s.mux.Close() })
-	err = step(ctx, s)
+	stop := context.AfterFunc(ctx, func() { _ = conn.SetDeadline(time.Unix(1, 0)) })
+	err := step()
 	if !stop() {
-		err = handshakeCtxErr(ctx, err)
+		return handshakeCtxErr(ctx, err)
 	}
-	if err != nil {
-		_ = s.mux.Close()
-		return nil, err
+	if err == nil {
+		if derr := conn.SetDeadline(time.Time{}); derr != nil {
+			return fmt.Errorf("clear the handshake deadline: %w", derr)
+		}
 	}
-	return s, nil
+	return err
 }
 
 // refuse sends a refusal and gives the peer a moment to read it and hang
-// up before the caller closes the connection.
-func (s *Session) refuse(he *HandshakeError) {
-	if _, err := s.ctrl.Write(appendControl(nil, frameRefuse, encodeRefuse(he))); err != nil {
+// up (a read returns then) before the caller closes the connection.
+func refuse(conn net.Conn, he *HandshakeError) {
+	if _, err := conn.Write(appendControl(nil, frameRefuse, encodeRefuse(he))); err != nil {
 		return
 	}
-	t := time.NewTimer(goodbyeLinger)
-	defer t.Stop()
-	select {
-	case <-s.mux.CloseChan():
-	case <-t.C:
-	}
+	_ = conn.SetReadDeadline(time.Now().Add(goodbyeLinger))
+	var b [1]byte
+	_, _ = conn.Read(b[:])
 }
 
 func handshakeCtxErr(ctx context.Context, err error) error {

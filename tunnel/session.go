@@ -76,8 +76,7 @@ type Stats struct {
 	StreamsFailed uint64 `json:"streamsFailed"`
 }
 
-func newSession(conn net.Conn, cfg Config, initiator bool) (*Session, error) {
-	wc := newWireConn(conn)
+func newSession(wc *wireConn, cfg Config, initiator bool) (*Session, error) {
 	yamuxClient := initiator
 	switch cfg.MuxRole {
 	case MuxRoleClient:
