@@ -34,7 +34,7 @@
 // Each sandbox has a supervisor: apply the objects (Cluster.Apply), wait
 // for the relay pod, dial the tunnel pool through the port-forward, hand-
 // shake, ready. Any failure leads to a retry after a jittered exponential
-// backoff (0.5 s to 30 s, reset after a minute of stable connection), with
+// backoff (0.5 s to 30 s, started over after every connection that became ready), with
 // the objects re-applied and the relay pod looked up again. A
 // PermanentError stops the supervisor in PhaseFailed until the user
 // connects again. The Lease is renewed while connected.

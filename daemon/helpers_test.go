@@ -294,7 +294,7 @@ type testDaemon struct {
 }
 
 func fastBackoff() Backoff {
-	return Backoff{Min: 5 * time.Millisecond, Max: 50 * time.Millisecond, StableAfter: time.Minute}
+	return Backoff{Min: 5 * time.Millisecond, Max: 50 * time.Millisecond}
 }
 
 // configNamesHostsFile reports whether the config file at path sets

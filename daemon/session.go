@@ -199,8 +199,8 @@ func (s *session) run(ctx context.Context) {
 			attempt = 0
 			continue
 		}
-		if !connectedAt.IsZero() && cfg.Now().Sub(connectedAt) >= cfg.Backoff.StableAfter {
-			attempt = 0
+		if !connectedAt.IsZero() {
+			attempt = 0 // it was up: the next failure is a first one (see Backoff)
 		}
 		s.log.Warn("session attempt failed", "err", err)
 		var perm *PermanentError
