@@ -15,6 +15,10 @@ const (
 	framePing    uint8 = 4
 	framePong    uint8 = 5
 	frameGoodbye uint8 = 6
+	// frameDraining: the sender is shutting down and serves only what it
+	// has; the peer should move new work to a session of another
+	// instance. Payload: reason string.
+	frameDraining uint8 = 7
 )
 
 // controlPrefix is type (1) + payload length (2).
@@ -256,6 +260,24 @@ func decodeNonce(b []byte) (uint64, error) {
 	}
 	d := decoder{b: b}
 	return d.u64(), nil
+}
+
+func encodeDraining(reason string) []byte {
+	e := encoder{}
+	e.str(truncateText(reason, maxMessageLen))
+	return e.b
+}
+
+func decodeDraining(b []byte) (string, error) {
+	d := decoder{b: b}
+	r := d.str("reason", maxMessageLen)
+	if d.err == nil && len(d.b) != 0 {
+		d.err = fmt.Errorf("%d unexpected trailing bytes", len(d.b))
+	}
+	if d.err != nil {
+		return "", fmt.Errorf("%w: draining: %v", ErrProtocol, d.err)
+	}
+	return r, nil
 }
 
 func encodeGoodbye(g goodbye) []byte {

@@ -128,6 +128,13 @@ func (p *Pool) remove(s *Session) bool {
 	return false
 }
 
+// Remove takes s out of the pool without closing it: no new stream is
+// opened on it once Remove returns (a pick made before counts in s.Busy
+// until its Open returns). onDead is not called for it.
+func (p *Pool) Remove(s *Session) {
+	p.remove(s)
+}
+
 // Len is the number of sessions in the pool.
 func (p *Pool) Len() int {
 	p.mu.Lock()
@@ -159,6 +166,7 @@ func (p *Pool) Open(ctx context.Context, h Header) (*Stream, error) {
 		}
 		tried[s] = true
 		st, err := s.Open(ctx, h)
+		s.inFlight.Add(-1) // pick's reservation; Open counts the stream now
 		if err == nil {
 			return st, nil
 		}
@@ -177,12 +185,16 @@ func (p *Pool) Open(ctx context.Context, h Header) (*Stream, error) {
 	}
 }
 
+// pick chooses the session for a new stream (and reserves it, see Open): one whose peer is not
+// draining when there is any (a draining peer serves only what it has),
+// then the fewest streams, then the least recent traffic.
 func (p *Pool) pick(skip map[*Session]bool) *Session {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	var best *Session
 	var bestStreams int
 	var bestLoad float64
+	bestDraining := false
 	now := p.now()
 	for _, s := range p.sessions {
 		load := p.load[s].observe(now, s.payloadBytes())
@@ -194,12 +206,30 @@ func (p *Pool) pick(skip map[*Session]bool) *Session {
 			continue
 		default:
 		}
+		draining := isClosed(s.Draining())
 		n := s.NumStreams()
-		if best == nil || n < bestStreams || (n == bestStreams && load < bestLoad) {
-			best, bestStreams, bestLoad = s, n, load
+		switch {
+		case best == nil,
+			bestDraining && !draining,
+			draining == bestDraining && (n < bestStreams || (n == bestStreams && load < bestLoad)):
+			best, bestStreams, bestLoad, bestDraining = s, n, load, draining
 		}
 	}
+	if best != nil {
+		// Reserved under the lock, so a Remove that follows sees it in
+		// Busy; Open releases it.
+		best.inFlight.Add(1)
+	}
 	return best
+}
+
+func isClosed(ch <-chan struct{}) bool {
+	select {
+	case <-ch:
+		return true
+	default:
+		return false
+	}
 }
 
 // Close closes every session in the pool and waits for the pool's

@@ -200,3 +200,51 @@ func TestSessionLoadObserve(t *testing.T) {
 	got := l.observe(t0.Add(3*loadTau), 2000)
 	require.InDelta(t, 1000*math.Exp(-3)+1000*(1-math.Exp(-2))/2, got, 1e-6)
 }
+
+// TestPoolAvoidsDrainingSession: a peer that said it is draining (a relay
+// pod shutting down in a rollout) keeps serving its streams, but new ones
+// go to the other sessions while there are any.
+func TestPoolAvoidsDrainingSession(t *testing.T) {
+	a := newSessionPair(t, transportPipe, roleSets[0], nil)
+	b := newSessionPair(t, transportPipe, roleSets[0], nil)
+	echoServer(t, a.server)
+	echoServer(t, b.server)
+	pool := NewPool(nil, nil)
+	defer pool.Close()
+	pool.Add(a.client)
+	pool.Add(b.client)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	held, err := pool.Open(ctx, outboundHeader) // on a or b
+	require.NoError(t, err)
+	defer held.Close()
+
+	a.server.NotifyDraining("relay shutting down (rollout)")
+	a.server.NotifyDraining("twice is once")
+	select {
+	case <-a.client.Draining():
+	case <-time.After(10 * time.Second):
+		t.Fatal("Draining never closed")
+	}
+	require.Equal(t, "relay shutting down (rollout)", a.client.DrainReason())
+	for range 5 {
+		st, err := pool.Open(ctx, outboundHeader)
+		require.NoError(t, err)
+		require.Same(t, b.client, st.s, "new streams avoid the draining session")
+		defer st.Close()
+	}
+	// The draining session still serves what it has, and when it is all
+	// there is, new streams too.
+	require.NoError(t, b.server.Close())
+	<-b.client.Done()
+	st, err := pool.Open(ctx, outboundHeader)
+	require.NoError(t, err)
+	require.Same(t, a.client, st.s)
+	_, err = st.Write([]byte("ping"))
+	require.NoError(t, err)
+	buf := make([]byte, 4)
+	_, err = io.ReadFull(st, buf)
+	require.NoError(t, err)
+	require.Equal(t, "ping", string(buf))
+	require.NoError(t, st.Close())
+}

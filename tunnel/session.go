@@ -33,6 +33,13 @@ type Session struct {
 	ctrl  *yamux.Stream
 	hello Hello // token cleared
 
+	// draining is closed when the peer said it is shutting down
+	// (Draining); drainReason says why.
+	draining     chan struct{}
+	drainOnce    sync.Once
+	drainReason  atomic.Value // string
+	drainingSent atomic.Bool
+
 	acceptCh  chan *Stream
 	headerSem chan struct{}
 	ctrlOut   chan controlMsg
@@ -48,9 +55,13 @@ type Session struct {
 	pingSeq uint64
 	pings   map[uint64]chan struct{}
 
-	bytesIn       atomic.Uint64
-	bytesOut      atomic.Uint64
-	streamsOpen   atomic.Int64
+	bytesIn     atomic.Uint64
+	bytesOut    atomic.Uint64
+	streamsOpen atomic.Int64
+	// inFlight counts streams being opened or accepted and not yet
+	// counted in streamsOpen, and picks by a Pool about to open one:
+	// with streamsOpen it says whether the session is in use (Busy).
+	inFlight      atomic.Int64
 	streamsTotal  atomic.Uint64
 	streamsFailed atomic.Uint64
 }
@@ -99,6 +110,7 @@ func newSession(wc *wireConn, cfg Config, initiator bool) (*Session, error) {
 		log:       cfg.logger(),
 		conn:      wc,
 		mux:       mux,
+		draining:  make(chan struct{}),
 		acceptCh:  make(chan *Stream),
 		headerSem: make(chan struct{}, cfg.AcceptBacklog),
 		ctrlOut:   make(chan controlMsg, controlQueue),
@@ -135,6 +147,27 @@ func (s *Session) shutdown(err error) {
 		close(s.done)
 		_ = s.mux.Close()
 	})
+}
+
+// Draining is closed once the peer has said it is shutting down: it still
+// serves the streams it has, but new work belongs on a session of another
+// instance (a relay rollout: the new pod is ready, this one drains).
+// DrainReason says why.
+func (s *Session) Draining() <-chan struct{} { return s.draining }
+
+// DrainReason is the reason the peer gave with Draining ("" before).
+func (s *Session) DrainReason() string {
+	r, _ := s.drainReason.Load().(string)
+	return r
+}
+
+// NotifyDraining tells the peer that this end is shutting down and serves
+// only what it has (see Draining). The session stays up; it is sent once.
+func (s *Session) NotifyDraining(reason string) {
+	if s.drainingSent.Swap(true) {
+		return
+	}
+	s.sendControlAsync(appendControl(nil, frameDraining, encodeDraining(reason)))
 }
 
 // Done is closed when the session has ended.
@@ -212,6 +245,11 @@ func (s *Session) RemoteAddr() net.Addr { return s.conn.RemoteAddr() }
 
 // NumStreams is the number of data streams open on this session.
 func (s *Session) NumStreams() int { return int(s.streamsOpen.Load()) }
+
+// Busy is the number of streams open, being opened or being accepted on
+// the session: 0 means closing it now cuts nothing (as long as nothing
+// opens a stream on it afterwards, e.g. once it left its Pool).
+func (s *Session) Busy() int { return int(s.streamsOpen.Load() + s.inFlight.Load()) }
 
 // payloadBytes is the data-stream payload moved both ways so far.
 func (s *Session) payloadBytes() uint64 { return s.bytesIn.Load() + s.bytesOut.Load() }
@@ -340,6 +378,17 @@ func (s *Session) controlLoop() {
 				delete(s.pings, n)
 			}
 			s.pingMu.Unlock()
+		case frameDraining:
+			reason, err := decodeDraining(payload)
+			if err != nil {
+				s.shutdown(err)
+				return
+			}
+			s.drainOnce.Do(func() {
+				s.drainReason.Store(reason)
+				close(s.draining)
+			})
+			s.log.Info("tunnel peer is draining", "reason", reason)
 		case frameGoodbye:
 			g, err := decodeGoodbye(payload)
 			if err != nil {
@@ -401,9 +450,11 @@ func (s *Session) acceptLoop() {
 			s.shutdown(muxError(err))
 			return
 		}
+		s.inFlight.Add(1)
 		select {
 		case s.headerSem <- struct{}{}:
 		case <-s.done:
+			s.inFlight.Add(-1)
 			_ = ys.Close()
 			continue
 		}
@@ -429,6 +480,7 @@ func muxError(err error) error {
 func (s *Session) serveIncoming(ys *yamux.Stream) {
 	defer s.wg.Done()
 	defer func() { <-s.headerSem }()
+	defer s.inFlight.Add(-1) // after track: Busy never drops to 0 in between
 	_ = ys.SetReadDeadline(time.Now().Add(s.cfg.HeaderTimeout))
 	h, err := readHeader(ys, s.cfg.MaxHeaderSize)
 	_ = ys.SetReadDeadline(time.Time{})
@@ -477,6 +529,8 @@ func (s *Session) Open(ctx context.Context, h Header) (*Stream, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, fmt.Errorf("tunnel: open %s: %w", h, err)
 	}
+	s.inFlight.Add(1)
+	defer s.inFlight.Add(-1) // after track
 	select {
 	case <-s.done:
 		return nil, s.closedErr()
