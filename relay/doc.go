@@ -31,9 +31,18 @@
 //     loopback, unspecified, multicast, --deny ranges, the pod's own
 //     addresses) and the checked address is dialed, so DNS cannot swap it.
 //     Failures reach the daemon as a tunnel.DialError with a reason.
-//   - Shutdown: when Run's context ends (SIGTERM), listeners close, /readyz
-//     turns 503, open streams get up to --drain-timeout, then sessions are
-//     closed with a reason and Run returns nil.
+//   - Shutdown: when Run's context ends (SIGTERM), /readyz turns 503, the
+//     tunnel listener closes and the laptop is told the relay drains (it
+//     moves to the replacement pod). While the laptop is connected the
+//     inbound ports keep accepting for --drain-delay (the mesh learns of
+//     the pod's end asynchronously), then close; connections that have had
+//     their answer are closed after a second of quiet, open streams get
+//     the rest of --drain-timeout, then sessions are closed with a reason
+//     and Run returns nil.
+//   - Idle connections: an inbound connection that has had its answer and
+//     sent nothing for --idle-timeout (default 2m, well under Envoy's 1h
+//     upstream idle timeout) is closed, freeing its stream slot; one
+//     waiting for the laptop's answer is never idle.
 //
 // Metrics (on the registry in Deps, served at /metrics):
 //
@@ -49,5 +58,6 @@
 //	sbx_relay_http_answers_total{code}      counter  502, 503 written by the relay
 //	sbx_relay_inbound_closed_total{reason}  counter  TCP connections closed undelivered
 //	sbx_relay_streams_refused_total{kind}   counter  inbound, outbound streams refused at --max-streams
+//	sbx_relay_idle_closed_total{reason}     counter  idle (--idle-timeout), drain: connections closed waiting for their caller
 //	sbx_relay_ready                         gauge    1 while serving and not draining
 package relay

@@ -1,6 +1,7 @@
 package relay
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"fmt"
@@ -385,4 +386,34 @@ func contains(s string, subs ...string) bool {
 		}
 	}
 	return true
+}
+
+// lineServer answers each line with itself, like a keep-alive protocol;
+// the line "slow" is answered only once slow is closed (a laptop process
+// paused in a debugger).
+func lineServer(t testing.TB, slow <-chan struct{}) string {
+	t.Helper()
+	stop := make(chan struct{})
+	addr := tunneltest.Serve(t, func(c net.Conn) {
+		br := bufio.NewReader(c)
+		for {
+			line, err := br.ReadString('\n')
+			if err != nil {
+				return
+			}
+			if line == "slow\n" {
+				select {
+				case <-slow:
+				case <-stop:
+					return
+				}
+			}
+			if _, err := io.WriteString(c, line); err != nil {
+				return
+			}
+		}
+	}).Addr().String()
+	// Runs before Serve's cleanup waits for the handlers.
+	t.Cleanup(func() { close(stop) })
+	return addr
 }

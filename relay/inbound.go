@@ -130,7 +130,9 @@ func (r *Relay) serveInbound(spec InboundSpec, conn net.Conn) {
 
 	end := r.m.streamOpened(kindInbound)
 	defer end()
-	if err := tunnel.Pipe(r.pipeCtx, r.m.count(conn), st); err != nil {
+	qc := r.quiet.track(conn)
+	defer r.quiet.untrack(qc)
+	if err := tunnel.Pipe(r.pipeCtx, r.m.count(qc), st); err != nil {
 		log.Debug("inbound stream ended", "err", err)
 	}
 }

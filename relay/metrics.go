@@ -34,6 +34,7 @@ type metrics struct {
 	httpAnswers   *prometheus.CounterVec // code
 	inboundClosed *prometheus.CounterVec // reason: offline, busy, error, or the laptop's dial reason (refused, timeout, ...)
 	atLimit       *prometheus.CounterVec // kind: streams refused at MaxStreams
+	quietClosed   *prometheus.CounterVec // reason: idle (IdleTimeout), drain
 	ready         prometheus.Gauge
 }
 
@@ -75,12 +76,15 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		atLimit: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "sbx_relay_streams_refused_total", Help: "Streams refused because the relay was serving --max-streams already, by kind (inbound, outbound).",
 		}, []string{"kind"}),
+		quietClosed: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "sbx_relay_idle_closed_total", Help: "Inbound connections closed while waiting for their caller, by reason (idle: --idle-timeout, drain: the relay was shutting down).",
+		}, []string{"reason"}),
 		ready: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "sbx_relay_ready", Help: "1 while all listeners are up and the relay is not draining.",
 		}),
 	}
 	for _, c := range []prometheus.Collector{m.sessions, m.handshakes, m.replaced, m.streamsOpen, m.streamsTotal,
-		m.bytes, m.dialErrors, m.held, m.heldTotal, m.httpAnswers, m.inboundClosed, m.atLimit, m.ready} {
+		m.bytes, m.dialErrors, m.held, m.heldTotal, m.httpAnswers, m.inboundClosed, m.atLimit, m.quietClosed, m.ready} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("registering relay metrics: %w (pass each relay its own prometheus.Registry)", err)
 		}
@@ -91,6 +95,9 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		m.streamsOpen.WithLabelValues(k)
 		m.streamsTotal.WithLabelValues(k)
 		m.atLimit.WithLabelValues(k)
+	}
+	for _, r := range []string{"idle", "drain"} {
+		m.quietClosed.WithLabelValues(r)
 	}
 	m.toLaptop = m.bytes.WithLabelValues(dirToLaptop)
 	m.fromLaptop = m.bytes.WithLabelValues(dirFromLaptop)

@@ -26,8 +26,20 @@ const (
 	DefaultHealthListen = ":7001"
 	DefaultGrace        = 10 * time.Second
 	DefaultDrainTimeout = 20 * time.Second
-	DefaultDialTimeout  = 10 * time.Second
-	DefaultMaxHeld      = 1024
+	// DefaultDrainDelay is how long a relay told to stop keeps accepting
+	// inbound connections while a laptop is connected: the time the mesh
+	// takes to learn that the pod is going (endpoint removal reaches the
+	// proxies asynchronously, usually within a second or two).
+	DefaultDrainDelay = 5 * time.Second
+	// DefaultIdleTimeout closes an inbound connection that has had its
+	// answer and sent nothing since for this long. The mesh keeps
+	// connections open for an hour (Envoy's upstream idle timeout), each
+	// holding a stream slot; closing well before it frees the slots of
+	// callers that stopped calling, at the cost of one in-cluster
+	// reconnect for a caller that comes back.
+	DefaultIdleTimeout = 2 * time.Minute
+	DefaultDialTimeout = 10 * time.Second
+	DefaultMaxHeld     = 1024
 	// DefaultMaxStreams bounds the streams the relay serves at once. Each
 	// may buffer up to about twice the tunnel's 1 MiB stream window
 	// (yamux's receive buffer grows by doubling) when its reader stalls,
@@ -85,6 +97,13 @@ type Options struct {
 	Grace time.Duration
 	// DrainTimeout bounds how long open streams may finish after SIGTERM.
 	DrainTimeout time.Duration
+	// DrainDelay is how long, after SIGTERM, inbound connections are
+	// still accepted while a laptop is connected (within DrainTimeout).
+	DrainDelay time.Duration
+	// IdleTimeout closes an inbound connection that has waited this long
+	// for its caller (its last bytes were an answer); 0 never does. See
+	// idle.go.
+	IdleTimeout time.Duration
 	// DialTimeout bounds each outbound dial, DNS included.
 	DialTimeout time.Duration
 	// MaxHeld bounds the connections held while offline; beyond it new ones
@@ -113,6 +132,8 @@ type Flags struct {
 	inbound      inboundFlag
 	grace        time.Duration
 	drainTimeout time.Duration
+	drainDelay   time.Duration
+	idleTimeout  time.Duration
 	dialTimeout  time.Duration
 	maxHeld      int
 	maxStreams   int
@@ -127,6 +148,8 @@ func NewFlags() *Flags {
 		healthListen: DefaultHealthListen,
 		grace:        DefaultGrace,
 		drainTimeout: DefaultDrainTimeout,
+		drainDelay:   DefaultDrainDelay,
+		idleTimeout:  DefaultIdleTimeout,
 		dialTimeout:  DefaultDialTimeout,
 		maxHeld:      DefaultMaxHeld,
 		maxStreams:   DefaultMaxStreams,
@@ -141,6 +164,8 @@ func (f *Flags) AddFlags(fs *pflag.FlagSet) {
 	fs.Var(&f.inbound, "inbound", "inbound port, repeatable: containerPort=workload/port[/appProtocol] with appProtocol tcp (default), http, http2 or grpc, e.g. --inbound 20001=route/8083/http")
 	fs.DurationVar(&f.grace, "grace", f.grace, "how long an inbound connection waits for the laptop before HTTP ports answer 503 and TCP ports close, e.g. --grace 10s")
 	fs.DurationVar(&f.drainTimeout, "drain-timeout", f.drainTimeout, "on SIGTERM, how long open streams may finish before they are cut, e.g. --drain-timeout 20s")
+	fs.DurationVar(&f.drainDelay, "drain-delay", f.drainDelay, "on SIGTERM, how long inbound connections are still accepted while the laptop is connected, for the mesh to learn the pod is going (part of --drain-timeout), e.g. --drain-delay 5s")
+	fs.DurationVar(&f.idleTimeout, "idle-timeout", f.idleTimeout, "close an inbound connection that has had its answer and sent nothing since for this long (mesh keep-alive connections otherwise hold a stream slot for Envoy's 1h); a request waiting for the laptop is never idle; 0 disables, e.g. --idle-timeout 5m")
 	fs.DurationVar(&f.dialTimeout, "dial-timeout", f.dialTimeout, "bound on each outbound dial including DNS, e.g. --dial-timeout 5s")
 	fs.IntVar(&f.maxHeld, "max-held", f.maxHeld, "most inbound connections held while the laptop is offline; more are answered at once, e.g. --max-held 256")
 	fs.IntVar(&f.maxStreams, "max-streams", f.maxStreams, "most inbound and outbound streams served at once, bounding the relay's memory (each may buffer ~2.5 MiB when its reader stalls); more are refused with a 503 or a reason; 0 means the default. "+
@@ -160,6 +185,8 @@ func (f *Flags) Options(getenv func(string) string) (Options, error) {
 		Inbound:      append([]InboundSpec(nil), f.inbound...),
 		Grace:        f.grace,
 		DrainTimeout: f.drainTimeout,
+		DrainDelay:   f.drainDelay,
+		IdleTimeout:  f.idleTimeout,
 		DialTimeout:  f.dialTimeout,
 		MaxHeld:      f.maxHeld,
 		MaxStreams:   f.maxStreams,
@@ -238,6 +265,12 @@ func (o Options) Validate() error {
 	}
 	if o.DrainTimeout < 0 {
 		errs = append(errs, fmt.Errorf("--drain-timeout %v is negative", o.DrainTimeout))
+	}
+	if o.DrainDelay < 0 {
+		errs = append(errs, fmt.Errorf("--drain-delay %v is negative (0 closes the inbound ports at once)", o.DrainDelay))
+	}
+	if o.IdleTimeout < 0 {
+		errs = append(errs, fmt.Errorf("--idle-timeout %v is negative (0 disables it)", o.IdleTimeout))
 	}
 	if o.DialTimeout <= 0 {
 		errs = append(errs, fmt.Errorf("--dial-timeout %v must be positive", o.DialTimeout))

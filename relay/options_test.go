@@ -138,6 +138,8 @@ func TestParseArgs(t *testing.T) {
 		},
 		Grace:        10 * time.Second,
 		DrainTimeout: 20 * time.Second,
+		DrainDelay:   DefaultDrainDelay,
+		IdleTimeout:  DefaultIdleTimeout,
 		DialTimeout:  DefaultDialTimeout,
 		MaxHeld:      DefaultMaxHeld,
 		MaxStreams:   DefaultMaxStreams,

@@ -81,6 +81,7 @@ type Relay struct {
 
 	sessions *sessionSet
 	active   tracker      // inbound and outbound streams being served (for draining)
+	quiet    quietConns   // inbound connections being piped (idle.go)
 	heldN    atomic.Int64 // inbound connections currently held while offline
 	streamsN atomic.Int64 // streams being served, bounded by MaxStreams
 	ready    atomic.Bool
@@ -258,6 +259,11 @@ func (r *Relay) Run(ctx context.Context) error {
 			r.acceptInbound(in)
 		}()
 	}
+	r.wg.Add(1)
+	go func() {
+		defer r.wg.Done()
+		r.closeQuiet()
+	}()
 	r.ready.Store(true)
 	r.m.ready.Set(1)
 	addrs := r.Addrs()
@@ -275,27 +281,95 @@ func (r *Relay) Run(ctx context.Context) error {
 	return nil
 }
 
-// shutdown drains: stop accepting, wait for open streams up to the drain
-// timeout, then close sessions and cut what is left.
+// shutdown drains: stop taking sessions, tell the laptop, keep accepting
+// inbound connections for DrainDelay while the laptop is connected, then
+// wait for the open streams (all within DrainTimeout), close the sessions
+// and cut what is left.
 func (r *Relay) shutdown() {
 	start := time.Now()
+	deadline := time.NewTimer(r.opts.DrainTimeout)
+	defer deadline.Stop()
 	r.stopServe()
-	r.stopAccepting()
+	if r.tunnelL != nil {
+		_ = r.tunnelL.Close()
+	}
 	r.draining.Store(true)
 	r.ready.Store(false)
 	r.m.ready.Set(0)
-	open := r.active.count()
-	r.log.Info("draining", "openStreams", open, "drainTimeout", r.opts.DrainTimeout)
-	t := time.NewTimer(r.opts.DrainTimeout)
+	// Tell the laptop at once, so it connects to the pod that replaces
+	// this one (a rollout starts it before stopping this one) while this
+	// one finishes what it serves.
+	r.sessions.notifyDraining(shutdownReason)
+	r.log.Info("draining", "openStreams", r.active.count(), "sessions", r.sessions.describe(),
+		"drainDelay", r.opts.DrainDelay, "drainTimeout", r.opts.DrainTimeout)
+	// Endpoint removal is asynchronous: for a while after SIGTERM the mesh
+	// still sends new connections here. Closing the port at once failed
+	// those whose proxy knew no other endpoint yet (a retry goes to the
+	// same endpoint list); they are served through the laptop's session
+	// instead. Without a laptop they could only be answered 503, so the
+	// port closes as soon as none is connected.
+	timedOut := false
+	delay := time.NewTimer(min(r.opts.DrainDelay, r.opts.DrainTimeout))
 	select {
-	case <-r.active.idle():
-		r.log.Info("drained", "took", time.Since(start).Round(time.Millisecond))
-	case <-t.C:
-		r.log.Warn("drain timeout: cutting open streams", "left", r.active.count(), "drainTimeout", r.opts.DrainTimeout)
+	case <-delay.C:
+	case <-r.sessions.whenOffline():
+	case <-deadline.C:
+		timedOut = true
 	}
-	t.Stop()
+	delay.Stop()
+	for _, in := range r.inbound {
+		_ = in.l.Close()
+	}
+	if !timedOut {
+		select {
+		case <-r.active.idle():
+		case <-deadline.C:
+			timedOut = true
+		}
+	}
+	if timedOut {
+		r.log.Warn("drain timeout: cutting open streams", "left", r.active.count(), "sessions", r.sessions.describe(), "drainTimeout", r.opts.DrainTimeout)
+	} else {
+		r.log.Info("drained", "took", time.Since(start).Round(time.Millisecond))
+	}
 	r.sessions.closeAll(shutdownReason)
 	r.stopPipes()
+}
+
+// closeQuiet closes inbound connections that wait for their caller: after
+// IdleTimeout while serving, after drainQuiet once draining (idle.go). It
+// returns when the pipes are cut.
+func (r *Relay) closeQuiet() {
+	every := time.Second
+	if r.opts.IdleTimeout > 0 {
+		every = min(every, r.opts.IdleTimeout/4)
+	}
+	t := time.NewTicker(every)
+	defer t.Stop()
+	serving := r.serveCtx.Done()
+	for {
+		select {
+		case <-r.pipeCtx.Done():
+			return
+		case <-serving:
+			// Draining: look often, so the drain ends soon after the
+			// last caller has had its answer.
+			serving = nil
+			t.Reset(drainQuiet / 10)
+		case <-t.C:
+		}
+		if serving == nil {
+			if n := r.quiet.closeWaiting(drainQuiet); n > 0 {
+				r.m.quietClosed.WithLabelValues("drain").Add(float64(n))
+				r.log.Debug("draining: closed connections waiting for their caller", "n", n, "quiet", drainQuiet)
+			}
+		} else if r.opts.IdleTimeout > 0 {
+			if n := r.quiet.closeWaiting(r.opts.IdleTimeout); n > 0 {
+				r.m.quietClosed.WithLabelValues("idle").Add(float64(n))
+				r.log.Debug("closed idle inbound connections", "n", n, "idleTimeout", r.opts.IdleTimeout)
+			}
+		}
+	}
 }
 
 // Close releases the listeners of a relay that was never Run. After Run it
@@ -308,25 +382,6 @@ func (r *Relay) Close() error {
 	r.stopPipes()
 	r.closeListeners()
 	return r.closeErr
-}
-
-// stopAccepting closes the tunnel and inbound listeners; the health
-// listener stays up so probes see /readyz fail while the relay drains.
-func (r *Relay) stopAccepting() {
-	for _, l := range r.servingListeners() {
-		_ = l.Close()
-	}
-}
-
-func (r *Relay) servingListeners() []net.Listener {
-	var ls []net.Listener
-	if r.tunnelL != nil {
-		ls = append(ls, r.tunnelL)
-	}
-	for _, in := range r.inbound {
-		ls = append(ls, in.l)
-	}
-	return ls
 }
 
 // closeListeners closes every listener, health included (New's failure

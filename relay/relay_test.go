@@ -1,6 +1,7 @@
 package relay
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"fmt"
@@ -318,7 +319,8 @@ func TestPoolSpreadsAndSurvivesSessionLoss(t *testing.T) {
 }
 
 func TestDrainOnShutdown(t *testing.T) {
-	h := startRelay(t, "--inbound", "20002=echo/7", "--drain-timeout", "60s")
+	h := startRelay(t, "--inbound", "20002=echo/7", "--drain-timeout", "60s", "--drain-delay", "0")
+	h.cluster.add("driver.hotrod.svc.cluster.local", "10.96.0.12", 8082, echoServer(t))
 	lap := newLaptop(t, "laptop-1")
 	lap.mapLocal("echo", 7, echoServer(t))
 	s := lap.connect(h, 1)
@@ -331,6 +333,14 @@ func TestDrainOnShutdown(t *testing.T) {
 	require.Eventually(t, func() bool { return h.metric("sbx_relay_streams_open", "kind", "inbound") == 1 }, 10*time.Second, 5*time.Millisecond)
 
 	h.cancel() // SIGTERM
+	// The laptop hears at once that the relay drains, so it can move to
+	// the pod that replaces it.
+	select {
+	case <-s.Draining():
+		require.Contains(t, s.DrainReason(), "relay shutting down")
+	case <-time.After(10 * time.Second):
+		t.Fatal("the laptop was not told that the relay drains")
+	}
 	require.Eventually(t, func() bool {
 		resp, err := http.Get("http://" + h.addrs.Health.String() + "/readyz")
 		if err != nil {
@@ -340,20 +350,21 @@ func TestDrainOnShutdown(t *testing.T) {
 		return resp.StatusCode == http.StatusServiceUnavailable
 	}, 10*time.Second, 5*time.Millisecond, "not ready while draining")
 
-	// New connections are refused, the open stream still works.
+	// New connections are refused; the open stream still works, and so
+	// do the laptop's calls to the cluster while it has no other session.
 	_, err = net.Dial("tcp", h.inbound(20002))
 	require.Error(t, err)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	_, err = s.Open(ctx, tunnel.Header{Kind: tunnel.KindOutbound, Target: "10.96.0.1:443"})
-	var de *tunnel.DialError
-	require.ErrorAs(t, err, &de)
-	require.Contains(t, de.Message, "relay shutting down")
-	select {
-	case err := <-h.done:
-		t.Fatalf("Run returned %v while a stream was open", err)
-	default:
-	}
+	out, err := s.Open(ctx, tunnel.Header{Kind: tunnel.KindOutbound, Target: "driver.hotrod.svc.cluster.local:8082"})
+	require.NoError(t, err)
+	_, err = io.WriteString(out, "during the drain")
+	require.NoError(t, err)
+	require.NoError(t, out.CloseWrite())
+	b, err := io.ReadAll(out)
+	require.NoError(t, err)
+	require.Equal(t, "during the drain", string(b))
+	require.NoError(t, out.Close())
 
 	_, err = io.WriteString(c, "after")
 	require.NoError(t, err)
@@ -374,6 +385,127 @@ func TestDrainOnShutdown(t *testing.T) {
 	var pc *tunnel.PeerClosedError
 	require.ErrorAs(t, s.Err(), &pc)
 	require.Contains(t, pc.Reason, "relay shutting down")
+}
+
+// TestDrainDelayServesWhileTheMeshCatchesUp: after SIGTERM the mesh keeps
+// sending new connections for a while (endpoint removal is asynchronous);
+// while its laptop is connected the relay serves them, and closes the port
+// once the laptop has gone.
+func TestDrainDelayServesWhileTheMeshCatchesUp(t *testing.T) {
+	h := startRelay(t, "--inbound", "20002=echo/7", "--drain-timeout", "2m", "--drain-delay", "1m")
+	lap := newLaptop(t, "laptop-1")
+	lap.mapLocal("echo", 7, echoServer(t))
+	s := lap.connect(h, 1)
+	h.cancel()
+	<-s.Draining()
+	require.Equal(t, "late", echoRoundTrip(t, h.inbound(20002), "late"), "a connection after SIGTERM is served")
+
+	// The laptop moved to the replacement: nothing can serve the port
+	// any more, so it closes (a caller's proxy retries elsewhere).
+	require.NoError(t, s.Close())
+	require.Eventually(t, func() bool {
+		c, err := net.Dial("tcp", h.inbound(20002))
+		if err != nil {
+			return true
+		}
+		c.Close()
+		return false
+	}, 10*time.Second, 5*time.Millisecond)
+	select {
+	case err := <-h.done:
+		require.NoError(t, err)
+		h.done <- nil
+	case <-time.After(30 * time.Second):
+		t.Fatal("Run did not return after the laptop left")
+	}
+}
+
+// TestDrainClosesConnectionsWaitingForTheirCaller: a keep-alive
+// connection that has had its answer does not hold the drain; one waiting
+// for the laptop's answer does, until it has it.
+func TestDrainClosesConnectionsWaitingForTheirCaller(t *testing.T) {
+	h := startRelay(t, "--inbound", "20002=echo/7", "--drain-timeout", "60s", "--drain-delay", "0")
+	lap := newLaptop(t, "laptop-1")
+	slow := make(chan struct{})
+	lap.mapLocal("echo", 7, lineServer(t, slow))
+	lap.connect(h, 1)
+
+	// Two connections: one has had its answer, one waits for it.
+	idle, err := net.Dial("tcp", h.inbound(20002))
+	require.NoError(t, err)
+	defer idle.Close()
+	br := bufio.NewReader(idle)
+	_, err = io.WriteString(idle, "one\n")
+	require.NoError(t, err)
+	line, err := br.ReadString('\n')
+	require.NoError(t, err)
+	require.Equal(t, "one\n", line)
+
+	busy, err := net.Dial("tcp", h.inbound(20002))
+	require.NoError(t, err)
+	defer busy.Close()
+	_, err = io.WriteString(busy, "slow\n")
+	require.NoError(t, err)
+	require.Eventually(t, func() bool { return h.metric("sbx_relay_streams_open", "kind", "inbound") == 2 }, 10*time.Second, 5*time.Millisecond)
+
+	h.cancel()
+	// The idle one is closed soon: the caller reads EOF.
+	require.NoError(t, idle.SetReadDeadline(time.Now().Add(30*time.Second)))
+	_, err = br.ReadString('\n')
+	require.ErrorIs(t, err, io.EOF)
+	require.Eventually(t, func() bool { return h.metric("sbx_relay_idle_closed_total", "reason", "drain") == 1 }, 10*time.Second, 5*time.Millisecond)
+
+	// The busy one gets its answer however long the laptop takes.
+	time.Sleep(2 * drainQuiet)
+	close(slow)
+	require.NoError(t, busy.SetReadDeadline(time.Now().Add(30*time.Second)))
+	line, err = bufio.NewReader(busy).ReadString('\n')
+	require.NoError(t, err)
+	require.Equal(t, "slow\n", line)
+	select {
+	case err := <-h.done:
+		require.NoError(t, err)
+		h.done <- nil
+	case <-time.After(30 * time.Second):
+		t.Fatal("Run did not return after the laptop left")
+	}
+}
+
+// TestIdleTimeout: a connection that has had its answer and sent nothing
+// for --idle-timeout is closed; one waiting for the laptop is not.
+func TestIdleTimeout(t *testing.T) {
+	h := startRelay(t, "--inbound", "20002=echo/7", "--idle-timeout", "300ms")
+	lap := newLaptop(t, "laptop-1")
+	slow := make(chan struct{})
+	lap.mapLocal("echo", 7, lineServer(t, slow))
+	lap.connect(h, 1)
+
+	idle, err := net.Dial("tcp", h.inbound(20002))
+	require.NoError(t, err)
+	defer idle.Close()
+	br := bufio.NewReader(idle)
+	_, err = io.WriteString(idle, "one\n")
+	require.NoError(t, err)
+	_, err = br.ReadString('\n')
+	require.NoError(t, err)
+
+	busy, err := net.Dial("tcp", h.inbound(20002))
+	require.NoError(t, err)
+	defer busy.Close()
+	_, err = io.WriteString(busy, "slow\n")
+	require.NoError(t, err)
+
+	require.NoError(t, idle.SetReadDeadline(time.Now().Add(30*time.Second)))
+	_, err = br.ReadString('\n')
+	require.ErrorIs(t, err, io.EOF, "the idle connection is closed")
+	require.Eventually(t, func() bool { return h.metric("sbx_relay_idle_closed_total", "reason", "idle") == 1 }, 10*time.Second, 5*time.Millisecond)
+	// Well past the timeout, the waiting request still gets its answer.
+	time.Sleep(time.Second)
+	close(slow)
+	require.NoError(t, busy.SetReadDeadline(time.Now().Add(30*time.Second)))
+	line, err := bufio.NewReader(busy).ReadString('\n')
+	require.NoError(t, err)
+	require.Equal(t, "slow\n", line)
 }
 
 func TestDrainTimeoutCutsStreams(t *testing.T) {

@@ -29,7 +29,9 @@ type sessionSet struct {
 	closed   bool
 	// online is closed while live > 0; a fresh open channel is installed
 	// when the last session ends, so waiters block until the next one.
-	online       chan struct{}
+	online chan struct{}
+	// offline is closed while live == 0 (the mirror of online).
+	offline      chan struct{}
 	offlineSince time.Time
 	everOnline   bool
 
@@ -37,7 +39,9 @@ type sessionSet struct {
 }
 
 func newSessionSet(log *slog.Logger, m *metrics, now func() time.Time) *sessionSet {
-	return &sessionSet{log: log, m: m, now: now, online: make(chan struct{}), offlineSince: now()}
+	off := make(chan struct{})
+	close(off)
+	return &sessionSet{log: log, m: m, now: now, online: make(chan struct{}), offline: off, offlineSince: now()}
 }
 
 // add makes s (already handshaken, from hello) part of the laptop's pool and
@@ -72,6 +76,7 @@ func (ss *sessionSet) add(s *tunnel.Session, hello tunnel.Hello) (func(), error)
 	case <-ss.online: // already online (a replacement keeps it so)
 	default:
 		close(ss.online)
+		ss.offline = make(chan struct{})
 	}
 	ss.everOnline = true
 	ss.m.sessions.Set(float64(ss.live))
@@ -88,6 +93,20 @@ func (ss *sessionSet) add(s *tunnel.Session, hello tunnel.Hello) (func(), error)
 	}
 	var once sync.Once
 	return func() { once.Do(func() { ss.done(gen) }) }, nil
+}
+
+// notifyDraining tells every session's daemon that this relay is shutting
+// down (tunnel.Session.NotifyDraining).
+func (ss *sessionSet) notifyDraining(reason string) {
+	ss.mu.Lock()
+	p := ss.pool
+	ss.mu.Unlock()
+	if p == nil {
+		return
+	}
+	for _, s := range p.Sessions() {
+		s.NotifyDraining(reason)
+	}
 }
 
 // closePool closes every session of p telling the peer why (code lets the
@@ -130,6 +149,7 @@ func (ss *sessionSet) goOffline() *tunnel.Pool {
 	select {
 	case <-ss.online:
 		ss.online = make(chan struct{})
+		close(ss.offline)
 	default:
 	}
 	ss.offlineSince = ss.now()
@@ -158,6 +178,13 @@ func (ss *sessionSet) current() (*tunnel.Pool, <-chan struct{}) {
 		return ss.pool, nil
 	}
 	return nil, ss.online
+}
+
+// whenOffline returns a channel that is closed once no session is up.
+func (ss *sessionSet) whenOffline() <-chan struct{} {
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	return ss.offline
 }
 
 // refresh is called when the pool reported no live session although sessions

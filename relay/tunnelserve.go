@@ -142,10 +142,9 @@ func (r *Relay) serveStream(log *slog.Logger, st *tunnel.Stream) {
 		_ = st.Reject(tunnel.ReasonProtocol, "the relay only accepts outbound streams from the laptop")
 		return
 	}
-	if r.draining.Load() {
-		_ = st.Reject(tunnel.ReasonOther, shutdownReason)
-		return
-	}
+	// A draining relay still serves the laptop's calls: the daemon moves
+	// new ones to the replacement pod as soon as it has a session there,
+	// and until then this session is all it has.
 	if !r.takeStream(kindOutbound) {
 		log.Info("relay at its stream limit; refusing an outbound stream", "target", h.Target, "maxStreams", r.opts.MaxStreams)
 		_ = st.Reject(tunnel.ReasonOther, fmt.Sprintf("the relay of sandbox %s is serving its limit of %d streams at once "+
