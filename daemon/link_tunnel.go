@@ -128,12 +128,22 @@ func (l *tunnelLink) addSession(ctx context.Context) error {
 }
 
 // watch waits for sess to end, keeps its counters, and replaces it while
-// other sessions live; the link ends with its last session.
+// other sessions live; the link ends with its last session. A session
+// whose relay drains (its pod is shutting down) is moved off at once
+// (moveOff).
 func (l *tunnelLink) watch(sess *tunnel.Session) {
+	replaced := false
 	select {
 	case <-sess.Done():
 	case <-l.ctx.Done():
 		return
+	case <-sess.Draining():
+		replaced = l.moveOff(sess)
+		select {
+		case <-sess.Done():
+		case <-l.ctx.Done():
+			return
+		}
 	}
 	st := sess.Stats()
 	l.mu.Lock()
@@ -156,6 +166,9 @@ func (l *tunnelLink) watch(sess *tunnel.Session) {
 		l.finish(err)
 		return
 	}
+	if replaced {
+		return
+	}
 	l.log.Info("tunnel session ended; replacing it", "err", err, "remaining", live)
 	t := time.NewTimer(replaceDelay)
 	defer t.Stop()
@@ -171,6 +184,52 @@ func (l *tunnelLink) watch(sess *tunnel.Session) {
 	if err := l.addSession(dctx); err != nil {
 		l.log.Warn("replacing tunnel session failed; continuing with fewer", "err", err)
 	}
+}
+
+// drainReplaceTimeout bounds the attempt to reach a draining relay's
+// replacement; after it the link falls back to reconnecting.
+const drainReplaceTimeout = 10 * time.Second
+
+// moveOff handles a session whose relay is draining: a rollout started its
+// replacement pod before stopping it. It opens a session to the replacement
+// at once (the dialer finds the newest ready pod) and takes the draining
+// one out of the pool, so the laptop's new calls go to the replacement; the
+// draining relay goes on serving the connections the mesh still sends it
+// and ends the session when it is done. Without a replacement (the relay
+// restarts in the same pod, or the new pod is not ready) the session
+// carries the laptop's calls until it serves nothing, then is closed so
+// the relay can stop; the link then replaces it as after any loss. It
+// reports whether the replacement session is up.
+func (l *tunnelLink) moveOff(sess *tunnel.Session) bool {
+	l.log.Info("relay draining; opening a session to its replacement", "reason", sess.DrainReason())
+	dctx, cancel := context.WithTimeout(l.ctx, drainReplaceTimeout)
+	err := l.addSession(dctx)
+	cancel()
+	if err == nil {
+		l.pool.Remove(sess)
+		return true
+	}
+	l.log.Warn("no session to the draining relay's replacement; leaving the draining one when it serves nothing, then reconnecting", "err", err)
+	t := time.NewTicker(50 * time.Millisecond)
+	defer t.Stop()
+	for {
+		for sess.Busy() > 0 {
+			select {
+			case <-sess.Done():
+				return false
+			case <-l.ctx.Done():
+				return false
+			case <-t.C:
+			}
+		}
+		// A stream picked just before it left the pool shows in Busy.
+		l.pool.Remove(sess)
+		if sess.Busy() == 0 {
+			break
+		}
+	}
+	_ = sess.Close()
+	return false
 }
 
 func (l *tunnelLink) finish(err error) {

@@ -1,17 +1,21 @@
 package daemon
 
 import (
+	"bufio"
 	"context"
+	"fmt"
 	"io"
 	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/require"
 
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/sbx-dev/sbx/cluster"
@@ -171,4 +175,155 @@ func relayDeploymentOf(t *testing.T, c *sim.Cluster) string {
 	require.Len(t, deps, 1)
 	_, name, _ := strings.Cut(deps[0], "/")
 	return name
+}
+
+// TestRelayRolloutLosesNothing: the relay Deployment rolls out (a
+// `kubectl rollout restart`, a new sbx image) while keyed requests reach
+// the laptop and the laptop calls the cluster. The new pod starts before
+// the old one stops; the old relay tells the daemon it is draining, the
+// daemon opens sessions to the new pod at once, and the old one finishes
+// what it serves. Not one request may fail.
+func TestRelayRolloutLosesNothing(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts a simulated cluster")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	c, err := sim.Start(ctx, sim.Options{Logger: testLogger(t).With("component", "sim")})
+	require.NoError(t, err)
+	t.Cleanup(c.Close)
+	kc := NewClusterFromKube(&kube.Cluster{
+		REST: c.RESTConfig, Kube: c.Clients.Kube, Istio: c.Clients.Istio,
+		Namespace: sim.AppNamespace, Context: "sim",
+	}, KubeOptions{Logger: testLogger(t), DefaultRelayImage: "ghcr.io/sbx-dev/sbx:test", WaitTimeout: 30 * time.Second})
+	t.Cleanup(func() { _ = kc.Close() })
+	svc := localService(t)
+	cfg := shortTunnelConfig()
+	td := startDaemon(t, Options{
+		Clusters:      func(context.Context, KubeconfigSource, string) (Cluster, error) { return kc, nil },
+		Tunnel:        &cfg,
+		LeaseInterval: 50 * time.Millisecond,
+	})
+	st, err := td.client.Connect(ctx, ConnectRequest{Spec: testSpec("alice", svc.Addr().String()), Wait: true, Timeout: time.Minute}, nil)
+	require.NoError(t, err)
+	require.Equal(t, PhaseReady, st.Phase)
+	depName := relayDeploymentOf(t, c)
+	oldPod, ok := c.RelayPod(sim.AppNamespace, depName)
+	require.True(t, ok)
+
+	client := c.HTTPClient(sim.AppNamespace)
+	defer client.CloseIdleConnections()
+	keyed := st.BaggageKey + "=" + st.RoutingKey
+	inbound := func() error {
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://route:8083/route", nil)
+		if err != nil {
+			return err
+		}
+		req.Header.Set("baggage", keyed)
+		resp, err := client.Do(req)
+		if err != nil {
+			return err
+		}
+		defer resp.Body.Close()
+		b, err := io.ReadAll(resp.Body)
+		if err != nil {
+			return err
+		}
+		if resp.StatusCode != http.StatusOK || !strings.Contains(string(b), "from the laptop") {
+			return fmt.Errorf("keyed request: %d %s", resp.StatusCode, b)
+		}
+		return nil
+	}
+	outbound := func() error {
+		conn, err := td.d.DialOutbound(ctx, "alice", "route.hotrod.svc.cluster.local:8083", "127.0.0.1:40000")
+		if err != nil {
+			return fmt.Errorf("outbound dial: %w", err)
+		}
+		defer conn.Close()
+		req, _ := http.NewRequest(http.MethodGet, "http://route.hotrod.svc.cluster.local:8083/route", nil)
+		req.Close = true
+		if err := req.Write(conn); err != nil {
+			return fmt.Errorf("outbound write: %w", err)
+		}
+		resp, err := http.ReadResponse(bufio.NewReader(conn), req)
+		if err != nil {
+			return fmt.Errorf("outbound read: %w", err)
+		}
+		defer resp.Body.Close()
+		if _, err := io.Copy(io.Discard, resp.Body); err != nil {
+			return fmt.Errorf("outbound body: %w", err)
+		}
+		if resp.StatusCode != http.StatusOK {
+			return fmt.Errorf("outbound: %d", resp.StatusCode)
+		}
+		return nil
+	}
+	require.NoError(t, inbound())
+	require.NoError(t, outbound())
+
+	// Load in both directions until told to stop.
+	type tally struct {
+		ok   int
+		errs []error
+		max  time.Duration
+	}
+	stop := make(chan struct{})
+	results := make([]tally, 2)
+	var wg sync.WaitGroup
+	for i, f := range []func() error{inbound, outbound} {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				start := time.Now()
+				err := f()
+				results[i].max = max(results[i].max, time.Since(start))
+				if err != nil {
+					results[i].errs = append(results[i].errs, err)
+				} else {
+					results[i].ok++
+				}
+			}
+		}()
+	}
+
+	// kubectl rollout restart.
+	rolloutStart := time.Now()
+	deps := c.Clients.Kube.AppsV1().Deployments(sim.AppNamespace)
+	dep, err := deps.Get(ctx, depName, metav1.GetOptions{})
+	require.NoError(t, err)
+	if dep.Spec.Template.Annotations == nil {
+		dep.Spec.Template.Annotations = map[string]string{}
+	}
+	dep.Spec.Template.Annotations["kubectl.kubernetes.io/restartedAt"] = time.Now().Format(time.RFC3339)
+	_, err = deps.Update(ctx, dep, metav1.UpdateOptions{})
+	require.NoError(t, err)
+	// The old pod is gone (its Pod object deleted after its drain).
+	require.Eventually(t, func() bool {
+		_, err := c.Clients.Kube.CoreV1().Pods(sim.AppNamespace).Get(ctx, oldPod, metav1.GetOptions{})
+		return apierrors.IsNotFound(err)
+	}, time.Minute, 20*time.Millisecond)
+	rolled := time.Since(rolloutStart)
+	// And traffic keeps flowing on the new pod for a while.
+	time.Sleep(500 * time.Millisecond)
+	close(stop)
+	wg.Wait()
+	newPod, _ := c.RelayPod(sim.AppNamespace, depName)
+	require.NotEqual(t, oldPod, newPod)
+	t.Logf("rollout %s -> %s in %s; inbound %d ok (slowest %s), outbound %d ok (slowest %s)",
+		oldPod, newPod, rolled.Round(time.Millisecond), results[0].ok, results[0].max.Round(time.Millisecond),
+		results[1].ok, results[1].max.Round(time.Millisecond))
+	require.Empty(t, results[0].errs, "keyed requests failed during the rollout")
+	require.Empty(t, results[1].errs, "laptop-to-cluster calls failed during the rollout")
+	require.Positive(t, results[0].ok)
+	require.Positive(t, results[1].ok)
+	sb, err := td.client.Sandbox(ctx, "alice")
+	require.NoError(t, err)
+	require.Equal(t, PhaseReady, sb.Phase)
+	require.Zero(t, sb.Reconnects, "a rollout is not a reconnect")
 }

@@ -210,10 +210,6 @@ func (c *controller) sync(key string) error {
 		}
 		return nil
 	}
-	if cur != nil {
-		// A new template: replace the pod (the simulator does not surge).
-		c.stopPod(key, true)
-	}
 	p, err := c.startPod(ctx, dep, hash)
 	if err != nil {
 		return err
@@ -225,8 +221,37 @@ func (c *controller) sync(key string) error {
 		return nil
 	}
 	c.pods[key] = p
+	if cur != nil {
+		// A new template: a rolling update as the rendered Deployment asks
+		// for (maxUnavailable 0, maxSurge 1): the old pod runs until the
+		// new one is ready, then gets SIGTERM and drains.
+		c.wg.Add(1)
+		go func() {
+			defer c.wg.Done()
+			c.retireWhenReady(cur, p)
+		}()
+	}
 	c.mu.Unlock()
 	return setDeploymentStatus(ctx, c.clients, ns, name, 1, false)
+}
+
+// retireWhenReady stops old once next is ready (or the controller closes,
+// or next ends first).
+func (c *controller) retireWhenReady(old, next *relayPod) {
+	t := time.NewTicker(10 * time.Millisecond)
+	defer t.Stop()
+	for !next.isReady() {
+		select {
+		case <-c.stop:
+			old.stop(false)
+			return
+		case <-next.done:
+			old.stop(true)
+			return
+		case <-t.C:
+		}
+	}
+	old.stop(true)
 }
 
 func (c *controller) stopPod(key string, deleteObject bool) {
