@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"log/slog"
+	"net/netip"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -127,6 +128,31 @@ func TestApplyReusesKeyAndToken(t *testing.T) {
 	require.NotContains(t, d2.Spec.Template.Annotations[AnnotationTokenHash], "another-token")
 	sec, _ := f.Kube.CoreV1().Secrets("hotrod").Get(t.Context(), "sbx-alice-token", metav1.GetOptions{})
 	require.Equal(t, "another-token", string(sec.Data["token"]))
+}
+
+// TestApplyRollsRelayOnDenyChange: a changed deny list (outbound.deny)
+// updates the relay Deployment on the next apply; the same list again
+// writes nothing.
+func TestApplyRollsRelayOnDenyChange(t *testing.T) {
+	f := hotrodFake(t)
+	o := testOptions(testKey)
+	_, err := Apply(t.Context(), f.Clients, routeSandbox("alice"), o, nil)
+	require.NoError(t, err)
+
+	o.RelayDeny = []netip.Prefix{netip.MustParsePrefix("10.0.0.0/24")}
+	var log eventLog
+	_, err = Apply(t.Context(), f.Clients, routeSandbox("alice"), o, log.add)
+	require.NoError(t, err)
+	require.Contains(t, log.events, Event{Action: ActionUpdated, Kind: "Deployment", Namespace: "hotrod", Name: "sbx-alice-relay"})
+	d, err := f.Kube.AppsV1().Deployments("hotrod").Get(t.Context(), "sbx-alice-relay", metav1.GetOptions{})
+	require.NoError(t, err)
+	args := d.Spec.Template.Spec.Containers[0].Args
+	require.Equal(t, []string{"--deny", "10.0.0.0/24"}, args[len(args)-2:])
+
+	f.clearActions()
+	_, err = Apply(t.Context(), f.Clients, routeSandbox("alice"), o, nil)
+	require.NoError(t, err)
+	require.Empty(t, f.writes())
 }
 
 func TestApplyUpdatesInPlaceAndPrunes(t *testing.T) {

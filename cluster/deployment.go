@@ -3,8 +3,11 @@ package cluster
 import (
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"fmt"
+	"net/netip"
 	"strconv"
+	"strings"
 	"time"
 
 	appsv1 "k8s.io/api/apps/v1"
@@ -64,6 +67,61 @@ func ValidateRelayMaxStreams(n int) error {
 	return nil
 }
 
+// MaxRelayDeny bounds the extra ranges the relay refuses (its --deny, one
+// argument each in the relay Deployment): enough for a cluster's node,
+// control-plane and service networks and a few hosts, while the pod spec
+// stays readable.
+const MaxRelayDeny = 64
+
+// ParseRelayDeny reads one entry of the relay's deny list (outbound.deny
+// in the sbx config, sbx render --relay-deny): an IP address or a CIDR
+// prefix. Host bits are dropped (10.1.2.3/8 is 10.0.0.0/8) and an
+// IPv4-mapped entry (::ffff:10.0.0.0/104) is its IPv4 range, as the relay
+// reads its --deny; package config mirrors this.
+func ParseRelayDeny(s string) (netip.Prefix, error) {
+	bad := fmt.Errorf("%q is not an IP address or CIDR prefix; want an address or range the relay must never dial, e.g. 10.0.0.0/24 or 100.64.0.7", s)
+	var p netip.Prefix
+	if !strings.Contains(s, "/") {
+		a, err := netip.ParseAddr(s)
+		if err != nil || a.Zone() != "" {
+			return netip.Prefix{}, bad
+		}
+		p = netip.PrefixFrom(a, a.BitLen())
+	} else {
+		var err error
+		if p, err = netip.ParsePrefix(s); err != nil {
+			return netip.Prefix{}, bad
+		}
+	}
+	if p.Addr().Is4In6() && p.Bits() >= 96 {
+		p = netip.PrefixFrom(p.Addr().Unmap(), p.Bits()-96)
+	}
+	return p.Masked(), nil
+}
+
+// ValidateRelayDeny checks a deny list as Options carries it: at most
+// MaxRelayDeny entries, each as ParseRelayDeny returns it, none twice.
+func ValidateRelayDeny(deny []netip.Prefix) error {
+	if len(deny) > MaxRelayDeny {
+		return fmt.Errorf("the relay deny list has %d entries; allowed at most %d (merge neighbouring ranges into wider CIDRs)", len(deny), MaxRelayDeny)
+	}
+	seen := map[netip.Prefix]bool{}
+	var errs []error
+	for i, p := range deny {
+		switch {
+		case !p.IsValid():
+			errs = append(errs, fmt.Errorf("relay deny entry %d is not a CIDR prefix", i))
+		case p != p.Masked() || (p.Addr().Is4In6() && p.Bits() >= 96):
+			canon, _ := ParseRelayDeny(p.String())
+			errs = append(errs, fmt.Errorf("relay deny entry %s is not in canonical form; write %s", p, canon))
+		case seen[p]:
+			errs = append(errs, fmt.Errorf("relay deny entry %s is listed twice", p))
+		}
+		seen[p] = true
+	}
+	return errors.Join(errs...)
+}
+
 // The relay's memory: a few MiB when idle, but every stream it serves may
 // buffer about 2.5 MiB when its reader stalls (relay.DefaultMaxStreams
 // explains the budget). The limit never goes below what the default cap
@@ -118,8 +176,10 @@ func relaySelector(sandbox string) map[string]string {
 
 // RelayArgs returns the `sbx relay` arguments for a sandbox, exactly as the
 // relay command-line contract specifies. maxStreams is the stream cap; 0 or
-// the default adds no flag, so existing relays keep their exact args.
-func RelayArgs(sandbox string, workloads []ResolvedWorkload, maxStreams int) []string {
+// the default adds no flag, so existing relays keep their exact args. deny
+// adds one --deny per range, in order, after the other flags (none when
+// empty, again keeping existing relays' args).
+func RelayArgs(sandbox string, workloads []ResolvedWorkload, maxStreams int, deny []netip.Prefix) []string {
 	args := []string{"relay",
 		"--sandbox", sandbox,
 		"--listen", fmt.Sprintf("127.0.0.1:%d", TunnelPort),
@@ -134,6 +194,9 @@ func RelayArgs(sandbox string, workloads []ResolvedWorkload, maxStreams int) []s
 	if maxStreams > 0 && maxStreams != DefaultRelayMaxStreams {
 		args = append(args, "--max-streams", strconv.Itoa(maxStreams))
 	}
+	for _, p := range deny {
+		args = append(args, "--deny", p.String())
+	}
 	return args
 }
 
@@ -145,7 +208,7 @@ func tokenHash(token string) string {
 	return hex.EncodeToString(sum[:8])
 }
 
-func relayDeployment(sandbox, namespace, key, token, image string, maxStreams int, workloads []ResolvedWorkload) *appsv1.Deployment {
+func relayDeployment(sandbox, namespace, key, token, image string, maxStreams int, deny []netip.Prefix, workloads []ResolvedWorkload) *appsv1.Deployment {
 	memLimit, memRequest, goMemLimit := relayMemory(maxStreams)
 	ports := []corev1.ContainerPort{
 		{Name: "tunnel", ContainerPort: TunnelPort, Protocol: corev1.ProtocolTCP},
@@ -200,7 +263,7 @@ func relayDeployment(sandbox, namespace, key, token, image string, maxStreams in
 						Name:    relayContainer,
 						Image:   image,
 						Command: []string{"sbx"},
-						Args:    RelayArgs(sandbox, workloads, maxStreams),
+						Args:    RelayArgs(sandbox, workloads, maxStreams, deny),
 						Env: []corev1.EnvVar{{
 							Name: TokenEnv,
 							ValueFrom: &corev1.EnvVarSource{SecretKeyRef: &corev1.SecretKeySelector{

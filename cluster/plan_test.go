@@ -3,6 +3,7 @@ package cluster
 import (
 	"fmt"
 	"maps"
+	"net/netip"
 	"slices"
 	"strings"
 	"testing"
@@ -175,9 +176,110 @@ func TestPlanRelayMaxStreams(t *testing.T) {
 // DefaultRelayMaxStreams, so it must be the relay's own default.
 func TestRelayMaxStreamsMatchesRelay(t *testing.T) {
 	require.Equal(t, relay.DefaultMaxStreams, DefaultRelayMaxStreams)
-	o, err := relay.ParseArgs(RelayArgs("alice", nil, 256)[1:], func(string) string { return "tok" })
+	o, err := relay.ParseArgs(RelayArgs("alice", nil, 256, nil)[1:], func(string) string { return "tok" })
 	require.NoError(t, err)
 	require.Equal(t, 256, o.MaxStreams)
+}
+
+func TestPlanRelayDeny(t *testing.T) {
+	o := testOptions(testKey)
+	o.RelayMaxStreams = 256
+	o.RelayDeny = []netip.Prefix{netip.MustParsePrefix("10.0.0.0/24"), netip.MustParsePrefix("100.64.0.7/32"), netip.MustParsePrefix("fd00:bad::/32")}
+	objs, err := Plan(t.Context(), hotrodManifests(t), threeSandbox(), o)
+	require.NoError(t, err)
+	c := objs.Relay.Spec.Template.Spec.Containers[0]
+	require.Equal(t, []string{"--max-streams", "256", "--deny", "10.0.0.0/24", "--deny", "100.64.0.7/32", "--deny", "fd00:bad::/32"}, c.Args[len(c.Args)-8:])
+
+	// The relay reads back exactly the configured list.
+	ro, err := relay.ParseArgs(c.Args[1:], func(string) string { return "tok" })
+	require.NoError(t, err)
+	require.Equal(t, o.RelayDeny, ro.Deny)
+
+	// Unset and empty render the same Deployment, without --deny: existing
+	// relays keep their exact spec (and spec hash).
+	o.RelayMaxStreams = 0
+	o.RelayDeny = nil
+	unset, err := Plan(t.Context(), hotrodManifests(t), threeSandbox(), o)
+	require.NoError(t, err)
+	o.RelayDeny = []netip.Prefix{}
+	empty, err := Plan(t.Context(), hotrodManifests(t), threeSandbox(), o)
+	require.NoError(t, err)
+	require.Equal(t, specHash(unset.Relay), specHash(empty.Relay))
+	require.NotContains(t, unset.Relay.Spec.Template.Spec.Containers[0].Args, "--deny")
+
+	// Any change of the list changes the Deployment's spec hash, so Apply
+	// rolls the relay.
+	hashes := map[string]string{"unset": specHash(unset.Relay)}
+	for name, deny := range map[string][]string{
+		"one": {"10.0.0.0/24"}, "other": {"10.0.1.0/24"}, "two": {"10.0.0.0/24", "10.0.1.0/24"}, "swapped": {"10.0.1.0/24", "10.0.0.0/24"},
+	} {
+		o.RelayDeny = nil
+		for _, s := range deny {
+			o.RelayDeny = append(o.RelayDeny, netip.MustParsePrefix(s))
+		}
+		objs, err := Plan(t.Context(), hotrodManifests(t), threeSandbox(), o)
+		require.NoError(t, err)
+		h := specHash(objs.Relay)
+		for other, oh := range hashes {
+			require.NotEqual(t, oh, h, "%s and %s", name, other)
+		}
+		hashes[name] = h
+	}
+
+	for _, tt := range []struct {
+		deny []netip.Prefix
+		want string
+	}{
+		{[]netip.Prefix{netip.MustParsePrefix("10.1.2.3/8")}, "relay deny entry 10.1.2.3/8 is not in canonical form; write 10.0.0.0/8"},
+		{[]netip.Prefix{netip.MustParsePrefix("::ffff:10.0.0.0/104")}, "relay deny entry ::ffff:10.0.0.0/104 is not in canonical form; write 10.0.0.0/8"},
+		{[]netip.Prefix{netip.MustParsePrefix("10.0.0.0/8"), netip.MustParsePrefix("10.0.0.0/8")}, "relay deny entry 10.0.0.0/8 is listed twice"},
+		{[]netip.Prefix{{}}, "relay deny entry 0 is not a CIDR prefix"},
+		{make([]netip.Prefix, MaxRelayDeny+1), "the relay deny list has 65 entries; allowed at most 64"},
+	} {
+		o.RelayDeny = tt.deny
+		_, err := Plan(t.Context(), hotrodManifests(t), threeSandbox(), o)
+		require.ErrorContains(t, err, tt.want)
+	}
+}
+
+// TestParseRelayDenyMatchesRelay: sbx validates outbound.deny and
+// --relay-deny with ParseRelayDeny, and the relay reads --deny on its own;
+// the two must accept the same entries and read them the same way, or a
+// config sbx accepts would crash-loop the relay.
+func TestParseRelayDenyMatchesRelay(t *testing.T) {
+	for _, tt := range []struct{ in, want string }{
+		{"10.0.0.0/24", "10.0.0.0/24"},
+		{"10.1.2.3/8", "10.0.0.0/8"},
+		{"100.64.0.7", "100.64.0.7/32"},
+		{"fd00:bad::/32", "fd00:bad::/32"},
+		{"fd00:bad::1", "fd00:bad::1/128"},
+		{"::ffff:10.0.0.0/104", "10.0.0.0/8"},
+		{"::ffff:1.2.3.4", "1.2.3.4/32"},
+		{"::ffff:0:0/80", "::/80"}, // wider than IPv4-mapped: IPv6, masked
+		{"0.0.0.0/0", "0.0.0.0/0"},
+		{"10.0.0.0/33", ""},
+		{"10.0.0.0/-1", ""},
+		{"fe80::1%eth0", ""},
+		{"metadata.google.internal", ""},
+		{"10.0.0.0/ 8", ""},
+		{"", ""},
+	} {
+		p, err := ParseRelayDeny(tt.in)
+		ro, rerr := relay.ParseArgs([]string{"--sandbox", "a", "--deny", tt.in}, func(string) string { return "tok" })
+		if tt.want == "" {
+			require.Error(t, err, tt.in)
+			require.Equal(t, fmt.Sprintf("%q is not an IP address or CIDR prefix; want an address or range the relay must never dial, e.g. 10.0.0.0/24 or 100.64.0.7", tt.in), err.Error())
+			if tt.in != "" { // the relay ignores an empty --deny
+				require.Error(t, rerr, tt.in)
+			}
+			continue
+		}
+		require.NoError(t, err, tt.in)
+		require.Equal(t, tt.want, p.String())
+		require.NoError(t, rerr, tt.in)
+		require.Equal(t, []netip.Prefix{p}, ro.Deny, tt.in)
+		require.NoError(t, ValidateRelayDeny([]netip.Prefix{p}))
+	}
 }
 
 // TestRelayLabelsNeverMatchBaselineSelectors proves the relay pod cannot

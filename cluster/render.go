@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net/netip"
 	"slices"
 	"strings"
 
@@ -55,6 +56,11 @@ type Options struct {
 	// RelayMaxStreams is the relay's stream cap (--max-streams), 0 for its
 	// default (DefaultRelayMaxStreams); the relay's memory scales with it.
 	RelayMaxStreams int
+	// RelayDeny are ranges the relay refuses to dial on top of its
+	// built-in list (--deny, one per entry; outbound.deny in the sbx
+	// config), as ParseRelayDeny returns them. Changing it changes the
+	// relay Deployment, and so its spec hash.
+	RelayDeny []netip.Prefix
 	// Holder is written to the Lease's holderIdentity (e.g. user@host).
 	Holder string
 	// ClusterDomain is the cluster's DNS domain (default cluster.local),
@@ -67,7 +73,7 @@ type Options struct {
 func (o Options) LogValue() slog.Value {
 	return slog.GroupValue(slog.String("routingKey", o.RoutingKey), slog.String("token", redacted(o.Token)),
 		slog.String("relayImage", o.RelayImage), slog.String("baggageKey", o.BaggageKey),
-		slog.Int("relayMaxStreams", o.RelayMaxStreams), slog.String("holder", o.Holder))
+		slog.Int("relayMaxStreams", o.RelayMaxStreams), slog.Any("relayDeny", o.RelayDeny), slog.String("holder", o.Holder))
 }
 
 func redacted(token string) string {
@@ -133,6 +139,9 @@ func Plan(ctx context.Context, b Baseline, sb *spec.Sandbox, o Options) (*Object
 	if err := ValidateRelayMaxStreams(o.RelayMaxStreams); err != nil {
 		return nil, err
 	}
+	if err := ValidateRelayDeny(o.RelayDeny); err != nil {
+		return nil, err
+	}
 	if errs := validation.IsDNS1123Label(sb.Name); len(errs) > 0 {
 		return nil, fmt.Errorf("the name is not a DNS label: %s", strings.Join(errs, "; "))
 	}
@@ -195,7 +204,7 @@ func Plan(ctx context.Context, b Baseline, sb *spec.Sandbox, o Options) (*Object
 		Data:       map[string][]byte{TokenKey: []byte(o.Token)},
 	}
 	objs.Secret = sec
-	objs.Relay = relayDeployment(sb.Name, home, key, o.Token, o.RelayImage, o.RelayMaxStreams, workloads)
+	objs.Relay = relayDeployment(sb.Name, home, key, o.Token, o.RelayImage, o.RelayMaxStreams, o.RelayDeny, workloads)
 	for _, w := range workloads {
 		objs.Services = append(objs.Services, sandboxService(sb.Name, home, key, w))
 	}

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"time"
 
 	"github.com/sbx-dev/sbx/cluster/istiovs"
@@ -84,11 +85,13 @@ type ApplyOptions struct {
 	// RoutingKey is the sandbox's key; the daemon keeps it across
 	// reconnects and restarts.
 	RoutingKey string
-	// BaggageKey, RelayImage and RelayMaxStreams come from the user
-	// config; empty or 0 means the cluster package's defaults.
+	// BaggageKey, RelayImage, RelayMaxStreams and RelayDeny come from the
+	// user config (RelayDeny from outbound.deny); empty or 0 means the
+	// cluster package's defaults.
 	BaggageKey      string
 	RelayImage      string
 	RelayMaxStreams int
+	RelayDeny       []netip.Prefix
 	// Holder is user@host, written to the Lease.
 	Holder string
 	// ClusterDomain is the cluster's DNS domain ("" = cluster.local).

@@ -2,8 +2,10 @@ package daemon
 
 import (
 	"context"
+	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"testing"
 	"time"
 
@@ -68,6 +70,17 @@ func TestConfigAppliedLiveAndErrorsShown(t *testing.T) {
 		return err == nil && len(opts) > applies && opts[len(opts)-1].RelayMaxStreams == 512 &&
 			len(s.Sandboxes) == 1 && s.Sandboxes[0].Phase == PhaseReady
 	}, 10*time.Second, 10*time.Millisecond, "the new stream cap was not applied")
+	// So does a change of outbound.deny alone: the relay's args depend on
+	// it, though the rest of the outbound section applies without one.
+	applies = len(fc.appliedKeys())
+	require.NoError(t, os.WriteFile(cfgPath, []byte("baggageKey: other-key\nrelayMaxStreams: 512\noutbound:\n  deny: [10.0.0.0/24, 'fd00:bad::/32']\n"), 0o600))
+	want := []netip.Prefix{netip.MustParsePrefix("10.0.0.0/24"), netip.MustParsePrefix("fd00:bad::/32")}
+	require.Eventually(t, func() bool {
+		opts := fc.appliedOptions()
+		s, err := td.client.Status(ctx)
+		return err == nil && len(opts) > applies && slices.Equal(opts[len(opts)-1].RelayDeny, want) &&
+			len(s.Sandboxes) == 1 && s.Sandboxes[0].Phase == PhaseReady
+	}, 10*time.Second, 10*time.Millisecond, "the new deny list was not applied")
 	for _, k := range fc.appliedKeys() {
 		require.Equal(t, st.RoutingKey, k)
 	}
@@ -80,6 +93,28 @@ func TestConfigAppliedLiveAndErrorsShown(t *testing.T) {
 func TestConfigBoundsMatchCluster(t *testing.T) {
 	require.Equal(t, cluster.DefaultRelayMaxStreams, config.DefaultRelayMaxStreams)
 	require.Equal(t, cluster.MaxRelayMaxStreams, config.MaxRelayMaxStreams)
+	require.Equal(t, cluster.MaxRelayDeny, config.MaxOutboundDeny)
+}
+
+// TestConfigDenyMatchesCluster: package config reads outbound.deny entries
+// on its own (to stay free of the Kubernetes libraries); it must accept
+// what cluster.ParseRelayDeny accepts and read it the same way, and what
+// it accepts must pass Plan's validation.
+func TestConfigDenyMatchesCluster(t *testing.T) {
+	for _, in := range []string{"10.0.0.0/24", "10.1.2.3/8", "100.64.0.7", "fd00:bad::/32", "fd00:bad::1",
+		"::ffff:10.0.0.0/104", "::ffff:1.2.3.4", "::ffff:0:0/80", "0.0.0.0/0", "::/0",
+		"10.0.0.0/33", "fe80::1%eth0", "metadata", "10.0.0.0/ 8", "1.2.3", "", " 10.0.0.0/8"} {
+		p, err := cluster.ParseRelayDeny(in)
+		c, cerr := config.Parse("config.yaml", []byte("outbound: {deny: ['"+in+"']}\n"))
+		if err != nil {
+			require.Error(t, cerr, in)
+			require.Contains(t, cerr.Error(), err.Error(), in)
+			continue
+		}
+		require.NoError(t, cerr, in)
+		require.Equal(t, []netip.Prefix{p}, c.Outbound.Deny, in)
+		require.NoError(t, cluster.ValidateRelayDeny(c.Outbound.Deny), in)
+	}
 }
 
 // TestConfigEditOutsideTheObjectsKeepsTheTunnel: an edit that does not

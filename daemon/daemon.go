@@ -12,6 +12,7 @@ import (
 	"net/netip"
 	"os"
 	"os/user"
+	"slices"
 	"sync"
 	"time"
 
@@ -265,17 +266,18 @@ func (d *Daemon) config() *config.Config {
 
 // configChanged applies a new valid config: sessions re-apply when their
 // cluster objects depend on what changed (relay image, relay stream cap,
-// baggage key); the pool size applies from the next connection; outbound
-// access follows its section live (a mode change swaps hosts file and
-// proxy).
+// the relay's deny list, baggage key); the pool size applies from the next
+// connection; outbound access follows the rest of its section live (a mode
+// change swaps hosts file and proxy).
 func (d *Daemon) configChanged(c *config.Config) {
 	d.log.Info("config changed", "relayImage", c.RelayImage, "relayMaxStreams", c.RelayMaxStreams,
-		"baggageKey", c.BaggageKey, "poolSize", c.PoolSize)
+		"relayDeny", c.Outbound.Deny, "baggageKey", c.BaggageKey, "poolSize", c.PoolSize)
 	d.cfgMu.Lock()
 	prev := d.applied
 	d.applied = c
 	d.cfgMu.Unlock()
-	if prev.RelayImage != c.RelayImage || prev.RelayMaxStreams != c.RelayMaxStreams || prev.BaggageKey != c.BaggageKey {
+	if prev.RelayImage != c.RelayImage || prev.RelayMaxStreams != c.RelayMaxStreams || prev.BaggageKey != c.BaggageKey ||
+		!slices.Equal(prev.Outbound.Deny, c.Outbound.Deny) {
 		d.mgr.Reapply()
 	}
 	d.out.setConfig(c)

@@ -492,6 +492,7 @@ func (c *kubeCluster) Apply(ctx context.Context, sb *spec.Sandbox, o ApplyOption
 		RoutingKey:      o.RoutingKey,
 		RelayImage:      image,
 		RelayMaxStreams: o.RelayMaxStreams,
+		RelayDeny:       o.RelayDeny,
 		BaggageKey:      o.BaggageKey,
 		Holder:          o.Holder,
 		ClusterDomain:   o.ClusterDomain,

@@ -262,6 +262,7 @@ func (s *session) connectOnce(ctx context.Context) (time.Time, error) {
 		BaggageKey:      conf.BaggageKey,
 		RelayImage:      conf.RelayImage,
 		RelayMaxStreams: conf.RelayMaxStreams,
+		RelayDeny:       conf.Outbound.Deny,
 		Holder:          cfg.User,
 		ClusterDomain:   conf.ClusterDomain,
 	}

@@ -21,6 +21,7 @@ import (
 	"github.com/sbx-dev/sbx/cluster"
 	"github.com/sbx-dev/sbx/cluster/kube"
 	"github.com/sbx-dev/sbx/cluster/sim"
+	"github.com/sbx-dev/sbx/tunnel"
 )
 
 // TestSimulatedCluster runs the whole path on the simulated cluster: the
@@ -46,10 +47,11 @@ func TestSimulatedCluster(t *testing.T) {
 
 	svc := localService(t)
 	cfg := shortTunnelConfig()
-	// A raised relay stream cap, carried from the user config to the relay
-	// Deployment (and accepted by the relay the simulated pod runs).
+	// A raised relay stream cap and a deny list, carried from the user
+	// config to the relay Deployment (and accepted by the relay the
+	// simulated pod runs).
 	cfgPath := filepath.Join(shortTempDir(t), "config.yaml")
-	require.NoError(t, os.WriteFile(cfgPath, []byte("relayMaxStreams: 256\n"), 0o600))
+	require.NoError(t, os.WriteFile(cfgPath, []byte("relayMaxStreams: 256\noutbound:\n  deny: [10.0.0.0/24]\n"), 0o600))
 	td := startDaemon(t, Options{
 		Clusters:      func(context.Context, KubeconfigSource, string) (Cluster, error) { return kc, nil },
 		Tunnel:        &cfg,
@@ -67,8 +69,23 @@ func TestSimulatedCluster(t *testing.T) {
 	dep, err := c.Clients.Kube.AppsV1().Deployments(sim.AppNamespace).Get(ctx, cluster.RelayName("alice"), metav1.GetOptions{})
 	require.NoError(t, err)
 	relayC := dep.Spec.Template.Spec.Containers[0]
-	require.Equal(t, []string{"--max-streams", "256"}, relayC.Args[len(relayC.Args)-2:])
+	require.Equal(t, []string{"--max-streams", "256", "--deny", "10.0.0.0/24"}, relayC.Args[len(relayC.Args)-4:])
 	require.Equal(t, "704Mi", relayC.Resources.Limits.Memory().String())
+
+	// The relay in the pod refuses the configured range, its NAT64 form,
+	// and the metadata address, and says why.
+	for target, why := range map[string]string{
+		"10.0.0.5:80":             "relay refuses to dial 10.0.0.5:80: 10.0.0.0/24 is denied by --deny (outbound.deny in the sbx config)",
+		"[64:ff9b::a00:5]:80":     "it is the NAT64 form of 10.0.0.5: 10.0.0.0/24 is denied by --deny",
+		"100.100.100.200:80":      "Alibaba Cloud metadata service 100.100.100.200 is never dialed",
+		"[64:ff9b::a9fe:a9fe]:80": "it is the NAT64 form of 169.254.169.254: link-local (cloud metadata service)",
+	} {
+		_, err := td.d.DialOutbound(ctx, "alice", target, "test")
+		var de *tunnel.DialError
+		require.ErrorAs(t, err, &de, target)
+		require.Equal(t, tunnel.ReasonDenied, de.Reason, target)
+		require.Contains(t, err.Error(), why)
+	}
 
 	client := c.HTTPClient(sim.AppNamespace)
 	defer client.CloseIdleConnections()

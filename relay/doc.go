@@ -27,9 +27,11 @@
 //     answer 503 saying so, TCP ports close and outbound streams are
 //     refused with a reason that says how to raise the cap.
 //   - Outbound: the target is resolved, every address is checked against
-//     the policy (link-local 169.254.0.0/16 and fe80::/10, fd00:ec2::254,
-//     loopback, unspecified, multicast, --deny ranges, the pod's own
-//     addresses) and the checked address is dialed, so DNS cannot swap it.
+//     the policy (builtinDeny: 0.0.0.0/8, link-local 169.254.0.0/16 and
+//     fe80::/10, the cloud metadata addresses outside them; loopback,
+//     unspecified, multicast, --deny ranges, the pod's own addresses; an
+//     IPv6 address also by the IPv4 address it embeds, see embeddedIPv4;
+//     Teredo) and the checked address is dialed, so DNS cannot swap it.
 //     Failures reach the daemon as a tunnel.DialError with a reason.
 //   - Shutdown: when Run's context ends (SIGTERM), /readyz turns 503, the
 //     tunnel listener closes and the laptop is told the relay drains (it

@@ -171,7 +171,9 @@ func (f *Flags) AddFlags(fs *pflag.FlagSet) {
 	fs.IntVar(&f.maxStreams, "max-streams", f.maxStreams, "most inbound and outbound streams served at once, bounding the relay's memory (each may buffer ~2.5 MiB when its reader stalls); more are refused with a 503 or a reason; 0 means the default. "+
 		"sbx sets it from relayMaxStreams in the sbx config (1-4096; sbx render --relay-max-streams shows the result) and sizes the pod's memory limit to match, "+
 		"max(512Mi, streams × 2.5 MiB + 64 MiB), e.g. --max-streams 256")
-	fs.Var(&f.deny, "deny", "extra CIDR the relay must never dial, repeatable, on top of link-local, cloud metadata and loopback, e.g. --deny 100.100.100.200/32")
+	fs.Var(&f.deny, "deny", "address or CIDR the relay must never dial, repeatable, on top of its built-in list (link-local, the cloud metadata services, 0.0.0.0/8, loopback, multicast, its own pod); "+
+		"an IPv4 range also refuses its IPv6 forms (NAT64, 6to4, IPv4-compatible), an IPv6 range applies as written. "+
+		"sbx sets it from outbound.deny in the sbx config (sbx render --relay-deny shows the result), e.g. --deny 10.0.0.0/24")
 	fs.StringVar(&f.tokenFile, "token-file", f.tokenFile, "file holding the tunnel token (default: the "+TokenEnv+" environment variable), e.g. --token-file /var/run/sbx/token")
 }
 
@@ -366,18 +368,26 @@ func (f *denyFlag) Set(v string) error {
 
 func (f *denyFlag) Type() string { return "cidr" }
 
+// parsePrefix reads a --deny value: a CIDR (host bits are dropped) or a
+// single address. An IPv4-mapped one (::ffff:10.0.0.0/104) is its IPv4
+// range, since the policy sees IPv4-mapped addresses as IPv4.
+// cluster.ParseRelayDeny and the sbx config read outbound.deny the same way.
 func parsePrefix(s string) (netip.Prefix, error) {
+	var p netip.Prefix
 	if !strings.Contains(s, "/") {
 		a, err := netip.ParseAddr(s)
-		if err != nil {
-			return netip.Prefix{}, fmt.Errorf("%q is neither an address nor a CIDR such as 100.100.100.200/32", s)
+		if err != nil || a.Zone() != "" {
+			return netip.Prefix{}, fmt.Errorf("%q is neither an address nor a CIDR such as 10.0.0.0/24", s)
 		}
-		a = a.Unmap()
-		return netip.PrefixFrom(a, a.BitLen()), nil
+		p = netip.PrefixFrom(a, a.BitLen())
+	} else {
+		var err error
+		if p, err = netip.ParsePrefix(s); err != nil {
+			return netip.Prefix{}, fmt.Errorf("%q is not a CIDR such as 10.0.0.0/24: %w", s, err)
+		}
 	}
-	p, err := netip.ParsePrefix(s)
-	if err != nil {
-		return netip.Prefix{}, fmt.Errorf("%q is not a CIDR such as 100.100.100.200/32: %w", s, err)
+	if p.Addr().Is4In6() && p.Bits() >= 96 {
+		p = netip.PrefixFrom(p.Addr().Unmap(), p.Bits()-96)
 	}
 	return p.Masked(), nil
 }

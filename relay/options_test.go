@@ -122,8 +122,10 @@ func TestParseArgs(t *testing.T) {
 		"--inbound", "20003=a/1/grpc,20004=b/2",
 		"--grace", "10s",
 		"--drain-timeout", "20s",
-		"--deny", "100.100.100.200",
+		"--deny", "10.200.0.5",
 		"--deny", "10.0.0.0/8",
+		"--deny", "172.16.1.1/12,fd00:bad::/32", // host bits dropped
+		"--deny", "::ffff:192.168.0.0/112,::ffff:1.2.3.4", // IPv4-mapped: the IPv4 range
 	}, env(TokenEnv, "env-secret"))
 	require.NoError(t, err)
 	require.Equal(t, Options{
@@ -143,9 +145,11 @@ func TestParseArgs(t *testing.T) {
 		DialTimeout:  DefaultDialTimeout,
 		MaxHeld:      DefaultMaxHeld,
 		MaxStreams:   DefaultMaxStreams,
-		Deny:         []netip.Prefix{netip.MustParsePrefix("100.100.100.200/32"), netip.MustParsePrefix("10.0.0.0/8")},
-		Token:        "env-secret",
-		TokenSource:  "$SBX_RELAY_TOKEN",
+		Deny: []netip.Prefix{netip.MustParsePrefix("10.200.0.5/32"), netip.MustParsePrefix("10.0.0.0/8"),
+			netip.MustParsePrefix("172.16.0.0/12"), netip.MustParsePrefix("fd00:bad::/32"),
+			netip.MustParsePrefix("192.168.0.0/16"), netip.MustParsePrefix("1.2.3.4/32")},
+		Token:       "env-secret",
+		TokenSource: "$SBX_RELAY_TOKEN",
 	}, o)
 
 	// Defaults, and the token file wins over the environment.
@@ -195,6 +199,8 @@ func TestParseArgsErrors(t *testing.T) {
 		{"negative max streams", []string{"--sandbox", "a", "--max-streams", "-1"}, tok, "--max-streams -1 is negative"},
 		{"zero dial timeout", []string{"--sandbox", "a", "--dial-timeout", "0s"}, tok, "--dial-timeout 0s must be positive"},
 		{"bad deny", []string{"--sandbox", "a", "--deny", "metadata"}, tok, "neither an address nor a CIDR"},
+		{"deny prefix too long", []string{"--sandbox", "a", "--deny", "10.0.0.0/33"}, tok, `"10.0.0.0/33" is not a CIDR`},
+		{"deny zone", []string{"--sandbox", "a", "--deny", "fe80::1%eth0"}, tok, "neither an address nor a CIDR"},
 		{"positional", []string{"--sandbox", "a", "extra"}, tok, "relay takes no arguments"},
 		{"unknown flag", []string{"--sandbox", "a", "--frobnicate"}, tok, "unknown flag: --frobnicate"},
 	}

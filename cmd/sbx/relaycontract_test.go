@@ -10,6 +10,7 @@ import (
 
 	"github.com/sbx-dev/sbx/cluster"
 	"github.com/sbx-dev/sbx/cluster/spec"
+	"github.com/sbx-dev/sbx/daemon/config"
 	"github.com/sbx-dev/sbx/relay"
 )
 
@@ -25,8 +26,13 @@ func TestRelayDeploymentMatchesRelayFlags(t *testing.T) {
 	require.NoError(t, err)
 	sb, err := spec.Load("../../testdata/render/three.yaml", nil)
 	require.NoError(t, err)
+	// The example config's relay settings, as the daemon passes them.
+	conf, err := config.Load("../../testdata/config/config.yaml")
+	require.NoError(t, err)
+	require.NotEmpty(t, conf.Outbound.Deny)
 	objs, err := cluster.Plan(t.Context(), base, sb, cluster.Options{
 		RoutingKey: "k3x9a0b1c2d3e", Token: "tok-123", RelayImage: "ghcr.io/sbx-dev/sbx:test",
+		RelayMaxStreams: conf.RelayMaxStreams, RelayDeny: conf.Outbound.Deny,
 	})
 	require.NoError(t, err)
 
@@ -53,6 +59,8 @@ func TestRelayDeploymentMatchesRelayFlags(t *testing.T) {
 	require.Equal(t, 10*time.Second, opts.Grace)
 	require.Equal(t, 20*time.Second, opts.DrainTimeout)
 	require.Len(t, opts.Inbound, 3)
+	require.Equal(t, conf.RelayMaxStreams, opts.MaxStreams)
+	require.Equal(t, conf.Outbound.Deny, opts.Deny, "the relay refuses exactly outbound.deny")
 
 	ports := map[int32]corev1.ContainerPort{}
 	for _, p := range c.Ports {

@@ -3,8 +3,10 @@ package main
 import (
 	"errors"
 	"fmt"
+	"net/netip"
 	"os"
 	"strconv"
+	"strings"
 
 	"github.com/spf13/cobra"
 
@@ -25,6 +27,7 @@ func newRenderCmd(g *globalOptions) *cobra.Command {
 		routingKey  string
 		relayImage  string
 		maxStreams  int
+		denyFlags   []string
 		baggageKey  string
 		leaseHolder string
 	)
@@ -79,6 +82,17 @@ for the same spec, baseline and routing key.`,
 				return userError(fmt.Errorf("--relay-max-streams: %w", err),
 					"pass 1-"+strconv.Itoa(cluster.MaxRelayMaxStreams)+", or leave it out for the relay's default")
 			}
+			var deny []netip.Prefix
+			for _, s := range denyFlags {
+				p, err := cluster.ParseRelayDeny(strings.TrimSpace(s))
+				if err != nil {
+					return userError(fmt.Errorf("--relay-deny: %w", err), "pass IP addresses or CIDRs, repeatable or comma-separated, as outbound.deny in the sbx config has them")
+				}
+				deny = append(deny, p)
+			}
+			if err := cluster.ValidateRelayDeny(deny); err != nil {
+				return userError(fmt.Errorf("--relay-deny: %w", err), "give each range once, at most "+strconv.Itoa(cluster.MaxRelayDeny))
+			}
 			if relayImage == "" {
 				relayImage = relayImageFor(g.build.Version)
 			}
@@ -87,6 +101,7 @@ for the same spec, baseline and routing key.`,
 				Token:           cluster.TokenPlaceholder,
 				RelayImage:      relayImage,
 				RelayMaxStreams: maxStreams,
+				RelayDeny:       deny,
 				BaggageKey:      baggageKey,
 				Holder:          leaseHolder,
 			})
@@ -110,6 +125,7 @@ for the same spec, baseline and routing key.`,
 	f.StringVar(&relayImage, "relay-image", "", "relay image (default "+cluster.DefaultRelayImageRepo+":<sbx version>)")
 	f.IntVar(&maxStreams, "relay-max-streams", 0, fmt.Sprintf("most streams the relay serves at once, 1-%d (0: the relay's default %d, as relayMaxStreams in the sbx config); the relay's memory limit grows ~2.5 MiB a stream above 512Mi",
 		cluster.MaxRelayMaxStreams, cluster.DefaultRelayMaxStreams))
+	f.StringSliceVar(&denyFlags, "relay-deny", nil, fmt.Sprintf("address or CIDR the relay must never dial, on top of its built-in list, as outbound.deny in the sbx config (repeatable or comma-separated, at most %d); each becomes a --deny of the relay", cluster.MaxRelayDeny))
 	f.StringVar(&baggageKey, "baggage-key", cluster.DefaultBaggageKey, "W3C baggage key that carries the routing key")
 	f.StringVar(&leaseHolder, "holder", "sbx", "Lease holder identity to render (sbx connect uses user@host)")
 	return cmd

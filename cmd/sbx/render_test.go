@@ -34,6 +34,10 @@ func TestRenderGolden(t *testing.T) {
 		// scaled to 704Mi (limit), 88Mi (request), GOMEMLIMIT 633MiB.
 		{"render-max-streams.yaml", []string{"-f", "../../testdata/render/route.yaml", "--set", "name=alice",
 			"--baseline", "../../testdata/baseline/hotrod.yaml", "--relay-max-streams", "256"}},
+		// A deny list: one --deny per entry after the other relay args,
+		// host bits dropped; nothing else changes.
+		{"render-deny.yaml", []string{"-f", "../../testdata/render/route.yaml", "--set", "name=alice",
+			"--baseline", "../../testdata/baseline/hotrod.yaml", "--relay-deny", "10.1.2.3/24,fd00:bad::/32", "--relay-deny", "100.64.0.7"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.golden, func(t *testing.T) {
@@ -95,6 +99,20 @@ func TestRenderWarningsAndErrors(t *testing.T) {
 	code, _, errOut = runCLI(t, append(base, "--baseline", "../../testdata/baseline/hotrod.yaml", "--relay-max-streams", "many")...)
 	require.NotZero(t, code)
 	require.Contains(t, errOut, `invalid argument "many" for "--relay-max-streams"`)
+
+	for _, tt := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--relay-deny", "10.0.0.0/33"}, `--relay-deny: "10.0.0.0/33" is not an IP address or CIDR prefix; want an address or range the relay must never dial, e.g. 10.0.0.0/24 or 100.64.0.7`},
+		{[]string{"--relay-deny", "metadata.google.internal"}, `--relay-deny: "metadata.google.internal" is not an IP address or CIDR prefix`},
+		{[]string{"--relay-deny", "10.0.0.0/8", "--relay-deny", "10.1.0.0/8"}, "--relay-deny: relay deny entry 10.0.0.0/8 is listed twice"},
+		{[]string{"--relay-deny", strings.TrimSuffix(strings.Repeat("10.0.0.1,", 65), ",")}, "--relay-deny: the relay deny list has 65 entries; allowed at most 64"},
+	} {
+		code, _, errOut = runCLI(t, append(append(base, "--baseline", "../../testdata/baseline/hotrod.yaml"), tt.args...)...)
+		require.Equal(t, 2, code, tt.args)
+		require.Contains(t, errOut, tt.want)
+	}
 
 	code, out, errOut = runCLI(t, append(base, "--baseline", "../../testdata/baseline/hotrod.yaml", "-o", "json")...)
 	require.Equal(t, 0, code, errOut)

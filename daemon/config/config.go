@@ -55,6 +55,9 @@ const (
 	// limit, so 4096 already ask the cluster for a 10304Mi limit and a
 	// 1288Mi request, more than staging nodes can usually schedule.
 	MaxRelayMaxStreams = 4096
+	// MaxOutboundDeny bounds outbound.deny (cluster.MaxRelayDeny): each
+	// entry is a --deny argument in the relay Deployment.
+	MaxOutboundDeny = 64
 	// MaxSize bounds the config file; it is a few lines in practice.
 	MaxSize = 1 << 20
 )
@@ -109,6 +112,14 @@ type Outbound struct {
 	// ProxyListen is the loopback host:port of the proxies; port 0 picks
 	// a free port.
 	ProxyListen string `json:"proxyListen"`
+	// Deny are addresses and ranges the relay must never dial for this
+	// laptop, on top of its built-in list (link-local, cloud metadata,
+	// loopback, its own pod): the relay Deployment's --deny arguments, in
+	// order, as cluster.ParseRelayDeny reads them (host bits dropped,
+	// IPv4-mapped ranges as IPv4). An IPv4 range also refuses its IPv6
+	// forms (NAT64, 6to4, IPv4-compatible). Changing it re-applies
+	// connected sandboxes.
+	Deny []netip.Prefix `json:"deny,omitempty"`
 }
 
 // Default returns the configuration used when there is no config file.
@@ -131,6 +142,7 @@ func (c *Config) Clone() *Config {
 	out := *c
 	out.Contexts = maps.Clone(c.Contexts)
 	out.Outbound.Namespaces = slices.Clone(c.Outbound.Namespaces)
+	out.Outbound.Deny = slices.Clone(c.Outbound.Deny)
 	return &out
 }
 

@@ -49,6 +49,7 @@ outbound:
   hostsRange: 127.50.0.0/24
   injectBaggage: true
   proxyListen: 127.0.0.1:1080
+  deny: [10.0.0.0/24, 100.64.0.7, "fd00:bad::/32"]
 contexts:
   staging-1: arn:aws:eks:eu-west-1:123:cluster/staging-1
   local: kind-kind
@@ -68,6 +69,8 @@ clusterDomain: corp.example
 			HostsRange:    netip.MustParsePrefix("127.50.0.0/24"),
 			InjectBaggage: true,
 			ProxyListen:   "127.0.0.1:1080",
+			Deny: []netip.Prefix{netip.MustParsePrefix("10.0.0.0/24"), netip.MustParsePrefix("100.64.0.7/32"),
+				netip.MustParsePrefix("fd00:bad::/32")},
 		},
 		Contexts:      map[string]string{"staging-1": "arn:aws:eks:eu-west-1:123:cluster/staging-1", "local": "kind-kind"},
 		ClusterDomain: "corp.example",
@@ -88,7 +91,22 @@ clusterDomain: corp.example
 		require.Equal(t, strings.Trim(n, "'"), strconv.Itoa(c.RelayMaxStreams))
 	}
 
+	// outbound.deny: block list, host bits dropped, IPv4-mapped as IPv4,
+	// order kept.
+	c, err = Parse("config.yaml", []byte("outbound:\n  deny:\n    - 10.1.2.3/8\n    - '::ffff:192.168.0.0/112'\n    - fd00::1\n    - 169.254.0.0/16\n"))
+	require.NoError(t, err)
+	require.Equal(t, []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8"), netip.MustParsePrefix("192.168.0.0/16"),
+		netip.MustParsePrefix("fd00::1/128"), netip.MustParsePrefix("169.254.0.0/16")}, c.Outbound.Deny)
+	c, err = Parse("config.yaml", []byte("outbound: {deny: []}\n"))
+	require.NoError(t, err)
+	require.Empty(t, c.Outbound.Deny)
+	c, err = Parse("config.yaml", []byte("outbound: {deny: [fd00::/8, 1.2.3.4]}\n")) // unquoted IPv6 in a flow list
+	require.NoError(t, err)
+	require.Equal(t, []netip.Prefix{netip.MustParsePrefix("fd00::/8"), netip.MustParsePrefix("1.2.3.4/32")}, c.Outbound.Deny)
+
 	// JSON (what sbx status shows) round-trips.
+	c, err = Parse("config.yaml", []byte(data))
+	require.NoError(t, err)
 	b, err := json.Marshal(c)
 	require.NoError(t, err)
 	var back Config
@@ -102,7 +120,19 @@ func TestParseInvalid(t *testing.T) {
 		want       []string // each a whole error line
 	}{
 		{"unknown field", "poolsize: 3\n", []string{`config.yaml:1:1: poolsize: unknown field "poolsize"; did you mean "poolSize"? (allowed: relayImage, relayMaxStreams, baggageKey, poolSize, outbound, contexts, clusterDomain)`}},
-		{"unknown outbound field", "outbound:\n  inject_baggage: true\n", []string{`config.yaml:2:3: outbound.inject_baggage: unknown field "inject_baggage"; did you mean "injectBaggage"? (allowed: mode, namespaces, hostsFile, hostsRange, injectBaggage, proxyListen)`}},
+		{"unknown outbound field", "outbound:\n  inject_baggage: true\n", []string{`config.yaml:2:3: outbound.inject_baggage: unknown field "inject_baggage"; did you mean "injectBaggage"? (allowed: mode, namespaces, hostsFile, hostsRange, injectBaggage, proxyListen, deny)`}},
+		{"deny typo", "outbound:\n  dney: [10.0.0.0/8]\n", []string{`config.yaml:2:3: outbound.dney: unknown field "dney"; did you mean "deny"?`}},
+		{"deny bad entries", "outbound:\n  deny: [10.0.0.0/8, fd00::/8, 10.0.0.0/33, metadata.google.internal, 'fe80::1%eth0', '']\n", []string{
+			`config.yaml:2:32: outbound.deny[2]: "10.0.0.0/33" is not an IP address or CIDR prefix; want an address or range the relay must never dial, e.g. 10.0.0.0/24 or 100.64.0.7`,
+			`config.yaml:2:45: outbound.deny[3]: "metadata.google.internal" is not an IP address or CIDR prefix`,
+			`config.yaml:2:71: outbound.deny[4]: "fe80::1%eth0" is not an IP address or CIDR prefix`,
+			`config.yaml:2:87: outbound.deny[5]: "" is not an IP address or CIDR prefix`}},
+		{"deny duplicate", "outbound:\n  deny:\n    - 10.0.0.0/8\n    - 10.9.9.9/8\n", []string{
+			`config.yaml:4:7: outbound.deny[1]: 10.0.0.0/8 is already listed at outbound.deny[0]`}},
+		{"deny not list", "outbound: {deny: 10.0.0.0/8}\n", []string{`outbound.deny: must be a list, not the string "10.0.0.0/8"`}},
+		{"deny entry not string", "outbound: {deny: [[10.0.0.0/8]]}\n", []string{`outbound.deny[0]: must be a string, not a list`}},
+		{"deny too long", "outbound: {deny: [" + strings.TrimSuffix(strings.Repeat("10.0.0.0/8,", 65), ",") + "]}\n", []string{
+			`config.yaml:1:18: outbound.deny: has 65 entries; allowed at most 64 (merge neighbouring ranges into wider CIDRs)`}},
 		{"cluster domain", "clusterDomain: Cluster.Local.\n", []string{`config.yaml:1:16: clusterDomain: "Cluster.Local." is not a DNS domain; want the cluster's DNS domain as kubelet's --cluster-domain has it, e.g. cluster.local (leave it out for that default)`}},
 		{"pool zero", "poolSize: 0\n", []string{"config.yaml:1:11: poolSize: 0 is out of range; allowed 1-16 tunnel sessions per sandbox (default 2)"}},
 		{"pool big", "poolSize: 17\n", []string{"config.yaml:1:11: poolSize: 17 is out of range; allowed 1-16 tunnel sessions per sandbox (default 2)"}},
@@ -172,11 +202,14 @@ func TestClone(t *testing.T) {
 	c := Default()
 	c.Contexts = map[string]string{"a": "b"}
 	c.Outbound.Namespaces = []string{"x"}
+	c.Outbound.Deny = []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8")}
 	d := c.Clone()
 	d.Contexts["a"] = "changed"
 	d.Outbound.Namespaces[0] = "changed"
+	d.Outbound.Deny[0] = netip.MustParsePrefix("10.1.0.0/16")
 	require.Equal(t, "b", c.Contexts["a"])
 	require.Equal(t, "x", c.Outbound.Namespaces[0])
+	require.Equal(t, netip.MustParsePrefix("10.0.0.0/8"), c.Outbound.Deny[0])
 }
 
 // FuzzParse: the config decoder never panics, fails only with located
@@ -185,6 +218,7 @@ func FuzzParse(f *testing.F) {
 	f.Add([]byte("poolSize: 3\noutbound: {mode: proxy, namespaces: [a], hostsRange: 127.2.0.0/16}\ncontexts: {a: b}\n"))
 	f.Add([]byte("baggageKey: 'k'\nrelayImage: a/b:c\nrelayMaxStreams: 300\n"))
 	f.Add([]byte("outbound: {proxyListen: '[::1]:0', injectBaggage: 'true'}\n"))
+	f.Add([]byte("outbound: {deny: [10.0.0.0/8, '::ffff:1.2.3.4', fd00::/8, 10.1.2.3/8]}\n"))
 	f.Add([]byte("- x\n"))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		c, err := Parse("fuzz.yaml", data)
@@ -198,8 +232,15 @@ func FuzzParse(f *testing.F) {
 		if c.PoolSize < 1 || c.PoolSize > MaxPoolSize || c.BaggageKey == "" ||
 			c.RelayMaxStreams < 0 || c.RelayMaxStreams > MaxRelayMaxStreams ||
 			!loopback8.Contains(c.Outbound.HostsRange.Addr()) || !filepath.IsAbs(c.Outbound.HostsFile) ||
-			checkProxyListen(c.Outbound.ProxyListen) != "" {
+			checkProxyListen(c.Outbound.ProxyListen) != "" || len(c.Outbound.Deny) > MaxOutboundDeny {
 			t.Fatalf("accepted config out of bounds: %+v", c)
+		}
+		seen := map[netip.Prefix]bool{}
+		for _, p := range c.Outbound.Deny {
+			if !p.IsValid() || p != p.Masked() || (p.Addr().Is4In6() && p.Bits() >= 96) || seen[p] {
+				t.Fatalf("accepted deny entry %s is not canonical or repeated: %v", p, c.Outbound.Deny)
+			}
+			seen[p] = true
 		}
 	})
 }
@@ -212,4 +253,5 @@ func TestExampleConfig(t *testing.T) {
 	require.Equal(t, []string{"shared", "observability"}, c.Outbound.Namespaces)
 	require.Equal(t, "ghcr.io/sbx-dev/sbx:v0.1.0", c.RelayImage)
 	require.Equal(t, DefaultRelayMaxStreams, c.RelayMaxStreams)
+	require.Equal(t, []netip.Prefix{netip.MustParsePrefix("10.0.0.0/24"), netip.MustParsePrefix("100.64.0.7/32")}, c.Outbound.Deny)
 }

@@ -103,7 +103,7 @@ func decode(d *strictyaml.Decoder, root *yaml.Node, c *Config) {
 
 func decodeOutbound(d *strictyaml.Decoder, n *yaml.Node, o *Outbound) {
 	const p = "outbound"
-	f := d.Fields(n, p, "mode", "namespaces", "hostsFile", "hostsRange", "injectBaggage", "proxyListen")
+	f := d.Fields(n, p, "mode", "namespaces", "hostsFile", "hostsRange", "injectBaggage", "proxyListen", "deny")
 	if n := f["mode"]; n != nil {
 		m := d.String(n, p+".mode")
 		switch {
@@ -172,6 +172,61 @@ func decodeOutbound(d *strictyaml.Decoder, n *yaml.Node, o *Outbound) {
 			}
 		}
 	}
+	decodeDeny(d, f["deny"], o)
+}
+
+// decodeDeny reads outbound.deny: addresses and CIDRs the relay must never
+// dial, each read as cluster.ParseRelayDeny reads it (a daemon test keeps
+// the two equal), none twice, at most MaxOutboundDeny.
+func decodeDeny(d *strictyaml.Decoder, n *yaml.Node, o *Outbound) {
+	const p = "outbound.deny"
+	items := d.Seq(n, p)
+	if len(items) > MaxOutboundDeny {
+		d.Errorf(n, p, "has %d entries; allowed at most %d (merge neighbouring ranges into wider CIDRs)", len(items), MaxOutboundDeny)
+		return
+	}
+	seen := map[netip.Prefix]int{}
+	for i, nn := range items {
+		ip := strictyaml.Index(p, i)
+		s := d.String(nn, ip)
+		if d.Bad(ip) {
+			continue
+		}
+		pr, ok := parseDeny(s)
+		if !ok {
+			d.Errorf(nn, ip, "%q is not an IP address or CIDR prefix; want an address or range the relay must never dial, e.g. 10.0.0.0/24 or 100.64.0.7", s)
+			continue
+		}
+		if j, dup := seen[pr]; dup {
+			d.Errorf(nn, ip, "%s is already listed at %s[%d]", pr, p, j)
+			continue
+		}
+		seen[pr] = i
+		o.Deny = append(o.Deny, pr)
+	}
+}
+
+// parseDeny is cluster.ParseRelayDeny (package config stays free of the
+// Kubernetes libraries): an address or CIDR, host bits dropped, an
+// IPv4-mapped range as its IPv4 range.
+func parseDeny(s string) (netip.Prefix, bool) {
+	var p netip.Prefix
+	if !strings.Contains(s, "/") {
+		a, err := netip.ParseAddr(s)
+		if err != nil || a.Zone() != "" {
+			return netip.Prefix{}, false
+		}
+		p = netip.PrefixFrom(a, a.BitLen())
+	} else {
+		var err error
+		if p, err = netip.ParsePrefix(s); err != nil {
+			return netip.Prefix{}, false
+		}
+	}
+	if p.Addr().Is4In6() && p.Bits() >= 96 {
+		p = netip.PrefixFrom(p.Addr().Unmap(), p.Bits()-96)
+	}
+	return p.Masked(), true
 }
 
 // checkHostsRange parses a hosts range; it must be IPv4 loopback, leave
