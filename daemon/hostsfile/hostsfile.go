@@ -28,6 +28,7 @@ import (
 	"path/filepath"
 	"slices"
 	"sync"
+	"time"
 )
 
 // ErrOwned is matched (errors.Is) by the error Acquire returns when another
@@ -120,6 +121,14 @@ func Acquire(opts Options) (*Owner, error) {
 	if err := o.removeStale(); err != nil {
 		_ = lock.Close()
 		return nil, err
+	}
+	// Now that the file is ours: temp files of writers killed before
+	// their rename.
+	if removed, err := sweepTemps(path, time.Now()); err != nil {
+		log.Warn("cannot look for temp files left next to the hosts file", "path", path, "err", err)
+	} else if len(removed) > 0 {
+		log.Warn("removed temp files left next to the hosts file by sbx writes that were killed",
+			"path", path, "files", removed)
 	}
 	// Write an empty block at once: it is how a daemon with another lock
 	// file (another state directory) learns this one owns the file.

@@ -5,7 +5,10 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"syscall"
+	"time"
 )
 
 // writeFile replaces the contents of path (a resolved, non-symlink path)
@@ -14,7 +17,8 @@ import (
 // The normal way is atomic: a temp file in the same directory, written and
 // fsynced, given the original's mode and owner, renamed over the original,
 // then the directory fsynced. Readers see the old or the new file, never a
-// half-written one, and a crash leaves one of the two.
+// half-written one, and a crash (even a power loss) leaves one of the two,
+// plus at worst the temp file, which the next Acquire sweeps (sweepTemps).
 //
 // Some setups forbid that, and then the file is rewritten in place (not
 // atomic: a reader racing the write may see a short file for an instant):
@@ -56,9 +60,16 @@ func fallbackInPlace(err error) bool {
 		errors.Is(err, errKeepOwner)
 }
 
+// tempPrefix is how every temp file for hosts file path starts:
+// ".hosts.sbx-". The full name is ".hosts.sbx-<pid>-<random>", so a sweep
+// can tell a temp file whose writer is gone (sweepTemps).
+func tempPrefix(path string) string {
+	return "." + filepath.Base(path) + ".sbx-"
+}
+
 func writeAtomic(path string, data []byte, fi fs.FileInfo, rename func(oldpath, newpath string) error) (err error) {
 	dir := filepath.Dir(path)
-	tmp, err := os.CreateTemp(dir, "."+filepath.Base(path)+".sbx-*")
+	tmp, err := os.CreateTemp(dir, tempPrefix(path)+strconv.Itoa(os.Getpid())+"-*")
 	if err != nil {
 		return err
 	}
@@ -85,6 +96,10 @@ func writeAtomic(path string, data []byte, fi fs.FileInfo, rename func(oldpath, 
 		return err
 	}
 	if err = rename(tmpName, path); err != nil {
+		_ = os.Remove(tmpName)
+		// A failed rename is also when temp files of writers killed
+		// earlier are most likely around (same directory, same cause).
+		_, _ = sweepTemps(path, time.Now())
 		return err
 	}
 	// Make the rename itself durable. Some filesystems refuse to fsync a
@@ -116,4 +131,81 @@ func writeInPlace(path string, data []byte) error {
 		return err
 	}
 	return f.Close()
+}
+
+// tempMaxAge is the age past which a temp file is abandoned whoever made
+// it: a write keeps its temp file for milliseconds.
+const tempMaxAge = 10 * time.Minute
+
+// sweepTemps removes the temp files that writers of the hosts file at
+// path left in its directory when they were killed between creating and
+// renaming them (or could not remove them after a failed rename):
+//   - ".<base>.sbx-<pid>-<digits>" when no process <pid> is running, or
+//     when it was last modified over tempMaxAge ago (the pid may be reused);
+//   - ".<base>.sbx-<digits>", the name older sbx versions used, when it
+//     was last modified over tempMaxAge ago (no pid to check).
+//
+// Nothing else is touched: other names, and anything but regular files.
+// pid checks assume the writers share the sweeper's pid namespace; a
+// writer in another one (a container sharing the directory) could lose
+// its temp file mid-write, and that write fails and is retried later.
+// It returns the names removed.
+func sweepTemps(path string, now time.Time) ([]string, error) {
+	dir := filepath.Dir(path)
+	prefix := tempPrefix(path)
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return nil, err
+	}
+	var removed []string
+	for _, e := range entries {
+		rest, ok := strings.CutPrefix(e.Name(), prefix)
+		if !ok {
+			continue
+		}
+		pid, ok := parseTempSuffix(rest)
+		if !ok {
+			continue
+		}
+		info, err := e.Info()
+		if err != nil || !info.Mode().IsRegular() {
+			continue
+		}
+		if now.Sub(info.ModTime()) <= tempMaxAge && (pid == 0 || pidAlive(pid)) {
+			continue
+		}
+		if err := os.Remove(filepath.Join(dir, e.Name())); err == nil {
+			removed = append(removed, e.Name())
+		}
+	}
+	return removed, nil
+}
+
+// parseTempSuffix reads what follows ".<base>.sbx-": "<pid>-<digits>"
+// gives the pid, "<digits>" (older versions) gives 0; anything else is not
+// a temp file of sbx.
+func parseTempSuffix(s string) (pid int, ok bool) {
+	digits := func(s string) bool {
+		if s == "" || len(s) > 20 {
+			return false
+		}
+		for i := 0; i < len(s); i++ {
+			if s[i] < '0' || s[i] > '9' {
+				return false
+			}
+		}
+		return true
+	}
+	p, r, found := strings.Cut(s, "-")
+	if !found {
+		return 0, digits(s)
+	}
+	if !digits(p) || !digits(r) {
+		return 0, false
+	}
+	pid, err := strconv.Atoi(p)
+	if err != nil || pid <= 0 {
+		return 0, false
+	}
+	return pid, true
 }
