@@ -1,7 +1,9 @@
 package hostsfile
 
 import (
+	"bytes"
 	"errors"
+	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -20,8 +22,8 @@ import (
 // half-written one, and a crash (even a power loss) leaves one of the two,
 // plus at worst the temp file, which the next Acquire sweeps (sweepTemps).
 //
-// Some setups forbid that, and then the file is rewritten in place (not
-// atomic: a reader racing the write may see a short file for an instant):
+// Some setups forbid that, and then the file is rewritten in place (see
+// writeInPlace for what a kill leaves then):
 //   - the hosts file is a bind mount (Docker and Kubernetes mount
 //     /etc/hosts into containers): rename fails with EBUSY;
 //   - the directory is not writable even though the file is (an admin ran
@@ -112,25 +114,77 @@ func writeAtomic(path string, data []byte, fi fs.FileInfo, rename func(oldpath, 
 }
 
 // writeInPlace overwrites path's contents through the existing inode, so
-// its mode, owner, and any bind mount stay as they are.
-func writeInPlace(path string, data []byte) error {
-	f, err := os.OpenFile(path, os.O_WRONLY, 0)
+// its mode, owner, and any bind mount stay as they are. It is not atomic
+// for readers (one racing the write may see the padding below for an
+// instant), but a process killed at any point between its system calls
+// leaves a valid hosts file holding the old or the new contents:
+//
+//  1. Open the file and read it (L bytes). A kill leaves the old file.
+//  2. One write(2) of data followed by padding up to at least L bytes (see
+//     padTo: a comment and blank lines, which every hosts file parser
+//     skips), starting at the first byte that differs from the file. No
+//     old byte survives past the new contents, so a kill leaves the new
+//     contents plus padding; the next read removes the padding
+//     (stripPadding), that is the next write or the next daemon's Acquire.
+//  3. fsync, only when padding was added: the truncate in step 4 must not
+//     reach the disk before the data, or a power loss could leave the old
+//     contents cut to the new length.
+//  4. Truncate to len(data). A kill from here on leaves exactly data.
+//  5. fsync.
+//
+// A kill inside the write(2) of step 2: Linux checks for a fatal signal
+// only between the chunks (a page, or a large folio) a buffered write
+// copies into the page cache (mm/filemap.c, generic_perform_write), and
+// returns what it copied so far; so a write within one 4 KiB page is all
+// or nothing. Writing only from the first changed byte makes any rewrite
+// of a hosts file under 4 KiB one chunk, and one of a bigger file too as
+// long as the changed bytes (the block to the end of the file) do not
+// straddle a page boundary. One that does can in principle be cut there
+// by a SIGKILL landing in that very call, leaving the new bytes up to the
+// boundary and the old ones after it. The next Acquire then finds one
+// block mixing old and new lines (the cut fell in the old block: the next
+// write replaces it whole), a stale tail after the new block (the cut fell
+// past it: left as it is), or a block without its END line
+// (it grew past the boundary: Acquire refuses with a ParseError and the
+// user is told to fix the file). A power loss before step 3 completes may
+// leave any mix of old and new pages: only the rename path is atomic
+// against that.
+func writeInPlace(path string, data []byte) (err error) {
+	f, err := os.OpenFile(path, os.O_RDWR, 0)
 	if err != nil {
 		return err
 	}
-	if _, err := f.WriteAt(data, 0); err != nil {
-		_ = f.Close()
+	defer func() {
+		if cerr := f.Close(); err == nil {
+			err = cerr
+		}
+	}()
+	cur, err := io.ReadAll(f)
+	if err != nil {
 		return err
 	}
+	out := padTo(data, len(cur))
+	same := 0
+	for same < len(out) && same < len(cur) && out[same] == cur[same] {
+		same++
+	}
+	if same < len(out) {
+		if _, err := f.WriteAt(out[same:], int64(same)); err != nil {
+			return err
+		}
+	}
+	if len(out) > len(data) {
+		if err := f.Sync(); err != nil {
+			return err
+		}
+	}
 	if err := f.Truncate(int64(len(data))); err != nil {
-		_ = f.Close()
 		return err
 	}
 	if err := f.Sync(); err != nil {
-		_ = f.Close()
 		return err
 	}
-	return f.Close()
+	return nil
 }
 
 // tempMaxAge is the age past which a temp file is abandoned whoever made
@@ -208,4 +262,43 @@ func parseTempSuffix(s string) (pid int, ok bool) {
 		return 0, false
 	}
 	return pid, true
+}
+
+// padMark starts the padding of an in-place rewrite.
+const padMark = "\t# sbx padding"
+
+// padTo returns data followed by padding that makes it at least n bytes
+// long, or data itself when it is long enough. The padding is padMark and
+// one or more newlines: a comment, then blank lines. It starts with a tab
+// rather than a newline so that it can follow a last line without a
+// terminator (the file's, or the block's END line) without changing what
+// that line means to a hosts parser, and stripPadding can take it off
+// byte for byte.
+func padTo(data []byte, n int) []byte {
+	if len(data) >= n {
+		return data
+	}
+	k := max(n-len(data)-len(padMark), 1)
+	out := make([]byte, 0, len(data)+len(padMark)+k)
+	out = append(out, data...)
+	out = append(out, padMark...)
+	for range k {
+		out = append(out, '\n')
+	}
+	return out
+}
+
+// stripPadding removes the padding an in-place rewrite killed before its
+// truncate left: the last padMark in content when only newlines (at least
+// one) follow it to the end.
+func stripPadding(content []byte) ([]byte, bool) {
+	i := bytes.LastIndex(content, []byte(padMark))
+	if i < 0 {
+		return content, false
+	}
+	rest := content[i+len(padMark):]
+	if len(rest) == 0 || len(bytes.Trim(rest, "\n")) != 0 {
+		return content, false
+	}
+	return content[:i], true
 }

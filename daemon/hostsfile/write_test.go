@@ -2,6 +2,7 @@ package hostsfile
 
 import (
 	"fmt"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -13,6 +14,101 @@ import (
 
 	"github.com/stretchr/testify/require"
 )
+
+// requireValidHosts fails unless every line of content is blank, a
+// comment, or an address followed by valid names.
+func requireValidHosts(t *testing.T, content string) {
+	t.Helper()
+	for i, line := range strings.Split(content, "\n") {
+		if j := strings.IndexByte(line, '#'); j >= 0 {
+			line = line[:j]
+		}
+		f := strings.Fields(line)
+		if len(f) == 0 {
+			continue
+		}
+		_, err := netip.ParseAddr(f[0])
+		require.NoError(t, err, "line %d of\n%s", i+1, content)
+		require.GreaterOrEqual(t, len(f), 2, "line %d of\n%s", i+1, content)
+		for _, n := range f[1:] {
+			require.True(t, validName(n), "line %d of\n%s", i+1, content)
+		}
+	}
+}
+
+func TestPadToAndStripPadding(t *testing.T) {
+	for _, data := range []string{
+		"",
+		"127.0.0.1 localhost\n",
+		"127.0.0.1 localhost\n10.0.0.1 db",
+		"10.0.0.2 files\r\n",
+		"127.0.0.1 localhost\n# BEGIN sbx (pid 1, do not edit)\n# END sbx",
+		"10.0.0.1 db\t",
+		"10.0.0.1 db\t" + padMark, // padMark not followed by a newline is not padding
+	} {
+		for _, n := range []int{0, len(data), len(data) + 1, len(data) + len(padMark), len(data) + len(padMark) + 1, len(data) + 500} {
+			out := padTo([]byte(data), n)
+			require.GreaterOrEqual(t, len(out), n)
+			require.True(t, strings.HasPrefix(string(out), data))
+			requireValidHosts(t, string(out))
+			got, padded := stripPadding(out)
+			require.Equal(t, len(out) > len(data), padded, "%q", out)
+			if padded {
+				require.Equal(t, data, string(got))
+				blocks, err := findBlocks(got)
+				require.NoError(t, err)
+				require.Len(t, blocks, strings.Count(data, "# END sbx"))
+			}
+		}
+	}
+	// The one ambiguity: a file whose own last line ends in the marker and
+	// newlines loses them. Nobody writes "\t# sbx padding" but sbx.
+	got, padded := stripPadding([]byte("10.0.0.1 db\t# sbx padding\n\n"))
+	require.True(t, padded)
+	require.Equal(t, "10.0.0.1 db", string(got))
+
+	for _, s := range []string{
+		"# sbx padding\n", "\t# sbx padding", "\t# sbx padding\nx\n", "\t# sbx padding \n", "a\t# sbx padding\n\nb",
+		"\t# sbx padding\r\n",
+	} {
+		got, padded := stripPadding([]byte(s))
+		require.False(t, padded, "%q", s)
+		require.Equal(t, s, string(got))
+	}
+}
+
+// What an in-place rewrite killed before its truncate leaves (the new
+// contents, padded to the old length) is taken for the new contents by
+// the next owner, even where the padding follows an END line without a
+// line break, and removed.
+func TestOwnerRemovesPadding(t *testing.T) {
+	orig := "127.0.0.1 localhost\n10.0.0.1 db" // the block goes last, unterminated
+	p := newHosts(t, orig, 0o644)
+	deadLock := lockIn(t)
+	eol := "\n"
+	full := orig + eol + string(renderBlock(999999, deadLock, entriesAB(), eol, false))
+	short := orig + eol + string(renderBlock(999999, deadLock, entriesAB()[:1], eol, false))
+	left := string(padTo([]byte(short), len(full)))
+	require.Len(t, left, len(full))
+	require.Contains(t, left, "# END sbx\t# sbx padding\n")
+	requireValidHosts(t, left)
+	require.NoError(t, os.WriteFile(p, []byte(left), 0o644))
+
+	o, err := Acquire(Options{Path: p, LockPath: lockIn(t)})
+	require.NoError(t, err, "the padding is not taken for part of the END line")
+	require.NotContains(t, read(t, p), "padding")
+	require.NotContains(t, read(t, p), "redis")
+	require.Equal(t, orig, outside(t, read(t, p)))
+
+	// The owner's own write removes padding that appears meanwhile.
+	require.NoError(t, o.Set(entriesAB()))
+	cur := read(t, p)
+	require.NoError(t, os.WriteFile(p, padTo([]byte(cur), len(cur)+100), 0o644))
+	require.NoError(t, o.Set(entriesAB()), "the same entries: written anyway")
+	require.Equal(t, cur, read(t, p))
+	require.NoError(t, o.Close())
+	require.Equal(t, orig, read(t, p))
+}
 
 // deadPID returns the pid of a process that has exited.
 func deadPID(t *testing.T) int {
