@@ -11,8 +11,9 @@
 // bind-mounted /etc/hosts in containers) the file is rewritten in place
 // so that a kill at any point between system calls still leaves a valid
 // file with the old or the new block (writeInPlace). What an interrupted
-// write can leave (temp files, the in-place padding) is removed by the
-// next write or the next Owner (sweepTemps, stripPadding).
+// write can leave (temp files, the in-place padding, the fragments older
+// versions left after the block) is removed by the next write or the next
+// Owner (sweepTemps, stripPadding, removeFragments).
 //
 // Ownership: one Owner per hosts file at a time. The Owner holds an
 // exclusive flock on a lock file (normally in the daemon's state
@@ -226,8 +227,9 @@ func (o *Owner) checkForeign(info blockInfo) error {
 
 // read returns the hosts file as it is (raw), and its contents with what
 // an interrupted rewrite can leave taken off (content): the padding of an
-// in-place rewrite killed before its truncate (stripPadding). The blocks
-// are those of content. A write of content (or of content with
+// in-place rewrite killed before its truncate (stripPadding), and the
+// fragments older versions left after the block (removeFragments). The
+// blocks are those of content. A write of content (or of content with
 // another block) completes the interrupted rewrite.
 func (o *Owner) read() (raw, content []byte, blocks []span, err error) {
 	raw, err = os.ReadFile(o.path)
@@ -239,9 +241,10 @@ func (o *Owner) read() (raw, content []byte, blocks []span, err error) {
 	if err != nil {
 		return nil, nil, nil, fmt.Errorf("hosts file %s: %w; fix or remove the sbx block by hand", o.path, err)
 	}
-	if padded {
-		o.log.Warn("hosts file holds the padding of an interrupted sbx rewrite; removing it",
-			"path", o.path)
+	content, blocks, fragments := removeFragments(content, blocks)
+	if padded || fragments > 0 {
+		o.log.Warn("hosts file holds what an interrupted sbx rewrite left; removing it",
+			"path", o.path, "padding", padded, "fragments", fragments)
 	}
 	return raw, content, blocks, nil
 }

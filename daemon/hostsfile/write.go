@@ -144,9 +144,9 @@ func writeAtomic(path string, data []byte, fi fs.FileInfo, rename func(oldpath, 
 // boundary and the old ones after it. The next Acquire then finds one
 // block mixing old and new lines (the cut fell in the old block: the next
 // write replaces it whole), a stale tail after the new block (the cut fell
-// past it: left as it is), or a block without its END line
-// (it grew past the boundary: Acquire refuses with a ParseError and the
-// user is told to fix the file). A power loss before step 3 completes may
+// past it: removed only in the shapes removeFragments knows), or a block
+// without its END line (it grew past the boundary: Acquire refuses with a
+// ParseError and the user is told to fix the file). A power loss before step 3 completes may
 // leave any mix of old and new pages: only the rename path is atomic
 // against that.
 func writeInPlace(path string, data []byte) (err error) {
