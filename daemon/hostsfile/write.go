@@ -62,6 +62,30 @@ func fallbackInPlace(err error) bool {
 		errors.Is(err, errKeepOwner)
 }
 
+// Steps of a write, named for the crash tests: crashHook (nil outside
+// tests) is called at each, so a test process can kill itself there.
+const (
+	stepBegin         = "begin"             // nothing done yet
+	stepTempCreated   = "temp-created"      // empty temp file exists
+	stepTempWritten   = "temp-written"      // temp file holds data, not synced
+	stepTempSynced    = "temp-synced"       // temp file synced and closed, before rename
+	stepRenamed       = "renamed"           // rename done, directory not synced
+	stepRenameFailed  = "rename-failed"     // rename refused, temp file not yet removed
+	stepInPlaceOpen   = "inplace-open"      // in place: file opened, nothing written
+	stepInPlaceWrite  = "inplace-written"   // in place: padded data written, not synced
+	stepInPlaceSynced = "inplace-synced"    // in place: synced, before the truncate
+	stepInPlaceTrunc  = "inplace-truncated" // in place: truncated, not synced
+	stepDone          = "done"              // the write returned
+)
+
+var crashHook func(step string)
+
+func step(name string) {
+	if crashHook != nil {
+		crashHook(name)
+	}
+}
+
 // tempPrefix is how every temp file for hosts file path starts:
 // ".hosts.sbx-". The full name is ".hosts.sbx-<pid>-<random>", so a sweep
 // can tell a temp file whose writer is gone (sweepTemps).
@@ -70,6 +94,7 @@ func tempPrefix(path string) string {
 }
 
 func writeAtomic(path string, data []byte, fi fs.FileInfo, rename func(oldpath, newpath string) error) (err error) {
+	step(stepBegin)
 	dir := filepath.Dir(path)
 	tmp, err := os.CreateTemp(dir, tempPrefix(path)+strconv.Itoa(os.Getpid())+"-*")
 	if err != nil {
@@ -82,9 +107,11 @@ func writeAtomic(path string, data []byte, fi fs.FileInfo, rename func(oldpath, 
 			_ = os.Remove(tmpName)
 		}
 	}()
+	step(stepTempCreated)
 	if _, err = tmp.Write(data); err != nil {
 		return err
 	}
+	step(stepTempWritten)
 	if err = tmp.Chmod(fi.Mode().Perm()); err != nil {
 		return err
 	}
@@ -97,19 +124,23 @@ func writeAtomic(path string, data []byte, fi fs.FileInfo, rename func(oldpath, 
 	if err = tmp.Close(); err != nil {
 		return err
 	}
+	step(stepTempSynced)
 	if err = rename(tmpName, path); err != nil {
+		step(stepRenameFailed)
 		_ = os.Remove(tmpName)
 		// A failed rename is also when temp files of writers killed
 		// earlier are most likely around (same directory, same cause).
 		_, _ = sweepTemps(path, time.Now())
 		return err
 	}
+	step(stepRenamed)
 	// Make the rename itself durable. Some filesystems refuse to fsync a
 	// directory; the data is already safe then.
 	if d, derr := os.Open(dir); derr == nil {
 		_ = d.Sync()
 		_ = d.Close()
 	}
+	step(stepDone)
 	return nil
 }
 
@@ -163,6 +194,7 @@ func writeInPlace(path string, data []byte) (err error) {
 	if err != nil {
 		return err
 	}
+	step(stepInPlaceOpen)
 	out := padTo(data, len(cur))
 	same := 0
 	for same < len(out) && same < len(cur) && out[same] == cur[same] {
@@ -173,17 +205,21 @@ func writeInPlace(path string, data []byte) (err error) {
 			return err
 		}
 	}
+	step(stepInPlaceWrite)
 	if len(out) > len(data) {
 		if err := f.Sync(); err != nil {
 			return err
 		}
 	}
+	step(stepInPlaceSynced)
 	if err := f.Truncate(int64(len(data))); err != nil {
 		return err
 	}
+	step(stepInPlaceTrunc)
 	if err := f.Sync(); err != nil {
 		return err
 	}
+	step(stepDone)
 	return nil
 }
 

@@ -77,6 +77,42 @@ func TestPadToAndStripPadding(t *testing.T) {
 	}
 }
 
+// An in-place rewrite stopped after its write (a panic here; a kill in
+// crash_test.go) leaves the new contents plus padding; the next write
+// and Close remove it.
+func TestInPlaceInterruptedBeforeTruncate(t *testing.T) {
+	orig := "127.0.0.1 localhost\n10.0.0.1 db"
+	p := newHosts(t, orig, 0o644)
+	o, err := Acquire(Options{Path: p, LockPath: lockIn(t)})
+	require.NoError(t, err)
+	o.rename = func(oldpath, newpath string) error {
+		return &os.LinkError{Op: "rename", Old: oldpath, New: newpath, Err: syscall.EBUSY}
+	}
+	require.NoError(t, o.Set(entriesAB()))
+	full := read(t, p)
+
+	crashHook = func(s string) {
+		if s == stepInPlaceSynced {
+			panic("stop")
+		}
+	}
+	require.PanicsWithValue(t, "stop", func() { _ = o.Set(entriesAB()[:1]) })
+	crashHook = nil
+	got := read(t, p)
+	require.Len(t, got, len(full), "padded to the old length")
+	requireValidHosts(t, got)
+	content, padded := stripPadding([]byte(got))
+	require.True(t, padded)
+	require.Equal(t, orig, outside(t, string(content)))
+	require.NotContains(t, string(content), "redis")
+
+	require.NoError(t, o.Set(entriesAB()[:1]), "the same block: only the padding goes")
+	require.NotContains(t, read(t, p), padMark)
+	require.Equal(t, orig, outside(t, read(t, p)))
+	require.NoError(t, o.Close())
+	require.Equal(t, orig, read(t, p))
+}
+
 // What an in-place rewrite killed before its truncate leaves (the new
 // contents, padded to the old length) is taken for the new contents by
 // the next owner, even where the padding follows an END line without a
