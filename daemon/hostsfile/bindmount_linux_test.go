@@ -11,6 +11,15 @@ import (
 	"github.com/stretchr/testify/require"
 )
 
+func init() {
+	bindMount = func(src, dst string) (func(), error) {
+		if err := syscall.Mount(src, dst, "", syscall.MS_BIND, ""); err != nil {
+			return nil, err
+		}
+		return func() { _ = syscall.Unmount(dst, 0) }, nil
+	}
+}
+
 // TestRealBindMount reproduces a container's /etc/hosts: a file bind
 // mounted over another, where rename(2) onto it fails with EBUSY. Needs
 // root (or CAP_SYS_ADMIN); skipped otherwise.

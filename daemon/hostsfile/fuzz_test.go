@@ -54,3 +54,48 @@ func FuzzBlocks(f *testing.F) {
 		}
 	})
 }
+
+// FuzzRepair feeds arbitrary contents to what Owner.read does before it
+// edits a file (stripPadding, removeFragments): it must never panic, the
+// result must parse with the same blocks, nothing up to the end of the
+// first block may change, and a second pass must find nothing left.
+func FuzzRepair(f *testing.F) {
+	for _, tc := range oddContents {
+		f.Add([]byte(tc.content))
+	}
+	b := "a\n# BEGIN sbx (pid 12, do not edit)\n# lock: /x\n1.2.3.4\tn\n# END sbx\n"
+	f.Add([]byte(b + "n.svc\n1.2.3.5\tm\n# END sbx\n"))
+	f.Add([]byte(b + "u\nD sbx\nu\n"))
+	f.Add([]byte(b + "u\n4\tn\n# END sbx\nu\n"))
+	f.Add([]byte(b + "sbx\n\t# sbx padding\n\n"))
+	f.Add([]byte(b + "# END sbx\n# END sbx\n# BEGIN sbx\n# END sbx\nsbx\n"))
+	f.Fuzz(func(t *testing.T, content []byte) {
+		c, _ := stripPadding(content)
+		blocks, err := findBlocks(c)
+		if err != nil {
+			return
+		}
+		out, outBlocks, n := removeFragments(bytes.Clone(c), blocks)
+		again, err := findBlocks(out)
+		if err != nil {
+			t.Fatalf("repair broke the file: %v\n%q\n%q", err, c, out)
+		}
+		if len(again) != len(blocks) || len(outBlocks) != len(blocks) {
+			t.Fatalf("repair changed the blocks\n%q\n%q", c, out)
+		}
+		for i := range again {
+			if again[i].info != blocks[i].info || again[i] != outBlocks[i] {
+				t.Fatalf("repair changed block %d\n%q\n%q", i, c, out)
+			}
+		}
+		if len(blocks) > 0 && !bytes.HasPrefix(out, c[:blocks[0].end]) {
+			t.Fatalf("repair changed the file before the end of the first block\n%q\n%q", c, out)
+		}
+		if n == 0 && !bytes.Equal(out, c) {
+			t.Fatalf("no fragment removed, yet the file changed")
+		}
+		if _, _, m := removeFragments(bytes.Clone(out), again); m != 0 {
+			t.Fatalf("a second pass removed %d more\n%q", m, out)
+		}
+	})
+}

@@ -7,8 +7,13 @@
 //
 // Only the block is ever written; every byte outside it stays as it was
 // (line endings, comments, a missing final newline). Writes are atomic
-// where the system allows (see writeFile for the in-place fallback used on
-// bind-mounted /etc/hosts in containers).
+// (temp file and rename) where the system allows. Where it does not (a
+// bind-mounted /etc/hosts in containers) the file is rewritten in place
+// so that a kill at any point between system calls still leaves a valid
+// file with the old or the new block (writeInPlace). What an interrupted
+// write can leave (temp files, the in-place padding, the fragments older
+// versions left after the block) is removed by the next write or the next
+// Owner (sweepTemps, stripPadding, removeFragments).
 //
 // Ownership: one Owner per hosts file at a time. The Owner holds an
 // exclusive flock on a lock file (normally in the daemon's state
@@ -20,6 +25,7 @@
 package hostsfile
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -28,6 +34,7 @@ import (
 	"path/filepath"
 	"slices"
 	"sync"
+	"time"
 )
 
 // ErrOwned is matched (errors.Is) by the error Acquire returns when another
@@ -121,6 +128,14 @@ func Acquire(opts Options) (*Owner, error) {
 		_ = lock.Close()
 		return nil, err
 	}
+	// Now that the file is ours: temp files of writers killed before
+	// their rename.
+	if removed, err := sweepTemps(path, time.Now()); err != nil {
+		log.Warn("cannot look for temp files left next to the hosts file", "path", path, "err", err)
+	} else if len(removed) > 0 {
+		log.Warn("removed temp files left next to the hosts file by sbx writes that were killed",
+			"path", path, "files", removed)
+	}
 	// Write an empty block at once: it is how a daemon with another lock
 	// file (another state directory) learns this one owns the file.
 	if err := o.Set(nil); err != nil {
@@ -160,7 +175,7 @@ func readLockPID(path string) int {
 // removeStale removes blocks whose owner is gone, and fails when one
 // belongs to a live owner.
 func (o *Owner) removeStale() error {
-	content, blocks, err := o.read()
+	raw, content, blocks, err := o.read()
 	if err != nil {
 		return err
 	}
@@ -169,10 +184,10 @@ func (o *Owner) removeStale() error {
 			return err
 		}
 	}
-	if len(blocks) == 0 {
+	clean, _ := removeBlocks(content, blocks)
+	if bytes.Equal(clean, raw) {
 		return nil
 	}
-	clean, _ := removeBlocks(content, blocks)
 	if err := o.write(clean); err != nil {
 		return err
 	}
@@ -210,16 +225,28 @@ func (o *Owner) checkForeign(info blockInfo) error {
 	}
 }
 
-func (o *Owner) read() ([]byte, []span, error) {
-	content, err := os.ReadFile(o.path)
+// read returns the hosts file as it is (raw), and its contents with what
+// an interrupted rewrite can leave taken off (content): the padding of an
+// in-place rewrite killed before its truncate (stripPadding), and the
+// fragments older versions left after the block (removeFragments). The
+// blocks are those of content. A write of content (or of content with
+// another block) completes the interrupted rewrite.
+func (o *Owner) read() (raw, content []byte, blocks []span, err error) {
+	raw, err = os.ReadFile(o.path)
 	if err != nil {
-		return nil, nil, fmt.Errorf("reading hosts file %s: %w", o.path, err)
+		return nil, nil, nil, fmt.Errorf("reading hosts file %s: %w", o.path, err)
 	}
-	blocks, err := findBlocks(content)
+	content, padded := stripPadding(raw)
+	blocks, err = findBlocks(content)
 	if err != nil {
-		return nil, nil, fmt.Errorf("hosts file %s: %w; fix or remove the sbx block by hand", o.path, err)
+		return nil, nil, nil, fmt.Errorf("hosts file %s: %w; fix or remove the sbx block by hand", o.path, err)
 	}
-	return content, blocks, nil
+	content, blocks, fragments := removeFragments(content, blocks)
+	if padded || fragments > 0 {
+		o.log.Warn("hosts file holds what an interrupted sbx rewrite left; removing it",
+			"path", o.path, "padding", padded, "fragments", fragments)
+	}
+	return raw, content, blocks, nil
 }
 
 func (o *Owner) write(data []byte) error {
@@ -261,7 +288,7 @@ func (o *Owner) Set(entries []Entry) error {
 	if o.lock == nil {
 		return fmt.Errorf("hosts file %s: owner is closed", o.path)
 	}
-	content, blocks, err := o.read()
+	raw, content, blocks, err := o.read()
 	if err != nil {
 		return err
 	}
@@ -280,7 +307,7 @@ func (o *Owner) Set(entries []Entry) error {
 		return renderBlock(o.pid, o.lockPath, entries, eol, terminated)
 	}, eol)
 	o.entries = slices.Clone(entries)
-	if string(out) == string(content) {
+	if bytes.Equal(out, raw) {
 		return nil
 	}
 	return o.write(out)
@@ -296,12 +323,11 @@ func (o *Owner) Close() error {
 		return nil
 	}
 	var werr error
-	content, blocks, err := o.read()
-	if err == nil && len(blocks) > 0 {
-		clean, _ := removeBlocks(content, blocks)
-		werr = o.write(clean)
-	} else if err != nil {
+	raw, content, blocks, err := o.read()
+	if err != nil {
 		werr = err
+	} else if clean, _ := removeBlocks(content, blocks); !bytes.Equal(clean, raw) {
+		werr = o.write(clean)
 	}
 	cerr := o.lock.Close()
 	o.lock = nil
