@@ -352,8 +352,14 @@ func TestDrainOnShutdown(t *testing.T) {
 
 	// New connections are refused; the open stream still works, and so
 	// do the laptop's calls to the cluster while it has no other session.
-	_, err = net.Dial("tcp", h.inbound(20002))
-	require.Error(t, err)
+	require.Eventually(t, func() bool {
+		c, err := net.Dial("tcp", h.inbound(20002))
+		if err != nil {
+			return true
+		}
+		c.Close()
+		return false
+	}, 10*time.Second, 5*time.Millisecond)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	out, err := s.Open(ctx, tunnel.Header{Kind: tunnel.KindOutbound, Target: "driver.hotrod.svc.cluster.local:8082"})
