@@ -113,38 +113,72 @@ func TestPreAuthFloodIsBounded(t *testing.T) {
 }
 
 // TestPendingHandshakesAreCapped: beyond maxPendingHandshakes connections
-// that have not sent their Hello, new ones are closed at once, and each
-// pending one is closed after helloTimeout.
+// that have not sent their Hello, each new one closes the oldest, each
+// pending one is closed after helloTimeout, and a daemon still gets in
+// while idle connections are opened as fast as they go.
 func TestPendingHandshakesAreCapped(t *testing.T) {
 	h := startRelay(t)
+	var mu sync.Mutex
 	var idle []net.Conn
 	defer func() {
+		mu.Lock()
+		defer mu.Unlock()
 		for _, c := range idle {
 			c.Close()
 		}
 	}()
-	for range maxPendingHandshakes {
+	open := func() net.Conn {
 		c, err := net.Dial("tcp", h.addrs.Tunnel.String())
 		require.NoError(t, err)
+		mu.Lock()
 		idle = append(idle, c)
+		mu.Unlock()
+		return c
 	}
-	require.Eventually(t, func() bool {
-		c, err := net.Dial("tcp", h.addrs.Tunnel.String())
-		if err != nil {
-			return false
-		}
-		defer c.Close()
-		_ = c.SetReadDeadline(time.Now().Add(2 * time.Second))
-		var b [1]byte
-		_, err = c.Read(b[:])
-		return err != nil && !isTimeout(err) // closed by the relay, not left waiting
-	}, 10*time.Second, 20*time.Millisecond)
+	first := open()
+	for range maxPendingHandshakes {
+		open()
+	}
+	// The oldest was closed to make room.
+	_ = first.SetReadDeadline(time.Now().Add(helloTimeout / 2))
+	var b [1]byte
+	_, err := first.Read(b[:])
+	require.Error(t, err)
+	require.False(t, isTimeout(err), "the relay closed the oldest pending connection: %v", err)
 	require.Positive(t, h.metric("sbx_relay_handshakes_total", "result", "too_many_pending"))
 
+	// A flood of idle connections, renewed continuously, does not lock the
+	// laptop out.
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			c, err := net.Dial("tcp", h.addrs.Tunnel.String())
+			if err != nil {
+				continue
+			}
+			mu.Lock()
+			idle = append(idle, c)
+			mu.Unlock()
+		}
+	}()
+	lap := newLaptop(t, "laptop-1")
+	s := lap.connect(h, 1)
+	close(stop)
+	wg.Wait()
+	require.NotNil(t, s)
+
 	// A pending connection is closed once its time to send a Hello is up.
-	_ = idle[0].SetReadDeadline(time.Now().Add(helloTimeout + 5*time.Second))
-	var b [1]byte
-	_, err := idle[0].Read(b[:])
+	last := open()
+	_ = last.SetReadDeadline(time.Now().Add(helloTimeout + 5*time.Second))
+	_, err = last.Read(b[:])
 	require.Error(t, err)
 	require.False(t, isTimeout(err), "the relay closed it: %v", err)
 }

@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"slices"
+	"sync"
 	"time"
 
 	"github.com/sbx-dev/sbx/tunnel"
@@ -21,15 +23,48 @@ var capabilities = []string{"inbound", "outbound", "pool", "grace"}
 // Anyone who may port-forward to the pod reaches the port, so without
 // these bounds a few connections that never authenticate could hold the
 // relay's memory or its goroutines.
+//
+// When all slots are taken, a new connection closes the oldest pending one
+// rather than being turned away: refusing new ones let 64 idle connections,
+// renewed every helloTimeout, lock the laptop out for good, while a daemon
+// sends its Hello within a round trip of connecting, long before 64 newer
+// connections can push it out.
 const (
 	maxPendingHandshakes = 64
 	helloTimeout         = 5 * time.Second
 )
 
+// pendingHandshakes holds the connections that have not finished their
+// handshake, oldest first.
+type pendingHandshakes struct {
+	mu    sync.Mutex
+	conns []net.Conn
+}
+
+// add makes conn pending and returns the oldest pending connection it
+// displaces (nil while there is room), which the caller closes, and the
+// func that ends conn's pending state.
+func (p *pendingHandshakes) add(conn net.Conn) (evicted net.Conn, done func()) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if len(p.conns) >= maxPendingHandshakes {
+		evicted = p.conns[0]
+		p.conns = p.conns[1:]
+	}
+	p.conns = append(p.conns, conn)
+	return evicted, func() {
+		p.mu.Lock()
+		defer p.mu.Unlock()
+		if i := slices.Index(p.conns, conn); i >= 0 {
+			p.conns = slices.Delete(p.conns, i, i+1)
+		}
+	}
+}
+
 // acceptTunnel accepts port-forwarded connections from the daemon and runs
 // the handshake on each.
 func (r *Relay) acceptTunnel() {
-	pending := make(chan struct{}, maxPendingHandshakes)
+	var pending pendingHandshakes
 	for {
 		conn, err := r.tunnelL.Accept()
 		if err != nil {
@@ -38,18 +73,16 @@ func (r *Relay) acceptTunnel() {
 			}
 			return
 		}
-		select {
-		case pending <- struct{}{}:
-		default:
+		evicted, done := pending.add(conn)
+		if evicted != nil {
 			r.m.handshakes.WithLabelValues("too_many_pending").Inc()
-			r.log.Warn("too many tunnel connections waiting for their handshake; closing a new one", "remote", conn.RemoteAddr(), "limit", maxPendingHandshakes)
-			_ = conn.Close()
-			continue
+			r.log.Warn("too many tunnel connections waiting for their handshake; closing the oldest", "remote", evicted.RemoteAddr(), "limit", maxPendingHandshakes)
+			_ = evicted.Close()
 		}
 		r.wg.Add(1)
 		go func() {
 			defer r.wg.Done()
-			r.serveSession(conn, func() { <-pending })
+			r.serveSession(conn, done)
 		}()
 	}
 }
