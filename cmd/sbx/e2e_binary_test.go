@@ -27,86 +27,14 @@ import (
 // disconnect (scenario 8 with a real kill -9, scenarios 2 and 5 through the
 // CLI).
 func TestE2EBinary(t *testing.T) {
-	if testing.Short() {
-		t.Skip("builds the sbx binary")
-	}
-	home, err := tempDir()
-	require.NoError(t, err)
-	t.Cleanup(func() { _ = os.RemoveAll(home) })
-	bin := buildSbx(t) // from daemon_cli_test.go
-
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	c, err := sim.Start(ctx, sim.Options{Logger: e2eLogger(t).With("side", "cluster")})
-	require.NoError(t, err)
-	defer c.Close()
-	kubeconfig := filepath.Join(home, "kubeconfig")
-	require.NoError(t, c.WriteKubeconfig(kubeconfig))
-	require.NoError(t, os.MkdirAll(filepath.Join(home, "config", "sbx"), 0o700))
-	// Hosts mode on a private hosts file: never the system's.
-	hosts := filepath.Join(home, "hosts")
-	const original = "127.0.0.1 localhost\n"
-	require.NoError(t, os.WriteFile(hosts, []byte(original), 0o644))
-	require.NoError(t, os.WriteFile(filepath.Join(home, "config", "sbx", "config.yaml"), []byte(
-		"relayImage: ghcr.io/sbx-dev/sbx:sim\noutbound:\n  mode: hosts\n  hostsFile: "+hosts+
-			"\n  hostsRange: 127.245.0.0/16\n"), 0o600))
-	hostsBlock := func() string {
-		b, err := os.ReadFile(hosts)
-		require.NoError(t, err)
-		s := string(b)
-		require.LessOrEqual(t, strings.Count(s, "# BEGIN sbx"), 1, "one sbx block at most:\n%s", s)
-		require.Equal(t, strings.Count(s, "# BEGIN sbx"), strings.Count(s, "# END sbx"), s)
-		var entries []string
-		for _, line := range strings.Split(s, "\n") {
-			if strings.Contains(line, ".svc.cluster.local") {
-				entries = append(entries, line)
-			}
-		}
-		return strings.Join(entries, "\n")
-	}
-
+	be := startBinaryEnv(t)
+	ctx, c, hosts, sbx, dc, daemonPID := be.ctx, be.sim, be.hosts, be.sbx, be.dc, be.daemonPID
+	const original = binaryEnvHosts
+	hostsBlock := be.hostsBlock
 	local, err := sim.StartLocalRoute("127.0.0.1:0", nil, nil, e2eLogger(t))
 	require.NoError(t, err)
 	defer local.Close()
-	specPath := filepath.Join(home, "sandbox.yaml")
-	require.NoError(t, os.WriteFile(specPath, []byte(`name: '@{name}'
-spec:
-  description: route service on my laptop
-  local:
-    - name: route
-      from: {kind: Deployment, namespace: hotrod, name: route}
-      mappings:
-        - port: 8083
-          toLocal: `+local.Addr()+"\n"), 0o600))
-
-	env := []string{
-		"HOME=" + home,
-		"XDG_RUNTIME_DIR=" + filepath.Join(home, "run"),
-		"XDG_STATE_HOME=" + filepath.Join(home, "state"),
-		"XDG_CONFIG_HOME=" + filepath.Join(home, "config"),
-		"KUBECONFIG=" + kubeconfig,
-		"PATH=" + os.Getenv("PATH"),
-	}
-	sbx := func(args ...string) string {
-		t.Helper()
-		cmd := exec.CommandContext(ctx, bin, args...)
-		cmd.Env = env
-		out, err := cmd.CombinedOutput()
-		require.NoError(t, err, "sbx %s:\n%s", strings.Join(args, " "), out)
-		return string(out)
-	}
-	dc := &daemon.Client{Socket: filepath.Join(home, "run", "sbx", "sbx.sock")}
-	defer dc.Close()
-	daemonPID := func() int {
-		st, err := dc.Status(ctx)
-		require.NoError(t, err)
-		return st.PID
-	}
-	t.Cleanup(func() {
-		cmd := exec.Command(bin, "daemon", "stop")
-		cmd.Env = env
-		_ = cmd.Run()
-	})
+	specPath := be.spec(local.Addr())
 
 	out := sbx("connect", "-f", specPath, "--set", "name=alice")
 	st, err := dc.Sandbox(ctx, "alice")
@@ -147,9 +75,9 @@ spec:
 	eventuallyServed(t, client, keyed, routeV2)
 	require.Eventually(t, func() bool { return hostsBlock() == blockBefore }, 10*time.Second, 20*time.Millisecond,
 		"hosts entries after the restart:\n%s\nbefore:\n%s", hostsBlock(), blockBefore)
-	b, err := os.ReadFile(hosts)
+	hostsNow, err := os.ReadFile(hosts)
 	require.NoError(t, err)
-	require.Contains(t, string(b), fmt.Sprintf("pid %d", daemonPID()), "the new daemon owns the block")
+	require.Contains(t, string(hostsNow), fmt.Sprintf("pid %d", daemonPID()), "the new daemon owns the block")
 
 	sbx("disconnect", "alice")
 	e := &simEnv{Sim: c}
@@ -162,4 +90,113 @@ spec:
 	require.Contains(t, out, "stopped")
 	_, err = dc.Status(ctx)
 	require.True(t, daemon.IsNotRunning(err) || errors.Is(err, context.Canceled), "%v", err)
+}
+
+// binaryEnv is the built sbx binary with its own HOME, state, config (hosts
+// mode on a private hosts file) and kubeconfig for a simulated cluster.
+type binaryEnv struct {
+	t     *testing.T
+	ctx   context.Context
+	bin   string
+	home  string
+	env   []string
+	sim   *sim.Cluster
+	hosts string
+	dc    *daemon.Client
+}
+
+// binaryEnvHosts is the private hosts file's content before sbx.
+const binaryEnvHosts = "127.0.0.1 localhost\n"
+
+func startBinaryEnv(t *testing.T) *binaryEnv {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("builds the sbx binary")
+	}
+	home, err := tempDir()
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = os.RemoveAll(home) })
+	bin := buildSbx(t) // from daemon_cli_test.go
+
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	t.Cleanup(cancel)
+	c, err := sim.Start(ctx, sim.Options{Logger: e2eLogger(t).With("side", "cluster")})
+	require.NoError(t, err)
+	t.Cleanup(c.Close)
+	kubeconfig := filepath.Join(home, "kubeconfig")
+	require.NoError(t, c.WriteKubeconfig(kubeconfig))
+	require.NoError(t, os.MkdirAll(filepath.Join(home, "config", "sbx"), 0o700))
+	// Hosts mode on a private hosts file: never the system's.
+	hosts := filepath.Join(home, "hosts")
+	require.NoError(t, os.WriteFile(hosts, []byte(binaryEnvHosts), 0o644))
+	require.NoError(t, os.WriteFile(filepath.Join(home, "config", "sbx", "config.yaml"), []byte(
+		"relayImage: ghcr.io/sbx-dev/sbx:sim\noutbound:\n  mode: hosts\n  hostsFile: "+hosts+
+			"\n  hostsRange: 127.245.0.0/16\n"), 0o600))
+	b := &binaryEnv{
+		t: t, ctx: ctx, bin: bin, home: home, sim: c, hosts: hosts,
+		env: []string{
+			"HOME=" + home,
+			"XDG_RUNTIME_DIR=" + filepath.Join(home, "run"),
+			"XDG_STATE_HOME=" + filepath.Join(home, "state"),
+			"XDG_CONFIG_HOME=" + filepath.Join(home, "config"),
+			"KUBECONFIG=" + kubeconfig,
+			"PATH=" + os.Getenv("PATH"),
+		},
+		dc: &daemon.Client{Socket: filepath.Join(home, "run", "sbx", "sbx.sock")},
+	}
+	t.Cleanup(b.dc.Close)
+	t.Cleanup(func() {
+		cmd := exec.Command(bin, "daemon", "stop")
+		cmd.Env = b.env
+		_ = cmd.Run()
+	})
+	return b
+}
+
+// sbx runs the binary and fails the test if it fails.
+func (b *binaryEnv) sbx(args ...string) string {
+	b.t.Helper()
+	cmd := exec.CommandContext(b.ctx, b.bin, args...)
+	cmd.Env = b.env
+	out, err := cmd.CombinedOutput()
+	require.NoError(b.t, err, "sbx %s:\n%s", strings.Join(args, " "), out)
+	return string(out)
+}
+
+func (b *binaryEnv) daemonPID() int {
+	st, err := b.dc.Status(b.ctx)
+	require.NoError(b.t, err)
+	return st.PID
+}
+
+// spec writes a sandbox file mapping route:8083 to local and returns its path.
+func (b *binaryEnv) spec(local string) string {
+	p := filepath.Join(b.home, "sandbox.yaml")
+	require.NoError(b.t, os.WriteFile(p, []byte(`name: '@{name}'
+spec:
+  description: route service on my laptop
+  local:
+    - name: route
+      from: {kind: Deployment, namespace: hotrod, name: route}
+      mappings:
+        - port: 8083
+          toLocal: `+local+"\n"), 0o600))
+	return p
+}
+
+// hostsBlock returns the cluster entries of the private hosts file,
+// checking it holds one well-formed sbx block at most.
+func (b *binaryEnv) hostsBlock() string {
+	data, err := os.ReadFile(b.hosts)
+	require.NoError(b.t, err)
+	s := string(data)
+	require.LessOrEqual(b.t, strings.Count(s, "# BEGIN sbx"), 1, "one sbx block at most:\n%s", s)
+	require.Equal(b.t, strings.Count(s, "# BEGIN sbx"), strings.Count(s, "# END sbx"), s)
+	var entries []string
+	for _, line := range strings.Split(s, "\n") {
+		if strings.Contains(line, ".svc.cluster.local") {
+			entries = append(entries, line)
+		}
+	}
+	return strings.Join(entries, "\n")
 }
