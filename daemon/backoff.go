@@ -23,6 +23,29 @@ func DefaultBackoff() Backoff {
 	return Backoff{Min: 500 * time.Millisecond, Max: 30 * time.Second}
 }
 
+// quickFraction of Min is the longest wait before the first reconnect
+// after a connection that had been up for a while (AfterUp).
+const quickFraction = 5
+
+// AfterUp returns the wait before reconnecting after a connection that
+// was up for upFor. One that held for at least Min proved the path works,
+// so the daemon comes back at once, jittered over [0, Min/5) so laptops
+// that lost the cluster together spread out: the [Min/2, Min) first delay
+// was most of what a port-forward cut cost (cut → keyed request served
+// p50 384 ms before, in the fault matrix of cmd/sbx). A connection that
+// ended sooner (a relay dropping sessions after the handshake) waits
+// Delay(0), so such a relay is redialed at most about twice a second.
+func (b Backoff) AfterUp(upFor time.Duration) time.Duration {
+	if upFor < b.Min {
+		return b.Delay(0)
+	}
+	r := b.Rand
+	if r == nil {
+		r = rand.Float64
+	}
+	return time.Duration(r() * float64(b.Min/quickFraction))
+}
+
 // Delay returns the wait before reconnect attempt number attempt (0-based).
 func (b Backoff) Delay(attempt int) time.Duration {
 	d := b.Min

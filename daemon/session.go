@@ -199,8 +199,10 @@ func (s *session) run(ctx context.Context) {
 			attempt = 0
 			continue
 		}
+		var upFor time.Duration
 		if !connectedAt.IsZero() {
 			attempt = 0 // it was up: the next failure is a first one (see Backoff)
+			upFor = cfg.Now().Sub(connectedAt)
 		}
 		s.log.Warn("session attempt failed", "err", err)
 		var perm *PermanentError
@@ -230,6 +232,9 @@ func (s *session) run(ctx context.Context) {
 			}
 		}
 		delay := cfg.Backoff.Delay(attempt)
+		if !connectedAt.IsZero() {
+			delay = cfg.Backoff.AfterUp(upFor)
+		}
 		attempt++
 		s.emit(Progress{Phase: PhaseReconnecting, Error: err.Error()})
 		s.setPhase(PhaseReconnecting, fmt.Sprintf("retrying in %s", delay.Round(time.Millisecond)))

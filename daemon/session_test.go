@@ -197,13 +197,29 @@ func TestReadyConnectionResetsBackoff(t *testing.T) {
 
 	// A flapping link: every connection that became ready, however short
 	// it lived, makes the next drop a first failure again, so ten cuts in
-	// a row each wait the first delay.
+	// a row each wait the first delay at most (less when the connection
+	// held for a while: AfterUp).
 	for range 10 {
 		n := len(delays())
 		fl.last().kill(errors.New("the VPN dropped"))
 		require.Eventually(t, func() bool { return len(delays()) > n }, 10*time.Second, 2*time.Millisecond)
-		require.Equal(t, "2ms", delays()[n])
+		d, err := time.ParseDuration(delays()[n])
+		require.NoError(t, err)
+		require.LessOrEqual(t, d, 2*time.Millisecond, "delay after flap: %s", delays()[n])
 		waitPhase(t, td.client, "alice", PhaseReady)
+	}
+}
+
+func TestBackoffAfterUp(t *testing.T) {
+	b := DefaultBackoff()
+	for _, r := range []float64{0, 0.5, 0.999} {
+		b.Rand = func() float64 { return r }
+		// Up for a while: back at once, within Min/5.
+		d := b.AfterUp(time.Minute)
+		require.GreaterOrEqual(t, d, time.Duration(0))
+		require.Less(t, d, b.Min/5)
+		// Dropped right after it came up: the first delay, as before.
+		require.Equal(t, b.Delay(0), b.AfterUp(b.Min-time.Millisecond))
 	}
 }
 
