@@ -1,0 +1,419 @@
+//go:build !windows
+
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"slices"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
+
+	"github.com/sbx-dev/sbx/cluster"
+	"github.com/sbx-dev/sbx/cluster/portforward"
+	"github.com/sbx-dev/sbx/cluster/sim"
+	"github.com/sbx-dev/sbx/daemon"
+)
+
+// TestFaultMatrix puts one sandbox, served by the built binary's daemon
+// on the simulated cluster (the real relay, the real port-forward code),
+// through the faults users' links and clusters inflict, while a caller in
+// the cluster sends keyed requests without pause. Each fault's figures go
+// to the test log; the assertions are the ones a user notices: no keyed
+// request fails where the design says it is held or moved, and a flapping
+// link recovers as fast on its tenth cut as on its first.
+func TestFaultMatrix(t *testing.T) {
+	b := startBinaryEnv(t)
+	ctx := b.ctx
+	local, err := sim.StartLocalRoute("127.0.0.1:0", nil, nil, e2eLogger(t))
+	require.NoError(t, err)
+	defer local.Close()
+	b.sbx("connect", "-f", b.spec(local.Addr()), "--set", "name=alice")
+	st, err := b.dc.Sandbox(ctx, "alice")
+	require.NoError(t, err)
+	p := startProber(t, b.sim, "sbx-routing-key="+st.RoutingKey)
+	p.served(time.Now(), time.Minute) // warm
+
+	report := &faultReport{}
+	defer func() { t.Log("fault matrix:\n" + report.String()) }()
+
+	// Port-forward cuts: every connection to the API server closes at once,
+	// each after the link has been up for a while (over the half second
+	// the daemon counts as a link that worked, see daemon.Backoff.AfterUp).
+	var cuts []time.Duration
+	for range 20 {
+		time.Sleep(600 * time.Millisecond)
+		t0 := time.Now()
+		require.Positive(t, b.sim.PortForward.CutAll())
+		cuts = append(cuts, p.served(t0, time.Minute))
+	}
+	report.add("port-forward cut ×20", "cut → keyed request served", cuts, p.failedSince(time.Time{}))
+
+	// A flapping link: a cut, and the API server refuses port-forwards for
+	// 600 ms, longer than the daemon's first delay (at most 500 ms), so
+	// the first reconnect attempt always fails and the second (after
+	// another 500 ms-1 s) gets through; then again as soon as the link is
+	// back up. An earlier daemon's backoff grew with every flap (0.7 s on
+	// the first, 27 s on the tenth); now each flap costs the same two
+	// attempts.
+	var flaps []time.Duration
+	flapStart := time.Now()
+	for range 10 {
+		b.waitReady("alice")
+		t0 := time.Now()
+		b.sim.PortForward.RefuseFor(600 * time.Millisecond)
+		require.Positive(t, b.sim.PortForward.CutAll())
+		flaps = append(flaps, p.served(t0, time.Minute))
+	}
+	report.add("flapping link ×10 (600 ms refusals)", "cut → keyed request served", flaps, p.failedSince(flapStart))
+	first := median(flaps[:3])
+	for i, d := range flaps {
+		// Each recovery is a refused attempt and a second one, 0.75-1.5 s
+		// after the cut: a factor 2 at most between flaps, 3 with slack.
+		require.LessOrEqual(t, d, 3*first, "flap %d took %s to recover, the first ones %s: the backoff grows with flaps (%v)", i+1, d, first, flaps)
+	}
+
+	// The relay container is killed (kill -9, OOM): the kubelet restarts it.
+	t0 := time.Now()
+	require.NoError(t, b.sim.CrashRelay(sim.AppNamespace, cluster.RelayName("alice")))
+	report.add("relay kill -9", "kill → keyed request served", []time.Duration{p.served(t0, time.Minute)}, p.failedSince(t0))
+
+	// A pre-auth flood on the relay's tunnel port (anyone who may
+	// port-forward can open connections that never authenticate) while the
+	// link is cut: the daemon still gets back in.
+	stopFlood := flood(t, b)
+	t0 = time.Now()
+	require.Positive(t, b.sim.PortForward.CutAll())
+	floodRecovery := p.served(t0, time.Minute)
+	stopFlood()
+	report.add("port-forward cut during a pre-auth flood", "cut → keyed request served", []time.Duration{floodRecovery}, p.failedSince(t0))
+
+	// A rollout of the relay Deployment (kubectl rollout restart, a new sbx
+	// image): nothing may fail.
+	time.Sleep(time.Second)
+	gapBefore := p.longestGap(time.Now().Add(-time.Second), time.Now())
+	oldPod, ok := b.sim.RelayPod(sim.AppNamespace, cluster.RelayName("alice"))
+	require.True(t, ok)
+	t0 = time.Now()
+	rolloutRestart(t, b.sim, cluster.RelayName("alice"))
+	require.Eventually(t, func() bool {
+		_, err := b.sim.Clients.Kube.CoreV1().Pods(sim.AppNamespace).Get(ctx, oldPod, metav1.GetOptions{})
+		return apierrors.IsNotFound(err)
+	}, time.Minute, 20*time.Millisecond)
+	p.served(time.Now(), time.Minute)
+	t1 := time.Now()
+	report.addGap("relay rollout", p.longestGap(t0, t1), gapBefore, p.failedSince(t0))
+	require.Zero(t, p.failedSince(t0), "keyed requests failed during the rollout: %v", p.failures(t0))
+
+	// The daemon is stopped (SIGSTOP: a suspended laptop, a debugger on
+	// the daemon) for 3 s. The sessions outlive it (the dead-peer timeout
+	// is longer); requests made meanwhile wait, and fail only where the
+	// route's own timeout (2 s on the simulated route) is shorter than the
+	// pause; the first request after SIGCONT is served.
+	pid := b.daemonPID()
+	before, err := b.dc.Sandbox(ctx, "alice")
+	require.NoError(t, err)
+	t0 = time.Now()
+	require.NoError(t, syscall.Kill(pid, syscall.SIGSTOP))
+	time.Sleep(3 * time.Second)
+	require.NoError(t, syscall.Kill(pid, syscall.SIGCONT))
+	resumed := time.Now()
+	report.add("daemon SIGSTOP 3 s", "SIGCONT → keyed request served", []time.Duration{p.served(resumed, time.Minute)}, p.failedSince(t0))
+	p.served(time.Now(), time.Minute)
+	require.Zero(t, p.failedSince(resumed), "keyed requests failed after the daemon resumed: %v", p.failures(resumed))
+	stopped, err := b.dc.Sandbox(ctx, "alice")
+	require.NoError(t, err)
+	require.Equal(t, before.Reconnects, stopped.Reconnects, "the tunnel outlived a 3 s stop")
+
+	// The daemon is killed (kill -9); the next sbx command starts a new one,
+	// which takes the sandbox back with the same key.
+	t0 = time.Now()
+	require.NoError(t, syscall.Kill(pid, syscall.SIGKILL))
+	require.Eventually(t, func() bool {
+		_, err := b.dc.Status(ctx)
+		return daemon.IsNotRunning(err)
+	}, 10*time.Second, 20*time.Millisecond)
+	b.sbx("list")
+	report.add("daemon kill -9, restarted by the next command", "kill → keyed request served", []time.Duration{p.served(t0, time.Minute)}, p.failedSince(t0))
+	after, err := b.dc.Sandbox(ctx, "alice")
+	require.NoError(t, err)
+	require.Equal(t, st.RoutingKey, after.RoutingKey)
+
+	p.stop()
+	t.Logf("prober: %d keyed requests, %d failed", p.total(), p.failedSince(time.Time{}))
+}
+
+// waitReady waits until the daemon reports the sandbox ready.
+func (b *binaryEnv) waitReady(name string) {
+	b.t.Helper()
+	require.Eventually(b.t, func() bool {
+		s, err := b.dc.Sandbox(b.ctx, name)
+		return err == nil && s.Phase == daemon.PhaseReady
+	}, time.Minute, 5*time.Millisecond)
+}
+
+// prober sends keyed requests through the cluster's frontend, one after
+// another, and records each.
+type prober struct {
+	t      *testing.T
+	client *http.Client
+	keyed  string
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+
+	mu    sync.Mutex
+	calls []call
+	added chan struct{} // closed and replaced on every call
+}
+
+type call struct {
+	start, end time.Time
+	ok         bool
+	err        string
+}
+
+func startProber(t *testing.T, c *sim.Cluster, keyed string) *prober {
+	ctx, cancel := context.WithCancel(context.Background())
+	p := &prober{t: t, client: c.HTTPClient("default"), keyed: keyed, cancel: cancel, added: make(chan struct{})}
+	p.wg.Add(1)
+	go func() {
+		defer p.wg.Done()
+		for ctx.Err() == nil {
+			p.record(p.once(ctx))
+		}
+	}()
+	t.Cleanup(p.stop)
+	return p
+}
+
+func (p *prober) stop() {
+	p.cancel()
+	p.wg.Wait()
+	p.client.CloseIdleConnections()
+}
+
+func (p *prober) once(ctx context.Context) call {
+	c := call{start: time.Now()}
+	rctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	req, _ := http.NewRequestWithContext(rctx, http.MethodGet, "http://frontend.hotrod:8080/dispatch", nil)
+	req.Header.Set("baggage", p.keyed)
+	resp, err := p.client.Do(req)
+	if err == nil {
+		var body []byte
+		body, err = io.ReadAll(resp.Body)
+		resp.Body.Close()
+		var hop sim.Hop
+		_ = json.Unmarshal(body, &hop)
+		switch {
+		case err != nil:
+		case hop.String() == routeV2:
+			c.ok = true
+		default:
+			err = fmt.Errorf("%d %s", resp.StatusCode, strings.TrimSpace(string(body)))
+		}
+	}
+	if err != nil {
+		c.err = err.Error()
+	}
+	c.end = time.Now()
+	return c
+}
+
+func (p *prober) record(c call) {
+	if c.err != "" && strings.Contains(c.err, context.Canceled.Error()) {
+		return // the prober stopping
+	}
+	p.mu.Lock()
+	p.calls = append(p.calls, c)
+	close(p.added)
+	p.added = make(chan struct{})
+	p.mu.Unlock()
+}
+
+// served waits until a request started at or after t0 was served by the
+// laptop and returns how long after t0 it was answered.
+func (p *prober) served(t0 time.Time, limit time.Duration) time.Duration {
+	p.t.Helper()
+	deadline := time.NewTimer(limit)
+	defer deadline.Stop()
+	for {
+		p.mu.Lock()
+		for _, c := range p.calls {
+			if c.ok && !c.start.Before(t0) {
+				p.mu.Unlock()
+				return c.end.Sub(t0)
+			}
+		}
+		added := p.added
+		last := ""
+		if n := len(p.calls); n > 0 {
+			last = p.calls[n-1].err
+		}
+		p.mu.Unlock()
+		select {
+		case <-added:
+		case <-deadline.C:
+			p.t.Fatalf("no keyed request served within %s of %s; last error: %s", limit, t0.Format(time.StampMilli), last)
+		}
+	}
+}
+
+func (p *prober) failures(since time.Time) []string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	var out []string
+	for _, c := range p.calls {
+		if !c.ok && !c.start.Before(since) {
+			out = append(out, c.err)
+		}
+	}
+	return out
+}
+
+func (p *prober) failedSince(since time.Time) int { return len(p.failures(since)) }
+
+func (p *prober) total() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return len(p.calls)
+}
+
+// longestGap is the longest time between two served requests' answers (or
+// the window's edges) in [from, to].
+func (p *prober) longestGap(from, to time.Time) time.Duration {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	prev, gap := from, time.Duration(0)
+	for _, c := range p.calls {
+		if !c.ok || c.end.Before(from) || c.end.After(to) {
+			continue
+		}
+		gap = max(gap, c.end.Sub(prev))
+		prev = c.end
+	}
+	return max(gap, to.Sub(prev))
+}
+
+// slowest is the longest request started in [from, to].
+func (p *prober) slowest(from, to time.Time) time.Duration {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	var d time.Duration
+	for _, c := range p.calls {
+		if !c.start.Before(from) && !c.start.After(to) {
+			d = max(d, c.end.Sub(c.start))
+		}
+	}
+	return d
+}
+
+// flood opens connections to the relay's tunnel port through the
+// port-forward, as fast as they go, that never send a Hello; the returned
+// func stops it.
+func flood(t *testing.T, b *binaryEnv) func() {
+	d, err := portforward.New(portforward.Config{
+		REST: b.sim.RESTConfig, Client: b.sim.Clients.Kube, Namespace: sim.AppNamespace,
+		Selector: labels.Set{cluster.LabelSandbox: "alice", cluster.LabelComponent: "relay"}.String(),
+		Port:     cluster.TunnelPort, Connections: 4,
+	})
+	require.NoError(t, err)
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	var conns []net.Conn
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for ctx.Err() == nil {
+			c, err := d.Dial(ctx)
+			if err != nil {
+				time.Sleep(10 * time.Millisecond)
+				continue
+			}
+			mu.Lock()
+			conns = append(conns, c)
+			mu.Unlock()
+		}
+	}()
+	// Let it fill the relay's pending slots first.
+	require.Eventually(t, func() bool { mu.Lock(); defer mu.Unlock(); return len(conns) > 100 }, time.Minute, 10*time.Millisecond)
+	return func() {
+		cancel()
+		wg.Wait()
+		for _, c := range conns {
+			_ = c.Close()
+		}
+		_ = d.Close()
+	}
+}
+
+// rolloutRestart does what kubectl rollout restart does.
+func rolloutRestart(t *testing.T, c *sim.Cluster, name string) {
+	deps := c.Clients.Kube.AppsV1().Deployments(sim.AppNamespace)
+	dep, err := deps.Get(context.Background(), name, metav1.GetOptions{})
+	require.NoError(t, err)
+	if dep.Spec.Template.Annotations == nil {
+		dep.Spec.Template.Annotations = map[string]string{}
+	}
+	dep.Spec.Template.Annotations["kubectl.kubernetes.io/restartedAt"] = time.Now().Format(time.RFC3339Nano)
+	_, err = deps.Update(context.Background(), dep, metav1.UpdateOptions{})
+	require.NoError(t, err)
+}
+
+func median(ds []time.Duration) time.Duration {
+	s := slices.Clone(ds)
+	slices.Sort(s)
+	return s[len(s)/2]
+}
+
+func percentile(ds []time.Duration, p float64) time.Duration {
+	s := slices.Clone(ds)
+	slices.Sort(s)
+	i := int(float64(len(s)-1) * p)
+	return s[i]
+}
+
+// faultReport collects one line per fault.
+type faultReport struct{ lines []string }
+
+func (r *faultReport) add(fault, what string, ds []time.Duration, failed int) {
+	r.addLine(fault, what, ds, failed)
+}
+
+func (r *faultReport) addLine(fault, what string, ds []time.Duration, failed int) {
+	ms := func(d time.Duration) string { return d.Round(time.Millisecond).String() }
+	if len(ds) == 1 {
+		r.lines = append(r.lines, fmt.Sprintf("  %-46s %s %s; failed requests %d", fault, what, ms(ds[0]), failed))
+		return
+	}
+	r.lines = append(r.lines, fmt.Sprintf("  %-46s %s p50 %s p95 %s max %s (each: %s); failed requests %d",
+		fault, what, ms(median(ds)), ms(percentile(ds, 0.95)), ms(slices.Max(ds)), durations(ds), failed))
+}
+
+func (r *faultReport) addGap(fault string, gap, before time.Duration, failed int) {
+	r.lines = append(r.lines, fmt.Sprintf("  %-46s longest gap between served requests %s (%.1f× the steady-state gap %s); failed requests %d",
+		fault, gap.Round(time.Millisecond), float64(gap)/float64(max(before, time.Millisecond)), before.Round(time.Millisecond), failed))
+}
+
+func (r *faultReport) String() string { return strings.Join(r.lines, "\n") }
+
+func durations(ds []time.Duration) string {
+	parts := make([]string, len(ds))
+	for i, d := range ds {
+		parts[i] = d.Round(time.Millisecond).String()
+	}
+	return strings.Join(parts, " ")
+}
