@@ -97,6 +97,14 @@ func checkControlPayload(t *testing.T, typ uint8, payload []byte) {
 		if err == nil && !bytes.Equal(encodeNonce(n), payload) {
 			t.Fatalf("nonce round trip")
 		}
+	case frameDraining:
+		r, err := decodeDraining(payload)
+		if err != nil {
+			return
+		}
+		if r2, err := decodeDraining(encodeDraining(r)); err != nil || r2 != r {
+			t.Fatalf("draining round trip: %q -> %q, %v", r, r2, err)
+		}
 	case frameGoodbye:
 		r, err := decodeGoodbye(payload)
 		if err != nil {
@@ -192,6 +200,8 @@ func controlSeeds() [][]byte {
 		appendControl(nil, framePong, encodeNonce(7)),
 		appendControl(nil, frameGoodbye, encodeGoodbye(goodbye{code: CodeReplaced, reason: "replaced by a newer daemon"})),
 		appendControl(nil, frameGoodbye, encodeGoodbye(goodbye{reason: "relay shutting down"})),
+		appendControl(nil, frameDraining, encodeDraining("relay pod is shutting down")),
+		appendControl(nil, frameDraining, nil),
 		appendControl(nil, 99, []byte("future")),
 		{frameHello, 0xff, 0xff},
 	}
