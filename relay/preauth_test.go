@@ -1,7 +1,6 @@
 package relay
 
 import (
-	"encoding/binary"
 	"net"
 	"runtime"
 	"sync"
@@ -9,39 +8,9 @@ import (
 	"time"
 
 	"github.com/stretchr/testify/require"
-)
 
-// yamuxFlood writes what an unauthenticated peer sent to make an earlier
-// relay buffer a quarter of a GiB: yamux frames opening streams and filling
-// their windows, as fast as the connection takes them, until stop closes.
-func yamuxFlood(conn net.Conn, stop <-chan struct{}) {
-	payload := make([]byte, 64<<10)
-	hdr := make([]byte, 12)
-	for id := uint32(1); ; id += 2 {
-		select {
-		case <-stop:
-			return
-		default:
-		}
-		// Window update with SYN opens stream id, then a data frame.
-		hdr[0], hdr[1] = 0, 1
-		binary.BigEndian.PutUint16(hdr[2:4], 1)
-		binary.BigEndian.PutUint32(hdr[4:8], id)
-		binary.BigEndian.PutUint32(hdr[8:12], 0)
-		if _, err := conn.Write(hdr); err != nil {
-			return
-		}
-		hdr[1] = 0
-		binary.BigEndian.PutUint16(hdr[2:4], 0)
-		binary.BigEndian.PutUint32(hdr[8:12], uint32(len(payload)))
-		if _, err := conn.Write(hdr); err != nil {
-			return
-		}
-		if _, err := conn.Write(payload); err != nil {
-			return
-		}
-	}
-}
+	"github.com/sbx-dev/sbx/tunnel/tunneltest"
+)
 
 func heapInUse() uint64 {
 	runtime.GC()
@@ -70,7 +39,7 @@ func TestPreAuthFloodIsBounded(t *testing.T) {
 			defer wg.Done()
 			defer conn.Close()
 			for {
-				yamuxFlood(conn, stop)
+				tunneltest.PreAuthFlood(conn, stop)
 				select {
 				case <-stop:
 					return
