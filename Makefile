@@ -18,8 +18,11 @@ build: ## build bin/sbx with the version stamped in
 
 test: lint test-unit test-race test-fuzz test-istio ## everything CI runs: lint, all tests, race tests, Istio conformance
 
-test-unit: ## all packages' tests
+# tools/image is its own module (go-containerregistry stays out of the
+# product's module graph), so ./... does not reach it.
+test-unit: ## all packages' tests, and the release tool's
 	$(GO) test -count=1 -timeout 10m ./...
+	$(GO) -C tools/image test -count=1 -timeout 10m ./...
 
 test-race: ## tunnel, relay and daemon under the race detector
 	$(GO) test -count=1 -race -timeout 10m $(RACE_PKGS)
@@ -42,6 +45,7 @@ lint: ## gofmt, and go vet for linux, darwin and windows
 	@out=$$(gofmt -l $$( (git ls-files '*.go'; git ls-files --others --exclude-standard '*.go') 2>/dev/null || find . -name '*.go')); \
 	  if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
+	$(GO) -C tools/image vet ./...
 	@for os in $(LINT_GOOS); do \
 	  echo "GOOS=$$os go vet ./..."; CGO_ENABLED=0 GOOS=$$os $(GO) vet ./... || exit 1; \
 	done
@@ -95,12 +99,12 @@ image: ## OCI image (linux/amd64+arm64, non-root, no shell) of sbx in dist/image
 	  echo "go build $$out ($$p, $(VERSION))"; \
 	  CGO_ENABLED=0 GOOS=$$os GOARCH=$$arch $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $$out ./cmd/sbx || exit 1; \
 	done
-	$(GO) run ./tools/image build --version '$(VERSION)' --out $(IMAGE_DIR) \
-	  $(foreach p,$(IMAGE_PLATFORMS),--binary $(p)=dist/bin/$(subst /,-,$(p))/sbx)
+	$(GO) -C tools/image run . build --version '$(VERSION)' --out $(CURDIR)/$(IMAGE_DIR) \
+	  $(foreach p,$(IMAGE_PLATFORMS),--binary $(p)=$(CURDIR)/dist/bin/$(subst /,-,$(p))/sbx)
 
 image-push: image ## push the image to $(REGISTRY)/sbx:$(VERSION), e.g. make image-push REGISTRY=ghcr.io/sbx-dev
 	@if [ -z "$(REGISTRY)" ]; then echo "usage: make image-push REGISTRY=ghcr.io/you (pushes \$$REGISTRY/$(IMAGE_NAME):$(VERSION))"; exit 2; fi
-	$(GO) run ./tools/image push --layout $(IMAGE_DIR) --ref '$(REGISTRY)/$(IMAGE_NAME):$(VERSION)'
+	$(GO) -C tools/image run . push --layout $(CURDIR)/$(IMAGE_DIR) --ref '$(REGISTRY)/$(IMAGE_NAME):$(VERSION)'
 
 clean: ## remove build outputs
 	rm -rf bin dist
