@@ -108,6 +108,10 @@ type Status struct {
 	// Outbound is how local processes reach cluster names (hosts file or
 	// proxy); `sbx run` and `sbx env` read outbound.proxyAddr.
 	Outbound *OutboundStatus `json:"outbound,omitempty"`
+	// Managed names the service manager that started the daemon and
+	// restarts it when it fails ("systemd", "launchd", "schtasks"); empty
+	// when a command started it on demand or a user ran `sbx daemon`.
+	Managed string `json:"managed,omitempty"`
 }
 
 // Event is one message of the watch stream. The first event of a stream

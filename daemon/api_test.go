@@ -557,3 +557,25 @@ func TestStopDuringConnect(t *testing.T) {
 	require.True(t, ce.DaemonStopping, "%v", err)
 	require.Contains(t, ce.Message, "the sbx daemon is stopping, so it stopped connecting sandbox alice: connect again")
 }
+
+// TestStatusSaysManager: a daemon that a service manager runs says which
+// one in its status and in the watch snapshot; one that does not leaves
+// the field out of the JSON, so older clients see the status they knew.
+func TestStatusSaysManager(t *testing.T) {
+	td := startDaemon(t, Options{Clusters: (&fakeCluster{}).provider(), link: (&fakeLinker{}).link, Manager: "systemd"})
+	ctx := context.Background()
+	st, err := td.client.Status(ctx)
+	require.NoError(t, err)
+	require.Equal(t, "systemd", st.Managed)
+	w, err := td.client.Watch(ctx)
+	require.NoError(t, err)
+	defer w.Close()
+	ev, err := w.Next()
+	require.NoError(t, err)
+	require.NotNil(t, ev.Snapshot)
+	require.Equal(t, "systemd", ev.Snapshot.Managed)
+
+	b, err := json.Marshal(Status{Version: "v"})
+	require.NoError(t, err)
+	require.NotContains(t, string(b), "managed")
+}

@@ -51,6 +51,9 @@ type Options struct {
 	// that must never edit /etc/hosts).
 	HostsFile  string
 	HostsRange netip.Prefix
+	// Manager is the service manager that runs this daemon (see
+	// Status.Managed); empty when it is not run by one.
+	Manager string
 
 	// link builds tunnel links; nil uses the tunnel package. Tests swap it.
 	link linker
@@ -122,7 +125,7 @@ func New(opts Options) (*Daemon, error) {
 		ready:    make(chan struct{}),
 		stopping: make(chan struct{}),
 	}
-	d.store = newStore(Status{Version: opts.Version, PID: os.Getpid(), LogPath: opts.LogPath}, opts.watchQueue)
+	d.store = newStore(Status{Version: opts.Version, PID: os.Getpid(), LogPath: opts.LogPath, Managed: opts.Manager}, opts.watchQueue)
 	if opts.ConfigPath != "" {
 		d.confW = config.NewWatcher(opts.ConfigPath, config.WatcherOptions{
 			Logger:   opts.Logger,

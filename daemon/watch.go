@@ -19,7 +19,7 @@ const defaultWatchQueue = 256
 // full is dropped.
 type store struct {
 	mu           sync.Mutex
-	base         Status // Version, PID, LogPath
+	base         Status // Version, PID, LogPath, Managed
 	configError  string
 	stateError   string
 	outbound     *OutboundStatus

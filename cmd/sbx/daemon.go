@@ -5,7 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
+	"runtime"
+	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -13,13 +16,17 @@ import (
 	"github.com/sbx-dev/sbx/cluster"
 	"github.com/sbx-dev/sbx/daemon"
 	"github.com/sbx-dev/sbx/daemon/config"
+	"github.com/sbx-dev/sbx/daemon/service"
 )
 
 func newDaemonCmd(g *globalOptions) *cobra.Command {
-	var background bool
+	var (
+		background, managed, install, uninstall bool
+		env                                     []string
+	)
 	cmd := &cobra.Command{
 		Use:   "daemon",
-		Short: "Run the sbx daemon in the foreground",
+		Short: "Run the sbx daemon in the foreground, or install it as a service that keeps it running",
 		Long: `Run the sbx daemon in the foreground.
 
 The daemon keeps your sandboxes connected: it applies their cluster objects,
@@ -28,33 +35,101 @@ and serves the CLI and the tray on a private unix socket
 ($XDG_RUNTIME_DIR/sbx/sbx.sock, or ~/.sbx/sbx.sock). Commands that need it
 start it in the background for you; run it by hand to watch its log.
 
+--install makes your service manager run it instead (a systemd user unit on
+Linux, a launchd agent on macOS, a Task Scheduler logon task on Windows): it
+starts at login and again within seconds when it crashes or is killed, so
+keyed requests and the hosts file never wait for your next command. The
+unit copies PATH, KUBECONFIG and the XDG variables from this shell (service
+managers start with a minimal environment; exec credential plugins such as
+gke-gcloud-auth-plugin need PATH); --env NAME copies more. Run --install
+again after changing them or moving sbx. --uninstall stops and removes it;
+commands start the daemon on demand again.
+
 Stopping the daemon keeps the sandboxes' cluster objects; the next daemon
 reconnects them with the same routing keys. ` + "`sbx disconnect`" + ` removes them.`,
 		Example: `  sbx daemon            # foreground, log to the terminal and the log file
+  sbx daemon --install  # keep it running: start at login, restart when it fails
+  sbx daemon --install --env AWS_PROFILE
+  sbx daemon --uninstall
   sbx daemon stop       # ask a running daemon to stop`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			return runDaemon(cmd.Context(), g, background)
+			switch {
+			case install && uninstall:
+				return userError(errors.New("--install and --uninstall exclude each other"), "pass one of them")
+			case install:
+				return installDaemonService(cmd.Context(), g, env)
+			case uninstall:
+				return uninstallDaemonService(cmd.Context(), g)
+			case len(env) > 0:
+				return userError(errors.New("--env goes with --install"), "`sbx daemon --install --env NAME` copies NAME into the service")
+			case g.output != "":
+				return noOutputError(cmd, g)
+			}
+			manager, err := daemonManager(managed, os.Getenv(service.ManagerEnv))
+			if err != nil {
+				return err
+			}
+			return runDaemon(cmd.Context(), g, background, manager)
 		},
 	}
+	cmd.Flags().BoolVar(&install, "install", false, "install the daemon as a per-user service that starts it at login and restarts it when it fails, and start it")
+	cmd.Flags().BoolVar(&uninstall, "uninstall", false, "stop and remove the service that --install added")
+	cmd.Flags().StringSliceVar(&env, "env", nil, "with --install: also copy this variable from this shell into the service (repeatable)")
 	cmd.Flags().BoolVar(&background, "background", false, "log only to the log file (set when a command starts the daemon)")
 	_ = cmd.Flags().MarkHidden("background")
+	cmd.Flags().BoolVar(&managed, "managed", false, "started by a service manager: log only to the log file and report the manager ($"+service.ManagerEnv+", else the platform's) in the status")
+	_ = cmd.Flags().MarkHidden("managed")
 	cmd.AddCommand(newDaemonStopCmd(g))
 	return cmd
+}
+
+// daemonManager is the service manager a daemon reports (empty when none
+// runs it): --managed or the variable a service definition sets, which
+// names it; --managed alone is the platform's (a Windows task cannot set
+// variables).
+func daemonManager(managed bool, env string) (string, error) {
+	if env == "" && !managed {
+		return "", nil
+	}
+	if env == "" {
+		m, err := service.ForGOOS(runtime.GOOS)
+		if err != nil {
+			return "service manager", nil
+		}
+		return string(m), nil
+	}
+	if len(env) > 32 || strings.Trim(env, "abcdefghijklmnopqrstuvwxyz0123456789._-") != "" {
+		return "", userError(fmt.Errorf("%s=%q is not the name of a service manager", service.ManagerEnv, env),
+			"set it to the manager that runs the daemon (systemd, launchd, schtasks, supervisord…) or unset it")
+	}
+	return env, nil
 }
 
 func newDaemonStopCmd(g *globalOptions) *cobra.Command {
 	return &cobra.Command{
 		Use:   "stop",
 		Short: "Stop the running sbx daemon (sandboxes stay in the cluster and reconnect when it starts again)",
-		Args:  cobra.NoArgs,
+		Long: `Stop the running sbx daemon. Sandboxes stay in the cluster and reconnect
+with their routing keys when it starts again.
+
+When the daemon is installed as a service (` + "`sbx daemon --install`" + `), stop asks the
+service manager to stop it (` + "`systemctl --user stop sbx-daemon.service`" + ` and the
+like), so that it is not restarted; it stays installed, and the next
+command that needs it, or the next login, starts it again.
+` + "`sbx daemon --uninstall`" + ` removes the service.`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx := cmd.Context()
 			c := &daemon.Client{Socket: daemonPaths().Socket()}
 			defer c.Close()
 			// A stuck daemon would never answer the shutdown either.
-			if err := probeDaemon(ctx, c); err != nil && !daemon.IsNotRunning(err) {
-				return err
+			perr := probeDaemon(ctx, c)
+			if svc := g.services(); svc.Installed() {
+				return stopServiceDaemon(ctx, g, svc, c, perr)
+			}
+			if perr != nil && !daemon.IsNotRunning(perr) {
+				return perr
 			}
 			if err := c.Shutdown(ctx); err != nil {
 				if daemon.IsNotRunning(err) {
@@ -63,36 +138,58 @@ func newDaemonStopCmd(g *globalOptions) *cobra.Command {
 				}
 				return err
 			}
-			// Wait until the socket stops answering so that a following
-			// `sbx daemon` does not race the old one.
-			deadline := time.Now().Add(15 * time.Second)
-			for time.Now().Before(deadline) {
-				probe := &daemon.Client{Socket: daemonPaths().Socket()}
-				_, err := probe.LogPath(ctx)
-				probe.Close()
-				if daemon.IsNotRunning(err) {
-					fmt.Fprintln(g.stdout, "the sbx daemon stopped")
-					return nil
-				}
-				select {
-				case <-ctx.Done():
-					return ctx.Err()
-				case <-time.After(50 * time.Millisecond):
-				}
+			if err := waitDaemonGone(ctx); err != nil {
+				return err
 			}
-			return fmt.Errorf("the sbx daemon did not stop within 15s; see `sbx logs`")
+			fmt.Fprintln(g.stdout, "the sbx daemon stopped")
+			return nil
 		},
 	}
 }
 
+// daemonStopTimeout bounds how long `sbx daemon stop` waits for the daemon
+// to stop answering (the systemd unit's TimeoutStopSec matches it).
+const daemonStopTimeout = 15 * time.Second
+
+// waitDaemonGone waits until the socket stops answering, so that a
+// following `sbx daemon` does not race the old one.
+func waitDaemonGone(ctx context.Context) error {
+	deadline := time.Now().Add(daemonStopTimeout)
+	for time.Now().Before(deadline) {
+		probe := &daemon.Client{Socket: daemonPaths().Socket()}
+		_, err := probe.LogPath(ctx)
+		probe.Close()
+		if daemon.IsNotRunning(err) {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+	return fmt.Errorf("the sbx daemon did not stop within %s; see `sbx logs`", daemonStopTimeout)
+}
+
 // runDaemon runs the daemon until ctx ends or a client asks it to stop.
-func runDaemon(ctx context.Context, g *globalOptions, background bool) error {
+// manager, when set, is the service manager that runs it: the daemon then
+// logs only to its log file (the manager keeps stderr, where a panic would
+// go) and reports the manager in its status.
+func runDaemon(ctx context.Context, g *globalOptions, background bool, manager string) error {
 	paths := daemonPaths()
 	if err := os.MkdirAll(paths.StateDir, 0o700); err != nil {
 		return fmt.Errorf("create %s: %w", paths.StateDir, err)
 	}
 	var out io.Writer = g.stderr
-	if !background {
+	switch {
+	case manager != "":
+		f, err := openDaemonLog(paths.Log())
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		out = f
+	case !background:
 		// In the foreground the log goes to the terminal and to the
 		// log file, so `sbx logs` always has it.
 		f, err := openDaemonLog(paths.Log())
@@ -113,23 +210,72 @@ func runDaemon(ctx context.Context, g *globalOptions, background bool) error {
 		DefaultRelayImage: cluster.DefaultRelayImageRepo + ":" + g.build.Version,
 	})
 	defer clusters.Close()
-	d, err := daemon.New(daemon.Options{
-		Paths:      paths,
-		Logger:     logger,
-		Version:    g.build.Version,
-		LogPath:    paths.Log(),
-		ConfigPath: cfgPath,
-		Clusters:   clusters.Open,
-	})
-	if err != nil {
-		return err
-	}
-	if err := d.Run(ctx); err != nil {
+	for {
+		if manager != "" && !awaitSocket(ctx, paths, logger) {
+			return nil
+		}
+		d, err := daemon.New(daemon.Options{
+			Paths:      paths,
+			Logger:     logger,
+			Version:    g.build.Version,
+			LogPath:    paths.Log(),
+			ConfigPath: cfgPath,
+			Clusters:   clusters.Open,
+			Manager:    manager,
+		})
+		if err != nil {
+			return err
+		}
+		err = d.Run(ctx)
+		if err == nil {
+			return nil
+		}
 		if errors.Is(err, daemon.ErrAlreadyRunning) {
+			if manager != "" {
+				// Another daemon took the lock between the probe and
+				// the listen, or holds it without answering yet.
+				logger.Info("another sbx daemon holds the socket; retrying", "err", err)
+				select {
+				case <-ctx.Done():
+					return nil
+				case <-time.After(time.Second):
+				}
+				continue
+			}
 			return userError(err, "`sbx status` talks to the running daemon")
 		}
 		logger.Error("daemon failed", "err", err)
 		return err
 	}
-	return nil
+}
+
+// awaitSocket waits while another daemon answers on the socket, and
+// reports false when ctx ended first. A managed daemon that starts while
+// one a command started still runs (`sbx daemon --install` stops that one
+// once the service is registered; a command may win the race at login)
+// takes over when it stops, instead of exiting and being restarted until
+// the manager gives up on it.
+func awaitSocket(ctx context.Context, paths daemon.Paths, logger *slog.Logger) bool {
+	c := &daemon.Client{Socket: paths.Socket()}
+	defer c.Close()
+	logged := false
+	for {
+		pctx, cancel := context.WithTimeout(ctx, daemonAnswerTimeout)
+		_, err := c.LogPath(pctx)
+		cancel()
+		switch {
+		case ctx.Err() != nil:
+			return false
+		case daemon.IsNotRunning(err):
+			return true
+		case !logged:
+			logger.Info("another sbx daemon serves the socket; this one, run by the service manager, takes over when it stops", "socket", paths.Socket())
+			logged = true
+		}
+		select {
+		case <-ctx.Done():
+			return false
+		case <-time.After(time.Second):
+		}
+	}
 }

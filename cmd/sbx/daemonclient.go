@@ -8,10 +8,12 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
 	"github.com/sbx-dev/sbx/daemon"
+	"github.com/sbx-dev/sbx/daemon/service"
 )
 
 // daemonStartTimeout bounds how long a command waits for a daemon it
@@ -40,10 +42,12 @@ func connectDaemon(ctx context.Context) (*daemon.Client, error) {
 // the socket (not when the daemon is stuck, or the command interrupted).
 var errDaemonNotRunning = errors.New("the sbx daemon is not running")
 
-// ensureDaemon returns a client of the running daemon, starting one in the
-// background first if none answers. Progress goes to progress; verbosity
-// (the CLI's -v count) is passed on to a daemon it starts.
-func ensureDaemon(ctx context.Context, progress io.Writer, verbosity int) (*daemon.Client, error) {
+// ensureDaemon returns a client of the running daemon, starting one first
+// if none answers: through the service manager where the daemon is
+// installed as a service (`sbx daemon --install`), else in the background.
+// Progress goes to progress; g's verbosity (the CLI's -v count) is passed
+// on to a daemon it starts.
+func ensureDaemon(ctx context.Context, g *globalOptions, progress io.Writer) (*daemon.Client, error) {
 	paths := daemonPaths()
 	c := &daemon.Client{Socket: paths.Socket()}
 	err := probeDaemon(ctx, c)
@@ -59,8 +63,15 @@ func ensureDaemon(ctx context.Context, progress io.Writer, verbosity int) (*daem
 		return nil, userError(errors.New("the sbx daemon is not running and SBX_DAEMON_AUTOSTART=0 forbids starting it"),
 			"start it with `sbx daemon` (or your service manager), or unset SBX_DAEMON_AUTOSTART")
 	}
+	if svc := g.services(); svc.Installed() {
+		if err := startServiceDaemon(ctx, svc, c, progress); err != nil {
+			c.Close()
+			return nil, err
+		}
+		return c, nil
+	}
 	fmt.Fprintf(progress, "starting the sbx daemon in the background (log: %s) ", paths.Log())
-	proc, err := spawnDaemon(paths, verbosity)
+	proc, err := spawnDaemon(paths, g.verbosity)
 	if err != nil {
 		fmt.Fprintln(progress)
 		c.Close()
@@ -72,6 +83,40 @@ func ensureDaemon(ctx context.Context, progress io.Writer, verbosity int) (*daem
 	// no zombie is left; a CLI process simply exits before it.
 	exited := make(chan error, 1)
 	go func() { _, err := proc.Wait(); exited <- err }()
+	var ee *exitedError
+	switch err := waitAnswer(ctx, c, progress, exited); {
+	case err == nil:
+		return c, nil
+	case errors.As(err, &ee):
+		// Another CLI may have started one first; ours then refused.
+		if _, err := c.LogPath(ctx); err == nil {
+			return c, nil
+		}
+		c.Close()
+		return nil, fmt.Errorf("the sbx daemon exited while starting (%v): %s\n  see %s, or run `sbx daemon` in a terminal to see why",
+			ee.err, lastLines(paths.Log(), 5), paths.Log())
+	case errors.Is(err, errStartTimeout):
+		c.Close()
+		return nil, fmt.Errorf("the sbx daemon did not answer on %s within %s; see %s (`sbx logs`)", paths.Socket(), daemonStartTimeout, paths.Log())
+	default:
+		c.Close()
+		return nil, err
+	}
+}
+
+// errStartTimeout is waitAnswer's answer when daemonStartTimeout passed.
+var errStartTimeout = errors.New("the sbx daemon did not answer in time")
+
+// exitedError is waitAnswer's answer when the daemon it waits for exited.
+type exitedError struct{ err error }
+
+func (e *exitedError) Error() string { return fmt.Sprintf("the sbx daemon exited: %v", e.err) }
+
+// waitAnswer polls c until the daemon answers ("ok" on progress), ctx
+// ends, exited reports the daemon's exit (*exitedError; a nil channel
+// never does) or daemonStartTimeout passes (errStartTimeout), printing a
+// dot every half second.
+func waitAnswer(ctx context.Context, c *daemon.Client, progress io.Writer, exited <-chan error) error {
 	deadline := time.NewTimer(daemonStartTimeout)
 	defer deadline.Stop()
 	tick := time.NewTicker(100 * time.Millisecond)
@@ -81,26 +126,18 @@ func ensureDaemon(ctx context.Context, progress io.Writer, verbosity int) (*daem
 		_, err := c.LogPath(ctx)
 		if err == nil {
 			fmt.Fprintln(progress, "ok")
-			return c, nil
+			return nil
 		}
 		select {
 		case <-ctx.Done():
 			fmt.Fprintln(progress)
-			c.Close()
-			return nil, ctx.Err()
+			return ctx.Err()
 		case werr := <-exited:
 			fmt.Fprintln(progress)
-			// Another CLI may have started one first; ours then refused.
-			if _, err := c.LogPath(ctx); err == nil {
-				return c, nil
-			}
-			c.Close()
-			return nil, fmt.Errorf("the sbx daemon exited while starting (%v): %s\n  see %s, or run `sbx daemon` in a terminal to see why",
-				werr, lastLines(paths.Log(), 5), paths.Log())
+			return &exitedError{werr}
 		case <-deadline.C:
 			fmt.Fprintln(progress)
-			c.Close()
-			return nil, fmt.Errorf("the sbx daemon did not answer on %s within %s; see %s (`sbx logs`)", paths.Socket(), daemonStartTimeout, paths.Log())
+			return errStartTimeout
 		case <-tick.C:
 			if dots++; dots%5 == 0 {
 				fmt.Fprint(progress, ".")
@@ -171,7 +208,9 @@ func spawnDaemon(paths daemon.Paths, verbosity int) (*os.Process, error) {
 	cmd.Stdin = devnull
 	cmd.Stdout = logf
 	cmd.Stderr = logf
-	cmd.Env = os.Environ()
+	// A daemon a command starts is not one a service manager runs, even
+	// where the command runs under one.
+	cmd.Env = slices.DeleteFunc(os.Environ(), func(kv string) bool { return strings.HasPrefix(kv, service.ManagerEnv+"=") })
 	cmd.SysProcAttr = detachedProcAttr()
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("start the sbx daemon (%s daemon): %w (start it by hand with `sbx daemon`)", exe, err)
@@ -210,7 +249,7 @@ func lastLines(path string, n int) string {
 // needDaemon is ensureDaemon for a command: progress on stderr, and a note
 // when the running daemon is another version.
 func needDaemon(ctx context.Context, g *globalOptions) (*daemon.Client, error) {
-	c, err := ensureDaemon(ctx, g.stderr, g.verbosity)
+	c, err := ensureDaemon(ctx, g, g.stderr)
 	if err != nil {
 		return nil, err
 	}

@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -90,6 +91,66 @@ func TestE2EBinary(t *testing.T) {
 	require.Contains(t, out, "stopped")
 	_, err = dc.Status(ctx)
 	require.True(t, daemon.IsNotRunning(err) || errors.Is(err, context.Canceled), "%v", err)
+}
+
+// TestE2EManagedDaemonRestores: after a kill -9 of the daemon, what a
+// service manager does (start `sbx daemon --managed` again, with the
+// variable the unit sets) is enough: the new daemon restores the sandbox
+// with the same routing key and keyed requests reach it again, without any
+// sbx command. A SIGTERM (systemctl stop, launchctl kill) ends it with
+// exit code 0, which the service definitions do not restart.
+func TestE2EManagedDaemonRestores(t *testing.T) {
+	be := startBinaryEnv(t)
+	ctx, dc := be.ctx, be.dc
+	local, err := sim.StartLocalRoute("127.0.0.1:0", nil, nil, e2eLogger(t))
+	require.NoError(t, err)
+	defer local.Close()
+	be.sbx("connect", "-f", be.spec(local.Addr()), "--set", "name=alice")
+	st, err := dc.Sandbox(ctx, "alice")
+	require.NoError(t, err)
+	key := st.RoutingKey
+	client := be.sim.HTTPClient("default")
+	defer client.CloseIdleConnections()
+	keyed := "sbx-routing-key=" + key
+	eventuallyServed(t, client, keyed, routeV2)
+
+	pid := be.daemonPID()
+	require.NoError(t, syscall.Kill(pid, syscall.SIGKILL))
+	require.Eventually(t, func() bool {
+		_, err := dc.Status(ctx)
+		return daemon.IsNotRunning(err)
+	}, 10*time.Second, 20*time.Millisecond)
+
+	// The service manager's restart: no sbx command runs after it.
+	managed := exec.CommandContext(ctx, be.bin, "daemon", "--managed")
+	managed.Env = append(slices.Clone(be.env), "SBX_DAEMON_MANAGER=systemd")
+	var stderr lockedBuffer
+	managed.Stderr = &stderr
+	require.NoError(t, managed.Start())
+	exited := make(chan error, 1)
+	go func() { exited <- managed.Wait() }()
+	t.Cleanup(func() { _ = managed.Process.Kill() })
+	require.Eventually(t, func() bool {
+		s, err := dc.Sandbox(ctx, "alice")
+		return err == nil && s.Phase == daemon.PhaseReady
+	}, 30*time.Second, 50*time.Millisecond)
+	s, err := dc.Sandbox(ctx, "alice")
+	require.NoError(t, err)
+	require.Equal(t, key, s.RoutingKey, "the restarted daemon keeps the routing key")
+	full, err := dc.Status(ctx)
+	require.NoError(t, err)
+	require.Equal(t, "systemd", full.Managed)
+	require.Equal(t, managed.Process.Pid, full.PID)
+	eventuallyServed(t, client, keyed, routeV2)
+
+	require.NoError(t, managed.Process.Signal(syscall.SIGTERM))
+	select {
+	case err := <-exited:
+		require.NoError(t, err, "exit code 0 after SIGTERM; stderr:\n%s", stderr.String())
+	case <-time.After(20 * time.Second):
+		t.Fatal("the managed daemon did not exit after SIGTERM")
+	}
+	require.Empty(t, stderr.String(), "a managed daemon logs only to its log file")
 }
 
 // binaryEnv is the built sbx binary with its own HOME, state, config (hosts

@@ -73,14 +73,16 @@ func signalExitCode(ctx context.Context) int {
 // run executes the CLI with the given arguments and streams and returns the
 // process exit code. Tests call it in-process: it leaves the calling
 // goroutine's OS-thread lock alone.
-func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) int {
-	return execute(ctx, args, stdin, stdout, stderr, nil)
+// opts change the global options (tests swap what the CLI reaches
+// outside the process through).
+func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer, opts ...func(*globalOptions)) int {
+	return execute(ctx, args, stdin, stdout, stderr, nil, opts...)
 }
 
 // execute is run; unlock, when set, gives back the main OS thread before
 // every command but the tray (releaseMainThread).
-func execute(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer, unlock func()) int {
-	root := newRootCmd(newBuildInfo(version), stdin, stdout, stderr)
+func execute(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer, unlock func(), opts ...func(*globalOptions)) int {
+	root := newRootCmd(newBuildInfo(version), stdin, stdout, stderr, opts...)
 	if unlock != nil {
 		releaseMainThread(root, unlock)
 	}

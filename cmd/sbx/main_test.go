@@ -65,6 +65,7 @@ func TestOutputRefusedWhereNothingIsPrinted(t *testing.T) {
 	for _, args := range [][]string{
 		{"tray", "-o", "json"},
 		{"daemon", "stop", "-o", "json"},
+		{"daemon", "-o", "json"},
 		{"relay", "-o", "yaml"},
 		{"completion", "bash", "-o", "json"},
 	} {

@@ -12,6 +12,7 @@ import (
 	"k8s.io/klog/v2"
 
 	"github.com/sbx-dev/sbx/cluster/spec"
+	"github.com/sbx-dev/sbx/daemon/service"
 )
 
 // globalOptions are the flags every command shares. One value is created per
@@ -28,10 +29,20 @@ type globalOptions struct {
 	stdin  io.Reader
 	stdout io.Writer
 	stderr io.Writer
+
+	// services is the OS's service manager (`sbx daemon --install`, and
+	// commands that find the daemon installed as a service); executable
+	// is the sbx binary a service runs. Tests swap both.
+	services   func() service.Host
+	executable func() (string, error)
 }
 
-func newRootCmd(build buildInfo, stdin io.Reader, stdout, stderr io.Writer) *cobra.Command {
-	g := &globalOptions{build: build, stdin: stdin, stdout: stdout, stderr: stderr}
+func newRootCmd(build buildInfo, stdin io.Reader, stdout, stderr io.Writer, opts ...func(*globalOptions)) *cobra.Command {
+	g := &globalOptions{build: build, stdin: stdin, stdout: stdout, stderr: stderr,
+		services: service.Local, executable: installedExecutable}
+	for _, o := range opts {
+		o(g)
+	}
 	root := &cobra.Command{
 		Use:   "sbx",
 		Short: "Run one microservice on your laptop as part of a shared Kubernetes cluster",
@@ -80,8 +91,15 @@ names travel back through the same tunnel to the baseline services.`,
 	root.InitDefaultCompletionCmd()
 	for _, c := range root.Commands() {
 		switch c.Name() {
-		case "tray", "daemon", "relay", "demo", "completion":
+		case "tray", "relay", "demo", "completion":
 			markNoOutput(c)
+		case "daemon":
+			// --install and --uninstall print what they did in any
+			// format; the daemon itself and `daemon stop` refuse -o
+			// (newDaemonCmd).
+			for _, sub := range c.Commands() {
+				markNoOutput(sub)
+			}
 		}
 		if c.Name() == "tray" {
 			c.Annotations[mainThreadAnnotation] = "true"
@@ -100,13 +118,18 @@ names travel back through the same tunnel to the baseline services.`,
 		}
 		for c := cmd; c != nil; c = c.Parent() {
 			if c.Annotations[noOutputAnnotation] == "true" {
-				return userError(fmt.Errorf("%s prints no state, so -o %s has no effect", cmd.CommandPath(), g.output),
-					"drop -o; commands such as status, list, version and env take it")
+				return noOutputError(cmd, g)
 			}
 		}
 		return nil
 	}
 	return root
+}
+
+// noOutputError refuses -o for a command that prints no state.
+func noOutputError(cmd *cobra.Command, g *globalOptions) error {
+	return userError(fmt.Errorf("%s prints no state, so -o %s has no effect", cmd.CommandPath(), g.output),
+		"drop -o; commands such as status, list, version and env take it")
 }
 
 // noOutputAnnotation marks a command (and its subcommands) that takes no -o.

@@ -13,6 +13,7 @@ import (
 
 	"github.com/sbx-dev/sbx/daemon"
 	"github.com/sbx-dev/sbx/daemon/config"
+	"github.com/sbx-dev/sbx/daemon/service"
 )
 
 func newStatusCmd(g *globalOptions) *cobra.Command {
@@ -41,6 +42,12 @@ with -o json, one JSON event per line (the first a full snapshot).`,
 			if err != nil {
 				if !errors.Is(err, errDaemonNotRunning) {
 					return err // stuck, or interrupted: not "not running"
+				}
+				if svc := g.services(); svc.Installed() {
+					m, _ := svc.Manager()
+					return userError(errDaemonNotRunning,
+						fmt.Sprintf("it is installed as a %s (%s) but not running (stopped by `sbx daemon stop`, or it failed too often): %s; any command such as `sbx list` asks %s to start it",
+							serviceKind(m), m.Name(), m.Diagnose(), m))
 				}
 				if names, serr := daemon.SavedSandboxes(daemonPaths()); serr == nil && len(names) > 0 {
 					return userError(errDaemonNotRunning,
@@ -214,6 +221,7 @@ func renderOutbound(o daemon.OutboundStatus) string {
 func renderStatus(st daemon.Status, now time.Time) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "sbx daemon %s (pid %d), log %s\n", st.Version, st.PID, st.LogPath)
+	b.WriteString(renderManaged(st.Managed) + "\n")
 	if st.ConfigError != "" {
 		fmt.Fprintf(&b, "! %s\n", st.ConfigError)
 	}
@@ -231,6 +239,19 @@ func renderStatus(st daemon.Status, now time.Time) string {
 		b.WriteString(renderSandbox(sb, now))
 	}
 	return strings.TrimRight(b.String(), "\n")
+}
+
+// renderManaged says in one line whether something restarts the daemon
+// when it fails.
+func renderManaged(manager string) string {
+	switch m := service.Manager(manager); {
+	case m == "":
+		return "daemon: started on demand or by hand, nothing restarts it if it stops; `sbx daemon --install` keeps it running"
+	case m.RestartsOnFailure():
+		return fmt.Sprintf("daemon: managed by %s (restarts on failure)", m)
+	default:
+		return fmt.Sprintf("daemon: managed by %s", m)
+	}
 }
 
 func renderSandbox(sb daemon.SandboxStatus, now time.Time) string {

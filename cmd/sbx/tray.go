@@ -66,7 +66,7 @@ Windows); --uninstall removes it.`,
 			defer c.Close()
 			return systray.Run(cmd.Context(), systray.Options{
 				Client: systray.DaemonClient{C: c, Start: func(ctx context.Context) error {
-					started, err := ensureDaemon(ctx, io.Discard, g.verbosity)
+					started, err := ensureDaemon(ctx, g, io.Discard)
 					if err != nil {
 						return err
 					}
@@ -87,16 +87,9 @@ Windows); --uninstall removes it.`,
 // lives in a temporary directory that is gone by the next login, so it is
 // refused.
 func installTray(g *globalOptions) error {
-	exe, err := os.Executable()
+	exe, err := g.executable()
 	if err != nil {
-		return fmt.Errorf("find the sbx binary for the login entry: %w", err)
-	}
-	if resolved, err := filepath.EvalSymlinks(exe); err == nil {
-		exe = resolved
-	}
-	if isTemporaryBuild(exe) {
-		return userError(fmt.Errorf("%s is a temporary `go run` build", exe),
-			"install sbx first (`make build` or `go install ./cmd/sbx`) and run --install with that binary")
+		return err
 	}
 	where, err := systray.InstallAutostart(exe)
 	if err != nil {
@@ -104,6 +97,24 @@ func installTray(g *globalOptions) error {
 	}
 	fmt.Fprintf(g.stdout, "installed the tray login entry %s\nthe tray starts at your next login; run `%s tray &` to start it now\n", where, exe)
 	return nil
+}
+
+// installedExecutable is the sbx binary for a login entry or a service
+// to run, symlinks resolved, and never a `go run` build, which lives in a
+// temporary directory that is gone by the next login.
+func installedExecutable() (string, error) {
+	exe, err := os.Executable()
+	if err != nil {
+		return "", fmt.Errorf("find the sbx binary: %w", err)
+	}
+	if resolved, err := filepath.EvalSymlinks(exe); err == nil {
+		exe = resolved
+	}
+	if isTemporaryBuild(exe) {
+		return "", userError(fmt.Errorf("%s is a temporary `go run` build", exe),
+			"install sbx first (`make build` or `go install ./cmd/sbx`) and run --install with that binary")
+	}
+	return exe, nil
 }
 
 // isTemporaryBuild reports whether exe is a binary the go tool built in its
