@@ -171,6 +171,18 @@ func waitDaemonGone(ctx context.Context) error {
 	return fmt.Errorf("the sbx daemon did not stop within %s; see `sbx logs`", daemonStopTimeout)
 }
 
+// stderrOnto is the fd the log's rotations should carry along: the
+// process's stderr when it is the log file (a daemon a command started in
+// the background, whose panics must land in the current log), else -1.
+func stderrOnto(log string) int {
+	se, err1 := os.Stderr.Stat()
+	lf, err2 := os.Stat(log)
+	if err1 != nil || err2 != nil || !os.SameFile(se, lf) {
+		return -1
+	}
+	return int(os.Stderr.Fd())
+}
+
 // runDaemon runs the daemon until ctx ends or a client asks it to stop.
 // manager, when set, is the service manager that runs it: the daemon then
 // logs only to its log file (the manager keeps stderr, where a panic would
@@ -180,24 +192,18 @@ func runDaemon(ctx context.Context, g *globalOptions, background bool, manager s
 	if err := os.MkdirAll(paths.StateDir, 0o700); err != nil {
 		return fmt.Errorf("create %s: %w", paths.StateDir, err)
 	}
-	var out io.Writer = g.stderr
-	switch {
-	case manager != "":
-		f, err := openDaemonLog(paths.Log())
-		if err != nil {
-			return err
-		}
-		defer f.Close()
-		out = f
-	case !background:
-		// In the foreground the log goes to the terminal and to the
-		// log file, so `sbx logs` always has it.
-		f, err := openDaemonLog(paths.Log())
-		if err != nil {
-			return err
-		}
-		defer f.Close()
-		out = io.MultiWriter(g.stderr, f)
+	// The daemon writes its log file itself, so that it can start it
+	// afresh while running (a managed daemon runs for weeks); a background
+	// daemon's stderr, where a panic goes, follows the current file.
+	lf, err := openRotatingLog(paths.Log(), maxLogSize, stderrOnto(paths.Log()))
+	if err != nil {
+		return err
+	}
+	defer lf.Close()
+	var out io.Writer = lf
+	if !background && manager == "" {
+		// In the foreground the log goes to the terminal too.
+		out = io.MultiWriter(g.stderr, lf)
 	}
 	logger := g.logger(out)
 	defer routeKlog(logger.With("component", "client-go"))()

@@ -3,6 +3,7 @@
 package main
 
 import (
+	"os"
 	"syscall"
 
 	"golang.org/x/sys/windows"
@@ -18,3 +19,8 @@ func detachedProcAttr() *syscall.SysProcAttr {
 		CreationFlags: windows.CREATE_NEW_PROCESS_GROUP | windows.DETACHED_PROCESS,
 	}
 }
+
+// redirectFD does nothing on Windows: the daemon's standard handles stay
+// on the file they were opened with (and that handle keeps the log from
+// being renamed while the daemon runs, so it rotates when it starts).
+func redirectFD(*os.File, int) error { return nil }
