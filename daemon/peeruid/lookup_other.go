@@ -1,0 +1,19 @@
+//go:build !linux
+
+package peeruid
+
+import (
+	"fmt"
+	"net"
+	"runtime"
+)
+
+// Supported reports whether Lookup works on this OS. macOS and Windows
+// have no /proc; there the proxy's credential and the hosts-mode Host
+// check are what keep other users and web pages out.
+const Supported = false
+
+// Lookup is not implemented on this OS; it returns ErrUnavailable.
+func Lookup(net.Conn) (Row, error) {
+	return Row{}, fmt.Errorf("%w on %s", ErrUnavailable, runtime.GOOS)
+}
