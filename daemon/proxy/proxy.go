@@ -378,3 +378,7 @@ func (l *connListener) Close() error {
 }
 
 func (l *connListener) Addr() net.Addr { return l.addr }
+
+// Username is the user name of the proxy's credential; the password is
+// the secret (Options.Password).
+const Username = "sbx"
