@@ -5,10 +5,13 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"net/url"
 	"os"
+	"os/exec"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -107,6 +110,30 @@ func TestE2EOutboundModes(t *testing.T) {
 	require.Equal(t, "driver@baseline", hop.String())
 	require.Equal(t, "/via-proxy", hop.Path)
 
+	// `sbx run` gives a process the authenticated proxy: Go's net/http
+	// through HTTP_PROXY and through ALL_PROXY (SOCKS5), and curl both
+	// ways, reach the cluster name.
+	useCLIWith(t, e)
+	exe, err := os.Executable()
+	require.NoError(t, err)
+	t.Setenv("SBX_TEST_HELPER", "proxy-get")
+	t.Setenv("SBX_TEST_URL", "http://driver.hotrod.svc.cluster.local:8082/via-sbx-run")
+	for _, proxyVar := range []string{"HTTP_PROXY", "ALL_PROXY"} {
+		t.Setenv("SBX_TEST_PROXY_VAR", proxyVar)
+		code, out, errOut := runCLI(t, "run", "alice", "--", exe, "-test.run=^TestHelperProxyGet$")
+		require.Equal(t, 0, code, "%s: %s", proxyVar, errOut)
+		require.Contains(t, out, `"path":"/via-sbx-run"`, proxyVar)
+		require.Contains(t, out, `"service":"driver","version":"baseline"`, proxyVar)
+	}
+	if _, err := exec.LookPath("curl"); err == nil {
+		code, out, errOut := runCLI(t, "run", "alice", "--", "sh", "-c",
+			`curl -sS --fail "$SBX_TEST_URL" && curl -sS --fail --proxy "$ALL_PROXY" "$SBX_TEST_URL"`)
+		require.Equal(t, 0, code, errOut)
+		require.Equal(t, 2, strings.Count(out, `"path":"/via-sbx-run"`), out)
+	} else {
+		t.Log("no curl on PATH: only Go's client was tried")
+	}
+
 	// Hosts mode, by a live edit of the user config.
 	require.NoError(t, e.SetOutboundMode(config.ModeHosts))
 	require.Eventually(t, func() bool {
@@ -131,6 +158,51 @@ func TestE2EOutboundModes(t *testing.T) {
 		b, _ := os.ReadFile(e.HostsFile)
 		return string(b) == "127.0.0.1 localhost\n"
 	}, 10*time.Second, 10*time.Millisecond)
+}
+
+// useCLIWith points the in-process CLI (runCLI) at e's daemon, which
+// keeps its socket under e.Paths instead of the XDG locations.
+func useCLIWith(t *testing.T, e *simEnv) {
+	t.Helper()
+	rt, err := tempDir()
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = os.RemoveAll(rt) })
+	require.NoError(t, os.Symlink(e.Paths.RuntimeDir, filepath.Join(rt, "sbx")))
+	t.Setenv("XDG_RUNTIME_DIR", rt)
+	t.Setenv("XDG_STATE_HOME", filepath.Dir(e.Paths.StateDir))
+	t.Setenv("SBX_DAEMON_AUTOSTART", "0")
+}
+
+// TestHelperProxyGet is not a test: it is the process `sbx run` starts
+// in TestE2EOutboundModes. It GETs $SBX_TEST_URL through the proxy that
+// $SBX_TEST_PROXY_VAR names (HTTP_PROXY: Go's own lookup of the
+// environment; ALL_PROXY: its SOCKS5 URL) and prints the body.
+func TestHelperProxyGet(t *testing.T) {
+	if os.Getenv("SBX_TEST_HELPER") != "proxy-get" {
+		t.Skip("helper process")
+	}
+	proxy := http.ProxyFromEnvironment
+	if v := os.Getenv("SBX_TEST_PROXY_VAR"); v != "HTTP_PROXY" {
+		u, err := url.Parse(os.Getenv(v))
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(3)
+		}
+		proxy = http.ProxyURL(u)
+	}
+	c := &http.Client{Timeout: 20 * time.Second, Transport: &http.Transport{Proxy: proxy}}
+	resp, err := c.Get(os.Getenv("SBX_TEST_URL"))
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(4)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	fmt.Printf("%d %s", resp.StatusCode, b)
+	if resp.StatusCode != http.StatusOK {
+		os.Exit(5)
+	}
+	os.Exit(0)
 }
 
 func jsonDecode(resp *http.Response, v any) error {
