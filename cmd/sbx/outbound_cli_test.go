@@ -91,7 +91,7 @@ func TestRenderOutbound(t *testing.T) {
 		{"proxy with a note", daemon.OutboundStatus{
 			Status:     outbound.Status{Mode: config.ModeProxy, ProxyAddr: "127.0.0.1:4242", Note: "hosts file /etc/hosts is not writable by the daemon; using proxy mode"},
 			Namespaces: []string{"hotrod"}, Discovered: 7,
-		}, []string{"outbound: proxy 127.0.0.1:4242 (HTTP and SOCKS5; `sbx run` sets HTTP_PROXY), 7 Service(s) in hotrod (hosts file /etc/hosts is not writable"}},
+		}, []string{"outbound: proxy 127.0.0.1:4242 (HTTP and SOCKS5, password-protected; `sbx run` and `sbx env` pass it), 7 Service(s) in hotrod (hosts file /etc/hosts is not writable"}},
 		{"off", daemon.OutboundStatus{Status: outbound.Status{Mode: config.ModeOff}}, []string{"outbound: off"}},
 		{"idle", daemon.OutboundStatus{Status: outbound.Status{Mode: config.ModeAuto, Note: "starts when a sandbox is connected"}},
 			[]string{"outbound: auto (starts when a sandbox is connected)"}},
