@@ -14,6 +14,7 @@ import (
 
 	"github.com/sbx-dev/sbx/cluster/discovery"
 	"github.com/sbx-dev/sbx/daemon/hostsfile"
+	"github.com/sbx-dev/sbx/daemon/peeruid"
 	"github.com/sbx-dev/sbx/daemon/proxy"
 	"github.com/sbx-dev/sbx/tunnel"
 )
@@ -57,6 +58,7 @@ type Hosts struct {
 	log   *slog.Logger
 	file  *hostsfile.Owner
 	alloc *allocator
+	peers *peeruid.Guard
 
 	// connCtx ends every forwarded connection on shutdown.
 	connCtx    context.Context
@@ -122,6 +124,7 @@ func NewHosts(opts HostsOptions) (*Hosts, error) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	return &Hosts{opts: opts, log: log, file: file, alloc: alloc, connCtx: ctx, cancelConn: cancel,
+		peers:     peeruid.NewGuard("hosts-mode listeners", log),
 		listeners: map[netip.AddrPort]*portListener{}}, nil
 }
 
@@ -283,6 +286,12 @@ func (h *Hosts) acceptLoop(pl *portListener) {
 // sees the connection end at once.
 func (h *Hosts) forward(local net.Conn, spec listenSpec) {
 	defer h.wg.Done()
+	// The listeners have no credential: on Linux, the peer's user is what
+	// keeps other users out of the tunnel.
+	if !h.peers.Allow(local) {
+		_ = local.Close()
+		return
+	}
 	ctx := WithSource(h.connCtx, local.RemoteAddr().String())
 	dctx, cancel := context.WithTimeout(ctx, dialTimeout)
 	remote, err := h.opts.Dial(dctx, spec.target)

@@ -12,7 +12,9 @@
 // developer's tunnel and network; the credential sits in the user's own
 // state directory and reaches processes through `sbx run` and `sbx env`.
 // Web pages cannot use the proxy: browsers never send a proxy credential
-// to an origin server, and scripts cannot set Proxy-Authorization.
+// to an origin server, and scripts cannot set Proxy-Authorization. On
+// Linux, connections from other users' processes are also closed on
+// accept (peeruid.Guard), credential or not.
 package proxy
 
 import (
@@ -31,6 +33,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/sbx-dev/sbx/daemon/peeruid"
 	"github.com/sbx-dev/sbx/tunnel"
 )
 
@@ -74,9 +77,10 @@ type Options struct {
 
 // Server is the proxy. New starts listening; Run serves.
 type Server struct {
-	opts Options
-	log  *slog.Logger
-	ln   net.Listener
+	opts  Options
+	log   *slog.Logger
+	ln    net.Listener
+	peers *peeruid.Guard
 
 	httpLn    *connListener
 	httpSrv   *http.Server
@@ -122,7 +126,7 @@ func New(opts Options) (*Server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("outbound proxy: listening on %s: %w (change outbound.proxyListen in the sbx config, or use port 0)", opts.Listen, err)
 	}
-	s := &Server{opts: opts, log: log, ln: ln}
+	s := &Server{opts: opts, log: log, ln: ln, peers: peeruid.NewGuard("outbound proxy "+ln.Addr().String(), log)}
 	s.connCtx, s.cancelConn = context.WithCancel(context.Background())
 	s.httpLn = newConnListener(ln.Addr())
 	s.transport = &http.Transport{
@@ -253,6 +257,12 @@ func (s *Server) acceptLoop() {
 		}
 		go func() {
 			defer s.wg.Done()
+			// Another user's process is refused before it says anything,
+			// even with the credential: the port is this user's.
+			if !s.peers.Allow(c) {
+				_ = c.Close()
+				return
+			}
 			s.sniff(c)
 		}()
 	}
