@@ -110,6 +110,24 @@ func TestE2EOutboundModes(t *testing.T) {
 	require.Equal(t, "driver@baseline", hop.String())
 	require.Equal(t, "/via-proxy", hop.Path)
 
+	// Without the proxy's credential, nothing gets through.
+	noAuth := &http.Client{Timeout: 20 * time.Second, Transport: &http.Transport{DisableKeepAlives: true,
+		Proxy: func(r *http.Request) (*url.URL, error) {
+			p, err := e.ProxyURL(r.Context())
+			if err != nil {
+				return nil, err
+			}
+			u, err := url.Parse(p)
+			if err == nil {
+				u.User = nil
+			}
+			return u, err
+		}}}
+	resp, err = noAuth.Get("http://driver.hotrod.svc.cluster.local:8082/no-credential")
+	require.NoError(t, err)
+	resp.Body.Close()
+	require.Equal(t, http.StatusProxyAuthRequired, resp.StatusCode)
+
 	// `sbx run` gives a process the authenticated proxy: Go's net/http
 	// through HTTP_PROXY and through ALL_PROXY (SOCKS5), and curl both
 	// ways, reach the cluster name.
@@ -149,6 +167,22 @@ func TestE2EOutboundModes(t *testing.T) {
 		require.NoError(t, err, name)
 		resp.Body.Close()
 		require.Equal(t, http.StatusOK, resp.StatusCode, name)
+	}
+	// What a web page would send there (DNS rebinding: its own name in
+	// Host; a cross-site request: its Origin) is refused.
+	for _, hdr := range [][2]string{{"Host", "attacker.example:8082"}, {"Origin", "http://attacker.example"}} {
+		req, err := http.NewRequest(http.MethodGet, "http://driver.hotrod:8082/x", nil)
+		require.NoError(t, err)
+		if hdr[0] == "Host" {
+			req.Host = hdr[1]
+		} else {
+			req.Header.Set(hdr[0], hdr[1])
+		}
+		resp, err := laptop.Do(req)
+		require.NoError(t, err)
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		require.Equal(t, http.StatusForbidden, resp.StatusCode, "%s: %s", hdr, body)
 	}
 
 	// Disconnecting the last sandbox puts the hosts file back as it was.
