@@ -9,8 +9,9 @@ import (
 )
 
 // Supported reports whether Lookup works on this OS. macOS and Windows
-// have no /proc; there the proxy's credential and the hosts-mode Host
-// check are what keep other users and web pages out.
+// have no /proc: there the proxy's credential still keeps other users
+// out, the hosts-mode Host check keeps web pages out, and other users'
+// programs can use the hosts-mode addresses.
 const Supported = false
 
 // Lookup is not implemented on this OS; it returns ErrUnavailable.
