@@ -236,6 +236,15 @@ type GCResult struct {
 	Routes  []istiovs.Leftover `json:"routes,omitempty"`
 }
 
+// ProxyCredential is what a client of the outbound proxy authenticates
+// with (SOCKS5 user/password, HTTP Proxy-Authorization: Basic). Only the
+// local API's socket, private to the user, serves it; it is never part of
+// Status, so `sbx status -o json` and the tray never show it.
+type ProxyCredential struct {
+	Username string `json:"username"`
+	Password string `json:"password"`
+}
+
 // LogsInfo says where the daemon writes its log.
 type LogsInfo struct {
 	Path string `json:"path"`

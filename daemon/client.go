@@ -175,6 +175,15 @@ func (c *Client) Status(ctx context.Context) (Status, error) {
 	return st, err
 }
 
+// ProxyCredential returns the outbound proxy's user name and password,
+// which `sbx run` and `sbx env` put into the proxy URLs. A daemon older
+// than the credential answers with an *APIError of status 404.
+func (c *Client) ProxyCredential(ctx context.Context) (ProxyCredential, error) {
+	var pc ProxyCredential
+	err := c.doJSON(ctx, http.MethodGet, "/v1/proxy-credential", nil, &pc)
+	return pc, err
+}
+
 // Sandbox returns one sandbox's status; IsNotFound(err) when unknown.
 func (c *Client) Sandbox(ctx context.Context, name string) (SandboxStatus, error) {
 	var st SandboxStatus

@@ -12,6 +12,7 @@ import (
 	"net/netip"
 	"os"
 	"os/user"
+	"path/filepath"
 	"slices"
 	"sync"
 	"time"
@@ -77,10 +78,11 @@ type Daemon struct {
 	now     func() time.Time
 	peerUID func(net.Conn) (int, bool)
 
-	out     *outboundCtl
-	confW   *config.Watcher // nil without Options.ConfigPath
-	cfgMu   sync.Mutex
-	applied *config.Config // the config sessions were last applied with
+	out       *outboundCtl
+	proxyCred *proxyCredential
+	confW     *config.Watcher // nil without Options.ConfigPath
+	cfgMu     sync.Mutex
+	applied   *config.Config // the config sessions were last applied with
 
 	ready    chan struct{} // closed once state is loaded and sessions restored
 	stopping chan struct{} // closed when shutdown was requested
@@ -125,6 +127,7 @@ func New(opts Options) (*Daemon, error) {
 		ready:    make(chan struct{}),
 		stopping: make(chan struct{}),
 	}
+	d.proxyCred = &proxyCredential{path: filepath.Join(opts.Paths.StateDir, proxyCredentialFile), log: opts.Logger}
 	d.store = newStore(Status{Version: opts.Version, PID: os.Getpid(), LogPath: opts.LogPath, Managed: opts.Manager}, opts.watchQueue)
 	if opts.ConfigPath != "" {
 		d.confW = config.NewWatcher(opts.ConfigPath, config.WatcherOptions{

@@ -131,10 +131,11 @@ func newOutboundCtl(d *Daemon, initial config.Outbound) *outboundCtl {
 			}
 			return d.DialOutbound(ctx, sandbox, target, outbound.SourceFromContext(ctx))
 		},
-		LockPath:  filepath.Join(d.opts.Paths.StateDir, "hosts.lock"),
-		StatePath: filepath.Join(d.opts.Paths.StateDir, "hosts-ips.json"),
-		Baggage:   o.baggage,
-		Logger:    o.log,
+		LockPath:      filepath.Join(d.opts.Paths.StateDir, "hosts.lock"),
+		StatePath:     filepath.Join(d.opts.Paths.StateDir, "hosts-ips.json"),
+		Baggage:       o.baggage,
+		ProxyPassword: d.proxyCred.get,
+		Logger:        o.log,
 	}, initial)
 	return o
 }

@@ -164,10 +164,19 @@ func TestOutboundHostsModeThroughRealRelay(t *testing.T) {
 	b, err = os.ReadFile(hosts)
 	require.NoError(t, err)
 	require.Equal(t, hostsOriginal, string(b), "leaving hosts mode removes the block")
+	// The proxy asks for the daemon's credential, which the socket
+	// serves.
 	proxyURL, err := url.Parse("http://" + ob.ProxyAddr)
 	require.NoError(t, err)
 	hc := &http.Client{Timeout: 20 * time.Second, Transport: &http.Transport{Proxy: http.ProxyURL(proxyURL), DisableKeepAlives: true}}
 	resp, err := hc.Get(fmt.Sprintf("http://web.shared.svc.cluster.local:%d/via-proxy", webPort))
+	require.NoError(t, err)
+	resp.Body.Close()
+	require.Equal(t, http.StatusProxyAuthRequired, resp.StatusCode, "no credential")
+	pc, err := td.client.ProxyCredential(ctx)
+	require.NoError(t, err)
+	proxyURL.User = url.UserPassword(pc.Username, pc.Password)
+	resp, err = hc.Get(fmt.Sprintf("http://web.shared.svc.cluster.local:%d/via-proxy", webPort))
 	require.NoError(t, err)
 	body, err := io.ReadAll(resp.Body)
 	resp.Body.Close()

@@ -10,7 +10,8 @@ import (
 type Paths struct {
 	// RuntimeDir holds the socket and the lock file. It is created 0700.
 	RuntimeDir string
-	// StateDir holds state.json and daemon.log.
+	// StateDir holds state.json, daemon.log and the outbound proxy's
+	// credential (mode 0600).
 	StateDir string
 }
 

@@ -11,6 +11,8 @@ import (
 	"os"
 	"strings"
 	"time"
+
+	"github.com/sbx-dev/sbx/daemon/proxy"
 )
 
 // apiHost is the Host the Go client sends. curl --unix-socket sends
@@ -59,6 +61,7 @@ func (d *Daemon) routes() []apiRoute {
 		{"DELETE /v1/sandboxes", d.handleDisconnectAll, false},
 		{"GET /v1/list", d.handleList, false},
 		{"POST /v1/gc", d.handleGC, false},
+		{"GET /v1/proxy-credential", d.handleProxyCredential, false},
 		{"GET /v1/logs", d.handleLogs, true},
 		{"POST /v1/shutdown", d.handleShutdown, true},
 	}
@@ -553,6 +556,15 @@ func (d *Daemon) handleGC(w http.ResponseWriter, r *http.Request) error {
 		}
 	}
 	return writeJSON(w, res)
+}
+
+func (d *Daemon) handleProxyCredential(w http.ResponseWriter, r *http.Request) error {
+	pw, err := d.proxyCred.get()
+	if err != nil {
+		return err
+	}
+	w.Header().Set("Cache-Control", "no-store")
+	return writeJSON(w, ProxyCredential{Username: proxy.Username, Password: pw})
 }
 
 func (d *Daemon) handleLogs(w http.ResponseWriter, r *http.Request) error {

@@ -5,10 +5,13 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"net/url"
 	"os"
+	"os/exec"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -107,6 +110,48 @@ func TestE2EOutboundModes(t *testing.T) {
 	require.Equal(t, "driver@baseline", hop.String())
 	require.Equal(t, "/via-proxy", hop.Path)
 
+	// Without the proxy's credential, nothing gets through.
+	noAuth := &http.Client{Timeout: 20 * time.Second, Transport: &http.Transport{DisableKeepAlives: true,
+		Proxy: func(r *http.Request) (*url.URL, error) {
+			p, err := e.ProxyURL(r.Context())
+			if err != nil {
+				return nil, err
+			}
+			u, err := url.Parse(p)
+			if err == nil {
+				u.User = nil
+			}
+			return u, err
+		}}}
+	resp, err = noAuth.Get("http://driver.hotrod.svc.cluster.local:8082/no-credential")
+	require.NoError(t, err)
+	resp.Body.Close()
+	require.Equal(t, http.StatusProxyAuthRequired, resp.StatusCode)
+
+	// `sbx run` gives a process the authenticated proxy: Go's net/http
+	// through HTTP_PROXY and through ALL_PROXY (SOCKS5), and curl both
+	// ways, reach the cluster name.
+	useCLIWith(t, e)
+	exe, err := os.Executable()
+	require.NoError(t, err)
+	t.Setenv("SBX_TEST_HELPER", "proxy-get")
+	t.Setenv("SBX_TEST_URL", "http://driver.hotrod.svc.cluster.local:8082/via-sbx-run")
+	for _, proxyVar := range []string{"HTTP_PROXY", "ALL_PROXY"} {
+		t.Setenv("SBX_TEST_PROXY_VAR", proxyVar)
+		code, out, errOut := runCLI(t, "run", "alice", "--", exe, "-test.run=^TestHelperProxyGet$")
+		require.Equal(t, 0, code, "%s: %s", proxyVar, errOut)
+		require.Contains(t, out, `"path":"/via-sbx-run"`, proxyVar)
+		require.Contains(t, out, `"service":"driver","version":"baseline"`, proxyVar)
+	}
+	if _, err := exec.LookPath("curl"); err == nil {
+		code, out, errOut := runCLI(t, "run", "alice", "--", "sh", "-c",
+			`curl -sS --fail "$SBX_TEST_URL" && curl -sS --fail --proxy "$ALL_PROXY" "$SBX_TEST_URL"`)
+		require.Equal(t, 0, code, errOut)
+		require.Equal(t, 2, strings.Count(out, `"path":"/via-sbx-run"`), out)
+	} else {
+		t.Log("no curl on PATH: only Go's client was tried")
+	}
+
 	// Hosts mode, by a live edit of the user config.
 	require.NoError(t, e.SetOutboundMode(config.ModeHosts))
 	require.Eventually(t, func() bool {
@@ -123,6 +168,22 @@ func TestE2EOutboundModes(t *testing.T) {
 		resp.Body.Close()
 		require.Equal(t, http.StatusOK, resp.StatusCode, name)
 	}
+	// What a web page would send there (DNS rebinding: its own name in
+	// Host; a cross-site request: its Origin) is refused.
+	for _, hdr := range [][2]string{{"Host", "attacker.example:8082"}, {"Origin", "http://attacker.example"}} {
+		req, err := http.NewRequest(http.MethodGet, "http://driver.hotrod:8082/x", nil)
+		require.NoError(t, err)
+		if hdr[0] == "Host" {
+			req.Host = hdr[1]
+		} else {
+			req.Header.Set(hdr[0], hdr[1])
+		}
+		resp, err := laptop.Do(req)
+		require.NoError(t, err)
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		require.Equal(t, http.StatusForbidden, resp.StatusCode, "%s: %s", hdr, body)
+	}
 
 	// Disconnecting the last sandbox puts the hosts file back as it was.
 	_, err = e.Client.Disconnect(ctx, "alice")
@@ -131,6 +192,51 @@ func TestE2EOutboundModes(t *testing.T) {
 		b, _ := os.ReadFile(e.HostsFile)
 		return string(b) == "127.0.0.1 localhost\n"
 	}, 10*time.Second, 10*time.Millisecond)
+}
+
+// useCLIWith points the in-process CLI (runCLI) at e's daemon, which
+// keeps its socket under e.Paths instead of the XDG locations.
+func useCLIWith(t *testing.T, e *simEnv) {
+	t.Helper()
+	rt, err := tempDir()
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = os.RemoveAll(rt) })
+	require.NoError(t, os.Symlink(e.Paths.RuntimeDir, filepath.Join(rt, "sbx")))
+	t.Setenv("XDG_RUNTIME_DIR", rt)
+	t.Setenv("XDG_STATE_HOME", filepath.Dir(e.Paths.StateDir))
+	t.Setenv("SBX_DAEMON_AUTOSTART", "0")
+}
+
+// TestHelperProxyGet is not a test: it is the process `sbx run` starts
+// in TestE2EOutboundModes. It GETs $SBX_TEST_URL through the proxy that
+// $SBX_TEST_PROXY_VAR names (HTTP_PROXY: Go's own lookup of the
+// environment; ALL_PROXY: its SOCKS5 URL) and prints the body.
+func TestHelperProxyGet(t *testing.T) {
+	if os.Getenv("SBX_TEST_HELPER") != "proxy-get" {
+		t.Skip("helper process")
+	}
+	proxy := http.ProxyFromEnvironment
+	if v := os.Getenv("SBX_TEST_PROXY_VAR"); v != "HTTP_PROXY" {
+		u, err := url.Parse(os.Getenv(v))
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(3)
+		}
+		proxy = http.ProxyURL(u)
+	}
+	c := &http.Client{Timeout: 20 * time.Second, Transport: &http.Transport{Proxy: proxy}}
+	resp, err := c.Get(os.Getenv("SBX_TEST_URL"))
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(4)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	fmt.Printf("%d %s", resp.StatusCode, b)
+	if resp.StatusCode != http.StatusOK {
+		os.Exit(5)
+	}
+	os.Exit(0)
 }
 
 func jsonDecode(resp *http.Response, v any) error {

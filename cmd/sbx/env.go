@@ -21,7 +21,8 @@ func newEnvCmd(g *globalOptions) *cobra.Command {
 		Short: "Print the environment `sbx run` gives a process, for IDEs and debuggers",
 		Long: `Env prints the environment a local process of the sandbox should run with:
 SBX_SANDBOX, SBX_ROUTING_KEY, SBX_BAGGAGE (the baggage member that routes to
-this sandbox), proxy variables when outbound access runs in proxy mode, and
+this sandbox), proxy variables when outbound access runs in proxy mode (their
+URLs carry the proxy's password: keep what you write them to private), and
 with --env-from-baseline the baseline container's own environment (ConfigMap
 values resolved; Secret values only with --include-secrets), read from the
 cluster the sandbox was connected through (its kubeconfig and context, not

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/joho/godotenv"
 	"github.com/stretchr/testify/require"
 
 	"github.com/sbx-dev/sbx/daemon"
@@ -42,16 +43,34 @@ func TestCLIRunInProxyMode(t *testing.T) {
 	}, 10*time.Second, 5*time.Millisecond, "the daemon reports its proxy")
 	require.True(t, strings.HasPrefix(addr, "127.0.0.1:"), addr)
 
+	// The proxy URLs carry the daemon's proxy credential.
+	pc, err := c.ProxyCredential(context.Background())
+	require.NoError(t, err)
+	require.Equal(t, "sbx", pc.Username)
+	require.NotEmpty(t, pc.Password)
+	auth := "sbx:" + pc.Password + "@"
 	code, out, errOut := runCLI(t, "run", "alice", "--", "sh", "-c", `printf '%s|%s|%s|%s' "$HTTP_PROXY" "$https_proxy" "$ALL_PROXY" "$NO_PROXY"`)
 	require.Equal(t, 0, code, errOut)
-	require.Equal(t, "http://"+addr+"|http://"+addr+"|socks5h://"+addr+"|localhost,127.0.0.1,::1", out)
+	require.Equal(t, "http://"+auth+addr+"|http://"+auth+addr+"|socks5h://"+auth+addr+"|localhost,127.0.0.1,::1", out)
+
+	code, out, errOut = runCLI(t, "env", "alice")
+	require.Equal(t, 0, code, errOut)
+	env, err := godotenv.Unmarshal(out)
+	require.NoError(t, err, out)
+	require.Equal(t, "http://"+auth+addr, env["HTTP_PROXY"])
+	require.Equal(t, "socks5h://"+auth+addr, env["all_proxy"])
 
 	code, out, errOut = runCLI(t, "status")
 	require.Equal(t, 0, code, errOut)
 	require.Contains(t, out, "outbound: proxy "+addr)
+	require.NotContains(t, out, pc.Password)
 	code, out, errOut = runCLI(t, "status", "-o", "json")
 	require.Equal(t, 0, code, errOut)
 	require.Contains(t, out, `"proxyAddr": "`+addr+`"`)
+	require.NotContains(t, out, pc.Password, "the credential is never part of the status")
+	code, out, errOut = runCLI(t, "status", "-o", "yaml")
+	require.Equal(t, 0, code, errOut)
+	require.NotContains(t, out, pc.Password)
 }
 
 func TestRenderOutbound(t *testing.T) {
@@ -72,7 +91,7 @@ func TestRenderOutbound(t *testing.T) {
 		{"proxy with a note", daemon.OutboundStatus{
 			Status:     outbound.Status{Mode: config.ModeProxy, ProxyAddr: "127.0.0.1:4242", Note: "hosts file /etc/hosts is not writable by the daemon; using proxy mode"},
 			Namespaces: []string{"hotrod"}, Discovered: 7,
-		}, []string{"outbound: proxy 127.0.0.1:4242 (HTTP and SOCKS5; `sbx run` sets HTTP_PROXY), 7 Service(s) in hotrod (hosts file /etc/hosts is not writable"}},
+		}, []string{"outbound: proxy 127.0.0.1:4242 (HTTP and SOCKS5, password-protected; `sbx run` and `sbx env` pass it), 7 Service(s) in hotrod (hosts file /etc/hosts is not writable"}},
 		{"off", daemon.OutboundStatus{Status: outbound.Status{Mode: config.ModeOff}}, []string{"outbound: off"}},
 		{"idle", daemon.OutboundStatus{Status: outbound.Status{Mode: config.ModeAuto, Note: "starts when a sandbox is connected"}},
 			[]string{"outbound: auto (starts when a sandbox is connected)"}},

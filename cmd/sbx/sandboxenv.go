@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/http"
 	"slices"
 	"strings"
 
@@ -65,6 +66,15 @@ func sandboxEnv(ctx context.Context, g *globalOptions, name string, f envFlags) 
 		return runenv.Env{}, err
 	}
 	sb := runenv.Sandbox{Name: st.Name, RoutingKey: st.RoutingKey, BaggageKey: st.BaggageKey, ProxyAddr: proxyAddrOf(all)}
+	if sb.ProxyAddr != "" {
+		pc, err := c.ProxyCredential(ctx)
+		switch {
+		case err == nil:
+			sb.ProxyUsername, sb.ProxyPassword = pc.Username, pc.Password
+		case !olderDaemon(err):
+			return runenv.Env{}, fmt.Errorf("reading the outbound proxy's credential from the daemon: %w", err)
+		}
+	}
 	var base *runenv.Env
 	if f.fromBaseline {
 		kc, err := kube.Load(baselineKubeOptions(g, st))
@@ -96,6 +106,14 @@ func baselineKubeOptions(g *globalOptions, st daemon.SandboxStatus) kube.Options
 	opts := src.Options()
 	opts.Context, opts.UserAgent = firstNonEmpty(g.context, st.Context), "sbx-env"
 	return opts
+}
+
+// olderDaemon reports whether err is a daemon saying it has no such
+// endpoint: one from before the endpoint existed (its proxy asks for no
+// credential).
+func olderDaemon(err error) bool {
+	var ae *daemon.APIError
+	return errors.As(err, &ae) && ae.StatusCode == http.StatusNotFound && strings.HasPrefix(ae.Message, "no such endpoint")
 }
 
 // proxyAddrOf is the outbound proxy's address when outbound access runs

@@ -184,7 +184,8 @@ outbound:
 	return os.Rename(tmp, e.ConfigPath)
 }
 
-// ProxyURL is the daemon's outbound HTTP proxy, once it runs in proxy mode.
+// ProxyURL is the daemon's outbound HTTP proxy with its credential, once
+// it runs in proxy mode.
 func (e *simEnv) ProxyURL(ctx context.Context) (string, error) {
 	st, err := e.Client.Status(ctx)
 	if err != nil {
@@ -193,7 +194,12 @@ func (e *simEnv) ProxyURL(ctx context.Context) (string, error) {
 	if st.Outbound == nil || st.Outbound.ProxyAddr == "" {
 		return "", errors.New("the daemon's outbound proxy is not running")
 	}
-	return "http://" + st.Outbound.ProxyAddr, nil
+	pc, err := e.Client.ProxyCredential(ctx)
+	if err != nil {
+		return "", err
+	}
+	u := url.URL{Scheme: "http", User: url.UserPassword(pc.Username, pc.Password), Host: st.Outbound.ProxyAddr}
+	return u.String(), nil
 }
 
 // DialOutbound connects from the laptop to a cluster address (host:port)

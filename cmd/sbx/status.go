@@ -192,7 +192,7 @@ func renderOutbound(o daemon.OutboundStatus) string {
 	case o.HostsFile != "":
 		fmt.Fprintf(&b, "hosts file %s, %d Service(s)", o.HostsFile, len(o.Services))
 	case o.ProxyAddr != "":
-		fmt.Fprintf(&b, "proxy %s (HTTP and SOCKS5; `sbx run` sets HTTP_PROXY), %d Service(s)", o.ProxyAddr, o.Discovered)
+		fmt.Fprintf(&b, "proxy %s (HTTP and SOCKS5, password-protected; `sbx run` and `sbx env` pass it), %d Service(s)", o.ProxyAddr, o.Discovered)
 	case o.Mode == config.ModeOff:
 		b.WriteString("off (outbound.mode in the sbx config)")
 	default:

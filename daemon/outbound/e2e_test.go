@@ -168,7 +168,7 @@ func TestEndToEnd(t *testing.T) {
 	require.NoError(t, os.WriteFile(hosts, []byte(original), 0o644))
 	cfg := config.Outbound{Mode: config.ModeHosts, HostsFile: hosts, HostsRange: netip.MustParsePrefix("127.246.0.0/16"),
 		ProxyListen: "127.0.0.1:0"}
-	m := NewManager(ManagerOptions{Catalog: cat, Dial: dial, LockPath: filepath.Join(dir, "hosts.lock"), StatePath: filepath.Join(dir, "ips.json")}, cfg)
+	m := NewManager(ManagerOptions{ProxyPassword: testProxyPassword, Catalog: cat, Dial: dial, LockPath: filepath.Join(dir, "hosts.lock"), StatePath: filepath.Join(dir, "ips.json")}, cfg)
 	mctx, mcancel := context.WithCancel(ctx)
 	mdone := make(chan error, 1)
 	go func() { mdone <- m.Run(mctx) }()
@@ -206,14 +206,14 @@ func TestEndToEnd(t *testing.T) {
 		port := uint16(9000)
 		c, err := net.Dial("tcp", paddr)
 		require.NoError(t, err)
-		req := []byte{5, 1, 0, 5, 1, 0, 3, byte(len(host))}
+		req := append(socksHello(), 5, 1, 0, 3, byte(len(host)))
 		req = append(append(req, host...), byte(port>>8), byte(port))
 		_, err = c.Write(req)
 		require.NoError(t, err)
-		reply := make([]byte, 12)
+		reply := make([]byte, 14)
 		_, err = io.ReadFull(c, reply)
 		require.NoError(t, err)
-		require.Equal(t, code, reply[3], "%s: the relay's dial error reason becomes the SOCKS5 reply", host)
+		require.Equal(t, code, reply[5], "%s: the relay's dial error reason becomes the SOCKS5 reply", host)
 		c.Close()
 	}
 

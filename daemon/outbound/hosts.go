@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/netip"
@@ -14,6 +15,7 @@ import (
 
 	"github.com/sbx-dev/sbx/cluster/discovery"
 	"github.com/sbx-dev/sbx/daemon/hostsfile"
+	"github.com/sbx-dev/sbx/daemon/peeruid"
 	"github.com/sbx-dev/sbx/daemon/proxy"
 	"github.com/sbx-dev/sbx/tunnel"
 )
@@ -57,14 +59,18 @@ type Hosts struct {
 	log   *slog.Logger
 	file  *hostsfile.Owner
 	alloc *allocator
+	peers *peeruid.Guard
 
 	// connCtx ends every forwarded connection on shutdown.
 	connCtx    context.Context
 	cancelConn context.CancelFunc
 	wg         sync.WaitGroup // accept loops and connections
 
+	refusals refusalLog
+
 	mu        sync.Mutex
 	listeners map[netip.AddrPort]*portListener
+	allowed   map[netip.Addr]allowedHosts // the names each address answers to
 	status    []HostsEntry
 	running   bool
 	closed    bool
@@ -122,6 +128,7 @@ func NewHosts(opts HostsOptions) (*Hosts, error) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	return &Hosts{opts: opts, log: log, file: file, alloc: alloc, connCtx: ctx, cancelConn: cancel,
+		peers:     peeruid.NewGuard("hosts-mode listeners", log),
 		listeners: map[netip.AddrPort]*portListener{}}, nil
 }
 
@@ -223,12 +230,14 @@ func (h *Hosts) reconcile() (failed bool) {
 
 	var entries []hostsfile.Entry
 	status := make([]HostsEntry, 0, len(reachable))
+	h.allowed = make(map[netip.Addr]allowedHosts, len(reachable))
 	for _, s := range reachable {
 		ip, ok := h.alloc.byKey[s.Key()]
 		if !ok {
 			continue
 		}
 		entries = append(entries, hostsfile.Entry{IP: ip, Names: s.Names})
+		h.allowed[ip] = newAllowedHosts(ip, s.Names)
 		e := HostsEntry{Service: s.Key(), IP: ip, Names: s.Names}
 		for _, p := range tcpPorts(s) {
 			ap := netip.AddrPortFrom(ip, uint16(p.Port))
@@ -281,8 +290,19 @@ func (h *Hosts) acceptLoop(pl *portListener) {
 // end (half-close passed on) or the Hosts closes; local is always closed.
 // A failed dial is logged with its reason and closes local, so the client
 // sees the connection end at once.
+//
+// The target's bytes flow to local from the start; local's first bytes
+// are held until they are known not to be an HTTP request from a web
+// page (see hostcheck.go), which gets a 403 instead and never reaches the
+// target.
 func (h *Hosts) forward(local net.Conn, spec listenSpec) {
 	defer h.wg.Done()
+	// The listeners have no credential: on Linux, the peer's user is what
+	// keeps other users out of the tunnel.
+	if !h.peers.Allow(local) {
+		_ = local.Close()
+		return
+	}
 	ctx := WithSource(h.connCtx, local.RemoteAddr().String())
 	dctx, cancel := context.WithTimeout(ctx, dialTimeout)
 	remote, err := h.opts.Dial(dctx, spec.target)
@@ -292,13 +312,73 @@ func (h *Hosts) forward(local net.Conn, spec listenSpec) {
 		h.log.Warn("outbound connection failed", "target", spec.target, "from", local.RemoteAddr(), "err", err)
 		return
 	}
-	pipe := tunnel.Pipe
-	if baggage := h.opts.Baggage; spec.http && baggage != nil {
-		pipe = func(ctx context.Context, a, b net.Conn) error { return pipeInjecting(ctx, a, b, baggage) }
+	var inject func() (string, string)
+	if spec.http {
+		inject = h.opts.Baggage
 	}
-	if err := pipe(ctx, local, remote); err != nil && ctx.Err() == nil {
+	err = tunnel.PipeWith(ctx, local, remote, func(dst, src net.Conn) error {
+		prefix, ref, err := readFirst(src, func() allowedHosts { return h.allowedFor(src) })
+		if err != nil {
+			return err
+		}
+		if ref != nil {
+			h.refusals.log(h.log, src, spec.target, ref)
+			refuse(src, ref)
+			return ref
+		}
+		src = newPrefixConn(src, prefix)
+		if inject != nil {
+			return forwardRequests(src, dst, inject)
+		}
+		_, err = io.Copy(dst, src)
+		return err
+	})
+	var ref *refusal
+	if err != nil && ctx.Err() == nil && !errors.As(err, &ref) {
 		h.log.Debug("outbound connection ended with an error", "target", spec.target, "err", err)
 	}
+}
+
+// allowedFor is what the address c was accepted on answers to: the names
+// the hosts block gives it, and itself.
+func (h *Hosts) allowedFor(c net.Conn) allowedHosts {
+	var ip netip.Addr
+	if a, ok := c.LocalAddr().(*net.TCPAddr); ok {
+		ip = a.AddrPort().Addr().Unmap()
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if a, ok := h.allowed[ip]; ok {
+		return a
+	}
+	return allowedHosts{ip: ip}
+}
+
+// refusalLog logs refused requests: at most one line every 10 s, with
+// the number of refusals since the line before.
+type refusalLog struct {
+	mu       sync.Mutex
+	last     time.Time
+	unlogged int
+}
+
+func (r *refusalLog) log(log *slog.Logger, c net.Conn, target string, ref *refusal) {
+	r.mu.Lock()
+	now := time.Now()
+	if !r.last.IsZero() && now.Sub(r.last) < 10*time.Second {
+		r.unlogged++
+		r.mu.Unlock()
+		return
+	}
+	r.last = now
+	more := r.unlogged
+	r.unlogged = 0
+	r.mu.Unlock()
+	args := []any{"target", target, "from", c.RemoteAddr().String(), "status", ref.status, "reason", ref.reason}
+	if more > 0 {
+		args = append(args, "alsoRefusedSinceLastLine", more)
+	}
+	log.Warn("hosts-mode request refused", args...)
 }
 
 // Status returns each Service's IP, names and ports.

@@ -3,7 +3,6 @@ package outbound
 import (
 	"bufio"
 	"bytes"
-	"context"
 	"errors"
 	"io"
 	"net"
@@ -12,7 +11,6 @@ import (
 
 	"github.com/sbx-dev/sbx/cluster/discovery"
 	"github.com/sbx-dev/sbx/daemon/proxy"
-	"github.com/sbx-dev/sbx/tunnel"
 )
 
 // isHTTPPort reports whether a Service port carries plain HTTP/1.x, the
@@ -26,20 +24,14 @@ func isHTTPPort(p discovery.Port) bool {
 	return n == "http" || strings.HasPrefix(n, "http-")
 }
 
-// pipeInjecting is tunnel.Pipe for an HTTP/1.x port with baggage
-// injection: requests from local are parsed one by one (keep-alive and
-// pipelining work), get the routing key added to baggage when they carry
-// none, and are re-sent; responses flow back unparsed. A connection that
-// does not start with an HTTP/1.x request line, a protocol upgrade
-// (WebSocket) and CONNECT switch to plain byte copying. Half-close, the
-// first error and cancellation are tunnel.Pipe's.
-func pipeInjecting(ctx context.Context, local, remote net.Conn, baggage func() (string, string)) error {
-	return tunnel.PipeWith(ctx, local, remote, func(dst, src net.Conn) error {
-		return forwardRequests(src, dst, baggage)
-	})
-}
-
-// forwardRequests copies local's requests to remote until local's EOF.
+// forwardRequests copies local's requests to remote until local's EOF,
+// for an HTTP/1.x port with baggage injection: requests are parsed one by
+// one (keep-alive and pipelining work), get the routing key added to
+// baggage when they carry none, and are re-sent; responses flow back
+// unparsed (Hosts.forward runs it as the local→remote direction of
+// tunnel.PipeWith). A connection that does not start with an HTTP/1.x
+// request line, a protocol upgrade (WebSocket) and CONNECT switch to plain
+// byte copying.
 func forwardRequests(local, remote net.Conn, baggage func() (string, string)) error {
 	br := bufio.NewReaderSize(local, 16<<10)
 	bw := bufio.NewWriterSize(remote, 32<<10)

@@ -20,6 +20,7 @@ type ManagerOptions struct {
 	Dial                Dialer
 	LockPath, StatePath string
 	Baggage             func() (key, value string)
+	ProxyPassword       func() (string, error)
 	Logger              *slog.Logger
 	// Retry overrides DefaultRetry.
 	Retry time.Duration
@@ -123,7 +124,8 @@ func (m *Manager) Run(ctx context.Context) error {
 		if stop == nil || NeedsRestart(running, cfg) {
 			halt()
 			r, err := Start(Options{Config: cfg, Catalog: m.opts.Catalog, Dial: m.opts.Dial,
-				LockPath: m.opts.LockPath, StatePath: m.opts.StatePath, Baggage: m.opts.Baggage, Logger: m.log})
+				LockPath: m.opts.LockPath, StatePath: m.opts.StatePath, Baggage: m.opts.Baggage,
+				ProxyPassword: m.opts.ProxyPassword, Logger: m.log})
 			m.mu.Lock()
 			if err != nil {
 				m.err = err.Error()

@@ -16,7 +16,7 @@ import (
 func TestManagerFollowsConfig(t *testing.T) {
 	e := newHostsEnv(t)
 	e.cat.Apply(added(svc("hotrod", "driver", 8082)))
-	m := NewManager(ManagerOptions{Catalog: e.cat, Dial: e.si.dial, LockPath: e.lock, StatePath: e.state, Retry: 20 * time.Millisecond},
+	m := NewManager(ManagerOptions{ProxyPassword: testProxyPassword, Catalog: e.cat, Dial: e.si.dial, LockPath: e.lock, StatePath: e.state, Retry: 20 * time.Millisecond},
 		outboundCfg(e, config.ModeProxy))
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
@@ -51,12 +51,12 @@ func TestManagerFollowsConfig(t *testing.T) {
 
 func TestManagerReportsAndRetries(t *testing.T) {
 	e := newHostsEnv(t)
-	other, err := Start(Options{Config: outboundCfg(e, config.ModeHosts), Catalog: NewCatalog("", nil), Dial: e.si.dial,
+	other, err := Start(Options{ProxyPassword: testProxyPassword, Config: outboundCfg(e, config.ModeHosts), Catalog: NewCatalog("", nil), Dial: e.si.dial,
 		LockPath: filepath.Join(t.TempDir(), "other.lock")})
 	require.NoError(t, err)
 
 	e.cat.Apply(added(svc("hotrod", "driver", 8082)))
-	m := NewManager(ManagerOptions{Catalog: e.cat, Dial: e.si.dial, LockPath: e.lock, Retry: 20 * time.Millisecond},
+	m := NewManager(ManagerOptions{ProxyPassword: testProxyPassword, Catalog: e.cat, Dial: e.si.dial, LockPath: e.lock, Retry: 20 * time.Millisecond},
 		outboundCfg(e, config.ModeHosts))
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
@@ -109,7 +109,7 @@ func TestManagerWaitStarted(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			e := newHostsEnv(t)
 			// No retry within the test: the status seen is the first attempt's.
-			m := NewManager(ManagerOptions{Catalog: e.cat, Dial: e.si.dial, LockPath: e.lock, StatePath: e.state, Retry: time.Hour}, tt.cfg(e))
+			m := NewManager(ManagerOptions{ProxyPassword: testProxyPassword, Catalog: e.cat, Dial: e.si.dial, LockPath: e.lock, StatePath: e.state, Retry: time.Hour}, tt.cfg(e))
 			ctx, cancel := context.WithCancel(context.Background())
 			defer cancel()
 			waited := make(chan error, 1)

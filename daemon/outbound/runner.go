@@ -34,7 +34,12 @@ type Options struct {
 	// requests (proxy mode: absolute-URI requests; hosts mode: HTTP/1.x
 	// Service ports), used only with Config.InjectBaggage.
 	Baggage func() (key, value string)
-	Logger  *slog.Logger
+	// ProxyPassword returns the credential the proxy asks of its
+	// clients (the daemon's, kept in its state directory). Required in
+	// proxy mode, which fails to start when it returns an error; called
+	// only then.
+	ProxyPassword func() (string, error)
+	Logger        *slog.Logger
 }
 
 // Status is what `sbx status` shows about outbound access.
@@ -42,7 +47,8 @@ type Status struct {
 	// Mode is the mode in effect (auto resolved to hosts or proxy).
 	Mode config.OutboundMode `json:"mode"`
 	// ProxyAddr is the SOCKS5/HTTP proxy's host:port in proxy mode; `sbx
-	// run` and `sbx env` turn it into HTTP_PROXY and friends.
+	// run` and `sbx env` turn it into HTTP_PROXY and friends, with the
+	// credential, which is never part of the status.
 	ProxyAddr string `json:"proxyAddr,omitempty"`
 	// HostsFile is the edited hosts file in hosts mode.
 	HostsFile string `json:"hostsFile,omitempty"`
@@ -131,9 +137,16 @@ func Start(opts Options) (*Runner, error) {
 			return nil, fmt.Errorf("outbound hosts mode: %w", err)
 		}
 	}
+	if opts.ProxyPassword == nil {
+		return nil, errors.New("outbound proxy mode: Options.ProxyPassword is required")
+	}
+	password, err := opts.ProxyPassword()
+	if err != nil {
+		return nil, fmt.Errorf("outbound proxy mode: %w", err)
+	}
 	p, err := proxy.New(proxy.Options{
 		Listen: opts.Config.ProxyListen, Lookup: opts.Catalog.Lookup, Cluster: proxy.Dialer(opts.Dial),
-		Baggage: baggage, Logger: log,
+		Baggage: baggage, Password: password, Logger: log,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("outbound proxy mode: %w", err)

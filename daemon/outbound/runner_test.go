@@ -2,6 +2,7 @@ package outbound
 
 import (
 	"context"
+	"errors"
 	"io"
 	"net"
 	"net/netip"
@@ -12,6 +13,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/sbx-dev/sbx/daemon/config"
+	"github.com/sbx-dev/sbx/daemon/proxy"
 )
 
 func outboundCfg(e *hostsEnv, mode config.OutboundMode) config.Outbound {
@@ -30,6 +32,21 @@ func runRunner(t *testing.T, r *Runner) func() {
 	}
 }
 
+// testPassword is the proxy's credential in these tests.
+const testPassword = "q-9Zk_3xV0aBcDeFgHiJkLmNoPqRsTuVwXyZ012345"
+
+func testProxyPassword() (string, error) { return testPassword, nil }
+
+// socksHello offers username/password and sends the credential: what a
+// SOCKS5 client with the proxy URL `sbx env` prints sends first. The
+// proxy answers it with 4 bytes: {5, 2} and {1, 0}.
+func socksHello() []byte {
+	b := []byte{5, 1, 2, 1, byte(len(proxy.Username))}
+	b = append(b, proxy.Username...)
+	b = append(b, byte(len(testPassword)))
+	return append(b, testPassword...)
+}
+
 // socksThrough connects through the SOCKS5 proxy at addr to host:port
 // (sent as a name), sends msg, half-closes and returns the reply.
 func socksThrough(t *testing.T, addr, host string, port uint16, msg string) string {
@@ -38,15 +55,16 @@ func socksThrough(t *testing.T, addr, host string, port uint16, msg string) stri
 	require.NoError(t, err)
 	defer c.Close()
 	_ = c.SetDeadline(time.Now().Add(30 * time.Second))
-	req := []byte{5, 1, 0, 5, 1, 0, 3, byte(len(host))}
+	req := append(socksHello(), 5, 1, 0, 3, byte(len(host)))
 	req = append(req, host...)
 	req = append(req, byte(port>>8), byte(port))
 	_, err = c.Write(req)
 	require.NoError(t, err)
-	reply := make([]byte, 12)
+	reply := make([]byte, 14)
 	_, err = io.ReadFull(c, reply)
 	require.NoError(t, err)
-	require.Equal(t, byte(0), reply[3], "SOCKS5 reply code")
+	require.Equal(t, []byte{5, 2, 1, 0}, reply[:4], "username/password accepted")
+	require.Equal(t, byte(0), reply[5], "SOCKS5 reply code")
 	_, err = io.WriteString(c, msg)
 	require.NoError(t, err)
 	require.NoError(t, c.(*net.TCPConn).CloseWrite())
@@ -58,7 +76,7 @@ func socksThrough(t *testing.T, addr, host string, port uint16, msg string) stri
 func TestRunnerAutoPicksHosts(t *testing.T) {
 	e := newHostsEnv(t)
 	e.cat.Apply(added(svc("hotrod", "driver", 8082)))
-	r, err := Start(Options{Config: outboundCfg(e, config.ModeAuto), Catalog: e.cat, Dial: e.si.dial, LockPath: e.lock, StatePath: e.state})
+	r, err := Start(Options{ProxyPassword: testProxyPassword, Config: outboundCfg(e, config.ModeAuto), Catalog: e.cat, Dial: e.si.dial, LockPath: e.lock, StatePath: e.state})
 	require.NoError(t, err)
 	stop := runRunner(t, r)
 	require.Eventually(t, func() bool { return len(r.Status().Services) == 1 }, 10*time.Second, 10*time.Millisecond)
@@ -85,7 +103,7 @@ func TestRunnerAutoFallsBackToProxy(t *testing.T) {
 			return c
 		}, "not writable"},
 		{"hosts file owned by another daemon", func(t *testing.T, e *hostsEnv) config.Outbound {
-			other, err := Start(Options{Config: outboundCfg(e, config.ModeHosts), Catalog: NewCatalog("", nil), Dial: e.si.dial,
+			other, err := Start(Options{ProxyPassword: testProxyPassword, Config: outboundCfg(e, config.ModeHosts), Catalog: NewCatalog("", nil), Dial: e.si.dial,
 				LockPath: filepath.Join(t.TempDir(), "other.lock")})
 			require.NoError(t, err)
 			t.Cleanup(func() { require.NoError(t, other.Close()) })
@@ -104,7 +122,7 @@ func TestRunnerAutoFallsBackToProxy(t *testing.T) {
 				e.cat.Apply(added(svc("hotrod", "driver", 8082)))
 				cfg := tc.setup(t, e)
 				cfg.Mode = mode
-				r, err := Start(Options{Config: cfg, Catalog: e.cat, Dial: e.si.dial, LockPath: e.lock})
+				r, err := Start(Options{ProxyPassword: testProxyPassword, Config: cfg, Catalog: e.cat, Dial: e.si.dial, LockPath: e.lock})
 				require.NoError(t, err)
 				stop := runRunner(t, r)
 				defer stop()
@@ -124,26 +142,26 @@ func TestRunnerAutoFallsBackToProxy(t *testing.T) {
 
 func TestRunnerExplicitModes(t *testing.T) {
 	e := newHostsEnv(t)
-	other, err := Start(Options{Config: outboundCfg(e, config.ModeHosts), Catalog: NewCatalog("", nil), Dial: e.si.dial, LockPath: e.lock})
+	other, err := Start(Options{ProxyPassword: testProxyPassword, Config: outboundCfg(e, config.ModeHosts), Catalog: NewCatalog("", nil), Dial: e.si.dial, LockPath: e.lock})
 	require.NoError(t, err)
-	_, err = Start(Options{Config: outboundCfg(e, config.ModeHosts), Catalog: e.cat, Dial: e.si.dial, LockPath: filepath.Join(t.TempDir(), "l")})
+	_, err = Start(Options{ProxyPassword: testProxyPassword, Config: outboundCfg(e, config.ModeHosts), Catalog: e.cat, Dial: e.si.dial, LockPath: filepath.Join(t.TempDir(), "l")})
 	require.ErrorContains(t, err, "outbound hosts mode", "hosts mode asked for explicitly does not fall back")
 	require.NoError(t, other.Close())
 
 	badRange := outboundCfg(e, config.ModeHosts)
 	badRange.HostsRange = netip.MustParsePrefix("192.0.2.0/24")
-	_, err = Start(Options{Config: badRange, Catalog: e.cat, Dial: e.si.dial, LockPath: filepath.Join(t.TempDir(), "l")})
+	_, err = Start(Options{ProxyPassword: testProxyPassword, Config: badRange, Catalog: e.cat, Dial: e.si.dial, LockPath: filepath.Join(t.TempDir(), "l")})
 	require.ErrorContains(t, err, "ifconfig lo0 alias")
 	require.Equal(t, original, e.read(t))
 
-	r, err := Start(Options{Config: outboundCfg(e, config.ModeProxy), Catalog: e.cat, Dial: e.si.dial})
+	r, err := Start(Options{ProxyPassword: testProxyPassword, Config: outboundCfg(e, config.ModeProxy), Catalog: e.cat, Dial: e.si.dial})
 	require.NoError(t, err)
 	require.Equal(t, config.ModeProxy, r.Status().Mode)
 	require.Empty(t, r.Status().Note)
 	require.NoError(t, r.Close())
 	require.Equal(t, original, e.read(t), "proxy mode never touches the hosts file")
 
-	r, err = Start(Options{Config: config.Outbound{Mode: config.ModeOff}})
+	r, err = Start(Options{ProxyPassword: testProxyPassword, Config: config.Outbound{Mode: config.ModeOff}})
 	require.NoError(t, err)
 	require.Equal(t, config.ModeOff, r.Status().Mode)
 	stop := runRunner(t, r)
@@ -151,8 +169,22 @@ func TestRunnerExplicitModes(t *testing.T) {
 
 	bad := outboundCfg(e, config.ModeProxy)
 	bad.ProxyListen = "0.0.0.0:0"
-	_, err = Start(Options{Config: bad, Catalog: e.cat, Dial: e.si.dial})
+	_, err = Start(Options{ProxyPassword: testProxyPassword, Config: bad, Catalog: e.cat, Dial: e.si.dial})
 	require.ErrorContains(t, err, "loopback")
+}
+
+// TestProxyModeNeedsAPassword: proxy mode never starts an open proxy.
+func TestProxyModeNeedsAPassword(t *testing.T) {
+	e := newHostsEnv(t)
+	_, err := Start(Options{Config: outboundCfg(e, config.ModeProxy), Catalog: e.cat, Dial: e.si.dial})
+	require.ErrorContains(t, err, "ProxyPassword is required")
+	_, err = Start(Options{Config: outboundCfg(e, config.ModeProxy), Catalog: e.cat, Dial: e.si.dial,
+		ProxyPassword: func() (string, error) { return "", errors.New("state directory not writable") }})
+	require.ErrorContains(t, err, "outbound proxy mode: state directory not writable")
+	// Hosts mode does not need it.
+	r, err := Start(Options{Config: outboundCfg(e, config.ModeHosts), Catalog: e.cat, Dial: e.si.dial, LockPath: e.lock})
+	require.NoError(t, err)
+	require.NoError(t, r.Close())
 }
 
 func TestNeedsRestart(t *testing.T) {

@@ -57,7 +57,7 @@ func TestStartRefusesSystemHostsFile(t *testing.T) {
 		e := newHostsEnv(t)
 		cfg := outboundCfg(e, mode)
 		cfg.HostsFile = config.DefaultHostsFile
-		r, err := Start(Options{Config: cfg, Catalog: e.cat, Dial: e.si.dial, LockPath: e.lock, StatePath: e.state})
+		r, err := Start(Options{ProxyPassword: testProxyPassword, Config: cfg, Catalog: e.cat, Dial: e.si.dial, LockPath: e.lock, StatePath: e.state})
 		require.ErrorContains(t, err, "refusing to edit the machine's hosts file", mode)
 		require.Nil(t, r)
 		require.NoFileExists(t, e.lock, "not even the hosts lock was taken")

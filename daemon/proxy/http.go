@@ -2,11 +2,13 @@ package proxy
 
 import (
 	"context"
+	"encoding/base64"
 	"errors"
 	"fmt"
 	"net"
 	"net/http"
 	"net/http/httputil"
+	"strings"
 
 	"github.com/sbx-dev/sbx/tunnel"
 )
@@ -15,6 +17,13 @@ import (
 // absolute-URI http:// request is forwarded (with baggage injected when
 // configured), anything else is not a proxy request.
 func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
+	isProxyRequest := r.Method == http.MethodConnect || r.URL.IsAbs()
+	if isProxyRequest && !s.proxyAuthorized(r) {
+		s.log.Debug("HTTP proxy client refused: no or wrong Proxy-Authorization", "from", r.RemoteAddr)
+		w.Header().Set("Proxy-Authenticate", `Basic realm="sbx"`)
+		http.Error(w, "sbx proxy: proxy authentication required: use the proxy URL `sbx env NAME` prints (http://sbx:PASSWORD@HOST:PORT), or start the process with `sbx run`", http.StatusProxyAuthRequired)
+		return
+	}
 	switch {
 	case r.Method == http.MethodConnect:
 		s.serveConnect(w, r)
@@ -77,6 +86,9 @@ func (s *Server) serveForward(w http.ResponseWriter, r *http.Request) {
 			// A proxy request carries the absolute URI; the upstream gets
 			// origin form, which Transport writes from URL.
 			pr.Out.RequestURI = ""
+			// The credential is the proxy's, never the upstream's (the
+			// reverse proxy drops it as a hop-by-hop header too).
+			pr.Out.Header.Del("Proxy-Authorization")
 			if s.opts.Baggage != nil {
 				if k, v := s.opts.Baggage(); InjectBaggage(pr.Out.Header, k, v) {
 					s.log.Debug("added the routing key to a proxied request", "url", pr.Out.URL.Redacted())
@@ -92,6 +104,20 @@ func (s *Server) serveForward(w http.ResponseWriter, r *http.Request) {
 		},
 	}
 	rp.ServeHTTP(w, r)
+}
+
+// proxyAuthorized checks a request's Proxy-Authorization: Basic.
+func (s *Server) proxyAuthorized(r *http.Request) bool {
+	scheme, cred, ok := strings.Cut(r.Header.Get("Proxy-Authorization"), " ")
+	if !ok || !strings.EqualFold(scheme, "Basic") {
+		return false
+	}
+	b, err := base64.StdEncoding.DecodeString(strings.TrimSpace(cred))
+	if err != nil {
+		return false
+	}
+	user, password, ok := strings.Cut(string(b), ":")
+	return ok && s.authorized(user, password)
 }
 
 // dialForHTTP is the Transport's dialer: the same routing as CONNECT.

@@ -4,11 +4,23 @@
 // cluster Dialer (the tunnel); anything else is dialed directly, so a
 // process can use the proxy for all its traffic. It needs no privileges,
 // which is why outbound.mode auto falls back to it.
+//
+// Every client authenticates with the daemon's credential (user Username,
+// password Options.Password): SOCKS5 username/password, or HTTP
+// Proxy-Authorization: Basic. A loopback port is open to every local
+// user, and a proxy that dials anything is an open relay into the
+// developer's tunnel and network; the credential sits in the user's own
+// state directory and reaches processes through `sbx run` and `sbx env`.
+// Web pages cannot use the proxy: browsers never send a proxy credential
+// to an origin server, and scripts cannot set Proxy-Authorization. On
+// Linux, connections from other users' processes are also closed on
+// accept (peeruid.Guard), credential or not.
 package proxy
 
 import (
 	"bufio"
 	"context"
+	"crypto/subtle"
 	"errors"
 	"fmt"
 	"io"
@@ -16,10 +28,12 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"net/url"
 	"strconv"
 	"sync"
 	"time"
 
+	"github.com/sbx-dev/sbx/daemon/peeruid"
 	"github.com/sbx-dev/sbx/tunnel"
 )
 
@@ -38,8 +52,12 @@ const (
 type Options struct {
 	// Listen is the loopback host:port to serve on (config
 	// outbound.proxyListen); port 0 picks one. Non-loopback addresses are
-	// refused: the proxy reaches into the cluster without credentials.
+	// refused: the proxy reaches into the cluster and the laptop's own
+	// network.
 	Listen string
+	// Password is the credential clients must present (with user name
+	// Username). Required: the proxy is never open.
+	Password string
 	// Lookup maps a host name to the cluster name the relay should dial
 	// (outbound.Catalog.Lookup); ok false means "not a cluster name".
 	// Required.
@@ -59,9 +77,10 @@ type Options struct {
 
 // Server is the proxy. New starts listening; Run serves.
 type Server struct {
-	opts Options
-	log  *slog.Logger
-	ln   net.Listener
+	opts  Options
+	log   *slog.Logger
+	ln    net.Listener
+	peers *peeruid.Guard
 
 	httpLn    *connListener
 	httpSrv   *http.Server
@@ -80,6 +99,9 @@ type Server struct {
 func New(opts Options) (*Server, error) {
 	if opts.Lookup == nil || opts.Cluster == nil {
 		return nil, errors.New("proxy: Options.Lookup and Options.Cluster are required")
+	}
+	if opts.Password == "" {
+		return nil, errors.New("proxy: Options.Password is required (the proxy is never open)")
 	}
 	if opts.Direct == nil {
 		var d net.Dialer
@@ -104,7 +126,7 @@ func New(opts Options) (*Server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("outbound proxy: listening on %s: %w (change outbound.proxyListen in the sbx config, or use port 0)", opts.Listen, err)
 	}
-	s := &Server{opts: opts, log: log, ln: ln}
+	s := &Server{opts: opts, log: log, ln: ln, peers: peeruid.NewGuard("outbound proxy "+ln.Addr().String(), log)}
 	s.connCtx, s.cancelConn = context.WithCancel(context.Background())
 	s.httpLn = newConnListener(ln.Addr())
 	s.transport = &http.Transport{
@@ -143,9 +165,21 @@ func checkLoopback(addr string) error {
 // Addr is the address the proxy listens on.
 func (s *Server) Addr() net.Addr { return s.ln.Addr() }
 
-// URL is the proxy's address as an environment variable value for the
-// given scheme ("http" for HTTP_PROXY, "socks5h" for ALL_PROXY).
-func (s *Server) URL(scheme string) string { return scheme + "://" + s.ln.Addr().String() }
+// URL is the proxy's address with its credential, as an environment
+// variable value for the given scheme ("http" for HTTP_PROXY, "socks5h"
+// for ALL_PROXY).
+func (s *Server) URL(scheme string) string {
+	u := url.URL{Scheme: scheme, User: url.UserPassword(Username, s.opts.Password), Host: s.ln.Addr().String()}
+	return u.String()
+}
+
+// authorized compares a client's credential with the proxy's in constant
+// time (for credentials of the right length; the length is no secret).
+func (s *Server) authorized(user, password string) bool {
+	u := subtle.ConstantTimeCompare([]byte(user), []byte(Username))
+	p := subtle.ConstantTimeCompare([]byte(password), []byte(s.opts.Password))
+	return u&p == 1
+}
 
 // Run serves until ctx ends, then closes the listener and every proxied
 // connection and waits for them. Call it once.
@@ -223,6 +257,12 @@ func (s *Server) acceptLoop() {
 		}
 		go func() {
 			defer s.wg.Done()
+			// Another user's process is refused before it says anything,
+			// even with the credential: the port is this user's.
+			if !s.peers.Allow(c) {
+				_ = c.Close()
+				return
+			}
 			s.sniff(c)
 		}()
 	}
@@ -254,6 +294,23 @@ func (s *Server) sniff(c net.Conn) {
 func (s *Server) serveSOCKS(c *bufferedConn, br *bufio.Reader) {
 	if err := socksHandshake(br, c); err != nil {
 		s.log.Debug("SOCKS5 handshake failed", "from", c.RemoteAddr(), "err", err)
+		_ = c.Close()
+		return
+	}
+	user, password, err := readSocksAuth(br)
+	if err != nil {
+		s.log.Debug("SOCKS5 authentication failed", "from", c.RemoteAddr(), "err", err)
+		_ = c.Close()
+		return
+	}
+	if !s.authorized(user, password) {
+		// RFC 1929: a failure status, then the connection is closed.
+		_ = writeSocksAuthReply(c, false)
+		_ = c.Close()
+		s.log.Debug("SOCKS5 client refused: wrong user name or password", "from", c.RemoteAddr())
+		return
+	}
+	if err := writeSocksAuthReply(c, true); err != nil {
 		_ = c.Close()
 		return
 	}
@@ -378,3 +435,7 @@ func (l *connListener) Close() error {
 }
 
 func (l *connListener) Addr() net.Addr { return l.addr }
+
+// Username is the user name of the proxy's credential; the password is
+// the secret (Options.Password).
+const Username = "sbx"

@@ -3,6 +3,7 @@ package proxy
 import (
 	"bufio"
 	"context"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -31,6 +32,33 @@ type seen struct {
 	URI     string   `json:"uri"`
 	Baggage []string `json:"baggage"`
 	Via     string   `json:"via"` // "cluster" or "direct": which server answered
+	// ProxyAuth is the Proxy-Authorization the upstream got (never any).
+	ProxyAuth []string `json:"proxyAuth"`
+}
+
+// testPassword is the proxy's credential in these tests.
+const testPassword = "q-9Zk_3xV0aBcDeFgHiJkLmNoPqRsTuVwXyZ012345"
+
+// basicAuth is a Proxy-Authorization header line for user and password.
+func basicAuth(user, password string) string {
+	return "Proxy-Authorization: Basic " + base64.StdEncoding.EncodeToString([]byte(user+":"+password)) + "\r\n"
+}
+
+// goodAuth is the header line with the right credential.
+var goodAuth = basicAuth(Username, testPassword)
+
+// socksAuth is the RFC 1929 sub-negotiation for user and password.
+func socksAuth(user, password string) []byte {
+	b := []byte{1, byte(len(user))}
+	b = append(b, user...)
+	b = append(b, byte(len(password)))
+	return append(b, password...)
+}
+
+// socksHello is a greeting offering username/password, followed by the
+// right credential: what a client with the proxy URL sends first.
+func socksHello() []byte {
+	return append([]byte{5, 1, socksUserPass}, socksAuth(Username, testPassword)...)
 }
 
 // world is the cluster and the internet as the proxy reaches them: every
@@ -50,7 +78,8 @@ func newWorld(t *testing.T) *world {
 	w := &world{refused: map[string]bool{}}
 	handler := func(via string) http.Handler {
 		return http.HandlerFunc(func(rw http.ResponseWriter, r *http.Request) {
-			_ = json.NewEncoder(rw).Encode(seen{Host: r.Host, URI: r.RequestURI, Baggage: r.Header.Values("Baggage"), Via: via})
+			_ = json.NewEncoder(rw).Encode(seen{Host: r.Host, URI: r.RequestURI, Baggage: r.Header.Values("Baggage"), Via: via,
+				ProxyAuth: r.Header.Values("Proxy-Authorization")})
 		})
 	}
 	w.cluster = httptest.NewServer(handler("cluster"))
@@ -143,7 +172,7 @@ func lookup(host string) (string, bool) {
 func startProxy(t *testing.T, w *world, baggage func() (string, string)) *Server {
 	t.Helper()
 	s, err := New(Options{Listen: "127.0.0.1:0", Lookup: lookup, Cluster: w.clusterDial, Direct: w.directDial,
-		Baggage: baggage, DialTimeout: 10 * time.Second})
+		Baggage: baggage, DialTimeout: 10 * time.Second, Password: testPassword})
 	require.NoError(t, err)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
@@ -213,7 +242,7 @@ func TestSOCKS5DomainNames(t *testing.T) {
 	}, w.log(), "names reach the dialers unresolved")
 
 	// x/net's SOCKS5 dialer for a raw TCP connection.
-	d, err := xproxy.SOCKS5("tcp", s.Addr().String(), nil, xproxy.Direct)
+	d, err := xproxy.SOCKS5("tcp", s.Addr().String(), &xproxy.Auth{User: Username, Password: testPassword}, xproxy.Direct)
 	require.NoError(t, err)
 	conn, err := d.(xproxy.ContextDialer).DialContext(context.Background(), "tcp", "driver.hotrod:8082")
 	require.NoError(t, err)
@@ -230,12 +259,13 @@ func TestSOCKS5DomainNames(t *testing.T) {
 	require.NoError(t, err)
 	defer raw.Close()
 	_ = raw.SetDeadline(time.Now().Add(30 * time.Second))
-	_, err = raw.Write(append([]byte{5, 1, 0}, domainReq(socksConnect, "redis.shared.svc.cluster.local", 7)...))
+	_, err = raw.Write(append(socksHello(), domainReq(socksConnect, "redis.shared.svc.cluster.local", 7)...))
 	require.NoError(t, err)
-	hs := make([]byte, 2+10)
+	hs := make([]byte, 2+2+10)
 	_, err = io.ReadFull(raw, hs)
 	require.NoError(t, err)
-	require.Equal(t, byte(repSuccess), hs[3])
+	require.Equal(t, []byte{5, socksUserPass, 1, socksAuthOK}, hs[:4])
+	require.Equal(t, byte(repSuccess), hs[5])
 	_, err = io.WriteString(raw, "PING")
 	require.NoError(t, err)
 	require.NoError(t, raw.(*net.TCPConn).CloseWrite())
@@ -244,7 +274,9 @@ func TestSOCKS5DomainNames(t *testing.T) {
 	require.Equal(t, "echo:PING", string(b))
 }
 
-// socksRaw speaks SOCKS5 by hand to check reply codes.
+// socksRaw speaks SOCKS5 by hand to check reply codes: greeting, then
+// (when the proxy picked username/password) the right credential, then
+// request.
 func socksRaw(t *testing.T, addr string, greeting, request []byte) (method byte, reply []byte) {
 	t.Helper()
 	c, err := net.Dial("tcp", addr)
@@ -256,9 +288,15 @@ func socksRaw(t *testing.T, addr string, greeting, request []byte) (method byte,
 	var m [2]byte
 	_, err = io.ReadFull(c, m[:])
 	require.NoError(t, err)
-	if request == nil {
+	if request == nil || m[1] != socksUserPass {
 		return m[1], nil
 	}
+	_, err = c.Write(socksAuth(Username, testPassword))
+	require.NoError(t, err)
+	var a [2]byte
+	_, err = io.ReadFull(c, a[:])
+	require.NoError(t, err)
+	require.Equal(t, []byte{1, socksAuthOK}, a[:])
 	_, err = c.Write(request)
 	require.NoError(t, err)
 	reply = make([]byte, 10)
@@ -279,7 +317,7 @@ func TestSOCKS5Replies(t *testing.T) {
 	s := startProxy(t, w, nil)
 	addr := s.Addr().String()
 
-	m, _ := socksRaw(t, addr, []byte{5, 1, 2}, nil) // only user/pass offered
+	m, _ := socksRaw(t, addr, []byte{5, 1, 0}, nil) // only "no authentication" offered
 	require.Equal(t, byte(socksNoMethod), m)
 
 	for _, tc := range []struct {
@@ -296,8 +334,8 @@ func TestSOCKS5Replies(t *testing.T) {
 		{"ipv4 literal goes direct", []byte{5, 1, 0, atypIPv4, 127, 0, 0, 1, 0x1f, 0x90}, repSuccess},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			m, reply := socksRaw(t, addr, []byte{5, 2, 2, 0}, tc.req)
-			require.Equal(t, byte(socksNoAuth), m)
+			m, reply := socksRaw(t, addr, []byte{5, 2, 0, 2}, tc.req)
+			require.Equal(t, byte(socksUserPass), m)
 			require.Equal(t, tc.code, reply[1], "reply %v", reply)
 		})
 	}
@@ -315,7 +353,7 @@ func TestHTTPConnect(t *testing.T) {
 	require.NoError(t, err)
 	defer c.Close()
 	_ = c.SetDeadline(time.Now().Add(30 * time.Second))
-	_, err = io.WriteString(c, "CONNECT driver.hotrod:7 HTTP/1.1\r\nHost: driver.hotrod:7\r\n\r\nearly bytes")
+	_, err = io.WriteString(c, "CONNECT driver.hotrod:7 HTTP/1.1\r\nHost: driver.hotrod:7\r\n"+goodAuth+"\r\nearly bytes")
 	require.NoError(t, err)
 	br := bufio.NewReader(c)
 	resp, err := http.ReadResponse(br, &http.Request{Method: http.MethodConnect})
@@ -334,7 +372,7 @@ func TestHTTPConnect(t *testing.T) {
 	c2, err := net.Dial("tcp", s.Addr().String())
 	require.NoError(t, err)
 	defer c2.Close()
-	_, err = io.WriteString(c2, "CONNECT driver.hotrod:9999 HTTP/1.1\r\nHost: driver.hotrod:9999\r\n\r\n")
+	_, err = io.WriteString(c2, "CONNECT driver.hotrod:9999 HTTP/1.1\r\nHost: driver.hotrod:9999\r\n"+goodAuth+"\r\n")
 	require.NoError(t, err)
 	resp, err = http.ReadResponse(bufio.NewReader(c2), &http.Request{Method: http.MethodConnect})
 	require.NoError(t, err)
@@ -346,7 +384,7 @@ func TestHTTPConnect(t *testing.T) {
 	c3, err := net.Dial("tcp", s.Addr().String())
 	require.NoError(t, err)
 	defer c3.Close()
-	_, err = io.WriteString(c3, "CONNECT example.invalid:7 HTTP/1.1\r\nHost: example.invalid:7\r\n\r\nhi")
+	_, err = io.WriteString(c3, "CONNECT example.invalid:7 HTTP/1.1\r\nHost: example.invalid:7\r\n"+goodAuth+"\r\nhi")
 	require.NoError(t, err)
 	br3 := bufio.NewReader(c3)
 	resp, err = http.ReadResponse(br3, &http.Request{Method: http.MethodConnect})
@@ -392,6 +430,7 @@ func TestHTTPAbsoluteURIAndBaggage(t *testing.T) {
 			u, _ := url.Parse(tc.url)
 			require.Equal(t, u.RequestURI(), got.URI, "upstream gets origin form")
 			require.Equal(t, u.Host, got.Host)
+			require.Empty(t, got.ProxyAuth, "the credential is not passed upstream")
 		})
 	}
 	code, _ := get(t, c, "http://driver:9999/", nil)
@@ -415,10 +454,10 @@ func TestBaggageOff(t *testing.T) {
 func TestListenMustBeLoopback(t *testing.T) {
 	w := newWorld(t)
 	for _, addr := range []string{"0.0.0.0:0", ":0", "10.1.2.3:0", "example.com:0", "nonsense"} {
-		_, err := New(Options{Listen: addr, Lookup: func(string) (string, bool) { return "", false }, Cluster: w.clusterDial})
+		_, err := New(Options{Listen: addr, Lookup: func(string) (string, bool) { return "", false }, Cluster: w.clusterDial, Password: testPassword})
 		require.Error(t, err, addr)
 	}
-	s, err := New(Options{Listen: "[::1]:0", Lookup: func(string) (string, bool) { return "", false }, Cluster: w.clusterDial})
+	s, err := New(Options{Listen: "[::1]:0", Lookup: func(string) (string, bool) { return "", false }, Cluster: w.clusterDial, Password: testPassword})
 	if err == nil { // hosts without IPv6 loopback fail to listen, which is fine
 		require.NoError(t, s.Close())
 	}
@@ -430,7 +469,7 @@ func TestCloseEndsOpenTunnels(t *testing.T) {
 	c, err := net.Dial("tcp", s.Addr().String())
 	require.NoError(t, err)
 	defer c.Close()
-	_, err = io.WriteString(c, "CONNECT driver:7 HTTP/1.1\r\nHost: driver:7\r\n\r\n")
+	_, err = io.WriteString(c, "CONNECT driver:7 HTTP/1.1\r\nHost: driver:7\r\n"+goodAuth+"\r\n")
 	require.NoError(t, err)
 	br := bufio.NewReader(c)
 	resp, err := http.ReadResponse(br, &http.Request{Method: http.MethodConnect})

@@ -13,10 +13,13 @@ import (
 	"github.com/sbx-dev/sbx/tunnel"
 )
 
-// SOCKS5 (RFC 1928), the CONNECT command without authentication: what
-// curl --socks5-hostname, ALL_PROXY=socks5h://, browsers and most SDKs
-// speak. A domain-name request is never resolved here: the name goes to
-// the Dialer as it came, so cluster names resolve inside the cluster.
+// SOCKS5 (RFC 1928), the CONNECT command with username/password
+// authentication (RFC 1929): what curl --socks5-hostname,
+// ALL_PROXY=socks5h://user:password@…, Go's net/http and x/net/proxy
+// and most SDKs speak. A client that offers no username/password method
+// gets "no acceptable methods" (0xFF). A domain-name request is never
+// resolved here: the name goes to the Dialer as it came, so cluster names
+// resolve inside the cluster.
 //
 // Why not a library: the only SOCKS5 server module the Go proxy serves
 // here is github.com/armon/go-socks5 (last change 2016). Its CONNECT path
@@ -24,13 +27,19 @@ import (
 // would panic the daemon), picks reply codes by matching error strings,
 // has no way to stop serving, and leaves its copy goroutines running after
 // ServeConn returns. The part of the protocol sbx needs is small and is
-// fuzzed below (FuzzReadSocksRequest).
+// fuzzed (FuzzReadSocksRequest, FuzzReadSocksAuth).
 
 const (
 	socksVersion  = 5
 	socksNoAuth   = 0x00
+	socksUserPass = 0x02
 	socksNoMethod = 0xff
 	socksConnect  = 1
+
+	// RFC 1929's sub-negotiation has its own version and status bytes.
+	socksAuthVersion = 1
+	socksAuthOK      = 0
+	socksAuthFailed  = 1
 
 	atypIPv4   = 1
 	atypDomain = 3
@@ -66,8 +75,13 @@ type socksRequest struct {
 
 func (r socksRequest) addr() string { return net.JoinHostPort(r.host, strconv.Itoa(int(r.port))) }
 
-// socksHandshake negotiates the method on rw. It returns an error when the
-// client offers no acceptable method (after telling it so).
+// errNoUserPass is a SOCKS5 client that offers no username/password
+// method: one started without the proxy URL `sbx env` prints.
+var errNoUserPass = errors.New("SOCKS5 client offers no username/password authentication (the sbx proxy needs its credential: use the ALL_PROXY URL `sbx env NAME` prints)")
+
+// socksHandshake negotiates the method on rw: username/password, the only
+// one the proxy accepts. It returns an error when the client does not
+// offer it (after telling it so).
 func socksHandshake(r *bufio.Reader, w io.Writer) error {
 	var hdr [2]byte
 	if _, err := io.ReadFull(r, hdr[:]); err != nil {
@@ -81,13 +95,49 @@ func socksHandshake(r *bufio.Reader, w io.Writer) error {
 		return err
 	}
 	for _, m := range methods {
-		if m == socksNoAuth {
-			_, err := w.Write([]byte{socksVersion, socksNoAuth})
+		if m == socksUserPass {
+			_, err := w.Write([]byte{socksVersion, socksUserPass})
 			return err
 		}
 	}
 	_, _ = w.Write([]byte{socksVersion, socksNoMethod})
-	return errors.New("SOCKS5 client offers no method without authentication")
+	return errNoUserPass
+}
+
+// readSocksAuth decodes the username/password sub-negotiation (RFC 1929):
+// version 1, the user name and the password, each prefixed with its
+// length.
+func readSocksAuth(r io.Reader) (user, password string, err error) {
+	var hdr [2]byte
+	if _, err := io.ReadFull(r, hdr[:]); err != nil {
+		return "", "", err
+	}
+	if hdr[0] != socksAuthVersion {
+		return "", "", fmt.Errorf("SOCKS5 username/password request with version byte %d", hdr[0])
+	}
+	u := make([]byte, hdr[1])
+	if _, err := io.ReadFull(r, u); err != nil {
+		return "", "", err
+	}
+	var n [1]byte
+	if _, err := io.ReadFull(r, n[:]); err != nil {
+		return "", "", err
+	}
+	p := make([]byte, n[0])
+	if _, err := io.ReadFull(r, p); err != nil {
+		return "", "", err
+	}
+	return string(u), string(p), nil
+}
+
+// writeSocksAuthReply answers the sub-negotiation.
+func writeSocksAuthReply(w io.Writer, ok bool) error {
+	status := byte(socksAuthFailed)
+	if ok {
+		status = socksAuthOK
+	}
+	_, err := w.Write([]byte{socksAuthVersion, status})
+	return err
 }
 
 // readSocksRequest decodes a request. Errors that deserve a reply are

@@ -6,6 +6,7 @@
 package runenv
 
 import (
+	"net/url"
 	"slices"
 )
 
@@ -39,6 +40,21 @@ type Sandbox struct {
 	// ProxyAddr is the outbound proxy's host:port when outbound runs in
 	// proxy mode; empty otherwise (hosts mode needs no variables).
 	ProxyAddr string
+	// ProxyUsername and ProxyPassword are the proxy's credential, which
+	// goes into the proxy URLs as their user info (Go's net/http, curl,
+	// Python requests and most SDKs send it: Proxy-Authorization for
+	// HTTP, user/password authentication for SOCKS5). Empty: a daemon
+	// older than the credential, whose proxy asks for none.
+	ProxyUsername, ProxyPassword string
+}
+
+// proxyURL is the proxy's URL for scheme, with the credential.
+func (sb Sandbox) proxyURL(scheme string) string {
+	u := url.URL{Scheme: scheme, Host: sb.ProxyAddr}
+	if sb.ProxyPassword != "" {
+		u.User = url.UserPassword(sb.ProxyUsername, sb.ProxyPassword)
+	}
+	return u.String()
 }
 
 // Env is an ordered set of variables (a later Set of a name replaces the
@@ -91,8 +107,8 @@ func Build(sb Sandbox, baseline *Env) Env {
 		e.Set(VarBaggage, sb.BaggageKey+"="+sb.RoutingKey, SourceSBX)
 	}
 	if sb.ProxyAddr != "" {
-		httpURL := "http://" + sb.ProxyAddr
-		socksURL := "socks5h://" + sb.ProxyAddr
+		httpURL := sb.proxyURL("http")
+		socksURL := sb.proxyURL("socks5h")
 		for _, kv := range [][2]string{
 			{"HTTP_PROXY", httpURL}, {"HTTPS_PROXY", httpURL}, {"ALL_PROXY", socksURL}, {"NO_PROXY", noProxy},
 		} {

@@ -12,6 +12,9 @@ func FuzzDotenvQuote(f *testing.F) {
 	for _, v := range tricky {
 		f.Add(v)
 	}
+	for _, v := range Build(aliceInProxyMode, nil).Vars {
+		f.Add(v.Value) // proxy URLs with the credential in them
+	}
 	f.Add("a\nb\\")
 	f.Add("\"x\"")
 	f.Add(" #x")

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -19,6 +20,14 @@ import (
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
 var alice = Sandbox{Name: "alice", RoutingKey: "k3x9q2m7p1z0a", BaggageKey: "sbx-routing-key"}
+
+// credential looks like the daemon's proxy credential (base64url, with
+// both of its punctuation characters).
+const credential = "q-9Zk_3xV0aBcDeFgHiJkLmNoPqRsTuVwXyZ012345"
+
+// aliceInProxyMode is alice with the daemon's proxy and its credential.
+var aliceInProxyMode = Sandbox{Name: "alice", RoutingKey: "k3x9q2m7p1z0a", BaggageKey: "sbx-routing-key",
+	ProxyAddr: "127.0.0.1:41234", ProxyUsername: "sbx", ProxyPassword: credential}
 
 // tricky values every format must carry.
 var tricky = map[string]string{
@@ -53,7 +62,7 @@ func trickyEnv() Env {
 // trickyBuilt is alice's environment with the tricky values added and a
 // name that is not a valid shell or dotenv variable ("my-dashed.name").
 func trickyBuilt() Env {
-	e := Build(alice, nil)
+	e := Build(aliceInProxyMode, nil)
 	for _, v := range trickyEnv().Vars {
 		e.Set(v.Name, v.Value, v.Source)
 	}
@@ -89,6 +98,25 @@ func TestBuild(t *testing.T) {
 		v, ok := e.Get(name)
 		require.True(t, ok, name)
 		require.Equal(t, want, v, name)
+	}
+
+	// With the proxy's credential, as the daemon hands it out: in every
+	// URL, and read back by Go's own proxy lookup.
+	px.ProxyUsername, px.ProxyPassword = "sbx", credential
+	e = Build(px, nil)
+	for name, want := range map[string]string{
+		"HTTP_PROXY": "http://sbx:" + credential + "@127.0.0.1:41234", "http_proxy": "http://sbx:" + credential + "@127.0.0.1:41234",
+		"HTTPS_PROXY": "http://sbx:" + credential + "@127.0.0.1:41234", "https_proxy": "http://sbx:" + credential + "@127.0.0.1:41234",
+		"ALL_PROXY": "socks5h://sbx:" + credential + "@127.0.0.1:41234", "all_proxy": "socks5h://sbx:" + credential + "@127.0.0.1:41234",
+	} {
+		v, ok := e.Get(name)
+		require.True(t, ok, name)
+		require.Equal(t, want, v, name)
+		u, err := url.Parse(v)
+		require.NoError(t, err)
+		pw, _ := u.User.Password()
+		require.Equal(t, "sbx", u.User.Username())
+		require.Equal(t, credential, pw)
 	}
 
 	environ := e.Environ([]string{"PATH=/bin", "SBX_SANDBOX=old", "http_proxy=http://corp:3128", "WEIRD"})
@@ -132,7 +160,10 @@ func TestFormatShellRoundTripsThroughSh(t *testing.T) {
 	if _, err := exec.LookPath("sh"); err != nil {
 		t.Skip("no sh")
 	}
-	e := trickyEnv()
+	e := Build(aliceInProxyMode, nil) // proxy URLs with the credential
+	for _, v := range trickyEnv().Vars {
+		e.Set(v.Name, v.Value, v.Source)
+	}
 	out, skipped, err := Format(e, FormatShell)
 	require.NoError(t, err)
 	require.Empty(t, skipped)
