@@ -3,12 +3,15 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
+	"os"
+	"runtime"
 	"slices"
 	"strings"
 	"sync"
@@ -25,6 +28,7 @@ import (
 	"github.com/sbx-dev/sbx/cluster/portforward"
 	"github.com/sbx-dev/sbx/cluster/sim"
 	"github.com/sbx-dev/sbx/daemon"
+	"github.com/sbx-dev/sbx/daemon/peeruid/peeruidtest"
 )
 
 // TestFaultMatrix puts one sandbox, served by the built binary's daemon
@@ -116,6 +120,13 @@ func TestFaultMatrix(t *testing.T) {
 	t1 := time.Now()
 	report.addGap("relay rollout", p.longestGap(t0, t1), gapBefore, p.failedSince(t0))
 	require.Zero(t, p.failedSince(t0), "keyed requests failed during the rollout: %v", p.failures(t0))
+
+	// Local attacks on the data plane while keyed requests flow: a page
+	// after DNS rebinding (its own name in Host), a cross-site request (its
+	// Origin) and another user's process try the hosts-mode address of a
+	// cluster Service; the developer's own request keeps working.
+	localAttacks(t, b, report)
+	require.Zero(t, p.failedSince(t1), "keyed requests failed during the local attacks: %v", p.failures(t1))
 
 	// The daemon is stopped (SIGSTOP: a suspended laptop, a debugger on
 	// the daemon) for 3 s. The sessions outlive it (the dead-peer timeout
@@ -388,6 +399,68 @@ func percentile(ds []time.Duration, p float64) time.Duration {
 
 // faultReport collects one line per fault.
 type faultReport struct{ lines []string }
+
+func (r *faultReport) note(fault, result string) {
+	r.lines = append(r.lines, fmt.Sprintf("  %-46s %s", fault, result))
+}
+
+// localAttacks sends what a web page and another local user could send to
+// the hosts-mode address of driver.hotrod:8082, and the developer's own
+// request, and reports what each got.
+func localAttacks(t *testing.T, b *binaryEnv, report *faultReport) {
+	t.Helper()
+	var addr string
+	require.Eventually(t, func() bool {
+		for _, line := range strings.Split(b.hostsBlock(), "\n") {
+			if f := strings.Fields(line); len(f) > 1 && slices.Contains(f[1:], "driver.hotrod.svc.cluster.local") {
+				addr = net.JoinHostPort(f[0], "8082")
+				return true
+			}
+		}
+		return false
+	}, 10*time.Second, 20*time.Millisecond, "no hosts entry for driver.hotrod")
+	request := func(extra string) string {
+		return "GET /fault-matrix HTTP/1.1\r\nHost: driver.hotrod.svc.cluster.local:8082\r\n" + extra + "Connection: close\r\n\r\n"
+	}
+	exchange := func(msg string) string {
+		c, err := net.DialTimeout("tcp", addr, 10*time.Second)
+		require.NoError(t, err)
+		defer c.Close()
+		require.NoError(t, c.SetDeadline(time.Now().Add(20*time.Second)))
+		_, err = io.WriteString(c, msg)
+		require.NoError(t, err)
+		reply, _ := io.ReadAll(c)
+		return string(reply)
+	}
+	statusLine := func(reply string) string {
+		line, _, _ := strings.Cut(reply, "\r\n")
+		return line
+	}
+
+	mine := exchange(request(""))
+	require.True(t, strings.HasPrefix(mine, "HTTP/1.1 200"), "the developer's own request: %q", statusLine(mine))
+	report.note("own request to a hosts-mode address", statusLine(mine))
+
+	rebound := exchange(strings.Replace(request(""), "Host: driver.hotrod.svc.cluster.local:8082", "Host: attacker.example:8082", 1))
+	require.True(t, strings.HasPrefix(rebound, "HTTP/1.1 403"), "DNS rebinding (foreign Host): %q", statusLine(rebound))
+	report.note("DNS rebinding (Host: attacker.example)", statusLine(rebound))
+
+	crossSite := exchange(request("Origin: http://attacker.example\r\n"))
+	require.True(t, strings.HasPrefix(crossSite, "HTTP/1.1 403"), "cross-site request (foreign Origin): %q", statusLine(crossSite))
+	report.note("cross-site request (Origin: attacker.example)", statusLine(crossSite))
+
+	if runtime.GOOS != "linux" || os.Getuid() != 0 {
+		report.note("another user's process", "not tried (needs root on Linux to start one)")
+		return
+	}
+	other := peeruidtest.Exchange(t, true, addr, request(""))
+	require.Empty(t, other.Reply, "another user's process got an answer")
+	report.note("another user's process (uid 65534)", fmt.Sprintf("connection closed unanswered (%s)", cmp.Or(other.Err, "EOF")))
+}
+
+// TestPeerExchangeHelper is not a test: peeruidtest.Exchange runs it in a
+// helper process, as another user or as the test's own.
+func TestPeerExchangeHelper(t *testing.T) { peeruidtest.ServeExchange(t) }
 
 func (r *faultReport) add(fault, what string, ds []time.Duration, failed int) {
 	r.addLine(fault, what, ds, failed)
