@@ -9,6 +9,8 @@ import (
 	"path/filepath"
 	"runtime"
 	"strings"
+
+	"github.com/sbx-dev/sbx/daemon/service"
 )
 
 // autostartName is the file name (without extension) of the login entry.
@@ -51,7 +53,7 @@ func InstallAutostart(exe string) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	return path, writeFileAtomic(path, content)
+	return path, service.WriteFileAtomic(path, content, "the tray's login entry")
 }
 
 // UninstallAutostart removes the login entry. removed is false when there
@@ -77,32 +79,6 @@ func removeFile(path string) (string, bool, error) {
 		return path, false, fmt.Errorf("remove the tray's login entry %s: %w", path, err)
 	}
 	return path, true, nil
-}
-
-// writeFileAtomic writes content to path through a temporary file in the
-// same directory, so a crash never leaves a half-written entry that the
-// session manager would choke on.
-func writeFileAtomic(path string, content []byte) error {
-	dir := filepath.Dir(path)
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return fmt.Errorf("create %s: %w", dir, err)
-	}
-	f, err := os.CreateTemp(dir, ".sbx-tray-*")
-	if err != nil {
-		return fmt.Errorf("write the tray's login entry in %s: %w", dir, err)
-	}
-	tmp := f.Name()
-	_, werr := f.Write(content)
-	cerr := f.Close()
-	if err := errors.Join(werr, cerr, os.Chmod(tmp, 0o644)); err != nil {
-		_ = os.Remove(tmp)
-		return fmt.Errorf("write %s: %w", tmp, err)
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		_ = os.Remove(tmp)
-		return fmt.Errorf("install %s: %w", path, err)
-	}
-	return nil
 }
 
 // desktopEntry is the XDG autostart entry (Desktop Entry Specification 1.5)

@@ -282,7 +282,7 @@ func (h Host) Install(ctx context.Context, exe string, env []Env) (*Result, erro
 	}
 	old, rerr := os.ReadFile(path)
 	res.Existed = rerr == nil
-	if err := writeFileAtomic(path, content); err != nil {
+	if err := WriteFileAtomic(path, content, definitionWhat); err != nil {
 		return nil, err
 	}
 	// Undo the write when the manager refuses the service: a definition
@@ -290,7 +290,7 @@ func (h Host) Install(ctx context.Context, exe string, env []Env) (*Result, erro
 	// starts the daemon.
 	rollback := func() {
 		if res.Existed {
-			_ = writeFileAtomic(path, old)
+			_ = WriteFileAtomic(path, old, definitionWhat)
 		} else {
 			_ = os.Remove(path)
 		}
@@ -419,28 +419,33 @@ func envNames(env []Env) string {
 	return strings.Join(names, ", ")
 }
 
-// writeFileAtomic writes content to path through a temporary file in the
-// same directory, so a crash never leaves a half-written definition that
-// the manager would choke on.
-func writeFileAtomic(path string, content []byte) error {
+// definitionWhat names the service definition in WriteFileAtomic's errors.
+const definitionWhat = "the sbx daemon's service definition"
+
+// WriteFileAtomic writes content to path (mode 0644, directories created)
+// through a temporary file in the same directory, so a crash never leaves
+// a half-written definition that a service or session manager would choke
+// on. what names the file in errors ("the sbx daemon's service
+// definition"). The tray's login entry is written with it too.
+func WriteFileAtomic(path string, content []byte, what string) error {
 	dir := filepath.Dir(path)
 	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return fmt.Errorf("create %s: %w", dir, err)
+		return fmt.Errorf("create %s for %s: %w", dir, what, err)
 	}
-	f, err := os.CreateTemp(dir, ".sbx-daemon-*")
+	f, err := os.CreateTemp(dir, ".sbx-*")
 	if err != nil {
-		return fmt.Errorf("write the sbx daemon's service definition in %s: %w", dir, err)
+		return fmt.Errorf("write %s in %s: %w", what, dir, err)
 	}
 	tmp := f.Name()
 	_, werr := f.Write(content)
 	cerr := f.Close()
 	if err := errors.Join(werr, cerr, os.Chmod(tmp, 0o644)); err != nil {
 		_ = os.Remove(tmp)
-		return fmt.Errorf("write %s: %w", tmp, err)
+		return fmt.Errorf("write %s (%s): %w", what, tmp, err)
 	}
 	if err := os.Rename(tmp, path); err != nil {
 		_ = os.Remove(tmp)
-		return fmt.Errorf("install %s: %w", path, err)
+		return fmt.Errorf("install %s at %s: %w", what, path, err)
 	}
 	return nil
 }
