@@ -1,6 +1,7 @@
 package cluster
 
 import (
+	"context"
 	"os"
 	"strings"
 	"testing"
@@ -93,7 +94,10 @@ func TestRBACRoleCoversEveryCall(t *testing.T) {
 	sb := threeSandbox()
 	_, err := Apply(ctx, f.Clients, sb, testOptions(testKey), nil)
 	require.NoError(t, err)
-	_, err = Apply(ctx, f.Clients, sb, testOptions(testKey), nil)
+	// A daemon's own re-apply checks the relay's verifier first.
+	reapply := testOptions(testKey)
+	reapply.RefuseOtherVerifier = true
+	_, err = Apply(ctx, f.Clients, sb, reapply, nil)
 	require.NoError(t, err)
 	// A Rollout-based sandbox and a spec change.
 	rb := routeSandbox("alice")
@@ -102,6 +106,11 @@ func TestRBACRoleCoversEveryCall(t *testing.T) {
 	require.NoError(t, err)
 	_, err = WaitRelay(ctx, f.Clients, WaitOptions{Namespace: "hotrod", Sandbox: "alice", Interval: time.Millisecond}, nil)
 	require.NoError(t, err)
+	// Waiting for a rotated token's relay (the pod runs another).
+	wctx, cancel := context.WithTimeout(ctx, 50*time.Millisecond)
+	_, err = WaitRelay(wctx, f.Clients, WaitOptions{Namespace: "hotrod", Sandbox: "alice", TokenVerifier: testVerifier(testKey2), Interval: time.Millisecond}, nil)
+	cancel()
+	require.Error(t, err)
 	require.NoError(t, RenewLease(ctx, f.Clients, Ref{Name: "alice", Namespaces: ns}, time.Now()))
 	_, err = List(ctx, f.Clients, ns, time.Now())
 	require.NoError(t, err)
@@ -146,7 +155,8 @@ func TestRBACRoleCoversEveryCall(t *testing.T) {
 	// The scenario exercised the interesting calls.
 	for _, want := range []string{"create coordination.k8s.io/leases", "update networking.istio.io/virtualservices",
 		"delete networking.istio.io/virtualservices", "get argoproj.io/rollouts", "list /pods", "delete apps/deployments",
-		"list networking.istio.io/virtualservices", "list gateway.networking.k8s.io/httproutes", "get /configmaps"} {
+		"list networking.istio.io/virtualservices", "list gateway.networking.k8s.io/httproutes", "get /configmaps",
+		"get apps/deployments"} {
 		require.True(t, seen[want], want)
 	}
 }

@@ -42,7 +42,8 @@ type route struct {
 
 // linkParams is everything needed to build a link.
 type linkParams struct {
-	Target   Target
+	Target Target
+	// Token authenticates each session (never logged).
 	Token    string
 	ClientID string
 	User     string

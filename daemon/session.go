@@ -13,6 +13,7 @@ import (
 
 	"github.com/sbx-dev/sbx/cluster"
 	"github.com/sbx-dev/sbx/daemon/config"
+	"github.com/sbx-dev/sbx/tunnel"
 )
 
 // sessionConfig tunes sessions; zero fields take defaults (withDefaults).
@@ -95,7 +96,15 @@ type session struct {
 
 	mu    sync.Mutex
 	saved savedSandbox
-	subs  map[chan Progress]struct{}
+	// takeover lets the next apply replace a relay that checks another
+	// token's verifier: set when this daemon minted the token (a new
+	// sandbox, lost state) or the user connected again, and
+	// cleared once that token is applied. The supervisor's own re-applies
+	// (after a lost tunnel, a config change) never take a sandbox from a
+	// daemon that applied its token since: the two would take turns, each
+	// rollout breaking the other's tunnel.
+	takeover bool
+	subs     map[chan Progress]struct{}
 
 	kick   chan struct{}              // cap 1: the spec changed, re-apply now
 	link   atomic.Pointer[linkHolder] // the live link while ready
@@ -107,6 +116,30 @@ func (s *session) snapshot() savedSandbox {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.saved
+}
+
+// setTakeover lets the next apply take the sandbox over.
+func (s *session) setTakeover() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.takeover = true
+}
+
+// mayTakeOver reports whether the next apply may replace another verifier.
+func (s *session) mayTakeOver() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.takeover
+}
+
+// appliedToken records that token's verifier is in the cluster: from now
+// on the sandbox is this daemon's to keep, not to take.
+func (s *session) appliedToken(token string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.saved.Token == token {
+		s.takeover = false
+	}
 }
 
 func (s *session) routes() []route {
@@ -256,6 +289,10 @@ func (s *session) run(ctx context.Context) {
 func (s *session) connectOnce(ctx context.Context) (time.Time, error) {
 	cfg := s.m.cfg
 	saved := s.snapshot()
+	takeover := s.mayTakeOver()
+	if saved.Token == "" {
+		return time.Time{}, &PermanentError{errors.New("no tunnel token (a bug in the daemon: connect the sandbox again)")}
+	}
 	s.setPhase(PhaseApplying, fmt.Sprintf("applying sandbox %s (routing key %s)", saved.Name, saved.RoutingKey))
 	cl, err := s.m.clusters(ctx, saved.KubeconfigSource, saved.Context)
 	if err != nil {
@@ -263,13 +300,15 @@ func (s *session) connectOnce(ctx context.Context) (time.Time, error) {
 	}
 	conf := s.m.conf()
 	ao := ApplyOptions{
-		RoutingKey:      saved.RoutingKey,
-		BaggageKey:      conf.BaggageKey,
-		RelayImage:      conf.RelayImage,
-		RelayMaxStreams: conf.RelayMaxStreams,
-		RelayDeny:       conf.Outbound.Deny,
-		Holder:          cfg.User,
-		ClusterDomain:   conf.ClusterDomain,
+		RoutingKey:          saved.RoutingKey,
+		TokenVerifier:       tunnel.VerifierOf(saved.Token).String(),
+		RefuseOtherVerifier: !takeover,
+		BaggageKey:          conf.BaggageKey,
+		RelayImage:          conf.RelayImage,
+		RelayMaxStreams:     conf.RelayMaxStreams,
+		RelayDeny:           conf.Outbound.Deny,
+		Holder:              cfg.User,
+		ClusterDomain:       conf.ClusterDomain,
 	}
 	applied, err := cl.Apply(ctx, &saved.Spec, ao, s.progressFn(PhaseApplying))
 	if err != nil {
@@ -277,6 +316,7 @@ func (s *session) connectOnce(ctx context.Context) (time.Time, error) {
 		// already names the sandbox.
 		return time.Time{}, fmt.Errorf("apply the cluster objects: %w", err)
 	}
+	s.appliedToken(saved.Token)
 	if applied.Sandbox == "" {
 		applied.Sandbox, applied.RoutingKey = saved.Name, saved.RoutingKey
 	}
@@ -298,6 +338,7 @@ func (s *session) connectOnce(ctx context.Context) (time.Time, error) {
 		}
 	})
 	t := applied.Target
+	t.TokenVerifier = ao.TokenVerifier
 	// While this connection lasts, the daemon keeps the routes in place
 	// (a CD sync replaces VirtualServices' routes).
 	if rw, ok := cl.(RouteWatcher); ok {
@@ -327,7 +368,7 @@ func (s *session) connectOnce(ctx context.Context) (time.Time, error) {
 	s.setPhase(PhaseConnecting, fmt.Sprintf("opening %d tunnel session(s) through port-forward", poolSize))
 	lk, err := s.m.link(ctx, linkParams{
 		Target:   t,
-		Token:    applied.Token,
+		Token:    saved.Token,
 		ClientID: cfg.ClientID,
 		User:     cfg.User,
 		PoolSize: poolSize,
