@@ -161,6 +161,21 @@ func TestRBACRoleCoversEveryCall(t *testing.T) {
 	}
 }
 
+// TestRBACGrantsNoSecrets: sbx keeps no credential in the cluster (the
+// relay holds only the token's verifier), so neither role may touch
+// Secrets: a developer bound to them cannot read a colleague's baseline
+// Secrets through sbx's grant, and there is no sandbox token to read.
+func TestRBACGrantsNoSecrets(t *testing.T) {
+	role, clusterRole := loadRBAC(t)
+	for _, verb := range []string{"get", "list", "watch", "create", "update", "patch", "delete", "deletecollection"} {
+		require.False(t, allowed(role, verb, "", "secrets"), "Role sbx-developer allows %s on secrets", verb)
+		require.False(t, allowedBy(clusterRole.Rules, verb, "", "secrets", ""), "ClusterRole sbx-route-reader allows %s on secrets", verb)
+	}
+	for _, r := range append(role.Rules, clusterRole.Rules...) {
+		require.NotContains(t, r.Resources, "*", "a wildcard resource would include secrets")
+	}
+}
+
 // newDynamicFake is a dynamic fake client that can list Argo Rollouts and
 // Gateway API routes.
 func newDynamicFake(objs ...runtime.Object) *dynamicfake.FakeDynamicClient {
