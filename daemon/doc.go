@@ -81,8 +81,12 @@
 // or errors.
 //
 // A new token means a new verifier, which rolls the relay: a new sandbox,
-// or a state file lost (the sandbox is connected again). The daemon waits
-// only for relay pods that check its own verifier (Target.TokenVerifier).
+// a state file lost (the sandbox is connected again), or `sbx connect NAME
+// --rotate-token` (ConnectRequest.RotateToken). A rotation while connected
+// keeps the tunnel: the daemon applies the new verifier, new sessions use
+// the new token, and they move to the new relay pod when the old one
+// drains, as in any rollout. The daemon waits only for relay pods that
+// check its own verifier (Target.TokenVerifier).
 //
 // Only applies this daemon chose may replace another verifier: the first
 // after minting a token, or after the user connects again. When the

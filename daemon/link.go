@@ -43,8 +43,9 @@ type route struct {
 // linkParams is everything needed to build a link.
 type linkParams struct {
 	Target Target
-	// Token authenticates each session (never logged).
-	Token    string
+	// Token returns the tunnel token each new session authenticates with;
+	// a rotation changes it while the link lives.
+	Token    func() string
 	ClientID string
 	User     string
 	PoolSize int

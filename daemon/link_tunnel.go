@@ -94,7 +94,7 @@ func (l *tunnelLink) addSession(ctx context.Context) error {
 	}
 	sess, _, err := tunnel.Client(ctx, conn, l.cfg, tunnel.Hello{
 		Version:  tunnel.ProtocolVersion,
-		Token:    l.p.Token,
+		Token:    l.p.Token(),
 		ClientID: l.p.ClientID,
 		Sandbox:  l.p.Target.Sandbox,
 		User:     l.p.User,

@@ -89,6 +89,7 @@ func (m *manager) startLocked(saved savedSandbox, takeover, subscribe bool) (*se
 		takeover: takeover,
 		subs:     map[chan Progress]struct{}{},
 		kick:     make(chan struct{}, 1),
+		rotate:   make(chan struct{}, 1),
 		cancel:   cancel,
 		done:     make(chan struct{}),
 	}
@@ -115,14 +116,33 @@ func (m *manager) notify() {
 }
 
 // Connect starts a session for req, or updates the spec of an existing one
-// (keeping its routing key and token) and re-applies. The returned channel
+// (keeping its routing key and token) and re-applies. With RotateToken a
+// new token replaces the sandbox's; see rotateLocked. The returned channel
 // carries the session's progress from before its first step; the caller
 // must unsubscribe it.
 //
-// restarted reports whether a connection attempt starts because of this
-// call (new sandbox, changed spec, retry of a failed one).
+// restarted reports whether a connection attempt, or a rotation, starts
+// because of this call (new sandbox, changed spec, retry of a failed one,
+// new token).
 func (m *manager) Connect(req ConnectRequest) (s *session, sub chan Progress, restarted bool, err error) {
 	name := req.Spec.Name
+	if req.rotateOnly() {
+		m.mu.Lock()
+		defer m.mu.Unlock()
+		if m.ctx.Err() != nil {
+			return nil, nil, false, errStopping
+		}
+		s, ok := m.sessions[name]
+		if !ok {
+			return nil, nil, false, &notFoundError{name}
+		}
+		sub := s.subscribe()
+		if err := m.rotateLocked(s, false); err != nil {
+			s.unsubscribe(sub)
+			return nil, nil, false, err
+		}
+		return s, sub, true, nil
+	}
 	req.KubeconfigSource = req.KubeconfigSource.canonical()
 	// --context wins over spec.cluster, which the user config may map to
 	// a context name (as kubectl-style tools do); without either, the
@@ -164,8 +184,13 @@ func (m *manager) Connect(req ConnectRequest) (s *session, sub chan Progress, re
 		s.mu.Unlock()
 		sub := s.subscribe()
 		st, _ := m.store.Sandbox(name)
-		restarted = changed || st.Phase == PhaseFailed
-		if changed || st.Phase == PhaseFailed {
+		restarted = changed || st.Phase == PhaseFailed || req.RotateToken
+		if req.RotateToken {
+			if err := m.rotateLocked(s, changed); err != nil {
+				s.unsubscribe(sub)
+				return nil, nil, false, err
+			}
+		} else if changed || st.Phase == PhaseFailed {
 			// The user asked for the sandbox here: its next apply may
 			// take it back from another daemon.
 			s.setTakeover()
@@ -181,7 +206,7 @@ func (m *manager) Connect(req ConnectRequest) (s *session, sub chan Progress, re
 			case s.kick <- struct{}{}:
 			default:
 			}
-		} else if st.Phase == PhaseFailed {
+		} else if st.Phase == PhaseFailed && !req.RotateToken {
 			select { // connecting again is how a user retries a failed sandbox
 			case s.kick <- struct{}{}:
 			default:
@@ -210,6 +235,32 @@ func (m *manager) Connect(req ConnectRequest) (s *session, sub chan Progress, re
 	s, sub = m.startLocked(saved, true, true)
 	m.persistLocked()
 	return s, sub, true, nil
+}
+
+// rotateLocked gives s a new tunnel token, saved before anything uses it,
+// and tells the supervisor: a connected sandbox applies the new verifier
+// and moves its tunnel to the relay pod that replaces the old one without
+// dropping it; any other retries at once with the new token. restarting
+// says the caller already kicked s (a changed spec), whose next attempt
+// applies the new token anyway. m.mu must be held.
+func (m *manager) rotateLocked(s *session, restarting bool) error {
+	token, err := m.newToken()
+	if err != nil {
+		return fmt.Errorf("sandbox %s: %w", s.name, err)
+	}
+	s.mu.Lock()
+	s.saved.Token = token
+	s.takeover = true
+	s.mu.Unlock()
+	m.persistLocked()
+	s.log.Info("tunnel token rotated; applying its verifier")
+	if !restarting {
+		select {
+		case s.rotate <- struct{}{}:
+		default:
+		}
+	}
+	return nil
 }
 
 // Restore starts sessions for the sandboxes saved by a previous daemon, with

@@ -1,6 +1,7 @@
 package daemon
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -8,6 +9,7 @@ import (
 	"net/http"
 	"os"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -19,6 +21,7 @@ import (
 	"github.com/sbx-dev/sbx/cluster"
 	"github.com/sbx-dev/sbx/cluster/kube"
 	"github.com/sbx-dev/sbx/cluster/sim"
+	"github.com/sbx-dev/sbx/cluster/spec"
 	"github.com/sbx-dev/sbx/tunnel"
 )
 
@@ -180,6 +183,127 @@ func TestSimTokenSurvivesRestartNotStateLoss(t *testing.T) {
 	sb, err := td.client.Sandbox(e.ctx, "alice")
 	require.NoError(t, err)
 	require.Equal(t, PhaseReady, sb.Phase)
+}
+
+// TestSimRotateTokenUnderLoad: `sbx connect alice --rotate-token` while
+// keyed requests reach the laptop and the laptop calls the cluster. The
+// relay rolls to a pod that checks the new token; the tunnel stays up and
+// moves to it as the old pod drains. No keyed request started after the
+// new relay is ready fails (nor, as it happens, any before), the daemon
+// does not reconnect, and the old token is refused afterwards.
+func TestSimRotateTokenUnderLoad(t *testing.T) {
+	e := startSimTokenEnv(t)
+	paths := testPaths(t)
+	kc := e.cluster()
+	td := e.daemon(paths, kc)
+	st := e.connect(td)
+	oldToken, oldPod := savedToken(t, paths), e.relayPod()
+
+	client := e.c.HTTPClient(sim.AppNamespace)
+	defer client.CloseIdleConnections()
+	outbound := func() error {
+		conn, err := td.d.DialOutbound(e.ctx, "alice", "route.hotrod.svc.cluster.local:8083", "127.0.0.1:40000")
+		if err != nil {
+			return fmt.Errorf("outbound dial: %w", err)
+		}
+		defer conn.Close()
+		req, _ := http.NewRequest(http.MethodGet, "http://route.hotrod.svc.cluster.local:8083/route", nil)
+		req.Close = true
+		if err := req.Write(conn); err != nil {
+			return fmt.Errorf("outbound write: %w", err)
+		}
+		resp, err := http.ReadResponse(bufio.NewReader(conn), req)
+		if err != nil {
+			return fmt.Errorf("outbound read: %w", err)
+		}
+		defer resp.Body.Close()
+		if _, err := io.Copy(io.Discard, resp.Body); err != nil {
+			return fmt.Errorf("outbound body: %w", err)
+		}
+		if resp.StatusCode != http.StatusOK {
+			return fmt.Errorf("outbound: %d", resp.StatusCode)
+		}
+		return nil
+	}
+	require.NoError(t, e.keyed(client, st))
+	require.NoError(t, outbound())
+
+	type call struct {
+		start time.Time
+		err   error
+	}
+	var mu sync.Mutex
+	calls := [2][]call{}
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	for i, f := range []func() error{func() error { return e.keyed(client, st) }, outbound} {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				start := time.Now()
+				err := f()
+				mu.Lock()
+				calls[i] = append(calls[i], call{start, err})
+				mu.Unlock()
+			}
+		}()
+	}
+
+	rotateStart := time.Now()
+	st2, err := td.client.Connect(e.ctx, ConnectRequest{Spec: spec.Sandbox{Name: "alice"}, RotateToken: true, Wait: true, Timeout: time.Minute}, nil)
+	require.NoError(t, err)
+	newReady := time.Now() // the relay for the new token is ready
+	require.Equal(t, PhaseReady, st2.Phase)
+	require.Eventually(t, func() bool {
+		_, err := e.c.Clients.Kube.CoreV1().Pods(sim.AppNamespace).Get(e.ctx, oldPod, metav1.GetOptions{})
+		return apierrors.IsNotFound(err)
+	}, time.Minute, 20*time.Millisecond, "the old relay pod goes")
+	rolled := time.Since(rotateStart)
+	time.Sleep(500 * time.Millisecond) // and traffic goes on through the new pod
+	close(stop)
+	wg.Wait()
+
+	newToken := savedToken(t, paths)
+	require.NotEqual(t, oldToken, newToken)
+	require.Equal(t, tunnel.VerifierOf(newToken).String(), e.relayVerifier())
+	require.NotEqual(t, oldPod, e.relayPod())
+	for i, name := range []string{"keyed requests", "laptop-to-cluster calls"} {
+		var before, after, failedBefore []string
+		for _, c := range calls[i] {
+			switch {
+			case c.err == nil && c.start.Before(newReady):
+				before = append(before, "ok")
+			case c.err == nil:
+				after = append(after, "ok")
+			case c.start.Before(newReady):
+				failedBefore = append(failedBefore, c.err.Error())
+			default:
+				t.Errorf("%s: started %s after the new relay was ready, failed: %v", name, c.start.Sub(newReady).Round(time.Millisecond), c.err)
+			}
+		}
+		t.Logf("rotation %s -> %s in %s: %s: %d ok before the new relay was ready, %d failed, %d ok after",
+			oldPod, e.relayPod(), rolled.Round(time.Millisecond), name, len(before), len(failedBefore), len(after))
+		require.Positive(t, len(after), name)
+		require.Empty(t, failedBefore, "%s: the tunnel stays up through a rotation", name)
+	}
+	sb, err := td.client.Sandbox(e.ctx, "alice")
+	require.NoError(t, err)
+	require.Equal(t, PhaseReady, sb.Phase)
+	require.Zero(t, sb.Reconnects, "a rotation is not a reconnect")
+	require.Equal(t, st.RoutingKey, sb.RoutingKey)
+
+	// The old token is refused now; the daemon's sessions carry on.
+	conn, err := kc.DialRelay(e.ctx, Target{Sandbox: "alice", RoutingKey: st.RoutingKey, Namespace: sim.AppNamespace})
+	require.NoError(t, err)
+	_, _, err = tunnel.Client(e.ctx, conn, e.cfg, tunnel.Hello{Token: oldToken, ClientID: "old-token", Sandbox: "alice", User: "mallory@elsewhere"})
+	require.ErrorIs(t, err, tunnel.ErrBadToken)
+	require.NoError(t, e.keyed(client, st))
 }
 
 // TestSimSecondDaemonDoesNotFight: a second laptop connects the same

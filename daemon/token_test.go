@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -14,8 +15,80 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/sbx-dev/sbx/cluster"
+	"github.com/sbx-dev/sbx/cluster/spec"
 	"github.com/sbx-dev/sbx/tunnel"
 )
+
+// TestRotateTokenKeepsTheTunnel: `sbx connect NAME --rotate-token` on a
+// connected sandbox mints a new token, saves it, and applies its verifier
+// while the tunnel stays up (no reconnect, no new link): new sessions use
+// the new token, and the connect answers once the relay for the new token
+// is ready.
+func TestRotateTokenKeepsTheTunnel(t *testing.T) {
+	fc := &fakeCluster{}
+	fl := &fakeLinker{}
+	paths := testPaths(t)
+	td := startDaemon(t, Options{Paths: paths, Clusters: fc.provider(), link: fl.link, newToken: tokenSeq("tok-one", "tok-two")})
+	ctx := context.Background()
+	st, err := td.client.Connect(ctx, ConnectRequest{Spec: testSpec("alice", "localhost:1"), Wait: true}, nil)
+	require.NoError(t, err)
+	require.Equal(t, "tok-one", fl.lastParams().Token())
+
+	var steps []string
+	st2, err := td.client.Connect(ctx, ConnectRequest{Spec: spec.Sandbox{Name: "alice"}, RotateToken: true, Wait: true, Timeout: time.Minute},
+		func(p Progress) { steps = append(steps, p.Message) })
+	require.NoError(t, err)
+	require.Equal(t, PhaseReady, st2.Phase)
+	require.Equal(t, st.RoutingKey, st2.RoutingKey, "the key stays")
+	require.Zero(t, st2.Reconnects, "a rotation is not a reconnect")
+	require.Equal(t, 1, fl.count(), "the tunnel stayed up")
+	require.Equal(t, "tok-two", fl.lastParams().Token(), "sessions dialed from now on use the new token")
+	require.Contains(t, strings.Join(steps, "\n"), "rotating the tunnel token of sandbox alice")
+	require.Contains(t, strings.Join(steps, "\n"), "token rotated")
+
+	opts := fc.appliedOptions()
+	require.Len(t, opts, 2)
+	require.Equal(t, tunnel.VerifierOf("tok-one").String(), opts[0].TokenVerifier)
+	require.Equal(t, tunnel.VerifierOf("tok-two").String(), opts[1].TokenVerifier)
+	require.False(t, opts[1].RefuseOtherVerifier, "the user asked for the new token here")
+	fc.mu.Lock()
+	waits := append([]Target(nil), fc.waits...)
+	fc.mu.Unlock()
+	require.Equal(t, opts[1].TokenVerifier, waits[len(waits)-1].TokenVerifier, "it waits for the relay of the new token")
+
+	b, err := os.ReadFile(paths.State())
+	require.NoError(t, err)
+	require.Contains(t, string(b), "tok-two")
+	require.NotContains(t, string(b), "tok-one", "the old token is gone for good")
+
+	// Rotating a sandbox the daemon does not have says so.
+	_, err = td.client.Connect(ctx, ConnectRequest{Spec: spec.Sandbox{Name: "bob"}, RotateToken: true, Wait: true}, nil)
+	var ae *APIError
+	require.ErrorAs(t, err, &ae)
+	require.Equal(t, http.StatusNotFound, ae.StatusCode)
+	require.Contains(t, err.Error(), `sandbox "bob" is not connected`)
+}
+
+// TestRotateTokenOfAnUnreadySandbox: a sandbox that failed (or is still
+// connecting) takes the new token on its next attempt, at once.
+func TestRotateTokenOfAnUnreadySandbox(t *testing.T) {
+	fc := &fakeCluster{applyErr: &PermanentError{errors.New("Deployment hotrod/route not found")}}
+	fl := &fakeLinker{}
+	td := startDaemon(t, Options{Clusters: fc.provider(), link: fl.link, newToken: tokenSeq("tok-one", "tok-two")})
+	ctx := context.Background()
+	_, err := td.client.Connect(ctx, ConnectRequest{Spec: testSpec("alice", "localhost:1"), Wait: true}, nil)
+	require.Error(t, err)
+	fc.mu.Lock()
+	fc.applyErr = nil
+	fc.mu.Unlock()
+	st, err := td.client.Connect(ctx, ConnectRequest{Spec: testSpec("alice", "localhost:1"), RotateToken: true, Wait: true, Timeout: time.Minute}, nil)
+	require.NoError(t, err)
+	require.Equal(t, PhaseReady, st.Phase)
+	opts := fc.appliedOptions()
+	require.Len(t, opts, 2)
+	require.Equal(t, tunnel.VerifierOf("tok-two").String(), opts[1].TokenVerifier)
+	require.Equal(t, "tok-two", fl.lastParams().Token())
+}
 
 // TestOwnReapplyDoesNotTakeOver: after a lost tunnel the daemon re-applies
 // with its token but refuses to replace another daemon's verifier; when it
@@ -90,6 +163,8 @@ func TestTokenOnlyInTheStateFile(t *testing.T) {
 	fc.applyErr = nil
 	fc.mu.Unlock()
 	waitPhase(t, td.client, "alice", PhaseReady)
+	_, err = td.client.Connect(ctx, ConnectRequest{Spec: spec.Sandbox{Name: "alice"}, RotateToken: true, Wait: true}, progress)
+	require.NoError(t, err)
 
 	st, err := td.client.Status(ctx)
 	require.NoError(t, err)
@@ -113,7 +188,7 @@ func TestTokenOnlyInTheStateFile(t *testing.T) {
 	}
 	state, err := os.ReadFile(paths.State())
 	require.NoError(t, err)
-	require.Contains(t, string(state), `"token": "`+testToken+`"`, "the state file is where it lives")
+	require.Contains(t, string(state), `"token": "`+testToken+`-2"`, "the state file is where it lives")
 	fi, err := os.Stat(paths.State())
 	require.NoError(t, err)
 	require.Equal(t, os.FileMode(0o600), fi.Mode().Perm())
