@@ -216,3 +216,26 @@ func TestSavedSandboxNeverPrintsItsToken(t *testing.T) {
 		require.Contains(t, s, "alice")
 	}
 }
+
+// TestRestoreWithoutTokenMintsOne: a saved sandbox without a token (a
+// state file written before the daemon kept tokens) gets a new one, saved
+// at once; its first apply may replace the verifier in the cluster, as a
+// new token's must, and later ones may not.
+func TestRestoreWithoutTokenMintsOne(t *testing.T) {
+	paths := testPaths(t)
+	sb := testSpec("alice", "localhost:1")
+	require.NoError(t, (&stateFile{path: paths.State()}).Save([]savedSandbox{{Name: "alice", RoutingKey: "k3x9a0b1c2d3e", Namespace: "hotrod", Spec: sb}}))
+	fc := &fakeCluster{}
+	fl := &fakeLinker{}
+	td := startDaemon(t, Options{Paths: paths, Clusters: fc.provider(), link: fl.link, newToken: fixedToken})
+	waitPhase(t, td.client, "alice", PhaseReady)
+	saved, err := (&stateFile{path: paths.State()}).Load()
+	require.NoError(t, err)
+	require.Equal(t, testToken, saved[0].Token)
+	opts := fc.appliedOptions()
+	require.Equal(t, tunnel.VerifierOf(testToken).String(), opts[0].TokenVerifier)
+	require.False(t, opts[0].RefuseOtherVerifier)
+	fl.last().kill(errors.New("port-forward closed"))
+	require.Eventually(t, func() bool { return len(fc.appliedOptions()) == 2 }, 10*time.Second, 5*time.Millisecond)
+	require.True(t, fc.appliedOptions()[1].RefuseOtherVerifier)
+}
