@@ -7,7 +7,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"log/slog"
 	"slices"
 	"strings"
 
@@ -62,8 +61,6 @@ func (e Event) String() string {
 // Result is what Apply did and what the caller needs next.
 type Result struct {
 	RoutingKey string
-	// Token is the tunnel token in use. Never log it.
-	Token string
 	// Namespace is the relay's namespace; RelayName its Deployment.
 	Namespace string
 	RelayName string
@@ -75,8 +72,10 @@ type Result struct {
 // Apply creates or updates every object of the sandbox so the cluster
 // matches sb, and removes what an earlier apply created but sb no longer
 // needs. It is idempotent: applying the same sandbox twice writes nothing
-// the second time. An empty o.RoutingKey or o.Token reuses the existing
-// sandbox's (so a restarted daemon keeps its key) or generates a new one.
+// the second time. An empty o.RoutingKey reuses the existing sandbox's (so
+// a restarted daemon keeps its key) or generates a new one. The token
+// verifier is the caller's: Apply never sees a token, and writes no
+// Secret.
 func Apply(ctx context.Context, c Clients, sb *spec.Sandbox, o Options, progress func(Event)) (*Result, error) {
 	if progress == nil {
 		progress = func(Event) {}
@@ -121,19 +120,12 @@ func Apply(ctx context.Context, c Clients, sb *spec.Sandbox, o Options, progress
 		}
 		o.RoutingKey = k
 	}
-	if o.Token == "" {
-		s, err := c.Kube.CoreV1().Secrets(home).Get(ctx, SecretName(sb.Name), metav1.GetOptions{})
-		switch {
-		case err == nil && s.Labels[LabelSandbox] == sb.Name && len(s.Data[TokenKey]) > 0:
-			o.Token = string(s.Data[TokenKey])
-		case err != nil && !apierrors.IsNotFound(err):
-			return nil, fmt.Errorf("read Secret %s/%s: %w", home, SecretName(sb.Name), err)
-		default:
-			t, err := NewToken()
-			if err != nil {
-				return nil, err
-			}
-			o.Token = t
+	if err := ValidateTokenVerifier(o.TokenVerifier); err != nil {
+		return nil, err
+	}
+	if o.RefuseOtherVerifier {
+		if err := checkVerifier(ctx, c, home, sb.Name, o.TokenVerifier); err != nil {
+			return nil, err
 		}
 	}
 
@@ -162,9 +154,6 @@ func Apply(ctx context.Context, c Clients, sb *spec.Sandbox, o Options, progress
 	}
 	setOwner(objs, owners)
 
-	if err := applySecret(ctx, c, objs.Secret, progress); err != nil {
-		return nil, err
-	}
 	for _, s := range objs.Services {
 		if err := applyService(ctx, c, s, progress); err != nil {
 			return nil, err
@@ -196,16 +185,61 @@ func Apply(ctx context.Context, c Clients, sb *spec.Sandbox, o Options, progress
 			}
 		}
 	}
-	// The caller gets the token once, in Result.Token; the objects it may
-	// log or print carry the placeholder.
-	objs.Secret.Data = map[string][]byte{TokenKey: []byte(TokenPlaceholder)}
-	return &Result{RoutingKey: o.RoutingKey, Token: o.Token, Namespace: home, RelayName: objs.Relay.Name, Objects: objs, Routes: routes}, nil
+	return &Result{RoutingKey: o.RoutingKey, Namespace: home, RelayName: objs.Relay.Name, Objects: objs, Routes: routes}, nil
 }
 
-// LogValue keeps the token out of logs.
-func (r Result) LogValue() slog.Value {
-	return slog.GroupValue(slog.String("routingKey", r.RoutingKey), slog.String("namespace", r.Namespace),
-		slog.String("relay", r.RelayName), slog.String("token", redacted(r.Token)))
+// ErrVerifierMismatch: the sandbox's relay checks Hellos against another
+// token verifier than the caller's (Options.RefuseOtherVerifier, and
+// WaitRelay). Another daemon applied the sandbox with its own token, or
+// someone edited the Deployment.
+var ErrVerifierMismatch = errors.New("the relay's verifier does not match this daemon's token: the relay was re-created by another daemon or its Deployment was edited")
+
+// VerifierMismatchError says which relay checks which verifier. Only
+// prefixes are shown: enough to tell two apart, and a verifier is no
+// secret anyway.
+type VerifierMismatchError struct {
+	Namespace, Deployment string
+	// Relay is the verifier the relay Deployment passes ("" for none);
+	// Want the caller's.
+	Relay, Want string
+}
+
+func (e *VerifierMismatchError) Error() string {
+	return fmt.Sprintf("%v (Deployment %s/%s has --token-sha256 %s, this daemon's token hashes to %s)",
+		ErrVerifierMismatch, e.Namespace, e.Deployment, verifierPrefix(e.Relay), verifierPrefix(e.Want))
+}
+
+// Unwrap makes errors.Is(err, ErrVerifierMismatch) work.
+func (e *VerifierMismatchError) Unwrap() error { return ErrVerifierMismatch }
+
+func verifierPrefix(v string) string {
+	if v == "" {
+		return "(none)"
+	}
+	if len(v) > 12 {
+		return v[:12] + "…"
+	}
+	return v
+}
+
+// checkVerifier fails with a *VerifierMismatchError when the sandbox's
+// relay Deployment exists and passes the relay another verifier than want.
+// A Deployment that is not the sandbox's is left for upsert to refuse.
+func checkVerifier(ctx context.Context, c Clients, ns, sandbox, want string) error {
+	d, err := c.Kube.AppsV1().Deployments(ns).Get(ctx, RelayName(sandbox), metav1.GetOptions{})
+	if apierrors.IsNotFound(err) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("read Deployment %s/%s: %w", ns, RelayName(sandbox), err)
+	}
+	if d.Labels[LabelSandbox] != sandbox || d.Labels[LabelManagedBy] != ManagedByValue {
+		return nil
+	}
+	if got := relayVerifier(&d.Spec.Template.Spec); got != want {
+		return &VerifierMismatchError{Namespace: ns, Deployment: d.Name, Relay: got, Want: want}
+	}
+	return nil
 }
 
 // specHash digests what sbx writes for an object, so a later apply can tell
@@ -291,15 +325,6 @@ func applyLease(ctx context.Context, c Clients, l *coordinationv1.Lease, progres
 		}
 	}
 	return live, nil
-}
-
-func applySecret(ctx context.Context, c Clients, s *corev1.Secret, progress func(Event)) error {
-	// Hash the token's digest, not the token: the annotation is readable by
-	// anyone who can get the Secret's metadata.
-	h := s.DeepCopy()
-	h.Data = map[string][]byte{TokenKey: []byte(tokenHash(string(s.Data[TokenKey])))}
-	_, err := upsert(ctx, c.Kube.CoreV1().Secrets(s.Namespace), "Secret", s.DeepCopy(), specHash(h), nil, progress)
-	return err
 }
 
 func applyService(ctx context.Context, c Clients, s *corev1.Service, progress func(Event)) error {

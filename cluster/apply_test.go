@@ -11,6 +11,8 @@ import (
 	"testing"
 
 	istionet "istio.io/client-go/pkg/apis/networking/v1"
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
@@ -81,7 +83,7 @@ func TestApplyCreatesAndIsIdempotent(t *testing.T) {
 	// CD's route VirtualService, and the two gateway VirtualServices that
 	// send to frontend (keyed twins for requests entering there).
 	require.Equal(t, 3, log.actions()[ActionUpdated], log.events)
-	require.Equal(t, 1+1+1+3+2, log.actions()[ActionCreated], log.events) // lease, secret, deployment, 3 services, 2 own VSs
+	require.Equal(t, 1+1+3+2, log.actions()[ActionCreated], log.events) // lease, deployment, 3 services, 2 own VSs
 	require.Equal(t, 1, log.actions()[ActionWarning], "CD's route VirtualService is synced by Argo CD")
 
 	lease, err := f.Kube.CoordinationV1().Leases("hotrod").Get(t.Context(), "sbx-alice", metav1.GetOptions{})
@@ -101,33 +103,84 @@ func TestApplyCreatesAndIsIdempotent(t *testing.T) {
 	require.NoError(t, err)
 	require.Empty(t, f.writes())
 	require.Zero(t, log2.actions()[ActionCreated]+log2.actions()[ActionUpdated]+log2.actions()[ActionDeleted])
-	require.Equal(t, 6+5, log2.actions()[ActionUnchanged], "6 objects and 5 VirtualServices with routes in place")
+	require.Equal(t, 5+5, log2.actions()[ActionUnchanged], "5 objects and 5 VirtualServices with routes in place")
 }
 
-func TestApplyReusesKeyAndToken(t *testing.T) {
+// TestApplyKeepsKeyAndRollsOnlyOnNewVerifier: a re-apply with the same
+// token's verifier (a restarted daemon with its state) reuses the key and
+// leaves the relay Deployment alone, so the relay does not roll; a new
+// token (rotation, or a daemon that lost its state) changes the relay's
+// args, and so its pod template, which rolls it.
+func TestApplyKeepsKeyAndRollsOnlyOnNewVerifier(t *testing.T) {
 	f := hotrodFake(t)
-	o := Options{RelayImage: testImage}
+	o := Options{RelayImage: testImage, TokenVerifier: testVerifier("one")}
 	r1, err := Apply(t.Context(), f.Clients, routeSandbox("alice"), o, nil)
 	require.NoError(t, err)
 	require.NoError(t, ValidateRoutingKey(r1.RoutingKey))
-	require.Len(t, r1.Token, 43)
+	d1, err := f.Kube.AppsV1().Deployments("hotrod").Get(t.Context(), "sbx-alice-relay", metav1.GetOptions{})
+	require.NoError(t, err)
 	f.clearActions()
 	r2, err := Apply(t.Context(), f.Clients, routeSandbox("alice"), o, nil)
 	require.NoError(t, err)
 	require.Equal(t, r1.RoutingKey, r2.RoutingKey)
-	require.Equal(t, r1.Token, r2.Token)
 	require.Empty(t, f.writes())
-
-	// A new token rolls the relay pod (it reads the token once).
-	d1, _ := f.Kube.AppsV1().Deployments("hotrod").Get(t.Context(), "sbx-alice-relay", metav1.GetOptions{})
-	o.Token = "another-token"
-	_, err = Apply(t.Context(), f.Clients, routeSandbox("alice"), o, nil)
+	d2, err := f.Kube.AppsV1().Deployments("hotrod").Get(t.Context(), "sbx-alice-relay", metav1.GetOptions{})
 	require.NoError(t, err)
-	d2, _ := f.Kube.AppsV1().Deployments("hotrod").Get(t.Context(), "sbx-alice-relay", metav1.GetOptions{})
-	require.NotEqual(t, d1.Spec.Template.Annotations[AnnotationTokenHash], d2.Spec.Template.Annotations[AnnotationTokenHash])
-	require.NotContains(t, d2.Spec.Template.Annotations[AnnotationTokenHash], "another-token")
-	sec, _ := f.Kube.CoreV1().Secrets("hotrod").Get(t.Context(), "sbx-alice-token", metav1.GetOptions{})
-	require.Equal(t, "another-token", string(sec.Data["token"]))
+	require.Equal(t, d1.ResourceVersion, d2.ResourceVersion)
+	require.Equal(t, d1.Spec.Template, d2.Spec.Template)
+
+	// A new token: same key, another pod template.
+	o.TokenVerifier = testVerifier("two")
+	r3, err := Apply(t.Context(), f.Clients, routeSandbox("alice"), o, nil)
+	require.NoError(t, err)
+	require.Equal(t, r1.RoutingKey, r3.RoutingKey)
+	d3, err := f.Kube.AppsV1().Deployments("hotrod").Get(t.Context(), "sbx-alice-relay", metav1.GetOptions{})
+	require.NoError(t, err)
+	require.NotEqual(t, d1.Spec.Template, d3.Spec.Template)
+	require.Equal(t, testVerifier("two"), relayVerifier(&d3.Spec.Template.Spec))
+	require.Equal(t, testVerifier("one"), relayVerifier(&d1.Spec.Template.Spec))
+
+	// Apply checks the verifier's form: a token passed by mistake, or the
+	// render placeholder, never reaches the cluster.
+	for _, v := range []string{"", testToken("two"), VerifierPlaceholder, strings.ToUpper(testVerifier("two"))} {
+		o.TokenVerifier = v
+		_, err = Apply(t.Context(), f.Clients, routeSandbox("alice"), o, nil)
+		require.ErrorContains(t, err, "the token verifier is not 64 lowercase hex digits", v)
+		require.NotContains(t, err.Error(), testToken("two"))
+	}
+}
+
+// TestApplyRefusesOtherVerifier: a daemon re-applying on its own
+// (RefuseOtherVerifier) does not take the sandbox back from another daemon
+// that applied it with its own token since: Apply fails before writing,
+// naming both verifiers by prefix. Without the option (the user connects
+// again, or rotates) it takes over.
+func TestApplyRefusesOtherVerifier(t *testing.T) {
+	f := hotrodFake(t)
+	mine, theirs := testOptions(testKey), testOptions(testKey)
+	theirs.TokenVerifier = testVerifier("other daemon")
+	_, err := Apply(t.Context(), f.Clients, routeSandbox("alice"), mine, nil)
+	require.NoError(t, err)
+	_, err = Apply(t.Context(), f.Clients, routeSandbox("alice"), theirs, nil)
+	require.NoError(t, err)
+
+	f.clearActions()
+	mine.RefuseOtherVerifier = true
+	_, err = Apply(t.Context(), f.Clients, routeSandbox("alice"), mine, nil)
+	require.ErrorIs(t, err, ErrVerifierMismatch)
+	var vm *VerifierMismatchError
+	require.ErrorAs(t, err, &vm)
+	require.Equal(t, theirs.TokenVerifier, vm.Relay)
+	require.ErrorContains(t, err, "Deployment hotrod/sbx-alice-relay has --token-sha256 "+theirs.TokenVerifier[:12]+"…, this daemon's token hashes to "+mine.TokenVerifier[:12]+"…")
+	require.Empty(t, f.writes(), "refused before writing anything")
+
+	// The same verifier, or no Deployment at all, is no conflict.
+	theirs.RefuseOtherVerifier = true
+	_, err = Apply(t.Context(), f.Clients, routeSandbox("alice"), theirs, nil)
+	require.NoError(t, err)
+	require.NoError(t, f.Kube.AppsV1().Deployments("hotrod").Delete(t.Context(), "sbx-alice-relay", metav1.DeleteOptions{}))
+	_, err = Apply(t.Context(), f.Clients, routeSandbox("alice"), mine, nil)
+	require.NoError(t, err)
 }
 
 // TestApplyRollsRelayOnDenyChange: a changed deny list (outbound.deny)
@@ -254,10 +307,6 @@ func TestTwoSandboxesShareOwnedVirtualService(t *testing.T) {
 		},
 		func() (int, error) {
 			l, err := f.Kube.CoreV1().Services("hotrod").List(t.Context(), metav1.ListOptions{LabelSelector: LabelManagedBy + "=sbx"})
-			return len(l.Items), err
-		},
-		func() (int, error) {
-			l, err := f.Kube.CoreV1().Secrets("hotrod").List(t.Context(), metav1.ListOptions{LabelSelector: LabelManagedBy + "=sbx"})
 			return len(l.Items), err
 		},
 		func() (int, error) {
@@ -420,10 +469,13 @@ spec:
 
 func TestApplyRefusesForeignObject(t *testing.T) {
 	f := hotrodFake(t)
-	_, err := f.Kube.CoreV1().Secrets("hotrod").Create(t.Context(), &corevSecret, metav1.CreateOptions{})
+	foreign := &appsv1.Deployment{ObjectMeta: metav1.ObjectMeta{Name: "sbx-alice-relay", Namespace: "hotrod"}}
+	_, err := f.Kube.AppsV1().Deployments("hotrod").Create(t.Context(), foreign, metav1.CreateOptions{})
 	require.NoError(t, err)
-	_, err = Apply(t.Context(), f.Clients, routeSandbox("alice"), testOptions(testKey), nil)
-	require.ErrorContains(t, err, "Secret hotrod/sbx-alice-token exists and does not belong to sbx sandbox alice")
+	o := testOptions(testKey)
+	o.RefuseOtherVerifier = true // not a verifier conflict: not sbx's Deployment
+	_, err = Apply(t.Context(), f.Clients, routeSandbox("alice"), o, nil)
+	require.ErrorContains(t, err, "Deployment hotrod/sbx-alice-relay exists and does not belong to sbx sandbox alice")
 }
 
 func TestApplyErrorsFromTheLiveBaseline(t *testing.T) {
@@ -443,20 +495,32 @@ func TestApplyErrorsFromTheLiveBaseline(t *testing.T) {
 	require.ErrorContains(t, err, "networking.istio.io/v1 API is not served; sbx needs Istio")
 }
 
-func TestTokenNeverLogged(t *testing.T) {
+// TestClusterHoldsOnlyTheVerifier: what Apply writes, logs and renders
+// carries the token's verifier and never the token, and no Secret: a
+// colleague who may read everything in the namespace learns the hash only.
+func TestClusterHoldsOnlyTheVerifier(t *testing.T) {
 	f := hotrodFake(t)
 	o := testOptions(testKey)
-	res, err := Apply(t.Context(), f.Clients, routeSandbox("alice"), o, nil)
+	res, err := Apply(t.Context(), f.Clients, threeSandbox(), o, nil)
 	require.NoError(t, err)
-	var b strings.Builder
-	logger := slog.New(slog.NewTextHandler(&b, nil))
-	logger.Info("applied", "result", res, "options", o)
-	require.NotContains(t, b.String(), o.Token)
-	require.Contains(t, b.String(), testKey)
-	var y strings.Builder
-	require.NoError(t, res.Objects.WriteYAML(&y))
-	require.NotContains(t, y.String(), o.Token)
-	require.Equal(t, o.Token, res.Token)
+	var out strings.Builder
+	slog.New(slog.NewTextHandler(&out, nil)).Info("applied", "result", res, "options", o)
+	require.NoError(t, res.Objects.WriteYAML(&out))
+	for _, a := range f.kube.Actions() {
+		require.NotEqual(t, "secrets", a.GetResource().Resource, "sbx makes no Secret call: %s", a)
+		if c, ok := a.(k8stesting.CreateAction); ok {
+			b, err := json.Marshal(c.GetObject())
+			require.NoError(t, err)
+			out.Write(b)
+		}
+	}
+	for _, obj := range res.Objects.List() {
+		_, isSecret := obj.(*corev1.Secret)
+		require.False(t, isSecret)
+	}
+	require.NotContains(t, out.String(), testToken(testKey))
+	require.Contains(t, out.String(), "--token-sha256")
+	require.Contains(t, out.String(), o.TokenVerifier)
 }
 
 // Without cluster-wide read of VirtualServices, sbx plans from the

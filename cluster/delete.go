@@ -54,7 +54,7 @@ func sandboxSelector(name string) string {
 
 // Delete removes everything the sandbox created: its routes inside shared
 // VirtualServices (which the garbage collector cannot), the relay
-// Deployment, Services, Secret, and last the Leases. Objects already gone
+// Deployment, Services, and last the Leases. Objects already gone
 // are fine; a sandbox with no objects at all gives ErrSandboxNotFound.
 func Delete(ctx context.Context, c Clients, ref Ref, progress func(Event)) error {
 	if progress == nil {
@@ -126,7 +126,6 @@ func prune(ctx context.Context, c Clients, objs *Objects, nss []string, progress
 	for _, l := range objs.Leases {
 		add("Lease", l)
 	}
-	add("Secret", objs.Secret)
 	add("Deployment", objs.Relay)
 	for _, s := range objs.Services {
 		add("Service", s)
@@ -172,15 +171,6 @@ func deleteObjects(ctx context.Context, c Clients, nss []string, sandbox string,
 		}
 		for _, s := range svcs.Items {
 			if err := del("Service", ns, s.Name, func() error { return c.Kube.CoreV1().Services(ns).Delete(ctx, s.Name, opts) }); err != nil {
-				return n, err
-			}
-		}
-		secs, err := c.Kube.CoreV1().Secrets(ns).List(ctx, sel)
-		if err != nil {
-			return n, fmt.Errorf("list Secrets in %s: %w", ns, err)
-		}
-		for _, s := range secs.Items {
-			if err := del("Secret", ns, s.Name, func() error { return c.Kube.CoreV1().Secrets(ns).Delete(ctx, s.Name, opts) }); err != nil {
 				return n, err
 			}
 		}

@@ -1,8 +1,6 @@
 package cluster
 
 import (
-	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -29,10 +27,6 @@ const (
 	// FirstInboundPort is the relay container port of the first mapping;
 	// each further mapping takes the next port.
 	FirstInboundPort = 20001
-	// TokenEnv is the relay's token environment variable.
-	TokenEnv = "SBX_RELAY_TOKEN"
-	// TokenKey is the Secret key holding the token.
-	TokenKey = "token"
 	// RelayUID is the numeric non-root user the relay runs as (the
 	// distroless "nonroot" user).
 	RelayUID = 65532
@@ -175,13 +169,16 @@ func relaySelector(sandbox string) map[string]string {
 }
 
 // RelayArgs returns the `sbx relay` arguments for a sandbox, exactly as the
-// relay command-line contract specifies. maxStreams is the stream cap; 0 or
-// the default adds no flag, so existing relays keep their exact args. deny
-// adds one --deny per range, in order, after the other flags (none when
-// empty, again keeping existing relays' args).
-func RelayArgs(sandbox string, workloads []ResolvedWorkload, maxStreams int, deny []netip.Prefix) []string {
+// relay command-line contract specifies. verifier is the token's verifier
+// (see Options.TokenVerifier): a new token changes the args, and so rolls
+// the relay pod. maxStreams is the stream cap; 0 or the default adds no
+// flag, so existing relays keep their exact args. deny adds one --deny per
+// range, in order, after the other flags (none when empty, again keeping
+// existing relays' args).
+func RelayArgs(sandbox, verifier string, workloads []ResolvedWorkload, maxStreams int, deny []netip.Prefix) []string {
 	args := []string{"relay",
 		"--sandbox", sandbox,
+		tokenSHA256Flag, verifier,
 		"--listen", fmt.Sprintf("127.0.0.1:%d", TunnelPort),
 		"--health-listen", fmt.Sprintf(":%d", HealthPort),
 	}
@@ -200,15 +197,29 @@ func RelayArgs(sandbox string, workloads []ResolvedWorkload, maxStreams int, den
 	return args
 }
 
-func tokenHash(token string) string {
-	if token == TokenPlaceholder {
-		return TokenPlaceholder
+// tokenSHA256Flag is the relay flag carrying the token's verifier.
+const tokenSHA256Flag = "--token-sha256"
+
+// relayVerifier returns the token verifier a relay pod spec passes to the
+// relay ("" when it passes none): what that relay checks Hellos against.
+func relayVerifier(ps *corev1.PodSpec) string {
+	for _, c := range ps.Containers {
+		if c.Name != relayContainer {
+			continue
+		}
+		for i, a := range c.Args {
+			if v, ok := strings.CutPrefix(a, tokenSHA256Flag+"="); ok {
+				return v
+			}
+			if a == tokenSHA256Flag && i+1 < len(c.Args) {
+				return c.Args[i+1]
+			}
+		}
 	}
-	sum := sha256.Sum256([]byte("sbx-token:" + token))
-	return hex.EncodeToString(sum[:8])
+	return ""
 }
 
-func relayDeployment(sandbox, namespace, key, token, image string, maxStreams int, deny []netip.Prefix, workloads []ResolvedWorkload) *appsv1.Deployment {
+func relayDeployment(sandbox, namespace, key, verifier, image string, maxStreams int, deny []netip.Prefix, workloads []ResolvedWorkload) *appsv1.Deployment {
 	memLimit, memRequest, goMemLimit := relayMemory(maxStreams)
 	ports := []corev1.ContainerPort{
 		{Name: "tunnel", ContainerPort: TunnelPort, Protocol: corev1.ProtocolTCP},
@@ -245,10 +256,7 @@ func relayDeployment(sandbox, namespace, key, token, image string, maxStreams in
 				},
 			},
 			Template: corev1.PodTemplateSpec{
-				ObjectMeta: metav1.ObjectMeta{
-					Labels:      podLabels,
-					Annotations: map[string]string{AnnotationTokenHash: tokenHash(token)},
-				},
+				ObjectMeta: metav1.ObjectMeta{Labels: podLabels},
 				Spec: corev1.PodSpec{
 					AutomountServiceAccountToken:  ptr.To(false),
 					EnableServiceLinks:            ptr.To(false),
@@ -263,14 +271,8 @@ func relayDeployment(sandbox, namespace, key, token, image string, maxStreams in
 						Name:    relayContainer,
 						Image:   image,
 						Command: []string{"sbx"},
-						Args:    RelayArgs(sandbox, workloads, maxStreams, deny),
+						Args:    RelayArgs(sandbox, verifier, workloads, maxStreams, deny),
 						Env: []corev1.EnvVar{{
-							Name: TokenEnv,
-							ValueFrom: &corev1.EnvVarSource{SecretKeyRef: &corev1.SecretKeySelector{
-								LocalObjectReference: corev1.LocalObjectReference{Name: SecretName(sandbox)},
-								Key:                  TokenKey,
-							}},
-						}, {
 							// The Go runtime collects harder as the heap nears
 							// this soft limit, short of the container's hard one.
 							Name: "GOMEMLIMIT", Value: goMemLimit,

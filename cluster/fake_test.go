@@ -9,10 +9,8 @@ import (
 
 	istionet "istio.io/client-go/pkg/apis/networking/v1"
 	istiofake "istio.io/client-go/pkg/clientset/versioned/fake"
-	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
 	kubefake "k8s.io/client-go/kubernetes/fake"
@@ -21,6 +19,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/sbx-dev/sbx/cluster/spec"
+	"github.com/sbx-dev/sbx/tunnel"
 )
 
 const testKey = "k3x9a0b1c2d3e"
@@ -157,7 +156,11 @@ func routeSandbox(name string) *spec.Sandbox {
 }
 
 func testOptions(key string) Options {
-	return Options{RoutingKey: key, Token: "test-token-" + key, RelayImage: testImage, Holder: "alice@laptop"}
+	return Options{RoutingKey: key, TokenVerifier: testVerifier(key), RelayImage: testImage, Holder: "alice@laptop"}
 }
 
-var corevSecret = corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "sbx-alice-token", Namespace: "hotrod"}}
+// testToken is the tunnel token a daemon would hold for key; the cluster
+// gets only testVerifier(key).
+func testToken(key string) string { return "test-token-" + key }
+
+func testVerifier(key string) string { return tunnel.VerifierOf(testToken(key)).String() }

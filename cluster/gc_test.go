@@ -106,6 +106,13 @@ func relayPod(name string, created time.Time, mutate func(*corev1.Pod)) *corev1.
 	return p
 }
 
+// withVerifier makes the pod's relay check Hellos against v.
+func withVerifier(v string) func(*corev1.Pod) {
+	return func(p *corev1.Pod) {
+		p.Spec.Containers = []corev1.Container{{Name: "relay", Args: RelayArgs("alice", v, nil, 0, nil)}}
+	}
+}
+
 func ready(p *corev1.Pod) {
 	p.Status.Phase = corev1.PodRunning
 	p.Status.Conditions = []corev1.PodCondition{{Type: corev1.PodReady, Status: corev1.ConditionTrue}}
@@ -164,6 +171,56 @@ func TestWaitRelay(t *testing.T) {
 		p, err := WaitRelay(t.Context(), f.Clients, o, nil)
 		require.NoError(t, err)
 		require.Equal(t, "new", p.Name)
+	})
+
+	// A rotation rolls the relay: the old token's pod stays ready until the
+	// new one is. Waiting for the new verifier passes over the old pod
+	// (its relay would refuse the new token) and returns the new one.
+	t.Run("passes over the pods of another token", func(t *testing.T) {
+		oldV, newV := testVerifier("old"), testVerifier("new")
+		dep := &appsv1.Deployment{ObjectMeta: metav1.ObjectMeta{Name: "sbx-alice-relay", Namespace: "hotrod"},
+			Spec: appsv1.DeploymentSpec{Template: corev1.PodTemplateSpec{Spec: corev1.PodSpec{Containers: []corev1.Container{{
+				Name: "relay", Args: RelayArgs("alice", newV, nil, 0, nil)}}}}}}
+		f := hotrodFake(t, dep,
+			relayPod("old", base, func(p *corev1.Pod) { ready(p); withVerifier(oldV)(p) }),
+			relayPod("new", base.Add(-time.Minute), withVerifier(newV)))
+		vo := o
+		vo.TokenVerifier = newV
+		var log eventLog
+		progress := func(e Event) {
+			log.add(e)
+			if e.Action == ActionWaiting {
+				p, err := f.Kube.CoreV1().Pods("hotrod").Get(t.Context(), "new", metav1.GetOptions{})
+				require.NoError(t, err)
+				ready(p)
+				_, err = f.Kube.CoreV1().Pods("hotrod").UpdateStatus(t.Context(), p, metav1.UpdateOptions{})
+				require.NoError(t, err)
+			}
+		}
+		p, err := WaitRelay(t.Context(), f.Clients, vo, progress)
+		require.NoError(t, err)
+		require.Equal(t, "new", p.Name)
+		require.Contains(t, log.events[0].Message, "pod new:")
+		require.NotContains(t, log.events[0].Message, "pod old")
+
+		// Without a verifier (or with the old one) the old pod does.
+		p, err = WaitRelay(t.Context(), f.Clients, o, nil)
+		require.NoError(t, err)
+		require.Equal(t, "old", p.Name)
+	})
+
+	// Another daemon applied the sandbox with its token: no pod will ever
+	// run this daemon's verifier, and the wait says so at once.
+	t.Run("another verifier in the Deployment fails at once", func(t *testing.T) {
+		theirs := testVerifier("theirs")
+		dep := &appsv1.Deployment{ObjectMeta: metav1.ObjectMeta{Name: "sbx-alice-relay", Namespace: "hotrod"},
+			Spec: appsv1.DeploymentSpec{Template: corev1.PodTemplateSpec{Spec: corev1.PodSpec{Containers: []corev1.Container{{
+				Name: "relay", Args: RelayArgs("alice", theirs, nil, 0, nil)}}}}}}
+		f := hotrodFake(t, dep, relayPod("theirs", base, func(p *corev1.Pod) { ready(p); withVerifier(theirs)(p) }))
+		vo := o
+		vo.TokenVerifier = testVerifier("mine")
+		_, err := WaitRelay(t.Context(), f.Clients, vo, nil)
+		require.ErrorIs(t, err, ErrVerifierMismatch)
 	})
 
 	t.Run("waits, reports, then returns the pod once ready", func(t *testing.T) {

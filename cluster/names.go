@@ -24,10 +24,6 @@ const (
 	// sandbox has objects in, so apply can prune a namespace the spec
 	// dropped and delete can find everything.
 	AnnotationNamespaces = "sbx.dev/namespaces"
-	// AnnotationTokenHash on the relay pod template changes when the token
-	// changes: the relay reads the token from env once, so a new token must
-	// roll the pod.
-	AnnotationTokenHash = "sbx.dev/token-hash"
 	// AnnotationDescription carries the spec's description.
 	AnnotationDescription = "sbx.dev/description"
 )
@@ -62,9 +58,6 @@ func dns1035(s string) string {
 
 // LeaseName is the name of the sandbox's Lease, in every namespace it uses.
 func LeaseName(sandbox string) string { return shorten("sbx-"+sandbox, maxLabel) }
-
-// SecretName is the name of the Secret holding the tunnel token.
-func SecretName(sandbox string) string { return shorten("sbx-"+sandbox+"-token", maxLabel) }
 
 // RelayName is the name of the relay Deployment.
 func RelayName(sandbox string) string { return shorten("sbx-"+sandbox+"-relay", maxLabel) }

@@ -47,6 +47,7 @@ func TestPlanRelayDeployment(t *testing.T) {
 	require.Equal(t, []string{"sbx"}, c.Command)
 	require.Equal(t, []string{"relay",
 		"--sandbox", "alice",
+		"--token-sha256", testVerifier(testKey),
 		"--listen", "127.0.0.1:7000",
 		"--health-listen", ":7001",
 		"--inbound", "20001=frontend/8080/http",
@@ -55,20 +56,20 @@ func TestPlanRelayDeployment(t *testing.T) {
 		"--grace", "10s",
 		"--drain-timeout", "20s",
 	}, c.Args)
-	require.Len(t, c.Env, 2)
-	require.Equal(t, "SBX_RELAY_TOKEN", c.Env[0].Name)
-	require.Equal(t, "GOMEMLIMIT", c.Env[1].Name)
+	// The relay gets the token's verifier in its args, nothing from a
+	// Secret: its only env is the runtime's memory limit.
+	require.Len(t, c.Env, 1)
+	require.Equal(t, "GOMEMLIMIT", c.Env[0].Name)
+	require.Nil(t, c.Env[0].ValueFrom)
+	require.Empty(t, c.EnvFrom)
 	// The runtime throws at startup on a value outside its own grammar (a
 	// Kubernetes "460Mi" would crash-loop the relay), so check that first.
-	require.Regexp(t, `^[0-9]+(B|KiB|MiB|GiB|TiB)$`, c.Env[1].Value, "GOMEMLIMIT in the Go runtime's units (go doc runtime)")
+	require.Regexp(t, `^[0-9]+(B|KiB|MiB|GiB|TiB)$`, c.Env[0].Value, "GOMEMLIMIT in the Go runtime's units (go doc runtime)")
 	limit := c.Resources.Limits.Memory().Value()
-	goLimit, err := resource.ParseQuantity(strings.TrimSuffix(c.Env[1].Value, "B")) // Go writes MiB, Kubernetes Mi
+	goLimit, err := resource.ParseQuantity(strings.TrimSuffix(c.Env[0].Value, "B")) // Go writes MiB, Kubernetes Mi
 	require.NoError(t, err)
 	require.InDelta(t, 0.9, float64(goLimit.Value())/float64(limit), 0.02, "GOMEMLIMIT is ~90% of the container limit")
-	require.Empty(t, c.Env[0].Value, "the token comes from the Secret, never inline")
-	require.Equal(t, objs.Secret.Name, c.Env[0].ValueFrom.SecretKeyRef.Name)
-	require.Equal(t, "token", c.Env[0].ValueFrom.SecretKeyRef.Key)
-	require.Equal(t, []byte("test-token-"+testKey), objs.Secret.Data["token"])
+	require.Equal(t, testVerifier(testKey), relayVerifier(&d.Spec.Template.Spec))
 
 	var ports []int32
 	for _, p := range c.Ports {
@@ -152,8 +153,8 @@ func TestPlanRelayMaxStreams(t *testing.T) {
 	require.Equal(t, []string{"--drain-timeout", "20s", "--max-streams", "256"}, c.Args[len(c.Args)-4:])
 	require.Equal(t, "704Mi", c.Resources.Limits.Memory().String())
 	require.Equal(t, "88Mi", c.Resources.Requests.Memory().String())
-	require.Equal(t, "GOMEMLIMIT", c.Env[1].Name)
-	require.Equal(t, "633MiB", c.Env[1].Value)
+	require.Equal(t, "GOMEMLIMIT", c.Env[0].Name)
+	require.Equal(t, "633MiB", c.Env[0].Value)
 
 	// The default, given explicitly, renders as if left out.
 	o.RelayMaxStreams = DefaultRelayMaxStreams
@@ -176,7 +177,7 @@ func TestPlanRelayMaxStreams(t *testing.T) {
 // DefaultRelayMaxStreams, so it must be the relay's own default.
 func TestRelayMaxStreamsMatchesRelay(t *testing.T) {
 	require.Equal(t, relay.DefaultMaxStreams, DefaultRelayMaxStreams)
-	o, err := relay.ParseArgs(RelayArgs("alice", nil, 256, nil)[1:], func(string) string { return "tok" })
+	o, err := relay.ParseArgs(RelayArgs("alice", testVerifier(testKey), nil, 256, nil)[1:])
 	require.NoError(t, err)
 	require.Equal(t, 256, o.MaxStreams)
 }
@@ -191,7 +192,7 @@ func TestPlanRelayDeny(t *testing.T) {
 	require.Equal(t, []string{"--max-streams", "256", "--deny", "10.0.0.0/24", "--deny", "100.64.0.7/32", "--deny", "fd00:bad::/32"}, c.Args[len(c.Args)-8:])
 
 	// The relay reads back exactly the configured list.
-	ro, err := relay.ParseArgs(c.Args[1:], func(string) string { return "tok" })
+	ro, err := relay.ParseArgs(c.Args[1:])
 	require.NoError(t, err)
 	require.Equal(t, o.RelayDeny, ro.Deny)
 
@@ -265,7 +266,7 @@ func TestParseRelayDenyMatchesRelay(t *testing.T) {
 		{"", ""},
 	} {
 		p, err := ParseRelayDeny(tt.in)
-		ro, rerr := relay.ParseArgs([]string{"--sandbox", "a", "--deny", tt.in}, func(string) string { return "tok" })
+		ro, rerr := relay.ParseArgs([]string{"--sandbox", "a", "--token-sha256", testVerifier(testKey), "--deny", tt.in})
 		if tt.want == "" {
 			require.Error(t, err, tt.in)
 			require.Equal(t, fmt.Sprintf("%q is not an IP address or CIDR prefix; want an address or range the relay must never dial, e.g. 10.0.0.0/24 or 100.64.0.7", tt.in), err.Error())
@@ -373,7 +374,7 @@ func TestServiceNameLimits(t *testing.T) {
 	require.Equal(t, "route-sbx-"+testKey, ServiceName("route", testKey))
 	// Two long names sharing a prefix still differ.
 	require.NotEqual(t, ServiceName(long+"x", testKey), ServiceName(long+"y", testKey))
-	for _, n := range []string{LeaseName(long), SecretName(long), RelayName(long), OwnedVirtualServiceName(long)} {
+	for _, n := range []string{LeaseName(long), RelayName(long), OwnedVirtualServiceName(long)} {
 		require.Empty(t, validation.IsDNS1123Label(n), n)
 	}
 	require.NotEqual(t, RelayName(long), RelayName(long[:62]+"b"))
@@ -403,10 +404,15 @@ func TestResolveErrors(t *testing.T) {
 	require.ErrorContains(t, err, "no Service in namespace hotrod selects Deployment hotrod/route")
 	require.ErrorContains(t, err, "other (selector {app=other})")
 
-	_, err = Plan(t.Context(), m, routeSandbox("alice"), Options{RoutingKey: testKey, Token: "t"})
+	_, err = Plan(t.Context(), m, routeSandbox("alice"), Options{RoutingKey: testKey, TokenVerifier: testVerifier(testKey)})
 	require.ErrorContains(t, err, "--relay-image")
-	_, err = Plan(t.Context(), m, routeSandbox("alice"), Options{RoutingKey: "BAD", Token: "t", RelayImage: testImage})
+	_, err = Plan(t.Context(), m, routeSandbox("alice"), Options{RoutingKey: "BAD", TokenVerifier: testVerifier(testKey), RelayImage: testImage})
 	require.ErrorContains(t, err, "routing key")
+	_, err = Plan(t.Context(), m, routeSandbox("alice"), Options{RoutingKey: testKey, TokenVerifier: testToken(testKey), RelayImage: testImage})
+	require.ErrorContains(t, err, "the token verifier is not 64 lowercase hex digits")
+	require.NotContains(t, err.Error(), testToken(testKey))
+	_, err = Plan(t.Context(), m, routeSandbox("alice"), Options{RoutingKey: testKey, TokenVerifier: VerifierPlaceholder, RelayImage: testImage})
+	require.NoError(t, err, "sbx render plans with the placeholder")
 }
 
 func TestPlanRoutes(t *testing.T) {

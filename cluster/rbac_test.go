@@ -1,6 +1,7 @@
 package cluster
 
 import (
+	"context"
 	"os"
 	"strings"
 	"testing"
@@ -93,7 +94,10 @@ func TestRBACRoleCoversEveryCall(t *testing.T) {
 	sb := threeSandbox()
 	_, err := Apply(ctx, f.Clients, sb, testOptions(testKey), nil)
 	require.NoError(t, err)
-	_, err = Apply(ctx, f.Clients, sb, testOptions(testKey), nil)
+	// A daemon's own re-apply checks the relay's verifier first.
+	reapply := testOptions(testKey)
+	reapply.RefuseOtherVerifier = true
+	_, err = Apply(ctx, f.Clients, sb, reapply, nil)
 	require.NoError(t, err)
 	// A Rollout-based sandbox and a spec change.
 	rb := routeSandbox("alice")
@@ -102,6 +106,11 @@ func TestRBACRoleCoversEveryCall(t *testing.T) {
 	require.NoError(t, err)
 	_, err = WaitRelay(ctx, f.Clients, WaitOptions{Namespace: "hotrod", Sandbox: "alice", Interval: time.Millisecond}, nil)
 	require.NoError(t, err)
+	// Waiting for a rotated token's relay (the pod runs another).
+	wctx, cancel := context.WithTimeout(ctx, 50*time.Millisecond)
+	_, err = WaitRelay(wctx, f.Clients, WaitOptions{Namespace: "hotrod", Sandbox: "alice", TokenVerifier: testVerifier(testKey2), Interval: time.Millisecond}, nil)
+	cancel()
+	require.Error(t, err)
 	require.NoError(t, RenewLease(ctx, f.Clients, Ref{Name: "alice", Namespaces: ns}, time.Now()))
 	_, err = List(ctx, f.Clients, ns, time.Now())
 	require.NoError(t, err)
@@ -146,8 +155,24 @@ func TestRBACRoleCoversEveryCall(t *testing.T) {
 	// The scenario exercised the interesting calls.
 	for _, want := range []string{"create coordination.k8s.io/leases", "update networking.istio.io/virtualservices",
 		"delete networking.istio.io/virtualservices", "get argoproj.io/rollouts", "list /pods", "delete apps/deployments",
-		"list networking.istio.io/virtualservices", "list gateway.networking.k8s.io/httproutes", "get /configmaps"} {
+		"list networking.istio.io/virtualservices", "list gateway.networking.k8s.io/httproutes", "get /configmaps",
+		"get apps/deployments"} {
 		require.True(t, seen[want], want)
+	}
+}
+
+// TestRBACGrantsNoSecrets: sbx keeps no credential in the cluster (the
+// relay holds only the token's verifier), so neither role may touch
+// Secrets: a developer bound to them cannot read a colleague's baseline
+// Secrets through sbx's grant, and there is no sandbox token to read.
+func TestRBACGrantsNoSecrets(t *testing.T) {
+	role, clusterRole := loadRBAC(t)
+	for _, verb := range []string{"get", "list", "watch", "create", "update", "patch", "delete", "deletecollection"} {
+		require.False(t, allowed(role, verb, "", "secrets"), "Role sbx-developer allows %s on secrets", verb)
+		require.False(t, allowedBy(clusterRole.Rules, verb, "", "secrets", ""), "ClusterRole sbx-route-reader allows %s on secrets", verb)
+	}
+	for _, r := range append(role.Rules, clusterRole.Rules...) {
+		require.NotContains(t, r.Resources, "*", "a wildcard resource would include secrets")
 	}
 }
 

@@ -78,7 +78,7 @@ func TestPlanOpaqueTCPPortWarns(t *testing.T) {
 	objs, err := Plan(t.Context(), hotrodPlus(t), sb, testOptions(testKey))
 	require.NoError(t, err)
 	require.Contains(t, strings.Join(objs.Warnings, "\n"), "port 4000 of Deployment hotrod/route is opaque TCP")
-	require.Contains(t, RelayArgs("alice", objs.Workloads, 0, nil), "20002=route/4000/tcp")
+	require.Contains(t, RelayArgs("alice", testVerifier(testKey), objs.Workloads, 0, nil), "20002=route/4000/tcp")
 	for _, r := range objs.Routes {
 		for _, hr := range r.Routes {
 			require.NotContains(t, hr.Name, "4000")

@@ -52,7 +52,8 @@ func ValidateRoutingKey(k string) error {
 const TokenBytes = 32
 
 // NewToken returns a fresh tunnel token: TokenBytes random bytes, base64url
-// encoded without padding so it is safe in env vars and files.
+// encoded without padding. The daemon mints it and keeps it in its state
+// file; the cluster only ever gets its SHA-256 (Options.TokenVerifier).
 func NewToken() (string, error) {
 	b := make([]byte, TokenBytes)
 	if _, err := rand.Read(b); err != nil {

@@ -20,6 +20,13 @@ type WaitOptions struct {
 	Namespace  string
 	Sandbox    string
 	RoutingKey string
+	// TokenVerifier, when set, is the verifier the daemon applied: only a
+	// pod whose relay checks Hellos against it will do. Pods of an earlier
+	// token, still ready while a rotation rolls the relay, are passed over
+	// rather than handed to a daemon that would be refused; a Deployment
+	// that now carries another verifier fails the wait with a
+	// *VerifierMismatchError.
+	TokenVerifier string
 	// Interval between polls (default 1s).
 	Interval time.Duration
 	// RelayImage is named in image errors when the pod does not say which
@@ -37,7 +44,7 @@ var fatalWaiting = map[string]string{
 	"ErrImagePull":               imageHint,
 	"InvalidImageName":           imageHint,
 	"ErrImageNeverPull":          imageHint,
-	"CreateContainerConfigError": "the relay's Secret or its key \"token\" is missing; run sbx connect again to recreate it",
+	"CreateContainerConfigError": "the kubelet cannot create the relay container as configured (a relayImage that runs as root fails the pod's runAsNonRoot); fix the image or its config and run sbx connect again",
 	"CrashLoopBackOff":           "the relay keeps exiting; see kubectl logs",
 }
 
@@ -45,7 +52,7 @@ var fatalWaiting = map[string]string{
 // routing key, not being deleted) exists and returns it. It reports
 // progress while waiting and fails fast, naming the pod, the reason and
 // what to do, when the pod cannot start (image pull errors, a crash loop,
-// a missing Secret). The caller bounds the wait with ctx; on expiry the
+// a container configuration the kubelet refuses). The caller bounds the wait with ctx; on expiry the
 // error says what the pod was last waiting for.
 func WaitRelay(ctx context.Context, c Clients, o WaitOptions, progress func(Event)) (*corev1.Pod, error) {
 	if progress == nil {
@@ -103,6 +110,11 @@ func relayStatus(ctx context.Context, c Clients, o WaitOptions, sel string) (*co
 			// Never ready, and not worth a waiting message: it is going away.
 			continue
 		}
+		if o.TokenVerifier != "" && relayVerifier(&p.Spec) != o.TokenVerifier {
+			// Another token's relay: the one a rotation replaces, or
+			// another daemon's (the Deployment check below tells).
+			continue
+		}
 		if podstate.Ready(p) {
 			return p, "", nil
 		}
@@ -118,6 +130,9 @@ func relayStatus(ctx context.Context, c Clients, o WaitOptions, sel string) (*co
 	d, err := c.Kube.AppsV1().Deployments(o.Namespace).Get(ctx, RelayName(o.Sandbox), metav1.GetOptions{})
 	if err != nil {
 		return nil, "", fmt.Errorf("relay Deployment %s/%s: %w (run sbx connect again to recreate it)", o.Namespace, RelayName(o.Sandbox), err)
+	}
+	if v := relayVerifier(&d.Spec.Template.Spec); o.TokenVerifier != "" && v != o.TokenVerifier {
+		return nil, "", &VerifierMismatchError{Namespace: o.Namespace, Deployment: d.Name, Relay: v, Want: o.TokenVerifier}
 	}
 	for _, cond := range d.Status.Conditions {
 		if cond.Type == appsv1.DeploymentReplicaFailure && cond.Status == corev1.ConditionTrue {

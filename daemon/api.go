@@ -142,6 +142,18 @@ type ConnectRequest struct {
 	// SandboxStatus at once and connects in the background.
 	Wait    bool          `json:"wait,omitempty"`
 	Timeout time.Duration `json:"timeoutNanos,omitempty"`
+	// RotateToken mints a new tunnel token for the sandbox and applies its
+	// verifier: the relay rolls, the tunnel moves to the new pod, and the
+	// old token is refused from then on. With a spec that names the
+	// sandbox and nothing else (no spec.local), the connected sandbox keeps
+	// its spec and cluster (`sbx connect NAME --rotate-token`).
+	RotateToken bool `json:"rotateToken,omitempty"`
+}
+
+// rotateOnly reports whether req only rotates the token of a connected
+// sandbox, keeping its spec.
+func (req ConnectRequest) rotateOnly() bool {
+	return req.RotateToken && len(req.Spec.Spec.Local) == 0
 }
 
 // Progress is one line of the NDJSON stream a waiting connect returns. The

@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"time"
 
+	"github.com/sbx-dev/sbx/cluster"
 	"github.com/sbx-dev/sbx/cluster/istiovs"
 	"github.com/sbx-dev/sbx/cluster/spec"
 )
@@ -17,13 +18,13 @@ import (
 // implementation adapts package cluster (objects, port-forward); tests use
 // fakes that hand out loopback connections to an in-process relay.
 type Cluster interface {
-	// Apply creates or updates the sandbox's objects for o.RoutingKey
-	// (idempotent) and returns where its relay runs and the tunnel token,
-	// read back from the sandbox's Secret. progress receives one line per
-	// step ("created Deployment hotrod/…").
+	// Apply creates or updates the sandbox's objects for o.RoutingKey and
+	// o.TokenVerifier (idempotent) and returns where its relay runs.
+	// progress receives one line per step ("created Deployment hotrod/…").
 	Apply(ctx context.Context, sb *spec.Sandbox, o ApplyOptions, progress func(string)) (Applied, error)
-	// WaitRelay returns once a relay pod of t is ready, reporting what it
-	// waits for through progress. Its error says why the pod is not ready.
+	// WaitRelay returns once a relay pod of t is ready (with
+	// t.TokenVerifier when set), reporting what it waits for through
+	// progress. Its error says why the pod is not ready.
 	WaitRelay(ctx context.Context, t Target, progress func(string)) error
 	// DialRelay opens one connection to the tunnel port of t's current
 	// ready relay pod (a port-forward stream). It finds the pod itself, so
@@ -71,6 +72,12 @@ type RouteCheck struct {
 	Err error
 }
 
+// ErrVerifierMismatch is returned (wrapped) by Apply with
+// RefuseOtherVerifier and by WaitRelay when the relay checks another token
+// verifier than this daemon's: another daemon applied the sandbox with its
+// own token, or someone edited the relay Deployment.
+var ErrVerifierMismatch = cluster.ErrVerifierMismatch
+
 // ErrSandboxGone is returned (wrapped) by RenewLease when the sandbox's
 // objects were deleted behind the daemon's back (gc after a long sleep,
 // kubectl delete): the session re-applies them.
@@ -85,6 +92,14 @@ type ApplyOptions struct {
 	// RoutingKey is the sandbox's key; the daemon keeps it across
 	// reconnects and restarts.
 	RoutingKey string
+	// TokenVerifier is the SHA-256 (hex) of the daemon's tunnel token, the
+	// relay's --token-sha256: the token itself never goes to the cluster.
+	TokenVerifier string
+	// RefuseOtherVerifier makes Apply fail (ErrVerifierMismatch) rather
+	// than replace a relay that checks another verifier: set when the
+	// daemon re-applies on its own, so that two daemons connected to one
+	// sandbox do not take it from each other in turn.
+	RefuseOtherVerifier bool
 	// BaggageKey, RelayImage, RelayMaxStreams and RelayDeny come from the
 	// user config (RelayDeny from outbound.deny); empty or 0 means the
 	// cluster package's defaults.
@@ -107,15 +122,14 @@ type Target struct {
 	// Namespaces are all the namespaces the sandbox has objects in (its
 	// workloads' namespaces).
 	Namespaces []string `json:"namespaces,omitempty"`
+	// TokenVerifier is the verifier the daemon applied; WaitRelay waits for
+	// a pod whose relay checks it ("" waits for any).
+	TokenVerifier string `json:"tokenVerifier,omitempty"`
 }
 
 // Applied is the result of Cluster.Apply.
 type Applied struct {
 	Target
-	// Token authenticates the daemon to the relay. It lives in the
-	// sandbox's Secret and is never persisted by the daemon, logged or
-	// shown.
-	Token string `json:"-"`
 	// Services names, per mapping (key workload/port, see mappingKey), the
 	// baseline Services ("name.namespace") whose keyed requests now reach
 	// the laptop.

@@ -17,6 +17,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/sbx-dev/sbx/cluster"
 	"github.com/sbx-dev/sbx/daemon/config"
 	"github.com/sbx-dev/sbx/tunnel"
 )
@@ -58,6 +59,9 @@ type Options struct {
 
 	// link builds tunnel links; nil uses the tunnel package. Tests swap it.
 	link linker
+	// newToken mints tunnel tokens; nil is cluster.NewToken. Tests whose
+	// relay starts before the daemon connects pin it.
+	newToken func() (string, error)
 	// beforeReady runs after the socket is open and before the daemon is
 	// ready (tests hold readiness back with it).
 	beforeReady func()
@@ -106,6 +110,9 @@ func New(opts Options) (*Daemon, error) {
 	if opts.link == nil {
 		opts.link = newTunnelLinker(opts.Tunnel)
 	}
+	if opts.newToken == nil {
+		opts.newToken = cluster.NewToken
+	}
 	cfg := sessionConfig{
 		PoolSize:      opts.PoolSize,
 		Backoff:       opts.Backoff,
@@ -150,6 +157,7 @@ func New(opts Options) (*Daemon, error) {
 		state:      &stateFile{path: opts.Paths.State()},
 		clusters:   opts.Clusters,
 		link:       opts.link,
+		newToken:   opts.newToken,
 		cfg:        cfg,
 		sessions:   map[string]*session{},
 	}

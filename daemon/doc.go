@@ -68,11 +68,31 @@
 //
 // # State and tokens
 //
-// $XDG_STATE_HOME/sbx/state.json (0600, written atomically) keeps each
-// sandbox's name, routing key, kube context and spec, so a restarted daemon
-// reconnects them with the same keys. The tunnel token is not stored: it
-// lives in the sandbox's Secret in the cluster, and every Apply reads it
-// back (Applied.Token). A laptop file therefore never holds a credential
-// to the relay, and a token rotated in the cluster is picked up on the next
-// reconnect.
+// $XDG_STATE_HOME/sbx/state.json (0600 in a 0700 directory, written
+// atomically) keeps each sandbox's name, routing key, kube context, spec
+// and tunnel token, so a restarted daemon reconnects them with the same
+// keys and tokens: its apply changes nothing, and the relays do not roll.
+//
+// The daemon mints each sandbox's token (cluster.NewToken, 256 random
+// bits) and this file is the only place it is kept. The cluster gets its
+// SHA-256 (tunnel.VerifierOf), the relay's --token-sha256, which checks a
+// Hello but cannot make one: a colleague who may read the relay Deployment
+// cannot connect as this daemon. The token never appears in status, logs
+// or errors.
+//
+// A new token means a new verifier, which rolls the relay: a new sandbox,
+// a state file lost (the sandbox is connected again), or `sbx connect NAME
+// --rotate-token` (ConnectRequest.RotateToken). A rotation while connected
+// keeps the tunnel: the daemon applies the new verifier, new sessions use
+// the new token, and they move to the new relay pod when the old one
+// drains, as in any rollout. The daemon waits only for relay pods that
+// check its own verifier (Target.TokenVerifier).
+//
+// Only applies this daemon chose may replace another verifier: the first
+// after minting a token, or after the user connects again. When the
+// daemon re-applies on its own (a lost tunnel, a config change) and finds
+// another verifier, another daemon connected the sandbox with its own
+// token since (or someone edited the Deployment): it stops in PhaseFailed
+// with ErrVerifierMismatch and says how to take the sandbox back, instead
+// of taking it back and breaking the other's tunnel in turn.
 package daemon

@@ -91,11 +91,18 @@ func testPaths(t *testing.T) Paths {
 	return Paths{RuntimeDir: filepath.Join(dir, "run", "sbx"), StateDir: filepath.Join(dir, "state", "sbx")}
 }
 
+// testToken is the tunnel token of tests whose relay starts before the
+// daemon connects (fixedToken mints it).
+const testToken = "s3cret-token"
+
+func fixedToken() (string, error) { return testToken, nil }
+
 // fakeCluster is a Cluster whose steps tests control.
 type fakeCluster struct {
 	mu        sync.Mutex
 	applies   []string       // routing keys, one per Apply
 	opts      []ApplyOptions // one per Apply
+	waits     []Target       // one per WaitRelay
 	deletes   []string
 	renews    int
 	renewErr  error
@@ -128,14 +135,14 @@ func (f *fakeCluster) Apply(ctx context.Context, sb *spec.Sandbox, o ApplyOption
 		return Applied{}, err
 	}
 	return Applied{
-		Target:   Target{Sandbox: sb.Name, RoutingKey: key, Namespace: sb.Namespaces()[0]},
-		Token:    "s3cret-token",
+		Target:   Target{Sandbox: sb.Name, RoutingKey: key, Namespace: sb.Namespaces()[0], TokenVerifier: o.TokenVerifier},
 		Services: map[string][]string{"route/8083": {"route.hotrod"}},
 	}, nil
 }
 
 func (f *fakeCluster) WaitRelay(ctx context.Context, t Target, progress func(string)) error {
 	f.mu.Lock()
+	f.waits = append(f.waits, t)
 	block, err := f.waitBlock, f.waitErr
 	f.mu.Unlock()
 	progress("relay pod sbx-" + t.RoutingKey + "-abc is Running")
@@ -253,9 +260,10 @@ func (l *fakeLink) kill(err error) {
 
 // fakeLinker hands out fakeLinks and remembers them.
 type fakeLinker struct {
-	mu    sync.Mutex
-	links []*fakeLink
-	err   error
+	mu     sync.Mutex
+	links  []*fakeLink
+	params []linkParams // of each link handed out
+	err    error
 }
 
 func (f *fakeLinker) link(ctx context.Context, p linkParams) (link, error) {
@@ -266,7 +274,30 @@ func (f *fakeLinker) link(ctx context.Context, p linkParams) (link, error) {
 	}
 	l := newFakeLink()
 	f.links = append(f.links, l)
+	f.params = append(f.params, p)
 	return l, nil
+}
+
+// lastParams returns what the last link was built with.
+func (f *fakeLinker) lastParams() linkParams {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.params[len(f.params)-1]
+}
+
+// tokenSeq mints the given tokens in turn, then fails.
+func tokenSeq(tokens ...string) func() (string, error) {
+	var mu sync.Mutex
+	return func() (string, error) {
+		mu.Lock()
+		defer mu.Unlock()
+		if len(tokens) == 0 {
+			return "", errors.New("tokenSeq: no more tokens")
+		}
+		t := tokens[0]
+		tokens = tokens[1:]
+		return t, nil
+	}
 }
 
 func (f *fakeLinker) last() *fakeLink {

@@ -489,14 +489,20 @@ func (c *kubeCluster) Apply(ctx context.Context, sb *spec.Sandbox, o ApplyOption
 		image = c.o.DefaultRelayImage
 	}
 	res, err := cluster.Apply(ctx, c.clients, sb, cluster.Options{
-		RoutingKey:      o.RoutingKey,
-		RelayImage:      image,
-		RelayMaxStreams: o.RelayMaxStreams,
-		RelayDeny:       o.RelayDeny,
-		BaggageKey:      o.BaggageKey,
-		Holder:          o.Holder,
-		ClusterDomain:   o.ClusterDomain,
+		RoutingKey:          o.RoutingKey,
+		TokenVerifier:       o.TokenVerifier,
+		RefuseOtherVerifier: o.RefuseOtherVerifier,
+		RelayImage:          image,
+		RelayMaxStreams:     o.RelayMaxStreams,
+		RelayDeny:           o.RelayDeny,
+		BaggageKey:          o.BaggageKey,
+		Holder:              o.Holder,
+		ClusterDomain:       o.ClusterDomain,
 	}, eventsTo(progress))
+	if errors.Is(err, cluster.ErrVerifierMismatch) {
+		// The caller's "apply the cluster objects" does not name it.
+		return Applied{}, verifierConflict(sb.Name, fmt.Errorf("sandbox %s: %w", sb.Name, err))
+	}
 	if err != nil {
 		// Apply reads, creates and patches many kinds: a refusal names
 		// the resource, and the hint asks what the user may do.
@@ -514,8 +520,8 @@ func (c *kubeCluster) Apply(ctx context.Context, sb *spec.Sandbox, o ApplyOption
 		return Applied{}, err
 	}
 	out := Applied{
-		Target:   Target{Sandbox: sb.Name, RoutingKey: res.RoutingKey, Namespace: res.Namespace, Namespaces: sb.Namespaces()},
-		Token:    res.Token,
+		Target: Target{Sandbox: sb.Name, RoutingKey: res.RoutingKey, Namespace: res.Namespace, Namespaces: sb.Namespaces(),
+			TokenVerifier: o.TokenVerifier},
 		Services: map[string][]string{},
 	}
 	if res.Routes != nil {
@@ -539,9 +545,23 @@ func (c *kubeCluster) WaitRelay(ctx context.Context, t Target, progress func(str
 	ctx, cancel := context.WithTimeout(ctx, c.o.WaitTimeout)
 	defer cancel()
 	_, err := cluster.WaitRelay(ctx, c.clients, cluster.WaitOptions{
-		Namespace: t.Namespace, Sandbox: t.Sandbox, RoutingKey: t.RoutingKey, RelayImage: c.o.DefaultRelayImage,
+		Namespace: t.Namespace, Sandbox: t.Sandbox, RoutingKey: t.RoutingKey, TokenVerifier: t.TokenVerifier,
+		RelayImage: c.o.DefaultRelayImage,
 	}, eventsTo(progress))
+	if errors.Is(err, cluster.ErrVerifierMismatch) {
+		return verifierConflict(t.Sandbox, err) // the caller names the relay's sandbox
+	}
 	return explainAPIError(err, c.server, apiOp{namespace: t.Namespace})
+}
+
+// verifierConflict is the end of a sandbox whose relay another daemon
+// applied with its own token since (or someone edited): this daemon stops
+// rather than take it back by itself, which would break the other's
+// tunnel and make the two take turns; the user decides.
+func verifierConflict(sandbox string, err error) error {
+	return &PermanentError{&nextStepError{
+		fmt.Errorf("%w; this daemon stopped reconnecting so that two daemons do not take turns", err),
+		fmt.Sprintf("to take the sandbox back here, run `sbx connect %s --rotate-token` (or connect it again with -f FILE); the other daemon then stops the same way", sandbox)}}
 }
 
 // relayRef keys the port-forward dialers: one per relay.

@@ -42,8 +42,10 @@ type route struct {
 
 // linkParams is everything needed to build a link.
 type linkParams struct {
-	Target   Target
-	Token    string
+	Target Target
+	// Token returns the tunnel token each new session authenticates with;
+	// a rotation changes it while the link lives.
+	Token    func() string
 	ClientID string
 	User     string
 	PoolSize int

@@ -94,7 +94,7 @@ func (l *tunnelLink) addSession(ctx context.Context) error {
 	}
 	sess, _, err := tunnel.Client(ctx, conn, l.cfg, tunnel.Hello{
 		Version:  tunnel.ProtocolVersion,
-		Token:    l.p.Token,
+		Token:    l.p.Token(),
 		ClientID: l.p.ClientID,
 		Sandbox:  l.p.Target.Sandbox,
 		User:     l.p.User,
@@ -103,6 +103,14 @@ func (l *tunnelLink) addSession(ctx context.Context) error {
 		_ = conn.Close()
 		if errors.Is(err, tunnel.ErrVersionMismatch) || errors.Is(err, tunnel.ErrSandboxMismatch) {
 			return &PermanentError{fmt.Errorf("tunnel handshake: %w (use the same sbx version for the relay image and the CLI)", err)}
+		}
+		if errors.Is(err, tunnel.ErrBadToken) {
+			// Not permanent: the supervisor re-applies, which either
+			// restores this daemon's verifier or finds another daemon's
+			// there and stops (verifierConflict).
+			sb := l.p.Target.Sandbox
+			return &nextStepError{fmt.Errorf("%w (%w)", ErrVerifierMismatch, err), // the caller names the sandbox
+				fmt.Sprintf("sbx re-applies and retries; to make this daemon's token the relay's now, run `sbx connect %s --rotate-token` or reconnect", sb)}
 		}
 		return fmt.Errorf("tunnel handshake: %w", err)
 	}

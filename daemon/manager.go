@@ -21,6 +21,8 @@ type manager struct {
 	state    *stateFile
 	clusters ClusterProvider
 	link     linker
+	// newToken mints a sandbox's tunnel token (cluster.NewToken).
+	newToken func() (string, error)
 	cfg      sessionConfig
 	conf     func() *config.Config // the live user config
 	// configPath is the user config file (for errors that say where to
@@ -75,18 +77,21 @@ func (e *conflictError) Error() string { return e.msg }
 
 // startLocked creates and launches a session for saved. With subscribe,
 // a progress subscription is taken before the supervisor starts, so the
-// caller sees every step. m.mu must be held.
-func (m *manager) startLocked(saved savedSandbox, subscribe bool) (*session, chan Progress) {
+// caller sees every step. takeover lets its first apply replace a relay
+// that checks another token (see session.takeover). m.mu must be held.
+func (m *manager) startLocked(saved savedSandbox, takeover, subscribe bool) (*session, chan Progress) {
 	ctx, cancel := context.WithCancel(m.ctx)
 	s := &session{
-		m:      m,
-		name:   saved.Name,
-		log:    m.log.With("sandbox", saved.Name),
-		saved:  saved,
-		subs:   map[chan Progress]struct{}{},
-		kick:   make(chan struct{}, 1),
-		cancel: cancel,
-		done:   make(chan struct{}),
+		m:        m,
+		name:     saved.Name,
+		log:      m.log.With("sandbox", saved.Name),
+		saved:    saved,
+		takeover: takeover,
+		subs:     map[chan Progress]struct{}{},
+		kick:     make(chan struct{}, 1),
+		rotate:   make(chan struct{}, 1),
+		cancel:   cancel,
+		done:     make(chan struct{}),
 	}
 	var sub chan Progress
 	if subscribe {
@@ -111,14 +116,33 @@ func (m *manager) notify() {
 }
 
 // Connect starts a session for req, or updates the spec of an existing one
-// (keeping its routing key) and re-applies. The returned channel carries the
-// session's progress from before its first step; the caller must
-// unsubscribe it.
+// (keeping its routing key and token) and re-applies. With RotateToken a
+// new token replaces the sandbox's; see rotateLocked. The returned channel
+// carries the session's progress from before its first step; the caller
+// must unsubscribe it.
 //
-// restarted reports whether a connection attempt starts because of this
-// call (new sandbox, changed spec, retry of a failed one).
+// restarted reports whether a connection attempt, or a rotation, starts
+// because of this call (new sandbox, changed spec, retry of a failed one,
+// new token).
 func (m *manager) Connect(req ConnectRequest) (s *session, sub chan Progress, restarted bool, err error) {
 	name := req.Spec.Name
+	if req.rotateOnly() {
+		m.mu.Lock()
+		defer m.mu.Unlock()
+		if m.ctx.Err() != nil {
+			return nil, nil, false, errStopping
+		}
+		s, ok := m.sessions[name]
+		if !ok {
+			return nil, nil, false, &notFoundError{name}
+		}
+		sub := s.subscribe()
+		if err := m.rotateLocked(s, false); err != nil {
+			s.unsubscribe(sub)
+			return nil, nil, false, err
+		}
+		return s, sub, true, nil
+	}
 	req.KubeconfigSource = req.KubeconfigSource.canonical()
 	// --context wins over spec.cluster, which the user config may map to
 	// a context name (as kubectl-style tools do); without either, the
@@ -160,7 +184,17 @@ func (m *manager) Connect(req ConnectRequest) (s *session, sub chan Progress, re
 		s.mu.Unlock()
 		sub := s.subscribe()
 		st, _ := m.store.Sandbox(name)
-		restarted = changed || st.Phase == PhaseFailed
+		restarted = changed || st.Phase == PhaseFailed || req.RotateToken
+		if req.RotateToken {
+			if err := m.rotateLocked(s, changed); err != nil {
+				s.unsubscribe(sub)
+				return nil, nil, false, err
+			}
+		} else if changed || st.Phase == PhaseFailed {
+			// The user asked for the sandbox here: its next apply may
+			// take it back from another daemon.
+			s.setTakeover()
+		}
 		if changed {
 			m.store.UpdateSandbox(name, func(st *SandboxStatus) {
 				fresh := initialStatus(saved, m.conf().BaggageKey)
@@ -172,7 +206,7 @@ func (m *manager) Connect(req ConnectRequest) (s *session, sub chan Progress, re
 			case s.kick <- struct{}{}:
 			default:
 			}
-		} else if st.Phase == PhaseFailed {
+		} else if st.Phase == PhaseFailed && !req.RotateToken {
 			select { // connecting again is how a user retries a failed sandbox
 			case s.kick <- struct{}{}:
 			default:
@@ -180,9 +214,14 @@ func (m *manager) Connect(req ConnectRequest) (s *session, sub chan Progress, re
 		}
 		return s, sub, restarted, nil
 	}
+	token, err := m.newToken()
+	if err != nil {
+		return nil, nil, false, fmt.Errorf("sandbox %s: %w", name, err)
+	}
 	saved := savedSandbox{
 		Name:             name,
 		RoutingKey:       NewRoutingKey(),
+		Token:            token,
 		KubeconfigSource: req.KubeconfigSource,
 		Context:          kctx,
 		Spec:             req.Spec,
@@ -191,9 +230,37 @@ func (m *manager) Connect(req ConnectRequest) (s *session, sub chan Progress, re
 	if ns := req.Spec.Namespaces(); len(ns) > 0 {
 		saved.Namespace = ns[0]
 	}
-	s, sub = m.startLocked(saved, true)
+	// A new token: the first apply writes its verifier, whoever's relay
+	// was there (a daemon that lost its state connects the sandbox again).
+	s, sub = m.startLocked(saved, true, true)
 	m.persistLocked()
 	return s, sub, true, nil
+}
+
+// rotateLocked gives s a new tunnel token, saved before anything uses it,
+// and tells the supervisor: a connected sandbox applies the new verifier
+// and moves its tunnel to the relay pod that replaces the old one without
+// dropping it; any other retries at once with the new token. restarting
+// says the caller already kicked s (a changed spec), whose next attempt
+// applies the new token anyway. m.mu must be held.
+func (m *manager) rotateLocked(s *session, restarting bool) error {
+	token, err := m.newToken()
+	if err != nil {
+		return fmt.Errorf("sandbox %s: %w", s.name, err)
+	}
+	s.mu.Lock()
+	s.saved.Token = token
+	s.takeover = true
+	s.mu.Unlock()
+	m.persistLocked()
+	s.log.Info("tunnel token rotated; applying its verifier")
+	if !restarting {
+		select {
+		case s.rotate <- struct{}{}:
+		default:
+		}
+	}
+	return nil
 }
 
 // Restore starts sessions for the sandboxes saved by a previous daemon, with
@@ -218,12 +285,28 @@ func (m *manager) Restore(saved []savedSandbox) {
 			sv.Context = currentContext(sv.KubeconfigSource)
 			pinned = pinned || sv.Context != ""
 		}
-		m.log.Info("restoring sandbox", "sandbox", sv.Name, "routingKey", sv.RoutingKey)
-		m.startLocked(sv, false)
+		// The saved token keeps the relay as it is: no rollout. Without
+		// one (a state file from before tokens were kept), a new one is
+		// minted and its first apply rolls the relay.
+		minted := false
+		if sv.Token == "" {
+			token, err := m.newToken()
+			if err != nil {
+				msg := fmt.Sprintf("sandbox %s not restored: %v (connect it again with `sbx connect -f FILE`)", sv.Name, err)
+				m.log.Error(msg)
+				m.store.SetStateError(msg)
+				continue
+			}
+			sv.Token, minted = token, true
+		}
+		m.log.Info("restoring sandbox", "sandbox", sv.Name, "routingKey", sv.RoutingKey, "newToken", minted)
+		m.startLocked(sv, minted, false)
+		pinned = pinned || minted
 	}
 	if pinned {
 		// Saved now, or the next restart would pin whatever context is
-		// current then, and the sandbox would move.
+		// current then (and mint yet another token), and the sandbox
+		// would move (or its relay roll).
 		m.persistLocked()
 	}
 }

@@ -102,7 +102,7 @@ func TestOutboundHostsModeThroughRealRelay(t *testing.T) {
 	hostsCfg := fmt.Sprintf("outbound:\n  mode: hosts\n  hostsFile: %s\n  hostsRange: 127.243.0.0/16\n  namespaces: [shared]\n", hosts)
 	writeConfig(t, cfgPath, hostsCfg)
 	cfg := shortTunnelConfig()
-	td := startDaemon(t, Options{Clusters: fc.provider(), Tunnel: &cfg, ConfigPath: cfgPath})
+	td := startDaemon(t, Options{newToken: fixedToken, Clusters: fc.provider(), Tunnel: &cfg, ConfigPath: cfgPath})
 
 	// No sandbox yet: outbound access waits for one and leaves the
 	// hosts file alone.

@@ -31,13 +31,9 @@ type realRelay struct {
 func startRealRelay(t *testing.T, token string) *realRelay {
 	t.Helper()
 	opts, err := relay.ParseArgs([]string{
-		"--sandbox", "alice", "--listen", "127.0.0.1:0", "--health-listen", "127.0.0.1:0",
+		"--sandbox", "alice", "--token-sha256", tunnel.VerifierOf(token).String(),
+		"--listen", "127.0.0.1:0", "--health-listen", "127.0.0.1:0",
 		"--inbound", "20001=route/8083/http", "--grace", "2s", "--drain-timeout", "1s",
-	}, func(k string) string {
-		if k == "SBX_RELAY_TOKEN" {
-			return token
-		}
-		return ""
 	})
 	require.NoError(t, err)
 	cfg := shortTunnelConfig()
@@ -106,7 +102,7 @@ func TestRealRelayInboundRefusedAndRestart(t *testing.T) {
 	cfg := shortTunnelConfig()
 	logger, logs := capturingLogger(t)
 	cfg.Logger = logger
-	td := startDaemon(t, Options{Clusters: fc.provider(), Tunnel: &cfg, Logger: logger})
+	td := startDaemon(t, Options{newToken: fixedToken, Clusters: fc.provider(), Tunnel: &cfg, Logger: logger})
 	t.Cleanup(func() {
 		require.NotContains(t, logs.String(), "s3cret-token", "the token never reaches the daemon's logs")
 	})
@@ -171,7 +167,7 @@ func TestRealRelayPausedRequest(t *testing.T) {
 
 	rr := startRealRelay(t, "s3cret-token")
 	fc := relayCluster(func() string { return rr.addrs.Tunnel.String() })
-	td := startDaemon(t, Options{Clusters: fc.provider(), Tunnel: &cfg})
+	td := startDaemon(t, Options{newToken: fixedToken, Clusters: fc.provider(), Tunnel: &cfg})
 	connectTo(t, td, ln.Addr().String())
 
 	type result struct {
@@ -217,7 +213,7 @@ func TestOutboundThroughRealRelay(t *testing.T) {
 	cfg := shortTunnelConfig()
 	fc := relayCluster(func() string { return rr.addrs.Tunnel.String() })
 	fc.waitBlock = make(chan struct{})
-	td := startDaemon(t, Options{Clusters: fc.provider(), Tunnel: &cfg})
+	td := startDaemon(t, Options{newToken: fixedToken, Clusters: fc.provider(), Tunnel: &cfg})
 	ctx := context.Background()
 
 	_, err := td.d.DialOutbound(ctx, "nobody", "driver.hotrod.svc.cluster.local:"+port, "127.0.0.1:1")
@@ -255,7 +251,7 @@ func TestReplacedDaemonStopsReconnecting(t *testing.T) {
 	rr := startRealRelay(t, "s3cret-token")
 	fc := relayCluster(func() string { return rr.addrs.Tunnel.String() })
 	cfg := shortTunnelConfig()
-	td := startDaemon(t, Options{Clusters: fc.provider(), Tunnel: &cfg, Logger: testLogger(t)})
+	td := startDaemon(t, Options{newToken: fixedToken, Clusters: fc.provider(), Tunnel: &cfg, Logger: testLogger(t)})
 	connectTo(t, td, svc.Addr().String())
 	before, err := td.client.Sandbox(context.Background(), "alice")
 	require.NoError(t, err)

@@ -13,6 +13,7 @@ import (
 
 	"github.com/sbx-dev/sbx/cluster"
 	"github.com/sbx-dev/sbx/daemon/config"
+	"github.com/sbx-dev/sbx/tunnel"
 )
 
 // sessionConfig tunes sessions; zero fields take defaults (withDefaults).
@@ -95,9 +96,18 @@ type session struct {
 
 	mu    sync.Mutex
 	saved savedSandbox
-	subs  map[chan Progress]struct{}
+	// takeover lets the next apply replace a relay that checks another
+	// token's verifier: set when this daemon minted the token (a new
+	// sandbox, a rotation, lost state) or the user connected again, and
+	// cleared once that token is applied. The supervisor's own re-applies
+	// (after a lost tunnel, a config change) never take a sandbox from a
+	// daemon that applied its token since: the two would take turns, each
+	// rollout breaking the other's tunnel.
+	takeover bool
+	subs     map[chan Progress]struct{}
 
 	kick   chan struct{}              // cap 1: the spec changed, re-apply now
+	rotate chan struct{}              // cap 1: saved.Token is new, apply it
 	link   atomic.Pointer[linkHolder] // the live link while ready
 	cancel context.CancelFunc
 	done   chan struct{}
@@ -107,6 +117,30 @@ func (s *session) snapshot() savedSandbox {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.saved
+}
+
+// setTakeover lets the next apply take the sandbox over.
+func (s *session) setTakeover() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.takeover = true
+}
+
+// mayTakeOver reports whether the next apply may replace another verifier.
+func (s *session) mayTakeOver() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.takeover
+}
+
+// appliedToken records that token's verifier is in the cluster: from now
+// on the sandbox is this daemon's to keep, not to take.
+func (s *session) appliedToken(token string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.saved.Token == token {
+		s.takeover = false
+	}
 }
 
 func (s *session) routes() []route {
@@ -229,6 +263,9 @@ func (s *session) run(ctx context.Context) {
 			case <-s.kick:
 				attempt = 0
 				continue
+			case <-s.rotate: // a new token is a new attempt
+				attempt = 0
+				continue
 			}
 		}
 		delay := cfg.Backoff.Delay(attempt)
@@ -246,6 +283,9 @@ func (s *session) run(ctx context.Context) {
 		case <-s.kick:
 			t.Stop()
 			attempt = 0
+		case <-s.rotate:
+			t.Stop()
+			attempt = 0
 		case <-t.C:
 		}
 	}
@@ -256,6 +296,10 @@ func (s *session) run(ctx context.Context) {
 func (s *session) connectOnce(ctx context.Context) (time.Time, error) {
 	cfg := s.m.cfg
 	saved := s.snapshot()
+	takeover := s.mayTakeOver()
+	if saved.Token == "" {
+		return time.Time{}, &PermanentError{errors.New("no tunnel token (a bug in the daemon: connect the sandbox again)")}
+	}
 	s.setPhase(PhaseApplying, fmt.Sprintf("applying sandbox %s (routing key %s)", saved.Name, saved.RoutingKey))
 	cl, err := s.m.clusters(ctx, saved.KubeconfigSource, saved.Context)
 	if err != nil {
@@ -263,13 +307,15 @@ func (s *session) connectOnce(ctx context.Context) (time.Time, error) {
 	}
 	conf := s.m.conf()
 	ao := ApplyOptions{
-		RoutingKey:      saved.RoutingKey,
-		BaggageKey:      conf.BaggageKey,
-		RelayImage:      conf.RelayImage,
-		RelayMaxStreams: conf.RelayMaxStreams,
-		RelayDeny:       conf.Outbound.Deny,
-		Holder:          cfg.User,
-		ClusterDomain:   conf.ClusterDomain,
+		RoutingKey:          saved.RoutingKey,
+		TokenVerifier:       tunnel.VerifierOf(saved.Token).String(),
+		RefuseOtherVerifier: !takeover,
+		BaggageKey:          conf.BaggageKey,
+		RelayImage:          conf.RelayImage,
+		RelayMaxStreams:     conf.RelayMaxStreams,
+		RelayDeny:           conf.Outbound.Deny,
+		Holder:              cfg.User,
+		ClusterDomain:       conf.ClusterDomain,
 	}
 	applied, err := cl.Apply(ctx, &saved.Spec, ao, s.progressFn(PhaseApplying))
 	if err != nil {
@@ -277,6 +323,7 @@ func (s *session) connectOnce(ctx context.Context) (time.Time, error) {
 		// already names the sandbox.
 		return time.Time{}, fmt.Errorf("apply the cluster objects: %w", err)
 	}
+	s.appliedToken(saved.Token)
 	if applied.Sandbox == "" {
 		applied.Sandbox, applied.RoutingKey = saved.Name, saved.RoutingKey
 	}
@@ -298,6 +345,11 @@ func (s *session) connectOnce(ctx context.Context) (time.Time, error) {
 		}
 	})
 	t := applied.Target
+	t.TokenVerifier = ao.TokenVerifier
+	// The token the link's sessions authenticate with: a rotation while
+	// connected switches it for the sessions dialed from then on.
+	var token atomic.Pointer[string]
+	token.Store(&saved.Token)
 	// While this connection lasts, the daemon keeps the routes in place
 	// (a CD sync replaces VirtualServices' routes).
 	if rw, ok := cl.(RouteWatcher); ok {
@@ -327,7 +379,7 @@ func (s *session) connectOnce(ctx context.Context) (time.Time, error) {
 	s.setPhase(PhaseConnecting, fmt.Sprintf("opening %d tunnel session(s) through port-forward", poolSize))
 	lk, err := s.m.link(ctx, linkParams{
 		Target:   t,
-		Token:    applied.Token,
+		Token:    func() string { return *token.Load() },
 		ClientID: cfg.ClientID,
 		User:     cfg.User,
 		PoolSize: poolSize,
@@ -348,7 +400,9 @@ func (s *session) connectOnce(ctx context.Context) (time.Time, error) {
 	s.m.store.UpdateSandbox(s.name, func(st *SandboxStatus) { st.Phase, st.ReadySince = PhaseReady, connectedAt })
 	s.log.Info("session phase", "phase", PhaseReady, "routingKey", t.RoutingKey)
 	st, _ := s.m.store.Sandbox(s.name)
-	s.emit(Progress{Phase: PhaseReady, Done: true, Sandbox: &st})
+	// A connect that rotated the token while this attempt was under way
+	// is done when the rotation below is.
+	s.emit(Progress{Phase: PhaseReady, Done: s.snapshot().Token == saved.Token, Sandbox: &st})
 	if err := cl.RenewLease(ctx, t); err != nil {
 		if errors.Is(err, ErrSandboxGone) {
 			return connectedAt, fmt.Errorf("renew lease of sandbox %s: %w; re-applying", t.Sandbox, err)
@@ -360,12 +414,49 @@ func (s *session) connectOnce(ctx context.Context) (time.Time, error) {
 	defer statsT.Stop()
 	leaseT := time.NewTicker(cfg.LeaseInterval)
 	defer leaseT.Stop()
+	// A rotation waits for the new token's relay pod in the background,
+	// so the lease and the status go on meanwhile.
+	rctx, stopRotation := context.WithCancel(ctx)
+	var rotations sync.WaitGroup
+	defer func() {
+		stopRotation()
+		rotations.Wait()
+	}()
+	var rotated chan error // non-nil while a rotation waits for its relay
 	for {
 		select {
 		case <-ctx.Done():
 			return connectedAt, ctx.Err()
 		case <-s.kick:
 			return connectedAt, errRestart
+		case <-s.rotate:
+			cur := s.snapshot()
+			if cur.Token == *token.Load() {
+				continue // this attempt applied it already
+			}
+			wt, err := s.rotateLive(ctx, cl, cur, ao, t)
+			if err != nil {
+				return connectedAt, err
+			}
+			token.Store(&cur.Token)
+			// A later rotation replaces the channel: only the last
+			// one's relay is waited for.
+			ch := make(chan error, 1)
+			rotated = ch
+			rotations.Add(1)
+			go func() {
+				defer rotations.Done()
+				ch <- cl.WaitRelay(rctx, wt, s.progressFn(PhaseReady))
+			}()
+		case err := <-rotated:
+			rotated = nil
+			if err != nil {
+				return connectedAt, fmt.Errorf("relay of sandbox %s for the rotated token: %w", t.Sandbox, err)
+			}
+			s.log.Info("tunnel token rotated: the new relay pod is ready; sessions move to it as the old one drains")
+			st, _ := s.m.store.Sandbox(s.name)
+			s.emit(Progress{Phase: PhaseReady, Done: true, Sandbox: &st,
+				Message: "token rotated: the relay checks the new token; the tunnel moves to its new pod as the old one drains"})
 		case <-lk.Done():
 			return connectedAt, fmt.Errorf("tunnel to relay of sandbox %s lost: %w", t.Sandbox, lk.Err())
 		case <-statsT.C:
@@ -380,6 +471,26 @@ func (s *session) connectOnce(ctx context.Context) (time.Time, error) {
 			}
 		}
 	}
+}
+
+// rotateLive applies the verifier of cur's new token while the tunnel is
+// up and returns the relay to wait for. The relay Deployment rolls: its new
+// pod checks the new token, and the old one, still serving the sessions it
+// has, drains once the new one is ready; the link then opens sessions to
+// the new pod with the new token (its Token func) and the old ones finish,
+// as in any rollout, so no request is dropped. Until then a session the
+// link replaces may meet the old pod and be refused, which it survives
+// with the others.
+func (s *session) rotateLive(ctx context.Context, cl Cluster, cur savedSandbox, ao ApplyOptions, t Target) (Target, error) {
+	s.emit(Progress{Phase: PhaseReady, Message: fmt.Sprintf("rotating the tunnel token of sandbox %s: applying its verifier (the relay rolls; the tunnel stays up)", cur.Name)})
+	ao.TokenVerifier = tunnel.VerifierOf(cur.Token).String()
+	ao.RefuseOtherVerifier = false // the user asked for a new token here
+	if _, err := cl.Apply(ctx, &cur.Spec, ao, s.progressFn(PhaseReady)); err != nil {
+		return Target{}, fmt.Errorf("rotate the tunnel token: apply the cluster objects: %w", err)
+	}
+	s.appliedToken(cur.Token)
+	t.TokenVerifier = ao.TokenVerifier
+	return t, nil
 }
 
 // routeChecked records a check of the sandbox's routes, and says so when

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -14,6 +15,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/sbx-dev/sbx/cluster/spec"
+	"github.com/sbx-dev/sbx/tunnel"
 )
 
 func TestConnectWaitStreamsEveryStep(t *testing.T) {
@@ -223,6 +225,10 @@ func TestBackoffAfterUp(t *testing.T) {
 	}
 }
 
+// TestStateSurvivesRestart: the state file (0600) keeps the sandbox and
+// its tunnel token, the only copy of it; a restarted daemon reconnects with
+// the same key and token, so its apply asks for no new verifier (no relay
+// rollout) and may not take the sandbox from another daemon.
 func TestStateSurvivesRestart(t *testing.T) {
 	fc := &fakeCluster{}
 	paths := testPaths(t)
@@ -234,12 +240,19 @@ func TestStateSurvivesRestart(t *testing.T) {
 	fi, err := os.Stat(paths.State())
 	require.NoError(t, err)
 	require.Equal(t, os.FileMode(0o600), fi.Mode().Perm())
+	di, err := os.Stat(filepath.Dir(paths.State()))
+	require.NoError(t, err)
+	require.Equal(t, os.FileMode(0o700), di.Mode().Perm())
 	b, err := os.ReadFile(paths.State())
 	require.NoError(t, err)
-	require.NotContains(t, string(b), "s3cret", "the token is never written to disk")
 	var doc stateDoc
 	require.NoError(t, json.Unmarshal(b, &doc))
 	require.Len(t, doc.Sandboxes, 1)
+	token := doc.Sandboxes[0].Token
+	require.Len(t, token, 43, "256 random bits, base64url")
+	first := fc.appliedOptions()[0]
+	require.Equal(t, tunnel.VerifierOf(token).String(), first.TokenVerifier, "the cluster gets the token's verifier")
+	require.False(t, first.RefuseOtherVerifier, "a new token's first apply takes the sandbox")
 	require.Equal(t, st.RoutingKey, doc.Sandboxes[0].RoutingKey)
 	require.Equal(t, "staging", doc.Sandboxes[0].Context)
 	require.Equal(t, "hotrod", doc.Sandboxes[0].Namespace)
@@ -251,6 +264,10 @@ func TestStateSurvivesRestart(t *testing.T) {
 	require.Equal(t, "staging", st2.Context)
 	keys := fc.appliedKeys()
 	require.Equal(t, st.RoutingKey, keys[len(keys)-1])
+	opts := fc.appliedOptions()
+	again := opts[len(opts)-1]
+	require.Equal(t, first.TokenVerifier, again.TokenVerifier, "same token: the relay Deployment stays as it is")
+	require.True(t, again.RefuseOtherVerifier, "a restarted daemon does not take the sandbox from another")
 
 	// Disconnect removes it from the state file too.
 	_, err = td2.client.Disconnect(context.Background(), "alice")

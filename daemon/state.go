@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"slices"
@@ -19,13 +20,18 @@ import (
 const stateVersion = 1
 
 // savedSandbox is what the daemon remembers about a sandbox across
-// restarts: enough to reconnect it with the same routing key. The tunnel
-// token is deliberately absent: it lives in the sandbox's Secret and Apply
-// reads it back, so a token never sits in a file on the laptop.
+// restarts: enough to reconnect it with the same routing key and tunnel
+// token, so a restarted daemon's apply changes nothing and the relay does
+// not roll.
 type savedSandbox struct {
 	Name       string `json:"name"`
 	RoutingKey string `json:"routingKey"`
-	Namespace  string `json:"namespace,omitempty"`
+	// Token is the tunnel token this daemon minted for the sandbox: the
+	// only copy there is (the relay holds its SHA-256), which is why the
+	// file is 0600 in a 0700 directory. It never leaves this file and the
+	// tunnel handshake: not in status, logs or errors (LogValue).
+	Token     string `json:"token,omitempty"`
+	Namespace string `json:"namespace,omitempty"`
 	// KubeconfigSource is where the sandbox's kubeconfig came from, as
 	// the connect request said; an older daemon's "kubeconfig" is read
 	// as it meant it (see KubeconfigSource), and written along for one.
@@ -36,6 +42,20 @@ type savedSandbox struct {
 	Spec      spec.Sandbox `json:"spec"`
 	CreatedAt time.Time    `json:"createdAt"`
 }
+
+// LogValue keeps the token out of logs.
+func (s savedSandbox) LogValue() slog.Value {
+	return slog.GroupValue(slog.String("name", s.Name), slog.String("routingKey", s.RoutingKey),
+		slog.String("namespace", s.Namespace), slog.String("context", s.Context))
+}
+
+// String keeps the token out of fmt's %v and %s.
+func (s savedSandbox) String() string {
+	return fmt.Sprintf("sandbox %s (routing key %s, context %q)", s.Name, s.RoutingKey, s.Context)
+}
+
+// GoString keeps the token out of %#v.
+func (s savedSandbox) GoString() string { return s.String() }
 
 type stateDoc struct {
 	Version   int            `json:"version"`

@@ -6,7 +6,6 @@ import (
 	"errors"
 	"io"
 	"net"
-	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -149,7 +148,7 @@ func TestInboundToLocalServer(t *testing.T) {
 	relay := startMiniRelay(t, "s3cret-token")
 	echo := echoServer(t)
 	cfg := shortTunnelConfig()
-	td := startDaemon(t, Options{Clusters: relayCluster(relay.addr).provider(), Tunnel: &cfg})
+	td := startDaemon(t, Options{newToken: fixedToken, Clusters: relayCluster(relay.addr).provider(), Tunnel: &cfg})
 	st := connectTo(t, td, echo.Addr().String())
 	require.Equal(t, 2, st.Sessions, "pool of 2 by default")
 	require.Eventually(t, func() bool { return len(relay.live()) == 2 }, 5*time.Second, 5*time.Millisecond)
@@ -185,7 +184,7 @@ func TestInboundRefusedAndUnknownMapping(t *testing.T) {
 	closed := ln.Addr().String()
 	require.NoError(t, ln.Close()) // nothing listens there now
 	cfg := shortTunnelConfig()
-	td := startDaemon(t, Options{Clusters: relayCluster(relay.addr).provider(), Tunnel: &cfg})
+	td := startDaemon(t, Options{newToken: fixedToken, Clusters: relayCluster(relay.addr).provider(), Tunnel: &cfg})
 	st := connectTo(t, td, closed)
 	require.False(t, st.Mappings[0].Listening)
 
@@ -206,13 +205,19 @@ func TestBadTokenIsRetried(t *testing.T) {
 	relay := startMiniRelay(t, "another-token")
 	cfg := shortTunnelConfig()
 	fc := relayCluster(relay.addr)
-	td := startDaemon(t, Options{Clusters: fc.provider(), Tunnel: &cfg})
+	td := startDaemon(t, Options{newToken: fixedToken, Clusters: fc.provider(), Tunnel: &cfg})
 	_, err := td.client.Connect(context.Background(), ConnectRequest{Spec: testSpec("alice", "localhost:1"), Wait: true, Timeout: 300 * time.Millisecond}, nil)
 	var ce *ConnectError
 	require.ErrorAs(t, err, &ce)
-	require.Contains(t, strings.ToLower(ce.Message), "token")
+	// The sandbox, the cause, and the next step; never the token.
+	for _, want := range []string{"sandbox alice",
+		"the relay's verifier does not match this daemon's token: the relay was re-created by another daemon or its Deployment was edited",
+		"bad token", "sbx connect alice --rotate-token"} {
+		require.Contains(t, ce.Message, want)
+	}
 	require.NotContains(t, ce.Message, "s3cret")
-	// Re-applying re-reads the token: once the Secret matches, it connects.
+	// A bad token is retried, not final: the daemon re-applies its
+	// verifier, and once the relay checks it, it connects.
 	relay.mu.Lock()
 	relay.token = "s3cret-token"
 	relay.mu.Unlock()
@@ -236,7 +241,7 @@ func TestPausedRequestOutlivesEveryTimeout(t *testing.T) {
 		_, _ = io.WriteString(c, "late answer to "+line)
 	})
 
-	td := startDaemon(t, Options{Clusters: relayCluster(relay.addr).provider(), Tunnel: &cfg, StatsInterval: 10 * time.Millisecond})
+	td := startDaemon(t, Options{newToken: fixedToken, Clusters: relayCluster(relay.addr).provider(), Tunnel: &cfg, StatsInterval: 10 * time.Millisecond})
 	connectTo(t, td, ln.Addr().String())
 	s, err := relay.open(context.Background(), "route", 8083)
 	require.NoError(t, err)
@@ -268,7 +273,7 @@ func TestSupervisorSurvivesRelayRestart(t *testing.T) {
 		return relay.addr()
 	}
 	fc := relayCluster(current)
-	td := startDaemon(t, Options{Clusters: fc.provider(), Tunnel: &cfg})
+	td := startDaemon(t, Options{newToken: fixedToken, Clusters: fc.provider(), Tunnel: &cfg})
 	st := connectTo(t, td, echo.Addr().String())
 
 	roundTrip := func(r *miniRelay) {

@@ -5,10 +5,12 @@
 // The command line (`sbx relay`, parsed by ParseArgs so the simulator starts
 // relays from the same arguments as the Deployment):
 //
-//	sbx relay --sandbox alice --listen 127.0.0.1:7000 --health-listen :7001 \
-//	  --inbound 20001=route/8083/http --grace 10s --drain-timeout 20s
+//	sbx relay --sandbox alice --token-sha256 <hex> --listen 127.0.0.1:7000 \
+//	  --health-listen :7001 --inbound 20001=route/8083/http --grace 10s --drain-timeout 20s
 //
-// with the token in $SBX_RELAY_TOKEN or the file named by --token-file.
+// The relay never holds the tunnel token: --token-sha256 is its SHA-256,
+// which the daemon that minted the token wrote into the Deployment. A Hello
+// is accepted when its token hashes to it (tunnel.TokenVerifier).
 //
 // Behaviour in brief:
 //

@@ -33,6 +33,9 @@ func TestMain(m *testing.M) {
 
 const testToken = "test-token-0123456789abcdef"
 
+// testVerifier is the relay's --token-sha256 for testToken.
+var testVerifier = tunnel.VerifierOf(testToken).String()
+
 // podIP is the relay pod's address in tests; LocalAddrs reports it.
 var podIP = netip.MustParseAddr("10.1.2.3")
 
@@ -123,8 +126,8 @@ func loopbackListen(network, addr string) (net.Listener, error) {
 // startRelay starts a relay for sandbox "alice" with the given extra flags.
 func startRelay(t testing.TB, args ...string) *harness {
 	t.Helper()
-	base := []string{"--sandbox", "alice", "--listen", "127.0.0.1:0", "--health-listen", "127.0.0.1:0", "--drain-timeout", "5s"}
-	opts, err := ParseArgs(append(base, args...), env(TokenEnv, testToken))
+	base := []string{"--sandbox", "alice", "--token-sha256", testVerifier, "--listen", "127.0.0.1:0", "--health-listen", "127.0.0.1:0", "--drain-timeout", "5s"}
+	opts, err := ParseArgs(append(base, args...))
 	require.NoError(t, err)
 	h := &harness{t: t, cluster: newFakeCluster(), done: make(chan error, 1), opts: opts}
 	cfg := tunnel.DefaultConfig()

@@ -4,21 +4,16 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"log/slog"
 	"net"
 	"net/netip"
-	"os"
 	"strconv"
 	"strings"
 	"time"
 
 	"github.com/spf13/pflag"
-)
 
-// TokenEnv is the environment variable the relay reads its tunnel token from
-// when --token-file is not given. The relay Deployment fills it from the
-// sandbox Secret's key "token".
-const TokenEnv = "SBX_RELAY_TOKEN"
+	"github.com/sbx-dev/sbx/tunnel"
+)
 
 // Defaults for the relay flags.
 const (
@@ -53,30 +48,6 @@ const (
 	// (cluster.relayMemory: max(512Mi, N × 2.5 MiB + 64 MiB)).
 	DefaultMaxStreams = 128
 )
-
-// Secret is a string that never prints: fmt, slog and encoders see
-// "[redacted]", so a token in Options cannot leak through a log line.
-type Secret string
-
-// String redacts the secret.
-func (s Secret) String() string {
-	if s == "" {
-		return ""
-	}
-	return "[redacted]"
-}
-
-// GoString redacts the secret for %#v.
-func (s Secret) GoString() string { return strconv.Quote(s.String()) }
-
-// LogValue redacts the secret for slog.
-func (s Secret) LogValue() slog.Value { return slog.StringValue(s.String()) }
-
-// MarshalText redacts the secret for JSON, YAML and other encoders.
-func (s Secret) MarshalText() ([]byte, error) { return []byte(s.String()), nil }
-
-// Reveal returns the secret itself, for the one place that compares it.
-func (s Secret) Reveal() string { return string(s) }
 
 // Options configure a relay. ParseArgs builds them from the command line the
 // cluster code writes into the relay Deployment.
@@ -115,11 +86,10 @@ type Options struct {
 	MaxStreams int
 	// Deny adds address ranges to the outbound dial policy's built-in ones.
 	Deny []netip.Prefix
-	// Token authenticates the daemon. It never appears in logs or errors.
-	Token Secret
-	// TokenSource says where the token came from (the env var or the file),
-	// for messages.
-	TokenSource string
+	// TokenVerifier authenticates the daemon: the SHA-256 of the tunnel
+	// token, which only the daemon holds. A Hello is accepted when its
+	// token hashes to it (tunnel.TokenVerifier.Verify).
+	TokenVerifier tunnel.TokenVerifier
 }
 
 // Flags holds the raw command-line values of `sbx relay`. ParseArgs uses it,
@@ -138,7 +108,7 @@ type Flags struct {
 	maxHeld      int
 	maxStreams   int
 	deny         denyFlag
-	tokenFile    string
+	tokenSHA256  string
 }
 
 // NewFlags returns flags holding the defaults.
@@ -174,12 +144,13 @@ func (f *Flags) AddFlags(fs *pflag.FlagSet) {
 	fs.Var(&f.deny, "deny", "address or CIDR the relay must never dial, repeatable, on top of its built-in list (link-local, the cloud metadata services, 0.0.0.0/8, loopback, multicast, its own pod); "+
 		"an IPv4 range also refuses its IPv6 forms (NAT64, 6to4, IPv4-compatible), an IPv6 range applies as written. "+
 		"sbx sets it from outbound.deny in the sbx config (sbx render --relay-deny shows the result), e.g. --deny 10.0.0.0/24")
-	fs.StringVar(&f.tokenFile, "token-file", f.tokenFile, "file holding the tunnel token (default: the "+TokenEnv+" environment variable), e.g. --token-file /var/run/sbx/token")
+	fs.StringVar(&f.tokenSHA256, "token-sha256", f.tokenSHA256, "the SHA-256 of the tunnel token, 64 hex digits (required): a daemon whose Hello carries a token with this hash is accepted. "+
+		"The relay never holds the token itself, so anyone who can read the relay Deployment learns only the hash. "+
+		"sbx sets it from the token the sbx daemon minted and keeps; by hand, e.g. --token-sha256 \"$(printf %s \"$TOKEN\" | sha256sum | cut -d' ' -f1)\"")
 }
 
-// Options validates the flag values and loads the token from --token-file or,
-// without it, from getenv(TokenEnv).
-func (f *Flags) Options(getenv func(string) string) (Options, error) {
+// Options validates the flag values.
+func (f *Flags) Options() (Options, error) {
 	o := Options{
 		Sandbox:      f.sandbox,
 		Listen:       f.listen,
@@ -194,16 +165,12 @@ func (f *Flags) Options(getenv func(string) string) (Options, error) {
 		MaxStreams:   f.maxStreams,
 		Deny:         append([]netip.Prefix(nil), f.deny...),
 	}
-	if f.tokenFile != "" {
-		b, err := os.ReadFile(f.tokenFile)
+	if f.tokenSHA256 != "" {
+		v, err := tunnel.ParseTokenVerifier(f.tokenSHA256)
 		if err != nil {
-			return Options{}, fmt.Errorf("reading the tunnel token: %w (check --token-file and the Secret volume mount)", err)
+			return Options{}, fmt.Errorf("--token-sha256: %w", err)
 		}
-		o.Token = Secret(strings.TrimSpace(string(b)))
-		o.TokenSource = "--token-file " + f.tokenFile
-	} else if getenv != nil {
-		o.Token = Secret(strings.TrimSpace(getenv(TokenEnv)))
-		o.TokenSource = "$" + TokenEnv
+		o.TokenVerifier = v
 	}
 	if err := o.Validate(); err != nil {
 		return Options{}, err
@@ -212,9 +179,9 @@ func (f *Flags) Options(getenv func(string) string) (Options, error) {
 }
 
 // ParseArgs parses the `sbx relay` command line (without the command words):
-// flags only, no positional arguments. getenv supplies SBX_RELAY_TOKEN; the
-// simulator passes the pod template's env.
-func ParseArgs(args []string, getenv func(string) string) (Options, error) {
+// flags only, no positional arguments, and nothing from the environment, so
+// the Deployment's args say everything the relay does.
+func ParseArgs(args []string) (Options, error) {
 	f := NewFlags()
 	fs := pflag.NewFlagSet("relay", pflag.ContinueOnError)
 	fs.SetOutput(io.Discard)
@@ -225,7 +192,7 @@ func ParseArgs(args []string, getenv func(string) string) (Options, error) {
 	if fs.NArg() > 0 {
 		return Options{}, fmt.Errorf("relay takes no arguments, got %q (every setting is a --flag; see sbx relay --help)", fs.Args())
 	}
-	return f.Options(getenv)
+	return f.Options()
 }
 
 // Validate checks options built by hand (ParseArgs already calls it).
@@ -236,8 +203,8 @@ func (o Options) Validate() error {
 	} else if err := checkDNSLabel(o.Sandbox); err != nil {
 		errs = append(errs, fmt.Errorf("--sandbox: %w", err))
 	}
-	if o.Token == "" {
-		errs = append(errs, fmt.Errorf("no tunnel token: set %s or pass --token-file (the sandbox Secret's key \"token\")", TokenEnv))
+	if o.TokenVerifier.IsZero() {
+		errs = append(errs, errors.New("--token-sha256 is required: the SHA-256 of the tunnel token the sbx daemon minted (sbx writes it into the relay Deployment)"))
 	}
 	listenPort, err := checkLoopback(o.Listen)
 	if err != nil {

@@ -4,16 +4,16 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"log/slog"
 	"net/netip"
-	"os"
-	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/spf13/pflag"
 	"github.com/stretchr/testify/require"
+
+	"github.com/sbx-dev/sbx/tunnel"
 )
 
 func TestInboundSpecRoundTrip(t *testing.T) {
@@ -100,21 +100,10 @@ func FuzzParseInbound(f *testing.F) {
 	})
 }
 
-// env returns a getenv over a map.
-func env(kv ...string) func(string) string {
-	m := map[string]string{}
-	for i := 0; i+1 < len(kv); i += 2 {
-		m[kv[i]] = kv[i+1]
-	}
-	return func(k string) string { return m[k] }
-}
-
 func TestParseArgs(t *testing.T) {
-	tokenFile := filepath.Join(t.TempDir(), "token")
-	require.NoError(t, os.WriteFile(tokenFile, []byte("file-secret\n"), 0o600))
-
 	o, err := ParseArgs([]string{
 		"--sandbox", "alice",
+		"--token-sha256", strings.ToUpper(testVerifier),
 		"--listen", "127.0.0.1:7000",
 		"--health-listen", ":7001",
 		"--inbound", "20001=route/8083/http",
@@ -126,7 +115,7 @@ func TestParseArgs(t *testing.T) {
 		"--deny", "10.0.0.0/8",
 		"--deny", "172.16.1.1/12,fd00:bad::/32", // host bits dropped
 		"--deny", "::ffff:192.168.0.0/112,::ffff:1.2.3.4", // IPv4-mapped: the IPv4 range
-	}, env(TokenEnv, "env-secret"))
+	})
 	require.NoError(t, err)
 	require.Equal(t, Options{
 		Sandbox:      "alice",
@@ -148,83 +137,83 @@ func TestParseArgs(t *testing.T) {
 		Deny: []netip.Prefix{netip.MustParsePrefix("10.200.0.5/32"), netip.MustParsePrefix("10.0.0.0/8"),
 			netip.MustParsePrefix("172.16.0.0/12"), netip.MustParsePrefix("fd00:bad::/32"),
 			netip.MustParsePrefix("192.168.0.0/16"), netip.MustParsePrefix("1.2.3.4/32")},
-		Token:       "env-secret",
-		TokenSource: "$SBX_RELAY_TOKEN",
+		TokenVerifier: tunnel.VerifierOf(testToken),
 	}, o)
 
-	// Defaults, and the token file wins over the environment.
-	o, err = ParseArgs([]string{"--sandbox", "bob", "--token-file", tokenFile}, env(TokenEnv, "env-secret"))
+	// Defaults.
+	o, err = ParseArgs([]string{"--sandbox", "bob", "--token-sha256", testVerifier})
 	require.NoError(t, err)
 	require.Equal(t, "bob", o.Sandbox)
 	require.Equal(t, DefaultListen, o.Listen)
 	require.Equal(t, DefaultHealthListen, o.HealthListen)
 	require.Equal(t, DefaultGrace, o.Grace)
 	require.Equal(t, DefaultDrainTimeout, o.DrainTimeout)
-	require.Equal(t, Secret("file-secret"), o.Token, "trailing newline of the mounted Secret is trimmed")
 	require.Empty(t, o.Inbound)
 
 	// IPv6 loopback is loopback too.
-	_, err = ParseArgs([]string{"--sandbox", "bob", "--listen", "[::1]:0"}, env(TokenEnv, "t"))
+	_, err = ParseArgs([]string{"--sandbox", "bob", "--token-sha256", testVerifier, "--listen", "[::1]:0"})
 	require.NoError(t, err)
 
-	_, err = ParseArgs([]string{"--help"}, env())
+	_, err = ParseArgs([]string{"--help"})
 	require.ErrorIs(t, err, pflag.ErrHelp)
 }
 
 func TestParseArgsErrors(t *testing.T) {
-	tok := env(TokenEnv, "secret-token-value")
 	tests := []struct {
-		name   string
-		args   []string
-		getenv func(string) string
-		want   string
+		name string
+		args []string
+		want string
 	}{
-		{"no sandbox", []string{}, tok, "--sandbox is required"},
-		{"bad sandbox", []string{"--sandbox", "Alice"}, tok, "--sandbox: name \"Alice\""},
-		{"no token", []string{"--sandbox", "a"}, env(), "no tunnel token: set SBX_RELAY_TOKEN or pass --token-file"},
-		{"blank token", []string{"--sandbox", "a"}, env(TokenEnv, " \n"), "no tunnel token"},
-		{"missing token file", []string{"--sandbox", "a", "--token-file", "/nonexistent/token"}, tok, "reading the tunnel token"},
-		{"listen all interfaces", []string{"--sandbox", "a", "--listen", ":7000"}, tok, "is not a loopback address"},
-		{"listen pod ip", []string{"--sandbox", "a", "--listen", "10.1.2.3:7000"}, tok, "is not a loopback address"},
-		{"listen name", []string{"--sandbox", "a", "--listen", "localhost:7000"}, tok, "use 127.0.0.1:7000"},
-		{"listen unspecified", []string{"--sandbox", "a", "--listen", "0.0.0.0:7000"}, tok, "is not a loopback address"},
-		{"listen no port", []string{"--sandbox", "a", "--listen", "127.0.0.1"}, tok, "is not host:port"},
-		{"health bad port", []string{"--sandbox", "a", "--health-listen", ":http"}, tok, "not a number"},
-		{"same port", []string{"--sandbox", "a", "--listen", "127.0.0.1:7001"}, tok, "both use port 7001"},
-		{"inbound dup", []string{"--sandbox", "a", "--inbound", "20001=a/1", "--inbound", "20001=b/2"}, tok, "container port 20001 is given twice"},
-		{"inbound on health", []string{"--sandbox", "a", "--inbound", "7001=a/1"}, tok, "is the --health-listen port"},
-		{"inbound on tunnel", []string{"--sandbox", "a", "--inbound", "7000=a/1"}, tok, "is the tunnel --listen port"},
-		{"inbound syntax", []string{"--sandbox", "a", "--inbound", "20001:route/8083"}, tok, "want containerPort=workload/port"},
-		{"negative grace", []string{"--sandbox", "a", "--grace", "-1s"}, tok, "--grace -1s is negative"},
-		{"negative max streams", []string{"--sandbox", "a", "--max-streams", "-1"}, tok, "--max-streams -1 is negative"},
-		{"zero dial timeout", []string{"--sandbox", "a", "--dial-timeout", "0s"}, tok, "--dial-timeout 0s must be positive"},
-		{"bad deny", []string{"--sandbox", "a", "--deny", "metadata"}, tok, "neither an address nor a CIDR"},
-		{"deny prefix too long", []string{"--sandbox", "a", "--deny", "10.0.0.0/33"}, tok, `"10.0.0.0/33" is not a CIDR`},
-		{"deny zone", []string{"--sandbox", "a", "--deny", "fe80::1%eth0"}, tok, "neither an address nor a CIDR"},
-		{"positional", []string{"--sandbox", "a", "extra"}, tok, "relay takes no arguments"},
-		{"unknown flag", []string{"--sandbox", "a", "--frobnicate"}, tok, "unknown flag: --frobnicate"},
+		{"no sandbox", []string{}, "--sandbox is required"},
+		{"bad sandbox", []string{"--sandbox", "Alice"}, "--sandbox: name \"Alice\""},
+		{"no verifier", []string{"--sandbox", "a"}, "--token-sha256 is required"},
+		{"token instead of verifier", []string{"--sandbox", "a", "--token-sha256", testToken}, "--token-sha256: a token verifier is 64 hex digits"},
+		{"verifier not hex", []string{"--sandbox", "a", "--token-sha256", strings.Repeat("z", 64)}, "--token-sha256: a token verifier is 64 hex digits"},
+		{"token file is gone", []string{"--sandbox", "a", "--token-file", "/var/run/sbx/token"}, "unknown flag: --token-file"},
+		{"listen all interfaces", []string{"--sandbox", "a", "--listen", ":7000"}, "is not a loopback address"},
+		{"listen pod ip", []string{"--sandbox", "a", "--listen", "10.1.2.3:7000"}, "is not a loopback address"},
+		{"listen name", []string{"--sandbox", "a", "--listen", "localhost:7000"}, "use 127.0.0.1:7000"},
+		{"listen unspecified", []string{"--sandbox", "a", "--listen", "0.0.0.0:7000"}, "is not a loopback address"},
+		{"listen no port", []string{"--sandbox", "a", "--listen", "127.0.0.1"}, "is not host:port"},
+		{"health bad port", []string{"--sandbox", "a", "--health-listen", ":http"}, "not a number"},
+		{"same port", []string{"--sandbox", "a", "--listen", "127.0.0.1:7001"}, "both use port 7001"},
+		{"inbound dup", []string{"--sandbox", "a", "--inbound", "20001=a/1", "--inbound", "20001=b/2"}, "container port 20001 is given twice"},
+		{"inbound on health", []string{"--sandbox", "a", "--inbound", "7001=a/1"}, "is the --health-listen port"},
+		{"inbound on tunnel", []string{"--sandbox", "a", "--inbound", "7000=a/1"}, "is the tunnel --listen port"},
+		{"inbound syntax", []string{"--sandbox", "a", "--inbound", "20001:route/8083"}, "want containerPort=workload/port"},
+		{"negative grace", []string{"--sandbox", "a", "--grace", "-1s"}, "--grace -1s is negative"},
+		{"negative max streams", []string{"--sandbox", "a", "--max-streams", "-1"}, "--max-streams -1 is negative"},
+		{"zero dial timeout", []string{"--sandbox", "a", "--dial-timeout", "0s"}, "--dial-timeout 0s must be positive"},
+		{"bad deny", []string{"--sandbox", "a", "--deny", "metadata"}, "neither an address nor a CIDR"},
+		{"deny prefix too long", []string{"--sandbox", "a", "--deny", "10.0.0.0/33"}, `"10.0.0.0/33" is not a CIDR`},
+		{"deny zone", []string{"--sandbox", "a", "--deny", "fe80::1%eth0"}, "neither an address nor a CIDR"},
+		{"positional", []string{"--sandbox", "a", "extra"}, "relay takes no arguments"},
+		{"unknown flag", []string{"--sandbox", "a", "--frobnicate"}, "unknown flag: --frobnicate"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			_, err := ParseArgs(tt.args, tt.getenv)
+			args := tt.args
+			if !slices.Contains(args, "--token-sha256") && tt.name != "no verifier" {
+				args = append([]string{"--token-sha256", testVerifier}, args...)
+			}
+			_, err := ParseArgs(args)
 			require.Error(t, err)
 			require.Contains(t, err.Error(), tt.want)
-			require.NotContains(t, err.Error(), "secret-token-value")
 		})
 	}
 }
 
-func TestTokenNeverPrints(t *testing.T) {
-	o, err := ParseArgs([]string{"--sandbox", "a"}, env(TokenEnv, "s3cr3t-tok"))
+// TestOptionsHoldNoToken: nothing the relay is started with can
+// authenticate as the daemon; what it prints of its verifier is a hash.
+func TestOptionsHoldNoToken(t *testing.T) {
+	o, err := ParseArgs([]string{"--sandbox", "a", "--token-sha256", testVerifier})
 	require.NoError(t, err)
-	var logs strings.Builder
-	slog.New(slog.NewTextHandler(&logs, nil)).Info("options", "opts", o, "token", o.Token)
 	js, err := json.Marshal(o)
 	require.NoError(t, err)
-	for _, s := range []string{fmt.Sprint(o), fmt.Sprintf("%+v", o), fmt.Sprintf("%#v", o), string(js), logs.String(), o.Token.String()} {
-		require.NotContains(t, s, "s3cr3t-tok")
+	for _, s := range []string{fmt.Sprintf("%+v", o), fmt.Sprintf("%#v", o), string(js)} {
+		require.NotContains(t, s, testToken)
 	}
-	require.Equal(t, "s3cr3t-tok", o.Token.Reveal())
+	require.True(t, o.TokenVerifier.Verify(testToken))
 }
 
 func FuzzParseArgs(f *testing.F) {
@@ -232,7 +221,7 @@ func FuzzParseArgs(f *testing.F) {
 	f.Add("--sandbox=a --listen [::1]:0 --deny 10.0.0.0/8,fd00::/8")
 	f.Add("--listen 127.0.0.1:7000 --health-listen :7001 x")
 	f.Fuzz(func(t *testing.T, line string) {
-		o, err := ParseArgs(strings.Fields(line), env(TokenEnv, "tok"))
+		o, err := ParseArgs(append([]string{"--token-sha256", testVerifier}, strings.Fields(line)...))
 		if err != nil {
 			if errors.Is(err, pflag.ErrHelp) {
 				return

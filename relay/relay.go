@@ -272,7 +272,7 @@ func (r *Relay) Run(ctx context.Context) error {
 		inbound[i] = in.spec.String() + "@" + in.l.Addr().String()
 	}
 	r.log.Info("relay serving", "version", r.ver, "tunnel", addrs.Tunnel, "health", addrs.Health, "inbound", inbound,
-		"grace", r.opts.Grace, "drainTimeout", r.opts.DrainTimeout, "token", r.opts.TokenSource)
+		"grace", r.opts.Grace, "drainTimeout", r.opts.DrainTimeout, "tokenSHA256", r.opts.TokenVerifier.String()[:12]+"…")
 
 	<-ctx.Done()
 	r.shutdown()

@@ -5,6 +5,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"go/ast"
+	"go/parser"
+	"go/token"
 	"io"
 	"net"
 	"net/http"
@@ -543,7 +546,7 @@ func TestNewFailsOnBusyPort(t *testing.T) {
 	busy, err := net.Listen("tcp", "127.0.0.1:0")
 	require.NoError(t, err)
 	defer busy.Close()
-	opts, err := ParseArgs([]string{"--sandbox", "alice", "--listen", busy.Addr().String(), "--health-listen", "127.0.0.1:0"}, env(TokenEnv, testToken))
+	opts, err := ParseArgs([]string{"--sandbox", "alice", "--token-sha256", testVerifier, "--listen", busy.Addr().String(), "--health-listen", "127.0.0.1:0"})
 	require.NoError(t, err)
 	_, err = New(opts, Deps{})
 	require.Error(t, err)
@@ -570,7 +573,7 @@ func TestHealthEndpoints(t *testing.T) {
 }
 
 func TestCloseWithoutRun(t *testing.T) {
-	opts, err := ParseArgs([]string{"--sandbox", "alice", "--listen", "127.0.0.1:0", "--health-listen", "127.0.0.1:0", "--inbound", "20001=route/8083"}, env(TokenEnv, testToken))
+	opts, err := ParseArgs([]string{"--sandbox", "alice", "--token-sha256", testVerifier, "--listen", "127.0.0.1:0", "--health-listen", "127.0.0.1:0", "--inbound", "20001=route/8083"})
 	require.NoError(t, err)
 	r, err := New(opts, Deps{Listen: loopbackListen})
 	require.NoError(t, err)
@@ -677,4 +680,60 @@ func TestMaxStreamsAnswerHoldsNoSlot(t *testing.T) {
 	require.NoError(t, err, "the 502 still being answered holds no stream slot")
 	require.NoError(t, st.Close())
 	require.Equal(t, 0.0, metricValue(h.metrics(), "sbx_relay_streams_refused_total", "kind", "outbound"))
+}
+
+// TestHelloCheckedAgainstVerifier: the relay knows only the token's
+// SHA-256. The daemon's token is accepted; another token, or none, is
+// refused as a bad token, without the relay ever having held the token.
+func TestHelloCheckedAgainstVerifier(t *testing.T) {
+	h := startRelay(t)
+	require.Equal(t, tunnel.VerifierOf(testToken), h.opts.TokenVerifier)
+	lap := newLaptop(t, "laptop-1")
+	for name, tok := range map[string]string{"wrong": "another-token", "empty": "", "the verifier itself": testVerifier} {
+		hello := lap.hello()
+		hello.Token = tok
+		_, err := lap.dial(h, hello)
+		require.ErrorIs(t, err, tunnel.ErrBadToken, name)
+		require.Contains(t, err.Error(), "is not this relay's --token-sha256 "+testVerifier[:12], name)
+	}
+	// The relay counts a refusal once its side of the handshake is over,
+	// which may be after the laptop has read it.
+	require.Eventually(t, func() bool {
+		return metricValue(h.metrics(), "sbx_relay_handshakes_total", "result", "bad_token") == 3
+	}, 10*time.Second, 5*time.Millisecond)
+	lap.connect(h, 1)
+	require.Equal(t, 1.0, metricValue(h.metrics(), "sbx_relay_handshakes_total", "result", "ok"))
+}
+
+// TestHelloCheckIsConstantTime reads checkHello's source: the Hello's
+// token goes to the verifier (whose comparison is constant time, see
+// package tunnel) and nowhere else, so the relay never compares it itself.
+func TestHelloCheckIsConstantTime(t *testing.T) {
+	f, err := parser.ParseFile(token.NewFileSet(), "tunnelserve.go", nil, 0)
+	require.NoError(t, err)
+	var check *ast.FuncDecl
+	for _, d := range f.Decls {
+		if fd, ok := d.(*ast.FuncDecl); ok && fd.Name.Name == "checkHello" {
+			check = fd
+		}
+	}
+	require.NotNil(t, check)
+	uses, verified := 0, 0
+	ast.Inspect(check.Body, func(n ast.Node) bool {
+		switch n := n.(type) {
+		case *ast.CallExpr:
+			if sel, ok := n.Fun.(*ast.SelectorExpr); ok && sel.Sel.Name == "Verify" && len(n.Args) == 1 {
+				if arg, ok := n.Args[0].(*ast.SelectorExpr); ok && arg.Sel.Name == "Token" {
+					verified++
+				}
+			}
+		case *ast.SelectorExpr:
+			if n.Sel.Name == "Token" {
+				uses++
+			}
+		}
+		return true
+	})
+	require.Equal(t, 1, verified, "checkHello checks the token with TokenVerifier.Verify")
+	require.Equal(t, 1, uses, "checkHello uses the token only to verify it")
 }

@@ -87,12 +87,13 @@ func (r *Relay) acceptTunnel() {
 	}
 }
 
-// checkHello validates a daemon's Hello: the token (constant time) first,
-// then the sandbox. Messages never contain the token.
+// checkHello validates a daemon's Hello: the token against the verifier
+// (constant time, an empty token never matches) first, then the sandbox.
+// Messages never contain the token.
 func (r *Relay) checkHello(h tunnel.Hello) (tunnel.Welcome, error) {
-	if !tunnel.TokenEqual(h.Token, r.opts.Token.Reveal()) {
+	if !r.opts.TokenVerifier.Verify(h.Token) {
 		return tunnel.Welcome{}, &tunnel.HandshakeError{Code: tunnel.CodeBadToken,
-			Message: "the token does not match this relay's (the sandbox Secret changed: run `sbx connect` again to fetch it)"}
+			Message: "the token's SHA-256 is not this relay's --token-sha256 " + r.opts.TokenVerifier.String()[:12] + "…"}
 	}
 	if h.Sandbox != r.opts.Sandbox {
 		other := "the Hello names none"

@@ -28,7 +28,7 @@ type holdCluster struct {
 }
 
 func (c *holdCluster) Apply(ctx context.Context, sb *spec.Sandbox, o daemon.ApplyOptions, progress func(string)) (daemon.Applied, error) {
-	return daemon.Applied{Target: daemon.Target{Sandbox: sb.Name, RoutingKey: o.RoutingKey, Namespace: "hotrod"}, Token: "test-token"}, nil
+	return daemon.Applied{Target: daemon.Target{Sandbox: sb.Name, RoutingKey: o.RoutingKey, Namespace: "hotrod"}}, nil
 }
 
 func (c *holdCluster) WaitRelay(ctx context.Context, t daemon.Target, progress func(string)) error {

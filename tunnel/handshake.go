@@ -13,7 +13,8 @@ import (
 )
 
 // TokenEqual compares two tokens in constant time (also independent of
-// their lengths), for the relay's Hello check.
+// their lengths), for a Hello check by a side that holds the token itself
+// (tests, benchmarks). The relay holds only a TokenVerifier.
 func TokenEqual(a, b string) bool {
 	ha := sha256.Sum256([]byte(a))
 	hb := sha256.Sum256([]byte(b))
@@ -99,7 +100,7 @@ func clientHandshake(conn net.Conn, hello Hello) (Welcome, error) {
 // (maxControlPayload), not a yamux session with its stream windows. A
 // *HandshakeError from check is sent to the peer as is; any other error is
 // sent as CodeInternal without its text (it may hold internals) and
-// returned. Compare tokens with TokenEqual. A Hello of another protocol
+// returned. Check tokens with a TokenVerifier (or TokenEqual). A Hello of another protocol
 // version is refused before check runs. ctx and cfg.HandshakeTimeout bound
 // the handshake only. On error conn is closed; on success the session
 // owns it. The returned Hello has its token removed.

@@ -23,6 +23,7 @@ import (
 	"k8s.io/apimachinery/pkg/util/intstr"
 
 	"github.com/sbx-dev/sbx/cluster/podstate"
+	"github.com/sbx-dev/sbx/tunnel"
 )
 
 // fakeRelay stands in for the relay: it parses the flags the relay takes,
@@ -35,6 +36,7 @@ func fakeRelay(ctx context.Context, p RelayProcess) error {
 	sandbox := fs.String("sandbox", "", "")
 	listen := fs.String("listen", "127.0.0.1:7000", "")
 	health := fs.String("health-listen", ":7001", "")
+	fs.String("token-sha256", "", "")
 	fs.String("grace", "", "")
 	fs.String("drain-timeout", "", "")
 	var inbound []string
@@ -103,8 +105,11 @@ func fakeRelay(ctx context.Context, p RelayProcess) error {
 	return nil
 }
 
-// relayObjects mirrors what sbx generates: a Lease anchor, a Secret with the
-// token, the relay Deployment and a Service selecting the relay pod.
+// relayObjects mirrors what sbx generates: the relay Deployment, whose args
+// carry the token's verifier (--token-sha256), and a Service selecting the
+// relay pod, owned by a Lease. sbx writes no Secret; this one feeds the
+// container an env var from a secretKeyRef, which the fake relay prints,
+// to test the simulated kubelet's env resolution.
 func relayObjects(ns, sandbox, token string, leaseUID string) (*corev1.Secret, *appsv1.Deployment, *corev1.Service) {
 	yes := true
 	owner := []metav1.OwnerReference{{APIVersion: "coordination.k8s.io/v1", Kind: "Lease", Name: "sbx-" + sandbox,
@@ -129,7 +134,8 @@ func relayObjects(ns, sandbox, token string, leaseUID string) (*corev1.Secret, *
 						Name:    "relay",
 						Image:   "ghcr.io/sbx-dev/sbx:test",
 						Command: []string{"sbx"},
-						Args: []string{"relay", "--sandbox", sandbox, "--listen", "127.0.0.1:7000", "--health-listen", ":7001",
+						Args: []string{"relay", "--sandbox", sandbox, "--token-sha256", tunnel.VerifierOf(token).String(),
+							"--listen", "127.0.0.1:7000", "--health-listen", ":7001",
 							"--inbound", "20001=route/8083/http", "--grace", "10s"},
 						Env: []corev1.EnvVar{{Name: "SBX_RELAY_TOKEN", ValueFrom: &corev1.EnvVarSource{
 							SecretKeyRef: &corev1.SecretKeySelector{LocalObjectReference: corev1.LocalObjectReference{Name: secret.Name}, Key: "token"}}}},

@@ -10,10 +10,10 @@ import (
 
 // defaultRelay is the relay Start runs unless Options.Relay says otherwise:
 // the real relay from the container's command line, the way `sbx relay`
-// does in a pod: relay.ParseArgs on the template's args and env, then
+// does in a pod: relay.ParseArgs on the template's args, then
 // relay.New with the pod's sockets, DNS and dialer.
 func defaultRelay(ctx context.Context, p RelayProcess) error {
-	opts, err := relay.ParseArgs(p.Args, p.Getenv)
+	opts, err := relay.ParseArgs(p.Args)
 	if err != nil {
 		return err
 	}

@@ -22,9 +22,10 @@ func newConnectCmd(g *globalOptions) *cobra.Command {
 		wait    bool
 		timeout time.Duration
 		watch   bool
+		rotate  bool
 	)
 	cmd := &cobra.Command{
-		Use:   "connect -f FILE [--set name=value]...",
+		Use:   "connect -f FILE [--set name=value]... | connect NAME --rotate-token",
 		Short: "Connect a sandbox: route its keyed traffic to processes on this laptop",
 		Long: `Connect validates the sandbox spec, hands it to the sbx daemon (starting the
 daemon if needed), and shows each step: cluster objects applied, relay pod
@@ -50,15 +51,41 @@ A sandbox spec (YAML; @{name} is filled from --set name=...):
             toLocal: localhost:8083
 
 Keyed requests to the route Service's port 8083 then reach localhost:8083.
-` + "`sbx validate -f FILE`" + ` checks a spec without connecting.`,
+` + "`sbx validate -f FILE`" + ` checks a spec without connecting.
+
+The daemon mints the sandbox's tunnel token and keeps it in its state file;
+the cluster gets only the token's SHA-256, which the relay checks. With
+--rotate-token the daemon mints a new token: the relay rolls to a pod that
+accepts only the new one, and the tunnel moves to it without dropping
+requests. ` + "`sbx connect NAME --rotate-token`" + ` rotates a connected sandbox's token
+and keeps its spec; it is also how you take a sandbox back that another
+daemon connected since.`,
 		Example: `  sbx connect -f sandbox.yaml --set name=alice
   sbx connect -f sandbox.yaml --set name=alice --watch
-  sbx connect -f sandbox.yaml --set name=alice --wait=false   # return at once; see sbx status`,
-		Args: cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
+  sbx connect -f sandbox.yaml --set name=alice --wait=false   # return at once; see sbx status
+  sbx connect alice --rotate-token                            # new tunnel token, same spec`,
+		Args: func(cmd *cobra.Command, args []string) error {
+			switch {
+			case len(args) > 1:
+				return userError(fmt.Errorf("connect takes at most one NAME, got %q", args), "pass -f FILE, or NAME with --rotate-token")
+			case len(args) == 1 && !rotate:
+				return userError(fmt.Errorf("connect %s: a sandbox is connected from its spec", args[0]),
+					"pass -f FILE (with --set name=...), or add --rotate-token to rotate the token of connected sandbox "+args[0])
+			case len(args) == 1 && sf.file != "":
+				return userError(errors.New("give either NAME or -f FILE, not both"), "sbx connect NAME --rotate-token keeps the spec it has")
+			case len(args) == 1 && watch:
+				return userError(errors.New("--watch needs a spec file"), "pass -f FILE")
+			}
+			return nil
+		},
+		ValidArgsFunction: completeSandboxNames,
+		RunE: func(cmd *cobra.Command, args []string) error {
 			format, err := g.outputFormat("text", "json", "yaml")
 			if err != nil {
 				return err
+			}
+			if len(args) == 1 {
+				return rotateToken(cmd.Context(), g, args[0], wait, timeout, format)
 			}
 			if watch && sf.file == "-" {
 				return userError(errors.New("--watch needs a spec file, not standard input"), "pass -f FILE")
@@ -79,17 +106,19 @@ Keyed requests to the route Service's port 8083 then reach localhost:8083.
 				return err
 			}
 			defer c.Close()
-			req := daemon.ConnectRequest{KubeconfigSource: kubeconfigSource(g), Context: g.context, Wait: wait, Timeout: timeout}
+			req := daemon.ConnectRequest{KubeconfigSource: kubeconfigSource(g), Context: g.context, Wait: wait, Timeout: timeout, RotateToken: rotate}
 			if err := connectOnce(ctx, g, c, req, sb, format); err != nil {
 				return err
 			}
 			if !watch {
 				return nil
 			}
+			req.RotateToken = false // once, not on every edit
 			return watchSpec(ctx, g, c, req, &sf, format)
 		},
 	}
 	sf.register(cmd)
+	cmd.Flags().BoolVar(&rotate, "rotate-token", false, "mint a new tunnel token: the relay rolls to a pod that accepts only the new one and the tunnel moves there; with NAME instead of -f, the connected sandbox keeps its spec (e.g. after a colleague or another laptop connected it)")
 	cmd.Flags().BoolVar(&wait, "wait", true, "wait until the sandbox is ready, showing progress (--wait=false returns at once)")
 	cmd.Flags().DurationVar(&timeout, "timeout", 3*time.Minute, "how long --wait waits; the daemon keeps trying afterwards")
 	cmd.Flags().BoolVar(&watch, "watch", false, "keep running and re-apply the spec whenever the file changes")
@@ -137,11 +166,35 @@ func daemonStoppedConnecting(name string) error {
 		hint: fmt.Sprintf("connect again: a new daemon resumes %s with its routing key; `sbx logs` shows why the old one stopped", name)}
 }
 
+// rotateToken is `sbx connect NAME --rotate-token`: a connect that only
+// gives the connected sandbox a new token.
+func rotateToken(ctx context.Context, g *globalOptions, name string, wait bool, timeout time.Duration, format string) error {
+	if !spec.IsDNS1123Label(name) {
+		return userError(fmt.Errorf("%q is not a sandbox name", name), "`sbx status` lists the connected sandboxes")
+	}
+	c, err := needDaemon(ctx, g)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	req := daemon.ConnectRequest{RotateToken: true, Wait: wait, Timeout: timeout}
+	err = connectOnce(ctx, g, c, req, &spec.Sandbox{Name: name}, format)
+	var ae *daemon.APIError
+	if errors.As(err, &ae) && ae.StatusCode == 404 {
+		return userError(err, "connect it with `sbx connect -f FILE`: a new sandbox gets a new token anyway")
+	}
+	return err
+}
+
 // connectOnce sends one connect and prints its progress and result.
 func connectOnce(ctx context.Context, g *globalOptions, c *daemon.Client, req daemon.ConnectRequest, sb *spec.Sandbox, format string) error {
 	req.Spec = *sb
 	if format == "text" {
-		fmt.Fprintf(g.stderr, "Connecting sandbox %s\n", sb.Name)
+		if req.RotateToken {
+			fmt.Fprintf(g.stderr, "Rotating the tunnel token of sandbox %s\n", sb.Name)
+		} else {
+			fmt.Fprintf(g.stderr, "Connecting sandbox %s\n", sb.Name)
+		}
 	}
 	var lastPhase daemon.Phase
 	q := newQuietWait(g.stderr)
@@ -182,9 +235,16 @@ func connectOnce(ctx context.Context, g *globalOptions, c *daemon.Client, req da
 	if format != "text" {
 		return printValue(g.stdout, format, st, nil)
 	}
+	if !req.Wait && req.RotateToken {
+		fmt.Fprintf(g.stdout, "The tunnel token of sandbox %s is being rotated in the background.\nFollow it with `sbx status %s --watch`.\n", st.Name, st.Name)
+		return nil
+	}
 	if !req.Wait {
 		fmt.Fprintf(g.stdout, "Sandbox %s is connecting in the background (routing key %s).\nFollow it with `sbx status %s --watch`.\n", st.Name, st.RoutingKey, st.Name)
 		return nil
+	}
+	if req.RotateToken {
+		fmt.Fprintf(g.stdout, "Rotated the tunnel token of sandbox %s: its relay accepts only the new one.\n", st.Name)
 	}
 	printReady(g.stdout, st)
 	return nil

@@ -91,7 +91,7 @@ type cliCluster struct {
 func (c *cliCluster) Apply(ctx context.Context, sb *spec.Sandbox, o daemon.ApplyOptions, progress func(string)) (daemon.Applied, error) {
 	key := o.RoutingKey
 	progress("created Deployment " + sb.Namespaces()[0] + "/sbx-" + sb.Name)
-	return daemon.Applied{Target: daemon.Target{Sandbox: sb.Name, RoutingKey: key, Namespace: sb.Namespaces()[0]}, Token: "tok",
+	return daemon.Applied{Target: daemon.Target{Sandbox: sb.Name, RoutingKey: key, Namespace: sb.Namespaces()[0]},
 		Routes: &daemon.RouteCheck{Ports: []istiovs.PortReport{{Namespace: "hotrod", Service: "route", Port: 8083, Workload: "route",
 			Views: []istiovs.ViewReport{
 				{Clients: "", Chain: []string{"platform/wild (public, wildcard *.hotrod.svc.cluster.local)"}, Applies: "platform/wild",

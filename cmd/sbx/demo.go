@@ -163,7 +163,7 @@ func runDemo(ctx context.Context, g *globalOptions, keep bool) (err error) {
 		return err
 	}
 	if d.check(len(left) == 0, "sbx objects left after disconnect: "+strings.Join(left, ", ")) {
-		d.say("the relay Deployment, its Secret, Service and Lease are gone.")
+		d.say("the relay Deployment, its Service and Lease are gone.")
 	}
 	if d.check(vsAfter == vsBefore, "the VirtualService hotrod/route differs from its content before the demo") {
 		d.say("the VirtualService hotrod/route (owned by CD) is back to exactly what it was.")

@@ -17,7 +17,7 @@ func newDisconnectCmd(g *globalOptions) *cobra.Command {
 		Use:   "disconnect NAME | --all",
 		Short: "Disconnect a sandbox and delete its cluster objects",
 		Long: `Disconnect closes the sandbox's tunnel and deletes everything sbx created for
-it in the cluster: the relay Deployment, its Secret and Services, its Lease
+it in the cluster: the relay Deployment, its Services, its Lease
 and its routes (routes inside VirtualServices owned by others are removed one
 by one, leaving the rest intact). Keyed requests go to the baseline again.`,
 		Example: `  sbx disconnect alice

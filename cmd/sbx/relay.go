@@ -1,8 +1,6 @@
 package main
 
 import (
-	"os"
-
 	"github.com/spf13/cobra"
 
 	"github.com/sbx-dev/sbx/relay"
@@ -19,8 +17,10 @@ func newRelayCmd(g *globalOptions) *cobra.Command {
 of each sandbox; you normally never run it yourself.
 
 The relay accepts tunnel sessions from the laptop daemon on a loopback-only
-listener (reached through a Kubernetes port-forward) and checks their token,
-read from $` + relay.TokenEnv + ` or --token-file. It listens on each --inbound
+listener (reached through a Kubernetes port-forward) and checks their token
+against --token-sha256, the token's SHA-256: the token itself stays with the
+daemon that minted it, so reading the relay Deployment does not let anyone
+connect in its place. It listens on each --inbound
 container port and sends every connection through the tunnel to the laptop;
 while no laptop is connected it holds connections for --grace, then HTTP
 ports answer 503 (naming the sandbox and since when it is offline) and TCP
@@ -31,16 +31,16 @@ own ports. /healthz, /readyz and /metrics (Prometheus) are served on
 --health-listen. On SIGTERM it stops accepting, lets open streams finish for
 up to --drain-timeout and exits 0.`,
 		Example: `  # what the relay Deployment runs
-  SBX_RELAY_TOKEN=… sbx relay --sandbox alice \
+  sbx relay --sandbox alice --token-sha256 9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08 \
     --listen 127.0.0.1:7000 --health-listen :7001 \
     --inbound 20001=route/8083/http --inbound 20002=driver/8082/grpc \
     --grace 10s --drain-timeout 20s
 
-  # token from a mounted Secret file instead of the environment
-  sbx relay --sandbox alice --token-file /var/run/sbx/token --inbound 20001=route/8083`,
+  # by hand, for a token you chose
+  sbx relay --sandbox alice --token-sha256 "$(printf %s "$TOKEN" | sha256sum | cut -d' ' -f1)" --inbound 20001=route/8083`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			opts, err := f.Options(os.Getenv)
+			opts, err := f.Options()
 			if err != nil {
 				return userError(err, "see `sbx relay --help` for the flags")
 			}

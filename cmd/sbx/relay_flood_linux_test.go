@@ -36,8 +36,10 @@ func TestRelayProcessUnderPreAuthFlood(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 
-	cmd := exec.CommandContext(ctx, bin, "relay", "--sandbox", "alice", "--listen", "127.0.0.1:0", "--health-listen", "127.0.0.1:0")
-	cmd.Env = append(os.Environ(), "SBX_RELAY_TOKEN="+token)
+	// The relay gets only the token's SHA-256, as sbx writes it into the
+	// relay Deployment.
+	cmd := exec.CommandContext(ctx, bin, "relay", "--sandbox", "alice", "--token-sha256", tunnel.VerifierOf(token).String(),
+		"--listen", "127.0.0.1:0", "--health-listen", "127.0.0.1:0")
 	stderr, err := cmd.StderrPipe()
 	require.NoError(t, err)
 	require.NoError(t, cmd.Start())
@@ -74,6 +76,7 @@ func TestRelayProcessUnderPreAuthFlood(t *testing.T) {
 	select {
 	case addr = <-tunnelAddr:
 	case err := <-exited:
+		exited <- err // for the cleanup, which waits for it
 		t.Fatalf("sbx relay exited before serving: %v\n%s", err, logText.String())
 	case <-ctx.Done():
 		t.Fatal("sbx relay did not start serving")

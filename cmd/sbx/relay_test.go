@@ -7,6 +7,8 @@ import (
 	"time"
 
 	"github.com/stretchr/testify/require"
+
+	"github.com/sbx-dev/sbx/tunnel"
 )
 
 func TestRelayHelpDocumentsEveryFlag(t *testing.T) {
@@ -14,28 +16,31 @@ func TestRelayHelpDocumentsEveryFlag(t *testing.T) {
 	require.Equal(t, 0, code, errOut)
 	flags := out[strings.Index(out, "\nFlags:\n"):]
 	for _, flag := range []string{"--sandbox", "--listen", "--health-listen", "--inbound", "--grace", "--drain-timeout",
-		"--dial-timeout", "--max-held", "--max-streams", "--deny", "--token-file"} {
+		"--dial-timeout", "--max-held", "--max-streams", "--deny", "--token-sha256"} {
 		i := strings.Index(flags, "  "+flag+" ")
 		require.GreaterOrEqual(t, i, 0, "flag %s missing from help:\n%s", flag, out)
 		line := flags[i:]
 		line = line[:strings.IndexByte(line, '\n')]
 		require.Contains(t, line, "e.g. "+flag, "flag %s has no example: %q", flag, line)
 	}
-	require.Contains(t, out, "SBX_RELAY_TOKEN")
+	require.Contains(t, out, "sha256sum", "says how to make a verifier by hand")
+	require.NotContains(t, out, "--token-file", "the relay never reads the token itself")
 	require.Contains(t, out, "sbx relay --sandbox alice")
 	require.Contains(t, out, "containerPort=workload/port[/appProtocol]")
 }
 
 func TestRelayFlagErrors(t *testing.T) {
-	t.Setenv("SBX_RELAY_TOKEN", "cli-secret-token")
+	verifier := tunnel.VerifierOf("cli-secret-token").String()
 	for _, tt := range []struct {
 		args []string
 		want string
 	}{
-		{[]string{"relay"}, "--sandbox is required"},
-		{[]string{"relay", "--sandbox", "alice", "--listen", "0.0.0.0:7000"}, "is not a loopback address"},
-		{[]string{"relay", "--sandbox", "alice", "--inbound", "20001=route"}, "want containerPort=workload/port[/appProtocol]"},
-		{[]string{"relay", "--sandbox", "alice", "extra"}, `sbx relay takes no arguments, got "extra"`},
+		{[]string{"relay", "--token-sha256", verifier}, "--sandbox is required"},
+		{[]string{"relay", "--sandbox", "alice"}, "--token-sha256 is required"},
+		{[]string{"relay", "--sandbox", "alice", "--token-sha256", "cli-secret-token"}, "a token verifier is 64 hex digits"},
+		{[]string{"relay", "--sandbox", "alice", "--token-sha256", verifier, "--listen", "0.0.0.0:7000"}, "is not a loopback address"},
+		{[]string{"relay", "--sandbox", "alice", "--token-sha256", verifier, "--inbound", "20001=route"}, "want containerPort=workload/port[/appProtocol]"},
+		{[]string{"relay", "--sandbox", "alice", "--token-sha256", verifier, "extra"}, `sbx relay takes no arguments, got "extra"`},
 	} {
 		code, _, errOut := runCLI(t, tt.args...)
 		require.NotEqual(t, 0, code)
@@ -50,13 +55,13 @@ func TestRelayFlagErrors(t *testing.T) {
 // TestRelayRunsAndDrains runs `sbx relay` in-process; cancelling the context
 // is what SIGTERM does in main. It exits 0 after draining.
 func TestRelayRunsAndDrains(t *testing.T) {
-	t.Setenv("SBX_RELAY_TOKEN", "cli-secret-token")
+	verifier := tunnel.VerifierOf("cli-secret-token").String()
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	var out, errb lockedBuffer
 	code := make(chan int, 1)
 	go func() {
-		code <- run(ctx, []string{"relay", "--sandbox", "alice", "--listen", "127.0.0.1:0", "--health-listen", "127.0.0.1:0"},
+		code <- run(ctx, []string{"relay", "--sandbox", "alice", "--token-sha256", verifier, "--listen", "127.0.0.1:0", "--health-listen", "127.0.0.1:0"},
 			strings.NewReader(""), &out, &errb)
 	}()
 	require.Eventually(t, func() bool { return strings.Contains(errb.String(), "relay serving") }, 30*time.Second, 5*time.Millisecond)

@@ -12,12 +12,13 @@ import (
 	"github.com/sbx-dev/sbx/cluster/spec"
 	"github.com/sbx-dev/sbx/daemon/config"
 	"github.com/sbx-dev/sbx/relay"
+	"github.com/sbx-dev/sbx/tunnel"
 )
 
 // TestRelayDeploymentMatchesRelayFlags feeds the relay container of the
-// rendered Deployment (command, args, and the token env from the Secret)
-// to the relay's own parser: the two halves of the command-line contract
-// must agree.
+// rendered Deployment (command and args) to the relay's own parser: the
+// two halves of the command-line contract must agree, and the verifier the
+// daemon computes from its token must be what the relay checks against.
 func TestRelayDeploymentMatchesRelayFlags(t *testing.T) {
 	fh, err := os.Open("../../testdata/baseline/hotrod.yaml")
 	require.NoError(t, err)
@@ -31,7 +32,7 @@ func TestRelayDeploymentMatchesRelayFlags(t *testing.T) {
 	require.NoError(t, err)
 	require.NotEmpty(t, conf.Outbound.Deny)
 	objs, err := cluster.Plan(t.Context(), base, sb, cluster.Options{
-		RoutingKey: "k3x9a0b1c2d3e", Token: "tok-123", RelayImage: "ghcr.io/sbx-dev/sbx:test",
+		RoutingKey: "k3x9a0b1c2d3e", TokenVerifier: tunnel.VerifierOf("tok-123").String(), RelayImage: "ghcr.io/sbx-dev/sbx:test",
 		RelayMaxStreams: conf.RelayMaxStreams, RelayDeny: conf.Outbound.Deny,
 	})
 	require.NoError(t, err)
@@ -39,23 +40,16 @@ func TestRelayDeploymentMatchesRelayFlags(t *testing.T) {
 	c := objs.Relay.Spec.Template.Spec.Containers[0]
 	require.Equal(t, []string{"sbx"}, c.Command)
 	require.Equal(t, "relay", c.Args[0])
-	env := func(name string) string {
-		for _, e := range c.Env {
-			if e.Name == name && e.ValueFrom != nil && e.ValueFrom.SecretKeyRef != nil {
-				ref := e.ValueFrom.SecretKeyRef
-				require.Equal(t, objs.Secret.Name, ref.Name)
-				return string(objs.Secret.Data[ref.Key])
-			}
-		}
-		return ""
+	for _, e := range c.Env {
+		require.Nil(t, e.ValueFrom, "the relay reads nothing from Secrets or elsewhere: %s", e.Name)
 	}
-	require.Equal(t, relay.TokenEnv, cluster.TokenEnv)
-	opts, err := relay.ParseArgs(c.Args[1:], env)
+	opts, err := relay.ParseArgs(c.Args[1:])
 	require.NoError(t, err)
 	require.Equal(t, "alice", opts.Sandbox)
 	require.Equal(t, "127.0.0.1:7000", opts.Listen)
 	require.Equal(t, ":7001", opts.HealthListen)
-	require.Equal(t, "tok-123", string(opts.Token))
+	require.True(t, opts.TokenVerifier.Verify("tok-123"), "the relay accepts the daemon's token")
+	require.False(t, opts.TokenVerifier.Verify("tok-124"))
 	require.Equal(t, 10*time.Second, opts.Grace)
 	require.Equal(t, 20*time.Second, opts.DrainTimeout)
 	require.Len(t, opts.Inbound, 3)

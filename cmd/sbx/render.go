@@ -37,11 +37,12 @@ func newRenderCmd(g *globalOptions) *cobra.Command {
 		Long: `Render reads the sandbox spec and the baseline's manifests (Deployments,
 StatefulSets, Argo Rollouts, Services and Istio VirtualServices, as
 ` + "`kubectl get -o yaml`" + ` or a CD repository has them) and prints, as a YAML
-stream, every object sbx would write: the Lease, the token Secret, the relay
-Deployment, the sandbox Services and the VirtualServices (sbx's own, or CD's
-with the sandbox's routes on top). The token is shown as a placeholder and
-owner UIDs, which the API server assigns, likewise. The output is the same
-for the same spec, baseline and routing key.`,
+stream, every object sbx would write: the Lease, the relay Deployment, the
+sandbox Services and the VirtualServices (sbx's own, or CD's with the
+sandbox's routes on top). No Secret: the relay gets only the SHA-256 of the
+tunnel token (--token-sha256), which the daemon mints at connect, so it is
+shown as a placeholder; owner UIDs, which the API server assigns, likewise.
+The output is the same for the same spec, baseline and routing key.`,
 		Example: `  sbx render -f sandbox.yaml --set name=alice --baseline hotrod.yaml --routing-key k3x9a0b1c2d3e
   kubectl get deploy,sts,svc,virtualservices -n hotrod -o yaml > baseline.yaml && sbx render -f sandbox.yaml --baseline baseline.yaml`,
 		Args: cobra.NoArgs,
@@ -98,7 +99,7 @@ for the same spec, baseline and routing key.`,
 			}
 			objs, err := cluster.Plan(cmd.Context(), base, sb, cluster.Options{
 				RoutingKey:      routingKey,
-				Token:           cluster.TokenPlaceholder,
+				TokenVerifier:   cluster.VerifierPlaceholder,
 				RelayImage:      relayImage,
 				RelayMaxStreams: maxStreams,
 				RelayDeny:       deny,

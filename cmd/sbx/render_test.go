@@ -51,7 +51,8 @@ func TestRenderGolden(t *testing.T) {
 			want, err := os.ReadFile(path)
 			require.NoError(t, err, "run with -update to create it")
 			require.Equal(t, string(want), out)
-			require.Contains(t, out, "<token: 32 random bytes")
+			require.Contains(t, out, "- --token-sha256\n        - <sha256 of the tunnel token")
+			require.NotContains(t, out, "kind: Secret")
 
 			// Deterministic: the same inputs render the same bytes.
 			_, again, _ := runCLI(t, args...)

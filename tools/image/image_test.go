@@ -5,6 +5,8 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -237,13 +239,17 @@ func TestImageBinaryRuns(t *testing.T) {
 	require.Contains(t, string(ver), testVersion, "the image tag's version is stamped into the binary")
 
 	// As PID 1 in the pod the relay gets SIGTERM on deletion and must exit 0.
-	cmd := exec.Command(exe, "relay", "--sandbox", "imagetest", "--listen", "127.0.0.1:0", "--health-listen", "127.0.0.1:0", "--inbound", "0=route/8083")
-	cmd.Env = []string{"SBX_RELAY_TOKEN=image-test-token"}
+	// The relay gets the SHA-256 of the token the daemon minted, as sbx
+	// writes it into the relay Deployment (what `sha256sum` prints).
+	sum := sha256.Sum256([]byte("image-test-token"))
+	verifier := hex.EncodeToString(sum[:])
+	cmd := exec.Command(exe, "relay", "--sandbox", "imagetest", "--token-sha256", verifier, "--listen", "127.0.0.1:0", "--health-listen", "127.0.0.1:0", "--inbound", "0=route/8083")
+	cmd.Env = []string{}
 	_, err = cmd.CombinedOutput()
 	require.Error(t, err, "container port 0 is refused")
 
-	cmd = exec.Command(exe, "relay", "--sandbox", "imagetest", "--listen", "127.0.0.1:0", "--health-listen", "127.0.0.1:0")
-	cmd.Env = []string{"SBX_RELAY_TOKEN=image-test-token"}
+	cmd = exec.Command(exe, "relay", "--sandbox", "imagetest", "--token-sha256", verifier, "--listen", "127.0.0.1:0", "--health-listen", "127.0.0.1:0")
+	cmd.Env = []string{}
 	stderr, err := cmd.StderrPipe()
 	require.NoError(t, err)
 	require.NoError(t, cmd.Start())
@@ -262,7 +268,7 @@ func TestImageBinaryRuns(t *testing.T) {
 	select {
 	case line, ok := <-serving:
 		require.True(t, ok, "relay exited before serving")
-		require.NotContains(t, line, "image-test-token")
+		require.Contains(t, line, verifier[:12], "the relay says which verifier it checks")
 	case <-time.After(60 * time.Second):
 		_ = cmd.Process.Kill()
 		t.Fatal("relay did not start")
