@@ -189,13 +189,17 @@ func TestReadyConnectionResetsBackoff(t *testing.T) {
 			fl.err = errors.New("handshake refused")
 		}
 	}
-	// Failures in a row double the delay: 2, 4, 8, 16, 32 ms.
+	// A link that was up longer than Min is redialed at once (AfterUp,
+	// jitter pinned to 0); the failures in a row after it double the
+	// delay: 4, 8, 16, 32 ms. (The link is held up well past Min first, so
+	// a slow run cannot turn the first drop into a "short-lived link".)
+	time.Sleep(40 * time.Millisecond) // 10 × Min
 	fail(true)
 	fl.last().kill(errors.New("gone"))
 	require.Eventually(t, func() bool { return len(delays()) >= 5 }, 10*time.Second, 2*time.Millisecond)
 	fail(false)
 	waitPhase(t, td.client, "alice", PhaseReady)
-	require.Equal(t, []string{"2ms", "4ms", "8ms", "16ms", "32ms"}, delays()[:5])
+	require.Equal(t, []string{"0s", "4ms", "8ms", "16ms", "32ms"}, delays()[:5])
 
 	// A flapping link: every connection that became ready, however short
 	// it lived, makes the next drop a first failure again, so ten cuts in
