@@ -25,7 +25,7 @@ import (
 func TestMain(m *testing.M) {
 	goleak.VerifyTestMain(m,
 		// client-go and spdystream leave these behind by design (see
-		// cluster/sim's tests): klog's flush daemon, and spdystream's
+		// tools/testbed/sim's tests): klog's flush daemon, and spdystream's
 		// shutdown waiter lingering for its close timeout.
 		goleak.IgnoreTopFunction("k8s.io/klog/v2.(*flushDaemon).run.func1"),
 		goleak.IgnoreTopFunction("github.com/moby/spdystream.(*Connection).shutdown"),

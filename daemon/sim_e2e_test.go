@@ -20,7 +20,7 @@ import (
 
 	"github.com/sbx-dev/sbx/cluster"
 	"github.com/sbx-dev/sbx/cluster/kube"
-	"github.com/sbx-dev/sbx/cluster/sim"
+	"github.com/sbx-dev/sbx/tools/testbed/sim"
 	"github.com/sbx-dev/sbx/tunnel"
 )
 

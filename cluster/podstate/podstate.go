@@ -1,6 +1,6 @@
 // Package podstate holds the one rule sbx uses to decide whether a pod can
 // take traffic. It imports only the core API types so that cluster,
-// cluster/portforward and cluster/sim can all share it without an import
+// cluster/portforward and tools/testbed/sim can all share it without an import
 // cycle (cluster/portforward must not import cluster).
 package podstate
 

@@ -10,8 +10,8 @@ import (
 
 	"github.com/stretchr/testify/require"
 
-	"github.com/sbx-dev/sbx/cluster/sim"
 	"github.com/sbx-dev/sbx/daemon"
+	"github.com/sbx-dev/sbx/tools/testbed/sim"
 )
 
 func TestConnectRotateTokenFlag(t *testing.T) {

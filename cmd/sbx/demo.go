@@ -15,8 +15,9 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/sbx-dev/sbx/cluster/sim"
 	"github.com/sbx-dev/sbx/daemon"
+	"github.com/sbx-dev/sbx/tools/testbed/sim"
+	"github.com/sbx-dev/sbx/tools/testbed/simenv"
 )
 
 func newDemoCmd(g *globalOptions) *cobra.Command {
@@ -50,7 +51,7 @@ It exits 0 only if every expectation held, so it doubles as a smoke test.`,
 // demo holds one run of `sbx demo`.
 type demo struct {
 	out      io.Writer
-	env      *simEnv
+	env      *simenv.Env
 	client   *http.Client // a client pod's view: requests go through the mesh
 	checks   int
 	failures []string
@@ -74,7 +75,7 @@ func (d *demo) say(format string, args ...any) {
 }
 
 func runDemo(ctx context.Context, g *globalOptions, keep bool) (err error) {
-	dir, err := tempDir()
+	dir, err := simenv.TempDir()
 	if err != nil {
 		return err
 	}
@@ -91,7 +92,7 @@ func runDemo(ctx context.Context, g *globalOptions, keep bool) (err error) {
 
 	d.step(1, "Starting a simulated cluster")
 	startCtx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	d.env, err = startSimEnv(startCtx, dir, logger, sim.Options{})
+	d.env, err = simenv.Start(startCtx, dir, logger, sim.Options{})
 	cancel()
 	if err != nil {
 		return err

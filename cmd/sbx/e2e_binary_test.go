@@ -17,8 +17,9 @@ import (
 
 	"github.com/stretchr/testify/require"
 
-	"github.com/sbx-dev/sbx/cluster/sim"
 	"github.com/sbx-dev/sbx/daemon"
+	"github.com/sbx-dev/sbx/tools/testbed/sim"
+	"github.com/sbx-dev/sbx/tools/testbed/simenv"
 )
 
 // TestE2EBinary drives the built sbx binary and its own daemon process
@@ -81,7 +82,7 @@ func TestE2EBinary(t *testing.T) {
 	require.Contains(t, string(hostsNow), fmt.Sprintf("pid %d", daemonPID()), "the new daemon owns the block")
 
 	sbx("disconnect", "alice")
-	e := &simEnv{Sim: c}
+	e := &simenv.Env{Sim: c}
 	require.Eventually(t, func() bool { return len(e.SbxObjects(ctx)) == 0 }, 20*time.Second, 20*time.Millisecond,
 		"left behind: %v", e.SbxObjects(ctx))
 	eventuallyServed(t, client, keyed, allBaseline)
@@ -174,7 +175,7 @@ func startBinaryEnv(t *testing.T) *binaryEnv {
 	if testing.Short() {
 		t.Skip("builds the sbx binary")
 	}
-	home, err := tempDir()
+	home, err := simenv.TempDir()
 	require.NoError(t, err)
 	t.Cleanup(func() { _ = os.RemoveAll(home) })
 	bin := buildSbx(t) // from daemon_cli_test.go

@@ -19,8 +19,9 @@ import (
 
 	"github.com/stretchr/testify/require"
 
-	"github.com/sbx-dev/sbx/cluster/sim"
 	"github.com/sbx-dev/sbx/daemon/config"
+	"github.com/sbx-dev/sbx/tools/testbed/sim"
+	"github.com/sbx-dev/sbx/tools/testbed/simenv"
 )
 
 // hostsDialer resolves names through a hosts file (as the system resolver
@@ -93,7 +94,7 @@ func TestE2EOutboundModes(t *testing.T) {
 		},
 		DisableKeepAlives: true,
 	}}
-	local, err := sim.StartLocalRoute("127.0.0.1:0", []string{"http://driver.hotrod.svc.cluster.local:8082/driver"}, laptop, e.log)
+	local, err := sim.StartLocalRoute("127.0.0.1:0", []string{"http://driver.hotrod.svc.cluster.local:8082/driver"}, laptop, e.Log)
 	require.NoError(t, err)
 	defer local.Close()
 	st, err := e.Connect(ctx, "alice", local.Addr(), nil)
@@ -196,9 +197,9 @@ func TestE2EOutboundModes(t *testing.T) {
 
 // useCLIWith points the in-process CLI (runCLI) at e's daemon, which
 // keeps its socket under e.Paths instead of the XDG locations.
-func useCLIWith(t *testing.T, e *simEnv) {
+func useCLIWith(t *testing.T, e *simenv.Env) {
 	t.Helper()
-	rt, err := tempDir()
+	rt, err := simenv.TempDir()
 	require.NoError(t, err)
 	t.Cleanup(func() { _ = os.RemoveAll(rt) })
 	require.NoError(t, os.Symlink(e.Paths.RuntimeDir, filepath.Join(rt, "sbx")))

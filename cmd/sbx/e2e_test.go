@@ -22,9 +22,10 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/sbx-dev/sbx/cluster"
-	"github.com/sbx-dev/sbx/cluster/sim"
 	"github.com/sbx-dev/sbx/daemon"
 	"github.com/sbx-dev/sbx/daemon/config"
+	"github.com/sbx-dev/sbx/tools/testbed/sim"
+	"github.com/sbx-dev/sbx/tools/testbed/simenv"
 )
 
 // End-to-end tests: the simulated cluster (real relay started from the
@@ -46,17 +47,17 @@ func (w testWriter) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
-func startE2E(t *testing.T) *simEnv {
+func startE2E(t *testing.T) *simenv.Env {
 	t.Helper()
 	if testing.Short() {
 		t.Skip("end-to-end test")
 	}
-	dir, err := tempDir()
+	dir, err := simenv.TempDir()
 	require.NoError(t, err)
 	t.Cleanup(func() { _ = os.RemoveAll(dir) })
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	e, err := startSimEnv(ctx, dir, e2eLogger(t), sim.Options{})
+	e, err := simenv.Start(ctx, dir, e2eLogger(t), sim.Options{})
 	require.NoError(t, err)
 	t.Cleanup(e.Close)
 	return e
@@ -95,14 +96,14 @@ func eventuallyServed(t *testing.T, client *http.Client, baggage, want string) {
 	}, 20*time.Second, 20*time.Millisecond, "want %s; last answer %s", want, last)
 }
 
-func vsSnapshot(t *testing.T, e *simEnv) string {
+func vsSnapshot(t *testing.T, e *simenv.Env) string {
 	t.Helper()
 	s, err := e.VirtualServiceContent(context.Background(), sim.AppNamespace, "route")
 	require.NoError(t, err)
 	return s
 }
 
-func sbxObjects(t *testing.T, e *simEnv) []string {
+func sbxObjects(t *testing.T, e *simenv.Env) []string {
 	return e.SbxObjects(context.Background())
 }
 
@@ -121,7 +122,7 @@ func TestE2EConnectRouteDisconnect(t *testing.T) {
 	require.Equal(t, http.StatusOK, code, body)
 	require.Equal(t, allBaseline, hop.String())
 
-	local, err := sim.StartLocalRoute("127.0.0.1:0", nil, nil, e.log)
+	local, err := sim.StartLocalRoute("127.0.0.1:0", nil, nil, e.Log)
 	require.NoError(t, err)
 	defer local.Close()
 	var progress []string
@@ -196,7 +197,7 @@ func TestE2ELocalProcessStops(t *testing.T) {
 	client := e.Sim.HTTPClient("default")
 	defer client.CloseIdleConnections()
 
-	local, err := sim.StartLocalRoute("127.0.0.1:0", nil, nil, e.log)
+	local, err := sim.StartLocalRoute("127.0.0.1:0", nil, nil, e.Log)
 	require.NoError(t, err)
 	addr := local.Addr()
 	st, err := e.Connect(ctx, "alice", addr, nil)
@@ -218,7 +219,7 @@ func TestE2ELocalProcessStops(t *testing.T) {
 	_, base, _ := dispatch(t, client, "")
 	require.Equal(t, allBaseline, base.String())
 
-	again, err := sim.StartLocalRoute(addr, nil, nil, e.log)
+	again, err := sim.StartLocalRoute(addr, nil, nil, e.Log)
 	require.NoError(t, err)
 	defer again.Close()
 	eventuallyServed(t, client, keyed, routeV2)
@@ -247,7 +248,7 @@ func TestE2EDaemonRestart(t *testing.T) {
 		return strings.Join(out, "\n")
 	}
 
-	local, err := sim.StartLocalRoute("127.0.0.1:0", nil, nil, e.log)
+	local, err := sim.StartLocalRoute("127.0.0.1:0", nil, nil, e.Log)
 	require.NoError(t, err)
 	defer local.Close()
 	st, err := e.Connect(ctx, "alice", local.Addr(), nil)
@@ -280,7 +281,7 @@ func TestE2ELeaseExpiryGC(t *testing.T) {
 	defer client.CloseIdleConnections()
 	before := vsSnapshot(t, e)
 
-	local, err := sim.StartLocalRoute("127.0.0.1:0", nil, nil, e.log)
+	local, err := sim.StartLocalRoute("127.0.0.1:0", nil, nil, e.Log)
 	require.NoError(t, err)
 	defer local.Close()
 	st, err := e.Connect(ctx, "alice", local.Addr(), nil)
@@ -290,7 +291,7 @@ func TestE2ELeaseExpiryGC(t *testing.T) {
 	require.NoError(t, e.StopDaemon()) // the laptop is gone for good
 
 	// Another laptop's daemon (its own, empty state) runs gc.
-	other, err := tempDir()
+	other, err := simenv.TempDir()
 	require.NoError(t, err)
 	defer os.RemoveAll(other)
 	e.Paths = daemon.Paths{RuntimeDir: filepath.Join(other, "run"), StateDir: filepath.Join(other, "state")}
@@ -461,7 +462,7 @@ func TestE2ERelayCrash(t *testing.T) {
 	client := e.Sim.HTTPClient("default")
 	defer client.CloseIdleConnections()
 
-	local, err := sim.StartLocalRoute("127.0.0.1:0", nil, nil, e.log)
+	local, err := sim.StartLocalRoute("127.0.0.1:0", nil, nil, e.Log)
 	require.NoError(t, err)
 	defer local.Close()
 	st, err := e.Connect(ctx, "alice", local.Addr(), nil)
@@ -503,7 +504,7 @@ func TestE2ELocalProcessReachesCluster(t *testing.T) {
 	laptop := e.LaptopClient()
 	defer laptop.CloseIdleConnections()
 
-	local, err := sim.StartLocalRoute("127.0.0.1:0", []string{"http://driver.hotrod.svc.cluster.local:8082/driver"}, laptop, e.log)
+	local, err := sim.StartLocalRoute("127.0.0.1:0", []string{"http://driver.hotrod.svc.cluster.local:8082/driver"}, laptop, e.Log)
 	require.NoError(t, err)
 	defer local.Close()
 	st, err := e.Connect(ctx, "alice", local.Addr(), nil)

@@ -26,9 +26,9 @@ import (
 
 	"github.com/sbx-dev/sbx/cluster"
 	"github.com/sbx-dev/sbx/cluster/portforward"
-	"github.com/sbx-dev/sbx/cluster/sim"
 	"github.com/sbx-dev/sbx/daemon"
 	"github.com/sbx-dev/sbx/daemon/peeruid/peeruidtest"
+	"github.com/sbx-dev/sbx/tools/testbed/sim"
 )
 
 // TestFaultMatrix puts one sandbox, served by the built binary's daemon

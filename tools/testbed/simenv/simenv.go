@@ -1,4 +1,6 @@
-package main
+// Package simenv is the simulated cluster with an in-process sbx daemon
+// attached: what `sbx demo` runs and the end-to-end tests drive.
+package simenv
 
 import (
 	"context"
@@ -18,18 +20,18 @@ import (
 
 	"github.com/sbx-dev/sbx/cluster"
 	"github.com/sbx-dev/sbx/cluster/kube"
-	"github.com/sbx-dev/sbx/cluster/sim"
 	"github.com/sbx-dev/sbx/cluster/spec"
 	"github.com/sbx-dev/sbx/daemon"
 	"github.com/sbx-dev/sbx/daemon/config"
+	"github.com/sbx-dev/sbx/tools/testbed/sim"
 )
 
-// simEnv is a simulated cluster with an in-process sbx daemon attached to
+// Env is a simulated cluster with an in-process sbx daemon attached to
 // it through the daemon's normal code: cluster objects through package
 // cluster on the simulator's clients, tunnels through the real client-go
 // port-forward to the simulator's kubelet-side server. `sbx demo` runs it
 // and the end-to-end tests drive it.
-type simEnv struct {
+type Env struct {
 	Sim    *sim.Cluster
 	Client *daemon.Client
 	Paths  daemon.Paths
@@ -37,7 +39,8 @@ type simEnv struct {
 	// file its hosts mode edits (never the system's).
 	ConfigPath string
 	HostsFile  string
-	log        *slog.Logger
+	// Log is the logger the environment was started with.
+	Log *slog.Logger
 
 	cluster interface {
 		daemon.Cluster
@@ -50,19 +53,19 @@ type simEnv struct {
 	daemonErr chan error
 }
 
-// startSimEnv starts the simulated cluster and a daemon whose socket, state
+// Start starts the simulated cluster and a daemon whose socket, state
 // and config live under dir (keep it short: unix socket paths are
 // limited). Outbound access starts in proxy mode; SetOutboundMode switches
 // it (hosts mode edits a private hosts file under dir).
-func startSimEnv(ctx context.Context, dir string, logger *slog.Logger, opts sim.Options) (*simEnv, error) {
+func Start(ctx context.Context, dir string, logger *slog.Logger, opts sim.Options) (*Env, error) {
 	opts.Logger = logger.With("side", "cluster")
 	c, err := sim.Start(ctx, opts)
 	if err != nil {
 		return nil, fmt.Errorf("start the simulated cluster: %w", err)
 	}
-	e := &simEnv{
+	e := &Env{
 		Sim: c,
-		log: logger,
+		Log: logger,
 		Paths: daemon.Paths{
 			RuntimeDir: filepath.Join(dir, "run"),
 			StateDir:   filepath.Join(dir, "state"),
@@ -99,7 +102,7 @@ func startSimEnv(ctx context.Context, dir string, logger *slog.Logger, opts sim.
 
 // StartDaemon starts the in-process daemon (again, after StopDaemon: it
 // restores its sandboxes from its state file like a restarted daemon).
-func (e *simEnv) StartDaemon(ctx context.Context) error {
+func (e *Env) StartDaemon(ctx context.Context) error {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	if e.stopD != nil {
@@ -108,7 +111,7 @@ func (e *simEnv) StartDaemon(ctx context.Context) error {
 	d, err := daemon.New(daemon.Options{
 		Paths:         e.Paths,
 		ConfigPath:    e.ConfigPath,
-		Logger:        e.log.With("side", "laptop"),
+		Logger:        e.Log.With("side", "laptop"),
 		Version:       "demo",
 		Clusters:      func(context.Context, daemon.KubeconfigSource, string) (daemon.Cluster, error) { return e.cluster, nil },
 		StatsInterval: 200 * time.Millisecond,
@@ -143,7 +146,7 @@ func (e *simEnv) StartDaemon(ctx context.Context) error {
 
 // StopDaemon stops the daemon without disconnecting its sandboxes: their
 // cluster objects stay, as after the laptop's daemon died.
-func (e *simEnv) StopDaemon() error {
+func (e *Env) StopDaemon() error {
 	e.mu.Lock()
 	stop, errc := e.stopD, e.daemonErr
 	e.stopD = nil
@@ -159,7 +162,7 @@ func (e *simEnv) StopDaemon() error {
 }
 
 // Close stops the daemon, the port-forwards and the cluster.
-func (e *simEnv) Close() {
+func (e *Env) Close() {
 	_ = e.StopDaemon()
 	_ = e.cluster.Close()
 	e.Client.Close()
@@ -168,7 +171,7 @@ func (e *simEnv) Close() {
 
 // SetOutboundMode writes the daemon's config with outbound access in mode
 // (the daemon applies config edits live).
-func (e *simEnv) SetOutboundMode(mode config.OutboundMode) error {
+func (e *Env) SetOutboundMode(mode config.OutboundMode) error {
 	cfg := fmt.Sprintf(`# written by the sbx simulated cluster environment
 relayImage: ghcr.io/sbx-dev/sbx:sim
 outbound:
@@ -186,7 +189,7 @@ outbound:
 
 // ProxyURL is the daemon's outbound HTTP proxy with its credential, once
 // it runs in proxy mode.
-func (e *simEnv) ProxyURL(ctx context.Context) (string, error) {
+func (e *Env) ProxyURL(ctx context.Context) (string, error) {
 	st, err := e.Client.Status(ctx)
 	if err != nil {
 		return "", err
@@ -205,7 +208,7 @@ func (e *simEnv) ProxyURL(ctx context.Context) (string, error) {
 // DialOutbound connects from the laptop to a cluster address (host:port)
 // through the named sandbox's tunnel, using the running daemon's outbound
 // path: the relay dials it inside the cluster.
-func (e *simEnv) DialOutbound(ctx context.Context, sandbox, target string) (net.Conn, error) {
+func (e *Env) DialOutbound(ctx context.Context, sandbox, target string) (net.Conn, error) {
 	e.mu.Lock()
 	d := e.daemon
 	running := e.stopD != nil
@@ -219,7 +222,7 @@ func (e *simEnv) DialOutbound(ctx context.Context, sandbox, target string) (net.
 // LaptopClient is an HTTP client for a process on the laptop started the
 // way `sbx run` starts one: its requests go through the daemon's outbound
 // proxy (looked up per request, so it follows the daemon's restarts).
-func (e *simEnv) LaptopClient() *http.Client {
+func (e *Env) LaptopClient() *http.Client {
 	return &http.Client{
 		Transport: &http.Transport{
 			Proxy: func(r *http.Request) (*url.URL, error) {
@@ -237,7 +240,7 @@ func (e *simEnv) LaptopClient() *http.Client {
 
 // Connect connects a sandbox that sends route (hotrod) to local, and
 // waits until it is ready.
-func (e *simEnv) Connect(ctx context.Context, name, local string, progress func(daemon.Progress)) (daemon.SandboxStatus, error) {
+func (e *Env) Connect(ctx context.Context, name, local string, progress func(daemon.Progress)) (daemon.SandboxStatus, error) {
 	return e.Client.Connect(ctx, daemon.ConnectRequest{
 		Spec:    routeSandbox(name, local),
 		Wait:    true,
@@ -260,15 +263,15 @@ func routeSandbox(name, local string) spec.Sandbox {
 	}
 }
 
-// tempDir makes a short private directory (unix socket paths are limited
+// TempDir makes a short private directory (unix socket paths are limited
 // to about 100 bytes).
-func tempDir() (string, error) {
+func TempDir() (string, error) {
 	return os.MkdirTemp("", "sbxd")
 }
 
 // VirtualServiceContent renders what sbx must restore exactly in a
 // VirtualService it shares: labels, annotations and spec.
-func (e *simEnv) VirtualServiceContent(ctx context.Context, ns, name string) (string, error) {
+func (e *Env) VirtualServiceContent(ctx context.Context, ns, name string) (string, error) {
 	vs, err := e.Sim.Clients.Istio.NetworkingV1().VirtualServices(ns).Get(ctx, name, metav1.GetOptions{})
 	if err != nil {
 		return "", fmt.Errorf("read VirtualService %s/%s: %w", ns, name, err)
@@ -283,7 +286,7 @@ func (e *simEnv) VirtualServiceContent(ctx context.Context, ns, name string) (st
 // SbxObjects lists the objects labelled as sbx's in the app namespace
 // ("kind/name"), pods included. A kind that cannot be listed shows up as
 // an entry too, so "nothing left" is never concluded from a failed List.
-func (e *simEnv) SbxObjects(ctx context.Context) []string {
+func (e *Env) SbxObjects(ctx context.Context) []string {
 	sel := metav1.ListOptions{LabelSelector: cluster.LabelManagedBy + "=" + cluster.ManagedByValue}
 	k := e.Sim.Clients.Kube
 	ns := sim.AppNamespace
