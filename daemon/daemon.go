@@ -51,8 +51,14 @@ type Options struct {
 	// HostsFile and HostsRange, when set, override the user config's
 	// outbound.hostsFile and outbound.hostsRange (tests, and embedders
 	// that must never edit /etc/hosts).
-	HostsFile  string
-	HostsRange netip.Prefix
+	HostsFile string
+	// SystemHostsFile is the machine's hosts file, which an unset
+	// outbound.hostsFile means; the sbx command sets config.DefaultHostsFile.
+	// Left empty (a test, an embedding program), hosts mode edits only a
+	// hosts file that HostsFile or the config names: nothing detects a test
+	// binary, the machine's file is simply never the default.
+	SystemHostsFile string
+	HostsRange      netip.Prefix
 	// Manager is the service manager that runs this daemon (see
 	// Status.Managed); empty when it is not run by one.
 	Manager string

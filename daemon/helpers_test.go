@@ -335,7 +335,7 @@ func configNamesHostsFile(path string) bool {
 		return false
 	}
 	c, err := config.Load(path)
-	return err == nil && c.Outbound.HostsFile != config.DefaultHostsFile
+	return err == nil && c.Outbound.HostsFile != "" && c.Outbound.HostsFile != config.DefaultHostsFile
 }
 
 // startDaemon runs a daemon with opts (Paths, Clusters and link filled
@@ -355,9 +355,9 @@ func startDaemon(t *testing.T, opts Options) *testDaemon {
 		opts.StatsInterval = 20 * time.Millisecond
 	}
 	if opts.HostsFile == "" && !configNamesHostsFile(opts.ConfigPath) {
-		// Tests run as root here: outbound's auto mode would pick the
-		// machine's /etc/hosts, also with a config file that leaves
-		// outbound.hostsFile at its default.
+		// Hosts mode on a private hosts file, which most tests expect
+		// (without one, outbound access is proxy mode: see
+		// startDaemonAsIs).
 		opts.HostsFile = tempHostsFile(t, "127.0.0.1 localhost\n")
 		// A range of this package's own: test binaries of other packages
 		// run in parallel and would get the same Service addresses from
@@ -365,6 +365,18 @@ func startDaemon(t *testing.T, opts Options) *testDaemon {
 		if !opts.HostsRange.IsValid() {
 			opts.HostsRange = netip.MustParsePrefix("127.247.0.0/16")
 		}
+	}
+	return startDaemonAsIs(t, opts)
+}
+
+// startDaemonAsIs is startDaemon without a hosts file of its own.
+func startDaemonAsIs(t *testing.T, opts Options) *testDaemon {
+	t.Helper()
+	if opts.Paths.RuntimeDir == "" {
+		opts.Paths = testPaths(t)
+	}
+	if opts.Logger == nil {
+		opts.Logger = testLogger(t)
 	}
 	opts.Version = "test"
 	d, err := New(opts)

@@ -148,6 +148,9 @@ func (d *Daemon) outboundConfig(c *config.Config) config.Outbound {
 	if d.opts.HostsFile != "" {
 		out.HostsFile = d.opts.HostsFile
 	}
+	if out.HostsFile == "" {
+		out.HostsFile = d.opts.SystemHostsFile
+	}
 	if d.opts.HostsRange.IsValid() {
 		out.HostsRange = d.opts.HostsRange
 	}

@@ -226,8 +226,10 @@ func runDaemon(ctx context.Context, g *globalOptions, background bool, manager s
 			Version:    g.build.Version,
 			LogPath:    paths.Log(),
 			ConfigPath: cfgPath,
-			Clusters:   clusters.Open,
-			Manager:    manager,
+			// The product, and only it, edits the machine's hosts file by default.
+			SystemHostsFile: config.DefaultHostsFile,
+			Clusters:        clusters.Open,
+			Manager:         manager,
 		})
 		if err != nil {
 			return err

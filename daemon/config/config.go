@@ -101,7 +101,11 @@ type Outbound struct {
 	// Namespaces are extra namespaces whose Services are reachable, beyond
 	// the sandbox's own.
 	Namespaces []string `json:"namespaces,omitempty"`
-	// HostsFile is the hosts file hosts mode edits (absolute path).
+	// HostsFile is the hosts file hosts mode edits (absolute path); empty
+	// means the machine's (DefaultHostsFile), which only the sbx daemon
+	// itself resolves it to (daemon.Options.SystemHostsFile), so a program
+	// that embeds the daemon, a test above all, never edits the machine's
+	// hosts file unless it names it.
 	HostsFile string `json:"hostsFile"`
 	// HostsRange is the loopback range hosts mode allocates IPs from; it
 	// lies inside 127.0.0.0/8 and never contains 127.0.0.1.
@@ -130,7 +134,6 @@ func Default() *Config {
 		ClusterDomain: DefaultClusterDomain,
 		Outbound: Outbound{
 			Mode:        ModeAuto,
-			HostsFile:   DefaultHostsFile,
 			HostsRange:  DefaultHostsRange,
 			ProxyListen: DefaultProxyListen,
 		},

@@ -20,7 +20,7 @@ func TestDefault(t *testing.T) {
 	require.Equal(t, "sbx-routing-key", c.BaggageKey)
 	require.Equal(t, 2, c.PoolSize)
 	require.Equal(t, ModeAuto, c.Outbound.Mode)
-	require.Equal(t, "/etc/hosts", c.Outbound.HostsFile)
+	require.Empty(t, c.Outbound.HostsFile, "unset: the machine's, which only the sbx daemon fills in")
 	require.Equal(t, netip.MustParsePrefix("127.241.0.0/16"), c.Outbound.HostsRange)
 	require.Equal(t, "127.0.0.1:0", c.Outbound.ProxyListen)
 	require.False(t, c.Outbound.InjectBaggage)
@@ -81,7 +81,7 @@ clusterDomain: corp.example
 	require.NoError(t, err)
 	require.Equal(t, ModeHosts, c.Outbound.Mode)
 	require.Equal(t, netip.MustParsePrefix("127.9.0.0/16"), c.Outbound.HostsRange)
-	require.Equal(t, DefaultHostsFile, c.Outbound.HostsFile)
+	require.Empty(t, c.Outbound.HostsFile)
 	require.Equal(t, DefaultPoolSize, c.PoolSize)
 
 	// relayMaxStreams at both ends of its range.
@@ -231,7 +231,7 @@ func FuzzParse(f *testing.F) {
 		}
 		if c.PoolSize < 1 || c.PoolSize > MaxPoolSize || c.BaggageKey == "" ||
 			c.RelayMaxStreams < 0 || c.RelayMaxStreams > MaxRelayMaxStreams ||
-			!loopback8.Contains(c.Outbound.HostsRange.Addr()) || !filepath.IsAbs(c.Outbound.HostsFile) ||
+			!loopback8.Contains(c.Outbound.HostsRange.Addr()) || (c.Outbound.HostsFile != "" && !filepath.IsAbs(c.Outbound.HostsFile)) ||
 			checkProxyListen(c.Outbound.ProxyListen) != "" || len(c.Outbound.Deny) > MaxOutboundDeny {
 			t.Fatalf("accepted config out of bounds: %+v", c)
 		}

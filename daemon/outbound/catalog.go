@@ -211,7 +211,7 @@ func ResolveMode(o config.Outbound) config.OutboundMode {
 	if o.Mode != config.ModeAuto && o.Mode != "" {
 		return o.Mode
 	}
-	if hostsfile.Writable(o.HostsFile) {
+	if o.HostsFile != "" && hostsfile.Writable(o.HostsFile) {
 		return config.ModeHosts
 	}
 	return config.ModeProxy

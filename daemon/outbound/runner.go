@@ -9,7 +9,6 @@ import (
 	"net/netip"
 	"reflect"
 	"sync"
-	"testing"
 
 	"github.com/sbx-dev/sbx/daemon/config"
 	"github.com/sbx-dev/sbx/daemon/hostsfile"
@@ -79,8 +78,9 @@ type Runner struct {
 // that another sbx daemon owns means proxy mode, with Status().Note saying
 // why; in hosts mode those are errors. Call Run to serve.
 //
-// In a test binary, hosts and auto mode on the machine's hosts file
-// (config.DefaultHostsFile) are refused: tests must bring a temp one.
+// An empty Config.HostsFile names no hosts file: hosts mode is then an
+// error and auto mode is proxy mode (the daemon fills in the machine's
+// hosts file only when its Options.SystemHostsFile says so).
 func Start(opts Options) (*Runner, error) {
 	log := opts.Logger
 	if log == nil {
@@ -93,9 +93,6 @@ func Start(opts Options) (*Runner, error) {
 	if r.mode == config.ModeOff {
 		return r, nil
 	}
-	if err := refuseSystemHostsFile(opts.Config, testing.Testing()); err != nil {
-		return nil, err
-	}
 	if opts.Catalog == nil || opts.Dial == nil {
 		return nil, errors.New("outbound: Options.Catalog and Options.Dial are required")
 	}
@@ -104,13 +101,20 @@ func Start(opts Options) (*Runner, error) {
 	auto := r.mode == config.ModeAuto
 	if auto {
 		r.mode = ResolveMode(opts.Config)
-		if r.mode == config.ModeProxy {
+		switch {
+		case r.mode != config.ModeProxy:
+		case opts.Config.HostsFile == "":
+			r.note = "no hosts file is configured (outbound.hostsFile); using proxy mode"
+		default:
 			r.note = fmt.Sprintf("hosts file %s is not writable by the daemon; using proxy mode", opts.Config.HostsFile)
 		}
 	}
 	var baggage func() (string, string)
 	if opts.Config.InjectBaggage {
 		baggage = opts.Baggage
+	}
+	if r.mode == config.ModeHosts && opts.Config.HostsFile == "" {
+		return nil, errors.New("outbound hosts mode: no hosts file is configured; set outbound.hostsFile in the sbx config to the hosts file to edit")
 	}
 	if r.mode == config.ModeHosts {
 		if err := probeRange(opts.Config.HostsRange); err != nil {

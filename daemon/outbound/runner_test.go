@@ -109,6 +109,11 @@ func TestRunnerAutoFallsBackToProxy(t *testing.T) {
 			t.Cleanup(func() { require.NoError(t, other.Close()) })
 			return outboundCfg(e, config.ModeAuto)
 		}, "managed by another sbx daemon"},
+		{"no hosts file named (a program embedding the daemon)", func(t *testing.T, e *hostsEnv) config.Outbound {
+			c := outboundCfg(e, config.ModeAuto)
+			c.HostsFile = ""
+			return c
+		}, "no hosts file is configured (outbound.hostsFile)"},
 		{"hosts range not on this machine's loopback", func(t *testing.T, e *hostsEnv) config.Outbound {
 			c := outboundCfg(e, config.ModeAuto)
 			c.HostsRange = netip.MustParsePrefix("192.0.2.0/24") // TEST-NET-1: never a local address
@@ -174,6 +179,16 @@ func TestRunnerExplicitModes(t *testing.T) {
 }
 
 // TestProxyModeNeedsAPassword: proxy mode never starts an open proxy.
+// TestHostsModeNeedsAHostsFile: hosts mode with no hosts file named is an
+// error that says what to set, never the machine's file by default.
+func TestHostsModeNeedsAHostsFile(t *testing.T) {
+	e := newHostsEnv(t)
+	cfg := outboundCfg(e, config.ModeHosts)
+	cfg.HostsFile = ""
+	_, err := Start(Options{ProxyPassword: testProxyPassword, Config: cfg, Catalog: e.cat, Dial: e.si.dial, LockPath: e.lock})
+	require.ErrorContains(t, err, "no hosts file is configured; set outbound.hostsFile")
+}
+
 func TestProxyModeNeedsAPassword(t *testing.T) {
 	e := newHostsEnv(t)
 	_, err := Start(Options{Config: outboundCfg(e, config.ModeProxy), Catalog: e.cat, Dial: e.si.dial})
