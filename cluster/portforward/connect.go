@@ -48,8 +48,8 @@ func portForwardURL(cfg *rest.Config, namespace, pod string) (*url.URL, error) {
 // that worked and, over a WebSocket, the frameConn under it. It uses client-go's
 // FallbackDialer over dialers bound to ctx, because client-go's own dialers
 // take no context.
-func upgrade(ctx context.Context, cfg *rest.Config, u *url.URL, transport Transport) (httpstream.Connection, *frameConn, Transport, error) {
-	ws := &wsDialer{ctx: ctx, cfg: cfg, url: u}
+func upgrade(ctx context.Context, cfg *rest.Config, u *url.URL, transport Transport, plain bool) (httpstream.Connection, *frameConn, Transport, error) {
+	ws := &wsDialer{ctx: ctx, cfg: cfg, url: u, plain: plain}
 	sp := &spdyDialer{ctx: ctx, cfg: cfg, url: u}
 	var dialer httpstream.Dialer
 	switch transport {
@@ -71,7 +71,7 @@ func upgrade(ctx context.Context, cfg *rest.Config, u *url.URL, transport Transp
 		_ = conn.Close()
 		return nil, nil, "", fmt.Errorf("API server negotiated port-forward protocol %q, want %q", protocol, clientpf.PortForwardProtocolV1Name)
 	}
-	if ws.frames != nil {
+	if ws.dialed {
 		return conn, ws.frames, TransportWebSocket, nil
 	}
 	return conn, nil, TransportSPDY, nil
@@ -91,7 +91,9 @@ type wsDialer struct {
 	ctx    context.Context
 	cfg    *rest.Config
 	url    *url.URL
-	frames *frameConn // the connection's, once the upgrade succeeded
+	plain  bool       // client-go's TunnelingConnection, no frameConn
+	dialed bool       // the upgrade succeeded
+	frames *frameConn // the connection's, once the upgrade succeeded (nil if plain)
 }
 
 func (d *wsDialer) Dial(protocols ...string) (httpstream.Connection, string, error) {
@@ -113,13 +115,23 @@ func (d *wsDialer) Dial(protocols ...string) (httpstream.Connection, string, err
 	if err != nil {
 		return nil, "", err
 	}
-	fc := newFrameConn(clientpf.NewTunnelingConnection("sbx", ws), ws)
+	tc := clientpf.NewTunnelingConnection("sbx", ws)
+	if d.plain {
+		conn, err := httpstreamspdy.NewClientConnectionWithPings(tc, clientpf.PingPeriod)
+		if err != nil {
+			_ = tc.Close()
+			return nil, "", err
+		}
+		d.dialed = true
+		return conn, strings.TrimPrefix(ws.Subprotocol(), tunnelingPrefix), nil
+	}
+	fc := newFrameConn(tc, ws)
 	conn, err := httpstreamspdy.NewClientConnectionWithPings(fc, clientpf.PingPeriod)
 	if err != nil {
 		_ = fc.Close()
 		return nil, "", err
 	}
-	d.frames = fc
+	d.frames, d.dialed = fc, true
 	return conn, strings.TrimPrefix(ws.Subprotocol(), tunnelingPrefix), nil
 }
 

@@ -63,6 +63,11 @@ type Config struct {
 	// connection, so a tunnel pool gets real parallelism). A new one is
 	// opened while fewer exist and all existing ones are busy. Default 1.
 	Connections int
+	// PlainWebSocket sends over a WebSocket tunnel through client-go's
+	// TunnelingConnection, as kubectl does, instead of the dialer's own
+	// WebSocket frames (frameConn): for benchmarks that measure the
+	// difference. It changes nothing over SPDY.
+	PlainWebSocket bool
 	// Logger receives connection events; nil discards them.
 	Logger *slog.Logger
 }
@@ -246,7 +251,7 @@ func (d *Dialer) connFor(ctx context.Context, pod *corev1.Pod) (*pfConn, error) 
 	if want == TransportAuto && d.spdyOnly.Load() {
 		want = TransportSPDY // this API server cannot do WebSockets; don't ask again
 	}
-	conn, frames, transport, err := upgrade(ctx, d.cfg.REST, u, want)
+	conn, frames, transport, err := upgrade(ctx, d.cfg.REST, u, want, d.cfg.PlainWebSocket)
 	if err != nil {
 		hint := ""
 		if strings.Contains(strings.ToLower(err.Error()), "forbidden") {

@@ -19,6 +19,7 @@ func newBenchPortForwardCmd(g *globalOptions) *cobra.Command {
 		transport string
 		opts      pfbench.Options
 		bulkMiB   int
+		variants  []string
 	)
 	cmd := &cobra.Command{
 		Use:   "portforward",
@@ -60,6 +61,20 @@ target ratio with the 95% confidence interval of its median (ci95 in
 				return userError(fmt.Errorf("--bulk-mib, --reps, --streams, --rtt-samples and --pool must be positive"), "give each a value of 1 or more, or leave it out for the default")
 			}
 			opts.BulkBytes = int64(bulkMiB) << 20
+			for _, name := range variants {
+				v := pfbench.Variant{Name: name}
+				for part := range strings.SplitSeq(name, "+") {
+					switch part {
+					case "plain-websocket":
+						v.PlainWebSocket = true
+					case "split-headers":
+						v.SplitHeaders = true
+					default:
+						return userError(fmt.Errorf("unknown variant %q", name), "use --ab plain-websocket, split-headers, or both joined with +")
+					}
+				}
+				opts.Variants = append(opts.Variants, v)
+			}
 			// The kubelet-side handler runs in this process and reports
 			// every stream the benchmark closes (and all of them on
 			// Ctrl-C) through klog: noise, unless asked for with -v.
@@ -98,6 +113,7 @@ target ratio with the 95% confidence interval of its median (ci95 in
 	f.IntVar(&bulkMiB, "bulk-mib", 16, "MiB each upload sends")
 	f.IntVar(&opts.RTTSamples, "rtt-samples", 400, "1 KiB round trips per measurement")
 	f.IntVar(&opts.PoolSize, "pool", 4, "tunnel sessions (and port-forward connections) in the pool")
+	f.StringSliceVar(&variants, "ab", nil, "also measure, in the same repetitions, the tunnel and pool with part of the data path off: plain-websocket (client-go's own WebSocket writer), split-headers (yamux header and body as two writes), or both joined with +")
 	return cmd
 }
 
@@ -136,6 +152,14 @@ func benchText(r *pfbench.Result) string {
 	fmt.Fprintf(&b, "one stream alone, tunnel vs bare: %.3f\n", r.TunnelVsBareSingleStream)
 	if r.TunnelVsBareCPU > 0 {
 		fmt.Fprintf(&b, "cpu per byte vs bare: tunnel %.3f, pool %.3f (lower is cheaper)\n", r.TunnelVsBareCPU, r.PoolVsBareCPU)
+	}
+	for _, v := range r.Variants {
+		fmt.Fprintf(&b, "\nvariant %s (paired ratios, variant / sbx; 95%% CI):\n", v.Name)
+		for _, name := range []string{"tunnel_throughput", "pool_throughput", "tunnel_single_stream", "tunnel_rtt", "tunnel_cpu_per_byte", "pool_cpu_per_byte"} {
+			if val, ok := v.Ratios[name]; ok {
+				fmt.Fprintf(&b, "  %-22s %.3f  (%.3f-%.3f)\n", name, val, v.CI95[name][0], v.CI95[name][1])
+			}
+		}
 	}
 	fmt.Fprintf(&b, "took %.1f s", r.Seconds)
 	return b.String()

@@ -21,7 +21,7 @@ func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 // TestRunSmall runs the whole benchmark at a tiny size: every figure is
 // measured and the JSON has the documented keys. It asserts no timings.
 func TestRunSmall(t *testing.T) {
-	o := Options{Reps: 1, BulkBytes: 4 << 20, RTTSamples: 50, Streams: 100}
+	o := Options{Reps: 1, BulkBytes: 4 << 20, RTTSamples: 50, Streams: 100, SplitHeaders: true}
 	var progress strings.Builder
 	o.Progress = &progress
 	r, err := Run(context.Background(), o)
@@ -36,6 +36,9 @@ func TestRunSmall(t *testing.T) {
 		"largebulkratio": r.LargeReadRTTUnderBulkRatio, "largepoolbulkratio": r.LargeReadPoolRTTUnderBulkRatio,
 	} {
 		require.Positive(t, v, name)
+	}
+	for _, k := range []string{"tunnel_bulk1", "pool_bulk64", "tunnel_rtt50", "tunnel_bulkrtt99"} {
+		require.Positive(t, r.SplitHeaders[k], k)
 	}
 	b, err := json.Marshal(r)
 	require.NoError(t, err)
@@ -79,7 +82,7 @@ func TestRunBudget(t *testing.T) {
 func TestSinkReadSizes(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	tun, err := newTunnelEndpoint(ctx, "tunnel", 1, DefaultOptions().Config, 1024)
+	tun, err := newTunnelEndpoint(ctx, "tunnel", 1, DefaultOptions().Config, 1024, false)
 	require.NoError(t, err)
 	defer tun.close()
 	for name, pair := range map[string]func(t *testing.T) (send io.WriteCloser, recv net.Conn){
@@ -203,10 +206,10 @@ func endpoints(b *testing.B) []endpoint {
 	raw, err := newRawEndpoint(1024)
 	require.NoError(b, err)
 	b.Cleanup(raw.close)
-	tun, err := newTunnelEndpoint(ctx, "tunnel", 1, DefaultOptions().Config, 1024)
+	tun, err := newTunnelEndpoint(ctx, "tunnel", 1, DefaultOptions().Config, 1024, false)
 	require.NoError(b, err)
 	b.Cleanup(tun.close)
-	pool, err := newTunnelEndpoint(ctx, "pool", 4, DefaultOptions().Config, 1024)
+	pool, err := newTunnelEndpoint(ctx, "pool", 4, DefaultOptions().Config, 1024, false)
 	require.NoError(b, err)
 	b.Cleanup(pool.close)
 	return []endpoint{raw, tun, pool}

@@ -34,10 +34,18 @@ func TestRunSmall(t *testing.T) {
 			var lines []string
 			res, err := pfbench.Run(ctx, pfbench.Options{
 				Reps: 2, Streams: 2, BulkBytes: 1 << 20, RTTSamples: 20, PoolSize: 3, Transport: tr,
+				Variants: []pfbench.Variant{{Name: "both", PlainWebSocket: true, SplitHeaders: true}},
 				Progress: func(s string) { lines = append(lines, s) },
 			})
 			require.NoError(t, err)
-			require.Len(t, lines, 6)
+			require.Len(t, lines, 10)
+			require.Len(t, res.Variants, 1)
+			for _, p := range []pfbench.Path{res.Variants[0].Tunnel, res.Variants[0].Pool} {
+				require.Positive(t, p.ThroughputMBps)
+			}
+			for _, name := range []string{"tunnel_throughput", "pool_throughput", "tunnel_rtt"} {
+				require.Positive(t, res.Variants[0].Ratios[name], name)
+			}
 			for _, p := range []pfbench.Path{res.Bare, res.Tunnel, res.Pool} {
 				require.Positive(t, p.ThroughputMBps)
 				require.Len(t, p.ThroughputRepsMBps, 2)

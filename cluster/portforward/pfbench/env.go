@@ -242,7 +242,7 @@ func (e *env) startBare(transport portforward.Transport) error {
 // connection from the listener-less Dialer, pools them and serves a local
 // listener that sends each connection through the pool to the application,
 // as the daemon's outbound access does.
-func (e *env) startTunnel(ctx context.Context, transport portforward.Transport, n int, cfg tunnel.Config) (string, error) {
+func (e *env) startTunnel(ctx context.Context, transport portforward.Transport, n int, cfg tunnel.Config, v Variant) (string, error) {
 	client := fake.NewClientset(&corev1.Pod{
 		ObjectMeta: metav1.ObjectMeta{Name: benchPod, Namespace: benchNamespace, UID: "bench",
 			Labels: map[string]string{"sbx.dev/sandbox": "bench"}},
@@ -252,6 +252,7 @@ func (e *env) startTunnel(ctx context.Context, transport portforward.Transport, 
 	d, err := portforward.New(portforward.Config{
 		REST: e.restConfig(), Client: client, Namespace: benchNamespace, Selector: benchSelector,
 		Port: tunnelPort, Transport: transport, Connections: n, Logger: e.log,
+		PlainWebSocket: v.PlainWebSocket,
 	})
 	if err != nil {
 		return "", err
@@ -265,9 +266,13 @@ func (e *env) startTunnel(ctx context.Context, transport portforward.Transport, 
 	// Hold every connection open while dialling so that each session gets
 	// its own port-forward connection.
 	for range n {
-		c, err := d.Dial(ctx)
+		pc, err := d.Dial(ctx)
 		if err != nil {
 			return "", err
+		}
+		var c net.Conn = pc
+		if v.SplitHeaders {
+			c = splitConn{pc}
 		}
 		s, _, err := tunnel.Client(ctx, c, cfg, tunnel.Hello{Token: benchToken, ClientID: "bench", Sandbox: "bench", User: "bench@localhost"})
 		if err != nil {
@@ -285,6 +290,21 @@ func (e *env) startTunnel(ctx context.Context, transport portforward.Transport, 
 		}
 		_ = tunnel.Pipe(ctx, c, st)
 	})
+}
+
+// splitConn makes the tunnel write a yamux data frame's header and body
+// with two Writes, as yamux itself does: it offers to send a prefix with
+// its body (which the tunnel then does instead of joining them) and sends
+// the two apart.
+type splitConn struct{ *portforward.Conn }
+
+func (c splitConn) PrefixedWrites() bool { return true }
+
+func (c splitConn) WritePrefixed(prefix, p []byte) (int, error) {
+	if _, err := c.Conn.Write(prefix); err != nil {
+		return 0, err
+	}
+	return c.Conn.Write(p)
 }
 
 // close stops everything and waits for every goroutine.
