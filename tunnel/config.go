@@ -114,6 +114,12 @@ type Config struct {
 	// (and for their header) before new ones are refused.
 	AcceptBacklog int
 
+	// SplitHeaderWrites turns off joining each yamux data frame's 12-byte
+	// header to its body: they go out in two writes, as yamux sends them.
+	// It exists to measure what the join gains (sbx bench tunnel and
+	// portforward, --ab); see PROTOCOL.md, "One write per frame".
+	SplitHeaderWrites bool
+
 	// Logger receives session events. Nil discards them.
 	Logger *slog.Logger
 }

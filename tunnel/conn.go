@@ -40,6 +40,7 @@ type wireConn struct {
 	// can send them as one unit itself (prefixed).
 	vectored bool
 	prefixed prefixWriter
+	split    bool // Config.SplitHeaderWrites: no joining
 }
 
 // prefixWriter is a connection that sends a prefix and a body as one unit
@@ -61,8 +62,8 @@ const (
 	coalesceCopyMax = 16 << 10
 )
 
-func newWireConn(c net.Conn) *wireConn {
-	w := &wireConn{Conn: c}
+func newWireConn(c net.Conn, split bool) *wireConn {
+	w := &wireConn{Conn: c, split: split}
 	switch c := c.(type) {
 	case *net.TCPConn, *net.UnixConn:
 		w.vectored = true
@@ -100,7 +101,7 @@ func (c *wireConn) Write(p []byte) (int, error) {
 			return 0, err
 		}
 	}
-	if len(p) == yamuxHeaderSize && p[0] == 0 && p[1] == yamuxTypeData {
+	if !c.split && len(p) == yamuxHeaderSize && p[0] == 0 && p[1] == yamuxTypeData {
 		if n := binary.BigEndian.Uint32(p[8:12]); n > 0 && n <= 1<<30 {
 			copy(c.pending[:], p)
 			c.pendingLen = int(n)

@@ -55,7 +55,7 @@ func dataHeader(length int) []byte {
 func TestWireConnOneWritePerFrame(t *testing.T) {
 	for _, size := range []int{1, 1024, coalesceCopyMax, coalesceCopyMax + 1, 128 << 10, 1 << 20} {
 		rc := &recordConn{}
-		w := newWireConn(rc)
+		w := newWireConn(rc, false)
 		require.False(t, w.vectored)
 		body := bytes.Repeat([]byte{0xab}, size)
 		hdr := dataHeader(size)
@@ -85,7 +85,7 @@ func TestWireConnVectoredOnTCP(t *testing.T) {
 	c, peer := tcpPair(t, nil)
 	defer c.Close()
 	defer peer.Close()
-	w := newWireConn(c)
+	w := newWireConn(c, false)
 	require.True(t, w.vectored)
 
 	body := bytes.Repeat([]byte{0xef}, coalesceCopyMax+1)
@@ -122,7 +122,7 @@ func (p *prefixConn) WritePrefixed(prefix, body []byte) (int, error) {
 func TestWireConnPrefixedWrites(t *testing.T) {
 	body := bytes.Repeat([]byte{0xcd}, 128<<10)
 	pc := &prefixConn{prefixed: true, body: body}
-	w := newWireConn(pc)
+	w := newWireConn(pc, false)
 	require.NotNil(t, w.prefixed)
 	hdr := writeDataFrame(t, w, body)
 	require.Equal(t, [][2][]byte{{hdr, body}}, pc.calls)
@@ -136,9 +136,19 @@ func TestWireConnPrefixedWrites(t *testing.T) {
 	require.Equal(t, [][]byte{upd}, pc.writes, "a window update goes out as it is")
 
 	off := &prefixConn{}
-	w = newWireConn(off)
+	w = newWireConn(off, false)
 	require.Nil(t, w.prefixed)
 	writeDataFrame(t, w, body)
 	require.Empty(t, off.calls)
 	require.Equal(t, [][]byte{append(hdr, body...)}, off.writes)
+}
+
+// TestWireConnSplitHeaderWrites: with Config.SplitHeaderWrites a data
+// frame's header and body reach the connection as yamux wrote them.
+func TestWireConnSplitHeaderWrites(t *testing.T) {
+	rc := &recordConn{}
+	w := newWireConn(rc, true)
+	body := bytes.Repeat([]byte{0xab}, 1000)
+	hdr := writeDataFrame(t, w, body)
+	require.Equal(t, [][]byte{hdr, body}, rc.writes)
 }

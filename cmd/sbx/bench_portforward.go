@@ -3,6 +3,7 @@ package main
 import (
 	"fmt"
 	"log/slog"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 
@@ -10,6 +11,7 @@ import (
 
 	"github.com/sbx-dev/sbx/cluster/portforward"
 	"github.com/sbx-dev/sbx/cluster/portforward/pfbench"
+	"github.com/sbx-dev/sbx/tunnel"
 )
 
 func newBenchPortForwardCmd(g *globalOptions) *cobra.Command {
@@ -62,16 +64,9 @@ target ratio with the 95% confidence interval of its median (ci95 in
 			}
 			opts.BulkBytes = int64(bulkMiB) << 20
 			for _, name := range variants {
-				v := pfbench.Variant{Name: name}
-				for part := range strings.SplitSeq(name, "+") {
-					switch part {
-					case "plain-websocket":
-						v.PlainWebSocket = true
-					case "split-headers":
-						v.SplitHeaders = true
-					default:
-						return userError(fmt.Errorf("unknown variant %q", name), "use --ab plain-websocket, split-headers, or both joined with +")
-					}
+				v, err := parseBenchVariant(name)
+				if err != nil {
+					return userError(err, "use --ab with plain-websocket, split-headers, frame=SIZE or window=SIZE (e.g. 128k, 2m), several joined with +")
 				}
 				opts.Variants = append(opts.Variants, v)
 			}
@@ -113,8 +108,62 @@ target ratio with the 95% confidence interval of its median (ci95 in
 	f.IntVar(&bulkMiB, "bulk-mib", 16, "MiB each upload sends")
 	f.IntVar(&opts.RTTSamples, "rtt-samples", 400, "1 KiB round trips per measurement")
 	f.IntVar(&opts.PoolSize, "pool", 4, "tunnel sessions (and port-forward connections) in the pool")
-	f.StringSliceVar(&variants, "ab", nil, "also measure, in the same repetitions, the tunnel and pool with part of the data path off: plain-websocket (client-go's own WebSocket writer), split-headers (yamux header and body as two writes), or both joined with +")
+	f.StringSliceVar(&variants, "ab", nil, "also measure, in the same repetitions, the tunnel and pool changed: plain-websocket (client-go's own WebSocket writer), split-headers (yamux header and body as two writes), frame=SIZE or window=SIZE (tunnel.Config at both ends), several joined with +")
 	return cmd
+}
+
+// parseBenchVariant parses an --ab value: parts joined with "+", each
+// plain-websocket, split-headers, frame=SIZE or window=SIZE.
+func parseBenchVariant(name string) (pfbench.Variant, error) {
+	v := pfbench.Variant{Name: name}
+	cfg := tunnel.PortForwardConfig()
+	tuned := false
+	for part := range strings.SplitSeq(name, "+") {
+		key, val, _ := strings.Cut(part, "=")
+		switch key {
+		case "plain-websocket":
+			v.PlainWebSocket = true
+			continue
+		case "split-headers":
+			cfg.SplitHeaderWrites = true
+		case "frame", "window":
+			n, err := parseSize(val)
+			if err != nil {
+				return v, fmt.Errorf("variant %q: %s: %w", name, key, err)
+			}
+			if key == "frame" {
+				cfg.MaxFrameSize = n
+			} else {
+				cfg.StreamWindow = uint32(n)
+			}
+		default:
+			return v, fmt.Errorf("unknown variant %q", part)
+		}
+		tuned = true
+	}
+	if tuned {
+		if err := cfg.Verify(); err != nil {
+			return v, fmt.Errorf("variant %q: %w", name, err)
+		}
+		v.Tunnel = &cfg
+	}
+	return v, nil
+}
+
+// parseSize reads a byte count with an optional k or m suffix (KiB, MiB).
+func parseSize(s string) (int, error) {
+	mult := 1
+	switch {
+	case strings.HasSuffix(s, "k"):
+		mult, s = 1<<10, strings.TrimSuffix(s, "k")
+	case strings.HasSuffix(s, "m"):
+		mult, s = 1<<20, strings.TrimSuffix(s, "m")
+	}
+	n, err := strconv.Atoi(s)
+	if err != nil || n <= 0 || n > 1<<30/mult {
+		return 0, fmt.Errorf("size %q is not a positive byte count (e.g. 262144, 256k, 1m)", s)
+	}
+	return n * mult, nil
 }
 
 func benchText(r *pfbench.Result) string {

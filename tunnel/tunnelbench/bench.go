@@ -40,7 +40,8 @@ type Options struct {
 	Progress io.Writer
 	// SplitHeaders also measures, in the same repetitions, a tunnel and a
 	// pool whose sessions write each yamux data frame's header and body
-	// with two Writes, as yamux itself does (Result.SplitHeaders).
+	// with two Writes, as yamux itself does (Config.SplitHeaderWrites at
+	// both ends; Result.SplitHeaders).
 	SplitHeaders bool
 }
 
@@ -178,23 +179,25 @@ func Run(ctx context.Context, opts Options) (Result, error) {
 		return Result{}, err
 	}
 	defer raw.close()
-	tun, err := newTunnelEndpoint(ctx, "tunnel", 1, o.Config, o.RequestSize, false)
+	tun, err := newTunnelEndpoint(ctx, "tunnel", 1, o.Config, o.RequestSize)
 	if err != nil {
 		return Result{}, err
 	}
 	defer tun.close()
-	pool, err := newTunnelEndpoint(ctx, "pool", o.PoolSize, o.Config, o.RequestSize, false)
+	pool, err := newTunnelEndpoint(ctx, "pool", o.PoolSize, o.Config, o.RequestSize)
 	if err != nil {
 		return Result{}, err
 	}
 	defer pool.close()
 	eps := []endpoint{raw, tun, pool}
 	if o.SplitHeaders {
+		split := o.Config
+		split.SplitHeaderWrites = true
 		for _, v := range []struct {
 			label string
 			n     int
 		}{{"tunnel-split", 1}, {"pool-split", o.PoolSize}} {
-			ep, err := newTunnelEndpoint(ctx, v.label, v.n, o.Config, o.RequestSize, true)
+			ep, err := newTunnelEndpoint(ctx, v.label, v.n, split, o.RequestSize)
 			if err != nil {
 				return Result{}, err
 			}

@@ -82,7 +82,7 @@ func TestRunBudget(t *testing.T) {
 func TestSinkReadSizes(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	tun, err := newTunnelEndpoint(ctx, "tunnel", 1, DefaultOptions().Config, 1024, false)
+	tun, err := newTunnelEndpoint(ctx, "tunnel", 1, DefaultOptions().Config, 1024)
 	require.NoError(t, err)
 	defer tun.close()
 	for name, pair := range map[string]func(t *testing.T) (send io.WriteCloser, recv net.Conn){
@@ -206,10 +206,10 @@ func endpoints(b *testing.B) []endpoint {
 	raw, err := newRawEndpoint(1024)
 	require.NoError(b, err)
 	b.Cleanup(raw.close)
-	tun, err := newTunnelEndpoint(ctx, "tunnel", 1, DefaultOptions().Config, 1024, false)
+	tun, err := newTunnelEndpoint(ctx, "tunnel", 1, DefaultOptions().Config, 1024)
 	require.NoError(b, err)
 	b.Cleanup(tun.close)
-	pool, err := newTunnelEndpoint(ctx, "pool", 4, DefaultOptions().Config, 1024, false)
+	pool, err := newTunnelEndpoint(ctx, "pool", 4, DefaultOptions().Config, 1024)
 	require.NoError(b, err)
 	b.Cleanup(pool.close)
 	return []endpoint{raw, tun, pool}

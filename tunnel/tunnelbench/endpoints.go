@@ -151,7 +151,7 @@ type tunnelEndpoint struct {
 	wg      sync.WaitGroup
 }
 
-func newTunnelEndpoint(ctx context.Context, label string, sessions int, cfg tunnel.Config, reqSize int, split bool) (*tunnelEndpoint, error) {
+func newTunnelEndpoint(ctx context.Context, label string, sessions int, cfg tunnel.Config, reqSize int) (*tunnelEndpoint, error) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return nil, fmt.Errorf("bench: listen on loopback: %w", err)
@@ -171,9 +171,6 @@ func newTunnelEndpoint(ctx context.Context, label string, sessions int, cfg tunn
 				srvCh <- err
 				return
 			}
-			if split {
-				c = splitConn{c}
-			}
 			s, _, err := tunnel.Server(ctx, c, cfg, check)
 			if err == nil {
 				e.servers = append(e.servers, s)
@@ -185,9 +182,6 @@ func newTunnelEndpoint(ctx context.Context, label string, sessions int, cfg tunn
 		if err != nil {
 			e.close()
 			return nil, fmt.Errorf("bench: dial tunnel listener: %w", err)
-		}
-		if split {
-			c = splitConn{c}
 		}
 		cs, _, err := tunnel.Client(ctx, c, cfg, tunnel.Hello{Token: benchToken, ClientID: fmt.Sprintf("bench-%d", i), Sandbox: "bench"})
 		if serr := <-srvCh; err == nil {
@@ -248,21 +242,6 @@ func (e *tunnelEndpoint) close() {
 	}
 	_ = e.ln.Close()
 	e.wg.Wait()
-}
-
-// splitConn makes the tunnel write a yamux data frame's header and body
-// with two Writes, as yamux itself does: it offers to send a prefix with
-// its body (which the tunnel then does instead of joining them) and sends
-// the two apart.
-type splitConn struct{ net.Conn }
-
-func (c splitConn) PrefixedWrites() bool { return true }
-
-func (c splitConn) WritePrefixed(prefix, p []byte) (int, error) {
-	if _, err := c.Conn.Write(prefix); err != nil {
-		return 0, err
-	}
-	return c.Conn.Write(p)
 }
 
 var errShortCount = errors.New("sink reported a different byte count")

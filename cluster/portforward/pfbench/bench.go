@@ -84,7 +84,7 @@ type Options struct {
 }
 
 // Variant is the tunnel over a port-forward with parts of sbx's data path
-// switched off, for A/B measurements in one run.
+// switched off or tuned otherwise, for A/B measurements in one run.
 type Variant struct {
 	// Name labels the variant's paths ("tunnel/NAME", "pool/NAME").
 	Name string `json:"name"`
@@ -92,10 +92,9 @@ type Variant struct {
 	// TunnelingConnection (gorilla's writer, one message per framer
 	// write) instead of the dialer's own WebSocket frames.
 	PlainWebSocket bool `json:"plain_websocket"`
-	// SplitHeaders makes the tunnel write each yamux data frame's 12-byte
-	// header and its body with two Writes, as yamux itself does, instead
-	// of sending them as one unit.
-	SplitHeaders bool `json:"split_headers"`
+	// Tunnel configures the variant's sessions at both ends (the relay
+	// gets a listener of its own for them); nil means the run's.
+	Tunnel *tunnel.Config `json:"-"`
 }
 
 func (o *Options) defaults() {
@@ -200,11 +199,11 @@ func Run(ctx context.Context, opts Options) (*Result, error) {
 	if err := e.startBare(opts.Transport); err != nil {
 		return nil, fmt.Errorf("bare port-forward: %w", err)
 	}
-	tunnelAddr, err := e.startTunnel(ctx, opts.Transport, 1, cfg, Variant{})
+	tunnelAddr, err := e.startTunnel(ctx, opts.Transport, 1, Variant{})
 	if err != nil {
 		return nil, fmt.Errorf("tunnel over port-forward: %w", err)
 	}
-	poolAddr, err := e.startTunnel(ctx, opts.Transport, opts.PoolSize, cfg, Variant{})
+	poolAddr, err := e.startTunnel(ctx, opts.Transport, opts.PoolSize, Variant{})
 	if err != nil {
 		return nil, fmt.Errorf("tunnel pool over port-forward: %w", err)
 	}
@@ -232,7 +231,7 @@ func Run(ctx context.Context, opts Options) (*Result, error) {
 			n    int
 			out  *Path
 		}{{"tunnel", 1, &res.Variants[i].Tunnel}, {"pool", opts.PoolSize, &res.Variants[i].Pool}} {
-			addr, err := e.startTunnel(ctx, opts.Transport, p.n, cfg, v)
+			addr, err := e.startTunnel(ctx, opts.Transport, p.n, v)
 			if err != nil {
 				return nil, fmt.Errorf("%s/%s over port-forward: %w", p.kind, v.Name, err)
 			}

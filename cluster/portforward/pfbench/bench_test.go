@@ -10,6 +10,7 @@ import (
 
 	"github.com/sbx-dev/sbx/cluster/portforward"
 	"github.com/sbx-dev/sbx/cluster/portforward/pfbench"
+	"github.com/sbx-dev/sbx/tunnel"
 )
 
 func TestMain(m *testing.M) {
@@ -32,9 +33,11 @@ func TestRunSmall(t *testing.T) {
 			ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 			defer cancel()
 			var lines []string
+			split := tunnel.PortForwardConfig()
+			split.SplitHeaderWrites = true
 			res, err := pfbench.Run(ctx, pfbench.Options{
 				Reps: 2, Streams: 2, BulkBytes: 1 << 20, RTTSamples: 20, PoolSize: 3, Transport: tr,
-				Variants: []pfbench.Variant{{Name: "both", PlainWebSocket: true, SplitHeaders: true}},
+				Variants: []pfbench.Variant{{Name: "both", PlainWebSocket: true, Tunnel: &split}},
 				Progress: func(s string) { lines = append(lines, s) },
 			})
 			require.NoError(t, err)
