@@ -21,9 +21,8 @@ import (
 //     small round trip. Over a port-forward it matters even more: each
 //     Write becomes its own SPDY frame, WebSocket message and system call
 //     on every hop to the relay. On TCP a body over 16 KiB goes out with
-//     the header in one writev; over a port-forward WebSocket the
-//     connection takes the header as a prefix of the body's SPDY frame
-//     (prefixWriter); otherwise the two are copied into one buffer.
+//     the header in one writev; otherwise the two are copied into one
+//     buffer.
 //
 // Only yamux's single send goroutine calls Write, so the pending-header
 // state needs no lock.
@@ -35,22 +34,10 @@ type wireConn struct {
 	pendingLen int // body length announced by the pending header; 0 = none
 	scratch    []byte
 	// vectored: the connection turns net.Buffers into one writev. Other
-	// connections (TLS, net.Pipe) would get one Write per buffer, so there
-	// header and body are copied into one buffer, unless the connection
-	// can send them as one unit itself (prefixed).
+	// connections (TLS, net.Pipe, a port-forward) would get one Write per
+	// buffer, so there header and body are copied into one buffer.
 	vectored bool
-	prefixed prefixWriter
 	split    bool // Config.SplitHeaderWrites: no joining
-}
-
-// prefixWriter is a connection that sends a prefix and a body as one unit
-// without the caller joining them: cluster/portforward's Conn over a
-// WebSocket puts both in one SPDY frame, so the body is not copied.
-type prefixWriter interface {
-	// PrefixedWrites reports whether WritePrefixed avoids the join.
-	PrefixedWrites() bool
-	// WritePrefixed writes prefix then p and reports len(p) written.
-	WritePrefixed(prefix, p []byte) (int, error)
 }
 
 const (
@@ -64,13 +51,9 @@ const (
 
 func newWireConn(c net.Conn, split bool) *wireConn {
 	w := &wireConn{Conn: c, split: split}
-	switch c := c.(type) {
+	switch c.(type) {
 	case *net.TCPConn, *net.UnixConn:
 		w.vectored = true
-	case prefixWriter:
-		if c.PrefixedWrites() {
-			w.prefixed = c
-		}
 	}
 	w.lastRecv.Store(time.Now().UnixNano())
 	return w
@@ -114,9 +97,6 @@ func (c *wireConn) Write(p []byte) (int, error) {
 // writeFrame writes the pending header and body p together and reports
 // len(p) written on success.
 func (c *wireConn) writeFrame(p []byte) (int, error) {
-	if c.prefixed != nil {
-		return c.prefixed.WritePrefixed(c.pending[:], p)
-	}
 	if len(p) <= coalesceCopyMax || !c.vectored {
 		c.scratch = append(append(c.scratch[:0], c.pending[:]...), p...)
 		if _, err := c.Conn.Write(c.scratch); err != nil {

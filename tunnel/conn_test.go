@@ -97,52 +97,6 @@ func TestWireConnVectoredOnTCP(t *testing.T) {
 	require.Equal(t, append(hdr, body...), got)
 }
 
-// prefixConn sends a prefix and a body as one unit, as
-// cluster/portforward.Conn does over a WebSocket.
-type prefixConn struct {
-	recordConn
-	prefixed bool
-	calls    [][2][]byte
-	body     []byte // the caller's body
-	sameBody []bool // the body handed over was body itself, not a copy
-}
-
-func (p *prefixConn) PrefixedWrites() bool { return p.prefixed }
-
-func (p *prefixConn) WritePrefixed(prefix, body []byte) (int, error) {
-	p.calls = append(p.calls, [2][]byte{bytes.Clone(prefix), bytes.Clone(body)})
-	p.sameBody = append(p.sameBody, len(body) > 0 && &body[0] == &p.body[0])
-	return len(body), nil
-}
-
-// TestWireConnPrefixedWrites: on a connection that can send header and
-// body as one unit, a data frame's body is handed over as it is, with the
-// header as prefix; a connection that says it cannot gets the joined
-// Write as before.
-func TestWireConnPrefixedWrites(t *testing.T) {
-	body := bytes.Repeat([]byte{0xcd}, 128<<10)
-	pc := &prefixConn{prefixed: true, body: body}
-	w := newWireConn(pc, false)
-	require.NotNil(t, w.prefixed)
-	hdr := writeDataFrame(t, w, body)
-	require.Equal(t, [][2][]byte{{hdr, body}}, pc.calls)
-	require.Equal(t, []bool{true}, pc.sameBody, "the body is not copied")
-	require.Empty(t, pc.writes)
-
-	upd := make([]byte, yamuxHeaderSize)
-	upd[1] = 1
-	_, err := w.Write(upd)
-	require.NoError(t, err)
-	require.Equal(t, [][]byte{upd}, pc.writes, "a window update goes out as it is")
-
-	off := &prefixConn{}
-	w = newWireConn(off, false)
-	require.Nil(t, w.prefixed)
-	writeDataFrame(t, w, body)
-	require.Empty(t, off.calls)
-	require.Equal(t, [][]byte{append(hdr, body...)}, off.writes)
-}
-
 // TestWireConnSplitHeaderWrites: with Config.SplitHeaderWrites a data
 // frame's header and body reach the connection as yamux wrote them.
 func TestWireConnSplitHeaderWrites(t *testing.T) {

@@ -63,11 +63,6 @@ type Config struct {
 	// connection, so a tunnel pool gets real parallelism). A new one is
 	// opened while fewer exist and all existing ones are busy. Default 1.
 	Connections int
-	// PlainWebSocket sends over a WebSocket tunnel through client-go's
-	// TunnelingConnection, as kubectl does, instead of the dialer's own
-	// WebSocket frames (frameConn): for benchmarks that measure the
-	// difference. It changes nothing over SPDY.
-	PlainWebSocket bool
 	// Logger receives connection events; nil discards them.
 	Logger *slog.Logger
 }
@@ -251,7 +246,7 @@ func (d *Dialer) connFor(ctx context.Context, pod *corev1.Pod) (*pfConn, error) 
 	if want == TransportAuto && d.spdyOnly.Load() {
 		want = TransportSPDY // this API server cannot do WebSockets; don't ask again
 	}
-	conn, frames, transport, err := upgrade(ctx, d.cfg.REST, u, want, d.cfg.PlainWebSocket)
+	conn, transport, err := upgrade(ctx, d.cfg.REST, u, want)
 	if err != nil {
 		hint := ""
 		if strings.Contains(strings.ToLower(err.Error()), "forbidden") {
@@ -266,7 +261,6 @@ func (d *Dialer) connFor(ctx context.Context, pod *corev1.Pod) (*pfConn, error) 
 	}
 	pc := &pfConn{
 		conn:      conn,
-		frames:    frames,
 		namespace: pod.Namespace,
 		pod:       pod.Name,
 		uid:       pod.UID,
@@ -349,7 +343,6 @@ func (d *Dialer) monitor(pc *pfConn) {
 // pfConn is one port-forward connection to the API server.
 type pfConn struct {
 	conn      httpstream.Connection
-	frames    *frameConn // under conn when it is a WebSocket tunnel, else nil
 	namespace string
 	pod       string
 	uid       types.UID

@@ -66,7 +66,7 @@ target ratio with the 95% confidence interval of its median (ci95 in
 			for _, name := range variants {
 				v, err := parseBenchVariant(name)
 				if err != nil {
-					return userError(err, "use --ab with plain-websocket, split-headers, frame=SIZE or window=SIZE (e.g. 128k, 2m), several joined with +")
+					return userError(err, "use --ab with split-headers, frame=SIZE or window=SIZE (e.g. 128k, 2m), several joined with +")
 				}
 				opts.Variants = append(opts.Variants, v)
 			}
@@ -108,22 +108,18 @@ target ratio with the 95% confidence interval of its median (ci95 in
 	f.IntVar(&bulkMiB, "bulk-mib", 16, "MiB each upload sends")
 	f.IntVar(&opts.RTTSamples, "rtt-samples", 400, "1 KiB round trips per measurement")
 	f.IntVar(&opts.PoolSize, "pool", 4, "tunnel sessions (and port-forward connections) in the pool")
-	f.StringSliceVar(&variants, "ab", nil, "also measure, in the same repetitions, the tunnel and pool changed: plain-websocket (client-go's own WebSocket writer), split-headers (yamux header and body as two writes), frame=SIZE or window=SIZE (tunnel.Config at both ends), several joined with +")
+	f.StringSliceVar(&variants, "ab", nil, "also measure, in the same repetitions, the tunnel and pool configured otherwise: split-headers (yamux header and body as two writes), frame=SIZE or window=SIZE (tunnel.Config at both ends), several joined with +")
 	return cmd
 }
 
 // parseBenchVariant parses an --ab value: parts joined with "+", each
-// plain-websocket, split-headers, frame=SIZE or window=SIZE.
+// split-headers, frame=SIZE or window=SIZE.
 func parseBenchVariant(name string) (pfbench.Variant, error) {
 	v := pfbench.Variant{Name: name}
 	cfg := tunnel.PortForwardConfig()
-	tuned := false
 	for part := range strings.SplitSeq(name, "+") {
 		key, val, _ := strings.Cut(part, "=")
 		switch key {
-		case "plain-websocket":
-			v.PlainWebSocket = true
-			continue
 		case "split-headers":
 			cfg.SplitHeaderWrites = true
 		case "frame", "window":
@@ -139,14 +135,11 @@ func parseBenchVariant(name string) (pfbench.Variant, error) {
 		default:
 			return v, fmt.Errorf("unknown variant %q", part)
 		}
-		tuned = true
 	}
-	if tuned {
-		if err := cfg.Verify(); err != nil {
-			return v, fmt.Errorf("variant %q: %w", name, err)
-		}
-		v.Tunnel = &cfg
+	if err := cfg.Verify(); err != nil {
+		return v, fmt.Errorf("variant %q: %w", name, err)
 	}
+	v.Tunnel = &cfg
 	return v, nil
 }
 

@@ -83,15 +83,12 @@ type Options struct {
 	Logger   *slog.Logger
 }
 
-// Variant is the tunnel over a port-forward with parts of sbx's data path
-// switched off or tuned otherwise, for A/B measurements in one run.
+// Variant is the tunnel over a port-forward configured otherwise (a part
+// of sbx's data path switched off, another frame size or window), for A/B
+// measurements in one run.
 type Variant struct {
 	// Name labels the variant's paths ("tunnel/NAME", "pool/NAME").
 	Name string `json:"name"`
-	// PlainWebSocket is portforward.Config.PlainWebSocket: client-go's
-	// TunnelingConnection (gorilla's writer, one message per framer
-	// write) instead of the dialer's own WebSocket frames.
-	PlainWebSocket bool `json:"plain_websocket"`
 	// Tunnel configures the variant's sessions at both ends (the relay
 	// gets a listener of its own for them); nil means the run's.
 	Tunnel *tunnel.Config `json:"-"`

@@ -37,7 +37,7 @@ func TestRunSmall(t *testing.T) {
 			split.SplitHeaderWrites = true
 			res, err := pfbench.Run(ctx, pfbench.Options{
 				Reps: 2, Streams: 2, BulkBytes: 1 << 20, RTTSamples: 20, PoolSize: 3, Transport: tr,
-				Variants: []pfbench.Variant{{Name: "both", PlainWebSocket: true, Tunnel: &split}},
+				Variants: []pfbench.Variant{{Name: "split", Tunnel: &split}},
 				Progress: func(s string) { lines = append(lines, s) },
 			})
 			require.NoError(t, err)

@@ -277,7 +277,6 @@ func (e *env) startTunnel(ctx context.Context, transport portforward.Transport, 
 	d, err := portforward.New(portforward.Config{
 		REST: e.restConfig(), Client: client, Namespace: benchNamespace, Selector: benchSelector,
 		Port: port, Transport: transport, Connections: n, Logger: e.log,
-		PlainWebSocket: v.PlainWebSocket,
 	})
 	if err != nil {
 		return "", err
