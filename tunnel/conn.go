@@ -29,10 +29,11 @@ import (
 //     round trip p50 0.76x (split/joined 1.28-1.33: without the join
 //     tunnel_vs_bare_rtt would be ~1.5, over its 1.25 target); pool CPU
 //     per byte 0.95x (1.04-1.07), pool throughput 1.07x.
-//   - sbx bench tunnel --ab-split-headers (loopback TCP, DefaultConfig):
-//     single-stream bulk 1.15x (split/joined 0.83-0.93), round trip p50
-//     0.68x (1.45-1.47), p99 behind bulk 0.79x; but 64 streams on one
-//     session 0.76x (1.26-1.44; a pool of 4 sessions: 1.04x).
+//   - sbx bench tunnel --ab-split-headers (loopback TCP, DefaultConfig;
+//     two sets of five runs): single-stream bulk 1.12-1.15x
+//     (split/joined 0.83-0.93), round trip p50 0.68-0.70x (1.41-1.47),
+//     p99 behind bulk 0.79-0.88x; 64 streams on one session 0.76x in one
+//     set (1.26-1.44) and 0.99x in the other (0.97-1.16).
 //
 // The join relies on how yamux v0.1.2's send loop writes a data frame: a
 // Write of the 12-byte header, then one Write of exactly its body, from
