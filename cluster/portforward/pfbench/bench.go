@@ -73,9 +73,9 @@ type Options struct {
 	// Tunnel configures the sessions at both ends (daemon and relay); nil
 	// means tunnel.PortForwardConfig(), what sbx uses.
 	Tunnel *tunnel.Config
-	// Variants adds, per variant, a tunnel and a pool path with parts of
-	// sbx's data path switched off, measured in the same repetitions as the
-	// others and compared with the tunnel and the pool as sbx runs them
+	// Variants adds, per variant, a tunnel and a pool path configured
+	// otherwise, measured in the same repetitions as the others and
+	// compared with the tunnel and the pool as sbx runs them
 	// (Result.Variants).
 	Variants []Variant
 	// Progress, if set, receives one line per finished measurement.
@@ -168,14 +168,15 @@ type Result struct {
 // VariantResult is one variant measured beside the paths as sbx runs them.
 // Each ratio is the median over repetitions of variant / sbx's path within
 // the repetition, with the 95% confidence interval of that median: a
-// throughput ratio below 1 or a CPU-per-byte ratio above 1 is what the
-// switched-off part gains.
+// throughput ratio below 1 or a CPU-per-byte ratio above 1 means sbx's
+// configuration is the better one.
 type VariantResult struct {
 	Variant
 	Tunnel Path `json:"tunnel"`
 	Pool   Path `json:"pool"`
 	// Ratios by name: tunnel_throughput, pool_throughput,
-	// tunnel_cpu_per_byte, pool_cpu_per_byte, tunnel_rtt.
+	// tunnel_single_stream, tunnel_rtt (p50), tunnel_cpu_per_byte,
+	// pool_cpu_per_byte.
 	Ratios map[string]float64    `json:"ratios"`
 	CI95   map[string][2]float64 `json:"ci95"`
 }
