@@ -5,7 +5,7 @@ VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -s -w -X main.version=$(VERSION)
 BIN := bin/sbx
 # Packages with concurrent code run under the race detector.
-RACE_PKGS := ./tunnel/... ./relay/... ./daemon/...
+RACE_PKGS := ./tunnel/... ./relay/... ./daemon/... ./cluster/portforward/...
 FUZZTIME ?= 30s
 
 .PHONY: help build test test-race test-unit test-istio test-fuzz lint cross bench fuzz demo image image-push clean
@@ -24,7 +24,7 @@ test-unit: ## all packages' tests, and the release tool's
 	$(GO) test -count=1 -timeout 10m ./...
 	$(GO) -C tools/image test -count=1 -timeout 10m ./...
 
-test-race: ## tunnel, relay and daemon under the race detector
+test-race: ## tunnel, relay, daemon and the port-forward dialer under the race detector
 	$(GO) test -count=1 -race -timeout 10m $(RACE_PKGS)
 
 # The Istio conformance tier: sbx's route plans judged by Istio's own

@@ -114,21 +114,30 @@ type Config struct {
 	// (and for their header) before new ones are refused.
 	AcceptBacklog int
 
+	// SplitHeaderWrites turns off joining each yamux data frame's 12-byte
+	// header to its body: they go out in two writes, as yamux sends them.
+	// It exists to measure what the join gains (sbx bench tunnel and
+	// portforward, --ab); see PROTOCOL.md, "One write per frame".
+	SplitHeaderWrites bool
+
 	// Logger receives session events. Nil discards them.
 	Logger *slog.Logger
 }
 
 // PortForwardConfig returns DefaultConfig tuned for a session carried by a
 // Kubernetes port-forward, which is how the daemon reaches the relay. There
-// every yamux frame becomes a SPDY frame, a WebSocket message and a write
-// on each hop through the API server and the kubelet, so a frame costs
-// several times what it costs on raw TCP, and the path's bandwidth × delay
-// is larger: it uses 256 KiB frames and a 1 MiB window (PROTOCOL.md,
-// "Tuning", has the measurements). A frame is never interrupted, so a
-// small request on the session may wait behind one frame per busy stream:
-// 256 KiB is where larger frames stopped paying (512 KiB measured no
-// cheaper) while that wait stays short. Both ends of such a session should use
-// it: a receiver's window bounds what its peer may send.
+// every yamux frame becomes a SPDY frame, three WebSocket messages and
+// writes on each hop through the API server and the kubelet, so a frame
+// costs several times what it costs on raw TCP, and the path's bandwidth ×
+// delay is larger: it uses 256 KiB frames and a 1 MiB window. A frame is
+// never interrupted, so a small request on the session may wait behind one
+// frame per busy stream: 256 KiB is where larger frames stop paying. In
+// sbx bench portforward --ab (five runs, medians), a pool of sessions took
+// 1.07x the CPU per byte with 128 KiB frames and 1.02x with 512 KiB; 1.04x
+// with a 512 KiB window (and one stream alone 0.93x the throughput) and
+// 1.18x with 4 MiB (PROTOCOL.md, "Over a port-forward"). Both ends of such
+// a session should use it: a receiver's window bounds what its peer may
+// send.
 func PortForwardConfig() Config {
 	c := DefaultConfig()
 	c.StreamWindow = 1 << 20

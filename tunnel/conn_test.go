@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/binary"
 	"io"
+	"math/rand/v2"
 	"net"
 	"sync"
 	"testing"
@@ -55,7 +56,7 @@ func dataHeader(length int) []byte {
 func TestWireConnOneWritePerFrame(t *testing.T) {
 	for _, size := range []int{1, 1024, coalesceCopyMax, coalesceCopyMax + 1, 128 << 10, 1 << 20} {
 		rc := &recordConn{}
-		w := newWireConn(rc)
+		w := newWireConn(rc, false)
 		require.False(t, w.vectored)
 		body := bytes.Repeat([]byte{0xab}, size)
 		hdr := dataHeader(size)
@@ -85,7 +86,7 @@ func TestWireConnVectoredOnTCP(t *testing.T) {
 	c, peer := tcpPair(t, nil)
 	defer c.Close()
 	defer peer.Close()
-	w := newWireConn(c)
+	w := newWireConn(c, false)
 	require.True(t, w.vectored)
 
 	body := bytes.Repeat([]byte{0xef}, coalesceCopyMax+1)
@@ -97,48 +98,98 @@ func TestWireConnVectoredOnTCP(t *testing.T) {
 	require.Equal(t, append(hdr, body...), got)
 }
 
-// prefixConn sends a prefix and a body as one unit, as
-// cluster/portforward.Conn does over a WebSocket.
-type prefixConn struct {
-	recordConn
-	prefixed bool
-	calls    [][2][]byte
-	body     []byte // the caller's body
-	sameBody []bool // the body handed over was body itself, not a copy
-}
-
-func (p *prefixConn) PrefixedWrites() bool { return p.prefixed }
-
-func (p *prefixConn) WritePrefixed(prefix, body []byte) (int, error) {
-	p.calls = append(p.calls, [2][]byte{bytes.Clone(prefix), bytes.Clone(body)})
-	p.sameBody = append(p.sameBody, len(body) > 0 && &body[0] == &p.body[0])
-	return len(body), nil
-}
-
-// TestWireConnPrefixedWrites: on a connection that can send header and
-// body as one unit, a data frame's body is handed over as it is, with the
-// header as prefix; a connection that says it cannot gets the joined
-// Write as before.
-func TestWireConnPrefixedWrites(t *testing.T) {
-	body := bytes.Repeat([]byte{0xcd}, 128<<10)
-	pc := &prefixConn{prefixed: true, body: body}
-	w := newWireConn(pc)
-	require.NotNil(t, w.prefixed)
+// TestWireConnSplitHeaderWrites: with Config.SplitHeaderWrites a data
+// frame's header and body reach the connection as yamux wrote them.
+func TestWireConnSplitHeaderWrites(t *testing.T) {
+	rc := &recordConn{}
+	w := newWireConn(rc, true)
+	body := bytes.Repeat([]byte{0xab}, 1000)
 	hdr := writeDataFrame(t, w, body)
-	require.Equal(t, [][2][]byte{{hdr, body}}, pc.calls)
-	require.Equal(t, []bool{true}, pc.sameBody, "the body is not copied")
-	require.Empty(t, pc.writes)
+	require.Equal(t, [][]byte{hdr, body}, rc.writes)
+}
 
-	upd := make([]byte, yamuxHeaderSize)
-	upd[1] = 1
-	_, err := w.Write(upd)
-	require.NoError(t, err)
-	require.Equal(t, [][]byte{upd}, pc.writes, "a window update goes out as it is")
+// TestWireConnKeepsBytesInOrder: whatever sequence of Writes reaches it,
+// including headers followed by something other than their body, wireConn
+// sends the same bytes in the same order and reports every Write whole;
+// headers it could not join are counted. So a change in yamux's write
+// pattern can cost the join's gain, never the stream's bytes.
+func TestWireConnKeepsBytesInOrder(t *testing.T) {
+	r := rand.New(rand.NewPCG(3, 4))
+	for _, vectored := range []bool{false, true} {
+		for round := range 200 {
+			rc := &recordConn{}
+			w := newWireConn(rc, false)
+			w.vectored = vectored // net.Buffers fall back to one Write per buffer here
+			var in []byte
+			var headers, bodies int
+			for range 1 + r.IntN(20) {
+				var p []byte
+				switch r.IntN(5) {
+				case 0, 1: // a data header, then (usually) its body
+					n := 1 + r.IntN(40<<10)
+					p = dataHeader(n)
+					if r.IntN(3) > 0 {
+						headers++
+						bodies++
+						in = append(in, p...)
+						k, err := w.Write(p)
+						require.NoError(t, err)
+						require.Equal(t, len(p), k)
+						p = bytes.Repeat([]byte{byte(round)}, n)
+					} else {
+						headers++
+					}
+				case 2: // a header-like write announcing no body
+					p = dataHeader(0)
+				case 3: // a window update
+					p = make([]byte, yamuxHeaderSize)
+					p[1] = 1
+				default: // anything else
+					p = make([]byte, r.IntN(100))
+					for i := range p {
+						p[i] = byte(r.Uint32())
+					}
+				}
+				in = append(in, p...)
+				k, err := w.Write(p)
+				require.NoError(t, err)
+				require.Equal(t, len(p), k)
+			}
+			w.mu.Lock()
+			if w.pendingLen > 0 { // a header still held: the next Write sends it
+				w.mu.Unlock()
+				_, err := w.Write([]byte{0xff})
+				require.NoError(t, err)
+				in = append(in, 0xff)
+			} else {
+				w.mu.Unlock()
+			}
+			require.Equal(t, in, bytes.Join(rc.writes, nil), "round %d", round)
+			joined, fallbacks := w.writeStats()
+			require.LessOrEqual(t, joined, bodies)
+			require.Equal(t, headers, joined+fallbacks, "round %d: every held header is joined or sent alone", round)
+		}
+	}
+}
 
-	off := &prefixConn{}
-	w = newWireConn(off)
-	require.Nil(t, w.prefixed)
-	writeDataFrame(t, w, body)
-	require.Empty(t, off.calls)
-	require.Equal(t, [][]byte{append(hdr, body...)}, off.writes)
+// TestWireConnConcurrentWriters: Write is safe for concurrent use (yamux
+// v0.1.2 writes from one goroutine, but nothing promises that): under
+// -race, writers at once lose no byte.
+func TestWireConnConcurrentWriters(t *testing.T) {
+	rc := &recordConn{}
+	w := newWireConn(rc, false)
+	var wg sync.WaitGroup
+	for g := range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for range 100 {
+				_, _ = w.Write(dataHeader(100 + g))
+				_, _ = w.Write(bytes.Repeat([]byte{byte(g)}, 100+g))
+			}
+		}()
+	}
+	wg.Wait()
+	_, _ = w.Write([]byte{0xff}) // flush a header still held
+	require.Len(t, bytes.Join(rc.writes, nil), 4*100*yamuxHeaderSize+100*(100+101+102+103)+1)
 }

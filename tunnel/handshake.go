@@ -43,7 +43,7 @@ func Client(ctx context.Context, conn net.Conn, cfg Config, hello Hello) (*Sessi
 		_ = conn.Close()
 		return fail(fmt.Errorf("invalid hello: %w", err))
 	}
-	wc := newWireConn(conn)
+	wc := newWireConn(conn, cfg.SplitHeaderWrites)
 	var w Welcome
 	err := bounded(ctx, wc, cfg, func() (err error) {
 		w, err = clientHandshake(wc, hello)
@@ -116,7 +116,7 @@ func Server(ctx context.Context, conn net.Conn, cfg Config, check func(Hello) (W
 		_ = conn.Close()
 		return fail(errors.New("no hello check function given"))
 	}
-	wc := newWireConn(conn)
+	wc := newWireConn(conn, cfg.SplitHeaderWrites)
 	var h Hello
 	err := bounded(ctx, wc, cfg, func() (err error) {
 		h, err = serverHandshake(wc, check)

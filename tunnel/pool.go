@@ -35,7 +35,7 @@ type Pool struct {
 // can send a request onto a download that has just begun, where counting
 // streams never does (a version that did measured 2.1x and 3.2x raw TCP
 // for the pool's p99 behind bulk, against 1.8-2.4x without it; too few
-// runs to prove the cause, see PROTOCOL.md).
+// runs to prove the cause; PROTOCOL.md, "Changelog").
 //
 // loadTau is the time constant over which a session's traffic is
 // forgotten: load is about the bytes moved in the last loadTau.

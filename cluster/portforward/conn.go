@@ -6,7 +6,6 @@ import (
 	"io"
 	"net"
 	"os"
-	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -226,35 +225,8 @@ func (c *Conn) forwardError() error {
 	return nil
 }
 
-// Write sends bytes to the pod.
+// Write sends bytes to the pod. Concurrent Writes do not interleave.
 func (c *Conn) Write(p []byte) (int, error) {
-	return c.write(p, nil)
-}
-
-// PrefixedWrites reports whether WritePrefixed sends a prefix without
-// joining it to the body: true over a WebSocket tunnel.
-func (c *Conn) PrefixedWrites() bool { return c.pc.frames != nil }
-
-// WritePrefixed sends prefix followed by p, as Write of the two joined
-// would, and reports len(p) written. Over a WebSocket tunnel both go into
-// one SPDY frame without being copied together first (the tunnel sends
-// each yamux header this way, ahead of its body).
-func (c *Conn) WritePrefixed(prefix, p []byte) (int, error) {
-	// frameConn puts the SPDY header and the prefix into the first
-	// WebSocket frame of a data frame, which holds at most wsMaxPayload
-	// bytes: a longer prefix (no caller has one) is joined instead.
-	if c.pc.frames == nil || len(p) == 0 || len(prefix) > maxPrefixLen || len(prefix)+len(p) > maxSPDYLength {
-		n, err := c.write(append(slices.Clip(prefix), p...), nil)
-		return max(n-len(prefix), 0), err
-	}
-	return c.write(p, prefix)
-}
-
-// maxPrefixLen bounds a prefix WritePrefixed sends without joining it to
-// the body; a yamux header is 12 bytes.
-const maxPrefixLen = 4 << 10
-
-func (c *Conn) write(p, prefix []byte) (int, error) {
 	select {
 	case <-c.closed:
 		return 0, net.ErrClosed
@@ -265,17 +237,10 @@ func (c *Conn) write(p, prefix []byte) (int, error) {
 	if err := c.forwardError(); err != nil {
 		return 0, err
 	}
-	// One write at a time: a prefix is matched to the next data frame
-	// of the stream with its body's length, which another write of the
-	// stream must not take.
+	// One Write at a time: spdystream's stream sends a Write as one data
+	// frame under its framer's lock, but does not promise it.
 	c.writeMu.Lock()
-	var n int
-	var err error
-	if prefix != nil {
-		n, err = c.pc.frames.writePrefixed(c.data.Identifier(), prefix, p, c.data.Write)
-	} else {
-		n, err = c.data.Write(p)
-	}
+	n, err := c.data.Write(p)
 	c.writeMu.Unlock()
 	if err != nil {
 		if ferr := c.forwardError(); ferr != nil {

@@ -45,10 +45,9 @@ func portForwardURL(cfg *rest.Config, namespace, pod string) (*url.URL, error) {
 
 // upgrade opens one port-forward connection (an httpstream.Connection that
 // carries many forwarded streams) to the pod at u and reports the transport
-// that worked and, over a WebSocket, the frameConn under it. It uses client-go's
-// FallbackDialer over dialers bound to ctx, because client-go's own dialers
-// take no context.
-func upgrade(ctx context.Context, cfg *rest.Config, u *url.URL, transport Transport) (httpstream.Connection, *frameConn, Transport, error) {
+// that worked. It uses client-go's FallbackDialer over dialers bound to ctx,
+// because client-go's own dialers take no context.
+func upgrade(ctx context.Context, cfg *rest.Config, u *url.URL, transport Transport) (httpstream.Connection, Transport, error) {
 	ws := &wsDialer{ctx: ctx, cfg: cfg, url: u}
 	sp := &spdyDialer{ctx: ctx, cfg: cfg, url: u}
 	var dialer httpstream.Dialer
@@ -60,21 +59,21 @@ func upgrade(ctx context.Context, cfg *rest.Config, u *url.URL, transport Transp
 	case TransportAuto:
 		dialer = clientpf.NewFallbackDialer(ws, sp, shouldFallback)
 	default:
-		return nil, nil, "", fmt.Errorf("unknown port-forward transport %q (want %q, %q or empty for automatic)",
+		return nil, "", fmt.Errorf("unknown port-forward transport %q (want %q, %q or empty for automatic)",
 			transport, TransportWebSocket, TransportSPDY)
 	}
 	conn, protocol, err := dialer.Dial(clientpf.PortForwardProtocolV1Name)
 	if err != nil {
-		return nil, nil, "", err
+		return nil, "", err
 	}
 	if protocol != clientpf.PortForwardProtocolV1Name {
 		_ = conn.Close()
-		return nil, nil, "", fmt.Errorf("API server negotiated port-forward protocol %q, want %q", protocol, clientpf.PortForwardProtocolV1Name)
+		return nil, "", fmt.Errorf("API server negotiated port-forward protocol %q, want %q", protocol, clientpf.PortForwardProtocolV1Name)
 	}
-	if ws.frames != nil {
-		return conn, ws.frames, TransportWebSocket, nil
+	if ws.dialed {
+		return conn, TransportWebSocket, nil
 	}
-	return conn, nil, TransportSPDY, nil
+	return conn, TransportSPDY, nil
 }
 
 // shouldFallback is kubectl's test for "this server cannot do WebSockets".
@@ -86,12 +85,14 @@ func shouldFallback(err error) bool {
 }
 
 // wsDialer negotiates SPDY over a WebSocket, as client-go's tunneling
-// dialer does, with the request bound to ctx.
+// dialer does, with the request bound to ctx. Every write to the WebSocket
+// goes through client-go's TunnelingConnection and gorilla's writer, as
+// with kubectl.
 type wsDialer struct {
 	ctx    context.Context
 	cfg    *rest.Config
 	url    *url.URL
-	frames *frameConn // the connection's, once the upgrade succeeded
+	dialed bool // the upgrade succeeded
 }
 
 func (d *wsDialer) Dial(protocols ...string) (httpstream.Connection, string, error) {
@@ -113,13 +114,13 @@ func (d *wsDialer) Dial(protocols ...string) (httpstream.Connection, string, err
 	if err != nil {
 		return nil, "", err
 	}
-	fc := newFrameConn(clientpf.NewTunnelingConnection("sbx", ws), ws)
-	conn, err := httpstreamspdy.NewClientConnectionWithPings(fc, clientpf.PingPeriod)
+	tc := clientpf.NewTunnelingConnection("sbx", ws)
+	conn, err := httpstreamspdy.NewClientConnectionWithPings(tc, clientpf.PingPeriod)
 	if err != nil {
-		_ = fc.Close()
+		_ = tc.Close()
 		return nil, "", err
 	}
-	d.frames = fc
+	d.dialed = true
 	return conn, strings.TrimPrefix(ws.Subprotocol(), tunnelingPrefix), nil
 }
 

@@ -246,7 +246,7 @@ func (d *Dialer) connFor(ctx context.Context, pod *corev1.Pod) (*pfConn, error) 
 	if want == TransportAuto && d.spdyOnly.Load() {
 		want = TransportSPDY // this API server cannot do WebSockets; don't ask again
 	}
-	conn, frames, transport, err := upgrade(ctx, d.cfg.REST, u, want)
+	conn, transport, err := upgrade(ctx, d.cfg.REST, u, want)
 	if err != nil {
 		hint := ""
 		if strings.Contains(strings.ToLower(err.Error()), "forbidden") {
@@ -261,7 +261,6 @@ func (d *Dialer) connFor(ctx context.Context, pod *corev1.Pod) (*pfConn, error) 
 	}
 	pc := &pfConn{
 		conn:      conn,
-		frames:    frames,
 		namespace: pod.Namespace,
 		pod:       pod.Name,
 		uid:       pod.UID,
@@ -344,7 +343,6 @@ func (d *Dialer) monitor(pc *pfConn) {
 // pfConn is one port-forward connection to the API server.
 type pfConn struct {
 	conn      httpstream.Connection
-	frames    *frameConn // under conn when it is a WebSocket tunnel, else nil
 	namespace string
 	pod       string
 	uid       types.UID

@@ -10,7 +10,6 @@ import (
 	"math/rand/v2"
 	"net"
 	"os"
-	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -217,72 +216,34 @@ func TestLargeTransferChecksum(t *testing.T) {
 	}
 }
 
-// TestWritePrefixed: a prefix and body written as one unit arrive in the
-// pod as the two joined, mixed with plain writes and concurrent writers,
-// over every transport (over SPDY the Conn joins them itself).
-func TestWritePrefixed(t *testing.T) {
+// TestConcurrentWrites: Writes from several goroutines each arrive
+// whole (one SPDY data frame per Write), over every transport.
+func TestConcurrentWrites(t *testing.T) {
 	for _, tr := range []portforward.Transport{portforward.TransportWebSocket, portforward.TransportSPDY} {
 		t.Run(string(tr), func(t *testing.T) {
 			c := dialEcho(t, tr)
-			require.Equal(t, tr == portforward.TransportWebSocket, c.PrefixedWrites())
-
-			body := bytes.Repeat([]byte("0123456789"), 13_000)
-			var want []byte
-			for i, size := range []int{1, 100, 65_536, len(body)} {
-				pre := []byte(fmt.Sprintf("<%02d hdr>", i))
-				n, err := c.WritePrefixed(pre, body[:size])
-				require.NoError(t, err)
-				require.Equal(t, size, n, "len(p) is reported, not the prefix")
-				want = append(append(want, pre...), body[:size]...)
-				_, err = c.Write([]byte("|plain|"))
-				require.NoError(t, err)
-				want = append(want, "|plain|"...)
-			}
-			got := make([]byte, len(want))
-			_, err := io.ReadFull(c, got)
-			require.NoError(t, err)
-			require.Equal(t, want, got)
-
-			// A prefix longer than one WebSocket frame holds is joined to
-			// the body instead (written while reading: the echo is 1 MiB).
-			big := bytes.Repeat([]byte{'P'}, 1<<20)
-			bigErr := make(chan error, 1)
-			go func() {
-				n, err := c.WritePrefixed(big, body[:100])
-				if err == nil && n != 100 {
-					err = fmt.Errorf("WritePrefixed reported %d, want 100", n)
-				}
-				bigErr <- err
-			}()
-			got = make([]byte, len(big)+100)
-			_, err = io.ReadFull(c, got)
-			require.NoError(t, err)
-			require.NoError(t, <-bigErr)
-			require.Equal(t, append(slices.Clone(big), body[:100]...), got)
-
-			// Concurrent writers: each write arrives whole.
-			const writers, each = 4, 50
+			const writers, each, size = 4, 50, 1001
 			var wg sync.WaitGroup
 			for w := range writers {
 				wg.Add(1)
 				go func() {
 					defer wg.Done()
-					msg := bytes.Repeat([]byte{byte('a' + w)}, 1000)
+					msg := append([]byte{'['}, bytes.Repeat([]byte{byte('a' + w)}, size-1)...)
 					for range each {
-						if _, err := c.WritePrefixed([]byte{'['}, msg); err != nil {
+						if _, err := c.Write(msg); err != nil {
 							t.Error(err)
 							return
 						}
 					}
 				}()
 			}
-			got = make([]byte, writers*each*1001)
-			_, err = io.ReadFull(c, got)
+			got := make([]byte, writers*each*size)
+			_, err := io.ReadFull(c, got)
 			require.NoError(t, err)
 			wg.Wait()
-			for i := 0; i < len(got); i += 1001 {
-				require.Equal(t, byte('['), got[i], "write %d starts with its prefix", i/1001)
-				require.Equal(t, bytes.Repeat(got[i+1:i+2], 1000), got[i+1:i+1001], "write %d is whole", i/1001)
+			for i := 0; i < len(got); i += size {
+				require.Equal(t, byte('['), got[i], "write %d starts where the previous one ended", i/size)
+				require.Equal(t, bytes.Repeat(got[i+1:i+2], size-1), got[i+1:i+size], "write %d is whole", i/size)
 			}
 		})
 	}
@@ -483,6 +444,9 @@ func TestCutAllRedials(t *testing.T) {
 	_, err = c.Read(make([]byte, 1))
 	require.ErrorIs(t, err, portforward.ErrConnectionLost)
 	require.Contains(t, err.Error(), "hotrod/relay-1")
+	// Once the loss is known, writes fail at once too.
+	_, err = c.Write([]byte("into the void"))
+	require.ErrorIs(t, err, portforward.ErrConnectionLost)
 	require.EqualValues(t, 2, e.srv.Stats().Connections)
 	require.EqualValues(t, 1, e.srv.Stats().Cuts)
 	require.Equal(t, 2, d.Stats().Upgrades)

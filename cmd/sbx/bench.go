@@ -32,6 +32,7 @@ func newBenchTunnelCmd(g *globalOptions) *cobra.Command {
 		reps   int
 		window uint32
 		frame  int
+		split  bool
 	)
 	cmd := &cobra.Command{
 		Use:   "tunnel",
@@ -60,6 +61,7 @@ over the repetitions; ratios are tunnel/raw. Takes under a minute.`,
 			}
 			opts := tunnelbench.DefaultOptions()
 			opts.Reps = reps
+			opts.SplitHeaders = split
 			if window > 0 {
 				opts.Config.StreamWindow = window
 			}
@@ -90,6 +92,7 @@ over the repetitions; ratios are tunnel/raw. Takes under a minute.`,
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print one JSON object (same as -o json)")
 	cmd.Flags().IntVar(&reps, "reps", tunnelbench.DefaultOptions().Reps, "repetitions per measurement (medians are reported)")
 	cmd.Flags().Uint32Var(&window, "stream-window", 0, "override the tunnel's per-stream window in bytes (default: the tuned value)")
+	cmd.Flags().BoolVar(&split, "ab-split-headers", false, "also measure a tunnel and pool writing each yamux header apart from its body, as plain yamux does, and report split/joined ratios")
 	cmd.Flags().IntVar(&frame, "max-frame", 0, "override the tunnel's maximum data frame size in bytes (default: the tuned value)")
 	return cmd
 }

@@ -3,6 +3,7 @@ package main
 import (
 	"fmt"
 	"log/slog"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 
@@ -10,6 +11,7 @@ import (
 
 	"github.com/sbx-dev/sbx/cluster/portforward"
 	"github.com/sbx-dev/sbx/cluster/portforward/pfbench"
+	"github.com/sbx-dev/sbx/tunnel"
 )
 
 func newBenchPortForwardCmd(g *globalOptions) *cobra.Command {
@@ -19,6 +21,7 @@ func newBenchPortForwardCmd(g *globalOptions) *cobra.Command {
 		transport string
 		opts      pfbench.Options
 		bulkMiB   int
+		variants  []string
 	)
 	cmd := &cobra.Command{
 		Use:   "portforward",
@@ -60,6 +63,13 @@ target ratio with the 95% confidence interval of its median (ci95 in
 				return userError(fmt.Errorf("--bulk-mib, --reps, --streams, --rtt-samples and --pool must be positive"), "give each a value of 1 or more, or leave it out for the default")
 			}
 			opts.BulkBytes = int64(bulkMiB) << 20
+			for _, name := range variants {
+				v, err := parseBenchVariant(name)
+				if err != nil {
+					return userError(err, "use --ab with split-headers, frame=SIZE or window=SIZE (e.g. 128k, 2m), several joined with +")
+				}
+				opts.Variants = append(opts.Variants, v)
+			}
 			// The kubelet-side handler runs in this process and reports
 			// every stream the benchmark closes (and all of them on
 			// Ctrl-C) through klog: noise, unless asked for with -v.
@@ -98,7 +108,55 @@ target ratio with the 95% confidence interval of its median (ci95 in
 	f.IntVar(&bulkMiB, "bulk-mib", 16, "MiB each upload sends")
 	f.IntVar(&opts.RTTSamples, "rtt-samples", 400, "1 KiB round trips per measurement")
 	f.IntVar(&opts.PoolSize, "pool", 4, "tunnel sessions (and port-forward connections) in the pool")
+	f.StringSliceVar(&variants, "ab", nil, "also measure, in the same repetitions, the tunnel and pool configured otherwise: split-headers (yamux header and body as two writes), frame=SIZE or window=SIZE (tunnel.Config at both ends), several joined with +")
 	return cmd
+}
+
+// parseBenchVariant parses an --ab value: parts joined with "+", each
+// split-headers, frame=SIZE or window=SIZE.
+func parseBenchVariant(name string) (pfbench.Variant, error) {
+	v := pfbench.Variant{Name: name}
+	cfg := tunnel.PortForwardConfig()
+	for part := range strings.SplitSeq(name, "+") {
+		key, val, _ := strings.Cut(part, "=")
+		switch key {
+		case "split-headers":
+			cfg.SplitHeaderWrites = true
+		case "frame", "window":
+			n, err := parseSize(val)
+			if err != nil {
+				return v, fmt.Errorf("variant %q: %s: %w", name, key, err)
+			}
+			if key == "frame" {
+				cfg.MaxFrameSize = n
+			} else {
+				cfg.StreamWindow = uint32(n)
+			}
+		default:
+			return v, fmt.Errorf("unknown variant %q", part)
+		}
+	}
+	if err := cfg.Verify(); err != nil {
+		return v, fmt.Errorf("variant %q: %w", name, err)
+	}
+	v.Tunnel = &cfg
+	return v, nil
+}
+
+// parseSize reads a byte count with an optional k or m suffix (KiB, MiB).
+func parseSize(s string) (int, error) {
+	mult := 1
+	switch {
+	case strings.HasSuffix(s, "k"):
+		mult, s = 1<<10, strings.TrimSuffix(s, "k")
+	case strings.HasSuffix(s, "m"):
+		mult, s = 1<<20, strings.TrimSuffix(s, "m")
+	}
+	n, err := strconv.Atoi(s)
+	if err != nil || n <= 0 || n > 1<<30/mult {
+		return 0, fmt.Errorf("size %q is not a positive byte count (e.g. 262144, 256k, 1m)", s)
+	}
+	return n * mult, nil
 }
 
 func benchText(r *pfbench.Result) string {
@@ -136,6 +194,14 @@ func benchText(r *pfbench.Result) string {
 	fmt.Fprintf(&b, "one stream alone, tunnel vs bare: %.3f\n", r.TunnelVsBareSingleStream)
 	if r.TunnelVsBareCPU > 0 {
 		fmt.Fprintf(&b, "cpu per byte vs bare: tunnel %.3f, pool %.3f (lower is cheaper)\n", r.TunnelVsBareCPU, r.PoolVsBareCPU)
+	}
+	for _, v := range r.Variants {
+		fmt.Fprintf(&b, "\nvariant %s (paired ratios, variant / sbx; 95%% CI):\n", v.Name)
+		for _, name := range []string{"tunnel_throughput", "pool_throughput", "tunnel_single_stream", "tunnel_rtt", "tunnel_cpu_per_byte", "pool_cpu_per_byte"} {
+			if val, ok := v.Ratios[name]; ok {
+				fmt.Fprintf(&b, "  %-22s %.3f  (%.3f-%.3f)\n", name, val, v.CI95[name][0], v.CI95[name][1])
+			}
+		}
 	}
 	fmt.Fprintf(&b, "took %.1f s", r.Seconds)
 	return b.String()

@@ -28,6 +28,15 @@ func TestBenchPortForward(t *testing.T) {
 	}
 	require.Contains(t, errOut, "rep 1/1")
 
+	code, out, errOut = runCLI(t, append(small, "--ab", "split-headers+frame=128k")...)
+	require.Equal(t, 0, code, errOut)
+	require.Contains(t, out, "variant split-headers+frame=128k")
+	require.Contains(t, out, "pool_throughput")
+
+	code, _, errOut = runCLI(t, "bench", "portforward", "--ab", "frame=12q")
+	require.Equal(t, 2, code)
+	require.Contains(t, errOut, `size "12q"`)
+
 	code, _, errOut = runCLI(t, "bench", "portforward", "--transport", "pigeon")
 	require.Equal(t, 2, code)
 	require.True(t, strings.Contains(errOut, `unknown transport "pigeon"`), errOut)

@@ -38,6 +38,11 @@ type Options struct {
 	Config tunnel.Config
 	// Progress, if set, receives one line per finished step.
 	Progress io.Writer
+	// SplitHeaders also measures, in the same repetitions, a tunnel and a
+	// pool whose sessions write each yamux data frame's header and body
+	// with two Writes, as yamux itself does (Config.SplitHeaderWrites at
+	// both ends; Result.SplitHeaders).
+	SplitHeaders bool
 }
 
 // MinReps is the fewest repetitions a run reports medians of.
@@ -139,6 +144,13 @@ type Result struct {
 	LargeReadRTTUnderBulkRatio     float64 `json:"large_read_rtt_under_bulk_ratio"`
 	LargeReadPoolRTTUnderBulkRatio float64 `json:"large_read_pool_rtt_under_bulk_ratio"`
 
+	// SplitHeaders holds, when Options.SplitHeaders is set, the paired
+	// ratios (median over repetitions of split / joined within each) per
+	// metric, e.g. "tunnel_bulk1", "pool_bulkrtt99"; CI95 the 95%
+	// confidence interval of each.
+	SplitHeaders     map[string]float64    `json:"split_headers_vs_joined,omitempty"`
+	SplitHeadersCI95 map[string][2]float64 `json:"split_headers_ci95,omitempty"`
+
 	Streams1000OK bool    `json:"streams_1000_ok"`
 	Streams       int     `json:"streams"`
 	Reps          int     `json:"reps"`
@@ -178,6 +190,21 @@ func Run(ctx context.Context, opts Options) (Result, error) {
 	}
 	defer pool.close()
 	eps := []endpoint{raw, tun, pool}
+	if o.SplitHeaders {
+		split := o.Config
+		split.SplitHeaderWrites = true
+		for _, v := range []struct {
+			label string
+			n     int
+		}{{"tunnel-split", 1}, {"pool-split", o.PoolSize}} {
+			ep, err := newTunnelEndpoint(ctx, v.label, v.n, split, o.RequestSize)
+			if err != nil {
+				return Result{}, err
+			}
+			defer ep.close()
+			eps = append(eps, ep)
+		}
+	}
 
 	// samples[metric][endpoint] over the repetitions.
 	type key struct{ metric, ep string }
@@ -265,6 +292,21 @@ func Run(ctx context.Context, opts Options) (Result, error) {
 	r.LargeReadRTTUnderBulkRatio = ratio(r.LargeReadTunnelRTTUnderBulkP99, r.LargeReadRawRTTUnderBulkP99)
 	r.LargeReadPoolRTTUnderBulkRatio = ratio(r.LargeReadPoolRTTUnderBulkP99, r.LargeReadRawRTTUnderBulkP99)
 
+	if o.SplitHeaders {
+		r.SplitHeaders, r.SplitHeadersCI95 = map[string]float64{}, map[string][2]float64{}
+		for _, metric := range []string{"bulk1", "bulk8", "bulk64", "rtt50", "rtt99", "bulkrtt50", "bulkrtt99", "largebulk1", "largebulkrtt99"} {
+			for _, ep := range []string{"tunnel", "pool"} {
+				a, b := samples[key{metric, ep + "-split"}], samples[key{metric, ep}]
+				rs := make([]float64, min(len(a), len(b)))
+				for i := range rs {
+					rs[i] = a[i] / b[i]
+				}
+				lo, hi := benchstat.MedianCI(rs, 0.95)
+				r.SplitHeaders[ep+"_"+metric] = round(benchstat.Median(rs), 3)
+				r.SplitHeadersCI95[ep+"_"+metric] = [2]float64{round(lo, 3), round(hi, 3)}
+			}
+		}
+	}
 	if err := manyStreams(ctx, tun, o.Streams, o.RequestSize, 8); err != nil {
 		progress("%d concurrent streams FAILED: %v", o.Streams, err)
 	} else {

@@ -21,7 +21,7 @@ func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 // TestRunSmall runs the whole benchmark at a tiny size: every figure is
 // measured and the JSON has the documented keys. It asserts no timings.
 func TestRunSmall(t *testing.T) {
-	o := Options{Reps: 1, BulkBytes: 4 << 20, RTTSamples: 50, Streams: 100}
+	o := Options{Reps: 1, BulkBytes: 4 << 20, RTTSamples: 50, Streams: 100, SplitHeaders: true}
 	var progress strings.Builder
 	o.Progress = &progress
 	r, err := Run(context.Background(), o)
@@ -36,6 +36,9 @@ func TestRunSmall(t *testing.T) {
 		"largebulkratio": r.LargeReadRTTUnderBulkRatio, "largepoolbulkratio": r.LargeReadPoolRTTUnderBulkRatio,
 	} {
 		require.Positive(t, v, name)
+	}
+	for _, k := range []string{"tunnel_bulk1", "pool_bulk64", "tunnel_rtt50", "tunnel_bulkrtt99"} {
+		require.Positive(t, r.SplitHeaders[k], k)
 	}
 	b, err := json.Marshal(r)
 	require.NoError(t, err)

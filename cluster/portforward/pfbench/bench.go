@@ -73,9 +73,25 @@ type Options struct {
 	// Tunnel configures the sessions at both ends (daemon and relay); nil
 	// means tunnel.PortForwardConfig(), what sbx uses.
 	Tunnel *tunnel.Config
+	// Variants adds, per variant, a tunnel and a pool path configured
+	// otherwise, measured in the same repetitions as the others and
+	// compared with the tunnel and the pool as sbx runs them
+	// (Result.Variants).
+	Variants []Variant
 	// Progress, if set, receives one line per finished measurement.
 	Progress func(string)
 	Logger   *slog.Logger
+}
+
+// Variant is the tunnel over a port-forward configured otherwise (a part
+// of sbx's data path switched off, another frame size or window), for A/B
+// measurements in one run.
+type Variant struct {
+	// Name labels the variant's paths ("tunnel/NAME", "pool/NAME").
+	Name string `json:"name"`
+	// Tunnel configures the variant's sessions at both ends (the relay
+	// gets a listener of its own for them); nil means the run's.
+	Tunnel *tunnel.Config `json:"-"`
 }
 
 func (o *Options) defaults() {
@@ -145,6 +161,24 @@ type Result struct {
 	PoolVsBareCPU   float64 `json:"pool_vs_bare_cpu_per_byte"`
 	// Pass says whether each ratio meets its target.
 	Pass map[string]bool `json:"pass"`
+	// Variants holds the A/B variants' measurements, in Options order.
+	Variants []VariantResult `json:"variants,omitempty"`
+}
+
+// VariantResult is one variant measured beside the paths as sbx runs them.
+// Each ratio is the median over repetitions of variant / sbx's path within
+// the repetition, with the 95% confidence interval of that median: a
+// throughput ratio below 1 or a CPU-per-byte ratio above 1 means sbx's
+// configuration is the better one.
+type VariantResult struct {
+	Variant
+	Tunnel Path `json:"tunnel"`
+	Pool   Path `json:"pool"`
+	// Ratios by name: tunnel_throughput, pool_throughput,
+	// tunnel_single_stream, tunnel_rtt (p50), tunnel_cpu_per_byte,
+	// pool_cpu_per_byte.
+	Ratios map[string]float64    `json:"ratios"`
+	CI95   map[string][2]float64 `json:"ci95"`
 }
 
 // Run sets up the paths, measures them and tears everything down.
@@ -163,21 +197,22 @@ func Run(ctx context.Context, opts Options) (*Result, error) {
 	if err := e.startBare(opts.Transport); err != nil {
 		return nil, fmt.Errorf("bare port-forward: %w", err)
 	}
-	tunnelAddr, err := e.startTunnel(ctx, opts.Transport, 1, cfg)
+	tunnelAddr, err := e.startTunnel(ctx, opts.Transport, 1, Variant{})
 	if err != nil {
 		return nil, fmt.Errorf("tunnel over port-forward: %w", err)
 	}
-	poolAddr, err := e.startTunnel(ctx, opts.Transport, opts.PoolSize, cfg)
+	poolAddr, err := e.startTunnel(ctx, opts.Transport, opts.PoolSize, Variant{})
 	if err != nil {
 		return nil, fmt.Errorf("tunnel pool over port-forward: %w", err)
 	}
 	type sample struct{ mbps, single, p50, p99, cpu float64 }
-	paths := []struct {
+	type path struct {
 		name    string
 		addr    string
 		out     *Path
 		samples []sample
-	}{{name: "bare", addr: e.bareAddr}, {name: "tunnel", addr: tunnelAddr}, {name: "pool", addr: poolAddr}}
+	}
+	paths := []path{{name: "bare", addr: e.bareAddr}, {name: "tunnel", addr: tunnelAddr}, {name: "pool", addr: poolAddr}}
 	res := &Result{
 		Transport: string(opts.Transport), Reps: opts.Reps, Streams: opts.Streams, BulkBytes: opts.BulkBytes,
 		RTTSamples: opts.RTTSamples, PoolSize: opts.PoolSize,
@@ -186,6 +221,21 @@ func Run(ctx context.Context, opts Options) (*Result, error) {
 		res.Transport = "auto (websocket, spdy fallback)"
 	}
 	paths[0].out, paths[1].out, paths[2].out = &res.Bare, &res.Tunnel, &res.Pool
+	res.Variants = make([]VariantResult, len(opts.Variants))
+	for i, v := range opts.Variants {
+		res.Variants[i].Variant = v
+		for _, p := range []struct {
+			kind string
+			n    int
+			out  *Path
+		}{{"tunnel", 1, &res.Variants[i].Tunnel}, {"pool", opts.PoolSize, &res.Variants[i].Pool}} {
+			addr, err := e.startTunnel(ctx, opts.Transport, p.n, v)
+			if err != nil {
+				return nil, fmt.Errorf("%s/%s over port-forward: %w", p.kind, v.Name, err)
+			}
+			paths = append(paths, path{name: p.kind + "/" + v.Name, addr: addr, out: p.out})
+		}
+	}
 
 	// Warm up every path (connections, windows, buffers) before measuring.
 	for _, p := range paths {
@@ -233,14 +283,15 @@ func Run(ctx context.Context, opts Options) (*Result, error) {
 		p.RTTP99us = round3(benchstat.Median(pick(i, func(s sample) float64 { return s.p99 })))
 		p.CPUNsPerByte = round3(benchstat.Median(pick(i, func(s sample) float64 { return s.cpu })))
 	}
-	// Paired ratios: path i against bare within each repetition.
-	ratios := func(i int, f func(sample) float64) []float64 {
+	// Paired ratios: path i against path base within each repetition.
+	ratiosTo := func(i, base int, f func(sample) float64) []float64 {
 		r := make([]float64, opts.Reps)
 		for j := range r {
-			r[j] = f(paths[i].samples[j]) / f(paths[0].samples[j])
+			r[j] = f(paths[i].samples[j]) / f(paths[base].samples[j])
 		}
 		return r
 	}
+	ratios := func(i int, f func(sample) float64) []float64 { return ratiosTo(i, 0, f) }
 	ratio := func(i int, f func(sample) float64) float64 { return round3(benchstat.Median(ratios(i, f))) }
 	res.CI95 = map[string][2]float64{}
 	target := func(name string, i int, f func(sample) float64) float64 {
@@ -256,6 +307,32 @@ func Run(ctx context.Context, opts Options) (*Result, error) {
 	if res.Bare.CPUNsPerByte > 0 {
 		res.TunnelVsBareCPU = ratio(1, func(s sample) float64 { return s.cpu })
 		res.PoolVsBareCPU = ratio(2, func(s sample) float64 { return s.cpu })
+	}
+	for k := range res.Variants {
+		v := &res.Variants[k]
+		v.Ratios, v.CI95 = map[string]float64{}, map[string][2]float64{}
+		tunnelIdx, poolIdx := 3+2*k, 4+2*k
+		for _, m := range []struct {
+			name      string
+			i, base   int
+			f         func(sample) float64
+			needsCPUs bool
+		}{
+			{"tunnel_throughput", tunnelIdx, 1, func(s sample) float64 { return s.mbps }, false},
+			{"pool_throughput", poolIdx, 2, func(s sample) float64 { return s.mbps }, false},
+			{"tunnel_single_stream", tunnelIdx, 1, func(s sample) float64 { return s.single }, false},
+			{"tunnel_rtt", tunnelIdx, 1, func(s sample) float64 { return s.p50 }, false},
+			{"tunnel_cpu_per_byte", tunnelIdx, 1, func(s sample) float64 { return s.cpu }, true},
+			{"pool_cpu_per_byte", poolIdx, 2, func(s sample) float64 { return s.cpu }, true},
+		} {
+			if m.needsCPUs && res.Bare.CPUNsPerByte == 0 {
+				continue
+			}
+			r := ratiosTo(m.i, m.base, m.f)
+			lo, hi := benchstat.MedianCI(r, 0.95)
+			v.Ratios[m.name] = round3(benchstat.Median(r))
+			v.CI95[m.name] = [2]float64{round3(lo), round3(hi)}
+		}
 	}
 	res.Pass = map[string]bool{
 		"tunnel_vs_bare_throughput": res.TunnelVsBareThroughput >= TargetTunnelVsBareThroughput,

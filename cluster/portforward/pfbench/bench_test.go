@@ -10,6 +10,7 @@ import (
 
 	"github.com/sbx-dev/sbx/cluster/portforward"
 	"github.com/sbx-dev/sbx/cluster/portforward/pfbench"
+	"github.com/sbx-dev/sbx/tunnel"
 )
 
 func TestMain(m *testing.M) {
@@ -32,12 +33,22 @@ func TestRunSmall(t *testing.T) {
 			ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 			defer cancel()
 			var lines []string
+			split := tunnel.PortForwardConfig()
+			split.SplitHeaderWrites = true
 			res, err := pfbench.Run(ctx, pfbench.Options{
 				Reps: 2, Streams: 2, BulkBytes: 1 << 20, RTTSamples: 20, PoolSize: 3, Transport: tr,
+				Variants: []pfbench.Variant{{Name: "split", Tunnel: &split}},
 				Progress: func(s string) { lines = append(lines, s) },
 			})
 			require.NoError(t, err)
-			require.Len(t, lines, 6)
+			require.Len(t, lines, 10)
+			require.Len(t, res.Variants, 1)
+			for _, p := range []pfbench.Path{res.Variants[0].Tunnel, res.Variants[0].Pool} {
+				require.Positive(t, p.ThroughputMBps)
+			}
+			for _, name := range []string{"tunnel_throughput", "pool_throughput", "tunnel_rtt"} {
+				require.Positive(t, res.Variants[0].Ratios[name], name)
+			}
 			for _, p := range []pfbench.Path{res.Bare, res.Tunnel, res.Pool} {
 				require.Positive(t, p.ThroughputMBps)
 				require.Len(t, p.ThroughputRepsMBps, 2)

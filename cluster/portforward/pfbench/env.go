@@ -50,14 +50,16 @@ const (
 // and local listeners for the three client paths.
 type env struct {
 	log      *slog.Logger
-	relayCfg tunnel.Config // the relay's sessions
+	relayCfg tunnel.Config // both ends of the tunnel and pool paths
 	wg       sync.WaitGroup
 	mu       sync.Mutex
 	lns      []net.Listener
 
-	appAddr   string // the application server
-	relayAddr string // the relay's tunnel listener
-	srv       *pftest.Server
+	appAddr string // the application server
+	srv     *pftest.Server
+	// relays maps a pod port to the relay listener behind it: tunnelPort
+	// for the run's configuration, one more per variant with its own.
+	relays map[int32]string
 
 	stopPF   chan struct{}
 	pfDone   chan error
@@ -69,23 +71,25 @@ type env struct {
 
 // newEnv starts everything except the client paths.
 func newEnv(ctx context.Context, log *slog.Logger, relayCfg tunnel.Config) (*env, error) {
-	e := &env{log: log, relayCfg: relayCfg}
+	e := &env{log: log, relayCfg: relayCfg, relays: map[int32]string{}}
 	var err error
 	if e.appAddr, err = e.listen(serveApp); err != nil {
 		return nil, err
 	}
-	if e.relayAddr, err = e.listen(func(c net.Conn) { e.serveRelay(ctx, c) }); err != nil {
+	if _, err := e.startRelay(ctx, relayCfg); err != nil {
 		e.close()
 		return nil, err
 	}
 	e.srv, err = pftest.New(pftest.Options{
 		Logger: log,
 		Resolve: func(ns, pod string, port int32) (string, error) {
-			switch port {
-			case tunnelPort:
-				return e.relayAddr, nil
-			case appPort:
+			if port == appPort {
 				return e.appAddr, nil
+			}
+			e.mu.Lock()
+			defer e.mu.Unlock()
+			if addr, ok := e.relays[port]; ok {
+				return addr, nil
 			}
 			return "", fmt.Errorf("pod %s/%s has no port %d", ns, pod, port)
 		},
@@ -95,6 +99,20 @@ func newEnv(ctx context.Context, log *slog.Logger, relayCfg tunnel.Config) (*env
 		return nil, err
 	}
 	return e, nil
+}
+
+// startRelay starts a relay listener whose sessions use cfg and returns the
+// pod port it is reached on.
+func (e *env) startRelay(ctx context.Context, cfg tunnel.Config) (uint16, error) {
+	addr, err := e.listen(func(c net.Conn) { e.serveRelay(ctx, c, cfg) })
+	if err != nil {
+		return 0, err
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	port := int32(tunnelPort + len(e.relays))
+	e.relays[port] = addr
+	return uint16(port), nil
 }
 
 // listen serves each accepted connection with handle until close.
@@ -159,8 +177,7 @@ func serveApp(c net.Conn) {
 // every path then has the same TCP hops (one local listener, one connection
 // from the kubelet into the pod) and differs only in what runs over the
 // port-forward.
-func (e *env) serveRelay(ctx context.Context, c net.Conn) {
-	cfg := e.relayCfg
+func (e *env) serveRelay(ctx context.Context, c net.Conn, cfg tunnel.Config) {
 	cfg.Logger = e.log
 	s, _, err := tunnel.Server(ctx, c, cfg, func(h tunnel.Hello) (tunnel.Welcome, error) {
 		if !tunnel.TokenEqual(h.Token, benchToken) {
@@ -242,7 +259,15 @@ func (e *env) startBare(transport portforward.Transport) error {
 // connection from the listener-less Dialer, pools them and serves a local
 // listener that sends each connection through the pool to the application,
 // as the daemon's outbound access does.
-func (e *env) startTunnel(ctx context.Context, transport portforward.Transport, n int, cfg tunnel.Config) (string, error) {
+func (e *env) startTunnel(ctx context.Context, transport portforward.Transport, n int, v Variant) (string, error) {
+	cfg, port := e.relayCfg, uint16(tunnelPort)
+	if v.Tunnel != nil {
+		cfg = *v.Tunnel
+		var err error
+		if port, err = e.startRelay(ctx, cfg); err != nil {
+			return "", err
+		}
+	}
 	client := fake.NewClientset(&corev1.Pod{
 		ObjectMeta: metav1.ObjectMeta{Name: benchPod, Namespace: benchNamespace, UID: "bench",
 			Labels: map[string]string{"sbx.dev/sandbox": "bench"}},
@@ -251,7 +276,7 @@ func (e *env) startTunnel(ctx context.Context, transport portforward.Transport, 
 	})
 	d, err := portforward.New(portforward.Config{
 		REST: e.restConfig(), Client: client, Namespace: benchNamespace, Selector: benchSelector,
-		Port: tunnelPort, Transport: transport, Connections: n, Logger: e.log,
+		Port: port, Transport: transport, Connections: n, Logger: e.log,
 	})
 	if err != nil {
 		return "", err
