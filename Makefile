@@ -5,7 +5,7 @@ VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -s -w -X main.version=$(VERSION)
 BIN := bin/sbx
 # Packages with concurrent code run under the race detector.
-RACE_PKGS := ./tunnel/... ./relay/... ./daemon/... ./cluster/portforward/...
+RACE_PKGS := ./tunnel/... ./relay/... ./daemon/... ./cluster/portforward/... ./tools/testbed/pftest/... ./tools/testbed/pfbench/... ./tools/testbed/tunnelbench/...
 FUZZTIME ?= 30s
 
 .PHONY: help build test test-race test-unit test-istio test-fuzz lint cross bench fuzz demo image image-push clean

@@ -31,7 +31,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 
-	"github.com/sbx-dev/sbx/cluster/portforward/internal/boundedwait"
+	"github.com/sbx-dev/sbx/cluster/portforward/boundedwait"
 )
 
 // ErrClosed is returned by dials on a closed Dialer.

@@ -23,7 +23,7 @@ import (
 	"k8s.io/client-go/kubernetes/fake"
 
 	"github.com/sbx-dev/sbx/cluster/portforward"
-	"github.com/sbx-dev/sbx/cluster/portforward/pftest"
+	"github.com/sbx-dev/sbx/tools/testbed/pftest"
 	"github.com/sbx-dev/sbx/tunnel/tunneltest"
 )
 

@@ -9,7 +9,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/sbx-dev/sbx/cluster/portforward"
-	"github.com/sbx-dev/sbx/cluster/portforward/pftest"
+	"github.com/sbx-dev/sbx/tools/testbed/pftest"
 )
 
 func TestPodSelection(t *testing.T) {

@@ -6,7 +6,7 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/sbx-dev/sbx/tunnel/tunnelbench"
+	"github.com/sbx-dev/sbx/tools/testbed/tunnelbench"
 )
 
 // newBenchCmd is the parent of the benchmarks; each subsystem adds one

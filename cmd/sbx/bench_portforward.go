@@ -10,7 +10,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/sbx-dev/sbx/cluster/portforward"
-	"github.com/sbx-dev/sbx/cluster/portforward/pfbench"
+	"github.com/sbx-dev/sbx/tools/testbed/pfbench"
 	"github.com/sbx-dev/sbx/tunnel"
 )
 

@@ -17,7 +17,7 @@ import (
 	"slices"
 	"time"
 
-	"github.com/sbx-dev/sbx/cluster/portforward/pftest"
+	"github.com/sbx-dev/sbx/tools/testbed/pftest"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/rest"

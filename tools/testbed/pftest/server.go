@@ -35,7 +35,7 @@ import (
 	criportforward "k8s.io/cri-streaming/pkg/streaming/portforward"
 	"k8s.io/streaming/pkg/httpstream/wsstream"
 
-	"github.com/sbx-dev/sbx/cluster/portforward/internal/boundedwait"
+	"github.com/sbx-dev/sbx/cluster/portforward/boundedwait"
 )
 
 // Resolver maps a forwarded (namespace, pod, port) to the TCP address

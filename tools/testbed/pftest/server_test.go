@@ -19,7 +19,7 @@ import (
 	"k8s.io/client-go/transport/spdy"
 	streamhttp "k8s.io/streaming/pkg/httpstream"
 
-	"github.com/sbx-dev/sbx/cluster/portforward/pftest"
+	"github.com/sbx-dev/sbx/tools/testbed/pftest"
 	"github.com/sbx-dev/sbx/tunnel/tunneltest"
 )
 

@@ -9,7 +9,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/sbx-dev/sbx/cluster/portforward"
-	"github.com/sbx-dev/sbx/cluster/portforward/pfbench"
+	"github.com/sbx-dev/sbx/tools/testbed/pfbench"
 	"github.com/sbx-dev/sbx/tunnel"
 )
 

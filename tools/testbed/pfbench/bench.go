@@ -36,8 +36,8 @@ import (
 	"time"
 
 	"github.com/sbx-dev/sbx/cluster/portforward"
+	"github.com/sbx-dev/sbx/tools/testbed/benchstat"
 	"github.com/sbx-dev/sbx/tunnel"
-	"github.com/sbx-dev/sbx/tunnel/benchstat"
 )
 
 // Targets the ratios are held to (see issue "Port-forward benchmark").

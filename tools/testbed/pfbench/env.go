@@ -21,7 +21,7 @@ import (
 	streamhttp "k8s.io/streaming/pkg/httpstream"
 
 	"github.com/sbx-dev/sbx/cluster/portforward"
-	"github.com/sbx-dev/sbx/cluster/portforward/pftest"
+	"github.com/sbx-dev/sbx/tools/testbed/pftest"
 	"github.com/sbx-dev/sbx/tunnel"
 )
 

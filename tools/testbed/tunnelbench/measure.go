@@ -15,7 +15,7 @@ import (
 
 	"golang.org/x/sync/errgroup"
 
-	"github.com/sbx-dev/sbx/tunnel/benchstat"
+	"github.com/sbx-dev/sbx/tools/testbed/benchstat"
 )
 
 // ioBuffer is the application's write size for bulk transfers, the same

@@ -11,8 +11,8 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/sbx-dev/sbx/tools/testbed/benchstat"
 	"github.com/sbx-dev/sbx/tunnel"
-	"github.com/sbx-dev/sbx/tunnel/benchstat"
 )
 
 // Options size a run. Zero fields take the defaults of DefaultOptions.
