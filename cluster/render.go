@@ -22,6 +22,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/sbx-dev/sbx/cluster/istiovs"
+	"github.com/sbx-dev/sbx/cluster/routingkey"
 	"github.com/sbx-dev/sbx/cluster/spec"
 )
 
@@ -62,7 +63,7 @@ type Options struct {
 	// RelayImage is the image that runs `sbx relay` (required).
 	RelayImage string
 	// BaggageKey is the W3C baggage key carrying the routing key (default
-	// DefaultBaggageKey).
+	// routingkey.DefaultBaggageKey).
 	BaggageKey string
 	// RelayMaxStreams is the relay's stream cap (--max-streams), 0 for its
 	// default (DefaultRelayMaxStreams); the relay's memory scales with it.
@@ -91,7 +92,7 @@ func ValidateTokenVerifier(v string) error {
 
 func (o Options) withDefaults() Options {
 	if o.BaggageKey == "" {
-		o.BaggageKey = DefaultBaggageKey
+		o.BaggageKey = routingkey.DefaultBaggageKey
 	}
 	if o.Holder == "" {
 		o.Holder = "sbx"
@@ -132,7 +133,7 @@ type Objects struct {
 // message stutter.
 func Plan(ctx context.Context, b Baseline, sb *spec.Sandbox, o Options) (*Objects, error) {
 	o = o.withDefaults()
-	if err := ValidateRoutingKey(o.RoutingKey); err != nil {
+	if err := routingkey.Validate(o.RoutingKey); err != nil {
 		return nil, err
 	}
 	if o.TokenVerifier != VerifierPlaceholder {

@@ -2,7 +2,6 @@ package daemon
 
 import (
 	"context"
-	"crypto/rand"
 	"errors"
 	"fmt"
 	"net"
@@ -149,27 +148,4 @@ type ClusterSandbox struct {
 	RoutingKey   string
 	Namespace    string
 	LeaseExpires time.Time
-}
-
-// routingKeyLen and the alphabet follow DESIGN.md: lowercase base36, fixed
-// length, from crypto/rand.
-const routingKeyLen = 13
-
-const base36 = "0123456789abcdefghijklmnopqrstuvwxyz"
-
-// NewRoutingKey returns a fresh random routing key.
-func NewRoutingKey() string {
-	b := make([]byte, routingKeyLen)
-	// rand.Read never fails (Go 1.24+); rejection sampling keeps the
-	// distribution uniform over base36.
-	out := make([]byte, 0, routingKeyLen)
-	for len(out) < routingKeyLen {
-		_, _ = rand.Read(b)
-		for _, c := range b {
-			if c < 252 && len(out) < routingKeyLen { // 252 = 7*36
-				out = append(out, base36[int(c)%36])
-			}
-		}
-	}
-	return string(out)
 }

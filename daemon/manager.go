@@ -10,6 +10,7 @@ import (
 	"strings"
 	"sync"
 
+	"github.com/sbx-dev/sbx/cluster/routingkey"
 	"github.com/sbx-dev/sbx/daemon/config"
 )
 
@@ -220,7 +221,7 @@ func (m *manager) Connect(req ConnectRequest) (s *session, sub chan Progress, re
 	}
 	saved := savedSandbox{
 		Name:             name,
-		RoutingKey:       NewRoutingKey(),
+		RoutingKey:       routingkey.New(),
 		Token:            token,
 		KubeconfigSource: req.KubeconfigSource,
 		Context:          kctx,

@@ -15,6 +15,7 @@ import (
 	"path/filepath"
 	"slices"
 
+	"github.com/sbx-dev/sbx/cluster/routingkey"
 	"github.com/sbx-dev/sbx/cluster/spec/strictyaml"
 )
 
@@ -38,7 +39,6 @@ var modes = []string{string(ModeAuto), string(ModeHosts), string(ModeProxy), str
 
 // Defaults.
 const (
-	DefaultBaggageKey = "sbx-routing-key"
 	// DefaultClusterDomain is the DNS domain of most clusters.
 	DefaultClusterDomain = "cluster.local"
 	DefaultPoolSize      = 2
@@ -77,9 +77,10 @@ type Config struct {
 	// at once (1-MaxRelayMaxStreams); 0 means the relay's default,
 	// DefaultRelayMaxStreams. The relay pod's memory grows with it.
 	RelayMaxStreams int `json:"relayMaxStreams,omitempty"`
-	// BaggageKey is the W3C baggage key that carries the routing key.
-	// It is an RFC 7230 token, which may contain regexp metacharacters
-	// (. * + ^ | $): quote it before building a regexp from it.
+	// BaggageKey is the W3C baggage key that carries the routing key, as
+	// routingkey.ValidateBaggageKey accepts it. It may contain regexp
+	// metacharacters (. * + ^ | $): quote it before building a regexp
+	// from it.
 	BaggageKey string `json:"baggageKey"`
 	// PoolSize is the number of tunnel sessions per sandbox (1-16).
 	PoolSize int      `json:"poolSize"`
@@ -125,7 +126,7 @@ type Outbound struct {
 // Default returns the configuration used when there is no config file.
 func Default() *Config {
 	return &Config{
-		BaggageKey:    DefaultBaggageKey,
+		BaggageKey:    routingkey.DefaultBaggageKey,
 		PoolSize:      DefaultPoolSize,
 		ClusterDomain: DefaultClusterDomain,
 		Outbound: Outbound{

@@ -12,13 +12,12 @@ import (
 
 	"go.yaml.in/yaml/v3"
 
+	"github.com/sbx-dev/sbx/cluster/routingkey"
 	"github.com/sbx-dev/sbx/cluster/spec"
 	"github.com/sbx-dev/sbx/cluster/spec/strictyaml"
 )
 
 var (
-	// tokenRE is an RFC 7230 token, what W3C baggage allows as a key.
-	tokenRE = regexp.MustCompile("^[!#$%&'*+\\-.^_`|~0-9A-Za-z]+$")
 	// imageRE is a container image reference: [domain[:port]/]path[:tag][@digest].
 	imageRE = regexp.MustCompile(`^(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?(?:\.[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)*(?::[0-9]+)?/)?` +
 		`[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*` +
@@ -27,8 +26,6 @@ var (
 	// domainRE is a lower-case DNS domain of one or more labels.
 	domainRE = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?(\.[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)*$`)
 )
-
-const maxBaggageKey = 256
 
 func decode(d *strictyaml.Decoder, root *yaml.Node, c *Config) {
 	f := d.Fields(root, "", "relayImage", "relayMaxStreams", "baggageKey", "poolSize", "outbound", "contexts", "clusterDomain")
@@ -65,11 +62,13 @@ func decode(d *strictyaml.Decoder, root *yaml.Node, c *Config) {
 		switch {
 		case d.Bad("baggageKey"):
 		case k == "":
-			d.Errorf(n, "baggageKey", "must not be empty; leave it out for the default %q", DefaultBaggageKey)
-		case len(k) > maxBaggageKey || !tokenRE.MatchString(k):
-			d.Errorf(n, "baggageKey", "%q is not a W3C baggage key; a key is at most %d letters, digits and !#$%%&'*+-.^_`|~ (no spaces, '=', ',' or ';'), e.g. %s", k, maxBaggageKey, DefaultBaggageKey)
+			d.Errorf(n, "baggageKey", "must not be empty; leave it out for the default %q", routingkey.DefaultBaggageKey)
 		default:
-			c.BaggageKey = k
+			if err := routingkey.ValidateBaggageKey(k); err != nil {
+				d.Errorf(n, "baggageKey", "%v", err)
+			} else {
+				c.BaggageKey = k
+			}
 		}
 	}
 	if n := f["poolSize"]; n != nil {
