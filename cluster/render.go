@@ -24,6 +24,7 @@ import (
 	"github.com/sbx-dev/sbx/cluster/istiovs"
 	"github.com/sbx-dev/sbx/cluster/routingkey"
 	"github.com/sbx-dev/sbx/cluster/spec"
+	"github.com/sbx-dev/sbx/relay/relayargs"
 )
 
 // VerifierPlaceholder stands for the token verifier in rendered output:
@@ -66,11 +67,11 @@ type Options struct {
 	// routingkey.DefaultBaggageKey).
 	BaggageKey string
 	// RelayMaxStreams is the relay's stream cap (--max-streams), 0 for its
-	// default (DefaultRelayMaxStreams); the relay's memory scales with it.
+	// default (relayargs.DefaultMaxStreams); the relay's memory scales with it.
 	RelayMaxStreams int
 	// RelayDeny are ranges the relay refuses to dial on top of its
 	// built-in list (--deny, one per entry; outbound.deny in the sbx
-	// config), as ParseRelayDeny returns them. Changing it changes the
+	// config), as relayargs.ParseDeny returns them. Changing it changes the
 	// relay Deployment, and so its spec hash.
 	RelayDeny []netip.Prefix
 	// Holder is written to the Lease's holderIdentity (e.g. user@host).
@@ -144,10 +145,10 @@ func Plan(ctx context.Context, b Baseline, sb *spec.Sandbox, o Options) (*Object
 	if o.RelayImage == "" {
 		return nil, fmt.Errorf("no relay image; set relayImage in the sbx config or pass --relay-image (default %s:<version>)", DefaultRelayImageRepo)
 	}
-	if err := ValidateRelayMaxStreams(o.RelayMaxStreams); err != nil {
+	if err := relayargs.ValidateMaxStreams(o.RelayMaxStreams); err != nil {
 		return nil, err
 	}
-	if err := ValidateRelayDeny(o.RelayDeny); err != nil {
+	if err := relayargs.ValidateDeny(o.RelayDeny); err != nil {
 		return nil, err
 	}
 	if errs := validation.IsDNS1123Label(sb.Name); len(errs) > 0 {

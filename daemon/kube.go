@@ -30,6 +30,7 @@ import (
 	"github.com/sbx-dev/sbx/cluster/kube"
 	"github.com/sbx-dev/sbx/cluster/portforward"
 	"github.com/sbx-dev/sbx/cluster/spec"
+	"github.com/sbx-dev/sbx/relay/relayargs"
 )
 
 // KubeOptions configure KubeClusters.
@@ -591,7 +592,7 @@ func (c *kubeCluster) portForward(ctx context.Context, kc *kube.Cluster, t Targe
 			Client:      kc.Kube,
 			Namespace:   t.Namespace,
 			Selector:    sel,
-			Port:        cluster.TunnelPort,
+			Port:        relayargs.TunnelPort,
 			Connections: c.o.PortForwardConnections,
 			Logger:      c.log.With("sandbox", t.Sandbox),
 		})

@@ -13,6 +13,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/sbx-dev/sbx/cluster/spec/strictyaml"
+	"github.com/sbx-dev/sbx/relay/relayargs"
 )
 
 func TestDefault(t *testing.T) {
@@ -230,9 +231,9 @@ func FuzzParse(f *testing.F) {
 			return
 		}
 		if c.PoolSize < 1 || c.PoolSize > MaxPoolSize || c.BaggageKey == "" ||
-			c.RelayMaxStreams < 0 || c.RelayMaxStreams > MaxRelayMaxStreams ||
+			c.RelayMaxStreams < 0 || c.RelayMaxStreams > relayargs.MaxStreamsLimit ||
 			!loopback8.Contains(c.Outbound.HostsRange.Addr()) || !filepath.IsAbs(c.Outbound.HostsFile) ||
-			checkProxyListen(c.Outbound.ProxyListen) != "" || len(c.Outbound.Deny) > MaxOutboundDeny {
+			checkProxyListen(c.Outbound.ProxyListen) != "" || len(c.Outbound.Deny) > relayargs.MaxDeny {
 			t.Fatalf("accepted config out of bounds: %+v", c)
 		}
 		seen := map[netip.Prefix]bool{}
@@ -252,6 +253,6 @@ func TestExampleConfig(t *testing.T) {
 	require.Equal(t, map[string]string{"staging-1": "gke_acme_europe-west1_staging-1"}, c.Contexts)
 	require.Equal(t, []string{"shared", "observability"}, c.Outbound.Namespaces)
 	require.Equal(t, "ghcr.io/sbx-dev/sbx:v0.1.0", c.RelayImage)
-	require.Equal(t, DefaultRelayMaxStreams, c.RelayMaxStreams)
+	require.Equal(t, relayargs.DefaultMaxStreams, c.RelayMaxStreams)
 	require.Equal(t, []netip.Prefix{netip.MustParsePrefix("10.0.0.0/24"), netip.MustParsePrefix("100.64.0.7/32")}, c.Outbound.Deny)
 }
