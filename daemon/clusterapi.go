@@ -3,7 +3,6 @@ package daemon
 import (
 	"context"
 	"errors"
-	"fmt"
 	"net"
 	"net/netip"
 	"time"
@@ -126,20 +125,22 @@ type Target struct {
 	TokenVerifier string `json:"tokenVerifier,omitempty"`
 }
 
-// Applied is the result of Cluster.Apply.
+// Applied is the result of Cluster.Apply. It stays in the daemon: status
+// carries what it says per mapping (MappingStatus.Services).
 type Applied struct {
 	Target
-	// Services names, per mapping (key workload/port, see mappingKey), the
-	// baseline Services ("name.namespace") whose keyed requests now reach
-	// the laptop.
-	Services map[string][]string `json:"services,omitempty"`
+	// Services names, per mapping, the baseline Services
+	// ("name.namespace") whose keyed requests now reach the laptop.
+	Services map[MappingKey][]string `json:"-"`
 	// Routes is where keyed requests go after the apply (nil from fakes).
 	Routes *RouteCheck `json:"-"`
 }
 
-// mappingKey identifies one mapping in Applied.Services.
-func mappingKey(workload string, port int32) string {
-	return fmt.Sprintf("%s/%d", workload, port)
+// MappingKey identifies one mapping of a sandbox: a local workload (the
+// spec's local[].name) and the baseline Service port it maps.
+type MappingKey struct {
+	Workload string
+	Port     int32
 }
 
 // ClusterSandbox is a sandbox found in the cluster by its labels.

@@ -523,7 +523,7 @@ func (c *kubeCluster) Apply(ctx context.Context, sb *spec.Sandbox, o ApplyOption
 	out := Applied{
 		Target: Target{Sandbox: sb.Name, RoutingKey: res.RoutingKey, Namespace: res.Namespace, Namespaces: sb.Namespaces(),
 			TokenVerifier: o.TokenVerifier},
-		Services: map[string][]string{},
+		Services: map[MappingKey][]string{},
 	}
 	if res.Routes != nil {
 		rc := routeCheck(res.Routes, nil, c.server)
@@ -532,7 +532,7 @@ func (c *kubeCluster) Apply(ctx context.Context, sb *spec.Sandbox, o ApplyOption
 	if res.Objects != nil {
 		for _, w := range res.Objects.Workloads {
 			for _, p := range w.Ports {
-				key := mappingKey(w.Local.Name, p.Port)
+				key := MappingKey{Workload: w.Local.Name, Port: p.Port}
 				for _, svc := range p.Services {
 					out.Services[key] = append(out.Services[key], svc.Name+"."+svc.Namespace)
 				}
