@@ -144,7 +144,6 @@ func (m *manager) Connect(req ConnectRequest) (s *session, sub chan Progress, re
 		}
 		return s, sub, true, nil
 	}
-	req.KubeconfigSource = req.KubeconfigSource.canonical()
 	// --context wins over spec.cluster, which the user config may map to
 	// a context name (as kubectl-style tools do); without either, the
 	// current context is pinned now (see currentContext).

@@ -540,7 +540,7 @@ func canDial(ctx context.Context, network, addr string, timeout time.Duration) b
 
 // initialStatus is a sandbox's status before its first connection.
 func initialStatus(saved savedSandbox, baggageKey string) SandboxStatus {
-	src := saved.KubeconfigSource.canonical()
+	src := saved.KubeconfigSource
 	st := SandboxStatus{
 		Name:       saved.Name,
 		RoutingKey: saved.RoutingKey,
