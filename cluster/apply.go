@@ -17,6 +17,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/util/retry"
 
+	"github.com/sbx-dev/sbx/cluster/routingkey"
 	"github.com/sbx-dev/sbx/cluster/spec"
 )
 
@@ -106,7 +107,7 @@ func Apply(ctx context.Context, c Clients, sb *spec.Sandbox, o Options, progress
 		if _, ok := l.Annotations[AnnotationNamespaces]; ok {
 			prevNS = addNamespaces(prevNS, leaseNamespaces(l)...)
 		}
-		if k := l.Labels[LabelRoutingKey]; ValidateRoutingKey(k) == nil && !slices.Contains(prevKeys, k) {
+		if k := l.Labels[LabelRoutingKey]; routingkey.Validate(k) == nil && !slices.Contains(prevKeys, k) {
 			prevKeys = append(prevKeys, k)
 		}
 	}
@@ -114,11 +115,7 @@ func Apply(ctx context.Context, c Clients, sb *spec.Sandbox, o Options, progress
 		o.RoutingKey = prevKeys[0]
 	}
 	if o.RoutingKey == "" {
-		k, err := NewRoutingKey()
-		if err != nil {
-			return nil, err
-		}
-		o.RoutingKey = k
+		o.RoutingKey = routingkey.New()
 	}
 	if err := ValidateTokenVerifier(o.TokenVerifier); err != nil {
 		return nil, err

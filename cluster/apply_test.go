@@ -20,6 +20,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/sbx-dev/sbx/cluster/routingkey"
 	"github.com/sbx-dev/sbx/cluster/spec"
 )
 
@@ -116,7 +117,7 @@ func TestApplyKeepsKeyAndRollsOnlyOnNewVerifier(t *testing.T) {
 	o := Options{RelayImage: testImage, TokenVerifier: testVerifier("one")}
 	r1, err := Apply(t.Context(), f.Clients, routeSandbox("alice"), o, nil)
 	require.NoError(t, err)
-	require.NoError(t, ValidateRoutingKey(r1.RoutingKey))
+	require.NoError(t, routingkey.Validate(r1.RoutingKey))
 	d1, err := f.Kube.AppsV1().Deployments("hotrod").Get(t.Context(), "sbx-alice-relay", metav1.GetOptions{})
 	require.NoError(t, err)
 	f.clearActions()
@@ -341,8 +342,7 @@ func TestConcurrentAppliesRetryOnConflict(t *testing.T) {
 	var wg sync.WaitGroup
 	errs := make([]error, n)
 	for i := range n {
-		k, err := NewRoutingKey()
-		require.NoError(t, err)
+		k := routingkey.New()
 		keys[i] = k
 		wg.Add(1)
 		go func() {

@@ -1,32 +1,10 @@
 package cluster
 
 import (
-	"fmt"
 	"regexp"
+
+	"github.com/sbx-dev/sbx/cluster/routingkey"
 )
-
-// ValidateBaggageKey checks that name is a W3C baggage key: an RFC 7230
-// token (visible ASCII except separators).
-func ValidateBaggageKey(name string) error {
-	if name == "" {
-		return fmt.Errorf("baggage key must not be empty (default %q)", DefaultBaggageKey)
-	}
-	for i := 0; i < len(name); i++ {
-		c := name[i]
-		if c <= ' ' || c >= 0x7f || isSeparator(c) {
-			return fmt.Errorf("baggage key %q has %q at position %d: a baggage key is an HTTP token (letters, digits and !#$%%&'*+-.^_`|~)", name, c, i+1)
-		}
-	}
-	return nil
-}
-
-func isSeparator(c byte) bool {
-	switch c {
-	case '(', ')', '<', '>', '@', ',', ';', ':', '\\', '"', '/', '[', ']', '?', '=', '{', '}':
-		return true
-	}
-	return false
-}
 
 // BaggageRegex returns the RE2 expression that matches a whole `baggage`
 // header value carrying the list member baggageKey=routingKey. It is
@@ -42,10 +20,10 @@ func isSeparator(c byte) bool {
 // followed by ";", "," or the end (so a key that merely starts with k does
 // not match).
 func BaggageRegex(baggageKey, routingKey string) (string, error) {
-	if err := ValidateBaggageKey(baggageKey); err != nil {
+	if err := routingkey.ValidateBaggageKey(baggageKey); err != nil {
 		return "", err
 	}
-	if err := ValidateRoutingKey(routingKey); err != nil {
+	if err := routingkey.Validate(routingKey); err != nil {
 		return "", err
 	}
 	const ows = `[ \t]*`

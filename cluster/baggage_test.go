@@ -6,11 +6,13 @@ import (
 	"testing"
 
 	"github.com/stretchr/testify/require"
+
+	"github.com/sbx-dev/sbx/cluster/routingkey"
 )
 
 func TestBaggageRegex(t *testing.T) {
 	const k = "k3x9a0b1c2d3e"
-	re, err := BaggageRegex(DefaultBaggageKey, k)
+	re, err := BaggageRegex(routingkey.DefaultBaggageKey, k)
 	require.NoError(t, err)
 	// Envoy's safe_regex matches the whole value; Linkerd's proxy searches
 	// for the leftmost match. The anchored expression answers the same
@@ -81,22 +83,11 @@ func TestBaggageRegexRejectsBadInput(t *testing.T) {
 	require.ErrorContains(t, err, "baggage key")
 	_, err = BaggageRegex("", "k3x9a0b1c2d3e")
 	require.Error(t, err)
-	_, err = BaggageRegex(DefaultBaggageKey, "a.*")
+	_, err = BaggageRegex(routingkey.DefaultBaggageKey, "a.*")
 	require.ErrorContains(t, err, "routing key")
 }
 
-func TestRoutingKey(t *testing.T) {
-	seen := map[string]bool{}
-	for range 200 {
-		k, err := NewRoutingKey()
-		require.NoError(t, err)
-		require.NoError(t, ValidateRoutingKey(k))
-		require.False(t, seen[k])
-		seen[k] = true
-	}
-	for _, bad := range []string{"", "abc", "K3X9A0B1C2D3E", "k3x9a0b1c2d3-", "k3x9a0b1c2d3ee", "k3x9a0b1c2d3."} {
-		require.Error(t, ValidateRoutingKey(bad), bad)
-	}
+func TestNewToken(t *testing.T) {
 	tok, err := NewToken()
 	require.NoError(t, err)
 	require.Len(t, tok, 43)

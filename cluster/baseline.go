@@ -11,6 +11,7 @@ import (
 	"k8s.io/apimachinery/pkg/labels"
 
 	"github.com/sbx-dev/sbx/cluster/spec"
+	"github.com/sbx-dev/sbx/relay/relayargs"
 )
 
 // Baseline is where sbx reads the baseline: the live cluster for apply, a
@@ -35,8 +36,8 @@ type ResolvedPort struct {
 	// mesh detects the same protocol on the sandbox Service.
 	Name        string
 	AppProtocol *string
-	// Protocol is what the relay is told: http, http2, grpc or tcp.
-	Protocol string
+	// Protocol is what the relay is told (its --inbound appProtocol).
+	Protocol relayargs.AppProtocol
 	// Routable is false for ports the mesh treats as opaque TCP, where a
 	// header match cannot work.
 	Routable bool
@@ -132,7 +133,7 @@ func Resolve(ctx context.Context, b Baseline, sb *spec.Sandbox) ([]ResolvedWorkl
 // and whether the mesh can route it by header. Istio reads appProtocol
 // first, then the port name prefix ("http-web"); with neither it sniffs the
 // protocol, so the port stays routable.
-func portProtocol(p corev1.ServicePort) (proto string, routable bool) {
+func portProtocol(p corev1.ServicePort) (proto relayargs.AppProtocol, routable bool) {
 	name := ""
 	if p.AppProtocol != nil {
 		name = strings.ToLower(*p.AppProtocol)
@@ -141,15 +142,15 @@ func portProtocol(p corev1.ServicePort) (proto string, routable bool) {
 	}
 	switch name {
 	case "http", "https-h1", "http1":
-		return "http", true
+		return relayargs.ProtoHTTP, true
 	case "http2", "kubernetes.io/h2c", "h2c":
-		return "http2", true
+		return relayargs.ProtoHTTP2, true
 	case "grpc", "grpc-web":
-		return "grpc", true
+		return relayargs.ProtoGRPC, true
 	case "tcp", "tls", "https", "mongo", "mysql", "redis", "kubernetes.io/ws", "kubernetes.io/wss":
-		return "tcp", false
+		return relayargs.ProtoTCP, false
 	}
-	return "tcp", true
+	return relayargs.ProtoTCP, true
 }
 
 func formatLabels(m map[string]string) string {

@@ -10,6 +10,8 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
+
+	"github.com/sbx-dev/sbx/cluster/routingkey"
 )
 
 // ErrSandboxNotFound is returned (wrapped) by Delete when the cluster has no
@@ -110,7 +112,7 @@ func Delete(ctx context.Context, c Clients, ref Ref, progress func(Event)) error
 }
 
 func addKey(keys []string, k string) []string {
-	if ValidateRoutingKey(k) == nil && !slices.Contains(keys, k) {
+	if routingkey.Validate(k) == nil && !slices.Contains(keys, k) {
 		return append(keys, k)
 	}
 	return keys

@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sbx-dev/sbx/cluster/routingkey"
 	"github.com/sbx-dev/sbx/cluster/spec"
 )
 
@@ -33,7 +34,7 @@ func FuzzBaggageRegex(f *testing.F) {
 	} {
 		f.Add(s)
 	}
-	re, err := BaggageRegex(DefaultBaggageKey, testKey)
+	re, err := BaggageRegex(routingkey.DefaultBaggageKey, testKey)
 	if err != nil {
 		f.Fatal(err)
 	}
@@ -43,7 +44,7 @@ func FuzzBaggageRegex(f *testing.F) {
 		if strings.ContainsAny(header, "\r\n") {
 			return // not a valid header value
 		}
-		got, want := full.MatchString(header), refBaggageMatch(header, DefaultBaggageKey, testKey)
+		got, want := full.MatchString(header), refBaggageMatch(header, routingkey.DefaultBaggageKey, testKey)
 		if got != want {
 			t.Fatalf("header %q: regex says %v, baggage reading says %v", header, got, want)
 		}

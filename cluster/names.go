@@ -28,9 +28,6 @@ const (
 	AnnotationDescription = "sbx.dev/description"
 )
 
-// DefaultBaggageKey is the W3C baggage member that carries the routing key.
-const DefaultBaggageKey = "sbx-routing-key"
-
 // maxLabel is the longest DNS-1123/1035 label.
 const maxLabel = 63
 

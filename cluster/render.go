@@ -22,7 +22,9 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/sbx-dev/sbx/cluster/istiovs"
+	"github.com/sbx-dev/sbx/cluster/routingkey"
 	"github.com/sbx-dev/sbx/cluster/spec"
+	"github.com/sbx-dev/sbx/relay/relayargs"
 )
 
 // VerifierPlaceholder stands for the token verifier in rendered output:
@@ -62,14 +64,14 @@ type Options struct {
 	// RelayImage is the image that runs `sbx relay` (required).
 	RelayImage string
 	// BaggageKey is the W3C baggage key carrying the routing key (default
-	// DefaultBaggageKey).
+	// routingkey.DefaultBaggageKey).
 	BaggageKey string
 	// RelayMaxStreams is the relay's stream cap (--max-streams), 0 for its
-	// default (DefaultRelayMaxStreams); the relay's memory scales with it.
+	// default (relayargs.DefaultMaxStreams); the relay's memory scales with it.
 	RelayMaxStreams int
 	// RelayDeny are ranges the relay refuses to dial on top of its
 	// built-in list (--deny, one per entry; outbound.deny in the sbx
-	// config), as ParseRelayDeny returns them. Changing it changes the
+	// config), as relayargs.ParseDeny returns them. Changing it changes the
 	// relay Deployment, and so its spec hash.
 	RelayDeny []netip.Prefix
 	// Holder is written to the Lease's holderIdentity (e.g. user@host).
@@ -91,7 +93,7 @@ func ValidateTokenVerifier(v string) error {
 
 func (o Options) withDefaults() Options {
 	if o.BaggageKey == "" {
-		o.BaggageKey = DefaultBaggageKey
+		o.BaggageKey = routingkey.DefaultBaggageKey
 	}
 	if o.Holder == "" {
 		o.Holder = "sbx"
@@ -132,7 +134,7 @@ type Objects struct {
 // message stutter.
 func Plan(ctx context.Context, b Baseline, sb *spec.Sandbox, o Options) (*Objects, error) {
 	o = o.withDefaults()
-	if err := ValidateRoutingKey(o.RoutingKey); err != nil {
+	if err := routingkey.Validate(o.RoutingKey); err != nil {
 		return nil, err
 	}
 	if o.TokenVerifier != VerifierPlaceholder {
@@ -143,10 +145,10 @@ func Plan(ctx context.Context, b Baseline, sb *spec.Sandbox, o Options) (*Object
 	if o.RelayImage == "" {
 		return nil, fmt.Errorf("no relay image; set relayImage in the sbx config or pass --relay-image (default %s:<version>)", DefaultRelayImageRepo)
 	}
-	if err := ValidateRelayMaxStreams(o.RelayMaxStreams); err != nil {
+	if err := relayargs.ValidateMaxStreams(o.RelayMaxStreams); err != nil {
 		return nil, err
 	}
-	if err := ValidateRelayDeny(o.RelayDeny); err != nil {
+	if err := relayargs.ValidateDeny(o.RelayDeny); err != nil {
 		return nil, err
 	}
 	if errs := validation.IsDNS1123Label(sb.Name); len(errs) > 0 {

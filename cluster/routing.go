@@ -18,6 +18,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/sbx-dev/sbx/cluster/istiovs"
+	"github.com/sbx-dev/sbx/cluster/routingkey"
 	"github.com/sbx-dev/sbx/cluster/spec"
 )
 
@@ -204,7 +205,7 @@ func ReconcileRoutes(ctx context.Context, c Clients, sb *spec.Sandbox, key strin
 	if len(nss) == 0 {
 		return nil, errors.New("no local workloads (spec.local is empty)")
 	}
-	regex, err := BaggageRegex(cmpOr(o.BaggageKey, DefaultBaggageKey), key)
+	regex, err := BaggageRegex(cmpOr(o.BaggageKey, routingkey.DefaultBaggageKey), key)
 	if err != nil {
 		return nil, err
 	}

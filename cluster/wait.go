@@ -13,6 +13,7 @@ import (
 	"k8s.io/apimachinery/pkg/labels"
 
 	"github.com/sbx-dev/sbx/cluster/podstate"
+	"github.com/sbx-dev/sbx/relay/relayargs"
 )
 
 // WaitOptions say which relay to wait for.
@@ -179,7 +180,7 @@ func podWaiting(p *corev1.Pod, image string) (string, error) {
 			return "container " + cs.Name + " waiting: " + w.Reason, nil
 		}
 		if !cs.Ready {
-			return "container " + cs.Name + " not ready (probe /readyz on port " + fmt.Sprint(HealthPort) + ")", nil
+			return "container " + cs.Name + " not ready (probe /readyz on port " + fmt.Sprint(relayargs.HealthPort) + ")", nil
 		}
 	}
 	return "pod " + string(p.Status.Phase), nil

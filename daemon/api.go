@@ -216,17 +216,12 @@ type ClusterRequest struct {
 // otherwise ~/.kube/config. The CLI sends its own flag and environment
 // because the daemon may have been started from another shell; the
 // daemon never consults its own $KUBECONFIG. Build one with
-// NewKubeconfigSource.
+// NewKubeconfigSource; the daemon normalises a source once where it
+// enters (a request, the state file), and uses it as it is from there.
 //
 // The two are separate fields because one string cannot carry both: a
 // --kubeconfig path may contain the list separator (a directory named
-// "a:b"), which a joined $KUBECONFIG cannot be told from. "kubeconfig",
-// the one field sbx had before, keeps its old meaning (the flag, or the
-// joined $KUBECONFIG, split on the separator) for compatibility: the
-// daemon reads it only when neither new field is set (a request from an
-// older CLI, a state file of an older daemon), and writers fill it too so
-// that an older daemon reading a newer request or state file still finds
-// the cluster.
+// "a:b"), which a joined $KUBECONFIG cannot be told from.
 type KubeconfigSource struct {
 	// KubeconfigFile is the --kubeconfig flag: one absolute path, the only
 	// file read when set.
@@ -236,9 +231,6 @@ type KubeconfigSource struct {
 	// would name the working directory). A JSON array rather than a
 	// joined string, so that nobody has to split it again.
 	KubeconfigEnv []string `json:"kubeconfigEnv,omitempty"`
-	// LegacyKubeconfig is the "kubeconfig" field of older sbx versions:
-	// --kubeconfig, or $KUBECONFIG joined with the list separator.
-	LegacyKubeconfig string `json:"kubeconfig,omitempty"`
 }
 
 // GCResult names the sandboxes whose expired objects gc deleted, and the

@@ -359,15 +359,11 @@ func (c *Client) Close() {
 // query encodes creq as the API's query parameters.
 func (creq ClusterRequest) query() url.Values {
 	q := url.Values{}
-	src := creq.KubeconfigSource.canonical()
-	if src.KubeconfigFile != "" {
-		q.Set("kubeconfigFile", src.KubeconfigFile)
+	if f := creq.KubeconfigFile; f != "" {
+		q.Set("kubeconfigFile", f)
 	}
-	for _, p := range src.KubeconfigEnv {
+	for _, p := range creq.KubeconfigEnv {
 		q.Add("kubeconfigEnv", p)
-	}
-	if src.LegacyKubeconfig != "" {
-		q.Set("kubeconfig", src.LegacyKubeconfig)
 	}
 	if creq.Context != "" {
 		q.Set("context", creq.Context)

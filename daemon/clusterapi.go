@@ -2,9 +2,7 @@ package daemon
 
 import (
 	"context"
-	"crypto/rand"
 	"errors"
-	"fmt"
 	"net"
 	"net/netip"
 	"time"
@@ -127,20 +125,22 @@ type Target struct {
 	TokenVerifier string `json:"tokenVerifier,omitempty"`
 }
 
-// Applied is the result of Cluster.Apply.
+// Applied is the result of Cluster.Apply. It stays in the daemon: status
+// carries what it says per mapping (MappingStatus.Services).
 type Applied struct {
 	Target
-	// Services names, per mapping (key workload/port, see mappingKey), the
-	// baseline Services ("name.namespace") whose keyed requests now reach
-	// the laptop.
-	Services map[string][]string `json:"services,omitempty"`
+	// Services names, per mapping, the baseline Services
+	// ("name.namespace") whose keyed requests now reach the laptop.
+	Services map[MappingKey][]string `json:"-"`
 	// Routes is where keyed requests go after the apply (nil from fakes).
 	Routes *RouteCheck `json:"-"`
 }
 
-// mappingKey identifies one mapping in Applied.Services.
-func mappingKey(workload string, port int32) string {
-	return fmt.Sprintf("%s/%d", workload, port)
+// MappingKey identifies one mapping of a sandbox: a local workload (the
+// spec's local[].name) and the baseline Service port it maps.
+type MappingKey struct {
+	Workload string
+	Port     int32
 }
 
 // ClusterSandbox is a sandbox found in the cluster by its labels.
@@ -149,27 +149,4 @@ type ClusterSandbox struct {
 	RoutingKey   string
 	Namespace    string
 	LeaseExpires time.Time
-}
-
-// routingKeyLen and the alphabet follow DESIGN.md: lowercase base36, fixed
-// length, from crypto/rand.
-const routingKeyLen = 13
-
-const base36 = "0123456789abcdefghijklmnopqrstuvwxyz"
-
-// NewRoutingKey returns a fresh random routing key.
-func NewRoutingKey() string {
-	b := make([]byte, routingKeyLen)
-	// rand.Read never fails (Go 1.24+); rejection sampling keeps the
-	// distribution uniform over base36.
-	out := make([]byte, 0, routingKeyLen)
-	for len(out) < routingKeyLen {
-		_, _ = rand.Read(b)
-		for _, c := range b {
-			if c < 252 && len(out) < routingKeyLen { // 252 = 7*36
-				out = append(out, base36[int(c)%36])
-			}
-		}
-	}
-	return string(out)
 }

@@ -136,7 +136,7 @@ func (f *fakeCluster) Apply(ctx context.Context, sb *spec.Sandbox, o ApplyOption
 	}
 	return Applied{
 		Target:   Target{Sandbox: sb.Name, RoutingKey: key, Namespace: sb.Namespaces()[0], TokenVerifier: o.TokenVerifier},
-		Services: map[string][]string{"route/8083": {"route.hotrod"}},
+		Services: map[MappingKey][]string{{Workload: "route", Port: 8083}: {"route.hotrod"}},
 	}, nil
 }
 

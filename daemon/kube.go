@@ -30,6 +30,7 @@ import (
 	"github.com/sbx-dev/sbx/cluster/kube"
 	"github.com/sbx-dev/sbx/cluster/portforward"
 	"github.com/sbx-dev/sbx/cluster/spec"
+	"github.com/sbx-dev/sbx/relay/relayargs"
 )
 
 // KubeOptions configure KubeClusters.
@@ -117,7 +118,6 @@ func NewKubeClusters(o KubeOptions) *KubeClusters {
 // retries, until the same source and context have failed for
 // rewriteGrace: then it is a PermanentError too.
 func (k *KubeClusters) Open(_ context.Context, src KubeconfigSource, kubeContext string) (Cluster, error) {
-	src = src.canonical()
 	opts := src.Options()
 	opts.Context, opts.UserAgent = kubeContext, "sbx-daemon"
 	kc, err := kube.Resolve(opts)
@@ -255,25 +255,16 @@ func connectionKey(kc *kube.Cluster) string {
 // given) and the $KUBECONFIG list env, as absolute paths. A file wins
 // over env, as in kubectl.
 func NewKubeconfigSource(file string, env []string) KubeconfigSource {
-	return KubeconfigSource{KubeconfigFile: file, KubeconfigEnv: env}.canonical()
+	return KubeconfigSource{KubeconfigFile: file, KubeconfigEnv: env}.normalized()
 }
 
-// canonical resolves the legacy field, drops what kubectl would ignore
-// (empty list elements; the list when a file is given) and fills the
-// legacy field from the result for older readers. Requests and state from
-// older versions become the same source a newer CLI sends for them.
-func (s KubeconfigSource) canonical() KubeconfigSource {
-	if s.KubeconfigFile == "" && len(s.KubeconfigEnv) == 0 && s.LegacyKubeconfig != "" {
-		// An older writer joined $KUBECONFIG into this field, so a
-		// separator means a list; without one it is either a single
-		// $KUBECONFIG element or --kubeconfig, which kubectl reads alike
-		// except when the file is missing (a list skips it).
-		if strings.ContainsRune(s.LegacyKubeconfig, filepath.ListSeparator) {
-			s.KubeconfigEnv = filepath.SplitList(s.LegacyKubeconfig)
-		} else {
-			s.KubeconfigFile = s.LegacyKubeconfig
-		}
-	}
+// normalized drops what kubectl would ignore: empty list elements, and
+// the list when a file is given. Every source passes through it once,
+// where it enters: NewKubeconfigSource, a connect request
+// (handleConnect), a cluster request's query (clusterRequestFromQuery)
+// and the state file (stateFile.Load). Everything after compares and
+// reads sources as they are.
+func (s KubeconfigSource) normalized() KubeconfigSource {
 	var env []string
 	if s.KubeconfigFile == "" {
 		for _, p := range s.KubeconfigEnv {
@@ -283,17 +274,12 @@ func (s KubeconfigSource) canonical() KubeconfigSource {
 		}
 	}
 	s.KubeconfigEnv = env
-	s.LegacyKubeconfig = s.KubeconfigFile
-	if s.KubeconfigFile == "" {
-		s.LegacyKubeconfig = strings.Join(env, string(filepath.ListSeparator))
-	}
 	return s
 }
 
 // Options are the kube.Options that load this source's kubeconfig, as
 // kubectl with the CLI's flag and environment would.
 func (s KubeconfigSource) Options() kube.Options {
-	s = s.canonical()
 	env := strings.Join(s.KubeconfigEnv, string(filepath.ListSeparator))
 	return kube.Options{
 		Kubeconfig: s.KubeconfigFile,
@@ -309,13 +295,11 @@ func (s KubeconfigSource) Options() kube.Options {
 }
 
 // key identifies the source in cache keys and comparisons: equal for
-// sources kubectl reads alike, whichever version wrote them. A
-// $KUBECONFIG of one file is that file: both read just it (and both fail
-// when it is missing), and an older CLI's "kubeconfig" cannot tell the
-// two apart, so a sandbox an older daemon saved with it must not count as
-// moved when a newer CLI sends the same $KUBECONFIG as a list.
+// sources kubectl reads alike. A $KUBECONFIG of one file is that file:
+// both read just it (and both fail when it is missing), so a sandbox
+// connected with KUBECONFIG=f is in the cluster `sbx gc --kubeconfig f`
+// asks about.
 func (s KubeconfigSource) key() string {
-	s = s.canonical()
 	switch {
 	case s.KubeconfigFile != "":
 		return "file\x00" + s.KubeconfigFile
@@ -328,20 +312,18 @@ func (s KubeconfigSource) key() string {
 // describe names the source for logs (not String: the method would be
 // promoted to the requests and state that embed the source).
 func (s KubeconfigSource) describe() string {
-	s = s.canonical()
 	switch {
 	case s.KubeconfigFile != "":
 		return "--kubeconfig " + s.KubeconfigFile
 	case len(s.KubeconfigEnv) > 0:
-		return "KUBECONFIG=" + s.LegacyKubeconfig
+		return "KUBECONFIG=" + strings.Join(s.KubeconfigEnv, string(filepath.ListSeparator))
 	}
 	return clientcmd.RecommendedHomeFile
 }
 
 // sameCluster reports whether a sandbox saved with src and kubeContext
 // lives in the cluster creq selects. Sources are compared as Open's cache
-// keys compare them (an older CLI's joined $KUBECONFIG equals a newer
-// one's list) and contexts once resolved: a sandbox is saved with the
+// keys compare them and contexts once resolved: a sandbox is saved with the
 // context it was connected to, and a request without --context means the
 // current one. current is currentContext(creq.KubeconfigSource), which an
 // empty context on either side resolves to; a named context resolves to
@@ -522,7 +504,7 @@ func (c *kubeCluster) Apply(ctx context.Context, sb *spec.Sandbox, o ApplyOption
 	out := Applied{
 		Target: Target{Sandbox: sb.Name, RoutingKey: res.RoutingKey, Namespace: res.Namespace, Namespaces: sb.Namespaces(),
 			TokenVerifier: o.TokenVerifier},
-		Services: map[string][]string{},
+		Services: map[MappingKey][]string{},
 	}
 	if res.Routes != nil {
 		rc := routeCheck(res.Routes, nil, c.server)
@@ -531,7 +513,7 @@ func (c *kubeCluster) Apply(ctx context.Context, sb *spec.Sandbox, o ApplyOption
 	if res.Objects != nil {
 		for _, w := range res.Objects.Workloads {
 			for _, p := range w.Ports {
-				key := mappingKey(w.Local.Name, p.Port)
+				key := MappingKey{Workload: w.Local.Name, Port: p.Port}
 				for _, svc := range p.Services {
 					out.Services[key] = append(out.Services[key], svc.Name+"."+svc.Namespace)
 				}
@@ -591,7 +573,7 @@ func (c *kubeCluster) portForward(ctx context.Context, kc *kube.Cluster, t Targe
 			Client:      kc.Kube,
 			Namespace:   t.Namespace,
 			Selector:    sel,
-			Port:        cluster.TunnelPort,
+			Port:        relayargs.TunnelPort,
 			Connections: c.o.PortForwardConnections,
 			Logger:      c.log.With("sandbox", t.Sandbox),
 		})

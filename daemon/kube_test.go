@@ -124,19 +124,16 @@ func TestSpecClusterContext(t *testing.T) {
 
 // TestKubeconfigPathList: the CLI passes its $KUBECONFIG on, which may be a
 // list of files; the daemon merges them as kubectl does, both to open a
-// cluster and to resolve a spec's cluster name. An older CLI's list,
-// joined into "kubeconfig", is read the same way.
+// cluster and to resolve a spec's cluster name.
 func TestKubeconfigPathList(t *testing.T) {
 	dir := shortTempDir(t)
 	a, b := filepath.Join(dir, "a"), filepath.Join(dir, "b")
 	kubetest.WriteKubeconfig(t, a, "dev", "https://127.0.0.1:1", "dev/team-a")
 	kubetest.WriteKubeconfig(t, b, "", "https://127.0.0.2:1", "gke_acme_staging-1/team-b")
-	legacy := KubeconfigSource{LegacyKubeconfig: a + string(filepath.ListSeparator) + b}
 
 	for name, src := range map[string]KubeconfigSource{
 		"list":                  NewKubeconfigSource("", []string{a, b}),
 		"empty element dropped": NewKubeconfigSource("", []string{a, b, ""}),
-		"older CLI":             legacy,
 	} {
 		t.Run(name, func(t *testing.T) {
 			require.Equal(t, NewKubeconfigSource("", []string{a, b}).key(), src.key(), "one source, one cache key")
@@ -168,26 +165,23 @@ func TestKubeconfigPathList(t *testing.T) {
 
 // TestKubeconfigFileWithListSeparator: --kubeconfig is one path even when
 // a directory name contains the list separator, through the request's
-// JSON, its query-string form and the daemon's options; an older
-// request's joined "kubeconfig" is still a list, and a newer one carries
-// that field for an older daemon.
+// JSON, its query-string form and the daemon's options.
 func TestKubeconfigFileWithListSeparator(t *testing.T) {
 	dir := filepath.Join(shortTempDir(t), "a"+string(filepath.ListSeparator)+"b")
 	require.NoError(t, os.Mkdir(dir, 0o700))
 	file := filepath.Join(dir, "config")
 	kubetest.WriteKubeconfig(t, file, "dev", "https://127.0.0.3:1", "dev/colon")
 	src := NewKubeconfigSource(file, []string{"/ignored/when/a/file/is/given"})
-	require.Equal(t, KubeconfigSource{KubeconfigFile: file, LegacyKubeconfig: file}, src, "--kubeconfig wins over $KUBECONFIG, as in kubectl")
+	require.Equal(t, KubeconfigSource{KubeconfigFile: file}, src, "--kubeconfig wins over $KUBECONFIG, as in kubectl")
 
 	b, err := json.Marshal(ConnectRequest{KubeconfigSource: src})
 	require.NoError(t, err)
-	require.Contains(t, string(b), `"kubeconfig":`, "an older daemon still finds the cluster")
 	var req ConnectRequest
 	require.NoError(t, json.Unmarshal(b, &req))
 	r := httptest.NewRequest(http.MethodGet, "/v1/list?"+ClusterRequest{KubeconfigSource: src}.query().Encode(), nil)
 	for name, got := range map[string]KubeconfigSource{"json": req.KubeconfigSource, "query": clusterRequestFromQuery(r).KubeconfigSource} {
 		t.Run(name, func(t *testing.T) {
-			require.Equal(t, src.key(), got.key())
+			require.Equal(t, src, got)
 			kc, err := kube.Resolve(got.Options())
 			require.NoError(t, err)
 			require.Equal(t, "https://127.0.0.3:1", kc.REST.Host)
@@ -195,61 +189,64 @@ func TestKubeconfigFileWithListSeparator(t *testing.T) {
 			require.Equal(t, []string{file}, kc.Files)
 		})
 	}
-
-	for _, tc := range []struct {
-		name, body string
-		want       KubeconfigSource
-	}{
-		{"older CLI, joined $KUBECONFIG", `{"kubeconfig":"/x/a:/x/b"}`, KubeconfigSource{KubeconfigEnv: []string{"/x/a", "/x/b"}}},
-		{"older CLI, empty element", `{"kubeconfig":":/x/a"}`, KubeconfigSource{KubeconfigEnv: []string{"/x/a"}}},
-		{"older CLI, one file", `{"kubeconfig":"/x/a"}`, KubeconfigSource{KubeconfigFile: "/x/a"}},
-		{"newer CLI, file with a separator", `{"kubeconfig":"/x/a:b/c","kubeconfigFile":"/x/a:b/c"}`, KubeconfigSource{KubeconfigFile: "/x/a:b/c"}},
-		{"newer CLI, list", `{"kubeconfig":"/x/a:/x/b","kubeconfigEnv":["/x/a","/x/b"]}`, KubeconfigSource{KubeconfigEnv: []string{"/x/a", "/x/b"}}},
-		{"nothing", `{}`, KubeconfigSource{}},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			if filepath.ListSeparator != ':' {
-				t.Skip("the bodies use ':' as the list separator")
-			}
-			var req ConnectRequest
-			require.NoError(t, json.Unmarshal([]byte(tc.body), &req))
-			got := req.KubeconfigSource.canonical()
-			require.Equal(t, tc.want.KubeconfigFile, got.KubeconfigFile)
-			require.Equal(t, tc.want.KubeconfigEnv, got.KubeconfigEnv)
-			require.Equal(t, got, got.canonical(), "canonical is stable")
-		})
-	}
 }
 
-// TestStateFileLegacyKubeconfig: a state file of an older daemon, whose
-// "kubeconfig" joined $KUBECONFIG, is read as that list; the file written
-// back keeps "kubeconfig" for a downgrade and adds the new fields.
-func TestStateFileLegacyKubeconfig(t *testing.T) {
-	dir := shortTempDir(t)
-	a, b := filepath.Join(dir, "a"), filepath.Join(dir, "b")
-	joined := a + string(filepath.ListSeparator) + b
-	sf := &stateFile{path: filepath.Join(dir, "state.json")}
-	old, err := json.Marshal(map[string]any{"version": stateVersion, "sandboxes": []map[string]any{
-		{"name": "old", "routingKey": "k1", "kubeconfig": joined, "spec": testSpec("old", "localhost:1")},
-	}})
-	require.NoError(t, err)
-	require.NoError(t, os.WriteFile(sf.path, old, 0o600))
+// TestKubeconfigSourceNormalisedWhereItEnters: a source from a request
+// (its JSON body or its query) is normalised as NewKubeconfigSource
+// normalises the CLI's, and the one-field "kubeconfig" of pre-release
+// versions is refused rather than read as no kubeconfig.
+func TestKubeconfigSourceNormalisedWhereItEnters(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		src  KubeconfigSource
+		want KubeconfigSource
+	}{
+		{"nothing", KubeconfigSource{}, KubeconfigSource{}},
+		{"file", KubeconfigSource{KubeconfigFile: "/x/a"}, KubeconfigSource{KubeconfigFile: "/x/a"}},
+		{"file wins over the list", KubeconfigSource{KubeconfigFile: "/x/a", KubeconfigEnv: []string{"/x/b"}}, KubeconfigSource{KubeconfigFile: "/x/a"}},
+		{"empty elements dropped", KubeconfigSource{KubeconfigEnv: []string{"", "/x/a", "", "/x/b"}}, KubeconfigSource{KubeconfigEnv: []string{"/x/a", "/x/b"}}},
+		{"only empty elements", KubeconfigSource{KubeconfigEnv: []string{""}}, KubeconfigSource{}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			require.Equal(t, tc.want, NewKubeconfigSource(tc.src.KubeconfigFile, tc.src.KubeconfigEnv))
+			q := url.Values{}
+			if tc.src.KubeconfigFile != "" {
+				q.Set("kubeconfigFile", tc.src.KubeconfigFile)
+			}
+			for _, p := range tc.src.KubeconfigEnv {
+				q.Add("kubeconfigEnv", p)
+			}
+			r := httptest.NewRequest(http.MethodGet, "/v1/list?"+q.Encode(), nil)
+			require.Equal(t, tc.want, clusterRequestFromQuery(r).KubeconfigSource)
+		})
+	}
 
+	r := httptest.NewRequest(http.MethodPut, "/v1/sandboxes/a", strings.NewReader(`{"kubeconfig":"/x/a:/x/b"}`))
+	var req ConnectRequest
+	require.ErrorContains(t, readJSON(r, &req), `unknown field "kubeconfig"`)
+}
+
+// TestStateFileOneFieldKubeconfig: a state file whose sandbox has the
+// one-field "kubeconfig" of pre-release versions is refused, naming the
+// file, the sandbox and the fix, rather than read as the default
+// kubeconfig; its sources are normalised as they are loaded.
+func TestStateFileOneFieldKubeconfig(t *testing.T) {
+	dir := shortTempDir(t)
+	sf := &stateFile{path: filepath.Join(dir, "state.json")}
+	write := func(sb map[string]any) {
+		b, err := json.Marshal(map[string]any{"version": stateVersion, "sandboxes": []map[string]any{sb}})
+		require.NoError(t, err)
+		require.NoError(t, os.WriteFile(sf.path, b, 0o600))
+	}
+	write(map[string]any{"name": "old", "routingKey": "k1", "kubeconfig": "/x/a", "spec": testSpec("old", "localhost:1")})
+	_, err := sf.Load()
+	require.ErrorContains(t, err, "state file "+sf.path+`: sandbox old has a "kubeconfig" field, which this sbx no longer reads; rename it to "kubeconfigFile"`)
+
+	write(map[string]any{"name": "new", "routingKey": "k1", "kubeconfigEnv": []string{"", "/x/a"}, "spec": testSpec("new", "localhost:1")})
 	sbs, err := sf.Load()
 	require.NoError(t, err)
 	require.Len(t, sbs, 1)
-	require.Equal(t, []string{a, b}, sbs[0].KubeconfigEnv)
-	require.Empty(t, sbs[0].KubeconfigFile)
-
-	require.NoError(t, sf.Save(sbs))
-	raw, err := os.ReadFile(sf.path)
-	require.NoError(t, err)
-	var doc struct {
-		Sandboxes []map[string]any `json:"sandboxes"`
-	}
-	require.NoError(t, json.Unmarshal(raw, &doc))
-	require.Equal(t, joined, doc.Sandboxes[0]["kubeconfig"])
-	require.Equal(t, []any{a, b}, doc.Sandboxes[0]["kubeconfigEnv"])
+	require.Equal(t, KubeconfigSource{KubeconfigEnv: []string{"/x/a"}}, sbs[0].KubeconfigSource)
 }
 
 // TestOpenFollowsCurrentContext: KubeClusters reads the kubeconfig on
@@ -421,15 +418,12 @@ func TestSameCluster(t *testing.T) {
 			require.Equal(t, tc.want, got)
 		})
 	}
-	// A sandbox an older daemon saved with its joined $KUBECONFIG is in
-	// the cluster a newer CLI's list selects.
-	list := []string{kc, filepath.Join(dir, "missing")}
-	legacy := KubeconfigSource{LegacyKubeconfig: strings.Join(list, string(filepath.ListSeparator))}
-	require.True(t, same(legacy, "staging", ClusterRequest{KubeconfigSource: NewKubeconfigSource("", list)}))
-	require.False(t, same(legacy, "staging", ClusterRequest{KubeconfigSource: NewKubeconfigSource(kc, nil)}), "a list is not the one file")
-	// An older CLI sent a $KUBECONFIG of one file as it sent
-	// --kubeconfig; a newer CLI sends it as a list of one.
-	require.True(t, same(KubeconfigSource{LegacyKubeconfig: kc}, "staging", ClusterRequest{KubeconfigSource: NewKubeconfigSource("", []string{kc})}))
+	// A $KUBECONFIG list is its files; a list of one is that file, as
+	// --kubeconfig names it.
+	list := NewKubeconfigSource("", []string{kc, filepath.Join(dir, "missing")})
+	require.True(t, same(list, "staging", ClusterRequest{KubeconfigSource: list}))
+	require.False(t, same(list, "staging", ClusterRequest{KubeconfigSource: NewKubeconfigSource(kc, nil)}), "a list is not the one file")
+	require.True(t, same(NewKubeconfigSource(kc, nil), "staging", ClusterRequest{KubeconfigSource: NewKubeconfigSource("", []string{kc})}))
 }
 
 // TestConnectionKey: a cached connection is reused only for the same
@@ -560,7 +554,7 @@ func TestRestorePinsCurrentContext(t *testing.T) {
 	old, err := json.Marshal(map[string]any{"version": stateVersion, "sandboxes": []map[string]any{
 		// As an older daemon wrote it once applied: nothing left to
 		// save after the restored sandbox is applied again.
-		{"name": "old", "routingKey": "k1", "namespace": "hotrod", "kubeconfig": kc, "spec": testSpec("old", "localhost:1")},
+		{"name": "old", "routingKey": "k1", "namespace": "hotrod", "kubeconfigFile": kc, "spec": testSpec("old", "localhost:1")},
 	}})
 	require.NoError(t, err)
 	require.NoError(t, os.WriteFile(paths.State(), old, 0o600))
@@ -577,9 +571,8 @@ func TestRestorePinsCurrentContext(t *testing.T) {
 	td := startDaemon(t, Options{Paths: paths, Clusters: provider, link: (&fakeLinker{}).link})
 	st := waitPhase(t, td.client, "old", PhaseReady)
 	require.Equal(t, "staging", st.Context)
-	// The status of a restored sandbox (from an older state file's
-	// "kubeconfig") names its kubeconfig, as `sbx env --env-from-baseline`
-	// reads it from there.
+	// The status of a restored sandbox names its kubeconfig, as `sbx env
+	// --env-from-baseline` reads it from there.
 	require.NotNil(t, st.Kubeconfig)
 	require.Equal(t, NewKubeconfigSource(kc, nil), *st.Kubeconfig)
 	mu.Lock()

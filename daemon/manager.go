@@ -10,6 +10,7 @@ import (
 	"strings"
 	"sync"
 
+	"github.com/sbx-dev/sbx/cluster/routingkey"
 	"github.com/sbx-dev/sbx/daemon/config"
 )
 
@@ -143,7 +144,6 @@ func (m *manager) Connect(req ConnectRequest) (s *session, sub chan Progress, re
 		}
 		return s, sub, true, nil
 	}
-	req.KubeconfigSource = req.KubeconfigSource.canonical()
 	// --context wins over spec.cluster, which the user config may map to
 	// a context name (as kubectl-style tools do); without either, the
 	// current context is pinned now (see currentContext).
@@ -220,7 +220,7 @@ func (m *manager) Connect(req ConnectRequest) (s *session, sub chan Progress, re
 	}
 	saved := savedSandbox{
 		Name:             name,
-		RoutingKey:       NewRoutingKey(),
+		RoutingKey:       routingkey.New(),
 		Token:            token,
 		KubeconfigSource: req.KubeconfigSource,
 		Context:          kctx,

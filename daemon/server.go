@@ -256,6 +256,7 @@ func (d *Daemon) handleConnect(w http.ResponseWriter, r *http.Request) error {
 	if err := readJSON(r, &req); err != nil {
 		return err
 	}
+	req.KubeconfigSource = req.KubeconfigSource.normalized()
 	name := r.PathValue("name")
 	if req.Spec.Name != name {
 		return badRequest("the spec's name %q does not match the sandbox %q in the URL", req.Spec.Name, name)
@@ -436,10 +437,9 @@ func clusterRequestFromQuery(r *http.Request) ClusterRequest {
 	q := r.URL.Query()
 	return ClusterRequest{
 		KubeconfigSource: KubeconfigSource{
-			KubeconfigFile:   q.Get("kubeconfigFile"),
-			KubeconfigEnv:    q["kubeconfigEnv"],
-			LegacyKubeconfig: q.Get("kubeconfig"),
-		}.canonical(),
+			KubeconfigFile: q.Get("kubeconfigFile"),
+			KubeconfigEnv:  q["kubeconfigEnv"],
+		}.normalized(),
 		Context:   q.Get("context"),
 		Namespace: q.Get("namespace"),
 	}

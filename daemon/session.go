@@ -338,7 +338,7 @@ func (s *session) connectOnce(ctx context.Context) (time.Time, error) {
 	}
 	s.m.store.UpdateSandbox(s.name, func(st *SandboxStatus) {
 		for i, mp := range st.Mappings {
-			st.Mappings[i].Services = slices.Clone(applied.Services[mappingKey(mp.Workload, mp.Port)])
+			st.Mappings[i].Services = slices.Clone(applied.Services[MappingKey{Workload: mp.Workload, Port: mp.Port}])
 		}
 		if applied.Routes != nil {
 			st.Routes = routeState(st.Routes, *applied.Routes, cfg.Now(), true)
@@ -540,7 +540,7 @@ func canDial(ctx context.Context, network, addr string, timeout time.Duration) b
 
 // initialStatus is a sandbox's status before its first connection.
 func initialStatus(saved savedSandbox, baggageKey string) SandboxStatus {
-	src := saved.KubeconfigSource.canonical()
+	src := saved.KubeconfigSource
 	st := SandboxStatus{
 		Name:       saved.Name,
 		RoutingKey: saved.RoutingKey,

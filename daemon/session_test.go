@@ -14,6 +14,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/sbx-dev/sbx/cluster/routingkey"
 	"github.com/sbx-dev/sbx/cluster/spec"
 	"github.com/sbx-dev/sbx/tunnel"
 )
@@ -26,7 +27,7 @@ func TestConnectWaitStreamsEveryStep(t *testing.T) {
 		func(p Progress) { steps = append(steps, p) })
 	require.NoError(t, err)
 	require.Equal(t, PhaseReady, st.Phase)
-	require.Len(t, st.RoutingKey, routingKeyLen)
+	require.NoError(t, routingkey.Validate(st.RoutingKey))
 	require.Equal(t, "sbx-routing-key", st.BaggageKey)
 	require.Equal(t, []string{"hotrod"}, st.Namespaces)
 	require.Equal(t, []MappingStatus{{Workload: "route", Namespace: "hotrod", Port: 8083, ToLocal: "localhost:1", Services: []string{"route.hotrod"},
@@ -371,17 +372,6 @@ func TestListMarksOrphansAndGC(t *testing.T) {
 	renewsAfter := fc.renews
 	fc.mu.Unlock()
 	require.Greater(t, renewsAfter, renews, "gc renews this daemon's own sandboxes first")
-}
-
-func TestRoutingKeyShape(t *testing.T) {
-	seen := map[string]bool{}
-	for range 1000 {
-		k := NewRoutingKey()
-		require.Len(t, k, routingKeyLen)
-		require.Regexp(t, `^[0-9a-z]{13}$`, k)
-		require.False(t, seen[k])
-		seen[k] = true
-	}
 }
 
 type testClock struct {

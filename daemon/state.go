@@ -33,8 +33,7 @@ type savedSandbox struct {
 	Token     string `json:"token,omitempty"`
 	Namespace string `json:"namespace,omitempty"`
 	// KubeconfigSource is where the sandbox's kubeconfig came from, as
-	// the connect request said; an older daemon's "kubeconfig" is read
-	// as it meant it (see KubeconfigSource), and written along for one.
+	// the connect request said.
 	KubeconfigSource
 	// Context is the context the sandbox was connected to, resolved at
 	// connect ("" when the kubeconfig could not be read then).
@@ -87,10 +86,38 @@ func (f *stateFile) Load() ([]savedSandbox, error) {
 	if doc.Version != stateVersion {
 		return nil, fmt.Errorf("state file %s has version %d, this sbx understands %d (upgrade sbx or move the file away)", f.path, doc.Version, stateVersion)
 	}
+	if err := refuseOneFieldKubeconfig(f.path, b); err != nil {
+		return nil, err
+	}
 	for i := range doc.Sandboxes {
-		doc.Sandboxes[i].KubeconfigSource = doc.Sandboxes[i].KubeconfigSource.canonical()
+		doc.Sandboxes[i].KubeconfigSource = doc.Sandboxes[i].KubeconfigSource.normalized()
 	}
 	return doc.Sandboxes, nil
+}
+
+// refuseOneFieldKubeconfig refuses a state file written before the
+// kubeconfig source had two fields, when a sandbox's "kubeconfig" held
+// --kubeconfig or a joined $KUBECONFIG. This sbx does not read that
+// field; ignored, it would silently move the sandbox to the default
+// kubeconfig, where a context of the same name may be another cluster.
+func refuseOneFieldKubeconfig(path string, b []byte) error {
+	var doc struct {
+		Sandboxes []struct {
+			Name       string  `json:"name"`
+			Kubeconfig *string `json:"kubeconfig"`
+		} `json:"sandboxes"`
+	}
+	if json.Unmarshal(b, &doc) != nil {
+		return nil // it decoded as a stateDoc, so this cannot fail
+	}
+	for _, sb := range doc.Sandboxes {
+		if sb.Kubeconfig != nil {
+			return fmt.Errorf(`state file %s: sandbox %s has a "kubeconfig" field, which this sbx no longer reads; `+
+				`rename it to "kubeconfigFile" (a --kubeconfig path) or "kubeconfigEnv" (a list of $KUBECONFIG paths), `+
+				"or move the file away (the daemon then starts with no sandboxes and `sbx list` shows their cluster objects as orphans)", path, sb.Name)
+		}
+	}
+	return nil
 }
 
 func (f *stateFile) Save(sbs []savedSandbox) error {

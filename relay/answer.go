@@ -9,6 +9,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/sbx-dev/sbx/relay/relayargs"
 )
 
 // answerTimeout bounds how long the relay spends answering one connection
@@ -37,7 +39,7 @@ func busyBody(sandbox string, limit int) string {
 // refusedBody explains a 502: the laptop could not reach the local process
 // (a debugger restarting, a process not started yet). msg is the daemon's
 // own explanation, which names the local address.
-func refusedBody(sandbox string, spec InboundSpec, reason, msg string) string {
+func refusedBody(sandbox string, spec relayargs.Inbound, reason, msg string) string {
 	body := fmt.Sprintf("sbx: sandbox %q: the laptop could not deliver this request to the local process for %s port %d (%s).\n",
 		sandbox, spec.Workload, spec.Port, reason)
 	if msg != "" {

@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"time"
 
+	"github.com/sbx-dev/sbx/relay/relayargs"
 	"github.com/sbx-dev/sbx/tunnel"
 )
 
@@ -50,7 +51,7 @@ func (r *Relay) acceptInbound(in inboundListener) {
 // session is up it is held for up to the grace period; after that, or when
 // the laptop cannot reach its local process, HTTP ports get an explanatory
 // 503/502 and TCP ports are closed.
-func (r *Relay) serveInbound(spec InboundSpec, conn net.Conn) {
+func (r *Relay) serveInbound(spec relayargs.Inbound, conn net.Conn) {
 	defer conn.Close()
 	// The whole connection counts for the drain, so one accepted before
 	// SIGTERM is answered or served, not cut mid-open.
@@ -138,7 +139,7 @@ func (r *Relay) serveInbound(spec InboundSpec, conn net.Conn) {
 }
 
 // answerOffline answers a connection that found no laptop within grace.
-func (r *Relay) answerOffline(log *slog.Logger, spec InboundSpec, conn net.Conn) {
+func (r *Relay) answerOffline(log *slog.Logger, spec relayargs.Inbound, conn net.Conn) {
 	since, ever := r.sessions.offlineState()
 	if !spec.AppProtocol.IsHTTP() {
 		r.m.inboundClosed.WithLabelValues("offline").Inc()
@@ -165,7 +166,7 @@ func (r *Relay) takeStream(kind string) bool {
 func (r *Relay) releaseStream() { r.streamsN.Add(-1) }
 
 // answerBusy answers an inbound connection refused at MaxStreams.
-func (r *Relay) answerBusy(log *slog.Logger, spec InboundSpec, conn net.Conn) {
+func (r *Relay) answerBusy(log *slog.Logger, spec relayargs.Inbound, conn net.Conn) {
 	log.Info("relay at its stream limit; refusing an inbound connection", "maxStreams", r.opts.MaxStreams)
 	if !spec.AppProtocol.IsHTTP() {
 		r.m.inboundClosed.WithLabelValues("busy").Inc()
@@ -177,7 +178,7 @@ func (r *Relay) answerBusy(log *slog.Logger, spec InboundSpec, conn net.Conn) {
 }
 
 // answerRefused answers a connection the laptop could not deliver locally.
-func (r *Relay) answerRefused(log *slog.Logger, spec InboundSpec, conn net.Conn, de *tunnel.DialError) {
+func (r *Relay) answerRefused(log *slog.Logger, spec relayargs.Inbound, conn net.Conn, de *tunnel.DialError) {
 	if !spec.AppProtocol.IsHTTP() {
 		r.m.inboundClosed.WithLabelValues(de.Reason.String()).Inc()
 		log.Info("laptop could not reach its local process; closing TCP connection", "reason", de.Reason, "msg", de.Message)
@@ -191,7 +192,7 @@ func (r *Relay) answerRefused(log *slog.Logger, spec InboundSpec, conn net.Conn,
 
 // answerError answers a connection whose stream could not be opened for a
 // tunnel failure (sessions dying under it).
-func (r *Relay) answerError(log *slog.Logger, spec InboundSpec, conn net.Conn, err error) {
+func (r *Relay) answerError(log *slog.Logger, spec relayargs.Inbound, conn net.Conn, err error) {
 	if !spec.AppProtocol.IsHTTP() {
 		r.m.inboundClosed.WithLabelValues("error").Inc()
 		_ = conn.Close()

@@ -12,15 +12,13 @@ import (
 
 	"github.com/spf13/pflag"
 
+	"github.com/sbx-dev/sbx/relay/relayargs"
 	"github.com/sbx-dev/sbx/tunnel"
 )
 
-// Defaults for the relay flags.
+// Defaults of the relay flags that sbx never sets; the others are part of
+// the command-line contract (package relayargs).
 const (
-	DefaultListen       = "127.0.0.1:7000"
-	DefaultHealthListen = ":7001"
-	DefaultGrace        = 10 * time.Second
-	DefaultDrainTimeout = 20 * time.Second
 	// DefaultDrainDelay is how long a relay told to stop keeps accepting
 	// inbound connections while a laptop is connected: the time the mesh
 	// takes to learn that the pod is going (endpoint removal reaches the
@@ -35,22 +33,10 @@ const (
 	DefaultIdleTimeout = 2 * time.Minute
 	DefaultDialTimeout = 10 * time.Second
 	DefaultMaxHeld     = 1024
-	// DefaultMaxStreams bounds the streams the relay serves at once. Each
-	// may buffer up to about twice the tunnel's 1 MiB stream window
-	// (yamux's receive buffer grows by doubling) when its reader stalls,
-	// plus up to 512 KiB of copy buffers (2 × 256 KiB while bulk data
-	// flows, 32 KiB for a direction that carries only requests): ~2.5 MiB
-	// a stream, so 128 streams buffer up to ~320 MiB in the worst case,
-	// which leaves the rest of the process room under GOMEMLIMIT (460 MiB)
-	// and the relay container's 512 Mi limit. A developer raises (or
-	// lowers) the cap with relayMaxStreams in the sbx config (1-4096); sbx
-	// then passes --max-streams and sizes the pod's memory for it
-	// (cluster.relayMemory: max(512Mi, N × 2.5 MiB + 64 MiB)).
-	DefaultMaxStreams = 128
 )
 
-// Options configure a relay. ParseArgs builds them from the command line the
-// cluster code writes into the relay Deployment.
+// Options configure a relay. ParseArgs builds them from the command line
+// package cluster writes into the relay Deployment (relayargs.Args).
 type Options struct {
 	// Sandbox is the sandbox's name; a daemon whose Hello names another
 	// sandbox is refused, and 503 answers name it.
@@ -62,7 +48,7 @@ type Options struct {
 	// default, for kubelet probes on the pod IP).
 	HealthListen string
 	// Inbound lists the ports the relay listens on for the sandbox Services.
-	Inbound []InboundSpec
+	Inbound []relayargs.Inbound
 	// Grace is how long an inbound connection is held while no laptop is
 	// connected before it is answered 503 (HTTP) or closed (TCP).
 	Grace time.Duration
@@ -81,7 +67,7 @@ type Options struct {
 	// are answered at once.
 	MaxHeld int
 	// MaxStreams bounds the inbound and outbound streams served at once
-	// (0: DefaultMaxStreams); beyond it inbound HTTP is answered 503,
+	// (0: relayargs.DefaultMaxStreams); beyond it inbound HTTP is answered 503,
 	// inbound TCP closed and outbound streams refused, all saying why.
 	MaxStreams int
 	// Deny adds address ranges to the outbound dial policy's built-in ones.
@@ -114,37 +100,37 @@ type Flags struct {
 // NewFlags returns flags holding the defaults.
 func NewFlags() *Flags {
 	return &Flags{
-		listen:       DefaultListen,
-		healthListen: DefaultHealthListen,
-		grace:        DefaultGrace,
-		drainTimeout: DefaultDrainTimeout,
+		listen:       relayargs.DefaultListen(),
+		healthListen: relayargs.DefaultHealthListen(),
+		grace:        relayargs.DefaultGrace,
+		drainTimeout: relayargs.DefaultDrainTimeout,
 		drainDelay:   DefaultDrainDelay,
 		idleTimeout:  DefaultIdleTimeout,
 		dialTimeout:  DefaultDialTimeout,
 		maxHeld:      DefaultMaxHeld,
-		maxStreams:   DefaultMaxStreams,
+		maxStreams:   relayargs.DefaultMaxStreams,
 	}
 }
 
 // AddFlags registers the relay flags on fs.
 func (f *Flags) AddFlags(fs *pflag.FlagSet) {
-	fs.StringVar(&f.sandbox, "sandbox", f.sandbox, "name of the sandbox this relay serves (required), e.g. --sandbox alice")
-	fs.StringVar(&f.listen, "listen", f.listen, "tunnel listener; must be a loopback address, reached only through a port-forward, e.g. --listen 127.0.0.1:7000")
-	fs.StringVar(&f.healthListen, "health-listen", f.healthListen, "address for /healthz, /readyz and /metrics, e.g. --health-listen :7001")
-	fs.Var(&f.inbound, "inbound", "inbound port, repeatable: containerPort=workload/port[/appProtocol] with appProtocol tcp (default), http, http2 or grpc, e.g. --inbound 20001=route/8083/http")
-	fs.DurationVar(&f.grace, "grace", f.grace, "how long an inbound connection waits for the laptop before HTTP ports answer 503 and TCP ports close, e.g. --grace 10s")
-	fs.DurationVar(&f.drainTimeout, "drain-timeout", f.drainTimeout, "on SIGTERM, how long open streams may finish before they are cut, e.g. --drain-timeout 20s")
-	fs.DurationVar(&f.drainDelay, "drain-delay", f.drainDelay, "on SIGTERM, how long inbound connections are still accepted while the laptop is connected, for the mesh to learn the pod is going (part of --drain-timeout), e.g. --drain-delay 5s")
-	fs.DurationVar(&f.idleTimeout, "idle-timeout", f.idleTimeout, "close an inbound connection that has had its answer and sent nothing since for this long (mesh keep-alive connections otherwise hold a stream slot for Envoy's 1h); a request waiting for the laptop is never idle; 0 disables, e.g. --idle-timeout 5m")
-	fs.DurationVar(&f.dialTimeout, "dial-timeout", f.dialTimeout, "bound on each outbound dial including DNS, e.g. --dial-timeout 5s")
-	fs.IntVar(&f.maxHeld, "max-held", f.maxHeld, "most inbound connections held while the laptop is offline; more are answered at once, e.g. --max-held 256")
-	fs.IntVar(&f.maxStreams, "max-streams", f.maxStreams, "most inbound and outbound streams served at once, bounding the relay's memory (each may buffer ~2.5 MiB when its reader stalls); more are refused with a 503 or a reason; 0 means the default. "+
-		"sbx sets it from relayMaxStreams in the sbx config (1-4096; sbx render --relay-max-streams shows the result) and sizes the pod's memory limit to match, "+
+	fs.StringVar(&f.sandbox, relayargs.FlagSandbox, f.sandbox, "name of the sandbox this relay serves (required), e.g. --sandbox alice")
+	fs.StringVar(&f.listen, relayargs.FlagListen, f.listen, "tunnel listener; must be a loopback address, reached only through a port-forward, e.g. --listen 127.0.0.1:7000")
+	fs.StringVar(&f.healthListen, relayargs.FlagHealthListen, f.healthListen, "address for /healthz, /readyz and /metrics, e.g. --health-listen :7001")
+	fs.Var(&f.inbound, relayargs.FlagInbound, "inbound port, repeatable: containerPort=workload/port[/appProtocol] with appProtocol tcp (default), http, http2 or grpc, e.g. --inbound 20001=route/8083/http")
+	fs.DurationVar(&f.grace, relayargs.FlagGrace, f.grace, "how long an inbound connection waits for the laptop before HTTP ports answer 503 and TCP ports close, e.g. --grace 10s")
+	fs.DurationVar(&f.drainTimeout, relayargs.FlagDrainTimeout, f.drainTimeout, "on SIGTERM, how long open streams may finish before they are cut, e.g. --drain-timeout 20s")
+	fs.DurationVar(&f.drainDelay, relayargs.FlagDrainDelay, f.drainDelay, "on SIGTERM, how long inbound connections are still accepted while the laptop is connected, for the mesh to learn the pod is going (part of --drain-timeout), e.g. --drain-delay 5s")
+	fs.DurationVar(&f.idleTimeout, relayargs.FlagIdleTimeout, f.idleTimeout, "close an inbound connection that has had its answer and sent nothing since for this long (mesh keep-alive connections otherwise hold a stream slot for Envoy's 1h); a request waiting for the laptop is never idle; 0 disables, e.g. --idle-timeout 5m")
+	fs.DurationVar(&f.dialTimeout, relayargs.FlagDialTimeout, f.dialTimeout, "bound on each outbound dial including DNS, e.g. --dial-timeout 5s")
+	fs.IntVar(&f.maxHeld, relayargs.FlagMaxHeld, f.maxHeld, "most inbound connections held while the laptop is offline; more are answered at once, e.g. --max-held 256")
+	fs.IntVar(&f.maxStreams, relayargs.FlagMaxStreams, f.maxStreams, "most inbound and outbound streams served at once, bounding the relay's memory (each may buffer ~2.5 MiB when its reader stalls); more are refused with a 503 or a reason; 0 means the default. "+
+		"sbx sets it from relayMaxStreams in the sbx config (1-"+strconv.Itoa(relayargs.MaxStreamsLimit)+"; sbx render --relay-max-streams shows the result) and sizes the pod's memory limit to match, "+
 		"max(512Mi, streams × 2.5 MiB + 64 MiB), e.g. --max-streams 256")
-	fs.Var(&f.deny, "deny", "address or CIDR the relay must never dial, repeatable, on top of its built-in list (link-local, the cloud metadata services, 0.0.0.0/8, loopback, multicast, its own pod); "+
+	fs.Var(&f.deny, relayargs.FlagDeny, "address or CIDR the relay must never dial, repeatable, on top of its built-in list (link-local, the cloud metadata services, 0.0.0.0/8, loopback, multicast, its own pod); "+
 		"an IPv4 range also refuses its IPv6 forms (NAT64, 6to4, IPv4-compatible), an IPv6 range applies as written. "+
 		"sbx sets it from outbound.deny in the sbx config (sbx render --relay-deny shows the result), e.g. --deny 10.0.0.0/24")
-	fs.StringVar(&f.tokenSHA256, "token-sha256", f.tokenSHA256, "the SHA-256 of the tunnel token, 64 hex digits (required): a daemon whose Hello carries a token with this hash is accepted. "+
+	fs.StringVar(&f.tokenSHA256, relayargs.FlagTokenSHA256, f.tokenSHA256, "the SHA-256 of the tunnel token, 64 hex digits (required): a daemon whose Hello carries a token with this hash is accepted. "+
 		"The relay never holds the token itself, so anyone who can read the relay Deployment learns only the hash. "+
 		"sbx sets it from the token the sbx daemon minted and keeps; by hand, e.g. --token-sha256 \"$(printf %s \"$TOKEN\" | sha256sum | cut -d' ' -f1)\"")
 }
@@ -155,7 +141,7 @@ func (f *Flags) Options() (Options, error) {
 		Sandbox:      f.sandbox,
 		Listen:       f.listen,
 		HealthListen: f.healthListen,
-		Inbound:      append([]InboundSpec(nil), f.inbound...),
+		Inbound:      append([]relayargs.Inbound(nil), f.inbound...),
 		Grace:        f.grace,
 		DrainTimeout: f.drainTimeout,
 		DrainDelay:   f.drainDelay,
@@ -200,7 +186,7 @@ func (o Options) Validate() error {
 	var errs []error
 	if o.Sandbox == "" {
 		errs = append(errs, errors.New("--sandbox is required"))
-	} else if err := checkDNSLabel(o.Sandbox); err != nil {
+	} else if err := relayargs.CheckName(o.Sandbox); err != nil {
 		errs = append(errs, fmt.Errorf("--sandbox: %w", err))
 	}
 	if o.TokenVerifier.IsZero() {
@@ -248,7 +234,7 @@ func (o Options) Validate() error {
 		errs = append(errs, fmt.Errorf("--max-held %d is negative (0 holds nothing)", o.MaxHeld))
 	}
 	if o.MaxStreams < 0 {
-		errs = append(errs, fmt.Errorf("--max-streams %d is negative (give at least 1, or leave it out for %d)", o.MaxStreams, DefaultMaxStreams))
+		errs = append(errs, fmt.Errorf("--max-streams %d is negative (give at least 1, or leave it out for %d)", o.MaxStreams, relayargs.DefaultMaxStreams))
 	}
 	return errors.Join(errs...)
 }
@@ -287,7 +273,7 @@ func splitListen(addr string) (string, uint16, error) {
 
 // inboundFlag is the repeatable --inbound value; one flag may also carry a
 // comma-separated list.
-type inboundFlag []InboundSpec
+type inboundFlag []relayargs.Inbound
 
 func (f *inboundFlag) String() string {
 	parts := make([]string, len(*f))
@@ -299,7 +285,7 @@ func (f *inboundFlag) String() string {
 
 func (f *inboundFlag) Set(v string) error {
 	for _, item := range strings.Split(v, ",") {
-		spec, err := ParseInbound(strings.TrimSpace(item))
+		spec, err := relayargs.ParseInbound(strings.TrimSpace(item))
 		if err != nil {
 			return err
 		}
@@ -324,7 +310,7 @@ func (f *denyFlag) String() string {
 func (f *denyFlag) Set(v string) error {
 	for _, item := range strings.Split(v, ",") {
 		item = strings.TrimSpace(item)
-		p, err := parsePrefix(item)
+		p, err := relayargs.ParseDeny(item)
 		if err != nil {
 			return err
 		}
@@ -334,27 +320,3 @@ func (f *denyFlag) Set(v string) error {
 }
 
 func (f *denyFlag) Type() string { return "cidr" }
-
-// parsePrefix reads a --deny value: a CIDR (host bits are dropped) or a
-// single address. An IPv4-mapped one (::ffff:10.0.0.0/104) is its IPv4
-// range, since the policy sees IPv4-mapped addresses as IPv4.
-// cluster.ParseRelayDeny and the sbx config read outbound.deny the same way.
-func parsePrefix(s string) (netip.Prefix, error) {
-	var p netip.Prefix
-	if !strings.Contains(s, "/") {
-		a, err := netip.ParseAddr(s)
-		if err != nil || a.Zone() != "" {
-			return netip.Prefix{}, fmt.Errorf("%q is neither an address nor a CIDR such as 10.0.0.0/24", s)
-		}
-		p = netip.PrefixFrom(a, a.BitLen())
-	} else {
-		var err error
-		if p, err = netip.ParsePrefix(s); err != nil {
-			return netip.Prefix{}, fmt.Errorf("%q is not a CIDR such as 10.0.0.0/24: %w", s, err)
-		}
-	}
-	if p.Addr().Is4In6() && p.Bits() >= 96 {
-		p = netip.PrefixFrom(p.Addr().Unmap(), p.Bits()-96)
-	}
-	return p.Masked(), nil
-}

@@ -13,92 +13,9 @@ import (
 	"github.com/spf13/pflag"
 	"github.com/stretchr/testify/require"
 
+	"github.com/sbx-dev/sbx/relay/relayargs"
 	"github.com/sbx-dev/sbx/tunnel"
 )
-
-func TestInboundSpecRoundTrip(t *testing.T) {
-	tests := []struct {
-		in      string
-		parsed  InboundSpec
-		encoded string
-	}{
-		{"20001=route/8083", InboundSpec{20001, "route", 8083, ProtoTCP}, "20001=route/8083"},
-		{"20001=route/8083/tcp", InboundSpec{20001, "route", 8083, ProtoTCP}, "20001=route/8083"},
-		{"20001=route/8083/http", InboundSpec{20001, "route", 8083, ProtoHTTP}, "20001=route/8083/http"},
-		{"20002=driver/8082/HTTP2", InboundSpec{20002, "driver", 8082, ProtoHTTP2}, "20002=driver/8082/http2"},
-		{"20003=my-svc-2/9090/grpc", InboundSpec{20003, "my-svc-2", 9090, ProtoGRPC}, "20003=my-svc-2/9090/grpc"},
-		{"1=a/1", InboundSpec{1, "a", 1, ProtoTCP}, "1=a/1"},
-		{"65535=" + strings.Repeat("x", 63) + "/65535/Grpc", InboundSpec{65535, strings.Repeat("x", 63), 65535, ProtoGRPC}, "65535=" + strings.Repeat("x", 63) + "/65535/grpc"},
-	}
-	for _, tt := range tests {
-		t.Run(tt.in, func(t *testing.T) {
-			got, err := ParseInbound(tt.in)
-			require.NoError(t, err)
-			require.Equal(t, tt.parsed, got)
-			require.Equal(t, tt.encoded, got.String())
-			again, err := ParseInbound(got.String())
-			require.NoError(t, err)
-			require.Equal(t, got, again)
-		})
-	}
-}
-
-func TestInboundSpecErrors(t *testing.T) {
-	tests := []struct {
-		in, want string
-	}{
-		{"", "missing '='"},
-		{"20001", "missing '='"},
-		{"=route/8083", "container port: empty port"},
-		{"0=route/8083", "not in 1-65535"},
-		{"65536=route/8083", "not in 1-65535"},
-		{"020001=route/8083", "leading zero"},
-		{"+1=route/8083", "not a number"},
-		{"20001=route", "want workload/port"},
-		{"20001=route/8083/http/x", "want workload/port"},
-		{"20001=/8083", "workload: empty name"},
-		{"20001=Route/8083", "DNS-1123"},
-		{"20001=-route/8083", "DNS-1123"},
-		{"20001=route-/8083", "DNS-1123"},
-		{"20001=ro_ute/8083", "DNS-1123"},
-		{"20001=" + strings.Repeat("x", 64) + "/8083", "longer than 63"},
-		{"20001=route/", "workload port: empty port"},
-		{"20001=route/http", "not a number"},
-		{"20001=route/8083/https", `appProtocol "https" is not one of tcp, http, http2, grpc`},
-		{"20001=route/8083/", `appProtocol "" is not one of`},
-	}
-	for _, tt := range tests {
-		t.Run(tt.in, func(t *testing.T) {
-			_, err := ParseInbound(tt.in)
-			require.Error(t, err)
-			require.Contains(t, err.Error(), tt.want)
-			require.Contains(t, err.Error(), "e.g. 20001=route/8083/http", "every error shows the syntax")
-		})
-	}
-}
-
-func FuzzParseInbound(f *testing.F) {
-	for _, s := range []string{"20001=route/8083", "20001=route/8083/http", "1=a/1/GRPC", "=//", "20001=route/8083/tcp/x", "0=a/0"} {
-		f.Add(s)
-	}
-	f.Fuzz(func(t *testing.T, s string) {
-		spec, err := ParseInbound(s)
-		if err != nil {
-			return
-		}
-		enc := spec.String()
-		again, err := ParseInbound(enc)
-		if err != nil {
-			t.Fatalf("ParseInbound(%q) = %+v encodes to %q which does not parse: %v", s, spec, enc, err)
-		}
-		if again != spec {
-			t.Fatalf("round trip changed %+v to %+v", spec, again)
-		}
-		if again.String() != enc {
-			t.Fatalf("encoding is not canonical: %q then %q", enc, again.String())
-		}
-	})
-}
 
 func TestParseArgs(t *testing.T) {
 	o, err := ParseArgs([]string{
@@ -121,11 +38,11 @@ func TestParseArgs(t *testing.T) {
 		Sandbox:      "alice",
 		Listen:       "127.0.0.1:7000",
 		HealthListen: ":7001",
-		Inbound: []InboundSpec{
-			{20001, "route", 8083, ProtoHTTP},
-			{20002, "driver", 8082, ProtoTCP},
-			{20003, "a", 1, ProtoGRPC},
-			{20004, "b", 2, ProtoTCP},
+		Inbound: []relayargs.Inbound{
+			{ContainerPort: 20001, Workload: "route", Port: 8083, AppProtocol: relayargs.ProtoHTTP},
+			{ContainerPort: 20002, Workload: "driver", Port: 8082, AppProtocol: relayargs.ProtoTCP},
+			{ContainerPort: 20003, Workload: "a", Port: 1, AppProtocol: relayargs.ProtoGRPC},
+			{ContainerPort: 20004, Workload: "b", Port: 2, AppProtocol: relayargs.ProtoTCP},
 		},
 		Grace:        10 * time.Second,
 		DrainTimeout: 20 * time.Second,
@@ -133,7 +50,7 @@ func TestParseArgs(t *testing.T) {
 		IdleTimeout:  DefaultIdleTimeout,
 		DialTimeout:  DefaultDialTimeout,
 		MaxHeld:      DefaultMaxHeld,
-		MaxStreams:   DefaultMaxStreams,
+		MaxStreams:   relayargs.DefaultMaxStreams,
 		Deny: []netip.Prefix{netip.MustParsePrefix("10.200.0.5/32"), netip.MustParsePrefix("10.0.0.0/8"),
 			netip.MustParsePrefix("172.16.0.0/12"), netip.MustParsePrefix("fd00:bad::/32"),
 			netip.MustParsePrefix("192.168.0.0/16"), netip.MustParsePrefix("1.2.3.4/32")},
@@ -144,10 +61,11 @@ func TestParseArgs(t *testing.T) {
 	o, err = ParseArgs([]string{"--sandbox", "bob", "--token-sha256", testVerifier})
 	require.NoError(t, err)
 	require.Equal(t, "bob", o.Sandbox)
-	require.Equal(t, DefaultListen, o.Listen)
-	require.Equal(t, DefaultHealthListen, o.HealthListen)
-	require.Equal(t, DefaultGrace, o.Grace)
-	require.Equal(t, DefaultDrainTimeout, o.DrainTimeout)
+	require.Equal(t, "127.0.0.1:7000", o.Listen)
+	require.Equal(t, ":7001", o.HealthListen)
+	require.Equal(t, relayargs.DefaultGrace, o.Grace)
+	require.Equal(t, relayargs.DefaultDrainTimeout, o.DrainTimeout)
+	require.Equal(t, relayargs.DefaultMaxStreams, o.MaxStreams)
 	require.Empty(t, o.Inbound)
 
 	// IPv6 loopback is loopback too.
@@ -156,6 +74,37 @@ func TestParseArgs(t *testing.T) {
 
 	_, err = ParseArgs([]string{"--help"})
 	require.ErrorIs(t, err, pflag.ErrHelp)
+}
+
+// TestParseArgsReadsEncodedArgs: what package cluster renders with
+// relayargs.Args.Encode is what the relay parses, setting for setting.
+func TestParseArgsReadsEncodedArgs(t *testing.T) {
+	a := relayargs.Args{
+		Sandbox: "alice", TokenSHA256: testVerifier,
+		Listen: relayargs.DefaultListen(), HealthListen: relayargs.DefaultHealthListen(),
+		Inbound: []relayargs.Inbound{
+			{ContainerPort: 20001, Workload: "route", Port: 8083, AppProtocol: relayargs.ProtoHTTP},
+			{ContainerPort: 20002, Workload: "db", Port: 5432, AppProtocol: relayargs.ProtoTCP},
+			{ContainerPort: 20003, Workload: "api", Port: 9090, AppProtocol: relayargs.ProtoGRPC},
+		},
+		Grace: 3 * time.Second, DrainTimeout: 7 * time.Second, MaxStreams: 256,
+		Deny: []netip.Prefix{netip.MustParsePrefix("10.0.0.0/24"), netip.MustParsePrefix("100.64.0.7/32"), netip.MustParsePrefix("fd00:bad::/32")},
+	}
+	o, err := ParseArgs(a.Encode())
+	require.NoError(t, err)
+	require.Equal(t, Options{
+		Sandbox: a.Sandbox, Listen: a.Listen, HealthListen: a.HealthListen, Inbound: a.Inbound,
+		Grace: a.Grace, DrainTimeout: a.DrainTimeout, MaxStreams: a.MaxStreams, Deny: a.Deny,
+		DrainDelay: DefaultDrainDelay, IdleTimeout: DefaultIdleTimeout, DialTimeout: DefaultDialTimeout, MaxHeld: DefaultMaxHeld,
+		TokenVerifier: tunnel.VerifierOf(testToken),
+	}, o)
+
+	// The default stream cap is not written, and is what the relay takes.
+	a.MaxStreams = relayargs.DefaultMaxStreams
+	o, err = ParseArgs(a.Encode())
+	require.NoError(t, err)
+	require.Equal(t, relayargs.DefaultMaxStreams, o.MaxStreams)
+	require.NotContains(t, a.Encode(), "--"+relayargs.FlagMaxStreams)
 }
 
 func TestParseArgsErrors(t *testing.T) {
@@ -184,9 +133,9 @@ func TestParseArgsErrors(t *testing.T) {
 		{"negative grace", []string{"--sandbox", "a", "--grace", "-1s"}, "--grace -1s is negative"},
 		{"negative max streams", []string{"--sandbox", "a", "--max-streams", "-1"}, "--max-streams -1 is negative"},
 		{"zero dial timeout", []string{"--sandbox", "a", "--dial-timeout", "0s"}, "--dial-timeout 0s must be positive"},
-		{"bad deny", []string{"--sandbox", "a", "--deny", "metadata"}, "neither an address nor a CIDR"},
-		{"deny prefix too long", []string{"--sandbox", "a", "--deny", "10.0.0.0/33"}, `"10.0.0.0/33" is not a CIDR`},
-		{"deny zone", []string{"--sandbox", "a", "--deny", "fe80::1%eth0"}, "neither an address nor a CIDR"},
+		{"bad deny", []string{"--sandbox", "a", "--deny", "metadata"}, `"metadata" is not an IP address or CIDR prefix`},
+		{"deny prefix too long", []string{"--sandbox", "a", "--deny", "10.0.0.0/33"}, `"10.0.0.0/33" is not an IP address or CIDR prefix`},
+		{"deny zone", []string{"--sandbox", "a", "--deny", "fe80::1%eth0"}, `"fe80::1%eth0" is not an IP address or CIDR prefix`},
 		{"positional", []string{"--sandbox", "a", "extra"}, "relay takes no arguments"},
 		{"unknown flag", []string{"--sandbox", "a", "--frobnicate"}, "unknown flag: --frobnicate"},
 	}

@@ -17,6 +17,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/sbx-dev/sbx/relay/relayargs"
 	"github.com/sbx-dev/sbx/tunnel"
 )
 
@@ -100,7 +101,7 @@ type Relay struct {
 }
 
 type inboundListener struct {
-	spec InboundSpec
+	spec relayargs.Inbound
 	l    net.Listener
 }
 
@@ -112,7 +113,7 @@ func New(opts Options, deps Deps) (*Relay, error) {
 		return nil, err
 	}
 	if opts.MaxStreams == 0 {
-		opts.MaxStreams = DefaultMaxStreams
+		opts.MaxStreams = relayargs.DefaultMaxStreams
 	}
 	if deps.Logger == nil {
 		deps.Logger = slog.New(slog.DiscardHandler)

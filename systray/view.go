@@ -6,6 +6,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/sbx-dev/sbx/cluster/routingkey"
 	"github.com/sbx-dev/sbx/daemon"
 )
 
@@ -128,10 +129,6 @@ type View struct {
 	Tooltip string
 	Items   []Item
 }
-
-// defaultBaggageKey is the baggage member the mesh routes on when the
-// daemon does not say otherwise.
-const defaultBaggageKey = "sbx-routing-key"
 
 // Menu labels the tests and the D-Bus checks look for.
 const (
@@ -395,7 +392,7 @@ func mappingItem(m daemon.MappingStatus, withNamespace bool) Item {
 func BaggageHeader(sb daemon.SandboxStatus) string {
 	k := sb.BaggageKey
 	if k == "" {
-		k = defaultBaggageKey
+		k = routingkey.DefaultBaggageKey
 	}
 	return "baggage: " + k + "=" + sb.RoutingKey
 }

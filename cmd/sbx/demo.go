@@ -128,19 +128,19 @@ func runDemo(ctx context.Context, g *globalOptions, keep bool) (err error) {
 	if err != nil {
 		return fmt.Errorf("connect the demo sandbox: %w (log: %s)", err, logPath)
 	}
-	key := st.RoutingKey
-	d.say("ready: routing key %s. Requests whose baggage header carries sbx-routing-key=%s now reach your laptop.", key, key)
+	key, bk := st.RoutingKey, st.BaggageKey
+	d.say("ready: routing key %s. Requests whose baggage header carries %s=%s now reach your laptop.", key, bk, key)
 
 	d.step(4, "Sending requests to frontend from a pod in the cluster")
 	d.say("Services pass the W3C baggage header on to the services they call (tracing libraries do it).")
-	d.say("The mesh sends route requests whose baggage has sbx-routing-key=%s to the sandbox's relay,", key)
+	d.say("The mesh sends route requests whose baggage has %s=%s to the sandbox's relay,", bk, key)
 	d.say("and the relay sends them through the tunnel to your laptop. Everything else stays on baseline.")
 	other := strings.Repeat("x", len(key))
 	d.table(ctx, []demoRequest{
 		{baggage: "", route: sim.BaselineVersion, why: "no key: baseline everywhere"},
-		{baggage: "sbx-routing-key=" + key, route: "v2", why: "the key: route is served by your laptop"},
-		{baggage: "userid=42, sbx-routing-key=" + key + ";ttl=60", route: "v2", why: "the key among other baggage members"},
-		{baggage: "sbx-routing-key=" + other, route: sim.BaselineVersion, why: "someone else's key: baseline"},
+		{baggage: bk + "=" + key, route: "v2", why: "the key: route is served by your laptop"},
+		{baggage: "userid=42, " + bk + "=" + key + ";ttl=60", route: "v2", why: "the key among other baggage members"},
+		{baggage: bk + "=" + other, route: sim.BaselineVersion, why: "someone else's key: baseline"},
 	}, true)
 
 	d.step(5, "Your laptop reaching the cluster")
@@ -149,7 +149,7 @@ func runDemo(ctx context.Context, g *globalOptions, keep bool) (err error) {
 	d.outbound(ctx, laptop)
 
 	if keep {
-		d.keep(ctx, key, dir)
+		d.keep(ctx, bk+"="+key, dir)
 	}
 
 	d.step(6, "Disconnecting")
@@ -170,7 +170,7 @@ func runDemo(ctx context.Context, g *globalOptions, keep bool) (err error) {
 		d.say("the VirtualService hotrod/route (owned by CD) is back to exactly what it was.")
 	}
 	d.table(dctx, []demoRequest{
-		{baggage: "sbx-routing-key=" + key, route: sim.BaselineVersion, why: "the old key: back to baseline"},
+		{baggage: bk + "=" + key, route: sim.BaselineVersion, why: "the old key: back to baseline"},
 	}, true)
 	if d.check(d.unreachable(dctx, laptop), "the laptop still reaches the cluster after the last sandbox left") {
 		d.say("and the laptop no longer reaches the cluster: the outbound proxy closed with the last sandbox.")
@@ -356,9 +356,9 @@ func (d *demo) unreachable(ctx context.Context, laptop *http.Client) bool {
 	}
 }
 
-// keep prints how to try the running demo from another terminal and waits
-// for Ctrl-C.
-func (d *demo) keep(ctx context.Context, key string, dir string) {
+// keep prints how to try the running demo from another terminal (member is
+// the baggage member that routes to the laptop) and waits for Ctrl-C.
+func (d *demo) keep(ctx context.Context, member string, dir string) {
 	u, err := d.env.Sim.ServiceURL(sim.AppNamespace, "frontend", 8080)
 	if err != nil {
 		d.say("cannot show the frontend URL: %v", err)
@@ -374,7 +374,7 @@ func (d *demo) keep(ctx context.Context, key string, dir string) {
 	d.say("  # baseline everywhere:")
 	d.say("  curl -s %s/dispatch", u)
 	d.say("  # route served by your laptop:")
-	d.say("  curl -s -H 'baggage: sbx-routing-key=%s' %s/dispatch", key, u)
+	d.say("  curl -s -H 'baggage: %s' %s/dispatch", member, u)
 	d.say("")
 	d.say("The simulated cluster's API is at %s; with", d.env.Sim.APIServerURL())
 	d.say("  export KUBECONFIG=%s", kubeconfig)

@@ -28,6 +28,7 @@ import (
 	"github.com/sbx-dev/sbx/cluster/portforward"
 	"github.com/sbx-dev/sbx/daemon"
 	"github.com/sbx-dev/sbx/daemon/peeruid/peeruidtest"
+	"github.com/sbx-dev/sbx/relay/relayargs"
 	"github.com/sbx-dev/sbx/tools/testbed/sim"
 )
 
@@ -338,7 +339,7 @@ func flood(t *testing.T, b *binaryEnv) func() {
 	d, err := portforward.New(portforward.Config{
 		REST: b.sim.RESTConfig, Client: b.sim.Clients.Kube, Namespace: sim.AppNamespace,
 		Selector: labels.Set{cluster.LabelSandbox: "alice", cluster.LabelComponent: "relay"}.String(),
-		Port:     cluster.TunnelPort, Connections: 4,
+		Port:     relayargs.TunnelPort, Connections: 4,
 	})
 	require.NoError(t, err)
 	ctx, cancel := context.WithCancel(context.Background())

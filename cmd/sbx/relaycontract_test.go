@@ -66,7 +66,7 @@ func TestRelayDeploymentMatchesRelayFlags(t *testing.T) {
 		require.EqualValues(t, w.Ports[0].Port, in.Port)
 		require.EqualValues(t, w.Ports[0].RelayPort, in.ContainerPort)
 		require.Contains(t, ports, int32(in.ContainerPort), "declared as a container port")
-		require.Equal(t, w.Ports[0].Protocol, string(in.AppProtocol))
+		require.Equal(t, w.Ports[0].Protocol, in.AppProtocol)
 	}
 	// Every sandbox Service targets a port the relay listens on.
 	for _, s := range objs.Services {

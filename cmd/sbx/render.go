@@ -11,6 +11,8 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/sbx-dev/sbx/cluster"
+	"github.com/sbx-dev/sbx/cluster/routingkey"
+	"github.com/sbx-dev/sbx/relay/relayargs"
 )
 
 // relayImageFor is the relay image a build of sbx uses unless told
@@ -68,31 +70,28 @@ The output is the same for the same spec, baseline and routing key.`,
 				return err
 			}
 			if routingKey == "" {
-				routingKey, err = cluster.NewRoutingKey()
-				if err != nil {
-					return err
-				}
+				routingKey = routingkey.New()
 				fmt.Fprintf(g.stderr, "note: random routing key %s; pass --routing-key for a reproducible rendering\n", routingKey)
-			} else if err := cluster.ValidateRoutingKey(routingKey); err != nil {
+			} else if err := routingkey.Validate(routingKey); err != nil {
 				return userError(err, "a routing key is 13 characters of [0-9a-z], as sbx connect prints it")
 			}
-			if err := cluster.ValidateBaggageKey(baggageKey); err != nil {
-				return userError(err, "use a W3C baggage key such as sbx-routing-key")
+			if err := routingkey.ValidateBaggageKey(baggageKey); err != nil {
+				return userError(err, "use a W3C baggage key such as "+routingkey.DefaultBaggageKey)
 			}
-			if err := cluster.ValidateRelayMaxStreams(maxStreams); err != nil {
+			if err := relayargs.ValidateMaxStreams(maxStreams); err != nil {
 				return userError(fmt.Errorf("--relay-max-streams: %w", err),
-					"pass 1-"+strconv.Itoa(cluster.MaxRelayMaxStreams)+", or leave it out for the relay's default")
+					"pass 1-"+strconv.Itoa(relayargs.MaxStreamsLimit)+", or leave it out for the relay's default")
 			}
 			var deny []netip.Prefix
 			for _, s := range denyFlags {
-				p, err := cluster.ParseRelayDeny(strings.TrimSpace(s))
+				p, err := relayargs.ParseDeny(strings.TrimSpace(s))
 				if err != nil {
 					return userError(fmt.Errorf("--relay-deny: %w", err), "pass IP addresses or CIDRs, repeatable or comma-separated, as outbound.deny in the sbx config has them")
 				}
 				deny = append(deny, p)
 			}
-			if err := cluster.ValidateRelayDeny(deny); err != nil {
-				return userError(fmt.Errorf("--relay-deny: %w", err), "give each range once, at most "+strconv.Itoa(cluster.MaxRelayDeny))
+			if err := relayargs.ValidateDeny(deny); err != nil {
+				return userError(fmt.Errorf("--relay-deny: %w", err), "give each range once, at most "+strconv.Itoa(relayargs.MaxDeny))
 			}
 			if relayImage == "" {
 				relayImage = relayImageFor(g.build.Version)
@@ -125,9 +124,9 @@ The output is the same for the same spec, baseline and routing key.`,
 	f.StringVar(&routingKey, "routing-key", "", "routing key to render with (default: a random one)")
 	f.StringVar(&relayImage, "relay-image", "", "relay image (default "+cluster.DefaultRelayImageRepo+":<sbx version>)")
 	f.IntVar(&maxStreams, "relay-max-streams", 0, fmt.Sprintf("most streams the relay serves at once, 1-%d (0: the relay's default %d, as relayMaxStreams in the sbx config); the relay's memory limit grows ~2.5 MiB a stream above 512Mi",
-		cluster.MaxRelayMaxStreams, cluster.DefaultRelayMaxStreams))
-	f.StringSliceVar(&denyFlags, "relay-deny", nil, fmt.Sprintf("address or CIDR the relay must never dial, on top of its built-in list, as outbound.deny in the sbx config (repeatable or comma-separated, at most %d); each becomes a --deny of the relay", cluster.MaxRelayDeny))
-	f.StringVar(&baggageKey, "baggage-key", cluster.DefaultBaggageKey, "W3C baggage key that carries the routing key")
+		relayargs.MaxStreamsLimit, relayargs.DefaultMaxStreams))
+	f.StringSliceVar(&denyFlags, "relay-deny", nil, fmt.Sprintf("address or CIDR the relay must never dial, on top of its built-in list, as outbound.deny in the sbx config (repeatable or comma-separated, at most %d); each becomes a --deny of the relay", relayargs.MaxDeny))
+	f.StringVar(&baggageKey, "baggage-key", routingkey.DefaultBaggageKey, "W3C baggage key that carries the routing key")
 	f.StringVar(&leaseHolder, "holder", "sbx", "Lease holder identity to render (sbx connect uses user@host)")
 	return cmd
 }

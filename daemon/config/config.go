@@ -15,6 +15,7 @@ import (
 	"path/filepath"
 	"slices"
 
+	"github.com/sbx-dev/sbx/cluster/routingkey"
 	"github.com/sbx-dev/sbx/cluster/spec/strictyaml"
 )
 
@@ -38,26 +39,12 @@ var modes = []string{string(ModeAuto), string(ModeHosts), string(ModeProxy), str
 
 // Defaults.
 const (
-	DefaultBaggageKey = "sbx-routing-key"
 	// DefaultClusterDomain is the DNS domain of most clusters.
 	DefaultClusterDomain = "cluster.local"
 	DefaultPoolSize      = 2
 	MaxPoolSize          = 16
 	DefaultHostsFile     = "/etc/hosts"
 	DefaultProxyListen   = "127.0.0.1:0"
-	// DefaultRelayMaxStreams is the relay's own stream cap, what an unset
-	// relayMaxStreams means (cluster.DefaultRelayMaxStreams; package
-	// config stays free of the Kubernetes libraries, so a daemon test
-	// keeps the two equal).
-	DefaultRelayMaxStreams = 128
-	// MaxRelayMaxStreams bounds relayMaxStreams (cluster.MaxRelayMaxStreams,
-	// which says why): each stream adds ~2.5 MiB to the relay pod's memory
-	// limit, so 4096 already ask the cluster for a 10304Mi limit and a
-	// 1288Mi request, more than staging nodes can usually schedule.
-	MaxRelayMaxStreams = 4096
-	// MaxOutboundDeny bounds outbound.deny (cluster.MaxRelayDeny): each
-	// entry is a --deny argument in the relay Deployment.
-	MaxOutboundDeny = 64
 	// MaxSize bounds the config file; it is a few lines in practice.
 	MaxSize = 1 << 20
 )
@@ -74,12 +61,13 @@ type Config struct {
 	// image built into this sbx version.
 	RelayImage string `json:"relayImage,omitempty"`
 	// RelayMaxStreams raises (or lowers) the relay's cap on streams served
-	// at once (1-MaxRelayMaxStreams); 0 means the relay's default,
-	// DefaultRelayMaxStreams. The relay pod's memory grows with it.
+	// at once (1-relayargs.MaxStreamsLimit); 0 means the relay's default,
+	// relayargs.DefaultMaxStreams. The relay pod's memory grows with it.
 	RelayMaxStreams int `json:"relayMaxStreams,omitempty"`
-	// BaggageKey is the W3C baggage key that carries the routing key.
-	// It is an RFC 7230 token, which may contain regexp metacharacters
-	// (. * + ^ | $): quote it before building a regexp from it.
+	// BaggageKey is the W3C baggage key that carries the routing key, as
+	// routingkey.ValidateBaggageKey accepts it. It may contain regexp
+	// metacharacters (. * + ^ | $): quote it before building a regexp
+	// from it.
 	BaggageKey string `json:"baggageKey"`
 	// PoolSize is the number of tunnel sessions per sandbox (1-16).
 	PoolSize int      `json:"poolSize"`
@@ -119,17 +107,17 @@ type Outbound struct {
 	// Deny are addresses and ranges the relay must never dial for this
 	// laptop, on top of its built-in list (link-local, cloud metadata,
 	// loopback, its own pod): the relay Deployment's --deny arguments, in
-	// order, as cluster.ParseRelayDeny reads them (host bits dropped,
-	// IPv4-mapped ranges as IPv4). An IPv4 range also refuses its IPv6
-	// forms (NAT64, 6to4, IPv4-compatible). Changing it re-applies
-	// connected sandboxes.
+	// order, as relayargs.ParseDeny reads them (host bits dropped,
+	// IPv4-mapped ranges as IPv4), at most relayargs.MaxDeny. An IPv4
+	// range also refuses its IPv6 forms (NAT64, 6to4, IPv4-compatible).
+	// Changing it re-applies connected sandboxes.
 	Deny []netip.Prefix `json:"deny,omitempty"`
 }
 
 // Default returns the configuration used when there is no config file.
 func Default() *Config {
 	return &Config{
-		BaggageKey:    DefaultBaggageKey,
+		BaggageKey:    routingkey.DefaultBaggageKey,
 		PoolSize:      DefaultPoolSize,
 		ClusterDomain: DefaultClusterDomain,
 		Outbound: Outbound{

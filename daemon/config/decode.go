@@ -12,13 +12,13 @@ import (
 
 	"go.yaml.in/yaml/v3"
 
+	"github.com/sbx-dev/sbx/cluster/routingkey"
 	"github.com/sbx-dev/sbx/cluster/spec"
 	"github.com/sbx-dev/sbx/cluster/spec/strictyaml"
+	"github.com/sbx-dev/sbx/relay/relayargs"
 )
 
 var (
-	// tokenRE is an RFC 7230 token, what W3C baggage allows as a key.
-	tokenRE = regexp.MustCompile("^[!#$%&'*+\\-.^_`|~0-9A-Za-z]+$")
 	// imageRE is a container image reference: [domain[:port]/]path[:tag][@digest].
 	imageRE = regexp.MustCompile(`^(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?(?:\.[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)*(?::[0-9]+)?/)?` +
 		`[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*` +
@@ -27,8 +27,6 @@ var (
 	// domainRE is a lower-case DNS domain of one or more labels.
 	domainRE = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?(\.[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)*$`)
 )
-
-const maxBaggageKey = 256
 
 func decode(d *strictyaml.Decoder, root *yaml.Node, c *Config) {
 	f := d.Fields(root, "", "relayImage", "relayMaxStreams", "baggageKey", "poolSize", "outbound", "contexts", "clusterDomain")
@@ -50,11 +48,12 @@ func decode(d *strictyaml.Decoder, root *yaml.Node, c *Config) {
 		c.RelayImage = img
 	}
 	if n := f["relayMaxStreams"]; n != nil {
-		allowed := fmt.Sprintf("1-%d", MaxRelayMaxStreams)
+		allowed := fmt.Sprintf("1-%d", relayargs.MaxStreamsLimit)
 		if v, ok := d.Int(n, "relayMaxStreams", allowed); ok {
-			if v < 1 || v > MaxRelayMaxStreams {
+			// 0 would mean the default: leave the key out for that.
+			if v < 1 || relayargs.ValidateMaxStreams(int(v)) != nil {
 				d.Errorf(n, "relayMaxStreams", "%d is out of range; allowed %s streams the relay serves at once, each adding ~2.5 MiB to the relay pod's memory (leave it out for the default %d)",
-					v, allowed, DefaultRelayMaxStreams)
+					v, allowed, relayargs.DefaultMaxStreams)
 			} else {
 				c.RelayMaxStreams = int(v)
 			}
@@ -65,11 +64,13 @@ func decode(d *strictyaml.Decoder, root *yaml.Node, c *Config) {
 		switch {
 		case d.Bad("baggageKey"):
 		case k == "":
-			d.Errorf(n, "baggageKey", "must not be empty; leave it out for the default %q", DefaultBaggageKey)
-		case len(k) > maxBaggageKey || !tokenRE.MatchString(k):
-			d.Errorf(n, "baggageKey", "%q is not a W3C baggage key; a key is at most %d letters, digits and !#$%%&'*+-.^_`|~ (no spaces, '=', ',' or ';'), e.g. %s", k, maxBaggageKey, DefaultBaggageKey)
+			d.Errorf(n, "baggageKey", "must not be empty; leave it out for the default %q", routingkey.DefaultBaggageKey)
 		default:
-			c.BaggageKey = k
+			if err := routingkey.ValidateBaggageKey(k); err != nil {
+				d.Errorf(n, "baggageKey", "%v", err)
+			} else {
+				c.BaggageKey = k
+			}
 		}
 	}
 	if n := f["poolSize"]; n != nil {
@@ -176,13 +177,13 @@ func decodeOutbound(d *strictyaml.Decoder, n *yaml.Node, o *Outbound) {
 }
 
 // decodeDeny reads outbound.deny: addresses and CIDRs the relay must never
-// dial, each read as cluster.ParseRelayDeny reads it (a daemon test keeps
-// the two equal), none twice, at most MaxOutboundDeny.
+// dial, each read as the relay reads its --deny (relayargs.ParseDeny),
+// none twice, at most relayargs.MaxDeny.
 func decodeDeny(d *strictyaml.Decoder, n *yaml.Node, o *Outbound) {
 	const p = "outbound.deny"
 	items := d.Seq(n, p)
-	if len(items) > MaxOutboundDeny {
-		d.Errorf(n, p, "has %d entries; allowed at most %d (merge neighbouring ranges into wider CIDRs)", len(items), MaxOutboundDeny)
+	if len(items) > relayargs.MaxDeny {
+		d.Errorf(n, p, "has %d entries; allowed at most %d (merge neighbouring ranges into wider CIDRs)", len(items), relayargs.MaxDeny)
 		return
 	}
 	seen := map[netip.Prefix]int{}
@@ -192,9 +193,9 @@ func decodeDeny(d *strictyaml.Decoder, n *yaml.Node, o *Outbound) {
 		if d.Bad(ip) {
 			continue
 		}
-		pr, ok := parseDeny(s)
-		if !ok {
-			d.Errorf(nn, ip, "%q is not an IP address or CIDR prefix; want an address or range the relay must never dial, e.g. 10.0.0.0/24 or 100.64.0.7", s)
+		pr, err := relayargs.ParseDeny(s)
+		if err != nil {
+			d.Errorf(nn, ip, "%v", err)
 			continue
 		}
 		if j, dup := seen[pr]; dup {
@@ -204,29 +205,6 @@ func decodeDeny(d *strictyaml.Decoder, n *yaml.Node, o *Outbound) {
 		seen[pr] = i
 		o.Deny = append(o.Deny, pr)
 	}
-}
-
-// parseDeny is cluster.ParseRelayDeny (package config stays free of the
-// Kubernetes libraries): an address or CIDR, host bits dropped, an
-// IPv4-mapped range as its IPv4 range.
-func parseDeny(s string) (netip.Prefix, bool) {
-	var p netip.Prefix
-	if !strings.Contains(s, "/") {
-		a, err := netip.ParseAddr(s)
-		if err != nil || a.Zone() != "" {
-			return netip.Prefix{}, false
-		}
-		p = netip.PrefixFrom(a, a.BitLen())
-	} else {
-		var err error
-		if p, err = netip.ParsePrefix(s); err != nil {
-			return netip.Prefix{}, false
-		}
-	}
-	if p.Addr().Is4In6() && p.Bits() >= 96 {
-		p = netip.PrefixFrom(p.Addr().Unmap(), p.Bits()-96)
-	}
-	return p.Masked(), true
 }
 
 // checkHostsRange parses a hosts range; it must be IPv4 loopback, leave

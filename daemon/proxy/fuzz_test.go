@@ -9,7 +9,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/sbx-dev/sbx/cluster"
+	"github.com/sbx-dev/sbx/cluster/routingkey"
 )
 
 // FuzzReadSocksRequest: the SOCKS5 decoders take bytes from any local
@@ -84,7 +84,7 @@ func FuzzInjectBaggage(f *testing.F) {
 	f.Add("sbx-routing-key=x;p", "sbx-routing-key")
 	f.Add(",,=,", "k")
 	f.Fuzz(func(t *testing.T, in, key string) {
-		if cluster.ValidateBaggageKey(key) != nil {
+		if routingkey.ValidateBaggageKey(key) != nil {
 			return
 		}
 		h := http.Header{}

@@ -14,7 +14,6 @@ import (
 
 	"github.com/sbx-dev/sbx/cluster"
 	"github.com/sbx-dev/sbx/cluster/istiovs"
-	"github.com/sbx-dev/sbx/tunnel"
 )
 
 // Adversarial setups: each is judged like a conformance scenario
@@ -103,7 +102,7 @@ func planOnce(t *testing.T, w World, sc scenario, i int, key string) *cluster.Ob
 		t.Fatal(err)
 	}
 	objs, err := cluster.Plan(context.Background(), base, sandboxSpec(fmt.Sprintf("dev%d", i), sc.ports),
-		cluster.Options{RoutingKey: key, TokenVerifier: tunnel.VerifierOf("t").String(), RelayImage: "ghcr.io/sbx-dev/sbx:test"})
+		cluster.Options{RoutingKey: key, TokenVerifier: testVerifier, RelayImage: "ghcr.io/sbx-dev/sbx:test"})
 	if err != nil {
 		t.Fatalf("plan for %s: %v", key, err)
 	}
@@ -706,7 +705,7 @@ func TestAdversarialExportToUnknown(t *testing.T) {
 						t.Fatal(err)
 					}
 					objs, err := cluster.Plan(context.Background(), base, sandboxSpec("dev0", nil),
-						cluster.Options{RoutingKey: key1, TokenVerifier: tunnel.VerifierOf("t").String(), RelayImage: "ghcr.io/sbx-dev/sbx:test"})
+						cluster.Options{RoutingKey: key1, TokenVerifier: testVerifier, RelayImage: "ghcr.io/sbx-dev/sbx:test"})
 					if err != nil {
 						t.Fatal(err)
 					}

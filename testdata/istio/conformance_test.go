@@ -19,7 +19,6 @@ import (
 	"github.com/sbx-dev/sbx/cluster/istiovs"
 	"github.com/sbx-dev/sbx/cluster/spec"
 	"github.com/sbx-dev/sbx/tools/testbed/sim"
-	"github.com/sbx-dev/sbx/tunnel"
 )
 
 // The conformance table: for each setup, sbx's real planner (cluster.Plan,
@@ -343,7 +342,7 @@ func runScenario(t *testing.T, sc scenario) {
 			t.Fatal(err)
 		}
 		objs, err := cluster.Plan(context.Background(), base, sandboxSpec(fmt.Sprintf("dev%d", i), sc.ports),
-			cluster.Options{RoutingKey: key, TokenVerifier: tunnel.VerifierOf("t").String(), RelayImage: "ghcr.io/sbx-dev/sbx:test"})
+			cluster.Options{RoutingKey: key, TokenVerifier: testVerifier, RelayImage: "ghcr.io/sbx-dev/sbx:test"})
 		if sc.refuse != "" {
 			if err == nil || !strings.Contains(err.Error(), sc.refuse) {
 				t.Fatalf("want a refusal with %q, got %v", sc.refuse, err)
@@ -385,7 +384,7 @@ func runScenario(t *testing.T, sc scenario) {
 				t.Fatal(err)
 			}
 			objs, err := cluster.Plan(context.Background(), base, sandboxSpec(fmt.Sprintf("dev%d", i), sc.ports),
-				cluster.Options{RoutingKey: key, TokenVerifier: tunnel.VerifierOf("t").String(), RelayImage: "ghcr.io/sbx-dev/sbx:test"})
+				cluster.Options{RoutingKey: key, TokenVerifier: testVerifier, RelayImage: "ghcr.io/sbx-dev/sbx:test"})
 			if err != nil {
 				t.Fatal(err)
 			}

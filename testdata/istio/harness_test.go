@@ -6,6 +6,8 @@ import (
 	"net/http"
 	"strings"
 	"testing"
+
+	"github.com/sbx-dev/sbx/tunnel"
 )
 
 // The tests below prove (or refute) claims about Istio's routing that sbx
@@ -20,6 +22,11 @@ const (
 	t1           = "2026-01-02T00:00:00Z"
 	t2           = "2026-01-03T00:00:00Z"
 )
+
+// testVerifier is the relay's --token-sha256 in the objects the tests
+// render: the SHA-256 of a token no test ever sends (these tests exercise
+// routing, not the tunnel).
+var testVerifier = tunnel.VerifierOf("t").String()
 
 const baseWorld = `
 apiVersion: v1

@@ -1,4 +1,4 @@
-package relay
+package relayargs
 
 import (
 	"fmt"
@@ -11,8 +11,9 @@ import (
 // plain TCP ports are closed.
 type AppProtocol string
 
-// The application protocols an inbound port may declare. They mirror the
-// Kubernetes Service port appProtocol values sbx copies from the baseline.
+// The application protocols an inbound port may declare. Package cluster
+// derives them from the appProtocol (or port name) of the baseline
+// Service port.
 const (
 	ProtoTCP   AppProtocol = "tcp"
 	ProtoHTTP  AppProtocol = "http"
@@ -29,9 +30,10 @@ func (p AppProtocol) IsHTTP() bool {
 	return p == ProtoHTTP || p == ProtoHTTP2 || p == ProtoGRPC
 }
 
-// InboundSpec is one --inbound flag: the relay listens on ContainerPort and
-// sends each connection to the laptop as an inbound stream for Workload/Port.
-type InboundSpec struct {
+// Inbound is one --inbound value: the relay listens on ContainerPort and
+// sends each connection to the laptop as an inbound stream for
+// Workload/Port.
+type Inbound struct {
 	// ContainerPort is the relay pod port the sandbox Service targets.
 	ContainerPort uint16
 	// Workload is the sandbox's name for the local workload (DNS-1123 label).
@@ -47,10 +49,10 @@ const inboundSyntax = "containerPort=workload/port[/appProtocol], e.g. 20001=rou
 
 // ParseInbound parses containerPort=workload/port[/appProtocol]; appProtocol
 // is one of tcp, http, http2, grpc (case-insensitive, default tcp).
-func ParseInbound(s string) (InboundSpec, error) {
-	var spec InboundSpec
-	bad := func(format string, args ...any) (InboundSpec, error) {
-		return InboundSpec{}, fmt.Errorf("inbound %q: %s (want %s)", s, fmt.Sprintf(format, args...), inboundSyntax)
+func ParseInbound(s string) (Inbound, error) {
+	var in Inbound
+	bad := func(format string, args ...any) (Inbound, error) {
+		return Inbound{}, fmt.Errorf("inbound %q: %s (want %s)", s, fmt.Sprintf(format, args...), inboundSyntax)
 	}
 	left, right, ok := strings.Cut(s, "=")
 	if !ok {
@@ -60,37 +62,39 @@ func ParseInbound(s string) (InboundSpec, error) {
 	if err != nil {
 		return bad("container port: %v", err)
 	}
-	spec.ContainerPort = cp
+	in.ContainerPort = cp
 	parts := strings.Split(right, "/")
 	if len(parts) < 2 || len(parts) > 3 {
 		return bad("want workload/port or workload/port/appProtocol after '='")
 	}
-	if err := checkDNSLabel(parts[0]); err != nil {
+	if err := CheckName(parts[0]); err != nil {
 		return bad("workload: %v", err)
 	}
-	spec.Workload = parts[0]
-	if spec.Port, err = parsePort(parts[1]); err != nil {
+	in.Workload = parts[0]
+	if in.Port, err = parsePort(parts[1]); err != nil {
 		return bad("workload port: %v", err)
 	}
-	spec.AppProtocol = ProtoTCP
+	in.AppProtocol = ProtoTCP
 	if len(parts) == 3 {
 		p, err := parseAppProtocol(parts[2])
 		if err != nil {
 			return bad("%v", err)
 		}
-		spec.AppProtocol = p
+		in.AppProtocol = p
 	}
-	return spec, nil
+	return in, nil
 }
 
-// String encodes the spec in the --inbound syntax; ParseInbound(s.String())
-// returns s. The default appProtocol tcp is left out.
-func (s InboundSpec) String() string {
-	out := strconv.Itoa(int(s.ContainerPort)) + "=" + s.Workload + "/" + strconv.Itoa(int(s.Port))
-	if s.AppProtocol != "" && s.AppProtocol != ProtoTCP {
-		out += "/" + string(s.AppProtocol)
+// String encodes in in the --inbound syntax, the one canonical form:
+// containerPort=workload/port/appProtocol, the protocol always written
+// (tcp when unset) so that a relay Deployment says what each port speaks.
+// ParseInbound(in.String()) returns in (with tcp for an unset protocol).
+func (in Inbound) String() string {
+	p := in.AppProtocol
+	if p == "" {
+		p = ProtoTCP
 	}
-	return out
+	return strconv.Itoa(int(in.ContainerPort)) + "=" + in.Workload + "/" + strconv.Itoa(int(in.Port)) + "/" + string(p)
 }
 
 func parseAppProtocol(s string) (AppProtocol, error) {
@@ -123,9 +127,9 @@ func parsePort(s string) (uint16, error) {
 	return uint16(n), nil
 }
 
-// checkDNSLabel enforces RFC 1123 labels: the names Kubernetes accepts for the
-// objects a workload name ends up in.
-func checkDNSLabel(s string) error {
+// CheckName checks a --sandbox name or an --inbound workload: an RFC 1123
+// label, what Kubernetes accepts for the objects these names end up in.
+func CheckName(s string) error {
 	if s == "" {
 		return fmt.Errorf("empty name")
 	}
