@@ -21,6 +21,7 @@ import (
 	streamhttp "k8s.io/streaming/pkg/httpstream"
 
 	"github.com/sbx-dev/sbx/cluster/portforward"
+	"github.com/sbx-dev/sbx/relay/relayargs"
 	"github.com/sbx-dev/sbx/tools/testbed/pftest"
 	"github.com/sbx-dev/sbx/tunnel"
 )
@@ -29,8 +30,8 @@ const (
 	benchNamespace = "sbx-bench"
 	benchPod       = "relay-bench"
 	benchSelector  = "sbx.dev/sandbox=bench"
-	tunnelPort     = 7000 // the relay's tunnel port in the pod
-	appPort        = 8080 // the application port in the pod
+	tunnelPort     = relayargs.TunnelPort // the relay's tunnel port in the pod
+	appPort        = 8080                 // the application port in the pod
 	benchToken     = "bench-token"
 
 	// appReadSize is how much the application reads at a time: io.Copy's
