@@ -146,7 +146,8 @@ func TestApplyKeepsKeyAndRollsOnlyOnNewVerifier(t *testing.T) {
 	for _, v := range []string{"", testToken("two"), VerifierPlaceholder, strings.ToUpper(testVerifier("two"))} {
 		o.TokenVerifier = v
 		_, err = Apply(t.Context(), f.Clients, routeSandbox("alice"), o, nil)
-		require.ErrorContains(t, err, "the token verifier is not 64 lowercase hex digits", v)
+		require.ErrorContains(t, err, "token verifier", v)
+		require.ErrorContains(t, err, "a bug in the caller", v)
 		require.NotContains(t, err.Error(), testToken("two"))
 	}
 }

@@ -355,7 +355,7 @@ func TestResolveErrors(t *testing.T) {
 	_, err = Plan(t.Context(), m, routeSandbox("alice"), Options{RoutingKey: "BAD", TokenVerifier: testVerifier(testKey), RelayImage: testImage})
 	require.ErrorContains(t, err, "routing key")
 	_, err = Plan(t.Context(), m, routeSandbox("alice"), Options{RoutingKey: testKey, TokenVerifier: testToken(testKey), RelayImage: testImage})
-	require.ErrorContains(t, err, "the token verifier is not 64 lowercase hex digits")
+	require.ErrorContains(t, err, "a token verifier is 64 hex digits")
 	require.NotContains(t, err.Error(), testToken(testKey))
 	_, err = Plan(t.Context(), m, routeSandbox("alice"), Options{RoutingKey: testKey, TokenVerifier: VerifierPlaceholder, RelayImage: testImage})
 	require.NoError(t, err, "sbx render plans with the placeholder")

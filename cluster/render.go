@@ -25,6 +25,7 @@ import (
 	"github.com/sbx-dev/sbx/cluster/routingkey"
 	"github.com/sbx-dev/sbx/cluster/spec"
 	"github.com/sbx-dev/sbx/relay/relayargs"
+	"github.com/sbx-dev/sbx/tunnel"
 )
 
 // VerifierPlaceholder stands for the token verifier in rendered output:
@@ -82,11 +83,17 @@ type Options struct {
 	ClusterDomain string
 }
 
-// ValidateTokenVerifier checks a verifier as Options carries it: 64
-// lowercase hex digits, the relay's --token-sha256.
+// ValidateTokenVerifier checks a verifier as Options carries it: what
+// tunnel.ParseTokenVerifier reads (the relay's --token-sha256), in the
+// form its String writes (lowercase), so that one verifier renders one
+// Deployment.
 func ValidateTokenVerifier(v string) error {
-	if len(v) != 64 || strings.Trim(v, "0123456789abcdef") != "" {
-		return errors.New("the token verifier is not 64 lowercase hex digits (the SHA-256 of the tunnel token; a bug in the caller)")
+	p, err := tunnel.ParseTokenVerifier(v)
+	if err != nil {
+		return fmt.Errorf("%w (a bug in the caller)", err)
+	}
+	if p.String() != v {
+		return errors.New("the token verifier is not in lowercase hex, the form the relay's Deployment carries (a bug in the caller)")
 	}
 	return nil
 }

@@ -30,7 +30,9 @@ func ParseTokenVerifier(s string) (TokenVerifier, error) {
 		return TokenVerifier{}, fmt.Errorf("a token verifier is %d hex digits (the SHA-256 of the token), got %d characters", hex.EncodedLen(len(v)), len(s))
 	}
 	if _, err := hex.Decode(v[:], []byte(s)); err != nil {
-		return TokenVerifier{}, fmt.Errorf("a token verifier is %d hex digits (the SHA-256 of the token): %w", hex.EncodedLen(len(v)), err)
+		// Not the decoder's error: it would quote a character of what may
+		// be a token passed by mistake.
+		return TokenVerifier{}, fmt.Errorf("a token verifier is %d hex digits (the SHA-256 of the token); this one has other characters", hex.EncodedLen(len(v)))
 	}
 	return v, nil
 }
