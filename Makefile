@@ -44,6 +44,8 @@ LINT_GOOS := darwin windows
 lint: ## gofmt, and go vet for linux, darwin and windows
 	@out=$$(gofmt -l $$( (git ls-files '*.go'; git ls-files --others --exclude-standard '*.go') 2>/dev/null || find . -name '*.go')); \
 	  if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
+	@$(GO) mod tidy -diff >/dev/null || { echo "go.mod is not tidy: run go mod tidy"; exit 1; }
+	@$(GO) -C tools/image mod tidy -diff >/dev/null || { echo "tools/image/go.mod is not tidy (it follows the product's go.mod through its replace): run (cd tools/image && go mod tidy)"; exit 1; }
 	$(GO) vet ./...
 	$(GO) -C tools/image vet ./...
 	@for os in $(LINT_GOOS); do \
