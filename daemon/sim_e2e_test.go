@@ -251,30 +251,7 @@ func TestRelayRolloutLosesNothing(t *testing.T) {
 		}
 		return nil
 	}
-	outbound := func() error {
-		conn, err := td.d.DialOutbound(ctx, "alice", "route.hotrod.svc.cluster.local:8083", "127.0.0.1:40000")
-		if err != nil {
-			return fmt.Errorf("outbound dial: %w", err)
-		}
-		defer conn.Close()
-		req, _ := http.NewRequest(http.MethodGet, "http://route.hotrod.svc.cluster.local:8083/route", nil)
-		req.Close = true
-		if err := req.Write(conn); err != nil {
-			return fmt.Errorf("outbound write: %w", err)
-		}
-		resp, err := http.ReadResponse(bufio.NewReader(conn), req)
-		if err != nil {
-			return fmt.Errorf("outbound read: %w", err)
-		}
-		defer resp.Body.Close()
-		if _, err := io.Copy(io.Discard, resp.Body); err != nil {
-			return fmt.Errorf("outbound body: %w", err)
-		}
-		if resp.StatusCode != http.StatusOK {
-			return fmt.Errorf("outbound: %d", resp.StatusCode)
-		}
-		return nil
-	}
+	outbound := func() error { return outboundRouteCall(ctx, td.d) }
 	require.NoError(t, inbound())
 	require.NoError(t, outbound())
 
@@ -343,4 +320,32 @@ func TestRelayRolloutLosesNothing(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, PhaseReady, sb.Phase)
 	require.Zero(t, sb.Reconnects, "a rollout is not a reconnect")
+}
+
+// outboundRouteCall is what a local process does through outbound access:
+// a GET of route's /route over a connection d dials for sandbox alice,
+// checked for a 200 and a whole body.
+func outboundRouteCall(ctx context.Context, d *Daemon) error {
+	conn, err := d.DialOutbound(ctx, "alice", "route.hotrod.svc.cluster.local:8083", "127.0.0.1:40000")
+	if err != nil {
+		return fmt.Errorf("outbound dial: %w", err)
+	}
+	defer conn.Close()
+	req, _ := http.NewRequest(http.MethodGet, "http://route.hotrod.svc.cluster.local:8083/route", nil)
+	req.Close = true
+	if err := req.Write(conn); err != nil {
+		return fmt.Errorf("outbound write: %w", err)
+	}
+	resp, err := http.ReadResponse(bufio.NewReader(conn), req)
+	if err != nil {
+		return fmt.Errorf("outbound read: %w", err)
+	}
+	defer resp.Body.Close()
+	if _, err := io.Copy(io.Discard, resp.Body); err != nil {
+		return fmt.Errorf("outbound body: %w", err)
+	}
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("outbound: %d", resp.StatusCode)
+	}
+	return nil
 }

@@ -1,7 +1,6 @@
 package daemon
 
 import (
-	"bufio"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -201,30 +200,7 @@ func TestSimRotateTokenUnderLoad(t *testing.T) {
 
 	client := e.c.HTTPClient(sim.AppNamespace)
 	defer client.CloseIdleConnections()
-	outbound := func() error {
-		conn, err := td.d.DialOutbound(e.ctx, "alice", "route.hotrod.svc.cluster.local:8083", "127.0.0.1:40000")
-		if err != nil {
-			return fmt.Errorf("outbound dial: %w", err)
-		}
-		defer conn.Close()
-		req, _ := http.NewRequest(http.MethodGet, "http://route.hotrod.svc.cluster.local:8083/route", nil)
-		req.Close = true
-		if err := req.Write(conn); err != nil {
-			return fmt.Errorf("outbound write: %w", err)
-		}
-		resp, err := http.ReadResponse(bufio.NewReader(conn), req)
-		if err != nil {
-			return fmt.Errorf("outbound read: %w", err)
-		}
-		defer resp.Body.Close()
-		if _, err := io.Copy(io.Discard, resp.Body); err != nil {
-			return fmt.Errorf("outbound body: %w", err)
-		}
-		if resp.StatusCode != http.StatusOK {
-			return fmt.Errorf("outbound: %d", resp.StatusCode)
-		}
-		return nil
-	}
+	outbound := func() error { return outboundRouteCall(e.ctx, td.d) }
 	require.NoError(t, e.keyed(client, st))
 	require.NoError(t, outbound())
 
