@@ -3,7 +3,7 @@ package daemon
 import (
 	"time"
 
-	"github.com/sbx-dev/sbx/cluster/istiovs"
+	"github.com/sbx-dev/sbx/cluster/meshreport"
 	"github.com/sbx-dev/sbx/cluster/spec"
 )
 
@@ -69,9 +69,9 @@ type SandboxStatus struct {
 
 // Keyed states of RouteState, worst last.
 const (
-	KeyedSandbox  = istiovs.KeyedSandbox  // every client's keyed requests reach the sandbox
-	KeyedPartial  = istiovs.KeyedPartial  // some clients' do
-	KeyedBaseline = istiovs.KeyedBaseline // none do
+	KeyedSandbox  = meshreport.KeyedSandbox  // every client's keyed requests reach the sandbox
+	KeyedPartial  = meshreport.KeyedPartial  // some clients' do
+	KeyedBaseline = meshreport.KeyedBaseline // none do
 )
 
 // RouteState is what the sandbox's mesh routes do. While the sandbox is
@@ -92,7 +92,7 @@ type RouteState struct {
 	Warnings []string `json:"warnings,omitempty"`
 	// Ports say, per mapped Service port and client namespace, which
 	// VirtualService applies and whether keyed requests reach the sandbox.
-	Ports []istiovs.PortReport `json:"ports,omitempty"`
+	Ports []meshreport.PortReport `json:"ports,omitempty"`
 	// Error is why the last check failed (the state above is older).
 	Error     string    `json:"error,omitempty"`
 	CheckedAt time.Time `json:"checkedAt,omitzero"`
@@ -200,7 +200,7 @@ type ListResult struct {
 	ClusterError string      `json:"clusterError,omitempty"`
 	// Leftovers are VirtualServices holding routes of sandboxes that are
 	// gone (their Lease was deleted or collected): `sbx gc` removes them.
-	Leftovers []istiovs.Leftover `json:"leftovers,omitempty"`
+	Leftovers []meshreport.Leftover `json:"leftovers,omitempty"`
 }
 
 // ClusterRequest selects a cluster for list and gc, as kubectl flags would.
@@ -236,8 +236,8 @@ type KubeconfigSource struct {
 // GCResult names the sandboxes whose expired objects gc deleted, and the
 // VirtualServices it removed dead routes from (or deleted).
 type GCResult struct {
-	Deleted []string           `json:"deleted"`
-	Routes  []istiovs.Leftover `json:"routes,omitempty"`
+	Deleted []string              `json:"deleted"`
+	Routes  []meshreport.Leftover `json:"routes,omitempty"`
 }
 
 // ProxyCredential is what a client of the outbound proxy authenticates

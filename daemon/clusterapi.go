@@ -8,7 +8,7 @@ import (
 	"time"
 
 	"github.com/sbx-dev/sbx/cluster"
-	"github.com/sbx-dev/sbx/cluster/istiovs"
+	"github.com/sbx-dev/sbx/cluster/meshreport"
 	"github.com/sbx-dev/sbx/cluster/spec"
 )
 
@@ -46,9 +46,9 @@ type Cluster interface {
 // sandboxes that are gone (the real one; test fakes may leave it out).
 type RouteSweeper interface {
 	// Leftovers lists them in namespace ("" = all the caller may list).
-	Leftovers(ctx context.Context, namespace string) ([]istiovs.Leftover, error)
+	Leftovers(ctx context.Context, namespace string) ([]meshreport.Leftover, error)
 	// SweepRoutes removes them and returns what it changed.
-	SweepRoutes(ctx context.Context, namespace string) ([]istiovs.Leftover, error)
+	SweepRoutes(ctx context.Context, namespace string) ([]meshreport.Leftover, error)
 }
 
 // RouteWatcher is implemented by Clusters that keep a connected sandbox's
@@ -64,7 +64,7 @@ type RouteWatcher interface {
 type RouteCheck struct {
 	// Changed names the VirtualServices rewritten ("namespace/name").
 	Changed  []string
-	Ports    []istiovs.PortReport
+	Ports    []meshreport.PortReport
 	Warnings []string
 	// Err is why the check failed; the other fields are then empty.
 	Err error

@@ -18,6 +18,7 @@ import (
 
 	"github.com/sbx-dev/sbx/cluster"
 	"github.com/sbx-dev/sbx/cluster/istiovs"
+	"github.com/sbx-dev/sbx/cluster/meshreport"
 	"github.com/sbx-dev/sbx/cluster/spec"
 )
 
@@ -35,13 +36,13 @@ var (
 )
 
 // Leftovers implements RouteSweeper.
-func (c *kubeCluster) Leftovers(ctx context.Context, ns string) ([]istiovs.Leftover, error) {
+func (c *kubeCluster) Leftovers(ctx context.Context, ns string) ([]meshreport.Leftover, error) {
 	out, err := cluster.Leftovers(ctx, c.clients, c.sweepNamespaces(ns), "")
 	return out, explainAPIError(err, c.server, apiOp{verb: "list", resource: "virtualservices.networking.istio.io", namespace: ns})
 }
 
 // SweepRoutes implements RouteSweeper.
-func (c *kubeCluster) SweepRoutes(ctx context.Context, ns string) ([]istiovs.Leftover, error) {
+func (c *kubeCluster) SweepRoutes(ctx context.Context, ns string) ([]meshreport.Leftover, error) {
 	out, err := cluster.SweepRoutes(ctx, c.clients, c.sweepNamespaces(ns), "", nil)
 	return out, explainAPIError(err, c.server, apiOp{namespace: ns})
 }
@@ -261,7 +262,7 @@ func routeState(prev *RouteState, rc RouteCheck, now time.Time, initial bool) *R
 }
 
 // viewMessage says where keyed requests do not reach the sandbox.
-func viewMessage(p istiovs.PortReport, v istiovs.ViewReport) string {
+func viewMessage(p meshreport.PortReport, v meshreport.ViewReport) string {
 	who := "from namespace " + v.Clients
 	if v.Clients == "" {
 		who = "from other namespaces"

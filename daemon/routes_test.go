@@ -11,7 +11,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/sbx-dev/sbx/cluster"
-	"github.com/sbx-dev/sbx/cluster/istiovs"
+	"github.com/sbx-dev/sbx/cluster/meshreport"
 )
 
 // routeState folds checks into what status shows: the worst view decides,
@@ -19,10 +19,10 @@ import (
 // failed check keeps the last known state and says why.
 func TestRouteStateFolding(t *testing.T) {
 	now := time.Date(2026, 12, 7, 10, 0, 0, 0, time.UTC)
-	ports := func(keyed ...string) []istiovs.PortReport {
-		p := istiovs.PortReport{Namespace: "hotrod", Service: "route", Port: 8083, Workload: "route"}
+	ports := func(keyed ...string) []meshreport.PortReport {
+		p := meshreport.PortReport{Namespace: "hotrod", Service: "route", Port: 8083, Workload: "route"}
 		for i, k := range keyed {
-			v := istiovs.ViewReport{Keyed: k}
+			v := meshreport.ViewReport{Keyed: k}
 			if i > 0 {
 				v.Clients = "other"
 			}
@@ -31,7 +31,7 @@ func TestRouteStateFolding(t *testing.T) {
 			}
 			p.Views = append(p.Views, v)
 		}
-		return []istiovs.PortReport{p}
+		return []meshreport.PortReport{p}
 	}
 
 	st := routeState(nil, RouteCheck{Changed: []string{"hotrod/route"}, Ports: ports(KeyedSandbox)}, now, true)

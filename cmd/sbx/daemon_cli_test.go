@@ -19,8 +19,8 @@ import (
 	"github.com/stretchr/testify/require"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 
-	"github.com/sbx-dev/sbx/cluster/istiovs"
 	"github.com/sbx-dev/sbx/cluster/kube"
+	"github.com/sbx-dev/sbx/cluster/meshreport"
 	"github.com/sbx-dev/sbx/cluster/spec"
 	"github.com/sbx-dev/sbx/daemon"
 	"github.com/sbx-dev/sbx/tools/testbed/sim"
@@ -92,20 +92,20 @@ func (c *cliCluster) Apply(ctx context.Context, sb *spec.Sandbox, o daemon.Apply
 	key := o.RoutingKey
 	progress("created Deployment " + sb.Namespaces()[0] + "/sbx-" + sb.Name)
 	return daemon.Applied{Target: daemon.Target{Sandbox: sb.Name, RoutingKey: key, Namespace: sb.Namespaces()[0]},
-		Routes: &daemon.RouteCheck{Ports: []istiovs.PortReport{{Namespace: "hotrod", Service: "route", Port: 8083, Workload: "route",
-			Views: []istiovs.ViewReport{
+		Routes: &daemon.RouteCheck{Ports: []meshreport.PortReport{{Namespace: "hotrod", Service: "route", Port: 8083, Workload: "route",
+			Views: []meshreport.ViewReport{
 				{Clients: "", Chain: []string{"platform/wild (public, wildcard *.hotrod.svc.cluster.local)"}, Applies: "platform/wild",
-					Keyed: istiovs.KeyedPartial, Reason: "clients platform/wild gives no route on port 8083 reach the baseline"},
-				{Clients: "hotrod", Chain: []string{"hotrod/route (private)"}, Applies: "hotrod/route", Keyed: istiovs.KeyedSandbox},
+					Keyed: meshreport.KeyedPartial, Reason: "clients platform/wild gives no route on port 8083 reach the baseline"},
+				{Clients: "hotrod", Chain: []string{"hotrod/route (private)"}, Applies: "hotrod/route", Keyed: meshreport.KeyedSandbox},
 			}}}}}, nil
 }
 
 // Leftovers and SweepRoutes make cliCluster a daemon.RouteSweeper.
-func (c *cliCluster) Leftovers(ctx context.Context, ns string) ([]istiovs.Leftover, error) {
-	return []istiovs.Leftover{{Namespace: "hotrod", Name: "route", What: "dead routes"}}, nil
+func (c *cliCluster) Leftovers(ctx context.Context, ns string) ([]meshreport.Leftover, error) {
+	return []meshreport.Leftover{{Namespace: "hotrod", Name: "route", What: "dead routes"}}, nil
 }
 
-func (c *cliCluster) SweepRoutes(ctx context.Context, ns string) ([]istiovs.Leftover, error) {
+func (c *cliCluster) SweepRoutes(ctx context.Context, ns string) ([]meshreport.Leftover, error) {
 	return c.Leftovers(ctx, ns)
 }
 
