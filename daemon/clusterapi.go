@@ -10,6 +10,7 @@ import (
 	"github.com/sbx-dev/sbx/cluster"
 	"github.com/sbx-dev/sbx/cluster/meshreport"
 	"github.com/sbx-dev/sbx/cluster/spec"
+	"github.com/sbx-dev/sbx/daemon/api"
 )
 
 // Cluster is everything a session needs from the Kubernetes side. The real
@@ -83,7 +84,7 @@ var ErrSandboxGone = errors.New("the sandbox's objects are gone from the cluster
 
 // ClusterProvider returns the Cluster for a kubeconfig source and context
 // name (both may be empty: kubectl's defaults). Implementations cache.
-type ClusterProvider func(ctx context.Context, kubeconfig KubeconfigSource, kubeContext string) (Cluster, error)
+type ClusterProvider func(ctx context.Context, kubeconfig api.KubeconfigSource, kubeContext string) (Cluster, error)
 
 // ApplyOptions are the settings of one Apply besides the spec.
 type ApplyOptions struct {

@@ -11,6 +11,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/sbx-dev/sbx/daemon"
+	"github.com/sbx-dev/sbx/daemon/api"
 	"github.com/sbx-dev/sbx/tools/testbed/sim"
 )
 
@@ -50,7 +51,7 @@ func TestCLIConnectRotateToken(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	startSimDaemon(ctx, t, sim.Options{}, nil)
-	statePath := daemon.DefaultPaths(os.Getenv).State()
+	statePath := api.DefaultPaths(os.Getenv).State()
 	token := func() string {
 		b, err := os.ReadFile(statePath)
 		require.NoError(t, err)
@@ -87,7 +88,7 @@ func TestCLIConnectRotateToken(t *testing.T) {
 	}
 	st2, err := c.Sandbox(ctx, "alice")
 	require.NoError(t, err)
-	require.Equal(t, daemon.PhaseReady, st2.Phase)
+	require.Equal(t, api.PhaseReady, st2.Phase)
 	require.Zero(t, st2.Reconnects)
 
 	code, _, errOut = runCLI(t, "connect", "bob", "--rotate-token")

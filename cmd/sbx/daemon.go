@@ -15,6 +15,7 @@ import (
 
 	"github.com/sbx-dev/sbx/cluster"
 	"github.com/sbx-dev/sbx/daemon"
+	"github.com/sbx-dev/sbx/daemon/api"
 	"github.com/sbx-dev/sbx/daemon/config"
 	"github.com/sbx-dev/sbx/daemon/service"
 )
@@ -128,11 +129,11 @@ command that needs it, or the next login, starts it again.
 			if svc := g.services(); svc.Installed() {
 				return stopServiceDaemon(ctx, g, svc, c, perr)
 			}
-			if perr != nil && !daemon.IsNotRunning(perr) {
+			if perr != nil && !api.IsNotRunning(perr) {
 				return perr
 			}
 			if err := c.Shutdown(ctx); err != nil {
-				if daemon.IsNotRunning(err) {
+				if api.IsNotRunning(err) {
 					fmt.Fprintln(g.stdout, "the sbx daemon is not running")
 					return nil
 				}
@@ -159,7 +160,7 @@ func waitDaemonGone(ctx context.Context) error {
 		probe := &daemon.Client{Socket: daemonPaths().Socket()}
 		_, err := probe.LogPath(ctx)
 		probe.Close()
-		if daemon.IsNotRunning(err) {
+		if api.IsNotRunning(err) {
 			return nil
 		}
 		select {
@@ -263,7 +264,7 @@ func runDaemon(ctx context.Context, g *globalOptions, background bool, manager s
 // once the service is registered; a command may win the race at login)
 // takes over when it stops, instead of exiting and being restarted until
 // the manager gives up on it.
-func awaitSocket(ctx context.Context, paths daemon.Paths, logger *slog.Logger) bool {
+func awaitSocket(ctx context.Context, paths api.Paths, logger *slog.Logger) bool {
 	c := &daemon.Client{Socket: paths.Socket()}
 	defer c.Close()
 	logged := false
@@ -274,7 +275,7 @@ func awaitSocket(ctx context.Context, paths daemon.Paths, logger *slog.Logger) b
 		switch {
 		case ctx.Err() != nil:
 			return false
-		case daemon.IsNotRunning(err):
+		case api.IsNotRunning(err):
 			return true
 		case !logged:
 			logger.Info("another sbx daemon serves the socket; this one, run by the service manager, takes over when it stops", "socket", paths.Socket())

@@ -23,6 +23,7 @@ import (
 	"github.com/sbx-dev/sbx/cluster/meshreport"
 	"github.com/sbx-dev/sbx/cluster/spec"
 	"github.com/sbx-dev/sbx/daemon"
+	"github.com/sbx-dev/sbx/daemon/api"
 	"github.com/sbx-dev/sbx/tools/testbed/sim"
 	istioapi "istio.io/api/networking/v1alpha3"
 	istionet "istio.io/client-go/pkg/apis/networking/v1"
@@ -146,9 +147,9 @@ func startInProcessDaemon(t *testing.T, cl daemon.Cluster, tweak ...func(*daemon
 	hosts := filepath.Join(t.TempDir(), "hosts")
 	require.NoError(t, os.WriteFile(hosts, []byte("127.0.0.1 localhost\n"), 0o644))
 	opts := daemon.Options{
-		Paths:     daemon.DefaultPaths(os.Getenv),
+		Paths:     api.DefaultPaths(os.Getenv),
 		Version:   "test",
-		Clusters:  func(context.Context, daemon.KubeconfigSource, string) (daemon.Cluster, error) { return cl, nil },
+		Clusters:  func(context.Context, api.KubeconfigSource, string) (daemon.Cluster, error) { return cl, nil },
 		HostsFile: hosts,
 	}
 	for _, f := range tweak {
@@ -234,14 +235,14 @@ func TestCLIConnectStatusListDisconnect(t *testing.T) {
 
 	code, out, errOut = runCLI(t, "status", "alice", "-o", "json")
 	require.Equal(t, 0, code, errOut)
-	var sb daemon.SandboxStatus
+	var sb api.SandboxStatus
 	require.NoError(t, json.Unmarshal([]byte(out), &sb))
 	require.Equal(t, "alice", sb.Name)
 	require.Len(t, sb.RoutingKey, 13)
 
 	require.Eventually(t, func() bool {
 		_, out, _ := runCLI(t, "status", "alice", "-o", "json")
-		var sb daemon.SandboxStatus
+		var sb api.SandboxStatus
 		return json.Unmarshal([]byte(out), &sb) == nil && sb.Routes != nil
 	}, 10*time.Second, 20*time.Millisecond, "the apply's route report reaches the status")
 	code, out, _ = runCLI(t, "status")
@@ -259,9 +260,9 @@ func TestCLIConnectStatusListDisconnect(t *testing.T) {
 	require.Contains(t, out, "clients in hotrod\n    VirtualServices: hotrod/route (private)\n    applies: hotrod/route\n    keyed requests: reach the sandbox")
 	code, out, errOut = runCLI(t, "routes", "alice", "-o", "json")
 	require.Equal(t, 0, code, errOut)
-	var rs daemon.RouteState
+	var rs api.RouteState
 	require.NoError(t, json.Unmarshal([]byte(out), &rs))
-	require.Equal(t, daemon.KeyedPartial, rs.Keyed)
+	require.Equal(t, api.KeyedPartial, rs.Keyed)
 	require.Len(t, rs.Ports[0].Views, 2)
 	code, _, errOut = runCLI(t, "routes", "bob")
 	require.Equal(t, 2, code)
@@ -411,7 +412,7 @@ func TestBinaryAutostartsDaemon(t *testing.T) {
 
 	code, out, errOut = run("status", "-o", "json")
 	require.Equal(t, 0, code, errOut)
-	var st daemon.Status
+	var st api.Status
 	require.NoError(t, json.Unmarshal([]byte(out), &st))
 	pid = st.PID
 	require.NotEqual(t, os.Getpid(), pid)
@@ -422,7 +423,7 @@ func TestBinaryAutostartsDaemon(t *testing.T) {
 		require.Contains(t, strings.Split(string(cmdline), "\x00"), "-v", "the auto-started daemon inherits -v")
 	}
 
-	paths := daemon.DefaultPaths(os.Getenv)
+	paths := api.DefaultPaths(os.Getenv)
 	fi, err := os.Stat(paths.RuntimeDir)
 	require.NoError(t, err)
 	require.Equal(t, os.FileMode(0o700), fi.Mode().Perm())
@@ -577,7 +578,7 @@ func TestCLIConnectOnSimulatedCluster(t *testing.T) {
 
 	code, out, errOut = runCLI(t, "list", "-o", "json")
 	require.Equal(t, 0, code, errOut)
-	var res daemon.ListResult
+	var res api.ListResult
 	require.NoError(t, json.Unmarshal([]byte(out), &res))
 	require.Len(t, res.Sandboxes, 1)
 	require.True(t, res.Sandboxes[0].InCluster)
@@ -697,7 +698,7 @@ func TestCLIStatusWatch(t *testing.T) {
 				lines := strings.Split(strings.TrimSpace(out.String()), "\n")
 				require.Greater(t, len(lines), 1)
 				for i, l := range lines {
-					var ev daemon.Event
+					var ev api.Event
 					require.NoError(t, json.Unmarshal([]byte(l), &ev), l)
 					require.Equal(t, i == 0, ev.Snapshot != nil)
 				}

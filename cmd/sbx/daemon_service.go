@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/sbx-dev/sbx/daemon"
+	"github.com/sbx-dev/sbx/daemon/api"
 	"github.com/sbx-dev/sbx/daemon/service"
 )
 
@@ -69,13 +70,13 @@ func installDaemonService(ctx context.Context, g *globalOptions, extraEnv []stri
 	}
 	c := &daemon.Client{Socket: daemonPaths().Socket()}
 	defer c.Close()
-	var before daemon.Status
+	var before api.Status
 	switch err := probeDaemon(ctx, c); {
 	case err == nil:
 		if before, err = c.Status(ctx); err != nil {
 			return classify(err, "")
 		}
-	case !daemon.IsNotRunning(err):
+	case !api.IsNotRunning(err):
 		return err // stuck: it would keep the socket from the service's daemon
 	}
 
@@ -96,7 +97,7 @@ func installDaemonService(ctx context.Context, g *globalOptions, extraEnv []stri
 		rep.Action = "reinstalled"
 	}
 	if before.PID != 0 && before.Managed == "" {
-		if err := c.Shutdown(ctx); err != nil && !daemon.IsNotRunning(err) {
+		if err := c.Shutdown(ctx); err != nil && !api.IsNotRunning(err) {
 			return fmt.Errorf("stop the daemon a command had started (pid %d), so that the service's takes over: %w", before.PID, err)
 		}
 		rep.StoppedPID = before.PID
@@ -115,7 +116,7 @@ func installDaemonService(ctx context.Context, g *globalOptions, extraEnv []stri
 func serviceKind(m service.Manager) string { what, _ := managerWords(m); return what }
 
 // waitManagedDaemon waits until a daemon run by manager answers.
-func waitManagedDaemon(ctx context.Context, c *daemon.Client, manager string) (daemon.Status, error) {
+func waitManagedDaemon(ctx context.Context, c *daemon.Client, manager string) (api.Status, error) {
 	ctx, cancel := context.WithTimeout(ctx, daemonStartTimeout)
 	defer cancel()
 	var last error
@@ -226,7 +227,7 @@ func stopServiceDaemon(ctx context.Context, g *globalOptions, svc service.Host, 
 		}
 	}
 	stopErr := svc.Stop(ctx)
-	if !running && daemon.IsNotRunning(probeErr) {
+	if !running && api.IsNotRunning(probeErr) {
 		// Stop cancelled a pending restart, if any; it fails when
 		// nothing runs (launchctl kill, schtasks /End).
 		fmt.Fprintf(g.stdout, "the sbx daemon is not running (its %s %s is installed: the next command that needs it starts it)\n", serviceKind(m), m.Name())

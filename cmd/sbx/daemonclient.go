@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/sbx-dev/sbx/daemon"
+	"github.com/sbx-dev/sbx/daemon/api"
 	"github.com/sbx-dev/sbx/daemon/service"
 )
 
@@ -21,7 +22,7 @@ import (
 const daemonStartTimeout = 20 * time.Second
 
 // daemonPaths are the daemon's paths for this user, from the environment.
-func daemonPaths() daemon.Paths { return daemon.DefaultPaths(os.Getenv) }
+func daemonPaths() api.Paths { return api.DefaultPaths(os.Getenv) }
 
 // connectDaemon returns a client of the running daemon, or an error that
 // says how to start one.
@@ -29,7 +30,7 @@ func connectDaemon(ctx context.Context) (*daemon.Client, error) {
 	c := &daemon.Client{Socket: daemonPaths().Socket()}
 	if err := probeDaemon(ctx, c); err != nil {
 		c.Close()
-		if daemon.IsNotRunning(err) {
+		if api.IsNotRunning(err) {
 			return nil, userError(errDaemonNotRunning,
 				"start it with `sbx daemon` (or `sbx connect -f FILE`, which starts it for you)")
 		}
@@ -54,7 +55,7 @@ func ensureDaemon(ctx context.Context, g *globalOptions, progress io.Writer) (*d
 	if err == nil {
 		return c, nil
 	}
-	if !daemon.IsNotRunning(err) {
+	if !api.IsNotRunning(err) {
 		c.Close()
 		return nil, err
 	}
@@ -182,7 +183,7 @@ func probeDaemon(ctx context.Context, c *daemon.Client) error {
 // spawnDaemon starts `sbx daemon --background` detached from this process
 // (detachedProcAttr: its own session or process group, so closing the
 // terminal does not stop it), with output appended to the daemon log.
-func spawnDaemon(paths daemon.Paths, verbosity int) (*os.Process, error) {
+func spawnDaemon(paths api.Paths, verbosity int) (*os.Process, error) {
 	exe, err := os.Executable()
 	if err != nil {
 		return nil, fmt.Errorf("find the sbx binary to start the daemon: %w (start it by hand with `sbx daemon`)", err)
@@ -268,7 +269,7 @@ func needDaemon(ctx context.Context, g *globalOptions) (*daemon.Client, error) {
 // absolute they would name the working directory (`export
 // KUBECONFIG=$KUBECONFIG:~/.kube/b` with KUBECONFIG unset leaves a
 // leading one).
-func kubeconfigSource(g *globalOptions) daemon.KubeconfigSource {
+func kubeconfigSource(g *globalOptions) api.KubeconfigSource {
 	abs := func(p string) string {
 		if a, err := filepath.Abs(p); err == nil {
 			return a
@@ -276,7 +277,7 @@ func kubeconfigSource(g *globalOptions) daemon.KubeconfigSource {
 		return p
 	}
 	if g.kubeconfig != "" {
-		return daemon.NewKubeconfigSource(abs(g.kubeconfig), nil)
+		return api.NewKubeconfigSource(abs(g.kubeconfig), nil)
 	}
 	var env []string
 	for _, p := range filepath.SplitList(os.Getenv("KUBECONFIG")) {
@@ -284,13 +285,13 @@ func kubeconfigSource(g *globalOptions) daemon.KubeconfigSource {
 			env = append(env, abs(p))
 		}
 	}
-	return daemon.NewKubeconfigSource("", env)
+	return api.NewKubeconfigSource("", env)
 }
 
 // clusterRequest is the cluster the global flags select, as the daemon
 // needs it (list, gc and disconnect --orphan ask the daemon about one).
-func clusterRequest(g *globalOptions) daemon.ClusterRequest {
-	return daemon.ClusterRequest{KubeconfigSource: kubeconfigSource(g), Context: g.context, Namespace: g.namespace}
+func clusterRequest(g *globalOptions) api.ClusterRequest {
+	return api.ClusterRequest{KubeconfigSource: kubeconfigSource(g), Context: g.context, Namespace: g.namespace}
 }
 
 // warnVersionSkew notes when the running daemon is another sbx version
@@ -322,7 +323,7 @@ func classify(err error, hint string) error {
 // daemon is asked once whether it is gone (daemonStopped waits up to 2s).
 func classifyStopped(err error, hint string, stopped error) error {
 	var (
-		ae *daemon.APIError
+		ae *api.APIError
 		ce *cliError
 	)
 	switch {
@@ -330,7 +331,7 @@ func classifyStopped(err error, hint string, stopped error) error {
 		return nil
 	case errors.As(err, &ce), errors.Is(err, context.Canceled):
 		return err
-	case daemon.IsNotRunning(err):
+	case api.IsNotRunning(err):
 		return userError(err, "start it with `sbx daemon`")
 	case errors.As(err, &ae) && ae.StatusCode < 500:
 		return userError(err, hint)
@@ -362,7 +363,7 @@ func daemonStopped(socket string) bool {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
 	for {
-		if _, err := c.LogPath(ctx); daemon.IsNotRunning(err) {
+		if _, err := c.LogPath(ctx); api.IsNotRunning(err) {
 			return true
 		}
 		select {

@@ -1,4 +1,11 @@
-package daemon
+// Package api is the daemon's local API as its clients see it: the types
+// that cross the unix socket, folding watch events into a Status, the
+// paths the daemon and its clients agree on, and the errors the daemon
+// answers with. It imports the standard library and Kubernetes-free sbx
+// packages only (cluster/spec, cluster/meshreport), so that a client (the
+// CLI's printing, the tray) does not link Kubernetes; the daemon fills
+// these types, daemon/client carries them.
+package api
 
 import (
 	"time"
@@ -150,9 +157,9 @@ type ConnectRequest struct {
 	RotateToken bool `json:"rotateToken,omitempty"`
 }
 
-// rotateOnly reports whether req only rotates the token of a connected
+// RotateOnly reports whether req only rotates the token of a connected
 // sandbox, keeping its spec.
-func (req ConnectRequest) rotateOnly() bool {
+func (req ConnectRequest) RotateOnly() bool {
 	return req.RotateToken && len(req.Spec.Spec.Local) == 0
 }
 
