@@ -19,6 +19,7 @@ import (
 
 	"github.com/sbx-dev/sbx/cluster/spec"
 	"github.com/sbx-dev/sbx/daemon/api"
+	"github.com/sbx-dev/sbx/daemon/client"
 )
 
 func TestSocketAndDirModes(t *testing.T) {
@@ -146,7 +147,7 @@ func TestTypedErrors(t *testing.T) {
 	require.Contains(t, err.Error(), "DNS-1123")
 
 	// No daemon at all.
-	c := &Client{Socket: td.paths.Socket() + ".none"}
+	c := &client.Client{Socket: td.paths.Socket() + ".none"}
 	defer c.Close()
 	_, err = c.Status(ctx)
 	var nr *api.NotRunningError
@@ -160,7 +161,7 @@ func TestZeroClientUsesDefaultSocket(t *testing.T) {
 	t.Setenv("XDG_RUNTIME_DIR", dir)
 	t.Setenv("XDG_STATE_HOME", dir+"/state")
 	startDaemon(t, Options{Paths: api.DefaultPaths(nil), Clusters: (&fakeCluster{}).provider(), link: (&fakeLinker{}).link})
-	var c Client
+	var c client.Client
 	defer c.Close()
 	st, err := c.Status(context.Background())
 	require.NoError(t, err)
@@ -441,24 +442,27 @@ func TestOtherUsersRefused(t *testing.T) {
 func TestStopDuringClusterCalls(t *testing.T) {
 	cases := []struct {
 		name string
-		call func(ctx context.Context, c *Client) error
+		call func(ctx context.Context, c *client.Client) error
 		want []string
 	}{
-		{"disconnect", func(ctx context.Context, c *Client) error { _, err := c.Disconnect(ctx, "alice"); return err },
+		{"disconnect", func(ctx context.Context, c *client.Client) error { _, err := c.Disconnect(ctx, "alice"); return err },
 			[]string{"the sbx daemon is stopping, so sandbox alice was not disconnected", "run `sbx disconnect alice` again", "sbx gc"}},
-		{"disconnect all", func(ctx context.Context, c *Client) error { _, err := c.DisconnectAll(ctx); return err },
+		{"disconnect all", func(ctx context.Context, c *client.Client) error { _, err := c.DisconnectAll(ctx); return err },
 			[]string{"the sbx daemon is stopping, so sandbox alice was not disconnected"}},
-		{"orphan", func(ctx context.Context, c *Client) error {
+		{"orphan", func(ctx context.Context, c *client.Client) error {
 			_, err := c.DeleteOrphan(ctx, "ghost", api.ClusterRequest{})
 			return err
 		},
 			[]string{"the sbx daemon is stopping", "run the command again"}},
-		{"list", func(ctx context.Context, c *Client) error {
+		{"list", func(ctx context.Context, c *client.Client) error {
 			_, err := c.List(ctx, api.ClusterRequest{}, true)
 			return err
 		},
 			[]string{"the sbx daemon is stopping", "run the command again"}},
-		{"gc", func(ctx context.Context, c *Client) error { _, err := c.GC(ctx, api.ClusterRequest{}); return err },
+		{"gc", func(ctx context.Context, c *client.Client) error {
+			_, err := c.GC(ctx, api.ClusterRequest{})
+			return err
+		},
 			[]string{"the sbx daemon is stopping and broke off gc", "run `sbx gc` again"}},
 	}
 	for _, tc := range cases {
@@ -480,7 +484,7 @@ func TestStopDuringClusterCalls(t *testing.T) {
 				defer fc.mu.Unlock()
 				return fc.hangs > 0
 			}, 10*time.Second, time.Millisecond, "the request never reached the cluster")
-			stopper := &Client{Socket: td.paths.Socket()}
+			stopper := &client.Client{Socket: td.paths.Socket()}
 			defer stopper.Close()
 			require.NoError(t, stopper.Shutdown(ctx))
 
@@ -547,7 +551,7 @@ func TestStopDuringConnect(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("the connect never waited for the relay")
 	}
-	stopper := &Client{Socket: td.paths.Socket()}
+	stopper := &client.Client{Socket: td.paths.Socket()}
 	defer stopper.Close()
 	require.NoError(t, stopper.Shutdown(ctx))
 	var err error

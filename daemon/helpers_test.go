@@ -20,6 +20,7 @@ import (
 
 	"github.com/sbx-dev/sbx/cluster/spec"
 	"github.com/sbx-dev/sbx/daemon/api"
+	"github.com/sbx-dev/sbx/daemon/client"
 	"github.com/sbx-dev/sbx/daemon/config"
 )
 
@@ -319,7 +320,7 @@ func (f *fakeLinker) count() int {
 // testDaemon is a daemon running in-process.
 type testDaemon struct {
 	d      *Daemon
-	client *Client
+	client *client.Client
 	paths  api.Paths
 	cancel context.CancelFunc
 	done   chan error
@@ -383,7 +384,7 @@ func startDaemonAsIs(t *testing.T, opts Options) *testDaemon {
 	d, err := New(opts)
 	require.NoError(t, err)
 	ctx, cancel := context.WithCancel(context.Background())
-	td := &testDaemon{d: d, client: &Client{Socket: opts.Paths.Socket()}, paths: opts.Paths, cancel: cancel, done: make(chan error, 1)}
+	td := &testDaemon{d: d, client: &client.Client{Socket: opts.Paths.Socket()}, paths: opts.Paths, cancel: cancel, done: make(chan error, 1)}
 	go func() { td.done <- d.Run(ctx) }()
 	t.Cleanup(td.stop)
 	require.Eventually(t, func() bool {
@@ -410,7 +411,7 @@ func testSpec(name string, toLocal string) spec.Sandbox {
 	}}}}
 }
 
-func waitPhase(t *testing.T, c *Client, name string, ph api.Phase) api.SandboxStatus {
+func waitPhase(t *testing.T, c *client.Client, name string, ph api.Phase) api.SandboxStatus {
 	t.Helper()
 	var st api.SandboxStatus
 	require.Eventually(t, func() bool {

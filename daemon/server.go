@@ -16,11 +16,6 @@ import (
 	"github.com/sbx-dev/sbx/daemon/proxy"
 )
 
-// apiHost is the Host the Go client sends. curl --unix-socket sends
-// "localhost"; anything else means the request did not come from a local
-// client speaking to the socket (DNS rebinding, a proxied browser).
-const apiHost = "local.sbx"
-
 // maxRequestBody bounds request bodies (a spec is a few KiB).
 const maxRequestBody = 4 << 20
 
@@ -102,7 +97,7 @@ func guard(next http.Handler) http.Handler {
 		if h, _, err := net.SplitHostPort(host); err == nil {
 			host = h
 		}
-		if host != apiHost && host != "localhost" && host != "" {
+		if host != api.Host && host != "localhost" && host != "" {
 			writeError(w, &httpError{http.StatusForbidden, fmt.Sprintf("Host %q refused: the sbx API is for local clients only", r.Host)})
 			return
 		}

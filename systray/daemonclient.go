@@ -6,14 +6,14 @@ import (
 	"fmt"
 	"io"
 
-	"github.com/sbx-dev/sbx/daemon"
 	"github.com/sbx-dev/sbx/daemon/api"
+	"github.com/sbx-dev/sbx/daemon/client"
 )
 
 // DaemonClient adapts the daemon's Go client to the tray's Client.
 type DaemonClient struct {
 	// C is the daemon's client.
-	C *daemon.Client
+	C *client.Client
 	// Start starts the daemon in the background and waits until it
 	// answers; nil makes "Start daemon" report that it cannot.
 	Start func(ctx context.Context) error

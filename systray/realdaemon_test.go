@@ -17,6 +17,7 @@ import (
 	"github.com/sbx-dev/sbx/cluster/spec"
 	"github.com/sbx-dev/sbx/daemon"
 	"github.com/sbx-dev/sbx/daemon/api"
+	"github.com/sbx-dev/sbx/daemon/client"
 	"github.com/stretchr/testify/require"
 )
 
@@ -92,7 +93,7 @@ func newRealDaemonWithConfig(t *testing.T, config string) *realDaemon {
 	return r
 }
 
-func (r *realDaemon) client() *daemon.Client { return &daemon.Client{Socket: r.paths.Socket()} }
+func (r *realDaemon) client() *client.Client { return &client.Client{Socket: r.paths.Socket()} }
 
 func (r *realDaemon) start() {
 	d, err := daemon.New(daemon.Options{

@@ -14,6 +14,7 @@ import (
 	"github.com/sbx-dev/sbx/cluster/spec"
 	"github.com/sbx-dev/sbx/daemon"
 	"github.com/sbx-dev/sbx/daemon/api"
+	"github.com/sbx-dev/sbx/daemon/client"
 	"github.com/sbx-dev/sbx/daemon/config"
 )
 
@@ -188,7 +189,7 @@ func rotateToken(ctx context.Context, g *globalOptions, name string, wait bool, 
 }
 
 // connectOnce sends one connect and prints its progress and result.
-func connectOnce(ctx context.Context, g *globalOptions, c *daemon.Client, req api.ConnectRequest, sb *spec.Sandbox, format string) error {
+func connectOnce(ctx context.Context, g *globalOptions, c *client.Client, req api.ConnectRequest, sb *spec.Sandbox, format string) error {
 	req.Spec = *sb
 	if format == "text" {
 		if req.RotateToken {
@@ -389,7 +390,7 @@ func printReady(w io.Writer, st api.SandboxStatus) {
 // watchSpec re-applies the spec whenever its file changes, until ctx ends.
 // config.WatchFile follows the file as editors save it (a new file renamed
 // over the old one) and through a symlink to its target.
-func watchSpec(ctx context.Context, g *globalOptions, c *daemon.Client, req api.ConnectRequest, sf *specFlags, format string) error {
+func watchSpec(ctx context.Context, g *globalOptions, c *client.Client, req api.ConnectRequest, sf *specFlags, format string) error {
 	err := config.WatchFile(ctx, sf.file, config.FileWatchOptions{
 		// Said only once the watch is in place, so an edit made after
 		// the message is re-applied.

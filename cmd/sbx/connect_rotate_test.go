@@ -10,8 +10,8 @@ import (
 
 	"github.com/stretchr/testify/require"
 
-	"github.com/sbx-dev/sbx/daemon"
 	"github.com/sbx-dev/sbx/daemon/api"
+	"github.com/sbx-dev/sbx/daemon/client"
 	"github.com/sbx-dev/sbx/tools/testbed/sim"
 )
 
@@ -66,7 +66,7 @@ func TestCLIConnectRotateToken(t *testing.T) {
 	code, out, errOut := runCLI(t, "connect", "-f", writeSpec(t, dir), "--set", "name=alice")
 	require.Equal(t, 0, code, errOut)
 	before := token()
-	c := &daemon.Client{}
+	c := &client.Client{}
 	defer c.Close()
 	st, err := c.Sandbox(ctx, "alice")
 	require.NoError(t, err)

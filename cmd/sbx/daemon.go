@@ -16,6 +16,7 @@ import (
 	"github.com/sbx-dev/sbx/cluster"
 	"github.com/sbx-dev/sbx/daemon"
 	"github.com/sbx-dev/sbx/daemon/api"
+	"github.com/sbx-dev/sbx/daemon/client"
 	"github.com/sbx-dev/sbx/daemon/config"
 	"github.com/sbx-dev/sbx/daemon/service"
 )
@@ -122,7 +123,7 @@ command that needs it, or the next login, starts it again.
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx := cmd.Context()
-			c := &daemon.Client{Socket: daemonPaths().Socket()}
+			c := &client.Client{Socket: daemonPaths().Socket()}
 			defer c.Close()
 			// A stuck daemon would never answer the shutdown either.
 			perr := probeDaemon(ctx, c)
@@ -157,7 +158,7 @@ const daemonStopTimeout = 15 * time.Second
 func waitDaemonGone(ctx context.Context) error {
 	deadline := time.Now().Add(daemonStopTimeout)
 	for time.Now().Before(deadline) {
-		probe := &daemon.Client{Socket: daemonPaths().Socket()}
+		probe := &client.Client{Socket: daemonPaths().Socket()}
 		_, err := probe.LogPath(ctx)
 		probe.Close()
 		if api.IsNotRunning(err) {
@@ -265,7 +266,7 @@ func runDaemon(ctx context.Context, g *globalOptions, background bool, manager s
 // takes over when it stops, instead of exiting and being restarted until
 // the manager gives up on it.
 func awaitSocket(ctx context.Context, paths api.Paths, logger *slog.Logger) bool {
-	c := &daemon.Client{Socket: paths.Socket()}
+	c := &client.Client{Socket: paths.Socket()}
 	defer c.Close()
 	logged := false
 	for {

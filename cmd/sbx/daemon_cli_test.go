@@ -24,6 +24,7 @@ import (
 	"github.com/sbx-dev/sbx/cluster/spec"
 	"github.com/sbx-dev/sbx/daemon"
 	"github.com/sbx-dev/sbx/daemon/api"
+	"github.com/sbx-dev/sbx/daemon/client"
 	"github.com/sbx-dev/sbx/tools/testbed/sim"
 	istioapi "istio.io/api/networking/v1alpha3"
 	istionet "istio.io/client-go/pkg/apis/networking/v1"
@@ -168,7 +169,7 @@ func startInProcessDaemon(t *testing.T, cl daemon.Cluster, tweak ...func(*daemon
 		})
 	}
 	t.Cleanup(stop)
-	c := &daemon.Client{}
+	c := &client.Client{}
 	defer c.Close()
 	require.Eventually(t, func() bool { _, err := c.Status(context.Background()); return err == nil }, 10*time.Second, 5*time.Millisecond)
 	return stop
@@ -457,7 +458,7 @@ func TestBinaryAutostartsDaemon(t *testing.T) {
 // the test daemon.
 type watchRun struct {
 	errb   *lockedBuffer
-	c      *daemon.Client
+	c      *client.Client
 	cancel context.CancelFunc
 	done   chan int
 }
@@ -465,7 +466,7 @@ type watchRun struct {
 func startConnectWatch(t *testing.T, specPath string) *watchRun {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
-	w := &watchRun{errb: &lockedBuffer{}, c: &daemon.Client{}, cancel: cancel, done: make(chan int, 1)}
+	w := &watchRun{errb: &lockedBuffer{}, c: &client.Client{}, cancel: cancel, done: make(chan int, 1)}
 	t.Cleanup(func() { cancel(); w.c.Close() })
 	go func() {
 		var out lockedBuffer
@@ -559,7 +560,7 @@ func TestCLIConnectOnSimulatedCluster(t *testing.T) {
 		require.Contains(t, errOut, step)
 	}
 	require.Contains(t, out, "Sandbox alice is ready.")
-	c2 := &daemon.Client{}
+	c2 := &client.Client{}
 	defer c2.Close()
 	st, err := c2.Sandbox(ctx, "alice")
 	require.NoError(t, err)

@@ -14,8 +14,8 @@ import (
 
 	"github.com/stretchr/testify/require"
 
-	"github.com/sbx-dev/sbx/daemon"
 	"github.com/sbx-dev/sbx/daemon/api"
+	"github.com/sbx-dev/sbx/daemon/client"
 	"github.com/sbx-dev/sbx/daemon/service"
 )
 
@@ -121,7 +121,7 @@ func runCLIWith(t *testing.T, opt func(*globalOptions), args ...string) (int, st
 }
 
 func daemonStatus(t *testing.T) (api.Status, error) {
-	c := &daemon.Client{}
+	c := &client.Client{}
 	defer c.Close()
 	return c.Status(context.Background())
 }

@@ -12,8 +12,8 @@ import (
 	"strings"
 	"time"
 
-	"github.com/sbx-dev/sbx/daemon"
 	"github.com/sbx-dev/sbx/daemon/api"
+	"github.com/sbx-dev/sbx/daemon/client"
 	"github.com/sbx-dev/sbx/daemon/service"
 )
 
@@ -26,8 +26,8 @@ func daemonPaths() api.Paths { return api.DefaultPaths(os.Getenv) }
 
 // connectDaemon returns a client of the running daemon, or an error that
 // says how to start one.
-func connectDaemon(ctx context.Context) (*daemon.Client, error) {
-	c := &daemon.Client{Socket: daemonPaths().Socket()}
+func connectDaemon(ctx context.Context) (*client.Client, error) {
+	c := &client.Client{Socket: daemonPaths().Socket()}
 	if err := probeDaemon(ctx, c); err != nil {
 		c.Close()
 		if api.IsNotRunning(err) {
@@ -48,9 +48,9 @@ var errDaemonNotRunning = errors.New("the sbx daemon is not running")
 // installed as a service (`sbx daemon --install`), else in the background.
 // Progress goes to progress; g's verbosity (the CLI's -v count) is passed
 // on to a daemon it starts.
-func ensureDaemon(ctx context.Context, g *globalOptions, progress io.Writer) (*daemon.Client, error) {
+func ensureDaemon(ctx context.Context, g *globalOptions, progress io.Writer) (*client.Client, error) {
 	paths := daemonPaths()
-	c := &daemon.Client{Socket: paths.Socket()}
+	c := &client.Client{Socket: paths.Socket()}
 	err := probeDaemon(ctx, c)
 	if err == nil {
 		return c, nil
@@ -117,7 +117,7 @@ func (e *exitedError) Error() string { return fmt.Sprintf("the sbx daemon exited
 // ends, exited reports the daemon's exit (*exitedError; a nil channel
 // never does) or daemonStartTimeout passes (errStartTimeout), printing a
 // dot every half second.
-func waitAnswer(ctx context.Context, c *daemon.Client, progress io.Writer, exited <-chan error) error {
+func waitAnswer(ctx context.Context, c *client.Client, progress io.Writer, exited <-chan error) error {
 	deadline := time.NewTimer(daemonStartTimeout)
 	defer deadline.Stop()
 	tick := time.NewTicker(100 * time.Millisecond)
@@ -156,7 +156,7 @@ const daemonAnswerTimeout = 5 * time.Second
 // probeDaemon asks the daemon a cheap question. Its errors: ctx's own when
 // the command was interrupted, a stuck daemon explained, or the client's
 // (NotRunningError when nothing listens).
-func probeDaemon(ctx context.Context, c *daemon.Client) error {
+func probeDaemon(ctx context.Context, c *client.Client) error {
 	pctx, cancel := context.WithTimeout(ctx, daemonAnswerTimeout)
 	defer cancel()
 	_, err := c.LogPath(pctx)
@@ -249,7 +249,7 @@ func lastLines(path string, n int) string {
 
 // needDaemon is ensureDaemon for a command: progress on stderr, and a note
 // when the running daemon is another version.
-func needDaemon(ctx context.Context, g *globalOptions) (*daemon.Client, error) {
+func needDaemon(ctx context.Context, g *globalOptions) (*client.Client, error) {
 	c, err := ensureDaemon(ctx, g, g.stderr)
 	if err != nil {
 		return nil, err
@@ -297,7 +297,7 @@ func clusterRequest(g *globalOptions) api.ClusterRequest {
 // warnVersionSkew notes when the running daemon is another sbx version
 // than this CLI (typically after an upgrade): the daemon keeps running the
 // old code until restarted.
-func warnVersionSkew(ctx context.Context, c *daemon.Client, g *globalOptions) {
+func warnVersionSkew(ctx context.Context, c *client.Client, g *globalOptions) {
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
 	st, err := c.Status(ctx)
@@ -358,7 +358,7 @@ func classifyStopped(err error, hint string, stopped error) error {
 // within a moment (a daemon shutting down may answer briefly after it
 // broke off a request).
 func daemonStopped(socket string) bool {
-	c := &daemon.Client{Socket: socket}
+	c := &client.Client{Socket: socket}
 	defer c.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()

@@ -17,8 +17,8 @@ import (
 
 	"github.com/stretchr/testify/require"
 
-	"github.com/sbx-dev/sbx/daemon"
 	"github.com/sbx-dev/sbx/daemon/api"
+	"github.com/sbx-dev/sbx/daemon/client"
 	"github.com/sbx-dev/sbx/tools/testbed/sim"
 	"github.com/sbx-dev/sbx/tools/testbed/simenv"
 )
@@ -165,7 +165,7 @@ type binaryEnv struct {
 	env   []string
 	sim   *sim.Cluster
 	hosts string
-	dc    *daemon.Client
+	dc    *client.Client
 }
 
 // binaryEnvHosts is the private hosts file's content before sbx.
@@ -205,7 +205,7 @@ func startBinaryEnv(t *testing.T) *binaryEnv {
 			"KUBECONFIG=" + kubeconfig,
 			"PATH=" + os.Getenv("PATH"),
 		},
-		dc: &daemon.Client{Socket: filepath.Join(home, "run", "sbx", "sbx.sock")},
+		dc: &client.Client{Socket: filepath.Join(home, "run", "sbx", "sbx.sock")},
 	}
 	t.Cleanup(b.dc.Close)
 	t.Cleanup(func() {

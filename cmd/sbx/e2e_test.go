@@ -22,8 +22,8 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/sbx-dev/sbx/cluster"
-	"github.com/sbx-dev/sbx/daemon"
 	"github.com/sbx-dev/sbx/daemon/api"
+	"github.com/sbx-dev/sbx/daemon/client"
 	"github.com/sbx-dev/sbx/daemon/config"
 	"github.com/sbx-dev/sbx/tools/testbed/sim"
 	"github.com/sbx-dev/sbx/tools/testbed/simenv"
@@ -278,8 +278,8 @@ func TestE2EDaemonRestart(t *testing.T) {
 func TestE2ELeaseExpiryGC(t *testing.T) {
 	e := startE2E(t)
 	ctx := context.Background()
-	client := e.Sim.HTTPClient("default")
-	defer client.CloseIdleConnections()
+	hc := e.Sim.HTTPClient("default")
+	defer hc.CloseIdleConnections()
 	before := vsSnapshot(t, e)
 
 	local, err := sim.StartLocalRoute("127.0.0.1:0", nil, nil, e.Log)
@@ -288,7 +288,7 @@ func TestE2ELeaseExpiryGC(t *testing.T) {
 	st, err := e.Connect(ctx, "alice", local.Addr(), nil)
 	require.NoError(t, err)
 	keyed := "sbx-routing-key=" + st.RoutingKey
-	eventuallyServed(t, client, keyed, routeV2)
+	eventuallyServed(t, hc, keyed, routeV2)
 	require.NoError(t, e.StopDaemon()) // the laptop is gone for good
 
 	// Another laptop's daemon (its own, empty state) runs gc.
@@ -296,7 +296,7 @@ func TestE2ELeaseExpiryGC(t *testing.T) {
 	require.NoError(t, err)
 	defer os.RemoveAll(other)
 	e.Paths = api.Paths{RuntimeDir: filepath.Join(other, "run"), StateDir: filepath.Join(other, "state")}
-	e.Client = &daemon.Client{Socket: e.Paths.Socket()}
+	e.Client = &client.Client{Socket: e.Paths.Socket()}
 	require.NoError(t, e.StartDaemon(ctx))
 	gc := func() []string {
 		res, err := e.Client.GC(ctx, api.ClusterRequest{Namespace: sim.AppNamespace})
@@ -319,7 +319,7 @@ func TestE2ELeaseExpiryGC(t *testing.T) {
 	require.Eventually(t, func() bool { return len(sbxObjects(t, e)) == 0 }, 20*time.Second, 20*time.Millisecond,
 		"left behind: %v", sbxObjects(t, e))
 	require.Equal(t, before, vsSnapshot(t, e))
-	eventuallyServed(t, client, keyed, allBaseline)
+	eventuallyServed(t, hc, keyed, allBaseline)
 }
 
 // blob writes n deterministic pseudo-random bytes for seed.

@@ -14,6 +14,7 @@ import (
 
 	"github.com/sbx-dev/sbx/daemon"
 	"github.com/sbx-dev/sbx/daemon/api"
+	"github.com/sbx-dev/sbx/daemon/client"
 	"github.com/sbx-dev/sbx/daemon/config"
 )
 
@@ -30,7 +31,7 @@ func TestCLIRunInProxyMode(t *testing.T) {
 	code, _, errOut := runCLI(t, "connect", "-f", writeSpec(t, dir), "--set", "name=alice", "--wait=false")
 	require.Equal(t, 0, code, errOut)
 
-	c := &daemon.Client{}
+	c := &client.Client{}
 	defer c.Close()
 	var addr string
 	require.Eventually(t, func() bool {

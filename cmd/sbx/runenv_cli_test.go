@@ -16,8 +16,8 @@ import (
 	"k8s.io/client-go/kubernetes/fake"
 
 	"github.com/sbx-dev/sbx/cluster/spec"
-	"github.com/sbx-dev/sbx/daemon"
 	"github.com/sbx-dev/sbx/daemon/api"
+	"github.com/sbx-dev/sbx/daemon/client"
 	"github.com/sbx-dev/sbx/daemon/config"
 )
 
@@ -30,7 +30,7 @@ func connectAlice(t *testing.T) api.SandboxStatus {
 	startInProcessDaemon(t, &cliCluster{ready: make(chan struct{})})
 	code, _, errOut := runCLI(t, "connect", "-f", writeSpec(t, dir), "--set", "name=alice", "--wait=false")
 	require.Equal(t, 0, code, errOut)
-	c := &daemon.Client{}
+	c := &client.Client{}
 	defer c.Close()
 	st, err := c.Sandbox(context.Background(), "alice")
 	require.NoError(t, err)

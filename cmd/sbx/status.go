@@ -13,6 +13,7 @@ import (
 
 	"github.com/sbx-dev/sbx/daemon"
 	"github.com/sbx-dev/sbx/daemon/api"
+	"github.com/sbx-dev/sbx/daemon/client"
 	"github.com/sbx-dev/sbx/daemon/config"
 	"github.com/sbx-dev/sbx/daemon/service"
 )
@@ -84,7 +85,7 @@ with -o json, one JSON event per line (the first a full snapshot).`,
 
 // connectedSandbox asks the daemon for one sandbox; one it does not know
 // is a usage error that says how to connect it.
-func connectedSandbox(ctx context.Context, c *daemon.Client, name string) (api.SandboxStatus, error) {
+func connectedSandbox(ctx context.Context, c *client.Client, name string) (api.SandboxStatus, error) {
 	sb, err := c.Sandbox(ctx, name)
 	if err != nil {
 		if api.IsNotFound(err) {
@@ -98,7 +99,7 @@ func connectedSandbox(ctx context.Context, c *daemon.Client, name string) (api.S
 // watchStatus follows the daemon's watch stream. Text re-renders the whole
 // (or the named sandbox's) status after each change; json/yaml print each
 // event.
-func watchStatus(cmd *cobra.Command, g *globalOptions, c *daemon.Client, name, format string) error {
+func watchStatus(cmd *cobra.Command, g *globalOptions, c *client.Client, name, format string) error {
 	ctx := cmd.Context()
 	for {
 		w, err := c.Watch(ctx)

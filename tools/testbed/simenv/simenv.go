@@ -23,6 +23,7 @@ import (
 	"github.com/sbx-dev/sbx/cluster/spec"
 	"github.com/sbx-dev/sbx/daemon"
 	"github.com/sbx-dev/sbx/daemon/api"
+	"github.com/sbx-dev/sbx/daemon/client"
 	"github.com/sbx-dev/sbx/daemon/config"
 	"github.com/sbx-dev/sbx/tools/testbed/sim"
 )
@@ -34,7 +35,7 @@ import (
 // and the end-to-end tests drive it.
 type Env struct {
 	Sim    *sim.Cluster
-	Client *daemon.Client
+	Client *client.Client
 	Paths  api.Paths
 	// ConfigPath is the daemon's user config; HostsFile the private hosts
 	// file its hosts mode edits (never the system's).
@@ -83,7 +84,7 @@ func Start(ctx context.Context, dir string, logger *slog.Logger, opts sim.Option
 		// args; the image is only written into the Deployment.
 		DefaultRelayImage: "ghcr.io/sbx-dev/sbx:sim",
 	})
-	e.Client = &daemon.Client{Socket: e.Paths.Socket()}
+	e.Client = &client.Client{Socket: e.Paths.Socket()}
 	e.ConfigPath = filepath.Join(dir, "config.yaml")
 	e.HostsFile = filepath.Join(dir, "hosts")
 	if err := os.WriteFile(e.HostsFile, []byte("127.0.0.1 localhost\n"), 0o644); err != nil {
@@ -158,7 +159,7 @@ func (e *Env) StopDaemon() error {
 	stop()
 	err := <-errc
 	e.Client.Close()
-	e.Client = &daemon.Client{Socket: e.Paths.Socket()}
+	e.Client = &client.Client{Socket: e.Paths.Socket()}
 	return err
 }
 

@@ -1,4 +1,8 @@
-package daemon
+// Package client is the Go client of the daemon's local API: plain HTTP over
+// the unix socket, errors as the typed values of daemon/api. It imports
+// daemon/api and the standard library only, so that the tray and other
+// clients do not link the daemon's Kubernetes adapter.
+package client
 
 import (
 	"bufio"
@@ -73,7 +77,7 @@ func (c *Client) do(ctx context.Context, method, path string, body any) (*http.R
 		}
 		rd = bytes.NewReader(b)
 	}
-	req, err := http.NewRequestWithContext(ctx, method, "http://"+apiHost+path, rd)
+	req, err := http.NewRequestWithContext(ctx, method, "http://"+api.Host+path, rd)
 	if err != nil {
 		return nil, err
 	}
