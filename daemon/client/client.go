@@ -21,10 +21,10 @@ import (
 )
 
 // Client talks to the daemon's local API. The zero value works: it dials
-// the default socket (DefaultPaths). It is safe for concurrent use; do not
+// the default socket (api.DefaultPaths). It is safe for concurrent use; do not
 // copy it after first use.
 type Client struct {
-	// Socket is the socket path; empty means DefaultPaths(nil).Socket().
+	// Socket is the socket path; empty means api.DefaultPaths(nil).Socket().
 	Socket string
 	// Dial opens a connection to the daemon; nil dials Socket. Tests swap
 	// it.
