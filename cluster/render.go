@@ -22,6 +22,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/sbx-dev/sbx/cluster/istiovs"
+	"github.com/sbx-dev/sbx/cluster/meshreport"
 	"github.com/sbx-dev/sbx/cluster/routingkey"
 	"github.com/sbx-dev/sbx/cluster/spec"
 	"github.com/sbx-dev/sbx/relay/relayargs"
@@ -128,7 +129,7 @@ type Objects struct {
 	Regex string
 	// RouteReport says, per mapped Service port and client namespace,
 	// where keyed requests go.
-	RouteReport []istiovs.PortReport
+	RouteReport []meshreport.PortReport
 
 	routes istiovs.Sandbox
 }

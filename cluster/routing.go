@@ -18,6 +18,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/sbx-dev/sbx/cluster/istiovs"
+	"github.com/sbx-dev/sbx/cluster/meshreport"
 	"github.com/sbx-dev/sbx/cluster/routingkey"
 	"github.com/sbx-dev/sbx/cluster/spec"
 )
@@ -166,7 +167,7 @@ type RouteOptions struct {
 type RouteStatus struct {
 	// Report says, per mapped Service port and client namespace, what
 	// keyed requests reach.
-	Report []istiovs.PortReport `json:"report,omitempty"`
+	Report []meshreport.PortReport `json:"report,omitempty"`
 	// Warnings are what the user should know (routes that cannot work,
 	// GitOps-synced VirtualServices).
 	Warnings []string `json:"warnings,omitempty"`
@@ -391,7 +392,7 @@ func removeRoutes(ctx context.Context, c Clients, sandbox string, keys, nss []st
 // Leftovers lists VirtualServices with dead routes and sbx's own
 // VirtualServices without a live sandbox, changing nothing (what
 // SweepRoutes, and `sbx gc`, removes).
-func Leftovers(ctx context.Context, c Clients, namespaces []string, domain string) ([]istiovs.Leftover, error) {
+func Leftovers(ctx context.Context, c Clients, namespaces []string, domain string) ([]meshreport.Leftover, error) {
 	routing, err := LiveBaseline{C: c}.Routing(ctx, namespaces)
 	if err != nil {
 		return nil, err
@@ -408,7 +409,7 @@ func Leftovers(ctx context.Context, c Clients, namespaces []string, domain strin
 // every VirtualService the caller can read, and deletes sbx's own
 // VirtualServices left without a live sandbox's route. namespaces are
 // where to look when the caller may not list VirtualServices cluster-wide.
-func SweepRoutes(ctx context.Context, c Clients, namespaces []string, domain string, progress func(Event)) ([]istiovs.Leftover, error) {
+func SweepRoutes(ctx context.Context, c Clients, namespaces []string, domain string, progress func(Event)) ([]meshreport.Leftover, error) {
 	if progress == nil {
 		progress = func(Event) {}
 	}
@@ -417,7 +418,7 @@ func SweepRoutes(ctx context.Context, c Clients, namespaces []string, domain str
 		return nil, err
 	}
 	st, err := reconcile(ctx, c, istiovs.Sandbox{}, namespaces, "", domain, progress)
-	var out []istiovs.Leftover
+	var out []meshreport.Leftover
 	if st != nil {
 		for _, l := range before {
 			if slices.Contains(st.Changed, l.Namespace+"/"+l.Name) {

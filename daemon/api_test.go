@@ -18,6 +18,8 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/sbx-dev/sbx/cluster/spec"
+	"github.com/sbx-dev/sbx/daemon/api"
+	"github.com/sbx-dev/sbx/daemon/client"
 )
 
 func TestSocketAndDirModes(t *testing.T) {
@@ -129,28 +131,28 @@ func TestTypedErrors(t *testing.T) {
 	ctx := context.Background()
 
 	_, err := td.client.Sandbox(ctx, "nope")
-	var ae *APIError
+	var ae *api.APIError
 	require.ErrorAs(t, err, &ae)
 	require.Equal(t, http.StatusNotFound, ae.StatusCode)
-	require.True(t, IsNotFound(err))
+	require.True(t, api.IsNotFound(err))
 	require.Contains(t, err.Error(), "sbx status")
 
 	_, err = td.client.Disconnect(ctx, "nope")
-	require.True(t, IsNotFound(err))
+	require.True(t, api.IsNotFound(err))
 
 	bad := testSpec("Not_A_Label", "localhost:1")
-	_, err = td.client.Connect(ctx, ConnectRequest{Spec: bad}, nil)
+	_, err = td.client.Connect(ctx, api.ConnectRequest{Spec: bad}, nil)
 	require.ErrorAs(t, err, &ae)
 	require.Equal(t, http.StatusBadRequest, ae.StatusCode)
 	require.Contains(t, err.Error(), "DNS-1123")
 
 	// No daemon at all.
-	c := &Client{Socket: td.paths.Socket() + ".none"}
+	c := &client.Client{Socket: td.paths.Socket() + ".none"}
 	defer c.Close()
 	_, err = c.Status(ctx)
-	var nr *NotRunningError
+	var nr *api.NotRunningError
 	require.ErrorAs(t, err, &nr)
-	require.True(t, IsNotRunning(err))
+	require.True(t, api.IsNotRunning(err))
 	require.Contains(t, err.Error(), "sbx daemon")
 }
 
@@ -158,8 +160,8 @@ func TestZeroClientUsesDefaultSocket(t *testing.T) {
 	dir := shortTempDir(t)
 	t.Setenv("XDG_RUNTIME_DIR", dir)
 	t.Setenv("XDG_STATE_HOME", dir+"/state")
-	startDaemon(t, Options{Paths: DefaultPaths(nil), Clusters: (&fakeCluster{}).provider(), link: (&fakeLinker{}).link})
-	var c Client
+	startDaemon(t, Options{Paths: api.DefaultPaths(nil), Clusters: (&fakeCluster{}).provider(), link: (&fakeLinker{}).link})
+	var c client.Client
 	defer c.Close()
 	st, err := c.Status(context.Background())
 	require.NoError(t, err)
@@ -195,7 +197,7 @@ func TestWatchSnapshotFirstThenChanges(t *testing.T) {
 	fc := &fakeCluster{}
 	td := startDaemon(t, Options{Clusters: fc.provider(), link: (&fakeLinker{}).link})
 	ctx := context.Background()
-	_, err := td.client.Connect(ctx, ConnectRequest{Spec: testSpec("alice", "localhost:1"), Wait: true}, nil)
+	_, err := td.client.Connect(ctx, api.ConnectRequest{Spec: testSpec("alice", "localhost:1"), Wait: true}, nil)
 	require.NoError(t, err)
 
 	w, err := td.client.Watch(ctx)
@@ -206,9 +208,9 @@ func TestWatchSnapshotFirstThenChanges(t *testing.T) {
 	require.NotNil(t, ev.Snapshot, "first event must be the snapshot")
 	require.Len(t, ev.Snapshot.Sandboxes, 1)
 	require.Equal(t, "alice", ev.Snapshot.Sandboxes[0].Name)
-	require.Equal(t, PhaseReady, ev.Snapshot.Sandboxes[0].Phase)
+	require.Equal(t, api.PhaseReady, ev.Snapshot.Sandboxes[0].Phase)
 
-	_, err = td.client.Connect(ctx, ConnectRequest{Spec: testSpec("bob", "localhost:1")}, nil)
+	_, err = td.client.Connect(ctx, api.ConnectRequest{Spec: testSpec("bob", "localhost:1")}, nil)
 	require.NoError(t, err)
 	sawBob := false
 	for !sawBob {
@@ -243,13 +245,13 @@ func TestSlowWatcherDroppedOverSocket(t *testing.T) {
 	// Publish far more than the socket buffers and the queue hold while
 	// the watcher does not read; publishing must never block.
 	d := td.d
-	d.store.SetSandbox(SandboxStatus{Name: "x", Phase: PhaseReady})
+	d.store.SetSandbox(api.SandboxStatus{Name: "x", Phase: api.PhaseReady})
 	big := strings.Repeat("e", 4096)
 	publishDone := make(chan struct{})
 	go func() {
 		defer close(publishDone)
 		for i := 0; i < 5000 && !d.store.dropAny(); i++ {
-			d.store.UpdateSandbox("x", func(st *SandboxStatus) { st.LastError = fmt.Sprint(big, i) })
+			d.store.UpdateSandbox("x", func(st *api.SandboxStatus) { st.LastError = fmt.Sprint(big, i) })
 		}
 	}()
 	select {
@@ -261,7 +263,7 @@ func TestSlowWatcherDroppedOverSocket(t *testing.T) {
 	for {
 		_, err := w.Next()
 		if err != nil {
-			require.ErrorIs(t, err, ErrWatchDropped)
+			require.ErrorIs(t, err, api.ErrWatchDropped)
 			break
 		}
 	}
@@ -275,15 +277,15 @@ func TestSlowWatcherDroppedOverSocket(t *testing.T) {
 }
 
 func TestStoreDropsSlowWatcherWithoutBlocking(t *testing.T) {
-	s := newStore(Status{Version: "v"}, 2)
+	s := newStore(api.Status{Version: "v"}, 2)
 	slow := s.Subscribe()
 	fast := s.Subscribe()
-	s.SetSandbox(SandboxStatus{Name: "a"})
+	s.SetSandbox(api.SandboxStatus{Name: "a"})
 	// fast reads everything it is sent.
 	<-fast.C
 	<-fast.C
 	for i := range 10 {
-		s.UpdateSandbox("a", func(st *SandboxStatus) { st.Streams = i + 1 })
+		s.UpdateSandbox("a", func(st *api.SandboxStatus) { st.Streams = i + 1 })
 		<-fast.C
 	}
 	require.True(t, s.Dropped(slow))
@@ -300,12 +302,12 @@ func TestStoreDropsSlowWatcherWithoutBlocking(t *testing.T) {
 }
 
 func TestStoreSkipsUnchanged(t *testing.T) {
-	s := newStore(Status{}, 8)
+	s := newStore(api.Status{}, 8)
 	w := s.Subscribe()
 	<-w.C
-	s.SetSandbox(SandboxStatus{Name: "a", Phase: PhaseReady})
-	s.SetSandbox(SandboxStatus{Name: "a", Phase: PhaseReady})
-	s.UpdateSandbox("a", func(st *SandboxStatus) {})
+	s.SetSandbox(api.SandboxStatus{Name: "a", Phase: api.PhaseReady})
+	s.SetSandbox(api.SandboxStatus{Name: "a", Phase: api.PhaseReady})
+	s.UpdateSandbox("a", func(st *api.SandboxStatus) {})
 	s.RemoveSandbox("nope")
 	s.RemoveSandbox("a")
 	ev := <-w.C
@@ -325,12 +327,12 @@ func TestStoreSkipsUnchanged(t *testing.T) {
 // what UpdateSandbox's fn edits share no memory with the stored status, so
 // a reader cannot change it and an in-place edit is seen as a change.
 func TestStoreCopiesSandbox(t *testing.T) {
-	s := newStore(Status{}, 8)
+	s := newStore(api.Status{}, 8)
 	w := s.Subscribe()
 	<-w.C
-	src := NewKubeconfigSource("", []string{"/home/a/.kube/config", "/home/a/.kube/extra"})
-	s.SetSandbox(SandboxStatus{Name: "a", Kubeconfig: &src,
-		Mappings: []MappingStatus{{Workload: "route", From: &spec.Workload{Name: "route"}}}})
+	src := api.NewKubeconfigSource("", []string{"/home/a/.kube/config", "/home/a/.kube/extra"})
+	s.SetSandbox(api.SandboxStatus{Name: "a", Kubeconfig: &src,
+		Mappings: []api.MappingStatus{{Workload: "route", From: &spec.Workload{Name: "route"}}}})
 	ev := <-w.C
 
 	got, ok := s.Sandbox("a")
@@ -340,10 +342,10 @@ func TestStoreCopiesSandbox(t *testing.T) {
 	got.Mappings[0].From.Name = "elsewhere"
 	ev.Sandbox.Kubeconfig.KubeconfigEnv[1] = "/elsewhere"
 	again, _ := s.Sandbox("a")
-	require.Equal(t, NewKubeconfigSource("", []string{"/home/a/.kube/config", "/home/a/.kube/extra"}), *again.Kubeconfig)
+	require.Equal(t, api.NewKubeconfigSource("", []string{"/home/a/.kube/config", "/home/a/.kube/extra"}), *again.Kubeconfig)
 	require.Equal(t, "route", again.Mappings[0].From.Name)
 
-	s.UpdateSandbox("a", func(st *SandboxStatus) { st.Kubeconfig.KubeconfigEnv[0] = "/moved" })
+	s.UpdateSandbox("a", func(st *api.SandboxStatus) { st.Kubeconfig.KubeconfigEnv[0] = "/moved" })
 	require.Len(t, w.C, 1, "an in-place edit is a change")
 	ev = <-w.C
 	require.Equal(t, "/moved", ev.Sandbox.Kubeconfig.KubeconfigEnv[0])
@@ -383,26 +385,26 @@ func TestDeleteOrphan(t *testing.T) {
 	}}
 	td := startDaemon(t, Options{Clusters: fc.provider(), link: (&fakeLinker{}).link})
 	ctx := context.Background()
-	_, err := td.client.Connect(ctx, ConnectRequest{Spec: testSpec("alice", "localhost:1"), Wait: true}, nil)
+	_, err := td.client.Connect(ctx, api.ConnectRequest{Spec: testSpec("alice", "localhost:1"), Wait: true}, nil)
 	require.NoError(t, err)
 
-	res, err := td.client.DeleteOrphan(ctx, "ghost", ClusterRequest{})
+	res, err := td.client.DeleteOrphan(ctx, "ghost", api.ClusterRequest{})
 	require.NoError(t, err)
 	require.Equal(t, []string{"ghost"}, res.Disconnected)
 	require.Equal(t, []string{"ghost/aaaaaaaaaaaaa"}, fc.deletes)
 
-	_, err = td.client.DeleteOrphan(ctx, "twin", ClusterRequest{})
-	var ae *APIError
+	_, err = td.client.DeleteOrphan(ctx, "twin", api.ClusterRequest{})
+	var ae *api.APIError
 	require.ErrorAs(t, err, &ae)
 	require.Equal(t, http.StatusConflict, ae.StatusCode)
 	require.Contains(t, err.Error(), "pass -n NAMESPACE")
 
-	_, err = td.client.DeleteOrphan(ctx, "alice", ClusterRequest{})
+	_, err = td.client.DeleteOrphan(ctx, "alice", api.ClusterRequest{})
 	require.ErrorAs(t, err, &ae)
 	require.Equal(t, http.StatusConflict, ae.StatusCode, "a sandbox this daemon owns is disconnected normally")
 
-	_, err = td.client.DeleteOrphan(ctx, "nobody", ClusterRequest{})
-	require.True(t, IsNotFound(err))
+	_, err = td.client.DeleteOrphan(ctx, "nobody", api.ClusterRequest{})
+	require.True(t, api.IsNotFound(err))
 }
 
 func TestOtherUsersRefused(t *testing.T) {
@@ -428,7 +430,7 @@ func TestOtherUsersRefused(t *testing.T) {
 	td := startDaemon(t, Options{Clusters: (&fakeCluster{}).provider(), link: (&fakeLinker{}).link,
 		peerUID: func(net.Conn) (int, bool) { return os.Getuid() + 1000, true }})
 	_, err = td.client.Status(context.Background())
-	var ae *APIError
+	var ae *api.APIError
 	require.ErrorAs(t, err, &ae)
 	require.Equal(t, http.StatusForbidden, ae.StatusCode)
 	require.Contains(t, err.Error(), "may not use the sbx daemon")
@@ -440,21 +442,27 @@ func TestOtherUsersRefused(t *testing.T) {
 func TestStopDuringClusterCalls(t *testing.T) {
 	cases := []struct {
 		name string
-		call func(ctx context.Context, c *Client) error
+		call func(ctx context.Context, c *client.Client) error
 		want []string
 	}{
-		{"disconnect", func(ctx context.Context, c *Client) error { _, err := c.Disconnect(ctx, "alice"); return err },
+		{"disconnect", func(ctx context.Context, c *client.Client) error { _, err := c.Disconnect(ctx, "alice"); return err },
 			[]string{"the sbx daemon is stopping, so sandbox alice was not disconnected", "run `sbx disconnect alice` again", "sbx gc"}},
-		{"disconnect all", func(ctx context.Context, c *Client) error { _, err := c.DisconnectAll(ctx); return err },
+		{"disconnect all", func(ctx context.Context, c *client.Client) error { _, err := c.DisconnectAll(ctx); return err },
 			[]string{"the sbx daemon is stopping, so sandbox alice was not disconnected"}},
-		{"orphan", func(ctx context.Context, c *Client) error {
-			_, err := c.DeleteOrphan(ctx, "ghost", ClusterRequest{})
+		{"orphan", func(ctx context.Context, c *client.Client) error {
+			_, err := c.DeleteOrphan(ctx, "ghost", api.ClusterRequest{})
 			return err
 		},
 			[]string{"the sbx daemon is stopping", "run the command again"}},
-		{"list", func(ctx context.Context, c *Client) error { _, err := c.List(ctx, ClusterRequest{}, true); return err },
+		{"list", func(ctx context.Context, c *client.Client) error {
+			_, err := c.List(ctx, api.ClusterRequest{}, true)
+			return err
+		},
 			[]string{"the sbx daemon is stopping", "run the command again"}},
-		{"gc", func(ctx context.Context, c *Client) error { _, err := c.GC(ctx, ClusterRequest{}); return err },
+		{"gc", func(ctx context.Context, c *client.Client) error {
+			_, err := c.GC(ctx, api.ClusterRequest{})
+			return err
+		},
 			[]string{"the sbx daemon is stopping and broke off gc", "run `sbx gc` again"}},
 	}
 	for _, tc := range cases {
@@ -462,7 +470,7 @@ func TestStopDuringClusterCalls(t *testing.T) {
 			fc := &fakeCluster{}
 			td := startDaemon(t, Options{Clusters: fc.provider(), link: (&fakeLinker{}).link})
 			ctx := context.Background()
-			_, err := td.client.Connect(ctx, ConnectRequest{Spec: testSpec("alice", "localhost:1"), Wait: true}, nil)
+			_, err := td.client.Connect(ctx, api.ConnectRequest{Spec: testSpec("alice", "localhost:1"), Wait: true}, nil)
 			require.NoError(t, err)
 			fc.mu.Lock()
 			fc.hang = true
@@ -476,7 +484,7 @@ func TestStopDuringClusterCalls(t *testing.T) {
 				defer fc.mu.Unlock()
 				return fc.hangs > 0
 			}, 10*time.Second, time.Millisecond, "the request never reached the cluster")
-			stopper := &Client{Socket: td.paths.Socket()}
+			stopper := &client.Client{Socket: td.paths.Socket()}
 			defer stopper.Close()
 			require.NoError(t, stopper.Shutdown(ctx))
 
@@ -486,7 +494,7 @@ func TestStopDuringClusterCalls(t *testing.T) {
 			case <-time.After(10 * time.Second):
 				t.Fatal("the request was not answered after the stop")
 			}
-			var ae *APIError
+			var ae *api.APIError
 			require.ErrorAs(t, err2, &ae)
 			require.Equal(t, http.StatusServiceUnavailable, ae.StatusCode, "%v", err2)
 			for _, w := range tc.want {
@@ -531,8 +539,8 @@ func TestStopDuringConnect(t *testing.T) {
 	waiting := make(chan struct{})
 	var once sync.Once
 	go func() {
-		_, err := td.client.Connect(ctx, ConnectRequest{Spec: testSpec("alice", "localhost:1"), Wait: true}, func(p Progress) {
-			if p.Phase == PhaseWaitingRelay {
+		_, err := td.client.Connect(ctx, api.ConnectRequest{Spec: testSpec("alice", "localhost:1"), Wait: true}, func(p api.Progress) {
+			if p.Phase == api.PhaseWaitingRelay {
 				once.Do(func() { close(waiting) })
 			}
 		})
@@ -543,7 +551,7 @@ func TestStopDuringConnect(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("the connect never waited for the relay")
 	}
-	stopper := &Client{Socket: td.paths.Socket()}
+	stopper := &client.Client{Socket: td.paths.Socket()}
 	defer stopper.Close()
 	require.NoError(t, stopper.Shutdown(ctx))
 	var err error
@@ -552,7 +560,7 @@ func TestStopDuringConnect(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("the connect was not answered after the stop")
 	}
-	var ce *ConnectError
+	var ce *api.ConnectError
 	require.ErrorAs(t, err, &ce)
 	require.True(t, ce.DaemonStopping, "%v", err)
 	require.Contains(t, ce.Message, "the sbx daemon is stopping, so it stopped connecting sandbox alice: connect again")
@@ -575,7 +583,7 @@ func TestStatusSaysManager(t *testing.T) {
 	require.NotNil(t, ev.Snapshot)
 	require.Equal(t, "systemd", ev.Snapshot.Managed)
 
-	b, err := json.Marshal(Status{Version: "v"})
+	b, err := json.Marshal(api.Status{Version: "v"})
 	require.NoError(t, err)
 	require.NotContains(t, string(b), "managed")
 }

@@ -22,6 +22,7 @@ import (
 	k8stesting "k8s.io/client-go/testing"
 
 	"github.com/sbx-dev/sbx/cluster/kube"
+	"github.com/sbx-dev/sbx/daemon/api"
 )
 
 func TestClassifyAPIError(t *testing.T) {
@@ -218,9 +219,9 @@ func TestApplyErrorNamesTheSandboxOnce(t *testing.T) {
 		Namespace: "hotrod", Context: "staging",
 	}, KubeOptions{DefaultRelayImage: "relay:1"})
 	defer c.Close()
-	td := startDaemon(t, Options{Clusters: func(context.Context, KubeconfigSource, string) (Cluster, error) { return c, nil }, link: (&fakeLinker{}).link})
-	_, err := td.client.Connect(context.Background(), ConnectRequest{Spec: testSpec("jo", "localhost:1"), Wait: true, Timeout: time.Minute}, nil)
-	var ce *ConnectError
+	td := startDaemon(t, Options{Clusters: func(context.Context, api.KubeconfigSource, string) (Cluster, error) { return c, nil }, link: (&fakeLinker{}).link})
+	_, err := td.client.Connect(context.Background(), api.ConnectRequest{Spec: testSpec("jo", "localhost:1"), Wait: true, Timeout: time.Minute}, nil)
+	var ce *api.ConnectError
 	require.ErrorAs(t, err, &ce)
 	require.Contains(t, ce.Message, "sandbox jo failed: apply the cluster objects: spec.local[0]: Deployment hotrod/route not found")
 	require.Equal(t, 1, strings.Count(ce.Message, "sandbox jo "), ce.Message)
@@ -256,12 +257,12 @@ func TestConnectFailureHintNotRepeated(t *testing.T) {
 			"relay image refused (fix the cause and run connect again); or remove it with `sbx disconnect jo`"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			open := func(context.Context, KubeconfigSource, string) (Cluster, error) {
+			open := func(context.Context, api.KubeconfigSource, string) (Cluster, error) {
 				return nil, &PermanentError{tc.err}
 			}
 			td := startDaemon(t, Options{Clusters: open, link: (&fakeLinker{}).link})
-			_, err := td.client.Connect(context.Background(), ConnectRequest{Spec: testSpec("jo", "localhost:1"), Wait: true, Timeout: time.Minute}, nil)
-			var ce *ConnectError
+			_, err := td.client.Connect(context.Background(), api.ConnectRequest{Spec: testSpec("jo", "localhost:1"), Wait: true, Timeout: time.Minute}, nil)
+			var ce *api.ConnectError
 			require.ErrorAs(t, err, &ce)
 			require.Equal(t, 1, strings.Count(ce.Message, " again"), ce.Message)
 			require.Contains(t, ce.Message, tc.want)

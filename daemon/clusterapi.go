@@ -8,8 +8,9 @@ import (
 	"time"
 
 	"github.com/sbx-dev/sbx/cluster"
-	"github.com/sbx-dev/sbx/cluster/istiovs"
+	"github.com/sbx-dev/sbx/cluster/meshreport"
 	"github.com/sbx-dev/sbx/cluster/spec"
+	"github.com/sbx-dev/sbx/daemon/api"
 )
 
 // Cluster is everything a session needs from the Kubernetes side. The real
@@ -46,9 +47,9 @@ type Cluster interface {
 // sandboxes that are gone (the real one; test fakes may leave it out).
 type RouteSweeper interface {
 	// Leftovers lists them in namespace ("" = all the caller may list).
-	Leftovers(ctx context.Context, namespace string) ([]istiovs.Leftover, error)
+	Leftovers(ctx context.Context, namespace string) ([]meshreport.Leftover, error)
 	// SweepRoutes removes them and returns what it changed.
-	SweepRoutes(ctx context.Context, namespace string) ([]istiovs.Leftover, error)
+	SweepRoutes(ctx context.Context, namespace string) ([]meshreport.Leftover, error)
 }
 
 // RouteWatcher is implemented by Clusters that keep a connected sandbox's
@@ -64,7 +65,7 @@ type RouteWatcher interface {
 type RouteCheck struct {
 	// Changed names the VirtualServices rewritten ("namespace/name").
 	Changed  []string
-	Ports    []istiovs.PortReport
+	Ports    []meshreport.PortReport
 	Warnings []string
 	// Err is why the check failed; the other fields are then empty.
 	Err error
@@ -83,7 +84,7 @@ var ErrSandboxGone = errors.New("the sandbox's objects are gone from the cluster
 
 // ClusterProvider returns the Cluster for a kubeconfig source and context
 // name (both may be empty: kubectl's defaults). Implementations cache.
-type ClusterProvider func(ctx context.Context, kubeconfig KubeconfigSource, kubeContext string) (Cluster, error)
+type ClusterProvider func(ctx context.Context, kubeconfig api.KubeconfigSource, kubeContext string) (Cluster, error)
 
 // ApplyOptions are the settings of one Apply besides the spec.
 type ApplyOptions struct {

@@ -11,6 +11,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/sbx-dev/sbx/daemon/api"
 	"github.com/sbx-dev/sbx/daemon/config"
 )
 
@@ -22,7 +23,7 @@ func TestConfigAppliedLiveAndErrorsShown(t *testing.T) {
 	fl := &fakeLinker{}
 	td := startDaemon(t, Options{Clusters: fc.provider(), link: fl.link, ConfigPath: cfgPath})
 	ctx := context.Background()
-	st, err := td.client.Connect(ctx, ConnectRequest{Spec: testSpec("alice", "localhost:1"), Wait: true}, nil)
+	st, err := td.client.Connect(ctx, api.ConnectRequest{Spec: testSpec("alice", "localhost:1"), Wait: true}, nil)
 	require.NoError(t, err)
 	require.Equal(t, "team-key", st.BaggageKey)
 	require.Equal(t, 256, fc.appliedOptions()[0].RelayMaxStreams, "the config's stream cap reaches Apply")
@@ -53,7 +54,7 @@ func TestConfigAppliedLiveAndErrorsShown(t *testing.T) {
 	require.Eventually(t, func() bool {
 		s, err := td.client.Status(ctx)
 		return err == nil && s.ConfigError == "" && len(s.Sandboxes) == 1 &&
-			s.Sandboxes[0].BaggageKey == "other-key" && s.Sandboxes[0].Phase == PhaseReady
+			s.Sandboxes[0].BaggageKey == "other-key" && s.Sandboxes[0].Phase == api.PhaseReady
 	}, 10*time.Second, 10*time.Millisecond)
 	require.Greater(t, len(fc.appliedKeys()), applies)
 	opts := fc.appliedOptions()
@@ -67,7 +68,7 @@ func TestConfigAppliedLiveAndErrorsShown(t *testing.T) {
 		opts := fc.appliedOptions()
 		s, err := td.client.Status(ctx)
 		return err == nil && len(opts) > applies && opts[len(opts)-1].RelayMaxStreams == 512 &&
-			len(s.Sandboxes) == 1 && s.Sandboxes[0].Phase == PhaseReady
+			len(s.Sandboxes) == 1 && s.Sandboxes[0].Phase == api.PhaseReady
 	}, 10*time.Second, 10*time.Millisecond, "the new stream cap was not applied")
 	// So does a change of outbound.deny alone: the relay's args depend on
 	// it, though the rest of the outbound section applies without one.
@@ -78,7 +79,7 @@ func TestConfigAppliedLiveAndErrorsShown(t *testing.T) {
 		opts := fc.appliedOptions()
 		s, err := td.client.Status(ctx)
 		return err == nil && len(opts) > applies && slices.Equal(opts[len(opts)-1].RelayDeny, want) &&
-			len(s.Sandboxes) == 1 && s.Sandboxes[0].Phase == PhaseReady
+			len(s.Sandboxes) == 1 && s.Sandboxes[0].Phase == api.PhaseReady
 	}, 10*time.Second, 10*time.Millisecond, "the new deny list was not applied")
 	for _, k := range fc.appliedKeys() {
 		require.Equal(t, st.RoutingKey, k)
@@ -100,18 +101,18 @@ func TestConfigEditOutsideTheObjectsKeepsTheTunnel(t *testing.T) {
 	fl := &fakeLinker{}
 	td := startDaemon(t, Options{Clusters: fc.provider(), link: fl.link, ConfigPath: cfgPath})
 	ctx := context.Background()
-	_, err := td.client.Connect(ctx, ConnectRequest{Spec: testSpec("alice", "localhost:1"), Wait: true}, nil)
+	_, err := td.client.Connect(ctx, api.ConnectRequest{Spec: testSpec("alice", "localhost:1"), Wait: true}, nil)
 	require.NoError(t, err)
 	applies := len(fc.appliedKeys())
 
 	require.NoError(t, os.WriteFile(cfgPath, []byte(base+"  mode: proxy\n"), 0o600))
 	require.Eventually(t, func() bool {
 		s, err := td.client.Status(ctx)
-		return err == nil && s.Outbound != nil && s.Outbound.Mode == config.ModeProxy && s.Outbound.ProxyAddr != ""
+		return err == nil && s.Outbound != nil && s.Outbound.Mode == string(config.ModeProxy) && s.Outbound.ProxyAddr != ""
 	}, 10*time.Second, 10*time.Millisecond, "the outbound edit was applied")
 	s, err := td.client.Status(ctx)
 	require.NoError(t, err)
 	require.Len(t, s.Sandboxes, 1)
-	require.Equal(t, PhaseReady, s.Sandboxes[0].Phase)
+	require.Equal(t, api.PhaseReady, s.Sandboxes[0].Phase)
 	require.Equal(t, applies, len(fc.appliedKeys()), "the sandbox was not re-applied")
 }

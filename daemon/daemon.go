@@ -18,13 +18,14 @@ import (
 	"time"
 
 	"github.com/sbx-dev/sbx/cluster"
+	"github.com/sbx-dev/sbx/daemon/api"
 	"github.com/sbx-dev/sbx/daemon/config"
 	"github.com/sbx-dev/sbx/tunnel"
 )
 
 // Options configure a Daemon. Zero fields take defaults.
 type Options struct {
-	Paths   Paths
+	Paths   api.Paths
 	Logger  *slog.Logger
 	Version string
 	// LogPath is reported to clients (`sbx logs`); the caller decides where
@@ -108,7 +109,7 @@ func New(opts Options) (*Daemon, error) {
 		opts.Logger = slog.New(slog.DiscardHandler)
 	}
 	if opts.Paths.RuntimeDir == "" {
-		opts.Paths = DefaultPaths(nil)
+		opts.Paths = api.DefaultPaths(nil)
 	}
 	if opts.LogPath == "" {
 		opts.LogPath = opts.Paths.Log()
@@ -141,7 +142,7 @@ func New(opts Options) (*Daemon, error) {
 		stopping: make(chan struct{}),
 	}
 	d.proxyCred = &proxyCredential{path: filepath.Join(opts.Paths.StateDir, proxyCredentialFile), log: opts.Logger}
-	d.store = newStore(Status{Version: opts.Version, PID: os.Getpid(), LogPath: opts.LogPath, Managed: opts.Manager}, opts.watchQueue)
+	d.store = newStore(api.Status{Version: opts.Version, PID: os.Getpid(), LogPath: opts.LogPath, Managed: opts.Manager}, opts.watchQueue)
 	if opts.ConfigPath != "" {
 		d.confW = config.NewWatcher(opts.ConfigPath, config.WatcherOptions{
 			Logger:   opts.Logger,
@@ -330,4 +331,4 @@ func (d *Daemon) DialOutbound(ctx context.Context, sandbox, target, source strin
 }
 
 // Status returns the daemon's current state (as GET /v1/status).
-func (d *Daemon) Status() Status { return d.store.Status() }
+func (d *Daemon) Status() api.Status { return d.store.Status() }

@@ -3,19 +3,20 @@ package daemon
 import (
 	"bytes"
 	"encoding/json"
-	"io"
 	"net/http"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/sbx-dev/sbx/daemon/api"
 )
 
 // FuzzConnectRequest feeds arbitrary bodies to the connect endpoint's
 // decoding and validation: it must answer 400 or accept, never panic.
 func FuzzConnectRequest(f *testing.F) {
-	good, _ := json.Marshal(ConnectRequest{Spec: testSpec("alice", "localhost:8083"), Wait: true})
+	good, _ := json.Marshal(api.ConnectRequest{Spec: testSpec("alice", "localhost:8083"), Wait: true})
 	f.Add(good)
 	f.Add([]byte(`{"spec":{"name":"a","spec":{"local":[]}}}`))
 	f.Add([]byte(`{"spec":{"name":"a","spec":{"local":[{"name":"r","from":{"kind":"Deployment","namespace":"n","name":"r"},"mappings":[{"port":70000,"toLocal":"x"}]}]}}}`))
@@ -24,7 +25,7 @@ func FuzzConnectRequest(f *testing.F) {
 	f.Add([]byte(`[`))
 	f.Fuzz(func(t *testing.T, body []byte) {
 		req := httptest.NewRequest(http.MethodPut, "/v1/sandboxes/alice", bytes.NewReader(body))
-		var cr ConnectRequest
+		var cr api.ConnectRequest
 		if err := readJSON(req, &cr); err != nil {
 			if !strings.Contains(err.Error(), "invalid request body") {
 				t.Fatalf("unexpected error: %v", err)
@@ -32,23 +33,6 @@ func FuzzConnectRequest(f *testing.F) {
 			return
 		}
 		_ = validateRequestSpec(&cr)
-	})
-}
-
-// FuzzWatchStream feeds arbitrary NDJSON to the client's watch decoder.
-func FuzzWatchStream(f *testing.F) {
-	f.Add([]byte(`{"snapshot":{"version":"v","pid":1,"logPath":"","sandboxes":[]}}` + "\n" + `{"removed":"a"}` + "\n"))
-	f.Add([]byte(`{"error":"` + errWatchDroppedMsg + `"}` + "\n"))
-	f.Add([]byte(`{"sandbox":{"name":"a","rttNanos":"x"}}`))
-	f.Add([]byte(`{"configError":null}{"error":"bye"}`))
-	f.Fuzz(func(t *testing.T, data []byte) {
-		w := &Watcher{body: io.NopCloser(bytes.NewReader(data))}
-		w.dec = json.NewDecoder(w.body)
-		for range 100 {
-			if _, err := w.Next(); err != nil {
-				return
-			}
-		}
 	})
 }
 

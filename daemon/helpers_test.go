@@ -19,6 +19,8 @@ import (
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/sbx-dev/sbx/cluster/spec"
+	"github.com/sbx-dev/sbx/daemon/api"
+	"github.com/sbx-dev/sbx/daemon/client"
 	"github.com/sbx-dev/sbx/daemon/config"
 )
 
@@ -86,9 +88,9 @@ func tempHostsFile(t *testing.T, content string) string {
 	return p
 }
 
-func testPaths(t *testing.T) Paths {
+func testPaths(t *testing.T) api.Paths {
 	dir := shortTempDir(t)
-	return Paths{RuntimeDir: filepath.Join(dir, "run", "sbx"), StateDir: filepath.Join(dir, "state", "sbx")}
+	return api.Paths{RuntimeDir: filepath.Join(dir, "run", "sbx"), StateDir: filepath.Join(dir, "state", "sbx")}
 }
 
 // testToken is the tunnel token of tests whose relay starts before the
@@ -233,7 +235,7 @@ func (f *fakeCluster) appliedOptions() []ApplyOptions {
 }
 
 func (f *fakeCluster) provider() ClusterProvider {
-	return func(context.Context, KubeconfigSource, string) (Cluster, error) { return f, nil }
+	return func(context.Context, api.KubeconfigSource, string) (Cluster, error) { return f, nil }
 }
 
 // fakeLink is a link the test can break.
@@ -318,8 +320,8 @@ func (f *fakeLinker) count() int {
 // testDaemon is a daemon running in-process.
 type testDaemon struct {
 	d      *Daemon
-	client *Client
-	paths  Paths
+	client *client.Client
+	paths  api.Paths
 	cancel context.CancelFunc
 	done   chan error
 }
@@ -382,12 +384,12 @@ func startDaemonAsIs(t *testing.T, opts Options) *testDaemon {
 	d, err := New(opts)
 	require.NoError(t, err)
 	ctx, cancel := context.WithCancel(context.Background())
-	td := &testDaemon{d: d, client: &Client{Socket: opts.Paths.Socket()}, paths: opts.Paths, cancel: cancel, done: make(chan error, 1)}
+	td := &testDaemon{d: d, client: &client.Client{Socket: opts.Paths.Socket()}, paths: opts.Paths, cancel: cancel, done: make(chan error, 1)}
 	go func() { td.done <- d.Run(ctx) }()
 	t.Cleanup(td.stop)
 	require.Eventually(t, func() bool {
 		_, err := td.client.LogPath(context.Background())
-		var ae *APIError
+		var ae *api.APIError
 		return err == nil || errors.As(err, &ae) // it answered
 	}, 10*time.Second, 5*time.Millisecond, "daemon did not answer on its socket")
 	return td
@@ -409,9 +411,9 @@ func testSpec(name string, toLocal string) spec.Sandbox {
 	}}}}
 }
 
-func waitPhase(t *testing.T, c *Client, name string, ph Phase) SandboxStatus {
+func waitPhase(t *testing.T, c *client.Client, name string, ph api.Phase) api.SandboxStatus {
 	t.Helper()
-	var st SandboxStatus
+	var st api.SandboxStatus
 	require.Eventually(t, func() bool {
 		var err error
 		st, err = c.Sandbox(context.Background(), name)

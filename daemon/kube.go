@@ -30,6 +30,7 @@ import (
 	"github.com/sbx-dev/sbx/cluster/kube"
 	"github.com/sbx-dev/sbx/cluster/portforward"
 	"github.com/sbx-dev/sbx/cluster/spec"
+	"github.com/sbx-dev/sbx/daemon/api"
 	"github.com/sbx-dev/sbx/relay/relayargs"
 )
 
@@ -117,11 +118,11 @@ func NewKubeClusters(o KubeOptions) *KubeClusters {
 // does not parse, a certificate file it names missing), the caller
 // retries, until the same source and context have failed for
 // rewriteGrace: then it is a PermanentError too.
-func (k *KubeClusters) Open(_ context.Context, src KubeconfigSource, kubeContext string) (Cluster, error) {
-	opts := src.Options()
+func (k *KubeClusters) Open(_ context.Context, src api.KubeconfigSource, kubeContext string) (Cluster, error) {
+	opts := SourceOptions(src)
 	opts.Context, opts.UserAgent = kubeContext, "sbx-daemon"
 	kc, err := kube.Resolve(opts)
-	slot := src.key() + "\x00" + kubeContext
+	slot := src.Key() + "\x00" + kubeContext
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	st := k.slots[slot]
@@ -147,7 +148,7 @@ func (k *KubeClusters) Open(_ context.Context, src KubeconfigSource, kubeContext
 		}
 		return nil, &kubeconfigError{err, fmt.Sprintf("fix the kubeconfig; retrying for up to %s", rewriteGrace)}
 	}
-	key := src.key() + "\x00" + connectionKey(kc)
+	key := src.Key() + "\x00" + connectionKey(kc)
 	c, ok := k.clusters[key]
 	if !ok {
 		if err := kc.BuildClients(); err != nil {
@@ -156,7 +157,7 @@ func (k *KubeClusters) Open(_ context.Context, src KubeconfigSource, kubeContext
 		c = k.fromKube(kc)
 		c.owner = k
 		k.clusters[key] = c
-		k.o.Logger.Debug("cluster connection opened", "kubeconfig", src.describe(), "context", kc.Context, "namespace", kc.Namespace, "server", redactedURL(kc.REST.Host))
+		k.o.Logger.Debug("cluster connection opened", "kubeconfig", describeSource(src), "context", kc.Context, "namespace", kc.Namespace, "server", redactedURL(kc.REST.Host))
 	}
 	st.opened, st.failingSince = true, time.Time{}
 	return c, nil
@@ -251,35 +252,9 @@ func connectionKey(kc *kube.Cluster) string {
 	return kc.Context + "\x00" + hex.EncodeToString(sum[:])
 }
 
-// NewKubeconfigSource is the source for --kubeconfig file (empty when not
-// given) and the $KUBECONFIG list env, as absolute paths. A file wins
-// over env, as in kubectl.
-func NewKubeconfigSource(file string, env []string) KubeconfigSource {
-	return KubeconfigSource{KubeconfigFile: file, KubeconfigEnv: env}.normalized()
-}
-
-// normalized drops what kubectl would ignore: empty list elements, and
-// the list when a file is given. Every source passes through it once,
-// where it enters: NewKubeconfigSource, a connect request
-// (handleConnect), a cluster request's query (clusterRequestFromQuery)
-// and the state file (stateFile.Load). Everything after compares and
-// reads sources as they are.
-func (s KubeconfigSource) normalized() KubeconfigSource {
-	var env []string
-	if s.KubeconfigFile == "" {
-		for _, p := range s.KubeconfigEnv {
-			if p != "" {
-				env = append(env, p)
-			}
-		}
-	}
-	s.KubeconfigEnv = env
-	return s
-}
-
-// Options are the kube.Options that load this source's kubeconfig, as
+// SourceOptions are the kube.Options that load s's kubeconfig, as
 // kubectl with the CLI's flag and environment would.
-func (s KubeconfigSource) Options() kube.Options {
+func SourceOptions(s api.KubeconfigSource) kube.Options {
 	env := strings.Join(s.KubeconfigEnv, string(filepath.ListSeparator))
 	return kube.Options{
 		Kubeconfig: s.KubeconfigFile,
@@ -294,24 +269,8 @@ func (s KubeconfigSource) Options() kube.Options {
 	}
 }
 
-// key identifies the source in cache keys and comparisons: equal for
-// sources kubectl reads alike. A $KUBECONFIG of one file is that file:
-// both read just it (and both fail when it is missing), so a sandbox
-// connected with KUBECONFIG=f is in the cluster `sbx gc --kubeconfig f`
-// asks about.
-func (s KubeconfigSource) key() string {
-	switch {
-	case s.KubeconfigFile != "":
-		return "file\x00" + s.KubeconfigFile
-	case len(s.KubeconfigEnv) == 1:
-		return "file\x00" + s.KubeconfigEnv[0]
-	}
-	return "env\x00" + strings.Join(s.KubeconfigEnv, "\x00")
-}
-
-// describe names the source for logs (not String: the method would be
-// promoted to the requests and state that embed the source).
-func (s KubeconfigSource) describe() string {
+// describeSource names s for logs.
+func describeSource(s api.KubeconfigSource) string {
 	switch {
 	case s.KubeconfigFile != "":
 		return "--kubeconfig " + s.KubeconfigFile
@@ -328,8 +287,8 @@ func (s KubeconfigSource) describe() string {
 // current one. current is currentContext(creq.KubeconfigSource), which an
 // empty context on either side resolves to; a named context resolves to
 // itself, so gc reads the kubeconfig once for all its sandboxes.
-func sameCluster(src KubeconfigSource, kubeContext string, creq ClusterRequest, current string) bool {
-	if src.key() != creq.KubeconfigSource.key() {
+func sameCluster(src api.KubeconfigSource, kubeContext string, creq api.ClusterRequest, current string) bool {
+	if src.Key() != creq.KubeconfigSource.Key() {
 		return false
 	}
 	resolve := func(kctx string) string {
@@ -346,8 +305,8 @@ func sameCluster(src KubeconfigSource, kubeContext string, creq ClusterRequest, 
 // (read from configPath), as package cluster/kube does. An unknown name is
 // the user's to fix, so it is refused at once (400) rather than becoming a
 // sandbox that fails in the background.
-func specContext(req ConnectRequest, contexts map[string]string, configPath string) (string, error) {
-	opts := req.KubeconfigSource.Options()
+func specContext(req api.ConnectRequest, contexts map[string]string, configPath string) (string, error) {
+	opts := SourceOptions(req.KubeconfigSource)
 	opts.Cluster, opts.ClusterContexts, opts.ConfigFile = req.Spec.Spec.Cluster, contexts, configPath
 	name, _, err := kube.ChooseContext(opts)
 	if err != nil {
@@ -362,8 +321,8 @@ func specContext(req ConnectRequest, contexts map[string]string, configPath stri
 // where they were applied, and disconnect must find them there). It is ""
 // when the kubeconfig cannot be read: opening the cluster then reports
 // why, in the background, as before.
-func currentContext(src KubeconfigSource) string {
-	name, _, err := kube.ChooseContext(src.Options())
+func currentContext(src api.KubeconfigSource) string {
+	name, _, err := kube.ChooseContext(SourceOptions(src))
 	if err != nil {
 		return ""
 	}

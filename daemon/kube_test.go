@@ -25,6 +25,7 @@ import (
 	"github.com/sbx-dev/sbx/cluster"
 	"github.com/sbx-dev/sbx/cluster/kube"
 	"github.com/sbx-dev/sbx/cluster/kube/kubetest"
+	"github.com/sbx-dev/sbx/daemon/api"
 )
 
 func TestTransientApplyErrors(t *testing.T) {
@@ -69,8 +70,8 @@ func TestSpecClusterContext(t *testing.T) {
 	fc := &fakeCluster{}
 	var mu sync.Mutex
 	opened := map[string]string{} // kube context asked for → context the kubeconfig yields
-	provider := func(_ context.Context, src KubeconfigSource, kctx string) (Cluster, error) {
-		opts := src.Options()
+	provider := func(_ context.Context, src api.KubeconfigSource, kctx string) (Cluster, error) {
+		opts := SourceOptions(src)
 		opts.Context = kctx
 		c, _, err := kube.ChooseContext(opts)
 		if err != nil {
@@ -101,9 +102,9 @@ func TestSpecClusterContext(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			sb := testSpec(tt.name, "localhost:1")
 			sb.Spec.Cluster = tt.cluster
-			st, err := td.client.Connect(context.Background(), ConnectRequest{Spec: sb, KubeconfigSource: NewKubeconfigSource(kubeconfig, nil), Context: tt.context, Wait: true}, nil)
+			st, err := td.client.Connect(context.Background(), api.ConnectRequest{Spec: sb, KubeconfigSource: api.NewKubeconfigSource(kubeconfig, nil), Context: tt.context, Wait: true}, nil)
 			if tt.errText != nil {
-				var ae *APIError
+				var ae *api.APIError
 				require.ErrorAs(t, err, &ae)
 				require.Equal(t, 400, ae.StatusCode)
 				for _, s := range tt.errText {
@@ -131,15 +132,15 @@ func TestKubeconfigPathList(t *testing.T) {
 	kubetest.WriteKubeconfig(t, a, "dev", "https://127.0.0.1:1", "dev/team-a")
 	kubetest.WriteKubeconfig(t, b, "", "https://127.0.0.2:1", "gke_acme_staging-1/team-b")
 
-	for name, src := range map[string]KubeconfigSource{
-		"list":                  NewKubeconfigSource("", []string{a, b}),
-		"empty element dropped": NewKubeconfigSource("", []string{a, b, ""}),
+	for name, src := range map[string]api.KubeconfigSource{
+		"list":                  api.NewKubeconfigSource("", []string{a, b}),
+		"empty element dropped": api.NewKubeconfigSource("", []string{a, b, ""}),
 	} {
 		t.Run(name, func(t *testing.T) {
-			require.Equal(t, NewKubeconfigSource("", []string{a, b}).key(), src.key(), "one source, one cache key")
+			require.Equal(t, api.NewKubeconfigSource("", []string{a, b}).Key(), src.Key(), "one source, one cache key")
 			sb := testSpec("listed", "localhost:1")
 			sb.Spec.Cluster = "staging-1"
-			got, err := specContext(ConnectRequest{Spec: sb, KubeconfigSource: src}, map[string]string{"staging-1": "gke_acme_staging-1"}, "config.yaml")
+			got, err := specContext(api.ConnectRequest{Spec: sb, KubeconfigSource: src}, map[string]string{"staging-1": "gke_acme_staging-1"}, "config.yaml")
 			require.NoError(t, err)
 			require.Equal(t, "gke_acme_staging-1", got, "a context from the second file")
 
@@ -147,7 +148,7 @@ func TestKubeconfigPathList(t *testing.T) {
 				{"", "team-a", "https://127.0.0.1:1"}, // current-context from the first file
 				{"gke_acme_staging-1", "team-b", "https://127.0.0.2:1"},
 			} {
-				opts := src.Options()
+				opts := SourceOptions(src)
 				opts.Context = tc.kctx
 				kc, err := kube.Load(opts)
 				require.NoError(t, err, tc.kctx)
@@ -159,7 +160,7 @@ func TestKubeconfigPathList(t *testing.T) {
 	}
 
 	// One file (--kubeconfig) stays an explicit path: a missing one is an error.
-	_, err := kube.Load(NewKubeconfigSource(filepath.Join(dir, "missing"), nil).Options())
+	_, err := kube.Load(SourceOptions(api.NewKubeconfigSource(filepath.Join(dir, "missing"), nil)))
 	require.Error(t, err)
 }
 
@@ -171,18 +172,18 @@ func TestKubeconfigFileWithListSeparator(t *testing.T) {
 	require.NoError(t, os.Mkdir(dir, 0o700))
 	file := filepath.Join(dir, "config")
 	kubetest.WriteKubeconfig(t, file, "dev", "https://127.0.0.3:1", "dev/colon")
-	src := NewKubeconfigSource(file, []string{"/ignored/when/a/file/is/given"})
-	require.Equal(t, KubeconfigSource{KubeconfigFile: file}, src, "--kubeconfig wins over $KUBECONFIG, as in kubectl")
+	src := api.NewKubeconfigSource(file, []string{"/ignored/when/a/file/is/given"})
+	require.Equal(t, api.KubeconfigSource{KubeconfigFile: file}, src, "--kubeconfig wins over $KUBECONFIG, as in kubectl")
 
-	b, err := json.Marshal(ConnectRequest{KubeconfigSource: src})
+	b, err := json.Marshal(api.ConnectRequest{KubeconfigSource: src})
 	require.NoError(t, err)
-	var req ConnectRequest
+	var req api.ConnectRequest
 	require.NoError(t, json.Unmarshal(b, &req))
-	r := httptest.NewRequest(http.MethodGet, "/v1/list?"+ClusterRequest{KubeconfigSource: src}.query().Encode(), nil)
-	for name, got := range map[string]KubeconfigSource{"json": req.KubeconfigSource, "query": clusterRequestFromQuery(r).KubeconfigSource} {
+	r := httptest.NewRequest(http.MethodGet, "/v1/list?"+api.ClusterRequest{KubeconfigSource: src}.Query().Encode(), nil)
+	for name, got := range map[string]api.KubeconfigSource{"json": req.KubeconfigSource, "query": clusterRequestFromQuery(r).KubeconfigSource} {
 		t.Run(name, func(t *testing.T) {
 			require.Equal(t, src, got)
-			kc, err := kube.Resolve(got.Options())
+			kc, err := kube.Resolve(SourceOptions(got))
 			require.NoError(t, err)
 			require.Equal(t, "https://127.0.0.3:1", kc.REST.Host)
 			require.Equal(t, "colon", kc.Namespace)
@@ -192,23 +193,23 @@ func TestKubeconfigFileWithListSeparator(t *testing.T) {
 }
 
 // TestKubeconfigSourceNormalisedWhereItEnters: a source from a request
-// (its JSON body or its query) is normalised as NewKubeconfigSource
+// (its JSON body or its query) is normalised as api.NewKubeconfigSource
 // normalises the CLI's, and the one-field "kubeconfig" of pre-release
 // versions is refused rather than read as no kubeconfig.
 func TestKubeconfigSourceNormalisedWhereItEnters(t *testing.T) {
 	for _, tc := range []struct {
 		name string
-		src  KubeconfigSource
-		want KubeconfigSource
+		src  api.KubeconfigSource
+		want api.KubeconfigSource
 	}{
-		{"nothing", KubeconfigSource{}, KubeconfigSource{}},
-		{"file", KubeconfigSource{KubeconfigFile: "/x/a"}, KubeconfigSource{KubeconfigFile: "/x/a"}},
-		{"file wins over the list", KubeconfigSource{KubeconfigFile: "/x/a", KubeconfigEnv: []string{"/x/b"}}, KubeconfigSource{KubeconfigFile: "/x/a"}},
-		{"empty elements dropped", KubeconfigSource{KubeconfigEnv: []string{"", "/x/a", "", "/x/b"}}, KubeconfigSource{KubeconfigEnv: []string{"/x/a", "/x/b"}}},
-		{"only empty elements", KubeconfigSource{KubeconfigEnv: []string{""}}, KubeconfigSource{}},
+		{"nothing", api.KubeconfigSource{}, api.KubeconfigSource{}},
+		{"file", api.KubeconfigSource{KubeconfigFile: "/x/a"}, api.KubeconfigSource{KubeconfigFile: "/x/a"}},
+		{"file wins over the list", api.KubeconfigSource{KubeconfigFile: "/x/a", KubeconfigEnv: []string{"/x/b"}}, api.KubeconfigSource{KubeconfigFile: "/x/a"}},
+		{"empty elements dropped", api.KubeconfigSource{KubeconfigEnv: []string{"", "/x/a", "", "/x/b"}}, api.KubeconfigSource{KubeconfigEnv: []string{"/x/a", "/x/b"}}},
+		{"only empty elements", api.KubeconfigSource{KubeconfigEnv: []string{""}}, api.KubeconfigSource{}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			require.Equal(t, tc.want, NewKubeconfigSource(tc.src.KubeconfigFile, tc.src.KubeconfigEnv))
+			require.Equal(t, tc.want, api.NewKubeconfigSource(tc.src.KubeconfigFile, tc.src.KubeconfigEnv))
 			q := url.Values{}
 			if tc.src.KubeconfigFile != "" {
 				q.Set("kubeconfigFile", tc.src.KubeconfigFile)
@@ -222,7 +223,7 @@ func TestKubeconfigSourceNormalisedWhereItEnters(t *testing.T) {
 	}
 
 	r := httptest.NewRequest(http.MethodPut, "/v1/sandboxes/a", strings.NewReader(`{"kubeconfig":"/x/a:/x/b"}`))
-	var req ConnectRequest
+	var req api.ConnectRequest
 	require.ErrorContains(t, readJSON(r, &req), `unknown field "kubeconfig"`)
 }
 
@@ -246,7 +247,7 @@ func TestStateFileOneFieldKubeconfig(t *testing.T) {
 	sbs, err := sf.Load()
 	require.NoError(t, err)
 	require.Len(t, sbs, 1)
-	require.Equal(t, KubeconfigSource{KubeconfigEnv: []string{"/x/a"}}, sbs[0].KubeconfigSource)
+	require.Equal(t, api.KubeconfigSource{KubeconfigEnv: []string{"/x/a"}}, sbs[0].KubeconfigSource)
 }
 
 // TestOpenFollowsCurrentContext: KubeClusters reads the kubeconfig on
@@ -265,7 +266,7 @@ func TestOpenFollowsCurrentContext(t *testing.T) {
 	now := time.Unix(1_000_000_000, 0)
 	k := NewKubeClusters(KubeOptions{Now: func() time.Time { return now }})
 	t.Cleanup(func() { _ = k.Close() })
-	src := NewKubeconfigSource(kc, nil)
+	src := api.NewKubeconfigSource(kc, nil)
 	open := func(kctx string) *kubeCluster {
 		t.Helper()
 		c, err := k.Open(context.Background(), src, kctx)
@@ -295,7 +296,7 @@ func TestOpenFollowsCurrentContext(t *testing.T) {
 	// Another source with the same contexts is another connection.
 	other := filepath.Join(dir, "other")
 	kubetest.WriteKubeconfig(t, other, "prod", "https://127.0.0.1:1", "prod/team-q")
-	c, err := k.Open(context.Background(), NewKubeconfigSource(other, nil), "")
+	c, err := k.Open(context.Background(), api.NewKubeconfigSource(other, nil), "")
 	require.NoError(t, err)
 	require.NotSame(t, moved, c)
 
@@ -307,7 +308,7 @@ func TestOpenFollowsCurrentContext(t *testing.T) {
 	require.Error(t, err)
 	var pe *PermanentError
 	require.NotErrorAs(t, err, &pe)
-	_, err = k.Open(context.Background(), NewKubeconfigSource(filepath.Join(dir, "missing"), nil), "")
+	_, err = k.Open(context.Background(), api.NewKubeconfigSource(filepath.Join(dir, "missing"), nil), "")
 	require.ErrorAs(t, err, &pe)
 
 	// Still failing after rewriteGrace, it is no rewrite but the user's
@@ -333,7 +334,7 @@ func TestOpenFollowsCurrentContext(t *testing.T) {
 	// the grace too (a restore may catch it mid-rewrite), then fails.
 	broken := filepath.Join(dir, "broken")
 	require.NoError(t, os.WriteFile(broken, []byte("apiVersion: v1\nclusters: {{{\n"), 0o600))
-	bsrc := NewKubeconfigSource(broken, nil)
+	bsrc := api.NewKubeconfigSource(broken, nil)
 	_, err = k.Open(context.Background(), bsrc, "")
 	require.Error(t, err)
 	require.NotErrorAs(t, err, &pe)
@@ -355,23 +356,23 @@ func TestConnectPinsCurrentContext(t *testing.T) {
 	fc := &fakeCluster{}
 	var mu sync.Mutex
 	var opened []string
-	provider := func(_ context.Context, src KubeconfigSource, kctx string) (Cluster, error) {
+	provider := func(_ context.Context, src api.KubeconfigSource, kctx string) (Cluster, error) {
 		mu.Lock()
 		defer mu.Unlock()
 		opened = append(opened, kctx)
 		return fc, nil
 	}
 	td := startDaemon(t, Options{Clusters: provider, link: (&fakeLinker{}).link})
-	req := ConnectRequest{Spec: testSpec("pinned", "localhost:1"), KubeconfigSource: NewKubeconfigSource(kc, nil), Wait: true}
+	req := api.ConnectRequest{Spec: testSpec("pinned", "localhost:1"), KubeconfigSource: api.NewKubeconfigSource(kc, nil), Wait: true}
 	st, err := td.client.Connect(context.Background(), req, nil)
 	require.NoError(t, err)
 	require.Equal(t, "staging", st.Context)
 	require.NotNil(t, st.Kubeconfig, "status says where the context is read from")
-	require.Equal(t, NewKubeconfigSource(kc, nil), *st.Kubeconfig)
+	require.Equal(t, api.NewKubeconfigSource(kc, nil), *st.Kubeconfig)
 
 	kubetest.WriteKubeconfig(t, kc, "prod", "https://127.0.0.1:1", "staging", "prod")
 	_, err = td.client.Connect(context.Background(), req, nil)
-	var ae *APIError
+	var ae *api.APIError
 	require.ErrorAs(t, err, &ae)
 	require.Equal(t, http.StatusConflict, ae.StatusCode)
 	for _, want := range []string{`connected to context "staging"`, `asks for context "prod"`, "--context staging", "sbx disconnect pinned"} {
@@ -397,7 +398,7 @@ func TestSameCluster(t *testing.T) {
 	kc := filepath.Join(dir, "kubeconfig")
 	kubetest.WriteKubeconfig(t, kc, "staging", "https://127.0.0.1:1", "staging", "dev")
 	// As handleGC calls it: with the request's current context.
-	same := func(src KubeconfigSource, kubeContext string, creq ClusterRequest) bool {
+	same := func(src api.KubeconfigSource, kubeContext string, creq api.ClusterRequest) bool {
 		return sameCluster(src, kubeContext, creq, currentContext(creq.KubeconfigSource))
 	}
 	for _, tc := range []struct {
@@ -414,16 +415,16 @@ func TestSameCluster(t *testing.T) {
 		{"unreadable kubeconfig, same words", filepath.Join(dir, "missing"), "x", filepath.Join(dir, "missing"), "x", true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			got := same(NewKubeconfigSource(tc.savedKC, nil), tc.savedCtx, ClusterRequest{KubeconfigSource: NewKubeconfigSource(tc.reqKC, nil), Context: tc.reqCtx})
+			got := same(api.NewKubeconfigSource(tc.savedKC, nil), tc.savedCtx, api.ClusterRequest{KubeconfigSource: api.NewKubeconfigSource(tc.reqKC, nil), Context: tc.reqCtx})
 			require.Equal(t, tc.want, got)
 		})
 	}
 	// A $KUBECONFIG list is its files; a list of one is that file, as
 	// --kubeconfig names it.
-	list := NewKubeconfigSource("", []string{kc, filepath.Join(dir, "missing")})
-	require.True(t, same(list, "staging", ClusterRequest{KubeconfigSource: list}))
-	require.False(t, same(list, "staging", ClusterRequest{KubeconfigSource: NewKubeconfigSource(kc, nil)}), "a list is not the one file")
-	require.True(t, same(NewKubeconfigSource(kc, nil), "staging", ClusterRequest{KubeconfigSource: NewKubeconfigSource("", []string{kc})}))
+	list := api.NewKubeconfigSource("", []string{kc, filepath.Join(dir, "missing")})
+	require.True(t, same(list, "staging", api.ClusterRequest{KubeconfigSource: list}))
+	require.False(t, same(list, "staging", api.ClusterRequest{KubeconfigSource: api.NewKubeconfigSource(kc, nil)}), "a list is not the one file")
+	require.True(t, same(api.NewKubeconfigSource(kc, nil), "staging", api.ClusterRequest{KubeconfigSource: api.NewKubeconfigSource("", []string{kc})}))
 }
 
 // TestConnectionKey: a cached connection is reused only for the same
@@ -497,7 +498,7 @@ func TestDialClosesSupersededDialers(t *testing.T) {
 	open := func(ns string) *kubeCluster {
 		t.Helper()
 		kubetest.WriteKubeconfig(t, kc, "dev", "https://127.0.0.1:1", "dev/"+ns)
-		c, err := k.Open(context.Background(), NewKubeconfigSource(kc, nil), "dev")
+		c, err := k.Open(context.Background(), api.NewKubeconfigSource(kc, nil), "dev")
 		require.NoError(t, err)
 		return c.(*kubeCluster)
 	}
@@ -562,19 +563,19 @@ func TestRestorePinsCurrentContext(t *testing.T) {
 	fc := &fakeCluster{}
 	var mu sync.Mutex
 	var opened []string
-	provider := func(_ context.Context, _ KubeconfigSource, kctx string) (Cluster, error) {
+	provider := func(_ context.Context, _ api.KubeconfigSource, kctx string) (Cluster, error) {
 		mu.Lock()
 		defer mu.Unlock()
 		opened = append(opened, kctx)
 		return fc, nil
 	}
 	td := startDaemon(t, Options{Paths: paths, Clusters: provider, link: (&fakeLinker{}).link})
-	st := waitPhase(t, td.client, "old", PhaseReady)
+	st := waitPhase(t, td.client, "old", api.PhaseReady)
 	require.Equal(t, "staging", st.Context)
 	// The status of a restored sandbox names its kubeconfig, as `sbx env
 	// --env-from-baseline` reads it from there.
 	require.NotNil(t, st.Kubeconfig)
-	require.Equal(t, NewKubeconfigSource(kc, nil), *st.Kubeconfig)
+	require.Equal(t, api.NewKubeconfigSource(kc, nil), *st.Kubeconfig)
 	mu.Lock()
 	require.NotEmpty(t, opened)
 	for _, o := range opened {
@@ -602,7 +603,7 @@ func TestOneShotRequestsSayTheirOwnNextStep(t *testing.T) {
 	fc := &fakeCluster{}
 	var mu sync.Mutex
 	real := false
-	provider := func(ctx context.Context, src KubeconfigSource, kctx string) (Cluster, error) {
+	provider := func(ctx context.Context, src api.KubeconfigSource, kctx string) (Cluster, error) {
 		mu.Lock()
 		defer mu.Unlock()
 		if real {
@@ -612,15 +613,15 @@ func TestOneShotRequestsSayTheirOwnNextStep(t *testing.T) {
 	}
 	td := startDaemon(t, Options{Clusters: provider, link: (&fakeLinker{}).link})
 	ctx := context.Background()
-	_, err := td.client.Connect(ctx, ConnectRequest{Spec: testSpec("alice", "localhost:1"), Wait: true,
-		KubeconfigSource: NewKubeconfigSource(kc, nil), Context: "staging"}, nil)
+	_, err := td.client.Connect(ctx, api.ConnectRequest{Spec: testSpec("alice", "localhost:1"), Wait: true,
+		KubeconfigSource: api.NewKubeconfigSource(kc, nil), Context: "staging"}, nil)
 	require.NoError(t, err)
 	mu.Lock()
 	real = true
 	mu.Unlock()
 	require.NoError(t, os.Remove(kc)) // the kubeconfig is gone since
 
-	creq := ClusterRequest{KubeconfigSource: NewKubeconfigSource(kc, nil), Context: "staging"}
+	creq := api.ClusterRequest{KubeconfigSource: api.NewKubeconfigSource(kc, nil), Context: "staging"}
 	cases := []struct {
 		name string
 		call func() string

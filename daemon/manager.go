@@ -11,6 +11,7 @@ import (
 	"sync"
 
 	"github.com/sbx-dev/sbx/cluster/routingkey"
+	"github.com/sbx-dev/sbx/daemon/api"
 	"github.com/sbx-dev/sbx/daemon/config"
 )
 
@@ -80,7 +81,7 @@ func (e *conflictError) Error() string { return e.msg }
 // a progress subscription is taken before the supervisor starts, so the
 // caller sees every step. takeover lets its first apply replace a relay
 // that checks another token (see session.takeover). m.mu must be held.
-func (m *manager) startLocked(saved savedSandbox, takeover, subscribe bool) (*session, chan Progress) {
+func (m *manager) startLocked(saved savedSandbox, takeover, subscribe bool) (*session, chan api.Progress) {
 	ctx, cancel := context.WithCancel(m.ctx)
 	s := &session{
 		m:        m,
@@ -88,13 +89,13 @@ func (m *manager) startLocked(saved savedSandbox, takeover, subscribe bool) (*se
 		log:      m.log.With("sandbox", saved.Name),
 		saved:    saved,
 		takeover: takeover,
-		subs:     map[chan Progress]struct{}{},
+		subs:     map[chan api.Progress]struct{}{},
 		kick:     make(chan struct{}, 1),
 		rotate:   make(chan struct{}, 1),
 		cancel:   cancel,
 		done:     make(chan struct{}),
 	}
-	var sub chan Progress
+	var sub chan api.Progress
 	if subscribe {
 		sub = s.subscribe()
 	}
@@ -125,9 +126,9 @@ func (m *manager) notify() {
 // restarted reports whether a connection attempt, or a rotation, starts
 // because of this call (new sandbox, changed spec, retry of a failed one,
 // new token).
-func (m *manager) Connect(req ConnectRequest) (s *session, sub chan Progress, restarted bool, err error) {
+func (m *manager) Connect(req api.ConnectRequest) (s *session, sub chan api.Progress, restarted bool, err error) {
 	name := req.Spec.Name
-	if req.rotateOnly() {
+	if req.RotateOnly() {
 		m.mu.Lock()
 		defer m.mu.Unlock()
 		if m.ctx.Err() != nil {
@@ -166,16 +167,16 @@ func (m *manager) Connect(req ConnectRequest) (s *session, sub chan Progress, re
 		cur, _ := m.store.Sandbox(name)
 		s.mu.Lock()
 		old := s.saved
-		moved := old.Context != kctx || old.KubeconfigSource.key() != req.KubeconfigSource.key()
+		moved := old.Context != kctx || old.KubeconfigSource.Key() != req.KubeconfigSource.Key()
 		// A failed sandbox may be pointed at another cluster (the usual
 		// fix for a wrong --kubeconfig or --context); a working one must
 		// be disconnected first, or its objects would be left behind.
-		if moved && cur.Phase != PhaseFailed {
+		if moved && cur.Phase != api.PhaseFailed {
 			s.mu.Unlock()
 			// Since a connect without --context pins the current one,
 			// the usual cause is a `kubectl config use-context` since.
 			return nil, nil, false, &conflictError{fmt.Sprintf("sandbox %q is connected to context %q of %s, and this connect asks for context %q of %s; pass --context %s (and that kubeconfig) to update it where it is, disconnect it first (`sbx disconnect %s`), or pick another name",
-				name, old.Context, old.KubeconfigSource.describe(), kctx, req.KubeconfigSource.describe(), old.Context, name)}
+				name, old.Context, describeSource(old.KubeconfigSource), kctx, describeSource(req.KubeconfigSource), old.Context, name)}
 		}
 		changed := moved || !reflect.DeepEqual(old.Spec, req.Spec)
 		s.saved.Spec = req.Spec
@@ -184,19 +185,19 @@ func (m *manager) Connect(req ConnectRequest) (s *session, sub chan Progress, re
 		s.mu.Unlock()
 		sub := s.subscribe()
 		st, _ := m.store.Sandbox(name)
-		restarted = changed || st.Phase == PhaseFailed || req.RotateToken
+		restarted = changed || st.Phase == api.PhaseFailed || req.RotateToken
 		if req.RotateToken {
 			if err := m.rotateLocked(s, changed); err != nil {
 				s.unsubscribe(sub)
 				return nil, nil, false, err
 			}
-		} else if changed || st.Phase == PhaseFailed {
+		} else if changed || st.Phase == api.PhaseFailed {
 			// The user asked for the sandbox here: its next apply may
 			// take it back from another daemon.
 			s.setTakeover()
 		}
 		if changed {
-			m.store.UpdateSandbox(name, func(st *SandboxStatus) {
+			m.store.UpdateSandbox(name, func(st *api.SandboxStatus) {
 				fresh := initialStatus(saved, m.conf().BaggageKey)
 				st.Namespaces, st.Mappings, st.Context, st.Kubeconfig = fresh.Namespaces, fresh.Mappings, fresh.Context, fresh.Kubeconfig
 			})
@@ -206,7 +207,7 @@ func (m *manager) Connect(req ConnectRequest) (s *session, sub chan Progress, re
 			case s.kick <- struct{}{}:
 			default:
 			}
-		} else if st.Phase == PhaseFailed && !req.RotateToken {
+		} else if st.Phase == api.PhaseFailed && !req.RotateToken {
 			select { // connecting again is how a user retries a failed sandbox
 			case s.kick <- struct{}{}:
 			default:
@@ -383,7 +384,7 @@ func (m *manager) Disconnect(ctx context.Context, name string, forget bool) erro
 		return ctx.Err()
 	}
 	saved := s.snapshot()
-	s.setPhase(PhaseDisconnecting, fmt.Sprintf("deleting the objects of sandbox %s", name))
+	s.setPhase(api.PhaseDisconnecting, fmt.Sprintf("deleting the objects of sandbox %s", name))
 	err := func() error {
 		if forget {
 			return nil
@@ -402,7 +403,7 @@ func (m *manager) Disconnect(ctx context.Context, name string, forget bool) erro
 	if err != nil {
 		err = &clusterError{fmt.Errorf("delete the cluster objects of sandbox %s: %w (retry `sbx disconnect %s`; if the cluster is gone, `sbx disconnect %s --forget` drops the sandbox here and `sbx gc` removes its objects once the lease expired)", name, err, name, name)}
 		s.recordError(err)
-		m.store.UpdateSandbox(name, func(st *SandboxStatus) { st.Phase = PhaseFailed })
+		m.store.UpdateSandbox(name, func(st *api.SandboxStatus) { st.Phase = api.PhaseFailed })
 		return err
 	}
 	m.mu.Lock()

@@ -14,6 +14,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/sbx-dev/sbx/cluster/discovery"
+	"github.com/sbx-dev/sbx/daemon/api"
 	"github.com/sbx-dev/sbx/daemon/config"
 	"github.com/sbx-dev/sbx/daemon/outbound"
 )
@@ -41,22 +42,7 @@ const outboundSelector = "app.kubernetes.io/managed-by!=sbx"
 // daemon started already sees the proxy address.
 const outboundStartWait = 2 * time.Second
 
-// OutboundStatus is outbound access as the daemon runs it: the Runner's
-// status (mode, proxy address or hosts file, hosts-mode Services) plus
-// what discovery watches.
-type OutboundStatus struct {
-	outbound.Status
-	// Namespaces are the namespaces whose Services are discovered: the
-	// sandboxes' own, then config outbound.namespaces.
-	Namespaces []string `json:"namespaces,omitempty"`
-	// Pending are namespaces whose Services could not be listed yet
-	// (missing RBAC, unreachable API server); discovery keeps trying.
-	Pending []string `json:"pending,omitempty"`
-	// Discovered is the number of cluster Services reachable by name.
-	Discovered int `json:"discovered"`
-}
-
-func cloneOutbound(o *OutboundStatus) *OutboundStatus {
+func cloneOutbound(o *api.OutboundStatus) *api.OutboundStatus {
 	if o == nil {
 		return nil
 	}
@@ -231,7 +217,7 @@ func (o *outboundCtl) run(ctx context.Context, failed bool) {
 }
 
 // clusterKey identifies the cluster a sandbox lives in.
-func clusterKey(sv savedSandbox) string { return sv.KubeconfigSource.key() + "\x00" + sv.Context }
+func clusterKey(sv savedSandbox) string { return sv.KubeconfigSource.Key() + "\x00" + sv.Context }
 
 // reconcile makes the Manager and the watchers match the sandboxes and
 // the config. It reports whether something failed and is worth a retry.
@@ -387,14 +373,14 @@ func (o *outboundCtl) stopAll() {
 // publish puts the current outbound status into the daemon's status.
 func (o *outboundCtl) publish() {
 	cfg := o.d.outboundConfig(o.d.config())
-	var st OutboundStatus
+	var st api.OutboundStatus
 	switch {
 	case o.mgrStop != nil:
-		st.Status = o.m.Status()
+		st = o.m.Status()
 	case cfg.Mode == config.ModeOff:
-		st.Status = outbound.Status{Mode: config.ModeOff}
+		st = api.OutboundStatus{Mode: string(config.ModeOff)}
 	default:
-		st.Status = outbound.Status{Mode: cfg.Mode, Note: "starts when a sandbox is connected"}
+		st = api.OutboundStatus{Mode: string(cfg.Mode), Note: "starts when a sandbox is connected"}
 	}
 	st.Namespaces = slices.Clone(o.order)
 	for _, ns := range o.order {

@@ -22,6 +22,7 @@ import (
 	"k8s.io/client-go/kubernetes/fake"
 
 	"github.com/sbx-dev/sbx/cluster/spec"
+	"github.com/sbx-dev/sbx/daemon/api"
 	"github.com/sbx-dev/sbx/daemon/config"
 )
 
@@ -66,12 +67,12 @@ func hostsIP(t *testing.T, hostsPath, name string) string {
 	return ""
 }
 
-func outboundOf(t *testing.T, td *testDaemon) OutboundStatus {
+func outboundOf(t *testing.T, td *testDaemon) api.OutboundStatus {
 	t.Helper()
 	st, err := td.client.Status(context.Background())
 	require.NoError(t, err)
 	if st.Outbound == nil {
-		return OutboundStatus{}
+		return api.OutboundStatus{}
 	}
 	return *st.Outbound
 }
@@ -107,7 +108,7 @@ func TestOutboundHostsModeThroughRealRelay(t *testing.T) {
 	// No sandbox yet: outbound access waits for one and leaves the
 	// hosts file alone.
 	ob := outboundOf(t, td)
-	require.Equal(t, config.ModeHosts, ob.Mode)
+	require.Equal(t, string(config.ModeHosts), ob.Mode)
 	require.Contains(t, ob.Note, "starts when a sandbox is connected")
 	b, err := os.ReadFile(hosts)
 	require.NoError(t, err)
@@ -159,7 +160,7 @@ func TestOutboundHostsModeThroughRealRelay(t *testing.T) {
 	writeConfig(t, cfgPath, strings.Replace(hostsCfg, "mode: hosts", "mode: proxy\n  injectBaggage: true", 1))
 	require.Eventually(t, func() bool {
 		ob = outboundOf(t, td)
-		return ob.Mode == config.ModeProxy && ob.ProxyAddr != ""
+		return ob.Mode == string(config.ModeProxy) && ob.ProxyAddr != ""
 	}, 10*time.Second, 5*time.Millisecond)
 	b, err = os.ReadFile(hosts)
 	require.NoError(t, err)
@@ -208,11 +209,11 @@ func TestOutboundOffStartsNothing(t *testing.T) {
 	writeConfig(t, cfgPath, "outbound:\n  mode: off\n")
 	td := startDaemon(t, Options{Clusters: fc.provider(), link: fl.link, ConfigPath: cfgPath})
 	ctx := context.Background()
-	_, err := td.client.Connect(ctx, ConnectRequest{Spec: testSpec("alice", "localhost:1"), Wait: true}, nil)
+	_, err := td.client.Connect(ctx, api.ConnectRequest{Spec: testSpec("alice", "localhost:1"), Wait: true}, nil)
 	require.NoError(t, err)
 
 	ob := outboundOf(t, td)
-	require.Equal(t, config.ModeOff, ob.Mode)
+	require.Equal(t, string(config.ModeOff), ob.Mode)
 	require.Empty(t, ob.ProxyAddr)
 	require.Empty(t, ob.HostsFile)
 	require.Empty(t, ob.Namespaces)
@@ -221,7 +222,7 @@ func TestOutboundOffStartsNothing(t *testing.T) {
 	writeConfig(t, cfgPath, "outbound:\n  mode: proxy\n")
 	require.Eventually(t, func() bool {
 		ob = outboundOf(t, td)
-		return ob.Mode == config.ModeProxy && ob.ProxyAddr != "" && ob.Discovered == 1
+		return ob.Mode == string(config.ModeProxy) && ob.ProxyAddr != "" && ob.Discovered == 1
 	}, 10*time.Second, 5*time.Millisecond)
 	proxyAddr := ob.ProxyAddr
 	c, err := net.Dial("tcp", proxyAddr)
@@ -258,7 +259,7 @@ func TestOutboundOffStartsNothing(t *testing.T) {
 	}, 10*time.Second, 5*time.Millisecond, "the proxy closes with the last sandbox")
 
 	// The next sandbox brings it back.
-	_, err = td.client.Connect(ctx, ConnectRequest{Spec: testSpec("bob", "localhost:1")}, nil)
+	_, err = td.client.Connect(ctx, api.ConnectRequest{Spec: testSpec("bob", "localhost:1")}, nil)
 	require.NoError(t, err)
 	require.Eventually(t, func() bool {
 		ob = outboundOf(t, td)
@@ -275,13 +276,13 @@ func TestOutboundUpBeforeReady(t *testing.T) {
 	cfgPath := filepath.Join(shortTempDir(t), "config.yaml")
 	writeConfig(t, cfgPath, "outbound:\n  mode: proxy\n")
 	td := startDaemon(t, Options{Paths: paths, Clusters: fc.provider(), link: (&fakeLinker{}).link, ConfigPath: cfgPath})
-	_, err := td.client.Connect(context.Background(), ConnectRequest{Spec: testSpec("alice", "localhost:1")}, nil)
+	_, err := td.client.Connect(context.Background(), api.ConnectRequest{Spec: testSpec("alice", "localhost:1")}, nil)
 	require.NoError(t, err)
 	td.stop()
 
 	td2 := startDaemon(t, Options{Paths: paths, Clusters: fc.provider(), link: (&fakeLinker{}).link, ConfigPath: cfgPath})
 	ob := outboundOf(t, td2)
-	require.Equal(t, config.ModeProxy, ob.Mode)
+	require.Equal(t, string(config.ModeProxy), ob.Mode)
 	require.NotEmpty(t, ob.ProxyAddr, "first status after start")
 }
 
@@ -332,7 +333,7 @@ func TestOutboundPicksSandboxByNamespace(t *testing.T) {
 	k, v := o.baggage()
 	require.Empty(t, k+v)
 
-	alice, err := td.client.Connect(ctx, ConnectRequest{Spec: testSpec("alice", "localhost:1"), Wait: true}, nil)
+	alice, err := td.client.Connect(ctx, api.ConnectRequest{Spec: testSpec("alice", "localhost:1"), Wait: true}, nil)
 	require.NoError(t, err)
 	k, v = o.baggage()
 	require.Equal(t, "sbx-routing-key", k, "one sandbox: its key is injected")
@@ -340,7 +341,7 @@ func TestOutboundPicksSandboxByNamespace(t *testing.T) {
 
 	shop := testSpec("bob", "localhost:2")
 	shop.Spec.Local[0].From.Namespace = "shop"
-	_, err = td.client.Connect(ctx, ConnectRequest{Spec: shop, Wait: true}, nil)
+	_, err = td.client.Connect(ctx, api.ConnectRequest{Spec: shop, Wait: true}, nil)
 	require.NoError(t, err)
 	k, v = o.baggage()
 	require.Empty(t, k+v, "several sandboxes: no key is injected")
@@ -368,7 +369,7 @@ func TestOutboundPicksSandboxByNamespace(t *testing.T) {
 	bobLink := nl.links["bob"]
 	nl.mu.Unlock()
 	bobLink.kill(fmt.Errorf("relay gone"))
-	waitPhase(t, td.client, "bob", PhaseReconnecting)
+	waitPhase(t, td.client, "bob", api.PhaseReconnecting)
 	got, err := o.pickSandbox("cart.shop.svc.cluster.local:80")
 	require.NoError(t, err)
 	require.Equal(t, "alice", got)
@@ -402,7 +403,7 @@ func TestMappingStatusNamesBaseline(t *testing.T) {
 	td := startDaemon(t, Options{Clusters: fc.provider(), link: fl.link})
 	sp := testSpec("alice", "localhost:1")
 	sp.Spec.Local[0].From = spec.Workload{Kind: spec.KindStatefulSet, Namespace: "hotrod", Name: "route-v2"}
-	st, err := td.client.Connect(context.Background(), ConnectRequest{Spec: sp}, nil)
+	st, err := td.client.Connect(context.Background(), api.ConnectRequest{Spec: sp}, nil)
 	require.NoError(t, err)
 	require.Len(t, st.Mappings, 1)
 	require.Equal(t, &spec.Workload{Kind: spec.KindStatefulSet, Namespace: "hotrod", Name: "route-v2"}, st.Mappings[0].From)
@@ -418,10 +419,10 @@ func TestEmbeddedDaemonLeavesTheMachinesHostsFileAlone(t *testing.T) {
 	fc := &fakeCluster{}
 	td := startDaemonAsIs(t, Options{Clusters: fc.provider(), link: (&fakeLinker{}).link, Backoff: fastBackoff()})
 	ctx := context.Background()
-	_, err := td.client.Connect(ctx, ConnectRequest{Spec: testSpec("alice", "localhost:1"), Wait: true}, nil)
+	_, err := td.client.Connect(ctx, api.ConnectRequest{Spec: testSpec("alice", "localhost:1"), Wait: true}, nil)
 	require.NoError(t, err)
 
-	var ob OutboundStatus
+	var ob api.OutboundStatus
 	require.Eventually(t, func() bool { ob = outboundOf(t, td); return ob.ProxyAddr != "" }, 10*time.Second, 5*time.Millisecond,
 		"outbound access never started in proxy mode: %+v", ob)
 	require.Empty(t, ob.HostsFile)

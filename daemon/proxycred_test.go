@@ -8,6 +8,7 @@ import (
 	"runtime"
 	"testing"
 
+	"github.com/sbx-dev/sbx/daemon/api"
 	"github.com/stretchr/testify/require"
 )
 
@@ -38,7 +39,7 @@ func TestProxyCredential(t *testing.T) {
 	again, err := td.client.ProxyCredential(ctx)
 	require.NoError(t, err)
 	require.Equal(t, pc, again)
-	_, err = td.client.Connect(ctx, ConnectRequest{Spec: testSpec("alice", "localhost:1")}, nil)
+	_, err = td.client.Connect(ctx, api.ConnectRequest{Spec: testSpec("alice", "localhost:1")}, nil)
 	require.NoError(t, err)
 	st, err := td.client.Status(ctx)
 	require.NoError(t, err)

@@ -15,6 +15,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/stretchr/testify/require"
 
+	"github.com/sbx-dev/sbx/daemon/api"
 	"github.com/sbx-dev/sbx/relay"
 	"github.com/sbx-dev/sbx/tunnel"
 )
@@ -123,7 +124,7 @@ func TestRealRelayInboundRefusedAndRestart(t *testing.T) {
 		mu.Unlock()
 		require.Eventually(t, func() bool {
 			sb, err := td.client.Sandbox(context.Background(), "alice")
-			return err == nil && sb.Phase == PhaseReady && sb.Reconnects >= i
+			return err == nil && sb.Phase == api.PhaseReady && sb.Reconnects >= i
 		}, 20*time.Second, 10*time.Millisecond)
 		code, body = get(t, next.url())
 		require.Equal(t, http.StatusOK, code, body)
@@ -219,13 +220,13 @@ func TestOutboundThroughRealRelay(t *testing.T) {
 	_, err := td.d.DialOutbound(ctx, "nobody", "driver.hotrod.svc.cluster.local:"+port, "127.0.0.1:1")
 	require.ErrorContains(t, err, "not connected")
 
-	_, err = td.client.Connect(ctx, ConnectRequest{Spec: testSpec("alice", "localhost:1")}, nil)
+	_, err = td.client.Connect(ctx, api.ConnectRequest{Spec: testSpec("alice", "localhost:1")}, nil)
 	require.NoError(t, err)
-	waitPhase(t, td.client, "alice", PhaseWaitingRelay)
+	waitPhase(t, td.client, "alice", api.PhaseWaitingRelay)
 	_, err = td.d.DialOutbound(ctx, "alice", "driver.hotrod.svc.cluster.local:"+port, "127.0.0.1:1")
 	require.ErrorContains(t, err, "sandbox alice is not connected (phase waiting-relay)")
 	close(fc.waitBlock)
-	waitPhase(t, td.client, "alice", PhaseReady)
+	waitPhase(t, td.client, "alice", api.PhaseReady)
 
 	conn, err := td.d.DialOutbound(ctx, "alice", "driver.hotrod.svc.cluster.local:"+port, "127.0.0.1:40000")
 	require.NoError(t, err)
@@ -268,10 +269,10 @@ func TestReplacedDaemonStopsReconnecting(t *testing.T) {
 	require.NoError(t, err)
 	defer other.Close()
 
-	var sb SandboxStatus
+	var sb api.SandboxStatus
 	require.Eventually(t, func() bool {
 		sb, err = td.client.Sandbox(context.Background(), "alice")
-		return err == nil && sb.Phase == PhaseFailed
+		return err == nil && sb.Phase == api.PhaseFailed
 	}, 20*time.Second, 10*time.Millisecond)
 	require.Contains(t, sb.LastError, "replaced")
 	require.Contains(t, sb.LastError, "run sbx connect here again")

@@ -18,7 +18,9 @@ import (
 
 	"github.com/sbx-dev/sbx/cluster"
 	"github.com/sbx-dev/sbx/cluster/istiovs"
+	"github.com/sbx-dev/sbx/cluster/meshreport"
 	"github.com/sbx-dev/sbx/cluster/spec"
+	"github.com/sbx-dev/sbx/daemon/api"
 )
 
 // Route watching: how quickly a change is answered, and how often routes
@@ -35,13 +37,13 @@ var (
 )
 
 // Leftovers implements RouteSweeper.
-func (c *kubeCluster) Leftovers(ctx context.Context, ns string) ([]istiovs.Leftover, error) {
+func (c *kubeCluster) Leftovers(ctx context.Context, ns string) ([]meshreport.Leftover, error) {
 	out, err := cluster.Leftovers(ctx, c.clients, c.sweepNamespaces(ns), "")
 	return out, explainAPIError(err, c.server, apiOp{verb: "list", resource: "virtualservices.networking.istio.io", namespace: ns})
 }
 
 // SweepRoutes implements RouteSweeper.
-func (c *kubeCluster) SweepRoutes(ctx context.Context, ns string) ([]istiovs.Leftover, error) {
+func (c *kubeCluster) SweepRoutes(ctx context.Context, ns string) ([]meshreport.Leftover, error) {
 	out, err := cluster.SweepRoutes(ctx, c.clients, c.sweepNamespaces(ns), "", nil)
 	return out, explainAPIError(err, c.server, apiOp{namespace: ns})
 }
@@ -226,8 +228,8 @@ func routeCheck(st *cluster.RouteStatus, err error, server apiServer) RouteCheck
 
 // routeState folds a check into what status shows. initial is the check
 // of an apply (its writes are the connect's, not repairs).
-func routeState(prev *RouteState, rc RouteCheck, now time.Time, initial bool) *RouteState {
-	st := &RouteState{}
+func routeState(prev *api.RouteState, rc RouteCheck, now time.Time, initial bool) *api.RouteState {
+	st := &api.RouteState{}
 	if prev != nil {
 		*st = *prev
 	}
@@ -235,7 +237,7 @@ func routeState(prev *RouteState, rc RouteCheck, now time.Time, initial bool) *R
 	if rc.Err != nil {
 		st.Error = rc.Err.Error()
 		if st.Keyed == "" {
-			st.Keyed = KeyedBaseline
+			st.Keyed = api.KeyedBaseline
 			st.Message = "the routes could not be checked"
 		}
 		return st
@@ -247,8 +249,8 @@ func routeState(prev *RouteState, rc RouteCheck, now time.Time, initial bool) *R
 		st.RestoredAt = now
 		st.RestoredIn = slices.Clone(rc.Changed)
 	}
-	st.Keyed, st.Message = KeyedSandbox, ""
-	rank := map[string]int{KeyedSandbox: 0, KeyedPartial: 1, KeyedBaseline: 2}
+	st.Keyed, st.Message = api.KeyedSandbox, ""
+	rank := map[string]int{api.KeyedSandbox: 0, api.KeyedPartial: 1, api.KeyedBaseline: 2}
 	for _, p := range rc.Ports {
 		for _, v := range p.Views {
 			if rank[v.Keyed] > rank[st.Keyed] {
@@ -261,13 +263,13 @@ func routeState(prev *RouteState, rc RouteCheck, now time.Time, initial bool) *R
 }
 
 // viewMessage says where keyed requests do not reach the sandbox.
-func viewMessage(p istiovs.PortReport, v istiovs.ViewReport) string {
+func viewMessage(p meshreport.PortReport, v meshreport.ViewReport) string {
 	who := "from namespace " + v.Clients
 	if v.Clients == "" {
 		who = "from other namespaces"
 	}
 	what := "reach the baseline"
-	if v.Keyed == KeyedPartial {
+	if v.Keyed == api.KeyedPartial {
 		what = "partly reach the baseline"
 	}
 	msg := "keyed requests to " + p.Service + "." + p.Namespace + ":" + strconv.Itoa(int(p.Port)) + " " + who + " " + what

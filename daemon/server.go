@@ -12,13 +12,9 @@ import (
 	"strings"
 	"time"
 
+	"github.com/sbx-dev/sbx/daemon/api"
 	"github.com/sbx-dev/sbx/daemon/proxy"
 )
-
-// apiHost is the Host the Go client sends. curl --unix-socket sends
-// "localhost"; anything else means the request did not come from a local
-// client speaking to the socket (DNS rebinding, a proxied browser).
-const apiHost = "local.sbx"
 
 // maxRequestBody bounds request bodies (a spec is a few KiB).
 const maxRequestBody = 4 << 20
@@ -101,7 +97,7 @@ func guard(next http.Handler) http.Handler {
 		if h, _, err := net.SplitHostPort(host); err == nil {
 			host = h
 		}
-		if host != apiHost && host != "localhost" && host != "" {
+		if host != api.Host && host != "localhost" && host != "" {
 			writeError(w, &httpError{http.StatusForbidden, fmt.Sprintf("Host %q refused: the sbx API is for local clients only", r.Host)})
 			return
 		}
@@ -237,7 +233,7 @@ func (d *Daemon) handleWatch(w http.ResponseWriter, r *http.Request) error {
 			if !ok {
 				msg := "the daemon is shutting down"
 				if d.store.Dropped(wt) {
-					msg = errWatchDroppedMsg
+					msg = api.WatchDroppedMessage
 				}
 				_ = out.send(watchError{Error: msg})
 				return nil
@@ -249,14 +245,12 @@ func (d *Daemon) handleWatch(w http.ResponseWriter, r *http.Request) error {
 	}
 }
 
-const errWatchDroppedMsg = "watcher fell behind and was dropped; watch again to get a fresh snapshot"
-
 func (d *Daemon) handleConnect(w http.ResponseWriter, r *http.Request) error {
-	var req ConnectRequest
+	var req api.ConnectRequest
 	if err := readJSON(r, &req); err != nil {
 		return err
 	}
-	req.KubeconfigSource = req.KubeconfigSource.normalized()
+	req.KubeconfigSource = req.KubeconfigSource.Normalized()
 	name := r.PathValue("name")
 	if req.Spec.Name != name {
 		return badRequest("the spec's name %q does not match the sandbox %q in the URL", req.Spec.Name, name)
@@ -282,9 +276,9 @@ func (d *Daemon) handleConnect(w http.ResponseWriter, r *http.Request) error {
 		defer cancel()
 	}
 	out := newNDJSON(w)
-	if st, _ := d.store.Sandbox(name); !restarted && st.Phase == PhaseReady {
+	if st, _ := d.store.Sandbox(name); !restarted && st.Phase == api.PhaseReady {
 		// Nothing changed and it is up: answer at once.
-		return out.send(Progress{Time: d.now(), Phase: PhaseReady, Done: true, Sandbox: &st})
+		return out.send(api.Progress{Time: d.now(), Phase: api.PhaseReady, Done: true, Sandbox: &st})
 	}
 	var lastErr string
 	for {
@@ -307,7 +301,7 @@ func (d *Daemon) handleConnect(w http.ResponseWriter, r *http.Request) error {
 				msg += ": " + lastErr
 			}
 			msg += fmt.Sprintf("; it keeps retrying in the background: watch it with `sbx status %s --watch`, or stop with `sbx disconnect %s`", name, name)
-			return out.send(Progress{Time: d.now(), Phase: st.Phase, Done: true, Error: msg})
+			return out.send(api.Progress{Time: d.now(), Phase: st.Phase, Done: true, Error: msg})
 		case p, ok := <-sub:
 			if !ok {
 				if err := r.Context().Err(); err != nil && d.mgr.stopping(err) {
@@ -315,17 +309,17 @@ func (d *Daemon) handleConnect(w http.ResponseWriter, r *http.Request) error {
 				}
 				st, found := d.store.Sandbox(name)
 				if !found {
-					return out.send(Progress{Time: d.now(), Done: true, Error: fmt.Sprintf("sandbox %s was disconnected while connecting", name)})
+					return out.send(api.Progress{Time: d.now(), Done: true, Error: fmt.Sprintf("sandbox %s was disconnected while connecting", name)})
 				}
-				if st.Phase == PhaseReady {
-					return out.send(Progress{Time: d.now(), Phase: PhaseReady, Done: true, Sandbox: &st})
+				if st.Phase == api.PhaseReady {
+					return out.send(api.Progress{Time: d.now(), Phase: api.PhaseReady, Done: true, Sandbox: &st})
 				}
-				return out.send(Progress{Time: d.now(), Phase: st.Phase, Done: true, Error: "progress stream fell behind; the sandbox keeps connecting: see `sbx status " + name + "`"})
+				return out.send(api.Progress{Time: d.now(), Phase: st.Phase, Done: true, Error: "progress stream fell behind; the sandbox keeps connecting: see `sbx status " + name + "`"})
 			}
 			if p.Error != "" {
 				lastErr = p.Error
 			}
-			if p.Phase == PhaseFailed {
+			if p.Phase == api.PhaseFailed {
 				cause := p.Error
 				if cause == "" {
 					cause = p.Message
@@ -346,8 +340,8 @@ func (d *Daemon) handleConnect(w http.ResponseWriter, r *http.Request) error {
 }
 
 // stoppedConnecting ends a connect stream the daemon's shutdown broke off.
-func stoppedConnecting(now time.Time, name string) Progress {
-	return Progress{Time: now, Done: true, DaemonStopping: true,
+func stoppedConnecting(now time.Time, name string) api.Progress {
+	return api.Progress{Time: now, Done: true, DaemonStopping: true,
 		Error: fmt.Sprintf("the sbx daemon is stopping, so it stopped connecting sandbox %s: connect again (a new daemon resumes it)", name)}
 }
 
@@ -359,7 +353,7 @@ func (d *Daemon) handleDisconnect(w http.ResponseWriter, r *http.Request) error 
 	if err := d.mgr.Disconnect(r.Context(), name, r.URL.Query().Get("forget") == "true"); err != nil {
 		return err
 	}
-	return writeJSON(w, DisconnectResult{Disconnected: []string{name}})
+	return writeJSON(w, api.DisconnectResult{Disconnected: []string{name}})
 }
 
 // deleteOrphan deletes the cluster objects of a sandbox this daemon does
@@ -407,13 +401,13 @@ func (d *Daemon) deleteOrphan(w http.ResponseWriter, r *http.Request, name strin
 			return &httpError{http.StatusBadGateway, fmt.Sprintf("delete the objects of sandbox %s in namespace %s: %v", name, cs.Namespace, err)}
 		}
 		d.log.Info("orphan sandbox deleted", "sandbox", name, "namespace", cs.Namespace, "routingKey", cs.RoutingKey)
-		return writeJSON(w, DisconnectResult{Disconnected: []string{name}})
+		return writeJSON(w, api.DisconnectResult{Disconnected: []string{name}})
 	}
 	return &notFoundError{name}
 }
 
 func (d *Daemon) handleDisconnectAll(w http.ResponseWriter, r *http.Request) error {
-	res := DisconnectResult{Disconnected: []string{}}
+	res := api.DisconnectResult{Disconnected: []string{}}
 	var errs []string
 	code := http.StatusBadGateway
 	for _, name := range d.mgr.Names() {
@@ -433,13 +427,13 @@ func (d *Daemon) handleDisconnectAll(w http.ResponseWriter, r *http.Request) err
 	return writeJSON(w, res)
 }
 
-func clusterRequestFromQuery(r *http.Request) ClusterRequest {
+func clusterRequestFromQuery(r *http.Request) api.ClusterRequest {
 	q := r.URL.Query()
-	return ClusterRequest{
-		KubeconfigSource: KubeconfigSource{
+	return api.ClusterRequest{
+		KubeconfigSource: api.KubeconfigSource{
 			KubeconfigFile: q.Get("kubeconfigFile"),
 			KubeconfigEnv:  q["kubeconfigEnv"],
-		}.normalized(),
+		}.Normalized(),
 		Context:   q.Get("context"),
 		Namespace: q.Get("namespace"),
 	}
@@ -448,10 +442,10 @@ func clusterRequestFromQuery(r *http.Request) ClusterRequest {
 func (d *Daemon) handleList(w http.ResponseWriter, r *http.Request) error {
 	creq := clusterRequestFromQuery(r)
 	st := d.store.Status()
-	byName := map[string]*ListEntry{}
-	res := ListResult{Sandboxes: []ListEntry{}}
+	byName := map[string]*api.ListEntry{}
+	res := api.ListResult{Sandboxes: []api.ListEntry{}}
 	for _, sb := range st.Sandboxes {
-		e := ListEntry{Name: sb.Name, RoutingKey: sb.RoutingKey, Phase: sb.Phase, InDaemon: true}
+		e := api.ListEntry{Name: sb.Name, RoutingKey: sb.RoutingKey, Phase: sb.Phase, InDaemon: true}
 		if s, ok := d.mgr.Get(sb.Name); ok {
 			e.Namespace = s.snapshot().Namespace
 		}
@@ -496,7 +490,7 @@ func (d *Daemon) handleList(w http.ResponseWriter, r *http.Request) error {
 				}
 				continue
 			}
-			res.Sandboxes = append(res.Sandboxes, ListEntry{
+			res.Sandboxes = append(res.Sandboxes, api.ListEntry{
 				Name: cs.Name, RoutingKey: cs.RoutingKey, Namespace: cs.Namespace,
 				InCluster: true, Orphan: true, LeaseExpires: cs.LeaseExpires,
 			})
@@ -506,7 +500,7 @@ func (d *Daemon) handleList(w http.ResponseWriter, r *http.Request) error {
 }
 
 func (d *Daemon) handleGC(w http.ResponseWriter, r *http.Request) error {
-	var creq ClusterRequest
+	var creq api.ClusterRequest
 	if r.ContentLength != 0 {
 		if err := readJSON(r, &creq); err != nil {
 			return err
@@ -543,7 +537,7 @@ func (d *Daemon) handleGC(w http.ResponseWriter, r *http.Request) error {
 	if deleted == nil {
 		deleted = []string{}
 	}
-	res := GCResult{Deleted: deleted}
+	res := api.GCResult{Deleted: deleted}
 	if rs, ok := cl.(RouteSweeper); ok {
 		// Routes the collector cannot reach: those of sandboxes whose
 		// Lease is gone, inside VirtualServices CD owns.
@@ -564,11 +558,11 @@ func (d *Daemon) handleProxyCredential(w http.ResponseWriter, r *http.Request) e
 		return err
 	}
 	w.Header().Set("Cache-Control", "no-store")
-	return writeJSON(w, ProxyCredential{Username: proxy.Username, Password: pw})
+	return writeJSON(w, api.ProxyCredential{Username: proxy.Username, Password: pw})
 }
 
 func (d *Daemon) handleLogs(w http.ResponseWriter, r *http.Request) error {
-	return writeJSON(w, LogsInfo{Path: d.logPath})
+	return writeJSON(w, api.LogsInfo{Path: d.logPath})
 }
 
 func (d *Daemon) handleShutdown(w http.ResponseWriter, r *http.Request) error {

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/sbx-dev/sbx/cluster"
+	"github.com/sbx-dev/sbx/daemon/api"
 	"github.com/sbx-dev/sbx/daemon/config"
 	"github.com/sbx-dev/sbx/tunnel"
 )
@@ -104,7 +105,7 @@ type session struct {
 	// daemon that applied its token since: the two would take turns, each
 	// rollout breaking the other's tunnel.
 	takeover bool
-	subs     map[chan Progress]struct{}
+	subs     map[chan api.Progress]struct{}
 
 	kick   chan struct{}              // cap 1: the spec changed, re-apply now
 	rotate chan struct{}              // cap 1: saved.Token is new, apply it
@@ -157,15 +158,15 @@ func (s *session) routes() []route {
 
 // subscribe returns a channel of this session's progress. It is closed
 // when unsubscribed or when the reader fell behind.
-func (s *session) subscribe() chan Progress {
+func (s *session) subscribe() chan api.Progress {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	ch := make(chan Progress, 256)
+	ch := make(chan api.Progress, 256)
 	s.subs[ch] = struct{}{}
 	return ch
 }
 
-func (s *session) unsubscribe(ch chan Progress) {
+func (s *session) unsubscribe(ch chan api.Progress) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if _, ok := s.subs[ch]; ok {
@@ -174,7 +175,7 @@ func (s *session) unsubscribe(ch chan Progress) {
 	}
 }
 
-func (s *session) emit(p Progress) {
+func (s *session) emit(p api.Progress) {
 	if p.Time.IsZero() {
 		p.Time = s.m.cfg.Now()
 	}
@@ -190,28 +191,28 @@ func (s *session) emit(p Progress) {
 	}
 }
 
-func (s *session) setPhase(ph Phase, msg string) {
-	s.m.store.UpdateSandbox(s.name, func(st *SandboxStatus) {
+func (s *session) setPhase(ph api.Phase, msg string) {
+	s.m.store.UpdateSandbox(s.name, func(st *api.SandboxStatus) {
 		st.Phase = ph
-		if ph != PhaseReady {
+		if ph != api.PhaseReady {
 			st.ReadySince = time.Time{}
 			st.Sessions, st.Streams, st.RTT = 0, 0, 0
 		}
 	})
 	s.log.Info("session phase", "phase", ph, "msg", msg)
-	s.emit(Progress{Phase: ph, Message: msg})
+	s.emit(api.Progress{Phase: ph, Message: msg})
 }
 
-func (s *session) progressFn(ph Phase) func(string) {
+func (s *session) progressFn(ph api.Phase) func(string) {
 	return func(msg string) {
 		s.log.Debug("progress", "phase", ph, "msg", msg)
-		s.emit(Progress{Phase: ph, Message: msg})
+		s.emit(api.Progress{Phase: ph, Message: msg})
 	}
 }
 
 func (s *session) recordError(err error) {
 	now := s.m.cfg.Now()
-	s.m.store.UpdateSandbox(s.name, func(st *SandboxStatus) {
+	s.m.store.UpdateSandbox(s.name, func(st *api.SandboxStatus) {
 		st.LastError = err.Error()
 		st.LastErrorAt = now
 	})
@@ -244,11 +245,11 @@ func (s *session) run(ctx context.Context) {
 		// One update: watchers never see "ready" next to the new error or
 		// count.
 		now := cfg.Now()
-		s.m.store.UpdateSandbox(s.name, func(st *SandboxStatus) {
+		s.m.store.UpdateSandbox(s.name, func(st *api.SandboxStatus) {
 			st.LastError, st.LastErrorAt = err.Error(), now
-			st.Phase = PhaseReconnecting
+			st.Phase = api.PhaseReconnecting
 			if permanent {
-				st.Phase = PhaseFailed
+				st.Phase = api.PhaseFailed
 			} else {
 				st.Reconnects++
 			}
@@ -256,7 +257,7 @@ func (s *session) run(ctx context.Context) {
 			st.Sessions, st.Streams, st.RTT = 0, 0, 0
 		})
 		if permanent {
-			s.setPhase(PhaseFailed, failedMessage(err))
+			s.setPhase(api.PhaseFailed, failedMessage(err))
 			select {
 			case <-ctx.Done():
 				return
@@ -273,8 +274,8 @@ func (s *session) run(ctx context.Context) {
 			delay = cfg.Backoff.AfterUp(upFor)
 		}
 		attempt++
-		s.emit(Progress{Phase: PhaseReconnecting, Error: err.Error()})
-		s.setPhase(PhaseReconnecting, fmt.Sprintf("retrying in %s", delay.Round(time.Millisecond)))
+		s.emit(api.Progress{Phase: api.PhaseReconnecting, Error: err.Error()})
+		s.setPhase(api.PhaseReconnecting, fmt.Sprintf("retrying in %s", delay.Round(time.Millisecond)))
 		t := time.NewTimer(delay)
 		select {
 		case <-ctx.Done():
@@ -300,7 +301,7 @@ func (s *session) connectOnce(ctx context.Context) (time.Time, error) {
 	if saved.Token == "" {
 		return time.Time{}, &PermanentError{errors.New("no tunnel token (a bug in the daemon: connect the sandbox again)")}
 	}
-	s.setPhase(PhaseApplying, fmt.Sprintf("applying sandbox %s (routing key %s)", saved.Name, saved.RoutingKey))
+	s.setPhase(api.PhaseApplying, fmt.Sprintf("applying sandbox %s (routing key %s)", saved.Name, saved.RoutingKey))
 	cl, err := s.m.clusters(ctx, saved.KubeconfigSource, saved.Context)
 	if err != nil {
 		return time.Time{}, fmt.Errorf("open cluster (context %q): %w", saved.Context, err)
@@ -317,7 +318,7 @@ func (s *session) connectOnce(ctx context.Context) (time.Time, error) {
 		Holder:              cfg.User,
 		ClusterDomain:       conf.ClusterDomain,
 	}
-	applied, err := cl.Apply(ctx, &saved.Spec, ao, s.progressFn(PhaseApplying))
+	applied, err := cl.Apply(ctx, &saved.Spec, ao, s.progressFn(api.PhaseApplying))
 	if err != nil {
 		// Every place this shows (status, connect's answer, the log)
 		// already names the sandbox.
@@ -336,7 +337,7 @@ func (s *session) connectOnce(ctx context.Context) (time.Time, error) {
 		s.mu.Unlock()
 		s.m.persist()
 	}
-	s.m.store.UpdateSandbox(s.name, func(st *SandboxStatus) {
+	s.m.store.UpdateSandbox(s.name, func(st *api.SandboxStatus) {
 		for i, mp := range st.Mappings {
 			st.Mappings[i].Services = slices.Clone(applied.Services[MappingKey{Workload: mp.Workload, Port: mp.Port}])
 		}
@@ -364,8 +365,8 @@ func (s *session) connectOnce(ctx context.Context) (time.Time, error) {
 			<-watched
 		}()
 	}
-	s.setPhase(PhaseWaitingRelay, fmt.Sprintf("waiting for relay pod of %s in namespace %s", t.Sandbox, t.Namespace))
-	if err := cl.WaitRelay(ctx, t, s.progressFn(PhaseWaitingRelay)); err != nil {
+	s.setPhase(api.PhaseWaitingRelay, fmt.Sprintf("waiting for relay pod of %s in namespace %s", t.Sandbox, t.Namespace))
+	if err := cl.WaitRelay(ctx, t, s.progressFn(api.PhaseWaitingRelay)); err != nil {
 		return time.Time{}, fmt.Errorf("relay of sandbox %s: %w", t.Sandbox, err)
 	}
 	poolSize := cfg.PoolSize
@@ -375,8 +376,8 @@ func (s *session) connectOnce(ctx context.Context) (time.Time, error) {
 	if poolSize <= 0 {
 		poolSize = config.DefaultPoolSize
 	}
-	s.m.store.UpdateSandbox(s.name, func(st *SandboxStatus) { st.BaggageKey = conf.BaggageKey })
-	s.setPhase(PhaseConnecting, fmt.Sprintf("opening %d tunnel session(s) through port-forward", poolSize))
+	s.m.store.UpdateSandbox(s.name, func(st *api.SandboxStatus) { st.BaggageKey = conf.BaggageKey })
+	s.setPhase(api.PhaseConnecting, fmt.Sprintf("opening %d tunnel session(s) through port-forward", poolSize))
 	lk, err := s.m.link(ctx, linkParams{
 		Target:   t,
 		Token:    func() string { return *token.Load() },
@@ -397,12 +398,12 @@ func (s *session) connectOnce(ctx context.Context) (time.Time, error) {
 	}()
 	connectedAt := cfg.Now()
 	s.refresh(ctx, lk, connectedAt)
-	s.m.store.UpdateSandbox(s.name, func(st *SandboxStatus) { st.Phase, st.ReadySince = PhaseReady, connectedAt })
-	s.log.Info("session phase", "phase", PhaseReady, "routingKey", t.RoutingKey)
+	s.m.store.UpdateSandbox(s.name, func(st *api.SandboxStatus) { st.Phase, st.ReadySince = api.PhaseReady, connectedAt })
+	s.log.Info("session phase", "phase", api.PhaseReady, "routingKey", t.RoutingKey)
 	st, _ := s.m.store.Sandbox(s.name)
 	// A connect that rotated the token while this attempt was under way
 	// is done when the rotation below is.
-	s.emit(Progress{Phase: PhaseReady, Done: s.snapshot().Token == saved.Token, Sandbox: &st})
+	s.emit(api.Progress{Phase: api.PhaseReady, Done: s.snapshot().Token == saved.Token, Sandbox: &st})
 	if err := cl.RenewLease(ctx, t); err != nil {
 		if errors.Is(err, ErrSandboxGone) {
 			return connectedAt, fmt.Errorf("renew lease of sandbox %s: %w; re-applying", t.Sandbox, err)
@@ -446,7 +447,7 @@ func (s *session) connectOnce(ctx context.Context) (time.Time, error) {
 			rotations.Add(1)
 			go func() {
 				defer rotations.Done()
-				ch <- cl.WaitRelay(rctx, wt, s.progressFn(PhaseReady))
+				ch <- cl.WaitRelay(rctx, wt, s.progressFn(api.PhaseReady))
 			}()
 		case err := <-rotated:
 			rotated = nil
@@ -455,7 +456,7 @@ func (s *session) connectOnce(ctx context.Context) (time.Time, error) {
 			}
 			s.log.Info("tunnel token rotated: the new relay pod is ready; sessions move to it as the old one drains")
 			st, _ := s.m.store.Sandbox(s.name)
-			s.emit(Progress{Phase: PhaseReady, Done: true, Sandbox: &st,
+			s.emit(api.Progress{Phase: api.PhaseReady, Done: true, Sandbox: &st,
 				Message: "token rotated: the relay checks the new token; the tunnel moves to its new pod as the old one drains"})
 		case <-lk.Done():
 			return connectedAt, fmt.Errorf("tunnel to relay of sandbox %s lost: %w", t.Sandbox, lk.Err())
@@ -482,10 +483,10 @@ func (s *session) connectOnce(ctx context.Context) (time.Time, error) {
 // link replaces may meet the old pod and be refused, which it survives
 // with the others.
 func (s *session) rotateLive(ctx context.Context, cl Cluster, cur savedSandbox, ao ApplyOptions, t Target) (Target, error) {
-	s.emit(Progress{Phase: PhaseReady, Message: fmt.Sprintf("rotating the tunnel token of sandbox %s: applying its verifier (the relay rolls; the tunnel stays up)", cur.Name)})
+	s.emit(api.Progress{Phase: api.PhaseReady, Message: fmt.Sprintf("rotating the tunnel token of sandbox %s: applying its verifier (the relay rolls; the tunnel stays up)", cur.Name)})
 	ao.TokenVerifier = tunnel.VerifierOf(cur.Token).String()
 	ao.RefuseOtherVerifier = false // the user asked for a new token here
-	if _, err := cl.Apply(ctx, &cur.Spec, ao, s.progressFn(PhaseReady)); err != nil {
+	if _, err := cl.Apply(ctx, &cur.Spec, ao, s.progressFn(api.PhaseReady)); err != nil {
 		return Target{}, fmt.Errorf("rotate the tunnel token: apply the cluster objects: %w", err)
 	}
 	s.appliedToken(cur.Token)
@@ -501,7 +502,7 @@ func (s *session) routeChecked(rc RouteCheck) {
 	} else if len(rc.Changed) > 0 {
 		s.log.Info("sandbox routes restored", "virtualServices", rc.Changed)
 	}
-	s.m.store.UpdateSandbox(s.name, func(st *SandboxStatus) {
+	s.m.store.UpdateSandbox(s.name, func(st *api.SandboxStatus) {
 		st.Routes = routeState(st.Routes, rc, s.m.cfg.Now(), false)
 	})
 }
@@ -515,7 +516,7 @@ func (s *session) refresh(ctx context.Context, lk link, since time.Time) {
 			listening[r.ToLocal] = canDial(ctx, "tcp", r.ToLocal, s.m.cfg.ProbeTimeout)
 		}
 	}
-	s.m.store.UpdateSandbox(s.name, func(st *SandboxStatus) {
+	s.m.store.UpdateSandbox(s.name, func(st *api.SandboxStatus) {
 		st.Sessions, st.RTT, st.BytesIn, st.BytesOut, st.Streams = ls.Sessions, ls.RTT, ls.BytesIn, ls.BytesOut, ls.Streams
 		for i := range st.Mappings {
 			st.Mappings[i].Listening = listening[st.Mappings[i].ToLocal]
@@ -539,22 +540,22 @@ func canDial(ctx context.Context, network, addr string, timeout time.Duration) b
 }
 
 // initialStatus is a sandbox's status before its first connection.
-func initialStatus(saved savedSandbox, baggageKey string) SandboxStatus {
+func initialStatus(saved savedSandbox, baggageKey string) api.SandboxStatus {
 	src := saved.KubeconfigSource
-	st := SandboxStatus{
+	st := api.SandboxStatus{
 		Name:       saved.Name,
 		RoutingKey: saved.RoutingKey,
 		BaggageKey: baggageKey,
 		Context:    saved.Context,
 		Kubeconfig: &src,
 		Namespaces: slices.Clone(saved.Spec.Namespaces()),
-		Phase:      PhaseApplying,
-		Mappings:   []MappingStatus{},
+		Phase:      api.PhaseApplying,
+		Mappings:   []api.MappingStatus{},
 	}
 	for _, l := range saved.Spec.Spec.Local {
 		for _, mp := range l.Mappings {
 			from := l.From
-			st.Mappings = append(st.Mappings, MappingStatus{
+			st.Mappings = append(st.Mappings, api.MappingStatus{
 				Workload: l.Name, Namespace: l.From.Namespace, Port: mp.Port, ToLocal: mp.ToLocal, From: &from,
 			})
 		}

@@ -16,23 +16,24 @@ import (
 
 	"github.com/sbx-dev/sbx/cluster/routingkey"
 	"github.com/sbx-dev/sbx/cluster/spec"
+	"github.com/sbx-dev/sbx/daemon/api"
 	"github.com/sbx-dev/sbx/tunnel"
 )
 
 func TestConnectWaitStreamsEveryStep(t *testing.T) {
 	fc := &fakeCluster{}
 	td := startDaemon(t, Options{Clusters: fc.provider(), link: (&fakeLinker{}).link})
-	var steps []Progress
-	st, err := td.client.Connect(context.Background(), ConnectRequest{Spec: testSpec("alice", "localhost:1"), Wait: true, Timeout: time.Minute},
-		func(p Progress) { steps = append(steps, p) })
+	var steps []api.Progress
+	st, err := td.client.Connect(context.Background(), api.ConnectRequest{Spec: testSpec("alice", "localhost:1"), Wait: true, Timeout: time.Minute},
+		func(p api.Progress) { steps = append(steps, p) })
 	require.NoError(t, err)
-	require.Equal(t, PhaseReady, st.Phase)
+	require.Equal(t, api.PhaseReady, st.Phase)
 	require.NoError(t, routingkey.Validate(st.RoutingKey))
 	require.Equal(t, "sbx-routing-key", st.BaggageKey)
 	require.Equal(t, []string{"hotrod"}, st.Namespaces)
-	require.Equal(t, []MappingStatus{{Workload: "route", Namespace: "hotrod", Port: 8083, ToLocal: "localhost:1", Services: []string{"route.hotrod"},
+	require.Equal(t, []api.MappingStatus{{Workload: "route", Namespace: "hotrod", Port: 8083, ToLocal: "localhost:1", Services: []string{"route.hotrod"},
 		From: &spec.Workload{Kind: spec.KindDeployment, Namespace: "hotrod", Name: "route"}}}, st.Mappings)
-	var phases []Phase
+	var phases []api.Phase
 	var msgs []string
 	for _, p := range steps {
 		if len(phases) == 0 || phases[len(phases)-1] != p.Phase {
@@ -40,7 +41,7 @@ func TestConnectWaitStreamsEveryStep(t *testing.T) {
 		}
 		msgs = append(msgs, p.Message)
 	}
-	require.Equal(t, []Phase{PhaseApplying, PhaseWaitingRelay, PhaseConnecting, PhaseReady}, phases)
+	require.Equal(t, []api.Phase{api.PhaseApplying, api.PhaseWaitingRelay, api.PhaseConnecting, api.PhaseReady}, phases)
 	joined := strings.Join(msgs, "\n")
 	require.Contains(t, joined, "created Deployment hotrod/sbx-"+st.RoutingKey)
 	require.Contains(t, joined, "relay pod")
@@ -48,13 +49,13 @@ func TestConnectWaitStreamsEveryStep(t *testing.T) {
 
 	// Connecting again with the same spec answers at once, same key, no
 	// re-apply.
-	st2, err := td.client.Connect(context.Background(), ConnectRequest{Spec: testSpec("alice", "localhost:1"), Wait: true}, nil)
+	st2, err := td.client.Connect(context.Background(), api.ConnectRequest{Spec: testSpec("alice", "localhost:1"), Wait: true}, nil)
 	require.NoError(t, err)
 	require.Equal(t, st.RoutingKey, st2.RoutingKey)
 	require.Len(t, fc.appliedKeys(), 1)
 
 	// A changed spec re-applies in place with the same key.
-	st3, err := td.client.Connect(context.Background(), ConnectRequest{Spec: testSpec("alice", "localhost:2"), Wait: true}, nil)
+	st3, err := td.client.Connect(context.Background(), api.ConnectRequest{Spec: testSpec("alice", "localhost:2"), Wait: true}, nil)
 	require.NoError(t, err)
 	require.Equal(t, st.RoutingKey, st3.RoutingKey)
 	require.Equal(t, "localhost:2", st3.Mappings[0].ToLocal)
@@ -64,20 +65,20 @@ func TestConnectWaitStreamsEveryStep(t *testing.T) {
 func TestConnectWithoutWaitReturnsAtOnce(t *testing.T) {
 	fc := &fakeCluster{waitBlock: make(chan struct{})}
 	td := startDaemon(t, Options{Clusters: fc.provider(), link: (&fakeLinker{}).link})
-	st, err := td.client.Connect(context.Background(), ConnectRequest{Spec: testSpec("alice", "localhost:1")}, nil)
+	st, err := td.client.Connect(context.Background(), api.ConnectRequest{Spec: testSpec("alice", "localhost:1")}, nil)
 	require.NoError(t, err)
 	require.Equal(t, "alice", st.Name)
 	require.NotEmpty(t, st.RoutingKey)
-	waitPhase(t, td.client, "alice", PhaseWaitingRelay)
+	waitPhase(t, td.client, "alice", api.PhaseWaitingRelay)
 	close(fc.waitBlock)
-	waitPhase(t, td.client, "alice", PhaseReady)
+	waitPhase(t, td.client, "alice", api.PhaseReady)
 }
 
 func TestConnectTimeoutKeepsRetrying(t *testing.T) {
 	fc := &fakeCluster{waitErr: errors.New("pod sbx-x is ImagePullBackOff")}
 	td := startDaemon(t, Options{Clusters: fc.provider(), link: (&fakeLinker{}).link})
-	_, err := td.client.Connect(context.Background(), ConnectRequest{Spec: testSpec("alice", "localhost:1"), Wait: true, Timeout: 300 * time.Millisecond}, nil)
-	var ce *ConnectError
+	_, err := td.client.Connect(context.Background(), api.ConnectRequest{Spec: testSpec("alice", "localhost:1"), Wait: true, Timeout: 300 * time.Millisecond}, nil)
+	var ce *api.ConnectError
 	require.ErrorAs(t, err, &ce)
 	require.Contains(t, ce.Message, "not ready after")
 	require.Contains(t, ce.Message, "ImagePullBackOff")
@@ -98,32 +99,32 @@ func TestConnectTimeoutKeepsRetrying(t *testing.T) {
 func TestPermanentFailureStopsUntilConnectAgain(t *testing.T) {
 	fc := &fakeCluster{applyErr: &PermanentError{errors.New("Deployment hotrod/route not found")}}
 	td := startDaemon(t, Options{Clusters: fc.provider(), link: (&fakeLinker{}).link})
-	_, err := td.client.Connect(context.Background(), ConnectRequest{Spec: testSpec("alice", "localhost:1"), Wait: true, Timeout: time.Minute}, nil)
-	var ce *ConnectError
+	_, err := td.client.Connect(context.Background(), api.ConnectRequest{Spec: testSpec("alice", "localhost:1"), Wait: true, Timeout: time.Minute}, nil)
+	var ce *api.ConnectError
 	require.ErrorAs(t, err, &ce)
-	require.Equal(t, PhaseFailed, ce.Phase)
+	require.Equal(t, api.PhaseFailed, ce.Phase)
 	require.Contains(t, ce.Message, "hotrod/route not found")
 	require.Len(t, fc.appliedKeys(), 1, "no retries of a permanent failure")
 
 	fc.mu.Lock()
 	fc.applyErr = nil
 	fc.mu.Unlock()
-	st, err := td.client.Connect(context.Background(), ConnectRequest{Spec: testSpec("alice", "localhost:1"), Wait: true, Timeout: time.Minute}, nil)
+	st, err := td.client.Connect(context.Background(), api.ConnectRequest{Spec: testSpec("alice", "localhost:1"), Wait: true, Timeout: time.Minute}, nil)
 	require.NoError(t, err)
-	require.Equal(t, PhaseReady, st.Phase)
+	require.Equal(t, api.PhaseReady, st.Phase)
 }
 
 func TestSupervisorReconnectsWithSameKey(t *testing.T) {
 	fc := &fakeCluster{}
 	fl := &fakeLinker{}
 	td := startDaemon(t, Options{Clusters: fc.provider(), link: fl.link})
-	st, err := td.client.Connect(context.Background(), ConnectRequest{Spec: testSpec("alice", "localhost:1"), Wait: true}, nil)
+	st, err := td.client.Connect(context.Background(), api.ConnectRequest{Spec: testSpec("alice", "localhost:1"), Wait: true}, nil)
 	require.NoError(t, err)
 	for i := 1; i <= 3; i++ {
 		fl.last().kill(errors.New("port-forward closed"))
 		require.Eventually(t, func() bool {
 			s, err := td.client.Sandbox(context.Background(), "alice")
-			return err == nil && s.Phase == PhaseReady && s.Reconnects == i
+			return err == nil && s.Phase == api.PhaseReady && s.Reconnects == i
 		}, 10*time.Second, 5*time.Millisecond)
 	}
 	s, err := td.client.Sandbox(context.Background(), "alice")
@@ -170,7 +171,7 @@ func TestReadyConnectionResetsBackoff(t *testing.T) {
 	fl := &fakeLinker{}
 	td := startDaemon(t, Options{Clusters: fc.provider(), link: fl.link, Logger: logger,
 		Backoff: Backoff{Min: 4 * time.Millisecond, Max: time.Hour, Rand: func() float64 { return 0 }}})
-	_, err := td.client.Connect(context.Background(), ConnectRequest{Spec: testSpec("alice", "localhost:1"), Wait: true}, nil)
+	_, err := td.client.Connect(context.Background(), api.ConnectRequest{Spec: testSpec("alice", "localhost:1"), Wait: true}, nil)
 	require.NoError(t, err)
 	delays := func() []string {
 		var out []string
@@ -199,7 +200,7 @@ func TestReadyConnectionResetsBackoff(t *testing.T) {
 	fl.last().kill(errors.New("gone"))
 	require.Eventually(t, func() bool { return len(delays()) >= 5 }, 10*time.Second, 2*time.Millisecond)
 	fail(false)
-	waitPhase(t, td.client, "alice", PhaseReady)
+	waitPhase(t, td.client, "alice", api.PhaseReady)
 	require.Equal(t, []string{"0s", "4ms", "8ms", "16ms", "32ms"}, delays()[:5])
 
 	// A flapping link: every connection that became ready, however short
@@ -213,7 +214,7 @@ func TestReadyConnectionResetsBackoff(t *testing.T) {
 		d, err := time.ParseDuration(delays()[n])
 		require.NoError(t, err)
 		require.LessOrEqual(t, d, 2*time.Millisecond, "delay after flap: %s", delays()[n])
-		waitPhase(t, td.client, "alice", PhaseReady)
+		waitPhase(t, td.client, "alice", api.PhaseReady)
 	}
 }
 
@@ -238,7 +239,7 @@ func TestStateSurvivesRestart(t *testing.T) {
 	fc := &fakeCluster{}
 	paths := testPaths(t)
 	td := startDaemon(t, Options{Paths: paths, Clusters: fc.provider(), link: (&fakeLinker{}).link})
-	st, err := td.client.Connect(context.Background(), ConnectRequest{Spec: testSpec("alice", "localhost:1"), Context: "staging", Wait: true}, nil)
+	st, err := td.client.Connect(context.Background(), api.ConnectRequest{Spec: testSpec("alice", "localhost:1"), Context: "staging", Wait: true}, nil)
 	require.NoError(t, err)
 	td.stop()
 
@@ -264,7 +265,7 @@ func TestStateSurvivesRestart(t *testing.T) {
 	require.Empty(t, fc.deletes, "stopping the daemon keeps cluster objects")
 
 	td2 := startDaemon(t, Options{Paths: paths, Clusters: fc.provider(), link: (&fakeLinker{}).link})
-	st2 := waitPhase(t, td2.client, "alice", PhaseReady)
+	st2 := waitPhase(t, td2.client, "alice", api.PhaseReady)
 	require.Equal(t, st.RoutingKey, st2.RoutingKey)
 	require.Equal(t, "staging", st2.Context)
 	keys := fc.appliedKeys()
@@ -300,19 +301,19 @@ func TestDisconnectAllAndDeleteFailure(t *testing.T) {
 	td := startDaemon(t, Options{Clusters: fc.provider(), link: (&fakeLinker{}).link})
 	ctx := context.Background()
 	for _, n := range []string{"alice", "bob"} {
-		_, err := td.client.Connect(ctx, ConnectRequest{Spec: testSpec(n, "localhost:1"), Wait: true}, nil)
+		_, err := td.client.Connect(ctx, api.ConnectRequest{Spec: testSpec(n, "localhost:1"), Wait: true}, nil)
 		require.NoError(t, err)
 	}
 	fc.mu.Lock()
 	fc.deleteErr = errors.New("forbidden")
 	fc.mu.Unlock()
 	_, err := td.client.Disconnect(ctx, "alice")
-	var ae *APIError
+	var ae *api.APIError
 	require.ErrorAs(t, err, &ae)
 	require.Equal(t, 502, ae.StatusCode, "cluster trouble, not a daemon bug")
 	require.Contains(t, err.Error(), "retry `sbx disconnect alice`")
 	require.Contains(t, err.Error(), "--forget")
-	st := waitPhase(t, td.client, "alice", PhaseFailed)
+	st := waitPhase(t, td.client, "alice", api.PhaseFailed)
 	require.Contains(t, st.LastError, "forbidden")
 
 	// --forget drops it here without touching the cluster.
@@ -320,9 +321,9 @@ func TestDisconnectAllAndDeleteFailure(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, []string{"alice"}, res.Disconnected)
 	_, err = td.client.Sandbox(ctx, "alice")
-	require.True(t, IsNotFound(err))
+	require.True(t, api.IsNotFound(err))
 	require.Empty(t, fc.deletes)
-	_, err = td.client.Connect(ctx, ConnectRequest{Spec: testSpec("alice", "localhost:1"), Wait: true}, nil)
+	_, err = td.client.Connect(ctx, api.ConnectRequest{Spec: testSpec("alice", "localhost:1"), Wait: true}, nil)
 	require.NoError(t, err)
 
 	fc.mu.Lock()
@@ -341,7 +342,7 @@ func TestListMarksOrphansAndGC(t *testing.T) {
 	fc := &fakeCluster{gcDeleted: []string{"old"}}
 	td := startDaemon(t, Options{Clusters: fc.provider(), link: (&fakeLinker{}).link})
 	ctx := context.Background()
-	st, err := td.client.Connect(ctx, ConnectRequest{Spec: testSpec("alice", "localhost:1"), Wait: true}, nil)
+	st, err := td.client.Connect(ctx, api.ConnectRequest{Spec: testSpec("alice", "localhost:1"), Wait: true}, nil)
 	require.NoError(t, err)
 	exp := time.Now().Add(time.Minute).UTC().Truncate(time.Second)
 	fc.mu.Lock()
@@ -350,22 +351,22 @@ func TestListMarksOrphansAndGC(t *testing.T) {
 		{Name: "old", RoutingKey: "0000000000000", Namespace: "hotrod"},
 	}
 	fc.mu.Unlock()
-	res, err := td.client.List(ctx, ClusterRequest{}, true)
+	res, err := td.client.List(ctx, api.ClusterRequest{}, true)
 	require.NoError(t, err)
 	require.Empty(t, res.ClusterError)
-	require.Equal(t, []ListEntry{
-		{Name: "alice", RoutingKey: st.RoutingKey, Namespace: "hotrod", Phase: PhaseReady, InDaemon: true, InCluster: true, LeaseExpires: exp},
+	require.Equal(t, []api.ListEntry{
+		{Name: "alice", RoutingKey: st.RoutingKey, Namespace: "hotrod", Phase: api.PhaseReady, InDaemon: true, InCluster: true, LeaseExpires: exp},
 		{Name: "old", RoutingKey: "0000000000000", Namespace: "hotrod", InCluster: true, Orphan: true},
 	}, res.Sandboxes)
 
-	res, err = td.client.List(ctx, ClusterRequest{}, false)
+	res, err = td.client.List(ctx, api.ClusterRequest{}, false)
 	require.NoError(t, err)
 	require.Len(t, res.Sandboxes, 1)
 
 	fc.mu.Lock()
 	renews := fc.renews
 	fc.mu.Unlock()
-	gc, err := td.client.GC(ctx, ClusterRequest{Namespace: "hotrod"})
+	gc, err := td.client.GC(ctx, api.ClusterRequest{Namespace: "hotrod"})
 	require.NoError(t, err)
 	require.Equal(t, []string{"old"}, gc.Deleted)
 	fc.mu.Lock()
@@ -395,7 +396,7 @@ func TestGoneSandboxIsReapplied(t *testing.T) {
 	fc := &fakeCluster{}
 	fl := &fakeLinker{}
 	td := startDaemon(t, Options{Clusters: fc.provider(), link: fl.link, LeaseInterval: 10 * time.Millisecond})
-	st, err := td.client.Connect(context.Background(), ConnectRequest{Spec: testSpec("alice", "localhost:1"), Wait: true}, nil)
+	st, err := td.client.Connect(context.Background(), api.ConnectRequest{Spec: testSpec("alice", "localhost:1"), Wait: true}, nil)
 	require.NoError(t, err)
 	fc.mu.Lock()
 	fc.renewErr = fmt.Errorf("%w: lease hotrod/sbx-alice not found", ErrSandboxGone)
@@ -404,7 +405,7 @@ func TestGoneSandboxIsReapplied(t *testing.T) {
 	fc.mu.Lock()
 	fc.renewErr = nil
 	fc.mu.Unlock()
-	sb := waitPhase(t, td.client, "alice", PhaseReady)
+	sb := waitPhase(t, td.client, "alice", api.PhaseReady)
 	require.Equal(t, st.RoutingKey, sb.RoutingKey)
 	require.Contains(t, sb.LastError, "re-applying")
 }
@@ -413,7 +414,7 @@ func TestFailedSandboxMayMoveCluster(t *testing.T) {
 	fc := &fakeCluster{}
 	var mu sync.Mutex
 	var opened []string
-	provider := func(ctx context.Context, _ KubeconfigSource, kctx string) (Cluster, error) {
+	provider := func(ctx context.Context, _ api.KubeconfigSource, kctx string) (Cluster, error) {
 		mu.Lock()
 		defer mu.Unlock()
 		opened = append(opened, kctx)
@@ -424,18 +425,18 @@ func TestFailedSandboxMayMoveCluster(t *testing.T) {
 	}
 	td := startDaemon(t, Options{Clusters: provider, link: (&fakeLinker{}).link})
 	ctx := context.Background()
-	_, err := td.client.Connect(ctx, ConnectRequest{Spec: testSpec("alice", "localhost:1"), Context: "typo", Wait: true}, nil)
-	var ce *ConnectError
+	_, err := td.client.Connect(ctx, api.ConnectRequest{Spec: testSpec("alice", "localhost:1"), Context: "typo", Wait: true}, nil)
+	var ce *api.ConnectError
 	require.ErrorAs(t, err, &ce)
-	require.Equal(t, PhaseFailed, ce.Phase)
+	require.Equal(t, api.PhaseFailed, ce.Phase)
 
-	st, err := td.client.Connect(ctx, ConnectRequest{Spec: testSpec("alice", "localhost:1"), Context: "staging", Wait: true}, nil)
+	st, err := td.client.Connect(ctx, api.ConnectRequest{Spec: testSpec("alice", "localhost:1"), Context: "staging", Wait: true}, nil)
 	require.NoError(t, err)
 	require.Equal(t, "staging", st.Context)
 
 	// A working sandbox cannot silently move: its objects would stay behind.
-	_, err = td.client.Connect(ctx, ConnectRequest{Spec: testSpec("alice", "localhost:1"), Context: "prod", Wait: true}, nil)
-	var ae *APIError
+	_, err = td.client.Connect(ctx, api.ConnectRequest{Spec: testSpec("alice", "localhost:1"), Context: "prod", Wait: true}, nil)
+	var ae *api.APIError
 	require.ErrorAs(t, err, &ae)
 	require.Equal(t, 409, ae.StatusCode)
 	require.Contains(t, err.Error(), "disconnect it first")

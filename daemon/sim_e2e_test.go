@@ -20,6 +20,7 @@ import (
 
 	"github.com/sbx-dev/sbx/cluster"
 	"github.com/sbx-dev/sbx/cluster/kube"
+	"github.com/sbx-dev/sbx/daemon/api"
 	"github.com/sbx-dev/sbx/tools/testbed/sim"
 	"github.com/sbx-dev/sbx/tunnel"
 )
@@ -53,16 +54,16 @@ func TestSimulatedCluster(t *testing.T) {
 	cfgPath := filepath.Join(shortTempDir(t), "config.yaml")
 	require.NoError(t, os.WriteFile(cfgPath, []byte("relayMaxStreams: 256\noutbound:\n  deny: [10.0.0.0/24]\n"), 0o600))
 	td := startDaemon(t, Options{
-		Clusters:      func(context.Context, KubeconfigSource, string) (Cluster, error) { return kc, nil },
+		Clusters:      func(context.Context, api.KubeconfigSource, string) (Cluster, error) { return kc, nil },
 		Tunnel:        &cfg,
 		LeaseInterval: 50 * time.Millisecond,
 		ConfigPath:    cfgPath,
 	})
 	var progress []string
-	st, err := td.client.Connect(ctx, ConnectRequest{Spec: testSpec("alice", svc.Addr().String()), Wait: true, Timeout: time.Minute},
-		func(p Progress) { progress = append(progress, string(p.Phase)+" "+p.Message) })
+	st, err := td.client.Connect(ctx, api.ConnectRequest{Spec: testSpec("alice", svc.Addr().String()), Wait: true, Timeout: time.Minute},
+		func(p api.Progress) { progress = append(progress, string(p.Phase)+" "+p.Message) })
 	require.NoError(t, err, strings.Join(progress, "\n"))
-	require.Equal(t, PhaseReady, st.Phase)
+	require.Equal(t, api.PhaseReady, st.Phase)
 	require.Equal(t, []string{"route.hotrod"}, st.Mappings[0].Services)
 	require.True(t, st.Mappings[0].Listening)
 	require.Contains(t, strings.Join(progress, "\n"), "created Deployment hotrod/")
@@ -110,7 +111,7 @@ func TestSimulatedCluster(t *testing.T) {
 	require.Equal(t, http.StatusOK, code, body)
 	require.NotContains(t, body, "from the laptop", "unkeyed requests stay on the baseline")
 	require.NotNil(t, st.Routes)
-	require.Equal(t, KeyedSandbox, st.Routes.Keyed, st.Routes.Message)
+	require.Equal(t, api.KeyedSandbox, st.Routes.Keyed, st.Routes.Message)
 	require.Zero(t, st.Routes.Restored)
 
 	// A CD sync puts CD's VirtualService back as it is in git, without the
@@ -125,7 +126,7 @@ func TestSimulatedCluster(t *testing.T) {
 	require.NoError(t, err)
 	require.Eventually(t, func() bool {
 		sb, err := td.client.Sandbox(ctx, "alice")
-		return err == nil && sb.Routes != nil && sb.Routes.Restored == 1 && sb.Routes.Keyed == KeyedSandbox
+		return err == nil && sb.Routes != nil && sb.Routes.Restored == 1 && sb.Routes.Keyed == api.KeyedSandbox
 	}, 30*time.Second, 20*time.Millisecond)
 	require.Eventually(t, func() bool {
 		code, body := call(keyed)
@@ -140,7 +141,7 @@ func TestSimulatedCluster(t *testing.T) {
 	require.NoError(t, c.CrashRelay(sim.AppNamespace, relayDeploymentOf(t, c)))
 	require.Eventually(t, func() bool {
 		sb, err := td.client.Sandbox(ctx, "alice")
-		return err == nil && sb.Reconnects >= 1 && sb.Phase == PhaseReady
+		return err == nil && sb.Reconnects >= 1 && sb.Phase == api.PhaseReady
 	}, time.Minute, 20*time.Millisecond)
 	require.Eventually(t, func() bool {
 		code, body := call(keyed)
@@ -170,7 +171,7 @@ func TestSimulatedCluster(t *testing.T) {
 	}, time.Minute, 50*time.Millisecond)
 
 	// list sees it in the cluster and the daemon; disconnect removes it.
-	res, err := td.client.List(ctx, ClusterRequest{}, true)
+	res, err := td.client.List(ctx, api.ClusterRequest{}, true)
 	require.NoError(t, err)
 	require.Empty(t, res.ClusterError)
 	require.Len(t, res.Sandboxes, 1)
@@ -181,7 +182,7 @@ func TestSimulatedCluster(t *testing.T) {
 	code, body = call(keyed)
 	require.Equal(t, http.StatusOK, code, body)
 	require.NotContains(t, body, "from the laptop", "after disconnect the key goes to the baseline")
-	res, err = td.client.List(ctx, ClusterRequest{}, true)
+	res, err = td.client.List(ctx, api.ClusterRequest{}, true)
 	require.NoError(t, err)
 	require.Empty(t, res.Sandboxes)
 }
@@ -217,13 +218,13 @@ func TestRelayRolloutLosesNothing(t *testing.T) {
 	svc := localService(t)
 	cfg := shortTunnelConfig()
 	td := startDaemon(t, Options{
-		Clusters:      func(context.Context, KubeconfigSource, string) (Cluster, error) { return kc, nil },
+		Clusters:      func(context.Context, api.KubeconfigSource, string) (Cluster, error) { return kc, nil },
 		Tunnel:        &cfg,
 		LeaseInterval: 50 * time.Millisecond,
 	})
-	st, err := td.client.Connect(ctx, ConnectRequest{Spec: testSpec("alice", svc.Addr().String()), Wait: true, Timeout: time.Minute}, nil)
+	st, err := td.client.Connect(ctx, api.ConnectRequest{Spec: testSpec("alice", svc.Addr().String()), Wait: true, Timeout: time.Minute}, nil)
 	require.NoError(t, err)
-	require.Equal(t, PhaseReady, st.Phase)
+	require.Equal(t, api.PhaseReady, st.Phase)
 	depName := relayDeploymentOf(t, c)
 	oldPod, ok := c.RelayPod(sim.AppNamespace, depName)
 	require.True(t, ok)
@@ -318,7 +319,7 @@ func TestRelayRolloutLosesNothing(t *testing.T) {
 	require.Positive(t, results[1].ok)
 	sb, err := td.client.Sandbox(ctx, "alice")
 	require.NoError(t, err)
-	require.Equal(t, PhaseReady, sb.Phase)
+	require.Equal(t, api.PhaseReady, sb.Phase)
 	require.Zero(t, sb.Reconnects, "a rollout is not a reconnect")
 }
 

@@ -20,6 +20,7 @@ import (
 	"github.com/sbx-dev/sbx/cluster"
 	"github.com/sbx-dev/sbx/cluster/kube"
 	"github.com/sbx-dev/sbx/cluster/spec"
+	"github.com/sbx-dev/sbx/daemon/api"
 	"github.com/sbx-dev/sbx/tools/testbed/sim"
 	"github.com/sbx-dev/sbx/tunnel"
 )
@@ -57,20 +58,20 @@ func (e *simTokenEnv) cluster() Cluster {
 }
 
 // daemon starts a daemon keeping its state in paths, with real tokens.
-func (e *simTokenEnv) daemon(paths Paths, kc Cluster) *testDaemon {
+func (e *simTokenEnv) daemon(paths api.Paths, kc Cluster) *testDaemon {
 	cfg := e.cfg
 	return startDaemon(e.t, Options{
 		Paths:         paths,
-		Clusters:      func(context.Context, KubeconfigSource, string) (Cluster, error) { return kc, nil },
+		Clusters:      func(context.Context, api.KubeconfigSource, string) (Cluster, error) { return kc, nil },
 		Tunnel:        &cfg,
 		LeaseInterval: 50 * time.Millisecond,
 	})
 }
 
-func (e *simTokenEnv) connect(td *testDaemon) SandboxStatus {
-	st, err := td.client.Connect(e.ctx, ConnectRequest{Spec: testSpec("alice", e.svc), Wait: true, Timeout: time.Minute}, nil)
+func (e *simTokenEnv) connect(td *testDaemon) api.SandboxStatus {
+	st, err := td.client.Connect(e.ctx, api.ConnectRequest{Spec: testSpec("alice", e.svc), Wait: true, Timeout: time.Minute}, nil)
 	require.NoError(e.t, err)
-	require.Equal(e.t, PhaseReady, st.Phase)
+	require.Equal(e.t, api.PhaseReady, st.Phase)
 	return st
 }
 
@@ -99,7 +100,7 @@ func (e *simTokenEnv) relayPod() string {
 
 // keyed sends one keyed request through the mesh and says whether the
 // laptop answered it.
-func (e *simTokenEnv) keyed(client *http.Client, st SandboxStatus) error {
+func (e *simTokenEnv) keyed(client *http.Client, st api.SandboxStatus) error {
 	req, err := http.NewRequestWithContext(e.ctx, http.MethodGet, "http://route:8083/route", nil)
 	if err != nil {
 		return err
@@ -120,7 +121,7 @@ func (e *simTokenEnv) keyed(client *http.Client, st SandboxStatus) error {
 	return nil
 }
 
-func (e *simTokenEnv) eventuallyKeyed(st SandboxStatus) {
+func (e *simTokenEnv) eventuallyKeyed(st api.SandboxStatus) {
 	client := e.c.HTTPClient(sim.AppNamespace)
 	defer client.CloseIdleConnections()
 	require.Eventually(e.t, func() bool { return e.keyed(client, st) == nil }, time.Minute, 50*time.Millisecond)
@@ -128,7 +129,7 @@ func (e *simTokenEnv) eventuallyKeyed(st SandboxStatus) {
 
 // savedToken reads the sandbox's token from the daemon's state file, the
 // one place it is kept.
-func savedToken(t *testing.T, paths Paths) string {
+func savedToken(t *testing.T, paths api.Paths) string {
 	b, err := os.ReadFile(paths.State())
 	require.NoError(t, err)
 	var doc stateDoc
@@ -156,7 +157,7 @@ func TestSimTokenSurvivesRestartNotStateLoss(t *testing.T) {
 	td.stop()
 
 	td = e.daemon(paths, kc)
-	st2 := waitPhase(t, td.client, "alice", PhaseReady)
+	st2 := waitPhase(t, td.client, "alice", api.PhaseReady)
 	require.Equal(t, st.RoutingKey, st2.RoutingKey)
 	require.Equal(t, token, savedToken(t, paths))
 	again := e.relayDeployment()
@@ -181,7 +182,7 @@ func TestSimTokenSurvivesRestartNotStateLoss(t *testing.T) {
 	e.eventuallyKeyed(st3)
 	sb, err := td.client.Sandbox(e.ctx, "alice")
 	require.NoError(t, err)
-	require.Equal(t, PhaseReady, sb.Phase)
+	require.Equal(t, api.PhaseReady, sb.Phase)
 }
 
 // TestSimRotateTokenUnderLoad: `sbx connect alice --rotate-token` while
@@ -232,10 +233,10 @@ func TestSimRotateTokenUnderLoad(t *testing.T) {
 	}
 
 	rotateStart := time.Now()
-	st2, err := td.client.Connect(e.ctx, ConnectRequest{Spec: spec.Sandbox{Name: "alice"}, RotateToken: true, Wait: true, Timeout: time.Minute}, nil)
+	st2, err := td.client.Connect(e.ctx, api.ConnectRequest{Spec: spec.Sandbox{Name: "alice"}, RotateToken: true, Wait: true, Timeout: time.Minute}, nil)
 	require.NoError(t, err)
 	newReady := time.Now() // the relay for the new token is ready
-	require.Equal(t, PhaseReady, st2.Phase)
+	require.Equal(t, api.PhaseReady, st2.Phase)
 	require.Eventually(t, func() bool {
 		_, err := e.c.Clients.Kube.CoreV1().Pods(sim.AppNamespace).Get(e.ctx, oldPod, metav1.GetOptions{})
 		return apierrors.IsNotFound(err)
@@ -270,7 +271,7 @@ func TestSimRotateTokenUnderLoad(t *testing.T) {
 	}
 	sb, err := td.client.Sandbox(e.ctx, "alice")
 	require.NoError(t, err)
-	require.Equal(t, PhaseReady, sb.Phase)
+	require.Equal(t, api.PhaseReady, sb.Phase)
 	require.Zero(t, sb.Reconnects, "a rotation is not a reconnect")
 	require.Equal(t, st.RoutingKey, sb.RoutingKey)
 
@@ -295,11 +296,11 @@ func TestSimSecondDaemonDoesNotFight(t *testing.T) {
 	second := e.daemon(testPaths(t), e.cluster())
 	st := e.connect(second)
 
-	var sb SandboxStatus
+	var sb api.SandboxStatus
 	require.Eventually(t, func() bool {
 		var err error
 		sb, err = first.client.Sandbox(e.ctx, "alice")
-		return err == nil && sb.Phase == PhaseFailed
+		return err == nil && sb.Phase == api.PhaseFailed
 	}, time.Minute, 20*time.Millisecond)
 	for _, want := range []string{"sandbox alice", "the relay's verifier does not match this daemon's token: the relay was re-created by another daemon or its Deployment was edited",
 		"this daemon stopped reconnecting", "sbx connect alice --rotate-token"} {
@@ -311,6 +312,6 @@ func TestSimSecondDaemonDoesNotFight(t *testing.T) {
 	require.Equal(t, gen, e.relayDeployment().Generation, "nobody re-applies the relay")
 	sb2, err := second.client.Sandbox(e.ctx, "alice")
 	require.NoError(t, err)
-	require.Equal(t, PhaseReady, sb2.Phase)
+	require.Equal(t, api.PhaseReady, sb2.Phase)
 	require.Zero(t, sb2.Reconnects, "the second daemon's tunnel was left alone")
 }

@@ -10,6 +10,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/sbx-dev/sbx/daemon/api"
 )
 
 // ErrAlreadyRunning is returned (wrapped) by Listen when another daemon owns
@@ -39,7 +41,7 @@ func (l *socketListener) Close() error {
 // leftover socket from a crashed daemon is removed, and the new socket is
 // made private (restrictSocket). The platform parts live in socket_unix.go
 // and socket_windows.go.
-func listenSocket(p Paths) (*socketListener, error) {
+func listenSocket(p api.Paths) (*socketListener, error) {
 	if err := ensurePrivateDir(p.RuntimeDir); err != nil {
 		return nil, err
 	}

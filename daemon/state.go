@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/sbx-dev/sbx/cluster/spec"
+	"github.com/sbx-dev/sbx/daemon/api"
 )
 
 // stateVersion is bumped when the file's shape changes incompatibly.
@@ -34,7 +35,7 @@ type savedSandbox struct {
 	Namespace string `json:"namespace,omitempty"`
 	// KubeconfigSource is where the sandbox's kubeconfig came from, as
 	// the connect request said.
-	KubeconfigSource
+	api.KubeconfigSource
 	// Context is the context the sandbox was connected to, resolved at
 	// connect ("" when the kubeconfig could not be read then).
 	Context   string       `json:"context,omitempty"`
@@ -90,7 +91,7 @@ func (f *stateFile) Load() ([]savedSandbox, error) {
 		return nil, err
 	}
 	for i := range doc.Sandboxes {
-		doc.Sandboxes[i].KubeconfigSource = doc.Sandboxes[i].KubeconfigSource.normalized()
+		doc.Sandboxes[i].KubeconfigSource = doc.Sandboxes[i].KubeconfigSource.Normalized()
 	}
 	return doc.Sandboxes, nil
 }
@@ -170,7 +171,7 @@ func writeFileAtomic(path string, data []byte, perm os.FileMode) error {
 
 // SavedSandboxes lists the names of the sandboxes in the state file at
 // p: those a daemon starting now would reconnect.
-func SavedSandboxes(p Paths) ([]string, error) {
+func SavedSandboxes(p api.Paths) ([]string, error) {
 	sbs, err := (&stateFile{path: p.State()}).Load()
 	if err != nil {
 		return nil, err

@@ -16,6 +16,7 @@ import (
 
 	"github.com/sbx-dev/sbx/cluster"
 	"github.com/sbx-dev/sbx/cluster/spec"
+	"github.com/sbx-dev/sbx/daemon/api"
 	"github.com/sbx-dev/sbx/tunnel"
 )
 
@@ -30,15 +31,15 @@ func TestRotateTokenKeepsTheTunnel(t *testing.T) {
 	paths := testPaths(t)
 	td := startDaemon(t, Options{Paths: paths, Clusters: fc.provider(), link: fl.link, newToken: tokenSeq("tok-one", "tok-two")})
 	ctx := context.Background()
-	st, err := td.client.Connect(ctx, ConnectRequest{Spec: testSpec("alice", "localhost:1"), Wait: true}, nil)
+	st, err := td.client.Connect(ctx, api.ConnectRequest{Spec: testSpec("alice", "localhost:1"), Wait: true}, nil)
 	require.NoError(t, err)
 	require.Equal(t, "tok-one", fl.lastParams().Token())
 
 	var steps []string
-	st2, err := td.client.Connect(ctx, ConnectRequest{Spec: spec.Sandbox{Name: "alice"}, RotateToken: true, Wait: true, Timeout: time.Minute},
-		func(p Progress) { steps = append(steps, p.Message) })
+	st2, err := td.client.Connect(ctx, api.ConnectRequest{Spec: spec.Sandbox{Name: "alice"}, RotateToken: true, Wait: true, Timeout: time.Minute},
+		func(p api.Progress) { steps = append(steps, p.Message) })
 	require.NoError(t, err)
-	require.Equal(t, PhaseReady, st2.Phase)
+	require.Equal(t, api.PhaseReady, st2.Phase)
 	require.Equal(t, st.RoutingKey, st2.RoutingKey, "the key stays")
 	require.Zero(t, st2.Reconnects, "a rotation is not a reconnect")
 	require.Equal(t, 1, fl.count(), "the tunnel stayed up")
@@ -62,8 +63,8 @@ func TestRotateTokenKeepsTheTunnel(t *testing.T) {
 	require.NotContains(t, string(b), "tok-one", "the old token is gone for good")
 
 	// Rotating a sandbox the daemon does not have says so.
-	_, err = td.client.Connect(ctx, ConnectRequest{Spec: spec.Sandbox{Name: "bob"}, RotateToken: true, Wait: true}, nil)
-	var ae *APIError
+	_, err = td.client.Connect(ctx, api.ConnectRequest{Spec: spec.Sandbox{Name: "bob"}, RotateToken: true, Wait: true}, nil)
+	var ae *api.APIError
 	require.ErrorAs(t, err, &ae)
 	require.Equal(t, http.StatusNotFound, ae.StatusCode)
 	require.Contains(t, err.Error(), `sandbox "bob" is not connected`)
@@ -76,14 +77,14 @@ func TestRotateTokenOfAnUnreadySandbox(t *testing.T) {
 	fl := &fakeLinker{}
 	td := startDaemon(t, Options{Clusters: fc.provider(), link: fl.link, newToken: tokenSeq("tok-one", "tok-two")})
 	ctx := context.Background()
-	_, err := td.client.Connect(ctx, ConnectRequest{Spec: testSpec("alice", "localhost:1"), Wait: true}, nil)
+	_, err := td.client.Connect(ctx, api.ConnectRequest{Spec: testSpec("alice", "localhost:1"), Wait: true}, nil)
 	require.Error(t, err)
 	fc.mu.Lock()
 	fc.applyErr = nil
 	fc.mu.Unlock()
-	st, err := td.client.Connect(ctx, ConnectRequest{Spec: testSpec("alice", "localhost:1"), RotateToken: true, Wait: true, Timeout: time.Minute}, nil)
+	st, err := td.client.Connect(ctx, api.ConnectRequest{Spec: testSpec("alice", "localhost:1"), RotateToken: true, Wait: true, Timeout: time.Minute}, nil)
 	require.NoError(t, err)
-	require.Equal(t, PhaseReady, st.Phase)
+	require.Equal(t, api.PhaseReady, st.Phase)
 	opts := fc.appliedOptions()
 	require.Len(t, opts, 2)
 	require.Equal(t, tunnel.VerifierOf("tok-two").String(), opts[1].TokenVerifier)
@@ -99,11 +100,11 @@ func TestOwnReapplyDoesNotTakeOver(t *testing.T) {
 	fl := &fakeLinker{}
 	td := startDaemon(t, Options{Clusters: fc.provider(), link: fl.link, newToken: fixedToken})
 	ctx := context.Background()
-	_, err := td.client.Connect(ctx, ConnectRequest{Spec: testSpec("alice", "localhost:1"), Wait: true}, nil)
+	_, err := td.client.Connect(ctx, api.ConnectRequest{Spec: testSpec("alice", "localhost:1"), Wait: true}, nil)
 	require.NoError(t, err)
 	fl.last().kill(errors.New("port-forward closed"))
 	require.Eventually(t, func() bool { return len(fc.appliedOptions()) == 2 }, 10*time.Second, 5*time.Millisecond)
-	waitPhase(t, td.client, "alice", PhaseReady)
+	waitPhase(t, td.client, "alice", api.PhaseReady)
 	require.True(t, fc.appliedOptions()[1].RefuseOtherVerifier, "a reconnect keeps its hands off another daemon's relay")
 
 	// Another daemon connected alice with its token meanwhile.
@@ -113,7 +114,7 @@ func TestOwnReapplyDoesNotTakeOver(t *testing.T) {
 	fc.applyErr = verifierConflict("alice", fmt.Errorf("sandbox alice: %w", mismatch))
 	fc.mu.Unlock()
 	fl.last().kill(errors.New("relay draining"))
-	st := waitPhase(t, td.client, "alice", PhaseFailed)
+	st := waitPhase(t, td.client, "alice", api.PhaseFailed)
 	for _, want := range []string{"sandbox alice", "the relay's verifier does not match this daemon's token: the relay was re-created by another daemon or its Deployment was edited",
 		"this daemon stopped reconnecting", "sbx connect alice --rotate-token"} {
 		require.Contains(t, st.LastError, want)
@@ -124,7 +125,7 @@ func TestOwnReapplyDoesNotTakeOver(t *testing.T) {
 	fc.mu.Lock()
 	fc.applyErr = nil
 	fc.mu.Unlock()
-	_, err = td.client.Connect(ctx, ConnectRequest{Spec: testSpec("alice", "localhost:1"), Wait: true, Timeout: time.Minute}, nil)
+	_, err = td.client.Connect(ctx, api.ConnectRequest{Spec: testSpec("alice", "localhost:1"), Wait: true, Timeout: time.Minute}, nil)
 	require.NoError(t, err)
 	opts := fc.appliedOptions()
 	require.False(t, opts[len(opts)-1].RefuseOtherVerifier, "connecting again takes the sandbox")
@@ -144,11 +145,11 @@ func TestTokenOnlyInTheStateFile(t *testing.T) {
 	require.NoError(t, err)
 	defer w.Close()
 	var seen strings.Builder
-	progress := func(p Progress) {
+	progress := func(p api.Progress) {
 		b, _ := json.Marshal(p)
 		seen.Write(b)
 	}
-	_, err = td.client.Connect(ctx, ConnectRequest{Spec: testSpec("alice", "localhost:1"), Wait: true}, progress)
+	_, err = td.client.Connect(ctx, api.ConnectRequest{Spec: testSpec("alice", "localhost:1"), Wait: true}, progress)
 	require.NoError(t, err)
 	// An error on the way: apply fails once, the link breaks.
 	fc.mu.Lock()
@@ -162,8 +163,8 @@ func TestTokenOnlyInTheStateFile(t *testing.T) {
 	fc.mu.Lock()
 	fc.applyErr = nil
 	fc.mu.Unlock()
-	waitPhase(t, td.client, "alice", PhaseReady)
-	_, err = td.client.Connect(ctx, ConnectRequest{Spec: spec.Sandbox{Name: "alice"}, RotateToken: true, Wait: true}, progress)
+	waitPhase(t, td.client, "alice", api.PhaseReady)
+	_, err = td.client.Connect(ctx, api.ConnectRequest{Spec: spec.Sandbox{Name: "alice"}, RotateToken: true, Wait: true}, progress)
 	require.NoError(t, err)
 
 	st, err := td.client.Status(ctx)
@@ -228,7 +229,7 @@ func TestRestoreWithoutTokenMintsOne(t *testing.T) {
 	fc := &fakeCluster{}
 	fl := &fakeLinker{}
 	td := startDaemon(t, Options{Paths: paths, Clusters: fc.provider(), link: fl.link, newToken: fixedToken})
-	waitPhase(t, td.client, "alice", PhaseReady)
+	waitPhase(t, td.client, "alice", api.PhaseReady)
 	saved, err := (&stateFile{path: paths.State()}).Load()
 	require.NoError(t, err)
 	require.Equal(t, testToken, saved[0].Token)

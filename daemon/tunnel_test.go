@@ -12,6 +12,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/sbx-dev/sbx/daemon/api"
 	"github.com/sbx-dev/sbx/tunnel"
 	"github.com/sbx-dev/sbx/tunnel/tunneltest"
 )
@@ -137,9 +138,9 @@ func echoServer(t *testing.T) net.Listener {
 	})
 }
 
-func connectTo(t *testing.T, td *testDaemon, toLocal string) SandboxStatus {
+func connectTo(t *testing.T, td *testDaemon, toLocal string) api.SandboxStatus {
 	t.Helper()
-	st, err := td.client.Connect(context.Background(), ConnectRequest{Spec: testSpec("alice", toLocal), Wait: true, Timeout: time.Minute}, nil)
+	st, err := td.client.Connect(context.Background(), api.ConnectRequest{Spec: testSpec("alice", toLocal), Wait: true, Timeout: time.Minute}, nil)
 	require.NoError(t, err)
 	return st
 }
@@ -206,8 +207,8 @@ func TestBadTokenIsRetried(t *testing.T) {
 	cfg := shortTunnelConfig()
 	fc := relayCluster(relay.addr)
 	td := startDaemon(t, Options{newToken: fixedToken, Clusters: fc.provider(), Tunnel: &cfg})
-	_, err := td.client.Connect(context.Background(), ConnectRequest{Spec: testSpec("alice", "localhost:1"), Wait: true, Timeout: 300 * time.Millisecond}, nil)
-	var ce *ConnectError
+	_, err := td.client.Connect(context.Background(), api.ConnectRequest{Spec: testSpec("alice", "localhost:1"), Wait: true, Timeout: 300 * time.Millisecond}, nil)
+	var ce *api.ConnectError
 	require.ErrorAs(t, err, &ce)
 	// The sandbox, the cause, and the next step; never the token.
 	for _, want := range []string{"sandbox alice",
@@ -221,7 +222,7 @@ func TestBadTokenIsRetried(t *testing.T) {
 	relay.mu.Lock()
 	relay.token = "s3cret-token"
 	relay.mu.Unlock()
-	waitPhase(t, td.client, "alice", PhaseReady)
+	waitPhase(t, td.client, "alice", api.PhaseReady)
 }
 
 func TestPausedRequestOutlivesEveryTimeout(t *testing.T) {
@@ -297,7 +298,7 @@ func TestSupervisorSurvivesRelayRestart(t *testing.T) {
 		mu.Unlock()
 		require.Eventually(t, func() bool {
 			sb, err := td.client.Sandbox(context.Background(), "alice")
-			return err == nil && sb.Phase == PhaseReady && sb.Reconnects >= i && len(next.live()) > 0
+			return err == nil && sb.Phase == api.PhaseReady && sb.Reconnects >= i && len(next.live()) > 0
 		}, 10*time.Second, 5*time.Millisecond)
 		roundTrip(next)
 	}

@@ -5,6 +5,8 @@ import (
 	"slices"
 	"strings"
 	"sync"
+
+	"github.com/sbx-dev/sbx/daemon/api"
 )
 
 // defaultWatchQueue is how many events a watcher may have unread before it
@@ -19,52 +21,52 @@ const defaultWatchQueue = 256
 // full is dropped.
 type store struct {
 	mu           sync.Mutex
-	base         Status // Version, PID, LogPath, Managed
+	base         api.Status // Version, PID, LogPath, Managed
 	configError  string
 	stateError   string
-	outbound     *OutboundStatus
-	sandboxes    map[string]SandboxStatus
+	outbound     *api.OutboundStatus
+	sandboxes    map[string]api.SandboxStatus
 	watchers     map[*watcher]struct{}
 	queue        int
 	droppedCount int
 }
 
-func newStore(base Status, queue int) *store {
+func newStore(base api.Status, queue int) *store {
 	if queue <= 0 {
 		queue = defaultWatchQueue
 	}
-	return &store{base: base, sandboxes: map[string]SandboxStatus{}, watchers: map[*watcher]struct{}{}, queue: queue}
+	return &store{base: base, sandboxes: map[string]api.SandboxStatus{}, watchers: map[*watcher]struct{}{}, queue: queue}
 }
 
 // watcher is one subscriber. Events arrive on C; C is closed when the
 // watcher is dropped (Dropped reports true) or unsubscribed.
 type watcher struct {
-	C       chan Event
+	C       chan api.Event
 	dropped bool // guarded by store.mu
 	closed  bool // guarded by store.mu
 }
 
-func (s *store) snapshotLocked() Status {
+func (s *store) snapshotLocked() api.Status {
 	st := s.base
 	st.ConfigError = s.problemsLocked()
 	st.Outbound = cloneOutbound(s.outbound)
-	st.Sandboxes = make([]SandboxStatus, 0, len(s.sandboxes))
+	st.Sandboxes = make([]api.SandboxStatus, 0, len(s.sandboxes))
 	for _, sb := range s.sandboxes {
 		st.Sandboxes = append(st.Sandboxes, cloneSandbox(sb))
 	}
-	slices.SortFunc(st.Sandboxes, func(a, b SandboxStatus) int { return strings.Compare(a.Name, b.Name) })
+	slices.SortFunc(st.Sandboxes, func(a, b api.SandboxStatus) int { return strings.Compare(a.Name, b.Name) })
 	return st
 }
 
 // Status returns the whole current state.
-func (s *store) Status() Status {
+func (s *store) Status() api.Status {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.snapshotLocked()
 }
 
 // Sandbox returns one sandbox's status.
-func (s *store) Sandbox(name string) (SandboxStatus, bool) {
+func (s *store) Sandbox(name string) (api.SandboxStatus, bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	sb, ok := s.sandboxes[name]
@@ -75,9 +77,9 @@ func (s *store) Sandbox(name string) (SandboxStatus, bool) {
 func (s *store) Subscribe() *watcher {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	w := &watcher{C: make(chan Event, s.queue+1)}
+	w := &watcher{C: make(chan api.Event, s.queue+1)}
 	snap := s.snapshotLocked()
-	w.C <- Event{Snapshot: &snap}
+	w.C <- api.Event{Snapshot: &snap}
 	s.watchers[w] = struct{}{}
 	return w
 }
@@ -105,7 +107,7 @@ func (s *store) closeLocked(w *watcher) {
 	close(w.C)
 }
 
-func (s *store) publishLocked(ev Event) {
+func (s *store) publishLocked(ev api.Event) {
 	for w := range s.watchers {
 		select {
 		case w.C <- ev:
@@ -119,7 +121,7 @@ func (s *store) publishLocked(ev Event) {
 
 // SetSandbox adds or replaces a sandbox's status and tells watchers, unless
 // nothing changed.
-func (s *store) SetSandbox(sb SandboxStatus) {
+func (s *store) SetSandbox(sb api.SandboxStatus) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if old, ok := s.sandboxes[sb.Name]; ok && reflect.DeepEqual(old, sb) {
@@ -128,12 +130,12 @@ func (s *store) SetSandbox(sb SandboxStatus) {
 	sb = cloneSandbox(sb)
 	s.sandboxes[sb.Name] = sb
 	ev := cloneSandbox(sb)
-	s.publishLocked(Event{Sandbox: &ev})
+	s.publishLocked(api.Event{Sandbox: &ev})
 }
 
 // UpdateSandbox applies fn to the named sandbox's status, if it exists, and
 // publishes the result when it changed.
-func (s *store) UpdateSandbox(name string, fn func(*SandboxStatus)) {
+func (s *store) UpdateSandbox(name string, fn func(*api.SandboxStatus)) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	old, ok := s.sandboxes[name]
@@ -147,7 +149,7 @@ func (s *store) UpdateSandbox(name string, fn func(*SandboxStatus)) {
 	}
 	s.sandboxes[name] = sb
 	ev := cloneSandbox(sb)
-	s.publishLocked(Event{Sandbox: &ev})
+	s.publishLocked(api.Event{Sandbox: &ev})
 }
 
 // RemoveSandbox forgets a sandbox and tells watchers.
@@ -158,7 +160,7 @@ func (s *store) RemoveSandbox(name string) {
 		return
 	}
 	delete(s.sandboxes, name)
-	s.publishLocked(Event{Removed: name})
+	s.publishLocked(api.Event{Removed: name})
 }
 
 // SetConfigError records the user config's current error ("" when valid).
@@ -182,7 +184,7 @@ func (s *store) setProblemLocked(field *string, msg string) {
 	if before == after {
 		return
 	}
-	s.publishLocked(Event{Config: &after})
+	s.publishLocked(api.Event{Config: &after})
 }
 
 // problemsLocked is what Status.ConfigError shows: the config's error and
@@ -199,14 +201,14 @@ func (s *store) problemsLocked() string {
 
 // SetOutbound records outbound access's status and tells watchers,
 // unless nothing changed.
-func (s *store) SetOutbound(o *OutboundStatus) {
+func (s *store) SetOutbound(o *api.OutboundStatus) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if reflect.DeepEqual(s.outbound, o) {
 		return
 	}
 	s.outbound = cloneOutbound(o)
-	s.publishLocked(Event{Outbound: cloneOutbound(o)})
+	s.publishLocked(api.Event{Outbound: cloneOutbound(o)})
 }
 
 // CloseAll ends every watch stream (daemon shutdown).
@@ -218,7 +220,7 @@ func (s *store) CloseAll() {
 	}
 }
 
-func cloneSandbox(sb SandboxStatus) SandboxStatus {
+func cloneSandbox(sb api.SandboxStatus) api.SandboxStatus {
 	sb.Namespaces = slices.Clone(sb.Namespaces)
 	sb.Mappings = slices.Clone(sb.Mappings)
 	for i := range sb.Mappings {

@@ -9,7 +9,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/sbx-dev/sbx/daemon"
+	"github.com/sbx-dev/sbx/daemon/api"
 )
 
 // Options configure the tray. Only Client is required.
@@ -122,7 +122,7 @@ func runLoop(ctx context.Context, o Options, u ui) error {
 		l.wg.Add(1)
 		go func() {
 			defer l.wg.Done()
-			err := o.Client.Watch(ctx, func(daemon.Event) error {
+			err := o.Client.Watch(ctx, func(api.Event) error {
 				select {
 				case changed <- struct{}{}:
 				default:

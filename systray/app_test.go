@@ -9,7 +9,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/sbx-dev/sbx/daemon"
+	"github.com/sbx-dev/sbx/daemon/api"
 	"github.com/stretchr/testify/require"
 	"go.uber.org/goleak"
 )
@@ -175,20 +175,20 @@ func TestLoopFollowsDaemon(t *testing.T) {
 	v := h.ui.waitView(t, "ready", tooltipIs("sbx: 1 sandbox · ready"))
 	require.Equal(t, IconConnected, v.Icon)
 
-	d.update("alice", func(sb *daemon.SandboxStatus) { sb.Phase = daemon.PhaseReconnecting })
+	d.update("alice", func(sb *api.SandboxStatus) { sb.Phase = api.PhaseReconnecting })
 	v = h.ui.waitView(t, "reconnecting", tooltipIs("sbx: 1 sandbox · 1 reconnecting"))
 	require.Equal(t, IconDegraded, v.Icon)
 	_, ok := findItem(v.Items, "alice — reconnecting", labelDisconnect)
 	require.True(t, ok)
 
-	d.update("alice", func(sb *daemon.SandboxStatus) {
-		sb.Phase = daemon.PhaseReady
+	d.update("alice", func(sb *api.SandboxStatus) {
+		sb.Phase = api.PhaseReady
 		sb.Mappings[0].Listening = false
 	})
 	v = h.ui.waitView(t, "target down", tooltipIs("sbx: 1 sandbox · 1 target not listening"))
 	require.Equal(t, IconDegraded, v.Icon)
 
-	d.update("alice", func(sb *daemon.SandboxStatus) { sb.Phase = daemon.PhaseFailed; sb.LastError = "gave up" })
+	d.update("alice", func(sb *api.SandboxStatus) { sb.Phase = api.PhaseFailed; sb.LastError = "gave up" })
 	v = h.ui.waitView(t, "failed", tooltipIs("sbx: 1 sandbox · 1 failed · 1 target not listening"))
 	require.Equal(t, IconError, v.Icon)
 
@@ -197,9 +197,9 @@ func TestLoopFollowsDaemon(t *testing.T) {
 	n := h.ui.count()
 	watches := d.Watches()
 	for i := range 20 {
-		d.update("alice", func(sb *daemon.SandboxStatus) { sb.BytesIn = int64(i); sb.RTT = time.Duration(i) })
+		d.update("alice", func(sb *api.SandboxStatus) { sb.BytesIn = int64(i); sb.RTT = time.Duration(i) })
 	}
-	d.update("alice", func(sb *daemon.SandboxStatus) { sb.Phase = daemon.PhaseReady; sb.Mappings[0].Listening = true })
+	d.update("alice", func(sb *api.SandboxStatus) { sb.Phase = api.PhaseReady; sb.Mappings[0].Listening = true })
 	h.ui.waitView(t, "ready again", tooltipIs("sbx: 1 sandbox · ready"))
 	require.Equal(t, n+1, h.ui.count(), "only the phase change rebuilt the menu")
 	require.Equal(t, watches, d.Watches(), "one watch stream throughout")
@@ -308,7 +308,7 @@ type flakyDown struct {
 	n  int
 }
 
-func (f *flakyDown) Status(ctx context.Context) (daemon.Status, error) {
+func (f *flakyDown) Status(ctx context.Context) (api.Status, error) {
 	st, err := f.fakeDaemon.Status(ctx)
 	if err != nil {
 		f.mu.Lock()
@@ -345,7 +345,7 @@ func TestLoopDroppedWatcherReconnectsQuietly(t *testing.T) {
 	h.ui.waitView(t, "ready", tooltipIs("sbx: 1 sandbox · ready"))
 	d.drop()
 	require.Eventually(t, func() bool { return d.Watches() == 2 }, 10*time.Second, 5*time.Millisecond)
-	d.update("alice", func(sb *daemon.SandboxStatus) { sb.Phase = daemon.PhaseReconnecting })
+	d.update("alice", func(sb *api.SandboxStatus) { sb.Phase = api.PhaseReconnecting })
 	h.ui.waitView(t, "change after re-watch", tooltipIs("sbx: 1 sandbox · 1 reconnecting"))
 	for _, v := range h.ui.all() {
 		require.NotEqual(t, "sbx: daemon not running", v.Tooltip, "a dropped watcher is not a dead daemon")

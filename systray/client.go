@@ -3,7 +3,7 @@ package systray
 import (
 	"context"
 
-	"github.com/sbx-dev/sbx/daemon"
+	"github.com/sbx-dev/sbx/daemon/api"
 )
 
 // Client is what the tray needs from the daemon. The daemon's Go client
@@ -12,11 +12,11 @@ import (
 type Client interface {
 	// Status returns the daemon's whole current state. An error means the
 	// daemon could not be asked (not running, socket gone).
-	Status(ctx context.Context) (daemon.Status, error)
+	Status(ctx context.Context) (api.Status, error)
 	// Watch streams events to fn until ctx ends, the stream breaks or fn
 	// returns an error. The first event is a full snapshot. It returns a
 	// non-nil error whenever the stream ends for a reason other than ctx.
-	Watch(ctx context.Context, fn func(daemon.Event) error) error
+	Watch(ctx context.Context, fn func(api.Event) error) error
 	// Disconnect tears down the named sandbox (cluster objects included).
 	Disconnect(ctx context.Context, name string) error
 	// StartDaemon starts the daemon in the background and returns once it

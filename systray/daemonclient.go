@@ -6,13 +6,14 @@ import (
 	"fmt"
 	"io"
 
-	"github.com/sbx-dev/sbx/daemon"
+	"github.com/sbx-dev/sbx/daemon/api"
+	"github.com/sbx-dev/sbx/daemon/client"
 )
 
 // DaemonClient adapts the daemon's Go client to the tray's Client.
 type DaemonClient struct {
 	// C is the daemon's client.
-	C *daemon.Client
+	C *client.Client
 	// Start starts the daemon in the background and waits until it
 	// answers; nil makes "Start daemon" report that it cannot.
 	Start func(ctx context.Context) error
@@ -21,11 +22,11 @@ type DaemonClient struct {
 var _ Client = DaemonClient{}
 
 // Status returns the daemon's whole state.
-func (a DaemonClient) Status(ctx context.Context) (daemon.Status, error) { return a.C.Status(ctx) }
+func (a DaemonClient) Status(ctx context.Context) (api.Status, error) { return a.C.Status(ctx) }
 
 // Watch streams the daemon's events to fn. A stream the daemon ends (it is
 // shutting down, or dropped us) is an error, so the tray re-checks.
-func (a DaemonClient) Watch(ctx context.Context, fn func(daemon.Event) error) error {
+func (a DaemonClient) Watch(ctx context.Context, fn func(api.Event) error) error {
 	w, err := a.C.Watch(ctx)
 	if err != nil {
 		return err

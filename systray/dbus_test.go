@@ -9,7 +9,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/sbx-dev/sbx/daemon"
+	"github.com/sbx-dev/sbx/daemon/api"
 	"github.com/stretchr/testify/require"
 )
 
@@ -103,25 +103,25 @@ func TestTrayOverDBus(t *testing.T) {
 
 	// Degraded, and the icon pixels change with it.
 	before := h.pixmaps()[0].Pix
-	d.update("alice", func(sb *daemon.SandboxStatus) { sb.Phase = daemon.PhaseReconnecting })
+	d.update("alice", func(sb *api.SandboxStatus) { sb.Phase = api.PhaseReconnecting })
 	root = expect("reconnecting", running())
 	require.NotEqual(t, before, h.pixmaps()[0].Pix)
-	d.update("alice", func(sb *daemon.SandboxStatus) { sb.Phase = daemon.PhaseReady; sb.Mappings[0].Listening = false })
+	d.update("alice", func(sb *api.SandboxStatus) { sb.Phase = api.PhaseReady; sb.Mappings[0].Listening = false })
 	root = expect("target down", running())
 	_, ok = root.find("alice — ready, 1 target not listening", "route :8083 → localhost:8083 ○")
 	require.True(t, ok)
 
 	// Error.
-	d.update("alice", func(sb *daemon.SandboxStatus) {
-		sb.Phase = daemon.PhaseFailed
+	d.update("alice", func(sb *api.SandboxStatus) {
+		sb.Phase = api.PhaseFailed
 		sb.LastError = "relay pod not ready: IMAGE_PULL_BACKOFF"
 	})
 	// The underscores reach the panel escaped, so it shows them literally.
 	root = expect("failed", running())
 	_, ok = root.find("alice — failed", "Last error: relay pod not ready: IMAGE_PULL_BACKOFF")
 	require.True(t, ok)
-	d.update("alice", func(sb *daemon.SandboxStatus) {
-		sb.Phase = daemon.PhaseReady
+	d.update("alice", func(sb *api.SandboxStatus) {
+		sb.Phase = api.PhaseReady
 		sb.Mappings[0].Listening = true
 		sb.LastError = ""
 	})
@@ -179,7 +179,7 @@ func TestTrayOverDBus(t *testing.T) {
 	r.connect("carol")
 	require.Eventually(t, func() bool {
 		st := r.status()
-		return len(st.Sandboxes) == 1 && st.Sandboxes[0].Phase == daemon.PhaseWaitingRelay
+		return len(st.Sandboxes) == 1 && st.Sandboxes[0].Phase == api.PhaseWaitingRelay
 	}, 15*time.Second, 10*time.Millisecond)
 	root = expect("real sandbox", real())
 	h.click(root, "carol — connecting", labelDisconnect)
@@ -234,9 +234,9 @@ func (s *switchClient) get() Client {
 	return s.c
 }
 
-func (s *switchClient) Status(ctx context.Context) (daemon.Status, error) { return s.get().Status(ctx) }
+func (s *switchClient) Status(ctx context.Context) (api.Status, error) { return s.get().Status(ctx) }
 
-func (s *switchClient) Watch(ctx context.Context, fn func(daemon.Event) error) error {
+func (s *switchClient) Watch(ctx context.Context, fn func(api.Event) error) error {
 	return s.get().Watch(ctx, fn)
 }
 

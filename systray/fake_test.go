@@ -6,7 +6,7 @@ import (
 	"slices"
 	"sync"
 
-	"github.com/sbx-dev/sbx/daemon"
+	"github.com/sbx-dev/sbx/daemon/api"
 )
 
 // errDaemonDown is what the double answers while it is "stopped", like the
@@ -20,7 +20,7 @@ var errDaemonDown = errors.New("dial unix /run/user/1000/sbx/sbx.sock: connect: 
 type fakeDaemon struct {
 	mu          sync.Mutex
 	up          bool
-	st          daemon.Status
+	st          api.Status
 	changed     chan struct{} // closed and replaced on every change
 	disconnects []string
 	starts      int
@@ -31,7 +31,7 @@ type fakeDaemon struct {
 	keepOnDisconnect bool
 }
 
-func newFakeDaemon(st daemon.Status) *fakeDaemon {
+func newFakeDaemon(st api.Status) *fakeDaemon {
 	return &fakeDaemon{up: true, st: st, changed: make(chan struct{})}
 }
 
@@ -41,7 +41,7 @@ func (f *fakeDaemon) broadcastLocked() {
 }
 
 // set replaces the status and notifies watchers.
-func (f *fakeDaemon) set(st daemon.Status) {
+func (f *fakeDaemon) set(st api.Status) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.st = st
@@ -49,7 +49,7 @@ func (f *fakeDaemon) set(st daemon.Status) {
 }
 
 // update changes one sandbox in place and notifies watchers.
-func (f *fakeDaemon) update(name string, fn func(*daemon.SandboxStatus)) {
+func (f *fakeDaemon) update(name string, fn func(*api.SandboxStatus)) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	for i := range f.st.Sandboxes {
@@ -104,7 +104,7 @@ func (f *fakeDaemon) Watches() int {
 	return f.watches
 }
 
-func cloneStatus(st daemon.Status) daemon.Status {
+func cloneStatus(st api.Status) api.Status {
 	st.Sandboxes = slices.Clone(st.Sandboxes)
 	for i := range st.Sandboxes {
 		st.Sandboxes[i].Mappings = slices.Clone(st.Sandboxes[i].Mappings)
@@ -112,16 +112,16 @@ func cloneStatus(st daemon.Status) daemon.Status {
 	return st
 }
 
-func (f *fakeDaemon) Status(ctx context.Context) (daemon.Status, error) {
+func (f *fakeDaemon) Status(ctx context.Context) (api.Status, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if !f.up {
-		return daemon.Status{}, errDaemonDown
+		return api.Status{}, errDaemonDown
 	}
 	return cloneStatus(f.st), nil
 }
 
-func (f *fakeDaemon) Watch(ctx context.Context, fn func(daemon.Event) error) error {
+func (f *fakeDaemon) Watch(ctx context.Context, fn func(api.Event) error) error {
 	f.mu.Lock()
 	if !f.up {
 		f.mu.Unlock()
@@ -132,7 +132,7 @@ func (f *fakeDaemon) Watch(ctx context.Context, fn func(daemon.Event) error) err
 	ch := f.changed
 	epoch := f.epoch
 	f.mu.Unlock()
-	if err := fn(daemon.Event{Snapshot: &snap}); err != nil {
+	if err := fn(api.Event{Snapshot: &snap}); err != nil {
 		return err
 	}
 	for {
@@ -154,7 +154,7 @@ func (f *fakeDaemon) Watch(ctx context.Context, fn func(daemon.Event) error) err
 		}
 		// The real daemon sends deltas; the tray only needs to know that
 		// something changed, so the double sends the whole state.
-		if err := fn(daemon.Event{Snapshot: &snap}); err != nil {
+		if err := fn(api.Event{Snapshot: &snap}); err != nil {
 			return err
 		}
 	}
@@ -167,12 +167,12 @@ func (f *fakeDaemon) Disconnect(ctx context.Context, name string) error {
 		return errDaemonDown
 	}
 	f.disconnects = append(f.disconnects, name)
-	i := slices.IndexFunc(f.st.Sandboxes, func(s daemon.SandboxStatus) bool { return s.Name == name })
+	i := slices.IndexFunc(f.st.Sandboxes, func(s api.SandboxStatus) bool { return s.Name == name })
 	if i < 0 {
 		return errors.New("sandbox " + name + " not found")
 	}
 	if f.keepOnDisconnect {
-		f.st.Sandboxes[i].Phase = daemon.PhaseDisconnecting
+		f.st.Sandboxes[i].Phase = api.PhaseDisconnecting
 	} else {
 		f.st.Sandboxes = slices.Delete(f.st.Sandboxes, i, i+1)
 	}
@@ -190,13 +190,13 @@ func (f *fakeDaemon) StartDaemon(ctx context.Context) error {
 }
 
 // sampleStatus is one ready sandbox "alice" with a listening mapping.
-func sampleStatus() daemon.Status {
-	return daemon.Status{
+func sampleStatus() api.Status {
+	return api.Status{
 		Version: "v0.1.0", PID: 4242, LogPath: "/home/alice/.local/state/sbx/daemon.log",
-		Sandboxes: []daemon.SandboxStatus{{
+		Sandboxes: []api.SandboxStatus{{
 			Name: "alice", RoutingKey: "k3x9a0b1c2d3e", BaggageKey: "sbx-routing-key",
-			Namespaces: []string{"hotrod"}, Phase: daemon.PhaseReady, Sessions: 2,
-			Mappings: []daemon.MappingStatus{{Workload: "route", Namespace: "hotrod", Port: 8083, ToLocal: "localhost:8083", Listening: true}},
+			Namespaces: []string{"hotrod"}, Phase: api.PhaseReady, Sessions: 2,
+			Mappings: []api.MappingStatus{{Workload: "route", Namespace: "hotrod", Port: 8083, ToLocal: "localhost:8083", Listening: true}},
 		}},
 	}
 }

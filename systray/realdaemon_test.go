@@ -16,6 +16,8 @@ import (
 
 	"github.com/sbx-dev/sbx/cluster/spec"
 	"github.com/sbx-dev/sbx/daemon"
+	"github.com/sbx-dev/sbx/daemon/api"
+	"github.com/sbx-dev/sbx/daemon/client"
 	"github.com/stretchr/testify/require"
 )
 
@@ -65,7 +67,7 @@ func (c *holdCluster) Deleted() []string {
 // start simulate a daemon restart on the same socket.
 type realDaemon struct {
 	t       *testing.T
-	paths   daemon.Paths
+	paths   api.Paths
 	cluster *holdCluster
 	config  string // user config file; "" for none
 	hosts   string // the hosts file outbound access edits (a temp file)
@@ -85,20 +87,20 @@ func newRealDaemonWithConfig(t *testing.T, config string) *realDaemon {
 	// /etc/hosts (outbound mode auto picks a writable hosts file).
 	hosts := filepath.Join(dir, "hosts")
 	require.NoError(t, os.WriteFile(hosts, []byte("127.0.0.1 localhost\n"), 0o644))
-	r := &realDaemon{t: t, paths: daemon.Paths{RuntimeDir: dir + "/run", StateDir: dir + "/state"}, cluster: &holdCluster{}, config: config, hosts: hosts}
+	r := &realDaemon{t: t, paths: api.Paths{RuntimeDir: dir + "/run", StateDir: dir + "/state"}, cluster: &holdCluster{}, config: config, hosts: hosts}
 	t.Cleanup(r.stop)
 	r.start()
 	return r
 }
 
-func (r *realDaemon) client() *daemon.Client { return &daemon.Client{Socket: r.paths.Socket()} }
+func (r *realDaemon) client() *client.Client { return &client.Client{Socket: r.paths.Socket()} }
 
 func (r *realDaemon) start() {
 	d, err := daemon.New(daemon.Options{
 		Paths: r.paths, Version: "test", ConfigPath: r.config, HostsFile: r.hosts,
 		// Its own range: other packages' tests run in parallel.
 		HostsRange: netip.MustParsePrefix("127.248.0.0/16"),
-		Clusters:   func(context.Context, daemon.KubeconfigSource, string) (daemon.Cluster, error) { return r.cluster, nil },
+		Clusters:   func(context.Context, api.KubeconfigSource, string) (daemon.Cluster, error) { return r.cluster, nil },
 	})
 	require.NoError(r.t, err)
 	ctx, cancel := context.WithCancel(context.Background())
@@ -133,11 +135,11 @@ func (r *realDaemon) connect(name string) {
 		From:     spec.Workload{Kind: "Deployment", Namespace: "hotrod", Name: "route"},
 		Mappings: []spec.Mapping{{Port: 8083, ToLocal: "localhost:1"}},
 	}}}}
-	_, err := c.Connect(context.Background(), daemon.ConnectRequest{Spec: sb}, nil)
+	_, err := c.Connect(context.Background(), api.ConnectRequest{Spec: sb}, nil)
 	require.NoError(r.t, err)
 }
 
-func (r *realDaemon) status() daemon.Status {
+func (r *realDaemon) status() api.Status {
 	c := r.client()
 	defer c.Close()
 	st, err := c.Status(context.Background())

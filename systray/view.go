@@ -7,7 +7,7 @@ import (
 	"strings"
 
 	"github.com/sbx-dev/sbx/cluster/routingkey"
-	"github.com/sbx-dev/sbx/daemon"
+	"github.com/sbx-dev/sbx/daemon/api"
 )
 
 // IconState is what the tray icon shows at a glance.
@@ -58,7 +58,7 @@ type Snapshot struct {
 	Daemon DaemonState
 	// Status is the daemon's last full status; meaningful when Daemon is
 	// DaemonRunning.
-	Status daemon.Status
+	Status api.Status
 	// DownReason says why the daemon is unreachable (DaemonDown).
 	DownReason string
 	// Starting is set while a "Start daemon" click is being carried out.
@@ -201,7 +201,7 @@ func BuildView(s Snapshot) View {
 
 // iconFor picks the icon for a running daemon's status: the worst sandbox
 // decides.
-func iconFor(st daemon.Status) IconState {
+func iconFor(st api.Status) IconState {
 	if st.ConfigError != "" {
 		return IconError
 	}
@@ -211,9 +211,9 @@ func iconFor(st daemon.Status) IconState {
 	icon := IconConnected
 	for _, sb := range st.Sandboxes {
 		switch {
-		case sb.Phase == daemon.PhaseFailed:
+		case sb.Phase == api.PhaseFailed:
 			return IconError
-		case sb.Phase != daemon.PhaseReady || targetsDown(sb) > 0:
+		case sb.Phase != api.PhaseReady || targetsDown(sb) > 0:
 			icon = IconDegraded
 		}
 	}
@@ -222,7 +222,7 @@ func iconFor(st daemon.Status) IconState {
 
 // Summary is the one-line state used in the tooltip, e.g.
 // "2 sandboxes · 1 reconnecting".
-func Summary(st daemon.Status) string {
+func Summary(st api.Status) string {
 	n := len(st.Sandboxes)
 	if n == 0 {
 		s := "no sandboxes"
@@ -236,7 +236,7 @@ func Summary(st daemon.Status) string {
 	var order []string
 	down := 0
 	for _, sb := range st.Sandboxes {
-		if sb.Phase != daemon.PhaseReady {
+		if sb.Phase != api.PhaseReady {
 			w := phaseWord(sb.Phase)
 			if counts[w] == 0 {
 				order = append(order, w)
@@ -266,9 +266,9 @@ func Summary(st daemon.Status) string {
 
 // phaseWord is how a phase reads in a sentence; the steps towards ready
 // are all "connecting" to the user.
-func phaseWord(p daemon.Phase) string {
+func phaseWord(p api.Phase) string {
 	switch p {
-	case daemon.PhaseApplying, daemon.PhaseWaitingRelay, daemon.PhaseConnecting:
+	case api.PhaseApplying, api.PhaseWaitingRelay, api.PhaseConnecting:
 		return "connecting"
 	case "":
 		return "unknown"
@@ -284,7 +284,7 @@ func plural(n int, one, many string) string {
 	return strconv.Itoa(n) + " " + many
 }
 
-func targetsDown(sb daemon.SandboxStatus) int {
+func targetsDown(sb api.SandboxStatus) int {
 	n := 0
 	for _, m := range sb.Mappings {
 		if !m.Listening {
@@ -295,9 +295,9 @@ func targetsDown(sb daemon.SandboxStatus) int {
 }
 
 // sandboxItem is the entry of one sandbox with its submenu.
-func sandboxItem(sb daemon.SandboxStatus) Item {
+func sandboxItem(sb api.SandboxStatus) Item {
 	state := phaseWord(sb.Phase)
-	if sb.Phase == daemon.PhaseReady {
+	if sb.Phase == api.PhaseReady {
 		state = "ready"
 		if d := targetsDown(sb); d > 0 {
 			state = "ready, " + plural(d, "target not listening", "targets not listening")
@@ -338,7 +338,7 @@ func sandboxItem(sb daemon.SandboxStatus) Item {
 			Item{Label: "Last error: " + ellipsize(sb.LastError, 60), Tooltip: sb.LastError, Disabled: true})
 	}
 	sub = append(sub, Item{Separator: true})
-	if sb.Phase == daemon.PhaseDisconnecting {
+	if sb.Phase == api.PhaseDisconnecting {
 		sub = append(sub, Item{Label: labelDisconnecting, Disabled: true})
 	} else {
 		sub = append(sub, Item{Label: labelDisconnect, Tooltip: "remove the sandbox's cluster objects and close its tunnel",
@@ -351,15 +351,15 @@ func sandboxItem(sb daemon.SandboxStatus) Item {
 // routesItem says whether keyed requests reach the sandbox, and how often
 // the daemon had to put its routes back: "Routes: effective (restored 2×)"
 // or "Routes: partial: keyed requests to … reach the baseline".
-func routesItem(r *daemon.RouteState) *Item {
+func routesItem(r *api.RouteState) *Item {
 	if r == nil {
 		return nil
 	}
 	label := "Routes: effective"
 	tip := "keyed requests reach the sandbox from every namespace"
 	switch r.Keyed {
-	case daemon.KeyedSandbox:
-	case daemon.KeyedPartial:
+	case api.KeyedSandbox:
+	case api.KeyedPartial:
 		label, tip = "Routes: partial: "+ellipsize(r.Message, 50), r.Message
 	default:
 		label, tip = "Routes: NOT effective: "+ellipsize(r.Message, 50), r.Message
@@ -376,7 +376,7 @@ func routesItem(r *daemon.RouteState) *Item {
 
 // mappingItem reads like `route :8083 → localhost:8083 ●`; the dot is
 // filled when the local target accepts connections.
-func mappingItem(m daemon.MappingStatus, withNamespace bool) Item {
+func mappingItem(m api.MappingStatus, withNamespace bool) Item {
 	name := m.Workload
 	if withNamespace && m.Namespace != "" {
 		name += "." + m.Namespace
@@ -389,7 +389,7 @@ func mappingItem(m daemon.MappingStatus, withNamespace bool) Item {
 }
 
 // BaggageHeader is the header line that routes a request to the sandbox.
-func BaggageHeader(sb daemon.SandboxStatus) string {
+func BaggageHeader(sb api.SandboxStatus) string {
 	k := sb.BaggageKey
 	if k == "" {
 		k = routingkey.DefaultBaggageKey
@@ -399,7 +399,7 @@ func BaggageHeader(sb daemon.SandboxStatus) string {
 
 // CurlExample is a ready-to-paste request to the sandbox's first mapped
 // workload through its cluster name, or "" when nothing is mapped.
-func CurlExample(sb daemon.SandboxStatus) string {
+func CurlExample(sb api.SandboxStatus) string {
 	if len(sb.Mappings) == 0 || sb.RoutingKey == "" {
 		return ""
 	}

@@ -4,7 +4,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/sbx-dev/sbx/daemon"
+	"github.com/sbx-dev/sbx/daemon/api"
 	"github.com/stretchr/testify/require"
 )
 
@@ -56,26 +56,26 @@ func findItem(items []Item, path ...string) (Item, bool) {
 	return Item{}, false
 }
 
-func withSandboxes(sbs ...daemon.SandboxStatus) daemon.Status {
+func withSandboxes(sbs ...api.SandboxStatus) api.Status {
 	st := sampleStatus()
 	st.Sandboxes = sbs
 	return st
 }
 
-func sandbox(name string, phase daemon.Phase, listening ...bool) daemon.SandboxStatus {
+func sandbox(name string, phase api.Phase, listening ...bool) api.SandboxStatus {
 	sb := sampleStatus().Sandboxes[0]
 	sb.Name, sb.Phase = name, phase
 	sb.Mappings = nil
 	ports := []int32{8083, 8081, 8082}
 	for i, l := range listening {
-		sb.Mappings = append(sb.Mappings, daemon.MappingStatus{Workload: []string{"route", "customer", "driver"}[i],
+		sb.Mappings = append(sb.Mappings, api.MappingStatus{Workload: []string{"route", "customer", "driver"}[i],
 			Namespace: "hotrod", Port: ports[i], ToLocal: "localhost:" + []string{"8083", "8081", "8082"}[i], Listening: l})
 	}
 	return sb
 }
 
 func TestBuildViewStates(t *testing.T) {
-	failed := sandbox("bob", daemon.PhaseFailed, true)
+	failed := sandbox("bob", api.PhaseFailed, true)
 	failed.LastError = "relay pod hotrod/route-sbx-k3x not ready after 60s: ImagePullBackOff"
 	cases := []struct {
 		name    string
@@ -86,24 +86,24 @@ func TestBuildViewStates(t *testing.T) {
 		{"connecting", Snapshot{Daemon: DaemonConnecting}, IconDisconnected, "sbx: connecting to the daemon"},
 		{"down", Snapshot{Daemon: DaemonDown, DownReason: "no socket"}, IconDisconnected, "sbx: daemon not running"},
 		{"no sandboxes", Snapshot{Daemon: DaemonRunning, Status: withSandboxes()}, IconDisconnected, "sbx: no sandboxes"},
-		{"one ready", Snapshot{Daemon: DaemonRunning, Status: withSandboxes(sandbox("alice", daemon.PhaseReady, true))},
+		{"one ready", Snapshot{Daemon: DaemonRunning, Status: withSandboxes(sandbox("alice", api.PhaseReady, true))},
 			IconConnected, "sbx: 1 sandbox · ready"},
 		{"two ready", Snapshot{Daemon: DaemonRunning, Status: withSandboxes(
-			sandbox("alice", daemon.PhaseReady, true), sandbox("bob", daemon.PhaseReady))},
+			sandbox("alice", api.PhaseReady, true), sandbox("bob", api.PhaseReady))},
 			IconConnected, "sbx: 2 sandboxes · all ready"},
 		{"one reconnecting", Snapshot{Daemon: DaemonRunning, Status: withSandboxes(
-			sandbox("alice", daemon.PhaseReady, true), sandbox("bob", daemon.PhaseReconnecting, true))},
+			sandbox("alice", api.PhaseReady, true), sandbox("bob", api.PhaseReconnecting, true))},
 			IconDegraded, "sbx: 2 sandboxes · 1 reconnecting"},
-		{"target down", Snapshot{Daemon: DaemonRunning, Status: withSandboxes(sandbox("alice", daemon.PhaseReady, true, false, false))},
+		{"target down", Snapshot{Daemon: DaemonRunning, Status: withSandboxes(sandbox("alice", api.PhaseReady, true, false, false))},
 			IconDegraded, "sbx: 1 sandbox · 2 targets not listening"},
 		{"connecting phases merge", Snapshot{Daemon: DaemonRunning, Status: withSandboxes(
-			sandbox("a", daemon.PhaseApplying), sandbox("b", daemon.PhaseWaitingRelay), sandbox("c", daemon.PhaseConnecting))},
+			sandbox("a", api.PhaseApplying), sandbox("b", api.PhaseWaitingRelay), sandbox("c", api.PhaseConnecting))},
 			IconDegraded, "sbx: 3 sandboxes · 3 connecting"},
 		{"failed wins", Snapshot{Daemon: DaemonRunning, Status: withSandboxes(
-			sandbox("alice", daemon.PhaseReconnecting, false), failed)},
+			sandbox("alice", api.PhaseReconnecting, false), failed)},
 			IconError, "sbx: 2 sandboxes · 1 reconnecting · 1 failed · 1 target not listening"},
-		{"config error", Snapshot{Daemon: DaemonRunning, Status: func() daemon.Status {
-			st := withSandboxes(sandbox("alice", daemon.PhaseReady, true))
+		{"config error", Snapshot{Daemon: DaemonRunning, Status: func() api.Status {
+			st := withSandboxes(sandbox("alice", api.PhaseReady, true))
 			st.ConfigError = "config.yaml line 3: unknown field relayImg"
 			return st
 		}()}, IconError, "sbx: 1 sandbox · ready · config error"},
@@ -125,7 +125,7 @@ func TestBuildViewStates(t *testing.T) {
 }
 
 func TestBuildViewMenu(t *testing.T) {
-	st := withSandboxes(sandbox("alice", daemon.PhaseReady, true, false))
+	st := withSandboxes(sandbox("alice", api.PhaseReady, true, false))
 	got := renderMenu(BuildView(Snapshot{Daemon: DaemonRunning, Status: st}).Items)
 	want := `alice — ready, 1 target not listening
   Routing key: k3x9a0b1c2d3e [x]
@@ -194,7 +194,7 @@ Quit tray {quit}
 
 func TestBuildViewSandboxDetails(t *testing.T) {
 	t.Run("no routing key yet", func(t *testing.T) {
-		sb := sandbox("alice", daemon.PhaseApplying)
+		sb := sandbox("alice", api.PhaseApplying)
 		sb.RoutingKey = ""
 		v := BuildView(Snapshot{Daemon: DaemonRunning, Status: withSandboxes(sb)})
 		require.Equal(t, `alice — connecting
@@ -204,13 +204,13 @@ func TestBuildViewSandboxDetails(t *testing.T) {
 `, renderMenu(v.Items[:1]))
 	})
 	t.Run("disconnecting", func(t *testing.T) {
-		v := BuildView(Snapshot{Daemon: DaemonRunning, Status: withSandboxes(sandbox("alice", daemon.PhaseDisconnecting))})
+		v := BuildView(Snapshot{Daemon: DaemonRunning, Status: withSandboxes(sandbox("alice", api.PhaseDisconnecting))})
 		it, ok := findItem(v.Items, "alice — disconnecting", labelDisconnecting)
 		require.True(t, ok, renderMenu(v.Items))
 		require.True(t, it.Disabled)
 	})
 	t.Run("last error and namespaces", func(t *testing.T) {
-		sb := sandbox("alice", daemon.PhaseReconnecting, true)
+		sb := sandbox("alice", api.PhaseReconnecting, true)
 		sb.Namespaces = []string{"hotrod", "payments"}
 		sb.LastError = "port-forward to relay pod hotrod/route-sbx-k3x: connection reset by peer; retrying in 2s with a much longer explanation"
 		sb.BaggageKey = "x-sandbox"
@@ -232,15 +232,15 @@ func TestBuildViewSandboxDetails(t *testing.T) {
 		require.True(t, strings.HasSuffix(lastErr.Label, "…"))
 	})
 	t.Run("routes", func(t *testing.T) {
-		sb := sandbox("alice", daemon.PhaseReady, true)
-		sb.Routes = &daemon.RouteState{Keyed: daemon.KeyedSandbox, Restored: 2, RestoredIn: []string{"hotrod/route"}}
+		sb := sandbox("alice", api.PhaseReady, true)
+		sb.Routes = &api.RouteState{Keyed: api.KeyedSandbox, Restored: 2, RestoredIn: []string{"hotrod/route"}}
 		v := BuildView(Snapshot{Daemon: DaemonRunning, Status: withSandboxes(sb)})
 		it, ok := findItem(v.Items, "alice — ready", "Routes: effective (restored 2×)")
 		require.True(t, ok, renderMenu(v.Items))
 		require.True(t, it.Disabled)
 		require.Contains(t, it.Tooltip, "hotrod/route")
 
-		sb.Routes = &daemon.RouteState{Keyed: daemon.KeyedPartial,
+		sb.Routes = &api.RouteState{Keyed: api.KeyedPartial,
 			Message: "keyed requests to route.hotrod:8083 from other namespaces reach the baseline: VirtualService platform/wild routes route"}
 		v = BuildView(Snapshot{Daemon: DaemonRunning, Status: withSandboxes(sb)})
 		var got Item

@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/sbx-dev/sbx/cluster/meshreport"
 	networking "istio.io/api/networking/v1alpha3"
 )
 
@@ -114,27 +115,18 @@ type Edit struct {
 	Ours int
 }
 
-// Leftover is a VirtualService holding routes no live sandbox owns.
-type Leftover struct {
-	Namespace string `json:"namespace"`
-	Name      string `json:"name"`
-	// What is "dead routes" (routes of sandboxes whose Lease is gone) or
-	// "ownerless VirtualService" (sbx's own, no live sandbox's routes).
-	What string `json:"what"`
-}
-
 // Leftovers are the edits of a plan made for no sandbox: what removing
 // dead routes changes.
-func (p *Plan) Leftovers() []Leftover {
-	var out []Leftover
+func (p *Plan) Leftovers() []meshreport.Leftover {
+	var out []meshreport.Leftover
 	for _, e := range p.Edits {
 		what := "dead routes"
 		if e.Own && e.Delete {
 			what = "ownerless VirtualService"
 		}
-		out = append(out, Leftover{Namespace: e.Namespace, Name: e.Name, What: what})
+		out = append(out, meshreport.Leftover{Namespace: e.Namespace, Name: e.Name, What: what})
 	}
-	slices.SortFunc(out, func(a, b Leftover) int {
+	slices.SortFunc(out, func(a, b meshreport.Leftover) int {
 		return strings.Compare(a.Namespace+"/"+a.Name, b.Namespace+"/"+b.Name)
 	})
 	return out
@@ -144,42 +136,10 @@ func (p *Plan) Leftovers() []Leftover {
 type Plan struct {
 	Edits    []Edit
 	Warnings []string
-	Report   []PortReport
+	Report   []meshreport.PortReport
 	// Unchanged lists VirtualServices that carry this sandbox's routes
 	// already as they should be.
 	Unchanged []string
-}
-
-// PortReport says, for one mapped Service port, what each group of
-// clients gets.
-type PortReport struct {
-	Namespace string       `json:"namespace"`
-	Service   string       `json:"service"`
-	Port      int32        `json:"port"`
-	Workload  string       `json:"workload"`
-	Views     []ViewReport `json:"views"`
-}
-
-// Keyed states of a view.
-const (
-	KeyedSandbox  = "sandbox"  // keyed requests reach the sandbox
-	KeyedPartial  = "partial"  // some do (Reason says which do not)
-	KeyedBaseline = "baseline" // none do (Reason says why)
-)
-
-// ViewReport is what the clients of one namespace get.
-type ViewReport struct {
-	// Clients is a namespace, or "" for every namespace no VirtualService
-	// of the host names.
-	Clients string `json:"clients"`
-	// Chain lists the VirtualServices Istio considers, in order
-	// ("namespace/name (public)"); sbx's own last when it is used.
-	Chain []string `json:"chain,omitempty"`
-	// Applies is the VirtualService (namespace/name) whose routes clients
-	// without source-specific routes get, or "default route".
-	Applies string `json:"applies"`
-	Keyed   string `json:"keyed"`
-	Reason  string `json:"reason,omitempty"`
 }
 
 type planner struct {
@@ -208,7 +168,7 @@ type svcState struct {
 	ownPorts map[int32]bool // ports whose keyed requests need sbx's own VirtualService
 	ownOK    bool
 	ownWhy   string // why the own VirtualService cannot be used
-	reports  []PortReport
+	reports  []meshreport.PortReport
 }
 
 // MakePlan works out every VirtualService change that sends the sandbox's
@@ -401,7 +361,7 @@ func (p *planner) analyse(s Service, patch map[string]*VirtualService) (*svcStat
 			portList(st.ownPorts), s.Namespace, s.Name, st.ownWhy, s.Name)
 	}
 	for _, port := range ports {
-		r := PortReport{Namespace: s.Namespace, Service: s.Name, Port: port, Workload: s.Mapped[port].Workload}
+		r := meshreport.PortReport{Namespace: s.Namespace, Service: s.Name, Port: port, Workload: s.Mapped[port].Workload}
 		for _, ns := range p.m.Views(st.fqdn, s.Namespace, p.sb.Home) {
 			r.Views = append(r.Views, p.viewReport(st, p.m.Chain(st.fqdn, ns), ns, port))
 		}
@@ -438,8 +398,8 @@ func portList(ports map[int32]bool) string {
 }
 
 // viewReport describes what clients of ns get on port.
-func (p *planner) viewReport(st *svcState, chain []Link, ns string, port int32) ViewReport {
-	vr := ViewReport{Clients: ns, Applies: "default route"}
+func (p *planner) viewReport(st *svcState, chain []Link, ns string, port int32) meshreport.ViewReport {
+	vr := meshreport.ViewReport{Clients: ns, Applies: "default route"}
 	for _, l := range chain {
 		d := l.VS.Key() + " (" + l.Bucket
 		if l.Wildcard != "" {
@@ -459,9 +419,9 @@ func (p *planner) viewReport(st *svcState, chain []Link, ns string, port int32) 
 	if all {
 		last := live[len(live)-1]
 		vr.Applies = last.VS.Key()
-		vr.Keyed = KeyedSandbox
+		vr.Keyed = meshreport.KeyedSandbox
 		if !toSvc {
-			vr.Keyed = KeyedBaseline
+			vr.Keyed = meshreport.KeyedBaseline
 			vr.Reason = fmt.Sprintf("%s sends these requests to other Services, not to %s", last.VS.Key(), st.svc.Name)
 		}
 		return vr
@@ -472,12 +432,12 @@ func (p *planner) viewReport(st *svcState, chain []Link, ns string, port int32) 
 		if len(live) == 0 {
 			vr.Applies = own
 		}
-		vr.Keyed = KeyedSandbox
+		vr.Keyed = meshreport.KeyedSandbox
 		return vr
 	}
-	vr.Keyed = KeyedBaseline
+	vr.Keyed = meshreport.KeyedBaseline
 	if toSvc {
-		vr.Keyed = KeyedPartial
+		vr.Keyed = meshreport.KeyedPartial
 		vr.Reason = fmt.Sprintf("clients %s gives no route on port %d reach the baseline: ", live[0].VS.Key(), port)
 	}
 	vr.Reason += st.ownWhy

@@ -5,6 +5,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sbx-dev/sbx/cluster/meshreport"
 	"github.com/stretchr/testify/require"
 	"google.golang.org/protobuf/proto"
 	networking "istio.io/api/networking/v1alpha3"
@@ -126,7 +127,7 @@ http:
 
 	apply(m, p, t0.Add(time.Minute))
 	require.Empty(t, plan(t, m, routeSB(key1)).Edits, "idempotent")
-	require.Equal(t, KeyedSandbox, plan(t, m, routeSB(key1)).Report[0].Views[0].Keyed)
+	require.Equal(t, meshreport.KeyedSandbox, plan(t, m, routeSB(key1)).Report[0].Views[0].Keyed)
 }
 
 // Case 2: CD routes only port 9001, or only frontend's requests. Before
@@ -192,7 +193,7 @@ func TestPlanEveryVisibleVirtualService(t *testing.T) {
 			want = "hotrod/private"
 		}
 		require.Equal(t, want, v.Applies, v.Clients)
-		require.Equal(t, KeyedSandbox, v.Keyed)
+		require.Equal(t, meshreport.KeyedSandbox, v.Keyed)
 	}
 }
 
@@ -215,7 +216,7 @@ http:
 	require.Equal(t, "route", we.HTTP[0].Match[0].Authority.GetPrefix())
 	require.Nil(t, edit(p, "hotrod/route-sbx"))
 	require.Contains(t, strings.Join(p.Warnings, "\n"), "would take route away from it")
-	require.Equal(t, KeyedPartial, p.Report[0].Views[0].Keyed)
+	require.Equal(t, meshreport.KeyedPartial, p.Report[0].Views[0].Keyed)
 
 	// An own VirtualService left from before the wildcard appeared goes.
 	own := &VirtualService{Namespace: "hotrod", Name: "route-sbx", Labels: map[string]string{"own": "true"},

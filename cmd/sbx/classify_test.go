@@ -3,9 +3,8 @@ package main
 import (
 	"testing"
 
+	"github.com/sbx-dev/sbx/daemon/api"
 	"github.com/stretchr/testify/require"
-
-	"github.com/sbx-dev/sbx/daemon"
 )
 
 // TestClassifyDaemonAnswers: the daemon's error answers reach the user
@@ -14,16 +13,16 @@ import (
 func TestClassifyDaemonAnswers(t *testing.T) {
 	cases := []struct {
 		name     string
-		err      *daemon.APIError
+		err      *api.APIError
 		kind     errorKind
 		hint     string // "" = none
 		wantBody string
 	}{
-		{"cluster refused (502)", &daemon.APIError{StatusCode: 502, Message: "collect expired sandboxes: forbidden (your credentials may not list leases: check with `kubectl auth can-i list leases --all-namespaces`)"},
+		{"cluster refused (502)", &api.APIError{StatusCode: 502, Message: "collect expired sandboxes: forbidden (your credentials may not list leases: check with `kubectl auth can-i list leases --all-namespaces`)"},
 			kindConfig, "", "your credentials may not list leases"},
-		{"daemon stopping (503)", &daemon.APIError{StatusCode: 503, Message: "the sbx daemon is stopping, so sandbox alice was not disconnected and its cluster objects may remain: run `sbx disconnect alice` again (it starts a new daemon), or let `sbx gc` collect them once the lease expired"},
+		{"daemon stopping (503)", &api.APIError{StatusCode: 503, Message: "the sbx daemon is stopping, so sandbox alice was not disconnected and its cluster objects may remain: run `sbx disconnect alice` again (it starts a new daemon), or let `sbx gc` collect them once the lease expired"},
 			kindUser, "", "sbx: the sbx daemon is stopping, so sandbox alice was not disconnected and its cluster objects may remain: run `sbx disconnect alice` again (it starts a new daemon), or let `sbx gc` collect them once the lease expired"},
-		{"cluster timeout (504)", &daemon.APIError{StatusCode: 504, Message: "context deadline exceeded"},
+		{"cluster timeout (504)", &api.APIError{StatusCode: 504, Message: "context deadline exceeded"},
 			kindConfig, "check --kubeconfig/--context and that the cluster is reachable (`kubectl get pods`)", "context deadline exceeded"},
 	}
 	for _, tc := range cases {

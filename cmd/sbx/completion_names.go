@@ -5,9 +5,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/sbx-dev/sbx/daemon/client"
 	"github.com/spf13/cobra"
-
-	"github.com/sbx-dev/sbx/daemon"
 )
 
 // completeSandboxNames completes the first argument with the names of the
@@ -18,7 +17,7 @@ func completeSandboxNames(cmd *cobra.Command, args []string, toComplete string) 
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
-	c := &daemon.Client{Socket: daemonPaths().Socket()}
+	c := &client.Client{Socket: daemonPaths().Socket()}
 	defer c.Close()
 	st, err := c.Status(ctx)
 	if err != nil {

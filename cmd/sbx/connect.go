@@ -13,6 +13,8 @@ import (
 	"github.com/sbx-dev/sbx/cluster/kube"
 	"github.com/sbx-dev/sbx/cluster/spec"
 	"github.com/sbx-dev/sbx/daemon"
+	"github.com/sbx-dev/sbx/daemon/api"
+	"github.com/sbx-dev/sbx/daemon/client"
 	"github.com/sbx-dev/sbx/daemon/config"
 )
 
@@ -106,7 +108,7 @@ daemon connected since.`,
 				return err
 			}
 			defer c.Close()
-			req := daemon.ConnectRequest{KubeconfigSource: kubeconfigSource(g), Context: g.context, Wait: wait, Timeout: timeout, RotateToken: rotate}
+			req := api.ConnectRequest{KubeconfigSource: kubeconfigSource(g), Context: g.context, Wait: wait, Timeout: timeout, RotateToken: rotate}
 			if err := connectOnce(ctx, g, c, req, sb, format); err != nil {
 				return err
 			}
@@ -151,7 +153,7 @@ const kubeconfigFlags = "--kubeconfig, $KUBECONFIG or --context (`kubectl config
 // that a missing or broken kubeconfig or an unknown --context is reported
 // plainly before the daemon is asked.
 func readKubeconfig(g *globalOptions) error {
-	opts := kubeconfigSource(g).Options()
+	opts := daemon.SourceOptions(kubeconfigSource(g))
 	opts.Context = g.context
 	_, _, err := kube.ChooseContext(opts)
 	return err
@@ -177,9 +179,9 @@ func rotateToken(ctx context.Context, g *globalOptions, name string, wait bool, 
 		return err
 	}
 	defer c.Close()
-	req := daemon.ConnectRequest{RotateToken: true, Wait: wait, Timeout: timeout}
+	req := api.ConnectRequest{RotateToken: true, Wait: wait, Timeout: timeout}
 	err = connectOnce(ctx, g, c, req, &spec.Sandbox{Name: name}, format)
-	var ae *daemon.APIError
+	var ae *api.APIError
 	if errors.As(err, &ae) && ae.StatusCode == 404 {
 		return userError(err, "connect it with `sbx connect -f FILE`: a new sandbox gets a new token anyway")
 	}
@@ -187,7 +189,7 @@ func rotateToken(ctx context.Context, g *globalOptions, name string, wait bool, 
 }
 
 // connectOnce sends one connect and prints its progress and result.
-func connectOnce(ctx context.Context, g *globalOptions, c *daemon.Client, req daemon.ConnectRequest, sb *spec.Sandbox, format string) error {
+func connectOnce(ctx context.Context, g *globalOptions, c *client.Client, req api.ConnectRequest, sb *spec.Sandbox, format string) error {
 	req.Spec = *sb
 	if format == "text" {
 		if req.RotateToken {
@@ -196,7 +198,7 @@ func connectOnce(ctx context.Context, g *globalOptions, c *daemon.Client, req da
 			fmt.Fprintf(g.stderr, "Connecting sandbox %s\n", sb.Name)
 		}
 	}
-	var lastPhase daemon.Phase
+	var lastPhase api.Phase
 	q := newQuietWait(g.stderr)
 	stop := func() {}
 	if req.Wait {
@@ -208,13 +210,13 @@ func connectOnce(ctx context.Context, g *globalOptions, c *daemon.Client, req da
 			return fmt.Sprintf("  %-14s still waiting: %s%s so far, no news from the daemon (Ctrl-C stops waiting; the daemon keeps trying)", "", waited, left)
 		})
 	}
-	st, err := c.Connect(ctx, req, func(p daemon.Progress) {
+	st, err := c.Connect(ctx, req, func(p api.Progress) {
 		q.do(func(w io.Writer) { printProgress(w, p, &lastPhase) })
 	})
 	stop()
 	if err != nil {
-		var ce *daemon.ConnectError
-		var ae *daemon.APIError
+		var ce *api.ConnectError
+		var ae *api.APIError
 		switch {
 		case ctx.Err() != nil && errors.Is(err, context.Canceled):
 			return interruptedConnect(sb.Name, lastPhase)
@@ -224,7 +226,7 @@ func connectOnce(ctx context.Context, g *globalOptions, c *daemon.Client, req da
 			// Not ready in time, or failed: not a usage error.
 			return &cliError{kind: kindUser, err: err, code: 1,
 				hint: fmt.Sprintf("`sbx status %s` shows its state, `sbx logs` the daemon's log", sb.Name)}
-		case daemon.IsNotRunning(err):
+		case api.IsNotRunning(err):
 			// needDaemon found it, so it went away since.
 			return daemonStoppedConnecting(sb.Name)
 		case errors.As(err, &ae) && ae.StatusCode == 409:
@@ -317,7 +319,7 @@ const minHeartbeatTick = 10 * time.Millisecond
 
 // interruptedConnect is connect's answer to Ctrl-C: the daemon goes on
 // with a sandbox it has been given, so say so and how to follow or stop it.
-func interruptedConnect(name string, phase daemon.Phase) error {
+func interruptedConnect(name string, phase api.Phase) error {
 	msg := fmt.Sprintf("interrupted while connecting sandbox %s", name)
 	hint := fmt.Sprintf("`sbx status %s` shows whether the daemon got it", name)
 	if phase != "" {
@@ -341,7 +343,7 @@ func whileClusterWork(ctx context.Context, g *globalOptions, what, note string) 
 	})
 }
 
-func printProgress(w io.Writer, p daemon.Progress, last *daemon.Phase) {
+func printProgress(w io.Writer, p api.Progress, last *api.Phase) {
 	if p.Error != "" {
 		fmt.Fprintf(w, "  ! %s\n", p.Error)
 		return
@@ -361,7 +363,7 @@ func printProgress(w io.Writer, p daemon.Progress, last *daemon.Phase) {
 }
 
 // printReady ends a connect: the key and lines to paste.
-func printReady(w io.Writer, st daemon.SandboxStatus) {
+func printReady(w io.Writer, st api.SandboxStatus) {
 	fmt.Fprintf(w, "Sandbox %s is ready.\n", st.Name)
 	fmt.Fprintf(w, "  routing key: %s\n", st.RoutingKey)
 	fmt.Fprintf(w, "  requests carrying 'baggage: %s=%s' now reach this laptop:\n", st.BaggageKey, st.RoutingKey)
@@ -379,7 +381,7 @@ func printReady(w io.Writer, st daemon.SandboxStatus) {
 		}
 	}
 	fmt.Fprintf(w, "  (run curl from a pod in the cluster; a service that propagates baggage carries the key further)\n")
-	if r := st.Routes; r != nil && r.Keyed != daemon.KeyedSandbox {
+	if r := st.Routes; r != nil && r.Keyed != api.KeyedSandbox {
 		// Never a silent "ready": say where the key does not work.
 		fmt.Fprintf(w, "  BUT %s\n  (`sbx routes %s` shows every Service port and client namespace)\n", r.Message, st.Name)
 	}
@@ -388,7 +390,7 @@ func printReady(w io.Writer, st daemon.SandboxStatus) {
 // watchSpec re-applies the spec whenever its file changes, until ctx ends.
 // config.WatchFile follows the file as editors save it (a new file renamed
 // over the old one) and through a symlink to its target.
-func watchSpec(ctx context.Context, g *globalOptions, c *daemon.Client, req daemon.ConnectRequest, sf *specFlags, format string) error {
+func watchSpec(ctx context.Context, g *globalOptions, c *client.Client, req api.ConnectRequest, sf *specFlags, format string) error {
 	err := config.WatchFile(ctx, sf.file, config.FileWatchOptions{
 		// Said only once the watch is in place, so an edit made after
 		// the message is re-applied.

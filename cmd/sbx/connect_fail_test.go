@@ -17,6 +17,7 @@ import (
 
 	"github.com/sbx-dev/sbx/cluster/spec"
 	"github.com/sbx-dev/sbx/daemon"
+	"github.com/sbx-dev/sbx/daemon/api"
 )
 
 // runCLIUntil runs the CLI in-process and calls then once its stdout or
@@ -144,7 +145,7 @@ func TestCLIConnectChecksKubeconfigFirst(t *testing.T) {
 	}
 	code, out, errOut := runCLI(t, "status", "-o", "json")
 	require.Equal(t, 0, code, errOut)
-	var st daemon.Status
+	var st api.Status
 	require.NoError(t, json.Unmarshal([]byte(out), &st))
 	require.Empty(t, st.Sandboxes, "no failed sandbox was left in the daemon")
 
@@ -194,7 +195,7 @@ func TestCLIClusterCommandsCheckKubeconfigFirst(t *testing.T) {
 
 	code, out, errOut := runCLI(t, "list", "--context", "nope", "-o", "json")
 	require.Equal(t, 0, code, errOut)
-	var res daemon.ListResult
+	var res api.ListResult
 	require.NoError(t, json.Unmarshal([]byte(out), &res), out)
 	require.Len(t, res.Sandboxes, 1)
 	require.Equal(t, "alice", res.Sandboxes[0].Name)
@@ -234,7 +235,7 @@ func TestCLIStatusWatchDaemonStops(t *testing.T) {
 // and a bug in sbx.
 func TestCLIDaemonStopsMidRequest(t *testing.T) {
 	cliEnv(t)
-	paths := daemon.DefaultPaths(os.Getenv)
+	paths := api.DefaultPaths(os.Getenv)
 	require.NoError(t, os.MkdirAll(paths.RuntimeDir, 0o700))
 	ln, err := net.Listen("unix", paths.Socket())
 	require.NoError(t, err)
@@ -304,7 +305,7 @@ func TestCLIDisconnectSaysItStillWaits(t *testing.T) {
 // meanwhile is not reported as "the sbx daemon is not running".
 func TestCLIStuckDaemon(t *testing.T) {
 	cliEnv(t)
-	paths := daemon.DefaultPaths(os.Getenv)
+	paths := api.DefaultPaths(os.Getenv)
 	require.NoError(t, os.MkdirAll(paths.RuntimeDir, 0o700))
 	require.NoError(t, os.WriteFile(paths.Lock(), []byte("4242\n"), 0o600))
 	ln, err := net.Listen("unix", paths.Socket())

@@ -10,7 +10,8 @@ import (
 
 	"github.com/stretchr/testify/require"
 
-	"github.com/sbx-dev/sbx/daemon"
+	"github.com/sbx-dev/sbx/daemon/api"
+	"github.com/sbx-dev/sbx/daemon/client"
 	"github.com/sbx-dev/sbx/tools/testbed/sim"
 )
 
@@ -50,7 +51,7 @@ func TestCLIConnectRotateToken(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	startSimDaemon(ctx, t, sim.Options{}, nil)
-	statePath := daemon.DefaultPaths(os.Getenv).State()
+	statePath := api.DefaultPaths(os.Getenv).State()
 	token := func() string {
 		b, err := os.ReadFile(statePath)
 		require.NoError(t, err)
@@ -65,7 +66,7 @@ func TestCLIConnectRotateToken(t *testing.T) {
 	code, out, errOut := runCLI(t, "connect", "-f", writeSpec(t, dir), "--set", "name=alice")
 	require.Equal(t, 0, code, errOut)
 	before := token()
-	c := &daemon.Client{}
+	c := &client.Client{}
 	defer c.Close()
 	st, err := c.Sandbox(ctx, "alice")
 	require.NoError(t, err)
@@ -87,7 +88,7 @@ func TestCLIConnectRotateToken(t *testing.T) {
 	}
 	st2, err := c.Sandbox(ctx, "alice")
 	require.NoError(t, err)
-	require.Equal(t, daemon.PhaseReady, st2.Phase)
+	require.Equal(t, api.PhaseReady, st2.Phase)
 	require.Zero(t, st2.Reconnects)
 
 	code, _, errOut = runCLI(t, "connect", "bob", "--rotate-token")

@@ -15,6 +15,8 @@ import (
 
 	"github.com/sbx-dev/sbx/cluster"
 	"github.com/sbx-dev/sbx/daemon"
+	"github.com/sbx-dev/sbx/daemon/api"
+	"github.com/sbx-dev/sbx/daemon/client"
 	"github.com/sbx-dev/sbx/daemon/config"
 	"github.com/sbx-dev/sbx/daemon/service"
 )
@@ -121,18 +123,18 @@ command that needs it, or the next login, starts it again.
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx := cmd.Context()
-			c := &daemon.Client{Socket: daemonPaths().Socket()}
+			c := &client.Client{Socket: daemonPaths().Socket()}
 			defer c.Close()
 			// A stuck daemon would never answer the shutdown either.
 			perr := probeDaemon(ctx, c)
 			if svc := g.services(); svc.Installed() {
 				return stopServiceDaemon(ctx, g, svc, c, perr)
 			}
-			if perr != nil && !daemon.IsNotRunning(perr) {
+			if perr != nil && !api.IsNotRunning(perr) {
 				return perr
 			}
 			if err := c.Shutdown(ctx); err != nil {
-				if daemon.IsNotRunning(err) {
+				if api.IsNotRunning(err) {
 					fmt.Fprintln(g.stdout, "the sbx daemon is not running")
 					return nil
 				}
@@ -156,10 +158,10 @@ const daemonStopTimeout = 15 * time.Second
 func waitDaemonGone(ctx context.Context) error {
 	deadline := time.Now().Add(daemonStopTimeout)
 	for time.Now().Before(deadline) {
-		probe := &daemon.Client{Socket: daemonPaths().Socket()}
+		probe := &client.Client{Socket: daemonPaths().Socket()}
 		_, err := probe.LogPath(ctx)
 		probe.Close()
-		if daemon.IsNotRunning(err) {
+		if api.IsNotRunning(err) {
 			return nil
 		}
 		select {
@@ -263,8 +265,8 @@ func runDaemon(ctx context.Context, g *globalOptions, background bool, manager s
 // once the service is registered; a command may win the race at login)
 // takes over when it stops, instead of exiting and being restarted until
 // the manager gives up on it.
-func awaitSocket(ctx context.Context, paths daemon.Paths, logger *slog.Logger) bool {
-	c := &daemon.Client{Socket: paths.Socket()}
+func awaitSocket(ctx context.Context, paths api.Paths, logger *slog.Logger) bool {
+	c := &client.Client{Socket: paths.Socket()}
 	defer c.Close()
 	logged := false
 	for {
@@ -274,7 +276,7 @@ func awaitSocket(ctx context.Context, paths daemon.Paths, logger *slog.Logger) b
 		switch {
 		case ctx.Err() != nil:
 			return false
-		case daemon.IsNotRunning(err):
+		case api.IsNotRunning(err):
 			return true
 		case !logged:
 			logger.Info("another sbx daemon serves the socket; this one, run by the service manager, takes over when it stops", "socket", paths.Socket())

@@ -19,10 +19,12 @@ import (
 	"github.com/stretchr/testify/require"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 
-	"github.com/sbx-dev/sbx/cluster/istiovs"
 	"github.com/sbx-dev/sbx/cluster/kube"
+	"github.com/sbx-dev/sbx/cluster/meshreport"
 	"github.com/sbx-dev/sbx/cluster/spec"
 	"github.com/sbx-dev/sbx/daemon"
+	"github.com/sbx-dev/sbx/daemon/api"
+	"github.com/sbx-dev/sbx/daemon/client"
 	"github.com/sbx-dev/sbx/tools/testbed/sim"
 	istioapi "istio.io/api/networking/v1alpha3"
 	istionet "istio.io/client-go/pkg/apis/networking/v1"
@@ -92,20 +94,20 @@ func (c *cliCluster) Apply(ctx context.Context, sb *spec.Sandbox, o daemon.Apply
 	key := o.RoutingKey
 	progress("created Deployment " + sb.Namespaces()[0] + "/sbx-" + sb.Name)
 	return daemon.Applied{Target: daemon.Target{Sandbox: sb.Name, RoutingKey: key, Namespace: sb.Namespaces()[0]},
-		Routes: &daemon.RouteCheck{Ports: []istiovs.PortReport{{Namespace: "hotrod", Service: "route", Port: 8083, Workload: "route",
-			Views: []istiovs.ViewReport{
+		Routes: &daemon.RouteCheck{Ports: []meshreport.PortReport{{Namespace: "hotrod", Service: "route", Port: 8083, Workload: "route",
+			Views: []meshreport.ViewReport{
 				{Clients: "", Chain: []string{"platform/wild (public, wildcard *.hotrod.svc.cluster.local)"}, Applies: "platform/wild",
-					Keyed: istiovs.KeyedPartial, Reason: "clients platform/wild gives no route on port 8083 reach the baseline"},
-				{Clients: "hotrod", Chain: []string{"hotrod/route (private)"}, Applies: "hotrod/route", Keyed: istiovs.KeyedSandbox},
+					Keyed: meshreport.KeyedPartial, Reason: "clients platform/wild gives no route on port 8083 reach the baseline"},
+				{Clients: "hotrod", Chain: []string{"hotrod/route (private)"}, Applies: "hotrod/route", Keyed: meshreport.KeyedSandbox},
 			}}}}}, nil
 }
 
 // Leftovers and SweepRoutes make cliCluster a daemon.RouteSweeper.
-func (c *cliCluster) Leftovers(ctx context.Context, ns string) ([]istiovs.Leftover, error) {
-	return []istiovs.Leftover{{Namespace: "hotrod", Name: "route", What: "dead routes"}}, nil
+func (c *cliCluster) Leftovers(ctx context.Context, ns string) ([]meshreport.Leftover, error) {
+	return []meshreport.Leftover{{Namespace: "hotrod", Name: "route", What: "dead routes"}}, nil
 }
 
-func (c *cliCluster) SweepRoutes(ctx context.Context, ns string) ([]istiovs.Leftover, error) {
+func (c *cliCluster) SweepRoutes(ctx context.Context, ns string) ([]meshreport.Leftover, error) {
 	return c.Leftovers(ctx, ns)
 }
 
@@ -146,9 +148,9 @@ func startInProcessDaemon(t *testing.T, cl daemon.Cluster, tweak ...func(*daemon
 	hosts := filepath.Join(t.TempDir(), "hosts")
 	require.NoError(t, os.WriteFile(hosts, []byte("127.0.0.1 localhost\n"), 0o644))
 	opts := daemon.Options{
-		Paths:     daemon.DefaultPaths(os.Getenv),
+		Paths:     api.DefaultPaths(os.Getenv),
 		Version:   "test",
-		Clusters:  func(context.Context, daemon.KubeconfigSource, string) (daemon.Cluster, error) { return cl, nil },
+		Clusters:  func(context.Context, api.KubeconfigSource, string) (daemon.Cluster, error) { return cl, nil },
 		HostsFile: hosts,
 	}
 	for _, f := range tweak {
@@ -167,7 +169,7 @@ func startInProcessDaemon(t *testing.T, cl daemon.Cluster, tweak ...func(*daemon
 		})
 	}
 	t.Cleanup(stop)
-	c := &daemon.Client{}
+	c := &client.Client{}
 	defer c.Close()
 	require.Eventually(t, func() bool { _, err := c.Status(context.Background()); return err == nil }, 10*time.Second, 5*time.Millisecond)
 	return stop
@@ -234,14 +236,14 @@ func TestCLIConnectStatusListDisconnect(t *testing.T) {
 
 	code, out, errOut = runCLI(t, "status", "alice", "-o", "json")
 	require.Equal(t, 0, code, errOut)
-	var sb daemon.SandboxStatus
+	var sb api.SandboxStatus
 	require.NoError(t, json.Unmarshal([]byte(out), &sb))
 	require.Equal(t, "alice", sb.Name)
 	require.Len(t, sb.RoutingKey, 13)
 
 	require.Eventually(t, func() bool {
 		_, out, _ := runCLI(t, "status", "alice", "-o", "json")
-		var sb daemon.SandboxStatus
+		var sb api.SandboxStatus
 		return json.Unmarshal([]byte(out), &sb) == nil && sb.Routes != nil
 	}, 10*time.Second, 20*time.Millisecond, "the apply's route report reaches the status")
 	code, out, _ = runCLI(t, "status")
@@ -259,9 +261,9 @@ func TestCLIConnectStatusListDisconnect(t *testing.T) {
 	require.Contains(t, out, "clients in hotrod\n    VirtualServices: hotrod/route (private)\n    applies: hotrod/route\n    keyed requests: reach the sandbox")
 	code, out, errOut = runCLI(t, "routes", "alice", "-o", "json")
 	require.Equal(t, 0, code, errOut)
-	var rs daemon.RouteState
+	var rs api.RouteState
 	require.NoError(t, json.Unmarshal([]byte(out), &rs))
-	require.Equal(t, daemon.KeyedPartial, rs.Keyed)
+	require.Equal(t, api.KeyedPartial, rs.Keyed)
 	require.Len(t, rs.Ports[0].Views, 2)
 	code, _, errOut = runCLI(t, "routes", "bob")
 	require.Equal(t, 2, code)
@@ -411,7 +413,7 @@ func TestBinaryAutostartsDaemon(t *testing.T) {
 
 	code, out, errOut = run("status", "-o", "json")
 	require.Equal(t, 0, code, errOut)
-	var st daemon.Status
+	var st api.Status
 	require.NoError(t, json.Unmarshal([]byte(out), &st))
 	pid = st.PID
 	require.NotEqual(t, os.Getpid(), pid)
@@ -422,7 +424,7 @@ func TestBinaryAutostartsDaemon(t *testing.T) {
 		require.Contains(t, strings.Split(string(cmdline), "\x00"), "-v", "the auto-started daemon inherits -v")
 	}
 
-	paths := daemon.DefaultPaths(os.Getenv)
+	paths := api.DefaultPaths(os.Getenv)
 	fi, err := os.Stat(paths.RuntimeDir)
 	require.NoError(t, err)
 	require.Equal(t, os.FileMode(0o700), fi.Mode().Perm())
@@ -456,7 +458,7 @@ func TestBinaryAutostartsDaemon(t *testing.T) {
 // the test daemon.
 type watchRun struct {
 	errb   *lockedBuffer
-	c      *daemon.Client
+	c      *client.Client
 	cancel context.CancelFunc
 	done   chan int
 }
@@ -464,7 +466,7 @@ type watchRun struct {
 func startConnectWatch(t *testing.T, specPath string) *watchRun {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
-	w := &watchRun{errb: &lockedBuffer{}, c: &daemon.Client{}, cancel: cancel, done: make(chan int, 1)}
+	w := &watchRun{errb: &lockedBuffer{}, c: &client.Client{}, cancel: cancel, done: make(chan int, 1)}
 	t.Cleanup(func() { cancel(); w.c.Close() })
 	go func() {
 		var out lockedBuffer
@@ -558,7 +560,7 @@ func TestCLIConnectOnSimulatedCluster(t *testing.T) {
 		require.Contains(t, errOut, step)
 	}
 	require.Contains(t, out, "Sandbox alice is ready.")
-	c2 := &daemon.Client{}
+	c2 := &client.Client{}
 	defer c2.Close()
 	st, err := c2.Sandbox(ctx, "alice")
 	require.NoError(t, err)
@@ -577,7 +579,7 @@ func TestCLIConnectOnSimulatedCluster(t *testing.T) {
 
 	code, out, errOut = runCLI(t, "list", "-o", "json")
 	require.Equal(t, 0, code, errOut)
-	var res daemon.ListResult
+	var res api.ListResult
 	require.NoError(t, json.Unmarshal([]byte(out), &res))
 	require.Len(t, res.Sandboxes, 1)
 	require.True(t, res.Sandboxes[0].InCluster)
@@ -697,7 +699,7 @@ func TestCLIStatusWatch(t *testing.T) {
 				lines := strings.Split(strings.TrimSpace(out.String()), "\n")
 				require.Greater(t, len(lines), 1)
 				for i, l := range lines {
-					var ev daemon.Event
+					var ev api.Event
 					require.NoError(t, json.Unmarshal([]byte(l), &ev), l)
 					require.Equal(t, i == 0, ev.Snapshot != nil)
 				}

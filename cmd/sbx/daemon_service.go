@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"github.com/sbx-dev/sbx/daemon"
+	"github.com/sbx-dev/sbx/daemon/api"
+	"github.com/sbx-dev/sbx/daemon/client"
 	"github.com/sbx-dev/sbx/daemon/service"
 )
 
@@ -67,15 +69,15 @@ func installDaemonService(ctx context.Context, g *globalOptions, extraEnv []stri
 	if err != nil {
 		return userError(err, "pass --env only for variables set in this shell")
 	}
-	c := &daemon.Client{Socket: daemonPaths().Socket()}
+	c := &client.Client{Socket: daemonPaths().Socket()}
 	defer c.Close()
-	var before daemon.Status
+	var before api.Status
 	switch err := probeDaemon(ctx, c); {
 	case err == nil:
 		if before, err = c.Status(ctx); err != nil {
 			return classify(err, "")
 		}
-	case !daemon.IsNotRunning(err):
+	case !api.IsNotRunning(err):
 		return err // stuck: it would keep the socket from the service's daemon
 	}
 
@@ -96,7 +98,7 @@ func installDaemonService(ctx context.Context, g *globalOptions, extraEnv []stri
 		rep.Action = "reinstalled"
 	}
 	if before.PID != 0 && before.Managed == "" {
-		if err := c.Shutdown(ctx); err != nil && !daemon.IsNotRunning(err) {
+		if err := c.Shutdown(ctx); err != nil && !api.IsNotRunning(err) {
 			return fmt.Errorf("stop the daemon a command had started (pid %d), so that the service's takes over: %w", before.PID, err)
 		}
 		rep.StoppedPID = before.PID
@@ -115,7 +117,7 @@ func installDaemonService(ctx context.Context, g *globalOptions, extraEnv []stri
 func serviceKind(m service.Manager) string { what, _ := managerWords(m); return what }
 
 // waitManagedDaemon waits until a daemon run by manager answers.
-func waitManagedDaemon(ctx context.Context, c *daemon.Client, manager string) (daemon.Status, error) {
+func waitManagedDaemon(ctx context.Context, c *client.Client, manager string) (api.Status, error) {
 	ctx, cancel := context.WithTimeout(ctx, daemonStartTimeout)
 	defer cancel()
 	var last error
@@ -213,7 +215,7 @@ func renderUninstall(rep serviceReport) string {
 // not answer). A daemon the manager does not run, and any daemon on
 // Windows, where the manager's stop is a kill, is first asked over its
 // API, to shut down cleanly. probeErr is the probe's answer.
-func stopServiceDaemon(ctx context.Context, g *globalOptions, svc service.Host, c *daemon.Client, probeErr error) error {
+func stopServiceDaemon(ctx context.Context, g *globalOptions, svc service.Host, c *client.Client, probeErr error) error {
 	m, err := svc.Manager()
 	if err != nil {
 		return err
@@ -226,7 +228,7 @@ func stopServiceDaemon(ctx context.Context, g *globalOptions, svc service.Host, 
 		}
 	}
 	stopErr := svc.Stop(ctx)
-	if !running && daemon.IsNotRunning(probeErr) {
+	if !running && api.IsNotRunning(probeErr) {
 		// Stop cancelled a pending restart, if any; it fails when
 		// nothing runs (launchctl kill, schtasks /End).
 		fmt.Fprintf(g.stdout, "the sbx daemon is not running (its %s %s is installed: the next command that needs it starts it)\n", serviceKind(m), m.Name())
@@ -245,7 +247,7 @@ func stopServiceDaemon(ctx context.Context, g *globalOptions, svc service.Host, 
 // startServiceDaemon asks the service manager to start the daemon it
 // runs, instead of a command starting one of its own: that one would hold
 // the socket, and the service's daemon would wait for it.
-func startServiceDaemon(ctx context.Context, svc service.Host, c *daemon.Client, progress io.Writer) error {
+func startServiceDaemon(ctx context.Context, svc service.Host, c *client.Client, progress io.Writer) error {
 	m, err := svc.Manager()
 	if err != nil {
 		return err

@@ -14,7 +14,8 @@ import (
 
 	"github.com/stretchr/testify/require"
 
-	"github.com/sbx-dev/sbx/daemon"
+	"github.com/sbx-dev/sbx/daemon/api"
+	"github.com/sbx-dev/sbx/daemon/client"
 	"github.com/sbx-dev/sbx/daemon/service"
 )
 
@@ -119,8 +120,8 @@ func runCLIWith(t *testing.T, opt func(*globalOptions), args ...string) (int, st
 	return code, out.String(), errb.String()
 }
 
-func daemonStatus(t *testing.T) (daemon.Status, error) {
-	c := &daemon.Client{}
+func daemonStatus(t *testing.T) (api.Status, error) {
+	c := &client.Client{}
 	defer c.Close()
 	return c.Status(context.Background())
 }
@@ -198,7 +199,7 @@ func TestDaemonInstallSystemd(t *testing.T) {
 	require.Equal(t, []string{"systemctl --user stop sbx-daemon.service"}, sd.commands())
 	require.Contains(t, out, "stopped the sbx daemon through systemd (`systemctl --user stop sbx-daemon.service`)")
 	_, err = daemonStatus(t)
-	require.True(t, daemon.IsNotRunning(err), "%v", err)
+	require.True(t, api.IsNotRunning(err), "%v", err)
 	code, out, _ = runCLIWith(t, svc, "daemon", "stop")
 	require.Equal(t, 0, code)
 	require.Contains(t, out, "not running (its systemd user service sbx-daemon.service is installed")
@@ -223,7 +224,7 @@ func TestDaemonInstallSystemd(t *testing.T) {
 	require.Contains(t, out, "commands start the daemon on demand again")
 	require.NoFileExists(t, unit)
 	_, err = daemonStatus(t)
-	require.True(t, daemon.IsNotRunning(err), "%v", err)
+	require.True(t, api.IsNotRunning(err), "%v", err)
 
 	code, out, errOut = runCLIWith(t, svc, "daemon", "--uninstall")
 	require.Equal(t, 0, code, errOut)
@@ -299,7 +300,7 @@ func TestDaemonServiceDoesNotStart(t *testing.T) {
 	require.Contains(t, errOut, "`sbx daemon --uninstall` goes back to starting the daemon on demand")
 	require.NotContains(t, errOut, "in the background")
 	_, err = daemonStatus(t)
-	require.True(t, daemon.IsNotRunning(err))
+	require.True(t, api.IsNotRunning(err))
 }
 
 func TestDaemonServiceFlags(t *testing.T) {

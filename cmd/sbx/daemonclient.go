@@ -12,7 +12,8 @@ import (
 	"strings"
 	"time"
 
-	"github.com/sbx-dev/sbx/daemon"
+	"github.com/sbx-dev/sbx/daemon/api"
+	"github.com/sbx-dev/sbx/daemon/client"
 	"github.com/sbx-dev/sbx/daemon/service"
 )
 
@@ -21,15 +22,15 @@ import (
 const daemonStartTimeout = 20 * time.Second
 
 // daemonPaths are the daemon's paths for this user, from the environment.
-func daemonPaths() daemon.Paths { return daemon.DefaultPaths(os.Getenv) }
+func daemonPaths() api.Paths { return api.DefaultPaths(os.Getenv) }
 
 // connectDaemon returns a client of the running daemon, or an error that
 // says how to start one.
-func connectDaemon(ctx context.Context) (*daemon.Client, error) {
-	c := &daemon.Client{Socket: daemonPaths().Socket()}
+func connectDaemon(ctx context.Context) (*client.Client, error) {
+	c := &client.Client{Socket: daemonPaths().Socket()}
 	if err := probeDaemon(ctx, c); err != nil {
 		c.Close()
-		if daemon.IsNotRunning(err) {
+		if api.IsNotRunning(err) {
 			return nil, userError(errDaemonNotRunning,
 				"start it with `sbx daemon` (or `sbx connect -f FILE`, which starts it for you)")
 		}
@@ -47,14 +48,14 @@ var errDaemonNotRunning = errors.New("the sbx daemon is not running")
 // installed as a service (`sbx daemon --install`), else in the background.
 // Progress goes to progress; g's verbosity (the CLI's -v count) is passed
 // on to a daemon it starts.
-func ensureDaemon(ctx context.Context, g *globalOptions, progress io.Writer) (*daemon.Client, error) {
+func ensureDaemon(ctx context.Context, g *globalOptions, progress io.Writer) (*client.Client, error) {
 	paths := daemonPaths()
-	c := &daemon.Client{Socket: paths.Socket()}
+	c := &client.Client{Socket: paths.Socket()}
 	err := probeDaemon(ctx, c)
 	if err == nil {
 		return c, nil
 	}
-	if !daemon.IsNotRunning(err) {
+	if !api.IsNotRunning(err) {
 		c.Close()
 		return nil, err
 	}
@@ -116,7 +117,7 @@ func (e *exitedError) Error() string { return fmt.Sprintf("the sbx daemon exited
 // ends, exited reports the daemon's exit (*exitedError; a nil channel
 // never does) or daemonStartTimeout passes (errStartTimeout), printing a
 // dot every half second.
-func waitAnswer(ctx context.Context, c *daemon.Client, progress io.Writer, exited <-chan error) error {
+func waitAnswer(ctx context.Context, c *client.Client, progress io.Writer, exited <-chan error) error {
 	deadline := time.NewTimer(daemonStartTimeout)
 	defer deadline.Stop()
 	tick := time.NewTicker(100 * time.Millisecond)
@@ -155,7 +156,7 @@ const daemonAnswerTimeout = 5 * time.Second
 // probeDaemon asks the daemon a cheap question. Its errors: ctx's own when
 // the command was interrupted, a stuck daemon explained, or the client's
 // (NotRunningError when nothing listens).
-func probeDaemon(ctx context.Context, c *daemon.Client) error {
+func probeDaemon(ctx context.Context, c *client.Client) error {
 	pctx, cancel := context.WithTimeout(ctx, daemonAnswerTimeout)
 	defer cancel()
 	_, err := c.LogPath(pctx)
@@ -182,7 +183,7 @@ func probeDaemon(ctx context.Context, c *daemon.Client) error {
 // spawnDaemon starts `sbx daemon --background` detached from this process
 // (detachedProcAttr: its own session or process group, so closing the
 // terminal does not stop it), with output appended to the daemon log.
-func spawnDaemon(paths daemon.Paths, verbosity int) (*os.Process, error) {
+func spawnDaemon(paths api.Paths, verbosity int) (*os.Process, error) {
 	exe, err := os.Executable()
 	if err != nil {
 		return nil, fmt.Errorf("find the sbx binary to start the daemon: %w (start it by hand with `sbx daemon`)", err)
@@ -248,7 +249,7 @@ func lastLines(path string, n int) string {
 
 // needDaemon is ensureDaemon for a command: progress on stderr, and a note
 // when the running daemon is another version.
-func needDaemon(ctx context.Context, g *globalOptions) (*daemon.Client, error) {
+func needDaemon(ctx context.Context, g *globalOptions) (*client.Client, error) {
 	c, err := ensureDaemon(ctx, g, g.stderr)
 	if err != nil {
 		return nil, err
@@ -268,7 +269,7 @@ func needDaemon(ctx context.Context, g *globalOptions) (*daemon.Client, error) {
 // absolute they would name the working directory (`export
 // KUBECONFIG=$KUBECONFIG:~/.kube/b` with KUBECONFIG unset leaves a
 // leading one).
-func kubeconfigSource(g *globalOptions) daemon.KubeconfigSource {
+func kubeconfigSource(g *globalOptions) api.KubeconfigSource {
 	abs := func(p string) string {
 		if a, err := filepath.Abs(p); err == nil {
 			return a
@@ -276,7 +277,7 @@ func kubeconfigSource(g *globalOptions) daemon.KubeconfigSource {
 		return p
 	}
 	if g.kubeconfig != "" {
-		return daemon.NewKubeconfigSource(abs(g.kubeconfig), nil)
+		return api.NewKubeconfigSource(abs(g.kubeconfig), nil)
 	}
 	var env []string
 	for _, p := range filepath.SplitList(os.Getenv("KUBECONFIG")) {
@@ -284,19 +285,19 @@ func kubeconfigSource(g *globalOptions) daemon.KubeconfigSource {
 			env = append(env, abs(p))
 		}
 	}
-	return daemon.NewKubeconfigSource("", env)
+	return api.NewKubeconfigSource("", env)
 }
 
 // clusterRequest is the cluster the global flags select, as the daemon
 // needs it (list, gc and disconnect --orphan ask the daemon about one).
-func clusterRequest(g *globalOptions) daemon.ClusterRequest {
-	return daemon.ClusterRequest{KubeconfigSource: kubeconfigSource(g), Context: g.context, Namespace: g.namespace}
+func clusterRequest(g *globalOptions) api.ClusterRequest {
+	return api.ClusterRequest{KubeconfigSource: kubeconfigSource(g), Context: g.context, Namespace: g.namespace}
 }
 
 // warnVersionSkew notes when the running daemon is another sbx version
 // than this CLI (typically after an upgrade): the daemon keeps running the
 // old code until restarted.
-func warnVersionSkew(ctx context.Context, c *daemon.Client, g *globalOptions) {
+func warnVersionSkew(ctx context.Context, c *client.Client, g *globalOptions) {
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
 	st, err := c.Status(ctx)
@@ -322,7 +323,7 @@ func classify(err error, hint string) error {
 // daemon is asked once whether it is gone (daemonStopped waits up to 2s).
 func classifyStopped(err error, hint string, stopped error) error {
 	var (
-		ae *daemon.APIError
+		ae *api.APIError
 		ce *cliError
 	)
 	switch {
@@ -330,7 +331,7 @@ func classifyStopped(err error, hint string, stopped error) error {
 		return nil
 	case errors.As(err, &ce), errors.Is(err, context.Canceled):
 		return err
-	case daemon.IsNotRunning(err):
+	case api.IsNotRunning(err):
 		return userError(err, "start it with `sbx daemon`")
 	case errors.As(err, &ae) && ae.StatusCode < 500:
 		return userError(err, hint)
@@ -357,12 +358,12 @@ func classifyStopped(err error, hint string, stopped error) error {
 // within a moment (a daemon shutting down may answer briefly after it
 // broke off a request).
 func daemonStopped(socket string) bool {
-	c := &daemon.Client{Socket: socket}
+	c := &client.Client{Socket: socket}
 	defer c.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
 	for {
-		if _, err := c.LogPath(ctx); daemon.IsNotRunning(err) {
+		if _, err := c.LogPath(ctx); api.IsNotRunning(err) {
 			return true
 		}
 		select {

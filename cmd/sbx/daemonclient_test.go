@@ -12,6 +12,7 @@ import (
 	"github.com/sbx-dev/sbx/cluster/kube"
 	"github.com/sbx-dev/sbx/cluster/kube/kubetest"
 	"github.com/sbx-dev/sbx/daemon"
+	"github.com/sbx-dev/sbx/daemon/api"
 )
 
 // TestKubeconfigSource: the kubeconfig sent to the daemon is absolute;
@@ -78,14 +79,14 @@ func TestKubeconfigFlagReachesDaemon(t *testing.T) {
 			t.Setenv("KUBECONFIG", tc.env)
 			g := &globalOptions{kubeconfig: tc.flag, context: tc.context}
 			for name, v := range map[string]any{
-				"connect": &daemon.ConnectRequest{KubeconfigSource: kubeconfigSource(g), Context: g.context},
+				"connect": &api.ConnectRequest{KubeconfigSource: kubeconfigSource(g), Context: g.context},
 				"gc":      new(clusterRequest(g)),
 			} {
 				b, err := json.Marshal(v)
 				require.NoError(t, err)
-				var got daemon.ClusterRequest // connect's cluster fields read alike
+				var got api.ClusterRequest // connect's cluster fields read alike
 				require.NoError(t, json.Unmarshal(b, &got), name)
-				opts := got.Options()
+				opts := daemon.SourceOptions(got.KubeconfigSource)
 				opts.Context = got.Context
 				kc, err := kube.Resolve(opts)
 				require.NoError(t, err, name)

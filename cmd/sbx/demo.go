@@ -15,7 +15,7 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/sbx-dev/sbx/daemon"
+	"github.com/sbx-dev/sbx/daemon/api"
 	"github.com/sbx-dev/sbx/tools/testbed/sim"
 	"github.com/sbx-dev/sbx/tools/testbed/simenv"
 )
@@ -120,7 +120,7 @@ func runDemo(ctx context.Context, g *globalOptions, keep bool) (err error) {
 	}
 
 	d.step(3, "Connecting sandbox \"demo\" (route in hotrod -> %s) through the sbx daemon", local.Addr())
-	st, err := d.env.Connect(ctx, "demo", local.Addr(), func(p daemon.Progress) {
+	st, err := d.env.Connect(ctx, "demo", local.Addr(), func(p api.Progress) {
 		if p.Message != "" {
 			d.say("%-14s %s", p.Phase, p.Message)
 		}

@@ -6,9 +6,8 @@ import (
 	"fmt"
 	"strings"
 
+	"github.com/sbx-dev/sbx/daemon/api"
 	"github.com/spf13/cobra"
-
-	"github.com/sbx-dev/sbx/daemon"
 )
 
 func newDisconnectCmd(g *globalOptions) *cobra.Command {
@@ -52,7 +51,7 @@ by one, leaving the rest intact). Keyed requests go to the baseline again.`,
 				return err
 			}
 			defer c.Close()
-			var res daemon.DisconnectResult
+			var res api.DisconnectResult
 			what := "disconnecting " + strings.Join(args, "")
 			if all {
 				what = "disconnecting every sandbox"
@@ -79,7 +78,7 @@ by one, leaving the rest intact). Keyed requests go to the baseline again.`,
 					}
 					return interruptedDisconnect(what, look, disconnectAgain(cmd, g, args, all, orphan, forget), forget)
 				}
-				if daemon.IsNotFound(err) {
+				if api.IsNotFound(err) {
 					if orphan {
 						return userError(fmt.Errorf("no sandbox %q found in the cluster", args[0]), "`sbx list` shows the sandboxes in the cluster; pass -n NAMESPACE or --context if it lives elsewhere")
 					}

@@ -17,7 +17,8 @@ import (
 
 	"github.com/stretchr/testify/require"
 
-	"github.com/sbx-dev/sbx/daemon"
+	"github.com/sbx-dev/sbx/daemon/api"
+	"github.com/sbx-dev/sbx/daemon/client"
 	"github.com/sbx-dev/sbx/tools/testbed/sim"
 	"github.com/sbx-dev/sbx/tools/testbed/simenv"
 )
@@ -41,7 +42,7 @@ func TestE2EBinary(t *testing.T) {
 	out := sbx("connect", "-f", specPath, "--set", "name=alice")
 	st, err := dc.Sandbox(ctx, "alice")
 	require.NoError(t, err)
-	require.Equal(t, daemon.PhaseReady, st.Phase)
+	require.Equal(t, api.PhaseReady, st.Phase)
 	key := st.RoutingKey
 	require.Contains(t, out, key, "connect prints the routing key")
 
@@ -62,13 +63,13 @@ func TestE2EBinary(t *testing.T) {
 	require.NoError(t, syscall.Kill(pid, syscall.SIGKILL))
 	require.Eventually(t, func() bool {
 		_, err := dc.Status(ctx)
-		return daemon.IsNotRunning(err)
+		return api.IsNotRunning(err)
 	}, 10*time.Second, 20*time.Millisecond)
 	out = sbx("list")
 	require.Contains(t, out, "alice")
 	require.Eventually(t, func() bool {
 		s, err := dc.Sandbox(ctx, "alice")
-		return err == nil && s.Phase == daemon.PhaseReady
+		return err == nil && s.Phase == api.PhaseReady
 	}, 30*time.Second, 50*time.Millisecond)
 	s, err := dc.Sandbox(ctx, "alice")
 	require.NoError(t, err)
@@ -91,7 +92,7 @@ func TestE2EBinary(t *testing.T) {
 	out = sbx("daemon", "stop")
 	require.Contains(t, out, "stopped")
 	_, err = dc.Status(ctx)
-	require.True(t, daemon.IsNotRunning(err) || errors.Is(err, context.Canceled), "%v", err)
+	require.True(t, api.IsNotRunning(err) || errors.Is(err, context.Canceled), "%v", err)
 }
 
 // TestE2EManagedDaemonRestores: after a kill -9 of the daemon, what a
@@ -119,7 +120,7 @@ func TestE2EManagedDaemonRestores(t *testing.T) {
 	require.NoError(t, syscall.Kill(pid, syscall.SIGKILL))
 	require.Eventually(t, func() bool {
 		_, err := dc.Status(ctx)
-		return daemon.IsNotRunning(err)
+		return api.IsNotRunning(err)
 	}, 10*time.Second, 20*time.Millisecond)
 
 	// The service manager's restart: no sbx command runs after it.
@@ -133,7 +134,7 @@ func TestE2EManagedDaemonRestores(t *testing.T) {
 	t.Cleanup(func() { _ = managed.Process.Kill() })
 	require.Eventually(t, func() bool {
 		s, err := dc.Sandbox(ctx, "alice")
-		return err == nil && s.Phase == daemon.PhaseReady
+		return err == nil && s.Phase == api.PhaseReady
 	}, 30*time.Second, 50*time.Millisecond)
 	s, err := dc.Sandbox(ctx, "alice")
 	require.NoError(t, err)
@@ -164,7 +165,7 @@ type binaryEnv struct {
 	env   []string
 	sim   *sim.Cluster
 	hosts string
-	dc    *daemon.Client
+	dc    *client.Client
 }
 
 // binaryEnvHosts is the private hosts file's content before sbx.
@@ -204,7 +205,7 @@ func startBinaryEnv(t *testing.T) *binaryEnv {
 			"KUBECONFIG=" + kubeconfig,
 			"PATH=" + os.Getenv("PATH"),
 		},
-		dc: &daemon.Client{Socket: filepath.Join(home, "run", "sbx", "sbx.sock")},
+		dc: &client.Client{Socket: filepath.Join(home, "run", "sbx", "sbx.sock")},
 	}
 	t.Cleanup(b.dc.Close)
 	t.Cleanup(func() {

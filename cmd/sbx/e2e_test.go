@@ -22,7 +22,8 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/sbx-dev/sbx/cluster"
-	"github.com/sbx-dev/sbx/daemon"
+	"github.com/sbx-dev/sbx/daemon/api"
+	"github.com/sbx-dev/sbx/daemon/client"
 	"github.com/sbx-dev/sbx/daemon/config"
 	"github.com/sbx-dev/sbx/tools/testbed/sim"
 	"github.com/sbx-dev/sbx/tools/testbed/simenv"
@@ -126,11 +127,11 @@ func TestE2EConnectRouteDisconnect(t *testing.T) {
 	require.NoError(t, err)
 	defer local.Close()
 	var progress []string
-	st, err := e.Connect(ctx, "alice", local.Addr(), func(p daemon.Progress) {
+	st, err := e.Connect(ctx, "alice", local.Addr(), func(p api.Progress) {
 		progress = append(progress, string(p.Phase)+": "+p.Message)
 	})
 	require.NoError(t, err, "progress: %v", progress)
-	require.Equal(t, daemon.PhaseReady, st.Phase)
+	require.Equal(t, api.PhaseReady, st.Phase)
 	require.Len(t, st.RoutingKey, 13)
 	key := st.RoutingKey
 	require.NotEmpty(t, sbxObjects(t, e))
@@ -264,7 +265,7 @@ func TestE2EDaemonRestart(t *testing.T) {
 	require.NoError(t, e.StartDaemon(ctx))
 	require.Eventually(t, func() bool {
 		s, err := e.Client.Sandbox(ctx, "alice")
-		return err == nil && s.Phase == daemon.PhaseReady && s.RoutingKey == st.RoutingKey
+		return err == nil && s.Phase == api.PhaseReady && s.RoutingKey == st.RoutingKey
 	}, 30*time.Second, 20*time.Millisecond)
 	eventuallyServed(t, client, keyed, routeV2)
 	require.Eventually(t, func() bool { return entries() == before }, 10*time.Second, 20*time.Millisecond,
@@ -277,8 +278,8 @@ func TestE2EDaemonRestart(t *testing.T) {
 func TestE2ELeaseExpiryGC(t *testing.T) {
 	e := startE2E(t)
 	ctx := context.Background()
-	client := e.Sim.HTTPClient("default")
-	defer client.CloseIdleConnections()
+	hc := e.Sim.HTTPClient("default")
+	defer hc.CloseIdleConnections()
 	before := vsSnapshot(t, e)
 
 	local, err := sim.StartLocalRoute("127.0.0.1:0", nil, nil, e.Log)
@@ -287,18 +288,18 @@ func TestE2ELeaseExpiryGC(t *testing.T) {
 	st, err := e.Connect(ctx, "alice", local.Addr(), nil)
 	require.NoError(t, err)
 	keyed := "sbx-routing-key=" + st.RoutingKey
-	eventuallyServed(t, client, keyed, routeV2)
+	eventuallyServed(t, hc, keyed, routeV2)
 	require.NoError(t, e.StopDaemon()) // the laptop is gone for good
 
 	// Another laptop's daemon (its own, empty state) runs gc.
 	other, err := simenv.TempDir()
 	require.NoError(t, err)
 	defer os.RemoveAll(other)
-	e.Paths = daemon.Paths{RuntimeDir: filepath.Join(other, "run"), StateDir: filepath.Join(other, "state")}
-	e.Client = &daemon.Client{Socket: e.Paths.Socket()}
+	e.Paths = api.Paths{RuntimeDir: filepath.Join(other, "run"), StateDir: filepath.Join(other, "state")}
+	e.Client = &client.Client{Socket: e.Paths.Socket()}
 	require.NoError(t, e.StartDaemon(ctx))
 	gc := func() []string {
-		res, err := e.Client.GC(ctx, daemon.ClusterRequest{Namespace: sim.AppNamespace})
+		res, err := e.Client.GC(ctx, api.ClusterRequest{Namespace: sim.AppNamespace})
 		require.NoError(t, err)
 		return res.Deleted
 	}
@@ -318,7 +319,7 @@ func TestE2ELeaseExpiryGC(t *testing.T) {
 	require.Eventually(t, func() bool { return len(sbxObjects(t, e)) == 0 }, 20*time.Second, 20*time.Millisecond,
 		"left behind: %v", sbxObjects(t, e))
 	require.Equal(t, before, vsSnapshot(t, e))
-	eventuallyServed(t, client, keyed, allBaseline)
+	eventuallyServed(t, hc, keyed, allBaseline)
 }
 
 // blob writes n deterministic pseudo-random bytes for seed.
@@ -476,7 +477,7 @@ func TestE2ERelayCrash(t *testing.T) {
 	require.NoError(t, e.Sim.CrashRelay(sim.AppNamespace, cluster.RelayName("alice")))
 	require.Eventually(t, func() bool {
 		s, err := e.Client.Sandbox(ctx, "alice")
-		return err == nil && s.Reconnects >= 1 && s.Phase == daemon.PhaseReady
+		return err == nil && s.Reconnects >= 1 && s.Phase == api.PhaseReady
 	}, 30*time.Second, 20*time.Millisecond)
 	eventuallyServed(t, client, keyed, routeV2)
 	again, ok := e.Sim.RelayPod(sim.AppNamespace, cluster.RelayName("alice"))
@@ -487,7 +488,7 @@ func TestE2ERelayCrash(t *testing.T) {
 	require.NoError(t, e.Sim.RestartRelay(sim.AppNamespace, cluster.RelayName("alice")))
 	require.Eventually(t, func() bool {
 		s, err := e.Client.Sandbox(ctx, "alice")
-		return err == nil && s.Reconnects >= 2 && s.Phase == daemon.PhaseReady
+		return err == nil && s.Reconnects >= 2 && s.Phase == api.PhaseReady
 	}, 30*time.Second, 20*time.Millisecond)
 	eventuallyServed(t, client, keyed, routeV2)
 }

@@ -26,7 +26,7 @@ import (
 
 	"github.com/sbx-dev/sbx/cluster"
 	"github.com/sbx-dev/sbx/cluster/portforward"
-	"github.com/sbx-dev/sbx/daemon"
+	"github.com/sbx-dev/sbx/daemon/api"
 	"github.com/sbx-dev/sbx/daemon/peeruid/peeruidtest"
 	"github.com/sbx-dev/sbx/relay/relayargs"
 	"github.com/sbx-dev/sbx/tools/testbed/sim"
@@ -155,7 +155,7 @@ func TestFaultMatrix(t *testing.T) {
 	require.NoError(t, syscall.Kill(pid, syscall.SIGKILL))
 	require.Eventually(t, func() bool {
 		_, err := b.dc.Status(ctx)
-		return daemon.IsNotRunning(err)
+		return api.IsNotRunning(err)
 	}, 10*time.Second, 20*time.Millisecond)
 	b.sbx("list")
 	report.add("daemon kill -9, restarted by the next command", "kill → keyed request served", []time.Duration{p.served(t0, time.Minute)}, p.failedSince(t0))
@@ -172,7 +172,7 @@ func (b *binaryEnv) waitReady(name string) {
 	b.t.Helper()
 	require.Eventually(b.t, func() bool {
 		s, err := b.dc.Sandbox(b.ctx, name)
-		return err == nil && s.Phase == daemon.PhaseReady
+		return err == nil && s.Phase == api.PhaseReady
 	}, time.Minute, 5*time.Millisecond)
 }
 

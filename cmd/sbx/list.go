@@ -6,9 +6,8 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/sbx-dev/sbx/daemon/api"
 	"github.com/spf13/cobra"
-
-	"github.com/sbx-dev/sbx/daemon"
 )
 
 func newListCmd(g *globalOptions) *cobra.Command {
@@ -66,7 +65,7 @@ lease expired.`,
 	return cmd
 }
 
-func renderList(res daemon.ListResult, now time.Time) string {
+func renderList(res api.ListResult, now time.Time) string {
 	var left strings.Builder
 	for _, l := range res.Leftovers {
 		fmt.Fprintf(&left, "\nleftover: %s in VirtualService %s/%s (`sbx gc` removes it)", l.What, l.Namespace, l.Name)

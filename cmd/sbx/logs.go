@@ -9,9 +9,8 @@ import (
 	"os"
 	"time"
 
+	"github.com/sbx-dev/sbx/daemon/client"
 	"github.com/spf13/cobra"
-
-	"github.com/sbx-dev/sbx/daemon"
 )
 
 func newLogsCmd(g *globalOptions) *cobra.Command {
@@ -35,7 +34,7 @@ func newLogsCmd(g *globalOptions) *cobra.Command {
 			ctx := cmd.Context()
 			path := daemonPaths().Log()
 			// A running daemon knows best where it writes.
-			c := &daemon.Client{Socket: daemonPaths().Socket()}
+			c := &client.Client{Socket: daemonPaths().Socket()}
 			pctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 			if p, err := c.LogPath(pctx); err == nil && p != "" {
 				path = p

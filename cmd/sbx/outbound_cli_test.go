@@ -13,8 +13,9 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/sbx-dev/sbx/daemon"
+	"github.com/sbx-dev/sbx/daemon/api"
+	"github.com/sbx-dev/sbx/daemon/client"
 	"github.com/sbx-dev/sbx/daemon/config"
-	"github.com/sbx-dev/sbx/daemon/outbound"
 )
 
 // TestCLIRunInProxyMode: with outbound.mode proxy in the user config,
@@ -30,7 +31,7 @@ func TestCLIRunInProxyMode(t *testing.T) {
 	code, _, errOut := runCLI(t, "connect", "-f", writeSpec(t, dir), "--set", "name=alice", "--wait=false")
 	require.Equal(t, 0, code, errOut)
 
-	c := &daemon.Client{}
+	c := &client.Client{}
 	defer c.Close()
 	var addr string
 	require.Eventually(t, func() bool {
@@ -77,25 +78,25 @@ func TestRenderOutbound(t *testing.T) {
 	ip := netip.MustParseAddr("127.241.0.3")
 	for _, tc := range []struct {
 		name string
-		in   daemon.OutboundStatus
+		in   api.OutboundStatus
 		want []string
 	}{
-		{"hosts", daemon.OutboundStatus{
-			Status: outbound.Status{Mode: config.ModeHosts, HostsFile: "/etc/hosts", Services: []outbound.HostsEntry{
-				{Service: "hotrod/driver", IP: ip, Ports: []outbound.PortStatus{{Port: 8082, Listening: true}}},
-				{Service: "hotrod/redis", IP: ip, Ports: []outbound.PortStatus{{Port: 6379, Error: "address already in use"}}},
-			}},
+		{"hosts", api.OutboundStatus{
+			Mode: string(config.ModeHosts), HostsFile: "/etc/hosts", Services: []api.HostsEntry{
+				{Service: "hotrod/driver", IP: ip, Ports: []api.OutboundPort{{Port: 8082, Listening: true}}},
+				{Service: "hotrod/redis", IP: ip, Ports: []api.OutboundPort{{Port: 6379, Error: "address already in use"}}},
+			},
 			Namespaces: []string{"hotrod", "shared"}, Pending: []string{"shared"}, Discovered: 2,
 		}, []string{"outbound: hosts file /etc/hosts, 2 Service(s) in hotrod, shared\n",
 			"Services of shared not listed yet", "hotrod/redis port 6379 not reachable: address already in use"}},
-		{"proxy with a note", daemon.OutboundStatus{
-			Status:     outbound.Status{Mode: config.ModeProxy, ProxyAddr: "127.0.0.1:4242", Note: "hosts file /etc/hosts is not writable by the daemon; using proxy mode"},
+		{"proxy with a note", api.OutboundStatus{
+			Mode: string(config.ModeProxy), ProxyAddr: "127.0.0.1:4242", Note: "hosts file /etc/hosts is not writable by the daemon; using proxy mode",
 			Namespaces: []string{"hotrod"}, Discovered: 7,
 		}, []string{"outbound: proxy 127.0.0.1:4242 (HTTP and SOCKS5, password-protected; `sbx run` and `sbx env` pass it), 7 Service(s) in hotrod (hosts file /etc/hosts is not writable"}},
-		{"off", daemon.OutboundStatus{Status: outbound.Status{Mode: config.ModeOff}}, []string{"outbound: off"}},
-		{"idle", daemon.OutboundStatus{Status: outbound.Status{Mode: config.ModeAuto, Note: "starts when a sandbox is connected"}},
+		{"off", api.OutboundStatus{Mode: string(config.ModeOff)}, []string{"outbound: off"}},
+		{"idle", api.OutboundStatus{Mode: string(config.ModeAuto), Note: "starts when a sandbox is connected"},
 			[]string{"outbound: auto (starts when a sandbox is connected)"}},
-		{"failed", daemon.OutboundStatus{Status: outbound.Status{Mode: config.ModeHosts, Error: "hosts file /etc/hosts is managed by another sbx daemon"}},
+		{"failed", api.OutboundStatus{Mode: string(config.ModeHosts), Error: "hosts file /etc/hosts is managed by another sbx daemon"},
 			[]string{"outbound: hosts, NOT running: hosts file /etc/hosts is managed by another sbx daemon"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

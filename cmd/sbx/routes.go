@@ -5,9 +5,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/sbx-dev/sbx/daemon/api"
 	"github.com/spf13/cobra"
-
-	"github.com/sbx-dev/sbx/daemon"
 )
 
 func newRoutesCmd(g *globalOptions) *cobra.Command {
@@ -56,7 +55,7 @@ or shadows them ("restored" counts that).`,
 // renderRoutes lays out a RouteState: per Service port, per client
 // namespace group, the VirtualServices Istio considers and what keyed
 // requests get.
-func renderRoutes(name string, r daemon.RouteState, now time.Time) string {
+func renderRoutes(name string, r api.RouteState, now time.Time) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "sandbox %s: %s\n", name, renderRouteState(name, r, now))
 	for _, p := range r.Ports {
@@ -72,9 +71,9 @@ func renderRoutes(name string, r daemon.RouteState, now time.Time) string {
 			}
 			fmt.Fprintf(&b, "  %s\n    VirtualServices: %s\n    applies: %s\n", who, chain, v.Applies)
 			switch v.Keyed {
-			case daemon.KeyedSandbox:
+			case api.KeyedSandbox:
 				b.WriteString("    keyed requests: reach the sandbox\n")
-			case daemon.KeyedPartial:
+			case api.KeyedPartial:
 				fmt.Fprintf(&b, "    keyed requests: PARTLY reach the sandbox: %s\n", v.Reason)
 			default:
 				fmt.Fprintf(&b, "    keyed requests: reach the BASELINE: %s\n", v.Reason)

@@ -16,21 +16,21 @@ import (
 	"k8s.io/client-go/kubernetes/fake"
 
 	"github.com/sbx-dev/sbx/cluster/spec"
-	"github.com/sbx-dev/sbx/daemon"
+	"github.com/sbx-dev/sbx/daemon/api"
+	"github.com/sbx-dev/sbx/daemon/client"
 	"github.com/sbx-dev/sbx/daemon/config"
-	"github.com/sbx-dev/sbx/daemon/outbound"
 )
 
 // connectAlice starts an in-process daemon and connects sandbox alice
 // (its relay never gets ready, which run/env do not need: the routing key
 // is known from the start).
-func connectAlice(t *testing.T) daemon.SandboxStatus {
+func connectAlice(t *testing.T) api.SandboxStatus {
 	t.Helper()
 	dir := cliEnv(t)
 	startInProcessDaemon(t, &cliCluster{ready: make(chan struct{})})
 	code, _, errOut := runCLI(t, "connect", "-f", writeSpec(t, dir), "--set", "name=alice", "--wait=false")
 	require.Equal(t, 0, code, errOut)
-	c := &daemon.Client{}
+	c := &client.Client{}
 	defer c.Close()
 	st, err := c.Sandbox(context.Background(), "alice")
 	require.NoError(t, err)
@@ -101,8 +101,8 @@ func TestBaselineKubeOptions(t *testing.T) {
 	dir := t.TempDir()
 	connected, shell, flag := filepath.Join(dir, "connected"), filepath.Join(dir, "shell"), filepath.Join(dir, "flag")
 	t.Setenv("KUBECONFIG", shell)
-	src := daemon.NewKubeconfigSource(connected, nil)
-	st := daemon.SandboxStatus{Name: "alice", Context: "staging", Kubeconfig: &src}
+	src := api.NewKubeconfigSource(connected, nil)
+	st := api.SandboxStatus{Name: "alice", Context: "staging", Kubeconfig: &src}
 
 	opts := baselineKubeOptions(&globalOptions{}, st)
 	require.Equal(t, connected, opts.Kubeconfig)
@@ -112,7 +112,7 @@ func TestBaselineKubeOptions(t *testing.T) {
 	require.Equal(t, flag, opts.Kubeconfig)
 	require.Equal(t, "other", opts.Context)
 
-	envSrc := daemon.NewKubeconfigSource("", []string{connected})
+	envSrc := api.NewKubeconfigSource("", []string{connected})
 	st.Kubeconfig = &envSrc
 	opts = baselineKubeOptions(&globalOptions{}, st)
 	require.Empty(t, opts.Kubeconfig)
@@ -162,11 +162,11 @@ func TestCLIRun(t *testing.T) {
 }
 
 func TestProxyAddrOf(t *testing.T) {
-	require.Equal(t, "", proxyAddrOf(daemon.Status{Version: "x"}))
-	require.Equal(t, "127.0.0.1:4242", proxyAddrOf(daemon.Status{Outbound: &daemon.OutboundStatus{Status: outbound.Status{Mode: config.ModeProxy, ProxyAddr: "127.0.0.1:4242"}}}))
-	require.Equal(t, "", proxyAddrOf(daemon.Status{Outbound: &daemon.OutboundStatus{Status: outbound.Status{Mode: config.ModeHosts, HostsFile: "/etc/hosts"}}}))
+	require.Equal(t, "", proxyAddrOf(api.Status{Version: "x"}))
+	require.Equal(t, "127.0.0.1:4242", proxyAddrOf(api.Status{Outbound: &api.OutboundStatus{Mode: string(config.ModeProxy), ProxyAddr: "127.0.0.1:4242"}}))
+	require.Equal(t, "", proxyAddrOf(api.Status{Outbound: &api.OutboundStatus{Mode: string(config.ModeHosts), HostsFile: "/etc/hosts"}}))
 	// The JSON shape sbx run and older clients read.
-	b, err := json.Marshal(daemon.Status{Outbound: &daemon.OutboundStatus{Status: outbound.Status{Mode: config.ModeProxy, ProxyAddr: "127.0.0.1:4242"}}})
+	b, err := json.Marshal(api.Status{Outbound: &api.OutboundStatus{Mode: string(config.ModeProxy), ProxyAddr: "127.0.0.1:4242"}})
 	require.NoError(t, err)
 	require.Contains(t, string(b), `"outbound":{"mode":"proxy","proxyAddr":"127.0.0.1:4242"`)
 }
@@ -182,11 +182,11 @@ func TestBaselineEnvPicksTheWorkload(t *testing.T) {
 		&appsv1.StatefulSet{ObjectMeta: metav1.ObjectMeta{Namespace: "hotrod", Name: "db"},
 			Spec: appsv1.StatefulSetSpec{Template: corev1.PodTemplateSpec{Spec: corev1.PodSpec{Containers: []corev1.Container{{Name: "db", Env: []corev1.EnvVar{{Name: "WHO", Value: "db"}}}}}}}},
 	)
-	one := daemon.SandboxStatus{Name: "alice", Mappings: []daemon.MappingStatus{
+	one := api.SandboxStatus{Name: "alice", Mappings: []api.MappingStatus{
 		{Workload: "route", Namespace: "hotrod", Port: 8083}, {Workload: "route", Namespace: "hotrod", Port: 9090}}}
-	two := daemon.SandboxStatus{Name: "alice", Mappings: []daemon.MappingStatus{
+	two := api.SandboxStatus{Name: "alice", Mappings: []api.MappingStatus{
 		{Workload: "route", Namespace: "hotrod", Port: 8083}, {Workload: "db", Namespace: "hotrod", Port: 5432}}}
-	who := func(st daemon.SandboxStatus, f envFlags) (string, error) {
+	who := func(st api.SandboxStatus, f envFlags) (string, error) {
 		e, err := baselineEnv(context.Background(), kc, nil, st, f)
 		if err != nil {
 			return "", err
@@ -196,7 +196,7 @@ func TestBaselineEnvPicksTheWorkload(t *testing.T) {
 	}
 	for _, tc := range []struct {
 		name string
-		st   daemon.SandboxStatus
+		st   api.SandboxStatus
 		f    envFlags
 		want string
 		err  string
@@ -207,7 +207,7 @@ func TestBaselineEnvPicksTheWorkload(t *testing.T) {
 		{"several need --workload", two, envFlags{}, "", "route, db"},
 		{"--workload picks a StatefulSet by name", two, envFlags{workload: "db"}, "db", ""},
 		{"--workload unknown", two, envFlags{workload: "nope"}, "", "no local workload"},
-		{"nothing by that name", daemon.SandboxStatus{Name: "alice", Mappings: []daemon.MappingStatus{{Workload: "ghost", Namespace: "hotrod"}}}, envFlags{}, "", "--from KIND/NAME"},
+		{"nothing by that name", api.SandboxStatus{Name: "alice", Mappings: []api.MappingStatus{{Workload: "ghost", Namespace: "hotrod"}}}, envFlags{}, "", "--from KIND/NAME"},
 		{"--from names nothing", one, envFlags{from: "deployment/nosuch"}, "", "baseline Deployment hotrod/nosuch not found\n  hint: check --from deployment/nosuch (`kubectl get deployments -n hotrod` lists them)"},
 		{"--container names nothing", one, envFlags{container: "nope"}, "", `has no container "nope"; its containers are app` + "\n  hint: pick one with --container"},
 	} {
@@ -225,7 +225,7 @@ func TestBaselineEnvPicksTheWorkload(t *testing.T) {
 	// When the daemon reports the baseline workload (the spec's
 	// local[].from), it wins over names.
 	from := &spec.Workload{Kind: spec.KindDeployment, Namespace: "hotrod", Name: "route-v2"}
-	withFrom := daemon.SandboxStatus{Name: "alice", Mappings: []daemon.MappingStatus{
+	withFrom := api.SandboxStatus{Name: "alice", Mappings: []api.MappingStatus{
 		{Workload: "route", Namespace: "hotrod", Port: 8083, From: from}, {Workload: "route", Namespace: "hotrod", Port: 9090, From: from}}}
 	lw := localWorkloads(withFrom)
 	require.Len(t, lw, 1)

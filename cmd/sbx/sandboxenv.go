@@ -17,6 +17,7 @@ import (
 	"github.com/sbx-dev/sbx/cluster/kube"
 	"github.com/sbx-dev/sbx/cluster/spec"
 	"github.com/sbx-dev/sbx/daemon"
+	"github.com/sbx-dev/sbx/daemon/api"
 	"github.com/sbx-dev/sbx/daemon/runenv"
 )
 
@@ -56,7 +57,7 @@ func sandboxEnv(ctx context.Context, g *globalOptions, name string, f envFlags) 
 	defer c.Close()
 	st, err := c.Sandbox(ctx, name)
 	if err != nil {
-		if daemon.IsNotFound(err) {
+		if api.IsNotFound(err) {
 			return runenv.Env{}, userError(fmt.Errorf("sandbox %q is not connected", name), "`sbx status` lists the connected sandboxes; connect it with `sbx connect -f FILE`")
 		}
 		return runenv.Env{}, err
@@ -87,7 +88,7 @@ func sandboxEnv(ctx context.Context, g *globalOptions, name string, f envFlags) 
 		}
 	}
 	env := runenv.Build(sb, base)
-	if st.Phase != daemon.PhaseReady {
+	if st.Phase != api.PhaseReady {
 		env.Note(fmt.Sprintf("sandbox %s is %s: keyed requests and calls to cluster names work once it is ready (`sbx status %s`)", st.Name, st.Phase, st.Name))
 	}
 	return env, nil
@@ -98,12 +99,12 @@ func sandboxEnv(ctx context.Context, g *globalOptions, name string, f envFlags) 
 // $KUBECONFIG (or none) still reads the cluster the sandbox is in;
 // --kubeconfig and --context override them. Only with a daemon too old to
 // report the sandbox's kubeconfig does this shell's take its place.
-func baselineKubeOptions(g *globalOptions, st daemon.SandboxStatus) kube.Options {
+func baselineKubeOptions(g *globalOptions, st api.SandboxStatus) kube.Options {
 	src := kubeconfigSource(g)
 	if g.kubeconfig == "" && st.Kubeconfig != nil {
 		src = *st.Kubeconfig
 	}
-	opts := src.Options()
+	opts := daemon.SourceOptions(src)
 	opts.Context, opts.UserAgent = firstNonEmpty(g.context, st.Context), "sbx-env"
 	return opts
 }
@@ -112,13 +113,13 @@ func baselineKubeOptions(g *globalOptions, st daemon.SandboxStatus) kube.Options
 // endpoint: one from before the endpoint existed (its proxy asks for no
 // credential).
 func olderDaemon(err error) bool {
-	var ae *daemon.APIError
+	var ae *api.APIError
 	return errors.As(err, &ae) && ae.StatusCode == http.StatusNotFound && strings.HasPrefix(ae.Message, "no such endpoint")
 }
 
 // proxyAddrOf is the outbound proxy's address when outbound access runs
 // in proxy mode, else "" (hosts mode needs no variables).
-func proxyAddrOf(st daemon.Status) string {
+func proxyAddrOf(st api.Status) string {
 	if st.Outbound == nil {
 		return ""
 	}
@@ -142,7 +143,7 @@ type localWorkload struct {
 
 // localWorkloads lists the sandbox's local workloads from its mappings,
 // each with the baseline workload it stands in for.
-func localWorkloads(st daemon.SandboxStatus) []localWorkload {
+func localWorkloads(st api.SandboxStatus) []localWorkload {
 	var out []localWorkload
 	for _, m := range st.Mappings {
 		if slices.ContainsFunc(out, func(w localWorkload) bool { return w.name == m.Workload }) {
@@ -155,7 +156,7 @@ func localWorkloads(st daemon.SandboxStatus) []localWorkload {
 
 // baselineEnv finds the baseline workload the flags and the sandbox
 // designate and reads its container's environment.
-func baselineEnv(ctx context.Context, kc kubernetes.Interface, dyn dynamic.Interface, st daemon.SandboxStatus, f envFlags) (*runenv.Env, error) {
+func baselineEnv(ctx context.Context, kc kubernetes.Interface, dyn dynamic.Interface, st api.SandboxStatus, f envFlags) (*runenv.Env, error) {
 	locals := localWorkloads(st)
 	var lw localWorkload
 	switch {

@@ -12,6 +12,8 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/sbx-dev/sbx/daemon"
+	"github.com/sbx-dev/sbx/daemon/api"
+	"github.com/sbx-dev/sbx/daemon/client"
 	"github.com/sbx-dev/sbx/daemon/config"
 	"github.com/sbx-dev/sbx/daemon/service"
 )
@@ -83,10 +85,10 @@ with -o json, one JSON event per line (the first a full snapshot).`,
 
 // connectedSandbox asks the daemon for one sandbox; one it does not know
 // is a usage error that says how to connect it.
-func connectedSandbox(ctx context.Context, c *daemon.Client, name string) (daemon.SandboxStatus, error) {
+func connectedSandbox(ctx context.Context, c *client.Client, name string) (api.SandboxStatus, error) {
 	sb, err := c.Sandbox(ctx, name)
 	if err != nil {
-		if daemon.IsNotFound(err) {
+		if api.IsNotFound(err) {
 			return sb, userError(err, "connect it with `sbx connect -f FILE`")
 		}
 		return sb, classify(err, "")
@@ -97,7 +99,7 @@ func connectedSandbox(ctx context.Context, c *daemon.Client, name string) (daemo
 // watchStatus follows the daemon's watch stream. Text re-renders the whole
 // (or the named sandbox's) status after each change; json/yaml print each
 // event.
-func watchStatus(cmd *cobra.Command, g *globalOptions, c *daemon.Client, name, format string) error {
+func watchStatus(cmd *cobra.Command, g *globalOptions, c *client.Client, name, format string) error {
 	ctx := cmd.Context()
 	for {
 		w, err := c.Watch(ctx)
@@ -107,7 +109,7 @@ func watchStatus(cmd *cobra.Command, g *globalOptions, c *daemon.Client, name, f
 			}
 			return err
 		}
-		var st daemon.Status
+		var st api.Status
 		err = func() error {
 			defer w.Close()
 			for {
@@ -115,7 +117,7 @@ func watchStatus(cmd *cobra.Command, g *globalOptions, c *daemon.Client, name, f
 				if err != nil {
 					return err
 				}
-				applyEvent(&st, ev)
+				st.Apply(ev)
 				if format != "text" {
 					if name != "" && ev.Snapshot == nil && (ev.Sandbox == nil || ev.Sandbox.Name != name) && ev.Removed != name {
 						continue
@@ -141,7 +143,7 @@ func watchStatus(cmd *cobra.Command, g *globalOptions, c *daemon.Client, name, f
 		switch {
 		case ctx.Err() != nil:
 			return nil
-		case errors.Is(err, daemon.ErrWatchDropped):
+		case errors.Is(err, api.ErrWatchDropped):
 			continue // fell behind: start over with a fresh snapshot
 		case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF):
 			// A failure, not a usage error: exit 1.
@@ -153,37 +155,10 @@ func watchStatus(cmd *cobra.Command, g *globalOptions, c *daemon.Client, name, f
 	}
 }
 
-// applyEvent folds a watch event into st.
-func applyEvent(st *daemon.Status, ev daemon.Event) {
-	switch {
-	case ev.Snapshot != nil:
-		*st = *ev.Snapshot
-	case ev.Sandbox != nil:
-		for i := range st.Sandboxes {
-			if st.Sandboxes[i].Name == ev.Sandbox.Name {
-				st.Sandboxes[i] = *ev.Sandbox
-				return
-			}
-		}
-		st.Sandboxes = append(st.Sandboxes, *ev.Sandbox)
-	case ev.Removed != "":
-		for i := range st.Sandboxes {
-			if st.Sandboxes[i].Name == ev.Removed {
-				st.Sandboxes = append(st.Sandboxes[:i], st.Sandboxes[i+1:]...)
-				return
-			}
-		}
-	case ev.Config != nil:
-		st.ConfigError = *ev.Config
-	case ev.Outbound != nil:
-		st.Outbound = ev.Outbound
-	}
-}
-
 // renderOutbound says how local processes reach cluster names: the mode,
 // where (hosts file or proxy address), how many Services, and what is
 // wrong.
-func renderOutbound(o daemon.OutboundStatus) string {
+func renderOutbound(o api.OutboundStatus) string {
 	var b strings.Builder
 	b.WriteString("outbound: ")
 	switch {
@@ -193,7 +168,7 @@ func renderOutbound(o daemon.OutboundStatus) string {
 		fmt.Fprintf(&b, "hosts file %s, %d Service(s)", o.HostsFile, len(o.Services))
 	case o.ProxyAddr != "":
 		fmt.Fprintf(&b, "proxy %s (HTTP and SOCKS5, password-protected; `sbx run` and `sbx env` pass it), %d Service(s)", o.ProxyAddr, o.Discovered)
-	case o.Mode == config.ModeOff:
+	case o.Mode == string(config.ModeOff):
 		b.WriteString("off (outbound.mode in the sbx config)")
 	default:
 		b.WriteString(string(o.Mode))
@@ -218,7 +193,7 @@ func renderOutbound(o daemon.OutboundStatus) string {
 	return b.String()
 }
 
-func renderStatus(st daemon.Status, now time.Time) string {
+func renderStatus(st api.Status, now time.Time) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "sbx daemon %s (pid %d), log %s\n", st.Version, st.PID, st.LogPath)
 	b.WriteString(renderManaged(st.Managed) + "\n")
@@ -254,7 +229,7 @@ func renderManaged(manager string) string {
 	}
 }
 
-func renderSandbox(sb daemon.SandboxStatus, now time.Time) string {
+func renderSandbox(sb api.SandboxStatus, now time.Time) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "%s  %s", sb.Name, sb.Phase)
 	if !sb.ReadySince.IsZero() {
@@ -285,12 +260,12 @@ func renderSandbox(sb daemon.SandboxStatus, now time.Time) string {
 
 // renderRouteState says in one line whether keyed requests reach the
 // sandbox and how often the daemon had to put its routes back.
-func renderRouteState(name string, r daemon.RouteState, now time.Time) string {
+func renderRouteState(name string, r api.RouteState, now time.Time) string {
 	var b strings.Builder
 	switch r.Keyed {
-	case daemon.KeyedSandbox:
+	case api.KeyedSandbox:
 		b.WriteString("effective (keyed requests reach the sandbox from every namespace)")
-	case daemon.KeyedPartial:
+	case api.KeyedPartial:
 		b.WriteString("PARTIAL: " + r.Message)
 	default:
 		b.WriteString("NOT effective: " + r.Message)
@@ -301,7 +276,7 @@ func renderRouteState(name string, r daemon.RouteState, now time.Time) string {
 	if r.Error != "" {
 		fmt.Fprintf(&b, "; last check failed: %s", r.Error)
 	}
-	if r.Keyed != daemon.KeyedSandbox || len(r.Warnings) > 0 {
+	if r.Keyed != api.KeyedSandbox || len(r.Warnings) > 0 {
 		b.WriteString(" (`sbx routes " + name + "` shows each client namespace)")
 	}
 	return b.String()
@@ -322,7 +297,7 @@ func humanBytes(n int64) string {
 
 // printEvent writes one watch event: a single line of JSON (NDJSON, for
 // jq and scripts) or a YAML document.
-func printEvent(w io.Writer, format string, ev daemon.Event) error {
+func printEvent(w io.Writer, format string, ev api.Event) error {
 	if format == "json" {
 		return json.NewEncoder(w).Encode(ev)
 	}

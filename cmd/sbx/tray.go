@@ -10,7 +10,7 @@ import (
 	"path/filepath"
 	"strings"
 
-	"github.com/sbx-dev/sbx/daemon"
+	"github.com/sbx-dev/sbx/daemon/client"
 	"github.com/sbx-dev/sbx/systray"
 	"github.com/spf13/cobra"
 )
@@ -62,7 +62,7 @@ Windows); --uninstall removes it.`,
 			}
 			logger := slog.New(slog.NewTextHandler(g.stderr, &slog.HandlerOptions{Level: level}))
 			paths := daemonPaths()
-			c := &daemon.Client{Socket: paths.Socket()}
+			c := &client.Client{Socket: paths.Socket()}
 			defer c.Close()
 			return systray.Run(cmd.Context(), systray.Options{
 				Client: systray.DaemonClient{C: c, Start: func(ctx context.Context) error {

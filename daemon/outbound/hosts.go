@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/sbx-dev/sbx/cluster/discovery"
+	"github.com/sbx-dev/sbx/daemon/api"
 	"github.com/sbx-dev/sbx/daemon/hostsfile"
 	"github.com/sbx-dev/sbx/daemon/peeruid"
 	"github.com/sbx-dev/sbx/daemon/proxy"
@@ -71,7 +72,7 @@ type Hosts struct {
 	mu        sync.Mutex
 	listeners map[netip.AddrPort]*portListener
 	allowed   map[netip.Addr]allowedHosts // the names each address answers to
-	status    []HostsEntry
+	status    []api.HostsEntry
 	running   bool
 	closed    bool
 	closeErr  error
@@ -86,25 +87,6 @@ type portListener struct {
 type listenSpec struct {
 	target string
 	http   bool // inject baggage into HTTP/1.x requests
-}
-
-// HostsEntry is the state of one Service in hosts mode.
-type HostsEntry struct {
-	Service string       `json:"service"` // namespace/name
-	IP      netip.Addr   `json:"ip"`
-	Names   []string     `json:"names"`
-	Ports   []PortStatus `json:"ports"`
-}
-
-// PortStatus says whether a Service port is being listened on.
-type PortStatus struct {
-	Port      int32  `json:"port"`
-	Target    string `json:"target"`
-	Listening bool   `json:"listening"`
-	// InjectBaggage is set on HTTP/1.x ports whose requests get the
-	// routing key added.
-	InjectBaggage bool   `json:"injectBaggage,omitempty"`
-	Error         string `json:"error,omitempty"`
 }
 
 // NewHosts takes ownership of the hosts file (failing with an error
@@ -229,7 +211,7 @@ func (h *Hosts) reconcile() (failed bool) {
 	}
 
 	var entries []hostsfile.Entry
-	status := make([]HostsEntry, 0, len(reachable))
+	status := make([]api.HostsEntry, 0, len(reachable))
 	h.allowed = make(map[netip.Addr]allowedHosts, len(reachable))
 	for _, s := range reachable {
 		ip, ok := h.alloc.byKey[s.Key()]
@@ -238,10 +220,10 @@ func (h *Hosts) reconcile() (failed bool) {
 		}
 		entries = append(entries, hostsfile.Entry{IP: ip, Names: s.Names})
 		h.allowed[ip] = newAllowedHosts(ip, s.Names)
-		e := HostsEntry{Service: s.Key(), IP: ip, Names: s.Names}
+		e := api.HostsEntry{Service: s.Key(), IP: ip, Names: s.Names}
 		for _, p := range tcpPorts(s) {
 			ap := netip.AddrPortFrom(ip, uint16(p.Port))
-			ps := PortStatus{Port: p.Port, Target: want[ap].target, InjectBaggage: want[ap].http}
+			ps := api.OutboundPort{Port: p.Port, Target: want[ap].target, InjectBaggage: want[ap].http}
 			if _, ok := h.listeners[ap]; ok {
 				ps.Listening = true
 			} else if err := listenErr[ap]; err != nil {
@@ -382,7 +364,7 @@ func (r *refusalLog) log(log *slog.Logger, c net.Conn, target string, ref *refus
 }
 
 // Status returns each Service's IP, names and ports.
-func (h *Hosts) Status() []HostsEntry {
+func (h *Hosts) Status() []api.HostsEntry {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	return slices.Clone(h.status)

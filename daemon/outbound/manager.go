@@ -6,6 +6,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/sbx-dev/sbx/daemon/api"
 	"github.com/sbx-dev/sbx/daemon/config"
 )
 
@@ -85,12 +86,12 @@ func (m *Manager) SetConfig(cfg config.Outbound) {
 }
 
 // Status is the current Runner's Status, or the reason there is none.
-func (m *Manager) Status() Status {
+func (m *Manager) Status() api.OutboundStatus {
 	m.mu.Lock()
 	r, errMsg, cfg := m.current, m.err, m.cfg
 	m.mu.Unlock()
 	if r == nil {
-		return Status{Mode: cfg.Mode, Error: errMsg}
+		return api.OutboundStatus{Mode: string(cfg.Mode), Error: errMsg}
 	}
 	return r.Status()
 }

@@ -10,6 +10,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/sbx-dev/sbx/daemon/api"
 	"github.com/sbx-dev/sbx/daemon/config"
 )
 
@@ -24,7 +25,7 @@ func TestManagerFollowsConfig(t *testing.T) {
 
 	require.Eventually(t, func() bool { return m.Status().ProxyAddr != "" }, 10*time.Second, 5*time.Millisecond)
 	proxyAddr := m.Status().ProxyAddr
-	require.Equal(t, config.ModeProxy, m.Status().Mode)
+	require.Equal(t, string(config.ModeProxy), m.Status().Mode)
 	require.Equal(t, original, e.read(t))
 
 	// The same config again changes nothing.
@@ -34,14 +35,14 @@ func TestManagerFollowsConfig(t *testing.T) {
 	// A live edit to hosts mode: the proxy goes, the hosts block comes.
 	m.SetConfig(outboundCfg(e, config.ModeHosts))
 	require.Eventually(t, func() bool { return len(m.Status().Services) == 1 }, 10*time.Second, 5*time.Millisecond)
-	require.Equal(t, config.ModeHosts, m.Status().Mode)
+	require.Equal(t, string(config.ModeHosts), m.Status().Mode)
 	require.Contains(t, e.read(t), "driver.hotrod.svc.cluster.local")
 	_, err := net.DialTimeout("tcp", proxyAddr, 5*time.Second)
 	require.Error(t, err, "the old proxy is closed")
 
 	// Off: everything undone.
 	m.SetConfig(config.Outbound{Mode: config.ModeOff})
-	require.Eventually(t, func() bool { return m.Status().Mode == config.ModeOff }, 10*time.Second, 5*time.Millisecond)
+	require.Eventually(t, func() bool { return m.Status().Mode == string(config.ModeOff) }, 10*time.Second, 5*time.Millisecond)
 	require.Equal(t, original, e.read(t))
 
 	cancel()
@@ -84,11 +85,11 @@ func TestManagerWaitStarted(t *testing.T) {
 		cfg     func(e *hostsEnv) config.Outbound
 		run     bool // start the Manager
 		want    error
-		started func(t *testing.T, st Status)
+		started func(t *testing.T, st api.OutboundStatus)
 	}{
 		{name: "runner up", run: true,
 			cfg: func(e *hostsEnv) config.Outbound { return outboundCfg(e, config.ModeProxy) },
-			started: func(t *testing.T, st Status) {
+			started: func(t *testing.T, st api.OutboundStatus) {
 				require.NotEmpty(t, st.ProxyAddr)
 				require.Empty(t, st.Error)
 			}},
@@ -98,7 +99,7 @@ func TestManagerWaitStarted(t *testing.T) {
 				c.ProxyListen = busy.Addr().String()
 				return c
 			},
-			started: func(t *testing.T, st Status) {
+			started: func(t *testing.T, st api.OutboundStatus) {
 				require.Empty(t, st.ProxyAddr)
 				require.Contains(t, st.Error, busy.Addr().String())
 			}},

@@ -10,6 +10,7 @@ import (
 	"reflect"
 	"sync"
 
+	"github.com/sbx-dev/sbx/daemon/api"
 	"github.com/sbx-dev/sbx/daemon/config"
 	"github.com/sbx-dev/sbx/daemon/hostsfile"
 	"github.com/sbx-dev/sbx/daemon/proxy"
@@ -39,24 +40,6 @@ type Options struct {
 	// only then.
 	ProxyPassword func() (string, error)
 	Logger        *slog.Logger
-}
-
-// Status is what `sbx status` shows about outbound access.
-type Status struct {
-	// Mode is the mode in effect (auto resolved to hosts or proxy).
-	Mode config.OutboundMode `json:"mode"`
-	// ProxyAddr is the SOCKS5/HTTP proxy's host:port in proxy mode; `sbx
-	// run` and `sbx env` turn it into HTTP_PROXY and friends, with the
-	// credential, which is never part of the status.
-	ProxyAddr string `json:"proxyAddr,omitempty"`
-	// HostsFile is the edited hosts file in hosts mode.
-	HostsFile string `json:"hostsFile,omitempty"`
-	// Services are the hosts-mode Services with their IPs and ports.
-	Services []HostsEntry `json:"services,omitempty"`
-	// Note explains a fallback (auto chose proxy because ...).
-	Note string `json:"note,omitempty"`
-	// Error says why outbound access is off (Manager only).
-	Error string `json:"error,omitempty"`
 }
 
 // Runner is outbound access in the mode the config asks for.
@@ -194,8 +177,8 @@ func (r *Runner) Close() error {
 }
 
 // Status reports the mode in effect and its details.
-func (r *Runner) Status() Status {
-	st := Status{Mode: r.mode, Note: r.note}
+func (r *Runner) Status() api.OutboundStatus {
+	st := api.OutboundStatus{Mode: string(r.mode), Note: r.note}
 	if r.hosts != nil {
 		st.HostsFile = r.hosts.HostsFile()
 		st.Services = r.hosts.Status()

@@ -81,7 +81,7 @@ func TestRunnerAutoPicksHosts(t *testing.T) {
 	stop := runRunner(t, r)
 	require.Eventually(t, func() bool { return len(r.Status().Services) == 1 }, 10*time.Second, 10*time.Millisecond)
 	st := r.Status()
-	require.Equal(t, config.ModeHosts, st.Mode)
+	require.Equal(t, string(config.ModeHosts), st.Mode)
 	require.Empty(t, st.ProxyAddr)
 	require.Nil(t, r.ProxyAddr())
 	reply, err := roundTrip(t, e.hosts, "driver", 8082, "hi")
@@ -132,7 +132,7 @@ func TestRunnerAutoFallsBackToProxy(t *testing.T) {
 				stop := runRunner(t, r)
 				defer stop()
 				st := r.Status()
-				require.Equal(t, config.ModeProxy, st.Mode)
+				require.Equal(t, string(config.ModeProxy), st.Mode)
 				require.Contains(t, st.Note, tc.note)
 				require.NotEmpty(t, st.ProxyAddr)
 				// The Catalog decides: a short name of the sandbox's namespace
@@ -161,14 +161,14 @@ func TestRunnerExplicitModes(t *testing.T) {
 
 	r, err := Start(Options{ProxyPassword: testProxyPassword, Config: outboundCfg(e, config.ModeProxy), Catalog: e.cat, Dial: e.si.dial})
 	require.NoError(t, err)
-	require.Equal(t, config.ModeProxy, r.Status().Mode)
+	require.Equal(t, string(config.ModeProxy), r.Status().Mode)
 	require.Empty(t, r.Status().Note)
 	require.NoError(t, r.Close())
 	require.Equal(t, original, e.read(t), "proxy mode never touches the hosts file")
 
 	r, err = Start(Options{ProxyPassword: testProxyPassword, Config: config.Outbound{Mode: config.ModeOff}})
 	require.NoError(t, err)
-	require.Equal(t, config.ModeOff, r.Status().Mode)
+	require.Equal(t, string(config.ModeOff), r.Status().Mode)
 	stop := runRunner(t, r)
 	stop()
 

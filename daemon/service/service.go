@@ -19,7 +19,7 @@ import (
 )
 
 // Manager names a service manager. It is what a daemon it runs reports in
-// its status (daemon.Status.Managed).
+// its status (api.Status.Managed).
 type Manager string
 
 // The managers sbx installs the daemon with.

@@ -22,6 +22,8 @@ import (
 	"github.com/sbx-dev/sbx/cluster/kube"
 	"github.com/sbx-dev/sbx/cluster/spec"
 	"github.com/sbx-dev/sbx/daemon"
+	"github.com/sbx-dev/sbx/daemon/api"
+	"github.com/sbx-dev/sbx/daemon/client"
 	"github.com/sbx-dev/sbx/daemon/config"
 	"github.com/sbx-dev/sbx/tools/testbed/sim"
 )
@@ -33,8 +35,8 @@ import (
 // and the end-to-end tests drive it.
 type Env struct {
 	Sim    *sim.Cluster
-	Client *daemon.Client
-	Paths  daemon.Paths
+	Client *client.Client
+	Paths  api.Paths
 	// ConfigPath is the daemon's user config; HostsFile the private hosts
 	// file its hosts mode edits (never the system's).
 	ConfigPath string
@@ -66,7 +68,7 @@ func Start(ctx context.Context, dir string, logger *slog.Logger, opts sim.Option
 	e := &Env{
 		Sim: c,
 		Log: logger,
-		Paths: daemon.Paths{
+		Paths: api.Paths{
 			RuntimeDir: filepath.Join(dir, "run"),
 			StateDir:   filepath.Join(dir, "state"),
 		},
@@ -82,7 +84,7 @@ func Start(ctx context.Context, dir string, logger *slog.Logger, opts sim.Option
 		// args; the image is only written into the Deployment.
 		DefaultRelayImage: "ghcr.io/sbx-dev/sbx:sim",
 	})
-	e.Client = &daemon.Client{Socket: e.Paths.Socket()}
+	e.Client = &client.Client{Socket: e.Paths.Socket()}
 	e.ConfigPath = filepath.Join(dir, "config.yaml")
 	e.HostsFile = filepath.Join(dir, "hosts")
 	if err := os.WriteFile(e.HostsFile, []byte("127.0.0.1 localhost\n"), 0o644); err != nil {
@@ -113,7 +115,7 @@ func (e *Env) StartDaemon(ctx context.Context) error {
 		ConfigPath:    e.ConfigPath,
 		Logger:        e.Log.With("side", "laptop"),
 		Version:       "demo",
-		Clusters:      func(context.Context, daemon.KubeconfigSource, string) (daemon.Cluster, error) { return e.cluster, nil },
+		Clusters:      func(context.Context, api.KubeconfigSource, string) (daemon.Cluster, error) { return e.cluster, nil },
 		StatsInterval: 200 * time.Millisecond,
 		Backoff:       daemon.Backoff{Min: 100 * time.Millisecond, Max: time.Second},
 	})
@@ -157,7 +159,7 @@ func (e *Env) StopDaemon() error {
 	stop()
 	err := <-errc
 	e.Client.Close()
-	e.Client = &daemon.Client{Socket: e.Paths.Socket()}
+	e.Client = &client.Client{Socket: e.Paths.Socket()}
 	return err
 }
 
@@ -240,8 +242,8 @@ func (e *Env) LaptopClient() *http.Client {
 
 // Connect connects a sandbox that sends route (hotrod) to local, and
 // waits until it is ready.
-func (e *Env) Connect(ctx context.Context, name, local string, progress func(daemon.Progress)) (daemon.SandboxStatus, error) {
-	return e.Client.Connect(ctx, daemon.ConnectRequest{
+func (e *Env) Connect(ctx context.Context, name, local string, progress func(api.Progress)) (api.SandboxStatus, error) {
+	return e.Client.Connect(ctx, api.ConnectRequest{
 		Spec:    routeSandbox(name, local),
 		Wait:    true,
 		Timeout: 30 * time.Second,

@@ -1,4 +1,8 @@
-package daemon
+// Package client is the Go client of the daemon's local API: plain HTTP over
+// the unix socket, errors as the typed values of daemon/api. It imports
+// daemon/api and the standard library only, so that the tray and other
+// clients do not link the daemon's Kubernetes adapter.
+package client
 
 import (
 	"bufio"
@@ -12,13 +16,15 @@ import (
 	"net/http"
 	"net/url"
 	"sync"
+
+	"github.com/sbx-dev/sbx/daemon/api"
 )
 
 // Client talks to the daemon's local API. The zero value works: it dials
-// the default socket (DefaultPaths). It is safe for concurrent use; do not
+// the default socket (api.DefaultPaths). It is safe for concurrent use; do not
 // copy it after first use.
 type Client struct {
-	// Socket is the socket path; empty means DefaultPaths(nil).Socket().
+	// Socket is the socket path; empty means api.DefaultPaths(nil).Socket().
 	Socket string
 	// Dial opens a connection to the daemon; nil dials Socket. Tests swap
 	// it.
@@ -28,63 +34,11 @@ type Client struct {
 	hc   *http.Client
 }
 
-// APIError is an error answer of the daemon ({"error": "..."}).
-type APIError struct {
-	StatusCode int
-	Message    string
-}
-
-// Error returns the daemon's message.
-func (e *APIError) Error() string { return e.Message }
-
-// NotRunningError means no daemon answers on the socket.
-type NotRunningError struct {
-	Socket string
-	Err    error
-}
-
-// Error says that no daemon runs and how to start one.
-func (e *NotRunningError) Error() string {
-	return fmt.Sprintf("the sbx daemon is not running (nothing answers on %s); start it with `sbx daemon`, or run any command that needs it", e.Socket)
-}
-
-// Unwrap returns the dial error.
-func (e *NotRunningError) Unwrap() error { return e.Err }
-
-// ConnectError is a waiting connect that ended without a ready sandbox.
-type ConnectError struct {
-	Sandbox string
-	Phase   Phase
-	Message string
-	// DaemonStopping: the daemon's shutdown broke the connect off.
-	DaemonStopping bool
-}
-
-// Error returns the daemon's explanation.
-func (e *ConnectError) Error() string { return e.Message }
-
-// ErrWatchDropped ends a watch whose reader fell behind; watch again for a
-// fresh snapshot.
-var ErrWatchDropped = errors.New(errWatchDroppedMsg)
-
-// IsNotFound reports whether err is the daemon saying the sandbox is
-// unknown.
-func IsNotFound(err error) bool {
-	var ae *APIError
-	return errors.As(err, &ae) && ae.StatusCode == http.StatusNotFound
-}
-
-// IsNotRunning reports whether err means no daemon is running.
-func IsNotRunning(err error) bool {
-	var nr *NotRunningError
-	return errors.As(err, &nr)
-}
-
 func (c *Client) socket() string {
 	if c.Socket != "" {
 		return c.Socket
 	}
-	return DefaultPaths(nil).Socket()
+	return api.DefaultPaths(nil).Socket()
 }
 
 func (c *Client) http() *http.Client {
@@ -101,7 +55,7 @@ func (c *Client) http() *http.Client {
 			DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
 				conn, err := dial(ctx)
 				if err != nil {
-					return nil, &NotRunningError{Socket: c.socket(), Err: err}
+					return nil, &api.NotRunningError{Socket: c.socket(), Err: err}
 				}
 				return conn, nil
 			},
@@ -123,7 +77,7 @@ func (c *Client) do(ctx context.Context, method, path string, body any) (*http.R
 		}
 		rd = bytes.NewReader(b)
 	}
-	req, err := http.NewRequestWithContext(ctx, method, "http://"+apiHost+path, rd)
+	req, err := http.NewRequestWithContext(ctx, method, "http://"+api.Host+path, rd)
 	if err != nil {
 		return nil, err
 	}
@@ -132,7 +86,7 @@ func (c *Client) do(ctx context.Context, method, path string, body any) (*http.R
 	}
 	resp, err := c.http().Do(req)
 	if err != nil {
-		var nr *NotRunningError
+		var nr *api.NotRunningError
 		if errors.As(err, &nr) {
 			return nil, nr
 		}
@@ -147,7 +101,7 @@ func (c *Client) do(ctx context.Context, method, path string, body any) (*http.R
 		if json.Unmarshal(b, &e) != nil || e.Error == "" {
 			e.Error = fmt.Sprintf("daemon answered %s: %s", resp.Status, bytes.TrimSpace(b))
 		}
-		return nil, &APIError{StatusCode: resp.StatusCode, Message: e.Error}
+		return nil, &api.APIError{StatusCode: resp.StatusCode, Message: e.Error}
 	}
 	return resp, nil
 }
@@ -169,8 +123,8 @@ func (c *Client) doJSON(ctx context.Context, method, path string, body, out any)
 }
 
 // Status returns the daemon's whole state.
-func (c *Client) Status(ctx context.Context) (Status, error) {
-	var st Status
+func (c *Client) Status(ctx context.Context) (api.Status, error) {
+	var st api.Status
 	err := c.doJSON(ctx, http.MethodGet, "/v1/status", nil, &st)
 	return st, err
 }
@@ -178,15 +132,15 @@ func (c *Client) Status(ctx context.Context) (Status, error) {
 // ProxyCredential returns the outbound proxy's user name and password,
 // which `sbx run` and `sbx env` put into the proxy URLs. A daemon older
 // than the credential answers with an *APIError of status 404.
-func (c *Client) ProxyCredential(ctx context.Context) (ProxyCredential, error) {
-	var pc ProxyCredential
+func (c *Client) ProxyCredential(ctx context.Context) (api.ProxyCredential, error) {
+	var pc api.ProxyCredential
 	err := c.doJSON(ctx, http.MethodGet, "/v1/proxy-credential", nil, &pc)
 	return pc, err
 }
 
 // Sandbox returns one sandbox's status; IsNotFound(err) when unknown.
-func (c *Client) Sandbox(ctx context.Context, name string) (SandboxStatus, error) {
-	var st SandboxStatus
+func (c *Client) Sandbox(ctx context.Context, name string) (api.SandboxStatus, error) {
+	var st api.SandboxStatus
 	err := c.doJSON(ctx, http.MethodGet, "/v1/sandboxes/"+url.PathEscape(name), nil, &st)
 	return st, err
 }
@@ -194,14 +148,14 @@ func (c *Client) Sandbox(ctx context.Context, name string) (SandboxStatus, error
 // Connect asks the daemon to connect req.Spec. Without req.Wait it returns
 // the accepted status at once. With it, progress is called for every step
 // and Connect returns the ready status, or a *ConnectError.
-func (c *Client) Connect(ctx context.Context, req ConnectRequest, progress func(Progress)) (SandboxStatus, error) {
+func (c *Client) Connect(ctx context.Context, req api.ConnectRequest, progress func(api.Progress)) (api.SandboxStatus, error) {
 	resp, err := c.do(ctx, http.MethodPut, "/v1/sandboxes/"+url.PathEscape(req.Spec.Name), req)
 	if err != nil {
-		return SandboxStatus{}, err
+		return api.SandboxStatus{}, err
 	}
 	defer resp.Body.Close()
 	if !req.Wait {
-		var st SandboxStatus
+		var st api.SandboxStatus
 		if err := json.NewDecoder(resp.Body).Decode(&st); err != nil {
 			return st, fmt.Errorf("decode the daemon's answer to connect: %w", err)
 		}
@@ -209,12 +163,12 @@ func (c *Client) Connect(ctx context.Context, req ConnectRequest, progress func(
 	}
 	dec := json.NewDecoder(bufio.NewReader(resp.Body))
 	for {
-		var p Progress
+		var p api.Progress
 		if err := dec.Decode(&p); err != nil {
 			if ctx.Err() != nil {
-				return SandboxStatus{}, ctx.Err()
+				return api.SandboxStatus{}, ctx.Err()
 			}
-			return SandboxStatus{}, fmt.Errorf("the daemon ended the connect stream of sandbox %s early: %w (see `sbx logs`)", req.Spec.Name, err)
+			return api.SandboxStatus{}, fmt.Errorf("the daemon ended the connect stream of sandbox %s early: %w (see `sbx logs`)", req.Spec.Name, err)
 		}
 		if !p.Done {
 			if progress != nil {
@@ -228,13 +182,13 @@ func (c *Client) Connect(ctx context.Context, req ConnectRequest, progress func(
 			}
 			return *p.Sandbox, nil
 		}
-		return SandboxStatus{}, &ConnectError{Sandbox: req.Spec.Name, Phase: p.Phase, Message: p.Error, DaemonStopping: p.DaemonStopping}
+		return api.SandboxStatus{}, &api.ConnectError{Sandbox: req.Spec.Name, Phase: p.Phase, Message: p.Error, DaemonStopping: p.DaemonStopping}
 	}
 }
 
 // Disconnect stops the named sandbox and deletes its cluster objects.
-func (c *Client) Disconnect(ctx context.Context, name string) (DisconnectResult, error) {
-	var res DisconnectResult
+func (c *Client) Disconnect(ctx context.Context, name string) (api.DisconnectResult, error) {
+	var res api.DisconnectResult
 	err := c.doJSON(ctx, http.MethodDelete, "/v1/sandboxes/"+url.PathEscape(name), nil, &res)
 	return res, err
 }
@@ -242,40 +196,40 @@ func (c *Client) Disconnect(ctx context.Context, name string) (DisconnectResult,
 // Forget stops the named sandbox and drops it from the daemon without
 // touching the cluster (which may be gone or unreachable); its objects
 // stay until `sbx gc` collects them after the lease expired.
-func (c *Client) Forget(ctx context.Context, name string) (DisconnectResult, error) {
-	var res DisconnectResult
+func (c *Client) Forget(ctx context.Context, name string) (api.DisconnectResult, error) {
+	var res api.DisconnectResult
 	err := c.doJSON(ctx, http.MethodDelete, "/v1/sandboxes/"+url.PathEscape(name)+"?forget=true", nil, &res)
 	return res, err
 }
 
 // DeleteOrphan deletes the cluster objects of a sandbox that this daemon
 // does not own (see ListEntry.Orphan), in the cluster creq selects.
-func (c *Client) DeleteOrphan(ctx context.Context, name string, creq ClusterRequest) (DisconnectResult, error) {
-	q := creq.query()
+func (c *Client) DeleteOrphan(ctx context.Context, name string, creq api.ClusterRequest) (api.DisconnectResult, error) {
+	q := creq.Query()
 	q.Set("orphan", "true")
-	var res DisconnectResult
+	var res api.DisconnectResult
 	err := c.doJSON(ctx, http.MethodDelete, "/v1/sandboxes/"+url.PathEscape(name)+"?"+q.Encode(), nil, &res)
 	return res, err
 }
 
 // ForgetAll forgets every sandbox (see Forget).
-func (c *Client) ForgetAll(ctx context.Context) (DisconnectResult, error) {
-	var res DisconnectResult
+func (c *Client) ForgetAll(ctx context.Context) (api.DisconnectResult, error) {
+	var res api.DisconnectResult
 	err := c.doJSON(ctx, http.MethodDelete, "/v1/sandboxes?forget=true", nil, &res)
 	return res, err
 }
 
 // DisconnectAll disconnects every sandbox.
-func (c *Client) DisconnectAll(ctx context.Context) (DisconnectResult, error) {
-	var res DisconnectResult
+func (c *Client) DisconnectAll(ctx context.Context) (api.DisconnectResult, error) {
+	var res api.DisconnectResult
 	err := c.doJSON(ctx, http.MethodDelete, "/v1/sandboxes", nil, &res)
 	return res, err
 }
 
 // List returns the daemon's sandboxes and, with includeCluster, the sbx
 // objects found in the cluster selected by creq, orphans marked.
-func (c *Client) List(ctx context.Context, creq ClusterRequest, includeCluster bool) (ListResult, error) {
-	q := creq.query()
+func (c *Client) List(ctx context.Context, creq api.ClusterRequest, includeCluster bool) (api.ListResult, error) {
+	q := creq.Query()
 	if !includeCluster {
 		q.Set("cluster", "false")
 	}
@@ -283,14 +237,14 @@ func (c *Client) List(ctx context.Context, creq ClusterRequest, includeCluster b
 	if len(q) > 0 {
 		path += "?" + q.Encode()
 	}
-	var res ListResult
+	var res api.ListResult
 	err := c.doJSON(ctx, http.MethodGet, path, nil, &res)
 	return res, err
 }
 
 // GC deletes expired sandboxes in the cluster selected by creq.
-func (c *Client) GC(ctx context.Context, creq ClusterRequest) (GCResult, error) {
-	var res GCResult
+func (c *Client) GC(ctx context.Context, creq api.ClusterRequest) (api.GCResult, error) {
+	var res api.GCResult
 	err := c.doJSON(ctx, http.MethodPost, "/v1/gc", creq, &res)
 	return res, err
 }
@@ -298,7 +252,7 @@ func (c *Client) GC(ctx context.Context, creq ClusterRequest) (GCResult, error) 
 // LogPath returns the path of the daemon's log file. It answers before the
 // daemon is ready.
 func (c *Client) LogPath(ctx context.Context) (string, error) {
-	var li LogsInfo
+	var li api.LogsInfo
 	err := c.doJSON(ctx, http.MethodGet, "/v1/logs", nil, &li)
 	return li.Path, err
 }
@@ -328,22 +282,22 @@ func (c *Client) Watch(ctx context.Context) (*Watcher, error) {
 // Next returns the next event. It returns ErrWatchDropped when the daemon
 // dropped this watcher for falling behind, io.EOF when the daemon ended the
 // stream.
-func (w *Watcher) Next() (Event, error) {
+func (w *Watcher) Next() (api.Event, error) {
 	var raw struct {
-		Event
+		api.Event
 		Error string `json:"error"`
 	}
 	if err := w.dec.Decode(&raw); err != nil {
 		if errors.Is(err, io.ErrUnexpectedEOF) {
 			err = io.EOF
 		}
-		return Event{}, err
+		return api.Event{}, err
 	}
 	if raw.Error != "" {
-		if raw.Error == errWatchDroppedMsg {
-			return Event{}, ErrWatchDropped
+		if raw.Error == api.WatchDroppedMessage {
+			return api.Event{}, api.ErrWatchDropped
 		}
-		return Event{}, fmt.Errorf("watch ended: %s: %w", raw.Error, io.EOF)
+		return api.Event{}, fmt.Errorf("watch ended: %s: %w", raw.Error, io.EOF)
 	}
 	return raw.Event, nil
 }
@@ -354,22 +308,4 @@ func (w *Watcher) Close() error { return w.body.Close() }
 // Close releases the client's idle connections to the daemon.
 func (c *Client) Close() {
 	c.http().CloseIdleConnections()
-}
-
-// query encodes creq as the API's query parameters.
-func (creq ClusterRequest) query() url.Values {
-	q := url.Values{}
-	if f := creq.KubeconfigFile; f != "" {
-		q.Set("kubeconfigFile", f)
-	}
-	for _, p := range creq.KubeconfigEnv {
-		q.Add("kubeconfigEnv", p)
-	}
-	if creq.Context != "" {
-		q.Set("context", creq.Context)
-	}
-	if creq.Namespace != "" {
-		q.Set("namespace", creq.Namespace)
-	}
-	return q
 }

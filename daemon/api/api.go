@@ -1,9 +1,16 @@
-package daemon
+// Package api is the daemon's local API as its clients see it: the types
+// that cross the unix socket, folding watch events into a Status, the
+// paths the daemon and its clients agree on, and the errors the daemon
+// answers with. It imports the standard library and Kubernetes-free sbx
+// packages only (cluster/spec, cluster/meshreport), so that a client (the
+// CLI's printing, the tray) does not link Kubernetes; the daemon fills
+// these types, daemon/client carries them.
+package api
 
 import (
 	"time"
 
-	"github.com/sbx-dev/sbx/cluster/istiovs"
+	"github.com/sbx-dev/sbx/cluster/meshreport"
 	"github.com/sbx-dev/sbx/cluster/spec"
 )
 
@@ -69,9 +76,9 @@ type SandboxStatus struct {
 
 // Keyed states of RouteState, worst last.
 const (
-	KeyedSandbox  = istiovs.KeyedSandbox  // every client's keyed requests reach the sandbox
-	KeyedPartial  = istiovs.KeyedPartial  // some clients' do
-	KeyedBaseline = istiovs.KeyedBaseline // none do
+	KeyedSandbox  = meshreport.KeyedSandbox  // every client's keyed requests reach the sandbox
+	KeyedPartial  = meshreport.KeyedPartial  // some clients' do
+	KeyedBaseline = meshreport.KeyedBaseline // none do
 )
 
 // RouteState is what the sandbox's mesh routes do. While the sandbox is
@@ -92,7 +99,7 @@ type RouteState struct {
 	Warnings []string `json:"warnings,omitempty"`
 	// Ports say, per mapped Service port and client namespace, which
 	// VirtualService applies and whether keyed requests reach the sandbox.
-	Ports []istiovs.PortReport `json:"ports,omitempty"`
+	Ports []meshreport.PortReport `json:"ports,omitempty"`
 	// Error is why the last check failed (the state above is older).
 	Error     string    `json:"error,omitempty"`
 	CheckedAt time.Time `json:"checkedAt,omitzero"`
@@ -150,9 +157,9 @@ type ConnectRequest struct {
 	RotateToken bool `json:"rotateToken,omitempty"`
 }
 
-// rotateOnly reports whether req only rotates the token of a connected
+// RotateOnly reports whether req only rotates the token of a connected
 // sandbox, keeping its spec.
-func (req ConnectRequest) rotateOnly() bool {
+func (req ConnectRequest) RotateOnly() bool {
 	return req.RotateToken && len(req.Spec.Spec.Local) == 0
 }
 
@@ -200,7 +207,7 @@ type ListResult struct {
 	ClusterError string      `json:"clusterError,omitempty"`
 	// Leftovers are VirtualServices holding routes of sandboxes that are
 	// gone (their Lease was deleted or collected): `sbx gc` removes them.
-	Leftovers []istiovs.Leftover `json:"leftovers,omitempty"`
+	Leftovers []meshreport.Leftover `json:"leftovers,omitempty"`
 }
 
 // ClusterRequest selects a cluster for list and gc, as kubectl flags would.
@@ -236,8 +243,8 @@ type KubeconfigSource struct {
 // GCResult names the sandboxes whose expired objects gc deleted, and the
 // VirtualServices it removed dead routes from (or deleted).
 type GCResult struct {
-	Deleted []string           `json:"deleted"`
-	Routes  []istiovs.Leftover `json:"routes,omitempty"`
+	Deleted []string              `json:"deleted"`
+	Routes  []meshreport.Leftover `json:"routes,omitempty"`
 }
 
 // ProxyCredential is what a client of the outbound proxy authenticates

@@ -1,0 +1,63 @@
+package api
+
+import (
+	"errors"
+	"fmt"
+	"net/http"
+)
+
+// APIError is an error answer of the daemon ({"error": "..."}).
+type APIError struct {
+	StatusCode int
+	Message    string
+}
+
+// Error returns the daemon's message.
+func (e *APIError) Error() string { return e.Message }
+
+// NotRunningError means no daemon answers on the socket.
+type NotRunningError struct {
+	Socket string
+	Err    error
+}
+
+// Error says that no daemon runs and how to start one.
+func (e *NotRunningError) Error() string {
+	return fmt.Sprintf("the sbx daemon is not running (nothing answers on %s); start it with `sbx daemon`, or run any command that needs it", e.Socket)
+}
+
+// Unwrap returns the dial error.
+func (e *NotRunningError) Unwrap() error { return e.Err }
+
+// ConnectError is a waiting connect that ended without a ready sandbox.
+type ConnectError struct {
+	Sandbox string
+	Phase   Phase
+	Message string
+	// DaemonStopping: the daemon's shutdown broke the connect off.
+	DaemonStopping bool
+}
+
+// Error returns the daemon's explanation.
+func (e *ConnectError) Error() string { return e.Message }
+
+// WatchDroppedMessage is the error line a watch stream ends with when the
+// daemon dropped its reader for falling behind.
+const WatchDroppedMessage = "watcher fell behind and was dropped; watch again to get a fresh snapshot"
+
+// ErrWatchDropped ends a watch whose reader fell behind; watch again for a
+// fresh snapshot.
+var ErrWatchDropped = errors.New(WatchDroppedMessage)
+
+// IsNotFound reports whether err is the daemon saying the sandbox is
+// unknown.
+func IsNotFound(err error) bool {
+	var ae *APIError
+	return errors.As(err, &ae) && ae.StatusCode == http.StatusNotFound
+}
+
+// IsNotRunning reports whether err means no daemon is running.
+func IsNotRunning(err error) bool {
+	var nr *NotRunningError
+	return errors.As(err, &nr)
+}
