@@ -7,8 +7,8 @@ import (
 )
 
 // Client is what the tray needs from the daemon. The daemon's Go client
-// satisfies it through a thin adapter in cmd/sbx; tests use a double. It is
-// kept this narrow so the tray can be driven without a daemon at all.
+// (daemon/client) satisfies it through DaemonClient; tests use a double. It
+// is kept this narrow so the tray can be driven without a daemon at all.
 type Client interface {
 	// Status returns the daemon's whole current state. An error means the
 	// daemon could not be asked (not running, socket gone).
