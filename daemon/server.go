@@ -348,62 +348,16 @@ func stoppedConnecting(now time.Time, name string) api.Progress {
 func (d *Daemon) handleDisconnect(w http.ResponseWriter, r *http.Request) error {
 	name := r.PathValue("name")
 	if r.URL.Query().Get("orphan") == "true" {
-		return d.deleteOrphan(w, r, name)
+		res, err := d.deleteOrphan(r.Context(), clusterRequestFromQuery(r), name)
+		if err != nil {
+			return err
+		}
+		return writeJSON(w, res)
 	}
 	if err := d.mgr.Disconnect(r.Context(), name, r.URL.Query().Get("forget") == "true"); err != nil {
 		return err
 	}
 	return writeJSON(w, api.DisconnectResult{Disconnected: []string{name}})
-}
-
-// deleteOrphan deletes the cluster objects of a sandbox this daemon does
-// not own (left by a crashed daemon, or one whose state file was lost). It
-// is explicit (?orphan=true) because a sandbox of the same name may belong
-// to someone else's laptop.
-func (d *Daemon) deleteOrphan(w http.ResponseWriter, r *http.Request, name string) error {
-	if _, ok := d.mgr.Get(name); ok {
-		return &conflictError{fmt.Sprintf("sandbox %s is connected by this daemon; disconnect it without --orphan", name)}
-	}
-	creq := clusterRequestFromQuery(r)
-	cl, err := d.mgr.clusters(r.Context(), creq.KubeconfigSource, creq.Context)
-	if err != nil {
-		return openError(err)
-	}
-	found, err := cl.List(r.Context(), creq.Namespace)
-	if d.mgr.stopping(err) {
-		return errStopping
-	}
-	if err != nil {
-		return &httpError{http.StatusBadGateway, fmt.Sprintf("list sbx objects in the cluster: %v", err)}
-	}
-	var matches []ClusterSandbox
-	for _, cs := range found {
-		if cs.Name == name {
-			matches = append(matches, cs)
-		}
-	}
-	if len(matches) > 1 {
-		var nss []string
-		for _, m := range matches {
-			nss = append(nss, m.Namespace)
-		}
-		return &conflictError{fmt.Sprintf("sandbox %s exists in several namespaces (%s); pass -n NAMESPACE to pick one", name, strings.Join(nss, ", "))}
-	}
-	for _, cs := range matches {
-		t := Target{Sandbox: cs.Name, RoutingKey: cs.RoutingKey, Namespace: cs.Namespace}
-		if creq.Namespace != "" {
-			t.Namespaces = []string{creq.Namespace}
-		}
-		if err := cl.Delete(r.Context(), t, nil); d.mgr.stopping(err) {
-			return &stoppingError{fmt.Sprintf("the sbx daemon is stopping, so some objects of sandbox %s may remain in namespace %s: run `sbx disconnect %s --orphan` again (it starts a new daemon)", name, cs.Namespace, name)}
-		} else if err != nil {
-			// The cluster's error carries the hint its cause calls for.
-			return &httpError{http.StatusBadGateway, fmt.Sprintf("delete the objects of sandbox %s in namespace %s: %v", name, cs.Namespace, err)}
-		}
-		d.log.Info("orphan sandbox deleted", "sandbox", name, "namespace", cs.Namespace, "routingKey", cs.RoutingKey)
-		return writeJSON(w, api.DisconnectResult{Disconnected: []string{name}})
-	}
-	return &notFoundError{name}
 }
 
 func (d *Daemon) handleDisconnectAll(w http.ResponseWriter, r *http.Request) error {
@@ -440,61 +394,9 @@ func clusterRequestFromQuery(r *http.Request) api.ClusterRequest {
 }
 
 func (d *Daemon) handleList(w http.ResponseWriter, r *http.Request) error {
-	creq := clusterRequestFromQuery(r)
-	st := d.store.Status()
-	byName := map[string]*api.ListEntry{}
-	res := api.ListResult{Sandboxes: []api.ListEntry{}}
-	for _, sb := range st.Sandboxes {
-		e := api.ListEntry{Name: sb.Name, RoutingKey: sb.RoutingKey, Phase: sb.Phase, InDaemon: true}
-		if s, ok := d.mgr.Get(sb.Name); ok {
-			e.Namespace = s.snapshot().Namespace
-		}
-		res.Sandboxes = append(res.Sandboxes, e)
-	}
-	for i := range res.Sandboxes {
-		byName[res.Sandboxes[i].Name+"/"+res.Sandboxes[i].RoutingKey] = &res.Sandboxes[i]
-	}
-	if r.URL.Query().Get("cluster") != "false" {
-		ctx, cancel := context.WithTimeout(r.Context(), 30*time.Second)
-		defer cancel()
-		found, err := func() ([]ClusterSandbox, error) {
-			cl, err := d.mgr.clusters(ctx, creq.KubeconfigSource, creq.Context)
-			if err != nil {
-				return nil, openError(err)
-			}
-			found, err := cl.List(ctx, creq.Namespace)
-			if err != nil {
-				return nil, err
-			}
-			if rs, ok := cl.(RouteSweeper); ok {
-				left, lerr := rs.Leftovers(ctx, creq.Namespace)
-				if lerr != nil {
-					d.log.Warn("looking for dead routes failed", "err", lerr)
-				}
-				res.Leftovers = left
-			}
-			return found, nil
-		}()
-		if d.mgr.stopping(err) {
-			return errStopping
-		}
-		if err != nil {
-			res.ClusterError = fmt.Sprintf("list sbx objects in the cluster: %v", err)
-		}
-		for _, cs := range found {
-			if e, ok := byName[cs.Name+"/"+cs.RoutingKey]; ok {
-				e.InCluster = true
-				e.LeaseExpires = cs.LeaseExpires
-				if cs.Namespace != "" {
-					e.Namespace = cs.Namespace
-				}
-				continue
-			}
-			res.Sandboxes = append(res.Sandboxes, api.ListEntry{
-				Name: cs.Name, RoutingKey: cs.RoutingKey, Namespace: cs.Namespace,
-				InCluster: true, Orphan: true, LeaseExpires: cs.LeaseExpires,
-			})
-		}
+	res, err := d.list(r.Context(), clusterRequestFromQuery(r), r.URL.Query().Get("cluster") != "false")
+	if err != nil {
+		return err
 	}
 	return writeJSON(w, res)
 }
@@ -506,48 +408,9 @@ func (d *Daemon) handleGC(w http.ResponseWriter, r *http.Request) error {
 			return err
 		}
 	}
-	cl, err := d.mgr.clusters(r.Context(), creq.KubeconfigSource, creq.Context)
+	res, err := d.gc(r.Context(), creq)
 	if err != nil {
-		return openError(err)
-	}
-	// Our own sandboxes are never garbage, even when their lease lapsed
-	// while the cluster was unreachable: renew them first.
-	current := currentContext(creq.KubeconfigSource)
-	for _, name := range d.mgr.Names() {
-		s, ok := d.mgr.Get(name)
-		if !ok {
-			continue
-		}
-		sv := s.snapshot()
-		if !sameCluster(sv.KubeconfigSource, sv.Context, creq, current) {
-			continue
-		}
-		t := Target{Sandbox: sv.Name, RoutingKey: sv.RoutingKey, Namespace: sv.Namespace, Namespaces: sv.Spec.Namespaces()}
-		if err := cl.RenewLease(r.Context(), t); err != nil {
-			d.log.Debug("renewing before gc failed", "sandbox", name, "err", err)
-		}
-	}
-	deleted, err := cl.GC(r.Context(), creq.Namespace)
-	if d.mgr.stopping(err) {
-		return &stoppingError{"the sbx daemon is stopping and broke off gc; some expired sandboxes may remain: run `sbx gc` again (it starts a new daemon)"}
-	}
-	if err != nil {
-		return &httpError{http.StatusBadGateway, fmt.Sprintf("collect expired sandboxes: %v", err)}
-	}
-	if deleted == nil {
-		deleted = []string{}
-	}
-	res := api.GCResult{Deleted: deleted}
-	if rs, ok := cl.(RouteSweeper); ok {
-		// Routes the collector cannot reach: those of sandboxes whose
-		// Lease is gone, inside VirtualServices CD owns.
-		res.Routes, err = rs.SweepRoutes(r.Context(), creq.Namespace)
-		if d.mgr.stopping(err) {
-			return &stoppingError{"the sbx daemon is stopping and broke off gc; some dead routes may remain: run `sbx gc` again (it starts a new daemon)"}
-		}
-		if err != nil {
-			return &httpError{http.StatusBadGateway, fmt.Sprintf("remove the routes of sandboxes that are gone: %v", err)}
-		}
+		return err
 	}
 	return writeJSON(w, res)
 }
