@@ -269,74 +269,8 @@ func (d *Daemon) handleConnect(w http.ResponseWriter, r *http.Request) error {
 		w.WriteHeader(http.StatusAccepted)
 		return json.NewEncoder(w).Encode(st)
 	}
-	ctx := r.Context()
-	if req.Timeout > 0 {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, req.Timeout)
-		defer cancel()
-	}
 	out := newNDJSON(w)
-	if st, _ := d.store.Sandbox(name); !restarted && st.Phase == api.PhaseReady {
-		// Nothing changed and it is up: answer at once.
-		return out.send(api.Progress{Time: d.now(), Phase: api.PhaseReady, Done: true, Sandbox: &st})
-	}
-	var lastErr string
-	for {
-		select {
-		case <-ctx.Done():
-			if err := r.Context().Err(); err != nil {
-				if d.mgr.stopping(err) {
-					// Say so: the client could not tell a silent end
-					// from a crash.
-					return out.send(stoppedConnecting(d.now(), name))
-				}
-				return nil // the client went away
-			}
-			st, _ := d.store.Sandbox(name)
-			if lastErr == "" {
-				lastErr = st.LastError
-			}
-			msg := fmt.Sprintf("sandbox %s not ready after %s (phase %s)", name, req.Timeout, st.Phase)
-			if lastErr != "" {
-				msg += ": " + lastErr
-			}
-			msg += fmt.Sprintf("; it keeps retrying in the background: watch it with `sbx status %s --watch`, or stop with `sbx disconnect %s`", name, name)
-			return out.send(api.Progress{Time: d.now(), Phase: st.Phase, Done: true, Error: msg})
-		case p, ok := <-sub:
-			if !ok {
-				if err := r.Context().Err(); err != nil && d.mgr.stopping(err) {
-					return out.send(stoppedConnecting(d.now(), name))
-				}
-				st, found := d.store.Sandbox(name)
-				if !found {
-					return out.send(api.Progress{Time: d.now(), Done: true, Error: fmt.Sprintf("sandbox %s was disconnected while connecting", name)})
-				}
-				if st.Phase == api.PhaseReady {
-					return out.send(api.Progress{Time: d.now(), Phase: api.PhaseReady, Done: true, Sandbox: &st})
-				}
-				return out.send(api.Progress{Time: d.now(), Phase: st.Phase, Done: true, Error: "progress stream fell behind; the sandbox keeps connecting: see `sbx status " + name + "`"})
-			}
-			if p.Error != "" {
-				lastErr = p.Error
-			}
-			if p.Phase == api.PhaseFailed {
-				cause := p.Error
-				if cause == "" {
-					cause = p.Message
-				}
-				p.Done = true
-				// The cause ends with how to recover (failedMessage).
-				p.Error = fmt.Sprintf("sandbox %s failed: %s; or remove it with `sbx disconnect %s`", name, cause, name)
-				return out.send(p)
-			}
-			if err := out.send(p); err != nil {
-				return nil
-			}
-			if p.Done {
-				return nil
-			}
-		}
-	}
+	return d.awaitConnect(r.Context(), name, req.Timeout, restarted, sub, func(p api.Progress) error { return out.send(p) })
 }
 
 // stoppedConnecting ends a connect stream the daemon's shutdown broke off.
