@@ -134,6 +134,7 @@ func TestTypedErrors(t *testing.T) {
 	var ae *api.APIError
 	require.ErrorAs(t, err, &ae)
 	require.Equal(t, http.StatusNotFound, ae.StatusCode)
+	require.Equal(t, api.KindUser, ae.Kind)
 	require.True(t, api.IsNotFound(err))
 	require.Contains(t, err.Error(), "sbx status")
 
@@ -144,6 +145,7 @@ func TestTypedErrors(t *testing.T) {
 	_, err = td.client.Connect(ctx, api.ConnectRequest{Spec: bad}, nil)
 	require.ErrorAs(t, err, &ae)
 	require.Equal(t, http.StatusBadRequest, ae.StatusCode)
+	require.Equal(t, api.KindUser, ae.Kind)
 	require.Contains(t, err.Error(), "DNS-1123")
 
 	// No daemon at all.
@@ -497,6 +499,7 @@ func TestStopDuringClusterCalls(t *testing.T) {
 			var ae *api.APIError
 			require.ErrorAs(t, err2, &ae)
 			require.Equal(t, http.StatusServiceUnavailable, ae.StatusCode, "%v", err2)
+			require.Equal(t, api.KindStopping, ae.Kind)
 			for _, w := range tc.want {
 				require.Contains(t, ae.Message, w)
 			}

@@ -10,7 +10,8 @@
 // opens first and requests wait until the state is loaded, so a client
 // never races start-up. Requests with Origin or Referer, or a Host other
 // than local.sbx/localhost, are refused (browsers). Errors are
-// {"error": "..."} and come back from Client as *APIError.
+// {"error": "...", "kind": "..."} and come back from the client as
+// *api.APIError, whose Kind (api.ErrorKind) says whose the failure is.
 //
 //	GET    /v1/status               Status
 //	GET    /v1/watch                NDJSON Events: a snapshot, then changes

@@ -35,7 +35,8 @@ func badRequest(format string, args ...any) error {
 }
 
 // handlerFunc is an API handler; an error it returns becomes the
-// {"error": "..."} body with the status its type maps to.
+// {"error": "...", "kind": "..."} body with the status and kind its type
+// maps to (errorAnswer).
 type handlerFunc func(w http.ResponseWriter, r *http.Request) error
 
 // route is one entry of the handler table.
@@ -131,9 +132,16 @@ func (d *Daemon) wrap(rt apiRoute) http.Handler {
 	})
 }
 
-// writeError sends {"error": "..."} with a status derived from err's type.
+// writeError answers err with the status code and the kind (api.ErrorKind)
+// its type calls for.
 func writeError(w http.ResponseWriter, err error) {
-	code := http.StatusInternalServerError
+	code, kind := errorAnswer(err)
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	_ = json.NewEncoder(w).Encode(map[string]string{"error": err.Error(), "kind": string(kind)})
+}
+
+func errorAnswer(err error) (int, api.ErrorKind) {
 	var he *httpError
 	var nf *notFoundError
 	var ce *conflictError
@@ -141,21 +149,31 @@ func writeError(w http.ResponseWriter, err error) {
 	var se *stoppingError
 	switch {
 	case errors.As(err, &se):
-		code = http.StatusServiceUnavailable
+		return http.StatusServiceUnavailable, api.KindStopping
 	case errors.As(err, &cle):
-		code = http.StatusBadGateway
+		return http.StatusBadGateway, api.KindCluster
 	case errors.As(err, &he):
-		code = he.code
+		// The handler chose the code for its meaning: 4xx the request,
+		// 502 the cluster's answer, 503 a stopping daemon.
+		switch {
+		case he.code < 500:
+			return he.code, api.KindUser
+		case he.code == http.StatusBadGateway:
+			return he.code, api.KindCluster
+		case he.code == http.StatusServiceUnavailable:
+			return he.code, api.KindStopping
+		case he.code == http.StatusGatewayTimeout:
+			return he.code, api.KindClusterTimeout
+		}
+		return he.code, api.KindInternal
 	case errors.As(err, &nf):
-		code = http.StatusNotFound
+		return http.StatusNotFound, api.KindUser
 	case errors.As(err, &ce):
-		code = http.StatusConflict
+		return http.StatusConflict, api.KindUser
 	case errors.Is(err, context.DeadlineExceeded):
-		code = http.StatusGatewayTimeout
+		return http.StatusGatewayTimeout, api.KindClusterTimeout
 	}
-	w.Header().Set("Content-Type", "application/json")
-	w.WriteHeader(code)
-	_ = json.NewEncoder(w).Encode(map[string]string{"error": err.Error()})
+	return http.StatusInternalServerError, api.KindInternal
 }
 
 func writeJSON(w http.ResponseWriter, v any) error {

@@ -308,10 +308,10 @@ func warnVersionSkew(ctx context.Context, c *client.Client, g *globalOptions) {
 }
 
 // classify turns an error from the daemon's API into a categorised CLI
-// error: the daemon's 4xx answers are the user's to fix (hint says how),
-// cluster trouble reported by the daemon is a configuration matter, and
-// anything else (5xx, a broken stream) is daemon trouble that points at
-// `sbx logs`.
+// error by the kind the daemon gave it (api.ErrorKind): the user's to fix
+// (hint says how), a stopping daemon, the cluster's answer (its message
+// carries the next step), a cluster that did not answer, or daemon
+// trouble that points at `sbx logs`.
 func classify(err error, hint string) error {
 	return classifyStopped(err, hint, &cliError{kind: kindUser, code: 1,
 		err:  errors.New("the sbx daemon stopped before it answered (killed, crashed or stopped)"),
@@ -333,18 +333,18 @@ func classifyStopped(err error, hint string, stopped error) error {
 		return err
 	case api.IsNotRunning(err):
 		return userError(err, "start it with `sbx daemon`")
-	case errors.As(err, &ae) && ae.StatusCode < 500:
+	case errors.As(err, &ae) && ae.Kind == api.KindUser:
 		return userError(err, hint)
-	case errors.As(err, &ae) && ae.StatusCode == 503:
-		// The daemon is stopping (`sbx daemon stop` during the request):
-		// not a bug, and its message says what is left to do.
+	case errors.As(err, &ae) && ae.Kind == api.KindStopping:
+		// `sbx daemon stop` during the request: not a bug, and the
+		// message says what is left to do.
 		return &cliError{kind: kindUser, err: err, code: 1}
-	case errors.As(err, &ae) && ae.StatusCode == 502:
+	case errors.As(err, &ae) && ae.Kind == api.KindCluster:
 		// The daemon's message carries the next step its cause calls
 		// for (RBAC, credentials, network); a guess here could
 		// contradict it.
 		return &cliError{kind: kindConfig, err: err, code: 1}
-	case errors.As(err, &ae) && ae.StatusCode == 504:
+	case errors.As(err, &ae) && ae.Kind == api.KindClusterTimeout:
 		return &cliError{kind: kindConfig, err: err, code: 1, hint: "check --kubeconfig/--context and that the cluster is reachable (`kubectl get pods`)"}
 	case !errors.As(err, &ae) && daemonStopped(daemonPaths().Socket()):
 		// The answer broke off because the daemon went away (kill -9,

@@ -6,11 +6,36 @@ import (
 	"net/http"
 )
 
-// APIError is an error answer of the daemon ({"error": "..."}).
+// APIError is an error answer of the daemon ({"error": "...", "kind":
+// "..."}).
 type APIError struct {
 	StatusCode int
 	Message    string
+	// Kind says whose the failure is, so a client reports it without
+	// guessing from the status code.
+	Kind ErrorKind
 }
+
+// ErrorKind is what an error answer is about; the daemon sets it with the
+// error that caused the answer.
+type ErrorKind string
+
+const (
+	// KindUser: the request is the user's to fix (a bad spec, an unknown
+	// or conflicting sandbox); the message says how.
+	KindUser ErrorKind = "user"
+	// KindStopping: the daemon is stopping and broke the request off; the
+	// message says what may be left and how to finish.
+	KindStopping ErrorKind = "stopping"
+	// KindCluster: the cluster refused or failed (RBAC, credentials, a
+	// webhook); the message carries the next step its cause calls for.
+	KindCluster ErrorKind = "cluster"
+	// KindClusterTimeout: the cluster did not answer in time.
+	KindClusterTimeout ErrorKind = "cluster-timeout"
+	// KindInternal: a failure of the daemon itself (a bug); its log has
+	// the details.
+	KindInternal ErrorKind = "internal"
+)
 
 // Error returns the daemon's message.
 func (e *APIError) Error() string { return e.Message }

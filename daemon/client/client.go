@@ -96,12 +96,16 @@ func (c *Client) do(ctx context.Context, method, path string, body any) (*http.R
 		defer resp.Body.Close()
 		b, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
 		var e struct {
-			Error string `json:"error"`
+			Error string        `json:"error"`
+			Kind  api.ErrorKind `json:"kind"`
 		}
 		if json.Unmarshal(b, &e) != nil || e.Error == "" {
 			e.Error = fmt.Sprintf("daemon answered %s: %s", resp.Status, bytes.TrimSpace(b))
 		}
-		return nil, &api.APIError{StatusCode: resp.StatusCode, Message: e.Error}
+		if e.Kind == "" {
+			e.Kind = api.KindInternal // not an answer of this daemon's shape
+		}
+		return nil, &api.APIError{StatusCode: resp.StatusCode, Message: e.Error, Kind: e.Kind}
 	}
 	return resp, nil
 }
