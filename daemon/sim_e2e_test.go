@@ -231,27 +231,7 @@ func TestRelayRolloutLosesNothing(t *testing.T) {
 
 	client := c.HTTPClient(sim.AppNamespace)
 	defer client.CloseIdleConnections()
-	keyed := st.BaggageKey + "=" + st.RoutingKey
-	inbound := func() error {
-		req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://route:8083/route", nil)
-		if err != nil {
-			return err
-		}
-		req.Header.Set("baggage", keyed)
-		resp, err := client.Do(req)
-		if err != nil {
-			return err
-		}
-		defer resp.Body.Close()
-		b, err := io.ReadAll(resp.Body)
-		if err != nil {
-			return err
-		}
-		if resp.StatusCode != http.StatusOK || !strings.Contains(string(b), "from the laptop") {
-			return fmt.Errorf("keyed request: %d %s", resp.StatusCode, b)
-		}
-		return nil
-	}
+	inbound := func() error { return keyedRouteCall(ctx, client, st) }
 	outbound := func() error { return outboundRouteCall(ctx, td.d) }
 	require.NoError(t, inbound())
 	require.NoError(t, outbound())
@@ -347,6 +327,29 @@ func outboundRouteCall(ctx context.Context, d *Daemon) error {
 	}
 	if resp.StatusCode != http.StatusOK {
 		return fmt.Errorf("outbound: %d", resp.StatusCode)
+	}
+	return nil
+}
+
+// keyedRouteCall sends one keyed request for route through the mesh, as a
+// caller in the cluster would, and says whether the laptop answered it.
+func keyedRouteCall(ctx context.Context, client *http.Client, st api.SandboxStatus) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://route:8083/route", nil)
+	if err != nil {
+		return err
+	}
+	req.Header.Set("baggage", st.BaggageKey+"="+st.RoutingKey)
+	resp, err := client.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return err
+	}
+	if resp.StatusCode != http.StatusOK || !strings.Contains(string(b), "from the laptop") {
+		return fmt.Errorf("keyed request: %d %s", resp.StatusCode, b)
 	}
 	return nil
 }

@@ -3,11 +3,8 @@ package daemon
 import (
 	"context"
 	"encoding/json"
-	"fmt"
-	"io"
 	"net/http"
 	"os"
-	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -101,24 +98,7 @@ func (e *simTokenEnv) relayPod() string {
 // keyed sends one keyed request through the mesh and says whether the
 // laptop answered it.
 func (e *simTokenEnv) keyed(client *http.Client, st api.SandboxStatus) error {
-	req, err := http.NewRequestWithContext(e.ctx, http.MethodGet, "http://route:8083/route", nil)
-	if err != nil {
-		return err
-	}
-	req.Header.Set("baggage", st.BaggageKey+"="+st.RoutingKey)
-	resp, err := client.Do(req)
-	if err != nil {
-		return err
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(resp.Body)
-	if err != nil {
-		return err
-	}
-	if resp.StatusCode != http.StatusOK || !strings.Contains(string(b), "from the laptop") {
-		return fmt.Errorf("keyed request: %d %s", resp.StatusCode, b)
-	}
-	return nil
+	return keyedRouteCall(e.ctx, client, st)
 }
 
 func (e *simTokenEnv) eventuallyKeyed(st api.SandboxStatus) {
