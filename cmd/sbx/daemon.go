@@ -59,6 +59,8 @@ reconnects them with the same routing keys. ` + "`sbx disconnect`" + ` removes t
 			switch {
 			case install && uninstall:
 				return userError(errors.New("--install and --uninstall exclude each other"), "pass one of them")
+			case uninstall && len(env) > 0:
+				return userError(errors.New("--env goes with --install, not --uninstall"), "`sbx daemon --uninstall` removes the service with whatever it carried")
 			case install:
 				return installDaemonService(cmd.Context(), g, env)
 			case uninstall:

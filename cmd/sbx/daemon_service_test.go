@@ -312,6 +312,7 @@ func TestDaemonServiceFlags(t *testing.T) {
 	}{
 		{[]string{"daemon", "--install", "--uninstall"}, "--install and --uninstall exclude each other"},
 		{[]string{"daemon", "--env", "AWS_PROFILE"}, "--env goes with --install"},
+		{[]string{"daemon", "--uninstall", "--env", "AWS_PROFILE"}, "--env goes with --install, not --uninstall"},
 		{[]string{"daemon", "-o", "json"}, "sbx daemon prints no state"},
 		{[]string{"daemon", "--install", "-o", "xml"}, `output format "xml" is not supported here`},
 		{[]string{"daemon", "--install", "--env", "SBX_NOT_SET_ANYWHERE"}, "SBX_NOT_SET_ANYWHERE is not set in this shell"},

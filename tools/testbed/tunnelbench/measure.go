@@ -24,7 +24,7 @@ const ioBuffer = 128 << 10
 
 // largeSinkReadSize is how much the large-read sink (serviceSinkLarge)
 // reads at a time: io.Copy's own buffer size, as in
-// cluster/portforward/pfbench.
+// tools/testbed/pfbench.
 //
 // The sink's read size is the application's choice and it is not neutral:
 // raw TCP pays a system call per read and the tunnel a copy out of its
