@@ -60,8 +60,7 @@ func TestFaultMatrix(t *testing.T) {
 	var cuts []time.Duration
 	for range 20 {
 		time.Sleep(600 * time.Millisecond)
-		t0 := time.Now()
-		require.Positive(t, b.sim.PortForward.CutAll())
+		t0 := b.cut()
 		cuts = append(cuts, p.served(t0, time.Minute))
 	}
 	report.add("port-forward cut ×20", "cut → keyed request served", cuts, p.failedSince(time.Time{}))
@@ -76,11 +75,13 @@ func TestFaultMatrix(t *testing.T) {
 	var flaps []time.Duration
 	flapStart := time.Now()
 	for range 10 {
-		b.waitReady("alice")
-		t0 := time.Now()
+		before := b.sandbox("alice").Reconnects
 		b.sim.PortForward.RefuseFor(600 * time.Millisecond)
-		require.Positive(t, b.sim.PortForward.CutAll())
+		t0 := b.cut()
 		flaps = append(flaps, p.served(t0, time.Minute))
+		// The next flap cuts the new link, not the old one the daemon
+		// has not yet noticed is gone.
+		b.waitReconnected("alice", before)
 	}
 	report.add("flapping link ×10 (600 ms refusals)", "cut → keyed request served", flaps, p.failedSince(flapStart))
 	first := median(flaps[:3])
@@ -99,8 +100,7 @@ func TestFaultMatrix(t *testing.T) {
 	// port-forward can open connections that never authenticate) while the
 	// link is cut: the daemon still gets back in.
 	stopFlood := flood(t, b)
-	t0 = time.Now()
-	require.Positive(t, b.sim.PortForward.CutAll())
+	t0 = b.cut()
 	floodRecovery := p.served(t0, time.Minute)
 	stopFlood()
 	report.add("port-forward cut during a pre-auth flood", "cut → keyed request served", []time.Duration{floodRecovery}, p.failedSince(t0))
@@ -167,12 +167,29 @@ func TestFaultMatrix(t *testing.T) {
 	t.Logf("prober: %d keyed requests, %d failed", p.total(), p.failedSince(time.Time{}))
 }
 
-// waitReady waits until the daemon reports the sandbox ready.
-func (b *binaryEnv) waitReady(name string) {
+// cut closes every port-forward connection and returns the moment it
+// was done: a request started after that cannot ride an old connection,
+// so one served after it proves the daemon reconnected.
+func (b *binaryEnv) cut() time.Time {
+	b.t.Helper()
+	require.Positive(b.t, b.sim.PortForward.CutAll(), "no port-forward connection to cut")
+	return time.Now()
+}
+
+func (b *binaryEnv) sandbox(name string) api.SandboxStatus {
+	b.t.Helper()
+	s, err := b.dc.Sandbox(b.ctx, name)
+	require.NoError(b.t, err)
+	return s
+}
+
+// waitReconnected waits until the daemon has counted a failed attempt
+// since before (it noticed the cut) and reports the sandbox ready again.
+func (b *binaryEnv) waitReconnected(name string, before int) {
 	b.t.Helper()
 	require.Eventually(b.t, func() bool {
 		s, err := b.dc.Sandbox(b.ctx, name)
-		return err == nil && s.Phase == api.PhaseReady
+		return err == nil && s.Reconnects > before && s.Phase == api.PhaseReady
 	}, time.Minute, 5*time.Millisecond)
 }
 
