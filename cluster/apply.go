@@ -61,13 +61,38 @@ func (e Event) String() string {
 
 // Result is what Apply did and what the caller needs next.
 type Result struct {
-	RoutingKey string
-	// Namespace is the relay's namespace; RelayName its Deployment.
-	Namespace string
+	// Ref is the sandbox as applied: its routing key, the relay's
+	// namespace, every namespace it has objects in, the token verifier.
+	Ref Ref
+	// RelayName is the relay Deployment's name.
 	RelayName string
-	Objects   *Objects
+	// Services names, per mapping, the baseline Services
+	// ("name.namespace") whose keyed requests now reach the sandbox.
+	Services map[Mapping][]string
+	Objects  *Objects
 	// Routes says where keyed requests go, per mapped Service port.
 	Routes *RouteStatus
+}
+
+// Mapping identifies one mapping of a sandbox: a local workload (the
+// spec's local[].name) and the baseline Service port it maps.
+type Mapping struct {
+	Workload string
+	Port     int32
+}
+
+// mappedServices is Result.Services of objs.
+func mappedServices(objs *Objects) map[Mapping][]string {
+	out := map[Mapping][]string{}
+	for _, w := range objs.Workloads {
+		for _, p := range w.Ports {
+			key := Mapping{Workload: w.Local.Name, Port: p.Port}
+			for _, svc := range p.Services {
+				out[key] = append(out[key], svc.Name+"."+svc.Namespace)
+			}
+		}
+	}
+	return out
 }
 
 // Apply creates or updates every object of the sandbox so the cluster
@@ -182,7 +207,8 @@ func Apply(ctx context.Context, c Clients, sb *spec.Sandbox, o Options, progress
 			}
 		}
 	}
-	return &Result{RoutingKey: o.RoutingKey, Namespace: home, RelayName: objs.Relay.Name, Objects: objs, Routes: routes}, nil
+	ref := Ref{Name: sb.Name, RoutingKey: o.RoutingKey, Namespace: home, Namespaces: nss, TokenVerifier: o.TokenVerifier}
+	return &Result{Ref: ref, RelayName: objs.Relay.Name, Services: mappedServices(objs), Objects: objs, Routes: routes}, nil
 }
 
 // ErrVerifierMismatch: the sandbox's relay checks Hellos against another

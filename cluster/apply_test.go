@@ -78,8 +78,8 @@ func TestApplyCreatesAndIsIdempotent(t *testing.T) {
 	var log eventLog
 	res, err := Apply(t.Context(), f.Clients, threeSandbox(), testOptions(testKey), log.add)
 	require.NoError(t, err)
-	require.Equal(t, testKey, res.RoutingKey)
-	require.Equal(t, "hotrod", res.Namespace)
+	require.Equal(t, testKey, res.Ref.RoutingKey)
+	require.Equal(t, "hotrod", res.Ref.Namespace)
 	require.Equal(t, "sbx-alice-relay", res.RelayName)
 	// CD's route VirtualService, and the two gateway VirtualServices that
 	// send to frontend (keyed twins for requests entering there).
@@ -117,13 +117,13 @@ func TestApplyKeepsKeyAndRollsOnlyOnNewVerifier(t *testing.T) {
 	o := Options{RelayImage: testImage, TokenVerifier: testVerifier("one")}
 	r1, err := Apply(t.Context(), f.Clients, routeSandbox("alice"), o, nil)
 	require.NoError(t, err)
-	require.NoError(t, routingkey.Validate(r1.RoutingKey))
+	require.NoError(t, routingkey.Validate(r1.Ref.RoutingKey))
 	d1, err := f.Kube.AppsV1().Deployments("hotrod").Get(t.Context(), "sbx-alice-relay", metav1.GetOptions{})
 	require.NoError(t, err)
 	f.clearActions()
 	r2, err := Apply(t.Context(), f.Clients, routeSandbox("alice"), o, nil)
 	require.NoError(t, err)
-	require.Equal(t, r1.RoutingKey, r2.RoutingKey)
+	require.Equal(t, r1.Ref.RoutingKey, r2.Ref.RoutingKey)
 	require.Empty(t, f.writes())
 	d2, err := f.Kube.AppsV1().Deployments("hotrod").Get(t.Context(), "sbx-alice-relay", metav1.GetOptions{})
 	require.NoError(t, err)
@@ -134,7 +134,7 @@ func TestApplyKeepsKeyAndRollsOnlyOnNewVerifier(t *testing.T) {
 	o.TokenVerifier = testVerifier("two")
 	r3, err := Apply(t.Context(), f.Clients, routeSandbox("alice"), o, nil)
 	require.NoError(t, err)
-	require.Equal(t, r1.RoutingKey, r3.RoutingKey)
+	require.Equal(t, r1.Ref.RoutingKey, r3.Ref.RoutingKey)
 	d3, err := f.Kube.AppsV1().Deployments("hotrod").Get(t.Context(), "sbx-alice-relay", metav1.GetOptions{})
 	require.NoError(t, err)
 	require.NotEqual(t, d1.Spec.Template, d3.Spec.Template)

@@ -18,12 +18,22 @@ import (
 // object of the sandbox.
 var ErrSandboxNotFound = errors.New("sandbox not found")
 
-// Ref names a sandbox in the cluster.
+// Ref names a sandbox in the cluster: the one reference to it that Apply
+// returns and WaitRelay, RenewLease and Delete take.
 type Ref struct {
-	Name string
-	// Namespaces to look in. Empty means every namespace, which needs
-	// cluster-wide list permission on Leases.
-	Namespaces []string
+	Name string `json:"name"`
+	// RoutingKey is the sandbox's key; WaitRelay waits for a relay pod of
+	// this key ("" = any).
+	RoutingKey string `json:"routingKey,omitempty"`
+	// Namespace is the relay's (home) namespace: the first of Namespaces.
+	Namespace string `json:"namespace,omitempty"`
+	// Namespaces to look in (every namespace the sandbox has objects in).
+	// Empty means every namespace, which needs cluster-wide list
+	// permission on Leases.
+	Namespaces []string `json:"namespaces,omitempty"`
+	// TokenVerifier is the verifier the daemon applied: WaitRelay waits
+	// for a pod whose relay checks it ("" waits for any).
+	TokenVerifier string `json:"tokenVerifier,omitempty"`
 }
 
 // namespaces returns where the sandbox has objects: the given namespaces,

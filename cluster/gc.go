@@ -29,6 +29,11 @@ type SandboxInfo struct {
 	RelayReady bool `json:"relayReady"`
 }
 
+// Ref is the reference WaitRelay, RenewLease and Delete take.
+func (i SandboxInfo) Ref() Ref {
+	return Ref{Name: i.Name, RoutingKey: i.RoutingKey, Namespace: i.Namespace, Namespaces: i.Namespaces}
+}
+
 // listLeases returns the sbx Leases in the namespaces (all when empty).
 func listLeases(ctx context.Context, c Clients, namespaces []string) ([]coordinationv1.Lease, error) {
 	if len(namespaces) == 0 {

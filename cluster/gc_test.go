@@ -81,7 +81,7 @@ func TestListRenewAndGC(t *testing.T) {
 	require.Equal(t, []string{"default"}, routeNames(getVS(t, f, "hotrod", "route")))
 
 	err = RenewLease(t.Context(), f.Clients, Ref{Name: "bob", Namespaces: []string{"hotrod"}}, now)
-	require.ErrorContains(t, err, "it is gone")
+	require.ErrorIs(t, err, ErrSandboxGone, "a Lease that is gone says so: the daemon applies again")
 }
 
 func TestApplyRenewsExpiredLease(t *testing.T) {
@@ -121,7 +121,7 @@ func ready(p *corev1.Pod) {
 
 func TestWaitRelay(t *testing.T) {
 	base := time.Now()
-	o := WaitOptions{Namespace: "hotrod", Sandbox: "alice", RoutingKey: testKey, Interval: time.Millisecond, RelayImage: testImage}
+	o := WaitOptions{Ref: Ref{Namespace: "hotrod", Name: "alice", RoutingKey: testKey}, Interval: time.Millisecond, RelayImage: testImage}
 
 	t.Run("image pull error fails fast with a hint", func(t *testing.T) {
 		f := hotrodFake(t, relayPod("sbx-alice-relay-1", base, func(p *corev1.Pod) {

@@ -2,6 +2,7 @@ package cluster
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strings"
 	"time"
@@ -86,6 +87,11 @@ func leaseNamespaces(l *coordinationv1.Lease) []string {
 	return strings.Split(v, ",")
 }
 
+// ErrSandboxGone is returned (wrapped) by RenewLease when a Lease of the
+// sandbox is gone: gc removed the sandbox after a long sleep, or someone
+// deleted it. Applying the sandbox again recreates it.
+var ErrSandboxGone = errors.New("the sandbox's objects are gone from the cluster")
+
 // RenewLease moves the renewTime of the sandbox's Leases (one per namespace
 // in ref) to now. The daemon calls it periodically while the sandbox is
 // connected; a Lease that is gone is an error, because the sandbox was
@@ -107,7 +113,7 @@ func RenewLease(ctx context.Context, c Clients, ref Ref, now time.Time) error {
 			return err
 		})
 		if apierrors.IsNotFound(err) {
-			return fmt.Errorf("renew Lease %s/%s: it is gone (sandbox %s was deleted or garbage-collected); connect again to recreate it", ns, name, ref.Name)
+			return fmt.Errorf("renew Lease %s/%s of sandbox %s: %w (deleted, or garbage-collected after it expired)", ns, name, ref.Name, ErrSandboxGone)
 		}
 		if err != nil {
 			return fmt.Errorf("renew Lease %s/%s: %w", ns, name, err)

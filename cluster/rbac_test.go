@@ -104,11 +104,11 @@ func TestRBACRoleCoversEveryCall(t *testing.T) {
 	rb.Spec.Local[0].From = spec.Workload{Kind: spec.KindRollout, Namespace: "hotrod", Name: "route-rollout"}
 	_, err = Apply(ctx, f.Clients, rb, testOptions(testKey2), nil)
 	require.NoError(t, err)
-	_, err = WaitRelay(ctx, f.Clients, WaitOptions{Namespace: "hotrod", Sandbox: "alice", Interval: time.Millisecond}, nil)
+	_, err = WaitRelay(ctx, f.Clients, WaitOptions{Ref: Ref{Namespace: "hotrod", Name: "alice"}, Interval: time.Millisecond}, nil)
 	require.NoError(t, err)
 	// Waiting for a rotated token's relay (the pod runs another).
 	wctx, cancel := context.WithTimeout(ctx, 50*time.Millisecond)
-	_, err = WaitRelay(wctx, f.Clients, WaitOptions{Namespace: "hotrod", Sandbox: "alice", TokenVerifier: testVerifier(testKey2), Interval: time.Millisecond}, nil)
+	_, err = WaitRelay(wctx, f.Clients, WaitOptions{Ref: Ref{Namespace: "hotrod", Name: "alice", TokenVerifier: testVerifier(testKey2)}, Interval: time.Millisecond}, nil)
 	cancel()
 	require.Error(t, err)
 	require.NoError(t, RenewLease(ctx, f.Clients, Ref{Name: "alice", Namespaces: ns}, time.Now()))

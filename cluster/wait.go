@@ -18,16 +18,14 @@ import (
 
 // WaitOptions say which relay to wait for.
 type WaitOptions struct {
-	Namespace  string
-	Sandbox    string
-	RoutingKey string
+	// Ref is the relay's sandbox: its Name, Namespace and RoutingKey. Its
 	// TokenVerifier, when set, is the verifier the daemon applied: only a
 	// pod whose relay checks Hellos against it will do. Pods of an earlier
 	// token, still ready while a rotation rolls the relay, are passed over
 	// rather than handed to a daemon that would be refused; a Deployment
 	// that now carries another verifier fails the wait with a
 	// *VerifierMismatchError.
-	TokenVerifier string
+	Ref
 	// Interval between polls (default 1s).
 	Interval time.Duration
 	// RelayImage is named in image errors when the pod does not say which
@@ -62,7 +60,7 @@ func WaitRelay(ctx context.Context, c Clients, o WaitOptions, progress func(Even
 	if o.Interval <= 0 {
 		o.Interval = time.Second
 	}
-	sel := labels.Set(relaySelector(o.Sandbox))
+	sel := labels.Set(relaySelector(o.Name))
 	if o.RoutingKey != "" {
 		sel[LabelRoutingKey] = o.RoutingKey
 	}
@@ -80,13 +78,13 @@ func WaitRelay(ctx context.Context, c Clients, o WaitOptions, progress func(Even
 			return pod, nil
 		}
 		if status != last {
-			progress(Event{Action: ActionWaiting, Kind: "Deployment", Namespace: o.Namespace, Name: RelayName(o.Sandbox), Message: status})
+			progress(Event{Action: ActionWaiting, Kind: "Deployment", Namespace: o.Namespace, Name: RelayName(o.Name), Message: status})
 			last = status
 		}
 		select {
 		case <-ctx.Done():
 			return nil, fmt.Errorf("relay of sandbox %s in namespace %s not ready after %s: %s: %w",
-				o.Sandbox, o.Namespace, time.Since(start).Round(time.Second), last, ctx.Err())
+				o.Name, o.Namespace, time.Since(start).Round(time.Second), last, ctx.Err())
 		case <-t.C:
 		}
 	}
@@ -128,9 +126,9 @@ func relayStatus(ctx context.Context, c Clients, o WaitOptions, sel string) (*co
 	if len(waiting) > 0 {
 		return nil, strings.Join(waiting, "; "), nil
 	}
-	d, err := c.Kube.AppsV1().Deployments(o.Namespace).Get(ctx, RelayName(o.Sandbox), metav1.GetOptions{})
+	d, err := c.Kube.AppsV1().Deployments(o.Namespace).Get(ctx, RelayName(o.Name), metav1.GetOptions{})
 	if err != nil {
-		return nil, "", fmt.Errorf("relay Deployment %s/%s: %w (run sbx connect again to recreate it)", o.Namespace, RelayName(o.Sandbox), err)
+		return nil, "", fmt.Errorf("relay Deployment %s/%s: %w (run sbx connect again to recreate it)", o.Namespace, RelayName(o.Name), err)
 	}
 	if v := relayVerifier(&d.Spec.Template.Spec); o.TokenVerifier != "" && v != o.TokenVerifier {
 		return nil, "", &VerifierMismatchError{Namespace: o.Namespace, Deployment: d.Name, Relay: v, Want: o.TokenVerifier}

@@ -17,6 +17,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/sbx-dev/sbx/cluster"
 	"github.com/sbx-dev/sbx/cluster/spec"
 	"github.com/sbx-dev/sbx/daemon/api"
 	"github.com/sbx-dev/sbx/daemon/client"
@@ -380,7 +381,7 @@ func TestUnknownEndpoint(t *testing.T) {
 }
 
 func TestDeleteOrphan(t *testing.T) {
-	fc := &fakeCluster{listed: []ClusterSandbox{
+	fc := &fakeCluster{listed: []cluster.SandboxInfo{
 		{Name: "ghost", RoutingKey: "aaaaaaaaaaaaa", Namespace: "hotrod"},
 		{Name: "twin", RoutingKey: "bbbbbbbbbbbbb", Namespace: "a"},
 		{Name: "twin", RoutingKey: "ccccccccccccc", Namespace: "b"},

@@ -7,6 +7,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/sbx-dev/sbx/cluster"
+	"github.com/sbx-dev/sbx/cluster/live"
 	"github.com/sbx-dev/sbx/daemon/api"
 )
 
@@ -32,7 +34,7 @@ func (d *Daemon) deleteOrphan(ctx context.Context, creq api.ClusterRequest, name
 	if err != nil {
 		return api.DisconnectResult{}, &httpError{http.StatusBadGateway, fmt.Sprintf("list sbx objects in the cluster: %v", err)}
 	}
-	var matches []ClusterSandbox
+	var matches []cluster.SandboxInfo
 	for _, cs := range found {
 		if cs.Name == name {
 			matches = append(matches, cs)
@@ -46,11 +48,12 @@ func (d *Daemon) deleteOrphan(ctx context.Context, creq api.ClusterRequest, name
 		return api.DisconnectResult{}, &conflictError{fmt.Sprintf("sandbox %s exists in several namespaces (%s); pass -n NAMESPACE to pick one", name, strings.Join(nss, ", "))}
 	}
 	for _, cs := range matches {
-		t := Target{Sandbox: cs.Name, RoutingKey: cs.RoutingKey, Namespace: cs.Namespace}
+		ref := cs.Ref()
 		if creq.Namespace != "" {
-			t.Namespaces = []string{creq.Namespace}
+			// Where the user may work: the sandbox's objects there.
+			ref.Namespaces = []string{creq.Namespace}
 		}
-		if err := cl.Delete(ctx, t, nil); d.mgr.stopping(err) {
+		if err := cl.Delete(ctx, ref); d.mgr.stopping(err) {
 			return api.DisconnectResult{}, &stoppingError{fmt.Sprintf("the sbx daemon is stopping, so some objects of sandbox %s may remain in namespace %s: run `sbx disconnect %s --orphan` again (it starts a new daemon)", name, cs.Namespace, name)}
 		} else if err != nil {
 			// The cluster's error carries the hint its cause calls for.
@@ -82,7 +85,7 @@ func (d *Daemon) list(ctx context.Context, creq api.ClusterRequest, withCluster 
 	if withCluster {
 		ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 		defer cancel()
-		found, err := func() ([]ClusterSandbox, error) {
+		found, err := func() ([]cluster.SandboxInfo, error) {
 			cl, err := d.mgr.clusters(ctx, creq.KubeconfigSource, creq.Context)
 			if err != nil {
 				return nil, openError(err)
@@ -109,7 +112,7 @@ func (d *Daemon) list(ctx context.Context, creq api.ClusterRequest, withCluster 
 		for _, cs := range found {
 			if e, ok := byName[cs.Name+"/"+cs.RoutingKey]; ok {
 				e.InCluster = true
-				e.LeaseExpires = cs.LeaseExpires
+				e.LeaseExpires = cs.Expires
 				if cs.Namespace != "" {
 					e.Namespace = cs.Namespace
 				}
@@ -117,11 +120,17 @@ func (d *Daemon) list(ctx context.Context, creq api.ClusterRequest, withCluster 
 			}
 			res.Sandboxes = append(res.Sandboxes, api.ListEntry{
 				Name: cs.Name, RoutingKey: cs.RoutingKey, Namespace: cs.Namespace,
-				InCluster: true, Orphan: true, LeaseExpires: cs.LeaseExpires,
+				InCluster: true, Orphan: true, LeaseExpires: cs.Expires,
 			})
 		}
 	}
 	return res, nil
+}
+
+// openError is the answer to a one-shot request (list, gc, disconnect
+// --orphan) whose cluster could not be opened.
+func openError(err error) error {
+	return &httpError{http.StatusBadGateway, live.RequestError(err).Error()}
 }
 
 // gc deletes the sandboxes whose Lease expired in the cluster creq
@@ -144,8 +153,7 @@ func (d *Daemon) gc(ctx context.Context, creq api.ClusterRequest) (api.GCResult,
 		if !sameCluster(sv.KubeconfigSource, sv.Context, creq, current) {
 			continue
 		}
-		t := Target{Sandbox: sv.Name, RoutingKey: sv.RoutingKey, Namespace: sv.Namespace, Namespaces: sv.Spec.Namespaces()}
-		if err := cl.RenewLease(ctx, t); err != nil {
+		if err := cl.RenewLease(ctx, sv.ref()); err != nil {
 			d.log.Debug("renewing before gc failed", "sandbox", name, "err", err)
 		}
 	}

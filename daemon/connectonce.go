@@ -10,6 +10,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/sbx-dev/sbx/cluster"
 	"github.com/sbx-dev/sbx/daemon/api"
 	"github.com/sbx-dev/sbx/daemon/config"
 	"github.com/sbx-dev/sbx/tunnel"
@@ -34,7 +35,7 @@ func (s *session) connectOnce(ctx context.Context) (time.Time, error) {
 		return time.Time{}, fmt.Errorf("open cluster (context %q): %w", saved.Context, err)
 	}
 	conf := s.m.conf()
-	ao := ApplyOptions{
+	ao := cluster.Options{
 		RoutingKey:          saved.RoutingKey,
 		TokenVerifier:       tunnel.VerifierOf(saved.Token).String(),
 		RefuseOtherVerifier: !takeover,
@@ -49,31 +50,24 @@ func (s *session) connectOnce(ctx context.Context) (time.Time, error) {
 	if err != nil {
 		// Every place this shows (status, connect's answer, the log)
 		// already names the sandbox.
-		return time.Time{}, fmt.Errorf("apply the cluster objects: %w", err)
+		return time.Time{}, supervisorError(saved.Name, fmt.Errorf("apply the cluster objects: %w", err))
 	}
 	s.appliedToken(saved.Token)
-	if applied.Sandbox == "" {
-		applied.Sandbox, applied.RoutingKey = saved.Name, saved.RoutingKey
-	}
-	if len(applied.Namespaces) == 0 {
-		applied.Namespaces = saved.Spec.Namespaces()
-	}
-	if applied.Namespace != "" && applied.Namespace != saved.Namespace {
+	t := applied.Ref
+	if t.Namespace != "" && t.Namespace != saved.Namespace {
 		s.mu.Lock()
-		s.saved.Namespace = applied.Namespace
+		s.saved.Namespace = t.Namespace
 		s.mu.Unlock()
 		s.m.persist()
 	}
 	s.m.store.UpdateSandbox(s.name, func(st *api.SandboxStatus) {
 		for i, mp := range st.Mappings {
-			st.Mappings[i].Services = slices.Clone(applied.Services[MappingKey{Workload: mp.Workload, Port: mp.Port}])
+			st.Mappings[i].Services = slices.Clone(applied.Services[cluster.Mapping{Workload: mp.Workload, Port: mp.Port}])
 		}
 		if applied.Routes != nil {
-			st.Routes = routeState(st.Routes, *applied.Routes, cfg.Now(), true)
+			st.Routes = routeState(st.Routes, applied.Routes, nil, cfg.Now(), true)
 		}
 	})
-	t := applied.Target
-	t.TokenVerifier = ao.TokenVerifier
 	// The token the link's sessions authenticate with: a rotation while
 	// connected switches it for the sessions dialed from then on.
 	var token atomic.Pointer[string]
@@ -92,9 +86,9 @@ func (s *session) connectOnce(ctx context.Context) (time.Time, error) {
 			<-watched
 		}()
 	}
-	s.setPhase(api.PhaseWaitingRelay, fmt.Sprintf("waiting for relay pod of %s in namespace %s", t.Sandbox, t.Namespace))
+	s.setPhase(api.PhaseWaitingRelay, fmt.Sprintf("waiting for relay pod of %s in namespace %s", t.Name, t.Namespace))
 	if err := cl.WaitRelay(ctx, t, s.progressFn(api.PhaseWaitingRelay)); err != nil {
-		return time.Time{}, fmt.Errorf("relay of sandbox %s: %w", t.Sandbox, err)
+		return time.Time{}, supervisorError(t.Name, fmt.Errorf("relay of sandbox %s: %w", t.Name, err))
 	}
 	poolSize := cfg.PoolSize
 	if poolSize <= 0 {
@@ -106,7 +100,7 @@ func (s *session) connectOnce(ctx context.Context) (time.Time, error) {
 	s.m.store.UpdateSandbox(s.name, func(st *api.SandboxStatus) { st.BaggageKey = conf.BaggageKey })
 	s.setPhase(api.PhaseConnecting, fmt.Sprintf("opening %d tunnel session(s) through port-forward", poolSize))
 	lk, err := s.m.link(ctx, linkParams{
-		Target:   t,
+		Ref:      t,
 		Token:    func() string { return *token.Load() },
 		ClientID: cfg.ClientID,
 		User:     cfg.User,
@@ -116,7 +110,7 @@ func (s *session) connectOnce(ctx context.Context) (time.Time, error) {
 		Logger:   s.log,
 	})
 	if err != nil {
-		return time.Time{}, fmt.Errorf("tunnel to relay of sandbox %s: %w", t.Sandbox, err)
+		return time.Time{}, fmt.Errorf("tunnel to relay of sandbox %s: %w", t.Name, err)
 	}
 	s.link.Store(&linkHolder{lk})
 	defer func() {
@@ -132,8 +126,8 @@ func (s *session) connectOnce(ctx context.Context) (time.Time, error) {
 	// is done when the rotation below is.
 	s.emit(api.Progress{Phase: api.PhaseReady, Done: s.snapshot().Token == saved.Token, Sandbox: &st})
 	if err := cl.RenewLease(ctx, t); err != nil {
-		if errors.Is(err, ErrSandboxGone) {
-			return connectedAt, fmt.Errorf("renew lease of sandbox %s: %w; re-applying", t.Sandbox, err)
+		if errors.Is(err, cluster.ErrSandboxGone) {
+			return connectedAt, fmt.Errorf("renew lease of sandbox %s: %w; re-applying", t.Name, err)
 		}
 		s.log.Warn("lease renewal failed", "err", err)
 	}
@@ -179,23 +173,23 @@ func (s *session) connectOnce(ctx context.Context) (time.Time, error) {
 		case err := <-rotated:
 			rotated = nil
 			if err != nil {
-				return connectedAt, fmt.Errorf("relay of sandbox %s for the rotated token: %w", t.Sandbox, err)
+				return connectedAt, supervisorError(t.Name, fmt.Errorf("relay of sandbox %s for the rotated token: %w", t.Name, err))
 			}
 			s.log.Info("tunnel token rotated: the new relay pod is ready; sessions move to it as the old one drains")
 			st, _ := s.m.store.Sandbox(s.name)
 			s.emit(api.Progress{Phase: api.PhaseReady, Done: true, Sandbox: &st,
 				Message: "token rotated: the relay checks the new token; the tunnel moves to its new pod as the old one drains"})
 		case <-lk.Done():
-			return connectedAt, fmt.Errorf("tunnel to relay of sandbox %s lost: %w", t.Sandbox, lk.Err())
+			return connectedAt, fmt.Errorf("tunnel to relay of sandbox %s lost: %w", t.Name, lk.Err())
 		case <-statsT.C:
 			s.refresh(ctx, lk, connectedAt)
 		case <-leaseT.C:
 			if err := cl.RenewLease(ctx, t); err != nil && ctx.Err() == nil {
-				if errors.Is(err, ErrSandboxGone) {
-					return connectedAt, fmt.Errorf("renew lease of sandbox %s: %w; re-applying", t.Sandbox, err)
+				if errors.Is(err, cluster.ErrSandboxGone) {
+					return connectedAt, fmt.Errorf("renew lease of sandbox %s: %w; re-applying", t.Name, err)
 				}
 				s.log.Warn("lease renewal failed", "err", err)
-				s.recordError(fmt.Errorf("renew lease of sandbox %s: %w (gc may remove it if this persists)", t.Sandbox, err))
+				s.recordError(fmt.Errorf("renew lease of sandbox %s: %w (gc may remove it if this persists)", t.Name, err))
 			}
 		}
 	}
@@ -209,12 +203,12 @@ func (s *session) connectOnce(ctx context.Context) (time.Time, error) {
 // as in any rollout, so no request is dropped. Until then a session the
 // link replaces may meet the old pod and be refused, which it survives
 // with the others.
-func (s *session) rotateLive(ctx context.Context, cl Cluster, cur savedSandbox, ao ApplyOptions, t Target) (Target, error) {
+func (s *session) rotateLive(ctx context.Context, cl Cluster, cur savedSandbox, ao cluster.Options, t cluster.Ref) (cluster.Ref, error) {
 	s.emit(api.Progress{Phase: api.PhaseReady, Message: fmt.Sprintf("rotating the tunnel token of sandbox %s: applying its verifier (the relay rolls; the tunnel stays up)", cur.Name)})
 	ao.TokenVerifier = tunnel.VerifierOf(cur.Token).String()
 	ao.RefuseOtherVerifier = false // the user asked for a new token here
 	if _, err := cl.Apply(ctx, &cur.Spec, ao, s.progressFn(api.PhaseReady)); err != nil {
-		return Target{}, fmt.Errorf("rotate the tunnel token: apply the cluster objects: %w", err)
+		return cluster.Ref{}, supervisorError(cur.Name, fmt.Errorf("rotate the tunnel token: apply the cluster objects: %w", err))
 	}
 	s.appliedToken(cur.Token)
 	t.TokenVerifier = ao.TokenVerifier
@@ -223,15 +217,41 @@ func (s *session) rotateLive(ctx context.Context, cl Cluster, cur savedSandbox, 
 
 // routeChecked records a check of the sandbox's routes, and says so when
 // the daemon had to put them back.
-func (s *session) routeChecked(rc RouteCheck) {
-	if rc.Err != nil {
-		s.log.Warn("checking the sandbox's routes failed", "err", rc.Err)
-	} else if len(rc.Changed) > 0 {
-		s.log.Info("sandbox routes restored", "virtualServices", rc.Changed)
+func (s *session) routeChecked(rs *cluster.RouteStatus, err error) {
+	if err != nil {
+		s.log.Warn("checking the sandbox's routes failed", "err", err)
+	} else if rs != nil && len(rs.Changed) > 0 {
+		s.log.Info("sandbox routes restored", "virtualServices", rs.Changed)
 	}
 	s.m.store.UpdateSandbox(s.name, func(st *api.SandboxStatus) {
-		st.Routes = routeState(st.Routes, rc, s.m.cfg.Now(), false)
+		st.Routes = routeState(st.Routes, rs, err, s.m.cfg.Now(), false)
 	})
+}
+
+// supervisorError is err of a call to the sandbox's Cluster as the
+// supervisor handles it: a relay of another daemon's token ends the
+// sandbox with the steps to take it back (verifierConflict), and what
+// the Cluster says retrying cannot cure stops the retries.
+func supervisorError(sandbox string, err error) error {
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, cluster.ErrVerifierMismatch):
+		return verifierConflict(sandbox, err)
+	case isPermanent(err):
+		return &PermanentError{err}
+	}
+	return err
+}
+
+// verifierConflict is the end of a sandbox whose relay another daemon
+// applied with its own token since (or someone edited): this daemon stops
+// rather than take it back by itself, which would break the other's
+// tunnel and make the two take turns; the user decides.
+func verifierConflict(sandbox string, err error) error {
+	return &PermanentError{&nextStepError{
+		fmt.Errorf("%w; this daemon stopped reconnecting so that two daemons do not take turns", err),
+		fmt.Sprintf("to take the sandbox back here, run `sbx connect %s --rotate-token` (or connect it again with -f FILE); the other daemon then stops the same way", sandbox)}}
 }
 
 // refresh samples the link and probes each mapping's local address.

@@ -87,7 +87,7 @@
 // keeps the tunnel: the daemon applies the new verifier, new sessions use
 // the new token, and they move to the new relay pod when the old one
 // drains, as in any rollout. The daemon waits only for relay pods that
-// check its own verifier (Target.TokenVerifier).
+// check its own verifier (cluster.Ref.TokenVerifier).
 //
 // Only applies this daemon chose may replace another verifier: the first
 // after minting a token, or after the user connects again. When the

@@ -18,6 +18,8 @@ import (
 	"go.uber.org/goleak"
 	"k8s.io/client-go/kubernetes"
 
+	"github.com/sbx-dev/sbx/cluster"
+	"github.com/sbx-dev/sbx/cluster/discovery"
 	"github.com/sbx-dev/sbx/cluster/spec"
 	"github.com/sbx-dev/sbx/daemon/api"
 	"github.com/sbx-dev/sbx/daemon/client"
@@ -102,9 +104,9 @@ func fixedToken() (string, error) { return testToken, nil }
 // fakeCluster is a Cluster whose steps tests control.
 type fakeCluster struct {
 	mu        sync.Mutex
-	applies   []string       // routing keys, one per Apply
-	opts      []ApplyOptions // one per Apply
-	waits     []Target       // one per WaitRelay
+	applies   []string          // routing keys, one per Apply
+	opts      []cluster.Options // one per Apply
+	waits     []cluster.Ref     // one per WaitRelay
 	deletes   []string
 	renews    int
 	renewErr  error
@@ -116,38 +118,44 @@ type fakeCluster struct {
 	// with its error, as a call to an API server that does not answer.
 	hang      bool
 	hangs     int // calls hanging so far
-	dial      func(ctx context.Context, t Target) (net.Conn, error)
-	listed    []ClusterSandbox
+	dial      func(ctx context.Context, ref cluster.Ref) (net.Conn, error)
+	listed    []cluster.SandboxInfo
 	gcDeleted []string
 	kube      kubernetes.Interface // Services for outbound discovery; nil: none
 }
 
-// ServiceClient makes fakeCluster a ServiceDiscoverer.
-func (f *fakeCluster) ServiceClient() kubernetes.Interface { return f.kube }
+// WatchServices makes fakeCluster a ServiceDiscoverer.
+func (f *fakeCluster) WatchServices(o discovery.Options) (*discovery.Watcher, error) {
+	if f.kube == nil {
+		return nil, nil // no discovery
+	}
+	o.Client = f.kube
+	return discovery.New(o)
+}
 
-func (f *fakeCluster) Apply(ctx context.Context, sb *spec.Sandbox, o ApplyOptions, progress func(string)) (Applied, error) {
+func (f *fakeCluster) Apply(ctx context.Context, sb *spec.Sandbox, o cluster.Options, progress func(cluster.Event)) (*cluster.Result, error) {
 	key := o.RoutingKey
 	f.mu.Lock()
 	f.applies = append(f.applies, key)
 	f.opts = append(f.opts, o)
 	err := f.applyErr
 	f.mu.Unlock()
-	progress("created Deployment " + sb.Namespaces()[0] + "/sbx-" + key)
+	progress(cluster.Event{Action: cluster.ActionCreated, Kind: "Deployment", Namespace: sb.Namespaces()[0], Name: "sbx-" + key})
 	if err != nil {
-		return Applied{}, err
+		return nil, err
 	}
-	return Applied{
-		Target:   Target{Sandbox: sb.Name, RoutingKey: key, Namespace: sb.Namespaces()[0], TokenVerifier: o.TokenVerifier},
-		Services: map[MappingKey][]string{{Workload: "route", Port: 8083}: {"route.hotrod"}},
+	return &cluster.Result{
+		Ref:      cluster.Ref{Name: sb.Name, RoutingKey: key, Namespace: sb.Namespaces()[0], Namespaces: sb.Namespaces(), TokenVerifier: o.TokenVerifier},
+		Services: map[cluster.Mapping][]string{{Workload: "route", Port: 8083}: {"route.hotrod"}},
 	}, nil
 }
 
-func (f *fakeCluster) WaitRelay(ctx context.Context, t Target, progress func(string)) error {
+func (f *fakeCluster) WaitRelay(ctx context.Context, t cluster.Ref, progress func(cluster.Event)) error {
 	f.mu.Lock()
 	f.waits = append(f.waits, t)
 	block, err := f.waitBlock, f.waitErr
 	f.mu.Unlock()
-	progress("relay pod sbx-" + t.RoutingKey + "-abc is Running")
+	progress(cluster.Event{Action: cluster.ActionWaiting, Message: "relay pod sbx-" + t.RoutingKey + "-abc is Running"})
 	if block != nil {
 		select {
 		case <-block:
@@ -158,7 +166,7 @@ func (f *fakeCluster) WaitRelay(ctx context.Context, t Target, progress func(str
 	return err
 }
 
-func (f *fakeCluster) DialRelay(ctx context.Context, t Target) (net.Conn, error) {
+func (f *fakeCluster) DialRelay(ctx context.Context, t cluster.Ref) (net.Conn, error) {
 	f.mu.Lock()
 	dial := f.dial
 	f.mu.Unlock()
@@ -168,7 +176,7 @@ func (f *fakeCluster) DialRelay(ctx context.Context, t Target) (net.Conn, error)
 	return dial(ctx, t)
 }
 
-func (f *fakeCluster) RenewLease(ctx context.Context, t Target) error {
+func (f *fakeCluster) RenewLease(ctx context.Context, t cluster.Ref) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.renews++
@@ -190,7 +198,7 @@ func (f *fakeCluster) hung(ctx context.Context) error {
 	return fmt.Errorf("fake cluster: %w", ctx.Err())
 }
 
-func (f *fakeCluster) Delete(ctx context.Context, t Target, sb *spec.Sandbox) error {
+func (f *fakeCluster) Delete(ctx context.Context, t cluster.Ref) error {
 	if err := f.hung(ctx); err != nil {
 		return err
 	}
@@ -199,17 +207,17 @@ func (f *fakeCluster) Delete(ctx context.Context, t Target, sb *spec.Sandbox) er
 	if f.deleteErr != nil {
 		return f.deleteErr
 	}
-	f.deletes = append(f.deletes, t.Sandbox+"/"+t.RoutingKey)
+	f.deletes = append(f.deletes, t.Name+"/"+t.RoutingKey)
 	return nil
 }
 
-func (f *fakeCluster) List(ctx context.Context, ns string) ([]ClusterSandbox, error) {
+func (f *fakeCluster) List(ctx context.Context, ns string) ([]cluster.SandboxInfo, error) {
 	if err := f.hung(ctx); err != nil {
 		return nil, err
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	return append([]ClusterSandbox(nil), f.listed...), nil
+	return append([]cluster.SandboxInfo(nil), f.listed...), nil
 }
 
 func (f *fakeCluster) GC(ctx context.Context, ns string) ([]string, error) {
@@ -228,10 +236,10 @@ func (f *fakeCluster) appliedKeys() []string {
 }
 
 // appliedOptions returns the options of every Apply so far, in order.
-func (f *fakeCluster) appliedOptions() []ApplyOptions {
+func (f *fakeCluster) appliedOptions() []cluster.Options {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	return append([]ApplyOptions(nil), f.opts...)
+	return append([]cluster.Options(nil), f.opts...)
 }
 
 func (f *fakeCluster) provider() ClusterProvider {

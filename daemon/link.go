@@ -5,6 +5,8 @@ import (
 	"log/slog"
 	"net"
 	"time"
+
+	"github.com/sbx-dev/sbx/cluster"
 )
 
 // link is a live tunnel to one sandbox's relay: a pool of tunnel sessions
@@ -42,7 +44,7 @@ type route struct {
 
 // linkParams is everything needed to build a link.
 type linkParams struct {
-	Target Target
+	Ref cluster.Ref
 	// Token returns the tunnel token each new session authenticates with;
 	// a rotation changes it while the link lives.
 	Token    func() string

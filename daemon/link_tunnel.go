@@ -9,6 +9,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/sbx-dev/sbx/cluster"
 	"github.com/sbx-dev/sbx/tunnel"
 )
 
@@ -96,7 +97,7 @@ func (l *tunnelLink) addSession(ctx context.Context) error {
 		Version:  tunnel.ProtocolVersion,
 		Token:    l.p.Token(),
 		ClientID: l.p.ClientID,
-		Sandbox:  l.p.Target.Sandbox,
+		Sandbox:  l.p.Ref.Name,
 		User:     l.p.User,
 	})
 	if err != nil {
@@ -108,8 +109,8 @@ func (l *tunnelLink) addSession(ctx context.Context) error {
 			// Not permanent: the supervisor re-applies, which either
 			// restores this daemon's verifier or finds another daemon's
 			// there and stops (verifierConflict).
-			sb := l.p.Target.Sandbox
-			return &nextStepError{fmt.Errorf("%w (%w)", ErrVerifierMismatch, err), // the caller names the sandbox
+			sb := l.p.Ref.Name
+			return &nextStepError{fmt.Errorf("%w (%w)", cluster.ErrVerifierMismatch, err), // the caller names the sandbox
 				fmt.Sprintf("sbx re-applies and retries; to make this daemon's token the relay's now, run `sbx connect %s --rotate-token` or reconnect", sb)}
 		}
 		return fmt.Errorf("tunnel handshake: %w", err)
@@ -284,17 +285,17 @@ func (l *tunnelLink) serveInbound(st *tunnel.Stream) {
 	}
 	if rt == nil {
 		_ = st.Reject(tunnel.ReasonDenied, fmt.Sprintf("sandbox %s has no mapping for workload %s port %d (run sbx connect again with the current spec)",
-			l.p.Target.Sandbox, h.Workload, h.Port))
+			l.p.Ref.Name, h.Workload, h.Port))
 		return
 	}
 	d := net.Dialer{Timeout: inboundDialTimeout}
 	local, err := d.DialContext(l.ctx, "tcp", rt.ToLocal)
 	if err != nil {
 		reason := tunnel.ReasonOf(err)
-		msg := fmt.Sprintf("sbx sandbox %s: dial %s for %s port %d: %v", l.p.Target.Sandbox, rt.ToLocal, rt.Workload, rt.Port, err)
+		msg := fmt.Sprintf("sbx sandbox %s: dial %s for %s port %d: %v", l.p.Ref.Name, rt.ToLocal, rt.Workload, rt.Port, err)
 		if reason == tunnel.ReasonRefused {
 			msg = fmt.Sprintf("sbx sandbox %s: nothing listening on %s (mapping of %s port %d); start your service there, or fix toLocal in the sandbox spec",
-				l.p.Target.Sandbox, rt.ToLocal, rt.Workload, rt.Port)
+				l.p.Ref.Name, rt.ToLocal, rt.Workload, rt.Port)
 		}
 		l.log.Info("inbound stream refused locally", "workload", rt.Workload, "port", rt.Port, "toLocal", rt.ToLocal, "reason", reason)
 		_ = st.Reject(reason, msg)

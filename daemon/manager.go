@@ -10,6 +10,7 @@ import (
 	"strings"
 	"sync"
 
+	"github.com/sbx-dev/sbx/cluster/live"
 	"github.com/sbx-dev/sbx/cluster/routingkey"
 	"github.com/sbx-dev/sbx/daemon/api"
 	"github.com/sbx-dev/sbx/daemon/config"
@@ -393,9 +394,9 @@ func (m *manager) Disconnect(ctx context.Context, name string, forget bool) erro
 		if err != nil {
 			// Not Open's "connect again" or "retrying": the hint
 			// below says what a failed disconnect needs.
-			return fmt.Errorf("open the cluster: %w", kubeconfigCause(err))
+			return fmt.Errorf("open the cluster: %w", live.Cause(err))
 		}
-		return cl.Delete(ctx, Target{Sandbox: saved.Name, RoutingKey: saved.RoutingKey, Namespace: saved.Namespace, Namespaces: saved.Spec.Namespaces()}, &saved.Spec)
+		return cl.Delete(ctx, saved.ref())
 	}()
 	if err != nil && m.stopping(err) {
 		return interrupted()

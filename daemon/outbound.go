@@ -11,27 +11,11 @@ import (
 	"sync"
 	"time"
 
-	"k8s.io/client-go/kubernetes"
-
 	"github.com/sbx-dev/sbx/cluster/discovery"
 	"github.com/sbx-dev/sbx/daemon/api"
 	"github.com/sbx-dev/sbx/daemon/config"
 	"github.com/sbx-dev/sbx/daemon/outbound"
 )
-
-// ServiceDiscoverer is implemented by Clusters whose Services the daemon
-// can watch for outbound access (the real clusters from NewKubeClusters
-// and NewClusterFromKube). It is separate from Cluster so that
-// a Cluster without an API server behind it (a test double) still works:
-// its sandboxes then get no discovered names, and the proxy still sends
-// names ending in .svc through the tunnel.
-type ServiceDiscoverer interface {
-	// ServiceClient returns the clientset to list and watch Services
-	// with; nil means none.
-	ServiceClient() kubernetes.Interface
-}
-
-var _ ServiceDiscoverer = (*kubeCluster)(nil)
 
 // outboundSelector keeps sbx's own Services (the sandboxes' routes to
 // relays) out of the names offered on the laptop.
@@ -314,32 +298,29 @@ func (o *outboundCtl) watch(ctx context.Context, ns string, sb savedSandbox) (st
 	if err != nil {
 		return false, err
 	}
-	sd, ok := cl.(ServiceDiscoverer)
-	var client kubernetes.Interface
-	if ok {
-		client = sd.ServiceClient()
+	var w *discovery.Watcher
+	if sd, ok := cl.(ServiceDiscoverer); ok {
+		w, err = sd.WatchServices(discovery.Options{
+			Namespaces: []string{ns},
+			Selector:   outboundSelector,
+			OnEvent: func(ev discovery.Event) {
+				o.catMu.Lock()
+				defer o.catMu.Unlock()
+				o.cat.Apply(ev)
+			},
+			Logger: o.log.With("namespace", ns),
+		})
+		if err != nil {
+			return false, err
+		}
 	}
-	if client == nil {
+	if w == nil {
 		key := clusterKey(sb)
 		if !o.noSource[key] {
 			o.noSource[key] = true
 			o.log.Info("the cluster offers no Service discovery; only names ending in .svc reach it (proxy mode)", "sandbox", sb.Name, "context", sb.Context)
 		}
 		return false, nil
-	}
-	w, err := discovery.New(discovery.Options{
-		Client:     client,
-		Namespaces: []string{ns},
-		Selector:   outboundSelector,
-		OnEvent: func(ev discovery.Event) {
-			o.catMu.Lock()
-			defer o.catMu.Unlock()
-			o.cat.Apply(ev)
-		},
-		Logger: o.log.With("namespace", ns),
-	})
-	if err != nil {
-		return false, err
 	}
 	wctx, cancel := context.WithCancel(ctx)
 	nw := &nsWatch{cluster: clusterKey(sb), w: w, cancel: cancel, done: make(chan struct{})}

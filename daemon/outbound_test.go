@@ -313,12 +313,12 @@ func (r recordingLink) DialOutbound(ctx context.Context, target, source string) 
 func (n *namedLinker) link(ctx context.Context, p linkParams) (link, error) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	if n.down[p.Target.Sandbox] {
-		return nil, fmt.Errorf("relay of %s unreachable", p.Target.Sandbox)
+	if n.down[p.Ref.Name] {
+		return nil, fmt.Errorf("relay of %s unreachable", p.Ref.Name)
 	}
 	fl := newFakeLink()
-	n.links[p.Target.Sandbox] = fl
-	return recordingLink{fakeLink: fl, l: n, sandbox: p.Target.Sandbox}, nil
+	n.links[p.Ref.Name] = fl
+	return recordingLink{fakeLink: fl, l: n, sandbox: p.Ref.Name}, nil
 }
 
 func TestOutboundPicksSandboxByNamespace(t *testing.T) {

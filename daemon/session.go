@@ -52,9 +52,13 @@ var errRestart = errors.New("spec changed; re-applying")
 
 // PermanentError marks a failure that retrying cannot fix (an invalid spec,
 // a workload that does not exist, a protocol version mismatch). The
-// supervisor stops in PhaseFailed until the user connects again. Cluster
-// implementations wrap such errors in it.
+// supervisor stops in PhaseFailed until the user connects again. Errors
+// of other packages say the same with an IsPermanent method (see
+// isPermanent).
 type PermanentError struct{ Err error }
+
+// IsPermanent is always true.
+func (e *PermanentError) IsPermanent() bool { return true }
 
 // Error returns the wrapped error's message.
 func (e *PermanentError) Error() string { return e.Err.Error() }
@@ -63,7 +67,7 @@ func (e *PermanentError) Error() string { return e.Err.Error() }
 func (e *PermanentError) Unwrap() error { return e.Err }
 
 // nextStepper is an error that says itself how to recover from it.
-type nextStepper interface{ nextStep() string }
+type nextStepper interface{ NextStep() string }
 
 // nextStepError is err with the step that recovers from it, for errors
 // whose remedy is not the generic one of a failed sandbox.
@@ -74,7 +78,7 @@ type nextStepError struct {
 
 func (e *nextStepError) Error() string    { return e.err.Error() + " (" + e.next + ")" }
 func (e *nextStepError) Unwrap() error    { return e.err }
-func (e *nextStepError) nextStep() string { return e.next }
+func (e *nextStepError) NextStep() string { return e.next }
 
 // failedMessage is what a sandbox that stopped retrying says: the error,
 // with the generic remedy unless the error carries its own.
@@ -201,8 +205,9 @@ func (s *session) setPhase(ph api.Phase, msg string) {
 	s.emit(api.Progress{Phase: ph, Message: msg})
 }
 
-func (s *session) progressFn(ph api.Phase) func(string) {
-	return func(msg string) {
+func (s *session) progressFn(ph api.Phase) func(cluster.Event) {
+	return func(e cluster.Event) {
+		msg := e.String()
 		s.log.Debug("progress", "phase", ph, "msg", msg)
 		s.emit(api.Progress{Phase: ph, Message: msg})
 	}
@@ -238,8 +243,7 @@ func (s *session) run(ctx context.Context) {
 			upFor = cfg.Now().Sub(connectedAt)
 		}
 		s.log.Warn("session attempt failed", "err", err)
-		var perm *PermanentError
-		permanent := errors.As(err, &perm)
+		permanent := isPermanent(err)
 		// One update: watchers never see "ready" next to the new error or
 		// count.
 		now := cfg.Now()

@@ -14,6 +14,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/sbx-dev/sbx/cluster"
 	"github.com/sbx-dev/sbx/cluster/routingkey"
 	"github.com/sbx-dev/sbx/cluster/spec"
 	"github.com/sbx-dev/sbx/daemon/api"
@@ -346,8 +347,8 @@ func TestListMarksOrphansAndGC(t *testing.T) {
 	require.NoError(t, err)
 	exp := time.Now().Add(time.Minute).UTC().Truncate(time.Second)
 	fc.mu.Lock()
-	fc.listed = []ClusterSandbox{
-		{Name: "alice", RoutingKey: st.RoutingKey, Namespace: "hotrod", LeaseExpires: exp},
+	fc.listed = []cluster.SandboxInfo{
+		{Name: "alice", RoutingKey: st.RoutingKey, Namespace: "hotrod", Expires: exp},
 		{Name: "old", RoutingKey: "0000000000000", Namespace: "hotrod"},
 	}
 	fc.mu.Unlock()
@@ -399,7 +400,7 @@ func TestGoneSandboxIsReapplied(t *testing.T) {
 	st, err := td.client.Connect(context.Background(), api.ConnectRequest{Spec: testSpec("alice", "localhost:1"), Wait: true}, nil)
 	require.NoError(t, err)
 	fc.mu.Lock()
-	fc.renewErr = fmt.Errorf("%w: lease hotrod/sbx-alice not found", ErrSandboxGone)
+	fc.renewErr = fmt.Errorf("%w: lease hotrod/sbx-alice not found", cluster.ErrSandboxGone)
 	fc.mu.Unlock()
 	require.Eventually(t, func() bool { return len(fc.appliedKeys()) >= 2 }, 10*time.Second, 5*time.Millisecond)
 	fc.mu.Lock()

@@ -20,6 +20,7 @@ import (
 
 	"github.com/sbx-dev/sbx/cluster"
 	"github.com/sbx-dev/sbx/cluster/kube"
+	"github.com/sbx-dev/sbx/cluster/live"
 	"github.com/sbx-dev/sbx/daemon/api"
 	"github.com/sbx-dev/sbx/tools/testbed/sim"
 	"github.com/sbx-dev/sbx/tunnel"
@@ -38,10 +39,10 @@ func TestSimulatedCluster(t *testing.T) {
 	c, err := sim.Start(ctx, sim.Options{Logger: testLogger(t).With("component", "sim")})
 	require.NoError(t, err)
 	t.Cleanup(c.Close)
-	kc := NewClusterFromKube(&kube.Cluster{
+	kc := live.NewFromKube(&kube.Cluster{
 		REST: c.RESTConfig, Kube: c.Clients.Kube, Istio: c.Clients.Istio,
 		Namespace: sim.AppNamespace, Context: "sim",
-	}, KubeOptions{Logger: testLogger(t), DefaultRelayImage: "ghcr.io/sbx-dev/sbx:test", WaitTimeout: 30 * time.Second,
+	}, live.Options{Logger: testLogger(t), DefaultRelayImage: "ghcr.io/sbx-dev/sbx:test", WaitTimeout: 30 * time.Second,
 		// Only the watch on VirtualServices can repair the routes in time.
 		RouteResync: time.Hour})
 	t.Cleanup(func() { _ = kc.Close() })
@@ -210,10 +211,10 @@ func TestRelayRolloutLosesNothing(t *testing.T) {
 	c, err := sim.Start(ctx, sim.Options{Logger: testLogger(t).With("component", "sim")})
 	require.NoError(t, err)
 	t.Cleanup(c.Close)
-	kc := NewClusterFromKube(&kube.Cluster{
+	kc := live.NewFromKube(&kube.Cluster{
 		REST: c.RESTConfig, Kube: c.Clients.Kube, Istio: c.Clients.Istio,
 		Namespace: sim.AppNamespace, Context: "sim",
-	}, KubeOptions{Logger: testLogger(t), DefaultRelayImage: "ghcr.io/sbx-dev/sbx:test", WaitTimeout: 30 * time.Second})
+	}, live.Options{Logger: testLogger(t), DefaultRelayImage: "ghcr.io/sbx-dev/sbx:test", WaitTimeout: 30 * time.Second})
 	t.Cleanup(func() { _ = kc.Close() })
 	svc := localService(t)
 	cfg := shortTunnelConfig()

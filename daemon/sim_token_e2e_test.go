@@ -16,6 +16,7 @@ import (
 
 	"github.com/sbx-dev/sbx/cluster"
 	"github.com/sbx-dev/sbx/cluster/kube"
+	"github.com/sbx-dev/sbx/cluster/live"
 	"github.com/sbx-dev/sbx/cluster/spec"
 	"github.com/sbx-dev/sbx/daemon/api"
 	"github.com/sbx-dev/sbx/tools/testbed/sim"
@@ -46,10 +47,10 @@ func startSimTokenEnv(t *testing.T) *simTokenEnv {
 // cluster is a fresh connection to the simulated cluster, as one daemon
 // (one laptop) has.
 func (e *simTokenEnv) cluster() Cluster {
-	kc := NewClusterFromKube(&kube.Cluster{
+	kc := live.NewFromKube(&kube.Cluster{
 		REST: e.c.RESTConfig, Kube: e.c.Clients.Kube, Istio: e.c.Clients.Istio,
 		Namespace: sim.AppNamespace, Context: "sim",
-	}, KubeOptions{Logger: testLogger(e.t), DefaultRelayImage: "ghcr.io/sbx-dev/sbx:test", WaitTimeout: 30 * time.Second})
+	}, live.Options{Logger: testLogger(e.t), DefaultRelayImage: "ghcr.io/sbx-dev/sbx:test", WaitTimeout: 30 * time.Second})
 	e.t.Cleanup(func() { _ = kc.Close() })
 	return kc
 }
@@ -256,7 +257,7 @@ func TestSimRotateTokenUnderLoad(t *testing.T) {
 	require.Equal(t, st.RoutingKey, sb.RoutingKey)
 
 	// The old token is refused now; the daemon's sessions carry on.
-	conn, err := kc.DialRelay(e.ctx, Target{Sandbox: "alice", RoutingKey: st.RoutingKey, Namespace: sim.AppNamespace})
+	conn, err := kc.DialRelay(e.ctx, cluster.Ref{Name: "alice", RoutingKey: st.RoutingKey, Namespace: sim.AppNamespace})
 	require.NoError(t, err)
 	_, _, err = tunnel.Client(e.ctx, conn, e.cfg, tunnel.Hello{Token: oldToken, ClientID: "old-token", Sandbox: "alice", User: "mallory@elsewhere"})
 	require.ErrorIs(t, err, tunnel.ErrBadToken)

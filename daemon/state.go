@@ -13,6 +13,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/sbx-dev/sbx/cluster"
 	"github.com/sbx-dev/sbx/cluster/spec"
 	"github.com/sbx-dev/sbx/daemon/api"
 )
@@ -41,6 +42,11 @@ type savedSandbox struct {
 	Context   string       `json:"context,omitempty"`
 	Spec      spec.Sandbox `json:"spec"`
 	CreatedAt time.Time    `json:"createdAt"`
+}
+
+// ref is the sandbox as the cluster knows it.
+func (s savedSandbox) ref() cluster.Ref {
+	return cluster.Ref{Name: s.Name, RoutingKey: s.RoutingKey, Namespace: s.Namespace, Namespaces: s.Spec.Namespaces()}
 }
 
 // LogValue keeps the token out of logs.

@@ -53,7 +53,7 @@ func TestRotateTokenKeepsTheTunnel(t *testing.T) {
 	require.Equal(t, tunnel.VerifierOf("tok-two").String(), opts[1].TokenVerifier)
 	require.False(t, opts[1].RefuseOtherVerifier, "the user asked for the new token here")
 	fc.mu.Lock()
-	waits := append([]Target(nil), fc.waits...)
+	waits := append([]cluster.Ref(nil), fc.waits...)
 	fc.mu.Unlock()
 	require.Equal(t, opts[1].TokenVerifier, waits[len(waits)-1].TokenVerifier, "it waits for the relay of the new token")
 

@@ -12,6 +12,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/sbx-dev/sbx/cluster"
 	"github.com/sbx-dev/sbx/daemon/api"
 	"github.com/sbx-dev/sbx/tunnel"
 	"github.com/sbx-dev/sbx/tunnel/tunneltest"
@@ -120,7 +121,7 @@ func (r *miniRelay) kill() {
 // relayCluster is a fakeCluster whose DialRelay reaches the current
 // miniRelay.
 func relayCluster(current func() string) *fakeCluster {
-	return &fakeCluster{dial: func(ctx context.Context, _ Target) (net.Conn, error) {
+	return &fakeCluster{dial: func(ctx context.Context, _ cluster.Ref) (net.Conn, error) {
 		var d net.Dialer
 		return d.DialContext(ctx, "tcp", current())
 	}}

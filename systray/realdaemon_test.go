@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sbx-dev/sbx/cluster"
 	"github.com/sbx-dev/sbx/cluster/spec"
 	"github.com/sbx-dev/sbx/daemon"
 	"github.com/sbx-dev/sbx/daemon/api"
@@ -29,29 +30,29 @@ type holdCluster struct {
 	deleted []string
 }
 
-func (c *holdCluster) Apply(ctx context.Context, sb *spec.Sandbox, o daemon.ApplyOptions, progress func(string)) (daemon.Applied, error) {
-	return daemon.Applied{Target: daemon.Target{Sandbox: sb.Name, RoutingKey: o.RoutingKey, Namespace: "hotrod"}}, nil
+func (c *holdCluster) Apply(ctx context.Context, sb *spec.Sandbox, o cluster.Options, progress func(cluster.Event)) (*cluster.Result, error) {
+	return &cluster.Result{Ref: cluster.Ref{Name: sb.Name, RoutingKey: o.RoutingKey, Namespace: "hotrod", Namespaces: []string{"hotrod"}}}, nil
 }
 
-func (c *holdCluster) WaitRelay(ctx context.Context, t daemon.Target, progress func(string)) error {
+func (c *holdCluster) WaitRelay(ctx context.Context, t cluster.Ref, progress func(cluster.Event)) error {
 	<-ctx.Done()
 	return ctx.Err()
 }
 
-func (c *holdCluster) DialRelay(ctx context.Context, t daemon.Target) (net.Conn, error) {
+func (c *holdCluster) DialRelay(ctx context.Context, t cluster.Ref) (net.Conn, error) {
 	return nil, errors.New("no relay in this test")
 }
 
-func (c *holdCluster) RenewLease(ctx context.Context, t daemon.Target) error { return nil }
+func (c *holdCluster) RenewLease(ctx context.Context, t cluster.Ref) error { return nil }
 
-func (c *holdCluster) Delete(ctx context.Context, t daemon.Target, sb *spec.Sandbox) error {
+func (c *holdCluster) Delete(ctx context.Context, t cluster.Ref) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	c.deleted = append(c.deleted, sb.Name)
+	c.deleted = append(c.deleted, t.Name)
 	return nil
 }
 
-func (c *holdCluster) List(ctx context.Context, namespace string) ([]daemon.ClusterSandbox, error) {
+func (c *holdCluster) List(ctx context.Context, namespace string) ([]cluster.SandboxInfo, error) {
 	return nil, nil
 }
 

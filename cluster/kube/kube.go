@@ -66,6 +66,13 @@ type Cluster struct {
 	Files []string
 }
 
+// EnvVar is the environment variable with kubectl's kubeconfig path list.
+const EnvVar = clientcmd.RecommendedConfigPathEnvVar
+
+// HomeFile is the kubeconfig read when neither --kubeconfig nor EnvVar
+// names one (~/.kube/config).
+var HomeFile = clientcmd.RecommendedHomeFile
+
 // ErrNoKubeconfig means none of the kubeconfig files exists.
 var ErrNoKubeconfig = errors.New("no kubeconfig found")
 

@@ -15,7 +15,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
-	"github.com/sbx-dev/sbx/cluster/spec"
+	"github.com/sbx-dev/sbx/cluster"
 	"github.com/sbx-dev/sbx/daemon"
 	"github.com/sbx-dev/sbx/daemon/api"
 )
@@ -271,7 +271,7 @@ type slowDeleteCluster struct {
 	entered chan struct{}
 }
 
-func (c *slowDeleteCluster) Delete(ctx context.Context, t daemon.Target, sb *spec.Sandbox) error {
+func (c *slowDeleteCluster) Delete(ctx context.Context, t cluster.Ref) error {
 	if c.entered != nil {
 		select {
 		case c.entered <- struct{}{}:
@@ -283,7 +283,7 @@ func (c *slowDeleteCluster) Delete(ctx context.Context, t daemon.Target, sb *spe
 	case <-ctx.Done():
 		return ctx.Err()
 	}
-	return c.cliCluster.Delete(ctx, t, sb)
+	return c.cliCluster.Delete(ctx, t)
 }
 
 // TestCLIDisconnectSaysItStillWaits: a disconnect the cluster makes slow
@@ -420,7 +420,7 @@ func TestCLIDisconnectInterrupted(t *testing.T) {
 			"  hint: `sbx list` shows what is left; `sbx disconnect ghost --orphan --context test -n hotrod` finishes it\n"},
 	}
 	cl.mu.Lock()
-	cl.listed = []daemon.ClusterSandbox{{Name: "ghost", Namespace: "hotrod"}}
+	cl.listed = []cluster.SandboxInfo{{Name: "ghost", Namespace: "hotrod"}}
 	cl.mu.Unlock()
 	for _, tt := range tests {
 		entered := false // the daemon waits for the cluster

@@ -14,6 +14,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/sbx-dev/sbx/cluster"
+	"github.com/sbx-dev/sbx/cluster/live"
 	"github.com/sbx-dev/sbx/daemon"
 	"github.com/sbx-dev/sbx/daemon/api"
 	"github.com/sbx-dev/sbx/daemon/client"
@@ -215,7 +216,7 @@ func runDaemon(ctx context.Context, g *globalOptions, background bool, manager s
 	if err != nil {
 		return userError(err, "set HOME or XDG_CONFIG_HOME")
 	}
-	clusters := daemon.NewKubeClusters(daemon.KubeOptions{
+	clusters := live.NewClusters(live.Options{
 		Logger:            logger,
 		DefaultRelayImage: cluster.DefaultRelayImageRepo + ":" + g.build.Version,
 	})
@@ -232,7 +233,7 @@ func runDaemon(ctx context.Context, g *globalOptions, background bool, manager s
 			ConfigPath: cfgPath,
 			// The product, and only it, edits the machine's hosts file by default.
 			SystemHostsFile: config.DefaultHostsFile,
-			Clusters:        clusters.Open,
+			Clusters:        daemon.LiveClusters(clusters),
 			Manager:         manager,
 		})
 		if err != nil {

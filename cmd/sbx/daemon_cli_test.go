@@ -19,7 +19,9 @@ import (
 	"github.com/stretchr/testify/require"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 
+	"github.com/sbx-dev/sbx/cluster"
 	"github.com/sbx-dev/sbx/cluster/kube"
+	"github.com/sbx-dev/sbx/cluster/live"
 	"github.com/sbx-dev/sbx/cluster/meshreport"
 	"github.com/sbx-dev/sbx/cluster/spec"
 	"github.com/sbx-dev/sbx/daemon"
@@ -86,15 +88,15 @@ func writeTestConfig(t *testing.T, dir string) {
 type cliCluster struct {
 	mu      sync.Mutex
 	deletes []string
-	listed  []daemon.ClusterSandbox
+	listed  []cluster.SandboxInfo
 	ready   chan struct{}
 }
 
-func (c *cliCluster) Apply(ctx context.Context, sb *spec.Sandbox, o daemon.ApplyOptions, progress func(string)) (daemon.Applied, error) {
+func (c *cliCluster) Apply(ctx context.Context, sb *spec.Sandbox, o cluster.Options, progress func(cluster.Event)) (*cluster.Result, error) {
 	key := o.RoutingKey
-	progress("created Deployment " + sb.Namespaces()[0] + "/sbx-" + sb.Name)
-	return daemon.Applied{Target: daemon.Target{Sandbox: sb.Name, RoutingKey: key, Namespace: sb.Namespaces()[0]},
-		Routes: &daemon.RouteCheck{Ports: []meshreport.PortReport{{Namespace: "hotrod", Service: "route", Port: 8083, Workload: "route",
+	progress(cluster.Event{Action: cluster.ActionCreated, Kind: "Deployment", Namespace: sb.Namespaces()[0], Name: "sbx-" + sb.Name})
+	return &cluster.Result{Ref: cluster.Ref{Name: sb.Name, RoutingKey: key, Namespace: sb.Namespaces()[0], Namespaces: sb.Namespaces()},
+		Routes: &cluster.RouteStatus{Report: []meshreport.PortReport{{Namespace: "hotrod", Service: "route", Port: 8083, Workload: "route",
 			Views: []meshreport.ViewReport{
 				{Clients: "", Chain: []string{"platform/wild (public, wildcard *.hotrod.svc.cluster.local)"}, Applies: "platform/wild",
 					Keyed: meshreport.KeyedPartial, Reason: "clients platform/wild gives no route on port 8083 reach the baseline"},
@@ -111,8 +113,8 @@ func (c *cliCluster) SweepRoutes(ctx context.Context, ns string) ([]meshreport.L
 	return c.Leftovers(ctx, ns)
 }
 
-func (c *cliCluster) WaitRelay(ctx context.Context, t daemon.Target, progress func(string)) error {
-	progress("waiting for pod")
+func (c *cliCluster) WaitRelay(ctx context.Context, t cluster.Ref, progress func(cluster.Event)) error {
+	progress(cluster.Event{Action: cluster.ActionWaiting, Message: "waiting for pod"})
 	select {
 	case <-c.ready:
 		return nil
@@ -121,17 +123,17 @@ func (c *cliCluster) WaitRelay(ctx context.Context, t daemon.Target, progress fu
 	}
 }
 
-func (c *cliCluster) DialRelay(ctx context.Context, t daemon.Target) (net.Conn, error) {
+func (c *cliCluster) DialRelay(ctx context.Context, t cluster.Ref) (net.Conn, error) {
 	return nil, errors.New("no relay")
 }
-func (c *cliCluster) RenewLease(ctx context.Context, t daemon.Target) error { return nil }
-func (c *cliCluster) Delete(ctx context.Context, t daemon.Target, sb *spec.Sandbox) error {
+func (c *cliCluster) RenewLease(ctx context.Context, t cluster.Ref) error { return nil }
+func (c *cliCluster) Delete(ctx context.Context, t cluster.Ref) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	c.deletes = append(c.deletes, t.Sandbox)
+	c.deletes = append(c.deletes, t.Name)
 	return nil
 }
-func (c *cliCluster) List(ctx context.Context, ns string) ([]daemon.ClusterSandbox, error) {
+func (c *cliCluster) List(ctx context.Context, ns string) ([]cluster.SandboxInfo, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return c.listed, nil
@@ -276,7 +278,7 @@ func TestCLIConnectStatusListDisconnect(t *testing.T) {
 	require.Contains(t, errOut, "not connected")
 
 	cl.mu.Lock()
-	cl.listed = []daemon.ClusterSandbox{{Name: "alice", RoutingKey: sb.RoutingKey, Namespace: "hotrod"}, {Name: "ghost", RoutingKey: "zzzzzzzzzzzzz", Namespace: "hotrod"}}
+	cl.listed = []cluster.SandboxInfo{{Name: "alice", RoutingKey: sb.RoutingKey, Namespace: "hotrod"}, {Name: "ghost", RoutingKey: "zzzzzzzzzzzzz", Namespace: "hotrod"}}
 	cl.mu.Unlock()
 	code, out, errOut = runCLI(t, "list")
 	require.Equal(t, 0, code, errOut)
@@ -640,8 +642,8 @@ func startSimDaemon(ctx context.Context, t *testing.T, opts sim.Options, seed fu
 	if seed != nil {
 		seed(c)
 	}
-	kc := daemon.NewClusterFromKube(&kube.Cluster{REST: c.RESTConfig, Kube: c.Clients.Kube, Istio: c.Clients.Istio, Namespace: sim.AppNamespace},
-		daemon.KubeOptions{DefaultRelayImage: "ghcr.io/sbx-dev/sbx:test"})
+	kc := live.NewFromKube(&kube.Cluster{REST: c.RESTConfig, Kube: c.Clients.Kube, Istio: c.Clients.Istio, Namespace: sim.AppNamespace},
+		live.Options{DefaultRelayImage: "ghcr.io/sbx-dev/sbx:test"})
 	t.Cleanup(func() { _ = kc.Close() })
 	startInProcessDaemon(t, kc)
 	return c

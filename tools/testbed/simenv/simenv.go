@@ -20,6 +20,7 @@ import (
 
 	"github.com/sbx-dev/sbx/cluster"
 	"github.com/sbx-dev/sbx/cluster/kube"
+	"github.com/sbx-dev/sbx/cluster/live"
 	"github.com/sbx-dev/sbx/cluster/spec"
 	"github.com/sbx-dev/sbx/daemon"
 	"github.com/sbx-dev/sbx/daemon/api"
@@ -75,10 +76,10 @@ func Start(ctx context.Context, dir string, logger *slog.Logger, opts sim.Option
 	}
 	// The daemon's own adapter for a loaded cluster: package cluster on the
 	// simulator's clients, port-forwards through its RESTConfig.
-	e.cluster = daemon.NewClusterFromKube(&kube.Cluster{
+	e.cluster = live.NewFromKube(&kube.Cluster{
 		REST: c.RESTConfig, Kube: c.Clients.Kube, Istio: c.Clients.Istio,
 		Namespace: sim.AppNamespace, Context: "sim",
-	}, daemon.KubeOptions{
+	}, live.Options{
 		Logger: logger.With("side", "laptop"), WaitTimeout: 30 * time.Second,
 		// The simulator runs the relay in-process from the generated
 		// args; the image is only written into the Deployment.

@@ -1,4 +1,4 @@
-package daemon
+package live
 
 import (
 	"context"
@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"net"
 	"net/url"
-	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -21,8 +20,9 @@ import (
 	"k8s.io/client-go/rest"
 	k8stesting "k8s.io/client-go/testing"
 
+	"github.com/sbx-dev/sbx/cluster"
 	"github.com/sbx-dev/sbx/cluster/kube"
-	"github.com/sbx-dev/sbx/daemon/api"
+	"github.com/sbx-dev/sbx/cluster/spec"
 )
 
 func TestClassifyAPIError(t *testing.T) {
@@ -67,18 +67,15 @@ func (timeoutError) Temporary() bool { return true }
 
 // forbiddenCluster is a kubeCluster over fake clientsets whose API server
 // refuses verb on resource (RBAC), with the context's namespace ns.
-func forbiddenCluster(t *testing.T, ns, verb string, gr schema.GroupResource) interface {
-	Cluster
-	Close() error
-} {
+func forbiddenCluster(t *testing.T, ns, verb string, gr schema.GroupResource) *Cluster {
 	k := kubefake.NewClientset()
 	k.PrependReactor(verb, gr.Resource, func(a k8stesting.Action) (bool, runtime.Object, error) {
 		return true, nil, apierrors.NewForbidden(gr, "", fmt.Errorf("User \"jo\" cannot %s resource %q", verb, gr.Resource))
 	})
-	c := NewClusterFromKube(&kube.Cluster{
+	c := NewFromKube(&kube.Cluster{
 		REST: &rest.Config{Host: "https://api.staging:6443"}, Kube: k, Istio: istiofake.NewSimpleClientset(),
 		Namespace: ns, Context: "staging",
-	}, KubeOptions{})
+	}, Options{})
 	t.Cleanup(func() { _ = c.Close() })
 	return c
 }
@@ -91,26 +88,26 @@ func TestForbiddenHints(t *testing.T) {
 	ctx := context.Background()
 	cases := []struct {
 		name string
-		call func(c Cluster) error
+		call func(c *Cluster) error
 		ns   string // the context's namespace
 		gr   schema.GroupResource
 		verb string
 		want []string
 	}{
-		{"list all namespaces", func(c Cluster) error { _, err := c.List(ctx, ""); return err }, "", leases, "list",
+		{"list all namespaces", func(c *Cluster) error { _, err := c.List(ctx, ""); return err }, "", leases, "list",
 			[]string{"`kubectl --context staging auth can-i list leases.coordination.k8s.io --all-namespaces`", "deploy/rbac.yaml", "pass -n NAMESPACE"}},
-		{"list falls back to the context's namespace", func(c Cluster) error { _, err := c.List(ctx, ""); return err }, "team", leases, "list",
+		{"list falls back to the context's namespace", func(c *Cluster) error { _, err := c.List(ctx, ""); return err }, "team", leases, "list",
 			[]string{"`kubectl --context staging auth can-i list leases.coordination.k8s.io -n team`"}},
-		{"gc all namespaces", func(c Cluster) error { _, err := c.GC(ctx, ""); return err }, "", leases, "list",
+		{"gc all namespaces", func(c *Cluster) error { _, err := c.GC(ctx, ""); return err }, "", leases, "list",
 			[]string{"`kubectl --context staging auth can-i list leases.coordination.k8s.io --all-namespaces`", "pass -n NAMESPACE"}},
-		{"delete in its namespaces", func(c Cluster) error {
-			return c.Delete(ctx, Target{Sandbox: "alice", RoutingKey: "aaaaaaaaaaaaa", Namespace: "hotrod", Namespaces: []string{"hotrod"}}, nil)
+		{"delete in its namespaces", func(c *Cluster) error {
+			return c.Delete(ctx, cluster.Ref{Name: "alice", RoutingKey: "aaaaaaaaaaaaa", Namespace: "hotrod", Namespaces: []string{"hotrod"}})
 		}, "", deployments, "list",
 			[]string{"may not do this with deployments.apps", "`kubectl --context staging auth can-i --list -n hotrod`"}},
-		{"apply", func(c Cluster) error {
+		{"apply", func(c *Cluster) error {
 			sb := testSpec("alice", "localhost:1")
-			_, err := c.Apply(ctx, &sb, ApplyOptions{RoutingKey: "aaaaaaaaaaaaa", RelayImage: "relay:1"}, nil)
-			var pe *PermanentError
+			_, err := c.Apply(ctx, &sb, cluster.Options{RoutingKey: "aaaaaaaaaaaaa", RelayImage: "relay:1"}, nil)
+			var pe interface{ IsPermanent() bool }
 			require.ErrorAs(t, err, &pe, "a refusal is the user's to fix, not retried")
 			return err
 		}, "", leases, "get",
@@ -163,16 +160,16 @@ func TestUnreachableHints(t *testing.T) {
 	}()
 	t.Cleanup(func() { _ = silent.Close(); wg.Wait() })
 
-	ops := map[string]func(ctx context.Context, c Cluster) error{
-		"list": func(ctx context.Context, c Cluster) error { _, err := c.List(ctx, ""); return err },
-		"gc":   func(ctx context.Context, c Cluster) error { _, err := c.GC(ctx, "hotrod"); return err },
-		"delete": func(ctx context.Context, c Cluster) error {
-			return c.Delete(ctx, Target{Sandbox: "alice", Namespace: "hotrod"}, nil)
+	ops := map[string]func(ctx context.Context, c *Cluster) error{
+		"list": func(ctx context.Context, c *Cluster) error { _, err := c.List(ctx, ""); return err },
+		"gc":   func(ctx context.Context, c *Cluster) error { _, err := c.GC(ctx, "hotrod"); return err },
+		"delete": func(ctx context.Context, c *Cluster) error {
+			return c.Delete(ctx, cluster.Ref{Name: "alice", Namespace: "hotrod"})
 		},
-		"apply": func(ctx context.Context, c Cluster) error {
+		"apply": func(ctx context.Context, c *Cluster) error {
 			sb := testSpec("alice", "localhost:1")
-			_, err := c.Apply(ctx, &sb, ApplyOptions{RoutingKey: "aaaaaaaaaaaaa", RelayImage: "relay:1"}, nil)
-			var pe *PermanentError
+			_, err := c.Apply(ctx, &sb, cluster.Options{RoutingKey: "aaaaaaaaaaaaa", RelayImage: "relay:1"}, nil)
+			var pe interface{ IsPermanent() bool }
 			require.False(t, errors.As(err, &pe), "an unreachable API server is retried: %v", err)
 			return err
 		},
@@ -182,7 +179,7 @@ func TestUnreachableHints(t *testing.T) {
 			t.Run(srv.name+"/"+name, func(t *testing.T) {
 				kc := &kube.Cluster{REST: &rest.Config{Host: "http://jo:s3cret@" + srv.addr}, Namespace: "team", Context: "staging"}
 				require.NoError(t, kc.BuildClients())
-				c := NewClusterFromKube(kc, KubeOptions{})
+				c := NewFromKube(kc, Options{})
 				defer c.Close()
 				ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
 				defer cancel()
@@ -209,25 +206,6 @@ func TestOtherErrorsGetNoHint(t *testing.T) {
 	require.Equal(t, canceled, explainAPIError(canceled, apiServer{}, apiOp{}))
 }
 
-// TestApplyErrorNamesTheSandboxOnce: a connect whose workload is missing
-// fails with "sandbox jo failed: apply the cluster objects: spec.local[0]:
-// …", naming the sandbox once (package cluster, the session and the
-// connect answer each named it).
-func TestApplyErrorNamesTheSandboxOnce(t *testing.T) {
-	c := NewClusterFromKube(&kube.Cluster{
-		REST: &rest.Config{Host: "https://api.staging:6443"}, Kube: kubefake.NewClientset(), Istio: istiofake.NewSimpleClientset(),
-		Namespace: "hotrod", Context: "staging",
-	}, KubeOptions{DefaultRelayImage: "relay:1"})
-	defer c.Close()
-	td := startDaemon(t, Options{Clusters: func(context.Context, api.KubeconfigSource, string) (Cluster, error) { return c, nil }, link: (&fakeLinker{}).link})
-	_, err := td.client.Connect(context.Background(), api.ConnectRequest{Spec: testSpec("jo", "localhost:1"), Wait: true, Timeout: time.Minute}, nil)
-	var ce *api.ConnectError
-	require.ErrorAs(t, err, &ce)
-	require.Contains(t, ce.Message, "sandbox jo failed: apply the cluster objects: spec.local[0]: Deployment hotrod/route not found")
-	require.Equal(t, 1, strings.Count(ce.Message, "sandbox jo "), ce.Message)
-	require.Contains(t, ce.Message, "(fix the cause and run connect again); or remove it with `sbx disconnect jo`")
-}
-
 // TestUnauthorizedHint: rejected credentials are a login matter, named
 // with the server and context, not RBAC and not the network.
 func TestUnauthorizedHint(t *testing.T) {
@@ -240,32 +218,11 @@ func TestUnauthorizedHint(t *testing.T) {
 	require.NotContains(t, err.Error(), "did not answer")
 }
 
-// TestConnectFailureHintNotRepeated: a cause that carries its own next
-// step (a kubeconfig error, a sandbox taken over by another daemon) is not
-// followed by a second, generic "run connect again"; one without gets it.
-func TestConnectFailureHintNotRepeated(t *testing.T) {
-	for _, tc := range []struct {
-		name string
-		err  error
-		want string
-	}{
-		{"kubeconfig", &kubeconfigError{errors.New(`context "gone" not found`), "pass --kubeconfig/--context, and connect again"},
-			`context "gone" not found (pass --kubeconfig/--context, and connect again); or remove it with ` + "`sbx disconnect jo`"},
-		{"taken over", &nextStepError{errors.New("replaced by another client"), "run sbx connect here again to take the sandbox back"},
-			"replaced by another client (run sbx connect here again to take the sandbox back); or remove it with `sbx disconnect jo`"},
-		{"no step of its own", errors.New("relay image refused"),
-			"relay image refused (fix the cause and run connect again); or remove it with `sbx disconnect jo`"},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			open := func(context.Context, api.KubeconfigSource, string) (Cluster, error) {
-				return nil, &PermanentError{tc.err}
-			}
-			td := startDaemon(t, Options{Clusters: open, link: (&fakeLinker{}).link})
-			_, err := td.client.Connect(context.Background(), api.ConnectRequest{Spec: testSpec("jo", "localhost:1"), Wait: true, Timeout: time.Minute}, nil)
-			var ce *api.ConnectError
-			require.ErrorAs(t, err, &ce)
-			require.Equal(t, 1, strings.Count(ce.Message, " again"), ce.Message)
-			require.Contains(t, ce.Message, tc.want)
-		})
-	}
+// testSpec is a sandbox of one workload, route in hotrod, port 8083.
+func testSpec(name string, toLocal string) spec.Sandbox {
+	return spec.Sandbox{Name: name, Spec: spec.Spec{Local: []spec.Local{{
+		Name:     "route",
+		From:     spec.Workload{Kind: spec.KindDeployment, Namespace: "hotrod", Name: "route"},
+		Mappings: []spec.Mapping{{Port: 8083, ToLocal: toLocal}},
+	}}}}
 }

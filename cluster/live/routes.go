@@ -1,10 +1,7 @@
-package daemon
+package live
 
 import (
 	"context"
-	"errors"
-	"slices"
-	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -20,37 +17,32 @@ import (
 	"github.com/sbx-dev/sbx/cluster/istiovs"
 	"github.com/sbx-dev/sbx/cluster/meshreport"
 	"github.com/sbx-dev/sbx/cluster/spec"
-	"github.com/sbx-dev/sbx/daemon/api"
 )
 
 // Route watching: how quickly a change is answered, and how often routes
 // are checked with no change seen (a watch can miss events while the API
-// server restarts) unless KubeOptions.RouteResync says otherwise.
+// server restarts) unless Options.RouteResync says otherwise.
 const (
 	routeDebounce = 250 * time.Millisecond
 	routeResync   = 30 * time.Second
 )
 
-var (
-	_ RouteWatcher = (*kubeCluster)(nil)
-	_ RouteSweeper = (*kubeCluster)(nil)
-)
-
-// Leftovers implements RouteSweeper.
-func (c *kubeCluster) Leftovers(ctx context.Context, ns string) ([]meshreport.Leftover, error) {
+// Leftovers lists the routes of sandboxes that are gone, in namespace ns
+// ("" = all the user may list, else the context's namespace).
+func (c *Cluster) Leftovers(ctx context.Context, ns string) ([]meshreport.Leftover, error) {
 	out, err := cluster.Leftovers(ctx, c.clients, c.sweepNamespaces(ns), "")
 	return out, explainAPIError(err, c.server, apiOp{verb: "list", resource: "virtualservices.networking.istio.io", namespace: ns})
 }
 
-// SweepRoutes implements RouteSweeper.
-func (c *kubeCluster) SweepRoutes(ctx context.Context, ns string) ([]meshreport.Leftover, error) {
+// SweepRoutes removes the routes Leftovers lists and returns them.
+func (c *Cluster) SweepRoutes(ctx context.Context, ns string) ([]meshreport.Leftover, error) {
 	out, err := cluster.SweepRoutes(ctx, c.clients, c.sweepNamespaces(ns), "", nil)
 	return out, explainAPIError(err, c.server, apiOp{namespace: ns})
 }
 
 // sweepNamespaces are where to look for dead routes when VirtualServices
 // cannot be listed cluster-wide: the -n namespace, else the context's.
-func (c *kubeCluster) sweepNamespaces(ns string) []string {
+func (c *Cluster) sweepNamespaces(ns string) []string {
 	if ns != "" {
 		return []string{ns}
 	}
@@ -60,12 +52,14 @@ func (c *kubeCluster) sweepNamespaces(ns string) []string {
 	return nil
 }
 
-// WatchRoutes implements RouteWatcher: an informer on VirtualServices (of
-// every namespace, or of the sandbox's when the user may not watch them
-// all) wakes a reconcile of the sandbox's routes, which rewrites only what
-// differs from the plan; a VirtualService sbx itself wrote wakes it too
-// and finds nothing to do.
-func (c *kubeCluster) WatchRoutes(ctx context.Context, sb *spec.Sandbox, t Target, o ApplyOptions, report func(RouteCheck)) {
+// WatchRoutes keeps a connected sandbox's routes in place until ctx
+// ends, reporting each check (its status, or why it failed): an informer
+// on VirtualServices (of every namespace, or of the sandbox's when the
+// user may not watch them all) wakes a reconcile of the sandbox's routes,
+// which rewrites only what differs from the plan; a VirtualService sbx
+// itself wrote wakes it too and finds nothing to do. A resync checks now
+// and then regardless.
+func (c *Cluster) WatchRoutes(ctx context.Context, sb *spec.Sandbox, ref cluster.Ref, o cluster.Options, report func(*cluster.RouteStatus, error)) {
 	kick := make(chan struct{}, 1)
 	poke := func() {
 		select {
@@ -83,7 +77,7 @@ func (c *kubeCluster) WatchRoutes(ctx context.Context, sb *spec.Sandbox, t Targe
 		n := names
 		relMu.Unlock()
 		for _, obj := range objs {
-			if relevantVS(obj, n, t.RoutingKey) {
+			if relevantVS(obj, n, ref.RoutingKey) {
 				poke()
 				return
 			}
@@ -107,7 +101,7 @@ func (c *kubeCluster) WatchRoutes(ctx context.Context, sb *spec.Sandbox, t Targe
 			UpdateFunc: func(old, obj any) { pokeIf(old, obj) },
 			DeleteFunc: func(obj any) { pokeIf(obj) },
 		}); err != nil {
-			report(RouteCheck{Err: err})
+			report(nil, err)
 			return
 		}
 		wg.Add(1)
@@ -140,7 +134,7 @@ func (c *kubeCluster) WatchRoutes(ctx context.Context, sb *spec.Sandbox, t Targe
 		case <-kick:
 		default:
 		}
-		st, err := cluster.ReconcileRoutes(ctx, c.clients, sb, t.RoutingKey,
+		st, err := cluster.ReconcileRoutes(ctx, c.clients, sb, ref.RoutingKey,
 			cluster.RouteOptions{BaggageKey: o.BaggageKey, ClusterDomain: o.ClusterDomain}, nil)
 		if ctx.Err() != nil {
 			return
@@ -154,7 +148,7 @@ func (c *kubeCluster) WatchRoutes(ctx context.Context, sb *spec.Sandbox, t Targe
 			names = n
 			relMu.Unlock()
 		}
-		report(routeCheck(st, err, c.server))
+		report(st, explainAPIError(err, c.server, apiOp{}))
 	}
 }
 
@@ -207,74 +201,10 @@ func relevantVS(obj any, names map[string]bool, key string) bool {
 
 // watchNamespaces are where to watch VirtualServices: every namespace
 // ("") when the user may list them all, else the sandbox's.
-func (c *kubeCluster) watchNamespaces(ctx context.Context, sb *spec.Sandbox) []string {
+func (c *Cluster) watchNamespaces(ctx context.Context, sb *spec.Sandbox) []string {
 	_, err := c.clients.Istio.NetworkingV1().VirtualServices(metav1.NamespaceAll).List(ctx, metav1.ListOptions{Limit: 1})
 	if apierrors.IsForbidden(err) {
 		return sb.Namespaces()
 	}
 	return []string{metav1.NamespaceAll}
-}
-
-// routeCheck turns a reconcile's outcome into a report.
-func routeCheck(st *cluster.RouteStatus, err error, server apiServer) RouteCheck {
-	if err != nil {
-		return RouteCheck{Err: explainAPIError(err, server, apiOp{})}
-	}
-	if st == nil {
-		return RouteCheck{Err: errors.New("no route status")}
-	}
-	return RouteCheck{Changed: st.Changed, Ports: st.Report, Warnings: st.Warnings}
-}
-
-// routeState folds a check into what status shows. initial is the check
-// of an apply (its writes are the connect's, not repairs).
-func routeState(prev *api.RouteState, rc RouteCheck, now time.Time, initial bool) *api.RouteState {
-	st := &api.RouteState{}
-	if prev != nil {
-		*st = *prev
-	}
-	st.CheckedAt = now
-	if rc.Err != nil {
-		st.Error = rc.Err.Error()
-		if st.Keyed == "" {
-			st.Keyed = api.KeyedBaseline
-			st.Message = "the routes could not be checked"
-		}
-		return st
-	}
-	st.Error = ""
-	st.Ports, st.Warnings = rc.Ports, rc.Warnings
-	if len(rc.Changed) > 0 && !initial {
-		st.Restored++
-		st.RestoredAt = now
-		st.RestoredIn = slices.Clone(rc.Changed)
-	}
-	st.Keyed, st.Message = api.KeyedSandbox, ""
-	rank := map[string]int{api.KeyedSandbox: 0, api.KeyedPartial: 1, api.KeyedBaseline: 2}
-	for _, p := range rc.Ports {
-		for _, v := range p.Views {
-			if rank[v.Keyed] > rank[st.Keyed] {
-				st.Keyed = v.Keyed
-				st.Message = viewMessage(p, v)
-			}
-		}
-	}
-	return st
-}
-
-// viewMessage says where keyed requests do not reach the sandbox.
-func viewMessage(p meshreport.PortReport, v meshreport.ViewReport) string {
-	who := "from namespace " + v.Clients
-	if v.Clients == "" {
-		who = "from other namespaces"
-	}
-	what := "reach the baseline"
-	if v.Keyed == api.KeyedPartial {
-		what = "partly reach the baseline"
-	}
-	msg := "keyed requests to " + p.Service + "." + p.Namespace + ":" + strconv.Itoa(int(p.Port)) + " " + who + " " + what
-	if v.Reason != "" {
-		msg += ": " + v.Reason
-	}
-	return msg
 }
