@@ -199,7 +199,7 @@ func runDaemon(ctx context.Context, g *globalOptions, background bool, manager s
 	// The daemon writes its log file itself, so that it can start it
 	// afresh while running (a managed daemon runs for weeks); a background
 	// daemon's stderr, where a panic goes, follows the current file.
-	lf, err := openRotatingLog(paths.Log(), maxLogSize, stderrOnto(paths.Log()))
+	lf, err := openRotatingLog(paths.Log(), client.MaxLogSize, stderrOnto(paths.Log()))
 	if err != nil {
 		return err
 	}
@@ -272,7 +272,7 @@ func awaitSocket(ctx context.Context, paths api.Paths, logger *slog.Logger) bool
 	defer c.Close()
 	logged := false
 	for {
-		pctx, cancel := context.WithTimeout(ctx, daemonAnswerTimeout)
+		pctx, cancel := context.WithTimeout(ctx, client.AnswerTimeout)
 		_, err := c.LogPath(pctx)
 		cancel()
 		switch {
