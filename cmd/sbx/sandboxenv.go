@@ -97,12 +97,11 @@ func sandboxEnv(ctx context.Context, g *globalOptions, name string, f envFlags) 
 // baselineKubeOptions selects the cluster to read the baseline from: the
 // sandbox's own kubeconfig and context, so that a shell with another
 // $KUBECONFIG (or none) still reads the cluster the sandbox is in;
-// --kubeconfig and --context override them. Only with a daemon too old to
-// report the sandbox's kubeconfig does this shell's take its place.
+// --kubeconfig and --context override them.
 func baselineKubeOptions(g *globalOptions, st api.SandboxStatus) kube.Options {
-	src := kubeconfigSource(g)
-	if g.kubeconfig == "" && st.Kubeconfig != nil {
-		src = *st.Kubeconfig
+	src := st.Kubeconfig
+	if g.kubeconfig != "" {
+		src = kubeconfigSource(g)
 	}
 	opts := daemon.SourceOptions(src)
 	opts.Context, opts.UserAgent = firstNonEmpty(g.context, st.Context), "sbx-env"
