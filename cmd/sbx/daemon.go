@@ -158,19 +158,15 @@ const daemonStopTimeout = 15 * time.Second
 // waitDaemonGone waits until the socket stops answering, so that a
 // following `sbx daemon` does not race the old one.
 func waitDaemonGone(ctx context.Context) error {
-	deadline := time.Now().Add(daemonStopTimeout)
-	for time.Now().Before(deadline) {
-		probe := &client.Client{Socket: daemonPaths().Socket()}
-		_, err := probe.LogPath(ctx)
-		probe.Close()
-		if api.IsNotRunning(err) {
-			return nil
-		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(50 * time.Millisecond):
-		}
+	c := &client.Client{Socket: daemonPaths().Socket()}
+	defer c.Close()
+	wctx, cancel := context.WithTimeout(ctx, daemonStopTimeout)
+	defer cancel()
+	switch err := c.WaitGone(wctx); {
+	case err == nil:
+		return nil
+	case ctx.Err() != nil:
+		return ctx.Err()
 	}
 	return fmt.Errorf("the sbx daemon did not stop within %s; see `sbx logs`", daemonStopTimeout)
 }

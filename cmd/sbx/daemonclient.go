@@ -180,14 +180,5 @@ func daemonStopped(socket string) bool {
 	defer c.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
-	for {
-		if _, err := c.LogPath(ctx); api.IsNotRunning(err) {
-			return true
-		}
-		select {
-		case <-ctx.Done():
-			return false
-		case <-time.After(50 * time.Millisecond):
-		}
-	}
+	return c.WaitGone(ctx) == nil
 }

@@ -184,6 +184,25 @@ func startService(ctx context.Context, svc service.Host, c *Client, progress io.
 	}
 }
 
+// WaitGone polls until nothing listens on c's socket any more (nil) or
+// ctx ends (ctx's error): a daemon that is shutting down may answer for a
+// moment after it broke off a request or was asked to stop. Each poll
+// dials afresh.
+func (c *Client) WaitGone(ctx context.Context) error {
+	for {
+		_, err := c.LogPath(ctx)
+		c.Close()
+		if api.IsNotRunning(err) {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
+
 // errStartTimeout is waitAnswer's answer when StartTimeout passed.
 var errStartTimeout = errors.New("the sbx daemon did not answer in time")
 

@@ -5,10 +5,12 @@ import (
 	"context"
 	"errors"
 	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/require"
 
@@ -98,4 +100,24 @@ func TestEnsureAsksTheServiceManager(t *testing.T) {
 	require.Contains(t, he.Hint, "`sbx daemon --uninstall` goes back to starting the daemon on demand")
 	require.Equal(t, []string{"systemctl --user start sbx-daemon.service"}, r.ran)
 	require.Equal(t, "starting the sbx daemon through systemd (sbx-daemon.service) \n", progress.String())
+}
+
+// TestWaitGone: WaitGone returns once nothing listens on the socket, and
+// with ctx's error while a daemon still answers there.
+func TestWaitGone(t *testing.T) {
+	require.NoError(t, notRunning().WaitGone(context.Background()))
+
+	ln, err := net.Listen("unix", filepath.Join(t.TempDir(), "sbx.sock"))
+	require.NoError(t, err)
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		_, _ = w.Write([]byte(`{"path":"daemon.log"}`))
+	})}
+	go func() { _ = srv.Serve(ln) }()
+	c := &Client{Socket: ln.Addr().String()}
+	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	defer cancel()
+	require.ErrorIs(t, c.WaitGone(ctx), context.DeadlineExceeded)
+
+	go func() { time.Sleep(100 * time.Millisecond); _ = srv.Close() }()
+	require.NoError(t, c.WaitGone(context.Background()))
 }
