@@ -334,7 +334,7 @@ func TestStoreCopiesSandbox(t *testing.T) {
 	w := s.Subscribe()
 	<-w.C
 	src := api.NewKubeconfigSource("", []string{"/home/a/.kube/config", "/home/a/.kube/extra"})
-	s.SetSandbox(api.SandboxStatus{Name: "a", Kubeconfig: &src,
+	s.SetSandbox(api.SandboxStatus{Name: "a", Kubeconfig: src,
 		Mappings: []api.MappingStatus{{Workload: "route", From: &spec.Workload{Name: "route"}}}})
 	ev := <-w.C
 
@@ -345,7 +345,7 @@ func TestStoreCopiesSandbox(t *testing.T) {
 	got.Mappings[0].From.Name = "elsewhere"
 	ev.Sandbox.Kubeconfig.KubeconfigEnv[1] = "/elsewhere"
 	again, _ := s.Sandbox("a")
-	require.Equal(t, api.NewKubeconfigSource("", []string{"/home/a/.kube/config", "/home/a/.kube/extra"}), *again.Kubeconfig)
+	require.Equal(t, api.NewKubeconfigSource("", []string{"/home/a/.kube/config", "/home/a/.kube/extra"}), again.Kubeconfig)
 	require.Equal(t, "route", again.Mappings[0].From.Name)
 
 	s.UpdateSandbox("a", func(st *api.SandboxStatus) { st.Kubeconfig.KubeconfigEnv[0] = "/moved" })

@@ -237,8 +237,7 @@ func TestConnectPinsCurrentContext(t *testing.T) {
 	st, err := td.client.Connect(context.Background(), req, nil)
 	require.NoError(t, err)
 	require.Equal(t, "staging", st.Context)
-	require.NotNil(t, st.Kubeconfig, "status says where the context is read from")
-	require.Equal(t, api.NewKubeconfigSource(kc, nil), *st.Kubeconfig)
+	require.Equal(t, api.NewKubeconfigSource(kc, nil), st.Kubeconfig, "status says where the context is read from")
 
 	kubetest.WriteKubeconfig(t, kc, "prod", "https://127.0.0.1:1", "staging", "prod")
 	_, err = td.client.Connect(context.Background(), req, nil)
@@ -329,8 +328,7 @@ func TestRestorePinsCurrentContext(t *testing.T) {
 	require.Equal(t, "staging", st.Context)
 	// The status of a restored sandbox names its kubeconfig, as `sbx env
 	// --env-from-baseline` reads it from there.
-	require.NotNil(t, st.Kubeconfig)
-	require.Equal(t, api.NewKubeconfigSource(kc, nil), *st.Kubeconfig)
+	require.Equal(t, api.NewKubeconfigSource(kc, nil), st.Kubeconfig)
 	mu.Lock()
 	require.NotEmpty(t, opened)
 	for _, o := range opened {

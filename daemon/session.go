@@ -296,13 +296,12 @@ func (s *session) run(ctx context.Context) {
 
 // initialStatus is a sandbox's status before its first connection.
 func initialStatus(saved savedSandbox, baggageKey string) api.SandboxStatus {
-	src := saved.KubeconfigSource
 	st := api.SandboxStatus{
 		Name:       saved.Name,
 		RoutingKey: saved.RoutingKey,
 		BaggageKey: baggageKey,
 		Context:    saved.Context,
-		Kubeconfig: &src,
+		Kubeconfig: saved.KubeconfigSource,
 		Namespaces: slices.Clone(saved.Spec.Namespaces()),
 		Phase:      api.PhaseApplying,
 		Mappings:   []api.MappingStatus{},

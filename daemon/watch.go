@@ -230,11 +230,7 @@ func cloneSandbox(sb api.SandboxStatus) api.SandboxStatus {
 			sb.Mappings[i].From = &c
 		}
 	}
-	if k := sb.Kubeconfig; k != nil {
-		c := *k
-		c.KubeconfigEnv = slices.Clone(k.KubeconfigEnv)
-		sb.Kubeconfig = &c
-	}
+	sb.Kubeconfig.KubeconfigEnv = slices.Clone(sb.Kubeconfig.KubeconfigEnv)
 	return sb
 }
 

@@ -159,19 +159,15 @@ const daemonStopTimeout = 15 * time.Second
 // waitDaemonGone waits until the socket stops answering, so that a
 // following `sbx daemon` does not race the old one.
 func waitDaemonGone(ctx context.Context) error {
-	deadline := time.Now().Add(daemonStopTimeout)
-	for time.Now().Before(deadline) {
-		probe := &client.Client{Socket: daemonPaths().Socket()}
-		_, err := probe.LogPath(ctx)
-		probe.Close()
-		if api.IsNotRunning(err) {
-			return nil
-		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(50 * time.Millisecond):
-		}
+	c := &client.Client{Socket: daemonPaths().Socket()}
+	defer c.Close()
+	wctx, cancel := context.WithTimeout(ctx, daemonStopTimeout)
+	defer cancel()
+	switch err := c.WaitGone(wctx); {
+	case err == nil:
+		return nil
+	case ctx.Err() != nil:
+		return ctx.Err()
 	}
 	return fmt.Errorf("the sbx daemon did not stop within %s; see `sbx logs`", daemonStopTimeout)
 }
@@ -200,7 +196,7 @@ func runDaemon(ctx context.Context, g *globalOptions, background bool, manager s
 	// The daemon writes its log file itself, so that it can start it
 	// afresh while running (a managed daemon runs for weeks); a background
 	// daemon's stderr, where a panic goes, follows the current file.
-	lf, err := openRotatingLog(paths.Log(), maxLogSize, stderrOnto(paths.Log()))
+	lf, err := openRotatingLog(paths.Log(), client.MaxLogSize, stderrOnto(paths.Log()))
 	if err != nil {
 		return err
 	}
@@ -273,7 +269,7 @@ func awaitSocket(ctx context.Context, paths api.Paths, logger *slog.Logger) bool
 	defer c.Close()
 	logged := false
 	for {
-		pctx, cancel := context.WithTimeout(ctx, daemonAnswerTimeout)
+		pctx, cancel := context.WithTimeout(ctx, client.AnswerTimeout)
 		_, err := c.LogPath(pctx)
 		cancel()
 		switch {

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"path/filepath"
 	"strings"
 	"time"
@@ -106,7 +105,7 @@ func installDaemonService(ctx context.Context, g *globalOptions, extraEnv []stri
 	st, err := waitManagedDaemon(ctx, c, string(m))
 	if err != nil {
 		return &cliError{kind: kindConfig, code: 1,
-			err:  fmt.Errorf("installed the sbx daemon's %s %s, but no daemon run by %s answered on %s within %s (%v)", serviceKind(m), res.Path, m, c.Socket, daemonStartTimeout, err),
+			err:  fmt.Errorf("installed the sbx daemon's %s %s, but no daemon run by %s answered on %s within %s (%v)", serviceKind(m), res.Path, m, c.Socket, client.StartTimeout, err),
 			hint: m.Diagnose() + "; `sbx logs` has the daemon's log"}
 	}
 	rep.PID = st.PID
@@ -118,7 +117,7 @@ func serviceKind(m service.Manager) string { what, _ := managerWords(m); return 
 
 // waitManagedDaemon waits until a daemon run by manager answers.
 func waitManagedDaemon(ctx context.Context, c *client.Client, manager string) (api.Status, error) {
-	ctx, cancel := context.WithTimeout(ctx, daemonStartTimeout)
+	ctx, cancel := context.WithTimeout(ctx, client.StartTimeout)
 	defer cancel()
 	var last error
 	for {
@@ -242,31 +241,4 @@ func stopServiceDaemon(ctx context.Context, g *globalOptions, svc service.Host, 
 	}
 	fmt.Fprintf(g.stdout, "stopped the sbx daemon through %s (`%s`); its service stays installed: the next command that needs it, or your next login, starts it again (`sbx daemon --uninstall` removes the service)\n", m, svc.StopCommand())
 	return nil
-}
-
-// startServiceDaemon asks the service manager to start the daemon it
-// runs, instead of a command starting one of its own: that one would hold
-// the socket, and the service's daemon would wait for it.
-func startServiceDaemon(ctx context.Context, svc service.Host, c *client.Client, progress io.Writer) error {
-	m, err := svc.Manager()
-	if err != nil {
-		return err
-	}
-	fmt.Fprintf(progress, "starting the sbx daemon through %s (%s) ", m, m.Name())
-	if err := svc.Start(ctx); err != nil {
-		fmt.Fprintln(progress)
-		return &cliError{kind: kindConfig, code: 1,
-			err:  fmt.Errorf("%s did not start the sbx daemon's service %s: %w", m, m.Name(), err),
-			hint: m.Diagnose() + "; `sbx daemon --uninstall` goes back to starting the daemon on demand"}
-	}
-	switch err := waitAnswer(ctx, c, progress, nil); {
-	case err == nil:
-		return nil
-	case errors.Is(err, errStartTimeout):
-		return &cliError{kind: kindConfig, code: 1,
-			err:  fmt.Errorf("%s started the sbx daemon's service %s, but nothing answered on %s within %s", m, m.Name(), c.Socket, daemonStartTimeout),
-			hint: m.Diagnose() + "; `sbx logs` has the daemon's log"}
-	default:
-		return err
-	}
 }

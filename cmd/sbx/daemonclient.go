@@ -6,20 +6,12 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"os/exec"
 	"path/filepath"
-	"slices"
-	"strings"
 	"time"
 
 	"github.com/sbx-dev/sbx/daemon/api"
 	"github.com/sbx-dev/sbx/daemon/client"
-	"github.com/sbx-dev/sbx/daemon/service"
 )
-
-// daemonStartTimeout bounds how long a command waits for a daemon it
-// started to answer.
-const daemonStartTimeout = 20 * time.Second
 
 // daemonPaths are the daemon's paths for this user, from the environment.
 func daemonPaths() api.Paths { return api.DefaultPaths(os.Getenv) }
@@ -27,16 +19,12 @@ func daemonPaths() api.Paths { return api.DefaultPaths(os.Getenv) }
 // connectDaemon returns a client of the running daemon, or an error that
 // says how to start one.
 func connectDaemon(ctx context.Context) (*client.Client, error) {
-	c := &client.Client{Socket: daemonPaths().Socket()}
-	if err := probeDaemon(ctx, c); err != nil {
-		c.Close()
-		if api.IsNotRunning(err) {
-			return nil, userError(errDaemonNotRunning,
-				"start it with `sbx daemon` (or `sbx connect -f FILE`, which starts it for you)")
-		}
-		return nil, err
+	c, err := client.Open(ctx, daemonPaths())
+	if api.IsNotRunning(err) {
+		return nil, userError(errDaemonNotRunning,
+			"start it with `sbx daemon` (or `sbx connect -f FILE`, which starts it for you)")
 	}
-	return c, nil
+	return c, withHint(err)
 }
 
 // errDaemonNotRunning is connectDaemon's answer when nothing listens on
@@ -44,207 +32,37 @@ func connectDaemon(ctx context.Context) (*client.Client, error) {
 var errDaemonNotRunning = errors.New("the sbx daemon is not running")
 
 // ensureDaemon returns a client of the running daemon, starting one first
-// if none answers: through the service manager where the daemon is
-// installed as a service (`sbx daemon --install`), else in the background.
-// Progress goes to progress; g's verbosity (the CLI's -v count) is passed
-// on to a daemon it starts.
+// if none answers (client.Ensure) unless SBX_DAEMON_AUTOSTART=0 forbids
+// it. Progress goes to progress; g's verbosity (the CLI's -v count) is
+// passed on to a daemon it starts.
 func ensureDaemon(ctx context.Context, g *globalOptions, progress io.Writer) (*client.Client, error) {
-	paths := daemonPaths()
-	c := &client.Client{Socket: paths.Socket()}
-	err := probeDaemon(ctx, c)
-	if err == nil {
-		return c, nil
-	}
-	if !api.IsNotRunning(err) {
-		c.Close()
-		return nil, err
-	}
 	if os.Getenv("SBX_DAEMON_AUTOSTART") == "0" {
-		c.Close()
-		return nil, userError(errors.New("the sbx daemon is not running and SBX_DAEMON_AUTOSTART=0 forbids starting it"),
-			"start it with `sbx daemon` (or your service manager), or unset SBX_DAEMON_AUTOSTART")
-	}
-	if svc := g.services(); svc.Installed() {
-		if err := startServiceDaemon(ctx, svc, c, progress); err != nil {
-			c.Close()
-			return nil, err
+		c, err := client.Open(ctx, daemonPaths())
+		if api.IsNotRunning(err) {
+			return nil, userError(errors.New("the sbx daemon is not running and SBX_DAEMON_AUTOSTART=0 forbids starting it"),
+				"start it with `sbx daemon` (or your service manager), or unset SBX_DAEMON_AUTOSTART")
 		}
-		return c, nil
+		return c, withHint(err)
 	}
-	fmt.Fprintf(progress, "starting the sbx daemon in the background (log: %s) ", paths.Log())
-	proc, err := spawnDaemon(paths, g.verbosity)
-	if err != nil {
-		fmt.Fprintln(progress)
-		c.Close()
-		return nil, err
-	}
-	// The waiter reports an early exit while we wait below. It stays
-	// blocked for the daemon's life afterwards on purpose: in a
-	// long-running caller (the tray) it reaps the daemon when it exits, so
-	// no zombie is left; a CLI process simply exits before it.
-	exited := make(chan error, 1)
-	go func() { _, err := proc.Wait(); exited <- err }()
-	var ee *exitedError
-	switch err := waitAnswer(ctx, c, progress, exited); {
-	case err == nil:
-		return c, nil
-	case errors.As(err, &ee):
-		// Another CLI may have started one first; ours then refused.
-		if _, err := c.LogPath(ctx); err == nil {
-			return c, nil
-		}
-		c.Close()
-		return nil, fmt.Errorf("the sbx daemon exited while starting (%v): %s\n  see %s, or run `sbx daemon` in a terminal to see why",
-			ee.err, lastLines(paths.Log(), 5), paths.Log())
-	case errors.Is(err, errStartTimeout):
-		c.Close()
-		return nil, fmt.Errorf("the sbx daemon did not answer on %s within %s; see %s (`sbx logs`)", paths.Socket(), daemonStartTimeout, paths.Log())
-	default:
-		c.Close()
-		return nil, err
-	}
+	c, err := client.Ensure(ctx, client.StartOptions{Paths: daemonPaths(), Service: g.services(), Verbosity: g.verbosity, Progress: progress})
+	return c, withHint(err)
 }
 
-// errStartTimeout is waitAnswer's answer when daemonStartTimeout passed.
-var errStartTimeout = errors.New("the sbx daemon did not answer in time")
-
-// exitedError is waitAnswer's answer when the daemon it waits for exited.
-type exitedError struct{ err error }
-
-func (e *exitedError) Error() string { return fmt.Sprintf("the sbx daemon exited: %v", e.err) }
-
-// waitAnswer polls c until the daemon answers ("ok" on progress), ctx
-// ends, exited reports the daemon's exit (*exitedError; a nil channel
-// never does) or daemonStartTimeout passes (errStartTimeout), printing a
-// dot every half second.
-func waitAnswer(ctx context.Context, c *client.Client, progress io.Writer, exited <-chan error) error {
-	deadline := time.NewTimer(daemonStartTimeout)
-	defer deadline.Stop()
-	tick := time.NewTicker(100 * time.Millisecond)
-	defer tick.Stop()
-	dots := 0
-	for {
-		_, err := c.LogPath(ctx)
-		if err == nil {
-			fmt.Fprintln(progress, "ok")
-			return nil
-		}
-		select {
-		case <-ctx.Done():
-			fmt.Fprintln(progress)
-			return ctx.Err()
-		case werr := <-exited:
-			fmt.Fprintln(progress)
-			return &exitedError{werr}
-		case <-deadline.C:
-			fmt.Fprintln(progress)
-			return errStartTimeout
-		case <-tick.C:
-			if dots++; dots%5 == 0 {
-				fmt.Fprint(progress, ".")
-			}
-		}
-	}
-}
-
-// daemonAnswerTimeout bounds the first request a command sends the
-// daemon: one that accepts connections but does not answer (stopped with
-// SIGSTOP, deadlocked, swapping) is reported rather than waited for
-// silently forever.
-const daemonAnswerTimeout = 5 * time.Second
-
-// probeDaemon asks the daemon a cheap question. Its errors: ctx's own when
-// the command was interrupted, a stuck daemon explained, or the client's
-// (NotRunningError when nothing listens).
+// probeDaemon asks the daemon a cheap question (client.Probe). Its
+// errors: ctx's own when the command was interrupted, a stuck daemon
+// explained, or the client's (NotRunningError when nothing listens).
 func probeDaemon(ctx context.Context, c *client.Client) error {
-	pctx, cancel := context.WithTimeout(ctx, daemonAnswerTimeout)
-	defer cancel()
-	_, err := c.LogPath(pctx)
-	switch {
-	case err == nil:
-		return nil
-	case ctx.Err() != nil:
-		return ctx.Err()
-	case pctx.Err() != nil:
-		// The daemon writes its pid into the lock file it holds.
-		who, kill := "", "kill it"
-		if b, rerr := os.ReadFile(daemonPaths().Lock()); rerr == nil {
-			if pid := strings.TrimSpace(string(b)); pid != "" {
-				who, kill = " (pid "+pid+")", "kill it (`kill "+pid+"`)"
-			}
-		}
-		return &cliError{kind: kindUser, code: 1,
-			err:  fmt.Errorf("the sbx daemon%s does not answer on %s within %s: it is stuck, stopped (SIGSTOP) or overloaded", who, c.Socket, daemonAnswerTimeout),
-			hint: "`sbx logs` shows what it did last; " + kill + " and run the command again: a new daemon restores the sandboxes with their routing keys"}
+	return withHint(c.Probe(ctx, daemonPaths().Lock()))
+}
+
+// withHint turns a *client.HintError into the CLI's error that prints
+// its hint; other errors, and nil, it returns as they are.
+func withHint(err error) error {
+	var he *client.HintError
+	if errors.As(err, &he) {
+		return &cliError{kind: kindConfig, code: 1, err: err, hint: he.Hint}
 	}
 	return err
-}
-
-// spawnDaemon starts `sbx daemon --background` detached from this process
-// (detachedProcAttr: its own session or process group, so closing the
-// terminal does not stop it), with output appended to the daemon log.
-func spawnDaemon(paths api.Paths, verbosity int) (*os.Process, error) {
-	exe, err := os.Executable()
-	if err != nil {
-		return nil, fmt.Errorf("find the sbx binary to start the daemon: %w (start it by hand with `sbx daemon`)", err)
-	}
-	if err := os.MkdirAll(paths.StateDir, 0o700); err != nil {
-		return nil, fmt.Errorf("create %s: %w", paths.StateDir, err)
-	}
-	logf, err := openDaemonLog(paths.Log())
-	if err != nil {
-		return nil, err
-	}
-	defer logf.Close()
-	devnull, err := os.Open(os.DevNull)
-	if err != nil {
-		return nil, err
-	}
-	defer devnull.Close()
-	args := []string{"daemon", "--background"}
-	for range verbosity {
-		args = append(args, "-v")
-	}
-	cmd := exec.Command(exe, args...)
-	cmd.Stdin = devnull
-	cmd.Stdout = logf
-	cmd.Stderr = logf
-	// A daemon a command starts is not one a service manager runs, even
-	// where the command runs under one.
-	cmd.Env = slices.DeleteFunc(os.Environ(), func(kv string) bool { return strings.HasPrefix(kv, service.ManagerEnv+"=") })
-	cmd.SysProcAttr = detachedProcAttr()
-	if err := cmd.Start(); err != nil {
-		return nil, fmt.Errorf("start the sbx daemon (%s daemon): %w (start it by hand with `sbx daemon`)", exe, err)
-	}
-	return cmd.Process, nil
-}
-
-// maxLogSize is where the daemon log is started afresh (the old one is kept
-// as daemon.log.1).
-const maxLogSize = 10 << 20
-
-func openDaemonLog(path string) (*os.File, error) {
-	if fi, err := os.Stat(path); err == nil && fi.Size() > maxLogSize {
-		_ = os.Rename(path, path+".1")
-	}
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
-	if err != nil {
-		return nil, fmt.Errorf("open the daemon log %s: %w", path, err)
-	}
-	return f, nil
-}
-
-// lastLines returns the last n lines of a file, for error messages.
-func lastLines(path string, n int) string {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return ""
-	}
-	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return strings.Join(lines, "\n  ")
 }
 
 // needDaemon is ensureDaemon for a command: progress on stderr, and a note
@@ -362,14 +180,5 @@ func daemonStopped(socket string) bool {
 	defer c.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
-	for {
-		if _, err := c.LogPath(ctx); api.IsNotRunning(err) {
-			return true
-		}
-		select {
-		case <-ctx.Done():
-			return false
-		case <-time.After(50 * time.Millisecond):
-		}
-	}
+	return c.WaitGone(ctx) == nil
 }

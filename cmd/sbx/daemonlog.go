@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"os"
 	"sync"
+
+	"github.com/sbx-dev/sbx/daemon/client"
 )
 
 // rotatingLog is the daemon's log file. When a write would take it past
@@ -29,7 +31,7 @@ type rotatingLog struct {
 // openRotatingLog opens path for appending (0600), starting afresh first
 // if it is already over max.
 func openRotatingLog(path string, max int64, stderrFD int) (*rotatingLog, error) {
-	f, err := openDaemonLog(path)
+	f, err := client.OpenLog(path)
 	if err != nil {
 		return nil, err
 	}

@@ -19,6 +19,7 @@ import (
 	"github.com/sbx-dev/sbx/daemon/api"
 	"github.com/sbx-dev/sbx/daemon/client"
 	"github.com/sbx-dev/sbx/daemon/config"
+	"github.com/sbx-dev/sbx/daemon/runenv"
 )
 
 // connectAlice starts an in-process daemon and connects sandbox alice
@@ -95,14 +96,13 @@ func TestCLIEnvFormats(t *testing.T) {
 
 // TestBaselineKubeOptions: --env-from-baseline reads the cluster the
 // sandbox was connected through, whatever this shell's $KUBECONFIG says;
-// --kubeconfig and --context override it; a daemon that does not report
-// the sandbox's kubeconfig leaves this shell's.
+// --kubeconfig and --context override it.
 func TestBaselineKubeOptions(t *testing.T) {
 	dir := t.TempDir()
 	connected, shell, flag := filepath.Join(dir, "connected"), filepath.Join(dir, "shell"), filepath.Join(dir, "flag")
 	t.Setenv("KUBECONFIG", shell)
 	src := api.NewKubeconfigSource(connected, nil)
-	st := api.SandboxStatus{Name: "alice", Context: "staging", Kubeconfig: &src}
+	st := api.SandboxStatus{Name: "alice", Context: "staging", Kubeconfig: src}
 
 	opts := baselineKubeOptions(&globalOptions{}, st)
 	require.Equal(t, connected, opts.Kubeconfig)
@@ -112,16 +112,10 @@ func TestBaselineKubeOptions(t *testing.T) {
 	require.Equal(t, flag, opts.Kubeconfig)
 	require.Equal(t, "other", opts.Context)
 
-	envSrc := api.NewKubeconfigSource("", []string{connected})
-	st.Kubeconfig = &envSrc
+	st.Kubeconfig = api.NewKubeconfigSource("", []string{connected})
 	opts = baselineKubeOptions(&globalOptions{}, st)
 	require.Empty(t, opts.Kubeconfig)
 	require.Equal(t, connected, opts.Getenv("KUBECONFIG"), "the sandbox's $KUBECONFIG, not this shell's")
-
-	st.Kubeconfig = nil
-	opts = baselineKubeOptions(&globalOptions{}, st)
-	require.Empty(t, opts.Kubeconfig)
-	require.Equal(t, shell, opts.Getenv("KUBECONFIG"))
 }
 
 func TestCLIRun(t *testing.T) {
@@ -171,68 +165,39 @@ func TestProxyAddrOf(t *testing.T) {
 	require.Contains(t, string(b), `"outbound":{"mode":"proxy","proxyAddr":"127.0.0.1:4242"`)
 }
 
-func TestBaselineEnvPicksTheWorkload(t *testing.T) {
-	dep := func(name string, env ...corev1.EnvVar) *appsv1.Deployment {
-		return &appsv1.Deployment{ObjectMeta: metav1.ObjectMeta{Namespace: "hotrod", Name: name},
-			Spec: appsv1.DeploymentSpec{Template: corev1.PodTemplateSpec{Spec: corev1.PodSpec{Containers: []corev1.Container{{Name: "app", Env: env}}}}}}
-	}
-	kc := fake.NewClientset(
-		dep("route", corev1.EnvVar{Name: "WHO", Value: "route"}),
-		dep("route-v2", corev1.EnvVar{Name: "WHO", Value: "route-v2"}),
-		&appsv1.StatefulSet{ObjectMeta: metav1.ObjectMeta{Namespace: "hotrod", Name: "db"},
-			Spec: appsv1.StatefulSetSpec{Template: corev1.PodTemplateSpec{Spec: corev1.PodSpec{Containers: []corev1.Container{{Name: "db", Env: []corev1.EnvVar{{Name: "WHO", Value: "db"}}}}}}}},
-	)
-	one := api.SandboxStatus{Name: "alice", Mappings: []api.MappingStatus{
-		{Workload: "route", Namespace: "hotrod", Port: 8083}, {Workload: "route", Namespace: "hotrod", Port: 9090}}}
+// TestBaselineEnvHints: each way runenv.FromSandbox cannot pick the
+// baseline container comes with the flag that fixes it.
+func TestBaselineEnvHints(t *testing.T) {
+	kc := fake.NewClientset(&appsv1.Deployment{ObjectMeta: metav1.ObjectMeta{Namespace: "hotrod", Name: "route"},
+		Spec: appsv1.DeploymentSpec{Template: corev1.PodTemplateSpec{Spec: corev1.PodSpec{Containers: []corev1.Container{{Name: "app"}}}}}})
+	one := api.SandboxStatus{Name: "alice", Mappings: []api.MappingStatus{{Workload: "route", Namespace: "hotrod", Port: 8083}}}
 	two := api.SandboxStatus{Name: "alice", Mappings: []api.MappingStatus{
 		{Workload: "route", Namespace: "hotrod", Port: 8083}, {Workload: "db", Namespace: "hotrod", Port: 5432}}}
-	who := func(st api.SandboxStatus, f envFlags) (string, error) {
-		e, err := baselineEnv(context.Background(), kc, nil, st, f)
-		if err != nil {
-			return "", err
-		}
-		v, _ := e.Get("WHO")
-		return v, nil
-	}
 	for _, tc := range []struct {
 		name string
 		st   api.SandboxStatus
 		f    envFlags
-		want string
 		err  string
 	}{
-		{"the only workload, found by name", one, envFlags{}, "route", ""},
-		{"--from overrides", one, envFlags{from: "deploy/route-v2"}, "route-v2", ""},
-		{"--from bad", one, envFlags{from: "pod/x"}, "", "KIND/NAME"},
-		{"several need --workload", two, envFlags{}, "", "route, db"},
-		{"--workload picks a StatefulSet by name", two, envFlags{workload: "db"}, "db", ""},
-		{"--workload unknown", two, envFlags{workload: "nope"}, "", "no local workload"},
-		{"nothing by that name", api.SandboxStatus{Name: "alice", Mappings: []api.MappingStatus{{Workload: "ghost", Namespace: "hotrod"}}}, envFlags{}, "", "--from KIND/NAME"},
-		{"--from names nothing", one, envFlags{from: "deployment/nosuch"}, "", "baseline Deployment hotrod/nosuch not found\n  hint: check --from deployment/nosuch (`kubectl get deployments -n hotrod` lists them)"},
-		{"--container names nothing", one, envFlags{container: "nope"}, "", `has no container "nope"; its containers are app` + "\n  hint: pick one with --container"},
+		{"--from bad", one, envFlags{from: "pod/x"}, `--from "pod/x": want KIND/NAME` + "\n  hint: e.g. --from deployment/driver"},
+		{"several need --workload", two, envFlags{}, "several local workloads\n  hint: pick one with --workload: route, db"},
+		{"--workload unknown", two, envFlags{workload: "nope"}, `no local workload "nope"` + "\n  hint: its workloads: route, db"},
+		{"nothing by that name", api.SandboxStatus{Name: "alice", Mappings: []api.MappingStatus{{Workload: "ghost", Namespace: "hotrod"}}}, envFlags{}, "hint: name the baseline workload with --from KIND/NAME"},
+		{"--from names nothing", one, envFlags{from: "deployment/nosuch"}, "baseline Deployment hotrod/nosuch not found\n  hint: check --from deployment/nosuch (`kubectl get deployments -n hotrod` lists them)"},
+		{"local[].from names nothing", api.SandboxStatus{Name: "alice", Mappings: []api.MappingStatus{{Workload: "route", Namespace: "hotrod",
+			From: &spec.Workload{Kind: spec.KindStatefulSet, Namespace: "hotrod", Name: "nosuch"}}}}, envFlags{}, "hint: check the sandbox spec's local[].from, or name the baseline with --from KIND/NAME"},
+		{"--container names nothing", one, envFlags{container: "nope"}, `has no container "nope"; its containers are app` + "\n  hint: pick one with --container"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			got, err := who(tc.st, tc.f)
-			if tc.err != "" {
-				require.Error(t, err)
-				require.Contains(t, formatError(err), tc.err)
-				return
+			from, err := parseFrom(tc.f.from)
+			if err == nil {
+				_, err = baselineEnv(context.Background(), runenv.BaselineOptions{Kube: kc, Workload: from, Container: tc.f.container}, tc.st, tc.f)
 			}
-			require.NoError(t, err)
-			require.Equal(t, tc.want, got)
+			require.Error(t, err)
+			require.Equal(t, 2, exitCode(err))
+			require.Contains(t, formatError(err), tc.err)
 		})
 	}
-	// When the daemon reports the baseline workload (the spec's
-	// local[].from), it wins over names.
-	from := &spec.Workload{Kind: spec.KindDeployment, Namespace: "hotrod", Name: "route-v2"}
-	withFrom := api.SandboxStatus{Name: "alice", Mappings: []api.MappingStatus{
-		{Workload: "route", Namespace: "hotrod", Port: 8083, From: from}, {Workload: "route", Namespace: "hotrod", Port: 9090, From: from}}}
-	lw := localWorkloads(withFrom)
-	require.Len(t, lw, 1)
-	require.Equal(t, from, lw[0].from)
-	got, err := who(withFrom, envFlags{})
-	require.NoError(t, err)
-	require.Equal(t, "route-v2", got)
 }
 
 func TestCLIRunEnvWithoutDaemon(t *testing.T) {

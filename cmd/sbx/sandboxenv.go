@@ -5,15 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
-	"slices"
 	"strings"
 
-	apierrors "k8s.io/apimachinery/pkg/api/errors"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/client-go/dynamic"
-	"k8s.io/client-go/kubernetes"
-
-	"github.com/sbx-dev/sbx/cluster"
 	"github.com/sbx-dev/sbx/cluster/kube"
 	"github.com/sbx-dev/sbx/cluster/spec"
 	"github.com/sbx-dev/sbx/daemon"
@@ -47,6 +40,10 @@ func sandboxEnv(ctx context.Context, g *globalOptions, name string, f envFlags) 
 	if (f.includeSecrets || f.workload != "" || f.from != "" || f.container != "") && !f.fromBaseline {
 		return runenv.Env{}, userError(errors.New("--include-secrets, --workload, --from and --container only apply with --env-from-baseline"),
 			"add --env-from-baseline")
+	}
+	from, err := parseFrom(f.from)
+	if err != nil {
+		return runenv.Env{}, err
 	}
 	// A stopped daemon restores its sandboxes (same routing keys) when it
 	// starts, so start it rather than report "not connected".
@@ -82,7 +79,7 @@ func sandboxEnv(ctx context.Context, g *globalOptions, name string, f envFlags) 
 		if err != nil {
 			return runenv.Env{}, userError(fmt.Errorf("--env-from-baseline needs the cluster: %w", err), "check --kubeconfig/--context, or drop --env-from-baseline")
 		}
-		base, err = baselineEnv(ctx, kc.Kube, kc.Dynamic, st, f)
+		base, err = baselineEnv(ctx, runenv.BaselineOptions{Kube: kc.Kube, Dynamic: kc.Dynamic, Workload: from, Container: f.container, IncludeSecrets: f.includeSecrets}, st, f)
 		if err != nil {
 			return runenv.Env{}, err
 		}
@@ -97,12 +94,11 @@ func sandboxEnv(ctx context.Context, g *globalOptions, name string, f envFlags) 
 // baselineKubeOptions selects the cluster to read the baseline from: the
 // sandbox's own kubeconfig and context, so that a shell with another
 // $KUBECONFIG (or none) still reads the cluster the sandbox is in;
-// --kubeconfig and --context override them. Only with a daemon too old to
-// report the sandbox's kubeconfig does this shell's take its place.
+// --kubeconfig and --context override them.
 func baselineKubeOptions(g *globalOptions, st api.SandboxStatus) kube.Options {
-	src := kubeconfigSource(g)
-	if g.kubeconfig == "" && st.Kubeconfig != nil {
-		src = *st.Kubeconfig
+	src := st.Kubeconfig
+	if g.kubeconfig != "" {
+		src = kubeconfigSource(g)
 	}
 	opts := daemon.SourceOptions(src)
 	opts.Context, opts.UserAgent = firstNonEmpty(g.context, st.Context), "sbx-env"
@@ -135,68 +131,34 @@ func firstNonEmpty(s ...string) string {
 	return ""
 }
 
-// localWorkload is one local workload of the sandbox as status shows it.
-type localWorkload struct {
-	name, namespace string
-	from            *spec.Workload // the baseline workload, when status says
-}
-
-// localWorkloads lists the sandbox's local workloads from its mappings,
-// each with the baseline workload it stands in for.
-func localWorkloads(st api.SandboxStatus) []localWorkload {
-	var out []localWorkload
-	for _, m := range st.Mappings {
-		if slices.ContainsFunc(out, func(w localWorkload) bool { return w.name == m.Workload }) {
-			continue
-		}
-		out = append(out, localWorkload{name: m.Workload, namespace: m.Namespace, from: m.From})
-	}
-	return out
-}
-
-// baselineEnv finds the baseline workload the flags and the sandbox
-// designate and reads its container's environment.
-func baselineEnv(ctx context.Context, kc kubernetes.Interface, dyn dynamic.Interface, st api.SandboxStatus, f envFlags) (*runenv.Env, error) {
-	locals := localWorkloads(st)
-	var lw localWorkload
+// baselineEnv reads the environment of the baseline container that o
+// and the flags select for the sandbox (runenv.FromSandbox), its errors
+// with the flag that fixes them as the hint.
+func baselineEnv(ctx context.Context, o runenv.BaselineOptions, st api.SandboxStatus, f envFlags) (*runenv.Env, error) {
+	env, err := runenv.FromSandbox(ctx, st, f.workload, o)
+	var (
+		lw *runenv.LocalWorkloadError
+		ub *runenv.UnnamedBaselineError
+		nf *runenv.NotFoundError
+		ce *runenv.ContainerError
+	)
 	switch {
-	case f.workload != "":
-		i := slices.IndexFunc(locals, func(w localWorkload) bool { return w.name == f.workload })
-		if i < 0 {
-			return nil, userError(fmt.Errorf("sandbox %s has no local workload %q", st.Name, f.workload), "its workloads: "+workloadNames(locals))
-		}
-		lw = locals[i]
-	case len(locals) == 1:
-		lw = locals[0]
-	case len(locals) == 0:
-		return nil, userError(fmt.Errorf("sandbox %s has no local workloads", st.Name), "")
-	default:
-		return nil, userError(fmt.Errorf("sandbox %s has several local workloads", st.Name), "pick one with --workload: "+workloadNames(locals))
-	}
-	w, err := baselineWorkload(ctx, kc, dyn, lw, f.from)
-	if err != nil {
-		return nil, err
-	}
-	env, err := runenv.FromBaseline(ctx, runenv.BaselineOptions{Kube: kc, Dynamic: dyn, Workload: w, Container: f.container, IncludeSecrets: f.includeSecrets})
-	var nf *runenv.NotFoundError
-	var ce *runenv.ContainerError
-	switch {
+	case errors.As(err, &lw) && lw.Name != "":
+		return nil, userError(err, "its workloads: "+strings.Join(lw.Workloads, ", "))
+	case errors.As(err, &lw) && len(lw.Workloads) == 0:
+		return nil, userError(err, "")
+	case errors.As(err, &lw):
+		return nil, userError(err, "pick one with --workload: "+strings.Join(lw.Workloads, ", "))
+	case errors.As(err, &ub):
+		return nil, userError(err, "name the baseline workload with --from KIND/NAME")
 	case errors.As(err, &nf) && f.from != "":
-		return nil, userError(err, fmt.Sprintf("check --from %s (`kubectl get %ss -n %s` lists them)", f.from, strings.ToLower(w.Kind), w.Namespace))
+		return nil, userError(err, fmt.Sprintf("check --from %s (`kubectl get %ss -n %s` lists them)", f.from, strings.ToLower(o.Workload.Kind), nf.Workload.Namespace))
 	case errors.As(err, &nf):
 		return nil, userError(err, "check the sandbox spec's local[].from, or name the baseline with --from KIND/NAME")
 	case errors.As(err, &ce) && f.container != "":
 		return nil, userError(err, "pick one with --container")
 	}
 	return env, err
-}
-
-func workloadNames(ws []localWorkload) string {
-	names := make([]string, len(ws))
-	for i, w := range ws {
-		names[i] = w.name
-	}
-	return strings.Join(names, ", ")
 }
 
 // kindNames maps what users type in --from to spec kinds.
@@ -206,47 +168,19 @@ var kindNames = map[string]string{
 	"rollout": spec.KindRollout, "ro": spec.KindRollout, "rollouts": spec.KindRollout,
 }
 
-// baselineWorkload decides which baseline workload to read: --from, else
-// what the daemon says the sandbox replaces, else the Deployment,
-// StatefulSet or Rollout named like the local workload (the usual case:
-// a spec's local name is the baseline's name).
-func baselineWorkload(ctx context.Context, kc kubernetes.Interface, dyn dynamic.Interface, lw localWorkload, from string) (spec.Workload, error) {
-	if from != "" {
-		kind, name, ok := strings.Cut(from, "/")
-		k, known := kindNames[strings.ToLower(kind)]
-		if !ok || !known || name == "" {
-			return spec.Workload{}, userError(fmt.Errorf("--from %q: want KIND/NAME", from), "e.g. --from deployment/driver (kinds: deployment, statefulset, rollout)")
-		}
-		return spec.Workload{Kind: k, Namespace: lw.namespace, Name: name}, nil
+// parseFrom reads --from KIND/NAME into the baseline workload's kind and
+// name (its namespace is the local workload's); no --from is the zero
+// Workload.
+func parseFrom(from string) (spec.Workload, error) {
+	if from == "" {
+		return spec.Workload{}, nil
 	}
-	if lw.from != nil && lw.from.Name != "" {
-		return *lw.from, nil
+	kind, name, ok := strings.Cut(from, "/")
+	k, known := kindNames[strings.ToLower(kind)]
+	if !ok || !known || name == "" {
+		return spec.Workload{}, userError(fmt.Errorf("--from %q: want KIND/NAME", from), "e.g. --from deployment/driver (kinds: deployment, statefulset, rollout)")
 	}
-	found := func(err error) (bool, error) {
-		switch {
-		case err == nil:
-			return true, nil
-		case apierrors.IsNotFound(err):
-			return false, nil
-		}
-		return false, err
-	}
-	_, err := kc.AppsV1().Deployments(lw.namespace).Get(ctx, lw.name, metav1.GetOptions{})
-	if ok, err := found(err); ok || err != nil {
-		return spec.Workload{Kind: spec.KindDeployment, Namespace: lw.namespace, Name: lw.name}, err
-	}
-	_, err = kc.AppsV1().StatefulSets(lw.namespace).Get(ctx, lw.name, metav1.GetOptions{})
-	if ok, err := found(err); ok || err != nil {
-		return spec.Workload{Kind: spec.KindStatefulSet, Namespace: lw.namespace, Name: lw.name}, err
-	}
-	if dyn != nil {
-		_, err = dyn.Resource(cluster.RolloutGVR).Namespace(lw.namespace).Get(ctx, lw.name, metav1.GetOptions{})
-		if ok, _ := found(err); ok {
-			return spec.Workload{Kind: spec.KindRollout, Namespace: lw.namespace, Name: lw.name}, nil
-		}
-	}
-	return spec.Workload{}, userError(fmt.Errorf("no Deployment, StatefulSet or Rollout named %s in namespace %s", lw.name, lw.namespace),
-		"name the baseline workload with --from KIND/NAME")
+	return spec.Workload{Kind: k, Name: name}, nil
 }
 
 // printNotes tells the user what was left out of the environment.

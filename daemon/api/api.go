@@ -54,21 +54,20 @@ type SandboxStatus struct {
 	Context    string `json:"context,omitempty"`
 	// Kubeconfig is the kubeconfig the sandbox was connected through
 	// (paths only), so that a command run from another shell, such as
-	// `sbx env --env-from-baseline`, reads the same cluster. Nil from
-	// daemons older than the field.
-	Kubeconfig  *KubeconfigSource `json:"kubeconfigSource,omitempty"`
-	Namespaces  []string          `json:"namespaces"`
-	Phase       Phase             `json:"phase"`
-	Mappings    []MappingStatus   `json:"mappings"`
-	Sessions    int               `json:"sessions"`
-	RTT         time.Duration     `json:"rttNanos"`
-	BytesIn     int64             `json:"bytesIn"`
-	BytesOut    int64             `json:"bytesOut"`
-	Streams     int               `json:"streams"`
-	Reconnects  int               `json:"reconnects"`
-	ReadySince  time.Time         `json:"readySince,omitzero"`
-	LastError   string            `json:"lastError,omitempty"`
-	LastErrorAt time.Time         `json:"lastErrorAt,omitzero"`
+	// `sbx env --env-from-baseline`, reads the same cluster.
+	Kubeconfig  KubeconfigSource `json:"kubeconfigSource"`
+	Namespaces  []string         `json:"namespaces"`
+	Phase       Phase            `json:"phase"`
+	Mappings    []MappingStatus  `json:"mappings"`
+	Sessions    int              `json:"sessions"`
+	RTT         time.Duration    `json:"rttNanos"`
+	BytesIn     int64            `json:"bytesIn"`
+	BytesOut    int64            `json:"bytesOut"`
+	Streams     int              `json:"streams"`
+	Reconnects  int              `json:"reconnects"`
+	ReadySince  time.Time        `json:"readySince,omitzero"`
+	LastError   string           `json:"lastError,omitempty"`
+	LastErrorAt time.Time        `json:"lastErrorAt,omitzero"`
 	// Routes says where keyed requests go, kept current while connected;
 	// nil until the first apply.
 	Routes *RouteState `json:"routes,omitempty"`

@@ -1,7 +1,9 @@
 // Package client is the Go client of the daemon's local API: plain HTTP over
-// the unix socket, errors as the typed values of daemon/api. It imports
-// daemon/api and the standard library only, so that the tray and other
-// clients do not link the daemon's Kubernetes adapter.
+// the unix socket, errors as the typed values of daemon/api. Open and
+// Ensure find the daemon, Ensure starting one (in the background, or
+// through the service manager) when none answers. It imports daemon/api,
+// daemon/service and the standard library only, so that the tray and
+// other clients do not link the daemon's Kubernetes adapter.
 package client
 
 import (

@@ -1,9 +1,8 @@
 //go:build windows
 
-package main
+package client
 
 import (
-	"os"
 	"syscall"
 
 	"golang.org/x/sys/windows"
@@ -19,8 +18,3 @@ func detachedProcAttr() *syscall.SysProcAttr {
 		CreationFlags: windows.CREATE_NEW_PROCESS_GROUP | windows.DETACHED_PROCESS,
 	}
 }
-
-// redirectFD does nothing on Windows: the daemon's standard handles stay
-// on the file they were opened with (and that handle keeps the log from
-// being renamed while the daemon runs, so it rotates when it starts).
-func redirectFD(*os.File, int) error { return nil }
