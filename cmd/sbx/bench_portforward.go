@@ -9,6 +9,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/sbx-dev/sbx/cluster/kube"
 	"github.com/sbx-dev/sbx/cluster/portforward"
 	"github.com/sbx-dev/sbx/tools/testbed/pfbench"
 	"github.com/sbx-dev/sbx/tunnel"
@@ -77,7 +78,7 @@ target ratio with the 95% confidence interval of its median (ci95 in
 			if g.verbosity > 0 {
 				klogTo = g.logger(g.stderr)
 			}
-			defer routeKlog(klogTo.With("component", "client-go"))()
+			defer kube.RouteKlog(klogTo.With("component", "client-go"))()
 			if format == "text" || g.verbosity > 0 {
 				opts.Progress = func(line string) { fmt.Fprintln(g.stderr, line) }
 			}

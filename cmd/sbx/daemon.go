@@ -14,6 +14,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/sbx-dev/sbx/cluster"
+	"github.com/sbx-dev/sbx/cluster/kube"
 	"github.com/sbx-dev/sbx/cluster/live"
 	"github.com/sbx-dev/sbx/daemon"
 	"github.com/sbx-dev/sbx/daemon/api"
@@ -207,7 +208,7 @@ func runDaemon(ctx context.Context, g *globalOptions, background bool, manager s
 		out = io.MultiWriter(g.stderr, lf)
 	}
 	logger := g.logger(out)
-	defer routeKlog(logger.With("component", "client-go"))()
+	defer kube.RouteKlog(logger.With("component", "client-go"))()
 	cfgPath, err := config.DefaultPath(os.Getenv)
 	if err != nil {
 		return userError(err, "set HOME or XDG_CONFIG_HOME")

@@ -15,6 +15,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/sbx-dev/sbx/cluster/kube"
 	"github.com/sbx-dev/sbx/daemon/api"
 	"github.com/sbx-dev/sbx/tools/testbed/sim"
 	"github.com/sbx-dev/sbx/tools/testbed/simenv"
@@ -85,7 +86,7 @@ func runDemo(ctx context.Context, g *globalOptions, keep bool) (err error) {
 		return err
 	}
 	defer closeLog()
-	defer routeKlog(logger.With("side", "client-go"))()
+	defer kube.RouteKlog(logger.With("side", "client-go"))()
 
 	d := &demo{out: g.stdout}
 	fmt.Fprintln(d.out, "sbx demo: run one service of a shared cluster on your laptop, and see the routing happen.")

@@ -4,16 +4,13 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
-	"log/slog"
 	"strings"
 	"sync"
 	"testing"
 
 	"github.com/spf13/cobra"
 	"github.com/stretchr/testify/require"
-	"k8s.io/klog/v2"
 )
 
 // runCLI runs the CLI in-process and returns exit code, stdout and stderr.
@@ -210,20 +207,4 @@ func TestBadNamespaceRefused(t *testing.T) {
 		require.Empty(t, out, args)
 		require.Contains(t, errOut, fmt.Sprintf("sbx: -n %q is not a namespace name\n  hint: a namespace name is at most 63 lowercase letters", args[len(args)-1]), args)
 	}
-}
-
-// TestRouteKlog: client-go's klog lines go to the given logger while
-// routed, and klog's own output is back afterwards.
-func TestRouteKlog(t *testing.T) {
-	var buf lockedBuffer
-	restore := routeKlog(slog.New(slog.NewTextHandler(&buf, nil)))
-	klog.ErrorS(errors.New("use of closed network connection"), "Unhandled Error")
-	klog.Flush()
-	restore()
-	require.Contains(t, buf.String(), "Unhandled Error")
-	require.Contains(t, buf.String(), "use of closed network connection")
-	n := len(buf.String())
-	klog.ErrorS(errors.New("after"), "not routed")
-	klog.Flush()
-	require.Len(t, buf.String(), n, "restored: nothing more reaches the logger")
 }

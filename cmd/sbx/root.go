@@ -9,7 +9,6 @@ import (
 	"strings"
 
 	"github.com/spf13/cobra"
-	"k8s.io/klog/v2"
 
 	"github.com/sbx-dev/sbx/cluster/spec"
 	"github.com/sbx-dev/sbx/daemon/service"
@@ -150,16 +149,6 @@ func (g *globalOptions) logger(w io.Writer) *slog.Logger {
 		level = slog.LevelDebug
 	}
 	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: level}))
-}
-
-// routeKlog sends klog's output (client-go's port-forward reports broken
-// streams through it, and the kubelet-side handler the benchmarks run
-// in-process reports every closed stream as an "Unhandled Error") to
-// logger instead of raw lines on stderr, until the returned func runs.
-// klog is process-wide; each sbx command is its own process.
-func routeKlog(logger *slog.Logger) (restore func()) {
-	klog.SetSlogLogger(logger)
-	return klog.ClearLogger
 }
 
 // outputFormat validates the global -o flag against what a command supports.
