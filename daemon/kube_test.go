@@ -145,7 +145,7 @@ func TestKubeconfigFileWithListSeparator(t *testing.T) {
 	var req api.ConnectRequest
 	require.NoError(t, json.Unmarshal(b, &req))
 	r := httptest.NewRequest(http.MethodGet, "/v1/list?"+api.ClusterRequest{KubeconfigSource: src}.Query().Encode(), nil)
-	for name, got := range map[string]api.KubeconfigSource{"json": req.KubeconfigSource, "query": clusterRequestFromQuery(r).KubeconfigSource} {
+	for name, got := range map[string]api.KubeconfigSource{"json": req.KubeconfigSource, "query": mustQuery(t, r).KubeconfigSource} {
 		t.Run(name, func(t *testing.T) {
 			require.Equal(t, src, got)
 			kc, err := kube.Resolve(SourceOptions(got))
@@ -183,7 +183,7 @@ func TestKubeconfigSourceNormalisedWhereItEnters(t *testing.T) {
 				q.Add("kubeconfigEnv", p)
 			}
 			r := httptest.NewRequest(http.MethodGet, "/v1/list?"+q.Encode(), nil)
-			require.Equal(t, tc.want, clusterRequestFromQuery(r).KubeconfigSource)
+			require.Equal(t, tc.want, mustQuery(t, r).KubeconfigSource)
 		})
 	}
 
@@ -404,4 +404,28 @@ func TestOneShotRequestsSayTheirOwnNextStep(t *testing.T) {
 			require.NotContains(t, msg, "retrying for up to")
 		})
 	}
+}
+
+func mustQuery(t *testing.T, r *http.Request) api.ClusterRequest {
+	t.Helper()
+	creq, err := clusterRequestFromQuery(r)
+	require.NoError(t, err)
+	return creq
+}
+
+// TestUnknownClusterQueryRefused: a query parameter the daemon does not
+// know (a misspelt or renamed one) is refused, not silently dropped, so
+// that a request about another kubeconfig never gets an answer about the
+// default one.
+func TestUnknownClusterQueryRefused(t *testing.T) {
+	r := httptest.NewRequest(http.MethodGet, "/v1/list?kubeconfig=/tmp/x&context=c", nil)
+	_, err := clusterRequestFromQuery(r, "cluster")
+	require.ErrorContains(t, err, `unknown query parameter "kubeconfig" for /v1/list (known: kubeconfigFile, kubeconfigEnv, context, namespace, cluster)`)
+	var he *httpError
+	require.ErrorAs(t, err, &he)
+	require.Equal(t, http.StatusBadRequest, he.code)
+	ok := httptest.NewRequest(http.MethodGet, "/v1/list?kubeconfigFile=/tmp/x&cluster=false", nil)
+	creq, err := clusterRequestFromQuery(ok, "cluster")
+	require.NoError(t, err)
+	require.Equal(t, "/tmp/x", creq.KubeconfigFile)
 }

@@ -282,14 +282,14 @@ func (m *manager) Restore(saved []savedSandbox) {
 			continue
 		}
 		if sv.Context == "" {
-			// Saved by an older daemon, which followed the current
-			// context; pin it as a connect does now.
+			// Connected while the kubeconfig could not be read: pin
+			// the context current now, as a connect does.
 			sv.Context = currentContext(sv.KubeconfigSource)
 			pinned = pinned || sv.Context != ""
 		}
-		// The saved token keeps the relay as it is: no rollout. Without
-		// one (a state file from before tokens were kept), a new one is
-		// minted and its first apply rolls the relay.
+		// The saved token keeps the relay as it is: no rollout. A state
+		// file without one (edited by hand) loses no sandbox: a new
+		// token is minted and its first apply rolls the relay.
 		minted := false
 		if sv.Token == "" {
 			token, err := m.newToken()

@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"slices"
 	"strings"
 	"time"
 
@@ -300,7 +301,11 @@ func stoppedConnecting(now time.Time, name string) api.Progress {
 func (d *Daemon) handleDisconnect(w http.ResponseWriter, r *http.Request) error {
 	name := r.PathValue("name")
 	if r.URL.Query().Get("orphan") == "true" {
-		res, err := d.deleteOrphan(r.Context(), clusterRequestFromQuery(r), name)
+		creq, err := clusterRequestFromQuery(r, "orphan")
+		if err != nil {
+			return err
+		}
+		res, err := d.deleteOrphan(r.Context(), creq, name)
 		if err != nil {
 			return err
 		}
@@ -333,8 +338,19 @@ func (d *Daemon) handleDisconnectAll(w http.ResponseWriter, r *http.Request) err
 	return writeJSON(w, res)
 }
 
-func clusterRequestFromQuery(r *http.Request) api.ClusterRequest {
+// A parameter it does not know, besides the endpoint's own (also), is an
+// error rather than ignored: a client that means another kubeconfig or
+// namespace must not get an answer about the default one.
+func clusterRequestFromQuery(r *http.Request, also ...string) (api.ClusterRequest, error) {
 	q := r.URL.Query()
+	for k := range q {
+		switch {
+		case k == "kubeconfigFile", k == "kubeconfigEnv", k == "context", k == "namespace", slices.Contains(also, k):
+		default:
+			return api.ClusterRequest{}, badRequest("unknown query parameter %q for %s (known: kubeconfigFile, kubeconfigEnv, context, namespace%s)",
+				k, r.URL.Path, strings.Join(append([]string{""}, also...), ", "))
+		}
+	}
 	return api.ClusterRequest{
 		KubeconfigSource: api.KubeconfigSource{
 			KubeconfigFile: q.Get("kubeconfigFile"),
@@ -342,11 +358,15 @@ func clusterRequestFromQuery(r *http.Request) api.ClusterRequest {
 		}.Normalized(),
 		Context:   q.Get("context"),
 		Namespace: q.Get("namespace"),
-	}
+	}, nil
 }
 
 func (d *Daemon) handleList(w http.ResponseWriter, r *http.Request) error {
-	res, err := d.list(r.Context(), clusterRequestFromQuery(r), r.URL.Query().Get("cluster") != "false")
+	creq, err := clusterRequestFromQuery(r, "cluster")
+	if err != nil {
+		return err
+	}
+	res, err := d.list(r.Context(), creq, r.URL.Query().Get("cluster") != "false")
 	if err != nil {
 		return err
 	}

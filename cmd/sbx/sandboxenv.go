@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net/http"
 	"strings"
 
 	"github.com/sbx-dev/sbx/cluster/kube"
@@ -66,12 +65,10 @@ func sandboxEnv(ctx context.Context, g *globalOptions, name string, f envFlags) 
 	sb := runenv.Sandbox{Name: st.Name, RoutingKey: st.RoutingKey, BaggageKey: st.BaggageKey, ProxyAddr: proxyAddrOf(all)}
 	if sb.ProxyAddr != "" {
 		pc, err := c.ProxyCredential(ctx)
-		switch {
-		case err == nil:
-			sb.ProxyUsername, sb.ProxyPassword = pc.Username, pc.Password
-		case !olderDaemon(err):
+		if err != nil {
 			return runenv.Env{}, fmt.Errorf("reading the outbound proxy's credential from the daemon: %w", err)
 		}
+		sb.ProxyUsername, sb.ProxyPassword = pc.Username, pc.Password
 	}
 	var base *runenv.Env
 	if f.fromBaseline {
@@ -103,14 +100,6 @@ func baselineKubeOptions(g *globalOptions, st api.SandboxStatus) kube.Options {
 	opts := daemon.SourceOptions(src)
 	opts.Context, opts.UserAgent = firstNonEmpty(g.context, st.Context), "sbx-env"
 	return opts
-}
-
-// olderDaemon reports whether err is a daemon saying it has no such
-// endpoint: one from before the endpoint existed (its proxy asks for no
-// credential).
-func olderDaemon(err error) bool {
-	var ae *api.APIError
-	return errors.As(err, &ae) && ae.StatusCode == http.StatusNotFound && strings.HasPrefix(ae.Message, "no such endpoint")
 }
 
 // proxyAddrOf is the outbound proxy's address when outbound access runs
