@@ -254,21 +254,40 @@ func verifierConflict(sandbox string, err error) error {
 		fmt.Sprintf("to take the sandbox back here, run `sbx connect %s --rotate-token` (or connect it again with -f FILE); the other daemon then stops the same way", sandbox)}}
 }
 
-// refresh samples the link and probes each mapping's local address.
+// refresh samples the link.
 func (s *session) refresh(ctx context.Context, lk link, since time.Time) {
 	ls := lk.Stats()
-	listening := map[string]bool{}
-	for _, r := range s.routes() {
-		if _, ok := listening[r.ToLocal]; !ok {
-			listening[r.ToLocal] = canDial(ctx, "tcp", r.ToLocal, s.m.cfg.ProbeTimeout)
-		}
-	}
 	s.m.store.UpdateSandbox(s.name, func(st *api.SandboxStatus) {
 		st.Sessions, st.RTT, st.BytesIn, st.BytesOut, st.Streams = ls.Sessions, ls.RTT, ls.BytesIn, ls.BytesOut, ls.Streams
-		for i := range st.Mappings {
-			st.Mappings[i].Listening = listening[st.Mappings[i].ToLocal]
-		}
 	})
+}
+
+// probeLocal probes each mapping's local address now and every
+// StatsInterval until ctx ends, whatever the phase.
+func (s *session) probeLocal(ctx context.Context) {
+	t := time.NewTicker(s.m.cfg.StatsInterval)
+	defer t.Stop()
+	for {
+		listening := map[string]bool{}
+		for _, r := range s.routes() {
+			if _, ok := listening[r.ToLocal]; !ok {
+				listening[r.ToLocal] = canDial(ctx, "tcp", r.ToLocal, s.m.cfg.ProbeTimeout)
+			}
+		}
+		if ctx.Err() != nil {
+			return
+		}
+		s.m.store.UpdateSandbox(s.name, func(st *api.SandboxStatus) {
+			for i := range st.Mappings {
+				st.Mappings[i].Listening = listening[st.Mappings[i].ToLocal]
+			}
+		})
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
 }
 
 // canDial reports whether something accepts connections at addr (a local

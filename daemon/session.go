@@ -226,6 +226,16 @@ func (s *session) recordError(err error) {
 // re-finding the relay pod each time.
 func (s *session) run(ctx context.Context) {
 	defer close(s.done)
+	// Whether each mapping's local address accepts connections is the
+	// laptop's matter: it is probed in every phase, so that a sandbox
+	// that failed or is still connecting does not tell the user to start
+	// a service that is running.
+	probed := make(chan struct{})
+	go func() {
+		defer close(probed)
+		s.probeLocal(ctx)
+	}()
+	defer func() { <-probed }()
 	cfg := s.m.cfg
 	attempt := 0
 	for {

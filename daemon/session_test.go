@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -441,4 +442,27 @@ func TestFailedSandboxMayMoveCluster(t *testing.T) {
 	require.ErrorAs(t, err, &ae)
 	require.Equal(t, 409, ae.StatusCode)
 	require.Contains(t, err.Error(), "disconnect it first")
+}
+
+// TestLocalProbeInEveryPhase: whether the local service listens is probed
+// whatever the sandbox's phase. A sandbox that failed (or still waits for
+// its relay) used to say "NOT listening (start your service there)" for a
+// service that was running, sending the user to fix the wrong thing.
+func TestLocalProbeInEveryPhase(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	defer ln.Close()
+	fc := &fakeCluster{applyErr: &PermanentError{errors.New("Deployment hotrod/route not found")}}
+	td := startDaemon(t, Options{Clusters: fc.provider(), link: (&fakeLinker{}).link, StatsInterval: 20 * time.Millisecond})
+	_, err = td.client.Connect(context.Background(), api.ConnectRequest{Spec: testSpec("alice", ln.Addr().String()), Wait: true, Timeout: time.Minute}, nil)
+	require.Error(t, err)
+	listening := func() bool {
+		st, err := td.client.Sandbox(context.Background(), "alice")
+		require.NoError(t, err)
+		require.Equal(t, api.PhaseFailed, st.Phase)
+		return st.Mappings[0].Listening
+	}
+	require.Eventually(t, listening, 10*time.Second, 10*time.Millisecond, "a failed sandbox still sees its local service")
+	require.NoError(t, ln.Close())
+	require.Eventually(t, func() bool { return !listening() }, 10*time.Second, 10*time.Millisecond, "and sees it stop")
 }
