@@ -10,6 +10,8 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	k8stesting "k8s.io/client-go/testing"
 
 	"github.com/stretchr/testify/require"
 )
@@ -329,4 +331,70 @@ func TestDeadRoutesRemoved(t *testing.T) {
 		_, err := f.Istio.NetworkingV1().VirtualServices("hotrod").Get(ctx, own, metav1.GetOptions{})
 		require.True(t, apierrors.IsNotFound(err), own)
 	}
+}
+
+// TestWaitRelayTimeout: a relay that is not ready by the deadline is
+// reported as what it is (the pod's state and its latest warnings, the
+// kubectl command that shows more), never as a network failure: the API
+// server answered every call. A call client-go refuses because it would
+// end after the deadline is no error of its own either.
+func TestWaitRelayTimeout(t *testing.T) {
+	base := time.Now()
+	notReady := relayPod("sbx-alice-relay-1", base, func(p *corev1.Pod) {
+		p.Status.Phase = corev1.PodRunning
+		p.Status.ContainerStatuses = []corev1.ContainerStatus{{Name: "relay", Ready: false}}
+	})
+	warn := func(name, reason, msg string, at time.Time) *corev1.Event {
+		return &corev1.Event{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: "hotrod"},
+			InvolvedObject: corev1.ObjectReference{Kind: "Pod", Namespace: "hotrod", Name: "sbx-alice-relay-1"},
+			Type:           corev1.EventTypeWarning, Reason: reason, Message: msg, LastTimestamp: metav1.NewTime(at)}
+	}
+	o := WaitOptions{Ref: Ref{Namespace: "hotrod", Name: "alice", RoutingKey: testKey}, Interval: 5 * time.Millisecond, RelayImage: testImage}
+
+	t.Run("deadline", func(t *testing.T) {
+		f := hotrodFake(t, notReady,
+			warn("e1", "Unhealthy", "Readiness probe failed: connection refused", base.Add(-time.Minute)),
+			warn("e2", "Unhealthy", "Readiness probe failed: HTTP probe failed with statuscode: 503", base),
+			&corev1.Event{ObjectMeta: metav1.ObjectMeta{Name: "e3", Namespace: "hotrod"},
+				InvolvedObject: corev1.ObjectReference{Kind: "Pod", Name: "sbx-alice-relay-1"},
+				Type:           corev1.EventTypeNormal, Reason: "Started", Message: "Started container relay"})
+		ctx, cancel := context.WithTimeout(t.Context(), 100*time.Millisecond)
+		defer cancel()
+		_, err := WaitRelay(ctx, f.Clients, o, nil)
+		var te *RelayTimeoutError
+		require.ErrorAs(t, err, &te)
+		require.NotErrorIs(t, err, context.DeadlineExceeded, "nothing may read it as an unanswered call")
+		msg := err.Error()
+		require.Contains(t, msg, "relay of sandbox alice in namespace hotrod not ready after")
+		require.Contains(t, msg, "container relay not ready (probe /readyz on port")
+		require.Contains(t, msg, "its latest warnings: Unhealthy: Readiness probe failed: HTTP probe failed with statuscode: 503; Unhealthy: Readiness probe failed: connection refused")
+		require.NotContains(t, msg, "Started container", "only warnings")
+		require.Contains(t, msg, "`kubectl describe pod -n hotrod sbx-alice-relay-1`")
+	})
+
+	t.Run("call refused near the deadline", func(t *testing.T) {
+		f := hotrodFake(t, notReady)
+		start := time.Now()
+		f.kube.PrependReactor("list", "pods", func(k8stesting.Action) (bool, runtime.Object, error) {
+			if time.Since(start) > 60*time.Millisecond {
+				return true, nil, errors.New("client rate limiter Wait returned an error: rate: Wait(n=1) would exceed context deadline")
+			}
+			return false, nil, nil
+		})
+		ctx, cancel := context.WithTimeout(t.Context(), 100*time.Millisecond)
+		defer cancel()
+		_, err := WaitRelay(ctx, f.Clients, WaitOptions{Ref: o.Ref, Interval: 50 * time.Millisecond}, nil)
+		var te *RelayTimeoutError
+		require.ErrorAs(t, err, &te)
+		require.NotContains(t, err.Error(), "rate limiter")
+		require.Contains(t, err.Error(), "container relay not ready")
+	})
+
+	t.Run("cancelled", func(t *testing.T) {
+		f := hotrodFake(t, notReady)
+		ctx, cancel := context.WithCancel(t.Context())
+		time.AfterFunc(20*time.Millisecond, cancel)
+		_, err := WaitRelay(ctx, f.Clients, o, nil)
+		require.ErrorIs(t, err, context.Canceled, "a disconnect stays a cancellation")
+	})
 }

@@ -2,6 +2,7 @@ package cluster
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sort"
 	"strings"
@@ -10,6 +11,7 @@ import (
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/labels"
 
 	"github.com/sbx-dev/sbx/cluster/podstate"
@@ -70,6 +72,12 @@ func WaitRelay(ctx context.Context, c Clients, o WaitOptions, progress func(Even
 	defer t.Stop()
 	for {
 		pod, status, err := relayStatus(ctx, c, o, sel.String())
+		if err != nil && (ctx.Err() != nil || deadlineWithin(ctx, o.Interval)) {
+			// A call cut short by the deadline (client-go's rate
+			// limiter refuses one that would end after it) says
+			// nothing about the relay: what it last waited for does.
+			return nil, waitEnded(ctx, c, o, sel.String(), time.Since(start), last)
+		}
 		if err != nil {
 			return nil, err
 		}
@@ -83,11 +91,103 @@ func WaitRelay(ctx context.Context, c Clients, o WaitOptions, progress func(Even
 		}
 		select {
 		case <-ctx.Done():
-			return nil, fmt.Errorf("relay of sandbox %s in namespace %s not ready after %s: %s: %w",
-				o.Name, o.Namespace, time.Since(start).Round(time.Second), last, ctx.Err())
+			return nil, waitEnded(ctx, c, o, sel.String(), time.Since(start), last)
 		case <-t.C:
 		}
 	}
+}
+
+// deadlineWithin reports whether ctx ends within d.
+func deadlineWithin(ctx context.Context, d time.Duration) bool {
+	dl, ok := ctx.Deadline()
+	return ok && time.Until(dl) < d
+}
+
+// waitEnded is WaitRelay's error when ctx ended: cancelled, it wraps
+// ctx.Err(); at the deadline it is a *RelayTimeoutError.
+func waitEnded(ctx context.Context, c Clients, o WaitOptions, sel string, waited time.Duration, last string) error {
+	if errors.Is(ctx.Err(), context.Canceled) {
+		return fmt.Errorf("relay of sandbox %s in namespace %s not ready after %s: %s: %w",
+			o.Name, o.Namespace, waited.Round(time.Second), last, ctx.Err())
+	}
+	e := &RelayTimeoutError{Namespace: o.Namespace, Sandbox: o.Name, Waited: waited, Last: last}
+	if e.Last == "" {
+		e.Last = "no relay pod seen"
+	}
+	// The deadline has passed: a short call of its own reads the
+	// newest pod's warnings (a failing probe, scheduling, mounts).
+	ectx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	defer cancel()
+	pods, err := c.Kube.CoreV1().Pods(o.Namespace).List(ectx, metav1.ListOptions{LabelSelector: sel})
+	if err != nil {
+		return e
+	}
+	var newest *corev1.Pod
+	for i := range pods.Items {
+		p := &pods.Items[i]
+		if p.DeletionTimestamp == nil && (newest == nil || newest.CreationTimestamp.Before(&p.CreationTimestamp)) {
+			newest = p
+		}
+	}
+	if newest == nil {
+		return e
+	}
+	e.Pod = newest.Name
+	evs, err := c.Kube.CoreV1().Events(o.Namespace).List(ectx, metav1.ListOptions{
+		FieldSelector: fields.Set{"involvedObject.kind": "Pod", "involvedObject.name": newest.Name}.String(),
+	})
+	if err != nil { // the Role may not allow it: the status says enough
+		return e
+	}
+	items := evs.Items
+	sort.SliceStable(items, func(a, b int) bool { return eventTime(&items[a]).Before(eventTime(&items[b])) })
+	seen := map[string]bool{}
+	for i := len(items) - 1; i >= 0 && len(e.Events) < 3; i-- {
+		ev := &items[i]
+		msg := ev.Reason + ": " + strings.TrimSpace(ev.Message)
+		if ev.Type != corev1.EventTypeWarning || seen[msg] {
+			continue
+		}
+		seen[msg] = true
+		e.Events = append(e.Events, msg)
+	}
+	return e
+}
+
+// eventTime is when an event last happened, whichever field its source
+// filled.
+func eventTime(ev *corev1.Event) time.Time {
+	switch {
+	case !ev.LastTimestamp.IsZero():
+		return ev.LastTimestamp.Time
+	case !ev.EventTime.IsZero():
+		return ev.EventTime.Time
+	}
+	return ev.CreationTimestamp.Time
+}
+
+// RelayTimeoutError: the relay pod was not ready by the deadline. The API
+// server answered every call; the pod is what waits, and the error says
+// for what (its status, and its latest warning events).
+type RelayTimeoutError struct {
+	Namespace, Sandbox string
+	Waited             time.Duration
+	// Last is what the relay was last waiting for; Pod the newest relay
+	// pod ("" if none) and Events its latest warnings, newest first.
+	Last   string
+	Pod    string
+	Events []string
+}
+
+func (e *RelayTimeoutError) Error() string {
+	msg := fmt.Sprintf("relay of sandbox %s in namespace %s not ready after %s: %s", e.Sandbox, e.Namespace, e.Waited.Round(time.Second), e.Last)
+	if len(e.Events) > 0 {
+		msg += "; its latest warnings: " + strings.Join(e.Events, "; ")
+	}
+	if e.Pod != "" {
+		return msg + fmt.Sprintf(" (the API server answers: the pod is what waits; see `kubectl describe pod -n %s %s`)", e.Namespace, e.Pod)
+	}
+	return msg + fmt.Sprintf(" (the API server answers: see `kubectl describe deployment -n %s %s` for why no pod starts)", e.Namespace, RelayName(e.Sandbox))
 }
 
 // relayStatus returns a ready pod, or a description of what the relay is

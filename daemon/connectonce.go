@@ -87,7 +87,10 @@ func (s *session) connectOnce(ctx context.Context) (time.Time, error) {
 		}()
 	}
 	s.setPhase(api.PhaseWaitingRelay, fmt.Sprintf("waiting for relay pod of %s in namespace %s", t.Name, t.Namespace))
-	if err := cl.WaitRelay(ctx, t, s.progressFn(api.PhaseWaitingRelay)); err != nil {
+	stopRenewing := s.renewWhileWaiting(ctx, cl, t)
+	err = cl.WaitRelay(ctx, t, s.progressFn(api.PhaseWaitingRelay))
+	stopRenewing()
+	if err != nil {
 		return time.Time{}, supervisorError(t.Name, fmt.Errorf("relay of sandbox %s: %w", t.Name, err))
 	}
 	poolSize := cfg.PoolSize
@@ -192,6 +195,34 @@ func (s *session) connectOnce(ctx context.Context) (time.Time, error) {
 				s.recordError(fmt.Errorf("renew lease of sandbox %s: %w (gc may remove it if this persists)", t.Name, err))
 			}
 		}
+	}
+}
+
+// renewWhileWaiting renews the sandbox's Lease every LeaseInterval until
+// the returned func is called (which waits for it to stop): a relay that
+// takes minutes to start (an image pull, a busy node) must not make the
+// sandbox look expired to others' `sbx list`, or to their `sbx gc`.
+func (s *session) renewWhileWaiting(ctx context.Context, cl Cluster, t cluster.Ref) (stop func()) {
+	ctx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		tick := time.NewTicker(s.m.cfg.LeaseInterval)
+		defer tick.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-tick.C:
+				if err := cl.RenewLease(ctx, t); err != nil && ctx.Err() == nil {
+					s.log.Warn("lease renewal while waiting for the relay failed", "err", err)
+				}
+			}
+		}
+	}()
+	return func() {
+		cancel()
+		<-done
 	}
 }
 

@@ -20,7 +20,7 @@ type sessionConfig struct {
 	PoolSize      int // 0: from the user config
 	Backoff       Backoff
 	StatsInterval time.Duration // how often RTT, bytes and mapping probes refresh
-	LeaseInterval time.Duration // how often the Lease is renewed while connected
+	LeaseInterval time.Duration // how often the Lease is renewed while connected or waiting for the relay
 	ProbeTimeout  time.Duration // dial timeout of a mapping probe
 	ClientID      string
 	User          string

@@ -466,3 +466,22 @@ func TestLocalProbeInEveryPhase(t *testing.T) {
 	require.NoError(t, ln.Close())
 	require.Eventually(t, func() bool { return !listening() }, 10*time.Second, 10*time.Millisecond, "and sees it stop")
 }
+
+// TestLeaseRenewedWhileWaitingForRelay: a relay that takes long to start
+// (an image pull, a busy node) does not let the sandbox's Lease lapse:
+// others' `sbx list` would show a connecting sandbox as expired, and
+// their `sbx gc` would delete it.
+func TestLeaseRenewedWhileWaitingForRelay(t *testing.T) {
+	fc := &fakeCluster{waitBlock: make(chan struct{})}
+	td := startDaemon(t, Options{Clusters: fc.provider(), link: (&fakeLinker{}).link, LeaseInterval: 10 * time.Millisecond})
+	_, err := td.client.Connect(context.Background(), api.ConnectRequest{Spec: testSpec("alice", "localhost:1")}, nil)
+	require.NoError(t, err)
+	waitPhase(t, td.client, "alice", api.PhaseWaitingRelay)
+	require.Eventually(t, func() bool {
+		fc.mu.Lock()
+		defer fc.mu.Unlock()
+		return fc.renews >= 3
+	}, 10*time.Second, 5*time.Millisecond, "the Lease is renewed while the relay starts")
+	close(fc.waitBlock)
+	waitPhase(t, td.client, "alice", api.PhaseReady)
+}

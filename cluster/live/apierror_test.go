@@ -11,9 +11,12 @@ import (
 	"testing"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
+
 	"github.com/stretchr/testify/require"
 	istiofake "istio.io/client-go/pkg/clientset/versioned/fake"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	kubefake "k8s.io/client-go/kubernetes/fake"
@@ -225,4 +228,25 @@ func testSpec(name string, toLocal string) spec.Sandbox {
 		From:     spec.Workload{Kind: spec.KindDeployment, Namespace: "hotrod", Name: "route"},
 		Mappings: []spec.Mapping{{Port: 8083, ToLocal: toLocal}},
 	}}}}
+}
+
+// TestRelayTimeoutIsNotUnreachable: a relay that never becomes ready
+// fails the wait with what the pod waits for, not with "the API server
+// did not answer: check your network or VPN": it answered every call.
+func TestRelayTimeoutIsNotUnreachable(t *testing.T) {
+	pod := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "sbx-alice-relay-1", Namespace: "hotrod",
+		Labels: map[string]string{cluster.LabelManagedBy: cluster.ManagedByValue, cluster.LabelSandbox: "alice", cluster.LabelComponent: "relay"}},
+		Status: corev1.PodStatus{Phase: corev1.PodPending, Conditions: []corev1.PodCondition{{Type: corev1.PodScheduled, Status: corev1.ConditionFalse,
+			Reason: "Unschedulable", Message: "0/3 nodes are available: 3 Insufficient cpu."}}}}
+	c := NewFromKube(&kube.Cluster{
+		REST: &rest.Config{Host: "https://api.staging:6443"}, Kube: kubefake.NewClientset(pod), Istio: istiofake.NewSimpleClientset(),
+		Namespace: "hotrod", Context: "staging",
+	}, Options{WaitTimeout: 50 * time.Millisecond})
+	defer c.Close()
+	err := c.WaitRelay(t.Context(), cluster.Ref{Name: "alice", Namespace: "hotrod"}, nil)
+	require.Error(t, err)
+	require.Contains(t, err.Error(), "not scheduled: Unschedulable 0/3 nodes are available: 3 Insufficient cpu.")
+	require.Contains(t, err.Error(), "kubectl describe pod -n hotrod sbx-alice-relay-1")
+	require.NotContains(t, err.Error(), "did not answer")
+	require.NotContains(t, err.Error(), "network")
 }
