@@ -28,6 +28,9 @@ type allocator struct {
 	// hints are persisted assignments, used when their Service shows up
 	// again (also after a restart, while discovery is still listing).
 	hints map[string]netip.Addr
+	// foreign are addresses where another process holds a port a
+	// Service needs: never handed out again by this allocator.
+	foreign map[netip.Addr]bool
 }
 
 func newAllocator(prefix netip.Prefix, statePath string) (*allocator, error) {
@@ -47,7 +50,7 @@ func newAllocator(prefix netip.Prefix, statePath string) (*allocator, error) {
 		size = 1 << 24
 	}
 	a := &allocator{first: first, size: uint32(size), path: statePath,
-		byKey: map[string]netip.Addr{}, used: map[netip.Addr]string{}, hints: map[string]netip.Addr{}}
+		byKey: map[string]netip.Addr{}, used: map[netip.Addr]string{}, hints: map[string]netip.Addr{}, foreign: map[netip.Addr]bool{}}
 	a.load()
 	return a, nil
 }
@@ -59,7 +62,7 @@ func (a *allocator) addr(i uint32) netip.Addr {
 }
 
 func (a *allocator) usable(ip netip.Addr) bool {
-	if !ip.Is4() || ip == netip.AddrFrom4([4]byte{127, 0, 0, 1}) {
+	if !ip.Is4() || ip == netip.AddrFrom4([4]byte{127, 0, 0, 1}) || a.foreign[ip] {
 		return false
 	}
 	v := binary.BigEndian.Uint32(ip.AsSlice())
@@ -111,6 +114,21 @@ func (a *allocator) assign(keys []string) error {
 		}
 	}
 	return nil
+}
+
+// moveAway gives up key's address, where another process holds a port
+// the Service needs, for good: the next assign gives key another one.
+// It reports whether key had an address.
+func (a *allocator) moveAway(key string) bool {
+	ip, ok := a.byKey[key]
+	if !ok {
+		return false
+	}
+	delete(a.byKey, key)
+	delete(a.used, ip)
+	delete(a.hints, key)
+	a.foreign[ip] = true
+	return true
 }
 
 type allocState struct {

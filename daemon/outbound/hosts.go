@@ -158,56 +158,68 @@ func (h *Hosts) reconcile() (failed bool) {
 	for i, s := range reachable {
 		keys[i] = s.Key()
 	}
-	if err := h.alloc.assign(keys); err != nil {
-		h.log.Error("cannot give every cluster Service a loopback IP", "err", err)
-	}
-	if err := h.alloc.save(); err != nil {
-		h.log.Warn("cannot save hosts-mode IP assignments; they may change after a restart", "path", h.opts.StatePath, "err", err)
-	}
-
-	want := map[netip.AddrPort]listenSpec{}
-	for _, s := range reachable {
-		ip, ok := h.alloc.byKey[s.Key()]
-		if !ok {
-			continue
-		}
-		for _, p := range tcpPorts(s) {
-			want[netip.AddrPortFrom(ip, uint16(p.Port))] = listenSpec{
-				target: net.JoinHostPort(s.FQDN(), strconv.Itoa(int(p.Port))),
-				http:   h.opts.Baggage != nil && isHTTPPort(p),
-			}
-		}
-	}
 
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if h.closed {
 		return false
 	}
-	for ap, pl := range h.listeners {
-		if want[ap] != pl.listenSpec {
-			// Connections already accepted keep running; only new ones
-			// stop arriving.
-			_ = pl.ln.Close()
-			delete(h.listeners, ap)
+	var want map[netip.AddrPort]listenSpec
+	var listenErr map[netip.AddrPort]error
+	// A port another process holds on a Service's address would send
+	// the Service's name to that process: the Service moves to another
+	// address, and the listeners are made again (a few rounds at most:
+	// each round gives up at least one address).
+	for round := 0; ; round++ {
+		if err := h.alloc.assign(keys); err != nil {
+			h.log.Error("cannot give every cluster Service a loopback IP", "err", err)
 		}
-	}
-	listenErr := map[netip.AddrPort]error{}
-	for ap, spec := range want {
-		if _, ok := h.listeners[ap]; ok {
-			continue
+		want = map[netip.AddrPort]listenSpec{}
+		owner := map[netip.Addr]string{}
+		for _, s := range reachable {
+			ip, ok := h.alloc.byKey[s.Key()]
+			if !ok {
+				continue
+			}
+			owner[ip] = s.Key()
+			for _, p := range tcpPorts(s) {
+				want[netip.AddrPortFrom(ip, uint16(p.Port))] = listenSpec{
+					target: net.JoinHostPort(s.FQDN(), strconv.Itoa(int(p.Port))),
+					http:   h.opts.Baggage != nil && isHTTPPort(p),
+				}
+			}
 		}
-		ln, err := net.Listen("tcp", ap.String())
-		if err != nil {
+		h.listenLocked(want)
+		listenErr = map[netip.AddrPort]error{}
+		moved := false
+		for ap, spec := range want {
+			if _, ok := h.listeners[ap]; ok {
+				continue
+			}
+			ln, err := net.Listen("tcp", ap.String())
+			if err == nil {
+				pl := &portListener{ln: ln, listenSpec: spec}
+				h.listeners[ap] = pl
+				h.wg.Add(1)
+				go h.acceptLoop(pl)
+				continue
+			}
+			if addrInUse(err) && round < maxMoveRounds && h.alloc.moveAway(owner[ap.Addr()]) {
+				h.log.Warn("another process holds a cluster Service's port on its loopback address; moving the Service to another address",
+					"addr", ap, "target", spec.target)
+				moved = true
+				continue
+			}
 			listenErr[ap] = err
 			failed = true
 			h.log.Warn("cannot listen for a cluster Service port; retrying", "addr", ap, "target", spec.target, "err", err)
-			continue
 		}
-		pl := &portListener{ln: ln, listenSpec: spec}
-		h.listeners[ap] = pl
-		h.wg.Add(1)
-		go h.acceptLoop(pl)
+		if !moved {
+			break
+		}
+	}
+	if err := h.alloc.save(); err != nil {
+		h.log.Warn("cannot save hosts-mode IP assignments; they may change after a restart", "path", h.opts.StatePath, "err", err)
 	}
 
 	var entries []hostsfile.Entry
@@ -240,6 +252,22 @@ func (h *Hosts) reconcile() (failed bool) {
 		failed = true
 	}
 	return failed
+}
+
+// maxMoveRounds bounds how many times one reconcile moves Services away
+// from addresses other processes hold.
+const maxMoveRounds = 16
+
+// listenLocked closes the listeners want has no use for (or another use
+// for). Connections already accepted keep running; only new ones stop
+// arriving.
+func (h *Hosts) listenLocked(want map[netip.AddrPort]listenSpec) {
+	for ap, pl := range h.listeners {
+		if spec, ok := want[ap]; !ok || spec != pl.listenSpec {
+			_ = pl.ln.Close()
+			delete(h.listeners, ap)
+		}
+	}
 }
 
 func tcpPorts(s Named) []discovery.Port {

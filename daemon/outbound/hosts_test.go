@@ -411,3 +411,36 @@ func TestCatalogLookup(t *testing.T) {
 	got, _ := c.Lookup("driver")
 	require.Equal(t, "driver.web.svc.cluster.local", got)
 }
+
+// TestHostsModeMovesAwayFromForeignListeners: another process (another
+// sbx test run, any local server) already listens on a Service's port at
+// the address the hash picks. The Service's names must not point there
+// (its clients would reach that process): the Service moves to another
+// address, and works. A run sharing the machine with another once failed
+// with connection resets this way.
+func TestHostsModeMovesAwayFromForeignListeners(t *testing.T) {
+	const rng = "127.239.0.0/16"
+	e := newHostsEnv(t)
+	e.cat.Apply(added(svc("hotrod", "driver", 8082)))
+	// Where the driver would go: the allocator's own choice, from an
+	// allocator with no state, as the daemon's starts.
+	a, err := newAllocator(netip.MustParsePrefix(rng), "")
+	require.NoError(t, err)
+	require.NoError(t, a.assign([]string{"hotrod/driver"}))
+	hashed := a.byKey["hotrod/driver"]
+	foreign, err := net.Listen("tcp", netip.AddrPortFrom(hashed, 8082).String())
+	require.NoError(t, err)
+	defer foreign.Close()
+
+	h, _, _ := e.start(t, rng)
+	require.Eventually(t, func() bool { _, ok := resolve(t, e.hosts, "driver"); return ok }, 10*time.Second, 10*time.Millisecond)
+	ip, _ := resolve(t, e.hosts, "driver")
+	require.NotEqual(t, hashed, ip, "the name must not point at the other process's listener")
+	reply, err := roundTrip(t, e.hosts, "driver", 8082, "hello")
+	require.NoError(t, err)
+	require.Equal(t, "driver.hotrod.svc.cluster.local:8082|hello", reply)
+	st := h.Status()
+	require.Len(t, st, 1)
+	require.Equal(t, ip, st[0].IP)
+	require.True(t, st[0].Ports[0].Listening, st[0].Ports[0].Error)
+}
