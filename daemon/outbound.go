@@ -103,6 +103,7 @@ func newOutboundCtl(d *Daemon, initial config.Outbound) *outboundCtl {
 		},
 		LockPath:      filepath.Join(d.opts.Paths.StateDir, "hosts.lock"),
 		StatePath:     filepath.Join(d.opts.Paths.StateDir, "hosts-ips.json"),
+		ProxyPortPath: filepath.Join(d.opts.Paths.StateDir, "proxy-port"),
 		Baggage:       o.baggage,
 		ProxyPassword: d.proxyCred.get,
 		Logger:        o.log,

@@ -258,13 +258,15 @@ func TestOutboundOffStartsNothing(t *testing.T) {
 		return err != nil
 	}, 10*time.Second, 5*time.Millisecond, "the proxy closes with the last sandbox")
 
-	// The next sandbox brings it back.
+	// The next sandbox brings it back, on the same port: an environment
+	// made before (`sbx env > .env` for a debugger) still works.
 	_, err = td.client.Connect(ctx, api.ConnectRequest{Spec: testSpec("bob", "localhost:1")}, nil)
 	require.NoError(t, err)
 	require.Eventually(t, func() bool {
 		ob = outboundOf(t, td)
 		return ob.ProxyAddr != "" && ob.Discovered == 1
 	}, 10*time.Second, 5*time.Millisecond)
+	require.Equal(t, proxyAddr, ob.ProxyAddr, "the proxy's port survives the last sandbox's disconnect")
 }
 
 // TestOutboundUpBeforeReady: a daemon restoring its sandboxes answers
@@ -284,6 +286,36 @@ func TestOutboundUpBeforeReady(t *testing.T) {
 	ob := outboundOf(t, td2)
 	require.Equal(t, string(config.ModeProxy), ob.Mode)
 	require.NotEmpty(t, ob.ProxyAddr, "first status after start")
+}
+
+// TestOutboundProxyPortSurvivesRestarts: the proxy's port (picked by the
+// system the first time) is the same after a daemon restart (and after the
+// last sandbox's disconnect: TestOutboundOffStartsNothing), so an environment a debugger was
+// started with keeps working; one another process took meanwhile is
+// given up for a new port.
+func TestOutboundProxyPortSurvivesRestarts(t *testing.T) {
+	fc := &fakeCluster{}
+	paths := testPaths(t)
+	cfgPath := filepath.Join(shortTempDir(t), "config.yaml")
+	writeConfig(t, cfgPath, "outbound:\n  mode: proxy\n")
+	td := startDaemon(t, Options{Paths: paths, Clusters: fc.provider(), link: (&fakeLinker{}).link, ConfigPath: cfgPath})
+	_, err := td.client.Connect(context.Background(), api.ConnectRequest{Spec: testSpec("alice", "localhost:1"), Wait: true}, nil)
+	require.NoError(t, err)
+	var first string
+	require.Eventually(t, func() bool { first = outboundOf(t, td).ProxyAddr; return first != "" }, 10*time.Second, 5*time.Millisecond)
+
+	td.stop()
+	td2 := startDaemon(t, Options{Paths: paths, Clusters: fc.provider(), link: (&fakeLinker{}).link, ConfigPath: cfgPath})
+	require.Equal(t, first, outboundOf(t, td2).ProxyAddr, "after a daemon restart")
+
+	td2.stop()
+	taken, err := net.Listen("tcp", first)
+	require.NoError(t, err)
+	defer taken.Close()
+	td3 := startDaemon(t, Options{Paths: paths, Clusters: fc.provider(), link: (&fakeLinker{}).link, ConfigPath: cfgPath})
+	again := outboundOf(t, td3).ProxyAddr
+	require.NotEmpty(t, again)
+	require.NotEqual(t, first, again, "a port another process took is given up")
 }
 
 // namedLinker hands out links that record the outbound dials they carry

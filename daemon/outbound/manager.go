@@ -20,6 +20,7 @@ type ManagerOptions struct {
 	Catalog             *Catalog
 	Dial                Dialer
 	LockPath, StatePath string
+	ProxyPortPath       string
 	Baggage             func() (key, value string)
 	ProxyPassword       func() (string, error)
 	Logger              *slog.Logger
@@ -125,7 +126,7 @@ func (m *Manager) Run(ctx context.Context) error {
 		if stop == nil || NeedsRestart(running, cfg) {
 			halt()
 			r, err := Start(Options{Config: cfg, Catalog: m.opts.Catalog, Dial: m.opts.Dial,
-				LockPath: m.opts.LockPath, StatePath: m.opts.StatePath, Baggage: m.opts.Baggage,
+				LockPath: m.opts.LockPath, StatePath: m.opts.StatePath, ProxyPortPath: m.opts.ProxyPortPath, Baggage: m.opts.Baggage,
 				ProxyPassword: m.opts.ProxyPassword, Logger: m.log})
 			m.mu.Lock()
 			if err != nil {

@@ -30,6 +30,12 @@ type Options struct {
 	// keeping hosts-mode IPs stable; both belong in the daemon's state
 	// directory.
 	LockPath, StatePath string
+	// ProxyPortPath remembers the proxy's port when outbound.proxyListen
+	// lets the system pick one (port 0): the next start takes the same
+	// port if it is free, so that an environment a debugger was started
+	// with (`sbx env > .env`) keeps working across daemon restarts, config
+	// changes and the last sandbox's disconnect. "" = not remembered.
+	ProxyPortPath string
 	// Baggage returns the baggage key and routing key added to plain HTTP
 	// requests (proxy mode: absolute-URI requests; hosts mode: HTTP/1.x
 	// Service ports), used only with Config.InjectBaggage.
@@ -131,10 +137,11 @@ func Start(opts Options) (*Runner, error) {
 	if err != nil {
 		return nil, fmt.Errorf("outbound proxy mode: %w", err)
 	}
-	p, err := proxy.New(proxy.Options{
+	po := proxy.Options{
 		Listen: opts.Config.ProxyListen, Lookup: opts.Catalog.Lookup, Cluster: proxy.Dialer(opts.Dial),
 		Baggage: baggage, Password: password, Logger: log,
-	})
+	}
+	p, err := startProxy(po, opts.ProxyPortPath, log)
 	if err != nil {
 		return nil, fmt.Errorf("outbound proxy mode: %w", err)
 	}
