@@ -382,32 +382,45 @@ func TestUnknownEndpoint(t *testing.T) {
 
 func TestDeleteOrphan(t *testing.T) {
 	fc := &fakeCluster{listed: []cluster.SandboxInfo{
-		{Name: "ghost", RoutingKey: "aaaaaaaaaaaaa", Namespace: "hotrod"},
-		{Name: "twin", RoutingKey: "bbbbbbbbbbbbb", Namespace: "a"},
-		{Name: "twin", RoutingKey: "ccccccccccccc", Namespace: "b"},
+		{Name: "ghost", RoutingKey: "aaaaaaaaaaaaa", Namespace: "hotrod", Expired: true},
+		{Name: "twin", RoutingKey: "bbbbbbbbbbbbb", Namespace: "a", Expired: true},
+		{Name: "twin", RoutingKey: "ccccccccccccc", Namespace: "b", Expired: true},
+		{Name: "bobs", RoutingKey: "ddddddddddddd", Namespace: "hotrod", Holder: "bob@laptop", Expires: time.Now().Add(20 * time.Second)},
 	}}
 	td := startDaemon(t, Options{Clusters: fc.provider(), link: (&fakeLinker{}).link})
 	ctx := context.Background()
 	_, err := td.client.Connect(ctx, api.ConnectRequest{Spec: testSpec("alice", "localhost:1"), Wait: true}, nil)
 	require.NoError(t, err)
 
-	res, err := td.client.DeleteOrphan(ctx, "ghost", api.ClusterRequest{})
+	res, err := td.client.DeleteOrphan(ctx, "ghost", api.ClusterRequest{}, false)
 	require.NoError(t, err)
 	require.Equal(t, []string{"ghost"}, res.Disconnected)
 	require.Equal(t, []string{"ghost/aaaaaaaaaaaaa"}, fc.deletes)
 
-	_, err = td.client.DeleteOrphan(ctx, "twin", api.ClusterRequest{})
+	_, err = td.client.DeleteOrphan(ctx, "twin", api.ClusterRequest{}, false)
 	var ae *api.APIError
 	require.ErrorAs(t, err, &ae)
 	require.Equal(t, http.StatusConflict, ae.StatusCode)
 	require.Contains(t, err.Error(), "pass -n NAMESPACE")
 
-	_, err = td.client.DeleteOrphan(ctx, "alice", api.ClusterRequest{})
+	_, err = td.client.DeleteOrphan(ctx, "alice", api.ClusterRequest{}, false)
 	require.ErrorAs(t, err, &ae)
 	require.Equal(t, http.StatusConflict, ae.StatusCode, "a sandbox this daemon owns is disconnected normally")
 
-	_, err = td.client.DeleteOrphan(ctx, "nobody", api.ClusterRequest{})
+	_, err = td.client.DeleteOrphan(ctx, "nobody", api.ClusterRequest{}, false)
 	require.True(t, api.IsNotFound(err))
+
+	// Another daemon renews bobs's Lease: deleting it would only make
+	// that daemon recreate it, and it may be a colleague's.
+	_, err = td.client.DeleteOrphan(ctx, "bobs", api.ClusterRequest{}, false)
+	require.ErrorAs(t, err, &ae)
+	require.Equal(t, http.StatusConflict, ae.StatusCode)
+	require.Contains(t, err.Error(), "sandbox bobs in namespace hotrod is no orphan: bob@laptop renews its Lease")
+	require.Contains(t, err.Error(), "--force deletes it anyway")
+	require.Equal(t, []string{"ghost/aaaaaaaaaaaaa"}, fc.deletes, "nothing deleted")
+	_, err = td.client.DeleteOrphan(ctx, "bobs", api.ClusterRequest{}, true)
+	require.NoError(t, err)
+	require.Equal(t, []string{"ghost/aaaaaaaaaaaaa", "bobs/ddddddddddddd"}, fc.deletes)
 }
 
 func TestOtherUsersRefused(t *testing.T) {
@@ -453,7 +466,7 @@ func TestStopDuringClusterCalls(t *testing.T) {
 		{"disconnect all", func(ctx context.Context, c *client.Client) error { _, err := c.DisconnectAll(ctx); return err },
 			[]string{"the sbx daemon is stopping, so sandbox alice was not disconnected"}},
 		{"orphan", func(ctx context.Context, c *client.Client) error {
-			_, err := c.DeleteOrphan(ctx, "ghost", api.ClusterRequest{})
+			_, err := c.DeleteOrphan(ctx, "ghost", api.ClusterRequest{}, false)
 			return err
 		},
 			[]string{"the sbx daemon is stopping", "run the command again"}},

@@ -19,7 +19,11 @@ import (
 // not own (left by a crashed daemon, or one whose state file was lost). It
 // is explicit (?orphan=true) because a sandbox of the same name may belong
 // to someone else's laptop.
-func (d *Daemon) deleteOrphan(ctx context.Context, creq api.ClusterRequest, name string) (api.DisconnectResult, error) {
+//
+// A sandbox whose Lease another daemon still renews is refused unless
+// force: that daemon would recreate it within seconds, and it may be a
+// colleague's.
+func (d *Daemon) deleteOrphan(ctx context.Context, creq api.ClusterRequest, name string, force bool) (api.DisconnectResult, error) {
 	if _, ok := d.mgr.Get(name); ok {
 		return api.DisconnectResult{}, &conflictError{fmt.Sprintf("sandbox %s is connected by this daemon; disconnect it without --orphan", name)}
 	}
@@ -48,6 +52,15 @@ func (d *Daemon) deleteOrphan(ctx context.Context, creq api.ClusterRequest, name
 		return api.DisconnectResult{}, &conflictError{fmt.Sprintf("sandbox %s exists in several namespaces (%s); pass -n NAMESPACE to pick one", name, strings.Join(nss, ", "))}
 	}
 	for _, cs := range matches {
+		if !cs.Expired && !force {
+			holder := cs.Holder
+			if holder == "" {
+				holder = "another sbx daemon"
+			}
+			return api.DisconnectResult{}, &conflictError{fmt.Sprintf(
+				"sandbox %s in namespace %s is no orphan: %s renews its Lease (it expires in %s unless renewed), and that daemon would recreate it; disconnect it there, or wait until its Lease expires; --force deletes it anyway",
+				name, cs.Namespace, holder, time.Until(cs.Expires).Round(time.Second))}
+		}
 		ref := cs.Ref()
 		if creq.Namespace != "" {
 			// Where the user may work: the sandbox's objects there.
@@ -112,7 +125,7 @@ func (d *Daemon) list(ctx context.Context, creq api.ClusterRequest, withCluster 
 		for _, cs := range found {
 			if e, ok := byName[cs.Name+"/"+cs.RoutingKey]; ok {
 				e.InCluster = true
-				e.LeaseExpires = cs.Expires
+				e.LeaseExpires, e.Holder = cs.Expires, cs.Holder
 				if cs.Namespace != "" {
 					e.Namespace = cs.Namespace
 				}
@@ -120,7 +133,7 @@ func (d *Daemon) list(ctx context.Context, creq api.ClusterRequest, withCluster 
 			}
 			res.Sandboxes = append(res.Sandboxes, api.ListEntry{
 				Name: cs.Name, RoutingKey: cs.RoutingKey, Namespace: cs.Namespace,
-				InCluster: true, Orphan: true, LeaseExpires: cs.Expires,
+				InCluster: true, Orphan: cs.Expired, Holder: cs.Holder, LeaseExpires: cs.Expires,
 			})
 		}
 	}

@@ -301,11 +301,11 @@ func stoppedConnecting(now time.Time, name string) api.Progress {
 func (d *Daemon) handleDisconnect(w http.ResponseWriter, r *http.Request) error {
 	name := r.PathValue("name")
 	if r.URL.Query().Get("orphan") == "true" {
-		creq, err := clusterRequestFromQuery(r, "orphan")
+		creq, err := clusterRequestFromQuery(r, "orphan", "force")
 		if err != nil {
 			return err
 		}
-		res, err := d.deleteOrphan(r.Context(), creq, name)
+		res, err := d.deleteOrphan(r.Context(), creq, name, r.URL.Query().Get("force") == "true")
 		if err != nil {
 			return err
 		}

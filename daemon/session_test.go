@@ -350,7 +350,8 @@ func TestListMarksOrphansAndGC(t *testing.T) {
 	fc.mu.Lock()
 	fc.listed = []cluster.SandboxInfo{
 		{Name: "alice", RoutingKey: st.RoutingKey, Namespace: "hotrod", Expires: exp},
-		{Name: "old", RoutingKey: "0000000000000", Namespace: "hotrod"},
+		{Name: "old", RoutingKey: "0000000000000", Namespace: "hotrod", Expired: true},
+		{Name: "bobs", RoutingKey: "1111111111111", Namespace: "hotrod", Holder: "bob@laptop", Expires: exp},
 	}
 	fc.mu.Unlock()
 	res, err := td.client.List(ctx, api.ClusterRequest{}, true)
@@ -359,6 +360,8 @@ func TestListMarksOrphansAndGC(t *testing.T) {
 	require.Equal(t, []api.ListEntry{
 		{Name: "alice", RoutingKey: st.RoutingKey, Namespace: "hotrod", Phase: api.PhaseReady, InDaemon: true, InCluster: true, LeaseExpires: exp},
 		{Name: "old", RoutingKey: "0000000000000", Namespace: "hotrod", InCluster: true, Orphan: true},
+		// Another daemon's, whose Lease is renewed: no orphan.
+		{Name: "bobs", RoutingKey: "1111111111111", Namespace: "hotrod", InCluster: true, Holder: "bob@laptop", LeaseExpires: exp},
 	}, res.Sandboxes)
 
 	res, err = td.client.List(ctx, api.ClusterRequest{}, false)

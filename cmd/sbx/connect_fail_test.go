@@ -420,7 +420,7 @@ func TestCLIDisconnectInterrupted(t *testing.T) {
 			"  hint: `sbx list` shows what is left; `sbx disconnect ghost --orphan --context test -n hotrod` finishes it\n"},
 	}
 	cl.mu.Lock()
-	cl.listed = []cluster.SandboxInfo{{Name: "ghost", Namespace: "hotrod"}}
+	cl.listed = []cluster.SandboxInfo{{Name: "ghost", Namespace: "hotrod", Expired: true}}
 	cl.mu.Unlock()
 	for _, tt := range tests {
 		entered := false // the daemon waits for the cluster

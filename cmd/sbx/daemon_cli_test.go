@@ -278,12 +278,14 @@ func TestCLIConnectStatusListDisconnect(t *testing.T) {
 	require.Contains(t, errOut, "not connected")
 
 	cl.mu.Lock()
-	cl.listed = []cluster.SandboxInfo{{Name: "alice", RoutingKey: sb.RoutingKey, Namespace: "hotrod"}, {Name: "ghost", RoutingKey: "zzzzzzzzzzzzz", Namespace: "hotrod"}}
+	cl.listed = []cluster.SandboxInfo{{Name: "alice", RoutingKey: sb.RoutingKey, Namespace: "hotrod"}, {Name: "ghost", RoutingKey: "zzzzzzzzzzzzz", Namespace: "hotrod", Expired: true},
+		{Name: "bobs", RoutingKey: "yyyyyyyyyyyyy", Namespace: "hotrod", Holder: "bob@laptop", Expires: time.Now().Add(time.Minute)}}
 	cl.mu.Unlock()
 	code, out, errOut = runCLI(t, "list")
 	require.Equal(t, 0, code, errOut)
 	require.Contains(t, out, "ghost")
 	require.Contains(t, out, "(orphan)")
+	require.Regexp(t, `bobs +yyyyyyyyyyyyy +hotrod +- +cluster +bob@laptop +expires in`, out, "another daemon's live sandbox: its holder, no orphan mark")
 	require.Contains(t, out, "daemon+cluster")
 	require.Contains(t, out, "leftover: dead routes in VirtualService hotrod/route (`sbx gc` removes it)")
 
@@ -320,6 +322,16 @@ func TestCLIConnectStatusListDisconnect(t *testing.T) {
 	deletes := slices.Clone(cl.deletes)
 	cl.mu.Unlock()
 	require.Equal(t, []string{"ghost"}, deletes, "forget touched nothing, orphan deleted ghost")
+
+	// Another daemon renews bobs's Lease: --orphan refuses, --force does it.
+	code, _, errOut = runCLI(t, "disconnect", "bobs", "--orphan")
+	require.NotEqual(t, 0, code)
+	require.Contains(t, errOut, "sandbox bobs in namespace hotrod is no orphan: bob@laptop renews its Lease")
+	code, _, errOut = runCLI(t, "disconnect", "bobs", "--force")
+	require.Equal(t, 2, code)
+	require.Contains(t, errOut, "--force goes with --orphan")
+	code, _, errOut = runCLI(t, "disconnect", "bobs", "--orphan", "--force")
+	require.Equal(t, 0, code, errOut)
 
 	code, out, errOut = runCLI(t, "disconnect", "alice")
 	require.Equal(t, 0, code, errOut)

@@ -11,7 +11,7 @@ import (
 )
 
 func newDisconnectCmd(g *globalOptions) *cobra.Command {
-	var all, orphan, forget bool
+	var all, orphan, forget, force bool
 	cmd := &cobra.Command{
 		Use:   "disconnect NAME | --all",
 		Short: "Disconnect a sandbox and delete its cluster objects",
@@ -37,6 +37,8 @@ by one, leaving the rest intact). Keyed requests go to the baseline again.`,
 				return userError(errors.New("--forget and --orphan contradict each other"), "--forget leaves the cluster alone, --orphan deletes a leftover there")
 			case orphan && all:
 				return userError(errors.New("--orphan takes one sandbox name, not --all"), "`sbx list` marks the orphans; `sbx gc` removes the expired ones")
+			case force && !orphan:
+				return userError(errors.New("--force goes with --orphan"), "`sbx disconnect NAME --orphan --force` deletes a sandbox another daemon still renews")
 			}
 			if orphan {
 				if err := readKubeconfig(g); err != nil {
@@ -65,7 +67,7 @@ by one, leaving the rest intact). Keyed requests go to the baseline again.`,
 			case forget:
 				res, err = c.Forget(ctx, args[0])
 			case orphan:
-				res, err = c.DeleteOrphan(ctx, args[0], clusterRequest(g))
+				res, err = c.DeleteOrphan(ctx, args[0], clusterRequest(g), force)
 			default:
 				res, err = c.Disconnect(ctx, args[0])
 			}
@@ -115,6 +117,7 @@ by one, leaving the rest intact). Keyed requests go to the baseline again.`,
 	cmd.Flags().BoolVar(&all, "all", false, "disconnect every sandbox of this daemon")
 	cmd.Flags().BoolVar(&forget, "forget", false, "stop the sandbox and drop it from the daemon without touching the cluster (gone or unreachable); sbx gc collects its objects later")
 	cmd.Flags().BoolVar(&orphan, "orphan", false, "delete the cluster objects of a sandbox this daemon does not own (marked orphan by sbx list)")
+	cmd.Flags().BoolVar(&force, "force", false, "with --orphan: delete it even though another daemon still renews its Lease (that daemon recreates it unless stopped)")
 	return cmd
 }
 

@@ -17,9 +17,10 @@ func newListCmd(g *globalOptions) *cobra.Command {
 		Short: "List sandboxes: this daemon's, and sbx objects found in the cluster (orphans marked)",
 		Long: `List shows the daemon's sandboxes together with the sandboxes sbx created in
 the cluster (selected by --kubeconfig, --context and -n). A sandbox in the
-cluster that this daemon does not own is marked as an orphan: left by a
-crashed daemon, another laptop, or a colleague. ` + "`sbx gc`" + ` removes those whose
-lease expired.`,
+cluster that this daemon does not own shows its Lease's holder (user@host):
+another daemon renews it, yours or a colleague's. One whose Lease expired
+is marked as an orphan (a crashed daemon, a laptop that went away); ` + "`sbx gc`" + `
+removes those after a grace period.`,
 		Example: `  sbx list
   sbx list -n hotrod -o json
   sbx list --local      # only this daemon's sandboxes, no cluster access`,
@@ -75,7 +76,7 @@ func renderList(res api.ListResult, now time.Time) string {
 	}
 	var b strings.Builder
 	tw := tabwriter.NewWriter(&b, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "NAME\tROUTING KEY\tNAMESPACE\tPHASE\tWHERE\tLEASE")
+	fmt.Fprintln(tw, "NAME\tROUTING KEY\tNAMESPACE\tPHASE\tWHERE\tHOLDER\tLEASE")
 	for _, e := range res.Sandboxes {
 		where := []string{}
 		if e.InDaemon {
@@ -104,7 +105,11 @@ func renderList(res api.ListResult, now time.Time) string {
 		if ns == "" {
 			ns = "-"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", e.Name, e.RoutingKey, ns, phase, w, lease)
+		holder := e.Holder
+		if holder == "" {
+			holder = "-"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", e.Name, e.RoutingKey, ns, phase, w, holder, lease)
 	}
 	_ = tw.Flush()
 	return strings.TrimRight(b.String(), "\n") + left.String()

@@ -193,9 +193,15 @@ type ListEntry struct {
 	Phase     Phase `json:"phase,omitempty"`
 	InDaemon  bool  `json:"inDaemon"`
 	InCluster bool  `json:"inCluster"`
-	// Orphan marks cluster objects no daemon session owns here: left by a
-	// crashed daemon or another laptop. `sbx gc` removes expired ones.
-	Orphan       bool      `json:"orphan,omitempty"`
+	// Orphan marks cluster objects no daemon keeps: not this daemon's,
+	// and their Lease expired (left by a crashed daemon or a laptop that
+	// went away). `sbx gc` removes them after a grace period. A sandbox
+	// of another daemon whose Lease is renewed is no orphan: Holder says
+	// whose it is.
+	Orphan bool `json:"orphan,omitempty"`
+	// Holder is the Lease's holder (user@host of the daemon that applied
+	// it), for sandboxes found in the cluster.
+	Holder       string    `json:"holder,omitempty"`
 	LeaseExpires time.Time `json:"leaseExpires,omitzero"`
 }
 

@@ -210,9 +210,15 @@ func (c *Client) Forget(ctx context.Context, name string) (api.DisconnectResult,
 
 // DeleteOrphan deletes the cluster objects of a sandbox that this daemon
 // does not own (see ListEntry.Orphan), in the cluster creq selects.
-func (c *Client) DeleteOrphan(ctx context.Context, name string, creq api.ClusterRequest) (api.DisconnectResult, error) {
+//
+// A sandbox whose Lease another daemon renews is refused (409) unless
+// force.
+func (c *Client) DeleteOrphan(ctx context.Context, name string, creq api.ClusterRequest, force bool) (api.DisconnectResult, error) {
 	q := creq.Query()
 	q.Set("orphan", "true")
+	if force {
+		q.Set("force", "true")
+	}
 	var res api.DisconnectResult
 	err := c.doJSON(ctx, http.MethodDelete, "/v1/sandboxes/"+url.PathEscape(name)+"?"+q.Encode(), nil, &res)
 	return res, err
