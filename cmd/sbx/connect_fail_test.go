@@ -26,12 +26,18 @@ import (
 // code and the final stderr.
 func runCLIUntil(t *testing.T, marker string, then func(), args ...string) (int, string) {
 	t.Helper()
-	return runCLIWhen(t, func(output string) bool { return strings.Contains(output, marker) }, then, args...)
+	var next func(string, context.CancelFunc)
+	if then != nil {
+		next = func(string, context.CancelFunc) { then() }
+	}
+	code, _, errOut := runCLIWhen(t, func(output string) bool { return strings.Contains(output, marker) }, next, args...)
+	return code, errOut
 }
 
 // runCLIWhen is runCLIUntil with a condition: then is called once ready
-// (given stdout and stderr so far) holds.
-func runCLIWhen(t *testing.T, ready func(output string) bool, then func(), args ...string) (int, string) {
+// (given stdout and stderr so far) holds, with the output so far and the
+// cancel func that stands for Ctrl-C; nil then is Ctrl-C at once.
+func runCLIWhen(t *testing.T, ready func(output string) bool, then func(output string, interrupt context.CancelFunc), args ...string) (code int, stdout, stderr string) {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
@@ -54,14 +60,14 @@ func runCLIWhen(t *testing.T, ready func(output string) bool, then func(), args 
 	if then == nil {
 		cancel() // as main does on SIGINT
 	} else {
-		then()
+		then(out.String(), cancel)
 	}
 	select {
 	case code := <-done:
-		return code, errb.String()
+		return code, out.String(), errb.String()
 	case <-time.After(30 * time.Second):
 		t.Fatalf("sbx %s did not return; stderr:\n%s", strings.Join(args, " "), errb.String())
-		return 0, ""
+		return 0, "", ""
 	}
 }
 
@@ -424,7 +430,7 @@ func TestCLIDisconnectInterrupted(t *testing.T) {
 	cl.mu.Unlock()
 	for _, tt := range tests {
 		entered := false // the daemon waits for the cluster
-		code, errOut := runCLIWhen(t, func(string) bool {
+		code, _, errOut := runCLIWhen(t, func(string) bool {
 			select {
 			case <-cl.entered:
 				entered = true

@@ -159,8 +159,10 @@ func runDemo(ctx context.Context, g *globalOptions, keep bool) (err error) {
 	if _, err := d.env.Client.Disconnect(dctx, "demo"); err != nil {
 		return fmt.Errorf("disconnect the demo sandbox: %w (log: %s)", err, logPath)
 	}
-	left := d.waitNoObjects(dctx)
-	vsAfter, err := d.env.VirtualServiceContent(dctx, sim.AppNamespace, "route")
+	// Only the demo's own objects and routes: with --keep the user may
+	// have connected sandboxes of their own meanwhile, which stay.
+	left := d.waitNoObjects(dctx, "demo")
+	vsAfter, err := d.env.VirtualServiceContent(dctx, sim.AppNamespace, "route", key)
 	if err != nil {
 		return err
 	}
@@ -384,11 +386,11 @@ func (d *demo) keep(ctx context.Context, member string, dir string) {
 	<-ctx.Done()
 }
 
-// waitNoObjects waits until no object labelled as sbx's remains in the app
+// waitNoObjects waits until no object of the sandbox remains in the app
 // namespace and returns what is left at the deadline.
-func (d *demo) waitNoObjects(ctx context.Context) []string {
+func (d *demo) waitNoObjects(ctx context.Context, sandbox string) []string {
 	for {
-		left := d.env.SbxObjects(ctx)
+		left := d.env.SbxObjects(ctx, sandbox)
 		if len(left) == 0 {
 			return nil
 		}

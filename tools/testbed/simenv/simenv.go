@@ -13,12 +13,18 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 	"time"
 
+	istioapi "istio.io/api/networking/v1alpha3"
+
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/selection"
 
 	"github.com/sbx-dev/sbx/cluster"
+	"github.com/sbx-dev/sbx/cluster/istiovs"
 	"github.com/sbx-dev/sbx/cluster/kube"
 	"github.com/sbx-dev/sbx/cluster/live"
 	"github.com/sbx-dev/sbx/cluster/spec"
@@ -274,10 +280,20 @@ func TempDir() (string, error) {
 
 // VirtualServiceContent renders what sbx must restore exactly in a
 // VirtualService it shares: labels, annotations and spec.
-func (e *Env) VirtualServiceContent(ctx context.Context, ns, name string) (string, error) {
+//
+// With keepKeys, the routes of sandboxes whose routing key is not among
+// them are left out: what the content is as far as those sandboxes (and
+// CD) are concerned, whatever others connected meanwhile.
+func (e *Env) VirtualServiceContent(ctx context.Context, ns, name string, keepKeys ...string) (string, error) {
 	vs, err := e.Sim.Clients.Istio.NetworkingV1().VirtualServices(ns).Get(ctx, name, metav1.GetOptions{})
 	if err != nil {
 		return "", fmt.Errorf("read VirtualService %s/%s: %w", ns, name, err)
+	}
+	if len(keepKeys) > 0 {
+		vs.Spec.Http = slices.DeleteFunc(vs.Spec.Http, func(r *istioapi.HTTPRoute) bool {
+			k := istiovs.RouteKey(r.GetName())
+			return k != "" && !slices.Contains(keepKeys, k)
+		})
 	}
 	b, err := json.Marshal(struct {
 		Labels, Annotations map[string]string
@@ -287,10 +303,20 @@ func (e *Env) VirtualServiceContent(ctx context.Context, ns, name string) (strin
 }
 
 // SbxObjects lists the objects labelled as sbx's in the app namespace
-// ("kind/name"), pods included. A kind that cannot be listed shows up as
-// an entry too, so "nothing left" is never concluded from a failed List.
-func (e *Env) SbxObjects(ctx context.Context) []string {
-	sel := metav1.ListOptions{LabelSelector: cluster.LabelManagedBy + "=" + cluster.ManagedByValue}
+// ("kind/name"), pods included: those of the named sandboxes, or all with
+// none named. A kind that cannot be listed shows up as an entry too, so
+// "nothing left" is never concluded from a failed List.
+func (e *Env) SbxObjects(ctx context.Context, sandboxes ...string) []string {
+	set := labels.Set{cluster.LabelManagedBy: cluster.ManagedByValue}
+	var req []labels.Requirement
+	if len(sandboxes) > 0 {
+		r, err := labels.NewRequirement(cluster.LabelSandbox, selection.In, sandboxes)
+		if err != nil {
+			return []string{fmt.Sprintf("?/? (sandbox names %v: %v)", sandboxes, err)}
+		}
+		req = append(req, *r)
+	}
+	sel := metav1.ListOptions{LabelSelector: labels.SelectorFromSet(set).Add(req...).String()}
 	k := e.Sim.Clients.Kube
 	ns := sim.AppNamespace
 	var out []string
