@@ -127,9 +127,20 @@ type GCOptions struct {
 	DryRun bool
 }
 
+// GCReport is what GC did (or, dry, would do).
+type GCReport struct {
+	// Deleted names the sandboxes collected (DryRun: to be collected).
+	Deleted []string
+	// Waiting are sandboxes whose Lease expired less than Grace ago:
+	// collected once the grace is over, unless their daemon comes back.
+	Waiting []SandboxInfo
+	Grace   time.Duration
+	DryRun  bool
+}
+
 // GC deletes every sandbox whose Leases all expired more than o.Grace ago
-// and returns their names.
-func GC(ctx context.Context, c Clients, o GCOptions, progress func(Event)) ([]string, error) {
+// and says which, and which expired too recently to go yet.
+func GC(ctx context.Context, c Clients, o GCOptions, progress func(Event)) (*GCReport, error) {
 	if progress == nil {
 		progress = func(Event) {}
 	}
@@ -137,10 +148,14 @@ func GC(ctx context.Context, c Clients, o GCOptions, progress func(Event)) ([]st
 	if err != nil {
 		return nil, err
 	}
+	rep := &GCReport{Grace: o.Grace, DryRun: o.DryRun}
 	var gone []string
 	var errs []error
 	for _, info := range infos {
 		if info.Expires.Add(o.Grace).After(o.Now) {
+			if info.Expired {
+				rep.Waiting = append(rep.Waiting, info)
+			}
 			continue
 		}
 		progress(Event{Action: ActionDeleted, Kind: "Sandbox", Namespace: info.Namespace, Name: info.Name,
@@ -156,5 +171,6 @@ func GC(ctx context.Context, c Clients, o GCOptions, progress func(Event)) ([]st
 		}
 		gone = append(gone, info.Name)
 	}
-	return gone, errors.Join(errs...)
+	rep.Deleted = gone
+	return rep, errors.Join(errs...)
 }

@@ -58,15 +58,20 @@ func TestListRenewAndGC(t *testing.T) {
 
 	// Dry run deletes nothing.
 	f.clearActions()
-	gone, err := GC(t.Context(), f.Clients, GCOptions{Namespaces: []string{"hotrod"}, Grace: 45 * time.Second, Now: now, DryRun: true}, nil)
+	rep, err := GC(t.Context(), f.Clients, GCOptions{Namespaces: []string{"hotrod"}, Grace: 45 * time.Second, Now: now, DryRun: true}, nil)
 	require.NoError(t, err)
-	require.Equal(t, []string{"alice"}, gone)
+	require.Equal(t, []string{"alice"}, rep.Deleted)
+	require.True(t, rep.DryRun)
 	require.Empty(t, f.writes())
 
 	var log eventLog
-	gone, err = GC(t.Context(), f.Clients, GCOptions{Namespaces: []string{"hotrod"}, Grace: 45 * time.Second, Now: now}, log.add)
+	rep, err = GC(t.Context(), f.Clients, GCOptions{Namespaces: []string{"hotrod"}, Grace: 45 * time.Second, Now: now}, log.add)
 	require.NoError(t, err)
-	require.Equal(t, []string{"alice"}, gone)
+	require.Equal(t, []string{"alice"}, rep.Deleted)
+	// bob's Lease expired 30 s ago: it waits out the grace, and says so.
+	require.Len(t, rep.Waiting, 1)
+	require.Equal(t, "bob", rep.Waiting[0].Name)
+	require.Equal(t, 45*time.Second, rep.Grace)
 	require.Positive(t, log.actions()[ActionDeleted])
 	_, err = f.Kube.AppsV1().Deployments("hotrod").Get(t.Context(), "sbx-alice-relay", metav1.GetOptions{})
 	require.True(t, apierrors.IsNotFound(err))
@@ -74,12 +79,12 @@ func TestListRenewAndGC(t *testing.T) {
 
 	// Renewing bob saves it from the next GC.
 	require.NoError(t, RenewLease(t.Context(), f.Clients, Ref{Name: "bob", Namespaces: []string{"hotrod"}}, now))
-	gone, err = GC(t.Context(), f.Clients, GCOptions{Grace: 0, Now: now.Add(30 * time.Second)}, nil)
+	rep, err = GC(t.Context(), f.Clients, GCOptions{Grace: 0, Now: now.Add(30 * time.Second)}, nil)
 	require.NoError(t, err)
-	require.Empty(t, gone)
-	gone, err = GC(t.Context(), f.Clients, GCOptions{Grace: 0, Now: now.Add(2 * time.Minute)}, nil)
+	require.Empty(t, rep.Deleted)
+	rep, err = GC(t.Context(), f.Clients, GCOptions{Grace: 0, Now: now.Add(2 * time.Minute)}, nil)
 	require.NoError(t, err)
-	require.ElementsMatch(t, []string{"bob", "carol"}, gone)
+	require.ElementsMatch(t, []string{"bob", "carol"}, rep.Deleted)
 	require.Equal(t, []string{"default"}, routeNames(getVS(t, f, "hotrod", "route")))
 
 	err = RenewLease(t.Context(), f.Clients, Ref{Name: "bob", Namespaces: []string{"hotrod"}}, now)

@@ -476,7 +476,7 @@ func TestStopDuringClusterCalls(t *testing.T) {
 		},
 			[]string{"the sbx daemon is stopping", "run the command again"}},
 		{"gc", func(ctx context.Context, c *client.Client) error {
-			_, err := c.GC(ctx, api.ClusterRequest{})
+			_, err := c.GC(ctx, api.GCRequest{})
 			return err
 		},
 			[]string{"the sbx daemon is stopping and broke off gc", "run `sbx gc` again"}},

@@ -45,8 +45,9 @@ type Cluster interface {
 	// caller may list).
 	List(ctx context.Context, namespace string) ([]cluster.SandboxInfo, error)
 	// GC deletes sandboxes in namespace whose Lease expired more than the
-	// grace period ago and returns their names.
-	GC(ctx context.Context, namespace string) ([]string, error)
+	// grace period ago (dryRun: deletes nothing) and reports them, and
+	// those whose Lease expired more recently.
+	GC(ctx context.Context, namespace string, dryRun bool) (*cluster.GCReport, error)
 }
 
 // RouteSweeper is implemented by Clusters that find and remove routes of

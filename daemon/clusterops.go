@@ -149,7 +149,8 @@ func openError(err error) error {
 // gc deletes the sandboxes whose Lease expired in the cluster creq
 // names (after renewing this daemon's own) and the routes of sandboxes
 // that are gone.
-func (d *Daemon) gc(ctx context.Context, creq api.ClusterRequest) (api.GCResult, error) {
+func (d *Daemon) gc(ctx context.Context, req api.GCRequest) (api.GCResult, error) {
+	creq := req.ClusterRequest
 	cl, err := d.mgr.clusters(ctx, creq.KubeconfigSource, creq.Context)
 	if err != nil {
 		return api.GCResult{}, openError(err)
@@ -170,21 +171,27 @@ func (d *Daemon) gc(ctx context.Context, creq api.ClusterRequest) (api.GCResult,
 			d.log.Debug("renewing before gc failed", "sandbox", name, "err", err)
 		}
 	}
-	deleted, err := cl.GC(ctx, creq.Namespace)
+	rep, err := cl.GC(ctx, creq.Namespace, req.DryRun)
 	if d.mgr.stopping(err) {
 		return api.GCResult{}, &stoppingError{"the sbx daemon is stopping and broke off gc; some expired sandboxes may remain: run `sbx gc` again (it starts a new daemon)"}
 	}
 	if err != nil {
 		return api.GCResult{}, &httpError{http.StatusBadGateway, fmt.Sprintf("collect expired sandboxes: %v", err)}
 	}
-	if deleted == nil {
-		deleted = []string{}
+	res := api.GCResult{Deleted: []string{}, Grace: rep.Grace, DryRun: req.DryRun}
+	res.Deleted = append(res.Deleted, rep.Deleted...)
+	for _, w := range rep.Waiting {
+		res.Waiting = append(res.Waiting, api.GCWaiting{Name: w.Name, Namespace: w.Namespace, Holder: w.Holder,
+			LeaseExpired: w.Expires, CollectableAt: w.Expires.Add(rep.Grace)})
 	}
-	res := api.GCResult{Deleted: deleted}
 	if rs, ok := cl.(RouteSweeper); ok {
 		// Routes the collector cannot reach: those of sandboxes whose
 		// Lease is gone, inside VirtualServices CD owns.
-		res.Routes, err = rs.SweepRoutes(ctx, creq.Namespace)
+		sweep := rs.SweepRoutes
+		if req.DryRun {
+			sweep = rs.Leftovers
+		}
+		res.Routes, err = sweep(ctx, creq.Namespace)
 		if d.mgr.stopping(err) {
 			return api.GCResult{}, &stoppingError{"the sbx daemon is stopping and broke off gc; some dead routes may remain: run `sbx gc` again (it starts a new daemon)"}
 		}

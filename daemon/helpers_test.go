@@ -121,6 +121,7 @@ type fakeCluster struct {
 	dial      func(ctx context.Context, ref cluster.Ref) (net.Conn, error)
 	listed    []cluster.SandboxInfo
 	gcDeleted []string
+	gcWaiting []cluster.SandboxInfo
 	kube      kubernetes.Interface // Services for outbound discovery; nil: none
 }
 
@@ -220,13 +221,13 @@ func (f *fakeCluster) List(ctx context.Context, ns string) ([]cluster.SandboxInf
 	return append([]cluster.SandboxInfo(nil), f.listed...), nil
 }
 
-func (f *fakeCluster) GC(ctx context.Context, ns string) ([]string, error) {
+func (f *fakeCluster) GC(ctx context.Context, ns string, dryRun bool) (*cluster.GCReport, error) {
 	if err := f.hung(ctx); err != nil {
 		return nil, err
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	return f.gcDeleted, nil
+	return &cluster.GCReport{Deleted: f.gcDeleted, Waiting: f.gcWaiting, Grace: 10 * time.Minute, DryRun: dryRun}, nil
 }
 
 func (f *fakeCluster) appliedKeys() []string {

@@ -374,13 +374,13 @@ func (d *Daemon) handleList(w http.ResponseWriter, r *http.Request) error {
 }
 
 func (d *Daemon) handleGC(w http.ResponseWriter, r *http.Request) error {
-	var creq api.ClusterRequest
+	var req api.GCRequest
 	if r.ContentLength != 0 {
-		if err := readJSON(r, &creq); err != nil {
+		if err := readJSON(r, &req); err != nil {
 			return err
 		}
 	}
-	res, err := d.gc(r.Context(), creq)
+	res, err := d.gc(r.Context(), req)
 	if err != nil {
 		return err
 	}

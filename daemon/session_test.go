@@ -371,7 +371,7 @@ func TestListMarksOrphansAndGC(t *testing.T) {
 	fc.mu.Lock()
 	renews := fc.renews
 	fc.mu.Unlock()
-	gc, err := td.client.GC(ctx, api.ClusterRequest{Namespace: "hotrod"})
+	gc, err := td.client.GC(ctx, api.GCRequest{ClusterRequest: api.ClusterRequest{Namespace: "hotrod"}})
 	require.NoError(t, err)
 	require.Equal(t, []string{"old"}, gc.Deleted)
 	fc.mu.Lock()

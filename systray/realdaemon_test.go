@@ -56,7 +56,9 @@ func (c *holdCluster) List(ctx context.Context, namespace string) ([]cluster.San
 	return nil, nil
 }
 
-func (c *holdCluster) GC(ctx context.Context, namespace string) ([]string, error) { return nil, nil }
+func (c *holdCluster) GC(ctx context.Context, namespace string, dryRun bool) (*cluster.GCReport, error) {
+	return &cluster.GCReport{}, nil
+}
 
 func (c *holdCluster) Deleted() []string {
 	c.mu.Lock()

@@ -101,7 +101,7 @@ func TestForbiddenHints(t *testing.T) {
 			[]string{"`kubectl --context staging auth can-i list leases.coordination.k8s.io --all-namespaces`", "deploy/rbac.yaml", "pass -n NAMESPACE"}},
 		{"list falls back to the context's namespace", func(c *Cluster) error { _, err := c.List(ctx, ""); return err }, "team", leases, "list",
 			[]string{"`kubectl --context staging auth can-i list leases.coordination.k8s.io -n team`"}},
-		{"gc all namespaces", func(c *Cluster) error { _, err := c.GC(ctx, ""); return err }, "", leases, "list",
+		{"gc all namespaces", func(c *Cluster) error { _, err := c.GC(ctx, "", false); return err }, "", leases, "list",
 			[]string{"`kubectl --context staging auth can-i list leases.coordination.k8s.io --all-namespaces`", "pass -n NAMESPACE"}},
 		{"delete in its namespaces", func(c *Cluster) error {
 			return c.Delete(ctx, cluster.Ref{Name: "alice", RoutingKey: "aaaaaaaaaaaaa", Namespace: "hotrod", Namespaces: []string{"hotrod"}})
@@ -165,7 +165,7 @@ func TestUnreachableHints(t *testing.T) {
 
 	ops := map[string]func(ctx context.Context, c *Cluster) error{
 		"list": func(ctx context.Context, c *Cluster) error { _, err := c.List(ctx, ""); return err },
-		"gc":   func(ctx context.Context, c *Cluster) error { _, err := c.GC(ctx, "hotrod"); return err },
+		"gc":   func(ctx context.Context, c *Cluster) error { _, err := c.GC(ctx, "hotrod", false); return err },
 		"delete": func(ctx context.Context, c *Cluster) error {
 			return c.Delete(ctx, cluster.Ref{Name: "alice", Namespace: "hotrod"})
 		},

@@ -255,13 +255,14 @@ func (c *Cluster) List(ctx context.Context, ns string) ([]cluster.SandboxInfo, e
 }
 
 // GC is cluster.GC in namespace ns ("" = all, with List's fallback),
-// with Options.GCGrace; it returns the names of the sandboxes deleted.
-func (c *Cluster) GC(ctx context.Context, ns string) ([]string, error) {
-	nss := namespaces(ns)
-	deleted, err := cluster.GC(ctx, c.clients, cluster.GCOptions{Namespaces: nss, Grace: c.o.GCGrace, Now: c.o.Now()}, nil)
+// with Options.GCGrace.
+func (c *Cluster) GC(ctx context.Context, ns string, dryRun bool) (*cluster.GCReport, error) {
+	o := cluster.GCOptions{Namespaces: namespaces(ns), Grace: c.o.GCGrace, Now: c.o.Now(), DryRun: dryRun}
+	rep, err := cluster.GC(ctx, c.clients, o, nil)
 	if err != nil && ns == "" && apierrors.IsForbidden(err) && c.namespace != "" {
 		ns = c.namespace
-		deleted, err = cluster.GC(ctx, c.clients, cluster.GCOptions{Namespaces: []string{c.namespace}, Grace: c.o.GCGrace, Now: c.o.Now()}, nil)
+		o.Namespaces = []string{c.namespace}
+		rep, err = cluster.GC(ctx, c.clients, o, nil)
 	}
 	// Across all namespaces the part that needs more than a namespaced
 	// Role is listing the Leases; in one, gc reads and deletes many kinds.
@@ -269,7 +270,7 @@ func (c *Cluster) GC(ctx context.Context, ns string) ([]string, error) {
 	if ns == "" {
 		op = apiOp{verb: "list", resource: "leases.coordination.k8s.io"}
 	}
-	return deleted, explainAPIError(err, c.server, op)
+	return rep, explainAPIError(err, c.server, op)
 }
 
 // Transient reports whether an Apply error may go away by itself, so the

@@ -138,8 +138,9 @@ func (c *cliCluster) List(ctx context.Context, ns string) ([]cluster.SandboxInfo
 	defer c.mu.Unlock()
 	return c.listed, nil
 }
-func (c *cliCluster) GC(ctx context.Context, ns string) ([]string, error) {
-	return []string{"old"}, nil
+func (c *cliCluster) GC(ctx context.Context, ns string, dryRun bool) (*cluster.GCReport, error) {
+	return &cluster.GCReport{Deleted: []string{"old"}, Grace: 10 * time.Minute, DryRun: dryRun,
+		Waiting: []cluster.SandboxInfo{{Name: "napping", Namespace: "hotrod", Holder: "jo@laptop", Expires: time.Now().Add(-23 * time.Second)}}}, nil
 }
 
 // startInProcessDaemon runs a daemon on the CLI's default paths. Its
@@ -291,10 +292,24 @@ func TestCLIConnectStatusListDisconnect(t *testing.T) {
 
 	code, out, _ = runCLI(t, "gc", "-o", "json")
 	require.Equal(t, 0, code)
-	require.JSONEq(t, `{"deleted":["old"],"routes":[{"namespace":"hotrod","name":"route","what":"dead routes"}]}`, out)
+	var gcRes api.GCResult
+	require.NoError(t, json.Unmarshal([]byte(out), &gcRes))
+	require.Equal(t, []string{"old"}, gcRes.Deleted)
+	require.Equal(t, []meshreport.Leftover{{Namespace: "hotrod", Name: "route", What: "dead routes"}}, gcRes.Routes)
+	require.Equal(t, 10*time.Minute, gcRes.Grace)
+	require.Len(t, gcRes.Waiting, 1)
+	require.Equal(t, "napping", gcRes.Waiting[0].Name)
 	code, out, _ = runCLI(t, "gc")
 	require.Equal(t, 0, code)
-	require.Equal(t, "deleted 1 expired sandbox(es): old\nremoved dead routes: VirtualService hotrod/route\n", out)
+	require.Regexp(t, `^deleted 1 expired sandbox\(es\): old
+kept for now: napping in hotrod \(lease expired 2\ds ago; gc collects it in 9m\d+s or later; held by jo@laptop\)
+removed dead routes: VirtualService hotrod/route
+$`, out)
+	// A dry run says what it would do.
+	code, out, _ = runCLI(t, "gc", "--dry-run")
+	require.Equal(t, 0, code)
+	require.Contains(t, out, "would delete 1 expired sandbox(es): old\n")
+	require.Contains(t, out, "would remove dead routes: VirtualService hotrod/route\n")
 
 	// Completion offers the daemon's sandbox names.
 	code, out, _ = runCLI(t, "__complete", "disconnect", "")

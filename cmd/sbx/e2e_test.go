@@ -299,7 +299,7 @@ func TestE2ELeaseExpiryGC(t *testing.T) {
 	e.Client = &client.Client{Socket: e.Paths.Socket()}
 	require.NoError(t, e.StartDaemon(ctx))
 	gc := func() []string {
-		res, err := e.Client.GC(ctx, api.ClusterRequest{Namespace: sim.AppNamespace})
+		res, err := e.Client.GC(ctx, api.GCRequest{ClusterRequest: api.ClusterRequest{Namespace: sim.AppNamespace}})
 		require.NoError(t, err)
 		return res.Deleted
 	}

@@ -248,8 +248,33 @@ type KubeconfigSource struct {
 // GCResult names the sandboxes whose expired objects gc deleted, and the
 // VirtualServices it removed dead routes from (or deleted).
 type GCResult struct {
-	Deleted []string              `json:"deleted"`
-	Routes  []meshreport.Leftover `json:"routes,omitempty"`
+	// Deleted names the sandboxes collected (with DryRun: to collect).
+	Deleted []string `json:"deleted"`
+	// Routes are the dead routes removed (with DryRun: to remove).
+	Routes []meshreport.Leftover `json:"routes,omitempty"`
+	// Waiting are sandboxes whose Lease expired less than Grace ago: kept
+	// for their daemon to come back (a laptop that slept), collected
+	// by a gc after that.
+	Waiting []GCWaiting   `json:"waiting,omitempty"`
+	Grace   time.Duration `json:"graceNanos"`
+	DryRun  bool          `json:"dryRun,omitempty"`
+}
+
+// GCWaiting is a sandbox gc keeps for now: its Lease expired, but less
+// than the grace period ago.
+type GCWaiting struct {
+	Name          string    `json:"name"`
+	Namespace     string    `json:"namespace"`
+	Holder        string    `json:"holder,omitempty"`
+	LeaseExpired  time.Time `json:"leaseExpired"`
+	CollectableAt time.Time `json:"collectableAt"`
+}
+
+// GCRequest is the body of POST /v1/gc.
+type GCRequest struct {
+	ClusterRequest
+	// DryRun reports what gc would delete, deleting nothing.
+	DryRun bool `json:"dryRun,omitempty"`
 }
 
 // ProxyCredential is what a client of the outbound proxy authenticates

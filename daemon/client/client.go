@@ -255,9 +255,9 @@ func (c *Client) List(ctx context.Context, creq api.ClusterRequest, includeClust
 }
 
 // GC deletes expired sandboxes in the cluster selected by creq.
-func (c *Client) GC(ctx context.Context, creq api.ClusterRequest) (api.GCResult, error) {
+func (c *Client) GC(ctx context.Context, req api.GCRequest) (api.GCResult, error) {
 	var res api.GCResult
-	err := c.doJSON(ctx, http.MethodPost, "/v1/gc", creq, &res)
+	err := c.doJSON(ctx, http.MethodPost, "/v1/gc", req, &res)
 	return res, err
 }
 
