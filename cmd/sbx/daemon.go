@@ -238,6 +238,12 @@ func runDaemon(ctx context.Context, g *globalOptions, background bool, manager s
 		}
 		err = d.Run(ctx)
 		if err == nil {
+			if ctx.Err() != nil && !background && manager == "" {
+				// Ctrl-C on a daemon run by hand: 130 as the README
+				// says (143 after SIGTERM). One a command or a
+				// service manager started exits 0 when told to stop.
+				return exitError(exitInterrupted)
+			}
 			return nil
 		}
 		if errors.Is(err, daemon.ErrAlreadyRunning) {

@@ -205,7 +205,7 @@ func TestDaemonInstallSystemd(t *testing.T) {
 	require.Contains(t, out, "not running (its systemd user service sbx-daemon.service is installed")
 	sd.commands()
 	code, _, errOut = runCLIWith(t, svc, "status")
-	require.Equal(t, 2, code)
+	require.Equal(t, 1, code)
 	require.Contains(t, errOut, "journalctl --user -u sbx-daemon.service")
 
 	// A command that needs the daemon asks systemd to start it.

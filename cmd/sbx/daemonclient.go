@@ -21,7 +21,7 @@ func daemonPaths() api.Paths { return api.DefaultPaths(os.Getenv) }
 func connectDaemon(ctx context.Context) (*client.Client, error) {
 	c, err := client.Open(ctx, daemonPaths())
 	if api.IsNotRunning(err) {
-		return nil, userError(errDaemonNotRunning,
+		return nil, stateError(errDaemonNotRunning,
 			"start it with `sbx daemon` (or `sbx connect -f FILE`, which starts it for you)")
 	}
 	return c, withHint(err)

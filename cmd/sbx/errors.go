@@ -32,6 +32,13 @@ func userError(err error, hint string) error {
 	return &cliError{kind: kindUser, err: err, hint: hint, code: 2}
 }
 
+// stateError is a failure outside the user's input that the hint says
+// how to fix (exit code 1): the daemon is not running, a sandbox is not
+// ready.
+func stateError(err error, hint string) error {
+	return &cliError{kind: kindUser, err: err, hint: hint, code: 1}
+}
+
 // exitError returns an error that only sets the exit code; its message has
 // already been printed.
 func exitError(code int) error {

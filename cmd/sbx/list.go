@@ -59,7 +59,19 @@ removes those after a grace period.`,
 			if res.ClusterError != "" {
 				fmt.Fprintf(g.stderr, "! %s\n", res.ClusterError)
 			}
-			return printValue(g.stdout, format, res, func() string { return renderList(res, time.Now()) })
+			if err := printValue(g.stdout, format, res, func() string { return renderList(res, time.Now()) }); err != nil {
+				return err
+			}
+			// The daemon's sandboxes are listed either way; the exit code
+			// says the cluster's part is missing: 2 for a kubeconfig or
+			// context that cannot work, 1 for a cluster that failed.
+			switch {
+			case kubeErr != "":
+				return exitError(2)
+			case res.ClusterError != "":
+				return exitError(1)
+			}
+			return nil
 		},
 	}
 	cmd.Flags().BoolVar(&localOnly, "local", false, "list only this daemon's sandboxes, without asking the cluster")

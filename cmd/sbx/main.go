@@ -89,7 +89,9 @@ func execute(ctx context.Context, args []string, stdin io.Reader, stdout, stderr
 	root.SetArgs(args)
 	if err := root.ExecuteContext(ctx); err != nil {
 		err = interrupted(ctx, err)
-		fmt.Fprintln(stderr, formatError(err))
+		if msg := formatError(err); msg != "" {
+			fmt.Fprintln(stderr, msg)
+		}
 		code := exitCode(err)
 		if code == exitInterrupted {
 			code = signalExitCode(ctx)

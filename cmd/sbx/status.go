@@ -47,12 +47,12 @@ with -o json, one JSON event per line (the first a full snapshot).`,
 				}
 				if svc := g.services(); svc.Installed() {
 					m, _ := svc.Manager()
-					return userError(errDaemonNotRunning,
+					return stateError(errDaemonNotRunning,
 						fmt.Sprintf("it is installed as a %s (%s) but not running (stopped by `sbx daemon stop`, or it failed too often): %s; any command such as `sbx list` asks %s to start it",
 							serviceKind(m), m.Name(), m.Diagnose(), m))
 				}
 				if names, serr := daemon.SavedSandboxes(daemonPaths()); serr == nil && len(names) > 0 {
-					return userError(errDaemonNotRunning,
+					return stateError(errDaemonNotRunning,
 						fmt.Sprintf("sandboxes %s are saved and reconnect (same routing keys) when it starts: run `sbx daemon`, or any command such as `sbx list`", strings.Join(names, ", ")))
 				}
 				return err
@@ -105,7 +105,7 @@ func watchStatus(cmd *cobra.Command, g *globalOptions, c *client.Client, name, f
 		w, err := c.Watch(ctx)
 		if err != nil {
 			if ctx.Err() != nil {
-				return nil
+				return exitError(exitInterrupted) // Ctrl-C ends a watch: 130
 			}
 			return err
 		}
@@ -142,7 +142,7 @@ func watchStatus(cmd *cobra.Command, g *globalOptions, c *client.Client, name, f
 		}()
 		switch {
 		case ctx.Err() != nil:
-			return nil
+			return exitError(exitInterrupted)
 		case errors.Is(err, api.ErrWatchDropped):
 			continue // fell behind: start over with a fresh snapshot
 		case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF):
