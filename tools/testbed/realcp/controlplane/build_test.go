@@ -74,3 +74,13 @@ func TestBinDirEnv(t *testing.T) {
 		t.Fatalf("BinDir = %q, %v, want it under /cache/sbx-realcp/%s-…", d, err, KubernetesVersion)
 	}
 }
+
+func TestFreePorts(t *testing.T) {
+	ports, err := freePorts(3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(ports) != 3 || ports[0] == ports[1] || ports[1] == ports[2] || ports[0] == ports[2] {
+		t.Fatalf("freePorts(3) = %v, want 3 distinct ports", ports)
+	}
+}
