@@ -91,10 +91,9 @@ type ControlPlane struct {
 	once  sync.Once
 }
 
-// server names, for logs and errors.
-const (
-	etcdName = "etcd"
-)
+// etcdName names etcd in logs and errors (the others are named by their
+// binaries).
+const etcdName = "etcd"
 
 // StartForTest starts a control plane for t in t.TempDir() (unless o.Dir
 // is set) that stops when t's cleanups run, logging progress to t. It fails
@@ -107,9 +106,7 @@ func StartForTest(t testing.TB, o Options) *ControlPlane {
 	if o.Logf == nil {
 		o.Logf = t.Logf
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	c, err := Start(ctx, o)
+	c, err := Start(t.Context(), o)
 	if err != nil {
 		t.Fatal(err)
 	}

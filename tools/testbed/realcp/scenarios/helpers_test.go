@@ -11,10 +11,12 @@ import (
 	"testing"
 	"time"
 
+	authorizationv1 "k8s.io/api/authorization/v1"
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 
@@ -45,10 +47,21 @@ type env struct {
 	warnings *warnings
 }
 
+// namespaceUses counts the envs of each name (tests run one at a time).
+var namespaceUses = map[string]int{}
+
 // newEnv makes namespace ns (with labels) and sets it up. The checks that
 // the developer saw no 403 and no warning run when the test ends.
 func newEnv(t *testing.T, ns string, labels map[string]string) *env {
 	t.Helper()
+	// Namespaces go away in the background: a test run again (-count)
+	// gets a new one.
+	if n := namespaceUses[ns]; n > 0 {
+		namespaceUses[ns]++
+		ns = fmt.Sprintf("%s-%d", ns, n+1)
+	} else {
+		namespaceUses[ns] = 1
+	}
 	ctx := t.Context()
 	e := &env{t: t, ns: ns, warnings: &warnings{}}
 	mark := auditMark(t)
@@ -106,7 +119,36 @@ func newEnv(t *testing.T, ns string, labels map[string]string) *env {
 	}, metav1.CreateOptions{}); err != nil {
 		t.Fatalf("bind sbx-developer to %s in %s: %v", controlplane.DeveloperUser, ns, err)
 	}
+	e.waitAuthorized(
+		authorizationv1.ResourceAttributes{Namespace: ns, Verb: "create", Group: "coordination.k8s.io", Resource: "leases"},
+		authorizationv1.ResourceAttributes{Verb: "list", Group: "networking.istio.io", Resource: "virtualservices"},
+	)
 	return e
+}
+
+// waitAuthorized waits until the API server's RBAC authorizer, which
+// learns of new roles and bindings from a watch, allows the developer
+// each of attrs: a request right after the binding may be forbidden
+// otherwise (seen under load), as on any cluster.
+func (e *env) waitAuthorized(attrs ...authorizationv1.ResourceAttributes) {
+	e.t.Helper()
+	for _, a := range attrs {
+		var reason string
+		err := wait.PollUntilContextTimeout(e.t.Context(), 50*time.Millisecond, 30*time.Second, true, func(ctx context.Context) (bool, error) {
+			r, err := e.Admin.AuthorizationV1().SubjectAccessReviews().Create(ctx, &authorizationv1.SubjectAccessReview{
+				Spec: authorizationv1.SubjectAccessReviewSpec{User: controlplane.DeveloperUser, ResourceAttributes: &a},
+			}, metav1.CreateOptions{})
+			if err != nil {
+				return false, err
+			}
+			reason = r.Status.Reason
+			return r.Status.Allowed, nil
+		})
+		if err != nil {
+			e.t.Fatalf("%s is not allowed to %s %s.%s in %q after the bindings (%s): %v",
+				controlplane.DeveloperUser, a.Verb, a.Resource, a.Group, a.Namespace, reason, err)
+		}
+	}
 }
 
 // twoWorkloads is a sandbox of route (whose mesh VirtualService CD owns:

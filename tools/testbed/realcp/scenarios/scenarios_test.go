@@ -43,6 +43,32 @@ func TestVersion(t *testing.T) {
 	}
 }
 
+// Two control planes run side by side (two test runs on one machine):
+// nothing of theirs is fixed, and closing one leaves the other alone.
+func TestSecondControlPlane(t *testing.T) {
+	second := controlplane.StartForTest(t, controlplane.Options{})
+	if second.URL == cp.URL {
+		t.Fatalf("both control planes are at %s", cp.URL)
+	}
+	for _, c := range []*controlplane.ControlPlane{cp, second} {
+		dc, err := discovery.NewDiscoveryClientForConfig(c.Admin)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := dc.ServerVersion(); err != nil {
+			t.Fatalf("%s: %v", c.URL, err)
+		}
+	}
+	second.Close()
+	dc, err := discovery.NewDiscoveryClientForConfig(cp.Admin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := dc.ServerVersion(); err != nil {
+		t.Fatalf("the shared control plane after the second one closed: %v", err)
+	}
+}
+
 // A developer bound only to deploy/rbac.yaml's roles applies a sandbox
 // with sbx's own code: every object passes the real API server's schema
 // and strict field validation, nothing is forbidden (the audit log says),
