@@ -1,0 +1,122 @@
+package scenarios
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"log"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+
+	"github.com/sbx-dev/sbx/tools/testbed/realcp/controlplane"
+)
+
+// cp is the control plane every scenario of the package shares: each
+// works in namespaces of its own. Starting one takes ~10-20 s.
+var cp *controlplane.ControlPlane
+
+// repoRoot is the sbx checkout (deploy/, testdata/).
+var repoRoot string
+
+func TestMain(m *testing.M) {
+	flag.Parse()
+	os.Exit(run(m))
+}
+
+func run(m *testing.M) int {
+	log.SetFlags(log.Ltime | log.Lmicroseconds)
+	log.SetPrefix("realcp: ")
+	root, err := filepath.Abs(filepath.Join("..", "..", "..", ".."))
+	if err == nil {
+		_, err = os.Stat(filepath.Join(root, "deploy", "rbac.yaml"))
+	}
+	if err != nil {
+		log.Printf("cannot find the sbx checkout four folders up: %v", err)
+		return 1
+	}
+	repoRoot = root
+
+	dir, err := os.MkdirTemp("", "sbx-realcp-")
+	if err != nil {
+		log.Print(err)
+		return 1
+	}
+	keep := false
+	defer func() {
+		if _, err := os.Stat(filepath.Join(dir, "logs")); keep && err == nil {
+			log.Printf("kept %s (logs, audit log, kubeconfigs) for a look", dir)
+			return
+		}
+		os.RemoveAll(dir)
+	}()
+
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	cp, err = controlplane.Start(ctx, controlplane.Options{Dir: dir, Logf: log.Printf})
+	if err != nil {
+		log.Printf("FAIL: start the control plane: %v", err)
+		keep = true
+		return 1
+	}
+	defer cp.Close()
+	if err := setUpCluster(ctx); err != nil {
+		log.Printf("FAIL: set up the cluster: %v", err)
+		keep = true
+		return 1
+	}
+	code := m.Run()
+	keep = code != 0 || os.Getenv("SBX_REALCP_KEEP") != ""
+	return code
+}
+
+// setUpCluster does what a cluster admin did once before developers use
+// sbx: Istio's CRDs, istio-system, and the developer's cluster-wide
+// binding to sbx-route-reader (the ClusterRole comes with deploy/rbac.yaml,
+// which each scenario applies to its namespace).
+func setUpCluster(ctx context.Context) error {
+	crds, err := istioCRDs(ctx)
+	if err != nil {
+		return err
+	}
+	start := time.Now()
+	if err := controlplane.ApplyBytes(ctx, cp.Admin, "", crds); err != nil {
+		return fmt.Errorf("install Istio's CRDs: %w", err)
+	}
+	log.Printf("installed Istio's CRDs in %s", time.Since(start).Round(100*time.Millisecond))
+	admin, err := kubernetes.NewForConfig(cp.Admin)
+	if err != nil {
+		return err
+	}
+	if _, err := admin.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "istio-system"}}, metav1.CreateOptions{}); err != nil {
+		return err
+	}
+	_, err = admin.RbacV1().ClusterRoleBindings().Create(ctx, &rbacv1.ClusterRoleBinding{
+		ObjectMeta: metav1.ObjectMeta{Name: "sbx-alice-routes"},
+		RoleRef:    rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "ClusterRole", Name: "sbx-route-reader"},
+		Subjects:   []rbacv1.Subject{{APIGroup: rbacv1.GroupName, Kind: rbacv1.UserKind, Name: controlplane.DeveloperUser}},
+	}, metav1.CreateOptions{})
+	return err
+}
+
+// istioCRDs reads the CRDs of the istio.io/api release sbx's Istio client
+// is built from.
+func istioCRDs(ctx context.Context) ([]byte, error) {
+	out, err := exec.CommandContext(ctx, "go", "list", "-m", "-f", "{{.Dir}}", "istio.io/api").Output()
+	if err != nil {
+		return nil, fmt.Errorf("find the istio.io/api module (go list -m): %w", err)
+	}
+	dir := strings.TrimSpace(string(out))
+	if dir == "" {
+		return nil, fmt.Errorf("the istio.io/api module is not downloaded: run go mod download in tools/testbed/realcp")
+	}
+	return os.ReadFile(filepath.Join(dir, "kubernetes", "customresourcedefinitions.gen.yaml"))
+}
