@@ -132,8 +132,8 @@ func TestDeveloperAppliesSandbox(t *testing.T) {
 	if err != nil {
 		t.Fatalf("cluster.List as the developer: %v", err)
 	}
-	if len(list) != 1 || list[0].Name != sb.Name || list[0].RoutingKey != res.RoutingKey || list[0].Expired {
-		t.Errorf("cluster.List = %+v, want sandbox %s with key %s, not expired", list, sb.Name, res.RoutingKey)
+	if len(list) != 1 || list[0].Name != sb.Name || list[0].RoutingKey != res.Ref.RoutingKey || list[0].Expired {
+		t.Errorf("cluster.List = %+v, want sandbox %s with key %s, not expired", list, sb.Name, res.Ref.RoutingKey)
 	}
 
 	if err := cluster.Delete(ctx, e.Dev, cluster.Ref{Name: sb.Name, Namespaces: []string{e.ns}}, func(ev cluster.Event) { t.Logf("delete: %s", ev) }); err != nil {
