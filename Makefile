@@ -8,10 +8,10 @@ BIN := bin/sbx
 RACE_PKGS := ./tunnel/... ./relay/... ./daemon/... ./cluster/portforward/... ./tools/testbed/pftest/... ./tools/testbed/pfbench/... ./tools/testbed/tunnelbench/...
 FUZZTIME ?= 30s
 
-.PHONY: help build test test-race test-unit test-istio test-real realcp-build test-fuzz lint cross bench fuzz demo image image-push clean
+.PHONY: help build test test-race test-unit test-istio test-real realcp-build test-fuzz lint cross bench bench-compare fuzz demo image image-push clean
 
 help: ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
 
 build: ## build bin/sbx with the version stamped in
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/sbx
@@ -82,6 +82,15 @@ cross: ## compile every package for linux, darwin and windows on amd64 and arm64
 bench: build ## tunnel (and port-forward) benchmarks: ratios measured in one run
 	$(BIN) bench tunnel
 	@if $(BIN) bench --help 2>/dev/null | grep -q portforward; then $(BIN) bench portforward; fi
+
+# Both benches for a base revision and the working tree, runs interleaved
+# (base, new, base, new, ...) so load drift hits both sides; prints each
+# ratio's median and min-max per side and new/base. tools/benchcompare has
+# the knobs (BENCHES, PF_ARGS, PF_N, OUT).
+BASE ?= HEAD~1
+N ?= 3
+bench-compare: ## bench at BASE (default HEAD~1) and the working tree, interleaved N times (default 3); ratio table
+	tools/benchcompare '$(BASE)' '$(N)'
 
 # Fuzz targets are found by name in the test files (no per-package build
 # to list them); `go test -fuzz` runs one target per invocation. Seeds
