@@ -2,6 +2,7 @@ package cluster
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sort"
 	"strings"
@@ -72,6 +73,9 @@ func Resolve(ctx context.Context, b Baseline, sb *spec.Sandbox) ([]ResolvedWorkl
 		field := fmt.Sprintf("spec.local[%d]", i)
 		w := l.From
 		podLabels, err := b.PodLabels(ctx, w)
+		if errors.Is(err, errObjectNotFound) {
+			return nil, &SpecError{fmt.Errorf("%s: %w", field, err)}
+		}
 		if err != nil {
 			return nil, fmt.Errorf("%s: %w", field, err)
 		}
@@ -94,8 +98,8 @@ func Resolve(ctx context.Context, b Baseline, sb *spec.Sandbox) ([]ResolvedWorkl
 		}
 		sort.Slice(matching, func(a, b int) bool { return matching[a].Name < matching[b].Name })
 		if len(matching) == 0 {
-			return nil, fmt.Errorf("%s: no Service in namespace %s selects %s %s/%s (pod labels %s); sbx routes requests by Service, so the workload needs one. Services there: %s",
-				field, w.Namespace, w.Kind, w.Namespace, w.Name, formatLabels(podLabels), describeServices(svcs))
+			return nil, &SpecError{fmt.Errorf("%s: no Service in namespace %s selects %s %s/%s (pod labels %s); sbx routes requests by Service, so the workload needs one. Services there: %s",
+				field, w.Namespace, w.Kind, w.Namespace, w.Name, formatLabels(podLabels), describeServices(svcs))}
 		}
 		rw := ResolvedWorkload{Local: l, PodLabels: podLabels, Services: matching}
 		for j, m := range l.Mappings {
@@ -106,8 +110,8 @@ func Resolve(ctx context.Context, b Baseline, sb *spec.Sandbox) ([]ResolvedWorkl
 						continue
 					}
 					if p.Protocol != "" && p.Protocol != corev1.ProtocolTCP {
-						return nil, fmt.Errorf("%s.mappings[%d].port: port %d of Service %s/%s is %s; the sbx tunnel carries TCP only",
-							field, j, m.Port, s.Namespace, s.Name, p.Protocol)
+						return nil, &SpecError{fmt.Errorf("%s.mappings[%d].port: port %d of Service %s/%s is %s; the sbx tunnel carries TCP only",
+							field, j, m.Port, s.Namespace, s.Name, p.Protocol)}
 					}
 					if len(rp.Services) == 0 {
 						rp.Name, rp.AppProtocol = p.Name, p.AppProtocol
@@ -117,8 +121,8 @@ func Resolve(ctx context.Context, b Baseline, sb *spec.Sandbox) ([]ResolvedWorkl
 				}
 			}
 			if len(rp.Services) == 0 {
-				return nil, fmt.Errorf("%s.mappings[%d].port: %d is not a port of the Services selecting %s %s/%s; available ports: %s",
-					field, j, m.Port, w.Kind, w.Namespace, w.Name, availablePorts(matching))
+				return nil, &SpecError{fmt.Errorf("%s.mappings[%d].port: %d is not a port of the Services selecting %s %s/%s; available ports: %s",
+					field, j, m.Port, w.Kind, w.Namespace, w.Name, availablePorts(matching))}
 			}
 			rp.RelayPort = next
 			next++
@@ -192,11 +196,22 @@ func availablePorts(svcs []*corev1.Service) string {
 	return strings.Join(parts, ", ")
 }
 
+// SpecError is a spec that does not fit the cluster: a workload that does
+// not exist, a port no Service exposes. The user fixes the spec (not the
+// cluster, not the network); the message says where.
+type SpecError struct{ Err error }
+
+func (e *SpecError) Error() string { return e.Err.Error() }
+func (e *SpecError) Unwrap() error { return e.Err }
+
+// errObjectNotFound marks objectNotFound's not-found errors.
+var errObjectNotFound = errors.New("not found")
+
 // objectNotFound turns a NotFound from the API into an error that says what
 // to check.
 func objectNotFound(kind, namespace, name string, err error) error {
 	if apierrors.IsNotFound(err) {
-		return fmt.Errorf("%s %s/%s not found: check spec.local[].from (kubectl get %s -n %s)", kind, namespace, name, strings.ToLower(kind), namespace)
+		return fmt.Errorf("%s %s/%s %w: check spec.local[].from (kubectl get %s -n %s)", kind, namespace, name, errObjectNotFound, strings.ToLower(kind), namespace)
 	}
 	return fmt.Errorf("read %s %s/%s: %w", kind, namespace, name, err)
 }

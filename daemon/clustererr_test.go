@@ -32,6 +32,7 @@ func TestApplyErrorNamesTheSandboxOnce(t *testing.T) {
 	var ce *api.ConnectError
 	require.ErrorAs(t, err, &ce)
 	require.Contains(t, ce.Message, "sandbox jo failed: apply the cluster objects: spec.local[0]: Deployment hotrod/route not found")
+	require.Equal(t, api.KindUser, ce.Kind, "a spec that does not fit the cluster is the user's to fix")
 	require.Equal(t, 1, strings.Count(ce.Message, "sandbox jo "), ce.Message)
 	require.Contains(t, ce.Message, "(fix the cause and run connect again); or remove it with `sbx disconnect jo`")
 }

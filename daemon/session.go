@@ -193,7 +193,10 @@ func (s *session) emit(p api.Progress) {
 	}
 }
 
-func (s *session) setPhase(ph api.Phase, msg string) {
+func (s *session) setPhase(ph api.Phase, msg string) { s.setPhaseKind(ph, msg, "") }
+
+// setPhaseKind is setPhase with whose a failure is (Progress.ErrorKind).
+func (s *session) setPhaseKind(ph api.Phase, msg string, kind api.ErrorKind) {
 	s.m.store.UpdateSandbox(s.name, func(st *api.SandboxStatus) {
 		st.Phase = ph
 		if ph != api.PhaseReady {
@@ -202,7 +205,7 @@ func (s *session) setPhase(ph api.Phase, msg string) {
 		}
 	})
 	s.log.Info("session phase", "phase", ph, "msg", msg)
-	s.emit(api.Progress{Phase: ph, Message: msg})
+	s.emit(api.Progress{Phase: ph, Message: msg, ErrorKind: kind})
 }
 
 func (s *session) progressFn(ph api.Phase) func(cluster.Event) {
@@ -269,7 +272,11 @@ func (s *session) run(ctx context.Context) {
 			st.Sessions, st.Streams, st.RTT = 0, 0, 0
 		})
 		if permanent {
-			s.setPhase(api.PhaseFailed, failedMessage(err))
+			var kind api.ErrorKind
+			if se := (*cluster.SpecError)(nil); errors.As(err, &se) {
+				kind = api.KindUser
+			}
+			s.setPhaseKind(api.PhaseFailed, failedMessage(err), kind)
 			select {
 			case <-ctx.Done():
 				return

@@ -222,6 +222,9 @@ func connectOnce(ctx context.Context, g *globalOptions, c *client.Client, req ap
 			return interruptedConnect(sb.Name, lastPhase)
 		case errors.As(err, &ce) && ce.DaemonStopping:
 			return daemonStoppedConnecting(sb.Name)
+		case errors.As(err, &ce) && ce.Kind == api.KindUser:
+			// The spec does not fit the cluster: the user's input.
+			return userError(err, "fix the spec (`sbx render -f FILE` shows what sbx would write, `kubectl get deploy,svc -n NAMESPACE` what the cluster has) and run connect again")
 		case errors.As(err, &ce):
 			// Not ready in time, or failed: not a usage error.
 			return &cliError{kind: kindUser, err: err, code: 1,

@@ -13,9 +13,15 @@ import (
 	"testing"
 	"time"
 
+	istiofake "istio.io/client-go/pkg/clientset/versioned/fake"
+	kubefake "k8s.io/client-go/kubernetes/fake"
+
 	"github.com/stretchr/testify/require"
+	"k8s.io/client-go/rest"
 
 	"github.com/sbx-dev/sbx/cluster"
+	"github.com/sbx-dev/sbx/cluster/kube"
+	"github.com/sbx-dev/sbx/cluster/live"
 	"github.com/sbx-dev/sbx/daemon"
 	"github.com/sbx-dev/sbx/daemon/api"
 )
@@ -441,4 +447,19 @@ func TestCLIDisconnectInterrupted(t *testing.T) {
 		require.Equal(t, exitInterrupted, code, errOut)
 		require.Contains(t, errOut, tt.want, tt.args)
 	}
+}
+
+// TestCLIConnectSpecMismatchIsUsage: a spec that does not fit the cluster
+// (its workload does not exist) is the user's input to fix: exit 2, as
+// the README says, not 1 as for a cluster that failed.
+func TestCLIConnectSpecMismatchIsUsage(t *testing.T) {
+	dir := cliEnv(t)
+	kc := live.NewFromKube(&kube.Cluster{REST: &rest.Config{Host: "https://127.0.0.1:1"}, Kube: kubefake.NewClientset(), Istio: istiofake.NewSimpleClientset(),
+		Namespace: "hotrod", Context: "test"}, live.Options{DefaultRelayImage: "relay:1"})
+	t.Cleanup(func() { _ = kc.Close() })
+	startInProcessDaemon(t, kc)
+	code, _, errOut := runCLI(t, "connect", "-f", writeSpec(t, dir), "--set", "name=alice")
+	require.Equal(t, 2, code, errOut)
+	require.Contains(t, errOut, "spec.local[0]: Deployment hotrod/route not found")
+	require.Contains(t, errOut, "hint: fix the spec")
 }

@@ -176,6 +176,10 @@ type Progress struct {
 	// DaemonStopping ends a stream the daemon's shutdown broke off: the
 	// request was not finished, and a new daemon resumes it.
 	DaemonStopping bool `json:"daemonStopping,omitempty"`
+	// ErrorKind says whose a failure (PhaseFailed) is: KindUser when the
+	// spec does not fit the cluster (a workload that does not exist, a
+	// port no Service exposes); empty when the daemon cannot tell.
+	ErrorKind ErrorKind `json:"errorKind,omitempty"`
 }
 
 // DisconnectResult lists the sandboxes a DELETE removed.

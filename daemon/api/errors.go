@@ -59,6 +59,9 @@ type ConnectError struct {
 	Sandbox string
 	Phase   Phase
 	Message string
+	// Kind is KindUser when the spec does not fit the cluster (see
+	// Progress.ErrorKind).
+	Kind ErrorKind
 	// DaemonStopping: the daemon's shutdown broke the connect off.
 	DaemonStopping bool
 }

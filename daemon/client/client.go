@@ -188,7 +188,7 @@ func (c *Client) Connect(ctx context.Context, req api.ConnectRequest, progress f
 			}
 			return *p.Sandbox, nil
 		}
-		return api.SandboxStatus{}, &api.ConnectError{Sandbox: req.Spec.Name, Phase: p.Phase, Message: p.Error, DaemonStopping: p.DaemonStopping}
+		return api.SandboxStatus{}, &api.ConnectError{Sandbox: req.Spec.Name, Phase: p.Phase, Message: p.Error, Kind: p.ErrorKind, DaemonStopping: p.DaemonStopping}
 	}
 }
 
