@@ -385,7 +385,11 @@ func TestOneShotRequestsSayTheirOwnNextStep(t *testing.T) {
 			require.NoError(t, err)
 			return res.ClusterError
 		}, "list sbx objects in the cluster: open the cluster: "},
-		{"gc", func() string { _, err := td.client.GC(ctx, api.GCRequest{ClusterRequest: creq}); require.Error(t, err); return err.Error() }, "open the cluster: "},
+		{"gc", func() string {
+			_, err := td.client.GC(ctx, api.GCRequest{ClusterRequest: creq})
+			require.Error(t, err)
+			return err.Error()
+		}, "open the cluster: "},
 		{"orphan", func() string {
 			_, err := td.client.DeleteOrphan(ctx, "ghost", creq, false)
 			require.Error(t, err)
