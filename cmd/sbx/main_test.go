@@ -208,3 +208,18 @@ func TestBadNamespaceRefused(t *testing.T) {
 		require.Contains(t, errOut, fmt.Sprintf("sbx: -n %q is not a namespace name\n  hint: a namespace name is at most 63 lowercase letters", args[len(args)-1]), args)
 	}
 }
+
+// TestClusterFlagsRefusedWhereUnused: --kubeconfig, --context and -n given
+// to a command that does not read them are refused, not ignored: `sbx
+// status --context prod` must not look like it showed prod.
+func TestClusterFlagsRefusedWhereUnused(t *testing.T) {
+	cliEnv(t)
+	for _, args := range [][]string{{"status", "--context", "prod"}, {"version", "-n", "hotrod"}, {"logs", "--kubeconfig", "/tmp/k"}, {"validate", "-f", "x.yaml", "--context", "c"}} {
+		code, _, errOut := runCLI(t, args...)
+		require.Equal(t, 2, code, args)
+		require.Contains(t, errOut, "does not use", args)
+		require.Contains(t, errOut, "hint: drop it", args)
+	}
+	code, _, errOut := runCLI(t, "version", "-o", "json")
+	require.Equal(t, 0, code, errOut)
+}

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -104,8 +105,25 @@ names travel back through the same tunnel to the baseline services.`,
 			c.Annotations[mainThreadAnnotation] = "true"
 		}
 	}
+	// Which commands read the cluster flags; the others refuse them
+	// rather than ignore them (a --context that does nothing misleads).
+	for _, c := range root.Commands() {
+		switch c.Name() {
+		case "list", "gc", "disconnect":
+			clusterFlags(c, "kubeconfig", "context", "namespace")
+		case "connect", "env", "run":
+			clusterFlags(c, "kubeconfig", "context")
+		case "render":
+			clusterFlags(c, "namespace")
+		case "__complete", "__completeNoDesc":
+			clusterFlags(c, "kubeconfig", "context", "namespace")
+		}
+	}
 	markUsageErrors(root)
 	root.PersistentPreRunE = func(cmd *cobra.Command, _ []string) error {
+		if err := checkClusterFlags(cmd); err != nil {
+			return err
+		}
 		// A namespace name that cannot exist would only come back as
 		// "nothing found" from the cluster.
 		if g.namespace != "" && !spec.IsDNS1123Label(g.namespace) {
@@ -123,6 +141,41 @@ names travel back through the same tunnel to the baseline services.`,
 		return nil
 	}
 	return root
+}
+
+// clusterFlagsAnnotation lists the global cluster flags a command reads.
+const clusterFlagsAnnotation = "sbx.dev/cluster-flags"
+
+func clusterFlags(c *cobra.Command, names ...string) {
+	if c.Annotations == nil {
+		c.Annotations = map[string]string{}
+	}
+	c.Annotations[clusterFlagsAnnotation] = strings.Join(names, ",")
+}
+
+// checkClusterFlags refuses --kubeconfig, --context or -n given to a
+// command that does not read it.
+func checkClusterFlags(cmd *cobra.Command) error {
+	var allowed string
+	for c := cmd; c != nil; c = c.Parent() {
+		if a, ok := c.Annotations[clusterFlagsAnnotation]; ok {
+			allowed = a
+			break
+		}
+	}
+	for _, name := range []string{"kubeconfig", "context", "namespace"} {
+		f := cmd.Flag(name)
+		if f == nil || !f.Changed || slices.Contains(strings.Split(allowed, ","), name) {
+			continue
+		}
+		flag := "--" + name
+		if f.Shorthand != "" {
+			flag = "-" + f.Shorthand + "/" + flag
+		}
+		return userError(fmt.Errorf("%s does not use %s", cmd.CommandPath(), flag),
+			"drop it: the cluster flags apply to connect, disconnect --orphan, list, gc, env and run (--env-from-baseline), and -n to render; a sandbox stays in the cluster it was connected to")
+	}
+	return nil
 }
 
 // noOutputError refuses -o for a command that prints no state.
