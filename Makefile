@@ -115,7 +115,9 @@ test-fuzz: ## every fuzz target for FUZZ_SHORT (2000 inputs): the short run in m
 	@$(MAKE) --no-print-directory fuzz FUZZTIME=$(FUZZ_SHORT)
 
 demo: ## the embedded default: a simulated cluster, a sandbox, requests with and without the key
-	$(GO) run ./cmd/sbx demo
+	@echo "building sbx (the first build compiles client-go and Istio's API: ~10 min on 2 cores, seconds after that)..."
+	@CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/sbx
+	$(BIN) demo
 
 # The image: static sbx binaries for each platform on an empty base, written
 # as an OCI layout (no Docker engine needed), tagged $(VERSION).

@@ -12,8 +12,11 @@ import (
 )
 
 // apiServer names the API server a cluster connection talks to, for the
-// hints of its failures: its URL (password redacted) and kube context.
-type apiServer struct{ url, context string }
+// hints of its failures: its URL (password redacted), kube context, and
+// the --kubeconfig file it was opened with ("" = kubectl's default
+// lookup, which the user's shell does too), so that a suggested kubectl
+// command talks to the same cluster.
+type apiServer struct{ url, context, kubeconfig string }
 
 // apiOp is what a failed call to the API server tried: the verb and
 // resource `kubectl auth can-i` checks, and where ("" = all namespaces).
@@ -90,6 +93,9 @@ func explainAPIError(err error, srv apiServer, op apiOp) error {
 		return err
 	}
 	kubectl := "kubectl"
+	if srv.kubeconfig != "" {
+		kubectl += " --kubeconfig " + srv.kubeconfig
+	}
 	if srv.context != "" {
 		kubectl += " --context " + srv.context
 	}

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net"
 	"net/url"
+	"path/filepath"
 	"sync"
 	"testing"
 	"time"
@@ -25,6 +26,7 @@ import (
 
 	"github.com/sbx-dev/sbx/cluster"
 	"github.com/sbx-dev/sbx/cluster/kube"
+	"github.com/sbx-dev/sbx/cluster/kube/kubetest"
 	"github.com/sbx-dev/sbx/cluster/spec"
 )
 
@@ -249,4 +251,21 @@ func TestRelayTimeoutIsNotUnreachable(t *testing.T) {
 	require.Contains(t, err.Error(), "kubectl describe pod -n hotrod sbx-alice-relay-1")
 	require.NotContains(t, err.Error(), "did not answer")
 	require.NotContains(t, err.Error(), "network")
+}
+
+// TestHintNamesTheKubeconfigInUse: a cluster opened with --kubeconfig
+// suggests kubectl commands with that file, so that they ask the same
+// cluster (the shell's default kubeconfig may be another).
+func TestHintNamesTheKubeconfigInUse(t *testing.T) {
+	err := explainAPIError(apierrors.NewUnauthorized("token expired"),
+		apiServer{url: "https://api.staging:6443", context: "staging", kubeconfig: "/home/jo/.kube/staging"}, apiOp{verb: "list", resource: "leases"})
+	require.Contains(t, err.Error(), "`kubectl --kubeconfig /home/jo/.kube/staging --context staging get ns`")
+	dir := shortTempDir(t)
+	kc := filepath.Join(dir, "config")
+	kubetest.WriteKubeconfig(t, kc, "dev", "https://127.0.0.1:1", "dev/team")
+	k := NewClusters(Options{})
+	defer k.Close()
+	c, err := k.Open(fileSource(kc), "")
+	require.NoError(t, err)
+	require.Equal(t, kc, c.server.kubeconfig)
 }

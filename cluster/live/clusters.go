@@ -154,6 +154,7 @@ func (k *Clusters) Open(src Source, kubeContext string) (*Cluster, error) {
 		}
 		c = newCluster(kc, k.o)
 		c.owner = k
+		c.server.kubeconfig = src.Options.Kubeconfig
 		k.clusters[key] = c
 		k.o.Logger.Debug("cluster connection opened", "kubeconfig", src.Name, "context", kc.Context, "namespace", kc.Namespace, "server", redactedURL(kc.REST.Host))
 	}

@@ -198,7 +198,7 @@ func connectOnce(ctx context.Context, g *globalOptions, c *client.Client, req ap
 			fmt.Fprintf(g.stderr, "Connecting sandbox %s\n", sb.Name)
 		}
 	}
-	var lastPhase api.Phase
+	var pr progressPrinter
 	q := newQuietWait(g.stderr)
 	stop := func() {}
 	if req.Wait {
@@ -211,7 +211,7 @@ func connectOnce(ctx context.Context, g *globalOptions, c *client.Client, req ap
 		})
 	}
 	st, err := c.Connect(ctx, req, func(p api.Progress) {
-		q.do(func(w io.Writer) { printProgress(w, p, &lastPhase) })
+		q.do(func(w io.Writer) { pr.print(w, p) })
 	})
 	stop()
 	if err != nil {
@@ -219,7 +219,7 @@ func connectOnce(ctx context.Context, g *globalOptions, c *client.Client, req ap
 		var ae *api.APIError
 		switch {
 		case ctx.Err() != nil && errors.Is(err, context.Canceled):
-			return interruptedConnect(sb.Name, lastPhase)
+			return interruptedConnect(sb.Name, pr.phase)
 		case errors.As(err, &ce) && ce.DaemonStopping:
 			return daemonStoppedConnecting(sb.Name)
 		case errors.As(err, &ce) && ce.Kind == api.KindUser:
@@ -346,15 +346,33 @@ func whileClusterWork(ctx context.Context, g *globalOptions, what, note string) 
 	})
 }
 
-func printProgress(w io.Writer, p api.Progress, last *api.Phase) {
+// progressPrinter prints a connect's progress: a phase's name when it
+// changes, and each error once: retries that fail the same way say so in
+// a short line instead of repeating a long message.
+type progressPrinter struct {
+	phase   api.Phase
+	err     string
+	repeats int
+}
+
+func (pr *progressPrinter) print(w io.Writer, p api.Progress) {
 	if p.Error != "" {
+		if p.Error == pr.err {
+			pr.repeats++
+			fmt.Fprintf(w, "  ! the same error again (%d times now)\n", pr.repeats+1)
+			return
+		}
+		pr.err, pr.repeats = p.Error, 0
 		fmt.Fprintf(w, "  ! %s\n", p.Error)
 		return
 	}
 	label := ""
-	if p.Phase != *last {
+	if p.Phase != pr.phase {
 		label = string(p.Phase)
-		*last = p.Phase
+		pr.phase = p.Phase
+	}
+	if p.Phase == api.PhaseReady {
+		pr.err, pr.repeats = "", 0
 	}
 	if p.Message == "" {
 		if label != "" {

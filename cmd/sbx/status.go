@@ -52,8 +52,11 @@ with -o json, one JSON event per line (the first a full snapshot).`,
 							serviceKind(m), m.Name(), m.Diagnose(), m))
 				}
 				if names, serr := daemon.SavedSandboxes(daemonPaths()); serr == nil && len(names) > 0 {
-					return stateError(errDaemonNotRunning,
-						fmt.Sprintf("sandboxes %s are saved and reconnect (same routing keys) when it starts: run `sbx daemon`, or any command such as `sbx list`", strings.Join(names, ", ")))
+					saved := fmt.Sprintf("sandboxes %s are saved and reconnect (same routing keys)", strings.Join(names, ", "))
+					if len(names) == 1 {
+						saved = fmt.Sprintf("sandbox %s is saved and reconnects (same routing key)", names[0])
+					}
+					return stateError(errDaemonNotRunning, saved+" when it starts: run `sbx daemon`, or any command such as `sbx list`")
 				}
 				return err
 			}
