@@ -244,3 +244,36 @@ func jsonDecode(resp *http.Response, v any) error {
 	defer resp.Body.Close()
 	return json.NewDecoder(resp.Body).Decode(v)
 }
+
+// TestE2EEnvSurvivesDaemonRestart: a process started with the env of
+// `sbx env` (a debugger launched from a .env file) keeps reaching the
+// cluster after the daemon restarts: the proxy's address and credential
+// in that env stay valid.
+func TestE2EEnvSurvivesDaemonRestart(t *testing.T) {
+	e := startE2E(t)
+	ctx := context.Background()
+	_, err := e.Connect(ctx, "alice", "127.0.0.1:1", nil)
+	require.NoError(t, err)
+	var fixed string // the proxy URL as the env wrote it, never looked up again
+	require.Eventually(t, func() bool { fixed, err = e.ProxyURL(ctx); return err == nil }, 10*time.Second, 10*time.Millisecond)
+	pu, err := url.Parse(fixed)
+	require.NoError(t, err)
+	debugger := &http.Client{Timeout: 20 * time.Second, Transport: &http.Transport{Proxy: http.ProxyURL(pu), DisableKeepAlives: true}}
+	get := func() error {
+		resp, err := debugger.Get("http://driver.hotrod.svc.cluster.local:8082/after-restart")
+		if err != nil {
+			return err
+		}
+		defer resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			return fmt.Errorf("status %s", resp.Status)
+		}
+		return nil
+	}
+	require.NoError(t, get())
+
+	require.NoError(t, e.StopDaemon())
+	require.NoError(t, e.StartDaemon(ctx))
+	require.Eventually(t, func() bool { return get() == nil }, 30*time.Second, 50*time.Millisecond,
+		"the env from before the restart (%s) no longer reaches the cluster: %v", pu.Redacted(), get())
+}

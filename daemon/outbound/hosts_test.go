@@ -444,3 +444,32 @@ func TestHostsModeMovesAwayFromForeignListeners(t *testing.T) {
 	require.Equal(t, ip, st[0].IP)
 	require.True(t, st[0].Ports[0].Listening, st[0].Ports[0].Error)
 }
+
+// TestHostsModeTwoSideBySide: two daemons on one machine (two users, two
+// test runs) in hosts mode with the same range and the same Services each
+// get working addresses: the second moves away from the first's.
+func TestHostsModeTwoSideBySide(t *testing.T) {
+	const rng = "127.238.0.0/16"
+	a, b := newHostsEnv(t), newHostsEnv(t)
+	for _, e := range []*hostsEnv{a, b} {
+		e.cat.Apply(added(svc("hotrod", "driver", 8082)))
+		e.cat.Apply(added(svc("hotrod", "frontend", 8080, 8081)))
+	}
+	a.start(t, rng)
+	require.Eventually(t, func() bool { _, ok := resolve(t, a.hosts, "frontend"); return ok }, 10*time.Second, 10*time.Millisecond)
+	b.start(t, rng)
+	require.Eventually(t, func() bool { _, ok := resolve(t, b.hosts, "frontend"); return ok }, 10*time.Second, 10*time.Millisecond)
+	for _, e := range []*hostsEnv{a, b} {
+		for _, c := range []struct {
+			host string
+			port int32
+		}{{"driver", 8082}, {"frontend", 8080}, {"frontend", 8081}} {
+			reply, err := roundTrip(t, e.hosts, c.host, c.port, "hi")
+			require.NoError(t, err, "%s:%d via %s", c.host, c.port, e.hosts)
+			require.Equal(t, fmt.Sprintf("%s.hotrod.svc.cluster.local:%d|hi", c.host, c.port), reply)
+		}
+	}
+	ipA, _ := resolve(t, a.hosts, "driver")
+	ipB, _ := resolve(t, b.hosts, "driver")
+	require.NotEqual(t, ipA, ipB)
+}
