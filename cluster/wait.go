@@ -265,6 +265,9 @@ func podWaiting(p *corev1.Pod, image string) (string, error) {
 					if img != "" {
 						hint = fmt.Sprintf("cannot pull %s: %s", img, hint)
 					}
+					// The kubelet retries a pull only every few minutes:
+					// an image pushed meanwhile needs a new pod.
+					hint += fmt.Sprintf("; if the image exists by now, `kubectl delete pod -n %s %s` makes the kubelet pull it again", p.Namespace, p.Name)
 				}
 				if w.Reason == "CrashLoopBackOff" {
 					hint += fmt.Sprintf(" -n %s %s", p.Namespace, p.Name)

@@ -123,12 +123,16 @@ func (e *permanentError) IsPermanent() bool { return true }
 
 // WaitRelay is cluster.WaitRelay bounded by Options.WaitTimeout. A relay
 // Deployment that checks another verifier than ref's fails it with
-// cluster.ErrVerifierMismatch, permanently.
+// cluster.ErrVerifierMismatch, permanently; so does a pod that cannot
+// become ready by itself (*cluster.RelayError: an image no registry has,
+// a crash loop), whose message says what to change: retrying would only
+// repeat it until the connect's deadline. A config change re-applies.
 func (c *Cluster) WaitRelay(ctx context.Context, ref cluster.Ref, progress func(cluster.Event)) error {
 	ctx, cancel := context.WithTimeout(ctx, c.o.WaitTimeout)
 	defer cancel()
 	_, err := cluster.WaitRelay(ctx, c.clients, cluster.WaitOptions{Ref: ref, RelayImage: c.o.DefaultRelayImage}, progress)
-	if errors.Is(err, cluster.ErrVerifierMismatch) {
+	var re *cluster.RelayError
+	if errors.Is(err, cluster.ErrVerifierMismatch) || errors.As(err, &re) {
 		return &permanentError{err}
 	}
 	return explainAPIError(err, c.server, apiOp{namespace: ref.Namespace})

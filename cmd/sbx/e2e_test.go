@@ -15,6 +15,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -22,6 +23,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/sbx-dev/sbx/cluster"
+	"github.com/sbx-dev/sbx/cluster/podstate"
 	"github.com/sbx-dev/sbx/daemon/api"
 	"github.com/sbx-dev/sbx/daemon/client"
 	"github.com/sbx-dev/sbx/daemon/config"
@@ -532,4 +534,42 @@ func TestE2ELocalProcessReachesCluster(t *testing.T) {
 	_, err = e.DialOutbound(ctx, "alice", "nosuch.hotrod.svc.cluster.local:80")
 	require.Error(t, err)
 	require.Contains(t, err.Error(), "nosuch.hotrod.svc.cluster.local")
+}
+
+// TestE2ERelayImageCannotBePulled: a relay image no registry has (a
+// development build's default, ghcr.io/sbx-dev/sbx:<git sha>) ends the
+// connect with the image's name and how to set relayImage, as soon as the
+// kubelet says so, not at the wait's deadline.
+func TestE2ERelayImageCannotBePulled(t *testing.T) {
+	if testing.Short() {
+		t.Skip("end-to-end test")
+	}
+	dir, err := simenv.TempDir()
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = os.RemoveAll(dir) })
+	ctx := context.Background()
+	var pushed atomic.Bool // the image reaches the registry later
+	e, err := simenv.Start(ctx, dir, e2eLogger(t), sim.Options{Pullable: func(img string) bool { return pushed.Load() || img != "ghcr.io/sbx-dev/sbx:sim" }})
+	require.NoError(t, err)
+	t.Cleanup(e.Close)
+	_, err = e.Client.Connect(ctx, api.ConnectRequest{Spec: simenv.RouteSandbox("alice", "127.0.0.1:1"), Wait: true, Timeout: 2 * time.Minute}, nil)
+	var ce *api.ConnectError
+	require.ErrorAs(t, err, &ce)
+	require.Equal(t, api.PhaseFailed, ce.Phase, "the pull failure ends the connect, not the 2-minute timeout: %s", ce.Message)
+	require.Contains(t, ce.Message, "cannot pull ghcr.io/sbx-dev/sbx:sim")
+	require.Contains(t, ce.Message, "set relayImage in the sbx config")
+	require.NotContains(t, ce.Message, "not ready after")
+
+	// Once the image can be pulled and the kubelet has pulled it (the
+	// message says how to make it try at once), connecting again gets the
+	// sandbox up.
+	require.Regexp(t, "`kubectl delete pod -n hotrod sbx-alice-relay-[a-z0-9-]+` makes the kubelet pull it again", ce.Message)
+	pushed.Store(true)
+	require.Eventually(t, func() bool {
+		pods, err := e.Sim.Clients.Kube.CoreV1().Pods(sim.AppNamespace).List(ctx, metav1.ListOptions{LabelSelector: cluster.LabelSandbox + "=alice"})
+		return err == nil && len(pods.Items) == 1 && podstate.Ready(&pods.Items[0])
+	}, 30*time.Second, 20*time.Millisecond)
+	st, err := e.Client.Connect(ctx, api.ConnectRequest{Spec: simenv.RouteSandbox("alice", "127.0.0.1:1"), Wait: true, Timeout: 2 * time.Minute}, nil)
+	require.NoError(t, err)
+	require.Equal(t, api.PhaseReady, st.Phase)
 }

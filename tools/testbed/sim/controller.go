@@ -85,6 +85,8 @@ type controller struct {
 	probeEvery time.Duration
 	// restartBackoff is the delay before a crashed container restarts.
 	restartBackoff time.Duration
+	// pullable is Options.Pullable.
+	pullable func(image string) bool
 
 	factory informers.SharedInformerFactory
 	deploys appslisters.DeploymentLister

@@ -28,10 +28,12 @@ type relayPod struct {
 	name   string
 	ip     netip.Addr
 	hash   string
-	spec   corev1.PodSpec
-	ctx    context.Context // cancelled when the pod is deleted
-	cancel context.CancelFunc
-	done   chan struct{}
+	// pullFailures counts failed image pulls (only the runner goroutine).
+	pullFailures int
+	spec         corev1.PodSpec
+	ctx          context.Context // cancelled when the pod is deleted
+	cancel       context.CancelFunc
+	done         chan struct{}
 
 	mu       sync.Mutex
 	outbound *connSet // connections the current run dialed
@@ -129,6 +131,16 @@ func (p *relayPod) kubelet() {
 
 // runOnce starts the container once and returns when it exits.
 func (p *relayPod) runOnce(ct corev1.Container) error {
+	if p.c.pullable != nil && !p.c.pullable(ct.Image) {
+		// The first attempt is ErrImagePull, the next ones back off.
+		reason, msg := "ErrImagePull", fmt.Sprintf("failed to pull and unpack image %q: not found", ct.Image)
+		if p.pullFailures > 0 {
+			reason, msg = "ImagePullBackOff", fmt.Sprintf("Back-off pulling image %q", ct.Image)
+		}
+		p.pullFailures++
+		p.setWaiting(reason, msg)
+		return fmt.Errorf("image %s: %s", ct.Image, reason)
+	}
 	args, _ := relayCommand(ct)
 	env, err := p.resolveEnv(ct)
 	if err != nil {

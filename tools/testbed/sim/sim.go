@@ -39,6 +39,10 @@ type Options struct {
 	// Relay runs the relay containers of Deployments that run `sbx relay`.
 	// nil means the real relay (package relay).
 	Relay RelayFunc
+	// Pullable says whether the kubelet can pull an image; one it cannot
+	// leaves the pod in ErrImagePull, then ImagePullBackOff, as a real
+	// kubelet does for an image no registry has. nil: every image.
+	Pullable func(image string) bool
 }
 
 // Cluster is a running simulated cluster.
@@ -102,6 +106,9 @@ func Start(ctx context.Context, opts Options) (_ *Cluster, err error) {
 		run = defaultRelay
 	}
 	c.ctrl, err = newController(ctx, logger, c.Clients, c.Network, run)
+	if c.ctrl != nil {
+		c.ctrl.pullable = opts.Pullable
+	}
 	if err != nil {
 		return nil, err
 	}

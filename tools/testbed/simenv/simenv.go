@@ -251,14 +251,14 @@ func (e *Env) LaptopClient() *http.Client {
 // waits until it is ready.
 func (e *Env) Connect(ctx context.Context, name, local string, progress func(api.Progress)) (api.SandboxStatus, error) {
 	return e.Client.Connect(ctx, api.ConnectRequest{
-		Spec:    routeSandbox(name, local),
+		Spec:    RouteSandbox(name, local),
 		Wait:    true,
 		Timeout: 30 * time.Second,
 	}, progress)
 }
 
-// routeSandbox is the spec of a sandbox whose route runs on the laptop.
-func routeSandbox(name, local string) spec.Sandbox {
+// RouteSandbox is the spec of a sandbox whose route runs on the laptop.
+func RouteSandbox(name, local string) spec.Sandbox {
 	return spec.Sandbox{
 		Name: name,
 		Spec: spec.Spec{
