@@ -193,3 +193,36 @@ func TestNewClients(t *testing.T) {
 	require.NotNil(t, c.Istio)
 	require.NotNil(t, c.Dynamic)
 }
+
+// TestRequiredAccessIsTheRBACManifest: RequiredAccess, which sbx doctor
+// checks, is exactly what deploy/rbac.yaml grants.
+func TestRequiredAccessIsTheRBACManifest(t *testing.T) {
+	role, cr := loadRBAC(t)
+	var fromYAML []Access
+	expand := func(rules []rbacv1.PolicyRule, clusterWide bool) {
+		for _, r := range rules {
+			names := r.ResourceNames
+			if len(names) == 0 {
+				names = []string{""}
+			}
+			for _, g := range r.APIGroups {
+				for _, res := range r.Resources {
+					for _, v := range r.Verbs {
+						for _, n := range names {
+							fromYAML = append(fromYAML, Access{Verb: v, Group: g, Resource: res, Name: n, ClusterWide: clusterWide})
+						}
+					}
+				}
+			}
+		}
+	}
+	expand(role.Rules, false)
+	expand(cr.Rules, true)
+	var required []Access
+	for _, a := range RequiredAccess {
+		require.NotEmpty(t, a.Why, "%+v says what it is for", a)
+		a.Why = ""
+		required = append(required, a)
+	}
+	require.ElementsMatch(t, fromYAML, required)
+}

@@ -28,6 +28,9 @@ func LiveClusters(k *live.Clusters) ClusterProvider {
 	}
 }
 
+// LiveSource is s as package live opens it.
+func LiveSource(s api.KubeconfigSource) live.Source { return liveSource(s) }
+
 // liveSource is s as package live opens it.
 func liveSource(s api.KubeconfigSource) live.Source {
 	return live.Source{Key: s.Key(), Options: SourceOptions(s), Name: describeSource(s)}

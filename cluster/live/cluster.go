@@ -62,6 +62,9 @@ func newCluster(kc *kube.Cluster, o Options) *Cluster {
 	return c
 }
 
+// Context is the kube context the cluster was opened with.
+func (c *Cluster) Context() string { return c.server.context }
+
 // Close closes the cluster's port-forwards.
 func (c *Cluster) Close() error {
 	c.closeDialers("", nil)

@@ -84,6 +84,7 @@ names travel back through the same tunnel to the baseline services.`,
 		newRunCmd(g),
 		newEnvCmd(g),
 		newDemoCmd(g),
+		newDoctorCmd(g),
 	)
 
 	// Commands that print no state refuse -o rather than ignore it; the
@@ -109,7 +110,7 @@ names travel back through the same tunnel to the baseline services.`,
 	// rather than ignore them (a --context that does nothing misleads).
 	for _, c := range root.Commands() {
 		switch c.Name() {
-		case "list", "gc", "disconnect":
+		case "list", "gc", "disconnect", "doctor":
 			clusterFlags(c, "kubeconfig", "context", "namespace")
 		case "connect", "env", "run":
 			clusterFlags(c, "kubeconfig", "context")
@@ -173,7 +174,7 @@ func checkClusterFlags(cmd *cobra.Command) error {
 			flag = "-" + f.Shorthand + "/" + flag
 		}
 		return userError(fmt.Errorf("%s does not use %s", cmd.CommandPath(), flag),
-			"drop it: the cluster flags apply to connect, disconnect --orphan, list, gc, env and run (--env-from-baseline), and -n to render; a sandbox stays in the cluster it was connected to")
+			"drop it: the cluster flags apply to connect, disconnect --orphan, list, gc, doctor, env and run (--env-from-baseline), and -n to render; a sandbox stays in the cluster it was connected to")
 	}
 	return nil
 }

@@ -1,0 +1,194 @@
+package live
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"slices"
+	"strings"
+
+	authv1 "k8s.io/api/authorization/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/sbx-dev/sbx/cluster"
+	"github.com/sbx-dev/sbx/cluster/spec"
+)
+
+// Check is one line of `sbx doctor`: what was checked, whether it holds,
+// and the fix when it does not.
+type Check struct {
+	Name string `json:"name"`
+	// Level is "ok", "warn" (works, with a limit the detail names) or
+	// "fail" (sbx connect would not work).
+	Level  string `json:"level"`
+	Detail string `json:"detail"`
+	Fix    string `json:"fix,omitempty"`
+}
+
+// Check levels.
+const (
+	LevelOK   = "ok"
+	LevelWarn = "warn"
+	LevelFail = "fail"
+)
+
+// Doctor checks, in order, that the API server answers, that the user has
+// every permission sbx needs (cluster.RequiredAccess, asked with
+// SelfSubjectAccessReviews) in namespaces, that the mesh's route kind is
+// served, and, with sb, that each local workload resolves to a baseline
+// workload and Service port. It stops after a check that makes the rest
+// meaningless (an API server that does not answer).
+func (c *Cluster) Doctor(ctx context.Context, namespaces []string, sb *spec.Sandbox) []Check {
+	var out []Check
+	version, err := c.serverVersion(ctx)
+	if err != nil {
+		return append(out, Check{Name: "API server", Level: LevelFail, Detail: explainAPIError(err, c.server, apiOp{}).Error(),
+			Fix: "check the kubeconfig's server and credentials, and your network or VPN"})
+	}
+	out = append(out, Check{Name: "API server", Level: LevelOK, Detail: fmt.Sprintf("%s answers (Kubernetes %s)", c.server.url, version)})
+	if len(namespaces) == 0 && c.namespace != "" {
+		namespaces = []string{c.namespace}
+	}
+	out = append(out, c.accessChecks(ctx, namespaces)...)
+	out = append(out, c.meshCheck())
+	if sb != nil {
+		out = append(out, c.specChecks(ctx, sb)...)
+	}
+	return out
+}
+
+func (c *Cluster) serverVersion(ctx context.Context) (string, error) {
+	rc := c.clients.Kube.Discovery().RESTClient()
+	if rc == nil { // a fake clientset
+		v, err := c.clients.Kube.Discovery().ServerVersion()
+		if err != nil {
+			return "", err
+		}
+		return v.GitVersion, nil
+	}
+	raw, err := rc.Get().AbsPath("/version").Do(ctx).Raw()
+	if err != nil {
+		return "", err
+	}
+	var v struct {
+		GitVersion string `json:"gitVersion"`
+	}
+	if err := json.Unmarshal(raw, &v); err != nil {
+		return "", fmt.Errorf("read /version: %w", err)
+	}
+	return v.GitVersion, nil
+}
+
+// accessChecks asks for every permission sbx needs: the namespaced ones in
+// each of namespaces, the cluster-wide ones in all.
+func (c *Cluster) accessChecks(ctx context.Context, namespaces []string) []Check {
+	type denial struct{ what, why string }
+	ask := func(a cluster.Access, ns string) (bool, error) {
+		res, sub, _ := strings.Cut(a.Resource, "/")
+		r, err := c.clients.Kube.AuthorizationV1().SelfSubjectAccessReviews().Create(ctx, &authv1.SelfSubjectAccessReview{
+			Spec: authv1.SelfSubjectAccessReviewSpec{ResourceAttributes: &authv1.ResourceAttributes{
+				Namespace: ns, Verb: a.Verb, Group: a.Group, Resource: res, Subresource: sub, Name: a.Name}},
+		}, metav1.CreateOptions{})
+		if err != nil {
+			return false, err
+		}
+		return r.Status.Allowed, nil
+	}
+	resource := func(a cluster.Access) string {
+		if a.Group == "" {
+			return a.Resource
+		}
+		return a.Resource + "." + a.Group
+	}
+	var out []Check
+	for _, ns := range namespaces {
+		var denied []denial
+		n := 0
+		for _, a := range cluster.RequiredAccess {
+			if a.ClusterWide {
+				continue
+			}
+			n++
+			ok, err := ask(a, ns)
+			if err != nil {
+				return append(out, Check{Name: "permissions in " + ns, Level: LevelFail, Detail: explainAPIError(err, c.server, apiOp{verb: "create", resource: "selfsubjectaccessreviews.authorization.k8s.io"}).Error()})
+			}
+			if !ok {
+				denied = append(denied, denial{a.Verb + " " + resource(a), a.Why})
+			}
+		}
+		if len(denied) == 0 {
+			out = append(out, Check{Name: "permissions in " + ns, Level: LevelOK, Detail: fmt.Sprintf("all %d that sbx needs (the Role in deploy/rbac.yaml)", n)})
+			continue
+		}
+		var list []string
+		for _, d := range denied {
+			list = append(list, d.what+" ("+d.why+")")
+		}
+		out = append(out, Check{Name: "permissions in " + ns, Level: LevelFail,
+			Detail: fmt.Sprintf("%d of %d missing: %s", len(denied), n, strings.Join(list, ", ")),
+			Fix:    fmt.Sprintf("ask your cluster admin to bind the Role sbx-developer of deploy/rbac.yaml to you in namespace %s", ns)})
+	}
+	var missing []string
+	n := 0
+	for _, a := range cluster.RequiredAccess {
+		if !a.ClusterWide {
+			continue
+		}
+		n++
+		ok, err := ask(a, "")
+		if err != nil || !ok {
+			w := a.Verb + " " + resource(a)
+			if a.Name != "" {
+				w += " " + a.Name
+			}
+			if !slices.Contains(missing, w) {
+				missing = append(missing, w)
+			}
+		}
+	}
+	if len(missing) == 0 {
+		return append(out, Check{Name: "cluster-wide reads", Level: LevelOK, Detail: fmt.Sprintf("all %d (the ClusterRole sbx-route-reader)", n)})
+	}
+	return append(out, Check{Name: "cluster-wide reads", Level: LevelWarn,
+		Detail: fmt.Sprintf("%d of %d missing (%s): sbx list and gc look in one namespace, routes are judged for clients in the sandbox's namespaces only, and dead routes elsewhere stay", len(missing), n, strings.Join(missing, ", ")),
+		Fix:    "ask for the ClusterRole sbx-route-reader of deploy/rbac.yaml (read-only)"})
+}
+
+// meshCheck says whether the API server serves Istio's VirtualServices,
+// which sbx routes with.
+func (c *Cluster) meshCheck() Check {
+	list, err := c.clients.Kube.Discovery().ServerResourcesForGroupVersion("networking.istio.io/v1")
+	if err == nil {
+		for _, r := range list.APIResources {
+			if r.Name == "virtualservices" {
+				return Check{Name: "mesh", Level: LevelOK, Detail: "Istio VirtualServices (networking.istio.io/v1) are served"}
+			}
+		}
+	}
+	return Check{Name: "mesh", Level: LevelFail, Detail: "this cluster serves no Istio VirtualServices (networking.istio.io/v1): sbx routes keyed requests with them",
+		Fix: "use a cluster with Istio installed (istioctl install), or one whose mesh sbx supports"}
+}
+
+// specChecks resolves each local workload of sb against the cluster.
+func (c *Cluster) specChecks(ctx context.Context, sb *spec.Sandbox) []Check {
+	ws, err := cluster.Resolve(ctx, cluster.LiveBaseline{C: c.clients}, sb)
+	if err != nil {
+		return []Check{{Name: "spec " + sb.Name, Level: LevelFail, Detail: explainAPIError(err, c.server, apiOp{}).Error(),
+			Fix: "fix the spec's local[].from and mappings (sbx render -f FILE shows what sbx would write)"}}
+	}
+	var out []Check
+	for _, w := range ws {
+		var ports []string
+		for _, p := range w.Ports {
+			var svcs []string
+			for _, s := range p.Services {
+				svcs = append(svcs, s.Name)
+			}
+			ports = append(ports, fmt.Sprintf("%d via Service %s", p.Port, strings.Join(svcs, ", ")))
+		}
+		out = append(out, Check{Name: "workload " + w.Local.Name, Level: LevelOK,
+			Detail: fmt.Sprintf("%s %s/%s, port %s", w.Local.From.Kind, w.Local.From.Namespace, w.Local.From.Name, strings.Join(ports, "; "))})
+	}
+	return out
+}

@@ -1,0 +1,187 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/sbx-dev/sbx/cluster/kube"
+	"github.com/sbx-dev/sbx/cluster/live"
+	"github.com/sbx-dev/sbx/cluster/spec"
+	"github.com/sbx-dev/sbx/daemon"
+	"github.com/sbx-dev/sbx/daemon/api"
+	"github.com/sbx-dev/sbx/daemon/client"
+	"github.com/sbx-dev/sbx/daemon/config"
+)
+
+func newDoctorCmd(g *globalOptions) *cobra.Command {
+	var sf specFlags
+	cmd := &cobra.Command{
+		Use:   "doctor [-f FILE [--set name=value]...]",
+		Short: "Check, in order, what sbx connect needs: kubeconfig, API server, permissions, mesh, spec, local ports, daemon",
+		Long: `Doctor checks what sbx connect needs, in the order it needs it, and says
+for each thing either that it holds or how to fix it: the kubeconfig and
+context; that the API server answers; every permission sbx uses (asked of the
+API server with SelfSubjectAccessReviews: the Role of deploy/rbac.yaml in the
+spec's namespaces, or -n, or the context's; the read-only ClusterRole
+cluster-wide); that the cluster serves Istio VirtualServices; with -f, that
+each local workload resolves to a baseline workload and Service port, and
+whether something listens on each toLocal address; and the daemon's outbound
+access. It changes nothing. Exit 0 when nothing fails (warnings allowed), 1
+otherwise. Whether the relay image can be pulled shows when its pod starts:
+sbx connect then fails at once naming the image.`,
+		Example: `  sbx doctor
+  sbx doctor -f sandbox.yaml --set name=alice
+  sbx doctor --context staging -n hotrod -o json`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			format, err := g.outputFormat("text", "json", "yaml")
+			if err != nil {
+				return err
+			}
+			var sb *spec.Sandbox
+			if sf.file != "" {
+				if sb, err = sf.load(g); err != nil {
+					return err
+				}
+			}
+			checks := runDoctor(cmd.Context(), g, sb)
+			if err := printValue(g.stdout, format, checks, func() string { return renderChecks(checks) }); err != nil {
+				return err
+			}
+			for _, c := range checks {
+				if c.Level == live.LevelFail {
+					return exitError(1)
+				}
+			}
+			return nil
+		},
+	}
+	sf.register(cmd)
+	return cmd
+}
+
+// runDoctor runs the checks in order; the cluster's are skipped when the
+// kubeconfig cannot be used.
+func runDoctor(ctx context.Context, g *globalOptions, sb *spec.Sandbox) []live.Check {
+	var out []live.Check
+	src := daemon.LiveSource(kubeconfigSource(g))
+	kctx := g.context
+	if sb != nil && sb.Spec.Cluster != "" && kctx == "" {
+		// The spec's cluster, through the user config's contexts, as the
+		// daemon resolves it.
+		opts := src.Options
+		opts.Cluster = sb.Spec.Cluster
+		if path, err := config.DefaultPath(os.Getenv); err == nil {
+			if conf, err := config.Load(path); err == nil {
+				opts.ClusterContexts, opts.ConfigFile = conf.Contexts, path
+			}
+		}
+		name, _, err := kube.ChooseContext(opts)
+		if err != nil {
+			return append(out, live.Check{Name: "kubeconfig", Level: live.LevelFail, Detail: err.Error(),
+				Fix: "map spec.cluster to a context in the sbx config's contexts, or pass --context"}, daemonCheck(ctx))
+		}
+		kctx = name
+	}
+	clusters := live.NewClusters(live.Options{})
+	defer clusters.Close()
+	c, err := clusters.Open(src, kctx)
+	if err != nil {
+		out = append(out, live.Check{Name: "kubeconfig", Level: live.LevelFail, Detail: live.Cause(err).Error(),
+			Fix: "pass --kubeconfig/--context, or set KUBECONFIG (`kubectl config get-contexts` lists the contexts)"})
+	} else {
+		detail := "context " + c.Context()
+		if kctx == "" {
+			detail += " (the current context)"
+		}
+		out = append(out, live.Check{Name: "kubeconfig", Level: live.LevelOK, Detail: detail + ", from " + src.Name})
+		var nss []string
+		switch {
+		case sb != nil:
+			nss = sb.Namespaces()
+		case g.namespace != "":
+			nss = []string{g.namespace}
+		}
+		cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		out = append(out, c.Doctor(cctx, nss, sb)...)
+		cancel()
+	}
+	if sb != nil {
+		out = append(out, localChecks(ctx, sb)...)
+	}
+	return append(out, daemonCheck(ctx))
+}
+
+// localChecks says whether something listens on each mapping's toLocal.
+func localChecks(ctx context.Context, sb *spec.Sandbox) []live.Check {
+	var out []live.Check
+	for _, l := range sb.Spec.Local {
+		for _, m := range l.Mappings {
+			name := fmt.Sprintf("local %s:%d", l.Name, m.Port)
+			dctx, cancel := context.WithTimeout(ctx, 500*time.Millisecond)
+			var d net.Dialer
+			conn, err := d.DialContext(dctx, "tcp", m.ToLocal)
+			cancel()
+			if err != nil {
+				out = append(out, live.Check{Name: name, Level: live.LevelWarn,
+					Detail: "nothing listens on " + m.ToLocal + " yet: keyed requests get a 502 until it does",
+					Fix:    "start your service there (sbx run NAME -- CMD gives it the sandbox's env)"})
+				continue
+			}
+			_ = conn.Close()
+			out = append(out, live.Check{Name: name, Level: live.LevelOK, Detail: "something listens on " + m.ToLocal})
+		}
+	}
+	return out
+}
+
+// daemonCheck reports the daemon and its outbound access, without
+// starting one.
+func daemonCheck(ctx context.Context) live.Check {
+	c, err := client.Open(ctx, daemonPaths())
+	if err != nil {
+		if api.IsNotRunning(err) {
+			return live.Check{Name: "daemon", Level: live.LevelOK, Detail: "not running; sbx connect starts it"}
+		}
+		return live.Check{Name: "daemon", Level: live.LevelFail, Detail: err.Error(), Fix: "`sbx logs` shows the daemon's log; `sbx daemon stop` and a new command restart it"}
+	}
+	defer c.Close()
+	st, err := c.Status(ctx)
+	if err != nil {
+		return live.Check{Name: "daemon", Level: live.LevelFail, Detail: err.Error(), Fix: "`sbx logs` shows the daemon's log"}
+	}
+	detail := fmt.Sprintf("running (version %s, %d sandbox(es))", st.Version, len(st.Sandboxes))
+	if ob := st.Outbound; ob != nil {
+		detail += "; outbound access: " + ob.Mode
+		if ob.ProxyAddr != "" {
+			detail += " at " + ob.ProxyAddr
+		}
+		if ob.Note != "" {
+			detail += " (" + ob.Note + ")"
+		}
+		if ob.Error != "" {
+			return live.Check{Name: "daemon", Level: live.LevelWarn, Detail: detail + ": " + ob.Error, Fix: "fix outbound in the sbx config (`sbx status` shows it)"}
+		}
+	}
+	return live.Check{Name: "daemon", Level: live.LevelOK, Detail: detail}
+}
+
+// renderChecks is doctor's text output: one line per check, its fix
+// below a failed or limited one.
+func renderChecks(checks []live.Check) string {
+	var b strings.Builder
+	mark := map[string]string{live.LevelOK: "✓", live.LevelWarn: "!", live.LevelFail: "✗"}
+	for _, c := range checks {
+		fmt.Fprintf(&b, "%s %s: %s\n", mark[c.Level], c.Name, c.Detail)
+		if c.Fix != "" && c.Level != live.LevelOK {
+			fmt.Fprintf(&b, "    fix: %s\n", c.Fix)
+		}
+	}
+	return strings.TrimRight(b.String(), "\n")
+}
