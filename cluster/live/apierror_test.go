@@ -269,3 +269,23 @@ func TestHintNamesTheKubeconfigInUse(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, kc, c.server.kubeconfig)
 }
+
+// TestRelayErrorPermanence: an image the cluster cannot pull ends the
+// wait for good (the connect fails at once); a crash loop does not (a
+// relay killed once shows CrashLoopBackOff until the kubelet restarts it).
+func TestRelayErrorPermanence(t *testing.T) {
+	for reason, permanent := range map[string]bool{"ImagePullBackOff": true, "ErrImagePull": true, "CreateContainerConfigError": true, "CrashLoopBackOff": false} {
+		pod := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "sbx-alice-relay-1", Namespace: "hotrod",
+			Labels: map[string]string{cluster.LabelManagedBy: cluster.ManagedByValue, cluster.LabelSandbox: "alice", cluster.LabelComponent: "relay"}},
+			Spec: corev1.PodSpec{Containers: []corev1.Container{{Name: "relay", Image: "relay:1"}}},
+			Status: corev1.PodStatus{Phase: corev1.PodPending, ContainerStatuses: []corev1.ContainerStatus{{Name: "relay",
+				State: corev1.ContainerState{Waiting: &corev1.ContainerStateWaiting{Reason: reason}}}}}}
+		c := NewFromKube(&kube.Cluster{REST: &rest.Config{Host: "https://api:6443"}, Kube: kubefake.NewClientset(pod), Istio: istiofake.NewSimpleClientset(),
+			Namespace: "hotrod", Context: "staging"}, Options{WaitTimeout: time.Minute})
+		err := c.WaitRelay(t.Context(), cluster.Ref{Name: "alice", Namespace: "hotrod"}, nil)
+		c.Close()
+		require.ErrorContains(t, err, reason)
+		var p interface{ IsPermanent() bool }
+		require.Equal(t, permanent, errors.As(err, &p) && p.IsPermanent(), reason)
+	}
+}

@@ -126,16 +126,19 @@ func (e *permanentError) IsPermanent() bool { return true }
 
 // WaitRelay is cluster.WaitRelay bounded by Options.WaitTimeout. A relay
 // Deployment that checks another verifier than ref's fails it with
-// cluster.ErrVerifierMismatch, permanently; so does a pod that cannot
-// become ready by itself (*cluster.RelayError: an image no registry has,
-// a crash loop), whose message says what to change: retrying would only
-// repeat it until the connect's deadline. A config change re-applies.
+// cluster.ErrVerifierMismatch, permanently; so does a pod whose image or
+// container config cannot work (a *cluster.RelayError of an image pull
+// or CreateContainerConfigError), whose message says what to change:
+// retrying would only repeat it until the connect's deadline, and a
+// config change re-applies. A crash loop stays worth retrying: a relay
+// killed once (OOM) shows CrashLoopBackOff while the kubelet waits to
+// restart it.
 func (c *Cluster) WaitRelay(ctx context.Context, ref cluster.Ref, progress func(cluster.Event)) error {
 	ctx, cancel := context.WithTimeout(ctx, c.o.WaitTimeout)
 	defer cancel()
 	_, err := cluster.WaitRelay(ctx, c.clients, cluster.WaitOptions{Ref: ref, RelayImage: c.o.DefaultRelayImage}, progress)
 	var re *cluster.RelayError
-	if errors.Is(err, cluster.ErrVerifierMismatch) || errors.As(err, &re) {
+	if errors.Is(err, cluster.ErrVerifierMismatch) || errors.As(err, &re) && re.Reason != "CrashLoopBackOff" {
 		return &permanentError{err}
 	}
 	return explainAPIError(err, c.server, apiOp{namespace: ref.Namespace})
