@@ -11,11 +11,12 @@ import (
 	"strings"
 	"unicode"
 
-	"github.com/sbx-dev/sbx/cluster/spec/strictyaml"
+	"github.com/sbx-dev/sbx/cluster/spec/fieldpath"
 )
 
 const (
-	portAllowed  = "1-65535"
+	// PortRange is what a mapping's port may be, as errors say it.
+	PortRange    = "1-65535"
 	labelAllowed = "a DNS-1123 label: at most 63 lowercase letters, digits and '-', starting and ending with a letter or digit"
 	subdomAllow  = "a DNS-1123 subdomain: at most 253 lowercase letters, digits, '-' and '.', starting and ending with a letter or digit"
 	// ReservedLabelPrefix marks labels sbx sets itself on the objects it
@@ -39,7 +40,15 @@ func IsDNS1123Label(s string) bool {
 	return len(s) <= 63 && dns1123LabelRE.MatchString(s)
 }
 
-// Validate checks a sandbox that did not come from Parse (for example one
+// FieldError is one located problem in a spec; see fieldpath.FieldError.
+type FieldError = fieldpath.FieldError
+
+// ErrorList is every problem found in a spec, one per line in its Error.
+// specfile.Parse, specfile.Load and Validate return it (as error) so
+// callers can errors.As it and show each problem.
+type ErrorList = fieldpath.ErrorList
+
+// Validate checks a sandbox that did not come from a file (for example one
 // received over the daemon's API). Its errors carry field paths but no file
 // or line. It returns an ErrorList or nil.
 func (s *Sandbox) Validate() error {
@@ -48,11 +57,20 @@ func (s *Sandbox) Validate() error {
 	return v.errs.Err()
 }
 
+// ValidateDecoded checks a sandbox decoded from file: pos locates a field
+// path in it, and skip says which paths decoding already reported (so
+// each problem is said once). Package specfile calls it.
+func ValidateDecoded(s *Sandbox, file string, pos func(path string) fieldpath.Pos, skip func(path string) bool) ErrorList {
+	v := &validator{file: file, pos: pos, skip: skip}
+	v.sandbox(s)
+	return v.errs
+}
+
 // validator checks a decoded sandbox; pos and skip connect it to the
 // decoder's positions and to the fields decoding already reported.
 type validator struct {
 	file string
-	pos  func(path string) strictyaml.Pos
+	pos  func(path string) fieldpath.Pos
 	skip func(path string) bool
 	errs ErrorList
 }
@@ -80,7 +98,7 @@ func (v *validator) sandbox(s *Sandbox) {
 		v.add("spec.cluster", "%q has surrounding spaces or control characters; give a kube context name or a cluster name from the sbx config", c)
 	}
 	for _, k := range sortedKeys(s.Spec.Labels) {
-		v.label(strictyaml.Key("spec.labels", k), k, s.Spec.Labels[k])
+		v.label(fieldpath.Key("spec.labels", k), k, s.Spec.Labels[k])
 	}
 	if len(s.Spec.Local) == 0 && !v.present("spec") {
 		v.add("spec", "the spec is required: a mapping with at least local (the workloads to run locally), and optionally description, cluster and labels")
@@ -90,7 +108,7 @@ func (v *validator) sandbox(s *Sandbox) {
 	names := map[string]int{}
 	froms := map[Workload]int{}
 	for i, l := range s.Spec.Local {
-		p := strictyaml.Index("spec.local", i)
+		p := fieldpath.Index("spec.local", i)
 		v.local(p, l)
 		if l.Name != "" {
 			if j, dup := names[l.Name]; dup {
@@ -130,7 +148,7 @@ func (v *validator) from(p string, w Workload) {
 		v.add(p+".kind", "the workload kind is required; allowed: %s", strings.Join(kinds, ", "))
 	case !slices.Contains(kinds, k):
 		msg := fmt.Sprintf("unknown kind %q; allowed: %s", k, strings.Join(kinds, ", "))
-		if s := strictyaml.Suggest(k, kinds); s != "" {
+		if s := fieldpath.Suggest(k, kinds); s != "" {
 			msg = fmt.Sprintf("unknown kind %q; did you mean %q? (allowed: %s)", k, s, strings.Join(kinds, ", "))
 		}
 		v.add(p+".kind", "%s", msg)
@@ -155,12 +173,12 @@ func (v *validator) mappings(p string, ms []Mapping) {
 	}
 	ports := map[int32]int{}
 	for i, m := range ms {
-		mp := strictyaml.Index(p+".mappings", i)
+		mp := fieldpath.Index(p+".mappings", i)
 		switch {
 		case m.Port == 0 && (v.skip == nil || !v.skip(mp+".port")) && !v.present(mp+".port"):
-			v.add(mp+".port", "the baseline Service port is required (%s)", portAllowed)
+			v.add(mp+".port", "the baseline Service port is required (%s)", PortRange)
 		case m.Port < 1 || m.Port > 65535:
-			v.add(mp+".port", "port %d is out of range; allowed %s", m.Port, portAllowed)
+			v.add(mp+".port", "port %d is out of range; allowed %s", m.Port, PortRange)
 		default:
 			if j, dup := ports[m.Port]; dup {
 				v.add(mp+".port", "port %d is already mapped by %s.mappings[%d]; each port may be mapped once per workload", m.Port, p, j)
@@ -180,7 +198,7 @@ func (v *validator) present(path string) bool {
 	if v.pos == nil {
 		return true // a struct from the API: zero means 0
 	}
-	return v.pos(path) != v.pos(strictyaml.Parent(path))
+	return v.pos(path) != v.pos(fieldpath.Parent(path))
 }
 
 func (v *validator) label(p, k, val string) {
@@ -212,7 +230,7 @@ func (v *validator) label(p, k, val string) {
 // checkHostPort validates a toLocal address and returns what is wrong with
 // it, or "".
 func checkHostPort(s string) string {
-	const want = "want host:port with a port " + portAllowed + ", e.g. localhost:8083 or 127.0.0.1:8083 or [::1]:8083"
+	const want = "want host:port with a port " + PortRange + ", e.g. localhost:8083 or 127.0.0.1:8083 or [::1]:8083"
 	if s == "" {
 		return "the local address is required; " + want
 	}
@@ -238,7 +256,7 @@ func checkHostPort(s string) string {
 		return fmt.Sprintf("%q: port %q is not a number; %s", s, port, want)
 	}
 	if n < 1 || n > 65535 {
-		return fmt.Sprintf("%q: port %d is out of range; allowed %s", s, n, portAllowed)
+		return fmt.Sprintf("%q: port %d is out of range; allowed %s", s, n, PortRange)
 	}
 	return ""
 }

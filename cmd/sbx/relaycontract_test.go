@@ -9,7 +9,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 
 	"github.com/sbx-dev/sbx/cluster"
-	"github.com/sbx-dev/sbx/cluster/spec"
+	"github.com/sbx-dev/sbx/cluster/spec/specfile"
 	"github.com/sbx-dev/sbx/daemon/config"
 	"github.com/sbx-dev/sbx/relay"
 	"github.com/sbx-dev/sbx/tunnel"
@@ -25,7 +25,7 @@ func TestRelayDeploymentMatchesRelayFlags(t *testing.T) {
 	defer fh.Close()
 	base, err := cluster.ParseManifests(fh, "default")
 	require.NoError(t, err)
-	sb, err := spec.Load("../../testdata/render/three.yaml", nil)
+	sb, err := specfile.Load("../../testdata/render/three.yaml", nil)
 	require.NoError(t, err)
 	// The example config's relay settings, as the daemon passes them.
 	conf, err := config.Load("../../testdata/config/config.yaml")

@@ -8,6 +8,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/sbx-dev/sbx/cluster/spec"
+	"github.com/sbx-dev/sbx/cluster/spec/specfile"
 )
 
 // specFlags are the flags of every command that reads a sandbox spec
@@ -31,7 +32,7 @@ func (f *specFlags) load(g *globalOptions) (*spec.Sandbox, error) {
 	if f.file == "" {
 		return nil, userError(errors.New("no sandbox spec given"), "pass -f FILE (or -f - to read it from standard input)")
 	}
-	vars, err := spec.ParseSetFlags(f.sets)
+	vars, err := specfile.ParseSetFlags(f.sets)
 	if err != nil {
 		return nil, userError(err, "each --set takes name=value, e.g. --set name=alice")
 	}
@@ -39,17 +40,17 @@ func (f *specFlags) load(g *globalOptions) (*spec.Sandbox, error) {
 	name := f.file
 	if f.file == "-" {
 		name = "<stdin>"
-		data, err = spec.Read(name, g.stdin)
+		data, err = specfile.Read(name, g.stdin)
 	} else {
 		data, err = readSpecFile(f.file)
 	}
 	if err != nil {
 		return nil, userError(err, "check the path given to -f")
 	}
-	for _, v := range spec.UnusedVars(data, vars) {
+	for _, v := range specfile.UnusedVars(data, vars) {
 		fmt.Fprintf(g.stderr, "warning: --set %s is not used: the spec has no @{%s} placeholder\n", v, v)
 	}
-	s, err := spec.Parse(name, data, vars)
+	s, err := specfile.Parse(name, data, vars)
 	if err == nil {
 		return s, nil
 	}
@@ -67,7 +68,7 @@ func readSpecFile(path string) ([]byte, error) {
 		return nil, fmt.Errorf("reading sandbox spec: %w", err)
 	}
 	defer fh.Close()
-	return spec.Read(path, fh)
+	return specfile.Read(path, fh)
 }
 
 // invalidSpecError presents a spec's problems under one heading, one per

@@ -14,6 +14,7 @@ import (
 
 	"github.com/sbx-dev/sbx/cluster/routingkey"
 	"github.com/sbx-dev/sbx/cluster/spec"
+	"github.com/sbx-dev/sbx/cluster/spec/fieldpath"
 	"github.com/sbx-dev/sbx/cluster/spec/strictyaml"
 	"github.com/sbx-dev/sbx/relay/relayargs"
 )
@@ -87,7 +88,7 @@ func decode(d *strictyaml.Decoder, root *yaml.Node, c *Config) {
 	if n := f["contexts"]; n != nil {
 		m := d.StringMap(n, "contexts")
 		for _, k := range sortedKeys(m) {
-			p := strictyaml.Key("contexts", k)
+			p := fieldpath.Key("contexts", k)
 			switch v := m[k]; {
 			case d.Bad(p):
 			case strings.TrimSpace(k) == "":
@@ -113,7 +114,7 @@ func decodeOutbound(d *strictyaml.Decoder, n *yaml.Node, o *Outbound) {
 			d.Errorf(n, p+".mode", "must not be empty; allowed: %s (default auto)", strings.Join(modes, ", "))
 		case !slices.Contains(modes, m):
 			msg := fmt.Sprintf("unknown mode %q", m)
-			if s := strictyaml.Suggest(m, modes); s != "" {
+			if s := fieldpath.Suggest(m, modes); s != "" {
 				msg += fmt.Sprintf("; did you mean %q?", s)
 			}
 			d.Errorf(n, p+".mode", "%s (allowed: %s; auto = hosts when the hosts file is writable, else proxy)", msg, strings.Join(modes, ", "))
@@ -123,7 +124,7 @@ func decodeOutbound(d *strictyaml.Decoder, n *yaml.Node, o *Outbound) {
 	}
 	seen := map[string]int{}
 	for i, nn := range d.Seq(f["namespaces"], p+".namespaces") {
-		ip := strictyaml.Index(p+".namespaces", i)
+		ip := fieldpath.Index(p+".namespaces", i)
 		ns := d.String(nn, ip)
 		switch {
 		case d.Bad(ip):
@@ -188,7 +189,7 @@ func decodeDeny(d *strictyaml.Decoder, n *yaml.Node, o *Outbound) {
 	}
 	seen := map[netip.Prefix]int{}
 	for i, nn := range items {
-		ip := strictyaml.Index(p, i)
+		ip := fieldpath.Index(p, i)
 		s := d.String(nn, ip)
 		if d.Bad(ip) {
 			continue

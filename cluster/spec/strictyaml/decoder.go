@@ -9,11 +9,18 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/sbx-dev/sbx/cluster/spec/fieldpath"
+
 	"go.yaml.in/yaml/v3"
 )
 
-// Pos is a 1-based position in a file.
-type Pos struct{ Line, Column int }
+// Pos, FieldError and ErrorList are package fieldpath's: what the
+// decoder reports problems in.
+type (
+	Pos        = fieldpath.Pos
+	FieldError = fieldpath.FieldError
+	ErrorList  = fieldpath.ErrorList
+)
 
 // Decoder walks a YAML node tree and records, for every field it visits,
 // where it was, and every problem it meets. It is used once per file.
@@ -110,7 +117,7 @@ func (d *Decoder) MarkBad(path string) {
 // Bad reports whether path or one of its parents could not be decoded, so
 // that validation can skip what decoding already reported.
 func (d *Decoder) Bad(path string) bool {
-	for p := path; ; p = Parent(p) {
+	for p := path; ; p = fieldpath.Parent(p) {
 		if d.bad[p] {
 			return true
 		}
@@ -123,7 +130,7 @@ func (d *Decoder) Bad(path string) bool {
 // Pos returns the position of path, or of its nearest recorded parent when
 // the field itself is absent (a missing field is reported at its parent).
 func (d *Decoder) Pos(path string) Pos {
-	for p := path; ; p = Parent(p) {
+	for p := path; ; p = fieldpath.Parent(p) {
 		if pos, ok := d.pos[p]; ok {
 			return pos
 		}
@@ -137,7 +144,7 @@ func (d *Decoder) record(n *yaml.Node, path string) {
 	if d.pos == nil {
 		d.pos = map[string]Pos{}
 	}
-	d.pos[path] = Pos{n.Line, n.Column}
+	d.pos[path] = Pos{Line: n.Line, Column: n.Column}
 }
 
 // resolve follows aliases (bounded, since aliases cannot form cycles in
@@ -190,17 +197,17 @@ func (d *Decoder) Fields(n *yaml.Node, path string, allowed ...string) map[strin
 	for i := 0; i+1 < len(n.Content); i += 2 {
 		kn, vn := resolve(n.Content[i]), n.Content[i+1]
 		key := kn.Value
-		fp := Join(path, key)
+		fp := fieldpath.Join(path, key)
 		switch {
 		case key == "<<" && kn.Tag == "!!merge":
 			d.Errorf(kn, path, "YAML merge keys (<<) are not supported; write the fields out")
 		case !keys[key]:
 			msg := fmt.Sprintf("unknown field %q", key)
-			if s := Suggest(key, allowed); s != "" {
+			if s := fieldpath.Suggest(key, allowed); s != "" {
 				msg += fmt.Sprintf("; did you mean %q?", s)
 				// The typo explains the missing field: do not also
 				// report the intended field as required.
-				d.MarkBad(Join(path, s))
+				d.MarkBad(fieldpath.Join(path, s))
 			}
 			d.Errorf(kn, fp, "%s (allowed: %s)", msg, strings.Join(allowed, ", "))
 		case out[key] != nil:
@@ -227,7 +234,7 @@ func (d *Decoder) StringMap(n *yaml.Node, path string) map[string]string {
 	out := map[string]string{}
 	for i := 0; i+1 < len(n.Content); i += 2 {
 		kn := resolve(n.Content[i])
-		fp := Key(path, kn.Value)
+		fp := fieldpath.Key(path, kn.Value)
 		if kn.Kind != yaml.ScalarNode {
 			d.Errorf(kn, path, "keys must be strings, not %s", kindName(kn))
 			continue
@@ -254,7 +261,7 @@ func (d *Decoder) Seq(n *yaml.Node, path string) []*yaml.Node {
 		return nil
 	}
 	for i, it := range n.Content {
-		d.record(resolve(it), Index(path, i))
+		d.record(resolve(it), fieldpath.Index(path, i))
 	}
 	return n.Content
 }
@@ -322,101 +329,4 @@ func (d *Decoder) Bool(n *yaml.Node, path string) (bool, bool) {
 	}
 	d.Errorf(resolve(n), path, "must be true or false, not %q", v)
 	return false, false
-}
-
-// Join appends a field name to a path.
-func Join(path, field string) string {
-	if path == "" {
-		return field
-	}
-	return path + "." + field
-}
-
-// Index appends a list index to a path.
-func Index(path string, i int) string {
-	return path + "[" + strconv.Itoa(i) + "]"
-}
-
-var plainKeyRE = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_-]*$`)
-
-// Key appends a map key to a path, quoting keys that contain dots, slashes
-// or other characters that would make the path ambiguous.
-func Key(path, key string) string {
-	if plainKeyRE.MatchString(key) {
-		return Join(path, key)
-	}
-	return path + "[" + strconv.Quote(key) + "]"
-}
-
-// Parent strips the last element of a path ("" for a top-level field).
-func Parent(path string) string {
-	depth := 0
-	for i := len(path) - 1; i >= 0; i-- {
-		switch path[i] {
-		case ']':
-			depth++
-		case '[':
-			depth--
-			if depth == 0 {
-				return path[:i]
-			}
-		case '.':
-			if depth == 0 {
-				return path[:i]
-			}
-		}
-	}
-	return ""
-}
-
-// Suggest returns the allowed name closest to s when it is close enough to
-// be a likely typo: the same ignoring case, or one edit (two for names of
-// six letters or more) away, counting a swap of neighbours as one edit.
-func Suggest(s string, allowed []string) string {
-	limit := 0
-	switch {
-	case len(s) >= 6:
-		limit = 2
-	case len(s) >= 3:
-		limit = 1
-	}
-	best, bestD := "", limit+1
-	for _, a := range allowed {
-		if strings.EqualFold(a, s) {
-			return a
-		}
-		if dist := editDistance(strings.ToLower(s), strings.ToLower(a)); dist < bestD {
-			best, bestD = a, dist
-		}
-	}
-	return best
-}
-
-// editDistance is the optimal string alignment distance (Levenshtein plus
-// transpositions) of two short strings.
-func editDistance(a, b string) int {
-	if len(a) > 64 || len(b) > 64 {
-		return 99
-	}
-	d := make([][]int, len(a)+1)
-	for i := range d {
-		d[i] = make([]int, len(b)+1)
-		d[i][0] = i
-	}
-	for j := range d[0] {
-		d[0][j] = j
-	}
-	for i := 1; i <= len(a); i++ {
-		for j := 1; j <= len(b); j++ {
-			cost := 1
-			if a[i-1] == b[j-1] {
-				cost = 0
-			}
-			d[i][j] = min(d[i-1][j]+1, d[i][j-1]+1, d[i-1][j-1]+cost)
-			if i > 1 && j > 1 && a[i-1] == b[j-2] && a[i-2] == b[j-1] {
-				d[i][j] = min(d[i][j], d[i-2][j-2]+1)
-			}
-		}
-	}
-	return d[len(a)][len(b)]
 }

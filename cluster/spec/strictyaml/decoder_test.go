@@ -3,38 +3,10 @@ package strictyaml
 import (
 	"testing"
 
+	"github.com/sbx-dev/sbx/cluster/spec/fieldpath"
 	"github.com/stretchr/testify/require"
 	"go.yaml.in/yaml/v3"
 )
-
-func TestPathHelpers(t *testing.T) {
-	tests := []struct{ path, parent string }{
-		{"name", ""},
-		{"spec.local", "spec"},
-		{"spec.local[1]", "spec.local"},
-		{"spec.local[1].mappings[0].toLocal", "spec.local[1].mappings[0]"},
-		{`spec.labels["sbx.dev/x"]`, "spec.labels"},
-		{`spec.labels["a[b]"]`, "spec.labels"},
-		{"", ""},
-	}
-	for _, tc := range tests {
-		require.Equal(t, tc.parent, Parent(tc.path), tc.path)
-	}
-	require.Equal(t, "a.b", Join("a", "b"))
-	require.Equal(t, "b", Join("", "b"))
-	require.Equal(t, "a[3]", Index("a", 3))
-	require.Equal(t, "labels.team", Key("labels", "team"))
-	require.Equal(t, `labels["example.com/x"]`, Key("labels", "example.com/x"))
-}
-
-func TestSuggest(t *testing.T) {
-	allowed := []string{"name", "from", "mappings"}
-	require.Equal(t, "mappings", Suggest("mapping", allowed))
-	require.Equal(t, "mappings", Suggest("Mappings", allowed))
-	require.Equal(t, "name", Suggest("nmae", allowed))
-	require.Equal(t, "", Suggest("description", allowed))
-	require.Equal(t, "", Suggest(string(make([]byte, 100)), allowed))
-}
 
 func decodeOne(t *testing.T, src string) (*Decoder, *yaml.Node) {
 	t.Helper()
@@ -101,9 +73,9 @@ func TestFieldsAndPositions(t *testing.T) {
 	bf := d.Fields(f["b"], "b", "c")
 	items := d.Seq(bf["c"], "b.c")
 	require.Len(t, items, 2)
-	require.Equal(t, Pos{3, 10}, d.Pos("b.c[1]"))
-	require.Equal(t, Pos{3, 6}, d.Pos("b.c"))
-	require.Equal(t, Pos{3, 3}, d.Pos("b.missing"), "an absent field is placed at its parent")
+	require.Equal(t, Pos{Line: 3, Column: 10}, d.Pos("b.c[1]"))
+	require.Equal(t, Pos{Line: 3, Column: 6}, d.Pos("b.c"))
+	require.Equal(t, Pos{Line: 3, Column: 3}, d.Pos("b.missing"), "an absent field is placed at its parent")
 	require.True(t, d.Bad("zz"))
 	require.False(t, d.Bad("b.c"))
 }
@@ -136,8 +108,8 @@ func TestFieldErrorFormat(t *testing.T) {
 }
 
 func TestSuggestLimits(t *testing.T) {
-	require.Equal(t, "", Suggest("zz", []string{"a", "b"}), "no guesses for very short names")
-	require.Equal(t, "name", Suggest("nmae", []string{"name", "spec"}), "a swap is one edit")
-	require.Equal(t, "", Suggest("nam", []string{"spec"}))
-	require.Equal(t, "toLocal", Suggest("to_local", []string{"port", "toLocal"}))
+	require.Equal(t, "", fieldpath.Suggest("zz", []string{"a", "b"}), "no guesses for very short names")
+	require.Equal(t, "name", fieldpath.Suggest("nmae", []string{"name", "spec"}), "a swap is one edit")
+	require.Equal(t, "", fieldpath.Suggest("nam", []string{"spec"}))
+	require.Equal(t, "toLocal", fieldpath.Suggest("to_local", []string{"port", "toLocal"}))
 }

@@ -22,6 +22,7 @@ import (
 
 	"github.com/sbx-dev/sbx/cluster"
 	"github.com/sbx-dev/sbx/cluster/spec"
+	"github.com/sbx-dev/sbx/cluster/spec/specfile"
 	"github.com/sbx-dev/sbx/tools/testbed/realcp/controlplane"
 	"github.com/sbx-dev/sbx/tunnel"
 )
@@ -176,7 +177,7 @@ spec:
 // spec parser.
 func (e *env) sandbox() *spec.Sandbox {
 	e.t.Helper()
-	sb, err := spec.Parse("alice.yaml", []byte(twoWorkloads), map[string]string{"ns": e.ns})
+	sb, err := specfile.Parse("alice.yaml", []byte(twoWorkloads), map[string]string{"ns": e.ns})
 	if err != nil {
 		e.t.Fatal(err)
 	}

@@ -1,4 +1,4 @@
-package spec
+package specfile
 
 import (
 	"encoding/json"
@@ -6,10 +6,12 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
+
+	"github.com/sbx-dev/sbx/cluster/spec"
 )
 
 // FuzzParse feeds arbitrary bytes to Parse: it must never panic, every
-// failure must be a located ErrorList, and every success must validate
+// failure must be a located spec.ErrorList, and every success must validate
 // again and survive the JSON round trip the CLI uses to talk to the daemon.
 func FuzzParse(f *testing.F) {
 	for _, pattern := range []string{"valid/*.yaml", "invalid/*.yaml"} {
@@ -29,7 +31,7 @@ func FuzzParse(f *testing.F) {
 		// read the source tree.
 		s, err := Parse(filepath.Join(t.TempDir(), "fuzz.yaml"), data, vars)
 		if err != nil {
-			var list ErrorList
+			var list spec.ErrorList
 			if !errors.As(err, &list) || len(list) == 0 {
 				t.Fatalf("error is not a non-empty ErrorList: %T %v", err, err)
 			}
@@ -47,7 +49,7 @@ func FuzzParse(f *testing.F) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		var back Sandbox
+		var back spec.Sandbox
 		if err := json.Unmarshal(b, &back); err != nil {
 			t.Fatal(err)
 		}

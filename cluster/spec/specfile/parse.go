@@ -1,4 +1,9 @@
-package spec
+// Package specfile reads sandbox specs from files: templating (@{name},
+// @{embed: path}), strict YAML decoding with located errors, and
+// validation. It is apart from package spec, which holds the types and
+// their validation, so that what only needs the types (the daemon's API,
+// the tray) links no YAML library.
+package specfile
 
 import (
 	"fmt"
@@ -9,16 +14,10 @@ import (
 
 	"go.yaml.in/yaml/v3"
 
+	"github.com/sbx-dev/sbx/cluster/spec"
+	"github.com/sbx-dev/sbx/cluster/spec/fieldpath"
 	"github.com/sbx-dev/sbx/cluster/spec/strictyaml"
 )
-
-// FieldError is one located problem in a spec; see strictyaml.FieldError.
-type FieldError = strictyaml.FieldError
-
-// ErrorList is every problem found in a spec, one per line in its Error.
-// Parse, Load and Validate return it (as error) so callers can errors.As it
-// and show each problem.
-type ErrorList = strictyaml.ErrorList
 
 // MaxSpecSize bounds a spec file.
 const MaxSpecSize = 1 << 20
@@ -26,7 +25,7 @@ const MaxSpecSize = 1 << 20
 // Load reads, templates, parses and validates the spec file at path. vars
 // fills @{var} placeholders (see ParseSetFlags); @{embed: file} paths are
 // relative to the spec's directory.
-func Load(path string, vars map[string]string) (*Sandbox, error) {
+func Load(path string, vars map[string]string) (*spec.Sandbox, error) {
 	f, err := os.Open(path)
 	if err != nil {
 		return nil, fmt.Errorf("reading sandbox spec: %w", err)
@@ -56,7 +55,7 @@ func Read(name string, r io.Reader) ([]byte, error) {
 // Parse templates, decodes and validates one spec. filename names the spec
 // in errors and anchors relative @{embed: …} paths. On failure it returns
 // an ErrorList with every problem found.
-func Parse(filename string, data []byte, vars map[string]string) (*Sandbox, error) {
+func Parse(filename string, data []byte, vars map[string]string) (*spec.Sandbox, error) {
 	d := &strictyaml.Decoder{File: filename}
 	t := &templater{d: d, vars: vars, dir: filepath.Dir(filename)}
 	d.Expand = t.expand
@@ -66,12 +65,10 @@ func Parse(filename string, data []byte, vars map[string]string) (*Sandbox, erro
 		return nil, errs
 	}
 	if root == nil {
-		return nil, ErrorList{{File: filename, Message: "the file is empty; a sandbox spec has the fields name and spec (`sbx connect --help` shows one)"}}
+		return nil, spec.ErrorList{{File: filename, Message: "the file is empty; a sandbox spec has the fields name and spec (`sbx connect --help` shows one)"}}
 	}
 	s := decodeSandbox(d, root)
-	v := &validator{file: filename, pos: d.Pos, skip: d.Bad}
-	v.sandbox(s)
-	all := append(d.Errs, v.errs...)
+	all := append(d.Errs, spec.ValidateDecoded(s, filename, d.Pos, d.Bad)...)
 	if len(all) > 0 {
 		all.Sort()
 		return nil, all
@@ -79,8 +76,8 @@ func Parse(filename string, data []byte, vars map[string]string) (*Sandbox, erro
 	return s, nil
 }
 
-func decodeSandbox(d *strictyaml.Decoder, root *yaml.Node) *Sandbox {
-	s := &Sandbox{}
+func decodeSandbox(d *strictyaml.Decoder, root *yaml.Node) *spec.Sandbox {
+	s := &spec.Sandbox{}
 	f := d.Fields(root, "", "name", "spec")
 	if d.Bad("") {
 		// The document is not a mapping at all; nothing more to say.
@@ -92,13 +89,13 @@ func decodeSandbox(d *strictyaml.Decoder, root *yaml.Node) *Sandbox {
 	s.Spec.Cluster = d.String(sf["cluster"], "spec.cluster")
 	s.Spec.Labels = d.StringMap(sf["labels"], "spec.labels")
 	for i, ln := range d.Seq(sf["local"], "spec.local") {
-		s.Spec.Local = append(s.Spec.Local, decodeLocal(d, ln, strictyaml.Index("spec.local", i)))
+		s.Spec.Local = append(s.Spec.Local, decodeLocal(d, ln, fieldpath.Index("spec.local", i)))
 	}
 	return s
 }
 
-func decodeLocal(d *strictyaml.Decoder, n *yaml.Node, path string) Local {
-	var l Local
+func decodeLocal(d *strictyaml.Decoder, n *yaml.Node, path string) spec.Local {
+	var l spec.Local
 	f := d.Fields(n, path, "name", "from", "mappings")
 	l.Name = d.String(f["name"], path+".name")
 	ff := d.Fields(f["from"], path+".from", "kind", "namespace", "name")
@@ -107,12 +104,12 @@ func decodeLocal(d *strictyaml.Decoder, n *yaml.Node, path string) Local {
 	l.From.Name = d.String(ff["name"], path+".from.name")
 	mp := path + ".mappings"
 	for i, mn := range d.Seq(f["mappings"], mp) {
-		p := strictyaml.Index(mp, i)
-		var m Mapping
+		p := fieldpath.Index(mp, i)
+		var m spec.Mapping
 		mf := d.Fields(mn, p, "port", "toLocal")
-		if port, ok := d.Int(mf["port"], p+".port", portAllowed); ok {
+		if port, ok := d.Int(mf["port"], p+".port", spec.PortRange); ok {
 			if port < 0 || port > math.MaxInt32 {
-				d.Errorf(mf["port"], p+".port", "port %d is out of range; allowed %s", port, portAllowed)
+				d.Errorf(mf["port"], p+".port", "port %d is out of range; allowed %s", port, spec.PortRange)
 			} else {
 				m.Port = int32(port)
 			}

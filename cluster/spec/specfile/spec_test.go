@@ -1,4 +1,4 @@
-package spec
+package specfile
 
 import (
 	"encoding/json"
@@ -9,12 +9,13 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/sbx-dev/sbx/cluster/spec"
 	"github.com/stretchr/testify/require"
 )
 
 var update = flag.Bool("update", false, "rewrite the expected .err and .json files in testdata/specs")
 
-const specsDir = "../../testdata/specs"
+const specsDir = "../../../testdata/specs"
 
 // fileVars reads the "# set: k=v k=v" header line a test spec may carry.
 func fileVars(t *testing.T, data []byte) map[string]string {
@@ -58,7 +59,7 @@ func TestValidSpecs(t *testing.T) {
 			checkGolden(t, strings.TrimSuffix(f, ".yaml")+".json", string(out)+"\n")
 
 			// The JSON form (what the CLI sends to the daemon) round-trips.
-			var back Sandbox
+			var back spec.Sandbox
 			require.NoError(t, json.Unmarshal(out, &back))
 			require.Equal(t, *s, back)
 		})
@@ -77,8 +78,8 @@ func TestInvalidSpecs(t *testing.T) {
 			s, err := Load(f, fileVars(t, data))
 			require.Error(t, err)
 			require.Nil(t, s)
-			var list ErrorList
-			require.True(t, errors.As(err, &list), "want an ErrorList, got %T", err)
+			var list spec.ErrorList
+			require.True(t, errors.As(err, &list), "want an spec.ErrorList, got %T", err)
 			for _, fe := range list {
 				require.Equal(t, f, fe.File, "every error names the file")
 				require.NotEmpty(t, fe.Message)
@@ -187,27 +188,27 @@ func TestParseSetFlags(t *testing.T) {
 // TestValidateStruct covers specs that did not come from a file, e.g. the
 // daemon's API: errors carry field paths but no file or line.
 func TestValidateStruct(t *testing.T) {
-	good := func() *Sandbox {
-		return &Sandbox{Name: "alice", Spec: Spec{Local: []Local{{
-			Name: "route", From: Workload{Kind: KindDeployment, Namespace: "hotrod", Name: "route"},
-			Mappings: []Mapping{{Port: 8083, ToLocal: "localhost:8083"}},
+	good := func() *spec.Sandbox {
+		return &spec.Sandbox{Name: "alice", Spec: spec.Spec{Local: []spec.Local{{
+			Name: "route", From: spec.Workload{Kind: spec.KindDeployment, Namespace: "hotrod", Name: "route"},
+			Mappings: []spec.Mapping{{Port: 8083, ToLocal: "localhost:8083"}},
 		}}}}
 	}
 	require.NoError(t, good().Validate())
 
 	tests := []struct {
 		name   string
-		mutate func(s *Sandbox)
+		mutate func(s *spec.Sandbox)
 		want   string
 	}{
-		{"port zero", func(s *Sandbox) { s.Spec.Local[0].Mappings[0].Port = 0 }, "spec.local[0].mappings[0].port: port 0 is out of range; allowed 1-65535"},
-		{"negative port", func(s *Sandbox) { s.Spec.Local[0].Mappings[0].Port = -1 }, "spec.local[0].mappings[0].port: port -1 is out of range"},
-		{"no name", func(s *Sandbox) { s.Name = "" }, "name: the sandbox name is required"},
-		{"no local", func(s *Sandbox) { s.Spec.Local = nil }, "spec.local: at least one local workload is required"},
-		{"bad kind", func(s *Sandbox) { s.Spec.Local[0].From.Kind = "Job" }, `spec.local[0].from.kind: unknown kind "Job"`},
-		{"cluster spaces", func(s *Sandbox) { s.Spec.Cluster = " staging" }, `spec.cluster: " staging" has surrounding spaces`},
-		{"label key with dots", func(s *Sandbox) { s.Spec.Labels = map[string]string{"sbx.dev/x": "y"} }, `spec.labels["sbx.dev/x"]: label key "sbx.dev/x" is reserved`},
-		{"toLocal ipv6 unbracketed", func(s *Sandbox) { s.Spec.Local[0].Mappings[0].ToLocal = "::1:80" }, `"::1:80" is not host:port`},
+		{"port zero", func(s *spec.Sandbox) { s.Spec.Local[0].Mappings[0].Port = 0 }, "spec.local[0].mappings[0].port: port 0 is out of range; allowed 1-65535"},
+		{"negative port", func(s *spec.Sandbox) { s.Spec.Local[0].Mappings[0].Port = -1 }, "spec.local[0].mappings[0].port: port -1 is out of range"},
+		{"no name", func(s *spec.Sandbox) { s.Name = "" }, "name: the sandbox name is required"},
+		{"no local", func(s *spec.Sandbox) { s.Spec.Local = nil }, "spec.local: at least one local workload is required"},
+		{"bad kind", func(s *spec.Sandbox) { s.Spec.Local[0].From.Kind = "Job" }, `spec.local[0].from.kind: unknown kind "Job"`},
+		{"cluster spaces", func(s *spec.Sandbox) { s.Spec.Cluster = " staging" }, `spec.cluster: " staging" has surrounding spaces`},
+		{"label key with dots", func(s *spec.Sandbox) { s.Spec.Labels = map[string]string{"sbx.dev/x": "y"} }, `spec.labels["sbx.dev/x"]: label key "sbx.dev/x" is reserved`},
+		{"toLocal ipv6 unbracketed", func(s *spec.Sandbox) { s.Spec.Local[0].Mappings[0].ToLocal = "::1:80" }, `"::1:80" is not host:port`},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -223,14 +224,14 @@ func TestValidateStruct(t *testing.T) {
 
 func TestErrorListCollectsAll(t *testing.T) {
 	_, err := Load(filepath.Join(specsDir, "invalid", "many-errors.yaml"), nil)
-	var list ErrorList
+	var list spec.ErrorList
 	require.True(t, errors.As(err, &list))
 	require.GreaterOrEqual(t, len(list), 6)
 	require.Equal(t, len(list), strings.Count(err.Error(), "\n")+1, "one line per error")
 	for i := 1; i < len(list); i++ {
 		require.LessOrEqual(t, list[i-1].Line, list[i].Line, "file order")
 	}
-	var fe *FieldError
+	var fe *spec.FieldError
 	require.True(t, errors.As(err, &fe), "each problem is reachable with errors.As")
 }
 
