@@ -45,6 +45,7 @@ type apiHTTP struct {
 	codecs serializer.CodecFactory
 	params runtime.ParameterCodec
 	kinds  map[schema.GroupVersionResource]schema.GroupVersionKind
+	disc   *discovery
 	pf     *httputil.ReverseProxy
 
 	ln   net.Listener
@@ -82,6 +83,7 @@ func newAPIHTTP(c *Cluster, logger *slog.Logger) (*apiHTTP, error) {
 		plural, _ := meta.UnsafeGuessKindToResource(gvk)
 		a.kinds[plural] = gvk
 	}
+	a.disc = newDiscovery(s, a.kinds)
 	pfURL, err := url.Parse(c.PortForward.URL())
 	if err != nil {
 		return nil, err
@@ -142,10 +144,10 @@ func (a *apiHTTP) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	parts := strings.Split(strings.Trim(r.URL.Path, "/"), "/")
 	var gv schema.GroupVersion
 	var rest []string
-	switch {
-	case len(parts) == 1 && parts[0] == "version":
-		writeJSON(w, http.StatusOK, map[string]string{"major": "1", "minor": "37", "gitVersion": "v1.37.0-sim", "platform": "sim"})
+	if r.Method == http.MethodGet && a.serveDiscovery(w, r, parts) {
 		return
+	}
+	switch {
 	case len(parts) >= 2 && parts[0] == "api":
 		gv, rest = schema.GroupVersion{Version: parts[1]}, parts[2:]
 	case len(parts) >= 3 && parts[0] == "apis":
@@ -171,6 +173,19 @@ func (a *apiHTTP) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	if gv.Group == "" && resource == "pods" && sub == "portforward" {
 		a.pf.ServeHTTP(w, r)
+		return
+	}
+	if gv.Group == "" && resource == "pods" && sub == "log" && r.Method == http.MethodGet {
+		a.podLog(w, r, ns, name)
+		return
+	}
+	if gv.WithResource(resource) == selfSubjectAccessReviews && r.Method == http.MethodPost && name == "" {
+		a.accessReview(w, r)
+		return
+	}
+	if sub != "" && sub != "status" {
+		a.writeErr(w, apierrors.NewNotFound(gv.WithResource(resource+"/"+sub).GroupResource(),
+			fmt.Sprintf("%s: the simulated API server serves the subresources status, and log and portforward of pods", r.URL.Path)))
 		return
 	}
 	gvr := gv.WithResource(resource)
@@ -200,7 +215,7 @@ func (a *apiHTTP) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		list, err := a.list(fake, gvr, gvk, ns, opts)
 		a.respond(w, gvk, http.StatusOK, list, err)
 	case r.Method == http.MethodPost && name == "":
-		obj, err := a.decode(r, gvk)
+		obj, err := a.decode(w, r, gvk)
 		if err != nil {
 			a.writeErr(w, err)
 			return
@@ -208,7 +223,7 @@ func (a *apiHTTP) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		out, err := fake.Invokes(clienttesting.NewCreateAction(gvr, ns, obj), nil)
 		a.respond(w, gvk, http.StatusCreated, out, err)
 	case r.Method == http.MethodPut && name != "":
-		obj, err := a.decode(r, gvk)
+		obj, err := a.decode(w, r, gvk)
 		if err != nil {
 			a.writeErr(w, err)
 			return
@@ -218,6 +233,9 @@ func (a *apiHTTP) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			action = clienttesting.NewUpdateSubresourceAction(gvr, sub, ns, obj)
 		}
 		out, err := fake.Invokes(action, nil)
+		a.respond(w, gvk, http.StatusOK, out, err)
+	case r.Method == http.MethodPatch && name != "":
+		out, err := a.patch(w, r, fake, gvr, gvk, ns, name, sub)
 		a.respond(w, gvk, http.StatusOK, out, err)
 	case r.Method == http.MethodDelete && name != "":
 		_, err := fake.Invokes(clienttesting.NewDeleteAction(gvr, ns, name), nil)
@@ -379,7 +397,7 @@ func (a *apiHTTP) watch(w http.ResponseWriter, r *http.Request, fake *clienttest
 	}
 }
 
-func (a *apiHTTP) decode(r *http.Request, gvk schema.GroupVersionKind) (runtime.Object, error) {
+func (a *apiHTTP) decode(w http.ResponseWriter, r *http.Request, gvk schema.GroupVersionKind) (runtime.Object, error) {
 	body, err := io.ReadAll(io.LimitReader(r.Body, 8<<20))
 	if err != nil {
 		return nil, apierrors.NewBadRequest(err.Error())
@@ -388,15 +406,51 @@ func (a *apiHTTP) decode(r *http.Request, gvk schema.GroupVersionKind) (runtime.
 	if i := strings.Index(mediaType, ";"); i >= 0 {
 		mediaType = mediaType[:i]
 	}
+	return a.decodeBody(w, r, mediaType, body, gvk)
+}
+
+// decodeBody decodes body as a gvk and applies the request's
+// fieldValidation to unknown and duplicate fields: Strict refuses them,
+// Warn (the default) answers a warning, Ignore drops them.
+func (a *apiHTTP) decodeBody(w http.ResponseWriter, r *http.Request, mediaType string, body []byte, gvk schema.GroupVersionKind) (runtime.Object, error) {
 	info, ok := runtime.SerializerInfoForMediaType(a.codecs.SupportedMediaTypes(), mediaType)
 	if !ok {
 		info, _ = runtime.SerializerInfoForMediaType(a.codecs.SupportedMediaTypes(), runtime.ContentTypeJSON)
 	}
-	obj, _, err := a.codecs.DecoderToVersion(info.Serializer, gvk.GroupVersion()).Decode(body, &gvk, nil)
+	dec := info.Serializer
+	if info.StrictSerializer != nil {
+		dec = info.StrictSerializer
+	}
+	obj, _, err := a.codecs.DecoderToVersion(dec, gvk.GroupVersion()).Decode(body, &gvk, nil)
+	if err != nil && runtime.IsStrictDecodingError(err) && obj != nil {
+		switch v := r.URL.Query().Get("fieldValidation"); v {
+		case "Strict":
+			return nil, apierrors.NewBadRequest(fmt.Sprintf("%s %q: %v (fieldValidation=Strict; fix the manifest, or pass --validate=warn to kubectl)",
+				gvk.Kind, nameOf(obj), err))
+		case "", "Warn":
+			if se, ok := runtime.AsStrictDecodingError(err); ok {
+				for _, e := range se.Errors() {
+					w.Header().Add("Warning", fmt.Sprintf("299 - %q", e.Error()))
+				}
+			}
+			return obj, nil
+		case "Ignore":
+			return obj, nil
+		default:
+			return nil, apierrors.NewBadRequest(fmt.Sprintf("fieldValidation=%q: use Strict, Warn or Ignore", v))
+		}
+	}
 	if err != nil {
 		return nil, apierrors.NewBadRequest(fmt.Sprintf("decode %s: %v", gvk.Kind, err))
 	}
 	return obj, nil
+}
+
+func nameOf(obj runtime.Object) string {
+	if m, err := meta.Accessor(obj); err == nil {
+		return m.GetName()
+	}
+	return ""
 }
 
 func (a *apiHTTP) respond(w http.ResponseWriter, gvk schema.GroupVersionKind, code int, obj runtime.Object, err error) {

@@ -1,0 +1,192 @@
+// Package kubectlsim runs the real kubectl (built from k8s.io/kubernetes by
+// `make realcp-build`, beside the control plane) against the simulated
+// cluster of `sbx demo --keep` (package sim): what a user of the demo
+// types first must work there.
+package kubectlsim
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/sbx-dev/sbx/tools/testbed/realcp/controlplane"
+	"github.com/sbx-dev/sbx/tools/testbed/sim"
+)
+
+// kubectlEnv runs kubectl with the kubeconfig of a simulated cluster.
+type kubectlEnv struct {
+	t          *testing.T
+	bin        string
+	kubeconfig string
+	home       string
+}
+
+func (k *kubectlEnv) cmd(ctx context.Context, args ...string) *exec.Cmd {
+	cmd := exec.CommandContext(ctx, k.bin, args...)
+	// A HOME of its own: kubectl's discovery cache (~/.kube/cache) must
+	// not carry over between runs or from a user's clusters.
+	cmd.Env = append(os.Environ(), "KUBECONFIG="+k.kubeconfig, "HOME="+k.home)
+	return cmd
+}
+
+// run runs kubectl and returns its stdout; it fails the test with both
+// outputs when kubectl fails.
+func (k *kubectlEnv) run(args ...string) string {
+	k.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	var stdout, stderr bytes.Buffer
+	cmd := k.cmd(ctx, args...)
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	start := time.Now()
+	if err := cmd.Run(); err != nil {
+		k.t.Fatalf("kubectl %s: %v\nstdout:\n%s\nstderr:\n%s", strings.Join(args, " "), err, stdout.String(), stderr.String())
+	}
+	k.t.Logf("kubectl %s (%s):\n%s%s", strings.Join(args, " "), time.Since(start).Round(time.Millisecond), stdout.String(), stderr.String())
+	return stdout.String()
+}
+
+func contains(t *testing.T, what, out string, want ...string) {
+	t.Helper()
+	for _, w := range want {
+		if !strings.Contains(out, w) {
+			t.Errorf("%s: the output lacks %q:\n%s", what, w, out)
+		}
+	}
+}
+
+// TestKubectlAgainstSim: get, describe, logs, port-forward, apply and auth
+// can-i of the real kubectl against the simulated API server, as the
+// kubeconfig `sbx demo --keep` prints.
+func TestKubectlAgainstSim(t *testing.T) {
+	bin, err := controlplane.KubectlBinary("")
+	if err != nil {
+		t.Skipf("no real kubectl to test with: %v", err)
+	}
+	ctx := context.Background()
+	c, err := sim.Start(ctx, sim.Options{})
+	if err != nil {
+		t.Fatalf("start the simulated cluster: %v", err)
+	}
+	defer c.Close()
+	dir := t.TempDir()
+	k := &kubectlEnv{t: t, bin: bin, kubeconfig: filepath.Join(dir, "kubeconfig"), home: filepath.Join(dir, "home")}
+	if err := c.WriteKubeconfig(k.kubeconfig); err != nil {
+		t.Fatal(err)
+	}
+
+	t.Run("get", func(t *testing.T) {
+		k.t = t
+		contains(t, "get ns", k.run("get", "ns"), "default", sim.AppNamespace, "istio-system")
+		contains(t, "get pods", k.run("get", "pods", "-n", sim.AppNamespace), "frontend-", "driver-", "route-", "Running")
+		contains(t, "get deploy", k.run("get", "deploy", "-n", sim.AppNamespace), "frontend", "driver", "route")
+		contains(t, "get svc", k.run("get", "svc", "-n", sim.AppNamespace), "frontend", "driver", "route")
+		contains(t, "get virtualservices", k.run("get", "virtualservices", "-n", sim.AppNamespace), "route")
+		contains(t, "get vs -o yaml", k.run("get", "vs", "route", "-o", "yaml"), "kind: VirtualService", "name: default")
+		contains(t, "api-resources", k.run("api-resources"), "pods", "deployments", "virtualservices")
+	})
+
+	pod := strings.TrimPrefix(strings.TrimSpace(k.run("get", "pods", "-l", "app=driver", "-o", "name")), "pod/")
+	if pod == "" {
+		t.Fatal("no driver pod")
+	}
+
+	t.Run("describe", func(t *testing.T) {
+		k.t = t
+		contains(t, "describe pod", k.run("describe", "pod", pod), "Name:", pod, "Namespace:", sim.AppNamespace, "Status:", "Running")
+	})
+
+	t.Run("logs", func(t *testing.T) {
+		k.t = t
+		out := k.run("logs", pod)
+		contains(t, "logs", out, "sample service listening")
+		if strings.Contains(out, `"kind"`) || strings.Contains(out, "apiVersion") {
+			t.Errorf("kubectl logs printed an object, not a log:\n%s", out)
+		}
+		k.run("logs", "deploy/driver", "--tail=1")
+	})
+
+	t.Run("port-forward", func(t *testing.T) {
+		k.t = t
+		portForward(t, k, pod)
+	})
+
+	t.Run("apply", func(t *testing.T) {
+		k.t = t
+		cm := filepath.Join(dir, "cm.yaml")
+		write := func(v string) {
+			if err := os.WriteFile(cm, []byte("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: kubectl-test\ndata:\n  greeting: "+v+"\n"), 0o600); err != nil {
+				t.Fatal(err)
+			}
+		}
+		write("hello")
+		contains(t, "apply (create)", k.run("apply", "-f", cm), "configmap/kubectl-test created")
+		write("again")
+		contains(t, "apply (patch)", k.run("apply", "-f", cm), "configmap/kubectl-test configured")
+		contains(t, "get cm", k.run("get", "cm", "kubectl-test", "-o", "jsonpath={.data.greeting}"), "again")
+		write("server")
+		contains(t, "apply --server-side", k.run("apply", "--server-side", "-f", cm), "configmap/kubectl-test serverside-applied")
+		contains(t, "get cm", k.run("get", "cm", "kubectl-test", "-o", "jsonpath={.data.greeting}"), "server")
+		contains(t, "delete", k.run("delete", "-f", cm), "deleted")
+	})
+
+	t.Run("auth can-i", func(t *testing.T) {
+		k.t = t
+		contains(t, "auth can-i", k.run("auth", "can-i", "list", "pods"), "yes")
+	})
+}
+
+// portForward runs kubectl port-forward to the pod's port 8082 on a port
+// kubectl picks and fetches a page through it.
+func portForward(t *testing.T, k *kubectlEnv, pod string) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	cmd := k.cmd(ctx, "port-forward", "pod/"+pod, ":8082")
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		cancel()
+		_ = cmd.Wait()
+	}()
+	// "Forwarding from 127.0.0.1:41234 -> 8082"
+	re := regexp.MustCompile(`Forwarding from (127\.0\.0\.1:\d+) -> 8082`)
+	sc := bufio.NewScanner(stdout)
+	addr := ""
+	for sc.Scan() {
+		if m := re.FindStringSubmatch(sc.Text()); m != nil {
+			addr = m[1]
+			break
+		}
+	}
+	if addr == "" {
+		t.Fatalf("kubectl port-forward printed no local address: %v\nstderr:\n%s", sc.Err(), stderr.String())
+	}
+	go func() { _, _ = io.Copy(io.Discard, stdout) }()
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+"/pf", nil)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatalf("GET through kubectl port-forward %s: %v\nstderr:\n%s", addr, err, stderr.String())
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != http.StatusOK || !strings.Contains(string(body), `"driver"`) {
+		t.Fatalf("GET through kubectl port-forward: %s %s", resp.Status, body)
+	}
+	t.Logf("through kubectl port-forward %s: %s", addr, bytes.TrimSpace(body))
+}
