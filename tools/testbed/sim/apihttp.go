@@ -201,6 +201,10 @@ func (a *apiHTTP) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	switch {
 	case r.Method == http.MethodGet && name != "":
 		obj, err := fake.Invokes(clienttesting.NewGetAction(gvr, ns, name), nil)
+		if wantsTable(r) {
+			a.respondTable(w, r, gvk, obj, err)
+			return
+		}
 		a.respond(w, gvk, http.StatusOK, obj, err)
 	case r.Method == http.MethodGet:
 		var opts metav1.ListOptions
@@ -213,6 +217,10 @@ func (a *apiHTTP) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		list, err := a.list(fake, gvr, gvk, ns, opts)
+		if wantsTable(r) {
+			a.respondTable(w, r, gvk, list, err)
+			return
+		}
 		a.respond(w, gvk, http.StatusOK, list, err)
 	case r.Method == http.MethodPost && name == "":
 		obj, err := a.decode(w, r, gvk)

@@ -106,4 +106,17 @@ func TestAPIForKubectl(t *testing.T) {
 	resp.Body.Close()
 	require.Equal(t, http.StatusOK, resp.StatusCode)
 	require.True(t, strings.Contains(string(body), "fieldValidation") && strings.Contains(string(body), "/api/v1/namespaces/{namespace}/configmaps/{name}"), "%s", body)
+
+	// kubectl get's server-side printing: a Table with the pod columns.
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.APIServerURL()+"/api/v1/namespaces/"+AppNamespace+"/pods", nil)
+	require.NoError(t, err)
+	req.Header.Set("Accept", "application/json;as=Table;v=v1;g=meta.k8s.io,application/json")
+	resp, err = http.DefaultClient.Do(req)
+	require.NoError(t, err)
+	body, _ = io.ReadAll(resp.Body)
+	resp.Body.Close()
+	require.Equal(t, http.StatusOK, resp.StatusCode, "%s", body)
+	for _, want := range []string{`"kind":"Table"`, `"name":"Status"`, `"Running"`, `"1/1"`, `"PartialObjectMetadata"`} {
+		require.Contains(t, string(body), want)
+	}
 }

@@ -55,6 +55,21 @@ func (k *kubectlEnv) run(args ...string) string {
 	return stdout.String()
 }
 
+// fail runs kubectl, expects it to fail and returns its stderr.
+func (k *kubectlEnv) fail(args ...string) string {
+	k.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	var stdout, stderr bytes.Buffer
+	cmd := k.cmd(ctx, args...)
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := cmd.Run(); err == nil {
+		k.t.Fatalf("kubectl %s succeeded, want a failure:\n%s", strings.Join(args, " "), stdout.String())
+	}
+	k.t.Logf("kubectl %s failed as it should:\n%s", strings.Join(args, " "), stderr.String())
+	return stderr.String()
+}
+
 func contains(t *testing.T, what, out string, want ...string) {
 	t.Helper()
 	for _, w := range want {
@@ -88,6 +103,7 @@ func TestKubectlAgainstSim(t *testing.T) {
 		k.t = t
 		contains(t, "get ns", k.run("get", "ns"), "default", sim.AppNamespace, "istio-system")
 		contains(t, "get pods", k.run("get", "pods", "-n", sim.AppNamespace), "frontend-", "driver-", "route-", "Running")
+		contains(t, "get pods -A -o wide", k.run("get", "pods", "-A", "-o", "wide"), "NAMESPACE", sim.AppNamespace, "10.244.")
 		contains(t, "get deploy", k.run("get", "deploy", "-n", sim.AppNamespace), "frontend", "driver", "route")
 		contains(t, "get svc", k.run("get", "svc", "-n", sim.AppNamespace), "frontend", "driver", "route")
 		contains(t, "get virtualservices", k.run("get", "virtualservices", "-n", sim.AppNamespace), "route")
@@ -137,6 +153,12 @@ func TestKubectlAgainstSim(t *testing.T) {
 		contains(t, "apply --server-side", k.run("apply", "--server-side", "-f", cm), "configmap/kubectl-test serverside-applied")
 		contains(t, "get cm", k.run("get", "cm", "kubectl-test", "-o", "jsonpath={.data.greeting}"), "server")
 		contains(t, "delete", k.run("delete", "-f", cm), "deleted")
+		// kubectl validates on the server (fieldValidation=Strict): a typo
+		// is refused and named.
+		if err := os.WriteFile(cm, []byte("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: typo\ndta:\n  a: b\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		contains(t, "apply with a typo", k.fail("apply", "-f", cm), `unknown field "dta"`)
 	})
 
 	t.Run("auth can-i", func(t *testing.T) {
