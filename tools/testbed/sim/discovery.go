@@ -184,3 +184,12 @@ func (d *discovery) group(name string) (*metav1.APIGroup, bool) {
 	}
 	return nil, false
 }
+
+// KubectlExamples are the kubectl commands (arguments after "kubectl")
+// that `sbx demo --keep` prints for its cluster; the kubectlsim tests of
+// tools/testbed/realcp run each with the real kubectl.
+var KubectlExamples = [][]string{
+	{"get", "pods,deploy,svc,virtualservices", "-n", AppNamespace},
+	{"describe", "pod", "-n", AppNamespace, "-l", "app=route"},
+	{"logs", "-n", AppNamespace, "deploy/route"},
+}

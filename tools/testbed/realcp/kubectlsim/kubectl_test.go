@@ -161,6 +161,28 @@ func TestKubectlAgainstSim(t *testing.T) {
 		contains(t, "apply with a typo", k.fail("apply", "-f", cm), `unknown field "dta"`)
 	})
 
+	// The kubectl commands sbx's own hints, sbx demo --keep and the
+	// README suggest.
+	t.Run("hints", func(t *testing.T) {
+		k.t = t
+		for _, args := range sim.KubectlExamples {
+			if out := k.run(args...); strings.TrimSpace(out) == "" {
+				t.Errorf("kubectl %s (printed by sbx demo --keep) printed nothing", strings.Join(args, " "))
+			}
+		}
+		ns := sim.AppNamespace
+		contains(t, "baseline export", k.run("get", "deploy,sts,svc,virtualservices", "-n", ns, "-o", "yaml"),
+			"kind: Deployment", "kind: Service", "kind: VirtualService")
+		contains(t, "get by selector", k.run("get", "pods", "-n", ns, "-l", "app=driver"), "driver-")
+		contains(t, "describe deployment", k.run("describe", "deployment", "-n", ns, "driver"), "Name:", "driver", "Replicas:")
+		k.run("annotate", "virtualservice", "-n", ns, "route", "sbx.dev/ignore=true")
+		contains(t, "annotated", k.run("get", "vs", "-n", ns, "route", "-o", "jsonpath={.metadata.annotations}"), "sbx.dev/ignore")
+		k.run("annotate", "virtualservice", "-n", ns, "route", "sbx.dev/ignore-")
+		if out := k.run("get", "vs", "-n", ns, "route", "-o", "jsonpath={.metadata.annotations}"); strings.Contains(out, "sbx.dev/ignore") {
+			t.Errorf("kubectl annotate ...- left the annotation: %s", out)
+		}
+	})
+
 	t.Run("auth can-i", func(t *testing.T) {
 		k.t = t
 		contains(t, "auth can-i", k.run("auth", "can-i", "list", "pods"), "yes")
