@@ -153,7 +153,7 @@ func (a *apiHTTP) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	case len(parts) >= 3 && parts[0] == "apis":
 		gv, rest = schema.GroupVersion{Group: parts[1], Version: parts[2]}, parts[3:]
 	default:
-		a.writeErr(w, apierrors.NewNotFound(schema.GroupResource{}, r.URL.Path))
+		a.writeErr(w, notServed(r.URL.Path+" is not a path of the simulated API server: it serves /version, /api, /apis, /openapi/v3 and the resources they list"))
 		return
 	}
 	ns := ""
@@ -161,7 +161,7 @@ func (a *apiHTTP) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		ns, rest = rest[1], rest[2:]
 	}
 	if len(rest) == 0 || len(rest) > 3 {
-		a.writeErr(w, apierrors.NewNotFound(schema.GroupResource{}, r.URL.Path))
+		a.writeErr(w, notServed(r.URL.Path+" is not a path of the simulated API server: it serves /version, /api, /apis, /openapi/v3 and the resources they list"))
 		return
 	}
 	resource, name, sub := rest[0], "", ""
@@ -184,14 +184,14 @@ func (a *apiHTTP) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if sub != "" && sub != "status" {
-		a.writeErr(w, apierrors.NewNotFound(gv.WithResource(resource+"/"+sub).GroupResource(),
-			fmt.Sprintf("%s: the simulated API server serves the subresources status, and log and portforward of pods", r.URL.Path)))
+		a.writeErr(w, notServed(fmt.Sprintf("%s/%s is not simulated (%s): the simulated API server serves the status subresource, and pods' log and portforward; use kubectl logs or kubectl port-forward",
+			resource, sub, r.URL.Path)))
 		return
 	}
 	gvr := gv.WithResource(resource)
 	gvk, ok := a.kinds[gvr]
 	if !ok {
-		a.writeErr(w, apierrors.NewNotFound(gvr.GroupResource(), "the server could not find the requested resource"))
+		a.writeErr(w, notServed(fmt.Sprintf("resource %s (%s) is not served by the simulated API server: kubectl api-resources lists what it serves", gvr.GroupResource(), gvr.GroupVersion())))
 		return
 	}
 	fake := &a.c.Clients.Kube.Fake
@@ -355,8 +355,18 @@ func (a *apiHTTP) watch(w http.ResponseWriter, r *http.Request, fake *clienttest
 	w.WriteHeader(http.StatusOK)
 	flusher, _ := w.(http.Flusher)
 	enc := json.NewEncoder(w)
+	asTable := wantsTable(r)
 	send := func(typ watch.EventType, obj runtime.Object) bool {
-		raw, err := runtime.Encode(a.codecs.LegacyCodec(gvk.GroupVersion()), obj)
+		var raw []byte
+		var err error
+		if asTable && typ != watch.Error {
+			var t *metav1.Table
+			if t, err = a.table(r, gvk, obj); err == nil {
+				raw, err = json.Marshal(t)
+			}
+		} else {
+			raw, err = runtime.Encode(a.codecs.LegacyCodec(gvk.GroupVersion()), obj)
+		}
 		if err != nil {
 			a.log.Warn("cannot encode watch event", "resource", gvr.String(), "error", err)
 			return true

@@ -45,7 +45,7 @@ func (a *apiHTTP) serveDiscovery(w http.ResponseWriter, r *http.Request, parts [
 	case len(parts) == 2 && parts[0] == "apis":
 		g, ok := a.disc.group(parts[1])
 		if !ok {
-			a.writeErr(w, apierrors.NewNotFound(schema.GroupResource{}, r.URL.Path))
+			a.writeErr(w, notServed(fmt.Sprintf("API group %s is not served by the simulated API server; see /apis for the groups it serves", parts[1])))
 			return true
 		}
 		writeJSON(w, http.StatusOK, g)
@@ -54,8 +54,7 @@ func (a *apiHTTP) serveDiscovery(w http.ResponseWriter, r *http.Request, parts [
 	case len(parts) >= 2 && parts[0] == "openapi" && parts[1] == "v3":
 		a.serveOpenAPIV3(w, r, parts[2:])
 	case len(parts) >= 1 && parts[0] == "openapi":
-		a.writeErr(w, apierrors.NewNotFound(schema.GroupResource{}, r.URL.Path+
-			": the simulated API server serves only /openapi/v3, and no schemas in it"))
+		a.writeErr(w, notServed(r.URL.Path+" is not served: the simulated API server serves only /openapi/v3, without schemas (kubectl validates on the server)"))
 	default:
 		return false
 	}
@@ -88,7 +87,7 @@ func (a *apiHTTP) serveOpenAPIV3(w http.ResponseWriter, r *http.Request, rest []
 	}
 	list, ok := a.disc.resources[gv]
 	if !ok || gv.Version == "" {
-		a.writeErr(w, apierrors.NewNotFound(schema.GroupResource{}, r.URL.Path+": no such group version; see /openapi/v3"))
+		a.writeErr(w, notServed(r.URL.Path+" is not served: no such group version in the simulated API server; see /openapi/v3 for the ones it has"))
 		return
 	}
 	fieldValidation := []map[string]any{{"name": "fieldValidation", "in": "query", "schema": map[string]string{"type": "string"},
@@ -121,11 +120,17 @@ func gvPath(gv schema.GroupVersion) string {
 func (a *apiHTTP) writeResourceList(w http.ResponseWriter, r *http.Request, gv schema.GroupVersion) {
 	list, ok := a.disc.resources[gv]
 	if !ok {
-		a.writeErr(w, apierrors.NewNotFound(schema.GroupResource{}, r.URL.Path+
-			": the simulated API server serves one version per API group; see /api and /apis"))
+		a.writeErr(w, notServed(r.URL.Path+" is not served: the simulated API server serves one version per API group; see /api and /apis for which"))
 		return
 	}
 	writeJSON(w, http.StatusOK, list)
+}
+
+// notServed is a 404 whose message is msg as it stands (NewNotFound
+// would wrap it as `X "msg" not found`).
+func notServed(msg string) error {
+	return &apierrors.StatusError{ErrStatus: metav1.Status{Status: metav1.StatusFailure, Code: http.StatusNotFound,
+		Reason: metav1.StatusReasonNotFound, Message: msg}}
 }
 
 // podLog serves GET pods/NAME/log: the lines pod ns/name's simulated

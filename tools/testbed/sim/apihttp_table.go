@@ -171,16 +171,30 @@ func (a *apiHTTP) respondTable(w http.ResponseWriter, r *http.Request, gvk schem
 		a.writeErr(w, err)
 		return
 	}
+	table, err := a.table(r, gvk, obj)
+	if err != nil {
+		a.writeErr(w, apierrors.NewInternalError(err))
+		return
+	}
+	writeJSON(w, http.StatusOK, table)
+}
+
+// table prints obj (one object or a list) as a Table with the columns of
+// gvk and, per row, the object as the request's includeObject asks
+// (default: its metadata).
+func (a *apiHTTP) table(r *http.Request, gvk schema.GroupVersionKind, obj runtime.Object) (*metav1.Table, error) {
 	items := []runtime.Object{obj}
 	table := &metav1.Table{TypeMeta: metav1.TypeMeta{Kind: "Table", APIVersion: "meta.k8s.io/v1"}}
 	if meta.IsListType(obj) {
+		var err error
 		if items, err = meta.ExtractList(obj); err != nil {
-			a.writeErr(w, apierrors.NewInternalError(err))
-			return
+			return nil, err
 		}
 		if lm, err := meta.ListAccessor(obj); err == nil {
 			table.ResourceVersion = lm.GetResourceVersion()
 		}
+	} else if m, err := meta.Accessor(obj); err == nil {
+		table.ResourceVersion = m.GetResourceVersion()
 	}
 	cols := columnsFor(gvk)
 	for _, c := range cols {
@@ -197,26 +211,23 @@ func (a *apiHTTP) respondTable(w http.ResponseWriter, r *http.Request, gvk schem
 		case "Object":
 			raw, err := runtime.Encode(a.codecs.LegacyCodec(gvk.GroupVersion()), it)
 			if err != nil {
-				a.writeErr(w, apierrors.NewInternalError(err))
-				return
+				return nil, err
 			}
 			row.Object.Raw = raw
 		default: // Metadata
 			m, err := meta.Accessor(it)
 			if err != nil {
-				a.writeErr(w, apierrors.NewInternalError(err))
-				return
+				return nil, err
 			}
 			pom := &metav1.PartialObjectMetadata{TypeMeta: metav1.TypeMeta{Kind: "PartialObjectMetadata", APIVersion: "meta.k8s.io/v1"}}
 			pom.ObjectMeta = metav1.ObjectMeta{Name: m.GetName(), Namespace: m.GetNamespace(), UID: m.GetUID(),
 				ResourceVersion: m.GetResourceVersion(), CreationTimestamp: m.GetCreationTimestamp(), Labels: m.GetLabels(),
 				Annotations: m.GetAnnotations(), OwnerReferences: m.GetOwnerReferences(), Generation: m.GetGeneration()}
 			if row.Object.Raw, err = json.Marshal(pom); err != nil {
-				a.writeErr(w, apierrors.NewInternalError(err))
-				return
+				return nil, err
 			}
 		}
 		table.Rows = append(table.Rows, row)
 	}
-	writeJSON(w, http.StatusOK, table)
+	return table, nil
 }

@@ -18,6 +18,9 @@ import (
 	"testing"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
 	"github.com/sbx-dev/sbx/tools/testbed/realcp/controlplane"
 	"github.com/sbx-dev/sbx/tools/testbed/sim"
 )
@@ -183,6 +186,11 @@ func TestKubectlAgainstSim(t *testing.T) {
 		}
 	})
 
+	t.Run("get -w", func(t *testing.T) {
+		k.t = t
+		watchConfigMaps(t, k, c)
+	})
+
 	t.Run("auth can-i", func(t *testing.T) {
 		k.t = t
 		contains(t, "auth can-i", k.run("auth", "can-i", "list", "pods"), "yes")
@@ -233,4 +241,63 @@ func portForward(t *testing.T, k *kubectlEnv, pod string) {
 		t.Fatalf("GET through kubectl port-forward: %s %s", resp.Status, body)
 	}
 	t.Logf("through kubectl port-forward %s: %s", addr, bytes.TrimSpace(body))
+}
+
+// watchConfigMaps runs kubectl get configmaps -w and creates one: the
+// change is printed with the ConfigMap columns (NAME DATA AGE).
+func watchConfigMaps(t *testing.T, k *kubectlEnv, c *sim.Cluster) {
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	cmd := k.cmd(ctx, "get", "configmaps", "-w")
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		cancel()
+		_ = cmd.Wait()
+	}()
+	lines := make(chan string)
+	go func() {
+		defer close(lines)
+		sc := bufio.NewScanner(stdout)
+		for sc.Scan() {
+			lines <- sc.Text()
+		}
+	}()
+	created := false
+	var seen []string
+	deadline := time.After(15 * time.Second)
+	for {
+		if !created {
+			// Before or after kubectl's list, the line comes: from the
+			// list or from the watch that follows it.
+			if _, err := c.Clients.Kube.CoreV1().ConfigMaps(sim.AppNamespace).Create(ctx, &corev1.ConfigMap{
+				ObjectMeta: metav1.ObjectMeta{Name: "watched"}, Data: map[string]string{"a": "1", "b": "2"}}, metav1.CreateOptions{}); err != nil {
+				t.Fatal(err)
+			}
+			created = true
+		}
+		select {
+		case l, ok := <-lines:
+			if !ok {
+				t.Fatalf("kubectl get -w ended; printed %q\nstderr:\n%s", seen, stderr.String())
+			}
+			seen = append(seen, l)
+			if f := strings.Fields(l); len(f) >= 2 && f[0] == "watched" {
+				if f[1] != "2" {
+					t.Fatalf("kubectl get -w printed %q, want the DATA column (2)", l)
+				}
+				t.Logf("kubectl get configmaps -w printed:\n%s", strings.Join(seen, "\n"))
+				return
+			}
+		case <-deadline:
+			t.Fatalf("kubectl get -w did not print the new ConfigMap; printed %q\nstderr:\n%s", seen, stderr.String())
+		}
+	}
 }
