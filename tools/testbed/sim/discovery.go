@@ -28,7 +28,8 @@ type discovery struct {
 // clusterScoped are the kinds of the scheme that are not namespaced. The
 // scheme does not say; this is Kubernetes' own split for the kinds
 // client-go's and Istio's schemes hold (any kind not here is served, and
-// announced, as namespaced).
+// announced, as namespaced), checked against kube-apiserver by
+// TestSimDiscoveryMatchesRealAPIServer (tools/testbed/realcp/scenarios).
 var clusterScoped = map[schema.GroupKind]bool{
 	{Kind: "Namespace"}: true, {Kind: "Node"}: true, {Kind: "PersistentVolume"}: true, {Kind: "ComponentStatus"}: true,
 	{Group: "rbac.authorization.k8s.io", Kind: "ClusterRole"}:                         true,
@@ -62,9 +63,11 @@ var clusterScoped = map[schema.GroupKind]bool{
 	{Group: "apiregistration.k8s.io", Kind: "APIService"}:                             true,
 }
 
-// shortNames and categories are what a real API server announces for the
-// resources kubectl users type most (kubectl knows no short names of its
-// own: `kubectl get deploy` needs them from discovery).
+// shortNames and categories are what a real API server (with Istio's
+// CRDs) announces (kubectl knows no short names of its own: `kubectl get
+// deploy` needs them from discovery). TestSimDiscoveryMatchesRealAPIServer
+// in tools/testbed/realcp/scenarios checks them, and clusterScoped,
+// against kube-apiserver.
 var (
 	shortNames = map[schema.GroupResource][]string{
 		{Resource: "pods"}: {"po"}, {Resource: "services"}: {"svc"}, {Resource: "namespaces"}: {"ns"},
@@ -75,15 +78,28 @@ var (
 		{Resource: "resourcequotas"}:             {"quota"},
 		{Group: "apps", Resource: "deployments"}: {"deploy"}, {Group: "apps", Resource: "replicasets"}: {"rs"},
 		{Group: "apps", Resource: "statefulsets"}: {"sts"}, {Group: "apps", Resource: "daemonsets"}: {"ds"},
-		{Group: "batch", Resource: "cronjobs"}:                       {"cj"},
-		{Group: "autoscaling", Resource: "horizontalpodautoscalers"}: {"hpa"},
-		{Group: "networking.k8s.io", Resource: "ingresses"}:          {"ing"},
-		{Group: "networking.k8s.io", Resource: "networkpolicies"}:    {"netpol"},
-		{Group: "policy", Resource: "poddisruptionbudgets"}:          {"pdb"},
-		{Group: "networking.istio.io", Resource: "virtualservices"}:  {"vs"},
-		{Group: "networking.istio.io", Resource: "destinationrules"}: {"dr"},
-		{Group: "networking.istio.io", Resource: "gateways"}:         {"gw"},
-		{Group: "networking.istio.io", Resource: "serviceentries"}:   {"se"},
+		{Group: "batch", Resource: "cronjobs"}:                                 {"cj"},
+		{Group: "autoscaling", Resource: "horizontalpodautoscalers"}:           {"hpa"},
+		{Group: "networking.k8s.io", Resource: "ingresses"}:                    {"ing"},
+		{Group: "networking.k8s.io", Resource: "networkpolicies"}:              {"netpol"},
+		{Group: "policy", Resource: "poddisruptionbudgets"}:                    {"pdb"},
+		{Group: "networking.istio.io", Resource: "virtualservices"}:            {"vs"},
+		{Group: "networking.istio.io", Resource: "destinationrules"}:           {"dr"},
+		{Group: "networking.istio.io", Resource: "gateways"}:                   {"gw"},
+		{Group: "networking.istio.io", Resource: "serviceentries"}:             {"se"},
+		{Group: "networking.istio.io", Resource: "workloadentries"}:            {"we"},
+		{Group: "networking.istio.io", Resource: "workloadgroups"}:             {"wg"},
+		{Group: "security.istio.io", Resource: "authorizationpolicies"}:        {"ap"},
+		{Group: "security.istio.io", Resource: "peerauthentications"}:          {"pa"},
+		{Group: "security.istio.io", Resource: "requestauthentications"}:       {"ra"},
+		{Group: "telemetry.istio.io", Resource: "telemetries"}:                 {"telemetry"},
+		{Resource: "componentstatuses"}:                                        {"cs"},
+		{Group: "events.k8s.io", Resource: "events"}:                           {"ev"},
+		{Group: "networking.k8s.io", Resource: "ipaddresses"}:                  {"ip"},
+		{Group: "storage.k8s.io", Resource: "storageclasses"}:                  {"sc"},
+		{Group: "storage.k8s.io", Resource: "volumeattributesclasses"}:         {"vac"},
+		{Group: "certificates.k8s.io", Resource: "certificatesigningrequests"}: {"csr"},
+		{Group: "scheduling.k8s.io", Resource: "priorityclasses"}:              {"pc"},
 	}
 	inCategoryAll = map[schema.GroupResource]bool{
 		{Resource: "pods"}: true, {Resource: "services"}: true, {Resource: "replicationcontrollers"}: true,
