@@ -120,3 +120,49 @@ func TestAPIForKubectl(t *testing.T) {
 		require.Contains(t, string(body), want)
 	}
 }
+
+// TestPodLogFollow: kubectl logs -f gets what the pod's container logs
+// after it started following, and ends when the pod is deleted.
+func TestPodLogFollow(t *testing.T) {
+	c := startCluster(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	path := filepath.Join(t.TempDir(), "kubeconfig")
+	require.NoError(t, c.WriteKubeconfig(path))
+	kc, err := kube.Load(kube.Options{Kubeconfig: path, Getenv: func(string) string { return "" }})
+	require.NoError(t, err)
+	pods, err := kc.Kube.CoreV1().Pods(AppNamespace).List(ctx, metav1.ListOptions{LabelSelector: "app=route"})
+	require.NoError(t, err)
+	require.Len(t, pods.Items, 1)
+	pod := pods.Items[0].Name
+
+	tail := int64(0)
+	stream, err := kc.Kube.CoreV1().Pods(AppNamespace).GetLogs(pod, &corev1.PodLogOptions{Follow: true, TailLines: &tail}).Stream(ctx)
+	require.NoError(t, err)
+	defer stream.Close()
+	lines := make(chan string, 10)
+	go func() {
+		defer close(lines)
+		buf := make([]byte, 4096)
+		for {
+			n, err := stream.Read(buf)
+			if n > 0 {
+				lines <- string(buf[:n])
+			}
+			if err != nil {
+				return
+			}
+		}
+	}()
+	c.logs.logger(testLogger(t), AppNamespace, pod).Info("a line after following began")
+	select {
+	case l := <-lines:
+		require.Contains(t, l, "a line after following began")
+		require.NotContains(t, l, "sample service listening", "tailLines=0 must skip the earlier lines")
+	case <-ctx.Done():
+		t.Fatal("kubectl logs -f did not get the new line")
+	}
+	require.NoError(t, kc.Kube.CoreV1().Pods(AppNamespace).Delete(ctx, pod, metav1.DeleteOptions{}))
+	for range lines { // ends once the server sees the pod gone
+	}
+}
