@@ -112,6 +112,8 @@ func TestKubectlAgainstSim(t *testing.T) {
 		contains(t, "get virtualservices", k.run("get", "virtualservices", "-n", sim.AppNamespace), "route")
 		contains(t, "get vs -o yaml", k.run("get", "vs", "route", "-o", "yaml"), "kind: VirtualService", "name: default")
 		contains(t, "api-resources", k.run("api-resources"), "pods", "deployments", "virtualservices")
+		contains(t, "get all", k.run("get", "all"), "pod/driver-", "service/route", "deployment.apps/frontend")
+		contains(t, "rollout status", k.run("rollout", "status", "deploy/route", "--timeout=10s"), "successfully rolled out")
 	})
 
 	pod := strings.TrimPrefix(strings.TrimSpace(k.run("get", "pods", "-l", "app=driver", "-o", "name")), "pod/")
