@@ -179,8 +179,8 @@ func (a *apiHTTP) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		a.podLog(w, r, ns, name)
 		return
 	}
-	if gv.WithResource(resource) == selfSubjectAccessReviews && r.Method == http.MethodPost && name == "" {
-		a.accessReview(w, r)
+	if gvr := gv.WithResource(resource); (gvr == selfSubjectAccessReviews || gvr == selfSubjectRulesReviews) && r.Method == http.MethodPost && name == "" {
+		a.accessReview(w, r, gvr)
 		return
 	}
 	if sub != "" && sub != "status" {

@@ -229,23 +229,34 @@ func (l *limitWriter) Write(b []byte) (int, error) {
 	return n, err
 }
 
-// accessReview answers a SelfSubjectAccessReview: the simulated cluster
-// has no authorization, so every request is allowed.
-func (a *apiHTTP) accessReview(w http.ResponseWriter, r *http.Request) {
-	gvk := authorizationv1.SchemeGroupVersion.WithKind("SelfSubjectAccessReview")
+// accessReview answers a SelfSubjectAccessReview or a
+// SelfSubjectRulesReview: the simulated cluster has no authorization, so
+// every request is allowed.
+func (a *apiHTTP) accessReview(w http.ResponseWriter, r *http.Request, gvr schema.GroupVersionResource) {
+	kind := "SelfSubjectAccessReview"
+	if gvr == selfSubjectRulesReviews {
+		kind = "SelfSubjectRulesReview"
+	}
+	gvk := gvr.GroupVersion().WithKind(kind)
 	obj, err := a.decode(w, r, gvk)
 	if err != nil {
 		a.writeErr(w, err)
 		return
 	}
-	review, ok := obj.(*authorizationv1.SelfSubjectAccessReview)
-	if !ok {
-		a.writeErr(w, apierrors.NewBadRequest(fmt.Sprintf("the body is a %T, not a SelfSubjectAccessReview", obj)))
+	const why = "the simulated cluster has no RBAC: every request is allowed"
+	switch review := obj.(type) {
+	case *authorizationv1.SelfSubjectAccessReview:
+		review.Status = authorizationv1.SubjectAccessReviewStatus{Allowed: true, Reason: why}
+	case *authorizationv1.SelfSubjectRulesReview:
+		review.Status = authorizationv1.SubjectRulesReviewStatus{
+			ResourceRules:    []authorizationv1.ResourceRule{{Verbs: []string{"*"}, APIGroups: []string{"*"}, Resources: []string{"*"}}},
+			NonResourceRules: []authorizationv1.NonResourceRule{{Verbs: []string{"*"}, NonResourceURLs: []string{"*"}}},
+		}
+	default:
+		a.writeErr(w, apierrors.NewBadRequest(fmt.Sprintf("the body is a %T, not a %s", obj, kind)))
 		return
 	}
-	review.Status = authorizationv1.SubjectAccessReviewStatus{Allowed: true,
-		Reason: "the simulated cluster has no RBAC: every request is allowed"}
-	a.respond(w, gvk, http.StatusCreated, review, nil)
+	a.respond(w, gvk, http.StatusCreated, obj, nil)
 }
 
 // patch applies a PATCH to ns/name: JSON patch, JSON merge patch,

@@ -110,10 +110,13 @@ var (
 	}
 )
 
-// selfSubjectAccessReviews is the one create-only resource the simulated
-// API server answers (kubectl auth can-i; it has no RBAC: everything is
-// allowed).
-var selfSubjectAccessReviews = schema.GroupVersionResource{Group: "authorization.k8s.io", Version: "v1", Resource: "selfsubjectaccessreviews"}
+// selfSubjectAccessReviews and selfSubjectRulesReviews are the
+// create-only resources the simulated API server answers (kubectl auth
+// can-i, and with --list; it has no RBAC: everything is allowed).
+var (
+	selfSubjectAccessReviews = schema.GroupVersionResource{Group: "authorization.k8s.io", Version: "v1", Resource: "selfsubjectaccessreviews"}
+	selfSubjectRulesReviews  = schema.GroupVersionResource{Group: "authorization.k8s.io", Version: "v1", Resource: "selfsubjectrulesreviews"}
+)
 
 // namespaced reports whether resources of kind gk live in a namespace.
 func namespaced(gk schema.GroupKind) bool { return !clusterScoped[gk] }
@@ -176,7 +179,9 @@ func newDiscovery(s *runtime.Scheme, kinds map[schema.GroupVersionResource]schem
 	}
 	if list := d.resources[selfSubjectAccessReviews.GroupVersion()]; list != nil {
 		list.APIResources = append(list.APIResources, metav1.APIResource{Name: selfSubjectAccessReviews.Resource,
-			SingularName: "selfsubjectaccessreview", Kind: "SelfSubjectAccessReview", Verbs: metav1.Verbs{"create"}})
+			SingularName: "selfsubjectaccessreview", Kind: "SelfSubjectAccessReview", Verbs: metav1.Verbs{"create"}},
+			metav1.APIResource{Name: selfSubjectRulesReviews.Resource,
+				SingularName: "selfsubjectrulesreview", Kind: "SelfSubjectRulesReview", Verbs: metav1.Verbs{"create"}})
 	}
 	for _, list := range d.resources {
 		slices.SortFunc(list.APIResources, func(a, b metav1.APIResource) int { return strings.Compare(a.Name, b.Name) })

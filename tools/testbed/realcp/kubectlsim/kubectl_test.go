@@ -196,6 +196,7 @@ func TestKubectlAgainstSim(t *testing.T) {
 	t.Run("auth can-i", func(t *testing.T) {
 		k.t = t
 		contains(t, "auth can-i", k.run("auth", "can-i", "list", "pods"), "yes")
+		contains(t, "auth can-i --list", k.run("auth", "can-i", "--list"), "*.*")
 	})
 }
 
