@@ -168,7 +168,7 @@ func newDiscovery(s *runtime.Scheme, kinds map[schema.GroupVersionResource]schem
 		if t := s.AllKnownTypes()[gvk]; t.Kind() == reflect.Struct {
 			if _, ok := t.FieldByName("Status"); ok {
 				list.APIResources = append(list.APIResources, metav1.APIResource{Name: gvr.Resource + "/status",
-					Namespaced: r.Namespaced, Kind: gvk.Kind, Verbs: metav1.Verbs{"get", "update"}})
+					Namespaced: r.Namespaced, Kind: gvk.Kind, Verbs: metav1.Verbs{"get", "patch", "update"}})
 			}
 		}
 		if gr == (schema.GroupResource{Resource: "pods"}) {
