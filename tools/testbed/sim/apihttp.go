@@ -36,7 +36,10 @@ import (
 // simulated cluster through a kubeconfig. It covers what sbx needs: get,
 // list (label and field selectors), watch (including streaming lists),
 // create, update (and the status subresource), delete, and the pods'
-// portforward subresource. Requests go through the same fake clientsets
+// portforward subresource; and what kubectl needs besides
+// (apihttp_kubectl.go, apihttp_table.go, discovery.go): discovery, patch
+// and server-side apply, field validation, the pods' log subresource,
+// access reviews and Tables. Requests go through the same fake clientsets
 // (and so the same simulated API server behaviour) as in-process clients.
 type apiHTTP struct {
 	c      *Cluster
