@@ -390,7 +390,7 @@ func (d *demo) keep(ctx context.Context, member string, dir string) {
 			d.say("  kubectl logs -n %s deploy/%s   # the sandbox's relay", ns, name)
 		}
 	}
-	d.say("(the simulated API server has no RBAC and no OpenAPI schemas: kubectl apply validates on the server; kubectl exec is not simulated)")
+	d.say("(the simulated API server has no RBAC and no OpenAPI schemas: kubectl apply validates on the server; kubectl exec and explain do not work)")
 	d.say("Press Ctrl-C to disconnect and stop.")
 	<-ctx.Done()
 }

@@ -107,7 +107,9 @@ func (a *apiHTTP) serveOpenAPIV3(w http.ResponseWriter, r *http.Request, rest []
 		paths[base+"/"+res.Name+"/{name}"] = map[string]any{"patch": op, "put": op}
 	}
 	writeJSON(w, http.StatusOK, map[string]any{"openapi": "3.0.0",
-		"info": map[string]string{"title": "sbx simulated cluster", "version": simVersion["gitVersion"]}, "paths": paths})
+		"info":       map[string]string{"title": "sbx simulated cluster", "version": simVersion["gitVersion"]},
+		"paths":      paths,
+		"components": map[string]any{"schemas": map[string]any{}}})
 }
 
 func gvPath(gv schema.GroupVersion) string {
