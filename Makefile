@@ -39,15 +39,18 @@ test-istio: ## mesh routes judged by Istio's control plane (testdata/istio)
 # k8s.io/kubernetes never enters the product's module graph): sbx's
 # cluster code as a developer bound to deploy/rbac.yaml, against
 # kube-apiserver and kube-controller-manager built from k8s.io/kubernetes
-# and Debian's etcd. realcp-build is the explicit build step, into the
-# user cache folder (~/.cache/sbx-realcp/<version>-<os>-<arch>/bin): ~10
-# min with an empty build cache on 2 cores, ~3 s when up to date.
+# and Debian's etcd; and the real kubectl against the simulated cluster of
+# `sbx demo --keep` (kubectlsim: get, describe, logs, port-forward, apply,
+# auth can-i; ~2 s). realcp-build is the explicit build step (kubectl is
+# built with the control plane), into the user cache folder
+# (~/.cache/sbx-realcp/<version>-<os>-<arch>/bin): ~10 min with an empty
+# build cache on 2 cores, ~1 min more for kubectl, ~5 s when up to date.
 REALCP := tools/testbed/realcp
 
-realcp-build: ## build kube-apiserver and kube-controller-manager for test-real (~10 min the first time)
+realcp-build: ## build kube-apiserver, kube-controller-manager and kubectl for test-real (~10 min the first time)
 	$(GO) -C $(REALCP) run ./cmd/build-controlplane
 
-test-real: realcp-build ## sbx against a real kube-apiserver, controller-manager and etcd (needs etcd: apt-get install etcd-server)
+test-real: realcp-build ## sbx against a real kube-apiserver, controller-manager and etcd (needs etcd: apt-get install etcd-server); real kubectl against the demo cluster
 	$(GO) -C $(REALCP) test -count=1 -v -timeout 20m ./...
 
 # Other GOOS values lint vets for: platform code sits behind build tags, so

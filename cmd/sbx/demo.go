@@ -381,7 +381,16 @@ func (d *demo) keep(ctx context.Context, member string, dir string) {
 	d.say("")
 	d.say("The simulated cluster's API is at %s; with", d.env.Sim.APIServerURL())
 	d.say("  export KUBECONFIG=%s", kubeconfig)
-	d.say("your own sbx commands (sbx list, sbx connect -f ...) use it like a real cluster.")
+	d.say("kubectl and your own sbx commands (sbx list, sbx connect -f ...) use it like a real cluster:")
+	for _, args := range sim.KubectlExamples {
+		d.say("  kubectl %s", strings.Join(args, " "))
+	}
+	for _, dep := range d.env.Sim.RelayDeployments() {
+		if ns, name, ok := strings.Cut(dep, "/"); ok {
+			d.say("  kubectl logs -n %s deploy/%s   # the sandbox's relay", ns, name)
+		}
+	}
+	d.say("(the simulated API server has no RBAC and no OpenAPI schemas: kubectl apply validates on the server; kubectl exec and explain do not work)")
 	d.say("Press Ctrl-C to disconnect and stop.")
 	<-ctx.Done()
 }

@@ -36,7 +36,10 @@ import (
 // simulated cluster through a kubeconfig. It covers what sbx needs: get,
 // list (label and field selectors), watch (including streaming lists),
 // create, update (and the status subresource), delete, and the pods'
-// portforward subresource. Requests go through the same fake clientsets
+// portforward subresource; and what kubectl needs besides
+// (apihttp_kubectl.go, apihttp_table.go, discovery.go): discovery, patch
+// and server-side apply, field validation, the pods' log subresource,
+// access reviews and Tables. Requests go through the same fake clientsets
 // (and so the same simulated API server behaviour) as in-process clients.
 type apiHTTP struct {
 	c      *Cluster
@@ -45,6 +48,7 @@ type apiHTTP struct {
 	codecs serializer.CodecFactory
 	params runtime.ParameterCodec
 	kinds  map[schema.GroupVersionResource]schema.GroupVersionKind
+	disc   *discovery
 	pf     *httputil.ReverseProxy
 
 	ln   net.Listener
@@ -82,6 +86,7 @@ func newAPIHTTP(c *Cluster, logger *slog.Logger) (*apiHTTP, error) {
 		plural, _ := meta.UnsafeGuessKindToResource(gvk)
 		a.kinds[plural] = gvk
 	}
+	a.disc = newDiscovery(s, a.kinds)
 	pfURL, err := url.Parse(c.PortForward.URL())
 	if err != nil {
 		return nil, err
@@ -142,16 +147,16 @@ func (a *apiHTTP) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	parts := strings.Split(strings.Trim(r.URL.Path, "/"), "/")
 	var gv schema.GroupVersion
 	var rest []string
-	switch {
-	case len(parts) == 1 && parts[0] == "version":
-		writeJSON(w, http.StatusOK, map[string]string{"major": "1", "minor": "37", "gitVersion": "v1.37.0-sim", "platform": "sim"})
+	if r.Method == http.MethodGet && a.serveDiscovery(w, r, parts) {
 		return
+	}
+	switch {
 	case len(parts) >= 2 && parts[0] == "api":
 		gv, rest = schema.GroupVersion{Version: parts[1]}, parts[2:]
 	case len(parts) >= 3 && parts[0] == "apis":
 		gv, rest = schema.GroupVersion{Group: parts[1], Version: parts[2]}, parts[3:]
 	default:
-		a.writeErr(w, apierrors.NewNotFound(schema.GroupResource{}, r.URL.Path))
+		a.writeErr(w, notServed(r.URL.Path+" is not a path of the simulated API server: it serves /version, /api, /apis, /openapi/v3 and the resources they list"))
 		return
 	}
 	ns := ""
@@ -159,7 +164,7 @@ func (a *apiHTTP) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		ns, rest = rest[1], rest[2:]
 	}
 	if len(rest) == 0 || len(rest) > 3 {
-		a.writeErr(w, apierrors.NewNotFound(schema.GroupResource{}, r.URL.Path))
+		a.writeErr(w, notServed(r.URL.Path+" is not a path of the simulated API server: it serves /version, /api, /apis, /openapi/v3 and the resources they list"))
 		return
 	}
 	resource, name, sub := rest[0], "", ""
@@ -173,10 +178,23 @@ func (a *apiHTTP) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		a.pf.ServeHTTP(w, r)
 		return
 	}
+	if gv.Group == "" && resource == "pods" && sub == "log" && r.Method == http.MethodGet {
+		a.podLog(w, r, ns, name)
+		return
+	}
+	if gvr := gv.WithResource(resource); (gvr == selfSubjectAccessReviews || gvr == selfSubjectRulesReviews) && r.Method == http.MethodPost && name == "" {
+		a.accessReview(w, r, gvr)
+		return
+	}
+	if sub != "" && sub != "status" {
+		a.writeErr(w, notServed(fmt.Sprintf("%s/%s is not simulated (%s): the simulated API server serves the status subresource, and pods' log and portforward; use kubectl logs or kubectl port-forward",
+			resource, sub, r.URL.Path)))
+		return
+	}
 	gvr := gv.WithResource(resource)
 	gvk, ok := a.kinds[gvr]
 	if !ok {
-		a.writeErr(w, apierrors.NewNotFound(gvr.GroupResource(), "the server could not find the requested resource"))
+		a.writeErr(w, notServed(fmt.Sprintf("resource %s (%s) is not served by the simulated API server: kubectl api-resources lists what it serves", gvr.GroupResource(), gvr.GroupVersion())))
 		return
 	}
 	fake := &a.c.Clients.Kube.Fake
@@ -186,6 +204,10 @@ func (a *apiHTTP) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	switch {
 	case r.Method == http.MethodGet && name != "":
 		obj, err := fake.Invokes(clienttesting.NewGetAction(gvr, ns, name), nil)
+		if wantsTable(r) {
+			a.respondTable(w, r, gvk, obj, err)
+			return
+		}
 		a.respond(w, gvk, http.StatusOK, obj, err)
 	case r.Method == http.MethodGet:
 		var opts metav1.ListOptions
@@ -198,9 +220,13 @@ func (a *apiHTTP) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		list, err := a.list(fake, gvr, gvk, ns, opts)
+		if wantsTable(r) {
+			a.respondTable(w, r, gvk, list, err)
+			return
+		}
 		a.respond(w, gvk, http.StatusOK, list, err)
 	case r.Method == http.MethodPost && name == "":
-		obj, err := a.decode(r, gvk)
+		obj, err := a.decode(w, r, gvk)
 		if err != nil {
 			a.writeErr(w, err)
 			return
@@ -208,7 +234,7 @@ func (a *apiHTTP) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		out, err := fake.Invokes(clienttesting.NewCreateAction(gvr, ns, obj), nil)
 		a.respond(w, gvk, http.StatusCreated, out, err)
 	case r.Method == http.MethodPut && name != "":
-		obj, err := a.decode(r, gvk)
+		obj, err := a.decode(w, r, gvk)
 		if err != nil {
 			a.writeErr(w, err)
 			return
@@ -218,6 +244,9 @@ func (a *apiHTTP) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			action = clienttesting.NewUpdateSubresourceAction(gvr, sub, ns, obj)
 		}
 		out, err := fake.Invokes(action, nil)
+		a.respond(w, gvk, http.StatusOK, out, err)
+	case r.Method == http.MethodPatch && name != "":
+		out, err := a.patch(w, r, fake, gvr, gvk, ns, name, sub)
 		a.respond(w, gvk, http.StatusOK, out, err)
 	case r.Method == http.MethodDelete && name != "":
 		_, err := fake.Invokes(clienttesting.NewDeleteAction(gvr, ns, name), nil)
@@ -329,8 +358,18 @@ func (a *apiHTTP) watch(w http.ResponseWriter, r *http.Request, fake *clienttest
 	w.WriteHeader(http.StatusOK)
 	flusher, _ := w.(http.Flusher)
 	enc := json.NewEncoder(w)
+	asTable := wantsTable(r)
 	send := func(typ watch.EventType, obj runtime.Object) bool {
-		raw, err := runtime.Encode(a.codecs.LegacyCodec(gvk.GroupVersion()), obj)
+		var raw []byte
+		var err error
+		if asTable && typ != watch.Error {
+			var t *metav1.Table
+			if t, err = a.table(r, gvk, obj); err == nil {
+				raw, err = json.Marshal(t)
+			}
+		} else {
+			raw, err = runtime.Encode(a.codecs.LegacyCodec(gvk.GroupVersion()), obj)
+		}
 		if err != nil {
 			a.log.Warn("cannot encode watch event", "resource", gvr.String(), "error", err)
 			return true
@@ -379,7 +418,7 @@ func (a *apiHTTP) watch(w http.ResponseWriter, r *http.Request, fake *clienttest
 	}
 }
 
-func (a *apiHTTP) decode(r *http.Request, gvk schema.GroupVersionKind) (runtime.Object, error) {
+func (a *apiHTTP) decode(w http.ResponseWriter, r *http.Request, gvk schema.GroupVersionKind) (runtime.Object, error) {
 	body, err := io.ReadAll(io.LimitReader(r.Body, 8<<20))
 	if err != nil {
 		return nil, apierrors.NewBadRequest(err.Error())
@@ -388,15 +427,51 @@ func (a *apiHTTP) decode(r *http.Request, gvk schema.GroupVersionKind) (runtime.
 	if i := strings.Index(mediaType, ";"); i >= 0 {
 		mediaType = mediaType[:i]
 	}
+	return a.decodeBody(w, r, mediaType, body, gvk)
+}
+
+// decodeBody decodes body as a gvk and applies the request's
+// fieldValidation to unknown and duplicate fields: Strict refuses them,
+// Warn (the default) answers a warning, Ignore drops them.
+func (a *apiHTTP) decodeBody(w http.ResponseWriter, r *http.Request, mediaType string, body []byte, gvk schema.GroupVersionKind) (runtime.Object, error) {
 	info, ok := runtime.SerializerInfoForMediaType(a.codecs.SupportedMediaTypes(), mediaType)
 	if !ok {
 		info, _ = runtime.SerializerInfoForMediaType(a.codecs.SupportedMediaTypes(), runtime.ContentTypeJSON)
 	}
-	obj, _, err := a.codecs.DecoderToVersion(info.Serializer, gvk.GroupVersion()).Decode(body, &gvk, nil)
+	dec := info.Serializer
+	if info.StrictSerializer != nil {
+		dec = info.StrictSerializer
+	}
+	obj, _, err := a.codecs.DecoderToVersion(dec, gvk.GroupVersion()).Decode(body, &gvk, nil)
+	if err != nil && runtime.IsStrictDecodingError(err) && obj != nil {
+		switch v := r.URL.Query().Get("fieldValidation"); v {
+		case "Strict":
+			return nil, apierrors.NewBadRequest(fmt.Sprintf("%s %q: %v (fieldValidation=Strict; fix the manifest, or pass --validate=warn to kubectl)",
+				gvk.Kind, nameOf(obj), err))
+		case "", "Warn":
+			if se, ok := runtime.AsStrictDecodingError(err); ok {
+				for _, e := range se.Errors() {
+					w.Header().Add("Warning", fmt.Sprintf("299 - %q", e.Error()))
+				}
+			}
+			return obj, nil
+		case "Ignore":
+			return obj, nil
+		default:
+			return nil, apierrors.NewBadRequest(fmt.Sprintf("fieldValidation=%q: use Strict, Warn or Ignore", v))
+		}
+	}
 	if err != nil {
 		return nil, apierrors.NewBadRequest(fmt.Sprintf("decode %s: %v", gvk.Kind, err))
 	}
 	return obj, nil
+}
+
+func nameOf(obj runtime.Object) string {
+	if m, err := meta.Accessor(obj); err == nil {
+		return m.GetName()
+	}
+	return ""
 }
 
 func (a *apiHTTP) respond(w http.ResponseWriter, gvk schema.GroupVersionKind, code int, obj runtime.Object, err error) {

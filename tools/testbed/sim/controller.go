@@ -80,6 +80,7 @@ type controller struct {
 	clients *Clients
 	net     *Network
 	run     RelayFunc
+	logs    *podLogs // the containers' logs, for kubectl logs
 	// probeEvery is the readiness probe period (much shorter than a real
 	// kubelet's, to keep tests fast).
 	probeEvery time.Duration
@@ -99,9 +100,10 @@ type controller struct {
 	closed bool
 }
 
-func newController(ctx context.Context, logger *slog.Logger, clients *Clients, network *Network, run RelayFunc) (*controller, error) {
+func newController(ctx context.Context, logger *slog.Logger, clients *Clients, network *Network, logs *podLogs, run RelayFunc) (*controller, error) {
 	c := &controller{
 		log:            logger.With("component", "kubelet"),
+		logs:           logs,
 		clients:        clients,
 		net:            network,
 		run:            run,

@@ -95,6 +95,7 @@ func (p *relayPod) kubelet() {
 	log := p.c.log.With("pod", p.ns+"/"+p.name)
 	defer func() {
 		p.c.net.RemovePod(p.ns, p.name)
+		p.c.logs.forget(p.ns, p.name)
 		p.mu.Lock()
 		del := p.deleted
 		p.mu.Unlock()
@@ -190,7 +191,7 @@ func (p *relayPod) runOnce(ct corev1.Container) error {
 				return tc
 			}},
 		PodIP:  p.ip,
-		Logger: p.c.log.With("pod", p.ns+"/"+p.name, "component", "relay"),
+		Logger: p.c.logs.logger(p.c.log.With("pod", p.ns+"/"+p.name, "component", "relay"), p.ns, p.name),
 	}
 	exited := make(chan error, 1)
 	go func() { exited <- p.c.run(runCtx, proc) }()

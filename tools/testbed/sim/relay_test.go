@@ -60,6 +60,13 @@ func TestRealRelayEndToEnd(t *testing.T) {
 	require.NoError(t, err)
 	defer sess.Close()
 	require.Equal(t, "sim", welcome.RelayVersion)
+	// What the relay logs is its pod's log (kubectl logs).
+	relayPod, ok := c.RelayPod(ns, dep.Name)
+	require.True(t, ok)
+	require.Eventually(t, func() bool {
+		lines, _, _ := c.logs.lines(ns, relayPod, 0)
+		return len(lines) > 0
+	}, 5*time.Second, 10*time.Millisecond, "the relay pod's log is empty")
 
 	// The laptop: v2 route calling driver through the tunnel.
 	viaTunnel := &http.Client{Transport: &http.Transport{

@@ -19,6 +19,7 @@ import (
 
 	"github.com/sbx-dev/sbx/tools/testbed/pftest"
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/rest"
 )
@@ -60,6 +61,7 @@ type Cluster struct {
 	RESTConfig *rest.Config
 
 	ctrl    *controller
+	logs    *podLogs
 	api     *apiHTTP
 	closers []func()
 }
@@ -71,13 +73,18 @@ func Start(ctx context.Context, opts Options) (_ *Cluster, err error) {
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
-	c := &Cluster{log: logger.With("component", "sim"), Network: NewNetwork(opts.Domain)}
+	c := &Cluster{log: logger.With("component", "sim"), Network: NewNetwork(opts.Domain), logs: newPodLogs()}
 	defer func() {
 		if err != nil {
 			c.Close()
 		}
 	}()
 	c.Clients = NewClients(c.Network, nil)
+	for _, ns := range []string{metav1.NamespaceDefault, metav1.NamespaceSystem, AppNamespace, "istio-system"} {
+		if err := c.ensureNamespace(ctx, ns); err != nil {
+			return nil, err
+		}
+	}
 	if err := c.startBaseline(ctx); err != nil {
 		return nil, err
 	}
@@ -105,7 +112,7 @@ func Start(ctx context.Context, opts Options) (_ *Cluster, err error) {
 	if run == nil {
 		run = defaultRelay
 	}
-	c.ctrl, err = newController(ctx, logger, c.Clients, c.Network, run)
+	c.ctrl, err = newController(ctx, logger, c.Clients, c.Network, c.logs, run)
 	if c.ctrl != nil {
 		c.ctrl.pullable = opts.Pullable
 	}
@@ -218,6 +225,9 @@ func (c *Cluster) startBaseline(ctx context.Context) error {
 // how the baseline is deployed; tests use it to add workloads.
 func (c *Cluster) RunApp(ctx context.Context, ns string, s AppService, version string) (*AppServer, error) {
 	now := time.Now()
+	if err := c.ensureNamespace(ctx, ns); err != nil {
+		return nil, err
+	}
 	dep, svc := appObjects(ns, s, version)
 	if _, err := c.Clients.Kube.CoreV1().Services(ns).Create(ctx, svc, metav1.CreateOptions{}); err != nil {
 		return nil, fmt.Errorf("create service %s/%s: %w", ns, s.Name, err)
@@ -232,6 +242,7 @@ func (c *Cluster) RunApp(ctx context.Context, ns string, s AppService, version s
 		return nil, err
 	}
 	pod := runningPod(dep, name, ip.String(), now)
+	podLog := c.logs.logger(c.log.With("pod", ns+"/"+name), ns, name)
 	srv, err := StartApp(AppConfig{
 		Service:   s.Name,
 		Version:   version,
@@ -239,7 +250,7 @@ func (c *Cluster) RunApp(ctx context.Context, ns string, s AppService, version s
 		Pod:       name,
 		Calls:     s.Calls,
 		Client:    PodHTTPClient(c.Network.PodResolver(ns, pod.Labels)),
-		Logger:    c.log,
+		Logger:    podLog,
 	}, "127.0.0.1:0")
 	if err != nil {
 		return nil, err
@@ -248,6 +259,7 @@ func (c *Cluster) RunApp(ctx context.Context, ns string, s AppService, version s
 	if err := c.Network.BindPodPort(ns, name, s.Port, srv.Addr(), false); err != nil {
 		return nil, err
 	}
+	podLog.Info("sample service listening", "service", s.Name, "version", version, "port", s.Port)
 	if _, err := c.Clients.Kube.CoreV1().Pods(ns).Create(ctx, pod, metav1.CreateOptions{}); err != nil {
 		return nil, fmt.Errorf("create pod %s/%s: %w", ns, name, err)
 	}
@@ -255,6 +267,17 @@ func (c *Cluster) RunApp(ctx context.Context, ns string, s AppService, version s
 		return nil, fmt.Errorf("deployment %s/%s status: %w", ns, s.Name, err)
 	}
 	return srv, nil
+}
+
+// ensureNamespace creates Namespace ns (Active) unless it exists, so that
+// listing namespaces (kubectl get ns) shows the ones the cluster uses.
+func (c *Cluster) ensureNamespace(ctx context.Context, ns string) error {
+	_, err := c.Clients.Kube.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns},
+		Status: corev1.NamespaceStatus{Phase: corev1.NamespaceActive}}, metav1.CreateOptions{})
+	if err != nil && !apierrors.IsAlreadyExists(err) {
+		return fmt.Errorf("create namespace %s in the simulated cluster: %w", ns, err)
+	}
+	return nil
 }
 
 // PodHTTPClient is an HTTP client that dials through the simulated network

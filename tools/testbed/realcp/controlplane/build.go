@@ -25,6 +25,9 @@ const KubernetesVersion = "v1.37.2"
 const (
 	APIServer         = "kube-apiserver"
 	ControllerManager = "kube-controller-manager"
+	// Kubectl is built beside the control plane for the tests that run the
+	// real kubectl against the simulated cluster (package kubectlsim).
+	Kubectl = "kubectl"
 )
 
 // EnvBinDir overrides where the binaries are built and looked for.
@@ -61,11 +64,11 @@ type BuildOptions struct {
 	Every time.Duration
 }
 
-// Build compiles kube-apiserver and kube-controller-manager from the
+// Build compiles kube-apiserver, kube-controller-manager and kubectl from the
 // k8s.io/kubernetes module this module requires, with the version stamped
 // the way Kubernetes' own build does (so /version says KubernetesVersion),
-// into o.BinDir. Both binaries come from one `go build`, which shares the
-// packages they have in common; the Go build cache makes a later build
+// into o.BinDir. The binaries come from one `go build`, which shares the
+// packages they have in common (kubectl adds ~1 min to a warm build); the Go build cache makes a later build
 // quick (the first takes ~10-15 min on 2 cores), and go build leaves
 // binaries that are up to date alone.
 func Build(ctx context.Context, o BuildOptions) error {
@@ -109,7 +112,7 @@ func Build(ctx context.Context, o BuildOptions) error {
 		return err
 	}
 	args := []string{"build", "-v", "-ldflags", ldflags, "-o", o.BinDir + string(filepath.Separator),
-		"k8s.io/kubernetes/cmd/" + APIServer, "k8s.io/kubernetes/cmd/" + ControllerManager}
+		"k8s.io/kubernetes/cmd/" + APIServer, "k8s.io/kubernetes/cmd/" + ControllerManager, "k8s.io/kubernetes/cmd/" + Kubectl}
 	cmd := exec.CommandContext(ctx, o.Go, args...)
 	cmd.Dir = o.ModuleDir
 	// Kubernetes releases these binaries static, without cgo.
@@ -120,8 +123,8 @@ func Build(ctx context.Context, o BuildOptions) error {
 	}
 	cmd.Stdout = cmd.Stderr
 
-	o.Logf("building %s and %s %s into %s (the first build takes ~10-15 min on 2 cores; later ones use the Go build cache)",
-		APIServer, ControllerManager, KubernetesVersion, o.BinDir)
+	o.Logf("building %s, %s and %s %s into %s (the first build takes ~10-15 min on 2 cores; later ones use the Go build cache)",
+		APIServer, ControllerManager, Kubectl, KubernetesVersion, o.BinDir)
 	start := time.Now()
 	if err := cmd.Start(); err != nil {
 		return fmt.Errorf("start %s build: %w", o.Go, err)
@@ -152,17 +155,17 @@ wait:
 		case <-scanned:
 			break wait
 		case <-tick.C:
-			o.Logf("building %s and %s: %d packages compiled, %s", APIServer, ControllerManager,
+			o.Logf("building %s, %s and %s: %d packages compiled, %s", APIServer, ControllerManager, Kubectl,
 				compiled.Load(), time.Since(start).Round(time.Second))
 		}
 	}
 	if err := cmd.Wait(); err != nil {
 		if ctx.Err() != nil {
-			return fmt.Errorf("build %s and %s: %w (after %s)", APIServer, ControllerManager, ctx.Err(), time.Since(start).Round(time.Second))
+			return fmt.Errorf("build %s, %s and %s: %w (after %s)", APIServer, ControllerManager, Kubectl, ctx.Err(), time.Since(start).Round(time.Second))
 		}
-		return fmt.Errorf("build %s and %s in %s: %w\n%s", APIServer, ControllerManager, o.ModuleDir, err, tail.String())
+		return fmt.Errorf("build %s, %s and %s in %s: %w\n%s", APIServer, ControllerManager, Kubectl, o.ModuleDir, err, tail.String())
 	}
-	o.Logf("built %s and %s %s in %s (%d packages compiled)", APIServer, ControllerManager, KubernetesVersion,
+	o.Logf("built %s, %s and %s %s in %s (%d packages compiled)", APIServer, ControllerManager, Kubectl, KubernetesVersion,
 		time.Since(start).Round(time.Second), compiled.Load())
 	return nil
 }
@@ -183,6 +186,23 @@ func Binaries(dir string) (apiserver, controllerManager string, err error) {
 		}
 	}
 	return apiserver, controllerManager, nil
+}
+
+// KubectlBinary returns the path of the built kubectl, or an error that
+// says how to build it.
+func KubectlBinary(dir string) (string, error) {
+	if dir == "" {
+		var err error
+		if dir, err = BinDir(); err != nil {
+			return "", err
+		}
+	}
+	p := filepath.Join(dir, Kubectl)
+	if _, err := os.Stat(p); err != nil {
+		return "", fmt.Errorf("%s %s is not built (%w): run `make realcp-build` (or `go run ./cmd/build-controlplane` in tools/testbed/realcp) first; ~1 min when the control plane is already built",
+			Kubectl, KubernetesVersion, err)
+	}
+	return p, nil
 }
 
 // versionLDFlags stamps the version into the packages Kubernetes' own

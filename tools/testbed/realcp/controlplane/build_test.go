@@ -84,3 +84,18 @@ func TestFreePorts(t *testing.T) {
 		t.Fatalf("freePorts(3) = %v, want 3 distinct ports", ports)
 	}
 }
+
+// A missing kubectl is an error that says how to build it (the kubectlsim
+// tests skip with it).
+func TestKubectlBinaryMissing(t *testing.T) {
+	dir := t.TempDir()
+	if _, err := KubectlBinary(dir); err == nil || !strings.Contains(err.Error(), "make realcp-build") {
+		t.Fatalf("KubectlBinary of an empty folder: %v, want an error naming make realcp-build", err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, Kubectl), nil, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if p, err := KubectlBinary(dir); err != nil || p != filepath.Join(dir, Kubectl) {
+		t.Fatalf("KubectlBinary = %q, %v", p, err)
+	}
+}

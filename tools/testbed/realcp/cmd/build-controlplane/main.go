@@ -1,4 +1,4 @@
-// Command build-controlplane builds kube-apiserver and
+// Command build-controlplane builds kube-apiserver, kubectl and
 // kube-controller-manager for the real-control-plane test tier into their
 // cache folder (controlplane.BinDir): the explicit step `make realcp-build`
 // runs before the tests. Run it from tools/testbed/realcp.
