@@ -26,8 +26,8 @@ import (
 	"github.com/sbx-dev/sbx/tunnel"
 )
 
-// relayImage is the relay image the scenarios render; nothing pulls it
-// (there is no kubelet yet).
+// relayImage is the relay image the scenarios render: the node stand-in
+// runs the sbx binary built from the checkout for it.
 const relayImage = "ghcr.io/sbx-dev/sbx:realcp-test"
 
 // env is one scenario's namespace on the shared control plane, set up as

@@ -18,6 +18,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/sbx-dev/sbx/tools/testbed/realcp/controlplane"
+	"github.com/sbx-dev/sbx/tools/testbed/realcp/node"
 )
 
 // cp is the control plane every scenario of the package shares: each
@@ -26,6 +27,14 @@ var cp *controlplane.ControlPlane
 
 // repoRoot is the sbx checkout (deploy/, testdata/).
 var repoRoot string
+
+// nodeDir holds the node stand-in's container logs; sbxBin is the sbx
+// binary it runs relay pods with (built from the checkout once).
+var nodeDir, sbxBin string
+
+// theNode is the node stand-in every scenario shares (a scenario that
+// restarts it replaces it).
+var theNode *node.Node
 
 func TestMain(m *testing.M) {
 	flag.Parse()
@@ -73,9 +82,34 @@ func run(m *testing.M) int {
 		keep = true
 		return 1
 	}
+	nodeDir = filepath.Join(dir, "node")
+	sbxBin = filepath.Join(dir, "sbx")
+	start := time.Now()
+	build := exec.CommandContext(ctx, "go", "build", "-o", sbxBin, "./cmd/sbx")
+	build.Dir = repoRoot
+	if out, err := build.CombinedOutput(); err != nil {
+		log.Printf("FAIL: build sbx: %v\n%s", err, out)
+		return 1
+	}
+	log.Printf("built sbx in %s", time.Since(start).Round(100*time.Millisecond))
+	if theNode, err = startNode(ctx); err != nil {
+		log.Printf("FAIL: start the node stand-in: %v", err)
+		keep = true
+		return 1
+	}
+	defer func() { theNode.Close() }()
 	code := m.Run()
 	keep = code != 0 || os.Getenv("SBX_REALCP_KEEP") != ""
 	return code
+}
+
+// nodeName is the node stand-in's Node.
+const nodeName = "realcp-node"
+
+func startNode(ctx context.Context) (*node.Node, error) {
+	return node.Start(ctx, node.Options{
+		Name: nodeName, URL: cp.URL, CA: cp.CA, Sbx: sbxBin, Dir: nodeDir, Logf: log.Printf,
+	})
 }
 
 // setUpCluster does what a cluster admin did once before developers use

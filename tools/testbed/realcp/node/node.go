@@ -1,0 +1,398 @@
+// Package node is a node stand-in for the real control plane
+// (controlplane): a kubelet that runs sbx's relay pods as real `sbx relay`
+// processes, each in a network namespace of its own, and a one-node
+// scheduler.
+//
+// It acts as the node (client certificate O=system:nodes,
+// CN=system:node:NAME), so the Node authorizer and NodeRestriction apply
+// to what it does; it registers its Node (kubelet endpoint 127.0.0.1 and a
+// free port) and keeps it Ready; it serves the kubelet API's port-forward
+// over TLS with k8s.io/cri-streaming's handler (the kubelet's own), which
+// the API server reaches with its kubelet client certificate.
+//
+// Scheduling: the tier runs no kube-scheduler (one more ~2-minute build
+// and process for a one-node cluster); the stand-in binds each Pending pod
+// to itself as system:kube-scheduler (a client certificate from the CA, to
+// which RBAC's bootstrap policy grants the scheduler's rights), so binding
+// goes through the same pods/binding subresource and authorization.
+//
+// Images: a container whose image's repository is ghcr.io/sbx-dev/sbx runs
+// the sbx binary Options.Sbx with the container's args and env
+// (literal, Secret- and ConfigMap-backed). Any other image fails as a
+// kubelet fails to pull it: ErrImagePull, then ImagePullBackOff, with a
+// Warning event. A container that exits is restarted with a back-off
+// (restartCount, CrashLoopBackOff); Ready comes from the readinessProbe's
+// HTTP GET; a deleted pod's processes get SIGTERM, then SIGKILL after the
+// grace period.
+//
+// Linux, root, and iproute2 (ip netns) only.
+package node
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	coordinationv1 "k8s.io/api/coordination/v1"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/resource"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/fields"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/cache"
+	"k8s.io/utils/ptr"
+
+	"github.com/sbx-dev/sbx/tools/testbed/realcp/controlplane"
+)
+
+// Options configure Start.
+type Options struct {
+	// Name is the Node's name (required).
+	Name string
+	// URL and CA are the control plane's (controlplane.ControlPlane's).
+	URL string
+	CA  *controlplane.CA
+	// Sbx is the sbx binary that runs relay images (required).
+	Sbx string
+	// Dir holds the containers' logs (required).
+	Dir string
+	// Logf reports what the node does (default: nothing).
+	Logf func(format string, args ...any)
+	// Subnet is the pods' /24 (default: a free one in 10.200-255.x.0/24,
+	// chosen at run time).
+	Subnet netip.Prefix
+}
+
+// Node is a running node stand-in.
+type Node struct {
+	o       Options
+	client  kubernetes.Interface // as system:node:NAME
+	sched   kubernetes.Interface // as system:kube-scheduler
+	kubelet *kubeletServer
+	dns     *dnsServer
+
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup // informers, heartbeat, pods
+
+	mu     sync.Mutex
+	pods   map[types.UID]*podRunner
+	nextIP int
+	closed bool
+	stats  struct{ portForwards atomic.Int64 }
+}
+
+// RelayRepo is the image repository whose images run the sbx binary.
+const RelayRepo = "ghcr.io/sbx-dev/sbx"
+
+// Start registers the node and starts serving. Close stops it.
+func Start(ctx context.Context, o Options) (_ *Node, err error) {
+	if o.Name == "" || o.CA == nil || o.URL == "" || o.Sbx == "" || o.Dir == "" {
+		return nil, errors.New("node.Start: Name, URL, CA, Sbx and Dir are required")
+	}
+	if o.Logf == nil {
+		o.Logf = func(string, ...any) {}
+	}
+	cleanLeftovers(ctx, o.Logf)
+	if !o.Subnet.IsValid() {
+		if o.Subnet, err = pickSubnet(ctx); err != nil {
+			return nil, err
+		}
+	}
+	if err := os.MkdirAll(filepath.Join(o.Dir, "logs"), 0o755); err != nil {
+		return nil, err
+	}
+	n := &Node{o: o, pods: map[types.UID]*podRunner{}, nextIP: 2}
+	n.ctx, n.cancel = context.WithCancel(context.Background())
+	defer func() {
+		if err != nil {
+			n.Close()
+		}
+	}()
+	if n.client, err = n.clientAs("system:node:"+o.Name, []string{"system:nodes"}); err != nil {
+		return nil, err
+	}
+	if n.sched, err = n.clientAs("system:kube-scheduler", nil); err != nil {
+		return nil, err
+	}
+	cert, err := o.CA.IssueServing("system:node:"+o.Name, []string{"localhost", o.Name}, []net.IP{net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		return nil, err
+	}
+	if n.kubelet, err = startKubelet(n, cert); err != nil {
+		return nil, err
+	}
+	if n.dns, err = startDNS(n); err != nil {
+		return nil, err
+	}
+	if err := n.register(ctx); err != nil {
+		return nil, err
+	}
+	n.wg.Add(1)
+	go n.heartbeat()
+	if err := n.runInformers(ctx); err != nil {
+		return nil, err
+	}
+	o.Logf("node stand-in %s up: kubelet at 127.0.0.1:%d, pods in %s, cluster DNS at %s", o.Name, n.kubelet.port(), o.Subnet, n.gateway())
+	return n, nil
+}
+
+// Subnet is the pods' /24.
+func (n *Node) Subnet() netip.Prefix { return n.o.Subnet }
+
+// PortForwards counts the port-forward requests the kubelet API served.
+func (n *Node) PortForwards() int64 { return n.stats.portForwards.Load() }
+
+// Close stops every pod's processes (SIGTERM, then SIGKILL) and removes
+// their network namespaces, and stops serving. The API objects stay, as
+// when a kubelet stops: a new stand-in of the same name runs the pods
+// again.
+func (n *Node) Close() {
+	n.mu.Lock()
+	if n.closed {
+		n.mu.Unlock()
+		return
+	}
+	n.closed = true
+	runners := make([]*podRunner, 0, len(n.pods))
+	for _, r := range n.pods {
+		runners = append(runners, r)
+	}
+	n.mu.Unlock()
+	for _, r := range runners {
+		r.stop(2 * time.Second)
+	}
+	n.cancel()
+	n.wg.Wait()
+	if n.kubelet != nil {
+		n.kubelet.close()
+	}
+	if n.dns != nil {
+		n.dns.close()
+	}
+	n.o.Logf("node stand-in %s stopped", n.o.Name)
+}
+
+func (n *Node) clientAs(user string, groups []string) (kubernetes.Interface, error) {
+	certPEM, keyPEM, err := n.o.CA.IssueClient(user, groups)
+	if err != nil {
+		return nil, err
+	}
+	return kubernetes.NewForConfig(&rest.Config{
+		Host:            n.o.URL,
+		TLSClientConfig: rest.TLSClientConfig{CAData: n.o.CA.PEM, CertData: certPEM, KeyData: keyPEM},
+		QPS:             50, Burst: 100,
+	})
+}
+
+// gateway is the host's address on every pod's veth: the first of the
+// subnet. The cluster DNS server listens there.
+func (n *Node) gateway() netip.Addr { return n.o.Subnet.Addr().Next() }
+
+// register creates the Node (or takes over the existing one, after a
+// restart) with the kubelet's address and port.
+func (n *Node) register(ctx context.Context) error {
+	node := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: n.o.Name, Labels: map[string]string{
+		"kubernetes.io/hostname": n.o.Name, "kubernetes.io/os": "linux",
+	}}}
+	if _, err := n.client.CoreV1().Nodes().Create(ctx, node, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
+		return fmt.Errorf("register Node %s: %w", n.o.Name, err)
+	}
+	return n.postStatus(ctx)
+}
+
+func (n *Node) postStatus(ctx context.Context) error {
+	node, err := n.client.CoreV1().Nodes().Get(ctx, n.o.Name, metav1.GetOptions{})
+	if err != nil {
+		return err
+	}
+	now := metav1.Now()
+	node.Status.Addresses = []corev1.NodeAddress{
+		{Type: corev1.NodeInternalIP, Address: "127.0.0.1"},
+		{Type: corev1.NodeHostName, Address: n.o.Name},
+	}
+	node.Status.DaemonEndpoints.KubeletEndpoint.Port = int32(n.kubelet.port())
+	capacity := corev1.ResourceList{
+		corev1.ResourceCPU:    resource.MustParse("8"),
+		corev1.ResourceMemory: resource.MustParse("16Gi"),
+		corev1.ResourcePods:   resource.MustParse("110"),
+	}
+	node.Status.Capacity, node.Status.Allocatable = capacity, capacity
+	node.Status.NodeInfo.KubeletVersion = controlplane.KubernetesVersion
+	node.Status.NodeInfo.OperatingSystem, node.Status.NodeInfo.Architecture = "linux", "amd64"
+	node.Status.Conditions = []corev1.NodeCondition{{
+		Type: corev1.NodeReady, Status: corev1.ConditionTrue, Reason: "KubeletReady",
+		Message: "sbx node stand-in is posting ready status", LastHeartbeatTime: now, LastTransitionTime: now,
+	}}
+	_, err = n.client.CoreV1().Nodes().UpdateStatus(ctx, node, metav1.UpdateOptions{})
+	return err
+}
+
+// heartbeat renews the node's Lease and status, so the node lifecycle
+// controller never marks it NotReady (and evicts its pods).
+func (n *Node) heartbeat() {
+	defer n.wg.Done()
+	t := time.NewTicker(10 * time.Second)
+	defer t.Stop()
+	for {
+		ctx, cancel := context.WithTimeout(n.ctx, 10*time.Second)
+		if err := n.renewLease(ctx); err != nil && n.ctx.Err() == nil {
+			n.o.Logf("node stand-in: renew the node Lease: %v", err)
+		}
+		if err := n.postStatus(ctx); err != nil && n.ctx.Err() == nil {
+			n.o.Logf("node stand-in: post the node status: %v", err)
+		}
+		cancel()
+		select {
+		case <-n.ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+func (n *Node) renewLease(ctx context.Context) error {
+	leases := n.client.CoordinationV1().Leases(corev1.NamespaceNodeLease)
+	now := metav1.NewMicroTime(time.Now())
+	l, err := leases.Get(ctx, n.o.Name, metav1.GetOptions{})
+	if apierrors.IsNotFound(err) {
+		_, err = leases.Create(ctx, &coordinationv1.Lease{
+			ObjectMeta: metav1.ObjectMeta{Name: n.o.Name},
+			Spec:       coordinationv1.LeaseSpec{HolderIdentity: ptr.To(n.o.Name), LeaseDurationSeconds: ptr.To[int32](40), RenewTime: &now},
+		}, metav1.CreateOptions{})
+		return err
+	}
+	if err != nil {
+		return err
+	}
+	l.Spec.RenewTime = &now
+	_, err = leases.Update(ctx, l, metav1.UpdateOptions{})
+	return err
+}
+
+// runInformers starts the scheduler's watch of unbound pods and the
+// kubelet's of the pods bound to the node.
+func (n *Node) runInformers(ctx context.Context) error {
+	lw := func(c kubernetes.Interface, sel string) *cache.ListWatch {
+		return cache.NewListWatchFromClient(c.CoreV1().RESTClient(), "pods", metav1.NamespaceAll, fields.ParseSelectorOrDie(sel))
+	}
+	unbound := cache.NewSharedIndexInformer(lw(n.sched, "spec.nodeName="), &corev1.Pod{}, 0, cache.Indexers{})
+	bind := func(obj any) {
+		if p, ok := obj.(*corev1.Pod); ok && p.Spec.NodeName == "" && p.DeletionTimestamp == nil {
+			n.bind(p)
+		}
+	}
+	if _, err := unbound.AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc: bind, UpdateFunc: func(_, obj any) { bind(obj) },
+	}); err != nil {
+		return err
+	}
+	bound := cache.NewSharedIndexInformer(lw(n.client, "spec.nodeName="+n.o.Name), &corev1.Pod{}, 0, cache.Indexers{})
+	if _, err := bound.AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc:    func(obj any) { n.sync(obj, false) },
+		UpdateFunc: func(_, obj any) { n.sync(obj, false) },
+		DeleteFunc: func(obj any) {
+			if d, ok := obj.(cache.DeletedFinalStateUnknown); ok {
+				obj = d.Obj
+			}
+			n.sync(obj, true)
+		},
+	}); err != nil {
+		return err
+	}
+	for _, inf := range []cache.SharedIndexInformer{unbound, bound} {
+		n.wg.Add(1)
+		go func() {
+			defer n.wg.Done()
+			inf.Run(n.ctx.Done())
+		}()
+	}
+	if !cache.WaitForCacheSync(ctx.Done(), unbound.HasSynced, bound.HasSynced) {
+		return fmt.Errorf("node stand-in: the pod watches did not sync: %w", ctx.Err())
+	}
+	return nil
+}
+
+// bind binds p to the node, as the scheduler does.
+func (n *Node) bind(p *corev1.Pod) {
+	ctx, cancel := context.WithTimeout(n.ctx, 10*time.Second)
+	defer cancel()
+	err := n.sched.CoreV1().Pods(p.Namespace).Bind(ctx, &corev1.Binding{
+		ObjectMeta: metav1.ObjectMeta{Name: p.Name, UID: p.UID},
+		Target:     corev1.ObjectReference{Kind: "Node", Name: n.o.Name},
+	}, metav1.CreateOptions{})
+	if err != nil && !apierrors.IsConflict(err) && !apierrors.IsNotFound(err) && n.ctx.Err() == nil {
+		n.o.Logf("node stand-in: bind pod %s/%s: %v", p.Namespace, p.Name, err)
+		return
+	}
+	if err == nil {
+		n.o.Logf("node stand-in: bound pod %s/%s", p.Namespace, p.Name)
+	}
+}
+
+// sync starts a runner for a new pod and stops the runner of a pod being
+// deleted (gone: deleted from the API).
+func (n *Node) sync(obj any, gone bool) {
+	p, ok := obj.(*corev1.Pod)
+	if !ok {
+		return
+	}
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.closed {
+		return
+	}
+	r := n.pods[p.UID]
+	switch {
+	case r == nil && !gone && p.DeletionTimestamp == nil && p.Status.Phase != corev1.PodSucceeded && p.Status.Phase != corev1.PodFailed:
+		ip := n.o.Subnet.Addr()
+		for range n.nextIP {
+			ip = ip.Next()
+		}
+		idx := n.nextIP
+		n.nextIP++
+		if n.nextIP > 254 {
+			n.nextIP = 2
+		}
+		r = newPodRunner(n, p, idx, ip)
+		n.pods[p.UID] = r
+		n.wg.Add(1)
+		go func() {
+			defer n.wg.Done()
+			r.run()
+			n.mu.Lock()
+			delete(n.pods, p.UID)
+			n.mu.Unlock()
+		}()
+	case r != nil && gone:
+		r.stop(0)
+	case r != nil && p.DeletionTimestamp != nil:
+		grace := 30 * time.Second
+		if p.DeletionGracePeriodSeconds != nil {
+			grace = time.Duration(*p.DeletionGracePeriodSeconds) * time.Second
+		}
+		r.stop(grace)
+	}
+}
+
+// podNetns is the network namespace of pod ns/name.
+func (n *Node) podNetns(ns, name string) (string, error) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	for _, r := range n.pods {
+		if pn := r.net(); r.ns == ns && r.name == name && pn != nil {
+			return pn.ns, nil
+		}
+	}
+	return "", fmt.Errorf("pod %s/%s does not run on node %s", ns, name, n.o.Name)
+}

@@ -1,0 +1,276 @@
+package scenarios
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/sbx-dev/sbx/cluster"
+	"github.com/sbx-dev/sbx/cluster/kube"
+	"github.com/sbx-dev/sbx/cluster/live"
+	"github.com/sbx-dev/sbx/cluster/spec"
+	"github.com/sbx-dev/sbx/daemon"
+	"github.com/sbx-dev/sbx/daemon/api"
+	"github.com/sbx-dev/sbx/daemon/client"
+)
+
+// laptop is the developer's side: sbx's daemon in-process, talking to the
+// real API server as the developer (strict field validation, warnings
+// recorded), with its tunnel over the API server's port-forward to the
+// node stand-in's kubelet API.
+type laptop struct {
+	t       *testing.T
+	e       *env
+	dir     string
+	Client  *client.Client
+	cluster *live.Cluster
+
+	mu   sync.Mutex
+	stop context.CancelFunc
+	errc chan error
+}
+
+// newLaptop starts a daemon for e's namespace; it stops when t ends.
+func newLaptop(t *testing.T, e *env, image string) *laptop {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "sbxd") // short: the daemon's socket lives here
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	cfg := strictConfig(cp.Developer, e.warnings)
+	clients, err := cluster.NewClients(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l := &laptop{t: t, e: e, dir: dir}
+	l.cluster = live.NewFromKube(&kube.Cluster{
+		REST: cfg, Kube: clients.Kube, Istio: clients.Istio, Dynamic: clients.Dynamic,
+		Namespace: e.ns, NamespaceExplicit: true, Context: "realcp",
+	}, live.Options{
+		Logger:            testLogger(t, "laptop"),
+		WaitTimeout:       90 * time.Second,
+		DefaultRelayImage: image,
+	})
+	t.Cleanup(func() { _ = l.cluster.Close() })
+	hosts := filepath.Join(dir, "hosts")
+	if err := os.WriteFile(hosts, []byte("127.0.0.1 localhost\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	conf := fmt.Sprintf("relayImage: %s\noutbound:\n  mode: proxy\n  hostsFile: %s\n  hostsRange: 127.244.0.0/16\n  proxyListen: 127.0.0.1:0\n", image, hosts)
+	if err := os.WriteFile(filepath.Join(dir, "config.yaml"), []byte(conf), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	l.startDaemon()
+	t.Cleanup(l.stopDaemon)
+	return l
+}
+
+func (l *laptop) paths() api.Paths {
+	return api.Paths{RuntimeDir: filepath.Join(l.dir, "run"), StateDir: filepath.Join(l.dir, "state")}
+}
+
+func (l *laptop) startDaemon() {
+	l.t.Helper()
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	d, err := daemon.New(daemon.Options{
+		Paths:      l.paths(),
+		ConfigPath: filepath.Join(l.dir, "config.yaml"),
+		Logger:     testLogger(l.t, "daemon"),
+		Version:    "realcp",
+		Clusters: func(context.Context, api.KubeconfigSource, string) (daemon.Cluster, error) {
+			return l.cluster, nil
+		},
+		StatsInterval: 200 * time.Millisecond,
+		Backoff:       daemon.Backoff{Min: 100 * time.Millisecond, Max: time.Second},
+	})
+	if err != nil {
+		l.t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	errc := make(chan error, 1)
+	go func() { errc <- d.Run(ctx) }()
+	l.stop, l.errc = cancel, errc
+	l.Client = &client.Client{Socket: l.paths().Socket()}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		if _, err := l.Client.Status(l.t.Context()); err == nil {
+			return
+		} else if time.Now().After(deadline) {
+			l.t.Fatalf("the daemon did not come up: %v", err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func (l *laptop) stopDaemon() {
+	l.mu.Lock()
+	stop, errc := l.stop, l.errc
+	l.stop = nil
+	l.mu.Unlock()
+	if stop == nil {
+		return
+	}
+	stop()
+	if err := <-errc; err != nil {
+		l.t.Logf("daemon stopped: %v", err)
+	}
+	l.Client.Close()
+}
+
+// connect connects sb and waits until it is ready (or fails).
+func (l *laptop) connect(sb spec.Sandbox, timeout time.Duration) (api.SandboxStatus, error) {
+	l.t.Helper()
+	return l.Client.Connect(l.t.Context(), api.ConnectRequest{Spec: sb, Wait: true, Timeout: timeout}, func(p api.Progress) {
+		l.t.Logf("connect: %s %s %s", p.Phase, p.Message, p.Error)
+	})
+}
+
+// routeSandbox is a sandbox whose route workload (port 8083) runs at
+// local on the laptop.
+func routeSandbox(name, ns, local string) spec.Sandbox {
+	return spec.Sandbox{
+		Name: name,
+		Spec: spec.Spec{
+			Description: "route on my laptop",
+			Local: []spec.Local{{
+				Name:     "route",
+				From:     spec.Workload{Kind: spec.KindDeployment, Namespace: ns, Name: "route"},
+				Mappings: []spec.Mapping{{Port: 8083, ToLocal: local}},
+			}},
+		},
+	}
+}
+
+// localServer is the developer's service on the laptop: it answers every
+// request with its name and counts them.
+func localServer(t *testing.T, name string) (addr string, hits func() int) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	n := 0
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		n++
+		mu.Unlock()
+		fmt.Fprintf(w, "%s on the laptop: %s %s", name, r.Method, r.URL.Path)
+	}), ReadHeaderTimeout: 5 * time.Second}
+	done := make(chan struct{})
+	go func() { defer close(done); _ = srv.Serve(ln) }()
+	t.Cleanup(func() { _ = srv.Close(); <-done })
+	return ln.Addr().String(), func() int { mu.Lock(); defer mu.Unlock(); return n }
+}
+
+// relayInbound is the address (pod IP and inbound port) of the sandbox's
+// ready relay pod: what the sandbox's Service sends the keyed requests
+// of workload to.
+func (e *env) relayInbound(sandbox string) string {
+	e.t.Helper()
+	pods, err := e.Admin.CoreV1().Pods(e.ns).List(e.t.Context(), metav1.ListOptions{
+		LabelSelector: cluster.LabelSandbox + "=" + sandbox,
+	})
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	for _, p := range pods.Items {
+		if p.DeletionTimestamp != nil || p.Status.PodIP == "" || !podReady(&p) {
+			continue
+		}
+		for _, c := range p.Spec.Containers {
+			for _, port := range c.Ports {
+				if strings.HasPrefix(port.Name, "in-") {
+					return net.JoinHostPort(p.Status.PodIP, fmt.Sprint(port.ContainerPort))
+				}
+			}
+		}
+	}
+	e.t.Fatalf("no ready relay pod of sandbox %s in %s", sandbox, e.ns)
+	return ""
+}
+
+func podReady(p *corev1.Pod) bool {
+	for _, c := range p.Status.Conditions {
+		if c.Type == corev1.PodReady {
+			return c.Status == corev1.ConditionTrue
+		}
+	}
+	return false
+}
+
+// get GETs url and returns the body, failing t on an error or a non-200.
+func get(t *testing.T, url string) string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(t.Context(), 20*time.Second)
+	defer cancel()
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatalf("GET %s: %v", url, err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("GET %s: %s: %s", url, resp.Status, body)
+	}
+	return string(body)
+}
+
+// testLogger logs to t at Info and above.
+func testLogger(t *testing.T, side string) *slog.Logger {
+	return slog.New(slog.NewTextHandler(tWriter{t}, &slog.HandlerOptions{Level: slog.LevelInfo})).With("side", side)
+}
+
+type tWriter struct{ t *testing.T }
+
+func (w tWriter) Write(b []byte) (int, error) {
+	w.t.Log(strings.TrimRight(string(b), "\n"))
+	return len(b), nil
+}
+
+// The developer connects with the in-process daemon: the relay pod is
+// scheduled and run by the node stand-in, becomes ready from its /readyz,
+// and the tunnel runs over the real API server's port-forward to the
+// stand-in's kubelet API; a request to the relay's inbound port reaches
+// the developer's local server. Disconnect removes the sandbox.
+func TestConnectTunnel(t *testing.T) {
+	e := newEnv(t, "tunnel", nil)
+	local, hits := localServer(t, "route")
+	l := newLaptop(t, e, relayImage)
+	start := time.Now()
+	pfBefore := theNode.PortForwards()
+	st, err := l.connect(routeSandbox("alice", e.ns, local), 90*time.Second)
+	if err != nil {
+		t.Fatalf("connect: %v", err)
+	}
+	t.Logf("connected in %s: phase %s", time.Since(start).Round(100*time.Millisecond), st.Phase)
+	if theNode.PortForwards() == pfBefore {
+		t.Errorf("the kubelet API served no port-forward: the tunnel did not go through the API server")
+	}
+	addr := e.relayInbound("alice")
+	body := get(t, "http://"+addr+"/dispatch")
+	if !strings.Contains(body, "route on the laptop") || hits() == 0 {
+		t.Fatalf("GET via the relay at %s: %q (local hits %d)", addr, body, hits())
+	}
+	t.Logf("via the relay pod %s: %q", addr, body)
+	res, err := l.Client.Disconnect(t.Context(), "alice")
+	if err != nil {
+		t.Fatalf("disconnect: %v", err)
+	}
+	t.Logf("disconnect: %+v", res)
+}
