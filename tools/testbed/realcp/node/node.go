@@ -50,6 +50,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/cache"
+	"k8s.io/client-go/util/retry"
 	"k8s.io/utils/ptr"
 
 	"github.com/sbx-dev/sbx/tools/testbed/realcp/controlplane"
@@ -85,11 +86,12 @@ type Node struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup // informers, heartbeat, pods
 
-	mu     sync.Mutex
-	pods   map[types.UID]*podRunner
-	nextIP int
-	closed bool
-	stats  struct{ portForwards atomic.Int64 }
+	mu         sync.Mutex
+	unpullable map[string]bool
+	pods       map[types.UID]*podRunner
+	nextIP     int
+	closed     bool
+	stats      struct{ portForwards atomic.Int64 }
 }
 
 // RelayRepo is the image repository whose images run the sbx binary.
@@ -145,6 +147,24 @@ func Start(ctx context.Context, o Options) (_ *Node, err error) {
 	}
 	o.Logf("node stand-in %s up: kubelet at 127.0.0.1:%d, pods in %s, cluster DNS at %s", o.Name, n.kubelet.port(), o.Subnet, n.gateway())
 	return n, nil
+}
+
+// FailPull makes image fail to pull from now on, as an image no registry
+// has (a development build's default relay image, ghcr.io/sbx-dev/sbx:<git
+// sha>) does, though its repository is RelayRepo.
+func (n *Node) FailPull(image string) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.unpullable == nil {
+		n.unpullable = map[string]bool{}
+	}
+	n.unpullable[image] = true
+}
+
+func (n *Node) pullable(image string) bool {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return imageRepo(image) == RelayRepo && !n.unpullable[image]
 }
 
 // Subnet is the pods' /24.
@@ -212,6 +232,11 @@ func (n *Node) register(ctx context.Context) error {
 }
 
 func (n *Node) postStatus(ctx context.Context) error {
+	// The node lifecycle controller writes the Node too (taints).
+	return retry.RetryOnConflict(retry.DefaultRetry, func() error { return n.postStatusOnce(ctx) })
+}
+
+func (n *Node) postStatusOnce(ctx context.Context) error {
 	node, err := n.client.CoreV1().Nodes().Get(ctx, n.o.Name, metav1.GetOptions{})
 	if err != nil {
 		return err

@@ -261,7 +261,7 @@ func (r *podRunner) runContainer(i int) {
 		backoff = min(2*backoff, maxBackoff)
 		return d
 	}
-	if imageRepo(c.Image) != RelayRepo {
+	if !r.n.pullable(c.Image) {
 		// As a kubelet whose registry answers "not found".
 		msg := fmt.Sprintf("Failed to pull image %q: rpc error: code = NotFound desc = failed to pull and unpack image %q: "+
 			"failed to resolve reference %q: %s: not found", c.Image, c.Image, c.Image, c.Image)

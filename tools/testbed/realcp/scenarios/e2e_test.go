@@ -274,3 +274,68 @@ func TestConnectTunnel(t *testing.T) {
 	}
 	t.Logf("disconnect: %+v", res)
 }
+
+// A relay image that cannot be pulled (a development build's default,
+// ghcr.io/sbx-dev/sbx:<git sha>, exists in no registry): the node
+// stand-in reports ErrImagePull, then ImagePullBackOff, as a kubelet
+// does, and sbx connect says within seconds which image and how to set
+// relayImage, not at the wait's 3-minute deadline. (The daemon keeps
+// retrying until --timeout, as it does for every relay that is not ready;
+// the test stops waiting, as a user would with Ctrl-C, once it is told.)
+func TestRelayImageCannotBePulled(t *testing.T) {
+	e := newEnv(t, "imagepull", nil)
+	const image = "ghcr.io/sbx-dev/sbx:0f3c2a19e5d7"
+	theNode.FailPull(image)
+	local, _ := localServer(t, "route")
+	l := newLaptop(t, e, image)
+	ctx, cancel := context.WithCancel(t.Context())
+	defer cancel()
+	start := time.Now()
+	var told string
+	var took time.Duration
+	_, err := l.Client.Connect(ctx, api.ConnectRequest{Spec: routeSandbox("alice", e.ns, local), Wait: true, Timeout: 3 * time.Minute},
+		func(p api.Progress) {
+			t.Logf("connect: %s %s %s", p.Phase, p.Message, p.Error)
+			msg := p.Message + " " + p.Error
+			if told == "" && strings.Contains(msg, image) && strings.Contains(msg, "relayImage") {
+				told, took = msg, time.Since(start)
+				cancel()
+			}
+		})
+	if told == "" {
+		t.Fatalf("connect never said which image cannot be pulled and how to set relayImage (after %s: %v)", time.Since(start).Round(time.Second), err)
+	}
+	t.Logf("after %s connect said: %s", took.Round(100*time.Millisecond), told)
+	if took > 30*time.Second {
+		t.Errorf("connect took %s to say the image cannot be pulled: it should see the pull failure within seconds", took.Round(time.Second))
+	}
+	p := relayPod(t, e, "alice")
+	if w := p.Status.ContainerStatuses[0].State.Waiting; w == nil || (w.Reason != "ErrImagePull" && w.Reason != "ImagePullBackOff") {
+		t.Errorf("relay pod %s: container state %+v, want waiting on ErrImagePull or ImagePullBackOff", p.Name, p.Status.ContainerStatuses[0].State)
+	}
+	res, err := l.Client.Disconnect(t.Context(), "alice")
+	if err != nil {
+		t.Fatalf("disconnect: %v", err)
+	}
+	t.Logf("disconnect: %+v", res)
+}
+
+// relayPod is the newest relay pod of sandbox that is not being deleted.
+func relayPod(t *testing.T, e *env, sandbox string) *corev1.Pod {
+	t.Helper()
+	pods, err := e.Admin.CoreV1().Pods(e.ns).List(t.Context(), metav1.ListOptions{LabelSelector: cluster.LabelSandbox + "=" + sandbox})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var newest *corev1.Pod
+	for i := range pods.Items {
+		p := &pods.Items[i]
+		if p.DeletionTimestamp == nil && (newest == nil || newest.CreationTimestamp.Before(&p.CreationTimestamp)) {
+			newest = p
+		}
+	}
+	if newest == nil {
+		t.Fatalf("no relay pod of sandbox %s in %s", sandbox, e.ns)
+	}
+	return newest
+}
