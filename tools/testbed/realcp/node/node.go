@@ -88,8 +88,8 @@ type Node struct {
 
 	mu         sync.Mutex
 	unpullable map[string]bool
+	podIndex   cache.Store // the pods bound to the node
 	pods       map[types.UID]*podRunner
-	nextIP     int
 	closed     bool
 	stats      struct{ portForwards atomic.Int64 }
 }
@@ -114,7 +114,7 @@ func Start(ctx context.Context, o Options) (_ *Node, err error) {
 	if err := os.MkdirAll(filepath.Join(o.Dir, "logs"), 0o755); err != nil {
 		return nil, err
 	}
-	n := &Node{o: o, pods: map[types.UID]*podRunner{}, nextIP: 2}
+	n := &Node{o: o, pods: map[types.UID]*podRunner{}}
 	n.ctx, n.cancel = context.WithCancel(context.Background())
 	defer func() {
 		if err != nil {
@@ -323,6 +323,9 @@ func (n *Node) runInformers(ctx context.Context) error {
 		return err
 	}
 	bound := cache.NewSharedIndexInformer(lw(n.client, "spec.nodeName="+n.o.Name), &corev1.Pod{}, 0, cache.Indexers{})
+	n.mu.Lock()
+	n.podIndex = bound.GetStore()
+	n.mu.Unlock()
 	if _, err := bound.AddEventHandler(cache.ResourceEventHandlerFuncs{
 		AddFunc:    func(obj any) { n.sync(obj, false) },
 		UpdateFunc: func(_, obj any) { n.sync(obj, false) },
@@ -380,15 +383,12 @@ func (n *Node) sync(obj any, gone bool) {
 	r := n.pods[p.UID]
 	switch {
 	case r == nil && !gone && p.DeletionTimestamp == nil && p.Status.Phase != corev1.PodSucceeded && p.Status.Phase != corev1.PodFailed:
-		ip := n.o.Subnet.Addr()
-		for range n.nextIP {
-			ip = ip.Next()
+		ip, ok := n.allocIP(p)
+		if !ok {
+			n.o.Logf("node stand-in: no free address in %s for pod %s/%s", n.o.Subnet, p.Namespace, p.Name)
+			return
 		}
-		idx := n.nextIP
-		n.nextIP++
-		if n.nextIP > 254 {
-			n.nextIP = 2
-		}
+		idx := int(ip.As4()[3])
 		r = newPodRunner(n, p, idx, ip)
 		n.pods[p.UID] = r
 		n.wg.Add(1)
@@ -408,6 +408,40 @@ func (n *Node) sync(obj any, gone bool) {
 		}
 		r.stop(grace)
 	}
+}
+
+// allocIP picks pod p's address: the one its status has if it is in the
+// subnet and free (a pod keeps its IP across a restart of the stand-in:
+// the API server does not let a pod's IPs change), else the first free
+// one. n.mu is held.
+func (n *Node) allocIP(p *corev1.Pod) (netip.Addr, bool) {
+	used := map[netip.Addr]bool{n.gateway(): true}
+	for _, r := range n.pods {
+		used[r.ip] = true
+	}
+	if ip, err := netip.ParseAddr(p.Status.PodIP); err == nil && n.o.Subnet.Contains(ip) && !used[ip] {
+		return ip, true
+	}
+	for ip := n.gateway().Next(); n.o.Subnet.Contains(ip) && ip.As4()[3] != 255; ip = ip.Next() {
+		if !used[ip] && !n.reserved(ip) {
+			return ip, true
+		}
+	}
+	return netip.Addr{}, false
+}
+
+// reserved reports whether ip is some pod's in the API (its runner may not
+// run yet, after a restart). n.mu is held.
+func (n *Node) reserved(ip netip.Addr) bool {
+	if n.podIndex == nil {
+		return false
+	}
+	for _, obj := range n.podIndex.List() {
+		if p, ok := obj.(*corev1.Pod); ok && p.Status.PodIP == ip.String() {
+			return true
+		}
+	}
+	return false
 }
 
 // podNetns is the network namespace of pod ns/name.

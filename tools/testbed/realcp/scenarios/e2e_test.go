@@ -339,3 +339,197 @@ func relayPod(t *testing.T, e *env, sandbox string) *corev1.Pod {
 	}
 	return newest
 }
+
+// reaches waits until a request through the ready relay pod of sandbox
+// (its inbound port of route) reaches the local server named want, and
+// returns the answer.
+func (e *env) reaches(sandbox, want string, timeout time.Duration) string {
+	e.t.Helper()
+	deadline := time.Now().Add(timeout)
+	client := &http.Client{Timeout: 5 * time.Second}
+	defer client.CloseIdleConnections()
+	var last string
+	for {
+		if addr, ok := e.tryRelayInbound(sandbox); ok {
+			resp, err := client.Get("http://" + addr + "/dispatch")
+			if err == nil {
+				body, _ := io.ReadAll(resp.Body)
+				resp.Body.Close()
+				if resp.StatusCode == http.StatusOK && strings.Contains(string(body), want) {
+					return string(body)
+				}
+				last = fmt.Sprintf("%s: %s", resp.Status, body)
+			} else {
+				last = err.Error()
+			}
+		} else {
+			last = "no ready relay pod"
+		}
+		if time.Now().After(deadline) {
+			e.t.Fatalf("sandbox %s: no request through its relay reached %s within %s (last: %s)", sandbox, want, timeout, last)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+func (e *env) tryRelayInbound(sandbox string) (string, bool) {
+	pods, err := e.Admin.CoreV1().Pods(e.ns).List(e.t.Context(), metav1.ListOptions{LabelSelector: cluster.LabelSandbox + "=" + sandbox})
+	if err != nil {
+		return "", false
+	}
+	for _, p := range pods.Items {
+		if p.DeletionTimestamp != nil || p.Status.PodIP == "" || !podReady(&p) {
+			continue
+		}
+		for _, c := range p.Spec.Containers {
+			for _, port := range c.Ports {
+				if strings.HasPrefix(port.Name, "in-") {
+					return net.JoinHostPort(p.Status.PodIP, fmt.Sprint(port.ContainerPort)), true
+				}
+			}
+		}
+	}
+	return "", false
+}
+
+// waitPhase waits until the daemon reports sandbox in phase.
+func (l *laptop) waitPhase(name string, phase api.Phase, timeout time.Duration) {
+	l.t.Helper()
+	deadline := time.Now().Add(timeout)
+	var last api.SandboxStatus
+	for {
+		st, err := l.Client.Sandbox(l.t.Context(), name)
+		if err == nil && st.Phase == phase {
+			return
+		}
+		last = st
+		if time.Now().After(deadline) {
+			l.t.Fatalf("sandbox %s not %s within %s: phase %s, last error %q (%v)", name, phase, timeout, last.Phase, last.LastError, err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// Two sandboxes on one Service (route): each relay reaches its own
+// developer's local server.
+func TestTwoSandboxesOneService(t *testing.T) {
+	e := newEnv(t, "two", nil)
+	aliceLocal, _ := localServer(t, "alice's route")
+	bobLocal, _ := localServer(t, "bob's route")
+	l := newLaptop(t, e, relayImage)
+	if _, err := l.connect(routeSandbox("alice", e.ns, aliceLocal), 90*time.Second); err != nil {
+		t.Fatalf("connect alice: %v", err)
+	}
+	if _, err := l.connect(routeSandbox("bob", e.ns, bobLocal), 90*time.Second); err != nil {
+		t.Fatalf("connect bob: %v", err)
+	}
+	e.reaches("alice", "alice's route", 30*time.Second)
+	e.reaches("bob", "bob's route", 30*time.Second)
+	for _, name := range []string{"alice", "bob"} {
+		if _, err := l.Client.Disconnect(t.Context(), name); err != nil {
+			t.Fatalf("disconnect %s: %v", name, err)
+		}
+	}
+}
+
+// The daemon restarts (same state folder): it takes the connected
+// sandbox up again, and requests reach the laptop.
+func TestDaemonRestart(t *testing.T) {
+	e := newEnv(t, "daemonrestart", nil)
+	local, _ := localServer(t, "route")
+	l := newLaptop(t, e, relayImage)
+	if _, err := l.connect(routeSandbox("alice", e.ns, local), 90*time.Second); err != nil {
+		t.Fatalf("connect: %v", err)
+	}
+	e.reaches("alice", "route on the laptop", 30*time.Second)
+	l.stopDaemon()
+	start := time.Now()
+	l.startDaemon()
+	l.waitPhase("alice", api.PhaseReady, 60*time.Second)
+	e.reaches("alice", "route on the laptop", 30*time.Second)
+	t.Logf("ready and reached again %s after the daemon restarted", time.Since(start).Round(100*time.Millisecond))
+	if _, err := l.Client.Disconnect(t.Context(), "alice"); err != nil {
+		t.Fatalf("disconnect: %v", err)
+	}
+}
+
+// The node stand-in restarts (its processes and network namespaces go,
+// as when a node reboots): it runs the relay pod again (same pod, same IP,
+// a restart counted), and the daemon's tunnel comes back.
+func TestNodeRestart(t *testing.T) {
+	e := newEnv(t, "noderestart", nil)
+	local, _ := localServer(t, "route")
+	l := newLaptop(t, e, relayImage)
+	if _, err := l.connect(routeSandbox("alice", e.ns, local), 90*time.Second); err != nil {
+		t.Fatalf("connect: %v", err)
+	}
+	e.reaches("alice", "route on the laptop", 30*time.Second)
+	subnet := theNode.Subnet()
+	theNode.Close()
+	start := time.Now()
+	var err error
+	// The new stand-in outlives the test (the scenarios share it): it
+	// logs as TestMain's did.
+	theNode, err = startNode(t.Context(), subnet)
+	if err != nil {
+		t.Fatalf("restart the node stand-in: %v", err)
+	}
+	e.reaches("alice", "route on the laptop", 60*time.Second)
+	l.waitPhase("alice", api.PhaseReady, 60*time.Second)
+	t.Logf("reached again %s after the node stand-in restarted", time.Since(start).Round(100*time.Millisecond))
+	if _, err := l.Client.Disconnect(t.Context(), "alice"); err != nil {
+		t.Fatalf("disconnect: %v", err)
+	}
+}
+
+// The Lease of a connected sandbox is deleted (by hand, or another
+// user's sbx gc): the real garbage collector removes the relay and the
+// Services; the daemon notices and applies the sandbox again, and
+// requests reach the laptop again.
+func TestLeaseDeletedWhileConnected(t *testing.T) {
+	e := newEnv(t, "leasegone", nil)
+	local, _ := localServer(t, "route")
+	l := newLaptop(t, e, relayImage)
+	if _, err := l.connect(routeSandbox("alice", e.ns, local), 90*time.Second); err != nil {
+		t.Fatalf("connect: %v", err)
+	}
+	e.reaches("alice", "route on the laptop", 30*time.Second)
+	before := relayPod(t, e, "alice")
+	start := time.Now()
+	if err := e.Admin.CoordinationV1().Leases(e.ns).Delete(t.Context(), cluster.LeaseName("alice"), metav1.DeleteOptions{}); err != nil {
+		t.Fatalf("delete the Lease: %v", err)
+	}
+	// A new relay pod (the collector removed the old Deployment) is ready
+	// and reaches the laptop.
+	deadline := time.Now().Add(90 * time.Second)
+	for {
+		if p, ok := e.tryRelayPod("alice"); ok && p.UID != before.UID && podReady(p) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no new ready relay pod within 90s of deleting the Lease")
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	e.reaches("alice", "route on the laptop", 60*time.Second)
+	if _, err := e.Admin.CoordinationV1().Leases(e.ns).Get(t.Context(), cluster.LeaseName("alice"), metav1.GetOptions{}); err != nil {
+		t.Errorf("the Lease is not back: %v", err)
+	}
+	t.Logf("re-applied and reached again %s after the Lease was deleted", time.Since(start).Round(100*time.Millisecond))
+	if _, err := l.Client.Disconnect(t.Context(), "alice"); err != nil {
+		t.Fatalf("disconnect: %v", err)
+	}
+}
+
+func (e *env) tryRelayPod(sandbox string) (*corev1.Pod, bool) {
+	pods, err := e.Admin.CoreV1().Pods(e.ns).List(e.t.Context(), metav1.ListOptions{LabelSelector: cluster.LabelSandbox + "=" + sandbox})
+	if err != nil {
+		return nil, false
+	}
+	for i := range pods.Items {
+		if pods.Items[i].DeletionTimestamp == nil {
+			return &pods.Items[i], true
+		}
+	}
+	return nil, false
+}

@@ -5,6 +5,7 @@ import (
 	"flag"
 	"fmt"
 	"log"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -92,7 +93,7 @@ func run(m *testing.M) int {
 		return 1
 	}
 	log.Printf("built sbx in %s", time.Since(start).Round(100*time.Millisecond))
-	if theNode, err = startNode(ctx); err != nil {
+	if theNode, err = startNode(ctx, netip.Prefix{}); err != nil {
 		log.Printf("FAIL: start the node stand-in: %v", err)
 		keep = true
 		return 1
@@ -106,9 +107,11 @@ func run(m *testing.M) int {
 // nodeName is the node stand-in's Node.
 const nodeName = "realcp-node"
 
-func startNode(ctx context.Context) (*node.Node, error) {
+// startNode starts the node stand-in (with its pods in subnet, if valid:
+// a restarted stand-in keeps its pods' IPs).
+func startNode(ctx context.Context, subnet netip.Prefix) (*node.Node, error) {
 	return node.Start(ctx, node.Options{
-		Name: nodeName, URL: cp.URL, CA: cp.CA, Sbx: sbxBin, Dir: nodeDir, Logf: log.Printf,
+		Name: nodeName, URL: cp.URL, CA: cp.CA, Sbx: sbxBin, Dir: nodeDir, Logf: log.Printf, Subnet: subnet,
 	})
 }
 
