@@ -17,6 +17,10 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
+	authorizationv1 "k8s.io/api/authorization/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
+	"k8s.io/client-go/rest"
+
 	"github.com/sbx-dev/sbx/cluster"
 	"github.com/sbx-dev/sbx/cluster/kube"
 	"github.com/sbx-dev/sbx/cluster/live"
@@ -45,12 +49,19 @@ type laptop struct {
 // newLaptop starts a daemon for e's namespace; it stops when t ends.
 func newLaptop(t *testing.T, e *env, image string) *laptop {
 	t.Helper()
+	return newLaptopAs(t, e, cp.Developer, image, e.ns)
+}
+
+// newLaptopAs is newLaptop as the user of user, with the kube context's
+// namespace ns ("": the context names none).
+func newLaptopAs(t *testing.T, e *env, user *rest.Config, image, ns string) *laptop {
+	t.Helper()
 	dir, err := os.MkdirTemp("", "sbxd") // short: the daemon's socket lives here
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { os.RemoveAll(dir) })
-	cfg := strictConfig(cp.Developer, e.warnings)
+	cfg := strictConfig(user, e.warnings)
 	clients, err := cluster.NewClients(cfg)
 	if err != nil {
 		t.Fatal(err)
@@ -58,7 +69,7 @@ func newLaptop(t *testing.T, e *env, image string) *laptop {
 	l := &laptop{t: t, e: e, dir: dir}
 	l.cluster = live.NewFromKube(&kube.Cluster{
 		REST: cfg, Kube: clients.Kube, Istio: clients.Istio, Dynamic: clients.Dynamic,
-		Namespace: e.ns, NamespaceExplicit: true, Context: "realcp",
+		Namespace: ns, NamespaceExplicit: ns != "", Context: "realcp",
 	}, live.Options{
 		Logger:            testLogger(t, "laptop"),
 		WaitTimeout:       90 * time.Second,
@@ -532,4 +543,147 @@ func (e *env) tryRelayPod(sandbox string) (*corev1.Pod, bool) {
 		}
 	}
 	return nil, false
+}
+
+// sbx list and sbx gc as the developer (what the CLI asks the daemon):
+// in the namespace; across all namespaces, which the namespaced Role does
+// not allow, so sbx falls back to the context's namespace; and, with no
+// namespace to fall back to, the 403 with its hint. gc collects a
+// sandbox whose Lease expired long ago (another laptop's, gone), and the
+// real garbage collector the rest.
+func TestListAndGCAsDeveloper(t *testing.T) {
+	e := newEnv(t, "listgc", nil)
+	ctx := t.Context()
+	local, _ := localServer(t, "route")
+	l := newLaptop(t, e, relayImage)
+	if _, err := l.connect(routeSandbox("alice", e.ns, local), 90*time.Second); err != nil {
+		t.Fatalf("connect: %v", err)
+	}
+	// Bob's sandbox, left by a laptop that went away two hours ago.
+	bob := e.sandbox()
+	bob.Name = "bob"
+	e.apply(bob, newToken(t))
+	lease, err := e.Admin.CoordinationV1().Leases(e.ns).Get(ctx, cluster.LeaseName("bob"), metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	old := metav1.NewMicroTime(time.Now().Add(-2 * time.Hour))
+	lease.Spec.RenewTime, lease.Spec.AcquireTime = &old, &old
+	if _, err := e.Admin.CoordinationV1().Leases(e.ns).Update(ctx, lease, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+
+	names := func(r api.ListResult) map[string]api.ListEntry {
+		m := map[string]api.ListEntry{}
+		for _, s := range r.Sandboxes {
+			m[s.Name] = s
+		}
+		return m
+	}
+	for _, ns := range []string{e.ns, ""} {
+		res, err := l.Client.List(ctx, api.ClusterRequest{Namespace: ns}, true)
+		if err != nil {
+			t.Fatalf("list -n %q: %v", ns, err)
+		}
+		got := names(res)
+		t.Logf("list -n %q: %+v (cluster error %q)", ns, res.Sandboxes, res.ClusterError)
+		if res.ClusterError != "" {
+			t.Errorf("list -n %q: cluster error %s", ns, res.ClusterError)
+		}
+		if a := got["alice"]; !a.InCluster || !a.InDaemon || a.Orphan {
+			t.Errorf("list -n %q: alice = %+v, want in the cluster and the daemon", ns, a)
+		}
+		if b := got["bob"]; !b.InCluster || !b.Orphan {
+			t.Errorf("list -n %q: bob = %+v, want an orphan in the cluster", ns, b)
+		}
+	}
+
+	dry, err := l.Client.GC(ctx, api.GCRequest{DryRun: true})
+	if err != nil {
+		t.Fatalf("gc --dry-run, all namespaces: %v", err)
+	}
+	if len(dry.Deleted) != 1 || dry.Deleted[0] != "bob" || !dry.DryRun {
+		t.Errorf("gc --dry-run across all namespaces: %+v, want bob to go", dry)
+	}
+	gc, err := l.Client.GC(ctx, api.GCRequest{ClusterRequest: api.ClusterRequest{Namespace: e.ns}})
+	if err != nil {
+		t.Fatalf("gc -n %s: %v", e.ns, err)
+	}
+	t.Logf("gc -n %s: %+v", e.ns, gc)
+	if len(gc.Deleted) != 1 || gc.Deleted[0] != "bob" {
+		t.Errorf("gc deleted %v, want [bob]", gc.Deleted)
+	}
+	deadline := time.Now().Add(60 * time.Second)
+	for left := sandboxObjects(t, e, "bob"); len(left) > 0; left = sandboxObjects(t, e, "bob") {
+		if time.Now().After(deadline) {
+			t.Fatalf("after gc, bob's objects are left: %v", left)
+		}
+		time.Sleep(250 * time.Millisecond)
+	}
+	e.reaches("alice", "route on the laptop", 30*time.Second)
+
+	// Carol is bound to the sbx Role in the namespace only, without the
+	// cluster-wide sbx-route-reader: across all namespaces sbx falls back
+	// to her context's namespace, and without one it says what is
+	// missing.
+	carol := e.userBoundToRole("carol@example.com")
+	lc := newLaptopAs(t, e, carol, relayImage, e.ns)
+	res, err := lc.Client.List(ctx, api.ClusterRequest{}, true)
+	if err != nil || res.ClusterError != "" || !names(res)["alice"].InCluster {
+		t.Errorf("carol's list, all namespaces, falling back to %s: %+v, %v", e.ns, res, err)
+	}
+	lc2 := newLaptopAs(t, e, carol, relayImage, "")
+	res, err = lc2.Client.List(ctx, api.ClusterRequest{}, true)
+	msg := res.ClusterError
+	if err != nil {
+		msg = err.Error()
+	}
+	t.Logf("carol's list, all namespaces, no namespace to fall back to: %s", msg)
+	for _, want := range []string{"auth can-i list leases.coordination.k8s.io", "deploy/rbac.yaml", "-n NAMESPACE"} {
+		if !strings.Contains(msg, want) {
+			t.Errorf("list across all namespaces without the right: %q does not say %q", msg, want)
+		}
+	}
+	_, err = lc2.Client.GC(ctx, api.GCRequest{})
+	t.Logf("carol's gc, all namespaces, no namespace to fall back to: %v", err)
+	if err == nil || !strings.Contains(err.Error(), "deploy/rbac.yaml") || !strings.Contains(err.Error(), "-n NAMESPACE") {
+		t.Errorf("gc across all namespaces without the right: %v, want the 403 with its hint", err)
+	}
+	if _, err := l.Client.Disconnect(ctx, "alice"); err != nil {
+		t.Fatalf("disconnect: %v", err)
+	}
+}
+
+// userBoundToRole is a user (a client certificate from the cluster's CA)
+// bound to deploy/rbac.yaml's sbx-developer Role in e's namespace and to
+// nothing cluster-wide.
+func (e *env) userBoundToRole(user string) *rest.Config {
+	e.t.Helper()
+	certPEM, keyPEM, err := cp.CA.IssueClient(user, nil)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	if _, err := e.Admin.RbacV1().RoleBindings(e.ns).Create(e.t.Context(), &rbacv1.RoleBinding{
+		ObjectMeta: metav1.ObjectMeta{Name: "sbx-" + strings.Split(user, "@")[0]},
+		RoleRef:    rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "Role", Name: "sbx-developer"},
+		Subjects:   []rbacv1.Subject{{APIGroup: rbacv1.GroupName, Kind: rbacv1.UserKind, Name: user}},
+	}, metav1.CreateOptions{}); err != nil {
+		e.t.Fatal(err)
+	}
+	cfg := &rest.Config{Host: cp.URL, TLSClientConfig: rest.TLSClientConfig{CAData: cp.CA.PEM, CertData: certPEM, KeyData: keyPEM}}
+	// Wait until RBAC knows the binding.
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		r, err := e.Admin.AuthorizationV1().SubjectAccessReviews().Create(e.t.Context(), &authorizationv1.SubjectAccessReview{
+			Spec: authorizationv1.SubjectAccessReviewSpec{User: user, ResourceAttributes: &authorizationv1.ResourceAttributes{
+				Namespace: e.ns, Verb: "list", Group: "coordination.k8s.io", Resource: "leases"}},
+		}, metav1.CreateOptions{})
+		if err == nil && r.Status.Allowed {
+			return cfg
+		}
+		if time.Now().After(deadline) {
+			e.t.Fatalf("%s may not list leases in %s after the binding: %v", user, e.ns, err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 }
