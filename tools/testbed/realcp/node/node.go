@@ -33,6 +33,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/http"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -69,6 +70,11 @@ type Options struct {
 	Dir string
 	// Logf reports what the node does (default: nothing).
 	Logf func(format string, args ...any)
+	// Apps runs images that are not sbx's (the baseline's sample apps) as
+	// in-process HTTP servers: for an image it knows, it returns the
+	// handler of a pod's container, which the stand-in serves on each of
+	// the container's ports inside the pod's network namespace.
+	Apps func(image string, pod *corev1.Pod, c *corev1.Container) (http.Handler, bool)
 	// Subnet is the pods' /24 (default: a free one in 10.200-255.x.0/24,
 	// chosen at run time).
 	Subnet netip.Prefix
@@ -165,6 +171,13 @@ func (n *Node) pullable(image string) bool {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	return imageRepo(image) == RelayRepo && !n.unpullable[image]
+}
+
+func (n *Node) app(pod *corev1.Pod, c *corev1.Container) (http.Handler, bool) {
+	if n.o.Apps == nil {
+		return nil, false
+	}
+	return n.o.Apps(c.Image, pod, c)
 }
 
 // Subnet is the pods' /24.

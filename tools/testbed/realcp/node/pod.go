@@ -29,6 +29,7 @@ type podRunner struct {
 	ns, name string
 	uid      types.UID
 	spec     corev1.PodSpec
+	pod      *corev1.Pod // as first seen
 	idx      int
 	ip       netip.Addr
 
@@ -45,7 +46,7 @@ type podRunner struct {
 }
 
 func newPodRunner(n *Node, p *corev1.Pod, idx int, ip netip.Addr) *podRunner {
-	r := &podRunner{n: n, ns: p.Namespace, name: p.Name, uid: p.UID, spec: *p.Spec.DeepCopy(), idx: idx, ip: ip,
+	r := &podRunner{n: n, ns: p.Namespace, name: p.Name, uid: p.UID, spec: *p.Spec.DeepCopy(), pod: p.DeepCopy(), idx: idx, ip: ip,
 		dirty: make(chan struct{}, 1), started: metav1.Now(), grace: 30 * time.Second}
 	r.ctx, r.cancel = context.WithCancel(n.ctx)
 	for _, c := range p.Spec.Containers {
@@ -260,6 +261,10 @@ func (r *podRunner) runContainer(i int) {
 		d := backoff
 		backoff = min(2*backoff, maxBackoff)
 		return d
+	}
+	if h, ok := r.n.app(r.pod, &c); ok {
+		r.serveApp(i, c, h)
+		return
 	}
 	if !r.n.pullable(c.Image) {
 		// As a kubelet whose registry answers "not found".
@@ -485,4 +490,45 @@ func (r *podRunner) env(c corev1.Container) ([]string, error) {
 		out = append(out, e.Name+"="+v)
 	}
 	return out, nil
+}
+
+// serveApp serves h on each of the container's ports inside the pod's
+// network namespace until the pod stops.
+func (r *podRunner) serveApp(i int, c corev1.Container, h http.Handler) {
+	var srvs []*http.Server
+	var wg sync.WaitGroup
+	defer func() {
+		for _, s := range srvs {
+			_ = s.Close()
+		}
+		wg.Wait()
+	}()
+	for _, p := range c.Ports {
+		ln, err := listenIn(r.net().ns, fmt.Sprintf(":%d", p.ContainerPort))
+		if err != nil {
+			r.setStatus(i, func(cs *corev1.ContainerStatus) {
+				cs.State = corev1.ContainerState{Waiting: &corev1.ContainerStateWaiting{Reason: "RunContainerError", Message: err.Error()}}
+			})
+			<-r.ctx.Done()
+			return
+		}
+		srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second, Protocols: new(http.Protocols)}
+		// HTTP/1 and h2c: a gRPC port (appProtocol grpc) gets HTTP/2 from
+		// the mesh.
+		srv.Protocols.SetHTTP1(true)
+		srv.Protocols.SetUnencryptedHTTP2(true)
+		srvs = append(srvs, srv)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_ = srv.Serve(ln)
+		}()
+	}
+	started := metav1.Now()
+	r.setStatus(i, func(cs *corev1.ContainerStatus) {
+		cs.State = corev1.ContainerState{Running: &corev1.ContainerStateRunning{StartedAt: started}}
+		cs.Started, cs.Ready = ptr.To(true), true
+		cs.ContainerID = "sbxnode://app/" + string(r.uid) + "/" + c.Name
+	})
+	<-r.ctx.Done()
 }

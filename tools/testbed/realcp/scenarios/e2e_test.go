@@ -2,6 +2,7 @@ package scenarios
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"log/slog"
@@ -28,6 +29,7 @@ import (
 	"github.com/sbx-dev/sbx/daemon"
 	"github.com/sbx-dev/sbx/daemon/api"
 	"github.com/sbx-dev/sbx/daemon/client"
+	"github.com/sbx-dev/sbx/tools/testbed/sim"
 )
 
 // laptop is the developer's side: sbx's daemon in-process, talking to the
@@ -686,4 +688,102 @@ func (e *env) userBoundToRole(user string) *rest.Config {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
+}
+
+// dispatch GETs frontend's /dispatch through the mesh, as a pod of the
+// namespace, with baggage (if any), and returns the hops.
+func dispatch(t *testing.T, ns, baggage string) (sim.Hop, error) {
+	t.Helper()
+	client := mesh.HTTPClient(ns)
+	defer client.CloseIdleConnections()
+	ctx, cancel := context.WithTimeout(t.Context(), 15*time.Second)
+	defer cancel()
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://frontend:8080/dispatch", nil)
+	if baggage != "" {
+		req.Header.Set("baggage", baggage)
+	}
+	resp, err := client.Do(req)
+	if err != nil {
+		return sim.Hop{}, err
+	}
+	defer resp.Body.Close()
+	var hop sim.Hop
+	body, _ := io.ReadAll(resp.Body)
+	if err := json.Unmarshal(body, &hop); err != nil {
+		return sim.Hop{}, fmt.Errorf("%s: %s", resp.Status, body)
+	}
+	return hop, nil
+}
+
+// eventually retries f for up to timeout.
+func eventually(t *testing.T, timeout time.Duration, what string, f func() error) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		err := f()
+		if err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not within %s: %v", what, timeout, err)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+// routeVersion is the version of route that served a dispatch.
+func routeVersion(hop sim.Hop) string {
+	if r := hop.Find("route"); r != nil {
+		return r.Version
+	}
+	return ""
+}
+
+// A keyed request goes pod -> mesh (the real VirtualServices, sbx's
+// routes in CD's route VirtualService) -> the sandbox's Service -> the
+// relay pod -> the tunnel over the API server's port-forward -> the
+// laptop's route (v2); requests without the key stay on the baseline
+// (v1); after disconnect the keyed ones go back to the baseline too.
+func TestKeyedRequestThroughMesh(t *testing.T) {
+	e := newEnv(t, "mesh", nil)
+	local, err := sim.StartLocalRoute("127.0.0.1:0", nil, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = local.Close() })
+	eventually(t, 60*time.Second, "the baseline answers through the mesh", func() error {
+		hop, err := dispatch(t, e.ns, "")
+		if err == nil && (routeVersion(hop) != "v1" || hop.Status != http.StatusOK) {
+			err = fmt.Errorf("route version %q: %s", routeVersion(hop), &hop)
+		}
+		return err
+	})
+	l := newLaptop(t, e, relayImage)
+	st, err := l.connect(routeSandbox("alice", e.ns, local.Addr()), 90*time.Second)
+	if err != nil {
+		t.Fatalf("connect: %v", err)
+	}
+	keyed := "sbx-routing-key=" + st.RoutingKey
+	eventually(t, 30*time.Second, "a keyed request reaches the laptop's route", func() error {
+		hop, err := dispatch(t, e.ns, keyed)
+		if err == nil && routeVersion(hop) != "v2" {
+			err = fmt.Errorf("route version %q: %s", routeVersion(hop), &hop)
+		}
+		return err
+	})
+	hop, err := dispatch(t, e.ns, "")
+	if err != nil || routeVersion(hop) != "v1" {
+		t.Errorf("an unkeyed request: %v %s, want the baseline route (v1)", err, &hop)
+	}
+	t.Logf("keyed: reached the laptop; unkeyed: %s", &hop)
+	if _, err := l.Client.Disconnect(t.Context(), "alice"); err != nil {
+		t.Fatalf("disconnect: %v", err)
+	}
+	eventually(t, 30*time.Second, "after disconnect a keyed request stays on the baseline", func() error {
+		hop, err := dispatch(t, e.ns, keyed)
+		if err == nil && routeVersion(hop) != "v1" {
+			err = fmt.Errorf("route version %q: %s", routeVersion(hop), &hop)
+		}
+		return err
+	})
 }

@@ -5,6 +5,8 @@ import (
 	"flag"
 	"fmt"
 	"log"
+	"log/slog"
+	"net/http"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -18,8 +20,11 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 
+	"github.com/sbx-dev/sbx/cluster"
 	"github.com/sbx-dev/sbx/tools/testbed/realcp/controlplane"
+	"github.com/sbx-dev/sbx/tools/testbed/realcp/meshbridge"
 	"github.com/sbx-dev/sbx/tools/testbed/realcp/node"
+	"github.com/sbx-dev/sbx/tools/testbed/sim"
 )
 
 // cp is the control plane every scenario of the package shares: each
@@ -36,6 +41,10 @@ var nodeDir, sbxBin string
 // theNode is the node stand-in every scenario shares (a scenario that
 // restarts it replaces it).
 var theNode *node.Node
+
+// mesh is the simulator's mesh router over the real cluster's Services
+// and VirtualServices; the baseline's apps call each other through it.
+var mesh *meshbridge.Bridge
 
 func TestMain(m *testing.M) {
 	flag.Parse()
@@ -93,6 +102,17 @@ func run(m *testing.M) int {
 		return 1
 	}
 	log.Printf("built sbx in %s", time.Since(start).Round(100*time.Millisecond))
+	adminClients, err := cluster.NewClients(cp.Admin)
+	if err != nil {
+		log.Print(err)
+		return 1
+	}
+	if mesh, err = meshbridge.Start(ctx, adminClients.Kube, adminClients.Istio, slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))); err != nil {
+		log.Printf("FAIL: start the mesh: %v", err)
+		keep = true
+		return 1
+	}
+	defer mesh.Close()
 	if theNode, err = startNode(ctx, netip.Prefix{}); err != nil {
 		log.Printf("FAIL: start the node stand-in: %v", err)
 		keep = true
@@ -112,7 +132,29 @@ const nodeName = "realcp-node"
 func startNode(ctx context.Context, subnet netip.Prefix) (*node.Node, error) {
 	return node.Start(ctx, node.Options{
 		Name: nodeName, URL: cp.URL, CA: cp.CA, Sbx: sbxBin, Dir: nodeDir, Logf: log.Printf, Subnet: subnet,
+		Apps: baselineApp,
 	})
+}
+
+// hotrodImage is the baseline's image (testdata/baseline/hotrod.yaml): the
+// node stand-in runs its services as the simulator's sample app, in
+// process, calling each other through the mesh.
+const hotrodImage = "jaegertracing/example-hotrod"
+
+func baselineApp(image string, pod *corev1.Pod, c *corev1.Container) (http.Handler, bool) {
+	repo, _, _ := strings.Cut(image, ":")
+	if repo != hotrodImage || len(c.Args) == 0 {
+		return nil, false
+	}
+	for _, a := range sim.BaselineApp() {
+		if a.Name == c.Args[0] {
+			return sim.NewAppHandler(sim.AppConfig{
+				Service: a.Name, Version: "v1", Namespace: pod.Namespace, Pod: pod.Name, Calls: a.Calls,
+				Client: sim.PodHTTPClient(mesh.Net.PodResolver(pod.Namespace, pod.Labels)),
+			}), true
+		}
+	}
+	return nil, false
 }
 
 // setUpCluster does what a cluster admin did once before developers use
