@@ -86,6 +86,27 @@ func cleanLeftovers(ctx context.Context, logf func(string, ...any)) {
 			_ = ipCmd(ctx, "netns", "delete", f[0])
 		}
 	}
+	// The interfaces of the cluster DNS and service addresses: "sxPIDhexd"
+	// (a veth pair on the host).
+	if out, err := exec.CommandContext(ctx, "ip", "-o", "link", "show", "type", "veth").Output(); err == nil {
+		for _, line := range strings.Split(string(out), "\n") {
+			f := strings.Fields(line)
+			if len(f) < 2 {
+				continue
+			}
+			name, _, _ := strings.Cut(strings.TrimSuffix(f[1], ":"), "@")
+			hex, ok := strings.CutPrefix(name, "sx")
+			if hex, ok = strings.CutSuffix(hex, "d"); !ok {
+				continue
+			}
+			pid, err := strconv.ParseInt(hex, 16, 32)
+			if err != nil || int(pid) == os.Getpid() || syscall.Kill(int(pid), 0) != syscall.ESRCH {
+				continue
+			}
+			logf("node stand-in: removing leftover interface %s", name)
+			_ = ipCmd(ctx, "link", "delete", name)
+		}
+	}
 	entries, _ := os.ReadDir("/etc/netns")
 	for _, e := range entries {
 		if strings.HasPrefix(e.Name(), nsPrefix) && ownerGone(e.Name()) {

@@ -75,6 +75,10 @@ type Options struct {
 	// handler of a pod's container, which the stand-in serves on each of
 	// the container's ports inside the pod's network namespace.
 	Apps func(image string, pod *corev1.Pod, c *corev1.Container) (http.Handler, bool)
+	// DialService connects to port of Service ns/name, for the pods'
+	// connections to the address the cluster DNS gave that Service (the
+	// mesh: meshbridge.Bridge.DialService). nil refuses them.
+	DialService func(ctx context.Context, ns, name string, port int32) (net.Conn, error)
 	// Subnet is the pods' /24 (default: a free one in 10.200-255.x.0/24,
 	// chosen at run time).
 	Subnet netip.Prefix
@@ -435,7 +439,7 @@ func (n *Node) allocIP(p *corev1.Pod) (netip.Addr, bool) {
 	if ip, err := netip.ParseAddr(p.Status.PodIP); err == nil && n.o.Subnet.Contains(ip) && !used[ip] {
 		return ip, true
 	}
-	for ip := n.gateway().Next(); n.o.Subnet.Contains(ip) && ip.As4()[3] != 255; ip = ip.Next() {
+	for ip := n.gateway().Next(); ip.As4()[3] <= podIPLimit; ip = ip.Next() {
 		if !used[ip] && !n.reserved(ip) {
 			return ip, true
 		}

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
@@ -786,4 +787,71 @@ func TestKeyedRequestThroughMesh(t *testing.T) {
 		}
 		return err
 	})
+}
+
+// proxyClient is an HTTP client through the daemon's outbound proxy (as
+// the developer's service on the laptop is configured by sbx run/env):
+// cluster names are dialed by the relay in the cluster.
+func (l *laptop) proxyClient() *http.Client {
+	return &http.Client{
+		Transport: &http.Transport{
+			Proxy: func(r *http.Request) (*url.URL, error) {
+				st, err := l.Client.Status(r.Context())
+				if err != nil {
+					return nil, err
+				}
+				if st.Outbound == nil || st.Outbound.ProxyAddr == "" {
+					return nil, fmt.Errorf("the daemon's outbound proxy is not running")
+				}
+				pc, err := l.Client.ProxyCredential(r.Context())
+				if err != nil {
+					return nil, err
+				}
+				return &url.URL{Scheme: "http", User: url.UserPassword(pc.Username, pc.Password), Host: st.Outbound.ProxyAddr}, nil
+			},
+		},
+		Timeout: 20 * time.Second,
+	}
+}
+
+// The full way: a keyed request reaches the laptop's route, which calls
+// driver by its cluster name through sbx's outbound proxy: the relay in
+// its pod resolves driver.NS.svc.cluster.local with the cluster DNS (the
+// node stand-in's, from the pod's resolv.conf) and dials it, and the mesh
+// takes it to the baseline driver.
+func TestOutboundFromLaptopToDriver(t *testing.T) {
+	e := newEnv(t, "outbound", nil)
+	l := newLaptop(t, e, relayImage)
+	proxied := l.proxyClient()
+	defer proxied.CloseIdleConnections()
+	local, err := sim.StartLocalRoute("127.0.0.1:0", []string{"http://driver." + e.ns + ".svc.cluster.local:8082/driver"}, proxied, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = local.Close() })
+	st, err := l.connect(routeSandbox("alice", e.ns, local.Addr()), 90*time.Second)
+	if err != nil {
+		t.Fatalf("connect: %v", err)
+	}
+	keyed := "sbx-routing-key=" + st.RoutingKey
+	var hop sim.Hop
+	eventually(t, 60*time.Second, "a keyed request reaches the laptop, and the laptop's call reaches driver", func() error {
+		var err error
+		hop, err = dispatch(t, e.ns, keyed)
+		if err != nil {
+			return err
+		}
+		r := hop.Find("route")
+		if r == nil || r.Version != "v2" || len(r.Calls) != 1 || r.Calls[0].Version != "v1" || r.Calls[0].Status != http.StatusOK {
+			return fmt.Errorf("hops %s", &hop)
+		}
+		return nil
+	})
+	t.Logf("hops: %s", &hop)
+	if b := hop.Find("route").Calls[0].Baggage; b != keyed {
+		t.Errorf("driver saw baggage %q, want %q (propagated by the laptop's route)", b, keyed)
+	}
+	if _, err := l.Client.Disconnect(t.Context(), "alice"); err != nil {
+		t.Fatalf("disconnect: %v", err)
+	}
 }

@@ -132,7 +132,7 @@ const nodeName = "realcp-node"
 func startNode(ctx context.Context, subnet netip.Prefix) (*node.Node, error) {
 	return node.Start(ctx, node.Options{
 		Name: nodeName, URL: cp.URL, CA: cp.CA, Sbx: sbxBin, Dir: nodeDir, Logf: log.Printf, Subnet: subnet,
-		Apps: baselineApp,
+		Apps: baselineApp, DialService: mesh.DialService,
 	})
 }
 
