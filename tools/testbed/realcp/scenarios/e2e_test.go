@@ -11,8 +11,10 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -851,6 +853,195 @@ func TestOutboundFromLaptopToDriver(t *testing.T) {
 	if b := hop.Find("route").Calls[0].Baggage; b != keyed {
 		t.Errorf("driver saw baggage %q, want %q (propagated by the laptop's route)", b, keyed)
 	}
+	if _, err := l.Client.Disconnect(t.Context(), "alice"); err != nil {
+		t.Fatalf("disconnect: %v", err)
+	}
+}
+
+// traffic sends keyed dispatches through the mesh until stop is called,
+// and counts those that did not reach the laptop's route (v2).
+type traffic struct {
+	stop         context.CancelFunc
+	done         chan struct{}
+	mu           sync.Mutex
+	sent, failed int
+	lastFailure  string
+}
+
+func startTraffic(t *testing.T, ns, baggage string) *traffic {
+	ctx, cancel := context.WithCancel(t.Context())
+	tr := &traffic{stop: cancel, done: make(chan struct{})}
+	go func() {
+		defer close(tr.done)
+		for ctx.Err() == nil {
+			hop, err := dispatch(t, ns, baggage)
+			if ctx.Err() != nil {
+				return
+			}
+			tr.mu.Lock()
+			tr.sent++
+			if err != nil || routeVersion(hop) != "v2" || hop.Status != http.StatusOK {
+				tr.failed++
+				tr.lastFailure = fmt.Sprintf("%v %s", err, &hop)
+			}
+			tr.mu.Unlock()
+			time.Sleep(20 * time.Millisecond)
+		}
+	}()
+	return tr
+}
+
+func (tr *traffic) end() (sent, failed int, last string) {
+	tr.stop()
+	<-tr.done
+	tr.mu.Lock()
+	defer tr.mu.Unlock()
+	return tr.sent, tr.failed, tr.lastFailure
+}
+
+// connectMeshSandbox connects alice (route on a local v2) and waits until
+// keyed requests through the mesh reach it; it returns the baggage.
+func connectMeshSandbox(t *testing.T, e *env, l *laptop) string {
+	t.Helper()
+	local, err := sim.StartLocalRoute("127.0.0.1:0", nil, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = local.Close() })
+	st, err := l.connect(routeSandbox("alice", e.ns, local.Addr()), 90*time.Second)
+	if err != nil {
+		t.Fatalf("connect: %v", err)
+	}
+	keyed := "sbx-routing-key=" + st.RoutingKey
+	eventually(t, 30*time.Second, "a keyed request reaches the laptop's route", func() error {
+		hop, err := dispatch(t, e.ns, keyed)
+		if err == nil && routeVersion(hop) != "v2" {
+			err = fmt.Errorf("hops %s", &hop)
+		}
+		return err
+	})
+	return keyed
+}
+
+// The relay rolls out (a spec change: the token rotated, so the pod
+// template's verifier changed) while keyed requests flow: the Deployment
+// starts the new pod before it stops the old one, the daemon moves its
+// tunnel to the new pod, the old one drains, and no request fails.
+func TestRelayRolloutWithTraffic(t *testing.T) {
+	e := newEnv(t, "rollout", nil)
+	l := newLaptop(t, e, relayImage)
+	keyed := connectMeshSandbox(t, e, l)
+	before := relayPod(t, e, "alice")
+	tr := startTraffic(t, e.ns, keyed)
+	start := time.Now()
+	if _, err := l.Client.Connect(t.Context(), api.ConnectRequest{Spec: spec.Sandbox{Name: "alice"}, RotateToken: true, Wait: true, Timeout: 90 * time.Second},
+		func(p api.Progress) { t.Logf("rotate: %s %s %s", p.Phase, p.Message, p.Error) }); err != nil {
+		tr.end()
+		t.Fatalf("connect --rotate-token: %v", err)
+	}
+	// Until the old pod is gone.
+	eventually(t, 90*time.Second, "the old relay pod goes", func() error {
+		if _, err := e.Admin.CoreV1().Pods(e.ns).Get(t.Context(), before.Name, metav1.GetOptions{}); err == nil {
+			return fmt.Errorf("pod %s still there", before.Name)
+		}
+		return nil
+	})
+	time.Sleep(500 * time.Millisecond)
+	sent, failed, last := tr.end()
+	after := relayPod(t, e, "alice")
+	t.Logf("rollout %s -> %s in %s: %d keyed requests, %d failed", before.Name, after.Name, time.Since(start).Round(100*time.Millisecond), sent, failed)
+	if after.UID == before.UID {
+		t.Fatalf("the relay pod did not change")
+	}
+	if sent < 10 {
+		t.Errorf("only %d requests during the rollout", sent)
+	}
+	if failed > 0 {
+		t.Errorf("%d of %d keyed requests failed during the rollout; last: %s", failed, sent, last)
+	}
+	if _, err := l.Client.Disconnect(t.Context(), "alice"); err != nil {
+		t.Fatalf("disconnect: %v", err)
+	}
+}
+
+// A CD sync re-applies the baseline's route VirtualService (Argo CD
+// self-heal: spec.http replaced, sbx's routes gone): sbx, connected,
+// puts its routes back, and keyed requests reach the laptop again.
+func TestCDSyncRepairsRoutes(t *testing.T) {
+	e := newEnv(t, "cdsync", nil)
+	l := newLaptop(t, e, relayImage)
+	keyed := connectMeshSandbox(t, e, l)
+	vs, err := e.AdminClients.Istio.NetworkingV1().VirtualServices(e.ns).Get(t.Context(), "route", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := len(vs.Spec.Http)
+	// The baseline's routes: the last one, "default" (sbx puts its own
+	// before it).
+	vs.Spec.Http = vs.Spec.Http[n-1:]
+	if vs.Spec.Http[0].Name != "default" {
+		t.Fatalf("the route VirtualService's last route is %q, want the baseline's default", vs.Spec.Http[0].Name)
+	}
+	start := time.Now()
+	if _, err := e.AdminClients.Istio.NetworkingV1().VirtualServices(e.ns).Update(t.Context(), vs, metav1.UpdateOptions{}); err != nil {
+		t.Fatalf("the CD sync: %v", err)
+	}
+	eventually(t, 60*time.Second, "sbx puts its routes back", func() error {
+		vs, err := e.AdminClients.Istio.NetworkingV1().VirtualServices(e.ns).Get(t.Context(), "route", metav1.GetOptions{})
+		if err == nil && len(vs.Spec.Http) != n {
+			err = fmt.Errorf("%d routes, want %d", len(vs.Spec.Http), n)
+		}
+		return err
+	})
+	eventually(t, 30*time.Second, "keyed requests reach the laptop again", func() error {
+		hop, err := dispatch(t, e.ns, keyed)
+		if err == nil && routeVersion(hop) != "v2" {
+			err = fmt.Errorf("hops %s", &hop)
+		}
+		return err
+	})
+	t.Logf("routes repaired and used again %s after the sync", time.Since(start).Round(100*time.Millisecond))
+	if _, err := l.Client.Disconnect(t.Context(), "alice"); err != nil {
+		t.Fatalf("disconnect: %v", err)
+	}
+}
+
+// The relay process dies (SIGKILL): the node stand-in restarts the
+// container (restartCount, CrashLoopBackOff while it backs off), and the
+// daemon's tunnel comes back to the same pod.
+func TestRelayCrashRestarts(t *testing.T) {
+	e := newEnv(t, "crash", nil)
+	local, _ := localServer(t, "route")
+	l := newLaptop(t, e, relayImage)
+	if _, err := l.connect(routeSandbox("alice", e.ns, local), 90*time.Second); err != nil {
+		t.Fatalf("connect: %v", err)
+	}
+	e.reaches("alice", "route on the laptop", 30*time.Second)
+	p := relayPod(t, e, "alice")
+	pid, err := strconv.Atoi(strings.TrimPrefix(p.Status.ContainerStatuses[0].ContainerID, "sbxnode://"))
+	if err != nil {
+		t.Fatalf("container ID %q: %v", p.Status.ContainerStatuses[0].ContainerID, err)
+	}
+	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+		t.Fatalf("kill the relay (pid %d): %v", pid, err)
+	}
+	start := time.Now()
+	eventually(t, 60*time.Second, "the relay is restarted and ready", func() error {
+		p, err := e.Admin.CoreV1().Pods(e.ns).Get(t.Context(), p.Name, metav1.GetOptions{})
+		if err != nil {
+			return err
+		}
+		cs := p.Status.ContainerStatuses[0]
+		if cs.RestartCount != 1 || !cs.Ready || cs.LastTerminationState.Terminated == nil {
+			return fmt.Errorf("restartCount %d, ready %v, last state %+v", cs.RestartCount, cs.Ready, cs.LastTerminationState)
+		}
+		if code := cs.LastTerminationState.Terminated.ExitCode; code != 137 {
+			return fmt.Errorf("last exit code %d, want 137 (SIGKILL)", code)
+		}
+		return nil
+	})
+	e.reaches("alice", "route on the laptop", 60*time.Second)
+	t.Logf("the relay restarted and reached the laptop again %s after it was killed", time.Since(start).Round(100*time.Millisecond))
 	if _, err := l.Client.Disconnect(t.Context(), "alice"); err != nil {
 		t.Fatalf("disconnect: %v", err)
 	}
