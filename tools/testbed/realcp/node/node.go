@@ -98,6 +98,7 @@ type Node struct {
 
 	mu         sync.Mutex
 	unpullable map[string]bool
+	unready    map[string]bool
 	podIndex   cache.Store // the pods bound to the node
 	pods       map[types.UID]*podRunner
 	closed     bool
@@ -169,6 +170,23 @@ func (n *Node) FailPull(image string) {
 		n.unpullable = map[string]bool{}
 	}
 	n.unpullable[image] = true
+}
+
+// FailReadiness makes the readiness probe of containers of image fail
+// from now on (as a relay whose /readyz does not answer).
+func (n *Node) FailReadiness(image string) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.unready == nil {
+		n.unready = map[string]bool{}
+	}
+	n.unready[image] = true
+}
+
+func (n *Node) readinessFails(image string) bool {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.unready[image]
 }
 
 func (n *Node) pullable(image string) bool {

@@ -416,16 +416,31 @@ func (r *podRunner) probe(ctx context.Context, i int, c corev1.Container) {
 	// slows the tests down.
 	t := time.NewTicker(500 * time.Millisecond)
 	defer t.Stop()
-	last := false
+	last, failures := false, 0
 	for {
-		ok := false
+		ok, why := false, ""
 		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
-		if resp, err := client.Do(req); err == nil {
+		if r.n.readinessFails(c.Image) {
+			why = fmt.Sprintf("Get %q: context deadline exceeded (Client.Timeout exceeded while awaiting headers)", url)
+		} else if resp, err := client.Do(req); err == nil {
 			ok = resp.StatusCode >= 200 && resp.StatusCode < 400
+			why = "HTTP probe failed with statuscode: " + fmt.Sprint(resp.StatusCode)
 			resp.Body.Close()
+		} else {
+			why = err.Error()
 		}
 		if ctx.Err() != nil {
 			return
+		}
+		// As the kubelet: a Warning event for a failing probe (every few
+		// failures, not every one).
+		if !ok {
+			if failures%4 == 0 {
+				r.event(corev1.EventTypeWarning, "Unhealthy", "Readiness probe failed: "+why)
+			}
+			failures++
+		} else {
+			failures = 0
 		}
 		if ok != last {
 			last = ok

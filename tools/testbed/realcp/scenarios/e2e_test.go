@@ -46,9 +46,20 @@ type laptop struct {
 	Client  *client.Client
 	cluster *live.Cluster
 
+	// leaseInterval is the daemon's Lease renewal period (0: sbx's).
+	leaseInterval time.Duration
+
 	mu   sync.Mutex
 	stop context.CancelFunc
 	errc chan error
+}
+
+// laptopOptions tune newLaptopWith.
+type laptopOptions struct {
+	user          *rest.Config // default the developer
+	namespace     string       // the kube context's ("" none)
+	waitTimeout   time.Duration
+	leaseInterval time.Duration
 }
 
 // newLaptop starts a daemon for e's namespace; it stops when t ends.
@@ -61,6 +72,18 @@ func newLaptop(t *testing.T, e *env, image string) *laptop {
 // namespace ns ("": the context names none).
 func newLaptopAs(t *testing.T, e *env, user *rest.Config, image, ns string) *laptop {
 	t.Helper()
+	return newLaptopWith(t, e, image, laptopOptions{user: user, namespace: ns})
+}
+
+func newLaptopWith(t *testing.T, e *env, image string, o laptopOptions) *laptop {
+	t.Helper()
+	user, ns := o.user, o.namespace
+	if user == nil {
+		user = cp.Developer
+	}
+	if o.waitTimeout <= 0 {
+		o.waitTimeout = 90 * time.Second
+	}
 	dir, err := os.MkdirTemp("", "sbxd") // short: the daemon's socket lives here
 	if err != nil {
 		t.Fatal(err)
@@ -71,13 +94,13 @@ func newLaptopAs(t *testing.T, e *env, user *rest.Config, image, ns string) *lap
 	if err != nil {
 		t.Fatal(err)
 	}
-	l := &laptop{t: t, e: e, dir: dir}
+	l := &laptop{t: t, e: e, dir: dir, leaseInterval: o.leaseInterval}
 	l.cluster = live.NewFromKube(&kube.Cluster{
 		REST: cfg, Kube: clients.Kube, Istio: clients.Istio, Dynamic: clients.Dynamic,
 		Namespace: ns, NamespaceExplicit: ns != "", Context: "realcp",
 	}, live.Options{
 		Logger:            testLogger(t, "laptop"),
-		WaitTimeout:       90 * time.Second,
+		WaitTimeout:       o.waitTimeout,
 		DefaultRelayImage: image,
 	})
 	t.Cleanup(func() { _ = l.cluster.Close() })
@@ -111,6 +134,7 @@ func (l *laptop) startDaemon() {
 			return l.cluster, nil
 		},
 		StatsInterval: 200 * time.Millisecond,
+		LeaseInterval: l.leaseInterval,
 		Backoff:       daemon.Backoff{Min: 100 * time.Millisecond, Max: time.Second},
 	})
 	if err != nil {
@@ -1042,6 +1066,69 @@ func TestRelayCrashRestarts(t *testing.T) {
 	})
 	e.reaches("alice", "route on the laptop", 60*time.Second)
 	t.Logf("the relay restarted and reached the laptop again %s after it was killed", time.Since(start).Round(100*time.Millisecond))
+	if _, err := l.Client.Disconnect(t.Context(), "alice"); err != nil {
+		t.Fatalf("disconnect: %v", err)
+	}
+}
+
+// A relay that never becomes ready (its readiness probe fails, as the node
+// stand-in makes it for this image): at the wait's deadline sbx says what
+// the pod waits for and the kubelet's warning (the probe failure), not a
+// network problem; and the daemon renews the sandbox's Lease while it
+// waits, so another user's sbx list does not see it expired.
+func TestRelayNeverReady(t *testing.T) {
+	e := newEnv(t, "neverready", nil)
+	const image = "ghcr.io/sbx-dev/sbx:realcp-unready"
+	theNode.FailReadiness(image)
+	local, _ := localServer(t, "route")
+	l := newLaptopWith(t, e, image, laptopOptions{namespace: e.ns, waitTimeout: 6 * time.Second, leaseInterval: time.Second})
+	ctx, cancel := context.WithCancel(t.Context())
+	defer cancel()
+	var told string
+	// The Lease's renewals while the daemon waits, sampled.
+	var renewals []time.Time
+	sampled := make(chan struct{})
+	go func() {
+		defer close(sampled)
+		for ctx.Err() == nil {
+			if lease, err := e.Admin.CoordinationV1().Leases(e.ns).Get(ctx, cluster.LeaseName("alice"), metav1.GetOptions{}); err == nil && lease.Spec.RenewTime != nil {
+				if n := len(renewals); n == 0 || !renewals[n-1].Equal(lease.Spec.RenewTime.Time) {
+					renewals = append(renewals, lease.Spec.RenewTime.Time)
+				}
+			}
+			select {
+			case <-ctx.Done():
+			case <-time.After(200 * time.Millisecond):
+			}
+		}
+	}()
+	_, err := l.Client.Connect(ctx, api.ConnectRequest{Spec: routeSandbox("alice", e.ns, local), Wait: true, Timeout: 60 * time.Second},
+		func(p api.Progress) {
+			t.Logf("connect: %s %s %s", p.Phase, p.Message, p.Error)
+			if msg := p.Message + " " + p.Error; told == "" && strings.Contains(msg, "not ready after") {
+				told = msg
+				cancel()
+			}
+		})
+	cancel()
+	<-sampled
+	if told == "" {
+		t.Fatalf("connect never said the relay was not ready after the wait: %v", err)
+	}
+	t.Logf("told: %s", told)
+	for _, want := range []string{"Readiness probe failed", "kubectl describe pod", "not ready"} {
+		if !strings.Contains(told, want) {
+			t.Errorf("the timeout does not say %q: %s", want, told)
+		}
+	}
+	for _, bad := range []string{"check your network", "rate limiter", "would exceed context deadline"} {
+		if strings.Contains(told, bad) {
+			t.Errorf("the timeout says %q: %s", bad, told)
+		}
+	}
+	if len(renewals) < 3 {
+		t.Errorf("the Lease was renewed %d times while the daemon waited for the relay (renewTimes %v), want it renewed every second", len(renewals)-1, renewals)
+	}
 	if _, err := l.Client.Disconnect(t.Context(), "alice"); err != nil {
 		t.Fatalf("disconnect: %v", err)
 	}
