@@ -434,6 +434,18 @@ func (n *Node) sync(obj any, gone bool) {
 			delete(n.pods, p.UID)
 			n.mu.Unlock()
 		}()
+	case r == nil && !gone && p.DeletionTimestamp != nil:
+		// Deleted while nothing ran it here (the stand-in was down): as
+		// the kubelet, finish the deletion.
+		n.wg.Add(1)
+		go func() {
+			defer n.wg.Done()
+			ctx, cancel := context.WithTimeout(n.ctx, 10*time.Second)
+			defer cancel()
+			_ = n.client.CoreV1().Pods(p.Namespace).Delete(ctx, p.Name, metav1.DeleteOptions{
+				GracePeriodSeconds: ptr.To[int64](0), Preconditions: &metav1.Preconditions{UID: &p.UID},
+			})
+		}()
 	case r != nil && gone:
 		r.stop(0)
 	case r != nil && p.DeletionTimestamp != nil:

@@ -1126,6 +1126,15 @@ func TestRelayNeverReady(t *testing.T) {
 			t.Errorf("the timeout says %q: %s", bad, told)
 		}
 	}
+	// sbx status, while the sandbox is not connected: the local service
+	// listens, and status says so.
+	st, err := l.Client.Sandbox(t.Context(), "alice")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(st.Mappings) != 1 || !st.Mappings[0].Listening {
+		t.Errorf("status in phase %s: mappings %+v, want the local %s listening", st.Phase, st.Mappings, local)
+	}
 	if len(renewals) < 3 {
 		t.Errorf("the Lease was renewed %d times while the daemon waited for the relay (renewTimes %v), want it renewed every second", len(renewals)-1, renewals)
 	}
