@@ -1142,3 +1142,65 @@ func TestRelayNeverReady(t *testing.T) {
 		t.Fatalf("disconnect: %v", err)
 	}
 }
+
+// Only the Lease of a sandbox whose laptop is gone (the daemon stopped)
+// is deleted: the real garbage collector removes the relay, its pods and
+// the Services; the developer's sbx gc (from another daemon) removes the
+// routes left in CD's VirtualService, none is left, and keyed requests go
+// to the baseline again (before the gc they get the mesh's 503).
+func TestLeaseDeletedWhileDisconnected(t *testing.T) {
+	e := newEnv(t, "leasegoneoff", nil)
+	l := newLaptop(t, e, relayImage)
+	keyed := connectMeshSandbox(t, e, l)
+	l.stopDaemon()
+	ctx := t.Context()
+	if err := e.Admin.CoordinationV1().Leases(e.ns).Delete(ctx, cluster.LeaseName("alice"), metav1.DeleteOptions{}); err != nil {
+		t.Fatalf("delete the Lease: %v", err)
+	}
+	start := time.Now()
+	eventually(t, 90*time.Second, "the garbage collector removes the sandbox's objects", func() error {
+		if left := sandboxObjects(t, e, "alice"); len(left) > 0 {
+			return fmt.Errorf("left: %v", left)
+		}
+		return nil
+	})
+	t.Logf("collected in %s", time.Since(start).Round(100*time.Millisecond))
+	// Until a gc, sbx's keyed route in CD's VirtualService points at the
+	// collected sandbox Service: the mesh answers 503 for keyed requests,
+	// as Istio does for a destination that does not exist.
+	hop, err := dispatch(t, e.ns, keyed)
+	t.Logf("a keyed request before gc: %v %s", err, &hop)
+	if err == nil && routeVersion(hop) == "v2" {
+		t.Errorf("a keyed request still reached the laptop's route after the sandbox was collected")
+	}
+	other := newLaptop(t, e, relayImage)
+	gc, err := other.Client.GC(ctx, api.GCRequest{ClusterRequest: api.ClusterRequest{Namespace: e.ns}})
+	if err != nil {
+		t.Fatalf("gc: %v", err)
+	}
+	t.Logf("gc: %+v", gc)
+	if len(gc.Routes) == 0 {
+		t.Errorf("gc removed no dead route: sbx's routes in CD's VirtualServices outlive the sandbox otherwise")
+	}
+	if left, err := cluster.Leftovers(ctx, e.Dev, []string{e.ns}, "cluster.local"); err != nil || len(left) > 0 {
+		t.Errorf("after gc, routes left: %+v (err %v)", left, err)
+	}
+	vs, err := e.AdminClients.Istio.NetworkingV1().VirtualServices(e.ns).Get(ctx, "route", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(vs.Spec.Http) != 1 || vs.Spec.Http[0].Name != "default" {
+		var names []string
+		for _, r := range vs.Spec.Http {
+			names = append(names, r.Name)
+		}
+		t.Errorf("route VirtualService's routes after gc: %v, want only the baseline's default", names)
+	}
+	eventually(t, 30*time.Second, "after gc, keyed requests go to the baseline", func() error {
+		hop, err := dispatch(t, e.ns, keyed)
+		if err == nil && (routeVersion(hop) != "v1" || hop.Status != http.StatusOK) {
+			err = fmt.Errorf("hops %s", &hop)
+		}
+		return err
+	})
+}
