@@ -18,12 +18,24 @@
 //
 // Images: a container whose image's repository is ghcr.io/sbx-dev/sbx runs
 // the sbx binary Options.Sbx with the container's args and env
-// (literal, Secret- and ConfigMap-backed). Any other image fails as a
-// kubelet fails to pull it: ErrImagePull, then ImagePullBackOff, with a
-// Warning event. A container that exits is restarted with a back-off
-// (restartCount, CrashLoopBackOff); Ready comes from the readinessProbe's
-// HTTP GET; a deleted pod's processes get SIGTERM, then SIGKILL after the
-// grace period.
+// (literal, Secret- and ConfigMap-backed), inside the pod's namespace
+// (ip netns exec). Images Options.Apps knows (the baseline's sample apps)
+// are served in process on their container ports inside the pod's
+// namespace. Any other image fails as a kubelet fails to pull it:
+// ErrImagePull, then ImagePullBackOff, with Warning events (FailPull makes
+// a relay image fail so too). A container that exits is restarted with a
+// back-off (restartCount, CrashLoopBackOff); Ready comes from the
+// readinessProbe's HTTP GET to the pod's address (a failing probe makes an
+// Unhealthy event); a deleted pod's processes get SIGTERM, then SIGKILL
+// after the grace period, and the stand-in then removes the pod.
+//
+// Networking: pods get addresses in a /24 of 10.200-255.x.0 chosen at run
+// time (.2-.127), a veth each to the host (whose side has .1), and a
+// resolv.conf pointing at the stand-in's DNS server (see dns.go) on .254.
+// Port-forward connects to 127.0.0.1:PORT inside the pod's namespace, as
+// the kubelet does (the relay's tunnel port listens on loopback only).
+// Everything is named after the test process's pid and removed by Close;
+// a later run removes what a dead one left.
 //
 // Linux, root, and iproute2 (ip netns) only.
 package node
