@@ -168,7 +168,7 @@ func Start(ctx context.Context, o Options) (_ *Node, err error) {
 	if err := n.runInformers(ctx); err != nil {
 		return nil, err
 	}
-	o.Logf("node stand-in %s up: kubelet at 127.0.0.1:%d, pods in %s, cluster DNS at %s", o.Name, n.kubelet.port(), o.Subnet, n.gateway())
+	o.Logf("node stand-in %s up: kubelet at 127.0.0.1:%d, pods in %s, cluster DNS at %s", o.Name, n.kubelet.port(), o.Subnet, n.dnsAddr())
 	return n, nil
 }
 
