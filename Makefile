@@ -50,7 +50,7 @@ REALCP := tools/testbed/realcp
 realcp-build: ## build kube-apiserver, kube-controller-manager and kubectl for test-real (~10 min the first time)
 	$(GO) -C $(REALCP) run ./cmd/build-controlplane
 
-test-real: realcp-build ## sbx against a real kube-apiserver, controller-manager and etcd (needs etcd: apt-get install etcd-server); real kubectl against the demo cluster
+test-real: realcp-build ## sbx against a real kube-apiserver, controller-manager and etcd, with a node stand-in (needs etcd-server, iproute2, root); real kubectl against the demo cluster
 	$(GO) -C $(REALCP) test -count=1 -v -timeout 20m ./...
 
 # Other GOOS values lint vets for: platform code sits behind build tags, so

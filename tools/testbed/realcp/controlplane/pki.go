@@ -171,3 +171,12 @@ func (ca *CA) writeKey(path string) error {
 	}
 	return os.WriteFile(path, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}), 0o600)
 }
+
+// IssueClient returns a client certificate and key (PEM) for user cn in
+// groups orgs, signed by the CA, which the API server trusts
+// (--client-ca-file): a node stand-in's identity (O=system:nodes,
+// CN=system:node:NAME), so the Node authorizer and NodeRestriction apply
+// to it, or the scheduler's (CN=system:kube-scheduler).
+func (ca *CA) IssueClient(cn string, orgs []string) (certPEM, keyPEM []byte, err error) {
+	return ca.issue(certRequest{commonName: cn, orgs: orgs, usage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}})
+}

@@ -5,6 +5,9 @@ import (
 	"flag"
 	"fmt"
 	"log"
+	"log/slog"
+	"net/http"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -17,7 +20,11 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 
+	"github.com/sbx-dev/sbx/cluster"
 	"github.com/sbx-dev/sbx/tools/testbed/realcp/controlplane"
+	"github.com/sbx-dev/sbx/tools/testbed/realcp/meshbridge"
+	"github.com/sbx-dev/sbx/tools/testbed/realcp/node"
+	"github.com/sbx-dev/sbx/tools/testbed/sim"
 )
 
 // cp is the control plane every scenario of the package shares: each
@@ -26,6 +33,18 @@ var cp *controlplane.ControlPlane
 
 // repoRoot is the sbx checkout (deploy/, testdata/).
 var repoRoot string
+
+// nodeDir holds the node stand-in's container logs; sbxBin is the sbx
+// binary it runs relay pods with (built from the checkout once).
+var nodeDir, sbxBin string
+
+// theNode is the node stand-in every scenario shares (a scenario that
+// restarts it replaces it).
+var theNode *node.Node
+
+// mesh is the simulator's mesh router over the real cluster's Services
+// and VirtualServices; the baseline's apps call each other through it.
+var mesh *meshbridge.Bridge
 
 func TestMain(m *testing.M) {
 	flag.Parse()
@@ -73,9 +92,69 @@ func run(m *testing.M) int {
 		keep = true
 		return 1
 	}
+	nodeDir = filepath.Join(dir, "node")
+	sbxBin = filepath.Join(dir, "sbx")
+	start := time.Now()
+	build := exec.CommandContext(ctx, "go", "build", "-o", sbxBin, "./cmd/sbx")
+	build.Dir = repoRoot
+	if out, err := build.CombinedOutput(); err != nil {
+		log.Printf("FAIL: build sbx: %v\n%s", err, out)
+		return 1
+	}
+	log.Printf("built sbx in %s", time.Since(start).Round(100*time.Millisecond))
+	adminClients, err := cluster.NewClients(cp.Admin)
+	if err != nil {
+		log.Print(err)
+		return 1
+	}
+	if mesh, err = meshbridge.Start(ctx, adminClients.Kube, adminClients.Istio, slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))); err != nil {
+		log.Printf("FAIL: start the mesh: %v", err)
+		keep = true
+		return 1
+	}
+	defer mesh.Close()
+	if theNode, err = startNode(ctx, netip.Prefix{}); err != nil {
+		log.Printf("FAIL: start the node stand-in: %v", err)
+		keep = true
+		return 1
+	}
+	defer func() { theNode.Close() }()
 	code := m.Run()
 	keep = code != 0 || os.Getenv("SBX_REALCP_KEEP") != ""
 	return code
+}
+
+// nodeName is the node stand-in's Node.
+const nodeName = "realcp-node"
+
+// startNode starts the node stand-in (with its pods in subnet, if valid:
+// a restarted stand-in keeps its pods' IPs).
+func startNode(ctx context.Context, subnet netip.Prefix) (*node.Node, error) {
+	return node.Start(ctx, node.Options{
+		Name: nodeName, URL: cp.URL, CA: cp.CA, Sbx: sbxBin, Dir: nodeDir, Logf: log.Printf, Subnet: subnet,
+		Apps: baselineApp, DialService: mesh.DialService,
+	})
+}
+
+// hotrodImage is the baseline's image (testdata/baseline/hotrod.yaml): the
+// node stand-in runs its services as the simulator's sample app, in
+// process, calling each other through the mesh.
+const hotrodImage = "jaegertracing/example-hotrod"
+
+func baselineApp(image string, pod *corev1.Pod, c *corev1.Container) (http.Handler, bool) {
+	repo, _, _ := strings.Cut(image, ":")
+	if repo != hotrodImage || len(c.Args) == 0 {
+		return nil, false
+	}
+	for _, a := range sim.BaselineApp() {
+		if a.Name == c.Args[0] {
+			return sim.NewAppHandler(sim.AppConfig{
+				Service: a.Name, Version: "v1", Namespace: pod.Namespace, Pod: pod.Name, Calls: a.Calls,
+				Client: sim.PodHTTPClient(mesh.Net.PodResolver(pod.Namespace, pod.Labels)),
+			}), true
+		}
+	}
+	return nil, false
 }
 
 // setUpCluster does what a cluster admin did once before developers use

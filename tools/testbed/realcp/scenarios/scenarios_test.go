@@ -3,6 +3,7 @@ package scenarios
 import (
 	"context"
 	"fmt"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -182,7 +183,7 @@ func TestPodSecurityRestricted(t *testing.T) {
 		t.Errorf("a pod with allowPrivilegeEscalation is admitted (%v): Pod Security is not enforced, the check proves nothing", err)
 	}
 
-	// The controllers' way: Deployment -> ReplicaSet -> Pod (Pending: no node).
+	// The controllers' way: Deployment -> ReplicaSet -> Pod.
 	p := waitRelayPod(t, e, d)
 	t.Logf("the ReplicaSet controller created relay pod %s (%s)", p.Name, p.Status.Phase)
 }
@@ -322,7 +323,12 @@ func sandboxObjects(t *testing.T, e *env, sandbox string) []string {
 	add("Deployment", names(deps, err), err)
 	rss, err := e.Admin.AppsV1().ReplicaSets(e.ns).List(ctx, opts)
 	add("ReplicaSet", names(rss, err), err)
+	// A pod being deleted is the node stand-in's to finish: it stops the
+	// relay with SIGTERM and waits out its grace period, as a kubelet does.
 	pods, err := e.Admin.CoreV1().Pods(e.ns).List(ctx, opts)
+	if err == nil {
+		pods.Items = slices.DeleteFunc(pods.Items, func(p corev1.Pod) bool { return p.DeletionTimestamp != nil })
+	}
 	add("Pod", names(pods, err), err)
 	svcs, err := e.Admin.CoreV1().Services(e.ns).List(ctx, opts)
 	add("Service", names(svcs, err), err)
