@@ -121,10 +121,16 @@ func explainAPIError(err error, srv apiServer, op apiOp) error {
 		if op.namespace != "" {
 			where = "-n " + op.namespace
 		}
+		// A namespaced Role cannot grant what is asked of all
+		// namespaces: that is the read-only ClusterRole's.
+		role := "the sbx Role (sbx-developer) in deploy/rbac.yaml"
+		if op.namespace == "" {
+			role = "a binding to the read-only ClusterRole sbx-route-reader in deploy/rbac.yaml"
+		}
 		if op.verb == "" {
-			hint = fmt.Sprintf("your credentials may not do this with %s: see what they may do with `%s auth can-i --list %s`, and ask for the sbx Role in deploy/rbac.yaml", resource, kubectl, where)
+			hint = fmt.Sprintf("your credentials may not do this with %s: see what they may do with `%s auth can-i --list %s`, and ask for %s", resource, kubectl, where, role)
 		} else {
-			hint = fmt.Sprintf("your credentials may not %s %s: check with `%s auth can-i %s %s %s`, and ask for the sbx Role in deploy/rbac.yaml", op.verb, resource, kubectl, op.verb, resource, where)
+			hint = fmt.Sprintf("your credentials may not %s %s: check with `%s auth can-i %s %s %s`, and ask for %s", op.verb, resource, kubectl, op.verb, resource, where, role)
 		}
 		if op.namespace == "" && op.verb == "list" {
 			hint += "; or pass -n NAMESPACE to look in one namespace"

@@ -100,7 +100,7 @@ func TestForbiddenHints(t *testing.T) {
 		want []string
 	}{
 		{"list all namespaces", func(c *Cluster) error { _, err := c.List(ctx, ""); return err }, "", leases, "list",
-			[]string{"`kubectl --context staging auth can-i list leases.coordination.k8s.io --all-namespaces`", "deploy/rbac.yaml", "pass -n NAMESPACE"}},
+			[]string{"`kubectl --context staging auth can-i list leases.coordination.k8s.io --all-namespaces`", "ClusterRole sbx-route-reader in deploy/rbac.yaml", "pass -n NAMESPACE"}},
 		{"list falls back to the context's namespace", func(c *Cluster) error { _, err := c.List(ctx, ""); return err }, "team", leases, "list",
 			[]string{"`kubectl --context staging auth can-i list leases.coordination.k8s.io -n team`"}},
 		{"gc all namespaces", func(c *Cluster) error { _, err := c.GC(ctx, "", false); return err }, "", leases, "list",

@@ -668,14 +668,14 @@ func TestListAndGCAsDeveloper(t *testing.T) {
 		msg = err.Error()
 	}
 	t.Logf("carol's list, all namespaces, no namespace to fall back to: %s", msg)
-	for _, want := range []string{"auth can-i list leases.coordination.k8s.io", "deploy/rbac.yaml", "-n NAMESPACE"} {
+	for _, want := range []string{"auth can-i list leases.coordination.k8s.io", "ClusterRole sbx-route-reader in deploy/rbac.yaml", "-n NAMESPACE"} {
 		if !strings.Contains(msg, want) {
 			t.Errorf("list across all namespaces without the right: %q does not say %q", msg, want)
 		}
 	}
 	_, err = lc2.Client.GC(ctx, api.GCRequest{})
 	t.Logf("carol's gc, all namespaces, no namespace to fall back to: %v", err)
-	if err == nil || !strings.Contains(err.Error(), "deploy/rbac.yaml") || !strings.Contains(err.Error(), "-n NAMESPACE") {
+	if err == nil || !strings.Contains(err.Error(), "ClusterRole sbx-route-reader in deploy/rbac.yaml") || !strings.Contains(err.Error(), "-n NAMESPACE") {
 		t.Errorf("gc across all namespaces without the right: %v, want the 403 with its hint", err)
 	}
 	if _, err := l.Client.Disconnect(ctx, "alice"); err != nil {
