@@ -131,7 +131,7 @@ func TestSbxBinaryConnectListDisconnect(t *testing.T) {
 	if err := os.WriteFile(specPath, []byte(spec), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	out, code := cli.run("connect", "-f", specPath, "-n", e.ns, "--timeout", "90s")
+	out, code := cli.run("connect", "-f", specPath, "--timeout", "90s")
 	if code != 0 {
 		t.Fatalf("sbx connect: exit %d", code)
 	}
