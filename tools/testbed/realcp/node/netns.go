@@ -181,81 +181,58 @@ func (p *podNet) tearDown() {
 
 // dialIn dials addr from inside network namespace ns, as the kubelet's
 // port-forward does (the relay's tunnel port listens on the pod's
-// loopback only): the socket is made on a thread moved into the namespace
-// and stays there.
+// loopback only).
 func dialIn(ctx context.Context, ns, addr string) (net.Conn, error) {
-	type result struct {
-		c   net.Conn
-		err error
+	var c net.Conn
+	var derr error
+	if err := inNetns(ns, func() { c, derr = (&net.Dialer{}).DialContext(ctx, "tcp", addr) }); err != nil {
+		return nil, err
 	}
-	ch := make(chan result, 1)
-	go func() {
-		runtime.LockOSThread()
-		orig, err := os.Open("/proc/thread-self/ns/net")
-		if err != nil {
-			runtime.UnlockOSThread()
-			ch <- result{err: err}
-			return
-		}
-		defer orig.Close()
-		target, err := os.Open(filepath.Join("/var/run/netns", ns))
-		if err != nil {
-			runtime.UnlockOSThread()
-			ch <- result{err: fmt.Errorf("pod network namespace: %w", err)}
-			return
-		}
-		defer target.Close()
-		if err := unix.Setns(int(target.Fd()), unix.CLONE_NEWNET); err != nil {
-			runtime.UnlockOSThread()
-			ch <- result{err: fmt.Errorf("enter network namespace %s: %w", ns, err)}
-			return
-		}
-		c, err := (&net.Dialer{}).DialContext(ctx, "tcp", addr)
-		if unix.Setns(int(orig.Fd()), unix.CLONE_NEWNET) == nil {
-			// Back in the host's namespace: the thread may serve others.
-			runtime.UnlockOSThread()
-		} // else the thread stays locked and exits with the goroutine
-		ch <- result{c, err}
-	}()
-	r := <-ch
-	return r.c, r.err
+	return c, derr
 }
 
-// listenIn listens on addr inside network namespace ns (the socket stays
-// there; the thread goes back to the host's namespace).
+// listenIn listens on addr inside network namespace ns.
 func listenIn(ns, addr string) (net.Listener, error) {
-	type result struct {
-		ln  net.Listener
-		err error
+	var ln net.Listener
+	var lerr error
+	if err := inNetns(ns, func() { ln, lerr = net.Listen("tcp", addr) }); err != nil {
+		return nil, err
 	}
-	ch := make(chan result, 1)
+	return ln, lerr
+}
+
+// inNetns runs fn on an OS thread moved into network namespace ns, and
+// waits for it: a socket fn makes stays in ns. The thread goes back to the
+// host's namespace afterwards (if it cannot, it stays locked and exits
+// with its goroutine, never serving others).
+func inNetns(ns string, fn func()) error {
+	errc := make(chan error, 1)
 	go func() {
 		runtime.LockOSThread()
 		orig, err := os.Open("/proc/thread-self/ns/net")
 		if err != nil {
 			runtime.UnlockOSThread()
-			ch <- result{err: err}
+			errc <- err
 			return
 		}
 		defer orig.Close()
 		target, err := os.Open(filepath.Join("/var/run/netns", ns))
 		if err != nil {
 			runtime.UnlockOSThread()
-			ch <- result{err: fmt.Errorf("pod network namespace: %w", err)}
+			errc <- fmt.Errorf("pod network namespace: %w", err)
 			return
 		}
 		defer target.Close()
 		if err := unix.Setns(int(target.Fd()), unix.CLONE_NEWNET); err != nil {
 			runtime.UnlockOSThread()
-			ch <- result{err: fmt.Errorf("enter network namespace %s: %w", ns, err)}
+			errc <- fmt.Errorf("enter network namespace %s: %w", ns, err)
 			return
 		}
-		ln, err := net.Listen("tcp", addr)
+		fn()
 		if unix.Setns(int(orig.Fd()), unix.CLONE_NEWNET) == nil {
 			runtime.UnlockOSThread()
 		}
-		ch <- result{ln, err}
+		errc <- nil
 	}()
-	r := <-ch
-	return r.ln, r.err
+	return <-errc
 }
