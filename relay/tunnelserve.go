@@ -27,8 +27,10 @@ var capabilities = []string{"inbound", "outbound", "pool", "grace"}
 // When all slots are taken, a new connection closes the oldest pending one
 // rather than being turned away: refusing new ones let 64 idle connections,
 // renewed every helloTimeout, lock the laptop out for good, while a daemon
-// sends its Hello within a round trip of connecting, long before 64 newer
-// connections can push it out.
+// sends its Hello within a round trip of connecting, usually long before 64
+// newer connections can push it out. A flood fast enough to do that
+// anyway (loopback on a loaded machine) costs the daemon a retry, not
+// its place: each attempt has the same chance.
 const (
 	maxPendingHandshakes = 64
 	helloTimeout         = 5 * time.Second
