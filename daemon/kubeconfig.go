@@ -20,7 +20,7 @@ import (
 // permanent).
 func LiveClusters(k *live.Clusters) ClusterProvider {
 	return func(_ context.Context, src api.KubeconfigSource, kubeContext string) (Cluster, error) {
-		c, err := k.Open(liveSource(src), kubeContext)
+		c, err := k.Open(LiveSource(src), kubeContext)
 		if err != nil {
 			return nil, err // not a typed nil in the interface
 		}
@@ -29,10 +29,7 @@ func LiveClusters(k *live.Clusters) ClusterProvider {
 }
 
 // LiveSource is s as package live opens it.
-func LiveSource(s api.KubeconfigSource) live.Source { return liveSource(s) }
-
-// liveSource is s as package live opens it.
-func liveSource(s api.KubeconfigSource) live.Source {
+func LiveSource(s api.KubeconfigSource) live.Source {
 	return live.Source{Key: s.Key(), Options: SourceOptions(s), Name: describeSource(s)}
 }
 

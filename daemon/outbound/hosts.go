@@ -189,7 +189,7 @@ func (h *Hosts) reconcile() (failed bool) {
 				}
 			}
 		}
-		h.listenLocked(want)
+		h.closeUnwantedLocked(want)
 		listenErr = map[netip.AddrPort]error{}
 		moved := false
 		for ap, spec := range want {
@@ -258,10 +258,10 @@ func (h *Hosts) reconcile() (failed bool) {
 // from addresses other processes hold.
 const maxMoveRounds = 16
 
-// listenLocked closes the listeners want has no use for (or another use
-// for). Connections already accepted keep running; only new ones stop
+// closeUnwantedLocked closes the listeners want has no use for (or
+// another use for). Connections already accepted keep running; only new ones stop
 // arriving.
-func (h *Hosts) listenLocked(want map[netip.AddrPort]listenSpec) {
+func (h *Hosts) closeUnwantedLocked(want map[netip.AddrPort]listenSpec) {
 	for ap, pl := range h.listeners {
 		if spec, ok := want[ap]; !ok || spec != pl.listenSpec {
 			_ = pl.ln.Close()

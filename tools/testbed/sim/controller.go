@@ -100,13 +100,14 @@ type controller struct {
 	closed bool
 }
 
-func newController(ctx context.Context, logger *slog.Logger, clients *Clients, network *Network, logs *podLogs, run RelayFunc) (*controller, error) {
+func newController(ctx context.Context, logger *slog.Logger, clients *Clients, network *Network, logs *podLogs, run RelayFunc, pullable func(image string) bool) (*controller, error) {
 	c := &controller{
 		log:            logger.With("component", "kubelet"),
 		logs:           logs,
 		clients:        clients,
 		net:            network,
 		run:            run,
+		pullable:       pullable,
 		probeEvery:     50 * time.Millisecond,
 		restartBackoff: 200 * time.Millisecond,
 		factory:        informers.NewSharedInformerFactory(clients.Kube, 0),

@@ -112,10 +112,7 @@ func Start(ctx context.Context, opts Options) (_ *Cluster, err error) {
 	if run == nil {
 		run = defaultRelay
 	}
-	c.ctrl, err = newController(ctx, logger, c.Clients, c.Network, c.logs, run)
-	if c.ctrl != nil {
-		c.ctrl.pullable = opts.Pullable
-	}
+	c.ctrl, err = newController(ctx, logger, c.Clients, c.Network, c.logs, run, opts.Pullable)
 	if err != nil {
 		return nil, err
 	}
