@@ -3,9 +3,11 @@ package live
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"slices"
 	"strings"
+	"time"
 
 	authv1 "k8s.io/api/authorization/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -32,13 +34,30 @@ const (
 	LevelFail = "fail"
 )
 
+// DoctorOptions say what Doctor checks.
+type DoctorOptions struct {
+	// Namespaces to check permissions in (default: the context's).
+	Namespaces []string
+	// Sandbox, when set, is the spec whose workloads are resolved; its
+	// home namespace is where the relay probe runs.
+	Sandbox *spec.Sandbox
+	// RelayImage, when set, is started as a short-lived relay (see
+	// cluster.ProbeRelay) in the first namespace, once the permissions
+	// there hold; ProbeTimeout bounds it (default 2 minutes).
+	RelayImage   string
+	ProbeTimeout time.Duration
+	// Progress, when set, is told what a long check is waiting for.
+	Progress func(string)
+}
+
 // Doctor checks, in order, that the API server answers, that the user has
 // every permission sbx needs (cluster.RequiredAccess, asked with
-// SelfSubjectAccessReviews) in namespaces, that the mesh's route kind is
-// served, and, with sb, that each local workload resolves to a baseline
-// workload and Service port. It stops after a check that makes the rest
-// meaningless (an API server that does not answer).
-func (c *Cluster) Doctor(ctx context.Context, namespaces []string, sb *spec.Sandbox) []Check {
+// SelfSubjectAccessReviews) in the namespaces, that the cluster pulls and
+// runs the relay image (o.RelayImage), that the mesh's route kind is
+// served, and, with a sandbox, that each local workload resolves to a
+// baseline workload and Service port. It stops after a check that makes
+// the rest meaningless (an API server that does not answer).
+func (c *Cluster) Doctor(ctx context.Context, o DoctorOptions) []Check {
 	var out []Check
 	version, err := c.serverVersion(ctx)
 	if err != nil {
@@ -46,15 +65,53 @@ func (c *Cluster) Doctor(ctx context.Context, namespaces []string, sb *spec.Sand
 			Fix: "check the kubeconfig's server and credentials, and your network or VPN"})
 	}
 	out = append(out, Check{Name: "API server", Level: LevelOK, Detail: fmt.Sprintf("%s answers (Kubernetes %s)", c.server.url, version)})
+	namespaces := o.Namespaces
 	if len(namespaces) == 0 && c.namespace != "" {
 		namespaces = []string{c.namespace}
 	}
-	out = append(out, c.accessChecks(ctx, namespaces)...)
+	access := c.accessChecks(ctx, namespaces)
+	out = append(out, access...)
+	if o.RelayImage != "" && len(namespaces) > 0 {
+		out = append(out, c.relayCheck(ctx, namespaces[0], access, o))
+	}
 	out = append(out, c.meshCheck())
-	if sb != nil {
-		out = append(out, c.specChecks(ctx, sb)...)
+	if o.Sandbox != nil {
+		out = append(out, c.specChecks(ctx, o.Sandbox)...)
 	}
 	return out
+}
+
+// relayCheck starts the relay image as a short-lived relay in ns, unless
+// the permissions there already failed (the probe would only repeat it).
+func (c *Cluster) relayCheck(ctx context.Context, ns string, access []Check, o DoctorOptions) Check {
+	name := "relay image"
+	for _, a := range access {
+		if a.Name == "permissions in "+ns && a.Level != LevelOK {
+			return Check{Name: name, Level: LevelWarn, Detail: o.RelayImage + ": not tried: the permissions in " + ns + " are missing",
+				Fix: "fix the permissions first; sbx doctor then starts a short-lived relay to try the image"}
+		}
+	}
+	timeout := o.ProbeTimeout
+	if timeout <= 0 {
+		timeout = 2 * time.Minute
+	}
+	pctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	progress := func(ev cluster.Event) {
+		if o.Progress != nil && (ev.Action == cluster.ActionWaiting || ev.Action == cluster.ActionCreated) {
+			o.Progress("relay probe: " + ev.String())
+		}
+	}
+	res, err := cluster.ProbeRelay(pctx, c.clients, cluster.ProbeOptions{Namespace: ns, Image: o.RelayImage, Holder: "sbx doctor"}, progress)
+	if err != nil {
+		fix := "set relayImage in the sbx config (~/.config/sbx/config.yaml) to an image the cluster can pull and run"
+		var te *cluster.RelayTimeoutError
+		if errors.As(err, &te) {
+			fix = "see why the pod waits in the detail; a slow first pull passes on a second run"
+		}
+		return Check{Name: name, Level: LevelFail, Detail: o.RelayImage + ": " + explainAPIError(err, c.server, apiOp{}).Error(), Fix: fix}
+	}
+	return Check{Name: name, Level: LevelOK, Detail: fmt.Sprintf("%s: a relay started from it was ready in %s in %s (and is deleted)", o.RelayImage, res.Took.Round(100*time.Millisecond), ns)}
 }
 
 func (c *Cluster) serverVersion(ctx context.Context) (string, error) {

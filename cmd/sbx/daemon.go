@@ -13,7 +13,6 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/sbx-dev/sbx/cluster"
 	"github.com/sbx-dev/sbx/cluster/kube"
 	"github.com/sbx-dev/sbx/cluster/live"
 	"github.com/sbx-dev/sbx/daemon"
@@ -215,7 +214,7 @@ func runDaemon(ctx context.Context, g *globalOptions, background bool, manager s
 	}
 	clusters := live.NewClusters(live.Options{
 		Logger:            logger,
-		DefaultRelayImage: cluster.DefaultRelayImageRepo + ":" + g.build.Version,
+		DefaultRelayImage: relayImageFor(g.build.Version),
 	})
 	defer clusters.Close()
 	for {

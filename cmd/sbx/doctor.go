@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"net"
@@ -21,20 +22,27 @@ import (
 
 func newDoctorCmd(g *globalOptions) *cobra.Command {
 	var sf specFlags
+	var noProbe bool
 	cmd := &cobra.Command{
 		Use:   "doctor [-f FILE [--set name=value]...]",
 		Short: "Check, in order, what sbx connect needs: kubeconfig, API server, permissions, mesh, spec, local ports, daemon",
 		Long: `Doctor checks what sbx connect needs, in the order it needs it, and says
-for each thing either that it holds or how to fix it: the kubeconfig and
-context; that the API server answers; every permission sbx uses (asked of the
-API server with SelfSubjectAccessReviews: the Role of deploy/rbac.yaml in the
-spec's namespaces, or -n, or the context's; the read-only ClusterRole
-cluster-wide); that the cluster serves Istio VirtualServices; with -f, that
+for each thing either that it holds or how to fix it: the sbx config; the
+kubeconfig and context; that the API server answers; every permission sbx
+uses (asked of the API server with SelfSubjectAccessReviews: the Role of
+deploy/rbac.yaml in the spec's namespaces, or -n, or the context's; the
+read-only ClusterRole cluster-wide); that the cluster pulls and runs the
+relay image; that the cluster serves Istio VirtualServices; with -f, that
 each local workload resolves to a baseline workload and Service port, and
 whether something listens on each toLocal address; and the daemon's outbound
-access. It changes nothing. Exit 0 when nothing fails (warnings allowed), 1
-otherwise. Whether the relay image can be pulled shows when its pod starts:
-sbx connect then fails at once naming the image.`,
+access.
+
+To try the relay image, doctor starts a short-lived relay, as sbx connect
+would, in the first namespace: a sandbox named doctor-XXXXXXXX with no
+Service and no route (nothing can reach it), deleted as soon as its pod is
+ready or cannot start (at most 2 minutes). --no-relay-probe skips it; doctor
+then changes nothing in the cluster. Exit 0 when nothing fails (warnings
+allowed), 1 otherwise.`,
 		Example: `  sbx doctor
   sbx doctor -f sandbox.yaml --set name=alice
   sbx doctor --context staging -n hotrod -o json`,
@@ -50,7 +58,7 @@ sbx connect then fails at once naming the image.`,
 					return err
 				}
 			}
-			checks := runDoctor(cmd.Context(), g, sb)
+			checks := runDoctor(cmd.Context(), g, sb, !noProbe)
 			if err := printValue(g.stdout, format, checks, func() string { return renderChecks(checks) }); err != nil {
 				return err
 			}
@@ -63,25 +71,34 @@ sbx connect then fails at once naming the image.`,
 		},
 	}
 	sf.register(cmd)
+	cmd.Flags().BoolVar(&noProbe, "no-relay-probe", false, "do not start the short-lived relay that checks the relay image")
 	return cmd
 }
 
 // runDoctor runs the checks in order; the cluster's are skipped when the
 // kubeconfig cannot be used.
-func runDoctor(ctx context.Context, g *globalOptions, sb *spec.Sandbox) []live.Check {
+func runDoctor(ctx context.Context, g *globalOptions, sb *spec.Sandbox, probe bool) []live.Check {
 	var out []live.Check
 	src := daemon.LiveSource(kubeconfigSource(g))
+	// The sbx config, as the daemon reads it: spec.cluster's context and
+	// the relay image.
+	conf := config.Default()
+	path, err := config.DefaultPath(os.Getenv)
+	if err == nil {
+		conf, err = config.Load(path)
+	}
+	if err != nil {
+		out = append(out, live.Check{Name: "sbx config", Level: live.LevelFail, Detail: err.Error(),
+			Fix: "fix the sbx config (the daemon refuses it too); `sbx validate` does not read it, the daemon's log names the line"})
+		conf = config.Default()
+	}
 	kctx := g.context
 	if sb != nil && sb.Spec.Cluster != "" && kctx == "" {
 		// The spec's cluster, through the user config's contexts, as the
 		// daemon resolves it.
 		opts := src.Options
 		opts.Cluster = sb.Spec.Cluster
-		if path, err := config.DefaultPath(os.Getenv); err == nil {
-			if conf, err := config.Load(path); err == nil {
-				opts.ClusterContexts, opts.ConfigFile = conf.Contexts, path
-			}
-		}
+		opts.ClusterContexts, opts.ConfigFile = conf.Contexts, path
 		name, _, err := kube.ChooseContext(opts)
 		if err != nil {
 			return append(out, live.Check{Name: "kubeconfig", Level: live.LevelFail, Detail: err.Error(),
@@ -101,15 +118,22 @@ func runDoctor(ctx context.Context, g *globalOptions, sb *spec.Sandbox) []live.C
 			detail += " (the current context)"
 		}
 		out = append(out, live.Check{Name: "kubeconfig", Level: live.LevelOK, Detail: detail + ", from " + src.Name})
-		var nss []string
+		o := live.DoctorOptions{Sandbox: sb}
 		switch {
 		case sb != nil:
-			nss = sb.Namespaces()
+			o.Namespaces = sb.Namespaces()
 		case g.namespace != "":
-			nss = []string{g.namespace}
+			o.Namespaces = []string{g.namespace}
 		}
-		cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-		out = append(out, c.Doctor(cctx, nss, sb)...)
+		timeout := 30 * time.Second
+		if probe {
+			o.RelayImage = cmp.Or(conf.RelayImage, relayImageFor(g.build.Version))
+			o.ProbeTimeout = 2 * time.Minute
+			o.Progress = func(msg string) { fmt.Fprintln(g.stderr, msg) }
+			timeout += o.ProbeTimeout
+		}
+		cctx, cancel := context.WithTimeout(ctx, timeout)
+		out = append(out, c.Doctor(cctx, o)...)
 		cancel()
 	}
 	if sb != nil {
