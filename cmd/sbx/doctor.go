@@ -89,7 +89,7 @@ func runDoctor(ctx context.Context, g *globalOptions, sb *spec.Sandbox, probe bo
 	}
 	if err != nil {
 		out = append(out, live.Check{Name: "sbx config", Level: live.LevelFail, Detail: err.Error(),
-			Fix: "fix the sbx config (the daemon refuses it too); `sbx validate` does not read it, the daemon's log names the line"})
+			Fix: "fix the sbx config at " + path + " (the daemon refuses it too); doctor goes on with the defaults"})
 		conf = config.Default()
 	}
 	kctx := g.context

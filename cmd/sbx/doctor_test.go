@@ -30,6 +30,14 @@ func TestDoctorWithoutKubeconfig(t *testing.T) {
 	require.NoError(t, json.Unmarshal([]byte(out), &checks))
 	require.Equal(t, "kubeconfig", checks[0].Name)
 	require.Equal(t, live.LevelFail, checks[0].Level)
+
+	// A config the daemon would refuse is a failed check, not ignored.
+	require.NoError(t, os.WriteFile(filepath.Join(dir, "config", "sbx", "config.yaml"), []byte("relayImag: x\n"), 0o600))
+	code, out, _ = runCLI(t, "doctor")
+	require.Equal(t, 1, code)
+	require.Contains(t, out, "✗ sbx config: ")
+	require.Contains(t, out, "relayImag")
+	require.Contains(t, out, "fix: fix the sbx config at "+filepath.Join(dir, "config", "sbx", "config.yaml"))
 }
 
 // TestDoctorRelayProbe: against the simulated cluster through a
