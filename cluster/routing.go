@@ -197,20 +197,7 @@ func ReconcileRoutes(ctx context.Context, c Clients, sb *spec.Sandbox, key strin
 	if progress == nil {
 		progress = func(Event) {}
 	}
-	base := LiveBaseline{C: c}
-	workloads, err := Resolve(ctx, base, sb)
-	if err != nil {
-		return nil, err
-	}
-	nss := sb.Namespaces()
-	if len(nss) == 0 {
-		return nil, errors.New("no local workloads (spec.local is empty)")
-	}
-	regex, err := BaggageRegex(cmpOr(o.BaggageKey, routingkey.DefaultBaggageKey), key)
-	if err != nil {
-		return nil, err
-	}
-	rsb, warns, err := sandboxRoutes(key, nss[0], regex, workloads)
+	rsb, nss, warns, err := routeInput(ctx, c, sb, key, o)
 	if err != nil {
 		return nil, err
 	}
@@ -219,6 +206,44 @@ func ReconcileRoutes(ctx context.Context, c Clients, sb *spec.Sandbox, key strin
 		st.Warnings = append(warns, st.Warnings...)
 	}
 	return st, err
+}
+
+// PreviewRoutes plans the sandbox's mesh routes against the cluster as it
+// is now and writes nothing: what sbx connect would get (sbx doctor). The
+// sandbox need not exist; key is any valid routing key.
+func PreviewRoutes(ctx context.Context, c Clients, sb *spec.Sandbox, key string, o RouteOptions) (*RouteStatus, error) {
+	rsb, nss, warns, err := routeInput(ctx, c, sb, key, o)
+	if err != nil {
+		return nil, err
+	}
+	routing, err := LiveBaseline{C: c}.Routing(ctx, routingNamespaces(nss, rsb))
+	if err != nil {
+		return nil, err
+	}
+	_, plan, err := planRoutes(rsb, routing, o.ClusterDomain, newLiveness(c).alive, nil, LeaseName(sb.Name))
+	if err != nil {
+		return nil, err
+	}
+	return &RouteStatus{Report: plan.Report, Warnings: append(warns, plan.Warnings...)}, nil
+}
+
+// routeInput resolves the sandbox's workloads and returns the routes to
+// plan, its namespaces and what the user should know about them.
+func routeInput(ctx context.Context, c Clients, sb *spec.Sandbox, key string, o RouteOptions) (istiovs.Sandbox, []string, []string, error) {
+	workloads, err := Resolve(ctx, LiveBaseline{C: c}, sb)
+	if err != nil {
+		return istiovs.Sandbox{}, nil, nil, err
+	}
+	nss := sb.Namespaces()
+	if len(nss) == 0 {
+		return istiovs.Sandbox{}, nil, nil, errors.New("no local workloads (spec.local is empty)")
+	}
+	regex, err := BaggageRegex(cmpOr(o.BaggageKey, routingkey.DefaultBaggageKey), key)
+	if err != nil {
+		return istiovs.Sandbox{}, nil, nil, err
+	}
+	rsb, warns, err := sandboxRoutes(key, nss[0], regex, workloads)
+	return rsb, nss, warns, err
 }
 
 // reconcile plans and writes until the plan is in place.

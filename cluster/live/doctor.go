@@ -13,6 +13,8 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/sbx-dev/sbx/cluster"
+	"github.com/sbx-dev/sbx/cluster/meshreport"
+	"github.com/sbx-dev/sbx/cluster/routingkey"
 	"github.com/sbx-dev/sbx/cluster/spec"
 )
 
@@ -46,6 +48,9 @@ type DoctorOptions struct {
 	// there hold; ProbeTimeout bounds it (default 2 minutes).
 	RelayImage   string
 	ProbeTimeout time.Duration
+	// Routes are the baggage key and cluster domain the sandbox's mesh
+	// routes are previewed with (the sbx config's).
+	Routes cluster.RouteOptions
 	// Progress, when set, is told what a long check is waiting for.
 	Progress func(string)
 }
@@ -76,7 +81,7 @@ func (c *Cluster) Doctor(ctx context.Context, o DoctorOptions) []Check {
 	}
 	out = append(out, c.meshCheck())
 	if o.Sandbox != nil {
-		out = append(out, c.specChecks(ctx, o.Sandbox)...)
+		out = append(out, c.specChecks(ctx, o.Sandbox, o.Routes)...)
 	}
 	return out
 }
@@ -227,8 +232,10 @@ func (c *Cluster) meshCheck() Check {
 		Fix: "use a cluster with Istio installed (istioctl install), or one whose mesh sbx supports"}
 }
 
-// specChecks resolves each local workload of sb against the cluster.
-func (c *Cluster) specChecks(ctx context.Context, sb *spec.Sandbox) []Check {
+// specChecks resolves each local workload of sb against the cluster and
+// previews its mesh routes: per mapped Service port, whether keyed
+// requests would reach the sandbox from every client namespace.
+func (c *Cluster) specChecks(ctx context.Context, sb *spec.Sandbox, ro cluster.RouteOptions) []Check {
 	ws, err := cluster.Resolve(ctx, cluster.LiveBaseline{C: c.clients}, sb)
 	if err != nil {
 		return []Check{{Name: "spec " + sb.Name, Level: LevelFail, Detail: explainAPIError(err, c.server, apiOp{}).Error(),
@@ -246,6 +253,57 @@ func (c *Cluster) specChecks(ctx context.Context, sb *spec.Sandbox) []Check {
 		}
 		out = append(out, Check{Name: "workload " + w.Local.Name, Level: LevelOK,
 			Detail: fmt.Sprintf("%s %s/%s, port %s", w.Local.From.Kind, w.Local.From.Namespace, w.Local.From.Name, strings.Join(ports, "; "))})
+	}
+	return append(out, c.routeChecks(ctx, sb, ro)...)
+}
+
+// routeChecks are the previewed mesh routes as doctor lines.
+func (c *Cluster) routeChecks(ctx context.Context, sb *spec.Sandbox, ro cluster.RouteOptions) []Check {
+	st, err := cluster.PreviewRoutes(ctx, c.clients, sb, routingkey.New(), ro)
+	if err != nil {
+		return []Check{{Name: "routes", Level: LevelFail, Detail: explainAPIError(err, c.server, apiOp{}).Error(),
+			Fix: "sbx connect would refuse the same way; the detail says what to change"}}
+	}
+	var out []Check
+	for _, p := range st.Report {
+		name := fmt.Sprintf("routes %s.%s:%d", p.Service, p.Namespace, p.Port)
+		var applies, short []string
+		whoBy := map[string][]string{} // clients by what keyed requests get
+		for _, v := range p.Views {
+			who := "clients in " + v.Clients
+			if v.Clients == "" {
+				who = "clients in other namespaces"
+			}
+			if !slices.Contains(applies, v.Applies) {
+				applies = append(applies, v.Applies)
+			}
+			var what string
+			switch v.Keyed {
+			case meshreport.KeyedSandbox:
+				continue
+			case meshreport.KeyedPartial:
+				what = "keyed requests partly reach the sandbox: " + v.Reason
+			default:
+				what = "keyed requests would reach the baseline: " + v.Reason
+			}
+			if whoBy[what] == nil {
+				short = append(short, what)
+			}
+			whoBy[what] = append(whoBy[what], who)
+		}
+		for i, what := range short {
+			short[i] = strings.Join(whoBy[what], ", ") + ": " + what
+		}
+		if len(short) == 0 {
+			out = append(out, Check{Name: name, Level: LevelOK,
+				Detail: "keyed requests would reach the sandbox from every client namespace (routes of " + strings.Join(applies, ", ") + ")"})
+			continue
+		}
+		out = append(out, Check{Name: name, Level: LevelWarn, Detail: strings.Join(short, "; "),
+			Fix: "sbx routes NAME shows the same once connected; the detail says what stops keyed requests"})
+	}
+	for _, w := range st.Warnings {
+		out = append(out, Check{Name: "routes", Level: LevelWarn, Detail: w})
 	}
 	return out
 }

@@ -11,6 +11,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/sbx-dev/sbx/cluster"
 	"github.com/sbx-dev/sbx/cluster/kube"
 	"github.com/sbx-dev/sbx/cluster/live"
 	"github.com/sbx-dev/sbx/cluster/spec"
@@ -18,6 +19,7 @@ import (
 	"github.com/sbx-dev/sbx/daemon/api"
 	"github.com/sbx-dev/sbx/daemon/client"
 	"github.com/sbx-dev/sbx/daemon/config"
+	"github.com/sbx-dev/sbx/daemon/hostsfile"
 )
 
 func newDoctorCmd(g *globalOptions) *cobra.Command {
@@ -25,7 +27,7 @@ func newDoctorCmd(g *globalOptions) *cobra.Command {
 	var noProbe bool
 	cmd := &cobra.Command{
 		Use:   "doctor [-f FILE [--set name=value]...]",
-		Short: "Check, in order, what sbx connect needs: kubeconfig, API server, permissions, mesh, spec, local ports, daemon",
+		Short: "Check, in order, what sbx connect needs: kubeconfig, API server, permissions, relay image, mesh, routes, local ports, outbound access",
 		Long: `Doctor checks what sbx connect needs, in the order it needs it, and says
 for each thing either that it holds or how to fix it: the sbx config; the
 kubeconfig and context; that the API server answers; every permission sbx
@@ -33,9 +35,12 @@ uses (asked of the API server with SelfSubjectAccessReviews: the Role of
 deploy/rbac.yaml in the spec's namespaces, or -n, or the context's; the
 read-only ClusterRole cluster-wide); that the cluster pulls and runs the
 relay image; that the cluster serves Istio VirtualServices; with -f, that
-each local workload resolves to a baseline workload and Service port, and
-whether something listens on each toLocal address; and the daemon's outbound
-access.
+each local workload resolves to a baseline workload and Service port, where
+keyed requests to each mapped port would go (the route plan sbx connect
+would write, previewed from every client namespace; nothing is written),
+and whether something listens on each toLocal address; and the daemon, or,
+when none runs, the outbound access one would get (hosts mode needs a hosts
+file you may write whose sbx block no other daemon holds).
 
 To try the relay image, doctor starts a short-lived relay, as sbx connect
 would, in the first namespace: a sandbox named doctor-XXXXXXXX with no
@@ -102,7 +107,7 @@ func runDoctor(ctx context.Context, g *globalOptions, sb *spec.Sandbox, probe bo
 		name, _, err := kube.ChooseContext(opts)
 		if err != nil {
 			return append(out, live.Check{Name: "kubeconfig", Level: live.LevelFail, Detail: err.Error(),
-				Fix: "map spec.cluster to a context in the sbx config's contexts, or pass --context"}, daemonCheck(ctx))
+				Fix: "map spec.cluster to a context in the sbx config's contexts, or pass --context"}, daemonCheck(ctx, conf.Outbound))
 		}
 		kctx = name
 	}
@@ -118,7 +123,7 @@ func runDoctor(ctx context.Context, g *globalOptions, sb *spec.Sandbox, probe bo
 			detail += " (the current context)"
 		}
 		out = append(out, live.Check{Name: "kubeconfig", Level: live.LevelOK, Detail: detail + ", from " + src.Name})
-		o := live.DoctorOptions{Sandbox: sb}
+		o := live.DoctorOptions{Sandbox: sb, Routes: cluster.RouteOptions{BaggageKey: conf.BaggageKey, ClusterDomain: conf.ClusterDomain}}
 		switch {
 		case sb != nil:
 			o.Namespaces = sb.Namespaces()
@@ -139,7 +144,7 @@ func runDoctor(ctx context.Context, g *globalOptions, sb *spec.Sandbox, probe bo
 	if sb != nil {
 		out = append(out, localChecks(ctx, sb)...)
 	}
-	return append(out, daemonCheck(ctx))
+	return append(out, daemonCheck(ctx, conf.Outbound))
 }
 
 // localChecks says whether something listens on each mapping's toLocal.
@@ -166,12 +171,13 @@ func localChecks(ctx context.Context, sb *spec.Sandbox) []live.Check {
 }
 
 // daemonCheck reports the daemon and its outbound access, without
-// starting one.
-func daemonCheck(ctx context.Context) live.Check {
+// starting one; when none runs, what the sbx config's outbound access
+// will get.
+func daemonCheck(ctx context.Context, ob config.Outbound) live.Check {
 	c, err := client.Open(ctx, daemonPaths())
 	if err != nil {
 		if api.IsNotRunning(err) {
-			return live.Check{Name: "daemon", Level: live.LevelOK, Detail: "not running; sbx connect starts it"}
+			return outboundCheck(ob)
 		}
 		return live.Check{Name: "daemon", Level: live.LevelFail, Detail: err.Error(), Fix: "`sbx logs` shows the daemon's log; `sbx daemon stop` and a new command restart it"}
 	}
@@ -194,6 +200,44 @@ func daemonCheck(ctx context.Context) live.Check {
 		}
 	}
 	return live.Check{Name: "daemon", Level: live.LevelOK, Detail: detail}
+}
+
+// outboundCheck says what outbound access a daemon started now would
+// get, as outbound.Runner decides it: hosts mode needs a hosts file the
+// daemon may write whose sbx block no other live daemon owns; auto falls
+// back to proxy mode otherwise.
+func outboundCheck(ob config.Outbound) live.Check {
+	const name = "daemon"
+	detail := "not running; sbx connect starts it; outbound access: "
+	mode := cmp.Or(ob.Mode, config.ModeAuto)
+	hostsFile := cmp.Or(ob.HostsFile, config.DefaultHostsFile)
+	switch mode {
+	case config.ModeOff:
+		return live.Check{Name: name, Level: live.LevelOK, Detail: detail + "off (outbound.mode: off): local processes reach cluster names only through sbx run's env"}
+	case config.ModeProxy:
+		return live.Check{Name: name, Level: live.LevelOK, Detail: detail + "proxy (outbound.mode: proxy); sbx run and sbx env give processes its address"}
+	}
+	auto := mode == config.ModeAuto
+	if !hostsfile.Writable(hostsFile) {
+		if auto {
+			return live.Check{Name: name, Level: live.LevelOK, Detail: detail + "proxy (auto: the hosts file " + hostsFile + " is not writable by you); sbx run and sbx env give processes its address"}
+		}
+		return live.Check{Name: name, Level: live.LevelFail, Detail: detail + "hosts mode, but the hosts file " + hostsFile + " is not writable by you",
+			Fix: "run the daemon as a user who may write it (see the README's outbound access), or set outbound.mode: proxy in the sbx config"}
+	}
+	owned, err := hostsfile.Owned(hostsFile)
+	switch {
+	case err != nil:
+		return live.Check{Name: name, Level: live.LevelFail, Detail: detail + "hosts mode: " + err.Error(),
+			Fix: "fix the hosts file (its sbx block is between # BEGIN sbx and # END sbx), or set outbound.mode: proxy"}
+	case owned != nil && auto:
+		return live.Check{Name: name, Level: live.LevelWarn, Detail: detail + "proxy, not hosts mode: " + owned.Error(),
+			Fix: "stop the other daemon to get hosts mode; proxy mode works meanwhile"}
+	case owned != nil:
+		return live.Check{Name: name, Level: live.LevelFail, Detail: detail + owned.Error(),
+			Fix: "stop the other sbx daemon (another user or state directory), or set outbound.mode: proxy"}
+	}
+	return live.Check{Name: name, Level: live.LevelOK, Detail: detail + "hosts mode: the daemon keeps cluster names in a marked block of " + hostsFile + ", which no other daemon holds"}
 }
 
 // renderChecks is doctor's text output: one line per check, its fix

@@ -8,8 +8,12 @@ import (
 
 	"github.com/sbx-dev/sbx/cluster"
 	"github.com/sbx-dev/sbx/cluster/live"
+	"github.com/sbx-dev/sbx/daemon/config"
+	"github.com/sbx-dev/sbx/daemon/hostsfile"
 	"github.com/sbx-dev/sbx/tools/testbed/sim"
 	"github.com/stretchr/testify/require"
+	istioapi "istio.io/api/networking/v1alpha3"
+	istionet "istio.io/client-go/pkg/apis/networking/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 )
 
@@ -108,4 +112,94 @@ func TestDoctorRelayProbe(t *testing.T) {
 	require.Equal(t, 0, code, "%s\n%s", out, errOut)
 	require.NotContains(t, out, "relay image")
 	require.NotContains(t, errOut, "relay probe")
+}
+
+// TestDoctorPreviewsRoutes: with -f, doctor previews the sandbox's mesh
+// routes against the cluster and writes nothing: on the simulated
+// baseline keyed requests would reach the sandbox; next to a wildcard
+// VirtualService that routes route only for frontend, it warns with the
+// plan's reason, as connect would.
+func TestDoctorPreviewsRoutes(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts a simulated cluster")
+	}
+	dir := cliEnv(t)
+	ctx := t.Context()
+	specPath := writeSpec(t, dir)
+	doctor := func(opts sim.Options, seed func(*sim.Cluster)) (int, string, *sim.Cluster) {
+		c, err := sim.Start(ctx, opts)
+		require.NoError(t, err)
+		t.Cleanup(c.Close)
+		if seed != nil {
+			seed(c)
+		}
+		kubeconfig := filepath.Join(t.TempDir(), "kubeconfig")
+		require.NoError(t, c.WriteKubeconfig(kubeconfig))
+		before, err := c.Clients.Istio.NetworkingV1().VirtualServices("").List(ctx, metav1.ListOptions{})
+		require.NoError(t, err)
+		code, out, errOut := runCLI(t, "doctor", "--kubeconfig", kubeconfig, "--no-relay-probe", "-f", specPath, "--set", "name=alice")
+		after, err := c.Clients.Istio.NetworkingV1().VirtualServices("").List(ctx, metav1.ListOptions{})
+		require.NoError(t, err)
+		require.Equal(t, before.Items, after.Items, "doctor writes no route")
+		t.Log(out, errOut)
+		return code, out, c
+	}
+
+	code, out, _ := doctor(sim.Options{}, nil)
+	require.Equal(t, 0, code, out)
+	require.Contains(t, out, "✓ routes route.hotrod:8083: keyed requests would reach the sandbox from every client namespace (routes of hotrod/route)")
+
+	wild := &istionet.VirtualService{ObjectMeta: metav1.ObjectMeta{Name: "wild", Namespace: sim.AppNamespace}}
+	wild.Spec.Hosts = []string{"*.hotrod.svc.cluster.local"}
+	wild.Spec.Http = []*istioapi.HTTPRoute{{
+		Name:  "frontend-only",
+		Match: []*istioapi.HTTPMatchRequest{{SourceLabels: map[string]string{"app": "frontend"}}},
+		Route: []*istioapi.HTTPRouteDestination{{Destination: &istioapi.Destination{Host: "route.hotrod.svc.cluster.local"}}},
+	}}
+	code, out, _ = doctor(sim.Options{WithoutBaselineVirtualService: true}, func(c *sim.Cluster) {
+		_, err := c.Clients.Istio.NetworkingV1().VirtualServices(sim.AppNamespace).Create(ctx, wild, metav1.CreateOptions{})
+		require.NoError(t, err)
+	})
+	require.Equal(t, 0, code, "warnings do not fail doctor: %s", out)
+	require.Contains(t, out, "! routes route.hotrod:8083: ")
+	require.Contains(t, out, "keyed requests partly reach the sandbox")
+	require.Contains(t, out, "! routes: ")
+	require.Contains(t, out, "would take route away from it")
+}
+
+// TestDoctorOutboundCheck: with no daemon running, doctor says what
+// outbound access one started now would get, as the daemon decides it.
+func TestDoctorOutboundCheck(t *testing.T) {
+	hosts := filepath.Join(t.TempDir(), "hosts")
+	require.NoError(t, os.WriteFile(hosts, []byte("127.0.0.1 localhost\n"), 0o644))
+	missing := filepath.Join(t.TempDir(), "no", "hosts")
+	for _, tc := range []struct {
+		name  string
+		ob    config.Outbound
+		level string
+		want  string
+	}{
+		{"off", config.Outbound{Mode: config.ModeOff}, live.LevelOK, "outbound access: off"},
+		{"proxy", config.Outbound{Mode: config.ModeProxy}, live.LevelOK, "outbound access: proxy (outbound.mode: proxy)"},
+		{"auto, writable", config.Outbound{HostsFile: hosts}, live.LevelOK, "hosts mode: the daemon keeps cluster names in a marked block of " + hosts},
+		{"auto, not writable", config.Outbound{HostsFile: missing}, live.LevelOK, "proxy (auto: the hosts file " + missing + " is not writable by you)"},
+		{"hosts, not writable", config.Outbound{Mode: config.ModeHosts, HostsFile: missing}, live.LevelFail, "hosts mode, but the hosts file " + missing + " is not writable"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := outboundCheck(tc.ob)
+			require.Equal(t, tc.level, c.Level, "%+v", c)
+			require.Contains(t, c.Detail, tc.want)
+		})
+	}
+
+	// Another daemon (another state directory) holds the block.
+	o, err := hostsfile.Acquire(hostsfile.Options{Path: hosts, LockPath: filepath.Join(t.TempDir(), "hosts.lock")})
+	require.NoError(t, err)
+	defer o.Close()
+	c := outboundCheck(config.Outbound{HostsFile: hosts})
+	require.Equal(t, live.LevelWarn, c.Level, "%+v", c)
+	require.Contains(t, c.Detail, "proxy, not hosts mode: hosts file "+hosts+" is managed by another sbx daemon")
+	c = outboundCheck(config.Outbound{Mode: config.ModeHosts, HostsFile: hosts})
+	require.Equal(t, live.LevelFail, c.Level, "%+v", c)
+	require.Contains(t, c.Fix, "stop the other sbx daemon")
 }

@@ -380,3 +380,25 @@ func Writable(path string) bool {
 	_ = f.Close()
 	return true
 }
+
+// Owned returns the live sbx daemon whose block the hosts file at path
+// holds (nil when none does): what Acquire would fail with for a daemon
+// of another state directory. It changes nothing (sbx doctor).
+func Owned(path string) (*OwnedError, error) {
+	real, err := resolve(path)
+	if err != nil {
+		return nil, err
+	}
+	o := &Owner{path: real, pid: os.Getpid(), log: slog.New(slog.DiscardHandler)}
+	_, _, blocks, err := o.read()
+	if err != nil {
+		return nil, err
+	}
+	for _, b := range blocks {
+		var owned *OwnedError
+		if errors.As(o.checkForeign(b.info), &owned) {
+			return owned, nil
+		}
+	}
+	return nil, nil
+}

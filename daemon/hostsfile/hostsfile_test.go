@@ -316,13 +316,20 @@ func TestOtherProcessOwnsThenIsKilled(t *testing.T) {
 		require.ErrorAs(t, err, &oe, "a live daemon in another process owns it")
 		require.Equal(t, h.cmd.Process.Pid, oe.PID)
 	}
+	owned, err := Owned(p)
+	require.NoError(t, err)
+	require.NotNil(t, owned, "Owned sees the live owner, as Acquire does")
+	require.Equal(t, h.cmd.Process.Pid, owned.PID)
 
 	// kill -9: no chance to clean up.
 	require.NoError(t, h.cmd.Process.Signal(syscall.SIGKILL))
-	err := h.cmd.Wait()
+	err = h.cmd.Wait()
 	var ee *exec.ExitError
 	require.ErrorAs(t, err, &ee)
 	require.Contains(t, read(t, p), "# BEGIN sbx", "the crashed owner left its block")
+	owned, err = Owned(p)
+	require.NoError(t, err)
+	require.Nil(t, owned, "a dead owner's block is nobody's")
 
 	// The next daemon (another state dir even) cleans up and takes over.
 	o, err := Acquire(Options{Path: p, LockPath: lockIn(t)})
