@@ -43,10 +43,13 @@
 //     their answer are closed after a second of quiet, open streams get
 //     the rest of --drain-timeout, then sessions are closed with a reason
 //     and Run returns nil.
-//   - Idle connections: an inbound connection that has had its answer and
-//     sent nothing for --idle-timeout (default 2m, well under Envoy's 1h
-//     upstream idle timeout) is closed, freeing its stream slot; one
-//     waiting for the laptop's answer is never idle.
+//   - Idle connections: when more than half of --max-streams are in use,
+//     inbound connections that have had their answer and sent nothing for
+//     --idle-timeout (default 2m, well under Envoy's 1h upstream idle
+//     timeout) are closed, longest-idle first, until half are free; one
+//     waiting for the laptop's answer is never idle. With slots to spare
+//     nothing is closed: a response streaming with long gaps looks idle
+//     too, and Istio keeps those open.
 //
 // Metrics (on the registry in Deps, served at /metrics):
 //

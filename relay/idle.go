@@ -1,7 +1,9 @@
 package relay
 
 import (
+	"cmp"
 	"net"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -18,10 +20,22 @@ import (
 // The relay pipes bytes; it does not parse the protocol. It judges a
 // connection by who spoke last: when the last bytes went to the caller (an
 // answer) and the caller has sent nothing since, the caller's turn has come
-// and nothing is pending on the laptop's side. Such a connection is closed
-// after Options.IdleTimeout, and after drainQuiet while the relay drains. A
-// request waiting for the laptop (a process paused in a debugger) is never
-// idle by this rule: its last bytes came from the caller.
+// and nothing is pending on the laptop's side. While the relay drains, such
+// a connection is closed after drainQuiet. A request waiting for the laptop
+// (a process paused in a debugger) is never idle by this rule: its last
+// bytes came from the caller.
+//
+// While serving, the rule cannot tell a keep-alive connection between
+// requests from a response that streams with long gaps (server-sent
+// events, a gRPC server stream, a WebSocket push): in both the laptop's
+// side spoke last. Istio's sidecars keep such streams open however long
+// they are quiet (they set Envoy's stream idle timeout to 0), so closing
+// them would treat keyed requests differently from the baseline's. The
+// relay therefore closes quiet connections only when stream slots run
+// short: once more than half of MaxStreams are in use, connections that
+// have waited for their caller for at least Options.IdleTimeout are
+// closed, the longest-waiting first, until half are free again. Below
+// that, a quiet connection costs one slot and nothing else.
 //
 // Closing a connection the caller considers reusable races a request sent
 // at that instant; callers (Envoy, Go's http.Transport) drop pooled
@@ -103,21 +117,30 @@ func (s *quietConns) untrack(c *quietConn) {
 	s.mu.Unlock()
 }
 
-// closeWaiting closes every connection that has waited for its caller for
-// at least quiet and returns how many it closed.
-func (s *quietConns) closeWaiting(quiet time.Duration) int {
+// closeWaiting closes connections that have waited for their caller for
+// at least quiet, the longest-waiting first, at most max of them (max < 0:
+// all), and returns how many it closed.
+func (s *quietConns) closeWaiting(quiet time.Duration, max int) int {
 	now := time.Now()
+	type victim struct {
+		c    *quietConn
+		wait time.Duration
+	}
 	s.mu.Lock()
-	var victims []*quietConn
+	var victims []victim
 	for c := range s.conns {
 		if d, ok := c.waitingFor(now); ok && d >= quiet && !c.closed.Load() {
-			victims = append(victims, c)
+			victims = append(victims, victim{c, d})
 		}
 	}
 	s.mu.Unlock()
-	for _, c := range victims {
-		c.closed.Store(true)
-		_ = c.Conn.Close()
+	if max >= 0 && len(victims) > max {
+		slices.SortFunc(victims, func(a, b victim) int { return cmp.Compare(b.wait, a.wait) })
+		victims = victims[:max]
+	}
+	for _, v := range victims {
+		v.c.closed.Store(true)
+		_ = v.c.Conn.Close()
 	}
 	return len(victims)
 }

@@ -24,12 +24,14 @@ const (
 	// takes to learn that the pod is going (endpoint removal reaches the
 	// proxies asynchronously, usually within a second or two).
 	DefaultDrainDelay = 5 * time.Second
-	// DefaultIdleTimeout closes an inbound connection that has had its
-	// answer and sent nothing since for this long. The mesh keeps
-	// connections open for an hour (Envoy's upstream idle timeout), each
-	// holding a stream slot; closing well before it frees the slots of
-	// callers that stopped calling, at the cost of one in-cluster
-	// reconnect for a caller that comes back.
+	// DefaultIdleTimeout: when more than half the stream slots are in use,
+	// an inbound connection that has had its answer and sent nothing since
+	// for this long is closed (idle.go). The mesh keeps connections open for
+	// an hour (Envoy's upstream idle timeout), each holding a stream slot;
+	// closing them frees the slots of callers that stopped calling, at the
+	// cost of one in-cluster reconnect for a caller that comes back. With
+	// slots to spare nothing is closed: a response streaming with long gaps
+	// looks the same and Istio keeps it open.
 	DefaultIdleTimeout = 2 * time.Minute
 	DefaultDialTimeout = 10 * time.Second
 	DefaultMaxHeld     = 1024
@@ -121,7 +123,7 @@ func (f *Flags) AddFlags(fs *pflag.FlagSet) {
 	fs.DurationVar(&f.grace, relayargs.FlagGrace, f.grace, "how long an inbound connection waits for the laptop before HTTP ports answer 503 and TCP ports close, e.g. --grace 10s")
 	fs.DurationVar(&f.drainTimeout, relayargs.FlagDrainTimeout, f.drainTimeout, "on SIGTERM, how long open streams may finish before they are cut, e.g. --drain-timeout 20s")
 	fs.DurationVar(&f.drainDelay, relayargs.FlagDrainDelay, f.drainDelay, "on SIGTERM, how long inbound connections are still accepted while the laptop is connected, for the mesh to learn the pod is going (part of --drain-timeout), e.g. --drain-delay 5s")
-	fs.DurationVar(&f.idleTimeout, relayargs.FlagIdleTimeout, f.idleTimeout, "close an inbound connection that has had its answer and sent nothing since for this long (mesh keep-alive connections otherwise hold a stream slot for Envoy's 1h); a request waiting for the laptop is never idle; 0 disables, e.g. --idle-timeout 5m")
+	fs.DurationVar(&f.idleTimeout, relayargs.FlagIdleTimeout, f.idleTimeout, "when more than half of --max-streams are in use, close inbound connections that have had their answer and sent nothing since for this long, longest-quiet first (mesh keep-alive connections otherwise hold a stream slot for Envoy's 1h); with slots to spare nothing is closed (a response streaming with long gaps looks the same); a request waiting for the laptop is never idle; 0 disables, e.g. --idle-timeout 5m")
 	fs.DurationVar(&f.dialTimeout, relayargs.FlagDialTimeout, f.dialTimeout, "bound on each outbound dial including DNS, e.g. --dial-timeout 5s")
 	fs.IntVar(&f.maxHeld, relayargs.FlagMaxHeld, f.maxHeld, "most inbound connections held while the laptop is offline; more are answered at once, e.g. --max-held 256")
 	fs.IntVar(&f.maxStreams, relayargs.FlagMaxStreams, f.maxStreams, "most inbound and outbound streams served at once, bounding the relay's memory (each may buffer ~2.5 MiB when its reader stalls); more are refused with a 503 or a reason; 0 means the default. "+

@@ -338,8 +338,9 @@ func (r *Relay) shutdown() {
 }
 
 // closeQuiet closes inbound connections that wait for their caller: after
-// IdleTimeout while serving, after drainQuiet once draining (idle.go). It
-// returns when the pipes are cut.
+// IdleTimeout while serving and more than half the stream slots are in
+// use, after drainQuiet once draining (idle.go). It returns when the pipes
+// are cut.
 func (r *Relay) closeQuiet() {
 	every := time.Second
 	if r.opts.IdleTimeout > 0 {
@@ -360,14 +361,14 @@ func (r *Relay) closeQuiet() {
 		case <-t.C:
 		}
 		if serving == nil {
-			if n := r.quiet.closeWaiting(drainQuiet); n > 0 {
+			if n := r.quiet.closeWaiting(drainQuiet, -1); n > 0 {
 				r.m.quietClosed.WithLabelValues("drain").Add(float64(n))
 				r.log.Debug("draining: closed connections waiting for their caller", "n", n, "quiet", drainQuiet)
 			}
-		} else if r.opts.IdleTimeout > 0 {
-			if n := r.quiet.closeWaiting(r.opts.IdleTimeout); n > 0 {
+		} else if excess := r.streamsN.Load() - int64(r.opts.MaxStreams/2); r.opts.IdleTimeout > 0 && excess > 0 {
+			if n := r.quiet.closeWaiting(r.opts.IdleTimeout, int(excess)); n > 0 {
 				r.m.quietClosed.WithLabelValues("idle").Add(float64(n))
-				r.log.Debug("closed idle inbound connections", "n", n, "idleTimeout", r.opts.IdleTimeout)
+				r.log.Debug("stream slots run short: closed idle inbound connections", "n", n, "idleTimeout", r.opts.IdleTimeout)
 			}
 		}
 	}

@@ -482,8 +482,11 @@ func TestDrainClosesConnectionsWaitingForTheirCaller(t *testing.T) {
 
 // TestIdleTimeout: a connection that has had its answer and sent nothing
 // for --idle-timeout is closed; one waiting for the laptop is not.
+// TestIdleTimeout: once more than half the stream slots are in use, a
+// connection that has had its answer and stayed quiet for --idle-timeout
+// is closed; one waiting for the laptop is not.
 func TestIdleTimeout(t *testing.T) {
-	h := startRelay(t, "--inbound", "20002=echo/7", "--idle-timeout", "300ms")
+	h := startRelay(t, "--inbound", "20002=echo/7", "--idle-timeout", "300ms", "--max-streams", "2")
 	lap := newLaptop(t, "laptop-1")
 	slow := make(chan struct{})
 	lap.mapLocal("echo", 7, lineServer(t, slow))
@@ -515,6 +518,33 @@ func TestIdleTimeout(t *testing.T) {
 	line, err := bufio.NewReader(busy).ReadString('\n')
 	require.NoError(t, err)
 	require.Equal(t, "slow\n", line)
+}
+
+// TestQuietStreamKeptWithSlotsToSpare: a connection whose last bytes went
+// to the caller and that stays quiet past --idle-timeout — a keep-alive
+// connection, or a response streaming with long gaps (server-sent events),
+// which the relay cannot tell apart and Istio keeps open — is not closed
+// while the relay has stream slots to spare.
+func TestQuietStreamKeptWithSlotsToSpare(t *testing.T) {
+	h := startRelay(t, "--inbound", "20002=echo/7", "--idle-timeout", "200ms", "--max-streams", "4")
+	lap := newLaptop(t, "laptop-1")
+	lap.mapLocal("echo", 7, echoServer(t))
+	lap.connect(h, 1)
+
+	c, err := net.Dial("tcp", h.inbound(20002))
+	require.NoError(t, err)
+	defer c.Close()
+	buf := make([]byte, 5)
+	for _, ev := range []string{"evt-1", "evt-2", "evt-3"} {
+		_, err = io.WriteString(c, ev)
+		require.NoError(t, err)
+		require.NoError(t, c.SetReadDeadline(time.Now().Add(30*time.Second)))
+		_, err = io.ReadFull(c, buf)
+		require.NoError(t, err, "the connection survived a quiet spell longer than --idle-timeout")
+		require.Equal(t, ev, string(buf))
+		time.Sleep(time.Second) // five idle timeouts, the relay looks every 50 ms
+	}
+	require.Zero(t, h.metric("sbx_relay_idle_closed_total", "reason", "idle"))
 }
 
 func TestDrainTimeoutCutsStreams(t *testing.T) {
