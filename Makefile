@@ -20,8 +20,13 @@ test: lint test-unit test-race test-fuzz test-istio test-real ## everything CI r
 
 # tools/image is its own module (go-containerregistry stays out of the
 # product's module graph), so ./... does not reach it.
-test-unit: ## all packages' tests, and the release tool's
-	$(GO) test -count=1 -timeout 10m ./...
+# Tests that measure (the fault matrix, the relay under a flood) write
+# their figures to SBX_FIGURES_DIR; they are printed after a passing run,
+# which go test alone would keep quiet.
+test-unit: ## all packages' tests, and the release tool's; prints the fault matrix's figures
+	@dir=$$(mktemp -d); echo "$(GO) test -count=1 -timeout 10m ./..."; \
+	SBX_FIGURES_DIR=$$dir $(GO) test -count=1 -timeout 10m ./...; rc=$$?; \
+	cat $$dir/*.txt 2>/dev/null; rm -rf $$dir; exit $$rc
 	$(GO) -C tools/image test -count=1 -timeout 10m ./...
 
 test-race: ## tunnel, relay, daemon and the port-forward dialer under the race detector

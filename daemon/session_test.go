@@ -218,6 +218,24 @@ func TestReadyConnectionResetsBackoff(t *testing.T) {
 		require.LessOrEqual(t, d, 2*time.Millisecond, "delay after flap: %s", delays()[n])
 		waitPhase(t, td.client, "alice", api.PhaseReady)
 	}
+
+	// Flaps whose first reconnect attempt is refused (a VPN coming back
+	// slowly): the delay after the refusal is the same on every flap,
+	// because each link that came up reset the count. Without the reset it
+	// doubles with every flap.
+	var afterRefusal []string
+	for range 6 {
+		n := len(delays())
+		fail(true)
+		fl.last().kill(errors.New("the VPN dropped"))
+		require.Eventually(t, func() bool { return len(delays()) >= n+2 }, 10*time.Second, time.Millisecond)
+		fail(false)
+		waitPhase(t, td.client, "alice", api.PhaseReady)
+		afterRefusal = append(afterRefusal, delays()[n+1])
+	}
+	for i, d := range afterRefusal {
+		require.Equal(t, afterRefusal[0], d, "flap %d: the delay after a refused attempt grew with flaps: %v", i+1, afterRefusal)
+	}
 }
 
 func TestBackoffAfterUp(t *testing.T) {

@@ -149,8 +149,8 @@ func TestRelayProcessUnderPreAuthFlood(t *testing.T) {
 	wg.Wait()
 
 	grew := peak - before
-	t.Logf("relay process RSS: %d MiB before, peak %d MiB during a pre-auth flood of %d flooding and %d silent connections (%+d MiB); the handshake with the token succeeded",
-		before>>20, peak>>20, flooders, idlers, grew>>20)
+	saveFigures(t, "relay under a pre-auth flood", fmt.Sprintf("relay process RSS: %d MiB before, peak %d MiB during a pre-auth flood of %d flooding and %d silent connections (%+d MiB); the handshake with the token succeeded",
+		before>>20, peak>>20, flooders, idlers, grew>>20))
 	// An unbounded relay grew by ~110 MiB per second per flooding
 	// connection; the bound leaves room for the Go runtime's own growth.
 	require.Less(t, grew, int64(48<<20), "the relay grew by %d MiB under a pre-auth flood", grew>>20)
