@@ -20,6 +20,7 @@ import (
 	"github.com/sbx-dev/sbx/daemon/client"
 	"github.com/sbx-dev/sbx/daemon/config"
 	"github.com/sbx-dev/sbx/daemon/hostsfile"
+	"github.com/sbx-dev/sbx/daemon/outbound"
 )
 
 func newDoctorCmd(g *globalOptions) *cobra.Command {
@@ -218,10 +219,12 @@ func outboundCheck(ob config.Outbound) live.Check {
 		return live.Check{Name: name, Level: live.LevelOK, Detail: detail + "proxy (outbound.mode: proxy); sbx run and sbx env give processes its address"}
 	}
 	auto := mode == config.ModeAuto
-	if !hostsfile.Writable(hostsFile) {
-		if auto {
-			return live.Check{Name: name, Level: live.LevelOK, Detail: detail + "proxy (auto: the hosts file " + hostsFile + " is not writable by you); sbx run and sbx env give processes its address"}
+	if auto {
+		ob.HostsFile = hostsFile
+		if m, why := outbound.ResolveMode(ob); m == config.ModeProxy {
+			return live.Check{Name: name, Level: live.LevelOK, Detail: detail + "proxy (auto: " + why + "); sbx run and sbx env give processes its address"}
 		}
+	} else if !hostsfile.Writable(hostsFile) {
 		return live.Check{Name: name, Level: live.LevelFail, Detail: detail + "hosts mode, but the hosts file " + hostsFile + " is not writable by you",
 			Fix: "run the daemon as a user who may write it (see the README's outbound access), or set outbound.mode: proxy in the sbx config"}
 	}

@@ -182,7 +182,7 @@ func TestDoctorOutboundCheck(t *testing.T) {
 		{"off", config.Outbound{Mode: config.ModeOff}, live.LevelOK, "outbound access: off"},
 		{"proxy", config.Outbound{Mode: config.ModeProxy}, live.LevelOK, "outbound access: proxy (outbound.mode: proxy)"},
 		{"auto, writable", config.Outbound{HostsFile: hosts}, live.LevelOK, "hosts mode: the daemon keeps cluster names in a marked block of " + hosts},
-		{"auto, not writable", config.Outbound{HostsFile: missing}, live.LevelOK, "proxy (auto: the hosts file " + missing + " is not writable by you)"},
+		{"auto, not writable", config.Outbound{HostsFile: missing}, live.LevelOK, "proxy (auto: hosts file " + missing + " is not writable by the daemon; using proxy mode)"},
 		{"hosts, not writable", config.Outbound{Mode: config.ModeHosts, HostsFile: missing}, live.LevelFail, "hosts mode, but the hosts file " + missing + " is not writable"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

@@ -9,6 +9,7 @@ package outbound
 
 import (
 	"context"
+	"fmt"
 	"net"
 	"slices"
 	"strings"
@@ -17,6 +18,7 @@ import (
 	"github.com/sbx-dev/sbx/cluster/discovery"
 	"github.com/sbx-dev/sbx/daemon/config"
 	"github.com/sbx-dev/sbx/daemon/hostsfile"
+	"github.com/sbx-dev/sbx/daemon/peeruid"
 )
 
 // Dialer opens a connection to target ("host:port" as a pod in the cluster
@@ -205,14 +207,26 @@ func (c *Catalog) Lookup(host string) (target string, ok bool) {
 	return "", false
 }
 
-// ResolveMode turns outbound.mode auto into hosts or proxy: hosts when the
-// configured hosts file is writable by this process, else proxy.
-func ResolveMode(o config.Outbound) config.OutboundMode {
+// ResolveMode turns outbound.mode auto into hosts or proxy, and says why
+// when auto falls back to proxy: hosts mode needs a configured hosts file
+// this process may write, and an OS on which the daemon can refuse other
+// users' connections to the hosts-mode addresses (peeruid.Supported);
+// elsewhere any local user could reach the cluster through them, while the
+// proxy asks for a password.
+func ResolveMode(o config.Outbound) (config.OutboundMode, string) {
 	if o.Mode != config.ModeAuto && o.Mode != "" {
-		return o.Mode
+		return o.Mode, ""
 	}
-	if o.HostsFile != "" && hostsfile.Writable(o.HostsFile) {
-		return config.ModeHosts
+	switch {
+	case o.HostsFile == "":
+		return config.ModeProxy, "no hosts file is configured (outbound.hostsFile); using proxy mode"
+	case !peerUIDSupported:
+		return config.ModeProxy, "on this OS the daemon cannot tell which user opens a connection, so hosts-mode addresses would be open to every local user; using proxy mode (it asks for a password; set outbound.mode: hosts to accept the risk)"
+	case !hostsfile.Writable(o.HostsFile):
+		return config.ModeProxy, fmt.Sprintf("hosts file %s is not writable by the daemon; using proxy mode", o.HostsFile)
 	}
-	return config.ModeProxy
+	return config.ModeHosts, ""
 }
+
+// peerUIDSupported is peeruid.Supported; tests set it.
+var peerUIDSupported = peeruid.Supported

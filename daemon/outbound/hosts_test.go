@@ -20,6 +20,7 @@ import (
 
 	"github.com/sbx-dev/sbx/cluster/discovery"
 	"github.com/sbx-dev/sbx/daemon/config"
+	"github.com/sbx-dev/sbx/daemon/peeruid"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -359,10 +360,26 @@ func TestAllocatorCollisionsAndFull(t *testing.T) {
 func TestResolveMode(t *testing.T) {
 	p := filepath.Join(t.TempDir(), "hosts")
 	require.NoError(t, os.WriteFile(p, nil, 0o644))
-	require.Equal(t, config.ModeHosts, ResolveMode(config.Outbound{Mode: config.ModeAuto, HostsFile: p}))
-	require.Equal(t, config.ModeProxy, ResolveMode(config.Outbound{Mode: config.ModeAuto, HostsFile: p + ".missing"}))
-	require.Equal(t, config.ModeOff, ResolveMode(config.Outbound{Mode: config.ModeOff, HostsFile: p}))
-	require.Equal(t, config.ModeProxy, ResolveMode(config.Outbound{Mode: config.ModeProxy, HostsFile: p}))
+	mode := func(o config.Outbound) config.OutboundMode {
+		m, _ := ResolveMode(o)
+		return m
+	}
+	require.Equal(t, config.ModeHosts, mode(config.Outbound{Mode: config.ModeAuto, HostsFile: p}))
+	require.Equal(t, config.ModeProxy, mode(config.Outbound{Mode: config.ModeAuto, HostsFile: p + ".missing"}))
+	require.Equal(t, config.ModeOff, mode(config.Outbound{Mode: config.ModeOff, HostsFile: p}))
+	require.Equal(t, config.ModeProxy, mode(config.Outbound{Mode: config.ModeProxy, HostsFile: p}))
+	_, why := ResolveMode(config.Outbound{Mode: config.ModeAuto})
+	require.Contains(t, why, "no hosts file is configured")
+
+	// Where the daemon cannot refuse other users' connections (macOS and
+	// Windows today), auto does not pick hosts mode: its addresses would be
+	// open to every local user. An explicit hosts mode is kept.
+	peerUIDSupported = false
+	t.Cleanup(func() { peerUIDSupported = peeruid.Supported })
+	m, why := ResolveMode(config.Outbound{Mode: config.ModeAuto, HostsFile: p})
+	require.Equal(t, config.ModeProxy, m)
+	require.Contains(t, why, "cannot tell which user opens a connection")
+	require.Equal(t, config.ModeHosts, mode(config.Outbound{Mode: config.ModeHosts, HostsFile: p}))
 }
 
 func TestCatalogLookup(t *testing.T) {

@@ -89,14 +89,7 @@ func Start(opts Options) (*Runner, error) {
 	// may fall back to proxy mode below.
 	auto := r.mode == config.ModeAuto
 	if auto {
-		r.mode = ResolveMode(opts.Config)
-		switch {
-		case r.mode != config.ModeProxy:
-		case opts.Config.HostsFile == "":
-			r.note = "no hosts file is configured (outbound.hostsFile); using proxy mode"
-		default:
-			r.note = fmt.Sprintf("hosts file %s is not writable by the daemon; using proxy mode", opts.Config.HostsFile)
-		}
+		r.mode, r.note = ResolveMode(opts.Config)
 	}
 	var baggage func() (string, string)
 	if opts.Config.InjectBaggage {
