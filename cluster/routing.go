@@ -88,8 +88,15 @@ func (l LiveBaseline) Routing(ctx context.Context, namespaces []string) (*Routin
 		}{{HTTPRouteGVR, "HTTPRoute"}, {GRPCRouteGVR, "GRPCRoute"}} {
 			ul, err := l.C.Dynamic.Resource(g.gvr).Namespace(metav1.NamespaceAll).List(ctx, metav1.ListOptions{})
 			if err != nil {
-				if apierrors.IsNotFound(err) || apierrors.IsForbidden(err) || apierrors.IsMethodNotSupported(err) {
-					continue // not installed, or not readable: VirtualServices are all sbx sees
+				if apierrors.IsForbidden(err) {
+					// Installed but not readable: a Service they route
+					// would be missed, and its VirtualService routes ignored.
+					r.Partial = strings.TrimPrefix(r.Partial+"; "+fmt.Sprintf("sbx may not list %ss in all namespaces (list %s.%s at cluster scope): a Service a %s routes takes its traffic there and sbx's routes for it would not apply; bind the ClusterRole sbx-route-reader from deploy/rbac.yaml",
+						g.kind, g.gvr.Resource, g.gvr.Group, g.kind), "; ")
+					continue
+				}
+				if apierrors.IsNotFound(err) || apierrors.IsMethodNotSupported(err) {
+					continue // not installed: VirtualServices are all there is
 				}
 				return nil, fmt.Errorf("list %ss in all namespaces: %w", g.kind, err)
 			}
@@ -128,6 +135,17 @@ func parseMeshExportTo(mesh string) ([]string, error) {
 		return nil, err
 	}
 	return mc.DefaultVirtualServiceExportTo, nil
+}
+
+// ParentsAny reports whether an HTTPRoute or GRPCRoute has a Service
+// parent whose name is matched (the live route watch's filter).
+func ParentsAny(u *unstructured.Unstructured, match func(service string) bool) bool {
+	for _, p := range serviceParents("", u) {
+		if match(p.Service) {
+			return true
+		}
+	}
+	return false
 }
 
 // serviceParents returns the Services an HTTPRoute or GRPCRoute names as

@@ -142,6 +142,16 @@ func refuseGatewayAPI(sb istiovs.Sandbox, r *Routing) error {
 	return nil
 }
 
+// RoutesRefusedError: the cluster's routing does not let sbx route the
+// sandbox's Services (a Gateway API route takes one's traffic, a
+// VirtualService sbx must not touch); Err says which and what to do.
+// Trying again changes nothing until someone changes those objects, and
+// until then keyed requests reach the baseline.
+type RoutesRefusedError struct{ Err error }
+
+func (e *RoutesRefusedError) Error() string { return e.Err.Error() }
+func (e *RoutesRefusedError) Unwrap() error { return e.Err }
+
 // planRoutes works out the VirtualService changes of a sandbox against the
 // routing state: the planner's plan, as objects sbx writes.
 //
@@ -152,11 +162,11 @@ func planRoutes(sb istiovs.Sandbox, r *Routing, domain string, live func(key, ho
 	owners map[string]metav1.OwnerReference, leaseName string) ([]RouteTarget, *istiovs.Plan, error) {
 
 	if err := refuseGatewayAPI(sb, r); err != nil {
-		return nil, nil, err
+		return nil, nil, &RoutesRefusedError{Err: err}
 	}
 	plan, err := istiovs.MakePlan(toMesh(r, domain), sb, planOptions(r, live))
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, &RoutesRefusedError{Err: err}
 	}
 	byKey := map[string]*istionet.VirtualService{}
 	for _, v := range r.VirtualServices {

@@ -24,6 +24,13 @@ func routeState(prev *api.RouteState, rs *cluster.RouteStatus, err error, now ti
 	}
 	if err != nil {
 		st.Error = err.Error()
+		if re := (*cluster.RoutesRefusedError)(nil); errors.As(err, &re) {
+			// Not a failed check: the cluster's routing changed so that
+			// sbx's routes cannot apply (a Gateway API route took the
+			// Service over, say); keyed requests reach the baseline.
+			st.Keyed, st.Message = api.KeyedBaseline, re.Error()
+			return st
+		}
 		if st.Keyed == "" {
 			st.Keyed = api.KeyedBaseline
 			st.Message = "the routes could not be checked"

@@ -2,6 +2,7 @@ package daemon
 
 import (
 	"errors"
+	"fmt"
 	"testing"
 	"time"
 
@@ -11,6 +12,13 @@ import (
 	"github.com/sbx-dev/sbx/cluster/meshreport"
 	"github.com/sbx-dev/sbx/daemon/api"
 )
+
+// ok0 returns a copy of a state that says keyed requests reach the sandbox.
+func ok0(st *api.RouteState) *api.RouteState {
+	c := *st
+	c.Keyed, c.Message = api.KeyedSandbox, ""
+	return &c
+}
 
 // routeState folds checks into what status shows: the worst view decides,
 // only repairs after the connect's own apply count as restored, and a
@@ -58,6 +66,12 @@ func TestRouteStateFolding(t *testing.T) {
 	first := routeState(nil, nil, errors.New("api down"), now, false)
 	require.Equal(t, api.KeyedBaseline, first.Keyed, "never checked: nothing is known to work")
 	require.NotEmpty(t, first.Message)
+
+	// A refusal is not a failed check: the routes cannot apply, so keyed
+	// requests reach the baseline, and status says why.
+	refused := routeState(ok0(st), nil, fmt.Errorf("check: %w", &cluster.RoutesRefusedError{Err: errors.New("Service hotrod/route is routed by HTTPRoute hotrod/r")}), now.Add(4*time.Second), false)
+	require.Equal(t, api.KeyedBaseline, refused.Keyed)
+	require.Equal(t, "Service hotrod/route is routed by HTTPRoute hotrod/r", refused.Message)
 
 	ok := routeState(failed, &cluster.RouteStatus{Report: ports(api.KeyedSandbox)}, nil, now.Add(5*time.Second), false)
 	require.Empty(t, ok.Error)

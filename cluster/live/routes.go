@@ -9,7 +9,9 @@ import (
 	istionet "istio.io/client-go/pkg/apis/networking/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/tools/cache"
 
@@ -110,6 +112,58 @@ func (c *Cluster) WatchRoutes(ctx context.Context, sb *spec.Sandbox, ref cluster
 			inf.RunWithContext(ctx)
 		}()
 	}
+	// Gateway API routes: one that takes a Service of the sandbox over
+	// makes sbx's VirtualService routes stop applying (the check then
+	// says so), and one removed lets them apply again.
+	for _, gvr := range c.watchableGatewayRoutes(ctx) {
+		ri := c.clients.Dynamic.Resource(gvr)
+		inf := cache.NewSharedIndexInformer(listWatch{&cache.ListWatch{
+			ListWithContextFunc: func(ctx context.Context, lo metav1.ListOptions) (runtime.Object, error) {
+				return ri.List(ctx, lo)
+			},
+			WatchFuncWithContext: func(ctx context.Context, lo metav1.ListOptions) (watch.Interface, error) {
+				return ri.Watch(ctx, lo)
+			},
+		}}, &unstructured.Unstructured{}, 0, cache.Indexers{})
+		relevant := func(obj any) bool {
+			if d, ok := obj.(cache.DeletedFinalStateUnknown); ok {
+				obj = d.Obj
+			}
+			u, ok := obj.(*unstructured.Unstructured)
+			relMu.Lock()
+			n := names
+			relMu.Unlock()
+			if !ok || n == nil {
+				return true
+			}
+			return cluster.ParentsAny(u, func(svc string) bool { return n[strings.ToLower(svc)] })
+		}
+		if _, err := inf.AddEventHandler(cache.ResourceEventHandlerFuncs{
+			AddFunc: func(obj any) {
+				if relevant(obj) {
+					poke()
+				}
+			},
+			UpdateFunc: func(old, obj any) {
+				if relevant(old) || relevant(obj) {
+					poke()
+				}
+			},
+			DeleteFunc: func(obj any) {
+				if relevant(obj) {
+					poke()
+				}
+			},
+		}); err != nil {
+			report(nil, err)
+			return
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			inf.RunWithContext(ctx)
+		}()
+	}
 	every := c.o.RouteResync
 	if every <= 0 {
 		every = routeResync
@@ -197,6 +251,22 @@ func relevantVS(obj any, names map[string]bool, key string) bool {
 		}
 	}
 	return false
+}
+
+// watchableGatewayRoutes are the Gateway API route kinds served and
+// listable cluster-wide (the ClusterRole sbx-route-reader); the others
+// are left to the periodic check.
+func (c *Cluster) watchableGatewayRoutes(ctx context.Context) []schema.GroupVersionResource {
+	if c.clients.Dynamic == nil {
+		return nil
+	}
+	var out []schema.GroupVersionResource
+	for _, gvr := range []schema.GroupVersionResource{cluster.HTTPRouteGVR, cluster.GRPCRouteGVR} {
+		if _, err := c.clients.Dynamic.Resource(gvr).List(ctx, metav1.ListOptions{Limit: 1}); err == nil {
+			out = append(out, gvr)
+		}
+	}
+	return out
 }
 
 // watchNamespaces are where to watch VirtualServices: every namespace

@@ -120,6 +120,17 @@ func run(m *testing.M) int {
 	}
 	defer func() { theNode.Close() }()
 	code := m.Run()
+	if code == 0 {
+		unused, err := unusedGrants()
+		switch {
+		case err != nil:
+			log.Printf("FAIL: read the audit log for the grants used: %v", err)
+			code = 1
+		case len(unused) > 0:
+			log.Printf("FAIL: deploy/rbac.yaml grants what no scenario needed (least privilege):\n  %s", strings.Join(unused, "\n  "))
+			code = 1
+		}
+	}
 	keep = code != 0 || os.Getenv("SBX_REALCP_KEEP") != ""
 	return code
 }

@@ -1,0 +1,86 @@
+package cluster
+
+import (
+	"fmt"
+	"strings"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	k8stesting "k8s.io/client-go/testing"
+)
+
+// gatewayRoute is an HTTPRoute or GRPCRoute in ns whose parent is Service
+// parent (in parentNS when set).
+func gatewayRoute(kind, ns, name, parentNS, parent string) *unstructured.Unstructured {
+	ref := map[string]any{"group": "", "kind": "Service", "name": parent}
+	if parentNS != "" {
+		ref["namespace"] = parentNS
+	}
+	return &unstructured.Unstructured{Object: map[string]any{
+		"apiVersion": "gateway.networking.k8s.io/v1", "kind": kind,
+		"metadata": map[string]any{"name": name, "namespace": ns},
+		"spec":     map[string]any{"parentRefs": []any{ref}},
+	}}
+}
+
+// TestGatewayAPIRoutedServiceRefused: a Service that an HTTPRoute or a
+// GRPCRoute (GAMMA) routes, in its namespace or from another, is refused
+// with the route's name: Istio lets those routes take the Service's
+// traffic, so VirtualService routes for it would silently not apply. A
+// route whose parent is another Service, or a Gateway, changes nothing.
+func TestGatewayAPIRoutedServiceRefused(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		route *unstructured.Unstructured
+		want  string
+	}{
+		{"HTTPRoute", gatewayRoute("HTTPRoute", "hotrod", "route-http", "", "route"), "routed by HTTPRoute hotrod/route-http"},
+		{"GRPCRoute", gatewayRoute("GRPCRoute", "hotrod", "route-grpc", "", "route"), "routed by GRPCRoute hotrod/route-grpc"},
+		{"from another namespace", gatewayRoute("HTTPRoute", "web", "cross", "hotrod", "route"), "routed by HTTPRoute web/cross"},
+		{"other Service", gatewayRoute("HTTPRoute", "hotrod", "driver-http", "", "driver"), ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			f := hotrodFake(t)
+			f.Dynamic = newDynamicFake(tc.route)
+			_, err := Apply(t.Context(), f.Clients, routeSandbox("alice"), testOptions(testKey), nil)
+			if tc.want == "" {
+				require.NoError(t, err)
+				return
+			}
+			require.Error(t, err)
+			require.Contains(t, err.Error(), "Service hotrod/route is "+tc.want)
+			require.Contains(t, err.Error(), "leave route out of the sandbox")
+			require.Equal(t, []string{"default"}, routeNames(getVS(t, f, "hotrod", "route")), "no route was written")
+		})
+	}
+}
+
+// TestGatewayAPIListForbiddenWarns: when the caller may not list
+// HTTPRoutes or GRPCRoutes cluster-wide, sbx cannot know whether one
+// takes the Service's traffic: it says so, naming the permission and the
+// ClusterRole, instead of skipping them silently.
+func TestGatewayAPIListForbiddenWarns(t *testing.T) {
+	f := hotrodFake(t)
+	dyn := newDynamicFake()
+	dyn.PrependReactor("list", "*", func(a k8stesting.Action) (bool, runtime.Object, error) {
+		return true, nil, apierrors.NewForbidden(schema.GroupResource{Group: a.GetResource().Group, Resource: a.GetResource().Resource}, "", fmt.Errorf("RBAC: denied"))
+	})
+	f.Dynamic = dyn
+	var log eventLog
+	_, err := Apply(t.Context(), f.Clients, routeSandbox("alice"), testOptions(testKey), log.add)
+	require.NoError(t, err)
+	var warns []string
+	for _, e := range log.events {
+		if e.Action == ActionWarning {
+			warns = append(warns, e.Message)
+		}
+	}
+	all := strings.Join(warns, "\n")
+	require.Contains(t, all, "may not list HTTPRoutes in all namespaces (list httproutes.gateway.networking.k8s.io at cluster scope)")
+	require.Contains(t, all, "may not list GRPCRoutes in all namespaces")
+	require.Contains(t, all, "ClusterRole sbx-route-reader")
+}
