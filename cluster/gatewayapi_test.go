@@ -6,7 +6,9 @@ import (
 	"testing"
 
 	"github.com/stretchr/testify/require"
+	istionet "istio.io/client-go/pkg/apis/networking/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/schema"
@@ -83,4 +85,36 @@ func TestGatewayAPIListForbiddenWarns(t *testing.T) {
 	require.Contains(t, all, "may not list HTTPRoutes in all namespaces (list httproutes.gateway.networking.k8s.io at cluster scope)")
 	require.Contains(t, all, "may not list GRPCRoutes in all namespaces")
 	require.Contains(t, all, "ClusterRole sbx-route-reader")
+}
+
+// TestGitOpsWarning: the marks Argo CD and Flux leave on what they sync
+// are recognised, and the warning names the tool and its own way out.
+func TestGitOpsWarning(t *testing.T) {
+	vs := func(labels, annotations map[string]string) *istionet.VirtualService {
+		return &istionet.VirtualService{ObjectMeta: metav1.ObjectMeta{Namespace: "hotrod", Name: "route", Labels: labels, Annotations: annotations}}
+	}
+	for _, tc := range []struct {
+		name string
+		v    *istionet.VirtualService
+		want []string
+	}{
+		{"Argo CD instance label", vs(map[string]string{"argocd.argoproj.io/instance": "hotrod"}, nil), []string{"synced by Argo CD", "ignoreDifferences on /spec/http"}},
+		{"Argo CD tracking annotation", vs(nil, map[string]string{"argocd.argoproj.io/tracking-id": "hotrod:networking.istio.io/VirtualService:hotrod/route"}), []string{"synced by Argo CD"}},
+		{"managed-by argocd", vs(map[string]string{"app.kubernetes.io/managed-by": "ArgoCD"}, nil), []string{"synced by Argo CD"}},
+		{"Flux kustomization", vs(map[string]string{"kustomize.toolkit.fluxcd.io/name": "apps", "kustomize.toolkit.fluxcd.io/namespace": "flux-system"}, nil), []string{"synced by Flux", "ssa: IfNotPresent"}},
+		{"Flux helm release", vs(map[string]string{"helm.toolkit.fluxcd.io/name": "hotrod"}, nil), []string{"synced by Flux"}},
+		{"Helm alone", vs(map[string]string{"app.kubernetes.io/managed-by": "Helm"}, nil), nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got := gitOpsWarning(tc.v)
+			if tc.want == nil {
+				require.Empty(t, got)
+				return
+			}
+			require.Contains(t, got, "VirtualService hotrod/route is ")
+			for _, w := range tc.want {
+				require.Contains(t, got, w)
+			}
+		})
+	}
 }

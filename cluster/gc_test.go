@@ -336,6 +336,30 @@ func TestDeadRoutesRemoved(t *testing.T) {
 		_, err := f.Istio.NetworkingV1().VirtualServices("hotrod").Get(ctx, own, metav1.GetOptions{})
 		require.True(t, apierrors.IsNotFound(err), own)
 	}
+
+	// The only sandbox collected with nobody left to clean up: sbx's own
+	// VirtualServices hold nothing but dead routes and have no owner;
+	// `sbx list` and `sbx gc` name them as such, and the sweep deletes them.
+	_, err = Apply(ctx, f.Clients, alice, testOptions(testKey), nil)
+	require.NoError(t, err)
+	collect("alice")
+	left, err = Leftovers(ctx, f.Clients, []string{"hotrod"}, "")
+	require.NoError(t, err)
+	names = nil
+	for _, l := range left {
+		names = append(names, l.Name+": "+l.What)
+	}
+	require.ElementsMatch(t, []string{"route: dead routes", "frontend-gw: dead routes", "frontend-ingress: dead routes",
+		"frontend-sbx: ownerless VirtualService", "driver-sbx: ownerless VirtualService"}, names)
+	_, err = SweepRoutes(ctx, f.Clients, []string{"hotrod"}, "", nil)
+	require.NoError(t, err)
+	for _, own := range []string{"driver-sbx", "frontend-sbx"} {
+		_, err := f.Istio.NetworkingV1().VirtualServices("hotrod").Get(ctx, own, metav1.GetOptions{})
+		require.True(t, apierrors.IsNotFound(err), "the sweep deletes the ownerless %s", own)
+	}
+	for n, before := range cdBefore {
+		require.Equal(t, before, specJSON(t, getVS(t, f, "hotrod", n)), n)
+	}
 }
 
 // TestWaitRelayTimeout: a relay that is not ready by the deadline is

@@ -257,8 +257,12 @@ func gitOpsWarning(v *istionet.VirtualService) string {
 	if tool == "" {
 		return ""
 	}
-	return fmt.Sprintf("VirtualService %s/%s is synced by %s: a sync replaces spec.http and removes sbx's routes; sbx puts them back within seconds while the sandbox is connected (an ignoreDifferences on /spec/http, or syncing without self-heal, avoids the churn)",
-		v.Namespace, v.Name, tool)
+	avoid := "an ignoreDifferences on /spec/http, or syncing without self-heal, avoids the churn"
+	if tool == "Flux" {
+		avoid = "Flux re-applies on every reconcile interval; the kustomize.toolkit.fluxcd.io/ssa: IfNotPresent annotation on the VirtualService in Git avoids the churn"
+	}
+	return fmt.Sprintf("VirtualService %s/%s is synced by %s: a sync replaces spec.http and removes sbx's routes; sbx puts them back within seconds while the sandbox is connected (%s)",
+		v.Namespace, v.Name, tool, avoid)
 }
 
 // addOwner adds ref to meta's owners unless an owner of that kind and name
