@@ -106,6 +106,7 @@ func planOnce(t *testing.T, w World, sc scenario, i int, key string) *cluster.Ob
 	if err != nil {
 		t.Fatalf("plan for %s: %v", key, err)
 	}
+	validateWritten(t, objs)
 	return objs
 }
 
@@ -277,6 +278,9 @@ func checkRemoval(t *testing.T, sc scenario) {
 			default:
 				v := w.VirtualServices[idx].DeepCopy()
 				v.Spec.Http = e.HTTP
+				if warn, err := ValidateVirtualService(v); err != nil || len(warn) > 0 {
+					t.Errorf("removing %s: Istio's validation of %s/%s as the removal leaves it: %v %v", key, v.Namespace, v.Name, err, warn)
+				}
 				w.VirtualServices[idx] = v
 			}
 		}
@@ -709,6 +713,7 @@ func TestAdversarialExportToUnknown(t *testing.T) {
 					if err != nil {
 						t.Fatal(err)
 					}
+					validateWritten(t, objs)
 					return objs
 				}
 				after := copyWorld(before)
@@ -766,7 +771,7 @@ func TestAdversarialHostSpellings(t *testing.T) {
 			jb, ja := NewJudge(t, before), NewJudge(t, after)
 			for _, cl := range []Client{inHotrod, inOther} {
 				for _, port := range []int{8083, 9001} {
-					for _, h := range []string{"route", "route.hotrod", "route.hotrod.svc", routeFQDN, "10.96.0.11", "ROUTE.hotrod"} {
+					for _, h := range []string{"route", "route.hotrod", "route.hotrod.svc", routeFQDN, "10.96.0.11", "ROUTE.hotrod", routeFQDN + ".", "Route.Hotrod.Svc.Cluster.Local"} {
 						host := fmt.Sprintf("%s:%d", h, port)
 						for _, key := range []string{"", key1} {
 							req := Request{Host: host, Port: port}

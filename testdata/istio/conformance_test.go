@@ -307,6 +307,20 @@ var (
 	driverHotrod   = Client{Namespace: "hotrod", Labels: map[string]string{"app": "driver"}}
 )
 
+// validateWritten runs Istio's own VirtualService validation on every
+// VirtualService a plan writes (created, updated or recreated).
+func validateWritten(t *testing.T, objs *cluster.Objects) {
+	t.Helper()
+	for _, rt := range objs.Routes {
+		if rt.Object == nil {
+			continue
+		}
+		if w, err := ValidateVirtualService(rt.Object); err != nil || len(w) > 0 {
+			t.Fatalf("Istio's validation of %s/%s as sbx writes it: %v %v", rt.Namespace, rt.Name, err, w)
+		}
+	}
+}
+
 func runScenario(t *testing.T, sc scenario) {
 	failures := 0
 	errorf := func(format string, args ...any) {
@@ -353,12 +367,9 @@ func runScenario(t *testing.T, sc scenario) {
 			t.Fatal(err)
 		}
 		warnings = append(warnings, objs.Warnings...)
+		validateWritten(t, objs)
 		for _, rt := range objs.Routes {
 			if rt.Object != nil {
-				w, err := ValidateVirtualService(rt.Object)
-				if err != nil || len(w) > 0 {
-					t.Fatalf("Istio's validation of %s/%s: %v %v", rt.Namespace, rt.Name, err, w)
-				}
 				written = append(written, rt.Object)
 			}
 			applyTarget(&after, rt)
@@ -391,6 +402,7 @@ func runScenario(t *testing.T, sc scenario) {
 			if len(objs.Routes) == 0 {
 				t.Errorf("after the CD sync, sbx's plan for %s changes nothing", key)
 			}
+			validateWritten(t, objs)
 			for _, rt := range objs.Routes {
 				applyTarget(&after, rt)
 			}
