@@ -247,7 +247,16 @@ func (c *regexCache) matches(m *networking.HTTPMatchRequest, ri requestInfo) boo
 // action, destinations without a host, negative weights.
 func validateVirtualService(vs *networking.VirtualService) error {
 	if len(vs.Hosts) == 0 {
-		return fmt.Errorf("virtual service must have at least one host")
+		// A delegate, which a root VirtualService's delegate route names
+		// (Istio's ValidateVirtualService, pkg/config/validation).
+		switch {
+		case len(vs.Gateways) != 0:
+			return fmt.Errorf("delegate virtual service must have no gateways specified")
+		case len(vs.Tls) != 0:
+			return fmt.Errorf("delegate virtual service must have no tls route specified")
+		case len(vs.Tcp) != 0:
+			return fmt.Errorf("delegate virtual service must have no tcp route specified")
+		}
 	}
 	checkSM := func(path string, sm *networking.StringMatch) error {
 		if sm == nil {

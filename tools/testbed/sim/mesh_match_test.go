@@ -158,8 +158,11 @@ func TestMatchRequest(t *testing.T) {
 func TestValidateVirtualService(t *testing.T) {
 	ok := &networking.VirtualService{Hosts: []string{"route"}, Http: []*networking.HTTPRoute{{Route: routeTo("route")}}}
 	require.NoError(t, validateVirtualService(ok))
+	// No hosts: a delegate, as Istio accepts it.
+	require.NoError(t, validateVirtualService(&networking.VirtualService{Http: ok.Http}))
 	for name, vs := range map[string]*networking.VirtualService{
-		"no hosts": {Http: ok.Http},
+		"a delegate with gateways": {Gateways: []string{"hotrod/gw"}, Http: ok.Http},
+		"a delegate with tcp":      {Tcp: []*networking.TCPRoute{{}}},
 		"bad regex": {Hosts: []string{"route"}, Http: []*networking.HTTPRoute{{
 			Match: []*networking.HTTPMatchRequest{{Headers: map[string]*networking.StringMatch{"baggage": regex("(a")}}},
 			Route: routeTo("route")}}},
