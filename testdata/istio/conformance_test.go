@@ -591,6 +591,24 @@ func agree(errorf func(string, ...any), mesh *istiovs.Mesh, c Client, r Request,
 	}
 	if o.Matched && o.VirtualService != "" && d.Route != o.Route && !strings.HasPrefix(o.Route, d.Route+".") {
 		errorf("%s: the simulated mesh picks route %q, Envoy's routes %q", where, d.Route, o.Route)
+		return
+	}
+	// The destination too, where Envoy sends to one cluster: the host the
+	// simulated mesh resolved and the port (the request's when the route
+	// names none) make Istio's outbound cluster name.
+	if dst := d.Destination; dst != nil && strings.HasPrefix(o.Cluster, "outbound|") && !strings.Contains(o.Cluster, ",") {
+		port := r.Port
+		if dst.GetPort().GetNumber() != 0 {
+			port = int(dst.GetPort().GetNumber())
+		}
+		host := dst.GetHost()
+		if !strings.Contains(host, ".") {
+			host += ".hotrod.svc.cluster.local"
+		}
+		got, _, _ := strings.Cut(o.Cluster, ":") // one weighted cluster: "name:100"
+		if want := fmt.Sprintf("outbound|%d|%s|%s", port, dst.GetSubset(), host); want != got {
+			errorf("%s: the simulated mesh sends to %s, Envoy's routes to %s", where, want, o.Cluster)
+		}
 	}
 }
 

@@ -71,8 +71,10 @@ type Decision struct {
 	// Matched is false when the VirtualService applies and no route of it
 	// matches: the sidecar answers 404.
 	Matched bool
-	// Destination is the chosen route's first destination, host resolved
-	// (nil for the default route, a redirect or a direct response).
+	// Destination is where the chosen route sends every request: its one
+	// destination, or the one with all the weight of a split (nil for a
+	// split that sends to several, the default route, a redirect or a
+	// direct response).
 	Destination *networking.Destination
 }
 
@@ -88,11 +90,27 @@ func Decide(mesh *istiovs.Mesh, fqdn string, port int32, client istiovs.Client, 
 	d := Decision{VirtualService: link.VS.Key(), Matched: found}
 	if found {
 		d.Route = route.GetName()
-		if len(route.Route) > 0 {
-			d.Destination = route.Route[0].GetDestination()
-		}
+		d.Destination = soleDestination(route.Route)
 	}
 	return d
+}
+
+// soleDestination is the destination that gets every request of ds, as
+// pickDestination chooses: the only one, or the only one with weight.
+func soleDestination(ds []*networking.HTTPRouteDestination) *networking.Destination {
+	if len(ds) == 1 {
+		return ds[0].GetDestination()
+	}
+	var sole *networking.HTTPRouteDestination
+	for _, d := range ds {
+		if d.Weight > 0 {
+			if sole != nil {
+				return nil
+			}
+			sole = d
+		}
+	}
+	return sole.GetDestination()
 }
 
 // requestInfo is what route matching looks at.
