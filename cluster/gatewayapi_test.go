@@ -118,3 +118,23 @@ func TestGitOpsWarning(t *testing.T) {
 		})
 	}
 }
+
+// TestRoutesOfUnknownLivenessKeptWithWarning: when another sandbox's
+// Leases cannot be listed, its routes are kept (it may be alive), and the
+// user is told why and who can clean up, not left to guess.
+func TestRoutesOfUnknownLivenessKeptWithWarning(t *testing.T) {
+	f := hotrodFake(t)
+	ctx := t.Context()
+	_, err := Apply(ctx, f.Clients, routeSandbox("alice"), testOptions(testKey), nil)
+	require.NoError(t, err)
+	f.kube.PrependReactor("list", "leases", func(a k8stesting.Action) (bool, runtime.Object, error) {
+		if l, ok := a.(k8stesting.ListAction); ok && strings.Contains(l.GetListRestrictions().Labels.String(), testKey) {
+			return true, nil, apierrors.NewForbidden(schema.GroupResource{Group: "coordination.k8s.io", Resource: "leases"}, "", fmt.Errorf("RBAC: denied"))
+		}
+		return false, nil, nil
+	})
+	res, err := Apply(ctx, f.Clients, routeSandbox("bob"), testOptions(testKey2), nil)
+	require.NoError(t, err)
+	require.Contains(t, strings.Join(res.Routes.Warnings, "\n"), "could not tell whether the sandbox with routing key "+testKey+" (Leases in namespace hotrod) still exists")
+	require.Contains(t, routeNames(getVS(t, f, "hotrod", "route")), "sbx-"+testKey+"-route-8083", "alice's route is kept")
+}

@@ -238,11 +238,12 @@ func PreviewRoutes(ctx context.Context, c Clients, sb *spec.Sandbox, key string,
 	if err != nil {
 		return nil, err
 	}
-	_, plan, err := planRoutes(rsb, routing, o.ClusterDomain, newLiveness(c).alive, nil, LeaseName(sb.Name))
+	live := newLiveness(ctx, c)
+	_, plan, err := planRoutes(rsb, routing, o.ClusterDomain, live.alive, nil, LeaseName(sb.Name))
 	if err != nil {
 		return nil, err
 	}
-	return &RouteStatus{Report: plan.Report, Warnings: append(warns, plan.Warnings...)}, nil
+	return &RouteStatus{Report: plan.Report, Warnings: append(append(warns, plan.Warnings...), live.warnings()...)}, nil
 }
 
 // routeInput resolves the sandbox's workloads and returns the routes to
@@ -266,7 +267,7 @@ func routeInput(ctx context.Context, c Clients, sb *spec.Sandbox, key string, o 
 
 // reconcile plans and writes until the plan is in place.
 func reconcile(ctx context.Context, c Clients, rsb istiovs.Sandbox, nss []string, sandbox, domain string, progress func(Event)) (*RouteStatus, error) {
-	live := newLiveness(c)
+	live := newLiveness(ctx, c)
 	st := &RouteStatus{}
 	for round := 0; ; round++ {
 		routing, err := LiveBaseline{C: c}.Routing(ctx, routingNamespaces(nss, rsb))
@@ -288,7 +289,7 @@ func reconcile(ctx context.Context, c Clients, rsb istiovs.Sandbox, nss []string
 		if err != nil {
 			return nil, err
 		}
-		st.Report, st.Warnings = plan.Report, plan.Warnings
+		st.Report, st.Warnings = plan.Report, append(plan.Warnings, live.warnings()...)
 		err = writeRoutes(ctx, c, targets, st, progress)
 		if errors.Is(err, errRouteConflict) && round < maxRouteRounds {
 			continue
@@ -398,22 +399,47 @@ func recreate(ctx context.Context, c Clients, t RouteTarget) error {
 // cached for one reconcile; an error reading says "alive", so sbx never
 // removes routes it cannot prove dead.
 type liveness struct {
+	ctx   context.Context
 	c     Clients
 	cache map[string]bool
+	// unknown are the sandboxes whose Leases could not be listed, by
+	// namespace/key: their routes are kept, and the user is told.
+	unknown map[string]error
 }
 
-func newLiveness(c Clients) *liveness { return &liveness{c: c, cache: map[string]bool{}} }
+func newLiveness(ctx context.Context, c Clients) *liveness {
+	return &liveness{ctx: ctx, c: c, cache: map[string]bool{}, unknown: map[string]error{}}
+}
 
+// alive reports whether the sandbox with routing key key, anchored in
+// namespace home, still has a Lease. When that cannot be known it counts
+// as alive: removing a live sandbox's routes would break it.
 func (l *liveness) alive(key, home string) bool {
 	id := home + "/" + key
 	if v, ok := l.cache[id]; ok {
 		return v
 	}
 	sel := labels.Set{LabelManagedBy: ManagedByValue, LabelRoutingKey: key}.String()
-	list, err := l.c.Kube.CoordinationV1().Leases(home).List(context.Background(), metav1.ListOptions{LabelSelector: sel})
+	list, err := l.c.Kube.CoordinationV1().Leases(home).List(l.ctx, metav1.ListOptions{LabelSelector: sel})
 	v := err != nil || len(list.Items) > 0
+	if err != nil {
+		l.unknown[id] = err
+	}
 	l.cache[id] = v
 	return v
+}
+
+// warnings say whose routes were kept because their Leases could not be
+// listed.
+func (l *liveness) warnings() []string {
+	var out []string
+	for id, err := range l.unknown {
+		home, key, _ := strings.Cut(id, "/")
+		out = append(out, fmt.Sprintf("could not tell whether the sandbox with routing key %s (Leases in namespace %s) still exists (%v), so its routes are kept; `sbx gc` by someone who may list Leases there removes them if it is gone",
+			key, home, err))
+	}
+	slices.Sort(out)
+	return out
 }
 
 // removeRoutes removes the routes of keys from every VirtualService the
@@ -440,7 +466,7 @@ func Leftovers(ctx context.Context, c Clients, namespaces []string, domain strin
 	if err != nil {
 		return nil, err
 	}
-	live := newLiveness(c)
+	live := newLiveness(ctx, c)
 	plan, err := istiovs.MakePlan(toMesh(routing, domain), istiovs.Sandbox{}, planOptions(routing, live.alive))
 	if err != nil {
 		return nil, err
