@@ -33,6 +33,9 @@ const (
 	ActionWaiting   Action = "waiting"
 	ActionReady     Action = "ready"
 	ActionWarning   Action = "warning"
+	// ActionRouting says how a Service's keyed requests are routed (Istio
+	// VirtualServices or Gateway API) and why.
+	ActionRouting Action = "routing"
 )
 
 // Event is one progress report of Apply, Delete, GC or WaitRelay.
@@ -188,7 +191,7 @@ func Apply(ctx context.Context, c Clients, sb *spec.Sandbox, o Options, progress
 	// Routes of earlier keys and of namespaces the spec dropped go too.
 	rsb := objs.routes
 	rsb.StaleKeys = slices.DeleteFunc(slices.Clone(prevKeys), func(k string) bool { return k == o.RoutingKey })
-	routes, err := reconcile(ctx, c, rsb, allNS, sb.Name, o.ClusterDomain, progress)
+	routes, err := reconcile(ctx, c, rsb, allNS, sb.Name, o.Mesh, o.ClusterDomain, progress)
 	if err != nil {
 		return nil, fmt.Errorf("mesh routes: %w", err)
 	}

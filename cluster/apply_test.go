@@ -493,7 +493,7 @@ func TestApplyErrorsFromTheLiveBaseline(t *testing.T) {
 		return true, nil, apierrors.NewNotFound(istionet.Resource("virtualservices"), "")
 	})
 	_, err = Apply(t.Context(), f.Clients, routeSandbox("alice"), testOptions(testKey), nil)
-	require.ErrorContains(t, err, "networking.istio.io/v1 API is not served; sbx needs Istio")
+	require.ErrorContains(t, err, "the cluster serves no Istio VirtualServices (networking.istio.io/v1) to route Service hotrod/route with: install Istio")
 }
 
 // TestClusterHoldsOnlyTheVerifier: what Apply writes, logs and renders

@@ -5,6 +5,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/sbx-dev/sbx/cluster/meshreport"
 	"github.com/stretchr/testify/require"
 	istionet "istio.io/client-go/pkg/apis/networking/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -29,9 +30,9 @@ func gatewayRoute(kind, ns, name, parentNS, parent string) *unstructured.Unstruc
 	}}
 }
 
-// TestGatewayAPIRoutedServiceRefused: a Service that an HTTPRoute or a
-// GRPCRoute (GAMMA) routes, in its namespace or from another, is refused
-// with the route's name: Istio lets those routes take the Service's
+// TestGatewayAPIRoutedServiceRefused: with mesh: istio, a Service that an
+// HTTPRoute or a GRPCRoute (GAMMA) routes, in its namespace or from
+// another, is refused with the route's name: Istio lets those routes take the Service's
 // traffic, so VirtualService routes for it would silently not apply. A
 // route whose parent is another Service, or a Gateway, changes nothing.
 func TestGatewayAPIRoutedServiceRefused(t *testing.T) {
@@ -48,7 +49,9 @@ func TestGatewayAPIRoutedServiceRefused(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			f := hotrodFake(t)
 			f.Dynamic = newDynamicFake(tc.route)
-			_, err := Apply(t.Context(), f.Clients, routeSandbox("alice"), testOptions(testKey), nil)
+			o := testOptions(testKey)
+			o.Mesh = MeshIstio // auto routes such a Service with Gateway API instead
+			_, err := Apply(t.Context(), f.Clients, routeSandbox("alice"), o, nil)
 			if tc.want == "" {
 				require.NoError(t, err)
 				return
@@ -137,4 +140,82 @@ func TestRoutesOfUnknownLivenessKeptWithWarning(t *testing.T) {
 	require.NoError(t, err)
 	require.Contains(t, strings.Join(res.Routes.Warnings, "\n"), "could not tell whether the sandbox with routing key "+testKey+" (Leases in namespace hotrod) still exists")
 	require.Contains(t, routeNames(getVS(t, f, "hotrod", "route")), "sbx-"+testKey+"-route-8083", "alice's route is kept")
+}
+
+// TestApplyWithGatewayAPI: where CD routes a Service with an HTTPRoute,
+// auto routes it with sbx's own HTTPRoute next to CD's (CD's untouched),
+// owned by the sandbox's Lease and labelled like every sbx object; a
+// second apply changes nothing; disconnect removes it. Services CD routes
+// with VirtualServices keep the Istio backend, and the result says which
+// backend each Service got and why.
+func TestApplyWithGatewayAPI(t *testing.T) {
+	cd := gatewayRoute("HTTPRoute", "hotrod", "route-http", "", "route")
+	cd.Object["spec"].(map[string]any)["rules"] = []any{map[string]any{
+		"matches":     []any{map[string]any{"path": map[string]any{"type": "PathPrefix", "value": "/api"}}},
+		"backendRefs": []any{map[string]any{"name": "route", "port": int64(8083)}},
+	}}
+	f := hotrodFake(t)
+	f.Dynamic = newDynamicFake(cd)
+	ctx := t.Context()
+	var log eventLog
+	res, err := Apply(ctx, f.Clients, threeSandbox(), testOptions(testKey), log.add)
+	require.NoError(t, err)
+
+	byService := map[string]BackendChoice{}
+	for _, b := range res.Routes.Backends {
+		byService[b.Service] = b
+	}
+	require.Equal(t, MeshGatewayAPI, byService["route"].Backend)
+	require.Equal(t, "CD routes it with HTTPRoute hotrod/route-http", byService["route"].Why)
+	require.Equal(t, MeshIstio, byService["frontend"].Backend, "CD routes frontend with a VirtualService: %+v", byService["frontend"])
+
+	name := "sbx-" + testKey + "-route-8083"
+	u, err := f.Dynamic.Resource(HTTPRouteGVR).Namespace("hotrod").Get(ctx, name, metav1.GetOptions{})
+	require.NoError(t, err)
+	require.Equal(t, ManagedByValue, u.GetLabels()[LabelManagedBy])
+	require.Equal(t, "alice", u.GetLabels()[LabelSandbox])
+	require.Len(t, u.GetOwnerReferences(), 1)
+	require.Equal(t, "Lease", u.GetOwnerReferences()[0].Kind)
+	rules, _, _ := unstructured.NestedSlice(u.Object, "spec", "rules")
+	require.Len(t, rules, 2, "the keyed copy of /api and the keyed catch-all")
+	require.Equal(t, []string{"default"}, routeNames(getVS(t, f, "hotrod", "route")), "CD's VirtualService of route is not touched")
+	cdAfter, err := f.Dynamic.Resource(HTTPRouteGVR).Namespace("hotrod").Get(ctx, "route-http", metav1.GetOptions{})
+	require.NoError(t, err)
+	require.Equal(t, cd.Object["spec"], cdAfter.Object["spec"], "CD's HTTPRoute is not touched")
+	report := false
+	for _, p := range res.Routes.Report {
+		if p.Service == "route" {
+			report = true
+			require.Equal(t, meshreport.KeyedSandbox, p.Views[0].Keyed)
+			require.Contains(t, p.Views[0].Chain, "HTTPRoute hotrod/"+name+" (sbx)")
+		}
+	}
+	require.True(t, report, "the report covers the Gateway API route")
+
+	res, err = Apply(ctx, f.Clients, threeSandbox(), testOptions(testKey), nil)
+	require.NoError(t, err)
+	require.NotContains(t, res.Routes.Changed, "hotrod/"+name, "a second apply changes nothing")
+
+	require.NoError(t, Delete(ctx, f.Clients, Ref{Name: "alice", Namespaces: []string{"hotrod"}}, nil))
+	_, err = f.Dynamic.Resource(HTTPRouteGVR).Namespace("hotrod").Get(ctx, name, metav1.GetOptions{})
+	require.True(t, apierrors.IsNotFound(err), "disconnect removes sbx's HTTPRoute: %v", err)
+	_, err = f.Dynamic.Resource(HTTPRouteGVR).Namespace("hotrod").Get(ctx, "route-http", metav1.GetOptions{})
+	require.NoError(t, err, "and keeps CD's")
+}
+
+// TestMeshModeRefusals: mesh: gateway-api refuses a cluster without
+// HTTPRoutes and a Service CD routes with a VirtualService (one host is
+// never routed both ways); a bad mode is refused by name.
+func TestMeshModeRefusals(t *testing.T) {
+	f := hotrodFake(t)
+	o := testOptions(testKey)
+	o.Mesh = MeshGatewayAPI
+	_, err := Apply(t.Context(), f.Clients, routeSandbox("alice"), o, nil)
+	require.ErrorContains(t, err, "the cluster serves no HTTPRoutes")
+
+	f = hotrodFake(t)
+	f.Dynamic = newDynamicFake()
+	_, err = Apply(t.Context(), f.Clients, routeSandbox("alice"), o, nil)
+	require.ErrorContains(t, err, "Service hotrod/route is routed by VirtualService hotrod/route; with mesh: gateway-api")
+	require.ErrorContains(t, ValidateMesh("linkerd"), `mesh "linkerd" is not one of auto, istio, gateway-api`)
 }

@@ -15,6 +15,7 @@ import (
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime"
 	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
+	gwv1 "sigs.k8s.io/gateway-api/apis/v1"
 
 	"github.com/sbx-dev/sbx/cluster/spec"
 )
@@ -33,6 +34,10 @@ type ManifestBaseline struct {
 	meshExportTo  []string
 	meshKnown     bool
 	gatewayRoutes []GatewayRoute
+	httpRoutes    []*gwv1.HTTPRoute
+	// GatewayAPI says the cluster the manifests describe serves Gateway
+	// API routes (render --mesh gateway-api, or HTTPRoutes among them).
+	GatewayAPI bool
 }
 
 type manifestHeader struct {
@@ -180,6 +185,13 @@ func (m *ManifestBaseline) add(raw json.RawMessage, defaultNS string) error {
 		u := &unstructured.Unstructured{Object: obj}
 		u.SetNamespace(ns)
 		m.gatewayRoutes = append(m.gatewayRoutes, serviceParents(h.Kind, u)...)
+		if h.Kind == "HTTPRoute" {
+			hr, err := httpRoutesFrom([]unstructured.Unstructured{*u})
+			if err != nil {
+				return err
+			}
+			m.httpRoutes = append(m.httpRoutes, hr...)
+		}
 	}
 	return nil
 }
@@ -245,5 +257,11 @@ func (m *ManifestBaseline) Routing(_ context.Context, _ []string) (*Routing, err
 		}
 	}
 	r.GatewayRoutes = append(r.GatewayRoutes, m.gatewayRoutes...)
+	for _, h := range m.httpRoutes {
+		r.HTTPRoutes = append(r.HTTPRoutes, h.DeepCopy())
+	}
+	// Manifests describe an Istio mesh unless they say otherwise.
+	r.IstioServed = true
+	r.GatewayAPIServed = m.GatewayAPI || len(m.httpRoutes) > 0
 	return r, nil
 }

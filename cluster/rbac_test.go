@@ -139,6 +139,9 @@ func TestRBACRoleCoversEveryCall(t *testing.T) {
 		if strings.HasSuffix(res, "/status") {
 			continue // the tests' own status updates
 		}
+		if a.GetResource().Resource == "group" || a.GetResource().Resource == "resource" {
+			continue // discovery (/api, /apis): open to every authenticated user
+		}
 		name := ""
 		if g, ok := a.(k8stesting.GetAction); ok {
 			name = g.GetName()

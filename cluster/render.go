@@ -19,6 +19,7 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/validation"
 
+	gwv1 "sigs.k8s.io/gateway-api/apis/v1"
 	"sigs.k8s.io/yaml"
 
 	"github.com/sbx-dev/sbx/cluster/istiovs"
@@ -78,6 +79,9 @@ type Options struct {
 	RelayDeny []netip.Prefix
 	// Holder is written to the Lease's holderIdentity (e.g. user@host).
 	Holder string
+	// Mesh is how keyed requests are routed: MeshAuto (""), MeshIstio or
+	// MeshGatewayAPI (the sbx config's mesh).
+	Mesh string
 	// ClusterDomain is the cluster's DNS domain (default cluster.local),
 	// for the few hosts sbx must write fully qualified: a sandbox Service
 	// named from a VirtualService of another namespace.
@@ -118,10 +122,14 @@ type Objects struct {
 	// and the sandbox Services.
 	Namespaces []string
 	// Leases anchor the sandbox, one per namespace, home's first.
-	Leases     []*coordinationv1.Lease
-	Relay      *appsv1.Deployment
-	Services   []*corev1.Service
-	Routes     []RouteTarget
+	Leases   []*coordinationv1.Lease
+	Relay    *appsv1.Deployment
+	Services []*corev1.Service
+	Routes   []RouteTarget
+	// HTTPRoutes are sbx's own Gateway API routes (the Gateway API backend).
+	HTTPRoutes []*gwv1.HTTPRoute
+	// Backends say how each mapped Service is routed, and why.
+	Backends   []BackendChoice
 	Workloads  []ResolvedWorkload
 	Warnings   []string
 	BaggageKey string
@@ -229,11 +237,13 @@ func Plan(ctx context.Context, b Baseline, sb *spec.Sandbox, o Options) (*Object
 		return nil, err
 	}
 	// Offline every key is alive; Apply asks the cluster.
-	routes, plan, err := planRoutes(rsb, routing, o.ClusterDomain, nil, owners, LeaseName(sb.Name))
+	plan, err := planRoutes(rsb, routing, o.Mesh, o.ClusterDomain, nil, owners, sb.Name)
 	if err != nil {
 		return nil, err
 	}
-	objs.Routes = routes
+	objs.Routes = plan.VS
+	objs.HTTPRoutes = plan.HTTP
+	objs.Backends = plan.Choices
 	objs.RouteReport = plan.Report
 	objs.Warnings = append(warns, plan.Warnings...)
 

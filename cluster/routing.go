@@ -15,6 +15,7 @@ import (
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/utils/ptr"
+	gwv1 "sigs.k8s.io/gateway-api/apis/v1"
 	"sigs.k8s.io/yaml"
 
 	"github.com/sbx-dev/sbx/cluster/istiovs"
@@ -38,6 +39,13 @@ type Routing struct {
 	ExportToUnknown string
 	// GatewayRoutes are the Gateway API routes with a Service as parent.
 	GatewayRoutes []GatewayRoute
+	// HTTPRoutes are every HTTPRoute (sbx's own too), for the Gateway API
+	// backend's planner.
+	HTTPRoutes []*gwv1.HTTPRoute
+	// GatewayAPIServed: the cluster serves HTTPRoutes; IstioServed: it
+	// serves VirtualServices; Linkerd: Linkerd's APIs are served (its
+	// mesh routes only with Gateway API).
+	GatewayAPIServed, IstioServed, Linkerd bool
 }
 
 // GatewayRoute is an HTTPRoute or GRPCRoute attached to a Service (GAMMA).
@@ -46,6 +54,8 @@ type GatewayRoute struct {
 	Namespace, Name  string
 	ServiceNamespace string
 	Service          string
+	// Own is true for sbx's own routes (labelled managed-by sbx).
+	Own bool
 }
 
 // Gateway API route resources sbx reads.
@@ -62,11 +72,12 @@ func (l LiveBaseline) Routing(ctx context.Context, namespaces []string) (*Routin
 	r := &Routing{}
 	vsl := l.C.Istio.NetworkingV1().VirtualServices(metav1.NamespaceAll)
 	list, err := vsl.List(ctx, metav1.ListOptions{})
+	r.IstioServed = err == nil || apierrors.IsForbidden(err)
 	switch {
 	case err == nil:
 		r.VirtualServices = list.Items
 	case apierrors.IsNotFound(err):
-		return nil, fmt.Errorf("list VirtualServices: the networking.istio.io/v1 API is not served; sbx needs Istio (1.22 or later) in the cluster: %w", err)
+		// No Istio: only the Gateway API backend can route (Linkerd).
 	case apierrors.IsForbidden(err):
 		r.Partial = fmt.Sprintf("sbx may not list VirtualServices in all namespaces (list virtualservices.networking.istio.io at cluster scope), so it only sees those in %s: a VirtualService elsewhere that routes these Services would be missed; bind the ClusterRole sbx-route-reader from deploy/rbac.yaml",
 			strings.Join(namespaces, ", "))
@@ -80,7 +91,10 @@ func (l LiveBaseline) Routing(ctx context.Context, namespaces []string) (*Routin
 	default:
 		return nil, fmt.Errorf("list VirtualServices in all namespaces: %w", err)
 	}
-	r.DefaultExportTo, r.ExportToUnknown = l.meshExportTo(ctx)
+	if r.IstioServed {
+		r.DefaultExportTo, r.ExportToUnknown = l.meshExportTo(ctx)
+	}
+	r.Linkerd = l.linkerd()
 	if l.C.Dynamic != nil {
 		for _, g := range []struct {
 			gvr  schema.GroupVersionResource
@@ -103,9 +117,30 @@ func (l LiveBaseline) Routing(ctx context.Context, namespaces []string) (*Routin
 			for i := range ul.Items {
 				r.GatewayRoutes = append(r.GatewayRoutes, serviceParents(g.kind, &ul.Items[i])...)
 			}
+			if g.gvr == HTTPRouteGVR {
+				r.GatewayAPIServed = true
+				if r.HTTPRoutes, err = httpRoutesFrom(ul.Items); err != nil {
+					return nil, err
+				}
+			}
 		}
 	}
 	return r, nil
+}
+
+// linkerd reports whether the API server serves Linkerd's APIs (its
+// control plane is installed).
+func (l LiveBaseline) linkerd() bool {
+	groups, err := l.C.Kube.Discovery().ServerGroups()
+	if err != nil {
+		return false
+	}
+	for _, g := range groups.Groups {
+		if strings.HasSuffix(g.Name, "linkerd.io") {
+			return true
+		}
+	}
+	return false
 }
 
 // meshExportTo reads defaultVirtualServiceExportTo from Istio's mesh
@@ -168,7 +203,8 @@ func serviceParents(kind string, u *unstructured.Unstructured) []GatewayRoute {
 		if ns == "" {
 			ns = u.GetNamespace()
 		}
-		out = append(out, GatewayRoute{Kind: kind, Namespace: u.GetNamespace(), Name: u.GetName(), ServiceNamespace: ns, Service: name})
+		out = append(out, GatewayRoute{Kind: kind, Namespace: u.GetNamespace(), Name: u.GetName(), ServiceNamespace: ns, Service: name,
+			Own: u.GetLabels()[LabelManagedBy] == ManagedByValue})
 	}
 	return out
 }
@@ -176,9 +212,10 @@ func serviceParents(kind string, u *unstructured.Unstructured) []GatewayRoute {
 // RouteOptions identify the routes of one sandbox for Reconcile, Delete
 // and the daemon's drift repair.
 type RouteOptions struct {
-	// BaggageKey and ClusterDomain as in Options.
+	// BaggageKey, ClusterDomain and Mesh as in Options.
 	BaggageKey    string
 	ClusterDomain string
+	Mesh          string
 }
 
 // RouteStatus is the outcome of a route reconcile.
@@ -189,8 +226,11 @@ type RouteStatus struct {
 	// Warnings are what the user should know (routes that cannot work,
 	// GitOps-synced VirtualServices).
 	Warnings []string `json:"warnings,omitempty"`
-	// Changed lists the VirtualServices written ("namespace/name").
+	// Changed lists the VirtualServices and HTTPRoutes written
+	// ("namespace/name").
 	Changed []string `json:"changed,omitempty"`
+	// Backends say how each mapped Service is routed, and why.
+	Backends []BackendChoice `json:"backends,omitempty"`
 }
 
 // ErrRouteConflict is returned (wrapped) when VirtualServices kept
@@ -219,7 +259,7 @@ func ReconcileRoutes(ctx context.Context, c Clients, sb *spec.Sandbox, key strin
 	if err != nil {
 		return nil, err
 	}
-	st, err := reconcile(ctx, c, rsb, nss, sb.Name, o.ClusterDomain, progress)
+	st, err := reconcile(ctx, c, rsb, nss, sb.Name, o.Mesh, o.ClusterDomain, progress)
 	if st != nil {
 		st.Warnings = append(warns, st.Warnings...)
 	}
@@ -239,11 +279,11 @@ func PreviewRoutes(ctx context.Context, c Clients, sb *spec.Sandbox, key string,
 		return nil, err
 	}
 	live := newLiveness(ctx, c)
-	_, plan, err := planRoutes(rsb, routing, o.ClusterDomain, live.alive, nil, LeaseName(sb.Name))
+	plan, err := planRoutes(rsb, routing, o.Mesh, o.ClusterDomain, live.alive, nil, sb.Name)
 	if err != nil {
 		return nil, err
 	}
-	return &RouteStatus{Report: plan.Report, Warnings: append(append(warns, plan.Warnings...), live.warnings()...)}, nil
+	return &RouteStatus{Report: plan.Report, Backends: plan.Choices, Warnings: append(append(warns, plan.Warnings...), live.warnings()...)}, nil
 }
 
 // routeInput resolves the sandbox's workloads and returns the routes to
@@ -266,7 +306,7 @@ func routeInput(ctx context.Context, c Clients, sb *spec.Sandbox, key string, o 
 }
 
 // reconcile plans and writes until the plan is in place.
-func reconcile(ctx context.Context, c Clients, rsb istiovs.Sandbox, nss []string, sandbox, domain string, progress func(Event)) (*RouteStatus, error) {
+func reconcile(ctx context.Context, c Clients, rsb istiovs.Sandbox, nss []string, sandbox, mesh, domain string, progress func(Event)) (*RouteStatus, error) {
 	live := newLiveness(ctx, c)
 	st := &RouteStatus{}
 	for round := 0; ; round++ {
@@ -285,12 +325,20 @@ func reconcile(ctx context.Context, c Clients, rsb istiovs.Sandbox, nss []string
 			}
 			owners[s.Namespace] = leaseOwner(l.Name, l.UID)
 		}
-		targets, plan, err := planRoutes(rsb, routing, domain, live.alive, owners, LeaseName(sandbox))
+		plan, err := planRoutes(rsb, routing, mesh, domain, live.alive, owners, sandbox)
 		if err != nil {
 			return nil, err
 		}
-		st.Report, st.Warnings = plan.Report, append(plan.Warnings, live.warnings()...)
-		err = writeRoutes(ctx, c, targets, st, progress)
+		st.Report, st.Backends, st.Warnings = plan.Report, plan.Choices, append(plan.Warnings, live.warnings()...)
+		if round == 0 {
+			for _, b := range plan.Choices {
+				progress(Event{Action: ActionRouting, Kind: "Service", Namespace: b.Namespace, Name: b.Service, Message: b.Summary()})
+			}
+		}
+		err = writeRoutes(ctx, c, plan.VS, st, progress)
+		if err == nil && sandbox != "" && (len(plan.HTTP) > 0 || routing.GatewayAPIServed) {
+			err = writeHTTPRoutes(ctx, c, sandbox, routingNamespaces(nss, rsb), plan.HTTP, st, progress)
+		}
 		if errors.Is(err, errRouteConflict) && round < maxRouteRounds {
 			continue
 		}
@@ -451,7 +499,7 @@ func removeRoutes(ctx context.Context, c Clients, sandbox string, keys, nss []st
 	if len(keys) > 0 {
 		sb.Key, sb.StaleKeys = keys[0], keys[1:]
 	}
-	st, err := reconcile(ctx, c, sb, nss, sandbox, domain, progress)
+	st, err := reconcile(ctx, c, sb, nss, sandbox, "", domain, progress)
 	if st == nil {
 		return 0, err
 	}
@@ -486,7 +534,7 @@ func SweepRoutes(ctx context.Context, c Clients, namespaces []string, domain str
 	if err != nil || len(before) == 0 {
 		return nil, err
 	}
-	st, err := reconcile(ctx, c, istiovs.Sandbox{}, namespaces, "", domain, progress)
+	st, err := reconcile(ctx, c, istiovs.Sandbox{}, namespaces, "", "", domain, progress)
 	var out []meshreport.Leftover
 	if st != nil {
 		for _, l := range before {

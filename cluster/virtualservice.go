@@ -9,8 +9,10 @@ import (
 	istioapi "istio.io/api/networking/v1alpha3"
 	istionet "istio.io/client-go/pkg/apis/networking/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	gwv1 "sigs.k8s.io/gateway-api/apis/v1"
 
 	"github.com/sbx-dev/sbx/cluster/istiovs"
+	"github.com/sbx-dev/sbx/cluster/meshreport"
 )
 
 // AnnotationBaselineService on sbx's own VirtualService names the
@@ -133,7 +135,7 @@ func planOptions(r *Routing, live func(key, home string) bool) istiovs.Options {
 func refuseGatewayAPI(sb istiovs.Sandbox, r *Routing) error {
 	for _, s := range sb.Services {
 		for _, g := range r.GatewayRoutes {
-			if g.ServiceNamespace == s.Namespace && g.Service == s.Name {
+			if g.ServiceNamespace == s.Namespace && g.Service == s.Name && !g.Own {
 				return fmt.Errorf("Service %s/%s is routed by %s %s/%s (Gateway API); sbx routes keyed requests with Istio VirtualServices only, and Istio lets Gateway API routes of a Service take its traffic, so sbx's routes would not reliably apply: leave %s out of the sandbox until sbx supports Gateway API routing",
 					s.Namespace, s.Name, g.Kind, g.Namespace, g.Name, s.Name)
 			}
@@ -158,15 +160,43 @@ func (e *RoutesRefusedError) Unwrap() error { return e.Err }
 // owners are the sandbox's Leases by namespace, which own sbx's own
 // VirtualServices while the sandbox has routes in them; leaseName finds
 // the owner reference to drop when it no longer does.
-func planRoutes(sb istiovs.Sandbox, r *Routing, domain string, live func(key, home string) bool,
-	owners map[string]metav1.OwnerReference, leaseName string) ([]RouteTarget, *istiovs.Plan, error) {
+func planRoutes(all istiovs.Sandbox, r *Routing, mesh, domain string, live func(key, home string) bool,
+	owners map[string]metav1.OwnerReference, sandbox string) (*routePlan, error) {
 
-	if err := refuseGatewayAPI(sb, r); err != nil {
-		return nil, nil, &RoutesRefusedError{Err: err}
+	leaseName := LeaseName(sandbox)
+	// Each Service is routed one way: Istio VirtualServices or sbx's own
+	// Gateway API HTTPRoutes.
+	sb := all
+	sb.Services = nil
+	var gwSvcs []istiovs.Service
+	var choices []BackendChoice
+	for _, s := range all.Services {
+		c, err := chooseBackend(mesh, s, r, domain)
+		if err != nil {
+			return nil, err
+		}
+		choices = append(choices, c)
+		if c.Backend == MeshGatewayAPI {
+			gwSvcs = append(gwSvcs, s)
+		} else {
+			sb.Services = append(sb.Services, s)
+		}
 	}
-	plan, err := istiovs.MakePlan(toMesh(r, domain), sb, planOptions(r, live))
+	if err := refuseGatewayAPI(sb, r); err != nil {
+		return nil, &RoutesRefusedError{Err: err}
+	}
+	var plan *istiovs.Plan
+	if r.IstioServed {
+		var err error
+		if plan, err = istiovs.MakePlan(toMesh(r, domain), sb, planOptions(r, live)); err != nil {
+			return nil, &RoutesRefusedError{Err: err}
+		}
+	} else {
+		plan = &istiovs.Plan{}
+	}
+	httpRoutes, gwReport, gwWarnings, err := planGatewayRoutes(all, gwSvcs, r, sandbox, owners)
 	if err != nil {
-		return nil, nil, &RoutesRefusedError{Err: err}
+		return nil, err
 	}
 	byKey := map[string]*istionet.VirtualService{}
 	for _, v := range r.VirtualServices {
@@ -207,7 +237,21 @@ func planRoutes(sb istiovs.Sandbox, r *Routing, domain string, live func(key, ho
 		}
 		out = append(out, t)
 	}
-	return out, plan, nil
+	return &routePlan{VS: out, HTTP: httpRoutes, Choices: choices,
+		Report:   append(plan.Report, gwReport...),
+		Warnings: append(plan.Warnings, gwWarnings...), Unchanged: plan.Unchanged}, nil
+}
+
+// routePlan is a sandbox's mesh routes against the routing state: the
+// VirtualService changes (Istio backend), sbx's HTTPRoutes (Gateway API
+// backend), how each Service is routed and why, and the report.
+type routePlan struct {
+	VS        []RouteTarget
+	HTTP      []*gwv1.HTTPRoute
+	Choices   []BackendChoice
+	Report    []meshreport.PortReport
+	Warnings  []string
+	Unchanged []string
 }
 
 // ownedVirtualService is sbx's own VirtualService of a Service: public, for

@@ -189,7 +189,7 @@ func (c *Cluster) WatchRoutes(ctx context.Context, sb *spec.Sandbox, ref cluster
 		default:
 		}
 		st, err := cluster.ReconcileRoutes(ctx, c.clients, sb, ref.RoutingKey,
-			cluster.RouteOptions{BaggageKey: o.BaggageKey, ClusterDomain: o.ClusterDomain}, nil)
+			cluster.RouteOptions{BaggageKey: o.BaggageKey, ClusterDomain: o.ClusterDomain, Mesh: o.Mesh}, nil)
 		if ctx.Err() != nil {
 			return
 		}

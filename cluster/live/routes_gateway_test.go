@@ -22,8 +22,8 @@ import (
 	"github.com/sbx-dev/sbx/tunnel"
 )
 
-// TestWatchRoutesSeesGatewayAPIRoutes: while connected, an HTTPRoute that
-// takes one of the sandbox's Services over is seen within the watch's
+// TestWatchRoutesSeesGatewayAPIRoutes: while connected with mesh: istio,
+// an HTTPRoute that takes one of the sandbox's Services over is seen within the watch's
 // debounce, not at the next resync: the check says keyed requests can no
 // longer be routed (a *cluster.RoutesRefusedError naming the route); once
 // it is deleted the routes apply again.
@@ -43,7 +43,9 @@ func TestWatchRoutesSeesGatewayAPIRoutes(t *testing.T) {
 	spec := simenv.RouteSandbox("alice", "127.0.0.1:1")
 	sb := &spec
 	const key = "k1k1k1k1k1k1k"
-	opts := cluster.Options{RoutingKey: key, TokenVerifier: tunnel.VerifierOf("t").String(), Holder: "test"}
+	// mesh: istio: a Service an HTTPRoute takes over cannot be routed with
+	// VirtualServices (auto would route it with Gateway API instead).
+	opts := cluster.Options{RoutingKey: key, TokenVerifier: tunnel.VerifierOf("t").String(), Holder: "test", Mesh: cluster.MeshIstio}
 	res, err := c.Apply(ctx, sb, opts, nil)
 	require.NoError(t, err)
 
