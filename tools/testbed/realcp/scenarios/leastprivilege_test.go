@@ -62,15 +62,20 @@ func unusedGrants() ([]string, error) {
 // notExercisedHere are grants the scenarios cannot need, each with why it
 // is in the Role anyway and where it is exercised instead.
 var notExercisedHere = map[string]string{
-	grantKey("create", "", "pods/portforward", "", false):                  "SPDY port-forward, the fallback for API servers without WebSocket port-forward (before 1.30); this one speaks WebSocket",
-	grantKey("get", "", "pods", "", false):                                 "kubectl describe pod, which sbx's relay errors tell the developer to run; sbx itself lists",
-	grantKey("get", "apps", "statefulsets", "", false):                     "a StatefulSet baseline workload (cluster.TestRBACRoleCoversEveryCall); the scenarios' baseline has Deployments",
-	grantKey("get", "argoproj.io", "rollouts", "", false):                  "an Argo Rollout baseline workload (cluster.TestRBACRoleCoversEveryCall); no Argo Rollouts CRD here",
-	grantKey("update", "", "services", "", false):                          "a spec change that changes a sandbox's Service (cluster.TestRBACRoleCoversEveryCall)",
-	grantKey("list", "networking.istio.io", "virtualservices", "", false):  "routes in the sandbox's namespaces when the ClusterRole is not bound (cluster.TestApplyWithoutClusterWideRead); the scenarios' developer has it",
-	grantKey("watch", "networking.istio.io", "virtualservices", "", false): "the route watch when the ClusterRole is not bound; the scenarios' developer has it",
-	grantKey("watch", "gateway.networking.k8s.io", "httproutes", "", true): "the route watch, where Gateway API is installed; this control plane has no Gateway API CRDs",
-	grantKey("watch", "gateway.networking.k8s.io", "grpcroutes", "", true): "the route watch, where Gateway API is installed; this control plane has no Gateway API CRDs",
+	grantKey("create", "", "pods/portforward", "", false):                    "SPDY port-forward, the fallback for API servers without WebSocket port-forward (before 1.30); this one speaks WebSocket",
+	grantKey("get", "", "pods", "", false):                                   "kubectl describe pod, which sbx's relay errors tell the developer to run; sbx itself lists",
+	grantKey("get", "apps", "statefulsets", "", false):                       "a StatefulSet baseline workload (cluster.TestRBACRoleCoversEveryCall); the scenarios' baseline has Deployments",
+	grantKey("get", "argoproj.io", "rollouts", "", false):                    "an Argo Rollout baseline workload (cluster.TestRBACRoleCoversEveryCall); no Argo Rollouts CRD here",
+	grantKey("update", "", "services", "", false):                            "a spec change that changes a sandbox's Service (cluster.TestRBACRoleCoversEveryCall)",
+	grantKey("list", "networking.istio.io", "virtualservices", "", false):    "routes in the sandbox's namespaces when the ClusterRole is not bound (cluster.TestApplyWithoutClusterWideRead); the scenarios' developer has it",
+	grantKey("watch", "networking.istio.io", "virtualservices", "", false):   "the route watch when the ClusterRole is not bound; the scenarios' developer has it",
+	grantKey("watch", "gateway.networking.k8s.io", "httproutes", "", true):   "the route watch, where Gateway API is installed; this control plane has no Gateway API CRDs",
+	grantKey("get", "gateway.networking.k8s.io", "httproutes", "", false):    "sbx's own HTTPRoutes (Gateway API routing: cluster.TestApplyWithGatewayAPI); no Gateway API CRDs here",
+	grantKey("list", "gateway.networking.k8s.io", "httproutes", "", false):   "sbx's own HTTPRoutes (Gateway API routing); no Gateway API CRDs here",
+	grantKey("create", "gateway.networking.k8s.io", "httproutes", "", false): "sbx's own HTTPRoutes (Gateway API routing); no Gateway API CRDs here",
+	grantKey("update", "gateway.networking.k8s.io", "httproutes", "", false): "sbx's own HTTPRoutes (Gateway API routing); no Gateway API CRDs here",
+	grantKey("delete", "gateway.networking.k8s.io", "httproutes", "", false): "sbx's own HTTPRoutes (Gateway API routing); no Gateway API CRDs here",
+	grantKey("watch", "gateway.networking.k8s.io", "grpcroutes", "", true):   "the route watch, where Gateway API is installed; this control plane has no Gateway API CRDs",
 }
 
 func grantKey(verb, group, resource, name string, clusterWide bool) string {
