@@ -11,6 +11,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	route "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	"github.com/hashicorp/go-multierror"
@@ -20,6 +21,7 @@ import (
 	"istio.io/istio/pilot/pkg/networking/core"
 	"istio.io/istio/pilot/test/xds"
 	"istio.io/istio/pkg/config"
+	"istio.io/istio/pkg/config/constants"
 	"istio.io/istio/pkg/config/host"
 	"istio.io/istio/pkg/config/mesh"
 	"istio.io/istio/pkg/config/schema/collections"
@@ -27,6 +29,7 @@ import (
 	istiolog "istio.io/istio/pkg/log"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
+	gwv1 "sigs.k8s.io/gateway-api/apis/v1"
 )
 
 const (
@@ -139,7 +142,11 @@ func quietIstio() {
 // Kubernetes objects so that Istio's Kubernetes registry converts them;
 // VirtualServices and Gateways go in as config.Config converted by Istio's
 // own CRD client translation (which carries CreationTimestamp and sets the
-// cluster domain that short-host resolution depends on).
+// cluster domain that short-host resolution depends on). HTTPRoutes go in as
+// Kubernetes objects too, as in Istio's own sidecar simulation tests: the
+// fake server's Gateway API controller (on by default,
+// PILOT_ENABLE_GATEWAY_API) reads them from the fake client and converts
+// them into VirtualServices with Gateway API semantics.
 func NewJudge(t *testing.T, w World) *Judge {
 	t.Helper()
 	quietIstio()
@@ -150,6 +157,11 @@ func NewJudge(t *testing.T, w World) *Judge {
 	}
 	for _, svc := range w.Services {
 		objs = append(objs, svc.DeepCopy())
+	}
+	for _, r := range w.HTTPRoutes {
+		r = r.DeepCopy()
+		r.APIVersion, r.Kind = gwv1.GroupVersion.String(), "HTTPRoute"
+		objs = append(objs, r)
 	}
 	var cfgs []config.Config
 	roots := 0
@@ -180,8 +192,10 @@ func NewJudge(t *testing.T, w World) *Judge {
 			t.Fatalf("istio judge: Service %s not in Istio's registry", h)
 		}
 	}
-	if got := len(srv.Env().VirtualServiceController.MergedVirtualServices()); got != roots {
-		t.Fatalf("istio judge: Istio holds %d root VirtualServices, world has %d", got, roots)
+	generated := gatewayAPIVirtualServices(t, srv, w)
+	if got := len(srv.Env().VirtualServiceController.MergedVirtualServices()); got != roots+generated {
+		t.Fatalf("istio judge: Istio holds %d root VirtualServices, world has %d and Istio's gateway controller made %d of HTTPRoutes",
+			got, roots, generated)
 	}
 	if got := len(srv.Env().List(gvk.Gateway, metav1.NamespaceAll)); got != len(w.Gateways) {
 		t.Fatalf("istio judge: Istio holds %d Gateways, world has %d", got, len(w.Gateways))
@@ -194,6 +208,52 @@ func NewJudge(t *testing.T, w World) *Judge {
 
 	return &Judge{t: t, srv: srv, push: push, mu: &sync.Mutex{}, routes: map[string]map[string]*route.RouteConfiguration{},
 		merged: map[string]*model.MergedGateway{}}
+}
+
+// gatewayAPIVirtualServices waits for Istio's kube gateway controller to
+// have converted the world's HTTPRoutes (its outputs are computed
+// asynchronously) and checks that every HTTPRoute with a Service parent
+// reached the sidecars' configuration: each appears among the parents of
+// the VirtualServices the controller generates (it merges routes with the
+// same parent into one). It returns how many it generated.
+func gatewayAPIVirtualServices(t *testing.T, srv *xds.FakeDiscoveryServer, w World) int {
+	t.Helper()
+	gwc := srv.Env().GatewayAPIController
+	if gwc == nil {
+		if len(w.HTTPRoutes) > 0 {
+			t.Fatalf("istio judge: the fake discovery server has no Gateway API controller (PILOT_ENABLE_GATEWAY_API off?)")
+		}
+		return 0
+	}
+	want := map[string]bool{}
+	for _, r := range w.HTTPRoutes {
+		if ServiceParent(r) && len(r.Spec.Rules) > 0 {
+			want["HTTPRoute/"+r.Name+"."+r.Namespace] = true
+		}
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		vss := gwc.List(gvk.VirtualService, metav1.NamespaceAll)
+		seen := map[string]bool{}
+		for _, v := range vss {
+			for _, p := range strings.Split(v.Annotations[constants.InternalParentNames], ",") {
+				seen[p] = true
+			}
+		}
+		var missing []string
+		for p := range want {
+			if !seen[p] {
+				missing = append(missing, p)
+			}
+		}
+		if gwc.HasSynced() && len(missing) == 0 {
+			return len(vss)
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("istio judge: Istio's gateway controller (synced: %v) generated no mesh routes of %v", gwc.HasSynced(), missing)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 }
 
 // WithT returns the judge reporting failures to t (use inside t.Run).

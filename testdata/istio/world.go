@@ -28,6 +28,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	k8syaml "k8s.io/apimachinery/pkg/util/yaml"
+	gwv1 "sigs.k8s.io/gateway-api/apis/v1"
 	sigsjson "sigs.k8s.io/json"
 	"sigs.k8s.io/yaml"
 )
@@ -49,15 +50,23 @@ type World struct {
 	// Gateways are Istio Gateway objects (networking.istio.io), selecting
 	// router proxies by label; see (*Judge).CallGateway.
 	Gateways []*istionet.Gateway
+	// HTTPRoutes are Gateway API routes (gateway.networking.k8s.io/v1), as
+	// the API server stores them (AdmitHTTPRoute: the standard CRD's
+	// defaults applied). Istio's kube gateway controller converts them; a
+	// route with a Service as parentRef (GAMMA) routes the sidecars'
+	// requests to that Service. Like VirtualServices they keep their
+	// CreationTimestamp, which orders routes for the same parent.
+	HTTPRoutes []*gwv1.HTTPRoute
 	// DefaultVirtualServiceExportTo is MeshConfig.defaultVirtualServiceExportTo.
 	// nil keeps Istio's default (every VirtualService is public, "*").
 	DefaultVirtualServiceExportTo []string
 }
 
 // ParseWorld builds a World from a multi-document YAML string holding
-// v1 Services and Namespaces and networking.istio.io VirtualServices and
+// v1 Services and Namespaces, networking.istio.io VirtualServices and
 // Gateways (v1, v1beta1 and v1alpha3 are the same schema and are all read as
-// v1).
+// v1) and gateway.networking.k8s.io/v1 HTTPRoutes (defaulted and validated
+// as the API server does with the standard CRD).
 //
 // Parsing is strict (unknown fields are errors) because scenario tables are
 // hand-written YAML and a misspelt field would silently change the scenario.
@@ -113,6 +122,12 @@ func (w *World) add(tm metav1.TypeMeta, js []byte) error {
 			return err
 		}
 		w.VirtualServices = append(w.VirtualServices, vs)
+	case tm.APIVersion == "gateway.networking.k8s.io/v1" && tm.Kind == "HTTPRoute":
+		r, err := parseHTTPRoute(js)
+		if err != nil {
+			return err
+		}
+		w.HTTPRoutes = append(w.HTTPRoutes, r)
 	case tm.Kind == "Gateway" && isNetworkingVersion(tm.APIVersion):
 		gw, err := parseGateway(js)
 		if err != nil {
