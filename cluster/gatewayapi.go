@@ -18,29 +18,19 @@ import (
 
 	"github.com/sbx-dev/sbx/cluster/gatewayroute"
 	"github.com/sbx-dev/sbx/cluster/istiovs"
+	"github.com/sbx-dev/sbx/cluster/meshmode"
 	"github.com/sbx-dev/sbx/cluster/meshreport"
 )
 
-// Mesh modes: how sbx routes keyed requests (the sbx config's mesh,
-// render's --mesh).
+// Mesh modes (package meshmode): how sbx routes keyed requests.
 const (
-	// MeshAuto picks per Service (see chooseBackend).
-	MeshAuto = "auto"
-	// MeshIstio routes with Istio VirtualServices, editing CD's.
-	MeshIstio = "istio"
-	// MeshGatewayAPI routes with sbx's own Gateway API HTTPRoutes next to
-	// CD's (the GAMMA mesh profile: Istio, Linkerd).
-	MeshGatewayAPI = "gateway-api"
+	MeshAuto       = meshmode.Auto
+	MeshIstio      = meshmode.Istio
+	MeshGatewayAPI = meshmode.GatewayAPI
 )
 
 // ValidateMesh checks a mesh mode.
-func ValidateMesh(m string) error {
-	switch m {
-	case "", MeshAuto, MeshIstio, MeshGatewayAPI:
-		return nil
-	}
-	return fmt.Errorf("mesh %q is not one of auto, istio, gateway-api", m)
-}
+func ValidateMesh(m string) error { return meshmode.Validate(m) }
 
 // BackendChoice is how sbx routes one Service's keyed requests, and why.
 type BackendChoice struct {

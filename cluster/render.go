@@ -296,6 +296,9 @@ func (o *Objects) List() []runtime.Object {
 			out = append(out, r.Object)
 		}
 	}
+	for _, h := range o.HTTPRoutes {
+		out = append(out, h)
+	}
 	return out
 }
 

@@ -45,6 +45,7 @@ func (s *session) connectOnce(ctx context.Context) (time.Time, error) {
 		RelayDeny:           conf.Outbound.Deny,
 		Holder:              cfg.User,
 		ClusterDomain:       conf.ClusterDomain,
+		Mesh:                conf.Mesh,
 	}
 	applied, err := cl.Apply(ctx, &saved.Spec, ao, s.progressFn(api.PhaseApplying))
 	if err != nil {

@@ -292,13 +292,13 @@ func (d *Daemon) config() *config.Config {
 // change swaps hosts file and proxy).
 func (d *Daemon) configChanged(c *config.Config) {
 	d.log.Info("config changed", "relayImage", c.RelayImage, "relayMaxStreams", c.RelayMaxStreams,
-		"relayDeny", c.Outbound.Deny, "baggageKey", c.BaggageKey, "poolSize", c.PoolSize)
+		"relayDeny", c.Outbound.Deny, "baggageKey", c.BaggageKey, "poolSize", c.PoolSize, "mesh", c.Mesh)
 	d.cfgMu.Lock()
 	prev := d.applied
 	d.applied = c
 	d.cfgMu.Unlock()
 	if prev.RelayImage != c.RelayImage || prev.RelayMaxStreams != c.RelayMaxStreams || prev.BaggageKey != c.BaggageKey ||
-		!slices.Equal(prev.Outbound.Deny, c.Outbound.Deny) {
+		prev.Mesh != c.Mesh || !slices.Equal(prev.Outbound.Deny, c.Outbound.Deny) {
 		d.mgr.Reapply()
 	}
 	d.out.setConfig(c)

@@ -28,6 +28,7 @@ func newRenderCmd(g *globalOptions) *cobra.Command {
 		baselines   []string
 		routingKey  string
 		relayImage  string
+		mesh        string
 		maxStreams  int
 		denyFlags   []string
 		baggageKey  string
@@ -69,6 +70,12 @@ The output is the same for the same spec, baseline and routing key.`,
 			if err != nil {
 				return err
 			}
+			if err := cluster.ValidateMesh(mesh); err != nil {
+				return userError(fmt.Errorf("--mesh: %w", err), "pass --mesh auto (the default), istio or gateway-api, as mesh in the sbx config")
+			}
+			// The manifests stand for a cluster that serves Gateway API
+			// routes when they hold some or --mesh asks for them.
+			base.GatewayAPI = mesh == cluster.MeshGatewayAPI
 			if routingKey == "" {
 				routingKey = routingkey.New()
 				fmt.Fprintf(g.stderr, "note: random routing key %s; pass --routing-key for a reproducible rendering\n", routingKey)
@@ -104,10 +111,14 @@ The output is the same for the same spec, baseline and routing key.`,
 				RelayDeny:       deny,
 				BaggageKey:      baggageKey,
 				Holder:          leaseHolder,
+				Mesh:            mesh,
 			})
 			if err != nil {
 				// cluster.Plan leaves naming the sandbox to its caller.
 				return userError(fmt.Errorf("sandbox %s: %w", sb.Name, err), "the spec must name workloads, Services and ports that exist in the baseline")
+			}
+			for _, b := range objs.Backends {
+				fmt.Fprintf(g.stderr, "routing: %s\n", b)
 			}
 			for _, w := range objs.Warnings {
 				fmt.Fprintf(g.stderr, "warning: %s\n", w)
@@ -128,6 +139,7 @@ The output is the same for the same spec, baseline and routing key.`,
 	f.StringSliceVar(&denyFlags, "relay-deny", nil, fmt.Sprintf("address or CIDR the relay must never dial, on top of its built-in list, as outbound.deny in the sbx config (repeatable or comma-separated, at most %d); each becomes a --deny of the relay", relayargs.MaxDeny))
 	f.StringVar(&baggageKey, "baggage-key", routingkey.DefaultBaggageKey, "W3C baggage key that carries the routing key")
 	f.StringVar(&leaseHolder, "holder", "sbx", "Lease holder identity to render (sbx connect uses user@host)")
+	f.StringVar(&mesh, "mesh", cluster.MeshAuto, "how keyed requests are routed, as mesh in the sbx config: auto (per Service: Gateway API where the baseline routes it with HTTPRoutes, else Istio VirtualServices), istio, or gateway-api (sbx's own HTTPRoutes)")
 	return cmd
 }
 

@@ -38,6 +38,11 @@ func TestRenderGolden(t *testing.T) {
 		// host bits dropped; nothing else changes.
 		{"render-deny.yaml", []string{"-f", "../../testdata/render/route.yaml", "--set", "name=alice",
 			"--baseline", "../../testdata/baseline/hotrod.yaml", "--relay-deny", "10.1.2.3/24,fd00:bad::/32", "--relay-deny", "100.64.0.7"}},
+		// Gateway API: CD routes driver with an HTTPRoute, so sbx routes it
+		// with its own HTTPRoute next to CD's (auto); route and frontend
+		// keep VirtualServices, which CD routes them with.
+		{"render-gateway-api.yaml", []string{"-f", "../../testdata/render/three.yaml",
+			"--baseline", "../../testdata/baseline/hotrod.yaml", "--baseline", "../../testdata/baseline/gateway-api.yaml"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.golden, func(t *testing.T) {
@@ -118,4 +123,23 @@ func TestRenderWarningsAndErrors(t *testing.T) {
 	code, out, errOut = runCLI(t, append(base, "--baseline", "../../testdata/baseline/hotrod.yaml", "-o", "json")...)
 	require.Equal(t, 0, code, errOut)
 	require.Contains(t, out, `"kind": "List"`)
+}
+
+// TestRenderMesh: --mesh picks the routing backend as mesh in the sbx
+// config does; render says per Service which one and why, and refuses a
+// mode that cannot work with the reason and the way out.
+func TestRenderMesh(t *testing.T) {
+	base := []string{"render", "--routing-key", goldenKey, "-f", "../../testdata/render/route.yaml", "--set", "name=alice",
+		"--baseline", "../../testdata/baseline/hotrod.yaml"}
+	code, _, errOut := runCLI(t, base...)
+	require.Equal(t, 0, code, errOut)
+	require.Contains(t, errOut, "routing: Service hotrod/route: keyed requests routed with Istio VirtualServices (CD routes it with VirtualService hotrod/route)")
+
+	code, _, errOut = runCLI(t, append(base, "--mesh", "gateway-api")...)
+	require.Equal(t, 2, code)
+	require.Contains(t, errOut, "Service hotrod/route is routed by VirtualService hotrod/route; with mesh: gateway-api")
+
+	code, _, errOut = runCLI(t, append(base, "--mesh", "linkerd")...)
+	require.Equal(t, 2, code)
+	require.Contains(t, errOut, `--mesh: mesh "linkerd" is not one of auto, istio, gateway-api`)
 }

@@ -15,6 +15,7 @@ import (
 	"path/filepath"
 	"slices"
 
+	"github.com/sbx-dev/sbx/cluster/meshmode"
 	"github.com/sbx-dev/sbx/cluster/routingkey"
 	"github.com/sbx-dev/sbx/cluster/spec/strictyaml"
 )
@@ -81,6 +82,9 @@ type Config struct {
 	// qualified: a VirtualService in one namespace naming the sandbox's
 	// Service in another.
 	ClusterDomain string `json:"clusterDomain"`
+	// Mesh is how keyed requests are routed (meshmode: auto, istio,
+	// gateway-api); auto picks per Service.
+	Mesh string `json:"mesh"`
 }
 
 // Outbound configures how local processes reach cluster services.
@@ -120,6 +124,7 @@ func Default() *Config {
 		BaggageKey:    routingkey.DefaultBaggageKey,
 		PoolSize:      DefaultPoolSize,
 		ClusterDomain: DefaultClusterDomain,
+		Mesh:          meshmode.Auto,
 		Outbound: Outbound{
 			Mode:        ModeAuto,
 			HostsRange:  DefaultHostsRange,

@@ -55,6 +55,7 @@ contexts:
   staging-1: arn:aws:eks:eu-west-1:123:cluster/staging-1
   local: kind-kind
 clusterDomain: corp.example
+mesh: gateway-api
 `
 	c, err := Parse("config.yaml", []byte(data))
 	require.NoError(t, err)
@@ -75,6 +76,7 @@ clusterDomain: corp.example
 		},
 		Contexts:      map[string]string{"staging-1": "arn:aws:eks:eu-west-1:123:cluster/staging-1", "local": "kind-kind"},
 		ClusterDomain: "corp.example",
+		Mesh:          "gateway-api",
 	}, c)
 
 	// Partial outbound keeps the other defaults; a host-bits range is masked.
@@ -120,7 +122,7 @@ func TestParseInvalid(t *testing.T) {
 		name, data string
 		want       []string // each a whole error line
 	}{
-		{"unknown field", "poolsize: 3\n", []string{`config.yaml:1:1: poolsize: unknown field "poolsize"; did you mean "poolSize"? (allowed: relayImage, relayMaxStreams, baggageKey, poolSize, outbound, contexts, clusterDomain)`}},
+		{"unknown field", "poolsize: 3\n", []string{`config.yaml:1:1: poolsize: unknown field "poolsize"; did you mean "poolSize"? (allowed: relayImage, relayMaxStreams, baggageKey, poolSize, outbound, contexts, clusterDomain, mesh)`}},
 		{"unknown outbound field", "outbound:\n  inject_baggage: true\n", []string{`config.yaml:2:3: outbound.inject_baggage: unknown field "inject_baggage"; did you mean "injectBaggage"? (allowed: mode, namespaces, hostsFile, hostsRange, injectBaggage, proxyListen, deny)`}},
 		{"deny typo", "outbound:\n  dney: [10.0.0.0/8]\n", []string{`config.yaml:2:3: outbound.dney: unknown field "dney"; did you mean "deny"?`}},
 		{"deny bad entries", "outbound:\n  deny: [10.0.0.0/8, fd00::/8, 10.0.0.0/33, metadata.google.internal, 'fe80::1%eth0', '']\n", []string{
@@ -134,6 +136,7 @@ func TestParseInvalid(t *testing.T) {
 		{"deny entry not string", "outbound: {deny: [[10.0.0.0/8]]}\n", []string{`outbound.deny[0]: must be a string, not a list`}},
 		{"deny too long", "outbound: {deny: [" + strings.TrimSuffix(strings.Repeat("10.0.0.0/8,", 65), ",") + "]}\n", []string{
 			`config.yaml:1:18: outbound.deny: has 65 entries; allowed at most 64 (merge neighbouring ranges into wider CIDRs)`}},
+		{"mesh", "mesh: linkerd\n", []string{`config.yaml:1:7: mesh: "linkerd" is not auto, istio or gateway-api (auto, the default, picks per Service)`}},
 		{"cluster domain", "clusterDomain: Cluster.Local.\n", []string{`config.yaml:1:16: clusterDomain: "Cluster.Local." is not a DNS domain; want the cluster's DNS domain as kubelet's --cluster-domain has it, e.g. cluster.local (leave it out for that default)`}},
 		{"pool zero", "poolSize: 0\n", []string{"config.yaml:1:11: poolSize: 0 is out of range; allowed 1-16 tunnel sessions per sandbox (default 2)"}},
 		{"pool big", "poolSize: 17\n", []string{"config.yaml:1:11: poolSize: 17 is out of range; allowed 1-16 tunnel sessions per sandbox (default 2)"}},
@@ -168,7 +171,7 @@ func TestParseInvalid(t *testing.T) {
 		{"context empty", "contexts: {staging: ''}\n", []string{`contexts.staging: "" is not a kube context name`}},
 		{"relay image bad", "relayImage: 'Not An Image'\n", []string{`relayImage: "Not An Image" is not a container image reference`}},
 		{"relay image uppercase repo", "relayImage: ghcr.io/Sbx/sbx:v1\n", []string{`relayImage: "ghcr.io/Sbx/sbx:v1" is not a container image reference`}},
-		{"not a mapping", "- a\n", []string{"config.yaml:1:1: must be a mapping with the fields relayImage, relayMaxStreams, baggageKey, poolSize, outbound, contexts, clusterDomain, not a list"}},
+		{"not a mapping", "- a\n", []string{"config.yaml:1:1: must be a mapping with the fields relayImage, relayMaxStreams, baggageKey, poolSize, outbound, contexts, clusterDomain, mesh, not a list"}},
 		{"syntax", "outbound: {mode: [\n", []string{"config.yaml:1: invalid YAML: did not find expected node content"}},
 		{"several collected", "poolSize: 99\nbaggageKey: 'a b'\noutbound: {mode: nope}\n", []string{
 			"config.yaml:1:11: poolSize:", "config.yaml:2:13: baggageKey:", "config.yaml:3:18: outbound.mode:"}},

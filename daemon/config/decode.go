@@ -12,6 +12,7 @@ import (
 
 	"go.yaml.in/yaml/v3"
 
+	"github.com/sbx-dev/sbx/cluster/meshmode"
 	"github.com/sbx-dev/sbx/cluster/routingkey"
 	"github.com/sbx-dev/sbx/cluster/spec"
 	"github.com/sbx-dev/sbx/cluster/spec/fieldpath"
@@ -30,7 +31,17 @@ var (
 )
 
 func decode(d *strictyaml.Decoder, root *yaml.Node, c *Config) {
-	f := d.Fields(root, "", "relayImage", "relayMaxStreams", "baggageKey", "poolSize", "outbound", "contexts", "clusterDomain")
+	f := d.Fields(root, "", "relayImage", "relayMaxStreams", "baggageKey", "poolSize", "outbound", "contexts", "clusterDomain", "mesh")
+	if n := f["mesh"]; n != nil {
+		v := d.String(n, "mesh")
+		switch {
+		case d.Bad("mesh"):
+		case meshmode.Validate(v) != nil || v == "":
+			d.Errorf(n, "mesh", "%q is not auto, istio or gateway-api (auto, the default, picks per Service)", v)
+		default:
+			c.Mesh = v
+		}
+	}
 	if n := f["clusterDomain"]; n != nil {
 		v := d.String(n, "clusterDomain")
 		switch {
