@@ -69,6 +69,14 @@ func chooseBackend(mode string, s istiovs.Service, r *Routing, domain string) (B
 		}
 	}
 	vs := cdVirtualServices(s, r, domain)
+	for _, g := range r.GatewayRoutes {
+		if g.Kind == "GRPCRoute" && g.ServiceNamespace == s.Namespace && g.Service == s.Name && !g.Own {
+			// Its rules match gRPC services and methods, which an HTTPRoute
+			// copy cannot mirror; Istio would apply one kind or the other.
+			return c, &RoutesRefusedError{Err: fmt.Errorf("Service %s/%s is routed by GRPCRoute %s/%s; sbx writes HTTPRoutes only so far, and an HTTPRoute next to a GRPCRoute of the same Service would not mirror its rules: leave %s out of the sandbox",
+				s.Namespace, s.Name, g.Namespace, g.Name, s.Name)}
+		}
+	}
 	noIstio := &RoutesRefusedError{Err: fmt.Errorf("the cluster serves no Istio VirtualServices (networking.istio.io/v1) to route Service %s/%s with: install Istio (1.22 or later), or route with Gateway API (mesh: gateway-api, with its CRDs installed)", s.Namespace, s.Name)}
 	switch mode {
 	case MeshIstio:

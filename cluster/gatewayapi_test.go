@@ -218,4 +218,17 @@ func TestMeshModeRefusals(t *testing.T) {
 	_, err = Apply(t.Context(), f.Clients, routeSandbox("alice"), o, nil)
 	require.ErrorContains(t, err, "Service hotrod/route is routed by VirtualService hotrod/route; with mesh: gateway-api")
 	require.ErrorContains(t, ValidateMesh("linkerd"), `mesh "linkerd" is not one of auto, istio, gateway-api`)
+
+	// A GRPCRoute's rules (gRPC services and methods) cannot be mirrored
+	// by an HTTPRoute: refused whatever the mode, never half-routed.
+	for _, mode := range []string{MeshAuto, MeshGatewayAPI} {
+		f = hotrodFake(t)
+		f.Dynamic = newDynamicFake(gatewayRoute("GRPCRoute", "hotrod", "driver-grpc", "", "driver"))
+		o.Mesh = mode
+		sb := routeSandbox("alice")
+		sb.Spec.Local[0].From.Name = "driver"
+		sb.Spec.Local[0].Mappings[0].Port = 8082
+		_, err = Apply(t.Context(), f.Clients, sb, o, nil)
+		require.ErrorContains(t, err, "Service hotrod/driver is routed by GRPCRoute hotrod/driver-grpc; sbx writes HTTPRoutes only so far", mode)
+	}
 }

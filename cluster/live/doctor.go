@@ -217,19 +217,46 @@ func (c *Cluster) accessChecks(ctx context.Context, namespaces []string) []Check
 		Fix:    "ask for the ClusterRole sbx-route-reader of deploy/rbac.yaml (read-only)"})
 }
 
-// meshCheck says whether the API server serves Istio's VirtualServices,
-// which sbx routes with.
+// meshCheck says which route kinds the API server serves: Istio's
+// VirtualServices, Gateway API HTTPRoutes (with Istio or Linkerd as the
+// mesh), and so how sbx can route keyed requests here.
 func (c *Cluster) meshCheck() Check {
-	list, err := c.clients.Kube.Discovery().ServerResourcesForGroupVersion("networking.istio.io/v1")
-	if err == nil {
+	served := func(gv, resource string) bool {
+		list, err := c.clients.Kube.Discovery().ServerResourcesForGroupVersion(gv)
+		if err != nil {
+			return false
+		}
 		for _, r := range list.APIResources {
-			if r.Name == "virtualservices" {
-				return Check{Name: "mesh", Level: LevelOK, Detail: "Istio VirtualServices (networking.istio.io/v1) are served"}
+			if r.Name == resource {
+				return true
 			}
 		}
+		return false
 	}
-	return Check{Name: "mesh", Level: LevelFail, Detail: "this cluster serves no Istio VirtualServices (networking.istio.io/v1): sbx routes keyed requests with them",
-		Fix: "use a cluster with Istio installed (istioctl install), or one whose mesh sbx supports"}
+	istio := served("networking.istio.io/v1", "virtualservices")
+	gateway := served("gateway.networking.k8s.io/v1", "httproutes")
+	linkerd := false
+	if groups, err := c.clients.Kube.Discovery().ServerGroups(); err == nil {
+		for _, g := range groups.Groups {
+			linkerd = linkerd || strings.HasSuffix(g.Name, "linkerd.io")
+		}
+	}
+	switch {
+	case istio && gateway:
+		return Check{Name: "mesh", Level: LevelOK, Detail: "Istio VirtualServices and Gateway API HTTPRoutes are served: sbx routes each Service the way CD does (mesh: auto)"}
+	case istio:
+		return Check{Name: "mesh", Level: LevelOK, Detail: "Istio VirtualServices (networking.istio.io/v1) are served; no Gateway API HTTPRoutes, so sbx routes with VirtualServices"}
+	case linkerd && gateway:
+		return Check{Name: "mesh", Level: LevelOK, Detail: "Linkerd with Gateway API HTTPRoutes: sbx routes with its own HTTPRoutes"}
+	case linkerd:
+		return Check{Name: "mesh", Level: LevelFail, Detail: "Linkerd is installed but the cluster serves no Gateway API HTTPRoutes (gateway.networking.k8s.io/v1), the only way Linkerd routes by header",
+			Fix: "install the Gateway API CRDs (standard channel)"}
+	case gateway:
+		return Check{Name: "mesh", Level: LevelWarn, Detail: "Gateway API HTTPRoutes are served but neither Istio nor Linkerd was found: sbx's HTTPRoutes take effect only where a mesh implements Gateway API for Services (GAMMA)",
+			Fix: "check that the cluster's mesh implements the GAMMA profile"}
+	}
+	return Check{Name: "mesh", Level: LevelFail, Detail: "this cluster serves neither Istio VirtualServices nor Gateway API HTTPRoutes: sbx routes keyed requests with one of them",
+		Fix: "use a cluster with Istio (istioctl install) or Linkerd with the Gateway API CRDs"}
 }
 
 // specChecks resolves each local workload of sb against the cluster and
