@@ -232,3 +232,34 @@ func TestMeshModeRefusals(t *testing.T) {
 		require.ErrorContains(t, err, "Service hotrod/driver is routed by GRPCRoute hotrod/driver-grpc; sbx writes HTTPRoutes only so far", mode)
 	}
 }
+
+// TestGatewayRouteNotAccepted: a route of sbx's that the mesh does not
+// accept (status.parents[].conditions Accepted False) makes the check say
+// keyed requests reach the baseline, with the mesh's reason.
+func TestGatewayRouteNotAccepted(t *testing.T) {
+	f := hotrodFake(t)
+	f.Dynamic = newDynamicFake(gatewayRoute("HTTPRoute", "hotrod", "route-http", "", "route"))
+	ctx := t.Context()
+	_, err := Apply(ctx, f.Clients, routeSandbox("alice"), testOptions(testKey), nil)
+	require.NoError(t, err)
+	ri := f.Dynamic.Resource(HTTPRouteGVR).Namespace("hotrod")
+	u, err := ri.Get(ctx, "sbx-"+testKey+"-route-8083", metav1.GetOptions{})
+	require.NoError(t, err)
+	require.NoError(t, unstructured.SetNestedSlice(u.Object, []any{map[string]any{
+		"parentRef":      map[string]any{"group": "", "kind": "Service", "name": "route"},
+		"controllerName": "istio.io/gateway-controller",
+		"conditions": []any{
+			map[string]any{"type": "Accepted", "status": "False", "reason": "NotAllowedByListeners", "message": "parent not allowed", "lastTransitionTime": "2026-12-07T00:00:00Z"},
+			map[string]any{"type": "ResolvedRefs", "status": "True", "reason": "ResolvedRefs", "message": "", "lastTransitionTime": "2026-12-07T00:00:00Z"},
+		},
+	}}, "status", "parents"))
+	_, err = ri.Update(ctx, u, metav1.UpdateOptions{})
+	require.NoError(t, err)
+
+	st, err := ReconcileRoutes(ctx, f.Clients, routeSandbox("alice"), testKey, RouteOptions{}, nil)
+	require.NoError(t, err)
+	require.Len(t, st.Report, 1)
+	v := st.Report[0].Views[0]
+	require.Equal(t, meshreport.KeyedBaseline, v.Keyed)
+	require.Equal(t, "the mesh (istio.io/gateway-controller) does not accept HTTPRoute hotrod/sbx-"+testKey+"-route-8083: Accepted NotAllowedByListeners: parent not allowed", v.Reason)
+}
