@@ -643,6 +643,7 @@ func TestCLIConnectSaysWhereKeyedRequestsDoNotReach(t *testing.T) {
 	code, out, errOut := runCLI(t, "connect", "-f", writeSpec(t, dir), "--set", "name=alice")
 	require.Equal(t, 0, code, errOut)
 	require.Contains(t, errOut, "would take route away from it", "the plan's warning")
+	require.Contains(t, errOut, "routing Service hotrod/route: keyed requests routed with Istio VirtualServices (CD routes it with VirtualService hotrod/wild)", "connect says how and why")
 	require.Contains(t, out, "Sandbox alice is ready.")
 	require.Contains(t, out, "BUT keyed requests to route.hotrod:8083 from ")
 	require.Contains(t, out, "`sbx routes alice`")
