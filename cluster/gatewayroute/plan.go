@@ -110,23 +110,31 @@ func MakePlan(in Input) (*Plan, error) {
 		if in.IsOwn != nil && in.IsOwn(r) {
 			continue
 		}
-		applies := false
+		noPort, thisPort := 0, 0
 		for _, ref := range r.Spec.ParentRefs {
 			if !isService(ref, r.Namespace, in.Service) {
 				continue
 			}
 			switch {
 			case ref.Port == nil:
-				portless++
-				applies = true
+				noPort++
 			case int32(*ref.Port) == in.Port:
-				withPort++
-				applies = true
+				thisPort++
 			}
 		}
-		if !applies {
+		if noPort+thisPort == 0 {
 			continue
 		}
+		if r.Namespace != in.Service.Namespace {
+			// A consumer route: the mesh applies it to clients in its own
+			// namespace in place of the Service's routes, and sbx's route
+			// (a producer route, in the Service's namespace) does not merge
+			// with it. Copying its rules would change what other clients get.
+			p.Warnings = append(p.Warnings, fmt.Sprintf("HTTPRoute %s/%s routes Service %s/%s for clients in namespace %s, where it takes precedence over the Service's own routes: keyed requests from there reach the baseline",
+				r.Namespace, r.Name, in.Service.Namespace, in.Service.Name, r.Namespace))
+			continue
+		}
+		portless, withPort = portless+noPort, withPort+thisPort
 		p.Mirrors = append(p.Mirrors, r.Namespace+"/"+r.Name)
 		for i, rule := range r.Spec.Rules {
 			rules = append(rules, cdRule{route: r, index: i, rule: rule})

@@ -186,3 +186,23 @@ func TestPlanSplitsAtTheCRDLimits(t *testing.T) {
 	require.Len(t, p.Routes[1].Spec.Rules, 1)
 	require.Equal(t, "sbx-"+key+"-route-8083-2", p.Routes[1].Name)
 }
+
+// A consumer route (in the client's namespace) does not merge with the
+// Service's routes, and the mesh prefers it for its own namespace's
+// clients: sbx does not copy its rules into its producer route (other
+// clients would get them), keeps the catch-all to the baseline for them,
+// and says that keyed requests from that namespace reach the baseline.
+func TestPlanConsumerRoute(t *testing.T) {
+	consumer := route(t, `
+metadata: {name: cross, namespace: web}
+spec:
+  parentRefs: [{kind: Service, name: route, namespace: hotrod}]
+  rules: [{matches: [{path: {type: PathPrefix, value: /web}}], backendRefs: [{name: route, namespace: hotrod, port: 8083}]}]
+`, time.Now())
+	p, err := MakePlan(input(consumer))
+	require.NoError(t, err)
+	require.Empty(t, p.Mirrors)
+	require.Equal(t, []string{"sbx-keyed", "sbx-baseline"}, ruleNames(p.Routes[0]))
+	require.Len(t, p.Warnings, 1)
+	require.Contains(t, p.Warnings[0], "HTTPRoute web/cross routes Service hotrod/route for clients in namespace web")
+}
