@@ -2,9 +2,13 @@ package istio
 
 import (
 	"fmt"
+	"regexp"
+	"strings"
 	"testing"
 
 	gwv1 "sigs.k8s.io/gateway-api/apis/v1"
+
+	"github.com/sbx-dev/sbx/cluster"
 )
 
 // httpRoute renders an HTTPRoute document; spec is a YAML flow mapping.
@@ -72,6 +76,41 @@ func TestParseWorldHTTPRoute(t *testing.T) {
 			t.Errorf("accepted %s", bad)
 		} else {
 			t.Logf("refused: %v", err)
+		}
+	}
+}
+
+// The regex sbx writes decides the same whether the proxy matches it the
+// way Envoy does (Istio; Gateway API's RegularExpression header match):
+// the whole value, repeated header lines joined with ","; or the way
+// Linkerd's proxy does: each header line on its own, by searching
+// (regexp.MatchString, no implicit anchors) or, in newer proxies
+// (linkerd/http/route/src/http/match/header.rs), by requiring the
+// leftmost match to span the value. It is anchored itself, so all agree.
+// The cases are claim k's, which Istio's generated routes also judge.
+func TestBaggageRegexSearchSemantics(t *testing.T) {
+	const k = "abcdefghijklm"
+	re, err := cluster.BaggageRegex("sbx-routing-key", k)
+	if err != nil {
+		t.Fatal(err)
+	}
+	envoy := regexp.MustCompile(`^(?:` + re + `)$`)
+	search := regexp.MustCompile(re)
+	for _, c := range baggageCases(k) {
+		joined := strings.Join(c.baggage, ",")
+		full := c.baggage != nil && envoy.MatchString(joined)
+		searched, spanning := false, false
+		for _, v := range c.baggage {
+			searched = searched || search.MatchString(v)
+			if loc := search.FindStringIndex(v); loc != nil && loc[0] == 0 && loc[1] == len(v) {
+				spanning = true
+			}
+		}
+		// The joined value too: a proxy that joins lines and searches.
+		joinedSearch := c.baggage != nil && search.MatchString(joined)
+		if full != c.keyed || searched != c.keyed || spanning != c.keyed || joinedSearch != c.keyed {
+			t.Errorf("baggage %q (keyed: %v): Envoy full match %v, search per line %v, leftmost spanning match per line %v, search joined %v",
+				c.baggage, c.keyed, full, searched, spanning, joinedSearch)
 		}
 	}
 }

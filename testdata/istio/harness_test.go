@@ -365,19 +365,7 @@ func TestClaimK_BaggageRegex(t *testing.T) {
 		t.Fatalf("Istio validation: warnings %v, err %v", warnings, err)
 	}
 	j := NewJudge(t, w)
-	for _, c := range []struct {
-		baggage []string
-		keyed   bool
-	}{
-		{[]string{"sbx-routing-key=" + k}, true},
-		{[]string{"a=b, sbx-routing-key=" + k + ";p=1"}, true},
-		{[]string{"a=b", "sbx-routing-key=" + k}, true}, // two header lines, joined with ","
-		{[]string{"sbx-routing-key = " + k + " , x=y"}, true},
-		{[]string{"sbx-routing-key=" + k + "n"}, false},
-		{[]string{"xsbx-routing-key=" + k}, false},
-		{[]string{"sbx-routing-key=" + k[:12]}, false},
-		{nil, false},
-	} {
+	for _, c := range baggageCases(k) {
 		r := Request{Host: routeFQDN, Port: 8083, Headers: http.Header{}}
 		if c.baggage != nil {
 			r.Headers["Baggage"] = c.baggage
@@ -388,6 +376,35 @@ func TestClaimK_BaggageRegex(t *testing.T) {
 		} else {
 			want(t, fmt.Sprintf("baggage %q", c.baggage), o, "fallback", "hotrod/keyed", routeCluster)
 		}
+	}
+}
+
+// baggageCase is a request's baggage header lines and whether they carry
+// routing key k.
+type baggageCase struct {
+	baggage []string
+	keyed   bool
+}
+
+// baggageCases are the baggage headers the key regex is judged on (claim k
+// and TestBaggageRegexSearchSemantics).
+func baggageCases(k string) []baggageCase {
+	return []baggageCase{
+		{[]string{"sbx-routing-key=" + k}, true},
+		{[]string{"a=b, sbx-routing-key=" + k + ";p=1"}, true},
+		{[]string{"a=b", "sbx-routing-key=" + k}, true}, // two header lines, joined with ","
+		{[]string{"sbx-routing-key = " + k + " , x=y"}, true},
+		{[]string{"sbx-routing-key=" + k + ",x=y"}, true},
+		{[]string{"a=b,\tsbx-routing-key=\t" + k}, true},
+		{[]string{"sbx-routing-key=" + k + "n"}, false},
+		{[]string{"xsbx-routing-key=" + k}, false},
+		{[]string{"sbx-routing-key=" + k[:12]}, false},
+		{[]string{"x=sbx-routing-key=" + k}, false},   // a value, not a member
+		{[]string{"a=b;sbx-routing-key=" + k}, false}, // a property of a
+		{[]string{"sbx-routing-key=" + k[:12] + "," + k}, false},
+		{[]string{"a=" + k}, false},
+		{[]string{"sbx-routing-key", "=" + k}, false}, // a member split over two lines
+		{nil, false},
 	}
 }
 
