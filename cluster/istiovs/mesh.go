@@ -28,6 +28,11 @@ type VirtualService struct {
 	Labels          map[string]string
 	Annotations     map[string]string
 	Spec            *networking.VirtualService
+	// Gateway marks a VirtualService Istio derived from Gateway API routes
+	// (HTTPRoutes with a Service as parent, merged per namespace and
+	// port): within each visibility bucket, those of the client's own
+	// namespace come first (pilot SelectVirtualServices, "gwExact").
+	Gateway bool
 }
 
 // Key is "namespace/name".
@@ -337,9 +342,16 @@ func (m *Mesh) Chain(fqdn, clientNS string) []Link {
 			vis = append(vis, cand{v, b})
 		}
 	}
+	gwExact := func(v *VirtualService) bool { return v.Gateway && v.Namespace == clientNS }
 	slices.SortFunc(vis, func(a, b cand) int {
 		if a.b != b.b {
 			return a.b - b.b
+		}
+		if ga, gb := gwExact(a.v), gwExact(b.v); ga != gb {
+			if ga {
+				return -1
+			}
+			return 1
 		}
 		return Older(a.v, b.v)
 	})

@@ -22,9 +22,11 @@ import (
 	istiov1beta1 "istio.io/client-go/pkg/listers/networking/v1beta1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/watch"
+	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
 	corelisters "k8s.io/client-go/listers/core/v1"
@@ -40,6 +42,9 @@ type MeshOptions struct {
 	// DefaultExportTo is the mesh config's defaultVirtualServiceExportTo
 	// (nil: "*", Istio's default).
 	DefaultExportTo []string
+	// Dynamic, when set, serves Gateway API HTTPRoutes, which the mesh
+	// applies to Services that are their parents (mesh_gamma.go).
+	Dynamic dynamic.Interface
 }
 
 // Mesh is the simulated service mesh: for every port of every Service it
@@ -74,15 +79,17 @@ type Mesh struct {
 	kubeF           informers.SharedInformerFactory
 	vsInf           []cache.SharedIndexInformer
 
-	svcs  corelisters.ServiceLister
-	pods  corelisters.PodLister
-	vsV1  istiov1.VirtualServiceLister
-	vsB1  istiov1beta1.VirtualServiceLister
-	vsA3  istiov1alpha3.VirtualServiceLister
-	re    regexCache
-	h1    *http.Transport
-	h2    *http.Transport
-	proxy *httputil.ReverseProxy
+	svcs corelisters.ServiceLister
+	pods corelisters.PodLister
+	vsV1 istiov1.VirtualServiceLister
+	vsB1 istiov1beta1.VirtualServiceLister
+	vsA3 istiov1alpha3.VirtualServiceLister
+	// httpRoutes holds Gateway API HTTPRoutes (nil without them).
+	httpRoutes cache.SharedIndexInformer
+	re         regexCache
+	h1         *http.Transport
+	h2         *http.Transport
+	proxy      *httputil.ReverseProxy
 
 	mu      sync.Mutex
 	routers map[string]map[int32]*portRouter // "ns/name" -> port -> router
@@ -159,6 +166,16 @@ func NewMesh(ctx context.Context, opts MeshOptions) (*Mesh, error) {
 			return ist.NetworkingV1alpha3().VirtualServices("").Watch(ctx, o)
 		})
 	m.vsInf = []cache.SharedIndexInformer{v1Inf, b1Inf, a3Inf}
+	if dyn := opts.Dynamic; dyn != nil {
+		m.httpRoutes = newInformer(&unstructured.Unstructured{},
+			func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
+				return dyn.Resource(HTTPRouteGVR).Namespace("").List(ctx, o)
+			},
+			func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
+				return dyn.Resource(HTTPRouteGVR).Namespace("").Watch(ctx, o)
+			})
+		m.vsInf = append(m.vsInf, m.httpRoutes)
+	}
 	m.vsV1 = istiov1.NewVirtualServiceLister(v1Inf.GetIndexer())
 	m.vsB1 = istiov1beta1.NewVirtualServiceLister(b1Inf.GetIndexer())
 	m.vsA3 = istiov1alpha3.NewVirtualServiceLister(a3Inf.GetIndexer())

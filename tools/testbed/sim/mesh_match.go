@@ -10,6 +10,7 @@ import (
 	"time"
 
 	networking "istio.io/api/networking/v1alpha3"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 
 	"github.com/sbx-dev/sbx/cluster/istiovs"
 )
@@ -33,6 +34,15 @@ func (m *Mesh) istioMesh() *istiovs.Mesh {
 	for _, v := range m.virtualServices() {
 		out.VirtualServices = append(out.VirtualServices, &istiovs.VirtualService{
 			Namespace: v.Namespace, Name: v.Name, Created: v.Created, Spec: v.Spec})
+	}
+	if m.httpRoutes != nil {
+		var items []*unstructured.Unstructured
+		for _, o := range m.httpRoutes.GetStore().List() {
+			if u, ok := o.(*unstructured.Unstructured); ok {
+				items = append(items, u)
+			}
+		}
+		out.VirtualServices = append(out.VirtualServices, gammaVirtualServices(items, m.net.Domain())...)
 	}
 	return out
 }

@@ -7,6 +7,8 @@ import (
 	"hash/fnv"
 	"time"
 
+	dynamicfake "k8s.io/client-go/dynamic/fake"
+
 	"google.golang.org/protobuf/types/known/durationpb"
 	networking "istio.io/api/networking/v1alpha3"
 	istiofake "istio.io/client-go/pkg/clientset/versioned/fake"
@@ -15,6 +17,7 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/apimachinery/pkg/watch"
 	kubefake "k8s.io/client-go/kubernetes/fake"
@@ -54,6 +57,16 @@ func BaselineApp() []AppService {
 type Clients struct {
 	Kube  *kubefake.Clientset
 	Istio *istiofake.Clientset
+	// Dynamic serves Gateway API routes (Options.GatewayAPI); nil when
+	// the cluster has no Gateway API CRDs.
+	Dynamic *dynamicfake.FakeDynamicClient
+}
+
+// NewDynamic is a dynamic client that serves HTTPRoutes and GRPCRoutes.
+func NewDynamic() *dynamicfake.FakeDynamicClient {
+	return dynamicfake.NewSimpleDynamicClientWithCustomListKinds(runtime.NewScheme(), map[schema.GroupVersionResource]string{
+		HTTPRouteGVR: "HTTPRouteList", GRPCRouteGVR: "GRPCRouteList",
+	})
 }
 
 // NewClients returns empty fake clientsets wired to network (Services get a

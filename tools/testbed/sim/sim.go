@@ -44,6 +44,10 @@ type Options struct {
 	// leaves the pod in ErrImagePull, then ImagePullBackOff, as a real
 	// kubelet does for an image no registry has. nil: every image.
 	Pullable func(image string) bool
+	// GatewayAPI serves Gateway API HTTPRoutes (Clients.Dynamic), which
+	// the mesh applies as Istio does; off, the simulated cluster is an
+	// Istio mesh without the Gateway API CRDs.
+	GatewayAPI bool
 }
 
 // Cluster is a running simulated cluster.
@@ -80,6 +84,9 @@ func Start(ctx context.Context, opts Options) (_ *Cluster, err error) {
 		}
 	}()
 	c.Clients = NewClients(c.Network, nil)
+	if opts.GatewayAPI {
+		c.Clients.Dynamic = NewDynamic()
+	}
 	for _, ns := range []string{metav1.NamespaceDefault, metav1.NamespaceSystem, AppNamespace, "istio-system"} {
 		if err := c.ensureNamespace(ctx, ns); err != nil {
 			return nil, err
@@ -97,8 +104,12 @@ func Start(ctx context.Context, opts Options) (_ *Cluster, err error) {
 	if err := createMeshConfig(ctx, c.Clients, opts.DefaultExportTo); err != nil {
 		return nil, err
 	}
-	c.Mesh, err = NewMesh(ctx, MeshOptions{Logger: logger, Network: c.Network, Kube: c.Clients.Kube, Istio: c.Clients.Istio,
-		DefaultExportTo: opts.DefaultExportTo})
+	mo := MeshOptions{Logger: logger, Network: c.Network, Kube: c.Clients.Kube, Istio: c.Clients.Istio,
+		DefaultExportTo: opts.DefaultExportTo}
+	if c.Clients.Dynamic != nil {
+		mo.Dynamic = c.Clients.Dynamic
+	}
+	c.Mesh, err = NewMesh(ctx, mo)
 	if err != nil {
 		return nil, err
 	}

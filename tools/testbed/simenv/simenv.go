@@ -82,10 +82,14 @@ func Start(ctx context.Context, dir string, logger *slog.Logger, opts sim.Option
 	}
 	// The daemon's own adapter for a loaded cluster: package cluster on the
 	// simulator's clients, port-forwards through its RESTConfig.
-	e.cluster = live.NewFromKube(&kube.Cluster{
+	kc := &kube.Cluster{
 		REST: c.RESTConfig, Kube: c.Clients.Kube, Istio: c.Clients.Istio,
 		Namespace: sim.AppNamespace, Context: "sim",
-	}, live.Options{
+	}
+	if c.Clients.Dynamic != nil {
+		kc.Dynamic = c.Clients.Dynamic
+	}
+	e.cluster = live.NewFromKube(kc, live.Options{
 		Logger: logger.With("side", "laptop"), WaitTimeout: 30 * time.Second,
 		// The simulator runs the relay in-process from the generated
 		// args; the image is only written into the Deployment.
