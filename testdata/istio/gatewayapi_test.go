@@ -165,8 +165,8 @@ const (
 const noCDRouteKnown = "with no CD route, non-keyed requests went by Istio's default route (no VirtualService); " +
 	"after sbx they go by the sbx-baseline rule, and Istio gives every route converted from Gateway API " +
 	"cluster_not_found_response_code: INTERNAL_SERVER_ERROR (pilot/pkg/networking/core/route/route.go applyHTTPRouteDestination, " +
-	"if model.UseGatewaySemantics(vs)), so while the destination cluster is missing Envoy answers 500 instead of 503 " +
-	"(and does not retry it as the default retry_on would a 503 reset); keyed requests to the sandbox get the same; " +
+	"if model.UseGatewaySemantics(vs)), so while the destination cluster is missing Envoy answers 500 instead of 503; " +
+	"keyed requests to the sandbox get the same; " +
 	"cluster, retries, timeouts and everything else are as before"
 
 var gwScenarios = []gwScenario{
