@@ -15,6 +15,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/sbx-dev/sbx/cluster"
 	"github.com/sbx-dev/sbx/cluster/kube"
 	"github.com/sbx-dev/sbx/daemon/api"
 	"github.com/sbx-dev/sbx/tools/testbed/sim"
@@ -22,7 +23,10 @@ import (
 )
 
 func newDemoCmd(g *globalOptions) *cobra.Command {
-	var keep bool
+	var (
+		keep bool
+		mesh string
+	)
 	cmd := &cobra.Command{
 		Use:   "demo",
 		Short: "See sbx work end to end on a simulated cluster (no cluster or Docker needed)",
@@ -42,10 +46,14 @@ It exits 0 only if every expectation held, so it doubles as a smoke test.`,
   sbx demo -v       # also show the daemon's and the cluster's logs`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			return runDemo(cmd.Context(), g, keep)
+			if err := cluster.ValidateMesh(mesh); err != nil {
+				return userError(fmt.Errorf("--mesh: %w", err), "pass --mesh istio (the default) or gateway-api")
+			}
+			return runDemo(cmd.Context(), g, keep, mesh)
 		},
 	}
 	cmd.Flags().BoolVar(&keep, "keep", false, "leave the cluster and the sandbox running and print curl commands; Ctrl-C ends it")
+	cmd.Flags().StringVar(&mesh, "mesh", cluster.MeshIstio, "how CD routes in the simulated cluster, and so how sbx does: istio (VirtualServices, sbx adds keyed twins to CD's) or gateway-api (HTTPRoutes, sbx adds its own next to CD's); auto means istio here")
 	return cmd
 }
 
@@ -75,7 +83,8 @@ func (d *demo) say(format string, args ...any) {
 	fmt.Fprintf(d.out, "   "+format+"\n", args...)
 }
 
-func runDemo(ctx context.Context, g *globalOptions, keep bool) (err error) {
+func runDemo(ctx context.Context, g *globalOptions, keep bool, mesh string) (err error) {
+	gateway := mesh == cluster.MeshGatewayAPI
 	dir, err := simenv.TempDir()
 	if err != nil {
 		return err
@@ -93,16 +102,22 @@ func runDemo(ctx context.Context, g *globalOptions, keep bool) (err error) {
 
 	d.step(1, "Starting a simulated cluster")
 	startCtx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	d.env, err = simenv.Start(startCtx, dir, logger, sim.Options{})
+	d.env, err = simenv.Start(startCtx, dir, logger, sim.Options{GatewayAPI: gateway})
 	cancel()
 	if err != nil {
 		return err
 	}
+
 	defer d.env.Close()
 	d.client = d.env.Sim.HTTPClient("default")
 	defer d.client.CloseIdleConnections()
 	d.say("namespace hotrod: frontend (8080) calls route (8083) and driver (8082), all version \"baseline\";")
-	d.say("an Istio-like mesh applies the VirtualServices; sbx's relay will run from the Deployment sbx writes.")
+	if gateway {
+		d.say("an Istio-like mesh applies Gateway API HTTPRoutes: CD routes route with HTTPRoute hotrod/route;")
+		d.say("sbx will add its own HTTPRoute next to it; its relay will run from the Deployment sbx writes.")
+	} else {
+		d.say("an Istio-like mesh applies the VirtualServices; sbx's relay will run from the Deployment sbx writes.")
+	}
 
 	d.step(2, "Starting route v2 on your laptop")
 	laptop := d.env.LaptopClient()
@@ -115,7 +130,17 @@ func runDemo(ctx context.Context, g *globalOptions, keep bool) (err error) {
 	d.say("route v2 listens on %s: it stands in for the service you would run or debug locally.", local.Addr())
 	d.say("For every request it calls %s, which only exists inside the cluster.", strings.TrimPrefix(driverURL, "http://"))
 
-	vsBefore, err := d.env.VirtualServiceContent(ctx, sim.AppNamespace, "route")
+	routeContent := func(ctx context.Context, keepKeys ...string) (string, error) {
+		if gateway {
+			return d.env.HTTPRouteContent(ctx, sim.AppNamespace, "route")
+		}
+		return d.env.VirtualServiceContent(ctx, sim.AppNamespace, "route", keepKeys...)
+	}
+	cdKind := "VirtualService"
+	if gateway {
+		cdKind = "HTTPRoute"
+	}
+	vsBefore, err := routeContent(ctx)
 	if err != nil {
 		return err
 	}
@@ -162,15 +187,15 @@ func runDemo(ctx context.Context, g *globalOptions, keep bool) (err error) {
 	// Only the demo's own objects and routes: with --keep the user may
 	// have connected sandboxes of their own meanwhile, which stay.
 	left := d.waitNoObjects(dctx, "demo")
-	vsAfter, err := d.env.VirtualServiceContent(dctx, sim.AppNamespace, "route", key)
+	vsAfter, err := routeContent(dctx, key)
 	if err != nil {
 		return err
 	}
 	if d.check(len(left) == 0, "sbx objects left after disconnect: "+strings.Join(left, ", ")) {
 		d.say("the relay Deployment, its Service and Lease are gone.")
 	}
-	if d.check(vsAfter == vsBefore, "the VirtualService hotrod/route differs from its content before the demo") {
-		d.say("the VirtualService hotrod/route (owned by CD) is back to exactly what it was.")
+	if d.check(vsAfter == vsBefore, "the "+cdKind+" hotrod/route differs from its content before the demo") {
+		d.say("the %s hotrod/route (owned by CD) is exactly what it was.", cdKind)
 	}
 	d.table(dctx, []demoRequest{
 		{baggage: bk + "=" + key, route: sim.BaselineVersion, why: "the old key: back to baseline"},

@@ -30,13 +30,40 @@ func TestDemo(t *testing.T) {
 		"baseline (via tunnel)",
 		"answered by driver baseline",
 		"back to baseline",
-		"is back to exactly what it was",
+		"the VirtualService hotrod/route (owned by CD) is exactly what it was",
 		"expectations held",
 	} {
 		require.Contains(t, out, want)
 	}
 	require.NotContains(t, out, "UNEXPECTED")
 	require.Equal(t, 2, strings.Count(out, "v2 (laptop)"), out)
+}
+
+// TestDemoGatewayAPI: `sbx demo --mesh gateway-api` tells the same story
+// where CD routes with an HTTPRoute: sbx adds its own next to it, and CD's
+// is untouched at the end.
+func TestDemoGatewayAPI(t *testing.T) {
+	if testing.Short() {
+		t.Skip("end-to-end demo")
+	}
+	t.Setenv("HOME", t.TempDir())
+	code, out, errOut := runCLI(t, "demo", "--mesh", "gateway-api")
+	require.Equal(t, 0, code, "stdout:\n%s\nstderr:\n%s", out, errOut)
+	for _, want := range []string{
+		"CD routes route with HTTPRoute hotrod/route",
+		"routing Service hotrod/route: keyed requests routed with sbx's own Gateway API HTTPRoute (mesh: gateway-api)",
+		"created HTTPRoute hotrod/sbx-",
+		"v2 (laptop)",
+		"the HTTPRoute hotrod/route (owned by CD) is exactly what it was",
+		"All 9 expectations held",
+	} {
+		require.Contains(t, out, want)
+	}
+	require.Equal(t, 2, strings.Count(out, "v2 (laptop)"), out)
+
+	code, _, errOut = runCLI(t, "demo", "--mesh", "linkerd")
+	require.Equal(t, 2, code)
+	require.Contains(t, errOut, `--mesh: mesh "linkerd" is not one of auto, istio, gateway-api`)
 }
 
 func TestDemoRejectsArguments(t *testing.T) {
@@ -75,7 +102,7 @@ func TestDemoKeepWithYourOwnSandbox(t *testing.T) {
 			interrupt() // Ctrl-C: the demo disconnects its own sandbox and checks
 		}, "demo", "--keep")
 	require.Equal(t, 0, code, "stdout:\n%s\nstderr:\n%s", out, errOut)
-	require.Contains(t, out, "is back to exactly what it was")
+	require.Contains(t, out, "is exactly what it was")
 	require.Contains(t, out, "expectations held")
 	require.Equal(t, api.PhaseReady, mine.Phase)
 }

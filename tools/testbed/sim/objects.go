@@ -16,6 +16,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/util/intstr"
@@ -295,6 +296,26 @@ func BaselineVirtualService() *istiov1.VirtualService {
 			}},
 		},
 	}
+}
+
+// BaselineHTTPRoute is CD's route for route where CD routes with Gateway
+// API: every request to port 8083 to route, with BaselineVirtualService's
+// timeout (retries are an experimental field the standard CRDs prune).
+func BaselineHTTPRoute() *unstructured.Unstructured {
+	return &unstructured.Unstructured{Object: map[string]any{
+		"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+		"metadata": map[string]any{"name": "route", "namespace": AppNamespace,
+			"labels": map[string]any{"app.kubernetes.io/managed-by": "argocd"}},
+		"spec": map[string]any{
+			"parentRefs": []any{map[string]any{"group": "", "kind": "Service", "name": "route", "port": int64(8083)}},
+			"rules": []any{map[string]any{
+				"name":        "default",
+				"matches":     []any{map[string]any{"path": map[string]any{"type": "PathPrefix", "value": "/"}}},
+				"timeouts":    map[string]any{"request": "5s"},
+				"backendRefs": []any{map[string]any{"name": "route", "port": int64(8083)}},
+			}},
+		},
+	}}
 }
 
 // createMeshConfig writes Istio's mesh config, ConfigMap istio-system/istio,

@@ -30,7 +30,8 @@ type Options struct {
 	Logger *slog.Logger
 	// Domain is the cluster DNS domain; "" means cluster.local.
 	Domain string
-	// WithoutBaselineVirtualService leaves out the VirtualService that CD
+	// WithoutBaselineVirtualService leaves out the VirtualService (with
+	// GatewayAPI: the HTTPRoute) that CD
 	// owns for route (tests of the mesh write their own).
 	WithoutBaselineVirtualService bool
 	// DefaultExportTo is the mesh config's defaultVirtualServiceExportTo
@@ -45,8 +46,9 @@ type Options struct {
 	// kubelet does for an image no registry has. nil: every image.
 	Pullable func(image string) bool
 	// GatewayAPI serves Gateway API HTTPRoutes (Clients.Dynamic), which
-	// the mesh applies as Istio does; off, the simulated cluster is an
-	// Istio mesh without the Gateway API CRDs.
+	// the mesh applies as Istio does, and CD routes route with an
+	// HTTPRoute (BaselineHTTPRoute) instead of a VirtualService; off, the
+	// simulated cluster is an Istio mesh without the Gateway API CRDs.
 	GatewayAPI bool
 }
 
@@ -95,7 +97,15 @@ func Start(ctx context.Context, opts Options) (_ *Cluster, err error) {
 	if err := c.startBaseline(ctx); err != nil {
 		return nil, err
 	}
-	if !opts.WithoutBaselineVirtualService {
+	switch {
+	case opts.WithoutBaselineVirtualService:
+	case opts.GatewayAPI:
+		// CD routes with Gateway API here: the same route as an HTTPRoute.
+		if _, err := c.Clients.Dynamic.Resource(HTTPRouteGVR).Namespace(AppNamespace).Create(ctx,
+			BaselineHTTPRoute(), metav1.CreateOptions{}); err != nil {
+			return nil, fmt.Errorf("create the baseline HTTPRoute: %w", err)
+		}
+	default:
 		if _, err := c.Clients.Istio.NetworkingV1().VirtualServices(AppNamespace).Create(ctx,
 			BaselineVirtualService(), metav1.CreateOptions{}); err != nil {
 			return nil, fmt.Errorf("create the baseline VirtualService: %w", err)

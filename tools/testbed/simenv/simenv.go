@@ -3,6 +3,7 @@
 package simenv
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -27,6 +28,7 @@ import (
 	"github.com/sbx-dev/sbx/cluster/istiovs"
 	"github.com/sbx-dev/sbx/cluster/kube"
 	"github.com/sbx-dev/sbx/cluster/live"
+	"github.com/sbx-dev/sbx/cluster/meshmode"
 	"github.com/sbx-dev/sbx/cluster/spec"
 	"github.com/sbx-dev/sbx/daemon"
 	"github.com/sbx-dev/sbx/daemon/api"
@@ -57,6 +59,8 @@ type Env struct {
 	}
 
 	mu        sync.Mutex
+	outbound  config.OutboundMode // the config's outbound.mode and mesh
+	mesh      string
 	daemon    *daemon.Daemon
 	stopD     context.CancelFunc
 	daemonErr chan error
@@ -101,6 +105,11 @@ func Start(ctx context.Context, dir string, logger *slog.Logger, opts sim.Option
 	if err := os.WriteFile(e.HostsFile, []byte("127.0.0.1 localhost\n"), 0o644); err != nil {
 		c.Close()
 		return nil, err
+	}
+	if opts.GatewayAPI {
+		// CD routes with Gateway API here; so does the daemon, from its
+		// first apply (a later config edit would race the first connect).
+		e.mesh = meshmode.GatewayAPI
 	}
 	if err := e.SetOutboundMode(config.ModeProxy); err != nil {
 		c.Close()
@@ -185,14 +194,34 @@ func (e *Env) Close() {
 // SetOutboundMode writes the daemon's config with outbound access in mode
 // (the daemon applies config edits live).
 func (e *Env) SetOutboundMode(mode config.OutboundMode) error {
+	e.mu.Lock()
+	e.outbound = mode
+	e.mu.Unlock()
+	return e.writeConfig()
+}
+
+// SetMesh writes the daemon's config with mesh m (meshmode: auto, istio,
+// gateway-api).
+func (e *Env) SetMesh(m string) error {
+	e.mu.Lock()
+	e.mesh = m
+	e.mu.Unlock()
+	return e.writeConfig()
+}
+
+func (e *Env) writeConfig() error {
+	e.mu.Lock()
+	mode, mesh := e.outbound, cmp.Or(e.mesh, "auto")
+	e.mu.Unlock()
 	cfg := fmt.Sprintf(`# written by the sbx simulated cluster environment
 relayImage: ghcr.io/sbx-dev/sbx:sim
+mesh: %s
 outbound:
   mode: %s
   hostsFile: %s
   hostsRange: 127.244.0.0/16
   proxyListen: 127.0.0.1:0
-`, mode, e.HostsFile)
+`, mesh, mode, e.HostsFile)
 	tmp := e.ConfigPath + ".tmp"
 	if err := os.WriteFile(tmp, []byte(cfg), 0o600); err != nil {
 		return err
@@ -306,6 +335,23 @@ func (e *Env) VirtualServiceContent(ctx context.Context, ns, name string, keepKe
 	return string(b), err
 }
 
+// HTTPRouteContent is VirtualServiceContent for an HTTPRoute: its labels,
+// annotations and spec (what CD owns).
+func (e *Env) HTTPRouteContent(ctx context.Context, ns, name string) (string, error) {
+	if e.Sim.Clients.Dynamic == nil {
+		return "", errors.New("the simulated cluster serves no HTTPRoutes (sim.Options.GatewayAPI)")
+	}
+	u, err := e.Sim.Clients.Dynamic.Resource(sim.HTTPRouteGVR).Namespace(ns).Get(ctx, name, metav1.GetOptions{})
+	if err != nil {
+		return "", fmt.Errorf("read HTTPRoute %s/%s: %w", ns, name, err)
+	}
+	b, err := json.Marshal(struct {
+		Labels, Annotations map[string]string
+		Spec                any
+	}{u.GetLabels(), u.GetAnnotations(), u.Object["spec"]})
+	return string(b), err
+}
+
 // SbxObjects lists the objects labelled as sbx's in the app namespace
 // ("kind/name"), pods included: those of the named sandboxes, or all with
 // none named. A kind that cannot be listed shows up as an entry too, so
@@ -365,6 +411,15 @@ func (e *Env) SbxObjects(ctx context.Context, sandboxes ...string) []string {
 		}
 	} else {
 		out = append(out, listFailed("virtualservice", err))
+	}
+	if d := e.Sim.Clients.Dynamic; d != nil {
+		if l, err := d.Resource(sim.HTTPRouteGVR).Namespace(ns).List(ctx, sel); err == nil {
+			for _, o := range l.Items {
+				out = append(out, "httproute/"+o.GetName())
+			}
+		} else {
+			out = append(out, listFailed("httproute", err))
+		}
 	}
 	return out
 }
