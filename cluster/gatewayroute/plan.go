@@ -142,9 +142,12 @@ func MakePlan(in Input) (*Plan, error) {
 	}
 	switch {
 	case portless > 0 && withPort > 0:
-		p.PortForm = "port"
-		p.Warnings = append(p.Warnings, fmt.Sprintf("CD routes Service %s/%s with HTTPRoutes both with and without port %d in their parentRefs; sbx's route names the port",
-			in.Service.Namespace, in.Service.Name, in.Port))
+		// The mesh merges routes per parentRef form and then keeps only
+		// the oldest of the two for the host and port (Istio: "duplicate
+		// domain from virtual service"): sbx's route would merge with the
+		// one that may be dropped.
+		return nil, fmt.Errorf("CD routes Service %s/%s with HTTPRoutes both with and without port %d in their parentRefs (%s); the mesh applies only one form's routes to a port, so sbx's route could be dropped: give CD's routes one form, or leave %s out of the sandbox",
+			in.Service.Namespace, in.Service.Name, in.Port, strings.Join(p.Mirrors, ", "), in.Service.Name)
 	case portless > 0:
 		p.PortForm = "portless"
 	case withPort > 0:
@@ -167,10 +170,16 @@ func MakePlan(in Input) (*Plan, error) {
 	}}}
 	var out []gwv1.HTTPRouteRule
 	for _, r := range rules {
+		// Every CD rule gets a keyed copy, also those that send elsewhere
+		// (they keep their backends): the baggage match raises each copy
+		// by one header, so only copies of all rules keep CD's precedence
+		// among keyed requests — a copy of a lower rule would otherwise
+		// outrank a CD rule above it.
+		target := &sandbox
 		if !sendsTo(r.rule, r.route.Namespace, in.Service, in.Port) {
-			continue // keyed requests go where the rule sends them, as before
+			target = nil
 		}
-		k, warn := keyedCopy(r, in.Regex, sandbox)
+		k, warn := keyedCopy(r, in.Regex, target, in.Service, in.Port)
 		if warn != "" {
 			p.Warnings = append(p.Warnings, warn)
 			continue
@@ -266,19 +275,32 @@ func sendsTo(rule gwv1.HTTPRouteRule, routeNS string, s Service, port int32) boo
 }
 
 // keyedCopy is a CD rule with the baggage match added to each of its
-// matches and the sandbox as its only backend; everything else (filters,
-// timeouts) as the rule has it, so a keyed request is treated as the
-// baseline's, only elsewhere. Retry and session persistence (experimental
-// fields the standard CRDs prune) are not set.
-func keyedCopy(r cdRule, regex string, sandbox gwv1.HTTPBackendRef) (gwv1.HTTPRouteRule, string) {
+// matches; everything else (filters, timeouts) as the rule has it, so a
+// keyed request is treated as the baseline's. With sandbox set, the rule's
+// requests for the Service port go to the sandbox (with the filters of
+// the backendRef it replaces) and no longer to the rule's other backends
+// (a canary's); without, the copy keeps the rule's backends. Retry and
+// session persistence (experimental fields the standard CRDs prune) are
+// not set.
+func keyedCopy(r cdRule, regex string, sandbox *gwv1.HTTPBackendRef, s Service, port int32) (gwv1.HTTPRouteRule, string) {
 	matches := r.rule.Matches
 	if len(matches) == 0 {
 		matches = []gwv1.HTTPRouteMatch{{}}
 	}
 	out := gwv1.HTTPRouteRule{
 		Filters:     slices.Clone(r.rule.Filters),
-		BackendRefs: []gwv1.HTTPBackendRef{sandbox},
+		BackendRefs: slices.Clone(r.rule.BackendRefs),
 		Timeouts:    r.rule.Timeouts,
+	}
+	if sandbox != nil {
+		b := *sandbox
+		for _, orig := range r.rule.BackendRefs {
+			if sendsTo(gwv1.HTTPRouteRule{BackendRefs: []gwv1.HTTPBackendRef{orig}}, r.route.Namespace, s, port) {
+				b.Filters = slices.Clone(orig.Filters)
+				break
+			}
+		}
+		out.BackendRefs = []gwv1.HTTPBackendRef{b}
 	}
 	name := fmt.Sprintf("rule %d", r.index)
 	if r.rule.Name != nil {

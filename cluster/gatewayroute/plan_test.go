@@ -114,7 +114,9 @@ spec:
 	require.Equal(t, []string{"hotrod/route"}, p.Mirrors, "another sandbox's route is not CD's")
 	require.Equal(t, "port", p.PortForm)
 	r := p.Routes[0]
-	require.Equal(t, []string{"sbx-api", "", "sbx-keyed"}, ruleNames(r), "the /admin rule sends elsewhere; no catch-all next to CD's routes")
+	require.Equal(t, []string{"sbx-api", "sbx-admin", "", "sbx-keyed"}, ruleNames(r), "every rule has a keyed copy; no catch-all next to CD's routes")
+	admin := r.Spec.Rules[1]
+	require.Equal(t, "driver", string(admin.BackendRefs[0].Name), "the copy of a rule that sends elsewhere keeps its backend")
 	api := r.Spec.Rules[0]
 	require.Len(t, api.Matches, 2)
 	require.Equal(t, "/api", *api.Matches[0].Path.Value)
@@ -126,7 +128,7 @@ spec:
 	require.Equal(t, gwv1.Duration("3s"), *api.Timeouts.Request)
 	require.Equal(t, []gwv1.HTTPBackendRef{{BackendRef: gwv1.BackendRef{BackendObjectReference: gwv1.BackendObjectReference{
 		Name: "route-sbx-" + key, Port: ptr.To(gwv1.PortNumber(8083))}}}}, api.BackendRefs)
-	canary := r.Spec.Rules[1]
+	canary := r.Spec.Rules[2]
 	require.Equal(t, "/", *canary.Matches[0].Path.Value, "a rule without matches matches every path")
 	require.Len(t, canary.BackendRefs, 1, "keyed requests of a canary split all go to the sandbox")
 }
@@ -145,6 +147,21 @@ spec:
 	in.Service.Ports = []int32{8083, 9001}
 	_, err := MakePlan(in)
 	require.ErrorContains(t, err, "HTTPRoute hotrod/route routes Service hotrod/route, which has 2 ports, without naming a port")
+
+	mixed := route(t, `
+metadata: {name: ported, namespace: hotrod}
+spec:
+  parentRefs: [{kind: Service, name: route, port: 8083}]
+  rules: [{backendRefs: [{name: route, port: 8083}]}]
+`, time.Now())
+	single := route(t, `
+metadata: {name: bare, namespace: hotrod}
+spec:
+  parentRefs: [{kind: Service, name: route}]
+  rules: [{backendRefs: [{name: route, port: 8083}]}]
+`, time.Now())
+	_, err = MakePlan(input(mixed, single))
+	require.ErrorContains(t, err, "with HTTPRoutes both with and without port 8083 in their parentRefs")
 
 	in = input()
 	in.SandboxNamespace = "dev"
