@@ -8,11 +8,13 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/sbx-dev/sbx/cluster"
 	"github.com/sbx-dev/sbx/cluster/spec"
 )
 
 func newValidateCmd(g *globalOptions) *cobra.Command {
 	var sf specFlags
+	var mesh string
 	cmd := &cobra.Command{
 		Use:   "validate -f FILE [--set name=value]...",
 		Short: "Check a sandbox spec offline, without a cluster",
@@ -20,7 +22,12 @@ func newValidateCmd(g *globalOptions) *cobra.Command {
 from files next to the spec), parses it strictly and checks every field. It
 reports all problems at once, each with its file, line and field path, and
 exits non-zero when there is any. With -o json or -o yaml it prints the
-parsed sandbox (or, for an invalid spec, the problems as a list).`,
+parsed sandbox (or, for an invalid spec, the problems as a list).
+
+--mesh gateway-api also checks what that routing needs of the spec: sbx's
+HTTPRoute sends keyed requests to the sandbox's Service in the routed
+Service's own namespace, so every local workload must be in the sandbox's
+home namespace (its first workload's).`,
 		Example: `  sbx validate -f sandbox.yaml --set name=alice
   sbx validate -f sandbox.yaml --set name=alice -o json`,
 		Args: cobra.NoArgs,
@@ -29,7 +36,13 @@ parsed sandbox (or, for an invalid spec, the problems as a list).`,
 			if err != nil {
 				return err
 			}
+			if err := cluster.ValidateMesh(mesh); err != nil {
+				return userError(fmt.Errorf("--mesh: %w", err), "pass --mesh auto (the default), istio or gateway-api, as mesh in the sbx config")
+			}
 			s, err := sf.load(g)
+			if err == nil && mesh == cluster.MeshGatewayAPI {
+				err = gatewayAPISpecProblems(s, sf.file)
+			}
 			if err != nil {
 				var list spec.ErrorList
 				if format != "text" && errors.As(err, &list) {
@@ -45,7 +58,25 @@ parsed sandbox (or, for an invalid spec, the problems as a list).`,
 		},
 	}
 	sf.register(cmd)
+	cmd.Flags().StringVar(&mesh, "mesh", cluster.MeshAuto, "check the spec for this routing too, as mesh in the sbx config: auto, istio, gateway-api")
 	return cmd
+}
+
+// gatewayAPISpecProblems are the spec's problems for mesh: gateway-api,
+// located like the spec's own: local workloads outside the home namespace.
+func gatewayAPISpecProblems(s *spec.Sandbox, file string) error {
+	home := s.Namespaces()[0]
+	var list spec.ErrorList
+	for i, l := range s.Spec.Local {
+		if l.From.Namespace != home {
+			list = append(list, &spec.FieldError{File: file, Field: fmt.Sprintf("spec.local[%d].from.namespace", i),
+				Message: fmt.Sprintf("%s is not the sandbox's home namespace %s: with mesh: gateway-api sbx routes keyed requests only to a sandbox Service in the routed Service's namespace (another would need a ReferenceGrant); use one namespace per sandbox, or mesh: istio", l.From.Namespace, home)})
+		}
+	}
+	if len(list) == 0 {
+		return nil
+	}
+	return userError(&invalidSpecError{file: file, list: list}, "fix the fields listed above, or check with --mesh istio")
 }
 
 // specSummary is the text output of a valid spec: one headline and one

@@ -157,3 +157,20 @@ func TestConnectHelpSpecIsValid(t *testing.T) {
 	require.Equal(t, 0, code, errOut)
 	require.Contains(t, out, "spec OK: sandbox alice")
 }
+
+// TestValidateMesh: --mesh gateway-api checks what that routing needs of
+// the spec (one namespace), located like the spec's own problems; the
+// same spec is fine for istio; a bad mode is refused.
+func TestValidateMesh(t *testing.T) {
+	spec := "../../testdata/specs/valid/two-namespaces.yaml"
+	code, _, errOut := runCLI(t, "validate", "-f", spec, "--mesh", "gateway-api")
+	require.Equal(t, 2, code)
+	require.Contains(t, errOut, spec+": spec.local[1].from.namespace: payments is not the sandbox's home namespace shop: with mesh: gateway-api")
+	code, _, errOut = runCLI(t, "validate", "-f", spec, "--mesh", "istio")
+	require.Equal(t, 0, code, errOut)
+	code, _, errOut = runCLI(t, "validate", "-f", "../../testdata/specs/valid/single.yaml", "--mesh", "gateway-api")
+	require.Equal(t, 0, code, errOut)
+	code, _, errOut = runCLI(t, "validate", "-f", spec, "--mesh", "linkerd")
+	require.Equal(t, 2, code)
+	require.Contains(t, errOut, `--mesh: mesh "linkerd" is not one of auto, istio, gateway-api`)
+}
