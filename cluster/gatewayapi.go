@@ -14,6 +14,7 @@ import (
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/runtime/schema"
 	gwv1 "sigs.k8s.io/gateway-api/apis/v1"
 
 	"github.com/sbx-dev/sbx/cluster/gatewayroute"
@@ -69,14 +70,6 @@ func chooseBackend(mode string, s istiovs.Service, r *Routing, domain string) (B
 		}
 	}
 	vs := cdVirtualServices(s, r, domain)
-	for _, g := range r.GatewayRoutes {
-		if g.Kind == "GRPCRoute" && g.ServiceNamespace == s.Namespace && g.Service == s.Name && !g.Own {
-			// Its rules match gRPC services and methods, which an HTTPRoute
-			// copy cannot mirror; Istio would apply one kind or the other.
-			return c, &RoutesRefusedError{Err: fmt.Errorf("Service %s/%s is routed by GRPCRoute %s/%s; sbx writes HTTPRoutes only so far, and an HTTPRoute next to a GRPCRoute of the same Service would not mirror its rules: leave %s out of the sandbox",
-				s.Namespace, s.Name, g.Namespace, g.Name, s.Name)}
-		}
-	}
 	noIstio := &RoutesRefusedError{Err: fmt.Errorf("the cluster serves no Istio VirtualServices (networking.istio.io/v1) to route Service %s/%s with: install Istio (1.22 or later), or route with Gateway API (mesh: gateway-api, with its CRDs installed)", s.Namespace, s.Name)}
 	switch mode {
 	case MeshIstio:
@@ -135,15 +128,36 @@ func cdVirtualServices(s istiovs.Service, r *Routing, domain string) []string {
 	return out
 }
 
-// planGatewayRoutes plans sbx's HTTPRoutes for the Services routed with
-// Gateway API: one per Service port (more only past the CRD's limits),
-// labelled like every sbx object and owned by the Lease of its namespace.
-func planGatewayRoutes(sb istiovs.Sandbox, svcs []istiovs.Service, r *Routing, sandbox string,
-	owners map[string]metav1.OwnerReference) ([]*gwv1.HTTPRoute, []meshreport.PortReport, []string, error) {
+// gwObject is one of sbx's Gateway API routes as it is written.
+type gwObject struct {
+	Kind  string // HTTPRoute or GRPCRoute
+	GVR   schema.GroupVersionResource
+	Obj   runtime.Object
+	Meta  *metav1.ObjectMeta
+	Rules int
+}
 
-	var routes []*gwv1.HTTPRoute
+func (o gwObject) key() string { return o.Kind + " " + o.Meta.Namespace + "/" + o.Meta.Name }
+
+// planGatewayRoutes plans sbx's HTTPRoutes (and GRPCRoutes, next to CD's)
+// for the Services routed with Gateway API: one per Service port (more
+// only past the CRD's limits), labelled like every sbx object and owned
+// by the Lease of its namespace.
+func planGatewayRoutes(sb istiovs.Sandbox, svcs []istiovs.Service, r *Routing, sandbox string,
+	owners map[string]metav1.OwnerReference) ([]gwObject, []meshreport.PortReport, []string, error) {
+
+	var objs []gwObject
 	var report []meshreport.PortReport
 	var warnings []string
+	own := func(meta *metav1.ObjectMeta) {
+		meta.Labels = map[string]string{
+			LabelManagedBy: ManagedByValue, LabelSandbox: sandbox, LabelRoutingKey: sb.Key, LabelComponent: "routes",
+		}
+		if o, ok := owners[meta.Namespace]; ok {
+			o.Controller = nil
+			meta.OwnerReferences = []metav1.OwnerReference{o}
+		}
+	}
 	for _, s := range svcs {
 		ports := make([]int32, 0, len(s.Mapped))
 		for p := range s.Mapped {
@@ -155,54 +169,57 @@ func planGatewayRoutes(sb istiovs.Sandbox, svcs []istiovs.Service, r *Routing, s
 			p, err := gatewayroute.MakePlan(gatewayroute.Input{
 				Service: gatewayroute.Service{Namespace: s.Namespace, Name: s.Name, Ports: s.Ports},
 				Port:    port, SandboxService: m.SandboxService, SandboxNamespace: sb.Home,
-				Key: sb.Key, Regex: sb.Regex, Routes: r.HTTPRoutes,
-				IsOwn: func(h *gwv1.HTTPRoute) bool { return h.Labels[LabelManagedBy] == ManagedByValue },
+				Key: sb.Key, Regex: sb.Regex, Routes: r.HTTPRoutes, GRPCRoutes: r.GRPCRoutes,
+				IsOwn: func(o metav1.Object) bool { return o.GetLabels()[LabelManagedBy] == ManagedByValue },
 			})
 			if err != nil {
 				return nil, nil, nil, &RoutesRefusedError{Err: err}
 			}
 			warnings = append(warnings, p.Warnings...)
-			var names []string
+			var mine []gwObject
 			for _, h := range p.Routes {
-				h.Labels = map[string]string{
-					LabelManagedBy: ManagedByValue, LabelSandbox: sandbox, LabelRoutingKey: sb.Key, LabelComponent: "routes",
-				}
-				if o, ok := owners[h.Namespace]; ok {
-					o.Controller = nil
-					h.OwnerReferences = []metav1.OwnerReference{o}
-				}
-				routes = append(routes, h)
-				names = append(names, "HTTPRoute "+h.Namespace+"/"+h.Name+" (sbx)")
+				own(&h.ObjectMeta)
+				mine = append(mine, gwObject{Kind: "HTTPRoute", GVR: HTTPRouteGVR, Obj: h, Meta: &h.ObjectMeta, Rules: len(h.Spec.Rules)})
 			}
-			chain := names
+			for _, g := range p.GRPCRoutes {
+				own(&g.ObjectMeta)
+				mine = append(mine, gwObject{Kind: "GRPCRoute", GVR: GRPCRouteGVR, Obj: g, Meta: &g.ObjectMeta, Rules: len(g.Spec.Rules)})
+			}
+			var chain []string
+			for _, o := range mine {
+				chain = append(chain, o.key()+" (sbx)")
+			}
 			for _, cd := range p.Mirrors {
-				chain = append(chain, "HTTPRoute "+cd+" (CD)")
+				chain = append(chain, cd+" (CD)")
 			}
 			view := meshreport.ViewReport{Chain: chain, Applies: "Gateway API routes of Service " + s.Namespace + "/" + s.Name, Keyed: meshreport.KeyedSandbox}
-			if why := notAccepted(r, p.Routes); why != "" {
+			if why := notAccepted(r, mine); why != "" {
 				view.Keyed, view.Reason = meshreport.KeyedBaseline, why
 			}
 			report = append(report, meshreport.PortReport{Namespace: s.Namespace, Service: s.Name, Port: port, Workload: m.Workload,
 				Views: []meshreport.ViewReport{view}})
+			objs = append(objs, mine...)
 		}
 	}
-	return routes, report, warnings, nil
+	return objs, report, warnings, nil
 }
 
-// notAccepted says why the mesh refuses one of sbx's HTTPRoutes as it is
-// in the cluster (status.parents[].conditions Accepted or ResolvedRefs
+// notAccepted says why the mesh refuses one of sbx's routes as it is in
+// the cluster (status.parents[].conditions Accepted or ResolvedRefs
 // False), "" when it does not (or has not said yet).
-func notAccepted(r *Routing, planned []*gwv1.HTTPRoute) string {
+func notAccepted(r *Routing, planned []gwObject) string {
+	status := map[string][]gwv1.RouteParentStatus{}
+	for _, h := range r.HTTPRoutes {
+		status["HTTPRoute "+h.Namespace+"/"+h.Name] = h.Status.Parents
+	}
+	for _, g := range r.GRPCRoutes {
+		status["GRPCRoute "+g.Namespace+"/"+g.Name] = g.Status.Parents
+	}
 	for _, p := range planned {
-		for _, h := range r.HTTPRoutes {
-			if h.Namespace != p.Namespace || h.Name != p.Name {
-				continue
-			}
-			for _, ps := range h.Status.Parents {
-				for _, c := range ps.Conditions {
-					if (c.Type == string(gwv1.RouteConditionAccepted) || c.Type == string(gwv1.RouteConditionResolvedRefs)) && c.Status == metav1.ConditionFalse {
-						return fmt.Sprintf("the mesh (%s) does not accept HTTPRoute %s/%s: %s %s: %s", ps.ControllerName, h.Namespace, h.Name, c.Type, c.Reason, c.Message)
-					}
+		for _, ps := range status[p.key()] {
+			for _, c := range ps.Conditions {
+				if (c.Type == string(gwv1.RouteConditionAccepted) || c.Type == string(gwv1.RouteConditionResolvedRefs)) && c.Status == metav1.ConditionFalse {
+					return fmt.Sprintf("the mesh (%s) does not accept %s: %s %s: %s", ps.ControllerName, p.key(), c.Type, c.Reason, c.Message)
 				}
 			}
 		}
@@ -210,71 +227,85 @@ func notAccepted(r *Routing, planned []*gwv1.HTTPRoute) string {
 	return ""
 }
 
-// writeHTTPRoutes makes sbx's HTTPRoutes of the sandbox (label sandbox)
-// in the namespaces be exactly desired: created, updated, and the rest of
-// the sandbox's deleted (earlier keys, ports no longer mapped, Services
-// now routed with VirtualServices).
-func writeHTTPRoutes(ctx context.Context, c Clients, sandbox string, namespaces []string, desired []*gwv1.HTTPRoute, st *RouteStatus, progress func(Event)) error {
+// writeGatewayRoutes makes sbx's HTTPRoutes and GRPCRoutes of the sandbox
+// (label sandbox) in the namespaces be exactly desired: created, updated,
+// and the rest of the sandbox's deleted (earlier keys, ports no longer
+// mapped, Services now routed with VirtualServices). grpc says whether
+// GRPCRoutes are served (to look for stale ones).
+func writeGatewayRoutes(ctx context.Context, c Clients, sandbox string, namespaces []string, desired []gwObject, grpc bool, st *RouteStatus, progress func(Event)) error {
 	if c.Dynamic == nil {
 		if len(desired) > 0 {
-			return errors.New("no dynamic client for HTTPRoutes (a bug in the caller)")
+			return errors.New("no dynamic client for Gateway API routes (a bug in the caller)")
 		}
 		return nil
 	}
-	ri := c.Dynamic.Resource(HTTPRouteGVR)
 	want := map[string]bool{}
-	for _, h := range desired {
-		want[h.Namespace+"/"+h.Name] = true
-		obj, err := runtime.DefaultUnstructuredConverter.ToUnstructured(h)
+	for _, d := range desired {
+		want[d.key()] = true
+		ri := c.Dynamic.Resource(d.GVR).Namespace(d.Meta.Namespace)
+		obj, err := runtime.DefaultUnstructuredConverter.ToUnstructured(d.Obj)
 		if err != nil {
-			return fmt.Errorf("HTTPRoute %s/%s: %w", h.Namespace, h.Name, err)
+			return fmt.Errorf("%s: %w", d.key(), err)
 		}
 		u := &unstructured.Unstructured{Object: obj}
 		unstructured.RemoveNestedField(u.Object, "status")
 		unstructured.RemoveNestedField(u.Object, "metadata", "creationTimestamp")
-		cur, err := ri.Namespace(h.Namespace).Get(ctx, h.Name, metav1.GetOptions{})
+		cur, err := ri.Get(ctx, d.Meta.Name, metav1.GetOptions{})
 		action := ActionCreated
 		switch {
 		case apierrors.IsNotFound(err):
-			_, err = ri.Namespace(h.Namespace).Create(ctx, u, metav1.CreateOptions{FieldValidation: "Strict"})
+			_, err = ri.Create(ctx, u, metav1.CreateOptions{FieldValidation: "Strict"})
 		case err != nil:
 		case equalSpec(cur, u) && equalLabels(cur, u):
 			action = ActionUnchanged
 		default:
 			action = ActionUpdated
 			u.SetResourceVersion(cur.GetResourceVersion())
-			_, err = ri.Namespace(h.Namespace).Update(ctx, u, metav1.UpdateOptions{FieldValidation: "Strict"})
+			_, err = ri.Update(ctx, u, metav1.UpdateOptions{FieldValidation: "Strict"})
 		}
 		if apierrors.IsConflict(err) || apierrors.IsAlreadyExists(err) {
 			return errRouteConflict
 		}
 		if err != nil {
-			return fmt.Errorf("%s HTTPRoute %s/%s: %w", strings.TrimSuffix(string(action), "d"), h.Namespace, h.Name, err)
+			return fmt.Errorf("%s %s: %w", strings.TrimSuffix(string(action), "d"), d.key(), err)
 		}
-		if action != ActionUnchanged && !slices.Contains(st.Changed, h.Namespace+"/"+h.Name) {
-			st.Changed = append(st.Changed, h.Namespace+"/"+h.Name)
+		id := d.Meta.Namespace + "/" + d.Meta.Name
+		if action != ActionUnchanged && !slices.Contains(st.Changed, id) {
+			st.Changed = append(st.Changed, id)
 		}
-		progress(Event{Action: action, Kind: "HTTPRoute", Namespace: h.Namespace, Name: h.Name, Message: fmt.Sprintf("%d rule(s)", len(h.Spec.Rules))})
+		progress(Event{Action: action, Kind: d.Kind, Namespace: d.Meta.Namespace, Name: d.Meta.Name, Message: fmt.Sprintf("%d rule(s)", d.Rules)})
 	}
 	sel := labels.Set{LabelManagedBy: ManagedByValue, LabelSandbox: sandbox, LabelComponent: "routes"}.String()
-	for _, ns := range namespaces {
-		list, err := ri.Namespace(ns).List(ctx, metav1.ListOptions{LabelSelector: sel})
-		if apierrors.IsNotFound(err) || apierrors.IsMethodNotSupported(err) {
-			continue // no Gateway API here
-		}
-		if err != nil {
-			return fmt.Errorf("list sbx's HTTPRoutes of sandbox %s in %s: %w", sandbox, ns, err)
-		}
-		for _, u := range list.Items {
-			if want[u.GetNamespace()+"/"+u.GetName()] {
-				continue
+	kinds := []struct {
+		kind string
+		gvr  schema.GroupVersionResource
+	}{{"HTTPRoute", HTTPRouteGVR}}
+	if grpc {
+		kinds = append(kinds, struct {
+			kind string
+			gvr  schema.GroupVersionResource
+		}{"GRPCRoute", GRPCRouteGVR})
+	}
+	for _, k := range kinds {
+		for _, ns := range namespaces {
+			list, err := c.Dynamic.Resource(k.gvr).Namespace(ns).List(ctx, metav1.ListOptions{LabelSelector: sel})
+			if apierrors.IsNotFound(err) || apierrors.IsMethodNotSupported(err) {
+				continue // not served here
 			}
-			err := ri.Namespace(u.GetNamespace()).Delete(ctx, u.GetName(), metav1.DeleteOptions{})
-			if err != nil && !apierrors.IsNotFound(err) {
-				return fmt.Errorf("delete HTTPRoute %s/%s: %w", u.GetNamespace(), u.GetName(), err)
+			if err != nil {
+				return fmt.Errorf("list sbx's %ss of sandbox %s in %s: %w", k.kind, sandbox, ns, err)
 			}
-			st.Changed = append(st.Changed, u.GetNamespace()+"/"+u.GetName())
-			progress(Event{Action: ActionDeleted, Kind: "HTTPRoute", Namespace: u.GetNamespace(), Name: u.GetName(), Message: "no longer needed"})
+			for _, u := range list.Items {
+				if want[k.kind+" "+u.GetNamespace()+"/"+u.GetName()] {
+					continue
+				}
+				err := c.Dynamic.Resource(k.gvr).Namespace(u.GetNamespace()).Delete(ctx, u.GetName(), metav1.DeleteOptions{})
+				if err != nil && !apierrors.IsNotFound(err) {
+					return fmt.Errorf("delete %s %s/%s: %w", k.kind, u.GetNamespace(), u.GetName(), err)
+				}
+				st.Changed = append(st.Changed, u.GetNamespace()+"/"+u.GetName())
+				progress(Event{Action: ActionDeleted, Kind: k.kind, Namespace: u.GetNamespace(), Name: u.GetName(), Message: "no longer needed"})
+			}
 		}
 	}
 	return nil
@@ -296,6 +327,19 @@ func equalJSON(a, b any) bool {
 
 func equalLabels(a, b *unstructured.Unstructured) bool {
 	return equalJSON(a.GetLabels(), b.GetLabels()) && equalJSON(a.GetOwnerReferences(), b.GetOwnerReferences())
+}
+
+// grpcRoutesFrom is httpRoutesFrom for GRPCRoutes.
+func grpcRoutesFrom(items []unstructured.Unstructured) ([]*gwv1.GRPCRoute, error) {
+	out := make([]*gwv1.GRPCRoute, 0, len(items))
+	for i := range items {
+		var g gwv1.GRPCRoute
+		if err := runtime.DefaultUnstructuredConverter.FromUnstructured(items[i].Object, &g); err != nil {
+			return nil, fmt.Errorf("read GRPCRoute %s/%s: %w", items[i].GetNamespace(), items[i].GetName(), err)
+		}
+		out = append(out, &g)
+	}
+	return out, nil
 }
 
 // httpRoutesFrom converts listed routes to the typed API, skipping none:

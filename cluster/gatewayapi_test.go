@@ -205,7 +205,8 @@ func TestApplyWithGatewayAPI(t *testing.T) {
 
 // TestMeshModeRefusals: mesh: gateway-api refuses a cluster without
 // HTTPRoutes and a Service CD routes with a VirtualService (one host is
-// never routed both ways); a bad mode is refused by name.
+// never routed both ways); a bad mode is refused by name; a Service CD
+// routes with a GRPCRoute gets sbx's GRPCRoute.
 func TestMeshModeRefusals(t *testing.T) {
 	f := hotrodFake(t)
 	o := testOptions(testKey)
@@ -219,18 +220,36 @@ func TestMeshModeRefusals(t *testing.T) {
 	require.ErrorContains(t, err, "Service hotrod/route is routed by VirtualService hotrod/route; with mesh: gateway-api")
 	require.ErrorContains(t, ValidateMesh("linkerd"), `mesh "linkerd" is not one of auto, istio, gateway-api`)
 
-	// A GRPCRoute's rules (gRPC services and methods) cannot be mirrored
-	// by an HTTPRoute: refused whatever the mode, never half-routed.
-	for _, mode := range []string{MeshAuto, MeshGatewayAPI} {
-		f = hotrodFake(t)
-		f.Dynamic = newDynamicFake(gatewayRoute("GRPCRoute", "hotrod", "driver-grpc", "", "driver"))
-		o.Mesh = mode
-		sb := routeSandbox("alice")
-		sb.Spec.Local[0].From.Name = "driver"
-		sb.Spec.Local[0].Mappings[0].Port = 8082
-		_, err = Apply(t.Context(), f.Clients, sb, o, nil)
-		require.ErrorContains(t, err, "Service hotrod/driver is routed by GRPCRoute hotrod/driver-grpc; sbx writes HTTPRoutes only so far", mode)
-	}
+	// CD routes driver with a GRPCRoute: sbx writes a GRPCRoute of keyed
+	// copies next to it, and its HTTPRoute carries the keyed catch-all
+	// (the mesh merges both kinds of a parent).
+	f = hotrodFake(t)
+	grpc := gatewayRoute("GRPCRoute", "hotrod", "driver-grpc", "", "driver")
+	grpc.Object["spec"].(map[string]any)["rules"] = []any{map[string]any{
+		"matches":     []any{map[string]any{"method": map[string]any{"type": "Exact", "service": "driver.Driver", "method": "Find"}}},
+		"backendRefs": []any{map[string]any{"name": "driver", "port": int64(8082)}},
+	}}
+	f.Dynamic = newDynamicFake(grpc)
+	o.Mesh = MeshAuto
+	sb := routeSandbox("alice")
+	sb.Spec.Local[0].From.Name = "driver"
+	sb.Spec.Local[0].Mappings[0].Port = 8082
+	res, err := Apply(t.Context(), f.Clients, sb, o, nil)
+	require.NoError(t, err)
+	require.Equal(t, MeshGatewayAPI, res.Routes.Backends[0].Backend)
+	g, err := f.Dynamic.Resource(GRPCRouteGVR).Namespace("hotrod").Get(t.Context(), "sbx-"+testKey+"-driver-8082-grpc", metav1.GetOptions{})
+	require.NoError(t, err)
+	rules, _, _ := unstructured.NestedSlice(g.Object, "spec", "rules")
+	require.Len(t, rules, 1)
+	m := rules[0].(map[string]any)["matches"].([]any)[0].(map[string]any)
+	require.Equal(t, "Find", m["method"].(map[string]any)["method"])
+	require.Equal(t, "baggage", m["headers"].([]any)[0].(map[string]any)["name"])
+	require.Equal(t, "route-sbx-"+testKey, rules[0].(map[string]any)["backendRefs"].([]any)[0].(map[string]any)["name"])
+	_, err = f.Dynamic.Resource(HTTPRouteGVR).Namespace("hotrod").Get(t.Context(), "sbx-"+testKey+"-driver-8082", metav1.GetOptions{})
+	require.NoError(t, err, "the keyed catch-all")
+	require.NoError(t, Delete(t.Context(), f.Clients, Ref{Name: "alice", Namespaces: []string{"hotrod"}}, nil))
+	_, err = f.Dynamic.Resource(GRPCRouteGVR).Namespace("hotrod").Get(t.Context(), "sbx-"+testKey+"-driver-8082-grpc", metav1.GetOptions{})
+	require.True(t, apierrors.IsNotFound(err), "disconnect removes sbx's GRPCRoute: %v", err)
 }
 
 // TestGatewayRouteNotAccepted: a route of sbx's that the mesh does not

@@ -35,6 +35,7 @@ type ManifestBaseline struct {
 	meshKnown     bool
 	gatewayRoutes []GatewayRoute
 	httpRoutes    []*gwv1.HTTPRoute
+	grpcRoutes    []*gwv1.GRPCRoute
 	// GatewayAPI says the cluster the manifests describe serves Gateway
 	// API routes (render --mesh gateway-api, or HTTPRoutes among them).
 	GatewayAPI bool
@@ -191,6 +192,12 @@ func (m *ManifestBaseline) add(raw json.RawMessage, defaultNS string) error {
 				return err
 			}
 			m.httpRoutes = append(m.httpRoutes, hr...)
+		} else {
+			gr, err := grpcRoutesFrom([]unstructured.Unstructured{*u})
+			if err != nil {
+				return err
+			}
+			m.grpcRoutes = append(m.grpcRoutes, gr...)
 		}
 	}
 	return nil
@@ -260,6 +267,10 @@ func (m *ManifestBaseline) Routing(_ context.Context, _ []string) (*Routing, err
 	for _, h := range m.httpRoutes {
 		r.HTTPRoutes = append(r.HTTPRoutes, h.DeepCopy())
 	}
+	for _, g := range m.grpcRoutes {
+		r.GRPCRoutes = append(r.GRPCRoutes, g.DeepCopy())
+	}
+	r.GRPCServed = m.GatewayAPI || len(m.grpcRoutes) > 0
 	// Manifests describe an Istio mesh unless they say otherwise.
 	r.IstioServed = true
 	r.GatewayAPIServed = m.GatewayAPI || len(m.httpRoutes) > 0

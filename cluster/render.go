@@ -19,7 +19,6 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/validation"
 
-	gwv1 "sigs.k8s.io/gateway-api/apis/v1"
 	"sigs.k8s.io/yaml"
 
 	"github.com/sbx-dev/sbx/cluster/istiovs"
@@ -126,8 +125,9 @@ type Objects struct {
 	Relay    *appsv1.Deployment
 	Services []*corev1.Service
 	Routes   []RouteTarget
-	// HTTPRoutes are sbx's own Gateway API routes (the Gateway API backend).
-	HTTPRoutes []*gwv1.HTTPRoute
+	// GatewayRoutes are sbx's own Gateway API routes (HTTPRoutes and
+	// GRPCRoutes: the Gateway API backend).
+	GatewayRoutes []runtime.Object
 	// Backends say how each mapped Service is routed, and why.
 	Backends   []BackendChoice
 	Workloads  []ResolvedWorkload
@@ -242,7 +242,9 @@ func Plan(ctx context.Context, b Baseline, sb *spec.Sandbox, o Options) (*Object
 		return nil, err
 	}
 	objs.Routes = plan.VS
-	objs.HTTPRoutes = plan.HTTP
+	for _, g := range plan.Gateway {
+		objs.GatewayRoutes = append(objs.GatewayRoutes, g.Obj)
+	}
 	objs.Backends = plan.Choices
 	objs.RouteReport = plan.Report
 	objs.Warnings = append(warns, plan.Warnings...)
@@ -296,9 +298,7 @@ func (o *Objects) List() []runtime.Object {
 			out = append(out, r.Object)
 		}
 	}
-	for _, h := range o.HTTPRoutes {
-		out = append(out, h)
-	}
+	out = append(out, o.GatewayRoutes...)
 	return out
 }
 

@@ -42,6 +42,9 @@ type Routing struct {
 	// HTTPRoutes are every HTTPRoute (sbx's own too), for the Gateway API
 	// backend's planner.
 	HTTPRoutes []*gwv1.HTTPRoute
+	GRPCRoutes []*gwv1.GRPCRoute
+	// GRPCServed: the cluster serves GRPCRoutes.
+	GRPCServed bool
 	// GatewayAPIServed: the cluster serves HTTPRoutes; IstioServed: it
 	// serves VirtualServices; Linkerd: Linkerd's APIs are served (its
 	// mesh routes only with Gateway API).
@@ -120,6 +123,11 @@ func (l LiveBaseline) Routing(ctx context.Context, namespaces []string) (*Routin
 			if g.gvr == HTTPRouteGVR {
 				r.GatewayAPIServed = true
 				if r.HTTPRoutes, err = httpRoutesFrom(ul.Items); err != nil {
+					return nil, err
+				}
+			} else {
+				r.GRPCServed = true
+				if r.GRPCRoutes, err = grpcRoutesFrom(ul.Items); err != nil {
 					return nil, err
 				}
 			}
@@ -336,8 +344,8 @@ func reconcile(ctx context.Context, c Clients, rsb istiovs.Sandbox, nss []string
 			}
 		}
 		err = writeRoutes(ctx, c, plan.VS, st, progress)
-		if err == nil && sandbox != "" && (len(plan.HTTP) > 0 || routing.GatewayAPIServed) {
-			err = writeHTTPRoutes(ctx, c, sandbox, routingNamespaces(nss, rsb), plan.HTTP, st, progress)
+		if err == nil && sandbox != "" && (len(plan.Gateway) > 0 || routing.GatewayAPIServed) {
+			err = writeGatewayRoutes(ctx, c, sandbox, routingNamespaces(nss, rsb), plan.Gateway, routing.GRPCServed, st, progress)
 		}
 		if errors.Is(err, errRouteConflict) && round < maxRouteRounds {
 			continue

@@ -9,7 +9,6 @@ import (
 	istioapi "istio.io/api/networking/v1alpha3"
 	istionet "istio.io/client-go/pkg/apis/networking/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	gwv1 "sigs.k8s.io/gateway-api/apis/v1"
 
 	"github.com/sbx-dev/sbx/cluster/istiovs"
 	"github.com/sbx-dev/sbx/cluster/meshreport"
@@ -136,7 +135,7 @@ func refuseGatewayAPI(sb istiovs.Sandbox, r *Routing) error {
 	for _, s := range sb.Services {
 		for _, g := range r.GatewayRoutes {
 			if g.ServiceNamespace == s.Namespace && g.Service == s.Name && !g.Own {
-				return fmt.Errorf("Service %s/%s is routed by %s %s/%s (Gateway API); sbx routes keyed requests with Istio VirtualServices only, and Istio lets Gateway API routes of a Service take its traffic, so sbx's routes would not reliably apply: leave %s out of the sandbox until sbx supports Gateway API routing",
+				return fmt.Errorf("Service %s/%s is routed by %s %s/%s (Gateway API); with mesh: istio sbx routes with VirtualServices, and Istio lets Gateway API routes of a Service take its traffic, so sbx's routes would not apply: use mesh: auto or gateway-api, or leave %s out of the sandbox",
 					s.Namespace, s.Name, g.Kind, g.Namespace, g.Name, s.Name)
 			}
 		}
@@ -237,7 +236,7 @@ func planRoutes(all istiovs.Sandbox, r *Routing, mesh, domain string, live func(
 		}
 		out = append(out, t)
 	}
-	return &routePlan{VS: out, HTTP: httpRoutes, Choices: choices,
+	return &routePlan{VS: out, Gateway: httpRoutes, Choices: choices,
 		Report:   append(plan.Report, gwReport...),
 		Warnings: append(plan.Warnings, gwWarnings...), Unchanged: plan.Unchanged}, nil
 }
@@ -247,7 +246,7 @@ func planRoutes(all istiovs.Sandbox, r *Routing, mesh, domain string, live func(
 // backend), how each Service is routed and why, and the report.
 type routePlan struct {
 	VS        []RouteTarget
-	HTTP      []*gwv1.HTTPRoute
+	Gateway   []gwObject
 	Choices   []BackendChoice
 	Report    []meshreport.PortReport
 	Warnings  []string

@@ -55,11 +55,13 @@ type Input struct {
 	// Key is the routing key and Regex the anchored baggage regex
 	// (cluster.BaggageRegex) that matches it.
 	Key, Regex string
-	// Routes are every HTTPRoute in the cluster; the planner picks those
-	// with the Service as a parent and ignores sbx's own (IsOwn).
-	Routes []*gwv1.HTTPRoute
+	// Routes and GRPCRoutes are every HTTPRoute and GRPCRoute in the
+	// cluster; the planner picks those with the Service as a parent and
+	// ignores sbx's own (IsOwn). The mesh merges both kinds of a parent.
+	Routes     []*gwv1.HTTPRoute
+	GRPCRoutes []*gwv1.GRPCRoute
 	// IsOwn tells sbx's routes apart (labelled like every sbx object).
-	IsOwn func(*gwv1.HTTPRoute) bool
+	IsOwn func(metav1.Object) bool
 }
 
 // Plan is what the sandbox writes for one Service port: its HTTPRoutes
@@ -67,6 +69,8 @@ type Input struct {
 // CD routes they mirror, and what the user should know.
 type Plan struct {
 	Routes []*gwv1.HTTPRoute
+	// GRPCRoutes mirror CD's GRPCRoutes of the parent (none without).
+	GRPCRoutes []*gwv1.GRPCRoute
 	// Mirrors are the CD routes ("namespace/name") whose rules were
 	// copied; empty when no CD route has the Service as parent.
 	Mirrors  []string
@@ -96,23 +100,37 @@ func MakePlan(in Input) (*Plan, error) {
 	}
 	p := &Plan{}
 	var rules []cdRule
+	var grpcRules []cdGRPCRule
 	portless, withPort := 0, 0
-	cd := slices.Clone(in.Routes)
+	type attached struct {
+		kind    string
+		meta    *metav1.ObjectMeta
+		parents []gwv1.ParentReference
+		http    *gwv1.HTTPRoute
+		grpc    *gwv1.GRPCRoute
+	}
+	var cd []attached
+	for _, r := range in.Routes {
+		cd = append(cd, attached{kind: "HTTPRoute", meta: &r.ObjectMeta, parents: r.Spec.ParentRefs, http: r})
+	}
+	for _, r := range in.GRPCRoutes {
+		cd = append(cd, attached{kind: "GRPCRoute", meta: &r.ObjectMeta, parents: r.Spec.ParentRefs, grpc: r})
+	}
 	// Oldest first, then namespace/name: the order that breaks ties in
 	// precedence, so the copies keep it among themselves.
-	slices.SortStableFunc(cd, func(a, b *gwv1.HTTPRoute) int {
-		if c := a.CreationTimestamp.Compare(b.CreationTimestamp.Time); c != 0 {
+	slices.SortStableFunc(cd, func(a, b attached) int {
+		if c := a.meta.CreationTimestamp.Compare(b.meta.CreationTimestamp.Time); c != 0 {
 			return c
 		}
-		return cmp.Compare(a.Namespace+"/"+a.Name, b.Namespace+"/"+b.Name)
+		return cmp.Compare(a.meta.Namespace+"/"+a.meta.Name, b.meta.Namespace+"/"+b.meta.Name)
 	})
 	for _, r := range cd {
-		if in.IsOwn != nil && in.IsOwn(r) {
+		if in.IsOwn != nil && in.IsOwn(r.meta) {
 			continue
 		}
 		noPort, thisPort := 0, 0
-		for _, ref := range r.Spec.ParentRefs {
-			if !isService(ref, r.Namespace, in.Service) {
+		for _, ref := range r.parents {
+			if !isService(ref, r.meta.Namespace, in.Service) {
 				continue
 			}
 			switch {
@@ -125,19 +143,25 @@ func MakePlan(in Input) (*Plan, error) {
 		if noPort+thisPort == 0 {
 			continue
 		}
-		if r.Namespace != in.Service.Namespace {
+		if r.meta.Namespace != in.Service.Namespace {
 			// A consumer route: the mesh applies it to clients in its own
 			// namespace in place of the Service's routes, and sbx's route
 			// (a producer route, in the Service's namespace) does not merge
 			// with it. Copying its rules would change what other clients get.
-			p.Warnings = append(p.Warnings, fmt.Sprintf("HTTPRoute %s/%s routes Service %s/%s for clients in namespace %s, where it takes precedence over the Service's own routes: keyed requests from there reach the baseline",
-				r.Namespace, r.Name, in.Service.Namespace, in.Service.Name, r.Namespace))
+			p.Warnings = append(p.Warnings, fmt.Sprintf("%s %s/%s routes Service %s/%s for clients in namespace %s, where it takes precedence over the Service's own routes: keyed requests from there reach the baseline",
+				r.kind, r.meta.Namespace, r.meta.Name, in.Service.Namespace, in.Service.Name, r.meta.Namespace))
 			continue
 		}
 		portless, withPort = portless+noPort, withPort+thisPort
-		p.Mirrors = append(p.Mirrors, r.Namespace+"/"+r.Name)
-		for i, rule := range r.Spec.Rules {
-			rules = append(rules, cdRule{route: r, index: i, rule: rule})
+		p.Mirrors = append(p.Mirrors, r.kind+" "+r.meta.Namespace+"/"+r.meta.Name)
+		if r.http != nil {
+			for i, rule := range r.http.Spec.Rules {
+				rules = append(rules, cdRule{route: r.http, index: i, rule: rule})
+			}
+		} else {
+			for i, rule := range r.grpc.Spec.Rules {
+				grpcRules = append(grpcRules, cdGRPCRule{route: r.grpc, index: i, rule: rule})
+			}
 		}
 	}
 	switch {
@@ -146,7 +170,7 @@ func MakePlan(in Input) (*Plan, error) {
 		// the oldest of the two for the host and port (Istio: "duplicate
 		// domain from virtual service"): sbx's route would merge with the
 		// one that may be dropped.
-		return nil, fmt.Errorf("CD routes Service %s/%s with HTTPRoutes both with and without port %d in their parentRefs (%s); the mesh applies only one form's routes to a port, so sbx's route could be dropped: give CD's routes one form, or leave %s out of the sandbox",
+		return nil, fmt.Errorf("CD routes Service %s/%s with routes both with and without port %d in their parentRefs (%s); the mesh applies only one form's routes to a port, so sbx's route could be dropped: give CD's routes one form, or leave %s out of the sandbox",
 			in.Service.Namespace, in.Service.Name, in.Port, strings.Join(p.Mirrors, ", "), in.Service.Name)
 	case portless > 0:
 		p.PortForm = "portless"
@@ -158,7 +182,7 @@ func MakePlan(in Input) (*Plan, error) {
 		p.PortForm = "port"
 	}
 	if p.PortForm == "portless" && len(in.Service.Ports) > 1 {
-		return nil, fmt.Errorf("HTTPRoute %s routes Service %s/%s, which has %d ports, without naming a port; sbx's keyed rules would then take keyed requests on every port of it, but only port %d is mapped: give CD's parentRef a port (port: %d), or use mesh: istio",
+		return nil, fmt.Errorf("%s routes Service %s/%s, which has %d ports, without naming a port; sbx's keyed rules would then take keyed requests on every port of it, but only port %d is mapped: give CD's parentRef a port (port: %d), or use mesh: istio",
 			p.Mirrors[0], in.Service.Namespace, in.Service.Name, len(in.Service.Ports), in.Port, in.Port)
 	}
 
@@ -205,6 +229,11 @@ func MakePlan(in Input) (*Plan, error) {
 	parent := gwv1.ParentReference{Group: ptr.To(gwv1.Group("")), Kind: ptr.To(gwv1.Kind(serviceKind)), Name: gwv1.ObjectName(in.Service.Name)}
 	if p.PortForm == "port" {
 		parent.Port = ptr.To(gwv1.PortNumber(in.Port))
+	}
+	if len(grpcRules) > 0 {
+		var warns []string
+		p.GRPCRoutes, warns = grpcPlan(in, grpcRules, parent)
+		p.Warnings = append(p.Warnings, warns...)
 	}
 	for i, chunk := range split(out) {
 		name := RouteName(in.Key, in.Service.Name, in.Port)

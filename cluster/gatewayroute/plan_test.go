@@ -29,7 +29,7 @@ func input(routes ...*gwv1.HTTPRoute) Input {
 		Service: Service{Namespace: "hotrod", Name: "route", Ports: []int32{8083}},
 		Port:    8083, SandboxService: "route-sbx-" + key, SandboxNamespace: "hotrod",
 		Key: key, Regex: regex, Routes: routes,
-		IsOwn: func(r *gwv1.HTTPRoute) bool { return r.Labels["app.kubernetes.io/managed-by"] == "sbx" },
+		IsOwn: func(r metav1.Object) bool { return r.GetLabels()["app.kubernetes.io/managed-by"] == "sbx" },
 	}
 }
 
@@ -111,7 +111,7 @@ spec:
 	in.Service.Ports = []int32{8083, 9001}
 	p, err := MakePlan(in)
 	require.NoError(t, err)
-	require.Equal(t, []string{"hotrod/route"}, p.Mirrors, "another sandbox's route is not CD's")
+	require.Equal(t, []string{"HTTPRoute hotrod/route"}, p.Mirrors, "another sandbox's route is not CD's")
 	require.Equal(t, "port", p.PortForm)
 	r := p.Routes[0]
 	require.Equal(t, []string{"sbx-api", "sbx-admin", "", "sbx-keyed"}, ruleNames(r), "every rule has a keyed copy; no catch-all next to CD's routes")
@@ -161,7 +161,7 @@ spec:
   rules: [{backendRefs: [{name: route, port: 8083}]}]
 `, time.Now())
 	_, err = MakePlan(input(mixed, single))
-	require.ErrorContains(t, err, "with HTTPRoutes both with and without port 8083 in their parentRefs")
+	require.ErrorContains(t, err, "with routes both with and without port 8083 in their parentRefs")
 
 	in = input()
 	in.SandboxNamespace = "dev"

@@ -13,7 +13,6 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
-	gwv1 "sigs.k8s.io/gateway-api/apis/v1"
 
 	"github.com/sbx-dev/sbx/cluster"
 	"github.com/sbx-dev/sbx/cluster/gatewayroute"
@@ -335,7 +334,7 @@ var gwScenarios = []gwScenario{
 		// "duplicate domain from virtual service"): sbx's route could be
 		// the one dropped, so the planner refuses rather than pretend.
 		name:   "CD routes the Service both with and without a port",
-		refuse: "with HTTPRoutes both with and without port 8083 in their parentRefs",
+		refuse: "with routes both with and without port 8083 in their parentRefs",
 		world: hr("bare", t0, `{`+parentRouteBare+`, rules: [{name: bare-rest, timeouts: {request: 3s}, backendRefs: [{name: route, port: 8083}]}]}`) +
 			hr("ported", t1, `{`+parentRoute+`, rules: [{name: ported-api, matches: [{path: {type: PathPrefix, value: /api}}], timeouts: {request: 2s}, backendRefs: [{name: route, port: 8083}]}]}`),
 	},
@@ -349,7 +348,7 @@ var gwScenarios = []gwScenario{
 }
 
 // isOwn tells sbx's HTTPRoutes apart, as sbx labels every object it writes.
-func isOwn(r *gwv1.HTTPRoute) bool { return r.Labels["app.kubernetes.io/managed-by"] == "sbx" }
+func isOwn(r metav1.Object) bool { return r.GetLabels()["app.kubernetes.io/managed-by"] == "sbx" }
 
 func runGWScenario(t *testing.T, sc gwScenario, except []string) {
 	failures := 0

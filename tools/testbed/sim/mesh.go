@@ -85,11 +85,11 @@ type Mesh struct {
 	vsB1 istiov1beta1.VirtualServiceLister
 	vsA3 istiov1alpha3.VirtualServiceLister
 	// httpRoutes holds Gateway API HTTPRoutes (nil without them).
-	httpRoutes cache.SharedIndexInformer
-	re         regexCache
-	h1         *http.Transport
-	h2         *http.Transport
-	proxy      *httputil.ReverseProxy
+	httpRoutes, grpcRoutes cache.SharedIndexInformer
+	re                     regexCache
+	h1                     *http.Transport
+	h2                     *http.Transport
+	proxy                  *httputil.ReverseProxy
 
 	mu      sync.Mutex
 	routers map[string]map[int32]*portRouter // "ns/name" -> port -> router
@@ -174,7 +174,14 @@ func NewMesh(ctx context.Context, opts MeshOptions) (*Mesh, error) {
 			func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
 				return dyn.Resource(HTTPRouteGVR).Namespace("").Watch(ctx, o)
 			})
-		m.vsInf = append(m.vsInf, m.httpRoutes)
+		m.grpcRoutes = newInformer(&unstructured.Unstructured{},
+			func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
+				return dyn.Resource(GRPCRouteGVR).Namespace("").List(ctx, o)
+			},
+			func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
+				return dyn.Resource(GRPCRouteGVR).Namespace("").Watch(ctx, o)
+			})
+		m.vsInf = append(m.vsInf, m.httpRoutes, m.grpcRoutes)
 	}
 	m.vsV1 = istiov1.NewVirtualServiceLister(v1Inf.GetIndexer())
 	m.vsB1 = istiov1beta1.NewVirtualServiceLister(b1Inf.GetIndexer())

@@ -49,6 +49,14 @@ func gammaVirtualServices(items []*unstructured.Unstructured, domain string) []*
 	var keys []string
 	var hrs []*gwv1.HTTPRoute
 	for _, u := range items {
+		if u.GetKind() == "GRPCRoute" {
+			var g gwv1.GRPCRoute
+			if err := runtime.DefaultUnstructuredConverter.FromUnstructured(u.Object, &g); err != nil {
+				continue
+			}
+			hrs = append(hrs, grpcAsHTTP(&g))
+			continue
+		}
 		var h gwv1.HTTPRoute
 		if err := runtime.DefaultUnstructuredConverter.FromUnstructured(u.Object, &h); err != nil {
 			continue // the real API server would have refused it
@@ -108,6 +116,61 @@ func gammaVirtualServices(items []*unstructured.Unstructured, domain string) []*
 		out = append(out, m.vs)
 	}
 	return out
+}
+
+// grpcAsHTTP is a GRPCRoute as the HTTPRoute Istio's conversion amounts
+// to (createGRPCURIMatch): a method match is a path match on
+// /<service>/<method> (exact with both, a /<service>/ prefix, or a regex
+// with only the method); headers, header filters and backends as they are.
+func grpcAsHTTP(g *gwv1.GRPCRoute) *gwv1.HTTPRoute {
+	h := &gwv1.HTTPRoute{ObjectMeta: g.ObjectMeta}
+	h.Spec.ParentRefs = g.Spec.ParentRefs
+	for _, r := range g.Spec.Rules {
+		hr := gwv1.HTTPRouteRule{Name: r.Name}
+		for _, m := range r.Matches {
+			var hm gwv1.HTTPRouteMatch
+			if mm := m.Method; mm != nil {
+				regex := mm.Type != nil && *mm.Type == gwv1.GRPCMethodMatchRegularExpression
+				svc, meth := ptrOr(mm.Service, ""), ptrOr(mm.Method, "")
+				var typ gwv1.PathMatchType
+				var v string
+				switch {
+				case mm.Method == nil && !regex:
+					typ, v = gwv1.PathMatchPathPrefix, "/"+svc+"/"
+				case mm.Method == nil:
+					typ, v = gwv1.PathMatchRegularExpression, "/"+svc+"/.+"
+				case mm.Service == nil:
+					typ, v = gwv1.PathMatchRegularExpression, "/[^/]+/"+meth
+				case regex:
+					typ, v = gwv1.PathMatchRegularExpression, "/"+svc+"/"+meth
+				default:
+					typ, v = gwv1.PathMatchExact, "/"+svc+"/"+meth
+				}
+				hm.Path = &gwv1.HTTPPathMatch{Type: &typ, Value: &v}
+			}
+			for _, hd := range m.Headers {
+				t := gwv1.HeaderMatchExact
+				if hd.Type != nil && *hd.Type == gwv1.GRPCHeaderMatchRegularExpression {
+					t = gwv1.HeaderMatchRegularExpression
+				}
+				hm.Headers = append(hm.Headers, gwv1.HTTPHeaderMatch{Type: &t, Name: gwv1.HTTPHeaderName(hd.Name), Value: hd.Value})
+			}
+			hr.Matches = append(hr.Matches, hm)
+		}
+		for _, f := range r.Filters {
+			switch f.Type {
+			case gwv1.GRPCRouteFilterRequestHeaderModifier:
+				hr.Filters = append(hr.Filters, gwv1.HTTPRouteFilter{Type: gwv1.HTTPRouteFilterRequestHeaderModifier, RequestHeaderModifier: f.RequestHeaderModifier})
+			case gwv1.GRPCRouteFilterResponseHeaderModifier:
+				hr.Filters = append(hr.Filters, gwv1.HTTPRouteFilter{Type: gwv1.HTTPRouteFilterResponseHeaderModifier, ResponseHeaderModifier: f.ResponseHeaderModifier})
+			}
+		}
+		for _, b := range r.BackendRefs {
+			hr.BackendRefs = append(hr.BackendRefs, gwv1.HTTPBackendRef{BackendRef: b.BackendRef})
+		}
+		h.Spec.Rules = append(h.Spec.Rules, hr)
+	}
+	return h
 }
 
 // gammaRoute is one converted rule × match.

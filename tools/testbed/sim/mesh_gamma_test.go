@@ -80,3 +80,44 @@ spec:
 	d = Decide(mesh, "route.hotrod.svc.cluster.local", 8083, istiovs.Client{Namespace: "web"}, req)
 	require.Equal(t, "web.mine.0.0", d.Route, "the consumer route comes first for its namespace's clients")
 }
+
+// A GRPCRoute merges with the Service's HTTPRoutes; its method match is a
+// path match on /<service>/<method>, as Istio converts it.
+func TestGammaGRPCRoute(t *testing.T) {
+	items := httpRoutes(t, `
+apiVersion: gateway.networking.k8s.io/v1
+kind: GRPCRoute
+metadata: {name: cd, namespace: hotrod, creationTimestamp: "2026-01-01T00:00:00Z"}
+spec:
+  parentRefs: [{kind: Service, name: driver}]
+  rules:
+  - matches: [{method: {service: driver.Driver, method: Find}}]
+    backendRefs: [{name: driver-v2, port: 8082}]
+  - matches: [{method: {service: driver.Driver}}]
+    backendRefs: [{name: driver, port: 8082}]
+`, `
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: sbx, namespace: hotrod, creationTimestamp: "2026-02-01T00:00:00Z"}
+spec:
+  parentRefs: [{kind: Service, name: driver}]
+  rules:
+  - matches: [{path: {type: PathPrefix, value: /}, headers: [{name: baggage, type: RegularExpression, value: ".*k=1.*"}]}]
+    backendRefs: [{name: driver-sbx, port: 8082}]
+`)
+	vss := gammaVirtualServices(items, "cluster.local")
+	require.Len(t, vss, 1, "both kinds of one parent merge")
+	mesh := &istiovs.Mesh{VirtualServices: vss}
+	decide := func(path, baggage string) string {
+		req, err := http.NewRequest(http.MethodPost, "http://driver:8082"+path, nil)
+		require.NoError(t, err)
+		if baggage != "" {
+			req.Header.Set("baggage", baggage)
+		}
+		return Decide(mesh, "driver.hotrod.svc.cluster.local", 8082, istiovs.Client{Namespace: "hotrod"}, req).Destination.GetHost()
+	}
+	require.Equal(t, "driver-v2.hotrod.svc.cluster.local", decide("/driver.Driver/Find", ""))
+	require.Equal(t, "driver.hotrod.svc.cluster.local", decide("/driver.Driver/List", ""))
+	require.Equal(t, "driver-v2.hotrod.svc.cluster.local", decide("/driver.Driver/Find", "k=1"), "an exact method outranks the keyed / prefix")
+	require.Equal(t, "driver-sbx.hotrod.svc.cluster.local", decide("/other.Svc/X", "k=1"))
+}

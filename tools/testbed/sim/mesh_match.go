@@ -11,6 +11,7 @@ import (
 
 	networking "istio.io/api/networking/v1alpha3"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/client-go/tools/cache"
 
 	"github.com/sbx-dev/sbx/cluster/istiovs"
 )
@@ -37,9 +38,11 @@ func (m *Mesh) istioMesh() *istiovs.Mesh {
 	}
 	if m.httpRoutes != nil {
 		var items []*unstructured.Unstructured
-		for _, o := range m.httpRoutes.GetStore().List() {
-			if u, ok := o.(*unstructured.Unstructured); ok {
-				items = append(items, u)
+		for _, inf := range []cache.SharedIndexInformer{m.httpRoutes, m.grpcRoutes} {
+			for _, o := range inf.GetStore().List() {
+				if u, ok := o.(*unstructured.Unstructured); ok {
+					items = append(items, u)
+				}
 			}
 		}
 		out.VirtualServices = append(out.VirtualServices, gammaVirtualServices(items, m.net.Domain())...)

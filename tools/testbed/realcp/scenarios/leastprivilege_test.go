@@ -75,6 +75,11 @@ var notExercisedHere = map[string]string{
 	grantKey("create", "gateway.networking.k8s.io", "httproutes", "", false): "sbx's own HTTPRoutes (Gateway API routing); no Gateway API CRDs here",
 	grantKey("update", "gateway.networking.k8s.io", "httproutes", "", false): "sbx's own HTTPRoutes (Gateway API routing); no Gateway API CRDs here",
 	grantKey("delete", "gateway.networking.k8s.io", "httproutes", "", false): "sbx's own HTTPRoutes (Gateway API routing); no Gateway API CRDs here",
+	grantKey("get", "gateway.networking.k8s.io", "grpcroutes", "", false):    "sbx's own GRPCRoutes (Gateway API routing: cluster.TestMeshModeRefusals); no Gateway API CRDs here",
+	grantKey("list", "gateway.networking.k8s.io", "grpcroutes", "", false):   "sbx's own GRPCRoutes (Gateway API routing); no Gateway API CRDs here",
+	grantKey("create", "gateway.networking.k8s.io", "grpcroutes", "", false): "sbx's own GRPCRoutes (Gateway API routing); no Gateway API CRDs here",
+	grantKey("update", "gateway.networking.k8s.io", "grpcroutes", "", false): "sbx's own GRPCRoutes (Gateway API routing); no Gateway API CRDs here",
+	grantKey("delete", "gateway.networking.k8s.io", "grpcroutes", "", false): "sbx's own GRPCRoutes (Gateway API routing); no Gateway API CRDs here",
 	grantKey("watch", "gateway.networking.k8s.io", "grpcroutes", "", true):   "the route watch, where Gateway API is installed; this control plane has no Gateway API CRDs",
 }
 
