@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"slices"
 	"strconv"
-	"strings"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/utils/ptr"
@@ -83,15 +82,12 @@ func keyedGRPCCopy(r cdGRPCRule, regex string, sandbox gwv1.GRPCBackendRef, s Se
 		matches = []gwv1.GRPCRouteMatch{{}}
 	}
 	for _, m := range matches {
-		if len(m.Headers) >= maxHeaderMatch {
-			return out, fmt.Sprintf("GRPCRoute %s/%s %s has %d header matches, the most a match may have: sbx cannot add the baggage match, so keyed requests it matches reach the baseline",
-				r.route.Namespace, r.route.Name, name, len(m.Headers))
-		}
+		var names []string
 		for _, h := range m.Headers {
-			if strings.EqualFold(string(h.Name), baggageHeader) {
-				return out, fmt.Sprintf("GRPCRoute %s/%s %s already matches the baggage header: keyed requests it matches reach the baseline",
-					r.route.Namespace, r.route.Name, name)
-			}
+			names = append(names, string(h.Name))
+		}
+		if why := cannotKey("GRPCRoute", &r.route.ObjectMeta, name, names); why != "" {
+			return out, why
 		}
 		k := *m.DeepCopy()
 		k.Headers = append(k.Headers, gwv1.GRPCHeaderMatch{

@@ -337,19 +337,33 @@ func keyedCopy(r cdRule, regex string, sandbox *gwv1.HTTPBackendRef, s Service, 
 		out.Name = ptr.To(gwv1.SectionName(shortSection("sbx-" + string(*r.rule.Name))))
 	}
 	for _, m := range matches {
-		if len(m.Headers) >= maxHeaderMatch {
-			return out, fmt.Sprintf("HTTPRoute %s/%s %s has %d header matches, the most a match may have: sbx cannot add the baggage match, so keyed requests it matches reach the baseline",
-				r.route.Namespace, r.route.Name, name, len(m.Headers))
-		}
+		var names []string
 		for _, h := range m.Headers {
-			if strings.EqualFold(string(h.Name), baggageHeader) {
-				return out, fmt.Sprintf("HTTPRoute %s/%s %s already matches the baggage header: keyed requests it matches reach the baseline",
-					r.route.Namespace, r.route.Name, name)
-			}
+			names = append(names, string(h.Name))
+		}
+		if why := cannotKey("HTTPRoute", &r.route.ObjectMeta, name, names); why != "" {
+			return out, why
 		}
 		out.Matches = append(out.Matches, keyedMatch(m, regex))
 	}
 	return out, ""
+}
+
+// cannotKey says why a match with these header names cannot take the
+// baggage match ("" when it can): the CRD's limit, or a baggage match of
+// its own.
+func cannotKey(kind string, route *metav1.ObjectMeta, rule string, headers []string) string {
+	if len(headers) >= maxHeaderMatch {
+		return fmt.Sprintf("%s %s/%s %s has %d header matches, the most a match may have: sbx cannot add the baggage match, so keyed requests it matches reach the baseline",
+			kind, route.Namespace, route.Name, rule, len(headers))
+	}
+	for _, h := range headers {
+		if strings.EqualFold(h, baggageHeader) {
+			return fmt.Sprintf("%s %s/%s %s already matches the baggage header: keyed requests it matches reach the baseline",
+				kind, route.Namespace, route.Name, rule)
+		}
+	}
+	return ""
 }
 
 // keyedMatch is m plus the baggage header match (a path of "/" prefix
