@@ -74,95 +74,66 @@ func (c *Cluster) WatchRoutes(ctx context.Context, sb *spec.Sandbox, ref cluster
 	// its Services are known after the first check.
 	var relMu sync.Mutex
 	var names map[string]bool
-	pokeIf := func(objs ...any) {
+	known := func() map[string]bool {
 		relMu.Lock()
-		n := names
-		relMu.Unlock()
-		for _, obj := range objs {
-			if relevantVS(obj, n, ref.RoutingKey) {
-				poke()
-				return
-			}
-		}
+		defer relMu.Unlock()
+		return names
 	}
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	for _, ns := range c.watchNamespaces(ctx, sb) {
-		inf := cache.NewSharedIndexInformer(listWatch{&cache.ListWatch{
-			ListWithContextFunc: func(ctx context.Context, lo metav1.ListOptions) (runtime.Object, error) {
-				return c.clients.Istio.NetworkingV1().VirtualServices(ns).List(ctx, lo)
-			},
-			WatchFuncWithContext: func(ctx context.Context, lo metav1.ListOptions) (watch.Interface, error) {
-				return c.clients.Istio.NetworkingV1().VirtualServices(ns).Watch(ctx, lo)
-			},
-		}}, &istionet.VirtualService{}, 0, cache.Indexers{})
+	// inform runs an informer on list/watch that wakes a check when an
+	// object, before or after a change, is relevant.
+	inform := func(list func(context.Context, metav1.ListOptions) (runtime.Object, error),
+		watchFn func(context.Context, metav1.ListOptions) (watch.Interface, error),
+		obj runtime.Object, relevant func(any) bool) bool {
+		inf := cache.NewSharedIndexInformer(listWatch{&cache.ListWatch{ListWithContextFunc: list, WatchFuncWithContext: watchFn}}, obj, 0, cache.Indexers{})
+		pokeIf := func(objs ...any) {
+			for _, o := range objs {
+				if d, ok := o.(cache.DeletedFinalStateUnknown); ok {
+					o = d.Obj
+				}
+				if relevant(o) {
+					poke()
+					return
+				}
+			}
+		}
 		if _, err := inf.AddEventHandler(cache.ResourceEventHandlerFuncs{
 			AddFunc:    func(obj any) { pokeIf(obj) },
 			UpdateFunc: func(old, obj any) { pokeIf(old, obj) },
 			DeleteFunc: func(obj any) { pokeIf(obj) },
 		}); err != nil {
 			report(nil, err)
+			return false
+		}
+		wg.Go(func() { inf.RunWithContext(ctx) })
+		return true
+	}
+	for _, ns := range c.watchNamespaces(ctx, sb) {
+		vsc := c.clients.Istio.NetworkingV1().VirtualServices(ns)
+		if !inform(func(ctx context.Context, lo metav1.ListOptions) (runtime.Object, error) { return vsc.List(ctx, lo) },
+			func(ctx context.Context, lo metav1.ListOptions) (watch.Interface, error) { return vsc.Watch(ctx, lo) },
+			&istionet.VirtualService{}, func(o any) bool { return relevantVS(o, known(), ref.RoutingKey) }) {
 			return
 		}
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			inf.RunWithContext(ctx)
-		}()
 	}
 	// Gateway API routes: one that takes a Service of the sandbox over
 	// makes sbx's VirtualService routes stop applying (the check then
-	// says so), and one removed lets them apply again.
+	// says so), one removed lets them apply again, and sbx's own deleted
+	// is put back.
 	for _, gvr := range c.watchableGatewayRoutes(ctx) {
 		ri := c.clients.Dynamic.Resource(gvr)
-		inf := cache.NewSharedIndexInformer(listWatch{&cache.ListWatch{
-			ListWithContextFunc: func(ctx context.Context, lo metav1.ListOptions) (runtime.Object, error) {
-				return ri.List(ctx, lo)
-			},
-			WatchFuncWithContext: func(ctx context.Context, lo metav1.ListOptions) (watch.Interface, error) {
-				return ri.Watch(ctx, lo)
-			},
-		}}, &unstructured.Unstructured{}, 0, cache.Indexers{})
-		relevant := func(obj any) bool {
-			if d, ok := obj.(cache.DeletedFinalStateUnknown); ok {
-				obj = d.Obj
-			}
-			u, ok := obj.(*unstructured.Unstructured)
-			relMu.Lock()
-			n := names
-			relMu.Unlock()
-			if !ok || n == nil {
-				return true
-			}
-			return cluster.ParentsAny(u, func(svc string) bool { return n[strings.ToLower(svc)] })
-		}
-		if _, err := inf.AddEventHandler(cache.ResourceEventHandlerFuncs{
-			AddFunc: func(obj any) {
-				if relevant(obj) {
-					poke()
-				}
-			},
-			UpdateFunc: func(old, obj any) {
-				if relevant(old) || relevant(obj) {
-					poke()
-				}
-			},
-			DeleteFunc: func(obj any) {
-				if relevant(obj) {
-					poke()
-				}
-			},
-		}); err != nil {
-			report(nil, err)
+		if !inform(func(ctx context.Context, lo metav1.ListOptions) (runtime.Object, error) { return ri.List(ctx, lo) },
+			func(ctx context.Context, lo metav1.ListOptions) (watch.Interface, error) { return ri.Watch(ctx, lo) },
+			&unstructured.Unstructured{}, func(o any) bool {
+				u, ok := o.(*unstructured.Unstructured)
+				n := known()
+				return !ok || n == nil || cluster.ParentsAny(u, func(svc string) bool { return n[strings.ToLower(svc)] })
+			}) {
 			return
 		}
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			inf.RunWithContext(ctx)
-		}()
 	}
 	every := c.o.RouteResync
 	if every <= 0 {
