@@ -142,7 +142,8 @@ func quietIstio() {
 // Kubernetes objects so that Istio's Kubernetes registry converts them;
 // VirtualServices and Gateways go in as config.Config converted by Istio's
 // own CRD client translation (which carries CreationTimestamp and sets the
-// cluster domain that short-host resolution depends on). HTTPRoutes go in as
+// cluster domain that short-host resolution depends on). HTTPRoutes and
+// GRPCRoutes go in as
 // Kubernetes objects too, as in Istio's own sidecar simulation tests: the
 // fake server's Gateway API controller (on by default,
 // PILOT_ENABLE_GATEWAY_API) reads them from the fake client and converts
@@ -161,6 +162,11 @@ func NewJudge(t *testing.T, w World) *Judge {
 	for _, r := range w.HTTPRoutes {
 		r = r.DeepCopy()
 		r.APIVersion, r.Kind = gwv1.GroupVersion.String(), "HTTPRoute"
+		objs = append(objs, r)
+	}
+	for _, r := range w.GRPCRoutes {
+		r = r.DeepCopy()
+		r.APIVersion, r.Kind = gwv1.GroupVersion.String(), "GRPCRoute"
 		objs = append(objs, r)
 	}
 	var cfgs []config.Config
@@ -194,7 +200,7 @@ func NewJudge(t *testing.T, w World) *Judge {
 	}
 	generated := gatewayAPIVirtualServices(t, srv, w)
 	if got := len(srv.Env().VirtualServiceController.MergedVirtualServices()); got != roots+generated {
-		t.Fatalf("istio judge: Istio holds %d root VirtualServices, world has %d and Istio's gateway controller made %d of HTTPRoutes",
+		t.Fatalf("istio judge: Istio holds %d root VirtualServices, world has %d and Istio's gateway controller made %d of Gateway API routes",
 			got, roots, generated)
 	}
 	if got := len(srv.Env().List(gvk.Gateway, metav1.NamespaceAll)); got != len(w.Gateways) {
@@ -211,24 +217,29 @@ func NewJudge(t *testing.T, w World) *Judge {
 }
 
 // gatewayAPIVirtualServices waits for Istio's kube gateway controller to
-// have converted the world's HTTPRoutes (its outputs are computed
-// asynchronously) and checks that every HTTPRoute with a Service parent
+// have converted the world's HTTPRoutes and GRPCRoutes (its outputs are
+// computed asynchronously) and checks that every route with a Service parent
 // reached the sidecars' configuration: each appears among the parents of
 // the VirtualServices the controller generates (it merges routes with the
-// same parent into one). It returns how many it generated.
+// same parent into one, HTTPRoutes and GRPCRoutes alike). It returns how many it generated.
 func gatewayAPIVirtualServices(t *testing.T, srv *xds.FakeDiscoveryServer, w World) int {
 	t.Helper()
 	gwc := srv.Env().GatewayAPIController
 	if gwc == nil {
-		if len(w.HTTPRoutes) > 0 {
+		if len(w.HTTPRoutes)+len(w.GRPCRoutes) > 0 {
 			t.Fatalf("istio judge: the fake discovery server has no Gateway API controller (PILOT_ENABLE_GATEWAY_API off?)")
 		}
 		return 0
 	}
 	want := map[string]bool{}
 	for _, r := range w.HTTPRoutes {
-		if ServiceParent(r) && len(r.Spec.Rules) > 0 {
+		if ServiceParent(r.Spec.ParentRefs) && len(r.Spec.Rules) > 0 {
 			want["HTTPRoute/"+r.Name+"."+r.Namespace] = true
+		}
+	}
+	for _, r := range w.GRPCRoutes {
+		if ServiceParent(r.Spec.ParentRefs) && len(r.Spec.Rules) > 0 {
+			want["GRPCRoute/"+r.Name+"."+r.Namespace] = true
 		}
 	}
 	deadline := time.Now().Add(10 * time.Second)

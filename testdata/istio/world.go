@@ -34,7 +34,7 @@ import (
 )
 
 // World is the cluster state the judge evaluates: Kubernetes objects and
-// Istio VirtualServices and Gateways, plus the one mesh-config knob the scenarios need.
+// Istio VirtualServices and Gateways, Gateway API routes, plus the one mesh-config knob the scenarios need.
 type World struct {
 	// Namespaces are optional; Istio's service registry does not need them.
 	Namespaces []*corev1.Namespace
@@ -57,6 +57,12 @@ type World struct {
 	// requests to that Service. Like VirtualServices they keep their
 	// CreationTimestamp, which orders routes for the same parent.
 	HTTPRoutes []*gwv1.HTTPRoute
+	// GRPCRoutes are Gateway API GRPCRoutes (gateway.networking.k8s.io/v1),
+	// stored as AdmitGRPCRoute does. Istio converts them like HTTPRoutes
+	// and merges both kinds of routes of one parent into one list
+	// (pilot/pkg/config/kube/gateway/controller.go, mergeHTTPRoutes of the
+	// HTTP and gRPC base VirtualServices).
+	GRPCRoutes []*gwv1.GRPCRoute
 	// DefaultVirtualServiceExportTo is MeshConfig.defaultVirtualServiceExportTo.
 	// nil keeps Istio's default (every VirtualService is public, "*").
 	DefaultVirtualServiceExportTo []string
@@ -65,8 +71,8 @@ type World struct {
 // ParseWorld builds a World from a multi-document YAML string holding
 // v1 Services and Namespaces, networking.istio.io VirtualServices and
 // Gateways (v1, v1beta1 and v1alpha3 are the same schema and are all read as
-// v1) and gateway.networking.k8s.io/v1 HTTPRoutes (defaulted and validated
-// as the API server does with the standard CRD).
+// v1) and gateway.networking.k8s.io/v1 HTTPRoutes and GRPCRoutes
+// (defaulted and validated as the API server does with the standard CRDs).
 //
 // Parsing is strict (unknown fields are errors) because scenario tables are
 // hand-written YAML and a misspelt field would silently change the scenario.
@@ -128,6 +134,12 @@ func (w *World) add(tm metav1.TypeMeta, js []byte) error {
 			return err
 		}
 		w.HTTPRoutes = append(w.HTTPRoutes, r)
+	case tm.APIVersion == "gateway.networking.k8s.io/v1" && tm.Kind == "GRPCRoute":
+		r, err := parseGRPCRoute(js)
+		if err != nil {
+			return err
+		}
+		w.GRPCRoutes = append(w.GRPCRoutes, r)
 	case tm.Kind == "Gateway" && isNetworkingVersion(tm.APIVersion):
 		gw, err := parseGateway(js)
 		if err != nil {
