@@ -2,6 +2,7 @@ package istio
 
 import (
 	"fmt"
+	"net/http"
 	"regexp"
 	"strings"
 	"testing"
@@ -111,6 +112,99 @@ func TestBaggageRegexSearchSemantics(t *testing.T) {
 		if full != c.keyed || searched != c.keyed || spanning != c.keyed || joinedSearch != c.keyed {
 			t.Errorf("baggage %q (keyed: %v): Envoy full match %v, search per line %v, leftmost spanning match per line %v, search joined %v",
 				c.baggage, c.keyed, full, searched, spanning, joinedSearch)
+		}
+	}
+}
+
+// grpcRoute renders a GRPCRoute document; spec is a YAML flow mapping.
+func grpcRoute(name, ns, created, spec string) string {
+	return fmt.Sprintf(`
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: GRPCRoute
+metadata: {name: %s, namespace: %s, creationTimestamp: %q}
+spec: %s
+`, name, ns, created, spec)
+}
+
+// grpcCall is a gRPC-shaped request for route:8083: POST /service/method
+// with gRPC's content type.
+func grpcCall(service, method string) Request {
+	return Request{Host: routeFQDN + ":8083", Port: 8083, Method: "POST", Path: "/" + service + "/" + method,
+		Headers: http.Header{"Content-Type": {"application/grpc"}}}
+}
+
+// A GRPCRoute with a Service as parent routes the sidecars' gRPC requests
+// to that Service, and Istio merges it with an HTTPRoute of the same
+// parent (same parentRef form) into one list ordered by its precedence.
+func TestGatewayAPI_GRPCRouteMergedWithHTTPRoute(t *testing.T) {
+	before := judgeFor(t)
+	after := judgeFor(t,
+		grpcRoute("greeter", "hotrod", t0, `{
+			parentRefs: [{group: "", kind: Service, name: route, port: 8083}],
+			rules: [
+				{matches: [{method: {service: demo.Greeter, method: Admin}}], backendRefs: [{name: driver, port: 8082}]},
+				{matches: [{method: {service: demo.Greeter}}], backendRefs: [{name: route, port: 8083}]}]}`),
+		httpRoute("route", "hotrod", t1, `{
+			parentRefs: [{group: "", kind: Service, name: route, port: 8083}],
+			rules: [{matches: [{path: {type: PathPrefix, value: /api}}], backendRefs: [{name: driver, port: 8082}]}]}`))
+	for _, c := range clients {
+		wantDefault(t, c.Namespace+" before: gRPC", before.Call(c, grpcCall("demo.Greeter", "Admin")), routeCluster)
+		for _, tc := range []struct {
+			req     Request
+			route   string
+			cluster string
+		}{
+			{grpcCall("demo.Greeter", "Admin"), "hotrod.greeter.0", driverCluster},
+			{grpcCall("demo.Greeter", "Hello"), "hotrod.greeter.1", routeCluster},
+			{Request{Host: routeFQDN + ":8083", Port: 8083, Path: "/api/x"}, "hotrod.route.0", driverCluster},
+		} {
+			o := after.Call(c, tc.req)
+			if !o.Matched || o.Cluster != tc.cluster || o.Route != tc.route {
+				t.Errorf("%s: %s %s goes to %v, want %s by rule %s", c.Namespace, tc.req.Method, tc.req.Path, o, tc.cluster, tc.route)
+			}
+		}
+		// Routes are attached: what none of them matches gets a 404.
+		if o := after.Call(c, grpcCall("demo.Other", "Hello")); o.Matched {
+			t.Errorf("%s: /demo.Other/Hello matched %v, want a 404", c.Namespace, o)
+		}
+	}
+}
+
+// The World stores GRPCRoutes as the API server does with the standard
+// GRPCRoute CRD.
+func TestParseWorldGRPCRoute(t *testing.T) {
+	w := mustWorld(t, grpcRoute("greeter", "hotrod", t0, `{parentRefs: [{group: "", kind: Service, name: route}], rules: [
+		{matches: [{method: {service: demo.Greeter}, headers: [{name: x-team, value: a}]}], backendRefs: [{name: route, port: 8083}]},
+		{backendRefs: [{name: route, port: 8083}]}]}`))
+	r := w.GRPCRoutes[0]
+	m := r.Spec.Rules[0].Matches[0]
+	if m.Method.Type == nil || *m.Method.Type != gwv1.GRPCMethodMatchExact || m.Headers[0].Type == nil || *m.Headers[0].Type != gwv1.GRPCHeaderMatchExact {
+		t.Errorf("method and header match types: want the CRD's default Exact, got %+v", m)
+	}
+	if len(r.Spec.Rules[1].Matches) != 0 {
+		t.Errorf("rule without matches: the GRPCRoute CRD has no default match, got %+v", r.Spec.Rules[1].Matches)
+	}
+	if b := r.Spec.Rules[0].BackendRefs[0]; b.Weight == nil || *b.Weight != 1 || b.Kind == nil || *b.Kind != "Service" {
+		t.Errorf("backendRef defaults missing: %+v", b)
+	}
+	t.Logf("stored as:\n%s", GRPCRouteYAML(r))
+	for _, bad := range []string{
+		// unknown field
+		`{parentRefs: [{group: "", kind: Service, name: route}], rules: [{backendRefs: [{name: route, port: 8083}], nope: 1}]}`,
+		// a method match needs a service or a method (CEL)
+		`{parentRefs: [{group: "", kind: Service, name: route}], rules: [{matches: [{method: {type: Exact}}], backendRefs: [{name: route, port: 8083}]}]}`,
+		// an Exact service must be a gRPC name (CEL)
+		`{parentRefs: [{group: "", kind: Service, name: route}], rules: [{matches: [{method: {service: "a/b"}}], backendRefs: [{name: route, port: 8083}]}]}`,
+		// GRPCRoute rules have no timeouts
+		`{parentRefs: [{group: "", kind: Service, name: route}], rules: [{timeouts: {request: 1s}, backendRefs: [{name: route, port: 8083}]}]}`,
+		// a Service backendRef needs a port (CEL)
+		`{parentRefs: [{group: "", kind: Service, name: route}], rules: [{backendRefs: [{name: route}]}]}`,
+	} {
+		if _, err := ParseWorld(baseWorld + grpcRoute("bad", "hotrod", t0, bad)); err == nil {
+			t.Errorf("accepted %s", bad)
+		} else {
+			t.Logf("refused: %v", err)
 		}
 	}
 }

@@ -26,10 +26,13 @@ import (
 	"istio.io/istio/pkg/config/mesh"
 	"istio.io/istio/pkg/config/schema/collections"
 	"istio.io/istio/pkg/config/schema/gvk"
+	"istio.io/istio/pkg/config/schema/gvr"
+	"istio.io/istio/pkg/kube/kclient/clienttest"
 	istiolog "istio.io/istio/pkg/log"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	gwv1 "sigs.k8s.io/gateway-api/apis/v1"
+	"sigs.k8s.io/gateway-api/pkg/consts"
 )
 
 const (
@@ -143,11 +146,10 @@ func quietIstio() {
 // VirtualServices and Gateways go in as config.Config converted by Istio's
 // own CRD client translation (which carries CreationTimestamp and sets the
 // cluster domain that short-host resolution depends on). HTTPRoutes and
-// GRPCRoutes go in as
-// Kubernetes objects too, as in Istio's own sidecar simulation tests: the
-// fake server's Gateway API controller (on by default,
-// PILOT_ENABLE_GATEWAY_API) reads them from the fake client and converts
-// them into VirtualServices with Gateway API semantics.
+// GRPCRoutes go in as Kubernetes objects too, as in Istio's own sidecar
+// simulation tests: the fake server's Gateway API controller (on by
+// default, PILOT_ENABLE_GATEWAY_API) reads them from the fake client and
+// converts them into VirtualServices with Gateway API semantics.
 func NewJudge(t *testing.T, w World) *Judge {
 	t.Helper()
 	quietIstio()
@@ -190,6 +192,17 @@ func NewJudge(t *testing.T, w World) *Judge {
 		Configs:           cfgs,
 		MeshConfig:        m,
 	})
+	// The fake server installs the GRPCRoute CRD without the bundle-version
+	// annotation a real install carries, and istiod ignores a GRPCRoute CRD
+	// without one (pkg/kube/kclient/crdwatcher.go minimumVersionFilter;
+	// pkg/config/schema/gatewayapi/minimumversions.go): annotate it as the
+	// gateway-api release this module builds with does (as Istio's own
+	// conversion tests do, pilot/pkg/config/kube/gateway conversion_test.go
+	// setupClientCRDs), and the controller's delayed GRPCRoute informer
+	// starts.
+	clienttest.MakeCRDWithAnnotations(t, srv.KubeClient(), gvr.GRPCRoute, map[string]string{
+		consts.BundleVersionAnnotation: consts.BundleVersion,
+	})
 
 	// Sanity: everything we put in must have arrived, or every answer is moot.
 	for _, svc := range w.Services {
@@ -218,10 +231,11 @@ func NewJudge(t *testing.T, w World) *Judge {
 
 // gatewayAPIVirtualServices waits for Istio's kube gateway controller to
 // have converted the world's HTTPRoutes and GRPCRoutes (its outputs are
-// computed asynchronously) and checks that every route with a Service parent
-// reached the sidecars' configuration: each appears among the parents of
-// the VirtualServices the controller generates (it merges routes with the
-// same parent into one, HTTPRoutes and GRPCRoutes alike). It returns how many it generated.
+// computed asynchronously) and checks that every route with a Service
+// parent reached the sidecars' configuration: each appears among the
+// parents of the VirtualServices the controller generates (it merges routes
+// with the same parent into one, HTTPRoutes and GRPCRoutes alike). It
+// returns how many it generated.
 func gatewayAPIVirtualServices(t *testing.T, srv *xds.FakeDiscoveryServer, w World) int {
 	t.Helper()
 	gwc := srv.Env().GatewayAPIController
