@@ -89,6 +89,12 @@ func mapsKeys(h http.Header) func(func(string) bool) {
 
 func get(path string) gwReq { return gwReq{method: "GET", path: path} }
 
+// grpcReq is a gRPC request as a client's sidecar sees it: POST
+// /<service>/<method> with gRPC's content type.
+func grpcReq(service, method string) gwReq {
+	return gwReq{method: "POST", path: "/" + service + "/" + method, headers: http.Header{"Content-Type": {"application/grpc"}}}
+}
+
 func withHeader(r gwReq, name, value string) gwReq {
 	h := r.headers.Clone()
 	if h == nil {
@@ -125,6 +131,9 @@ type gwScenario struct {
 	// left out of every comparison, so that everything else stays checked.
 	known  string
 	except []string
+	// wantGRPCRoutes: the planner must write a GRPCRoute for each mapped
+	// port (CD has GRPCRoutes for it).
+	wantGRPCRoutes bool
 }
 
 // TestGatewayAPIConformance runs the table. Setups where Istio and the
@@ -345,9 +354,85 @@ var gwScenarios = []gwScenario{
 		world: hr("route", t0, `{`+parentRoute+`, rules: [{name: api, matches: [{path: {type: PathPrefix, value: /api}}], timeouts: {request: 2s}, backendRefs: [{name: route, port: 8083}]}]}`) +
 			hr("admin", t1, `{parentRefs: [{group: "", kind: Service, name: route, port: 9001}], rules: [{name: admin, timeouts: {request: 1s}, backendRefs: [{name: route, port: 9001}]}]}`),
 	},
+	// GRPCRoutes: sbx's planner mirrors CD's GRPCRoute rules of the parent
+	// in its own GRPCRoute; Istio merges HTTPRoutes and GRPCRoutes of a
+	// parent into one list (pilot/pkg/config/kube/gateway/controller.go,
+	// mergeHTTPRoutes). Requests are gRPC-shaped. GRPCRoute rules have no
+	// timeouts, so header modifiers tell the rules' behaviour apart.
+	{
+		name:           "CD GRPCRoute: an exact service and method rule, and a service rule",
+		portForm:       "port",
+		wantGRPCRoutes: true,
+		world: gr("greeter", t0, `{`+parentRoute+`, rules: [
+			{name: hello, matches: [{method: {service: demo.Greeter, method: Hello}}], filters: [`+setRule("hello")+`], backendRefs: [{name: route, port: 8083}]},
+			{name: greeter, matches: [{method: {service: demo.Greeter}}], filters: [`+setRule("greeter")+`], backendRefs: [{name: route, port: 8083}]}]}`),
+		reqs: []gwReq{grpcReq("demo.Greeter", "Hello"), grpcReq("demo.Greeter", "Bye"), grpcReq("demo.Other", "Hello"), get("/")},
+	},
+	{
+		name:           "CD GRPCRoute sends one method to another Service",
+		portForm:       "port",
+		wantGRPCRoutes: true,
+		world: gr("greeter", t0, `{`+parentRoute+`, rules: [
+			{name: admin, matches: [{method: {service: demo.Greeter, method: Admin}}], backendRefs: [{name: driver, port: 8082}]},
+			{name: hello-v2, matches: [{method: {service: demo.Greeter, method: Hello}}], filters: [`+setRule("hello-v2")+`], backendRefs: [{name: route-v2, port: 8083}]},
+			{name: greeter, matches: [{method: {service: demo.Greeter}}], filters: [`+setRule("greeter")+`], backendRefs: [{name: route, port: 8083}]}]}`),
+		reqs: []gwReq{grpcReq("demo.Greeter", "Admin"), grpcReq("demo.Greeter", "Hello"), grpcReq("demo.Greeter", "Bye"), grpcReq("demo.Other", "Admin")},
+	},
+	{
+		name:           "CD GRPCRoute and CD HTTPRoute for the same parent and port form, two sandboxes",
+		portForm:       "port",
+		wantGRPCRoutes: true,
+		keys:           []string{key1, key2},
+		world: hr("route", t0, `{`+parentRoute+`, rules: [
+			{name: api, matches: [{path: {type: PathPrefix, value: /api}}], timeouts: {request: 2s}, backendRefs: [{name: route, port: 8083}]},
+			{name: rest, timeouts: {request: 9s}, backendRefs: [{name: route, port: 8083}]}]}`) +
+			gr("greeter", t1, `{`+parentRoute+`, rules: [
+			{name: hello, matches: [{method: {service: demo.Greeter, method: Hello}}], filters: [`+setRule("hello")+`], backendRefs: [{name: route, port: 8083}]},
+			{name: greeter, matches: [{method: {service: demo.Greeter}}], filters: [`+setRule("greeter")+`], backendRefs: [{name: route, port: 8083}]}]}`),
+		reqs: []gwReq{grpcReq("demo.Greeter", "Hello"), grpcReq("demo.Greeter", "Bye"), grpcReq("demo.Other", "Hello"), get("/api/x"), get("/")},
+	},
+	{
+		name:           "CD GRPCRoute and CD HTTPRoute without a port, on a single-port Service",
+		service:        "solo",
+		portForm:       "portless",
+		wantGRPCRoutes: true,
+		world: gr("solo-grpc", t0, `{`+parentSolo+`, rules: [
+			{name: hello, matches: [{method: {service: demo.Greeter, method: Hello}}], filters: [`+setRule("hello")+`], backendRefs: [{name: solo, port: 8080}]}]}`) +
+			hr("solo", t1, `{`+parentSolo+`, rules: [{name: api, matches: [{path: {type: PathPrefix, value: /api}}], timeouts: {request: 2s}, backendRefs: [{name: solo, port: 8080}]}]}`),
+		reqs: []gwReq{grpcReq("demo.Greeter", "Hello"), grpcReq("demo.Greeter", "Bye"), get("/api/x"), get("/")},
+	},
+	{
+		name:           "GRPCRoute rules with header matches and header modifier filters",
+		portForm:       "port",
+		wantGRPCRoutes: true,
+		world: gr("greeter", t0, `{`+parentRoute+`, rules: [
+			{name: team, matches: [{method: {service: demo.Greeter}, headers: [{name: x-team, value: a}]}],
+			 filters: [{type: RequestHeaderModifier, requestHeaderModifier: {set: [{name: x-env, value: staging}], add: [{name: x-via, value: cd}], remove: [x-debug]}}],
+			 backendRefs: [{name: route, port: 8083}]},
+			{name: team-b, matches: [{method: {service: demo.Greeter, method: Hello}, headers: [{name: x-team, value: b}, {name: x-env, type: RegularExpression, value: "st.*"}]}],
+			 backendRefs: [{name: route-v2, port: 8083}]},
+			{name: greeter, matches: [{method: {service: demo.Greeter}}],
+			 filters: [{type: ResponseHeaderModifier, responseHeaderModifier: {set: [{name: x-served-by, value: route}], remove: [server]}}],
+			 backendRefs: [{name: route, port: 8083, filters: [{type: RequestHeaderModifier, requestHeaderModifier: {add: [{name: x-backend, value: route}]}}]}]}]}`),
+		reqs: []gwReq{
+			grpcReq("demo.Greeter", "Hello"), withHeader(grpcReq("demo.Greeter", "Hello"), "x-team", "a"),
+			withHeader(withHeader(grpcReq("demo.Greeter", "Hello"), "x-team", "b"), "x-env", "staging"),
+			withHeader(grpcReq("demo.Greeter", "Hello"), "x-team", "b"),
+			withHeader(withHeader(grpcReq("demo.Greeter", "Bye"), "x-team", "b"), "x-env", "staging"),
+		},
+	},
 }
 
-// isOwn tells sbx's HTTPRoutes apart, as sbx labels every object it writes.
+// gr renders a CD GRPCRoute in hotrod; spec is a YAML flow mapping.
+func gr(name, created, spec string) string { return grpcRoute(name, "hotrod", created, spec) }
+
+// setRule is a RequestHeaderModifier filter naming the rule, so that a
+// request taken by another rule shows in its behaviour.
+func setRule(name string) string {
+	return `{type: RequestHeaderModifier, requestHeaderModifier: {set: [{name: x-rule, value: ` + name + `}]}}`
+}
+
+// isOwn tells sbx's routes apart, as sbx labels every object it writes.
 func isOwn(r metav1.Object) bool { return r.GetLabels()["app.kubernetes.io/managed-by"] == "sbx" }
 
 func runGWScenario(t *testing.T, sc gwScenario, except []string) {
@@ -391,9 +476,15 @@ func runGWScenario(t *testing.T, sc gwScenario, except []string) {
 
 	after := before
 	after.HTTPRoutes = slices.Clone(before.HTTPRoutes)
+	after.GRPCRoutes = slices.Clone(before.GRPCRoutes)
 	after.Services = slices.Clone(before.Services)
 	latest := time.Time{}
 	for _, r := range after.HTTPRoutes {
+		if r.CreationTimestamp.After(latest) {
+			latest = r.CreationTimestamp.Time
+		}
+	}
+	for _, r := range after.GRPCRoutes {
 		if r.CreationTimestamp.After(latest) {
 			latest = r.CreationTimestamp.Time
 		}
@@ -411,7 +502,7 @@ func runGWScenario(t *testing.T, sc gwScenario, except []string) {
 				Port:           port,
 				SandboxService: sandbox, SandboxNamespace: "hotrod",
 				Key: key, Regex: re,
-				Routes: after.HTTPRoutes, IsOwn: isOwn,
+				Routes: after.HTTPRoutes, GRPCRoutes: after.GRPCRoutes, IsOwn: isOwn,
 			})
 			if sc.refuse != "" {
 				if err == nil || !strings.Contains(err.Error(), sc.refuse) {
@@ -442,6 +533,24 @@ func runGWScenario(t *testing.T, sc gwScenario, except []string) {
 				}
 				t.Logf("sbx writes:\n%s", HTTPRouteYAML(stored))
 				after.HTTPRoutes = append(after.HTTPRoutes, stored)
+			}
+			for _, r := range p.GRPCRoutes {
+				r = r.DeepCopy()
+				if r.Labels == nil {
+					r.Labels = map[string]string{}
+				}
+				r.Labels["app.kubernetes.io/managed-by"] = "sbx"
+				latest = latest.Add(time.Minute)
+				r.CreationTimestamp = metav1.NewTime(latest)
+				stored, err := AdmitGRPCRoute(r)
+				if err != nil {
+					t.Fatalf("the API server would refuse sbx's GRPCRoute: %v\n%s", err, GRPCRouteYAML(r))
+				}
+				t.Logf("sbx writes:\n%s", GRPCRouteYAML(stored))
+				after.GRPCRoutes = append(after.GRPCRoutes, stored)
+			}
+			if sc.wantGRPCRoutes && len(p.GRPCRoutes) == 0 {
+				errorf("port %d: the planner wrote no GRPCRoute next to CD's", port)
 			}
 		}
 		sb := &corev1.Service{ObjectMeta: metav1.ObjectMeta{Name: sandbox, Namespace: "hotrod"},
