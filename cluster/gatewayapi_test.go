@@ -221,8 +221,8 @@ func TestMeshModeRefusals(t *testing.T) {
 	require.ErrorContains(t, ValidateMesh("linkerd"), `mesh "linkerd" is not one of auto, istio, gateway-api`)
 
 	// CD routes driver with a GRPCRoute: sbx writes a GRPCRoute of keyed
-	// copies next to it, and its HTTPRoute carries the keyed catch-all
-	// (the mesh merges both kinds of a parent).
+	// copies next to it, with the keyed catch-all (the mesh merges both
+	// kinds of a parent into one list).
 	f = hotrodFake(t)
 	grpc := gatewayRoute("GRPCRoute", "hotrod", "driver-grpc", "", "driver")
 	grpc.Object["spec"].(map[string]any)["rules"] = []any{map[string]any{
@@ -240,13 +240,14 @@ func TestMeshModeRefusals(t *testing.T) {
 	g, err := f.Dynamic.Resource(GRPCRouteGVR).Namespace("hotrod").Get(t.Context(), "sbx-"+testKey+"-driver-8082-grpc", metav1.GetOptions{})
 	require.NoError(t, err)
 	rules, _, _ := unstructured.NestedSlice(g.Object, "spec", "rules")
-	require.Len(t, rules, 1)
+	require.Len(t, rules, 2, "the keyed copy of Find and the keyed catch-all (no path, ranked below every copy)")
+	require.Equal(t, "sbx-keyed", rules[1].(map[string]any)["name"])
 	m := rules[0].(map[string]any)["matches"].([]any)[0].(map[string]any)
 	require.Equal(t, "Find", m["method"].(map[string]any)["method"])
 	require.Equal(t, "baggage", m["headers"].([]any)[0].(map[string]any)["name"])
 	require.Equal(t, "route-sbx-"+testKey, rules[0].(map[string]any)["backendRefs"].([]any)[0].(map[string]any)["name"])
 	_, err = f.Dynamic.Resource(HTTPRouteGVR).Namespace("hotrod").Get(t.Context(), "sbx-"+testKey+"-driver-8082", metav1.GetOptions{})
-	require.NoError(t, err, "the keyed catch-all")
+	require.True(t, apierrors.IsNotFound(err), "CD has no HTTPRoute to mirror, and the catch-all is the GRPCRoute's: %v", err)
 	require.NoError(t, Delete(t.Context(), f.Clients, Ref{Name: "alice", Namespaces: []string{"hotrod"}}, nil))
 	_, err = f.Dynamic.Resource(GRPCRouteGVR).Namespace("hotrod").Get(t.Context(), "sbx-"+testKey+"-driver-8082-grpc", metav1.GetOptions{})
 	require.True(t, apierrors.IsNotFound(err), "disconnect removes sbx's GRPCRoute: %v", err)

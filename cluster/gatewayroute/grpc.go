@@ -20,9 +20,10 @@ type cdGRPCRule struct {
 // grpcPlan is sbx's GRPCRoute(s) next to CD's GRPCRoutes of the parent:
 // a keyed copy of every CD rule (its method and header matches plus the
 // baggage match; filters as they are; the sandbox as backend where the
-// rule sends to the Service port, its own backends elsewhere). Keyed
-// requests no CD rule matches are the HTTPRoute's "/" + baggage rule's:
-// the mesh merges both kinds of a parent into one list.
+// rule sends to the Service port, its own backends elsewhere), and the
+// rule for keyed requests no CD rule matches (a baggage match without a
+// path, so that it ranks below every copy; the mesh merges both kinds of a
+// parent into one list).
 func grpcPlan(in Input, rules []cdGRPCRule, parent gwv1.ParentReference) ([]*gwv1.GRPCRoute, []string) {
 	sandbox := gwv1.GRPCBackendRef{BackendRef: gwv1.BackendRef{BackendObjectReference: gwv1.BackendObjectReference{
 		Name: gwv1.ObjectName(in.SandboxService), Port: ptr.To(gwv1.PortNumber(in.Port)),
@@ -37,6 +38,17 @@ func grpcPlan(in Input, rules []cdGRPCRule, parent gwv1.ParentReference) ([]*gwv
 		}
 		out = append(out, k)
 	}
+	// Keyed requests no CD rule matches: a match on the baggage header
+	// alone, which the mesh ranks after every path match and, among
+	// matches without one, after the copies (same header count, older
+	// rule first), so it never takes a request a copy would.
+	out = append(out, gwv1.GRPCRouteRule{
+		Name: ptr.To(gwv1.SectionName("sbx-keyed")),
+		Matches: []gwv1.GRPCRouteMatch{{Headers: []gwv1.GRPCHeaderMatch{{
+			Type: ptr.To(gwv1.GRPCHeaderMatchRegularExpression), Name: baggageHeader, Value: in.Regex,
+		}}}},
+		BackendRefs: []gwv1.GRPCBackendRef{sandbox},
+	})
 	var routes []*gwv1.GRPCRoute
 	for i := 0; i < len(out); i += maxRules {
 		chunk := out[i:min(i+maxRules, len(out))]

@@ -210,12 +210,18 @@ func MakePlan(in Input) (*Plan, error) {
 		}
 		out = append(out, k)
 	}
-	// Keyed requests no CD rule matches reach the sandbox too.
-	out = append(out, gwv1.HTTPRouteRule{
-		Name:        ptr.To(gwv1.SectionName("sbx-keyed")),
-		Matches:     []gwv1.HTTPRouteMatch{keyedMatch(gwv1.HTTPRouteMatch{}, in.Regex)},
-		BackendRefs: []gwv1.HTTPBackendRef{sandbox},
-	})
+	// Keyed requests no CD rule matches reach the sandbox too. Where CD
+	// has GRPCRoutes, that rule is a GRPCRoute's, with no path: the mesh
+	// ranks path matches first (exact, prefix, regex, none), and a "/"
+	// prefix would outrank the keyed copies of gRPC rules whose method
+	// match is a regex or absent (see grpcPlan).
+	if len(grpcRules) == 0 {
+		out = append(out, gwv1.HTTPRouteRule{
+			Name:        ptr.To(gwv1.SectionName("sbx-keyed")),
+			Matches:     []gwv1.HTTPRouteMatch{keyedMatch(gwv1.HTTPRouteMatch{}, in.Regex)},
+			BackendRefs: []gwv1.HTTPBackendRef{sandbox},
+		})
+	}
 	if len(p.Mirrors) == 0 {
 		// With a route attached, requests no rule matches get a 404:
 		// non-keyed requests keep going to the baseline, as with none.
@@ -234,6 +240,9 @@ func MakePlan(in Input) (*Plan, error) {
 		var warns []string
 		p.GRPCRoutes, warns = grpcPlan(in, grpcRules, parent)
 		p.Warnings = append(p.Warnings, warns...)
+	}
+	if len(out) == 0 {
+		return p, nil // CD routes the parent with GRPCRoutes only
 	}
 	for i, chunk := range split(out) {
 		name := RouteName(in.Key, in.Service.Name, in.Port)

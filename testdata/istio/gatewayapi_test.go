@@ -430,13 +430,10 @@ var gwScenarios = []gwScenario{
 			{name: legacy, matches: [{method: {type: RegularExpression, service: "legacy\\..*"}}], backendRefs: [{name: route-v2, port: 8083}]},
 			{name: greeter, matches: [{method: {service: demo.Greeter}}], filters: [`+setRule("greeter")+`], backendRefs: [{name: route, port: 8083}]}]}`),
 		reqs: []gwReq{grpcReq("demo.Greeter", "Audit"), grpcReq("demo.Other", "Audit"), grpcReq("legacy.Store", "Get"), grpcReq("demo.Greeter", "Hello"), grpcReq("demo.Other", "Hello")},
-		known: "Istio turns a GRPCRoute method match without a service (Exact) into the URI regex /[^/]+/<method>, " +
-			"and a RegularExpression method match into a URI regex too (pilot/pkg/config/kube/gateway/conversion.go createGRPCURIMatch); " +
-			"it merges the parent's HTTPRoutes and GRPCRoutes into one list (controller.go, mergeHTTPRoutes of the HTTP and gRPC base VirtualServices) " +
-			"sorted by sortHTTPRoutes (conversion.go), which ranks the URI match type first (getURIRank: Exact > Prefix > Regex > none) " +
-			"and counts header matches only among equal URI types and lengths. So sbx's HTTPRoute rule sbx-keyed (PathPrefix / plus the baggage match) " +
-			"outranks sbx's keyed copies of these rules (a regex URI plus the baggage match): keyed /demo.Other/Audit and /legacy.Store/Get, " +
-			"which CD sends to driver and route-v2, go to the sandbox instead",
+		// Istio makes these method matches URI regexes (createGRPCURIMatch)
+		// and ranks URI match types first (sortHTTPRoutes): sbx's keyed
+		// catch-all is therefore a GRPCRoute match without a path, below
+		// every keyed copy (a "/" prefix outranked these copies).
 	},
 	{
 		name:           "GRPCRoute rules without a method match: headers only, and no matches",
@@ -448,14 +445,9 @@ var gwScenarios = []gwScenario{
 			{name: rest, filters: [`+setRule("rest")+`], backendRefs: [{name: route, port: 8083}]}]}`),
 		reqs: []gwReq{grpcReq("demo.Greeter", "Hello"), withHeader(grpcReq("demo.Greeter", "Hello"), "x-canary", "1"),
 			grpcReq("demo.Other", "Hello"), withHeader(grpcReq("demo.Other", "Hello"), "x-canary", "1")},
-		known: "Istio converts a GRPCRoute match without a method into a match without a URI (pilot/pkg/config/kube/gateway/conversion.go " +
-			"convertGRPCRoute, createGRPCURIMatch returns nil), and a rule without matches into one with only the parentRef's port " +
-			"(route_collections.go GRPCRouteCollection, conversion.go augmentPortMatch); in the merged list of the parent's HTTPRoutes and " +
-			"GRPCRoutes (controller.go mergeHTTPRoutes) sortHTTPRoutes (conversion.go) ranks a match without a URI below every URI match " +
-			"(getURIRank -1), whatever its headers. So sbx's HTTPRoute rule sbx-keyed (PathPrefix / plus the baggage match) outranks sbx's " +
-			"keyed copies of these rules (no URI plus the baggage match): keyed /demo.Other/Hello with x-canary: 1, which CD sends to route-v2 " +
-			"by rule canary, goes to the sandbox, and keyed /demo.Other/Hello, which CD's rule rest sends to route with its x-rule filter, " +
-			"reaches the sandbox without the filter",
+		// Matches without a URI rank below every URI match; among them
+		// sbx's path-less keyed catch-all comes after the keyed copies
+		// (same header count, older rule first).
 	},
 }
 

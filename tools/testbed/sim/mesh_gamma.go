@@ -100,7 +100,7 @@ func gammaVirtualServices(items []*unstructured.Unstructured, domain string) []*
 					matches = []gwv1.HTTPRouteMatch{{}}
 				}
 				for j, match := range matches {
-					m.routes = append(m.routes, gammaRoute{match: match,
+					m.routes = append(m.routes, gammaRoute{match: match, grpc: h.Annotations[fromGRPC] == "true",
 						route: convertRule(h, i, j, rule, match, port, domain)})
 				}
 			}
@@ -123,7 +123,11 @@ func gammaVirtualServices(items []*unstructured.Unstructured, domain string) []*
 // /<service>/<method> (exact with both, a /<service>/ prefix, or a regex
 // with only the method); headers, header filters and backends as they are.
 func grpcAsHTTP(g *gwv1.GRPCRoute) *gwv1.HTTPRoute {
-	h := &gwv1.HTTPRoute{ObjectMeta: g.ObjectMeta}
+	h := &gwv1.HTTPRoute{ObjectMeta: *g.ObjectMeta.DeepCopy()}
+	if h.Annotations == nil {
+		h.Annotations = map[string]string{}
+	}
+	h.Annotations[fromGRPC] = "true"
 	h.Spec.ParentRefs = g.Spec.ParentRefs
 	for _, r := range g.Spec.Rules {
 		hr := gwv1.HTTPRouteRule{Name: r.Name}
@@ -173,17 +177,26 @@ func grpcAsHTTP(g *gwv1.GRPCRoute) *gwv1.HTTPRoute {
 	return h
 }
 
+// fromGRPC marks an HTTPRoute grpcAsHTTP made: its matches without a
+// path have no URI match (an HTTPRoute's get the CRD's default "/").
+const fromGRPC = "sim.sbx.dev/from-grpcroute"
+
 // gammaRoute is one converted rule × match.
 type gammaRoute struct {
 	match gwv1.HTTPRouteMatch
 	route *networking.HTTPRoute
+	grpc  bool
 }
 
 // precedence orders two routes as Istio's sortHTTPRoutes does: path match
 // type (exact, prefix, regex), its length, a method, more headers, more
 // query parameters; ties keep their order (oldest route first).
 func (a gammaRoute) precedence(b gammaRoute) int {
-	rank := func(m gwv1.HTTPRouteMatch) (int, int) {
+	rank := func(r gammaRoute) (int, int) {
+		m := r.match
+		if m.Path == nil && r.grpc {
+			return 0, 0 // no URI match: below every URI match
+		}
 		if m.Path == nil || m.Path.Type == nil {
 			return 2, 1 // the CRD's default, PathPrefix "/"
 		}
@@ -199,8 +212,8 @@ func (a gammaRoute) precedence(b gammaRoute) int {
 		}
 		return 1, v
 	}
-	ra, la := rank(a.match)
-	rb, lb := rank(b.match)
+	ra, la := rank(a)
+	rb, lb := rank(b)
 	switch {
 	case ra != rb:
 		return rb - ra
