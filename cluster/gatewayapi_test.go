@@ -283,3 +283,35 @@ func TestGatewayRouteNotAccepted(t *testing.T) {
 	require.Equal(t, meshreport.KeyedBaseline, v.Keyed)
 	require.Equal(t, "the mesh (istio.io/gateway-controller) does not accept HTTPRoute hotrod/sbx-"+testKey+"-route-8083: Accepted NotAllowedByListeners: parent not allowed", v.Reason)
 }
+
+// TestSwitchingMesh: changing mesh moves a Service's routes from one kind
+// to the other and leaves none of the old kind behind.
+func TestSwitchingMesh(t *testing.T) {
+	f := hotrodFake(t)
+	f.Dynamic = newDynamicFake()
+	ctx := t.Context()
+	sb := routeSandbox("alice")
+	sb.Spec.Local[0].From.Name = "driver"
+	sb.Spec.Local[0].Mappings[0].Port = 8082
+	o := testOptions(testKey)
+	o.Mesh = MeshIstio
+	_, err := Apply(ctx, f.Clients, sb, o, nil)
+	require.NoError(t, err)
+	_, err = f.Istio.NetworkingV1().VirtualServices("hotrod").Get(ctx, "driver-sbx", metav1.GetOptions{})
+	require.NoError(t, err, "mesh: istio writes sbx's own VirtualService for driver")
+
+	o.Mesh = MeshGatewayAPI
+	res, err := Apply(ctx, f.Clients, sb, o, nil)
+	require.NoError(t, err)
+	require.Equal(t, MeshGatewayAPI, res.Routes.Backends[0].Backend)
+	_, err = f.Istio.NetworkingV1().VirtualServices("hotrod").Get(ctx, "driver-sbx", metav1.GetOptions{})
+	require.True(t, apierrors.IsNotFound(err), "its VirtualService is gone: %v", err)
+	_, err = f.Dynamic.Resource(HTTPRouteGVR).Namespace("hotrod").Get(ctx, "sbx-"+testKey+"-driver-8082", metav1.GetOptions{})
+	require.NoError(t, err)
+
+	o.Mesh = MeshIstio
+	_, err = Apply(ctx, f.Clients, sb, o, nil)
+	require.NoError(t, err)
+	_, err = f.Dynamic.Resource(HTTPRouteGVR).Namespace("hotrod").Get(ctx, "sbx-"+testKey+"-driver-8082", metav1.GetOptions{})
+	require.True(t, apierrors.IsNotFound(err), "back on istio, the HTTPRoute is gone: %v", err)
+}
