@@ -101,7 +101,7 @@ func planOnce(t *testing.T, w World, sc scenario, i int, key string) *cluster.Ob
 	if err != nil {
 		t.Fatal(err)
 	}
-	objs, err := cluster.Plan(context.Background(), base, sandboxSpec(fmt.Sprintf("dev%d", i), sc.ports),
+	objs, err := cluster.Plan(context.Background(), base, sandboxSpecIn(fmt.Sprintf("dev%d", i), sc.ports, sc.home),
 		cluster.Options{RoutingKey: key, TokenVerifier: testVerifier, RelayImage: "ghcr.io/sbx-dev/sbx:test"})
 	if err != nil {
 		t.Fatalf("plan for %s: %v", key, err)

@@ -1,6 +1,7 @@
 package istio
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -55,6 +56,15 @@ spec:
   template:
     metadata: {labels: {app: driver}}
     spec: {containers: [{name: driver, image: driver}]}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: api, namespace: dev}
+spec:
+  selector: {matchLabels: {app: api}}
+  template:
+    metadata: {labels: {app: api}}
+    spec: {containers: [{name: api, image: api}]}
 `
 
 const (
@@ -99,6 +109,11 @@ type scenario struct {
 	// gateway (a Gateway selecting istio: ingressgateway, port 80) for
 	// this Host.
 	gatewayHost string
+	// home, when set, is the sandbox's home namespace: its first local
+	// workload is Deployment api there (Service api, in the world the
+	// scenario gives), so the relay and the sandbox Service of route live
+	// there and sbx's routes in hotrod name them by FQDN.
+	home string
 }
 
 // ingress is the gateway pod of the gateway scenarios.
@@ -120,7 +135,45 @@ func TestConformance(t *testing.T) {
 	}
 }
 
+// devWorld is the sandbox home namespace of the multi-namespace
+// scenarios: namespace dev with Service api (the sandbox's first local
+// workload, Deployment api, lives there).
+const devWorld = `
+---
+apiVersion: v1
+kind: Namespace
+metadata: {name: dev}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: api, namespace: dev}
+spec:
+  clusterIP: 10.96.0.21
+  selector: {app: api}
+  ports:
+  - {name: http, port: 8080}
+`
+
 var scenarios = []scenario{
+	{
+		// Several namespaces: the sandbox's home (its relay and its
+		// Services) is dev; CD's route VirtualService in hotrod gets
+		// twins that name route's sandbox Service in dev by FQDN.
+		name:  "a sandbox at home in another namespace, CD VirtualService in hotrod",
+		home:  "dev",
+		world: devWorld + vs("route", "hotrod", t0, `{hosts: [route], http: [{name: default, timeout: 5s, route: [{destination: {host: route, port: {number: 8083}}}]}]}`),
+	},
+	{
+		name:  "a sandbox at home in another namespace, no VirtualService",
+		home:  "dev",
+		world: devWorld,
+	},
+	{
+		name:  "two sandboxes at home in another namespace, CD routes port 9001 only",
+		home:  "dev",
+		keys:  []string{key1, key2},
+		world: devWorld + vs("route", "hotrod", t0, `{hosts: [route], http: [{name: admin, match: [{port: 9001}], timeout: 1s, route: [{destination: {host: route}}]}]}`),
+	},
 	{
 		name:  "CD VirtualService with a catch-all",
 		world: vs("route", "hotrod", t0, `{hosts: [route], http: [{name: default, timeout: 5s, retries: {attempts: 3, perTryTimeout: 2s}, route: [{destination: {host: route, port: {number: 8083}}}]}]}`),
@@ -355,7 +408,7 @@ func runScenario(t *testing.T, sc scenario) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		objs, err := cluster.Plan(context.Background(), base, sandboxSpec(fmt.Sprintf("dev%d", i), sc.ports),
+		objs, err := cluster.Plan(context.Background(), base, sandboxSpecIn(fmt.Sprintf("dev%d", i), sc.ports, sc.home),
 			cluster.Options{RoutingKey: key, TokenVerifier: testVerifier, RelayImage: "ghcr.io/sbx-dev/sbx:test"})
 		if sc.refuse != "" {
 			if err == nil || !strings.Contains(err.Error(), sc.refuse) {
@@ -394,7 +447,7 @@ func runScenario(t *testing.T, sc scenario) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			objs, err := cluster.Plan(context.Background(), base, sandboxSpec(fmt.Sprintf("dev%d", i), sc.ports),
+			objs, err := cluster.Plan(context.Background(), base, sandboxSpecIn(fmt.Sprintf("dev%d", i), sc.ports, sc.home),
 				cluster.Options{RoutingKey: key, TokenVerifier: testVerifier, RelayImage: "ghcr.io/sbx-dev/sbx:test"})
 			if err != nil {
 				t.Fatal(err)
@@ -490,7 +543,7 @@ func checkCalls(t *testing.T, errorf func(string, ...any), keys []string, mapped
 				errorf("%s: changed by sbx\n  before: %s\n  after:  %s", kwhere, kb, ka)
 			}
 		default:
-			want := fmt.Sprintf("outbound|%d||route-sbx-%s.hotrod.svc.cluster.local", target, key)
+			want := fmt.Sprintf("outbound|%d||route-sbx-%s.%s.svc.cluster.local", target, key, cmp.Or(sc.home, "hotrod"))
 			if ka.Cluster != want {
 				errorf("%s: want the sandbox (%s)\n  before: %s\n  after:  %s", kwhere, want, kb, ka)
 				continue
@@ -612,7 +665,19 @@ func agree(errorf func(string, ...any), mesh *istiovs.Mesh, c Client, r Request,
 	}
 }
 
-func sandboxSpec(name string, ports []int32) *spec.Sandbox {
+func sandboxSpec(name string, ports []int32) *spec.Sandbox { return sandboxSpecIn(name, ports, "") }
+
+// sandboxSpecIn is sandboxSpec with home namespace home ("" or hotrod: route's).
+func sandboxSpecIn(name string, ports []int32, home string) *spec.Sandbox {
+	sb := sandboxSpecRoute(name, ports)
+	if home != "" && home != "hotrod" {
+		sb.Spec.Local = append([]spec.Local{{Name: "api", From: spec.Workload{Kind: spec.KindDeployment, Namespace: home, Name: "api"},
+			Mappings: []spec.Mapping{{Port: 8080, ToLocal: "localhost:8080"}}}}, sb.Spec.Local...)
+	}
+	return sb
+}
+
+func sandboxSpecRoute(name string, ports []int32) *spec.Sandbox {
 	if len(ports) == 0 {
 		ports = []int32{8083}
 	}
