@@ -87,9 +87,10 @@ cross: ## compile every package for linux, darwin and windows on amd64 and arm64
 	  CGO_ENABLED=0 GOOS=$$os GOARCH=$$arch $(GO) build ./... || exit 1; \
 	done
 
-bench: build ## tunnel (and port-forward) benchmarks: ratios measured in one run
+bench: build ## tunnel and port-forward benchmarks (then the latter through shaped links): ratios measured in one run
 	$(BIN) bench tunnel
 	@if $(BIN) bench --help 2>/dev/null | grep -q portforward; then $(BIN) bench portforward; fi
+	$(BIN) bench portforward --links lan,wifi,vpn,intercontinental
 
 # Both benches for a base revision and the working tree, runs interleaved
 # (base, new, base, new, ...) so load drift hits both sides; prints each

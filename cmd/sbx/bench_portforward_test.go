@@ -41,3 +41,57 @@ func TestBenchPortForward(t *testing.T) {
 	require.Equal(t, 2, code)
 	require.True(t, strings.Contains(errOut, `unknown transport "pigeon"`), errOut)
 }
+
+// TestBenchPortForwardShaped runs the shaped bench through one small link
+// with tiny transfers: the JSON has the shaped ratios, and requests
+// through a 20 ms link take at least 20 ms.
+func TestBenchPortForwardShaped(t *testing.T) {
+	code, out, errOut := runCLI(t, "bench", "portforward", "--rtt", "20ms", "--bandwidth", "100mbit", "--reps", "1",
+		"--streams", "2", "--pool", "2", "--bulk-mib", "1", "--rtt-samples", "3", "--json")
+	require.Equal(t, 0, code, errOut)
+	require.Empty(t, errOut, "--json prints no progress")
+	var res struct {
+		Links []map[string]any `json:"links"`
+	}
+	require.NoError(t, json.Unmarshal([]byte(out), &res), out)
+	require.Len(t, res.Links, 1)
+	l := res.Links[0]
+	require.Equal(t, "custom", l["name"])
+	require.InDelta(t, 100.0, l["bandwidth_mbit"], 1e-9)
+	for _, k := range []string{"tunnel_vs_link_throughput", "tunnel_vs_bare_throughput"} {
+		require.Positive(t, l[k], k)
+	}
+	for _, path := range []string{"link", "bare", "tunnel", "pool"} {
+		p := l[path].(map[string]any)
+		for _, k := range []string{"upload_mbps", "download_mbps", "parallel_upload_mbps"} {
+			require.Positive(t, p[k], "%s %s", path, k)
+		}
+		require.GreaterOrEqual(t, p["rtt"].(map[string]any)["p50_ms"], 20.0, path)
+	}
+}
+
+func TestBenchPortForwardShapedFlags(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		want []string
+	}{
+		{[]string{"--bandwidth", "100mbps"}, []string{`--bandwidth "100mbps"`, "ambiguous", "e.g. --bandwidth 100mbit"}},
+		{[]string{"--bandwidth", "fast"}, []string{`--bandwidth "fast"`, "e.g. --bandwidth 100mbit"}},
+		{[]string{"--rtt", "20"}, []string{`--rtt "20" is not a duration`, "e.g. --rtt 30ms"}},
+		{[]string{"--rtt", "-5ms"}, []string{`--rtt "-5ms" is negative`}},
+		{[]string{"--rtt", "0"}, []string{"shapes nothing"}},
+		{[]string{"--loss", "1%"}, []string{`--loss "1%"`, "cannot drop a packet", "no kernel netem"}},
+		{[]string{"--links", "lan,moon"}, []string{`unknown link "moon"`, "lan,wifi,vpn,intercontinental"}},
+		{[]string{"--links", "lan", "--rtt", "10ms"}, []string{"cannot be combined"}},
+		{[]string{"--idle", "60s"}, []string{"--idle needs a shaped link"}},
+		{[]string{"--idle", "soon", "--links", "lan"}, []string{`--idle "soon" is not a duration`, "e.g. --idle 60s"}},
+		{[]string{"--links", "vpn", "--ab", "split-headers"}, []string{"not available with a shaped link"}},
+		{[]string{"--links", "vpn", "--check"}, []string{"not available with a shaped link"}},
+	} {
+		code, _, errOut := runCLI(t, append([]string{"bench", "portforward"}, tc.args...)...)
+		require.Equal(t, 2, code, "%v: %s", tc.args, errOut)
+		for _, w := range tc.want {
+			require.Contains(t, errOut, w, tc.args)
+		}
+	}
+}

@@ -21,6 +21,11 @@
 // way cancels most of the drift in background load on a shared machine.
 // The process CPU time per byte moved is reported too; unlike wall-clock
 // figures it hardly depends on that load.
+//
+// RunShaped measures the same paths, and raw TCP beside them, with the
+// port-forward connections going through a shaped link (linkshape): one
+// stream's and parallel streams' throughput against the link's, and
+// requests in link round trips.
 package pfbench
 
 import (

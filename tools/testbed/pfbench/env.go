@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"net"
 	"net/http"
 	"net/url"
@@ -44,6 +45,13 @@ const (
 
 	opEcho = 'E' // echo everything back
 	opSink = 'S' // read an 8-byte length and that many bytes, answer one byte
+	// opTimedSink is opSink answered with when the last byte arrived (8
+	// bytes, nanoseconds since epoch) and the steady rate the bytes came
+	// at (8 bytes, float64 bytes/s; see receive); opSource reads an 8-byte
+	// length and sends that many bytes. The shaped benchmark times bulk
+	// transfers with them.
+	opTimedSink = 'T'
+	opSource    = 'D'
 )
 
 // env is the whole benchmark world on loopback: an application server (the
@@ -58,6 +66,9 @@ type env struct {
 
 	appAddr string // the application server
 	srv     *pftest.Server
+	// pfAddr, if set, is where the port-forward clients reach the server
+	// (a shaped link in front of it) instead of srv's own address.
+	pfAddr string
 	// relays maps a pod port to the relay listener behind it: tunnelPort
 	// for the run's configuration, one more per variant with its own.
 	relays map[int32]string
@@ -170,6 +181,33 @@ func serveApp(c net.Conn) {
 				return
 			}
 		}
+	case opTimedSink:
+		buf := make([]byte, appReadSize)
+		for {
+			var n [8]byte
+			if _, err := io.ReadFull(c, n[:]); err != nil {
+				return
+			}
+			last, slope, err := receive(c, int64(binary.BigEndian.Uint64(n[:])), buf)
+			if err != nil {
+				return
+			}
+			reply := binary.BigEndian.AppendUint64(nil, uint64(last))
+			if _, err := c.Write(binary.BigEndian.AppendUint64(reply, math.Float64bits(slope))); err != nil {
+				return
+			}
+		}
+	case opSource:
+		buf := pattern(256 << 10)
+		for {
+			var n [8]byte
+			if _, err := io.ReadFull(c, n[:]); err != nil {
+				return
+			}
+			if err := send(c, int64(binary.BigEndian.Uint64(n[:])), buf); err != nil {
+				return
+			}
+		}
 	}
 }
 
@@ -209,13 +247,19 @@ func (e *env) serveRelay(ctx context.Context, c net.Conn, cfg tunnel.Config) {
 	}
 }
 
-func (e *env) restConfig() *rest.Config { return e.srv.RESTConfig() }
+func (e *env) restConfig() *rest.Config {
+	cfg := e.srv.RESTConfig()
+	if e.pfAddr != "" {
+		cfg.Host = "http://" + e.pfAddr
+	}
+	return cfg
+}
 
 // startBare runs kubectl's port-forwarder (the dialer built exactly as
 // kubectl builds it) from a local port to appPort.
 func (e *env) startBare(transport portforward.Transport) error {
 	cfg := e.restConfig()
-	u, err := url.Parse(fmt.Sprintf("%s/api/v1/namespaces/%s/pods/%s/portforward", e.srv.URL(), benchNamespace, benchPod))
+	u, err := url.Parse(fmt.Sprintf("%s/api/v1/namespaces/%s/pods/%s/portforward", cfg.Host, benchNamespace, benchPod))
 	if err != nil {
 		return err
 	}
