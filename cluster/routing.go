@@ -14,6 +14,7 @@ import (
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/client-go/discovery"
 	"k8s.io/utils/ptr"
 	gwv1 "sigs.k8s.io/gateway-api/apis/v1"
 	"sigs.k8s.io/yaml"
@@ -97,7 +98,7 @@ func (l LiveBaseline) Routing(ctx context.Context, namespaces []string) (*Routin
 	if r.IstioServed {
 		r.DefaultExportTo, r.ExportToUnknown = l.meshExportTo(ctx)
 	}
-	r.Linkerd = l.linkerd()
+	r.Linkerd = ServesLinkerd(l.C.Kube.Discovery())
 	if l.C.Dynamic != nil {
 		for _, g := range []struct {
 			gvr  schema.GroupVersionResource
@@ -136,10 +137,11 @@ func (l LiveBaseline) Routing(ctx context.Context, namespaces []string) (*Routin
 	return r, nil
 }
 
-// linkerd reports whether the API server serves Linkerd's APIs (its
-// control plane is installed).
-func (l LiveBaseline) linkerd() bool {
-	groups, err := l.C.Kube.Discovery().ServerGroups()
+// ServesLinkerd reports whether the API server serves Linkerd's APIs (its
+// control plane is installed): Linkerd routes by header only with Gateway
+// API routes. Routing and sbx doctor both decide with it.
+func ServesLinkerd(d discovery.ServerGroupsInterface) bool {
+	groups, err := d.ServerGroups()
 	if err != nil {
 		return false
 	}

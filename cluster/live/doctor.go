@@ -86,12 +86,16 @@ func (c *Cluster) Doctor(ctx context.Context, o DoctorOptions) []Check {
 	return out
 }
 
+// permissionsIn names the permissions check of namespace ns (the relay
+// probe looks for it).
+func permissionsIn(ns string) string { return "permissions in " + ns }
+
 // relayCheck starts the relay image as a short-lived relay in ns, unless
 // the permissions there already failed (the probe would only repeat it).
 func (c *Cluster) relayCheck(ctx context.Context, ns string, access []Check, o DoctorOptions) Check {
 	name := "relay image"
 	for _, a := range access {
-		if a.Name == "permissions in "+ns && a.Level != LevelOK {
+		if a.Name == permissionsIn(ns) && a.Level != LevelOK {
 			return Check{Name: name, Level: LevelWarn, Detail: o.RelayImage + ": not tried: the permissions in " + ns + " are missing",
 				Fix: "fix the permissions first; sbx doctor then starts a short-lived relay to try the image"}
 		}
@@ -173,21 +177,21 @@ func (c *Cluster) accessChecks(ctx context.Context, namespaces []string) []Check
 			n++
 			ok, err := ask(a, ns)
 			if err != nil {
-				return append(out, Check{Name: "permissions in " + ns, Level: LevelFail, Detail: explainAPIError(err, c.server, apiOp{verb: "create", resource: "selfsubjectaccessreviews.authorization.k8s.io"}).Error()})
+				return append(out, Check{Name: permissionsIn(ns), Level: LevelFail, Detail: explainAPIError(err, c.server, apiOp{verb: "create", resource: "selfsubjectaccessreviews.authorization.k8s.io"}).Error()})
 			}
 			if !ok {
 				denied = append(denied, denial{a.Verb + " " + resource(a), a.Why})
 			}
 		}
 		if len(denied) == 0 {
-			out = append(out, Check{Name: "permissions in " + ns, Level: LevelOK, Detail: fmt.Sprintf("all %d that sbx needs (the Role in deploy/rbac.yaml)", n)})
+			out = append(out, Check{Name: permissionsIn(ns), Level: LevelOK, Detail: fmt.Sprintf("all %d that sbx needs (the Role in deploy/rbac.yaml)", n)})
 			continue
 		}
 		var list []string
 		for _, d := range denied {
 			list = append(list, d.what+" ("+d.why+")")
 		}
-		out = append(out, Check{Name: "permissions in " + ns, Level: LevelFail,
+		out = append(out, Check{Name: permissionsIn(ns), Level: LevelFail,
 			Detail: fmt.Sprintf("%d of %d missing: %s", len(denied), n, strings.Join(list, ", ")),
 			Fix:    fmt.Sprintf("ask your cluster admin to bind the Role sbx-developer of deploy/rbac.yaml to you in namespace %s", ns)})
 	}
@@ -235,12 +239,7 @@ func (c *Cluster) meshCheck() Check {
 	}
 	istio := served("networking.istio.io/v1", "virtualservices")
 	gateway := served("gateway.networking.k8s.io/v1", "httproutes")
-	linkerd := false
-	if groups, err := c.clients.Kube.Discovery().ServerGroups(); err == nil {
-		for _, g := range groups.Groups {
-			linkerd = linkerd || strings.HasSuffix(g.Name, "linkerd.io")
-		}
-	}
+	linkerd := cluster.ServesLinkerd(c.clients.Kube.Discovery())
 	switch {
 	case istio && gateway:
 		return Check{Name: "mesh", Level: LevelOK, Detail: "Istio VirtualServices and Gateway API HTTPRoutes are served: sbx routes each Service the way CD does (mesh: auto)"}

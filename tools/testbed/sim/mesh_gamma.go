@@ -11,9 +11,9 @@ import (
 	networking "istio.io/api/networking/v1alpha3"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime"
-	"k8s.io/apimachinery/pkg/runtime/schema"
 	gwv1 "sigs.k8s.io/gateway-api/apis/v1"
 
+	"github.com/sbx-dev/sbx/cluster"
 	"github.com/sbx-dev/sbx/cluster/istiovs"
 )
 
@@ -31,12 +31,12 @@ import (
 // mesh matches path segments: /api does not take /apis); filters: request
 // and response header modifiers, URL rewrite, redirect, request timeout.
 
-// HTTPRouteGVR is the resource the simulated API serves HTTPRoutes as.
-var HTTPRouteGVR = schema.GroupVersionResource{Group: "gateway.networking.k8s.io", Version: "v1", Resource: "httproutes"}
-
-// GRPCRouteGVR is listed (empty unless a test adds some) for callers
-// that look for GRPCRoutes.
-var GRPCRouteGVR = schema.GroupVersionResource{Group: "gateway.networking.k8s.io", Version: "v1", Resource: "grpcroutes"}
+// HTTPRouteGVR and GRPCRouteGVR are the Gateway API routes the simulated
+// API serves (Options.GatewayAPI): the resources sbx reads and writes.
+var (
+	HTTPRouteGVR = cluster.HTTPRouteGVR
+	GRPCRouteGVR = cluster.GRPCRouteGVR
+)
 
 // gammaVirtualServices converts the HTTPRoutes to the VirtualServices
 // Istio derives from them.
