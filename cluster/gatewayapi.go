@@ -256,7 +256,7 @@ func writeGatewayRoutes(ctx context.Context, c Clients, sandbox string, namespac
 		case apierrors.IsNotFound(err):
 			_, err = ri.Create(ctx, u, metav1.CreateOptions{FieldValidation: "Strict"})
 		case err != nil:
-		case equalSpec(cur, u) && equalLabels(cur, u):
+		case equalSpec(cur, u) && equalMeta(cur, u):
 			action = ActionUnchanged
 		default:
 			action = ActionUpdated
@@ -325,7 +325,9 @@ func equalJSON(a, b any) bool {
 	return err1 == nil && err2 == nil && bytes.Equal(ja, jb)
 }
 
-func equalLabels(a, b *unstructured.Unstructured) bool {
+// equalMeta compares what sbx sets on its routes besides the spec: labels
+// and owners.
+func equalMeta(a, b *unstructured.Unstructured) bool {
 	return equalJSON(a.GetLabels(), b.GetLabels()) && equalJSON(a.GetOwnerReferences(), b.GetOwnerReferences())
 }
 

@@ -35,9 +35,8 @@ type ProbeOptions struct {
 // ProbeResult is a probe that started: the pod that became ready and how
 // long it took from creation.
 type ProbeResult struct {
-	Sandbox string
-	Pod     string
-	Took    time.Duration
+	Pod  string
+	Took time.Duration
 }
 
 // ProbeRelay checks that the cluster pulls and runs the relay image in a
@@ -113,5 +112,5 @@ func probe(ctx context.Context, c Clients, o ProbeOptions, ref Ref, owner metav1
 	if err != nil {
 		return nil, err
 	}
-	return &ProbeResult{Sandbox: ref.Name, Pod: pod.Name}, nil
+	return &ProbeResult{Pod: pod.Name}, nil
 }

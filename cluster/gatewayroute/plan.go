@@ -262,12 +262,9 @@ func MakePlan(in Input) (*Plan, error) {
 }
 
 // RouteName is the name of a sandbox's HTTPRoute for a Service port.
+// (A Service name has at most 63 characters, so it stays a valid name.)
 func RouteName(key, service string, port int32) string {
-	name := fmt.Sprintf("sbx-%s-%s-%d", key, service, port)
-	if len(name) > 253 {
-		name = name[:253]
-	}
-	return name
+	return fmt.Sprintf("sbx-%s-%s-%d", key, service, port)
 }
 
 // isService reports whether ref names Service s (a route's parentRef

@@ -58,7 +58,7 @@ home namespace (its first workload's).`,
 		},
 	}
 	sf.register(cmd)
-	cmd.Flags().StringVar(&mesh, "mesh", cluster.MeshAuto, "check the spec for this routing too, as mesh in the sbx config: auto, istio, gateway-api")
+	cmd.Flags().StringVar(&mesh, "mesh", cluster.MeshAuto, "check the spec for this routing too, as mesh in the sbx config: gateway-api needs every local workload in the home namespace; auto and istio ask nothing more than the spec checks (auto decides per Service at connect)")
 	return cmd
 }
 
