@@ -205,20 +205,8 @@ func TestKubectlAgainstSim(t *testing.T) {
 func portForward(t *testing.T, k *kubectlEnv, pod string) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	cmd := k.cmd(ctx, "port-forward", "pod/"+pod, ":8082")
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var stderr bytes.Buffer
-	cmd.Stderr = &stderr
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer func() {
-		cancel()
-		_ = cmd.Wait()
-	}()
+	stdout, stderr, stop := start(t, k.cmd(ctx, "port-forward", "pod/"+pod, ":8082"), cancel)
+	defer stop()
 	// "Forwarding from 127.0.0.1:41234 -> 8082"
 	re := regexp.MustCompile(`Forwarding from (127\.0\.0\.1:\d+) -> 8082`)
 	sc := bufio.NewScanner(stdout)
@@ -246,12 +234,10 @@ func portForward(t *testing.T, k *kubectlEnv, pod string) {
 	t.Logf("through kubectl port-forward %s: %s", addr, bytes.TrimSpace(body))
 }
 
-// watchConfigMaps runs kubectl get configmaps -w and creates one: the
-// change is printed with the ConfigMap columns (NAME DATA AGE).
-func watchConfigMaps(t *testing.T, k *kubectlEnv, c *sim.Cluster) {
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
-	cmd := k.cmd(ctx, "get", "configmaps", "-w")
+// start runs a long-lived kubectl command; stop cancels its context and
+// waits for it.
+func start(t *testing.T, cmd *exec.Cmd, cancel context.CancelFunc) (io.Reader, *bytes.Buffer, func()) {
+	t.Helper()
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -261,10 +247,19 @@ func watchConfigMaps(t *testing.T, k *kubectlEnv, c *sim.Cluster) {
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	defer func() {
+	return stdout, &stderr, func() {
 		cancel()
 		_ = cmd.Wait()
-	}()
+	}
+}
+
+// watchConfigMaps runs kubectl get configmaps -w and creates one: the
+// change is printed with the ConfigMap columns (NAME DATA AGE).
+func watchConfigMaps(t *testing.T, k *kubectlEnv, c *sim.Cluster) {
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	stdout, stderr, stop := start(t, k.cmd(ctx, "get", "configmaps", "-w"), cancel)
+	defer stop()
 	lines := make(chan string)
 	go func() {
 		defer close(lines)
