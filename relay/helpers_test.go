@@ -126,12 +126,19 @@ func loopbackListen(network, addr string) (net.Listener, error) {
 // startRelay starts a relay for sandbox "alice" with the given extra flags.
 func startRelay(t testing.TB, args ...string) *harness {
 	t.Helper()
+	return startRelayWith(t, nil, args...)
+}
+
+// startRelayWith is startRelay with a hook that may change the relay's
+// dependencies before it starts.
+func startRelayWith(t testing.TB, change func(*Deps), args ...string) *harness {
+	t.Helper()
 	base := []string{"--sandbox", "alice", "--token-sha256", testVerifier, "--listen", "127.0.0.1:0", "--health-listen", "127.0.0.1:0", "--drain-timeout", "5s"}
 	opts, err := ParseArgs(append(base, args...))
 	require.NoError(t, err)
 	h := &harness{t: t, cluster: newFakeCluster(), done: make(chan error, 1), opts: opts}
 	cfg := tunnel.DefaultConfig()
-	h.relay, err = New(opts, Deps{
+	deps := Deps{
 		Logger:     testLogger(t, &h.logs),
 		Dialer:     h.cluster,
 		Resolver:   h.cluster,
@@ -140,7 +147,11 @@ func startRelay(t testing.TB, args ...string) *harness {
 		LocalAddrs: func() ([]netip.Addr, error) { return []netip.Addr{podIP}, nil },
 		Tunnel:     &cfg,
 		Version:    "v0.0.0-test",
-	})
+	}
+	if change != nil {
+		change(&deps)
+	}
+	h.relay, err = New(opts, deps)
 	require.NoError(t, err)
 	h.addrs = h.relay.Addrs()
 	ctx, cancel := context.WithCancel(context.Background())

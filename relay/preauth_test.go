@@ -4,6 +4,7 @@ import (
 	"net"
 	"runtime"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -168,4 +169,101 @@ func TestPendingHandshakesAreCapped(t *testing.T) {
 func isTimeout(err error) bool {
 	ne, ok := err.(net.Error)
 	return ok && ne.Timeout()
+}
+
+// pauseAfterWrite wraps the connections a listener accepts: once armed,
+// the next connection that writes (the relay's Welcome, on the tunnel
+// port) writes, reports on wrote and waits for release.
+type pauseAfterWrite struct {
+	net.Listener
+	armed   atomic.Bool
+	wrote   chan struct{}
+	release chan struct{}
+}
+
+func (l *pauseAfterWrite) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err != nil {
+		return nil, err
+	}
+	return &pausingConn{Conn: c, l: l}, nil
+}
+
+type pausingConn struct {
+	net.Conn
+	l *pauseAfterWrite
+}
+
+func (c *pausingConn) Write(b []byte) (int, error) {
+	n, err := c.Conn.Write(b)
+	if c.l.armed.CompareAndSwap(true, false) {
+		close(c.l.wrote)
+		<-c.l.release
+	}
+	return n, err
+}
+
+// TestAcceptedHandshakeIsNotEvicted: a connection whose Hello was accepted
+// is no longer pending, so a flood that arrives between the Welcome and
+// the session's start cannot close it under a daemon that believes it is
+// in (CI saw this once: "got in", then the relay counted no session).
+func TestAcceptedHandshakeIsNotEvicted(t *testing.T) {
+	var tunnelL *pauseAfterWrite
+	h := startRelayWith(t, func(d *Deps) {
+		d.Listen = func(network, addr string) (net.Listener, error) {
+			l, err := loopbackListen(network, addr)
+			if err != nil || tunnelL != nil {
+				return l, err
+			}
+			// The tunnel listener is bound first.
+			tunnelL = &pauseAfterWrite{Listener: l, wrote: make(chan struct{}), release: make(chan struct{})}
+			return tunnelL, nil
+		}
+	})
+	require.NotNil(t, tunnelL)
+	require.Equal(t, h.addrs.Tunnel.String(), tunnelL.Addr().String(), "the tunnel listener is the first one bound")
+
+	tunnelL.armed.Store(true)
+	lap := newLaptop(t, "laptop-1")
+	type result struct {
+		s   *tunnel.Session
+		err error
+	}
+	dialed := make(chan result, 1)
+	go func() {
+		s, err := lap.dial(h, lap.hello())
+		dialed <- result{s, err}
+	}()
+	<-tunnelL.wrote
+
+	// The Welcome is out; a full set of pending connections arrives, one
+	// more than the cap, so the oldest pending one is evicted.
+	var idle []net.Conn
+	defer func() {
+		for _, c := range idle {
+			c.Close()
+		}
+	}()
+	for range maxPendingHandshakes + 1 {
+		c, err := net.Dial("tcp", h.addrs.Tunnel.String())
+		require.NoError(t, err)
+		idle = append(idle, c)
+	}
+	require.Eventually(t, func() bool { return h.metric("sbx_relay_handshakes_total", "result", "too_many_pending") >= 1 }, 10*time.Second, 5*time.Millisecond)
+	close(tunnelL.release)
+
+	r := <-dialed
+	require.NoError(t, r.err)
+	require.Eventually(t, func() bool { return h.metric("sbx_relay_sessions") == 1 }, 10*time.Second, 5*time.Millisecond)
+	// The evicted one was an idle connection, not the laptop's.
+	select {
+	case <-r.s.Done():
+		t.Fatalf("the relay closed the laptop's accepted session: %v", r.s.Err())
+	case <-time.After(200 * time.Millisecond):
+	}
+	_ = idle[0].SetReadDeadline(time.Now().Add(helloTimeout / 2))
+	var b [1]byte
+	_, err := idle[0].Read(b[:])
+	require.Error(t, err)
+	require.False(t, isTimeout(err), "the oldest idle connection was the one closed: %v", err)
 }

@@ -113,12 +113,23 @@ func (r *Relay) checkHello(h tunnel.Hello) (tunnel.Welcome, error) {
 
 // serveSession handshakes on conn and, if the daemon is accepted, serves the
 // session's outbound streams until it ends; handshaken is called once the
-// handshake is over, either way.
+// Hello is accepted or the handshake has failed (calling it twice is harmless).
 func (r *Relay) serveSession(conn net.Conn, handshaken func()) {
 	// tunnel.Server bounds the handshake by r.tcfg.HandshakeTimeout, clears
 	// this deadline once the Hello is in, and closes conn when it fails.
 	_ = conn.SetReadDeadline(time.Now().Add(helloTimeout))
-	s, hello, err := tunnel.Server(r.serveCtx, conn, r.tcfg, r.checkHello)
+	// The pending state ends once the Hello is accepted, before the Welcome
+	// is written: a connection evicted after that would leave the daemon
+	// believing it is in while the relay has already closed it (seen when a
+	// flood evicted it between the Welcome and the end of tunnel.Server).
+	check := func(h tunnel.Hello) (tunnel.Welcome, error) {
+		w, err := r.checkHello(h)
+		if err == nil {
+			handshaken()
+		}
+		return w, err
+	}
+	s, hello, err := tunnel.Server(r.serveCtx, conn, r.tcfg, check)
 	handshaken()
 	if err != nil {
 		r.m.handshakes.WithLabelValues(handshakeResult(err)).Inc()
