@@ -212,9 +212,18 @@ func NewJudge(t *testing.T, w World) *Judge {
 		}
 	}
 	generated := gatewayAPIVirtualServices(t, srv, w)
-	if got := len(srv.Env().VirtualServiceController.MergedVirtualServices()); got != roots+generated {
-		t.Fatalf("istio judge: Istio holds %d root VirtualServices, world has %d and Istio's gateway controller made %d of Gateway API routes",
-			got, roots, generated)
+	// The merged view follows the gateway controller's output
+	// asynchronously: wait for it (CI once read it a moment too early:
+	// 0 held, 1 generated).
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		got := len(srv.Env().VirtualServiceController.MergedVirtualServices())
+		if got == roots+generated {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("istio judge: Istio holds %d root VirtualServices, world has %d and Istio's gateway controller made %d of Gateway API routes",
+				got, roots, generated)
+		}
 	}
 	if got := len(srv.Env().List(gvk.Gateway, metav1.NamespaceAll)); got != len(w.Gateways) {
 		t.Fatalf("istio judge: Istio holds %d Gateways, world has %d", got, len(w.Gateways))
