@@ -178,14 +178,16 @@ func TestConfigVerify(t *testing.T) {
 	require.NoError(t, DefaultConfig().Verify())
 	pf := PortForwardConfig()
 	require.NoError(t, pf.Verify())
-	require.Greater(t, pf.StreamWindow, DefaultConfig().StreamWindow)
+	require.Equal(t, pf.MaxStreamWindow, DefaultConfig().MaxStreamWindow, "windows grow the same way on every session")
 	require.Greater(t, pf.MaxFrameSize, DefaultConfig().MaxFrameSize)
 	cases := []struct {
 		field string
 		mod   func(*Config)
 	}{
 		{"MuxRole", func(c *Config) { c.MuxRole = 9 }},
-		{"StreamWindow", func(c *Config) { c.StreamWindow = 1024 }},
+		{"MaxStreamWindow", func(c *Config) { c.MaxStreamWindow = 1024 }},
+		{"MaxStreamWindow", func(c *Config) { c.MaxStreamWindow = 512 << 20 }},
+		{"WindowBudget", func(c *Config) { c.WindowBudget = -1 }},
 		{"MaxFrameSize", func(c *Config) { c.MaxFrameSize = 10 }},
 		{"WriteTimeout", func(c *Config) { c.WriteTimeout = 0 }},
 		{"KeepAliveInterval", func(c *Config) { c.KeepAliveInterval = 0 }},

@@ -26,6 +26,19 @@ const (
 	// yamuxInitialWindow is yamux's fixed initial stream window; the
 	// configured window may only be larger.
 	yamuxInitialWindow = 256 * 1024
+	// maxStreamWindowLimit bounds Config.MaxStreamWindow (yamux's
+	// window, twice that, must fit in 32 bits).
+	maxStreamWindowLimit = 256 << 20
+)
+
+// Window defaults (PROTOCOL.md, "Tuning").
+const (
+	// DefaultMaxStreamWindow lets one stream fill 1 Gbit/s at ~100 ms
+	// (the window needs 4/3 of the bandwidth-delay product, 12.5 MB).
+	DefaultMaxStreamWindow = 32 << 20
+	// DefaultWindowBudget is a session's growth budget: two streams at
+	// the largest window.
+	DefaultWindowBudget = 64 << 20
 )
 
 // MuxRole selects which yamux role (client: odd stream ids, server: even)
@@ -63,16 +76,22 @@ type Config struct {
 	// MuxRole selects the yamux role; see MuxRole.
 	MuxRole MuxRole
 
-	// StreamWindow is the per-stream receive window in bytes (yamux's
-	// MaxStreamWindowSize), at least 256 KiB (yamux's initial window).
-	// It caps one stream's throughput at StreamWindow / round trip and,
-	// because a session is one FIFO connection, it is also roughly how
-	// many bytes of a bulk stream can sit ahead of another stream's small
-	// request: every extra window byte is tail latency for everyone else
-	// (see PROTOCOL.md, "Tuning"). Raise it for a single bulk stream over
-	// a long-delay link; use a Pool to keep bulk and interactive traffic
-	// from sharing one connection.
-	StreamWindow uint32
+	// MaxStreamWindow is the most a stream's receive window may grow to,
+	// in bytes: from yamux's initial 256 KiB, each stream's window grows
+	// toward twice the bandwidth-delay product its reads show (flow.go).
+	// It caps one stream's throughput at MaxStreamWindow / round trip.
+	// 256 KiB fixes every window at yamux's initial one.
+	MaxStreamWindow uint32
+
+	// WindowBudget bounds the growth the session's streams may hold at
+	// once, in bytes beyond their initial 256 KiB windows: with it, a
+	// session buffers at most streams × 256 KiB + WindowBudget however
+	// its readers behave. 0 turns growth off.
+	WindowBudget int64
+
+	// SharedWindowBudget, if set, also bounds growth across every session
+	// that shares it (a relay's, a daemon's), on top of WindowBudget.
+	SharedWindowBudget *WindowBudget
 
 	// MaxFrameSize bounds the payload of one yamux data frame: a larger
 	// Write is split into frames of at most this size so that small
@@ -128,19 +147,15 @@ type Config struct {
 // Kubernetes port-forward, which is how the daemon reaches the relay. There
 // every yamux frame becomes a SPDY frame, three WebSocket messages and
 // writes on each hop through the API server and the kubelet, so a frame
-// costs several times what it costs on raw TCP, and the path's bandwidth ×
-// delay is larger: it uses 256 KiB frames and a 1 MiB window. A frame is
-// never interrupted, so a small request on the session may wait behind one
-// frame per busy stream: 256 KiB is where larger frames stop paying. In
-// sbx bench portforward --ab (five runs, medians), a pool of sessions took
-// 1.07x the CPU per byte with 128 KiB frames and 1.02x with 512 KiB; 1.04x
-// with a 512 KiB window (and one stream alone 0.93x the throughput) and
-// 1.18x with 4 MiB (PROTOCOL.md, "Over a port-forward"). Both ends of such
-// a session should use it: a receiver's window bounds what its peer may
-// send.
+// costs several times what it costs on raw TCP: it uses 256 KiB frames. A
+// frame is never interrupted, so a small request on the session may wait
+// behind one frame per busy stream: 256 KiB is where larger frames stop
+// paying. In sbx bench portforward --ab (five runs, medians), a pool of
+// sessions took 1.07x the CPU per byte with 128 KiB frames and 1.02x with
+// 512 KiB (PROTOCOL.md, "Over a port-forward"). Windows grow as on any
+// session (DefaultConfig).
 func PortForwardConfig() Config {
 	c := DefaultConfig()
-	c.StreamWindow = 1 << 20
 	c.MaxFrameSize = 256 << 10
 	return c
 }
@@ -150,7 +165,8 @@ func PortForwardConfig() Config {
 func DefaultConfig() Config {
 	return Config{
 		MuxRole:            MuxRoleAuto,
-		StreamWindow:       256 << 10,
+		MaxStreamWindow:    DefaultMaxStreamWindow,
+		WindowBudget:       DefaultWindowBudget,
 		MaxFrameSize:       32 << 10,
 		WriteTimeout:       30 * time.Second,
 		KeepAliveInterval:  5 * time.Second,
@@ -171,8 +187,10 @@ func (c Config) Verify() error {
 	switch {
 	case c.MuxRole > MuxRoleServer:
 		return bad("MuxRole", c.MuxRole, "use MuxRoleAuto, MuxRoleClient or MuxRoleServer")
-	case c.StreamWindow < yamuxInitialWindow:
-		return bad("StreamWindow", c.StreamWindow, "must be at least 262144 (256 KiB)")
+	case c.MaxStreamWindow < yamuxInitialWindow || c.MaxStreamWindow > maxStreamWindowLimit:
+		return bad("MaxStreamWindow", c.MaxStreamWindow, "must be between 262144 (256 KiB, yamux's initial window) and 268435456 (256 MiB)")
+	case c.WindowBudget < 0:
+		return bad("WindowBudget", c.WindowBudget, "must not be negative (0 turns window growth off)")
 	case c.MaxFrameSize < 1024 || c.MaxFrameSize > 16<<20:
 		return bad("MaxFrameSize", c.MaxFrameSize, "must be between 1 KiB and 16 MiB")
 	case c.WriteTimeout <= 0:
@@ -211,7 +229,10 @@ func (c Config) yamuxConfig() *yamux.Config {
 		EnableKeepAlive:        false,
 		KeepAliveInterval:      c.KeepAliveInterval, // yamux verifies it is non-zero
 		ConnectionWriteTimeout: c.WriteTimeout,
-		MaxStreamWindowSize:    c.StreamWindow,
+		// yamux keeps accounting for its own window, but flowControl
+		// grants the peer; twice the largest window keeps yamux's
+		// accounting from ever refusing what flowControl granted.
+		MaxStreamWindowSize: 2 * c.MaxStreamWindow,
 		// Opens are bounded by the caller's context and the reply
 		// timeout; yamux's open timeout would close the whole session.
 		StreamOpenTimeout:  0,

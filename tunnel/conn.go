@@ -11,11 +11,14 @@ import (
 	"time"
 )
 
-// wireConn sits between yamux and the real connection. It does two things:
+// wireConn sits between yamux and the real connection. It does three things:
 //
 //   - It records when bytes last arrived, which is how the heartbeat
 //     detects a dead peer without depending on yamux's ping (whose timeout
 //     is the long write timeout).
+//   - It carries the session's flow control (flow.go): it filters yamux's
+//     window updates, writes the session's own grants between frames and
+//     counts incoming data per stream.
 //   - It sends a yamux data frame's 12-byte header and its body in one
 //     Write: one writev on TCP and Unix sockets for a body over 16 KiB,
 //     else one buffer (TLS, net.Pipe or a port-forward would get one Write
@@ -38,27 +41,42 @@ import (
 // The join relies on how yamux v0.1.2's send loop writes a data frame: a
 // Write of the 12-byte header, then one Write of exactly its body, from
 // one goroutine. yamux does not promise that, so only the gain depends on
-// it, never the bytes: Write holds its lock throughout, and whatever
-// sequence of Writes arrives, the same bytes go out in the same order (a
-// held header goes out alone before anything that is not its body,
-// counted in fallbacks; TestWireConnKeepsBytesInOrder). The tests in
+// it, never the bytes: Write holds its lock throughout and follows the
+// framing byte by byte, so whatever sequence of Writes arrives, the same
+// bytes go out in the same order (a held header goes out alone before a
+// piece that is not its whole body, counted in fallbacks;
+// TestWireConnKeepsBytesInOrder), apart from the window updates that flow
+// control rewrites. The tests in
 // conn_contract_test.go run real yamux over a varied workload and fail,
 // naming the yamux version, when a header ever goes out without its body.
 type wireConn struct {
 	net.Conn
 	lastRecv atomic.Int64 // UnixNano of the last successful read
 
-	mu         sync.Mutex
-	pending    [yamuxHeaderSize]byte
-	pendingLen int // body length announced by the pending header; 0 = none
-	scratch    []byte
+	// flow, once set, grants the peer its receive windows (flow.go):
+	// yamux's own window updates are filtered on the way out, grants
+	// are written between frames, and incoming frames are counted.
+	// Before it is set (the handshake), bytes pass as they are.
+	flow *flowControl
+	in   frameParser // incoming frames (Read, one reader: yamux's recvLoop)
+
+	mu     sync.Mutex
+	framed bool // yamux frames from here on (startFraming)
+	// The outgoing frame being written: its header as far as it has
+	// arrived, and how much of a data frame's body is still to come.
+	hdr      [yamuxHeaderSize]byte
+	hdrN     int
+	bodyLeft int
+	// held: the data frame's header waits to go out with its body.
+	held    bool
+	scratch []byte
 	// vectored: the connection turns net.Buffers into one writev. Other
 	// connections (TLS, net.Pipe, a port-forward) would get one Write per
 	// buffer, so there header and body are copied into one buffer.
 	vectored bool
 	split    bool // Config.SplitHeaderWrites: no joining
 	// joined counts data frames sent joined; fallbacks, held headers
-	// sent alone because the next Write was not their body.
+	// sent alone because the next Write was not their whole body.
 	joined, fallbacks int
 }
 
@@ -85,6 +103,11 @@ func (c *wireConn) Read(p []byte) (int, error) {
 	n, err := c.Conn.Read(p)
 	if n > 0 {
 		c.lastRecv.Store(time.Now().UnixNano())
+		if c.flow != nil {
+			if ferr := c.in.feed(p[:n], c.flow.sawIncoming); ferr != nil {
+				return n, ferr
+			}
+		}
 	}
 	return n, err
 }
@@ -93,48 +116,148 @@ func (c *wireConn) sinceRecv() time.Duration {
 	return time.Since(time.Unix(0, c.lastRecv.Load()))
 }
 
+// startFraming makes the connection carry yamux frames from now on, with
+// flow control; called once, after the handshake and before yamux starts.
+func (c *wireConn) startFraming(f *flowControl) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.framed = true
+	c.flow = f
+}
+
+// Write takes yamux's frames as yamux writes them (a header, then a data
+// frame's body) and follows the framing byte by byte, so it knows where
+// frames begin whatever the pieces. It reports every Write whole.
 func (c *wireConn) Write(p []byte) (int, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.pendingLen > 0 {
-		want := c.pendingLen
-		c.pendingLen = 0
-		if len(p) == want {
-			c.joined++
-			return c.writeFrame(p)
+	if !c.framed {
+		return c.Conn.Write(p)
+	}
+	total := len(p)
+	for len(p) > 0 {
+		if c.bodyLeft > 0 {
+			n := min(len(p), c.bodyLeft)
+			if err := c.writeBody(p[:n]); err != nil {
+				return 0, err
+			}
+			c.bodyLeft -= n
+			p = p[n:]
+			if c.bodyLeft == 0 {
+				if err := c.flushGrants(); err != nil {
+					return 0, err
+				}
+			}
+			continue
 		}
-		// Not the body the header announced: yamux no longer writes
-		// as v0.1.2 does. Send the header alone, then p as it is.
-		c.fallbacks++
-		if _, err := c.Conn.Write(c.pending[:]); err != nil {
+		n := copy(c.hdr[c.hdrN:], p)
+		c.hdrN += n
+		p = p[n:]
+		if c.hdrN < yamuxHeaderSize {
+			break
+		}
+		c.hdrN = 0
+		if err := c.writeHeader(); err != nil {
 			return 0, err
 		}
 	}
-	if !c.split && len(p) == yamuxHeaderSize && p[0] == 0 && p[1] == yamuxTypeData {
-		if n := binary.BigEndian.Uint32(p[8:12]); n > 0 && n <= 1<<30 {
-			copy(c.pending[:], p)
-			c.pendingLen = int(n)
-			return len(p), nil
-		}
-	}
-	return c.Conn.Write(p)
+	return total, nil
 }
 
-// writeFrame writes the pending header and body p together and reports
-// len(p) written on success.
-func (c *wireConn) writeFrame(p []byte) (int, error) {
-	if len(p) <= coalesceCopyMax || !c.vectored {
-		c.scratch = append(append(c.scratch[:0], c.pending[:]...), p...)
-		if _, err := c.Conn.Write(c.scratch); err != nil {
-			return 0, err
+// writeHeader handles a complete outgoing frame header in c.hdr.
+func (c *wireConn) writeHeader() error {
+	typ := c.hdr[1]
+	flags := binary.BigEndian.Uint16(c.hdr[2:4])
+	id := binary.BigEndian.Uint32(c.hdr[4:8])
+	length := binary.BigEndian.Uint32(c.hdr[8:12])
+	switch {
+	case typ == yamuxTypeData:
+		if c.flow != nil {
+			c.flow.sawOutgoing(id, flags)
 		}
-		return len(p), nil
+		if length > 0 {
+			c.bodyLeft = int(length)
+			if !c.split {
+				c.held = true
+				return nil
+			}
+			_, err := c.Conn.Write(c.hdr[:])
+			return err
+		}
+	case typ == yamuxTypeWindowUpdate && id != 0 && c.flow != nil:
+		// yamux's delta is for its own window; the peer's window is
+		// flow's. A plain update is dropped, a SYN/ACK/FIN/RST keeps its
+		// flags with no credit.
+		c.flow.sawOutgoing(id, flags)
+		if flags == 0 {
+			return nil
+		}
+		binary.BigEndian.PutUint32(c.hdr[8:12], 0)
 	}
-	bufs := net.Buffers{c.pending[:], p}
-	if _, err := bufs.WriteTo(c.Conn); err != nil {
-		return 0, err
+	if _, err := c.Conn.Write(c.hdr[:]); err != nil {
+		return err
 	}
-	return len(p), nil
+	return c.flushGrants()
+}
+
+// writeBody writes a piece of the current data frame's body, joined to
+// its held header when the piece is the whole body.
+func (c *wireConn) writeBody(p []byte) error {
+	if !c.held {
+		_, err := c.Conn.Write(p)
+		return err
+	}
+	c.held = false
+	if len(p) == c.bodyLeft {
+		c.joined++
+		return c.writeFrame(p)
+	}
+	// Not the whole body: yamux no longer writes as v0.1.2 does. Send
+	// the header alone, then the piece.
+	c.fallbacks++
+	if _, err := c.Conn.Write(c.hdr[:]); err != nil {
+		return err
+	}
+	_, err := c.Conn.Write(p)
+	return err
+}
+
+// writeFrame writes the held header and body p together.
+func (c *wireConn) writeFrame(p []byte) error {
+	if len(p) <= coalesceCopyMax || !c.vectored {
+		c.scratch = append(append(c.scratch[:0], c.hdr[:]...), p...)
+		_, err := c.Conn.Write(c.scratch)
+		return err
+	}
+	bufs := net.Buffers{c.hdr[:], p}
+	_, err := bufs.WriteTo(c.Conn)
+	return err
+}
+
+// flushGrants writes flow's pending grants; the caller holds c.mu and is
+// between frames.
+func (c *wireConn) flushGrants() error {
+	if c.flow == nil {
+		return nil
+	}
+	b := c.flow.takeGrants(c.scratch[:0])
+	if len(b) == 0 {
+		return nil
+	}
+	c.scratch = b
+	_, err := c.Conn.Write(b)
+	return err
+}
+
+// writeGrants writes pending grants unless a frame is half written (its
+// end writes them then); it runs when flow signals grants.
+func (c *wireConn) writeGrants() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.hdrN > 0 || (c.bodyLeft > 0 && !c.held) {
+		return nil
+	}
+	return c.flushGrants()
 }
 
 // writeStats returns how many data frames went out joined and how many

@@ -148,7 +148,7 @@ func TestYamuxWritesHeaderThenBody(t *testing.T) {
 				recs = append(recs, pc)
 				return pc
 			}, func(c *Config) {
-				c.StreamWindow, c.MaxFrameSize = cfg.cfg.StreamWindow, cfg.cfg.MaxFrameSize
+				c.MaxStreamWindow, c.MaxFrameSize = cfg.cfg.MaxStreamWindow, cfg.cfg.MaxFrameSize
 				c.SplitHeaderWrites = true
 			})
 			contractWorkload(t, p, 2*cfg.cfg.MaxFrameSize+1)
@@ -177,7 +177,7 @@ func TestWireConnJoinsEveryFrame(t *testing.T) {
 		}{{"default", DefaultConfig()}, {"port-forward", PortForwardConfig()}} {
 			t.Run(string(tr)+"/"+cfg.name, func(t *testing.T) {
 				p := newSessionPair(t, tr, roleSets[0], func(c *Config) {
-					c.StreamWindow, c.MaxFrameSize = cfg.cfg.StreamWindow, cfg.cfg.MaxFrameSize
+					c.MaxStreamWindow, c.MaxFrameSize = cfg.cfg.MaxStreamWindow, cfg.cfg.MaxFrameSize
 				})
 				contractWorkload(t, p, 2*cfg.cfg.MaxFrameSize+1)
 				for _, s := range []*Session{p.client, p.server} {

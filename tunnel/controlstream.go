@@ -38,7 +38,9 @@ func (s *Session) Ping() (time.Duration, error) {
 	}
 	select {
 	case <-ch:
-		return time.Since(start), nil
+		rtt := time.Since(start)
+		s.conn.flow.sampleRTT(rtt)
+		return rtt, nil
 	case <-s.done:
 		return 0, s.closedErr()
 	case <-timer.C:
@@ -92,7 +94,7 @@ func (s *Session) controlLoop() {
 	defer s.wg.Done()
 	defer close(s.ctrlDone)
 	for {
-		typ, payload, err := readControl(s.ctrl)
+		typ, payload, err := readControl(s.reader(s.ctrl))
 		if err != nil {
 			if s.mux.IsClosed() {
 				return // the accept loop reports why
@@ -122,6 +124,10 @@ func (s *Session) controlLoop() {
 			if ch, ok := s.pings[n]; ok {
 				close(ch)
 				delete(s.pings, n)
+			}
+			if n == s.hbNonce && !s.hbSent.IsZero() {
+				s.conn.flow.sampleRTT(time.Since(s.hbSent))
+				s.hbSent = time.Time{}
 			}
 			s.pingMu.Unlock()
 		case frameDraining:
@@ -160,8 +166,20 @@ func (s *Session) heartbeat() {
 	tick := s.cfg.DeadPeerTimeout / 8
 	ticker := time.NewTicker(tick)
 	defer ticker.Stop()
-	lastPing := time.Now()
 	var nonce uint64
+	ping := func() {
+		nonce++
+		// Heartbeat nonces have the top bit set so they never match a
+		// Ping() waiter.
+		n := nonce | 1<<63
+		s.pingMu.Lock()
+		s.hbNonce, s.hbSent = n, time.Now()
+		s.pingMu.Unlock()
+		s.sendControlAsync(appendControl(nil, framePing, encodeNonce(n)))
+	}
+	// The first ping gives flow control its first round trip.
+	ping()
+	lastPing := time.Now()
 	for {
 		select {
 		case <-ticker.C:
@@ -175,10 +193,7 @@ func (s *Session) heartbeat() {
 		}
 		if time.Since(lastPing) >= s.cfg.KeepAliveInterval {
 			lastPing = time.Now()
-			nonce++
-			// Heartbeat nonces have the top bit set so they never match
-			// a Ping() waiter.
-			s.sendControlAsync(appendControl(nil, framePing, encodeNonce(nonce|1<<63)))
+			ping()
 		}
 	}
 }

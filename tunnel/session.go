@@ -54,6 +54,10 @@ type Session struct {
 	pingMu  sync.Mutex
 	pingSeq uint64
 	pings   map[uint64]chan struct{}
+	// The last heartbeat ping: its nonce and when it was sent, so its
+	// pong gives flow control a round trip.
+	hbNonce uint64
+	hbSent  time.Time
 
 	bytesIn     atomic.Uint64
 	bytesOut    atomic.Uint64
@@ -95,6 +99,9 @@ func newSession(wc *wireConn, cfg Config, initiator bool) (*Session, error) {
 	case MuxRoleServer:
 		yamuxClient = false
 	}
+	// Before yamux starts: its first frames are already framed and
+	// flow-controlled.
+	wc.startFraming(newFlowControl(cfg))
 	var mux *yamux.Session
 	var err error
 	if yamuxClient {
@@ -123,12 +130,33 @@ func newSession(wc *wireConn, cfg Config, initiator bool) (*Session, error) {
 // start launches the session's goroutines once the handshake is done.
 func (s *Session) start() {
 	s.log = s.log.With("peer", s.conn.RemoteAddr().String())
-	s.wg.Add(4)
+	s.wg.Add(5)
 	go s.acceptLoop()
 	go s.controlLoop()
 	go s.controlWriter()
 	go s.heartbeat()
+	go s.grantWriter()
 }
+
+// grantWriter writes flow control's grants as they come due (between
+// yamux's frames; a frame's end writes them too).
+func (s *Session) grantWriter() {
+	defer s.wg.Done()
+	for {
+		select {
+		case <-s.conn.flow.wake:
+		case <-s.done:
+			return
+		}
+		if err := s.conn.writeGrants(); err != nil {
+			s.shutdown(fmt.Errorf("tunnel: write window update: %w", err))
+			return
+		}
+	}
+}
+
+// FlowStats reports the session's receive windows.
+func (s *Session) FlowStats() FlowStats { return s.conn.flow.stats() }
 
 // setErr records why the session ends; the first cause wins.
 func (s *Session) setErr(err error) {
@@ -146,6 +174,7 @@ func (s *Session) shutdown(err error) {
 	s.closeOnce.Do(func() {
 		close(s.done)
 		_ = s.mux.Close()
+		s.conn.flow.releaseAll()
 	})
 }
 
@@ -310,7 +339,7 @@ func (s *Session) serveIncoming(ys *yamux.Stream) {
 	defer func() { <-s.headerSem }()
 	defer s.inFlight.Add(-1) // after track: Busy never drops to 0 in between
 	_ = ys.SetReadDeadline(time.Now().Add(s.cfg.HeaderTimeout))
-	h, err := readHeader(ys, s.cfg.MaxHeaderSize)
+	h, err := readHeader(s.reader(ys), s.cfg.MaxHeaderSize)
 	_ = ys.SetReadDeadline(time.Time{})
 	if err != nil {
 		s.streamsFailed.Add(1)
@@ -376,7 +405,7 @@ func (s *Session) Open(ctx context.Context, h Header) (*Stream, error) {
 	_, err = ys.Write(appendHeader(nil, h))
 	var rep reply
 	if err == nil {
-		rep, err = readReply(ys)
+		rep, err = readReply(s.reader(ys))
 	}
 	if !stop() {
 		err = ctx.Err()
@@ -397,4 +426,20 @@ func (s *Session) Open(ctx context.Context, h Header) (*Stream, error) {
 	st := newStream(s, ys, h, true)
 	st.track()
 	return st, nil
+}
+
+// flowReader reads a yamux stream and tells flow control what was read,
+// which is what lets it grant the peer more. Every read of a yamux stream
+// goes through one.
+type flowReader struct {
+	ys   *yamux.Stream
+	flow *flowControl
+}
+
+func (s *Session) reader(ys *yamux.Stream) flowReader { return flowReader{ys, s.conn.flow} }
+
+func (r flowReader) Read(p []byte) (int, error) {
+	n, err := r.ys.Read(p)
+	r.flow.consumed(r.ys.StreamID(), n)
+	return n, err
 }

@@ -81,7 +81,7 @@ func (st *Stream) Read(p []byte) (int, error) {
 	if st.closed.Load() {
 		return 0, net.ErrClosed
 	}
-	n, err := st.ys.Read(p)
+	n, err := st.s.reader(st.ys).Read(p)
 	if n > 0 {
 		st.s.bytesIn.Add(uint64(n))
 	}

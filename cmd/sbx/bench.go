@@ -63,7 +63,7 @@ over the repetitions; ratios are tunnel/raw. Takes under a minute.`,
 			opts.Reps = reps
 			opts.SplitHeaders = split
 			if window > 0 {
-				opts.Config.StreamWindow = window
+				opts.Config.MaxStreamWindow = window
 			}
 			if frame > 0 {
 				opts.Config.MaxFrameSize = frame
@@ -91,7 +91,7 @@ over the repetitions; ratios are tunnel/raw. Takes under a minute.`,
 	}
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print one JSON object (same as -o json)")
 	cmd.Flags().IntVar(&reps, "reps", tunnelbench.DefaultOptions().Reps, "repetitions per measurement (medians are reported)")
-	cmd.Flags().Uint32Var(&window, "stream-window", 0, "override the tunnel's per-stream window in bytes (default: the tuned value)")
+	cmd.Flags().Uint32Var(&window, "stream-window", 0, "override the most a stream's receive window grows to, in bytes (262144 fixes it at yamux's initial 256 KiB; default: the tuned value)")
 	cmd.Flags().BoolVar(&split, "ab-split-headers", false, "also measure a tunnel and pool writing each yamux header apart from its body, as plain yamux does, and report split/joined ratios")
 	cmd.Flags().IntVar(&frame, "max-frame", 0, "override the tunnel's maximum data frame size in bytes (default: the tuned value)")
 	return cmd

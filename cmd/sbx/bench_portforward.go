@@ -101,7 +101,7 @@ cannot drop a packet for TCP to retransmit (--loss is refused).`,
 			for _, name := range variants {
 				v, err := parseBenchVariant(name)
 				if err != nil {
-					return userError(err, "use --ab with split-headers, frame=SIZE or window=SIZE (e.g. 128k, 2m), several joined with +")
+					return userError(err, "use --ab with split-headers, frame=SIZE, window=SIZE or budget=SIZE (e.g. 128k, 2m, 0), several joined with +")
 				}
 				opts.Variants = append(opts.Variants, v)
 			}
@@ -148,7 +148,7 @@ cannot drop a packet for TCP to retransmit (--loss is refused).`,
 	f.StringVar(&shape.loss, "loss", "", "refused: a TCP proxy cannot drop packets (see the description)")
 	f.StringSliceVar(&shape.presets, "links", nil, "shape the port-forward link as each of these presets in turn: "+linkshape.PresetNames())
 	f.StringVar(&shape.idleS, "idle", "", "with a shaped link, also time the first request after every path was idle this long (e.g. 60s; off by default)")
-	f.StringSliceVar(&variants, "ab", nil, "also measure, in the same repetitions, the tunnel and pool configured otherwise: split-headers (yamux header and body as two writes), frame=SIZE or window=SIZE (tunnel.Config at both ends), several joined with +")
+	f.StringSliceVar(&variants, "ab", nil, "also measure, in the same repetitions, the tunnel and pool configured otherwise: split-headers (yamux header and body as two writes), frame=SIZE, window=SIZE (the most a stream's window grows to; 256k: fixed) or budget=SIZE (a session's window growth budget; 0: fixed windows) (tunnel.Config at both ends), several joined with +")
 	return cmd
 }
 
@@ -304,7 +304,7 @@ func shapedBenchText(r *pfbench.ShapedResult) string {
 }
 
 // parseBenchVariant parses an --ab value: parts joined with "+", each
-// split-headers, frame=SIZE or window=SIZE.
+// split-headers, frame=SIZE, window=SIZE or budget=SIZE.
 func parseBenchVariant(name string) (pfbench.Variant, error) {
 	v := pfbench.Variant{Name: name}
 	cfg := tunnel.PortForwardConfig()
@@ -313,15 +313,21 @@ func parseBenchVariant(name string) (pfbench.Variant, error) {
 		switch key {
 		case "split-headers":
 			cfg.SplitHeaderWrites = true
-		case "frame", "window":
+		case "frame", "window", "budget":
 			n, err := parseSize(val)
+			if key == "budget" && val == "0" {
+				n, err = 0, nil
+			}
 			if err != nil {
 				return v, fmt.Errorf("variant %q: %s: %w", name, key, err)
 			}
-			if key == "frame" {
+			switch key {
+			case "frame":
 				cfg.MaxFrameSize = n
-			} else {
-				cfg.StreamWindow = uint32(n)
+			case "window":
+				cfg.MaxStreamWindow = uint32(n)
+			default:
+				cfg.WindowBudget = int64(n)
 			}
 		default:
 			return v, fmt.Errorf("unknown variant %q", part)

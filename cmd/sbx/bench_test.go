@@ -13,7 +13,7 @@ func TestBenchFlags(t *testing.T) {
 		want string
 	}{
 		{"bad reps", []string{"bench", "tunnel", "--reps", "0"}, "--reps 0 is not positive"},
-		{"bad window", []string{"bench", "tunnel", "--stream-window", "1024"}, "StreamWindow"},
+		{"bad window", []string{"bench", "tunnel", "--stream-window", "1024"}, "MaxStreamWindow"},
 		{"bad output", []string{"bench", "tunnel", "-o", "yaml"}, `output format "yaml" is not supported`},
 	}
 	for _, c := range cases {

@@ -38,9 +38,13 @@ type ShapedOptions struct {
 	// PoolSize is the number of sessions in the pool (default 4).
 	PoolSize int
 	// Transfer is how long a bulk transfer lasts at the link's rate
-	// (default max(300 ms, 3 round trips)): transfers scale with the
+	// (default max(300 ms, 12 round trips)): transfers scale with the
 	// link's bandwidth × delay, so that each reaches steady state. A
-	// link without a bandwidth limit sends 16 MiB.
+	// tunnel stream's window starts at 256 KiB and doubles about once a
+	// round trip until it covers the link (tunnel/flow.go): at 100 ms
+	// and 100 Mbit/s that takes ~4 round trips, which the rate's slope,
+	// read from a quarter of the transfer on, must leave behind. A link
+	// without a bandwidth limit sends 16 MiB.
 	Transfer time.Duration
 	// BulkBytes, if set, is the size of every single-stream transfer
 	// instead (tests use tiny ones).
@@ -219,7 +223,7 @@ func runLink(ctx context.Context, opts ShapedOptions, l linkshape.Link) (*LinkRe
 		LinkMBps: round3(l.BytesPerSecond() / 1e6)}
 	transfer := opts.Transfer
 	if transfer <= 0 {
-		transfer = max(300*time.Millisecond, 3*l.RTT)
+		transfer = max(300*time.Millisecond, 12*l.RTT)
 	}
 	lr.BulkBytes = opts.BulkBytes
 	if lr.BulkBytes <= 0 {

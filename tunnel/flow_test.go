@@ -1,0 +1,250 @@
+package tunnel
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"net"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/sbx-dev/sbx/tools/testbed/linkshape"
+)
+
+// shapedPair is newSessionPair over a loopback link shaped like link.
+func shapedPair(t *testing.T, link linkshape.Link, mod func(*Config)) sessionPair {
+	t.Helper()
+	sh := linkshape.New(link)
+	t.Cleanup(sh.Close)
+	a, b := tcpPair(t, func(target string) string {
+		addr, err := sh.Proxy(target)
+		require.NoError(t, err)
+		return addr
+	})
+	return pairOver(t, a, b, mod)
+}
+
+// pairOver handshakes a session pair over a and b.
+func pairOver(t *testing.T, a, b net.Conn, mod func(*Config)) sessionPair {
+	t.Helper()
+	ccfg, scfg := testConfig(), testConfig()
+	if mod != nil {
+		mod(&ccfg)
+		mod(&scfg)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	type res struct {
+		s   *Session
+		err error
+	}
+	ch := make(chan res, 1)
+	go func() {
+		s, _, err := Server(ctx, b, scfg, acceptAll)
+		ch <- res{s, err}
+	}()
+	c, _, err := Client(ctx, a, ccfg, testHello())
+	sr := <-ch
+	require.NoError(t, err)
+	require.NoError(t, sr.err)
+	t.Cleanup(func() {
+		_ = c.Close()
+		_ = sr.s.Close()
+	})
+	return sessionPair{client: c, server: sr.s}
+}
+
+// sinkServer accepts streams on s and reads each to EOF into read (if
+// set, else io.Discard), then closes it.
+func sinkServer(t *testing.T, s *Session, read func(*Stream)) {
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			st, err := s.Accept(ctx)
+			if err != nil {
+				return
+			}
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				defer st.Close()
+				if err := st.Accept(); err != nil {
+					return
+				}
+				if read != nil {
+					read(st)
+					return
+				}
+				_, _ = io.Copy(io.Discard, st)
+			}()
+		}
+	}()
+	t.Cleanup(func() {
+		cancel()
+		wg.Wait()
+	})
+}
+
+// upload opens a stream on s, writes n bytes, half-closes and waits for
+// the peer to close.
+func upload(t *testing.T, s *Session, n int) {
+	t.Helper()
+	st, err := s.Open(context.Background(), outboundHeader)
+	require.NoError(t, err)
+	defer st.Close()
+	buf := bytes.Repeat([]byte{0x5a}, 256<<10)
+	for sent := 0; sent < n; sent += len(buf) {
+		_, err := st.Write(buf[:min(len(buf), n-sent)])
+		require.NoError(t, err)
+	}
+	require.NoError(t, st.CloseWrite())
+	_, err = io.Copy(io.Discard, st)
+	require.NoError(t, err)
+}
+
+// TestWindowsGrowToTheLink: over a 20 ms, 400 Mbit/s link (a
+// bandwidth-delay product of 1 MB, four times yamux's initial window) the
+// receiving end grows one bulk stream's window beyond its initial 256
+// KiB, never beyond MaxStreamWindow, and returns the growth to the budget
+// when the stream ends.
+func TestWindowsGrowToTheLink(t *testing.T) {
+	link := linkshape.Link{Name: "test", RTT: 20 * time.Millisecond, Bandwidth: 400e6}
+	p := shapedPair(t, link, nil)
+	sinkServer(t, p.server, nil)
+	start := time.Now()
+	upload(t, p.client, 24<<20)
+	took := time.Since(start)
+	st := p.server.FlowStats()
+	bdp := link.BytesPerSecond() * link.RTT.Seconds()
+	t.Logf("24 MiB in %s (%.1f MB/s, link %.1f MB/s); peak window %d KiB (bandwidth-delay product %.0f KiB), rtt %s",
+		took.Round(time.Millisecond), 24*1.048576/took.Seconds(), link.BytesPerSecond()/1e6, st.PeakWindow>>10, bdp/1024, st.RTT)
+	require.Greater(t, st.PeakWindow, int64(yamuxInitialWindow), "the window grew")
+	require.LessOrEqual(t, st.PeakWindow, int64(DefaultMaxStreamWindow))
+	require.GreaterOrEqual(t, st.RTT, link.RTT, "the session's round trip includes the link's")
+	require.Eventually(t, func() bool { return p.server.FlowStats().Grown == 0 }, 5*time.Second, 10*time.Millisecond,
+		"the ended stream's growth is back in the budget: %+v", p.server.FlowStats())
+
+	// A later stream on the same session starts at the window the first
+	// one reached.
+	st2, err := p.client.Open(context.Background(), outboundHeader)
+	require.NoError(t, err)
+	defer st2.Close()
+	_, err = st2.Write([]byte{1})
+	require.NoError(t, err)
+	w, ok := p.server.conn.flow.windowOf(st2.ys.StreamID())
+	require.True(t, ok)
+	require.Equal(t, st.PeakWindow, w, "the new stream starts at the session's largest window")
+	require.Equal(t, st.PeakWindow-yamuxInitialWindow, p.server.FlowStats().Grown)
+}
+
+// TestWindowGrowthWithinBudgets: streams moving data at once share the
+// session's budget and the shared one: their growth never exceeds either,
+// whatever the link offers, and is all returned when they end.
+func TestWindowGrowthWithinBudgets(t *testing.T) {
+	link := linkshape.Link{Name: "test", RTT: 20 * time.Millisecond, Bandwidth: 400e6}
+	shared := NewWindowBudget(768 << 10)
+	p := shapedPair(t, link, func(c *Config) {
+		c.WindowBudget = 1 << 20
+		c.SharedWindowBudget = shared
+	})
+	var peak int64
+	var mu sync.Mutex
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			select {
+			case <-stop:
+				return
+			case <-time.After(time.Millisecond):
+			}
+			g := p.server.FlowStats().Grown
+			mu.Lock()
+			peak = max(peak, g, shared.InUse())
+			mu.Unlock()
+		}
+	}()
+	sinkServer(t, p.server, nil)
+	var up sync.WaitGroup
+	for range 4 {
+		up.Add(1)
+		go func() {
+			defer up.Done()
+			upload(t, p.client, 8<<20)
+		}()
+	}
+	up.Wait()
+	close(stop)
+	wg.Wait()
+	t.Logf("growth held at most %d KiB of the shared budget's %d KiB", peak>>10, shared.Total()>>10)
+	require.Positive(t, peak, "the streams grew")
+	require.LessOrEqual(t, peak, shared.Total())
+	require.LessOrEqual(t, p.server.FlowStats().PeakWindow, int64(yamuxInitialWindow)+shared.Total())
+	require.Eventually(t, func() bool { return shared.InUse() == 0 && p.server.FlowStats().Grown == 0 }, 5*time.Second, 10*time.Millisecond)
+}
+
+// TestStalledReaderBuffersOneWindow: a reader that stops reading makes
+// its peer stop at the window: the receiving end holds at most the
+// initial window for that stream, and the window does not grow.
+func TestStalledReaderBuffersOneWindow(t *testing.T) {
+	p := newSessionPair(t, transportTCP, roleSets[0], nil)
+	release := make(chan struct{})
+	sinkServer(t, p.server, func(st *Stream) {
+		<-release
+		_, _ = io.Copy(io.Discard, st)
+	})
+	st, err := p.client.Open(context.Background(), outboundHeader)
+	require.NoError(t, err)
+	defer st.Close()
+	wrote := make(chan int64, 1)
+	go func() {
+		buf := make([]byte, 64<<10)
+		var n int64
+		_ = st.SetWriteDeadline(time.Now().Add(time.Second))
+		for {
+			k, err := st.Write(buf)
+			n += int64(k)
+			if err != nil {
+				wrote <- n
+				return
+			}
+		}
+	}()
+	n := <-wrote
+	close(release)
+	require.LessOrEqual(t, n, int64(yamuxInitialWindow), "the writer stopped at the initial window")
+	require.Positive(t, n)
+	st2 := p.server.FlowStats()
+	require.Equal(t, int64(yamuxInitialWindow), st2.PeakWindow)
+}
+
+// TestPeerBeyondItsWindowIsRefused: data beyond what this end granted
+// ends the session with ErrProtocol instead of being buffered (yamux
+// alone would take up to twice MaxStreamWindow).
+func TestPeerBeyondItsWindowIsRefused(t *testing.T) {
+	a, b := net.Pipe()
+	defer a.Close()
+	w := framedWireConn(b, false, newFlowControl(DefaultConfig()))
+	go func() {
+		_, _ = a.Write(yamuxFrame(yamuxTypeWindowUpdate, yamuxFlagSYN, 3, 0, nil))
+		body := make([]byte, yamuxInitialWindow)
+		_, _ = a.Write(yamuxFrame(yamuxTypeData, 0, 3, uint32(len(body)), body))
+		_, _ = a.Write(yamuxFrame(yamuxTypeData, 0, 3, 1, []byte{1}))
+	}()
+	buf := make([]byte, 64<<10)
+	var err error
+	for err == nil {
+		_, err = w.Read(buf)
+	}
+	require.True(t, errors.Is(err, ErrProtocol), "%v", err)
+	require.ErrorContains(t, err, "stream 3")
+}
