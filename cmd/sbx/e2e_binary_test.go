@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"slices"
 	"strings"
 	"syscall"
@@ -20,6 +19,7 @@ import (
 	"github.com/sbx-dev/sbx/daemon/api"
 	"github.com/sbx-dev/sbx/daemon/client"
 	"github.com/sbx-dev/sbx/tools/testbed/sim"
+	"github.com/sbx-dev/sbx/tools/testbed/simbin"
 	"github.com/sbx-dev/sbx/tools/testbed/simenv"
 )
 
@@ -125,7 +125,7 @@ func TestE2EManagedDaemonRestores(t *testing.T) {
 
 	// The service manager's restart: no sbx command runs after it.
 	managed := exec.CommandContext(ctx, be.bin, "daemon", "--managed")
-	managed.Env = append(slices.Clone(be.env), "SBX_DAEMON_MANAGER=systemd")
+	managed.Env = append(slices.Clone(be.env.Environ), "SBX_DAEMON_MANAGER=systemd")
 	var stderr lockedBuffer
 	managed.Stderr = &stderr
 	require.NoError(t, managed.Start())
@@ -156,94 +156,53 @@ func TestE2EManagedDaemonRestores(t *testing.T) {
 }
 
 // binaryEnv is the built sbx binary with its own HOME, state, config (hosts
-// mode on a private hosts file) and kubeconfig for a simulated cluster.
+// mode on a private hosts file) and kubeconfig for a simulated cluster
+// (package simbin), for a test.
 type binaryEnv struct {
+	env   *simbin.Env
 	t     *testing.T
 	ctx   context.Context
 	bin   string
-	home  string
-	env   []string
 	sim   *sim.Cluster
 	hosts string
 	dc    *client.Client
 }
 
 // binaryEnvHosts is the private hosts file's content before sbx.
-const binaryEnvHosts = "127.0.0.1 localhost\n"
+const binaryEnvHosts = simbin.HostsBefore
 
 func startBinaryEnv(t *testing.T) *binaryEnv {
 	t.Helper()
 	if testing.Short() {
 		t.Skip("builds the sbx binary")
 	}
-	home, err := simenv.TempDir()
-	require.NoError(t, err)
-	t.Cleanup(func() { _ = os.RemoveAll(home) })
 	bin := buildSbx(t) // from daemon_cli_test.go
-
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	t.Cleanup(cancel)
-	c, err := sim.Start(ctx, sim.Options{Logger: e2eLogger(t).With("side", "cluster")})
+	e, err := simbin.Start(ctx, simbin.Options{Bin: bin, Logger: e2eLogger(t)})
 	require.NoError(t, err)
-	t.Cleanup(c.Close)
-	kubeconfig := filepath.Join(home, "kubeconfig")
-	require.NoError(t, c.WriteKubeconfig(kubeconfig))
-	require.NoError(t, os.MkdirAll(filepath.Join(home, "config", "sbx"), 0o700))
-	// Hosts mode on a private hosts file: never the system's.
-	hosts := filepath.Join(home, "hosts")
-	require.NoError(t, os.WriteFile(hosts, []byte(binaryEnvHosts), 0o644))
-	require.NoError(t, os.WriteFile(filepath.Join(home, "config", "sbx", "config.yaml"), []byte(
-		"relayImage: ghcr.io/sbx-dev/sbx:sim\noutbound:\n  mode: hosts\n  hostsFile: "+hosts+
-			"\n  hostsRange: 127.245.0.0/16\n"), 0o600))
-	b := &binaryEnv{
-		t: t, ctx: ctx, bin: bin, home: home, sim: c, hosts: hosts,
-		env: []string{
-			"HOME=" + home,
-			"XDG_RUNTIME_DIR=" + filepath.Join(home, "run"),
-			"XDG_STATE_HOME=" + filepath.Join(home, "state"),
-			"XDG_CONFIG_HOME=" + filepath.Join(home, "config"),
-			"KUBECONFIG=" + kubeconfig,
-			"PATH=" + os.Getenv("PATH"),
-		},
-		dc: &client.Client{Socket: filepath.Join(home, "run", "sbx", "sbx.sock")},
-	}
-	t.Cleanup(b.dc.Close)
-	t.Cleanup(func() {
-		cmd := exec.Command(bin, "daemon", "stop")
-		cmd.Env = b.env
-		_ = cmd.Run()
-	})
-	return b
+	t.Cleanup(e.Close)
+	return &binaryEnv{env: e, t: t, ctx: ctx, bin: bin, sim: e.Sim, hosts: e.HostsFile, dc: e.Daemon}
 }
 
 // sbx runs the binary and fails the test if it fails.
 func (b *binaryEnv) sbx(args ...string) string {
 	b.t.Helper()
-	cmd := exec.CommandContext(b.ctx, b.bin, args...)
-	cmd.Env = b.env
-	out, err := cmd.CombinedOutput()
-	require.NoError(b.t, err, "sbx %s:\n%s", strings.Join(args, " "), out)
-	return string(out)
+	out, err := b.env.Run(b.ctx, args...)
+	require.NoError(b.t, err)
+	return out
 }
 
 func (b *binaryEnv) daemonPID() int {
-	st, err := b.dc.Status(b.ctx)
+	pid, err := b.env.DaemonPID(b.ctx)
 	require.NoError(b.t, err)
-	return st.PID
+	return pid
 }
 
 // spec writes a sandbox file mapping route:8083 to local and returns its path.
 func (b *binaryEnv) spec(local string) string {
-	p := filepath.Join(b.home, "sandbox.yaml")
-	require.NoError(b.t, os.WriteFile(p, []byte(`name: '@{name}'
-spec:
-  description: route service on my laptop
-  local:
-    - name: route
-      from: {kind: Deployment, namespace: hotrod, name: route}
-      mappings:
-        - port: 8083
-          toLocal: `+local+"\n"), 0o600))
+	p, err := b.env.WriteSpec(local)
+	require.NoError(b.t, err)
 	return p
 }
 

@@ -5,13 +5,10 @@ package main
 import (
 	"cmp"
 	"context"
-	"encoding/json"
 	"fmt"
 	"io"
 	"net"
-	"net/http"
 	"os"
-	"path/filepath"
 	"runtime"
 	"slices"
 	"strings"
@@ -30,7 +27,10 @@ import (
 	"github.com/sbx-dev/sbx/daemon/api"
 	"github.com/sbx-dev/sbx/daemon/peeruid/peeruidtest"
 	"github.com/sbx-dev/sbx/relay/relayargs"
+	"github.com/sbx-dev/sbx/tools/testbed/figures"
+	"github.com/sbx-dev/sbx/tools/testbed/prober"
 	"github.com/sbx-dev/sbx/tools/testbed/sim"
+	"github.com/sbx-dev/sbx/tools/testbed/simbin"
 )
 
 // TestFaultMatrix puts one sandbox, served by the built binary's daemon
@@ -53,7 +53,7 @@ func TestFaultMatrix(t *testing.T) {
 	p.served(time.Now(), time.Minute) // warm
 
 	report := &faultReport{}
-	defer func() { saveFigures(t, "fault matrix", report.String()) }()
+	defer func() { figures.Save(t, "fault matrix", report.String()) }()
 
 	// Port-forward cuts: every connection to the API server closes at once,
 	// each after the link has been up for a while (over the half second
@@ -64,7 +64,7 @@ func TestFaultMatrix(t *testing.T) {
 		t0 := b.cut()
 		cuts = append(cuts, p.served(t0, time.Minute))
 	}
-	report.add("port-forward cut ×20", "cut → keyed request served", cuts, p.failedSince(time.Time{}))
+	report.add("port-forward cut ×20", "cut → keyed request served", cuts, p.FailedSince(time.Time{}))
 
 	// A flapping link: a cut, and the API server refuses port-forwards for
 	// 600 ms, longer than the daemon's first delay (at most 500 ms), so
@@ -84,7 +84,7 @@ func TestFaultMatrix(t *testing.T) {
 		// has not yet noticed is gone.
 		b.waitReconnected("alice", before)
 	}
-	report.add("flapping link ×10 (600 ms refusals)", "cut → keyed request served", flaps, p.failedSince(flapStart))
+	report.add("flapping link ×10 (600 ms refusals)", "cut → keyed request served", flaps, p.FailedSince(flapStart))
 	first := median(flaps[:3])
 	for i, d := range flaps {
 		// Each recovery is a refused attempt and a second one, 0.75-1.5 s
@@ -95,7 +95,7 @@ func TestFaultMatrix(t *testing.T) {
 	// The relay container is killed (kill -9, OOM): the kubelet restarts it.
 	t0 := time.Now()
 	require.NoError(t, b.sim.CrashRelay(sim.AppNamespace, cluster.RelayName("alice")))
-	report.add("relay kill -9", "kill → keyed request served", []time.Duration{p.served(t0, time.Minute)}, p.failedSince(t0))
+	report.add("relay kill -9", "kill → keyed request served", []time.Duration{p.served(t0, time.Minute)}, p.FailedSince(t0))
 
 	// A pre-auth flood on the relay's tunnel port (anyone who may
 	// port-forward can open connections that never authenticate) while the
@@ -104,12 +104,12 @@ func TestFaultMatrix(t *testing.T) {
 	t0 = b.cut()
 	floodRecovery := p.served(t0, time.Minute)
 	stopFlood()
-	report.add("port-forward cut during a pre-auth flood", "cut → keyed request served", []time.Duration{floodRecovery}, p.failedSince(t0))
+	report.add("port-forward cut during a pre-auth flood", "cut → keyed request served", []time.Duration{floodRecovery}, p.FailedSince(t0))
 
 	// A rollout of the relay Deployment (kubectl rollout restart, a new sbx
 	// image): nothing may fail.
 	time.Sleep(time.Second)
-	gapBefore := p.longestGap(time.Now().Add(-time.Second), time.Now())
+	gapBefore := p.LongestGap(time.Now().Add(-time.Second), time.Now())
 	oldPod, ok := b.sim.RelayPod(sim.AppNamespace, cluster.RelayName("alice"))
 	require.True(t, ok)
 	t0 = time.Now()
@@ -120,9 +120,9 @@ func TestFaultMatrix(t *testing.T) {
 	}, time.Minute, 20*time.Millisecond)
 	p.served(time.Now(), time.Minute)
 	t1 := time.Now()
-	rolloutGap := p.longestGap(t0, t1)
-	report.addGap("relay rollout", rolloutGap, gapBefore, p.failedSince(t0))
-	require.Zero(t, p.failedSince(t0), "keyed requests failed during the rollout: %v", p.failures(t0))
+	rolloutGap := p.LongestGap(t0, t1)
+	report.addGap("relay rollout", rolloutGap, gapBefore, p.FailedSince(t0))
+	require.Zero(t, p.FailedSince(t0), "keyed requests failed during the rollout: %v", p.Failures(t0))
 	// Requests held back (not failed) would hide a handover as slow as a
 	// reconnect: the rollout's longest gap stays within the slowest cut's
 	// recovery measured above.
@@ -133,7 +133,7 @@ func TestFaultMatrix(t *testing.T) {
 	// Origin) and another user's process try the hosts-mode address of a
 	// cluster Service; the developer's own request keeps working.
 	localAttacks(t, b, report)
-	require.Zero(t, p.failedSince(t1), "keyed requests failed during the local attacks: %v", p.failures(t1))
+	require.Zero(t, p.FailedSince(t1), "keyed requests failed during the local attacks: %v", p.Failures(t1))
 
 	// The daemon is stopped (SIGSTOP: a suspended laptop, a debugger on
 	// the daemon) for 3 s. The sessions outlive it (the dead-peer timeout
@@ -148,9 +148,9 @@ func TestFaultMatrix(t *testing.T) {
 	time.Sleep(3 * time.Second)
 	require.NoError(t, syscall.Kill(pid, syscall.SIGCONT))
 	resumed := time.Now()
-	report.add("daemon SIGSTOP 3 s", "SIGCONT → keyed request served", []time.Duration{p.served(resumed, time.Minute)}, p.failedSince(t0))
+	report.add("daemon SIGSTOP 3 s", "SIGCONT → keyed request served", []time.Duration{p.served(resumed, time.Minute)}, p.FailedSince(t0))
 	p.served(time.Now(), time.Minute)
-	require.Zero(t, p.failedSince(resumed), "keyed requests failed after the daemon resumed: %v", p.failures(resumed))
+	require.Zero(t, p.FailedSince(resumed), "keyed requests failed after the daemon resumed: %v", p.Failures(resumed))
 	stopped, err := b.dc.Sandbox(ctx, "alice")
 	require.NoError(t, err)
 	require.Equal(t, before.Reconnects, stopped.Reconnects, "the tunnel outlived a 3 s stop")
@@ -164,13 +164,13 @@ func TestFaultMatrix(t *testing.T) {
 		return api.IsNotRunning(err)
 	}, 10*time.Second, 20*time.Millisecond)
 	b.sbx("list")
-	report.add("daemon kill -9, restarted by the next command", "kill → keyed request served", []time.Duration{p.served(t0, time.Minute)}, p.failedSince(t0))
+	report.add("daemon kill -9, restarted by the next command", "kill → keyed request served", []time.Duration{p.served(t0, time.Minute)}, p.FailedSince(t0))
 	after, err := b.dc.Sandbox(ctx, "alice")
 	require.NoError(t, err)
 	require.Equal(t, st.RoutingKey, after.RoutingKey)
 
-	p.stop()
-	t.Logf("prober: %d keyed requests, %d failed", p.total(), p.failedSince(time.Time{}))
+	p.Stop()
+	t.Logf("prober: %d keyed requests, %d failed", p.Total(), p.FailedSince(time.Time{}))
 }
 
 // cut closes every port-forward connection and returns the moment it
@@ -178,7 +178,8 @@ func TestFaultMatrix(t *testing.T) {
 // so one served after it proves the daemon reconnected.
 func (b *binaryEnv) cut() time.Time {
 	b.t.Helper()
-	require.Positive(b.t, b.sim.PortForward.CutAll(), "no port-forward connection to cut")
+	_, err := b.env.Cut()
+	require.NoError(b.t, err)
 	return time.Now()
 }
 
@@ -199,159 +200,27 @@ func (b *binaryEnv) waitReconnected(name string, before int) {
 	}, time.Minute, 5*time.Millisecond)
 }
 
-// prober sends keyed requests through the cluster's frontend, one after
-// another, and records each.
-type prober struct {
-	t      *testing.T
-	client *http.Client
-	keyed  string
-	cancel context.CancelFunc
-	wg     sync.WaitGroup
-
-	mu    sync.Mutex
-	calls []call
-	added chan struct{} // closed and replaced on every call
+// testProber sends keyed requests through the cluster's frontend, one
+// after another (package prober), and fails the test where the package
+// returns an error.
+type testProber struct {
+	*prober.Prober
+	t *testing.T
 }
 
-type call struct {
-	start, end time.Time
-	ok         bool
-	err        string
-}
-
-func startProber(t *testing.T, c *sim.Cluster, keyed string) *prober {
-	ctx, cancel := context.WithCancel(context.Background())
-	p := &prober{t: t, client: c.HTTPClient("default"), keyed: keyed, cancel: cancel, added: make(chan struct{})}
-	p.wg.Add(1)
-	go func() {
-		defer p.wg.Done()
-		for ctx.Err() == nil {
-			p.record(p.once(ctx))
-		}
-	}()
-	t.Cleanup(p.stop)
+func startProber(t *testing.T, c *sim.Cluster, keyed string) *testProber {
+	client := c.HTTPClient("default")
+	p := &testProber{Prober: prober.Start(simbin.KeyedOnce(client, keyed, routeV2)), t: t}
+	t.Cleanup(func() { p.Stop(); client.CloseIdleConnections() })
 	return p
-}
-
-func (p *prober) stop() {
-	p.cancel()
-	p.wg.Wait()
-	p.client.CloseIdleConnections()
-}
-
-func (p *prober) once(ctx context.Context) call {
-	c := call{start: time.Now()}
-	rctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	defer cancel()
-	req, _ := http.NewRequestWithContext(rctx, http.MethodGet, "http://frontend.hotrod:8080/dispatch", nil)
-	req.Header.Set("baggage", p.keyed)
-	resp, err := p.client.Do(req)
-	if err == nil {
-		var body []byte
-		body, err = io.ReadAll(resp.Body)
-		resp.Body.Close()
-		var hop sim.Hop
-		_ = json.Unmarshal(body, &hop)
-		switch {
-		case err != nil:
-		case hop.String() == routeV2:
-			c.ok = true
-		default:
-			err = fmt.Errorf("%d %s", resp.StatusCode, strings.TrimSpace(string(body)))
-		}
-	}
-	if err != nil {
-		c.err = err.Error()
-	}
-	c.end = time.Now()
-	return c
-}
-
-func (p *prober) record(c call) {
-	if c.err != "" && strings.Contains(c.err, context.Canceled.Error()) {
-		return // the prober stopping
-	}
-	p.mu.Lock()
-	p.calls = append(p.calls, c)
-	close(p.added)
-	p.added = make(chan struct{})
-	p.mu.Unlock()
 }
 
 // served waits until a request started at or after t0 was served by the
 // laptop and returns how long after t0 it was answered.
-func (p *prober) served(t0 time.Time, limit time.Duration) time.Duration {
+func (p *testProber) served(t0 time.Time, limit time.Duration) time.Duration {
 	p.t.Helper()
-	deadline := time.NewTimer(limit)
-	defer deadline.Stop()
-	for {
-		p.mu.Lock()
-		for _, c := range p.calls {
-			if c.ok && !c.start.Before(t0) {
-				p.mu.Unlock()
-				return c.end.Sub(t0)
-			}
-		}
-		added := p.added
-		last := ""
-		if n := len(p.calls); n > 0 {
-			last = p.calls[n-1].err
-		}
-		p.mu.Unlock()
-		select {
-		case <-added:
-		case <-deadline.C:
-			p.t.Fatalf("no keyed request served within %s of %s; last error: %s", limit, t0.Format(time.StampMilli), last)
-		}
-	}
-}
-
-func (p *prober) failures(since time.Time) []string {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	var out []string
-	for _, c := range p.calls {
-		if !c.ok && !c.start.Before(since) {
-			out = append(out, c.err)
-		}
-	}
-	return out
-}
-
-func (p *prober) failedSince(since time.Time) int { return len(p.failures(since)) }
-
-func (p *prober) total() int {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return len(p.calls)
-}
-
-// longestGap is the longest time between two served requests' answers (or
-// the window's edges) in [from, to].
-func (p *prober) longestGap(from, to time.Time) time.Duration {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	prev, gap := from, time.Duration(0)
-	for _, c := range p.calls {
-		if !c.ok || c.end.Before(from) || c.end.After(to) {
-			continue
-		}
-		gap = max(gap, c.end.Sub(prev))
-		prev = c.end
-	}
-	return max(gap, to.Sub(prev))
-}
-
-// slowest is the longest request started in [from, to].
-func (p *prober) slowest(from, to time.Time) time.Duration {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	var d time.Duration
-	for _, c := range p.calls {
-		if !c.start.Before(from) && !c.start.After(to) {
-			d = max(d, c.end.Sub(c.start))
-		}
-	}
+	d, err := p.Served(context.Background(), t0, limit)
+	require.NoError(p.t, err)
 	return d
 }
 
@@ -513,20 +382,4 @@ func durations(ds []time.Duration) string {
 		parts[i] = d.Round(time.Millisecond).String()
 	}
 	return strings.Join(parts, " ")
-}
-
-// saveFigures logs a test's measured figures and, when SBX_FIGURES_DIR is
-// set (make test-unit sets it), writes them there too, so that a passing
-// `make test` prints them without -v.
-func saveFigures(t *testing.T, title, text string) {
-	t.Helper()
-	t.Log(title + ":\n" + text)
-	dir := os.Getenv("SBX_FIGURES_DIR")
-	if dir == "" {
-		return
-	}
-	name := filepath.Join(dir, strings.NewReplacer(" ", "-", "/", "-").Replace(t.Name())+".txt")
-	if err := os.WriteFile(name, []byte("== "+title+" ("+t.Name()+")\n"+strings.TrimRight(text, "\n")+"\n"), 0o644); err != nil {
-		t.Errorf("save figures: %v", err)
-	}
 }

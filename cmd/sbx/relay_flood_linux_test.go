@@ -19,6 +19,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/sbx-dev/sbx/tools/testbed/figures"
 	"github.com/sbx-dev/sbx/tunnel"
 	"github.com/sbx-dev/sbx/tunnel/tunneltest"
 )
@@ -149,7 +150,7 @@ func TestRelayProcessUnderPreAuthFlood(t *testing.T) {
 	wg.Wait()
 
 	grew := peak - before
-	saveFigures(t, "relay under a pre-auth flood", fmt.Sprintf("relay process RSS: %d MiB before, peak %d MiB during a pre-auth flood of %d flooding and %d silent connections (%+d MiB); the handshake with the token succeeded",
+	figures.Save(t, "relay under a pre-auth flood", fmt.Sprintf("relay process RSS: %d MiB before, peak %d MiB during a pre-auth flood of %d flooding and %d silent connections (%+d MiB); the handshake with the token succeeded",
 		before>>20, peak>>20, flooders, idlers, grew>>20))
 	// An unbounded relay grew by ~110 MiB per second per flooding
 	// connection; the bound leaves room for the Go runtime's own growth.
