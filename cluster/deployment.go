@@ -30,7 +30,8 @@ const (
 )
 
 // The relay's memory: a few MiB when idle, but every stream it serves may
-// buffer about 2.5 MiB when its reader stalls (relayargs.DefaultMaxStreams
+// buffer about 1 MiB when its reader stalls, and the tunnel windows that
+// grow on slow links share 96 MiB more (relayargs.DefaultMaxStreams
 // explains the budget). The limit never goes below what the default cap
 // has always had.
 const (
@@ -46,18 +47,18 @@ const (
 )
 
 // relayMemory sizes the relay container for a stream cap (0: the
-// default): limit = max(512Mi, streams × 2.5 MiB + 64 MiB) rounded up to
-// 64 MiB, request = limit/8, and GOMEMLIMIT at 90% of the limit, in the
-// Go runtime's unit syntax (a Kubernetes "460Mi" would make the runtime
-// throw at startup), so the runtime collects harder before the kernel
-// kills the pod. The default cap gives 512Mi, 64Mi and 460MiB.
+// default): limit = max(512Mi, streams × 1 MiB + 2 × 96 MiB + 64 MiB)
+// rounded up to 64 MiB (relayargs: what a stream and the shared window
+// budget may hold), request = limit/8, and GOMEMLIMIT at 90% of the limit,
+// in the Go runtime's unit syntax (a Kubernetes "460Mi" would make the
+// runtime throw at startup), so the runtime collects harder before the
+// kernel kills the pod. The default cap gives 512Mi, 64Mi and 460MiB.
 func relayMemory(maxStreams int) (limit, request, goMemLimit string) {
 	if maxStreams <= 0 {
 		maxStreams = relayargs.DefaultMaxStreams
 	}
-	// In half-MiB units: 2.5 MiB a stream is 5.
-	half := 5*maxStreams + 2*relayMemoryBaseMiB
-	limitMiB := (half + 2*relayMemoryStepMiB - 1) / (2 * relayMemoryStepMiB) * relayMemoryStepMiB
+	mib := maxStreams*relayargs.StreamMiB + 2*(relayargs.WindowBudget>>20) + relayMemoryBaseMiB
+	limitMiB := (mib + relayMemoryStepMiB - 1) / relayMemoryStepMiB * relayMemoryStepMiB
 	limitMiB = max(limitMiB, relayMemoryFloorMiB)
 	return fmt.Sprintf("%dMi", limitMiB), fmt.Sprintf("%dMi", limitMiB/relayMemoryRatio), fmt.Sprintf("%dMiB", limitMiB*9/10)
 }

@@ -109,7 +109,7 @@ func TestPlanRelayDeployment(t *testing.T) {
 }
 
 // TestRelayMemory pins the memory formula: the default cap keeps exactly
-// the sizes the relay has always had, larger caps grow by ~2.5 MiB a
+// the sizes the relay has always had, larger caps grow by ~1 MiB a
 // stream rounded up to 64 MiB, the request stays limit/8 and GOMEMLIMIT
 // 90% of the limit.
 func TestRelayMemory(t *testing.T) {
@@ -120,12 +120,11 @@ func TestRelayMemory(t *testing.T) {
 		{0, "512Mi", "64Mi", "460MiB"},
 		{1, "512Mi", "64Mi", "460MiB"},
 		{relayargs.DefaultMaxStreams, "512Mi", "64Mi", "460MiB"},
-		{179, "512Mi", "64Mi", "460MiB"}, // 511.5 MiB of budget: still the floor
-		{180, "576Mi", "72Mi", "518MiB"}, // 514 MiB: the next 64 MiB step
-		{256, "704Mi", "88Mi", "633MiB"},
-		{257, "768Mi", "96Mi", "691MiB"}, // 706.5 MiB rounds up
-		{1000, "2624Mi", "328Mi", "2361MiB"},
-		{relayargs.MaxStreamsLimit, "10304Mi", "1288Mi", "9273MiB"},
+		{256, "512Mi", "64Mi", "460MiB"}, // 512 MiB of budget: still the floor
+		{257, "576Mi", "72Mi", "518MiB"}, // 513 MiB: the next 64 MiB step
+		{320, "576Mi", "72Mi", "518MiB"},
+		{1000, "1280Mi", "160Mi", "1152MiB"}, // 1256 MiB rounds up
+		{relayargs.MaxStreamsLimit, "4352Mi", "544Mi", "3916MiB"},
 	}
 	for _, tt := range tests {
 		t.Run(fmt.Sprint(tt.streams), func(t *testing.T) {
@@ -136,8 +135,8 @@ func TestRelayMemory(t *testing.T) {
 
 			l := resource.MustParse(limit)
 			require.Zero(t, l.Value()%(64<<20), "a multiple of 64 MiB")
-			require.GreaterOrEqual(t, float64(l.Value()), float64(max(tt.streams, relayargs.DefaultMaxStreams))*2.5*(1<<20)+64<<20,
-				"room for every stream's buffers plus the process")
+			require.GreaterOrEqual(t, l.Value(), int64(max(tt.streams, relayargs.DefaultMaxStreams))*relayargs.StreamMiB<<20+2*relayargs.WindowBudget+64<<20,
+				"room for every stream's buffers, twice the shared window budget, plus the process")
 			r := resource.MustParse(request)
 			require.Equal(t, l.Value(), 8*r.Value(), "limit/request ratio 8")
 		})
@@ -146,15 +145,15 @@ func TestRelayMemory(t *testing.T) {
 
 func TestPlanRelayMaxStreams(t *testing.T) {
 	o := testOptions(testKey)
-	o.RelayMaxStreams = 256
+	o.RelayMaxStreams = 512
 	objs, err := Plan(t.Context(), hotrodManifests(t), threeSandbox(), o)
 	require.NoError(t, err)
 	c := objs.Relay.Spec.Template.Spec.Containers[0]
-	require.Equal(t, []string{"--drain-timeout", "20s", "--max-streams", "256"}, c.Args[len(c.Args)-4:])
-	require.Equal(t, "704Mi", c.Resources.Limits.Memory().String())
-	require.Equal(t, "88Mi", c.Resources.Requests.Memory().String())
+	require.Equal(t, []string{"--drain-timeout", "20s", "--max-streams", "512"}, c.Args[len(c.Args)-4:])
+	require.Equal(t, "768Mi", c.Resources.Limits.Memory().String())
+	require.Equal(t, "96Mi", c.Resources.Requests.Memory().String())
 	require.Equal(t, "GOMEMLIMIT", c.Env[0].Name)
-	require.Equal(t, "633MiB", c.Env[0].Value)
+	require.Equal(t, "691MiB", c.Env[0].Value)
 
 	// The default, given explicitly, renders as if left out.
 	o.RelayMaxStreams = relayargs.DefaultMaxStreams

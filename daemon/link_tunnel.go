@@ -22,14 +22,25 @@ const inboundDialTimeout = 10 * time.Second
 // while others stayed up.
 const replaceDelay = time.Second
 
+// windowBudget bounds the receive-window growth of all the daemon's
+// tunnel sessions together (every sandbox's pool), beyond each stream's
+// initial 256 KiB: two downloads at the largest window (tunnel/flow.go).
+// It is a bound, not an allocation: an idle daemon holds none of it.
+const windowBudget = 64 << 20
+
 // newTunnelLinker returns a linker that speaks the tunnel protocol with
 // cfg (nil: tunnel.PortForwardConfig, since the daemon reaches the relay
-// through a port-forward).
+// through a port-forward). Its sessions share one window budget unless
+// cfg brings its own.
 func newTunnelLinker(cfg *tunnel.Config) linker {
+	budget := tunnel.NewWindowBudget(windowBudget)
 	return func(ctx context.Context, p linkParams) (link, error) {
 		c := tunnel.PortForwardConfig()
 		if cfg != nil {
 			c = *cfg
+		}
+		if c.SharedWindowBudget == nil {
+			c.SharedWindowBudget = budget
 		}
 		if c.Logger == nil {
 			c.Logger = p.Logger

@@ -53,7 +53,7 @@ func TestSimulatedCluster(t *testing.T) {
 	// config to the relay Deployment (and accepted by the relay the
 	// simulated pod runs).
 	cfgPath := filepath.Join(shortTempDir(t), "config.yaml")
-	require.NoError(t, os.WriteFile(cfgPath, []byte("relayMaxStreams: 256\noutbound:\n  deny: [10.0.0.0/24]\n"), 0o600))
+	require.NoError(t, os.WriteFile(cfgPath, []byte("relayMaxStreams: 512\noutbound:\n  deny: [10.0.0.0/24]\n"), 0o600))
 	td := startDaemon(t, Options{
 		Clusters:      func(context.Context, api.KubeconfigSource, string) (Cluster, error) { return kc, nil },
 		Tunnel:        &cfg,
@@ -71,8 +71,8 @@ func TestSimulatedCluster(t *testing.T) {
 	dep, err := c.Clients.Kube.AppsV1().Deployments(sim.AppNamespace).Get(ctx, cluster.RelayName("alice"), metav1.GetOptions{})
 	require.NoError(t, err)
 	relayC := dep.Spec.Template.Spec.Containers[0]
-	require.Equal(t, []string{"--max-streams", "256", "--deny", "10.0.0.0/24"}, relayC.Args[len(relayC.Args)-4:])
-	require.Equal(t, "704Mi", relayC.Resources.Limits.Memory().String())
+	require.Equal(t, []string{"--max-streams", "512", "--deny", "10.0.0.0/24"}, relayC.Args[len(relayC.Args)-4:])
+	require.Equal(t, "768Mi", relayC.Resources.Limits.Memory().String())
 
 	// The relay in the pod refuses the configured range, its NAT64 form,
 	// and the metadata address, and says why.

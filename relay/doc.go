@@ -25,7 +25,7 @@
 //     offline, TCP ports close. A laptop that cannot reach its local
 //     process makes HTTP ports answer 502 with the laptop's message.
 //   - Stream cap: at most --max-streams inbound and outbound streams are
-//     served at once (each may buffer ~2.5 MiB); beyond it HTTP ports
+//     served at once (each may buffer ~1 MiB); beyond it HTTP ports
 //     answer 503 saying so, TCP ports close and outbound streams are
 //     refused with a reason that says how to raise the cap.
 //   - Outbound: the target is resolved, every address is checked against

@@ -126,9 +126,9 @@ func (f *Flags) AddFlags(fs *pflag.FlagSet) {
 	fs.DurationVar(&f.idleTimeout, relayargs.FlagIdleTimeout, f.idleTimeout, "when more than half of --max-streams are in use, close inbound connections that have had their answer and sent nothing since for this long, longest-quiet first (mesh keep-alive connections otherwise hold a stream slot for Envoy's 1h); with slots to spare nothing is closed (a response streaming with long gaps looks the same); a request waiting for the laptop is never idle; 0 disables, e.g. --idle-timeout 5m")
 	fs.DurationVar(&f.dialTimeout, relayargs.FlagDialTimeout, f.dialTimeout, "bound on each outbound dial including DNS, e.g. --dial-timeout 5s")
 	fs.IntVar(&f.maxHeld, relayargs.FlagMaxHeld, f.maxHeld, "most inbound connections held while the laptop is offline; more are answered at once, e.g. --max-held 256")
-	fs.IntVar(&f.maxStreams, relayargs.FlagMaxStreams, f.maxStreams, "most inbound and outbound streams served at once, bounding the relay's memory (each may buffer ~2.5 MiB when its reader stalls); more are refused with a 503 or a reason; 0 means the default. "+
+	fs.IntVar(&f.maxStreams, relayargs.FlagMaxStreams, f.maxStreams, "most inbound and outbound streams served at once, bounding the relay's memory (each may buffer ~1 MiB when its reader stalls, all together 192 MiB more as tunnel windows grow); more are refused with a 503 or a reason; 0 means the default. "+
 		"sbx sets it from relayMaxStreams in the sbx config (1-"+strconv.Itoa(relayargs.MaxStreamsLimit)+"; sbx render --relay-max-streams shows the result) and sizes the pod's memory limit to match, "+
-		"max(512Mi, streams × 2.5 MiB + 64 MiB), e.g. --max-streams 256")
+		"max(512Mi, streams × 1 MiB + 256 MiB), e.g. --max-streams 512")
 	fs.Var(&f.deny, relayargs.FlagDeny, "address or CIDR the relay must never dial, repeatable, on top of its built-in list (link-local, the cloud metadata services, 0.0.0.0/8, loopback, multicast, its own pod); "+
 		"an IPv4 range also refuses its IPv6 forms (NAT64, 6to4, IPv4-compatible), an IPv6 range applies as written. "+
 		"sbx sets it from outbound.deny in the sbx config (sbx render --relay-deny shows the result), e.g. --deny 10.0.0.0/24")

@@ -143,6 +143,11 @@ func New(opts Options, deps Deps) (*Relay, error) {
 	if deps.Tunnel != nil {
 		tcfg = *deps.Tunnel
 	}
+	if tcfg.SharedWindowBudget == nil {
+		// All the laptop's sessions share one: the relay's memory sizing
+		// counts it once (relayargs.WindowBudget).
+		tcfg.SharedWindowBudget = tunnel.NewWindowBudget(relayargs.WindowBudget)
+	}
 	log := deps.Logger.With("sandbox", opts.Sandbox)
 	if tcfg.Logger == nil {
 		tcfg.Logger = log.With("component", "tunnel")

@@ -19,6 +19,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/sbx-dev/sbx/relay/relayargs"
 	"github.com/sbx-dev/sbx/tunnel"
 )
 
@@ -766,4 +767,14 @@ func TestHelloCheckIsConstantTime(t *testing.T) {
 	})
 	require.Equal(t, 1, verified, "checkHello checks the token with TokenVerifier.Verify")
 	require.Equal(t, 1, uses, "checkHello uses the token only to verify it")
+}
+
+// TestSessionsShareOneWindowBudget: the relay gives all its tunnel
+// sessions one window-growth budget, the one its memory sizing counts
+// (relayargs.WindowBudget, cluster.relayMemory).
+func TestSessionsShareOneWindowBudget(t *testing.T) {
+	h := startRelay(t)
+	b := h.relay.tcfg.SharedWindowBudget
+	require.NotNil(t, b)
+	require.Equal(t, int64(relayargs.WindowBudget), b.Total())
 }

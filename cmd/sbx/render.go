@@ -134,7 +134,7 @@ The output is the same for the same spec, baseline and routing key.`,
 	f.StringArrayVar(&baselines, "baseline", nil, "baseline manifests (YAML or JSON stream; repeatable); objects without a namespace are in -n or default")
 	f.StringVar(&routingKey, "routing-key", "", "routing key to render with (default: a random one)")
 	f.StringVar(&relayImage, "relay-image", "", "relay image (default "+cluster.DefaultRelayImageRepo+":<sbx version>)")
-	f.IntVar(&maxStreams, "relay-max-streams", 0, fmt.Sprintf("most streams the relay serves at once, 1-%d (0: the relay's default %d, as relayMaxStreams in the sbx config); the relay's memory limit grows ~2.5 MiB a stream above 512Mi",
+	f.IntVar(&maxStreams, "relay-max-streams", 0, fmt.Sprintf("most streams the relay serves at once, 1-%d (0: the relay's default %d, as relayMaxStreams in the sbx config); the relay's memory limit grows ~1 MiB a stream above 512Mi (past 256 streams)",
 		relayargs.MaxStreamsLimit, relayargs.DefaultMaxStreams))
 	f.StringSliceVar(&denyFlags, "relay-deny", nil, fmt.Sprintf("address or CIDR the relay must never dial, on top of its built-in list, as outbound.deny in the sbx config (repeatable or comma-separated, at most %d); each becomes a --deny of the relay", relayargs.MaxDeny))
 	f.StringVar(&baggageKey, "baggage-key", routingkey.DefaultBaggageKey, "W3C baggage key that carries the routing key")

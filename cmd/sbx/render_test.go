@@ -31,9 +31,9 @@ func TestRenderGolden(t *testing.T) {
 		{"render-spec-single.yaml", []string{"-f", "../../testdata/specs/valid/single.yaml",
 			"--baseline", "../../testdata/baseline/hotrod.yaml"}},
 		// A raised stream cap: --max-streams in the relay args, memory
-		// scaled to 704Mi (limit), 88Mi (request), GOMEMLIMIT 633MiB.
+		// scaled to 768Mi (limit), 96Mi (request), GOMEMLIMIT 691MiB.
 		{"render-max-streams.yaml", []string{"-f", "../../testdata/render/route.yaml", "--set", "name=alice",
-			"--baseline", "../../testdata/baseline/hotrod.yaml", "--relay-max-streams", "256"}},
+			"--baseline", "../../testdata/baseline/hotrod.yaml", "--relay-max-streams", "512"}},
 		// A deny list: one --deny per entry after the other relay args,
 		// host bits dropped; nothing else changes.
 		{"render-deny.yaml", []string{"-f", "../../testdata/render/route.yaml", "--set", "name=alice",

@@ -141,7 +141,7 @@ func TestParseInvalid(t *testing.T) {
 		{"pool zero", "poolSize: 0\n", []string{"config.yaml:1:11: poolSize: 0 is out of range; allowed 1-16 tunnel sessions per sandbox (default 2)"}},
 		{"pool big", "poolSize: 17\n", []string{"config.yaml:1:11: poolSize: 17 is out of range; allowed 1-16 tunnel sessions per sandbox (default 2)"}},
 		{"pool text", "poolSize: many\n", []string{`config.yaml:1:11: poolSize: must be an integer (1-16), not "many"`}},
-		{"max streams zero", "relayMaxStreams: 0\n", []string{"config.yaml:1:18: relayMaxStreams: 0 is out of range; allowed 1-4096 streams the relay serves at once, each adding ~2.5 MiB to the relay pod's memory (leave it out for the default 128)"}},
+		{"max streams zero", "relayMaxStreams: 0\n", []string{"config.yaml:1:18: relayMaxStreams: 0 is out of range; allowed 1-4096 streams the relay serves at once, each adding ~1 MiB to the relay pod's memory (leave it out for the default 128)"}},
 		{"max streams negative", "relayMaxStreams: -5\n", []string{"config.yaml:1:18: relayMaxStreams: -5 is out of range; allowed 1-4096"}},
 		{"max streams big", "relayMaxStreams: 4097\n", []string{"config.yaml:1:18: relayMaxStreams: 4097 is out of range; allowed 1-4096"}},
 		{"max streams text", "relayMaxStreams: lots\n", []string{`config.yaml:1:18: relayMaxStreams: must be an integer (1-4096), not "lots"`}},

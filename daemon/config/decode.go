@@ -64,7 +64,7 @@ func decode(d *strictyaml.Decoder, root *yaml.Node, c *Config) {
 		if v, ok := d.Int(n, "relayMaxStreams", allowed); ok {
 			// 0 would mean the default: leave the key out for that.
 			if v < 1 || relayargs.ValidateMaxStreams(int(v)) != nil {
-				d.Errorf(n, "relayMaxStreams", "%d is out of range; allowed %s streams the relay serves at once, each adding ~2.5 MiB to the relay pod's memory (leave it out for the default %d)",
+				d.Errorf(n, "relayMaxStreams", "%d is out of range; allowed %s streams the relay serves at once, each adding ~1 MiB to the relay pod's memory (leave it out for the default %d)",
 					v, allowed, relayargs.DefaultMaxStreams)
 			} else {
 				c.RelayMaxStreams = int(v)

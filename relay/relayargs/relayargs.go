@@ -63,37 +63,47 @@ const (
 	DefaultDrainTimeout = 20 * time.Second
 )
 
-// The relay's stream cap, --max-streams.
+// The relay's stream cap, --max-streams, and the memory it implies.
 const (
 	// DefaultMaxStreams bounds the streams the relay serves at once. Each
-	// may buffer up to about twice the tunnel's 1 MiB stream window
-	// (yamux's receive buffer grows by doubling) when its reader stalls,
-	// plus up to 512 KiB of copy buffers (2 × 256 KiB while bulk data
-	// flows, 32 KiB for a direction that carries only requests): ~2.5 MiB
-	// a stream, so 128 streams buffer up to ~320 MiB in the worst case,
-	// which leaves the rest of the process room under GOMEMLIMIT (460 MiB)
-	// and the relay container's 512 Mi limit. A developer raises (or
-	// lowers) the cap with relayMaxStreams in the sbx config (1 to
-	// MaxStreamsLimit); sbx then passes --max-streams and sizes the pod's
-	// memory for it (cluster.relayMemory: max(512Mi, N × 2.5 MiB + 64 MiB)).
+	// may buffer up to its tunnel receive window when its reader stalls:
+	// yamux's initial 256 KiB, in a buffer of up to twice that (it grows
+	// by doubling), plus up to 512 KiB of copy buffers (2 × 256 KiB while
+	// bulk data flows, 32 KiB for a direction that carries only
+	// requests): StreamMiB a stream. What windows grow beyond 256 KiB
+	// comes out of WindowBudget, shared by all the relay's sessions
+	// (tunnel/flow.go): twice that in buffer capacity at most. With the
+	// default cap: 128 + 192 MiB in the worst case, which leaves the rest
+	// of the process room under GOMEMLIMIT (460 MiB) and the relay
+	// container's 512 Mi limit. A developer raises (or lowers) the cap
+	// with relayMaxStreams in the sbx config (1 to MaxStreamsLimit); sbx
+	// then passes --max-streams and sizes the pod's memory for it
+	// (cluster.relayMemory: max(512Mi, N × 1 MiB + 2 × 96 MiB + 64 MiB)).
 	// For the default sbx passes no --max-streams.
 	DefaultMaxStreams = 128
 	// MaxStreamsLimit bounds what a user may configure. The relay's
-	// memory grows by ~2.5 MiB a stream, so 4096 streams already take a
-	// 10304Mi limit and a 1288Mi request: more would not be scheduled on
+	// memory grows by StreamMiB a stream, so 4096 streams already take a
+	// 4352Mi limit and a 544Mi request: more would not be scheduled on
 	// the nodes of a typical staging cluster, and a developer's app that
 	// needs more than 4096 concurrent connections through one laptop is
 	// better served by smaller connection pools. The relay itself takes
 	// any positive --max-streams given by hand.
 	MaxStreamsLimit = 4096
+	// StreamMiB is what one stream may hold at most, in MiB (above).
+	StreamMiB = 1
+	// WindowBudget bounds the growth of the tunnel's receive windows
+	// beyond 256 KiB a stream, across all the relay's sessions: a few
+	// uploads at a long link's bandwidth-delay product (12.5 MB at 100 ms
+	// and 1 Gbit/s needs a ~26 MB window).
+	WindowBudget = 96 << 20
 )
 
 // ValidateMaxStreams checks a configured stream cap: 0 means the default,
 // otherwise 1-MaxStreamsLimit.
 func ValidateMaxStreams(n int) error {
 	if n < 0 || n > MaxStreamsLimit {
-		return fmt.Errorf("relay stream cap %d is out of range; allowed 1-%d (0 or unset: the relay's default %d; each stream adds ~2.5 MiB to the relay pod's memory)",
-			n, MaxStreamsLimit, DefaultMaxStreams)
+		return fmt.Errorf("relay stream cap %d is out of range; allowed 1-%d (0 or unset: the relay's default %d; each stream adds ~%d MiB to the relay pod's memory)",
+			n, MaxStreamsLimit, DefaultMaxStreams, StreamMiB)
 	}
 	return nil
 }

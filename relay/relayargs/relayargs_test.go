@@ -32,7 +32,7 @@ func TestValidateMaxStreams(t *testing.T) {
 		require.NoError(t, ValidateMaxStreams(n), n)
 	}
 	for _, n := range []int{-1, MaxStreamsLimit + 1} {
-		require.EqualError(t, ValidateMaxStreams(n), fmt.Sprintf("relay stream cap %d is out of range; allowed 1-4096 (0 or unset: the relay's default 128; each stream adds ~2.5 MiB to the relay pod's memory)", n))
+		require.EqualError(t, ValidateMaxStreams(n), fmt.Sprintf("relay stream cap %d is out of range; allowed 1-4096 (0 or unset: the relay's default 128; each stream adds ~1 MiB to the relay pod's memory)", n))
 	}
 }
 
