@@ -158,7 +158,7 @@ func TestUsageErrors(t *testing.T) {
 		{[]string{"connect", "-f"}, []string{"flag needs an argument", "usage: sbx connect -f FILE"}},
 		{[]string{"bench", "tunnel", "--reps", "x"}, []string{`invalid argument "x" for "--reps" flag: not a whole number`}},
 		{[]string{"bench", "tunnel", "--stream-window", "-1"}, []string{"not a whole number of 0 or more"}},
-		{[]string{"bench", "nosuch"}, []string{`unknown command "nosuch" for "sbx bench"`, "its commands: portforward, tunnel"}},
+		{[]string{"bench", "nosuch"}, []string{`unknown command "nosuch" for "sbx bench"`, "its commands: ", "connect, portforward, tunnel"}},
 		{[]string{"bench", "tunel"}, []string{"did you mean `sbx bench tunnel`?"}},
 		{[]string{"completion", "tcsh"}, []string{`unknown command "tcsh" for "sbx completion"`}},
 		{[]string{"daemon", "x"}, []string{"its commands: stop"}},
