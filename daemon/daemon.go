@@ -321,7 +321,9 @@ func configErrorText(path string, err error) string {
 // named sandbox's tunnel: the relay dials it inside the cluster. It is the
 // seam for outbound access (hosts-file listeners, SOCKS5/HTTP proxy);
 // source names the local peer for the relay's logs. A dial the relay could
-// not make returns a *tunnel.DialError with its reason.
+// not make returns a *tunnel.DialError with its reason; for a ctx marked
+// with outbound.WithEarlyOpen (hosts mode) the connection's first Read
+// does, and the first bytes written go out without waiting.
 func (d *Daemon) DialOutbound(ctx context.Context, sandbox, target, source string) (net.Conn, error) {
 	s, ok := d.mgr.Get(sandbox)
 	if !ok {

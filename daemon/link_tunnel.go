@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/sbx-dev/sbx/cluster"
+	"github.com/sbx-dev/sbx/daemon/outbound"
 	"github.com/sbx-dev/sbx/tunnel"
 )
 
@@ -322,8 +323,16 @@ func (l *tunnelLink) serveInbound(st *tunnel.Stream) {
 	}
 }
 
+// DialOutbound opens an outbound stream; early (outbound.WithEarlyOpen)
+// when the caller sends first and reports failure by closing, so its
+// first bytes ride with the header and the relay's dial costs no round
+// trip of its own.
 func (l *tunnelLink) DialOutbound(ctx context.Context, target, source string) (net.Conn, error) {
-	return l.pool.Open(ctx, tunnel.Header{Kind: tunnel.KindOutbound, Target: target, Source: source})
+	h := tunnel.Header{Kind: tunnel.KindOutbound, Target: target, Source: source}
+	if outbound.EarlyOpen(ctx) {
+		return l.pool.OpenEarly(ctx, h)
+	}
+	return l.pool.Open(ctx, h)
 }
 
 func (l *tunnelLink) Done() <-chan struct{} { return l.done }

@@ -154,6 +154,17 @@ func (p *Pool) Sessions() []*Session {
 // session turns out to be dead, it is dropped and the next one is tried; a
 // peer's answer (a *DialError) is returned as is.
 func (p *Pool) Open(ctx context.Context, h Header) (*Stream, error) {
+	return p.open(ctx, h, (*Session).Open)
+}
+
+// OpenEarly is Open with Session.OpenEarly: the stream is returned once
+// its header is sent; its first Read says whether the peer connected it.
+// A session found dead while opening is skipped as in Open.
+func (p *Pool) OpenEarly(ctx context.Context, h Header) (*Stream, error) {
+	return p.open(ctx, h, (*Session).OpenEarly)
+}
+
+func (p *Pool) open(ctx context.Context, h Header, open func(*Session, context.Context, Header) (*Stream, error)) (*Stream, error) {
 	tried := map[*Session]bool{}
 	var lastErr error
 	for {
@@ -165,7 +176,7 @@ func (p *Pool) Open(ctx context.Context, h Header) (*Stream, error) {
 			return nil, ErrNoSession
 		}
 		tried[s] = true
-		st, err := s.Open(ctx, h)
+		st, err := open(s, ctx, h)
 		s.inFlight.Add(-1) // pick's reservation; Open counts the stream now
 		if err == nil {
 			return st, nil

@@ -380,33 +380,13 @@ func (s *Session) Accept(ctx context.Context) (*Stream, error) {
 // reply. If the peer could not connect the stream, the error wraps a
 // *DialError with its reason. ctx bounds the whole exchange.
 func (s *Session) Open(ctx context.Context, h Header) (*Stream, error) {
-	if err := h.Validate(); err != nil {
+	s.inFlight.Add(1)
+	defer s.inFlight.Add(-1) // after track: Busy never drops to 0 in between
+	ys, stop, err := s.openStream(ctx, h)
+	if err != nil {
 		return nil, err
 	}
-	if err := ctx.Err(); err != nil {
-		return nil, fmt.Errorf("tunnel: open %s: %w", h, err)
-	}
-	s.inFlight.Add(1)
-	defer s.inFlight.Add(-1) // after track
-	select {
-	case <-s.done:
-		return nil, s.closedErr()
-	default:
-	}
-	ys, err := s.mux.OpenStream()
-	if err != nil {
-		s.streamsFailed.Add(1)
-		if s.mux.IsClosed() {
-			return nil, fmt.Errorf("tunnel: open %s: %w", h, s.closedErr())
-		}
-		return nil, fmt.Errorf("tunnel: open %s: %w", h, err)
-	}
-	stop := context.AfterFunc(ctx, func() { _ = ys.SetDeadline(time.Now()) })
-	_, err = ys.Write(appendHeader(nil, h))
-	var rep reply
-	if err == nil {
-		rep, err = readReply(s.reader(ys))
-	}
+	rep, err := readReply(s.reader(ys))
 	if !stop() {
 		err = ctx.Err()
 	}
@@ -414,18 +394,80 @@ func (s *Session) Open(ctx context.Context, h Header) (*Stream, error) {
 		err = rep.err()
 	}
 	if err != nil {
-		s.streamsFailed.Add(1)
-		_ = ys.Close()
-		select {
-		case <-s.done:
-			return nil, fmt.Errorf("tunnel: open %s: %w", h, s.closedErr())
-		default:
-		}
-		return nil, fmt.Errorf("tunnel: open %s: %w", h, err)
+		return nil, s.openFailed(ys, h, err)
 	}
 	st := newStream(s, ys, h, true)
 	st.track()
 	return st, nil
+}
+
+// OpenEarly is Open without waiting for the reply: it returns once h is
+// sent, so what the caller writes next travels right behind the header
+// and the first answer comes one round trip after the open instead of
+// two. The reply is read by the stream's first Read (or AwaitReply):
+// if the peer could not connect the stream, that Read returns the error
+// with the *DialError, and what was written is discarded by the peer. Use
+// it where nothing must be decided before the first bytes go out (a
+// forwarded connection whose failure is reported by closing it); ctx
+// bounds sending the header only.
+func (s *Session) OpenEarly(ctx context.Context, h Header) (*Stream, error) {
+	s.inFlight.Add(1)
+	defer s.inFlight.Add(-1) // after track
+	ys, stop, err := s.openStream(ctx, h)
+	if err != nil {
+		return nil, err
+	}
+	if !stop() {
+		return nil, s.openFailed(ys, h, ctx.Err())
+	}
+	st := newStream(s, ys, h, true)
+	st.early = true
+	st.track()
+	return st, nil
+}
+
+// openStream opens a yamux stream and sends h on it, the deadline bound
+// to ctx until stop is called (stop reports false once ctx has ended).
+func (s *Session) openStream(ctx context.Context, h Header) (ys *yamux.Stream, stop func() bool, err error) {
+	if err := h.Validate(); err != nil {
+		return nil, nil, err
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, nil, fmt.Errorf("tunnel: open %s: %w", h, err)
+	}
+	select {
+	case <-s.done:
+		return nil, nil, s.closedErr()
+	default:
+	}
+	ys, err = s.mux.OpenStream()
+	if err != nil {
+		s.streamsFailed.Add(1)
+		if s.mux.IsClosed() {
+			return nil, nil, fmt.Errorf("tunnel: open %s: %w", h, s.closedErr())
+		}
+		return nil, nil, fmt.Errorf("tunnel: open %s: %w", h, err)
+	}
+	stop = context.AfterFunc(ctx, func() { _ = ys.SetDeadline(time.Now()) })
+	if _, err = ys.Write(appendHeader(nil, h)); err != nil {
+		if !stop() {
+			err = ctx.Err()
+		}
+		return nil, nil, s.openFailed(ys, h, err)
+	}
+	return ys, stop, nil
+}
+
+// openFailed closes a stream whose open failed and says why.
+func (s *Session) openFailed(ys *yamux.Stream, h Header, err error) error {
+	s.streamsFailed.Add(1)
+	_ = ys.Close()
+	select {
+	case <-s.done:
+		return fmt.Errorf("tunnel: open %s: %w", h, s.closedErr())
+	default:
+	}
+	return fmt.Errorf("tunnel: open %s: %w", h, err)
 }
 
 // flowReader reads a yamux stream and tells flow control what was read,

@@ -1,6 +1,7 @@
 package tunnel
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"io"
@@ -28,6 +29,14 @@ type Stream struct {
 
 	closed  atomic.Bool
 	tracked atomic.Bool // counted in the session's StreamsOpen
+
+	// early: opened with OpenEarly, so the peer's reply is read by the
+	// first Read (AwaitReply). replyDone is set once it was, replyErr
+	// (written before replyDone) says how it went.
+	early     bool
+	awaitMu   sync.Mutex
+	replyDone atomic.Bool
+	replyErr  error
 }
 
 var _ net.Conn = (*Stream)(nil)
@@ -81,6 +90,14 @@ func (st *Stream) Read(p []byte) (int, error) {
 	if st.closed.Load() {
 		return 0, net.ErrClosed
 	}
+	if st.early && !st.replyDone.Load() {
+		if err := st.AwaitReply(); err != nil {
+			return 0, err
+		}
+	}
+	if st.early && st.replyErr != nil {
+		return 0, st.replyErr
+	}
 	n, err := st.s.reader(st.ys).Read(p)
 	if n > 0 {
 		st.s.bytesIn.Add(uint64(n))
@@ -89,6 +106,58 @@ func (st *Stream) Read(p []byte) (int, error) {
 		err = st.wrapErr("read", err)
 	}
 	return n, err
+}
+
+// AwaitReply waits for the peer's reply on a stream opened with
+// OpenEarly (the first Read does it too) and returns what Open would
+// have: nil once the peer connected the stream, an error wrapping a
+// *DialError when it could not. The stream's read deadline bounds the
+// wait; a deadline that passes before the reply began leaves it to a
+// later call. For other streams it returns nil.
+func (st *Stream) AwaitReply() error {
+	if !st.early {
+		return nil
+	}
+	st.awaitMu.Lock()
+	defer st.awaitMu.Unlock()
+	if st.replyDone.Load() {
+		return st.replyErr
+	}
+	r := st.s.reader(st.ys)
+	var first [1]byte
+	if _, err := io.ReadFull(r, first[:]); err != nil {
+		err = st.wrapErr("read reply", err)
+		if isTimeout(err) {
+			return err // nothing of the reply read yet: try again later
+		}
+		return st.endReply(err)
+	}
+	rep, err := readReply(io.MultiReader(bytes.NewReader(first[:]), r))
+	if err == nil {
+		err = rep.err()
+	}
+	if err != nil {
+		if _, ok := errors.AsType[*DialError](err); !ok {
+			err = st.wrapErr("read reply", err)
+		}
+		return st.endReply(fmt.Errorf("tunnel: open %s: %w", st.hdr, err))
+	}
+	st.replyDone.Store(true)
+	return nil
+}
+
+// endReply records a failed reply: the stream is over.
+func (st *Stream) endReply(err error) error {
+	st.s.streamsFailed.Add(1)
+	st.replyErr = err
+	st.replyDone.Store(true)
+	_ = st.ys.Close()
+	return err
+}
+
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
 }
 
 // Write writes payload in frames of at most Config.MaxFrameSize so other
@@ -112,7 +181,15 @@ func (st *Stream) Write(p []byte) (int, error) {
 		total += n
 		st.s.bytesOut.Add(uint64(n))
 		if err != nil {
-			return total, st.wrapErr("write", err)
+			err = st.wrapErr("write", err)
+			// A peer that refused an early stream closed it: its reply,
+			// already here, says why better than the write's error.
+			if st.early && !isTimeout(err) {
+				if rerr := st.AwaitReply(); rerr != nil {
+					return total, rerr
+				}
+			}
+			return total, err
 		}
 	}
 	return total, nil

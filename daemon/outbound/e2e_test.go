@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -31,6 +32,9 @@ type relayStandIn struct {
 	names   map[string]string // cluster target -> local address
 	mu      sync.Mutex
 	sources []string
+	// early and waited count the dials opened with tunnel's OpenEarly
+	// (hosts mode) and with Open (the proxy).
+	early, waited atomic.Int32
 }
 
 func (r *relayStandIn) serve(ctx context.Context, s *tunnel.Session, wg *sync.WaitGroup) {
@@ -77,7 +81,7 @@ func echoAfterEOF(t *testing.T) net.Listener {
 
 // tunnelDialer sets up a tunnel session pair over loopback TCP and
 // returns the daemon-side Dialer backed by a tunnel.Pool, as the daemon
-// wires it.
+// wires it (daemon's tunnelLink.DialOutbound: early when EarlyOpen).
 func tunnelDialer(t *testing.T, relay *relayStandIn) Dialer {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
@@ -122,7 +126,14 @@ func tunnelDialer(t *testing.T, relay *relayStandIn) Dialer {
 		wg.Wait()
 	})
 	return func(ctx context.Context, target string) (net.Conn, error) {
-		st, err := pool.Open(ctx, tunnel.Header{Kind: tunnel.KindOutbound, Target: target, Source: SourceFromContext(ctx)})
+		open := pool.Open
+		if EarlyOpen(ctx) {
+			open = pool.OpenEarly
+			relay.early.Add(1)
+		} else {
+			relay.waited.Add(1)
+		}
+		st, err := open(ctx, tunnel.Header{Kind: tunnel.KindOutbound, Target: target, Source: SourceFromContext(ctx)})
 		if err != nil {
 			return nil, err
 		}
@@ -187,9 +198,12 @@ func TestEndToEnd(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, "echo:PING", reply)
 
-	// The relay's refused dial closes the local connection at once.
+	// The relay's refused dial closes the local connection at once (the
+	// stream opened early: the refusal arrives as its first Read).
 	reply, _ = roundTrip(t, hosts, "down", 9000, "x")
 	require.Empty(t, reply)
+	require.Equal(t, int32(3), relay.early.Load(), "hosts mode opens its streams early")
+	require.Zero(t, relay.waited.Load())
 
 	// Deleted in the cluster: gone from the hosts file.
 	require.NoError(t, kube.CoreV1().Services("shared").Delete(ctx, "redis", metav1.DeleteOptions{}))
@@ -216,6 +230,7 @@ func TestEndToEnd(t *testing.T) {
 		require.Equal(t, code, reply[5], "%s: the relay's dial error reason becomes the SOCKS5 reply", host)
 		c.Close()
 	}
+	require.Positive(t, relay.waited.Load(), "the proxy waits for the relay's answer before it replies")
 
 	mcancel()
 	require.NoError(t, <-mdone)

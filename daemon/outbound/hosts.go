@@ -299,7 +299,9 @@ func (h *Hosts) acceptLoop(pl *portListener) {
 // forward dials spec's target and pipes local to it until both directions
 // end (half-close passed on) or the Hosts closes; local is always closed.
 // A failed dial is logged with its reason and closes local, so the client
-// sees the connection end at once.
+// sees the connection end as soon as the relay says so: the tunnel stream
+// opens early (WithEarlyOpen), so local's first bytes go out with its
+// header and a refusal shows on its first Read.
 //
 // The target's bytes flow to local from the start; local's first bytes
 // are held until they are known not to be an HTTP request from a web
@@ -314,7 +316,7 @@ func (h *Hosts) forward(local net.Conn, spec listenSpec) {
 		return
 	}
 	ctx := WithSource(h.connCtx, local.RemoteAddr().String())
-	dctx, cancel := context.WithTimeout(ctx, dialTimeout)
+	dctx, cancel := context.WithTimeout(WithEarlyOpen(ctx), dialTimeout)
 	remote, err := h.opts.Dial(dctx, spec.target)
 	cancel()
 	if err != nil {
@@ -344,7 +346,12 @@ func (h *Hosts) forward(local net.Conn, spec listenSpec) {
 		return err
 	})
 	var ref *refusal
-	if err != nil && ctx.Err() == nil && !errors.As(err, &ref) {
+	var de *tunnel.DialError
+	switch {
+	case err == nil || ctx.Err() != nil || errors.As(err, &ref):
+	case errors.As(err, &de): // the relay could not connect the target (the stream opened early)
+		h.log.Warn("outbound connection failed", "target", spec.target, "from", local.RemoteAddr(), "err", err)
+	default:
 		h.log.Debug("outbound connection ended with an error", "target", spec.target, "err", err)
 	}
 }
@@ -437,3 +444,19 @@ func WithSource(ctx context.Context, addr string) context.Context {
 // SourceFromContext returns the address WithSource (here or in the proxy)
 // recorded, or "".
 func SourceFromContext(ctx context.Context) string { return proxy.SourceFromContext(ctx) }
+
+type earlyOpenKey struct{}
+
+// WithEarlyOpen marks a dial whose caller needs no answer before its
+// first bytes go out and reports a failed dial by closing its connection
+// (hosts mode): the tunnel stream may then open early (tunnel.OpenEarly),
+// and a failed dial shows on the connection's first Read.
+func WithEarlyOpen(ctx context.Context) context.Context {
+	return context.WithValue(ctx, earlyOpenKey{}, true)
+}
+
+// EarlyOpen reports whether ctx was marked with WithEarlyOpen.
+func EarlyOpen(ctx context.Context) bool {
+	v, _ := ctx.Value(earlyOpenKey{}).(bool)
+	return v
+}

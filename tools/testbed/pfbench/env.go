@@ -349,7 +349,9 @@ func (e *env) startTunnel(ctx context.Context, transport portforward.Transport, 
 		return "", fmt.Errorf("tunnel pool: %d sessions over %d port-forward connections, want %d", n, got, n)
 	}
 	return e.listen(func(c net.Conn) {
-		st, err := pool.Open(ctx, tunnel.Header{Kind: tunnel.KindOutbound, Target: "app.bench.svc:8080", Source: c.RemoteAddr().String()})
+		// Early, as the daemon's hosts-mode listeners open theirs: the
+		// first request goes out with the stream's header.
+		st, err := pool.OpenEarly(ctx, tunnel.Header{Kind: tunnel.KindOutbound, Target: "app.bench.svc:8080", Source: c.RemoteAddr().String()})
 		if err != nil {
 			return
 		}
