@@ -49,7 +49,8 @@ import (
 //     budget goes to streams that move data.
 //   - A new stream starts at the largest window a stream of the session
 //     has reached (the session is one link), as far as the budgets allow:
-//     the extra credit goes out right behind its SYN or ACK. So a session
+//     the extra credit goes out right behind this end's SYN or ACK (not
+//     sooner: until yamux sends those, it holds the stream to 256 KiB). So a session
 //     that has once moved bulk data does not open every later stream's
 //     window from 256 KiB again.
 //   - A stream's credit is released to the budgets when the stream ends
@@ -191,16 +192,24 @@ func (f *flowControl) openLocked(id uint32) *streamFlow {
 	}
 	e := &streamFlow{window: f.initial, granted: f.initial, epochStart: time.Now()}
 	f.streams[id] = e
-	// A new stream starts at the largest window a stream of this session
-	// has needed (the link is the same), as far as the budgets allow: the
-	// extra credit goes out right behind the SYN or ACK.
+	return e
+}
+
+// startLearnedLocked gives a new stream the largest window a stream of
+// this session has needed (the link is the same), as far as the budgets
+// allow. It runs as this end's SYN or ACK goes out, never before: yamux
+// raises its own receive window for the stream when it sends those, and
+// until then it would refuse data beyond the initial 256 KiB.
+func (f *flowControl) startLearnedLocked(id uint32, e *streamFlow) {
+	if e.granted != f.initial {
+		return // already granted more
+	}
 	if extra := f.reserve(f.peak - f.initial); extra > 0 {
 		e.window += extra
 		e.granted += extra
 		f.pending[id] += uint32(extra)
 		f.signal()
 	}
-	return e
 }
 
 // signal wakes the grant writer.
@@ -255,6 +264,9 @@ func (f *flowControl) frameFlagsLocked(id uint32, flags uint16, outgoing bool) {
 	e, ok := f.streams[id]
 	if !ok {
 		return
+	}
+	if outgoing && flags&(yamuxFlagSYN|yamuxFlagACK) != 0 {
+		f.startLearnedLocked(id, e)
 	}
 	if flags&yamuxFlagRST != 0 {
 		f.endLocked(id)

@@ -25,37 +25,12 @@ func shapedPair(t *testing.T, link linkshape.Link, mod func(*Config)) sessionPai
 		require.NoError(t, err)
 		return addr
 	})
-	return pairOver(t, a, b, mod)
-}
-
-// pairOver handshakes a session pair over a and b.
-func pairOver(t *testing.T, a, b net.Conn, mod func(*Config)) sessionPair {
-	t.Helper()
 	ccfg, scfg := testConfig(), testConfig()
 	if mod != nil {
 		mod(&ccfg)
 		mod(&scfg)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	type res struct {
-		s   *Session
-		err error
-	}
-	ch := make(chan res, 1)
-	go func() {
-		s, _, err := Server(ctx, b, scfg, acceptAll)
-		ch <- res{s, err}
-	}()
-	c, _, err := Client(ctx, a, ccfg, testHello())
-	sr := <-ch
-	require.NoError(t, err)
-	require.NoError(t, sr.err)
-	t.Cleanup(func() {
-		_ = c.Close()
-		_ = sr.s.Close()
-	})
-	return sessionPair{client: c, server: sr.s}
+	return pairOver(t, a, b, ccfg, scfg)
 }
 
 // sinkServer accepts streams on s and reads each to EOF into read (if
@@ -138,9 +113,10 @@ func TestWindowsGrowToTheLink(t *testing.T) {
 	defer st2.Close()
 	_, err = st2.Write([]byte{1})
 	require.NoError(t, err)
-	w, ok := p.server.conn.flow.windowOf(st2.ys.StreamID())
-	require.True(t, ok)
-	require.Equal(t, st.PeakWindow, w, "the new stream starts at the session's largest window")
+	require.Eventually(t, func() bool {
+		w, _ := p.server.conn.flow.windowOf(st2.ys.StreamID())
+		return w == st.PeakWindow
+	}, 5*time.Second, 5*time.Millisecond, "the new stream starts at the session's largest window (once the server's ACK is out)")
 	require.Equal(t, st.PeakWindow-yamuxInitialWindow, p.server.FlowStats().Grown)
 }
 
@@ -247,4 +223,36 @@ func TestPeerBeyondItsWindowIsRefused(t *testing.T) {
 	}
 	require.True(t, errors.Is(err, ErrProtocol), "%v", err)
 	require.ErrorContains(t, err, "stream 3")
+}
+
+// TestLearnedWindowAfterOwnSYNOrACK: a session that has grown a window
+// starts new streams there, but grants the extra only as its own SYN or
+// ACK goes out: yamux holds a stream to 256 KiB until it sends those, so
+// an earlier grant could get the peer's data refused.
+func TestLearnedWindowAfterOwnSYNOrACK(t *testing.T) {
+	f := newFlowControl(DefaultConfig())
+	f.peak = 1 << 20
+	rc := &recordConn{}
+	w := framedWireConn(rc, false, f)
+
+	// The peer opens stream 4: nothing is granted on its SYN.
+	require.NoError(t, f.sawIncoming(yamuxTypeWindowUpdate, 4, yamuxFlagSYN, 0))
+	require.Empty(t, f.takeGrants(nil))
+	// Our ACK goes out, then the extra credit.
+	_, err := w.Write(yamuxFrame(yamuxTypeWindowUpdate, yamuxFlagACK, 4, 9999, nil))
+	require.NoError(t, err)
+	require.Equal(t, [][]byte{
+		yamuxFrame(yamuxTypeWindowUpdate, yamuxFlagACK, 4, 0, nil),
+		yamuxFrame(yamuxTypeWindowUpdate, 0, 4, 1<<20-yamuxInitialWindow, nil),
+	}, rc.writes)
+
+	// A stream we open: the extra follows our SYN.
+	rc.writes = nil
+	_, err = w.Write(yamuxFrame(yamuxTypeWindowUpdate, yamuxFlagSYN, 5, 9999, nil))
+	require.NoError(t, err)
+	require.Equal(t, [][]byte{
+		yamuxFrame(yamuxTypeWindowUpdate, yamuxFlagSYN, 5, 0, nil),
+		yamuxFrame(yamuxTypeWindowUpdate, 0, 5, 1<<20-yamuxInitialWindow, nil),
+	}, rc.writes)
+	require.Equal(t, 2*(int64(1<<20)-yamuxInitialWindow), f.stats().Grown)
 }

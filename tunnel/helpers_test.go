@@ -252,6 +252,15 @@ func newSessionPair(t *testing.T, tr transport, r roles, mod func(*Config)) sess
 		mod(&ccfg)
 		mod(&scfg)
 	}
+	sp := pairOver(t, a, b, ccfg, scfg)
+	sp.proxy = p
+	return sp
+}
+
+// pairOver handshakes a session pair over a (the client's end) and b.
+// Both sessions are closed at cleanup.
+func pairOver(t *testing.T, a, b net.Conn, ccfg, scfg Config) sessionPair {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	type res struct {
@@ -272,7 +281,7 @@ func newSessionPair(t *testing.T, tr transport, r roles, mod func(*Config)) sess
 		_ = c.Close()
 		_ = sr.s.Close()
 	})
-	return sessionPair{client: c, server: sr.s, proxy: p}
+	return sessionPair{client: c, server: sr.s}
 }
 
 // echoServer accepts streams on s and echoes each until EOF, then
