@@ -56,7 +56,7 @@ realcp-build: ## build kube-apiserver, kube-controller-manager and kubectl for t
 	$(GO) -C $(REALCP) run ./cmd/build-controlplane
 
 test-real: realcp-build ## sbx against a real kube-apiserver, controller-manager and etcd, with a node stand-in (needs etcd-server, iproute2, root); real kubectl against the demo cluster
-	$(GO) -C $(REALCP) test -count=1 -v -timeout 20m ./...
+	@dir=$$(mktemp -d); echo "$(GO) -C $(REALCP) test -count=1 -v -timeout 20m ./..."; SBX_FIGURES_DIR=$$dir $(GO) -C $(REALCP) test -count=1 -v -timeout 20m ./...; rc=$$?; cat $$dir/*.txt 2>/dev/null; rm -rf $$dir; exit $$rc
 
 # Other GOOS values lint vets for: platform code sits behind build tags, so
 # only a vet (which type-checks tests too) under each GOOS sees it. Measured

@@ -89,6 +89,26 @@ func (k *kubeletServer) close() {
 	}
 }
 
+// cutAll closes every connection it holds, as a kubelet restart or a
+// network failure between the API server and the node does, and keeps
+// serving; it returns how many of them the API server had made.
+func (k *kubeletServer) cutAll() int {
+	k.mu.Lock()
+	conns := make([]net.Conn, 0, len(k.conns))
+	n := 0
+	for c := range k.conns {
+		conns = append(conns, c)
+		if tc, ok := c.(*trackedConn); ok && tc.accepted {
+			n++
+		}
+	}
+	k.mu.Unlock()
+	for _, c := range conns {
+		_ = c.Close()
+	}
+	return n
+}
+
 func (k *kubeletServer) track(c net.Conn) bool {
 	k.mu.Lock()
 	defer k.mu.Unlock()
@@ -115,7 +135,7 @@ func (l *trackingListener) Accept() (net.Conn, error) {
 	if err != nil {
 		return nil, err
 	}
-	tc := &trackedConn{Conn: c, k: l.k}
+	tc := &trackedConn{Conn: c, k: l.k, accepted: true}
 	if !l.k.track(tc) {
 		_ = c.Close()
 		return nil, net.ErrClosed
@@ -125,8 +145,11 @@ func (l *trackingListener) Accept() (net.Conn, error) {
 
 type trackedConn struct {
 	net.Conn
-	k    *kubeletServer
-	once sync.Once
+	k *kubeletServer
+	// accepted marks a connection the API server made to the kubelet
+	// API (the others are forwarded streams' connections into pods).
+	accepted bool
+	once     sync.Once
 }
 
 func (c *trackedConn) Close() error {

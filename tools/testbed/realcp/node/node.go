@@ -220,6 +220,14 @@ func (n *Node) Subnet() netip.Prefix { return n.o.Subnet }
 // PortForwards counts the port-forward requests the kubelet API served.
 func (n *Node) PortForwards() int64 { return n.stats.portForwards.Load() }
 
+// CutPortForwards closes every connection of the kubelet API at once
+// (the API server's port-forward connections to it and the forwarded
+// streams' connections into the pods), as a kubelet restart or a network
+// failure between the API server and the node does; the API server then
+// closes its clients' port-forwards. The kubelet API keeps serving. It
+// returns how many connections the API server had open to it.
+func (n *Node) CutPortForwards() int { return n.kubelet.cutAll() }
+
 // Close stops every pod's processes (SIGTERM, then SIGKILL) and removes
 // their network namespaces, and stops serving. The API objects stay, as
 // when a kubelet stops: a new stand-in of the same name runs the pods
