@@ -19,6 +19,10 @@ const (
 	// has; the peer should move new work to a session of another
 	// instance. Payload: reason string.
 	frameDraining uint8 = 7
+	// frameBenchHello: a Hello (same payload) whose sender asks for the
+	// bare connection for the bench protocol instead of a multiplexed
+	// session (ClientBench, ServerOrBench).
+	frameBenchHello uint8 = 8
 )
 
 // controlPrefix is type (1) + payload length (2).
@@ -47,11 +51,19 @@ type Hello struct {
 	Sandbox string
 	// User is user@host of the developer, for the relay's logs.
 	User string
+	// Bench is set on a Hello that asks for a bare bench connection
+	// (ClientBench): it travels as the frame type (Hello (bench), 8), not
+	// in the payload, whose layout is the Hello's.
+	Bench bool
 }
 
 func (h Hello) String() string {
-	return fmt.Sprintf("Hello{Version:%d Token:%s ClientID:%q Sandbox:%q User:%q}",
-		h.Version, redacted(h.Token), h.ClientID, h.Sandbox, h.User)
+	bench := ""
+	if h.Bench {
+		bench = " Bench:true"
+	}
+	return fmt.Sprintf("Hello{Version:%d Token:%s ClientID:%q Sandbox:%q User:%q%s}",
+		h.Version, redacted(h.Token), h.ClientID, h.Sandbox, h.User, bench)
 }
 
 // GoString keeps %#v from printing the token.
@@ -65,6 +77,7 @@ func (h Hello) LogValue() slog.Value {
 		slog.String("clientID", h.ClientID),
 		slog.String("sandbox", h.Sandbox),
 		slog.String("user", h.User),
+		slog.Bool("bench", h.Bench),
 	)
 }
 

@@ -39,6 +39,7 @@ func Client(ctx context.Context, conn net.Conn, cfg Config, hello Hello) (*Sessi
 	if hello.Version == 0 {
 		hello.Version = ProtocolVersion
 	}
+	hello.Bench = false // a session; ClientBench asks for a bench connection
 	if err := hello.validate(); err != nil {
 		_ = conn.Close()
 		return fail(fmt.Errorf("invalid hello: %w", err))
@@ -70,10 +71,48 @@ func Client(ctx context.Context, conn net.Conn, cfg Config, hello Hello) (*Sessi
 	return s, w, nil
 }
 
-// clientHandshake sends the Hello and reads the answer on the bare
-// connection.
+// ClientBench is Client for a bench connection: it sends hello as a
+// Hello (bench) frame on the bare connection and, once the receiver
+// welcomes it, returns conn itself, with no multiplexer, for the bench
+// protocol (BenchUpload, BenchDownload, BenchRoundTrips). A receiver that
+// serves no bench connections refuses it (a relay that predates them
+// closes the connection without an answer: check the "bench" capability
+// of a session's Welcome first). Token, errors and bounds are Client's.
+// On error conn is closed; on success the caller owns it.
+func ClientBench(ctx context.Context, conn net.Conn, cfg Config, hello Hello) (net.Conn, Welcome, error) {
+	fail := func(err error) (net.Conn, Welcome, error) {
+		_ = conn.Close()
+		return nil, Welcome{}, fmt.Errorf("tunnel bench handshake with %s: %w", conn.RemoteAddr(), err)
+	}
+	if err := cfg.Verify(); err != nil {
+		return fail(err)
+	}
+	if hello.Version == 0 {
+		hello.Version = ProtocolVersion
+	}
+	hello.Bench = true
+	if err := hello.validate(); err != nil {
+		return fail(fmt.Errorf("invalid hello: %w", err))
+	}
+	var w Welcome
+	err := bounded(ctx, conn, cfg, func() (err error) {
+		w, err = clientHandshake(conn, hello)
+		return err
+	})
+	if err != nil {
+		return fail(err)
+	}
+	return conn, w, nil
+}
+
+// clientHandshake sends the Hello (a bench Hello if hello.Bench) and
+// reads the answer on the bare connection.
 func clientHandshake(conn net.Conn, hello Hello) (Welcome, error) {
-	if _, err := conn.Write(appendControl(nil, frameHello, encodeHello(hello))); err != nil {
+	typ := frameHello
+	if hello.Bench {
+		typ = frameBenchHello
+	}
+	if _, err := conn.Write(appendControl(nil, typ, encodeHello(hello))); err != nil {
 		return Welcome{}, fmt.Errorf("send hello: %w", err)
 	}
 	typ, payload, err := readControl(conn)
@@ -105,8 +144,23 @@ func clientHandshake(conn net.Conn, hello Hello) (Welcome, error) {
 // the handshake only. On error conn is closed; on success the session
 // owns it. The returned Hello has its token removed.
 func Server(ctx context.Context, conn net.Conn, cfg Config, check func(Hello) (Welcome, error)) (*Session, Hello, error) {
-	fail := func(err error) (*Session, Hello, error) {
-		return nil, Hello{}, fmt.Errorf("tunnel handshake from %s: %w", conn.RemoteAddr(), err)
+	s, _, h, err := serve(ctx, conn, cfg, check, false)
+	return s, h, err
+}
+
+// ServerOrBench is Server for a receiver that also serves bench
+// connections (the relay): a Hello (bench) that check accepts (check sees
+// Hello.Bench set) returns the bare connection as bench, with a nil
+// session, for ServeBench; a Hello returns a session as Server does. The
+// token is checked the same way for both. On error conn is closed; on
+// success the session, or the caller, owns it.
+func ServerOrBench(ctx context.Context, conn net.Conn, cfg Config, check func(Hello) (Welcome, error)) (s *Session, bench net.Conn, h Hello, err error) {
+	return serve(ctx, conn, cfg, check, true)
+}
+
+func serve(ctx context.Context, conn net.Conn, cfg Config, check func(Hello) (Welcome, error), allowBench bool) (*Session, net.Conn, Hello, error) {
+	fail := func(err error) (*Session, net.Conn, Hello, error) {
+		return nil, nil, Hello{}, fmt.Errorf("tunnel handshake from %s: %w", conn.RemoteAddr(), err)
 	}
 	if err := cfg.Verify(); err != nil {
 		_ = conn.Close()
@@ -119,12 +173,18 @@ func Server(ctx context.Context, conn net.Conn, cfg Config, check func(Hello) (W
 	wc := newWireConn(conn, cfg.SplitHeaderWrites)
 	var h Hello
 	err := bounded(ctx, wc, cfg, func() (err error) {
-		h, err = serverHandshake(wc, check)
+		h, err = serverHandshake(wc, check, allowBench)
 		return err
 	})
 	if err != nil {
 		_ = conn.Close()
 		return fail(err)
+	}
+	if h.Bench {
+		// wireConn reads straight through (it keeps no read-ahead), so
+		// the bare connection carries on where the handshake left it.
+		h.Token = ""
+		return nil, conn, h, nil
 	}
 	s, err := newSession(wc, cfg, false)
 	if err != nil {
@@ -141,19 +201,26 @@ func Server(ctx context.Context, conn net.Conn, cfg Config, check func(Hello) (W
 	s.hello = h
 	s.start()
 	s.log.Debug("tunnel session established", "role", "server", "hello", h)
-	return s, h, nil
+	return s, nil, h, nil
 }
 
 // serverHandshake reads the Hello and answers it on the bare connection.
-func serverHandshake(conn net.Conn, check func(Hello) (Welcome, error)) (Hello, error) {
+// A Hello (bench) is refused unless allowBench.
+func serverHandshake(conn net.Conn, check func(Hello) (Welcome, error), allowBench bool) (Hello, error) {
 	typ, payload, err := readControl(conn)
 	if err != nil {
 		return Hello{}, fmt.Errorf("read hello: %w (is the other end an sbx daemon?)", err)
 	}
-	if typ != frameHello {
+	if typ != frameHello && typ != frameBenchHello {
 		return Hello{}, fmt.Errorf("%w: expected hello, got control frame type %d", ErrProtocol, typ)
 	}
 	h, err := decodeHello(payload)
+	h.Bench = typ == frameBenchHello
+	if err == nil && h.Bench && !allowBench {
+		he := &HandshakeError{Code: CodeInternal, Message: "this end serves no bench connections"}
+		refuse(conn, he)
+		return Hello{}, he
+	}
 	var verr errHelloVersion
 	if errors.As(err, &verr) {
 		he := &HandshakeError{Code: CodeVersionMismatch, Message: fmt.Sprintf(

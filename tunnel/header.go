@@ -37,6 +37,11 @@ const (
 	// KindOutbound: a local process's connection to a cluster address; the
 	// receiver (the relay) dials Target.
 	KindOutbound Kind = 2
+	// KindBench: a benchmark connection (`sbx bench cluster`); the
+	// receiver (a relay announcing the "bench" capability) serves the
+	// bench protocol on it (ServeBench, bench.go). It carries no
+	// workload, port or target.
+	KindBench Kind = 3
 )
 
 func (k Kind) String() string {
@@ -45,6 +50,8 @@ func (k Kind) String() string {
 		return "inbound"
 	case KindOutbound:
 		return "outbound"
+	case KindBench:
+		return "bench"
 	}
 	return fmt.Sprintf("kind(%d)", uint8(k))
 }
@@ -123,6 +130,10 @@ func (h Header) validate() error {
 		}
 		if h.Workload != "" || h.Port != 0 {
 			return errors.New("outbound stream must not carry a workload or port")
+		}
+	case KindBench:
+		if h.Workload != "" || h.Port != 0 || h.Target != "" {
+			return errors.New("bench stream must not carry a workload, port or target")
 		}
 	default:
 		return fmt.Errorf("unknown kind %d", uint8(h.Kind))
