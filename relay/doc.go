@@ -50,6 +50,13 @@
 //     waiting for the laptop's answer is never idle. With slots to spare
 //     nothing is closed: a response streaming with long gaps looks idle
 //     too, and Istio keeps those open.
+//   - Bench: `sbx bench cluster` measures through the relay (benchserve.go):
+//     KindBench streams on the laptop's sessions and bare connections
+//     after a Hello (bench), both authenticated by the token, get the
+//     tunnel package's sink, source and echo (tunnel.ServeBench); nothing
+//     else reaches them. At most 8 bench connections at once and 1 GiB
+//     each; beyond either the request is refused saying so. They are not
+//     counted in --max-streams.
 //
 // Metrics (on the registry in Deps, served at /metrics):
 //
@@ -67,4 +74,6 @@
 //	sbx_relay_streams_refused_total{kind}   counter  inbound, outbound streams refused at --max-streams
 //	sbx_relay_idle_closed_total{reason}     counter  idle (--idle-timeout), drain: connections closed waiting for their caller
 //	sbx_relay_ready                         gauge    1 while serving and not draining
+//	sbx_relay_bench_total{result}           counter  bench connections: ok, refused (over a cap), error
+//	sbx_relay_bench_bytes_total{direction}  counter  bench payload: to_laptop, from_laptop
 package relay

@@ -36,6 +36,8 @@ type metrics struct {
 	atLimit       *prometheus.CounterVec // kind: streams refused at MaxStreams
 	quietClosed   *prometheus.CounterVec // reason: idle (IdleTimeout), drain
 	ready         prometheus.Gauge
+	bench         *prometheus.CounterVec // result: ok, refused, error (benchserve.go)
+	benchBytes    *prometheus.CounterVec // direction: bench payload, apart from bytes
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -82,9 +84,16 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		ready: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "sbx_relay_ready", Help: "1 while all listeners are up and the relay is not draining.",
 		}),
+		bench: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "sbx_relay_bench_total", Help: "Bench connections (sbx bench cluster) by result (ok, refused: over a cap, error).",
+		}, []string{"result"}),
+		benchBytes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "sbx_relay_bench_bytes_total", Help: "Bench payload bytes, by direction (to_laptop, from_laptop); not in sbx_relay_bytes_total.",
+		}, []string{"direction"}),
 	}
 	for _, c := range []prometheus.Collector{m.sessions, m.handshakes, m.replaced, m.streamsOpen, m.streamsTotal,
-		m.bytes, m.dialErrors, m.held, m.heldTotal, m.httpAnswers, m.inboundClosed, m.atLimit, m.quietClosed, m.ready} {
+		m.bytes, m.dialErrors, m.held, m.heldTotal, m.httpAnswers, m.inboundClosed, m.atLimit, m.quietClosed, m.ready,
+		m.bench, m.benchBytes} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("registering relay metrics: %w (pass each relay its own prometheus.Registry)", err)
 		}
@@ -98,6 +107,12 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	}
 	for _, r := range []string{"idle", "drain"} {
 		m.quietClosed.WithLabelValues(r)
+	}
+	for _, r := range []string{"ok", "refused", "error"} {
+		m.bench.WithLabelValues(r)
+	}
+	for _, d := range []string{dirToLaptop, dirFromLaptop} {
+		m.benchBytes.WithLabelValues(d)
 	}
 	m.toLaptop = m.bytes.WithLabelValues(dirToLaptop)
 	m.fromLaptop = m.bytes.WithLabelValues(dirFromLaptop)

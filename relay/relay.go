@@ -85,6 +85,7 @@ type Relay struct {
 	quiet    quietConns   // inbound connections being piped (idle.go)
 	heldN    atomic.Int64 // inbound connections currently held while offline
 	streamsN atomic.Int64 // streams being served, bounded by MaxStreams
+	benchN   atomic.Int32 // bench connections being served (benchserve.go)
 	ready    atomic.Bool
 	draining atomic.Bool
 	ran      atomic.Bool

@@ -14,7 +14,9 @@ import (
 )
 
 // capabilities are announced in the Welcome.
-var capabilities = []string{"inbound", "outbound", "pool", "grace"}
+// "bench": the relay serves `sbx bench cluster` (benchserve.go); the daemon
+// checks for it before it opens a bench stream or connection.
+var capabilities = []string{"inbound", "outbound", "pool", "grace", "bench"}
 
 // Before its token is checked, a connection to the tunnel port costs the
 // relay a goroutine and one bounded read (tunnel.Server starts no
@@ -112,8 +114,9 @@ func (r *Relay) checkHello(h tunnel.Hello) (tunnel.Welcome, error) {
 }
 
 // serveSession handshakes on conn and, if the daemon is accepted, serves the
-// session's outbound streams until it ends; handshaken is called once the
-// Hello is accepted or the handshake has failed (calling it twice is harmless).
+// session's outbound streams until it ends, or the bench connection a
+// Hello (bench) asked for; handshaken is called once the Hello is accepted
+// or the handshake has failed (calling it twice is harmless).
 func (r *Relay) serveSession(conn net.Conn, handshaken func()) {
 	// tunnel.Server bounds the handshake by r.tcfg.HandshakeTimeout, clears
 	// this deadline once the Hello is in, and closes conn when it fails.
@@ -129,7 +132,7 @@ func (r *Relay) serveSession(conn net.Conn, handshaken func()) {
 		}
 		return w, err
 	}
-	s, hello, err := tunnel.Server(r.serveCtx, conn, r.tcfg, check)
+	s, bench, hello, err := tunnel.ServerOrBench(r.serveCtx, conn, r.tcfg, check)
 	handshaken()
 	if err != nil {
 		r.m.handshakes.WithLabelValues(handshakeResult(err)).Inc()
@@ -137,6 +140,10 @@ func (r *Relay) serveSession(conn net.Conn, handshaken func()) {
 		return
 	}
 	r.m.handshakes.WithLabelValues("ok").Inc()
+	if bench != nil {
+		r.serveBench(r.log.With("clientID", hello.ClientID, "user", hello.User), bench, "bare connection")
+		return
+	}
 	done, err := r.sessions.add(s, hello)
 	if err != nil {
 		_ = s.CloseWithReason(shutdownReason)
@@ -185,8 +192,17 @@ func handshakeResult(err error) string {
 // to dial in the cluster. Inbound streams only go the other way.
 func (r *Relay) serveStream(log *slog.Logger, st *tunnel.Stream) {
 	h := st.Header()
+	if h.Kind == tunnel.KindBench {
+		// Its own caps, not --max-streams' (benchserve.go).
+		if err := st.Accept(); err != nil {
+			log.Debug("bench stream gone before accept", "err", err)
+			return
+		}
+		r.serveBench(log, st, "tunnel stream")
+		return
+	}
 	if h.Kind != tunnel.KindOutbound {
-		_ = st.Reject(tunnel.ReasonProtocol, "the relay only accepts outbound streams from the laptop")
+		_ = st.Reject(tunnel.ReasonProtocol, "the relay only accepts outbound streams from the laptop (and bench streams, for sbx bench cluster)")
 		return
 	}
 	// A draining relay still serves the laptop's calls: the daemon moves
