@@ -65,7 +65,8 @@ type tunnelLink struct {
 
 	mu       sync.Mutex
 	live     int
-	base     tunnel.Stats // counters of sessions that are gone
+	welcomes map[*tunnel.Session]tunnel.Welcome // each live session's relay (bench checks its capabilities)
+	base     tunnel.Stats                       // counters of sessions that are gone
 	err      error
 	done     chan struct{}
 	doneOnce sync.Once
@@ -73,7 +74,8 @@ type tunnelLink struct {
 
 func dialTunnelLink(ctx context.Context, cfg tunnel.Config, p linkParams) (*tunnelLink, error) {
 	lctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
-	l := &tunnelLink{p: p, cfg: cfg, log: p.Logger, ctx: lctx, cancel: cancel, done: make(chan struct{})}
+	l := &tunnelLink{p: p, cfg: cfg, log: p.Logger, ctx: lctx, cancel: cancel, done: make(chan struct{}),
+		welcomes: map[*tunnel.Session]tunnel.Welcome{}}
 	if l.log == nil {
 		l.log = slog.New(slog.DiscardHandler)
 	}
@@ -105,27 +107,10 @@ func (l *tunnelLink) addSession(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("dial relay: %w", err)
 	}
-	sess, _, err := tunnel.Client(ctx, conn, l.cfg, tunnel.Hello{
-		Version:  tunnel.ProtocolVersion,
-		Token:    l.p.Token(),
-		ClientID: l.p.ClientID,
-		Sandbox:  l.p.Ref.Name,
-		User:     l.p.User,
-	})
+	sess, w, err := tunnel.Client(ctx, conn, l.cfg, l.hello())
 	if err != nil {
 		_ = conn.Close()
-		if errors.Is(err, tunnel.ErrVersionMismatch) || errors.Is(err, tunnel.ErrSandboxMismatch) {
-			return &PermanentError{fmt.Errorf("tunnel handshake: %w (use the same sbx version for the relay image and the CLI)", err)}
-		}
-		if errors.Is(err, tunnel.ErrBadToken) {
-			// Not permanent: the supervisor re-applies, which either
-			// restores this daemon's verifier or finds another daemon's
-			// there and stops (verifierConflict).
-			sb := l.p.Ref.Name
-			return &nextStepError{fmt.Errorf("%w (%w)", cluster.ErrVerifierMismatch, err), // the caller names the sandbox
-				fmt.Sprintf("sbx re-applies and retries; to make this daemon's token the relay's now, run `sbx connect %s --rotate-token` or reconnect", sb)}
-		}
-		return fmt.Errorf("tunnel handshake: %w", err)
+		return l.handshakeError(err)
 	}
 	l.mu.Lock()
 	if l.ctx.Err() != nil {
@@ -134,6 +119,7 @@ func (l *tunnelLink) addSession(ctx context.Context) error {
 		return l.ctx.Err()
 	}
 	l.live++
+	l.welcomes[sess] = w
 	l.mu.Unlock()
 	l.pool.Add(sess)
 	l.wg.Add(2)
@@ -146,6 +132,69 @@ func (l *tunnelLink) addSession(ctx context.Context) error {
 		l.watch(sess)
 	}()
 	return nil
+}
+
+// hello is the Hello every connection to the relay starts with.
+func (l *tunnelLink) hello() tunnel.Hello {
+	return tunnel.Hello{
+		Version:  tunnel.ProtocolVersion,
+		Token:    l.p.Token(),
+		ClientID: l.p.ClientID,
+		Sandbox:  l.p.Ref.Name,
+		User:     l.p.User,
+	}
+}
+
+// handshakeError explains a refused or failed handshake.
+func (l *tunnelLink) handshakeError(err error) error {
+	if errors.Is(err, tunnel.ErrVersionMismatch) || errors.Is(err, tunnel.ErrSandboxMismatch) {
+		return &PermanentError{fmt.Errorf("tunnel handshake: %w (use the same sbx version for the relay image and the CLI)", err)}
+	}
+	if errors.Is(err, tunnel.ErrBadToken) {
+		// Not permanent: the supervisor re-applies, which either
+		// restores this daemon's verifier or finds another daemon's
+		// there and stops (verifierConflict).
+		sb := l.p.Ref.Name
+		return &nextStepError{fmt.Errorf("%w (%w)", cluster.ErrVerifierMismatch, err), // the caller names the sandbox
+			fmt.Sprintf("sbx re-applies and retries; to make this daemon's token the relay's now, run `sbx connect %s --rotate-token` or reconnect", sb)}
+	}
+	return fmt.Errorf("tunnel handshake: %w", err)
+}
+
+// benchSessions lists the live sessions that are not draining, with
+// their relay's Welcome (bench.go).
+func (l *tunnelLink) benchSessions() []benchSession {
+	var out []benchSession
+	for _, s := range l.pool.Sessions() {
+		select {
+		case <-s.Done():
+			continue
+		case <-s.Draining():
+			continue
+		default:
+		}
+		l.mu.Lock()
+		w, ok := l.welcomes[s]
+		l.mu.Unlock()
+		if ok {
+			out = append(out, benchSession{s: s, welcome: w})
+		}
+	}
+	return out
+}
+
+// dialBench opens a new port-forward connection to the relay and
+// handshakes it as a bench connection (bench.go's bare path).
+func (l *tunnelLink) dialBench(ctx context.Context) (net.Conn, tunnel.Welcome, error) {
+	conn, err := l.p.Dial(ctx)
+	if err != nil {
+		return nil, tunnel.Welcome{}, fmt.Errorf("dial relay: %w", err)
+	}
+	bc, w, err := tunnel.ClientBench(ctx, conn, l.cfg, l.hello())
+	if err != nil {
+		return nil, tunnel.Welcome{}, l.handshakeError(err)
+	}
+	return bc, w, nil
 }
 
 // watch waits for sess to end, keeps its counters, and replaces it while
@@ -169,6 +218,7 @@ func (l *tunnelLink) watch(sess *tunnel.Session) {
 	st := sess.Stats()
 	l.mu.Lock()
 	l.live--
+	delete(l.welcomes, sess)
 	l.base.BytesIn += st.BytesIn
 	l.base.BytesOut += st.BytesOut
 	l.base.StreamsTotal += st.StreamsTotal

@@ -56,6 +56,7 @@ func (d *Daemon) routes() []apiRoute {
 		{"GET /v1/sandboxes/{name}", d.handleGetSandbox, false},
 		{"PUT /v1/sandboxes/{name}", d.handleConnect, false},
 		{"DELETE /v1/sandboxes/{name}", d.handleDisconnect, false},
+		{"POST /v1/sandboxes/{name}/bench", d.handleBench, false},
 		{"DELETE /v1/sandboxes", d.handleDisconnectAll, false},
 		{"GET /v1/list", d.handleList, false},
 		{"POST /v1/gc", d.handleGC, false},

@@ -112,8 +112,11 @@ type session struct {
 	kick   chan struct{}              // cap 1: the spec changed, re-apply now
 	rotate chan struct{}              // cap 1: saved.Token is new, apply it
 	link   atomic.Pointer[linkHolder] // the live link while ready
-	cancel context.CancelFunc
-	done   chan struct{}
+	// benching is set while `sbx bench cluster` runs (bench.go): one
+	// at a time.
+	benching atomic.Bool
+	cancel   context.CancelFunc
+	done     chan struct{}
 }
 
 func (s *session) snapshot() savedSandbox {

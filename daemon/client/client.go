@@ -192,6 +192,39 @@ func (c *Client) Connect(ctx context.Context, req api.ConnectRequest, progress f
 	}
 }
 
+// Bench measures the connected sandbox's path to its relay (`sbx bench
+// cluster`): bare port-forward, tunnel and pool. progress is called for
+// every line the daemon sends before the result; a benchmark that ends
+// without one is a *api.BenchError, an unknown sandbox an *api.APIError
+// (IsNotFound).
+func (c *Client) Bench(ctx context.Context, name string, req api.BenchRequest, progress func(api.BenchProgress)) (api.BenchResult, error) {
+	resp, err := c.do(ctx, http.MethodPost, "/v1/sandboxes/"+url.PathEscape(name)+"/bench", req)
+	if err != nil {
+		return api.BenchResult{}, err
+	}
+	defer resp.Body.Close()
+	dec := json.NewDecoder(bufio.NewReader(resp.Body))
+	for {
+		var p api.BenchProgress
+		if err := dec.Decode(&p); err != nil {
+			if ctx.Err() != nil {
+				return api.BenchResult{}, ctx.Err()
+			}
+			return api.BenchResult{}, fmt.Errorf("the daemon ended the benchmark stream of sandbox %s early: %w (see `sbx logs`)", name, err)
+		}
+		switch {
+		case !p.Done:
+			if progress != nil {
+				progress(p)
+			}
+		case p.Result != nil && p.Error == "":
+			return *p.Result, nil
+		default:
+			return api.BenchResult{}, &api.BenchError{Sandbox: name, Message: p.Error}
+		}
+	}
+}
+
 // Disconnect stops the named sandbox and deletes its cluster objects.
 func (c *Client) Disconnect(ctx context.Context, name string) (api.DisconnectResult, error) {
 	var res api.DisconnectResult
