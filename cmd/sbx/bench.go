@@ -22,6 +22,7 @@ against a baseline measured in the same run.`,
 	cmd.AddCommand(
 		newBenchTunnelCmd(g),
 		newBenchPortForwardCmd(g),
+		newBenchClusterCmd(g),
 		newBenchConnectCmd(g),
 	)
 	return cmd
