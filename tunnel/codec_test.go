@@ -187,6 +187,8 @@ func TestConfigVerify(t *testing.T) {
 		{"MuxRole", func(c *Config) { c.MuxRole = 9 }},
 		{"MaxStreamWindow", func(c *Config) { c.MaxStreamWindow = 1024 }},
 		{"MaxStreamWindow", func(c *Config) { c.MaxStreamWindow = 512 << 20 }},
+		{"MinStreamWindow", func(c *Config) { c.MinStreamWindow = 1024 }},
+		{"MinStreamWindow", func(c *Config) { c.MinStreamWindow = c.MaxStreamWindow + 1 }},
 		{"WindowBudget", func(c *Config) { c.WindowBudget = -1 }},
 		{"MaxFrameSize", func(c *Config) { c.MaxFrameSize = 10 }},
 		{"WriteTimeout", func(c *Config) { c.WriteTimeout = 0 }},

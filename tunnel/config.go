@@ -76,6 +76,14 @@ type Config struct {
 	// MuxRole selects the yamux role; see MuxRole.
 	MuxRole MuxRole
 
+	// MinStreamWindow is the receive window every stream starts at (the
+	// credit beyond yamux's initial 256 KiB goes out with its SYN or ACK
+	// and comes from the budgets, as growth does): from 256 KiB to
+	// MaxStreamWindow. Windows grow from here only on sessions with a
+	// round trip of 1 ms or more (flow.go), so this is what a stream gets
+	// on loopback and a LAN.
+	MinStreamWindow uint32
+
 	// MaxStreamWindow is the most a stream's receive window may grow to,
 	// in bytes: from yamux's initial 256 KiB, each stream's window grows
 	// toward twice the bandwidth-delay product its reads show (flow.go).
@@ -152,11 +160,15 @@ type Config struct {
 // behind one frame per busy stream: 256 KiB is where larger frames stop
 // paying. In sbx bench portforward --ab (five runs, medians), a pool of
 // sessions took 1.07x the CPU per byte with 128 KiB frames and 1.02x with
-// 512 KiB (PROTOCOL.md, "Over a port-forward"). Windows grow as on any
-// session (DefaultConfig).
+// 512 KiB (PROTOCOL.md, "Over a port-forward"). Streams start at 1 MiB:
+// where windows do not grow (a port-forward under 1 ms, as on loopback),
+// 256 KiB took the pool from 1.08 to 0.85 of kubectl's throughput and
+// one stream from 0.85 to 0.69 (sbx bench portforward, same session);
+// beyond, windows grow as on any session.
 func PortForwardConfig() Config {
 	c := DefaultConfig()
 	c.MaxFrameSize = 256 << 10
+	c.MinStreamWindow = 1 << 20
 	return c
 }
 
@@ -165,6 +177,7 @@ func PortForwardConfig() Config {
 func DefaultConfig() Config {
 	return Config{
 		MuxRole:            MuxRoleAuto,
+		MinStreamWindow:    yamuxInitialWindow,
 		MaxStreamWindow:    DefaultMaxStreamWindow,
 		WindowBudget:       DefaultWindowBudget,
 		MaxFrameSize:       32 << 10,
@@ -189,6 +202,8 @@ func (c Config) Verify() error {
 		return bad("MuxRole", c.MuxRole, "use MuxRoleAuto, MuxRoleClient or MuxRoleServer")
 	case c.MaxStreamWindow < yamuxInitialWindow || c.MaxStreamWindow > maxStreamWindowLimit:
 		return bad("MaxStreamWindow", c.MaxStreamWindow, "must be between 262144 (256 KiB, yamux's initial window) and 268435456 (256 MiB)")
+	case c.MinStreamWindow < yamuxInitialWindow || c.MinStreamWindow > c.MaxStreamWindow:
+		return bad("MinStreamWindow", c.MinStreamWindow, fmt.Sprintf("must be between 262144 (256 KiB, yamux's initial window) and MaxStreamWindow (%d)", c.MaxStreamWindow))
 	case c.WindowBudget < 0:
 		return bad("WindowBudget", c.WindowBudget, "must not be negative (0 turns window growth off)")
 	case c.MaxFrameSize < 1024 || c.MaxFrameSize > 16<<20:

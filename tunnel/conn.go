@@ -173,6 +173,9 @@ func (c *wireConn) writeHeader() error {
 	switch {
 	case typ == yamuxTypeData:
 		if c.flow != nil {
+			if length > 0 {
+				c.flow.lastData.Store(time.Now().UnixNano())
+			}
 			c.flow.sawOutgoing(id, flags)
 		}
 		if length > 0 {
@@ -247,6 +250,27 @@ func (c *wireConn) flushGrants() error {
 	c.scratch = b
 	_, err := c.Conn.Write(b)
 	return err
+}
+
+// sendGrants writes a grant that has just come due from the reader's
+// goroutine when the connection is free, between frames, and otherwise
+// leaves it to the grant writer: no hand-over to another goroutine in the
+// common case, and a reader never waits behind a frame being written (it
+// may wait for the 12 bytes to fit in the connection, as it did for
+// yamux's own window updates).
+func (c *wireConn) sendGrants() {
+	if c.mu.TryLock() {
+		boundary := c.hdrN == 0 && (c.bodyLeft == 0 || c.held)
+		var err error
+		if boundary {
+			err = c.flushGrants()
+		}
+		c.mu.Unlock()
+		if boundary && err == nil {
+			return
+		}
+	}
+	c.flow.signal()
 }
 
 // writeGrants writes pending grants unless a frame is half written (its

@@ -28,6 +28,7 @@ func (s *Session) Ping() (time.Duration, error) {
 	}()
 	timer := time.NewTimer(s.cfg.DeadPeerTimeout)
 	defer timer.Stop()
+	quiet := s.conn.flow.quiet()
 	start := time.Now()
 	select {
 	case s.ctrlOut <- controlMsg{frame: appendControl(nil, framePing, encodeNonce(nonce))}:
@@ -39,7 +40,7 @@ func (s *Session) Ping() (time.Duration, error) {
 	select {
 	case <-ch:
 		rtt := time.Since(start)
-		s.conn.flow.sampleRTT(rtt)
+		s.conn.flow.sampleRTT(rtt, quiet)
 		return rtt, nil
 	case <-s.done:
 		return 0, s.closedErr()
@@ -126,7 +127,7 @@ func (s *Session) controlLoop() {
 				delete(s.pings, n)
 			}
 			if n == s.hbNonce && !s.hbSent.IsZero() {
-				s.conn.flow.sampleRTT(time.Since(s.hbSent))
+				s.conn.flow.sampleRTT(time.Since(s.hbSent), s.hbQuiet)
 				s.hbSent = time.Time{}
 			}
 			s.pingMu.Unlock()
@@ -173,13 +174,11 @@ func (s *Session) heartbeat() {
 		// Ping() waiter.
 		n := nonce | 1<<63
 		s.pingMu.Lock()
-		s.hbNonce, s.hbSent = n, time.Now()
+		s.hbNonce, s.hbSent, s.hbQuiet = n, time.Now(), s.conn.flow.quiet()
 		s.pingMu.Unlock()
 		s.sendControlAsync(appendControl(nil, framePing, encodeNonce(n)))
 	}
-	// The first ping gives flow control its first round trip.
-	ping()
-	lastPing := time.Now()
+	lastPing := time.Now() // probeRTT pings first
 	for {
 		select {
 		case <-ticker.C:

@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -31,28 +32,34 @@ import (
 //     the peer assumes at open). Each time the application has read a
 //     quarter of the stream's window, the session grants the peer credit
 //     up to consumed + window.
-//   - Each time the application has read a whole window since the last
-//     estimate (about a round trip's worth while the window limits), it
-//     estimates the bandwidth-delay product from those bytes, the time
-//     they took and the session's round trip (the smallest seen by the
-//     heartbeat, which pings once at the start). While twice that
-//     estimate plus one of the peer's frames exceeds the window, the
-//     window grows, at most doubling per estimate, up to
-//     Config.MaxStreamWindow and as far as the memory budgets allow
-//     (Config.WindowBudget per session, Config.SharedWindowBudget across
-//     sessions). Growth ends near twice the link's bandwidth-delay
-//     product: the quarter-window grant step needs 4/3 of it never to
-//     stall, and yamux hands the reader whole frames only, so credit
-//     returns a frame at a time. With a factor of 1.5 instead of 2, one
-//     stream over 20 ms and 400 Mbit/s moved 27 MB/s instead of 37. A
-//     reader that stalls takes no growth (it finishes no epoch), so the
-//     budget goes to streams that move data.
+//   - Each time a whole window has arrived since the last estimate
+//     (about a round trip's worth while the window limits), it estimates
+//     the bandwidth-delay product: those bytes over the time they took to
+//     arrive, times the session's round trip. Arrival, not reading: a
+//     reader that catches up on buffered data reads at memory speed. The
+//     round trip is the smallest a ping measured while no data frame had
+//     moved for 5 ms (four pings at the session's start, then the
+//     heartbeat's), else the smallest at all: a ping queued behind bulk
+//     data measures the queue (on loopback, 0.06-0.5 ms against ~0.02,
+//     which grew windows to 5 MiB for nothing). While twice the estimate
+//     plus one of the peer's frames exceeds the window, the window grows,
+//     at most doubling per estimate, up to Config.MaxStreamWindow and as
+//     far as the memory budgets allow (Config.WindowBudget per session,
+//     Config.SharedWindowBudget across sessions); on a session whose round
+//     trip is under 1 ms (loopback, a LAN) windows stay at 256 KiB
+//     (minGrowthRTT). Growth ends near twice
+//     the link's bandwidth-delay product: the quarter-window grant step
+//     needs 4/3 of it never to stall, and yamux hands the reader whole
+//     frames only, so credit returns a frame at a time. With a factor of
+//     1.5 instead of 2, one stream over 20 ms and 400 Mbit/s moved 27 MB/s
+//     instead of 37. A reader that stalls takes no growth (nothing more
+//     arrives), so the budget goes to streams that move data.
 //   - A new stream starts at the largest window a stream of the session
 //     has reached (the session is one link), as far as the budgets allow:
 //     the extra credit goes out right behind this end's SYN or ACK (not
-//     sooner: until yamux sends those, it holds the stream to 256 KiB). So a session
-//     that has once moved bulk data does not open every later stream's
-//     window from 256 KiB again.
+//     sooner: until yamux sends those, it holds the stream to 256 KiB). So
+//     a session that has once moved bulk data does not open every later
+//     stream's window from 256 KiB again.
 //   - A stream's credit is released to the budgets when the stream ends
 //     (reset, or closed in both directions).
 //   - Incoming data frames are counted per stream; a peer that sends more
@@ -79,6 +86,14 @@ const (
 // grantFraction: credit is granted each time the reader has consumed
 // window/grantFraction bytes since the last grant.
 const grantFraction = 4
+
+// minGrowthRTT: windows grow only on sessions whose round trip is at least
+// this. Below it, 256 KiB already carries 2 Gbit/s, and what a ping
+// measures is mostly the time goroutines wait to run: on loopback 0.03 to
+// 0.5 ms for a ~0.02 ms path, and data arrives in bursts as fast as memory
+// copies, so estimates there grew windows to 1-5 MiB, each a queue in
+// front of every other request on the session.
+const minGrowthRTT = time.Millisecond
 
 // WindowBudget bounds the receive-window growth that sessions sharing it
 // may hold at once, in bytes beyond each stream's initial 256 KiB. A relay
@@ -127,8 +142,8 @@ type streamFlow struct {
 	consumed int64 // payload the application has read
 	received int64 // payload the peer has sent
 	maxFrame int64 // the largest data frame the peer has sent
-	// The growth epoch: consumed and the time at the last grant.
-	epochConsumed int64
+	// The growth epoch: received at its start, and when it started.
+	epochReceived int64
 	epochStart    time.Time
 	localFIN      bool
 	remoteFIN     bool
@@ -142,13 +157,18 @@ type flowControl struct {
 	session      *WindowBudget
 	shared       *WindowBudget // may be nil
 
+	// lastData is when a data frame last went out or came in (UnixNano).
+	lastData atomic.Int64
+
 	mu      sync.Mutex
 	streams map[uint32]*streamFlow
 	pending map[uint32]uint32 // grants not yet written
-	minRTT  time.Duration
-	grown   int64 // window growth held by this session's streams
-	peak    int64 // the largest window any stream reached
-	err     error // the peer broke flow control
+	// The smallest round trips seen: measured while no data moved, and
+	// at any time (the fallback: a ping queued behind data reads long).
+	minQuiet, minBusy time.Duration
+	grown             int64 // window growth held by this session's streams
+	peak              int64 // the largest window any stream reached, at least MinStreamWindow
+	err               error // the peer broke flow control
 	// wake is signalled when grants are pending.
 	wake chan struct{}
 }
@@ -161,28 +181,43 @@ func newFlowControl(cfg Config) *flowControl {
 		shared:  cfg.SharedWindowBudget,
 		streams: make(map[uint32]*streamFlow),
 		pending: make(map[uint32]uint32),
-		peak:    yamuxInitialWindow,
+		peak:    int64(max(cfg.MinStreamWindow, yamuxInitialWindow)),
 		wake:    make(chan struct{}, 1),
 	}
 }
 
-// sampleRTT records a measured round trip.
-func (f *flowControl) sampleRTT(d time.Duration) {
+// quietWindow: a ping sent when no data frame moved for this long
+// measures the path, not the queue in front of it.
+const quietWindow = 5 * time.Millisecond
+
+// quiet reports whether no data frame moved in the last quietWindow.
+func (f *flowControl) quiet() bool {
+	return time.Since(time.Unix(0, f.lastData.Load())) > quietWindow
+}
+
+// sampleRTT records a measured round trip; quiet says whether the ping
+// went out with no data moving (quiet before it was sent).
+func (f *flowControl) sampleRTT(d time.Duration, quiet bool) {
 	if d <= 0 {
 		return
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if f.minRTT == 0 || d < f.minRTT {
-		f.minRTT = d
+	if f.minBusy == 0 || d < f.minBusy {
+		f.minBusy = d
+	}
+	if quiet && (f.minQuiet == 0 || d < f.minQuiet) {
+		f.minQuiet = d
 	}
 }
 
-// rtt is the smallest round trip seen, 0 before any.
-func (f *flowControl) rtt() time.Duration {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	return f.minRTT
+// rttLocked is the round trip flow control sizes windows by: the smallest
+// quiet one, else the smallest at all, 0 before any.
+func (f *flowControl) rttLocked() time.Duration {
+	if f.minQuiet > 0 {
+		return f.minQuiet
+	}
+	return f.minBusy
 }
 
 // open starts tracking a stream (its SYN went either way). Caller holds mu.
@@ -196,8 +231,8 @@ func (f *flowControl) openLocked(id uint32) *streamFlow {
 }
 
 // startLearnedLocked gives a new stream the largest window a stream of
-// this session has needed (the link is the same), as far as the budgets
-// allow. It runs as this end's SYN or ACK goes out, never before: yamux
+// this session has needed (the link is the same), at least
+// Config.MinStreamWindow, as far as the budgets allow. It runs as this end's SYN or ACK goes out, never before: yamux
 // raises its own receive window for the stream when it sends those, and
 // until then it would refuse data beyond the initial 256 KiB.
 func (f *flowControl) startLearnedLocked(id uint32, e *streamFlow) {
@@ -303,6 +338,7 @@ func (f *flowControl) sawIncoming(typ uint8, id uint32, flags uint16, length uin
 	// Count the data before the flags: a frame may carry its last
 	// payload and FIN together.
 	if typ == yamuxTypeData && length > 0 {
+		f.lastData.Store(time.Now().UnixNano())
 		if flags&yamuxFlagSYN != 0 {
 			f.openLocked(id)
 		}
@@ -322,51 +358,52 @@ func (f *flowControl) sawIncoming(typ uint8, id uint32, flags uint16, length uin
 }
 
 // consumed notes n payload bytes read by the application on stream id and
-// queues a grant when one is due.
-func (f *flowControl) consumed(id uint32, n int) {
+// queues a grant when one is due, reporting whether it did.
+func (f *flowControl) consumed(id uint32, n int) bool {
 	if n <= 0 {
-		return
+		return false
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	e, ok := f.streams[id]
 	if !ok {
-		return
+		return false
 	}
 	e.consumed += int64(n)
 	if e.consumed+e.window-e.granted < e.window/grantFraction {
-		return
+		return false
 	}
 	// An epoch spans a whole window of reads, about a round trip's worth
 	// when the window is what limits: shorter ones would time the bursts
 	// in which data arrives rather than the rate the link sustains.
-	if e.consumed-e.epochConsumed >= e.window {
+	if e.received-e.epochReceived >= e.window {
 		now := time.Now()
 		f.growLocked(e, now)
-		e.epochConsumed, e.epochStart = e.consumed, now
+		e.epochReceived, e.epochStart = e.received, now
 	}
 	delta := e.consumed + e.window - e.granted
 	e.granted += delta
 	f.pending[id] += uint32(delta)
-	f.signal()
+	return true
 }
 
 // growLocked widens e's window toward twice the bandwidth-delay product
-// that the epoch now ending shows (the bytes read in it, over the time
-// they took, times the round trip), plus one of the peer's frames: yamux
+// that the epoch now ending shows (the bytes that arrived in it, over the
+// time they took, times the round trip), plus one of the peer's frames: yamux
 // hands a frame to the reader only once all of it is in, so a frame's
 // worth of window is always on this side and credit returns a frame at a
 // time (256 KiB over a port-forward).
 func (f *flowControl) growLocked(e *streamFlow, now time.Time) {
-	if f.minRTT <= 0 || e.window >= f.max {
+	rtt := f.rttLocked()
+	if rtt < minGrowthRTT || e.window >= f.max {
 		return
 	}
 	elapsed := now.Sub(e.epochStart)
 	if elapsed <= 0 {
 		elapsed = time.Nanosecond
 	}
-	bytes := float64(e.consumed - e.epochConsumed)
-	bdp := bytes * float64(f.minRTT) / float64(elapsed)
+	bytes := float64(e.received - e.epochReceived)
+	bdp := bytes * float64(rtt) / float64(elapsed)
 	want := min(int64(2*bdp)+e.maxFrame, 2*e.window, f.max)
 	if want <= e.window {
 		return
@@ -405,7 +442,7 @@ type FlowStats struct {
 func (f *flowControl) stats() FlowStats {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	return FlowStats{RTT: f.minRTT, Streams: len(f.streams), Grown: f.grown, PeakWindow: f.peak}
+	return FlowStats{RTT: f.rttLocked(), Streams: len(f.streams), Grown: f.grown, PeakWindow: f.peak}
 }
 
 // windowOf is stream id's current window (tests).

@@ -256,3 +256,50 @@ func TestLearnedWindowAfterOwnSYNOrACK(t *testing.T) {
 	}, rc.writes)
 	require.Equal(t, 2*(int64(1<<20)-yamuxInitialWindow), f.stats().Grown)
 }
+
+// TestNoGrowthUnderOneMillisecond: on loopback the session's round trip is
+// under a millisecond, where 256 KiB carries 2 Gbit/s and what pings and
+// arrivals measure is scheduling: windows stay at 256 KiB, so bulk data
+// queues no deeper in front of other streams' requests.
+func TestNoGrowthUnderOneMillisecond(t *testing.T) {
+	p := newSessionPair(t, transportTCP, roleSets[0], nil)
+	sinkServer(t, p.server, nil)
+	// The start's probes measure the round trip before data flows; the
+	// estimate only gets smaller after that.
+	require.Eventually(t, func() bool { return p.server.FlowStats().RTT > 0 }, 5*time.Second, time.Millisecond)
+	time.Sleep(20 * time.Millisecond) // the rest of the probes
+	if rtt := p.server.FlowStats().RTT; rtt >= minGrowthRTT {
+		t.Skipf("the machine is too busy for a sub-millisecond loopback round trip (%s)", rtt)
+	}
+	upload(t, p.client, 128<<20)
+	st := p.server.FlowStats()
+	t.Logf("loopback: %+v", st)
+	require.Equal(t, int64(yamuxInitialWindow), st.PeakWindow)
+}
+
+// TestStreamsStartAtMinStreamWindow: with PortForwardConfig a stream's
+// window starts at 1 MiB (the credit follows the SYN or ACK), drawn from
+// the budget, and returns to it when the stream ends.
+func TestStreamsStartAtMinStreamWindow(t *testing.T) {
+	pf := PortForwardConfig()
+	p := newSessionPair(t, transportTCP, roleSets[0], func(c *Config) {
+		c.MinStreamWindow, c.MaxFrameSize = pf.MinStreamWindow, pf.MaxFrameSize
+	})
+	sinkServer(t, p.server, nil)
+	st, err := p.client.Open(context.Background(), outboundHeader)
+	require.NoError(t, err)
+	id := st.ys.StreamID()
+	require.Eventually(t, func() bool {
+		w, _ := p.server.conn.flow.windowOf(id)
+		return w == int64(pf.MinStreamWindow)
+	}, 5*time.Second, 5*time.Millisecond)
+	// The client can send the whole window before the server reads a byte.
+	require.NoError(t, st.SetWriteDeadline(time.Now().Add(5*time.Second)))
+	_, err = st.Write(make([]byte, pf.MinStreamWindow))
+	require.NoError(t, err)
+	require.NoError(t, st.Close())
+	require.Eventually(t, func() bool {
+		_, tracked := p.server.conn.flow.windowOf(id)
+		return !tracked
+	}, 5*time.Second, 5*time.Millisecond)
+}
