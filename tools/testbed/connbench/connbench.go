@@ -36,6 +36,7 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"runtime"
 	"slices"
 	"strconv"
@@ -266,6 +267,10 @@ type bench struct {
 	paths   api.Paths
 	dc      *client.Client
 	started time.Time
+	// pids are the daemons this run has talked to: the clean-up makes
+	// sure none outlives it (its home, with the socket, goes with the
+	// caller's clean-up, after which nothing could stop it).
+	pids map[int]bool
 }
 
 func (b *bench) say(format string, args ...any) { b.o.Progress(fmt.Sprintf(format, args...)) }
@@ -459,6 +464,7 @@ func (b *bench) connect(ctx context.Context) (time.Duration, error) {
 		return 0, err
 	}
 	d := time.Since(t0)
+	b.notePID(ctx)
 	st, err := b.dc.Sandbox(ctx, b.o.Sandbox)
 	if err != nil {
 		return 0, err
@@ -469,19 +475,57 @@ func (b *bench) connect(ctx context.Context) (time.Duration, error) {
 	return d, nil
 }
 
+// notePID records the running daemon's pid for the clean-up.
+func (b *bench) notePID(ctx context.Context) {
+	if st, err := b.dc.Status(ctx); err == nil && st.PID > 0 {
+		if b.pids == nil {
+			b.pids = map[int]bool{}
+		}
+		b.pids[st.PID] = true
+	}
+}
+
 // cleanUp disconnects the sandbox and stops the daemon, on a context of
-// its own: the run's may be what ended.
+// its own: the run's may be what ended. A daemon it could not stop (a
+// failed run, a daemon that does not answer) is killed.
 func (b *bench) cleanUp() {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
+	defer b.killLeft()
 	if _, err := b.dc.Status(ctx); err != nil {
-		return // no daemon: nothing of ours runs
+		return // no daemon answers: killLeft ends any that still runs
 	}
+	b.notePID(ctx)
 	if _, err := b.sbx(ctx, "disconnect", b.o.Sandbox); err != nil {
 		b.say("clean-up: %v", err)
 	}
 	if _, err := b.sbx(ctx, "daemon", "stop"); err != nil {
 		b.say("clean-up: %v", err)
+	}
+}
+
+// killLeft kills the daemons this run talked to that still run after a
+// grace of 10 s. Only where /proc says the pid still runs this binary
+// (Linux): elsewhere a pid could have been reused by now.
+func (b *bench) killLeft() {
+	bin, err := filepath.EvalSymlinks(b.t.Bin)
+	if err != nil {
+		return
+	}
+	ours := func(pid int) bool {
+		exe, err := os.Readlink(fmt.Sprintf("/proc/%d/exe", pid))
+		return err == nil && exe == bin
+	}
+	for pid := range b.pids {
+		for deadline := time.Now().Add(10 * time.Second); ours(pid) && time.Now().Before(deadline); {
+			time.Sleep(50 * time.Millisecond)
+		}
+		if !ours(pid) {
+			continue
+		}
+		if p, err := os.FindProcess(pid); err == nil && p.Kill() == nil {
+			b.say("clean-up: killed daemon %d, which was still running", pid)
+		}
 	}
 }
 

@@ -7,6 +7,8 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -29,7 +31,18 @@ func newSbxCLI(t *testing.T) *sbxCLI {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { os.RemoveAll(home) })
+	t.Cleanup(func() {
+		// Nothing the binary started may outlive the test: a daemon left
+		// in the background keeps running once its home (and socket) is
+		// gone, and nothing could stop it then.
+		for _, pid := range processesWithEnv("HOME=" + home) {
+			t.Errorf("process %d (%s) outlived the test; killed", pid, cmdline(pid))
+			if p, err := os.FindProcess(pid); err == nil {
+				_ = p.Kill()
+			}
+		}
+		os.RemoveAll(home)
+	})
 	cfgDir := filepath.Join(home, "cfg", "sbx")
 	if err := os.MkdirAll(cfgDir, 0o700); err != nil {
 		t.Fatal(err)
@@ -165,4 +178,29 @@ func TestSbxBinaryConnectListDisconnect(t *testing.T) {
 	if left := sandboxObjects(t, e, "alice"); len(left) > 0 {
 		t.Errorf("after sbx disconnect these are left: %v", left)
 	}
+}
+
+// processesWithEnv lists the processes whose environment holds kv.
+func processesWithEnv(kv string) []int {
+	entries, _ := os.ReadDir("/proc")
+	var pids []int
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil || pid == os.Getpid() {
+			continue
+		}
+		env, err := os.ReadFile(filepath.Join("/proc", e.Name(), "environ"))
+		if err != nil {
+			continue
+		}
+		if slices.Contains(strings.Split(string(env), "\x00"), kv) {
+			pids = append(pids, pid)
+		}
+	}
+	return pids
+}
+
+func cmdline(pid int) string {
+	b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+	return strings.TrimSpace(strings.ReplaceAll(string(b), "\x00", " "))
 }
