@@ -14,9 +14,11 @@ import (
 func newBenchCmd(g *globalOptions) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "bench",
-		Short: "Measure sbx's data path on this machine",
-		Long: `Measure sbx's data path on this machine and print figures and ratios
-against a baseline measured in the same run.`,
+		Short: "Measure sbx's data path: on this machine, or to a connected sandbox's relay",
+		Long: `Measure sbx's data path and print figures and ratios against a baseline
+measured in the same run: tunnel and portforward on this machine (portforward
+also through shaped links), connect on the embedded simulated cluster, and
+cluster through your real path to a connected sandbox's relay.`,
 		Args: cobra.NoArgs,
 	}
 	cmd.AddCommand(
