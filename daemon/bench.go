@@ -245,7 +245,7 @@ func measurePath(ctx context.Context, path string, open []opener, dur time.Durat
 	bp.RTTSamples = len(rtts)
 	bp.RTTP50ms = ms(percentile(rtts, 50))
 	bp.RTTP99ms = ms(percentile(rtts, 99))
-	progress(fmt.Sprintf("%s: round trip p50 %s, p99 %s (%d samples)", path, msText(bp.RTTP50ms), msText(bp.RTTP99ms), bp.RTTSamples))
+	progress(fmt.Sprintf("%s: round trip p50 %s, p99 %s (%d samples)", path, api.FormatMS(bp.RTTP50ms), api.FormatMS(bp.RTTP99ms), bp.RTTSamples))
 	return bp, nil
 }
 
@@ -350,7 +350,7 @@ func benchVerdict(r api.BenchResult) string {
 	addedRTT := r.Tunnel.RTTP50ms - r.Bare.RTTP50ms
 	slowRTT := r.TunnelVsBareRTT > 1.5 && addedRTT > 1
 	bare := fmt.Sprintf("a bare port-forward to the relay carries %.1f MB/s up and %.1f MB/s down with %s round trips",
-		r.Bare.UploadMBps, r.Bare.DownloadMBps, msText(r.Bare.RTTP50ms))
+		r.Bare.UploadMBps, r.Bare.DownloadMBps, api.FormatMS(r.Bare.RTTP50ms))
 	switch {
 	case min(up, down) < 0.8:
 		s := fmt.Sprintf("the tunnel limits this sandbox: one tunnel stream gets %.2f× a bare port-forward's upload and %.2f× its download",
@@ -361,10 +361,10 @@ func benchVerdict(r api.BenchResult) string {
 		return s + "; " + bare
 	case slowRTT:
 		return fmt.Sprintf("the tunnel adds latency: %s per round trip against %s over a bare port-forward (%.2f×); its throughput keeps up (%.2f× up, %.2f× down)",
-			msText(r.Tunnel.RTTP50ms), msText(r.Bare.RTTP50ms), r.TunnelVsBareRTT, up, down)
+			api.FormatMS(r.Tunnel.RTTP50ms), api.FormatMS(r.Bare.RTTP50ms), r.TunnelVsBareRTT, up, down)
 	}
 	return fmt.Sprintf("your network limits this sandbox, not the tunnel: %s, and one tunnel stream keeps up (%.2f× up, %.2f× down, %s more per round trip)",
-		bare, up, down, msText(max(addedRTT, 0)))
+		bare, up, down, api.FormatMS(max(addedRTT, 0)))
 }
 
 func ratio(a, b float64) float64 {
@@ -392,17 +392,6 @@ func percentile(ds []time.Duration, p int) time.Duration {
 	slices.Sort(s)
 	i := int(math.Ceil(float64(p)/100*float64(len(s)))) - 1
 	return s[max(0, min(i, len(s)-1))]
-}
-
-// msText prints milliseconds readably: 0.123 ms, 12.3 ms, 123 ms.
-func msText(v float64) string {
-	switch {
-	case v < 1:
-		return fmt.Sprintf("%.3f ms", v)
-	case v < 100:
-		return fmt.Sprintf("%.1f ms", v)
-	}
-	return fmt.Sprintf("%.0f ms", v)
 }
 
 func sizeText(n uint64) string {

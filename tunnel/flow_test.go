@@ -33,38 +33,13 @@ func shapedPair(t *testing.T, link linkshape.Link, mod func(*Config)) sessionPai
 	return pairOver(t, a, b, ccfg, scfg)
 }
 
-// sinkServer accepts streams on s and reads each to EOF into read (if
-// set, else io.Discard), then closes it.
+// sinkServer accepts streams on s and reads each to EOF with read (if
+// set, else into io.Discard), then closes it.
 func sinkServer(t *testing.T, s *Session, read func(*Stream)) {
-	ctx, cancel := context.WithCancel(context.Background())
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			st, err := s.Accept(ctx)
-			if err != nil {
-				return
-			}
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				defer st.Close()
-				if err := st.Accept(); err != nil {
-					return
-				}
-				if read != nil {
-					read(st)
-					return
-				}
-				_, _ = io.Copy(io.Discard, st)
-			}()
-		}
-	}()
-	t.Cleanup(func() {
-		cancel()
-		wg.Wait()
-	})
+	if read == nil {
+		read = func(st *Stream) { _, _ = io.Copy(io.Discard, st) }
+	}
+	serveStreams(t, s, read)
 }
 
 // upload opens a stream on s, writes n bytes, half-closes and waits for

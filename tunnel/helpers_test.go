@@ -287,6 +287,22 @@ func pairOver(t *testing.T, a, b net.Conn, ccfg, scfg Config) sessionPair {
 // echoServer accepts streams on s and echoes each until EOF, then
 // half-closes. It returns a wait function.
 func echoServer(t *testing.T, s *Session) func() {
+	return serveStreams(t, s, func(st *Stream) {
+		buf := make([]byte, 64<<10)
+		if _, err := io.CopyBuffer(st, struct{ io.Reader }{st}, buf); err != nil {
+			return
+		}
+		_ = st.CloseWrite()
+		// Wait for the opener to close so the FIN/close order is
+		// deterministic.
+		_, _ = io.Copy(io.Discard, st)
+	})
+}
+
+// serveStreams accepts streams on s until stopped, accepts each and runs
+// handle on it, then closes it. It returns a stop function, also run at
+// cleanup, that waits for every handler.
+func serveStreams(t *testing.T, s *Session, handle func(*Stream)) func() {
 	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
 	wg.Add(1)
@@ -304,14 +320,7 @@ func echoServer(t *testing.T, s *Session) func() {
 				if err := st.Accept(); err != nil {
 					return
 				}
-				buf := make([]byte, 64<<10)
-				if _, err := io.CopyBuffer(st, struct{ io.Reader }{st}, buf); err != nil {
-					return
-				}
-				_ = st.CloseWrite()
-				// Wait for the opener to close so the FIN/close order
-				// is deterministic.
-				_, _ = io.Copy(io.Discard, st)
+				handle(st)
 			}()
 		}
 	}()

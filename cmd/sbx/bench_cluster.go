@@ -104,22 +104,11 @@ func benchClusterText(r api.BenchResult) string {
 		name string
 		p    api.BenchPath
 	}{{"bare port-forward", r.Bare}, {"tunnel", r.Tunnel}, {"pool", r.Pool}} {
-		fmt.Fprintf(tw, "%s\t%d\t%.1f MB/s\t%.1f MB/s\t%s\t%s\t\n", p.name, p.p.Connections, p.p.UploadMBps, p.p.DownloadMBps, msFigure(p.p.RTTP50ms), msFigure(p.p.RTTP99ms))
+		fmt.Fprintf(tw, "%s\t%d\t%.1f MB/s\t%.1f MB/s\t%s\t%s\t\n", p.name, p.p.Connections, p.p.UploadMBps, p.p.DownloadMBps, api.FormatMS(p.p.RTTP50ms), api.FormatMS(p.p.RTTP99ms))
 	}
 	_ = tw.Flush()
 	fmt.Fprintf(&b, "\ntunnel ÷ bare: upload %.2f×, download %.2f×, round trip %.2f×\n", r.TunnelVsBareUpload, r.TunnelVsBareDownload, r.TunnelVsBareRTT)
 	fmt.Fprintf(&b, "pool ÷ bare:   upload %.2f×, download %.2f×, round trip %.2f×\n", r.PoolVsBareUpload, r.PoolVsBareDownload, r.PoolVsBareRTT)
 	fmt.Fprintf(&b, "\n%s", r.Verdict)
 	return b.String()
-}
-
-// msFigure prints milliseconds with the precision their size calls for.
-func msFigure(v float64) string {
-	switch {
-	case v < 1:
-		return fmt.Sprintf("%.3f ms", v)
-	case v < 100:
-		return fmt.Sprintf("%.1f ms", v)
-	}
-	return fmt.Sprintf("%.0f ms", v)
 }

@@ -106,3 +106,15 @@ type BenchError struct {
 
 // Error returns the daemon's explanation.
 func (e *BenchError) Error() string { return e.Message }
+
+// FormatMS prints milliseconds with the precision their size calls for,
+// as the bench's progress and result print them: 0.123 ms, 12.3 ms, 123 ms.
+func FormatMS(v float64) string {
+	switch {
+	case v < 1:
+		return fmt.Sprintf("%.3f ms", v)
+	case v < 100:
+		return fmt.Sprintf("%.1f ms", v)
+	}
+	return fmt.Sprintf("%.0f ms", v)
+}
