@@ -325,7 +325,9 @@ func parseBenchVariant(name string) (pfbench.Variant, error) {
 			case "frame":
 				cfg.MaxFrameSize = n
 			case "window":
+				// The cap; streams start no higher than it.
 				cfg.MaxStreamWindow = uint32(n)
+				cfg.MinStreamWindow = min(cfg.MinStreamWindow, cfg.MaxStreamWindow)
 			default:
 				cfg.WindowBudget = int64(n)
 			}

@@ -95,3 +95,23 @@ func TestBenchPortForwardShapedFlags(t *testing.T) {
 		}
 	}
 }
+
+// TestBenchVariants: --ab values configure the tunnel at both ends;
+// window= is the cap on growth (streams then start no higher), budget=0
+// fixes windows, and a bad value says what is allowed.
+func TestBenchVariants(t *testing.T) {
+	v, err := parseBenchVariant("window=256k")
+	require.NoError(t, err)
+	require.Equal(t, uint32(256<<10), v.Tunnel.MaxStreamWindow)
+	require.Equal(t, uint32(256<<10), v.Tunnel.MinStreamWindow, "a cap under the port-forward's 1 MiB start lowers the start")
+	v, err = parseBenchVariant("budget=0+frame=128k")
+	require.NoError(t, err)
+	require.Zero(t, v.Tunnel.WindowBudget)
+	require.Equal(t, 128<<10, v.Tunnel.MaxFrameSize)
+	_, err = parseBenchVariant("window=1k")
+	require.ErrorContains(t, err, "MaxStreamWindow")
+	_, err = parseBenchVariant("budget=x")
+	require.ErrorContains(t, err, "not a positive byte count")
+	_, err = parseBenchVariant("speed=9")
+	require.ErrorContains(t, err, "unknown variant")
+}
