@@ -13,6 +13,8 @@ import (
 
 	"github.com/sbx-dev/sbx/cluster"
 	"github.com/sbx-dev/sbx/daemon/api"
+	"github.com/sbx-dev/sbx/relay/relayargs"
+	"github.com/sbx-dev/sbx/tunnel"
 )
 
 // sessionConfig tunes sessions; zero fields take defaults (withDefaults).
@@ -352,10 +354,53 @@ type linkHolder struct{ link }
 
 // dialOutbound opens an outbound stream over the session's live link.
 func (s *session) dialOutbound(ctx context.Context, target, source string) (net.Conn, error) {
-	h := s.link.Load()
-	if h == nil {
+	if s.link.Load() == nil {
 		st, _ := s.m.store.Sandbox(s.name)
 		return nil, fmt.Errorf("sandbox %s is not connected (phase %s); `sbx status %s` shows why", s.name, st.Phase, s.name)
 	}
-	return h.DialOutbound(ctx, target, source)
+	current := func() link {
+		if h := s.link.Load(); h != nil {
+			return h.link
+		}
+		return nil
+	}
+	return dialThroughGrace(ctx, current, relayargs.DefaultGrace, func(l link) (net.Conn, error) {
+		return l.DialOutbound(ctx, target, source)
+	})
+}
+
+// dialThroughGrace dials through the current link. While the link has no
+// live session (the relay rolled out or the port-forward was cut, and
+// sessions are being replaced), it tries again every 20 ms, on whichever
+// link is current, for up to grace: the relay holds keyed requests that
+// long for the same reasons, and a local process's call should not fail
+// where the cluster's would not.
+func dialThroughGrace(ctx context.Context, current func() link, grace time.Duration, dial func(link) (net.Conn, error)) (net.Conn, error) {
+	l := current()
+	if l == nil {
+		return nil, tunnel.ErrNoSession
+	}
+	c, err := dial(l)
+	if !errors.Is(err, tunnel.ErrNoSession) {
+		return c, err
+	}
+	deadline := time.NewTimer(grace)
+	defer deadline.Stop()
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("%w (waited for a tunnel session: %w)", err, ctx.Err())
+		case <-deadline.C:
+			return nil, fmt.Errorf("%w for %s", err, grace)
+		case <-tick.C:
+		}
+		if l = current(); l == nil {
+			continue
+		}
+		if c, err = dial(l); !errors.Is(err, tunnel.ErrNoSession) {
+			return c, err
+		}
+	}
 }
