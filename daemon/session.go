@@ -364,9 +364,14 @@ func (s *session) dialOutbound(ctx context.Context, target, source string) (net.
 		}
 		return nil
 	}
-	return dialThroughGrace(ctx, current, relayargs.DefaultGrace, func(l link) (net.Conn, error) {
+	c, err := dialThroughGrace(ctx, current, relayargs.DefaultGrace, func(l link) (net.Conn, error) {
 		return l.DialOutbound(ctx, target, source)
 	})
+	if errors.Is(err, tunnel.ErrNoSession) {
+		return nil, fmt.Errorf("sandbox %s has no tunnel session to its relay for %s: %w; `sbx status %s` shows why (a relay that does not come back after a rollout or a cut: `sbx connect %s` again)",
+			s.name, target, err, s.name, s.name)
+	}
+	return c, err
 }
 
 // dialThroughGrace dials through the current link. While the link has no

@@ -90,13 +90,10 @@ func (st *Stream) Read(p []byte) (int, error) {
 	if st.closed.Load() {
 		return 0, net.ErrClosed
 	}
-	if st.early && !st.replyDone.Load() {
+	if st.early {
 		if err := st.AwaitReply(); err != nil {
 			return 0, err
 		}
-	}
-	if st.early && st.replyErr != nil {
-		return 0, st.replyErr
 	}
 	n, err := st.s.reader(st.ys).Read(p)
 	if n > 0 {
@@ -117,6 +114,9 @@ func (st *Stream) Read(p []byte) (int, error) {
 func (st *Stream) AwaitReply() error {
 	if !st.early {
 		return nil
+	}
+	if st.replyDone.Load() { // the fast path of every later Read
+		return st.replyErr
 	}
 	st.awaitMu.Lock()
 	defer st.awaitMu.Unlock()
