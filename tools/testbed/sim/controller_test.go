@@ -21,6 +21,7 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
+	"k8s.io/apimachinery/pkg/watch"
 
 	"github.com/sbx-dev/sbx/cluster/podstate"
 	"github.com/sbx-dev/sbx/tunnel"
@@ -270,7 +271,11 @@ func TestRelayPodLifecycle(t *testing.T) {
 	}, 10*time.Second, 10*time.Millisecond)
 	require.Error(t, c.RestartRelay(ns, "no-such-relay"))
 
-	// A new template replaces the pod.
+	// A new template replaces the pod, in a real cluster's order: the new
+	// pod is Ready in the API before the old one is marked terminating,
+	// and the old one stays Ready until then (whoever lists the pods while
+	// it drains sees which one to use).
+	events := watchPods(t, c, ns)
 	d, err := kube.AppsV1().Deployments(ns).Get(ctx, dep.Name, metav1.GetOptions{})
 	require.NoError(t, err)
 	d.Spec.Template.Spec.Containers[0].Args = append(d.Spec.Template.Spec.Containers[0].Args, "--drain-timeout", "5s")
@@ -281,6 +286,21 @@ func TestRelayPodLifecycle(t *testing.T) {
 		p := relayPodObject(t, c, ns, "alice")
 		return p != nil && p.Name != pod.Name && podstate.Ready(p)
 	}, 10*time.Second, 10*time.Millisecond)
+	newReady, oldTerminating := false, false
+	for _, p := range events() {
+		switch {
+		case p.Name != pod.Name:
+			newReady = newReady || podstate.Ready(p)
+		case p.DeletionTimestamp != nil:
+			if !oldTerminating {
+				require.True(t, newReady, "the old pod is marked terminating only once the new one is Ready")
+			}
+			oldTerminating = true
+		default:
+			require.True(t, podstate.Ready(p), "the old pod stays Ready until it is marked terminating: %+v", p.Status.Conditions)
+		}
+	}
+	require.True(t, oldTerminating, "the old pod was marked terminating")
 
 	// Deleting the anchor Lease garbage-collects everything it owns; the
 	// relay stops and its pod goes away.
@@ -340,5 +360,32 @@ func TestRelayCommand(t *testing.T) {
 		if ok {
 			require.Equal(t, tc.want, got)
 		}
+	}
+}
+
+// watchPods records every version of the pods in ns from now on; the
+// returned func gives them in order.
+func watchPods(t *testing.T, c *Cluster, ns string) func() []*corev1.Pod {
+	t.Helper()
+	w, err := c.Clients.Kube.CoreV1().Pods(ns).Watch(context.Background(), metav1.ListOptions{})
+	require.NoError(t, err)
+	var mu sync.Mutex
+	var seen []*corev1.Pod
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for ev := range w.ResultChan() {
+			if p, ok := ev.Object.(*corev1.Pod); ok && ev.Type != watch.Deleted {
+				mu.Lock()
+				seen = append(seen, p)
+				mu.Unlock()
+			}
+		}
+	}()
+	t.Cleanup(func() { w.Stop(); <-done })
+	return func() []*corev1.Pod {
+		mu.Lock()
+		defer mu.Unlock()
+		return append([]*corev1.Pod(nil), seen...)
 	}
 }

@@ -35,9 +35,14 @@ type relayPod struct {
 	cancel       context.CancelFunc
 	done         chan struct{}
 
+	// statusMu orders readiness changes: the Pod object is written
+	// before ready says so, as a Deployment controller learns readiness
+	// only from the API.
+	statusMu sync.Mutex
+
 	mu       sync.Mutex
 	outbound *connSet // connections the current run dialed
-	ready    bool
+	ready    bool     // what the Pod object's Ready condition says
 	restarts int32
 	crashRun func() // crashes the current container run
 	termRun  func() // stops the current container run gracefully
@@ -56,12 +61,37 @@ func (p *relayPod) Name() string { return p.name }
 
 // stop ends the pod: SIGTERM to the relay (it drains), a kill after the
 // pod's termination grace period, then the Pod object is deleted if asked.
+// A deleted pod is marked terminating in the API first, as the API server
+// does before any kubelet sends SIGTERM: whoever lists pods while it
+// drains sees it going.
 func (p *relayPod) stop(deleteObject bool) {
 	p.mu.Lock()
 	p.deleted = deleteObject
 	p.mu.Unlock()
+	if deleteObject {
+		p.markTerminating()
+	}
 	p.cancel()
 	<-p.done
+}
+
+// markTerminating sets the Pod object's deletionTimestamp.
+func (p *relayPod) markTerminating() {
+	ctx := context.Background()
+	err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
+		pod, err := p.c.clients.Kube.CoreV1().Pods(p.ns).Get(ctx, p.name, metav1.GetOptions{})
+		if err != nil || pod.DeletionTimestamp != nil {
+			return err
+		}
+		now := metav1.Now()
+		pod.DeletionTimestamp = &now
+		pod.DeletionGracePeriodSeconds = p.spec.TerminationGracePeriodSeconds
+		_, err = p.c.clients.Kube.CoreV1().Pods(p.ns).Update(ctx, pod, metav1.UpdateOptions{})
+		return err
+	})
+	if err != nil && !apierrors.IsNotFound(err) {
+		p.c.log.Warn("cannot mark pod terminating", "pod", p.ns+"/"+p.name, "error", err)
+	}
 }
 
 // crash kills the relay container as kill -9 would: every socket it holds
@@ -359,7 +389,7 @@ func setCondition(st *corev1.PodStatus, t corev1.PodConditionType, ok bool) {
 }
 
 func (p *relayPod) setWaiting(reason, msg string) {
-	p.setReadyFlag(false)
+	p.setNotReadyFlag()
 	p.updateStatus(func(st *corev1.PodStatus) {
 		setCondition(st, corev1.PodReady, false)
 		setCondition(st, corev1.ContainersReady, false)
@@ -384,7 +414,7 @@ func (p *relayPod) setRunning() {
 }
 
 func (p *relayPod) setTerminated(err error, killed bool) {
-	p.setReadyFlag(false)
+	p.setNotReadyFlag()
 	p.mu.Lock()
 	p.restarts++
 	restarts := p.restarts
@@ -414,22 +444,24 @@ func (p *relayPod) setTerminated(err error, killed bool) {
 	p.syncDeployment()
 }
 
+// setNotReadyFlag marks the pod not ready ahead of the Pod object (a
+// container that stopped or waits); going ready goes through setReady.
+func (p *relayPod) setNotReadyFlag() {
+	p.mu.Lock()
+	p.ready = false
+	p.mu.Unlock()
+}
+
 func (p *relayPod) setNotReady() {
 	p.setReady(false)
 }
 
-func (p *relayPod) setReadyFlag(v bool) bool {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	changed := p.ready != v
-	p.ready = v
-	return changed
-}
-
 // setReady records a probe result; the Pod object changes only on a
-// transition.
+// transition, and isReady follows once the object says so.
 func (p *relayPod) setReady(ok bool) {
-	if !p.setReadyFlag(ok) {
+	p.statusMu.Lock()
+	defer p.statusMu.Unlock()
+	if p.isReady() == ok {
 		return
 	}
 	p.updateStatus(func(st *corev1.PodStatus) {
@@ -439,6 +471,9 @@ func (p *relayPod) setReady(ok bool) {
 			st.ContainerStatuses[i].Ready = ok
 		}
 	})
+	p.mu.Lock()
+	p.ready = ok
+	p.mu.Unlock()
 	p.syncDeployment()
 }
 
