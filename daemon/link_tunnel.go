@@ -257,7 +257,7 @@ func (l *tunnelLink) watch(sess *tunnel.Session) {
 	}
 }
 
-// drainReplaceTimeout bounds the attempt to reach a draining relay's
+// drainReplaceTimeout bounds the attempts to reach a draining relay's
 // replacement; after it the link falls back to reconnecting.
 const drainReplaceTimeout = 10 * time.Second
 
@@ -266,16 +266,16 @@ const drainReplaceTimeout = 10 * time.Second
 // at once (the dialer finds the newest ready pod) and takes the draining
 // one out of the pool, so the laptop's new calls go to the replacement; the
 // draining relay goes on serving the connections the mesh still sends it
-// and ends the session when it is done. Without a replacement (the relay
-// restarts in the same pod, or the new pod is not ready) the session
-// carries the laptop's calls until it serves nothing, then is closed so
-// the relay can stop; the link then replaces it as after any loss. It
-// reports whether the replacement session is up.
+// and ends the session when it is done. While no replacement answers (a
+// pod deleted by hand, whose successor is still starting) it keeps trying
+// for drainReplaceTimeout, the draining session carrying the laptop's calls
+// meanwhile. Without one (the relay restarts in the same pod) the session
+// carries them until it serves nothing, then is closed so the relay can
+// stop; the link then replaces it as after any loss. It reports whether
+// the replacement session is up.
 func (l *tunnelLink) moveOff(sess *tunnel.Session) bool {
 	l.log.Info("relay draining; opening a session to its replacement", "reason", sess.DrainReason())
-	dctx, cancel := context.WithTimeout(l.ctx, drainReplaceTimeout)
-	err := l.addSession(dctx)
-	cancel()
+	err := l.reachReplacement(sess)
 	if err == nil {
 		l.pool.Remove(sess)
 		return true
@@ -301,6 +301,35 @@ func (l *tunnelLink) moveOff(sess *tunnel.Session) bool {
 	}
 	_ = sess.Close()
 	return false
+}
+
+// reachReplacement adds a session to a draining relay's replacement,
+// retrying until drainReplaceTimeout while sess (the draining one) lives:
+// the replacement may not be ready yet, or the pod list may still name the
+// draining pod.
+func (l *tunnelLink) reachReplacement(sess *tunnel.Session) error {
+	ctx, cancel := context.WithTimeout(l.ctx, drainReplaceTimeout)
+	defer cancel()
+	pause := 100 * time.Millisecond
+	for {
+		err := l.addSession(ctx)
+		var perm *PermanentError
+		if err == nil || errors.As(err, &perm) || ctx.Err() != nil {
+			return err
+		}
+		l.log.Debug("draining relay's replacement not reachable yet; retrying", "err", err, "in", pause)
+		t := time.NewTimer(pause)
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
+			return err
+		case <-sess.Done():
+			t.Stop()
+			return err
+		}
+		pause = min(2*pause, time.Second)
+	}
 }
 
 func (l *tunnelLink) finish(err error) {

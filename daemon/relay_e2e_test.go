@@ -2,6 +2,7 @@ package daemon
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -15,6 +16,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/stretchr/testify/require"
 
+	"github.com/sbx-dev/sbx/cluster"
 	"github.com/sbx-dev/sbx/daemon/api"
 	"github.com/sbx-dev/sbx/relay"
 	"github.com/sbx-dev/sbx/tunnel"
@@ -284,4 +286,52 @@ func TestReplacedDaemonStopsReconnecting(t *testing.T) {
 		t.Fatalf("the newer daemon's session ended: %v", other.Err())
 	default:
 	}
+}
+
+// TestDrainingRelayReplacementReadyLate: the relay's pod drains (deleted
+// by hand, or evicted) while its replacement is not ready yet, so the first
+// dials to it fail. The daemon keeps trying while the draining relay still
+// serves, and moves to the replacement without a reconnect: keyed requests
+// never find the sandbox offline.
+func TestDrainingRelayReplacementReadyLate(t *testing.T) {
+	svc := localService(t)
+	old, next := startRealRelay(t, "s3cret-token"), startRealRelay(t, "s3cret-token")
+	var mu sync.Mutex
+	draining, notReady := false, 2 // dials refused once old drains
+	fc := &fakeCluster{dial: func(ctx context.Context, _ cluster.Ref) (net.Conn, error) {
+		mu.Lock()
+		addr := old.addrs.Tunnel.String()
+		if draining {
+			if notReady > 0 {
+				notReady--
+				mu.Unlock()
+				return nil, errors.New(`pod hotrod/sbx-alice-relay-new is not ready (phase Running; container relay not ready)`)
+			}
+			addr = next.addrs.Tunnel.String()
+		}
+		mu.Unlock()
+		var d net.Dialer
+		return d.DialContext(ctx, "tcp", addr)
+	}}
+	cfg := shortTunnelConfig()
+	td := startDaemon(t, Options{newToken: fixedToken, Clusters: fc.provider(), Tunnel: &cfg, Logger: testLogger(t)})
+	connectTo(t, td, svc.Addr().String())
+	code, body := get(t, old.url())
+	require.Equal(t, http.StatusOK, code, body)
+
+	mu.Lock()
+	draining = true
+	mu.Unlock()
+	old.stop() // SIGTERM: it tells the daemon it drains, then serves until its drain timeout
+	require.Eventually(t, func() bool {
+		code, _ := get(t, next.url())
+		return code == http.StatusOK
+	}, 20*time.Second, 20*time.Millisecond, "keyed requests reach the laptop through the replacement")
+	mu.Lock()
+	require.Zero(t, notReady, "the not-ready replacement was dialled again")
+	mu.Unlock()
+	sb, err := td.client.Sandbox(context.Background(), "alice")
+	require.NoError(t, err)
+	require.Equal(t, api.PhaseReady, sb.Phase)
+	require.Zero(t, sb.Reconnects, "moving to a replacement that was late is not a reconnect")
 }
