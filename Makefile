@@ -5,7 +5,7 @@ VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -s -w -X main.version=$(VERSION)
 BIN := bin/sbx
 # Packages with concurrent code run under the race detector.
-RACE_PKGS := ./tunnel/... ./relay/... ./daemon/... ./cluster/portforward/... ./tools/testbed/pftest/... ./tools/testbed/pfbench/... ./tools/testbed/tunnelbench/...
+RACE_PKGS := ./tunnel/... ./relay/... ./daemon/... ./cluster/portforward/... ./tools/testbed/pftest/... ./tools/testbed/pfbench/... ./tools/testbed/tunnelbench/... ./tools/testbed/linkshape/...
 FUZZTIME ?= 30s
 
 .PHONY: help build test test-race test-unit test-istio test-real realcp-build test-fuzz lint cross bench bench-compare fuzz demo image image-push clean

@@ -70,6 +70,34 @@ func TestBenchPortForwardShaped(t *testing.T) {
 	}
 }
 
+// TestBenchPortForwardLoss runs the shaped bench in the packet model with
+// loss: the JSON says so, and counts packets lost at random and TCP
+// retransmissions; every path still moved its bytes.
+func TestBenchPortForwardLoss(t *testing.T) {
+	code, out, errOut := runCLI(t, "bench", "portforward", "--rtt", "4ms", "--bandwidth", "100mbit", "--loss", "1%", "--reps", "1",
+		"--streams", "2", "--pool", "2", "--bulk-mib", "1", "--rtt-samples", "3", "--json")
+	require.Equal(t, 0, code, errOut)
+	var res struct {
+		Links []struct {
+			Model   string  `json:"model"`
+			LossPct float64 `json:"loss_pct"`
+			Packets struct {
+				Packets, Lost, Retransmits int64
+			} `json:"packets"`
+			TunnelVsLink float64 `json:"tunnel_vs_link_throughput"`
+		} `json:"links"`
+	}
+	require.NoError(t, json.Unmarshal([]byte(out), &res), out)
+	require.Len(t, res.Links, 1)
+	l := res.Links[0]
+	require.Equal(t, "packet", l.Model)
+	require.InDelta(t, 1.0, l.LossPct, 1e-9)
+	require.Positive(t, l.Packets.Lost, out)
+	require.Positive(t, l.Packets.Retransmits, out)
+	require.Greater(t, l.Packets.Packets, 100*l.Packets.Lost/5, "about 1%% lost, not more: %s", out)
+	require.Positive(t, l.TunnelVsLink)
+}
+
 func TestBenchPortForwardShapedFlags(t *testing.T) {
 	for _, tc := range []struct {
 		args []string
@@ -80,7 +108,9 @@ func TestBenchPortForwardShapedFlags(t *testing.T) {
 		{[]string{"--rtt", "20"}, []string{`--rtt "20" is not a duration`, "e.g. --rtt 30ms"}},
 		{[]string{"--rtt", "-5ms"}, []string{`--rtt "-5ms" is negative`}},
 		{[]string{"--rtt", "0"}, []string{"shapes nothing"}},
-		{[]string{"--loss", "1%"}, []string{`--loss "1%"`, "cannot drop a packet", "no kernel netem"}},
+		{[]string{"--loss", "1%"}, []string{"--loss 1% needs a shaped link", "e.g. --links vpn --loss 1%"}},
+		{[]string{"--links", "vpn", "--loss", "0.01"}, []string{`--loss "0.01" is not a percentage`, "e.g. --loss 1% or --loss 0.1%"}},
+		{[]string{"--links", "vpn", "--loss", "30%"}, []string{`--loss "30%" is above 20%`}},
 		{[]string{"--links", "lan,moon"}, []string{`unknown link "moon"`, "lan,wifi,vpn,intercontinental"}},
 		{[]string{"--links", "lan", "--rtt", "10ms"}, []string{"cannot be combined"}},
 		{[]string{"--idle", "60s"}, []string{"--idle needs a shaped link"}},

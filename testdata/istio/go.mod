@@ -1,6 +1,6 @@
 module github.com/sbx-dev/sbx/testdata/istio
 
-go 1.26.0
+go 1.26.3
 
 replace github.com/sbx-dev/sbx => ../..
 

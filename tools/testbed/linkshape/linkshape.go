@@ -50,7 +50,18 @@ type Link struct {
 	// Bandwidth is the rate in each direction in bits per second. Zero is
 	// unlimited.
 	Bandwidth int64 `json:"-"`
+	// Packets selects the packet model (packet.go): TCP crosses the link
+	// as IP packets, with slow start, congestion control and loss
+	// recovery, instead of the stream model's byte-stream proxy.
+	Packets bool `json:"packets,omitempty"`
+	// Loss is the share of packets the link drops at random in each
+	// direction, 0 to MaxLoss; the packet model only.
+	Loss float64 `json:"loss,omitempty"`
 }
+
+// MaxLoss is the highest Loss: beyond it TCP spends its time waiting for
+// retransmission timeouts and a run measures little else.
+const MaxLoss = 0.2
 
 // BytesPerSecond is the link's rate in bytes per second (0: unlimited).
 func (l Link) BytesPerSecond() float64 { return float64(l.Bandwidth) / 8 }
@@ -60,6 +71,9 @@ func (l Link) String() string {
 	bw := "unlimited bandwidth"
 	if l.Bandwidth > 0 {
 		bw = FormatRate(l.Bandwidth)
+	}
+	if l.Packets {
+		bw += ", " + FormatLoss(l.Loss) + " loss, packet model"
 	}
 	return fmt.Sprintf("%s (rtt %v, %s)", l.Name, l.RTT, bw)
 }
@@ -152,6 +166,29 @@ func FormatRate(bits int64) string {
 		}
 	}
 	return strconv.FormatInt(bits, 10) + " bit/s"
+}
+
+// ParseLoss reads a packet loss rate written as a percentage ("1%",
+// "0.1%", "0%") and returns it as a share (0.01).
+func ParseLoss(s string) (float64, error) {
+	s = strings.TrimSpace(s)
+	num, ok := strings.CutSuffix(s, "%")
+	if !ok {
+		return 0, fmt.Errorf("%q is not a percentage; write the loss with %%, e.g. 1%% or 0.1%%", s)
+	}
+	v, err := strconv.ParseFloat(strings.TrimSpace(num), 64)
+	if err != nil || math.IsNaN(v) || v < 0 {
+		return 0, fmt.Errorf("%q is not a percentage from 0%% to %s", s, FormatLoss(MaxLoss))
+	}
+	if v/100 > MaxLoss {
+		return 0, fmt.Errorf("%q is above %s: TCP would spend the run waiting for retransmission timeouts", s, FormatLoss(MaxLoss))
+	}
+	return v / 100, nil
+}
+
+// FormatLoss writes a loss share as ParseLoss reads it: "1%", "0.1%".
+func FormatLoss(v float64) string {
+	return strconv.FormatFloat(v*100, 'f', -1, 64) + "%"
 }
 
 // ParseDuration reads a non-negative Go duration (20ms, 1.5s, 0).

@@ -1,6 +1,8 @@
 package linkshape_test
 
 import (
+	"crypto/rand"
+	"crypto/sha256"
 	"io"
 	"net"
 	"sync"
@@ -139,21 +141,38 @@ func serve(t *testing.T, handle func(net.Conn)) string {
 	return ln.Addr().String()
 }
 
-// TestShaperRTT checks the configured round trip against the shaping's
-// floor: an echo through the link cannot come back sooner.
-func TestShaperRTT(t *testing.T) {
+// echoThrough connects through link to an echo server; the test's
+// cleanup closes both.
+func echoThrough(t *testing.T, link linkshape.Link) (*linkshape.Shaper, net.Conn) {
+	t.Helper()
 	addr := serve(t, func(c net.Conn) { _, _ = io.Copy(c, c) })
-	sh := linkshape.New(linkshape.Link{Name: "test", RTT: 20 * time.Millisecond})
-	defer sh.Close()
+	sh := linkshape.New(link)
+	t.Cleanup(sh.Close)
 	proxy, err := sh.Proxy(addr)
 	require.NoError(t, err)
 	c, err := net.Dial("tcp", proxy)
 	require.NoError(t, err)
-	defer c.Close()
+	t.Cleanup(func() { _ = c.Close() })
+	return sh, c
+}
+
+// TestShaperRTT checks the configured round trip against the shaping's
+// floor: an echo through the link cannot come back sooner.
+func TestShaperRTT(t *testing.T) { bothModels(t, testShaperRTT) }
+
+// bothModels runs a test of the Shaper in the stream and the packet model.
+func bothModels(t *testing.T, test func(*testing.T, bool)) {
+	for _, packets := range []bool{false, true} {
+		t.Run(map[bool]string{false: "stream", true: "packet"}[packets], func(t *testing.T) { test(t, packets) })
+	}
+}
+
+func testShaperRTT(t *testing.T, packets bool) {
+	_, c := echoThrough(t, linkshape.Link{Name: "test", RTT: 20 * time.Millisecond, Packets: packets})
 	buf := make([]byte, 100)
 	for range 3 {
 		start := time.Now()
-		_, err = c.Write(buf)
+		_, err := c.Write(buf)
 		require.NoError(t, err)
 		_, err = io.ReadFull(c, buf)
 		require.NoError(t, err)
@@ -165,7 +184,9 @@ func TestShaperRTT(t *testing.T) {
 // (toxiproxy's own bandwidth toxic would give each one all of it): two
 // uploads of n bytes each cannot arrive sooner than 2n bytes take at the
 // rate.
-func TestShaperSharedBandwidth(t *testing.T) {
+func TestShaperSharedBandwidth(t *testing.T) { bothModels(t, testShaperSharedBandwidth) }
+
+func testShaperSharedBandwidth(t *testing.T, packets bool) {
 	const n = 100_000
 	var mu sync.Mutex
 	var last time.Time
@@ -176,7 +197,7 @@ func TestShaperSharedBandwidth(t *testing.T) {
 		mu.Unlock()
 		_, _ = c.Write([]byte{1})
 	})
-	link := linkshape.Link{Name: "test", Bandwidth: 8_000_000} // 1 MB/s
+	link := linkshape.Link{Name: "test", Bandwidth: 8_000_000, Packets: packets} // 1 MB/s
 	sh := linkshape.New(link)
 	defer sh.Close()
 	proxy, err := sh.Proxy(addr)
@@ -215,9 +236,11 @@ func assertNoError(t *testing.T, err error) bool {
 // TestShaperCloseInFlight closes the shaper while a download is still on
 // the link and its reader gone: nothing of the proxy may outlive Close
 // (TestMain checks for leaked goroutines).
-func TestShaperCloseInFlight(t *testing.T) {
+func TestShaperCloseInFlight(t *testing.T) { bothModels(t, testShaperCloseInFlight) }
+
+func testShaperCloseInFlight(t *testing.T, packets bool) {
 	addr := serve(t, func(c net.Conn) { _, _ = c.Write(make([]byte, 1<<20)) })
-	sh := linkshape.New(linkshape.Link{Name: "test", RTT: 50 * time.Millisecond, Bandwidth: 80_000_000})
+	sh := linkshape.New(linkshape.Link{Name: "test", RTT: 50 * time.Millisecond, Bandwidth: 80_000_000, Packets: packets, Loss: 0.01})
 	proxy, err := sh.Proxy(addr)
 	require.NoError(t, err)
 	c, err := net.Dial("tcp", proxy)
@@ -229,4 +252,58 @@ func TestShaperCloseInFlight(t *testing.T) {
 	sh.Close()
 	_, err = sh.Proxy(addr)
 	require.Error(t, err)
+}
+
+func TestParseLoss(t *testing.T) {
+	for in, want := range map[string]float64{"1%": 0.01, "0.1%": 0.001, " 0% ": 0, "20%": 0.2, "2.5 %": 0.025} {
+		got, err := linkshape.ParseLoss(in)
+		require.NoError(t, err, in)
+		require.InDelta(t, want, got, 1e-12, in)
+	}
+	for in, msg := range map[string]string{
+		"0.01": `"0.01" is not a percentage; write the loss with %, e.g. 1% or 0.1%`,
+		"x%":   `"x%" is not a percentage from 0% to 20%`,
+		"-1%":  `"-1%" is not a percentage from 0% to 20%`,
+		"NaN%": `"NaN%" is not a percentage from 0% to 20%`,
+		"25%":  `"25%" is above 20%: TCP would spend the run waiting for retransmission timeouts`,
+	} {
+		_, err := linkshape.ParseLoss(in)
+		require.EqualError(t, err, msg, in)
+	}
+	require.Equal(t, "0.1%", linkshape.FormatLoss(0.001))
+	require.Equal(t, "vpn (rtt 30ms, 100 Mbit/s, 1% loss, packet model)",
+		linkshape.Link{Name: "vpn", RTT: 30 * time.Millisecond, Bandwidth: 100e6, Packets: true, Loss: 0.01}.String())
+}
+
+// TestPacketLinkLossIsRecovered: over a link that drops 2% of the packets
+// each way, TCP delivers every byte of an upload and of its echo intact,
+// by retransmitting; the wire dropped about the share asked for.
+func TestPacketLinkLossIsRecovered(t *testing.T) {
+	sh, c := echoThrough(t, linkshape.Link{Name: "lossy", RTT: 2 * time.Millisecond, Bandwidth: 200_000_000, Packets: true, Loss: 0.02})
+	want := make([]byte, 1<<20)
+	_, _ = rand.Read(want)
+	errc := make(chan error, 1)
+	go func() {
+		_, err := c.Write(want)
+		if err == nil {
+			err = c.(*net.TCPConn).CloseWrite()
+		}
+		errc <- err
+	}()
+	got, err := io.ReadAll(c)
+	require.NoError(t, err)
+	require.NoError(t, <-errc)
+	require.Equal(t, sha256.Sum256(want), sha256.Sum256(got), "the echo came back intact")
+
+	st, ok := sh.PacketStats()
+	require.True(t, ok)
+	require.Greater(t, st.Packets, int64(2*len(want)/1500), "both ways in MTU-sized packets")
+	share := float64(st.Lost) / float64(st.Packets)
+	require.InDelta(t, 0.02, share, 0.015, "dropped %d of %d packets", st.Lost, st.Packets)
+	require.Positive(t, st.Retransmits, "TCP retransmitted what was lost: %+v", st)
+
+	stream := linkshape.New(linkshape.Link{Name: "stream"})
+	defer stream.Close()
+	_, ok = stream.PacketStats()
+	require.False(t, ok, "the stream model has no packets")
 }

@@ -43,6 +43,11 @@ type Shaper struct {
 	wires   [stream.NumDirections]*wire
 	closing chan struct{}
 
+	// pkt carries the link in the packet model (Link.Packets) instead of
+	// the toxiproxy stream model; pktErr is why it could not be built.
+	pkt    *packetLink
+	pktErr error
+
 	mu      sync.Mutex
 	proxies []*toxiproxy.Proxy
 	closed  bool
@@ -58,6 +63,9 @@ func New(link Link) *Shaper {
 	for d := range s.wires {
 		s.wires[d] = &wire{bytesPerSec: link.BytesPerSecond()}
 	}
+	if link.Packets {
+		s.pkt, s.pktErr = newPacketLink(link)
+	}
 	s.id = shaperIDs.Add(1)
 	shapersMu.Lock()
 	shapers[s.id] = s
@@ -68,6 +76,15 @@ func New(link Link) *Shaper {
 // Link is the link the Shaper models.
 func (s *Shaper) Link() Link { return s.link }
 
+// PacketStats counts the packet model's packets and retransmissions so
+// far; ok is false in the stream model, which has no packets.
+func (s *Shaper) PacketStats() (st PacketStats, ok bool) {
+	if s.pkt == nil {
+		return PacketStats{}, false
+	}
+	return s.pkt.stats(), true
+}
+
 // Proxy starts a proxy on a run-time-picked 127.0.0.1 port that forwards
 // every connection to upstream through the link, and returns its address.
 // Upstream (toward upstream) and downstream each get the link's bandwidth
@@ -77,6 +94,12 @@ func (s *Shaper) Proxy(upstream string) (string, error) {
 	defer s.mu.Unlock()
 	if s.closed {
 		return "", fmt.Errorf("link shaper is closed")
+	}
+	if s.link.Packets {
+		if s.pktErr != nil {
+			return "", s.pktErr
+		}
+		return s.pkt.proxy(upstream)
 	}
 	p := toxiproxy.NewProxy(s.server, fmt.Sprintf("link-%d", len(s.proxies)), "127.0.0.1:0", upstream)
 	if err := p.Start(); err != nil {
@@ -128,6 +151,9 @@ func (s *Shaper) Close() {
 	s.closed = true
 	for _, p := range s.proxies {
 		p.Stop()
+	}
+	if s.pkt != nil {
+		s.pkt.close()
 	}
 	close(s.closing)
 	shapersMu.Lock()

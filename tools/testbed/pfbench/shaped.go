@@ -120,8 +120,15 @@ type LinkResult struct {
 	RTTms         float64 `json:"rtt_ms"`
 	BandwidthMbit float64 `json:"bandwidth_mbit"` // 0: unlimited
 	// LinkMBps is the configured rate in MB/s.
-	LinkMBps  float64 `json:"link_mbps"`
-	BulkBytes int64   `json:"bulk_bytes"`
+	LinkMBps float64 `json:"link_mbps"`
+	// Model is how the link is emulated: "stream" (a byte-stream proxy)
+	// or "packet" (TCP over emulated IP packets, with LossPct of them
+	// dropped); Packets counts the packet model's packets, drops and
+	// TCP retransmissions over the whole run.
+	Model     string                 `json:"model"`
+	LossPct   float64                `json:"loss_pct,omitempty"`
+	Packets   *linkshape.PacketStats `json:"packets,omitempty"`
+	BulkBytes int64                  `json:"bulk_bytes"`
 	// Link is raw TCP through the shaped link: its own capacity.
 	Link   ShapedPath `json:"link"`
 	Bare   ShapedPath `json:"bare"`
@@ -169,7 +176,7 @@ func RunShaped(ctx context.Context, opts ShapedOptions) (*ShapedResult, error) {
 		res.Transport = "auto (websocket, spdy fallback)"
 	}
 	for _, l := range opts.Links {
-		if l.RTT <= 0 && l.Bandwidth <= 0 {
+		if l.RTT <= 0 && l.Bandwidth <= 0 && l.Loss <= 0 {
 			return nil, fmt.Errorf("link %s: neither a round trip nor a bandwidth to shape", l.Name)
 		}
 		lr, err := runLink(ctx, opts, l)
@@ -220,7 +227,10 @@ func runLink(ctx context.Context, opts ShapedOptions, l linkshape.Link) (*LinkRe
 	}
 
 	lr := &LinkResult{Name: l.Name, RTTms: ms(l.RTT), BandwidthMbit: float64(l.Bandwidth) / 1e6,
-		LinkMBps: round3(l.BytesPerSecond() / 1e6)}
+		LinkMBps: round3(l.BytesPerSecond() / 1e6), Model: "stream"}
+	if l.Packets {
+		lr.Model, lr.LossPct = "packet", l.Loss*100
+	}
 	transfer := opts.Transfer
 	if transfer <= 0 {
 		transfer = max(300*time.Millisecond, 12*l.RTT)
@@ -228,8 +238,13 @@ func runLink(ctx context.Context, opts ShapedOptions, l linkshape.Link) (*LinkRe
 	lr.BulkBytes = opts.BulkBytes
 	if lr.BulkBytes <= 0 {
 		lr.BulkBytes = 16 << 20
-		if l.Bandwidth > 0 {
-			lr.BulkBytes = int64(l.BytesPerSecond() * transfer.Seconds())
+		if rate := expectedRate(l); rate > 0 {
+			lr.BulkBytes = int64(rate * transfer.Seconds())
+		}
+		if l.Loss > 0 {
+			// Enough packets for lossSamples losses: a transfer that
+			// loses one or two measures luck.
+			lr.BulkBytes = max(lr.BulkBytes, min(int64(lossSamples/l.Loss*1448), lossBulkCap))
 		}
 	}
 	rttUnit := l.RTT
@@ -352,8 +367,33 @@ func runLink(ctx context.Context, opts ShapedOptions, l linkshape.Link) (*LinkRe
 	} {
 		lr.Ratios[r.name] = ratio(r.name, r.a, r.b, r.f)
 	}
+	if st, ok := sh.PacketStats(); ok {
+		lr.Packets = &st
+	}
 	lr.Seconds = round3(time.Since(start).Seconds())
 	return lr, nil
+}
+
+// A lossy link's transfers carry about lossSamples lost packets each, up
+// to lossBulkCap bytes.
+const (
+	lossSamples = 30
+	lossBulkCap = 8 << 20
+)
+
+// expectedRate is what one TCP connection can move over l in bytes per
+// second, to size transfers (0: no bound known): the link's rate, or less
+// where loss bounds it (Mathis et al.: MSS / RTT * 1.22 / sqrt(loss)).
+func expectedRate(l linkshape.Link) float64 {
+	rate := l.BytesPerSecond()
+	if l.Loss > 0 && l.RTT > 0 {
+		const mss = 1448
+		mathis := mss / l.RTT.Seconds() * 1.22 / math.Sqrt(l.Loss)
+		if rate == 0 || mathis < rate {
+			rate = mathis
+		}
+	}
+	return rate
 }
 
 // measurer runs one repetition's measurements on a path.

@@ -1,6 +1,6 @@
 module github.com/sbx-dev/sbx/tools/testbed/realcp
 
-go 1.26.0
+go 1.26.3
 
 require (
 	github.com/sbx-dev/sbx v0.0.0
