@@ -1,6 +1,7 @@
 // Package linkshape makes loopback TCP behave like a network link with a
 // round-trip time and a bandwidth, for benchmarks (sbx bench portforward
-// --links). It runs Shopify's toxiproxy in-process: a Proxy accepts on
+// --links), and with packet loss in its packet model (packet.go, --loss).
+// The stream model runs Shopify's toxiproxy in-process: a Proxy accepts on
 // 127.0.0.1, dials its upstream and carries each direction through a chain
 // of toxics.
 //
@@ -20,15 +21,16 @@
 //     spent queued for the bandwidth toxic is taken off the propagation
 //     delay instead of added to it.
 //
-// What it does not model: packet loss (the proxy sees a byte stream: it
-// cannot drop a packet for TCP to retransmit), TCP's own handshake, slow
-// start and congestion window over the link (the proxy terminates TCP on
-// loopback at both ends, so raw TCP through it moves at the link's rate
-// from the first round trip: the link's capacity, an upper bound for what
-// real TCP gets), and a bottleneck queue shared in FIFO order (connections
-// take turns on the wire chunk by chunk, at most 32 KiB each, like fair
-// queueing; the bytes waiting to be sent wait in the sender's socket
-// buffers, as on a real host).
+// What the stream model leaves out: packet loss (the proxy sees a byte
+// stream: it cannot drop a packet for TCP to retransmit); TCP's own
+// handshake, slow start and congestion window over the link (the proxy
+// terminates TCP on loopback at both ends, so raw TCP through it moves at
+// the link's rate from the first round trip: the link's capacity, an upper
+// bound for what real TCP gets); and a bottleneck queue shared in FIFO
+// order (connections take turns on the wire chunk by chunk, at most 32 KiB
+// each, like fair queueing; the bytes waiting to be sent wait in the
+// sender's socket buffers, as on a real host). The packet model
+// (Link.Packets) has all three.
 package linkshape
 
 import (
