@@ -60,10 +60,16 @@ type quietConn struct {
 func (c *quietConn) Read(p []byte) (int, error) {
 	n, err := c.Conn.Read(p)
 	if n > 0 {
-		c.callerLast.Store(true)
-		c.last.Store(int64(time.Since(c.base)))
+		c.callerSpoke()
 	}
 	return n, err
+}
+
+// callerSpoke records bytes from the caller, read through c or before it
+// was tracked (early data).
+func (c *quietConn) callerSpoke() {
+	c.callerLast.Store(true)
+	c.last.Store(int64(time.Since(c.base)))
 }
 
 func (c *quietConn) Write(p []byte) (int, error) {

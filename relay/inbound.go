@@ -3,9 +3,11 @@ package relay
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net"
 	"net/http"
+	"sync"
 	"time"
 
 	"github.com/sbx-dev/sbx/relay/relayargs"
@@ -70,6 +72,14 @@ func (r *Relay) serveInbound(spec relayargs.Inbound, conn net.Conn) {
 	}
 	defer release()
 
+	// The request's first bytes go with the stream's header (readEarly),
+	// saving the round trip an open costs; answers read them again (in).
+	// They are read once a session is there: a held connection keeps its
+	// bytes in the kernel's buffer, not in the relay's memory.
+	var early []byte
+	readEarly := true
+	in := conn
+
 	var st *tunnel.Stream
 	for attempt := 1; ; attempt++ {
 		pool, _ := r.sessions.current()
@@ -78,7 +88,7 @@ func (r *Relay) serveInbound(spec relayargs.Inbound, conn net.Conn) {
 				if int(r.heldN.Add(1)) > r.opts.MaxHeld {
 					r.heldN.Add(-1)
 					log.Info("laptop offline and too many connections held already; answering now", "maxHeld", r.opts.MaxHeld)
-					r.answerOffline(log, spec, conn)
+					r.answerOffline(log, spec, in)
 					return
 				}
 				held = true
@@ -89,30 +99,32 @@ func (r *Relay) serveInbound(spec relayargs.Inbound, conn net.Conn) {
 			var err error
 			if pool, err = r.sessions.wait(r.serveCtx, deadline); err != nil {
 				release()
-				r.answerOffline(log, spec, conn)
+				r.answerOffline(log, spec, in)
 				return
 			}
 		}
 		release()
+		if readEarly {
+			readEarly = false
+			if early = r.readEarly(spec, conn); len(early) > 0 {
+				in = &prefixConn{Conn: conn, prefix: early}
+			}
+		}
 		// One of MaxStreams per attempt: only an open stream buffers, so a
 		// connection that is answered or held again gives its slot back.
 		if !r.takeStream(kindInbound) {
-			r.answerBusy(log, spec, conn)
+			r.answerBusy(log, spec, in)
 			return
 		}
-		ctx, cancel := context.WithTimeout(r.pipeCtx, r.opts.DialTimeout+5*time.Second)
 		var err error
-		st, err = pool.Open(ctx, tunnel.Header{
-			Kind: tunnel.KindInbound, Workload: spec.Workload, Port: spec.Port, Source: conn.RemoteAddr().String(),
-		})
-		cancel()
+		st, err = r.openInbound(pool, spec, conn, early)
 		if err == nil {
 			break
 		}
 		r.releaseStream()
 		var de *tunnel.DialError
 		if errors.As(err, &de) {
-			r.answerRefused(log, spec, conn, de)
+			r.answerRefused(log, spec, in, de)
 			return
 		}
 		// The session died or the pool emptied: count it offline now and
@@ -121,7 +133,7 @@ func (r *Relay) serveInbound(spec relayargs.Inbound, conn net.Conn) {
 		r.sessions.refresh(pool)
 		if attempt >= maxOpenAttempts || r.pipeCtx.Err() != nil || errors.Is(err, context.DeadlineExceeded) {
 			log.Warn("could not open an inbound stream to the laptop", "err", err, "attempts", attempt)
-			r.answerError(log, spec, conn, err)
+			r.answerError(log, spec, in, err)
 			return
 		}
 		log.Debug("inbound stream open failed; retrying", "err", err, "attempt", attempt)
@@ -133,9 +145,98 @@ func (r *Relay) serveInbound(spec relayargs.Inbound, conn net.Conn) {
 	defer end()
 	qc := r.quiet.track(conn)
 	defer r.quiet.untrack(qc)
+	if len(early) > 0 {
+		qc.callerSpoke()
+	}
 	if err := tunnel.Pipe(r.pipeCtx, r.m.count(qc), st); err != nil {
 		log.Debug("inbound stream ended", "err", err)
 	}
+}
+
+// Early data: how long an inbound connection waits for its client's
+// first bytes before its stream opens without them. An HTTP client speaks
+// first, so its request is waited for; a TCP port's protocol may have the
+// server speak first, so it gets only what arrives at once.
+const (
+	earlyWaitHTTP = time.Second
+	earlyWaitTCP  = 2 * time.Millisecond
+	// earlyMax bounds the bytes sent before the laptop's reply, and so
+	// what is kept to send again on another session or to answer from.
+	earlyMax = 32 << 10
+)
+
+// readEarly reads what the client sends first, waiting up to the port's
+// early wait; nil when nothing came (the stream then opens as before and
+// the client's bytes, an end or an error, reach the pipe).
+func (r *Relay) readEarly(spec relayargs.Inbound, conn net.Conn) []byte {
+	wait := earlyWaitTCP
+	if spec.AppProtocol.IsHTTP() {
+		wait = earlyWaitHTTP
+	}
+	if err := conn.SetReadDeadline(time.Now().Add(wait)); err != nil {
+		return nil
+	}
+	bp := earlyBufs.Get().(*[]byte)
+	defer earlyBufs.Put(bp)
+	n, _ := conn.Read(*bp)
+	_ = conn.SetReadDeadline(time.Time{})
+	if n == 0 {
+		return nil
+	}
+	r.m.toLaptop.Add(float64(n))
+	return append([]byte(nil), (*bp)[:n]...) // kept only as long as it is
+}
+
+// earlyBufs recycles readEarly's buffers: every inbound connection reads
+// into one, and most keep a few hundred bytes of it.
+var earlyBufs = sync.Pool{New: func() any { b := make([]byte, earlyMax); return &b }}
+
+// openInbound opens conn's stream to the laptop on pool. With early bytes
+// the stream opens early and carries them right behind its header; the
+// laptop's reply is then awaited here, so a refusal or a session lost
+// before the reply is handled exactly as a failed Open (the caller answers
+// or retries, with the early bytes kept).
+func (r *Relay) openInbound(pool *tunnel.Pool, spec relayargs.Inbound, conn net.Conn, early []byte) (*tunnel.Stream, error) {
+	ctx, cancel := context.WithTimeout(r.pipeCtx, r.opts.DialTimeout+5*time.Second)
+	defer cancel()
+	h := tunnel.Header{Kind: tunnel.KindInbound, Workload: spec.Workload, Port: spec.Port, Source: conn.RemoteAddr().String()}
+	if len(early) == 0 {
+		return pool.Open(ctx, h)
+	}
+	st, err := pool.OpenEarly(ctx, h)
+	if err != nil {
+		return nil, err
+	}
+	deadline, _ := ctx.Deadline()
+	_ = st.SetReadDeadline(deadline)
+	if _, err = st.Write(early); err == nil {
+		err = st.AwaitReply()
+	}
+	_ = st.SetReadDeadline(time.Time{})
+	if err != nil {
+		_ = st.Close()
+		if ctx.Err() != nil && !errors.Is(err, context.DeadlineExceeded) {
+			err = fmt.Errorf("%w: %w", err, context.DeadlineExceeded)
+		}
+		return nil, err
+	}
+	return st, nil
+}
+
+// prefixConn is a connection whose first bytes were read already: Read
+// returns them before the rest.
+type prefixConn struct {
+	net.Conn
+	prefix []byte
+}
+
+func (c *prefixConn) Read(p []byte) (int, error) {
+	if len(c.prefix) > 0 {
+		n := copy(p, c.prefix)
+		c.prefix = c.prefix[n:]
+		return n, nil
+	}
+	return c.Conn.Read(p)
 }
 
 // answerOffline answers a connection that found no laptop within grace.
