@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sbx-dev/sbx/tools/testbed/linkshape"
 	"github.com/sbx-dev/sbx/tunnel"
 )
 
@@ -85,5 +86,57 @@ func BenchmarkHTTPRequest(b *testing.B) {
 		}
 		_, _ = io.Copy(io.Discard, resp.Body)
 		_ = resp.Body.Close()
+	}
+}
+
+// BenchmarkInboundNewConnectionShaped measures a keyed HTTP request on a
+// new connection to the relay while the laptop's session crosses a 20 ms
+// link (the port-forward): link_rtts/op is how many of the link's round
+// trips it costs, with the request's first bytes sent with the stream's
+// header (early) and after the laptop's reply (late, as before).
+func BenchmarkInboundNewConnectionShaped(b *testing.B) {
+	const rtt = 20 * time.Millisecond
+	h := startRelay(b, "--inbound", "20001=route/8083/http")
+	lap := newLaptop(b, "bench")
+	lap.mapLocal("route", 8083, httpServer(b, "route"))
+	sh := linkshape.New(linkshape.Link{Name: "bench", RTT: rtt})
+	b.Cleanup(sh.Close)
+	proxy, err := sh.Proxy(h.addrs.Tunnel.String())
+	if err != nil {
+		b.Fatal(err)
+	}
+	conn, err := net.Dial("tcp", proxy)
+	if err != nil {
+		b.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	s, _, err := tunnel.Client(ctx, conn, tunnel.DefaultConfig(), lap.hello())
+	cancel()
+	if err != nil {
+		b.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() { defer close(done); lap.serve(s) }()
+	b.Cleanup(func() { _ = s.Close(); <-done })
+	url := "http://" + h.inbound(20001) + "/dispatch"
+	for _, mode := range []struct {
+		name string
+		off  bool
+	}{{"early", false}, {"late", true}} {
+		b.Run(mode.name, func(b *testing.B) {
+			noEarlyData.Store(mode.off)
+			defer noEarlyData.Store(false)
+			start := time.Now()
+			for b.Loop() {
+				c := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}}
+				resp, err := c.Get(url)
+				if err != nil {
+					b.Fatal(err)
+				}
+				_, _ = io.Copy(io.Discard, resp.Body)
+				_ = resp.Body.Close()
+			}
+			b.ReportMetric(float64(time.Since(start))/float64(b.N)/float64(rtt), "link_rtts/op")
+		})
 	}
 }

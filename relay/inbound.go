@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/sbx-dev/sbx/relay/relayargs"
@@ -169,6 +170,9 @@ const (
 // early wait; nil when nothing came (the stream then opens as before and
 // the client's bytes, an end or an error, reach the pipe).
 func (r *Relay) readEarly(spec relayargs.Inbound, conn net.Conn) []byte {
+	if noEarlyData.Load() {
+		return nil
+	}
 	wait := earlyWaitTCP
 	if spec.AppProtocol.IsHTTP() {
 		wait = earlyWaitHTTP
@@ -186,6 +190,9 @@ func (r *Relay) readEarly(spec relayargs.Inbound, conn net.Conn) []byte {
 	r.m.toLaptop.Add(float64(n))
 	return append([]byte(nil), (*bp)[:n]...) // kept only as long as it is
 }
+
+// noEarlyData turns early data off, for a benchmark to compare.
+var noEarlyData atomic.Bool
 
 // earlyBufs recycles readEarly's buffers: every inbound connection reads
 // into one, and most keep a few hundred bytes of it.
