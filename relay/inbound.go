@@ -1,6 +1,8 @@
 package relay
 
 import (
+	"bytes"
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -73,12 +75,13 @@ func (r *Relay) serveInbound(spec relayargs.Inbound, conn net.Conn) {
 	}
 	defer release()
 
-	// The request's first bytes go with the stream's header (readEarly),
-	// saving the round trip an open costs; answers read them again (in).
-	// They are read once a session is there: a held connection keeps its
-	// bytes in the kernel's buffer, not in the relay's memory.
+	// An HTTP request's first bytes are read once a session and a stream
+	// slot are there (readEarly); a request that is safe to repeat goes
+	// with the stream's header, saving the round trip an open costs, any
+	// other after the laptop's reply, as before. Answers read them again
+	// (in). A connection held again after its session died keeps them.
 	var early []byte
-	readEarly := true
+	readEarly := spec.AppProtocol.IsHTTP()
 	in := conn
 
 	var st *tunnel.Stream
@@ -105,17 +108,17 @@ func (r *Relay) serveInbound(spec relayargs.Inbound, conn net.Conn) {
 			}
 		}
 		release()
-		if readEarly {
-			readEarly = false
-			if early = r.readEarly(spec, conn); len(early) > 0 {
-				in = &prefixConn{Conn: conn, prefix: early}
-			}
-		}
 		// One of MaxStreams per attempt: only an open stream buffers, so a
 		// connection that is answered or held again gives its slot back.
 		if !r.takeStream(kindInbound) {
 			r.answerBusy(log, spec, in)
 			return
+		}
+		if readEarly {
+			readEarly = false
+			if early = r.readEarly(conn); len(early) > 0 {
+				in = &prefixConn{Conn: conn, prefix: early}
+			}
 		}
 		var err error
 		st, err = r.openInbound(pool, spec, conn, early)
@@ -146,38 +149,37 @@ func (r *Relay) serveInbound(spec relayargs.Inbound, conn net.Conn) {
 	defer end()
 	qc := r.quiet.track(conn)
 	defer r.quiet.untrack(qc)
+	src := r.m.count(qc)
 	if len(early) > 0 {
 		qc.callerSpoke()
+		r.m.toLaptop.Add(float64(len(early)))
+		if !safeToRepeat(early) {
+			// Not sent with the open: the pipe sends them first.
+			src = &prefixConn{Conn: src, prefix: early}
+		}
 	}
-	if err := tunnel.Pipe(r.pipeCtx, r.m.count(qc), st); err != nil {
+	if err := tunnel.Pipe(r.pipeCtx, src, st); err != nil {
 		log.Debug("inbound stream ended", "err", err)
 	}
 }
 
-// Early data: how long an inbound connection waits for its client's
-// first bytes before its stream opens without them. An HTTP client speaks
-// first, so its request is waited for; a TCP port's protocol may have the
-// server speak first, so it gets only what arrives at once.
+// Early data: an HTTP port's connection waits up to earlyWait for its
+// client's first bytes (HTTP clients speak first) and reads at most
+// earlyMax of them. A TCP port's protocol may have the server speak
+// first, or be unsafe to repeat, so its streams open as before.
 const (
-	earlyWaitHTTP = time.Second
-	earlyWaitTCP  = 2 * time.Millisecond
-	// earlyMax bounds the bytes sent before the laptop's reply, and so
-	// what is kept to send again on another session or to answer from.
-	earlyMax = 32 << 10
+	earlyWait = time.Second
+	earlyMax  = 32 << 10
 )
 
-// readEarly reads what the client sends first, waiting up to the port's
-// early wait; nil when nothing came (the stream then opens as before and
-// the client's bytes, an end or an error, reach the pipe).
-func (r *Relay) readEarly(spec relayargs.Inbound, conn net.Conn) []byte {
+// readEarly reads what the client sends first, waiting up to earlyWait;
+// nil when nothing came (the stream then opens as before and the client's
+// bytes, an end or an error, reach the pipe).
+func (r *Relay) readEarly(conn net.Conn) []byte {
 	if noEarlyData.Load() {
 		return nil
 	}
-	wait := earlyWaitTCP
-	if spec.AppProtocol.IsHTTP() {
-		wait = earlyWaitHTTP
-	}
-	if err := conn.SetReadDeadline(time.Now().Add(wait)); err != nil {
+	if err := conn.SetReadDeadline(time.Now().Add(earlyWait)); err != nil {
 		return nil
 	}
 	bp := earlyBufs.Get().(*[]byte)
@@ -187,8 +189,22 @@ func (r *Relay) readEarly(spec relayargs.Inbound, conn net.Conn) []byte {
 	if n == 0 {
 		return nil
 	}
-	r.m.toLaptop.Add(float64(n))
 	return append([]byte(nil), (*bp)[:n]...) // kept only as long as it is
+}
+
+// safeToRepeat reports whether early starts an HTTP/1 request with a safe
+// method (RFC 9110 9.2.1). Only such a request goes with the stream's
+// header: if the session dies before the laptop's reply, the laptop may
+// have delivered it already, and the relay sends it again on another
+// session. Anything else (a POST, HTTP/2's preface) is sent after the
+// reply, when a retry can no longer repeat it.
+func safeToRepeat(early []byte) bool {
+	for _, m := range []string{"GET ", "HEAD ", "OPTIONS ", "TRACE "} {
+		if bytes.HasPrefix(early, []byte(m)) {
+			return true
+		}
+	}
+	return false
 }
 
 // noEarlyData turns early data off, for a benchmark to compare.
@@ -198,32 +214,39 @@ var noEarlyData atomic.Bool
 // into one, and most keep a few hundred bytes of it.
 var earlyBufs = sync.Pool{New: func() any { b := make([]byte, earlyMax); return &b }}
 
-// openInbound opens conn's stream to the laptop on pool. With early bytes
-// the stream opens early and carries them right behind its header; the
-// laptop's reply is then awaited here, so a refusal or a session lost
-// before the reply is handled exactly as a failed Open (the caller answers
-// or retries, with the early bytes kept).
+// openInbound opens conn's stream to the laptop on pool. Early bytes of a
+// request safe to repeat go right behind the header (OpenEarly) and the
+// laptop's reply is awaited here, so a refusal or a session lost before
+// the reply is handled exactly as a failed Open (the caller answers, or
+// retries with the same bytes).
 func (r *Relay) openInbound(pool *tunnel.Pool, spec relayargs.Inbound, conn net.Conn, early []byte) (*tunnel.Stream, error) {
 	ctx, cancel := context.WithTimeout(r.pipeCtx, r.opts.DialTimeout+5*time.Second)
 	defer cancel()
 	h := tunnel.Header{Kind: tunnel.KindInbound, Workload: spec.Workload, Port: spec.Port, Source: conn.RemoteAddr().String()}
-	if len(early) == 0 {
+	if len(early) == 0 || !safeToRepeat(early) {
 		return pool.Open(ctx, h)
 	}
 	st, err := pool.OpenEarly(ctx, h)
 	if err != nil {
 		return nil, err
 	}
-	deadline, _ := ctx.Deadline()
-	_ = st.SetReadDeadline(deadline)
+	// The reply wait ends with ctx: its deadline or the relay's pipes
+	// being cut.
+	stop := context.AfterFunc(ctx, func() { _ = st.SetReadDeadline(time.Now()) })
 	if _, err = st.Write(early); err == nil {
 		err = st.AwaitReply()
+	}
+	if !stop() {
+		err = cmp.Or(err, ctx.Err())
 	}
 	_ = st.SetReadDeadline(time.Time{})
 	if err != nil {
 		_ = st.Close()
-		if ctx.Err() != nil && !errors.Is(err, context.DeadlineExceeded) {
-			err = fmt.Errorf("%w: %w", err, context.DeadlineExceeded)
+		var ne net.Error
+		if ctx.Err() != nil || errors.As(err, &ne) && ne.Timeout() {
+			if !errors.Is(err, context.DeadlineExceeded) {
+				err = fmt.Errorf("%w: %w", err, context.DeadlineExceeded)
+			}
 		}
 		return nil, err
 	}
@@ -244,6 +267,14 @@ func (c *prefixConn) Read(p []byte) (int, error) {
 		return n, nil
 	}
 	return c.Conn.Read(p)
+}
+
+// CloseWrite forwards the half-close so piping keeps its semantics.
+func (c *prefixConn) CloseWrite() error {
+	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite()
+	}
+	return c.Conn.Close()
 }
 
 // answerOffline answers a connection that found no laptop within grace.

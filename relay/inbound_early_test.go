@@ -170,3 +170,49 @@ func TestInboundServerSpeaksFirst(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, "QUIT\n", line)
 }
+
+// TestInboundUnsafeRequestWaitsForTheReply: a POST is not safe to repeat,
+// so none of it goes before the laptop's reply (a session lost in between
+// would have the relay send it again, perhaps twice to the application);
+// it follows the reply whole.
+func TestInboundUnsafeRequestWaitsForTheReply(t *testing.T) {
+	h := startRelay(t, "--inbound", "20001=route/8083/http")
+	laptopSession(t, h, func(st *tunnel.Stream) {
+		_ = st.SetReadDeadline(time.Now().Add(300 * time.Millisecond))
+		n, err := st.Read(make([]byte, 1))
+		_ = st.SetReadDeadline(time.Time{})
+		if n > 0 || err == nil {
+			_ = st.Reject(tunnel.ReasonRefused, "a POST's bytes came before the reply")
+			return
+		}
+		if st.Accept() != nil {
+			return
+		}
+		head, err := readRequestHead(st)
+		if err != nil {
+			return
+		}
+		body := "after the reply: " + strings.SplitN(head, "\r\n", 2)[0]
+		_, _ = io.WriteString(st, "HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: "+strconv.Itoa(len(body))+"\r\n\r\n"+body)
+	})
+	require.Eventually(t, func() bool { return h.metric("sbx_relay_sessions") == 1 }, 10*time.Second, 5*time.Millisecond)
+
+	c := &http.Client{Timeout: 20 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
+	resp, err := c.Post("http://"+h.inbound(20001)+"/orders", "text/plain", strings.NewReader("one order"))
+	require.NoError(t, err)
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	require.NoError(t, err)
+	require.Equal(t, http.StatusOK, resp.StatusCode, string(b))
+	require.Equal(t, "after the reply: POST /orders HTTP/1.1", string(b))
+}
+
+func TestSafeToRepeat(t *testing.T) {
+	for in, want := range map[string]bool{
+		"GET / HTTP/1.1\r\n": true, "HEAD /x HTTP/1.1\r\n": true, "OPTIONS * HTTP/1.1\r\n": true, "TRACE / HTTP/1.1\r\n": true,
+		"POST / HTTP/1.1\r\n": false, "PUT / HTTP/1.1\r\n": false, "DELETE / HTTP/1.1\r\n": false, "PATCH / HTTP/1.1\r\n": false,
+		"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n": false, "GETX / HTTP/1.1\r\n": false, "get / HTTP/1.1\r\n": false, "": false,
+	} {
+		require.Equal(t, want, safeToRepeat([]byte(in)), "%q", in)
+	}
+}
