@@ -246,6 +246,8 @@ type laptop struct {
 	clientID string
 	mu       sync.Mutex
 	local    map[string]string // "workload/port" -> local address; missing = refused
+	// handle, when set, serves each inbound stream instead of the table.
+	handle   func(*tunnel.Stream)
 	sessions []*tunnel.Session
 	wg       sync.WaitGroup
 }
@@ -310,6 +312,11 @@ func (l *laptop) serve(s *tunnel.Session) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
+			if l.handle != nil {
+				defer st.Close()
+				l.handle(st)
+				return
+			}
 			hdr := st.Header()
 			key := fmt.Sprintf("%s/%d", hdr.Workload, hdr.Port)
 			l.mu.Lock()

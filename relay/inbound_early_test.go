@@ -2,7 +2,6 @@ package relay
 
 import (
 	"bufio"
-	"context"
 	"io"
 	"net"
 	"net/http"
@@ -21,31 +20,10 @@ import (
 // hands each inbound stream to serve; the test's cleanup closes it.
 func laptopSession(t *testing.T, h *harness, serve func(*tunnel.Stream)) *tunnel.Session {
 	t.Helper()
-	conn, err := net.Dial("tcp", h.addrs.Tunnel.String())
-	require.NoError(t, err)
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
 	lap := newLaptop(t, "laptop-early")
-	s, _, err := tunnel.Client(ctx, conn, tunnel.DefaultConfig(), lap.hello())
+	lap.handle = serve
+	s, err := lap.dial(h, lap.hello())
 	require.NoError(t, err)
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			st, err := s.Accept(context.Background())
-			if err != nil {
-				return
-			}
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				defer st.Close()
-				serve(st)
-			}()
-		}
-	}()
-	t.Cleanup(func() { _ = s.Close(); wg.Wait() })
 	return s
 }
 
