@@ -62,6 +62,9 @@ type outboundCtl struct {
 	cat  *outbound.Catalog
 	m    *outbound.Manager
 	kick chan struct{}
+	// statusChanged: the Manager's status changed (a Runner started or
+	// stopped); the run loop publishes it.
+	statusChanged chan struct{}
 
 	// catMu orders Catalog writes: watcher events and the Replace that
 	// follows stopping a watcher.
@@ -85,12 +88,13 @@ type nsWatch struct {
 
 func newOutboundCtl(d *Daemon, initial config.Outbound) *outboundCtl {
 	o := &outboundCtl{
-		d:        d,
-		log:      d.log.With("component", "outbound"),
-		cat:      outbound.NewCatalog("", nil),
-		kick:     make(chan struct{}, 1),
-		watches:  map[string]*nsWatch{},
-		noSource: map[string]bool{},
+		d:             d,
+		log:           d.log.With("component", "outbound"),
+		cat:           outbound.NewCatalog("", nil),
+		kick:          make(chan struct{}, 1),
+		watches:       map[string]*nsWatch{},
+		statusChanged: make(chan struct{}, 1),
+		noSource:      map[string]bool{},
 	}
 	o.m = outbound.NewManager(outbound.ManagerOptions{
 		Catalog: o.cat,
@@ -107,6 +111,16 @@ func newOutboundCtl(d *Daemon, initial config.Outbound) *outboundCtl {
 		Baggage:       o.baggage,
 		ProxyPassword: d.proxyCred.get,
 		Logger:        o.log,
+		// A Runner starts after reconcile has published the status it
+		// found (no proxy yet): publish again once it is up, or a client
+		// reading the status (sbx env, sbx run) misses the proxy until
+		// the next event.
+		Changed: func() {
+			select {
+			case o.statusChanged <- struct{}{}:
+			default:
+			}
+		},
 	}, initial)
 	return o
 }
@@ -192,6 +206,7 @@ func (o *outboundCtl) run(ctx context.Context, failed bool) {
 		case <-retry.C:
 			again = true
 		case <-catChanged:
+		case <-o.statusChanged:
 		case <-stats.C:
 		}
 		if again && o.reconcile(ctx) {

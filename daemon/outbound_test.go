@@ -288,6 +288,22 @@ func TestOutboundUpBeforeReady(t *testing.T) {
 	require.NotEmpty(t, ob.ProxyAddr, "first status after start")
 }
 
+// TestOutboundProxyShownOnceUp: the first sandbox starts the proxy after
+// the daemon published the status it found (no proxy yet); the status
+// shows the proxy once it is up, not at the next periodic refresh (an
+// hour here), or `sbx env` and `sbx run` would find no proxy. sbx demo
+// failed that way once.
+func TestOutboundProxyShownOnceUp(t *testing.T) {
+	fc := &fakeCluster{}
+	cfgPath := filepath.Join(shortTempDir(t), "config.yaml")
+	writeConfig(t, cfgPath, "outbound:\n  mode: proxy\n")
+	td := startDaemon(t, Options{Clusters: fc.provider(), link: (&fakeLinker{}).link, ConfigPath: cfgPath, StatsInterval: time.Hour})
+	require.Empty(t, outboundOf(t, td).ProxyAddr, "no sandbox, no proxy")
+	_, err := td.client.Connect(context.Background(), api.ConnectRequest{Spec: testSpec("alice", "localhost:1"), Wait: true}, nil)
+	require.NoError(t, err)
+	require.Eventually(t, func() bool { return outboundOf(t, td).ProxyAddr != "" }, 10*time.Second, 5*time.Millisecond)
+}
+
 // TestOutboundProxyPortSurvivesRestarts: the proxy's port (picked by the
 // system the first time) is the same after a daemon restart (and after the
 // last sandbox's disconnect: TestOutboundOffStartsNothing), so an environment a debugger was

@@ -26,6 +26,10 @@ type ManagerOptions struct {
 	Logger              *slog.Logger
 	// Retry overrides DefaultRetry.
 	Retry time.Duration
+	// Changed, when set, is called (without blocking for long) after a
+	// Runner started or failed to start and after one stopped: Status
+	// changed, so whoever shows it can read it again.
+	Changed func()
 }
 
 // Manager keeps one Runner in step with the user config: the daemon calls
@@ -97,6 +101,12 @@ func (m *Manager) Status() api.OutboundStatus {
 	return r.Status()
 }
 
+func (m *Manager) changed() {
+	if m.opts.Changed != nil {
+		m.opts.Changed()
+	}
+}
+
 // Run serves until ctx ends, then undoes the current Runner and returns.
 func (m *Manager) Run(ctx context.Context) error {
 	var (
@@ -114,6 +124,7 @@ func (m *Manager) Run(ctx context.Context) error {
 		m.mu.Lock()
 		m.current = nil
 		m.mu.Unlock()
+		m.changed()
 	}
 	defer halt()
 	retry := time.NewTimer(time.Hour)
@@ -152,6 +163,7 @@ func (m *Manager) Run(ctx context.Context) error {
 				m.log.Info("outbound access ready", "mode", st.Mode, "proxy", st.ProxyAddr, "hostsFile", st.HostsFile)
 			}
 			m.startedOnce.Do(func() { close(m.started) })
+			m.changed()
 		}
 		select {
 		case <-ctx.Done():
