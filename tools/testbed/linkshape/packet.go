@@ -187,7 +187,11 @@ func (p *packetLink) proxy(upstream string) (string, error) {
 	go func() {
 		defer p.wg.Done()
 		p.acceptLoop(nl, func(ctx context.Context) (net.Conn, error) {
-			return gonet.DialContextTCP(ctx, p.near, far, ipv4.ProtocolNumber)
+			c, err := gonet.DialContextTCP(ctx, p.near, far, ipv4.ProtocolNumber)
+			if err != nil {
+				return nil, err // not a nil *gonet.TCPConn in a non-nil net.Conn
+			}
+			return c, nil
 		})
 	}()
 	return nl.Addr().String(), nil
@@ -209,10 +213,11 @@ func (p *packetLink) acceptLoop(l net.Listener, dial func(context.Context) (net.
 			defer p.wg.Done()
 			defer p.untrack(c)
 			out, err := dial(p.ctx)
-			if err != nil || !p.track(out) {
-				if out != nil {
-					_ = out.Close()
-				}
+			if err != nil {
+				return
+			}
+			if !p.track(out) {
+				_ = out.Close()
 				return
 			}
 			defer p.untrack(out)
