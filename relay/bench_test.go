@@ -105,27 +105,17 @@ func BenchmarkInboundNewConnectionShaped(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	conn, err := net.Dial("tcp", proxy)
-	if err != nil {
+	if _, err := lap.dialAddr(proxy, lap.hello()); err != nil {
 		b.Fatal(err)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	s, _, err := tunnel.Client(ctx, conn, tunnel.DefaultConfig(), lap.hello())
-	cancel()
-	if err != nil {
-		b.Fatal(err)
-	}
-	done := make(chan struct{})
-	go func() { defer close(done); lap.serve(s) }()
-	b.Cleanup(func() { _ = s.Close(); <-done })
 	url := "http://" + h.inbound(20001) + "/dispatch"
 	for _, mode := range []struct {
 		name string
 		off  bool
 	}{{"early", false}, {"late", true}} {
 		b.Run(mode.name, func(b *testing.B) {
-			noEarlyData.Store(mode.off)
-			defer noEarlyData.Store(false)
+			h.relay.noEarlyData.Store(mode.off)
+			defer h.relay.noEarlyData.Store(false)
 			start := time.Now()
 			for b.Loop() {
 				c := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}}

@@ -271,7 +271,13 @@ func (l *laptop) hello() tunnel.Hello {
 
 // dial connects one session (one port-forward connection, in real life).
 func (l *laptop) dial(h *harness, hello tunnel.Hello) (*tunnel.Session, error) {
-	conn, err := net.Dial("tcp", h.addrs.Tunnel.String())
+	return l.dialAddr(h.addrs.Tunnel.String(), hello)
+}
+
+// dialAddr connects one session through addr (the relay's tunnel port, or
+// a shaped link in front of it).
+func (l *laptop) dialAddr(addr string, hello tunnel.Hello) (*tunnel.Session, error) {
+	conn, err := net.Dial("tcp", addr)
 	require.NoError(l.t, err)
 	cfg := tunnel.DefaultConfig()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)

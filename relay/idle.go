@@ -82,12 +82,7 @@ func (c *quietConn) Write(p []byte) (int, error) {
 }
 
 // CloseWrite keeps half-close working through the wrapper.
-func (c *quietConn) CloseWrite() error {
-	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
-		return cw.CloseWrite()
-	}
-	return c.Conn.Close()
-}
+func (c *quietConn) CloseWrite() error { return closeWrite(c.Conn) }
 
 // waitingFor returns how long the connection has waited for its caller,
 // and false when something is pending on the laptop's side.

@@ -10,7 +10,6 @@ import (
 	"net"
 	"net/http"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/sbx-dev/sbx/relay/relayargs"
@@ -76,11 +75,12 @@ func (r *Relay) serveInbound(spec relayargs.Inbound, conn net.Conn) {
 	defer release()
 
 	// An HTTP request's first bytes are read once a session and a stream
-	// slot are there (readEarly); a request that is safe to repeat goes
-	// with the stream's header, saving the round trip an open costs, any
-	// other after the laptop's reply, as before. Answers read them again
-	// (in). A connection held again after its session died keeps them.
-	var early []byte
+	// slot are there (readEarly). A request that is safe to repeat goes
+	// with the stream's header (withOpen), saving the round trip an open
+	// costs; any other after the laptop's reply, as before. Answers read
+	// them again (in). A connection held again after its session died
+	// keeps them.
+	var early, withOpen []byte
 	readEarly := spec.AppProtocol.IsHTTP()
 	in := conn
 
@@ -118,10 +118,13 @@ func (r *Relay) serveInbound(spec relayargs.Inbound, conn net.Conn) {
 			readEarly = false
 			if early = r.readEarly(conn); len(early) > 0 {
 				in = &prefixConn{Conn: conn, prefix: early}
+				if safeToRepeat(early) {
+					withOpen = early
+				}
 			}
 		}
 		var err error
-		st, err = r.openInbound(pool, spec, conn, early)
+		st, err = r.openInbound(pool, spec, conn, withOpen)
 		if err == nil {
 			break
 		}
@@ -153,7 +156,7 @@ func (r *Relay) serveInbound(spec relayargs.Inbound, conn net.Conn) {
 	if len(early) > 0 {
 		qc.callerSpoke()
 		r.m.toLaptop.Add(float64(len(early)))
-		if !safeToRepeat(early) {
+		if withOpen == nil {
 			// Not sent with the open: the pipe sends them first.
 			src = &prefixConn{Conn: src, prefix: early}
 		}
@@ -176,7 +179,7 @@ const (
 // nil when nothing came (the stream then opens as before and the client's
 // bytes, an end or an error, reach the pipe).
 func (r *Relay) readEarly(conn net.Conn) []byte {
-	if noEarlyData.Load() {
+	if r.noEarlyData.Load() {
 		return nil
 	}
 	if err := conn.SetReadDeadline(time.Now().Add(earlyWait)); err != nil {
@@ -207,23 +210,20 @@ func safeToRepeat(early []byte) bool {
 	return false
 }
 
-// noEarlyData turns early data off, for a benchmark to compare.
-var noEarlyData atomic.Bool
-
 // earlyBufs recycles readEarly's buffers: every inbound connection reads
 // into one, and most keep a few hundred bytes of it.
 var earlyBufs = sync.Pool{New: func() any { b := make([]byte, earlyMax); return &b }}
 
-// openInbound opens conn's stream to the laptop on pool. Early bytes of a
-// request safe to repeat go right behind the header (OpenEarly) and the
-// laptop's reply is awaited here, so a refusal or a session lost before
-// the reply is handled exactly as a failed Open (the caller answers, or
-// retries with the same bytes).
-func (r *Relay) openInbound(pool *tunnel.Pool, spec relayargs.Inbound, conn net.Conn, early []byte) (*tunnel.Stream, error) {
+// openInbound opens conn's stream to the laptop on pool. Bytes withOpen
+// (a request safe to repeat) go right behind the header (OpenEarly) and
+// the laptop's reply is awaited here, so a refusal or a session lost
+// before the reply is handled exactly as a failed Open (the caller
+// answers, or retries with the same bytes).
+func (r *Relay) openInbound(pool *tunnel.Pool, spec relayargs.Inbound, conn net.Conn, withOpen []byte) (*tunnel.Stream, error) {
 	ctx, cancel := context.WithTimeout(r.pipeCtx, r.opts.DialTimeout+5*time.Second)
 	defer cancel()
 	h := tunnel.Header{Kind: tunnel.KindInbound, Workload: spec.Workload, Port: spec.Port, Source: conn.RemoteAddr().String()}
-	if len(early) == 0 || !safeToRepeat(early) {
+	if len(withOpen) == 0 {
 		return pool.Open(ctx, h)
 	}
 	st, err := pool.OpenEarly(ctx, h)
@@ -233,7 +233,7 @@ func (r *Relay) openInbound(pool *tunnel.Pool, spec relayargs.Inbound, conn net.
 	// The reply wait ends with ctx: its deadline or the relay's pipes
 	// being cut.
 	stop := context.AfterFunc(ctx, func() { _ = st.SetReadDeadline(time.Now()) })
-	if _, err = st.Write(early); err == nil {
+	if _, err = st.Write(withOpen); err == nil {
 		err = st.AwaitReply()
 	}
 	if !stop() {
@@ -270,11 +270,16 @@ func (c *prefixConn) Read(p []byte) (int, error) {
 }
 
 // CloseWrite forwards the half-close so piping keeps its semantics.
-func (c *prefixConn) CloseWrite() error {
-	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
+func (c *prefixConn) CloseWrite() error { return closeWrite(c.Conn) }
+
+// closeWrite half-closes c, or closes it when it cannot half-close: what
+// the relay's connection wrappers do, so that tunnel.Pipe's half-close
+// reaches the socket through them.
+func closeWrite(c net.Conn) error {
+	if cw, ok := c.(interface{ CloseWrite() error }); ok {
 		return cw.CloseWrite()
 	}
-	return c.Conn.Close()
+	return c.Close()
 }
 
 // answerOffline answers a connection that found no laptop within grace.

@@ -46,6 +46,11 @@ func readRequestHead(st *tunnel.Stream) (string, error) {
 	}
 }
 
+// respond answers the request on st with 200 and body, then ends.
+func respond(st *tunnel.Stream, body string) {
+	_, _ = io.WriteString(st, "HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: "+strconv.Itoa(len(body))+"\r\n\r\n"+body)
+}
+
 // TestInboundRequestTravelsWithTheOpen: a keyed HTTP request's bytes go to
 // the laptop right behind the stream's header, before the laptop replies,
 // so a new connection costs one round trip through the tunnel, not two.
@@ -60,8 +65,7 @@ func TestInboundRequestTravelsWithTheOpen(t *testing.T) {
 		if st.Accept() != nil {
 			return
 		}
-		body := "saw before replying: " + strings.SplitN(head, "\r\n", 2)[0]
-		_, _ = io.WriteString(st, "HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: "+strconv.Itoa(len(body))+"\r\n\r\n"+body)
+		respond(st, "saw before replying: "+strings.SplitN(head, "\r\n", 2)[0])
 	})
 	require.Eventually(t, func() bool { return h.metric("sbx_relay_sessions") == 1 }, 10*time.Second, 5*time.Millisecond)
 
@@ -96,8 +100,7 @@ func TestInboundEarlyRetriedOnAnotherSession(t *testing.T) {
 		if st.Accept() != nil {
 			return
 		}
-		body := "served after a retry: " + strings.SplitN(head, "\r\n", 2)[0]
-		_, _ = io.WriteString(st, "HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: "+strconv.Itoa(len(body))+"\r\n\r\n"+body)
+		respond(st, "served after a retry: "+strings.SplitN(head, "\r\n", 2)[0])
 	}
 	a := laptopSession(t, h, serve)
 	laptopSession(t, h, serve)
@@ -170,8 +173,7 @@ func TestInboundUnsafeRequestWaitsForTheReply(t *testing.T) {
 		if err != nil {
 			return
 		}
-		body := "after the reply: " + strings.SplitN(head, "\r\n", 2)[0]
-		_, _ = io.WriteString(st, "HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: "+strconv.Itoa(len(body))+"\r\n\r\n"+body)
+		respond(st, "after the reply: "+strings.SplitN(head, "\r\n", 2)[0])
 	})
 	require.Eventually(t, func() bool { return h.metric("sbx_relay_sessions") == 1 }, 10*time.Second, 5*time.Millisecond)
 

@@ -147,12 +147,7 @@ func (c *countingConn) Write(p []byte) (int, error) {
 }
 
 // CloseWrite forwards the half-close so piping keeps its semantics.
-func (c *countingConn) CloseWrite() error {
-	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
-		return cw.CloseWrite()
-	}
-	return c.Conn.Close()
-}
+func (c *countingConn) CloseWrite() error { return closeWrite(c.Conn) }
 
 func (m *metrics) count(c net.Conn) net.Conn {
 	return &countingConn{Conn: c, read: m.toLaptop, written: m.fromLaptop}

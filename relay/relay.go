@@ -89,6 +89,9 @@ type Relay struct {
 	ready    atomic.Bool
 	draining atomic.Bool
 	ran      atomic.Bool
+	// noEarlyData sends no request bytes with a stream's open (a
+	// benchmark compares; inbound.go).
+	noEarlyData atomic.Bool
 
 	// serveCtx ends when Run's context ends: stop accepting, answer held
 	// connections. pipeCtx ends when draining is over: cut what is left.
