@@ -47,12 +47,11 @@ import (
 //     far as the memory budgets allow (Config.WindowBudget per session,
 //     Config.SharedWindowBudget across sessions); on a session whose round
 //     trip is under 1 ms (loopback, a LAN) windows stay at 256 KiB
-//     (minGrowthRTT). Growth ends near twice
-//     the link's bandwidth-delay product: the quarter-window grant step
-//     needs 4/3 of it never to stall, and yamux hands the reader whole
-//     frames only, so credit returns a frame at a time. With a factor of
-//     1.5 instead of 2, one stream over 20 ms and 400 Mbit/s moved 27 MB/s
-//     instead of 37. A reader that stalls takes no growth (nothing more
+//     (minGrowthRTT). Growth ends near twice the link's bandwidth-delay
+//     product: the quarter-window grant step needs 4/3 of it never to
+//     stall, and yamux hands the reader whole frames only, so credit
+//     returns a frame at a time. With a factor of 1.5 instead of 2, one
+//     stream over 20 ms and 400 Mbit/s moved 27 MB/s instead of 37. A reader that stalls takes no growth (nothing more
 //     arrives), so the budget goes to streams that move data.
 //   - A new stream starts at the largest window a stream of the session
 //     has reached (the session is one link), as far as the budgets allow:
@@ -232,9 +231,10 @@ func (f *flowControl) openLocked(id uint32) *streamFlow {
 
 // startLearnedLocked gives a new stream the largest window a stream of
 // this session has needed (the link is the same), at least
-// Config.MinStreamWindow, as far as the budgets allow. It runs as this end's SYN or ACK goes out, never before: yamux
-// raises its own receive window for the stream when it sends those, and
-// until then it would refuse data beyond the initial 256 KiB.
+// Config.MinStreamWindow, as far as the budgets allow. It runs as this
+// end's SYN or ACK goes out, never before: yamux raises its own receive
+// window for the stream when it sends those, and until then it would
+// refuse data beyond the initial 256 KiB.
 func (f *flowControl) startLearnedLocked(id uint32, e *streamFlow) {
 	if e.granted != f.initial {
 		return // already granted more

@@ -499,15 +499,14 @@ func (s *Session) openFailed(ys *yamux.Stream, h Header, err error) error {
 // goes through one.
 type flowReader struct {
 	ys   *yamux.Stream
-	flow *flowControl
-	conn *wireConn
+	conn *wireConn // its flow counts the reads; it writes the grants
 }
 
-func (s *Session) reader(ys *yamux.Stream) flowReader { return flowReader{ys, s.conn.flow, s.conn} }
+func (s *Session) reader(ys *yamux.Stream) flowReader { return flowReader{ys, s.conn} }
 
 func (r flowReader) Read(p []byte) (int, error) {
 	n, err := r.ys.Read(p)
-	if r.flow.consumed(r.ys.StreamID(), n) {
+	if r.conn.flow.consumed(r.ys.StreamID(), n) {
 		r.conn.sendGrants()
 	}
 	return n, err
