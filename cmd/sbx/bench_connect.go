@@ -53,12 +53,13 @@ own with a temporary HOME), ` + "`sbx disconnect`" + `, ` + "`sbx daemon stop`" 
                         time), with the peak (VmHWM); and how much of it is
                         the daemon's own memory (RssAnon: heap, stacks) and
                         how much the sbx binary's pages mapped from its file
-                        (RssFile), which the kernel shares and may drop. The
-                        measured daemon starts cold (the binary's unmapped
-                        pages are dropped from the page cache first): a
-                        file read whole is cached in blocks of up to 2 MiB
-                        that a fault maps entirely, which put 36 to 66 MiB
-                        of file-backed pages in the same idle daemon
+                        (RssFile), which the kernel shares and may drop.
+                        RssFile depends on the page cache (a file read whole
+                        is cached in blocks of up to 2 MiB that a fault maps
+                        entirely: 36 to 66 MiB for the same idle daemon), so
+                        the binary's pages no process maps are dropped
+                        before the measured daemon starts; compare runs by
+                        RssAnon
 
 Times are wall-clock, medians with p95 and max. The targets printed
 (connect with a running relay and the median cut → ready within 1 s, the

@@ -68,10 +68,10 @@ stacks in this process (gVisor's netstack), which drop P% of them at
 random in each direction, serialize them at the link's rate behind a
 bottleneck queue of four bandwidth-delay products (deep enough that the
 queue drops nothing of its own when connections start together), and
-deliver the rest half a round trip later. TCP then goes through slow start and congestion
-control (CUBIC) and recovers the losses (SACK, fast retransmit, timeouts)
-as over a real link, and the report counts the packets lost and
-retransmitted. --loss 0% runs the packet model without loss, the baseline
+deliver the rest half a round trip later. TCP then goes through slow
+start and congestion control (CUBIC) and recovers the losses (SACK, fast
+retransmit, timeouts) as over a real link, and the report counts the
+packets lost and retransmitted. --loss 0% runs the packet model without loss, the baseline
 to hold a lossy run against (the default stream model carries bytes, not
 packets: TCP over it has no congestion window to lose). Transfers are
 sized to what one TCP connection moves at that loss (Mathis et al.), and

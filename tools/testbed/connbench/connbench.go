@@ -318,12 +318,13 @@ func (b *bench) run(ctx context.Context) (*Result, error) {
 		b.dc.Close()
 		b.dc = &client.Client{Socket: b.paths.Socket()}
 		if i == b.o.Connects-1 {
-			// The daemon whose memory is measured starts cold, as at
-			// login: what the binary's file-backed pages add to its
-			// RSS depends on how the file sits in the page cache (a
-			// file read whole is cached in blocks of up to 2 MiB, and a
-			// fault maps a whole block), 36 to 66 MiB for the same
-			// idle daemon.
+			// What the binary's file-backed pages add to the measured
+			// daemon's RSS depends on how the file sits in the page
+			// cache (a file read whole is cached in blocks of up to
+			// 2 MiB, and a fault maps a whole block): 36 to 66 MiB for
+			// the same idle daemon. Drop what no process maps, so it
+			// starts as cold as it can (as at login); a relay run from
+			// the same file keeps its pages.
 			dropPageCache(b.t.Bin)
 		}
 		d, err := b.connect(ctx)
@@ -780,7 +781,7 @@ func (r *Result) WriteText(w io.Writer) error {
 		fmt.Fprintln(w)
 	}
 	if r.RSS == "measured" {
-		fmt.Fprintf(w, "daemon RSS (started cold): %.1f MiB idle with one sandbox (anonymous %.1f, file-backed %.1f), %.1f MiB after %d streams (anonymous %.1f), peak %.1f MiB\n",
+		fmt.Fprintf(w, "daemon RSS (binary's page cache dropped first): %.1f MiB idle with one sandbox (anonymous %.1f, file-backed %.1f), %.1f MiB after %d streams (anonymous %.1f), peak %.1f MiB\n",
 			r.RSSIdleMiB, r.RSSIdleAnonMiB, r.RSSIdleFileMiB, r.RSSAfterStreamsMiB, r.Streams, r.RSSAfterStreamsAnonMiB, r.RSSPeakMiB)
 	} else {
 		fmt.Fprintf(w, "daemon RSS: %s\n", r.RSS)

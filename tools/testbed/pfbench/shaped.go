@@ -244,7 +244,7 @@ func runLink(ctx context.Context, opts ShapedOptions, l linkshape.Link) (*LinkRe
 		if l.Loss > 0 {
 			// Enough packets for lossSamples losses: a transfer that
 			// loses one or two measures luck.
-			lr.BulkBytes = max(lr.BulkBytes, min(int64(lossSamples/l.Loss*1448), lossBulkCap))
+			lr.BulkBytes = max(lr.BulkBytes, min(int64(lossSamples/l.Loss*tcpMSS), lossBulkCap))
 		}
 	}
 	rttUnit := l.RTT
@@ -375,10 +375,12 @@ func runLink(ctx context.Context, opts ShapedOptions, l linkshape.Link) (*LinkRe
 }
 
 // A lossy link's transfers carry about lossSamples lost packets each, up
-// to lossBulkCap bytes.
+// to lossBulkCap bytes; tcpMSS is a segment's payload on the packet
+// model's 1500-byte MTU (IPv4, TCP with timestamps).
 const (
 	lossSamples = 30
 	lossBulkCap = 8 << 20
+	tcpMSS      = 1448
 )
 
 // expectedRate is what one TCP connection can move over l in bytes per
@@ -387,8 +389,7 @@ const (
 func expectedRate(l linkshape.Link) float64 {
 	rate := l.BytesPerSecond()
 	if l.Loss > 0 && l.RTT > 0 {
-		const mss = 1448
-		mathis := mss / l.RTT.Seconds() * 1.22 / math.Sqrt(l.Loss)
+		mathis := tcpMSS / l.RTT.Seconds() * 1.22 / math.Sqrt(l.Loss)
 		if rate == 0 || mathis < rate {
 			rate = mathis
 		}
